@@ -1,0 +1,52 @@
+# quorum-kms — every target sets up what it needs on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Debian packages the Python dependencies need to build (fastecdsa, pulled in
+# by libp2p, has no wheel and compiles against GMP).
+DEBS   := gcc g++ make libgmp-dev python3-dev
+
+.PHONY: all setup test test-fast lint typecheck demo bench clean
+
+all: test
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@missing=""; for p in $(DEBS); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; \
+	    $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# Every test, slow multi-process ones included, plus ruff and mypy.
+test: lint typecheck
+	$(PY) -m pytest -q
+
+# Inner loop: skips the slow (multi-process, real network) tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -x
+
+demo: $(STAMP)
+	$(PY) -m kms.demo
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

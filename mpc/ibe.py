@@ -1,0 +1,113 @@
+"""Identity-based encryption to an app (Boneh–Franklin style, on the TKD keys).
+
+Anyone holding the master public key ``MPK`` encrypts to ``(app_id, purpose,
+version)`` offline; only a holder of ``σ = s·H(id)`` (a CVM the app's policy
+admits) decrypts. Specification: ``docs/crypto.md`` §IBE.
+
+Encrypt::
+
+    r  ← random non-zero scalar (constant-time multiplications)
+    U  = r·g2
+    K  = e(H(id), r·MPK)                      (576-byte GT encoding)
+    k, nonce = HKDF-SHA256(ikm = K ‖ U ‖ id ‖ MPK, salt = "quorum-kms/v1/ibe",
+                           info = "quorum-kms/v1/ibe/aead-key") → 32 + 12 bytes
+    header = "QKIBE" ‖ 0x01 ‖ U (96) ‖ u16 len(id) ‖ id
+    ct = ChaCha20-Poly1305(k, nonce, plaintext, aad = header)
+
+Decrypt recomputes ``K = e(σ, U) = e(H, g2)^{rs}``. Each key is used once
+(``r`` is fresh), so the derived nonce never repeats under a key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from mpc.errors import DecryptionError, InvalidEncoding
+from mpc.math import G2, pairing
+from mpc.secret import RNG, random_scalar
+from mpc.tkd import DerivedPoint, KeyId, derive_point_base
+
+MAGIC = b"QKIBE"
+FORMAT_VERSION = 1
+_KDF_SALT = b"quorum-kms/v1/ibe"
+_KDF_INFO = b"quorum-kms/v1/ibe/aead-key"
+_TAG_LEN = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The authenticated header of an IBE ciphertext."""
+
+    u: G2
+    key_id: KeyId
+
+    def encode(self) -> bytes:
+        kid = self.key_id.encode()
+        return (
+            MAGIC + bytes([FORMAT_VERSION]) + self.u.to_bytes() + len(kid).to_bytes(2, "big") + kid
+        )
+
+
+def _split(ciphertext: bytes) -> tuple[Header, bytes, bytes]:
+    """Parse ``header ‖ body``; raises ``InvalidEncoding``."""
+    base = len(MAGIC) + 1
+    if len(ciphertext) < base + G2.SIZE + 2 + _TAG_LEN or not ciphertext.startswith(MAGIC):
+        raise InvalidEncoding("not a quorum-kms IBE ciphertext")
+    if ciphertext[len(MAGIC)] != FORMAT_VERSION:
+        raise InvalidEncoding(f"unsupported IBE format version {ciphertext[len(MAGIC)]}")
+    u = G2.from_bytes(ciphertext[base : base + G2.SIZE])
+    if u.is_identity():
+        raise InvalidEncoding("IBE ephemeral point is the identity")
+    pos = base + G2.SIZE
+    n = int.from_bytes(ciphertext[pos : pos + 2], "big")
+    kid_bytes = ciphertext[pos + 2 : pos + 2 + n]
+    if len(kid_bytes) != n:
+        raise InvalidEncoding("truncated IBE header")
+    key_id = KeyId.decode(kid_bytes)
+    header_len = pos + 2 + n
+    return Header(u, key_id), ciphertext[:header_len], ciphertext[header_len:]
+
+
+def _aead_key(k: bytes, header: Header, mpk: G2) -> tuple[bytes, bytes]:
+    okm = HKDF(algorithm=hashes.SHA256(), length=44, salt=_KDF_SALT, info=_KDF_INFO).derive(
+        k + header.u.to_bytes() + header.key_id.encode() + mpk.to_bytes()
+    )
+    return okm[:32], okm[32:]
+
+
+def encrypt(mpk: G2, key_id: KeyId, plaintext: bytes, *, rng: RNG) -> bytes:
+    """Encrypt ``plaintext`` to ``key_id`` under the master public key alone."""
+    if mpk.is_identity():
+        raise InvalidEncoding("the master public key is the identity")
+    r = random_scalar(rng)
+    header = Header(r * G2.generator(), key_id)
+    k = pairing(derive_point_base(key_id), r * mpk)
+    key, nonce = _aead_key(k, header, mpk)
+    hdr = header.encode()
+    return hdr + ChaCha20Poly1305(key).encrypt(nonce, plaintext, hdr)
+
+
+def read_header(ciphertext: bytes) -> Header:
+    """The key id and ephemeral point of a ciphertext (to know which key to fetch)."""
+    return _split(ciphertext)[0]
+
+
+def decrypt(derived: DerivedPoint, mpk: G2, ciphertext: bytes) -> bytes:
+    """Decrypt with ``σ`` for the ciphertext's id; raises ``DecryptionError``."""
+    try:
+        header, hdr, body = _split(ciphertext)
+    except InvalidEncoding as exc:
+        raise DecryptionError(f"malformed ciphertext: {exc}") from exc
+    if header.key_id != derived.key_id:
+        raise DecryptionError("ciphertext is for a different (app, purpose, version)")
+    k = pairing(derived.point, header.u)
+    key, nonce = _aead_key(k, header, mpk)
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, body, hdr)
+    except InvalidTag as exc:
+        raise DecryptionError("authentication failed") from exc

@@ -1,0 +1,1 @@
+"""Transports between KMS nodes: the ``Transport`` protocol, envelopes, libp2p and in-memory."""

@@ -48,13 +48,22 @@ def expand_message_xmd(msg: bytes, dst: bytes, len_in_bytes: int) -> bytes:
     return b"".join(out)[:len_in_bytes]
 
 
+def _check_bytes(msg: bytes, dst: bytes) -> None:
+    if not isinstance(msg, bytes | bytearray | memoryview):
+        raise TypeError("hash_to_curve: msg must be bytes")
+    if not isinstance(dst, bytes | bytearray | memoryview) or not dst:
+        raise TypeError("hash_to_curve: dst must be non-empty bytes")
+
+
 def hash_to_g1(msg: bytes, dst: bytes) -> G1:
     """RFC 9380 §3 ``hash_to_curve`` into G1 (suite ``BLS12381G1_XMD:SHA-256_SSWU_RO_``)."""
+    _check_bytes(msg, dst)
     e = _blst.BlstP1Element.hash_to_group(bytes(msg), reduce_dst(bytes(dst)))
     return G1._wrap(e=e)
 
 
 def hash_to_g2(msg: bytes, dst: bytes) -> G2:
     """RFC 9380 §3 ``hash_to_curve`` into G2 (suite ``BLS12381G2_XMD:SHA-256_SSWU_RO_``)."""
+    _check_bytes(msg, dst)
     e = _blst.BlstP2Element.hash_to_group(bytes(msg), reduce_dst(bytes(dst)))
     return G2._wrap(e=e)

@@ -8,6 +8,7 @@ import chia_rs as _chia
 import pyblst as _blst
 
 from mpc.math.curve import G1, G2
+from mpc.math.fields import P
 
 GT_SIZE = 576
 
@@ -31,17 +32,44 @@ def pairing_check(pairs: Sequence[tuple[G1, G2]]) -> bool:
     return bool(_blst.final_verify(acc, _blst.BlstFP12Element()))
 
 
-def pairing(p: G1, q: G2) -> bytes:
-    """The value ``e(P, Q)`` in GT as 576 bytes (blst's Fp12 layout, see docs/crypto.md).
+_FP_BYTES = 48
+_MONTGOMERY_R_INV = pow(2**384, -1, P)
 
-    The layout is the 12 Fp coefficients, each 48-byte big-endian, in the order
-    of the tower Fp12 = Fp6[w]/(w²-v), Fp6 = Fp2[v]/(v³-(u+1)), Fp2 = Fp[u]/(u²+1),
-    with Fp12 = c0 + c1·w, Fp6 = c0 + c1·v + c2·v², Fp2 = c0 + c1·u, written
-    c0 before c1 at every level (so the first 48 bytes are c0.c0.c0).
+
+def _canonical_gt(raw: bytes) -> bytes:
+    """blst's in-memory Fp12 (Montgomery form, little-endian limbs) → canonical bytes."""
+    return b"".join(
+        (int.from_bytes(raw[i : i + _FP_BYTES], "little") * _MONTGOMERY_R_INV % P).to_bytes(
+            _FP_BYTES, "big"
+        )
+        for i in range(0, GT_SIZE, _FP_BYTES)
+    )
+
+
+def pairing(p: G1, q: G2) -> bytes:
+    """The value ``e(P, Q)`` in GT as 576 canonical bytes (docs/crypto.md, "GT encoding").
+
+    Twelve Fp coefficients, each 48-byte big-endian and fully reduced, in the
+    tower order Fp12 = Fp6[w]/(w²-v), Fp6 = Fp2[v]/(v³-(u+1)), Fp2 = Fp[u]/(u²+1),
+    writing c0 before c1 at every level: c0.c0.c0, c0.c0.c1, c0.c1.c0, …, c1.c2.c1.
+    The value is blst's optimal ate pairing (its final exponentiation, which
+    equals py-ecc's ``pairing(Q, P) ** -3``; ``tests/mpc/math`` checks this).
+    chia_rs exposes blst's raw ``blst_fp12`` memory (Montgomery form,
+    little-endian limbs); it is converted here so the bytes do not depend on
+    the host or the backend.
     """
+    if not isinstance(p, G1) or not isinstance(q, G2):
+        raise TypeError("pairing takes a G1 and a G2 point")
     g1 = _chia.G1Element.from_bytes_unchecked(p.to_bytes())
     g2 = _chia.G2Element.from_bytes_unchecked(q.to_bytes())
-    out = bytes(g1.pair(g2).to_bytes())
-    if len(out) != GT_SIZE:  # pragma: no cover - guarded backend contract
+    raw = bytes(g1.pair(g2).to_bytes())
+    if len(raw) != GT_SIZE:  # pragma: no cover - guarded backend contract
         raise RuntimeError("unexpected GT encoding length")
+    out = _canonical_gt(raw)
+    if out == _GT_ZERO:  # pragma: no cover - a GT element is never zero
+        raise RuntimeError("backend returned an invalid GT element")
     return out
+
+
+_GT_ZERO = bytes(GT_SIZE)
+GT_ONE = (1).to_bytes(_FP_BYTES, "big") + bytes(GT_SIZE - _FP_BYTES)

@@ -1,0 +1,159 @@
+"""Payloads of the sharing protocols (DKG and resharing) and the participant record.
+
+These travel inside ``mpc.broadcast`` messages (deal, response, justification)
+or point to point (certificate partials, acknowledgements).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated
+
+from mpc.codec import MaxSize, Message, MessageDecodeError, Size
+from mpc.errors import InvalidEncoding, InvalidSignature
+from mpc.ids import ParticipantIndex
+from mpc.math import G1, G2
+from mpc.sig import CTX_DKG_KEY, VerifyKey
+
+MAX_PARTICIPANTS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Participant(Message):
+    """A committee member: its index bound to its identity key and DKG key.
+
+    ``dkg_key_signature`` is the identity key's signature over
+    ``(index, dkg_key)`` under ``CTX_DKG_KEY``, so a dealer encrypts shares
+    only to a key the member itself vouched for.
+    """
+
+    TYPE = "participant"
+    index: int
+    identity: Annotated[bytes, Size(32)]
+    dkg_key: Annotated[bytes, Size(32)]
+    dkg_key_signature: Annotated[bytes, Size(64)]
+
+    def validate(self) -> None:
+        if not 1 <= self.index <= 2**31:
+            raise MessageDecodeError("participant index out of range")
+
+    @staticmethod
+    def dkg_key_statement(index: int, dkg_key: bytes) -> bytes:
+        return index.to_bytes(4, "big") + dkg_key
+
+    def verify_key(self) -> VerifyKey:
+        return VerifyKey.from_bytes(self.identity)
+
+    def check(self) -> None:
+        """Raise ``InvalidSignature``/``InvalidEncoding`` unless the DKG key is vouched for."""
+        self.verify_key().verify(
+            CTX_DKG_KEY, self.dkg_key_statement(self.index, self.dkg_key), self.dkg_key_signature
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedShare(Message):
+    TYPE = "dkg/encrypted-share"
+    recipient: int
+    enc: Annotated[bytes, Size(32)]
+    ciphertext: Annotated[bytes, Size(48)]
+
+
+@dataclass(frozen=True, slots=True)
+class DealBundle(Message):
+    """A dealer's commitments in G2 and every recipient's encrypted share."""
+
+    TYPE = "dkg/deal"
+    dealer: int
+    commitments: Annotated[tuple[bytes, ...], MaxSize(MAX_PARTICIPANTS)]
+    shares: Annotated[tuple[EncryptedShare, ...], MaxSize(MAX_PARTICIPANTS)]
+
+    def validate(self) -> None:
+        for c in self.commitments:
+            if len(c) != G2.SIZE:
+                raise MessageDecodeError("dkg/deal: commitment of the wrong size")
+        recipients = [s.recipient for s in self.shares]
+        if recipients != sorted(set(recipients)):
+            raise MessageDecodeError("dkg/deal: shares must be sorted by distinct recipient")
+
+    def commitments_hash(self) -> bytes:
+        return hashlib.sha256(b"".join(self.commitments)).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Response(Message):
+    TYPE = "dkg/response"
+    dealer: int
+    complaint: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseBundle(Message):
+    """A recipient's verdict on every delivered deal: ok or complaint."""
+
+    TYPE = "dkg/responses"
+    responder: int
+    responses: Annotated[tuple[Response, ...], MaxSize(MAX_PARTICIPANTS)]
+
+    def validate(self) -> None:
+        dealers = [r.dealer for r in self.responses]
+        if dealers != sorted(set(dealers)):
+            raise MessageDecodeError("dkg/responses: responses must be sorted by distinct dealer")
+
+
+@dataclass(frozen=True, slots=True)
+class RevealedShare(Message):
+    TYPE = "dkg/revealed-share"
+    recipient: int
+    share: Annotated[bytes, Size(32)]
+
+
+@dataclass(frozen=True, slots=True)
+class JustificationBundle(Message):
+    """An accused dealer reveals, in clear, the shares of everyone who complained."""
+
+    TYPE = "dkg/justification"
+    dealer: int
+    shares: Annotated[tuple[RevealedShare, ...], MaxSize(MAX_PARTICIPANTS)]
+
+    def validate(self) -> None:
+        recipients = [s.recipient for s in self.shares]
+        if recipients != sorted(set(recipients)):
+            raise MessageDecodeError(
+                "dkg/justification: shares must be sorted by distinct recipient"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CertificatePartial(Message):
+    """A member's BLS partial signature, with its new share, over a transcript."""
+
+    TYPE = "cert/partial"
+    signer: int
+    transcript_hash: Annotated[bytes, Size(32)]
+    signature: Annotated[bytes, Size(48)]
+
+
+def decode_points_g2(raw: tuple[bytes, ...]) -> list[G2]:
+    """Decode a tuple of G2 encodings; raises ``InvalidEncoding``."""
+    return [G2.from_bytes(b) for b in raw]
+
+
+def decode_g1(raw: bytes) -> G1:
+    return G1.from_bytes(raw)
+
+
+__all__ = [
+    "CertificatePartial",
+    "DealBundle",
+    "EncryptedShare",
+    "InvalidEncoding",
+    "InvalidSignature",
+    "JustificationBundle",
+    "Participant",
+    "ParticipantIndex",
+    "Response",
+    "ResponseBundle",
+    "RevealedShare",
+]

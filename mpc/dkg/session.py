@@ -1,0 +1,770 @@
+"""The sharing session: Joint-Feldman DKG and resharing as one sans-I/O machine.
+
+Both protocols run the same four phases over ``mpc.broadcast``:
+
+1. **deal**: each dealer broadcasts one signed ``DealBundle``: Feldman
+   commitments in G2 to a polynomial of degree ``t-1`` plus every recipient's
+   share, HPKE-encrypted to that recipient's DKG key. In a DKG the constant
+   term is random; in a reshare it is the dealer's own share ``s_i``, so the
+   constant commitment must equal the dealer's certified public share ``PK_i``.
+2. **respond**: each recipient checks its shares (one batched check) and
+   broadcasts a ``ResponseBundle``: ok or complaint per delivered deal.
+   A responder whose bundle equivocates counts as complaining about everyone.
+3. **justify**: an accused dealer reveals the disputed shares in clear.
+4. **finalize**: ``QUAL`` = dealers with one well-formed deal and no unanswered
+   or failed complaint. DKG: share = Σ shares, public polynomial = Σ
+   commitments. Reshare: the same with Lagrange coefficients over ``QUAL``
+   (the master public key is unchanged). Members sign the epoch transcript
+   with the new share; ``t`` signatures make the epoch certificate.
+
+Contract (STYLE.md): ``receive``, ``advance_time``, ``messages_to_send``,
+``events``, ``phase``. The shell must store every ``Persist`` event before
+sending the messages produced in the same step; a restarted session given
+those records resends the same bytes and never signs anew for a slot.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mpc import hpke
+from mpc.broadcast import (
+    BroadcastConfig,
+    BroadcastPayload,
+    BroadcastRound,
+    DigestRelay,
+    EquivocationEvidence,
+    Outbound,
+    PullRequest,
+    SlotOutcome,
+    SlotStatus,
+    session_id,
+)
+from mpc.cert import (
+    ZERO_HASH,
+    EpochCertificate,
+    EpochTranscript,
+    combine_partials,
+    hash_indices,
+    hash_points,
+    sign_partial,
+    verify_cert_signature,
+)
+from mpc.codec import Message, MessageDecodeError
+from mpc.dkg.evidence import Evidence, InvalidJustificationEvidence, ReshareConstantEvidence
+from mpc.dkg.messages import (
+    CertificatePartial,
+    DealBundle,
+    EncryptedShare,
+    JustificationBundle,
+    Participant,
+    Response,
+    ResponseBundle,
+    RevealedShare,
+)
+from mpc.dkg.schedule import Schedule
+from mpc.errors import (
+    DecryptionError,
+    InvalidEncoding,
+    InvalidShare,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from mpc.ids import ParticipantIndex
+from mpc.math import G1, G2, R
+from mpc.math.fields import lagrange_coefficients, scalar_from_bytes, scalar_to_bytes
+from mpc.math.poly import Polynomial
+from mpc.math.vss import (
+    ShareClaim,
+    batch_check,
+    commit,
+    public_share,
+    transcript_coefficients,
+    verify_shares,
+)
+from mpc.secret import RNG, SecretScalar, SecretShare, random_scalar
+from mpc.sig import SigningKey, VerifyKey
+
+SHARE_INFO = b"quorum-kms/v1/dkg/share"
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"
+    DEALING = "dealing"
+    RESPONDING = "responding"
+    JUSTIFYING = "justifying"
+    CERTIFYING = "certifying"
+    DONE = "done"
+    FAILED = "failed"
+
+
+TERMINAL_PHASES = frozenset({Phase.DONE, Phase.FAILED})
+
+# The one table of allowed transitions; docs/protocols/sharing.md is generated from it.
+TRANSITIONS: dict[Phase, tuple[Phase, ...]] = {
+    Phase.WAITING: (Phase.DEALING,),
+    Phase.DEALING: (Phase.RESPONDING, Phase.DONE),
+    Phase.RESPONDING: (Phase.JUSTIFYING, Phase.DONE),
+    Phase.JUSTIFYING: (Phase.CERTIFYING, Phase.DONE, Phase.FAILED),
+    Phase.CERTIFYING: (Phase.DONE, Phase.FAILED),
+    Phase.DONE: (),
+    Phase.FAILED: (),
+}
+
+
+# --- configuration ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SharingConfig:
+    """Everything the members of one run must agree on before it starts."""
+
+    kind: str  # "dkg" | "reshare"
+    epoch: int
+    attempt: int
+    dealers: tuple[Participant, ...]
+    recipients: tuple[Participant, ...]
+    threshold: int
+    """``t`` of the new sharing (degree ``t-1``)."""
+    schedule: Schedule
+    admission_policy_hash: bytes = ZERO_HASH
+    previous_certificate_hash: bytes = ZERO_HASH
+    old_threshold: int = 0
+    """Reshare only: the dealers' threshold (how many qualified dealers are needed)."""
+    old_public_polynomial: tuple[G2, ...] = ()
+    """Reshare only: the certified public polynomial of the old epoch."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("dkg", "reshare"):
+            raise LocalProtocolError("kind must be dkg or reshare")
+        for group in (self.dealers, self.recipients):
+            idx = [p.index for p in group]
+            if idx != sorted(set(idx)) or not idx:
+                raise LocalProtocolError(
+                    "participants must be non-empty and sorted by distinct index"
+                )
+        both = {p.index: p for p in self.dealers}
+        for p in self.recipients:
+            if p.index in both and both[p.index] != p:
+                raise LocalProtocolError(f"index {p.index} is bound to two different identities")
+        if not 2 <= self.threshold <= len(self.recipients):
+            raise LocalProtocolError("need 2 ≤ t ≤ n")
+        if self.schedule.f != self.threshold - 1:
+            raise LocalProtocolError("the broadcast must tolerate t-1 faulty recipients")
+        if self.kind == "dkg":
+            if [p.index for p in self.dealers] != [p.index for p in self.recipients]:
+                raise LocalProtocolError("a DKG's dealers are its recipients")
+        else:
+            if not 2 <= self.old_threshold <= len(self.dealers):
+                raise LocalProtocolError("reshare needs 2 ≤ old t ≤ old n")
+            if len(self.old_public_polynomial) != self.old_threshold:
+                raise LocalProtocolError("old public polynomial must have old-t coefficients")
+        for p in (*self.dealers, *self.recipients):
+            p.check()  # each DKG key is vouched for by its identity
+
+    @property
+    def dealer_indices(self) -> list[ParticipantIndex]:
+        return [ParticipantIndex(p.index) for p in self.dealers]
+
+    @property
+    def recipient_indices(self) -> list[ParticipantIndex]:
+        return [ParticipantIndex(p.index) for p in self.recipients]
+
+    @property
+    def mpk(self) -> G2 | None:
+        return self.old_public_polynomial[0] if self.old_public_polynomial else None
+
+    def run_id(self) -> bytes:
+        parts = [
+            self.kind.encode(),
+            self.epoch.to_bytes(8, "big"),
+            self.attempt.to_bytes(8, "big"),
+            self.threshold.to_bytes(4, "big"),
+            self.old_threshold.to_bytes(4, "big"),
+            b"".join(p.encode() for p in self.dealers),
+            b"".join(p.encode() for p in self.recipients),
+            hash_points([g.to_bytes() for g in self.old_public_polynomial]),
+            self.admission_policy_hash,
+            self.previous_certificate_hash,
+            repr(self.schedule).encode(),
+        ]
+        return session_id(*parts)
+
+    def old_public_share(self, index: ParticipantIndex) -> G2:
+        return public_share(list(self.old_public_polynomial), int(index))
+
+
+# --- events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Store ``data`` under ``key`` (sealed when ``secret``) before sending anything."""
+
+    key: str
+    data: bytes = field(repr=False)
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class DealerExcluded:
+    dealer: ParticipantIndex
+    reason: str
+    evidence: Evidence | None = None
+
+
+@dataclass(frozen=True)
+class ResponderEquivocated:
+    responder: ParticipantIndex
+    evidence: EquivocationEvidence
+
+
+@dataclass(frozen=True)
+class SharingResult:
+    qual: tuple[ParticipantIndex, ...]
+    share: SecretShare | None
+    public_polynomial: tuple[G2, ...]
+    public_shares: Mapping[ParticipantIndex, G2]
+    transcript: EpochTranscript
+
+    @property
+    def mpk(self) -> G2:
+        return self.public_polynomial[0]
+
+
+@dataclass(frozen=True)
+class SharingFinalized:
+    result: SharingResult
+
+
+@dataclass(frozen=True)
+class CertificateCompleted:
+    certificate: EpochCertificate
+
+
+@dataclass(frozen=True)
+class DealingCompleted:
+    """A dealer that is not a recipient has done its part."""
+
+
+@dataclass(frozen=True)
+class SharingFailed:
+    reason: str
+
+
+Event = (
+    Persist
+    | DealerExcluded
+    | ResponderEquivocated
+    | SharingFinalized
+    | CertificateCompleted
+    | DealingCompleted
+    | SharingFailed
+)
+
+
+# --- the session ----------------------------------------------------------------
+
+
+class SharingSession:
+    """One member's view of one DKG or reshare attempt."""
+
+    def __init__(
+        self,
+        config: SharingConfig,
+        me: ParticipantIndex,
+        identity_key: SigningKey,
+        dkg_key: hpke.PrivateKey,
+        *,
+        rng: RNG,
+        share: SecretShare | None = None,
+        persisted: Mapping[str, bytes] | None = None,
+    ) -> None:
+        self.config = config
+        self.me = me
+        self._key = identity_key
+        self._dkg_key = dkg_key
+        self._rng = rng
+        self._persisted = dict(persisted or {})
+        self.is_dealer = me in config.dealer_indices
+        self.is_recipient = me in config.recipient_indices
+        if not (self.is_dealer or self.is_recipient):
+            raise LocalProtocolError("this node takes no part in the run")
+        mine = next(p for p in (*config.dealers, *config.recipients) if p.index == me)
+        if mine.identity != identity_key.verify_key().to_bytes():
+            raise LocalProtocolError("identity key does not match this index")
+        if self.is_recipient and mine.dkg_key != dkg_key.public_bytes():
+            raise LocalProtocolError("DKG key does not match this index")
+        if config.kind == "reshare" and self.is_dealer:
+            if share is None or share.index != me:
+                raise LocalProtocolError("a reshare dealer needs its own old share")
+            if share.value.value * G2.generator() != config.old_public_share(me):
+                raise LocalProtocolError("this node's old share does not match its public share")
+        self._old_share = share
+        self._run = config.run_id()
+        sched = config.schedule
+        identities = {
+            ParticipantIndex(p.index): p.verify_key() for p in (*config.dealers, *config.recipients)
+        }
+        dealers = {i: identities[i] for i in config.dealer_indices}
+        recipients = {i: identities[i] for i in config.recipient_indices}
+        listeners = frozenset(set(dealers) - set(recipients))
+        self._identities = identities
+
+        def rnd(
+            name: bytes, senders: Mapping[ParticipantIndex, VerifyKey], cutoff: float
+        ) -> BroadcastRound:
+            cfg = BroadcastConfig(
+                session=session_id(self._run, name),
+                senders=senders,
+                relayers=recipients,
+                me=me,
+                f=sched.f,
+                delta=sched.delta,
+                cutoff=cutoff,
+                listeners=listeners,
+            )
+            return BroadcastRound(cfg, identity_key)
+
+        self._deal_round = rnd(b"deal", dealers, sched.deal_cutoff)
+        self._respond_round = rnd(b"respond", recipients, sched.respond_cutoff)
+        self._justify_round = rnd(b"justify", dealers, sched.justify_cutoff)
+        self._rounds = {
+            r.config.session: r
+            for r in (self._deal_round, self._respond_round, self._justify_round)
+        }
+        self._phase = Phase.WAITING
+        self._now = float("-inf")
+        self._outbox: list[Outbound] = []
+        self._events: list[Event] = []
+        self._poly: Polynomial | None = None
+        # Filled as phases end.
+        self._deals: dict[ParticipantIndex, tuple[BroadcastPayload, DealBundle, list[G2]]] = {}
+        self._my_shares: dict[ParticipantIndex, int] = {}
+        self._complaints: dict[ParticipantIndex, set[ParticipantIndex]] = {}
+        self._excluded: dict[ParticipantIndex, DealerExcluded] = {}
+        self._result: SharingResult | None = None
+        self._cert_partials: dict[ParticipantIndex, G1] = {}
+        self._early_partials: list[tuple[ParticipantIndex, CertificatePartial]] = []
+        self.certificate: EpochCertificate | None = None
+        self.failure: str | None = None
+
+    # --- the contract ---------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def result(self) -> SharingResult | None:
+        return self._result
+
+    def messages_to_send(self) -> list[Outbound]:
+        for r in self._rounds.values():
+            self._outbox.extend(r.messages_to_send())
+        out, self._outbox = self._outbox, []
+        return out
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def start(self, now: float) -> None:
+        self.advance_time(now)
+
+    def receive(self, peer: ParticipantIndex, message: Message, now: float) -> None:
+        """Handle a message from authenticated member ``peer``.
+
+        Raises ``RemoteProtocolError`` naming ``peer`` for invalid input; the
+        session's state is then unchanged. Input after the run is over is ignored.
+        """
+        if peer not in self._identities:
+            raise RemoteProtocolError("message from outside the run", [peer])
+        self.advance_time(now)
+        if self._phase in TERMINAL_PHASES:
+            return
+        if isinstance(message, BroadcastPayload | DigestRelay):
+            rnd = self._rounds.get(message.header.session)
+        elif isinstance(message, PullRequest):
+            rnd = self._rounds.get(message.session)
+        elif isinstance(message, CertificatePartial):
+            self._receive_partial(peer, message)
+            return
+        else:
+            raise RemoteProtocolError(f"unexpected message {type(message).__name__}", [peer])
+        if rnd is None:
+            raise RemoteProtocolError("message for another run or phase", [peer])
+        rnd.receive(peer, message, now)
+
+    def advance_time(self, now: float) -> None:
+        if now < self._now:
+            return  # time never goes backwards for this machine
+        self._now = now
+        for r in self._rounds.values():
+            r.advance_time(now)
+        s = self.config.schedule
+        try:
+            if self._phase is Phase.WAITING and now >= s.start:
+                self._enter(Phase.DEALING)
+                self._deal()
+            if self._phase is Phase.DEALING and now >= s.deal_end:
+                self._after_deals()
+            if self._phase is Phase.RESPONDING and now >= s.respond_end:
+                self._after_responses()
+            if self._phase is Phase.JUSTIFYING and now >= s.justify_end:
+                self._finalize()
+            if self._phase is Phase.CERTIFYING:
+                self._try_certify()
+            if self._phase is Phase.CERTIFYING and now >= s.certify_end:
+                self._fail("too few certificate signatures by the deadline")
+        except (LocalProtocolError, AssertionError):
+            self._enter(Phase.FAILED)
+            self.failure = "local error"
+            raise
+
+    # --- phase 1: deal -------------------------------------------------------------
+
+    def _deal(self) -> None:
+        if not self.is_dealer:
+            return
+        saved = self._persisted.get("deal")
+        if saved is not None:
+            payload = BroadcastPayload.decode(saved)
+            self._deal_round.send(payload, self._now)
+            return
+        t = self.config.threshold
+        constant = self._old_share.value.value if self._old_share else None
+        poly = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
+        self._poly = poly
+        commitments = tuple(c.to_bytes() for c in commit(poly))
+        shares = []
+        aad = DealBundle(int(self.me), commitments, ()).commitments_hash()
+        for p in self.config.recipients:
+            info = self._share_info(self.me, ParticipantIndex(p.index))
+            enc, ct = hpke.seal(p.dkg_key, info, aad, scalar_to_bytes(poly(p.index)), rng=self._rng)
+            shares.append(EncryptedShare(p.index, enc, ct))
+        bundle = DealBundle(int(self.me), commitments, tuple(shares))
+        payload = self._deal_round.make_payload(bundle.encode())
+        self._events.append(
+            Persist(
+                "polynomial", b"".join(scalar_to_bytes(c) for c in poly.coefficients), secret=True
+            )
+        )
+        self._events.append(Persist("deal", payload.encode()))
+        self._deal_round.send(payload, self._now)
+
+    def _share_info(self, dealer: ParticipantIndex, recipient: ParticipantIndex) -> bytes:
+        return (
+            SHARE_INFO
+            + self._run
+            + int(dealer).to_bytes(4, "big")
+            + int(recipient).to_bytes(4, "big")
+        )
+
+    # --- phase 2: respond ----------------------------------------------------------
+
+    def _exclude(
+        self, dealer: ParticipantIndex, reason: str, evidence: Evidence | None = None
+    ) -> None:
+        if dealer not in self._excluded:
+            ev = DealerExcluded(dealer, reason, evidence)
+            self._excluded[dealer] = ev
+            self._events.append(ev)
+
+    def _check_deal(self, dealer: ParticipantIndex, outcome: SlotOutcome) -> None:
+        """Validate one deal's public structure; the same verdict at every honest member."""
+        if outcome.status is SlotStatus.MISSING:
+            self._exclude(dealer, "no deal")
+            return
+        if outcome.status is SlotStatus.EQUIVOCATED:
+            self._exclude(dealer, "equivocated deal", outcome.evidence)
+            return
+        payload = BroadcastPayload(outcome.header, outcome.payload)  # type: ignore[arg-type]
+        try:
+            bundle = DealBundle.decode(payload.payload)
+            if bundle.dealer != dealer:
+                raise MessageDecodeError("deal names another dealer")
+            if len(bundle.commitments) != self.config.threshold:
+                raise MessageDecodeError("wrong number of commitments")
+            if [s.recipient for s in bundle.shares] != [
+                int(i) for i in self.config.recipient_indices
+            ]:
+                raise MessageDecodeError("shares are not exactly for the recipients")
+            points = [G2.from_bytes(c) for c in bundle.commitments]
+        except InvalidEncoding as exc:
+            self._exclude(dealer, f"malformed deal: {exc}")
+            return
+        if self.config.kind == "reshare" and points[0] != self.config.old_public_share(dealer):
+            self._exclude(
+                dealer,
+                "constant term is not the dealer's public share",
+                ReshareConstantEvidence(payload),
+            )
+            return
+        self._deals[dealer] = (payload, bundle, points)
+
+    def _after_deals(self) -> None:
+        for dealer, outcome in self._deal_round.outcome().items():
+            self._check_deal(dealer, outcome)
+        if not self.is_recipient:
+            self._enter(Phase.RESPONDING)
+            return
+        claims: list[ShareClaim] = []
+        complaints: set[ParticipantIndex] = set()
+        for dealer, (_, bundle, points) in sorted(self._deals.items()):
+            enc = next(s for s in bundle.shares if s.recipient == self.me)
+            try:
+                pt = hpke.open(
+                    enc.enc,
+                    self._dkg_key,
+                    self._share_info(dealer, self.me),
+                    bundle.commitments_hash(),
+                    enc.ciphertext,
+                )
+                value = scalar_from_bytes(pt)
+            except (DecryptionError, InvalidEncoding):
+                complaints.add(dealer)
+                continue
+            claims.append(ShareClaim(dealer, self.me, tuple(points), value))
+        try:
+            verify_shares(claims)
+        except InvalidShare as exc:
+            complaints |= set(exc.culprits)
+        for c in claims:
+            if c.dealer not in complaints:
+                self._my_shares[c.dealer] = c.share
+        responses = tuple(Response(int(d), d in complaints) for d in sorted(self._deals))
+        self._broadcast_own(
+            self._respond_round, "response", ResponseBundle(int(self.me), responses)
+        )
+        self._enter(Phase.RESPONDING)
+
+    def _broadcast_own(self, rnd: BroadcastRound, key: str, message: Message) -> None:
+        saved = self._persisted.get(key)
+        if saved is not None:
+            payload = BroadcastPayload.decode(saved)  # a restart resends the same bytes
+        else:
+            payload = rnd.make_payload(message.encode())
+            self._events.append(Persist(key, payload.encode()))
+        rnd.send(payload, self._now)
+
+    # --- phase 3: justify ----------------------------------------------------------
+
+    def _after_responses(self) -> None:
+        valid = sorted(self._deals)
+        for responder, outcome in self._respond_round.outcome().items():
+            if outcome.status is SlotStatus.MISSING:
+                continue
+            if outcome.status is SlotStatus.EQUIVOCATED:
+                if outcome.evidence is not None:
+                    self._events.append(ResponderEquivocated(responder, outcome.evidence))
+                accused = valid
+            else:
+                try:
+                    bundle = ResponseBundle.decode(outcome.payload or b"")
+                    if bundle.responder != responder:
+                        raise MessageDecodeError("response names another responder")
+                except MessageDecodeError:
+                    continue  # a signed but malformed response carries no complaint
+                accused = [ParticipantIndex(r.dealer) for r in bundle.responses if r.complaint]
+            for d in accused:
+                if d in self._deals:
+                    self._complaints.setdefault(d, set()).add(responder)
+        mine = self._complaints.get(self.me)
+        if self.is_dealer and mine and self.me in self._deals:
+            poly = self._my_polynomial()
+            shares = tuple(
+                RevealedShare(int(j), scalar_to_bytes(poly(int(j)))) for j in sorted(mine)
+            )
+            self._broadcast_own(
+                self._justify_round, "justification", JustificationBundle(int(self.me), shares)
+            )
+        self._enter(Phase.JUSTIFYING)
+
+    def _my_polynomial(self) -> Polynomial:
+        if self._poly is None:
+            raw = self._persisted.get("polynomial")
+            if raw is None:
+                raise LocalProtocolError("dealt polynomial lost: cannot justify")
+            self._poly = Polynomial(
+                [int.from_bytes(raw[k : k + 32], "big") for k in range(0, len(raw), 32)]
+            )
+        return self._poly
+
+    # --- phase 4: finalize ---------------------------------------------------------
+
+    def _after_justifications(self) -> None:
+        outcomes = self._justify_round.outcome()
+        public_claims: list[tuple[ShareClaim, BroadcastPayload, BroadcastPayload]] = []
+        for dealer, complainers in sorted(self._complaints.items()):
+            if dealer in self._excluded:
+                continue
+            outcome = outcomes[dealer]
+            if outcome.status is SlotStatus.MISSING:
+                self._exclude(dealer, "no justification")
+                continue
+            if outcome.status is SlotStatus.EQUIVOCATED:
+                self._exclude(dealer, "equivocated justification", outcome.evidence)
+                continue
+            just_payload = BroadcastPayload(outcome.header, outcome.payload)  # type: ignore[arg-type]
+            try:
+                just = JustificationBundle.decode(just_payload.payload)
+                revealed = {
+                    ParticipantIndex(s.recipient): scalar_from_bytes(s.share) for s in just.shares
+                }
+                if just.dealer != dealer or not complainers <= set(revealed):
+                    raise MessageDecodeError("justification does not answer every complaint")
+            except InvalidEncoding as exc:
+                self._exclude(dealer, f"malformed justification: {exc}")
+                continue
+            deal_payload, _, points = self._deals[dealer]
+            for j in sorted(complainers):
+                public_claims.append(
+                    (ShareClaim(dealer, j, tuple(points), revealed[j]), deal_payload, just_payload)
+                )
+        # Revealed shares are public: one batched check, culprits named on failure.
+        claims = [c for c, _, _ in public_claims]
+        if claims and not batch_check(claims, transcript_coefficients(claims)):
+            for claim, deal_payload, just_payload in public_claims:
+                if claim.dealer in self._excluded:
+                    continue
+                if not batch_check([claim], [1]):
+                    ev = InvalidJustificationEvidence(deal_payload, just_payload, int(claim.index))
+                    self._exclude(
+                        claim.dealer, "justification reveals a share that fails its commitments", ev
+                    )
+        for claim in claims:
+            if claim.index == self.me and claim.dealer not in self._excluded:
+                self._my_shares[claim.dealer] = claim.share
+
+    def _finalize(self) -> None:
+        self._after_justifications()
+        qual = tuple(d for d in sorted(self._deals) if d not in self._excluded)
+        need = self.config.threshold if self.config.kind == "dkg" else self.config.old_threshold
+        if len(qual) < need:
+            self._fail(f"only {len(qual)} qualified dealers, {need} needed")
+            return
+        if not self.is_recipient:
+            self._events.append(DealingCompleted())
+            self._enter(Phase.DONE)
+            return
+        if self.config.kind == "dkg":
+            weights = [1] * len(qual)
+        else:
+            weights = lagrange_coefficients([int(d) for d in qual], 0)
+        t = self.config.threshold
+        poly = tuple(G2.msm([self._deals[d][2][k] for d in qual], weights) for k in range(t))
+        if self.config.kind == "reshare" and poly[0] != self.config.mpk:
+            self._fail("reshared public polynomial does not keep the master public key")
+            return
+        missing = [d for d in qual if d not in self._my_shares]
+        if missing:
+            # An honest member complained, so the dealer had to justify; a dealer in QUAL
+            # always leaves this member with a share. Reaching here is a local bug.
+            raise LocalProtocolError(f"no share from qualified dealers {missing}")
+        value = sum(w * self._my_shares[d] for w, d in zip(weights, qual, strict=True)) % R
+        share = SecretShare(self.me, SecretScalar(value))
+        public_shares = {i: public_share(list(poly), int(i)) for i in self.config.recipient_indices}
+        if value * G2.generator() != public_shares[self.me]:
+            raise LocalProtocolError("own share does not match the public polynomial")
+        transcript = EpochTranscript(
+            kind=self.config.kind,
+            epoch=self.config.epoch,
+            attempt=self.config.attempt,
+            mpk=poly[0].to_bytes(),
+            threshold=t,
+            committee=self.config.recipients,
+            qual_hash=hash_indices([int(d) for d in qual]),
+            public_polynomial_hash=hash_points([p.to_bytes() for p in poly]),
+            admission_policy_hash=self.config.admission_policy_hash,
+            previous_certificate_hash=self.config.previous_certificate_hash,
+        )
+        self._result = SharingResult(qual, share, poly, public_shares, transcript)
+        self._events.append(Persist("share", scalar_to_bytes(value), secret=True))
+        self._events.append(SharingFinalized(self._result))
+        self._enter(Phase.CERTIFYING)
+        saved = self._persisted.get("certificate-partial")
+        if saved is not None:
+            partial = CertificatePartial.decode(saved)
+        else:
+            sig = sign_partial(share, transcript.encode())
+            partial = CertificatePartial(int(self.me), transcript.hash(), sig.to_bytes())
+            self._events.append(Persist("certificate-partial", partial.encode()))
+        self._cert_partials[self.me] = G1.from_bytes(partial.signature)
+        for j in self.config.recipient_indices:
+            if j != self.me:
+                self._outbox.append(Outbound(j, partial))
+        for peer, msg in self._early_partials:
+            try:
+                self._receive_partial(peer, msg)
+            except RemoteProtocolError:
+                pass  # counted when it arrived; a bad early partial is simply dropped
+        self._early_partials.clear()
+
+    def _receive_partial(self, peer: ParticipantIndex, msg: CertificatePartial) -> None:
+        if msg.signer != peer or peer not in self.config.recipient_indices:
+            raise RemoteProtocolError(
+                "certificate partial from a non-member or for another signer", [peer]
+            )
+        if self._result is None:
+            if self._phase in (Phase.WAITING, Phase.DEALING, Phase.RESPONDING, Phase.JUSTIFYING):
+                if len(self._early_partials) < 2 * len(self.config.recipients):
+                    self._early_partials.append((peer, msg))
+            return
+        if msg.transcript_hash != self._result.transcript.hash():
+            raise RemoteProtocolError("certificate partial over another transcript", [peer])
+        if peer in self._cert_partials:
+            return
+        try:
+            sig = G1.from_bytes(msg.signature)
+        except InvalidEncoding as exc:
+            raise RemoteProtocolError("malformed certificate partial", [peer]) from exc
+        if not verify_cert_signature(
+            self._result.transcript.encode(), sig, self._result.public_shares[peer]
+        ):
+            raise InvalidShare("certificate partial does not verify", [peer])
+        self._cert_partials[peer] = sig
+        self._try_certify()
+
+    def _try_certify(self) -> None:
+        res = self._result
+        if res is None or self._phase is not Phase.CERTIFYING:
+            return
+        if len(self._cert_partials) < self.config.threshold:
+            return
+        sig = combine_partials(
+            res.transcript.encode(),
+            self._cert_partials,
+            res.public_shares,
+            self.config.threshold,
+            res.mpk,
+        )
+        self.certificate = EpochCertificate(
+            res.transcript, tuple(p.to_bytes() for p in res.public_polynomial), sig.to_bytes()
+        )
+        self._events.append(CertificateCompleted(self.certificate))
+        self._enter(Phase.DONE)
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        self._events.append(SharingFailed(reason))
+        self._enter(Phase.FAILED)
+
+    def _enter(self, phase: Phase) -> None:
+        if phase is self._phase:
+            return
+        if phase is not Phase.FAILED and phase not in TRANSITIONS[self._phase]:
+            raise LocalProtocolError(f"illegal transition {self._phase.value} → {phase.value}")
+        self._phase = phase
+
+    @property
+    def qualified(self) -> Sequence[ParticipantIndex]:
+        return self._result.qual if self._result else ()
+
+    @property
+    def excluded(self) -> Mapping[ParticipantIndex, DealerExcluded]:
+        return dict(self._excluded)

@@ -189,15 +189,18 @@ class BroadcastConfig:
     delta: float
     cutoff: float
     listeners: frozenset[ParticipantIndex] = frozenset()
-    """Senders that do not relay but receive everything (old members leaving in a reshare)."""
+    """Members that neither relay nor need agreement but receive everything (old
+    members leaving in a reshare, who must see complaints against their deals)."""
 
     def __post_init__(self) -> None:
         if len(self.session) != SESSION_SIZE:
             raise LocalProtocolError("session id must be 32 bytes")
-        if self.me not in self.senders and self.me not in self.relayers:
-            raise LocalProtocolError("this member neither sends nor relays")
-        if not self.listeners <= set(self.senders):
-            raise LocalProtocolError("listeners must be senders")
+        if (
+            self.me not in self.senders
+            and self.me not in self.relayers
+            and self.me not in self.listeners
+        ):
+            raise LocalProtocolError("this member takes no part in the round")
         if self.f < 0 or self.delta <= 0:
             raise LocalProtocolError("need f ≥ 0 and Δ > 0")
         for i in set(self.senders) & set(self.relayers):
@@ -293,7 +296,7 @@ class BroadcastRound:
         Raises ``RemoteProtocolError`` (state unchanged) for invalid input.
         """
         self._now = max(self._now, now)
-        if self.config.key_of(peer) is None:
+        if self.config.key_of(peer) is None and peer not in self.config.listeners:
             raise RemoteProtocolError("message from a non-member", [peer])
         if isinstance(message, BroadcastPayload):
             self._check_header(peer, message.header)

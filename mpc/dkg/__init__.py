@@ -1,0 +1,40 @@
+"""Distributed key generation and resharing: one sans-I/O sharing session.
+
+``SharingSession`` with ``SharingConfig(kind="dkg")`` is Joint-Feldman DKG;
+with ``kind="reshare"`` it moves the master secret to a new committee (or
+refreshes the same one) without changing the master public key.
+"""
+
+from mpc.dkg.schedule import Schedule
+from mpc.dkg.session import (
+    TERMINAL_PHASES,
+    TRANSITIONS,
+    CertificateCompleted,
+    DealerExcluded,
+    DealingCompleted,
+    Persist,
+    Phase,
+    ResponderEquivocated,
+    SharingConfig,
+    SharingFailed,
+    SharingFinalized,
+    SharingResult,
+    SharingSession,
+)
+
+__all__ = [
+    "TERMINAL_PHASES",
+    "TRANSITIONS",
+    "CertificateCompleted",
+    "DealerExcluded",
+    "DealingCompleted",
+    "Persist",
+    "Phase",
+    "ResponderEquivocated",
+    "Schedule",
+    "SharingConfig",
+    "SharingFailed",
+    "SharingFinalized",
+    "SharingResult",
+    "SharingSession",
+]

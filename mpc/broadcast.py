@@ -228,7 +228,8 @@ class _Candidate:
     header: SignedDigest
     relays: dict[ParticipantIndex, bytes] = field(default_factory=dict)
     payload: bytes | None = None
-    pulled: bool = False
+    asked: set[ParticipantIndex] = field(default_factory=set)
+    """Members already asked for the payload; new signers are asked as they appear."""
 
 
 @dataclass
@@ -418,11 +419,13 @@ class BroadcastRound:
                 self._outbox.append(Outbound(i, msg))
 
     def _pull(self, sender: ParticipantIndex, cand: _Candidate) -> None:
-        if cand.pulled:
+        # Ask every signer not asked yet: byzantine signers may never answer,
+        # but an honest relayer holds the payload before it signs.
+        targets = sorted(({sender} | set(cand.relays)) - {self.config.me} - cand.asked)
+        if not targets:
             return
-        cand.pulled = True
+        cand.asked.update(targets)
         req = PullRequest(self.config.session, int(sender), cand.header.digest)
-        targets = sorted(({sender} | set(cand.relays)) - {self.config.me})
         self.stats.pulls_sent += len(targets)
         for i in targets:
             self._outbox.append(Outbound(i, req))

@@ -86,7 +86,7 @@ class ByzantineSession(SharingSession):
             constant = (constant or 0) + 1
         poly = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
         self._poly = poly
-        targets = self.config.recipient_indices
+        targets = [j for j in self.config.recipient_indices if j != self.me]
         first = self._signed(self._deal_round, self._bundle(poly, b.bad_share_to))
         if b.equivocate_deal:
             other = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
@@ -109,7 +109,7 @@ class ByzantineSession(SharingSession):
         bundle = ResponseBundle(
             int(self.me), tuple(Response(int(d), d in complaints) for d in dealers)
         )
-        targets = self.config.recipient_indices
+        targets = [j for j in self.config.recipient_indices if j != self.me]
         if b.complain_equivocally:
             other = ResponseBundle(int(self.me), tuple(Response(int(d), True) for d in dealers))
             half = len(targets) // 2

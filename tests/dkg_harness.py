@@ -97,12 +97,13 @@ def make_router(adv: Adversary, sched: Schedule, honest: list[ParticipantIndex],
             cutoffs = [sched.deal_cutoff, sched.respond_cutoff, sched.justify_cutoff]
             cut = min((c for c in cutoffs if c + (k + 1) * DELTA >= now), default=now)
             return [max(now, cut + k * DELTA - 1e-6)] if int(to) % 2 == 0 else []
+        answering_pull = isinstance(message, BroadcastPayload) and message.header.sender != s
         if (
             s in adv.corrupt
-            and isinstance(message, PullRequest | BroadcastPayload)
+            and (answering_pull or isinstance(message, PullRequest))
             and rnd.random() < 0.3
         ):
-            return []  # byzantine members sometimes ignore pulls or drop their own payloads
+            return []  # byzantine members sometimes ignore pulls or leave them unanswered
         return None
 
     return route
@@ -124,6 +125,8 @@ def run_sharing(
     nodes: dict[ParticipantIndex, Node] | None = None,
     silent_honest: frozenset[int] = frozenset(),
     start: float = 1.0,
+    previous_certificate_hash: bytes = bytes(32),
+    admission_policy_hash: bytes = bytes(32),
 ) -> Run:
     dealers = dealers or list(range(1, n + 1))
     recipients = recipients or list(range(1, n + 1))
@@ -140,6 +143,8 @@ def run_sharing(
         schedule=sched,
         old_threshold=old_threshold,
         old_public_polynomial=old_public_polynomial,
+        previous_certificate_hash=previous_certificate_hash,
+        admission_policy_hash=admission_policy_hash,
     )
     rng = random.Random(f"sessions-{seed}")
     sessions: dict[ParticipantIndex, Any] = {}

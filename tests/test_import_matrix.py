@@ -18,7 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("mpc", "net", "kms", "sim")
 STDLIB = set(sys.stdlib_module_names)
 BLS_BACKENDS = {"pyblst", "py_arkworks_bls12381", "chia_rs"}
-CLOCK_AND_IO = {"time", "random", "socket", "sqlite3", "trio", "libp2p", "asyncio", "datetime"}
+CLOCK_AND_IO = {
+    "time",
+    "random",
+    "socket",
+    "sqlite3",
+    "trio",
+    "libp2p",
+    "asyncio",
+    "datetime",
+    "os",
+    "secrets",
+}
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,7 @@ MATRIX: list[tuple[str, Rule]] = [
                 }
             )
             | BLS_BACKENDS,
-            frozenset({"libp2p", "time"}),
+            frozenset({"libp2p", "time", "datetime"}),
         ),
     ),
 ]

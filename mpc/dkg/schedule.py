@@ -8,6 +8,7 @@ happened to finish. Each broadcast phase lasts its window plus ``(f+1)·Δ``.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 from mpc.errors import LocalProtocolError
@@ -59,6 +60,18 @@ class Schedule:
             certify_window=3 * d,
             f=t - 1,
         )
+
+    def encode(self) -> bytes:
+        """Canonical bytes (IEEE 754 big-endian doubles) for binding into session ids."""
+        times = (
+            self.start,
+            self.delta,
+            self.deal_window,
+            self.respond_window,
+            self.justify_window,
+            self.certify_window,
+        )
+        return struct.pack(">6dI", *times, self.f)
 
     @property
     def phase_tail(self) -> float:

@@ -188,7 +188,7 @@ class SharingConfig:
             hash_points([g.to_bytes() for g in self.old_public_polynomial]),
             self.admission_policy_hash,
             self.previous_certificate_hash,
-            repr(self.schedule).encode(),
+            self.schedule.encode(),
         ]
         return session_id(*parts)
 

@@ -41,6 +41,9 @@ _G2_GENERATOR = bytes.fromhex(
 )
 
 
+_GENERATORS: dict[type, _Point] = {}
+
+
 class _Point:
     """A point of a prime-order group; subclasses fix the group."""
 
@@ -77,8 +80,15 @@ class _Point:
 
     @classmethod
     def generator(cls) -> Self:
-        """The standard generator (draft-irtf-cfrg-pairing-friendly-curves-11 §4.2.1)."""
-        return cls._wrap(b=cls._GEN)
+        """The standard generator (draft-irtf-cfrg-pairing-friendly-curves-11 §4.2.1).
+
+        One shared instance per group, decoded once: points are immutable.
+        """
+        g = _GENERATORS.get(cls)
+        if g is None:
+            g = cls._wrap(e=cls._BLST.uncompress(cls._GEN), b=cls._GEN)
+            _GENERATORS[cls] = g
+        return g  # type: ignore[return-value]
 
     @classmethod
     def identity(cls) -> Self:

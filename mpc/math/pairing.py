@@ -73,3 +73,8 @@ def pairing(p: G1, q: G2) -> bytes:
 
 _GT_ZERO = bytes(GT_SIZE)
 GT_ONE = (1).to_bytes(_FP_BYTES, "big") + bytes(GT_SIZE - _FP_BYTES)
+
+# The conversion above assumes blst's little-endian limbs (x86-64, AArch64).
+# Refuse to run on a host where the identity does not come out as 1.
+if pairing(G1.identity(), G2.generator()) != GT_ONE:  # pragma: no cover - unsupported host
+    raise ImportError("unsupported host byte order for the GT encoding")

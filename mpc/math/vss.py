@@ -11,8 +11,8 @@ and shares alike) and check the single equation
 
     (Σ ρ_j·s_j)·g2 == Σ_j Σ_k (ρ_j·x_j^k)·A_{j,k}
 
-with one multi-scalar multiplication. A false item survives with probability
-≤ 2⁻¹²⁸. When the batch fails, items are checked one by one to name culprits.
+with one multi-scalar multiplication. Coefficients are odd 128-bit integers
+(127 random bits), so a false item survives with probability ≤ 2⁻¹²⁷. When the batch fails, items are checked one by one to name culprits.
 """
 
 from __future__ import annotations

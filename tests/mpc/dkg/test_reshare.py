@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from byzantine import Misbehaviour
 from dkg_harness import Adversary, check_agreement, check_evidence, run_sharing
@@ -16,6 +18,9 @@ from mpc.errors import LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex as PI
 from mpc.math.poly import interpolate_at
 from mpc.reshare import Acknowledgement, RetentionTracker, required_acknowledgements
+
+# Scale up for a deeper search: QKMS_PROPERTY_EXAMPLES=500 make test-fast
+PROPERTY_EXAMPLES = int(os.environ.get("QKMS_PROPERTY_EXAMPLES", "20"))
 
 
 def genesis(n: int, t: int, seed: int, nodes=None):  # type: ignore[no-untyped-def]
@@ -204,7 +209,10 @@ def reshare_cases(draw: st.DrawFn):  # type: ignore[no-untyped-def]
 
 
 @settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=PROPERTY_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
 )
 @given(case=reshare_cases())
 def test_reshare_keeps_mpk_whatever_t_minus_1_old_members_do(case) -> None:  # type: ignore[no-untyped-def]

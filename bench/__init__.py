@@ -1,0 +1,1 @@
+"""Benchmarks of the BLS12-381 layer and the protocols built on it (``make bench``)."""

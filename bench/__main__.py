@@ -1,0 +1,131 @@
+"""``python -m bench [--quick]``: time the BLS12-381 layer and what is built on it.
+
+Prints two ``rich`` tables: the operations of ``mpc`` against the py-ecc
+reference (with the performance targets), and the candidate native backends
+side by side. Missed targets are printed, not raised: the exit status is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import backends, crypto
+from bench.timing import Budget, format_seconds
+
+PACKAGES = ("pyblst", "py-arkworks-bls12381", "chia-rs", "py-ecc", "cryptography")
+
+
+def _versions() -> str:
+    parts = []
+    for name in PACKAGES:
+        try:
+            parts.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{name} (missing)")
+    return ", ".join(parts)
+
+
+def main_table(rows: list[crypto.Row], profile: crypto.Profile) -> Table:
+    table = Table(
+        title=f"quorum-kms crypto: native backends vs py-ecc reference ({profile.name} run)",
+        title_justify="left",
+    )
+    table.add_column("operation")
+    table.add_column("fast", justify="right")
+    table.add_column("iters", justify="right")
+    table.add_column("py-ecc", justify="right")
+    table.add_column("iters", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("note", overflow="fold")
+    for row in rows:
+        ref = row.reference
+        if ref is None:
+            ref_time, ref_iters, ratio = "n/a", "n/a", "n/a"
+        else:
+            ref_time = ("≈" if ref.approximate else "") + format_seconds(ref.seconds)
+            ref_iters = ref.iterations
+            ratio = f"{row.ratio:,.0f}×"
+        note = row.note
+        met = row.target_met
+        if met is not None and row.target is not None:
+            verdict = "[green]met[/green]" if met else "[bold red]MISSED[/bold red]"
+            note = f"target ≤ {format_seconds(row.target)}: {verdict}; {note}"
+        table.add_row(
+            row.operation,
+            format_seconds(row.fast.median),
+            str(row.fast.iterations),
+            ref_time,
+            ref_iters,
+            ratio,
+            note,
+        )
+    return table
+
+
+def backend_table(rows: list[backends.BackendRow]) -> Table:
+    table = Table(
+        title="backend choice: the native bindings called directly (median, iterations)",
+        title_justify="left",
+    )
+    table.add_column("operation")
+    for name in backends.BACKENDS:
+        table.add_column(name, justify="right")
+    table.add_column("note", overflow="fold")
+    for row in rows:
+        cells = []
+        present = {b: t for b, t in row.timings.items() if t is not None}
+        best = min(present, key=lambda b: present[b].median) if present else None
+        for b in backends.BACKENDS:
+            t = row.timings.get(b)
+            if t is None:
+                cells.append("[dim]n/a[/dim]")
+                continue
+            text = f"{format_seconds(t.median)} ({t.iterations})"
+            cells.append(f"[bold]{text}[/bold]" if b == best and len(present) > 1 else text)
+        table.add_row(row.operation, *cells, row.note)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="cut iterations and sizes (smoke run, < 60 s)"
+    )
+    args = parser.parse_args(argv)
+    profile = crypto.QUICK if args.quick else crypto.FULL
+    backend_budget = Budget(0.05, 300, 3) if args.quick else Budget(0.4, 3000, 5)
+
+    console = Console(width=None if sys.stdout.isatty() else 180)
+    console.print(
+        f"Python {platform.python_version()} on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; {_versions()}"
+    )
+    start = time.perf_counter()
+    with console.status("benchmarking") as status:
+
+        def progress(what: str) -> None:
+            status.update(f"benchmarking: {what}")
+
+        crypto_rows = crypto.rows(profile, progress)
+        backend_rows = backends.rows(backend_budget, progress)
+    console.print(main_table(crypto_rows, profile))
+    console.print(backend_table(backend_rows))
+    missed = [r.operation for r in crypto_rows if r.target_met is False]
+    if missed:
+        console.print(f"[bold red]targets missed:[/bold red] {', '.join(missed)}")
+    else:
+        console.print("[green]all targets met[/green]")
+    console.print(f"total {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Membership agreement: proposals and approvals in decision windows, and the epoch chain."""
+
+from mpc.membership.chain import (
+    ChainError,
+    ChainState,
+    Committee,
+    apply_change,
+    extend,
+    genesis_state,
+    verify_chain,
+)
+from mpc.membership.messages import (
+    AddMember,
+    Ballot,
+    ChangeAdmissionPolicy,
+    ChangeThreshold,
+    MembershipCertificate,
+    MembershipOutcome,
+    OutcomePartial,
+    Proposal,
+    Refresh,
+    RemoveMember,
+)
+from mpc.membership.window import (
+    DecisionWindow,
+    MembershipCertified,
+    OutcomeDecided,
+    Tally,
+    WindowClosed,
+    WindowFailed,
+    WindowPhase,
+    WindowSchedule,
+    decide,
+)
+
+__all__ = [
+    "AddMember",
+    "Ballot",
+    "ChainError",
+    "ChainState",
+    "ChangeAdmissionPolicy",
+    "ChangeThreshold",
+    "Committee",
+    "DecisionWindow",
+    "MembershipCertificate",
+    "MembershipCertified",
+    "MembershipOutcome",
+    "OutcomeDecided",
+    "OutcomePartial",
+    "Proposal",
+    "Refresh",
+    "RemoveMember",
+    "Tally",
+    "WindowClosed",
+    "WindowFailed",
+    "WindowPhase",
+    "WindowSchedule",
+    "apply_change",
+    "decide",
+    "extend",
+    "genesis_state",
+    "verify_chain",
+]

@@ -1,0 +1,193 @@
+"""The epoch chain: applying certified changes, and verifying a chain from a pinned anchor.
+
+A chain alternates epoch certificates and membership certificates::
+
+    E₀ (genesis DKG) ← M₀ (change decided in epoch 0) ← E₁ (reshare) ← M₁ ← E₂ …
+
+Every link names the previous link's hash and its epoch, and is a threshold
+signature under the one master public key, so a replayed, reordered, forged
+or wrong-epoch link is refused. ``verify_chain`` is what clients and new
+members rely on: it returns the current committee, threshold and public
+shares only when every link is backed by the chain from the pinned anchor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mpc.cert import ZERO_HASH, EpochCertificate, sha256, verify_cert_signature
+from mpc.dkg.messages import Participant
+from mpc.errors import InvalidEncoding, InvalidSignature
+from mpc.ids import ParticipantIndex
+from mpc.math import G1, G2
+from mpc.membership.messages import (
+    AddMember,
+    Change,
+    ChangeAdmissionPolicy,
+    ChangeThreshold,
+    MembershipCertificate,
+    Refresh,
+    RemoveMember,
+)
+
+
+class ChainError(InvalidSignature):
+    """A link of the epoch chain is not backed by the chain before it."""
+
+
+@dataclass(frozen=True)
+class Committee:
+    members: tuple[Participant, ...]
+    threshold: int
+    admission_policy_hash: bytes
+
+    @property
+    def indices(self) -> list[ParticipantIndex]:
+        return [ParticipantIndex(p.index) for p in self.members]
+
+
+def apply_change(committee: Committee, change: Change) -> Committee | None:
+    """The committee after ``change``, or ``None`` if the change is invalid for it."""
+    members = list(committee.members)
+    t = committee.threshold
+    policy = committee.admission_policy_hash
+    if isinstance(change, AddMember):
+        p = change.participant
+        if any(m.index == p.index or m.identity == p.identity for m in members):
+            return None
+        members = sorted([*members, p], key=lambda m: m.index)
+    elif isinstance(change, RemoveMember):
+        if not any(m.index == change.index for m in members):
+            return None
+        members = [m for m in members if m.index != change.index]
+    elif isinstance(change, ChangeThreshold):
+        t = change.threshold
+    elif isinstance(change, ChangeAdmissionPolicy):
+        policy = change.policy_hash()
+    elif not isinstance(change, Refresh):  # pragma: no cover - Change is closed
+        return None
+    if not 2 <= t <= len(members):
+        return None
+    return Committee(tuple(members), t, policy)
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """What a verified chain proves about the current epoch."""
+
+    mpk: G2
+    epoch: int
+    committee: Committee
+    certificate: EpochCertificate
+    head_hash: bytes
+    """Hash of the last link (an epoch or a membership certificate)."""
+    pending: MembershipCertificate | None = None
+    """A certified change whose reshare has not been certified yet."""
+    public_shares: Mapping[ParticipantIndex, G2] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> int:
+        return self.committee.threshold
+
+
+def _check_signature(message: bytes, signature: bytes, mpk: G2) -> None:
+    try:
+        sig = G1.from_bytes(signature)
+    except InvalidEncoding as exc:
+        raise ChainError("malformed link signature") from exc
+    if not verify_cert_signature(message, sig, mpk):
+        raise ChainError("link signature does not verify under the master public key")
+
+
+def _state_from_epoch(mpk: G2, cert: EpochCertificate, head: bytes) -> ChainState:
+    tr = cert.transcript
+    committee = Committee(tr.committee, tr.threshold, tr.admission_policy_hash)
+    return ChainState(mpk, tr.epoch, committee, cert, head, None, cert.public_shares())
+
+
+def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
+    """Verify the genesis certificate under the pinned ``mpk``."""
+    tr = genesis.transcript
+    if tr.kind != "dkg" or tr.epoch != 0 or tr.previous_certificate_hash != ZERO_HASH:
+        raise ChainError("the first link must be the genesis DKG certificate of epoch 0")
+    if tr.mpk != mpk.to_bytes():
+        raise ChainError("genesis certificate is for another master public key")
+    _check_signature(tr.encode(), genesis.signature, mpk)
+    return _state_from_epoch(mpk, genesis, genesis.hash())
+
+
+def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) -> ChainState:
+    """Verify one more link after ``state``; raises ``ChainError``."""
+    if isinstance(link, MembershipCertificate):
+        out = link.outcome
+        if state.pending is not None:
+            raise ChainError("one change per epoch: a change is already certified")
+        if out.epoch != state.epoch or out.proposal.epoch != state.epoch:
+            raise ChainError(
+                f"membership certificate for epoch {out.epoch}, chain is at {state.epoch}"
+            )
+        if (
+            out.previous_certificate_hash != state.head_hash
+            or out.proposal.certificate_hash != state.head_hash
+        ):
+            raise ChainError("membership certificate does not follow the current epoch certificate")
+        if apply_change(state.committee, out.proposal.change) is None:
+            raise ChainError("certified change is invalid for the committee")
+        _check_signature(out.encode(), link.signature, state.mpk)
+        return ChainState(
+            state.mpk,
+            state.epoch,
+            state.committee,
+            state.certificate,
+            link.hash(),
+            link,
+            state.public_shares,
+        )
+    tr = link.transcript
+    if state.pending is None:
+        raise ChainError("an epoch certificate must follow a membership certificate")
+    if tr.kind != "reshare" or tr.epoch != state.epoch + 1:
+        raise ChainError(f"expected the reshare certificate of epoch {state.epoch + 1}")
+    if tr.previous_certificate_hash != state.head_hash:
+        raise ChainError("epoch certificate does not follow the membership certificate")
+    if tr.mpk != state.mpk.to_bytes():
+        raise ChainError("epoch certificate changes the master public key")
+    expected = apply_change(state.committee, state.pending.outcome.proposal.change)
+    if expected is None or (tr.committee, tr.threshold, tr.admission_policy_hash) != (
+        expected.members,
+        expected.threshold,
+        expected.admission_policy_hash,
+    ):
+        raise ChainError("epoch certificate's committee is not the certified change")
+    _check_signature(tr.encode(), link.signature, state.mpk)
+    return _state_from_epoch(state.mpk, link, link.hash())
+
+
+def verify_chain(
+    links: Sequence[EpochCertificate | MembershipCertificate],
+    *,
+    mpk: G2 | None = None,
+    checkpoint: ChainState | None = None,
+) -> ChainState:
+    """Verify ``links`` from a pinned ``mpk`` (links[0] is genesis) or after a pinned checkpoint."""
+    if (mpk is None) == (checkpoint is None):
+        raise ValueError("pin exactly one of mpk or checkpoint")
+    if checkpoint is not None:
+        state = checkpoint
+        rest = list(links)
+    else:
+        if not links or not isinstance(links[0], EpochCertificate):
+            raise ChainError("empty chain or no genesis certificate")
+        if mpk is None:  # pragma: no cover - checked above
+            raise ValueError("no anchor")
+        state = genesis_state(mpk, links[0])
+        rest = list(links[1:])
+    for link in rest:
+        state = extend(state, link)
+    return state
+
+
+def chain_digest(links: Sequence[EpochCertificate | MembershipCertificate]) -> bytes:
+    """A short fingerprint of a chain (for logs and checkpoints)."""
+    return sha256(b"".join(link.fingerprint() for link in links))

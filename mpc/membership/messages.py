@@ -1,0 +1,175 @@
+"""Membership proposals, ballots, outcomes and membership certificates."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated
+
+from mpc.codec import MaxSize, Message, MessageDecodeError, Size
+from mpc.dkg.messages import Participant
+
+MAX_ATTESTATION = 64 * 1024
+MAX_EVIDENCE = 256 * 1024
+
+# Fixed order of change kinds: operator changes before refresh (DESIGN.md, "Membership agreement").
+KIND_ORDER = {"add": 0, "remove": 0, "threshold": 0, "admission-policy": 0, "refresh": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class AddMember(Message):
+    """Admit a node: its participant record and attestation evidence (opaque here)."""
+
+    TYPE = "member/add"
+    participant: Participant
+    attestation: Annotated[bytes, MaxSize(MAX_ATTESTATION)]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMember(Message):
+    TYPE = "member/remove"
+    index: int
+    evidence: Annotated[bytes, MaxSize(MAX_EVIDENCE)] = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeThreshold(Message):
+    TYPE = "member/threshold"
+    threshold: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeAdmissionPolicy(Message):
+    TYPE = "member/admission-policy"
+    policy: Annotated[bytes, MaxSize(MAX_ATTESTATION)]
+
+    def policy_hash(self) -> bytes:
+        return hashlib.sha256(self.policy).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh(Message):
+    TYPE = "member/refresh"
+
+
+Change = AddMember | RemoveMember | ChangeThreshold | ChangeAdmissionPolicy | Refresh
+
+
+def change_kind(change: Change) -> str:
+    return {
+        AddMember: "add",
+        RemoveMember: "remove",
+        ChangeThreshold: "threshold",
+        ChangeAdmissionPolicy: "admission-policy",
+        Refresh: "refresh",
+    }[type(change)]
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal(Message):
+    """A change bound to ``(epoch, hash(current epoch certificate))`` by its proposer.
+
+    Exactly one of the ``change_*`` fields is set (msgpack has no unions).
+    """
+
+    TYPE = "member/proposal"
+    epoch: int
+    certificate_hash: Annotated[bytes, Size(32)]
+    proposer: int
+    nonce: Annotated[bytes, Size(16)]
+    add: AddMember | None = None
+    remove: RemoveMember | None = None
+    threshold: ChangeThreshold | None = None
+    admission_policy: ChangeAdmissionPolicy | None = None
+    refresh: Refresh | None = None
+
+    def validate(self) -> None:
+        set_fields = [
+            f
+            for f in (self.add, self.remove, self.threshold, self.admission_policy, self.refresh)
+            if f is not None
+        ]
+        if len(set_fields) != 1:
+            raise MessageDecodeError("member/proposal: exactly one change")
+
+    @property
+    def change(self) -> Change:
+        for f in (self.add, self.remove, self.threshold, self.admission_policy, self.refresh):
+            if f is not None:
+                return f
+        raise MessageDecodeError(
+            "member/proposal: no change"
+        )  # pragma: no cover - validate() forbids
+
+    @property
+    def kind(self) -> str:
+        return change_kind(self.change)
+
+    def id(self) -> bytes:
+        """The proposal id: SHA-256 of its canonical encoding."""
+        return self.fingerprint()
+
+    def order_key(self) -> tuple[int, bytes]:
+        return (KIND_ORDER[self.kind], self.id())
+
+    @classmethod
+    def of(
+        cls, epoch: int, certificate_hash: bytes, proposer: int, nonce: bytes, change: Change
+    ) -> Proposal:
+        key = {
+            "add": "add",
+            "remove": "remove",
+            "threshold": "threshold",
+            "admission-policy": "admission_policy",
+            "refresh": "refresh",
+        }[change_kind(change)]
+        return cls(epoch, certificate_hash, proposer, nonce, **{key: change})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Ballot(Message):
+    """A member's one broadcast per decision window: new proposals and its approvals."""
+
+    TYPE = "member/ballot"
+    epoch: int
+    window: int
+    member: int
+    proposals: Annotated[tuple[Proposal, ...], MaxSize(16)]
+    approvals: Annotated[tuple[bytes, ...], MaxSize(256)]
+
+    def validate(self) -> None:
+        if any(len(a) != 32 for a in self.approvals):
+            raise MessageDecodeError("member/ballot: approvals are 32-byte proposal ids")
+        if list(self.approvals) != sorted(set(self.approvals)):
+            raise MessageDecodeError("member/ballot: approvals must be sorted and distinct")
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipOutcome(Message):
+    """What a membership certificate certifies: the winning proposal of a window."""
+
+    TYPE = "cert/membership"
+    epoch: int
+    window: int
+    previous_certificate_hash: Annotated[bytes, Size(32)]
+    proposal: Proposal
+    reshare_start: int
+    """Absolute time (seconds) at which the resulting reshare starts."""
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipCertificate(Message):
+    TYPE = "cert/membership-certificate"
+    outcome: MembershipOutcome
+    signature: Annotated[bytes, Size(48)]
+
+    def hash(self) -> bytes:
+        return self.fingerprint()
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomePartial(Message):
+    TYPE = "cert/membership-partial"
+    signer: int
+    outcome_hash: Annotated[bytes, Size(32)]
+    signature: Annotated[bytes, Size(48)]

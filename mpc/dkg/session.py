@@ -297,6 +297,10 @@ class SharingSession:
             raise LocalProtocolError("identity key does not match this index")
         if self.is_recipient and mine.dkg_key != dkg_key.public_bytes():
             raise LocalProtocolError("DKG key does not match this index")
+        if config.kind == "reshare" and self.is_dealer and share is None and self.is_recipient:
+            # A member that missed the last reshare has no share to deal: it takes
+            # part as a recipient only, and its empty dealer slot leaves it out of QUAL.
+            self.is_dealer = False
         if config.kind == "reshare" and self.is_dealer:
             if share is None or share.index != me:
                 raise LocalProtocolError("a reshare dealer needs its own old share")
@@ -356,6 +360,14 @@ class SharingSession:
     @property
     def phase(self) -> Phase:
         return self._phase
+
+    @property
+    def run_id(self) -> bytes:
+        return self._run
+
+    def session_ids(self) -> frozenset[bytes]:
+        """The broadcast session ids this run's messages carry."""
+        return frozenset(self._rounds)
 
     @property
     def result(self) -> SharingResult | None:

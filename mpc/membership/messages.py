@@ -173,3 +173,30 @@ class OutcomePartial(Message):
     signer: int
     outcome_hash: Annotated[bytes, Size(32)]
     signature: Annotated[bytes, Size(48)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainUpdate(Message):
+    """Links of the epoch chain (encoded certificates, oldest first) sent to catch a peer up.
+
+    Each link is ``[kind, bytes]`` flattened: ``kinds[i]`` is ``"epoch"`` or ``"membership"``.
+    The receiver verifies every link itself; nothing here is trusted.
+    """
+
+    TYPE = "chain/update"
+    kinds: Annotated[tuple[str, ...], MaxSize(4096)]
+    links: Annotated[tuple[bytes, ...], MaxSize(4096)]
+
+    def validate(self) -> None:
+        if len(self.kinds) != len(self.links) or any(
+            k not in ("epoch", "membership") for k in self.kinds
+        ):
+            raise MessageDecodeError("chain/update: one known kind per link")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRequest(Message):
+    """Ask a peer for the chain links after ``have`` links."""
+
+    TYPE = "chain/request"
+    have: int

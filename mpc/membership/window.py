@@ -189,6 +189,9 @@ class DecisionWindow:
     def outcome(self) -> MembershipOutcome | None:
         return self._outcome
 
+    def session_ids(self) -> frozenset[bytes]:
+        return frozenset({self._round.config.session})
+
     def messages_to_send(self) -> list[Outbound]:
         self._outbox.extend(self._round.messages_to_send())
         out, self._outbox = self._outbox, []

@@ -236,6 +236,8 @@ class _Candidate:
 class _Slot:
     candidates: dict[bytes, _Candidate] = field(default_factory=dict)
     accepted: list[bytes] = field(default_factory=list)
+    signed_by: dict[ParticipantIndex, set[bytes]] = field(default_factory=dict)
+    """Digests each relayer has signed for this slot (an honest one signs at most two)."""
 
 
 @dataclass
@@ -370,23 +372,35 @@ class BroadcastRound:
         slot = self._slots[sender]
         cand = slot.candidates.get(header.digest)
         if cand is None:
-            if len(slot.candidates) >= MAX_PENDING_DIGESTS + 2:
+            # Bound memory per slot, but never at the expense of a digest that a
+            # relayer within its honest budget (two digests per slot) vouches for:
+            # that one may be accepted by other honest members.
+            vouched = any(len(slot.signed_by.get(i, set()) | {header.digest}) <= 2 for i in relays)
+            if len(slot.candidates) >= MAX_PENDING_DIGESTS + 2 and not vouched:
                 self.stats.dropped += 1
                 return
             cand = _Candidate(header)
             slot.candidates[header.digest] = cand
         for idx, sig in relays.items():
             cand.relays.setdefault(idx, sig)
+            slot.signed_by.setdefault(idx, set()).add(header.digest)
         if payload is not None and cand.payload is None:
             cand.payload = payload
         if header.digest in slot.accepted:
             return
         # How many relay signatures can count towards acceptance right now.
         k = min(len(cand.relays), self.config.f + 1)
-        if direct and self._now <= self.config.cutoff:
+        own = sender == self.config.me
+        if direct and not own and self._now <= self.config.cutoff:
             k_ok = True
+        elif direct and own:
+            # Our own message counts directly only if it reaches everyone by the
+            # cut-off (sent Δ before it); later, we wait for relays like the others.
+            k_ok = self._now <= self.config.cutoff - self.config.delta
         else:
-            k_ok = k >= 1 and self._now <= self.config.window(k)
+            # Strictly before the window closes, so nothing changes once the end
+            # time (cutoff + (f+1)·Δ) is reached and the outcome can be read.
+            k_ok = k >= 1 and self._now < self.config.window(k)
         if not k_ok:
             return
         if cand.payload is None:
@@ -415,7 +429,7 @@ class BroadcastRound:
         msg = DigestRelay(cand.header, tuple(RelaySignature(int(i), s) for i, s in sorted(chosen)))
         self.stats.relayed += 1
         for i in self.config.audience():
-            if i != me and i != sender:
+            if i != me:  # the sender too: it may need relays to accept its own late message
                 self._outbox.append(Outbound(i, msg))
 
     def _pull(self, sender: ParticipantIndex, cand: _Candidate) -> None:

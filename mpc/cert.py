@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from mpc.codec import MaxSize, Message, MessageDecodeError, Size
-from mpc.dkg.messages import MAX_PARTICIPANTS, Participant
 from mpc.errors import InvalidEncoding, InvalidShare, InvalidSignature, LocalProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G1, G2, hash_to_g1, pairing_check
 from mpc.math.fields import lagrange_coefficients
 from mpc.math.vss import public_share
+from mpc.participant import MAX_PARTICIPANTS, Participant
 from mpc.secret import SecretShare
 
 DST_CERT = b"QUORUM-KMS-V01-CERT-BLS12381G1_XMD:SHA-256_SSWU_RO_"

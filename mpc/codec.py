@@ -31,6 +31,9 @@ MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 """No protocol message may exceed this (a DKG deal for n = 256, t = 171 is ~100 KiB)."""
 
 MAX_ITEMS = 4096
+MAX_INT = 2**32 - 1
+"""Every integer field is an unsigned 32-bit value (indices, epochs, attempts, Unix
+seconds until 2106), so fixed-width statements built from them never overflow."""
 
 
 class MessageDecodeError(InvalidEncoding):
@@ -217,6 +220,8 @@ def _from_wire(raw: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if not isinstance(raw, int) or isinstance(raw, bool):
             raise MessageDecodeError(f"{where}: expected an int")
+        if not 0 <= raw <= MAX_INT:
+            raise MessageDecodeError(f"{where}: integer out of range")
         return raw
     if tp is bytes:
         if not isinstance(raw, bytes):

@@ -233,6 +233,6 @@ def check_evidence(run: Run) -> None:
             if isinstance(ev, EquivocationEvidence):
                 ev.verify(key)
             elif isinstance(ev, InvalidJustificationEvidence):
-                ev.verify(key)
+                ev.verify(key, run=cfg.run_id())
             elif isinstance(ev, ReshareConstantEvidence):
-                ev.verify(key, cfg.old_public_share(dealer))
+                ev.verify(key, cfg.old_public_share(dealer), run=cfg.run_id())

@@ -10,9 +10,10 @@ missing message excludes its sender everywhere but is not evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from mpc.broadcast import BroadcastPayload, EquivocationEvidence
-from mpc.codec import Message, MessageDecodeError
+from mpc.broadcast import BroadcastPayload, EquivocationEvidence, session_id
+from mpc.codec import Message, MessageDecodeError, Size
 from mpc.dkg.messages import DealBundle, JustificationBundle
 from mpc.errors import InvalidEncoding, InvalidSignature
 from mpc.ids import ParticipantIndex
@@ -22,7 +23,10 @@ from mpc.math.vss import share_matches
 from mpc.sig import CTX_BROADCAST_DIGEST, VerifyKey
 
 
-def _check_signed(payload: BroadcastPayload, key: VerifyKey) -> None:
+def _check_signed(payload: BroadcastPayload, key: VerifyKey, run: bytes, phase: bytes) -> None:
+    """The dealer signed ``payload`` in phase ``phase`` of run ``run`` (and no other)."""
+    if payload.header.session != session_id(run, phase):
+        raise InvalidSignature("the signed message belongs to another run or phase")
     key.verify(CTX_BROADCAST_DIGEST, payload.header.statement(), payload.header.signature)
 
 
@@ -31,6 +35,7 @@ class InvalidJustificationEvidence(Message):
     """The dealer's signed deal and its signed justification revealing a bad share."""
 
     TYPE = "evidence/invalid-justification"
+    run: Annotated[bytes, Size(32)]
     deal: BroadcastPayload
     justification: BroadcastPayload
     recipient: int
@@ -39,12 +44,15 @@ class InvalidJustificationEvidence(Message):
     def culprit(self) -> ParticipantIndex:
         return ParticipantIndex(self.deal.header.sender)
 
-    def verify(self, dealer_key: VerifyKey) -> None:
-        """Raise ``InvalidSignature`` unless this proves the dealer revealed a bad share."""
+    def verify(self, dealer_key: VerifyKey, *, run: bytes) -> None:
+        """Raise ``InvalidSignature`` unless this proves the dealer revealed a bad share
+        in run ``run`` (the verifier's own id of a run it knows took place)."""
+        if self.run != run:
+            raise InvalidSignature("evidence is about another run")
         if self.deal.header.sender != self.justification.header.sender:
             raise InvalidSignature("deal and justification are from different dealers")
-        _check_signed(self.deal, dealer_key)
-        _check_signed(self.justification, dealer_key)
+        _check_signed(self.deal, dealer_key, run, b"deal")
+        _check_signed(self.justification, dealer_key, run, b"justify")
         try:
             deal = DealBundle.decode(self.deal.payload)
             just = JustificationBundle.decode(self.justification.payload)
@@ -62,15 +70,19 @@ class ReshareConstantEvidence(Message):
     """A reshare dealer's signed deal whose constant term is not its public share."""
 
     TYPE = "evidence/reshare-constant"
+    run: Annotated[bytes, Size(32)]
     deal: BroadcastPayload
 
     @property
     def culprit(self) -> ParticipantIndex:
         return ParticipantIndex(self.deal.header.sender)
 
-    def verify(self, dealer_key: VerifyKey, public_share: G2) -> None:
-        """``public_share`` comes from the old epoch's certified public polynomial."""
-        _check_signed(self.deal, dealer_key)
+    def verify(self, dealer_key: VerifyKey, public_share: G2, *, run: bytes) -> None:
+        """``run`` is the id of the reshare (``SharingConfig.run_id()``) and
+        ``public_share`` comes from the old epoch's certified public polynomial."""
+        if self.run != run:
+            raise InvalidSignature("evidence is about another run")
+        _check_signed(self.deal, dealer_key, run, b"deal")
         try:
             deal = DealBundle.decode(self.deal.payload)
         except MessageDecodeError as exc:

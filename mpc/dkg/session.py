@@ -104,9 +104,10 @@ TERMINAL_PHASES = frozenset({Phase.DONE, Phase.FAILED})
 
 # The one table of allowed transitions; docs/protocols/sharing.md is generated from it.
 TRANSITIONS: dict[Phase, tuple[Phase, ...]] = {
-    Phase.WAITING: (Phase.DEALING,),
-    Phase.DEALING: (Phase.RESPONDING, Phase.DONE),
-    Phase.RESPONDING: (Phase.JUSTIFYING, Phase.DONE),
+    # Every non-terminal phase may end in FAILED: a local error fails the session.
+    Phase.WAITING: (Phase.DEALING, Phase.FAILED),
+    Phase.DEALING: (Phase.RESPONDING, Phase.FAILED),
+    Phase.RESPONDING: (Phase.JUSTIFYING, Phase.FAILED),
     Phase.JUSTIFYING: (Phase.CERTIFYING, Phase.DONE, Phase.FAILED),
     Phase.CERTIFYING: (Phase.DONE, Phase.FAILED),
     Phase.DONE: (),
@@ -512,7 +513,7 @@ class SharingSession:
             self._exclude(
                 dealer,
                 "constant term is not the dealer's public share",
-                ReshareConstantEvidence(payload),
+                ReshareConstantEvidence(self._run, payload),
             )
             return
         self._deals[dealer] = (payload, bundle, points)
@@ -643,7 +644,9 @@ class SharingSession:
                 if claim.dealer in self._excluded:
                     continue
                 if not batch_check([claim], [1]):
-                    ev = InvalidJustificationEvidence(deal_payload, just_payload, int(claim.index))
+                    ev = InvalidJustificationEvidence(
+                        self._run, deal_payload, just_payload, int(claim.index)
+                    )
                     self._exclude(
                         claim.dealer, "justification reveals a share that fails its commitments", ev
                     )
@@ -769,7 +772,7 @@ class SharingSession:
     def _enter(self, phase: Phase) -> None:
         if phase is self._phase:
             return
-        if phase is not Phase.FAILED and phase not in TRANSITIONS[self._phase]:
+        if phase not in TRANSITIONS[self._phase]:
             raise LocalProtocolError(f"illegal transition {self._phase.value} → {phase.value}")
         self._phase = phase
 

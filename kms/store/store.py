@@ -1,0 +1,978 @@
+"""``NodeStore``: one node's durable state in one SQLite file.
+
+What a node keeps, and why it must survive a crash (DESIGN.md, "Storage and
+failures", "Restarts"):
+
+=================  ===========================================================
+table              holds
+=================  ===========================================================
+``meta``           store parameters (schema version, sealer header, sealed
+                   check value, sealed audit head) and free ``get_meta`` /
+                   ``set_meta`` entries for later features (policies, replay
+                   cache watermarks)
+``identity``       the node's Ed25519 identity seed and X25519 DKG seed (sealed)
+``records``        protocol records of a run (DKG, reshare, membership): every
+                   message the node signed, stored before it is sent, and the
+                   secrets a run must not lose (the dealt polynomial, the new
+                   share), sealed; keyed by ``(run, key)``
+``chain``          the certificate chain ``E₀ ← M₀ ← E₁ ← M₁ …`` in order
+``epochs``         per epoch this node switched to: public polynomial, committee
+``shares``         this node's share per epoch (sealed); the current epoch's is
+                   *current*, older ones are *retained* until deleted
+``current_epoch``  which epoch the node serves
+``audit``          the hash-chained audit log of key releases
+=================  ===========================================================
+
+**Durability.** ``journal_mode=WAL`` and ``synchronous=FULL``: a method that
+returns has committed and fsynced, so the node may send the messages of the
+step right after :meth:`NodeStore.put_records`. Every method runs in one
+explicit transaction (``BEGIN IMMEDIATE`` for writes), so a process killed at
+any point leaves either all or none of a call's effects.
+
+**Sealing.** Secrets are sealed by the :class:`~kms.store.sealer.Sealer` with
+associated data ``(store id, table, column, row key)``: a blob copied into
+another row, or into another store, does not open. A sealed check value in
+``meta`` makes a wrong passphrase fail when the store opens, with a clear
+message, instead of at the first secret read.
+
+**Deletion.** A retained share and the records of a finished run are
+overwritten, deleted with ``secure_delete`` on, and the write-ahead log is
+truncated, so the sealed bytes leave the SQLite files (what the file system
+or the disk keeps of freed blocks is beyond SQLite's reach). Operators back
+up identity and configuration, never this file: a restored share would undo
+a refresh.
+
+The API is synchronous and never starts threads; the trio node service calls
+it directly (each call is a short SQLite transaction). A store object is used
+from the thread that opened it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol
+
+from kms.store.audit import ZERO_HASH, AuditRecord, canonical_record, chain_hash
+from kms.store.errors import AuditChainBroken, SealError, StoreError
+from kms.store.sealer import Sealer
+
+__all__ = [
+    "APPLICATION_ID",
+    "LINK_KINDS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "AuditEntry",
+    "EpochRecord",
+    "NodeStore",
+    "RecordLike",
+]
+
+SCHEMA_VERSION = 1
+"""The schema this code writes; stored in ``meta`` as ``schema_version``."""
+
+APPLICATION_ID = 0x514B4D53
+"""``PRAGMA application_id`` of a store ("QKMS"): another SQLite file is refused."""
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: dict[int, Migration] = {}
+"""The migration hook: ``MIGRATIONS[v]`` upgrades a store from schema ``v`` to ``v + 1``.
+
+Each step runs inside the write transaction that also records the new
+version, so a crash mid-migration leaves the store at the old version. An
+opened store older than :data:`SCHEMA_VERSION` is migrated step by step; one
+newer than this code is refused.
+"""
+
+LINK_KINDS = ("epoch", "membership")
+"""Kinds of chain links: epoch certificates and membership certificates."""
+
+SEED_SIZE = 32
+_BUSY_TIMEOUT_MS = 5000
+MAX_RUN_SIZE = 1024
+MAX_RECORD_KEY_LENGTH = 256
+
+_AAD_DOMAIN = b"quorum-kms/store/v1"
+_CHECK_PLAINTEXT = b"quorum-kms store sealing check v1"
+
+# meta entries the store owns; set_meta refuses them.
+_META_SCHEMA_VERSION = "schema_version"
+_META_STORE_ID = "store.id"
+_META_SEALER = "store.sealer"
+_META_CHECK = "store.check"
+_META_AUDIT_HEAD = "store.audit_head"
+_RESERVED_PREFIX = "store."
+
+_SCHEMA = (
+    """CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE identity (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        identity_seed BLOB NOT NULL,
+        dkg_seed BLOB NOT NULL
+    )""",
+    """CREATE TABLE records (
+        run BLOB NOT NULL,
+        key TEXT NOT NULL,
+        secret INTEGER NOT NULL CHECK (secret IN (0, 1)),
+        data BLOB NOT NULL,
+        PRIMARY KEY (run, key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE chain (
+        position INTEGER PRIMARY KEY CHECK (position >= 0),
+        kind TEXT NOT NULL CHECK (kind IN ('epoch', 'membership')),
+        epoch INTEGER NOT NULL CHECK (epoch >= 0),
+        data BLOB NOT NULL,
+        UNIQUE (kind, epoch)
+    )""",
+    """CREATE TABLE epochs (
+        epoch INTEGER PRIMARY KEY,
+        link_kind TEXT NOT NULL DEFAULT 'epoch' CHECK (link_kind = 'epoch'),
+        public_polynomial BLOB NOT NULL,
+        committee BLOB NOT NULL,
+        FOREIGN KEY (link_kind, epoch) REFERENCES chain (kind, epoch)
+    )""",
+    """CREATE TABLE shares (
+        epoch INTEGER PRIMARY KEY REFERENCES epochs (epoch),
+        sealed BLOB NOT NULL
+    )""",
+    """CREATE TABLE current_epoch (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        epoch INTEGER NOT NULL REFERENCES epochs (epoch)
+    )""",
+    """CREATE TABLE audit (
+        position INTEGER PRIMARY KEY CHECK (position >= 0),
+        entry BLOB NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL
+    )""",
+    # Append-only tables refuse edits from this code's own bugs. They are no
+    # defence against someone editing the file: the hash chain and the sealed
+    # audit head are.
+    """CREATE TRIGGER chain_append_only_update BEFORE UPDATE ON chain
+       BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END""",
+    """CREATE TRIGGER chain_append_only_delete BEFORE DELETE ON chain
+       BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END""",
+    """CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+)
+
+
+class RecordLike(Protocol):
+    """One protocol record: ``mpc.dkg.session.Persist`` has this shape."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def secret(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """The epoch a node serves: its certificate, this node's share (if any), public data."""
+
+    epoch: int
+    certificate: bytes
+    """The encoded ``mpc.cert.EpochCertificate`` (the chain's epoch link)."""
+    share: bytes | None = field(repr=False)
+    """This node's share, unsealed; ``None`` if the node is not a member of the epoch."""
+    public_polynomial: bytes
+    committee: bytes
+
+    def __repr__(self) -> str:
+        share = "None" if self.share is None else "<redacted>"
+        return f"EpochRecord(epoch={self.epoch}, share={share})"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One stored audit-log entry: ``hash = SHA-256(prev_hash ‖ entry)``."""
+
+    position: int
+    entry: bytes
+    """The record's canonical JSON."""
+    prev_hash: bytes
+    hash: bytes
+
+
+# --- argument checks ----------------------------------------------------------------------
+
+
+def _check_bytes(name: str, value: object, *, allow_empty: bool = False) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"{name} must be bytes")
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+def _check_epoch(epoch: object) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise TypeError("epoch must be an int")
+    if epoch < 0:
+        raise ValueError("epoch must not be negative")
+    return epoch
+
+
+def _check_run(run: object) -> bytes:
+    checked = _check_bytes("run", run)
+    if len(checked) > MAX_RUN_SIZE:
+        raise ValueError(f"run id longer than {MAX_RUN_SIZE} bytes")
+    return checked
+
+
+def _check_record_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError("record key must be a str")
+    if not 1 <= len(key) <= MAX_RECORD_KEY_LENGTH or "\x00" in key:
+        raise ValueError(f"record key must be 1..{MAX_RECORD_KEY_LENGTH} characters, without NUL")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("record key is not valid Unicode") from exc
+    return key
+
+
+def _run_label(run: bytes) -> str:
+    text = run.hex()
+    return text if len(text) <= 16 else text[:16] + "…"
+
+
+def _epoch_bytes(epoch: int) -> bytes:
+    return epoch.to_bytes(8, "big")
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+class NodeStore:
+    """A node's durable state: identity, protocol records, chain, shares, audit log.
+
+    ``NodeStore(path, sealer)`` opens the SQLite file at ``path``, creating it
+    (mode 0600) when it does not exist and ``create`` is true. Opening checks
+    that the sealer opens the store (:class:`SealError` "wrong passphrase …"
+    otherwise) and migrates an older schema. Use it as a context manager or
+    call :meth:`close`.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], sealer: Sealer, *, create: bool = True
+    ) -> None:
+        self._db: sqlite3.Connection | None = None
+        self._path = os.fspath(path)
+        if self._path in ("", ":memory:") or self._path.startswith("file:"):
+            raise ValueError("a NodeStore needs a file path (no in-memory database, no URI)")
+        if not isinstance(sealer, Sealer):
+            raise TypeError("sealer must implement the Sealer protocol")
+        self._sealer = sealer
+        self._store_id = b""
+        if not os.path.exists(self._path):
+            if not create:
+                raise StoreError(f"no store at {self._path}")
+            try:
+                os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"cannot create the store at {self._path}: {exc}") from exc
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store at {self._path}: {exc}") from exc
+        self._db = db
+        try:
+            self._configure(db)
+            self._open_or_create()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database; idempotent. Every later call raises ``StoreError``."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def __enter__(self) -> NodeStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._db is None else "open"
+        return f"NodeStore({self._path!r}, sealer={self._sealer.name!r}, {state}, <redacted>)"
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def schema_version(self) -> int:
+        with self._read() as db:
+            return int(self._meta(db, _META_SCHEMA_VERSION) or b"0")
+
+    # --- opening ------------------------------------------------------------------------
+
+    @staticmethod
+    def _configure(db: sqlite3.Connection) -> None:
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StoreError("the store needs SQLite's WAL journal mode")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA secure_delete = ON")
+            db.execute("PRAGMA trusted_schema = OFF")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"not a usable SQLite database: {exc}") from exc
+
+    def _open_or_create(self) -> None:
+        """Create a new store, or unlock an existing one and then migrate it (one transaction)."""
+        with self._write() as tx:
+            app_id = tx.execute("PRAGMA application_id").fetchone()[0]
+            tables = tx.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id == 0 and tables == 0:
+                self._create(tx)
+                return
+            if app_id != APPLICATION_ID:
+                raise StoreError(f"{self._path} is not a quorum-kms node store")
+            version = int(self._meta(tx, _META_SCHEMA_VERSION) or b"0")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store has schema {version}, newer than this code ({SCHEMA_VERSION})"
+                )
+            store_id = self._meta(tx, _META_STORE_ID)
+            header = self._meta(tx, _META_SEALER)
+            check = self._meta(tx, _META_CHECK)
+            if store_id is None or header is None or check is None:
+                raise StoreError(f"{self._path}: store parameters missing from meta")
+            self._store_id = store_id
+            self._unlock(header, check)  # a wrong passphrase migrates nothing
+            while version < SCHEMA_VERSION:
+                step = MIGRATIONS.get(version)
+                if step is None:
+                    raise StoreError(f"no migration from schema {version}")
+                step(tx)
+                version += 1
+                self._set_meta(tx, _META_SCHEMA_VERSION, str(version).encode())
+
+    def _unlock(self, header: bytes, check: bytes) -> None:
+        """Derive the sealing key from the stored header and prove it opens the check value."""
+        self._sealer.open(header)
+        try:
+            plain = self._sealer.unseal(check, self._aad("meta", "value", _META_CHECK.encode()))
+        except SealError:
+            plain = b""
+        if not hmac.compare_digest(plain, _CHECK_PLAINTEXT):
+            raise SealError(
+                f"wrong passphrase (or sealing key): it does not open the store at {self._path}"
+            )
+
+    def _create(self, tx: sqlite3.Connection) -> None:
+        for statement in _SCHEMA:
+            tx.execute(statement)
+        tx.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        self._store_id = os.urandom(16)
+        header = self._sealer.create_header()
+        self._sealer.open(header)
+        check = self._sealer.seal(
+            _CHECK_PLAINTEXT, self._aad("meta", "value", _META_CHECK.encode())
+        )
+        self._set_meta(tx, _META_SCHEMA_VERSION, str(SCHEMA_VERSION).encode())
+        self._set_meta(tx, _META_STORE_ID, self._store_id)
+        self._set_meta(tx, _META_SEALER, header)
+        self._set_meta(tx, _META_CHECK, check)
+
+    # --- transactions and helpers ----------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("the store is closed")
+        return self._db
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        try:
+            db.execute(begin)
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction: ``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error."""
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot over several statements."""
+        return self._transaction("BEGIN DEFERRED")
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (after deleting secrets).
+
+        It does not wait for readers in other processes (an operator's status
+        query): if one holds an old snapshot, the WAL is truncated at the next
+        deletion or when the last connection closes.
+        """
+        db = self._conn()
+        try:
+            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    def _aad(self, table: str, column: str, *key: bytes) -> bytes:
+        parts = (_AAD_DOMAIN, self._store_id, table.encode(), column.encode(), *key)
+        return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+    @staticmethod
+    def _meta(db: sqlite3.Connection, name: str) -> bytes | None:
+        row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    @staticmethod
+    def _set_meta(db: sqlite3.Connection, name: str, value: bytes) -> None:
+        db.execute(
+            "INSERT INTO meta (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    # --- meta ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_meta_name(name: object) -> str:
+        if not isinstance(name, str) or not name:
+            raise ValueError("meta name must be a non-empty str")
+        if name == _META_SCHEMA_VERSION or name.startswith(_RESERVED_PREFIX):
+            raise ValueError(f"meta name {name!r} is reserved for the store")
+        return name
+
+    def get_meta(self, name: str) -> bytes | None:
+        """A free meta entry, or ``None``. Names starting with ``store.`` are the store's own."""
+        with self._read() as db:
+            return self._meta(db, self._check_meta_name(name))
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        """Set a free meta entry (not sealed: never put a secret here)."""
+        self._check_meta_name(name)
+        _check_bytes("value", value, allow_empty=True)
+        with self._write() as db:
+            self._set_meta(db, name, value)
+
+    # --- identity ---------------------------------------------------------------------------
+
+    def save_identity(self, identity_seed: bytes, dkg_seed: bytes) -> None:
+        """Store the node's 32-byte Ed25519 identity seed and X25519 DKG seed, both sealed.
+
+        Raises ``StoreError`` if the store already holds an identity: a node's
+        identity is bound to its participant index and is never replaced.
+        """
+        for name, seed in (("identity_seed", identity_seed), ("dkg_seed", dkg_seed)):
+            if len(_check_bytes(name, seed)) != SEED_SIZE:
+                raise ValueError(f"{name} must be {SEED_SIZE} bytes")
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM identity").fetchone() is not None:
+                raise StoreError("the store already holds a node identity: refusing to replace it")
+            db.execute(
+                "INSERT INTO identity (singleton, identity_seed, dkg_seed) VALUES (1, ?, ?)",
+                (
+                    self._sealer.seal(identity_seed, self._aad("identity", "identity_seed")),
+                    self._sealer.seal(dkg_seed, self._aad("identity", "dkg_seed")),
+                ),
+            )
+
+    def load_identity(self) -> tuple[bytes, bytes] | None:
+        """``(identity_seed, dkg_seed)``, unsealed, or ``None`` before :meth:`save_identity`."""
+        with self._read() as db:
+            row = db.execute("SELECT identity_seed, dkg_seed FROM identity").fetchone()
+        if row is None:
+            return None
+        return (
+            self._sealer.unseal(bytes(row[0]), self._aad("identity", "identity_seed")),
+            self._sealer.unseal(bytes(row[1]), self._aad("identity", "dkg_seed")),
+        )
+
+    # --- protocol records ---------------------------------------------------------------------
+
+    def _record_aad(self, run: bytes, key: str) -> bytes:
+        return self._aad("records", "data", run, key.encode())
+
+    def _put_record(
+        self, db: sqlite3.Connection, run: bytes, key: str, data: bytes, secret: bool
+    ) -> None:
+        row = db.execute(
+            "SELECT secret, data FROM records WHERE run = ? AND key = ?", (run, key)
+        ).fetchone()
+        if row is None:
+            stored = self._sealer.seal(data, self._record_aad(run, key)) if secret else data
+            db.execute(
+                "INSERT INTO records (run, key, secret, data) VALUES (?, ?, ?, ?)",
+                (run, key, int(secret), stored),
+            )
+            return
+        was_secret, old = bool(row[0]), bytes(row[1])
+        if was_secret != secret:
+            raise StoreError(
+                f"record {key!r} of run {_run_label(run)} exists with secret={was_secret}: "
+                "refusing to change it"
+            )
+        if secret:
+            old = self._sealer.unseal(old, self._record_aad(run, key))
+        if not hmac.compare_digest(old, data):
+            raise StoreError(
+                f"record {key!r} of run {_run_label(run)} already holds a different value: "
+                "refusing to overwrite it (that would sign twice for one slot)"
+            )
+
+    def put_record(self, run: bytes, key: str, data: bytes, *, secret: bool) -> None:
+        """Persist one record of ``run`` under ``key``; sealed when ``secret``.
+
+        Storing the very same bytes again is a no-op, so a restarted node can
+        replay its persistence step. A *different* value for an existing
+        ``(run, key)`` raises ``StoreError``: it would mean signing twice for
+        one slot, which other nodes see as equivocation. The dealt polynomial
+        of a DKG or reshare is such a record (``secret=True``), like the new
+        share a run produces before the epoch switch.
+        """
+        run, key = _check_run(run), _check_record_key(key)
+        _check_bytes("data", data, allow_empty=True)
+        if not isinstance(secret, bool):
+            raise TypeError("secret must be a bool")
+        with self._write() as db:
+            self._put_record(db, run, key, data, secret)
+
+    def put_records(self, run: bytes, records: Iterable[RecordLike]) -> None:
+        """Persist several records of ``run`` in one transaction: all of them or none.
+
+        Takes the ``Persist`` events of one session step as they are
+        (``mpc.dkg.session.Persist`` has ``key``, ``data`` and ``secret``); the
+        node must call this before sending the messages of that step.
+        """
+        run = _check_run(run)
+        items = [(r.key, r.data, r.secret) for r in records]
+        for key, data, secret in items:
+            _check_record_key(key)
+            _check_bytes("data", data, allow_empty=True)
+            if not isinstance(secret, bool):
+                raise TypeError("secret must be a bool")
+        if not items:
+            return
+        with self._write() as db:
+            for key, data, secret in items:
+                self._put_record(db, run, key, data, secret)
+
+    def records(self, run: bytes) -> dict[str, bytes]:
+        """Every record of ``run``, unsealed, by key: the session's ``persisted`` on restart."""
+        run = _check_run(run)
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT key, secret, data FROM records WHERE run = ? ORDER BY key", (run,)
+            ).fetchall()
+        out: dict[str, bytes] = {}
+        for key, secret, data in rows:
+            raw = bytes(data)
+            out[key] = self._sealer.unseal(raw, self._record_aad(run, key)) if secret else raw
+        return out
+
+    def runs(self) -> list[bytes]:
+        """The runs that have records, in byte order (what a restarted node may resume)."""
+        with self._read() as db:
+            rows = db.execute("SELECT DISTINCT run FROM records ORDER BY run").fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def delete_records(self, run: bytes) -> int:
+        """Delete (and overwrite) every record of a finished run; returns how many there were."""
+        run = _check_run(run)
+        with self._write() as db:
+            db.execute(
+                "UPDATE records SET data = zeroblob(length(data)) WHERE run = ? AND secret = 1",
+                (run,),
+            )
+            count = db.execute("DELETE FROM records WHERE run = ?", (run,)).rowcount
+        if count:
+            self._checkpoint()
+        return int(count)
+
+    # --- the chain ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_link(kind: object, epoch: object, data: object) -> tuple[str, int, bytes]:
+        if kind not in LINK_KINDS:
+            raise ValueError(f"link kind must be one of {LINK_KINDS}")
+        return str(kind), _check_epoch(epoch), _check_bytes("data", data)
+
+    def _append_link(self, db: sqlite3.Connection, kind: str, epoch: int, data: bytes) -> int:
+        same = db.execute(
+            "SELECT position, data FROM chain WHERE kind = ? AND epoch = ?", (kind, epoch)
+        ).fetchone()
+        if same is not None:
+            if bytes(same[1]) != data:
+                raise StoreError(
+                    f"the chain already holds another {kind} certificate for epoch {epoch}: "
+                    "refusing a fork"
+                )
+            return int(same[0])
+        last = db.execute(
+            "SELECT position, kind, epoch FROM chain ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        if last is None:
+            if kind != "epoch":
+                raise StoreError("the chain starts with an epoch certificate")
+            position = 0
+        else:
+            position, last_kind, last_epoch = int(last[0]) + 1, str(last[1]), int(last[2])
+            expected = (
+                ("membership", last_epoch) if last_kind == "epoch" else ("epoch", last_epoch + 1)
+            )
+            if (kind, epoch) != expected:
+                raise StoreError(
+                    f"chain link out of order: after the {last_kind} certificate of epoch "
+                    f"{last_epoch} comes the {expected[0]} certificate of epoch {expected[1]}, "
+                    f"not the {kind} certificate of epoch {epoch}"
+                )
+        db.execute(
+            "INSERT INTO chain (position, kind, epoch, data) VALUES (?, ?, ?, ?)",
+            (position, kind, epoch, data),
+        )
+        return position
+
+    def append_link(self, kind: str, epoch: int, data: bytes) -> int:
+        """Append a certificate to the chain; returns its 0-based position.
+
+        ``kind`` is ``"epoch"`` (an encoded ``mpc.cert.EpochCertificate``) or
+        ``"membership"`` (an encoded ``MembershipCertificate``). The store
+        checks the shape, not the signatures (verify links with
+        ``mpc.membership.chain`` first): the chain starts with an epoch link
+        (genesis, or a verified checkpoint), then alternates ``M_e`` after
+        ``E_e`` and ``E_{e+1}`` after ``M_e``. Appending a link already there
+        with the same bytes is a no-op; other bytes for it raise ``StoreError``.
+        """
+        kind, epoch, data = self._check_link(kind, epoch, data)
+        with self._write() as db:
+            return self._append_link(db, kind, epoch, data)
+
+    def chain(self) -> list[tuple[str, int, bytes]]:
+        """Every link, in order, as ``(kind, epoch, data)``."""
+        with self._read() as db:
+            rows = db.execute("SELECT kind, epoch, data FROM chain ORDER BY position").fetchall()
+        return [(str(k), int(e), bytes(d)) for k, e, d in rows]
+
+    # --- epochs and shares ----------------------------------------------------------------------
+
+    def _share_aad(self, epoch: int) -> bytes:
+        return self._aad("shares", "sealed", _epoch_bytes(epoch))
+
+    def switch_epoch(
+        self,
+        epoch: int,
+        certificate: bytes,
+        share: bytes | None,
+        public_polynomial: bytes,
+        committee: bytes,
+    ) -> None:
+        """Make ``epoch`` current, in one transaction.
+
+        Appends the epoch certificate to the chain (unless that very link is
+        already its last epoch link), records the epoch's public polynomial and
+        committee, stores this node's new ``share`` sealed (``None`` when the
+        node is not a member of the new epoch) and marks the epoch current. The
+        previous epoch's share stays, as *retained*, until
+        :meth:`delete_retained_share`. ``epoch`` must be after the current one;
+        repeating the switch already made with identical arguments is a no-op.
+        """
+        epoch = _check_epoch(epoch)
+        _check_bytes("certificate", certificate)
+        if share is not None:
+            _check_bytes("share", share)
+        _check_bytes("public_polynomial", public_polynomial)
+        _check_bytes("committee", committee)
+        with self._write() as db:
+            row = db.execute("SELECT epoch FROM current_epoch").fetchone()
+            current = None if row is None else int(row[0])
+            if current == epoch and self._is_current(
+                db, epoch, certificate, share, public_polynomial, committee
+            ):
+                return
+            if current is not None and epoch <= current:
+                raise StoreError(f"epoch {epoch} is not after the current epoch {current}")
+            link = db.execute(
+                "SELECT data FROM chain WHERE kind = 'epoch' AND epoch = ?", (epoch,)
+            ).fetchone()
+            if link is not None:
+                if bytes(link[0]) != certificate:
+                    raise StoreError(f"the chain holds another certificate for epoch {epoch}")
+                later = db.execute(
+                    "SELECT 1 FROM chain WHERE kind = 'epoch' AND epoch > ?", (epoch,)
+                ).fetchone()
+                if later is not None:
+                    raise StoreError(f"epoch {epoch} is not the latest epoch of the chain")
+            else:
+                self._append_link(db, "epoch", epoch, certificate)
+            db.execute(
+                "INSERT INTO epochs (epoch, public_polynomial, committee) VALUES (?, ?, ?)",
+                (epoch, public_polynomial, committee),
+            )
+            if share is not None:
+                db.execute(
+                    "INSERT INTO shares (epoch, sealed) VALUES (?, ?)",
+                    (epoch, self._sealer.seal(share, self._share_aad(epoch))),
+                )
+            db.execute(
+                "INSERT INTO current_epoch (singleton, epoch) VALUES (1, ?) "
+                "ON CONFLICT (singleton) DO UPDATE SET epoch = excluded.epoch",
+                (epoch,),
+            )
+
+    def set_share(self, epoch: int, share: bytes) -> None:
+        """Store this node's share of the *current* epoch, switched to without one.
+
+        For a node that made ``epoch`` current before its own run finalized
+        (it learned the certificate from the chain). A share is never
+        replaced: storing the same bytes again is a no-op, other bytes raise
+        ``StoreError``, as does an epoch that is not the current one.
+        """
+        epoch = _check_epoch(epoch)
+        _check_bytes("share", share)
+        with self._write() as db:
+            row = db.execute("SELECT epoch FROM current_epoch").fetchone()
+            if row is None or int(row[0]) != epoch:
+                raise StoreError(f"epoch {epoch} is not the current epoch")
+            old = db.execute("SELECT sealed FROM shares WHERE epoch = ?", (epoch,)).fetchone()
+            if old is not None:
+                stored = self._sealer.unseal(bytes(old[0]), self._share_aad(epoch))
+                if not hmac.compare_digest(stored, share):
+                    raise StoreError(
+                        f"epoch {epoch} already has another share: refusing to replace it"
+                    )
+                return
+            db.execute(
+                "INSERT INTO shares (epoch, sealed) VALUES (?, ?)",
+                (epoch, self._sealer.seal(share, self._share_aad(epoch))),
+            )
+
+    def _is_current(
+        self,
+        db: sqlite3.Connection,
+        epoch: int,
+        certificate: bytes,
+        share: bytes | None,
+        public_polynomial: bytes,
+        committee: bytes,
+    ) -> bool:
+        record = self._epoch_record(db, epoch)
+        if record is None:  # pragma: no cover - current_epoch references epochs
+            return False
+        same_share = (record.share is None and share is None) or (
+            record.share is not None
+            and share is not None
+            and hmac.compare_digest(record.share, share)
+        )
+        return (
+            same_share
+            and record.certificate == certificate
+            and record.public_polynomial == public_polynomial
+            and record.committee == committee
+        )
+
+    def _epoch_record(self, db: sqlite3.Connection, epoch: int) -> EpochRecord | None:
+        row = db.execute(
+            "SELECT c.data, e.public_polynomial, e.committee, s.sealed FROM epochs e "
+            "JOIN chain c ON c.kind = 'epoch' AND c.epoch = e.epoch "
+            "LEFT JOIN shares s ON s.epoch = e.epoch WHERE e.epoch = ?",
+            (epoch,),
+        ).fetchone()
+        if row is None:
+            return None
+        share = (
+            None if row[3] is None else self._sealer.unseal(bytes(row[3]), self._share_aad(epoch))
+        )
+        return EpochRecord(epoch, bytes(row[0]), share, bytes(row[1]), bytes(row[2]))
+
+    def current_epoch(self) -> EpochRecord | None:
+        """The epoch this node serves (share unsealed), or ``None`` before the first switch."""
+        with self._read() as db:
+            row = db.execute("SELECT epoch FROM current_epoch").fetchone()
+            if row is None:
+                return None
+            record = self._epoch_record(db, int(row[0]))
+        if record is None:  # pragma: no cover - current_epoch references epochs
+            raise StoreError("the current epoch has no epoch record")
+        return record
+
+    def retained_shares(self) -> list[int]:
+        """Epochs older than the current one whose share is still kept, ascending."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT epoch FROM shares WHERE epoch < (SELECT epoch FROM current_epoch) "
+                "ORDER BY epoch"
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def retained_share(self, epoch: int) -> bytes:
+        """The retained share of an older ``epoch``, unsealed; ``StoreError`` if there is none."""
+        epoch = _check_epoch(epoch)
+        with self._read() as db:
+            row = db.execute(
+                "SELECT sealed FROM shares WHERE epoch = ? "
+                "AND epoch < (SELECT epoch FROM current_epoch)",
+                (epoch,),
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"no retained share for epoch {epoch}")
+        return self._sealer.unseal(bytes(row[0]), self._share_aad(epoch))
+
+    def delete_retained_share(self, epoch: int) -> None:
+        """Irreversibly delete the retained share of an epoch older than the current one.
+
+        The sealed bytes are overwritten, then the row deleted (``secure_delete``
+        zeroes the freed space) and the write-ahead log truncated. Call it only
+        once the new epoch is certified and acknowledged (``mpc.reshare.retention``).
+        """
+        epoch = _check_epoch(epoch)
+        with self._write() as db:
+            row = db.execute("SELECT epoch FROM current_epoch").fetchone()
+            if row is None or epoch >= int(row[0]):
+                raise StoreError(
+                    f"only shares of epochs older than the current one can be deleted (got {epoch})"
+                )
+            if db.execute("SELECT 1 FROM shares WHERE epoch = ?", (epoch,)).fetchone() is None:
+                raise StoreError(f"no retained share for epoch {epoch}")
+            db.execute(
+                "UPDATE shares SET sealed = zeroblob(length(sealed)) WHERE epoch = ?", (epoch,)
+            )
+            db.execute("DELETE FROM shares WHERE epoch = ?", (epoch,))
+        self._checkpoint()
+
+    # --- audit log ------------------------------------------------------------------------------
+
+    def _head_aad(self) -> bytes:
+        return self._aad("meta", "value", _META_AUDIT_HEAD.encode())
+
+    def audit_append(self, record: AuditRecord) -> bytes:
+        """Append one record (see :meth:`audit_append_many`); returns the new head hash."""
+        return self.audit_append_many([record])
+
+    def audit_append_many(self, records: Iterable[AuditRecord]) -> bytes:
+        """Append a group of records in one transaction; returns the new head hash.
+
+        Each record is a flat mapping of ``str`` to ``str | int`` stored as its
+        canonical JSON; a key that looks like key material (containing
+        ``share``, ``secret``, ``key_material`` or ``private``) raises
+        ``ValueError`` and nothing of the group is written. The sealed head
+        (count and hash) is updated in the same transaction.
+        """
+        entries = [canonical_record(r) for r in records]
+        with self._write() as db:
+            last = db.execute(
+                "SELECT position, hash FROM audit ORDER BY position DESC LIMIT 1"
+            ).fetchone()
+            position, head = (0, ZERO_HASH) if last is None else (int(last[0]) + 1, bytes(last[1]))
+            if not entries:
+                return head
+            for entry in entries:
+                digest = chain_hash(head, entry)
+                db.execute(
+                    "INSERT INTO audit (position, entry, prev_hash, hash) VALUES (?, ?, ?, ?)",
+                    (position, entry, head, digest),
+                )
+                position, head = position + 1, digest
+            sealed = self._sealer.seal(position.to_bytes(8, "big") + head, self._head_aad())
+            self._set_meta(db, _META_AUDIT_HEAD, sealed)
+            return head
+
+    def audit_head(self) -> tuple[int, bytes]:
+        """``(number of entries, head hash)``; ``(0, ZERO_HASH)`` for an empty log."""
+        with self._read() as db:
+            last = db.execute(
+                "SELECT position, hash FROM audit ORDER BY position DESC LIMIT 1"
+            ).fetchone()
+        return (0, ZERO_HASH) if last is None else (int(last[0]) + 1, bytes(last[1]))
+
+    def audit_entries(self, start: int = 0, limit: int | None = None) -> list[AuditEntry]:
+        """Stored entries from position ``start`` on (at most ``limit``), for operators."""
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT position, entry, prev_hash, hash FROM audit WHERE position >= ? "
+                "ORDER BY position LIMIT ?",
+                (start, -1 if limit is None else limit),
+            ).fetchall()
+        return [AuditEntry(int(p), bytes(e), bytes(ph), bytes(h)) for p, e, ph, h in rows]
+
+    def audit_verify(self) -> None:
+        """Recompute the whole chain; raise ``AuditChainBroken(position)`` at the first bad entry.
+
+        Detects an edited entry (its hash no longer matches), a removed or
+        reordered entry (positions or ``prev_hash`` links break), entries
+        removed from or added at the end, and a rewrite that recomputed every
+        hash (both against the sealed head, which needs the sealing key to
+        forge). Rolling the whole file back to an older copy is not detectable
+        locally: that is what the head signed across nodes is for.
+        """
+        head, count = ZERO_HASH, 0
+        with self._read() as db:
+            sealed = self._meta(db, _META_AUDIT_HEAD)
+            rows = db.execute(
+                "SELECT position, entry, prev_hash, hash FROM audit ORDER BY position"
+            )
+            for position, entry, prev_hash, digest in rows:
+                if position != count:
+                    raise AuditChainBroken(count, "entry missing")
+                if bytes(prev_hash) != head:
+                    raise AuditChainBroken(count, "entry does not link to the one before it")
+                head = chain_hash(head, bytes(entry))
+                if bytes(digest) != head:
+                    raise AuditChainBroken(count, "entry was edited")
+                count += 1
+        if sealed is None:
+            if count:
+                raise AuditChainBroken(0, "the sealed head is missing")
+            return
+        try:
+            plain = self._sealer.unseal(sealed, self._head_aad())
+        except SealError:
+            raise AuditChainBroken(0, "the sealed head does not open") from None
+        sealed_count, sealed_head = int.from_bytes(plain[:8], "big"), plain[8:]
+        if sealed_count > count:
+            raise AuditChainBroken(count, f"{sealed_count - count} entries removed from the end")
+        if sealed_count < count:
+            raise AuditChainBroken(sealed_count, "entries appended outside the store")
+        if sealed_head != head:
+            raise AuditChainBroken(0, "the log was rewritten: it does not match the sealed head")

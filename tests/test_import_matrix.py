@@ -92,6 +92,7 @@ MATRIX: list[tuple[str, Rule]] = [
     ("kms.node.core", CORE_ATTEST),
     ("kms.client.core", CORE_ATTEST),
     ("kms.node.service", SHELL),
+    ("kms.node.config", SHELL),
     ("kms.client.http", SHELL),
     (
         "kms.store",
@@ -136,7 +137,7 @@ MATRIX: list[tuple[str, Rule]] = [
 ]
 SIM_FORBIDDEN_PROJECT = ("kms.cli", "kms.api", "net.libp2p")
 # kms.api, kms.cli and the demo may import everything.
-UNRESTRICTED = ("kms.api", "kms.cli", "kms.demo", "kms.devnet")
+UNRESTRICTED = ("kms.api", "kms.cli", "kms.demo", "kms.devnet", "kms.node.setup")
 
 
 def module_name(path: Path) -> str:

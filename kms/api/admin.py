@@ -1,0 +1,138 @@
+"""The admin channel: a Unix socket, one JSON request and one JSON reply per connection.
+
+Every request carries the token that ``kms node init`` wrote (mode 0600); a
+request without the right token is refused and nothing happens. The socket
+file itself is created with mode 0600, so only the node's user can connect.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from mpc.dkg.messages import Participant
+from mpc.membership import AddMember, ChangeThreshold, Refresh, RemoveMember
+from mpc.membership.messages import Change
+
+MAX_REQUEST = 1024 * 1024
+
+
+class AdminTarget(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+    def propose(self, change: Change) -> bytes: ...
+
+    def approve(self, proposal_id: bytes) -> None: ...
+
+
+class AdminError(Exception):
+    """The admin request was refused or failed."""
+
+
+def parse_change(req: dict[str, Any]) -> Change:
+    kind = req.get("change")
+    if kind == "add":
+        jr = req["join_request"]
+        p = Participant(
+            int(jr["index"]),
+            bytes.fromhex(jr["identity"]),
+            bytes.fromhex(jr["dkg_key"]),
+            bytes.fromhex(jr["dkg_key_signature"]),
+        )
+        p.check()
+        return AddMember(p, bytes.fromhex(jr.get("attestation", "")))
+    if kind == "remove":
+        return RemoveMember(int(req["index"]), bytes.fromhex(req.get("evidence", "")))
+    if kind == "threshold":
+        return ChangeThreshold(int(req["threshold"]))
+    if kind == "refresh":
+        return Refresh()
+    raise AdminError(f"unknown change {kind!r}")
+
+
+def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
+    try:
+        req = json.loads(raw)
+    except ValueError:
+        return {"ok": False, "error": "malformed request"}
+    if not isinstance(req, dict):
+        return {"ok": False, "error": "malformed request"}
+    given = str(req.get("token", "")).encode()
+    if not hmac.compare_digest(given, token):
+        return {"ok": False, "error": "unauthorised"}
+    op = req.get("op")
+    try:
+        if op == "status":
+            return {"ok": True, "status": target.status()}
+        if op == "propose":
+            pid = target.propose(parse_change(req))
+            return {"ok": True, "proposal_id": pid.hex()}
+        if op == "approve":
+            target.approve(bytes.fromhex(str(req["proposal_id"])))
+            return {"ok": True}
+    except (
+        KeyError,
+        ValueError,
+        AdminError,
+        Exception,
+    ) as exc:  # report every refusal to the operator
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {"ok": False, "error": f"unknown operation {op!r}"}
+
+
+async def serve(
+    target: AdminTarget,
+    socket_path: Path,
+    token: bytes,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the admin channel on a Unix socket until cancelled."""
+    if socket_path.exists():
+        socket_path.unlink()
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        await sock.bind(str(socket_path))
+    finally:
+        os.umask(old)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+
+    async def one(stream: trio.SocketStream) -> None:
+        async with stream:
+            buf = b""
+            with trio.move_on_after(10):
+                while not buf.endswith(b"\n") and len(buf) < MAX_REQUEST:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+            reply = handle(target, token, buf)
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+    async with listener:
+        task_status.started()
+        await trio.serve_listeners(one, [listener])
+
+
+async def call(socket_path: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """Client side: send one request and return the reply."""
+    stream = await trio.open_unix_socket(str(socket_path))
+    async with stream:
+        await stream.send_all(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            buf += chunk
+    reply = json.loads(buf or b"{}")
+    if not isinstance(reply, dict):
+        raise AdminError("malformed reply")
+    return reply

@@ -1,0 +1,388 @@
+"""The ``kms`` command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import trio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="quorum-kms: a decentralised key management service.", no_args_is_help=True)
+node_app = typer.Typer(help="Run and set up a KMS node.", no_args_is_help=True)
+devnet_app = typer.Typer(
+    help="A local committee of node processes on loopback.", no_args_is_help=True
+)
+member_app = typer.Typer(
+    help="Committee membership (over the admin channel).", no_args_is_help=True
+)
+app.add_typer(node_app, name="node")
+app.add_typer(devnet_app, name="devnet")
+app.add_typer(member_app, name="member")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":"), sort_keys=True) + "\n")
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+# --- node ----------------------------------------------------------------------------------
+
+
+@node_app.command("init")
+def node_init(
+    dir: Annotated[Path, typer.Option("--dir", help="Directory for the node's files.")],
+    index: Annotated[int, typer.Option(help="Participant index (1-based, never reused).")] = 1,
+    listen: Annotated[str, typer.Option(help="libp2p listen multiaddr.")] = "/ip4/127.0.0.1/tcp/0",
+    http: Annotated[str, typer.Option(help="HTTP listen address host:port.")] = "127.0.0.1:0",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create identity and DKG keys, a passphrase, an admin token, the store and node.toml."""
+    from kms.node.setup import init_node
+
+    try:
+        record = init_node(dir, index=index, listen=listen, http=http)
+    except FileExistsError as exc:
+        _fail(str(exc), 2)
+    if json_out:
+        _print_json(record)
+    else:
+        out.print(f"node {index} initialised in {dir}")
+        out.print(f"peer id   {record['peer_id']}")
+        out.print("participant record (give it to the other operators for [committee.genesis]):")
+        out.print_json(
+            json.dumps(
+                {k: record[k] for k in ("index", "identity", "dkg_key", "dkg_key_signature")}
+            )
+        )
+
+
+@node_app.command("run")
+def node_run(config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")]) -> None:
+    """Run a node until SIGINT or SIGTERM."""
+    from kms.node.config import ConfigError
+    from kms.node.setup import run_node
+
+    try:
+        trio.run(run_node, config)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+
+
+@node_app.command("join-request")
+def node_join_request(
+    config: Annotated[Path, typer.Option("--config")],
+    out_file: Annotated[Path, typer.Option("--out")],
+) -> None:
+    """Write this node's join request (participant record; attestation added by the TEE layer)."""
+    from kms.node.config import load
+    from kms.node.setup import open_store, participant_record
+    from mpc import hpke
+    from mpc.sig import SigningKey
+
+    cfg = load(config) if _has_genesis(config) else None
+    idx = cfg.index if cfg else _index_of(config)
+    from kms.node.config import NodeFileConfig
+
+    store = open_store(cfg) if cfg else _open_store_raw(config)
+    try:
+        ident = store.load_identity()
+    finally:
+        store.close()
+    if ident is None:
+        _fail("no identity in the store", 2)
+        return
+    identity = SigningKey.from_seed(ident[0])
+    _, dkg_pub = hpke.derive_key_pair(ident[1])
+    rec = participant_record(identity, dkg_pub, int(idx))
+    doc = {
+        "index": rec.index,
+        "identity": rec.identity.hex(),
+        "dkg_key": rec.dkg_key.hex(),
+        "dkg_key_signature": rec.dkg_key_signature.hex(),
+        "attestation": "",
+    }
+    out_file.write_text(json.dumps(doc, indent=2) + "\n")
+    del NodeFileConfig
+
+
+def _has_genesis(config: Path) -> bool:
+    import tomllib
+
+    doc = tomllib.loads(config.read_text())
+    return bool(doc.get("committee", {}).get("genesis"))
+
+
+def _index_of(config: Path) -> int:
+    import tomllib
+
+    return int(tomllib.loads(config.read_text())["node"]["index"])
+
+
+def _open_store_raw(config: Path) -> Any:
+    import tomllib
+
+    from kms.store import NodeStore, PassphraseSealer
+
+    doc = tomllib.loads(config.read_text())["node"]
+    base = config.parent
+    return NodeStore(
+        base / doc.get("store", "node.db"),
+        PassphraseSealer.from_file(base / doc["passphrase_file"]),
+    )
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+@app.command("status")
+def status(
+    url: Annotated[str, typer.Option("--url", help="The node's HTTP URL.")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Epoch, committee, master public key, peers and health of a node."""
+    try:
+        r = httpx.get(url.rstrip("/") + "/v1/status", timeout=5)
+        st = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        _fail(f"cannot reach {url}: {exc}", 2)
+        return
+    if json_out:
+        _print_json(st)
+        return
+    t = Table(title=f"node {st.get('index')} at {url}")
+    t.add_column("field")
+    t.add_column("value")
+    for k in ("epoch", "threshold", "master_public_key", "has_share", "running", "healthy"):
+        t.add_row(k, str(st.get(k)))
+    t.add_row("committee", ", ".join(str(m["index"]) for m in st.get("committee", [])))
+    t.add_row("peers", str(len(st.get("peers", []))))
+    out.print(t)
+
+
+# --- membership over the admin channel ---------------------------------------------------------
+
+
+def _admin(config: Path, request: dict[str, Any]) -> dict[str, Any]:
+    from kms.api import admin
+    from kms.node.config import load
+
+    cfg = load(config)
+    token = cfg.admin_token_file.read_text().strip()
+    reply = trio.run(admin.call, cfg.admin_socket, {**request, "token": token})
+    if not reply.get("ok"):
+        _fail(str(reply.get("error")), 1)
+    return reply
+
+
+@member_app.command("list")
+def member_list(
+    config: Annotated[Path, typer.Option("--config")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Current committee, threshold, epoch, pending proposals and retained shares."""
+    st = _admin(config, {"op": "status"})["status"]
+    view = {
+        k: st.get(k)
+        for k in (
+            "epoch",
+            "threshold",
+            "committee",
+            "pending_proposals",
+            "retained_shares",
+            "last_refresh",
+        )
+    }
+    if json_out:
+        _print_json(view)
+    else:
+        out.print_json(json.dumps(view))
+
+
+@member_app.command("propose")
+def member_propose(
+    config: Annotated[Path, typer.Option("--config")],
+    change: Annotated[str, typer.Argument(help="add | remove | threshold | refresh")],
+    value: Annotated[str | None, typer.Argument(help="INDEX for remove, T for threshold")] = None,
+    join_request: Annotated[Path | None, typer.Option("--join-request")] = None,
+    evidence: Annotated[Path | None, typer.Option("--evidence")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Propose a membership change; prints the proposal id."""
+    req: dict[str, Any] = {"op": "propose", "change": change}
+    if change == "add":
+        if join_request is None:
+            _fail("add needs --join-request FILE", 2)
+            return
+        req["join_request"] = json.loads(join_request.read_text())
+    elif change == "remove":
+        req["index"] = int(value or 0)
+        if evidence is not None:
+            req["evidence"] = evidence.read_bytes().hex()
+    elif change == "threshold":
+        req["threshold"] = int(value or 0)
+    elif change != "refresh":
+        _fail(f"unknown change {change!r}", 2)
+    reply = _admin(config, req)
+    if json_out:
+        _print_json({"proposal_id": reply["proposal_id"]})
+    else:
+        out.print(reply["proposal_id"])
+
+
+@member_app.command("approve")
+def member_approve(
+    config: Annotated[Path, typer.Option("--config")],
+    proposal_id: Annotated[str, typer.Argument()],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Approve a proposal by id (its approval travels in this node's next ballot)."""
+    _admin(config, {"op": "approve", "proposal_id": proposal_id})
+    if json_out:
+        _print_json({"approved": proposal_id})
+    else:
+        out.print(f"approved {proposal_id}")
+
+
+# --- devnet ----------------------------------------------------------------------------------------
+
+
+@devnet_app.command("up")
+def devnet_up(
+    nodes: Annotated[int, typer.Option("--nodes")] = 5,
+    threshold: Annotated[int, typer.Option("--threshold")] = 3,
+    dir: Annotated[Path, typer.Option("--dir")] = Path("devnet"),
+    delta: Annotated[float, typer.Option("--delta", help="Δ in seconds.")] = 0.5,
+    start_in: Annotated[
+        float, typer.Option("--start-in", help="Seconds until the genesis DKG starts.")
+    ] = 4.0,
+    window_period: Annotated[float, typer.Option("--window-period")] = 15.0,
+    refresh_interval: Annotated[float, typer.Option("--refresh-interval")] = 0.0,
+) -> None:
+    """Start N node processes, run the DKG, write devnet.json, run until Ctrl-C/SIGTERM."""
+    from rich.progress import Progress
+
+    from kms import devnet
+
+    if (dir / devnet.STATE_FILE).exists():
+        _fail(f"{dir} already holds a devnet", 2)
+    try:
+        state = devnet.create(
+            dir,
+            nodes,
+            threshold,
+            delta=delta,
+            start_in=start_in,
+            window_period=window_period,
+            refresh_interval=refresh_interval,
+        )
+    except ValueError as exc:
+        _fail(str(exc), 2)
+        return
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for n in state["nodes"]:
+        n["pid"] = devnet.spawn(n["config"], Path(n["config"]).parent / "node.log")
+    devnet.write_state(dir, state)
+    mpk = None
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("genesis DKG", total=len(state["nodes"]))
+            while not stopping:
+                done = 0
+                for n in devnet.read_state(dir)["nodes"]:
+                    st = devnet.status_of(n["http_url"], timeout=0.5)
+                    if st and st.get("epoch") is not None:
+                        done += 1
+                        mpk = st.get("master_public_key")
+                progress.update(task, completed=done)
+                if done == len(state["nodes"]):
+                    break
+                time.sleep(0.2)
+        if mpk is not None:
+            state = devnet.read_state(dir)
+            state["master_public_key"] = mpk
+            devnet.write_state(dir, state)
+            t = Table(title=f"devnet: {nodes} nodes, threshold {threshold}")
+            for col in ("index", "peer id", "multiaddr", "http", "pid"):
+                t.add_column(col)
+            for n in state["nodes"]:
+                t.add_row(
+                    str(n["index"]),
+                    n["peer_id"][:16] + "…",
+                    n["multiaddr"],
+                    n["http_url"],
+                    str(n["pid"]),
+                )
+            out.print(t)
+            out.print(f"master public key {mpk}")
+            console.print(f"devnet running; state in {dir / devnet.STATE_FILE}. Ctrl-C stops it.")
+        while not stopping:
+            time.sleep(0.2)
+    finally:
+        for n in devnet.read_state(dir)["nodes"]:
+            devnet.stop_pid(n.get("pid"))
+        state = devnet.read_state(dir)
+        for n in state["nodes"]:
+            n["pid"] = None
+        devnet.write_state(dir, state)
+        console.print("devnet stopped")
+
+
+@devnet_app.command("stop-node")
+def devnet_stop_node(
+    dir: Annotated[Path, typer.Option("--dir")],
+    index: Annotated[int, typer.Argument()],
+    kill: Annotated[bool, typer.Option("--kill", help="SIGKILL instead of a clean stop.")] = False,
+) -> None:
+    """Stop one node of a running devnet."""
+    from kms import devnet
+
+    devnet.stop_node(dir, index, kill=kill)
+
+
+@devnet_app.command("start-node")
+def devnet_start_node(
+    dir: Annotated[Path, typer.Option("--dir")], index: Annotated[int, typer.Argument()]
+) -> None:
+    """(Re)start one node of a running devnet."""
+    from kms import devnet
+
+    pid = devnet.start_node(dir, index)
+    out.print(f"node {index} started (pid {pid})")
+
+
+@app.command("demo")
+def demo() -> None:
+    """Run the end-to-end demo."""
+    from kms.demo import main as demo_main
+
+    raise typer.Exit(demo_main())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

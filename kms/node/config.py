@@ -1,0 +1,154 @@
+"""``node.toml``: one node's configuration file, parsed and checked.
+
+The ``[committee]`` section (genesis participants, threshold, genesis start,
+``delta``, decision windows, refresh interval, admission policy) must be the
+same at every member; ``[node]`` and ``[[peers]]`` are this node's own.
+Paths are relative to the directory holding the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kms.node.core import NodeConfig
+from mpc.dkg.messages import Participant
+from mpc.errors import InvalidEncoding, InvalidSignature
+from mpc.ids import ParticipantIndex
+
+
+class ConfigError(ValueError):
+    """The node configuration is missing something or is inconsistent."""
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    index: ParticipantIndex
+    multiaddr: str
+
+
+@dataclass(frozen=True)
+class NodeFileConfig:
+    path: Path
+    index: ParticipantIndex
+    store: Path
+    passphrase_file: Path | None
+    passphrase_env: str | None
+    listen: str
+    http_host: str
+    http_port: int
+    admin_socket: Path
+    admin_token_file: Path
+    log_format: str
+    protocol: NodeConfig
+    peers: tuple[PeerConfig, ...]
+    accept_simulated_quotes: bool
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+
+def _hex(value: Any, what: str, size: int | None = None) -> bytes:
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a hex string")
+    try:
+        raw = bytes.fromhex(value.removeprefix("0x"))
+    except ValueError as exc:
+        raise ConfigError(f"{what} is not valid hex") from exc
+    if size is not None and len(raw) != size:
+        raise ConfigError(f"{what} must be {size} bytes")
+    return raw
+
+
+def participant_from_toml(entry: dict[str, Any]) -> Participant:
+    try:
+        p = Participant(
+            int(entry["index"]),
+            _hex(entry["identity"], "identity", 32),
+            _hex(entry["dkg_key"], "dkg_key", 32),
+            _hex(entry["dkg_key_signature"], "dkg_key_signature", 64),
+        )
+        p.validate()
+        p.check()
+    except KeyError as exc:
+        raise ConfigError(f"genesis participant is missing {exc}") from exc
+    except (InvalidSignature, InvalidEncoding) as exc:
+        raise ConfigError(
+            f"genesis participant {entry.get('index')}: DKG key not signed by its identity"
+        ) from exc
+    return p
+
+
+def participant_to_toml(p: Participant) -> dict[str, Any]:
+    return {
+        "index": p.index,
+        "identity": p.identity.hex(),
+        "dkg_key": p.dkg_key.hex(),
+        "dkg_key_signature": p.dkg_key_signature.hex(),
+    }
+
+
+def load(path: str | Path) -> NodeFileConfig:
+    """Read and check ``node.toml``; raises ``ConfigError`` with the reason."""
+    path = Path(path).resolve()
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no configuration at {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    base = path.parent
+    try:
+        node = doc["node"]
+        com = doc["committee"]
+    except KeyError as exc:
+        raise ConfigError(f"{path}: missing section {exc}") from exc
+    genesis = tuple(
+        sorted((participant_from_toml(e) for e in com.get("genesis", [])), key=lambda p: p.index)
+    )
+    if not genesis:
+        raise ConfigError(
+            "the committee has no genesis participants yet (run `kms devnet up` or add them)"
+        )
+    policy = com.get("admission_policy", "")
+    protocol = NodeConfig(
+        index=ParticipantIndex(int(node["index"])),
+        genesis=genesis,
+        threshold=int(com["threshold"]),
+        genesis_start=float(com["genesis_start"]),
+        delta=float(com.get("delta", 1.0)),
+        window_period=float(com.get("window_period", 60.0)),
+        window_length=float(com.get("window_length", 5.0)),
+        refresh_interval=float(com.get("refresh_interval", 0.0)),
+        admission_policy_hash=hashlib.sha256(policy.encode()).digest(),
+    )
+    if not 2 <= protocol.threshold <= len(genesis):
+        raise ConfigError(
+            "committee.threshold must be between 2 and the number of genesis participants"
+        )
+    http = str(node.get("http", "127.0.0.1:0"))
+    host, _, port = http.rpartition(":")
+    peers = tuple(
+        PeerConfig(ParticipantIndex(int(p["index"])), str(p["multiaddr"]))
+        for p in doc.get("peers", [])
+    )
+    return NodeFileConfig(
+        path=path,
+        index=protocol.index,
+        store=base / str(node.get("store", "node.db")),
+        passphrase_file=(base / node["passphrase_file"]) if "passphrase_file" in node else None,
+        passphrase_env=node.get("passphrase_env"),
+        listen=str(node.get("listen", "/ip4/127.0.0.1/tcp/0")),
+        http_host=host or "127.0.0.1",
+        http_port=int(port or 0),
+        admin_socket=base / str(node.get("admin_socket", "admin.sock")),
+        admin_token_file=base / str(node.get("admin_token_file", "admin.token")),
+        log_format=str(node.get("log_format", "json")),
+        protocol=protocol,
+        peers=peers,
+        accept_simulated_quotes=bool(node.get("accept_simulated_quotes", False)),
+    )

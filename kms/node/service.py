@@ -1,0 +1,463 @@
+"""The trio shell around ``NodeCore``: transport, store, clock, timers and HTTP.
+
+Everything protocol-related is decided in ``kms.node.core``; this module
+only moves bytes and time:
+
+* inbound frames → envelope checks → the sender's participant index (from the
+  transport-authenticated peer id, never from the frame) → ``core.receive``;
+* every step's events are stored (sealed where secret) **before** the step's
+  messages are queued for sending;
+* one send queue and task per peer, so a slow or unreachable peer delays
+  nobody else;
+* a timer task advances the core's clock;
+* bad input is refused with a reason, counted, logged once per
+  (peer, reason) per minute, and never changes state or crashes the node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from kms.node.core import (
+    EpochSwitched,
+    InputRejected,
+    LinkCertified,
+    MisbehaviourObserved,
+    NodeConfig,
+    NodeCore,
+    Restored,
+    RetainedShareDeletable,
+    RunFailed,
+    StoreRecord,
+)
+from kms.store import NodeStore
+from mpc import hpke
+from mpc.broadcast import Outbound
+from mpc.cert import EpochCertificate
+from mpc.errors import InvalidEncoding
+from mpc.ids import ParticipantIndex, PeerId
+from mpc.membership import MembershipCertificate
+from mpc.secret import SecretScalar, SecretShare
+from mpc.sig import SigningKey
+from net.codec import Envelope, EnvelopeError, encode_envelope, open_envelope
+from net.errors import TransportError
+from net.peerid import peer_id_from_ed25519
+from net.transport import Transport
+
+log = logging.getLogger("quorum_kms.node")
+
+SEND_QUEUE = 4096
+TICK = 0.05
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class WallClock:
+    """Unix time: deadlines in the protocol are absolute wall-clock times."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class TrioClock:
+    """trio's clock (for ``MockClock`` runs), offset to look like Unix time."""
+
+    def __init__(self, epoch: float = 0.0) -> None:
+        self._offset = epoch - trio.current_time()
+
+    def now(self) -> float:
+        return trio.current_time() + self._offset
+
+
+@dataclass
+class Metrics:
+    messages_in: Counter[str] = field(default_factory=Counter)
+    messages_out: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    misbehaviour: Counter[str] = field(default_factory=Counter)
+    run_failures: Counter[str] = field(default_factory=Counter)
+    send_failures: int = 0
+    epoch_switches: int = 0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class RateLimitedLog:
+    """Log each distinct (peer, reason) at most once per ``interval`` seconds."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: dict[tuple[str, str], float] = {}
+
+    def warn(self, peer: str, reason: str, **fields: Any) -> None:
+        key = (peer, reason[:80])
+        now = time.monotonic()
+        if now - self._last.get(key, -math.inf) < self.interval:
+            return
+        self._last[key] = now
+        log.warning("input rejected", extra={"fields": {"peer": peer, "reason": reason, **fields}})
+
+
+def share_to_bytes(share: SecretShare) -> bytes:
+    return int(share.index).to_bytes(4, "big") + share.value.value.to_bytes(32, "big")
+
+
+def share_from_bytes(raw: bytes) -> SecretShare:
+    return SecretShare(
+        ParticipantIndex(int.from_bytes(raw[:4], "big")),
+        SecretScalar(int.from_bytes(raw[4:], "big")),
+    )
+
+
+def load_chain(store: NodeStore) -> list[EpochCertificate | MembershipCertificate]:
+    out: list[EpochCertificate | MembershipCertificate] = []
+    for kind, _epoch, data in store.chain():
+        out.append(
+            EpochCertificate.decode(data) if kind == "epoch" else MembershipCertificate.decode(data)
+        )
+    return out
+
+
+class NodeService:
+    """Runs one node until cancelled."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: NodeStore,
+        transport: Transport,
+        peers: Mapping[ParticipantIndex, list[str]],
+        *,
+        clock: Clock | None = None,
+        rng: Callable[[int], bytes] | None = None,
+    ) -> None:
+        import os
+
+        self.config = config
+        self.store = store
+        self.transport = transport
+        self.clock = clock or WallClock()
+        self.metrics = Metrics()
+        self._rl = RateLimitedLog()
+        ident = store.load_identity()
+        if ident is None:
+            raise RuntimeError("the store has no identity: run `kms node init` first")
+        identity_seed, dkg_seed = ident
+        self.identity = SigningKey.from_seed(identity_seed)
+        self.dkg_key, _ = hpke.derive_key_pair(dkg_seed)
+        current = store.current_epoch()
+        restored = Restored(
+            chain=tuple(load_chain(store)),
+            share=share_from_bytes(current.share)
+            if current is not None and current.share
+            else None,
+            records=store.records,
+        )
+        self.core = NodeCore(
+            config, self.identity, self.dkg_key, rng=rng or os.urandom, restored=restored
+        )
+        self._peer_index: dict[PeerId, ParticipantIndex] = {}
+        self._index_peer: dict[ParticipantIndex, PeerId] = {}
+        self._addrs = dict(peers)
+        self._queues: dict[ParticipantIndex, trio.MemorySendChannel[bytes]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self.started = trio.Event()
+        self._learn_participants()
+
+    # --- peers -------------------------------------------------------------------------
+
+    def _learn_participants(self) -> None:
+        for idx, p in sorted(self.core._participants.items()):
+            pid = peer_id_from_ed25519(p.identity)
+            self._peer_index[pid] = idx
+            self._index_peer[idx] = pid
+            addrs = self._addrs.get(idx)
+            if addrs:
+                self.transport.add_peer(pid, addrs)
+
+    def peer_of(self, index: ParticipantIndex) -> PeerId | None:
+        return self._index_peer.get(index)
+
+    # --- main loop -----------------------------------------------------------------------
+
+    async def run(
+        self, *extra: Callable[[], Awaitable[None]], task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._receive_loop)
+            nursery.start_soon(self._timer_loop)
+            for job in extra:
+                nursery.start_soon(job)
+            self._step()
+            self.started.set()
+            task_status.started()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self.core.advance_time(self.clock.now())
+            self._step()
+            await trio.sleep(TICK)
+
+    async def _receive_loop(self) -> None:
+        while True:
+            peer, frame = await self.transport.receive()
+            self.handle_frame(peer, frame)
+
+    def handle_frame(self, peer: PeerId, frame: bytes) -> None:
+        """One inbound frame from an authenticated peer. Never raises for bad input."""
+        index = self._peer_index.get(peer)
+        if index is None:
+            self._reject(str(peer), "unknown or unauthorised peer")
+            return
+        try:
+            env, message = open_envelope(frame)
+        except EnvelopeError as exc:
+            self._reject(str(peer), f"envelope: {exc.reason.value}")
+            return
+        except InvalidEncoding as exc:
+            self._reject(str(peer), f"malformed message: {exc}")
+            return
+        if env.sender != int(index):
+            self._reject(str(peer), "envelope names another sender")
+            return
+        st = self.core.state
+        if st is not None and env.epoch + 1 < st.epoch:
+            self._reject(str(peer), "message for an old epoch")
+            return
+        self.metrics.messages_in[env.kind] += 1
+        self.core.receive(index, message, self.clock.now())
+        self._step()
+
+    def _reject(self, peer: str, reason: str) -> None:
+        key = reason.split(":")[0][:60]
+        self.metrics.rejected[key] += 1
+        self._rl.warn(peer, reason)
+
+    # --- a step: persist, then send --------------------------------------------------------
+
+    def _step(self) -> None:
+        for ev in self.core.events():
+            self._handle_event(ev)
+        for ob in self.core.messages_to_send():
+            self._send(ob)
+
+    def _handle_event(self, ev: object) -> None:
+        if isinstance(ev, StoreRecord):
+            self.store.put_record(ev.run, ev.key, ev.data, secret=ev.secret)
+        elif isinstance(ev, EpochSwitched):
+            st = ev.state
+            poly = b"".join(ev.certificate.public_polynomial)
+            committee = b"".join(p.encode() for p in st.committee.members)
+            share = share_to_bytes(ev.share) if ev.share is not None else None
+            current = self.store.current_epoch()
+            if current is not None and current.epoch == ev.epoch:
+                if share is not None and current.share is None:
+                    self.store.set_share(ev.epoch, share)
+            else:
+                self.store.switch_epoch(ev.epoch, ev.certificate.encode(), share, poly, committee)
+            self.metrics.epoch_switches += 1
+            self._learn_participants()
+            log.info(
+                "epoch certified",
+                extra={
+                    "fields": {
+                        "epoch": ev.epoch,
+                        "threshold": st.threshold,
+                        "has_share": ev.share is not None,
+                    }
+                },
+            )
+        elif isinstance(ev, LinkCertified):
+            self.store.append_link(
+                "membership", ev.certificate.outcome.epoch, ev.certificate.encode()
+            )
+            self._learn_participants()
+            log.info(
+                "membership change certified",
+                extra={"fields": {"kind": ev.certificate.outcome.proposal.kind}},
+            )
+        elif isinstance(ev, RetainedShareDeletable):
+            self.store.delete_retained_share(ev.epoch)
+            log.info("old share deleted", extra={"fields": {"epoch": ev.epoch}})
+        elif isinstance(ev, MisbehaviourObserved):
+            self.metrics.misbehaviour[ev.reason.split(":")[0]] += 1
+            log.warning(
+                "misbehaviour", extra={"fields": {"culprit": int(ev.culprit), "reason": ev.reason}}
+            )
+        elif isinstance(ev, InputRejected):
+            self._reject(str(self.peer_of(ev.peer)), ev.reason)
+        elif isinstance(ev, RunFailed):
+            self.metrics.run_failures[ev.kind] += 1
+            log.warning(
+                "run failed",
+                extra={
+                    "fields": {
+                        "kind": ev.kind,
+                        "epoch": ev.epoch,
+                        "attempt": ev.attempt,
+                        "reason": ev.reason,
+                    }
+                },
+            )
+
+    def _send(self, ob: Outbound) -> None:
+        q = self._queues.get(ob.to)
+        if q is None:
+            if self._nursery is None:
+                return
+            send, recv = trio.open_memory_channel[bytes](SEND_QUEUE)
+            self._queues[ob.to] = send
+            self._nursery.start_soon(self._sender, ob.to, recv)
+            q = send
+        st = self.core.state
+        env = Envelope(
+            1, ob.message.TYPE, st.epoch if st else 0, int(self.config.index), ob.message.encode()
+        )
+        try:
+            q.send_nowait(encode_envelope(env))
+            self.metrics.messages_out[ob.message.TYPE] += 1
+        except trio.WouldBlock:
+            self.metrics.send_failures += 1
+
+    async def _sender(
+        self, index: ParticipantIndex, recv: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        async for frame in recv:
+            peer = self._index_peer.get(index)
+            if peer is None:
+                self.metrics.send_failures += 1
+                continue
+            try:
+                await self.transport.send(peer, frame)
+            except TransportError:
+                self.metrics.send_failures += 1
+
+    # --- admin actions (called by the admin channel) ---------------------------------------
+
+    def propose(self, change: Any) -> bytes:
+        pid = self.core.propose(change)
+        self._step()
+        return pid
+
+    def approve(self, proposal_id: bytes) -> None:
+        self.core.approve(proposal_id)
+        self._step()
+
+    # --- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        s = self.core.status()
+        st = self.core.state
+        committee = []
+        if st is not None:
+            for p in st.committee.members:
+                committee.append(
+                    {"index": p.index, "peer_id": str(peer_id_from_ed25519(p.identity))}
+                )
+        return {
+            "index": int(self.config.index),
+            "peer_id": str(self.transport.local_peer),
+            "epoch": s.epoch,
+            "threshold": s.threshold,
+            "master_public_key": s.mpk.hex() if s.mpk else None,
+            "committee": committee,
+            "has_share": s.has_share,
+            "running": s.running,
+            "pending_proposals": [{"id": i, "kind": k, "approvals": n} for i, k, n in s.pending],
+            "retained_shares": [
+                {"epoch": e, "missing_acknowledgements": [int(m) for m in miss]}
+                for e, miss in s.retained
+            ],
+            "last_refresh": s.last_refresh,
+            "peers": sorted(str(p) for p in self.transport.connected_peers()),
+            "healthy": self.core.state is not None or s.running == "dkg",
+        }
+
+    def metrics_text(self) -> str:
+        m = self.metrics
+        st = self.core.state
+        lines = [
+            "# HELP qkms_epoch Current epoch (-1 before genesis).",
+            "# TYPE qkms_epoch gauge",
+            f"qkms_epoch {st.epoch if st else -1}",
+            "# HELP qkms_peers Connected peers.",
+            "# TYPE qkms_peers gauge",
+            f"qkms_peers {len(self.transport.connected_peers())}",
+            "# HELP qkms_has_share Whether this node holds a share of the current epoch.",
+            "# TYPE qkms_has_share gauge",
+            f"qkms_has_share {1 if self.core.share is not None else 0}",
+            "# HELP qkms_messages_received_total Protocol messages received, by kind.",
+            "# TYPE qkms_messages_received_total counter",
+        ]
+        lines += [
+            f'qkms_messages_received_total{{kind="{k}"}} {v}'
+            for k, v in sorted(m.messages_in.items())
+        ]
+        lines += [
+            "# HELP qkms_messages_sent_total Protocol messages sent, by kind.",
+            "# TYPE qkms_messages_sent_total counter",
+        ]
+        lines += [
+            f'qkms_messages_sent_total{{kind="{k}"}} {v}' for k, v in sorted(m.messages_out.items())
+        ]
+        lines += [
+            "# HELP qkms_rejected_inputs_total Inputs refused, by reason.",
+            "# TYPE qkms_rejected_inputs_total counter",
+        ]
+        lines += [
+            f'qkms_rejected_inputs_total{{reason="{_label(k)}"}} {v}'
+            for k, v in sorted(m.rejected.items())
+        ]
+        lines += [
+            "# HELP qkms_misbehaviour_total Misbehaviour observed, by reason.",
+            "# TYPE qkms_misbehaviour_total counter",
+        ]
+        lines += [
+            f'qkms_misbehaviour_total{{reason="{_label(k)}"}} {v}'
+            for k, v in sorted(m.misbehaviour.items())
+        ]
+        lines += [
+            "# HELP qkms_run_failures_total Failed DKG/reshare attempts.",
+            "# TYPE qkms_run_failures_total counter",
+        ]
+        lines += [
+            f'qkms_run_failures_total{{kind="{k}"}} {v}' for k, v in sorted(m.run_failures.items())
+        ]
+        lines += [
+            "# HELP qkms_send_failures_total Frames that could not be sent.",
+            "# TYPE qkms_send_failures_total counter",
+            f"qkms_send_failures_total {m.send_failures}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line; ``extra={"fields": {...}}`` adds structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        return json.dumps(out, default=str)

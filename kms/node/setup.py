@@ -1,0 +1,190 @@
+"""Creating a node's directory (``kms node init``) and running a node (``kms node run``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import trio
+
+from kms.node.config import NodeFileConfig, load
+from kms.node.service import JSONFormatter, NodeService
+from kms.store import NodeStore, PassphraseSealer
+from mpc import hpke
+from mpc.dkg.messages import Participant
+from mpc.ids import ParticipantIndex
+from mpc.sig import CTX_DKG_KEY, SigningKey
+from net.peerid import peer_id_from_ed25519
+
+NODE_TOML_HEADER = """\
+# quorum-kms node configuration.
+#
+# [node] is this node's own: where it keeps its SQLite store, how it unlocks
+# it (a passphrase file or an environment variable; never a prompt), where it
+# listens for peers (libp2p, Noise + Yamux) and for HTTP (/health, /v1/status,
+# /metrics), and the admin channel (a Unix socket guarded by admin.token).
+#
+# [committee] must be identical at every member: the genesis participants
+# (index, Ed25519 identity, X25519 DKG key and the identity's signature on it),
+# the threshold t, the genesis start (Unix seconds), delta (the bound on honest
+# message delivery, in seconds; every protocol phase lasts its window plus
+# t·delta), decision windows, the refresh interval (0 = off) and the genesis
+# node admission policy.
+#
+# [[peers]] lists where the other members listen (multiaddr with /p2p/<peer id>).
+"""
+
+
+def participant_record(identity: SigningKey, dkg_public: bytes, index: int) -> Participant:
+    sig = identity.sign(CTX_DKG_KEY, Participant.dkg_key_statement(index, dkg_public))
+    return Participant(index, identity.verify_key().to_bytes(), dkg_public, sig)
+
+
+def _write_secret(path: Path, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+
+
+def init_node(
+    directory: Path,
+    *,
+    index: int,
+    listen: str = "/ip4/127.0.0.1/tcp/0",
+    http: str = "127.0.0.1:0",
+    committee: dict[str, Any] | None = None,
+    peers: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Create identity, DKG key, passphrase, admin token, store and node.toml.
+
+    Returns the node's participant record (what other operators need).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / "node.toml").exists():
+        raise FileExistsError(f"{directory / 'node.toml'} exists: refusing to overwrite a node")
+    passphrase = directory / "passphrase"
+    _write_secret(passphrase, secrets.token_hex(32) + "\n")
+    _write_secret(directory / "admin.token", secrets.token_hex(32) + "\n")
+    identity_seed = secrets.token_bytes(32)
+    dkg_seed = secrets.token_bytes(32)
+    with NodeStore(directory / "node.db", PassphraseSealer.from_file(passphrase)) as store:
+        store.save_identity(identity_seed, dkg_seed)
+    identity = SigningKey.from_seed(identity_seed)
+    _, dkg_public = hpke.derive_key_pair(dkg_seed)
+    record = participant_record(identity, dkg_public, index)
+    doc: dict[str, Any] = {
+        "node": {
+            "index": index,
+            "store": "node.db",
+            "passphrase_file": "passphrase",
+            "listen": listen,
+            "http": http,
+            "admin_socket": "admin.sock",
+            "admin_token_file": "admin.token",
+            "log_format": "json",
+            "accept_simulated_quotes": False,
+        },
+        "committee": committee
+        or {
+            "threshold": 2,
+            "genesis_start": 0.0,
+            "delta": 1.0,
+            "window_period": 60.0,
+            "window_length": 5.0,
+            "refresh_interval": 0.0,
+            "admission_policy": "",
+            "genesis": [],
+        },
+        "peers": peers or [],
+    }
+    write_config(directory / "node.toml", doc)
+    return {
+        "index": index,
+        "identity": record.identity.hex(),
+        "dkg_key": record.dkg_key.hex(),
+        "dkg_key_signature": record.dkg_key_signature.hex(),
+        "peer_id": str(peer_id_from_ed25519(record.identity)),
+    }
+
+
+def write_config(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(NODE_TOML_HEADER + "\n" + tomli_w.dumps(doc))
+
+
+def open_store(cfg: NodeFileConfig) -> NodeStore:
+    if cfg.passphrase_file is not None:
+        sealer = PassphraseSealer.from_file(cfg.passphrase_file)
+    elif cfg.passphrase_env is not None:
+        sealer = PassphraseSealer.from_env(cfg.passphrase_env)
+    else:
+        raise ValueError("node.toml sets neither passphrase_file nor passphrase_env")
+    return NodeStore(cfg.store, sealer)
+
+
+def configure_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter())
+    root = logging.getLogger("quorum_kms")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+async def run_node(config_path: Path) -> None:
+    """``kms node run``: serve until SIGINT or SIGTERM."""
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+
+    from kms.api import admin
+    from kms.api.http import make_app
+    from net.libp2p import Libp2pTransport
+
+    cfg = load(config_path)
+    configure_logging(cfg.log_format)
+    store = open_store(cfg)
+    ident = store.load_identity()
+    if ident is None:
+        raise RuntimeError("no identity in the store: run `kms node init`")
+    token = cfg.admin_token_file.read_text().strip().encode()
+    peers: dict[ParticipantIndex, list[str]] = {}
+    for p in cfg.peers:
+        peers.setdefault(p.index, []).append(p.multiaddr)
+    transport = Libp2pTransport(ident[0], cfg.listen)
+    try:
+        async with transport:
+            service = NodeService(cfg.protocol, store, transport, peers)
+            hc = HypercornConfig()
+            hc.bind = [f"{cfg.http_host}:{cfg.http_port}"]
+            hc.accesslog = None
+            hc.errorlog = None
+            shutdown = trio.Event()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(service.run)
+                await nursery.start(admin.serve, service, cfg.admin_socket, token)
+                app: Any = make_app(service)  # Starlette is an ASGI app; hypercorn types it narrowly
+                await nursery.start(partial(serve, app, hc, shutdown_trigger=shutdown.wait, mode="asgi"))
+                logging.getLogger("quorum_kms.node").info(
+                    "node running",
+                    extra={
+                        "fields": {
+                            "index": int(cfg.index),
+                            "peer_id": str(transport.local_peer),
+                            "http": hc.bind[0],
+                        }
+                    },
+                )
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        shutdown.set()
+                        nursery.cancel_scope.cancel()
+                        break
+    finally:
+        store.close()

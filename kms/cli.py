@@ -88,62 +88,15 @@ def node_join_request(
     config: Annotated[Path, typer.Option("--config")],
     out_file: Annotated[Path, typer.Option("--out")],
 ) -> None:
-    """Write this node's join request (participant record; attestation added by the TEE layer)."""
-    from kms.node.config import load
-    from kms.node.setup import open_store, participant_record
-    from mpc import hpke
-    from mpc.sig import SigningKey
+    """Write this node's join request: participant record, addresses, attestation."""
+    from kms.node.setup import join_request
 
-    cfg = load(config) if _has_genesis(config) else None
-    idx = cfg.index if cfg else _index_of(config)
-    from kms.node.config import NodeFileConfig
-
-    store = open_store(cfg) if cfg else _open_store_raw(config)
     try:
-        ident = store.load_identity()
-    finally:
-        store.close()
-    if ident is None:
-        _fail("no identity in the store", 2)
+        doc = join_request(config)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(str(exc), 2)
         return
-    identity = SigningKey.from_seed(ident[0])
-    _, dkg_pub = hpke.derive_key_pair(ident[1])
-    rec = participant_record(identity, dkg_pub, int(idx))
-    doc = {
-        "index": rec.index,
-        "identity": rec.identity.hex(),
-        "dkg_key": rec.dkg_key.hex(),
-        "dkg_key_signature": rec.dkg_key_signature.hex(),
-        "attestation": "",
-    }
     out_file.write_text(json.dumps(doc, indent=2) + "\n")
-    del NodeFileConfig
-
-
-def _has_genesis(config: Path) -> bool:
-    import tomllib
-
-    doc = tomllib.loads(config.read_text())
-    return bool(doc.get("committee", {}).get("genesis"))
-
-
-def _index_of(config: Path) -> int:
-    import tomllib
-
-    return int(tomllib.loads(config.read_text())["node"]["index"])
-
-
-def _open_store_raw(config: Path) -> Any:
-    import tomllib
-
-    from kms.store import NodeStore, PassphraseSealer
-
-    doc = tomllib.loads(config.read_text())["node"]
-    base = config.parent
-    return NodeStore(
-        base / doc.get("store", "node.db"),
-        PassphraseSealer.from_file(base / doc["passphrase_file"]),
-    )
 
 
 # --- status ----------------------------------------------------------------------------------

@@ -391,12 +391,14 @@ class BroadcastRound:
         # How many relay signatures can count towards acceptance right now.
         k = min(len(cand.relays), self.config.f + 1)
         own = sender == self.config.me
-        if direct and not own and self._now <= self.config.cutoff:
-            k_ok = True
+        # Every window is half-open, for k = 0 as for k ≥ 1, so that the same
+        # arrival time is judged alike everywhere.
+        if direct and not own:
+            k_ok = self._now < self.config.cutoff
         elif direct and own:
-            # Our own message counts directly only if it reaches everyone by the
+            # Our own message counts directly only if it reaches everyone before the
             # cut-off (sent Δ before it); later, we wait for relays like the others.
-            k_ok = self._now <= self.config.cutoff - self.config.delta
+            k_ok = self._now < self.config.cutoff - self.config.delta
         else:
             # Strictly before the window closes, so nothing changes once the end
             # time (cutoff + (f+1)·Δ) is reached and the outcome can be read.

@@ -28,7 +28,7 @@ import msgpack
 from mpc.errors import InvalidEncoding
 
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-"""No protocol message may exceed this (a DKG deal for n = 256, t = 171 is ~100 KiB)."""
+"""No protocol message may exceed this (a DKG deal for n = 256, t = 171 is about 44 KB)."""
 
 MAX_ITEMS = 4096
 MAX_INT = 2**32 - 1

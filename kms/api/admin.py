@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import trio
 
 from mpc.dkg.messages import Participant
+from mpc.errors import InvalidSignature, LocalProtocolError
 from mpc.membership import AddMember, ChangeThreshold, Refresh, RemoveMember
 from mpc.membership.messages import Change
 
@@ -45,7 +46,8 @@ def parse_change(req: dict[str, Any]) -> Change:
             bytes.fromhex(jr["dkg_key_signature"]),
         )
         p.check()
-        return AddMember(p, bytes.fromhex(jr.get("attestation", "")))
+        addrs = tuple(str(a) for a in jr.get("addresses", []))
+        return AddMember(p, bytes.fromhex(jr.get("attestation", "")), addrs)
     if kind == "remove":
         return RemoveMember(int(req["index"]), bytes.fromhex(req.get("evidence", "")))
     if kind == "threshold":
@@ -78,9 +80,11 @@ def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
     except (
         KeyError,
         ValueError,
+        TypeError,
         AdminError,
-        Exception,
-    ) as exc:  # report every refusal to the operator
+        LocalProtocolError,
+        InvalidSignature,
+    ) as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     return {"ok": False, "error": f"unknown operation {op!r}"}
 

@@ -244,6 +244,10 @@ class NodeCore:
         self._retained: dict[int, SecretShare] = dict(restored.retained)
         self._trackers: dict[int, RetentionTracker] = {}
         self._early_acks: deque[tuple[ParticipantIndex, Acknowledgement]] = deque(maxlen=1024)
+        self._previous_members: set[ParticipantIndex] = set()
+        self._asked_chain = False
+        self.addresses: dict[ParticipantIndex, tuple[str, ...]] = {}
+        """Addresses of members admitted by certified changes (for the transport)."""
         self._run: SharingSession | None = None
         self._run_attempt = 0
         self._window: DecisionWindow | None = None
@@ -287,6 +291,8 @@ class NodeCore:
         change = state.pending.outcome.proposal.change if state.pending is not None else None
         if isinstance(change, AddMember):
             self._participants[ParticipantIndex(change.participant.index)] = change.participant
+            if change.addresses:
+                self.addresses[ParticipantIndex(change.participant.index)] = change.addresses
         self._epoch_ready_at = self._ready_time(state)
 
     def _ready_time(self, state: ChainState) -> float:
@@ -370,6 +376,11 @@ class NodeCore:
         if self.state is None or self.me not in self.state.committee.indices:
             raise LocalProtocolError("this node is not a member of the current epoch")
         return self.state
+
+    @property
+    def participants(self) -> Mapping[ParticipantIndex, Participant]:
+        """Everyone this node may talk to: members of the chain and admitted newcomers."""
+        return dict(self._participants)
 
     # --- status --------------------------------------------------------------------------
 
@@ -512,13 +523,32 @@ class NodeCore:
 
     def _tick(self) -> None:
         now = self._now
+        if not self._asked_chain:
+            # On start, ask everyone we know for the chain: a node that was down
+            # during genesis or a change catches up from the members.
+            self._asked_chain = True
+            have = len(self.chain)
+            for i in sorted(self._participants):
+                if i != self.me:
+                    self._outbox.append(Outbound(i, ChainRequest(have)))
         if self.state is None and self._run is None and self.me in self._genesis_indices():
-            self._start_genesis(0)
+            self._start_genesis(self._run_attempt)
         if self._run is not None and self._run.phase in (Phase.DONE, Phase.FAILED):
             self._run = None
         if self._run is not None:
-            self._run.advance_time(now)
-            self._collect(self._run)
+            try:
+                self._run.advance_time(now)
+            except (LocalProtocolError, InvalidSignature, InvalidEncoding) as exc:
+                # A run that breaks locally fails alone; the node and the old epoch go on.
+                cfg = self._run.config
+                self._events.append(
+                    RunFailed(cfg.kind, cfg.epoch, cfg.attempt, f"local error: {exc}")
+                )
+                self._run = None
+                if cfg.kind == "reshare":
+                    self._run_attempt = cfg.attempt + 1
+            else:
+                self._collect(self._run)
         if self.state is not None and self.state.pending is not None and self._run is None:
             self._start_reshare(self._run_attempt)
         self._windows()
@@ -527,6 +557,9 @@ class NodeCore:
         return [ParticipantIndex(p.index) for p in self.config.genesis]
 
     def _start_genesis(self, attempt: int) -> None:
+        # Attempts whose deadlines have all passed are over for everyone: skip them.
+        while self._now >= self.config.genesis_schedule(attempt).end:
+            attempt += 1
         cfg = SharingConfig(
             kind="dkg",
             epoch=0,
@@ -648,9 +681,13 @@ class NodeCore:
             )
             proposals.append(prompt)
             approvals.add(prompt.id())
-        for pid, p in self._tally.proposals.items():
-            if p.kind == "refresh" and p.epoch == st.epoch:
-                approvals.add(pid)
+        # Refresh proposals (a member's prompt refresh) are approved automatically,
+        # but not sooner than two windows into an epoch, so that no member can
+        # keep the committee resharing.
+        if self._now - self._epoch_ready_at >= 2 * self.config.window_period:
+            for pid, p in self._tally.proposals.items():
+                if p.kind == "refresh" and p.epoch == st.epoch:
+                    approvals.add(pid)
         records = self._records(self._window_run_id(w))
         self._window = DecisionWindow(
             st,

@@ -178,12 +178,13 @@ class NodeService:
     # --- peers -------------------------------------------------------------------------
 
     def _learn_participants(self) -> None:
-        for idx, p in sorted(self.core._participants.items()):
+        for idx, p in sorted(self.core.participants.items()):
             pid = peer_id_from_ed25519(p.identity)
+            known = self._index_peer.get(idx) == pid
             self._peer_index[pid] = idx
             self._index_peer[idx] = pid
-            addrs = self._addrs.get(idx)
-            if addrs:
+            addrs = self._addrs.get(idx) or list(self.core.addresses.get(idx, ()))
+            if addrs and not known:
                 self.transport.add_peer(pid, addrs)
 
     def peer_of(self, index: ParticipantIndex) -> PeerId | None:
@@ -268,6 +269,11 @@ class NodeService:
             else:
                 self.store.switch_epoch(ev.epoch, ev.certificate.encode(), share, poly, committee)
             self.metrics.epoch_switches += 1
+            # Records of finished runs (dealt polynomials, signed messages) are of no
+            # further use and some are secret: a dealt polynomial's constant term is
+            # an old share. Delete them once the new epoch is stored.
+            for run in self.store.runs():
+                self.store.delete_records(run)
             self._learn_participants()
             log.info(
                 "epoch certified",

@@ -169,8 +169,12 @@ async def run_node(config_path: Path) -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(service.run)
                 await nursery.start(admin.serve, service, cfg.admin_socket, token)
-                app: Any = make_app(service)  # Starlette is an ASGI app; hypercorn types it narrowly
-                await nursery.start(partial(serve, app, hc, shutdown_trigger=shutdown.wait, mode="asgi"))
+                app: Any = make_app(
+                    service
+                )  # Starlette is an ASGI app; hypercorn types it narrowly
+                await nursery.start(
+                    partial(serve, app, hc, shutdown_trigger=shutdown.wait, mode="asgi")
+                )
                 logging.getLogger("quorum_kms.node").info(
                     "node running",
                     extra={
@@ -188,3 +192,38 @@ async def run_node(config_path: Path) -> None:
                         break
     finally:
         store.close()
+
+
+def join_request(config_path: Path) -> dict[str, Any]:
+    """The join request of a node that is not in the committee yet.
+
+    Carries the participant record (index, identity, DKG key and the
+    identity's signature on it) and the node's libp2p address. The
+    attestation quote binding both keys is added by the TEE layer; a devnet
+    node sends an empty one.
+    """
+    import tomllib
+
+    doc = tomllib.loads(Path(config_path).read_text())
+    node = doc["node"]
+    base = Path(config_path).parent
+    with NodeStore(
+        base / node.get("store", "node.db"),
+        PassphraseSealer.from_file(base / node["passphrase_file"]),
+    ) as store:
+        ident = store.load_identity()
+    if ident is None:
+        raise ValueError("no identity in the store: run `kms node init`")
+    identity = SigningKey.from_seed(ident[0])
+    _, dkg_pub = hpke.derive_key_pair(ident[1])
+    rec = participant_record(identity, dkg_pub, int(node["index"]))
+    peer = peer_id_from_ed25519(rec.identity)
+    return {
+        "index": rec.index,
+        "identity": rec.identity.hex(),
+        "dkg_key": rec.dkg_key.hex(),
+        "dkg_key_signature": rec.dkg_key_signature.hex(),
+        "peer_id": str(peer),
+        "addresses": [f"{node['listen']}/p2p/{peer}"],
+        "attestation": "",
+    }

@@ -352,7 +352,7 @@ class SharingSession:
         self._excluded: dict[ParticipantIndex, DealerExcluded] = {}
         self._result: SharingResult | None = None
         self._cert_partials: dict[ParticipantIndex, G1] = {}
-        self._early_partials: list[tuple[ParticipantIndex, CertificatePartial]] = []
+        self._early_partials: dict[ParticipantIndex, CertificatePartial] = {}
         self.certificate: EpochCertificate | None = None
         self.failure: str | None = None
 
@@ -567,6 +567,12 @@ class SharingSession:
 
     def _after_responses(self) -> None:
         valid = sorted(self._deals)
+        # After a restart our own deal may be missing from our view of the deal
+        # round, but we signed and sent it (it is persisted): complaints against
+        # it are real and must be answered.
+        own_deal = self.is_dealer and "deal" in self._persisted
+        if own_deal and self.me not in valid:
+            valid = sorted([*valid, self.me])
         for responder, outcome in self._respond_round.outcome().items():
             if outcome.status is SlotStatus.MISSING:
                 continue
@@ -583,10 +589,15 @@ class SharingSession:
                     continue  # a signed but malformed response carries no complaint
                 accused = [ParticipantIndex(r.dealer) for r in bundle.responses if r.complaint]
             for d in accused:
-                if d in self._deals:
+                if d in valid:
                     self._complaints.setdefault(d, set()).add(responder)
         mine = self._complaints.get(self.me)
-        if self.is_dealer and mine and self.me in self._deals:
+        if "justification" in self._persisted:
+            # Signed before a restart: resend exactly those bytes, whatever we heard since.
+            self._justify_round.send(
+                BroadcastPayload.decode(self._persisted["justification"]), self._now
+            )
+        elif self.is_dealer and mine and (self.me in self._deals or own_deal):
             poly = self._my_polynomial()
             shares = tuple(
                 RevealedShare(int(j), scalar_to_bytes(poly(int(j)))) for j in sorted(mine)
@@ -655,6 +666,13 @@ class SharingSession:
                 self._my_shares[claim.dealer] = claim.share
 
     def _finalize(self) -> None:
+        saved_partial = self._persisted.get("certificate-partial")
+        if saved_partial is not None and self.is_recipient:
+            # Signed before a restart: the others can use it even if our own view
+            # was lost with the restart.
+            for j in self.config.recipient_indices:
+                if j != self.me:
+                    self._outbox.append(Outbound(j, CertificatePartial.decode(saved_partial)))
         self._after_justifications()
         qual = tuple(d for d in sorted(self._deals) if d not in self._excluded)
         need = self.config.threshold if self.config.kind == "dkg" else self.config.old_threshold
@@ -676,9 +694,10 @@ class SharingSession:
             return
         missing = [d for d in qual if d not in self._my_shares]
         if missing:
-            # An honest member complained, so the dealer had to justify; a dealer in QUAL
-            # always leaves this member with a share. Reaching here is a local bug.
-            raise LocalProtocolError(f"no share from qualified dealers {missing}")
+            # Only a member whose view was lost (a restart) gets here: the others
+            # certify without it, and it catches up through the chain and a refresh.
+            self._fail(f"no share from qualified dealers {[int(d) for d in missing]} (state lost?)")
+            return
         value = sum(w * self._my_shares[d] for w, d in zip(weights, qual, strict=True)) % R
         share = SecretShare(self.me, SecretScalar(value))
         public_shares = {i: public_share(list(poly), int(i)) for i in self.config.recipient_indices}
@@ -711,7 +730,7 @@ class SharingSession:
         for j in self.config.recipient_indices:
             if j != self.me:
                 self._outbox.append(Outbound(j, partial))
-        for peer, msg in self._early_partials:
+        for peer, msg in sorted(self._early_partials.items()):
             try:
                 self._receive_partial(peer, msg)
             except RemoteProtocolError:
@@ -725,8 +744,8 @@ class SharingSession:
             )
         if self._result is None:
             if self._phase in (Phase.WAITING, Phase.DEALING, Phase.RESPONDING, Phase.JUSTIFYING):
-                if len(self._early_partials) < 2 * len(self.config.recipients):
-                    self._early_partials.append((peer, msg))
+                # One per member: a member cannot crowd out the others' partials.
+                self._early_partials.setdefault(peer, msg)
             return
         if msg.transcript_hash != self._result.transcript.hash():
             raise RemoteProtocolError("certificate partial over another transcript", [peer])

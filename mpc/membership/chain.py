@@ -56,6 +56,10 @@ def apply_change(committee: Committee, change: Change) -> Committee | None:
         p = change.participant
         if any(m.index == p.index or m.identity == p.identity for m in members):
             return None
+        try:
+            p.check()  # its DKG key must be vouched for by its identity
+        except (InvalidSignature, InvalidEncoding):
+            return None
         members = sorted([*members, p], key=lambda m: m.index)
     elif isinstance(change, RemoveMember):
         if not any(m.index == change.index for m in members):
@@ -106,8 +110,23 @@ def _state_from_epoch(mpk: G2, cert: EpochCertificate, head: bytes) -> ChainStat
     return ChainState(mpk, tr.epoch, committee, cert, head, None, cert.public_shares())
 
 
+def _validate(link: EpochCertificate | MembershipCertificate) -> None:
+    """Links built in memory have not been through the decoder's checks: run them."""
+    try:
+        link.validate()
+        if isinstance(link, EpochCertificate):
+            link.transcript.validate()
+            for p in link.transcript.committee:
+                p.validate()
+        else:
+            link.outcome.proposal.validate()
+    except InvalidEncoding as exc:
+        raise ChainError(f"malformed link: {exc}") from exc
+
+
 def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
     """Verify the genesis certificate under the pinned ``mpk``."""
+    _validate(genesis)
     tr = genesis.transcript
     if tr.kind != "dkg" or tr.epoch != 0 or tr.previous_certificate_hash != ZERO_HASH:
         raise ChainError("the first link must be the genesis DKG certificate of epoch 0")
@@ -119,6 +138,7 @@ def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
 
 def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) -> ChainState:
     """Verify one more link after ``state``; raises ``ChainError``."""
+    _validate(link)
     if isinstance(link, MembershipCertificate):
         out = link.outcome
         if state.pending is not None:

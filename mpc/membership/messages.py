@@ -23,6 +23,12 @@ class AddMember(Message):
     TYPE = "member/add"
     participant: Participant
     attestation: Annotated[bytes, MaxSize(MAX_ATTESTATION)]
+    addresses: Annotated[tuple[str, ...], MaxSize(8)] = ()
+    """Where the new node listens (libp2p multiaddrs), so members can reach it."""
+
+    def validate(self) -> None:
+        if any(len(a) > 256 for a in self.addresses):
+            raise MessageDecodeError("member/add: address too long")
 
 
 @dataclass(frozen=True, slots=True)

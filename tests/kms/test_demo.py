@@ -1,0 +1,18 @@
+"""``make demo`` end to end: a devnet of 5 processes, then the derivation walk-through."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_make_demo_runs_and_passes() -> None:
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "kms.demo"], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "demo passed" in proc.stdout
+    assert "the rest still agree" in proc.stdout

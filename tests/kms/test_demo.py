@@ -10,7 +10,7 @@ import pytest
 
 @pytest.mark.slow
 def test_make_demo_runs_and_passes() -> None:
-    proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+    proc = subprocess.run(
         [sys.executable, "-m", "kms.demo"], capture_output=True, text=True, timeout=240, check=False
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,0 +1,179 @@
+"""Key request and response schemas shared by the node and the CVM client.
+
+A CVM asks for its keys with a ``KeyRequest``: the ``KeyRequestBody`` (app id,
+purposes with versions, one ephemeral HPKE public key per committee index,
+timestamp, nonce, minimum policy version, epoch) plus the TDX quote and,
+when the app's policy uses a compose hash, the RTMR3 event log. The quote's
+64-byte ``report_data`` is ``SHA-512(body.encode())``, which binds every
+field of the body to the attested CVM.
+
+Node ``i`` answers each purpose with a ``KeyShareResponse``: its partial
+``s_i·H(id)`` HPKE-encrypted to ephemeral key ``i`` and signed by its
+identity over ``(request hash, purpose, version, epoch, index, enc,
+ciphertext)``. A wrong or undecryptable partial, together with the private
+half of ephemeral key ``i`` and the request, is third-party evidence against
+node ``i`` that reveals nothing about any other node's partial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated
+
+from mpc.codec import MaxSize, Message, MessageDecodeError, Size
+from mpc.errors import InvalidSignature
+from mpc.sig import CTX_KEY_RESPONSE, VerifyKey
+from mpc.tkd import KeyId
+
+MAX_QUOTE = 16 * 1024
+MAX_EVENT_LOG = 256 * 1024
+MAX_PURPOSES = 16
+RELEASE_INFO = b"quorum-kms/v1/key-release"
+
+
+@dataclass(frozen=True, slots=True)
+class PurposeVersion(Message):
+    TYPE = "kms/purpose"
+    purpose: Annotated[str, MaxSize(64)]
+    version: int
+
+    def key_id(self, app_id: bytes) -> KeyId:
+        return KeyId(app_id, self.purpose, self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class EphemeralKey(Message):
+    TYPE = "kms/ephemeral-key"
+    index: int
+    public_key: Annotated[bytes, Size(32)]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRequestBody(Message):
+    TYPE = "kms/key-request-body"
+    app_id: Annotated[bytes, MaxSize(64)]
+    purposes: Annotated[tuple[PurposeVersion, ...], MaxSize(MAX_PURPOSES)]
+    ephemeral_keys: Annotated[tuple[EphemeralKey, ...], MaxSize(1024)]
+    timestamp: int
+    nonce: Annotated[bytes, Size(16)]
+    min_policy_version: int
+    epoch: int
+
+    def validate(self) -> None:
+        if not self.app_id:
+            raise MessageDecodeError("kms/key-request-body: empty app id")
+        if not self.purposes:
+            raise MessageDecodeError("kms/key-request-body: no purpose")
+        idx = [k.index for k in self.ephemeral_keys]
+        if idx != sorted(set(idx)) or not idx:
+            raise MessageDecodeError("kms/key-request-body: ephemeral keys sorted by distinct index")
+        pv = [(p.purpose, p.version) for p in self.purposes]
+        if len(set(pv)) != len(pv):
+            raise MessageDecodeError("kms/key-request-body: a purpose twice")
+        for p in self.purposes:
+            p.key_id(self.app_id)  # raises ValueError for a malformed purpose
+
+    def report_data(self) -> bytes:
+        """What the quote's 64-byte report data must be."""
+        return hashlib.sha512(self.encode()).digest()
+
+    def ephemeral_key(self, index: int) -> bytes | None:
+        for k in self.ephemeral_keys:
+            if k.index == index:
+                return k.public_key
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRequest(Message):
+    TYPE = "kms/key-request"
+    body: KeyRequestBody
+    quote: Annotated[bytes, MaxSize(MAX_QUOTE)]
+    event_log: Annotated[bytes, MaxSize(MAX_EVENT_LOG)] = b""
+
+    def request_hash(self) -> bytes:
+        """Names the request in signatures and audit records (quote included)."""
+        return hashlib.sha256(self.encode()).digest()
+
+
+def release_info(request_hash: bytes, purpose: PurposeVersion, epoch: int, index: int) -> bytes:
+    """HPKE info (and AAD) of one encrypted partial: binds it to everything it answers."""
+    return (
+        RELEASE_INFO
+        + request_hash
+        + purpose.encode()
+        + epoch.to_bytes(4, "big")
+        + index.to_bytes(4, "big")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyShareResponse(Message):
+    """One node's encrypted partial for one purpose, signed by its identity."""
+
+    TYPE = "kms/key-share"
+    request_hash: Annotated[bytes, Size(32)]
+    purpose: PurposeVersion
+    epoch: int
+    index: int
+    enc: Annotated[bytes, Size(32)]
+    ciphertext: Annotated[bytes, Size(48 + 16)]
+    signature: Annotated[bytes, Size(64)]
+
+    def statement(self) -> bytes:
+        return (
+            self.request_hash
+            + self.purpose.encode()
+            + self.epoch.to_bytes(4, "big")
+            + self.index.to_bytes(4, "big")
+            + self.enc
+            + self.ciphertext
+        )
+
+    def verify(self, identity: VerifyKey) -> None:
+        """Raise ``InvalidSignature`` unless node ``index``'s identity signed this."""
+        identity.verify(CTX_KEY_RESPONSE, self.statement(), self.signature)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyResponse(Message):
+    TYPE = "kms/key-response"
+    shares: Annotated[tuple[KeyShareResponse, ...], MaxSize(MAX_PURPOSES)]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRefusal(Message):
+    """A refusal with a reason code from ``kms.node.release.Refusal`` and a message."""
+
+    TYPE = "kms/key-refusal"
+    reason: Annotated[str, MaxSize(64)]
+    detail: Annotated[str, MaxSize(512)]
+
+
+@dataclass(frozen=True, slots=True)
+class WrongPartialEvidence(Message):
+    """A CVM's proof that node ``index`` sent a wrong or undecryptable partial.
+
+    ``ephemeral_private`` is the private half of ephemeral key ``index`` only;
+    it decrypts nothing but node ``index``'s answer.
+    """
+
+    TYPE = "evidence/wrong-partial"
+    request: KeyRequest
+    response: KeyShareResponse
+    ephemeral_private: Annotated[bytes, Size(32)]
+
+
+__all__ = [
+    "EphemeralKey",
+    "InvalidSignature",
+    "KeyRefusal",
+    "KeyRequest",
+    "KeyRequestBody",
+    "KeyResponse",
+    "KeyShareResponse",
+    "PurposeVersion",
+    "WrongPartialEvidence",
+    "release_info",
+]

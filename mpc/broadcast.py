@@ -257,6 +257,7 @@ class BroadcastRound:
         self._key = signing_key
         self._slots: dict[ParticipantIndex, _Slot] = {i: _Slot() for i in sorted(config.senders)}
         self._outbox: list[Outbound] = []
+        self._accepted_log: list[BroadcastPayload] = []
         self._now = float("-inf")
         self._sent: BroadcastPayload | None = None
         self.stats = BroadcastStats()
@@ -412,7 +413,29 @@ class BroadcastRound:
             return
         slot.accepted.append(header.digest)
         self.stats.accepted += 1
+        self._accepted_log.append(BroadcastPayload(cand.header, cand.payload))
         self._relay(sender, cand)
+
+    def take_accepted(self) -> list[BroadcastPayload]:
+        """Messages accepted since the last call, for the owner to persist: a member
+        restarted mid-phase restores its view with ``restore_accepted``."""
+        out, self._accepted_log = self._accepted_log, []
+        return out
+
+    def restore_accepted(self, message: BroadcastPayload) -> None:
+        """Re-accept a message this member accepted before a restart (from its own store)."""
+        h = message.header
+        sender = ParticipantIndex(h.sender)
+        key = self.config.senders.get(sender)
+        if h.session != self.config.session or key is None:
+            raise LocalProtocolError("stored message is not for this round")
+        key.verify(CTX_BROADCAST_DIGEST, h.statement(), h.signature)
+        slot = self._slots[sender]
+        cand = slot.candidates.setdefault(h.digest, _Candidate(h))
+        cand.payload = message.payload
+        if h.digest not in slot.accepted and len(slot.accepted) < 2:
+            slot.accepted.append(h.digest)
+            self._relay(sender, cand)
 
     def _relay(self, sender: ParticipantIndex, cand: _Candidate) -> None:
         me = self.config.me

@@ -88,6 +88,7 @@ from mpc.secret import RNG, SecretScalar, SecretShare, random_scalar
 from mpc.sig import SigningKey, VerifyKey
 
 SHARE_INFO = b"quorum-kms/v1/dkg/share"
+_ROUND_NAMES = ("deal", "respond", "justify")
 
 
 class Phase(enum.Enum):
@@ -340,6 +341,16 @@ class SharingSession:
             r.config.session: r
             for r in (self._deal_round, self._respond_round, self._justify_round)
         }
+        by_name = dict(
+            zip(
+                _ROUND_NAMES,
+                (self._deal_round, self._respond_round, self._justify_round),
+                strict=True,
+            )
+        )
+        for key, raw in sorted(self._persisted.items()):
+            if key.startswith("seen/"):
+                by_name[key.split("/")[1]].restore_accepted(BroadcastPayload.decode(raw))
         self._phase = Phase.WAITING
         self._now = float("-inf")
         self._outbox: list[Outbound] = []
@@ -375,12 +386,23 @@ class SharingSession:
         return self._result
 
     def messages_to_send(self) -> list[Outbound]:
+        self._log_accepted()
         for r in self._rounds.values():
             self._outbox.extend(r.messages_to_send())
         out, self._outbox = self._outbox, []
         return out
 
+    def _log_accepted(self) -> None:
+        """What this member heard is persisted too, so a restart keeps its view."""
+        for name, r in zip(
+            _ROUND_NAMES, (self._deal_round, self._respond_round, self._justify_round), strict=True
+        ):
+            for m in r.take_accepted():
+                key = f"seen/{name}/{m.header.sender}/{m.header.digest.hex()}"
+                self._events.append(Persist(key, m.encode()))
+
     def events(self) -> list[Event]:
+        self._log_accepted()
         out, self._events = self._events, []
         return out
 

@@ -67,7 +67,9 @@ class KeyRequestBody(Message):
             raise MessageDecodeError("kms/key-request-body: no purpose")
         idx = [k.index for k in self.ephemeral_keys]
         if idx != sorted(set(idx)) or not idx:
-            raise MessageDecodeError("kms/key-request-body: ephemeral keys sorted by distinct index")
+            raise MessageDecodeError(
+                "kms/key-request-body: ephemeral keys sorted by distinct index"
+            )
         pv = [(p.purpose, p.version) for p in self.purposes]
         if len(set(pv)) != len(pv):
             raise MessageDecodeError("kms/key-request-body: a purpose twice")

@@ -90,6 +90,7 @@ MATRIX: list[tuple[str, Rule]] = [
     ("kms.policy", CORE_ATTEST),
     ("kms.protocol", CORE_ATTEST),
     ("kms.node.core", CORE_ATTEST),
+    ("kms.node.release", CORE_ATTEST),
     ("kms.client.core", CORE_ATTEST),
     ("kms.node.service", SHELL),
     ("kms.node.config", SHELL),
@@ -137,7 +138,7 @@ MATRIX: list[tuple[str, Rule]] = [
 ]
 SIM_FORBIDDEN_PROJECT = ("kms.cli", "kms.api", "net.libp2p")
 # kms.api, kms.cli and the demo may import everything.
-UNRESTRICTED = ("kms.api", "kms.cli", "kms.demo", "kms.devnet", "kms.node.setup")
+UNRESTRICTED = ("kms.api", "kms.cli", "kms.demo", "kms.devnet", "kms.node.setup", "kms.attest.cli")
 
 
 def module_name(path: Path) -> str:

@@ -58,6 +58,8 @@ def parse_change(req: dict[str, Any]) -> Change:
 
 
 def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
+    if raw.count(b"[") + raw.count(b"{") > 64:
+        return {"ok": False, "error": "malformed request"}  # json.loads recurses in C
     try:
         req = json.loads(raw)
     except ValueError:

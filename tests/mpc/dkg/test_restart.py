@@ -44,10 +44,10 @@ VICTIM = PI(2)
 ACCUSER = 5  # byzantine: falsely complains about the victim, so the victim must justify
 
 
-
 def signed_records(persisted: dict[str, bytes]) -> set[str]:
     """What the member signed or dealt; ``seen/...`` records are what it heard."""
     return {k for k in persisted if not k.startswith("seen/")}
+
 
 def make_config(nodes: dict[PI, Node], t: int) -> SharingConfig:
     parts = tuple(nodes[i].participant for i in sorted(nodes))

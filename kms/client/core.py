@@ -1,0 +1,235 @@
+"""The CVM side of key release, sans-I/O.
+
+A ``KeyRequestSession`` builds one request (a fresh ephemeral HPKE key per
+committee index, all inside the quote's report-data binding), takes node
+answers one at a time, decrypts each partial with the key for that node's
+index, and combines partials **of one epoch** into the derived point,
+checked against the master public key the CVM pinned. Committee, threshold
+and public shares come only from the epoch chain verified from that pinned
+key; an answer that claims another epoch, index or key is ignored and
+reported. A wrong or undecryptable partial becomes ``WrongPartialEvidence``:
+the node's signed answer, the request, and the private half of that one
+index's ephemeral key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from kms.protocol import (
+    EphemeralKey,
+    KeyRefusal,
+    KeyRequest,
+    KeyRequestBody,
+    KeyResponse,
+    KeyShareResponse,
+    PurposeVersion,
+    WrongPartialEvidence,
+    release_info,
+)
+from mpc import hpke
+from mpc.errors import DecryptionError, InvalidEncoding, InvalidShare, InvalidSignature
+from mpc.ids import ParticipantIndex
+from mpc.math import G1
+from mpc.membership import ChainState
+from mpc.secret import RNG
+from mpc.tkd import DerivedPoint, KeyId, Partial, combine_and_verify, verify_partial
+
+
+class KeyReleaseError(Exception):
+    """Not enough good partials could be gathered."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An answer the client ignored, and why."""
+
+    index: ParticipantIndex
+    reason: str
+    evidence: WrongPartialEvidence | None = None
+
+
+@dataclass
+class _PerPurpose:
+    partials: dict[ParticipantIndex, Partial] = field(default_factory=dict)
+    derived: DerivedPoint | None = None
+
+
+class KeyRequestSession:
+    """One request for one or more purposes of one app, against one verified chain."""
+
+    def __init__(
+        self,
+        chain: ChainState,
+        app_id: bytes,
+        purposes: Sequence[tuple[str, int]],
+        *,
+        now: int,
+        rng: RNG,
+        min_policy_version: int = 0,
+    ) -> None:
+        self.chain = chain
+        self.app_id = app_id
+        self.purposes = tuple(PurposeVersion(p, v) for p, v in purposes)
+        self._keys: dict[ParticipantIndex, hpke.PrivateKey] = {}
+        eph = []
+        for idx in chain.committee.indices:
+            sk, pk = hpke.generate_key_pair(rng)
+            self._keys[idx] = sk
+            eph.append(EphemeralKey(int(idx), pk))
+        self.body = KeyRequestBody(
+            app_id=app_id,
+            purposes=self.purposes,
+            ephemeral_keys=tuple(eph),
+            timestamp=now,
+            nonce=rng(16),
+            min_policy_version=min_policy_version,
+            epoch=chain.epoch,
+        )
+        self.body.validate()
+        self.request: KeyRequest | None = None
+        self._state = {p: _PerPurpose() for p in self.purposes}
+        self.rejected: list[Rejected] = []
+        self.refusals: dict[ParticipantIndex, KeyRefusal] = {}
+        self._answered: set[ParticipantIndex] = set()
+
+    @property
+    def report_data(self) -> bytes:
+        """What the CVM asks its TEE to put in the quote."""
+        return self.body.report_data()
+
+    def attach_quote(self, quote: bytes, event_log: bytes = b"") -> KeyRequest:
+        self.request = KeyRequest(self.body, quote, event_log)
+        return self.request
+
+    # --- answers ------------------------------------------------------------------
+
+    def receive(self, index: ParticipantIndex, answer: KeyResponse | KeyRefusal) -> None:
+        """Take node ``index``'s answer (the transport told us who answered)."""
+        if self.request is None:
+            raise RuntimeError("attach the quote before sending the request")
+        self._answered.add(index)
+        if isinstance(answer, KeyRefusal):
+            self.refusals[index] = answer
+            return
+        for share in answer.shares:
+            self._take(index, share)
+
+    def _reject(
+        self, index: ParticipantIndex, reason: str, evidence: WrongPartialEvidence | None = None
+    ) -> None:
+        self.rejected.append(Rejected(index, reason, evidence))
+
+    def _take(self, index: ParticipantIndex, share: KeyShareResponse) -> None:
+        req = self.request
+        if req is None:  # pragma: no cover - guarded by receive()
+            return
+        if share.index != index or index not in self.chain.committee.indices:
+            self._reject(index, "answer for another committee index")
+            return
+        if share.epoch != self.chain.epoch:
+            # Combine partials of one epoch only: the chain we verified names it.
+            self._reject(
+                index,
+                f"answer for epoch {share.epoch}, the verified chain is at {self.chain.epoch}",
+            )
+            return
+        if share.request_hash != req.request_hash() or share.purpose not in self._state:
+            self._reject(index, "answer to another request or purpose")
+            return
+        member = next(p for p in self.chain.committee.members if p.index == int(index))
+        try:
+            share.verify(member.verify_key())
+        except (InvalidSignature, InvalidEncoding):
+            self._reject(index, "bad node signature")  # not attributable: no evidence
+            return
+        sk = self._keys[index]
+        info = release_info(share.request_hash, share.purpose, share.epoch, share.index)
+        evidence = WrongPartialEvidence(req, share, sk.private_bytes())
+        try:
+            raw = hpke.open(share.enc, sk, info, info, share.ciphertext)
+            point = G1.from_bytes(raw)
+        except (DecryptionError, InvalidEncoding):
+            self._reject(index, "partial does not decrypt", evidence)
+            return
+        key_id = share.purpose.key_id(self.app_id)
+        partial = Partial(index, point)
+        if not verify_partial(partial, key_id, self.chain.public_shares[index]):
+            self._reject(index, "partial does not match the node's public share", evidence)
+            return
+        st = self._state[share.purpose]
+        st.partials.setdefault(index, partial)
+        if st.derived is None and len(st.partials) >= self.chain.threshold:
+            try:
+                st.derived = combine_and_verify(
+                    list(st.partials.values()),
+                    key_id,
+                    self.chain.mpk,
+                    self.chain.public_shares,
+                    self.chain.threshold,
+                )
+            except InvalidShare as exc:  # pragma: no cover - partials were checked one by one
+                for culprit in exc.culprits:
+                    st.partials.pop(culprit, None)
+
+    # --- results --------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return all(st.derived is not None for st in self._state.values())
+
+    def derived(self) -> dict[PurposeVersion, DerivedPoint]:
+        if not self.done:
+            missing = [p.purpose for p, st in self._state.items() if st.derived is None]
+            raise KeyReleaseError(f"not enough good partials for {missing}")
+        return {p: st.derived for p, st in self._state.items() if st.derived is not None}
+
+    def next_nodes(self, count: int) -> list[ParticipantIndex]:
+        """Members not asked yet, in index order (the shell asks ``t`` first, then more)."""
+        return [i for i in self.chain.committee.indices if i not in self._answered][:count]
+
+    def mark_asked(self, indices: Sequence[ParticipantIndex]) -> None:
+        self._answered.update(indices)
+
+    def bad_nodes(self) -> list[ParticipantIndex]:
+        return sorted({r.index for r in self.rejected})
+
+
+def verify_wrong_partial(
+    evidence: WrongPartialEvidence,
+    chain: ChainState,
+    app_id_of: Callable[[KeyRequest], bytes] | None = None,
+) -> str:
+    """Check CVM-disclosed evidence against a verified chain; returns what it proves.
+
+    Raises ``InvalidSignature`` unless: the node of that index signed the answer,
+    the answer names this request, the disclosed private key is the one the
+    request bound for that index, and the partial either does not decrypt or
+    does not match the node's public share.
+    """
+    req, share = evidence.request, evidence.response
+    idx = ParticipantIndex(share.index)
+    member = next((p for p in chain.committee.members if p.index == share.index), None)
+    if member is None or share.epoch != chain.epoch:
+        raise InvalidSignature("the answer's index or epoch is not in the verified chain")
+    share.verify(member.verify_key())
+    if share.request_hash != req.request_hash():
+        raise InvalidSignature("the answer is for another request")
+    sk = hpke.PrivateKey.from_private_bytes(evidence.ephemeral_private)
+    if req.body.ephemeral_key(share.index) != sk.public_bytes():
+        raise InvalidSignature("the disclosed key is not the one the request bound for this index")
+    info = release_info(share.request_hash, share.purpose, share.epoch, share.index)
+    try:
+        point = G1.from_bytes(hpke.open(share.enc, sk, info, info, share.ciphertext))
+    except (DecryptionError, InvalidEncoding):
+        return "the signed partial does not decrypt"
+    key_id = KeyId(
+        (app_id_of or (lambda r: r.body.app_id))(req), share.purpose.purpose, share.purpose.version
+    )
+    if verify_partial(Partial(idx, point), key_id, chain.public_shares[idx]):
+        raise InvalidSignature("the partial is correct")
+    return "the signed partial does not match the node's public share"
+
+
+__all__ = ["KeyReleaseError", "KeyRequestSession", "Rejected", "verify_wrong_partial"]

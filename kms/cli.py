@@ -63,7 +63,7 @@ def node_init(
     else:
         out.print(f"node {index} initialised in {dir}")
         out.print(f"peer id   {record['peer_id']}")
-        out.print("participant record (give it to the other operators for [committee.genesis]):")
+        out.print("participant record (give it to the other operators for \\[committee.genesis]):")
         out.print_json(
             json.dumps(
                 {k: record[k] for k in ("index", "identity", "dkg_key", "dkg_key_signature")}

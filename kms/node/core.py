@@ -729,7 +729,9 @@ class NodeCore:
                     cfg = session.config
                     self._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, ev.reason))
                     self._run = None
-                    if cfg.kind == "dkg":
+                    if cfg.kind == "dkg" and self.state is None:
+                        # Only while there is no chain: a node that caught up through
+                        # the chain gets its share from a prompt refresh instead.
                         self._start_genesis(cfg.attempt + 1)
                     else:
                         self._run_attempt = cfg.attempt + 1

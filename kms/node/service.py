@@ -161,6 +161,9 @@ class NodeService:
             share=share_from_bytes(current.share)
             if current is not None and current.share
             else None,
+            retained={
+                e: share_from_bytes(store.retained_share(e)) for e in store.retained_shares()
+            },
             records=store.records,
         )
         self.core = NodeCore(

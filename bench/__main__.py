@@ -1,8 +1,10 @@
 """``python -m bench [--quick]``: time the BLS12-381 layer and what is built on it.
 
-Prints two ``rich`` tables: the operations of ``mpc`` against the py-ecc
-reference (with the performance targets), and the candidate native backends
-side by side. Missed targets are printed, not raised: the exit status is 0.
+Prints three ``rich`` tables: the operations of ``mpc`` against the py-ecc
+reference (with the performance targets), the candidate native backends
+side by side, and the genesis DKG over libp2p between node processes
+(``bench.dkg_network``; ``--quick``: n = 4 only). Missed targets are printed,
+not raised: the exit status is 0.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from bench import backends, crypto
+from bench import backends, crypto, dkg_network
 from bench.timing import Budget, format_seconds
 
 PACKAGES = ("pyblst", "py-arkworks-bls12381", "chia-rs", "py-ecc", "cryptography")
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
         crypto_rows = crypto.rows(profile, progress)
         backend_rows = backends.rows(backend_budget, progress)
+        dkg_rows = dkg_network.rows(args.quick, progress)
     console.print(main_table(crypto_rows, profile))
     console.print(backend_table(backend_rows))
     missed = [r.operation for r in crypto_rows if r.target_met is False]
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]targets missed:[/bold red] {', '.join(missed)}")
     else:
         console.print("[green]all targets met[/green]")
+    dkg_network.report(console, dkg_rows)
     console.print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -275,6 +275,7 @@ def devnet_up(
         if mpk is not None:
             state = devnet.read_state(dir)
             state["master_public_key"] = mpk
+            state["apps"] = {"demo": devnet.register_demo_app(dir, mpk)}
             devnet.write_state(dir, state)
             t = Table(title=f"devnet: {nodes} nodes, threshold {threshold}")
             for col in ("index", "peer id", "multiaddr", "http", "pid"):
@@ -323,6 +324,104 @@ def devnet_start_node(
 
     pid = devnet.start_node(dir, index)
     out.print(f"node {index} started (pid {pid})")
+
+
+key_app = typer.Typer(
+    help="Keys for a CVM (talks to a devnet with its simulated TEE).", no_args_is_help=True
+)
+app.add_typer(key_app, name="key")
+
+
+def _devnet_app(dir: Path, name_or_id: str) -> tuple[dict[str, Any], bytes]:
+    from kms import devnet
+
+    state = devnet.read_state(dir)
+    apps = state.get("apps", {})
+    app_hex = apps.get(name_or_id, name_or_id)
+    try:
+        return state, bytes.fromhex(app_hex)
+    except ValueError:
+        _fail(f"unknown app {name_or_id!r} (known: {sorted(apps)})", 2)
+        raise
+
+
+@key_app.command("get")
+def key_get(
+    devnet_dir: Annotated[Path, typer.Option("--devnet", help="The devnet directory.")],
+    app_name: Annotated[
+        str, typer.Option("--app", help="App alias from devnet.json or app id hex.")
+    ],
+    purpose: Annotated[str, typer.Option("--purpose")] = "app",
+    version: Annotated[int, typer.Option("--version")] = 1,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the secret key material here (mode 0600).")
+    ] = None,
+    rogue: Annotated[
+        bool,
+        typer.Option(
+            "--rogue-measurement", help="Present a measurement the policy does not admit."
+        ),
+    ] = False,
+) -> None:
+    """Fetch an app key as the devnet's simulated CVM, verified against the pinned master key."""
+    import hashlib
+    import os
+
+    from kms import devnet
+    from kms.client.core import KeyReleaseError
+    from kms.client.http import fetch_keys
+    from mpc.ids import ParticipantIndex
+    from mpc.math import G2
+    from mpc.tkd import typed_keys
+
+    state, app_id = _devnet_app(devnet_dir, app_name)
+    if not state.get("master_public_key"):
+        _fail("the devnet has no master public key yet", 2)
+    mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
+    tee = devnet.simulated_tee(devnet_dir)
+    meas = devnet.ROGUE_MEASUREMENT if rogue else devnet.DEMO_MEASUREMENT
+    urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
+    try:
+        res = fetch_keys(urls, mpk, app_id, [(purpose, version)], lambda rd: tee.quote(rd, **meas))
+    except KeyReleaseError as exc:
+        if json_out:
+            _print_json({"ok": False, "error": str(exc)})
+        else:
+            console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(1) from None
+    derived = res.derived[(purpose, version)]
+    app_key = derived.app_key()
+    keys = typed_keys(app_key)
+    doc = {
+        "app_id": app_id.hex(),
+        "purpose": purpose,
+        "version": version,
+        "epoch": res.epoch,
+        "fingerprint": hashlib.sha256(app_key.secret.data).hexdigest(),
+        "x25519_public": keys.x25519_public.hex(),
+        "ed25519_public": keys.ed25519_public.hex(),
+        "secp256k1_public": keys.secp256k1_public.hex(),
+    }
+    if out_file is not None:
+        fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(
+                {
+                    **doc,
+                    "app_key": app_key.secret.data.hex(),
+                    "aes256": keys.aes256.data.hex(),
+                    "x25519_private": keys.x25519_private.data.hex(),
+                    "ed25519_seed": keys.ed25519_seed.data.hex(),
+                    "secp256k1_private": keys.secp256k1_private.data.hex(),
+                },
+                f,
+            )
+    if json_out:
+        _print_json(doc)
+    else:
+        for k, v in doc.items():
+            out.print(f"{k:18} {v}")
 
 
 @app.command("demo")

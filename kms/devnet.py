@@ -77,6 +77,7 @@ def create(
         {"index": r["index"], "multiaddr": f"/ip4/127.0.0.1/tcp/{ports[k][0]}/p2p/{r['peer_id']}"}
         for k, r in enumerate(records)
     ]
+    tee_dir = simulated_tee_files(directory)
     for i in range(1, nodes + 1):
         path = directory / f"node-{i}" / "node.toml"
         import tomllib
@@ -84,9 +85,15 @@ def create(
         doc = tomllib.loads(path.read_text())
         doc["committee"] = committee
         doc["peers"] = [p for p in peers if p["index"] != i]
+        # The devnet's CVMs run on the simulated TEE: say so, loudly, in every node's config.
+        doc["node"]["accept_simulated_quotes"] = True
+        doc["node"]["simulated_root_ca"] = str((tee_dir / "root.der").resolve())
+        doc["node"]["collateral_file"] = str((tee_dir / "collateral.json").resolve())
+        doc["node"]["policies_dir"] = str((directory / "policies").resolve())
         write_config(path, doc)
-    state = {
+    state: dict[str, Any] = {
         "master_public_key": None,
+        "apps": {},
         "threshold": threshold,
         "nodes": [
             {
@@ -197,3 +204,77 @@ def stop_node(directory: Path, index: int, *, kill: bool = False) -> None:
 
 def genesis_start(state: dict[str, Any]) -> float:
     return load(state["nodes"][0]["config"]).protocol.genesis_start
+
+
+TEE_SEED_FILE = "simulated-tee/seed"
+DEMO_MEASUREMENT = {
+    name: bytes([0xD0 + i]) * 48
+    for i, name in enumerate(("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
+}
+"""The measurement of the devnet's demo CVM (admitted by the ``demo`` app's policy)."""
+ROGUE_MEASUREMENT = {**DEMO_MEASUREMENT, "rtmr3": bytes(48)}
+
+
+def simulated_tee(directory: Path) -> Any:
+    """The devnet's simulated TDX platform, rebuilt from its seed (reproducible)."""
+    import hashlib
+
+    from kms.attest.simulated import SimulatedTEE
+
+    raw = (directory / TEE_SEED_FILE).read_text().split()
+    seed, now = bytes.fromhex(raw[0]), int(raw[1])
+    counter = [0]
+
+    def rng(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            counter[0] += 1
+            out += hashlib.sha256(seed + counter[0].to_bytes(8, "big")).digest()
+        return out[:n]
+
+    return SimulatedTEE(rng, now=now)
+
+
+def simulated_tee_files(directory: Path) -> Path:
+    """Create the simulated TEE (seed, root certificate, collateral) for a devnet."""
+    import secrets
+
+    tee_dir = directory / "simulated-tee"
+    tee_dir.mkdir(parents=True, exist_ok=True)
+    now = int(time.time())
+    (directory / TEE_SEED_FILE).write_text(f"{secrets.token_hex(32)} {now}\n")
+    tee = simulated_tee(directory)
+    (tee_dir / "root.der").write_bytes(tee.root_ca_der)
+    (tee_dir / "collateral.json").write_text(json.dumps(tee.collateral(now, lifetime=30 * 86400)))
+    (directory / "policies").mkdir(exist_ok=True)
+    return tee_dir
+
+
+def register_demo_app(directory: Path, mpk_hex: str, name: str = "demo") -> str:
+    """Create app ``name`` with an owner key and a policy admitting the demo CVM."""
+    import secrets
+
+    from kms.policy import AppPolicy, Measurement, OwnerKey, PolicyBundle
+
+    owner_file = directory / "apps" / f"{name}.owner"
+    owner_file.parent.mkdir(parents=True, exist_ok=True)
+    if not owner_file.exists():
+        owner_file.write_text(secrets.token_hex(32) + "\n")
+        owner_file.chmod(0o600)
+    owner = OwnerKey.from_seed(bytes.fromhex(owner_file.read_text().strip()))
+    now = int(time.time())
+    policy = AppPolicy.build(
+        app_id=owner.app_id(),
+        version=1,
+        owner_key=owner.public_bytes(),
+        measurements=[Measurement.explicit(**DEMO_MEASUREMENT)],
+        kms_mpk=bytes.fromhex(mpk_hex),
+        not_before=now - 60,
+        allowed_tcb_statuses=("UpToDate", "SWHardeningNeeded"),
+        purposes=("app", "disk", "signing"),
+    )
+    bundle = PolicyBundle(policy.sign(owner), ())
+    tmp = directory / "policies" / f".{name}.tmp"
+    tmp.write_bytes(bundle.encode())
+    tmp.replace(directory / "policies" / f"{name}.policy")
+    return owner.app_id().hex()

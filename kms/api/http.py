@@ -19,6 +19,14 @@ class StatusSource(Protocol):
 
     def metrics_text(self) -> str: ...
 
+    def release(self, raw: bytes) -> tuple[int, bytes]: ...
+
+    def chain_bytes(self) -> bytes: ...
+
+
+MAX_BODY = 512 * 1024
+MSGPACK = "application/msgpack"
+
 
 def make_app(source: StatusSource) -> Starlette:
     async def health(request: Request) -> Response:
@@ -34,10 +42,31 @@ def make_app(source: StatusSource) -> Starlette:
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(source.metrics_text(), media_type="text/plain; version=0.0.4")
 
+    async def keys(request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return JSONResponse(
+                {"reason": "malformed-request", "detail": "body too large"}, status_code=413
+            )
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return JSONResponse(
+                    {"reason": "malformed-request", "detail": "body too large"}, status_code=413
+                )
+        code, answer = source.release(body)
+        return Response(answer, status_code=code, media_type=MSGPACK)
+
+    async def chain(request: Request) -> Response:
+        return Response(source.chain_bytes(), media_type=MSGPACK)
+
     return Starlette(
         routes=[
             Route("/health", health),
             Route("/v1/status", status),
             Route("/metrics", metrics),
+            Route("/v1/keys", keys, methods=["POST"]),
+            Route("/v1/chain", chain),
         ]
     )

@@ -46,6 +46,10 @@ class NodeFileConfig:
     protocol: NodeConfig
     peers: tuple[PeerConfig, ...]
     accept_simulated_quotes: bool
+    simulated_root_ca: Path | None = None
+    collateral_file: Path | None = None
+    policies_dir: Path | None = None
+    max_request_skew: int = 120
 
     @property
     def directory(self) -> Path:
@@ -151,4 +155,10 @@ def load(path: str | Path) -> NodeFileConfig:
         protocol=protocol,
         peers=peers,
         accept_simulated_quotes=bool(node.get("accept_simulated_quotes", False)),
+        simulated_root_ca=(base / node["simulated_root_ca"])
+        if "simulated_root_ca" in node
+        else None,
+        collateral_file=(base / node["collateral_file"]) if "collateral_file" in node else None,
+        policies_dir=(base / node["policies_dir"]) if "policies_dir" in node else None,
+        max_request_skew=int(node.get("max_request_skew", 120)),
     )

@@ -39,6 +39,8 @@ from kms.node.core import (
     RunFailed,
     StoreRecord,
 )
+from kms.node.release import KeyReleaser, Released
+from kms.protocol import KeyRefusal
 from kms.store import NodeStore
 from mpc import hpke
 from mpc.broadcast import Outbound
@@ -353,6 +355,54 @@ class NodeService:
             except TransportError:
                 self.metrics.send_failures += 1
 
+    # --- key release (called by the HTTP app) -------------------------------------------------
+
+    releaser: KeyReleaser | None = None
+    NONCE_TTL = 600
+
+    def _seen_nonce(self, nonce: bytes) -> bool:
+        raw = self.store.get_meta("nonce/" + nonce.hex())
+        return raw is not None and int.from_bytes(raw, "big") > int(self.clock.now())
+
+    def release(self, raw: bytes) -> tuple[int, bytes]:
+        """Answer a CVM's key request: (HTTP status, msgpack body)."""
+        if self.releaser is None:
+            refusal = KeyRefusal("not-serving", "this node does not release keys")
+            return 503, refusal.encode()
+        st = self.core.state
+        now = int(self.clock.now())
+        res = self.releaser.handle(
+            raw,
+            now=now,
+            epoch=st.epoch if st else 0,
+            share=self.core.share,
+            seen_nonce=self._seen_nonce,
+        )
+        if isinstance(res, Released):
+            # The replay cache survives restarts; the audit records are committed as one group.
+            self.store.set_meta(
+                "nonce/" + res.nonce.hex(), (now + self.NONCE_TTL).to_bytes(8, "big")
+            )
+            self.store.audit_append_many([a.as_dict() for a in res.audit])
+            self.metrics.messages_out["kms/key-response"] += 1
+            log.info(
+                "key released",
+                extra={
+                    "fields": {
+                        "app": res.audit[0].app,
+                        "purposes": len(res.audit),
+                        "simulated": res.audit[0].simulated,
+                    }
+                },
+            )
+            return 200, res.response.encode()
+        self.metrics.rejected["key request: " + res.reason] += 1
+        self._rl.warn("cvm", f"key request refused: {res.reason}")
+        return 403, res.refusal.encode()
+
+    def chain_bytes(self) -> bytes:
+        return self.core.chain_update(0).encode()
+
     # --- admin actions (called by the admin channel) ---------------------------------------
 
     def propose(self, change: Any) -> bytes:
@@ -392,6 +442,8 @@ class NodeService:
             "last_refresh": s.last_refresh,
             "peers": sorted(str(p) for p in self.transport.connected_peers()),
             "healthy": self.core.state is not None or s.running == "dkg",
+            "serves_keys": self.releaser is not None,
+            "simulated_quotes_accepted": bool(self.releaser and self.releaser.simulated_allowed),
         }
 
     def metrics_text(self) -> str:
@@ -404,6 +456,9 @@ class NodeService:
             "# HELP qkms_peers Connected peers.",
             "# TYPE qkms_peers gauge",
             f"qkms_peers {len(self.transport.connected_peers())}",
+            "# HELP qkms_simulated_quotes_accepted 1 if this node accepts simulated TEE quotes (development only).",
+            "# TYPE qkms_simulated_quotes_accepted gauge",
+            f"qkms_simulated_quotes_accepted {int(bool(self.releaser and self.releaser.simulated_allowed))}",
             "# HELP qkms_has_share Whether this node holds a share of the current epoch.",
             "# TYPE qkms_has_share gauge",
             f"qkms_has_share {1 if self.core.share is not None else 0}",

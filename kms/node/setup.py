@@ -161,6 +161,7 @@ async def run_node(config_path: Path) -> None:
     try:
         async with transport:
             service = NodeService(cfg.protocol, store, transport, peers)
+            service.releaser = make_releaser(cfg, service)
             hc = HypercornConfig()
             hc.bind = [f"{cfg.http_host}:{cfg.http_port}"]
             hc.accesslog = None
@@ -227,3 +228,71 @@ def join_request(config_path: Path) -> dict[str, Any]:
         "addresses": [f"{node['listen']}/p2p/{peer}"],
         "attestation": "",
     }
+
+
+class PolicyDirectory:
+    """App policies as files (``*.policy``: encoded ``PolicyBundle``), re-read when they change.
+
+    Every bundle is checked by a ``PolicyStore`` bound to the committee's master
+    public key: a file with a bad signature, a stale version or another key is
+    ignored (and logged once).
+    """
+
+    def __init__(self, directory: Path, mpk_of: Any) -> None:
+        self.directory = directory
+        self._mpk_of = mpk_of
+        self._stamp: tuple[tuple[str, float], ...] = ()
+        self._store: Any = None
+
+    def __call__(self, app_id: bytes, now: int) -> Any:
+        from kms.policy import PolicyBundle, PolicyStore
+
+        mpk = self._mpk_of()
+        if mpk is None or not self.directory.is_dir():
+            return None
+        files = sorted(self.directory.glob("*.policy"))
+        stamp = tuple((f.name, f.stat().st_mtime) for f in files)
+        if self._store is None or stamp != self._stamp:
+            store = PolicyStore(mpk)
+            for f in files:
+                try:
+                    store.offer_bundle(PolicyBundle.decode(f.read_bytes()), now=now)
+                except ValueError as exc:
+                    logging.getLogger("quorum_kms.node").warning(
+                        "policy file refused",
+                        extra={"fields": {"file": f.name, "reason": str(exc)}},
+                    )
+            self._store, self._stamp = store, stamp
+        return self._store.current(app_id, now)
+
+
+def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
+    """The key releaser of ``kms node run``: trust roots, collateral and policies from config."""
+    from kms.attest import INTEL_ROOT_CA, Collateral, Verifier
+    from kms.node.release import KeyReleaser
+
+    if cfg.collateral_file is None or cfg.policies_dir is None:
+        return None
+    roots = [INTEL_ROOT_CA]
+    if cfg.accept_simulated_quotes and cfg.simulated_root_ca is not None:
+        roots.append(cfg.simulated_root_ca.read_bytes())
+        logging.getLogger("quorum_kms.node").warning(
+            "SIMULATED TEE QUOTES ACCEPTED: this node is for development only",
+            extra={"fields": {"simulated_root_ca": str(cfg.simulated_root_ca)}},
+        )
+    verifier = Verifier(roots, simulated_allowed=cfg.accept_simulated_quotes)
+    collateral = Collateral.from_json(cfg.collateral_file.read_text())
+
+    def mpk() -> bytes | None:
+        st = service.core.state
+        return st.mpk.to_bytes() if st is not None else None
+
+    return KeyReleaser(
+        cfg.index,
+        service.identity,
+        verifier,
+        lambda quote: collateral,
+        PolicyDirectory(cfg.policies_dir, mpk),
+        rng=os.urandom,
+        max_skew=cfg.max_request_skew,
+    )

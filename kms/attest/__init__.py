@@ -1,0 +1,138 @@
+"""Attestation: does a TDX quote come from a genuine, patched Intel TDX platform?
+
+A KMS node releases a key share only to a confidential VM whose quote verifies.
+This package answers the platform half of that question and returns what the
+TD measured (MRTD, RTMR0-3, report data); whether those measurements are
+allowed is the app policy's business (`kms.policy`). Verification is Intel
+DCAP, done by dcap-qvl 0.7.0 (Phala Network's Rust port of Intel's QVL), plus
+the checks a KMS needs that dcap-qvl leaves out. Nothing here reads a clock or
+the network: the caller passes `now` (unix seconds) and the collateral, which
+`kms.attest.pccs` fetches from a PCCS and caches on disk.
+
+## API
+
+- `verify_quote(quote, collateral, *, now, allowed_statuses={"UpToDate",
+  "SWHardeningNeeded"}, root_ca=INTEL_ROOT_CA) -> VerifiedQuote`: raises
+  `QuoteVerificationError(reason)` with a `QuoteFailure` reason, or returns
+  `tcb_status`, `advisory_ids`, `mr_td`, `rtmr0`..`rtmr3`, `report_data`
+  (bytes), `version`, `fmspc`, `simulated` and the full TD report (`fields`).
+- `parse_td_fields(quote) -> TDFields | None`: the TD report without
+  verification, so that a refusal can say what the TD claimed to be.
+- `Verifier(roots, *, simulated_allowed)`: the roots a node trusts. Intel's
+  root is tried first; simulated roots only if `simulated_allowed`.
+- `Collateral`: dcap-qvl's `QuoteCollateralV3`, in its JSON form (hex for
+  bytes) or as an object.
+- `INTEL_ROOT_CA`: Intel's SGX Root CA, DER, compiled in (SHA-256
+  `44a0196b…74d3`). A production node never reads a root from configuration.
+
+## What is checked, in order, and why
+
+The order is the order in which a quote is refused, so the `QuoteFailure`
+reason names the first check that failed.
+
+1. **The arguments.** The collateral must parse as `QuoteCollateralV3`
+   (`MALFORMED_COLLATERAL`). `now`, the admitted statuses and the root are
+   the caller's; a wrong one is a `TypeError`/`ValueError`, never a refusal.
+2. **The quote decodes, and it is a TDX quote.** The 48-byte header and a
+   TD report 1.0 (quote v4) or 1.5 (quote v5, body type 3) must decode, with
+   consistent lengths (`MALFORMED_QUOTE`; an unknown version or body type is
+   `UNSUPPORTED_QUOTE`). The TEE type must be TDX (0x81): dcap-qvl verifies
+   SGX enclave quotes just as happily, and an SGX quote proves nothing about a
+   TD (`NOT_TDX`). Bytes after the signed data are ignored, as by every DCAP
+   verifier (Intel's own sample quotes carry some).
+3. **Trust root** (dcap-qvl from here to step 12). The root CA CRL must be
+   signed by the trust root (`UNTRUSTED_ROOT`: collateral issued under another
+   root, which is how a simulated quote fails under Intel's root) and not be
+   stale, `now < nextUpdate` (`COLLATERAL_EXPIRED`). Then the header: ECDSA-P256
+   attestation key and Intel's QE vendor ID (`UNSUPPORTED_QUOTE`).
+4. **TCB Info.** `issueDate <= now <= nextUpdate` (`COLLATERAL_NOT_YET_VALID`,
+   `COLLATERAL_EXPIRED`); its issuer chain (the TCB signing certificate)
+   verifies to the root, every certificate within its validity period and
+   not revoked, with both CRLs fresh (`CERTIFICATE_CHAIN`,
+   `CERTIFICATE_REVOKED`, `UNTRUSTED_ROOT`, `COLLATERAL_EXPIRED`); its ECDSA
+   signature covers the exact bytes of the `tcb_info` string
+   (`BAD_COLLATERAL_SIGNATURE`).
+5. **QE Identity.** The same checks, and it must describe the TD quoting
+   enclave (`TD_QE`, version 2 or 3; `COLLATERAL_MISMATCH`).
+6. **PCK certificate chain** (embedded in the quote, certification data type
+   5): verifies to the root with revocation; the leaf's SGX extension gives
+   the platform's FMSPC, CPUSVN, PCESVN and PCE-ID (`CERTIFICATE_CHAIN`,
+   `CERTIFICATE_REVOKED`, `UNTRUSTED_ROOT`, `COLLATERAL_EXPIRED` for an
+   expired certificate).
+7. **QE report signature**: the PCK key signed the quoting enclave's report
+   (`BAD_QE_REPORT_SIGNATURE`).
+8. **QE report binding**: `SHA-256(attestation key || QE auth data)` is the
+   QE report's report data, so the QE vouches for the key that signed the
+   quote (`QE_REPORT_BINDING`).
+9. **QE identity**: MRSIGNER, ISVPRODID, MISCSELECT and ATTRIBUTES match
+   QE Identity under its masks, the QE is not a debug enclave, and its ISVSVN
+   reaches a QE TCB level (`QE_IDENTITY_MISMATCH`).
+10. **Quote signature**: the attestation key signed the header and TD report,
+    so MRTD, the RTMRs and report data are what the TDX module reported
+    (`BAD_QUOTE_SIGNATURE`).
+11. **Platform TCB level.** The PCK certificate's FMSPC must be TCB Info's
+    (`COLLATERAL_MISMATCH`); the highest TCB level whose SGX components,
+    PCESVN and TDX components the platform reaches gives the status
+    (`TCB_LEVEL_NOT_FOUND`); the TDX module (MRSIGNERSEAM, SEAMATTRIBUTES,
+    module ISVSVN) must match a `TDX_xx` identity (`TDX_MODULE_MISMATCH`);
+    module and QE statuses converge into the platform status as Intel's
+    QVL does, and a `Revoked` result is refused (`TCB_REVOKED`).
+12. **TD attributes**: not debug, no profiling, not migratable,
+    SEPT_VE_DISABLE set, no reserved bits (`TD_ATTRIBUTES`). A debuggable TD's
+    memory is readable by the host, so its measurements mean nothing.
+13. **Same report.** The TD report dcap-qvl verified is compared with the one
+    the returned fields were read from (`UNKNOWN` if they ever differed).
+14. **TCB status admitted**: by default `UpToDate` and `SWHardeningNeeded`;
+    anything else (`OutOfDate`, `ConfigurationNeeded`, ...) must be admitted by
+    the caller, e.g. from the app's policy (`TCB_STATUS_NOT_ALLOWED`). The
+    advisory IDs are returned either way.
+
+dcap-qvl's failures are `ValueError`s with an `anyhow` message chain; they are
+mapped to reasons by `kms.attest.errors.MESSAGE_TABLE`, tested against
+dcap-qvl's exact strings. A message the table does not know is refused as
+`UNKNOWN`. Not checked by dcap-qvl 0.7.0, and so not by this package: the PCK
+CRL issuer chain, TCB Info's `pceId`, CRL `thisUpdate`, and the trust
+anchor's own validity period.
+
+## Simulated quotes
+
+`kms.attest.simulated.SimulatedTEE` mints quotes (v4 and v5) and collateral in
+exactly Intel's formats under a generated root, reproducibly from an injected
+`rng`. They pass the very same dcap-qvl call given that root, so every code
+path runs without TDX hardware. Because nothing but the root tells them from
+real quotes, a node accepts them only through a `Verifier` built with
+`simulated_allowed=True`, and `VerifiedQuote.simulated` is then true so the
+node can say so in its status, metrics and logs.
+"""
+
+from __future__ import annotations
+
+from kms.attest.collateral import Collateral
+from kms.attest.errors import MESSAGE_TABLE, QuoteFailure, QuoteVerificationError, classify
+from kms.attest.roots import INTEL_ROOT_CA, INTEL_ROOT_CA_SHA256
+from kms.attest.verify import (
+    ADMISSIBLE_STATUSES,
+    DEFAULT_ALLOWED_STATUSES,
+    TDFields,
+    VerifiedQuote,
+    Verifier,
+    parse_td_fields,
+    verify_quote,
+)
+
+__all__ = [
+    "ADMISSIBLE_STATUSES",
+    "DEFAULT_ALLOWED_STATUSES",
+    "INTEL_ROOT_CA",
+    "INTEL_ROOT_CA_SHA256",
+    "MESSAGE_TABLE",
+    "Collateral",
+    "QuoteFailure",
+    "QuoteVerificationError",
+    "TDFields",
+    "VerifiedQuote",
+    "Verifier",
+    "classify",
+    "parse_td_fields",
+    "verify_quote",
+]

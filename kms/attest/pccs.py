@@ -1,0 +1,356 @@
+"""Collateral from a PCCS, kept in a local cache so that verification works offline.
+
+A PCCS (Intel's Provisioning Certificate Caching Service, or any service with
+the same API, such as Intel's PCS itself) serves the collateral of a platform
+family. :class:`PCCSClient` sends the same four GETs as dcap-qvl 0.7.0's
+``get_collateral`` (API v4; ``{tee}`` is ``tdx`` for TDX quotes)::
+
+    GET {url}/sgx/certification/v4/pckcrl?ca={platform|processor}&encoding=der
+        body: the PCK CRL, DER            header SGX-PCK-CRL-Issuer-Chain (URL-encoded PEM)
+    GET {url}/{tee}/certification/v4/tcb?fmspc={FMSPC}&update=standard
+        body: {"tcbInfo": {...}, "signature": "<hex r||s>"}
+                                          header TCB-Info-Issuer-Chain or SGX-TCB-Info-Issuer-Chain
+    GET {url}/{tee}/certification/v4/qe/identity?update=standard
+        body: {"enclaveIdentity": {...}, "signature": "<hex r||s>"}
+                                          header SGX-Enclave-Identity-Issuer-Chain
+    GET {url}/sgx/certification/v4/rootcacrl
+        body: the root CA CRL, hex-encoded DER (Intel's PCS has no such endpoint: the CRL is
+        then fetched from the root certificate's CRL distribution point)
+
+and keeps ``tcbInfo`` and ``enclaveIdentity`` as the exact bytes the PCCS sent,
+since their signatures cover those bytes (dcap-qvl re-serialises them with
+serde_json instead). Nothing fetched is trusted: :func:`kms.attest.verify_quote`
+checks every signature against the pinned root.
+
+:class:`CollateralCache` is a directory of JSON files, one per FMSPC and CA
+(``B0C06F000000-platform.json``), each in dcap-qvl's ``QuoteCollateralV3`` JSON
+form, so a cached file can be passed to ``kms attest verify --collateral``.
+:meth:`PCCSClient.collateral_for` serves from the cache while the cached
+collateral stays valid for a margin, refetches otherwise, and falls back to the
+cache when the PCCS cannot be reached (verification then decides whether it
+is still good enough).
+
+The PCCS URL has no default: a node must be configured with one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote
+
+import dcap_qvl
+import httpx
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from kms.attest.collateral import Collateral
+from kms.attest.errors import QuoteVerificationError, one_line
+
+CAS = ("platform", "processor")
+"""The PCK CAs a PCK certificate can be issued by."""
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MIN_VALIDITY = 3600
+"""Refetch cached collateral that stops verifying within this many seconds."""
+
+_FMSPC = re.compile(r"[0-9A-Fa-f]{12}")
+_HEX_BODY = re.compile(rb"\s*(?:[0-9A-Fa-f]{2})+\s*")
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+class PCCSError(Exception):
+    """The PCCS could not be reached, or answered with something that is not collateral."""
+
+
+def platform_of(quote: bytes) -> tuple[str, str]:
+    """The ``(FMSPC, CA)`` of a quote, read from its PCK certificate: what to fetch.
+
+    Raises :class:`PCCSError` if the quote carries no readable PCK certificate.
+    """
+    fmspc, ca, _ = _platform(quote)
+    return fmspc, ca
+
+
+def _platform(quote: bytes) -> tuple[str, str, str]:
+    try:
+        parsed = dcap_qvl.parse_quote(bytes(quote))
+        fmspc, ca = parsed.fmspc().upper(), parsed.ca()
+        tee = "tdx" if parsed.is_tdx() else "sgx"
+    except Exception as exc:  # dcap-qvl raises ValueError for anything undecodable
+        raise PCCSError(f"cannot tell the quote's platform: {one_line(str(exc))}") from None
+    return fmspc, ca, tee
+
+
+def _check_key(fmspc: str, ca: str) -> tuple[str, str]:
+    if not isinstance(fmspc, str) or not _FMSPC.fullmatch(fmspc):
+        raise ValueError(f"FMSPC must be 12 hex digits, not {fmspc!r}")
+    if ca not in CAS:
+        raise ValueError(f"CA must be one of {CAS}, not {ca!r}")
+    return fmspc.upper(), ca
+
+
+class CollateralCache:
+    """A directory of collateral JSON files keyed by FMSPC and CA (see the module docstring).
+
+    Writes are atomic (a temporary file renamed over the old one), so a reader never sees
+    a partial file; an unreadable or corrupt file reads as absent.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def path(self, fmspc: str, ca: str = "platform") -> Path:
+        fmspc, ca = _check_key(fmspc, ca)
+        return self.directory / f"{fmspc}-{ca}.json"
+
+    def load(self, fmspc: str, ca: str = "platform") -> Collateral | None:
+        try:
+            text = self.path(fmspc, ca).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+        try:
+            return Collateral.from_json(text)
+        except QuoteVerificationError:
+            return None
+
+    def store(self, fmspc: str, ca: str, collateral: Collateral) -> Path:
+        target = self.path(fmspc, ca)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(collateral.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def entries(self) -> list[tuple[str, str]]:
+        """The cached ``(FMSPC, CA)`` pairs, sorted."""
+        out = []
+        for p in sorted(self.directory.glob("*.json")):
+            fmspc, _, ca = p.stem.partition("-")
+            if _FMSPC.fullmatch(fmspc) and ca in CAS:
+                out.append((fmspc.upper(), ca))
+        return out
+
+
+def raw_members(text: str) -> dict[str, str]:
+    """The members of a JSON object as their exact source text (``{"a": [1, 2]}`` gives
+    ``{"a": "[1, 2]"}``), so that signed members can be kept byte for byte."""
+    decoder = json.JSONDecoder()
+    match = _WS.match(text, 0)
+    i = match.end() if match else 0
+    if text[i : i + 1] != "{":
+        raise ValueError("not a JSON object")
+    i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+    out: dict[str, str] = {}
+    if text[i : i + 1] == "}":
+        i += 1
+    else:
+        while True:
+            if text[i : i + 1] != '"':
+                raise ValueError("expected a member name")
+            key, i = decoder.raw_decode(text, i)
+            i = _WS.match(text, i).end()  # type: ignore[union-attr]
+            if text[i : i + 1] != ":":
+                raise ValueError("expected ':'")
+            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+            _, end = decoder.raw_decode(text, i)
+            out[key] = text[i:end]
+            i = _WS.match(text, end).end()  # type: ignore[union-attr]
+            if text[i : i + 1] == ",":
+                i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+                continue
+            if text[i : i + 1] == "}":
+                i += 1
+                break
+            raise ValueError("expected ',' or '}'")
+    if text[i:].strip(" \t\n\r"):
+        raise ValueError("trailing data after the JSON object")
+    return out
+
+
+def _signed_document(body: bytes, member: str, what: str) -> tuple[str, bytes]:
+    """``(document, signature)`` from a PCCS ``{"<member>": {...}, "signature": "..."}``."""
+    try:
+        members = raw_members(body.decode())
+        document = members[member]
+        signature = json.loads(members["signature"])
+        if not isinstance(signature, str):
+            raise ValueError("signature is not a string")
+        if not document.startswith("{"):
+            raise ValueError(f"{member} is not an object")
+        return document, bytes.fromhex(signature)
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise PCCSError(f"{what} response is not {{{member!r}, 'signature'}}: {exc}") from None
+
+
+def _crl_der(body: bytes, what: str) -> bytes:
+    """A CRL body as DER: PCCSs send DER, hex-encoded DER or PEM."""
+    if body.lstrip().startswith(b"-----BEGIN"):
+        try:
+            return x509.load_pem_x509_crl(body.strip()).public_bytes(Encoding.DER)
+        except ValueError as exc:
+            raise PCCSError(f"{what} is not a PEM CRL: {exc}") from None
+    if _HEX_BODY.fullmatch(body):
+        return bytes.fromhex(body.decode())
+    return body
+
+
+def _crl_distribution_point(chain_pem: str) -> str | None:
+    """The first URI CRL distribution point of the last (root) certificate of a chain."""
+    try:
+        certs = x509.load_pem_x509_certificates(chain_pem.encode())
+        points = certs[-1].extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    except (ValueError, IndexError, x509.ExtensionNotFound):
+        return None
+    for point in points.value:
+        for name in point.full_name or ():
+            if isinstance(name, x509.UniformResourceIdentifier):
+                return name.value
+    return None
+
+
+class PCCSClient:
+    """Fetches collateral from one PCCS and keeps it in an optional :class:`CollateralCache`.
+
+    ``url`` is the PCCS base URL (``https://pccs.example:8081``; a trailing
+    ``/sgx/certification/v4`` or ``/tdx/certification/v4`` is accepted and dropped).
+    ``verify_tls=False`` accepts a PCCS with a self-signed certificate, as dcap-qvl
+    does: the collateral is signed, so TLS only protects its freshness and
+    availability. ``transport`` replaces httpx's network transport (tests).
+    Use under trio (or any event loop httpx supports).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cache: CollateralCache | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        verify_tls: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise ValueError("a PCCS URL is required")
+        base = url.strip().rstrip("/")
+        for suffix in ("/sgx/certification/v4", "/tdx/certification/v4"):
+            base = base.removesuffix(suffix)
+        if not base.startswith(("http://", "https://")):
+            raise ValueError(f"PCCS URL must be http(s): {url!r}")
+        self.url = base
+        self.cache = cache
+        self._timeout = timeout
+        self._verify_tls = verify_tls
+        self._transport = transport
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=self._timeout,
+            verify=self._verify_tls,
+            transport=self._transport,
+            follow_redirects=True,
+        )
+
+    async def _get(self, client: httpx.AsyncClient, url: str) -> httpx.Response:
+        try:
+            response = await client.get(url)
+        except httpx.HTTPError as exc:
+            raise PCCSError(f"GET {url}: {exc!r}") from None
+        if response.status_code != 200:
+            raise PCCSError(f"GET {url}: HTTP {response.status_code}")
+        return response
+
+    @staticmethod
+    def _header(response: httpx.Response, *names: str) -> str:
+        for name in names:
+            value = response.headers.get(name)
+            if value is not None:
+                return unquote(value)
+        raise PCCSError(f"{response.request.url}: no {' or '.join(names)} header")
+
+    async def fetch(self, fmspc: str, ca: str = "platform", *, tee: str = "tdx") -> Collateral:
+        """Fetch the collateral of one platform family from the PCCS (and cache it)."""
+        fmspc, ca = _check_key(fmspc, ca)
+        if tee not in ("tdx", "sgx"):
+            raise ValueError("tee must be 'tdx' or 'sgx'")
+        sgx = f"{self.url}/sgx/certification/v4"
+        tee_base = f"{self.url}/{tee}/certification/v4"
+        async with self._client() as client:
+            pck = await self._get(client, f"{sgx}/pckcrl?ca={ca}&encoding=der")
+            pck_crl_issuer_chain = self._header(pck, "SGX-PCK-CRL-Issuer-Chain")
+            pck_crl = _crl_der(pck.content, "PCK CRL")
+            tcb = await self._get(client, f"{tee_base}/tcb?fmspc={fmspc}&update=standard")
+            tcb_info_issuer_chain = self._header(
+                tcb, "TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"
+            )
+            tcb_info, tcb_info_signature = _signed_document(tcb.content, "tcbInfo", "TCB Info")
+            qe = await self._get(client, f"{tee_base}/qe/identity?update=standard")
+            qe_identity_issuer_chain = self._header(qe, "SGX-Enclave-Identity-Issuer-Chain")
+            qe_identity, qe_identity_signature = _signed_document(
+                qe.content, "enclaveIdentity", "QE Identity"
+            )
+            try:
+                root = await self._get(client, f"{sgx}/rootcacrl")
+                root_ca_crl = _crl_der(root.content, "root CA CRL")
+            except PCCSError:
+                point = _crl_distribution_point(qe_identity_issuer_chain)
+                if point is None:
+                    raise
+                root_ca_crl = _crl_der((await self._get(client, point)).content, "root CA CRL")
+        try:
+            collateral = Collateral(
+                pck_crl_issuer_chain=pck_crl_issuer_chain,
+                root_ca_crl=root_ca_crl,
+                pck_crl=pck_crl,
+                tcb_info_issuer_chain=tcb_info_issuer_chain,
+                tcb_info=tcb_info,
+                tcb_info_signature=tcb_info_signature,
+                qe_identity_issuer_chain=qe_identity_issuer_chain,
+                qe_identity=qe_identity,
+                qe_identity_signature=qe_identity_signature,
+            )
+            served = collateral.fmspc
+            collateral.valid_until()
+        except QuoteVerificationError as exc:
+            raise PCCSError(f"the PCCS sent malformed collateral: {exc.message}") from None
+        if served != fmspc:
+            raise PCCSError(f"asked for FMSPC {fmspc}, the PCCS sent TCB Info for {served}")
+        if self.cache is not None:
+            await trio.to_thread.run_sync(self.cache.store, fmspc, ca, collateral)
+        return collateral
+
+    async def collateral_for(
+        self, quote: bytes, *, now: int, min_validity: int = DEFAULT_MIN_VALIDITY
+    ) -> Collateral:
+        """Collateral to verify ``quote`` at ``now``: the cached one while it verifies until
+        ``now + min_validity``, else a fresh one from the PCCS, else (PCCS unreachable) the
+        cached one if any. Raises :class:`PCCSError` when there is none."""
+        fmspc, ca, tee = _platform(quote)
+        cached = None
+        if self.cache is not None:
+            cached = await trio.to_thread.run_sync(self.cache.load, fmspc, ca)
+        if cached is not None and _fresh(cached, now, min_validity):
+            return cached
+        try:
+            return await self.fetch(fmspc, ca, tee=tee)
+        except PCCSError:
+            if cached is not None:
+                return cached
+            raise
+
+
+def _fresh(collateral: Collateral, now: int, min_validity: int) -> bool:
+    try:
+        return collateral.valid_from() <= now and now + min_validity <= collateral.valid_until()
+    except QuoteVerificationError:
+        return False

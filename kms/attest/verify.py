@@ -1,0 +1,385 @@
+"""Intel DCAP verification of TDX quotes with dcap-qvl 0.7.0 (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dcap_qvl
+
+from kms.attest.collateral import Collateral
+from kms.attest.errors import QuoteFailure, QuoteVerificationError, classify, one_line
+from kms.attest.roots import INTEL_ROOT_CA
+
+TEE_TYPE_TDX = 0x81
+TDX_QUOTE_VERSIONS = frozenset({4, 5})
+
+ADMISSIBLE_STATUSES = frozenset(
+    {
+        "UpToDate",
+        "SWHardeningNeeded",
+        "ConfigurationNeeded",
+        "ConfigurationAndSWHardeningNeeded",
+        "OutOfDate",
+        "OutOfDateConfigurationNeeded",
+        "TDRelaunchAdvised",
+        "TDRelaunchAdvisedConfigurationNeeded",
+    }
+)
+"""Every TCB status dcap-qvl 0.7.0 can report for an accepted quote (``Revoked`` is
+always refused, so it cannot be admitted)."""
+
+DEFAULT_ALLOWED_STATUSES = frozenset({"UpToDate", "SWHardeningNeeded"})
+"""Admitted unless the caller says otherwise: the platform is patched; SWHardeningNeeded
+means the remaining mitigations are the TD software's business."""
+
+_TD_REPORTS = (dcap_qvl.TdReport10, dcap_qvl.TdReport15, dcap_qvl.TdReport15Ex)
+
+
+def _repr(obj: object, names: Iterable[str]) -> str:
+    parts = []
+    for name in names:
+        value = getattr(obj, name)
+        parts.append(f"{name}={value.hex() if isinstance(value, bytes) else value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class TDFields:
+    """The TD report of a TDX quote, as raw bytes (48-byte measurements, 64-byte report
+    data), plus the header's version and the PCK certificate's FMSPC."""
+
+    version: int
+    fmspc: str | None
+    tee_tcb_svn: bytes
+    mr_seam: bytes
+    mr_signer_seam: bytes
+    seam_attributes: bytes
+    td_attributes: bytes
+    xfam: bytes
+    mr_td: bytes
+    mr_config_id: bytes
+    mr_owner: bytes
+    mr_owner_config: bytes
+    rtmr0: bytes
+    rtmr1: bytes
+    rtmr2: bytes
+    rtmr3: bytes
+    report_data: bytes
+    tee_tcb_svn2: bytes | None = None
+    """TD report 1.5 (quote v5) only."""
+    mr_service_td: bytes | None = None
+    """TD report 1.5 (quote v5) only."""
+
+    def __repr__(self) -> str:
+        return _repr(self, self.__dataclass_fields__)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Bytes as lowercase hex."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = value.hex() if isinstance(value, bytes) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class VerifiedQuote:
+    """A TDX quote that verified, with what it attests.
+
+    ``simulated`` is true when the root it verified under is not Intel's: a node must
+    say so in its status, metrics and logs.
+    """
+
+    tcb_status: str
+    advisory_ids: tuple[str, ...]
+    mr_td: bytes
+    rtmr0: bytes
+    rtmr1: bytes
+    rtmr2: bytes
+    rtmr3: bytes
+    report_data: bytes
+    version: int
+    fmspc: str
+    simulated: bool
+    fields: TDFields
+    """The whole TD report (MRCONFIGID, MROWNER, TD attributes, ...)."""
+
+    @property
+    def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]:
+        return (self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
+
+    def __repr__(self) -> str:
+        return _repr(self, [n for n in self.__dataclass_fields__ if n != "fields"])
+
+
+def _td_fields(parsed: Any) -> TDFields | None:
+    """The TD fields of a parsed quote, or ``None`` if it is not a TDX quote."""
+    header = parsed.header
+    report = parsed.report
+    if header.tee_type != TEE_TYPE_TDX or not isinstance(report, _TD_REPORTS):
+        return None
+    try:
+        fmspc: str | None = parsed.fmspc().upper()
+    except Exception:  # dcap-qvl raises ValueError when the PCK chain is unreadable
+        fmspc = None
+    v15 = isinstance(report, dcap_qvl.TdReport15 | dcap_qvl.TdReport15Ex)
+    return TDFields(
+        version=header.version,
+        fmspc=fmspc,
+        tee_tcb_svn=bytes(report.tee_tcb_svn),
+        mr_seam=bytes(report.mr_seam),
+        mr_signer_seam=bytes(report.mr_signer_seam),
+        seam_attributes=bytes(report.seam_attributes),
+        td_attributes=bytes(report.td_attributes),
+        xfam=bytes(report.xfam),
+        mr_td=bytes(report.mr_td),
+        mr_config_id=bytes(report.mr_config_id),
+        mr_owner=bytes(report.mr_owner),
+        mr_owner_config=bytes(report.mr_owner_config),
+        rtmr0=bytes(report.rt_mr0),
+        rtmr1=bytes(report.rt_mr1),
+        rtmr2=bytes(report.rt_mr2),
+        rtmr3=bytes(report.rt_mr3),
+        report_data=bytes(report.report_data),
+        tee_tcb_svn2=bytes(report.tee_tcb_svn2) if v15 else None,
+        mr_service_td=bytes(report.mr_service_td) if v15 else None,
+    )
+
+
+def _parse(quote: bytes) -> Any:
+    """dcap-qvl's parsed quote; :class:`QuoteVerificationError` if it does not decode."""
+    try:
+        return dcap_qvl.parse_quote(quote)
+    except Exception as exc:
+        raise _refusal(exc) from None
+    except BaseException as exc:
+        raise _panic(exc) from None
+
+
+def _refusal(exc: Exception) -> QuoteVerificationError:
+    error = classify(str(exc))
+    if not error.message:
+        error.message = type(exc).__name__
+    return error
+
+
+def _panic(exc: BaseException) -> QuoteVerificationError:
+    # A Rust panic inside dcap-qvl reaches Python as pyo3's PanicException, which
+    # derives from BaseException; it is a refusal, anything else propagates.
+    if type(exc).__name__ != "PanicException":
+        raise exc
+    return QuoteVerificationError(QuoteFailure.UNKNOWN, f"dcap-qvl panicked: {one_line(str(exc))}")
+
+
+def parse_td_fields(quote: bytes) -> TDFields | None:
+    """The TD fields of a quote without verifying it, for reporting why a quote was
+    refused; ``None`` if the bytes are not a decodable TDX quote. Nothing here is
+    trustworthy until :func:`verify_quote` accepts the same bytes."""
+    try:
+        parsed = _parse(bytes(quote))
+    except (QuoteVerificationError, TypeError):
+        return None
+    return _td_fields(parsed)
+
+
+def _check_statuses(allowed_statuses: Iterable[str]) -> frozenset[str]:
+    if isinstance(allowed_statuses, str):
+        raise TypeError("allowed_statuses must be a collection of status names, not a string")
+    allowed = frozenset(allowed_statuses)
+    unknown = allowed - ADMISSIBLE_STATUSES
+    if unknown:
+        raise ValueError(
+            f"unknown or inadmissible TCB status {sorted(unknown)}; admissible: {sorted(ADMISSIBLE_STATUSES)}"
+        )
+    return allowed
+
+
+def _same_report(fields: TDFields, verified: Mapping[str, Any]) -> bool:
+    """Whether the TD report dcap-qvl verified is the one the fields were read from."""
+    report = verified.get("report")
+    if not isinstance(report, Mapping) or len(report) != 1:
+        return False
+    body = next(iter(report.values()))
+    if not isinstance(body, Mapping):
+        return False
+    base: Any = body
+    while isinstance(base, Mapping) and isinstance(base.get("base"), Mapping):
+        base = base["base"]  # TD report 1.5 nests the 1.0 fields
+    if not isinstance(base, Mapping):
+        return False
+    pairs = [
+        ("mr_td", fields.mr_td),
+        ("rt_mr0", fields.rtmr0),
+        ("rt_mr1", fields.rtmr1),
+        ("rt_mr2", fields.rtmr2),
+        ("rt_mr3", fields.rtmr3),
+        ("report_data", fields.report_data),
+        ("td_attributes", fields.td_attributes),
+    ]
+    return all(base.get(key) == value.hex() for key, value in pairs)
+
+
+def verify_quote(
+    quote: bytes,
+    collateral: Collateral | Mapping[str, Any] | str | bytes,
+    *,
+    now: int,
+    allowed_statuses: Iterable[str] = DEFAULT_ALLOWED_STATUSES,
+    root_ca: bytes = INTEL_ROOT_CA,
+) -> VerifiedQuote:
+    """Verify a TDX quote (v4 or v5) against collateral at ``now`` (unix seconds).
+
+    Returns the :class:`VerifiedQuote` or raises :class:`QuoteVerificationError`, whose
+    ``reason`` says which check refused it. ``root_ca`` is the trust anchor, DER; it is
+    Intel's unless a caller that accepts simulated quotes passes a simulated root.
+    ``TypeError`` / ``ValueError`` mean a wrong argument, never a bad quote.
+    """
+    if not isinstance(quote, bytes | bytearray | memoryview):
+        raise TypeError(f"quote must be bytes, not {type(quote).__name__}")
+    if isinstance(now, bool) or not isinstance(now, int) or now < 0:
+        raise ValueError("now must be non-negative unix seconds (an int)")
+    if not isinstance(root_ca, bytes):
+        raise TypeError("root_ca must be DER bytes")
+    allowed = _check_statuses(allowed_statuses)
+    quote = bytes(quote)
+    coll = Collateral.coerce(collateral)
+
+    # 1. The bytes decode as a DCAP quote, of a TDX TD, in a TDX quote version.
+    parsed = _parse(quote)
+    fields = _td_fields(parsed)
+    tee_type = parsed.header.tee_type
+    if fields is None:
+        kind = "SGX" if tee_type == 0 else f"TEE type {tee_type:#x}"
+        raise QuoteVerificationError(QuoteFailure.NOT_TDX, f"not a TDX quote ({kind})")
+    if fields.version not in TDX_QUOTE_VERSIONS:
+        raise QuoteVerificationError(
+            QuoteFailure.UNSUPPORTED_QUOTE, f"TDX quote version {fields.version}"
+        )
+
+    # 2. dcap-qvl: root CRL, collateral signatures and times, PCK chain, QE report and
+    #    identity, quote signature, TCB level, TD attributes.
+    try:
+        dcap_collateral = dcap_qvl.QuoteCollateralV3.from_json(coll.to_json())
+    except Exception as exc:
+        raise QuoteVerificationError(
+            QuoteFailure.MALFORMED_COLLATERAL, one_line(str(exc))
+        ) from None
+    try:
+        report = dcap_qvl.verify_with_root_ca(quote, dcap_collateral, root_ca, now)
+    except Exception as exc:
+        raise _refusal(exc) from None
+    except BaseException as exc:
+        raise _panic(exc) from None
+    verified = json.loads(report.to_json())
+    if not _same_report(fields, verified):
+        raise QuoteVerificationError(
+            QuoteFailure.UNKNOWN, "the verified TD report differs from the parsed one"
+        )
+
+    # 3. The TCB status is one the caller admits.
+    status = str(report.status)
+    advisories = tuple(str(a) for a in report.advisory_ids)
+    if status not in allowed:
+        advisory_text = f" ({', '.join(advisories)})" if advisories else ""
+        raise QuoteVerificationError(
+            QuoteFailure.TCB_STATUS_NOT_ALLOWED,
+            f"TCB status {status}{advisory_text} is not admitted; admitted: {', '.join(sorted(allowed))}",
+            tcb_status=status,
+            advisory_ids=advisories,
+        )
+    if fields.fmspc is None:
+        raise QuoteVerificationError(
+            QuoteFailure.CERTIFICATE_CHAIN, "no FMSPC in the PCK certificate"
+        )
+    return VerifiedQuote(
+        tcb_status=status,
+        advisory_ids=advisories,
+        mr_td=fields.mr_td,
+        rtmr0=fields.rtmr0,
+        rtmr1=fields.rtmr1,
+        rtmr2=fields.rtmr2,
+        rtmr3=fields.rtmr3,
+        report_data=fields.report_data,
+        version=fields.version,
+        fmspc=fields.fmspc,
+        simulated=root_ca != INTEL_ROOT_CA,
+        fields=fields,
+    )
+
+
+class Verifier:
+    """The trust roots a node accepts quotes under, and whether simulated ones count.
+
+    ``roots`` holds Intel's root (:data:`INTEL_ROOT_CA`, pinned in code) and, for
+    development and tests, simulated roots. Quotes are tried under Intel's root first,
+    then, only if ``simulated_allowed``, under each simulated root; a quote is tried
+    under the next root only when the previous one refused it as ``UNTRUSTED_ROOT``
+    (its collateral or PCK chain is not under that root). The result says whether a
+    simulated root verified it (:attr:`VerifiedQuote.simulated`).
+    """
+
+    def __init__(
+        self,
+        roots: Sequence[bytes] = (INTEL_ROOT_CA,),
+        *,
+        simulated_allowed: bool = False,
+        allowed_statuses: Iterable[str] = DEFAULT_ALLOWED_STATUSES,
+    ) -> None:
+        if isinstance(roots, bytes) or not all(isinstance(r, bytes) and r for r in roots):
+            raise TypeError("roots must be a sequence of DER certificates (bytes)")
+        ordered: list[bytes] = []
+        if INTEL_ROOT_CA in roots:
+            ordered.append(INTEL_ROOT_CA)
+        simulated = [r for r in dict.fromkeys(roots) if r != INTEL_ROOT_CA]
+        if simulated_allowed:
+            ordered.extend(simulated)
+        if not ordered:
+            raise ValueError("no usable trust root: simulated roots need simulated_allowed=True")
+        self._roots = tuple(ordered)
+        self._simulated_roots = tuple(simulated)
+        self._simulated_allowed = bool(simulated_allowed)
+        self._allowed_statuses = _check_statuses(allowed_statuses)
+
+    @property
+    def roots(self) -> tuple[bytes, ...]:
+        """The roots quotes are tried under, in order."""
+        return self._roots
+
+    @property
+    def simulated_allowed(self) -> bool:
+        return self._simulated_allowed
+
+    @property
+    def simulated_roots(self) -> tuple[bytes, ...]:
+        """The configured roots that are not Intel's (tried only if simulation is allowed)."""
+        return self._simulated_roots
+
+    @property
+    def allowed_statuses(self) -> frozenset[str]:
+        return self._allowed_statuses
+
+    def verify(
+        self,
+        quote: bytes,
+        collateral: Collateral | Mapping[str, Any] | str | bytes,
+        *,
+        now: int,
+        allowed_statuses: Iterable[str] | None = None,
+    ) -> VerifiedQuote:
+        """:func:`verify_quote` under each usable root in turn (see the class docstring)."""
+        statuses = self._allowed_statuses if allowed_statuses is None else allowed_statuses
+        coll = Collateral.coerce(collateral)
+        refusal: QuoteVerificationError | None = None
+        for root in self._roots:
+            try:
+                return verify_quote(quote, coll, now=now, allowed_statuses=statuses, root_ca=root)
+            except QuoteVerificationError as exc:
+                if exc.reason is not QuoteFailure.UNTRUSTED_ROOT:
+                    raise
+                refusal = refusal or exc
+        if refusal is None:  # unreachable: the constructor guarantees a root
+            raise QuoteVerificationError(QuoteFailure.UNTRUSTED_ROOT, "no trust root")
+        raise refusal

@@ -1,0 +1,214 @@
+"""Key release at one node, sans-I/O: check a CVM's request, answer with an encrypted partial.
+
+Checks, cheapest first so that junk costs little, each refusal with a reason
+code and no state change:
+
+1. the request decodes, names purposes, and carries an ephemeral key for
+   this node's index; this node holds a share of the current epoch;
+2. freshness: ``|now - timestamp| ≤ max_skew``;
+3. the quote parses and its ``report_data`` is ``SHA-512(body)``;
+4. the nonce was not seen within the freshness window (replay cache);
+5. the quote verifies (Intel DCAP: chain to the pinned root, collateral,
+   TDX not SGX, TCB status; simulated roots only when configured);
+6. the app's current policy admits it for every purpose (measurement or
+   compose hash replayed from the RTMR3 event log, TCB status, purpose,
+   version ≥ the one the CVM asked for, not expired).
+
+Then, per purpose: the partial ``s_i·H(id)``, HPKE-encrypted to the CVM's
+ephemeral key for this index (info and AAD bind the request hash, purpose,
+epoch and index) and signed by the node's identity. The caller records the
+nonce and appends the audit records (app, purpose, measurement, request hash,
+time; never key material).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from kms.attest import QuoteVerificationError, Verifier, parse_td_fields
+from kms.policy import AppPolicy, PolicyError, admits
+from kms.protocol import (
+    KeyRefusal,
+    KeyRequest,
+    KeyResponse,
+    KeyShareResponse,
+    release_info,
+)
+from mpc import hpke
+from mpc.codec import MessageDecodeError
+from mpc.errors import InvalidEncoding
+from mpc.ids import ParticipantIndex
+from mpc.secret import RNG, SecretShare
+from mpc.sig import CTX_KEY_RESPONSE, SigningKey
+from mpc.tkd import derive_partial
+
+DEFAULT_MAX_SKEW = 120
+
+
+class Refusal(enum.Enum):
+    MALFORMED = "malformed-request"
+    NOT_SERVING = "not-serving"
+    NO_KEY_FOR_INDEX = "no-ephemeral-key-for-this-node"
+    STALE = "stale-request"
+    BINDING = "report-data-mismatch"
+    REPLAY = "replayed-nonce"
+    QUOTE = "quote-rejected"
+    NO_POLICY = "no-policy"
+    POLICY = "policy-refused"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    app: str
+    purpose: str
+    version: int
+    measurement: str
+    request: str
+    time: int
+    epoch: int
+    simulated: int
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {
+            "app": self.app,
+            "purpose": self.purpose,
+            "version": self.version,
+            "measurement": self.measurement,
+            "request": self.request,
+            "time": self.time,
+            "epoch": self.epoch,
+            "simulated": self.simulated,
+        }
+
+
+@dataclass(frozen=True)
+class Released:
+    response: KeyResponse
+    nonce: bytes
+    audit: tuple[AuditRecord, ...]
+
+
+@dataclass(frozen=True)
+class Refused:
+    refusal: KeyRefusal
+
+    @property
+    def reason(self) -> str:
+        return self.refusal.reason
+
+
+def refuse(reason: Refusal, detail: str) -> Refused:
+    return Refused(KeyRefusal(reason.value, detail[:500]))
+
+
+class KeyReleaser:
+    """Everything a node needs to answer key requests, except I/O."""
+
+    def __init__(
+        self,
+        index: ParticipantIndex,
+        identity_key: SigningKey,
+        verifier: Verifier,
+        collateral_for: Callable[[bytes], object],
+        policy_for: Callable[[bytes, int], AppPolicy | None],
+        *,
+        rng: RNG,
+        max_skew: int = DEFAULT_MAX_SKEW,
+    ) -> None:
+        self.index = index
+        self._key = identity_key
+        self._verifier = verifier
+        self._collateral_for = collateral_for
+        self._policy_for = policy_for
+        self._rng = rng
+        self.max_skew = max_skew
+
+    @property
+    def simulated_allowed(self) -> bool:
+        return self._verifier.simulated_allowed
+
+    def handle(
+        self,
+        raw: bytes,
+        *,
+        now: int,
+        epoch: int,
+        share: SecretShare | None,
+        seen_nonce: Callable[[bytes], bool],
+    ) -> Released | Refused:
+        try:
+            req = KeyRequest.decode(raw)
+        except MessageDecodeError as exc:
+            return refuse(Refusal.MALFORMED, str(exc))
+        body = req.body
+        if share is None:
+            return refuse(Refusal.NOT_SERVING, "this node holds no share of the current epoch")
+        target = body.ephemeral_key(int(self.index))
+        if target is None:
+            return refuse(Refusal.NO_KEY_FOR_INDEX, f"no ephemeral key for index {int(self.index)}")
+        if abs(now - body.timestamp) > self.max_skew:
+            return refuse(
+                Refusal.STALE,
+                f"timestamp {body.timestamp} is more than {self.max_skew} s from {now}",
+            )
+        td = parse_td_fields(req.quote)
+        if td is None:
+            return refuse(Refusal.QUOTE, "the quote does not parse")
+        if td.report_data != body.report_data():
+            return refuse(Refusal.BINDING, "report_data is not SHA-512 of the request body")
+        if seen_nonce(body.nonce):
+            return refuse(Refusal.REPLAY, "this nonce was already used")
+        try:
+            verified = self._verifier.verify(req.quote, self._collateral_for(req.quote), now=now)  # type: ignore[arg-type]
+        except QuoteVerificationError as exc:
+            return refuse(Refusal.QUOTE, f"{exc.reason.value}: {exc}")
+        policy = self._policy_for(body.app_id, now)
+        if policy is None:
+            return refuse(Refusal.NO_POLICY, "no current policy for this app")
+        event_log = req.event_log.decode("utf-8", "replace") if req.event_log else None
+        for p in body.purposes:
+            try:
+                admits(
+                    policy,
+                    td=verified,
+                    tcb_status=verified.tcb_status,
+                    purpose=p.purpose,
+                    now=now,
+                    event_log=event_log,
+                    min_version=body.min_policy_version,
+                )
+            except PolicyError as exc:
+                return refuse(Refusal.POLICY, f"{exc.reason.value}: {exc.detail}")
+        rh = req.request_hash()
+        shares = []
+        audit = []
+        for p in body.purposes:
+            partial = derive_partial(share, p.key_id(body.app_id))
+            info = release_info(rh, p, epoch, int(self.index))
+            try:
+                enc, ct = hpke.seal(target, info, info, partial.to_bytes(), rng=self._rng)
+            except InvalidEncoding as exc:
+                return refuse(Refusal.MALFORMED, f"bad ephemeral key: {exc}")
+            unsigned = KeyShareResponse(rh, p, epoch, int(self.index), enc, ct, bytes(64))
+            sig = self._key.sign(CTX_KEY_RESPONSE, unsigned.statement())
+            shares.append(KeyShareResponse(rh, p, epoch, int(self.index), enc, ct, sig))
+            audit.append(
+                AuditRecord(
+                    app=body.app_id.hex(),
+                    purpose=p.purpose,
+                    version=p.version,
+                    measurement=verified.mr_td.hex()[:32] + "/" + verified.rtmr3.hex()[:32],
+                    request=rh.hex(),
+                    time=now,
+                    epoch=epoch,
+                    simulated=int(verified.simulated),
+                )
+            )
+        return Released(KeyResponse(tuple(shares)), body.nonce, tuple(audit))
+
+
+def policies_from(mapping: Mapping[bytes, AppPolicy]) -> Callable[[bytes, int], AppPolicy | None]:
+    """A policy lookup over a plain mapping (expiry is checked by ``admits``)."""
+    return lambda app_id, now: mapping.get(app_id)

@@ -1,0 +1,228 @@
+"""Key release end to end, in process: a real committee (node cores on the mesh), the
+simulated TEE's quotes verified by the real DCAP code, signed app policies, and the
+CVM-side session that combines partials against the pinned master key."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+from mesh import Mesh, make_nodes
+
+from kms.attest import Verifier
+from kms.attest.simulated import SimulatedTEE
+from kms.client.core import KeyReleaseError, KeyRequestSession, verify_wrong_partial
+from kms.node.core import NodeConfig, NodeCore
+from kms.node.release import KeyReleaser, Refusal, Released, policies_from
+from kms.policy import AppPolicy, Measurement, OwnerKey
+from kms.protocol import KeyResponse, KeyShareResponse
+from mpc.errors import InvalidSignature
+from mpc.ids import ParticipantIndex as PI
+from mpc.membership import verify_chain
+from mpc.tkd import KeyId, derive_point_base
+
+NOW = 1_800_000_000
+MR = {
+    name: bytes([i + 1]) * 48
+    for i, name in enumerate(("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
+}
+
+
+@pytest.fixture(scope="module")
+def world():  # type: ignore[no-untyped-def]
+    n, t = 5, 3
+    nodes = make_nodes(range(1, n + 1), 77)
+    genesis = tuple(nodes[PI(i)].participant for i in range(1, n + 1))
+    rng = random.Random(5)
+    cores = {
+        PI(i): NodeCore(
+            NodeConfig(PI(i), genesis, t, genesis_start=1.0, delta=0.5, window_period=1000.0),
+            nodes[PI(i)].identity,
+            nodes[PI(i)].dkg_key,
+            rng=rng.randbytes,
+        )
+        for i in range(1, n + 1)
+    }
+    Mesh(cores, seed=1, max_delay=0.15, ticks=[k * 0.25 for k in range(80)]).run_until(19.0)
+    mpk = cores[PI(1)].state.mpk
+    chain = verify_chain(cores[PI(3)].chain, mpk=mpk)  # the CVM's own verification
+    tee = SimulatedTEE(random.Random(9).randbytes, now=NOW)
+    owner = OwnerKey.from_seed(bytes(32))
+    policy = AppPolicy.build(
+        app_id=owner.app_id(),
+        version=1,
+        owner_key=owner.public_bytes(),
+        measurements=[Measurement.explicit(**MR)],
+        kms_mpk=mpk.to_bytes(),
+        not_before=NOW - 60,
+        purposes=("app", "disk"),
+    )
+    verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
+    collateral = tee.collateral(NOW)
+    releasers = {
+        i: KeyReleaser(
+            i,
+            nodes[i].identity,
+            verifier,
+            lambda q: collateral,
+            policies_from({owner.app_id(): policy}),
+            rng=rng.randbytes,
+        )
+        for i in cores
+    }
+    return cores, chain, tee, owner, policy, releasers, nodes
+
+
+def request(world, *, measurements=MR, now=NOW, purposes=(("app", 1),), seed=1):  # type: ignore[no-untyped-def]
+    cores, chain, tee, owner, *_ = world
+    s = KeyRequestSession(
+        chain, owner.app_id(), purposes, now=now, rng=random.Random(seed).randbytes
+    )
+    s.attach_quote(tee.quote(s.report_data, **measurements))
+    return s
+
+
+def ask(world, session, indices, *, nonces=None, now=NOW):  # type: ignore[no-untyped-def]
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    seen = set() if nonces is None else nonces
+    out = {}
+    for i in indices:
+        res = releasers[PI(i)].handle(
+            session.request.encode(),
+            now=now,
+            epoch=chain.epoch,
+            share=cores[PI(i)].share,
+            seen_nonce=seen.__contains__,
+        )
+        out[PI(i)] = res
+        if isinstance(res, Released):
+            session.receive(PI(i), res.response)
+        else:
+            session.receive(PI(i), res.refusal)
+    return out
+
+
+def test_any_three_nodes_release_the_same_key(world) -> None:  # type: ignore[no-untyped-def]
+    cores, chain, tee, owner, *_ = world
+    keys = set()
+    for subset in ([1, 2, 3], [3, 4, 5], [1, 3, 5]):
+        s = request(world, seed=sum(subset))
+        ask(world, s, subset)
+        assert s.done
+        (derived,) = s.derived().values()
+        keys.add(derived.app_key().secret.data)
+    assert len(keys) == 1
+
+
+def test_released_partials_are_bound_to_the_request_and_audited(world) -> None:  # type: ignore[no-untyped-def]
+    s = request(world, purposes=(("app", 1), ("disk", 2)))
+    res = ask(world, s, [1, 2, 3])
+    assert s.done and len(s.derived()) == 2
+    rec = res[PI(1)].audit
+    assert {r.purpose for r in rec} == {"app", "disk"}
+    for r in rec:
+        d = r.as_dict()
+        assert "share" not in str(d).lower() and d["simulated"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "reason"),
+    [
+        (
+            "a measurement outside the policy",
+            {"measurements": {**MR, "rtmr3": bytes(48)}},
+            Refusal.POLICY,
+        ),
+        ("a stale timestamp", {"now": NOW - 3600}, Refusal.STALE),
+        ("a purpose the policy does not allow", {"purposes": (("backup", 1),)}, Refusal.POLICY),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_each_check_refuses_on_its_own(world, name, mutate, reason) -> None:  # type: ignore[no-untyped-def]
+    s = request(world, **mutate)
+    res = ask(world, s, [1])
+    assert res[PI(1)].reason == reason.value
+
+
+def test_report_data_binding_and_replay(world) -> None:  # type: ignore[no-untyped-def]
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    s = request(world)
+    other = request(world, seed=99)
+    # The quote of another request does not bind this body.
+    forged = replace(s.request, quote=other.request.quote)
+    r = releasers[PI(1)].handle(
+        forged.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
+    )
+    assert r.reason == Refusal.BINDING.value
+    used = set()
+    first = releasers[PI(1)].handle(
+        s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=used.__contains__
+    )
+    assert isinstance(first, Released)
+    used.add(first.nonce)
+    again = releasers[PI(1)].handle(
+        s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=used.__contains__
+    )
+    assert again.reason == Refusal.REPLAY.value
+
+
+def test_a_quote_under_an_untrusted_root_is_refused(world) -> None:  # type: ignore[no-untyped-def]
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    rogue = SimulatedTEE(random.Random(10).randbytes, now=NOW)
+    s = KeyRequestSession(
+        chain, owner.app_id(), (("app", 1),), now=NOW, rng=random.Random(3).randbytes
+    )
+    s.attach_quote(rogue.quote(s.report_data, **MR))
+    r = releasers[PI(2)].handle(
+        s.request.encode(), now=NOW, epoch=0, share=cores[PI(2)].share, seen_nonce=lambda n: False
+    )
+    assert r.reason == Refusal.QUOTE.value
+
+
+def test_a_wrong_partial_is_named_bypassed_and_proven(world) -> None:  # type: ignore[no-untyped-def]
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    s = request(world, seed=7)
+    good = releasers[PI(2)].handle(
+        s.request.encode(), now=NOW, epoch=0, share=cores[PI(2)].share, seen_nonce=lambda n: False
+    )
+    # Node 2 lies: it encrypts someone else's partial under its own index and signs it.
+    honest_share = good.response.shares[0]
+    liar = releasers[PI(2)]
+    wrong_share = cores[PI(4)].share  # a valid point, but not node 2's
+    bad = liar.handle(
+        s.request.encode(),
+        now=NOW,
+        epoch=0,
+        share=type(wrong_share)(PI(2), wrong_share.value),
+        seen_nonce=lambda n: False,
+    )
+    s.receive(PI(2), bad.response)
+    assert s.bad_nodes() == [PI(2)]
+    ev = s.rejected[0].evidence
+    assert ev is not None
+    assert "public share" in verify_wrong_partial(ev, chain)
+    with pytest.raises(InvalidSignature):  # the honest answer is no evidence
+        verify_wrong_partial(replace(ev, response=honest_share), chain)
+    # The client asks others and still gets the key.
+    ask(world, s, [1, 3, 4])
+    assert s.done
+    h = derive_point_base(KeyId(owner.app_id(), "app", 1))
+    assert s.derived()[s.purposes[0]].point != h  # sanity: a real point
+
+
+def test_fewer_than_t_reachable_nodes_is_a_clear_error(world) -> None:  # type: ignore[no-untyped-def]
+    s = request(world, seed=11)
+    ask(world, s, [1, 2])
+    with pytest.raises(KeyReleaseError, match="not enough good partials"):
+        s.derived()
+
+
+def test_an_answer_for_another_epoch_is_ignored_and_reported(world) -> None:  # type: ignore[no-untyped-def]
+    cores, chain, *_ = world
+    s = request(world, seed=12)
+    res = ask(world, s, [1])
+    share: KeyShareResponse = res[PI(1)].response.shares[0]
+    s2 = request(world, seed=12)
+    s2.receive(PI(1), KeyResponse((replace(share, epoch=5),)))
+    assert any("epoch" in r.reason for r in s2.rejected)

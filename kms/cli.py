@@ -27,6 +27,17 @@ app.add_typer(node_app, name="node")
 app.add_typer(devnet_app, name="devnet")
 app.add_typer(member_app, name="member")
 
+
+def _mount_attest() -> None:
+    from kms.attest.cli import attest_app
+
+    app.add_typer(
+        attest_app, name="attest", help="TDX quote verification (Intel DCAP via dcap-qvl)."
+    )
+
+
+_mount_attest()
+
 console = Console(stderr=True)
 out = Console()
 

@@ -239,8 +239,8 @@ def verify_quote(
     """
     if not isinstance(quote, bytes | bytearray | memoryview):
         raise TypeError(f"quote must be bytes, not {type(quote).__name__}")
-    if isinstance(now, bool) or not isinstance(now, int) or now < 0:
-        raise ValueError("now must be non-negative unix seconds (an int)")
+    if isinstance(now, bool) or not isinstance(now, int) or not 0 <= now < 2**64:
+        raise ValueError("now must be non-negative unix seconds (an int below 2**64)")
     if not isinstance(root_ca, bytes):
         raise TypeError("root_ca must be DER bytes")
     allowed = _check_statuses(allowed_statuses)

@@ -435,6 +435,161 @@ def key_get(
             out.print(f"{k:18} {v}")
 
 
+@app.command("encrypt")
+def encrypt_cmd(
+    in_file: Annotated[Path, typer.Argument(metavar="IN")],
+    out_file: Annotated[Path, typer.Argument(metavar="OUT")],
+    app_name: Annotated[
+        str, typer.Option("--app", help="App alias (needs --devnet) or app id hex.")
+    ],
+    devnet_dir: Annotated[Path | None, typer.Option("--devnet")] = None,
+    mpk_hex: Annotated[
+        str | None, typer.Option("--mpk", help="Master public key (hex), instead of a devnet.")
+    ] = None,
+    purpose: Annotated[str, typer.Option("--purpose")] = "app",
+    version: Annotated[int, typer.Option("--version")] = 1,
+) -> None:
+    """Encrypt a file to an app with the master public key alone (no KMS round trip)."""
+    import os
+
+    from mpc import ibe
+    from mpc.math import G2
+    from mpc.tkd import KeyId
+
+    if devnet_dir is not None:
+        state, app_id = _devnet_app(devnet_dir, app_name)
+        mpk_hex = mpk_hex or state.get("master_public_key")
+    else:
+        try:
+            app_id = bytes.fromhex(app_name)
+        except ValueError:
+            _fail("without --devnet, --app must be an app id in hex (aliases need --devnet)", 2)
+            return
+    if not mpk_hex:
+        _fail("give --mpk or --devnet", 2)
+        return
+    try:
+        mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
+        data = in_file.read_bytes()
+    except (ValueError, OSError) as exc:
+        _fail(str(exc), 2)
+        return
+    out_file.write_bytes(ibe.encrypt(mpk, KeyId(app_id, purpose, version), data, rng=os.urandom))
+
+
+@app.command("decrypt")
+def decrypt_cmd(
+    in_file: Annotated[Path, typer.Argument(metavar="IN")],
+    out_file: Annotated[Path, typer.Argument(metavar="OUT")],
+    devnet_dir: Annotated[Path, typer.Option("--devnet")],
+    app_name: Annotated[str, typer.Option("--app")],
+    purpose: Annotated[str, typer.Option("--purpose")] = "app",
+    version: Annotated[int, typer.Option("--version")] = 1,
+) -> None:
+    """Decrypt as the devnet's simulated CVM: fetch the derived point, then open the file."""
+    from kms import devnet
+    from kms.client.core import KeyReleaseError
+    from kms.client.http import fetch_keys
+    from mpc import ibe
+    from mpc.errors import DecryptionError
+    from mpc.ids import ParticipantIndex
+    from mpc.math import G2
+
+    state, app_id = _devnet_app(devnet_dir, app_name)
+    mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
+    tee = devnet.simulated_tee(devnet_dir)
+    urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
+    try:
+        res = fetch_keys(
+            urls,
+            mpk,
+            app_id,
+            [(purpose, version)],
+            lambda rd: tee.quote(rd, **devnet.DEMO_MEASUREMENT),
+        )
+        plain = ibe.decrypt(res.derived[(purpose, version)], mpk, in_file.read_bytes())
+    except (KeyReleaseError, DecryptionError) as exc:
+        _fail(str(exc), 1)
+        return
+    out_file.write_bytes(plain)
+
+
+audit_app = typer.Typer(help="A node's hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    url: Annotated[str, typer.Option("--url")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Fetch a node's audit log, recompute its hash chain and check the signed head."""
+    import hashlib
+
+    from mpc.errors import InvalidEncoding, InvalidSignature
+    from mpc.sig import VerifyKey
+
+    entries: list[str] = []
+    doc: dict[str, Any] = {}
+    try:
+        while True:
+            r = httpx.get(
+                url.rstrip("/") + "/v1/audit",
+                params={"start": len(entries), "limit": 1000},
+                timeout=10,
+            )
+            if r.status_code != 200:
+                problem = f"the node could not serve its audit log (HTTP {r.status_code})"
+                if json_out:
+                    _print_json({"ok": False, "problems": [problem]})
+                else:
+                    out.print(f"audit log BROKEN: {problem}")
+                raise typer.Exit(1)
+            doc = r.json()
+            entries += doc["entries"]
+            if not doc["entries"] or len(entries) >= doc["count"]:
+                break
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        _fail(f"cannot read the audit log at {url}: {exc}", 2)
+        return
+    head = bytes(32)
+    for e in entries:
+        head = hashlib.sha256(head + e.encode()).digest()
+    problems = []
+    if len(entries) != doc["count"]:
+        problems.append(f"{len(entries)} entries for a head over {doc['count']}")
+    if head.hex() != doc["head"]:
+        problems.append(
+            "the entries do not hash to the signed head (a record was edited, removed or reordered)"
+        )
+    try:
+        key = VerifyKey.from_bytes(bytes.fromhex(doc["identity"]))
+        key.verify(
+            b"quorum-kms/v1/kms/audit-head",
+            int(doc["count"]).to_bytes(8, "big") + bytes.fromhex(doc["head"]),
+            bytes.fromhex(doc["signature"]),
+        )
+    except (InvalidSignature, InvalidEncoding, ValueError):
+        problems.append("the head is not signed by the node's identity")
+    result = {
+        "ok": not problems,
+        "count": doc["count"],
+        "head": doc["head"],
+        "identity": doc["identity"],
+        "problems": problems,
+    }
+    if json_out:
+        _print_json(result)
+    else:
+        out.print(
+            ("audit log verifies: " if not problems else "audit log BROKEN: ")
+            + f"{doc['count']} records, head {doc['head'][:16]}…"
+        )
+        for p in problems:
+            out.print(f"  - {p}")
+    raise typer.Exit(0 if not problems else 1)
+
+
 @app.command("demo")
 def demo() -> None:
     """Run the end-to-end demo."""

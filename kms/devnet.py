@@ -110,6 +110,28 @@ def create(
     return state
 
 
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+"""Node processes this process started (kept so they are reaped, not left as zombies)."""
+
+
+def _is_gone(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+            return True
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie of another parent counts as stopped
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
 def spawn(config: str, log_path: Path) -> int:
     log = open(log_path, "ab")
     try:
@@ -121,6 +143,7 @@ def spawn(config: str, log_path: Path) -> int:
         )
     finally:
         log.close()
+    _CHILDREN[proc.pid] = proc
     return proc.pid
 
 
@@ -143,6 +166,7 @@ def status_of(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
 
 
 def stop_pid(pid: int | None, timeout: float = 10.0) -> None:
+    """SIGTERM a node process, wait for it to stop, SIGKILL it after ``timeout``."""
     if not pid:
         return
     try:
@@ -151,21 +175,16 @@ def stop_pid(pid: int | None, timeout: float = 10.0) -> None:
         return
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-            if waited == pid:
-                return
-        except ChildProcessError:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
+        if _is_gone(pid):
+            return
         time.sleep(0.05)
     try:
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
+    except ProcessLookupError:
+        return
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        child.wait()
 
 
 def node_entry(state: dict[str, Any], index: int) -> dict[str, Any]:

@@ -23,6 +23,8 @@ class StatusSource(Protocol):
 
     def chain_bytes(self) -> bytes: ...
 
+    def audit_export(self, start: int = 0, limit: int = 1000) -> dict[str, Any]: ...
+
 
 MAX_BODY = 512 * 1024
 MSGPACK = "application/msgpack"
@@ -61,8 +63,17 @@ def make_app(source: StatusSource) -> Starlette:
     async def chain(request: Request) -> Response:
         return Response(source.chain_bytes(), media_type=MSGPACK)
 
+    async def audit(request: Request) -> Response:
+        try:
+            start = int(request.query_params.get("start", "0"))
+            limit = min(int(request.query_params.get("limit", "1000")), 10000)
+        except ValueError:
+            return JSONResponse({"error": "start and limit are integers"}, status_code=400)
+        return JSONResponse(source.audit_export(max(0, start), max(1, limit)))
+
     return Starlette(
         routes=[
+            Route("/v1/audit", audit),
             Route("/health", health),
             Route("/v1/status", status),
             Route("/metrics", metrics),

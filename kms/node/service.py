@@ -41,7 +41,7 @@ from kms.node.core import (
 )
 from kms.node.release import KeyReleaser, Released
 from kms.protocol import KeyRefusal
-from kms.store import NodeStore
+from kms.store import NodeStore, StoreError
 from mpc import hpke
 from mpc.broadcast import Outbound
 from mpc.cert import EpochCertificate
@@ -247,7 +247,11 @@ class NodeService:
         self._step()
 
     def _reject(self, peer: str, reason: str) -> None:
-        key = reason.split(":")[0][:60]
+        # The metric label names the kind of refusal: no culprit lists, no details.
+        key = reason.split(" (culprits")[0]
+        if not key.startswith("envelope:"):
+            key = key.split(":")[0]
+        key = key[:60]
         self.metrics.rejected[key] += 1
         self._rl.warn(peer, reason)
 
@@ -399,6 +403,29 @@ class NodeService:
         self.metrics.rejected["key request: " + res.reason] += 1
         self._rl.warn("cvm", f"key request refused: {res.reason}")
         return 403, res.refusal.encode()
+
+    AUDIT_CONTEXT = b"quorum-kms/v1/kms/audit-head"
+
+    def audit_export(self, start: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """The audit log (canonical JSON entries) and its head, signed by this node's identity."""
+        count, head = self.store.audit_head()
+        entries = self.store.audit_entries(start, limit)
+        try:
+            self.store.audit_verify()
+            local_check = "ok"
+        except (StoreError, TypeError, ValueError) as exc:  # an edited file may hold anything
+            local_check = f"broken: {exc}"
+            log.warning("audit log check failed", extra={"fields": {"reason": str(exc)}})
+        statement = count.to_bytes(8, "big") + head
+        return {
+            "count": count,
+            "head": head.hex(),
+            "identity": self.identity.verify_key().to_bytes().hex(),
+            "signature": self.identity.sign(self.AUDIT_CONTEXT, statement).hex(),
+            "start": start,
+            "node_check": local_check,
+            "entries": [e.entry.decode("utf-8", "replace") for e in entries],
+        }
 
     def chain_bytes(self) -> bytes:
         return self.core.chain_update(0).encode()

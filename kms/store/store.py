@@ -208,6 +208,14 @@ class AuditEntry:
     hash: bytes
 
 
+def _blob(value: object) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode()
+
+
 # --- argument checks ----------------------------------------------------------------------
 
 
@@ -934,7 +942,9 @@ class NodeStore:
                 "ORDER BY position LIMIT ?",
                 (start, -1 if limit is None else limit),
             ).fetchall()
-        return [AuditEntry(int(p), bytes(e), bytes(ph), bytes(h)) for p, e, ph, h in rows]
+        # An edited file may hold TEXT where BLOBs belong: report it as stored, let the
+        # chain check (here or at the reader) find the edit.
+        return [AuditEntry(int(p), _blob(e), _blob(ph), _blob(h)) for p, e, ph, h in rows]
 
     def audit_verify(self) -> None:
         """Recompute the whole chain; raise ``AuditChainBroken(position)`` at the first bad entry.

@@ -1,0 +1,179 @@
+"""Key release over the network: a devnet of processes, the CLI as a CVM would use it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+KMS = [sys.executable, "-m", "kms.cli"]
+
+
+def kms(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*KMS, *args], capture_output=True, text=True, timeout=120, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kms {' '.join(args)} failed: {proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    d = tmp_path_factory.mktemp("keys") / "devnet"
+    up = subprocess.Popen(
+        [
+            *KMS,
+            "devnet",
+            "up",
+            "--nodes",
+            "5",
+            "--threshold",
+            "3",
+            "--dir",
+            str(d),
+            "--delta",
+            "0.3",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            f = d / "devnet.json"
+            if f.exists() and json.loads(f.read_text()).get("apps"):
+                break
+            assert up.poll() is None, "devnet exited"
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the devnet did not come up")
+        yield d
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
+def key(d: Path, *extra: str) -> dict[str, object]:
+    return dict(
+        json.loads(kms("key", "get", "--devnet", str(d), "--app", "demo", "--json", *extra).stdout)
+    )
+
+
+@pytest.mark.slow
+def test_the_cvm_gets_the_same_key_whichever_nodes_answer(devnet: Path) -> None:
+    first = key(devnet)
+    assert first["epoch"] == 0 and len(str(first["fingerprint"])) == 64
+    assert len(bytes.fromhex(str(first["secp256k1_public"]))) == 33
+    kms("devnet", "stop-node", "--dir", str(devnet), "1")
+    kms("devnet", "stop-node", "--dir", str(devnet), "2")
+    try:
+        assert key(devnet) == first
+    finally:
+        kms("devnet", "start-node", "--dir", str(devnet), "1")
+        kms("devnet", "start-node", "--dir", str(devnet), "2")
+    other = key(devnet, "--purpose", "disk", "--version", "2")
+    assert other["fingerprint"] != first["fingerprint"]
+
+
+@pytest.mark.slow
+def test_secret_material_goes_only_to_the_out_file(devnet: Path, tmp_path: Path) -> None:
+    out = tmp_path / "keys.json"
+    shown = kms(
+        "key", "get", "--devnet", str(devnet), "--app", "demo", "--json", "--out", str(out)
+    ).stdout
+    secrets = json.loads(out.read_text())
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert secrets["app_key"] not in shown and secrets["ed25519_seed"] not in shown
+
+
+@pytest.mark.slow
+def test_a_measurement_outside_the_policy_is_refused_by_every_node(devnet: Path) -> None:
+    proc = kms(
+        "key",
+        "get",
+        "--devnet",
+        str(devnet),
+        "--app",
+        "demo",
+        "--json",
+        "--rogue-measurement",
+        check=False,
+    )
+    assert proc.returncode == 1
+    err = json.loads(proc.stdout)
+    assert err["ok"] is False and err["error"].count("policy-refused") >= 3
+
+
+@pytest.mark.slow
+def test_encrypt_to_the_app_offline_then_decrypt_inside_the_cvm(
+    devnet: Path, tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"for the demo app only" * 10)
+    state = json.loads((devnet / "devnet.json").read_text())
+    sealed = tmp_path / "sealed"
+    # Offline: only the master public key and the app id.
+    kms(
+        "encrypt",
+        "--mpk",
+        state["master_public_key"],
+        "--app",
+        state["apps"]["demo"],
+        str(plain),
+        str(sealed),
+    )
+    opened = tmp_path / "opened"
+    kms("decrypt", "--devnet", str(devnet), "--app", "demo", str(sealed), str(opened))
+    assert opened.read_bytes() == plain.read_bytes()
+    other = kms(
+        "decrypt",
+        "--devnet",
+        str(devnet),
+        "--app",
+        "demo",
+        "--purpose",
+        "disk",
+        str(sealed),
+        str(tmp_path / "x"),
+        check=False,
+    )
+    assert other.returncode == 1
+
+
+@pytest.mark.slow
+def test_the_audit_chain_verifies_and_detects_an_edited_record(devnet: Path) -> None:
+    key(devnet)
+    state = json.loads((devnet / "devnet.json").read_text())
+    url = state["nodes"][0]["http_url"]  # the client asks nodes in index order
+    ok = json.loads(kms("audit", "verify", "--url", url, "--json").stdout)
+    assert ok["ok"] is True and ok["count"] >= 1
+    # Someone with access to the disk edits a record of node 1 (the append-only triggers
+    # only guard against the code's own bugs, so they drop them first).
+    db = Path(state["nodes"][0]["config"]).parent / "node.db"
+    con = sqlite3.connect(db)
+    try:
+        triggers = [
+            r[0]
+            for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"
+            )
+        ]
+        for t in triggers:
+            con.execute(f"DROP TRIGGER {t}")
+        con.execute(
+            'UPDATE audit SET entry = replace(entry, \'"purpose":"app"\', \'"purpose":"xyz"\') WHERE position = (SELECT MIN(position) FROM audit)'
+        )
+        con.commit()
+    finally:
+        con.close()
+    proc = kms("audit", "verify", "--url", url, "--json", check=False)
+    bad = json.loads(proc.stdout)
+    assert proc.returncode == 1 and bad["ok"] is False

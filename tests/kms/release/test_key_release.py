@@ -226,3 +226,101 @@ def test_an_answer_for_another_epoch_is_ignored_and_reported(world) -> None:  # 
     s2 = request(world, seed=12)
     s2.receive(PI(1), KeyResponse((replace(share, epoch=5),)))
     assert any("epoch" in r.reason for r in s2.rejected)
+
+
+def _releaser_with(world, policy, *, tee=None):  # type: ignore[no-untyped-def]
+    cores, chain, base_tee, owner, _, releasers, nodes = world
+    tee = tee or base_tee
+    verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
+    collateral = tee.collateral(NOW)
+    return KeyReleaser(
+        PI(1),
+        nodes[PI(1)].identity,
+        verifier,
+        lambda q: collateral,
+        policies_from({owner.app_id(): policy}),
+        rng=random.Random(1).randbytes,
+    )
+
+
+def test_a_tcb_status_the_verifier_does_not_admit_is_refused(world) -> None:  # type: ignore[no-untyped-def]
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    stale = SimulatedTEE(random.Random(21).randbytes, now=NOW, tcb_status="OutOfDate")
+    r = _releaser_with(world, policy, tee=stale)
+    s = KeyRequestSession(
+        chain, owner.app_id(), (("app", 1),), now=NOW, rng=random.Random(4).randbytes
+    )
+    s.attach_quote(stale.quote(s.report_data, **MR))
+    res = r.handle(
+        s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
+    )
+    assert res.reason == Refusal.QUOTE.value and "TCB_STATUS_NOT_ALLOWED" in res.refusal.detail
+
+
+def test_a_policy_older_than_the_cvm_asks_for_is_refused(world) -> None:  # type: ignore[no-untyped-def]
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    s = KeyRequestSession(
+        chain,
+        owner.app_id(),
+        (("app", 1),),
+        now=NOW,
+        rng=random.Random(5).randbytes,
+        min_policy_version=2,
+    )
+    s.attach_quote(tee.quote(s.report_data, **MR))
+    res = releasers[PI(1)].handle(
+        s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
+    )
+    assert res.reason == Refusal.POLICY.value and res.refusal.detail.startswith("version_below_requested")
+
+
+def test_an_expired_policy_is_refused(world) -> None:  # type: ignore[no-untyped-def]
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    old = replace(policy, not_before=NOW - 1000, expires=NOW - 10)
+    r = _releaser_with(world, old)
+    s = request(world, seed=31)
+    res = r.handle(
+        s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
+    )
+    assert res.reason == Refusal.POLICY.value and res.refusal.detail.startswith("expired")
+
+
+def test_the_compose_hash_comes_from_the_replayed_event_log(world) -> None:  # type: ignore[no-untyped-def]
+    from kms.policy.eventlog import build_event_log, dstack_boot_events
+
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    compose = bytes(range(32))
+    log, rtmr3 = build_event_log(dstack_boot_events(app_id=owner.app_id(), compose_hash=compose))
+    by_compose = replace(
+        policy,
+        measurements=(
+            Measurement.compose(
+                mr_td=MR["mr_td"],
+                rtmr0=MR["rtmr0"],
+                rtmr1=MR["rtmr1"],
+                rtmr2=MR["rtmr2"],
+                compose_hash=compose,
+            ),
+        ),
+    )
+    r = _releaser_with(world, by_compose)
+    meas = {**MR, "rtmr3": rtmr3}
+
+    def ask_with(event_log: bytes, seed: int):  # type: ignore[no-untyped-def]
+        s = KeyRequestSession(
+            chain, owner.app_id(), (("app", 1),), now=NOW, rng=random.Random(seed).randbytes
+        )
+        s.attach_quote(tee.quote(s.report_data, **meas), event_log)
+        return r.handle(
+            s.request.encode(),
+            now=NOW,
+            epoch=0,
+            share=cores[PI(1)].share,
+            seen_nonce=lambda n: False,
+        )
+
+    assert isinstance(ask_with(log.encode(), 41), Released)
+    tampered, _ = build_event_log(dstack_boot_events(app_id=owner.app_id(), compose_hash=bytes(32)))
+    refused = ask_with(tampered.encode(), 42)
+    assert refused.reason == Refusal.POLICY.value
+    assert ask_with(b"", 43).reason == Refusal.POLICY.value

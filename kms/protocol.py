@@ -74,7 +74,10 @@ class KeyRequestBody(Message):
         if len(set(pv)) != len(pv):
             raise MessageDecodeError("kms/key-request-body: a purpose twice")
         for p in self.purposes:
-            p.key_id(self.app_id)  # raises ValueError for a malformed purpose
+            try:
+                p.key_id(self.app_id)
+            except ValueError as exc:
+                raise MessageDecodeError(f"kms/key-request-body: {exc}") from exc
 
     def report_data(self) -> bytes:
         """What the quote's 64-byte report data must be."""

@@ -163,7 +163,7 @@ class KeyReleaser:
         try:
             verified = self._verifier.verify(req.quote, self._collateral_for(req.quote), now=now)  # type: ignore[arg-type]
         except QuoteVerificationError as exc:
-            return refuse(Refusal.QUOTE, f"{exc.reason.value}: {exc}")
+            return refuse(Refusal.QUOTE, str(exc))
         policy = self._policy_for(body.app_id, now)
         if policy is None:
             return refuse(Refusal.NO_POLICY, "no current policy for this app")

@@ -384,9 +384,9 @@ class NodeService:
         )
         if isinstance(res, Released):
             # The replay cache survives restarts; the audit records are committed as one group.
-            self.store.set_meta(
-                "nonce/" + res.nonce.hex(), (now + self.NONCE_TTL).to_bytes(8, "big")
-            )
+            # Remembered for longer than any timestamp the releaser still accepts.
+            ttl = max(self.NONCE_TTL, 2 * self.releaser.max_skew + 60)
+            self.store.set_meta("nonce/" + res.nonce.hex(), (now + ttl).to_bytes(8, "big"))
             self.store.audit_append_many([a.as_dict() for a in res.audit])
             self.metrics.messages_out["kms/key-response"] += 1
             log.info(
@@ -474,63 +474,72 @@ class NodeService:
         }
 
     def metrics_text(self) -> str:
+        """Prometheus text exposition (version 0.0.4)."""
         m = self.metrics
         st = self.core.state
-        lines = [
-            "# HELP qkms_epoch Current epoch (-1 before genesis).",
-            "# TYPE qkms_epoch gauge",
-            f"qkms_epoch {st.epoch if st else -1}",
-            "# HELP qkms_peers Connected peers.",
-            "# TYPE qkms_peers gauge",
-            f"qkms_peers {len(self.transport.connected_peers())}",
-            "# HELP qkms_simulated_quotes_accepted 1 if this node accepts simulated TEE quotes (development only).",
-            "# TYPE qkms_simulated_quotes_accepted gauge",
-            f"qkms_simulated_quotes_accepted {int(bool(self.releaser and self.releaser.simulated_allowed))}",
-            "# HELP qkms_has_share Whether this node holds a share of the current epoch.",
-            "# TYPE qkms_has_share gauge",
-            f"qkms_has_share {1 if self.core.share is not None else 0}",
-            "# HELP qkms_messages_received_total Protocol messages received, by kind.",
-            "# TYPE qkms_messages_received_total counter",
-        ]
-        lines += [
-            f'qkms_messages_received_total{{kind="{k}"}} {v}'
-            for k, v in sorted(m.messages_in.items())
-        ]
-        lines += [
-            "# HELP qkms_messages_sent_total Protocol messages sent, by kind.",
-            "# TYPE qkms_messages_sent_total counter",
-        ]
-        lines += [
-            f'qkms_messages_sent_total{{kind="{k}"}} {v}' for k, v in sorted(m.messages_out.items())
-        ]
-        lines += [
-            "# HELP qkms_rejected_inputs_total Inputs refused, by reason.",
-            "# TYPE qkms_rejected_inputs_total counter",
-        ]
-        lines += [
-            f'qkms_rejected_inputs_total{{reason="{_label(k)}"}} {v}'
-            for k, v in sorted(m.rejected.items())
-        ]
-        lines += [
-            "# HELP qkms_misbehaviour_total Misbehaviour observed, by reason.",
-            "# TYPE qkms_misbehaviour_total counter",
-        ]
-        lines += [
-            f'qkms_misbehaviour_total{{reason="{_label(k)}"}} {v}'
-            for k, v in sorted(m.misbehaviour.items())
-        ]
-        lines += [
-            "# HELP qkms_run_failures_total Failed DKG/reshare attempts.",
-            "# TYPE qkms_run_failures_total counter",
-        ]
-        lines += [
-            f'qkms_run_failures_total{{kind="{k}"}} {v}' for k, v in sorted(m.run_failures.items())
-        ]
-        lines += [
-            "# HELP qkms_send_failures_total Frames that could not be sent.",
-            "# TYPE qkms_send_failures_total counter",
-            f"qkms_send_failures_total {m.send_failures}",
-        ]
+        ts = self.transport.statistics()
+        lines: list[str] = []
+
+        def gauge(name: str, help_text: str, value: int, kind: str = "gauge") -> None:
+            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"])
+
+        def counter(name: str, help_text: str, label: str, values: Counter[str]) -> None:
+            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} counter"])
+            lines.extend(f'{name}{{{label}="{_label(k)}"}} {v}' for k, v in sorted(values.items()))
+
+        gauge("qkms_epoch", "Current epoch (-1 before genesis).", st.epoch if st else -1)
+        gauge("qkms_peers", "Connected peers.", len(self.transport.connected_peers()))
+        gauge(
+            "qkms_simulated_quotes_accepted",
+            "1 if this node accepts simulated TEE quotes (development only).",
+            int(bool(self.releaser and self.releaser.simulated_allowed)),
+        )
+        gauge(
+            "qkms_has_share",
+            "Whether this node holds a share of the current epoch.",
+            int(self.core.share is not None),
+        )
+        gauge(
+            "qkms_epoch_switches_total",
+            "Epochs certified since the node started.",
+            m.epoch_switches,
+            "counter",
+        )
+        counter(
+            "qkms_messages_received_total",
+            "Protocol messages received, by kind.",
+            "kind",
+            m.messages_in,
+        )
+        counter(
+            "qkms_messages_sent_total", "Protocol messages sent, by kind.", "kind", m.messages_out
+        )
+        counter("qkms_rejected_inputs_total", "Inputs refused, by reason.", "reason", m.rejected)
+        counter(
+            "qkms_misbehaviour_total", "Misbehaviour observed, by reason.", "reason", m.misbehaviour
+        )
+        counter("qkms_run_failures_total", "Failed DKG/reshare attempts.", "kind", m.run_failures)
+        gauge(
+            "qkms_send_failures_total", "Frames that could not be sent.", m.send_failures, "counter"
+        )
+        gauge(
+            "qkms_transport_bytes_sent_total",
+            "Bytes sent over the transport.",
+            ts.bytes_sent,
+            "counter",
+        )
+        gauge(
+            "qkms_transport_bytes_received_total",
+            "Bytes received over the transport.",
+            ts.bytes_received,
+            "counter",
+        )
+        gauge(
+            "qkms_transport_dropped_oversize_total",
+            "Incoming frames dropped for exceeding the size limit.",
+            ts.dropped_oversize,
+            "counter",
+        )
         return "\n".join(lines) + "\n"
 
 

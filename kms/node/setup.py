@@ -245,7 +245,7 @@ class PolicyDirectory:
         self._store: Any = None
 
     def __call__(self, app_id: bytes, now: int) -> Any:
-        from kms.policy import PolicyBundle, PolicyStore
+        from kms.policy import PolicyBundle, PolicyStore, Refused
 
         mpk = self._mpk_of()
         if mpk is None or not self.directory.is_dir():
@@ -256,7 +256,9 @@ class PolicyDirectory:
             store = PolicyStore(mpk)
             for f in files:
                 try:
-                    store.offer_bundle(PolicyBundle.decode(f.read_bytes()), now=now)
+                    result = store.offer_bundle(PolicyBundle.decode(f.read_bytes()), now=now)
+                    if isinstance(result, Refused):
+                        raise ValueError(f"{result.reason.value}: {result.detail}")
                 except ValueError as exc:
                     logging.getLogger("quorum_kms.node").warning(
                         "policy file refused",
@@ -269,6 +271,7 @@ class PolicyDirectory:
 def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
     """The key releaser of ``kms node run``: trust roots, collateral and policies from config."""
     from kms.attest import INTEL_ROOT_CA, Collateral, Verifier
+    from kms.attest.verify import ADMISSIBLE_STATUSES
     from kms.node.release import KeyReleaser
 
     if cfg.collateral_file is None or cfg.policies_dir is None:
@@ -280,7 +283,10 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
             "SIMULATED TEE QUOTES ACCEPTED: this node is for development only",
             extra={"fields": {"simulated_root_ca": str(cfg.simulated_root_ca)}},
         )
-    verifier = Verifier(roots, simulated_allowed=cfg.accept_simulated_quotes)
+    # Every admissible TCB status passes the quote check: each app's policy decides.
+    verifier = Verifier(
+        roots, simulated_allowed=cfg.accept_simulated_quotes, allowed_statuses=ADMISSIBLE_STATUSES
+    )
     collateral = Collateral.from_json(cfg.collateral_file.read_text())
 
     def mpk() -> bytes | None:

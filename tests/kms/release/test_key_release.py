@@ -271,7 +271,9 @@ def test_a_policy_older_than_the_cvm_asks_for_is_refused(world) -> None:  # type
     res = releasers[PI(1)].handle(
         s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
     )
-    assert res.reason == Refusal.POLICY.value and res.refusal.detail.startswith("version_below_requested")
+    assert res.reason == Refusal.POLICY.value and res.refusal.detail.startswith(
+        "version_below_requested"
+    )
 
 
 def test_an_expired_policy_is_refused(world) -> None:  # type: ignore[no-untyped-def]

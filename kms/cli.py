@@ -590,6 +590,101 @@ def audit_verify(
     raise typer.Exit(0 if not problems else 1)
 
 
+app_app = typer.Typer(help="Apps and their owners' signed policies (devnet).", no_args_is_help=True)
+policy_app = typer.Typer(help="An app's policy.", no_args_is_help=True)
+app.add_typer(app_app, name="app")
+app_app.add_typer(policy_app, name="policy")
+
+
+def _emit(doc: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        _print_json(doc)
+    else:
+        out.print_json(json.dumps(doc))
+
+
+@app_app.command("create")
+def app_create(
+    devnet_dir: Annotated[Path, typer.Option("--devnet")],
+    name: Annotated[str, typer.Option("--name", help="Alias for the app in devnet.json.")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create an app: a new owner key (its id is derived from it) and a first policy, pushed to every node."""
+    from kms import devnet
+
+    state = devnet.read_state(devnet_dir)
+    if name in state.get("apps", {}):
+        _fail(f"app {name!r} exists", 2)
+    if not state.get("master_public_key"):
+        _fail("the devnet has no master public key yet", 2)
+    owner = devnet.owner_of(devnet_dir, name)
+    report = devnet.push_policy(
+        state, devnet.demo_policy(owner, state["master_public_key"], version=1)
+    )
+    state = devnet.read_state(devnet_dir)
+    state.setdefault("apps", {})[name] = owner.app_id().hex()
+    devnet.write_state(devnet_dir, state)
+    _emit({"name": name, "app_id": owner.app_id().hex(), **report}, json_out)
+
+
+@policy_app.command("show")
+def app_policy_show(
+    devnet_dir: Annotated[Path, typer.Option("--devnet")],
+    app_name: Annotated[str, typer.Option("--app")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The policy version each node holds for an app."""
+    state, app_id = _devnet_app(devnet_dir, app_name)
+    nodes = []
+    for n in state["nodes"]:
+        try:
+            r = httpx.get(f"{n['http_url']}/v1/policies/{app_id.hex()}", timeout=5)
+            info = r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            info = None
+        nodes.append({"index": n["index"], "policy": info})
+    versions = {n["policy"]["version"] for n in nodes if n["policy"]}
+    _emit({"app_id": app_id.hex(), "nodes": nodes, "versions": sorted(versions)}, json_out)
+
+
+@policy_app.command("push")
+def app_policy_push(
+    devnet_dir: Annotated[Path, typer.Option("--devnet")],
+    app_name: Annotated[str, typer.Option("--app")],
+    lifetime: Annotated[
+        int, typer.Option("--lifetime", help="Seconds until the new policy expires.")
+    ] = 7 * 86400,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Sign the next version (renewing its expiry) and push it to every node.
+
+    Reports the change effective everywhere only once all nodes acknowledge it,
+    and otherwise names the nodes that lag.
+    """
+    from kms import devnet
+
+    state, app_id = _devnet_app(devnet_dir, app_name)
+    alias = next((k for k, v in state.get("apps", {}).items() if v == app_id.hex()), app_name)
+    owner = devnet.owner_of(devnet_dir, alias)
+    if owner.app_id() != app_id:
+        _fail("no owner key for this app in the devnet", 2)
+    held = []
+    for n in state["nodes"]:
+        try:
+            r = httpx.get(f"{n['http_url']}/v1/policies/{app_id.hex()}", timeout=5)
+            if r.status_code == 200:
+                held.append(int(r.json()["version"]))
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+    version = max(held, default=0) + 1
+    report = devnet.push_policy(
+        state,
+        devnet.demo_policy(owner, state["master_public_key"], version=version, lifetime=lifetime),
+    )
+    _emit({"app_id": app_id.hex(), **report}, json_out)
+    raise typer.Exit(0 if report["effective_everywhere"] else 1)
+
+
 @app.command("demo")
 def demo() -> None:
     """Run the end-to-end demo."""

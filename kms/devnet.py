@@ -89,7 +89,7 @@ def create(
         doc["node"]["accept_simulated_quotes"] = True
         doc["node"]["simulated_root_ca"] = str((tee_dir / "root.der").resolve())
         doc["node"]["collateral_file"] = str((tee_dir / "collateral.json").resolve())
-        doc["node"]["policies_dir"] = str((directory / "policies").resolve())
+        doc["node"]["policies_dir"] = "policies"  # each node keeps its own
         write_config(path, doc)
     state: dict[str, Any] = {
         "master_public_key": None,
@@ -265,35 +265,88 @@ def simulated_tee_files(directory: Path) -> Path:
     tee = simulated_tee(directory)
     (tee_dir / "root.der").write_bytes(tee.root_ca_der)
     (tee_dir / "collateral.json").write_text(json.dumps(tee.collateral(now, lifetime=30 * 86400)))
-    (directory / "policies").mkdir(exist_ok=True)
+
     return tee_dir
 
 
-def register_demo_app(directory: Path, mpk_hex: str, name: str = "demo") -> str:
-    """Create app ``name`` with an owner key and a policy admitting the demo CVM."""
+def owner_of(directory: Path, name: str) -> Any:
+    """The owner key of devnet app ``name`` (created on first use, mode 0600)."""
     import secrets
 
-    from kms.policy import AppPolicy, Measurement, OwnerKey, PolicyBundle
+    from kms.policy import OwnerKey
 
     owner_file = directory / "apps" / f"{name}.owner"
     owner_file.parent.mkdir(parents=True, exist_ok=True)
     if not owner_file.exists():
-        owner_file.write_text(secrets.token_hex(32) + "\n")
-        owner_file.chmod(0o600)
-    owner = OwnerKey.from_seed(bytes.fromhex(owner_file.read_text().strip()))
+        fd = os.open(owner_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return OwnerKey.from_seed(bytes.fromhex(owner_file.read_text().strip()))
+
+
+def demo_policy(owner: Any, mpk_hex: str, *, version: int, lifetime: int = 7 * 86400) -> Any:
+    """A policy admitting the devnet's demo CVM measurement, signed by ``owner``."""
+    from kms.policy import AppPolicy, Measurement, PolicyBundle
+
     now = int(time.time())
     policy = AppPolicy.build(
         app_id=owner.app_id(),
-        version=1,
+        version=version,
         owner_key=owner.public_bytes(),
         measurements=[Measurement.explicit(**DEMO_MEASUREMENT)],
         kms_mpk=bytes.fromhex(mpk_hex),
         not_before=now - 60,
+        expires=now + lifetime,
         allowed_tcb_statuses=("UpToDate", "SWHardeningNeeded"),
         purposes=("app", "disk", "signing"),
     )
-    bundle = PolicyBundle(policy.sign(owner), ())
-    tmp = directory / "policies" / f".{name}.tmp"
-    tmp.write_bytes(bundle.encode())
-    tmp.replace(directory / "policies" / f"{name}.policy")
-    return owner.app_id().hex()
+    return PolicyBundle(policy.sign(owner), ())
+
+
+def push_policy(state: dict[str, Any], bundle: Any, timeout: float = 5.0) -> dict[str, Any]:
+    """Offer ``bundle`` to every node; the change is effective everywhere once all accept."""
+    acks, lagging = [], []
+    for n in state["nodes"]:
+        try:
+            r = httpx.post(
+                n["http_url"] + "/v1/policies",
+                content=bundle.encode(),
+                headers={"content-type": "application/msgpack"},
+                timeout=timeout,
+            )
+            reply = r.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            lagging.append({"index": n["index"], "reason": f"unreachable: {type(exc).__name__}"})
+            continue
+        if reply.get("accepted"):
+            acks.append(n["index"])
+        else:
+            lagging.append(
+                {
+                    "index": n["index"],
+                    "reason": reply.get("reason"),
+                    "held_version": reply.get("held_version"),
+                }
+            )
+    return {
+        "version": bundle.signed.policy.version,
+        "acknowledged": acks,
+        "lagging": lagging,
+        "effective_everywhere": not lagging,
+    }
+
+
+def register_demo_app(directory: Path, mpk_hex: str, name: str = "demo") -> str:
+    """Create app ``name`` with an owner key and a policy admitting the demo CVM."""
+    owner = owner_of(directory, name)
+    bundle = demo_policy(owner, mpk_hex, version=1)
+    app_hex: str = owner.app_id().hex()
+    # Written into every node's policies directory (a devnet's nodes start with it);
+    # later versions travel with `kms app policy push`.
+    for node_dir in sorted(directory.glob("node-*")):
+        pdir = node_dir / "policies"
+        pdir.mkdir(exist_ok=True)
+        tmp = pdir / f".{app_hex}.tmp"
+        tmp.write_bytes(bundle.encode())
+        tmp.replace(pdir / f"{app_hex}.policy")
+    return app_hex

@@ -25,6 +25,10 @@ class StatusSource(Protocol):
 
     def audit_export(self, start: int = 0, limit: int = 1000) -> dict[str, Any]: ...
 
+    def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]: ...
+
+    def policy_info(self, app_id: bytes) -> dict[str, Any] | None: ...
+
 
 MAX_BODY = 512 * 1024
 MSGPACK = "application/msgpack"
@@ -71,8 +75,30 @@ def make_app(source: StatusSource) -> Starlette:
             return JSONResponse({"error": "start and limit are integers"}, status_code=400)
         return JSONResponse(source.audit_export(max(0, start), max(1, limit)))
 
+    async def policies(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return JSONResponse(
+                {"accepted": False, "reason": "malformed", "detail": "too large"}, status_code=413
+            )
+        code, reply = source.offer_policy(body)
+        return JSONResponse(reply, status_code=code)
+
+    async def policy(request: Request) -> Response:
+        try:
+            app_id = bytes.fromhex(request.path_params["app_id"])
+        except ValueError:
+            return JSONResponse({"error": "app id must be hex"}, status_code=400)
+        info = source.policy_info(app_id)
+        return JSONResponse(
+            info if info is not None else {"error": "no current policy"},
+            status_code=200 if info else 404,
+        )
+
     return Starlette(
         routes=[
+            Route("/v1/policies", policies, methods=["POST"]),
+            Route("/v1/policies/{app_id}", policy),
             Route("/v1/audit", audit),
             Route("/health", health),
             Route("/v1/status", status),

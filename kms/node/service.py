@@ -362,6 +362,28 @@ class NodeService:
     # --- key release (called by the HTTP app) -------------------------------------------------
 
     releaser: KeyReleaser | None = None
+    policies: Any = None
+    """The node's app policies (``kms.node.setup.PolicyDirectory``), when it serves keys."""
+
+    def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        if self.policies is None:
+            return 503, {
+                "accepted": False,
+                "reason": "not-serving",
+                "detail": "this node does not release keys",
+            }
+        code, reply = self.policies.offer(raw, int(self.clock.now()))
+        log.info(
+            "policy offered", extra={"fields": {k: v for k, v in reply.items() if k != "detail"}}
+        )
+        return int(code), dict(reply)
+
+    def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
+        if self.policies is None:
+            return None
+        info = self.policies.describe(app_id, int(self.clock.now()))
+        return dict(info) if info is not None else None
+
     NONCE_TTL = 600
 
     def _seen_nonce(self, nonce: bytes) -> bool:

@@ -267,6 +267,72 @@ class PolicyDirectory:
             self._store, self._stamp = store, stamp
         return self._store.current(app_id, now)
 
+    def offer(self, raw: bytes, now: int) -> tuple[int, dict[str, Any]]:
+        """A policy pushed by anyone: keep it if it is newer and valid (HTTP status, reply)."""
+        from kms.policy import Accepted, PolicyBundle, PolicyFailure
+
+        try:
+            bundle = PolicyBundle.decode(raw)
+        except ValueError as exc:
+            return 400, {"accepted": False, "reason": "malformed", "detail": str(exc)}
+        app_id = bundle.signed.policy.app_id
+        self(app_id, now)  # load the directory first
+        if self._store is None:
+            return 503, {
+                "accepted": False,
+                "reason": "not-serving",
+                "detail": "no master public key yet",
+            }
+        result = self._store.offer_bundle(bundle, now=now)
+        if isinstance(result, Accepted):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = self.directory / f".{app_id.hex()}.tmp"
+            tmp.write_bytes(result.bundle.encode())
+            tmp.replace(self.directory / f"{app_id.hex()}.policy")
+            for old in self.directory.glob("*.policy"):
+                if old.name != f"{app_id.hex()}.policy" and _bundle_app(old) == app_id:
+                    old.unlink()  # one file per app: the newest
+            self._stamp = ()  # re-read on next use
+            return 200, {"accepted": True, "version": result.version, "app_id": app_id.hex()}
+        version = self._store.version(app_id)
+        if result.reason is PolicyFailure.DUPLICATE:
+            return 200, {
+                "accepted": True,
+                "version": version,
+                "app_id": app_id.hex(),
+                "duplicate": True,
+            }
+        return 409, {
+            "accepted": False,
+            "reason": result.reason.value,
+            "detail": result.detail,
+            "held_version": version,
+        }
+
+    def describe(self, app_id: bytes, now: int) -> dict[str, Any] | None:
+        policy = self(app_id, now)
+        if policy is None:
+            return None
+        return {
+            "app_id": app_id.hex(),
+            "version": policy.version,
+            "not_before": policy.not_before,
+            "expires": policy.expires,
+            "purposes": list(policy.purposes),
+            "allowed_tcb_statuses": list(policy.allowed_tcb_statuses),
+            "measurements": len(policy.measurements),
+            "owner_key": policy.owner_key.hex(),
+        }
+
+
+def _bundle_app(path: Path) -> bytes | None:
+    from kms.policy import PolicyBundle
+
+    try:
+        return bytes(PolicyBundle.decode(path.read_bytes()).signed.policy.app_id)
+    except (OSError, ValueError):
+        return None
+
 
 def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
     """The key releaser of ``kms node run``: trust roots, collateral and policies from config."""
@@ -293,12 +359,13 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
         st = service.core.state
         return st.mpk.to_bytes() if st is not None else None
 
+    service.policies = PolicyDirectory(cfg.policies_dir, mpk)
     return KeyReleaser(
         cfg.index,
         service.identity,
         verifier,
         lambda quote: collateral,
-        PolicyDirectory(cfg.policies_dir, mpk),
+        service.policies,
         rng=os.urandom,
         max_skew=cfg.max_request_skew,
     )

@@ -177,3 +177,43 @@ def test_the_audit_chain_verifies_and_detects_an_edited_record(devnet: Path) -> 
     proc = kms("audit", "verify", "--url", url, "--json", check=False)
     bad = json.loads(proc.stdout)
     assert proc.returncode == 1 and bad["ok"] is False
+
+
+@pytest.mark.slow
+def test_policy_push_is_effective_everywhere_only_when_every_node_acknowledges(
+    devnet: Path,
+) -> None:
+    created = json.loads(
+        kms("app", "create", "--devnet", str(devnet), "--name", "billing", "--json").stdout
+    )
+    assert created["effective_everywhere"] is True and created["version"] == 1
+    got = json.loads(
+        kms("key", "get", "--devnet", str(devnet), "--app", "billing", "--json").stdout
+    )
+    assert got["app_id"] == created["app_id"]
+    pushed = json.loads(
+        kms("app", "policy", "push", "--devnet", str(devnet), "--app", "billing", "--json").stdout
+    )
+    assert pushed["version"] == 2 and pushed["acknowledged"] == [1, 2, 3, 4, 5]
+    kms("devnet", "stop-node", "--dir", str(devnet), "5")
+    try:
+        lag = kms(
+            "app",
+            "policy",
+            "push",
+            "--devnet",
+            str(devnet),
+            "--app",
+            "billing",
+            "--json",
+            check=False,
+        )
+        report = json.loads(lag.stdout)
+        assert lag.returncode == 1 and report["effective_everywhere"] is False
+        assert [entry["index"] for entry in report["lagging"]] == [5]
+    finally:
+        kms("devnet", "start-node", "--dir", str(devnet), "5")
+    shown = json.loads(
+        kms("app", "policy", "show", "--devnet", str(devnet), "--app", "billing", "--json").stdout
+    )
+    assert max(shown["versions"]) == 3

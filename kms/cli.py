@@ -368,6 +368,9 @@ def key_get(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the secret key material here (mode 0600).")
     ] = None,
+    evidence_dir: Annotated[
+        Path | None, typer.Option("--evidence-dir", help="Write evidence of wrong partials here.")
+    ] = None,
     rogue: Annotated[
         bool,
         typer.Option(
@@ -401,6 +404,7 @@ def key_get(
         else:
             console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(1) from None
+    _save_evidence(res.rejected, evidence_dir)
     derived = res.derived[(purpose, version)]
     app_key = derived.app_key()
     keys = typed_keys(app_key)
@@ -433,6 +437,79 @@ def key_get(
     else:
         for k, v in doc.items():
             out.print(f"{k:18} {v}")
+
+
+def _save_evidence(rejected: Any, directory: Path | None) -> None:
+    """Each wrong partial's evidence as a file: what ``kms evidence verify`` checks."""
+    for n, r in enumerate(rejected):
+        if r.evidence is None:
+            continue
+        console.print(f"[yellow]node {int(r.index)} sent a bad partial:[/yellow] {r.reason}")
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / f"wrong-partial-node{int(r.index)}-{n}.msgpack").write_bytes(
+                r.evidence.encode()
+            )
+
+
+evidence_app = typer.Typer(help="Third-party evidence of misbehaviour.", no_args_is_help=True)
+app.add_typer(evidence_app, name="evidence")
+
+
+@evidence_app.command("verify")
+def evidence_verify(
+    file: Annotated[Path, typer.Argument(metavar="FILE")],
+    devnet_dir: Annotated[Path | None, typer.Option("--devnet")] = None,
+    mpk_hex: Annotated[
+        str | None, typer.Option("--mpk", help="Pinned master public key (hex).")
+    ] = None,
+    url: Annotated[
+        list[str] | None, typer.Option("--url", help="Node URL to fetch the chain from.")
+    ] = None,
+    chain_file: Annotated[
+        Path | None,
+        typer.Option("--chain", help="A saved chain (GET /v1/chain body) instead of --url."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check a CVM's evidence of a wrong partial against the chain verified from the pinned key.
+
+    Exit 0 when it proves that the named node signed a wrong or undecryptable
+    partial, 1 when it proves nothing, 2 on bad usage.
+    """
+    from kms import devnet
+    from kms.client.core import verify_wrong_partial
+    from kms.client.http import chain_from_bytes, fetch_chain
+    from kms.protocol import WrongPartialEvidence
+    from mpc.errors import InvalidEncoding, InvalidSignature
+    from mpc.math import G2
+    from mpc.membership import ChainError
+
+    urls = list(url or [])
+    if devnet_dir is not None:
+        state = devnet.read_state(devnet_dir)
+        mpk_hex = mpk_hex or state.get("master_public_key")
+        urls = urls or [n["http_url"] for n in state["nodes"]]
+    if not mpk_hex or not (urls or chain_file):
+        _fail("give --devnet, or --mpk with --url or --chain", 2)
+        return
+    try:
+        ev = WrongPartialEvidence.decode(file.read_bytes())
+        mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
+        if chain_file is not None:
+            chain = chain_from_bytes(chain_file.read_bytes(), mpk)
+        else:
+            chain, _ = fetch_chain(urls, mpk)
+    except (OSError, ValueError, ChainError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}", 2)
+        return
+    try:
+        proven = verify_wrong_partial(ev, chain)
+        doc = {"ok": True, "node": ev.response.index, "epoch": ev.response.epoch, "proves": proven}
+    except (InvalidSignature, InvalidEncoding) as exc:
+        doc = {"ok": False, "node": ev.response.index, "error": str(exc)}
+    _emit(doc, json_out)
+    raise typer.Exit(0 if doc["ok"] else 1)
 
 
 @app.command("encrypt")

@@ -37,6 +37,16 @@ class FetchResult:
     ignored_nodes: tuple[str, ...]
 
 
+def chain_from_bytes(raw: bytes, mpk: G2) -> ChainState:
+    """Verify a ``ChainUpdate`` (the body of ``GET /v1/chain``) from the pinned ``mpk``."""
+    update = ChainUpdate.decode(raw)
+    links: list[EpochCertificate | MembershipCertificate] = [
+        EpochCertificate.decode(r) if kind == "epoch" else MembershipCertificate.decode(r)
+        for kind, r in zip(update.kinds, update.links, strict=True)
+    ]
+    return verify_chain(links, mpk=mpk)
+
+
 def fetch_chain(
     urls: Sequence[str], mpk: G2, *, timeout: float = 5.0
 ) -> tuple[ChainState, list[str]]:
@@ -50,14 +60,7 @@ def fetch_chain(
     for url in urls:
         try:
             r = httpx.get(url.rstrip("/") + "/v1/chain", timeout=timeout)
-            update = ChainUpdate.decode(r.content)
-            links: list[EpochCertificate | MembershipCertificate] = [
-                EpochCertificate.decode(raw)
-                if kind == "epoch"
-                else MembershipCertificate.decode(raw)
-                for kind, raw in zip(update.kinds, update.links, strict=True)
-            ]
-            state = verify_chain(links, mpk=mpk)
+            state = chain_from_bytes(r.content, mpk)
         except (httpx.HTTPError, MessageDecodeError, ChainError, ValueError) as exc:
             ignored.append(f"{url}: {type(exc).__name__}: {exc}")
             continue

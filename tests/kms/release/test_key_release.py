@@ -19,6 +19,7 @@ from kms.policy import AppPolicy, Measurement, OwnerKey
 from kms.protocol import KeyResponse, KeyShareResponse
 from mpc.errors import InvalidSignature
 from mpc.ids import ParticipantIndex as PI
+from mpc.math import G2
 from mpc.membership import verify_chain
 from mpc.tkd import KeyId, derive_point_base
 
@@ -326,3 +327,56 @@ def test_the_compose_hash_comes_from_the_replayed_event_log(world) -> None:  # t
     refused = ask_with(tampered.encode(), 42)
     assert refused.reason == Refusal.POLICY.value
     assert ask_with(b"", 43).reason == Refusal.POLICY.value
+
+
+def test_kms_evidence_verify_checks_a_saved_chain(world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from kms.cli import app as cli
+
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    s = request(world, seed=51)
+    wrong = cores[PI(4)].share
+    bad = releasers[PI(2)].handle(
+        s.request.encode(),
+        now=NOW,
+        epoch=0,
+        share=type(wrong)(PI(2), wrong.value),
+        seen_nonce=lambda n: False,
+    )
+    s.receive(PI(2), bad.response)
+    evidence = tmp_path / "evidence.msgpack"
+    evidence.write_bytes(s.rejected[0].evidence.encode())
+    saved = tmp_path / "chain.msgpack"
+    saved.write_bytes(cores[PI(1)].chain_update(0).encode())
+    mpk = chain.mpk.to_bytes().hex()
+    runner = CliRunner()
+    ok = runner.invoke(
+        cli, ["evidence", "verify", str(evidence), "--mpk", mpk, "--chain", str(saved), "--json"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert '"ok":true' in ok.output and '"node":2' in ok.output
+    # The honest answer of node 2 proves nothing.
+    good = releasers[PI(2)].handle(
+        s.request.encode(), now=NOW, epoch=0, share=cores[PI(2)].share, seen_nonce=lambda n: False
+    )
+    honest = replace(s.rejected[0].evidence, response=good.response.shares[0])
+    evidence.write_bytes(honest.encode())
+    nope = runner.invoke(
+        cli, ["evidence", "verify", str(evidence), "--mpk", mpk, "--chain", str(saved), "--json"]
+    )
+    assert nope.exit_code == 1 and '"ok":false' in nope.output
+    # Another pinned key: the saved chain does not verify, nothing is checked.
+    other = runner.invoke(
+        cli,
+        [
+            "evidence",
+            "verify",
+            str(evidence),
+            "--mpk",
+            (7 * G2.generator()).to_bytes().hex(),
+            "--chain",
+            str(saved),
+        ],
+    )
+    assert other.exit_code == 2

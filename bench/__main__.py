@@ -19,7 +19,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from bench import backends, crypto, dkg_network
+from bench import backends, crypto, dkg_network, key_release
 from bench.timing import Budget, format_seconds
 
 PACKAGES = ("pyblst", "py-arkworks-bls12381", "chia-rs", "py-ecc", "cryptography")
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         crypto_rows = crypto.rows(profile, progress)
         backend_rows = backends.rows(backend_budget, progress)
         dkg_rows = dkg_network.rows(args.quick, progress)
+        progress("key release")
+        release_rows = key_release.rows(args.quick)
     console.print(main_table(crypto_rows, profile))
     console.print(backend_table(backend_rows))
     missed = [r.operation for r in crypto_rows if r.target_met is False]
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         console.print("[green]all targets met[/green]")
     dkg_network.report(console, dkg_rows)
+    console.print(key_release.table(release_rows))
     console.print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

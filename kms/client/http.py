@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -48,24 +49,51 @@ def chain_from_bytes(raw: bytes, mpk: G2) -> ChainState:
 
 
 def fetch_chain(
-    urls: Sequence[str], mpk: G2, *, timeout: float = 5.0
+    urls: Sequence[str],
+    mpk: G2,
+    *,
+    timeout: float = 5.0,
+    enough: int | None = None,
+    client: httpx.Client | None = None,
 ) -> tuple[ChainState, list[str]]:
-    """The longest chain any node serves that verifies from the pinned ``mpk``.
+    """The longest chain the asked nodes serve that verifies from the pinned ``mpk``.
 
-    A node whose chain does not verify (another key, a forged link) is ignored
-    and reported in the second element.
+    Nodes are asked concurrently; ``enough`` stops after that many verified
+    chains (all by default). A node whose chain does not verify (another key,
+    a forged link) is ignored and reported in the second element.
     """
+    own = client is None
+    http = client or httpx.Client(timeout=timeout)
     best: ChainState | None = None
     ignored: list[str] = []
-    for url in urls:
+
+    def get(url: str) -> tuple[str, bytes | Exception]:
         try:
-            r = httpx.get(url.rstrip("/") + "/v1/chain", timeout=timeout)
-            state = chain_from_bytes(r.content, mpk)
-        except (httpx.HTTPError, MessageDecodeError, ChainError, ValueError) as exc:
-            ignored.append(f"{url}: {type(exc).__name__}: {exc}")
-            continue
-        if best is None or state.epoch > best.epoch:
-            best = state
+            return url, http.get(url.rstrip("/") + "/v1/chain").content
+        except httpx.HTTPError as exc:
+            return url, exc
+
+    try:
+        verified = 0
+        want = enough or len(urls)
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(urls)))) as pool:
+            for url, raw in pool.map(get, urls):
+                if isinstance(raw, Exception):
+                    ignored.append(f"{url}: {type(raw).__name__}: {raw}")
+                    continue
+                try:
+                    state = chain_from_bytes(raw, mpk)
+                except (MessageDecodeError, ChainError, ValueError) as exc:
+                    ignored.append(f"{url}: {type(exc).__name__}: {exc}")
+                    continue
+                verified += 1
+                if best is None or state.epoch > best.epoch:
+                    best = state
+                if verified >= want:
+                    break
+    finally:
+        if own:
+            http.close()
     if best is None:
         raise KeyReleaseError(
             "no node served a chain that verifies from the pinned master public key"
@@ -86,43 +114,48 @@ def fetch_keys(
     now: int | None = None,
 ) -> FetchResult:
     """Get the derived points for ``purposes`` of ``app_id`` from the committee."""
-    chain, ignored = fetch_chain(list(urls.values()), mpk, timeout=timeout)
-    session = KeyRequestSession(
-        chain,
-        app_id,
-        purposes,
-        now=int(time.time()) if now is None else now,
-        rng=os.urandom,
-        min_policy_version=min_policy_version,
-    )
-    request = session.attach_quote(quote_for(session.report_data), event_log)
-    body = request.encode()
-    asked: list[ParticipantIndex] = []
-    batch = session.next_nodes(chain.threshold)
     with httpx.Client(timeout=timeout) as client:
-        while batch and not session.done:
-            session.mark_asked(batch)
-            for index in batch:
-                asked.append(index)
-                url = urls.get(index)
-                if url is None:
-                    continue
-                try:
-                    r = client.post(
-                        url.rstrip("/") + "/v1/keys",
-                        content=body,
-                        headers={"content-type": MSGPACK},
-                    )
-                    answer = decode(r.content)
-                except (httpx.HTTPError, MessageDecodeError) as exc:
-                    ignored.append(f"node {int(index)}: {type(exc).__name__}")
-                    continue
-                if isinstance(answer, KeyResponse | KeyRefusal):
-                    session.receive(index, answer)
-            if session.done:
-                break
-            # Ask as many more nodes as partials are still missing, at least one.
-            batch = session.next_nodes(max(1, len(session.bad_nodes()) + len(session.refusals)))
+        # The longest chain that verifies from the pinned key, asked of every node at
+        # once (a node serving another key or a forged link is skipped and reported).
+        chain, ignored = fetch_chain(list(urls.values()), mpk, client=client)
+        session = KeyRequestSession(
+            chain,
+            app_id,
+            purposes,
+            now=int(time.time()) if now is None else now,
+            rng=os.urandom,
+            min_policy_version=min_policy_version,
+        )
+        request = session.attach_quote(quote_for(session.report_data), event_log)
+        body = request.encode()
+        asked: list[ParticipantIndex] = []
+
+        def post(index: ParticipantIndex) -> tuple[ParticipantIndex, object]:
+            url = urls.get(index)
+            if url is None:
+                return index, KeyError("no URL")
+            try:
+                r = client.post(
+                    url.rstrip("/") + "/v1/keys", content=body, headers={"content-type": MSGPACK}
+                )
+                return index, decode(r.content)
+            except (httpx.HTTPError, MessageDecodeError) as exc:
+                return index, exc
+
+        batch = session.next_nodes(chain.threshold)
+        with ThreadPoolExecutor(max_workers=max(1, chain.threshold)) as pool:
+            while batch and not session.done:
+                session.mark_asked(batch)
+                asked.extend(batch)
+                for index, answer in pool.map(post, batch):
+                    if isinstance(answer, KeyResponse | KeyRefusal):
+                        session.receive(index, answer)
+                    else:
+                        ignored.append(f"node {int(index)}: {type(answer).__name__}")
+                if session.done:
+                    break
+                # Ask as many more nodes as partials are still missing, at least one.
+                batch = session.next_nodes(max(1, len(session.bad_nodes()) + len(session.refusals)))
     if not session.done:
         reasons = {int(i): r.reason for i, r in session.refusals.items()}
         raise KeyReleaseError(

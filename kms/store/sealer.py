@@ -33,6 +33,7 @@ parameters raises :class:`~kms.store.errors.SealError`.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import stat
@@ -169,7 +170,7 @@ def _unseal(key: bytes, blob: bytes, aad: bytes) -> bytes:
         ) from None
 
 
-class _KeyedSealer:
+class _KeyedSealer(abc.ABC):
     """Holds the derived key; subclasses say how a header turns into a key."""
 
     __slots__ = ("_header", "_key")
@@ -182,8 +183,9 @@ class _KeyedSealer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(<redacted>)"
 
-    def _derive(self, fields: Mapping[str, Any]) -> bytes:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _derive(self, fields: Mapping[str, Any]) -> bytes:
+        """The sealing key for a store whose header holds ``fields``."""
 
     def open(self, header: bytes) -> None:
         fields = _decode_header(header, self.name)

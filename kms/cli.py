@@ -233,7 +233,7 @@ def devnet_up(
     delta: Annotated[float, typer.Option("--delta", help="Δ in seconds.")] = 0.5,
     start_in: Annotated[
         float, typer.Option("--start-in", help="Seconds until the genesis DKG starts.")
-    ] = 4.0,
+    ] = 6.0,
     window_period: Annotated[float, typer.Option("--window-period")] = 15.0,
     refresh_interval: Annotated[float, typer.Option("--refresh-interval")] = 0.0,
 ) -> None:

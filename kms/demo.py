@@ -172,12 +172,14 @@ def networked(console: Console, directory: Path) -> bool:
             str(directory),
             "--delta",
             "0.3",
+            "--start-in",
+            "8",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 180
         state: dict[str, object] = {}
         with console.status("genesis DKG running between the processes…"):
             while time.time() < deadline:

@@ -71,6 +71,8 @@ from mpc.secret import RNG, SecretShare
 from mpc.sig import SigningKey
 
 MAX_EARLY_MESSAGES = 4096
+CHAIN_RETRY_DELTAS = 20
+"""A node without a chain asks for it again every this many Δ."""
 Link = EpochCertificate | MembershipCertificate
 
 
@@ -246,6 +248,7 @@ class NodeCore:
         self._early_acks: deque[tuple[ParticipantIndex, Acknowledgement]] = deque(maxlen=1024)
         self._previous_members: set[ParticipantIndex] = set()
         self._asked_chain = False
+        self._asked_chain_at = float("-inf")
         self.addresses: dict[ParticipantIndex, tuple[str, ...]] = {}
         """Addresses of members admitted by certified changes (for the transport)."""
         self._run: SharingSession | None = None
@@ -523,10 +526,16 @@ class NodeCore:
 
     def _tick(self) -> None:
         now = self._now
-        if not self._asked_chain:
-            # On start, ask everyone we know for the chain: a node that was down
-            # during genesis or a change catches up from the members.
+        ask_again = (
+            self.state is None
+            and now - self._asked_chain_at >= CHAIN_RETRY_DELTAS * self.config.delta
+        )
+        if not self._asked_chain or ask_again:
+            # On start (and, while it has no chain, every few Δ), ask everyone we know
+            # for the chain: a node that was down during genesis or a change catches
+            # up from the members.
             self._asked_chain = True
+            self._asked_chain_at = now
             have = len(self.chain)
             for i in sorted(self._participants):
                 if i != self.me:

@@ -28,10 +28,22 @@ from kms.node.setup import init_node, write_config
 STATE_FILE = "devnet.json"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on, never the same one twice in this process.
+
+    The kernel may hand a just-released ephemeral port out again, so two calls
+    could otherwise return the same port for two listeners of one devnet.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def create(

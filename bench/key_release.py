@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -185,31 +184,10 @@ def end_to_end(quick: bool) -> list[Result]:
     requests = 20 if quick else 60
     with tempfile.TemporaryDirectory(prefix="qkms-bench-") as tmp:
         d = Path(tmp) / "devnet"
-        up = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kms.cli",
-                "devnet",
-                "up",
-                "--nodes",
-                "5",
-                "--threshold",
-                "3",
-                "--dir",
-                str(d),
-                "--delta",
-                "0.3",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        up = devnet.launch(d)
         try:
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                if (d / devnet.STATE_FILE).exists() and devnet.read_state(d).get("apps"):
-                    break
-                time.sleep(0.3)
+            if devnet.wait_for_apps(d, up, 120) is None:
+                raise RuntimeError("the devnet did not come up")
             state = devnet.read_state(d)
             mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
             app_id = bytes.fromhex(state["apps"]["demo"])

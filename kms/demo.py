@@ -154,30 +154,10 @@ def _table(title: str, statuses: list[dict[str, object]]) -> Table:
 
 def networked(console: Console, directory: Path) -> bool:
     """Part 1: a devnet of 5 processes, threshold 3."""
-    from kms.devnet import STATE_FILE, read_state, stop_node
+    from kms.devnet import STATE_FILE, launch, read_state, stop_node
 
     console.rule("[bold]part 1: a committee of 5 node processes (threshold 3) over libp2p")
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [
-            sys.executable,
-            "-m",
-            "kms.cli",
-            "devnet",
-            "up",
-            "--nodes",
-            "5",
-            "--threshold",
-            "3",
-            "--dir",
-            str(directory),
-            "--delta",
-            "0.3",
-            "--start-in",
-            "8",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = launch(directory, start_in=8)
     try:
         deadline = time.time() + 180
         state: dict[str, object] = {}

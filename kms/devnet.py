@@ -362,3 +362,45 @@ def register_demo_app(directory: Path, mpk_hex: str, name: str = "demo") -> str:
         tmp.write_bytes(bundle.encode())
         tmp.replace(pdir / f"{app_hex}.policy")
     return app_hex
+
+
+def launch(
+    directory: Path,
+    *,
+    nodes: int = 5,
+    threshold: int = 3,
+    delta: float = 0.3,
+    start_in: float | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``kms devnet up`` in the background (its caller stops it with SIGTERM)."""
+    args = [
+        sys.executable,
+        "-m",
+        "kms.cli",
+        "devnet",
+        "up",
+        "--nodes",
+        str(nodes),
+        "--threshold",
+        str(threshold),
+    ]
+    args += ["--dir", str(directory), "--delta", str(delta)]
+    if start_in is not None:
+        args += ["--start-in", str(start_in)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+
+
+def wait_for_apps(
+    directory: Path, proc: subprocess.Popen[bytes], timeout: float
+) -> dict[str, Any] | None:
+    """The devnet state once its demo app is registered, or None on timeout or exit."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (directory / STATE_FILE).exists():
+            state = read_state(directory)
+            if state.get("apps"):
+                return state
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.3)
+    return None

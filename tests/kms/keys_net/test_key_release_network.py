@@ -7,10 +7,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from kms.devnet import launch, wait_for_apps
 
 KMS = [sys.executable, "-m", "kms.cli"]
 
@@ -25,33 +26,9 @@ def kms(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     d = tmp_path_factory.mktemp("keys") / "devnet"
-    up = subprocess.Popen(
-        [
-            *KMS,
-            "devnet",
-            "up",
-            "--nodes",
-            "5",
-            "--threshold",
-            "3",
-            "--dir",
-            str(d),
-            "--delta",
-            "0.3",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    up = launch(d)
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            f = d / "devnet.json"
-            if f.exists() and json.loads(f.read_text()).get("apps"):
-                break
-            assert up.poll() is None, "devnet exited"
-            time.sleep(0.3)
-        else:
-            raise AssertionError("the devnet did not come up")
+        assert wait_for_apps(d, up, 90) is not None, "the devnet did not come up"
         yield d
     finally:
         up.send_signal(signal.SIGTERM)

@@ -12,12 +12,20 @@ Decoding is strict: the bytes must be exactly the canonical encoding of the
 decoded value (re-encoding must reproduce them), types must match, lengths
 must hold, and then the message's own ``validate()`` runs. Every failure
 raises ``MessageDecodeError`` (an ``InvalidEncoding``) with a reason.
+
+Every message also has a JSON form for HTTP clients that cannot speak
+msgpack: an object ``{"type": TYPE, "version": VERSION, field: value, …}``
+with ``bytes`` as lowercase hex strings and nested messages as objects of the
+same shape. ``decode_json`` maps it onto the wire form and decodes that, so
+both forms pass the same checks; hashes and signatures are always over the
+msgpack encoding, which the JSON form determines exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -95,6 +103,21 @@ class Message:
         """SHA-256 of the canonical encoding."""
         return hashlib.sha256(self.encode()).digest()
 
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (see the module docstring)."""
+        out: dict[str, Any] = {"type": self.TYPE, "version": self.VERSION}
+        for n, t in _fields(type(self)):
+            out[n] = _to_json(getattr(self, n), t)
+        return out
+
+    @classmethod
+    def decode_json(cls, data: bytes | str) -> Self:
+        """Decode the JSON form of exactly this message type."""
+        msg = decode_json(data)
+        if not isinstance(msg, cls):
+            raise MessageDecodeError(f"expected {cls.TYPE}, got {msg.TYPE}")
+        return msg
+
     @classmethod
     def decode(cls, data: bytes) -> Self:
         """Decode ``data`` as exactly this message type."""
@@ -163,6 +186,133 @@ def decode(data: bytes) -> Message:
     if msg.encode() != data:
         raise MessageDecodeError(f"{cls.TYPE}: non-canonical encoding")
     return msg
+
+
+MAX_JSON_DEPTH = 16
+"""The deepest message nests a few levels; JSON nested deeper is refused unparsed."""
+
+
+def json_nesting_depth(text: str) -> int:
+    """Maximum nesting of ``[``/``{`` outside JSON strings (a linear scan, no recursion).
+
+    ``json.loads`` recurses in C: input from the network is measured with
+    this before it is parsed, so deep nesting can never exhaust the stack.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def decode_json(data: bytes | str) -> Message:
+    """Decode any registered message from its JSON form; raises ``MessageDecodeError``."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        if len(data) > 2 * MAX_MESSAGE_SIZE + 1024:
+            raise MessageDecodeError("JSON message too large")
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MessageDecodeError("JSON message is not UTF-8") from exc
+    elif isinstance(data, str):
+        text = data
+    else:
+        raise MessageDecodeError("JSON message must be bytes or text")
+    if len(text) > 2 * MAX_MESSAGE_SIZE + 1024:
+        raise MessageDecodeError("JSON message too large")
+    if json_nesting_depth(text) > MAX_JSON_DEPTH:
+        raise MessageDecodeError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise MessageDecodeError(f"malformed JSON: {exc.__class__.__name__}") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise MessageDecodeError('a JSON message is an object with a string "type"')
+    cls = _REGISTRY.get(obj["type"])
+    if cls is None:
+        raise MessageDecodeError(f"unknown message type {obj['type'][:40]!r}")
+    return cls.from_wire(_json_message_to_wire(obj, cls, cls.TYPE))
+
+
+def _to_json(value: Any, tp: Any) -> Any:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _to_json(value, get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        inner = next(a for a in get_args(tp) if a is not type(None))
+        return _to_json(value, inner)
+    if origin is tuple:
+        inner = get_args(tp)[0]
+        return [_to_json(v, inner) for v in value]
+    if isinstance(tp, type) and issubclass(tp, Message):
+        return value.to_json()
+    if tp is bytes:
+        return bytes(value).hex()
+    return value
+
+
+def _json_message_to_wire(obj: Any, cls: type[Message], where: str) -> list[Any]:
+    if not isinstance(obj, dict):
+        raise MessageDecodeError(f"{where}: expected an object")
+    fields = _fields(cls)
+    names = {"type", "version", *(n for n, _ in fields)}
+    extra = sorted(k for k in obj if k not in names)
+    if extra:
+        raise MessageDecodeError(f"{where}: unknown fields {extra[:5]}")
+    missing = [n for n, _ in fields if n not in obj]
+    if missing:
+        raise MessageDecodeError(f"{where}: missing fields {missing}")
+    return [
+        obj.get("type"),
+        obj.get("version"),
+        *(_json_to_wire(obj[n], t, f"{where}.{n}") for n, t in fields),
+    ]
+
+
+def _json_to_wire(raw: Any, tp: Any, where: str) -> Any:
+    """Map a JSON value onto the wire form of ``tp``; ``from_wire`` then checks it all."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _json_to_wire(raw, get_args(tp)[0], where)
+    if origin in (Union, types.UnionType):
+        if raw is None:
+            return None
+        inner = next(a for a in get_args(tp) if a is not type(None))
+        return _json_to_wire(raw, inner, where)
+    if origin is tuple:
+        if not isinstance(raw, list):
+            raise MessageDecodeError(f"{where}: expected a list")
+        if len(raw) > MAX_ITEMS:
+            raise MessageDecodeError(f"{where}: more than {MAX_ITEMS} items")
+        inner = get_args(tp)[0]
+        return [_json_to_wire(v, inner, f"{where}[{i}]") for i, v in enumerate(raw)]
+    if isinstance(tp, type) and issubclass(tp, Message):
+        if isinstance(raw, dict) and raw.get("type") != tp.TYPE:
+            raise MessageDecodeError(f"{where}: expected {tp.TYPE}, got {raw.get('type')!r}")
+        return _json_message_to_wire(raw, tp, where)
+    if tp is bytes:
+        if not isinstance(raw, str) or len(raw) % 2 or raw != raw.lower():
+            raise MessageDecodeError(f"{where}: expected lowercase hex")
+        try:
+            return bytes.fromhex(raw)
+        except ValueError as exc:
+            raise MessageDecodeError(f"{where}: expected lowercase hex") from exc
+    return raw
 
 
 # --- schema machinery --------------------------------------------------------

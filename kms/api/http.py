@@ -13,6 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from kms.protocol import KeyRefusal, KeyRequest
+from mpc.codec import MessageDecodeError, decode
+
 
 class StatusSource(Protocol):
     def status(self) -> dict[str, Any]: ...
@@ -23,6 +26,8 @@ class StatusSource(Protocol):
 
     def chain_bytes(self) -> bytes: ...
 
+    def count_rejected(self, label: str) -> None: ...
+
     def audit_export(self, start: int = 0, limit: int = 1000) -> dict[str, Any]: ...
 
     def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]: ...
@@ -32,6 +37,24 @@ class StatusSource(Protocol):
 
 MAX_BODY = 512 * 1024
 MSGPACK = "application/msgpack"
+JSON = "application/json"
+
+
+def _wants_json(request: Request) -> bool:
+    """JSON when the client accepts it over msgpack, or sent JSON and did not say."""
+    accept = request.headers.get("accept", "")
+    if MSGPACK in accept:
+        return False
+    if JSON in accept:
+        return True
+    return request.headers.get("content-type", "").split(";")[0].strip() == JSON
+
+
+def _message_response(raw: bytes, status_code: int, as_json: bool) -> Response:
+    """A msgpack message as it is, or in its JSON form (``mpc.codec``)."""
+    if as_json:
+        return JSONResponse(decode(raw).to_json(), status_code=status_code)
+    return Response(raw, status_code=status_code, media_type=MSGPACK)
 
 
 def make_app(source: StatusSource) -> Starlette:
@@ -61,11 +84,20 @@ def make_app(source: StatusSource) -> Starlette:
                 return JSONResponse(
                     {"reason": "malformed-request", "detail": "body too large"}, status_code=413
                 )
+        as_json = _wants_json(request)
+        if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
+            # The JSON form maps onto the msgpack one; the node checks that as usual.
+            try:
+                body = KeyRequest.decode_json(body).encode()
+            except MessageDecodeError as exc:
+                source.count_rejected("key request: malformed-request")
+                refusal = KeyRefusal("malformed-request", str(exc)[:500])
+                return _message_response(refusal.encode(), 400, as_json)
         code, answer = source.release(body)
-        return Response(answer, status_code=code, media_type=MSGPACK)
+        return _message_response(answer, code, as_json)
 
     async def chain(request: Request) -> Response:
-        return Response(source.chain_bytes(), media_type=MSGPACK)
+        return _message_response(source.chain_bytes(), 200, _wants_json(request))
 
     async def audit(request: Request) -> Response:
         try:

@@ -14,6 +14,7 @@ index's ephemeral key.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +35,14 @@ from mpc.ids import ParticipantIndex
 from mpc.math import G1
 from mpc.membership import ChainState
 from mpc.secret import RNG
+from mpc.sig import VerifyKey
 from mpc.tkd import DerivedPoint, KeyId, Partial, combine_and_verify, verify_partial
+
+
+@functools.lru_cache(maxsize=1024)
+def _decoded_verify_key(identity: bytes) -> VerifyKey:
+    """Decoding an Ed25519 key checks its encoding and order; a CVM asks the same nodes often."""
+    return VerifyKey.from_bytes(identity)
 
 
 class KeyReleaseError(Exception):
@@ -53,6 +61,7 @@ class Rejected:
 @dataclass
 class _PerPurpose:
     partials: dict[ParticipantIndex, Partial] = field(default_factory=dict)
+    evidence: dict[ParticipantIndex, WrongPartialEvidence] = field(default_factory=dict)
     derived: DerivedPoint | None = None
 
 
@@ -93,6 +102,9 @@ class KeyRequestSession:
         self.rejected: list[Rejected] = []
         self.refusals: dict[ParticipantIndex, KeyRefusal] = {}
         self._answered: set[ParticipantIndex] = set()
+        self._request_hash = b""
+        self.newer_epoch_seen = False
+        """A node answered for a later epoch than the chain names: fetch the chain again."""
 
     @property
     def report_data(self) -> bytes:
@@ -101,6 +113,7 @@ class KeyRequestSession:
 
     def attach_quote(self, quote: bytes, event_log: bytes = b"") -> KeyRequest:
         self.request = KeyRequest(self.body, quote, event_log)
+        self._request_hash = self.request.request_hash()
         return self.request
 
     # --- answers ------------------------------------------------------------------
@@ -129,18 +142,18 @@ class KeyRequestSession:
             self._reject(index, "answer for another committee index")
             return
         if share.epoch != self.chain.epoch:
+            self.newer_epoch_seen |= share.epoch > self.chain.epoch
             # Combine partials of one epoch only: the chain we verified names it.
             self._reject(
                 index,
                 f"answer for epoch {share.epoch}, the verified chain is at {self.chain.epoch}",
             )
             return
-        if share.request_hash != req.request_hash() or share.purpose not in self._state:
+        if share.request_hash != self._request_hash or share.purpose not in self._state:
             self._reject(index, "answer to another request or purpose")
             return
-        member = next(p for p in self.chain.committee.members if p.index == int(index))
         try:
-            share.verify(member.verify_key())
+            share.verify(self._verify_key(index))
         except (InvalidSignature, InvalidEncoding):
             self._reject(index, "bad node signature")  # not attributable: no evidence
             return
@@ -153,25 +166,43 @@ class KeyRequestSession:
         except (DecryptionError, InvalidEncoding):
             self._reject(index, "partial does not decrypt", evidence)
             return
-        key_id = share.purpose.key_id(self.app_id)
-        partial = Partial(index, point)
-        if not verify_partial(partial, key_id, self.chain.public_shares[index]):
-            self._reject(index, "partial does not match the node's public share", evidence)
-            return
         st = self._state[share.purpose]
-        st.partials.setdefault(index, partial)
-        if st.derived is None and len(st.partials) >= self.chain.threshold:
-            try:
-                st.derived = combine_and_verify(
-                    list(st.partials.values()),
-                    key_id,
-                    self.chain.mpk,
-                    self.chain.public_shares,
-                    self.chain.threshold,
+        if index in st.partials:
+            return
+        st.partials[index] = Partial(index, point)
+        st.evidence[index] = evidence
+        self._combine(share.purpose, st)
+
+    def _combine(self, purpose: PurposeVersion, st: _PerPurpose) -> None:
+        """Combine once ``t`` partials are in; only on failure check them one by one.
+
+        The optimistic path costs one pairing check for ``t`` partials instead
+        of ``t + 1``; a failed combination names the culprits (by checking each
+        partial against its node's public share), which are rejected with
+        their evidence, and the rest wait for more answers.
+        """
+        if st.derived is not None or len(st.partials) < self.chain.threshold:
+            return
+        try:
+            st.derived = combine_and_verify(
+                list(st.partials.values()),
+                purpose.key_id(self.app_id),
+                self.chain.mpk,
+                self.chain.public_shares,
+                self.chain.threshold,
+            )
+        except InvalidShare as exc:
+            for culprit in sorted(exc.culprits):
+                st.partials.pop(culprit, None)
+                self._reject(
+                    culprit,
+                    "partial does not match the node's public share",
+                    st.evidence.pop(culprit, None),
                 )
-            except InvalidShare as exc:  # pragma: no cover - partials were checked one by one
-                for culprit in exc.culprits:
-                    st.partials.pop(culprit, None)
+
+    def _verify_key(self, index: ParticipantIndex) -> VerifyKey:
+        member = next(p for p in self.chain.committee.members if p.index == int(index))
+        return _decoded_verify_key(member.identity)
 
     # --- results --------------------------------------------------------------------------
 

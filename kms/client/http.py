@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import httpx
@@ -101,6 +101,171 @@ def fetch_chain(
     return best, ignored
 
 
+class KeyClient:
+    """A CVM's link to the committee: the pinned key, a verified chain, kept-alive connections.
+
+    The chain is fetched from every node at once and verified from the pinned
+    master public key on first use, then reused: a CVM asks for keys many
+    times and the committee changes rarely. It is fetched again when it is
+    older than ``chain_ttl`` seconds, and at once when a node answers for a
+    later epoch than the cached chain names (the committee has moved on); the
+    request is then retried once against the new chain.
+
+    Each request goes to ``t`` nodes at once. A refusal, an unreachable node
+    or a bad partial makes it ask the next node; so does a node that has not
+    answered within ``hedge_after`` seconds (a slow node does not hold the
+    CVM up for the whole ``timeout``).
+    """
+
+    def __init__(
+        self,
+        urls: Mapping[ParticipantIndex, str],
+        mpk: G2,
+        *,
+        timeout: float = 5.0,
+        hedge_after: float = 1.0,
+        chain_ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.urls = dict(urls)
+        self.mpk = mpk
+        self.timeout = timeout
+        self.hedge_after = hedge_after
+        self.chain_ttl = chain_ttl
+        self._clock = clock
+        self._http = httpx.Client(
+            timeout=timeout, limits=httpx.Limits(max_keepalive_connections=2 * len(self.urls) + 2)
+        )
+        self._pool = ThreadPoolExecutor(max_workers=max(2, min(16, len(self.urls))))
+        self._chain: ChainState | None = None
+        self._chain_at = 0.0
+        self.ignored_nodes: list[str] = []
+
+    def __enter__(self) -> KeyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
+
+    # --- the chain --------------------------------------------------------------------
+
+    def chain(self, *, refresh: bool = False) -> ChainState:
+        """The verified chain, fetched again when stale or when ``refresh`` asks."""
+        fresh = self._chain is not None and self._clock() - self._chain_at < self.chain_ttl
+        if self._chain is None or refresh or not fresh:
+            chain, ignored = fetch_chain(list(self.urls.values()), self.mpk, client=self._http)
+            self.ignored_nodes = ignored
+            if self._chain is None or chain.epoch >= self._chain.epoch:
+                self._chain = chain
+            self._chain_at = self._clock()
+        return self._chain
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def fetch(
+        self,
+        app_id: bytes,
+        purposes: Sequence[tuple[str, int]],
+        quote_for: Callable[[bytes], bytes],
+        *,
+        event_log: bytes = b"",
+        min_policy_version: int = 0,
+        now: int | None = None,
+    ) -> FetchResult:
+        """The derived points for ``purposes`` of ``app_id``, checked against the pinned key."""
+        chain = self.chain()
+        session, asked, ignored = self._ask(
+            chain, app_id, purposes, quote_for, event_log, min_policy_version, now
+        )
+        if not session.done and session.newer_epoch_seen:
+            chain = self.chain(refresh=True)
+            session, asked, ignored = self._ask(
+                chain, app_id, purposes, quote_for, event_log, min_policy_version, now
+            )
+        if not session.done:
+            reasons = {int(i): r.reason for i, r in session.refusals.items()}
+            raise KeyReleaseError(
+                f"fewer than t = {chain.threshold} good partials: refusals {reasons}, "
+                f"bad partials from {[int(i) for i in session.bad_nodes()]}, "
+                f"unreachable {ignored}"
+            )
+        derived = {(p.purpose, p.version): d for p, d in session.derived().items()}
+        return FetchResult(
+            derived,
+            chain.epoch,
+            tuple(asked),
+            tuple(session.rejected),
+            dict(session.refusals),
+            tuple(self.ignored_nodes + ignored),
+        )
+
+    def _post(self, index: ParticipantIndex, body: bytes) -> object:
+        url = self.urls.get(index)
+        if url is None:
+            return KeyError(f"no URL for node {int(index)}")
+        try:
+            r = self._http.post(
+                url.rstrip("/") + "/v1/keys", content=body, headers={"content-type": MSGPACK}
+            )
+            return decode(r.content)
+        except (httpx.HTTPError, MessageDecodeError) as exc:
+            return exc
+
+    def _ask(
+        self,
+        chain: ChainState,
+        app_id: bytes,
+        purposes: Sequence[tuple[str, int]],
+        quote_for: Callable[[bytes], bytes],
+        event_log: bytes,
+        min_policy_version: int,
+        now: int | None,
+    ) -> tuple[KeyRequestSession, list[ParticipantIndex], list[str]]:
+        session = KeyRequestSession(
+            chain,
+            app_id,
+            purposes,
+            now=int(time.time()) if now is None else now,
+            rng=os.urandom,
+            min_policy_version=min_policy_version,
+        )
+        body = session.attach_quote(quote_for(session.report_data), event_log).encode()
+        asked: list[ParticipantIndex] = []
+        ignored: list[str] = []
+        pending: dict[Future[object], ParticipantIndex] = {}
+
+        def ask(count: int) -> None:
+            batch = session.next_nodes(count)
+            session.mark_asked(batch)
+            asked.extend(batch)
+            for index in batch:
+                pending[self._pool.submit(self._post, index, body)] = index
+
+        ask(chain.threshold)
+        while pending and not session.done:
+            done, _ = wait(pending, timeout=self.hedge_after, return_when=FIRST_COMPLETED)
+            if not done:
+                ask(1)  # a slow node: ask one more rather than wait out the timeout
+                continue
+            for fut in sorted(done, key=lambda f: int(pending[f])):
+                index = pending.pop(fut)
+                answer = fut.result()
+                before = len(session.rejected) + len(session.refusals)
+                if isinstance(answer, KeyResponse | KeyRefusal):
+                    session.receive(index, answer)
+                    failed = len(session.rejected) + len(session.refusals) - before
+                else:
+                    ignored.append(f"node {int(index)}: {type(answer).__name__}: {answer}")
+                    failed = 1
+                if failed and not session.done:
+                    ask(failed)
+        return session, asked, ignored
+
+
 def fetch_keys(
     urls: Mapping[ParticipantIndex, str],
     mpk: G2,
@@ -113,61 +278,17 @@ def fetch_keys(
     timeout: float = 5.0,
     now: int | None = None,
 ) -> FetchResult:
-    """Get the derived points for ``purposes`` of ``app_id`` from the committee."""
-    with httpx.Client(timeout=timeout) as client:
-        # The longest chain that verifies from the pinned key, asked of every node at
-        # once (a node serving another key or a forged link is skipped and reported).
-        chain, ignored = fetch_chain(list(urls.values()), mpk, client=client)
-        session = KeyRequestSession(
-            chain,
+    """One request from a cold start: fetch and verify the chain, then ask for the keys.
+
+    A long-lived CVM keeps a ``KeyClient`` instead, which reuses the verified
+    chain and its connections.
+    """
+    with KeyClient(urls, mpk, timeout=timeout) as client:
+        return client.fetch(
             app_id,
             purposes,
-            now=int(time.time()) if now is None else now,
-            rng=os.urandom,
+            quote_for,
+            event_log=event_log,
             min_policy_version=min_policy_version,
+            now=now,
         )
-        request = session.attach_quote(quote_for(session.report_data), event_log)
-        body = request.encode()
-        asked: list[ParticipantIndex] = []
-
-        def post(index: ParticipantIndex) -> tuple[ParticipantIndex, object]:
-            url = urls.get(index)
-            if url is None:
-                return index, KeyError("no URL")
-            try:
-                r = client.post(
-                    url.rstrip("/") + "/v1/keys", content=body, headers={"content-type": MSGPACK}
-                )
-                return index, decode(r.content)
-            except (httpx.HTTPError, MessageDecodeError) as exc:
-                return index, exc
-
-        batch = session.next_nodes(chain.threshold)
-        with ThreadPoolExecutor(max_workers=max(1, chain.threshold)) as pool:
-            while batch and not session.done:
-                session.mark_asked(batch)
-                asked.extend(batch)
-                for index, answer in pool.map(post, batch):
-                    if isinstance(answer, KeyResponse | KeyRefusal):
-                        session.receive(index, answer)
-                    else:
-                        ignored.append(f"node {int(index)}: {type(answer).__name__}")
-                if session.done:
-                    break
-                # Ask as many more nodes as partials are still missing, at least one.
-                batch = session.next_nodes(max(1, len(session.bad_nodes()) + len(session.refusals)))
-    if not session.done:
-        reasons = {int(i): r.reason for i, r in session.refusals.items()}
-        raise KeyReleaseError(
-            f"fewer than t = {chain.threshold} good partials: refusals {reasons}, "
-            f"bad partials from {[int(i) for i in session.bad_nodes()]}, unreachable {ignored}"
-        )
-    derived = {(p.purpose, p.version): d for p, d in session.derived().items()}
-    return FetchResult(
-        derived,
-        chain.epoch,
-        tuple(asked),
-        tuple(session.rejected),
-        dict(session.refusals),
-        tuple(ignored),
-    )

@@ -426,6 +426,10 @@ class NodeService:
         self._rl.warn("cvm", f"key request refused: {res.reason}")
         return 403, res.refusal.encode()
 
+    def count_rejected(self, label: str) -> None:
+        """Count input refused before it reached the node (e.g. an unparsable JSON body)."""
+        self.metrics.rejected[label] += 1
+
     AUDIT_CONTEXT = b"quorum-kms/v1/kms/audit-head"
 
     def audit_export(self, start: int = 0, limit: int = 1000) -> dict[str, Any]:

@@ -76,6 +76,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from mpc.codec import json_nesting_depth
 from mpc.errors import LocalProtocolError
 
 from .errors import EventLogError, EventLogFailure
@@ -238,28 +239,6 @@ MAX_JSON_DEPTH = 8
 """An event log is an array of flat objects: depth 2. Anything much deeper is refused."""
 
 
-def _nesting_depth(text: str) -> int:
-    """Maximum nesting of ``[``/``{`` outside JSON strings (a linear scan, no recursion)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
 def parse_event_log(log: str | bytes) -> tuple[LogEvent, ...]:
     """Parse a dstack JSON event log (every register) and check its shape.
 
@@ -279,7 +258,7 @@ def parse_event_log(log: str | bytes) -> tuple[LogEvent, ...]:
         raise _fail(EventLogFailure.MALFORMED, "the event log must be JSON text")
     if len(text) > MAX_EVENT_LOG_SIZE:
         raise _fail(EventLogFailure.MALFORMED, f"larger than {MAX_EVENT_LOG_SIZE} bytes")
-    if _nesting_depth(text) > MAX_JSON_DEPTH:
+    if json_nesting_depth(text) > MAX_JSON_DEPTH:
         # json.loads recurses in C: deep nesting from a request must never reach it.
         raise _fail(EventLogFailure.MALFORMED, f"nested deeper than {MAX_JSON_DEPTH}")
     try:

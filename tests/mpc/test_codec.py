@@ -1148,3 +1148,57 @@ def test_a_genesis_deal_is_no_evidence_of_a_wrong_reshare_constant(two_runs: Two
     other = decode(ReshareConstantEvidence(two_runs.run_a, two_runs.deal_a).encode())
     with pytest.raises(InvalidSignature):  # the verifier names the reshare it knows
         other.verify(two_runs.key, two_runs.public_share_a, run=two_runs.run_r)
+
+
+# --- the JSON form ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_every_message_round_trips_through_its_json_form(name: str) -> None:
+    import json
+
+    from mpc.codec import decode_json
+
+    msg = GOLDEN[name]
+    text = json.dumps(msg.to_json())
+    back = decode_json(text)
+    assert back == msg and back.encode() == msg.encode()
+    assert type(msg).decode_json(text.encode()) == msg
+
+
+def _json_variants() -> list[tuple[str, str]]:
+    import json
+
+    req = next(m for m in GOLDEN.values() if m.TYPE == "bcast/digest").to_json()
+    bytes_field = next(k for k, v in req.items() if isinstance(v, str) and k not in ("type",))
+    out = []
+    for label, mutate in [
+        ("unknown field", lambda d: d.update(extra=1)),
+        ("missing field", lambda d: d.pop(bytes_field)),
+        ("uppercase hex", lambda d: d.update({bytes_field: d[bytes_field].upper()})),
+        ("0x prefix", lambda d: d.update({bytes_field: "0x" + d[bytes_field]})),
+        ("odd hex", lambda d: d.update({bytes_field: d[bytes_field][:-1]})),
+        ("bytes as a number", lambda d: d.update({bytes_field: 7})),
+        ("wrong version", lambda d: d.update(version=2)),
+        ("bool version", lambda d: d.update(version=True)),
+        ("unknown type", lambda d: d.update(type="no/such")),
+    ]:
+        d = dict(req)
+        mutate(d)
+        out.append((label, json.dumps(d)))
+    return [
+        *out,
+        ("not an object", "[1, 2]"),
+        ("not JSON", "{"),
+        ("deep nesting", "[" * 200_000),
+        ("not UTF-8", "\udcff"),
+    ]
+
+
+@pytest.mark.parametrize(("label", "text"), _json_variants())
+def test_bad_json_forms_are_refused_with_a_reason(label: str, text: str) -> None:
+    from mpc.codec import decode_json
+
+    data = text.encode("utf-8", "surrogateescape")
+    with pytest.raises(MessageDecodeError):
+        decode_json(data)

@@ -194,3 +194,93 @@ def test_policy_push_is_effective_everywhere_only_when_every_node_acknowledges(
         kms("app", "policy", "show", "--devnet", str(devnet), "--app", "billing", "--json").stdout
     )
     assert max(shown["versions"]) == 3
+
+
+def _devnet_client(d: Path):  # type: ignore[no-untyped-def]
+    from kms import devnet as dn
+    from mpc.ids import ParticipantIndex
+    from mpc.math import G2
+
+    state = dn.read_state(d)
+    mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
+    urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
+    tee = dn.simulated_tee(d)
+    return state, mpk, urls, lambda rd: tee.quote(rd, **dn.DEMO_MEASUREMENT)
+
+
+@pytest.mark.slow
+def test_json_bodies_give_the_same_key_as_msgpack(devnet: Path) -> None:
+    import time
+
+    import httpx
+
+    from kms.client.core import KeyRequestSession
+    from kms.client.http import chain_from_bytes, fetch_keys
+    from kms.protocol import KeyResponse
+    from mpc.ids import ParticipantIndex
+    from mpc.membership.messages import ChainUpdate
+
+    state, mpk, urls, quote = _devnet_client(devnet)
+    app_id = bytes.fromhex(state["apps"]["demo"])
+    want = fetch_keys(urls, mpk, app_id, [("app", 1)], quote).derived[("app", 1)]
+    with httpx.Client(timeout=10) as http:
+        r = http.get(
+            urls[ParticipantIndex(1)] + "/v1/chain", headers={"accept": "application/json"}
+        )
+        assert r.headers["content-type"].startswith("application/json")
+        chain = chain_from_bytes(ChainUpdate.decode_json(r.content).encode(), mpk)
+        s = KeyRequestSession(
+            chain, app_id, [("app", 1)], now=int(time.time()), rng=__import__("os").urandom
+        )
+        body = json.dumps(s.attach_quote(quote(s.report_data)).to_json())
+        for i in (1, 2, 3):
+            r = http.post(
+                urls[ParticipantIndex(i)] + "/v1/keys",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+            s.receive(ParticipantIndex(i), KeyResponse.decode_json(r.content))
+        assert s.done and s.derived()[s.purposes[0]] == want
+        # Malformed JSON is refused with a reason, deep nesting before parsing; both counted.
+        url = urls[ParticipantIndex(2)]
+        for bad in ("{", '{"type": "kms/key-request"}', "[" * 100_000):
+            r = http.post(
+                url + "/v1/keys", content=bad, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 400 and r.json()["reason"] == "malformed-request"
+        assert http.get(url + "/health").status_code == 200
+        metrics = http.get(url + "/metrics").text
+        assert 'key request: malformed-request"} 3' in metrics
+
+
+@pytest.mark.slow
+def test_a_node_of_another_committee_is_ignored_and_reported(devnet: Path, tmp_path: Path) -> None:
+    """A real node process serving another master public key sits among the URLs."""
+    from kms.client.http import KeyClient
+    from mpc.ids import ParticipantIndex
+
+    other = tmp_path / "other"
+    up = launch(other, nodes=3, threshold=2)
+    try:
+        assert wait_for_apps(other, up, 90) is not None, "the second devnet did not come up"
+        state, mpk, urls, quote = _devnet_client(devnet)
+        impostor = _devnet_client(other)[2][ParticipantIndex(1)]
+        urls[ParticipantIndex(2)] = impostor  # node 2's URL now leads to the other committee
+        app_id = bytes.fromhex(state["apps"]["demo"])
+        with KeyClient(urls, mpk) as client:
+            res = client.fetch(app_id, [("app", 1)], quote)
+        assert any(impostor in line and "ChainError" in line for line in res.ignored_nodes)
+        # The impostor trusts another simulated TEE root, so it refuses this CVM's quote:
+        # the refusal is recorded and another node of the real committee is asked instead.
+        assert {int(i): r.reason for i, r in res.refusals.items()} == {2: "quote-rejected"}
+        assert res.asked == tuple(ParticipantIndex(i) for i in (1, 2, 3, 4))
+        honest = {i: u for i, u in _devnet_client(devnet)[2].items()}
+        with KeyClient(honest, mpk) as client:
+            assert client.fetch(app_id, [("app", 1)], quote).derived == res.derived
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()

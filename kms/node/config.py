@@ -50,10 +50,17 @@ class NodeFileConfig:
     collateral_file: Path | None = None
     policies_dir: Path | None = None
     max_request_skew: int = 120
+    policy_sync_interval: float = 10.0
 
     @property
     def directory(self) -> Path:
         return self.path.parent
+
+
+def _positive(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{what} must be a positive number of seconds")
+    return float(value)
 
 
 def _hex(value: Any, what: str, size: int | None = None) -> bytes:
@@ -161,4 +168,7 @@ def load(path: str | Path) -> NodeFileConfig:
         collateral_file=(base / node["collateral_file"]) if "collateral_file" in node else None,
         policies_dir=(base / node["policies_dir"]) if "policies_dir" in node else None,
         max_request_skew=int(node.get("max_request_skew", 120)),
+        policy_sync_interval=_positive(
+            node.get("policy_sync_interval", 10.0), "policy_sync_interval"
+        ),
     )

@@ -40,6 +40,7 @@ from kms.node.core import (
     StoreRecord,
 )
 from kms.node.release import KeyReleaser, Released
+from kms.policy.gossip import PolicyAnnounce, PolicyDigest, newer_than_digest
 from kms.protocol import KeyRefusal
 from kms.store import NodeStore, StoreError
 from mpc import hpke
@@ -59,6 +60,8 @@ log = logging.getLogger("quorum_kms.node")
 
 SEND_QUEUE = 4096
 TICK = 0.05
+POLICY_SYNC_INTERVAL = 10.0
+"""Seconds between policy digests to every member (``kms.policy.gossip``)."""
 
 
 class Clock(Protocol):
@@ -91,6 +94,7 @@ class Metrics:
     run_failures: Counter[str] = field(default_factory=Counter)
     send_failures: int = 0
     epoch_switches: int = 0
+    policies_learned: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -178,6 +182,8 @@ class NodeService:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self.started = trio.Event()
+        self.policy_sync_interval = POLICY_SYNC_INTERVAL
+        self._next_policy_digest = 0.0
         self._learn_participants()
 
     # --- peers -------------------------------------------------------------------------
@@ -212,8 +218,12 @@ class NodeService:
 
     async def _timer_loop(self) -> None:
         while True:
-            self.core.advance_time(self.clock.now())
+            now = self.clock.now()
+            self.core.advance_time(now)
             self._step()
+            if self.policies is not None and now >= self._next_policy_digest:
+                self._next_policy_digest = now + self.policy_sync_interval
+                self._send_policy_digest()
             await trio.sleep(TICK)
 
     async def _receive_loop(self) -> None:
@@ -243,6 +253,9 @@ class NodeService:
             self._reject(str(peer), "message for an old epoch")
             return
         self.metrics.messages_in[env.kind] += 1
+        if isinstance(message, PolicyAnnounce | PolicyDigest):
+            self._on_policy_message(index, peer, message)
+            return
         self.core.receive(index, message, self.clock.now())
         self._step()
 
@@ -376,7 +389,59 @@ class NodeService:
         log.info(
             "policy offered", extra={"fields": {k: v for k, v in reply.items() if k != "detail"}}
         )
+        if code == 200 and not reply.get("duplicate"):
+            self._announce_policy(raw)  # the committee passes it on (kms.policy.gossip)
         return int(code), dict(reply)
+
+    # --- policy gossip (``kms.policy.gossip``) ---------------------------------------------
+
+    def _members_but(self, *excluded: ParticipantIndex) -> list[ParticipantIndex]:
+        st = self.core.state
+        if st is None:
+            return []
+        skip = {self.config.index, *excluded}
+        return [i for i in st.committee.indices if i not in skip]
+
+    def _announce_policy(self, bundle: bytes, *excluded: ParticipantIndex) -> None:
+        msg = PolicyAnnounce(bundle)
+        for to in self._members_but(*excluded):
+            self._send(Outbound(to, msg))
+
+    def _send_policy_digest(self) -> None:
+        digest = PolicyDigest.of(self.policies.held_versions(int(self.clock.now())))
+        for to in self._members_but():
+            self._send(Outbound(to, digest))
+
+    def _on_policy_message(
+        self, index: ParticipantIndex, peer: PeerId, message: PolicyAnnounce | PolicyDigest
+    ) -> None:
+        if self.policies is None:
+            return  # this node serves no keys and keeps no policies
+        now = int(self.clock.now())
+        if isinstance(message, PolicyDigest):
+            for app_id in newer_than_digest(message, self.policies.held_versions(now)):
+                bundle = self.policies.bundle_bytes(app_id)
+                if bundle is not None:
+                    self._send(Outbound(index, PolicyAnnounce(bundle)))
+            return
+        code, reply = self.policies.offer(message.bundle, now)
+        if code == 200 and not reply.get("duplicate"):
+            self.metrics.policies_learned += 1
+            log.info(
+                "policy learned from a peer",
+                extra={
+                    "fields": {
+                        "from": int(index),
+                        "app": reply.get("app_id"),
+                        "version": reply.get("version"),
+                    }
+                },
+            )
+            self._announce_policy(message.bundle, index)
+        elif code in (400, 409):
+            reason = str(reply.get("reason", "refused"))
+            if reason != "stale_version":  # a peer that is behind is no misbehaviour
+                self._reject(str(peer), f"policy gossip: {reason}")
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
         if self.policies is None:

@@ -162,6 +162,7 @@ async def run_node(config_path: Path) -> None:
         async with transport:
             service = NodeService(cfg.protocol, store, transport, peers)
             service.releaser = make_releaser(cfg, service)
+            service.policy_sync_interval = cfg.policy_sync_interval
             hc = HypercornConfig()
             hc.bind = [f"{cfg.http_host}:{cfg.http_port}"]
             hc.accesslog = None
@@ -245,11 +246,30 @@ class PolicyDirectory:
         self._store: Any = None
 
     def __call__(self, app_id: bytes, now: int) -> Any:
+        if not self._load(now):
+            return None
+        return self._store.current(app_id, now)
+
+    def held_versions(self, now: int) -> dict[bytes, int]:
+        """Every app's held policy version (expired ones too): what a policy digest lists."""
+        if not self._load(now):
+            return {}
+        return {a: int(self._store.version(a)) for a in self._store.app_ids()}
+
+    def bundle_bytes(self, app_id: bytes) -> bytes | None:
+        """The held bundle of the app, encoded, to pass on to a peer."""
+        if self._store is None:
+            return None
+        bundle = self._store.bundle(app_id)
+        return None if bundle is None else bytes(bundle.encode())
+
+    def _load(self, now: int) -> bool:
+        """(Re-)read the directory if its files changed; False while there is nothing to read."""
         from kms.policy import PolicyBundle, PolicyStore, Refused
 
         mpk = self._mpk_of()
         if mpk is None or not self.directory.is_dir():
-            return None
+            return False
         files = sorted(self.directory.glob("*.policy"))
         stamp = tuple((f.name, f.stat().st_mtime) for f in files)
         if self._store is None or stamp != self._stamp:
@@ -265,7 +285,7 @@ class PolicyDirectory:
                         extra={"fields": {"file": f.name, "reason": str(exc)}},
                     )
             self._store, self._stamp = store, stamp
-        return self._store.current(app_id, now)
+        return True
 
     def offer(self, raw: bytes, now: int) -> tuple[int, dict[str, Any]]:
         """A policy pushed by anyone: keep it if it is newer and valid (HTTP status, reply)."""

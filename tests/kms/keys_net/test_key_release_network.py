@@ -194,6 +194,50 @@ def test_policy_push_is_effective_everywhere_only_when_every_node_acknowledges(
         kms("app", "policy", "show", "--devnet", str(devnet), "--app", "billing", "--json").stdout
     )
     assert max(shown["versions"]) == 3
+    # Node 5 missed version 3; its peers' digests bring it the policy (gossip).
+    app_id = created["app_id"]
+    assert _wait_for_versions(devnet, app_id, {5: 3}), "node 5 never caught up"
+    # A new version handed to node 1 alone reaches every node.
+    from kms import devnet as dn
+
+    state = dn.read_state(devnet)
+    bundle = dn.demo_policy(dn.owner_of(devnet, "billing"), state["master_public_key"], version=4)
+    node1 = dn.node_entry(state, 1)["http_url"]
+    assert httpx_post(node1 + "/v1/policies", bundle.encode()).json()["accepted"] is True
+    assert _wait_for_versions(devnet, app_id, {i: 4 for i in range(1, 6)}), "not spread"
+
+
+def httpx_post(url: str, body: bytes):  # type: ignore[no-untyped-def]
+    import httpx
+
+    return httpx.post(
+        url, content=body, headers={"content-type": "application/msgpack"}, timeout=10
+    )
+
+
+def _wait_for_versions(d: Path, app_id: str, want: dict[int, int], timeout: float = 60.0) -> bool:
+    import time
+
+    import httpx
+
+    from kms import devnet as dn
+
+    state = dn.read_state(d)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = {}
+        for i in want:
+            try:
+                r = httpx.get(
+                    dn.node_entry(state, i)["http_url"] + f"/v1/policies/{app_id}", timeout=2
+                )
+                held[i] = r.json().get("version") if r.status_code == 200 else None
+            except httpx.HTTPError:
+                held[i] = None
+        if held == want:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _devnet_client(d: Path):  # type: ignore[no-untyped-def]

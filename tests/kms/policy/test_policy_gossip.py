@@ -1,0 +1,42 @@
+"""Policy gossip messages: strict decoding and the digest rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from kms.policy.gossip import (
+    MAX_ANSWERS_PER_DIGEST,
+    PolicyAnnounce,
+    PolicyDigest,
+    PolicyVersion,
+    newer_than_digest,
+)
+from mpc.codec import MessageDecodeError, decode
+
+A, B, C = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
+
+
+def test_a_digest_is_answered_with_exactly_the_newer_or_missing_apps() -> None:
+    theirs = PolicyDigest.of({A: 3, B: 5})
+    assert newer_than_digest(theirs, {A: 4, B: 5, C: 1}) == [A, C]
+    assert newer_than_digest(theirs, {A: 3, B: 2}) == []
+    assert newer_than_digest(PolicyDigest.of({}), {}) == []
+
+
+def test_a_digest_answer_is_bounded() -> None:
+    held = {i.to_bytes(20, "big"): 1 for i in range(MAX_ANSWERS_PER_DIGEST + 10)}
+    assert len(newer_than_digest(PolicyDigest.of({}), held)) == MAX_ANSWERS_PER_DIGEST
+
+
+def test_messages_round_trip_and_unsorted_digests_are_refused() -> None:
+    d = PolicyDigest.of({B: 2, A: 1})
+    assert [h.app_id for h in d.held] == [A, B]
+    assert decode(d.encode()) == d
+    a = PolicyAnnounce(b"bundle bytes")
+    assert decode(a.encode()) == a
+    bad = PolicyDigest((PolicyVersion(B, 1), PolicyVersion(A, 1)))
+    with pytest.raises(MessageDecodeError):
+        decode(bad.encode())
+    twice = PolicyDigest((PolicyVersion(A, 1), PolicyVersion(A, 2)))
+    with pytest.raises(MessageDecodeError):
+        decode(twice.encode())

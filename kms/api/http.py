@@ -22,7 +22,7 @@ class StatusSource(Protocol):
 
     def metrics_text(self) -> str: ...
 
-    def release(self, raw: bytes) -> tuple[int, bytes]: ...
+    async def release(self, raw: bytes) -> tuple[int, bytes]: ...
 
     def chain_bytes(self) -> bytes: ...
 
@@ -93,7 +93,7 @@ def make_app(source: StatusSource) -> Starlette:
                 source.count_rejected("key request: malformed-request")
                 refusal = KeyRefusal("malformed-request", str(exc)[:500])
                 return _message_response(refusal.encode(), 400, as_json)
-        code, answer = source.release(body)
+        code, answer = await source.release(body)
         return _message_response(answer, code, as_json)
 
     async def chain(request: Request) -> Response:

@@ -30,6 +30,9 @@ class QuoteFailure(enum.Enum):
     """A DCAP quote from another TEE (SGX): dcap-qvl would accept it, a KMS must not."""
     MALFORMED_COLLATERAL = "MALFORMED_COLLATERAL"
     """The collateral does not parse: JSON, hex, PEM, DER, dates or a missing field."""
+    COLLATERAL_UNAVAILABLE = "COLLATERAL_UNAVAILABLE"
+    """The node has no collateral for the quote's platform: its PCCS could not be
+    reached (or does not know the FMSPC) and nothing is cached."""
     COLLATERAL_MISMATCH = "COLLATERAL_MISMATCH"
     """Collateral for another platform or TEE: FMSPC differs, SGX TCB Info for a TDX quote,
     a QE Identity that is not ``TD_QE``."""

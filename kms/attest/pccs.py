@@ -49,7 +49,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.attest.collateral import Collateral
-from kms.attest.errors import QuoteVerificationError, one_line
+from kms.attest.errors import QuoteFailure, QuoteVerificationError, one_line
 
 CAS = ("platform", "processor")
 """The PCK CAs a PCK certificate can be issued by."""
@@ -354,3 +354,73 @@ def _fresh(collateral: Collateral, now: int, min_validity: int) -> bool:
         return collateral.valid_from() <= now and now + min_validity <= collateral.valid_until()
     except QuoteVerificationError:
         return False
+
+
+class CollateralProvider:
+    """The collateral a node verifies quotes with: from its PCCS, its cache, or a fixed file.
+
+    The key releaser is synchronous and never waits on the network, so the
+    node's shell first awaits :meth:`prepare` for the request's quote (served
+    from memory while fresh, else the PCCS client's ``collateral_for``: cache,
+    fetch, or the cache again when the PCCS is down), then the releaser calls
+    :meth:`get`, which only reads memory. A quote whose platform has no
+    collateral is refused with ``COLLATERAL_UNAVAILABLE``. One fetch per
+    platform runs at a time; concurrent requests wait for it.
+    """
+
+    def __init__(
+        self,
+        client: PCCSClient | None = None,
+        *,
+        fixed: Collateral | None = None,
+        min_validity: int = DEFAULT_MIN_VALIDITY,
+    ) -> None:
+        if (client is None) == (fixed is None):
+            raise ValueError("give a PCCS client or a fixed collateral, not both")
+        self.client = client
+        self.fixed = fixed
+        self.min_validity = min_validity
+        self._held: dict[tuple[str, str], Collateral] = {}
+        self._locks: dict[tuple[str, str], trio.Lock] = {}
+        self.fetch_failures = 0
+
+    async def prepare(self, quote: bytes, *, now: int) -> None:
+        """Make sure :meth:`get` can answer for ``quote`` (never raises for bad input)."""
+        if self.client is None:
+            return
+        try:
+            fmspc, ca = platform_of(quote)
+        except PCCSError:
+            return  # the releaser refuses the quote itself
+        key = (fmspc, ca)
+        held = self._held.get(key)
+        if held is not None and _fresh(held, now, self.min_validity):
+            return
+        lock = self._locks.setdefault(key, trio.Lock())
+        async with lock:
+            held = self._held.get(key)
+            if held is not None and _fresh(held, now, self.min_validity):
+                return
+            try:
+                self._held[key] = await self.client.collateral_for(
+                    quote, now=now, min_validity=self.min_validity
+                )
+            except PCCSError:
+                self.fetch_failures += 1  # held (if any) stays; verification decides
+
+    def get(self, quote: bytes) -> Collateral:
+        """The collateral for ``quote``'s platform, from memory only."""
+        if self.fixed is not None:
+            return self.fixed
+        try:
+            key = platform_of(quote)
+        except PCCSError as exc:
+            raise QuoteVerificationError(QuoteFailure.MALFORMED_QUOTE, str(exc)) from None
+        held = self._held.get(key)
+        if held is None:
+            raise QuoteVerificationError(
+                QuoteFailure.COLLATERAL_UNAVAILABLE,
+                f"no collateral for FMSPC {key[0]} ({key[1]} CA): the PCCS is unreachable "
+                "or does not know it, and nothing is cached",
+            )
+        return held

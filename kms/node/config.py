@@ -51,10 +51,23 @@ class NodeFileConfig:
     policies_dir: Path | None = None
     max_request_skew: int = 120
     policy_sync_interval: float = 10.0
+    pccs_url: str | None = None
+    collateral_cache_dir: Path | None = None
+    pccs_verify_tls: bool = True
 
     @property
     def directory(self) -> Path:
         return self.path.parent
+
+
+def _pccs_url(value: Any, node: dict[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if "collateral_file" in node:
+        raise ConfigError("set pccs_url or collateral_file, not both")
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ConfigError("pccs_url must be an http(s) URL")
+    return value
 
 
 def _positive(value: Any, what: str) -> float:
@@ -168,6 +181,9 @@ def load(path: str | Path) -> NodeFileConfig:
         collateral_file=(base / node["collateral_file"]) if "collateral_file" in node else None,
         policies_dir=(base / node["policies_dir"]) if "policies_dir" in node else None,
         max_request_skew=int(node.get("max_request_skew", 120)),
+        pccs_url=_pccs_url(node.get("pccs_url"), node),
+        collateral_cache_dir=base / str(node.get("collateral_cache_dir", "collateral")),
+        pccs_verify_tls=bool(node.get("pccs_verify_tls", True)),
         policy_sync_interval=_positive(
             node.get("policy_sync_interval", 10.0), "policy_sync_interval"
         ),

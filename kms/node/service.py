@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import trio
 
+from kms.attest.pccs import CollateralProvider
 from kms.node.core import (
     EpochSwitched,
     InputRejected,
@@ -41,7 +42,7 @@ from kms.node.core import (
 )
 from kms.node.release import KeyReleaser, Released
 from kms.policy.gossip import PolicyAnnounce, PolicyDigest, newer_than_digest
-from kms.protocol import KeyRefusal
+from kms.protocol import KeyRefusal, KeyRequest
 from kms.store import NodeStore, StoreError
 from mpc import hpke
 from mpc.broadcast import Outbound
@@ -455,11 +456,21 @@ class NodeService:
         raw = self.store.get_meta("nonce/" + nonce.hex())
         return raw is not None and int.from_bytes(raw, "big") > int(self.clock.now())
 
-    def release(self, raw: bytes) -> tuple[int, bytes]:
+    collateral: CollateralProvider | None = None
+    """Where the releaser's collateral comes from (a PCCS with its cache, or a file)."""
+
+    async def release(self, raw: bytes) -> tuple[int, bytes]:
         """Answer a CVM's key request: (HTTP status, msgpack body)."""
         if self.releaser is None:
             refusal = KeyRefusal("not-serving", "this node does not release keys")
             return 503, refusal.encode()
+        if self.collateral is not None and self.collateral.client is not None:
+            try:
+                quote = KeyRequest.decode(raw).quote
+            except InvalidEncoding:
+                quote = b""  # the releaser refuses the request as malformed
+            if quote:
+                await self.collateral.prepare(quote, now=int(self.clock.now()))
         st = self.core.state
         now = int(self.clock.now())
         res = self.releaser.handle(
@@ -562,6 +573,11 @@ class NodeService:
             "healthy": self.core.state is not None or s.running == "dkg",
             "serves_keys": self.releaser is not None,
             "simulated_quotes_accepted": bool(self.releaser and self.releaser.simulated_allowed),
+            "collateral": None
+            if self.collateral is None
+            else (
+                "file" if self.collateral.client is None else f"pccs {self.collateral.client.url}"
+            ),
         }
 
     def metrics_text(self) -> str:
@@ -584,6 +600,18 @@ class NodeService:
             "qkms_simulated_quotes_accepted",
             "1 if this node accepts simulated TEE quotes (development only).",
             int(bool(self.releaser and self.releaser.simulated_allowed)),
+        )
+        gauge(
+            "qkms_pccs_fetch_failures_total",
+            "Collateral fetches from the PCCS that failed (the cache, if any, was used).",
+            self.collateral.fetch_failures if self.collateral is not None else 0,
+            "counter",
+        )
+        gauge(
+            "qkms_policies_learned_total",
+            "App policies this node learned from a peer (gossip).",
+            m.policies_learned,
+            "counter",
         )
         gauge(
             "qkms_has_share",

@@ -357,10 +357,11 @@ def _bundle_app(path: Path) -> bytes | None:
 def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
     """The key releaser of ``kms node run``: trust roots, collateral and policies from config."""
     from kms.attest import INTEL_ROOT_CA, Collateral, Verifier
+    from kms.attest.pccs import CollateralCache, CollateralProvider, PCCSClient
     from kms.attest.verify import ADMISSIBLE_STATUSES
     from kms.node.release import KeyReleaser
 
-    if cfg.collateral_file is None or cfg.policies_dir is None:
+    if cfg.policies_dir is None or (cfg.collateral_file is None and cfg.pccs_url is None):
         return None
     roots = [INTEL_ROOT_CA]
     if cfg.accept_simulated_quotes and cfg.simulated_root_ca is not None:
@@ -373,7 +374,15 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
     verifier = Verifier(
         roots, simulated_allowed=cfg.accept_simulated_quotes, allowed_statuses=ADMISSIBLE_STATUSES
     )
-    collateral = Collateral.from_json(cfg.collateral_file.read_text())
+    if cfg.collateral_file is not None:
+        provider = CollateralProvider(fixed=Collateral.from_json(cfg.collateral_file.read_text()))
+    else:
+        # Collateral per platform from the PCCS, cached on disk for when it is down.
+        cache = CollateralCache(cfg.collateral_cache_dir or cfg.directory / "collateral")
+        provider = CollateralProvider(
+            PCCSClient(str(cfg.pccs_url), cache=cache, verify_tls=cfg.pccs_verify_tls)
+        )
+    service.collateral = provider
 
     def mpk() -> bytes | None:
         st = service.core.state
@@ -384,7 +393,7 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
         cfg.index,
         service.identity,
         verifier,
-        lambda quote: collateral,
+        provider.get,
         service.policies,
         rng=os.urandom,
         max_skew=cfg.max_request_skew,

@@ -290,3 +290,52 @@ def test_raw_members_keeps_each_member_verbatim() -> None:
     for bad in ("[]", '{"a":1', '{"a" 1}', '{"a":1} x', "{1:2}"):
         with pytest.raises(ValueError):
             raw_members(bad)
+
+
+def test_the_node_collateral_provider_prepares_then_serves_from_memory(tmp_path: Path) -> None:
+    from kms.attest import QuoteFailure, QuoteVerificationError
+    from kms.attest.pccs import CollateralProvider
+
+    tee = simulated(43)
+    quote = tee.quote(b"node")
+    stub = PCCSStub({"53494D544545": tee.collateral(NOW)})
+
+    async def test() -> None:
+        provider = CollateralProvider(PCCSClient(stub.url, cache=CollateralCache(tmp_path)))
+        with pytest.raises(QuoteVerificationError) as missing:
+            provider.get(quote)  # nothing fetched yet: the releaser would refuse
+        assert missing.value.reason is QuoteFailure.COLLATERAL_UNAVAILABLE
+        await provider.prepare(quote, now=NOW)
+        assert len(stub.requests) == 4
+        verify_quote(quote, provider.get(quote), now=NOW, root_ca=tee.root_ca_der)
+        await provider.prepare(quote, now=NOW + 60)  # fresh in memory: no request
+        assert len(stub.requests) == 4
+        # A restarted node with the PCCS down serves from its disk cache.
+        stub.down = True
+        restarted = CollateralProvider(PCCSClient(stub.url, cache=CollateralCache(tmp_path)))
+        await restarted.prepare(quote, now=NOW + 60)
+        assert restarted.get(quote) == provider.get(quote)
+        # Without a cache and with the PCCS down, nothing: counted, and refused on use.
+        bare = CollateralProvider(PCCSClient(stub.url))
+        await bare.prepare(quote, now=NOW)
+        assert bare.fetch_failures == 1
+        with pytest.raises(QuoteVerificationError, match="COLLATERAL_UNAVAILABLE"):
+            bare.get(quote)
+        # Garbage is left to the releaser, which refuses it as a malformed quote.
+        await bare.prepare(b"not a quote", now=NOW)
+        with pytest.raises(QuoteVerificationError) as bad:
+            bare.get(b"not a quote")
+        assert bad.value.reason is QuoteFailure.MALFORMED_QUOTE
+
+    serve(stub, test)
+
+
+def test_a_provider_takes_a_pccs_or_a_file_not_both() -> None:
+    from kms.attest.pccs import CollateralProvider
+
+    with pytest.raises(ValueError):
+        CollateralProvider()
+    with pytest.raises(ValueError):
+        CollateralProvider(
+            PCCSClient("http://127.0.0.1:1"), fixed=Collateral.from_json(TDX_COLLATERAL)
+        )

@@ -236,6 +236,14 @@ def devnet_up(
     ] = 6.0,
     window_period: Annotated[float, typer.Option("--window-period")] = 15.0,
     refresh_interval: Annotated[float, typer.Option("--refresh-interval")] = 0.0,
+    pccs: Annotated[
+        bool,
+        typer.Option(
+            "--pccs/--collateral-file",
+            help="Nodes fetch collateral from a PCCS this command serves (default), "
+            "or read the simulated collateral file.",
+        ),
+    ] = True,
 ) -> None:
     """Start N node processes, run the DKG, write devnet.json, run until Ctrl-C/SIGTERM."""
     from rich.progress import Progress
@@ -244,6 +252,7 @@ def devnet_up(
 
     if (dir / devnet.STATE_FILE).exists():
         _fail(f"{dir} already holds a devnet", 2)
+    pccs_port = devnet.free_port() if pccs else None
     try:
         state = devnet.create(
             dir,
@@ -253,10 +262,18 @@ def devnet_up(
             start_in=start_in,
             window_period=window_period,
             refresh_interval=refresh_interval,
+            pccs_url=f"http://127.0.0.1:{pccs_port}" if pccs_port else None,
         )
     except ValueError as exc:
         _fail(str(exc), 2)
         return
+    server = None
+    if pccs_port is not None:
+        from kms.api.pccs import PCCSServer
+        from kms.attest import Collateral
+
+        collateral = Collateral.from_json((dir / "simulated-tee" / "collateral.json").read_text())
+        server = PCCSServer({collateral.fmspc: collateral}, "127.0.0.1", pccs_port).start()
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -307,6 +324,8 @@ def devnet_up(
     finally:
         for n in devnet.read_state(dir)["nodes"]:
             devnet.stop_pid(n.get("pid"))
+        if server is not None:
+            server.stop()
         state = devnet.read_state(dir)
         for n in state["nodes"]:
             n["pid"] = None

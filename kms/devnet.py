@@ -55,7 +55,14 @@ def create(
     start_in: float,
     window_period: float,
     refresh_interval: float,
+    pccs_url: str | None = None,
 ) -> dict[str, Any]:
+    """Initialise ``nodes`` node directories and their configs; returns the devnet state.
+
+    With ``pccs_url`` the nodes take collateral from that PCCS (the devnet's
+    own, serving the simulated TEE's collateral) and cache it, as in
+    production; without it they read the simulated collateral file.
+    """
     if not 2 <= threshold <= nodes:
         raise ValueError("need 2 ≤ threshold ≤ nodes")
     directory.mkdir(parents=True, exist_ok=True)
@@ -100,10 +107,14 @@ def create(
         # The devnet's CVMs run on the simulated TEE: say so, loudly, in every node's config.
         doc["node"]["accept_simulated_quotes"] = True
         doc["node"]["simulated_root_ca"] = str((tee_dir / "root.der").resolve())
-        doc["node"]["collateral_file"] = str((tee_dir / "collateral.json").resolve())
+        if pccs_url is None:
+            doc["node"]["collateral_file"] = str((tee_dir / "collateral.json").resolve())
+        else:
+            doc["node"]["pccs_url"] = pccs_url
         doc["node"]["policies_dir"] = "policies"  # each node keeps its own
         write_config(path, doc)
     state: dict[str, Any] = {
+        "pccs_url": pccs_url,
         "master_public_key": None,
         "apps": {},
         "threshold": threshold,

@@ -328,3 +328,17 @@ def test_a_node_of_another_committee_is_ignored_and_reported(devnet: Path, tmp_p
             up.wait(timeout=30)
         except subprocess.TimeoutExpired:
             up.kill()
+
+
+@pytest.mark.slow
+def test_devnet_nodes_take_collateral_from_the_devnets_pccs_and_cache_it(devnet: Path) -> None:
+    from kms import devnet as dn
+
+    key(devnet)  # every asked node has needed collateral by now
+    state = dn.read_state(devnet)
+    assert state["pccs_url"].startswith("http://127.0.0.1:")
+    for n in state["nodes"][:3]:
+        st = dn.status_of(n["http_url"])
+        assert st is not None and st["collateral"] == f"pccs {state['pccs_url']}"
+        cached = list((Path(n["config"]).parent / "collateral").glob("*.json"))
+        assert [c.name for c in cached] == ["53494D544545-platform.json"]

@@ -14,7 +14,8 @@ must hold, and then the message's own ``validate()`` runs. Every failure
 raises ``MessageDecodeError`` (an ``InvalidEncoding``) with a reason.
 
 Every message also has a JSON form for HTTP clients that cannot speak
-msgpack: an object ``{"type": TYPE, "version": VERSION, field: value, …}``
+msgpack: an object ``{"@type": TYPE, "@version": VERSION, field: value, …}``
+(the ``@`` keys can never clash with a field name)
 with ``bytes`` as lowercase hex strings and nested messages as objects of the
 same shape. ``decode_json`` maps it onto the wire form and decodes that, so
 both forms pass the same checks; hashes and signatures are always over the
@@ -105,7 +106,7 @@ class Message:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (see the module docstring)."""
-        out: dict[str, Any] = {"type": self.TYPE, "version": self.VERSION}
+        out: dict[str, Any] = {"@type": self.TYPE, "@version": self.VERSION}
         for n, t in _fields(type(self)):
             out[n] = _to_json(getattr(self, n), t)
         return out
@@ -239,11 +240,11 @@ def decode_json(data: bytes | str) -> Message:
         obj = json.loads(text)
     except ValueError as exc:
         raise MessageDecodeError(f"malformed JSON: {exc.__class__.__name__}") from exc
-    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-        raise MessageDecodeError('a JSON message is an object with a string "type"')
-    cls = _REGISTRY.get(obj["type"])
+    if not isinstance(obj, dict) or not isinstance(obj.get("@type"), str):
+        raise MessageDecodeError('a JSON message is an object with a string "@type"')
+    cls = _REGISTRY.get(obj["@type"])
     if cls is None:
-        raise MessageDecodeError(f"unknown message type {obj['type'][:40]!r}")
+        raise MessageDecodeError(f"unknown message type {obj['@type'][:40]!r}")
     return cls.from_wire(_json_message_to_wire(obj, cls, cls.TYPE))
 
 
@@ -270,7 +271,7 @@ def _json_message_to_wire(obj: Any, cls: type[Message], where: str) -> list[Any]
     if not isinstance(obj, dict):
         raise MessageDecodeError(f"{where}: expected an object")
     fields = _fields(cls)
-    names = {"type", "version", *(n for n, _ in fields)}
+    names = {"@type", "@version", *(n for n, _ in fields)}
     extra = sorted(k for k in obj if k not in names)
     if extra:
         raise MessageDecodeError(f"{where}: unknown fields {extra[:5]}")
@@ -278,8 +279,8 @@ def _json_message_to_wire(obj: Any, cls: type[Message], where: str) -> list[Any]
     if missing:
         raise MessageDecodeError(f"{where}: missing fields {missing}")
     return [
-        obj.get("type"),
-        obj.get("version"),
+        obj.get("@type"),
+        obj.get("@version"),
         *(_json_to_wire(obj[n], t, f"{where}.{n}") for n, t in fields),
     ]
 
@@ -302,8 +303,8 @@ def _json_to_wire(raw: Any, tp: Any, where: str) -> Any:
         inner = get_args(tp)[0]
         return [_json_to_wire(v, inner, f"{where}[{i}]") for i, v in enumerate(raw)]
     if isinstance(tp, type) and issubclass(tp, Message):
-        if isinstance(raw, dict) and raw.get("type") != tp.TYPE:
-            raise MessageDecodeError(f"{where}: expected {tp.TYPE}, got {raw.get('type')!r}")
+        if isinstance(raw, dict) and raw.get("@type") != tp.TYPE:
+            raise MessageDecodeError(f"{where}: expected {tp.TYPE}, got {raw.get('@type')!r}")
         return _json_message_to_wire(raw, tp, where)
     if tp is bytes:
         if not isinstance(raw, str) or len(raw) % 2 or raw != raw.lower():

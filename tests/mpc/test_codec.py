@@ -1170,7 +1170,7 @@ def _json_variants() -> list[tuple[str, str]]:
     import json
 
     req = next(m for m in GOLDEN.values() if m.TYPE == "bcast/digest").to_json()
-    bytes_field = next(k for k, v in req.items() if isinstance(v, str) and k not in ("type",))
+    bytes_field = next(k for k, v in req.items() if isinstance(v, str) and k != "@type")
     out = []
     for label, mutate in [
         ("unknown field", lambda d: d.update(extra=1)),
@@ -1179,9 +1179,10 @@ def _json_variants() -> list[tuple[str, str]]:
         ("0x prefix", lambda d: d.update({bytes_field: "0x" + d[bytes_field]})),
         ("odd hex", lambda d: d.update({bytes_field: d[bytes_field][:-1]})),
         ("bytes as a number", lambda d: d.update({bytes_field: 7})),
-        ("wrong version", lambda d: d.update(version=2)),
-        ("bool version", lambda d: d.update(version=True)),
-        ("unknown type", lambda d: d.update(type="no/such")),
+        ("wrong version", lambda d: d.update({"@version": 2})),
+        ("bool version", lambda d: d.update({"@version": True})),
+        ("no version", lambda d: d.pop("@version")),
+        ("unknown type", lambda d: d.update({"@type": "no/such"})),
     ]:
         d = dict(req)
         mutate(d)
@@ -1202,3 +1203,12 @@ def test_bad_json_forms_are_refused_with_a_reason(label: str, text: str) -> None
     data = text.encode("utf-8", "surrogateescape")
     with pytest.raises(MessageDecodeError):
         decode_json(data)
+
+
+def test_a_field_named_version_does_not_clash_with_the_message_version() -> None:
+    from kms.protocol import PurposeVersion
+    from mpc.codec import decode_json
+
+    pv = PurposeVersion("app", 7)
+    assert pv.to_json() == {"@type": "kms/purpose", "@version": 1, "purpose": "app", "version": 7}
+    assert decode_json(__import__("json").dumps(pv.to_json())) == pv

@@ -288,7 +288,7 @@ def test_json_bodies_give_the_same_key_as_msgpack(devnet: Path) -> None:
         assert s.done and s.derived()[s.purposes[0]] == want
         # Malformed JSON is refused with a reason, deep nesting before parsing; both counted.
         url = urls[ParticipantIndex(2)]
-        for bad in ("{", '{"type": "kms/key-request"}', "[" * 100_000):
+        for bad in ("{", '{"@type": "kms/key-request"}', "[" * 100_000):
             r = http.post(
                 url + "/v1/keys", content=bad, headers={"content-type": "application/json"}
             )

@@ -535,3 +535,23 @@ def test_key_client_ignores_a_node_serving_another_master_key(world, served) -> 
     other = G2.generator() * 5
     with KeyClient(urls, other) as client, pytest.raises(KeyReleaseError, match="pinned"):
         client.chain()
+
+
+def test_requests_and_answers_survive_their_json_form(world) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from kms.protocol import KeyRefusal, KeyRequest
+
+    cores, chain, tee, owner, policy, releasers, nodes = world
+    s = request(world, seed=61, purposes=(("app", 3), ("disk", 1)))
+    back = KeyRequest.decode_json(json.dumps(s.request.to_json()))
+    assert back.encode() == s.request.encode()
+    assert back.body.report_data() == s.report_data  # the binding survives
+    answer = releasers[PI(1)].handle(
+        back.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
+    )
+    resp = KeyResponse.decode_json(json.dumps(answer.response.to_json()).encode())
+    s.receive(PI(1), resp)
+    assert not s.rejected
+    refusal = KeyRefusal("stale-request", "x")
+    assert KeyRefusal.decode_json(json.dumps(refusal.to_json())) == refusal

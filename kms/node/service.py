@@ -484,8 +484,11 @@ class NodeService:
             # The replay cache survives restarts; the audit records are committed as one group.
             # Remembered for longer than any timestamp the releaser still accepts.
             ttl = max(self.NONCE_TTL, 2 * self.releaser.max_skew + 60)
-            self.store.set_meta("nonce/" + res.nonce.hex(), (now + ttl).to_bytes(8, "big"))
-            self.store.audit_append_many([a.as_dict() for a in res.audit])
+            self.store.record_release(
+                "nonce/" + res.nonce.hex(),
+                (now + ttl).to_bytes(8, "big"),
+                [a.as_dict() for a in res.audit],
+            )
             self.metrics.messages_out["kms/key-response"] += 1
             log.info(
                 "key released",

@@ -907,22 +907,35 @@ class NodeStore:
         """
         entries = [canonical_record(r) for r in records]
         with self._write() as db:
-            last = db.execute(
-                "SELECT position, hash FROM audit ORDER BY position DESC LIMIT 1"
-            ).fetchone()
-            position, head = (0, ZERO_HASH) if last is None else (int(last[0]) + 1, bytes(last[1]))
-            if not entries:
-                return head
-            for entry in entries:
-                digest = chain_hash(head, entry)
-                db.execute(
-                    "INSERT INTO audit (position, entry, prev_hash, hash) VALUES (?, ?, ?, ?)",
-                    (position, entry, head, digest),
-                )
-                position, head = position + 1, digest
-            sealed = self._sealer.seal(position.to_bytes(8, "big") + head, self._head_aad())
-            self._set_meta(db, _META_AUDIT_HEAD, sealed)
+            return self._audit_append(db, entries)
+
+    def record_release(self, name: str, value: bytes, records: Iterable[AuditRecord]) -> bytes:
+        """A key release's bookkeeping in one transaction: a meta entry (the nonce with its
+        expiry) and the release's audit records (see :meth:`audit_append_many`)."""
+        self._check_meta_name(name)
+        _check_bytes("value", value, allow_empty=True)
+        entries = [canonical_record(r) for r in records]
+        with self._write() as db:
+            self._set_meta(db, name, value)
+            return self._audit_append(db, entries)
+
+    def _audit_append(self, db: sqlite3.Connection, entries: list[bytes]) -> bytes:
+        last = db.execute(
+            "SELECT position, hash FROM audit ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        position, head = (0, ZERO_HASH) if last is None else (int(last[0]) + 1, bytes(last[1]))
+        if not entries:
             return head
+        for entry in entries:
+            digest = chain_hash(head, entry)
+            db.execute(
+                "INSERT INTO audit (position, entry, prev_hash, hash) VALUES (?, ?, ?, ?)",
+                (position, entry, head, digest),
+            )
+            position, head = position + 1, digest
+        sealed = self._sealer.seal(position.to_bytes(8, "big") + head, self._head_aad())
+        self._set_meta(db, _META_AUDIT_HEAD, sealed)
+        return head
 
     def audit_head(self) -> tuple[int, bytes]:
         """``(number of entries, head hash)``; ``(0, ZERO_HASH)`` for an empty log."""

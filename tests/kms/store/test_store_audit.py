@@ -210,3 +210,17 @@ def test_tampered_sealed_head_is_detected(
     with raw_db(store_path) as db:
         db.execute("UPDATE meta SET value = x'00' WHERE name = 'store.audit_head'")
     assert broken_at(store_path, open_store).position == 0
+
+
+def test_a_release_records_its_nonce_and_audit_records_together_or_not_at_all(
+    store: NodeStore,
+) -> None:
+    head = store.record_release("nonce/01", b"\x00" * 8, [release(0), release(1)])
+    assert store.get_meta("nonce/01") == b"\x00" * 8
+    assert store.audit_head() == (2, head)
+    # A record that looks like key material refuses the whole group: no nonce either.
+    with pytest.raises(ValueError):
+        store.record_release("nonce/02", b"\x01" * 8, [release(2), {"share": "00"}])
+    assert store.get_meta("nonce/02") is None
+    assert store.audit_head() == (2, head)
+    store.audit_verify()

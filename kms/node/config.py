@@ -96,6 +96,19 @@ def participant_to_toml(p: Participant) -> dict[str, Any]:
     }
 
 
+def policy_bytes(text: str) -> bytes:
+    """``[committee] admission_policy``: a node admission policy in hex (its encoding).
+
+    Text that is not hex is kept as it is (its SHA-256 is still bound into the
+    genesis certificate), but it admits no node: joins are then refused until an
+    ``admission-policy`` change certifies a real policy.
+    """
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return text.encode()
+
+
 def load(path: str | Path) -> NodeFileConfig:
     """Read and check ``node.toml``; raises ``ConfigError`` with the reason."""
     path = Path(path).resolve()
@@ -118,7 +131,7 @@ def load(path: str | Path) -> NodeFileConfig:
         raise ConfigError(
             "the committee has no genesis participants yet (run `kms devnet up` or add them)"
         )
-    policy = com.get("admission_policy", "")
+    policy = policy_bytes(str(com.get("admission_policy", "")))
     protocol = NodeConfig(
         index=ParticipantIndex(int(node["index"])),
         genesis=genesis,
@@ -128,7 +141,8 @@ def load(path: str | Path) -> NodeFileConfig:
         window_period=float(com.get("window_period", 60.0)),
         window_length=float(com.get("window_length", 5.0)),
         refresh_interval=float(com.get("refresh_interval", 0.0)),
-        admission_policy_hash=hashlib.sha256(policy.encode()).digest(),
+        admission_policy_hash=hashlib.sha256(policy).digest(),
+        admission_policy=policy,
     )
     if not 2 <= protocol.threshold <= len(genesis):
         raise ConfigError(

@@ -387,6 +387,7 @@ def launch(
     threshold: int = 3,
     delta: float = 0.3,
     start_in: float | None = None,
+    window_period: float | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``kms devnet up`` in the background (its caller stops it with SIGTERM)."""
     args = [
@@ -403,6 +404,8 @@ def launch(
     args += ["--dir", str(directory), "--delta", str(delta)]
     if start_in is not None:
         args += ["--start-in", str(start_in)]
+    if window_period is not None:
+        args += ["--window-period", str(window_period)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
 
 
@@ -553,14 +556,17 @@ def _epoch_after(
             if i not in committee:
                 continue
             st = status_of(n["http_url"])
+            if st is None:
+                continue  # a member that is down catches up from the chain when it returns
             if (
-                not st
-                or st.get("epoch") is None
+                st.get("epoch") is None
                 or st["epoch"] <= epoch
                 or [m["index"] for m in st["committee"]] != committee
             ):
                 return None
             sts[i] = st
+        if not sts:
+            return None
         # Enough members hold a share to serve keys (one that missed the reshare gets
         # its share from a prompt refresh later).
         holders = sum(1 for st in sts.values() if st.get("has_share"))

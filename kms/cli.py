@@ -98,16 +98,24 @@ def node_run(config: Annotated[Path, typer.Option("--config", help="Path of node
 def node_join_request(
     config: Annotated[Path, typer.Option("--config")],
     out_file: Annotated[Path, typer.Option("--out")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Write this node's join request: participant record, addresses, attestation."""
+    """Write this node's join request: participant record, addresses and a TDX quote binding them."""
     from kms.node.setup import join_request
 
     try:
         doc = join_request(config)
     except (OSError, ValueError, KeyError) as exc:
+        if json_out:
+            _print_json({"ok": False, "error": str(exc)})
+            raise typer.Exit(2) from None
         _fail(str(exc), 2)
         return
     out_file.write_text(json.dumps(doc, indent=2) + "\n")
+    if json_out:
+        _print_json(
+            {"ok": True, "file": str(out_file), "index": doc["index"], "peer_id": doc["peer_id"]}
+        )
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -141,16 +149,45 @@ def status(
 # --- membership over the admin channel ---------------------------------------------------------
 
 
-def _admin(config: Path, request: dict[str, Any]) -> dict[str, Any]:
+def _admin(config: Path, request: dict[str, Any], json_out: bool = False) -> dict[str, Any]:
+    """One admin-channel request to the node of ``config``; exits 1 with the reason if refused."""
     from kms.api import admin
-    from kms.node.config import load
+    from kms.node.config import ConfigError, load
 
-    cfg = load(config)
-    token = cfg.admin_token_file.read_text().strip()
-    reply = trio.run(admin.call, cfg.admin_socket, {**request, "token": token})
+    try:
+        cfg = load(config)
+        token = cfg.admin_token_file.read_text().strip()
+        reply = trio.run(admin.call, cfg.admin_socket, {**request, "token": token})
+    except (ConfigError, OSError, ValueError) as exc:
+        if json_out:
+            _print_json({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            raise typer.Exit(2) from None
+        _fail(f"cannot reach the node's admin channel: {exc}", 2)
+        raise
     if not reply.get("ok"):
+        if json_out:
+            _print_json(
+                {"ok": False, "error": str(reply.get("error")), "reason": reply.get("reason")}
+            )
+            raise typer.Exit(1)
         _fail(str(reply.get("error")), 1)
     return reply
+
+
+MEMBER_VIEW = (
+    "index",
+    "epoch",
+    "threshold",
+    "master_public_key",
+    "committee",
+    "has_share",
+    "running",
+    "pending_proposals",
+    "approvals_waiting",
+    "refused_approvals",
+    "retained_shares",
+    "last_refresh",
+)
 
 
 @member_app.command("list")
@@ -158,52 +195,86 @@ def member_list(
     config: Annotated[Path, typer.Option("--config")],
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Current committee, threshold, epoch, pending proposals and retained shares."""
-    st = _admin(config, {"op": "status"})["status"]
-    view = {
-        k: st.get(k)
-        for k in (
-            "epoch",
-            "threshold",
-            "committee",
-            "pending_proposals",
-            "retained_shares",
-            "last_refresh",
-        )
-    }
+    """Committee, threshold, epoch, pending proposals (ids, approvals), last refresh, retained shares."""
+    st = _admin(config, {"op": "status"}, json_out)["status"]
+    view = {k: st.get(k) for k in MEMBER_VIEW}
     if json_out:
         _print_json(view)
-    else:
-        out.print_json(json.dumps(view))
+        return
+    out.print(
+        f"epoch {view['epoch']}, threshold {view['threshold']}, "
+        f"committee {[m['index'] for m in view['committee'] or []]}"
+    )
+    out.print(f"last refresh {view['last_refresh']}")
+    for p in view["pending_proposals"] or []:
+        out.print(f"pending {p['kind']:16} {p['id']}  approvals {p['approvals']}")
+    for r in view["refused_approvals"] or []:
+        out.print(f"refused {r['id']}: {r['reason']}")
+    for r in view["retained_shares"] or []:
+        out.print(
+            f"old share of epoch {r['epoch']} retained, waiting for acknowledgements from "
+            f"{r['missing_acknowledgements']}"
+        )
+
+
+CHANGES = "add | remove | threshold | admission-policy | refresh"
 
 
 @member_app.command("propose")
 def member_propose(
     config: Annotated[Path, typer.Option("--config")],
-    change: Annotated[str, typer.Argument(help="add | remove | threshold | refresh")],
-    value: Annotated[str | None, typer.Argument(help="INDEX for remove, T for threshold")] = None,
+    change: Annotated[str, typer.Argument(help=CHANGES)],
+    value: Annotated[
+        str | None,
+        typer.Argument(help="INDEX for remove, T for threshold, FILE for admission-policy"),
+    ] = None,
     join_request: Annotated[Path | None, typer.Option("--join-request")] = None,
-    evidence: Annotated[Path | None, typer.Option("--evidence")] = None,
+    evidence: Annotated[
+        Path | None, typer.Option("--evidence", help="Evidence file for remove.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Propose a membership change; prints the proposal id."""
+    """Propose a membership change; prints the proposal id.
+
+    The node checks the change first: a join request's quote against the
+    committee's node admission policy, a removal's evidence against the chain.
+    """
     req: dict[str, Any] = {"op": "propose", "change": change}
-    if change == "add":
-        if join_request is None:
-            _fail("add needs --join-request FILE", 2)
-            return
-        req["join_request"] = json.loads(join_request.read_text())
-    elif change == "remove":
-        req["index"] = int(value or 0)
-        if evidence is not None:
-            req["evidence"] = evidence.read_bytes().hex()
-    elif change == "threshold":
-        req["threshold"] = int(value or 0)
-    elif change != "refresh":
-        _fail(f"unknown change {change!r}", 2)
-    reply = _admin(config, req)
+
+    def usage(msg: str) -> None:
+        if json_out:
+            _print_json({"ok": False, "error": msg})
+            raise typer.Exit(2)
+        _fail(msg, 2)
+
+    try:
+        if change == "add":
+            if join_request is None:
+                usage("add needs --join-request FILE")
+                return
+            req["join_request"] = json.loads(join_request.read_text())
+        elif change == "remove":
+            if value is None:
+                usage("remove needs INDEX")
+            req["index"] = int(value or 0)
+            if evidence is not None:
+                req["evidence"] = evidence.read_bytes().hex()
+        elif change == "threshold":
+            if value is None:
+                usage("threshold needs T")
+            req["threshold"] = int(value or 0)
+        elif change == "admission-policy":
+            if value is None:
+                usage("admission-policy needs FILE (an encoded node admission policy)")
+                return
+            req["policy"] = Path(value).read_bytes().hex()
+        elif change != "refresh":
+            usage(f"unknown change {change!r} (one of {CHANGES})")
+    except (OSError, ValueError) as exc:
+        usage(f"{type(exc).__name__}: {exc}")
+    reply = _admin(config, req, json_out)
     if json_out:
-        _print_json({"proposal_id": reply["proposal_id"]})
+        _print_json({"ok": True, "proposal_id": reply["proposal_id"], "change": change})
     else:
         out.print(reply["proposal_id"])
 
@@ -214,12 +285,44 @@ def member_approve(
     proposal_id: Annotated[str, typer.Argument()],
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Approve a proposal by id (its approval travels in this node's next ballot)."""
-    _admin(config, {"op": "approve", "proposal_id": proposal_id})
+    """Approve a proposal by id (its approval travels in this node's next ballot).
+
+    A proposal the node has seen is checked now (a refusal exits 1 with the
+    reason); one not seen yet is checked when it arrives (see ``member list``).
+    """
+    reply = _admin(config, {"op": "approve", "proposal_id": proposal_id}, json_out)
+    checked = bool(reply.get("checked", True))
     if json_out:
-        _print_json({"approved": proposal_id})
+        _print_json({"ok": True, "approved": proposal_id, "checked": checked})
     else:
-        out.print(f"approved {proposal_id}")
+        out.print(f"approved {proposal_id}" + ("" if checked else " (checked once it arrives)"))
+
+
+@member_app.command("evidence")
+def member_evidence(
+    config: Annotated[Path, typer.Option("--config")],
+    export: Annotated[
+        Path | None, typer.Option("--export", help="Write each piece of evidence to DIR.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Evidence of misbehaviour this node collected (for ``member propose remove --evidence``)."""
+    items = _admin(config, {"op": "evidence"}, json_out)["evidence"]
+    files = []
+    if export is not None:
+        export.mkdir(parents=True, exist_ok=True)
+        for e in items:
+            f = export / f"{e['kind']}-node{e['culprit']}-{e['id'][:16]}.msgpack"
+            f.write_bytes(bytes.fromhex(e["evidence"]))
+            files.append(str(f))
+    listed = [{k: v for k, v in e.items() if k != "evidence"} for e in items]
+    if json_out:
+        _print_json({"ok": True, "evidence": listed, "files": files})
+        return
+    for e in listed:
+        out.print(f"{e['id'][:16]} node {e['culprit']} {e['kind']}: {e['reason']}")
+    for name in files:
+        out.print(f"wrote {name}")
 
 
 # --- devnet ----------------------------------------------------------------------------------------
@@ -354,6 +457,59 @@ def devnet_start_node(
 
     pid = devnet.start_node(dir, index)
     out.print(f"node {index} started (pid {pid})")
+
+
+@devnet_app.command("add-node")
+def devnet_add_node(
+    dir: Annotated[Path, typer.Option("--dir")],
+    timeout: Annotated[float, typer.Option("--timeout")] = 120.0,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A new operator joins: init, start, join request, proposal, approvals, reshare."""
+    from kms import devnet
+
+    try:
+        res = devnet.add_node(dir, timeout=timeout)
+    except (devnet.MembershipError, OSError, ValueError) as exc:
+        if json_out:
+            _print_json({"ok": False, "error": str(exc)})
+            raise typer.Exit(1) from None
+        _fail(str(exc), 1)
+        return
+    if json_out:
+        _print_json({"ok": True, **res})
+    else:
+        out.print(
+            f"node {res['index']} joined: epoch {res['epoch']}, committee {res['committee']}, "
+            f"threshold {res['threshold']}"
+        )
+
+
+@devnet_app.command("remove-node")
+def devnet_remove_node(
+    dir: Annotated[Path, typer.Option("--dir")],
+    index: Annotated[int, typer.Argument()],
+    timeout: Annotated[float, typer.Option("--timeout")] = 120.0,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The other members remove node INDEX; once the new epoch is certified it is stopped."""
+    from kms import devnet
+
+    try:
+        res = devnet.remove_node(dir, index, timeout=timeout)
+    except (devnet.MembershipError, KeyError, OSError, ValueError) as exc:
+        if json_out:
+            _print_json({"ok": False, "error": str(exc)})
+            raise typer.Exit(1) from None
+        _fail(str(exc), 1)
+        return
+    if json_out:
+        _print_json({"ok": True, **res})
+    else:
+        out.print(
+            f"node {index} removed: epoch {res['epoch']}, committee {res['committee']}, "
+            f"threshold {res['threshold']}"
+        )
 
 
 key_app = typer.Typer(

@@ -2,7 +2,10 @@
 
 Part 1 starts ``kms devnet up`` (5 node processes, threshold 3, real libp2p on
 loopback), shows the DKG result from every node, stops one node and shows
-that the rest still agree, then shuts everything down.
+that the rest still agree; a simulated CVM gets its key; then, with every
+node up again, a sixth operator joins (``kms devnet add-node``), node 3
+leaves (``kms devnet remove-node``), and the CVM gets the same key from the
+new committee; then everything shuts down.
 
 Part 2 walks through the derivation a CVM relies on, with an in-process
 committee of 5 (threshold 3): every 3 of the 5 partials give the same app
@@ -157,7 +160,7 @@ def networked(console: Console, directory: Path) -> bool:
     from kms.devnet import STATE_FILE, launch, read_state, stop_node
 
     console.rule("[bold]part 1: a committee of 5 node processes (threshold 3) over libp2p")
-    proc = launch(directory, start_in=8)
+    proc = launch(directory, start_in=8, window_period=4.0)
     try:
         deadline = time.time() + 180
         state: dict[str, object] = {}
@@ -266,7 +269,56 @@ def key_release(console: Console, directory: Path) -> bool:
     console.print(
         f"the message sealed before the CVM existed decrypts inside it: [{'green' if ok_ibe else 'red'}]{ok_ibe}"
     )
-    return same and same_again and refused_everywhere and ok_ibe
+    ok_members = membership(console, directory, fp1)
+    return same and same_again and refused_everywhere and ok_ibe and ok_members
+
+
+def membership(console: Console, directory: Path, fingerprint: str) -> bool:
+    """Part 1c: a sixth operator joins, a node leaves, and the CVM gets the same key."""
+    from kms import devnet
+    from kms.client.core import KeyReleaseError
+    from kms.client.http import fetch_keys
+    from mpc.ids import ParticipantIndex as PI
+
+    console.rule("[bold]membership: a sixth operator joins, then node 3 leaves")
+    try:
+        with console.status("node 6: join request with a quote, proposal, approvals, reshare…"):
+            added = devnet.add_node(directory, timeout=150)
+        console.print(
+            f"node {added['index']} joined: epoch {added['epoch']}, committee "
+            f"{added['committee']}, threshold {added['threshold']}"
+        )
+        with console.status("node 3 leaves: proposal, approvals, reshare…"):
+            removed = devnet.remove_node(directory, 3, timeout=150)
+        console.print(
+            f"node 3 left: epoch {removed['epoch']}, committee {removed['committee']}, "
+            f"threshold {removed['threshold']}"
+        )
+    except devnet.MembershipError as exc:
+        console.print(f"[red]membership change failed: {exc}")
+        return False
+    state = devnet.read_state(directory)
+    mpk = G2.from_bytes(bytes.fromhex(str(state["master_public_key"])))
+    same_mpk = (
+        added["master_public_key"] == removed["master_public_key"] == state["master_public_key"]
+    )
+    app_id = bytes.fromhex(state["apps"]["demo"])
+    urls = {PI(int(n["index"])): n["http_url"] for n in state["nodes"]}
+    tee = devnet.simulated_tee(directory)
+    try:
+        res = fetch_keys(
+            urls, mpk, app_id, [("app", 1)], lambda rd: tee.quote(rd, **devnet.DEMO_MEASUREMENT)
+        )
+    except KeyReleaseError as exc:
+        console.print(f"[red]the CVM got no key from the new committee: {exc}")
+        return False
+    fp = hashlib.sha256(res.derived[("app", 1)].app_key().secret.data).hexdigest()
+    same = fp == fingerprint and same_mpk
+    console.print(
+        f"the CVM's key from the committee of epoch {res.epoch} (nodes "
+        f"{sorted(int(i) for i in urls)}), the same as before: [{'green' if same else 'red'}]{same}"
+    )
+    return same
 
 
 def main() -> int:

@@ -61,7 +61,8 @@ def create(
 
     With ``pccs_url`` the nodes take collateral from that PCCS (the devnet's
     own, serving the simulated TEE's collateral) and cache it, as in
-    production; without it they read the simulated collateral file.
+    production; the simulated collateral file is configured too, for checks
+    that cannot wait for the PCCS (join requests).
     """
     if not 2 <= threshold <= nodes:
         raise ValueError("need 2 ≤ threshold ≤ nodes")
@@ -86,7 +87,7 @@ def create(
         "window_period": window_period,
         "window_length": max(2.0, 4 * delta),
         "refresh_interval": refresh_interval,
-        "admission_policy": "devnet: simulated TEE admitted",
+        "admission_policy": node_admission_policy().encode().hex(),
         "genesis": [
             {k: r[k] for k in ("index", "identity", "dkg_key", "dkg_key_signature")}
             for r in records
@@ -107,11 +108,13 @@ def create(
         # The devnet's CVMs run on the simulated TEE: say so, loudly, in every node's config.
         doc["node"]["accept_simulated_quotes"] = True
         doc["node"]["simulated_root_ca"] = str((tee_dir / "root.der").resolve())
-        if pccs_url is None:
-            doc["node"]["collateral_file"] = str((tee_dir / "collateral.json").resolve())
-        else:
+        # Join requests are checked inside the node core, which cannot wait for a PCCS:
+        # the file covers the devnet's one simulated platform until the cache does.
+        doc["node"]["collateral_file"] = str((tee_dir / "collateral.json").resolve())
+        if pccs_url is not None:
             doc["node"]["pccs_url"] = pccs_url
         doc["node"]["policies_dir"] = "policies"  # each node keeps its own
+        doc["node"]["simulated_tee"] = str(directory.resolve())
         write_config(path, doc)
     state: dict[str, Any] = {
         "pccs_url": pccs_url,
@@ -255,6 +258,21 @@ DEMO_MEASUREMENT = {
 }
 """The measurement of the devnet's demo CVM (admitted by the ``demo`` app's policy)."""
 ROGUE_MEASUREMENT = {**DEMO_MEASUREMENT, "rtmr3": bytes(48)}
+NODE_MEASUREMENT = {
+    name: bytes([0xA0 + i]) * 48
+    for i, name in enumerate(("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
+}
+"""The measurement of a devnet KMS node's CVM (admitted by the devnet's node admission policy)."""
+ROGUE_NODE_MEASUREMENT = {**NODE_MEASUREMENT, "rtmr3": bytes(48)}
+
+
+def node_admission_policy() -> Any:
+    """The devnet's genesis node admission policy: the simulated KMS node image, up to date."""
+    from kms.policy import Measurement, NodeAdmissionPolicy
+
+    return NodeAdmissionPolicy.build(
+        [Measurement.explicit(**NODE_MEASUREMENT)], allowed_tcb_statuses=("UpToDate",)
+    )
 
 
 def simulated_tee(directory: Path) -> Any:
@@ -382,6 +400,7 @@ def launch(
     threshold: int = 3,
     delta: float = 0.3,
     start_in: float | None = None,
+    window_period: float | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``kms devnet up`` in the background (its caller stops it with SIGTERM)."""
     args = [
@@ -398,6 +417,8 @@ def launch(
     args += ["--dir", str(directory), "--delta", str(delta)]
     if start_in is not None:
         args += ["--start-in", str(start_in)]
+    if window_period is not None:
+        args += ["--window-period", str(window_period)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
 
 
@@ -415,3 +436,219 @@ def wait_for_apps(
             return None
         time.sleep(0.3)
     return None
+
+
+# --- membership on a running devnet ---------------------------------------------------------
+
+
+def init_joining_node(directory: Path, index: int | None = None) -> dict[str, Any]:
+    """Create a node that is not in the committee yet: same ``[committee]``, the devnet's TEE.
+
+    It knows where the current members listen; they learn its address from the
+    certified ``add`` change. It starts with the apps' policies the first node
+    holds. Returns its entry (as in ``devnet.json``; not added there yet).
+    """
+    import shutil
+    import tomllib
+
+    state = read_state(directory)
+    known = [int(n["index"]) for n in state["nodes"] + state.get("removed", [])]
+    index = index if index is not None else max(known) + 1
+    p2p, http = free_port(), free_port()
+    first = tomllib.loads(Path(state["nodes"][0]["config"]).read_text())
+    peers = [{"index": int(n["index"]), "multiaddr": n["multiaddr"]} for n in state["nodes"]]
+    node_dir = directory / f"node-{index}"
+    record = init_node(
+        node_dir,
+        index=index,
+        listen=f"/ip4/127.0.0.1/tcp/{p2p}",
+        http=f"127.0.0.1:{http}",
+        committee=first["committee"],
+        peers=peers,
+    )
+    path = node_dir / "node.toml"
+    doc = tomllib.loads(path.read_text())
+    for key in (
+        "accept_simulated_quotes",
+        "simulated_root_ca",
+        "collateral_file",
+        "policies_dir",
+        "simulated_tee",
+    ):
+        if key in first["node"]:
+            doc["node"][key] = first["node"][key]
+    write_config(path, doc)
+    src = Path(state["nodes"][0]["config"]).parent / "policies"
+    if src.is_dir():
+        (node_dir / "policies").mkdir(exist_ok=True)
+        for f in src.glob("*.policy"):
+            shutil.copy(f, node_dir / "policies" / f.name)
+    return {
+        "index": index,
+        "peer_id": record["peer_id"],
+        "multiaddr": f"/ip4/127.0.0.1/tcp/{p2p}/p2p/{record['peer_id']}",
+        "http_url": f"http://127.0.0.1:{http}",
+        "config": str(path.resolve()),
+        "pid": None,
+    }
+
+
+class MembershipError(RuntimeError):
+    """A devnet membership flow could not be completed."""
+
+
+def admin_call(config: str | Path, request: dict[str, Any]) -> dict[str, Any]:
+    """One admin-channel request to a devnet node (with its token)."""
+    import trio
+
+    from kms.api import admin
+
+    cfg = load(config)
+    token = cfg.admin_token_file.read_text().strip()
+    try:
+        return trio.run(admin.call, cfg.admin_socket, {**request, "token": token})
+    except OSError as exc:
+        return {"ok": False, "error": f"admin channel unreachable: {exc}"}
+
+
+def _live_members(state: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A member's status and the entries of the committee members that answer."""
+    sts = {int(n["index"]): status_of(n["http_url"]) for n in state["nodes"]}
+    ref = max(
+        (s for s in sts.values() if s and s.get("epoch") is not None),
+        key=lambda s: int(s["epoch"]),
+        default=None,
+    )
+    if ref is None:
+        raise MembershipError("no member of the devnet answers")
+    members = {int(m["index"]) for m in ref["committee"]}
+    live = [n for n in state["nodes"] if int(n["index"]) in members and sts[int(n["index"])]]
+    return ref, live
+
+
+def propose_and_approve(
+    state: dict[str, Any], request: dict[str, Any], *, exclude: int | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Propose at one live member and approve at every other live member.
+
+    Returns the proposal id and the status the flow started from. Raises
+    ``MembershipError`` with the node's reason if the change is refused.
+    """
+    ref, live = _live_members(state)
+    voters = [n for n in live if int(n["index"]) != exclude]
+    if len(voters) < int(ref["threshold"]):
+        raise MembershipError(
+            f"{len(voters)} members answer, {ref['threshold']} approvals are needed"
+        )
+    reply = admin_call(voters[0]["config"], {"op": "propose", **request})
+    if not reply.get("ok"):
+        raise MembershipError(f"node {voters[0]['index']} refused: {reply.get('error')}")
+    pid = str(reply["proposal_id"])
+    for n in voters[1:]:
+        admin_call(n["config"], {"op": "approve", "proposal_id": pid})
+    return pid, ref
+
+
+def _wait(what: str, check: Any, timeout: float) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise MembershipError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _epoch_after(
+    state: dict[str, Any], epoch: int, committee: list[int], *, timeout: float
+) -> dict[int, dict[str, Any]]:
+    def check() -> dict[int, dict[str, Any]] | None:
+        sts = {}
+        for n in state["nodes"]:
+            i = int(n["index"])
+            if i not in committee:
+                continue
+            st = status_of(n["http_url"])
+            if st is None:
+                continue  # a member that is down catches up from the chain when it returns
+            if (
+                st.get("epoch") is None
+                or st["epoch"] <= epoch
+                or [m["index"] for m in st["committee"]] != committee
+            ):
+                return None
+            sts[i] = st
+        if not sts:
+            return None
+        # Enough members hold a share to serve keys (one that missed the reshare gets
+        # its share from a prompt refresh later).
+        holders = sum(1 for st in sts.values() if st.get("has_share"))
+        return sts if holders >= max(int(st["threshold"]) for st in sts.values()) else None
+
+    return dict(_wait(f"an epoch after {epoch} with committee {committee}", check, timeout))
+
+
+def add_node(directory: Path, *, timeout: float = 120.0) -> dict[str, Any]:
+    """``kms devnet add-node``: a new node joins the running devnet.
+
+    Init the node (with the devnet's simulated TEE), start it, write its join
+    request (quote over its record and addresses), propose it at one member,
+    approve it at the others, wait until every member of the new committee
+    holds a share of the new epoch, then record it in ``devnet.json``.
+    """
+    from kms.node.setup import join_request
+
+    entry = init_joining_node(directory)
+    cfg = Path(entry["config"])
+    entry["pid"] = spawn(entry["config"], cfg.parent / "node.log")
+    state = read_state(directory)
+    state["nodes"].append(entry)
+    write_state(directory, state)  # so that `devnet up` stops it too
+    jr = join_request(cfg)
+    (cfg.parent / "join-request.json").write_text(json.dumps(jr, indent=2) + "\n")
+    try:
+        pid, ref = propose_and_approve(
+            state, {"change": "add", "join_request": jr}, exclude=entry["index"]
+        )
+        committee = sorted([int(m["index"]) for m in ref["committee"]] + [entry["index"]])
+        sts = _epoch_after(state, int(ref["epoch"]), committee, timeout=timeout)
+    except MembershipError:
+        stop_pid(entry["pid"])
+        state = read_state(directory)
+        state["nodes"] = [n for n in state["nodes"] if int(n["index"]) != entry["index"]]
+        write_state(directory, state)
+        raise
+    st = sts[entry["index"]]
+    return {
+        "index": entry["index"],
+        "proposal_id": pid,
+        "epoch": st["epoch"],
+        "committee": committee,
+        "threshold": st["threshold"],
+        "master_public_key": st["master_public_key"],
+    }
+
+
+def remove_node(directory: Path, index: int, *, timeout: float = 120.0) -> dict[str, Any]:
+    """``kms devnet remove-node``: the other members remove node ``index``, then it stops."""
+    state = read_state(directory)
+    node_entry(state, index)
+    pid, ref = propose_and_approve(state, {"change": "remove", "index": index}, exclude=index)
+    committee = [int(m["index"]) for m in ref["committee"] if int(m["index"]) != index]
+    sts = _epoch_after(state, int(ref["epoch"]), committee, timeout=timeout)
+    state = read_state(directory)
+    gone = node_entry(state, index)
+    stop_pid(gone.get("pid"))
+    gone["pid"] = None
+    state["nodes"] = [n for n in state["nodes"] if int(n["index"]) != index]
+    state.setdefault("removed", []).append(gone)
+    write_state(directory, state)
+    st = sts[committee[0]]
+    return {
+        "index": index,
+        "proposal_id": pid,
+        "epoch": st["epoch"],
+        "committee": committee,
+        "threshold": st["threshold"],
+        "master_public_key": st["master_public_key"],
+    }

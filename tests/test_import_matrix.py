@@ -90,6 +90,14 @@ MATRIX: list[tuple[str, Rule]] = [
     ("kms.policy", CORE_ATTEST),
     ("kms.protocol", CORE_ATTEST),
     ("kms.node.core", CORE_ATTEST),
+    (
+        "kms.node.admission",
+        Rule(
+            ("mpc", "kms.attest", "kms.policy", "kms.protocol", "kms.node.core"),
+            CORE_ATTEST.third_party,
+            CORE_ATTEST.never,
+        ),
+    ),
     ("kms.node.release", CORE_ATTEST),
     ("kms.client.core", CORE_ATTEST),
     ("kms.node.service", SHELL),

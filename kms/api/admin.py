@@ -15,9 +15,16 @@ from typing import Any, Protocol
 
 import trio
 
+from kms.node.core import ChangeRefused
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidSignature, LocalProtocolError
-from mpc.membership import AddMember, ChangeThreshold, Refresh, RemoveMember
+from mpc.membership import (
+    AddMember,
+    ChangeAdmissionPolicy,
+    ChangeThreshold,
+    Refresh,
+    RemoveMember,
+)
 from mpc.membership.messages import Change
 
 MAX_REQUEST = 1024 * 1024
@@ -28,7 +35,9 @@ class AdminTarget(Protocol):
 
     def propose(self, change: Change) -> bytes: ...
 
-    def approve(self, proposal_id: bytes) -> None: ...
+    def approve(self, proposal_id: bytes) -> bool: ...
+
+    def evidence(self) -> list[dict[str, Any]]: ...
 
 
 class AdminError(Exception):
@@ -52,6 +61,8 @@ def parse_change(req: dict[str, Any]) -> Change:
         return RemoveMember(int(req["index"]), bytes.fromhex(req.get("evidence", "")))
     if kind == "threshold":
         return ChangeThreshold(int(req["threshold"]))
+    if kind == "admission-policy":
+        return ChangeAdmissionPolicy(bytes.fromhex(str(req["policy"])))
     if kind == "refresh":
         return Refresh()
     raise AdminError(f"unknown change {kind!r}")
@@ -77,8 +88,13 @@ def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
             pid = target.propose(parse_change(req))
             return {"ok": True, "proposal_id": pid.hex()}
         if op == "approve":
-            target.approve(bytes.fromhex(str(req["proposal_id"])))
-            return {"ok": True}
+            known = target.approve(bytes.fromhex(str(req["proposal_id"])))
+            # Not seen yet: checked and approved once it shows up in a decided window.
+            return {"ok": True, "checked": known}
+        if op == "evidence":
+            return {"ok": True, "evidence": target.evidence()}
+    except ChangeRefused as exc:
+        return {"ok": False, "error": f"refused: {exc}", "reason": exc.reason}
     except (
         KeyError,
         ValueError,

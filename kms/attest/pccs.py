@@ -357,15 +357,18 @@ def _fresh(collateral: Collateral, now: int, min_validity: int) -> bool:
 
 
 class CollateralProvider:
-    """The collateral a node verifies quotes with: from its PCCS, its cache, or a fixed file.
+    """The collateral a node verifies quotes with: from its PCCS and cache, and/or a file.
 
     The key releaser is synchronous and never waits on the network, so the
     node's shell first awaits :meth:`prepare` for the request's quote (served
     from memory while fresh, else the PCCS client's ``collateral_for``: cache,
     fetch, or the cache again when the PCCS is down), then the releaser calls
-    :meth:`get`, which only reads memory. A quote whose platform has no
-    collateral is refused with ``COLLATERAL_UNAVAILABLE``. One fetch per
-    platform runs at a time; concurrent requests wait for it.
+    :meth:`get`, which reads memory, then the disk cache, then the fixed
+    collateral (``collateral_file``) if it is for the quote's platform. A
+    quote whose platform has none of these is refused with
+    ``COLLATERAL_UNAVAILABLE``. One fetch per platform runs at a time;
+    concurrent requests wait for it. Checks that cannot await (a join
+    request's quote, checked inside the node core) use :meth:`get` alone.
     """
 
     def __init__(
@@ -375,8 +378,8 @@ class CollateralProvider:
         fixed: Collateral | None = None,
         min_validity: int = DEFAULT_MIN_VALIDITY,
     ) -> None:
-        if (client is None) == (fixed is None):
-            raise ValueError("give a PCCS client or a fixed collateral, not both")
+        if client is None and fixed is None:
+            raise ValueError("give a PCCS client, a fixed collateral, or both")
         self.client = client
         self.fixed = fixed
         self.min_validity = min_validity
@@ -409,14 +412,20 @@ class CollateralProvider:
                 self.fetch_failures += 1  # held (if any) stays; verification decides
 
     def get(self, quote: bytes) -> Collateral:
-        """The collateral for ``quote``'s platform, from memory only."""
-        if self.fixed is not None:
+        """The collateral for ``quote``'s platform, without touching the network."""
+        if self.client is None and self.fixed is not None:
             return self.fixed
         try:
             key = platform_of(quote)
         except PCCSError as exc:
             raise QuoteVerificationError(QuoteFailure.MALFORMED_QUOTE, str(exc)) from None
         held = self._held.get(key)
+        if held is None and self.client is not None and self.client.cache is not None:
+            held = self.client.cache.load(*key)
+            if held is not None:
+                self._held[key] = held
+        if held is None and self.fixed is not None and self.fixed.fmspc == key[0]:
+            held = self.fixed
         if held is None:
             raise QuoteVerificationError(
                 QuoteFailure.COLLATERAL_UNAVAILABLE,

@@ -60,11 +60,9 @@ class NodeFileConfig:
         return self.path.parent
 
 
-def _pccs_url(value: Any, node: dict[str, Any]) -> str | None:
+def _pccs_url(value: Any) -> str | None:
     if value is None:
         return None
-    if "collateral_file" in node:
-        raise ConfigError("set pccs_url or collateral_file, not both")
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise ConfigError("pccs_url must be an http(s) URL")
     return value
@@ -116,6 +114,19 @@ def participant_to_toml(p: Participant) -> dict[str, Any]:
     }
 
 
+def policy_bytes(text: str) -> bytes:
+    """``[committee] admission_policy``: a node admission policy in hex (its encoding).
+
+    Text that is not hex is kept as it is (its SHA-256 is still bound into the
+    genesis certificate), but it admits no node: joins are then refused until an
+    ``admission-policy`` change certifies a real policy.
+    """
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return text.encode()
+
+
 def load(path: str | Path) -> NodeFileConfig:
     """Read and check ``node.toml``; raises ``ConfigError`` with the reason."""
     path = Path(path).resolve()
@@ -138,7 +149,7 @@ def load(path: str | Path) -> NodeFileConfig:
         raise ConfigError(
             "the committee has no genesis participants yet (run `kms devnet up` or add them)"
         )
-    policy = com.get("admission_policy", "")
+    policy = policy_bytes(str(com.get("admission_policy", "")))
     protocol = NodeConfig(
         index=ParticipantIndex(int(node["index"])),
         genesis=genesis,
@@ -148,7 +159,8 @@ def load(path: str | Path) -> NodeFileConfig:
         window_period=float(com.get("window_period", 60.0)),
         window_length=float(com.get("window_length", 5.0)),
         refresh_interval=float(com.get("refresh_interval", 0.0)),
-        admission_policy_hash=hashlib.sha256(policy.encode()).digest(),
+        admission_policy_hash=hashlib.sha256(policy).digest(),
+        admission_policy=policy,
     )
     if not 2 <= protocol.threshold <= len(genesis):
         raise ConfigError(
@@ -181,7 +193,7 @@ def load(path: str | Path) -> NodeFileConfig:
         collateral_file=(base / node["collateral_file"]) if "collateral_file" in node else None,
         policies_dir=(base / node["policies_dir"]) if "policies_dir" in node else None,
         max_request_skew=int(node.get("max_request_skew", 120)),
-        pccs_url=_pccs_url(node.get("pccs_url"), node),
+        pccs_url=_pccs_url(node.get("pccs_url")),
         collateral_cache_dir=base / str(node.get("collateral_cache_dir", "collateral")),
         pccs_verify_tls=bool(node.get("pccs_verify_tls", True)),
         policy_sync_interval=_positive(

@@ -26,6 +26,7 @@ Lifecycle:
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from mpc.membership import (
     AddMember,
     ChainError,
     ChainState,
+    ChangeAdmissionPolicy,
     DecisionWindow,
     MembershipCertificate,
     MembershipCertified,
@@ -92,6 +94,8 @@ class NodeConfig:
     window_length: float = 5.0
     refresh_interval: float = 0.0
     admission_policy_hash: bytes = ZERO_HASH
+    admission_policy: bytes = b""
+    """The genesis node admission policy (its SHA-256 is ``admission_policy_hash``)."""
 
     def __post_init__(self) -> None:
         if self.window_length <= 0 or self.window_period <= 0:
@@ -119,6 +123,33 @@ class NodeConfig:
             sign_window=3 * self.delta,
             reshare_delay=reshare_delay,
         )
+
+
+# --- checking operator changes ---------------------------------------------------
+
+
+class ChangeRefused(LocalProtocolError):
+    """This node will not propose or approve a change; ``reason`` is a stable label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ChangeContext:
+    """What a change is judged against: the verified chain and this node's clock."""
+
+    state: ChainState
+    chain: tuple[EpochCertificate | MembershipCertificate, ...]
+    now: float
+    admission_policy: bytes | None
+    """The committee-certified node admission policy, when this node knows its bytes."""
+
+
+ChangeCheck = Callable[[ChangeContext, Change], None]
+"""Raises ``ChangeRefused`` for a change this node must not propose or approve."""
 
 
 # --- events -------------------------------------------------------------------
@@ -170,6 +201,15 @@ class InputRejected:
 
 
 @dataclass(frozen=True)
+class ApprovalRefused:
+    """A proposal the operator approved failed this node's checks: no approval is sent."""
+
+    proposal_id: bytes
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class RunFailed:
     kind: str
     epoch: int
@@ -184,6 +224,7 @@ NodeEvent = (
     | RetainedShareDeletable
     | MisbehaviourObserved
     | InputRejected
+    | ApprovalRefused
     | RunFailed
 )
 
@@ -212,6 +253,10 @@ class NodeStatus:
     retained: tuple[tuple[int, tuple[ParticipantIndex, ...]], ...]
     """Retained old shares: (epoch, indices whose acknowledgement is missing)."""
     last_refresh: float | None
+    refused: tuple[tuple[str, str], ...] = ()
+    """Approvals this node refused after checking the proposal: (id hex, reason)."""
+    waiting: tuple[str, ...] = ()
+    """Approved proposal ids not seen yet (checked and sent once they are)."""
 
 
 # --- the node -----------------------------------------------------------------
@@ -228,8 +273,12 @@ class NodeCore:
         *,
         rng: RNG,
         restored: Restored | None = None,
+        check: ChangeCheck | None = None,
     ) -> None:
         self.config = config
+        self._check = check
+        self._deferred: set[bytes] = set()
+        self._refused: dict[bytes, tuple[str, str]] = {}
         self.me = config.index
         self._key = identity_key
         self._dkg_key = dkg_key
@@ -360,20 +409,80 @@ class NodeCore:
     # --- operator actions --------------------------------------------------------------
 
     def propose(self, change: Change) -> bytes:
-        """Propose a change in the next window; returns the proposal id."""
+        """Propose a change in the next window; returns the proposal id.
+
+        Raises ``ChangeRefused`` when this node's checks (the join request's
+        quote against the admission policy, a removal's evidence) refuse it.
+        """
         state = self._require_member()
         if apply_change(state.committee, change) is None:
             raise LocalProtocolError("the change is not valid for the current committee")
+        self._check_change(change)
         p = Proposal.of(state.epoch, state.head_hash, int(self.me), self._rng(16), change)
         self._my_proposals[p.id()] = p
         self._my_approvals.add(p.id())
         return p.id()
 
-    def approve(self, proposal_id: bytes) -> None:
+    def approve(self, proposal_id: bytes) -> bool:
+        """Approve a proposal; returns False when it is not known yet.
+
+        With a change check configured, a proposal is checked before this node
+        approves it (``ChangeRefused`` if it fails). One not seen yet is
+        remembered and checked when it shows up in a decided window.
+        """
         self._require_member()
         if len(proposal_id) != 32:
             raise LocalProtocolError("a proposal id is 32 bytes")
+        if self._check is None:
+            self._my_approvals.add(proposal_id)
+            return True
+        p = self._tally.proposals.get(proposal_id) or self._my_proposals.get(proposal_id)
+        if p is None:
+            self._deferred.add(proposal_id)
+            return False
+        self._check_change(p.change)
+        self._refused.pop(proposal_id, None)
         self._my_approvals.add(proposal_id)
+        return True
+
+    def _check_change(self, change: Change) -> None:
+        if self._check is None or self.state is None:
+            return
+        ctx = ChangeContext(self.state, tuple(self.chain), self._now, self.admission_policy())
+        self._check(ctx, change)
+
+    def _approve_deferred(self) -> None:
+        for pid in sorted(self._deferred):
+            p = self._tally.proposals.get(pid)
+            if p is None:
+                continue
+            self._deferred.discard(pid)
+            try:
+                self._check_change(p.change)
+            except ChangeRefused as exc:
+                self._refused[pid] = (exc.reason, exc.detail)
+                self._events.append(ApprovalRefused(pid, exc.reason, exc.detail))
+                continue
+            self._my_approvals.add(pid)
+
+    def admission_policy(self) -> bytes | None:
+        """The bytes of the committee-certified node admission policy, if known here.
+
+        The committee names only its hash; the bytes come from the certified
+        ``admission-policy`` change that set it, or from the genesis configuration.
+        """
+        st = self.state
+        if st is None:
+            return None
+        want = st.committee.admission_policy_hash
+        for link in reversed(self.chain):
+            if isinstance(link, MembershipCertificate):
+                change = link.outcome.proposal.change
+                if isinstance(change, ChangeAdmissionPolicy) and change.policy_hash() == want:
+                    return change.policy
+        if hashlib.sha256(self.config.admission_policy).digest() == want:
+            return self.config.admission_policy
+        return None
 
     def _require_member(self) -> ChainState:
         if self.state is None or self.me not in self.state.committee.indices:
@@ -415,6 +524,8 @@ class NodeCore:
             pending=tuple(pending),
             retained=retained,
             last_refresh=self.last_refresh,
+            refused=tuple((pid.hex(), r) for pid, (r, _) in sorted(self._refused.items())),
+            waiting=tuple(pid.hex() for pid in sorted(self._deferred)),
         )
 
     def chain_update(self, have: int = 0) -> ChainUpdate:
@@ -665,6 +776,7 @@ class NodeCore:
         if sched.start < self._epoch_ready_at or self._now > sched.cutoff:
             return
         self._window_index = w
+        self._approve_deferred()
         proposals = [
             p
             for p in self._my_proposals.values()
@@ -781,6 +893,8 @@ class NodeCore:
             self._run_attempt = 0
             self._my_proposals.clear()
             self._my_approvals.clear()
+            self._deferred.clear()
+            self._refused.clear()
             self._tally = Tally()
             # Make sure every participant of the coming reshare knows the decision.
             members = set(state.committee.indices)
@@ -811,6 +925,8 @@ class NodeCore:
         self._events.append(EpochSwitched(state.epoch, link, self.share, state))
         self._my_proposals.clear()
         self._my_approvals.clear()
+        self._deferred.clear()
+        self._refused.clear()
         self._tally = Tally()
         self._run_attempt = 0
         self._previous_members = set(old_state.committee.indices) if old_state else set()

@@ -29,6 +29,8 @@ import trio
 
 from kms.attest.pccs import CollateralProvider
 from kms.node.core import (
+    ApprovalRefused,
+    ChangeCheck,
     EpochSwitched,
     InputRejected,
     LinkCertified,
@@ -147,6 +149,7 @@ class NodeService:
         *,
         clock: Clock | None = None,
         rng: Callable[[int], bytes] | None = None,
+        check: ChangeCheck | None = None,
     ) -> None:
         import os
 
@@ -174,7 +177,12 @@ class NodeService:
             records=store.records,
         )
         self.core = NodeCore(
-            config, self.identity, self.dkg_key, rng=rng or os.urandom, restored=restored
+            config,
+            self.identity,
+            self.dkg_key,
+            rng=rng or os.urandom,
+            restored=restored,
+            check=check,
         )
         self._peer_index: dict[PeerId, ParticipantIndex] = {}
         self._index_peer: dict[ParticipantIndex, PeerId] = {}
@@ -322,11 +330,25 @@ class NodeService:
             log.info("old share deleted", extra={"fields": {"epoch": ev.epoch}})
         elif isinstance(ev, MisbehaviourObserved):
             self.metrics.misbehaviour[ev.reason.split(":")[0]] += 1
+            if ev.evidence is not None:
+                self.keep_evidence(int(ev.culprit), ev.reason, ev.evidence.encode())
             log.warning(
                 "misbehaviour", extra={"fields": {"culprit": int(ev.culprit), "reason": ev.reason}}
             )
         elif isinstance(ev, InputRejected):
             self._reject(str(self.peer_of(ev.peer)), ev.reason)
+        elif isinstance(ev, ApprovalRefused):
+            self.metrics.rejected["approval: " + ev.reason] += 1
+            log.warning(
+                "approval refused",
+                extra={
+                    "fields": {
+                        "proposal": ev.proposal_id.hex(),
+                        "reason": ev.reason,
+                        "detail": ev.detail,
+                    }
+                },
+            )
         elif isinstance(ev, RunFailed):
             self.metrics.run_failures[ev.kind] += 1
             log.warning(
@@ -459,6 +481,15 @@ class NodeService:
     collateral: CollateralProvider | None = None
     """Where the releaser's collateral comes from (a PCCS with its cache, or a file)."""
 
+    def _collateral_source(self) -> str | None:
+        c = self.collateral
+        if c is None:
+            return None
+        parts = ([f"pccs {c.client.url}"] if c.client is not None else []) + (
+            ["file"] if c.fixed is not None else []
+        )
+        return ", ".join(parts)
+
     async def release(self, raw: bytes) -> tuple[int, bytes]:
         """Answer a CVM's key request: (HTTP status, msgpack body)."""
         if self.releaser is None:
@@ -542,9 +573,50 @@ class NodeService:
         self._step()
         return pid
 
-    def approve(self, proposal_id: bytes) -> None:
-        self.core.approve(proposal_id)
+    def approve(self, proposal_id: bytes) -> bool:
+        known = self.core.approve(proposal_id)
         self._step()
+        return known
+
+    # --- evidence ---------------------------------------------------------------------------
+
+    EVIDENCE_INDEX = "evidence/index"
+
+    def keep_evidence(self, culprit: int, reason: str, raw: bytes) -> str:
+        """Keep third-party-checkable evidence of misbehaviour (once per distinct evidence)."""
+        import hashlib
+
+        eid = hashlib.sha256(raw).hexdigest()
+        index = json.loads(self.store.get_meta(self.EVIDENCE_INDEX) or b"[]")
+        if any(e["id"] == eid for e in index):
+            return eid
+        st = self.core.state
+        self.store.set_meta("evidence/" + eid, raw)
+        index.append(
+            {
+                "id": eid,
+                "culprit": culprit,
+                "reason": reason,
+                "epoch": st.epoch if st else None,
+                "time": round(self.clock.now(), 3),
+            }
+        )
+        self.store.set_meta(self.EVIDENCE_INDEX, json.dumps(index).encode())
+        return eid
+
+    def evidence(self) -> list[dict[str, Any]]:
+        """Evidence this node collected: id, culprit, kind, reason, epoch, time and the bytes (hex)."""
+        from mpc.codec import decode
+
+        out = []
+        for e in json.loads(self.store.get_meta(self.EVIDENCE_INDEX) or b"[]"):
+            raw = self.store.get_meta("evidence/" + e["id"]) or b""
+            try:
+                kind = decode(raw).TYPE.removeprefix("evidence/")
+            except ValueError:
+                kind = "unreadable"
+            out.append({**e, "kind": kind, "evidence": raw.hex()})
+        return out
 
     # --- status -----------------------------------------------------------------------------
 
@@ -572,15 +644,13 @@ class NodeService:
                 for e, miss in s.retained
             ],
             "last_refresh": s.last_refresh,
+            "refused_approvals": [{"id": i, "reason": r} for i, r in s.refused],
+            "approvals_waiting": list(s.waiting),
             "peers": sorted(str(p) for p in self.transport.connected_peers()),
             "healthy": self.core.state is not None or s.running == "dkg",
             "serves_keys": self.releaser is not None,
             "simulated_quotes_accepted": bool(self.releaser and self.releaser.simulated_allowed),
-            "collateral": None
-            if self.collateral is None
-            else (
-                "file" if self.collateral.client is None else f"pccs {self.collateral.client.url}"
-            ),
+            "collateral": self._collateral_source(),
         }
 
     def metrics_text(self) -> str:
@@ -599,6 +669,19 @@ class NodeService:
 
         gauge("qkms_epoch", "Current epoch (-1 before genesis).", st.epoch if st else -1)
         gauge("qkms_peers", "Connected peers.", len(self.transport.connected_peers()))
+        s = self.core.status()
+        gauge(
+            "qkms_pending_proposals", "Membership proposals pending in this epoch.", len(s.pending)
+        )
+        lines.extend(
+            [
+                "# HELP qkms_last_refresh_timestamp_seconds When the last refresh was certified"
+                " (Unix seconds; 0: never since the node started).",
+                "# TYPE qkms_last_refresh_timestamp_seconds gauge",
+                f"qkms_last_refresh_timestamp_seconds {s.last_refresh or 0:.3f}",
+            ]
+        )
+        gauge("qkms_retained_shares", "Old shares kept until acknowledged.", len(s.retained))
         gauge(
             "qkms_simulated_quotes_accepted",
             "1 if this node accepts simulated TEE quotes (development only).",

@@ -160,7 +160,11 @@ async def run_node(config_path: Path) -> None:
     transport = Libp2pTransport(ident[0], cfg.listen)
     try:
         async with transport:
-            service = NodeService(cfg.protocol, store, transport, peers)
+            collateral = make_collateral(cfg)
+            service = NodeService(
+                cfg.protocol, store, transport, peers, check=make_checker(cfg, collateral)
+            )
+            service.collateral = collateral
             service.releaser = make_releaser(cfg, service)
             service.policy_sync_interval = cfg.policy_sync_interval
             hc = HypercornConfig()
@@ -196,15 +200,22 @@ async def run_node(config_path: Path) -> None:
         store.close()
 
 
-def join_request(config_path: Path) -> dict[str, Any]:
+def join_request(
+    config_path: Path, *, measurement: dict[str, bytes] | None = None
+) -> dict[str, Any]:
     """The join request of a node that is not in the committee yet.
 
     Carries the participant record (index, identity, DKG key and the
-    identity's signature on it) and the node's libp2p address. The
-    attestation quote binding both keys is added by the TEE layer; a devnet
-    node sends an empty one.
+    identity's signature on it), the node's libp2p address and a TDX quote
+    whose ``report_data`` is ``join_report_data(record, addresses)``
+    (``kms.node.admission``). The quote comes from the devnet's simulated TEE
+    when ``[node] simulated_tee`` names a devnet directory (``measurement``
+    overrides the devnet node image, for tests), and from the TDX guest's
+    configfs-tsm report interface otherwise.
     """
     import tomllib
+
+    from kms.node.admission import join_report_data
 
     doc = tomllib.loads(Path(config_path).read_text())
     node = doc["node"]
@@ -220,15 +231,43 @@ def join_request(config_path: Path) -> dict[str, Any]:
     _, dkg_pub = hpke.derive_key_pair(ident[1])
     rec = participant_record(identity, dkg_pub, int(node["index"]))
     peer = peer_id_from_ed25519(rec.identity)
+    addresses = [f"{node['listen']}/p2p/{peer}"]
+    report_data = join_report_data(rec, addresses)
+    if node.get("simulated_tee"):
+        from kms import devnet
+
+        tee = devnet.simulated_tee(Path(node["simulated_tee"]))
+        quote = tee.quote(report_data, **(measurement or devnet.NODE_MEASUREMENT))
+    else:
+        quote = tdx_quote(report_data)
     return {
         "index": rec.index,
         "identity": rec.identity.hex(),
         "dkg_key": rec.dkg_key.hex(),
         "dkg_key_signature": rec.dkg_key_signature.hex(),
         "peer_id": str(peer),
-        "addresses": [f"{node['listen']}/p2p/{peer}"],
-        "attestation": "",
+        "addresses": addresses,
+        "attestation": quote.hex(),
     }
+
+
+TSM_REPORT = Path("/sys/kernel/config/tsm/report")
+
+
+def tdx_quote(report_data: bytes) -> bytes:
+    """A TDX quote over ``report_data`` from the Linux configfs-tsm report interface."""
+    if not TSM_REPORT.is_dir():
+        raise ValueError(
+            f"no TDX quote: {TSM_REPORT} is missing (not a TDX guest); "
+            "a devnet node sets [node] simulated_tee"
+        )
+    entry = TSM_REPORT / f"kms-join-{secrets.token_hex(8)}"
+    entry.mkdir()
+    try:
+        (entry / "inblob").write_bytes(report_data)
+        return (entry / "outblob").read_bytes()
+    finally:
+        entry.rmdir()
 
 
 class PolicyDirectory:
@@ -354,35 +393,71 @@ def _bundle_app(path: Path) -> bytes | None:
         return None
 
 
-def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
-    """The key releaser of ``kms node run``: trust roots, collateral and policies from config."""
-    from kms.attest import INTEL_ROOT_CA, Collateral, Verifier
-    from kms.attest.pccs import CollateralCache, CollateralProvider, PCCSClient
+def _verifier(cfg: NodeFileConfig) -> Any:
+    from kms.attest import INTEL_ROOT_CA, Verifier
     from kms.attest.verify import ADMISSIBLE_STATUSES
-    from kms.node.release import KeyReleaser
 
-    if cfg.policies_dir is None or (cfg.collateral_file is None and cfg.pccs_url is None):
-        return None
     roots = [INTEL_ROOT_CA]
     if cfg.accept_simulated_quotes and cfg.simulated_root_ca is not None:
         roots.append(cfg.simulated_root_ca.read_bytes())
+    # Every admissible TCB status passes the quote check: the policy decides.
+    return Verifier(
+        roots, simulated_allowed=cfg.accept_simulated_quotes, allowed_statuses=ADMISSIBLE_STATUSES
+    )
+
+
+def make_collateral(cfg: NodeFileConfig) -> Any:
+    """Where this node's quote collateral comes from: its PCCS (cached), a file, or both.
+
+    ``None`` when neither is configured: the node then verifies no quote.
+    """
+    from kms.attest import Collateral
+    from kms.attest.pccs import CollateralCache, CollateralProvider, PCCSClient
+
+    fixed = (
+        Collateral.from_json(cfg.collateral_file.read_text())
+        if cfg.collateral_file is not None
+        else None
+    )
+    client = None
+    if cfg.pccs_url is not None:
+        # Collateral per platform from the PCCS, cached on disk for when it is down.
+        cache = CollateralCache(cfg.collateral_cache_dir or cfg.directory / "collateral")
+        client = PCCSClient(cfg.pccs_url, cache=cache, verify_tls=cfg.pccs_verify_tls)
+    if client is None and fixed is None:
+        return None
+    return CollateralProvider(client, fixed=fixed)
+
+
+def make_checker(cfg: NodeFileConfig, collateral: Any) -> Any:
+    """What this node checks before it proposes or approves a change (``kms.node.admission``).
+
+    Join requests' quotes are verified with the node's trust roots and its
+    collateral (``make_collateral``); a node without any approves no join.
+    """
+    from kms.client.core import verify_wrong_partial
+    from kms.node.admission import ChangeChecker
+
+    return ChangeChecker(
+        _verifier(cfg),
+        collateral.get if collateral is not None else None,
+        verify_wrong_partial,
+    )
+
+
+def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
+    """The key releaser of ``kms node run``: trust roots, collateral and policies from config."""
+    from kms.node.release import KeyReleaser
+
+    if cfg.policies_dir is None or service.collateral is None:
+        return None
+    if cfg.accept_simulated_quotes and cfg.simulated_root_ca is not None:
         logging.getLogger("quorum_kms.node").warning(
             "SIMULATED TEE QUOTES ACCEPTED: this node is for development only",
             extra={"fields": {"simulated_root_ca": str(cfg.simulated_root_ca)}},
         )
-    # Every admissible TCB status passes the quote check: each app's policy decides.
-    verifier = Verifier(
-        roots, simulated_allowed=cfg.accept_simulated_quotes, allowed_statuses=ADMISSIBLE_STATUSES
-    )
-    if cfg.collateral_file is not None:
-        provider = CollateralProvider(fixed=Collateral.from_json(cfg.collateral_file.read_text()))
-    else:
-        # Collateral per platform from the PCCS, cached on disk for when it is down.
-        cache = CollateralCache(cfg.collateral_cache_dir or cfg.directory / "collateral")
-        provider = CollateralProvider(
-            PCCSClient(str(cfg.pccs_url), cache=cache, verify_tls=cfg.pccs_verify_tls)
-        )
-    service.collateral = provider
+    verifier = _verifier(cfg)
+    provider = service.collateral
 
     def mpk() -> bytes | None:
         st = service.core.state

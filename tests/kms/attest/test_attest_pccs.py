@@ -330,12 +330,20 @@ def test_the_node_collateral_provider_prepares_then_serves_from_memory(tmp_path:
     serve(stub, test)
 
 
-def test_a_provider_takes_a_pccs_or_a_file_not_both() -> None:
+def test_a_provider_needs_a_pccs_or_a_file_and_falls_back_to_a_file_of_the_platform(
+    tmp_path: Path,
+) -> None:
     from kms.attest.pccs import CollateralProvider
 
     with pytest.raises(ValueError):
         CollateralProvider()
-    with pytest.raises(ValueError):
-        CollateralProvider(
-            PCCSClient("http://127.0.0.1:1"), fixed=Collateral.from_json(TDX_COLLATERAL)
-        )
+    tee = simulated(44)
+    quote = tee.quote(b"join")
+    down = PCCSClient("http://127.0.0.1:9", cache=CollateralCache(tmp_path))
+    # Nothing fetched or cached: the file serves, as it is for the quote's platform.
+    both = CollateralProvider(down, fixed=Collateral.from_dict(tee.collateral(NOW)))
+    verify_quote(quote, both.get(quote), now=NOW, root_ca=tee.root_ca_der)
+    # A file for another platform does not.
+    other = CollateralProvider(down, fixed=Collateral.from_json(TDX_COLLATERAL))
+    with pytest.raises(Exception, match="COLLATERAL_UNAVAILABLE"):
+        other.get(quote)

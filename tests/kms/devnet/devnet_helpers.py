@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +24,6 @@ import trio
 from kms import devnet
 from kms.api import admin
 from kms.node.config import load
-from kms.node.setup import init_node
 from mpc.dkg.schedule import Schedule
 
 T = TypeVar("T")
@@ -75,30 +73,11 @@ class Devnet:
         return cls(directory, state)
 
     def add_node(self, index: int) -> dict[str, Any]:
-        """A node that is not in the genesis committee: its own directory, same ``[committee]``.
+        """A node that is not in the genesis committee (``kms.devnet.init_joining_node``).
 
-        It knows where the current members listen; they learn its address from
-        the certified ``add`` change. Returns its entry (as in ``devnet.json``).
+        Returns its entry (as in ``devnet.json``), which is recorded at once.
         """
-        p2p, http = devnet.free_port(), devnet.free_port()
-        node1 = tomllib.loads(Path(self.entry(1)["config"]).read_text())
-        peers = [{"index": int(n["index"]), "multiaddr": n["multiaddr"]} for n in self.nodes]
-        record = init_node(
-            self.directory / f"node-{index}",
-            index=index,
-            listen=f"/ip4/127.0.0.1/tcp/{p2p}",
-            http=f"127.0.0.1:{http}",
-            committee=node1["committee"],
-            peers=peers,
-        )
-        entry = {
-            "index": index,
-            "peer_id": record["peer_id"],
-            "multiaddr": f"/ip4/127.0.0.1/tcp/{p2p}/p2p/{record['peer_id']}",
-            "http_url": f"http://127.0.0.1:{http}",
-            "config": str((self.directory / f"node-{index}" / "node.toml").resolve()),
-            "pid": None,
-        }
+        entry = devnet.init_joining_node(self.directory, index)
         self.state["nodes"].append(entry)
         devnet.write_state(self.directory, self.state)
         return entry

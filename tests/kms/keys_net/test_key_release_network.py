@@ -339,6 +339,6 @@ def test_devnet_nodes_take_collateral_from_the_devnets_pccs_and_cache_it(devnet:
     assert state["pccs_url"].startswith("http://127.0.0.1:")
     for n in state["nodes"][:3]:
         st = dn.status_of(n["http_url"])
-        assert st is not None and st["collateral"] == f"pccs {state['pccs_url']}"
+        assert st is not None and st["collateral"] == f"pccs {state['pccs_url']}, file"
         cached = list((Path(n["config"]).parent / "collateral").glob("*.json"))
         assert [c.name for c in cached] == ["53494D544545-platform.json"]

@@ -1,0 +1,219 @@
+"""What a member checks before it proposes or approves a membership change (sans-I/O).
+
+* **add**: the join request's TDX quote verifies under this node's trust roots
+  (Intel's; a devnet's simulated root only when the node is configured for it),
+  its ``report_data`` is :func:`join_report_data` of the participant record and
+  addresses it comes with (so the quote vouches for the joiner's index,
+  identity and peer id, DKG key and addresses), and the committee-certified
+  node admission policy admits its measurement and TCB status;
+* **admission-policy**: the new policy is a well-formed ``NodeAdmissionPolicy``;
+* **remove** with evidence: the evidence decodes, names the node to remove and
+  verifies against the chain (equivocation, a justification revealing a bad
+  share, or a wrong partial disclosed by a CVM).
+
+A refusal raises :class:`kms.node.core.ChangeRefused` with one of the
+:class:`Refusal` labels. Nothing here reads a clock: ``now`` comes from the
+node core.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kms.attest import Collateral, QuoteVerificationError, Verifier
+from kms.node.core import ChangeContext, ChangeRefused
+from kms.policy import NodeAdmissionPolicy, PolicyError, admits_node
+from kms.protocol import WrongPartialEvidence
+from mpc.broadcast import EquivocationEvidence
+from mpc.cert import EpochCertificate
+from mpc.codec import decode
+from mpc.dkg.evidence import InvalidJustificationEvidence, ReshareConstantEvidence
+from mpc.dkg.messages import Participant
+from mpc.errors import InvalidEncoding, InvalidSignature
+from mpc.math import G2
+from mpc.membership import (
+    AddMember,
+    ChainError,
+    ChainState,
+    ChangeAdmissionPolicy,
+    MembershipCertificate,
+    RemoveMember,
+    extend,
+    genesis_state,
+)
+from mpc.membership.messages import Change
+
+JOIN_CONTEXT = b"quorum-kms/v1/join-request"
+
+
+class Refusal(enum.Enum):
+    NO_ADMISSION_POLICY = "no-admission-policy"
+    MALFORMED_ADMISSION_POLICY = "malformed-admission-policy"
+    NO_ATTESTATION = "no-attestation"
+    NO_TRUST_ROOT = "no-quote-verifier"
+    QUOTE_REJECTED = "quote-rejected"
+    REPORT_DATA_MISMATCH = "report-data-mismatch"
+    NOT_ADMITTED = "not-admitted"
+    MALFORMED_EVIDENCE = "malformed-evidence"
+    UNSUPPORTED_EVIDENCE = "unsupported-evidence"
+    EVIDENCE_NAMES_ANOTHER_NODE = "evidence-names-another-node"
+    EVIDENCE_INVALID = "evidence-does-not-verify"
+
+
+def join_report_data(participant: Participant, addresses: Sequence[str]) -> bytes:
+    """The 64 bytes a joining node's quote must carry as ``report_data``.
+
+    ``SHA-512(JOIN_CONTEXT || AddMember(participant, b"", addresses).encode())``:
+    the participant record holds the index, the Ed25519 identity (from which the
+    libp2p peer id is derived), the X25519 DKG key and the identity's signature
+    on it.
+    """
+    body = AddMember(participant, b"", tuple(addresses)).encode()
+    return hashlib.sha512(JOIN_CONTEXT + body).digest()
+
+
+def _refuse(reason: Refusal, detail: str = "") -> ChangeRefused:
+    return ChangeRefused(reason.value, detail)
+
+
+def _participant(
+    chain: Sequence[EpochCertificate | MembershipCertificate], index: int
+) -> Participant:
+    for link in chain:
+        if isinstance(link, EpochCertificate):
+            for p in link.transcript.committee:
+                if p.index == index:
+                    return p
+    raise _refuse(Refusal.EVIDENCE_INVALID, f"node {index} was never a member")
+
+
+def _state_at(chain: Sequence[EpochCertificate | MembershipCertificate], epoch: int) -> ChainState:
+    """The verified chain state of ``epoch`` (before any change decided in it)."""
+    first = chain[0] if chain else None
+    if not isinstance(first, EpochCertificate):
+        raise _refuse(Refusal.EVIDENCE_INVALID, "no chain")
+    try:
+        state = genesis_state(G2.from_bytes(first.transcript.mpk), first)
+        for link in chain[1:]:
+            if state.epoch == epoch:
+                break
+            state = extend(state, link)
+    except (ChainError, InvalidEncoding) as exc:
+        raise _refuse(Refusal.EVIDENCE_INVALID, f"chain: {exc}") from exc
+    if state.epoch != epoch:
+        raise _refuse(Refusal.EVIDENCE_INVALID, f"epoch {epoch} is not in the chain")
+    return state
+
+
+WrongPartialCheck = Callable[[WrongPartialEvidence, ChainState], str]
+
+
+@dataclass(frozen=True)
+class ChangeChecker:
+    """A ``ChangeCheck`` for ``NodeCore``: quotes, admission policies and evidence.
+
+    ``verifier`` holds the trust roots (``None``: this node verifies no quote and
+    so approves no join); ``collateral`` gives the collateral for a quote;
+    ``wrong_partial`` checks a CVM's evidence against the chain state of its
+    epoch (``kms.client.core.verify_wrong_partial``).
+    """
+
+    verifier: Verifier | None
+    collateral: Callable[[bytes], Collateral] | None
+    wrong_partial: WrongPartialCheck | None = None
+
+    def __call__(self, ctx: ChangeContext, change: Change) -> None:
+        if isinstance(change, AddMember):
+            self.check_join(ctx, change)
+        elif isinstance(change, ChangeAdmissionPolicy):
+            try:
+                NodeAdmissionPolicy.decode(change.policy)
+            except InvalidEncoding as exc:
+                raise _refuse(Refusal.MALFORMED_ADMISSION_POLICY, str(exc)) from exc
+        elif isinstance(change, RemoveMember) and change.evidence:
+            self.check_evidence(ctx, change.index, change.evidence)
+
+    # --- joining ---------------------------------------------------------------------
+
+    def check_join(self, ctx: ChangeContext, add: AddMember) -> None:
+        if ctx.admission_policy is None:
+            raise _refuse(Refusal.NO_ADMISSION_POLICY, "the committee's policy is unknown here")
+        try:
+            policy = NodeAdmissionPolicy.decode(ctx.admission_policy)
+        except InvalidEncoding as exc:
+            raise _refuse(
+                Refusal.MALFORMED_ADMISSION_POLICY,
+                "the committee's admission policy is not a node admission policy",
+            ) from exc
+        if not add.attestation:
+            raise _refuse(Refusal.NO_ATTESTATION, "the join request carries no quote")
+        if self.verifier is None or self.collateral is None:
+            raise _refuse(Refusal.NO_TRUST_ROOT, "this node has no collateral to verify quotes")
+        try:
+            verified = self.verifier.verify(
+                add.attestation, self.collateral(add.attestation), now=int(ctx.now)
+            )
+        except QuoteVerificationError as exc:
+            raise _refuse(Refusal.QUOTE_REJECTED, f"{exc.reason.value}: {exc}") from exc
+        if verified.report_data != join_report_data(add.participant, add.addresses):
+            raise _refuse(
+                Refusal.REPORT_DATA_MISMATCH,
+                "the quote does not bind this participant record and these addresses",
+            )
+        try:
+            admits_node(policy, td=verified, tcb_status=verified.tcb_status)
+        except PolicyError as exc:
+            raise _refuse(Refusal.NOT_ADMITTED, f"{exc.reason.value}: {exc}") from exc
+
+    # --- evidence ---------------------------------------------------------------------
+
+    def check_evidence(self, ctx: ChangeContext, index: int, raw: bytes) -> None:
+        try:
+            ev = decode(raw)
+        except (InvalidEncoding, ValueError) as exc:
+            raise _refuse(Refusal.MALFORMED_EVIDENCE, str(exc)) from exc
+        culprit = evidence_culprit(ev)
+        if culprit is None:
+            raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, f"{type(ev).__name__} is not evidence")
+        if culprit != index:
+            raise _refuse(
+                Refusal.EVIDENCE_NAMES_ANOTHER_NODE, f"evidence against node {culprit}, not {index}"
+            )
+        try:
+            if isinstance(ev, EquivocationEvidence):
+                ev.verify(_participant(ctx.chain, culprit).verify_key())
+            elif isinstance(ev, InvalidJustificationEvidence):
+                ev.verify(_participant(ctx.chain, culprit).verify_key(), run=ev.run)
+            elif isinstance(ev, WrongPartialEvidence):
+                if self.wrong_partial is None:
+                    raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, "no wrong-partial check here")
+                self.wrong_partial(ev, _state_at(ctx.chain, ev.response.epoch))
+            else:
+                # A reshare dealer's constant term can only be judged with the run's own
+                # configuration, which the evidence does not carry.
+                raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, f"{type(ev).__name__}")
+        except (InvalidSignature, InvalidEncoding) as exc:
+            raise _refuse(Refusal.EVIDENCE_INVALID, str(exc)) from exc
+
+
+def evidence_culprit(ev: object) -> int | None:
+    """The node a piece of evidence accuses, or ``None`` if it is not evidence."""
+    if isinstance(
+        ev, EquivocationEvidence | InvalidJustificationEvidence | ReshareConstantEvidence
+    ):
+        return int(ev.culprit)
+    if isinstance(ev, WrongPartialEvidence):
+        return int(ev.response.index)
+    return None
+
+
+__all__ = [
+    "JOIN_CONTEXT",
+    "ChangeChecker",
+    "Refusal",
+    "evidence_culprit",
+    "join_report_data",
+]

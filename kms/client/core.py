@@ -60,13 +60,24 @@ class Rejected:
 
 @dataclass
 class _PerPurpose:
-    partials: dict[ParticipantIndex, Partial] = field(default_factory=dict)
+    partials: dict[int, dict[ParticipantIndex, Partial]] = field(default_factory=dict)
+    """Partials by epoch, then index: only partials of one epoch are combined."""
     evidence: dict[ParticipantIndex, WrongPartialEvidence] = field(default_factory=dict)
     derived: DerivedPoint | None = None
+    epoch: int | None = None
+    """The epoch whose partials gave ``derived``."""
 
 
 class KeyRequestSession:
-    """One request for one or more purposes of one app, against one verified chain."""
+    """One request for one or more purposes of one app, against one verified chain.
+
+    ``previous`` is the verified state of the epoch before ``chain``'s (from
+    the same chain, ``verify_chain_epochs``). While the committee switches
+    epochs some members answer for the old one and some for the new; with
+    ``previous`` the request carries keys for the members of both and
+    combines whichever epoch first gives ``t`` good partials (the key is the
+    same), so a CVM sees no gap.
+    """
 
     def __init__(
         self,
@@ -77,13 +88,20 @@ class KeyRequestSession:
         now: int,
         rng: RNG,
         min_policy_version: int = 0,
+        previous: ChainState | None = None,
     ) -> None:
         self.chain = chain
+        self.states = {chain.epoch: chain}
+        if previous is not None:
+            if previous.epoch != chain.epoch - 1 or previous.mpk != chain.mpk:
+                raise ValueError("previous must be the epoch before the chain's, same key")
+            self.states[previous.epoch] = previous
         self.app_id = app_id
         self.purposes = tuple(PurposeVersion(p, v) for p, v in purposes)
         self._keys: dict[ParticipantIndex, hpke.PrivateKey] = {}
         eph = []
-        for idx in chain.committee.indices:
+        indices = sorted({i for st in self.states.values() for i in st.committee.indices})
+        for idx in indices:
             sk, pk = hpke.generate_key_pair(rng)
             self._keys[idx] = sk
             eph.append(EphemeralKey(int(idx), pk))
@@ -138,22 +156,23 @@ class KeyRequestSession:
         req = self.request
         if req is None:  # pragma: no cover - guarded by receive()
             return
-        if share.index != index or index not in self.chain.committee.indices:
-            self._reject(index, "answer for another committee index")
-            return
-        if share.epoch != self.chain.epoch:
+        state = self.states.get(share.epoch)
+        if state is None:
             self.newer_epoch_seen |= share.epoch > self.chain.epoch
-            # Combine partials of one epoch only: the chain we verified names it.
+            # Combine partials of verified epochs only: the chain we verified names them.
             self._reject(
                 index,
                 f"answer for epoch {share.epoch}, the verified chain is at {self.chain.epoch}",
             )
             return
+        if share.index != index or index not in state.committee.indices:
+            self._reject(index, "answer for another committee index")
+            return
         if share.request_hash != self._request_hash or share.purpose not in self._state:
             self._reject(index, "answer to another request or purpose")
             return
         try:
-            share.verify(self._verify_key(index))
+            share.verify(self._verify_key(state, index))
         except (InvalidSignature, InvalidEncoding):
             self._reject(index, "bad node signature")  # not attributable: no evidence
             return
@@ -167,13 +186,14 @@ class KeyRequestSession:
             self._reject(index, "partial does not decrypt", evidence)
             return
         st = self._state[share.purpose]
-        if index in st.partials:
+        bucket = st.partials.setdefault(share.epoch, {})
+        if index in bucket:
             return
-        st.partials[index] = Partial(index, point)
+        bucket[index] = Partial(index, point)
         st.evidence[index] = evidence
-        self._combine(share.purpose, st)
+        self._combine(share.purpose, st, state)
 
-    def _combine(self, purpose: PurposeVersion, st: _PerPurpose) -> None:
+    def _combine(self, purpose: PurposeVersion, st: _PerPurpose, state: ChainState) -> None:
         """Combine once ``t`` partials are in; only on failure check them one by one.
 
         The optimistic path costs one pairing check for ``t`` partials instead
@@ -181,27 +201,29 @@ class KeyRequestSession:
         partial against its node's public share), which are rejected with
         their evidence, and the rest wait for more answers.
         """
-        if st.derived is not None or len(st.partials) < self.chain.threshold:
+        bucket = st.partials[state.epoch]
+        if st.derived is not None or len(bucket) < state.threshold:
             return
         try:
             st.derived = combine_and_verify(
-                list(st.partials.values()),
+                list(bucket.values()),
                 purpose.key_id(self.app_id),
-                self.chain.mpk,
-                self.chain.public_shares,
-                self.chain.threshold,
+                state.mpk,
+                state.public_shares,
+                state.threshold,
             )
+            st.epoch = state.epoch
         except InvalidShare as exc:
             for culprit in sorted(exc.culprits):
-                st.partials.pop(culprit, None)
+                bucket.pop(culprit, None)
                 self._reject(
                     culprit,
                     "partial does not match the node's public share",
                     st.evidence.pop(culprit, None),
                 )
 
-    def _verify_key(self, index: ParticipantIndex) -> VerifyKey:
-        member = next(p for p in self.chain.committee.members if p.index == int(index))
+    def _verify_key(self, state: ChainState, index: ParticipantIndex) -> VerifyKey:
+        member = next(p for p in state.committee.members if p.index == int(index))
         return _decoded_verify_key(member.identity)
 
     # --- results --------------------------------------------------------------------------
@@ -217,8 +239,17 @@ class KeyRequestSession:
         return {p: st.derived for p, st in self._state.items() if st.derived is not None}
 
     def next_nodes(self, count: int) -> list[ParticipantIndex]:
-        """Members not asked yet, in index order (the shell asks ``t`` first, then more)."""
-        return [i for i in self.chain.committee.indices if i not in self._answered][:count]
+        """Members not asked yet: the newest epoch's in index order, then the previous
+        epoch's (the shell asks ``t`` first, then more)."""
+        order = list(self.chain.committee.indices)
+        for st in sorted(self.states.values(), key=lambda s: -s.epoch):
+            order += [i for i in st.committee.indices if i not in order]
+        return [i for i in order if i not in self._answered][:count]
+
+    def epoch_used(self) -> int:
+        """The epoch whose partials gave the keys (the newest one if several purposes differ)."""
+        used = [st.epoch for st in self._state.values() if st.epoch is not None]
+        return max(used) if used else self.chain.epoch
 
     def mark_asked(self, indices: Sequence[ParticipantIndex]) -> None:
         self._answered.update(indices)

@@ -21,7 +21,13 @@ from mpc.cert import EpochCertificate
 from mpc.codec import MessageDecodeError, decode
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
-from mpc.membership import ChainError, ChainState, MembershipCertificate, verify_chain
+from mpc.membership import (
+    ChainError,
+    ChainState,
+    MembershipCertificate,
+    verify_chain,
+    verify_chain_epochs,
+)
 from mpc.membership.messages import ChainUpdate
 from mpc.tkd import DerivedPoint
 
@@ -38,14 +44,22 @@ class FetchResult:
     ignored_nodes: tuple[str, ...]
 
 
-def chain_from_bytes(raw: bytes, mpk: G2) -> ChainState:
-    """Verify a ``ChainUpdate`` (the body of ``GET /v1/chain``) from the pinned ``mpk``."""
+def _links(raw: bytes) -> list[EpochCertificate | MembershipCertificate]:
     update = ChainUpdate.decode(raw)
-    links: list[EpochCertificate | MembershipCertificate] = [
+    return [
         EpochCertificate.decode(r) if kind == "epoch" else MembershipCertificate.decode(r)
         for kind, r in zip(update.kinds, update.links, strict=True)
     ]
-    return verify_chain(links, mpk=mpk)
+
+
+def chain_from_bytes(raw: bytes, mpk: G2) -> ChainState:
+    """Verify a ``ChainUpdate`` (the body of ``GET /v1/chain``) from the pinned ``mpk``."""
+    return verify_chain(_links(raw), mpk=mpk)
+
+
+def chain_epochs_from_bytes(raw: bytes, mpk: G2) -> list[ChainState]:
+    """Like ``chain_from_bytes``, with the verified state of every epoch (oldest first)."""
+    return verify_chain_epochs(_links(raw), mpk=mpk)
 
 
 def fetch_chain(
@@ -62,9 +76,22 @@ def fetch_chain(
     chains (all by default). A node whose chain does not verify (another key,
     a forged link) is ignored and reported in the second element.
     """
+    states, ignored = fetch_chain_epochs(urls, mpk, timeout=timeout, enough=enough, client=client)
+    return states[-1], ignored
+
+
+def fetch_chain_epochs(
+    urls: Sequence[str],
+    mpk: G2,
+    *,
+    timeout: float = 5.0,
+    enough: int | None = None,
+    client: httpx.Client | None = None,
+) -> tuple[list[ChainState], list[str]]:
+    """``fetch_chain``, with the verified state of every epoch of the longest chain."""
     own = client is None
     http = client or httpx.Client(timeout=timeout)
-    best: ChainState | None = None
+    best: list[ChainState] | None = None
     ignored: list[str] = []
 
     def get(url: str) -> tuple[str, bytes | Exception]:
@@ -82,13 +109,13 @@ def fetch_chain(
                     ignored.append(f"{url}: {type(raw).__name__}: {raw}")
                     continue
                 try:
-                    state = chain_from_bytes(raw, mpk)
+                    states = chain_epochs_from_bytes(raw, mpk)
                 except (MessageDecodeError, ChainError, ValueError) as exc:
                     ignored.append(f"{url}: {type(exc).__name__}: {exc}")
                     continue
                 verified += 1
-                if best is None or state.epoch > best.epoch:
-                    best = state
+                if best is None or states[-1].epoch > best[-1].epoch:
+                    best = states
                 if verified >= want:
                     break
     finally:
@@ -138,6 +165,7 @@ class KeyClient:
         )
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(16, len(self.urls))))
         self._chain: ChainState | None = None
+        self._previous: ChainState | None = None
         self._chain_at = 0.0
         self.ignored_nodes: list[str] = []
 
@@ -157,10 +185,13 @@ class KeyClient:
         """The verified chain, fetched again when stale or when ``refresh`` asks."""
         fresh = self._chain is not None and self._clock() - self._chain_at < self.chain_ttl
         if self._chain is None or refresh or not fresh:
-            chain, ignored = fetch_chain(list(self.urls.values()), self.mpk, client=self._http)
+            states, ignored = fetch_chain_epochs(
+                list(self.urls.values()), self.mpk, client=self._http
+            )
             self.ignored_nodes = ignored
-            if self._chain is None or chain.epoch >= self._chain.epoch:
-                self._chain = chain
+            if self._chain is None or states[-1].epoch >= self._chain.epoch:
+                self._chain = states[-1]
+                self._previous = states[-2] if len(states) > 1 else None
             self._chain_at = self._clock()
         return self._chain
 
@@ -196,7 +227,7 @@ class KeyClient:
         derived = {(p.purpose, p.version): d for p, d in session.derived().items()}
         return FetchResult(
             derived,
-            chain.epoch,
+            session.epoch_used(),
             tuple(asked),
             tuple(session.rejected),
             dict(session.refusals),
@@ -225,6 +256,7 @@ class KeyClient:
         min_policy_version: int,
         now: int | None,
     ) -> tuple[KeyRequestSession, list[ParticipantIndex], list[str]]:
+        previous = self._previous
         session = KeyRequestSession(
             chain,
             app_id,
@@ -232,6 +264,10 @@ class KeyClient:
             now=int(time.time()) if now is None else now,
             rng=os.urandom,
             min_policy_version=min_policy_version,
+            # Members still on the epoch before may answer too (a switch in progress).
+            previous=previous
+            if previous is not None and previous.epoch == chain.epoch - 1
+            else None,
         )
         body = session.attach_quote(quote_for(session.report_data), event_log).encode()
         asked: list[ParticipantIndex] = []

@@ -8,6 +8,7 @@ from mpc.membership.chain import (
     extend,
     genesis_state,
     verify_chain,
+    verify_chain_epochs,
 )
 from mpc.membership.messages import (
     AddMember,
@@ -60,4 +61,5 @@ __all__ = [
     "extend",
     "genesis_state",
     "verify_chain",
+    "verify_chain_epochs",
 ]

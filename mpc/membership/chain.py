@@ -208,6 +208,26 @@ def verify_chain(
     return state
 
 
+def verify_chain_epochs(
+    links: Sequence[EpochCertificate | MembershipCertificate], *, mpk: G2
+) -> list[ChainState]:
+    """Verify ``links`` from a pinned ``mpk``; the state of every epoch, oldest first.
+
+    The last element is what ``verify_chain`` returns. The earlier ones are
+    what the chain proves about past epochs (their committees and public
+    shares): a client uses the one before the last to combine partials from
+    members that have not switched to the newest epoch yet.
+    """
+    if not links or not isinstance(links[0], EpochCertificate):
+        raise ChainError("empty chain or no genesis certificate")
+    state = genesis_state(mpk, links[0])
+    by_epoch = {state.epoch: state}
+    for link in links[1:]:
+        state = extend(state, link)
+        by_epoch[state.epoch] = state
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 def chain_digest(links: Sequence[EpochCertificate | MembershipCertificate]) -> bytes:
     """A short fingerprint of a chain (for logs and checkpoints)."""
     return sha256(b"".join(link.fingerprint() for link in links))

@@ -654,7 +654,7 @@ def evidence_verify(
     """
     from kms import devnet
     from kms.client.core import verify_wrong_partial
-    from kms.client.http import chain_from_bytes, fetch_chain
+    from kms.client.http import chain_epochs_from_bytes, fetch_chain_epochs
     from kms.protocol import WrongPartialEvidence
     from mpc.errors import InvalidEncoding, InvalidSignature
     from mpc.math import G2
@@ -672,9 +672,11 @@ def evidence_verify(
         ev = WrongPartialEvidence.decode(file.read_bytes())
         mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
         if chain_file is not None:
-            chain = chain_from_bytes(chain_file.read_bytes(), mpk)
+            states = chain_epochs_from_bytes(chain_file.read_bytes(), mpk)
         else:
-            chain, _ = fetch_chain(urls, mpk)
+            states, _ = fetch_chain_epochs(urls, mpk)
+        # The evidence is judged against the epoch its answer names.
+        chain = next((st for st in states if st.epoch == ev.response.epoch), states[-1])
     except (OSError, ValueError, ChainError) as exc:
         _fail(f"{type(exc).__name__}: {exc}", 2)
         return

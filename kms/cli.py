@@ -552,6 +552,13 @@ def key_get(
             "--rogue-measurement", help="Present a measurement the policy does not admit."
         ),
     ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report-evidence/--keep-evidence",
+            help="Disclose evidence of wrong partials to the other nodes (default).",
+        ),
+    ] = True,
 ) -> None:
     """Fetch an app key as the devnet's simulated CVM, verified against the pinned master key."""
     import hashlib
@@ -580,6 +587,14 @@ def key_get(
             console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(1) from None
     _save_evidence(res.rejected, evidence_dir)
+    reported = {}
+    if report:
+        from kms.client.http import report_evidence
+
+        for r in res.rejected:
+            if r.evidence is not None:
+                replies = report_evidence(urls, r.evidence)
+                reported[int(r.index)] = sorted(i for i, x in replies.items() if x.get("accepted"))
     derived = res.derived[(purpose, version)]
     app_key = derived.app_key()
     keys = typed_keys(app_key)
@@ -593,6 +608,9 @@ def key_get(
         "ed25519_public": keys.ed25519_public.hex(),
         "secp256k1_public": keys.secp256k1_public.hex(),
     }
+    if reported:
+        # node -> the nodes that checked and kept the evidence against it
+        doc["evidence_reported"] = {str(k): v for k, v in sorted(reported.items())}
     if out_file is not None:
         fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

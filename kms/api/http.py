@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from kms.protocol import KeyRefusal, KeyRequest
+from kms.protocol import KeyRefusal, KeyRequest, WrongPartialEvidence
 from mpc.codec import MessageDecodeError, decode
 
 
@@ -27,6 +27,8 @@ class StatusSource(Protocol):
     def chain_bytes(self) -> bytes: ...
 
     def count_rejected(self, label: str) -> None: ...
+
+    def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]: ...
 
     def audit_export(self, start: int = 0, limit: int = 1000) -> dict[str, Any]: ...
 
@@ -116,6 +118,24 @@ def make_app(source: StatusSource) -> Starlette:
         code, reply = source.offer_policy(body)
         return JSONResponse(reply, status_code=code)
 
+    async def evidence(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return JSONResponse(
+                {"accepted": False, "reason": "malformed", "detail": "too large"}, status_code=413
+            )
+        if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
+            try:
+                body = WrongPartialEvidence.decode_json(body).encode()
+            except MessageDecodeError as exc:
+                source.count_rejected("evidence: malformed")
+                return JSONResponse(
+                    {"accepted": False, "reason": "malformed", "detail": str(exc)[:500]},
+                    status_code=400,
+                )
+        code, reply = source.offer_evidence(body)
+        return JSONResponse(reply, status_code=code)
+
     async def policy(request: Request) -> Response:
         try:
             app_id = bytes.fromhex(request.path_params["app_id"])
@@ -130,6 +150,7 @@ def make_app(source: StatusSource) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/policies", policies, methods=["POST"]),
+            Route("/v1/evidence", evidence, methods=["POST"]),
             Route("/v1/policies/{app_id}", policy),
             Route("/v1/audit", audit),
             Route("/health", health),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 
 from kms.client.core import KeyReleaseError, KeyRequestSession, Rejected
-from kms.protocol import KeyRefusal, KeyResponse
+from kms.protocol import KeyRefusal, KeyResponse, WrongPartialEvidence
 from mpc.cert import EpochCertificate
 from mpc.codec import MessageDecodeError, decode
 from mpc.ids import ParticipantIndex
@@ -300,6 +300,38 @@ class KeyClient:
                 if failed and not session.done:
                     ask(failed)
         return session, asked, ignored
+
+
+def report_evidence(
+    urls: Mapping[ParticipantIndex, str],
+    evidence: WrongPartialEvidence,
+    *,
+    timeout: float = 5.0,
+) -> dict[int, dict[str, object]]:
+    """Disclose ``evidence`` to every node but the accused one (``POST /v1/evidence``).
+
+    Each node checks it against its own chain and keeps it for its operator,
+    who can attach it to a removal. Disclosing it reveals the private half of
+    one ephemeral key, which opens nothing but the accused node's answer.
+    Returns each node's reply (or ``{"error": …}`` when it could not be reached).
+    """
+    culprit = int(evidence.response.index)
+    body = evidence.encode()
+    replies: dict[int, dict[str, object]] = {}
+    with httpx.Client(timeout=timeout) as http:
+        for index, url in sorted(urls.items()):
+            if int(index) == culprit:
+                continue
+            try:
+                r = http.post(
+                    url.rstrip("/") + "/v1/evidence",
+                    content=body,
+                    headers={"content-type": MSGPACK},
+                )
+                replies[int(index)] = dict(r.json())
+            except (httpx.HTTPError, ValueError) as exc:
+                replies[int(index)] = {"error": f"{type(exc).__name__}: {exc}"}
+    return replies
 
 
 def fetch_keys(

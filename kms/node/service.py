@@ -604,6 +604,60 @@ class NodeService:
         self.store.set_meta(self.EVIDENCE_INDEX, json.dumps(index).encode())
         return eid
 
+    _epoch_states: tuple[int, list[Any]] = (0, [])
+
+    def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        """Evidence a CVM discloses (``POST /v1/evidence``): a node's signed wrong partial.
+
+        Checked against this node's verified chain at the epoch the answer
+        names (``kms.client.core.verify_wrong_partial``); kept (once) when it
+        proves something, so an operator can attach it to a removal.
+        """
+        from kms.client.core import verify_wrong_partial
+        from kms.protocol import WrongPartialEvidence
+        from mpc.errors import InvalidSignature
+        from mpc.membership import verify_chain_epochs
+
+        st = self.core.state
+        if st is None:
+            return 503, {"accepted": False, "reason": "not-serving", "detail": "no chain yet"}
+        try:
+            ev = WrongPartialEvidence.decode(raw)
+        except InvalidEncoding as exc:
+            self.count_rejected("evidence: malformed")
+            return 400, {"accepted": False, "reason": "malformed", "detail": str(exc)[:500]}
+        if self._epoch_states[0] != len(self.core.chain):  # verified once per chain length
+            self._epoch_states = (
+                len(self.core.chain),
+                verify_chain_epochs(self.core.chain, mpk=st.mpk),
+            )
+        state = next((x for x in self._epoch_states[1] if x.epoch == ev.response.epoch), None)
+        if state is None:
+            self.count_rejected("evidence: unknown epoch")
+            return 409, {
+                "accepted": False,
+                "reason": "unknown-epoch",
+                "detail": f"epoch {ev.response.epoch} is not in this node's chain",
+            }
+        try:
+            proves = verify_wrong_partial(ev, state)
+        except (InvalidSignature, InvalidEncoding) as exc:
+            self.count_rejected("evidence: does not verify")
+            return 409, {"accepted": False, "reason": "does-not-verify", "detail": str(exc)[:500]}
+        node = int(ev.response.index)
+        eid = self.keep_evidence(node, f"wrong partial disclosed by a CVM: {proves}", raw)
+        log.warning(
+            "misbehaviour",
+            extra={"fields": {"culprit": node, "reason": "wrong partial", "evidence": eid}},
+        )
+        return 200, {
+            "accepted": True,
+            "id": eid,
+            "node": node,
+            "epoch": state.epoch,
+            "proves": proves,
+        }
+
     def evidence(self) -> list[dict[str, Any]]:
         """Evidence this node collected: id, culprit, kind, reason, epoch, time and the bytes (hex)."""
         from mpc.codec import decode

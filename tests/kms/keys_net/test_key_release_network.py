@@ -342,3 +342,75 @@ def test_devnet_nodes_take_collateral_from_the_devnets_pccs_and_cache_it(devnet:
         assert st is not None and st["collateral"] == f"pccs {state['pccs_url']}, file"
         cached = list((Path(n["config"]).parent / "collateral").glob("*.json"))
         assert [c.name for c in cached] == ["53494D544545-platform.json"]
+
+
+@pytest.mark.slow
+def test_a_cvm_discloses_a_wrong_partial_and_the_other_nodes_keep_the_evidence(
+    devnet: Path,
+) -> None:
+    """Node 2 turns liar (its identity and store read from disk); the CVM proves it to the rest."""
+    import os
+    import time
+
+    from kms import devnet as dn
+    from kms.client.core import KeyRequestSession
+    from kms.client.http import fetch_chain, report_evidence
+    from kms.node.service import share_from_bytes
+    from kms.protocol import CTX_KEY_RESPONSE, KeyResponse, KeyShareResponse, release_info
+    from kms.store import NodeStore, PassphraseSealer
+    from mpc import hpke
+    from mpc.ids import ParticipantIndex
+    from mpc.sig import SigningKey
+    from mpc.tkd import derive_partial
+
+    state, mpk, urls, quote = _devnet_client(devnet)
+    app_id = bytes.fromhex(state["apps"]["demo"])
+
+    def store_of(i: int):  # type: ignore[no-untyped-def]
+        d = Path(dn.node_entry(state, i)["config"]).parent
+        return NodeStore(d / "node.db", PassphraseSealer.from_file(d / "passphrase"))
+
+    with store_of(2) as s2, store_of(4) as s4:
+        ident = s2.load_identity()
+        other = s4.current_epoch()
+    assert ident is not None and other is not None and other.share
+    liar_key = SigningKey.from_seed(ident[0])
+    wrong = share_from_bytes(other.share)  # node 4's share, presented as node 2's
+    chain, _ = fetch_chain(list(urls.values()), mpk)
+    session = KeyRequestSession(chain, app_id, [("app", 1)], now=int(time.time()), rng=os.urandom)
+    request = session.attach_quote(quote(session.report_data))
+    pv, rh = request.body.purposes[0], request.request_hash()
+    info = release_info(rh, pv, chain.epoch, 2)
+    eph = request.body.ephemeral_key(2)
+    assert eph is not None
+    partial = derive_partial(type(wrong)(ParticipantIndex(2), wrong.value), pv.key_id(app_id))
+    enc, ct = hpke.seal(eph, info, info, partial.to_bytes(), rng=os.urandom)
+    unsigned = KeyShareResponse(rh, pv, chain.epoch, 2, enc, ct, bytes(64))
+    signed = KeyShareResponse(
+        rh, pv, chain.epoch, 2, enc, ct, liar_key.sign(CTX_KEY_RESPONSE, unsigned.statement())
+    )
+    session.receive(ParticipantIndex(2), KeyResponse((signed,)))
+    import httpx
+
+    for i in (1, 3):  # honest answers, over HTTP; the lie shows when t are in
+        r = httpx.post(urls[ParticipantIndex(i)] + "/v1/keys", content=request.encode(), timeout=10)
+        session.receive(ParticipantIndex(i), KeyResponse.decode(r.content))
+    assert session.bad_nodes() == [ParticipantIndex(2)]
+    evidence = session.rejected[0].evidence
+    assert evidence is not None
+    replies = report_evidence(urls, evidence)
+    assert sorted(replies) == [1, 3, 4, 5]
+    assert all(x["accepted"] is True and x["node"] == 2 for x in replies.values()), replies
+    listed = json.loads(
+        kms("member", "evidence", "--config", dn.node_entry(state, 1)["config"], "--json").stdout
+    )
+    entries = listed.get("evidence", listed) if isinstance(listed, dict) else listed
+    assert any(e["culprit"] == 2 and e["kind"] == "wrong-partial" for e in entries), listed
+    # Evidence whose disclosed key is not the one the request bound proves nothing.
+    import dataclasses
+
+    forged = dataclasses.replace(evidence, ephemeral_private=bytes(range(32)))
+    r = httpx.post(urls[ParticipantIndex(1)] + "/v1/evidence", content=forged.encode(), timeout=10)
+    assert r.status_code == 409 and r.json()["reason"] == "does-not-verify"
+    r = httpx.post(urls[ParticipantIndex(1)] + "/v1/evidence", content=b"junk", timeout=10)
+    assert r.status_code == 400 and r.json()["reason"] == "malformed"

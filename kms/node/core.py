@@ -387,10 +387,32 @@ class NodeCore:
             out.append(self._window)
         return out
 
-    def receive(self, peer: ParticipantIndex, message: Message, now: float) -> None:
+    def receive(
+        self,
+        peer: ParticipantIndex,
+        message: Message,
+        now: float,
+        *,
+        sender_epoch: int | None = None,
+    ) -> None:
         """Handle a message from authenticated ``peer``. Never raises for bad input:
-        a rejection becomes an ``InputRejected`` event and changes nothing."""
+        a rejection becomes an ``InputRejected`` event and changes nothing.
+
+        ``sender_epoch`` is the epoch the sender's envelope names. A message
+        from two or more epochs back is dropped (no run of that epoch is still
+        open here, and answering it would only let a replayer make work), but
+        for a ``ChainRequest``: that is how a member that missed epochs catches up.
+        """
         self.advance_time(now)
+        st = self.state
+        if (
+            sender_epoch is not None
+            and st is not None
+            and sender_epoch + 1 < st.epoch
+            and not isinstance(message, ChainRequest)
+        ):
+            self._events.append(InputRejected(peer, "message for an old epoch"))
+            return
         try:
             self._dispatch(peer, message, now)
         except RemoteProtocolError as exc:

@@ -257,15 +257,11 @@ class NodeService:
         if env.sender != int(index):
             self._reject(str(peer), "envelope names another sender")
             return
-        st = self.core.state
-        if st is not None and env.epoch + 1 < st.epoch:
-            self._reject(str(peer), "message for an old epoch")
-            return
         self.metrics.messages_in[env.kind] += 1
         if isinstance(message, PolicyAnnounce | PolicyDigest):
             self._on_policy_message(index, peer, message)
             return
-        self.core.receive(index, message, self.clock.now())
+        self.core.receive(index, message, self.clock.now(), sender_epoch=env.epoch)
         self._step()
 
     def _reject(self, peer: str, reason: str) -> None:

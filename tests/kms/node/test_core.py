@@ -140,3 +140,27 @@ def test_restart_from_storage_restores_the_epoch() -> None:
     )
     assert revived.state.epoch == 0 and revived.state.mpk == old.state.mpk
     assert revived.status().has_share
+
+
+def test_messages_two_epochs_old_are_dropped_but_chain_requests_are_answered() -> None:
+    from mpc.membership.messages import ChainRequest, ChainUpdate
+
+    _, cores = committee(4, 2, seed=5, refresh=10.0)
+    mesh = run(cores, 19.0)
+    core = cores[PI(1)]
+    while core.state is None or core.state.epoch < 2:
+        mesh.run_until(mesh.now + 10.0)
+        assert mesh.now < 190.0, "no second refresh"
+    st = core.state
+    core.events()
+    core.messages_to_send()
+    # A protocol message under an envelope two epochs back: dropped, counted, nothing sent.
+    core.receive(PI(2), ChainUpdate((), ()), mesh.now, sender_epoch=st.epoch - 2)
+    assert [str(e.reason) for e in core.events() if isinstance(e, InputRejected)] == [
+        "message for an old epoch"
+    ]
+    # A member that missed epochs asks for the chain: it is answered, whatever its epoch.
+    core.receive(PI(2), ChainRequest(0), mesh.now, sender_epoch=0)
+    sent = [ob for ob in core.messages_to_send() if isinstance(ob.message, ChainUpdate)]
+    assert [int(ob.to) for ob in sent] == [2] and len(sent[0].message.links) == len(core.chain)
+    del mesh

@@ -404,6 +404,8 @@ class NodeCore:
         for a ``ChainRequest``: that is how a member that missed epochs catches up.
         """
         self.advance_time(now)
+        if sender_epoch is not None:
+            self.observe_epoch(peer, sender_epoch, now)
         st = self.state
         if (
             sender_epoch is not None
@@ -419,6 +421,25 @@ class NodeCore:
             self._events.append(InputRejected(peer, str(exc)))
         except (InvalidEncoding, InvalidSignature) as exc:
             self._events.append(InputRejected(peer, f"{type(exc).__name__}: {exc}"))
+        self._pump()
+
+    def observe_epoch(self, peer: ParticipantIndex, epoch: int, now: float) -> None:
+        """An authenticated member says it is at ``epoch``. If that is ahead of us, ask it
+        for the chain (at most every ``CHAIN_RETRY_DELTAS`` Δ): a member that was down
+        while the committee moved on catches up even if its requests at start were lost."""
+        st = self.state
+        if peer == self.me or peer not in self._participants:
+            return
+        if st is not None and epoch <= st.epoch:
+            return
+        if (
+            self._asked_chain
+            and now - self._asked_chain_at < CHAIN_RETRY_DELTAS * self.config.delta
+        ):
+            return
+        self._asked_chain = True
+        self._asked_chain_at = now
+        self._outbox.append(Outbound(peer, ChainRequest(len(self.chain))))
         self._pump()
 
     def advance_time(self, now: float) -> None:

@@ -259,7 +259,9 @@ class NodeService:
             return
         self.metrics.messages_in[env.kind] += 1
         if isinstance(message, PolicyAnnounce | PolicyDigest):
+            self.core.observe_epoch(index, env.epoch, self.clock.now())
             self._on_policy_message(index, peer, message)
+            self._step()
             return
         self.core.receive(index, message, self.clock.now(), sender_epoch=env.epoch)
         self._step()

@@ -113,6 +113,22 @@ def net(tmp_path: Path) -> Iterator[Devnet]:
                     pass
 
 
+def membership_ids(net: Devnet) -> set[str]:
+    """Ids of the proposals certified in node 1's chain (``GET /v1/chain``)."""
+    import httpx
+
+    from mpc.membership import MembershipCertificate
+    from mpc.membership.messages import ChainUpdate
+
+    url = devnet.node_entry(devnet.read_state(net.directory), 1)["http_url"]
+    update = ChainUpdate.decode(httpx.get(url + "/v1/chain", timeout=5).content)
+    return {
+        MembershipCertificate.decode(raw).outcome.proposal.id().hex()
+        for kind, raw in zip(update.kinds, update.links, strict=True)
+        if kind == "membership"
+    }
+
+
 def committee_of(st: dict[str, Any]) -> list[int]:
     return [int(m["index"]) for m in st["committee"]]
 
@@ -246,8 +262,46 @@ def test_join_leave_threshold_while_a_cvm_keeps_its_key(net: Devnet) -> None:
             60,
         )
         assert {st["master_public_key"] for st in sts.values()} == {mpk}
+        # Two competing proposals, each with enough approvals (t = 2): exactly one is
+        # certified; the loser, bound to the old epoch, is dropped and certified in a
+        # later window once proposed again. A proposal only its proposer approves
+        # never takes effect.
+        code, lone = kms("member", "propose", "--config", config[4], "remove", "1")
+        assert code == 0, lone
+        code, refresh = kms("member", "propose", "--config", config[1], "refresh")
+        assert code == 0, refresh
+        code, raise_t = kms("member", "propose", "--config", config[3], "threshold", "3")
+        assert code == 0, raise_t
+        for i, prop in ((2, refresh), (2, raise_t)):
+            code, approved = kms("member", "approve", "--config", config[i], prop["proposal_id"])
+            assert code == 0, approved
+        base = settled + 1
+        net.wait_for(
+            "one of the two certified",
+            lambda: net.converged([1, 2, 3, 4], epoch=base + 1, share=None),
+            60,
+        )
+        certified = membership_ids(net)
+        ids = {refresh["proposal_id"], raise_t["proposal_id"]}
+        assert len(certified & ids) == 1, (certified, ids)
+        loser = "threshold" if refresh["proposal_id"] in certified else "refresh"
+        args = ["threshold", "3"] if loser == "threshold" else ["refresh"]
+        code, again = kms("member", "propose", "--config", config[1], *args)
+        assert code == 0, again
+        code, approved = kms("member", "approve", "--config", config[2], again["proposal_id"])
+        assert code == 0, approved
+        sts = net.wait_for(
+            "the re-proposed change certified in a later epoch",
+            lambda: net.converged([1, 2, 3, 4], epoch=base + 2, share=None),
+            60,
+        )
+        assert again["proposal_id"] in membership_ids(net)
+        assert lone["proposal_id"] not in membership_ids(net)
+        assert all(st["threshold"] == 3 for st in sts.values())
+        assert all(committee_of(st) == [1, 2, 3, 4] for st in sts.values())
+
         seen = len(cvm.results)
-        last = settled + 1
+        last = base + 2
         net.wait_for(
             "a key from the last epoch", lambda: any(e == last for e, _ in cvm.results[seen:]), 30
         )

@@ -164,3 +164,28 @@ def test_messages_two_epochs_old_are_dropped_but_chain_requests_are_answered() -
     sent = [ob for ob in core.messages_to_send() if isinstance(ob.message, ChainUpdate)]
     assert [int(ob.to) for ob in sent] == [2] and len(sent[0].message.links) == len(core.chain)
     del mesh
+
+
+def test_a_member_behind_asks_a_peer_that_is_ahead_for_the_chain_rate_limited() -> None:
+    from kms.node.core import CHAIN_RETRY_DELTAS
+    from mpc.membership.messages import ChainRequest
+
+    _, cores = committee(3, 2, seed=6)
+    mesh = run(cores, 19.0)
+    core = cores[PI(1)]
+    core.messages_to_send()
+    now = mesh.now
+
+    def asked() -> list[int]:
+        return [int(ob.to) for ob in core.messages_to_send() if isinstance(ob.message, ChainRequest)]
+
+    core.observe_epoch(PI(2), 0, now)  # not ahead
+    assert asked() == []
+    core.observe_epoch(PI(2), 3, now)  # ahead: ask it
+    assert asked() == [2]
+    core.observe_epoch(PI(3), 3, now + 1.0)  # asked a moment ago: wait
+    assert asked() == []
+    core.observe_epoch(PI(3), 3, now + CHAIN_RETRY_DELTAS * DELTA + 0.1)
+    assert asked() == [3]
+    core.observe_epoch(PI(9), 5, now + 10 * CHAIN_RETRY_DELTAS * DELTA)  # not a participant
+    assert asked() == []

@@ -177,7 +177,9 @@ def test_a_member_behind_asks_a_peer_that_is_ahead_for_the_chain_rate_limited() 
     now = mesh.now
 
     def asked() -> list[int]:
-        return [int(ob.to) for ob in core.messages_to_send() if isinstance(ob.message, ChainRequest)]
+        return [
+            int(ob.to) for ob in core.messages_to_send() if isinstance(ob.message, ChainRequest)
+        ]
 
     core.observe_epoch(PI(2), 0, now)  # not ahead
     assert asked() == []

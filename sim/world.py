@@ -1,0 +1,771 @@
+"""Protocol mode: the project's node cores on a seeded discrete-event loop over virtual time.
+
+``World`` owns one ``NodeCore`` per simulated node (the real sans-I/O core,
+with real cryptography), a ``Network`` of link models, the fault schedule,
+the adversaries and the key-request load. Its event queue orders everything
+by ``(virtual time, sequence number)``, so the same scenario and seed replay
+the same run bit for bit; trio is not involved (it randomises task order).
+
+The world is an omniscient observer: it records which shares corrupt nodes
+held (to say whether the secret was exposed), and it reconstructs the
+genesis secret from honest shares only to check whether a key a CVM
+accepted was the right one. No node ever sees either.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kms.attest import Verifier
+from kms.attest.simulated import SimulatedTEE
+from kms.client.core import KeyRequestSession
+from kms.node.core import (
+    EpochSwitched,
+    InputRejected,
+    LinkCertified,
+    MisbehaviourObserved,
+    NodeConfig,
+    NodeCore,
+    Restored,
+    RetainedShareDeletable,
+    RunFailed,
+    StoreRecord,
+)
+from kms.node.release import KeyReleaser, Released
+from kms.policy import AppPolicy, Measurement, OwnerKey
+from kms.protocol import PurposeVersion
+from mpc import hpke
+from mpc.cert import EpochCertificate
+from mpc.codec import Message, decode
+from mpc.dkg import DealerExcluded, SharingConfig, SharingSession
+from mpc.dkg.messages import Participant
+from mpc.errors import LocalProtocolError
+from mpc.ids import ParticipantIndex
+from mpc.math import G2
+from mpc.math.curve import set_decode_cache
+from mpc.math.poly import interpolate_at
+from mpc.membership import (
+    AddMember,
+    ChainError,
+    ChainState,
+    ChangeThreshold,
+    Refresh,
+    RemoveMember,
+    verify_chain,
+)
+from mpc.membership.messages import Change
+from mpc.secret import SecretShare
+from mpc.sig import CTX_DKG_KEY, SigningKey
+from mpc.tkd import KeyId, derive_point_base
+from sim import adversary
+from sim.network import CVM, Network
+from sim.scenario import MembershipEvent, Partition, Scenario
+
+UNIX_BASE = 1_800_000_000
+"""Virtual time 0 as Unix seconds (quotes, policies and key requests carry Unix time)."""
+MR_TD, RTMR0, RTMR1, RTMR2, RTMR3 = (bytes([i]) * 48 for i in range(1, 6))
+"""The measurement of the simulated CVMs, which the app's policy admits."""
+PURPOSE = ("app", 1)
+DECODE_CACHE_LIMIT = 50_000
+
+
+# --- nodes ------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeKeys:
+    identity: SigningKey
+    dkg_key: hpke.PrivateKey
+    participant: Participant
+
+
+def node_keys(index: int, seed: int) -> NodeKeys:
+    """A node's identity and DKG keys, from the scenario seed (simulation only)."""
+    rnd = random.Random(f"quorum-kms/sim/{seed}/keys/{index}")
+    ident = SigningKey.from_seed(rnd.randbytes(32))
+    dkg, dkg_pub = hpke.derive_key_pair(rnd.randbytes(32))
+    sig = ident.sign(CTX_DKG_KEY, Participant.dkg_key_statement(index, dkg_pub))
+    return NodeKeys(ident, dkg, Participant(index, ident.verify_key().to_bytes(), dkg_pub, sig))
+
+
+@dataclass
+class SimStore:
+    """What a node has persisted: it survives a crash, the core does not."""
+
+    records: dict[bytes, dict[str, bytes]] = field(default_factory=dict)
+    chain: list[EpochCertificate | Any] = field(default_factory=list)
+    share: SecretShare | None = None
+    share_epoch: int = -1
+    retained: dict[int, SecretShare] = field(default_factory=dict)
+
+    def restored(self) -> Restored:
+        records = {run: dict(v) for run, v in self.records.items()}
+        return Restored(
+            chain=tuple(self.chain),
+            share=self.share,
+            retained=dict(self.retained),
+            records=lambda run: records.get(run, {}),
+        )
+
+
+class SimNodeCore(NodeCore):
+    """``NodeCore`` whose sharing sessions are recorded and, for corrupt nodes, bent."""
+
+    behaviours: tuple[adversary.Behaviour, ...] = ()
+    corrupt_in: Callable[[int], bool] = staticmethod(lambda epoch: False)
+    sessions: list[SharingSession]
+
+    def _sharing_session(self, cfg: SharingConfig, share: SecretShare | None) -> SharingSession:
+        if not hasattr(self, "sessions"):
+            self.sessions = []
+        if not self.behaviours:
+            session = super()._sharing_session(cfg, share)
+        else:
+            session = adversary.AdversarialSession(
+                cfg,
+                self.me,
+                self._key,
+                self._dkg_key,
+                rng=self._rng,
+                share=share,
+                persisted=self._records(cfg.run_id()),
+            )
+            session.behaviours = self.behaviours
+            session.active = self.corrupt_in
+        self.sessions.append(session)
+        return session
+
+
+@dataclass
+class SimNode:
+    index: int
+    keys: NodeKeys
+    config: NodeConfig
+    rng: random.Random
+    store: SimStore = field(default_factory=SimStore)
+    core: SimNodeCore | None = None
+    behaviours: tuple[adversary.Behaviour, ...] = ()
+    corrupt_epochs: tuple[int, int] | None = None
+    skew: float = 0.0
+    nonces: set[bytes] = field(default_factory=set)
+    sent_messages: int = 0
+    sent_bytes: int = 0
+    received_messages: int = 0
+    received_bytes: int = 0
+    rejected: int = 0
+    crashes: int = 0
+    sessions: list[SharingSession] = field(default_factory=list)
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+    @property
+    def corrupt(self) -> bool:
+        return bool(self.behaviours)
+
+    def epoch(self) -> int | None:
+        if self.core is None or self.core.state is None:
+            return None
+        return self.core.state.epoch
+
+    def corrupt_in(self, epoch: int | None) -> bool:
+        if not self.behaviours:
+            return False
+        if self.corrupt_epochs is None:
+            return True
+        lo, hi = self.corrupt_epochs
+        return epoch is not None and lo <= epoch <= hi
+
+
+# --- what the run observed ----------------------------------------------------------------
+
+
+@dataclass
+class KeyRequestRecord:
+    at: float
+    served: bool
+    correct: bool
+    asked: int
+    wrong_partials: tuple[int, ...]
+
+
+@dataclass
+class Observations:
+    certified_at: dict[int, float] = field(default_factory=dict)
+    epoch_info: dict[int, tuple[tuple[int, ...], int, str]] = field(default_factory=dict)
+    attempted: dict[int, tuple[tuple[int, ...], int]] = field(default_factory=dict)
+    run_failures: list[tuple[float, str, int, int, int, str]] = field(default_factory=list)
+    membership_at: dict[int, float] = field(default_factory=dict)
+    corrupt_shares: dict[int, dict[int, SecretShare]] = field(default_factory=dict)
+    requests: list[KeyRequestRecord] = field(default_factory=list)
+    faults: list[tuple[str, float, float | None, str]] = field(default_factory=list)
+    misbehaviour: int = 0
+    rejected_inputs: int = 0
+    dropped_down: int = 0
+    undecodable: int = 0
+    messages: int = 0
+    total_bytes: int = 0
+    messages_per_node: dict[int, int] = field(default_factory=dict)
+    proposals_refused: int = 0
+    mpks: set[bytes] = field(default_factory=set)
+
+
+# --- the world --------------------------------------------------------------------------
+
+
+class World:
+    """One simulated run of ``scenario`` from ``seed``; call ``run()`` once."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int,
+        *,
+        progress: Callable[[float, float], None] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.now = 0.0
+        self._progress = progress
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = 0
+        self._rng_net = random.Random(f"quorum-kms/sim/{seed}/network")
+        self._rng_faults = random.Random(f"quorum-kms/sim/{seed}/faults")
+        self._rng_load = random.Random(f"quorum-kms/sim/{seed}/load")
+        self.network = Network(scenario, self._rng_net)
+        self.obs = Observations()
+        self._decoded: dict[bytes, Message] = {}
+        self._genesis_keys = {i: node_keys(i, seed) for i in range(1, scenario.n + 1)}
+        self.genesis = tuple(self._genesis_keys[i].participant for i in range(1, scenario.n + 1))
+        self.nodes: dict[int, SimNode] = {}
+        for i in range(1, scenario.n + 1):
+            self._create_node(i)
+        self._pinned_mpk: G2 | None = None
+        self._secret: int | None = None
+        self._chain_cache: dict[tuple[bytes, ...], ChainState] = {}
+        self._tee: SimulatedTEE | None = None
+        self._verifier: Verifier | None = None
+        self._collateral: object = None
+        self._policy: AppPolicy | None = None
+        self._owner = OwnerKey.from_seed(bytes(32))
+        self._releasers: dict[int, KeyReleaser] = {}
+
+    # --- construction --------------------------------------------------------------
+
+    def _create_node(self, index: int) -> SimNode:
+        sc = self.scenario
+        keys = self._genesis_keys.get(index) or node_keys(index, self.seed)
+        cfg = NodeConfig(
+            ParticipantIndex(index),
+            self.genesis,
+            sc.threshold,
+            genesis_start=sc.genesis_start,
+            delta=sc.delta,
+            window_period=sc.window_period,
+            window_length=sc.window_length,
+            refresh_interval=sc.refresh_interval,
+        )
+        specs = [(a.behaviour, a.params) for a in sc.adversaries if index in a.nodes]
+        epochs = [a.epochs for a in sc.adversaries if index in a.nodes]
+        node = SimNode(
+            index,
+            keys,
+            cfg,
+            random.Random(f"quorum-kms/sim/{self.seed}/node/{index}"),
+            behaviours=adversary.build(specs, index),
+            corrupt_epochs=epochs[0] if epochs else None,
+            skew=sc.skew.get(index, 0.0),
+        )
+        self.nodes[index] = node
+        self.obs.messages_per_node[index] = 0
+        self._boot(node)
+        return node
+
+    def _boot(self, node: SimNode) -> None:
+        core = SimNodeCore(
+            node.config,
+            node.keys.identity,
+            node.keys.dkg_key,
+            rng=node.rng.randbytes,
+            restored=node.store.restored() if node.store.chain or node.store.records else None,
+        )
+        core.sessions = node.sessions
+        core.behaviours = node.behaviours
+        core.corrupt_in = node.corrupt_in
+        node.core = core
+
+    # --- the event queue -------------------------------------------------------------
+
+    def at(self, time: float, action: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (time, self._seq, action))
+
+    def run(self) -> Observations:
+        sc = self.scenario
+        self._schedule_faults()
+        self._schedule_membership()
+        k = 0
+        while k * sc.tick <= sc.duration:
+            self.at(k * sc.tick, self._tick)
+            k += 1
+        previous = set_decode_cache({})
+        try:
+            while self._queue:
+                time, _, action = heapq.heappop(self._queue)
+                if time > sc.duration:
+                    break
+                self.now = time
+                action()
+        finally:
+            set_decode_cache(previous)
+        self.now = sc.duration
+        return self.obs
+
+    def local_time(self, node: SimNode) -> float:
+        return self.now + node.skew
+
+    # --- ticks and message flow ---------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self._progress is not None:
+            self._progress(self.now, self.scenario.duration)
+        for i in sorted(self.nodes):
+            node = self.nodes[i]
+            if node.core is None:
+                continue
+            if node.behaviours and node.corrupt_in(node.epoch() or 0):
+                for b in node.behaviours:
+                    b.on_tick(self, self.now)
+            if node.core is not None:
+                node.core.advance_time(self.local_time(node))
+                self._flush(node)
+
+    def _flush(self, node: SimNode) -> None:
+        core = node.core
+        if core is None:
+            return
+        out = core.messages_to_send()
+        self._handle_events(node, core.events())
+        if node.behaviours and node.corrupt_in(node.epoch() or 0):
+            for b in node.behaviours:
+                out = b.outbound(self.now, out)
+        encoded: dict[int, bytes] = {}
+        for ob in out:
+            data = encoded.get(id(ob.message))
+            if data is None:
+                data = ob.message.encode()
+                encoded[id(ob.message)] = data
+            self._send_bytes(node.index, int(ob.to), data)
+
+    def _send_bytes(self, sender: int, to: int, data: bytes) -> None:
+        node = self.nodes[sender]
+        node.sent_messages += 1
+        node.sent_bytes += len(data)
+        self.obs.messages += 1
+        self.obs.total_bytes += len(data)
+        self.obs.messages_per_node[sender] = self.obs.messages_per_node.get(sender, 0) + 1
+        for arrival in self.network.route(sender, to, len(data), self.now):
+            self.at(arrival, functools.partial(self._deliver, sender, to, data))
+
+    def send(self, sender: int, to: int, message: Message) -> None:
+        """``AdversaryContext``: put a message on the wire from a corrupt node."""
+        self._send_bytes(sender, to, message.encode())
+
+    def _deliver(self, sender: int, to: int, data: bytes) -> None:
+        node = self.nodes.get(to)
+        if node is None or node.core is None:
+            self.obs.dropped_down += 1
+            return
+        msg = self._decoded.get(data)
+        if msg is None:
+            try:
+                msg = decode(data)  # every message goes through the wire codec
+            except ValueError:
+                self.obs.undecodable += 1
+                return
+            if len(self._decoded) >= DECODE_CACHE_LIMIT:
+                self._decoded.clear()
+            self._decoded[data] = msg
+        node.received_messages += 1
+        node.received_bytes += len(data)
+        node.core.receive(ParticipantIndex(sender), msg, self.local_time(node))
+        self._flush(node)
+
+    # --- what the cores report -------------------------------------------------------------
+
+    def _handle_events(self, node: SimNode, events: list[Any]) -> None:
+        store = node.store
+        core = node.core
+        for ev in events:
+            if isinstance(ev, StoreRecord):
+                store.records.setdefault(ev.run, {})[ev.key] = ev.data
+            elif isinstance(ev, EpochSwitched):
+                if store.share is not None and store.share_epoch < ev.epoch:
+                    store.retained[store.share_epoch] = store.share
+                store.share = ev.share
+                store.share_epoch = ev.epoch
+                if core is not None:
+                    store.chain = list(core.chain)
+                self._observe_epoch(node, ev)
+            elif isinstance(ev, LinkCertified):
+                if core is not None:
+                    store.chain = list(core.chain)
+                if not node.corrupt:
+                    epoch = ev.certificate.outcome.epoch
+                    self.obs.membership_at.setdefault(epoch, self.now)
+            elif isinstance(ev, RetainedShareDeletable):
+                store.retained.pop(ev.epoch, None)
+            elif isinstance(ev, MisbehaviourObserved):
+                self.obs.misbehaviour += 1
+            elif isinstance(ev, InputRejected):
+                node.rejected += 1
+                self.obs.rejected_inputs += 1
+            elif isinstance(ev, RunFailed):
+                if not node.corrupt:
+                    self.obs.run_failures.append(
+                        (self.now, ev.kind, ev.epoch, ev.attempt, node.index, ev.reason)
+                    )
+
+    def _observe_epoch(self, node: SimNode, ev: EpochSwitched) -> None:
+        tr = ev.certificate.transcript
+        committee = tuple(p.index for p in tr.committee)
+        if not node.corrupt or node.corrupt_epochs is not None:
+            self.obs.certified_at.setdefault(ev.epoch, self.now)
+            self.obs.epoch_info.setdefault(ev.epoch, (committee, tr.threshold, tr.kind))
+            self.obs.mpks.add(tr.mpk)
+        if self._pinned_mpk is None:
+            self._pinned_mpk = G2.from_bytes(tr.mpk)
+        if node.corrupt_in(ev.epoch):
+            holders = self.obs.corrupt_shares
+            if ev.share is not None:
+                holders.setdefault(ev.epoch, {})[node.index] = ev.share
+            for e, share in sorted(node.store.retained.items()):
+                holders.setdefault(e, {})[node.index] = share
+
+    # --- faults ------------------------------------------------------------------------------
+
+    def _schedule_faults(self) -> None:
+        sc = self.scenario
+        for p in sc.partitions:
+            self.at(p.at, functools.partial(self.network.open_partition, p))
+            if p.heal is not None:
+                self.at(p.heal, functools.partial(self.network.heal_partition, p))
+            self.obs.faults.append(("partition", p.at, p.heal, _groups(p)))
+        for c in sc.crashes:
+            self.at(c.at, functools.partial(self.crash, c.node))
+            if c.recover is not None:
+                self.at(c.recover, functools.partial(self.recover, c.node))
+            self.obs.faults.append(("crash", c.at, c.recover, f"node {c.node}"))
+        rc = sc.random_crashes
+        if rc is not None:
+            stop = rc.stop if rc.stop is not None else sc.duration
+            nodes = list(rc.nodes) or list(range(1, sc.n + 1))
+            k = 0
+            while rc.start + k * rc.period < stop:
+                start = rc.start + k * rc.period
+                down = [i for i in nodes if self._rng_faults.random() < rc.probability]
+                self.at(start, functools.partial(self._set_down, nodes, down))
+                for i in down:
+                    self.obs.faults.append(("crash", start, start + rc.period, f"node {i}"))
+                k += 1
+            self.at(stop, functools.partial(self._set_down, nodes, []))
+        for index, skew in sorted(sc.skew.items()):
+            self.obs.faults.append(("skew", 0.0, None, f"node {index}: {skew:+g} s"))
+        load = sc.load
+        if load.rate > 0:
+            self._schedule_load()
+
+    def _set_down(self, nodes: list[int], down: list[int]) -> None:
+        for i in sorted(nodes):
+            if i in down:
+                self.crash(i)
+            else:
+                self.recover(i)
+
+    def crash(self, index: int) -> None:
+        node = self.nodes.get(index)
+        if node is None or node.core is None:
+            return
+        node.core = None
+        node.crashes += 1
+
+    def recover(self, index: int) -> None:
+        node = self.nodes.get(index)
+        if node is None or node.core is not None:
+            return
+        self._boot(node)
+        if node.core is not None:
+            node.core.advance_time(self.local_time(node))
+            self._flush(node)
+
+    # --- membership ----------------------------------------------------------------------------
+
+    def _schedule_membership(self) -> None:
+        for m in self.scenario.membership:
+            self.at(m.at, functools.partial(self._membership, m))
+
+    def members(self) -> list[int]:
+        """``AdversaryContext``: the committee as the most advanced up node sees it."""
+        best: ChainState | None = None
+        for i in sorted(self.nodes):
+            core = self.nodes[i].core
+            st = core.state if core is not None else None
+            if st is not None and (best is None or st.epoch > best.epoch):
+                best = st
+        return [int(x) for x in best.committee.indices] if best is not None else []
+
+    def epoch_of(self, node: int) -> int | None:
+        return self.nodes[node].epoch()
+
+    def propose(self, node: int, change: Change) -> bool:
+        """``AdversaryContext`` and membership events: propose through ``node``'s core."""
+        core = self.nodes[node].core
+        if core is None:
+            return False
+        try:
+            core.propose(change)
+        except LocalProtocolError:
+            self.obs.proposals_refused += 1
+            return False
+        return True
+
+    def _membership(self, m: MembershipEvent) -> None:
+        members = self.members()
+        up = [i for i in members if self.nodes[i].core is not None]
+        if not up:
+            self.obs.proposals_refused += 1
+            return
+        change: Change
+        if m.action == "add":
+            newcomer = self.nodes.get(m.node) or self._create_node(m.node)
+            change = AddMember(newcomer.keys.participant, b"simulated-attestation")
+        elif m.action == "remove":
+            change = RemoveMember(m.node)
+        elif m.action == "threshold":
+            change = ChangeThreshold(m.threshold)
+        else:
+            change = Refresh()
+        proposer = m.proposer if m.proposer in up else up[0]
+        core = self.nodes[proposer].core
+        if core is None:
+            return
+        try:
+            pid = core.propose(change)
+        except LocalProtocolError:
+            self.obs.proposals_refused += 1
+            return
+        for i in up:
+            other = self.nodes[i].core
+            if i != proposer and other is not None:
+                other.approve(pid)
+        self.obs.faults.append(("membership", m.at, None, f"{m.action} {m.node or ''}".strip()))
+
+    # --- key requests from simulated CVMs ----------------------------------------------------------
+
+    def _schedule_load(self) -> None:
+        load = self.scenario.load
+        start = load.start if load.start is not None else self._genesis_end()
+        t = start
+        while t <= self.scenario.duration:
+            self.at(t, self._key_request)
+            if load.arrivals == "poisson":
+                t += self._rng_load.expovariate(load.rate)
+            else:
+                t += 1.0 / load.rate
+
+    def _genesis_end(self) -> float:
+        return self.nodes[1].config.genesis_schedule(0).end
+
+    def _release_setup(self) -> bool:
+        if self._pinned_mpk is None:
+            return False
+        if self._tee is None:
+            self._tee = SimulatedTEE(self._rng_load.randbytes, now=UNIX_BASE)
+            self._verifier = Verifier([self._tee.root_ca_der], simulated_allowed=True)
+            self._collateral = self._tee.collateral(UNIX_BASE)
+            self._policy = AppPolicy.build(
+                app_id=self._owner.app_id(),
+                version=1,
+                owner_key=self._owner.public_bytes(),
+                measurements=[
+                    Measurement.explicit(
+                        mr_td=MR_TD, rtmr0=RTMR0, rtmr1=RTMR1, rtmr2=RTMR2, rtmr3=RTMR3
+                    )
+                ],
+                kms_mpk=self._pinned_mpk.to_bytes(),
+                not_before=UNIX_BASE - 60,
+                expires=UNIX_BASE + 10 * 365 * 86400,
+            )
+        return True
+
+    def _releaser(self, node: SimNode) -> KeyReleaser:
+        r = self._releasers.get(node.index)
+        if r is None:
+            verifier = self._verifier
+            if verifier is None:  # pragma: no cover - _release_setup ran first
+                raise RuntimeError("key release is not set up")
+            collateral = self._collateral
+            policy = self._policy
+            r = KeyReleaser(
+                ParticipantIndex(node.index),
+                node.keys.identity,
+                verifier,
+                lambda q: collateral,
+                lambda app, now: policy,
+                rng=node.rng.randbytes,
+            )
+            self._releasers[node.index] = r
+        return r
+
+    def _client_chain(self) -> ChainState | None:
+        """The CVM fetches the chain from the first node that answers and verifies it."""
+        if self._pinned_mpk is None:
+            return None
+        for i in sorted(self.nodes):
+            node = self.nodes[i]
+            if node.core is None or not node.core.chain:
+                continue
+            if not self.network.connected(CVM, i):
+                continue
+            key = tuple(x.fingerprint() for x in node.core.chain)
+            st = self._chain_cache.get(key)
+            if st is None:
+                try:
+                    st = verify_chain(node.core.chain, mpk=self._pinned_mpk)
+                except (ChainError, ValueError):
+                    continue
+                self._chain_cache[key] = st
+            return st
+        return None
+
+    def _reference_secret(self) -> int | None:
+        """The genesis secret, interpolated from honest nodes' genesis shares (oracle only)."""
+        if self._secret is not None:
+            return self._secret
+        honest = []
+        for i in sorted(self.nodes):
+            node = self.nodes[i]
+            share = node.store.share if node.store.share_epoch == 0 else None
+            if share is None:
+                share = node.store.retained.get(0)
+            if share is not None and not node.corrupt:
+                honest.append((ParticipantIndex(i), share.value.value))
+        if len(honest) < self.scenario.threshold:
+            return None
+        self._secret = interpolate_at(honest[: self.scenario.threshold])
+        return self._secret
+
+    def _key_request(self) -> None:
+        now = self.now
+        state = self._client_chain() if self._release_setup() else None
+        if state is None:
+            self.obs.requests.append(KeyRequestRecord(now, False, False, 0, ()))
+            return
+        tee = self._tee
+        if tee is None:  # pragma: no cover - set up above
+            return
+        session = KeyRequestSession(
+            state,
+            self._owner.app_id(),
+            [PURPOSE],
+            now=UNIX_BASE + int(now),
+            rng=self._rng_load.randbytes,
+        )
+        raw = session.attach_quote(
+            tee.quote(
+                session.report_data, mr_td=MR_TD, rtmr0=RTMR0, rtmr1=RTMR1, rtmr2=RTMR2, rtmr3=RTMR3
+            )
+        ).encode()
+        timeout = self.scenario.load.timeout
+        asked = 0
+        order = list(state.committee.indices)
+        self._rng_load.shuffle(order)  # CVMs spread their requests over the committee
+        for idx in order:
+            if session.done:
+                break
+            node = self.nodes.get(int(idx))
+            asked += 1
+            if node is None or node.core is None or node.core.state is None:
+                continue
+            there = self.network.route(CVM, int(idx), len(raw), now)
+            if not there:
+                continue
+            core = node.core
+            share = core.share
+            if share is not None and node.corrupt_in(core.state.epoch if core.state else None):
+                for b in node.behaviours:
+                    share = b.release_share(share)
+            res = self._releaser(node).handle(
+                raw,
+                now=UNIX_BASE + int(self.local_time(node)),
+                epoch=core.state.epoch if core.state else 0,
+                share=share,
+                seen_nonce=node.nonces.__contains__,
+            )
+            answer = res.response if isinstance(res, Released) else res.refusal
+            back = self.network.route(int(idx), CVM, len(answer.encode()), there[0])
+            if not back or back[0] - now > timeout:
+                continue
+            if isinstance(res, Released):
+                node.nonces.add(res.nonce)
+            session.receive(idx, answer)
+        wrong = tuple(sorted({int(r.index) for r in session.rejected if r.evidence is not None}))
+        served = session.done
+        correct = False
+        if served:
+            derived = session.derived()[PurposeVersion(*PURPOSE)]
+            secret = self._reference_secret()
+            key_id = KeyId(self._owner.app_id(), *PURPOSE)
+            correct = secret is not None and derived.point == secret * derive_point_base(key_id)
+        self.obs.requests.append(KeyRequestRecord(now, served, correct, asked, wrong))
+
+    # --- results for the report ----------------------------------------------------------------
+
+    def honest_nodes(self) -> list[SimNode]:
+        return [self.nodes[i] for i in sorted(self.nodes) if not self.nodes[i].corrupt]
+
+    def disqualified(self) -> list[dict[str, Any]]:
+        """Dealers excluded by honest members, one entry per (epoch, attempt, dealer)."""
+        found: dict[tuple[int, int, int], dict[str, Any]] = {}
+        for node in self.honest_nodes():
+            for s in node.sessions:
+                for dealer, ex in sorted(s.excluded.items()):
+                    key = (s.config.epoch, s.config.attempt, int(dealer))
+                    entry = found.setdefault(
+                        key,
+                        {
+                            "epoch": s.config.epoch,
+                            "attempt": s.config.attempt,
+                            "index": int(dealer),
+                            "evidence": None,
+                            "reason": ex.reason,
+                        },
+                    )
+                    if entry["evidence"] is None and ex.evidence is not None:
+                        entry["evidence"] = _evidence_kind(ex)
+        return [found[k] for k in sorted(found)]
+
+
+def _evidence_kind(ex: DealerExcluded) -> str | None:
+    return type(ex.evidence).TYPE if ex.evidence is not None else None
+
+
+def _groups(p: Partition) -> str:
+    return " | ".join(",".join(str(i) for i in g) for g in p.groups)
+
+
+def run_world(
+    scenario: Scenario, seed: int, progress: Callable[[float, float], None] | None = None
+) -> World:
+    world = World(scenario, seed, progress=progress)
+    world.run()
+    return world
+
+
+__all__ = ["UNIX_BASE", "World", "run_world"]

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from sim import plots, report
+from sim import expect, plots, report
 from sim.scenario import Scenario
 from sim.world import run_world
 
@@ -83,6 +83,12 @@ def main(scenario_path: str, seed: int, out: Path, *, console: Console | None = 
         rep = simulate(scenario, seed, lambda now, total: bar.update(task, completed=now))
     paths = write(rep, out)
     console.print(summary(rep))
+    if scenario.expect:
+        failed = expect.check(rep, scenario)
+        for line in failed:
+            console.print(f"[red]expectation not met:[/red] {line}")
+        if not failed:
+            console.print(f"all {len(scenario.expect)} expectations of the scenario hold")
     for p in paths:
         console.print(f"wrote {p}")
     return 0

@@ -75,10 +75,11 @@ class Latency:
             raise ScenarioError(
                 f"latency.kind {kind!r} is not one of fixed|uniform|exponential|lognormal"
             )
+        low = _num(raw, "low", 0.01)
         lat = cls(
             kind,
-            _num(raw, "low", 0.01),
-            _num(raw, "high", 0.1),
+            low,
+            _num(raw, "high", low if kind == "fixed" else max(low, 0.1)),
             _num(raw, "mean", 0.05),
             _num(raw, "sigma", 0.5),
             _num(raw, "cap", 10.0),

@@ -49,6 +49,7 @@ from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.math.curve import set_decode_cache
 from mpc.math.poly import interpolate_at
+from mpc.math.vss import public_share
 from mpc.membership import (
     AddMember,
     ChainError,
@@ -645,20 +646,26 @@ class World:
         return None
 
     def _reference_secret(self) -> int | None:
-        """The genesis secret, interpolated from honest nodes' genesis shares (oracle only)."""
+        """The genesis secret, interpolated from genesis shares that match the certified
+        public polynomial (an oracle for checking keys; no node ever computes it)."""
         if self._secret is not None:
             return self._secret
-        honest = []
+        genesis: EpochCertificate | None = None
+        shares: list[tuple[ParticipantIndex, int]] = []
         for i in sorted(self.nodes):
-            node = self.nodes[i]
-            share = node.store.share if node.store.share_epoch == 0 else None
-            if share is None:
-                share = node.store.retained.get(0)
-            if share is not None and not node.corrupt:
-                honest.append((ParticipantIndex(i), share.value.value))
-        if len(honest) < self.scenario.threshold:
+            store = self.nodes[i].store
+            if genesis is None and store.chain and isinstance(store.chain[0], EpochCertificate):
+                genesis = store.chain[0]
+            share = store.share if store.share_epoch == 0 else store.retained.get(0)
+            if share is not None:
+                shares.append((ParticipantIndex(i), share.value.value))
+        if genesis is None:
             return None
-        self._secret = interpolate_at(honest[: self.scenario.threshold])
+        poly = [G2.from_bytes(b) for b in genesis.public_polynomial]
+        good = [(i, v) for i, v in shares if v * G2.generator() == public_share(poly, int(i))]
+        if len(good) < genesis.transcript.threshold:
+            return None
+        self._secret = interpolate_at(good[: genesis.transcript.threshold])
         return self._secret
 
     def _key_request(self) -> None:
@@ -735,6 +742,8 @@ class World:
         found: dict[tuple[int, int, int], dict[str, Any]] = {}
         for node in self.honest_nodes():
             for s in node.sessions:
+                if s.result is None:
+                    continue  # a failed attempt decided nothing
                 for dealer, ex in sorted(s.excluded.items()):
                     key = (s.config.epoch, s.config.attempt, int(dealer))
                     entry = found.setdefault(

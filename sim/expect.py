@@ -25,9 +25,7 @@ def wilson(successes: int, trials: int, z: float) -> tuple[float, float]:
     ph = successes / trials
     centre = (ph + z * z / (2 * trials)) / (1 + z * z / trials)
     half = (
-        z
-        * math.sqrt(ph * (1 - ph) / trials + z * z / (4 * trials * trials))
-        / (1 + z * z / trials)
+        z * math.sqrt(ph * (1 - ph) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     )
     return (centre - half, centre + half)
 
@@ -59,7 +57,9 @@ def check(report: Mapping[str, Any], scenario: Scenario) -> list[str]:
     ):
         bad.append("the first genesis attempt did not fail")
     if "disqualified" in exp and len(report["disqualified"]) != exp["disqualified"]:
-        bad.append(f"{len(report['disqualified'])} dealers disqualified, expected {exp['disqualified']}")
+        bad.append(
+            f"{len(report['disqualified'])} dealers disqualified, expected {exp['disqualified']}"
+        )
     if "disqualified_with_evidence" in exp:
         want = sorted(exp["disqualified_with_evidence"])
         kind = exp.get("evidence")
@@ -87,5 +87,7 @@ def check(report: Mapping[str, Any], scenario: Scenario) -> list[str]:
     if exp.get("binomial_availability"):
         theory, lo, hi = binomial_check(report, scenario)
         if not lo <= theory <= hi:
-            bad.append(f"binomial availability {theory:.4f} outside the measured [{lo:.4f}, {hi:.4f}]")
+            bad.append(
+                f"binomial availability {theory:.4f} outside the measured [{lo:.4f}, {hi:.4f}]"
+            )
     return bad

@@ -83,15 +83,19 @@ class NodeKeys:
     identity: SigningKey
     dkg_key: hpke.PrivateKey
     participant: Participant
+    identity_seed: bytes = field(repr=False)
+    dkg_seed: bytes = field(repr=False)
 
 
 def node_keys(index: int, seed: int) -> NodeKeys:
     """A node's identity and DKG keys, from the scenario seed (simulation only)."""
     rnd = random.Random(f"quorum-kms/sim/{seed}/keys/{index}")
-    ident = SigningKey.from_seed(rnd.randbytes(32))
-    dkg, dkg_pub = hpke.derive_key_pair(rnd.randbytes(32))
+    identity_seed, dkg_seed = rnd.randbytes(32), rnd.randbytes(32)
+    ident = SigningKey.from_seed(identity_seed)
+    dkg, dkg_pub = hpke.derive_key_pair(dkg_seed)
     sig = ident.sign(CTX_DKG_KEY, Participant.dkg_key_statement(index, dkg_pub))
-    return NodeKeys(ident, dkg, Participant(index, ident.verify_key().to_bytes(), dkg_pub, sig))
+    part = Participant(index, ident.verify_key().to_bytes(), dkg_pub, sig)
+    return NodeKeys(ident, dkg, part, identity_seed, dkg_seed)
 
 
 @dataclass
@@ -739,26 +743,31 @@ class World:
 
     def disqualified(self) -> list[dict[str, Any]]:
         """Dealers excluded by honest members, one entry per (epoch, attempt, dealer)."""
-        found: dict[tuple[int, int, int], dict[str, Any]] = {}
-        for node in self.honest_nodes():
-            for s in node.sessions:
-                if s.result is None:
-                    continue  # a failed attempt decided nothing
-                for dealer, ex in sorted(s.excluded.items()):
-                    key = (s.config.epoch, s.config.attempt, int(dealer))
-                    entry = found.setdefault(
-                        key,
-                        {
-                            "epoch": s.config.epoch,
-                            "attempt": s.config.attempt,
-                            "index": int(dealer),
-                            "evidence": None,
-                            "reason": ex.reason,
-                        },
-                    )
-                    if entry["evidence"] is None and ex.evidence is not None:
-                        entry["evidence"] = _evidence_kind(ex)
-        return [found[k] for k in sorted(found)]
+        return disqualified_from([node.sessions for node in self.honest_nodes()])
+
+
+def disqualified_from(sessions: list[list[SharingSession]]) -> list[dict[str, Any]]:
+    """Exclusions in runs that finalised, merged over observers (evidence if any had it)."""
+    found: dict[tuple[int, int, int], dict[str, Any]] = {}
+    for node_sessions in sessions:
+        for s in node_sessions:
+            if s.result is None:
+                continue  # a failed attempt decided nothing
+            for dealer, ex in sorted(s.excluded.items()):
+                key = (s.config.epoch, s.config.attempt, int(dealer))
+                entry = found.setdefault(
+                    key,
+                    {
+                        "epoch": s.config.epoch,
+                        "attempt": s.config.attempt,
+                        "index": int(dealer),
+                        "evidence": None,
+                        "reason": ex.reason,
+                    },
+                )
+                if entry["evidence"] is None and ex.evidence is not None:
+                    entry["evidence"] = _evidence_kind(ex)
+    return [found[k] for k in sorted(found)]
 
 
 def _evidence_kind(ex: DealerExcluded) -> str | None:

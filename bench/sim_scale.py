@@ -43,7 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--honest", action="store_true", help="no malicious dealers")
     args = parser.parse_args(argv)
     tbl = Table(title="simulated genesis DKG, protocol mode, real cryptography")
-    for col in ("n", "t", "malicious", "wall s", "virtual s", "messages", "MB", "excluded w/ evidence"):
+    for col in (
+        "n",
+        "t",
+        "malicious",
+        "wall s",
+        "virtual s",
+        "messages",
+        "MB",
+        "excluded w/ evidence",
+    ):
         tbl.add_column(col, justify="right")
     for n in args.sizes:
         sc = scenario(n, 0 if args.honest else None)

@@ -216,7 +216,6 @@ class Observations:
     undecodable: int = 0
     messages: int = 0
     total_bytes: int = 0
-    messages_per_node: dict[int, int] = field(default_factory=dict)
     proposals_refused: int = 0
     mpks: set[bytes] = field(default_factory=set)
 
@@ -246,6 +245,7 @@ class World:
         self.network = Network(scenario, self._rng_net)
         self.obs = Observations()
         self._decoded: dict[bytes, Message] = {}
+        self._encoded: dict[Message, bytes] = {}
         self._genesis_keys = {i: node_keys(i, seed) for i in range(1, scenario.n + 1)}
         self.genesis = tuple(self._genesis_keys[i].participant for i in range(1, scenario.n + 1))
         self.nodes: dict[int, SimNode] = {}
@@ -288,7 +288,6 @@ class World:
             skew=sc.skew.get(index, 0.0),
         )
         self.nodes[index] = node
-        self.obs.messages_per_node[index] = 0
         self._boot(node)
         return node
 
@@ -360,13 +359,22 @@ class World:
         if node.behaviours and node.corrupt_in(node.epoch() or 0):
             for b in node.behaviours:
                 out = b.outbound(self.now, out)
-        encoded: dict[int, bytes] = {}
         for ob in out:
-            data = encoded.get(id(ob.message))
-            if data is None:
-                data = ob.message.encode()
-                encoded[id(ob.message)] = data
-            self._send_bytes(node.index, int(ob.to), data)
+            self._send_bytes(node.index, int(ob.to), self._encode(ob.message))
+
+    def _encode(self, message: Message) -> bytes:
+        """Encode once per distinct message value: a broadcast fans one message out to
+        every member, and pull answers and chain updates repeat the same content."""
+        try:
+            data = self._encoded.get(message)
+        except TypeError:  # a message with an unhashable field
+            return message.encode()
+        if data is None:
+            data = message.encode()
+            if len(self._encoded) >= DECODE_CACHE_LIMIT:
+                self._encoded.clear()
+            self._encoded[message] = data
+        return data
 
     def _send_bytes(self, sender: int, to: int, data: bytes) -> None:
         node = self.nodes[sender]
@@ -374,7 +382,6 @@ class World:
         node.sent_bytes += len(data)
         self.obs.messages += 1
         self.obs.total_bytes += len(data)
-        self.obs.messages_per_node[sender] = self.obs.messages_per_node.get(sender, 0) + 1
         for arrival in self.network.route(sender, to, len(data), self.now):
             self.at(arrival, functools.partial(self._deliver, sender, to, data))
 

@@ -9,17 +9,21 @@ schedules tasks in a randomised order, so node mode asserts *outcomes*
 master public key held), never interleavings or bytes.
 
 What node mode takes from a scenario: the committee, Δ and the windows,
-the duration, one fixed link delay, and the adversaries' sharing behaviours
+the duration, one fixed link delay, partitions (``MemoryNetwork.partition``), membership
+changes (proposed and approved through the cores, as the admin channel does),
+crashes (the node's service is cancelled and later restarted from its SQLite
+store, as a killed process would be) and the adversaries' sharing behaviours
 (bad shares, equivocation, complaints, justifications). It does not apply
-partitions, crashes, message filters or key-request load; protocol mode does.
+latency distributions, loss, message filters or key-request load; protocol
+mode does.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import tempfile
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +31,19 @@ from typing import Any
 import trio
 import trio.testing
 
-from kms.node.core import NodeConfig
-from kms.node.service import NodeService, TrioClock
+from kms.node.core import NodeConfig, Restored
+from kms.node.service import NodeService, TrioClock, load_chain, share_from_bytes
 from kms.store import NodeStore
 from kms.store.sealer import TEESealer
 from mpc.dkg import SharingSession
+from mpc.errors import LocalProtocolError
 from mpc.ids import ParticipantIndex
+from mpc.membership import AddMember, ChangeThreshold, Refresh, RemoveMember
+from mpc.membership.messages import Change
 from net.memory import MemoryNetwork, MemoryTransport
 from net.peerid import peer_id_from_ed25519
 from sim import adversary
-from sim.scenario import Scenario
+from sim.scenario import MembershipEvent, Scenario
 from sim.world import SimNodeCore, disqualified_from, node_keys
 
 
@@ -86,46 +93,164 @@ def _config(scenario: Scenario, index: int, genesis: Any) -> NodeConfig:
     )
 
 
+class _Process:
+    """One node's service: started, crashed (cancelled) and restarted from its SQLite store."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int,
+        index: int,
+        genesis: Any,
+        network: MemoryNetwork,
+        workdir: Path,
+    ) -> None:
+        self.index = index
+        self.keys = node_keys(index, seed)
+        self.config = _config(scenario, index, genesis)
+        self.network = network
+        self.path = workdir / f"node-{index}.sqlite"
+        self.rng = random.Random(f"quorum-kms/sim/{seed}/node-mode/{index}")
+        specs = [(a.behaviour, a.params) for a in scenario.adversaries if index in a.nodes]
+        self.behaviours = adversary.build(specs, index)
+        ranges = [a.epochs for a in scenario.adversaries if index in a.nodes]
+        self.corrupt_in = _corrupt_in(ranges[0] if ranges else None, bool(specs))
+        self.sessions: list[SharingSession] = []
+        self.core: SimNodeCore | None = None
+        self.scope: trio.CancelScope | None = None
+        with NodeStore(self.path, TEESealer(lambda: bytes(32))) as store:
+            store.save_identity(self.keys.identity_seed, self.keys.dkg_seed)
+
+    def _restored(self, store: NodeStore) -> Restored:
+        """What the service itself restores from its store (kms.node.service does the same)."""
+        current = store.current_epoch()
+        return Restored(
+            chain=tuple(load_chain(store)),
+            share=share_from_bytes(current.share)
+            if current is not None and current.share
+            else None,
+            retained={
+                e: share_from_bytes(store.retained_share(e)) for e in store.retained_shares()
+            },
+            records=store.records,
+        )
+
+    async def serve(self, clock: TrioClock) -> None:
+        """Run the real service until crashed; on a crash everything not stored is gone."""
+        with trio.CancelScope() as scope:
+            self.scope = scope
+            with NodeStore(self.path, TEESealer(lambda: bytes(32))) as store:
+                pid = peer_id_from_ed25519(self.keys.participant.identity)
+                async with MemoryTransport(self.network, pid) as transport:
+                    service = NodeService(
+                        self.config, store, transport, {}, clock=clock, rng=self.rng.randbytes
+                    )
+                    # The service's own core, with the scenario's adversaries plugged in.
+                    core = SimNodeCore(
+                        self.config,
+                        self.keys.identity,
+                        self.keys.dkg_key,
+                        rng=self.rng.randbytes,
+                        restored=self._restored(store),
+                    )
+                    core.sessions = self.sessions
+                    core.behaviours = self.behaviours
+                    core.corrupt_in = self.corrupt_in
+                    service.core = core
+                    self.core = core
+                    await service.run()
+
+    def serving_member(self) -> bool:
+        """Up, and a member of the epoch it is in."""
+        core = self.core
+        st = core.state if core is not None else None
+        return (
+            self.scope is not None
+            and st is not None
+            and ParticipantIndex(self.index) in st.committee.indices
+        )
+
+    def crash(self) -> None:
+        if self.scope is not None:
+            self.scope.cancel()
+            self.scope = None
+
+
 async def _run(scenario: Scenario, seed: int, workdir: Path, delay: float) -> Outcome:
+    clock = TrioClock(0.0)
+    start = trio.current_time()
     network = MemoryNetwork(default_delay=delay)
-    keys = {i: node_keys(i, seed) for i in range(1, scenario.n + 1)}
-    genesis = tuple(keys[i].participant for i in sorted(keys))
-    cores: dict[int, SimNodeCore] = {}
+    genesis = tuple(node_keys(i, seed).participant for i in range(1, scenario.n + 1))
+    procs = {
+        i: _Process(scenario, seed, i, genesis, network, workdir) for i in range(1, scenario.n + 1)
+    }
+    pid = {i: peer_id_from_ed25519(p.keys.participant.identity) for i, p in procs.items()}
+    events: list[tuple[float, int, Callable[[], None]]] = []
+
+    async with trio.open_nursery() as nursery:
+
+        def partition(groups: tuple[tuple[int, ...], ...]) -> None:
+            network.partition([[pid[i] for i in g if i in pid] for g in groups])
+
+        def recover(i: int) -> None:
+            if procs[i].scope is None:
+                nursery.start_soon(procs[i].serve, clock)
+
+        for k, p in enumerate(scenario.partitions):
+            events.append((p.at, k, functools.partial(partition, p.groups)))
+            if p.heal is not None:
+                events.append((p.heal, k, network.heal))
+        for k, c in enumerate(scenario.crashes):
+            events.append((c.at, 1000 + k, procs[c.node].crash))
+            if c.recover is not None:
+                events.append((c.recover, 1000 + k, functools.partial(recover, c.node)))
+
+        def membership(m: MembershipEvent) -> None:
+            up = [i for i in sorted(procs) if procs[i].serving_member()]
+            if not up:
+                return
+            change: Change
+            if m.action == "add":
+                procs[m.node] = _Process(scenario, seed, m.node, genesis, network, workdir)
+                pid[m.node] = peer_id_from_ed25519(procs[m.node].keys.participant.identity)
+                nursery.start_soon(procs[m.node].serve, clock)
+                change = AddMember(procs[m.node].keys.participant, b"simulated-attestation")
+            elif m.action == "remove":
+                change = RemoveMember(m.node)
+            elif m.action == "threshold":
+                change = ChangeThreshold(m.threshold)
+            else:
+                change = Refresh()
+            proposer = m.proposer if m.proposer in up else up[0]
+            core = procs[proposer].core
+            if core is None:
+                return
+            try:
+                proposal = core.propose(change)
+            except LocalProtocolError:
+                return
+            for i in up:
+                other = procs[i].core
+                if i != proposer and other is not None:
+                    other.approve(proposal)
+
+        for k, m in enumerate(scenario.membership):
+            events.append((m.at, 2000 + k, functools.partial(membership, m)))
+        for i in sorted(procs):
+            nursery.start_soon(procs[i].serve, clock)
+        for at, _, action in sorted(events, key=lambda e: (e[0], e[1])):
+            await trio.sleep_until(start + at)
+            action()
+        await trio.sleep_until(start + scenario.duration)
+        nursery.cancel_scope.cancel()
     corrupt = set(scenario.corrupt_nodes())
-    async with AsyncExitStack() as stack:
-        services = []
-        for i in sorted(keys):
-            k = keys[i]
-            store = NodeStore(workdir / f"node-{i}.sqlite", TEESealer(lambda: bytes(32)))
-            stack.callback(store.close)
-            store.save_identity(k.identity_seed, k.dkg_seed)
-            transport = await stack.enter_async_context(
-                MemoryTransport(network, peer_id_from_ed25519(k.participant.identity))
-            )
-            cfg = _config(scenario, i, genesis)
-            rng = random.Random(f"quorum-kms/sim/{seed}/node-mode/{i}")
-            service = NodeService(
-                cfg, store, transport, {}, clock=TrioClock(0.0), rng=rng.randbytes
-            )
-            # The service's own core, with the scenario's adversaries plugged in.
-            core = SimNodeCore(cfg, k.identity, k.dkg_key, rng=rng.randbytes)
-            core.sessions = []
-            specs = [(a.behaviour, a.params) for a in scenario.adversaries if i in a.nodes]
-            core.behaviours = adversary.build(specs, i)
-            ranges = [a.epochs for a in scenario.adversaries if i in a.nodes]
-            core.corrupt_in = _corrupt_in(ranges[0] if ranges else None, bool(specs))
-            service.core = core
-            cores[i] = core
-            services.append(service)
-        async with trio.open_nursery() as nursery:
-            for service in services:
-                nursery.start_soon(service.run)
-            await trio.sleep(scenario.duration)
-            nursery.cancel_scope.cancel()
-    honest = [cores[i] for i in sorted(cores) if i not in corrupt]
+    honest = [procs[i] for i in sorted(procs) if i not in corrupt]
     mpks = set()
     certified: dict[int, tuple[tuple[int, ...], int]] = {}
-    for core in honest:
+    for proc in honest:
+        core = proc.core
+        if core is None:
+            continue
         for link in core.chain:
             tr = getattr(link, "transcript", None)
             if tr is not None:
@@ -133,7 +258,7 @@ async def _run(scenario: Scenario, seed: int, workdir: Path, delay: float) -> Ou
                 certified.setdefault(tr.epoch, (tuple(p.index for p in tr.committee), tr.threshold))
         if core.state is not None:
             mpks.add(core.state.mpk.to_bytes())
-    sessions: list[list[SharingSession]] = [core.sessions for core in honest]
+    sessions: list[list[SharingSession]] = [proc.sessions for proc in honest]
     return Outcome(
         genesis_certified=0 in certified,
         certified=tuple((e, c, t) for e, (c, t) in sorted(certified.items())),

@@ -394,6 +394,9 @@ class World:
         if node is None or node.core is None:
             self.obs.dropped_down += 1
             return
+        if not self.network.connected(sender, to):
+            self.network.stats.partitioned += 1  # in flight when the partition opened
+            return
         msg = self._decoded.get(data)
         if msg is None:
             try:

@@ -49,7 +49,7 @@ from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.math.curve import set_decode_cache
 from mpc.math.poly import interpolate_at
-from mpc.math.vss import public_share
+from mpc.math.vss import public_share, set_public_share_cache
 from mpc.membership import (
     AddMember,
     ChainError,
@@ -61,7 +61,7 @@ from mpc.membership import (
 )
 from mpc.membership.messages import Change
 from mpc.secret import SecretShare
-from mpc.sig import CTX_DKG_KEY, SigningKey
+from mpc.sig import CTX_DKG_KEY, SigningKey, set_key_cache
 from mpc.tkd import KeyId, derive_point_base
 from sim import adversary
 from sim.network import CVM, Network
@@ -319,6 +319,8 @@ class World:
             self.at(k * sc.tick, self._tick)
             k += 1
         previous = set_decode_cache({})
+        previous_shares = set_public_share_cache({})
+        previous_keys = set_key_cache({})
         try:
             while self._queue:
                 time, _, action = heapq.heappop(self._queue)
@@ -328,6 +330,8 @@ class World:
                 action()
         finally:
             set_decode_cache(previous)
+            set_public_share_cache(previous_shares)
+            set_key_cache(previous_keys)
         self.now = sc.duration
         return self.obs
 

@@ -27,6 +27,7 @@ from kms.client.core import KeyRequestSession
 from kms.node.core import (
     EpochSwitched,
     InputRejected,
+    Link,
     LinkCertified,
     MisbehaviourObserved,
     NodeConfig,
@@ -103,7 +104,7 @@ class SimStore:
     """What a node has persisted: it survives a crash, the core does not."""
 
     records: dict[bytes, dict[str, bytes]] = field(default_factory=dict)
-    chain: list[EpochCertificate | Any] = field(default_factory=list)
+    chain: list[Link] = field(default_factory=list)
     share: SecretShare | None = None
     share_epoch: int = -1
     retained: dict[int, SecretShare] = field(default_factory=dict)
@@ -204,7 +205,6 @@ class KeyRequestRecord:
 class Observations:
     certified_at: dict[int, float] = field(default_factory=dict)
     epoch_info: dict[int, tuple[tuple[int, ...], int, str]] = field(default_factory=dict)
-    attempted: dict[int, tuple[tuple[int, ...], int]] = field(default_factory=dict)
     run_failures: list[tuple[float, str, int, int, int, str]] = field(default_factory=list)
     membership_at: dict[int, float] = field(default_factory=dict)
     corrupt_shares: dict[int, dict[int, SecretShare]] = field(default_factory=dict)
@@ -454,7 +454,7 @@ class World:
     def _observe_epoch(self, node: SimNode, ev: EpochSwitched) -> None:
         tr = ev.certificate.transcript
         committee = tuple(p.index for p in tr.committee)
-        if not node.corrupt or node.corrupt_epochs is not None:
+        if not node.corrupt_in(ev.epoch):  # observed by a node honest in that epoch
             self.obs.certified_at.setdefault(ev.epoch, self.now)
             self.obs.epoch_info.setdefault(ev.epoch, (committee, tr.threshold, tr.kind))
             self.obs.mpks.add(tr.mpk)

@@ -73,3 +73,35 @@ def test_a_bad_scenario_is_refused_with_a_reason(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["sim", "run", str(bad), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "threshold" in res.output
+
+
+def test_same_bytes_across_processes_with_different_hash_seeds(tmp_path: Path) -> None:
+    """Nothing in a report may depend on set or dict order under hash randomisation."""
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"h{hash_seed}"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kms.cli",
+                "sim",
+                "run",
+                "malicious-partials-under-load",
+                "--seed",
+                "3",
+                "--out",
+                str(out),
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
+        outs.append((out / "report.json").read_bytes())
+    assert outs[0] == outs[1]

@@ -146,5 +146,5 @@ def sweep(
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel(param)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.97))
     _save(fig, path)

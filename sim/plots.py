@@ -38,16 +38,19 @@ def availability(report: Mapping[str, Any], path: Path, window: float = 10.0) ->
     faults = report["faults"]
     rows: list[str] = []
     for f in faults:
-        if f["kind"] not in rows:
+        if f["kind"] not in rows and f["kind"] != "skew":
             rows.append(f["kind"])
     for f in faults:
         start = float(f["from"])
-        end = float(f["until"]) if f["until"] is not None else duration
         colour = FAULT_COLOURS.get(f["kind"], "grey")
-        if end > start:
-            ax.axvspan(start, end, color=colour, alpha=0.08)
-        else:
-            ax.axvline(start, color=colour, alpha=0.6, linestyle="--")
+        if f["kind"] == "skew":
+            continue  # constant for the whole run: listed in the report, not drawn
+        if f["kind"] == "membership":
+            ax.axvline(start, color=colour, alpha=0.7, linestyle="--")
+            ax.text(start, 0.05, f" {f['what']}", fontsize=7, color=colour, rotation=90)
+            continue
+        end = float(f["until"]) if f["until"] is not None else duration
+        ax.axvspan(start, end, color=colour, alpha=0.08)
     requests = report["requests"]
     if requests:
         xs, ys = [], []

@@ -43,8 +43,8 @@ from mpc.membership.messages import Change
 from net.memory import MemoryNetwork, MemoryTransport
 from net.peerid import peer_id_from_ed25519
 from sim import adversary
+from sim.nodes import SimNodeCore, disqualified_from, node_keys
 from sim.scenario import MembershipEvent, Scenario
-from sim.world import SimNodeCore, disqualified_from, node_keys
 
 
 @dataclass(frozen=True)

@@ -21,184 +21,42 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kms.attest import Verifier
-from kms.attest.simulated import SimulatedTEE
-from kms.client.core import KeyRequestSession
 from kms.node.core import (
     EpochSwitched,
     InputRejected,
-    Link,
     LinkCertified,
     MisbehaviourObserved,
     NodeConfig,
-    NodeCore,
-    Restored,
     RetainedShareDeletable,
     RunFailed,
     StoreRecord,
 )
-from kms.node.release import KeyReleaser, Released
-from kms.policy import AppPolicy, Measurement, OwnerKey
-from kms.protocol import PurposeVersion
-from mpc import hpke
-from mpc.cert import EpochCertificate
 from mpc.codec import Message, decode
-from mpc.dkg import DealerExcluded, SharingConfig, SharingSession
-from mpc.dkg.messages import Participant
 from mpc.errors import LocalProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.math.curve import set_decode_cache
-from mpc.math.poly import interpolate_at
-from mpc.math.vss import public_share, set_public_share_cache
+from mpc.math.vss import set_public_share_cache
 from mpc.membership import (
     AddMember,
-    ChainError,
     ChainState,
     ChangeThreshold,
     Refresh,
     RemoveMember,
-    verify_chain,
 )
 from mpc.membership.messages import Change
 from mpc.secret import SecretShare
-from mpc.sig import CTX_DKG_KEY, SigningKey, set_key_cache
-from mpc.tkd import KeyId, derive_point_base
+from mpc.sig import set_key_cache
 from sim import adversary
-from sim.network import CVM, Network
+from sim.load import KeyRequestLoad, KeyRequestRecord
+from sim.network import Network
+from sim.nodes import SimNode, SimNodeCore, disqualified_from, node_keys
 from sim.scenario import MembershipEvent, Partition, Scenario
 
-UNIX_BASE = 1_800_000_000
-"""Virtual time 0 as Unix seconds (quotes, policies and key requests carry Unix time)."""
-MR_TD, RTMR0, RTMR1, RTMR2, RTMR3 = (bytes([i]) * 48 for i in range(1, 6))
-"""The measurement of the simulated CVMs, which the app's policy admits."""
-PURPOSE = ("app", 1)
 DECODE_CACHE_LIMIT = 50_000
 
 
-# --- nodes ------------------------------------------------------------------------------
-
-
-@dataclass
-class NodeKeys:
-    identity: SigningKey
-    dkg_key: hpke.PrivateKey
-    participant: Participant
-    identity_seed: bytes = field(repr=False)
-    dkg_seed: bytes = field(repr=False)
-
-
-def node_keys(index: int, seed: int) -> NodeKeys:
-    """A node's identity and DKG keys, from the scenario seed (simulation only)."""
-    rnd = random.Random(f"quorum-kms/sim/{seed}/keys/{index}")
-    identity_seed, dkg_seed = rnd.randbytes(32), rnd.randbytes(32)
-    ident = SigningKey.from_seed(identity_seed)
-    dkg, dkg_pub = hpke.derive_key_pair(dkg_seed)
-    sig = ident.sign(CTX_DKG_KEY, Participant.dkg_key_statement(index, dkg_pub))
-    part = Participant(index, ident.verify_key().to_bytes(), dkg_pub, sig)
-    return NodeKeys(ident, dkg, part, identity_seed, dkg_seed)
-
-
-@dataclass
-class SimStore:
-    """What a node has persisted: it survives a crash, the core does not."""
-
-    records: dict[bytes, dict[str, bytes]] = field(default_factory=dict)
-    chain: list[Link] = field(default_factory=list)
-    share: SecretShare | None = None
-    share_epoch: int = -1
-    retained: dict[int, SecretShare] = field(default_factory=dict)
-
-    def restored(self) -> Restored:
-        records = {run: dict(v) for run, v in self.records.items()}
-        return Restored(
-            chain=tuple(self.chain),
-            share=self.share,
-            retained=dict(self.retained),
-            records=lambda run: records.get(run, {}),
-        )
-
-
-class SimNodeCore(NodeCore):
-    """``NodeCore`` whose sharing sessions are recorded and, for corrupt nodes, bent."""
-
-    behaviours: tuple[adversary.Behaviour, ...] = ()
-    corrupt_in: Callable[[int], bool] = staticmethod(lambda epoch: False)
-    sessions: list[SharingSession]
-
-    def _sharing_session(self, cfg: SharingConfig, share: SecretShare | None) -> SharingSession:
-        if not hasattr(self, "sessions"):
-            self.sessions = []
-        if not self.behaviours:
-            session = super()._sharing_session(cfg, share)
-        else:
-            session = adversary.AdversarialSession(
-                cfg,
-                self.me,
-                self._key,
-                self._dkg_key,
-                rng=self._rng,
-                share=share,
-                persisted=self._records(cfg.run_id()),
-            )
-            session.behaviours = self.behaviours
-            session.active = self.corrupt_in
-        self.sessions.append(session)
-        return session
-
-
-@dataclass
-class SimNode:
-    index: int
-    keys: NodeKeys
-    config: NodeConfig
-    rng: random.Random
-    store: SimStore = field(default_factory=SimStore)
-    core: SimNodeCore | None = None
-    behaviours: tuple[adversary.Behaviour, ...] = ()
-    corrupt_epochs: tuple[int, int] | None = None
-    skew: float = 0.0
-    nonces: set[bytes] = field(default_factory=set)
-    sent_messages: int = 0
-    sent_bytes: int = 0
-    received_messages: int = 0
-    received_bytes: int = 0
-    rejected: int = 0
-    crashes: int = 0
-    sessions: list[SharingSession] = field(default_factory=list)
-
-    @property
-    def up(self) -> bool:
-        return self.core is not None
-
-    @property
-    def corrupt(self) -> bool:
-        return bool(self.behaviours)
-
-    def epoch(self) -> int | None:
-        if self.core is None or self.core.state is None:
-            return None
-        return self.core.state.epoch
-
-    def corrupt_in(self, epoch: int | None) -> bool:
-        if not self.behaviours:
-            return False
-        if self.corrupt_epochs is None:
-            return True
-        lo, hi = self.corrupt_epochs
-        return epoch is not None and lo <= epoch <= hi
-
-
 # --- what the run observed ----------------------------------------------------------------
-
-
-@dataclass
-class KeyRequestRecord:
-    at: float
-    served: bool
-    correct: bool
-    asked: int
-    wrong_partials: tuple[int, ...]
 
 
 @dataclass
@@ -241,7 +99,7 @@ class World:
         self._seq = 0
         self._rng_net = random.Random(f"quorum-kms/sim/{seed}/network")
         self._rng_faults = random.Random(f"quorum-kms/sim/{seed}/faults")
-        self._rng_load = random.Random(f"quorum-kms/sim/{seed}/load")
+        self.rng_load = random.Random(f"quorum-kms/sim/{seed}/load")
         self.network = Network(scenario, self._rng_net)
         self.obs = Observations()
         self._decoded: dict[bytes, Message] = {}
@@ -251,15 +109,9 @@ class World:
         self.nodes: dict[int, SimNode] = {}
         for i in range(1, scenario.n + 1):
             self._create_node(i)
-        self._pinned_mpk: G2 | None = None
-        self._secret: int | None = None
-        self._chain_cache: dict[tuple[bytes, ...], ChainState] = {}
-        self._tee: SimulatedTEE | None = None
-        self._verifier: Verifier | None = None
-        self._collateral: object = None
-        self._policy: AppPolicy | None = None
-        self._owner = OwnerKey.from_seed(bytes(32))
-        self._releasers: dict[int, KeyReleaser] = {}
+        self.pinned_mpk: G2 | None = None
+        """The master public key CVMs pin: the genesis key, once certified."""
+        self.load = KeyRequestLoad(self)
 
     # --- construction --------------------------------------------------------------
 
@@ -458,8 +310,8 @@ class World:
             self.obs.certified_at.setdefault(ev.epoch, self.now)
             self.obs.epoch_info.setdefault(ev.epoch, (committee, tr.threshold, tr.kind))
             self.obs.mpks.add(tr.mpk)
-        if self._pinned_mpk is None:
-            self._pinned_mpk = G2.from_bytes(tr.mpk)
+        if self.pinned_mpk is None:
+            self.pinned_mpk = G2.from_bytes(tr.mpk)
         if node.corrupt_in(ev.epoch):
             holders = self.obs.corrupt_shares
             if ev.share is not None:
@@ -594,161 +446,15 @@ class World:
         while t <= self.scenario.duration:
             self.at(t, self._key_request)
             if load.arrivals == "poisson":
-                t += self._rng_load.expovariate(load.rate)
+                t += self.rng_load.expovariate(load.rate)
             else:
                 t += 1.0 / load.rate
 
     def _genesis_end(self) -> float:
         return self.nodes[1].config.genesis_schedule(0).end
 
-    def _release_setup(self) -> bool:
-        if self._pinned_mpk is None:
-            return False
-        if self._tee is None:
-            self._tee = SimulatedTEE(self._rng_load.randbytes, now=UNIX_BASE)
-            self._verifier = Verifier([self._tee.root_ca_der], simulated_allowed=True)
-            self._collateral = self._tee.collateral(UNIX_BASE)
-            self._policy = AppPolicy.build(
-                app_id=self._owner.app_id(),
-                version=1,
-                owner_key=self._owner.public_bytes(),
-                measurements=[
-                    Measurement.explicit(
-                        mr_td=MR_TD, rtmr0=RTMR0, rtmr1=RTMR1, rtmr2=RTMR2, rtmr3=RTMR3
-                    )
-                ],
-                kms_mpk=self._pinned_mpk.to_bytes(),
-                not_before=UNIX_BASE - 60,
-                expires=UNIX_BASE + 10 * 365 * 86400,
-            )
-        return True
-
-    def _releaser(self, node: SimNode) -> KeyReleaser:
-        r = self._releasers.get(node.index)
-        if r is None:
-            verifier = self._verifier
-            if verifier is None:  # pragma: no cover - _release_setup ran first
-                raise RuntimeError("key release is not set up")
-            collateral = self._collateral
-            policy = self._policy
-            r = KeyReleaser(
-                ParticipantIndex(node.index),
-                node.keys.identity,
-                verifier,
-                lambda q: collateral,
-                lambda app, now: policy,
-                rng=node.rng.randbytes,
-            )
-            self._releasers[node.index] = r
-        return r
-
-    def _client_chain(self) -> ChainState | None:
-        """The CVM fetches the chain from the first node that answers and verifies it."""
-        if self._pinned_mpk is None:
-            return None
-        for i in sorted(self.nodes):
-            node = self.nodes[i]
-            if node.core is None or not node.core.chain:
-                continue
-            if not self.network.connected(CVM, i):
-                continue
-            key = tuple(x.fingerprint() for x in node.core.chain)
-            st = self._chain_cache.get(key)
-            if st is None:
-                try:
-                    st = verify_chain(node.core.chain, mpk=self._pinned_mpk)
-                except (ChainError, ValueError):
-                    continue
-                self._chain_cache[key] = st
-            return st
-        return None
-
-    def _reference_secret(self) -> int | None:
-        """The genesis secret, interpolated from genesis shares that match the certified
-        public polynomial (an oracle for checking keys; no node ever computes it)."""
-        if self._secret is not None:
-            return self._secret
-        genesis: EpochCertificate | None = None
-        shares: list[tuple[ParticipantIndex, int]] = []
-        for i in sorted(self.nodes):
-            store = self.nodes[i].store
-            if genesis is None and store.chain and isinstance(store.chain[0], EpochCertificate):
-                genesis = store.chain[0]
-            share = store.share if store.share_epoch == 0 else store.retained.get(0)
-            if share is not None:
-                shares.append((ParticipantIndex(i), share.value.value))
-        if genesis is None:
-            return None
-        poly = [G2.from_bytes(b) for b in genesis.public_polynomial]
-        good = [(i, v) for i, v in shares if v * G2.generator() == public_share(poly, int(i))]
-        if len(good) < genesis.transcript.threshold:
-            return None
-        self._secret = interpolate_at(good[: genesis.transcript.threshold])
-        return self._secret
-
     def _key_request(self) -> None:
-        now = self.now
-        state = self._client_chain() if self._release_setup() else None
-        if state is None:
-            self.obs.requests.append(KeyRequestRecord(now, False, False, 0, ()))
-            return
-        tee = self._tee
-        if tee is None:  # pragma: no cover - set up above
-            return
-        session = KeyRequestSession(
-            state,
-            self._owner.app_id(),
-            [PURPOSE],
-            now=UNIX_BASE + int(now),
-            rng=self._rng_load.randbytes,
-        )
-        raw = session.attach_quote(
-            tee.quote(
-                session.report_data, mr_td=MR_TD, rtmr0=RTMR0, rtmr1=RTMR1, rtmr2=RTMR2, rtmr3=RTMR3
-            )
-        ).encode()
-        timeout = self.scenario.load.timeout
-        asked = 0
-        order = list(state.committee.indices)
-        self._rng_load.shuffle(order)  # CVMs spread their requests over the committee
-        for idx in order:
-            if session.done:
-                break
-            node = self.nodes.get(int(idx))
-            asked += 1
-            if node is None or node.core is None or node.core.state is None:
-                continue
-            there = self.network.route(CVM, int(idx), len(raw), now)
-            if not there:
-                continue
-            core = node.core
-            share = core.share
-            if share is not None and node.corrupt_in(core.state.epoch if core.state else None):
-                for b in node.behaviours:
-                    share = b.release_share(share)
-            res = self._releaser(node).handle(
-                raw,
-                now=UNIX_BASE + int(self.local_time(node)),
-                epoch=core.state.epoch if core.state else 0,
-                share=share,
-                seen_nonce=node.nonces.__contains__,
-            )
-            answer = res.response if isinstance(res, Released) else res.refusal
-            back = self.network.route(int(idx), CVM, len(answer.encode()), there[0])
-            if not back or back[0] - now > timeout:
-                continue
-            if isinstance(res, Released):
-                node.nonces.add(res.nonce)
-            session.receive(idx, answer)
-        wrong = tuple(sorted({int(r.index) for r in session.rejected if r.evidence is not None}))
-        served = session.done
-        correct = False
-        if served:
-            derived = session.derived()[PurposeVersion(*PURPOSE)]
-            secret = self._reference_secret()
-            key_id = KeyId(self._owner.app_id(), *PURPOSE)
-            correct = secret is not None and derived.point == secret * derive_point_base(key_id)
-        self.obs.requests.append(KeyRequestRecord(now, served, correct, asked, wrong))
+        self.obs.requests.append(self.load.request())
 
     # --- results for the report ----------------------------------------------------------------
 
@@ -758,34 +464,6 @@ class World:
     def disqualified(self) -> list[dict[str, Any]]:
         """Dealers excluded by honest members, one entry per (epoch, attempt, dealer)."""
         return disqualified_from([node.sessions for node in self.honest_nodes()])
-
-
-def disqualified_from(sessions: list[list[SharingSession]]) -> list[dict[str, Any]]:
-    """Exclusions in runs that finalised, merged over observers (evidence if any had it)."""
-    found: dict[tuple[int, int, int], dict[str, Any]] = {}
-    for node_sessions in sessions:
-        for s in node_sessions:
-            if s.result is None:
-                continue  # a failed attempt decided nothing
-            for dealer, ex in sorted(s.excluded.items()):
-                key = (s.config.epoch, s.config.attempt, int(dealer))
-                entry = found.setdefault(
-                    key,
-                    {
-                        "epoch": s.config.epoch,
-                        "attempt": s.config.attempt,
-                        "index": int(dealer),
-                        "evidence": None,
-                        "reason": ex.reason,
-                    },
-                )
-                if entry["evidence"] is None and ex.evidence is not None:
-                    entry["evidence"] = _evidence_kind(ex)
-    return [found[k] for k in sorted(found)]
-
-
-def _evidence_kind(ex: DealerExcluded) -> str | None:
-    return type(ex.evidence).TYPE if ex.evidence is not None else None
 
 
 def _groups(p: Partition) -> str:
@@ -800,4 +478,4 @@ def run_world(
     return world
 
 
-__all__ = ["UNIX_BASE", "World", "run_world"]
+__all__ = ["World", "run_world"]

@@ -773,13 +773,16 @@ def sim_run(
     ],
     seed: Annotated[int, typer.Option("--seed")] = 0,
     out_dir: Annotated[Path, typer.Option("--out")] = Path("sim-out"),
+    node_mode: Annotated[
+        bool, typer.Option("--node-mode", help="Also run it on the trio node service and compare.")
+    ] = False,
 ) -> None:
     """Run one scenario from one seed: report.json, plots and a summary table in OUT."""
     from sim.run import main as sim_main
     from sim.scenario import ScenarioError
 
     try:
-        code = sim_main(scenario, seed, out_dir, console=out)
+        code = sim_main(scenario, seed, out_dir, console=out, node_mode=node_mode)
     except ScenarioError as exc:
         _fail(str(exc), 2)
         return

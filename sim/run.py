@@ -68,8 +68,19 @@ def summary(rep: dict[str, Any]) -> Table:
     return tbl
 
 
-def main(scenario_path: str, seed: int, out: Path, *, console: Console | None = None) -> int:
-    """The command: run with a progress bar, write the files, print the summary."""
+def main(
+    scenario_path: str,
+    seed: int,
+    out: Path,
+    *,
+    console: Console | None = None,
+    node_mode: bool = False,
+) -> int:
+    """The command: run with a progress bar, write the files, print the summary.
+
+    With ``node_mode``, the scenario also runs on the real trio node service
+    (``sim.node_mode``) and the command fails unless both modes reach the same
+    outcome."""
     console = console or Console()
     scenario = Scenario.load_file(scenario_path)
     with Progress(
@@ -91,4 +102,14 @@ def main(scenario_path: str, seed: int, out: Path, *, console: Console | None = 
             console.print(f"all {len(scenario.expect)} expectations of the scenario hold")
     for p in paths:
         console.print(f"wrote {p}")
+    if node_mode:
+        from sim.node_mode import Outcome, run_node_mode
+
+        console.print("node mode: the trio node service over net.memory on MockClock …")
+        node = run_node_mode(scenario, seed)
+        protocol = Outcome.of_report(rep)
+        if node != protocol:
+            console.print(f"[red]node mode differs:[/red] {node} vs protocol mode {protocol}")
+            return 1
+        console.print("node mode reached the same outcome as protocol mode")
     return 0

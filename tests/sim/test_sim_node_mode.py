@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sim.node_mode import Outcome, run_node_mode
@@ -47,3 +49,28 @@ def test_node_mode_with_partitions_crashes_and_membership(
     protocol = Outcome.of_report(simulate(sc, sim_seed))
     assert node == protocol, (name, sim_seed)
     assert node.genesis_certified and node.mpk_stable
+
+
+def test_kms_sim_run_node_mode_compares_the_modes(tmp_path: Path, sim_seed: int) -> None:
+    import tomli_w
+    from typer.testing import CliRunner
+
+    from kms.cli import app
+
+    scenario = tmp_path / "small.toml"
+    scenario.write_bytes(tomli_w.dumps(dict(_equivocation_small().raw)).encode())
+    res = CliRunner().invoke(
+        app,
+        [
+            "sim",
+            "run",
+            str(scenario),
+            "--seed",
+            str(sim_seed),
+            "--out",
+            str(tmp_path / "o"),
+            "--node-mode",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "node mode reached the same outcome as protocol mode" in res.output

@@ -957,6 +957,58 @@ def app_policy_push(
     raise typer.Exit(0 if report["effective_everywhere"] else 1)
 
 
+sim_app = typer.Typer(help="The deterministic network simulator.", no_args_is_help=True)
+app.add_typer(sim_app, name="sim")
+
+
+@sim_app.command("run")
+def sim_run(
+    scenario: Annotated[
+        str, typer.Argument(help="A scenario TOML file, or a name in sim/scenarios.")
+    ],
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out")] = Path("sim-out"),
+    node_mode: Annotated[
+        bool, typer.Option("--node-mode", help="Also run it on the trio node service and compare.")
+    ] = False,
+) -> None:
+    """Run one scenario from one seed: report.json, plots and a summary table in OUT."""
+    from sim.run import main as sim_main
+    from sim.scenario import ScenarioError
+
+    try:
+        code = sim_main(scenario, seed, out_dir, console=out, node_mode=node_mode)
+    except ScenarioError as exc:
+        _fail(str(exc), 2)
+        return
+    raise typer.Exit(code)
+
+
+@sim_app.command("sweep")
+def sim_sweep(
+    scenario: Annotated[
+        str, typer.Argument(help="A scenario TOML file, or a name in sim/scenarios.")
+    ],
+    param: Annotated[
+        list[str], typer.Option("--param", help="NAME=START:STOP:STEP (STOP included)")
+    ],
+    seeds: Annotated[int, typer.Option("--seeds")] = 3,
+    out_dir: Annotated[Path, typer.Option("--out")] = Path("sim-sweep"),
+    dask: Annotated[str | None, typer.Option("--dask", help="Dask scheduler address")] = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+) -> None:
+    """Run the grid of PARAM values for seeds 0..N-1 and plot each outcome against it."""
+    from sim.scenario import ScenarioError
+    from sim.sweep import main as sweep_main
+
+    try:
+        code = sweep_main(scenario, param, seeds, out_dir, dask=dask, workers=workers, console=out)
+    except (ScenarioError, ValueError) as exc:
+        _fail(str(exc), 2)
+        return
+    raise typer.Exit(code)
+
+
 @app.command("demo")
 def demo() -> None:
     """Run the end-to-end demo."""

@@ -157,6 +157,18 @@ def _has_small_order(point: tuple[int, int]) -> bool:
 # --- Keys -------------------------------------------------------------------------------------
 
 
+_KEY_CACHE: dict[bytes, VerifyKey] | None = None
+
+
+def set_key_cache(cache: dict[bytes, VerifyKey] | None) -> dict[bytes, VerifyKey] | None:
+    """Opt in to sharing decoded public keys (``None``: off, the default); returns the
+    previous cache. Decoding is pure and keys are immutable, so a process hosting many
+    simulated members (``sim``) may decode each identity once."""
+    global _KEY_CACHE
+    previous, _KEY_CACHE = _KEY_CACHE, cache
+    return previous
+
+
 class VerifyKey:
     """An Ed25519 public key (RFC 8032 §5.1.5); compares and hashes by its encoding."""
 
@@ -176,6 +188,17 @@ class VerifyKey:
         """
         if not isinstance(data, bytes) or len(data) != PUBLIC_KEY_LENGTH:
             raise InvalidEncoding(f"Ed25519 public key must be {PUBLIC_KEY_LENGTH} bytes")
+        cache = _KEY_CACHE
+        if cache is not None:
+            hit = cache.get(data)
+            if hit is None:
+                hit = cls._decode(data)
+                cache[data] = hit
+            return hit
+        return cls._decode(data)
+
+    @classmethod
+    def _decode(cls, data: bytes) -> VerifyKey:
         point = _decode_point(data)
         if point is None:
             raise InvalidEncoding("Ed25519 public key is not a valid curve point")

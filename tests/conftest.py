@@ -6,3 +6,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def pytest_addoption(parser):  # type: ignore[no-untyped-def]
+    parser.addoption(
+        "--sim-seed",
+        type=int,
+        default=None,
+        help="run the simulator scenario tests with this seed (replays a reported failure)",
+    )

@@ -734,16 +734,21 @@ class NodeCore:
             admission_policy_hash=self.config.admission_policy_hash,
         )
         self._run_attempt = attempt
-        self._run = SharingSession(
+        self._run = self._sharing_session(cfg, None)
+        self._run.advance_time(self._now)
+        self._replay_early()
+
+    def _sharing_session(self, cfg: SharingConfig, share: SecretShare | None) -> SharingSession:
+        """The session for one run. The simulator overrides this to plug in adversaries."""
+        return SharingSession(
             cfg,
             self.me,
             self._key,
             self._dkg_key,
             rng=self._rng,
+            share=share,
             persisted=self._records(cfg.run_id()),
         )
-        self._run.advance_time(self._now)
-        self._replay_early()
 
     def _start_reshare(self, attempt: int) -> None:
         st = self.state
@@ -779,15 +784,7 @@ class NodeCore:
         # recipient only; its dealer slot stays empty and it is left out of QUAL.
         dealer_share = self.share if self.me in st.committee.indices else None
         self._run_attempt = attempt
-        self._run = SharingSession(
-            cfg,
-            self.me,
-            self._key,
-            self._dkg_key,
-            rng=self._rng,
-            share=dealer_share,
-            persisted=self._records(cfg.run_id()),
-        )
+        self._run = self._sharing_session(cfg, dealer_share)
         self._run.advance_time(self._now)
         self._replay_early()
 

@@ -43,6 +43,21 @@ _G2_GENERATOR = bytes.fromhex(
 
 _GENERATORS: dict[type, _Point] = {}
 
+_DECODE_CACHE: dict[bytes, _Point] | None = None
+
+
+def set_decode_cache(cache: dict[bytes, _Point] | None) -> dict[bytes, _Point] | None:
+    """Opt in to sharing decoded points (``None``: off, the default); returns the previous one.
+
+    Decoding is pure and points are immutable, so a process that hosts many
+    simulated members (``sim``) may decode each distinct encoding once and
+    share the result. Keys are the encodings (48 or 96 bytes, so G1 and G2
+    never collide); only successful decodes are stored.
+    """
+    global _DECODE_CACHE
+    previous, _DECODE_CACHE = _DECODE_CACHE, cache
+    return previous
+
 
 class _Point:
     """A point of a prime-order group; subclasses fix the group."""
@@ -107,6 +122,18 @@ class _Point:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidEncoding(f"{cls.__name__} encoding must be bytes")
         data = bytes(data)
+        cache = _DECODE_CACHE
+        if cache is not None:
+            hit = cache.get(data)
+            if hit is not None and type(hit) is cls:
+                return hit
+            point = cls._decode(data)
+            cache[data] = point
+            return point
+        return cls._decode(data)
+
+    @classmethod
+    def _decode(cls, data: bytes) -> Self:
         if len(data) != cls.SIZE:
             raise InvalidEncoding(
                 f"{cls.__name__} encoding must be {cls.SIZE} bytes, got {len(data)}"

@@ -37,10 +37,36 @@ def commit(poly: Polynomial) -> list[G2]:
     return [a * g2 for a in poly.coefficients]
 
 
+_PUBLIC_SHARE_CACHE: dict[tuple[bytes, int], G2] | None = None
+
+
+def set_public_share_cache(
+    cache: dict[tuple[bytes, int], G2] | None,
+) -> dict[tuple[bytes, int], G2] | None:
+    """Opt in to sharing computed public shares (``None``: off, the default); returns the
+    previous cache. ``public_share`` is a pure function of public data, so a process
+    hosting many simulated members (``sim``) may compute each one once."""
+    global _PUBLIC_SHARE_CACHE
+    previous, _PUBLIC_SHARE_CACHE = _PUBLIC_SHARE_CACHE, cache
+    return previous
+
+
 def public_share(commitments: Sequence[G2], index: int) -> G2:
     """``Σ A_k·index^k``: the public key of ``index``'s share (public data only)."""
     if not commitments:
         raise ValueError("no commitments")
+    cache = _PUBLIC_SHARE_CACHE
+    if cache is not None:
+        key = (b"".join(c.to_bytes() for c in commitments), index)
+        hit = cache.get(key)
+        if hit is None:
+            hit = _public_share(commitments, index)
+            cache[key] = hit
+        return hit
+    return _public_share(commitments, index)
+
+
+def _public_share(commitments: Sequence[G2], index: int) -> G2:
     powers = [pow(index, k, R) for k in range(len(commitments))]
     return G2.msm(list(commitments), powers)
 

@@ -1,0 +1,375 @@
+"""Adversary behaviours: each one small class that overrides one or two hooks of ``Behaviour``.
+
+A corrupt node runs the project's real ``SharingSession`` (as
+``AdversarialSession``) and the real ``NodeCore``; its behaviours bend it at
+a few points: what it deals, what it complains about, how it justifies,
+which of its messages leave, what partial it releases, and what it does on
+its own initiative on every tick. Everything a behaviour may use comes from
+its parameters and the node it corrupts; the batch-verification
+coefficients honest nodes use come from transcript hashes in ``mpc`` and are
+out of its reach.
+
+To write a new behaviour: subclass ``Behaviour``, set ``name``, read your
+parameters in ``__init__`` and override the hooks you need; decorate the
+class with ``@register``. It is then usable as ``behaviour = "<name>"`` in a
+scenario's ``[[adversaries]]`` table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+from mpc import hpke
+from mpc.broadcast import BroadcastPayload, BroadcastRound, Outbound
+from mpc.codec import Message
+from mpc.dkg import Persist, SharingConfig, SharingSession
+from mpc.dkg.messages import (
+    DealBundle,
+    EncryptedShare,
+    JustificationBundle,
+    Response,
+    ResponseBundle,
+    RevealedShare,
+)
+from mpc.ids import ParticipantIndex
+from mpc.math import R
+from mpc.math.fields import scalar_from_bytes, scalar_to_bytes
+from mpc.math.poly import Polynomial
+from mpc.math.vss import commit
+from mpc.membership import ChangeThreshold, RemoveMember
+from mpc.membership.messages import Change
+from mpc.secret import SecretScalar, SecretShare, random_scalar
+
+BEHAVIOURS: dict[str, type[Behaviour]] = {}
+
+
+def register(cls: type[Behaviour]) -> type[Behaviour]:
+    """Make ``cls`` available to scenarios under ``cls.name``."""
+    if not cls.name or cls.name in BEHAVIOURS:
+        raise ValueError(f"behaviour name {cls.name!r} is empty or taken")
+    BEHAVIOURS[cls.name] = cls
+    return cls
+
+
+class AdversaryContext(Protocol):
+    """What the world lets a corrupt node do on its own initiative."""
+
+    def epoch_of(self, node: int) -> int | None: ...
+
+    def members(self) -> list[int]: ...
+
+    def send(self, sender: int, to: int, message: Message) -> None: ...
+
+    def propose(self, node: int, change: Change) -> bool: ...
+
+
+class Behaviour:
+    """Honest in every hook; subclasses deviate where their name says."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, params: Mapping[str, Any], *, node: int) -> None:
+        self.params = dict(params)
+        self.node = node
+
+    def _targets(self, key: str, everyone: Sequence[int]) -> set[int]:
+        """A parameter naming nodes: a list of indices, ``"all"``, or a count of the lowest."""
+        value = self.params.get(key, "all")
+        others = [i for i in everyone if i != self.node]
+        if value == "all":
+            return set(others)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return set(others[:value])
+        return {int(v) for v in value}
+
+    # --- sharing (DKG and reshare) ------------------------------------------------
+
+    def share_offset(self, config: SharingConfig, recipient: int) -> int:
+        """Added to the share dealt to ``recipient`` (0: the correct share)."""
+        return 0
+
+    def equivocates_deal(self, config: SharingConfig) -> bool:
+        return False
+
+    def wrong_constant(self, config: SharingConfig) -> bool:
+        return False
+
+    def complaints(self, config: SharingConfig, honest: set[int]) -> set[int]:
+        """The dealers to complain about, given the honest verdict."""
+        return honest
+
+    def equivocates_responses(self, config: SharingConfig) -> bool:
+        return False
+
+    def justification(self, config: SharingConfig) -> str:
+        """``honest``, ``wrong`` (revealed shares off by one) or ``none``."""
+        return "honest"
+
+    # --- messages, key release, initiative -------------------------------------------
+
+    def outbound(self, now: float, out: list[Outbound]) -> list[Outbound]:
+        """The messages that actually leave the node."""
+        return out
+
+    def release_share(self, share: SecretShare) -> SecretShare:
+        """The share used to compute key-release partials."""
+        return share
+
+    def on_tick(self, ctx: AdversaryContext, now: float) -> None:
+        """Called on every tick while the node is up."""
+
+
+# --- the behaviours ---------------------------------------------------------------------
+
+
+@register
+class BadShares(Behaviour):
+    """Deal wrong shares to ``to``; justify ``justify`` = honest | wrong | none."""
+
+    name = "bad-shares"
+
+    def share_offset(self, config: SharingConfig, recipient: int) -> int:
+        return 1 if recipient in self._targets("to", [p.index for p in config.recipients]) else 0
+
+    def justification(self, config: SharingConfig) -> str:
+        return str(self.params.get("justify", "wrong"))
+
+
+@register
+class Equivocate(Behaviour):
+    """Sign two different deals and send one to each half of the committee."""
+
+    name = "equivocate"
+
+    def equivocates_deal(self, config: SharingConfig) -> bool:
+        return True
+
+
+@register
+class FalseComplaints(Behaviour):
+    """Complain about dealers in ``against`` whose shares were fine."""
+
+    name = "false-complaints"
+
+    def complaints(self, config: SharingConfig, honest: set[int]) -> set[int]:
+        return honest | self._targets("against", [p.index for p in config.dealers])
+
+
+@register
+class EquivocalComplaints(Behaviour):
+    """Send 'all fine' to half the committee and 'complain about everyone' to the other."""
+
+    name = "equivocal-complaints"
+
+    def equivocates_responses(self, config: SharingConfig) -> bool:
+        return True
+
+
+@register
+class WrongConstant(Behaviour):
+    """In a reshare, deal a sharing of something other than its own share."""
+
+    name = "wrong-constant"
+
+    def wrong_constant(self, config: SharingConfig) -> bool:
+        return config.kind == "reshare"
+
+
+@register
+class Withhold(Behaviour):
+    """Never send messages of the types in ``messages`` (or ``"all"``) to ``to``."""
+
+    name = "withhold"
+
+    def outbound(self, now: float, out: list[Outbound]) -> list[Outbound]:
+        kinds = self.params.get("messages", "all")
+        targets = self.params.get("to", "all")
+
+        def dropped(ob: Outbound) -> bool:
+            kind_ok = kinds == "all" or type(ob.message).TYPE in kinds
+            to_ok = targets == "all" or int(ob.to) in targets
+            return kind_ok and to_ok
+
+        return [ob for ob in out if not dropped(ob)]
+
+
+@register
+class WrongPartials(Behaviour):
+    """Release partials computed from a wrong share (signed and encrypted as usual)."""
+
+    name = "wrong-partials"
+
+    def release_share(self, share: SecretShare) -> SecretShare:
+        return SecretShare(share.index, SecretScalar((share.value.value + 1) % R))
+
+
+@register
+class Collude(Behaviour):
+    """Follow the protocol but pool every share with the other corrupt nodes."""
+
+    name = "collude"
+
+
+@register
+class Replay(Behaviour):
+    """Record this node's messages of one epoch and replay them once the epoch is over."""
+
+    name = "replay"
+
+    def __init__(self, params: Mapping[str, Any], *, node: int) -> None:
+        super().__init__(params, node=node)
+        self._recorded: list[Outbound] = []
+        self._limit = int(self.params.get("limit", 200))
+        self._every = float(self.params.get("every", 5.0))
+        self._last = float("-inf")
+        self._recording_epoch: int | None = None
+
+    def outbound(self, now: float, out: list[Outbound]) -> list[Outbound]:
+        room = self._limit - len(self._recorded)
+        if room > 0:
+            self._recorded.extend(out[:room])
+        return out
+
+    def on_tick(self, ctx: AdversaryContext, now: float) -> None:
+        epoch = ctx.epoch_of(self.node)
+        if self._recording_epoch is None:
+            self._recording_epoch = epoch
+            return
+        if epoch is None or epoch == self._recording_epoch or now - self._last < self._every:
+            return
+        self._last = now
+        for ob in self._recorded:
+            ctx.send(self.node, int(ob.to), ob.message)
+
+
+@register
+class ConflictingProposals(Behaviour):
+    """Each epoch, propose removing two different members and a new threshold at once."""
+
+    name = "conflicting-proposals"
+
+    def __init__(self, params: Mapping[str, Any], *, node: int) -> None:
+        super().__init__(params, node=node)
+        self._done: set[int] = set()
+
+    def on_tick(self, ctx: AdversaryContext, now: float) -> None:
+        epoch = ctx.epoch_of(self.node)
+        if epoch is None or epoch in self._done:
+            return
+        self._done.add(epoch)
+        others = [i for i in ctx.members() if i != self.node]
+        for victim in others[:2]:
+            ctx.propose(self.node, RemoveMember(victim))
+        ctx.propose(self.node, ChangeThreshold(len(ctx.members())))
+
+
+def build(specs: Sequence[tuple[str, Mapping[str, Any]]], node: int) -> tuple[Behaviour, ...]:
+    out = []
+    for name, params in specs:
+        cls = BEHAVIOURS.get(name)
+        if cls is None:
+            raise ValueError(f"unknown behaviour {name!r}; known: {sorted(BEHAVIOURS)}")
+        out.append(cls(params, node=node))
+    return tuple(out)
+
+
+# --- the corrupt node's sharing session --------------------------------------------------
+
+
+class AdversarialSession(SharingSession):
+    """The real session, bent by the node's behaviours at deal, response and justification."""
+
+    behaviours: tuple[Behaviour, ...] = ()
+    active: Callable[[int], bool] = staticmethod(lambda epoch: True)
+    """Whether the node is corrupt in an epoch (behaviours may be limited to some epochs)."""
+
+    def _live(self) -> tuple[Behaviour, ...]:
+        return self.behaviours if self.active(self.config.epoch) else ()
+
+    def _spray(self, payload: BroadcastPayload, targets: list[ParticipantIndex]) -> None:
+        for j in targets:
+            if j != self.me:
+                self._outbox.append(Outbound(j, payload))
+
+    def _bundle(self, poly: Polynomial, offsets: Mapping[int, int]) -> DealBundle:
+        commitments = tuple(c.to_bytes() for c in commit(poly))
+        aad = DealBundle(int(self.me), commitments, ()).commitments_hash()
+        shares = []
+        for p in self.config.recipients:
+            value = (poly(p.index) + offsets.get(p.index, 0)) % R
+            info = self._share_info(self.me, ParticipantIndex(p.index))
+            enc, ct = hpke.seal(p.dkg_key, info, aad, scalar_to_bytes(value), rng=self._rng)
+            shares.append(EncryptedShare(p.index, enc, ct))
+        return DealBundle(int(self.me), commitments, tuple(shares))
+
+    def _deal(self) -> None:
+        live = self._live()
+        if not self.is_dealer or not live:
+            super()._deal()
+            return
+        cfg = self.config
+        offsets = {p.index: sum(b.share_offset(cfg, p.index) for b in live) for p in cfg.recipients}
+        equivocate = any(b.equivocates_deal(cfg) for b in live)
+        wrong_constant = any(b.wrong_constant(cfg) for b in live)
+        if not any(offsets.values()) and not equivocate and not wrong_constant:
+            super()._deal()
+            return
+        t = cfg.threshold
+        constant = self._old_share.value.value if self._old_share else None
+        if wrong_constant:
+            constant = ((constant or 0) + 1) % R
+        poly = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
+        self._poly = poly
+        first = self._deal_round.make_payload(self._bundle(poly, offsets).encode())
+        if not equivocate:
+            self._events.append(Persist("deal", first.encode()))
+            self._deal_round.send(first, self._now)
+            return
+        other = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
+        second = self._deal_round.make_payload(self._bundle(other, offsets).encode())
+        targets = [j for j in self._deal_round.config.audience() if j != self.me]
+        half = len(targets) // 2
+        self._spray(first, targets[:half])
+        self._spray(second, targets[half:])
+
+    def _broadcast_own(self, rnd: BroadcastRound, key: str, message: Message) -> None:
+        live = self._live()
+        cfg = self.config
+        if live and key == "response" and isinstance(message, ResponseBundle):
+            accused = {r.dealer for r in message.responses if r.complaint}
+            for b in live:
+                accused = b.complaints(cfg, accused)
+            bundle = ResponseBundle(
+                int(self.me),
+                tuple(Response(r.dealer, r.dealer in accused) for r in message.responses),
+            )
+            if any(b.equivocates_responses(cfg) for b in live):
+                fine = ResponseBundle(
+                    int(self.me), tuple(Response(r.dealer, False) for r in message.responses)
+                )
+                blame = ResponseBundle(
+                    int(self.me), tuple(Response(r.dealer, True) for r in message.responses)
+                )
+                targets = [j for j in rnd.config.audience() if j != self.me]
+                half = len(targets) // 2
+                self._spray(rnd.make_payload(fine.encode()), targets[:half])
+                self._spray(rnd.make_payload(blame.encode()), targets[half:])
+                return
+            message = bundle
+        if live and key == "justification" and isinstance(message, JustificationBundle):
+            modes = [b.justification(cfg) for b in live if b.justification(cfg) != "honest"]
+            mode = modes[0] if modes else "honest"
+            if mode == "none":
+                return
+            if mode == "wrong":
+                message = JustificationBundle(
+                    int(self.me),
+                    tuple(
+                        RevealedShare(
+                            s.recipient, scalar_to_bytes((scalar_from_bytes(s.share) + 1) % R)
+                        )
+                        for s in message.shares
+                    ),
+                )
+        super()._broadcast_own(rnd, key, message)

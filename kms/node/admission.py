@@ -9,7 +9,9 @@
 * **admission-policy**: the new policy is a well-formed ``NodeAdmissionPolicy``;
 * **remove** with evidence: the evidence decodes, names the node to remove and
   verifies against the chain (equivocation, a justification revealing a bad
-  share, or a wrong partial disclosed by a CVM).
+  share, a wrong partial disclosed by a CVM), or, for a reshare dealer's wrong
+  constant term, against the configuration of a reshare run this member took
+  part in (``ChangeContext.reshare_runs``).
 
 A refusal raises :class:`kms.node.core.ChangeRefused` with one of the
 :class:`Refusal` labels. Nothing here reads a clock: ``now`` comes from the
@@ -33,6 +35,7 @@ from mpc.codec import decode
 from mpc.dkg.evidence import InvalidJustificationEvidence, ReshareConstantEvidence
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding, InvalidSignature
+from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.membership import (
     AddMember,
@@ -61,6 +64,7 @@ class Refusal(enum.Enum):
     UNSUPPORTED_EVIDENCE = "unsupported-evidence"
     EVIDENCE_NAMES_ANOTHER_NODE = "evidence-names-another-node"
     EVIDENCE_INVALID = "evidence-does-not-verify"
+    UNKNOWN_RUN = "unknown-run"
 
 
 def join_report_data(participant: Participant, addresses: Sequence[str]) -> bytes:
@@ -187,13 +191,25 @@ class ChangeChecker:
                 ev.verify(_participant(ctx.chain, culprit).verify_key())
             elif isinstance(ev, InvalidJustificationEvidence):
                 ev.verify(_participant(ctx.chain, culprit).verify_key(), run=ev.run)
+            elif isinstance(ev, ReshareConstantEvidence):
+                cfg = ctx.reshare_runs.get(ev.run)
+                if cfg is None or cfg.kind != "reshare":
+                    # Only a member that ran the reshare knows its configuration (the
+                    # old public polynomial the constant term must match).
+                    raise _refuse(
+                        Refusal.UNKNOWN_RUN, "this node did not take part in that reshare"
+                    )
+                dealer = next((p for p in cfg.dealers if p.index == culprit), None)
+                if dealer is None:
+                    raise _refuse(Refusal.EVIDENCE_INVALID, f"node {culprit} was no dealer there")
+                ev.verify(
+                    dealer.verify_key(), cfg.old_public_share(ParticipantIndex(culprit)), run=ev.run
+                )
             elif isinstance(ev, WrongPartialEvidence):
                 if self.wrong_partial is None:
                     raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, "no wrong-partial check here")
                 self.wrong_partial(ev, _state_at(ctx.chain, ev.response.epoch))
-            else:
-                # A reshare dealer's constant term can only be judged with the run's own
-                # configuration, which the evidence does not carry.
+            else:  # pragma: no cover - evidence_culprit() admits only the kinds above
                 raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, f"{type(ev).__name__}")
         except (InvalidSignature, InvalidEncoding) as exc:
             raise _refuse(Refusal.EVIDENCE_INVALID, str(exc)) from exc

@@ -73,6 +73,8 @@ from mpc.secret import RNG, SecretShare
 from mpc.sig import SigningKey
 
 MAX_EARLY_MESSAGES = 4096
+MAX_RESHARE_RUNS = 16
+"""Reshare configurations kept for judging evidence (the most recent runs)."""
 CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
 Link = EpochCertificate | MembershipCertificate
@@ -146,6 +148,9 @@ class ChangeContext:
     now: float
     admission_policy: bytes | None
     """The committee-certified node admission policy, when this node knows its bytes."""
+    reshare_runs: Mapping[bytes, SharingConfig] = field(default_factory=dict)
+    """The configurations of the reshare runs this node took part in, by run id: what
+    evidence of a dealer's wrong constant term is judged against."""
 
 
 ChangeCheck = Callable[[ChangeContext, Change], None]
@@ -290,6 +295,7 @@ class NodeCore:
         self._events: list[NodeEvent] = []
         self._early: deque[tuple[ParticipantIndex, Message]] = deque(maxlen=MAX_EARLY_MESSAGES)
         self.chain: list[Link] = []
+        self._reshare_runs: dict[bytes, SharingConfig] = {}
         self.state: ChainState | None = None
         self.share: SecretShare | None = restored.share
         self._retained: dict[int, SecretShare] = dict(restored.retained)
@@ -491,7 +497,13 @@ class NodeCore:
     def _check_change(self, change: Change) -> None:
         if self._check is None or self.state is None:
             return
-        ctx = ChangeContext(self.state, tuple(self.chain), self._now, self.admission_policy())
+        ctx = ChangeContext(
+            self.state,
+            tuple(self.chain),
+            self._now,
+            self.admission_policy(),
+            dict(self._reshare_runs),
+        )
         self._check(ctx, change)
 
     def _approve_deferred(self) -> None:
@@ -784,6 +796,9 @@ class NodeCore:
         # recipient only; its dealer slot stays empty and it is left out of QUAL.
         dealer_share = self.share if self.me in st.committee.indices else None
         self._run_attempt = attempt
+        self._reshare_runs[cfg.run_id()] = cfg
+        while len(self._reshare_runs) > MAX_RESHARE_RUNS:
+            del self._reshare_runs[next(iter(self._reshare_runs))]
         self._run = self._sharing_session(cfg, dealer_share)
         self._run.advance_time(self._now)
         self._replay_early()

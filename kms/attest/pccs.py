@@ -386,16 +386,16 @@ class CollateralProvider:
         self._held: dict[tuple[str, str], Collateral] = {}
         self._locks: dict[tuple[str, str], trio.Lock] = {}
         self.fetch_failures = 0
+        self._last_platform: tuple[bytes, tuple[str, str]] | None = None
 
     async def prepare(self, quote: bytes, *, now: int) -> None:
         """Make sure :meth:`get` can answer for ``quote`` (never raises for bad input)."""
         if self.client is None:
             return
         try:
-            fmspc, ca = platform_of(quote)
+            key = self._platform(quote)
         except PCCSError:
             return  # the releaser refuses the quote itself
-        key = (fmspc, ca)
         held = self._held.get(key)
         if held is not None and _fresh(held, now, self.min_validity):
             return
@@ -411,12 +411,21 @@ class CollateralProvider:
             except PCCSError:
                 self.fetch_failures += 1  # held (if any) stays; verification decides
 
+    def _platform(self, quote: bytes) -> tuple[str, str]:
+        """``platform_of``, remembered for the last quote (``prepare`` then ``get`` ask twice)."""
+        last = self._last_platform
+        if last is not None and last[0] == quote:
+            return last[1]
+        key = platform_of(quote)
+        self._last_platform = (bytes(quote), key)
+        return key
+
     def get(self, quote: bytes) -> Collateral:
         """The collateral for ``quote``'s platform, without touching the network."""
         if self.client is None and self.fixed is not None:
             return self.fixed
         try:
-            key = platform_of(quote)
+            key = self._platform(quote)
         except PCCSError as exc:
             raise QuoteVerificationError(QuoteFailure.MALFORMED_QUOTE, str(exc)) from None
         held = self._held.get(key)

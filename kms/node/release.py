@@ -24,6 +24,7 @@ time; never key material).
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -137,11 +138,17 @@ class KeyReleaser:
         epoch: int,
         share: SecretShare | None,
         seen_nonce: Callable[[bytes], bool],
+        decoded: KeyRequest | None = None,
     ) -> Released | Refused:
-        try:
-            req = KeyRequest.decode(raw)
-        except MessageDecodeError as exc:
-            return refuse(Refusal.MALFORMED, str(exc))
+        """Check ``raw`` and answer it. ``decoded`` is ``KeyRequest.decode(raw)`` when the
+        caller already has it (the node's shell decodes first to find the quote's platform)."""
+        if decoded is not None:
+            req = decoded
+        else:
+            try:
+                req = KeyRequest.decode(raw)
+            except MessageDecodeError as exc:
+                return refuse(Refusal.MALFORMED, str(exc))
         body = req.body
         if share is None:
             return refuse(Refusal.NOT_SERVING, "this node holds no share of the current epoch")
@@ -181,7 +188,7 @@ class KeyReleaser:
                 )
             except PolicyError as exc:
                 return refuse(Refusal.POLICY, f"{exc.reason.value}: {exc.detail}")
-        rh = req.request_hash()
+        rh = hashlib.sha256(raw).digest()  # raw is the canonical encoding: request_hash()
         shares = []
         audit = []
         for p in body.purposes:

@@ -493,13 +493,14 @@ class NodeService:
         if self.releaser is None:
             refusal = KeyRefusal("not-serving", "this node does not release keys")
             return 503, refusal.encode()
+        decoded = None
         if self.collateral is not None and self.collateral.client is not None:
             try:
-                quote = KeyRequest.decode(raw).quote
+                decoded = KeyRequest.decode(raw)
             except InvalidEncoding:
-                quote = b""  # the releaser refuses the request as malformed
-            if quote:
-                await self.collateral.prepare(quote, now=int(self.clock.now()))
+                decoded = None  # the releaser refuses the request as malformed
+            if decoded is not None:
+                await self.collateral.prepare(decoded.quote, now=int(self.clock.now()))
         st = self.core.state
         now = int(self.clock.now())
         res = self.releaser.handle(
@@ -508,6 +509,7 @@ class NodeService:
             epoch=st.epoch if st else 0,
             share=self.core.share,
             seen_nonce=self._seen_nonce,
+            decoded=decoded,
         )
         if isinstance(res, Released):
             # The replay cache survives restarts; the audit records are committed as one group.

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -468,21 +469,7 @@ def devnet_add_node(
     """A new operator joins: init, start, join request, proposal, approvals, reshare."""
     from kms import devnet
 
-    try:
-        res = devnet.add_node(dir, timeout=timeout)
-    except (devnet.MembershipError, OSError, ValueError) as exc:
-        if json_out:
-            _print_json({"ok": False, "error": str(exc)})
-            raise typer.Exit(1) from None
-        _fail(str(exc), 1)
-        return
-    if json_out:
-        _print_json({"ok": True, **res})
-    else:
-        out.print(
-            f"node {res['index']} joined: epoch {res['epoch']}, committee {res['committee']}, "
-            f"threshold {res['threshold']}"
-        )
+    _membership_step(lambda: devnet.add_node(dir, timeout=timeout), "joined", json_out)
 
 
 @devnet_app.command("remove-node")
@@ -495,8 +482,15 @@ def devnet_remove_node(
     """The other members remove node INDEX; once the new epoch is certified it is stopped."""
     from kms import devnet
 
+    _membership_step(lambda: devnet.remove_node(dir, index, timeout=timeout), "removed", json_out)
+
+
+def _membership_step(run: Callable[[], dict[str, Any]], done: str, json_out: bool) -> None:
+    """Run a devnet membership flow and report its outcome (one JSON line with ``--json``)."""
+    from kms import devnet
+
     try:
-        res = devnet.remove_node(dir, index, timeout=timeout)
+        res = run()
     except (devnet.MembershipError, KeyError, OSError, ValueError) as exc:
         if json_out:
             _print_json({"ok": False, "error": str(exc)})
@@ -507,7 +501,7 @@ def devnet_remove_node(
         _print_json({"ok": True, **res})
     else:
         out.print(
-            f"node {index} removed: epoch {res['epoch']}, committee {res['committee']}, "
+            f"node {res['index']} {done}: epoch {res['epoch']}, committee {res['committee']}, "
             f"threshold {res['threshold']}"
         )
 

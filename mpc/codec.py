@@ -108,7 +108,7 @@ class Message:
         """The JSON form (see the module docstring)."""
         out: dict[str, Any] = {"@type": self.TYPE, "@version": self.VERSION}
         for n, t in _fields(type(self)):
-            out[n] = _to_json(getattr(self, n), t)
+            out[n] = _to_wire(getattr(self, n), t, as_json=True)
         return out
 
     @classmethod
@@ -248,25 +248,6 @@ def decode_json(data: bytes | str) -> Message:
     return cls.from_wire(_json_message_to_wire(obj, cls, cls.TYPE))
 
 
-def _to_json(value: Any, tp: Any) -> Any:
-    origin = get_origin(tp)
-    if origin is Annotated:
-        return _to_json(value, get_args(tp)[0])
-    if origin in (Union, types.UnionType):
-        if value is None:
-            return None
-        inner = next(a for a in get_args(tp) if a is not type(None))
-        return _to_json(value, inner)
-    if origin is tuple:
-        inner = get_args(tp)[0]
-        return [_to_json(v, inner) for v in value]
-    if isinstance(tp, type) and issubclass(tp, Message):
-        return value.to_json()
-    if tp is bytes:
-        return bytes(value).hex()
-    return value
-
-
 def _json_message_to_wire(obj: Any, cls: type[Message], where: str) -> list[Any]:
     if not isinstance(obj, dict):
         raise MessageDecodeError(f"{where}: expected an object")
@@ -328,20 +309,23 @@ def _fields(cls: type) -> list[tuple[str, Any]]:
     return cached
 
 
-def _to_wire(value: Any, tp: Any) -> Any:
+def _to_wire(value: Any, tp: Any, *, as_json: bool = False) -> Any:
+    """A field's wire value; ``as_json``: its JSON form (bytes as hex, messages as objects)."""
     origin = get_origin(tp)
     if origin is Annotated:
-        return _to_wire(value, get_args(tp)[0])
+        return _to_wire(value, get_args(tp)[0], as_json=as_json)
     if origin in (Union, types.UnionType):
         if value is None:
             return None
         inner = next(a for a in get_args(tp) if a is not type(None))
-        return _to_wire(value, inner)
+        return _to_wire(value, inner, as_json=as_json)
     if origin is tuple:
         inner = get_args(tp)[0]
-        return [_to_wire(v, inner) for v in value]
+        return [_to_wire(v, inner, as_json=as_json) for v in value]
     if isinstance(tp, type) and issubclass(tp, Message):
-        return value.to_wire()
+        return value.to_json() if as_json else value.to_wire()
+    if as_json and tp is bytes:
+        return bytes(value).hex()
     return value
 
 

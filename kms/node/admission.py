@@ -44,8 +44,7 @@ from mpc.membership import (
     ChangeAdmissionPolicy,
     MembershipCertificate,
     RemoveMember,
-    extend,
-    genesis_state,
+    verify_chain_epochs,
 )
 from mpc.membership.messages import Change
 
@@ -95,19 +94,16 @@ def _participant(
 
 
 def _state_at(chain: Sequence[EpochCertificate | MembershipCertificate], epoch: int) -> ChainState:
-    """The verified chain state of ``epoch`` (before any change decided in it)."""
+    """The verified chain state of ``epoch``."""
     first = chain[0] if chain else None
     if not isinstance(first, EpochCertificate):
         raise _refuse(Refusal.EVIDENCE_INVALID, "no chain")
     try:
-        state = genesis_state(G2.from_bytes(first.transcript.mpk), first)
-        for link in chain[1:]:
-            if state.epoch == epoch:
-                break
-            state = extend(state, link)
+        states = verify_chain_epochs(chain, mpk=G2.from_bytes(first.transcript.mpk))
     except (ChainError, InvalidEncoding) as exc:
         raise _refuse(Refusal.EVIDENCE_INVALID, f"chain: {exc}") from exc
-    if state.epoch != epoch:
+    state = next((st for st in states if st.epoch == epoch), None)
+    if state is None:
         raise _refuse(Refusal.EVIDENCE_INVALID, f"epoch {epoch} is not in the chain")
     return state
 

@@ -66,6 +66,7 @@ from mpc.membership import (
     apply_change,
     extend,
     genesis_state,
+    verify_chain_epochs,
 )
 from mpc.membership.messages import ChainRequest, ChainUpdate, Change, OutcomePartial
 from mpc.reshare import Acknowledgement, RetentionTracker
@@ -296,6 +297,7 @@ class NodeCore:
         self._early: deque[tuple[ParticipantIndex, Message]] = deque(maxlen=MAX_EARLY_MESSAGES)
         self.chain: list[Link] = []
         self._reshare_runs: dict[bytes, SharingConfig] = {}
+        self._epoch_states: tuple[int, dict[int, ChainState]] = (0, {})
         self.state: ChainState | None = None
         self.share: SecretShare | None = restored.share
         self._retained: dict[int, SecretShare] = dict(restored.retained)
@@ -428,6 +430,18 @@ class NodeCore:
         except (InvalidEncoding, InvalidSignature) as exc:
             self._events.append(InputRejected(peer, f"{type(exc).__name__}: {exc}"))
         self._pump()
+
+    def epoch_state(self, epoch: int) -> ChainState | None:
+        """What this node's chain proves about ``epoch`` (its committee and public shares),
+        or None if the chain does not reach it. Verified once per chain length."""
+        if self.state is None:
+            return None
+        if self._epoch_states[0] != len(self.chain):
+            self._epoch_states = (
+                len(self.chain),
+                {st.epoch: st for st in verify_chain_epochs(self.chain, mpk=self.state.mpk)},
+            )
+        return self._epoch_states[1].get(epoch)
 
     def observe_epoch(self, peer: ParticipantIndex, epoch: int, now: float) -> None:
         """An authenticated member says it is at ``epoch``. If that is ahead of us, ask it

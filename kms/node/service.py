@@ -43,7 +43,13 @@ from kms.node.core import (
     StoreRecord,
 )
 from kms.node.release import KeyReleaser, Released
-from kms.policy.gossip import PolicyAnnounce, PolicyDigest, newer_than_digest
+from kms.policy.gossip import (
+    PolicyAnnounce,
+    PolicyDigest,
+    announce_to,
+    newer_than_digest,
+    offer_outcome,
+)
 from kms.protocol import KeyRefusal, KeyRequest
 from kms.store import NodeStore, StoreError
 from mpc import hpke
@@ -416,22 +422,24 @@ class NodeService:
 
     # --- policy gossip (``kms.policy.gossip``) ---------------------------------------------
 
-    def _members_but(self, *excluded: ParticipantIndex) -> list[ParticipantIndex]:
+    def _announce_policy(self, bundle: bytes, origin: ParticipantIndex | None = None) -> None:
         st = self.core.state
         if st is None:
-            return []
-        skip = {self.config.index, *excluded}
-        return [i for i in st.committee.indices if i not in skip]
-
-    def _announce_policy(self, bundle: bytes, *excluded: ParticipantIndex) -> None:
+            return
         msg = PolicyAnnounce(bundle)
-        for to in self._members_but(*excluded):
-            self._send(Outbound(to, msg))
+        members = [int(i) for i in st.committee.indices]
+        for to in announce_to(
+            members, int(self.config.index), None if origin is None else int(origin)
+        ):
+            self._send(Outbound(ParticipantIndex(to), msg))
 
     def _send_policy_digest(self) -> None:
+        st = self.core.state
+        if st is None:
+            return
         digest = PolicyDigest.of(self.policies.held_versions(int(self.clock.now())))
-        for to in self._members_but():
-            self._send(Outbound(to, digest))
+        for to in announce_to([int(i) for i in st.committee.indices], int(self.config.index)):
+            self._send(Outbound(ParticipantIndex(to), digest))
 
     def _on_policy_message(
         self, index: ParticipantIndex, peer: PeerId, message: PolicyAnnounce | PolicyDigest
@@ -446,7 +454,10 @@ class NodeService:
                     self._send(Outbound(index, PolicyAnnounce(bundle)))
             return
         code, reply = self.policies.offer(message.bundle, now)
-        if code == 200 and not reply.get("duplicate"):
+        accepted = code == 200
+        reason = None if accepted or code not in (400, 409) else str(reply.get("reason", "refused"))
+        relay, blame = offer_outcome(accepted, bool(reply.get("duplicate")), reason)
+        if relay:
             self.metrics.policies_learned += 1
             log.info(
                 "policy learned from a peer",
@@ -459,10 +470,8 @@ class NodeService:
                 },
             )
             self._announce_policy(message.bundle, index)
-        elif code in (400, 409):
-            reason = str(reply.get("reason", "refused"))
-            if reason != "stale_version":  # a peer that is behind is no misbehaviour
-                self._reject(str(peer), f"policy gossip: {reason}")
+        if blame is not None:
+            self._reject(str(peer), blame)
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
         if self.policies is None:
@@ -604,8 +613,6 @@ class NodeService:
         self.store.set_meta(self.EVIDENCE_INDEX, json.dumps(index).encode())
         return eid
 
-    _epoch_states: tuple[int, list[Any]] = (0, [])
-
     def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         """Evidence a CVM discloses (``POST /v1/evidence``): a node's signed wrong partial.
 
@@ -616,7 +623,6 @@ class NodeService:
         from kms.client.core import verify_wrong_partial
         from kms.protocol import WrongPartialEvidence
         from mpc.errors import InvalidSignature
-        from mpc.membership import verify_chain_epochs
 
         st = self.core.state
         if st is None:
@@ -626,12 +632,7 @@ class NodeService:
         except InvalidEncoding as exc:
             self.count_rejected("evidence: malformed")
             return 400, {"accepted": False, "reason": "malformed", "detail": str(exc)[:500]}
-        if self._epoch_states[0] != len(self.core.chain):  # verified once per chain length
-            self._epoch_states = (
-                len(self.core.chain),
-                verify_chain_epochs(self.core.chain, mpk=st.mpk),
-            )
-        state = next((x for x in self._epoch_states[1] if x.epoch == ev.response.epoch), None)
+        state = self.core.epoch_state(ev.response.epoch)
         if state is None:
             self.count_rejected("evidence: unknown epoch")
             return 409, {

@@ -19,7 +19,7 @@ Nothing here trusts the sender: every bundle is checked by the receiver's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -71,10 +71,31 @@ def newer_than_digest(digest: PolicyDigest, held: Mapping[bytes, int]) -> list[b
     return out[:MAX_ANSWERS_PER_DIGEST]
 
 
+def announce_to(members: Sequence[int], me: int, origin: int | None = None) -> list[int]:
+    """Who hears of a policy this node just accepted: every other member but its source."""
+    return [i for i in members if i != me and i != origin]
+
+
+def offer_outcome(accepted: bool, duplicate: bool, reason: str | None) -> tuple[bool, str | None]:
+    """After offering a peer's bundle to this node's store: (pass it on?, blame or None).
+
+    A new version is passed on; a duplicate is the normal echo of the flood and a
+    stale version only shows the peer is behind, so neither is blamed; anything
+    else refused (a bad signature, another key, a malformed bundle) is.
+    """
+    if accepted:
+        return not duplicate, None
+    if reason in (None, "stale_version"):
+        return False, None
+    return False, f"policy gossip: {reason}"
+
+
 __all__ = [
     "MAX_ANSWERS_PER_DIGEST",
     "PolicyAnnounce",
     "PolicyDigest",
     "PolicyVersion",
+    "announce_to",
     "newer_than_digest",
+    "offer_outcome",
 ]

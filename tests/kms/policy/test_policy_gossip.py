@@ -40,3 +40,20 @@ def test_messages_round_trip_and_unsorted_digests_are_refused() -> None:
     twice = PolicyDigest((PolicyVersion(A, 1), PolicyVersion(A, 2)))
     with pytest.raises(MessageDecodeError):
         decode(twice.encode())
+
+
+def test_a_new_policy_goes_to_every_other_member_but_its_source() -> None:
+    from kms.policy.gossip import announce_to
+
+    assert announce_to([1, 2, 3, 4], me=2) == [1, 3, 4]
+    assert announce_to([1, 2, 3, 4], me=2, origin=4) == [1, 3]
+
+
+def test_what_a_node_does_with_a_peers_bundle() -> None:
+    from kms.policy.gossip import offer_outcome
+
+    assert offer_outcome(True, False, None) == (True, None)  # new: pass it on
+    assert offer_outcome(True, True, None) == (False, None)  # the flood's echo
+    assert offer_outcome(False, False, "stale_version") == (False, None)  # a peer behind
+    assert offer_outcome(False, False, None) == (False, None)  # this node keeps no policies
+    assert offer_outcome(False, False, "bad_signature") == (False, "policy gossip: bad_signature")

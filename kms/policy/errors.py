@@ -75,16 +75,20 @@ class EventLogFailure(enum.Enum):
     MALFORMED = "malformed"
     """Not a JSON list of events of dstack's shape, or over the size limits."""
     UNSUPPORTED_EVENT = "unsupported_event"
-    """An RTMR3 event whose digest rule is not pinned (not a dstack runtime event,
-    or dstack's event-log version 2)."""
+    """An RTMR3 event whose digest rule is not pinned (not a dstack runtime event),
+    or a dstack event-log version-2 event where facts are read (before ``system-ready``)."""
     DIGEST_MISMATCH = "digest_mismatch"
     """An event's recorded digest differs from the digest of its own fields."""
     REPLAY_MISMATCH = "replay_mismatch"
     """Replaying the events does not reproduce the quote's RTMR3."""
-    MISSING_COMPOSE_HASH = "missing_compose_hash"
-    """The log verifies but holds no ``compose-hash`` event."""
-    DUPLICATE_COMPOSE_HASH = "duplicate_compose_hash"
-    """The log holds more than one ``compose-hash`` event."""
+    BOOT_PREFIX = "boot_prefix"
+    """RTMR3's first five events are not exactly dstack's boot prefix
+    (``system-preparing, app-id, compose-hash, instance-id, boot-mr-done``, with
+    their payload lengths)."""
+    UNKNOWN_SYSTEM_EVENT = "unknown_system_event"
+    """An event between the boot prefix and ``system-ready`` is not a known system event."""
+    DUPLICATE_SYSTEM_EVENT = "duplicate_system_event"
+    """A system event appears twice before ``system-ready``."""
 
 
 class EventLogError(Exception):

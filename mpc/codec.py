@@ -181,7 +181,9 @@ class Message:
         except (TypeError, ValueError) as exc:
             raise MessageDecodeError(f"{cls.TYPE}: {exc}") from exc
         if since and msg.wire_version() != raw[1]:
-            raise MessageDecodeError(f"{cls.TYPE}: version {raw[1]} of a version-{msg.wire_version()} value (non-canonical)")
+            raise MessageDecodeError(
+                f"{cls.TYPE}: version {raw[1]} of a version-{msg.wire_version()} value (non-canonical)"
+            )
         msg.validate()
         return msg
 

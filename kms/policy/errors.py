@@ -58,6 +58,20 @@ class PolicyFailure(enum.Enum):
     """The policy held is older than the minimum version the CVM asked for."""
     EVENT_LOG_INVALID = "event_log_invalid"
     """A compose-hash measurement could match, but the RTMR3 event log does not verify."""
+    APP_ID_NOT_MEASURED = "app_id_not_measured"
+    """A compose-hash entry matched, but RTMR3's ``app-id`` event names another app."""
+    TD_FIELD_MISMATCH = "td_field_mismatch"
+    """MRCONFIGID, MROWNER, MROWNERCONFIG, XFAM or MRSERVICETD differs from the pin
+    (MRSERVICETD must be zero unless pinned)."""
+    SYSTEM_EVENT_MISMATCH = "system_event_mismatch"
+    """A pinned system-segment event of RTMR3 (or a ``gpu-attestation`` field) is
+    absent or differs."""
+    PLATFORM_NOT_ALLOWED = "platform_not_allowed"
+    """The quote's platform (PCK FMSPC, platform instance id) is not on the allow-list."""
+    KEY_VERSION_TOO_OLD = "key_version_too_old"
+    """The requested key version is below the policy's minimum for that purpose."""
+    TCB_EVALUATION_TOO_OLD = "tcb_evaluation_too_old"
+    """The collateral's TCB evaluation data number is below the policy's floor."""
 
 
 class PolicyError(Exception):

@@ -115,9 +115,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from types import MappingProxyType
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 from mpc.codec import json_nesting_depth

@@ -89,17 +89,17 @@ __all__ = [
     "Accepted",
     "AppPolicy",
     "GpuPin",
-    "MinKeyVersion",
-    "Pins",
-    "PlatformPin",
-    "SystemEventPin",
     "Measurement",
+    "MinKeyVersion",
     "NodeAdmissionPolicy",
     "OfferResult",
+    "Pins",
+    "PlatformPin",
     "PolicyBundle",
     "PolicyStore",
     "Refused",
     "SignedPolicy",
+    "SystemEventPin",
 ]
 
 MEASUREMENT_LENGTH: Final = 48
@@ -248,7 +248,9 @@ XFAM_LENGTH: Final = 8
 MAX_PLATFORMS: Final = 1024
 MAX_SYSTEM_EVENT_PINS: Final = 8
 MAX_PIN_PAYLOAD: Final = 1024
-PINNABLE_SYSTEM_EVENTS: Final = frozenset({"key-provider", "os-image-hash", "mr-kms", "gpu-policy-hash"})
+PINNABLE_SYSTEM_EVENTS: Final = frozenset(
+    {"key-provider", "os-image-hash", "mr-kms", "gpu-policy-hash"}
+)
 """System-segment events a policy may pin byte for byte (``gpu-attestation`` is
 pinned by field, :class:`GpuPin`)."""
 
@@ -300,7 +302,9 @@ class MinKeyVersion(Message):
     min_version: int
 
     def validate(self) -> None:
-        _require(_PURPOSE_RE.fullmatch(self.purpose) is not None, f"{self.TYPE}.purpose", "bad purpose")
+        _require(
+            _PURPOSE_RE.fullmatch(self.purpose) is not None, f"{self.TYPE}.purpose", "bad purpose"
+        )
         _check_u32(f"{self.TYPE}.min_version", self.min_version)
 
 

@@ -21,8 +21,14 @@ unless an explicit entry matches anyway.
 Checks of :func:`admits`, in order: ``EXPIRED`` (``now >= expires``),
 ``NOT_YET_VALID`` (``now + max_clock_skew < not_before``),
 ``VERSION_BELOW_REQUESTED`` (the policy is older than the version the CVM
-asked for), ``PURPOSE_NOT_ALLOWED``, ``TCB_STATUS_NOT_ALLOWED``,
-``MEASUREMENT_MISMATCH`` / ``EVENT_LOG_INVALID``.
+asked for), ``PURPOSE_NOT_ALLOWED``, ``KEY_VERSION_TOO_OLD``,
+``TCB_STATUS_NOT_ALLOWED``, ``PLATFORM_NOT_ALLOWED`` /
+``TCB_EVALUATION_TOO_OLD``, ``TD_FIELD_MISMATCH`` (MRSERVICETD must be zero
+unless pinned, even without pins), ``MEASUREMENT_MISMATCH`` /
+``EVENT_LOG_INVALID``, ``APP_ID_NOT_MEASURED`` (a compose-hash entry matched
+and RTMR3's ``app-id`` is not the requested app), ``SYSTEM_EVENT_MISMATCH``.
+An :class:`Evidence` replays the log at most once for all of a request's
+purposes.
 """
 
 from __future__ import annotations

@@ -24,6 +24,12 @@ versions must still accept the newest one, and the version number already
 orders them. :class:`SignedPolicy` adds the owner's Ed25519 signature under
 :data:`~kms.policy.app.CTX_APP_POLICY` over the policy's canonical encoding.
 
+**Pins.** Version 2 of the message adds optional :class:`Pins` (TD fields,
+MRSERVICETD, system events of RTMR3, GPU attestation fields, a platform
+allow-list, minimum key versions, a floor on the TCB evaluation data number;
+see ``docs/attestation.md``). A policy without pins encodes as version 1 byte
+for byte (``mpc.codec.Since``).
+
 **Expiry.** Every policy expires; ``expires - not_before`` may not exceed
 :data:`MAX_LIFETIME` (30 days; the owner's tool uses :data:`DEFAULT_LIFETIME`,
 7 days, and renews). A node that never hears of a newer policy revoking a

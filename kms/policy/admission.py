@@ -37,6 +37,7 @@ import json
 from collections.abc import Sequence
 from typing import Protocol
 
+from mpc.codec import json_nesting_depth
 from mpc.errors import LocalProtocolError
 
 from .errors import EventLogError, PolicyError, PolicyFailure
@@ -229,8 +230,11 @@ def _check_platform(pins: Pins, td: object) -> None:
 
 
 def _gpu_claims(payload: bytes) -> dict[str, object]:
+    """dstack's ``gpu-attestation`` payload: one flat JSON object."""
     try:
-        claims = json.loads(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
+        flat = json_nesting_depth(text) <= 1
+        claims = json.loads(text) if flat else None
     except (UnicodeDecodeError, ValueError, RecursionError):
         claims = None
     if not isinstance(claims, dict):

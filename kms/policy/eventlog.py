@@ -75,20 +75,20 @@ at position 2 (``BOOT_PREFIX``) and anywhere in the system segment
 (``UNKNOWN_SYSTEM_EVENT``); an injected ``compose-hash`` after
 ``system-ready`` is never read.
 
-**Version 2.** dstack's current source (``dstack/cc-eventlog/src/runtime_events.rs``
+**Version 2.** dstack's unreleased source (``dstack/cc-eventlog/src/runtime_events.rs``
 at commit ``312dc605ebaaf93372534ffb135ea011533d28e9``) digests a version-2 event
-as ``SHA-384(JCS({"name", "payload" (hex), "type"}))``, but the same commit
-also changes the boot sequence (``init-script-hash``, ``gpu-policy-hash`` and
+as ``SHA-384(JCS({"name", "payload" (hex), "type"}))``, but the same sources
+also change the boot sequence (``init-script-hash``, ``gpu-policy-hash`` and
 ``gpu-attestation`` between ``compose-hash`` and ``instance-id``, from
-commits ``f3a5c19e`` and ``c4ea8110``, July–August 2026), and the revisions
-read earlier disagreed on the JSON object's keys. Version-2 events are
+commits ``f3a5c19e`` and ``c4ea8110``, July–August 2026, in no release), and
+the revisions read earlier disagreed on the JSON object's keys. Version-2 events are
 therefore not interpreted: in the first two segments they are refused as
 ``UNSUPPORTED_EVENT``; in the app segment they are opaque like any other.
 The supported guests are dstack v0.5.0 to v0.5.11 (tag ``v0.5.11``, commit
 ``40eaf35e6b3f112998d01569f2a26110baab123b``), whose
 ``dstack-util/src/system_setup.rs`` emits exactly the prefix above with
-version-1 events; a log from a later guest is refused with a typed reason,
-never misread.
+version-1 events only; a log from a guest built from later sources is refused
+with a typed reason, never misread.
 
 The rules this module applies:
 

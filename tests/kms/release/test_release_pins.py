@@ -253,7 +253,8 @@ def test_gpu_attestation_pins(committee) -> None:  # type: ignore[no-untyped-def
 
     policies = [policy_for(committee, pins=Pins(gpu=GpuPin(cc_mode="on", devtools=False)))]
     assert ask(committee, policies, boot(gpu_attestation=gpu())) == (200, "released")
-    for bad in (gpu(cc_mode="off"), gpu(devtools=True), gpu(devices=0), b"not json"):
+    nested = b'{"a":' * 40 + b"1" + b"}" * 40
+    for bad in (gpu(cc_mode="off"), gpu(devtools=True), gpu(devices=0), b"not json", nested):
         assert ask(committee, policies, boot(gpu_attestation=bad)) == (403, "system_event_mismatch")
     assert ask(committee, policies, boot()) == (403, "system_event_mismatch")
 
@@ -316,3 +317,24 @@ def test_a_pinned_policy_survives_its_wire_and_json_forms_and_v1_bytes_are_uncha
     with pytest.raises(MessageDecodeError):
         AppPolicy.decode(msgpack.packb([*forged, None], use_bin_type=True))
     assert replace(plain, pins=pins).wire_version() == 2
+
+
+def test_the_event_log_is_replayed_once_per_request(committee, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import kms.policy.admission as admission
+
+    calls = []
+    real = admission.replay_rtmr3
+
+    def counting(log, rtmr3):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(log, rtmr3)
+
+    monkeypatch.setattr(admission, "replay_rtmr3", counting)
+    pins = Pins(system_events=(SystemEventPin("os-image-hash", b"\x42" * 32),))
+    policies = [policy_for(committee, pins=pins)]
+    both = (("app", 1), ("disk", 1))
+    assert ask(committee, policies, boot(os_image_hash=b"\x42" * 32), purposes=both) == (
+        200,
+        "released",
+    )
+    assert len(calls) == 1

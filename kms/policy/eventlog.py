@@ -233,6 +233,21 @@ class ReplayedLog:
         """True when the log reaches ``system-ready`` (the guest finished booting)."""
         return SYSTEM_READY_EVENT in self.system
 
+    @property
+    def os_image_hash(self) -> bytes | None:
+        """The ``os-image-hash`` system event's payload, if the log has reached it."""
+        return self.system.get("os-image-hash")
+
+    @property
+    def key_provider(self) -> bytes | None:
+        """The ``key-provider`` system event's payload (dstack: JSON), if present."""
+        return self.system.get("key-provider")
+
+    @property
+    def gpu_attestation(self) -> bytes | None:
+        """The ``gpu-attestation`` system event's payload (dstack: JSON), if present."""
+        return self.system.get("gpu-attestation")
+
 
 def _fail(reason: EventLogFailure, detail: str) -> EventLogError:
     return EventLogError(reason, detail)

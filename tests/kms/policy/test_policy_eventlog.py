@@ -412,7 +412,9 @@ def test_the_real_log_states_its_app_id_and_system_events() -> None:
     assert replayed.instance_id == b""
     assert set(replayed.system) == {"os-image-hash", "key-provider", "system-ready"}
     assert replayed.system_ready and replayed.app_events == 0
-    assert json.loads(replayed.system["key-provider"])["name"] == "kms"
+    assert json.loads(replayed.key_provider or b"")["name"] == "kms"
+    assert replayed.os_image_hash == replayed.system["os-image-hash"]
+    assert replayed.gpu_attestation is None
 
 
 def test_a_log_may_end_before_system_ready() -> None:

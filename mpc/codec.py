@@ -13,6 +13,14 @@ decoded value (re-encoding must reproduce them), types must match, lengths
 must hold, and then the message's own ``validate()`` runs. Every failure
 raises ``MessageDecodeError`` (an ``InvalidEncoding``) with a reason.
 
+A field added after version 1 is annotated ``Since(n)`` and has a default:
+a value whose ``Since`` fields all hold their defaults encodes exactly as the
+older version did (so signatures over stored older encodings still verify),
+and one that sets them encodes as the newest version that defines them.
+Decoding accepts every version from 1 to ``VERSION`` for such a class and
+refuses a newer version tag on a value the older one could carry
+(non-canonical).
+
 Every message also has a JSON form for HTTP clients that cannot speak
 msgpack: an object ``{"@type": TYPE, "@version": VERSION, field: value, …}``
 (the ``@`` keys can never clash with a field name)
@@ -57,6 +65,13 @@ class Size:
 
 
 @dataclass(frozen=True, slots=True)
+class Since:
+    """``Annotated[T, Since(n)]``: a field added in version ``n`` (it needs a default)."""
+
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
 class MaxSize:
     """``Annotated[bytes | str | tuple, MaxSize(n)]``: at most ``n`` bytes or items."""
 
@@ -89,11 +104,21 @@ class Message:
     def validate(self) -> None:
         """Semantic checks beyond the schema; raise ``MessageDecodeError``."""
 
+    def wire_version(self) -> int:
+        """The version this value encodes as: the oldest that can carry it (``Since``)."""
+        since = _since(type(self))
+        if not since:
+            return self.VERSION
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        used = [n for name, n in since.items() if getattr(self, name) != defaults[name]]
+        return max(used, default=1)
+
     def to_wire(self) -> list[Any]:
+        version = self.wire_version()
         return [
             self.TYPE,
-            self.VERSION,
-            *(_to_wire(getattr(self, n), t) for n, t in _fields(type(self))),
+            version,
+            *(_to_wire(getattr(self, n), t) for n, t in _fields(type(self), version)),
         ]
 
     def encode(self) -> bytes:
@@ -106,8 +131,9 @@ class Message:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (see the module docstring)."""
-        out: dict[str, Any] = {"@type": self.TYPE, "@version": self.VERSION}
-        for n, t in _fields(type(self)):
+        version = self.wire_version()
+        out: dict[str, Any] = {"@type": self.TYPE, "@version": version}
+        for n, t in _fields(type(self), version):
             out[n] = _to_wire(getattr(self, n), t, as_json=True)
         return out
 
@@ -133,9 +159,15 @@ class Message:
             raise MessageDecodeError(f"{cls.__name__}: not a message array")
         if raw[0] != cls.TYPE:
             raise MessageDecodeError(f"expected {cls.TYPE}, got {raw[0]!r}")
-        if raw[1] != cls.VERSION or isinstance(raw[1], bool):
+        since = _since(cls)
+        if since:
+            ok = isinstance(raw[1], int) and not isinstance(raw[1], bool)
+            ok = ok and 1 <= raw[1] <= cls.VERSION
+        else:
+            ok = raw[1] == cls.VERSION and not isinstance(raw[1], bool)
+        if not ok:
             raise MessageDecodeError(f"{cls.TYPE}: unsupported version {raw[1]!r}")
-        fields = _fields(cls)
+        fields = _fields(cls, raw[1])
         if len(raw) != 2 + len(fields):
             raise MessageDecodeError(
                 f"{cls.TYPE}: expected {len(fields)} fields, got {len(raw) - 2}"
@@ -148,6 +180,10 @@ class Message:
             msg = cls(**values)
         except (TypeError, ValueError) as exc:
             raise MessageDecodeError(f"{cls.TYPE}: {exc}") from exc
+        if since and msg.wire_version() != raw[1]:
+            raise MessageDecodeError(
+                f"{cls.TYPE}: version {raw[1]} of a version-{msg.wire_version()} value (non-canonical)"
+            )
         msg.validate()
         return msg
 
@@ -251,7 +287,9 @@ def decode_json(data: bytes | str) -> Message:
 def _json_message_to_wire(obj: Any, cls: type[Message], where: str) -> list[Any]:
     if not isinstance(obj, dict):
         raise MessageDecodeError(f"{where}: expected an object")
-    fields = _fields(cls)
+    version = obj.get("@version")
+    ok = isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= cls.VERSION
+    fields = _fields(cls, version if ok and _since(cls) else None)
     names = {"@type", "@version", *(n for n, _ in fields)}
     extra = sorted(k for k in obj if k not in names)
     if extra:
@@ -300,12 +338,33 @@ def _json_to_wire(raw: Any, tp: Any, where: str) -> Any:
 # --- schema machinery --------------------------------------------------------
 
 
-def _fields(cls: type) -> list[tuple[str, Any]]:
+def _fields(cls: type, version: int | None = None) -> list[tuple[str, Any]]:
+    """The fields of ``cls`` in declaration order; with ``version``, only those it defines."""
     cached = _HINTS.get(cls)
     if cached is None:
         hints = typing.get_type_hints(cls, include_extras=True)
         cached = [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
         _HINTS[cls] = cached
+    if version is None:
+        return cached
+    since = _since(cls)
+    return [(n, t) for n, t in cached if since.get(n, 1) <= version]
+
+
+_SINCE: dict[type, dict[str, int]] = {}
+
+
+def _since(cls: type) -> dict[str, int]:
+    """Field name → the version that added it, for fields annotated ``Since(n)``."""
+    cached = _SINCE.get(cls)
+    if cached is None:
+        cached = {}
+        for name, tp in _fields(cls):
+            if get_origin(tp) is Annotated:
+                for extra in get_args(tp)[1:]:
+                    if isinstance(extra, Since):
+                        cached[name] = extra.n
+        _SINCE[cls] = cached
     return cached
 
 

@@ -314,6 +314,7 @@ class SimulatedTEE:
         tcb_status: str = "UpToDate",
         advisory_ids: Sequence[str] = (),
         fmspc: bytes = SIMULATED_FMSPC,
+        tcb_evaluation_data_number: int = 17,
     ) -> None:
         if tcb_status not in PLATFORM_STATUSES:
             raise ValueError(f"unknown TCB status {tcb_status!r}; one of {PLATFORM_STATUSES}")
@@ -326,6 +327,7 @@ class SimulatedTEE:
         self.tcb_status = tcb_status
         self.advisory_ids = tuple(advisory_ids)
         self.fmspc = fmspc
+        self.tcb_evaluation_data_number = tcb_evaluation_data_number
         self.epoch = now - DAY
         start, end = self.epoch, now + CERT_LIFETIME
 
@@ -371,6 +373,7 @@ class SimulatedTEE:
             ],
         )
         self.ppid = ppid
+        self.platform_instance_id = platform_instance_id
         self._attestation_key = _scalar(rng)
         self._user_data = qe_id + bytes(4)
         self._certification_data = self._qe_certification_data()
@@ -453,6 +456,8 @@ class SimulatedTEE:
         mr_owner: bytes = _ZERO48,
         mr_owner_config: bytes = _ZERO48,
         td_attributes: bytes = TD_ATTRIBUTES,
+        xfam: bytes = XFAM,
+        mr_service_td: bytes = _ZERO48,
         version: int = 4,
     ) -> bytes:
         """A signed TDX quote (v4 or v5) of a TD with these measurements.
@@ -460,7 +465,13 @@ class SimulatedTEE:
         ``report_data`` is at most 64 bytes and is padded with zeros to 64.
         ``td_attributes`` (8 bytes, little-endian) is only for testing refusals:
         dcap-qvl requires SEPT_VE_DISABLE and no debug or reserved bits.
+        ``xfam`` (8 bytes) and ``mr_service_td`` (48 bytes, quote v5 only) let tests
+        exercise policies that pin them.
         """
+        if not isinstance(xfam, bytes) or len(xfam) != 8:
+            raise ValueError("xfam must be 8 bytes")
+        if mr_service_td != _ZERO48 and version != 5:
+            raise ValueError("only a v5 quote (TD report 1.5) carries MRSERVICETD")
         if not isinstance(report_data, bytes | bytearray) or len(report_data) > 64:
             raise ValueError("report_data must be at most 64 bytes")
         if not isinstance(td_attributes, bytes) or len(td_attributes) != 8:
@@ -474,7 +485,7 @@ class SimulatedTEE:
                 _ZERO48,  # MRSIGNERSEAM: zeros, as TCB Info's module mrsigner (pitfall 11)
                 bytes(8),  # SEAMATTRIBUTES
                 td_attributes,
-                XFAM,
+                xfam,
                 _measurement("mr_td", mr_td),
                 _measurement("mr_config_id", mr_config_id),
                 _measurement("mr_owner", mr_owner),
@@ -499,7 +510,8 @@ class SimulatedTEE:
         if version == 4:
             body = td_report
         else:
-            td_report_15 = td_report + TEE_TCB_SVN + _ZERO48  # TEE_TCB_SVN2, MRSERVICETD
+            service_td = _measurement("mr_service_td", mr_service_td)
+            td_report_15 = td_report + TEE_TCB_SVN + service_td  # TEE_TCB_SVN2, MRSERVICETD
             body = struct.pack("<HI", BODY_TD_REPORT_15, len(td_report_15)) + td_report_15
         signed = header + body  # pitfall 4: the signature covers header and body only
         auth = (
@@ -567,7 +579,7 @@ class SimulatedTEE:
             "fmspc": self.fmspc.hex().upper(),
             "pceId": PCE_ID.hex().upper(),
             "tcbType": 0,
-            "tcbEvaluationDataNumber": 17,
+            "tcbEvaluationDataNumber": self.tcb_evaluation_data_number,
             "tdxModule": {
                 "mrsigner": _ZERO48.hex().upper(),
                 "attributes": "0000000000000000",

@@ -106,6 +106,10 @@ class VerifiedQuote:
     simulated: bool
     fields: TDFields
     """The whole TD report (MRCONFIGID, MROWNER, TD attributes, ...)."""
+    tcb_evaluation_data_number: int = 0
+    """``tcbEvaluationDataNumber`` of the TCB info the quote was verified against."""
+    platform_instance_id: bytes | None = None
+    """The PCK certificate's platform instance id (SGX extension, 16 bytes), if any."""
 
     @property
     def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]:
@@ -307,7 +311,27 @@ def verify_quote(
         fmspc=fields.fmspc,
         simulated=root_ca != INTEL_ROOT_CA,
         fields=fields,
+        tcb_evaluation_data_number=_tcb_evaluation_data_number(coll),
+        platform_instance_id=_platform_instance_id(parsed),
     )
+
+
+def _tcb_evaluation_data_number(coll: Collateral) -> int:
+    """The TCB info's ``tcbEvaluationDataNumber`` (dcap-qvl verified its signature)."""
+    try:
+        number = json.loads(coll.tcb_info)["tcbEvaluationDataNumber"]
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return number if isinstance(number, int) and not isinstance(number, bool) else 0
+
+
+def _platform_instance_id(parsed: Any) -> bytes | None:
+    try:
+        ext = parsed.pck_extension()
+        value = None if ext is None else ext.platform_instance_id
+    except Exception:  # dcap-qvl raises ValueError on an unreadable certificate
+        return None
+    return bytes(value) if value else None
 
 
 class Verifier:

@@ -11,8 +11,10 @@ code and no state change:
 5. the quote verifies (Intel DCAP: chain to the pinned root, collateral,
    TDX not SGX, TCB status; simulated roots only when configured);
 6. the app's current policy admits it for every purpose (measurement or
-   compose hash replayed from the RTMR3 event log, TCB status, purpose,
-   version ≥ the one the CVM asked for, not expired).
+   compose hash read from the RTMR3 event log's boot prefix, whose ``app-id``
+   must then be the requested app; the policy's pins; TCB status, purpose,
+   key version, policy version ≥ the one the CVM asked for, not expired). The
+   log is replayed once per request, whatever the number of purposes.
 
 Then, per purpose: the partial ``s_i·H(id)``, HPKE-encrypted to the CVM's
 ephemeral key for this index (info and AAD bind the request hash, purpose,
@@ -29,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kms.attest import QuoteVerificationError, Verifier, parse_td_fields
-from kms.policy import AppPolicy, PolicyError, admits
+from kms.policy import AppPolicy, Evidence, PolicyError, admits
 from kms.protocol import (
     KeyRefusal,
     KeyRequest,
@@ -174,7 +176,8 @@ class KeyReleaser:
         policy = self._policy_for(body.app_id, now)
         if policy is None:
             return refuse(Refusal.NO_POLICY, "no current policy for this app")
-        event_log = req.event_log.decode("utf-8", "replace") if req.event_log else None
+        # One replay of the RTMR3 log per request, shared by its purposes.
+        evidence = Evidence(verified, bytes(req.event_log) if req.event_log else None)
         for p in body.purposes:
             try:
                 admits(
@@ -183,8 +186,10 @@ class KeyReleaser:
                     tcb_status=verified.tcb_status,
                     purpose=p.purpose,
                     now=now,
-                    event_log=event_log,
+                    event_log=evidence,
                     min_version=body.min_policy_version,
+                    key_version=p.version,
+                    app_id=body.app_id,
                 )
             except PolicyError as exc:
                 return refuse(Refusal.POLICY, f"{exc.reason.value}: {exc.detail}")

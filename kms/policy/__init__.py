@@ -12,7 +12,7 @@ Pure code: time comes in as ``now`` (Unix seconds), randomness as ``rng``.
 
 from __future__ import annotations
 
-from .admission import TDMeasurements, admits, admits_node, matching_measurement
+from .admission import Evidence, TDMeasurements, admits, admits_node, matching_measurement
 from .app import (
     APP_ID_LENGTH,
     CTX_APP_POLICY,
@@ -39,13 +39,18 @@ from .policy import (
     TCB_STATUSES,
     Accepted,
     AppPolicy,
+    GpuPin,
     Measurement,
+    MinKeyVersion,
     NodeAdmissionPolicy,
     OfferResult,
+    Pins,
+    PlatformPin,
     PolicyBundle,
     PolicyStore,
     Refused,
     SignedPolicy,
+    SystemEventPin,
 )
 
 __all__ = [
@@ -61,11 +66,16 @@ __all__ = [
     "AppPolicy",
     "EventLogError",
     "EventLogFailure",
+    "Evidence",
+    "GpuPin",
     "Measurement",
+    "MinKeyVersion",
     "NodeAdmissionPolicy",
     "OfferResult",
     "OwnerChain",
     "OwnerKey",
+    "Pins",
+    "PlatformPin",
     "PolicyBundle",
     "PolicyError",
     "PolicyFailure",
@@ -74,6 +84,7 @@ __all__ = [
     "ReplayedLog",
     "RotationRecord",
     "SignedPolicy",
+    "SystemEventPin",
     "TDMeasurements",
     "admits",
     "admits_node",

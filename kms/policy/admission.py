@@ -21,22 +21,39 @@ unless an explicit entry matches anyway.
 Checks of :func:`admits`, in order: ``EXPIRED`` (``now >= expires``),
 ``NOT_YET_VALID`` (``now + max_clock_skew < not_before``),
 ``VERSION_BELOW_REQUESTED`` (the policy is older than the version the CVM
-asked for), ``PURPOSE_NOT_ALLOWED``, ``TCB_STATUS_NOT_ALLOWED``,
-``MEASUREMENT_MISMATCH`` / ``EVENT_LOG_INVALID``.
+asked for), ``PURPOSE_NOT_ALLOWED``, ``KEY_VERSION_TOO_OLD``,
+``TCB_STATUS_NOT_ALLOWED``, ``PLATFORM_NOT_ALLOWED`` /
+``TCB_EVALUATION_TOO_OLD``, ``TD_FIELD_MISMATCH`` (MRSERVICETD must be zero
+unless pinned, even without pins), ``MEASUREMENT_MISMATCH`` /
+``EVENT_LOG_INVALID``, ``APP_ID_NOT_MEASURED`` (a compose-hash entry matched
+and RTMR3's ``app-id`` is not the requested app), ``SYSTEM_EVENT_MISMATCH``.
+An :class:`Evidence` replays the log at most once for all of a request's
+purposes.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Protocol
 
+from mpc.codec import json_nesting_depth
 from mpc.errors import LocalProtocolError
 
 from .errors import EventLogError, PolicyError, PolicyFailure
-from .eventlog import replay_rtmr3
-from .policy import MAX_CLOCK_SKEW, MEASUREMENT_LENGTH, AppPolicy, Measurement, NodeAdmissionPolicy
+from .eventlog import ReplayedLog, replay_rtmr3
+from .policy import (
+    MAX_CLOCK_SKEW,
+    MEASUREMENT_LENGTH,
+    AppPolicy,
+    Measurement,
+    NodeAdmissionPolicy,
+    Pins,
+)
 
-__all__ = ["TDMeasurements", "admits", "admits_node", "matching_measurement"]
+__all__ = ["Evidence", "TDMeasurements", "admits", "admits_node", "matching_measurement"]
+
+MEASUREMENT_ZERO = bytes(MEASUREMENT_LENGTH)
 
 
 class TDMeasurements(Protocol):
@@ -66,11 +83,51 @@ def _registers(td: TDMeasurements) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     return regs
 
 
+class Evidence:
+    """What one request shows: the TD and its RTMR3 event log, replayed at most once.
+
+    :func:`admits` takes it in place of a raw log so that a request naming several
+    purposes replays its log once, not once per purpose.
+    """
+
+    __slots__ = ("_error", "_log", "_replayed", "td")
+
+    def __init__(self, td: TDMeasurements, event_log: str | bytes | None) -> None:
+        self.td = td
+        self._log = event_log
+        self._replayed: ReplayedLog | None = None
+        self._error: PolicyError | None = None
+
+    @property
+    def has_log(self) -> bool:
+        return self._log is not None
+
+    def replayed(self) -> ReplayedLog:
+        """The replayed log; ``PolicyError(EVENT_LOG_INVALID)`` if it does not verify."""
+        if self._replayed is None and self._error is None:
+            if self._log is None:
+                self._error = PolicyError(PolicyFailure.MEASUREMENT_MISMATCH, "no RTMR3 event log")
+            else:
+                try:
+                    self._replayed = replay_rtmr3(self._log, _registers(self.td)[4])
+                except EventLogError as exc:
+                    error = PolicyError(PolicyFailure.EVENT_LOG_INVALID, str(exc))
+                    error.__cause__ = exc
+                    self._error = error
+        if self._replayed is None:
+            raise self._error or PolicyError(PolicyFailure.EVENT_LOG_INVALID, "no replay")
+        return self._replayed
+
+
+def _evidence(td: TDMeasurements, event_log: str | bytes | Evidence | None) -> Evidence:
+    return event_log if isinstance(event_log, Evidence) else Evidence(td, event_log)
+
+
 def matching_measurement(
     measurements: Sequence[Measurement],
     *,
     td: TDMeasurements,
-    event_log: str | bytes | None = None,
+    event_log: str | bytes | Evidence | None = None,
 ) -> Measurement:
     """The first entry of ``measurements`` that the TD matches.
 
@@ -89,15 +146,13 @@ def matching_measurement(
             if not image
             else "the image is allowed but RTMR3 is not",
         )
-    if event_log is None:
+    evidence = _evidence(td, event_log)
+    if not evidence.has_log:
         raise PolicyError(
             PolicyFailure.MEASUREMENT_MISMATCH,
             "the image is allowed by compose hash, but no RTMR3 event log was given",
         )
-    try:
-        compose_hash = replay_rtmr3(event_log, rtmr3).compose_hash
-    except EventLogError as exc:
-        raise PolicyError(PolicyFailure.EVENT_LOG_INVALID, str(exc)) from exc
+    compose_hash = evidence.replayed().compose_hash
     for m in by_compose:
         if m.compose_hash == compose_hash:
             return m
@@ -107,6 +162,123 @@ def matching_measurement(
     )
 
 
+def _td_field(td: object, name: str) -> bytes | None:
+    fields = getattr(td, "fields", None)
+    value = getattr(fields, name, None) if fields is not None else getattr(td, name, None)
+    return value if isinstance(value, bytes) else None
+
+
+def _check_td_pins(pins: Pins | None, td: object) -> None:
+    """MRCONFIGID, MROWNER, MROWNERCONFIG, XFAM and MRSERVICETD (zero unless pinned)."""
+    service_td = _td_field(td, "mr_service_td")
+    allowed_service_td = (
+        MEASUREMENT_ZERO if pins is None or pins.mr_service_td is None else pins.mr_service_td
+    )
+    if service_td is not None and service_td != allowed_service_td:
+        raise PolicyError(
+            PolicyFailure.TD_FIELD_MISMATCH,
+            f"MRSERVICETD is {service_td.hex()[:32]}..., not allowed",
+        )
+    if pins is None:
+        return
+    for name, label in (
+        ("mr_config_id", "MRCONFIGID"),
+        ("mr_owner", "MROWNER"),
+        ("mr_owner_config", "MROWNERCONFIG"),
+    ):
+        want = getattr(pins, name)
+        if want is not None and _td_field(td, name) != want:
+            raise PolicyError(PolicyFailure.TD_FIELD_MISMATCH, f"{label} is not the pinned value")
+    if pins.mr_service_td is not None and service_td is None:
+        raise PolicyError(
+            PolicyFailure.TD_FIELD_MISMATCH, "MRSERVICETD is pinned but the TD report has none"
+        )
+    if pins.xfam_mask is not None and pins.xfam_value is not None:
+        xfam = _td_field(td, "xfam")
+        if (
+            xfam is None
+            or bytes(a & b for a, b in zip(xfam, pins.xfam_mask, strict=True)) != pins.xfam_value
+        ):
+            raise PolicyError(
+                PolicyFailure.TD_FIELD_MISMATCH, "XFAM & mask is not the pinned value"
+            )
+
+
+def _check_platform(pins: Pins, td: object) -> None:
+    if pins.platforms:
+        fmspc = getattr(td, "fmspc", None)
+        instance = getattr(td, "platform_instance_id", None)
+        try:
+            fmspc_bytes = bytes.fromhex(fmspc) if isinstance(fmspc, str) else None
+        except ValueError:
+            fmspc_bytes = None
+        for p in pins.platforms:
+            if p.fmspc == fmspc_bytes and p.platform_instance_id in (None, instance):
+                break
+        else:
+            raise PolicyError(
+                PolicyFailure.PLATFORM_NOT_ALLOWED,
+                f"platform (FMSPC {fmspc}) is not on the policy's allow-list",
+            )
+    floor = pins.min_tcb_evaluation_data_number
+    number = getattr(td, "tcb_evaluation_data_number", None)
+    if floor and (not isinstance(number, int) or number < floor):
+        raise PolicyError(
+            PolicyFailure.TCB_EVALUATION_TOO_OLD,
+            f"TCB evaluation data number {number} is below the policy's floor {floor}",
+        )
+
+
+def _gpu_claims(payload: bytes) -> dict[str, object]:
+    """dstack's ``gpu-attestation`` payload: one flat JSON object."""
+    try:
+        text = payload.decode("utf-8")
+        flat = json_nesting_depth(text) <= 1
+        claims = json.loads(text) if flat else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        claims = None
+    if not isinstance(claims, dict):
+        raise PolicyError(
+            PolicyFailure.SYSTEM_EVENT_MISMATCH, "gpu-attestation is not a JSON object"
+        )
+    return claims
+
+
+def _check_system_pins(pins: Pins, evidence: Evidence) -> None:
+    if not pins.system_events and pins.gpu is None:
+        return
+    if not evidence.has_log:
+        raise PolicyError(
+            PolicyFailure.SYSTEM_EVENT_MISMATCH, "system events are pinned: no event log"
+        )
+    system = evidence.replayed().system
+    for pin in pins.system_events:
+        if system.get(pin.name) != pin.payload:
+            raise PolicyError(
+                PolicyFailure.SYSTEM_EVENT_MISMATCH,
+                f"{pin.name} is {'absent' if pin.name not in system else 'not the pinned value'}",
+            )
+    gpu = pins.gpu
+    if gpu is not None:
+        payload = system.get("gpu-attestation")
+        if payload is None:
+            raise PolicyError(PolicyFailure.SYSTEM_EVENT_MISMATCH, "no gpu-attestation event")
+        claims = _gpu_claims(payload)
+        devices = claims.get("devices")
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < gpu.min_devices:
+            raise PolicyError(
+                PolicyFailure.SYSTEM_EVENT_MISMATCH, f"gpu-attestation devices {devices!r}"
+            )
+        for name in ("cc_mode", "devtools"):
+            want = getattr(gpu, name)
+            if want is not None and (
+                claims.get(name) != want or type(claims.get(name)) is not type(want)
+            ):
+                raise PolicyError(
+                    PolicyFailure.SYSTEM_EVENT_MISMATCH, f"gpu-attestation {name} is not {want!r}"
+                )
+
+
 def admits(
     policy: AppPolicy,
     *,
@@ -114,15 +286,21 @@ def admits(
     tcb_status: str,
     purpose: str,
     now: int,
-    event_log: str | bytes | None = None,
+    event_log: str | bytes | Evidence | None = None,
     min_version: int = 0,
     max_clock_skew: int = MAX_CLOCK_SKEW,
-) -> None:
-    """Raise :class:`PolicyError` unless ``policy`` lets this CVM have ``purpose``'s key.
+    key_version: int | None = None,
+    app_id: bytes | None = None,
+) -> Measurement:
+    """Raise :class:`PolicyError` unless ``policy`` lets this CVM have ``purpose``'s key;
+    return the measurement entry that matched.
 
-    ``td`` and ``tcb_status`` come from a verified quote, ``event_log`` is the
-    request's RTMR3 event log (needed for compose-hash entries), ``min_version``
-    the oldest policy version the CVM accepts.
+    ``td`` and ``tcb_status`` come from a verified quote (pins beyond the registers
+    read its ``fields``, ``fmspc``, ``platform_instance_id`` and
+    ``tcb_evaluation_data_number``), ``event_log`` is the request's RTMR3 event
+    log or an :class:`Evidence` shared by the request's purposes, ``min_version``
+    the oldest policy version the CVM accepts, ``key_version`` the requested key
+    version, ``app_id`` the app the CVM asked for (default: the policy's).
     """
     if policy.is_expired(now):
         raise PolicyError(PolicyFailure.EXPIRED, f"expired at {policy.expires}, now is {now}")
@@ -137,9 +315,30 @@ def admits(
         )
     if purpose not in policy.purposes:
         raise PolicyError(PolicyFailure.PURPOSE_NOT_ALLOWED, f"purpose {purpose!r}")
+    pins = policy.pins
+    if pins is not None and key_version is not None and key_version < pins.min_key_version(purpose):
+        raise PolicyError(
+            PolicyFailure.KEY_VERSION_TOO_OLD,
+            f"key version {key_version} of {purpose!r} is below {pins.min_key_version(purpose)}",
+        )
     if tcb_status not in policy.allowed_tcb_statuses:
         raise PolicyError(PolicyFailure.TCB_STATUS_NOT_ALLOWED, f"TCB status {tcb_status!r}")
-    matching_measurement(policy.measurements, td=td, event_log=event_log)
+    if pins is not None:
+        _check_platform(pins, td)
+    _check_td_pins(pins, td)
+    evidence = _evidence(td, event_log)
+    matched = matching_measurement(policy.measurements, td=td, event_log=evidence)
+    if matched.compose_hash is not None:
+        wanted = policy.app_id if app_id is None else app_id
+        measured = evidence.replayed().app_id
+        if measured != wanted:
+            raise PolicyError(
+                PolicyFailure.APP_ID_NOT_MEASURED,
+                f"RTMR3's app-id is {measured.hex()}, the request is for {wanted.hex()}",
+            )
+    if pins is not None:
+        _check_system_pins(pins, evidence)
+    return matched
 
 
 def admits_node(

@@ -58,6 +58,20 @@ class PolicyFailure(enum.Enum):
     """The policy held is older than the minimum version the CVM asked for."""
     EVENT_LOG_INVALID = "event_log_invalid"
     """A compose-hash measurement could match, but the RTMR3 event log does not verify."""
+    APP_ID_NOT_MEASURED = "app_id_not_measured"
+    """A compose-hash entry matched, but RTMR3's ``app-id`` event names another app."""
+    TD_FIELD_MISMATCH = "td_field_mismatch"
+    """MRCONFIGID, MROWNER, MROWNERCONFIG, XFAM or MRSERVICETD differs from the pin
+    (MRSERVICETD must be zero unless pinned)."""
+    SYSTEM_EVENT_MISMATCH = "system_event_mismatch"
+    """A pinned system-segment event of RTMR3 (or a ``gpu-attestation`` field) is
+    absent or differs."""
+    PLATFORM_NOT_ALLOWED = "platform_not_allowed"
+    """The quote's platform (PCK FMSPC, platform instance id) is not on the allow-list."""
+    KEY_VERSION_TOO_OLD = "key_version_too_old"
+    """The requested key version is below the policy's minimum for that purpose."""
+    TCB_EVALUATION_TOO_OLD = "tcb_evaluation_too_old"
+    """The collateral's TCB evaluation data number is below the policy's floor."""
 
 
 class PolicyError(Exception):
@@ -75,16 +89,20 @@ class EventLogFailure(enum.Enum):
     MALFORMED = "malformed"
     """Not a JSON list of events of dstack's shape, or over the size limits."""
     UNSUPPORTED_EVENT = "unsupported_event"
-    """An RTMR3 event whose digest rule is not pinned (not a dstack runtime event,
-    or dstack's event-log version 2)."""
+    """An RTMR3 event whose digest rule is not pinned (not a dstack runtime event),
+    or a dstack event-log version-2 event where facts are read (before ``system-ready``)."""
     DIGEST_MISMATCH = "digest_mismatch"
     """An event's recorded digest differs from the digest of its own fields."""
     REPLAY_MISMATCH = "replay_mismatch"
     """Replaying the events does not reproduce the quote's RTMR3."""
-    MISSING_COMPOSE_HASH = "missing_compose_hash"
-    """The log verifies but holds no ``compose-hash`` event."""
-    DUPLICATE_COMPOSE_HASH = "duplicate_compose_hash"
-    """The log holds more than one ``compose-hash`` event."""
+    BOOT_PREFIX = "boot_prefix"
+    """RTMR3's first five events are not exactly dstack's boot prefix
+    (``system-preparing, app-id, compose-hash, instance-id, boot-mr-done``, with
+    their payload lengths)."""
+    UNKNOWN_SYSTEM_EVENT = "unknown_system_event"
+    """An event between the boot prefix and ``system-ready`` is not a known system event."""
+    DUPLICATE_SYSTEM_EVENT = "duplicate_system_event"
+    """A system event appears twice before ``system-ready``."""
 
 
 class EventLogError(Exception):

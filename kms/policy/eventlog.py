@@ -39,12 +39,56 @@ in near/mpc's attestation tests) to that CVM's RTMR3 and recover its compose
 hash as ``SHA-256`` of its ``app-compose.json``: the rule above reproduces
 dstack's own output.
 
-dstack has since added an event-log *version 2* (the digest of a JCS JSON
-object), but the revisions read disagree on that object's keys
-(``{"event","event_type","payload","version"}`` in ``runtime_events.rs`` at the
-commit above, ``{"name","payload","type"}`` in the doc comments and tests of
-``tdx.rs`` and ``dstack_types``), so it is not pinned here: an RTMR3 event with
-``"version": 2`` is refused as ``UNSUPPORTED_EVENT`` rather than guessed at.
+**Grammar.** Names are free strings and the version-1 digest puts ``:``
+between name and payload, so one digest has many readings:
+``("compose-hash", H)`` with ``H[0] == 0x3a`` digests like ``("compose-hash:",
+H[1:])``. Facts are therefore read only where a reading is forced. RTMR3 is
+split into three segments:
+
+1. the *boot prefix*: events 0–4 are exactly ``system-preparing``, ``app-id``,
+   ``compose-hash``, ``instance-id``, ``boot-mr-done`` (names matched
+   exactly; ``system-preparing`` and ``boot-mr-done`` carry no payload,
+   ``app-id`` 20 bytes, ``compose-hash`` 32, ``instance-id`` any length, dstack
+   uses 0 or 20). The app id, compose hash and instance id are read here and
+   nowhere else (``BOOT_PREFIX``);
+2. the *system segment*: the events after the prefix up to and including the
+   first ``system-ready``. Each is one of :data:`SYSTEM_EVENTS`, at most once,
+   in any order (``UNKNOWN_SYSTEM_EVENT``, ``DUPLICATE_SYSTEM_EVENT``). A log
+   may end inside this segment: dstack's initrd asks the KMS for the app keys
+   right after ``boot-mr-done`` (``Stage0::setup_fs`` calls
+   ``request_app_keys`` after ``measure_app_info``; ``mr-kms`` may already be
+   extended during that request's TLS handshake, ``key-provider``,
+   ``os-image-hash`` and ``storage-fs`` follow it, ``system-ready`` comes last),
+   so ``system-ready`` is not required for a key release;
+3. the *app segment*: every event after ``system-ready`` is opaque. It is
+   replayed from its digest and never interpreted, so an app that emits its
+   own events (any name, any payload, version 1 or 2) still gets keys. A
+   version-1 event's digest is recomputed from its name and payload (a
+   recorded digest must agree); any other event must carry its 48-byte
+   recorded digest, which is replayed as it is.
+
+Every event of the first two segments is a version-1 dstack runtime event
+whose name is one fixed string without ``:``. Its pre-image ``u32_le(type) ‖
+":" ‖ name ‖ ":" ‖ payload`` therefore has exactly one reading: the name is
+the bytes up to the second ``:``. ``("compose-hash:", H[1:])`` is refused
+at position 2 (``BOOT_PREFIX``) and anywhere in the system segment
+(``UNKNOWN_SYSTEM_EVENT``); an injected ``compose-hash`` after
+``system-ready`` is never read.
+
+**Version 2.** dstack's unreleased source (``dstack/cc-eventlog/src/runtime_events.rs``
+at commit ``312dc605ebaaf93372534ffb135ea011533d28e9``) digests a version-2 event
+as ``SHA-384(JCS({"name", "payload" (hex), "type"}))``, but the same sources
+also change the boot sequence (``init-script-hash``, ``gpu-policy-hash`` and
+``gpu-attestation`` between ``compose-hash`` and ``instance-id``, from
+commits ``f3a5c19e`` and ``c4ea8110``, July–August 2026, in no release), and
+the revisions read earlier disagreed on the JSON object's keys. Version-2 events are
+therefore not interpreted: in the first two segments they are refused as
+``UNSUPPORTED_EVENT``; in the app segment they are opaque like any other.
+The supported guests are dstack v0.5.0 to v0.5.11 (tag ``v0.5.11``, commit
+``40eaf35e6b3f112998d01569f2a26110baab123b``), whose
+``dstack-util/src/system_setup.rs`` emits exactly the prefix above with
+version-1 events only; a log from a guest built from later sources is refused
+with a typed reason, never misread.
 
 The rules this module applies:
 
@@ -54,14 +98,13 @@ The rules this module applies:
 2. Events with ``imr`` 0–2 are boot-time events of RTMR0–2, whose values the
    quote carries and the policy pins directly; they are checked for shape and
    otherwise ignored.
-3. Every ``imr = 3`` event must be a version-1 runtime event (otherwise
-   ``UNSUPPORTED_EVENT``: its digest could not be recomputed, so its payload
-   would not be bound). Its digest is recomputed from its name and payload; a
-   non-empty recorded ``digest`` that differs is ``DIGEST_MISMATCH``.
-4. Replaying the recomputed digests from 48 zero bytes must give the quote's
-   RTMR3 (``REPLAY_MISMATCH``).
-5. Exactly one ``compose-hash`` event must be present (``MISSING_COMPOSE_HASH``,
-   ``DUPLICATE_COMPOSE_HASH``), with a 32-byte payload: that is the compose hash.
+3. Every ``imr = 3`` event has dstack's runtime event type
+   (``UNSUPPORTED_EVENT``). A version-1 event's digest is recomputed from its
+   name and payload; a non-empty recorded ``digest`` that differs is
+   ``DIGEST_MISMATCH``.
+4. Replaying the digests from 48 zero bytes must give the quote's RTMR3
+   (``REPLAY_MISMATCH``).
+5. The three segments above.
 
 :func:`build_event_log` produces a log and its RTMR3 in the same shape, for
 tests and the simulated TEE.
@@ -72,8 +115,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 from mpc.codec import json_nesting_depth
@@ -82,12 +126,14 @@ from mpc.errors import LocalProtocolError
 from .errors import EventLogError, EventLogFailure
 
 __all__ = [
+    "BOOT_PREFIX",
     "COMPOSE_HASH_EVENT",
     "DSTACK_RUNTIME_EVENT_TYPE",
     "MAX_EVENTS",
     "MAX_EVENT_LOG_SIZE",
     "RTMR3_INDEX",
     "RTMR_LENGTH",
+    "SYSTEM_EVENTS",
     "LogEvent",
     "ReplayedLog",
     "build_event_log",
@@ -97,6 +143,7 @@ __all__ = [
     "parse_event_log",
     "replay_rtmr3",
     "runtime_event_digest",
+    "runtime_event_preimage",
 ]
 
 DSTACK_RUNTIME_EVENT_TYPE: Final = 0x08000001
@@ -108,6 +155,33 @@ RTMR3_INDEX: Final = 3
 RTMR_LENGTH: Final = 48
 COMPOSE_HASH_EVENT: Final = "compose-hash"
 COMPOSE_HASH_LENGTH: Final = 32
+APP_ID_EVENT: Final = "app-id"
+APP_ID_LENGTH: Final = 20
+SYSTEM_READY_EVENT: Final = "system-ready"
+
+BOOT_PREFIX: Final[tuple[tuple[str, int | None], ...]] = (
+    ("system-preparing", 0),
+    (APP_ID_EVENT, APP_ID_LENGTH),
+    (COMPOSE_HASH_EVENT, COMPOSE_HASH_LENGTH),
+    ("instance-id", None),
+    ("boot-mr-done", 0),
+)
+"""dstack's boot prefix of RTMR3: each event's exact name and payload length
+(``None``: any length)."""
+
+SYSTEM_EVENTS: Final = frozenset(
+    {
+        "key-provider",
+        "os-image-hash",
+        "mr-kms",
+        "gpu-policy-hash",
+        "gpu-attestation",
+        "storage-fs",
+        SYSTEM_READY_EVENT,
+    }
+)
+"""The only names allowed between the boot prefix and the first ``system-ready``.
+``storage-fs`` is emitted there by dstack v0.5.8 and later (``system_setup.rs``)."""
 
 MAX_EVENT_LOG_SIZE: Final = 1024 * 1024
 """Largest event log accepted, in bytes of JSON."""
@@ -130,34 +204,70 @@ class LogEvent:
     name: str
     payload: bytes
     digest: bytes
-    """The digest as recorded (possibly empty); for RTMR3 events the replay uses
-    :func:`runtime_event_digest` instead."""
+    """The digest as recorded (possibly empty); for version-1 RTMR3 events the
+    replay uses :func:`runtime_event_digest` instead."""
+    version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayedLog:
-    """An RTMR3 log that replays to ``rtmr3``, and the compose hash it names."""
+    """An RTMR3 log that replays to ``rtmr3``, and the facts its first two segments state.
+
+    ``app_id``, ``compose_hash`` and ``instance_id`` come from the boot prefix;
+    ``system`` maps each system-segment event's name to its payload (every name
+    at most once, ``system-ready`` included when present); ``app_events`` counts
+    the opaque events after ``system-ready``.
+    """
 
     rtmr3: bytes
+    app_id: bytes
     compose_hash: bytes
+    instance_id: bytes
+    system: Mapping[str, bytes]
+    app_events: int
     events: tuple[LogEvent, ...]
     """The RTMR3 events, in log order."""
+
+    @property
+    def system_ready(self) -> bool:
+        """True when the log reaches ``system-ready`` (the guest finished booting)."""
+        return SYSTEM_READY_EVENT in self.system
+
+    @property
+    def os_image_hash(self) -> bytes | None:
+        """The ``os-image-hash`` system event's payload, if the log has reached it."""
+        return self.system.get("os-image-hash")
+
+    @property
+    def key_provider(self) -> bytes | None:
+        """The ``key-provider`` system event's payload (dstack: JSON), if present."""
+        return self.system.get("key-provider")
+
+    @property
+    def gpu_attestation(self) -> bytes | None:
+        """The ``gpu-attestation`` system event's payload (dstack: JSON), if present."""
+        return self.system.get("gpu-attestation")
 
 
 def _fail(reason: EventLogFailure, detail: str) -> EventLogError:
     return EventLogError(reason, detail)
 
 
-def runtime_event_digest(name: str, payload: bytes) -> bytes:
-    """dstack's version-1 runtime event digest:
-    ``SHA-384(u32_le(0x08000001) ‖ ":" ‖ name ‖ ":" ‖ payload)``."""
-    return hashlib.sha384(
+def runtime_event_preimage(name: str, payload: bytes) -> bytes:
+    """The bytes dstack hashes for a version-1 runtime event:
+    ``u32_le(0x08000001) ‖ ":" ‖ name ‖ ":" ‖ payload``."""
+    return (
         DSTACK_RUNTIME_EVENT_TYPE.to_bytes(4, "little")
         + b":"
         + name.encode("utf-8")
         + b":"
         + payload
-    ).digest()
+    )
+
+
+def runtime_event_digest(name: str, payload: bytes) -> bytes:
+    """dstack's version-1 runtime event digest: ``SHA-384`` of :func:`runtime_event_preimage`."""
+    return hashlib.sha384(runtime_event_preimage(name, payload)).digest()
 
 
 def _extend(register: bytes, digest: bytes) -> bytes:
@@ -227,12 +337,7 @@ def _parse_event(i: int, raw: object) -> LogEvent:
     version = raw.get("version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version not in (1, 2):
         raise _fail(EventLogFailure.MALFORMED, f"{where}.version: must be 1 or 2")
-    if version == 2 and imr == RTMR3_INDEX:
-        raise _fail(
-            EventLogFailure.UNSUPPORTED_EVENT,
-            f"{where}: dstack event-log version 2 digests are not supported",
-        )
-    return LogEvent(imr, event_type, name, payload, digest)
+    return LogEvent(imr, event_type, name, payload, digest, version)
 
 
 MAX_JSON_DEPTH = 8
@@ -242,8 +347,7 @@ MAX_JSON_DEPTH = 8
 def parse_event_log(log: str | bytes) -> tuple[LogEvent, ...]:
     """Parse a dstack JSON event log (every register) and check its shape.
 
-    Raises ``EventLogError(MALFORMED)`` (or ``UNSUPPORTED_EVENT`` for a
-    version-2 RTMR3 event).
+    Raises ``EventLogError(MALFORMED)``.
     """
     if isinstance(log, bytes | bytearray):
         if len(log) > MAX_EVENT_LOG_SIZE:
@@ -272,55 +376,114 @@ def parse_event_log(log: str | bytes) -> tuple[LogEvent, ...]:
     return tuple(_parse_event(i, e) for i, e in enumerate(raw))
 
 
-def _rtmr3_events(events: Sequence[LogEvent]) -> tuple[LogEvent, ...]:
-    out = []
-    for i, e in enumerate(events):
-        if e.imr != RTMR3_INDEX:
-            continue
-        if e.event_type != DSTACK_RUNTIME_EVENT_TYPE:
-            raise _fail(
-                EventLogFailure.UNSUPPORTED_EVENT,
-                f"event {i}: RTMR3 event of type {e.event_type:#x} is not a dstack runtime event",
-            )
-        if e.digest and e.digest != runtime_event_digest(e.name, e.payload):
+def _event_digest(i: int, e: LogEvent) -> bytes:
+    """The digest RTMR3 was extended with for event ``i`` (rule 3 of the module docstring)."""
+    if e.event_type != DSTACK_RUNTIME_EVENT_TYPE:
+        raise _fail(
+            EventLogFailure.UNSUPPORTED_EVENT,
+            f"event {i}: RTMR3 event of type {e.event_type:#x} is not a dstack runtime event",
+        )
+    if e.version == 1:
+        digest = runtime_event_digest(e.name, e.payload)
+        if e.digest and e.digest != digest:
             raise _fail(
                 EventLogFailure.DIGEST_MISMATCH,
-                f"event {i} ({e.name!r}): the recorded digest is not the digest of the event",
+                f"event {i} ({e.name[:64]!r}): the recorded digest is not the digest of the event",
             )
-        out.append(e)
-    return tuple(out)
+        return digest
+    if len(e.digest) != RTMR_LENGTH:
+        raise _fail(
+            EventLogFailure.MALFORMED,
+            f"event {i}: a version-{e.version} event needs its {RTMR_LENGTH}-byte digest",
+        )
+    return e.digest
+
+
+def _boot_prefix(events: Sequence[LogEvent]) -> tuple[bytes, bytes, bytes]:
+    """``(app_id, compose_hash, instance_id)`` from events 0–4, or ``BOOT_PREFIX``."""
+    if len(events) < len(BOOT_PREFIX):
+        raise _fail(
+            EventLogFailure.BOOT_PREFIX,
+            f"RTMR3 holds {len(events)} events, fewer than dstack's {len(BOOT_PREFIX)}-event "
+            "boot prefix",
+        )
+    for i, (e, (name, length)) in enumerate(zip(events, BOOT_PREFIX, strict=False)):
+        if e.version != 1:
+            raise _fail(
+                EventLogFailure.UNSUPPORTED_EVENT,
+                f"RTMR3 event {i}: a version-{e.version} event in the boot prefix",
+            )
+        if e.name != name:
+            raise _fail(
+                EventLogFailure.BOOT_PREFIX,
+                f"RTMR3 event {i} is {e.name[:64]!r}, dstack's boot prefix has {name!r} there",
+            )
+        if length is not None and len(e.payload) != length:
+            raise _fail(
+                EventLogFailure.BOOT_PREFIX,
+                f"RTMR3 event {i} ({name}) carries {len(e.payload)} bytes, not {length}",
+            )
+    return events[1].payload, events[2].payload, events[3].payload
+
+
+def _system_segment(events: Sequence[LogEvent]) -> tuple[dict[str, bytes], int]:
+    """The system events after the boot prefix (name → payload) and how many events
+    they span; stops after the first ``system-ready``."""
+    system: dict[str, bytes] = {}
+    start = len(BOOT_PREFIX)
+    for i in range(start, len(events)):
+        e = events[i]
+        if e.version != 1:
+            raise _fail(
+                EventLogFailure.UNSUPPORTED_EVENT,
+                f"RTMR3 event {i}: a version-{e.version} event before system-ready",
+            )
+        if e.name not in SYSTEM_EVENTS:
+            raise _fail(
+                EventLogFailure.UNKNOWN_SYSTEM_EVENT,
+                f"RTMR3 event {i} ({e.name[:64]!r}) before system-ready is not a dstack "
+                "system event",
+            )
+        if e.name in system:
+            raise _fail(
+                EventLogFailure.DUPLICATE_SYSTEM_EVENT,
+                f"RTMR3 event {i}: a second {e.name!r} before system-ready",
+            )
+        system[e.name] = e.payload
+        if e.name == SYSTEM_READY_EVENT:
+            return system, i + 1 - start
+    return system, len(events) - start
 
 
 def replay_rtmr3(log: str | bytes, rtmr3: bytes) -> ReplayedLog:
-    """Replay ``log`` against the quote's ``rtmr3`` and extract the compose hash.
+    """Replay ``log`` against the quote's ``rtmr3`` and read its boot and system segments.
 
     Applies the numbered rules of the module docstring; raises
     :class:`~kms.policy.errors.EventLogError`.
     """
     if not isinstance(rtmr3, bytes) or len(rtmr3) != RTMR_LENGTH:
         raise LocalProtocolError(f"rtmr3 must be {RTMR_LENGTH} bytes")
-    events = _rtmr3_events(parse_event_log(log))
+    events = tuple(e for e in parse_event_log(log) if e.imr == RTMR3_INDEX)
     register = bytes(RTMR_LENGTH)
-    for e in events:
-        register = _extend(register, runtime_event_digest(e.name, e.payload))
+    for i, e in enumerate(events):
+        register = _extend(register, _event_digest(i, e))
     if register != rtmr3:
         raise _fail(
             EventLogFailure.REPLAY_MISMATCH,
             f"the {len(events)} RTMR3 events replay to {register.hex()}, "
             f"the quote has {rtmr3.hex()}",
         )
-    compose = [e for e in events if e.name == COMPOSE_HASH_EVENT]
-    if not compose:
-        raise _fail(EventLogFailure.MISSING_COMPOSE_HASH, "no compose-hash event in RTMR3")
-    if len(compose) > 1:
-        raise _fail(EventLogFailure.DUPLICATE_COMPOSE_HASH, f"{len(compose)} compose-hash events")
-    if len(compose[0].payload) != COMPOSE_HASH_LENGTH:
-        raise _fail(
-            EventLogFailure.MALFORMED,
-            f"the compose-hash payload is {len(compose[0].payload)} bytes, "
-            f"not {COMPOSE_HASH_LENGTH}",
-        )
-    return ReplayedLog(rtmr3=rtmr3, compose_hash=compose[0].payload, events=events)
+    app_id, compose_hash, instance_id = _boot_prefix(events)
+    system, spanned = _system_segment(events)
+    return ReplayedLog(
+        rtmr3=rtmr3,
+        app_id=app_id,
+        compose_hash=compose_hash,
+        instance_id=instance_id,
+        system=MappingProxyType(system),
+        app_events=len(events) - len(BOOT_PREFIX) - spanned,
+        events=events,
+    )
 
 
 def compose_hash_from_event_log(log: str | bytes, rtmr3: bytes) -> bytes:

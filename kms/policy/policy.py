@@ -24,6 +24,12 @@ versions must still accept the newest one, and the version number already
 orders them. :class:`SignedPolicy` adds the owner's Ed25519 signature under
 :data:`~kms.policy.app.CTX_APP_POLICY` over the policy's canonical encoding.
 
+**Pins.** Version 2 of the message adds optional :class:`Pins` (TD fields,
+MRSERVICETD, system events of RTMR3, GPU attestation fields, a platform
+allow-list, minimum key versions, a floor on the TCB evaluation data number;
+see ``docs/attestation.md``). A policy without pins encodes as version 1 byte
+for byte (``mpc.codec.Since``).
+
 **Expiry.** Every policy expires; ``expires - not_before`` may not exceed
 :data:`MAX_LIFETIME` (30 days; the owner's tool uses :data:`DEFAULT_LIFETIME`,
 7 days, and renews). A node that never hears of a newer policy revoking a
@@ -61,7 +67,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-from mpc.codec import MAX_INT, MaxSize, Message, MessageDecodeError, Size
+from mpc.codec import MAX_INT, MaxSize, Message, MessageDecodeError, Since, Size
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError
 from mpc.sig import PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, VerifyKey
 
@@ -88,13 +94,18 @@ __all__ = [
     "TCB_STATUSES",
     "Accepted",
     "AppPolicy",
+    "GpuPin",
     "Measurement",
+    "MinKeyVersion",
     "NodeAdmissionPolicy",
     "OfferResult",
+    "Pins",
+    "PlatformPin",
     "PolicyBundle",
     "PolicyStore",
     "Refused",
     "SignedPolicy",
+    "SystemEventPin",
 ]
 
 MEASUREMENT_LENGTH: Final = 48
@@ -237,6 +248,137 @@ def _sorted_measurements(measurements: Iterable[Measurement]) -> tuple[Measureme
     return tuple(unique[k] for k in sorted(unique))
 
 
+FMSPC_LENGTH: Final = 6
+PLATFORM_INSTANCE_ID_LENGTH: Final = 16
+XFAM_LENGTH: Final = 8
+MAX_PLATFORMS: Final = 1024
+MAX_SYSTEM_EVENT_PINS: Final = 8
+MAX_PIN_PAYLOAD: Final = 1024
+PINNABLE_SYSTEM_EVENTS: Final = frozenset(
+    {"key-provider", "os-image-hash", "mr-kms", "gpu-policy-hash"}
+)
+"""System-segment events a policy may pin byte for byte (``gpu-attestation`` is
+pinned by field, :class:`GpuPin`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SystemEventPin(Message):
+    """A system-segment event of RTMR3 that must be present with exactly this payload."""
+
+    TYPE = "policy/system-event-pin"
+    name: Annotated[str, MaxSize(32)]
+    payload: Annotated[bytes, MaxSize(MAX_PIN_PAYLOAD)]
+
+    def validate(self) -> None:
+        _require(
+            self.name in PINNABLE_SYSTEM_EVENTS,
+            f"{self.TYPE}.name",
+            f"must be one of {sorted(PINNABLE_SYSTEM_EVENTS)}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GpuPin(Message):
+    """Requires a ``gpu-attestation`` system event; each set field must equal the one in
+    its JSON payload (dstack's payload: ``version``, ``provider``, ``devices``,
+    ``cc_mode``, ``devtools``, ``evidence_sha256``). ``min_devices`` is a floor."""
+
+    TYPE = "policy/gpu-pin"
+    cc_mode: Annotated[str | None, MaxSize(16)] = None
+    devtools: bool | None = None
+    min_devices: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformPin(Message):
+    """An allowed platform: the PCK certificate's FMSPC and, optionally, its platform
+    instance id (one physical multi-package platform)."""
+
+    TYPE = "policy/platform-pin"
+    fmspc: Annotated[bytes, Size(FMSPC_LENGTH)]
+    platform_instance_id: Annotated[bytes | None, Size(PLATFORM_INSTANCE_ID_LENGTH)] = None
+
+
+@dataclass(frozen=True, slots=True)
+class MinKeyVersion(Message):
+    """The oldest key version a purpose may still be derived for."""
+
+    TYPE = "policy/min-key-version"
+    purpose: Annotated[str, MaxSize(64)]
+    min_version: int
+
+    def validate(self) -> None:
+        _require(
+            _PURPOSE_RE.fullmatch(self.purpose) is not None, f"{self.TYPE}.purpose", "bad purpose"
+        )
+        _check_u32(f"{self.TYPE}.min_version", self.min_version)
+
+
+@dataclass(frozen=True, slots=True)
+class Pins(Message):
+    """What an app policy may pin beyond the image (see ``docs/attestation.md``).
+
+    Every field is optional; ``None`` or empty pins nothing, except MRSERVICETD:
+    a TD report that carries it (report 1.5) must carry zeros unless
+    ``mr_service_td`` names the service TD allowed.
+    """
+
+    TYPE = "policy/pins"
+    mr_config_id: Annotated[bytes | None, Size(MEASUREMENT_LENGTH)] = None
+    mr_owner: Annotated[bytes | None, Size(MEASUREMENT_LENGTH)] = None
+    mr_owner_config: Annotated[bytes | None, Size(MEASUREMENT_LENGTH)] = None
+    xfam_mask: Annotated[bytes | None, Size(XFAM_LENGTH)] = None
+    xfam_value: Annotated[bytes | None, Size(XFAM_LENGTH)] = None
+    mr_service_td: Annotated[bytes | None, Size(MEASUREMENT_LENGTH)] = None
+    system_events: Annotated[tuple[SystemEventPin, ...], MaxSize(MAX_SYSTEM_EVENT_PINS)] = ()
+    gpu: GpuPin | None = None
+    platforms: Annotated[tuple[PlatformPin, ...], MaxSize(MAX_PLATFORMS)] = ()
+    min_key_versions: Annotated[tuple[MinKeyVersion, ...], MaxSize(MAX_PURPOSES)] = ()
+    min_tcb_evaluation_data_number: int = 0
+
+    def validate(self) -> None:
+        t = self.TYPE
+        _require(
+            (self.xfam_mask is None) == (self.xfam_value is None),
+            t,
+            "xfam_mask and xfam_value are set together",
+        )
+        if self.xfam_mask is not None and self.xfam_value is not None:
+            _require(
+                bytes(a & b for a, b in zip(self.xfam_value, self.xfam_mask, strict=True))
+                == self.xfam_value,
+                t,
+                "xfam_value has bits outside xfam_mask",
+            )
+        for group in (self.system_events, self.platforms, self.min_key_versions):
+            for item in group:
+                item.validate()
+        _check_sorted_unique(f"{t}.system_events", [e.name for e in self.system_events])
+        _check_sorted_unique(f"{t}.platforms", [p.encode() for p in self.platforms])
+        _check_sorted_unique(f"{t}.min_key_versions", [m.purpose for m in self.min_key_versions])
+        _check_u32(f"{t}.min_tcb_evaluation_data_number", self.min_tcb_evaluation_data_number)
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> Pins:
+        """Pins with their sets sorted; raises ``PolicyError(MALFORMED)``."""
+        for key, sort_key in (
+            ("system_events", lambda e: e.name),
+            ("platforms", lambda p: p.encode()),
+            ("min_key_versions", lambda m: m.purpose),
+        ):
+            if key in kwargs:
+                kwargs[key] = tuple(sorted(kwargs[key], key=sort_key))
+        pins = cls(**kwargs)
+        try:
+            pins.validate()
+        except MessageDecodeError as exc:
+            raise _malformed(exc) from exc
+        return pins
+
+    def min_key_version(self, purpose: str) -> int:
+        return next((m.min_version for m in self.min_key_versions if m.purpose == purpose), 0)
+
+
 def _malformed(exc: MessageDecodeError) -> PolicyError:
     return PolicyError(PolicyFailure.MALFORMED, str(exc))
 
@@ -255,6 +397,11 @@ class AppPolicy(Message):
     kms_mpk: Annotated[bytes, Size(KMS_MPK_LENGTH)]
     not_before: int
     expires: int
+    pins: Annotated[Pins | None, Since(2)] = None
+    """Version 2: optional pins beyond the image; a policy without them encodes as
+    version 1, byte for byte."""
+
+    VERSION = 2
 
     @classmethod
     def build(
@@ -269,6 +416,7 @@ class AppPolicy(Message):
         expires: int | None = None,
         allowed_tcb_statuses: Iterable[str] = ("UpToDate",),
         purposes: Iterable[str] = ("app",),
+        pins: Pins | None = None,
     ) -> AppPolicy:
         """A valid policy with its sets sorted and de-duplicated.
 
@@ -285,6 +433,7 @@ class AppPolicy(Message):
             kms_mpk=kms_mpk,
             not_before=not_before,
             expires=not_before + DEFAULT_LIFETIME if expires is None else expires,
+            pins=pins,
         )
         try:
             policy.validate()
@@ -315,6 +464,9 @@ class AppPolicy(Message):
         _check_u32(f"{t}.not_before", self.not_before)
         _check_u32(f"{t}.expires", self.expires)
         _require(self.expires > self.not_before, t, "expires must be after not_before")
+        if self.pins is not None:
+            _require(isinstance(self.pins, Pins), f"{t}.pins", "not pins")
+            self.pins.validate()
 
     @property
     def lifetime(self) -> int:

@@ -1212,3 +1212,37 @@ def test_a_field_named_version_does_not_clash_with_the_message_version() -> None
     pv = PurposeVersion("app", 7)
     assert pv.to_json() == {"@type": "kms/purpose", "@version": 1, "purpose": "app", "version": 7}
     assert decode_json(__import__("json").dumps(pv.to_json())) == pv
+
+
+# --- fields added in a later version (Since) ---------------------------------------------------
+
+from dataclasses import dataclass as _dataclass  # noqa: E402
+from typing import Annotated as _Annotated  # noqa: E402
+
+from mpc.codec import Message as _Message  # noqa: E402
+from mpc.codec import MessageDecodeError as _DecodeError  # noqa: E402
+from mpc.codec import Since as _Since  # noqa: E402
+
+
+@_dataclass(frozen=True, slots=True)
+class _Grown(_Message):
+    TYPE = "test/grown"
+    VERSION = 2
+    a: int
+    b: _Annotated[bytes | None, _Since(2)] = None
+
+
+def test_a_value_without_its_new_fields_encodes_as_the_old_version() -> None:
+    import msgpack
+
+    old = _Grown(1)
+    assert msgpack.unpackb(old.encode()) == ["test/grown", 1, 1]
+    assert _Grown.decode(old.encode()) == old
+    new = _Grown(1, b"x")
+    assert msgpack.unpackb(new.encode()) == ["test/grown", 2, 1, b"x"]
+    assert _Grown.decode(new.encode()) == new
+    assert _Grown.decode_json(json.dumps(old.to_json())) == old
+    assert _Grown.decode_json(json.dumps(new.to_json())) == new
+    for bad in (["test/grown", 2, 1, None], ["test/grown", 1, 1, b"x"], ["test/grown", 3, 1]):
+        with pytest.raises(_DecodeError):
+            _Grown.decode(msgpack.packb(bad, use_bin_type=True))

@@ -42,10 +42,10 @@ from mpc.errors import LocalProtocolError
 from mpc.membership.messages import ChangeAdmissionPolicy
 
 KEY = owner(20)
-LOG, LOG_RTMR3 = build_event_log(dstack_boot_events(app_id=b"\x01" * 20, compose_hash=COMPOSE_HASH))
+LOG, LOG_RTMR3 = build_event_log(dstack_boot_events(app_id=KEY.app_id(), compose_hash=COMPOSE_HASH))
 COMPOSE_TD = TD(rtmr3=LOG_RTMR3)
 OTHER_LOG, OTHER_RTMR3 = build_event_log(
-    dstack_boot_events(app_id=b"\x01" * 20, compose_hash=b"\x77" * 32)
+    dstack_boot_events(app_id=KEY.app_id(), compose_hash=b"\x77" * 32)
 )
 
 
@@ -102,7 +102,15 @@ def test_the_real_dstack_cvm_is_admitted_by_its_compose_hash() -> None:
         compose_hash=hashlib.sha256(vector["app_compose"].encode()).digest(),
     )
     td = TD(regs["mrtd"], regs["rtmr0"], regs["rtmr1"], regs["rtmr2"], regs["rtmr3"])
-    check(policy(measurements=(entry,)), td=td, event_log=json.dumps(vector["event_log"]))
+    real_app = bytes.fromhex("5b979a9a745405d4de53aae0e2c3a09d24b174a3")
+    check(
+        policy(measurements=(entry,), app_id=real_app),
+        td=td,
+        event_log=json.dumps(vector["event_log"]),
+    )
+    with pytest.raises(PolicyError) as info:  # the same CVM asking for another app's keys
+        check(policy(measurements=(entry,)), td=td, event_log=json.dumps(vector["event_log"]))
+    assert info.value.reason is PolicyFailure.APP_ID_NOT_MEASURED
 
 
 # --- refused ------------------------------------------------------------------------------------

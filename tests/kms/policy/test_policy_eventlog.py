@@ -30,8 +30,10 @@ from kms.policy.eventlog import (
     DSTACK_RUNTIME_EVENT_TYPE,
     MAX_EVENT_LOG_SIZE,
     MAX_EVENTS,
+    SYSTEM_EVENTS,
     parse_event_log,
     runtime_event_digest,
+    runtime_event_preimage,
 )
 from mpc.errors import LocalProtocolError
 
@@ -213,16 +215,53 @@ REFUSED: list[tuple[str, Callable[[], tuple[str, bytes]], EventLogFailure]] = [
     ("a dropped event does not replay", _dropped, EventLogFailure.REPLAY_MISMATCH),
     ("an injected event does not replay", _appended, EventLogFailure.REPLAY_MISMATCH),
     (
-        "a log without compose-hash has none",
+        "a log without compose-hash has no boot prefix",
         _without_compose_hash,
-        EventLogFailure.MISSING_COMPOSE_HASH,
+        EventLogFailure.BOOT_PREFIX,
     ),
     (
-        "a log with two compose-hash events is ambiguous",
+        "a second compose-hash before system-ready is not a system event",
         _two_compose_hashes,
-        EventLogFailure.DUPLICATE_COMPOSE_HASH,
+        EventLogFailure.UNKNOWN_SYSTEM_EVENT,
     ),
-    ("a compose hash of 31 bytes is malformed", _short_compose_hash, EventLogFailure.MALFORMED),
+    ("a lone compose hash is no boot prefix", _short_compose_hash, EventLogFailure.BOOT_PREFIX),
+    (
+        "a compose hash of 31 bytes in the boot prefix",
+        lambda: build_event_log([*EVENTS[:2], ("compose-hash", b"\x99" * 31), *EVENTS[3:]]),
+        EventLogFailure.BOOT_PREFIX,
+    ),
+    (
+        "an app id of 19 bytes",
+        lambda: build_event_log([EVENTS[0], ("app-id", b"\x01" * 19), *EVENTS[2:]]),
+        EventLogFailure.BOOT_PREFIX,
+    ),
+    (
+        "a payload on system-preparing",
+        lambda: build_event_log([("system-preparing", b"x"), *EVENTS[1:]]),
+        EventLogFailure.BOOT_PREFIX,
+    ),
+    (
+        "the boot prefix out of order",
+        lambda: build_event_log([EVENTS[0], EVENTS[2], EVENTS[1], *EVENTS[3:]]),
+        EventLogFailure.BOOT_PREFIX,
+    ),
+    (
+        "an event before the boot prefix",
+        lambda: build_event_log([("os-image-hash", b"\x01" * 32), *EVENTS]),
+        EventLogFailure.BOOT_PREFIX,
+    ),
+    (
+        "an unknown event before system-ready",
+        lambda: build_event_log([*EVENTS, ("my-app-event", b"x"), ("system-ready", b"")]),
+        EventLogFailure.UNKNOWN_SYSTEM_EVENT,
+    ),
+    (
+        "a system event twice before system-ready",
+        lambda: build_event_log(
+            [*EVENTS, ("key-provider", b"a"), ("key-provider", b"b"), ("system-ready", b"")]
+        ),
+        EventLogFailure.DUPLICATE_SYSTEM_EVENT,
+    ),
     (
         "an RTMR3 event of a TCG type is unsupported",
         _foreign_event_type,
@@ -331,3 +370,165 @@ def test_a_one_character_change_to_a_log_is_refused_or_harmless(index: int, char
     # Accepted only if the change did not alter what was measured (e.g. hex case).
     assert result.compose_hash == COMPOSE
     assert [(e.name, e.payload) for e in result.events] == EVENTS
+
+
+# --- one reading per digest -------------------------------------------------------------------
+
+APP_ID = b"\xaa" * 20
+ADMITTED = hashlib.sha256(b'{"manifest_version":2,"name":"admitted"}').digest()
+
+
+def _colon_compose() -> tuple[bytes, bytes]:
+    """A compose file whose SHA-256 starts with ':' (about 256 tries) and its hash."""
+    for i in range(100_000):
+        compose = b'{"manifest_version":2,"name":"evil","nonce":%d}' % i
+        digest = hashlib.sha256(compose).digest()
+        if digest[0] == ord(":"):
+            return compose, digest
+    raise AssertionError("no compose hash starting with ':' found")
+
+
+def test_the_renamed_compose_hash_attack_is_refused() -> None:
+    _, evil = _colon_compose()
+    measured = [*dstack_boot_events(app_id=APP_ID, compose_hash=evil), ("system-ready", b"")]
+    _, rtmr3 = build_event_log([*measured, ("compose-hash", ADMITTED)])
+    forged = [
+        *measured[:2],
+        ("compose-hash:", evil[1:]),  # the same digest as ("compose-hash", evil)
+        *measured[3:],
+        ("compose-hash", ADMITTED),  # extended by the workload after boot
+    ]
+    log, forged_rtmr3 = build_event_log(forged)
+    assert forged_rtmr3 == rtmr3  # the forged log replays to the quoted RTMR3
+    assert refused(log, rtmr3) is EventLogFailure.BOOT_PREFIX
+    # Read honestly, the same RTMR3 names the evil compose hash, never the admitted one.
+    honest, _ = build_event_log([*measured, ("compose-hash", ADMITTED)])
+    assert replay_rtmr3(honest, rtmr3).compose_hash == evil
+
+
+def test_the_real_log_states_its_app_id_and_system_events() -> None:
+    replayed = replay_rtmr3(json.dumps(REAL_LOG), REAL_RTMR3)
+    assert replayed.app_id == bytes.fromhex("5b979a9a745405d4de53aae0e2c3a09d24b174a3")
+    assert replayed.instance_id == b""
+    assert set(replayed.system) == {"os-image-hash", "key-provider", "system-ready"}
+    assert replayed.system_ready and replayed.app_events == 0
+    assert json.loads(replayed.key_provider or b"")["name"] == "kms"
+    assert replayed.os_image_hash == replayed.system["os-image-hash"]
+    assert replayed.gpu_attestation is None
+
+
+def test_a_log_may_end_before_system_ready() -> None:
+    # dstack's initrd asks for keys right after boot-mr-done (mr-kms may precede it).
+    log, rtmr3 = build_event_log([*EVENTS, ("mr-kms", b"\x01" * 32)])
+    replayed = replay_rtmr3(log, rtmr3)
+    assert not replayed.system_ready and replayed.system == {"mr-kms": b"\x01" * 32}
+
+
+def test_app_events_after_system_ready_are_opaque() -> None:
+    app = [
+        ("compose-hash", b"\x99" * 32),
+        ("app-id", b"\x01" * 20),
+        ("system-ready", b""),
+        ("any:name", b":payload"),
+        ("", b""),
+    ]
+    log, rtmr3 = build_event_log([*EVENTS, ("system-ready", b""), *app])
+    replayed = replay_rtmr3(log, rtmr3)
+    assert (replayed.compose_hash, replayed.app_id) == (COMPOSE, b"\xaa" * 20)
+    assert replayed.app_events == len(app) and replayed.system == {"system-ready": b""}
+
+
+def test_a_version_two_app_event_is_replayed_from_its_recorded_digest() -> None:
+    log, rtmr3 = build_event_log([*EVENTS, ("system-ready", b""), ("v2-event", b"x")])
+    events = json.loads(log)
+    events[-1].update(version=2, event="renamed", event_payload="")
+    assert replay_rtmr3(json.dumps(events), rtmr3).app_events == 1
+    del events[-1]["digest"]
+    assert refused(json.dumps(events), rtmr3) is EventLogFailure.MALFORMED
+
+
+_NAME_CHARS = st.characters(codec="utf-8", exclude_categories=("Cs",))
+_NAMES = st.one_of(
+    st.text(_NAME_CHARS, max_size=24),
+    st.sampled_from([n for n, _ in EVENTS] + sorted(SYSTEM_EVENTS)).flatmap(
+        lambda n: st.tuples(st.text(":" + n[:3], max_size=3), st.text(":", max_size=2)).map(
+            lambda t: t[0] + n + t[1]
+        )
+    ),
+)
+
+
+def _read(preimage: bytes) -> tuple[int, str, bytes]:
+    """The unique reading of a pre-image whose name contains no ':'."""
+    head, name, payload = preimage[:4], *preimage[5:].split(b":", 1)
+    return int.from_bytes(head, "little"), name.decode("utf-8"), payload
+
+
+@settings(max_examples=400, deadline=None)
+@given(position=st.integers(0, 6), name=_NAMES, payload=st.binary(max_size=40))
+def test_every_event_a_fact_is_read_from_has_one_reading(
+    position: int, name: str, payload: bytes
+) -> None:
+    """(type, name, payload) -> pre-image is injective on every event the parser reads a
+    fact from: at positions 0-4 and before system-ready; everything else is refused."""
+    if position < len(EVENTS):
+        events = [*EVENTS[:position], (name, payload), *EVENTS[position + 1 :]]
+    else:  # the system segment
+        events = [*EVENTS, *[("mr-kms", b"\x01")] * (position == 6), (name, payload)]
+    log, rtmr3 = build_event_log(events)
+    try:
+        replayed = replay_rtmr3(log, rtmr3)
+    except EventLogError as exc:
+        assert exc.reason in {
+            EventLogFailure.BOOT_PREFIX,
+            EventLogFailure.UNKNOWN_SYSTEM_EVENT,
+            EventLogFailure.DUPLICATE_SYSTEM_EVENT,
+        }
+        return
+    assert ":" not in name
+    preimage = runtime_event_preimage(name, payload)
+    assert _read(preimage) == (DSTACK_RUNTIME_EVENT_TYPE, name, payload)
+    read = replayed.events[len(events) - 1 if position >= len(EVENTS) else position]
+    assert (read.name, read.payload) == (name, payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    index=st.integers(0, 7),
+    shift=st.integers(-3, 3),
+    extra=st.lists(st.tuples(_NAMES, st.binary(max_size=8)), max_size=3),
+)
+def test_every_accepted_reading_of_a_digest_sequence_states_the_same_facts(
+    index: int, shift: int, extra: list[tuple[str, bytes]]
+) -> None:
+    """Move ':'-separated bytes between one event's name and payload (the same digest):
+    whatever the parser accepts states the facts of the honest reading."""
+    honest = [
+        *dstack_boot_events(app_id=APP_ID, compose_hash=b":" * 32, instance_id=b":" * 3),
+        ("key-provider", b':{"name":"kms"}'),
+        ("system-ready", b""),
+        *extra,
+    ]
+    log, rtmr3 = build_event_log(honest)
+    truth = replay_rtmr3(log, rtmr3)
+    index %= len(honest)
+    name, payload = honest[index]
+    preimage = name.encode() + b":" + payload
+    cuts = [i for i, b in enumerate(preimage) if b == ord(":")]
+    cut = cuts[(cuts.index(len(name.encode())) + shift) % len(cuts)]
+    reading = (preimage[:cut].decode("utf-8", "ignore"), preimage[cut + 1 :])
+    if reading[0].encode() != preimage[:cut]:
+        return  # not a valid UTF-8 name: it could not be in a JSON log
+    forged = [*honest[:index], reading, *honest[index + 1 :]]
+    forged_log, forged_rtmr3 = build_event_log(forged)
+    assert forged_rtmr3 == rtmr3
+    try:
+        other = replay_rtmr3(forged_log, rtmr3)
+    except EventLogError:
+        return
+    assert (other.app_id, other.compose_hash, other.instance_id) == (
+        truth.app_id,
+        truth.compose_hash,
+        truth.instance_id,
+    )
+    assert dict(other.system) == dict(truth.system)

@@ -193,6 +193,12 @@ def test_every_store_refusal_reason_has_a_case() -> None:
         PolicyFailure.PURPOSE_NOT_ALLOWED,
         PolicyFailure.VERSION_BELOW_REQUESTED,
         PolicyFailure.EVENT_LOG_INVALID,
+        PolicyFailure.APP_ID_NOT_MEASURED,  # admission refusals: test_policy_admission.py
+        PolicyFailure.TD_FIELD_MISMATCH,
+        PolicyFailure.SYSTEM_EVENT_MISMATCH,
+        PolicyFailure.PLATFORM_NOT_ALLOWED,
+        PolicyFailure.KEY_VERSION_TOO_OLD,
+        PolicyFailure.TCB_EVALUATION_TOO_OLD,
         PolicyFailure.ROTATION_WRONG_SIGNER,  # covered per chain in test_policy_owner_chain.py
         PolicyFailure.ROTATION_KEY_REUSED,
     }

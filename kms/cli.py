@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kms.secretfile import write_secret
+
 app = typer.Typer(help="quorum-kms: a decentralised key management service.", no_args_is_help=True)
 node_app = typer.Typer(help="Run and set up a KMS node.", no_args_is_help=True)
 devnet_app = typer.Typer(
@@ -556,7 +558,6 @@ def key_get(
 ) -> None:
     """Fetch an app key as the devnet's simulated CVM, verified against the pinned master key."""
     import hashlib
-    import os
 
     from kms import devnet
     from kms.client.core import KeyReleaseError
@@ -606,19 +607,18 @@ def key_get(
         # node -> the nodes that checked and kept the evidence against it
         doc["evidence_reported"] = {str(k): v for k, v in sorted(reported.items())}
     if out_file is not None:
-        fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(
-                {
-                    **doc,
-                    "app_key": app_key.secret.data.hex(),
-                    "aes256": keys.aes256.data.hex(),
-                    "x25519_private": keys.x25519_private.data.hex(),
-                    "ed25519_seed": keys.ed25519_seed.data.hex(),
-                    "secp256k1_private": keys.secp256k1_private.data.hex(),
-                },
-                f,
-            )
+        secret_doc = {
+            **doc,
+            "app_key": app_key.secret.data.hex(),
+            "aes256": keys.aes256.data.hex(),
+            "x25519_private": keys.x25519_private.data.hex(),
+            "ed25519_seed": keys.ed25519_seed.data.hex(),
+            "secp256k1_private": keys.secp256k1_private.data.hex(),
+        }
+        try:
+            write_secret(out_file, json.dumps(secret_doc))
+        except OSError as exc:
+            _fail(f"cannot write {out_file}: {exc}", 2)
     if json_out:
         _print_json(doc)
     else:
@@ -777,7 +777,10 @@ def decrypt_cmd(
     except (KeyReleaseError, DecryptionError) as exc:
         _fail(str(exc), 1)
         return
-    out_file.write_bytes(plain)
+    try:
+        write_secret(out_file, plain)
+    except OSError as exc:
+        _fail(f"cannot write {out_file}: {exc}", 2)
 
 
 audit_app = typer.Typer(help="A node's hash-chained audit log.", no_args_is_help=True)

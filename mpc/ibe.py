@@ -6,7 +6,8 @@ admits) decrypts. Specification: ``docs/crypto.md`` §IBE.
 
 Encrypt::
 
-    r  ← random non-zero scalar (constant-time multiplications)
+    r  = OS2IP(SHA-512("quorum-kms/v1/ibe/hedge" ‖ rng(64) ‖ MPK ‖ u16 len(id) ‖ id
+                       ‖ u64 len(plaintext) ‖ plaintext)) mod q   (redrawn if 0)
     U  = r·g2
     K  = e(H(id), r·MPK)                      (576-byte GT encoding)
     k, nonce = HKDF-SHA256(ikm = K ‖ U ‖ id ‖ MPK, salt = "quorum-kms/v1/ibe",
@@ -16,10 +17,19 @@ Encrypt::
 
 Decrypt recomputes ``K = e(σ, U) = e(H, g2)^{rs}``. Each key is used once
 (``r`` is fresh), so the derived nonce never repeats under a key.
+
+``r`` is *hedged*: it hashes the caller's randomness together with the
+plaintext, the identity and ``MPK``. With a good ``rng`` it is uniform; with a
+repeating or constant one, two different plaintexts (or identities) still get
+different ``r``, hence different ``U``, AEAD keys and nonces. The worst case
+of a broken ``rng`` is then deterministic encryption: it shows only that
+two ciphertexts carry the same plaintext to the same identity. Decryption
+does not depend on how ``r`` was chosen, so the format is unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -28,14 +38,17 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mpc.errors import DecryptionError, InvalidEncoding
-from mpc.math import G2, pairing
-from mpc.secret import RNG, random_scalar
+from mpc.math import G2, R, pairing
+from mpc.secret import RNG
 from mpc.tkd import DerivedPoint, KeyId, derive_point_base
 
 MAGIC = b"QKIBE"
 FORMAT_VERSION = 1
 _KDF_SALT = b"quorum-kms/v1/ibe"
 _KDF_INFO = b"quorum-kms/v1/ibe/aead-key"
+HEDGE_TAG = b"quorum-kms/v1/ibe/hedge"
+"""SHA-512 prefix of the hedged ephemeral scalar ``r``."""
+_HEDGE_RANDOM_LEN = 64
 _TAG_LEN = 16
 
 
@@ -80,11 +93,37 @@ def _aead_key(k: bytes, header: Header, mpk: G2) -> tuple[bytes, bytes]:
     return okm[:32], okm[32:]
 
 
+def hedged_scalar(mpk: G2, key_id: KeyId, plaintext: bytes, rng: RNG) -> int:
+    """The ephemeral scalar ``r``: ``rng``'s bytes hashed with the plaintext, id and ``MPK``.
+
+    A non-zero scalar, uniform if ``rng`` is; distinct for distinct
+    ``(plaintext, id, MPK)`` even if ``rng`` repeats itself.
+    """
+    kid = key_id.encode()
+    while True:
+        h = hashlib.sha512(HEDGE_TAG)
+        h.update(rng(_HEDGE_RANDOM_LEN))
+        h.update(mpk.to_bytes())
+        h.update(len(kid).to_bytes(2, "big"))
+        h.update(kid)
+        h.update(len(plaintext).to_bytes(8, "big"))
+        h.update(plaintext)
+        r = int.from_bytes(h.digest(), "big") % R
+        if r:
+            return r
+
+
 def encrypt(mpk: G2, key_id: KeyId, plaintext: bytes, *, rng: RNG) -> bytes:
-    """Encrypt ``plaintext`` to ``key_id`` under the master public key alone."""
+    """Encrypt ``plaintext`` to ``key_id`` under the master public key alone.
+
+    ``rng`` is the OS CSPRNG (``os.urandom``) in production; ``r`` is hedged
+    with the plaintext and the id (:func:`hedged_scalar`), so a weak ``rng``
+    never makes two different messages share a key and nonce.
+    """
     if mpk.is_identity():
         raise InvalidEncoding("the master public key is the identity")
-    r = random_scalar(rng)
+    plaintext = bytes(plaintext)
+    r = hedged_scalar(mpk, key_id, plaintext, rng)
     header = Header(r * G2.generator(), key_id)
     k = pairing(derive_point_base(key_id), r * mpk)
     key, nonce = _aead_key(k, header, mpk)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mpc import ibe
 from mpc.errors import DecryptionError, InvalidEncoding
-from mpc.math import G2, R
+from mpc.math import G2, R, pairing
 from mpc.tkd import DerivedPoint, KeyId, derive_point_base
 
 SECRET = 0x5EC12E7 * 7919 % R
@@ -95,3 +95,79 @@ def test_format_layout() -> None:
     assert int.from_bytes(ct[102:104], "big") == len(kid)
     assert ct[104 : 104 + len(kid)] == kid
     assert len(ct) == 104 + len(kid) + 3 + 16
+
+
+# --- hedged randomness -----------------------------------------------------------------------
+
+
+def constant(n: int) -> bytes:
+    """A broken generator: always zeros."""
+    return bytes(n)
+
+
+def header_u(ct: bytes) -> bytes:
+    return ibe.read_header(ct).u.to_bytes()
+
+
+def test_a_broken_rng_does_not_repeat_the_kem_key_or_the_nonce() -> None:
+    key_id = KeyId(b"hedge-app", "app", 1)
+    d = derived_for(key_id)
+    a = ibe.encrypt(MPK, key_id, b"first message", rng=constant)
+    b = ibe.encrypt(MPK, key_id, b"other message", rng=constant)
+    assert header_u(a) != header_u(b)
+    # The AEAD key and nonce each ciphertext was sealed under differ too.
+    ka = ibe._aead_key(pairing(d.point, ibe.read_header(a).u), ibe.read_header(a), MPK)
+    kb = ibe._aead_key(pairing(d.point, ibe.read_header(b).u), ibe.read_header(b), MPK)
+    assert ka[0] != kb[0] and ka[1] != kb[1]
+    assert ibe.decrypt(d, MPK, a) == b"first message"
+    assert ibe.decrypt(d, MPK, b) == b"other message"
+
+
+def test_the_same_seeded_rng_gives_different_r_for_different_plaintexts_and_ids() -> None:
+    key_id = KeyId(b"hedge-app", "app", 1)
+    other_id = KeyId(b"hedge-app", "app", 2)
+    a = ibe.encrypt(MPK, key_id, b"m1", rng=seeded(11))
+    b = ibe.encrypt(MPK, key_id, b"m2", rng=seeded(11))
+    c = ibe.encrypt(MPK, other_id, b"m1", rng=seeded(11))
+    assert len({header_u(a), header_u(b), header_u(c)}) == 3
+    r = [ibe.hedged_scalar(MPK, k, m, seeded(11)) for k, m in ((key_id, b"m1"), (key_id, b"m2"))]
+    assert r[0] != r[1]
+    assert r[0] * G2.generator() == ibe.read_header(a).u
+
+
+def test_with_a_broken_rng_only_equal_messages_give_equal_ciphertexts() -> None:
+    """The worst case of a broken rng is deterministic encryption, no worse."""
+    key_id = KeyId(b"hedge-app", "app", 1)
+    assert ibe.encrypt(MPK, key_id, b"same", rng=constant) == ibe.encrypt(
+        MPK, key_id, b"same", rng=constant
+    )
+    assert ibe.encrypt(MPK, key_id, b"same", rng=constant) != ibe.encrypt(
+        2 * MPK, key_id, b"same", rng=constant
+    )
+
+
+def test_the_hedge_reads_the_rng_so_a_good_rng_still_randomises() -> None:
+    key_id = KeyId(b"hedge-app", "app", 1)
+    assert header_u(ibe.encrypt(MPK, key_id, b"same", rng=seeded(1))) != header_u(
+        ibe.encrypt(MPK, key_id, b"same", rng=seeded(2))
+    )
+
+
+# Made by the code before r was hedged (docs/crypto.md's former worked example,
+# s = 42, rng = random.Random(1)): hedging changes only how r is chosen, so the
+# format and decryption are unchanged.
+UNHEDGED_CIPHERTEXT = bytes.fromhex(
+    "514b49424501"
+    "a1b02c2e9792a8553eb44225b91f37f2acaf439581ae1ae417a24a937ce74a4184261a1100d9d1495e1457edead3d2ba"
+    "006ef7d972cd8ca1ded917464cb2bb3a38cd5039c73545c96b33a5933c872d2fda6bcd407068172a7953aea7803ad727"
+    "0019"
+    "514b4d532d4944010864656d6f2d6170700361707000000001"
+    "0401b82ef5"
+    "bb3ddcd82a967e904a8f9b8c24a72c9c"
+)
+
+
+def test_a_ciphertext_made_before_hedging_still_decrypts() -> None:
+    key_id = KeyId(b"demo-app", "app", 1)
+    d = DerivedPoint(key_id, 42 * derive_point_base(key_id))
+    assert ibe.decrypt(d, 42 * G2.generator(), UNHEDGED_CIPHERTEXT) == b"hello"

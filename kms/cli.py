@@ -712,15 +712,23 @@ def encrypt_cmd(
     mpk_hex: Annotated[
         str | None, typer.Option("--mpk", help="Master public key (hex), instead of a devnet.")
     ] = None,
-    purpose: Annotated[str, typer.Option("--purpose")] = "app",
+    inbox: Annotated[
+        str,
+        typer.Option(
+            "--inbox",
+            help="The app's inbox: readable only by CVMs whose policy lists purpose ibe.INBOX.",
+        ),
+    ] = "app",
     version: Annotated[int, typer.Option("--version")] = 1,
 ) -> None:
-    """Encrypt a file to an app with the master public key alone (no KMS round trip)."""
+    """Encrypt a file to an app's inbox with the master public key alone (no KMS round trip).
+
+    Randomness comes from the operating system (os.urandom).
+    """
     import os
 
     from mpc import ibe
     from mpc.math import G2
-    from mpc.tkd import KeyId
 
     if devnet_dir is not None:
         state, app_id = _devnet_app(devnet_dir, app_name)
@@ -736,11 +744,12 @@ def encrypt_cmd(
         return
     try:
         mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
+        key_id = ibe.inbox_key_id(app_id, inbox, version)
         data = in_file.read_bytes()
     except (ValueError, OSError) as exc:
         _fail(str(exc), 2)
         return
-    out_file.write_bytes(ibe.encrypt(mpk, KeyId(app_id, purpose, version), data, rng=os.urandom))
+    out_file.write_bytes(ibe.encrypt(mpk, key_id, data, rng=os.urandom))
 
 
 @app.command("decrypt")
@@ -749,31 +758,43 @@ def decrypt_cmd(
     out_file: Annotated[Path, typer.Argument(metavar="OUT")],
     devnet_dir: Annotated[Path, typer.Option("--devnet")],
     app_name: Annotated[str, typer.Option("--app")],
-    purpose: Annotated[str, typer.Option("--purpose")] = "app",
-    version: Annotated[int, typer.Option("--version")] = 1,
 ) -> None:
-    """Decrypt as the devnet's simulated CVM: fetch the derived point, then open the file."""
+    """Decrypt as the devnet's simulated CVM: fetch the point for the ciphertext's key id, open it.
+
+    The key id (app, purpose, version) is read from the ciphertext's header:
+    an inbox (purpose ibe.NAME), or an ordinary purpose for ciphertexts made
+    before inboxes existed. The app's policy must list that purpose.
+    """
     from kms import devnet
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc import ibe
-    from mpc.errors import DecryptionError
+    from mpc.errors import DecryptionError, InvalidEncoding
     from mpc.ids import ParticipantIndex
     from mpc.math import G2
 
     state, app_id = _devnet_app(devnet_dir, app_name)
     mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
+    try:
+        sealed = in_file.read_bytes()
+        key_id = ibe.read_header(sealed).key_id
+    except (OSError, InvalidEncoding) as exc:
+        _fail(f"cannot read {in_file}: {exc}", 2)
+        return
+    if key_id.app_id != app_id:
+        _fail(f"the ciphertext is for app {key_id.app_id.hex()}, not {app_id.hex()}", 1)
     tee = devnet.simulated_tee(devnet_dir)
     urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
+    wanted = (key_id.purpose, key_id.version)
     try:
         res = fetch_keys(
             urls,
             mpk,
             app_id,
-            [(purpose, version)],
+            [wanted],
             lambda rd: tee.quote(rd, **devnet.DEMO_MEASUREMENT),
         )
-        plain = ibe.decrypt(res.derived[(purpose, version)], mpk, in_file.read_bytes())
+        plain = ibe.decrypt(res.derived[wanted], mpk, sealed)
     except (KeyReleaseError, DecryptionError) as exc:
         _fail(str(exc), 1)
         return

@@ -338,7 +338,7 @@ def demo_policy(owner: Any, mpk_hex: str, *, version: int, lifetime: int = 7 * 8
         not_before=now - 60,
         expires=now + lifetime,
         allowed_tcb_statuses=("UpToDate", "SWHardeningNeeded"),
-        purposes=("app", "disk", "signing"),
+        purposes=("app", "disk", "ibe.app", "signing"),
     )
     return PolicyBundle(policy.sign(owner), ())
 

@@ -1,8 +1,17 @@
 """Identity-based encryption to an app (Boneh–Franklin style, on the TKD keys).
 
-Anyone holding the master public key ``MPK`` encrypts to ``(app_id, purpose,
-version)`` offline; only a holder of ``σ = s·H(id)`` (a CVM the app's policy
-admits) decrypts. Specification: ``docs/crypto.md`` §IBE.
+Anyone holding the master public key ``MPK`` encrypts to an app's *inbox*
+offline; only a holder of ``σ = s·H(id)`` for the inbox's key id (a CVM whose
+app policy lists the inbox's purpose) decrypts. Specification:
+``docs/crypto.md`` §IBE.
+
+**Inboxes.** ``σ`` for a key id is exactly what key release hands a CVM for
+that id's purpose, and the app key is derived from it. So IBE encrypts only
+to key ids whose purpose is ``"ibe." + inbox`` (:func:`inbox_key_id`): purposes
+reserved for decryption, which an app's policy grants only by listing them.
+A CVM admitted for ``sign`` gets ``s·H(app, "sign", v)`` and cannot read
+the ``app`` inbox, ``(app, "ibe.app", v)``. :func:`decrypt` still opens
+ciphertexts made before the reservation, to any purpose.
 
 Encrypt::
 
@@ -46,10 +55,28 @@ MAGIC = b"QKIBE"
 FORMAT_VERSION = 1
 _KDF_SALT = b"quorum-kms/v1/ibe"
 _KDF_INFO = b"quorum-kms/v1/ibe/aead-key"
+INBOX_PREFIX = "ibe."
+"""Purposes that start with this are reserved for IBE decryption (an app's inboxes)."""
+DEFAULT_INBOX = "app"
 HEDGE_TAG = b"quorum-kms/v1/ibe/hedge"
 """SHA-512 prefix of the hedged ephemeral scalar ``r``."""
 _HEDGE_RANDOM_LEN = 64
 _TAG_LEN = 16
+
+
+def inbox_key_id(app_id: bytes, inbox: str = DEFAULT_INBOX, version: int = 1) -> KeyId:
+    """The key id of ``app_id``'s inbox ``inbox``: purpose ``"ibe." + inbox``.
+
+    ``inbox`` is 1–60 characters of ``[a-z0-9._-]``; raises ``ValueError``.
+    """
+    if not isinstance(inbox, str) or not inbox:
+        raise ValueError("inbox must be a non-empty string")
+    return KeyId(app_id, INBOX_PREFIX + inbox, version)
+
+
+def is_inbox(key_id: KeyId) -> bool:
+    """True iff ``key_id``'s purpose is reserved for IBE decryption."""
+    return key_id.purpose.startswith(INBOX_PREFIX) and len(key_id.purpose) > len(INBOX_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +141,20 @@ def hedged_scalar(mpk: G2, key_id: KeyId, plaintext: bytes, rng: RNG) -> int:
 
 
 def encrypt(mpk: G2, key_id: KeyId, plaintext: bytes, *, rng: RNG) -> bytes:
-    """Encrypt ``plaintext`` to ``key_id`` under the master public key alone.
+    """Encrypt ``plaintext`` to the inbox ``key_id`` under the master public key alone.
 
-    ``rng`` is the OS CSPRNG (``os.urandom``) in production; ``r`` is hedged
-    with the plaintext and the id (:func:`hedged_scalar`), so a weak ``rng``
-    never makes two different messages share a key and nonce.
+    ``key_id`` must be an inbox (:func:`inbox_key_id`), else ``ValueError``:
+    encrypting to an ordinary purpose would let every CVM that gets that
+    purpose's keys read the message. ``rng`` is the OS CSPRNG
+    (``os.urandom``) in production; ``r`` is hedged with the plaintext and
+    the id (:func:`hedged_scalar`), so a weak ``rng`` never makes two
+    different messages share a key and nonce.
     """
+    if not is_inbox(key_id):
+        raise ValueError(
+            f"IBE encrypts to an inbox (purpose {INBOX_PREFIX}<name>), not to purpose "
+            f"{key_id.purpose!r}: that purpose's key holders could read it"
+        )
     if mpk.is_identity():
         raise InvalidEncoding("the master public key is the identity")
     plaintext = bytes(plaintext)

@@ -146,7 +146,7 @@ def test_key_get_out_does_not_keep_a_world_readable_mode(fake_devnet: Path, tmp_
 
 def sealed(tmp_path: Path, plain: bytes) -> Path:
     ct = tmp_path / "sealed"
-    ct.write_bytes(ibe.encrypt(MPK, KeyId(APP_ID), plain, rng=os.urandom))
+    ct.write_bytes(ibe.encrypt(MPK, ibe.inbox_key_id(APP_ID), plain, rng=os.urandom))
     return ct
 
 

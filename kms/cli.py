@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kms.secretfile import write_secret
+
 app = typer.Typer(help="quorum-kms: a decentralised key management service.", no_args_is_help=True)
 node_app = typer.Typer(help="Run and set up a KMS node.", no_args_is_help=True)
 devnet_app = typer.Typer(
@@ -556,7 +558,6 @@ def key_get(
 ) -> None:
     """Fetch an app key as the devnet's simulated CVM, verified against the pinned master key."""
     import hashlib
-    import os
 
     from kms import devnet
     from kms.client.core import KeyReleaseError
@@ -606,19 +607,18 @@ def key_get(
         # node -> the nodes that checked and kept the evidence against it
         doc["evidence_reported"] = {str(k): v for k, v in sorted(reported.items())}
     if out_file is not None:
-        fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(
-                {
-                    **doc,
-                    "app_key": app_key.secret.data.hex(),
-                    "aes256": keys.aes256.data.hex(),
-                    "x25519_private": keys.x25519_private.data.hex(),
-                    "ed25519_seed": keys.ed25519_seed.data.hex(),
-                    "secp256k1_private": keys.secp256k1_private.data.hex(),
-                },
-                f,
-            )
+        secret_doc = {
+            **doc,
+            "app_key": app_key.secret.data.hex(),
+            "aes256": keys.aes256.data.hex(),
+            "x25519_private": keys.x25519_private.data.hex(),
+            "ed25519_seed": keys.ed25519_seed.data.hex(),
+            "secp256k1_private": keys.secp256k1_private.data.hex(),
+        }
+        try:
+            write_secret(out_file, json.dumps(secret_doc))
+        except OSError as exc:
+            _fail(f"cannot write {out_file}: {exc}", 2)
     if json_out:
         _print_json(doc)
     else:
@@ -712,15 +712,23 @@ def encrypt_cmd(
     mpk_hex: Annotated[
         str | None, typer.Option("--mpk", help="Master public key (hex), instead of a devnet.")
     ] = None,
-    purpose: Annotated[str, typer.Option("--purpose")] = "app",
+    inbox: Annotated[
+        str,
+        typer.Option(
+            "--inbox",
+            help="The app's inbox: readable only by CVMs whose policy lists purpose ibe.INBOX.",
+        ),
+    ] = "app",
     version: Annotated[int, typer.Option("--version")] = 1,
 ) -> None:
-    """Encrypt a file to an app with the master public key alone (no KMS round trip)."""
+    """Encrypt a file to an app's inbox with the master public key alone (no KMS round trip).
+
+    Randomness comes from the operating system (os.urandom).
+    """
     import os
 
     from mpc import ibe
     from mpc.math import G2
-    from mpc.tkd import KeyId
 
     if devnet_dir is not None:
         state, app_id = _devnet_app(devnet_dir, app_name)
@@ -736,11 +744,12 @@ def encrypt_cmd(
         return
     try:
         mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
+        key_id = ibe.inbox_key_id(app_id, inbox, version)
         data = in_file.read_bytes()
     except (ValueError, OSError) as exc:
         _fail(str(exc), 2)
         return
-    out_file.write_bytes(ibe.encrypt(mpk, KeyId(app_id, purpose, version), data, rng=os.urandom))
+    out_file.write_bytes(ibe.encrypt(mpk, key_id, data, rng=os.urandom))
 
 
 @app.command("decrypt")
@@ -749,35 +758,50 @@ def decrypt_cmd(
     out_file: Annotated[Path, typer.Argument(metavar="OUT")],
     devnet_dir: Annotated[Path, typer.Option("--devnet")],
     app_name: Annotated[str, typer.Option("--app")],
-    purpose: Annotated[str, typer.Option("--purpose")] = "app",
-    version: Annotated[int, typer.Option("--version")] = 1,
 ) -> None:
-    """Decrypt as the devnet's simulated CVM: fetch the derived point, then open the file."""
+    """Decrypt as the devnet's simulated CVM: fetch the point for the ciphertext's key id, open it.
+
+    The key id (app, purpose, version) is read from the ciphertext's header:
+    an inbox (purpose ibe.NAME), or an ordinary purpose for ciphertexts made
+    before inboxes existed. The app's policy must list that purpose.
+    """
     from kms import devnet
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc import ibe
-    from mpc.errors import DecryptionError
+    from mpc.errors import DecryptionError, InvalidEncoding
     from mpc.ids import ParticipantIndex
     from mpc.math import G2
 
     state, app_id = _devnet_app(devnet_dir, app_name)
     mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
+    try:
+        sealed = in_file.read_bytes()
+        key_id = ibe.read_header(sealed).key_id
+    except (OSError, InvalidEncoding) as exc:
+        _fail(f"cannot read {in_file}: {exc}", 2)
+        return
+    if key_id.app_id != app_id:
+        _fail(f"the ciphertext is for app {key_id.app_id.hex()}, not {app_id.hex()}", 1)
     tee = devnet.simulated_tee(devnet_dir)
     urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
+    wanted = (key_id.purpose, key_id.version)
     try:
         res = fetch_keys(
             urls,
             mpk,
             app_id,
-            [(purpose, version)],
+            [wanted],
             lambda rd: tee.quote(rd, **devnet.DEMO_MEASUREMENT),
         )
-        plain = ibe.decrypt(res.derived[(purpose, version)], mpk, in_file.read_bytes())
+        plain = ibe.decrypt(res.derived[wanted], mpk, sealed)
     except (KeyReleaseError, DecryptionError) as exc:
         _fail(str(exc), 1)
         return
-    out_file.write_bytes(plain)
+    try:
+        write_secret(out_file, plain)
+    except OSError as exc:
+        _fail(f"cannot write {out_file}: {exc}", 2)
 
 
 audit_app = typer.Typer(help="A node's hash-chained audit log.", no_args_is_help=True)

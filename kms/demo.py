@@ -116,12 +116,14 @@ def derivation(console: Console) -> bool:
     console.print(f"ed25519 public {keys.ed25519_public.hex()}")
     console.print(f"secp256k1 public {keys.secp256k1_public.hex()}")
 
-    sealed = ibe.encrypt(mpk, key_id, b"sealed for demo-app before it ran", rng=rng)
-    derived = combine_and_verify([partials[j] for j in indices[1:4]], key_id, mpk, public_shares, T)
+    inbox = ibe.inbox_key_id(b"demo-app")
+    sealed = ibe.encrypt(mpk, inbox, b"sealed for demo-app before it ran", rng=os.urandom)
+    inbox_partials = [derive_partial(shares[j], inbox) for j in indices[1:4]]
+    derived = combine_and_verify(inbox_partials, inbox, mpk, public_shares, T)
     opened = ibe.decrypt(derived, mpk, sealed)
     ok_ibe = opened == b"sealed for demo-app before it ran"
     console.print(
-        f"IBE message encrypted to the app decrypts with the derived key: [{'green' if ok_ibe else 'red'}]{ok_ibe}"
+        f"IBE message encrypted to the app's inbox decrypts with the inbox's derived point: [{'green' if ok_ibe else 'red'}]{ok_ibe}"
     )
     return ok_same and ok_two and ok_named and ok_ibe
 
@@ -223,18 +225,20 @@ def key_release(console: Console, directory: Path) -> bool:
     app_id = bytes.fromhex(state["apps"]["demo"])
     urls = {PI(int(n["index"])): n["http_url"] for n in state["nodes"]}
     tee = devnet.simulated_tee(directory)
-    key_id = KeyId(app_id, "app", 1)
     secret_note = b"sealed for the demo app before its CVM ever ran"
-    sealed = ibe.encrypt(mpk, key_id, secret_note, rng=os.urandom)
+    sealed = ibe.encrypt(mpk, ibe.inbox_key_id(app_id), secret_note, rng=os.urandom)
     console.print(
         f"a sender encrypted {len(secret_note)} bytes to the app with the master public key alone"
     )
     time.sleep(3.0)  # let node 5 come back up
 
     def fetch(meas: dict[str, bytes]) -> tuple[str, object]:
-        res = fetch_keys(urls, mpk, app_id, [("app", 1)], lambda rd: tee.quote(rd, **meas))
+        # The app key, and the point of the app's inbox (purpose ibe.app), which the
+        # demo policy lists on its own.
+        inbox = (ibe.INBOX_PREFIX + ibe.DEFAULT_INBOX, 1)
+        res = fetch_keys(urls, mpk, app_id, [("app", 1), inbox], lambda rd: tee.quote(rd, **meas))
         derived = res.derived[("app", 1)]
-        return hashlib.sha256(derived.app_key().secret.data).hexdigest(), derived
+        return hashlib.sha256(derived.app_key().secret.data).hexdigest(), res.derived[inbox]
 
     fp1, derived = fetch(devnet.DEMO_MEASUREMENT)
     console.print(

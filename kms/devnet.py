@@ -24,6 +24,7 @@ import httpx
 
 from kms.node.config import load
 from kms.node.setup import init_node, write_config
+from kms.secretfile import write_secret
 
 STATE_FILE = "devnet.json"
 
@@ -302,7 +303,7 @@ def simulated_tee_files(directory: Path) -> Path:
     tee_dir = directory / "simulated-tee"
     tee_dir.mkdir(parents=True, exist_ok=True)
     now = int(time.time())
-    (directory / TEE_SEED_FILE).write_text(f"{secrets.token_hex(32)} {now}\n")
+    write_secret(directory / TEE_SEED_FILE, f"{secrets.token_hex(32)} {now}\n")
     tee = simulated_tee(directory)
     (tee_dir / "root.der").write_bytes(tee.root_ca_der)
     (tee_dir / "collateral.json").write_text(json.dumps(tee.collateral(now, lifetime=30 * 86400)))
@@ -319,9 +320,7 @@ def owner_of(directory: Path, name: str) -> Any:
     owner_file = directory / "apps" / f"{name}.owner"
     owner_file.parent.mkdir(parents=True, exist_ok=True)
     if not owner_file.exists():
-        fd = os.open(owner_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
+        write_secret(owner_file, secrets.token_hex(32) + "\n", replace=False)
     return OwnerKey.from_seed(bytes.fromhex(owner_file.read_text().strip()))
 
 
@@ -339,7 +338,7 @@ def demo_policy(owner: Any, mpk_hex: str, *, version: int, lifetime: int = 7 * 8
         not_before=now - 60,
         expires=now + lifetime,
         allowed_tcb_statuses=("UpToDate", "SWHardeningNeeded"),
-        purposes=("app", "disk", "signing"),
+        purposes=("app", "disk", "ibe.app", "signing"),
     )
     return PolicyBundle(policy.sign(owner), ())
 

@@ -117,9 +117,13 @@ def statement(session: bytes, sender: ParticipantIndex, digest: bytes) -> bytes:
     return session + int(sender).to_bytes(4, "big") + digest
 
 
+SESSION_TAG = b"quorum-kms/v1/broadcast/session"
+"""SHA-256 prefix of a broadcast session id."""
+
+
 def session_id(*parts: bytes) -> bytes:
     """A 32-byte session id from length-prefixed parts (protocol, epoch, attempt, phase…)."""
-    h = hashlib.sha256(b"quorum-kms/v1/broadcast/session")
+    h = hashlib.sha256(SESSION_TAG)
     for p in parts:
         h.update(len(p).to_bytes(4, "big") + p)
     return h.digest()

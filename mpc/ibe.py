@@ -1,12 +1,22 @@
 """Identity-based encryption to an app (Boneh–Franklin style, on the TKD keys).
 
-Anyone holding the master public key ``MPK`` encrypts to ``(app_id, purpose,
-version)`` offline; only a holder of ``σ = s·H(id)`` (a CVM the app's policy
-admits) decrypts. Specification: ``docs/crypto.md`` §IBE.
+Anyone holding the master public key ``MPK`` encrypts to an app's *inbox*
+offline; only a holder of ``σ = s·H(id)`` for the inbox's key id (a CVM whose
+app policy lists the inbox's purpose) decrypts. Specification:
+``docs/crypto.md`` §IBE.
+
+**Inboxes.** ``σ`` for a key id is exactly what key release hands a CVM for
+that id's purpose, and the app key is derived from it. So IBE encrypts only
+to key ids whose purpose is ``"ibe." + inbox`` (:func:`inbox_key_id`): purposes
+reserved for decryption, which an app's policy grants only by listing them.
+A CVM admitted for ``sign`` gets ``s·H(app, "sign", v)`` and cannot read
+the ``app`` inbox, ``(app, "ibe.app", v)``. :func:`decrypt` still opens
+ciphertexts made before the reservation, to any purpose.
 
 Encrypt::
 
-    r  ← random non-zero scalar (constant-time multiplications)
+    r  = OS2IP(SHA-512("quorum-kms/v1/ibe/hedge" ‖ rng(64) ‖ MPK ‖ u16 len(id) ‖ id
+                       ‖ u64 len(plaintext) ‖ plaintext)) mod q   (redrawn if 0)
     U  = r·g2
     K  = e(H(id), r·MPK)                      (576-byte GT encoding)
     k, nonce = HKDF-SHA256(ikm = K ‖ U ‖ id ‖ MPK, salt = "quorum-kms/v1/ibe",
@@ -16,10 +26,19 @@ Encrypt::
 
 Decrypt recomputes ``K = e(σ, U) = e(H, g2)^{rs}``. Each key is used once
 (``r`` is fresh), so the derived nonce never repeats under a key.
+
+``r`` is *hedged*: it hashes the caller's randomness together with the
+plaintext, the identity and ``MPK``. With a good ``rng`` it is uniform; with a
+repeating or constant one, two different plaintexts (or identities) still get
+different ``r``, hence different ``U``, AEAD keys and nonces. The worst case
+of a broken ``rng`` is then deterministic encryption: it shows only that
+two ciphertexts carry the same plaintext to the same identity. Decryption
+does not depend on how ``r`` was chosen, so the format is unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -28,15 +47,36 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mpc.errors import DecryptionError, InvalidEncoding
-from mpc.math import G2, pairing
-from mpc.secret import RNG, random_scalar
+from mpc.math import G2, R, pairing
+from mpc.secret import RNG
 from mpc.tkd import DerivedPoint, KeyId, derive_point_base
 
 MAGIC = b"QKIBE"
 FORMAT_VERSION = 1
 _KDF_SALT = b"quorum-kms/v1/ibe"
 _KDF_INFO = b"quorum-kms/v1/ibe/aead-key"
+INBOX_PREFIX = "ibe."
+"""Purposes that start with this are reserved for IBE decryption (an app's inboxes)."""
+DEFAULT_INBOX = "app"
+HEDGE_TAG = b"quorum-kms/v1/ibe/hedge"
+"""SHA-512 prefix of the hedged ephemeral scalar ``r``."""
+_HEDGE_RANDOM_LEN = 64
 _TAG_LEN = 16
+
+
+def inbox_key_id(app_id: bytes, inbox: str = DEFAULT_INBOX, version: int = 1) -> KeyId:
+    """The key id of ``app_id``'s inbox ``inbox``: purpose ``"ibe." + inbox``.
+
+    ``inbox`` is 1–60 characters of ``[a-z0-9._-]``; raises ``ValueError``.
+    """
+    if not isinstance(inbox, str) or not inbox:
+        raise ValueError("inbox must be a non-empty string")
+    return KeyId(app_id, INBOX_PREFIX + inbox, version)
+
+
+def is_inbox(key_id: KeyId) -> bool:
+    """True iff ``key_id``'s purpose is reserved for IBE decryption."""
+    return key_id.purpose.startswith(INBOX_PREFIX) and len(key_id.purpose) > len(INBOX_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +120,45 @@ def _aead_key(k: bytes, header: Header, mpk: G2) -> tuple[bytes, bytes]:
     return okm[:32], okm[32:]
 
 
+def hedged_scalar(mpk: G2, key_id: KeyId, plaintext: bytes, rng: RNG) -> int:
+    """The ephemeral scalar ``r``: ``rng``'s bytes hashed with the plaintext, id and ``MPK``.
+
+    A non-zero scalar, uniform if ``rng`` is; distinct for distinct
+    ``(plaintext, id, MPK)`` even if ``rng`` repeats itself.
+    """
+    kid = key_id.encode()
+    while True:
+        h = hashlib.sha512(HEDGE_TAG)
+        h.update(rng(_HEDGE_RANDOM_LEN))
+        h.update(mpk.to_bytes())
+        h.update(len(kid).to_bytes(2, "big"))
+        h.update(kid)
+        h.update(len(plaintext).to_bytes(8, "big"))
+        h.update(plaintext)
+        r = int.from_bytes(h.digest(), "big") % R
+        if r:
+            return r
+
+
 def encrypt(mpk: G2, key_id: KeyId, plaintext: bytes, *, rng: RNG) -> bytes:
-    """Encrypt ``plaintext`` to ``key_id`` under the master public key alone."""
+    """Encrypt ``plaintext`` to the inbox ``key_id`` under the master public key alone.
+
+    ``key_id`` must be an inbox (:func:`inbox_key_id`), else ``ValueError``:
+    encrypting to an ordinary purpose would let every CVM that gets that
+    purpose's keys read the message. ``rng`` is the OS CSPRNG
+    (``os.urandom``) in production; ``r`` is hedged with the plaintext and
+    the id (:func:`hedged_scalar`), so a weak ``rng`` never makes two
+    different messages share a key and nonce.
+    """
+    if not is_inbox(key_id):
+        raise ValueError(
+            f"IBE encrypts to an inbox (purpose {INBOX_PREFIX}<name>), not to purpose "
+            f"{key_id.purpose!r}: that purpose's key holders could read it"
+        )
     if mpk.is_identity():
         raise InvalidEncoding("the master public key is the identity")
-    r = random_scalar(rng)
+    plaintext = bytes(plaintext)
+    r = hedged_scalar(mpk, key_id, plaintext, rng)
     header = Header(r * G2.generator(), key_id)
     k = pairing(derive_point_base(key_id), r * mpk)
     key, nonce = _aead_key(k, header, mpk)

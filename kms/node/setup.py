@@ -16,6 +16,7 @@ import trio
 
 from kms.node.config import NodeFileConfig, load
 from kms.node.service import JSONFormatter, NodeService
+from kms.secretfile import write_secret
 from kms.store import NodeStore, PassphraseSealer
 from mpc import hpke
 from mpc.dkg.messages import Participant
@@ -47,12 +48,6 @@ def participant_record(identity: SigningKey, dkg_public: bytes, index: int) -> P
     return Participant(index, identity.verify_key().to_bytes(), dkg_public, sig)
 
 
-def _write_secret(path: Path, data: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-
-
 def init_node(
     directory: Path,
     *,
@@ -70,8 +65,8 @@ def init_node(
     if (directory / "node.toml").exists():
         raise FileExistsError(f"{directory / 'node.toml'} exists: refusing to overwrite a node")
     passphrase = directory / "passphrase"
-    _write_secret(passphrase, secrets.token_hex(32) + "\n")
-    _write_secret(directory / "admin.token", secrets.token_hex(32) + "\n")
+    write_secret(passphrase, secrets.token_hex(32) + "\n")
+    write_secret(directory / "admin.token", secrets.token_hex(32) + "\n")
     identity_seed = secrets.token_bytes(32)
     dkg_seed = secrets.token_bytes(32)
     with NodeStore(directory / "node.db", PassphraseSealer.from_file(passphrase)) as store:

@@ -22,6 +22,8 @@ from mpc.secret import SecretBytes
 from mpc.tkd.derive import AppKey
 
 TYPED_KEY_SALT = b"quorum-kms/v1/typed-key"
+TYPED_KEY_INFO_PREFIX = b"quorum-kms/v1/typed-key/"
+"""HKDF info of a typed key: this prefix, then the kind (``aes-256``, ``x25519``, …)."""
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
@@ -30,7 +32,7 @@ def _expand(app_key: AppKey, kind: str, length: int) -> bytes:
         algorithm=hashes.SHA256(),
         length=length,
         salt=TYPED_KEY_SALT,
-        info=b"quorum-kms/v1/typed-key/" + kind.encode("ascii"),
+        info=TYPED_KEY_INFO_PREFIX + kind.encode("ascii"),
     ).derive(app_key.secret.data)
 
 

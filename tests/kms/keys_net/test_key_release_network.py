@@ -110,19 +110,31 @@ def test_encrypt_to_the_app_offline_then_decrypt_inside_the_cvm(
     opened = tmp_path / "opened"
     kms("decrypt", "--devnet", str(devnet), "--app", "demo", str(sealed), str(opened))
     assert opened.read_bytes() == plain.read_bytes()
+    # An inbox the demo policy does not list (it lists ibe.app): every node refuses it.
+    other_inbox = tmp_path / "other-inbox"
+    kms(
+        "encrypt",
+        "--mpk",
+        state["master_public_key"],
+        "--app",
+        state["apps"]["demo"],
+        "--inbox",
+        "archive",
+        str(plain),
+        str(other_inbox),
+    )
     other = kms(
         "decrypt",
         "--devnet",
         str(devnet),
         "--app",
         "demo",
-        "--purpose",
-        "disk",
-        str(sealed),
+        str(other_inbox),
         str(tmp_path / "x"),
         check=False,
     )
-    assert other.returncode == 1
+    assert other.returncode == 1 and "policy-refused" in other.stderr
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow

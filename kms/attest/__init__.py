@@ -107,16 +107,19 @@ node can say so in its status, metrics and logs.
 
 from __future__ import annotations
 
-from kms.attest.collateral import Collateral
+from kms.attest.collateral import Collateral, CollateralFloor
 from kms.attest.errors import MESSAGE_TABLE, QuoteFailure, QuoteVerificationError, classify
 from kms.attest.roots import INTEL_ROOT_CA, INTEL_ROOT_CA_SHA256
 from kms.attest.verify import (
     ADMISSIBLE_STATUSES,
     DEFAULT_ALLOWED_STATUSES,
+    ParsedQuote,
     TDFields,
     VerifiedQuote,
     Verifier,
+    check_pck_chain,
     parse_td_fields,
+    parse_tdx_quote,
     verify_quote,
 )
 
@@ -127,12 +130,16 @@ __all__ = [
     "INTEL_ROOT_CA_SHA256",
     "MESSAGE_TABLE",
     "Collateral",
+    "CollateralFloor",
+    "ParsedQuote",
     "QuoteFailure",
     "QuoteVerificationError",
     "TDFields",
     "VerifiedQuote",
     "Verifier",
+    "check_pck_chain",
     "classify",
     "parse_td_fields",
+    "parse_tdx_quote",
     "verify_quote",
 ]

@@ -471,7 +471,8 @@ class CollateralProvider:
         self.failure_ttl = failure_ttl
         self.max_platforms = max_platforms
         self._held: OrderedDict[tuple[str, str], Collateral] = OrderedDict()
-        self._failed: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._failed: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
+        """Platform -> (no fetch before, the failure's ``PCCSError.kind``)."""
         self._inflight: dict[tuple[str, str], trio.Event] = {}
         self._limiter = trio.CapacityLimiter(max_concurrent_fetches)
         self.fetches = 0
@@ -485,9 +486,14 @@ class CollateralProvider:
     def max_concurrent_fetches(self) -> int:
         return int(self._limiter.total_tokens)
 
-    def pending(self) -> int:
-        """Platforms with a fetch running or waiting for a slot."""
-        return len(self._inflight)
+    def sizes(self) -> dict[str, int]:
+        """How many platforms it holds collateral for, remembers a failed fetch of, and is
+        fetching (or waiting for a fetch slot) for: each bounded (see the class docstring)."""
+        return {
+            "held": len(self._held),
+            "failed": len(self._failed),
+            "fetching": len(self._inflight),
+        }
 
     def _floor(self) -> CollateralFloor | None:
         return self.client.floor if self.client is not None else None
@@ -504,8 +510,8 @@ class CollateralProvider:
         if held is not None and _fresh(held, now, self.min_validity, self._floor()):
             self._held.move_to_end(key)
             return
-        retry_at = self._failed.get(key)
-        if retry_at is not None and now < retry_at:
+        failed = self._failed.get(key)
+        if failed is not None and now < failed[0]:
             self.failures_cached += 1
             return
         running = self._inflight.get(key)
@@ -523,7 +529,7 @@ class CollateralProvider:
             self.fetch_failures += 1
             if exc.kind == "rollback":
                 self.rollbacks_refused += 1
-            self._failed[key] = now + self.failure_ttl
+            self._failed[key] = (now + self.failure_ttl, exc.kind)
             self._failed.move_to_end(key)
             while len(self._failed) > self.max_platforms:
                 self._failed.popitem(last=False)
@@ -566,6 +572,17 @@ class CollateralProvider:
                 self._keep(key, held)
         if held is None and self.fixed is not None and self.fixed.fmspc == key[0]:
             held = self.fixed
+        failed = self._failed.get(key)
+        if held is None and failed is not None and failed[1] in ("stale", "rollback"):
+            raise QuoteVerificationError(
+                QuoteFailure.COLLATERAL_STALE,
+                f"the PCCS served collateral for FMSPC {key[0]} that is "
+                + (
+                    "below this node's floor"
+                    if failed[1] == "stale"
+                    else "older than the collateral this node cached"
+                ),
+            )
         if held is None:
             raise QuoteVerificationError(
                 QuoteFailure.COLLATERAL_UNAVAILABLE,

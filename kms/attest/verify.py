@@ -505,6 +505,12 @@ class Verifier:
         """:func:`verify_quote` under each usable root in turn (see the class docstring)."""
         statuses = self._allowed_statuses if allowed_statuses is None else allowed_statuses
         coll = Collateral.coerce(collateral)
+        if isinstance(quote, ParsedQuote):
+            # Its PCK chain names the one root to verify under.
+            root = check_pck_chain(quote, self._roots, now=now)
+            return verify_quote(
+                quote, coll, now=now, allowed_statuses=statuses, root_ca=root, floor=self._floor
+            )
         refusal: QuoteVerificationError | None = None
         for root in self._roots:
             try:

@@ -779,6 +779,18 @@ class NodeService:
             c.client.refused["stale"] if c is not None and c.client is not None else 0,
             "counter",
         )
+        sizes = c.sizes() if c is not None else {}
+        lines.extend(
+            [
+                "# HELP qkms_collateral_platforms Platforms the collateral provider holds"
+                " collateral for, remembers a failed fetch of, or is fetching for (each bounded).",
+                "# TYPE qkms_collateral_platforms gauge",
+            ]
+        )
+        lines.extend(
+            f'qkms_collateral_platforms{{state="{k}"}} {sizes.get(k, 0)}'
+            for k in ("held", "failed", "fetching")
+        )
         gauge(
             "qkms_policies_learned_total",
             "App policies this node learned from a peer (gossip).",

@@ -66,6 +66,7 @@ def test_requests_failing_a_cheap_check_make_no_pccs_fetch(tmp_path: Path) -> No
         assert pccs.fetches == 1
         assert refused(await node.post(raw), "replayed-nonce")
         assert pccs.fetches == 1
+        assert 'reason="key request: replayed-nonce"} 1' in await node.metrics()
 
     run(main)
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import dcap_qvl
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from kms.attest.collateral import Collateral, CollateralFloor
 from kms.attest.errors import QuoteFailure, QuoteVerificationError, classify, one_line
@@ -253,6 +252,14 @@ def parse_tdx_quote(quote: bytes) -> ParsedQuote:
     return ParsedQuote(raw, fields, fields.fmspc, ca, chain)
 
 
+def _issued_by(cert: x509.Certificate, root: bytes) -> bool:
+    try:
+        cert.verify_directly_issued_by(x509.load_der_x509_certificate(root))
+    except Exception:  # another issuer name, a bad signature, another algorithm
+        return False
+    return True
+
+
 def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) -> bytes:
     """The root (DER, one of ``roots``) that the quote's PCK chain verifies to at ``now``.
 
@@ -275,18 +282,16 @@ def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) ->
                 raise QuoteVerificationError(
                     QuoteFailure.CERTIFICATE_CHAIN, "a PCK chain certificate is not valid now"
                 )
-    except (ValueError, TypeError, InvalidSignature) as exc:
+    except QuoteVerificationError:
+        raise
+    except Exception as exc:  # bad signature, wrong issuer, an unsupported algorithm, ...
         raise QuoteVerificationError(
             QuoteFailure.CERTIFICATE_CHAIN,
             f"the PCK chain does not verify: {type(exc).__name__}",
         ) from None
     for root in roots:
-        try:
-            anchor = x509.load_der_x509_certificate(root)
-            chain[-1].verify_directly_issued_by(anchor)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return root
+        if _issued_by(chain[-1], root):
+            return root
     raise QuoteVerificationError(
         QuoteFailure.UNTRUSTED_ROOT, "the PCK chain does not end at a pinned root"
     )

@@ -444,7 +444,8 @@ class CollateralProvider:
     What an anonymous client can make it do is bounded: one fetch per platform
     runs at a time (concurrent requests wait for it), at most
     ``max_concurrent_fetches`` run at once, a platform whose fetch failed is
-    not asked for again for ``failure_ttl`` seconds, and at most
+    not asked for again for ``failure_ttl`` seconds (nor one just fetched, in
+    case its PCCS keeps serving collateral close to its end), and at most
     ``max_platforms`` platforms are remembered (fresh collateral and failures
     each; least recently used dropped first). Nothing is kept per platform
     once its fetch ends but its result. Collateral in memory is never replaced
@@ -471,8 +472,8 @@ class CollateralProvider:
         self.failure_ttl = failure_ttl
         self.max_platforms = max_platforms
         self._held: OrderedDict[tuple[str, str], Collateral] = OrderedDict()
-        self._failed: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
-        """Platform -> (no fetch before, the failure's ``PCCSError.kind``)."""
+        self._fetched: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
+        """Platform -> (no fetch before, ``"ok"`` or the failure's ``PCCSError.kind``)."""
         self._inflight: dict[tuple[str, str], trio.Event] = {}
         self._limiter = trio.CapacityLimiter(max_concurrent_fetches)
         self.fetches = 0
@@ -491,7 +492,7 @@ class CollateralProvider:
         fetching (or waiting for a fetch slot) for: each bounded (see the class docstring)."""
         return {
             "held": len(self._held),
-            "failed": len(self._failed),
+            "failed": sum(1 for _, kind in self._fetched.values() if kind != "ok"),
             "fetching": len(self._inflight),
         }
 
@@ -510,9 +511,10 @@ class CollateralProvider:
         if held is not None and _fresh(held, now, self.min_validity, self._floor()):
             self._held.move_to_end(key)
             return
-        failed = self._failed.get(key)
-        if failed is not None and now < failed[0]:
-            self.failures_cached += 1
+        last = self._fetched.get(key)
+        if last is not None and now < last[0]:
+            if last[1] != "ok":
+                self.failures_cached += 1
             return
         running = self._inflight.get(key)
         if running is not None:
@@ -529,16 +531,19 @@ class CollateralProvider:
             self.fetch_failures += 1
             if exc.kind == "rollback":
                 self.rollbacks_refused += 1
-            self._failed[key] = (now + self.failure_ttl, exc.kind)
-            self._failed.move_to_end(key)
-            while len(self._failed) > self.max_platforms:
-                self._failed.popitem(last=False)
+            self._remember(key, now, exc.kind)
         else:
-            self._failed.pop(key, None)
+            self._remember(key, now, "ok")
             self._keep(key, got)
         finally:
             del self._inflight[key]
             done.set()
+
+    def _remember(self, key: tuple[str, str], now: int, kind: str) -> None:
+        self._fetched[key] = (now + self.failure_ttl, kind)
+        self._fetched.move_to_end(key)
+        while len(self._fetched) > self.max_platforms:
+            self._fetched.popitem(last=False)
 
     def _keep(self, key: tuple[str, str], collateral: Collateral) -> None:
         held = self._held.get(key)
@@ -572,14 +577,14 @@ class CollateralProvider:
                 self._keep(key, held)
         if held is None and self.fixed is not None and self.fixed.fmspc == key[0]:
             held = self.fixed
-        failed = self._failed.get(key)
-        if held is None and failed is not None and failed[1] in ("stale", "rollback"):
+        last = self._fetched.get(key)
+        if held is None and last is not None and last[1] in ("stale", "rollback"):
             raise QuoteVerificationError(
                 QuoteFailure.COLLATERAL_STALE,
                 f"the PCCS served collateral for FMSPC {key[0]} that is "
                 + (
                     "below this node's floor"
-                    if failed[1] == "stale"
+                    if last[1] == "stale"
                     else "older than the collateral this node cached"
                 ),
             )

@@ -275,3 +275,21 @@ def test_a_policy_cannot_widen_the_node_floor_on_tcb_statuses(tmp_path: Path) ->
         assert refused(answer, "policy-refused"), answer
 
     run(main)
+
+
+def test_collateral_near_its_end_is_not_refetched_on_every_request(tmp_path: Path) -> None:
+    genuine = tee(6)
+    # The PCCS keeps serving collateral that expires in 30 minutes: never fresh for an
+    # hour, so every request would otherwise ask for it again.
+    pccs = CountingPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW, lifetime=1800)})
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der], failure_ttl=60)
+
+    async def main() -> None:
+        for k in range(6):
+            assert isinstance(await node.post(node.request(genuine, seed=k)), KeyResponse)
+        assert pccs.fetches == 1
+        node.clock.t += 61
+        assert isinstance(await node.post(node.request(genuine, seed=10)), KeyResponse)
+        assert pccs.fetches == 2
+
+    run(main)

@@ -18,8 +18,21 @@ the network: the caller passes `now` (unix seconds) and the collateral, which
   (bytes), `version`, `fmspc`, `simulated` and the full TD report (`fields`).
 - `parse_td_fields(quote) -> TDFields | None`: the TD report without
   verification, so that a refusal can say what the TD claimed to be.
-- `Verifier(roots, *, simulated_allowed)`: the roots a node trusts. Intel's
-  root is tried first; simulated roots only if `simulated_allowed`.
+- `verify_quote(..., floor=CollateralFloor(...))` first refuses collateral
+  older than the floor (`COLLATERAL_STALE`: `tcbEvaluationDataNumber` or
+  issue date below it, or older than its maximum age);
+  `VerifiedQuote.tcb_evaluation_data_number` is the collateral's (the lower of
+  TCB Info's and QE Identity's).
+- `parse_tdx_quote(quote) -> ParsedQuote` and `check_pck_chain(parsed, roots,
+  *, now)`: the cheap part, before any collateral is needed: the quote parses
+  as TDX with an embedded PCK chain, and that chain verifies to a pinned root
+  (revocation is left to verification). `verify_quote` takes a `ParsedQuote`
+  as well as bytes, so a caller parses once.
+- `Verifier(roots, *, simulated_allowed, allowed_statuses, floor)`: the roots
+  a node trusts, its floor on TCB statuses and on collateral. Intel's root is
+  tried first; simulated roots only if `simulated_allowed`. `precheck(quote,
+  now=…)` is the cheap part; `verify` of a `ParsedQuote` verifies under the
+  root its PCK chain verifies to.
 - `Collateral`: dcap-qvl's `QuoteCollateralV3`, in its JSON form (hex for
   bytes) or as an object.
 - `INTEL_ROOT_CA`: Intel's SGX Root CA, DER, compiled in (SHA-256
@@ -107,16 +120,19 @@ node can say so in its status, metrics and logs.
 
 from __future__ import annotations
 
-from kms.attest.collateral import Collateral
+from kms.attest.collateral import Collateral, CollateralFloor
 from kms.attest.errors import MESSAGE_TABLE, QuoteFailure, QuoteVerificationError, classify
 from kms.attest.roots import INTEL_ROOT_CA, INTEL_ROOT_CA_SHA256
 from kms.attest.verify import (
     ADMISSIBLE_STATUSES,
     DEFAULT_ALLOWED_STATUSES,
+    ParsedQuote,
     TDFields,
     VerifiedQuote,
     Verifier,
+    check_pck_chain,
     parse_td_fields,
+    parse_tdx_quote,
     verify_quote,
 )
 
@@ -127,12 +143,16 @@ __all__ = [
     "INTEL_ROOT_CA_SHA256",
     "MESSAGE_TABLE",
     "Collateral",
+    "CollateralFloor",
+    "ParsedQuote",
     "QuoteFailure",
     "QuoteVerificationError",
     "TDFields",
     "VerifiedQuote",
     "Verifier",
+    "check_pck_chain",
     "classify",
     "parse_td_fields",
+    "parse_tdx_quote",
     "verify_quote",
 ]

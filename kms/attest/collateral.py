@@ -195,6 +195,39 @@ class Collateral:
                 raise _malformed(f"{name} {key} is not an RFC 3339 time") from None
         return out
 
+    @property
+    def tcb_evaluation_data_number(self) -> int:
+        """The lower ``tcbEvaluationDataNumber`` of TCB Info and QE Identity: which of
+        Intel's TCB recovery events the collateral already accounts for."""
+        numbers = []
+        for name in ("tcb_info", "qe_identity"):
+            value = self._document(name).get("tcbEvaluationDataNumber")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise _malformed(f"{name} has no tcbEvaluationDataNumber")
+            numbers.append(value)
+        return min(numbers)
+
+    def issue_date(self) -> int:
+        """The earlier ``issueDate`` of TCB Info and QE Identity (unix seconds): the age of
+        the oldest signed document in the collateral."""
+        return min(self._dates("issueDate"))
+
+    def freshness(self) -> tuple[int, int, int, int, int]:
+        """What orders collateral of one platform in time: TCB evaluation data number,
+        TCB Info and QE Identity ``issueDate``, root CA and PCK CRL ``thisUpdate``.
+
+        Collateral from an honest PCCS never goes backwards in any of these; see
+        :meth:`older_than`."""
+        tcb, qe = self._dates("issueDate")
+        root, pck = (int(c.last_update_utc.timestamp()) for c in self._crls())
+        return (self.tcb_evaluation_data_number, tcb, qe, root, pck)
+
+    def older_than(self, other: Collateral) -> bool:
+        """Whether any part of this collateral is older than the same part of ``other``:
+        replacing ``other`` with it would roll something back (a TCB recovery, a
+        revocation)."""
+        return any(a < b for a, b in zip(self.freshness(), other.freshness(), strict=True))
+
     def _crls(self) -> list[x509.CertificateRevocationList]:
         try:
             return [x509.load_der_x509_crl(self.root_ca_crl), x509.load_der_x509_crl(self.pck_crl)]
@@ -217,3 +250,55 @@ class Collateral:
                 raise _malformed("a CRL has no nextUpdate")
             times.append(int(nu.timestamp()) - 1)
         return min(times)
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralFloor:
+    """The oldest collateral a node accepts (``[node]`` settings in ``node.toml``).
+
+    ``min_tcb_evaluation_data_number``: TCB Info and QE Identity must both carry at least
+    this ``tcbEvaluationDataNumber`` (0: no floor). ``min_issue_date``: both must be issued
+    at or after this time (unix seconds; 0: no floor). ``max_age``: both must be issued at
+    most this many seconds before the verification time (``None``: only their
+    ``nextUpdate`` bounds their age).
+    """
+
+    min_tcb_evaluation_data_number: int = 0
+    min_issue_date: int = 0
+    max_age: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_tcb_evaluation_data_number", "min_issue_date"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer")
+        if self.max_age is not None and (
+            isinstance(self.max_age, bool) or not isinstance(self.max_age, int) or self.max_age <= 0
+        ):
+            raise ValueError("max_age must be a positive number of seconds or None")
+
+    def check(self, collateral: Collateral, now: int) -> None:
+        """Raise :class:`QuoteVerificationError` (``COLLATERAL_STALE``) if ``collateral`` is
+        older than this floor at ``now`` (``MALFORMED_COLLATERAL`` if it does not say)."""
+        number = collateral.tcb_evaluation_data_number
+        if number < self.min_tcb_evaluation_data_number:
+            raise QuoteVerificationError(
+                QuoteFailure.COLLATERAL_STALE,
+                f"tcbEvaluationDataNumber {number} is below this node's floor "
+                f"{self.min_tcb_evaluation_data_number}",
+            )
+        issued = collateral.issue_date()
+        if issued < self.min_issue_date:
+            raise QuoteVerificationError(
+                QuoteFailure.COLLATERAL_STALE,
+                f"issued at {issued}, before this node's floor {self.min_issue_date}",
+            )
+        if self.max_age is not None and now - issued > self.max_age:
+            raise QuoteVerificationError(
+                QuoteFailure.COLLATERAL_STALE,
+                f"issued {now - issued} s ago, more than this node's maximum age {self.max_age} s",
+            )
+
+    def fresh_until(self, collateral: Collateral) -> int | None:
+        """The last second this floor accepts ``collateral`` at (``None``: no age limit)."""
+        return None if self.max_age is None else collateral.issue_date() + self.max_age

@@ -33,6 +33,10 @@ class QuoteFailure(enum.Enum):
     COLLATERAL_UNAVAILABLE = "COLLATERAL_UNAVAILABLE"
     """The node has no collateral for the quote's platform: its PCCS could not be
     reached (or does not know the FMSPC) and nothing is cached."""
+    COLLATERAL_STALE = "COLLATERAL_STALE"
+    """The collateral verifies but is older than the node accepts: its TCB evaluation data
+    number or issue date is below the node's floor, or it is older than the node's
+    maximum collateral age."""
     COLLATERAL_MISMATCH = "COLLATERAL_MISMATCH"
     """Collateral for another platform or TEE: FMSPC differs, SGX TCB Info for a TDX quote,
     a QE Identity that is not ``TD_QE``."""

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import tempfile
+from collections import Counter, OrderedDict
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -48,8 +49,9 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kms.attest.collateral import Collateral
+from kms.attest.collateral import Collateral, CollateralFloor
 from kms.attest.errors import QuoteFailure, QuoteVerificationError, one_line
+from kms.attest.verify import ParsedQuote
 
 CAS = ("platform", "processor")
 """The PCK CAs a PCK certificate can be issued by."""
@@ -63,8 +65,26 @@ _HEX_BODY = re.compile(rb"\s*(?:[0-9A-Fa-f]{2})+\s*")
 _WS = re.compile(r"[ \t\n\r]*")
 
 
+DEFAULT_MAX_CONCURRENT_FETCHES = 4
+"""Collateral fetches a node runs at once (each is four GETs to the PCCS)."""
+DEFAULT_FAILURE_TTL = 60
+"""Seconds a platform whose fetch failed is not asked for again."""
+DEFAULT_MAX_PLATFORMS = 1024
+"""Platforms a node keeps collateral (and failed fetches) for in memory, least recently
+used dropped first."""
+
+
 class PCCSError(Exception):
-    """The PCCS could not be reached, or answered with something that is not collateral."""
+    """The PCCS could not be reached, or answered with something that is not collateral.
+
+    ``kind`` says which: ``"unavailable"`` (unreachable, an HTTP error, malformed or
+    mismatched collateral), ``"stale"`` (below the node's collateral floor) or
+    ``"rollback"`` (older than the collateral already cached).
+    """
+
+    def __init__(self, message: str, kind: str = "unavailable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def platform_of(quote: bytes) -> tuple[str, str]:
@@ -239,6 +259,7 @@ class PCCSClient:
         timeout: float = DEFAULT_TIMEOUT,
         verify_tls: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        floor: CollateralFloor | None = None,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
             raise ValueError("a PCCS URL is required")
@@ -252,6 +273,9 @@ class PCCSClient:
         self._timeout = timeout
         self._verify_tls = verify_tls
         self._transport = transport
+        self.floor = floor or CollateralFloor()
+        self.refused: Counter[str] = Counter()
+        """Fetched collateral refused, by ``PCCSError.kind`` (``stale``, ``rollback``)."""
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -278,8 +302,40 @@ class PCCSClient:
                 return unquote(value)
         raise PCCSError(f"{response.request.url}: no {' or '.join(names)} header")
 
-    async def fetch(self, fmspc: str, ca: str = "platform", *, tee: str = "tdx") -> Collateral:
-        """Fetch the collateral of one platform family from the PCCS (and cache it)."""
+    async def fetch(
+        self, fmspc: str, ca: str = "platform", *, tee: str = "tdx", now: int | None = None
+    ) -> Collateral:
+        """Fetch the collateral of one platform family from the PCCS (and cache it).
+
+        Collateral below the floor (:class:`CollateralFloor`; its age is judged at ``now``
+        when given) or older in any part than the cached one (:meth:`Collateral.older_than`)
+        is refused (:class:`PCCSError` of kind ``stale`` or ``rollback``) and not cached:
+        a PCCS, or whoever sits between it and the node, cannot roll collateral back.
+        """
+        collateral = await self._download(fmspc, ca, tee)
+        fmspc, ca = _check_key(fmspc, ca)
+        try:
+            self.floor.check(collateral, collateral.issue_date() if now is None else now)
+        except QuoteVerificationError as exc:
+            self.refused["stale"] += 1
+            raise PCCSError(f"the PCCS sent stale collateral: {exc}", "stale") from None
+        if self.cache is not None:
+            cached = await trio.to_thread.run_sync(self.cache.load, fmspc, ca)
+            try:
+                rolled_back = cached is not None and collateral.older_than(cached)
+            except QuoteVerificationError:
+                rolled_back = False  # a cached file that says nothing is simply replaced
+            if rolled_back:
+                self.refused["rollback"] += 1
+                raise PCCSError(
+                    f"the PCCS sent collateral for {fmspc} older than the cached one "
+                    "(TCB evaluation data number, issue date or CRL); kept the cached one",
+                    "rollback",
+                )
+            await trio.to_thread.run_sync(self.cache.store, fmspc, ca, collateral)
+        return collateral
+
+    async def _download(self, fmspc: str, ca: str, tee: str) -> Collateral:
         fmspc, ca = _check_key(fmspc, ca)
         if tee not in ("tdx", "sgx"):
             raise ValueError("tee must be 'tdx' or 'sgx'")
@@ -325,33 +381,48 @@ class PCCSClient:
             raise PCCSError(f"the PCCS sent malformed collateral: {exc.message}") from None
         if served != fmspc:
             raise PCCSError(f"asked for FMSPC {fmspc}, the PCCS sent TCB Info for {served}")
-        if self.cache is not None:
-            await trio.to_thread.run_sync(self.cache.store, fmspc, ca, collateral)
         return collateral
 
     async def collateral_for(
-        self, quote: bytes, *, now: int, min_validity: int = DEFAULT_MIN_VALIDITY
+        self,
+        quote: bytes | ParsedQuote,
+        *,
+        now: int,
+        min_validity: int = DEFAULT_MIN_VALIDITY,
+        fallback: bool = True,
     ) -> Collateral:
         """Collateral to verify ``quote`` at ``now``: the cached one while it verifies until
-        ``now + min_validity``, else a fresh one from the PCCS, else (PCCS unreachable) the
-        cached one if any. Raises :class:`PCCSError` when there is none."""
-        fmspc, ca, tee = _platform(quote)
+        ``now + min_validity``, else a fresh one from the PCCS, else (PCCS unreachable, or
+        its collateral refused) the cached one if any and ``fallback``. Raises
+        :class:`PCCSError` when there is none."""
+        if isinstance(quote, ParsedQuote):
+            (fmspc, ca), tee = quote.platform, "tdx"
+        else:
+            fmspc, ca, tee = _platform(quote)
         cached = None
         if self.cache is not None:
             cached = await trio.to_thread.run_sync(self.cache.load, fmspc, ca)
-        if cached is not None and _fresh(cached, now, min_validity):
+        if cached is not None and _fresh(cached, now, min_validity, self.floor):
             return cached
         try:
-            return await self.fetch(fmspc, ca, tee=tee)
+            return await self.fetch(fmspc, ca, tee=tee, now=now)
         except PCCSError:
-            if cached is not None:
+            if cached is not None and fallback:
                 return cached
             raise
 
 
-def _fresh(collateral: Collateral, now: int, min_validity: int) -> bool:
+def _fresh(
+    collateral: Collateral, now: int, min_validity: int, floor: CollateralFloor | None = None
+) -> bool:
+    """Whether ``collateral`` still verifies, and is young enough for ``floor``, at
+    ``now + min_validity``."""
     try:
-        return collateral.valid_from() <= now and now + min_validity <= collateral.valid_until()
+        until = collateral.valid_until()
+        aged = floor.fresh_until(collateral) if floor is not None else None
+        if aged is not None:
+            until = min(until, aged)
+        return collateral.valid_from() <= now and now + min_validity <= until
     except QuoteVerificationError:
         return False
 
@@ -360,15 +431,25 @@ class CollateralProvider:
     """The collateral a node verifies quotes with: from its PCCS and cache, and/or a file.
 
     The key releaser is synchronous and never waits on the network, so the
-    node's shell first awaits :meth:`prepare` for the request's quote (served
-    from memory while fresh, else the PCCS client's ``collateral_for``: cache,
-    fetch, or the cache again when the PCCS is down), then the releaser calls
+    node's shell first runs the releaser's cheap checks (which end with the
+    quote's PCK chain verified to a pinned root), then awaits :meth:`prepare`
+    for the checked quote's platform (served from memory while fresh, else the
+    PCCS client's ``collateral_for``: cache or fetch), then the releaser calls
     :meth:`get`, which reads memory, then the disk cache, then the fixed
     collateral (``collateral_file``) if it is for the quote's platform. A
     quote whose platform has none of these is refused with
-    ``COLLATERAL_UNAVAILABLE``. One fetch per platform runs at a time;
-    concurrent requests wait for it. Checks that cannot await (a join
-    request's quote, checked inside the node core) use :meth:`get` alone.
+    ``COLLATERAL_UNAVAILABLE``. Checks that cannot await (a join request's
+    quote, checked inside the node core) use :meth:`get` alone.
+
+    What an anonymous client can make it do is bounded: one fetch per platform
+    runs at a time (concurrent requests wait for it), at most
+    ``max_concurrent_fetches`` run at once, a platform whose fetch failed is
+    not asked for again for ``failure_ttl`` seconds (nor one just fetched, in
+    case its PCCS keeps serving collateral close to its end), and at most
+    ``max_platforms`` platforms are remembered (fresh collateral and failures
+    each; least recently used dropped first). Nothing is kept per platform
+    once its fetch ends but its result. Collateral in memory is never replaced
+    by older collateral (:meth:`Collateral.older_than`).
     """
 
     def __init__(
@@ -377,64 +458,136 @@ class CollateralProvider:
         *,
         fixed: Collateral | None = None,
         min_validity: int = DEFAULT_MIN_VALIDITY,
+        max_concurrent_fetches: int = DEFAULT_MAX_CONCURRENT_FETCHES,
+        failure_ttl: int = DEFAULT_FAILURE_TTL,
+        max_platforms: int = DEFAULT_MAX_PLATFORMS,
     ) -> None:
         if client is None and fixed is None:
             raise ValueError("give a PCCS client, a fixed collateral, or both")
+        if max_concurrent_fetches < 1 or max_platforms < 1 or failure_ttl < 0:
+            raise ValueError("fetch and platform bounds must be positive")
         self.client = client
         self.fixed = fixed
         self.min_validity = min_validity
-        self._held: dict[tuple[str, str], Collateral] = {}
-        self._locks: dict[tuple[str, str], trio.Lock] = {}
+        self.failure_ttl = failure_ttl
+        self.max_platforms = max_platforms
+        self._held: OrderedDict[tuple[str, str], Collateral] = OrderedDict()
+        self._fetched: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
+        """Platform -> (no fetch before, ``"ok"`` or the failure's ``PCCSError.kind``)."""
+        self._inflight: dict[tuple[str, str], trio.Event] = {}
+        self._limiter = trio.CapacityLimiter(max_concurrent_fetches)
+        self.fetches = 0
+        """Fetches started (each asks the PCCS, unless the disk cache is fresh)."""
         self.fetch_failures = 0
-        self._last_platform: tuple[bytes, tuple[str, str]] | None = None
+        self.failures_cached = 0
+        """Requests that found their platform's last fetch failed and did not fetch."""
+        self.rollbacks_refused = 0
 
-    async def prepare(self, quote: bytes, *, now: int) -> None:
-        """Make sure :meth:`get` can answer for ``quote`` (never raises for bad input)."""
+    @property
+    def max_concurrent_fetches(self) -> int:
+        return int(self._limiter.total_tokens)
+
+    def sizes(self) -> dict[str, int]:
+        """How many platforms it holds collateral for, remembers a failed fetch of, and is
+        fetching (or waiting for a fetch slot) for: each bounded (see the class docstring)."""
+        return {
+            "held": len(self._held),
+            "failed": sum(1 for _, kind in self._fetched.values() if kind != "ok"),
+            "fetching": len(self._inflight),
+        }
+
+    def _floor(self) -> CollateralFloor | None:
+        return self.client.floor if self.client is not None else None
+
+    async def prepare(self, quote: ParsedQuote, *, now: int) -> None:
+        """Make sure :meth:`get` can answer for ``quote`` (never raises for bad input).
+
+        ``quote`` is one the caller's cheap checks accepted (its PCK chain verifies to a
+        pinned root), so only genuine platforms are ever fetched for."""
         if self.client is None:
             return
-        try:
-            key = self._platform(quote)
-        except PCCSError:
-            return  # the releaser refuses the quote itself
+        key = quote.platform
         held = self._held.get(key)
-        if held is not None and _fresh(held, now, self.min_validity):
+        if held is not None and _fresh(held, now, self.min_validity, self._floor()):
+            self._held.move_to_end(key)
             return
-        lock = self._locks.setdefault(key, trio.Lock())
-        async with lock:
-            held = self._held.get(key)
-            if held is not None and _fresh(held, now, self.min_validity):
-                return
-            try:
-                self._held[key] = await self.client.collateral_for(
-                    quote, now=now, min_validity=self.min_validity
+        last = self._fetched.get(key)
+        if last is not None and now < last[0]:
+            if last[1] != "ok":
+                self.failures_cached += 1
+            return
+        running = self._inflight.get(key)
+        if running is not None:
+            await running.wait()
+            return
+        done = self._inflight[key] = trio.Event()
+        try:
+            async with self._limiter:
+                self.fetches += 1
+                got = await self.client.collateral_for(
+                    quote, now=now, min_validity=self.min_validity, fallback=False
                 )
-            except PCCSError:
-                self.fetch_failures += 1  # held (if any) stays; verification decides
+        except PCCSError as exc:
+            self.fetch_failures += 1
+            if exc.kind == "rollback":
+                self.rollbacks_refused += 1
+            self._remember(key, now, exc.kind)
+        else:
+            self._remember(key, now, "ok")
+            self._keep(key, got)
+        finally:
+            del self._inflight[key]
+            done.set()
 
-    def _platform(self, quote: bytes) -> tuple[str, str]:
-        """``platform_of``, remembered for the last quote (``prepare`` then ``get`` ask twice)."""
-        last = self._last_platform
-        if last is not None and last[0] == quote:
-            return last[1]
-        key = platform_of(quote)
-        self._last_platform = (bytes(quote), key)
-        return key
+    def _remember(self, key: tuple[str, str], now: int, kind: str) -> None:
+        self._fetched[key] = (now + self.failure_ttl, kind)
+        self._fetched.move_to_end(key)
+        while len(self._fetched) > self.max_platforms:
+            self._fetched.popitem(last=False)
 
-    def get(self, quote: bytes) -> Collateral:
+    def _keep(self, key: tuple[str, str], collateral: Collateral) -> None:
+        held = self._held.get(key)
+        try:
+            older = held is not None and collateral.older_than(held)
+        except QuoteVerificationError:
+            older = False
+        if older:
+            self.rollbacks_refused += 1
+            return
+        self._held[key] = collateral
+        self._held.move_to_end(key)
+        while len(self._held) > self.max_platforms:
+            self._held.popitem(last=False)
+
+    def get(self, quote: bytes | ParsedQuote) -> Collateral:
         """The collateral for ``quote``'s platform, without touching the network."""
         if self.client is None and self.fixed is not None:
             return self.fixed
-        try:
-            key = self._platform(quote)
-        except PCCSError as exc:
-            raise QuoteVerificationError(QuoteFailure.MALFORMED_QUOTE, str(exc)) from None
+        if isinstance(quote, ParsedQuote):
+            key = quote.platform
+        else:
+            try:
+                key = platform_of(quote)
+            except PCCSError as exc:
+                raise QuoteVerificationError(QuoteFailure.MALFORMED_QUOTE, str(exc)) from None
         held = self._held.get(key)
         if held is None and self.client is not None and self.client.cache is not None:
             held = self.client.cache.load(*key)
             if held is not None:
-                self._held[key] = held
+                self._keep(key, held)
         if held is None and self.fixed is not None and self.fixed.fmspc == key[0]:
             held = self.fixed
+        last = self._fetched.get(key)
+        if held is None and last is not None and last[1] in ("stale", "rollback"):
+            raise QuoteVerificationError(
+                QuoteFailure.COLLATERAL_STALE,
+                f"the PCCS served collateral for FMSPC {key[0]} that is "
+                + (
+                    "below this node's floor"
+                    if last[1] == "stale"
+                    else "older than the collateral this node cached"
+                ),
+            )
         if held is None:
             raise QuoteVerificationError(
                 QuoteFailure.COLLATERAL_UNAVAILABLE,

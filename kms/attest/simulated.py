@@ -396,11 +396,18 @@ class SimulatedTEE:
         *,
         lifetime: int = COLLATERAL_LIFETIME,
         revoke: Iterable[str] = (),
+        evaluation_data_number: int | None = None,
     ) -> dict[str, str]:
         """Collateral in dcap-qvl's ``QuoteCollateralV3`` JSON form, valid from a day before
         ``now`` until ``now + lifetime`` (CRLs stale at that second, TCB Info and QE Identity
         one second later). ``revoke`` lists certificates to put on the CRLs, among
-        ``"pck_ca"``, ``"tcb_signing"`` and ``"pck"``."""
+        ``"pck_ca"``, ``"tcb_signing"`` and ``"pck"``. ``evaluation_data_number`` is the
+        ``tcbEvaluationDataNumber`` of TCB Info and QE Identity (by default the one this
+        TEE was made with)."""
+        if evaluation_data_number is None:
+            evaluation_data_number = self.tcb_evaluation_data_number
+        if isinstance(evaluation_data_number, bool) or not isinstance(evaluation_data_number, int):
+            raise ValueError("evaluation_data_number must be an integer")
         revoke = frozenset(revoke)
         unknown = revoke - {"pck_ca", "tcb_signing", "pck"}
         if unknown:
@@ -428,8 +435,8 @@ class SimulatedTEE:
             number=number,
             revoked=[self._pck.serial] if "pck" in revoke else [],
         )
-        tcb_info = _json(self._tcb_info(issued, next_update))
-        qe_identity = _json(self._qe_identity(issued, next_update))
+        tcb_info = _json(self._tcb_info(issued, next_update, evaluation_data_number))
+        qe_identity = _json(self._qe_identity(issued, next_update, evaluation_data_number))
         signer_chain = self._tcb_signer.pem + self._root.pem
         return {
             "pck_crl_issuer_chain": self._pck_ca.pem + self._root.pem,
@@ -550,7 +557,7 @@ class SimulatedTEE:
         )
         return struct.pack("<HI", CERT_DATA_QE_REPORT, len(inner)) + inner
 
-    def _tcb_info(self, issued: int, next_update: int) -> dict[str, object]:
+    def _tcb_info(self, issued: int, next_update: int, number: int) -> dict[str, object]:
         """TCB Info v3 for TDX (notes §4, §5): one level that matches this platform exactly,
         carrying the chosen status, and a lower OutOfDate level that it never falls to."""
         tcb_date = rfc3339(self.epoch - self.epoch % DAY)
@@ -579,7 +586,7 @@ class SimulatedTEE:
             "fmspc": self.fmspc.hex().upper(),
             "pceId": PCE_ID.hex().upper(),
             "tcbType": 0,
-            "tcbEvaluationDataNumber": self.tcb_evaluation_data_number,
+            "tcbEvaluationDataNumber": number,
             "tdxModule": {
                 "mrsigner": _ZERO48.hex().upper(),
                 "attributes": "0000000000000000",
@@ -606,14 +613,14 @@ class SimulatedTEE:
             ],
         }
 
-    def _qe_identity(self, issued: int, next_update: int) -> dict[str, object]:
+    def _qe_identity(self, issued: int, next_update: int, number: int) -> dict[str, object]:
         """QE Identity v2 for the TD quoting enclave (notes §4)."""
         return {
             "id": "TD_QE",
             "version": 2,
             "issueDate": rfc3339(issued),
             "nextUpdate": rfc3339(next_update),
-            "tcbEvaluationDataNumber": 17,
+            "tcbEvaluationDataNumber": number,
             "miscselect": "00000000",
             "miscselectMask": "FFFFFFFF",
             "attributes": "11000000000000000000000000000000",

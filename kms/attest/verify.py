@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dcap_qvl
+from cryptography import x509
 
-from kms.attest.collateral import Collateral
+from kms.attest.collateral import Collateral, CollateralFloor
 from kms.attest.errors import QuoteFailure, QuoteVerificationError, classify, one_line
 from kms.attest.roots import INTEL_ROOT_CA
 
@@ -107,7 +109,8 @@ class VerifiedQuote:
     fields: TDFields
     """The whole TD report (MRCONFIGID, MROWNER, TD attributes, ...)."""
     tcb_evaluation_data_number: int = 0
-    """``tcbEvaluationDataNumber`` of the TCB info the quote was verified against."""
+    """The collateral's ``tcbEvaluationDataNumber`` (the lower of TCB Info's and QE
+    Identity's): the TCB recovery the verdict accounts for."""
     platform_instance_id: bytes | None = None
     """The PCK certificate's platform instance id (SGX extension, 16 bytes), if any."""
 
@@ -189,6 +192,115 @@ def parse_td_fields(quote: bytes) -> TDFields | None:
     return _td_fields(parsed)
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class ParsedQuote:
+    """A TDX quote that decodes, parsed once: its bytes, TD fields and platform.
+
+    Nothing in it is trustworthy until :func:`verify_quote` accepts it; it only says
+    what a verification would need (which collateral) and lets cheap checks run first.
+    """
+
+    raw: bytes
+    fields: TDFields
+    fmspc: str
+    """The PCK certificate's FMSPC, 12 upper-case hex digits."""
+    ca: str
+    """The PCK certificate's issuer: ``"platform"`` or ``"processor"``."""
+    pck_chain: tuple[x509.Certificate, ...]
+    """The PCK chain embedded in the quote, leaf first."""
+    platform_instance_id: bytes | None = None
+    """The PCK certificate's platform instance id (SGX extension), if any."""
+
+    @property
+    def platform(self) -> tuple[str, str]:
+        """``(FMSPC, CA)``: which collateral verifies this quote."""
+        return self.fmspc, self.ca
+
+    def __repr__(self) -> str:
+        return f"ParsedQuote(fmspc={self.fmspc}, ca={self.ca}, version={self.fields.version})"
+
+
+def parse_tdx_quote(quote: bytes) -> ParsedQuote:
+    """Parse a TDX quote (v4 or v5) with an embedded PCK chain, verifying nothing.
+
+    Raises :class:`QuoteVerificationError`: ``MALFORMED_QUOTE``, ``NOT_TDX``,
+    ``UNSUPPORTED_QUOTE`` or ``CERTIFICATE_CHAIN`` (no readable PCK chain or FMSPC).
+    """
+    if not isinstance(quote, bytes | bytearray | memoryview):
+        raise TypeError(f"quote must be bytes, not {type(quote).__name__}")
+    raw = bytes(quote)
+    parsed = _parse(raw)
+    fields = _td_fields(parsed)
+    if fields is None:
+        tee_type = parsed.header.tee_type
+        kind = "SGX" if tee_type == 0 else f"TEE type {tee_type:#x}"
+        raise QuoteVerificationError(QuoteFailure.NOT_TDX, f"not a TDX quote ({kind})")
+    if fields.version not in TDX_QUOTE_VERSIONS:
+        raise QuoteVerificationError(
+            QuoteFailure.UNSUPPORTED_QUOTE, f"TDX quote version {fields.version}"
+        )
+    try:
+        ca = str(parsed.ca())
+        pem = parsed.cert_chain_pem_bytes()
+        chain = tuple(x509.load_pem_x509_certificates(bytes(pem).rstrip(b"\0"))) if pem else ()
+    except Exception as exc:  # dcap-qvl raises ValueError, cryptography ValueError
+        raise QuoteVerificationError(
+            QuoteFailure.CERTIFICATE_CHAIN, f"unreadable PCK chain: {one_line(str(exc))}"
+        ) from None
+    except BaseException as exc:
+        raise _panic(exc) from None
+    if fields.fmspc is None or len(chain) < 2 or ca not in ("platform", "processor"):
+        raise QuoteVerificationError(
+            QuoteFailure.CERTIFICATE_CHAIN, "the quote carries no usable PCK chain"
+        )
+    return ParsedQuote(raw, fields, fields.fmspc, ca, chain, _platform_instance_id(parsed))
+
+
+def _issued_by(cert: x509.Certificate, root: bytes) -> bool:
+    try:
+        cert.verify_directly_issued_by(x509.load_der_x509_certificate(root))
+    except Exception:  # another issuer name, a bad signature, another algorithm
+        return False
+    return True
+
+
+def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) -> bytes:
+    """The root (DER, one of ``roots``) that the quote's PCK chain verifies to at ``now``.
+
+    Checks each certificate's signature by the next one and the last non-self-signed
+    one's by a pinned root (the quote's own copy of the root is ignored), and that every
+    certificate is valid at ``now``. Revocation needs the collateral's CRLs and is left to
+    :func:`verify_quote`. Raises :class:`QuoteVerificationError`: ``UNTRUSTED_ROOT``
+    when the chain ends at no pinned root, ``CERTIFICATE_CHAIN`` otherwise.
+    """
+    chain = list(parsed.pck_chain)
+    while len(chain) > 1 and chain[-1].subject == chain[-1].issuer:
+        chain.pop()  # the quote's copy of its root: replaced by the pinned one
+    try:
+        for cert, issuer in itertools.pairwise(chain):
+            cert.verify_directly_issued_by(issuer)
+        for cert in chain:
+            if not (
+                cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
+            ):
+                raise QuoteVerificationError(
+                    QuoteFailure.CERTIFICATE_CHAIN, "a PCK chain certificate is not valid now"
+                )
+    except QuoteVerificationError:
+        raise
+    except Exception as exc:  # bad signature, wrong issuer, an unsupported algorithm, ...
+        raise QuoteVerificationError(
+            QuoteFailure.CERTIFICATE_CHAIN,
+            f"the PCK chain does not verify: {type(exc).__name__}",
+        ) from None
+    for root in roots:
+        if _issued_by(chain[-1], root):
+            return root
+    raise QuoteVerificationError(
+        QuoteFailure.UNTRUSTED_ROOT, "the PCK chain does not end at a pinned root"
+    )
+
+
 def _check_statuses(allowed_statuses: Iterable[str]) -> frozenset[str]:
     if isinstance(allowed_statuses, str):
         raise TypeError("allowed_statuses must be a collection of status names, not a string")
@@ -227,41 +339,51 @@ def _same_report(fields: TDFields, verified: Mapping[str, Any]) -> bool:
 
 
 def verify_quote(
-    quote: bytes,
+    quote: bytes | ParsedQuote,
     collateral: Collateral | Mapping[str, Any] | str | bytes,
     *,
     now: int,
     allowed_statuses: Iterable[str] = DEFAULT_ALLOWED_STATUSES,
     root_ca: bytes = INTEL_ROOT_CA,
+    floor: CollateralFloor | None = None,
 ) -> VerifiedQuote:
     """Verify a TDX quote (v4 or v5) against collateral at ``now`` (unix seconds).
 
     Returns the :class:`VerifiedQuote` or raises :class:`QuoteVerificationError`, whose
     ``reason`` says which check refused it. ``root_ca`` is the trust anchor, DER; it is
     Intel's unless a caller that accepts simulated quotes passes a simulated root.
+    ``quote`` may be a :class:`ParsedQuote` (then it is not parsed again). ``floor``
+    refuses collateral older than it (``COLLATERAL_STALE``).
     ``TypeError`` / ``ValueError`` mean a wrong argument, never a bad quote.
     """
-    if not isinstance(quote, bytes | bytearray | memoryview):
+    if not isinstance(quote, bytes | bytearray | memoryview | ParsedQuote):
         raise TypeError(f"quote must be bytes, not {type(quote).__name__}")
     if isinstance(now, bool) or not isinstance(now, int) or not 0 <= now < 2**64:
         raise ValueError("now must be non-negative unix seconds (an int below 2**64)")
     if not isinstance(root_ca, bytes):
         raise TypeError("root_ca must be DER bytes")
     allowed = _check_statuses(allowed_statuses)
-    quote = bytes(quote)
     coll = Collateral.coerce(collateral)
 
     # 1. The bytes decode as a DCAP quote, of a TDX TD, in a TDX quote version.
-    parsed = _parse(quote)
-    fields = _td_fields(parsed)
-    tee_type = parsed.header.tee_type
-    if fields is None:
-        kind = "SGX" if tee_type == 0 else f"TEE type {tee_type:#x}"
-        raise QuoteVerificationError(QuoteFailure.NOT_TDX, f"not a TDX quote ({kind})")
-    if fields.version not in TDX_QUOTE_VERSIONS:
-        raise QuoteVerificationError(
-            QuoteFailure.UNSUPPORTED_QUOTE, f"TDX quote version {fields.version}"
-        )
+    if isinstance(quote, ParsedQuote):
+        fields, instance_id, quote = quote.fields, quote.platform_instance_id, quote.raw
+    else:
+        quote = bytes(quote)
+        parsed = _parse(quote)
+        parsed_fields = _td_fields(parsed)
+        tee_type = parsed.header.tee_type
+        if parsed_fields is None:
+            kind = "SGX" if tee_type == 0 else f"TEE type {tee_type:#x}"
+            raise QuoteVerificationError(QuoteFailure.NOT_TDX, f"not a TDX quote ({kind})")
+        fields = parsed_fields
+        instance_id = _platform_instance_id(parsed)
+        if fields.version not in TDX_QUOTE_VERSIONS:
+            raise QuoteVerificationError(
+                QuoteFailure.UNSUPPORTED_QUOTE, f"TDX quote version {fields.version}"
+            )
+    if floor is not None:
+        floor.check(coll, now)
 
     # 2. dcap-qvl: root CRL, collateral signatures and times, PCK chain, QE report and
     #    identity, quote signature, TCB level, TD attributes.
@@ -311,18 +433,9 @@ def verify_quote(
         fmspc=fields.fmspc,
         simulated=root_ca != INTEL_ROOT_CA,
         fields=fields,
-        tcb_evaluation_data_number=_tcb_evaluation_data_number(coll),
-        platform_instance_id=_platform_instance_id(parsed),
+        tcb_evaluation_data_number=coll.tcb_evaluation_data_number,
+        platform_instance_id=instance_id,
     )
-
-
-def _tcb_evaluation_data_number(coll: Collateral) -> int:
-    """The TCB info's ``tcbEvaluationDataNumber`` (dcap-qvl verified its signature)."""
-    try:
-        number = json.loads(coll.tcb_info)["tcbEvaluationDataNumber"]
-    except (ValueError, KeyError, TypeError):
-        return 0
-    return number if isinstance(number, int) and not isinstance(number, bool) else 0
 
 
 def _platform_instance_id(parsed: Any) -> bytes | None:
@@ -351,6 +464,7 @@ class Verifier:
         *,
         simulated_allowed: bool = False,
         allowed_statuses: Iterable[str] = DEFAULT_ALLOWED_STATUSES,
+        floor: CollateralFloor | None = None,
     ) -> None:
         if isinstance(roots, bytes) or not all(isinstance(r, bytes) and r for r in roots):
             raise TypeError("roots must be a sequence of DER certificates (bytes)")
@@ -366,6 +480,21 @@ class Verifier:
         self._simulated_roots = tuple(simulated)
         self._simulated_allowed = bool(simulated_allowed)
         self._allowed_statuses = _check_statuses(allowed_statuses)
+        self._floor = floor or CollateralFloor()
+
+    @property
+    def floor(self) -> CollateralFloor:
+        """The oldest collateral this verifier accepts."""
+        return self._floor
+
+    def precheck(self, quote: bytes, *, now: int) -> ParsedQuote:
+        """The cheap part of verification, before any collateral is needed: the quote
+        parses as TDX (:func:`parse_tdx_quote`) and its PCK chain verifies to one of
+        :attr:`roots` at ``now`` (:func:`check_pck_chain`). Raises
+        :class:`QuoteVerificationError`."""
+        parsed = parse_tdx_quote(quote)
+        check_pck_chain(parsed, self._roots, now=now)
+        return parsed
 
     @property
     def roots(self) -> tuple[bytes, ...]:
@@ -387,7 +516,7 @@ class Verifier:
 
     def verify(
         self,
-        quote: bytes,
+        quote: bytes | ParsedQuote,
         collateral: Collateral | Mapping[str, Any] | str | bytes,
         *,
         now: int,
@@ -396,10 +525,23 @@ class Verifier:
         """:func:`verify_quote` under each usable root in turn (see the class docstring)."""
         statuses = self._allowed_statuses if allowed_statuses is None else allowed_statuses
         coll = Collateral.coerce(collateral)
+        if isinstance(quote, ParsedQuote):
+            # Its PCK chain names the one root to verify under.
+            root = check_pck_chain(quote, self._roots, now=now)
+            return verify_quote(
+                quote, coll, now=now, allowed_statuses=statuses, root_ca=root, floor=self._floor
+            )
         refusal: QuoteVerificationError | None = None
         for root in self._roots:
             try:
-                return verify_quote(quote, coll, now=now, allowed_statuses=statuses, root_ca=root)
+                return verify_quote(
+                    quote,
+                    coll,
+                    now=now,
+                    allowed_statuses=statuses,
+                    root_ca=root,
+                    floor=self._floor,
+                )
             except QuoteVerificationError as exc:
                 if exc.reason is not QuoteFailure.UNTRUSTED_ROOT:
                     raise

@@ -54,6 +54,13 @@ class NodeFileConfig:
     pccs_url: str | None = None
     collateral_cache_dir: Path | None = None
     pccs_verify_tls: bool = True
+    allowed_tcb_statuses: frozenset[str] = frozenset({"UpToDate", "SWHardeningNeeded"})
+    """The node's floor on TCB statuses: a policy can only narrow it."""
+    min_tcb_evaluation_data_number: int = 0
+    min_collateral_issue_date: int = 0
+    max_collateral_age: int | None = 30 * 86400
+    max_concurrent_collateral_fetches: int = 4
+    collateral_failure_ttl: int = 60
 
     @property
     def directory(self) -> Path:
@@ -66,6 +73,39 @@ def _pccs_url(value: Any) -> str | None:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise ConfigError("pccs_url must be an http(s) URL")
     return value
+
+
+def _statuses(value: Any) -> frozenset[str]:
+    from kms.attest.verify import ADMISSIBLE_STATUSES, DEFAULT_ALLOWED_STATUSES
+
+    if value is None:
+        return DEFAULT_ALLOWED_STATUSES
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError("allowed_tcb_statuses must be a non-empty list of TCB status names")
+    unknown = sorted(set(value) - ADMISSIBLE_STATUSES)
+    if unknown:
+        raise ConfigError(
+            f"allowed_tcb_statuses: unknown or inadmissible {unknown}; "
+            f"admissible: {sorted(ADMISSIBLE_STATUSES)}"
+        )
+    return frozenset(value)
+
+
+def _count(value: Any, what: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} must be an integer ≥ {minimum}")
+    return value
+
+
+def _unix_time(value: Any, what: str) -> int:
+    """Unix seconds, from an integer or a TOML date-time with an offset."""
+    import datetime
+
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise ConfigError(f"{what} must carry a UTC offset (e.g. 2026-01-01T00:00:00Z)")
+        return int(value.timestamp())
+    return _count(value, what)
 
 
 def _positive(value: Any, what: str) -> float:
@@ -196,6 +236,26 @@ def load(path: str | Path) -> NodeFileConfig:
         pccs_url=_pccs_url(node.get("pccs_url")),
         collateral_cache_dir=base / str(node.get("collateral_cache_dir", "collateral")),
         pccs_verify_tls=bool(node.get("pccs_verify_tls", True)),
+        allowed_tcb_statuses=_statuses(node.get("allowed_tcb_statuses")),
+        min_tcb_evaluation_data_number=_count(
+            node.get("min_tcb_evaluation_data_number", 0), "min_tcb_evaluation_data_number"
+        ),
+        min_collateral_issue_date=_unix_time(
+            node.get("min_collateral_issue_date", 0), "min_collateral_issue_date"
+        ),
+        max_collateral_age=(
+            _count(node["max_collateral_age"], "max_collateral_age") or None
+            if "max_collateral_age" in node
+            else 30 * 86400
+        ),
+        max_concurrent_collateral_fetches=_count(
+            node.get("max_concurrent_collateral_fetches", 4),
+            "max_concurrent_collateral_fetches",
+            minimum=1,
+        ),
+        collateral_failure_ttl=_count(
+            node.get("collateral_failure_ttl", 60), "collateral_failure_ttl"
+        ),
         policy_sync_interval=_positive(
             node.get("policy_sync_interval", 10.0), "policy_sync_interval"
         ),

@@ -1,16 +1,27 @@
 """Key release at one node, sans-I/O: check a CVM's request, answer with an encrypted partial.
 
-Checks, cheapest first so that junk costs little, each refusal with a reason
-code and no state change:
+Two steps. :meth:`KeyReleaser.check` is pure and cheap, and runs before the
+node fetches anything; its checks, cheapest first so that junk costs little,
+each refusal with a reason code and no state change:
 
 1. the request decodes, names purposes, and carries an ephemeral key for
    this node's index; this node holds a share of the current epoch;
 2. freshness: ``|now - timestamp| ≤ max_skew``;
-3. the quote parses and its ``report_data`` is ``SHA-512(body)``;
+3. the quote parses as a TDX quote (v4 or v5) and its ``report_data`` is
+   ``SHA-512(body)``;
 4. the nonce was not seen within the freshness window (replay cache);
-5. the quote verifies (Intel DCAP: chain to the pinned root, collateral,
-   TDX not SGX, TCB status; simulated roots only when configured);
-6. the app's current policy admits it for every purpose (measurement or
+5. the quote's PCK certificate chain verifies to a pinned root (Intel's, or a
+   simulated root when the node accepts simulated quotes).
+
+Its output, :class:`Checked` (the decoded request, the parsed quote and so
+its platform, the app and the nonce), is what the node's shell fetches
+collateral for and then hands to :meth:`KeyReleaser.release`, which
+re-checks the share and the nonce (time passed while fetching) and goes on:
+
+6. the quote verifies (Intel DCAP: collateral not older than the node's
+   floor, chain to the pinned root, TDX not SGX, TCB status within the
+   node's floor; simulated roots only when configured);
+7. the app's current policy admits it for every purpose (measurement or
    compose hash read from the RTMR3 event log's boot prefix, whose ``app-id``
    must then be the requested app; the policy's pins; TCB status, purpose,
    key version, policy version ≥ the one the CVM asked for, not expired). The
@@ -30,7 +41,13 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from kms.attest import QuoteVerificationError, Verifier, parse_td_fields
+from kms.attest import (
+    ParsedQuote,
+    QuoteVerificationError,
+    Verifier,
+    check_pck_chain,
+    parse_tdx_quote,
+)
 from kms.policy import AppPolicy, Evidence, PolicyError, admits
 from kms.protocol import (
     KeyRefusal,
@@ -87,6 +104,31 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
+class Checked:
+    """A request that passed :meth:`KeyReleaser.check`: what the rest of the release
+    needs, decoded and parsed once."""
+
+    raw: bytes
+    request: KeyRequest
+    quote: ParsedQuote
+    target: bytes
+    """The CVM's ephemeral key for this node's index."""
+
+    @property
+    def platform(self) -> tuple[str, str]:
+        """``(FMSPC, CA)`` of the quote's PCK certificate: which collateral to fetch."""
+        return self.quote.platform
+
+    @property
+    def app_id(self) -> bytes:
+        return bytes(self.request.body.app_id)
+
+    @property
+    def nonce(self) -> bytes:
+        return bytes(self.request.body.nonce)
+
+
+@dataclass(frozen=True)
 class Released:
     response: KeyResponse
     nonce: bytes
@@ -114,7 +156,7 @@ class KeyReleaser:
         index: ParticipantIndex,
         identity_key: SigningKey,
         verifier: Verifier,
-        collateral_for: Callable[[bytes], object],
+        collateral_for: Callable[[ParsedQuote], object],
         policy_for: Callable[[bytes, int], AppPolicy | None],
         *,
         rng: RNG,
@@ -132,25 +174,20 @@ class KeyReleaser:
     def simulated_allowed(self) -> bool:
         return self._verifier.simulated_allowed
 
-    def handle(
+    def check(
         self,
         raw: bytes,
         *,
         now: int,
-        epoch: int,
         share: SecretShare | None,
         seen_nonce: Callable[[bytes], bool],
-        decoded: KeyRequest | None = None,
-    ) -> Released | Refused:
-        """Check ``raw`` and answer it. ``decoded`` is ``KeyRequest.decode(raw)`` when the
-        caller already has it (the node's shell decodes first to find the quote's platform)."""
-        if decoded is not None:
-            req = decoded
-        else:
-            try:
-                req = KeyRequest.decode(raw)
-            except MessageDecodeError as exc:
-                return refuse(Refusal.MALFORMED, str(exc))
+    ) -> Checked | Refused:
+        """Every check that needs no collateral and no policy (see the module docstring).
+        Pure: nothing is fetched, stored or counted."""
+        try:
+            req = KeyRequest.decode(raw)
+        except MessageDecodeError as exc:
+            return refuse(Refusal.MALFORMED, str(exc))
         body = req.body
         if share is None:
             return refuse(Refusal.NOT_SERVING, "this node holds no share of the current epoch")
@@ -162,17 +199,43 @@ class KeyReleaser:
                 Refusal.STALE,
                 f"timestamp {body.timestamp} is more than {self.max_skew} s from {now}",
             )
-        td = parse_td_fields(req.quote)
-        if td is None:
-            return refuse(Refusal.QUOTE, "the quote does not parse")
-        if td.report_data != body.report_data():
+        try:
+            quote = parse_tdx_quote(req.quote)
+        except QuoteVerificationError as exc:
+            return refuse(Refusal.QUOTE, str(exc))
+        if quote.fields.report_data != body.report_data():
             return refuse(Refusal.BINDING, "report_data is not SHA-512 of the request body")
         if seen_nonce(body.nonce):
             return refuse(Refusal.REPLAY, "this nonce was already used")
         try:
-            verified = self._verifier.verify(req.quote, self._collateral_for(req.quote), now=now)  # type: ignore[arg-type]
+            check_pck_chain(quote, self._verifier.roots, now=now)
         except QuoteVerificationError as exc:
             return refuse(Refusal.QUOTE, str(exc))
+        return Checked(bytes(raw), req, quote, target)
+
+    def release(
+        self,
+        checked: Checked,
+        *,
+        now: int,
+        epoch: int,
+        share: SecretShare | None,
+        seen_nonce: Callable[[bytes], bool],
+    ) -> Released | Refused:
+        """Verify a checked request's quote and policy and answer it (see the module
+        docstring). The share and the nonce are checked again: the caller may have
+        awaited collateral since :meth:`check`."""
+        req, body, target = checked.request, checked.request.body, checked.target
+        if share is None:
+            return refuse(Refusal.NOT_SERVING, "this node holds no share of the current epoch")
+        if seen_nonce(body.nonce):
+            return refuse(Refusal.REPLAY, "this nonce was already used")
+        try:
+            collateral = self._collateral_for(checked.quote)
+            verified = self._verifier.verify(checked.quote, collateral, now=now)  # type: ignore[arg-type]
+        except QuoteVerificationError as exc:
+            return refuse(Refusal.QUOTE, str(exc))
+        raw = checked.raw
         policy = self._policy_for(body.app_id, now)
         if policy is None:
             return refuse(Refusal.NO_POLICY, "no current policy for this app")
@@ -219,6 +282,21 @@ class KeyReleaser:
                 )
             )
         return Released(KeyResponse(tuple(shares)), body.nonce, tuple(audit))
+
+    def handle(
+        self,
+        raw: bytes,
+        *,
+        now: int,
+        epoch: int,
+        share: SecretShare | None,
+        seen_nonce: Callable[[bytes], bool],
+    ) -> Released | Refused:
+        """:meth:`check`, then :meth:`release`, for callers whose collateral is at hand."""
+        checked = self.check(raw, now=now, share=share, seen_nonce=seen_nonce)
+        if isinstance(checked, Refused):
+            return checked
+        return self.release(checked, now=now, epoch=epoch, share=share, seen_nonce=seen_nonce)
 
 
 def policies_from(mapping: Mapping[bytes, AppPolicy]) -> Callable[[bytes, int], AppPolicy | None]:

@@ -42,7 +42,7 @@ from kms.node.core import (
     RunFailed,
     StoreRecord,
 )
-from kms.node.release import KeyReleaser, Released
+from kms.node.release import Checked, KeyReleaser, Refusal, Released
 from kms.policy.gossip import (
     PolicyAnnounce,
     PolicyDigest,
@@ -50,7 +50,7 @@ from kms.policy.gossip import (
     newer_than_digest,
     offer_outcome,
 )
-from kms.protocol import KeyRefusal, KeyRequest
+from kms.protocol import KeyRefusal
 from kms.store import NodeStore, StoreError
 from mpc import hpke
 from mpc.broadcast import Outbound
@@ -502,24 +502,25 @@ class NodeService:
         if self.releaser is None:
             refusal = KeyRefusal("not-serving", "this node does not release keys")
             return 503, refusal.encode()
-        decoded = None
-        if self.collateral is not None and self.collateral.client is not None:
-            try:
-                decoded = KeyRequest.decode(raw)
-            except InvalidEncoding:
-                decoded = None  # the releaser refuses the request as malformed
-            if decoded is not None:
-                await self.collateral.prepare(decoded.quote, now=int(self.clock.now()))
-        st = self.core.state
         now = int(self.clock.now())
-        res = self.releaser.handle(
-            raw,
-            now=now,
-            epoch=st.epoch if st else 0,
-            share=self.core.share,
-            seen_nonce=self._seen_nonce,
-            decoded=decoded,
+        # The cheap checks first: nothing is fetched for a request that fails them, and
+        # only a quote whose PCK chain verifies to a pinned root names a platform to fetch.
+        checked = self.releaser.check(
+            raw, now=now, share=self.core.share, seen_nonce=self._seen_nonce
         )
+        if isinstance(checked, Checked):
+            if self.collateral is not None:
+                await self.collateral.prepare(checked.quote, now=now)
+            st = self.core.state
+            res = self.releaser.release(
+                checked,
+                now=now,
+                epoch=st.epoch if st else 0,
+                share=self.core.share,
+                seen_nonce=self._seen_nonce,
+            )
+        else:
+            res = checked
         if isinstance(res, Released):
             # The replay cache survives restarts; the audit records are committed as one group.
             # Remembered for longer than any timestamp the releaser still accepts.
@@ -541,7 +542,11 @@ class NodeService:
                 },
             )
             return 200, res.response.encode()
-        self.metrics.rejected["key request: " + res.reason] += 1
+        label = res.reason
+        if res.reason == Refusal.QUOTE.value:
+            # The quote failure code (a QuoteFailure value): a bounded set of labels.
+            label += ": " + res.refusal.detail.split(":", 1)[0][:40]
+        self.metrics.rejected["key request: " + label] += 1
         self._rl.warn("cvm", f"key request refused: {res.reason}")
         return 403, res.refusal.encode()
 
@@ -747,6 +752,44 @@ class NodeService:
             "Collateral fetches from the PCCS that failed (the cache, if any, was used).",
             self.collateral.fetch_failures if self.collateral is not None else 0,
             "counter",
+        )
+        c = self.collateral
+        gauge(
+            "qkms_pccs_fetches_total",
+            "Collateral fetches started for a platform (only for quotes whose PCK chain"
+            " verifies to a pinned root).",
+            c.fetches if c is not None else 0,
+            "counter",
+        )
+        gauge(
+            "qkms_pccs_failures_cached_total",
+            "Requests that did not fetch because their platform's last fetch failed recently.",
+            c.failures_cached if c is not None else 0,
+            "counter",
+        )
+        gauge(
+            "qkms_collateral_rollbacks_refused_total",
+            "Fetched collateral refused because it was older than the collateral held.",
+            c.rollbacks_refused if c is not None else 0,
+            "counter",
+        )
+        gauge(
+            "qkms_collateral_stale_refused_total",
+            "Fetched collateral refused because it was below this node's collateral floor.",
+            c.client.refused["stale"] if c is not None and c.client is not None else 0,
+            "counter",
+        )
+        sizes = c.sizes() if c is not None else {}
+        lines.extend(
+            [
+                "# HELP qkms_collateral_platforms Platforms the collateral provider holds"
+                " collateral for, remembers a failed fetch of, or is fetching for (each bounded).",
+                "# TYPE qkms_collateral_platforms gauge",
+            ]
+        )
+        lines.extend(
+            f'qkms_collateral_platforms{{state="{k}"}} {sizes.get(k, 0)}'
+            for k in ("held", "failed", "fetching")
         )
         gauge(
             "qkms_policies_learned_total",

@@ -388,16 +388,30 @@ def _bundle_app(path: Path) -> bytes | None:
         return None
 
 
+def collateral_floor(cfg: NodeFileConfig) -> Any:
+    """The oldest collateral this node accepts, fetched or verified (``[node]`` settings)."""
+    from kms.attest import CollateralFloor
+
+    return CollateralFloor(
+        min_tcb_evaluation_data_number=cfg.min_tcb_evaluation_data_number,
+        min_issue_date=cfg.min_collateral_issue_date,
+        max_age=cfg.max_collateral_age,
+    )
+
+
 def _verifier(cfg: NodeFileConfig) -> Any:
     from kms.attest import INTEL_ROOT_CA, Verifier
-    from kms.attest.verify import ADMISSIBLE_STATUSES
 
     roots = [INTEL_ROOT_CA]
     if cfg.accept_simulated_quotes and cfg.simulated_root_ca is not None:
         roots.append(cfg.simulated_root_ca.read_bytes())
-    # Every admissible TCB status passes the quote check: the policy decides.
+    # The node's floor on TCB statuses: a quote outside it is refused whatever the
+    # policy lists, so a policy can only narrow it (effective set = node ∩ policy).
     return Verifier(
-        roots, simulated_allowed=cfg.accept_simulated_quotes, allowed_statuses=ADMISSIBLE_STATUSES
+        roots,
+        simulated_allowed=cfg.accept_simulated_quotes,
+        allowed_statuses=cfg.allowed_tcb_statuses,
+        floor=collateral_floor(cfg),
     )
 
 
@@ -418,10 +432,20 @@ def make_collateral(cfg: NodeFileConfig) -> Any:
     if cfg.pccs_url is not None:
         # Collateral per platform from the PCCS, cached on disk for when it is down.
         cache = CollateralCache(cfg.collateral_cache_dir or cfg.directory / "collateral")
-        client = PCCSClient(cfg.pccs_url, cache=cache, verify_tls=cfg.pccs_verify_tls)
+        client = PCCSClient(
+            cfg.pccs_url,
+            cache=cache,
+            verify_tls=cfg.pccs_verify_tls,
+            floor=collateral_floor(cfg),
+        )
     if client is None and fixed is None:
         return None
-    return CollateralProvider(client, fixed=fixed)
+    return CollateralProvider(
+        client,
+        fixed=fixed,
+        max_concurrent_fetches=cfg.max_concurrent_collateral_fetches,
+        failure_ttl=cfg.collateral_failure_ttl,
+    )
 
 
 def make_checker(cfg: NodeFileConfig, collateral: Any) -> Any:

@@ -293,11 +293,11 @@ def test_raw_members_keeps_each_member_verbatim() -> None:
 
 
 def test_the_node_collateral_provider_prepares_then_serves_from_memory(tmp_path: Path) -> None:
-    from kms.attest import QuoteFailure, QuoteVerificationError
+    from kms.attest import QuoteFailure, QuoteVerificationError, parse_tdx_quote
     from kms.attest.pccs import CollateralProvider
 
     tee = simulated(43)
-    quote = tee.quote(b"node")
+    quote = parse_tdx_quote(tee.quote(b"node"))
     stub = PCCSStub({"53494D544545": tee.collateral(NOW)})
 
     async def test() -> None:
@@ -321,8 +321,11 @@ def test_the_node_collateral_provider_prepares_then_serves_from_memory(tmp_path:
         assert bare.fetch_failures == 1
         with pytest.raises(QuoteVerificationError, match="COLLATERAL_UNAVAILABLE"):
             bare.get(quote)
-        # Garbage is left to the releaser, which refuses it as a malformed quote.
-        await bare.prepare(b"not a quote", now=NOW)
+        # A failed fetch is remembered: no new fetch until the failure TTL passes.
+        await bare.prepare(quote, now=NOW + 1)
+        assert bare.fetch_failures == 1 and bare.failures_cached == 1
+        # Garbage never reaches prepare (the releaser's cheap checks refuse it first);
+        # get refuses it as a malformed quote.
         with pytest.raises(QuoteVerificationError) as bad:
             bare.get(b"not a quote")
         assert bad.value.reason is QuoteFailure.MALFORMED_QUOTE

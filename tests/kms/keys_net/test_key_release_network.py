@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kms.devnet import launch, wait_for_apps
@@ -130,8 +131,13 @@ def test_the_audit_chain_verifies_and_detects_an_edited_record(devnet: Path) -> 
     key(devnet)
     state = json.loads((devnet / "devnet.json").read_text())
     url = state["nodes"][0]["http_url"]  # the client asks nodes in index order
-    ok = json.loads(kms("audit", "verify", "--url", url, "--json").stdout)
-    assert ok["ok"] is True and ok["count"] >= 1
+    config = state["nodes"][0]["config"]
+    ok = json.loads(kms("audit", "verify", "--config", config, "--url", url, "--json").stdout)
+    assert ok["ok"] is True and ok["checked"] == "chain" and ok["count"] >= 1
+    # The public port serves the signed head, not the log.
+    head = json.loads(kms("audit", "verify", "--url", url, "--json").stdout)
+    assert head["ok"] is True and head["checked"] == "head" and head["head"] == ok["head"]
+    assert httpx.get(url + "/v1/audit", timeout=10).status_code == 403
     # Someone with access to the disk edits a record of node 1 (the append-only triggers
     # only guard against the code's own bugs, so they drop them first).
     db = Path(state["nodes"][0]["config"]).parent / "node.db"
@@ -151,9 +157,38 @@ def test_the_audit_chain_verifies_and_detects_an_edited_record(devnet: Path) -> 
         con.commit()
     finally:
         con.close()
-    proc = kms("audit", "verify", "--url", url, "--json", check=False)
+    proc = kms("audit", "verify", "--config", config, "--json", check=False)
     bad = json.loads(proc.stdout)
     assert proc.returncode == 1 and bad["ok"] is False
+
+
+@pytest.mark.slow
+def test_a_live_node_refuses_large_bodies_on_every_body_taking_route(devnet: Path) -> None:
+    """Through hypercorn: a 256 MiB chunked body per route is cut short; the node stays up."""
+    state = json.loads((devnet / "devnet.json").read_text())
+    url = state["nodes"][2]["http_url"]
+    routes = ("/v1/keys", "/v1/policies", "/v1/evidence")
+    sent = 0
+
+    def chunks(total: int):  # type: ignore[no-untyped-def]
+        nonlocal sent
+        block = bytes(65536)
+        for _ in range(total // len(block)):
+            sent += len(block)
+            yield block
+
+    for route in routes:
+        sent = 0
+        try:
+            r = httpx.post(url + route, content=chunks(256 * 1024 * 1024), timeout=30)
+            assert r.status_code == 413 and r.json()["reason"] == "body-too-large"
+        except httpx.TransportError:
+            pass  # the node answered and closed the connection while the client still wrote
+        assert sent < 64 * 1024 * 1024  # the node stopped reading long before the end
+    assert httpx.get(url + "/health", timeout=10).status_code == 200
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    line = next(x for x in metrics.splitlines() if 'reason="http body: body-too-large"' in x)
+    assert float(line.rsplit(" ", 1)[1]) >= len(routes)
 
 
 @pytest.mark.slow

@@ -1,0 +1,225 @@
+"""An anonymous client cannot make the public port hold a large request body.
+
+Each test drives the node's ASGI app (``kms.api.http.make_app``) the way the
+server does: the body arrives through the ASGI receive channel in chunks of
+at most 64 KiB (hypercorn's socket read size), produced lazily by a
+generator, so a 1 GiB body is never materialised. The wrapped receive counts
+the bytes it delivered; the app must answer 413 having taken at most the
+limit plus one chunk, and the node's handler must never see the body.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from kms.api.http import MAX_BODY, make_app
+
+CHUNK = 64 * 1024
+GiB = 1024**3
+MiB = 1024**2
+BLOCK = b"\x93" * CHUNK  # one shared chunk: the stream costs the test no memory
+
+BODY_ROUTES = ("/v1/keys", "/v1/policies", "/v1/evidence")
+# Routes that take no body, and a path that does not exist: bounded all the same.
+OTHER_ROUTES = ("/v1/status", "/no/such/route")
+
+
+class Source:
+    """A node stand-in that records whether any handler was reached."""
+
+    def __init__(self) -> None:
+        self.rejected: Counter[str] = Counter()
+        self.seen: list[tuple[str, int]] = []
+
+    def status(self) -> dict[str, Any]:
+        return {"healthy": True, "epoch": 1}
+
+    def metrics_text(self) -> str:
+        return ""
+
+    async def release(self, raw: bytes) -> tuple[int, bytes]:
+        from kms.protocol import KeyRefusal
+
+        self.seen.append(("release", len(raw)))
+        return 403, KeyRefusal("malformed-request", "x").encode()
+
+    def chain_bytes(self) -> bytes:
+        raise AssertionError("not called")
+
+    def count_rejected(self, label: str) -> None:
+        self.rejected[label] += 1
+
+    def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        self.seen.append(("evidence", len(raw)))
+        return 400, {"accepted": False, "reason": "malformed", "detail": "x"}
+
+    def audit_head(self) -> dict[str, Any]:
+        raise AssertionError("not called")
+
+    def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        self.seen.append(("policy", len(raw)))
+        return 400, {"accepted": False, "reason": "malformed", "detail": "x"}
+
+    def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
+        return None
+
+
+def stream(total: int) -> Iterator[bytes]:
+    """``total`` bytes in chunks of at most ``CHUNK``, made as they are asked for."""
+    left = total
+    while left > 0:
+        n = min(CHUNK, left)
+        yield BLOCK if n == CHUNK else BLOCK[:n]
+        left -= n
+
+
+class Outcome:
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.status: int | None = None
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
+
+
+async def post(
+    app: Any,
+    path: str,
+    total: int,
+    *,
+    content_length: str | None = None,
+    method: str = "POST",
+) -> Outcome:
+    """Send a ``total``-byte body to ``path`` through the ASGI channel; count what was taken."""
+    out = Outcome()
+    chunks = stream(total)
+    done = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal done
+        if done:
+            await trio.sleep_forever()  # as a server does until the client goes away
+        chunk = next(chunks, b"")
+        out.delivered += len(chunk)
+        more = out.delivered < total
+        done = not more
+        await trio.lowlevel.checkpoint()
+        return {"type": "http.request", "body": chunk, "more_body": more}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            out.status = message["status"]
+            out.headers = dict(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            out.body += message.get("body", b"")
+
+    headers = [(b"content-type", b"application/msgpack")]
+    if content_length is not None:
+        headers.append((b"content-length", content_length.encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("203.0.113.9", 4000),
+        "server": ("127.0.0.1", 8080),
+    }
+    with trio.fail_after(60):
+        await app(scope, receive, send)
+    return out
+
+
+def run(coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return trio.run(lambda: coro_fn(*args, **kwargs))
+
+
+def assert_refused_early(out: Outcome, source: Source) -> None:
+    assert out.status == 413, out.body
+    assert out.delivered <= MAX_BODY + CHUNK, out.delivered
+    assert b'"reason":"body-too-large"' in out.body
+    assert source.seen == []
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES + OTHER_ROUTES)
+def test_a_1_gib_chunked_body_is_refused_after_at_most_the_limit_plus_one_chunk(
+    path: str,
+) -> None:
+    source = Source()
+    app = make_app(source)
+    method = "POST" if path in BODY_ROUTES else "GET"
+    out = run(post, app, path, GiB, method=method)
+    if path in BODY_ROUTES:
+        assert_refused_early(out, source)
+        assert source.rejected["http body: body-too-large"] == 1
+    else:
+        # Never read at all: the route answers without touching the body.
+        assert out.delivered <= MAX_BODY + CHUNK
+        assert out.status in (200, 404)
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES + OTHER_ROUTES)
+def test_a_declared_1_gib_body_is_refused_before_any_of_it_is_read(path: str) -> None:
+    source = Source()
+    out = run(post, make_app(source), path, GiB, content_length=str(GiB))
+    assert out.status == 413 and out.delivered == 0
+    assert out.headers.get(b"connection") == b"close"
+    assert source.seen == [] and source.rejected["http body: body-too-large"] == 1
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+def test_a_body_longer_than_its_content_length_is_cut_at_the_limit(path: str) -> None:
+    source = Source()
+    out = run(post, make_app(source), path, GiB, content_length="100")
+    assert_refused_early(out, source)
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+@pytest.mark.parametrize("value", ["abc", "-1", "1e9", "٣"])
+def test_an_unusable_content_length_is_refused_with_a_reason(path: str, value: str) -> None:
+    source = Source()
+    out = run(post, make_app(source), path, 10, content_length=value)
+    assert out.status == 400 and out.delivered == 0
+    assert b'"reason":"bad-content-length"' in out.body
+    assert source.rejected["http body: bad-content-length"] == 1
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+def test_32_concurrent_64_mib_bodies_each_cost_at_most_the_limit_plus_one_chunk(
+    path: str,
+) -> None:
+    source = Source()
+    app = make_app(source)
+    outs: list[Outcome] = []
+
+    async def one() -> None:
+        outs.append(await post(app, path, 64 * MiB))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(32):
+                nursery.start_soon(one)
+
+    trio.run(main)
+    assert len(outs) == 32
+    for out in outs:
+        assert_refused_early(out, source)
+    assert sum(o.delivered for o in outs) <= 32 * (MAX_BODY + CHUNK)
+    assert source.rejected["http body: body-too-large"] == 32
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+def test_a_body_of_exactly_the_limit_reaches_the_node(path: str) -> None:
+    source = Source()
+    out = run(post, make_app(source), path, MAX_BODY)
+    assert out.status != 413 and out.delivered == MAX_BODY
+    assert [n for _, n in source.seen] == [MAX_BODY]

@@ -29,6 +29,16 @@ BODIES: dict[tuple[str, str], type[Message]] = {
 """The message each body-taking route decodes from JSON (and msgpack)."""
 
 
+SEMANTIC: dict[tuple[str, str], dict[str, Any]] = {
+    ("kms/purpose", "purpose"): {"pattern": "^[a-z0-9._-]{1,64}$"},
+    ("kms/key-request-body", "app_id"): {"minLength": 2},
+    ("kms/key-request-body", "purposes"): {"minItems": 1},
+    ("kms/key-request-body", "ephemeral_keys"): {"minItems": 1},
+    ("chain/update", "kinds"): {"items": {"enum": ["epoch", "membership"]}},
+}
+"""Checks of a message's own ``validate()`` that a schema can state (the rest are in the text)."""
+
+
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -86,7 +96,7 @@ def _message_schema(cls: type[Message], out: dict[str, Any]) -> None:
         "@version": {"const": cls.VERSION},
     }
     for n in names:
-        props[n] = _field_schema(hints[n], out)
+        props[n] = {**_field_schema(hints[n], out), **SEMANTIC.get((cls.TYPE, n), {})}
     out[cls.__name__] = {
         "type": "object",
         "description": f"The JSON form of {cls.TYPE} version {cls.VERSION}.",

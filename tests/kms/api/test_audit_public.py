@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 import tomli_w
-import tomllib
 import trio
 from typer.testing import CliRunner
 
@@ -100,9 +100,7 @@ async def get_all(service: NodeService, paths: list[str]) -> dict[str, httpx.Res
 def public_get_paths() -> list[str]:
     """Every GET route of the published document, templates filled, the audit export with queries."""
     doc = openapi_document()
-    paths = [
-        p.replace("{app_id}", APPS[0]) for p, ops in doc["paths"].items() if "get" in ops
-    ]
+    paths = [p.replace("{app_id}", APPS[0]) for p, ops in doc["paths"].items() if "get" in ops]
     return [*paths, "/v1/audit?start=0&limit=10000", "/v1/audit?app=" + APPS[0]]
 
 

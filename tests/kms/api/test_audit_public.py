@@ -231,3 +231,19 @@ def test_audit_verify_reads_and_checks_the_whole_chain_over_the_admin_channel(
 def test_audit_verify_needs_a_node_to_ask() -> None:
     r = CliRunner().invoke(cli, ["audit", "verify", "--json"])
     assert r.exit_code == 2
+
+
+def test_the_admin_export_needs_the_token_and_bounds_its_pages(admin_node: Path) -> None:
+    cfg = load(admin_node)
+    token = cfg.admin_token_file.read_text().strip()
+
+    def ask(req: dict[str, Any]) -> dict[str, Any]:
+        return trio.run(admin.call, cfg.admin_socket, req)
+
+    assert ask({"op": "audit"}) == {"ok": False, "error": "unauthorised"}
+    assert ask({"op": "audit", "token": "wrong"}) == {"ok": False, "error": "unauthorised"}
+    for bad in ({"limit": 0}, {"limit": 10_001}, {"start": -1}, {"limit": "x"}):
+        assert ask({"op": "audit", "token": token, **bad})["ok"] is False
+    page = ask({"op": "audit", "token": token, "start": 25, "limit": 10})
+    assert page["ok"] is True and len(page["audit"]["entries"]) == RELEASES - 25
+    assert "node_check" not in page["audit"]  # the chain walk only when asked for

@@ -223,3 +223,23 @@ def test_a_body_of_exactly_the_limit_reaches_the_node(path: str) -> None:
     out = run(post, make_app(source), path, MAX_BODY)
     assert out.status != 413 and out.delivered == MAX_BODY
     assert [n for _, n in source.seen] == [MAX_BODY]
+
+
+def test_a_route_that_reads_its_body_another_way_is_bounded_by_the_server_limit() -> None:
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    source = Source()
+    app = make_app(source)
+    whole: list[int] = []
+
+    async def careless(request: Request) -> Response:
+        whole.append(len(await request.body()))  # no limit of its own
+        return Response(b"ok")
+
+    app.router.routes.append(Route("/careless", careless, methods=["POST"]))
+    out = run(post, app, "/careless", GiB)
+    assert out.status == 413 and whole == []
+    assert out.delivered <= MAX_BODY + CHUNK
+    assert source.rejected["http body: body-too-large"] == 1

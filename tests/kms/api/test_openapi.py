@@ -120,9 +120,7 @@ def test_each_body_schema_names_exactly_the_message_its_route_decodes(
 ) -> None:
     doc = openapi_document()
     content = doc["paths"][op[1]][op[0]]["requestBody"]["content"]
-    assert content["application/json"]["schema"] == {
-        "$ref": f"#/components/schemas/{cls.__name__}"
-    }
+    assert content["application/json"]["schema"] == {"$ref": f"#/components/schemas/{cls.__name__}"}
     props = doc["components"]["schemas"][cls.__name__]["properties"]
     assert props["@type"] == {"const": cls.TYPE}
     assert props["@version"] == {"const": cls.VERSION}

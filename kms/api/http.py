@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from enum import StrEnum
 from typing import Any, Protocol
 
+import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -134,6 +134,15 @@ class BodyLimit:
     runs; otherwise the receive channel is wrapped and raises ``BodyRefused``
     once the bytes it delivered pass the limit (the app's handler for it
     answers 413). ``on_refusal`` counts each refusal.
+
+    While the last part of an answer is sent and the request's body has not
+    ended (it was refused, or sent to a route that takes none), what is left
+    of it is received and dropped at the same time: hypercorn queues received
+    chunks for the app and, on finishing the answer, queues a disconnect
+    behind them, waiting for room; with nobody receiving, that wait never
+    ends and the connection (a socket and a task) is never closed. Once the
+    answer is sent hypercorn stops passing the body on, so this drops at most
+    the few chunks already queued; the server then closes the connection.
     """
 
     def __init__(
@@ -147,25 +156,56 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        try:
-            check_content_length(Headers(scope=scope), self.limit)
-        except BodyRefused as exc:
-            if self.on_refusal is not None:
-                self.on_refusal(f"http body: {exc.reason.value}")
-            await refusal_response(exc)(scope, receive, send)
-            return
         received = 0
+        ended = False
+
+        async def take() -> Message:
+            nonlocal ended
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                ended = True
+            return message
+
+        async def drop_rest() -> None:
+            while not ended:
+                await take()
 
         async def bounded_receive() -> Message:
             nonlocal received
-            message = await receive()
+            message = await take()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise BodyRefused(BodyRefusal.TOO_LARGE, self.limit)
             return message
 
-        await self.app(scope, bounded_receive, send)
+        async def guarded_send(message: Message) -> None:
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if not last or ended:
+                await send(message)
+                return
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drop_rest)
+                await send(message)
+
+        try:
+            check_content_length(Headers(scope=scope), self.limit)
+        except BodyRefused as exc:
+            if self.on_refusal is not None:
+                self.on_refusal(f"http body: {exc.reason.value}")
+            await refusal_response(exc)(scope, take, guarded_send)
+            return
+        await self.app(scope, bounded_receive, guarded_send)
+
+
+class _BoundedStarlette(Starlette):
+    """Starlette with ``BodyLimit`` outside everything, its error middleware included."""
+
+    body_limit = MAX_BODY
+    on_refusal: Callable[[str], None] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:  # type: ignore[override]
+        return BodyLimit(super().build_middleware_stack(), self.body_limit, self.on_refusal)
 
 
 def refusal_response(exc: BodyRefused) -> Response:
@@ -278,7 +318,7 @@ def make_app(source: StatusSource) -> Starlette:
         source.count_rejected(f"http body: {refused.reason.value}")
         return refusal_response(refused)
 
-    return Starlette(
+    app = _BoundedStarlette(
         routes=[
             Route("/v1/policies", policies, methods=["POST"]),
             Route("/v1/evidence", evidence, methods=["POST"]),
@@ -292,9 +332,10 @@ def make_app(source: StatusSource) -> Starlette:
             Route("/v1/chain", chain),
             Route("/openapi.json", openapi),
         ],
-        middleware=[Middleware(BodyLimit, limit=MAX_BODY, on_refusal=source.count_rejected)],
         exception_handlers={BodyRefused: body_refused},
     )
+    app.on_refusal = source.count_rejected
+    return app
 
 
 def server_config(bind: str) -> Any:

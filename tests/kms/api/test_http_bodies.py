@@ -81,9 +81,11 @@ def stream(total: int) -> Iterator[bytes]:
 class Outcome:
     def __init__(self) -> None:
         self.delivered = 0
+        self.at_answer: int | None = None  # bytes delivered when the answer started
         self.status: int | None = None
         self.headers: dict[bytes, bytes] = {}
         self.body = b""
+        self.answered = False
 
 
 async def post(
@@ -94,28 +96,36 @@ async def post(
     content_length: str | None = None,
     method: str = "POST",
 ) -> Outcome:
-    """Send a ``total``-byte body to ``path`` through the ASGI channel; count what was taken."""
+    """Send a ``total``-byte body to ``path`` through the ASGI channel; count what was taken.
+
+    Like hypercorn, once the answer is complete the channel passes no more of
+    the body on and delivers a disconnect.
+    """
     out = Outcome()
     chunks = stream(total)
     done = False
 
     async def receive() -> dict[str, Any]:
         nonlocal done
+        await trio.lowlevel.checkpoint()
+        if out.answered:
+            return {"type": "http.disconnect"}
         if done:
             await trio.sleep_forever()  # as a server does until the client goes away
         chunk = next(chunks, b"")
         out.delivered += len(chunk)
         more = out.delivered < total
         done = not more
-        await trio.lowlevel.checkpoint()
         return {"type": "http.request", "body": chunk, "more_body": more}
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             out.status = message["status"]
+            out.at_answer = out.delivered
             out.headers = dict(message.get("headers", []))
         elif message["type"] == "http.response.body":
             out.body += message.get("body", b"")
+            out.answered = not message.get("more_body", False)
 
     headers = [(b"content-type", b"application/msgpack")]
     if content_length is not None:
@@ -145,7 +155,8 @@ def run(coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 def assert_refused_early(out: Outcome, source: Source) -> None:
     assert out.status == 413, out.body
-    assert out.delivered <= MAX_BODY + CHUNK, out.delivered
+    assert out.at_answer is not None and out.at_answer <= MAX_BODY + CHUNK, out.at_answer
+    assert out.delivered <= MAX_BODY + 2 * CHUNK, out.delivered  # and nothing more after it
     assert b'"reason":"body-too-large"' in out.body
     assert source.seen == []
 
@@ -171,7 +182,7 @@ def test_a_1_gib_chunked_body_is_refused_after_at_most_the_limit_plus_one_chunk(
 def test_a_declared_1_gib_body_is_refused_before_any_of_it_is_read(path: str) -> None:
     source = Source()
     out = run(post, make_app(source), path, GiB, content_length=str(GiB))
-    assert out.status == 413 and out.delivered == 0
+    assert out.status == 413 and out.at_answer == 0 and out.delivered <= CHUNK
     assert out.headers.get(b"connection") == b"close"
     assert source.seen == [] and source.rejected["http body: body-too-large"] == 1
 
@@ -188,7 +199,7 @@ def test_a_body_longer_than_its_content_length_is_cut_at_the_limit(path: str) ->
 def test_an_unusable_content_length_is_refused_with_a_reason(path: str, value: str) -> None:
     source = Source()
     out = run(post, make_app(source), path, 10, content_length=value)
-    assert out.status == 400 and out.delivered == 0
+    assert out.status == 400 and out.at_answer == 0
     assert b'"reason":"bad-content-length"' in out.body
     assert source.rejected["http body: bad-content-length"] == 1
 
@@ -243,3 +254,66 @@ def test_a_route_that_reads_its_body_another_way_is_bounded_by_the_server_limit(
     assert out.status == 413 and whole == []
     assert out.delivered <= MAX_BODY + CHUNK
     assert source.rejected["http body: body-too-large"] == 1
+
+
+async def through_hypercorn(path: str, method: str, limit: int) -> tuple[bytes, int]:
+    """Stream up to ``limit`` bytes chunked at a real hypercorn server running the node's app.
+
+    Returns what the client read until the server closed the connection, and
+    how many body bytes the client managed to write before that.
+    """
+    from functools import partial
+
+    from hypercorn.trio import serve
+
+    from kms.api.http import server_config
+
+    sent = 0
+    answer = b""
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(serve, make_app(Source()), server_config("127.0.0.1:0"), mode="asgi")
+        )
+        port = int(binds[0].rsplit(":", 1)[1])
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        head = f"{method} {path} HTTP/1.1\r\nhost: node\r\ntransfer-encoding: chunked\r\n\r\n"
+        await client.send_all(head.encode())
+        frame = b"%x\r\n" % CHUNK + BLOCK + b"\r\n"
+
+        async def write() -> None:
+            nonlocal sent
+            try:
+                while sent < limit:
+                    await client.send_all(frame)
+                    sent += CHUNK
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        with trio.fail_after(30):  # the server closes; no hang
+            async with trio.open_nursery() as inner:
+                inner.start_soon(write)
+                while data := await client.receive_some(65536):
+                    answer += data
+                inner.cancel_scope.cancel()
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+    return answer, sent
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status"),
+    [
+        ("/v1/policies", "POST", b"413"),
+        ("/v1/keys", "POST", b"413"),
+        ("/v1/evidence", "POST", b"413"),
+        ("/health", "GET", b"200"),
+        ("/v1/keys", "GET", b"405"),
+    ],
+)
+def test_through_hypercorn_the_node_answers_and_closes_the_connection(
+    path: str, method: str, status: bytes
+) -> None:
+    answer, sent = trio.run(through_hypercorn, path, method, GiB)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:60]
+    # The server stopped reading and closed; the client only filled socket buffers.
+    assert sent < 64 * MiB, sent

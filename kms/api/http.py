@@ -204,7 +204,7 @@ class _BoundedStarlette(Starlette):
     body_limit = MAX_BODY
     on_refusal: Callable[[str], None] | None = None
 
-    def build_middleware_stack(self) -> ASGIApp:  # type: ignore[override]
+    def build_middleware_stack(self) -> ASGIApp:
         return BodyLimit(super().build_middleware_stack(), self.body_limit, self.on_refusal)
 
 

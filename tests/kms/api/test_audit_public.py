@@ -247,3 +247,51 @@ def test_the_admin_export_needs_the_token_and_bounds_its_pages(admin_node: Path)
     page = ask({"op": "audit", "token": token, "start": 25, "limit": 10})
     assert page["ok"] is True and len(page["audit"]["entries"]) == RELEASES - 25
     assert "node_check" not in page["audit"]  # the chain walk only when asked for
+
+
+def _serve_public(monkeypatch: pytest.MonkeyPatch, service: NodeService) -> None:
+    """Route the CLI's HTTP requests to ``service``'s public app."""
+    app = make_app(service)
+
+    async def get(url: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport) as client:
+            r = await client.get(url)
+            await r.aread()
+            return r
+
+    monkeypatch.setattr("kms.cli.httpx.get", lambda url, **kw: trio.run(get, url))
+
+
+def test_audit_verify_checks_the_public_head_against_the_chain(
+    admin_node: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    store = open_store(load(admin_node))  # the same node's store, read by its public port
+    try:
+        _serve_public(monkeypatch, service_for(admin_node, store))
+        head_only = runner.invoke(cli, ["audit", "verify", "--url", "http://node", "--json"])
+        assert head_only.exit_code == 0, head_only.output
+        assert json.loads(head_only.stdout)["checked"] == "head"
+        both = runner.invoke(
+            cli,
+            ["audit", "verify", "--config", str(admin_node), "--url", "http://node", "--json"],
+        )
+        assert both.exit_code == 0, both.output
+        assert json.loads(both.stdout)["ok"] is True
+    finally:
+        store.close()
+    # Another node's head is not a head of this node's chain.
+    other = make_node(tmp_path / "other")
+    other_store = open_store(load(other))
+    try:
+        log_releases(other_store, 3)
+        _serve_public(monkeypatch, service_for(other, other_store))
+        mixed = runner.invoke(
+            cli,
+            ["audit", "verify", "--config", str(admin_node), "--url", "http://node", "--json"],
+        )
+        assert mixed.exit_code == 1
+        assert "another identity" in " ".join(json.loads(mixed.stdout)["problems"])
+    finally:
+        other_store.close()

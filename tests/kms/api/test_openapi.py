@@ -128,6 +128,14 @@ def test_each_body_schema_names_exactly_the_message_its_route_decodes(
     assert (mp["x-mpc-type"], mp["x-mpc-version"]) == (cls.TYPE, cls.VERSION)
 
 
+def test_the_policy_route_names_the_policy_bundle() -> None:
+    from kms.policy.policy import PolicyBundle
+
+    body = openapi_document()["paths"]["/v1/policies"]["post"]["requestBody"]["content"]
+    mp = body["application/msgpack"]["schema"]
+    assert (mp["x-mpc-type"], mp["x-mpc-version"]) == (PolicyBundle.TYPE, PolicyBundle.VERSION)
+
+
 def test_every_message_schema_pins_its_type_and_version() -> None:
     from mpc.codec import message_types
 

@@ -13,8 +13,9 @@ than ``MAX_BODY`` bytes of one request in memory:
   longer than their ``Content-Length`` says);
 * ``BodyLimit``, an ASGI middleware around the whole app, counts the bytes
   the ASGI receive channel delivers to any route and refuses the request
-  once they pass the limit, so a route that forgets the helper is bounded
-  all the same.
+  once they pass the limit, so a route that reads its body another way is
+  bounded all the same; it also drops what is left of an unread body while
+  the answer is sent, so the server can close the connection.
 
 A refused body is answered ``413`` (or ``400`` for an unusable
 ``Content-Length``) with ``{"reason", "detail", "limit"}``, a ``BodyRefusal``
@@ -140,7 +141,7 @@ class BodyLimit:
     of it is received and dropped at the same time: hypercorn queues received
     chunks for the app and, on finishing the answer, queues a disconnect
     behind them, waiting for room; with nobody receiving, that wait never
-    ends and the connection (a socket and a task) is never closed. Once the
+    ends and the connection (its socket and coroutine) is never closed. Once the
     answer is sent hypercorn stops passing the body on, so this drops at most
     the few chunks already queued; the server then closes the connection.
     """

@@ -339,6 +339,35 @@ def make_app(source: StatusSource) -> Starlette:
     return app
 
 
+def _drop_data_for_closed_h2_streams() -> None:
+    """Make hypercorn's HTTP/2 protocol drop data that arrives for a stream it has closed.
+
+    hypercorn 0.18 looks the stream of every received DATA frame up without
+    checking that it is still open, so a client that keeps sending a body
+    after the node answered (a refused body, or one sent to a route that
+    takes none) raises ``KeyError`` in the connection's handler, which under
+    trio ends the whole server and with it the node. This wraps the event
+    handler so that such data is dropped, as the adjacent end-of-stream case
+    already is upstream, and not acknowledged: the connection's flow-control
+    window then closes and the sender can push no more than that window.
+    """
+    import h2.events
+    from hypercorn.protocol.h2 import H2Protocol
+
+    if getattr(H2Protocol, "_qkms_guarded", False):
+        return
+    handle_events = H2Protocol._handle_events
+
+    async def guarded(self: Any, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                continue  # not acknowledged: the sender's window closes, it must stop
+            await handle_events(self, [event])
+
+    H2Protocol._handle_events = guarded  # type: ignore[method-assign]
+    H2Protocol._qkms_guarded = True  # type: ignore[attr-defined]
+
+
 def server_config(bind: str) -> Any:
     """The hypercorn settings of the public port (``hypercorn.config.Config``).
 
@@ -348,10 +377,13 @@ def server_config(bind: str) -> Any:
     received chunks (of at most 64 KiB each) waiting for a route that does not
     read them, after which hypercorn stops reading the socket; a read that
     waits longer than ``read_timeout`` closes the connection; an idle
-    keep-alive connection is closed after ``keep_alive_timeout``.
+    keep-alive connection is closed after ``keep_alive_timeout``. HTTP/2
+    data for a stream the node already answered is dropped
+    (``_drop_data_for_closed_h2_streams``).
     """
     from hypercorn.config import Config
 
+    _drop_data_for_closed_h2_streams()
     hc = Config()
     hc.bind = [bind]
     hc.accesslog = None

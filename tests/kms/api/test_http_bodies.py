@@ -317,3 +317,43 @@ def test_through_hypercorn_the_node_answers_and_closes_the_connection(
     assert answer.startswith(b"HTTP/1.1 " + status), answer[:60]
     # The server stopped reading and closed; the client only filled socket buffers.
     assert sent < 64 * MiB, sent
+
+
+# httpx leaves the request's body iterator unclosed when the server stops taking data.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(("path", "method"), [("/v1/policies", "POST"), ("/health", "GET")])
+def test_an_http2_body_that_keeps_coming_after_the_answer_does_not_stop_the_server(
+    path: str, method: str
+) -> None:
+    """HTTP/2 with prior knowledge: data for a stream the node already answered is dropped."""
+    from functools import partial
+
+    import httpx
+    from hypercorn.trio import serve
+
+    from kms.api.http import server_config
+
+    async def main() -> int:
+        with trio.fail_after(60):
+            return await run_server()
+
+    async def run_server() -> int:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(serve, make_app(Source()), server_config("127.0.0.1:0"), mode="asgi")
+            )
+            url = binds[0] + path
+
+            async def body():  # type: ignore[no-untyped-def]
+                for _ in stream(64 * MiB):
+                    yield BLOCK
+
+            async with httpx.AsyncClient(http1=False, http2=True, timeout=2) as h2client:
+                with pytest.raises(httpx.TransportError):  # the node stops taking data
+                    await h2client.request(method, url, content=body())
+            async with httpx.AsyncClient(timeout=10) as client:
+                status = (await client.get(binds[0] + "/health")).status_code
+            nursery.cancel_scope.cancel()
+            return status
+
+    assert trio.run(main) == 200  # the server is still serving

@@ -233,3 +233,26 @@ def test_checks_the_schema_states_are_the_decoders(
     assert not validator(openapi_document(), name).is_valid(body)
     with pytest.raises(MessageDecodeError):
         type(msg).decode_json(json.dumps(body))
+
+
+def test_the_document_is_built_once_not_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kms.api.openapi as openapi
+
+    built = 0
+    real = openapi.openapi_document
+
+    def counting() -> dict[str, Any]:
+        nonlocal built
+        built += 1
+        return real()
+
+    monkeypatch.setattr(openapi, "openapi_document", counting)
+    app = make_app(Source())
+
+    async def many() -> set[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            return {(await client.get("/openapi.json")).status_code for _ in range(50)}
+
+    assert trio.run(many) == {200}
+    assert built == 1

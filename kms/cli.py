@@ -808,50 +808,11 @@ audit_app = typer.Typer(help="A node's hash-chained audit log.", no_args_is_help
 app.add_typer(audit_app, name="audit")
 
 
-@audit_app.command("verify")
-def audit_verify(
-    url: Annotated[str, typer.Option("--url")],
-    json_out: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Fetch a node's audit log, recompute its hash chain and check the signed head."""
-    import hashlib
-
+def _audit_head_problems(doc: dict[str, Any]) -> list[str]:
+    """Problems with a signed audit head (``count``, ``head``, ``identity``, ``signature``)."""
     from mpc.errors import InvalidEncoding, InvalidSignature
     from mpc.sig import VerifyKey
 
-    entries: list[str] = []
-    doc: dict[str, Any] = {}
-    try:
-        while True:
-            r = httpx.get(
-                url.rstrip("/") + "/v1/audit",
-                params={"start": len(entries), "limit": 1000},
-                timeout=10,
-            )
-            if r.status_code != 200:
-                problem = f"the node could not serve its audit log (HTTP {r.status_code})"
-                if json_out:
-                    _print_json({"ok": False, "problems": [problem]})
-                else:
-                    out.print(f"audit log BROKEN: {problem}")
-                raise typer.Exit(1)
-            doc = r.json()
-            entries += doc["entries"]
-            if not doc["entries"] or len(entries) >= doc["count"]:
-                break
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
-        _fail(f"cannot read the audit log at {url}: {exc}", 2)
-        return
-    head = bytes(32)
-    for e in entries:
-        head = hashlib.sha256(head + e.encode()).digest()
-    problems = []
-    if len(entries) != doc["count"]:
-        problems.append(f"{len(entries)} entries for a head over {doc['count']}")
-    if head.hex() != doc["head"]:
-        problems.append(
-            "the entries do not hash to the signed head (a record was edited, removed or reordered)"
-        )
     try:
         key = VerifyKey.from_bytes(bytes.fromhex(doc["identity"]))
         key.verify(
@@ -859,10 +820,87 @@ def audit_verify(
             int(doc["count"]).to_bytes(8, "big") + bytes.fromhex(doc["head"]),
             bytes.fromhex(doc["signature"]),
         )
-    except (InvalidSignature, InvalidEncoding, ValueError):
-        problems.append("the head is not signed by the node's identity")
+    except (InvalidSignature, InvalidEncoding, ValueError, KeyError, TypeError):
+        return ["the head is not signed by the node's identity"]
+    return []
+
+
+@audit_app.command("verify")
+def audit_verify(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="The node's node.toml: read the whole log over its admin channel."
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="The node's public HTTP URL: check its signed head."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check a node's audit log: the whole hash chain (--config) and/or its public signed head (--url).
+
+    With ``--config`` the entries come over the node's admin channel (the
+    public port does not serve them), the chain is recomputed and checked
+    against the signed head, and the node checks its own copy too. With
+    ``--url`` the public head's signature is checked; with both, the public
+    head must also be a head of the chain read over the admin channel.
+    """
+    import hashlib
+
+    if config is None and url is None:
+        _fail("give --config (the whole chain, over the admin channel) and/or --url (the head)", 2)
+        return
+    problems: list[str] = []
+    public: dict[str, Any] | None = None
+    if url is not None:
+        try:
+            r = httpx.get(url.rstrip("/") + "/v1/audit/head", timeout=10)
+            if r.status_code != 200:
+                _fail(f"the node could not serve its audit head (HTTP {r.status_code})", 2)
+            public = r.json()
+            if not isinstance(public, dict):
+                raise ValueError("the audit head is not a JSON object")
+        except (httpx.HTTPError, ValueError) as exc:
+            _fail(f"cannot read the audit head at {url}: {exc}", 2)
+            return
+        problems += [f"public head: {p}" for p in _audit_head_problems(public)]
+    doc: dict[str, Any] = dict(public or {})
+    if config is not None:
+        entries: list[str] = []
+        while True:
+            req = {"op": "audit", "start": len(entries), "limit": 1000, "check": not entries}
+            page = _admin(config, req, json_out)["audit"]
+            if not entries:
+                doc = page
+            entries += page["entries"]
+            if not page["entries"] or len(entries) >= doc["count"]:
+                break
+        head = bytes(32)
+        at_public = head if public is not None and int(public["count"]) == 0 else None
+        for n, e in enumerate(entries, start=1):
+            head = hashlib.sha256(head + e.encode()).digest()
+            if public is not None and n == int(public["count"]):
+                at_public = head
+        if len(entries) != doc["count"]:
+            problems.append(f"{len(entries)} entries for a head over {doc['count']}")
+        if head.hex() != doc["head"]:
+            problems.append(
+                "the entries do not hash to the signed head "
+                "(a record was edited, removed or reordered)"
+            )
+        problems += _audit_head_problems(doc)
+        if doc.get("node_check") != "ok":
+            problems.append(f"the node's own check: {doc.get('node_check')}")
+        if public is not None:
+            if public["identity"] != doc["identity"]:
+                problems.append("the public head is signed by another identity")
+            elif at_public is None or at_public.hex() != public["head"]:
+                problems.append("the public head is not a head of the chain")
     result = {
         "ok": not problems,
+        "checked": "chain" if config is not None else "head",
         "count": doc["count"],
         "head": doc["head"],
         "identity": doc["identity"],
@@ -871,8 +909,9 @@ def audit_verify(
     if json_out:
         _print_json(result)
     else:
+        what = "audit log" if config is not None else "audit head"
         out.print(
-            ("audit log verifies: " if not problems else "audit log BROKEN: ")
+            (f"{what} verifies: " if not problems else f"{what} BROKEN: ")
             + f"{doc['count']} records, head {doc['head'][:16]}…"
         )
         for p in problems:

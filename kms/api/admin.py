@@ -28,6 +28,8 @@ from mpc.membership import (
 from mpc.membership.messages import Change
 
 MAX_REQUEST = 1024 * 1024
+MAX_AUDIT_PAGE = 10000
+"""At most this many audit entries per ``audit`` reply; a reader pages with ``start``."""
 
 
 class AdminTarget(Protocol):
@@ -38,6 +40,10 @@ class AdminTarget(Protocol):
     def approve(self, proposal_id: bytes) -> bool: ...
 
     def evidence(self) -> list[dict[str, Any]]: ...
+
+    def audit_export(
+        self, start: int = 0, limit: int = 1000, *, check: bool = False
+    ) -> dict[str, Any]: ...
 
 
 class AdminError(Exception):
@@ -93,6 +99,13 @@ def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
             return {"ok": True, "checked": known}
         if op == "evidence":
             return {"ok": True, "evidence": target.evidence()}
+        if op == "audit":
+            start = int(req.get("start", 0))
+            limit = int(req.get("limit", 1000))
+            if start < 0 or not 1 <= limit <= MAX_AUDIT_PAGE:
+                raise ValueError(f"start >= 0 and 1 <= limit <= {MAX_AUDIT_PAGE}")
+            export = target.audit_export(start, limit, check=bool(req.get("check", False)))
+            return {"ok": True, "audit": export}
     except ChangeRefused as exc:
         return {"ok": False, "error": f"refused: {exc}", "reason": exc.reason}
     except (

@@ -1,14 +1,36 @@
-"""The node's public HTTP app: ``/health``, ``/v1/status`` and ``/metrics``.
+"""The node's public HTTP app: key release, chain, policies, evidence, health and metrics.
 
 Admin actions are never served here: they go over the admin channel
-(``kms.api.admin``), a Unix socket guarded by a token.
+(``kms.api.admin``), a Unix socket guarded by a token. The full audit log is
+one of them; this port serves only its signed head.
+
+Every request body is bounded twice, so no route can be made to hold more
+than ``MAX_BODY`` bytes of one request in memory:
+
+* each body-taking route reads its body with ``read_body``, which refuses a
+  ``Content-Length`` over the limit before reading anything and stops
+  reading as soon as the bytes received pass it (chunked bodies, and bodies
+  longer than their ``Content-Length`` says);
+* ``BodyLimit``, an ASGI middleware around the whole app, counts the bytes
+  the ASGI receive channel delivers to any route and refuses the request
+  once they pass the limit, so a route that reads its body another way is
+  bounded all the same; it also drops what is left of an unread body while
+  the answer is sent, so the server can close the connection.
+
+A refused body is answered ``413`` (or ``400`` for an unusable
+``Content-Length``) with ``{"reason", "detail", "limit"}``, a ``BodyRefusal``
+code, and counted under ``qkms_rejected_inputs_total{reason="http body: …"}``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
+from enum import StrEnum
 from typing import Any, Protocol
 
+import anyio
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -30,7 +52,7 @@ class StatusSource(Protocol):
 
     def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]: ...
 
-    def audit_export(self, start: int = 0, limit: int = 1000) -> dict[str, Any]: ...
+    def audit_head(self) -> dict[str, Any]: ...
 
     def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]: ...
 
@@ -38,8 +60,158 @@ class StatusSource(Protocol):
 
 
 MAX_BODY = 512 * 1024
+"""The largest request body any route reads (a ``KeyRequest`` with a full event log fits)."""
 MSGPACK = "application/msgpack"
 JSON = "application/json"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyRefusal(StrEnum):
+    """Why a request body was refused before any route looked at it."""
+
+    TOO_LARGE = "body-too-large"
+    """Its ``Content-Length``, or the bytes received so far, exceed ``MAX_BODY``: 413."""
+    BAD_LENGTH = "bad-content-length"
+    """``Content-Length`` is not one decimal number (or appears twice, differently): 400."""
+
+
+class BodyRefused(Exception):
+    """A request body refused for a ``BodyRefusal`` reason."""
+
+    def __init__(self, reason: BodyRefusal, limit: int) -> None:
+        self.reason = reason
+        self.limit = limit
+        detail = (
+            f"the request body exceeds {limit} bytes"
+            if reason is BodyRefusal.TOO_LARGE
+            else "Content-Length is not a single decimal number"
+        )
+        super().__init__(detail)
+
+    @property
+    def status_code(self) -> int:
+        return 413 if self.reason is BodyRefusal.TOO_LARGE else 400
+
+    def body(self) -> dict[str, Any]:
+        return {"reason": self.reason.value, "detail": str(self), "limit": self.limit}
+
+
+def check_content_length(headers: Headers, limit: int) -> None:
+    """Refuse (``BodyRefused``) a declared body over ``limit`` before reading any of it."""
+    values = headers.getlist("content-length")
+    if not values:
+        return
+    if len(set(values)) != 1 or not values[0].isascii() or not values[0].isdigit():
+        raise BodyRefused(BodyRefusal.BAD_LENGTH, limit)
+    if len(values[0]) > 20 or int(values[0]) > limit:
+        raise BodyRefused(BodyRefusal.TOO_LARGE, limit)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The request's body, at most ``limit`` bytes; raises ``BodyRefused``.
+
+    Refuses on ``Content-Length`` before reading, and mid-stream as soon as
+    the bytes received pass ``limit`` (whatever ``Content-Length`` said), so
+    at most ``limit`` plus one received chunk is ever held.
+    """
+    check_content_length(request.headers, limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyRefused(BodyRefusal.TOO_LARGE, limit)
+    return bytes(body)
+
+
+class BodyLimit:
+    """ASGI middleware: no request of any route delivers more than ``limit`` body bytes.
+
+    A declared ``Content-Length`` over the limit is answered before the app
+    runs; otherwise the receive channel is wrapped and raises ``BodyRefused``
+    once the bytes it delivered pass the limit (the app's handler for it
+    answers 413). ``on_refusal`` counts each refusal.
+
+    While the last part of an answer is sent and the request's body has not
+    ended (it was refused, or sent to a route that takes none), what is left
+    of it is received and dropped at the same time: hypercorn queues received
+    chunks for the app and, on finishing the answer, queues a disconnect
+    behind them, waiting for room; with nobody receiving, that wait never
+    ends and the connection (its socket and coroutine) is never closed. Once the
+    answer is sent hypercorn stops passing the body on, so this drops at most
+    the few chunks already queued; the server then closes the connection.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_BODY, on_refusal: Callable[[str], None] | None = None
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.on_refusal = on_refusal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        ended = False
+
+        async def take() -> Message:
+            nonlocal ended
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                ended = True
+            return message
+
+        async def drop_rest() -> None:
+            while not ended:
+                await take()
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await take()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyRefused(BodyRefusal.TOO_LARGE, self.limit)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if not last or ended:
+                await send(message)
+                return
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drop_rest)
+                await send(message)
+
+        try:
+            check_content_length(Headers(scope=scope), self.limit)
+        except BodyRefused as exc:
+            if self.on_refusal is not None:
+                self.on_refusal(f"http body: {exc.reason.value}")
+            await refusal_response(exc)(scope, take, guarded_send)
+            return
+        await self.app(scope, bounded_receive, guarded_send)
+
+
+class _BoundedStarlette(Starlette):
+    """Starlette with ``BodyLimit`` outside everything, its error middleware included."""
+
+    body_limit = MAX_BODY
+    on_refusal: Callable[[str], None] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return BodyLimit(super().build_middleware_stack(), self.body_limit, self.on_refusal)
+
+
+def refusal_response(exc: BodyRefused) -> Response:
+    # The rest of the body is never read: the server closes the connection.
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers={"connection": "close"})
 
 
 def _wants_json(request: Request) -> bool:
@@ -60,6 +232,8 @@ def _message_response(raw: bytes, status_code: int, as_json: bool) -> Response:
 
 
 def make_app(source: StatusSource) -> Starlette:
+    from kms.api.openapi import openapi_document
+
     async def health(request: Request) -> Response:
         st = source.status()
         code = 200 if st.get("healthy") else 503
@@ -74,18 +248,7 @@ def make_app(source: StatusSource) -> Starlette:
         return PlainTextResponse(source.metrics_text(), media_type="text/plain; version=0.0.4")
 
     async def keys(request: Request) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return JSONResponse(
-                {"reason": "malformed-request", "detail": "body too large"}, status_code=413
-            )
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return JSONResponse(
-                    {"reason": "malformed-request", "detail": "body too large"}, status_code=413
-                )
+        body = await read_body(request)
         as_json = _wants_json(request)
         if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
             # The JSON form maps onto the msgpack one; the node checks that as usual.
@@ -101,29 +264,28 @@ def make_app(source: StatusSource) -> Starlette:
     async def chain(request: Request) -> Response:
         return _message_response(source.chain_bytes(), 200, _wants_json(request))
 
-    async def audit(request: Request) -> Response:
-        try:
-            start = int(request.query_params.get("start", "0"))
-            limit = min(int(request.query_params.get("limit", "1000")), 10000)
-        except ValueError:
-            return JSONResponse({"error": "start and limit are integers"}, status_code=400)
-        return JSONResponse(source.audit_export(max(0, start), max(1, limit)))
+    async def audit_head(request: Request) -> Response:
+        return JSONResponse(source.audit_head())
+
+    async def audit_export(request: Request) -> Response:
+        source.count_rejected("http: audit export is admin-only")
+        return JSONResponse(
+            {
+                "reason": "admin-only",
+                "detail": "the audit log is exported on the admin channel only "
+                "(kms audit verify --config); this port serves its signed head "
+                "at /v1/audit/head",
+            },
+            status_code=403,
+        )
 
     async def policies(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse(
-                {"accepted": False, "reason": "malformed", "detail": "too large"}, status_code=413
-            )
+        body = await read_body(request)
         code, reply = source.offer_policy(body)
         return JSONResponse(reply, status_code=code)
 
     async def evidence(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse(
-                {"accepted": False, "reason": "malformed", "detail": "too large"}, status_code=413
-            )
+        body = await read_body(request)
         if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
             try:
                 body = WrongPartialEvidence.decode_json(body).encode()
@@ -147,16 +309,89 @@ def make_app(source: StatusSource) -> Starlette:
             status_code=200 if info else 404,
         )
 
-    return Starlette(
+    document = openapi_document()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def body_refused(request: Request, exc: Exception) -> Response:
+        refused = exc if isinstance(exc, BodyRefused) else BodyRefused(BodyRefusal.TOO_LARGE, 0)
+        source.count_rejected(f"http body: {refused.reason.value}")
+        return refusal_response(refused)
+
+    app = _BoundedStarlette(
         routes=[
             Route("/v1/policies", policies, methods=["POST"]),
             Route("/v1/evidence", evidence, methods=["POST"]),
             Route("/v1/policies/{app_id}", policy),
-            Route("/v1/audit", audit),
+            Route("/v1/audit/head", audit_head),
+            Route("/v1/audit", audit_export),
             Route("/health", health),
             Route("/v1/status", status),
             Route("/metrics", metrics),
             Route("/v1/keys", keys, methods=["POST"]),
             Route("/v1/chain", chain),
-        ]
+            Route("/openapi.json", openapi),
+        ],
+        exception_handlers={BodyRefused: body_refused},
     )
+    app.on_refusal = source.count_rejected
+    return app
+
+
+def _drop_data_for_closed_h2_streams() -> None:
+    """Make hypercorn's HTTP/2 protocol drop data that arrives for a stream it has closed.
+
+    hypercorn 0.18 looks the stream of every received DATA frame up without
+    checking that it is still open, so a client that keeps sending a body
+    after the node answered (a refused body, or one sent to a route that
+    takes none) raises ``KeyError`` in the connection's handler, which under
+    trio ends the whole server and with it the node. This wraps the event
+    handler so that such data is dropped, as the adjacent end-of-stream case
+    already is upstream, and not acknowledged: the connection's flow-control
+    window then closes and the sender can push no more than that window.
+    """
+    import h2.events
+    from hypercorn.protocol.h2 import H2Protocol
+
+    if getattr(H2Protocol, "_qkms_guarded", False):
+        return
+    handle_events = H2Protocol._handle_events
+
+    async def guarded(self: Any, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                continue  # not acknowledged: the sender's window closes, it must stop
+            await handle_events(self, [event])
+
+    H2Protocol._handle_events = guarded  # type: ignore[method-assign]
+    H2Protocol._qkms_guarded = True  # type: ignore[attr-defined]
+
+
+def server_config(bind: str) -> Any:
+    """The hypercorn settings of the public port (``hypercorn.config.Config``).
+
+    What they bound per connection, beyond the body limit above: request
+    headers at most ``h11_max_incomplete_size`` (16 KiB) over HTTP/1.1 and
+    ``h2_max_header_list_size`` over HTTP/2; at most ``max_app_queue_size``
+    received chunks (of at most 64 KiB each) waiting for a route that does not
+    read them, after which hypercorn stops reading the socket; a read that
+    waits longer than ``read_timeout`` closes the connection; an idle
+    keep-alive connection is closed after ``keep_alive_timeout``. HTTP/2
+    data for a stream the node already answered is dropped
+    (``_drop_data_for_closed_h2_streams``).
+    """
+    from hypercorn.config import Config
+
+    _drop_data_for_closed_h2_streams()
+    hc = Config()
+    hc.bind = [bind]
+    hc.accesslog = None
+    hc.errorlog = None
+    hc.h11_max_incomplete_size = 16 * 1024
+    hc.h2_max_header_list_size = 16 * 1024
+    hc.h2_max_concurrent_streams = 16
+    hc.max_app_queue_size = 4
+    hc.read_timeout = 30
+    hc.keep_alive_timeout = 5
+    return hc

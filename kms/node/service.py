@@ -556,26 +556,51 @@ class NodeService:
 
     AUDIT_CONTEXT = b"quorum-kms/v1/kms/audit-head"
 
-    def audit_export(self, start: int = 0, limit: int = 1000) -> dict[str, Any]:
-        """The audit log (canonical JSON entries) and its head, signed by this node's identity."""
+    _audit_head: dict[str, Any] | None = None
+    """The last signed head; signed again only when the log has grown."""
+
+    def audit_head(self) -> dict[str, Any]:
+        """The audit log's count and head hash, signed by this node's identity (public).
+
+        One read of the log's last row (a primary-key lookup) per call; the
+        signature is made once per change of the log. The chain is never
+        walked here: ``audit_export(check=True)`` on the admin channel does that.
+        """
         count, head = self.store.audit_head()
+        cached = self._audit_head
+        if cached is None or cached["count"] != count or cached["head"] != head.hex():
+            statement = count.to_bytes(8, "big") + head
+            cached = self._audit_head = {
+                "count": count,
+                "head": head.hex(),
+                "identity": self.identity.verify_key().to_bytes().hex(),
+                "signature": self.identity.sign(self.AUDIT_CONTEXT, statement).hex(),
+            }
+        return dict(cached)
+
+    def audit_export(
+        self, start: int = 0, limit: int = 1000, *, check: bool = False
+    ) -> dict[str, Any]:
+        """Audit entries (canonical JSON) from ``start`` and the signed head (admin channel only).
+
+        ``check`` also recomputes the whole chain here (``node_check``): a
+        walk over every entry, so it is asked for once per export, not per page.
+        """
+        head = self.audit_head()
         entries = self.store.audit_entries(start, limit)
-        try:
-            self.store.audit_verify()
-            local_check = "ok"
-        except (StoreError, TypeError, ValueError) as exc:  # an edited file may hold anything
-            local_check = f"broken: {exc}"
-            log.warning("audit log check failed", extra={"fields": {"reason": str(exc)}})
-        statement = count.to_bytes(8, "big") + head
-        return {
-            "count": count,
-            "head": head.hex(),
-            "identity": self.identity.verify_key().to_bytes().hex(),
-            "signature": self.identity.sign(self.AUDIT_CONTEXT, statement).hex(),
+        out = {
+            **head,
             "start": start,
-            "node_check": local_check,
             "entries": [e.entry.decode("utf-8", "replace") for e in entries],
         }
+        if check:
+            try:
+                self.store.audit_verify()
+                out["node_check"] = "ok"
+            except (StoreError, TypeError, ValueError) as exc:  # an edited file may hold anything
+                out["node_check"] = f"broken: {exc}"
+                log.warning("audit log check failed", extra={"fields": {"reason": str(exc)}})
+        return out
 
     def chain_bytes(self) -> bytes:
         return self.core.chain_update(0).encode()

@@ -135,11 +135,10 @@ def configure_logging(fmt: str) -> None:
 
 async def run_node(config_path: Path) -> None:
     """``kms node run``: serve until SIGINT or SIGTERM."""
-    from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve
 
     from kms.api import admin
-    from kms.api.http import make_app
+    from kms.api.http import make_app, server_config
     from net.libp2p import Libp2pTransport
 
     cfg = load(config_path)
@@ -162,10 +161,7 @@ async def run_node(config_path: Path) -> None:
             service.collateral = collateral
             service.releaser = make_releaser(cfg, service)
             service.policy_sync_interval = cfg.policy_sync_interval
-            hc = HypercornConfig()
-            hc.bind = [f"{cfg.http_host}:{cfg.http_port}"]
-            hc.accesslog = None
-            hc.errorlog = None
+            hc = server_config(f"{cfg.http_host}:{cfg.http_port}")
             shutdown = trio.Event()
             async with trio.open_nursery() as nursery:
                 await nursery.start(service.run)

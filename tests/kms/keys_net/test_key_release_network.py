@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kms.devnet import launch, wait_for_apps
@@ -142,8 +143,13 @@ def test_the_audit_chain_verifies_and_detects_an_edited_record(devnet: Path) -> 
     key(devnet)
     state = json.loads((devnet / "devnet.json").read_text())
     url = state["nodes"][0]["http_url"]  # the client asks nodes in index order
-    ok = json.loads(kms("audit", "verify", "--url", url, "--json").stdout)
-    assert ok["ok"] is True and ok["count"] >= 1
+    config = state["nodes"][0]["config"]
+    ok = json.loads(kms("audit", "verify", "--config", config, "--url", url, "--json").stdout)
+    assert ok["ok"] is True and ok["checked"] == "chain" and ok["count"] >= 1
+    # The public port serves the signed head, not the log.
+    head = json.loads(kms("audit", "verify", "--url", url, "--json").stdout)
+    assert head["ok"] is True and head["checked"] == "head" and head["head"] == ok["head"]
+    assert httpx.get(url + "/v1/audit", timeout=10).status_code == 403
     # Someone with access to the disk edits a record of node 1 (the append-only triggers
     # only guard against the code's own bugs, so they drop them first).
     db = Path(state["nodes"][0]["config"]).parent / "node.db"
@@ -163,9 +169,66 @@ def test_the_audit_chain_verifies_and_detects_an_edited_record(devnet: Path) -> 
         con.commit()
     finally:
         con.close()
-    proc = kms("audit", "verify", "--url", url, "--json", check=False)
+    proc = kms("audit", "verify", "--config", config, "--json", check=False)
     bad = json.loads(proc.stdout)
     assert proc.returncode == 1 and bad["ok"] is False
+
+
+def _peak_rss(pid: int) -> int:
+    """A process's peak resident memory in bytes (``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.slow
+def test_a_live_node_refuses_large_bodies_on_every_body_taking_route(devnet: Path) -> None:
+    """Through hypercorn, 8 connections at once per route, each streaming up to 256 MiB.
+
+    Every connection is answered 413 and closed while the client still
+    writes, the node's peak resident memory grows by less than 64 MiB, it
+    stays healthy, and it counts each refusal.
+    """
+    import threading
+
+    state = json.loads((devnet / "devnet.json").read_text())
+    node = state["nodes"][2]
+    url, pid = node["http_url"], int(node["pid"])
+    routes = ("/v1/keys", "/v1/policies", "/v1/evidence")
+    before = _peak_rss(pid)
+    sent: list[int] = []
+    answers: list[int | None] = []
+
+    def one(route: str) -> None:
+        n = 0
+
+        def chunks():  # type: ignore[no-untyped-def]
+            nonlocal n
+            block = bytes(65536)
+            for _ in range(4096):
+                n += len(block)
+                yield block
+
+        try:
+            r = httpx.post(url + route, content=chunks(), timeout=60)
+            answers.append(r.status_code)
+        except httpx.TransportError:
+            answers.append(None)  # closed while the client still wrote: also a refusal
+        sent.append(n)
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in routes for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(answers) == len(threads) and set(answers) <= {413, None}, answers
+    assert max(sent) < 64 * 1024 * 1024  # the node stopped reading long before the end
+    assert _peak_rss(pid) - before < 64 * 1024 * 1024
+    assert httpx.get(url + "/health", timeout=10).status_code == 200
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    line = next(x for x in metrics.splitlines() if 'reason="http body: body-too-large"' in x)
+    assert float(line.rsplit(" ", 1)[1]) >= len(threads)
 
 
 @pytest.mark.slow

@@ -553,6 +553,14 @@ def key_get(
             help="Disclose evidence of wrong partials to the other nodes (default).",
         ),
     ] = True,
+    bundle_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="The app's signed policy bundle (encoded), sent with the request: nodes that "
+            "have not admitted the app admit it when its policy admits this CVM.",
+        ),
+    ] = None,
 ) -> None:
     """Fetch an app key as the devnet's simulated CVM, verified against the pinned master key."""
     import hashlib
@@ -573,7 +581,14 @@ def key_get(
     meas = devnet.ROGUE_MEASUREMENT if rogue else devnet.DEMO_MEASUREMENT
     urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
     try:
-        res = fetch_keys(urls, mpk, app_id, [(purpose, version)], lambda rd: tee.quote(rd, **meas))
+        res = fetch_keys(
+            urls,
+            mpk,
+            app_id,
+            [(purpose, version)],
+            lambda rd: tee.quote(rd, **meas),
+            bundle=bundle_file.read_bytes() if bundle_file is not None else b"",
+        )
     except KeyReleaseError as exc:
         if json_out:
             _print_json({"ok": False, "error": str(exc)})

@@ -54,6 +54,12 @@ class NodeFileConfig:
     pccs_url: str | None = None
     collateral_cache_dir: Path | None = None
     pccs_verify_tls: bool = True
+    policy_max_version_step: int = 1000
+    """Largest version increase a node accepts over an app's floor (and for a new app, from 0)."""
+    policy_cache_entries: int = 1024
+    """Bundles of apps this node has not admitted that it keeps in memory (never on disk)."""
+    policy_cache_bytes: int = 16 * 1024 * 1024
+    """Bytes those cached bundles may take."""
 
     @property
     def directory(self) -> Path:
@@ -72,6 +78,12 @@ def _positive(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigError(f"{what} must be a positive number of seconds")
     return float(value)
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer")
+    return value
 
 
 def _hex(value: Any, what: str, size: int | None = None) -> bytes:
@@ -198,5 +210,12 @@ def load(path: str | Path) -> NodeFileConfig:
         pccs_verify_tls=bool(node.get("pccs_verify_tls", True)),
         policy_sync_interval=_positive(
             node.get("policy_sync_interval", 10.0), "policy_sync_interval"
+        ),
+        policy_max_version_step=_count(
+            node.get("policy_max_version_step", 1000), "policy_max_version_step"
+        ),
+        policy_cache_entries=_count(node.get("policy_cache_entries", 1024), "policy_cache_entries"),
+        policy_cache_bytes=_count(
+            node.get("policy_cache_bytes", 16 * 1024 * 1024), "policy_cache_bytes"
         ),
     )

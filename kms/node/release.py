@@ -58,6 +58,8 @@ class Refusal(enum.Enum):
     QUOTE = "quote-rejected"
     NO_POLICY = "no-policy"
     POLICY = "policy-refused"
+    FROZEN = "app-frozen"
+    BUNDLE = "bundle-refused"
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,12 @@ class KeyReleaser:
         share: SecretShare | None,
         seen_nonce: Callable[[bytes], bool],
         decoded: KeyRequest | None = None,
+        candidate: AppPolicy | None = None,
     ) -> Released | Refused:
         """Check ``raw`` and answer it. ``decoded`` is ``KeyRequest.decode(raw)`` when the
-        caller already has it (the node's shell decodes first to find the quote's platform)."""
+        caller already has it (the node's shell decodes first to find the quote's platform).
+        ``candidate`` is the policy of the bundle the request carries, for an app the node
+        has not admitted (already checked: signature, chain, key, time, version bound)."""
         if decoded is not None:
             req = decoded
         else:
@@ -171,7 +176,7 @@ class KeyReleaser:
             verified = self._verifier.verify(req.quote, self._collateral_for(req.quote), now=now)  # type: ignore[arg-type]
         except QuoteVerificationError as exc:
             return refuse(Refusal.QUOTE, str(exc))
-        policy = self._policy_for(body.app_id, now)
+        policy = candidate if candidate is not None else self._policy_for(body.app_id, now)
         if policy is None:
             return refuse(Refusal.NO_POLICY, "no current policy for this app")
         event_log = req.event_log.decode("utf-8", "replace") if req.event_log else None

@@ -58,6 +58,10 @@ class PolicyFailure(enum.Enum):
     """The policy held is older than the minimum version the CVM asked for."""
     EVENT_LOG_INVALID = "event_log_invalid"
     """A compose-hash measurement could match, but the RTMR3 event log does not verify."""
+    APP_FROZEN = "app_frozen"
+    """The app is frozen: two different rotations from one owner key were seen (a fork)."""
+    UNKNOWN_APP = "unknown_app"
+    """The node has not admitted the app: the policy was kept in its bounded cache only."""
 
 
 class PolicyError(Exception):

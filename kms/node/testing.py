@@ -70,22 +70,22 @@ def _run_dkg(configs: dict[ParticipantIndex, tuple[NodeConfig, SigningKey, Any]]
     }
     start = next(iter(configs.values()))[0].genesis_start
     t = start
-    while t < start + 40.0:
+    while t < start + 60.0:
         for c in cores.values():
             c.advance_time(t)
-        moved = True
-        while moved:
-            moved = False
+        pending = [(i, ob) for i, c in cores.items() for ob in c.messages_to_send()]
+        t += 0.1
+        while pending:  # first in, first delivered
+            sender, ob = pending.pop(0)
+            if ob.to in cores:
+                cores[ob.to].receive(sender, decode(ob.message.encode()), t)
             for i, c in cores.items():
                 c.events()
-                for ob in c.messages_to_send():
-                    moved = True
-                    if ob.to in cores:
-                        cores[ob.to].receive(i, decode(ob.message.encode()), t)
-        if all(c.state is not None for c in cores.values()):
+                pending.extend((i, o) for o in c.messages_to_send())
+        if all(c.state is not None and c.share is not None for c in cores.values()):
             break
-        t += 0.25
-    if not all(c.state is not None for c in cores.values()):
+        t += 0.15
+    if not all(c.state is not None and c.share is not None for c in cores.values()):
         raise RuntimeError("the in-process DKG did not finish")
     for c in cores.values():
         c.events()

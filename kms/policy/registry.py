@@ -242,10 +242,8 @@ class AppRegistry:
         Known app: the usual checks against its chain and floor (a fork freezes it).
         Unknown app: cached; with a voucher, admitted once enough members vouched.
         """
-        try:
-            bundle.validate()
-        except (MessageDecodeError, TypeError, AttributeError) as exc:
-            return OfferOutcome(False, reason=PolicyFailure.MALFORMED, detail=str(exc))
+        if not isinstance(bundle, PolicyBundle):  # decoded, so already validated
+            return OfferOutcome(False, reason=PolicyFailure.MALFORMED, detail="not a bundle")
         app_id = bundle.signed.policy.app_id
         rec = self._records.get(app_id)
         if rec is None:

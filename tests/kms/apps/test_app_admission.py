@@ -7,14 +7,20 @@ key requests quoted by the simulated TEE.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
+import msgpack
 import trio
 
-from kms.node.testing import NOW, app_bundle, local_committee
+from kms.client.core import KeyRequestSession
+from kms.node.testing import MEASUREMENT, NOW, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey
-from kms.protocol import KeyRefusal
+from kms.protocol import KeyRefusal, KeyRequest
+from mpc.codec import decode
+
+ROGUE = {**MEASUREMENT, "rtmr3": bytes(48)}
 
 
 def run(fn):  # type: ignore[no-untyped-def]
@@ -56,28 +62,176 @@ def test_a_cvm_registers_its_app_with_its_key_request(tmp_path: Path) -> None:
 
 
 def test_a_request_whose_bundle_was_swapped_is_refused(tmp_path: Path) -> None:
+    """The bundle's hash is in the quoted body: a bundle swapped in transit does not match."""
     owner, thief = keys(3), keys(4)
 
     async def main() -> None:
         async with local_committee(tmp_path) as c:
-            from kms.client.core import KeyRequestSession
-            from kms.node.testing import MEASUREMENT
-            from kms.protocol import KeyRequest
-            from mpc.codec import decode
-
             good = app_bundle(owner, c.mpk).encode()
-            s = KeyRequestSession(c.chain, owner.app_id(), [("app", 1)], now=NOW, rng=random.Random(1).randbytes, bundle=good)
+            s = KeyRequestSession(
+                c.chain, owner.app_id(), [("app", 1)], now=NOW, rng=os.urandom, bundle=good
+            )
             req = s.attach_quote(c.tee.quote(s.report_data, **MEASUREMENT))
-            swapped = app_bundle(thief, c.mpk, app_id=owner.app_id()).encode()
+            swapped = app_bundle(thief, c.mpk, measurement=ROGUE).encode()
             forged = KeyRequest(req.body, req.quote, req.event_log, swapped)
-            r = await c.clients[1].post("/v1/keys", content=forged.to_wire_bytes() if hasattr(forged, "to_wire_bytes") else _raw(forged))
+            raw = bytes(msgpack.packb(forged.to_wire(), use_bin_type=True))
+            r = await c.clients[1].post("/v1/keys", content=raw)
             answer = decode(r.content)
             assert isinstance(answer, KeyRefusal) and answer.reason == "malformed-request"
+            assert owner.app_id() not in c.policies[1].registry  # type: ignore[operator]
 
     run(main)
 
 
-def _raw(msg) -> bytes:  # type: ignore[no-untyped-def]
-    import msgpack
+def _rotate(old: OwnerKey, new: OwnerKey, chain: OwnerChain) -> OwnerChain:
+    return chain.extend(old.rotate(chain, new.public_bytes()))
 
-    return bytes(msgpack.packb(msg.to_wire(), use_bin_type=True))
+
+def test_a_rotated_away_owner_key_cannot_take_the_app_back(tmp_path: Path) -> None:
+    """The owner rotated K1 -> K2 after K1 was stolen; the latest policy expired; the node
+    restarted and re-read its directory. The thief posts version 4,000,000,000 signed by K1."""
+    k1, k2 = keys(10), keys(11)
+    app = k1.app_id()
+    chain = _rotate(k1, k2, OwnerChain.genesis(k1.public_bytes()))
+    lifetime = 3600
+
+    async def first_run() -> dict[int, Path]:
+        async with local_committee(tmp_path) as c:
+            s, _ = await c.fetch_keys(app, bundle=app_bundle(k1, c.mpk, lifetime=lifetime).encode())
+            assert s.done
+            v2 = app_bundle(k2, c.mpk, version=2, lifetime=lifetime, rotations=chain.records)
+            for i in c.services:
+                assert (await c.post_policy(i, v2.encode())).json()["accepted"] is True
+            return c.stores
+
+    stores = trio.run(first_run)
+    later = NOW + 2 * lifetime  # every policy of the app has expired
+
+    async def after_expiry() -> None:
+        async with local_committee(tmp_path, stores=stores) as c:
+            c.clock.t = float(later)
+            for p in c.policies.values():
+                p.ready(later)
+                p.reload(later)
+            thief = app_bundle(k1, c.mpk, version=4_000_000_000, now=later)
+            for i in c.services:
+                r = await c.post_policy(i, thief.encode())
+                assert r.json()["accepted"] is False, r.json()
+                assert r.json()["reason"] == "not_owner"
+            # Nor through a key request carrying the thief's bundle (the app is known).
+            s, answers = await c.fetch_keys(app, bundle=thief.encode())
+            assert not s.done
+            # The real owner's renewal is accepted everywhere.
+            renewal = app_bundle(k2, c.mpk, version=3, now=later, rotations=chain.records)
+            for i in c.services:
+                r = await c.post_policy(i, renewal.encode())
+                assert r.json()["accepted"] is True, r.json()
+            s, _ = await c.fetch_keys(app)
+            assert s.done
+
+    run(after_expiry)
+
+
+def test_a_new_member_learns_the_chain_from_the_committee_before_accepting(
+    tmp_path: Path,
+) -> None:
+    k1, k2 = keys(20), keys(21)
+    app = k1.app_id()
+    chain = _rotate(k1, k2, OwnerChain.genesis(k1.public_bytes()))
+
+    async def main() -> None:
+        async with local_committee(tmp_path) as c:
+            # Nodes 1 and 2 admitted the app and saw the rotation; node 3 never heard of it.
+            s, _ = await c.fetch_keys(app, bundle=app_bundle(k1, c.mpk).encode(), nodes=[1, 2])
+            assert s.done
+            v2 = app_bundle(k2, c.mpk, version=2, rotations=chain.records).encode()
+            for i in (1, 2):
+                await c.post_policy(i, v2)
+            assert app not in c.policies[3].registry  # type: ignore[operator]
+            # The thief reaches node 3 first with a policy signed by the rotated-away key.
+            thief = app_bundle(k1, c.mpk, version=4_000_000_000).encode()
+            r = await c.post_policy(3, thief)
+            assert r.status_code == 202 and r.json()["reason"] == "unknown_app"
+            # Node 3 asked the committee; t members answered with the real chain.
+            with trio.fail_after(5):
+                while app not in c.policies[3].registry:  # type: ignore[operator]
+                    await trio.sleep(0.01)
+            info = (await c.clients[3].get(f"/v1/policies/{app.hex()}")).json()
+            assert info["version"] == 2 and info["owner_key"] == k2.public_bytes().hex()
+            r = await c.post_policy(3, thief)
+            assert r.json()["reason"] == "not_owner"
+            s, _ = await c.fetch_keys(app, nodes=[3, 1])
+            assert s.done
+
+    run(main)
+
+
+def test_a_rotation_fork_freezes_the_app_until_the_operator_picks_a_branch(
+    tmp_path: Path,
+) -> None:
+    k1, k2, k3 = keys(30), keys(31), keys(32)
+    app = k1.app_id()
+    genesis = OwnerChain.genesis(k1.public_bytes())
+    real = _rotate(k1, k2, genesis)
+    stolen = _rotate(k1, k3, genesis)
+    pdir = tmp_path / "operator"
+    pdir.mkdir()
+
+    async def main() -> None:
+        async with local_committee(tmp_path, policies_dir=lambda i: pdir) as c:
+            s, _ = await c.fetch_keys(app, bundle=app_bundle(k1, c.mpk).encode())
+            assert s.done
+            v2 = app_bundle(k2, c.mpk, version=2, rotations=real.records).encode()
+            assert (await c.post_policy(1, v2)).json()["accepted"] is True
+            await trio.sleep(0.05)  # gossip
+            fork = app_bundle(k3, c.mpk, version=2, rotations=stolen.records).encode()
+            for i in c.services:
+                r = await c.post_policy(i, fork)
+                assert r.status_code == 423 and r.json()["reason"] == "app_frozen", r.json()
+            # Frozen: no release, no push (even the real owner's), an alert.
+            s, answers = await c.fetch_keys(app)
+            assert not s.done
+            assert {a.reason for a in answers.values() if isinstance(a, KeyRefusal)} == {
+                "app-frozen"
+            }
+            v3 = app_bundle(k2, c.mpk, version=3, rotations=real.records).encode()
+            assert (await c.post_policy(1, v3)).json()["reason"] == "app_frozen"
+            status = (await c.clients[1].get("/v1/status")).json()
+            assert status["apps"]["frozen"] == [app.hex()]
+            metrics = (await c.clients[1].get("/metrics")).text
+            assert "qkms_apps_frozen 1" in metrics
+            # The operator, on the owner's word, places the real branch and reloads.
+            (pdir / f"{app.hex()}.policy").write_bytes(v3)
+            for p in c.policies.values():
+                p.reload(NOW)
+            s, _ = await c.fetch_keys(app)
+            assert s.done
+            assert (await c.post_policy(1, fork)).json()["accepted"] is False
+
+    run(main)
+
+
+def test_version_jumps_are_bounded(tmp_path: Path) -> None:
+    owner, fresh = keys(40), keys(41)
+    app = owner.app_id()
+
+    async def main() -> None:
+        async with local_committee(tmp_path, max_version_step=1000) as c:
+            s, _ = await c.fetch_keys(app, bundle=app_bundle(owner, c.mpk).encode())
+            assert s.done
+            r = await c.post_policy(1, app_bundle(owner, c.mpk, version=1002).encode())
+            assert r.status_code == 409 and r.json()["reason"] == "version_jump"
+            r = await c.post_policy(1, app_bundle(owner, c.mpk, version=1001).encode())
+            assert r.json()["accepted"] is True
+            # A new app's first version is bounded from 0 too.
+            big = app_bundle(fresh, c.mpk, version=5000).encode()
+            s, answers = await c.fetch_keys(fresh.app_id(), bundle=big)
+            assert not s.done
+            assert all(
+                isinstance(a, KeyRefusal)
+                and a.reason == "bundle-refused"
+                and "version_jump" in a.detail
+                for a in answers.values()
+            )
+
+    run(main)

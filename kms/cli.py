@@ -890,7 +890,8 @@ def app_create(
     name: Annotated[str, typer.Option("--name", help="Alias for the app in devnet.json.")],
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Create an app: a new owner key (its id is derived from it) and a first policy, pushed to every node."""
+    """Create an app: a new owner key (its id is derived from it) and a first policy, admitted by
+    the devnet's operator at every node (policies directory and a reload)."""
     from kms import devnet
 
     state = devnet.read_state(devnet_dir)
@@ -899,8 +900,8 @@ def app_create(
     if not state.get("master_public_key"):
         _fail("the devnet has no master public key yet", 2)
     owner = devnet.owner_of(devnet_dir, name)
-    report = devnet.push_policy(
-        state, devnet.demo_policy(owner, state["master_public_key"], version=1)
+    report = devnet.admit_app(
+        devnet_dir, devnet.demo_policy(owner, state["master_public_key"], version=1)
     )
     state = devnet.read_state(devnet_dir)
     state.setdefault("apps", {})[name] = owner.app_id().hex()

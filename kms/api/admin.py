@@ -93,6 +93,11 @@ def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
             return {"ok": True, "checked": known}
         if op == "evidence":
             return {"ok": True, "evidence": target.evidence()}
+        if op == "reload-policies":
+            reload = getattr(target, "reload_policies", None)
+            if reload is None:
+                return {"ok": False, "error": "this node keeps no app policies"}
+            return {"ok": True, **reload()}
     except ChangeRefused as exc:
         return {"ok": False, "error": f"refused: {exc}", "reason": exc.reason}
     except (

@@ -509,6 +509,15 @@ class NodeService:
         if blame is not None:
             self._reject(str(peer), blame)
 
+    def reload_policies(self) -> dict[str, Any]:
+        """Re-read the operator's policies directory (admin channel ``reload-policies``)."""
+        if self.policies is None:
+            return {"admitted": 0, "updated": 0, "refused": 0, "serving": False}
+        now = int(self.clock.now())
+        if self.policies.ready(now) is None:
+            return {"admitted": 0, "updated": 0, "refused": 0, "serving": False}
+        return {**self.policies.reload(now), "serving": True}
+
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
         if self.policies is None:
             return None

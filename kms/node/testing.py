@@ -45,7 +45,8 @@ NOW = 1_800_000_000
 """The committee's wall clock starts here (Unix seconds)."""
 
 MEASUREMENT = {
-    name: bytes([i + 1]) * 48 for i, name in enumerate(("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
+    name: bytes([i + 1]) * 48
+    for i, name in enumerate(("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
 }
 """The CVM image the test apps' policies admit."""
 
@@ -62,7 +63,9 @@ class SettableClock:
         return self.t
 
 
-def _run_dkg(configs: dict[ParticipantIndex, tuple[NodeConfig, SigningKey, Any]]) -> dict:
+def _run_dkg(
+    configs: dict[ParticipantIndex, tuple[NodeConfig, SigningKey, Any]],
+) -> dict[ParticipantIndex, NodeCore]:
     """Genesis DKG among fresh cores, delivering every message at once on a virtual clock."""
     rng = random.Random(1)
     cores = {
@@ -135,7 +138,16 @@ class LocalCommittee:
             rng=os.urandom,
             bundle=bundle,
         )
-        req = s.attach_quote(self.tee.quote(s.report_data, **(measurement or MEASUREMENT)))
+        m = measurement or MEASUREMENT
+        quote = self.tee.quote(
+            s.report_data,
+            mr_td=m["mr_td"],
+            rtmr0=m["rtmr0"],
+            rtmr1=m["rtmr1"],
+            rtmr2=m["rtmr2"],
+            rtmr3=m["rtmr3"],
+        )
+        req = s.attach_quote(quote)
         answers: dict[int, KeyResponse | KeyRefusal] = {}
         for i in nodes or sorted(self.services):
             r = await self.clients[i].post(
@@ -216,8 +228,11 @@ async def local_committee(
     }
     cores = _run_dkg(configs)
     first = cores[ParticipantIndex(1)]
+    if first.state is None:
+        raise RuntimeError("no epoch after the DKG")
     mpk = first.state.mpk
     chain = verify_chain(first.chain, mpk=mpk)
+    mpk_bytes: bytes = mpk.to_bytes()
     tee = SimulatedTEE(random.Random(seed).randbytes, now=NOW)
     verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
     collateral = tee.collateral(NOW)
@@ -244,7 +259,7 @@ async def local_committee(
             svc.policy_sync_interval = 3600.0
             pol = NodePolicies(
                 store,
-                lambda mpk=mpk: mpk.to_bytes(),
+                lambda: mpk_bytes,
                 directory=policies_dir(i),
                 max_version_step=max_version_step,
                 cache_entries=cache_entries,

@@ -139,7 +139,9 @@ def test_a_store_written_with_schema_1_opens_and_migrates(tmp_path: Path) -> Non
     path = tmp_path / "old.db"
     shutil.copy(Path(__file__).parent / "data" / "store-schema-1.db", path)
     with raw_db(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0] == b"1"
+        assert (
+            db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0] == b"1"
+        )
     with NodeStore(path, tee_sealer()) as store:
         assert store.schema_version == CURRENT
         assert store.load_identity() == (bytes([1]) * 32, bytes([2]) * 32)

@@ -18,6 +18,7 @@ from kms.policy import AppPolicy, PolicyBundle, PolicyError, PolicyFailure, Rota
 from kms.policy.registry import AdmittedBy, AppRecord, AppRegistry, OfferOutcome
 from kms.protocol import KeyRequest, bundle_hash
 from kms.store import NodeStore
+from kms.store.store import StoredApp
 
 log = logging.getLogger("quorum_kms.node")
 
@@ -49,6 +50,7 @@ class NodePolicies:
         self._vouch_threshold = vouch_threshold
         self.registry: AppRegistry | None = None
         self.frozen_alerts = 0
+        self._batch: dict[bytes, StoredApp] | None = None
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -96,7 +98,19 @@ class NodePolicies:
         reg = self.registry
         if reg is None or self.directory is None or not self.directory.is_dir():
             return counts
-        for f in sorted(self.directory.glob("*.policy")):
+        self._batch = {}  # one store transaction for the whole directory
+        try:
+            self._read_directory(reg, self.directory, now, counts)
+        finally:
+            batch, self._batch = self._batch, None
+            if batch:
+                self.store.put_apps(batch.values())
+        return counts
+
+    def _read_directory(
+        self, reg: AppRegistry, directory: Path, now: int, counts: dict[str, int]
+    ) -> None:
+        for f in sorted(directory.glob("*.policy")):
             try:
                 bundle = PolicyBundle.decode(f.read_bytes())
             except (OSError, ValueError) as exc:
@@ -121,17 +135,20 @@ class NodePolicies:
                     "policy file refused",
                     extra={"fields": {"file": f.name, "reason": out.reason and out.reason.value}},
                 )
-        return counts
 
     def _persist(self, rec: AppRecord) -> None:
-        self.store.put_app(
+        row = StoredApp(
             rec.app_id,
-            version_floor=rec.floor,
-            bundle=rec.bundle.encode(),
-            frozen=rec.frozen,
-            admitted_by=rec.admitted_by.value,
-            rotations=rec.rotation_rows(),
+            rec.floor,
+            rec.bundle.encode(),
+            rec.frozen,
+            rec.admitted_by.value,
+            tuple(rec.rotation_rows()),
         )
+        if self._batch is not None:
+            self._batch[rec.app_id] = row
+        else:
+            self.store.put_apps([row])
         if rec.frozen:
             self.frozen_alerts += 1
             log.error(

@@ -202,6 +202,7 @@ async def local_committee(
 
     ``stores`` reuses node stores of an earlier run (a restart).
     """
+    workdir.mkdir(parents=True, exist_ok=True)
     rnd = random.Random(f"local-committee-{seed}")
     seeds = {i: (rnd.randbytes(32), rnd.randbytes(32)) for i in range(1, n + 1)}
     keys = {}

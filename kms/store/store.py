@@ -956,25 +956,36 @@ class NodeStore:
         one is kept); ``admitted_by`` is kept from the app's first row; rotation
         records are only ever added.
         """
-        _check_bytes("app_id", app_id)
-        _check_bytes("bundle", bundle)
-        if isinstance(version_floor, bool) or not isinstance(version_floor, int):
-            raise TypeError("version_floor must be an int")
-        if version_floor < 0:
-            raise ValueError("version_floor must not be negative")
-        rows = [(int(seq), _check_bytes("rotation", rec)) for seq, rec in rotations]
+        self.put_apps(
+            [StoredApp(app_id, version_floor, bundle, frozen, admitted_by, tuple(rotations))]
+        )
+
+    def put_apps(self, apps: Iterable[StoredApp]) -> None:
+        """:meth:`put_app` for many apps in one transaction."""
+        rows = []
+        for a in apps:
+            _check_bytes("app_id", a.app_id)
+            _check_bytes("bundle", a.bundle)
+            if isinstance(a.version_floor, bool) or not isinstance(a.version_floor, int):
+                raise TypeError("version_floor must be an int")
+            if a.version_floor < 0:
+                raise ValueError("version_floor must not be negative")
+            rots = [(int(seq), _check_bytes("rotation", rec)) for seq, rec in a.rotations]
+            rows.append((a, rots))
         with self._write() as db:
-            db.execute(
-                "INSERT INTO apps (app_id, version_floor, bundle, frozen, admitted_by) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET "
-                "version_floor = max(version_floor, excluded.version_floor), "
-                "bundle = excluded.bundle, frozen = excluded.frozen",
-                (app_id, version_floor, bundle, int(bool(frozen)), admitted_by),
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO app_rotations (app_id, sequence, record) VALUES (?, ?, ?)",
-                [(app_id, seq, rec) for seq, rec in rows],
-            )
+            for a, rots in rows:
+                db.execute(
+                    "INSERT INTO apps (app_id, version_floor, bundle, frozen, admitted_by) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET "
+                    "version_floor = max(version_floor, excluded.version_floor), "
+                    "bundle = excluded.bundle, frozen = excluded.frozen",
+                    (a.app_id, a.version_floor, a.bundle, int(bool(a.frozen)), a.admitted_by),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO app_rotations (app_id, sequence, record) "
+                    "VALUES (?, ?, ?)",
+                    [(a.app_id, seq, rec) for seq, rec in rots],
+                )
 
     def apps(self) -> list[StoredApp]:
         """Every admitted app with its rotation records (sorted by app id, then sequence)."""

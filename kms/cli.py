@@ -299,6 +299,21 @@ def member_approve(
         out.print(f"approved {proposal_id}" + ("" if checked else " (checked once it arrives)"))
 
 
+@member_app.command("reload-policies")
+def member_reload_policies(
+    config: Annotated[Path, typer.Option("--config")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Re-read the node's policies directory: admit the apps placed there, take newer
+    versions, and resolve a frozen app onto the chain of its file."""
+    reply = _admin(config, {"op": "reload-policies"}, json_out)
+    counts = {k: reply.get(k, 0) for k in ("admitted", "updated", "refused")}
+    if json_out:
+        _print_json({"ok": True, **counts, "serving": reply.get("serving")})
+        return
+    out.print(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
 @member_app.command("evidence")
 def member_evidence(
     config: Annotated[Path, typer.Option("--config")],

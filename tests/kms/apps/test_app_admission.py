@@ -235,3 +235,18 @@ def test_version_jumps_are_bounded(tmp_path: Path) -> None:
             )
 
     run(main)
+
+
+def test_the_bundle_hash_tag_is_its_own_and_documented() -> None:
+    from kms.policy.app import APP_ID_DOMAIN, CTX_APP_POLICY, CTX_OWNER_ROTATION
+    from kms.protocol import BUNDLE_HASH_DOMAIN, RELEASE_INFO, bundle_hash
+    from mpc.sig import CONTEXTS
+
+    others = {APP_ID_DOMAIN, CTX_APP_POLICY, CTX_OWNER_ROTATION, RELEASE_INFO, *CONTEXTS.values()}
+    assert BUNDLE_HASH_DOMAIN not in others
+    assert not any(
+        o.startswith(BUNDLE_HASH_DOMAIN) or BUNDLE_HASH_DOMAIN.startswith(o) for o in others
+    )
+    assert bundle_hash(b"x") != bundle_hash(b"y")
+    crypto = (Path(__file__).resolve().parents[3] / "docs" / "crypto.md").read_text()
+    assert BUNDLE_HASH_DOMAIN.decode() in crypto

@@ -603,6 +603,8 @@ class NodeService:
             return 200, res.response.encode()
         self.metrics.rejected["key request: " + res.reason] += 1
         self._rl.warn("cvm", f"key request refused: {res.reason}")
+        if res.reason == "no-policy" and decoded is not None and self.policies is not None:
+            self._query_committee(bytes(decoded.body.app_id))  # perhaps a member knows it
         return 403, res.refusal.encode()
 
     def _policy_gate(self, req: KeyRequest, now: int) -> Any:

@@ -146,7 +146,8 @@ class AppRegistry:
         self._store = PolicyStore(kms_mpk, max_version_step=max_version_step)
         self._records: dict[bytes, AppRecord] = {}
         self._sorted: list[bytes] = []
-        self._persist = persist or (lambda record: None)
+        self._frozen: set[bytes] = set()
+        self._save = persist or (lambda record: None)
         self.vouch_threshold = max(1, vouch_threshold)
         self.cache_entries = cache_entries
         self.cache_bytes = cache_bytes
@@ -182,7 +183,7 @@ class AppRegistry:
         return self._store.current(app_id, now)
 
     def frozen_apps(self) -> list[bytes]:
-        return sorted(a for a, r in self._records.items() if r.frozen)
+        return sorted(self._frozen)
 
     def page(self, start: bytes, limit: int) -> tuple[list[tuple[bytes, int]], bytes]:
         """Up to ``limit`` ``(app id, floor)`` pairs from ``start`` on, and where the next
@@ -228,7 +229,16 @@ class AppRegistry:
             rec.rotations[(r.sequence, r.encode())] = r
         self._add(rec)
 
+    def _persist(self, rec: AppRecord) -> None:
+        if rec.frozen:
+            self._frozen.add(rec.app_id)
+        else:
+            self._frozen.discard(rec.app_id)
+        self._save(rec)
+
     def _add(self, rec: AppRecord) -> None:
+        if rec.frozen:
+            self._frozen.add(rec.app_id)
         if rec.app_id not in self._records:
             bisect.insort(self._sorted, rec.app_id)
         self._records[rec.app_id] = rec

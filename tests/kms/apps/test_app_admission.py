@@ -250,3 +250,47 @@ def test_the_bundle_hash_tag_is_its_own_and_documented() -> None:
     assert bundle_hash(b"x") != bundle_hash(b"y")
     crypto = (Path(__file__).resolve().parents[3] / "docs" / "crypto.md").read_text()
     assert BUNDLE_HASH_DOMAIN.decode() in crypto
+
+
+def test_a_version_1_key_request_gets_a_typed_refusal(tmp_path: Path) -> None:
+    owner = keys(50)
+
+    async def main() -> None:
+        async with local_committee(tmp_path) as c:
+            s = KeyRequestSession(c.chain, owner.app_id(), [("app", 1)], now=NOW, rng=os.urandom)
+            req = s.attach_quote(c.tee.quote(s.report_data, **MEASUREMENT))
+            wire = req.to_wire()
+            body = wire[2]
+            old = ["kms/key-request", 1, ["kms/key-request-body", 1, *body[2:-1]], *wire[3:-1]]
+            r = await c.clients[1].post("/v1/keys", content=msgpack.packb(old, use_bin_type=True))
+            answer = decode(r.content)
+            assert isinstance(answer, KeyRefusal) and answer.reason == "malformed-request"
+            assert "unsupported version 1" in answer.detail
+            assert (
+                'reason="key request: malformed-request"'
+                in (await c.clients[1].get("/metrics")).text
+            )
+
+    run(main)
+
+
+def test_a_member_that_does_not_know_an_admitted_app_learns_it_from_a_key_request(
+    tmp_path: Path,
+) -> None:
+    owner = keys(51)
+
+    async def main() -> None:
+        async with local_committee(tmp_path) as c:
+            raw = app_bundle(owner, c.mpk).encode()
+            s, _ = await c.fetch_keys(owner.app_id(), bundle=raw, nodes=[1, 2])
+            assert s.done
+            # Node 3 never saw the app: the first request it cannot answer makes it ask.
+            s, answers = await c.fetch_keys(owner.app_id(), nodes=[3])
+            assert isinstance(answers[3], KeyRefusal) and answers[3].reason == "no-policy"
+            with trio.fail_after(5):
+                while owner.app_id() not in c.policies[3].registry:  # type: ignore[operator]
+                    await trio.sleep(0.01)
+            s, _ = await c.fetch_keys(owner.app_id(), nodes=[3, 1])
+            assert s.done
+
+    run(main)

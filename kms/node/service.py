@@ -508,6 +508,12 @@ class NodeService:
             self._announce_policy(message.bundle, index)
         if blame is not None:
             self._reject(str(peer), blame)
+        if reply.get("reason") in ("not_owner", "stale_version") and reply.get("app_id"):
+            # The peer holds an older policy, or one signed by a key our chain rotated
+            # away: answer with ours, which carries the rotation.
+            ours = self.policies.bundle_bytes(bytes.fromhex(str(reply["app_id"])))
+            if ours is not None:
+                self._send(Outbound(index, PolicyAnnounce(ours)))
 
     def reload_policies(self) -> dict[str, Any]:
         """Re-read the operator's policies directory (admin channel ``reload-policies``)."""

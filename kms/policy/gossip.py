@@ -115,12 +115,15 @@ def offer_outcome(accepted: bool, duplicate: bool, reason: str | None) -> tuple[
     """After offering a peer's bundle to this node's store: (pass it on?, blame or None).
 
     A new version is passed on; a duplicate is the normal echo of the flood and a
-    stale version only shows the peer is behind, so neither is blamed; anything
-    else refused (a bad signature, another key, a malformed bundle) is.
+    stale version only shows the peer is behind, so neither is blamed; nor is an
+    app this node has not admitted or has frozen, nor a policy by a key this
+    node's chain rotated away (the peer has not seen the rotation yet: it is sent
+    ours); anything else refused (a bad signature, another key, a malformed
+    bundle) is.
     """
     if accepted:
         return not duplicate, None
-    if reason in (None, "stale_version", "unknown_app", "app_frozen"):
+    if reason in (None, "stale_version", "unknown_app", "app_frozen", "not_owner"):
         return False, None
     return False, f"policy gossip: {reason}"
 

@@ -42,7 +42,9 @@ the policy is signed by the current owner key (``NOT_OWNER``,
 is greater than the one held (``STALE_VERSION``) by at most the store's
 ``max_version_step`` (default :data:`MAX_VERSION_STEP`; ``VERSION_JUMP``; the
 first version of an app the store does not hold is bounded the same way, from
-0, when the caller asks for it with ``bound_first``); its lifetime is
+0, when the caller asks for it with ``bound_first``; a policy whose chain
+rotates the app away from the key that signed the policy held is compared
+with 0 too: the held policy is void once its signer is rotated away); its lifetime is
 at most :data:`MAX_LIFETIME` (``LIFETIME_TOO_LONG``); ``not_before <= now +
 MAX_CLOCK_SKEW`` (``NOT_YET_VALID``); ``now < expires`` (``EXPIRED``). A refused
 offer leaves the store unchanged.
@@ -540,6 +542,15 @@ class PolicyStore:
         policy = signed.policy
         held = self._entries.get(policy.app_id)
         held_version = 0 if held is None else held.signed.policy.version
+        if (
+            held is not None
+            and chain.sequence > held.chain.sequence
+            and held.signed.policy.owner_key != chain.current
+        ):
+            # The offered chain rotates the app away from the key that signed the policy
+            # held: that policy is void, whatever its version, and the new owner's
+            # policy replaces it (its version bounded from 0).
+            held_version = 0
         if policy.version <= held_version:
             raise PolicyError(
                 PolicyFailure.STALE_VERSION,

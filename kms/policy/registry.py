@@ -186,18 +186,21 @@ class AppRegistry:
         return sorted(self._frozen)
 
     def page(self, start: bytes, limit: int) -> tuple[list[tuple[bytes, int]], bytes]:
-        """Up to ``limit`` ``(app id, floor)`` pairs from ``start`` on, and where the next
+        """Up to ``limit`` ``(app id, version held)`` pairs from ``start`` on, and where the next
         page starts (``b""``: this page reaches the end)."""
         i = bisect.bisect_left(self._sorted, start)
         ids = self._sorted[i : i + limit]
         nxt = self._sorted[i + limit] if i + limit < len(self._sorted) else b""
-        return [(a, self._records[a].floor) for a in ids], nxt
+        return [(a, self._held(a)) for a in ids], nxt
 
     def between(self, start: bytes, end: bytes) -> Iterable[tuple[bytes, int]]:
-        """``(app id, floor)`` for every admitted app in ``[start, end)`` (``end`` empty: no end)."""
+        """``(app id, version held)`` for every admitted app in ``[start, end)`` (``end`` empty: no end)."""
         i = bisect.bisect_left(self._sorted, start)
         j = len(self._sorted) if not end else bisect.bisect_left(self._sorted, end)
-        return ((a, self._records[a].floor) for a in self._sorted[i:j])
+        return ((a, self._held(a)) for a in self._sorted[i:j])
+
+    def _held(self, app_id: bytes) -> int:
+        return int(self._records[app_id].bundle.signed.policy.version)
 
     def cached_by_hash(self, digest: bytes) -> PolicyBundle | None:
         app = self._by_hash.get(digest)
@@ -274,7 +277,9 @@ class AppRegistry:
 
     def _accepted(self, rec: AppRecord, bundle: PolicyBundle) -> None:
         rec.bundle = bundle
-        rec.floor = max(rec.floor, bundle.signed.policy.version)
+        # The version of the policy held: higher than the one before, except when a
+        # rotation voided the policy held (its signer was rotated away).
+        rec.floor = bundle.signed.policy.version
         for r in bundle.rotations:
             rec.rotations[(r.sequence, r.encode())] = r
         self._persist(rec)

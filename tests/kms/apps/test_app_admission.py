@@ -294,3 +294,37 @@ def test_a_member_that_does_not_know_an_admitted_app_learns_it_from_a_key_reques
             assert s.done
 
     run(main)
+
+
+def test_a_member_that_first_admitted_a_thiefs_policy_moves_to_the_owners_chain(
+    tmp_path: Path,
+) -> None:
+    """The race at a member that never heard of the app: a thief holding the rotated-away key
+    registers it there first (version 1000, the most a first version may be). Once the
+    members' digests bring the owner's rotation, the thief's policy is void."""
+    k1, k2 = keys(60), keys(61)
+    app = k1.app_id()
+    chain = _rotate(k1, k2, OwnerChain.genesis(k1.public_bytes()))
+
+    async def main() -> None:
+        async with local_committee(tmp_path) as c:
+            pid = {i: s.transport.local_peer for i, s in c.services.items()}
+            c.network.partition([[pid[1], pid[2]], [pid[3]]])  # node 3 hears nothing
+            s, _ = await c.fetch_keys(app, bundle=app_bundle(k1, c.mpk).encode(), nodes=[1, 2])
+            v2 = app_bundle(k2, c.mpk, version=2, rotations=chain.records).encode()
+            for i in (1, 2):
+                assert (await c.post_policy(i, v2)).json()["accepted"] is True
+            thief = app_bundle(k1, c.mpk, version=1000).encode()
+            s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3])
+            assert (c.policies[3].describe(app, NOW) or {}).get("version") == 1000
+            c.network.heal()
+            # A digest round: node 3 offers its (the thief's) bundle to the others; they
+            # refuse it as not_owner and answer with the owner's, which carries the rotation.
+            c.clock.t += 3601.0
+            with trio.fail_after(5):
+                while (c.policies[3].describe(app, int(c.clock.t)) or {}).get("version") != 2:
+                    await trio.sleep(0.02)
+            r = await c.post_policy(3, app_bundle(k1, c.mpk, version=1001, now=NOW).encode())
+            assert r.json()["reason"] == "not_owner"
+
+    run(main)

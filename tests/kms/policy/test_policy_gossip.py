@@ -78,3 +78,5 @@ def test_what_a_node_does_with_a_peers_bundle() -> None:
     assert offer_outcome(False, False, "stale_version") == (False, None)  # a peer behind
     assert offer_outcome(False, False, None) == (False, None)  # this node keeps no policies
     assert offer_outcome(False, False, "bad_signature") == (False, "policy gossip: bad_signature")
+    assert offer_outcome(False, False, "not_owner") == (False, None)  # not seen the rotation
+    assert offer_outcome(False, False, "unknown_app") == (False, None)  # cached only

@@ -60,6 +60,8 @@ class NodeFileConfig:
     """Bundles of apps this node has not admitted that it keeps in memory (never on disk)."""
     policy_cache_bytes: int = 16 * 1024 * 1024
     """Bytes those cached bundles may take."""
+    policy_max_apps: int = 0
+    """Admitted apps beyond which key requests admit no new app (0: no cap)."""
 
     @property
     def directory(self) -> Path:
@@ -218,4 +220,7 @@ def load(path: str | Path) -> NodeFileConfig:
         policy_cache_bytes=_count(
             node.get("policy_cache_bytes", 16 * 1024 * 1024), "policy_cache_bytes"
         ),
+        policy_max_apps=_count(node.get("policy_max_apps", 0) or 1, "policy_max_apps")
+        if node.get("policy_max_apps", 0)
+        else 0,
     )

@@ -42,11 +42,12 @@ class NodePolicies:
         cache_entries: int = 1024,
         cache_bytes: int = 16 * 1024 * 1024,
         vouch_threshold: Callable[[], int] = lambda: 1,
+        max_apps: int = 0,
     ) -> None:
         self.store = store
         self.directory = directory
         self._mpk_of = mpk_of
-        self._settings = (max_version_step, cache_entries, cache_bytes)
+        self._settings = (max_version_step, cache_entries, cache_bytes, max_apps)
         self._vouch_threshold = vouch_threshold
         self.registry: AppRegistry | None = None
         self.frozen_alerts = 0
@@ -62,7 +63,7 @@ class NodePolicies:
         mpk = self._mpk_of()
         if mpk is None:
             return None
-        step, entries, size = self._settings
+        step, entries, size, max_apps = self._settings
         reg = AppRegistry(
             mpk,
             persist=self._persist,
@@ -70,6 +71,7 @@ class NodePolicies:
             vouch_threshold=max(1, self._vouch_threshold()),
             cache_entries=entries,
             cache_bytes=size,
+            max_apps=max_apps,
         )
         for row in self.store.apps():
             try:

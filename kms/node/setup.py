@@ -354,6 +354,7 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
         cache_entries=cfg.policy_cache_entries,
         cache_bytes=cfg.policy_cache_bytes,
         vouch_threshold=threshold,
+        max_apps=cfg.policy_max_apps,
     )
     return KeyReleaser(
         cfg.index,

@@ -196,6 +196,7 @@ async def local_committee(
     cache_entries: int = 1024,
     cache_bytes: int = 16 * 1024 * 1024,
     max_version_step: int = 1000,
+    max_apps: int = 0,
     seed: int = 7,
 ) -> AsyncIterator[LocalCommittee]:
     """Run a committee of ``n`` services until the block ends (inside a trio run).
@@ -243,8 +244,8 @@ async def local_committee(
     services: dict[int, NodeService] = {}
     clients: dict[int, httpx.AsyncClient] = {}
     policies: dict[int, NodePolicies] = {}
+    transports: list[tuple[MemoryTransport, NodeStore]] = []
     async with trio.open_nursery() as nursery:
-        transports = []
         for i in sorted(keys):
             path = paths.setdefault(i, workdir / f"node-{i}.db")
             store = NodeStore(path, TEESealer(lambda: _SEALER_KEY))
@@ -266,8 +267,10 @@ async def local_committee(
                 cache_entries=cache_entries,
                 cache_bytes=cache_bytes,
                 vouch_threshold=lambda: threshold,
+                max_apps=max_apps,
             )
             svc.policies = pol
+            pol.ready(NOW)  # what a node's first timer tick does
             svc.releaser = KeyReleaser(
                 ParticipantIndex(i),
                 keys[i][0],
@@ -292,9 +295,10 @@ async def local_committee(
             for c in clients.values():
                 await c.aclose()
             nursery.cancel_scope.cancel()
-            for transport, store in transports:
-                await transport.__aexit__(None, None, None)
-                store.close()
+    # Only once every service task has ended: close the transports and stores.
+    for transport, store in transports:
+        await transport.__aexit__(None, None, None)
+        store.close()
 
 
 @dataclass

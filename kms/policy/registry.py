@@ -142,6 +142,7 @@ class AppRegistry:
         vouch_threshold: int = 1,
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_apps: int = 0,
     ) -> None:
         self._store = PolicyStore(kms_mpk, max_version_step=max_version_step)
         self._records: dict[bytes, AppRecord] = {}
@@ -149,6 +150,9 @@ class AppRegistry:
         self._frozen: set[bytes] = set()
         self._save = persist or (lambda record: None)
         self.vouch_threshold = max(1, vouch_threshold)
+        self.max_apps = max_apps
+        """Apps a key request may still admit when this many are admitted: none (0: no cap).
+        The operator's directory is not capped."""
         self.cache_entries = cache_entries
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
@@ -375,6 +379,11 @@ class AppRegistry:
     def candidate(self, bundle: PolicyBundle, *, now: int) -> AppPolicy:
         """The policy of a key request's bundle for an app not admitted yet, checked like a
         push (signature, chain, MPK, time) with its version bounded from 0. Raises PolicyError."""
+        if self.max_apps and len(self._records) >= self.max_apps:
+            raise PolicyError(
+                PolicyFailure.UNKNOWN_APP,
+                f"this node admits no more apps by key request (policy_max_apps {self.max_apps})",
+            )
         probe = PolicyStore(self.kms_mpk, max_version_step=self._store.max_version_step)
         probe.check(bundle.signed, now=now, rotations=bundle.rotations, bound_first=True)
         return bundle.signed.policy

@@ -142,12 +142,16 @@ def test_a_new_member_learns_the_chain_from_the_committee_before_accepting(
     async def main() -> None:
         async with local_committee(tmp_path) as c:
             # Nodes 1 and 2 admitted the app and saw the rotation; node 3 never heard of it.
+            pid = {i: s.transport.local_peer for i, s in c.services.items()}
+            c.network.partition([[pid[1], pid[2]], [pid[3]]])
             s, _ = await c.fetch_keys(app, bundle=app_bundle(k1, c.mpk).encode(), nodes=[1, 2])
             assert s.done
             v2 = app_bundle(k2, c.mpk, version=2, rotations=chain.records).encode()
             for i in (1, 2):
                 await c.post_policy(i, v2)
+            await trio.sleep(0.1)
             assert app not in c.policies[3].registry  # type: ignore[operator]
+            c.network.heal()
             # The thief reaches node 3 first with a policy signed by the rotated-away key.
             thief = app_bundle(k1, c.mpk, version=4_000_000_000).encode()
             r = await c.post_policy(3, thief)
@@ -182,8 +186,8 @@ def test_a_rotation_fork_freezes_the_app_until_the_operator_picks_a_branch(
             s, _ = await c.fetch_keys(app, bundle=app_bundle(k1, c.mpk).encode())
             assert s.done
             v2 = app_bundle(k2, c.mpk, version=2, rotations=real.records).encode()
-            assert (await c.post_policy(1, v2)).json()["accepted"] is True
-            await trio.sleep(0.05)  # gossip
+            for i in c.services:  # (or the gossip's echo of an earlier push)
+                assert (await c.post_policy(i, v2)).json()["accepted"] is True
             fork = app_bundle(k3, c.mpk, version=2, rotations=stolen.records).encode()
             for i in c.services:
                 r = await c.post_policy(i, fork)
@@ -326,5 +330,24 @@ def test_a_member_that_first_admitted_a_thiefs_policy_moves_to_the_owners_chain(
                     await trio.sleep(0.02)
             r = await c.post_policy(3, app_bundle(k1, c.mpk, version=1001, now=NOW).encode())
             assert r.json()["reason"] == "not_owner"
+
+    run(main)
+
+
+def test_a_global_cap_stops_registration_by_key_request_only(tmp_path: Path) -> None:
+    a, b = keys(70), keys(71)
+
+    async def main() -> None:
+        async with local_committee(tmp_path, max_apps=1) as c:
+            s, _ = await c.fetch_keys(a.app_id(), bundle=app_bundle(a, c.mpk).encode())
+            assert s.done
+            s, answers = await c.fetch_keys(b.app_id(), bundle=app_bundle(b, c.mpk).encode())
+            assert not s.done
+            assert all(
+                isinstance(x, KeyRefusal)
+                and x.reason == "bundle-refused"
+                and "policy_max_apps" in x.detail
+                for x in answers.values()
+            )
 
     run(main)

@@ -267,13 +267,17 @@ class AppRegistry:
             return self._offer_unknown(bundle, now=now, voucher=voucher)
         if rec.frozen:
             return OfferOutcome(
-                False, app_id, rec.floor, PolicyFailure.APP_FROZEN, "the app is frozen by a fork"
+                False,
+                app_id,
+                self._held(app_id),
+                PolicyFailure.APP_FROZEN,
+                "the app is frozen by a fork",
             )
         result = self._store.offer_bundle(bundle, now=now)
         if isinstance(result, Refused):
             if result.reason is PolicyFailure.ROTATION_FORK:
                 return self._freeze(rec, bundle)
-            return OfferOutcome(False, app_id, rec.floor, result.reason, result.detail)
+            return OfferOutcome(False, app_id, self._held(app_id), result.reason, result.detail)
         if not isinstance(result, Accepted):  # pragma: no cover - OfferResult has two kinds
             raise TypeError(result)
         self._accepted(rec, result.bundle)
@@ -356,7 +360,9 @@ class AppRegistry:
             for r in b.rotations:
                 rec.rotations[(r.sequence, r.encode())] = r
         try:
-            self._store.restore(PolicyBundle(best.signed, union.records if owned else ()))
+            self._store.restore(
+                PolicyBundle(best.signed, union.records if owned else best.rotations)
+            )
         except PolicyError as exc:
             return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
         rec.bundle = PolicyBundle(best.signed, union.records if owned else best.rotations)

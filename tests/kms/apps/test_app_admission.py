@@ -351,3 +351,37 @@ def test_a_global_cap_stops_registration_by_key_request_only(tmp_path: Path) -> 
             )
 
     run(main)
+
+
+def test_members_answering_with_forked_chains_freeze_the_app_at_a_new_member(
+    tmp_path: Path,
+) -> None:
+    k1, k2, k3 = keys(80), keys(81), keys(82)
+    app = k1.app_id()
+    genesis = OwnerChain.genesis(k1.public_bytes())
+    left, right = _rotate(k1, k2, genesis), _rotate(k1, k3, genesis)
+
+    async def main() -> None:
+        async with local_committee(tmp_path) as c:
+            pid = {i: s.transport.local_peer for i, s in c.services.items()}
+            c.network.partition([[pid[1]], [pid[2]], [pid[3]]])
+            s, _ = await c.fetch_keys(app, bundle=app_bundle(k1, c.mpk).encode(), nodes=[1, 2])
+            assert s.done
+            # The owner rotated at node 1, the thief (holding k1) at node 2.
+            on_left = app_bundle(k2, c.mpk, version=2, rotations=left.records).encode()
+            on_right = app_bundle(k3, c.mpk, version=2, rotations=right.records).encode()
+            assert (await c.post_policy(1, on_left)).json()["accepted"] is True
+            assert (await c.post_policy(2, on_right)).json()["accepted"] is True
+            c.network.heal()
+            # Node 3 is asked about the app: both members answer, with different chains.
+            r = await c.post_policy(3, on_left)
+            assert r.status_code == 202
+            with trio.fail_after(5):
+                while not c.policies[3].is_frozen(app, NOW):
+                    await trio.sleep(0.01)
+            s, answers = await c.fetch_keys(app, nodes=[3])
+            assert isinstance(answers[3], KeyRefusal) and answers[3].reason == "app-frozen"
+            status = (await c.clients[3].get("/v1/status")).json()
+            assert status["apps"]["frozen"] == [app.hex()]
+
+    run(main)

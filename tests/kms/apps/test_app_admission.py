@@ -385,3 +385,36 @@ def test_members_answering_with_forked_chains_freeze_the_app_at_a_new_member(
             assert status["apps"]["frozen"] == [app.hex()]
 
     run(main)
+
+
+def test_the_cache_of_pushed_bundles_is_bounded_in_bytes_and_evicts_the_oldest(
+    tmp_path: Path,
+) -> None:
+    owners = [keys(100 + i) for i in range(40)]
+
+    async def main() -> None:
+        async with local_committee(tmp_path, cache_bytes=12_000) as c:
+            raws = [app_bundle(o, c.mpk).encode() for o in owners]
+            for raw in raws:
+                assert (await c.post_policy(1, raw)).status_code == 202
+            stats = (await c.clients[1].get("/v1/status")).json()["apps"]
+            assert stats["cache_bytes"] <= 12_000 and stats["cache_evictions"] > 0
+            assert stats["admitted"] == 0
+            # The newest is still cached and can be named by hash; the oldest cannot.
+            s, _ = await c.fetch_keys(owners[-1].app_id(), bundle=raws[-1], nodes=[1])
+            assert owners[-1].app_id() in c.policies[1].registry  # type: ignore[operator]
+            from kms.protocol import bundle_hash
+
+            s = KeyRequestSession(
+                c.chain, owners[0].app_id(), [("app", 1)], now=NOW, rng=os.urandom
+            )
+            from dataclasses import replace
+
+            body = replace(s.body, policy_hash=bundle_hash(raws[0]))
+            req = KeyRequest(body, c.tee.quote(body.report_data(), **MEASUREMENT))
+            r = await c.clients[1].post("/v1/keys", content=req.encode())
+            answer = decode(r.content)
+            assert isinstance(answer, KeyRefusal) and answer.reason == "bundle-refused"
+            assert "not cached" in answer.detail
+
+    run(main)

@@ -3,7 +3,9 @@
 Prints three ``rich`` tables: the operations of ``mpc`` against the py-ecc
 reference (with the performance targets), the candidate native backends
 side by side, and the genesis DKG over libp2p between node processes
-(``bench.dkg_network``; ``--quick``: n = 4 only). Missed targets are printed,
+(``bench.dkg_network``; ``--quick``: n = 4 only), key release, and the app
+policy index at 10, 1,000 and 100,000 apps (``bench.policy_index``, with its
+JSON). Missed targets are printed,
 not raised: the exit status is 0.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import sys
@@ -19,7 +22,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from bench import backends, crypto, dkg_network, key_release
+from bench import backends, crypto, dkg_network, key_release, policy_index
 from bench.timing import Budget, format_seconds
 
 PACKAGES = ("pyblst", "py-arkworks-bls12381", "chia-rs", "py-ecc", "cryptography")
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         dkg_rows = dkg_network.rows(args.quick, progress)
         progress("key release")
         release_rows = key_release.rows(args.quick)
+        index_rows = policy_index.rows(args.quick, progress)
     console.print(main_table(crypto_rows, profile))
     console.print(backend_table(backend_rows))
     missed = [r.operation for r in crypto_rows if r.target_met is False]
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[green]all targets met[/green]")
     dkg_network.report(console, dkg_rows)
     console.print(key_release.table(release_rows))
+    console.print(policy_index.table(index_rows))
+    console.print_json(json.dumps(policy_index.as_json(index_rows)))
     console.print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -301,6 +301,21 @@ def member_approve(
         out.print(f"approved {proposal_id}" + ("" if checked else " (checked once it arrives)"))
 
 
+@member_app.command("reload-policies")
+def member_reload_policies(
+    config: Annotated[Path, typer.Option("--config")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Re-read the node's policies directory: admit the apps placed there, take newer
+    versions, and resolve a frozen app onto the chain of its file."""
+    reply = _admin(config, {"op": "reload-policies"}, json_out)
+    counts = {k: reply.get(k, 0) for k in ("admitted", "updated", "refused")}
+    if json_out:
+        _print_json({"ok": True, **counts, "serving": reply.get("serving")})
+        return
+    out.print(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
 @member_app.command("evidence")
 def member_evidence(
     config: Annotated[Path, typer.Option("--config")],
@@ -555,6 +570,14 @@ def key_get(
             help="Disclose evidence of wrong partials to the other nodes (default).",
         ),
     ] = True,
+    bundle_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="The app's signed policy bundle (encoded), sent with the request: nodes that "
+            "have not admitted the app admit it when its policy admits this CVM.",
+        ),
+    ] = None,
 ) -> None:
     """Fetch an app key as the devnet's simulated CVM, verified against the pinned master key."""
     import hashlib
@@ -574,7 +597,14 @@ def key_get(
     meas = devnet.ROGUE_MEASUREMENT if rogue else devnet.DEMO_MEASUREMENT
     urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
     try:
-        res = fetch_keys(urls, mpk, app_id, [(purpose, version)], lambda rd: tee.quote(rd, **meas))
+        res = fetch_keys(
+            urls,
+            mpk,
+            app_id,
+            [(purpose, version)],
+            lambda rd: tee.quote(rd, **meas),
+            bundle=bundle_file.read_bytes() if bundle_file is not None else b"",
+        )
     except KeyReleaseError as exc:
         if json_out:
             _print_json({"ok": False, "error": str(exc)})
@@ -938,7 +968,8 @@ def app_create(
     name: Annotated[str, typer.Option("--name", help="Alias for the app in devnet.json.")],
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Create an app: a new owner key (its id is derived from it) and a first policy, pushed to every node."""
+    """Create an app: a new owner key (its id is derived from it) and a first policy, admitted by
+    the devnet's operator at every node (policies directory and a reload)."""
     from kms import devnet
 
     state = devnet.read_state(devnet_dir)
@@ -947,8 +978,8 @@ def app_create(
     if not state.get("master_public_key"):
         _fail("the devnet has no master public key yet", 2)
     owner = devnet.owner_of(devnet_dir, name)
-    report = devnet.push_policy(
-        state, devnet.demo_policy(owner, state["master_public_key"], version=1)
+    report = devnet.admit_app(
+        devnet_dir, devnet.demo_policy(owner, state["master_public_key"], version=1)
     )
     state = devnet.read_state(devnet_dir)
     state.setdefault("apps", {})[name] = owner.app_id().hex()

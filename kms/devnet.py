@@ -379,17 +379,37 @@ def push_policy(state: dict[str, Any], bundle: Any, timeout: float = 5.0) -> dic
 def register_demo_app(directory: Path, mpk_hex: str, name: str = "demo") -> str:
     """Create app ``name`` with an owner key and a policy admitting the demo CVM."""
     owner = owner_of(directory, name)
-    bundle = demo_policy(owner, mpk_hex, version=1)
-    app_hex: str = owner.app_id().hex()
-    # Written into every node's policies directory (a devnet's nodes start with it);
-    # later versions travel with `kms app policy push`.
+    admit_app(directory, demo_policy(owner, mpk_hex, version=1))
+    return str(owner.app_id().hex())
+
+
+def admit_app(directory: Path, bundle: Any) -> dict[str, Any]:
+    """The devnet operator admits an app: its bundle goes into every node's policies
+    directory (read at start) and every running node re-reads it (admin channel).
+    Later versions travel with `kms app policy push`."""
+    app_hex = bundle.signed.policy.app_id.hex()
+    acks, lagging = [], []
     for node_dir in sorted(directory.glob("node-*")):
         pdir = node_dir / "policies"
         pdir.mkdir(exist_ok=True)
         tmp = pdir / f".{app_hex}.tmp"
         tmp.write_bytes(bundle.encode())
         tmp.replace(pdir / f"{app_hex}.policy")
-    return app_hex
+        config = node_dir / "node.toml"
+        if not config.exists():
+            continue
+        index = int(node_dir.name.rsplit("-", 1)[-1]) if node_dir.name[-1].isdigit() else None
+        reply = admin_call(config, {"op": "reload-policies"})
+        if reply.get("ok") and reply.get("serving", True):
+            acks.append(index)
+        else:
+            lagging.append({"index": index, "reason": reply.get("error", "not serving")})
+    return {
+        "version": bundle.signed.policy.version,
+        "acknowledged": acks,
+        "lagging": lagging,
+        "effective_everywhere": not lagging,
+    }
 
 
 def launch(

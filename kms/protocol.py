@@ -2,8 +2,11 @@
 
 A CVM asks for its keys with a ``KeyRequest``: the ``KeyRequestBody`` (app id,
 purposes with versions, one ephemeral HPKE public key per committee index,
-timestamp, nonce, minimum policy version, epoch) plus the TDX quote and,
-when the app's policy uses a compose hash, the RTMR3 event log. The quote's
+timestamp, nonce, minimum policy version, epoch, and the hash of the app's
+policy bundle when the request carries or names one) plus the TDX quote,
+when the app's policy uses a compose hash the RTMR3 event log, and
+optionally the app's signed policy bundle: a node that has not admitted the
+app admits it on the first release this bundle's policy allows. The quote's
 64-byte ``report_data`` is ``SHA-512(body.encode())``, which binds every
 field of the body to the attested CVM.
 
@@ -29,6 +32,10 @@ from mpc.tkd import KeyId
 MAX_QUOTE = 16 * 1024
 MAX_EVENT_LOG = 256 * 1024
 MAX_PURPOSES = 16
+MAX_BUNDLE = 64 * 1024
+"""Largest encoded policy bundle a key request may carry."""
+BUNDLE_HASH_DOMAIN = b"quorum-kms/v1/policy/bundle-hash"
+"""Domain tag of :func:`bundle_hash`."""
 RELEASE_INFO = b"quorum-kms/v1/key-release"
 
 
@@ -49,9 +56,19 @@ class EphemeralKey(Message):
     public_key: Annotated[bytes, Size(32)]
 
 
+def bundle_hash(encoded_bundle: bytes) -> bytes:
+    """``SHA-256(BUNDLE_HASH_DOMAIN ‖ encoded bundle)``: how a key request names its app's
+    signed policy bundle (``kms.policy.PolicyBundle``)."""
+    return hashlib.sha256(BUNDLE_HASH_DOMAIN + encoded_bundle).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRequestBody(Message):
+    """What the quote binds. Version 2 added ``policy_hash``: the :func:`bundle_hash` of the
+    policy bundle the request carries or names (empty: the node's own policy)."""
+
     TYPE = "kms/key-request-body"
+    VERSION = 2
     app_id: Annotated[bytes, MaxSize(64)]
     purposes: Annotated[tuple[PurposeVersion, ...], MaxSize(MAX_PURPOSES)]
     ephemeral_keys: Annotated[tuple[EphemeralKey, ...], MaxSize(1024)]
@@ -59,10 +76,13 @@ class KeyRequestBody(Message):
     nonce: Annotated[bytes, Size(16)]
     min_policy_version: int
     epoch: int
+    policy_hash: Annotated[bytes, MaxSize(32)] = b""
 
     def validate(self) -> None:
         if not self.app_id:
             raise MessageDecodeError("kms/key-request-body: empty app id")
+        if len(self.policy_hash) not in (0, 32):
+            raise MessageDecodeError("kms/key-request-body: policy_hash is 0 or 32 bytes")
         if not self.purposes:
             raise MessageDecodeError("kms/key-request-body: no purpose")
         idx = [k.index for k in self.ephemeral_keys]
@@ -92,10 +112,21 @@ class KeyRequestBody(Message):
 
 @dataclass(frozen=True, slots=True)
 class KeyRequest(Message):
+    """Version 2 added ``bundle``: the app's encoded signed policy bundle, or empty. When
+    set, ``body.policy_hash`` must be its :func:`bundle_hash`."""
+
     TYPE = "kms/key-request"
+    VERSION = 2
     body: KeyRequestBody
     quote: Annotated[bytes, MaxSize(MAX_QUOTE)]
     event_log: Annotated[bytes, MaxSize(MAX_EVENT_LOG)] = b""
+    bundle: Annotated[bytes, MaxSize(MAX_BUNDLE)] = b""
+
+    def validate(self) -> None:
+        if self.bundle and bundle_hash(self.bundle) != self.body.policy_hash:
+            raise MessageDecodeError(
+                "kms/key-request: body.policy_hash is not the hash of the bundle carried"
+            )
 
     def request_hash(self) -> bytes:
         """Names the request in signatures and audit records (quote included)."""
@@ -171,6 +202,8 @@ class WrongPartialEvidence(Message):
 
 
 __all__ = [
+    "BUNDLE_HASH_DOMAIN",
+    "MAX_BUNDLE",
     "EphemeralKey",
     "InvalidSignature",
     "KeyRefusal",
@@ -180,5 +213,6 @@ __all__ = [
     "KeyShareResponse",
     "PurposeVersion",
     "WrongPartialEvidence",
+    "bundle_hash",
     "release_info",
 ]

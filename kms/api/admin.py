@@ -106,6 +106,11 @@ def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
                 raise ValueError(f"start >= 0 and 1 <= limit <= {MAX_AUDIT_PAGE}")
             export = target.audit_export(start, limit, check=bool(req.get("check", False)))
             return {"ok": True, "audit": export}
+        if op == "reload-policies":
+            reload = getattr(target, "reload_policies", None)
+            if reload is None:
+                return {"ok": False, "error": "this node keeps no app policies"}
+            return {"ok": True, **reload()}
     except ChangeRefused as exc:
         return {"ok": False, "error": f"refused: {exc}", "reason": exc.reason}
     except (

@@ -27,6 +27,7 @@ from kms.protocol import (
     KeyShareResponse,
     PurposeVersion,
     WrongPartialEvidence,
+    bundle_hash,
     release_info,
 )
 from mpc import hpke
@@ -89,8 +90,11 @@ class KeyRequestSession:
         rng: RNG,
         min_policy_version: int = 0,
         previous: ChainState | None = None,
+        bundle: bytes = b"",
     ) -> None:
         self.chain = chain
+        self.bundle = bundle
+        """The app's encoded policy bundle, sent with the request (its hash is in the body)."""
         self.states = {chain.epoch: chain}
         if previous is not None:
             if previous.epoch != chain.epoch - 1 or previous.mpk != chain.mpk:
@@ -113,6 +117,7 @@ class KeyRequestSession:
             nonce=rng(16),
             min_policy_version=min_policy_version,
             epoch=chain.epoch,
+            policy_hash=bundle_hash(bundle) if bundle else b"",
         )
         self.body.validate()
         self.request: KeyRequest | None = None
@@ -130,7 +135,7 @@ class KeyRequestSession:
         return self.body.report_data()
 
     def attach_quote(self, quote: bytes, event_log: bytes = b"") -> KeyRequest:
-        self.request = KeyRequest(self.body, quote, event_log)
+        self.request = KeyRequest(self.body, quote, event_log, self.bundle)
         self._request_hash = self.request.request_hash()
         return self.request
 

@@ -206,16 +206,21 @@ class KeyClient:
         event_log: bytes = b"",
         min_policy_version: int = 0,
         now: int | None = None,
+        bundle: bytes = b"",
     ) -> FetchResult:
-        """The derived points for ``purposes`` of ``app_id``, checked against the pinned key."""
+        """The derived points for ``purposes`` of ``app_id``, checked against the pinned key.
+
+        ``bundle`` is the app's encoded signed policy bundle: nodes that have not
+        admitted the app yet admit it on this request if its policy admits the CVM.
+        """
         chain = self.chain()
         session, asked, ignored = self._ask(
-            chain, app_id, purposes, quote_for, event_log, min_policy_version, now
+            chain, app_id, purposes, quote_for, event_log, min_policy_version, now, bundle
         )
         if not session.done and session.newer_epoch_seen:
             chain = self.chain(refresh=True)
             session, asked, ignored = self._ask(
-                chain, app_id, purposes, quote_for, event_log, min_policy_version, now
+                chain, app_id, purposes, quote_for, event_log, min_policy_version, now, bundle
             )
         if not session.done:
             reasons = {int(i): r.reason for i, r in session.refusals.items()}
@@ -255,6 +260,7 @@ class KeyClient:
         event_log: bytes,
         min_policy_version: int,
         now: int | None,
+        bundle: bytes = b"",
     ) -> tuple[KeyRequestSession, list[ParticipantIndex], list[str]]:
         previous = self._previous
         session = KeyRequestSession(
@@ -264,6 +270,7 @@ class KeyClient:
             now=int(time.time()) if now is None else now,
             rng=os.urandom,
             min_policy_version=min_policy_version,
+            bundle=bundle,
             # Members still on the epoch before may answer too (a switch in progress).
             previous=previous
             if previous is not None and previous.epoch == chain.epoch - 1
@@ -345,6 +352,7 @@ def fetch_keys(
     min_policy_version: int = 0,
     timeout: float = 5.0,
     now: int | None = None,
+    bundle: bytes = b"",
 ) -> FetchResult:
     """One request from a cold start: fetch and verify the chain, then ask for the keys.
 
@@ -359,4 +367,5 @@ def fetch_keys(
             event_log=event_log,
             min_policy_version=min_policy_version,
             now=now,
+            bundle=bundle,
         )

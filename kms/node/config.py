@@ -61,6 +61,14 @@ class NodeFileConfig:
     max_collateral_age: int | None = 30 * 86400
     max_concurrent_collateral_fetches: int = 4
     collateral_failure_ttl: int = 60
+    policy_max_version_step: int = 1000
+    """Largest version increase a node accepts over an app's floor (and for a new app, from 0)."""
+    policy_cache_entries: int = 1024
+    """Bundles of apps this node has not admitted that it keeps in memory (never on disk)."""
+    policy_cache_bytes: int = 16 * 1024 * 1024
+    """Bytes those cached bundles may take."""
+    policy_max_apps: int = 0
+    """Admitted apps beyond which key requests admit no new app (0: no cap)."""
 
     @property
     def directory(self) -> Path:
@@ -112,6 +120,12 @@ def _positive(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigError(f"{what} must be a positive number of seconds")
     return float(value)
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer")
+    return value
 
 
 def _hex(value: Any, what: str, size: int | None = None) -> bytes:
@@ -259,4 +273,16 @@ def load(path: str | Path) -> NodeFileConfig:
         policy_sync_interval=_positive(
             node.get("policy_sync_interval", 10.0), "policy_sync_interval"
         ),
+        policy_max_version_step=_positive_int(
+            node.get("policy_max_version_step", 1000), "policy_max_version_step"
+        ),
+        policy_cache_entries=_positive_int(
+            node.get("policy_cache_entries", 1024), "policy_cache_entries"
+        ),
+        policy_cache_bytes=_positive_int(
+            node.get("policy_cache_bytes", 16 * 1024 * 1024), "policy_cache_bytes"
+        ),
+        policy_max_apps=_positive_int(node.get("policy_max_apps", 0) or 1, "policy_max_apps")
+        if node.get("policy_max_apps", 0)
+        else 0,
     )

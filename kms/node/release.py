@@ -77,6 +77,8 @@ class Refusal(enum.Enum):
     QUOTE = "quote-rejected"
     NO_POLICY = "no-policy"
     POLICY = "policy-refused"
+    FROZEN = "app-frozen"
+    BUNDLE = "bundle-refused"
 
 
 @dataclass(frozen=True)
@@ -221,10 +223,13 @@ class KeyReleaser:
         epoch: int,
         share: SecretShare | None,
         seen_nonce: Callable[[bytes], bool],
+        candidate: AppPolicy | None = None,
     ) -> Released | Refused:
         """Verify a checked request's quote and policy and answer it (see the module
         docstring). The share and the nonce are checked again: the caller may have
-        awaited collateral since :meth:`check`."""
+        awaited collateral since :meth:`check`. ``candidate`` is the policy of the
+        bundle the request carries, for an app the node has not admitted (already
+        checked: signature, chain, key, time, version bound)."""
         req, body, target = checked.request, checked.request.body, checked.target
         if share is None:
             return refuse(Refusal.NOT_SERVING, "this node holds no share of the current epoch")
@@ -236,7 +241,7 @@ class KeyReleaser:
         except QuoteVerificationError as exc:
             return refuse(Refusal.QUOTE, str(exc))
         raw = checked.raw
-        policy = self._policy_for(body.app_id, now)
+        policy = candidate if candidate is not None else self._policy_for(body.app_id, now)
         if policy is None:
             return refuse(Refusal.NO_POLICY, "no current policy for this app")
         # One replay of the RTMR3 log per request, shared by its purposes.
@@ -291,12 +296,20 @@ class KeyReleaser:
         epoch: int,
         share: SecretShare | None,
         seen_nonce: Callable[[bytes], bool],
+        candidate: AppPolicy | None = None,
     ) -> Released | Refused:
         """:meth:`check`, then :meth:`release`, for callers whose collateral is at hand."""
         checked = self.check(raw, now=now, share=share, seen_nonce=seen_nonce)
         if isinstance(checked, Refused):
             return checked
-        return self.release(checked, now=now, epoch=epoch, share=share, seen_nonce=seen_nonce)
+        return self.release(
+            checked,
+            now=now,
+            epoch=epoch,
+            share=share,
+            seen_nonce=seen_nonce,
+            candidate=candidate,
+        )
 
 
 def policies_from(mapping: Mapping[bytes, AppPolicy]) -> Callable[[bytes, int], AppPolicy | None]:

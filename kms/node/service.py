@@ -44,13 +44,15 @@ from kms.node.core import (
 )
 from kms.node.release import Checked, KeyReleaser, Refusal, Released
 from kms.policy.gossip import (
+    MAX_DIGEST_ENTRIES,
     PolicyAnnounce,
     PolicyDigest,
+    PolicyQuery,
     announce_to,
     newer_than_digest,
     offer_outcome,
 )
-from kms.protocol import KeyRefusal
+from kms.protocol import KeyRefusal, KeyRequest
 from kms.store import NodeStore, StoreError
 from mpc import hpke
 from mpc.broadcast import Outbound
@@ -199,6 +201,8 @@ class NodeService:
         self.started = trio.Event()
         self.policy_sync_interval = POLICY_SYNC_INTERVAL
         self._next_policy_digest = 0.0
+        self._digest_cursor = b""
+        self._queried: dict[bytes, float] = {}
         self._learn_participants()
 
     # --- peers -------------------------------------------------------------------------
@@ -264,7 +268,7 @@ class NodeService:
             self._reject(str(peer), "envelope names another sender")
             return
         self.metrics.messages_in[env.kind] += 1
-        if isinstance(message, PolicyAnnounce | PolicyDigest):
+        if isinstance(message, PolicyAnnounce | PolicyDigest | PolicyQuery):
             self.core.observe_epoch(index, env.epoch, self.clock.now())
             self._on_policy_message(index, peer, message)
             self._step()
@@ -403,7 +407,10 @@ class NodeService:
 
     releaser: KeyReleaser | None = None
     policies: Any = None
-    """The node's app policies (``kms.node.setup.PolicyDirectory``), when it serves keys."""
+    """The node's app policies (``kms.node.policies.NodePolicies``), when it serves keys."""
+
+    QUERY_MEMORY = 4096
+    QUERY_INTERVAL = 60.0
 
     def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         if self.policies is None:
@@ -412,15 +419,31 @@ class NodeService:
                 "reason": "not-serving",
                 "detail": "this node does not release keys",
             }
-        code, reply = self.policies.offer(raw, int(self.clock.now()))
-        log.info(
-            "policy offered", extra={"fields": {k: v for k, v in reply.items() if k != "detail"}}
-        )
-        if code == 200 and not reply.get("duplicate"):
+        code, reply, out = self.policies.offer(raw, int(self.clock.now()))
+        if not reply.get("accepted"):
+            self.metrics.rejected["policy push: " + str(reply.get("reason"))] += 1
+        if out is not None and out.accepted and not out.duplicate:
+            log.info("policy accepted", extra={"fields": {"app": reply.get("app_id")}})
             self._announce_policy(raw)  # the committee passes it on (kms.policy.gossip)
+        elif out is not None and out.cached and out.app_id is not None:
+            self._query_committee(out.app_id)
         return int(code), dict(reply)
 
     # --- policy gossip (``kms.policy.gossip``) ---------------------------------------------
+
+    def _query_committee(self, app_id: bytes) -> None:
+        """Ask the other members for an app this node does not know (at most once a minute)."""
+        now = self.clock.now()
+        if now - self._queried.get(app_id, -math.inf) < self.QUERY_INTERVAL:
+            return
+        self._queried[app_id] = now
+        while len(self._queried) > self.QUERY_MEMORY:
+            self._queried.pop(next(iter(self._queried)))
+        st = self.core.state
+        if st is None:
+            return
+        for to in announce_to([int(i) for i in st.committee.indices], int(self.config.index)):
+            self._send(Outbound(ParticipantIndex(to), PolicyQuery(app_id)))
 
     def _announce_policy(self, bundle: bytes, origin: ParticipantIndex | None = None) -> None:
         st = self.core.state
@@ -434,28 +457,41 @@ class NodeService:
             self._send(Outbound(ParticipantIndex(to), msg))
 
     def _send_policy_digest(self) -> None:
+        """The next page of this node's apps, to every member (pages wrap around)."""
         st = self.core.state
         if st is None:
             return
-        digest = PolicyDigest.of(self.policies.held_versions(int(self.clock.now())))
+        start = self._digest_cursor
+        entries, nxt = self.policies.page(start, MAX_DIGEST_ENTRIES, int(self.clock.now()))
+        digest = PolicyDigest.page(entries, start, nxt)
+        self._digest_cursor = nxt
         for to in announce_to([int(i) for i in st.committee.indices], int(self.config.index)):
             self._send(Outbound(ParticipantIndex(to), digest))
 
     def _on_policy_message(
-        self, index: ParticipantIndex, peer: PeerId, message: PolicyAnnounce | PolicyDigest
+        self,
+        index: ParticipantIndex,
+        peer: PeerId,
+        message: PolicyAnnounce | PolicyDigest | PolicyQuery,
     ) -> None:
         if self.policies is None:
             return  # this node serves no keys and keeps no policies
         now = int(self.clock.now())
         if isinstance(message, PolicyDigest):
-            for app_id in newer_than_digest(message, self.policies.held_versions(now)):
+            held = self.policies.between(message.start, message.end, now)
+            for app_id in newer_than_digest(message, held):
                 bundle = self.policies.bundle_bytes(app_id)
                 if bundle is not None:
                     self._send(Outbound(index, PolicyAnnounce(bundle)))
             return
-        code, reply = self.policies.offer(message.bundle, now)
-        accepted = code == 200
-        reason = None if accepted or code not in (400, 409) else str(reply.get("reason", "refused"))
+        if isinstance(message, PolicyQuery):
+            bundle = self.policies.bundle_bytes(bytes(message.app_id))
+            if bundle is not None:
+                self._send(Outbound(index, PolicyAnnounce(bundle)))
+            return
+        code, reply, _ = self.policies.offer(message.bundle, now, voucher=int(index))
+        accepted = bool(reply.get("accepted"))
+        reason = None if accepted or code == 503 else str(reply.get("reason", "refused"))
         relay, blame = offer_outcome(accepted, bool(reply.get("duplicate")), reason)
         if relay:
             self.metrics.policies_learned += 1
@@ -472,6 +508,21 @@ class NodeService:
             self._announce_policy(message.bundle, index)
         if blame is not None:
             self._reject(str(peer), blame)
+        if reply.get("reason") in ("not_owner", "stale_version") and reply.get("app_id"):
+            # The peer holds an older policy, or one signed by a key our chain rotated
+            # away: answer with ours, which carries the rotation.
+            ours = self.policies.bundle_bytes(bytes.fromhex(str(reply["app_id"])))
+            if ours is not None:
+                self._send(Outbound(index, PolicyAnnounce(ours)))
+
+    def reload_policies(self) -> dict[str, Any]:
+        """Re-read the operator's policies directory (admin channel ``reload-policies``)."""
+        if self.policies is None:
+            return {"admitted": 0, "updated": 0, "refused": 0, "serving": False}
+        now = int(self.clock.now())
+        if self.policies.ready(now) is None:
+            return {"admitted": 0, "updated": 0, "refused": 0, "serving": False}
+        return {**self.policies.reload(now), "serving": True}
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
         if self.policies is None:
@@ -508,7 +559,18 @@ class NodeService:
         checked = self.releaser.check(
             raw, now=now, share=self.core.share, seen_nonce=self._seen_nonce
         )
+        decoded: KeyRequest | None = None
+        bundle = None
         if isinstance(checked, Checked):
+            decoded = checked.request
+            if self.policies is not None:
+                # A frozen app is refused; an app not admitted here may be admitted by the
+                # bundle the request carries (bound by the quote's report data).
+                gate = self._policy_gate(decoded, now)
+                if isinstance(gate, KeyRefusal):
+                    self.metrics.rejected["key request: " + gate.reason] += 1
+                    return 403, gate.encode()
+                bundle = gate
             if self.collateral is not None:
                 await self.collateral.prepare(checked.quote, now=now)
             st = self.core.state
@@ -518,9 +580,12 @@ class NodeService:
                 epoch=st.epoch if st else 0,
                 share=self.core.share,
                 seen_nonce=self._seen_nonce,
+                candidate=None if bundle is None else bundle.signed.policy,
             )
         else:
             res = checked
+        if isinstance(res, Released) and bundle is not None and self.policies is not None:
+            self.policies.admit_released(bundle, now)
         if isinstance(res, Released):
             # The replay cache survives restarts; the audit records are committed as one group.
             # Remembered for longer than any timestamp the releaser still accepts.
@@ -548,7 +613,22 @@ class NodeService:
             label += ": " + res.refusal.detail.split(":", 1)[0][:40]
         self.metrics.rejected["key request: " + label] += 1
         self._rl.warn("cvm", f"key request refused: {res.reason}")
+        if res.reason == "no-policy" and decoded is not None and self.policies is not None:
+            self._query_committee(bytes(decoded.body.app_id))  # perhaps a member knows it
         return 403, res.refusal.encode()
+
+    def _policy_gate(self, req: KeyRequest, now: int) -> Any:
+        """Before the releaser: a frozen app is refused; for an app this node has not
+        admitted, the bundle the request carries or names (``None`` if it names none)."""
+        from kms.node.release import Refusal
+
+        app_id = req.body.app_id
+        if self.policies.is_frozen(app_id, now):
+            return KeyRefusal(Refusal.FROZEN.value, "the app is frozen by an owner rotation fork")
+        bundle, why = self.policies.candidate(req, now)
+        if why:
+            return KeyRefusal(Refusal.BUNDLE.value, why[:500])
+        return bundle
 
     def count_rejected(self, label: str) -> None:
         """Count input refused before it reached the node (e.g. an unparsable JSON body)."""
@@ -736,6 +816,7 @@ class NodeService:
             "serves_keys": self.releaser is not None,
             "simulated_quotes_accepted": bool(self.releaser and self.releaser.simulated_allowed),
             "collateral": self._collateral_source(),
+            "apps": self.policies.stats() if self.policies is not None else None,
         }
 
     def metrics_text(self) -> str:
@@ -822,6 +903,22 @@ class NodeService:
             m.policies_learned,
             "counter",
         )
+        if self.policies is not None:
+            ps = self.policies.stats()
+            gauge(
+                "qkms_apps_admitted", "Apps this node has admitted (kept forever).", ps["admitted"]
+            )
+            gauge(
+                "qkms_apps_frozen",
+                "Admitted apps frozen by an owner rotation fork (alert: the owner must act).",
+                ps.get("frozen_count", 0),
+            )
+            gauge(
+                "qkms_policy_cache_entries",
+                "Bundles of unadmitted apps held in memory.",
+                ps["cache_entries"],
+            )
+            gauge("qkms_policy_cache_bytes", "Bytes of those bundles.", ps["cache_bytes"])
         gauge(
             "qkms_has_share",
             "Whether this node holds a share of the current epoch.",

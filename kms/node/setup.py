@@ -261,129 +261,6 @@ def tdx_quote(report_data: bytes) -> bytes:
         entry.rmdir()
 
 
-class PolicyDirectory:
-    """App policies as files (``*.policy``: encoded ``PolicyBundle``), re-read when they change.
-
-    Every bundle is checked by a ``PolicyStore`` bound to the committee's master
-    public key: a file with a bad signature, a stale version or another key is
-    ignored (and logged once).
-    """
-
-    def __init__(self, directory: Path, mpk_of: Any) -> None:
-        self.directory = directory
-        self._mpk_of = mpk_of
-        self._stamp: tuple[tuple[str, float], ...] = ()
-        self._store: Any = None
-
-    def __call__(self, app_id: bytes, now: int) -> Any:
-        if not self._load(now):
-            return None
-        return self._store.current(app_id, now)
-
-    def held_versions(self, now: int) -> dict[bytes, int]:
-        """Every app's held policy version (expired ones too): what a policy digest lists."""
-        if not self._load(now):
-            return {}
-        return {a: int(self._store.version(a)) for a in self._store.app_ids()}
-
-    def bundle_bytes(self, app_id: bytes) -> bytes | None:
-        """The held bundle of the app, encoded, to pass on to a peer."""
-        if self._store is None:
-            return None
-        bundle = self._store.bundle(app_id)
-        return None if bundle is None else bytes(bundle.encode())
-
-    def _load(self, now: int) -> bool:
-        """(Re-)read the directory if its files changed; False while there is nothing to read."""
-        from kms.policy import PolicyBundle, PolicyStore, Refused
-
-        mpk = self._mpk_of()
-        if mpk is None or not self.directory.is_dir():
-            return False
-        files = sorted(self.directory.glob("*.policy"))
-        stamp = tuple((f.name, f.stat().st_mtime) for f in files)
-        if self._store is None or stamp != self._stamp:
-            store = PolicyStore(mpk)
-            for f in files:
-                try:
-                    result = store.offer_bundle(PolicyBundle.decode(f.read_bytes()), now=now)
-                    if isinstance(result, Refused):
-                        raise ValueError(f"{result.reason.value}: {result.detail}")
-                except ValueError as exc:
-                    logging.getLogger("quorum_kms.node").warning(
-                        "policy file refused",
-                        extra={"fields": {"file": f.name, "reason": str(exc)}},
-                    )
-            self._store, self._stamp = store, stamp
-        return True
-
-    def offer(self, raw: bytes, now: int) -> tuple[int, dict[str, Any]]:
-        """A policy pushed by anyone: keep it if it is newer and valid (HTTP status, reply)."""
-        from kms.policy import Accepted, PolicyBundle, PolicyFailure
-
-        try:
-            bundle = PolicyBundle.decode(raw)
-        except ValueError as exc:
-            return 400, {"accepted": False, "reason": "malformed", "detail": str(exc)}
-        app_id = bundle.signed.policy.app_id
-        self(app_id, now)  # load the directory first
-        if self._store is None:
-            return 503, {
-                "accepted": False,
-                "reason": "not-serving",
-                "detail": "no master public key yet",
-            }
-        result = self._store.offer_bundle(bundle, now=now)
-        if isinstance(result, Accepted):
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self.directory / f".{app_id.hex()}.tmp"
-            tmp.write_bytes(result.bundle.encode())
-            tmp.replace(self.directory / f"{app_id.hex()}.policy")
-            for old in self.directory.glob("*.policy"):
-                if old.name != f"{app_id.hex()}.policy" and _bundle_app(old) == app_id:
-                    old.unlink()  # one file per app: the newest
-            self._stamp = ()  # re-read on next use
-            return 200, {"accepted": True, "version": result.version, "app_id": app_id.hex()}
-        version = self._store.version(app_id)
-        if result.reason is PolicyFailure.DUPLICATE:
-            return 200, {
-                "accepted": True,
-                "version": version,
-                "app_id": app_id.hex(),
-                "duplicate": True,
-            }
-        return 409, {
-            "accepted": False,
-            "reason": result.reason.value,
-            "detail": result.detail,
-            "held_version": version,
-        }
-
-    def describe(self, app_id: bytes, now: int) -> dict[str, Any] | None:
-        policy = self(app_id, now)
-        if policy is None:
-            return None
-        return {
-            "app_id": app_id.hex(),
-            "version": policy.version,
-            "not_before": policy.not_before,
-            "expires": policy.expires,
-            "purposes": list(policy.purposes),
-            "allowed_tcb_statuses": list(policy.allowed_tcb_statuses),
-            "measurements": len(policy.measurements),
-            "owner_key": policy.owner_key.hex(),
-        }
-
-
-def _bundle_app(path: Path) -> bytes | None:
-    from kms.policy import PolicyBundle
-
-    try:
-        return bytes(PolicyBundle.decode(path.read_bytes()).signed.policy.app_id)
-    except (OSError, ValueError):
-        return None
-
-
 def collateral_floor(cfg: NodeFileConfig) -> Any:
     """The oldest collateral this node accepts, fetched or verified (``[node]`` settings)."""
     from kms.attest import CollateralFloor
@@ -478,7 +355,22 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
         st = service.core.state
         return st.mpk.to_bytes() if st is not None else None
 
-    service.policies = PolicyDirectory(cfg.policies_dir, mpk)
+    from kms.node.policies import NodePolicies
+
+    def threshold() -> int:
+        st = service.core.state
+        return st.threshold if st is not None else 1
+
+    service.policies = NodePolicies(
+        service.store,
+        mpk,
+        directory=cfg.policies_dir,
+        max_version_step=cfg.policy_max_version_step,
+        cache_entries=cfg.policy_cache_entries,
+        cache_bytes=cfg.policy_cache_bytes,
+        vouch_threshold=threshold,
+        max_apps=cfg.policy_max_apps,
+    )
     return KeyReleaser(
         cfg.index,
         service.identity,

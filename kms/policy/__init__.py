@@ -5,6 +5,8 @@
   admission policy and the in-memory :class:`PolicyStore`;
 * :mod:`kms.policy.eventlog`: dstack RTMR3 event-log replay and compose hash;
 * :mod:`kms.policy.admission`: whether a policy admits a CVM;
+* :mod:`kms.policy.registry`: the apps a node has admitted, their owner chains
+  and version floors, and the bounded cache of unadmitted bundles;
 * :mod:`kms.policy.errors`: ``PolicyError`` and ``EventLogError`` with their reasons.
 
 Pure code: time comes in as ``now`` (Unix seconds), randomness as ``rng``.

@@ -72,6 +72,10 @@ class PolicyFailure(enum.Enum):
     """The requested key version is below the policy's minimum for that purpose."""
     TCB_EVALUATION_TOO_OLD = "tcb_evaluation_too_old"
     """The collateral's TCB evaluation data number is below the policy's floor."""
+    APP_FROZEN = "app_frozen"
+    """The app is frozen: two different rotations from one owner key were seen (a fork)."""
+    UNKNOWN_APP = "unknown_app"
+    """The node has not admitted the app: the policy was kept in its bounded cache only."""
 
 
 class PolicyError(Exception):

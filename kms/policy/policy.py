@@ -45,9 +45,12 @@ echo of gossip); well-formed (``MALFORMED``); the rotation chain verifies from
 the app id and agrees with the chain held (``ROTATION_*``, ``APP_ID_MISMATCH``);
 the policy is signed by the current owner key (``NOT_OWNER``,
 ``BAD_SIGNATURE``); it names this committee's MPK (``WRONG_MPK``); its version
-is greater than the one held (``STALE_VERSION``) by at most
-:data:`MAX_VERSION_STEP` (``VERSION_JUMP``; the first version a node sees of an
-app is not bounded, so that a node joining late can learn it); its lifetime is
+is greater than the one held (``STALE_VERSION``) by at most the store's
+``max_version_step`` (default :data:`MAX_VERSION_STEP`; ``VERSION_JUMP``; the
+first version of an app the store does not hold is bounded the same way, from
+0, when the caller asks for it with ``bound_first``; a policy whose chain
+rotates the app away from the key that signed the policy held is compared
+with 0 too: the held policy is void once its signer is rotated away); its lifetime is
 at most :data:`MAX_LIFETIME` (``LIFETIME_TOO_LONG``); ``not_before <= now +
 MAX_CLOCK_SKEW`` (``NOT_YET_VALID``); ``now < expires`` (``EXPIRED``). A refused
 offer leaves the store unchanged.
@@ -598,16 +601,33 @@ class PolicyStore:
     clock.
     """
 
-    __slots__ = ("_entries", "_kms_mpk", "_skew")
+    __slots__ = ("_entries", "_kms_mpk", "_skew", "_step")
 
-    def __init__(self, kms_mpk: bytes, *, max_clock_skew: int = MAX_CLOCK_SKEW) -> None:
+    def __init__(
+        self,
+        kms_mpk: bytes,
+        *,
+        max_clock_skew: int = MAX_CLOCK_SKEW,
+        max_version_step: int = MAX_VERSION_STEP,
+    ) -> None:
         if not isinstance(kms_mpk, bytes) or len(kms_mpk) != KMS_MPK_LENGTH:
             raise LocalProtocolError(f"kms_mpk must be {KMS_MPK_LENGTH} bytes")
         if max_clock_skew < 0:
             raise LocalProtocolError("max_clock_skew must not be negative")
+        if max_version_step < 1:
+            raise LocalProtocolError("max_version_step must be at least 1")
         self._kms_mpk = kms_mpk
         self._skew = max_clock_skew
+        self._step = max_version_step
         self._entries: dict[bytes, _Entry] = {}
+
+    @property
+    def kms_mpk(self) -> bytes:
+        return self._kms_mpk
+
+    @property
+    def max_version_step(self) -> int:
+        return self._step
 
     # --- offers ---
 
@@ -617,6 +637,7 @@ class PolicyStore:
         *,
         now: int,
         rotations: Sequence[RotationRecord] = (),
+        bound_first: bool = False,
     ) -> OfferResult:
         """Accept ``signed`` if it is a newer valid policy, whoever sent it.
 
@@ -625,7 +646,7 @@ class PolicyStore:
         ``bundle``) or :class:`Refused` with the first failed check's reason.
         """
         try:
-            chain = self.check(signed, now=now, rotations=rotations)
+            chain = self.check(signed, now=now, rotations=rotations, bound_first=bound_first)
         except PolicyError as exc:
             return Refused(exc.reason, exc.detail)
         app_id = signed.policy.app_id
@@ -638,9 +659,13 @@ class PolicyStore:
             bundle=PolicyBundle(signed, chain.records),
         )
 
-    def offer_bundle(self, bundle: PolicyBundle, *, now: int) -> OfferResult:
+    def offer_bundle(
+        self, bundle: PolicyBundle, *, now: int, bound_first: bool = False
+    ) -> OfferResult:
         """:meth:`offer` for a bundle received from another node."""
-        return self.offer(bundle.signed, now=now, rotations=bundle.rotations)
+        return self.offer(
+            bundle.signed, now=now, rotations=bundle.rotations, bound_first=bound_first
+        )
 
     def check(
         self,
@@ -648,9 +673,12 @@ class PolicyStore:
         *,
         now: int,
         rotations: Sequence[RotationRecord] = (),
+        bound_first: bool = False,
     ) -> OwnerChain:
         """Run every check of :meth:`offer` without changing the store.
 
+        With ``bound_first`` the first version of an app the store does not hold
+        is bounded too (at most ``max_version_step``, as if version 0 were held).
         Returns the owner chain the store would hold; raises :class:`PolicyError`.
         """
         _check_now(now)
@@ -665,19 +693,26 @@ class PolicyStore:
         chain = self._check_authentic(signed, rotations)
         policy = signed.policy
         held = self._entries.get(policy.app_id)
-        if held is not None:
-            held_version = held.signed.policy.version
-            if policy.version <= held_version:
-                raise PolicyError(
-                    PolicyFailure.STALE_VERSION,
-                    f"version {policy.version} is not newer than {held_version}",
-                )
-            if policy.version - held_version > MAX_VERSION_STEP:
-                raise PolicyError(
-                    PolicyFailure.VERSION_JUMP,
-                    f"version {policy.version} jumps more than {MAX_VERSION_STEP} "
-                    f"past {held_version}",
-                )
+        held_version = 0 if held is None else held.signed.policy.version
+        if (
+            held is not None
+            and chain.sequence > held.chain.sequence
+            and held.signed.policy.owner_key != chain.current
+        ):
+            # The offered chain rotates the app away from the key that signed the policy
+            # held: that policy is void, whatever its version, and the new owner's
+            # policy replaces it (its version bounded from 0).
+            held_version = 0
+        if policy.version <= held_version:
+            raise PolicyError(
+                PolicyFailure.STALE_VERSION,
+                f"version {policy.version} is not newer than {held_version}",
+            )
+        if (held is not None or bound_first) and policy.version - held_version > self._step:
+            raise PolicyError(
+                PolicyFailure.VERSION_JUMP,
+                f"version {policy.version} jumps more than {self._step} past {held_version}",
+            )
         if policy.lifetime > MAX_LIFETIME:
             raise PolicyError(
                 PolicyFailure.LIFETIME_TOO_LONG,
@@ -731,6 +766,31 @@ class PolicyStore:
         if held is not None and held.signed.policy.version >= bundle.signed.policy.version:
             raise PolicyError(PolicyFailure.STALE_VERSION, "a newer policy is already held")
         self._entries[bundle.signed.policy.app_id] = _Entry(chain, bundle.signed)
+
+    def replace(self, bundle: PolicyBundle) -> None:
+        """Hold ``bundle`` for its app whatever is held now (the operator resolving a fork).
+
+        Checks the bundle's own chain, owner, signature and MPK, not the held chain.
+        Raises :class:`PolicyError`.
+        """
+        app_id = bundle.signed.policy.app_id
+        held = self._entries.pop(app_id, None)
+        try:
+            chain = self._check_authentic(bundle.signed, bundle.rotations)
+        except PolicyError:
+            if held is not None:
+                self._entries[app_id] = held
+            raise
+        self._entries[app_id] = _Entry(chain, bundle.signed)
+
+    def check_authentic(
+        self, signed: SignedPolicy, rotations: Sequence[RotationRecord] = ()
+    ) -> OwnerChain:
+        """Structure, owner chain (merged with the one held), owner, signature and MPK.
+
+        Everything :meth:`check` does but time and version; raises :class:`PolicyError`.
+        """
+        return self._check_authentic(signed, rotations)
 
     # --- queries ---
 

@@ -71,16 +71,54 @@ __all__ = [
     "EpochRecord",
     "NodeStore",
     "RecordLike",
+    "StoredApp",
 ]
 
-SCHEMA_VERSION = 1
-"""The schema this code writes; stored in ``meta`` as ``schema_version``."""
+SCHEMA_VERSION = 2
+"""The schema this code writes; stored in ``meta`` as ``schema_version``.
+
+Version 2 added the admitted apps (``apps``) and every owner rotation ever
+seen for them (``app_rotations``)."""
 
 APPLICATION_ID = 0x514B4D53
 """``PRAGMA application_id`` of a store ("QKMS"): another SQLite file is refused."""
 
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: dict[int, Migration] = {}
+
+_APPS_SCHEMA = (
+    # One row per admitted app: the highest policy version ever accepted (the
+    # floor), the newest accepted bundle (expired or not), and whether the app is
+    # frozen by a rotation fork. Rows are never deleted: an app's owner chain and
+    # floor outlive every policy's expiry.
+    """CREATE TABLE apps (
+        app_id BLOB PRIMARY KEY,
+        version_floor INTEGER NOT NULL CHECK (version_floor >= 0),
+        bundle BLOB NOT NULL,
+        frozen INTEGER NOT NULL DEFAULT 0 CHECK (frozen IN (0, 1)),
+        admitted_by TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    # Every owner rotation record ever seen for an admitted app, forks included
+    # (two records with one sequence number).
+    """CREATE TABLE app_rotations (
+        app_id BLOB NOT NULL REFERENCES apps (app_id),
+        sequence INTEGER NOT NULL CHECK (sequence >= 1),
+        record BLOB NOT NULL,
+        PRIMARY KEY (app_id, sequence, record)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER apps_never_deleted BEFORE DELETE ON apps
+       BEGIN SELECT RAISE(ABORT, 'admitted apps are never deleted'); END""",
+    """CREATE TRIGGER app_rotations_append_only BEFORE DELETE ON app_rotations
+       BEGIN SELECT RAISE(ABORT, 'owner rotations are never deleted'); END""",
+)
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Schema 2: the apps tables (empty; a node re-reads its policies directory)."""
+    for statement in _APPS_SCHEMA:
+        db.execute(statement)
+
+
+MIGRATIONS: dict[int, Migration] = {1: _migrate_1_to_2}
 """The migration hook: ``MIGRATIONS[v]`` upgrades a store from schema ``v`` to ``v + 1``.
 
 Each step runs inside the write transaction that also records the new
@@ -164,6 +202,7 @@ _SCHEMA = (
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     """CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    *_APPS_SCHEMA,
 )
 
 
@@ -195,6 +234,18 @@ class EpochRecord:
     def __repr__(self) -> str:
         share = "None" if self.share is None else "<redacted>"
         return f"EpochRecord(epoch={self.epoch}, share={share})"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredApp:
+    """An admitted app as the store keeps it (see :meth:`NodeStore.put_app`)."""
+
+    app_id: bytes
+    version_floor: int
+    bundle: bytes
+    frozen: bool
+    admitted_by: str
+    rotations: tuple[tuple[int, bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -886,6 +937,77 @@ class NodeStore:
             )
             db.execute("DELETE FROM shares WHERE epoch = ?", (epoch,))
         self._checkpoint()
+
+    # --- admitted apps --------------------------------------------------------------------------
+
+    def put_app(
+        self,
+        app_id: bytes,
+        *,
+        version_floor: int,
+        bundle: bytes,
+        frozen: bool,
+        admitted_by: str,
+        rotations: Iterable[tuple[int, bytes]] = (),
+    ) -> None:
+        """Create or update an admitted app's row, and add rotation records (one transaction).
+
+        The version floor never decreases (the larger of the stored and the given
+        one is kept); ``admitted_by`` is kept from the app's first row; rotation
+        records are only ever added.
+        """
+        self.put_apps(
+            [StoredApp(app_id, version_floor, bundle, frozen, admitted_by, tuple(rotations))]
+        )
+
+    def put_apps(self, apps: Iterable[StoredApp]) -> None:
+        """:meth:`put_app` for many apps in one transaction."""
+        rows = []
+        for a in apps:
+            _check_bytes("app_id", a.app_id)
+            _check_bytes("bundle", a.bundle)
+            if isinstance(a.version_floor, bool) or not isinstance(a.version_floor, int):
+                raise TypeError("version_floor must be an int")
+            if a.version_floor < 0:
+                raise ValueError("version_floor must not be negative")
+            rots = [(int(seq), _check_bytes("rotation", rec)) for seq, rec in a.rotations]
+            rows.append((a, rots))
+        with self._write() as db:
+            for a, rots in rows:
+                db.execute(
+                    "INSERT INTO apps (app_id, version_floor, bundle, frozen, admitted_by) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET "
+                    "version_floor = max(version_floor, excluded.version_floor), "
+                    "bundle = excluded.bundle, frozen = excluded.frozen",
+                    (a.app_id, a.version_floor, a.bundle, int(bool(a.frozen)), a.admitted_by),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO app_rotations (app_id, sequence, record) "
+                    "VALUES (?, ?, ?)",
+                    [(a.app_id, seq, rec) for seq, rec in rots],
+                )
+
+    def apps(self) -> list[StoredApp]:
+        """Every admitted app with its rotation records (sorted by app id, then sequence)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT app_id, version_floor, bundle, frozen, admitted_by FROM apps "
+                "ORDER BY app_id"
+            ).fetchall()
+            rots: dict[bytes, list[tuple[int, bytes]]] = {}
+            for app_id, seq, rec in db.execute(
+                "SELECT app_id, sequence, record FROM app_rotations ORDER BY app_id, sequence"
+            ):
+                rots.setdefault(_blob(app_id), []).append((int(seq), _blob(rec)))
+        return [
+            StoredApp(_blob(a), int(v), _blob(b), bool(f), str(by), tuple(rots.get(_blob(a), ())))
+            for a, v, b, f, by in rows
+        ]
+
+    def app_count(self) -> int:
+        """How many apps this node has admitted."""
+        with self._read() as db:
+            return int(db.execute("SELECT count(*) FROM apps").fetchone()[0])
 
     # --- audit log ------------------------------------------------------------------------------
 

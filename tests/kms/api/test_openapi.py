@@ -163,7 +163,7 @@ def test_example_messages_validate_and_off_by_one_changes_fail_schema_and_decode
     first_field = next(k for k in good if not k.startswith("@"))
     bad_forms = [
         {**good, "@type": examples()[other].TYPE},  # schema-valid before: any string
-        {**good, "@version": 2},
+        {**good, "@version": good["@version"] + 1},
         {k: v for k, v in good.items() if k != first_field},
         {**good, "extra": 1},
     ]

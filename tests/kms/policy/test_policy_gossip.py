@@ -34,12 +34,33 @@ def test_messages_round_trip_and_unsorted_digests_are_refused() -> None:
     assert decode(d.encode()) == d
     a = PolicyAnnounce(b"bundle bytes")
     assert decode(a.encode()) == a
-    bad = PolicyDigest((PolicyVersion(B, 1), PolicyVersion(A, 1)))
+    bad = PolicyDigest(b"", b"", (PolicyVersion(B, 1), PolicyVersion(A, 1)))
     with pytest.raises(MessageDecodeError):
         decode(bad.encode())
-    twice = PolicyDigest((PolicyVersion(A, 1), PolicyVersion(A, 2)))
+    twice = PolicyDigest(b"", b"", (PolicyVersion(A, 1), PolicyVersion(A, 2)))
     with pytest.raises(MessageDecodeError):
         decode(twice.encode())
+    outside = PolicyDigest(B, C, (PolicyVersion(A, 1),))
+    with pytest.raises(MessageDecodeError):
+        decode(outside.encode())
+    empty_range = PolicyDigest(B, B, ())
+    with pytest.raises(MessageDecodeError):
+        decode(empty_range.encode())
+
+
+def test_a_digest_answer_names_only_apps_in_the_digests_range() -> None:
+    page = PolicyDigest.page([(B, 1)], B, C)  # [B, C): A and C lie outside
+    assert newer_than_digest(page, {A: 9, B: 2, C: 9}) == [B]
+    assert newer_than_digest(page, {A: 9, B: 1, C: 9}) == []  # in sync: nothing
+    last = PolicyDigest.page([(C, 1)], C, b"")  # the last page has no upper bound
+    assert newer_than_digest(last, {A: 9, C: 1, b"\x04" * 20: 1}) == [b"\x04" * 20]
+
+
+def test_one_page_is_refused_for_more_apps_than_a_digest_holds() -> None:
+    from kms.policy.gossip import MAX_DIGEST_ENTRIES
+
+    with pytest.raises(ValueError, match="too many"):
+        PolicyDigest.of({i.to_bytes(20, "big"): 1 for i in range(MAX_DIGEST_ENTRIES + 1)})
 
 
 def test_a_new_policy_goes_to_every_other_member_but_its_source() -> None:
@@ -57,3 +78,5 @@ def test_what_a_node_does_with_a_peers_bundle() -> None:
     assert offer_outcome(False, False, "stale_version") == (False, None)  # a peer behind
     assert offer_outcome(False, False, None) == (False, None)  # this node keeps no policies
     assert offer_outcome(False, False, "bad_signature") == (False, "policy gossip: bad_signature")
+    assert offer_outcome(False, False, "not_owner") == (False, None)  # not seen the rotation
+    assert offer_outcome(False, False, "unknown_app") == (False, None)  # cached only

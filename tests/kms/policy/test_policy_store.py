@@ -201,6 +201,8 @@ def test_every_store_refusal_reason_has_a_case() -> None:
         PolicyFailure.TCB_EVALUATION_TOO_OLD,
         PolicyFailure.ROTATION_WRONG_SIGNER,  # covered per chain in test_policy_owner_chain.py
         PolicyFailure.ROTATION_KEY_REUSED,
+        PolicyFailure.APP_FROZEN,  # registry refusals: tests/kms/apps/
+        PolicyFailure.UNKNOWN_APP,
     }
     assert store_reasons <= covered
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import stat
 import tempfile
@@ -82,6 +83,9 @@ def test_newer_schema_is_refused(store_path: Path) -> None:
         NodeStore(store_path, tee_sealer())
 
 
+CURRENT = store_module.SCHEMA_VERSION
+
+
 def test_migration_hook_upgrades_an_older_store(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,24 +93,24 @@ def test_migration_hook_upgrades_an_older_store(
         store.put_record(RUN, "deal", b"kept", secret=True)
     applied: list[int] = []
 
-    def to_v2(db: sqlite3.Connection) -> None:
-        applied.append(1)
-        db.execute("CREATE TABLE policies (app_id BLOB PRIMARY KEY, policy BLOB NOT NULL)")
+    def to_next(db: sqlite3.Connection) -> None:
+        applied.append(CURRENT)
+        db.execute("CREATE TABLE later (app_id BLOB PRIMARY KEY, policy BLOB NOT NULL)")
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_module.MIGRATIONS, 1, to_v2)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", CURRENT + 1)
+    monkeypatch.setitem(store_module.MIGRATIONS, CURRENT, to_next)
     with NodeStore(store_path, tee_sealer()) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == CURRENT + 1
         assert store.records(RUN) == {"deal": b"kept"}
     with NodeStore(store_path, tee_sealer()) as store:  # already migrated: not applied again
-        assert store.schema_version == 2
-    assert applied == [1]
+        assert store.schema_version == CURRENT + 1
+    assert applied == [CURRENT]
 
 
 def test_missing_migration_is_refused(store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     NodeStore(store_path, tee_sealer()).close()
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
-    with pytest.raises(StoreError, match="no migration from schema 1"):
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", CURRENT + 2)
+    with pytest.raises(StoreError, match=f"no migration from schema {CURRENT}"):
         NodeStore(store_path, tee_sealer())
 
 
@@ -119,15 +123,64 @@ def test_failed_migration_leaves_the_old_schema(
         db.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("crash in the middle of a migration")
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_module.MIGRATIONS, 1, broken)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", CURRENT + 1)
+    monkeypatch.setitem(store_module.MIGRATIONS, CURRENT, broken)
     with pytest.raises(RuntimeError):
         NodeStore(store_path, tee_sealer())
     with raw_db(store_path) as db:
         version = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-    assert version[0] == b"1"
+    assert version[0] == str(CURRENT).encode()
     assert "half_done" not in tables
+
+
+def test_a_store_written_with_schema_1_opens_and_migrates(tmp_path: Path) -> None:
+    """``data/store-schema-1.db`` was written by the code before the apps tables existed."""
+    path = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "data" / "store-schema-1.db", path)
+    with raw_db(path) as db:
+        assert (
+            db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0] == b"1"
+        )
+    with NodeStore(path, tee_sealer()) as store:
+        assert store.schema_version == CURRENT
+        assert store.load_identity() == (bytes([1]) * 32, bytes([2]) * 32)
+        assert store.get_meta("nonce/00") == (5).to_bytes(8, "big")
+        store.audit_verify()
+        assert store.apps() == []
+        store.put_app(
+            b"\x01" * 20, version_floor=3, bundle=b"b", frozen=False, admitted_by="operator"
+        )
+    with NodeStore(path, tee_sealer()) as store:
+        (app,) = store.apps()
+        assert (app.app_id, app.version_floor) == (b"\x01" * 20, 3)
+
+
+def test_admitted_apps_are_never_forgotten(store_path: Path) -> None:
+    with NodeStore(store_path, tee_sealer()) as store:
+        store.put_app(
+            b"\x01" * 20,
+            version_floor=7,
+            bundle=b"v7",
+            frozen=False,
+            admitted_by="key-request",
+            rotations=[(1, b"r1")],
+        )
+        # A lower floor never lowers it; rotations are only ever added.
+        store.put_app(
+            b"\x01" * 20,
+            version_floor=2,
+            bundle=b"v8",
+            frozen=True,
+            admitted_by="operator",
+            rotations=[(1, b"r1-fork")],
+        )
+        (app,) = store.apps()
+        assert app.version_floor == 7 and app.frozen and app.admitted_by == "key-request"
+        assert app.rotations == ((1, b"r1"), (1, b"r1-fork"))
+        assert store.app_count() == 1
+    with raw_db(store_path) as db, pytest.raises(sqlite3.DatabaseError, match="never deleted"):
+        db.execute("DELETE FROM apps")
 
 
 def test_closed_store_refuses_calls_and_close_is_idempotent(store_path: Path) -> None:

@@ -1,0 +1,305 @@
+"""A node's app policies: the admitted-app index (``kms.policy.registry``) kept in the node store.
+
+Loaded once at start from the store, then from the operator's policies
+directory (``[node] policies_dir``; read at start and on an explicit reload,
+never per request). Every change to an admitted app is written to the store
+in the same call (``NodeStore.put_app``), so owner chains and version floors
+survive restarts and policy expiry. Lookups are dictionary reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kms.policy import AppPolicy, PolicyBundle, PolicyError, PolicyFailure, RotationRecord
+from kms.policy.registry import AdmittedBy, AppRecord, AppRegistry, OfferOutcome
+from kms.protocol import KeyRequest, bundle_hash
+from kms.store import NodeStore
+from kms.store.store import StoredApp
+
+log = logging.getLogger("quorum_kms.node")
+
+_STATUS = {
+    PolicyFailure.MALFORMED: 400,
+    PolicyFailure.UNKNOWN_APP: 202,
+    PolicyFailure.APP_FROZEN: 423,
+}
+
+
+class NodePolicies:
+    """The admitted apps of this node, their cache, and the operator's directory."""
+
+    def __init__(
+        self,
+        store: NodeStore,
+        mpk_of: Callable[[], bytes | None],
+        *,
+        directory: Path | None = None,
+        max_version_step: int = 1000,
+        cache_entries: int = 1024,
+        cache_bytes: int = 16 * 1024 * 1024,
+        vouch_threshold: Callable[[], int] = lambda: 1,
+        max_apps: int = 0,
+    ) -> None:
+        self.store = store
+        self.directory = directory
+        self._mpk_of = mpk_of
+        self._settings = (max_version_step, cache_entries, cache_bytes, max_apps)
+        self._vouch_threshold = vouch_threshold
+        self.registry: AppRegistry | None = None
+        self.frozen_alerts = 0
+        self._batch: dict[bytes, StoredApp] | None = None
+
+    # --- loading ----------------------------------------------------------------------------
+
+    def ready(self, now: int) -> AppRegistry | None:
+        """The registry, loaded from the store and the directory once the MPK is known."""
+        if self.registry is not None:
+            self.registry.vouch_threshold = max(1, self._vouch_threshold())
+            return self.registry
+        mpk = self._mpk_of()
+        if mpk is None:
+            return None
+        step, entries, size, max_apps = self._settings
+        reg = AppRegistry(
+            mpk,
+            persist=self._persist,
+            max_version_step=step,
+            vouch_threshold=max(1, self._vouch_threshold()),
+            cache_entries=entries,
+            cache_bytes=size,
+            max_apps=max_apps,
+        )
+        for row in self.store.apps():
+            try:
+                reg.restore(
+                    PolicyBundle.decode(row.bundle),
+                    floor=row.version_floor,
+                    frozen=row.frozen,
+                    admitted_by=AdmittedBy(row.admitted_by),
+                    rotations=[RotationRecord.decode(r) for _, r in row.rotations],
+                )
+            except (ValueError, PolicyError) as exc:
+                log.error(
+                    "stored app refused",
+                    extra={"fields": {"app": row.app_id.hex(), "reason": str(exc)}},
+                )
+        self.registry = reg
+        self.reload(now)
+        return reg
+
+    def reload(self, now: int) -> dict[str, int]:
+        """Read the operator's directory (``*.policy``): admit new apps, offer newer versions.
+
+        Returns counts of ``admitted``, ``updated`` and ``refused`` files.
+        """
+        counts = {"admitted": 0, "updated": 0, "refused": 0}
+        reg = self.registry
+        if reg is None or self.directory is None or not self.directory.is_dir():
+            return counts
+        self._batch = {}  # one store transaction for the whole directory
+        try:
+            self._read_directory(reg, self.directory, now, counts)
+        finally:
+            batch, self._batch = self._batch, None
+            if batch:
+                self.store.put_apps(batch.values())
+        return counts
+
+    def _read_directory(
+        self, reg: AppRegistry, directory: Path, now: int, counts: dict[str, int]
+    ) -> None:
+        for f in sorted(directory.glob("*.policy")):
+            try:
+                bundle = PolicyBundle.decode(f.read_bytes())
+            except (OSError, ValueError) as exc:
+                counts["refused"] += 1
+                log.warning(
+                    "policy file refused", extra={"fields": {"file": f.name, "reason": str(exc)}}
+                )
+                continue
+            app_id = bundle.signed.policy.app_id
+            known = app_id in reg
+            if known and reg.is_frozen(app_id):
+                out = reg.lift_freeze(bundle)  # the operator picks the branch
+            elif known:
+                out = reg.offer(bundle, now=now)
+            else:
+                out = reg.admit(bundle, now=now, by=AdmittedBy.OPERATOR)
+            if out.accepted:
+                counts["updated" if known else "admitted"] += 1
+            elif out.reason not in (PolicyFailure.DUPLICATE, PolicyFailure.STALE_VERSION):
+                counts["refused"] += 1
+                log.warning(
+                    "policy file refused",
+                    extra={"fields": {"file": f.name, "reason": out.reason and out.reason.value}},
+                )
+
+    def _persist(self, rec: AppRecord) -> None:
+        row = StoredApp(
+            rec.app_id,
+            rec.floor,
+            rec.bundle.encode(),
+            rec.frozen,
+            rec.admitted_by.value,
+            tuple(rec.rotation_rows()),
+        )
+        if self._batch is not None:
+            self._batch[rec.app_id] = row
+        else:
+            self.store.put_apps([row])
+        if rec.frozen:
+            self.frozen_alerts += 1
+            log.error(
+                "app frozen: two different owner rotations were seen; no release, no new "
+                "policy until the operator resolves it",
+                extra={"fields": {"app": rec.app_id.hex()}},
+            )
+
+    # --- the releaser's lookup ----------------------------------------------------------------
+
+    def __call__(self, app_id: bytes, now: int) -> AppPolicy | None:
+        reg = self.ready(now)
+        return None if reg is None else reg.current(app_id, now)
+
+    def is_frozen(self, app_id: bytes, now: int) -> bool:
+        reg = self.ready(now)
+        return reg is not None and reg.is_frozen(app_id)
+
+    def candidate(self, request: KeyRequest, now: int) -> tuple[PolicyBundle | None, str]:
+        """The bundle a request carries or names, for an app this node has not admitted.
+
+        ``(None, "")`` when the app is admitted or the request names no bundle;
+        ``(None, reason)`` when the bundle cannot be used; ``(bundle, "")`` otherwise.
+        """
+        reg = self.ready(now)
+        body = request.body
+        if reg is None or body.app_id in reg or not body.policy_hash:
+            return None, ""
+        if request.bundle:
+            if bundle_hash(request.bundle) != body.policy_hash:
+                return None, "policy_hash is not the hash of the bundle carried"
+            try:
+                bundle = PolicyBundle.decode(request.bundle)
+            except ValueError as exc:
+                return None, f"malformed bundle: {exc}"
+            if bundle.encode() != request.bundle:
+                return None, "the bundle is not canonically encoded"
+        else:
+            cached = reg.cached_by_hash(body.policy_hash)
+            if cached is None:
+                return None, "the named bundle is not cached here: send it with the request"
+            bundle = cached
+        if bundle.signed.policy.app_id != body.app_id:
+            return None, "the bundle is for another app"
+        try:
+            reg.candidate(bundle, now=now)
+        except PolicyError as exc:
+            return None, f"{exc.reason.value}: {exc.detail}"
+        return bundle, ""
+
+    def admit_released(self, bundle: PolicyBundle, now: int) -> OfferOutcome | None:
+        """After a release the bundle's policy allowed: the app is admitted here."""
+        reg = self.ready(now)
+        if reg is None:
+            return None
+        out = reg.admit(bundle, now=now, by=AdmittedBy.KEY_REQUEST)
+        log.info(
+            "app admitted by an attested key request",
+            extra={"fields": {"app": bundle.signed.policy.app_id.hex(), "ok": out.accepted}},
+        )
+        return out
+
+    # --- offers (HTTP and gossip) -------------------------------------------------------------
+
+    def offer(
+        self, raw: bytes, now: int, voucher: int | None = None
+    ) -> tuple[int, dict[str, Any], OfferOutcome | None]:
+        """A bundle pushed by anyone (``voucher`` None) or sent by committee member ``voucher``.
+
+        Returns (HTTP status, reply, outcome).
+        """
+        try:
+            bundle = PolicyBundle.decode(raw)
+        except ValueError as exc:
+            return 400, {"accepted": False, "reason": "malformed", "detail": str(exc)[:500]}, None
+        reg = self.ready(now)
+        if reg is None:
+            return (
+                503,
+                {"accepted": False, "reason": "not-serving", "detail": "no master public key yet"},
+                None,
+            )
+        out = reg.offer(bundle, now=now, voucher=voucher)
+        app = bundle.signed.policy.app_id.hex()
+        if out.accepted:
+            return 200, {"accepted": True, "version": out.version, "app_id": app}, out
+        if out.duplicate:
+            return (
+                200,
+                {"accepted": True, "version": out.version, "app_id": app, "duplicate": True},
+                out,
+            )
+        reply: dict[str, Any] = {
+            "accepted": False,
+            "reason": out.reason.value if out.reason is not None else "refused",
+            "detail": out.detail[:500],
+            "app_id": app,
+            "held_version": out.version,
+        }
+        if out.cached:
+            reply["cached"] = True
+        return _STATUS.get(out.reason, 409) if out.reason else 409, reply, out
+
+    # --- gossip helpers -----------------------------------------------------------------------
+
+    def page(self, start: bytes, limit: int, now: int) -> tuple[list[tuple[bytes, int]], bytes]:
+        reg = self.ready(now)
+        return ([], b"") if reg is None else reg.page(start, limit)
+
+    def between(self, start: bytes, end: bytes, now: int) -> dict[bytes, int]:
+        reg = self.ready(now)
+        return {} if reg is None else dict(reg.between(start, end))
+
+    def bundle_bytes(self, app_id: bytes) -> bytes | None:
+        """The held bundle of an admitted app, encoded, to pass on to a peer."""
+        rec = self.registry.record(app_id) if self.registry is not None else None
+        return None if rec is None else bytes(rec.bundle.encode())
+
+    def describe(self, app_id: bytes, now: int) -> dict[str, Any] | None:
+        reg = self.ready(now)
+        rec = reg.record(app_id) if reg is not None else None
+        if rec is None:
+            return None
+        if rec.frozen:
+            return {"app_id": app_id.hex(), "frozen": True, "version_floor": rec.floor}
+        policy = reg.current(app_id, now) if reg is not None else None
+        if policy is None:
+            return None
+        return {
+            "app_id": app_id.hex(),
+            "version": policy.version,
+            "not_before": policy.not_before,
+            "expires": policy.expires,
+            "purposes": list(policy.purposes),
+            "allowed_tcb_statuses": list(policy.allowed_tcb_statuses),
+            "measurements": len(policy.measurements),
+            "owner_key": policy.owner_key.hex(),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        reg = self.registry
+        if reg is None:
+            return {"admitted": 0, "frozen": [], "cache_entries": 0, "cache_bytes": 0}
+        entries, size = reg.cache_stats()
+        return {
+            "admitted": len(reg),
+            "frozen": [a.hex() for a in reg.frozen_apps()[:32]],
+            "frozen_count": len(reg.frozen_apps()),
+            "cache_entries": entries,
+            "cache_bytes": size,
+            "cache_evictions": reg.evictions,
+        }

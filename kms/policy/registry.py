@@ -1,0 +1,496 @@
+"""The apps a node has admitted, their owner chains and version floors, and a bounded cache.
+
+**Admitted apps.** An app becomes *admitted* at a node in one of three ways:
+
+* ``KEY_REQUEST``: a CVM's key request carried the app's signed bundle (its hash
+  bound into the quote's report data) and the node released keys to it: a
+  genuine, verified quote that the bundle's policy admits;
+* ``OPERATOR``: the operator placed the bundle in the node's policies directory;
+* ``COMMITTEE``: at least ``vouch_threshold`` distinct committee members (the
+  committee threshold *t*, so at least one honest member) sent the node a
+  bundle of the app.
+
+An admitted app is kept forever (:class:`AppRecord`): every rotation record
+ever seen, its version floor (the highest version ever accepted) and its
+newest bundle, expired or not. Policy expiry never forgets an app, so a
+rotated-away owner key can never take it back by posting a "first" version.
+
+**Versions.** A new version must exceed the floor by at most
+``max_version_step``; the first version of an app admitted by a key request
+is bounded the same way from 0. Operator and committee admission take the
+version they are given.
+
+**Forks.** Two different rotation records with one sequence number mean the
+owner key, or a thief holding it, signed two successors. The app is then
+*frozen*: no release, no new policy, a typed refusal (``APP_FROZEN``) until
+the operator lifts it (:meth:`AppRegistry.lift_freeze`, with a bundle whose
+chain picks one branch, on the owner's word out of band); the owner's
+remedy that needs nobody's help is a new app id.
+
+**The cache.** Bundles of apps the node has not admitted (pushed by anyone
+over HTTP, or announced by fewer than ``vouch_threshold`` members) are kept in
+a cache bounded in entries and bytes, evicting the least recently added. It
+is neither persisted nor gossiped. A key request may name a cached bundle by
+its hash instead of carrying it.
+
+Pure code: no I/O; ``persist`` is called with every admitted app that changed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from kms.protocol import BUNDLE_HASH_DOMAIN, bundle_hash
+from mpc.codec import MessageDecodeError
+from mpc.errors import InvalidEncoding
+
+from .app import OwnerChain, RotationRecord
+from .errors import PolicyError, PolicyFailure
+from .policy import (
+    MAX_VERSION_STEP,
+    Accepted,
+    AppPolicy,
+    PolicyBundle,
+    PolicyStore,
+    Refused,
+)
+
+__all__ = [
+    "BUNDLE_HASH_DOMAIN",
+    "AdmittedBy",
+    "AppRecord",
+    "AppRegistry",
+    "OfferOutcome",
+    "bundle_hash",
+]
+
+
+DEFAULT_CACHE_ENTRIES: Final = 1024
+DEFAULT_CACHE_BYTES: Final = 16 * 1024 * 1024
+
+
+class AdmittedBy(enum.Enum):
+    KEY_REQUEST = "key-request"
+    OPERATOR = "operator"
+    COMMITTEE = "committee"
+
+
+@dataclass
+class AppRecord:
+    """What a node keeps of an admitted app (persisted; never dropped)."""
+
+    app_id: bytes
+    bundle: PolicyBundle
+    """The newest accepted policy with the chain it was accepted under."""
+    floor: int
+    rotations: dict[tuple[int, bytes], RotationRecord] = field(default_factory=dict)
+    """Every rotation record ever seen, by (sequence, encoding): forks included."""
+    frozen: bool = False
+    admitted_by: AdmittedBy = AdmittedBy.OPERATOR
+
+    def rotation_rows(self) -> list[tuple[int, bytes]]:
+        return [(seq, enc) for seq, enc in sorted(self.rotations)]
+
+
+@dataclass(frozen=True, slots=True)
+class OfferOutcome:
+    """What became of an offered bundle.
+
+    ``accepted``: the node now holds it (pass it on); ``cached``: kept in the
+    unadmitted cache only; otherwise ``reason`` says why it was refused.
+    """
+
+    accepted: bool
+    app_id: bytes | None = None
+    version: int | None = None
+    reason: PolicyFailure | None = None
+    detail: str = ""
+    cached: bool = False
+    frozen_now: bool = False
+
+    @property
+    def duplicate(self) -> bool:
+        return self.reason is PolicyFailure.DUPLICATE
+
+
+@dataclass
+class _Cached:
+    bundle: PolicyBundle
+    raw: bytes
+    vouchers: dict[int, PolicyBundle] = field(default_factory=dict)
+    bytes: int = 0
+
+    def size(self) -> int:
+        """Bytes this entry holds (its bundle and every voucher's), plus a fixed overhead."""
+        return 256 + len(self.raw) + sum(len(b.encode()) for b in self.vouchers.values())
+
+
+class AppRegistry:
+    """The admitted apps of one node, indexed by app id (O(1) per lookup), and the cache."""
+
+    def __init__(
+        self,
+        kms_mpk: bytes,
+        *,
+        persist: Callable[[AppRecord], None] | None = None,
+        max_version_step: int = MAX_VERSION_STEP,
+        vouch_threshold: int = 1,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_apps: int = 0,
+    ) -> None:
+        self._store = PolicyStore(kms_mpk, max_version_step=max_version_step)
+        self._records: dict[bytes, AppRecord] = {}
+        self._sorted: list[bytes] = []
+        self._frozen: set[bytes] = set()
+        self._save = persist or (lambda record: None)
+        self.vouch_threshold = max(1, vouch_threshold)
+        self.max_apps = max_apps
+        """Apps a key request may still admit when this many are admitted: none (0: no cap).
+        The operator's directory is not capped."""
+        self.cache_entries = cache_entries
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
+        self._by_hash: dict[bytes, bytes] = {}
+        self._cache_size = 0
+        self.evictions = 0
+
+    @property
+    def kms_mpk(self) -> bytes:
+        return self._store.kms_mpk
+
+    # --- lookups (O(1)) -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, app_id: object) -> bool:
+        return app_id in self._records
+
+    def record(self, app_id: bytes) -> AppRecord | None:
+        return self._records.get(app_id)
+
+    def is_frozen(self, app_id: bytes) -> bool:
+        r = self._records.get(app_id)
+        return r is not None and r.frozen
+
+    def current(self, app_id: bytes, now: int) -> AppPolicy | None:
+        """The app's unexpired policy, or ``None`` (unknown, expired or frozen)."""
+        r = self._records.get(app_id)
+        if r is None or r.frozen:
+            return None
+        return self._store.current(app_id, now)
+
+    def frozen_apps(self) -> list[bytes]:
+        return sorted(self._frozen)
+
+    def page(self, start: bytes, limit: int) -> tuple[list[tuple[bytes, int]], bytes]:
+        """Up to ``limit`` ``(app id, version held)`` pairs from ``start`` on, and where the next
+        page starts (``b""``: this page reaches the end)."""
+        i = bisect.bisect_left(self._sorted, start)
+        ids = self._sorted[i : i + limit]
+        nxt = self._sorted[i + limit] if i + limit < len(self._sorted) else b""
+        return [(a, self._held(a)) for a in ids], nxt
+
+    def between(self, start: bytes, end: bytes) -> Iterable[tuple[bytes, int]]:
+        """``(app id, version held)`` for every admitted app in ``[start, end)`` (``end`` empty: no end)."""
+        i = bisect.bisect_left(self._sorted, start)
+        j = len(self._sorted) if not end else bisect.bisect_left(self._sorted, end)
+        return ((a, self._held(a)) for a in self._sorted[i:j])
+
+    def _held(self, app_id: bytes) -> int:
+        return int(self._records[app_id].bundle.signed.policy.version)
+
+    def cached_by_hash(self, digest: bytes) -> PolicyBundle | None:
+        app = self._by_hash.get(digest)
+        entry = self._cache.get(app) if app is not None else None
+        return None if entry is None else entry.bundle
+
+    def cache_stats(self) -> tuple[int, int]:
+        """(entries, bytes) in the unadmitted cache."""
+        return len(self._cache), self._cache_size
+
+    # --- restoring ------------------------------------------------------------------------
+
+    def restore(
+        self,
+        bundle: PolicyBundle,
+        *,
+        floor: int,
+        frozen: bool,
+        admitted_by: AdmittedBy,
+        rotations: Iterable[RotationRecord] = (),
+    ) -> None:
+        """Load an admitted app from the node's store (expired or not). Raises PolicyError."""
+        self._store.restore(bundle)
+        app_id = bundle.signed.policy.app_id
+        rec = AppRecord(app_id, bundle, max(floor, bundle.signed.policy.version))
+        rec.frozen = frozen
+        rec.admitted_by = admitted_by
+        for r in (*bundle.rotations, *rotations):
+            rec.rotations[(r.sequence, r.encode())] = r
+        self._add(rec)
+
+    def _persist(self, rec: AppRecord) -> None:
+        if rec.frozen:
+            self._frozen.add(rec.app_id)
+        else:
+            self._frozen.discard(rec.app_id)
+        self._save(rec)
+
+    def _add(self, rec: AppRecord) -> None:
+        if rec.frozen:
+            self._frozen.add(rec.app_id)
+        if rec.app_id not in self._records:
+            bisect.insort(self._sorted, rec.app_id)
+        self._records[rec.app_id] = rec
+        self._uncache(rec.app_id)
+
+    # --- offers ---------------------------------------------------------------------------
+
+    def offer(self, bundle: PolicyBundle, *, now: int, voucher: int | None = None) -> OfferOutcome:
+        """A bundle pushed over HTTP (``voucher`` None) or sent by committee member ``voucher``.
+
+        Known app: the usual checks against its chain and floor (a fork freezes it).
+        Unknown app: cached; with a voucher, admitted once enough members vouched.
+        """
+        if not isinstance(bundle, PolicyBundle):  # decoded, so already validated
+            return OfferOutcome(False, reason=PolicyFailure.MALFORMED, detail="not a bundle")
+        app_id = bundle.signed.policy.app_id
+        rec = self._records.get(app_id)
+        if rec is None:
+            return self._offer_unknown(bundle, now=now, voucher=voucher)
+        if rec.frozen:
+            return OfferOutcome(
+                False,
+                app_id,
+                self._held(app_id),
+                PolicyFailure.APP_FROZEN,
+                "the app is frozen by a fork",
+            )
+        result = self._store.offer_bundle(bundle, now=now)
+        if isinstance(result, Refused):
+            if result.reason is PolicyFailure.ROTATION_FORK:
+                return self._freeze(rec, bundle)
+            return OfferOutcome(False, app_id, self._held(app_id), result.reason, result.detail)
+        if not isinstance(result, Accepted):  # pragma: no cover - OfferResult has two kinds
+            raise TypeError(result)
+        self._accepted(rec, result.bundle)
+        return OfferOutcome(True, app_id, result.version)
+
+    def _accepted(self, rec: AppRecord, bundle: PolicyBundle) -> None:
+        rec.bundle = bundle
+        # The version of the policy held: higher than the one before, except when a
+        # rotation voided the policy held (its signer was rotated away).
+        rec.floor = bundle.signed.policy.version
+        for r in bundle.rotations:
+            rec.rotations[(r.sequence, r.encode())] = r
+        self._persist(rec)
+
+    def _freeze(self, rec: AppRecord, offered: PolicyBundle) -> OfferOutcome:
+        """Freeze ``rec`` if ``offered`` carries a genuine fork of its chain."""
+        try:
+            OwnerChain.from_records(rec.app_id, offered.rotations)  # both branches verify
+        except PolicyError as exc:
+            return OfferOutcome(False, rec.app_id, rec.floor, exc.reason, exc.detail)
+        for r in offered.rotations:
+            rec.rotations[(r.sequence, r.encode())] = r
+        rec.frozen = True
+        self._persist(rec)
+        return OfferOutcome(
+            False,
+            rec.app_id,
+            rec.floor,
+            PolicyFailure.APP_FROZEN,
+            "two different owner rotations: the app is frozen",
+            frozen_now=True,
+        )
+
+    def _offer_unknown(
+        self, bundle: PolicyBundle, *, now: int, voucher: int | None
+    ) -> OfferOutcome:
+        app_id = bundle.signed.policy.app_id
+        probe = PolicyStore(self.kms_mpk, max_version_step=self._store.max_version_step)
+        try:
+            probe.check_authentic(bundle.signed, bundle.rotations)
+        except PolicyError as exc:
+            return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
+        entry = self._cache_put(bundle)
+        if voucher is not None:
+            self._vouch(entry, voucher, bundle)
+            if len(entry.vouchers) >= self.vouch_threshold:
+                return self._admit_vouched(app_id, list(entry.vouchers.values()))
+        self._evict()
+        return OfferOutcome(
+            False,
+            app_id,
+            None,
+            PolicyFailure.UNKNOWN_APP,
+            "this node has not admitted the app: the bundle is cached, not kept",
+            cached=True,
+        )
+
+    def _admit_vouched(self, app_id: bytes, bundles: list[PolicyBundle]) -> OfferOutcome:
+        """Admit an app ``vouch_threshold`` members hold: the union of their chains."""
+        chains: list[OwnerChain] = []
+        for b in bundles:
+            try:
+                chains.append(OwnerChain.from_records(app_id, b.rotations, first_owner=_first(b)))
+            except PolicyError:
+                continue
+        if not chains:
+            return OfferOutcome(False, app_id, None, PolicyFailure.MALFORMED, "no chain verifies")
+        union, forked = chains[0], False
+        for c in chains[1:]:
+            try:
+                union = union.merge(c)
+            except PolicyError:
+                forked = True
+                union = c if c.sequence > union.sequence else union
+        owned = [b for b in bundles if b.signed.policy.owner_key == union.current]
+        best = max(owned or bundles, key=lambda b: b.signed.policy.version)
+        rec = AppRecord(app_id, best, best.signed.policy.version)
+        rec.admitted_by = AdmittedBy.COMMITTEE
+        for b in bundles:
+            for r in b.rotations:
+                rec.rotations[(r.sequence, r.encode())] = r
+        try:
+            self._store.restore(
+                PolicyBundle(best.signed, union.records if owned else best.rotations)
+            )
+        except PolicyError as exc:
+            return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
+        rec.bundle = PolicyBundle(best.signed, union.records if owned else best.rotations)
+        rec.frozen = forked or not owned
+        self._add(rec)
+        self._persist(rec)
+        if rec.frozen:
+            return OfferOutcome(
+                False,
+                app_id,
+                rec.floor,
+                PolicyFailure.APP_FROZEN,
+                "members hold forked chains",
+                frozen_now=True,
+            )
+        return OfferOutcome(True, app_id, rec.floor)
+
+    # --- admission by an attested key request ---------------------------------------------
+
+    def candidate(self, bundle: PolicyBundle, *, now: int) -> AppPolicy:
+        """The policy of a key request's bundle for an app not admitted yet, checked like a
+        push (signature, chain, MPK, time) with its version bounded from 0. Raises PolicyError."""
+        if self.max_apps and len(self._records) >= self.max_apps:
+            raise PolicyError(
+                PolicyFailure.UNKNOWN_APP,
+                f"this node admits no more apps by key request (policy_max_apps {self.max_apps})",
+            )
+        probe = PolicyStore(self.kms_mpk, max_version_step=self._store.max_version_step)
+        probe.check(bundle.signed, now=now, rotations=bundle.rotations, bound_first=True)
+        return bundle.signed.policy
+
+    def admit(self, bundle: PolicyBundle, *, now: int, by: AdmittedBy) -> OfferOutcome:
+        """Admit an app (after an attested release, or from the operator's directory)."""
+        app_id = bundle.signed.policy.app_id
+        if app_id in self._records:
+            return self.offer(bundle, now=now)
+        try:
+            if by is AdmittedBy.OPERATOR:
+                self._store.restore(bundle)
+            else:
+                result = self._store.offer_bundle(bundle, now=now, bound_first=True)
+                if isinstance(result, Refused):
+                    return OfferOutcome(False, app_id, None, result.reason, result.detail)
+        except PolicyError as exc:
+            return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
+        held = self._store.bundle(app_id)
+        if held is None:  # pragma: no cover - just stored
+            raise RuntimeError("the admitted bundle is not held")
+        rec = AppRecord(app_id, held, held.signed.policy.version, admitted_by=by)
+        for r in held.rotations:
+            rec.rotations[(r.sequence, r.encode())] = r
+        self._add(rec)
+        self._persist(rec)
+        return OfferOutcome(True, app_id, rec.floor)
+
+    def lift_freeze(self, bundle: PolicyBundle) -> OfferOutcome:
+        """The operator resolves a fork: the app continues on ``bundle``'s chain (its policy
+        must be signed by that chain's owner and not older than the floor)."""
+        app_id = bundle.signed.policy.app_id
+        rec = self._records.get(app_id)
+        if rec is None or not rec.frozen:
+            return OfferOutcome(False, app_id, None, PolicyFailure.MALFORMED, "not frozen")
+        try:
+            chain = OwnerChain.from_records(app_id, bundle.rotations, first_owner=_first(bundle))
+            if bundle.signed.policy.owner_key != chain.current:
+                raise PolicyError(PolicyFailure.NOT_OWNER, "not the branch's owner")
+            bundle.signed.verify_signature()
+        except PolicyError as exc:
+            return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
+        try:
+            self._store.replace(bundle)
+        except PolicyError as exc:
+            return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
+        rec.bundle = bundle
+        rec.floor = max(rec.floor, bundle.signed.policy.version)
+        rec.frozen = False
+        self._persist(rec)
+        return OfferOutcome(True, app_id, rec.floor)
+
+    # --- the cache ------------------------------------------------------------------------
+
+    def _cache_put(self, bundle: PolicyBundle) -> _Cached:
+        app_id = bundle.signed.policy.app_id
+        raw = bundle.encode()
+        entry = self._cache.get(app_id)
+        if entry is None:
+            entry = _Cached(bundle, raw)
+            self._cache[app_id] = entry
+        else:
+            self._cache_size -= entry.bytes
+            if bundle.signed.policy.version >= entry.bundle.signed.policy.version:
+                self._by_hash.pop(bundle_hash(entry.raw), None)
+                entry.bundle, entry.raw = bundle, raw
+        self._by_hash[bundle_hash(entry.raw)] = app_id
+        entry.bytes = entry.size()
+        self._cache_size += entry.bytes
+        return entry
+
+    def _vouch(self, entry: _Cached, voucher: int, bundle: PolicyBundle) -> None:
+        self._cache_size -= entry.bytes
+        entry.vouchers[voucher] = bundle
+        entry.bytes = entry.size()
+        self._cache_size += entry.bytes
+
+    def _evict(self) -> None:
+        """Drop the oldest entries until the cache is within both bounds."""
+        while self._cache and (
+            len(self._cache) > self.cache_entries or self._cache_size > self.cache_bytes
+        ):
+            _, entry = self._cache.popitem(last=False)
+            self._by_hash.pop(bundle_hash(entry.raw), None)
+            self._cache_size -= entry.bytes
+            self.evictions += 1
+
+    def _uncache(self, app_id: bytes) -> None:
+        entry = self._cache.pop(app_id, None)
+        if entry is not None:
+            self._by_hash.pop(bundle_hash(entry.raw), None)
+            self._cache_size -= entry.bytes
+
+
+def _first(bundle: PolicyBundle) -> bytes | None:
+    return None if bundle.rotations else bundle.signed.policy.owner_key
+
+
+def decode_bundle(raw: bytes) -> PolicyBundle:
+    """Decode an encoded bundle; raises ``PolicyError(MALFORMED)``."""
+    try:
+        return PolicyBundle.decode(raw)
+    except (MessageDecodeError, InvalidEncoding, ValueError) as exc:
+        raise PolicyError(PolicyFailure.MALFORMED, str(exc)) from exc

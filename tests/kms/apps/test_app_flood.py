@@ -1,0 +1,52 @@
+"""A flood of brand-new apps' policies, pushed anonymously over HTTP (in-process committee).
+
+Such pushes are never admitted: they sit in a bounded, unpersisted, ungossiped cache.
+The node stays responsive, its store does not grow with the flood, and a legitimate
+new app registered during the flood (its key request carrying its bundle) gets keys.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import trio
+
+from kms.node.testing import app_bundle, flood_new_apps, local_committee
+from kms.policy import OwnerKey
+
+STORE_BOUND = 64 * 1024
+"""Store growth allowed during a flood: the legitimate app's row and the releases' audit
+records and nonces. Nothing of the flood's own apps is ever written."""
+
+CACHE_ENTRIES = 1024
+
+
+def _flood(tmp_path: Path, count: int) -> None:
+    async def main() -> None:
+        async with local_committee(tmp_path, cache_entries=CACHE_ENTRIES) as c:
+            known = OwnerKey.from_seed(random.Random(1).randbytes(32))
+            s, _ = await c.fetch_keys(known.app_id(), bundle=app_bundle(known, c.mpk).encode())
+            assert s.done
+            report = await flood_new_apps(c, count, known_app=known.app_id())
+            assert report.statuses == {202: count}
+            assert 0 <= report.fetch_during_flood < 2.0, report
+            assert 0 <= report.new_app_keys < 5.0, report
+            for i, growth in report.store_growth.items():
+                assert growth <= STORE_BOUND, (i, growth)
+            entries, size = report.cache[1]
+            assert entries <= CACHE_ENTRIES and size <= 16 * 1024 * 1024
+            for p in c.policies.values():
+                assert p.stats()["admitted"] == 2  # the known app and the legitimate one
+
+    trio.run(main)
+
+
+def test_a_flood_of_1000_new_apps(tmp_path: Path) -> None:
+    _flood(tmp_path, 1000)
+
+
+@pytest.mark.slow  # ~40 s: every push is a policy signature and an Ed25519 key decode
+def test_a_flood_of_10000_new_apps_costs_the_store_no_more_than_1000(tmp_path: Path) -> None:
+    _flood(tmp_path, 10_000)

@@ -65,7 +65,9 @@ def fake_devnet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         d, {"master_public_key": MPK.to_bytes().hex(), "nodes": [], "apps": {"demo": APP_ID.hex()}}
     )
 
-    def fetch_keys(urls: Any, mpk: G2, app_id: bytes, purposes: Any, quote_for: Any, **_: Any) -> Any:
+    def fetch_keys(
+        urls: Any, mpk: G2, app_id: bytes, purposes: Any, quote_for: Any, **_: Any
+    ) -> Any:
         assert mpk == MPK
         derived = {}
         for p, v in purposes:

@@ -1280,8 +1280,12 @@ _JSON_VALUES = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False)
     | _ODD_TEXT,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["@type", "@version", "x"]) | _ODD_TEXT, inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["@type", "@version", "x"]) | _ODD_TEXT, inner, max_size=3
+        )
+    ),
     max_leaves=6,
 )
 

@@ -36,6 +36,7 @@ The PCCS URL has no default: a node must be configured with one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -51,9 +52,12 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kms.attest.collateral import Collateral, CollateralFloor
+from kms.attest.collateral import MAX_JSON_DEPTH, Collateral, CollateralFloor
 from kms.attest.errors import QuoteFailure, QuoteVerificationError, one_line
 from kms.attest.verify import ParsedQuote
+from mpc.codec import json_nesting_depth
+
+log = logging.getLogger(__name__)
 
 CAS = ("platform", "processor")
 """The PCK CAs a PCK certificate can be issued by."""
@@ -173,6 +177,8 @@ class CollateralCache:
 def raw_members(text: str) -> dict[str, str]:
     """The members of a JSON object as their exact source text (``{"a": [1, 2]}`` gives
     ``{"a": "[1, 2]"}``), so that signed members can be kept byte for byte."""
+    if json_nesting_depth(text) > MAX_JSON_DEPTH:  # the decoder recurses: measure first
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}")
     decoder = json.JSONDecoder()
     match = _WS.match(text, 0)
     i = match.end() if match else 0
@@ -217,7 +223,7 @@ def _signed_document(body: bytes, member: str, what: str) -> tuple[str, bytes]:
         if not document.startswith("{"):
             raise ValueError(f"{member} is not an object")
         return document, bytes.fromhex(signature)
-    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise PCCSError(f"{what} response is not {{{member!r}, 'signature'}}: {exc}") from None
 
 
@@ -545,7 +551,8 @@ class CollateralProvider:
         return self.client.floor if self.client is not None else None
 
     async def prepare(self, quote: ParsedQuote, *, now: int) -> None:
-        """Make sure :meth:`get` can answer for ``quote`` (never raises for bad input).
+        """Make sure :meth:`get` can answer for ``quote`` (never raises for bad input: any
+        failure of a fetch is remembered for ``failure_ttl`` like a refused one).
 
         ``quote`` is one the caller's cheap checks accepted (its PCK chain verifies to a
         pinned root), so only genuine platforms are ever fetched for."""
@@ -577,6 +584,10 @@ class CollateralProvider:
             if exc.kind == "rollback":
                 self.rollbacks_refused += 1
             self._remember(key, now, exc.kind)
+        except Exception as exc:  # nothing a PCCS sends may escape, nor go unremembered
+            log.warning("collateral fetch failed: %s", one_line(repr(exc))[:200])
+            self.fetch_failures += 1
+            self._remember(key, now, "unavailable")
         else:
             self._remember(key, now, "ok")
             self._keep(key, got)

@@ -8,7 +8,9 @@ import os
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 from served_node import NOW, CountingPCCS, ServedNode, policy, run, tee
 
@@ -291,5 +293,85 @@ def test_collateral_near_its_end_is_not_refetched_on_every_request(tmp_path: Pat
         node.clock.t += 61
         assert isinstance(await node.post(node.request(genuine, seed=10)), KeyResponse)
         assert pccs.fetches == 2
+
+    run(main)
+
+
+class _DeepJsonPCCS(CountingPCCS):
+    """Answers ``path`` with a signed-document body whose member nests ``depth`` deep."""
+
+    def __init__(self, serving: dict[str, dict[str, str]], path: str, body: bytes) -> None:
+        super().__init__(serving)
+        self.path, self.body = path, body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] != self.path:
+            await super().__call__(scope, receive, send)
+            return
+        self.requests[scope["path"]] += 1
+        headers = [
+            (b"tcb-info-issuer-chain", b"x"),
+            (b"sgx-enclave-identity-issuer-chain", b"x"),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tdx/certification/v4/tcb", b'{"tcbInfo": ' + b"[" * 100_000 + b', "signature": "00"}'),
+        (
+            "/tdx/certification/v4/tcb",
+            b'{"tcbInfo": {"a": ' + b"[" * 50_000 + b"]" * 50_000 + b'}, "signature": "00"}',
+        ),
+        (
+            "/tdx/certification/v4/qe/identity",
+            b'{"enclaveIdentity": {}, "signature": ' + b"[" * 99_999 + b"]" * 99_999 + b"}",
+        ),
+    ],
+    ids=["unclosed", "nested-member", "deep-signature"],
+)
+def test_deeply_nested_json_from_the_pccs_is_a_remembered_failed_fetch(
+    tmp_path: Path, path: str, body: bytes
+) -> None:
+    """JSON nested past the parser's recursion limit: a typed refusal on every request,
+    one fetch within the failure TTL, never an HTTP 500."""
+    genuine = tee(1)
+    pccs = _DeepJsonPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)}, path, body)
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der], failure_ttl=60)
+
+    async def main() -> None:
+        for k in range(6):
+            answer = await node.post(node.request(genuine, seed=k))
+            assert refused(answer, "quote-rejected", "COLLATERAL_UNAVAILABLE"), answer
+        assert pccs.fetches == 1
+        metrics = await node.metrics()
+        assert "qkms_pccs_failures_cached_total 5" in metrics
+        assert 'qkms_collateral_platforms{state="failed"} 1' in metrics
+
+    run(main)
+
+
+class _BrokenPCCS(CountingPCCS):
+    """Makes the node's HTTP client raise something that is not an HTTP error."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.requests[scope["path"]] += 1
+        raise RuntimeError("the PCCS transport broke in an unforeseen way")
+
+
+def test_any_failure_of_a_fetch_is_remembered_and_refused_not_a_500(tmp_path: Path) -> None:
+    genuine = tee(1)
+    pccs = _BrokenPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der], failure_ttl=60)
+
+    async def main() -> None:
+        for k in range(4):
+            answer = await node.post(node.request(genuine, seed=k))
+            assert refused(answer, "quote-rejected", "COLLATERAL_UNAVAILABLE"), answer
+        assert pccs.fetches == 1
+        assert "qkms_pccs_failures_cached_total 3" in await node.metrics()
 
     run(main)

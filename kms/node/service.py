@@ -573,6 +573,9 @@ class NodeService:
                 bundle = gate
             if self.collateral is not None:
                 await self.collateral.prepare(checked.quote, now=now)
+                # The fetch may have waited (its timeouts, the fetch limiter): freshness,
+                # the policy, the collateral and the nonce's lifetime are judged now.
+                now = int(self.clock.now())
             st = self.core.state
             res = self.releaser.release(
                 checked,

@@ -375,3 +375,47 @@ def test_any_failure_of_a_fetch_is_remembered_and_refused_not_a_500(tmp_path: Pa
         assert "qkms_pccs_failures_cached_total 3" in await node.metrics()
 
     run(main)
+
+
+@pytest.mark.parametrize(
+    ("wait", "expires", "reason"),
+    [
+        (200, None, "stale-request"),  # the request is older than the skew once the fetch ends
+        (100, NOW + 50, "policy-refused"),  # the policy expires during the fetch
+    ],
+    ids=["request-stale", "policy-expired"],
+)
+def test_a_request_is_judged_at_the_time_its_collateral_fetch_ended(
+    tmp_path: Path, wait: int, expires: int | None, reason: str
+) -> None:
+    """A fetch that waits (PCCS timeouts, the fetch limiter) does not let a request be
+    judged at the time it arrived."""
+    genuine = tee(1)
+    pccs = CountingPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
+    app_policy = policy()
+    if expires is not None:
+        app_policy = replace(app_policy, expires=expires)
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der], app_policy=app_policy)
+    pccs.gate = trio.Event()
+    answers: list[object] = []
+
+    async def ask(raw: bytes) -> None:
+        answers.append(await node.post(raw))
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, node.request(genuine, seed=1))
+                while pccs.running == 0:
+                    await trio.sleep(0.01)
+                node.clock.t += wait  # the PCCS answers late
+                assert pccs.gate is not None
+                pccs.gate.set()
+        (answer,) = answers
+        assert refused(answer, reason), answer
+        if reason == "policy-refused":
+            assert isinstance(answer, KeyRefusal) and "expired" in answer.detail
+        else:  # a request made now, with the collateral now held, gets its keys
+            assert isinstance(await node.post(node.request(genuine, seed=2)), KeyResponse)
+
+    run(main)

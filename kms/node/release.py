@@ -24,7 +24,8 @@ nonce at that time (time passed while fetching) and goes on:
    node's floor; simulated roots only when configured);
 7. the app's current policy admits it for every purpose (measurement or
    compose hash read from the RTMR3 event log's boot prefix, whose ``app-id``
-   must then be the requested app; the policy's pins; TCB status, purpose,
+   must then be the requested app, as it must for any entry when the policy is
+   a candidate that would admit a new app; the policy's pins; TCB status, purpose,
    key version, policy version ≥ the one the CVM asked for, not expired). The
    log is replayed once per request, whatever the number of purposes.
 
@@ -265,6 +266,9 @@ class KeyReleaser:
                     min_version=body.min_policy_version,
                     key_version=p.version,
                     app_id=body.app_id,
+                    # Admitting a new app takes a CVM that measured the app's id: app ids
+                    # are free to mint, CVM boots are not.
+                    require_app_id=candidate is not None,
                 )
             except PolicyError as exc:
                 return refuse(Refusal.POLICY, f"{exc.reason.value}: {exc.detail}")

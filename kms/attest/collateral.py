@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dcap_qvl
 from cryptography import x509
@@ -41,7 +42,7 @@ MAX_JSON_DEPTH = 32
 deeper is refused before it is parsed, since ``json.loads`` recurses."""
 
 
-def load_json(text: str | bytes, what: str) -> object:
+def load_json(text: str | bytes, what: str) -> Any:
     """``json.loads`` for collateral from outside: nesting bounded first, and every failure
     (including a lone surrogate or an integer too long to convert) a ``ValueError``."""
     try:

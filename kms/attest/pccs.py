@@ -41,9 +41,11 @@ import os
 import re
 import tempfile
 from collections import Counter, OrderedDict
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote
 
 import dcap_qvl
@@ -332,7 +334,8 @@ class PCCSClient:
                 if declared.isdigit() and int(declared) > limit:
                     raise self._oversized(url)
                 body = bytearray()
-                async with aclosing(response.aiter_bytes()) as chunks:  # identity: not decoded
+                chunks_of = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+                async with aclosing(chunks_of) as chunks:  # identity: not decoded
                     async for chunk in chunks:
                         body += chunk
                         if len(body) > limit:

@@ -407,7 +407,8 @@ class Pins(Message):
         )
         for name, kind, limit in groups:
             for item in _as_tuple(f"{t}.{name}", getattr(self, name), limit):
-                _require(isinstance(item, kind), f"{t}.{name}", f"entries must be {kind.TYPE}")
+                if not isinstance(item, kind):
+                    raise MessageDecodeError(f"{t}.{name}: entries must be {kind.TYPE}")
                 item.validate()
         if self.gpu is not None:
             _require(isinstance(self.gpu, GpuPin), f"{t}.gpu", "must be a GPU pin")

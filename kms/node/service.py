@@ -888,6 +888,12 @@ class NodeService:
             c.client.refused["stale"] if c is not None and c.client is not None else 0,
             "counter",
         )
+        gauge(
+            "qkms_pccs_oversized_refused_total",
+            "PCCS answers refused because they were longer than the size cap (1 MiB).",
+            c.client.refused["oversized"] if c is not None and c.client is not None else 0,
+            "counter",
+        )
         sizes = c.sizes() if c is not None else {}
         lines.extend(
             [

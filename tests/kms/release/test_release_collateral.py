@@ -419,3 +419,39 @@ def test_a_request_is_judged_at_the_time_its_collateral_fetch_ended(
             assert isinstance(await node.post(node.request(genuine, seed=2)), KeyResponse)
 
     run(main)
+
+
+class _HugePCCS(CountingPCCS):
+    """Answers the PCK CRL with 8 MiB, sent in 64 KiB chunks, with no length declared."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] != "/sgx/certification/v4/pckcrl":
+            await super().__call__(scope, receive, send)
+            return
+        self.requests[scope["path"]] += 1
+        headers = [(b"sgx-pck-crl-issuer-chain", b"x")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        chunk = b"0" * 65536
+        for _ in range(128):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+# Stopping mid-answer leaves httpx's nested stream generators to the garbage collector
+# (the response itself is closed); trio warns about them.
+@pytest.mark.filterwarnings("ignore:Async generator 'httpx:ResourceWarning")
+def test_an_oversized_pccs_answer_is_a_counted_failed_fetch(tmp_path: Path) -> None:
+    genuine = tee(1)
+    pccs = _HugePCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der], failure_ttl=60)
+
+    async def main() -> None:
+        for k in range(3):
+            answer = await node.post(node.request(genuine, seed=k))
+            assert refused(answer, "quote-rejected", "COLLATERAL_UNAVAILABLE"), answer
+        assert pccs.fetches == 1
+        metrics = await node.metrics()
+        assert "qkms_pccs_oversized_refused_total 1" in metrics
+        assert "qkms_pccs_fetch_failures_total 1" in metrics
+
+    run(main)

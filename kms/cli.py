@@ -575,7 +575,9 @@ def key_get(
         typer.Option(
             "--bundle",
             help="The app's signed policy bundle (encoded), sent with the request: nodes that "
-            "have not admitted the app admit it when its policy admits this CVM.",
+            "have not admitted the app admit it when its policy admits this CVM and the "
+            "CVM's RTMR3 event log carries the app id (the devnet's simulated CVM sends no "
+            "log, so there the operator admits new apps).",
         ),
     ] = None,
 ) -> None:

@@ -425,7 +425,11 @@ def _from_wire(raw: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if not isinstance(raw, str):
             raise MessageDecodeError(f"{where}: expected a string")
-        _check_len(len(raw.encode("utf-8")), limit, where)
+        try:
+            encoded = raw.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate, which a JSON escape can carry
+            raise MessageDecodeError(f"{where}: not valid Unicode (lone surrogate)") from exc
+        _check_len(len(encoded), limit, where)
         return raw
     raise TypeError(f"unsupported field type {tp!r} at {where}")  # schema bug, not input
 

@@ -28,12 +28,32 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dcap_qvl
 from cryptography import x509
 
 from kms.attest._time import parse_rfc3339
 from kms.attest.errors import QuoteFailure, QuoteVerificationError
+from mpc.codec import json_nesting_depth
+
+MAX_JSON_DEPTH = 32
+"""Collateral JSON nests a handful of levels (TCB levels, their components); text nested
+deeper is refused before it is parsed, since ``json.loads`` recurses."""
+
+
+def load_json(text: str | bytes, what: str) -> Any:
+    """``json.loads`` for collateral from outside: nesting bounded first, and every failure
+    (including a lone surrogate or an integer too long to convert) a ``ValueError``."""
+    try:
+        if isinstance(text, bytes | bytearray):
+            text = bytes(text).decode("utf-8")
+        if json_nesting_depth(text) > MAX_JSON_DEPTH:
+            raise ValueError(f"{what} is nested deeper than {MAX_JSON_DEPTH}")
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(f"{what} is not JSON: {exc}") from None
+
 
 _TEXT_FIELDS = (
     "pck_crl_issuer_chain",
@@ -124,9 +144,9 @@ class Collateral:
     def from_json(cls, text: str | bytes) -> Collateral:
         """From the JSON text form. Raises :class:`QuoteVerificationError`."""
         try:
-            data = json.loads(text)
-        except (ValueError, TypeError) as exc:
-            raise _malformed(f"collateral is not JSON: {exc}") from None
+            data = load_json(text, "collateral")
+        except ValueError as exc:
+            raise _malformed(str(exc)) from None
         return cls.from_dict(data)
 
     @classmethod
@@ -162,7 +182,7 @@ class Collateral:
 
     def _document(self, name: str) -> dict[str, object]:
         try:
-            doc = json.loads(getattr(self, name))
+            doc = load_json(getattr(self, name), name)
         except ValueError:
             raise _malformed(f"{name} is not JSON") from None
         if not isinstance(doc, dict):

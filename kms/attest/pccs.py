@@ -36,11 +36,16 @@ The PCCS URL has no default: a node must be configured with one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
 from collections import Counter, OrderedDict
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote
 
 import dcap_qvl
@@ -49,9 +54,12 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kms.attest.collateral import Collateral, CollateralFloor
+from kms.attest.collateral import MAX_JSON_DEPTH, Collateral, CollateralFloor
 from kms.attest.errors import QuoteFailure, QuoteVerificationError, one_line
 from kms.attest.verify import ParsedQuote
+from mpc.codec import json_nesting_depth
+
+log = logging.getLogger(__name__)
 
 CAS = ("platform", "processor")
 """The PCK CAs a PCK certificate can be issued by."""
@@ -60,8 +68,12 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MIN_VALIDITY = 3600
 """Refetch cached collateral that stops verifying within this many seconds."""
 
+MAX_BODY = 1024 * 1024
+"""Bytes a PCCS answer may have: collateral documents are tens of KiB. A longer answer is
+refused (:class:`PCCSError` of kind ``oversized``) having read at most this plus one chunk."""
+
 _FMSPC = re.compile(r"[0-9A-Fa-f]{12}")
-_HEX_BODY = re.compile(rb"\s*(?:[0-9A-Fa-f]{2})+\s*")
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _WS = re.compile(r"[ \t\n\r]*")
 
 
@@ -78,8 +90,9 @@ class PCCSError(Exception):
     """The PCCS could not be reached, or answered with something that is not collateral.
 
     ``kind`` says which: ``"unavailable"`` (unreachable, an HTTP error, malformed or
-    mismatched collateral), ``"stale"`` (below the node's collateral floor) or
-    ``"rollback"`` (older than the collateral already cached).
+    mismatched collateral), ``"oversized"`` (an answer longer than ``MAX_BODY``),
+    ``"stale"`` (below the node's collateral floor) or ``"rollback"`` (older than the
+    collateral already cached).
     """
 
     def __init__(self, message: str, kind: str = "unavailable") -> None:
@@ -166,6 +179,8 @@ class CollateralCache:
 def raw_members(text: str) -> dict[str, str]:
     """The members of a JSON object as their exact source text (``{"a": [1, 2]}`` gives
     ``{"a": "[1, 2]"}``), so that signed members can be kept byte for byte."""
+    if json_nesting_depth(text) > MAX_JSON_DEPTH:  # the decoder recurses: measure first
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}")
     decoder = json.JSONDecoder()
     match = _WS.match(text, 0)
     i = match.end() if match else 0
@@ -210,7 +225,7 @@ def _signed_document(body: bytes, member: str, what: str) -> tuple[str, bytes]:
         if not document.startswith("{"):
             raise ValueError(f"{member} is not an object")
         return document, bytes.fromhex(signature)
-    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise PCCSError(f"{what} response is not {{{member!r}, 'signature'}}: {exc}") from None
 
 
@@ -221,8 +236,11 @@ def _crl_der(body: bytes, what: str) -> bytes:
             return x509.load_pem_x509_crl(body.strip()).public_bytes(Encoding.DER)
         except ValueError as exc:
             raise PCCSError(f"{what} is not a PEM CRL: {exc}") from None
-    if _HEX_BODY.fullmatch(body):
-        return bytes.fromhex(body.decode())
+    # A linear scan, not a regular expression: matching a repeated group over a large
+    # body costs the regex engine memory in proportion to the body.
+    digits = body.strip()
+    if digits and len(digits) % 2 == 0 and set(digits) <= _HEX_DIGITS:
+        return bytes.fromhex(digits.decode("ascii"))
     return body
 
 
@@ -238,6 +256,15 @@ def _crl_distribution_point(chain_pem: str) -> str | None:
             if isinstance(name, x509.UniformResourceIdentifier):
                 return name.value
     return None
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A PCCS answer with status 200, its body read in full (within the size cap)."""
+
+    url: str
+    headers: httpx.Headers
+    content: bytes
 
 
 class PCCSClient:
@@ -260,6 +287,7 @@ class PCCSClient:
         verify_tls: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
         floor: CollateralFloor | None = None,
+        max_body: int = MAX_BODY,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
             raise ValueError("a PCCS URL is required")
@@ -274,8 +302,12 @@ class PCCSClient:
         self._verify_tls = verify_tls
         self._transport = transport
         self.floor = floor or CollateralFloor()
+        if max_body < 1:
+            raise ValueError("max_body must be positive")
+        self.max_body = max_body
         self.refused: Counter[str] = Counter()
-        """Fetched collateral refused, by ``PCCSError.kind`` (``stale``, ``rollback``)."""
+        """Fetched collateral refused, by ``PCCSError.kind`` (``oversized``, ``stale``,
+        ``rollback``)."""
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -283,24 +315,46 @@ class PCCSClient:
             verify=self._verify_tls,
             transport=self._transport,
             follow_redirects=True,
+            # Bodies are read raw and counted against ``max_body``: a compressed body could
+            # expand past any bound within one chunk.
+            headers={"Accept-Encoding": "identity"},
         )
 
-    async def _get(self, client: httpx.AsyncClient, url: str) -> httpx.Response:
+    async def _get(self, client: httpx.AsyncClient, url: str) -> _Answer:
+        """GET ``url``: its headers and body, the body streamed and cut at ``max_body``."""
+        limit = self.max_body
         try:
-            response = await client.get(url)
+            async with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise PCCSError(f"GET {url}: HTTP {response.status_code}")
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):  # asked for identity: no decompression
+                    raise PCCSError(f"GET {url}: answer in content encoding {encoding[:40]!r}")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise self._oversized(url)
+                body = bytearray()
+                chunks_of = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+                async with aclosing(chunks_of) as chunks:  # identity: not decoded
+                    async for chunk in chunks:
+                        body += chunk
+                        if len(body) > limit:
+                            raise self._oversized(url)
+                return _Answer(url, response.headers, bytes(body))
         except httpx.HTTPError as exc:
             raise PCCSError(f"GET {url}: {exc!r}") from None
-        if response.status_code != 200:
-            raise PCCSError(f"GET {url}: HTTP {response.status_code}")
-        return response
+
+    def _oversized(self, url: str) -> PCCSError:
+        self.refused["oversized"] += 1
+        return PCCSError(f"GET {url}: answer longer than {self.max_body} bytes", "oversized")
 
     @staticmethod
-    def _header(response: httpx.Response, *names: str) -> str:
+    def _header(response: _Answer, *names: str) -> str:
         for name in names:
             value = response.headers.get(name)
             if value is not None:
                 return unquote(value)
-        raise PCCSError(f"{response.request.url}: no {' or '.join(names)} header")
+        raise PCCSError(f"{response.url}: no {' or '.join(names)} header")
 
     async def fetch(
         self, fmspc: str, ca: str = "platform", *, tee: str = "tdx", now: int | None = None
@@ -500,7 +554,8 @@ class CollateralProvider:
         return self.client.floor if self.client is not None else None
 
     async def prepare(self, quote: ParsedQuote, *, now: int) -> None:
-        """Make sure :meth:`get` can answer for ``quote`` (never raises for bad input).
+        """Make sure :meth:`get` can answer for ``quote`` (never raises for bad input: any
+        failure of a fetch is remembered for ``failure_ttl`` like a refused one).
 
         ``quote`` is one the caller's cheap checks accepted (its PCK chain verifies to a
         pinned root), so only genuine platforms are ever fetched for."""
@@ -532,6 +587,10 @@ class CollateralProvider:
             if exc.kind == "rollback":
                 self.rollbacks_refused += 1
             self._remember(key, now, exc.kind)
+        except Exception as exc:  # nothing a PCCS sends may escape, nor go unremembered
+            log.warning("collateral fetch failed: %s", one_line(repr(exc))[:200])
+            self.fetch_failures += 1
+            self._remember(key, now, "unavailable")
         else:
             self._remember(key, now, "ok")
             self._keep(key, got)

@@ -15,15 +15,17 @@ each refusal with a reason code and no state change:
 
 Its output, :class:`Checked` (the decoded request, the parsed quote and so
 its platform, the app and the nonce), is what the node's shell fetches
-collateral for and then hands to :meth:`KeyReleaser.release`, which
-re-checks the share and the nonce (time passed while fetching) and goes on:
+collateral for and then hands to :meth:`KeyReleaser.release`, with the time
+read again after the fetch, which re-checks the share, freshness and the
+nonce at that time (time passed while fetching) and goes on:
 
 6. the quote verifies (Intel DCAP: collateral not older than the node's
    floor, chain to the pinned root, TDX not SGX, TCB status within the
    node's floor; simulated roots only when configured);
 7. the app's current policy admits it for every purpose (measurement or
    compose hash read from the RTMR3 event log's boot prefix, whose ``app-id``
-   must then be the requested app; the policy's pins; TCB status, purpose,
+   must then be the requested app, as it must for any entry when the policy is
+   a candidate that would admit a new app; the policy's pins; TCB status, purpose,
    key version, policy version ≥ the one the CVM asked for, not expired). The
    log is replayed once per request, whatever the number of purposes.
 
@@ -226,13 +228,19 @@ class KeyReleaser:
         candidate: AppPolicy | None = None,
     ) -> Released | Refused:
         """Verify a checked request's quote and policy and answer it (see the module
-        docstring). The share and the nonce are checked again: the caller may have
-        awaited collateral since :meth:`check`. ``candidate`` is the policy of the
+        docstring). ``now`` is the time after any wait: the share, the request's freshness
+        and the nonce are checked again, since the caller may have awaited collateral
+        since :meth:`check`, and the policy, collateral and quote are judged at it. ``candidate`` is the policy of the
         bundle the request carries, for an app the node has not admitted (already
         checked: signature, chain, key, time, version bound)."""
         req, body, target = checked.request, checked.request.body, checked.target
         if share is None:
             return refuse(Refusal.NOT_SERVING, "this node holds no share of the current epoch")
+        if abs(now - body.timestamp) > self.max_skew:  # judged again: ``now`` may be later
+            return refuse(
+                Refusal.STALE,
+                f"timestamp {body.timestamp} is more than {self.max_skew} s from {now}",
+            )
         if seen_nonce(body.nonce):
             return refuse(Refusal.REPLAY, "this nonce was already used")
         try:
@@ -258,6 +266,9 @@ class KeyReleaser:
                     min_version=body.min_policy_version,
                     key_version=p.version,
                     app_id=body.app_id,
+                    # Admitting a new app takes a CVM that measured the app's id: app ids
+                    # are free to mint, CVM boots are not.
+                    require_app_id=candidate is not None,
                 )
             except PolicyError as exc:
                 return refuse(Refusal.POLICY, f"{exc.reason.value}: {exc.detail}")

@@ -573,6 +573,9 @@ class NodeService:
                 bundle = gate
             if self.collateral is not None:
                 await self.collateral.prepare(checked.quote, now=now)
+                # The fetch may have waited (its timeouts, the fetch limiter): freshness,
+                # the policy, the collateral and the nonce's lifetime are judged now.
+                now = int(self.clock.now())
             st = self.core.state
             res = self.releaser.release(
                 checked,
@@ -883,6 +886,12 @@ class NodeService:
             "qkms_collateral_stale_refused_total",
             "Fetched collateral refused because it was below this node's collateral floor.",
             c.client.refused["stale"] if c is not None and c.client is not None else 0,
+            "counter",
+        )
+        gauge(
+            "qkms_pccs_oversized_refused_total",
+            "PCCS answers refused because they were longer than the size cap (1 MiB).",
+            c.client.refused["oversized"] if c is not None and c.client is not None else 0,
             "counter",
         )
         sizes = c.sizes() if c is not None else {}

@@ -8,6 +8,7 @@ Nothing here is used by a running node.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import sqlite3
@@ -29,7 +30,15 @@ from kms.node.core import NodeConfig, NodeCore
 from kms.node.policies import NodePolicies
 from kms.node.release import KeyReleaser
 from kms.node.service import NodeService
-from kms.policy import AppPolicy, Measurement, OwnerKey, PolicyBundle, RotationRecord
+from kms.policy import (
+    AppPolicy,
+    Measurement,
+    OwnerKey,
+    PolicyBundle,
+    RotationRecord,
+    build_event_log,
+    dstack_boot_events,
+)
 from kms.protocol import KeyRefusal, KeyResponse
 from kms.store import NodeStore, TEESealer
 from mpc import hpke
@@ -48,7 +57,17 @@ MEASUREMENT = {
     name: bytes([i + 1]) * 48
     for i, name in enumerate(("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
 }
-"""The CVM image the test apps' policies admit."""
+"""A CVM image with a fixed RTMR3 and no event log (it measured no app id)."""
+
+COMPOSE_HASH = hashlib.sha256(b"the test apps' compose file").digest()
+
+
+def app_boot(app_id: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """The RTMR3 event log of a dstack CVM booted for ``app_id`` with ``COMPOSE_HASH``,
+    and its registers (``MEASUREMENT`` with the RTMR3 the log replays to)."""
+    log, rtmr3 = build_event_log(dstack_boot_events(app_id=app_id, compose_hash=COMPOSE_HASH))
+    return log.encode(), {**MEASUREMENT, "rtmr3": rtmr3}
+
 
 _SEALER_KEY = bytes(range(32))
 
@@ -128,8 +147,14 @@ class LocalCommittee:
         purposes: Sequence[tuple[str, int]] = (("app", 1),),
         nodes: Sequence[int] | None = None,
         measurement: dict[str, bytes] | None = None,
+        event_log: bytes = b"",
     ) -> tuple[KeyRequestSession, dict[int, KeyResponse | KeyRefusal]]:
-        """A CVM's key request to ``nodes`` (all by default), through each node's HTTP app."""
+        """A CVM's key request to ``nodes`` (all by default), through each node's HTTP app.
+
+        By default the CVM is booted for ``app_id`` (:func:`app_boot`: its event log
+        carries the app id); ``measurement`` (and ``event_log``) quote another CVM."""
+        if measurement is None:
+            event_log, measurement = app_boot(app_id)
         s = KeyRequestSession(
             self.chain,
             app_id,
@@ -138,7 +163,7 @@ class LocalCommittee:
             rng=os.urandom,
             bundle=bundle,
         )
-        m = measurement or MEASUREMENT
+        m = measurement
         quote = self.tee.quote(
             s.report_data,
             mr_td=m["mr_td"],
@@ -147,7 +172,7 @@ class LocalCommittee:
             rtmr2=m["rtmr2"],
             rtmr3=m["rtmr3"],
         )
-        req = s.attach_quote(quote)
+        req = s.attach_quote(quote, event_log)
         answers: dict[int, KeyResponse | KeyRefusal] = {}
         for i in nodes or sorted(self.services):
             r = await self.clients[i].post(
@@ -172,12 +197,14 @@ def app_bundle(
     app_id: bytes | None = None,
     measurement: dict[str, bytes] | None = None,
 ) -> PolicyBundle:
-    """A signed bundle admitting ``MEASUREMENT`` for purpose ``app``."""
+    """A signed bundle admitting, for purpose ``app``, ``measurement`` (by default the
+    registers of a CVM booted for the app, :func:`app_boot`)."""
+    app_id = app_id or (rotations[0].app_id if rotations else owner.app_id())
     policy = AppPolicy.build(
-        app_id=app_id or (rotations[0].app_id if rotations else owner.app_id()),
+        app_id=app_id,
         version=version,
         owner_key=owner.public_bytes(),
-        measurements=[Measurement.explicit(**(measurement or MEASUREMENT))],
+        measurements=[Measurement.explicit(**(measurement or app_boot(app_id)[1]))],
         kms_mpk=mpk,
         not_before=now - 60,
         expires=now - 60 + lifetime,

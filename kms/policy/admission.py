@@ -25,8 +25,9 @@ asked for), ``PURPOSE_NOT_ALLOWED``, ``KEY_VERSION_TOO_OLD``,
 ``TCB_STATUS_NOT_ALLOWED``, ``PLATFORM_NOT_ALLOWED`` /
 ``TCB_EVALUATION_TOO_OLD``, ``TD_FIELD_MISMATCH`` (MRSERVICETD must be zero
 unless pinned, even without pins), ``MEASUREMENT_MISMATCH`` /
-``EVENT_LOG_INVALID``, ``APP_ID_NOT_MEASURED`` (a compose-hash entry matched
-and RTMR3's ``app-id`` is not the requested app), ``SYSTEM_EVENT_MISMATCH``.
+``EVENT_LOG_INVALID``, ``APP_ID_NOT_MEASURED`` (a compose-hash entry matched,
+or the release would admit a new app, and RTMR3's ``app-id`` is not the
+requested app or there is no log), ``SYSTEM_EVENT_MISMATCH``.
 An :class:`Evidence` replays the log at most once for all of a request's
 purposes.
 """
@@ -291,6 +292,7 @@ def admits(
     max_clock_skew: int = MAX_CLOCK_SKEW,
     key_version: int | None = None,
     app_id: bytes | None = None,
+    require_app_id: bool = False,
 ) -> Measurement:
     """Raise :class:`PolicyError` unless ``policy`` lets this CVM have ``purpose``'s key;
     return the measurement entry that matched.
@@ -301,6 +303,10 @@ def admits(
     log or an :class:`Evidence` shared by the request's purposes, ``min_version``
     the oldest policy version the CVM accepts, ``key_version`` the requested key
     version, ``app_id`` the app the CVM asked for (default: the policy's).
+
+    RTMR3's boot-prefix ``app-id`` must be that app when the matched entry pins a
+    compose hash, and for any entry when ``require_app_id`` (a release that would
+    admit a new app): ``APP_ID_NOT_MEASURED`` otherwise, a missing log included.
     """
     if policy.is_expired(now):
         raise PolicyError(PolicyFailure.EXPIRED, f"expired at {policy.expires}, now is {now}")
@@ -328,8 +334,13 @@ def admits(
     _check_td_pins(pins, td)
     evidence = _evidence(td, event_log)
     matched = matching_measurement(policy.measurements, td=td, event_log=evidence)
-    if matched.compose_hash is not None:
+    if matched.compose_hash is not None or require_app_id:
         wanted = policy.app_id if app_id is None else app_id
+        if not evidence.has_log:
+            raise PolicyError(
+                PolicyFailure.APP_ID_NOT_MEASURED,
+                f"no RTMR3 event log to show app-id {wanted.hex()}",
+            )
         measured = evidence.replayed().app_id
         if measured != wanted:
             raise PolicyError(

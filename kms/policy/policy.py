@@ -262,6 +262,9 @@ PINNABLE_SYSTEM_EVENTS: Final = frozenset(
 )
 """System-segment events a policy may pin byte for byte (``gpu-attestation`` is
 pinned by field, :class:`GpuPin`)."""
+GPU_CC_MODES: Final = frozenset({"on", "off", "devtools"})
+"""The confidential-computing modes an NVIDIA GPU reports (``nvidia-smi conf-compute``)."""
+MAX_GPU_DEVICES: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +281,11 @@ class SystemEventPin(Message):
             f"{self.TYPE}.name",
             f"must be one of {sorted(PINNABLE_SYSTEM_EVENTS)}",
         )
+        _require(
+            isinstance(self.payload, bytes) and len(self.payload) <= MAX_PIN_PAYLOAD,
+            f"{self.TYPE}.payload",
+            f"must be at most {MAX_PIN_PAYLOAD} bytes",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +299,26 @@ class GpuPin(Message):
     devtools: bool | None = None
     min_devices: int = 1
 
+    def validate(self) -> None:
+        t = self.TYPE
+        _require(
+            self.cc_mode is None or self.cc_mode in GPU_CC_MODES,
+            f"{t}.cc_mode",
+            f"must be one of {sorted(GPU_CC_MODES)}",
+        )
+        _require(
+            self.devtools is None or isinstance(self.devtools, bool),
+            f"{t}.devtools",
+            "must be a bool",
+        )
+        _require(
+            isinstance(self.min_devices, int)
+            and not isinstance(self.min_devices, bool)
+            and 1 <= self.min_devices <= MAX_GPU_DEVICES,
+            f"{t}.min_devices",
+            f"must be 1..{MAX_GPU_DEVICES}",
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class PlatformPin(Message):
@@ -300,6 +328,15 @@ class PlatformPin(Message):
     TYPE = "policy/platform-pin"
     fmspc: Annotated[bytes, Size(FMSPC_LENGTH)]
     platform_instance_id: Annotated[bytes | None, Size(PLATFORM_INSTANCE_ID_LENGTH)] = None
+
+    def validate(self) -> None:
+        _check_bytes(f"{self.TYPE}.fmspc", self.fmspc, FMSPC_LENGTH)
+        if self.platform_instance_id is not None:
+            _check_bytes(
+                f"{self.TYPE}.platform_instance_id",
+                self.platform_instance_id,
+                PLATFORM_INSTANCE_ID_LENGTH,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +378,16 @@ class Pins(Message):
 
     def validate(self) -> None:
         t = self.TYPE
+        for name, size in (
+            ("mr_config_id", MEASUREMENT_LENGTH),
+            ("mr_owner", MEASUREMENT_LENGTH),
+            ("mr_owner_config", MEASUREMENT_LENGTH),
+            ("xfam_mask", XFAM_LENGTH),
+            ("xfam_value", XFAM_LENGTH),
+            ("mr_service_td", MEASUREMENT_LENGTH),
+        ):
+            if getattr(self, name) is not None:
+                _check_bytes(f"{t}.{name}", getattr(self, name), size)
         _require(
             (self.xfam_mask is None) == (self.xfam_value is None),
             t,
@@ -353,9 +400,19 @@ class Pins(Message):
                 t,
                 "xfam_value has bits outside xfam_mask",
             )
-        for group in (self.system_events, self.platforms, self.min_key_versions):
-            for item in group:
+        groups: tuple[tuple[str, type[Message], int], ...] = (
+            ("system_events", SystemEventPin, MAX_SYSTEM_EVENT_PINS),
+            ("platforms", PlatformPin, MAX_PLATFORMS),
+            ("min_key_versions", MinKeyVersion, MAX_PURPOSES),
+        )
+        for name, kind, limit in groups:
+            for item in _as_tuple(f"{t}.{name}", getattr(self, name), limit):
+                if not isinstance(item, kind):
+                    raise MessageDecodeError(f"{t}.{name}: entries must be {kind.TYPE}")
                 item.validate()
+        if self.gpu is not None:
+            _require(isinstance(self.gpu, GpuPin), f"{t}.gpu", "must be a GPU pin")
+            self.gpu.validate()
         _check_sorted_unique(f"{t}.system_events", [e.name for e in self.system_events])
         _check_sorted_unique(f"{t}.platforms", [p.encode() for p in self.platforms])
         _check_sorted_unique(f"{t}.min_key_versions", [m.purpose for m in self.min_key_versions])

@@ -1246,3 +1246,135 @@ def test_a_value_without_its_new_fields_encodes_as_the_old_version() -> None:
     for bad in (["test/grown", 2, 1, None], ["test/grown", 1, 1, b"x"], ["test/grown", 3, 1]):
         with pytest.raises(_DecodeError):
             _Grown.decode(msgpack.packb(bad, use_bin_type=True))
+
+
+def _kms_json_instances() -> list[Message]:
+    """Instances of the messages a node takes in their JSON form over HTTP."""
+    from kms.policy import (
+        AppPolicy,
+        GpuPin,
+        Measurement,
+        MinKeyVersion,
+        OwnerKey,
+        Pins,
+        PlatformPin,
+        PolicyBundle,
+        SystemEventPin,
+    )
+    from kms.protocol import (
+        EphemeralKey,
+        KeyRequest,
+        KeyRequestBody,
+        KeyShareResponse,
+        PurposeVersion,
+        WrongPartialEvidence,
+    )
+
+    pv = PurposeVersion("app", 1)
+    body = KeyRequestBody(
+        b"\x01" * 20, (pv,), (EphemeralKey(1, b"\x09" * 32),), 1_800_000_000, b"\x00" * 16, 0, 0
+    )
+    req = KeyRequest(body, b"\x00" * 64, b"")
+    share = KeyShareResponse(b"\x02" * 32, pv, 1, 1, b"\x03" * 32, b"\x04" * 48, b"\x05" * 64)
+    owner = OwnerKey.from_seed(bytes(32))
+    pins = Pins.build(
+        mr_config_id=b"\x07" * 48,
+        gpu=GpuPin(cc_mode="on", devtools=False, min_devices=2),
+        platforms=[PlatformPin(b"\x08" * 6, b"\x09" * 16)],
+        system_events=[SystemEventPin("key-provider", b"kms")],
+        min_key_versions=[MinKeyVersion("app", 2)],
+    )
+    policy = AppPolicy.build(
+        app_id=owner.app_id(),
+        version=3,
+        owner_key=owner.public_bytes(),
+        measurements=[Measurement.explicit(**{k: b"\x01" * 48 for k in MEASURED})],
+        kms_mpk=bytes(96),
+        not_before=1_800_000_000,
+        purposes=("app",),
+        pins=pins,
+    )
+    bundle = PolicyBundle(policy.sign(owner), ())
+    return [req, WrongPartialEvidence(req, share, b"\x06" * 32), bundle]
+
+
+MEASURED = ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
+_JSON_INSTANCES = [*GOLDEN.values(), *_kms_json_instances()]
+_ODD_TEXT = st.one_of(
+    st.text(st.characters(exclude_categories=()), max_size=8),  # surrogates included
+    st.sampled_from(["\ud800", "\udfff", "a\udc80b", "", "\x00", "ab" * 40]),
+    st.sampled_from(["\ud800", "\udfff", "a\udc80b"]),
+)
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | _ODD_TEXT,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["@type", "@version", "x"]) | _ODD_TEXT, inner, max_size=3
+        )
+    ),
+    max_leaves=6,
+)
+
+
+def _json_paths(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _json_paths(v, (*path, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _json_paths(v, (*path, i))
+    return out
+
+
+def _at(doc: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        doc = doc[step]
+    return doc
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_decode_json_refuses_any_bad_json_with_a_decode_error(data: st.DataObject) -> None:
+    """Any JSON text, well-formed or not, either decodes to a message whose JSON form it
+    is, or is refused with ``MessageDecodeError``: never another exception (a lone
+    surrogate in a string field, a huge integer, a wrong type anywhere)."""
+    from mpc.codec import decode_json
+
+    msg = data.draw(st.sampled_from(_JSON_INSTANCES) | st.sampled_from(_kms_json_instances()))
+    doc: Any = msg.to_json()
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = _json_paths(doc)
+        strings = [p for p in paths if p and isinstance(_at(doc, p), str)]
+        if strings and data.draw(st.integers(0, 3)):  # a string for a string: reaches the decoder
+            path, value = data.draw(st.sampled_from(strings)), data.draw(_ODD_TEXT)
+        else:
+            path, value = data.draw(st.sampled_from(paths)), data.draw(_JSON_VALUES)
+        if not path:
+            doc = value
+            break
+        parent = doc
+        for step in path[:-1]:
+            parent = parent[step]
+        parent[path[-1]] = value
+    text = json.dumps(doc)
+    try:
+        back = decode_json(text)
+    except MessageDecodeError:
+        event("refused")
+        return
+    event("decoded")
+    assert decode(back.encode()) == back
+
+
+@pytest.mark.parametrize("instance", _kms_json_instances()[:2], ids=lambda m: m.TYPE)
+def test_a_lone_surrogate_in_a_string_field_is_a_decode_error(instance: Message) -> None:
+    text = json.dumps(instance.to_json()).replace('"purpose": "app"', '"purpose": "\\ud800"')
+    assert "\\ud800" in text
+    with pytest.raises(MessageDecodeError, match="surrogate"):
+        type(instance).decode_json(text)

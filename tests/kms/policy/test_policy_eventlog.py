@@ -532,3 +532,32 @@ def test_every_accepted_reading_of_a_digest_sequence_states_the_same_facts(
         truth.instance_id,
     )
     assert dict(other.system) == dict(truth.system)
+
+
+@pytest.mark.parametrize("digit", ["0", "A"])
+def test_a_long_hex_payload_costs_memory_in_proportion_to_its_size_only(digit: str) -> None:
+    """A log of one event whose payload fills the size limit: telling hex apart is a
+    linear scan (a regular expression's repeated group took ~60 bytes per character)."""
+    import tracemalloc
+
+    payload = digit * ((MAX_EVENT_LOG_SIZE - 200) // 2 * 2)
+    event = {"imr": 3, "event_type": 0x08000001, "event": "x", "event_payload": payload}
+    text = json.dumps([event])
+    assert len(text) <= MAX_EVENT_LOG_SIZE
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        (parsed,) = parse_event_log(text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert parsed.payload == bytes.fromhex(payload)
+    assert peak - base < 4 * MAX_EVENT_LOG_SIZE, f"peak {(peak - base) >> 10} KiB"
+
+
+@pytest.mark.parametrize("payload", ["0", "abc", "0x00", "zz", "0 ", "\u0660\u0661", "ab\n"])
+def test_a_payload_that_is_not_whole_hex_bytes_is_malformed(payload: str) -> None:
+    event = {"imr": 3, "event_type": 0x08000001, "event": "x", "event_payload": payload}
+    with pytest.raises(EventLogError) as refused:
+        parse_event_log(json.dumps([event]))
+    assert refused.value.reason is EventLogFailure.MALFORMED

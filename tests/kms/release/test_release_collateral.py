@@ -8,7 +8,9 @@ import os
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 from served_node import NOW, CountingPCCS, ServedNode, policy, run, tee
 
@@ -291,5 +293,165 @@ def test_collateral_near_its_end_is_not_refetched_on_every_request(tmp_path: Pat
         node.clock.t += 61
         assert isinstance(await node.post(node.request(genuine, seed=10)), KeyResponse)
         assert pccs.fetches == 2
+
+    run(main)
+
+
+class _DeepJsonPCCS(CountingPCCS):
+    """Answers ``path`` with a signed-document body whose member nests ``depth`` deep."""
+
+    def __init__(self, serving: dict[str, dict[str, str]], path: str, body: bytes) -> None:
+        super().__init__(serving)
+        self.path, self.body = path, body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] != self.path:
+            await super().__call__(scope, receive, send)
+            return
+        self.requests[scope["path"]] += 1
+        headers = [
+            (b"tcb-info-issuer-chain", b"x"),
+            (b"sgx-enclave-identity-issuer-chain", b"x"),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tdx/certification/v4/tcb", b'{"tcbInfo": ' + b"[" * 100_000 + b', "signature": "00"}'),
+        (
+            "/tdx/certification/v4/tcb",
+            b'{"tcbInfo": {"a": ' + b"[" * 50_000 + b"]" * 50_000 + b'}, "signature": "00"}',
+        ),
+        (
+            "/tdx/certification/v4/qe/identity",
+            b'{"enclaveIdentity": {}, "signature": ' + b"[" * 99_999 + b"]" * 99_999 + b"}",
+        ),
+    ],
+    ids=["unclosed", "nested-member", "deep-signature"],
+)
+def test_deeply_nested_json_from_the_pccs_is_a_remembered_failed_fetch(
+    tmp_path: Path, path: str, body: bytes
+) -> None:
+    """JSON nested past the parser's recursion limit: a typed refusal on every request,
+    one fetch within the failure TTL, never an HTTP 500."""
+    genuine = tee(1)
+    pccs = _DeepJsonPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)}, path, body)
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der], failure_ttl=60)
+
+    async def main() -> None:
+        for k in range(6):
+            answer = await node.post(node.request(genuine, seed=k))
+            assert refused(answer, "quote-rejected", "COLLATERAL_UNAVAILABLE"), answer
+        assert pccs.fetches == 1
+        metrics = await node.metrics()
+        assert "qkms_pccs_failures_cached_total 5" in metrics
+        assert 'qkms_collateral_platforms{state="failed"} 1' in metrics
+
+    run(main)
+
+
+class _BrokenPCCS(CountingPCCS):
+    """Makes the node's HTTP client raise something that is not an HTTP error."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.requests[scope["path"]] += 1
+        raise RuntimeError("the PCCS transport broke in an unforeseen way")
+
+
+def test_any_failure_of_a_fetch_is_remembered_and_refused_not_a_500(tmp_path: Path) -> None:
+    genuine = tee(1)
+    pccs = _BrokenPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der], failure_ttl=60)
+
+    async def main() -> None:
+        for k in range(4):
+            answer = await node.post(node.request(genuine, seed=k))
+            assert refused(answer, "quote-rejected", "COLLATERAL_UNAVAILABLE"), answer
+        assert pccs.fetches == 1
+        assert "qkms_pccs_failures_cached_total 3" in await node.metrics()
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("wait", "expires", "reason"),
+    [
+        (200, None, "stale-request"),  # the request is older than the skew once the fetch ends
+        (100, NOW + 50, "policy-refused"),  # the policy expires during the fetch
+    ],
+    ids=["request-stale", "policy-expired"],
+)
+def test_a_request_is_judged_at_the_time_its_collateral_fetch_ended(
+    tmp_path: Path, wait: int, expires: int | None, reason: str
+) -> None:
+    """A fetch that waits (PCCS timeouts, the fetch limiter) does not let a request be
+    judged at the time it arrived."""
+    genuine = tee(1)
+    pccs = CountingPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
+    app_policy = policy()
+    if expires is not None:
+        app_policy = replace(app_policy, expires=expires)
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der], app_policy=app_policy)
+    pccs.gate = trio.Event()
+    answers: list[object] = []
+
+    async def ask(raw: bytes) -> None:
+        answers.append(await node.post(raw))
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, node.request(genuine, seed=1))
+                while pccs.running == 0:
+                    await trio.sleep(0.01)
+                node.clock.t += wait  # the PCCS answers late
+                assert pccs.gate is not None
+                pccs.gate.set()
+        (answer,) = answers
+        assert refused(answer, reason), answer
+        if reason == "policy-refused":
+            assert isinstance(answer, KeyRefusal) and "expired" in answer.detail
+        else:  # a request made now, with the collateral now held, gets its keys
+            assert isinstance(await node.post(node.request(genuine, seed=2)), KeyResponse)
+
+    run(main)
+
+
+class _HugePCCS(CountingPCCS):
+    """Answers the PCK CRL with 8 MiB, sent in 64 KiB chunks, with no length declared."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] != "/sgx/certification/v4/pckcrl":
+            await super().__call__(scope, receive, send)
+            return
+        self.requests[scope["path"]] += 1
+        headers = [(b"sgx-pck-crl-issuer-chain", b"x")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        chunk = b"0" * 65536
+        for _ in range(128):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+# Stopping mid-answer leaves httpx's nested stream generators to the garbage collector
+# (the response itself is closed); trio warns about them.
+@pytest.mark.filterwarnings("ignore:Async generator 'httpx:ResourceWarning")
+def test_an_oversized_pccs_answer_is_a_counted_failed_fetch(tmp_path: Path) -> None:
+    genuine = tee(1)
+    pccs = _HugePCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der], failure_ttl=60)
+
+    async def main() -> None:
+        for k in range(3):
+            answer = await node.post(node.request(genuine, seed=k))
+            assert refused(answer, "quote-rejected", "COLLATERAL_UNAVAILABLE"), answer
+        assert pccs.fetches == 1
+        metrics = await node.metrics()
+        assert "qkms_pccs_oversized_refused_total 1" in metrics
+        assert "qkms_pccs_fetch_failures_total 1" in metrics
 
     run(main)

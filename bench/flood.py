@@ -108,6 +108,18 @@ def store_used_bytes(config: str) -> int:
     return int(size) * (int(pages) - int(free))
 
 
+def store_rows(config: str) -> dict[str, int]:
+    """Rows per table of the node's store."""
+    db, _ = store_files(config)
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+        names = [
+            str(r[0]) for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        return {
+            n: int(con.execute(f'SELECT COUNT(*) FROM "{n}"').fetchone()[0]) for n in sorted(names)
+        }
+
+
 @dataclass
 class NodeFigures:
     index: int
@@ -122,6 +134,10 @@ class NodeFigures:
     store_used_after: int
     cpu_seconds: float = 0.0
     """CPU time (user + system) the node used during the flood."""
+    rows_added: dict[str, int] = field(default_factory=dict)
+    """Rows each table of the store gained: ``apps`` is the legitimate app (the flood's
+    apps are never written), ``audit`` the releases, ``records`` the protocol's own
+    records of the decision windows that passed meanwhile (time, not the flood)."""
     healthy_after: bool = False
 
     @property
@@ -333,6 +349,7 @@ def flood(
             "file": store_file_bytes(cfg),
             "used": store_used_bytes(cfg),
             "cpu": cpu_seconds(pid),
+            "rows": store_rows(cfg),
         }
 
     total = len(bundles) * len(nodes)
@@ -485,6 +502,11 @@ def flood(
                 store_used_before=b["used"],
                 store_used_after=store_used_bytes(n["config"]),
                 cpu_seconds=cpu_seconds(b["pid"]) - b["cpu"],
+                rows_added={
+                    t: c - b["rows"].get(t, 0)
+                    for t, c in store_rows(n["config"]).items()
+                    if c != b["rows"].get(t, 0)
+                },
                 healthy_after=healthy,
             )
         )
@@ -540,6 +562,7 @@ def table(runs: list[FloodFigures]) -> Table:
         "after",
         "Δ files",
         "Δ in use",
+        "rows added",
         "fetch p50 / max",
         "legit app → keys",
         "posts/s (2xx)",
@@ -563,6 +586,7 @@ def table(runs: list[FloodFigures]) -> Table:
                 f"{n.store_file_after:,}",
                 _mib(n.store_file_growth),
                 _mib(n.store_used_growth),
+                " ".join(f"{t}+{c}" for t, c in n.rows_added.items()) or "none",
                 f"{run.fetch_p50 * 1000:.0f} / {run.fetch_max * 1000:.0f} ms" if first else "",
                 legit if first else "",
                 f"{run.accepted_per_second:,.0f}" if first else "",

@@ -53,6 +53,9 @@ def _check(run: FloodFigures) -> None:
         assert n.memory_growth < MEMORY_BOUND, n
         assert 0 <= n.store_used_growth <= STORE_USED_BOUND, n
         assert 0 <= n.store_file_growth <= STORE_FILE_BOUND, n
+        # Of all the apps, only the legitimate ones are written: this flood's, and the
+        # previous flood's at a node that learnt it from its peers' digests only now.
+        assert n.rows_added.get("apps", 0) <= 2 and "app_rotations" not in n.rows_added, n
 
 
 @pytest.mark.slow
@@ -70,3 +73,5 @@ def test_a_live_flood_of_new_apps_and_large_bodies(tmp_path: Path) -> None:
     for a, b in zip(first.per_node, second.per_node, strict=True):
         assert abs(b.store_used_growth - a.store_used_growth) <= SAME_USED, (a, b)
         assert abs(b.store_file_growth - a.store_file_growth) <= SAME_FILE, (a, b)
+        # 1,250 apps flooded, two legitimate apps admitted: at most two rows.
+        assert a.rows_added.get("apps", 0) + b.rows_added.get("apps", 0) <= 2, (a, b)

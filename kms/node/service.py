@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import trio
 
@@ -49,7 +49,6 @@ from kms.policy.gossip import (
     PolicyDigest,
     PolicyQuery,
     announce_to,
-    newer_than_digest,
     offer_outcome,
 )
 from kms.protocol import KeyRefusal, KeyRequest
@@ -203,6 +202,8 @@ class NodeService:
         self._next_policy_digest = 0.0
         self._digest_cursor = b""
         self._queried: dict[bytes, float] = {}
+        self._gossip_budget: dict[tuple[int, str], tuple[float, float]] = {}
+        self._answered: dict[tuple[int, bytes], float] = {}
         self._learn_participants()
 
     # --- peers -------------------------------------------------------------------------
@@ -476,17 +477,24 @@ class NodeService:
     ) -> None:
         if self.policies is None:
             return  # this node serves no keys and keeps no policies
+        st = self.core.state
+        if st is None or index not in st.committee.indices:
+            # Only members of the current epoch vouch for apps or ask for them: a removed
+            # or pending member is still a known peer, not a voucher.
+            self.metrics.rejected["policy gossip: not a current member"] += 1
+            return
         now = int(self.clock.now())
         if isinstance(message, PolicyDigest):
-            held = self.policies.between(message.start, message.end, now)
-            for app_id in newer_than_digest(message, held):
+            if not self._take_budget(index, "digest"):
+                return
+            for app_id in self.policies.newer_than(message, now):
                 bundle = self.policies.bundle_bytes(app_id)
                 if bundle is not None:
                     self._send(Outbound(index, PolicyAnnounce(bundle)))
             return
         if isinstance(message, PolicyQuery):
             bundle = self.policies.bundle_bytes(bytes(message.app_id))
-            if bundle is not None:
+            if bundle is not None and self._take_budget(index, "query"):
                 self._send(Outbound(index, PolicyAnnounce(bundle)))
             return
         code, reply, _ = self.policies.offer(message.bundle, now, voucher=int(index))
@@ -510,10 +518,37 @@ class NodeService:
             self._reject(str(peer), blame)
         if reply.get("reason") in ("not_owner", "stale_version") and reply.get("app_id"):
             # The peer holds an older policy, or one signed by a key our chain rotated
-            # away: answer with ours, which carries the rotation.
-            ours = self.policies.bundle_bytes(bytes.fromhex(str(reply["app_id"])))
+            # away: answer with ours, which carries the rotation (once a minute per peer and
+            # app, so two nodes that refuse each other's bundles do not bounce them forever).
+            app_id = bytes.fromhex(str(reply["app_id"]))
+            key = (int(index), app_id)
+            if now - self._answered.get(key, -math.inf) < self.QUERY_INTERVAL:
+                return
+            self._answered[key] = now
+            while len(self._answered) > self.QUERY_MEMORY:
+                self._answered.pop(next(iter(self._answered)))
+            ours = self.policies.bundle_bytes(app_id)
             if ours is not None:
                 self._send(Outbound(index, PolicyAnnounce(ours)))
+
+    GOSSIP_BUDGET: ClassVar[dict[str, tuple[float, float]]] = {
+        "digest": (4.0, 0.1),
+        "query": (64.0, 8.0),
+    }
+    """Per member and kind: (burst, refill per second) of policy digests answered and of
+    policy queries answered with a bundle. Excess is dropped and counted."""
+
+    def _take_budget(self, index: ParticipantIndex, kind: str) -> bool:
+        burst, rate = self.GOSSIP_BUDGET[kind]
+        now = self.clock.now()
+        tokens, last = self._gossip_budget.get((int(index), kind), (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - last) * rate)
+        if tokens < 1.0:
+            self._gossip_budget[(int(index), kind)] = (tokens, now)
+            self.metrics.rejected[f"policy gossip: {kind} rate limited"] += 1
+            return False
+        self._gossip_budget[(int(index), kind)] = (tokens - 1.0, now)
+        return True
 
     def reload_policies(self) -> dict[str, Any]:
         """Re-read the operator's policies directory (admin channel ``reload-policies``)."""
@@ -523,6 +558,12 @@ class NodeService:
         if self.policies.ready(now) is None:
             return {"admitted": 0, "updated": 0, "refused": 0, "serving": False}
         return {**self.policies.reload(now), "serving": True}
+
+    def resolve_fork(self, app_id: bytes, bundle: bytes) -> dict[str, Any]:
+        """Lift a frozen app's freeze with its owner's bundle (admin channel ``resolve-fork``)."""
+        if self.policies is None:
+            return {"resolved": False, "reason": "not-serving"}
+        return dict(self.policies.resolve_fork(app_id, bundle, int(self.clock.now())))
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
         if self.policies is None:

@@ -123,7 +123,14 @@ def offer_outcome(accepted: bool, duplicate: bool, reason: str | None) -> tuple[
     """
     if accepted:
         return not duplicate, None
-    if reason in (None, "stale_version", "unknown_app", "app_frozen", "not_owner"):
+    if reason in (
+        None,
+        "stale_version",
+        "unknown_app",
+        "app_frozen",
+        "not_owner",
+        "rejected_branch",
+    ):
         return False, None
     return False, f"policy gossip: {reason}"
 

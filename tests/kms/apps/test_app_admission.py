@@ -7,6 +7,7 @@ key requests quoted by the simulated TEE.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import msgpack
 import trio
 
+from kms.api.admin import handle
 from kms.client.core import KeyRequestSession
 from kms.node.testing import MEASUREMENT, NOW, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey
@@ -81,6 +83,10 @@ def test_a_request_whose_bundle_was_swapped_is_refused(tmp_path: Path) -> None:
             assert owner.app_id() not in c.policies[1].registry  # type: ignore[operator]
 
     run(main)
+
+
+def _admin_req(token: bytes, op: str, **fields: str) -> bytes:
+    return json.dumps({"op": op, "token": token.decode(), **fields}).encode()
 
 
 def _rotate(old: OwnerKey, new: OwnerKey, chain: OwnerChain) -> OwnerChain:
@@ -204,10 +210,18 @@ def test_a_rotation_fork_freezes_the_app_until_the_operator_picks_a_branch(
             assert status["apps"]["frozen"] == [app.hex()]
             metrics = (await c.clients[1].get("/metrics")).text
             assert "qkms_apps_frozen 1" in metrics
-            # The operator, on the owner's word, places the real branch and reloads.
+            # A reload with the real branch's file in the directory lifts nothing: only
+            # the operator's explicit resolve-fork, on the owner's word, does.
             (pdir / f"{app.hex()}.policy").write_bytes(v3)
-            for p in c.policies.values():
-                p.reload(NOW)
+            token = b"operator-token"
+            for i in c.services:
+                reply = handle(c.services[i], token, _admin_req(token, "reload-policies"))
+                assert reply["ok"] and reply["frozen"] == 1, reply
+            assert not (await c.fetch_keys(app))[0].done
+            for i in c.services:
+                req = _admin_req(token, "resolve-fork", app_id=app.hex(), bundle=v3.hex())
+                reply = handle(c.services[i], token, req)
+                assert reply["ok"] and reply["version"] == 3, reply
             s, _ = await c.fetch_keys(app)
             assert s.done
             assert (await c.post_policy(1, fork)).json()["accepted"] is False
@@ -304,8 +318,10 @@ def test_a_member_that_first_admitted_a_thiefs_policy_moves_to_the_owners_chain(
     tmp_path: Path,
 ) -> None:
     """The race at a member that never heard of the app: a thief holding the rotated-away key
-    registers it there first (version 1000, the most a first version may be). Once the
-    members' digests bring the owner's rotation, the thief's policy is void."""
+    registers it there first (version 1000, the most a first version may be). That version
+    is node 3's floor for the app, and a floor never drops: the owner's next policy, above
+    it, carries the rotation to node 3 through the members' digests, and the thief's key is
+    no longer the owner there."""
     k1, k2 = keys(60), keys(61)
     app = k1.app_id()
     chain = _rotate(k1, k2, OwnerChain.genesis(k1.public_bytes()))
@@ -321,14 +337,16 @@ def test_a_member_that_first_admitted_a_thiefs_policy_moves_to_the_owners_chain(
             thief = app_bundle(k1, c.mpk, version=1000).encode()
             s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3])
             assert (c.policies[3].describe(app, NOW) or {}).get("version") == 1000
+            v1001 = app_bundle(k2, c.mpk, version=1001, rotations=chain.records).encode()
+            for i in (1, 2):
+                assert (await c.post_policy(i, v1001)).json()["accepted"] is True
             c.network.heal()
-            # A digest round: node 3 offers its (the thief's) bundle to the others; they
-            # refuse it as not_owner and answer with the owner's, which carries the rotation.
+            # A digest round: node 3 hears of the owner's newer policy with the rotation.
             c.clock.t += 3601.0
             with trio.fail_after(5):
-                while (c.policies[3].describe(app, int(c.clock.t)) or {}).get("version") != 2:
+                while (c.policies[3].describe(app, int(c.clock.t)) or {}).get("version") != 1001:
                     await trio.sleep(0.02)
-            r = await c.post_policy(3, app_bundle(k1, c.mpk, version=1001, now=NOW).encode())
+            r = await c.post_policy(3, app_bundle(k1, c.mpk, version=1002, now=NOW).encode())
             assert r.json()["reason"] == "not_owner"
 
     run(main)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from kms.policy import AppPolicy, PolicyBundle, PolicyError, PolicyFailure, RotationRecord
 from kms.policy.gossip import MAX_ANSWERS_PER_DIGEST, MAX_DIGEST_ENTRIES, PolicyDigest
 from kms.policy.registry import (
@@ -278,6 +280,10 @@ class NodePolicies:
         seen = reg.seen(digest, voucher)
         if seen is not None:  # a copy of a bundle already held, cached or refused for good
             return self._reply(seen)
+        if voucher is None:
+            early = _too_many_rotations(raw, reg)
+            if early is not None:  # before any key is decoded or signature checked
+                return self._reply(early)
         try:
             bundle = PolicyBundle.decode(raw)
         except ValueError as exc:
@@ -382,3 +388,26 @@ class NodePolicies:
             "cache_bytes": size,
             "cache_evictions": reg.evictions,
         }
+
+
+def _too_many_rotations(raw: bytes, reg: AppRegistry) -> OfferOutcome | None:
+    """A pushed bundle of an app not admitted here with more rotations than a new app may
+    carry, seen from its msgpack structure alone (decoding the bundle would decode every
+    rotation's keys first). ``None``: not such a bundle, or not parsable (decoded as usual)."""
+    try:
+        wire = msgpack.unpackb(raw, raw=False)
+        rotations, app_id = wire[3], wire[2][2][2]
+    except (ValueError, TypeError, IndexError, KeyError, msgpack.ExtraData):
+        return None
+    if not isinstance(rotations, list) or not isinstance(app_id, bytes):
+        return None
+    if len(rotations) <= reg.new_app_rotations or app_id in reg:
+        return None
+    return OfferOutcome(
+        False,
+        app_id,
+        None,
+        PolicyFailure.TOO_MANY_ROTATIONS,
+        f"{len(rotations)} rotations: this node accepts at most {reg.new_app_rotations} "
+        "for an app it has not admitted",
+    )

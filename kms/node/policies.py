@@ -17,7 +17,14 @@ from typing import Any
 
 import msgpack
 
-from kms.policy import AppPolicy, PolicyBundle, PolicyError, PolicyFailure, RotationRecord
+from kms.policy import (
+    AppPolicy,
+    OwnerChain,
+    PolicyBundle,
+    PolicyError,
+    PolicyFailure,
+    RotationRecord,
+)
 from kms.policy.gossip import MAX_ANSWERS_PER_DIGEST, MAX_DIGEST_ENTRIES, PolicyDigest
 from kms.policy.registry import (
     DEFAULT_NEW_APP_ROTATIONS,
@@ -247,6 +254,36 @@ class NodePolicies:
         except PolicyError as exc:
             return None, f"{exc.reason.value}: {exc.detail}"
         return bundle, ""
+
+    def vouched(self, app_id: bytes, now: int) -> dict[int, PolicyBundle]:
+        """The bundles of an app not admitted here that members sent, by member."""
+        reg = self.ready(now)
+        return {} if reg is None else reg.vouched(app_id)
+
+    @staticmethod
+    def agrees(bundle: PolicyBundle, vouched: list[PolicyBundle]) -> str:
+        """``""`` when ``bundle``'s owner chain agrees with every chain members sent (one
+        extends the other) and its signer is the owner after their union; else why not."""
+        app_id = bundle.signed.policy.app_id
+        try:
+            union = OwnerChain.from_records(
+                app_id,
+                bundle.rotations,
+                first_owner=None if bundle.rotations else bundle.signed.policy.owner_key,
+            )
+            for b in vouched:
+                union = union.merge(
+                    OwnerChain.from_records(
+                        app_id,
+                        b.rotations,
+                        first_owner=None if b.rotations else b.signed.policy.owner_key,
+                    )
+                )
+        except PolicyError as exc:
+            return f"the committee holds another owner chain for the app: {exc.reason.value}"
+        if union.current != bundle.signed.policy.owner_key:
+            return "not_owner: the committee holds a rotation away from the bundle's signer"
+        return ""
 
     def admit_released(self, bundle: PolicyBundle, now: int) -> OfferOutcome | None:
         """After a release the bundle's policy allowed: the app is admitted here."""

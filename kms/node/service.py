@@ -48,6 +48,7 @@ from kms.policy.gossip import (
     PolicyAnnounce,
     PolicyDigest,
     PolicyQuery,
+    PolicyUnknown,
     announce_to,
     offer_outcome,
 )
@@ -204,6 +205,7 @@ class NodeService:
         self._queried: dict[bytes, float] = {}
         self._gossip_budget: dict[tuple[int, str], tuple[float, float]] = {}
         self._answered: dict[tuple[int, bytes], float] = {}
+        self._consults: dict[bytes, list[Any]] = {}  # app -> [started, last sent, answered]
         self._learn_participants()
 
     # --- peers -------------------------------------------------------------------------
@@ -269,7 +271,7 @@ class NodeService:
             self._reject(str(peer), "envelope names another sender")
             return
         self.metrics.messages_in[env.kind] += 1
-        if isinstance(message, PolicyAnnounce | PolicyDigest | PolicyQuery):
+        if isinstance(message, PolicyAnnounce | PolicyDigest | PolicyQuery | PolicyUnknown):
             self.core.observe_epoch(index, env.epoch, self.clock.now())
             self._on_policy_message(index, peer, message)
             self._step()
@@ -473,7 +475,7 @@ class NodeService:
         self,
         index: ParticipantIndex,
         peer: PeerId,
-        message: PolicyAnnounce | PolicyDigest | PolicyQuery,
+        message: PolicyAnnounce | PolicyDigest | PolicyQuery | PolicyUnknown,
     ) -> None:
         if self.policies is None:
             return  # this node serves no keys and keeps no policies
@@ -494,8 +496,16 @@ class NodeService:
             return
         if isinstance(message, PolicyQuery):
             bundle = self.policies.bundle_bytes(bytes(message.app_id))
-            if bundle is not None and self._take_budget(index, "query"):
-                self._send(Outbound(index, PolicyAnnounce(bundle)))
+            if bundle is not None:
+                if self._take_budget(index, "query"):
+                    self._send(Outbound(index, PolicyAnnounce(bundle)))
+            else:  # a few bytes, answered from a dictionary lookup: not budgeted
+                self._send(Outbound(index, PolicyUnknown(bytes(message.app_id))))
+            return
+        if isinstance(message, PolicyUnknown):
+            consult = self._consults.get(bytes(message.app_id))
+            if consult is not None:
+                consult[2].add(int(index))
             return
         code, reply, _ = self.policies.offer(message.bundle, now, voucher=int(index))
         accepted = bool(reply.get("accepted"))
@@ -626,7 +636,11 @@ class NodeService:
         else:
             res = checked
         if isinstance(res, Released) and bundle is not None and self.policies is not None:
-            self.policies.admit_released(bundle, now)
+            admitted = self.policies.admit_released(bundle, now)
+            if admitted is not None and admitted.accepted:
+                # The other members hear of it: t such announcements admit it at a member
+                # that has not (its own consultation may have ended before they released).
+                self._announce_policy(bytes(bundle.encode()))
         if isinstance(res, Released):
             # The replay cache survives restarts; the audit records are committed as one group.
             # Remembered for longer than any timestamp the releaser still accepts.
@@ -669,7 +683,58 @@ class NodeService:
         bundle, why = self.policies.candidate(req, now)
         if why:
             return KeyRefusal(Refusal.BUNDLE.value, why[:500])
+        if bundle is not None:
+            refusal = self._consult_committee(bytes(app_id), bundle)
+            if refusal is not None:
+                return refusal
         return bundle
+
+    CONSULT_WAIT = 1.0
+    """Seconds (monotonic) after which ``t - 1`` other members' answers suffice (this node's
+    own "not admitted" is the t-th), so one unreachable member does not block new apps."""
+    CONSULT_RESEND = 0.5
+    """Seconds (monotonic) after which the query goes again to members that did not answer."""
+
+    def _consult_committee(self, app_id: bytes, bundle: Any) -> KeyRefusal | None:
+        """Before a key request admits an app this node has not admitted: the committee is
+        asked (``kms/policy-query``) and the request refused ``retry-later`` until ``t``
+        other members answered (all of them if fewer; ``t - 1`` once ``CONSULT_WAIT`` has
+        passed). Members holding the app answer with its bundle (``t`` of those admit it
+        here, with the union of their chains, and the request is then checked against it);
+        the others answer ``kms/policy-unknown``. A bundle whose chain disagrees with one
+        a member sent is refused."""
+        from kms.node.release import Refusal
+
+        st = self.core.state
+        if st is None:
+            return KeyRefusal(Refusal.NOT_SERVING.value, "no epoch yet")
+        others = [int(i) for i in st.committee.indices if int(i) != int(self.config.index)]
+        need = min(int(st.threshold), len(others))
+        mono = time.monotonic()
+        consult = self._consults.get(app_id)
+        if consult is None or mono - consult[0] > self.CONSULT_TTL:
+            consult = self._consults[app_id] = [mono, -math.inf, set()]
+            while len(self._consults) > self.QUERY_MEMORY:
+                self._consults.pop(next(iter(self._consults)))
+        started, sent, unknown = consult
+        vouched = self.policies.vouched(app_id, int(self.clock.now()))
+        answered = (unknown | set(vouched)) & set(others)
+        waited = mono - started >= self.CONSULT_WAIT
+        if len(answered) < need and not (waited and len(answered) >= need - 1):
+            if mono - sent >= self.CONSULT_RESEND:
+                consult[1] = mono
+                for to in others:
+                    if to not in answered:
+                        self._send(Outbound(ParticipantIndex(to), PolicyQuery(app_id)))
+            return KeyRefusal(
+                Refusal.RETRY.value, "asking the committee about this app: retry shortly"
+            )
+        why = self.policies.agrees(bundle, list(vouched.values()))
+        if why:
+            return KeyRefusal(Refusal.BUNDLE.value, why[:500])
+        return None
+
+    CONSULT_TTL = 60.0
 
     def count_rejected(self, label: str) -> None:
         """Count input refused before it reached the node (e.g. an unparsable JSON body)."""

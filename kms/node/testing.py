@@ -129,7 +129,29 @@ class LocalCommittee:
         nodes: Sequence[int] | None = None,
         measurement: dict[str, bytes] | None = None,
     ) -> tuple[KeyRequestSession, dict[int, KeyResponse | KeyRefusal]]:
-        """A CVM's key request to ``nodes`` (all by default), through each node's HTTP app."""
+        """A CVM's key request to ``nodes`` (all by default), through each node's HTTP app.
+
+        Like ``kms.client``, asks again (a fresh request) while nodes answer ``retry-later``
+        (they are asking the committee about an app they have not admitted), for up to 5 s.
+        """
+        deadline = trio.current_time() + 5.0
+        while True:
+            s, answers = await self._fetch_once(app_id, bundle, purposes, nodes, measurement)
+            retry = any(
+                isinstance(a, KeyRefusal) and a.reason == "retry-later" for a in answers.values()
+            )
+            if s.done or not retry or trio.current_time() > deadline:
+                return s, answers
+            await trio.sleep(0.02)
+
+    async def _fetch_once(
+        self,
+        app_id: bytes,
+        bundle: bytes,
+        purposes: Sequence[tuple[str, int]],
+        nodes: Sequence[int] | None,
+        measurement: dict[str, bytes] | None,
+    ) -> tuple[KeyRequestSession, dict[int, KeyResponse | KeyRefusal]]:
         s = KeyRequestSession(
             self.chain,
             app_id,

@@ -91,6 +91,14 @@ class PolicyQuery(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyUnknown(Message):
+    """The answer to a ``PolicyQuery`` for an app the sender has not admitted."""
+
+    TYPE = "kms/policy-unknown"
+    app_id: Annotated[bytes, MaxSize(64)]
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyAnnounce(Message):
     """One encoded ``PolicyBundle``, checked by the receiver before anything else."""
 
@@ -141,6 +149,7 @@ __all__ = [
     "PolicyAnnounce",
     "PolicyDigest",
     "PolicyQuery",
+    "PolicyUnknown",
     "PolicyVersion",
     "announce_to",
     "newer_than_digest",

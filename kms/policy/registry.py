@@ -264,6 +264,15 @@ class AppRegistry:
             return OfferOutcome(False, None, None, refused[0], refused[1])
         return None
 
+    def vouched(self, app_id: bytes) -> dict[int, PolicyBundle]:
+        """The cached bundles members sent of an app not admitted here, by member."""
+        out: dict[int, PolicyBundle] = {}
+        for member, digest in self._vouches.get(app_id, {}).items():
+            entry = self._cache.get(digest)
+            if entry is not None:
+                out[member] = decode_bundle(entry.raw)
+        return out
+
     def remember_refusal(self, digest: bytes, out: OfferOutcome) -> None:
         """Remember a refusal that no later event can change (bounded)."""
         if out.reason in _PERMANENT:

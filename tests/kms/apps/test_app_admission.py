@@ -314,14 +314,13 @@ def test_a_member_that_does_not_know_an_admitted_app_learns_it_from_a_key_reques
     run(main)
 
 
-def test_a_member_that_first_admitted_a_thiefs_policy_moves_to_the_owners_chain(
+def test_a_member_that_never_heard_of_the_app_asks_the_committee_before_a_key_request(
     tmp_path: Path,
 ) -> None:
     """The race at a member that never heard of the app: a thief holding the rotated-away key
-    registers it there first (version 1000, the most a first version may be). That version
-    is node 3's floor for the app, and a floor never drops: the owner's next policy, above
-    it, carries the rotation to node 3 through the members' digests, and the thief's key is
-    no longer the owner there."""
+    sends it a key request carrying a first version (1000, the most a first version may be).
+    Cut off from the committee, the member answers ``retry-later`` and admits nothing; once
+    it hears the members, it holds the owner's chain and the thief's key is not the owner."""
     k1, k2 = keys(60), keys(61)
     app = k1.app_id()
     chain = _rotate(k1, k2, OwnerChain.genesis(k1.public_bytes()))
@@ -334,19 +333,20 @@ def test_a_member_that_first_admitted_a_thiefs_policy_moves_to_the_owners_chain(
             v2 = app_bundle(k2, c.mpk, version=2, rotations=chain.records).encode()
             for i in (1, 2):
                 assert (await c.post_policy(i, v2)).json()["accepted"] is True
-            thief = app_bundle(k1, c.mpk, version=1000).encode()
-            s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3])
-            assert (c.policies[3].describe(app, NOW) or {}).get("version") == 1000
-            v1001 = app_bundle(k2, c.mpk, version=1001, rotations=chain.records).encode()
-            for i in (1, 2):
-                assert (await c.post_policy(i, v1001)).json()["accepted"] is True
+            thief = app_bundle(k1, c.mpk, version=1000, measurement=ROGUE).encode()
+            s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3], measurement=ROGUE)
+            assert isinstance(answers[3], KeyRefusal) and answers[3].reason == "retry-later"
+            assert c.policies[3].describe(app, NOW) is None
             c.network.heal()
-            # A digest round: node 3 hears of the owner's newer policy with the rotation.
-            c.clock.t += 3601.0
-            with trio.fail_after(5):
-                while (c.policies[3].describe(app, int(c.clock.t)) or {}).get("version") != 1001:
-                    await trio.sleep(0.02)
-            r = await c.post_policy(3, app_bundle(k1, c.mpk, version=1002, now=NOW).encode())
+            s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3], measurement=ROGUE)
+            assert isinstance(answers[3], KeyRefusal), answers
+            with trio.fail_after(5):  # digest rounds bring the owner's chain
+                while (c.policies[3].describe(app, int(c.clock.t)) or {}).get("version") != 2:
+                    c.clock.t += 3601.0
+                    await trio.sleep(0.05)
+            info = c.policies[3].describe(app, int(c.clock.t)) or {}
+            assert info["owner_key"] == k2.public_bytes().hex()
+            r = await c.post_policy(3, app_bundle(k1, c.mpk, version=1001, now=NOW).encode())
             assert r.json()["reason"] == "not_owner"
 
     run(main)
@@ -382,9 +382,10 @@ def test_members_answering_with_forked_chains_freeze_the_app_at_a_new_member(
     async def main() -> None:
         async with local_committee(tmp_path) as c:
             pid = {i: s.transport.local_peer for i, s in c.services.items()}
-            c.network.partition([[pid[1]], [pid[2]], [pid[3]]])
+            c.network.partition([[pid[1], pid[2]], [pid[3]]])
             s, _ = await c.fetch_keys(app, bundle=app_bundle(k1, c.mpk).encode(), nodes=[1, 2])
             assert s.done
+            c.network.partition([[pid[1]], [pid[2]], [pid[3]]])
             # The owner rotated at node 1, the thief (holding k1) at node 2.
             on_left = app_bundle(k2, c.mpk, version=2, rotations=left.records).encode()
             on_right = app_bundle(k3, c.mpk, version=2, rotations=right.records).encode()

@@ -58,7 +58,17 @@ async def as_member(c: LocalCommittee, sender: int, to: int, message: Message) -
 
 
 async def request_naming_bundle(c: LocalCommittee, node: int, app_id: bytes, raw: bytes) -> Any:
-    """A CVM's key request that names its bundle by hash without carrying it."""
+    """A CVM's key request that names its bundle by hash without carrying it (asked again
+    while the node answers ``retry-later``)."""
+    for _ in range(100):
+        answer = await _name_bundle_once(c, node, app_id, raw)
+        if not (isinstance(answer, KeyRefusal) and answer.reason == "retry-later"):
+            return answer
+        await trio.sleep(0.02)
+    return answer
+
+
+async def _name_bundle_once(c: LocalCommittee, node: int, app_id: bytes, raw: bytes) -> Any:
     s = KeyRequestSession(
         c.chain, app_id, (("app", 1),), now=int(c.clock.now()), rng=os.urandom, bundle=raw
     )
@@ -289,5 +299,47 @@ def test_a_members_digest_and_queries_cost_a_bounded_amount(tmp_path: Path) -> N
             assert answered < 100, answered
             rejected = c.services[1].metrics.rejected
             assert sum(v for k, v in rejected.items() if "rate" in k) > 0, dict(rejected)
+
+    run(main)
+
+
+def test_a_key_request_signed_by_a_rotated_away_key_waits_for_the_committee(
+    tmp_path: Path,
+) -> None:
+    """Node 3 has not admitted the app; the committee holds it under K2 (rotated from K1).
+    A thief holding K1 sends node 3 a key request from a genuine CVM running its own image,
+    carrying a bundle K1 signed that admits that image. Node 3 asks the committee first
+    (``retry-later``), learns the chain from t members, and refuses the thief."""
+    k1, k2 = keys(801), keys(802)
+    app_id = k1.app_id()
+    chain = _rotate(k1, k2, OwnerChain.genesis(k1.public_bytes()))
+    rogue = {**MEASUREMENT, "rtmr3": b"\xee" * 48}
+
+    async def main() -> None:
+        async with local_committee(tmp_path) as c:
+            pid = {i: s.transport.local_peer for i, s in c.services.items()}
+            c.network.partition([[pid[1], pid[2]], [pid[3]]])
+            s, _ = await c.fetch_keys(app_id, bundle=app_bundle(k1, c.mpk).encode(), nodes=[1, 2])
+            assert s.done
+            v2 = app_bundle(k2, c.mpk, version=2, rotations=chain.records).encode()
+            for i in (1, 2):
+                assert (await c.post_policy(i, v2)).json()["accepted"] is True
+            c.network.heal()
+            thief = app_bundle(k1, c.mpk, version=3, measurement=rogue).encode()
+            s, answers = await c.fetch_keys(app_id, bundle=thief, nodes=[3], measurement=rogue)
+            assert isinstance(answers[3], KeyRefusal), answers
+            assert answers[3].reason != "retry-later", answers
+            with trio.fail_after(5):  # a digest round brings the owner's latest policy
+                while True:
+                    info = (await c.clients[3].get(f"/v1/policies/{app_id.hex()}")).json()
+                    if info.get("owner_key") == k2.public_bytes().hex():
+                        break
+                    c.clock.t += 3601.0
+                    await trio.sleep(0.05)
+            s, answers = await c.fetch_keys(app_id, bundle=thief, nodes=[3], measurement=rogue)
+            assert isinstance(answers[3], KeyRefusal), answers
+            # The owner's own CVM gets its keys there.
+            s, _ = await c.fetch_keys(app_id, nodes=[3, 1])
+            assert s.done
 
     run(main)

@@ -542,7 +542,7 @@ class NodeService:
                 self._send(Outbound(index, PolicyAnnounce(ours)))
 
     GOSSIP_BUDGET: ClassVar[dict[str, tuple[float, float]]] = {
-        "digest": (4.0, 0.1),
+        "digest": (8.0, 0.5),
         "query": (64.0, 8.0),
     }
     """Per member and kind: (burst, refill per second) of policy digests answered and of

@@ -87,7 +87,6 @@ _PERMANENT = frozenset(
         PolicyFailure.ROTATION_KEY_REUSED,
         PolicyFailure.WRONG_MPK,
         PolicyFailure.LIFETIME_TOO_LONG,
-        PolicyFailure.TOO_MANY_ROTATIONS,
     }
 )
 

@@ -16,22 +16,29 @@ newest bundle, expired or not. Policy expiry never forgets an app, so a
 rotated-away owner key can never take it back by posting a "first" version.
 
 **Versions.** A new version must exceed the floor by at most
-``max_version_step``; the first version of an app admitted by a key request
-is bounded the same way from 0. Operator and committee admission take the
-version they are given.
+``max_version_step``, a rotation included (the floor is the highest version
+ever accepted and never drops); the first version of an app admitted by a
+key request is bounded the same way from 0. Operator and committee admission
+take the version they are given.
 
 **Forks.** Two different rotation records with one sequence number mean the
 owner key, or a thief holding it, signed two successors. The app is then
 *frozen*: no release, no new policy, a typed refusal (``APP_FROZEN``) until
 the operator lifts it (:meth:`AppRegistry.resolve_fork`, with a bundle whose
-chain picks one branch, on the owner's word out of band); the owner's
-remedy that needs nobody's help is a new app id.
+chain carries one whole branch seen and whose version is above the floor, on
+the owner's word out of band; nothing else lifts it); the owner's remedy
+that needs nobody's help is a new app id. Only a rotation record not seen
+before freezes: after a resolution, the losing branch and any fork at or
+below the resolved rotation number are refused (``REJECTED_BRANCH``).
 
 **The cache.** Bundles of apps the node has not admitted (pushed by anyone
-over HTTP, or announced by fewer than ``vouch_threshold`` members) are kept in
-a cache bounded in entries and bytes, evicting the least recently added. It
-is neither persisted nor gossiped. A key request may name a cached bundle by
-its hash instead of carrying it.
+over HTTP, or announced by fewer than ``vouch_threshold`` members) are kept
+encoded, keyed by their hash, in a cache bounded in entries and bytes,
+evicting the least recently added. It is neither persisted nor gossiped. A
+key request may name a cached bundle by its hash instead of carrying it. A
+pushed bundle of an unknown app may carry at most ``new_app_rotations``
+rotations. :meth:`AppRegistry.seen` answers a bundle seen before from its
+hash alone.
 
 Pure code: no I/O; ``persist`` is called with every admitted app that changed.
 """

@@ -306,14 +306,31 @@ def member_reload_policies(
     config: Annotated[Path, typer.Option("--config")],
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Re-read the node's policies directory: admit the apps placed there, take newer
-    versions, and resolve a frozen app onto the chain of its file."""
+    """Re-read the node's policies directory: admit the apps placed there and take newer
+    versions (never below an app's floor; a frozen app stays frozen: see resolve-fork)."""
     reply = _admin(config, {"op": "reload-policies"}, json_out)
-    counts = {k: reply.get(k, 0) for k in ("admitted", "updated", "refused")}
+    counts = {k: reply.get(k, 0) for k in ("admitted", "updated", "refused", "frozen")}
     if json_out:
         _print_json({"ok": True, **counts, "serving": reply.get("serving")})
         return
     out.print(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@member_app.command("resolve-fork")
+def member_resolve_fork(
+    app_id: Annotated[str, typer.Argument(help="The frozen app's id (hex).")],
+    bundle_file: Annotated[Path, typer.Argument(help="The owner's bundle on the branch kept.")],
+    config: Annotated[Path, typer.Option("--config")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Lift a frozen app's freeze, on its owner's word, with the owner's bundle: its chain
+    extends the branch kept and its version is above the app's floor."""
+    raw = bundle_file.read_bytes()
+    reply = _admin(config, {"op": "resolve-fork", "app_id": app_id, "bundle": raw.hex()}, json_out)
+    if json_out:
+        _print_json({"ok": True, **{k: v for k, v in reply.items() if k != "ok"}})
+        return
+    out.print(f"resolved {reply.get('app_id')} at version {reply.get('version')}")
 
 
 @member_app.command("evidence")

@@ -111,6 +111,18 @@ def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
             if reload is None:
                 return {"ok": False, "error": "this node keeps no app policies"}
             return {"ok": True, **reload()}
+        if op == "resolve-fork":
+            resolve = getattr(target, "resolve_fork", None)
+            if resolve is None:
+                return {"ok": False, "error": "this node keeps no app policies"}
+            out = resolve(bytes.fromhex(str(req["app_id"])), bytes.fromhex(str(req["bundle"])))
+            if not out.get("resolved"):
+                return {
+                    "ok": False,
+                    "error": f"refused: {out.get('detail', '')}",
+                    "reason": out.get("reason"),
+                }
+            return {"ok": True, **out}
     except ChangeRefused as exc:
         return {"ok": False, "error": f"refused: {exc}", "reason": exc.reason}
     except (

@@ -222,6 +222,18 @@ class KeyClient:
             session, asked, ignored = self._ask(
                 chain, app_id, purposes, quote_for, event_log, min_policy_version, now, bundle
             )
+        deadline = self._clock() + self.timeout
+        while (
+            not session.done
+            and any(r.reason == RETRY_LATER for r in session.refusals.values())
+            and self._clock() < deadline
+        ):
+            # A node that has not admitted the app is asking the committee about it
+            # first: ask again shortly (a fresh request, so a fresh nonce and quote).
+            time.sleep(self.RETRY_AFTER)
+            session, asked, ignored = self._ask(
+                chain, app_id, purposes, quote_for, event_log, min_policy_version, now, bundle
+            )
         if not session.done:
             reasons = {int(i): r.reason for i, r in session.refusals.items()}
             raise KeyReleaseError(
@@ -238,6 +250,9 @@ class KeyClient:
             dict(session.refusals),
             tuple(self.ignored_nodes + ignored),
         )
+
+    RETRY_AFTER = 0.2
+    """Seconds before asking again nodes that answered ``retry-later``."""
 
     def _post(self, index: ParticipantIndex, body: bytes) -> object:
         url = self.urls.get(index)
@@ -307,6 +322,10 @@ class KeyClient:
                 if failed and not session.done:
                     ask(failed)
         return session, asked, ignored
+
+
+RETRY_LATER = "retry-later"
+"""The refusal of a node still asking the committee about an app it has not admitted."""
 
 
 def report_evidence(

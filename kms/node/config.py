@@ -69,6 +69,8 @@ class NodeFileConfig:
     """Bytes those cached bundles may take."""
     policy_max_apps: int = 0
     """Admitted apps beyond which key requests admit no new app (0: no cap)."""
+    policy_new_app_rotations: int = 16
+    """Most owner rotations a pushed bundle of an app this node has not admitted may carry."""
 
     @property
     def directory(self) -> Path:
@@ -285,4 +287,7 @@ def load(path: str | Path) -> NodeFileConfig:
         policy_max_apps=_positive_int(node.get("policy_max_apps", 0) or 1, "policy_max_apps")
         if node.get("policy_max_apps", 0)
         else 0,
+        policy_new_app_rotations=_positive_int(
+            node.get("policy_new_app_rotations", 16), "policy_new_app_rotations"
+        ),
     )

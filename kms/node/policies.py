@@ -9,13 +9,30 @@ survive restarts and policy expiry. Lookups are dictionary reads.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kms.policy import AppPolicy, PolicyBundle, PolicyError, PolicyFailure, RotationRecord
-from kms.policy.registry import AdmittedBy, AppRecord, AppRegistry, OfferOutcome
+import msgpack
+
+from kms.policy import (
+    AppPolicy,
+    OwnerChain,
+    PolicyBundle,
+    PolicyError,
+    PolicyFailure,
+    RotationRecord,
+)
+from kms.policy.gossip import MAX_ANSWERS_PER_DIGEST, MAX_DIGEST_ENTRIES, PolicyDigest
+from kms.policy.registry import (
+    DEFAULT_NEW_APP_ROTATIONS,
+    AdmittedBy,
+    AppRecord,
+    AppRegistry,
+    OfferOutcome,
+)
 from kms.protocol import KeyRequest, bundle_hash
 from kms.store import NodeStore
 from kms.store.store import StoredApp
@@ -43,11 +60,13 @@ class NodePolicies:
         cache_bytes: int = 16 * 1024 * 1024,
         vouch_threshold: Callable[[], int] = lambda: 1,
         max_apps: int = 0,
+        new_app_rotations: int = DEFAULT_NEW_APP_ROTATIONS,
     ) -> None:
         self.store = store
         self.directory = directory
         self._mpk_of = mpk_of
         self._settings = (max_version_step, cache_entries, cache_bytes, max_apps)
+        self._new_app_rotations = new_app_rotations
         self._vouch_threshold = vouch_threshold
         self.registry: AppRegistry | None = None
         self.frozen_alerts = 0
@@ -72,6 +91,7 @@ class NodePolicies:
             cache_entries=entries,
             cache_bytes=size,
             max_apps=max_apps,
+            new_app_rotations=self._new_app_rotations,
         )
         for row in self.store.apps():
             try:
@@ -94,9 +114,12 @@ class NodePolicies:
     def reload(self, now: int) -> dict[str, int]:
         """Read the operator's directory (``*.policy``): admit new apps, offer newer versions.
 
-        Returns counts of ``admitted``, ``updated`` and ``refused`` files.
+        A file of an app already admitted is offered like any push: it must be above the
+        app's floor and agree with its chain (it never lowers the floor, replaces the
+        chain or lifts a freeze; :meth:`resolve_fork` does that, on the operator's word).
+        Returns counts of ``admitted``, ``updated``, ``refused`` and ``frozen`` files.
         """
-        counts = {"admitted": 0, "updated": 0, "refused": 0}
+        counts = {"admitted": 0, "updated": 0, "refused": 0, "frozen": 0}
         reg = self.registry
         if reg is None or self.directory is None or not self.directory.is_dir():
             return counts
@@ -123,9 +146,13 @@ class NodePolicies:
                 continue
             app_id = bundle.signed.policy.app_id
             known = app_id in reg
-            if known and reg.is_frozen(app_id):
-                out = reg.lift_freeze(bundle)  # the operator picks the branch
-            elif known:
+            rec = reg.record(app_id)
+            if rec is not None and rec.frozen:
+                counts["frozen"] += 1  # only an explicit resolve-fork lifts a freeze
+                continue
+            if rec is not None and bundle.signed.policy.version <= rec.floor:
+                continue  # an older file (e.g. the bundle that first admitted the app)
+            if known:
                 out = reg.offer(bundle, now=now)
             else:
                 out = reg.admit(bundle, now=now, by=AdmittedBy.OPERATOR)
@@ -137,6 +164,33 @@ class NodePolicies:
                     "policy file refused",
                     extra={"fields": {"file": f.name, "reason": out.reason and out.reason.value}},
                 )
+
+    def resolve_fork(self, app_id: bytes, raw: bytes, now: int) -> dict[str, Any]:
+        """The operator lifts a fork's freeze with the owner's bundle (admin ``resolve-fork``).
+
+        The bundle's version must exceed the app's floor and its chain must extend one
+        of the branches seen; see :meth:`AppRegistry.resolve_fork`."""
+        reg = self.ready(now)
+        if reg is None:
+            return {"resolved": False, "reason": "not-serving"}
+        try:
+            bundle = PolicyBundle.decode(raw)
+        except ValueError as exc:
+            return {"resolved": False, "reason": "malformed", "detail": str(exc)[:500]}
+        if bundle.signed.policy.app_id != app_id:
+            return {"resolved": False, "reason": "app_id_mismatch", "detail": "another app"}
+        out = reg.resolve_fork(bundle)
+        if not out.accepted:
+            return {
+                "resolved": False,
+                "reason": out.reason.value if out.reason else "refused",
+                "detail": out.detail[:500],
+            }
+        log.warning(
+            "fork resolved by the operator",
+            extra={"fields": {"app": app_id.hex(), "version": out.version}},
+        )
+        return {"resolved": True, "app_id": app_id.hex(), "version": out.version}
 
     def _persist(self, rec: AppRecord) -> None:
         row = StoredApp(
@@ -201,6 +255,36 @@ class NodePolicies:
             return None, f"{exc.reason.value}: {exc.detail}"
         return bundle, ""
 
+    def vouched(self, app_id: bytes, now: int) -> dict[int, PolicyBundle]:
+        """The bundles of an app not admitted here that members sent, by member."""
+        reg = self.ready(now)
+        return {} if reg is None else reg.vouched(app_id)
+
+    @staticmethod
+    def agrees(bundle: PolicyBundle, vouched: list[PolicyBundle]) -> str:
+        """``""`` when ``bundle``'s owner chain agrees with every chain members sent (one
+        extends the other) and its signer is the owner after their union; else why not."""
+        app_id = bundle.signed.policy.app_id
+        try:
+            union = OwnerChain.from_records(
+                app_id,
+                bundle.rotations,
+                first_owner=None if bundle.rotations else bundle.signed.policy.owner_key,
+            )
+            for b in vouched:
+                union = union.merge(
+                    OwnerChain.from_records(
+                        app_id,
+                        b.rotations,
+                        first_owner=None if b.rotations else b.signed.policy.owner_key,
+                    )
+                )
+        except PolicyError as exc:
+            return f"the committee holds another owner chain for the app: {exc.reason.value}"
+        if union.current != bundle.signed.policy.owner_key:
+            return "not_owner: the committee holds a rotation away from the bundle's signer"
+        return ""
+
     def admit_released(self, bundle: PolicyBundle, now: int) -> OfferOutcome | None:
         """After a release the bundle's policy allowed: the app is admitted here."""
         reg = self.ready(now)
@@ -222,10 +306,6 @@ class NodePolicies:
 
         Returns (HTTP status, reply, outcome).
         """
-        try:
-            bundle = PolicyBundle.decode(raw)
-        except ValueError as exc:
-            return 400, {"accepted": False, "reason": "malformed", "detail": str(exc)[:500]}, None
         reg = self.ready(now)
         if reg is None:
             return (
@@ -233,8 +313,30 @@ class NodePolicies:
                 {"accepted": False, "reason": "not-serving", "detail": "no master public key yet"},
                 None,
             )
+        digest = bundle_hash(raw)
+        seen = reg.seen(digest, voucher)
+        if seen is not None:  # a copy of a bundle already held, cached or refused for good
+            return self._reply(seen)
+        if voucher is None:
+            early = _too_many_rotations(raw, reg)
+            if early is not None:  # before any key is decoded or signature checked
+                return self._reply(early)
+        try:
+            bundle = PolicyBundle.decode(raw)
+        except ValueError as exc:
+            out = OfferOutcome(False, None, None, PolicyFailure.MALFORMED, str(exc)[:500])
+            reg.remember_refusal(digest, out)
+            return 400, {"accepted": False, "reason": "malformed", "detail": out.detail}, None
         out = reg.offer(bundle, now=now, voucher=voucher)
-        app = bundle.signed.policy.app_id.hex()
+        if not out.accepted:
+            reg.remember_refusal(digest, out)
+        return self._reply(out)
+
+    @staticmethod
+    def _reply(out: OfferOutcome) -> tuple[int, dict[str, Any], OfferOutcome | None]:
+        if out.reason is PolicyFailure.MALFORMED and out.app_id is None:
+            return 400, {"accepted": False, "reason": "malformed", "detail": out.detail}, None
+        app = out.app_id.hex() if out.app_id is not None else ""
         if out.accepted:
             return 200, {"accepted": True, "version": out.version, "app_id": app}, out
         if out.duplicate:
@@ -263,6 +365,26 @@ class NodePolicies:
     def between(self, start: bytes, end: bytes, now: int) -> dict[bytes, int]:
         reg = self.ready(now)
         return {} if reg is None else dict(reg.between(start, end))
+
+    def newer_than(self, digest: PolicyDigest, now: int) -> list[bytes]:
+        """Apps in the digest's range held here in a newer version than it names (at most
+        ``MAX_ANSWERS_PER_DIGEST``), found by walking the sorted index from the range's start
+        over at most ``MAX_DIGEST_ENTRIES + MAX_ANSWERS_PER_DIGEST`` apps: a digest costs
+        the same whatever the number of apps admitted."""
+        reg = self.ready(now)
+        if reg is None:
+            return []
+        theirs = {h.app_id: h.version for h in digest.held}
+        out: list[bytes] = []
+        scan = itertools.islice(
+            reg.between(digest.start, digest.end), MAX_DIGEST_ENTRIES + MAX_ANSWERS_PER_DIGEST
+        )
+        for app, version in scan:
+            if version > theirs.get(app, 0):
+                out.append(app)
+                if len(out) >= MAX_ANSWERS_PER_DIGEST:
+                    break
+        return out
 
     def bundle_bytes(self, app_id: bytes) -> bytes | None:
         """The held bundle of an admitted app, encoded, to pass on to a peer."""
@@ -303,3 +425,26 @@ class NodePolicies:
             "cache_bytes": size,
             "cache_evictions": reg.evictions,
         }
+
+
+def _too_many_rotations(raw: bytes, reg: AppRegistry) -> OfferOutcome | None:
+    """A pushed bundle of an app not admitted here with more rotations than a new app may
+    carry, seen from its msgpack structure alone (decoding the bundle would decode every
+    rotation's keys first). ``None``: not such a bundle, or not parsable (decoded as usual)."""
+    try:
+        wire = msgpack.unpackb(raw, raw=False)
+        rotations, app_id = wire[3], wire[2][2][2]
+    except (ValueError, TypeError, IndexError, KeyError, msgpack.ExtraData):
+        return None
+    if not isinstance(rotations, list) or not isinstance(app_id, bytes):
+        return None
+    if len(rotations) <= reg.new_app_rotations or app_id in reg:
+        return None
+    return OfferOutcome(
+        False,
+        app_id,
+        None,
+        PolicyFailure.TOO_MANY_ROTATIONS,
+        f"{len(rotations)} rotations: this node accepts at most {reg.new_app_rotations} "
+        "for an app it has not admitted",
+    )

@@ -81,6 +81,7 @@ class Refusal(enum.Enum):
     POLICY = "policy-refused"
     FROZEN = "app-frozen"
     BUNDLE = "bundle-refused"
+    RETRY = "retry-later"
 
 
 @dataclass(frozen=True)

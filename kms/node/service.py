@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import trio
 
@@ -48,8 +48,8 @@ from kms.policy.gossip import (
     PolicyAnnounce,
     PolicyDigest,
     PolicyQuery,
+    PolicyUnknown,
     announce_to,
-    newer_than_digest,
     offer_outcome,
 )
 from kms.protocol import KeyRefusal, KeyRequest
@@ -203,6 +203,9 @@ class NodeService:
         self._next_policy_digest = 0.0
         self._digest_cursor = b""
         self._queried: dict[bytes, float] = {}
+        self._gossip_budget: dict[tuple[int, str], tuple[float, float]] = {}
+        self._answered: dict[tuple[int, bytes], float] = {}
+        self._consults: dict[bytes, list[Any]] = {}  # app -> [started, last sent, answered]
         self._learn_participants()
 
     # --- peers -------------------------------------------------------------------------
@@ -268,7 +271,7 @@ class NodeService:
             self._reject(str(peer), "envelope names another sender")
             return
         self.metrics.messages_in[env.kind] += 1
-        if isinstance(message, PolicyAnnounce | PolicyDigest | PolicyQuery):
+        if isinstance(message, PolicyAnnounce | PolicyDigest | PolicyQuery | PolicyUnknown):
             self.core.observe_epoch(index, env.epoch, self.clock.now())
             self._on_policy_message(index, peer, message)
             self._step()
@@ -472,14 +475,21 @@ class NodeService:
         self,
         index: ParticipantIndex,
         peer: PeerId,
-        message: PolicyAnnounce | PolicyDigest | PolicyQuery,
+        message: PolicyAnnounce | PolicyDigest | PolicyQuery | PolicyUnknown,
     ) -> None:
         if self.policies is None:
             return  # this node serves no keys and keeps no policies
+        st = self.core.state
+        if st is None or index not in st.committee.indices:
+            # Only members of the current epoch vouch for apps or ask for them: a removed
+            # or pending member is still a known peer, not a voucher.
+            self.metrics.rejected["policy gossip: not a current member"] += 1
+            return
         now = int(self.clock.now())
         if isinstance(message, PolicyDigest):
-            held = self.policies.between(message.start, message.end, now)
-            for app_id in newer_than_digest(message, held):
+            if not self._take_budget(index, "digest"):
+                return
+            for app_id in self.policies.newer_than(message, now):
                 bundle = self.policies.bundle_bytes(app_id)
                 if bundle is not None:
                     self._send(Outbound(index, PolicyAnnounce(bundle)))
@@ -487,7 +497,15 @@ class NodeService:
         if isinstance(message, PolicyQuery):
             bundle = self.policies.bundle_bytes(bytes(message.app_id))
             if bundle is not None:
-                self._send(Outbound(index, PolicyAnnounce(bundle)))
+                if self._take_budget(index, "query"):
+                    self._send(Outbound(index, PolicyAnnounce(bundle)))
+            else:  # a few bytes, answered from a dictionary lookup: not budgeted
+                self._send(Outbound(index, PolicyUnknown(bytes(message.app_id))))
+            return
+        if isinstance(message, PolicyUnknown):
+            consult = self._consults.get(bytes(message.app_id))
+            if consult is not None:
+                consult[2].add(int(index))
             return
         code, reply, _ = self.policies.offer(message.bundle, now, voucher=int(index))
         accepted = bool(reply.get("accepted"))
@@ -510,10 +528,37 @@ class NodeService:
             self._reject(str(peer), blame)
         if reply.get("reason") in ("not_owner", "stale_version") and reply.get("app_id"):
             # The peer holds an older policy, or one signed by a key our chain rotated
-            # away: answer with ours, which carries the rotation.
-            ours = self.policies.bundle_bytes(bytes.fromhex(str(reply["app_id"])))
+            # away: answer with ours, which carries the rotation (once a minute per peer and
+            # app, so two nodes that refuse each other's bundles do not bounce them forever).
+            app_id = bytes.fromhex(str(reply["app_id"]))
+            key = (int(index), app_id)
+            if now - self._answered.get(key, -math.inf) < self.QUERY_INTERVAL:
+                return
+            self._answered[key] = now
+            while len(self._answered) > self.QUERY_MEMORY:
+                self._answered.pop(next(iter(self._answered)))
+            ours = self.policies.bundle_bytes(app_id)
             if ours is not None:
                 self._send(Outbound(index, PolicyAnnounce(ours)))
+
+    GOSSIP_BUDGET: ClassVar[dict[str, tuple[float, float]]] = {
+        "digest": (8.0, 0.5),
+        "query": (64.0, 8.0),
+    }
+    """Per member and kind: (burst, refill per second) of policy digests answered and of
+    policy queries answered with a bundle. Excess is dropped and counted."""
+
+    def _take_budget(self, index: ParticipantIndex, kind: str) -> bool:
+        burst, rate = self.GOSSIP_BUDGET[kind]
+        now = self.clock.now()
+        tokens, last = self._gossip_budget.get((int(index), kind), (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - last) * rate)
+        if tokens < 1.0:
+            self._gossip_budget[(int(index), kind)] = (tokens, now)
+            self.metrics.rejected[f"policy gossip: {kind} rate limited"] += 1
+            return False
+        self._gossip_budget[(int(index), kind)] = (tokens - 1.0, now)
+        return True
 
     def reload_policies(self) -> dict[str, Any]:
         """Re-read the operator's policies directory (admin channel ``reload-policies``)."""
@@ -523,6 +568,12 @@ class NodeService:
         if self.policies.ready(now) is None:
             return {"admitted": 0, "updated": 0, "refused": 0, "serving": False}
         return {**self.policies.reload(now), "serving": True}
+
+    def resolve_fork(self, app_id: bytes, bundle: bytes) -> dict[str, Any]:
+        """Lift a frozen app's freeze with its owner's bundle (admin channel ``resolve-fork``)."""
+        if self.policies is None:
+            return {"resolved": False, "reason": "not-serving"}
+        return dict(self.policies.resolve_fork(app_id, bundle, int(self.clock.now())))
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
         if self.policies is None:
@@ -588,7 +639,11 @@ class NodeService:
         else:
             res = checked
         if isinstance(res, Released) and bundle is not None and self.policies is not None:
-            self.policies.admit_released(bundle, now)
+            admitted = self.policies.admit_released(bundle, now)
+            if admitted is not None and admitted.accepted:
+                # The other members hear of it: t such announcements admit it at a member
+                # that has not (its own consultation may have ended before they released).
+                self._announce_policy(bytes(bundle.encode()))
         if isinstance(res, Released):
             # The replay cache survives restarts; the audit records are committed as one group.
             # Remembered for longer than any timestamp the releaser still accepts.
@@ -631,7 +686,58 @@ class NodeService:
         bundle, why = self.policies.candidate(req, now)
         if why:
             return KeyRefusal(Refusal.BUNDLE.value, why[:500])
+        if bundle is not None:
+            refusal = self._consult_committee(bytes(app_id), bundle)
+            if refusal is not None:
+                return refusal
         return bundle
+
+    CONSULT_WAIT = 1.0
+    """Seconds (monotonic) after which ``t - 1`` other members' answers suffice (this node's
+    own "not admitted" is the t-th), so one unreachable member does not block new apps."""
+    CONSULT_RESEND = 0.5
+    """Seconds (monotonic) after which the query goes again to members that did not answer."""
+
+    def _consult_committee(self, app_id: bytes, bundle: Any) -> KeyRefusal | None:
+        """Before a key request admits an app this node has not admitted: the committee is
+        asked (``kms/policy-query``) and the request refused ``retry-later`` until ``t``
+        other members answered (all of them if fewer; ``t - 1`` once ``CONSULT_WAIT`` has
+        passed). Members holding the app answer with its bundle (``t`` of those admit it
+        here, with the union of their chains, and the request is then checked against it);
+        the others answer ``kms/policy-unknown``. A bundle whose chain disagrees with one
+        a member sent is refused."""
+        from kms.node.release import Refusal
+
+        st = self.core.state
+        if st is None:
+            return KeyRefusal(Refusal.NOT_SERVING.value, "no epoch yet")
+        others = [int(i) for i in st.committee.indices if int(i) != int(self.config.index)]
+        need = min(int(st.threshold), len(others))
+        mono = time.monotonic()
+        consult = self._consults.get(app_id)
+        if consult is None or mono - consult[0] > self.CONSULT_TTL:
+            consult = self._consults[app_id] = [mono, -math.inf, set()]
+            while len(self._consults) > self.QUERY_MEMORY:
+                self._consults.pop(next(iter(self._consults)))
+        started, sent, unknown = consult
+        vouched = self.policies.vouched(app_id, int(self.clock.now()))
+        answered = (unknown | set(vouched)) & set(others)
+        waited = mono - started >= self.CONSULT_WAIT
+        if len(answered) < need and not (waited and len(answered) >= need - 1):
+            if mono - sent >= self.CONSULT_RESEND:
+                consult[1] = mono
+                for to in others:
+                    if to not in answered:
+                        self._send(Outbound(ParticipantIndex(to), PolicyQuery(app_id)))
+            return KeyRefusal(
+                Refusal.RETRY.value, "asking the committee about this app: retry shortly"
+            )
+        why = self.policies.agrees(bundle, list(vouched.values()))
+        if why:
+            return KeyRefusal(Refusal.BUNDLE.value, why[:500])
+        return None
+
+    CONSULT_TTL = 60.0
 
     def count_rejected(self, label: str) -> None:
         """Count input refused before it reached the node (e.g. an unparsable JSON body)."""

@@ -370,6 +370,7 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
         cache_bytes=cfg.policy_cache_bytes,
         vouch_threshold=threshold,
         max_apps=cfg.policy_max_apps,
+        new_app_rotations=cfg.policy_new_app_rotations,
     )
     return KeyReleaser(
         cfg.index,

@@ -152,9 +152,33 @@ class LocalCommittee:
         """A CVM's key request to ``nodes`` (all by default), through each node's HTTP app.
 
         By default the CVM is booted for ``app_id`` (:func:`app_boot`: its event log
-        carries the app id); ``measurement`` (and ``event_log``) quote another CVM."""
+        carries the app id); ``measurement`` (and ``event_log``) quote another CVM.
+        Like ``kms.client``, asks again (a fresh request) while nodes answer ``retry-later``
+        (they are asking the committee about an app they have not admitted), for up to 5 s.
+        """
         if measurement is None:
             event_log, measurement = app_boot(app_id)
+        deadline = trio.current_time() + 5.0
+        while True:
+            s, answers = await self._fetch_once(
+                app_id, bundle, purposes, nodes, measurement, event_log
+            )
+            retry = any(
+                isinstance(a, KeyRefusal) and a.reason == "retry-later" for a in answers.values()
+            )
+            if s.done or not retry or trio.current_time() > deadline:
+                return s, answers
+            await trio.sleep(0.02)
+
+    async def _fetch_once(
+        self,
+        app_id: bytes,
+        bundle: bytes,
+        purposes: Sequence[tuple[str, int]],
+        nodes: Sequence[int] | None,
+        measurement: dict[str, bytes],
+        event_log: bytes,
+    ) -> tuple[KeyRequestSession, dict[int, KeyResponse | KeyRefusal]]:
         s = KeyRequestSession(
             self.chain,
             app_id,

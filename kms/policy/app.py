@@ -29,7 +29,9 @@ The owner key signs only under the contexts in :data:`OWNER_CONTEXTS`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Final
@@ -74,9 +76,22 @@ MAX_ROTATIONS: Final = 256
 """Longest rotation chain accepted (one rotation a week for about five years)."""
 
 
+VERIFIED_MEMORY: Final = 4096
+"""Public keys decoded, and rotation records whose signature verified, remembered (each)."""
+
+
+@functools.lru_cache(maxsize=VERIFIED_MEMORY)
 def _check_public(owner_public: bytes) -> VerifyKey:
-    """Decode a 32-byte Ed25519 public key; ``InvalidEncoding`` if it is not a usable key."""
+    """Decode a 32-byte Ed25519 public key; ``InvalidEncoding`` if it is not a usable key.
+
+    Decoded keys are remembered (bounded): a point decode costs far more than a lookup,
+    and every bundle of an app repeats its owners' keys. A refused key is not kept."""
     return VerifyKey.from_bytes(owner_public)
+
+
+_verified_records: OrderedDict[RotationRecord, None] = OrderedDict()
+verifications = 0
+"""Rotation signatures checked (not answered from memory) by this process: a counter."""
 
 
 def app_id_from_owner(owner_public: bytes) -> bytes:
@@ -203,7 +218,15 @@ class RotationRecord(Message):
         return bytes(msgpack.packb(self.to_wire()[:-1], use_bin_type=True))
 
     def verify_signature(self) -> None:
-        """Raise ``PolicyError(BAD_SIGNATURE)`` unless ``previous_key`` signed the record."""
+        """Raise ``PolicyError(BAD_SIGNATURE)`` unless ``previous_key`` signed the record.
+
+        A record whose signature verified is remembered (bounded, least recently used
+        first out), so an app's chain costs its signature checks once, not per bundle."""
+        global verifications
+        if self in _verified_records:
+            _verified_records.move_to_end(self)
+            return
+        verifications += 1
         try:
             _check_public(self.previous_key).verify(
                 CTX_OWNER_ROTATION, self.signed_bytes(), self.signature
@@ -212,6 +235,9 @@ class RotationRecord(Message):
             raise PolicyError(
                 PolicyFailure.BAD_SIGNATURE, f"rotation {self.sequence}: {exc}"
             ) from exc
+        _verified_records[self] = None
+        while len(_verified_records) > VERIFIED_MEMORY:
+            _verified_records.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,10 @@ class PolicyFailure(enum.Enum):
     """The app is frozen: two different rotations from one owner key were seen (a fork)."""
     UNKNOWN_APP = "unknown_app"
     """The node has not admitted the app: the policy was kept in its bounded cache only."""
+    TOO_MANY_ROTATIONS = "too_many_rotations"
+    """A bundle of an app the node has not admitted carries more rotations than it accepts."""
+    REJECTED_BRANCH = "rejected_branch"
+    """The bundle's chain is a branch of a fork the operator resolved against."""
 
 
 class PolicyError(Exception):

@@ -91,6 +91,14 @@ class PolicyQuery(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyUnknown(Message):
+    """The answer to a ``PolicyQuery`` for an app the sender has not admitted."""
+
+    TYPE = "kms/policy-unknown"
+    app_id: Annotated[bytes, MaxSize(64)]
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyAnnounce(Message):
     """One encoded ``PolicyBundle``, checked by the receiver before anything else."""
 
@@ -123,7 +131,14 @@ def offer_outcome(accepted: bool, duplicate: bool, reason: str | None) -> tuple[
     """
     if accepted:
         return not duplicate, None
-    if reason in (None, "stale_version", "unknown_app", "app_frozen", "not_owner"):
+    if reason in (
+        None,
+        "stale_version",
+        "unknown_app",
+        "app_frozen",
+        "not_owner",
+        "rejected_branch",
+    ):
         return False, None
     return False, f"policy gossip: {reason}"
 
@@ -134,6 +149,7 @@ __all__ = [
     "PolicyAnnounce",
     "PolicyDigest",
     "PolicyQuery",
+    "PolicyUnknown",
     "PolicyVersion",
     "announce_to",
     "newer_than_digest",

@@ -695,6 +695,7 @@ class PolicyStore:
         now: int,
         rotations: Sequence[RotationRecord] = (),
         bound_first: bool = False,
+        floor: int = 0,
     ) -> OfferResult:
         """Accept ``signed`` if it is a newer valid policy, whoever sent it.
 
@@ -703,7 +704,9 @@ class PolicyStore:
         ``bundle``) or :class:`Refused` with the first failed check's reason.
         """
         try:
-            chain = self.check(signed, now=now, rotations=rotations, bound_first=bound_first)
+            chain = self.check(
+                signed, now=now, rotations=rotations, bound_first=bound_first, floor=floor
+            )
         except PolicyError as exc:
             return Refused(exc.reason, exc.detail)
         app_id = signed.policy.app_id
@@ -717,11 +720,15 @@ class PolicyStore:
         )
 
     def offer_bundle(
-        self, bundle: PolicyBundle, *, now: int, bound_first: bool = False
+        self, bundle: PolicyBundle, *, now: int, bound_first: bool = False, floor: int = 0
     ) -> OfferResult:
         """:meth:`offer` for a bundle received from another node."""
         return self.offer(
-            bundle.signed, now=now, rotations=bundle.rotations, bound_first=bound_first
+            bundle.signed,
+            now=now,
+            rotations=bundle.rotations,
+            bound_first=bound_first,
+            floor=floor,
         )
 
     def check(
@@ -731,11 +738,15 @@ class PolicyStore:
         now: int,
         rotations: Sequence[RotationRecord] = (),
         bound_first: bool = False,
+        floor: int = 0,
     ) -> OwnerChain:
         """Run every check of :meth:`offer` without changing the store.
 
         With ``bound_first`` the first version of an app the store does not hold
         is bounded too (at most ``max_version_step``, as if version 0 were held).
+        ``floor`` is the app's durable version floor (the highest version ever
+        accepted for it): a version must exceed it and be within the step of it,
+        whatever is held, a rotation included.
         Returns the owner chain the store would hold; raises :class:`PolicyError`.
         """
         _check_now(now)
@@ -760,12 +771,15 @@ class PolicyStore:
             # held: that policy is void, whatever its version, and the new owner's
             # policy replaces it (its version bounded from 0).
             held_version = 0
+        held_version = max(held_version, floor)
         if policy.version <= held_version:
             raise PolicyError(
                 PolicyFailure.STALE_VERSION,
                 f"version {policy.version} is not newer than {held_version}",
             )
-        if (held is not None or bound_first) and policy.version - held_version > self._step:
+        if (
+            held is not None or bound_first or floor > 0
+        ) and policy.version - held_version > self._step:
             raise PolicyError(
                 PolicyFailure.VERSION_JUMP,
                 f"version {policy.version} jumps more than {self._step} past {held_version}",

@@ -16,22 +16,29 @@ newest bundle, expired or not. Policy expiry never forgets an app, so a
 rotated-away owner key can never take it back by posting a "first" version.
 
 **Versions.** A new version must exceed the floor by at most
-``max_version_step``; the first version of an app admitted by a key request
-is bounded the same way from 0. Operator and committee admission take the
-version they are given.
+``max_version_step``, a rotation included (the floor is the highest version
+ever accepted and never drops); the first version of an app admitted by a
+key request is bounded the same way from 0. Operator and committee admission
+take the version they are given.
 
 **Forks.** Two different rotation records with one sequence number mean the
 owner key, or a thief holding it, signed two successors. The app is then
 *frozen*: no release, no new policy, a typed refusal (``APP_FROZEN``) until
-the operator lifts it (:meth:`AppRegistry.lift_freeze`, with a bundle whose
-chain picks one branch, on the owner's word out of band); the owner's
-remedy that needs nobody's help is a new app id.
+the operator lifts it (:meth:`AppRegistry.resolve_fork`, with a bundle whose
+chain carries one whole branch seen and whose version is above the floor, on
+the owner's word out of band; nothing else lifts it); the owner's remedy
+that needs nobody's help is a new app id. Only a rotation record not seen
+before freezes: after a resolution, the losing branch and any fork at or
+below the resolved rotation number are refused (``REJECTED_BRANCH``).
 
 **The cache.** Bundles of apps the node has not admitted (pushed by anyone
-over HTTP, or announced by fewer than ``vouch_threshold`` members) are kept in
-a cache bounded in entries and bytes, evicting the least recently added. It
-is neither persisted nor gossiped. A key request may name a cached bundle by
-its hash instead of carrying it.
+over HTTP, or announced by fewer than ``vouch_threshold`` members) are kept
+encoded, keyed by their hash, in a cache bounded in entries and bytes,
+evicting the least recently added. It is neither persisted nor gossiped. A
+key request may name a cached bundle by its hash instead of carrying it. A
+pushed bundle of an unknown app may carry at most ``new_app_rotations``
+rotations. :meth:`AppRegistry.seen` answers a bundle seen before from its
+hash alone.
 
 Pure code: no I/O; ``persist`` is called with every admitted app that changed.
 """
@@ -72,6 +79,23 @@ __all__ = [
 
 DEFAULT_CACHE_ENTRIES: Final = 1024
 DEFAULT_CACHE_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_NEW_APP_ROTATIONS: Final = 16
+"""Most rotation records accepted in a bundle of an app the node has not admitted."""
+REFUSED_MEMORY: Final = 4096
+"""Hashes of bundles refused for a reason that cannot change (signature, chain), remembered."""
+_PERMANENT = frozenset(
+    {
+        PolicyFailure.MALFORMED,
+        PolicyFailure.BAD_SIGNATURE,
+        PolicyFailure.APP_ID_MISMATCH,
+        PolicyFailure.ROTATION_GAP,
+        PolicyFailure.ROTATION_REPLAY,
+        PolicyFailure.ROTATION_WRONG_SIGNER,
+        PolicyFailure.ROTATION_KEY_REUSED,
+        PolicyFailure.WRONG_MPK,
+        PolicyFailure.LIFETIME_TOO_LONG,
+    }
+)
 
 
 class AdmittedBy(enum.Enum):
@@ -92,6 +116,8 @@ class AppRecord:
     """Every rotation record ever seen, by (sequence, encoding): forks included."""
     frozen: bool = False
     admitted_by: AdmittedBy = AdmittedBy.OPERATOR
+    held_hash: bytes = b""
+    """The hash of ``bundle``'s encoding (a re-sent copy is known without decoding it)."""
 
     def rotation_rows(self) -> list[tuple[int, bytes]]:
         return [(seq, enc) for seq, enc in sorted(self.rotations)]
@@ -120,14 +146,15 @@ class OfferOutcome:
 
 @dataclass
 class _Cached:
-    bundle: PolicyBundle
+    """One cached bundle, kept encoded (decoded again on use) and keyed by its hash."""
+
+    app_id: bytes
     raw: bytes
-    vouchers: dict[int, PolicyBundle] = field(default_factory=dict)
     bytes: int = 0
 
     def size(self) -> int:
-        """Bytes this entry holds (its bundle and every voucher's), plus a fixed overhead."""
-        return 256 + len(self.raw) + sum(len(b.encode()) for b in self.vouchers.values())
+        """Bytes this entry holds: its encoding plus a fixed overhead for the entry and keys."""
+        return 256 + len(self.raw)
 
 
 class AppRegistry:
@@ -143,8 +170,15 @@ class AppRegistry:
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_apps: int = 0,
+        new_app_rotations: int = DEFAULT_NEW_APP_ROTATIONS,
     ) -> None:
         self._store = PolicyStore(kms_mpk, max_version_step=max_version_step)
+        self.new_app_rotations = new_app_rotations
+        """Most rotation records in a bundle of an app not admitted here (a new app
+        rarely has any); a longer chain is refused before any signature is checked."""
+        self._held_hash: dict[bytes, bytes] = {}  # bundle hash -> app, for the held bundles
+        self._refused: OrderedDict[bytes, tuple[PolicyFailure, str]] = OrderedDict()
+        self._vouches: dict[bytes, dict[int, bytes]] = {}  # app -> member -> bundle hash
         self._records: dict[bytes, AppRecord] = {}
         self._sorted: list[bytes] = []
         self._frozen: set[bytes] = set()
@@ -155,8 +189,8 @@ class AppRegistry:
         The operator's directory is not capped."""
         self.cache_entries = cache_entries
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
-        self._by_hash: dict[bytes, bytes] = {}
+        self._cache: OrderedDict[bytes, _Cached] = OrderedDict()  # by bundle hash
+        self._hashes_of: dict[bytes, set[bytes]] = {}  # app -> hashes cached
         self._cache_size = 0
         self.evictions = 0
 
@@ -201,15 +235,56 @@ class AppRegistry:
         """``(app id, version held)`` for every admitted app in ``[start, end)`` (``end`` empty: no end)."""
         i = bisect.bisect_left(self._sorted, start)
         j = len(self._sorted) if not end else bisect.bisect_left(self._sorted, end)
-        return ((a, self._held(a)) for a in self._sorted[i:j])
+        # A lazy walk of the index (no copy): callers stop after as many as they need.
+        return ((self._sorted[k], self._held(self._sorted[k])) for k in range(i, j))
 
     def _held(self, app_id: bytes) -> int:
         return int(self._records[app_id].bundle.signed.policy.version)
 
     def cached_by_hash(self, digest: bytes) -> PolicyBundle | None:
-        app = self._by_hash.get(digest)
-        entry = self._cache.get(app) if app is not None else None
-        return None if entry is None else entry.bundle
+        entry = self._cache.get(digest)
+        return None if entry is None else decode_bundle(entry.raw)
+
+    def seen(self, digest: bytes, voucher: int | None = None) -> OfferOutcome | None:
+        """What became of the bundle with hash ``digest`` the last time, if that still holds:
+        held (a duplicate), cached (with ``voucher`` counted), or refused for good.
+        ``None``: not seen, check it. Costs a few dictionary lookups, no decoding."""
+        app = self._held_hash.get(digest)
+        if app is not None:
+            rec = self._records.get(app)
+            if rec is not None and rec.frozen:
+                return OfferOutcome(
+                    False, app, self._held(app), PolicyFailure.APP_FROZEN, "the app is frozen"
+                )
+            if rec is not None:
+                return OfferOutcome(
+                    False, app, self._held(app), PolicyFailure.DUPLICATE, "already held"
+                )
+        entry = self._cache.get(digest)
+        if entry is not None and entry.app_id not in self._records:
+            if voucher is not None:
+                return None  # a member's vouch: counted by the full path
+            return self._cached_outcome(entry.app_id)
+        refused = self._refused.get(digest)
+        if refused is not None:
+            return OfferOutcome(False, None, None, refused[0], refused[1])
+        return None
+
+    def vouched(self, app_id: bytes) -> dict[int, PolicyBundle]:
+        """The cached bundles members sent of an app not admitted here, by member."""
+        out: dict[int, PolicyBundle] = {}
+        for member, digest in self._vouches.get(app_id, {}).items():
+            entry = self._cache.get(digest)
+            if entry is not None:
+                out[member] = decode_bundle(entry.raw)
+        return out
+
+    def remember_refusal(self, digest: bytes, out: OfferOutcome) -> None:
+        """Remember a refusal that no later event can change (bounded)."""
+        if out.reason in _PERMANENT:
+            self._refused[digest] = (out.reason, out.detail)
+            while len(self._refused) > REFUSED_MEMORY:
+                self._refused.popitem(last=False)
 
     def cache_stats(self) -> tuple[int, int]:
         """(entries, bytes) in the unadmitted cache."""
@@ -241,7 +316,16 @@ class AppRegistry:
             self._frozen.add(rec.app_id)
         else:
             self._frozen.discard(rec.app_id)
+        self._index_hash(rec)
         self._save(rec)
+
+    def _index_hash(self, rec: AppRecord) -> None:
+        old = rec.held_hash
+        rec.held_hash = bundle_hash(rec.bundle.encode())
+        if old != rec.held_hash:
+            if old:
+                self._held_hash.pop(old, None)
+            self._held_hash[rec.held_hash] = rec.app_id
 
     def _add(self, rec: AppRecord) -> None:
         if rec.frozen:
@@ -249,6 +333,7 @@ class AppRegistry:
         if rec.app_id not in self._records:
             bisect.insort(self._sorted, rec.app_id)
         self._records[rec.app_id] = rec
+        self._index_hash(rec)
         self._uncache(rec.app_id)
 
     # --- offers ---------------------------------------------------------------------------
@@ -256,7 +341,8 @@ class AppRegistry:
     def offer(self, bundle: PolicyBundle, *, now: int, voucher: int | None = None) -> OfferOutcome:
         """A bundle pushed over HTTP (``voucher`` None) or sent by committee member ``voucher``.
 
-        Known app: the usual checks against its chain and floor (a fork freezes it).
+        Known app: the usual checks against its chain and its floor (the highest version
+        ever accepted); a rotation record never seen that forks the chain freezes it.
         Unknown app: cached; with a voucher, admitted once enough members vouched.
         """
         if not isinstance(bundle, PolicyBundle):  # decoded, so already validated
@@ -273,7 +359,7 @@ class AppRegistry:
                 PolicyFailure.APP_FROZEN,
                 "the app is frozen by a fork",
             )
-        result = self._store.offer_bundle(bundle, now=now)
+        result = self._store.offer_bundle(bundle, now=now, floor=rec.floor)
         if isinstance(result, Refused):
             if result.reason is PolicyFailure.ROTATION_FORK:
                 return self._freeze(rec, bundle)
@@ -285,19 +371,48 @@ class AppRegistry:
 
     def _accepted(self, rec: AppRecord, bundle: PolicyBundle) -> None:
         rec.bundle = bundle
-        # The version of the policy held: higher than the one before, except when a
-        # rotation voided the policy held (its signer was rotated away).
-        rec.floor = bundle.signed.policy.version
+        rec.floor = max(rec.floor, bundle.signed.policy.version)  # the floor never drops
         for r in bundle.rotations:
             rec.rotations[(r.sequence, r.encode())] = r
         self._persist(rec)
 
+    @staticmethod
+    def _resolved_point(rec: AppRecord) -> int:
+        """The highest rotation number at which two different records are known: a fork
+        the operator resolved (0: none). The chain up to it is settled."""
+        seen: dict[int, int] = {}
+        for seq, _ in rec.rotations:
+            seen[seq] = seen.get(seq, 0) + 1
+        return max((seq for seq, n in seen.items() if n > 1), default=0)
+
     def _freeze(self, rec: AppRecord, offered: PolicyBundle) -> OfferOutcome:
-        """Freeze ``rec`` if ``offered`` carries a genuine fork of its chain."""
+        """Freeze ``rec`` if ``offered`` carries a new, genuine fork of its chain.
+
+        A branch whose records are all known already, or that forks at or below a fork
+        the operator resolved, is refused (``REJECTED_BRANCH``) and freezes nothing:
+        replaying the losing branch must not undo the operator's decision."""
         try:
             OwnerChain.from_records(rec.app_id, offered.rotations)  # both branches verify
         except PolicyError as exc:
             return OfferOutcome(False, rec.app_id, rec.floor, exc.reason, exc.detail)
+        held = rec.bundle.rotations
+        fork_at = next(
+            (
+                i + 1
+                for i, (a, b) in enumerate(zip(held, offered.rotations, strict=False))
+                if a != b
+            ),
+            0,
+        )
+        new = [r for r in offered.rotations if (r.sequence, r.encode()) not in rec.rotations]
+        if not new or (fork_at and fork_at <= self._resolved_point(rec)):
+            return OfferOutcome(
+                False,
+                rec.app_id,
+                rec.floor,
+                PolicyFailure.REJECTED_BRANCH,
+                "the bundle is on a branch of a fork the operator resolved against",
+            )
         for r in offered.rotations:
             rec.rotations[(r.sequence, r.encode())] = r
         rec.frozen = True
@@ -315,17 +430,41 @@ class AppRegistry:
         self, bundle: PolicyBundle, *, now: int, voucher: int | None
     ) -> OfferOutcome:
         app_id = bundle.signed.policy.app_id
-        probe = PolicyStore(self.kms_mpk, max_version_step=self._store.max_version_step)
-        try:
-            probe.check_authentic(bundle.signed, bundle.rotations)
-        except PolicyError as exc:
-            return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
-        entry = self._cache_put(bundle)
+        if voucher is None and len(bundle.rotations) > self.new_app_rotations:
+            # An anonymous push is refused before any signature or key is checked: a new
+            # app rarely rotates (members' bundles are not capped: they learn admitted apps).
+            return OfferOutcome(
+                False,
+                app_id,
+                None,
+                PolicyFailure.TOO_MANY_ROTATIONS,
+                f"{len(bundle.rotations)} rotations: this node accepts at most "
+                f"{self.new_app_rotations} for an app it has not admitted",
+            )
+        raw = bytes(bundle.encode())
+        digest = bundle_hash(raw)
+        if digest not in self._cache:
+            probe = PolicyStore(self.kms_mpk, max_version_step=self._store.max_version_step)
+            try:
+                probe.check_authentic(bundle.signed, bundle.rotations)
+            except PolicyError as exc:
+                return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
+            self._cache_put(app_id, raw, digest)
+        else:
+            self._cache.move_to_end(digest)
         if voucher is not None:
-            self._vouch(entry, voucher, bundle)
-            if len(entry.vouchers) >= self.vouch_threshold:
-                return self._admit_vouched(app_id, list(entry.vouchers.values()))
+            vouched = self._vouches.setdefault(app_id, {})
+            vouched[voucher] = digest
+            live = [h for h in vouched.values() if h in self._cache]
+            if len(live) >= self.vouch_threshold:
+                return self._admit_vouched(
+                    app_id, [decode_bundle(self._cache[h].raw) for h in live]
+                )
         self._evict()
+        return self._cached_outcome(app_id)
+
+    @staticmethod
+    def _cached_outcome(app_id: bytes) -> OfferOutcome:
         return OfferOutcome(
             False,
             app_id,
@@ -418,70 +557,103 @@ class AppRegistry:
         self._persist(rec)
         return OfferOutcome(True, app_id, rec.floor)
 
-    def lift_freeze(self, bundle: PolicyBundle) -> OfferOutcome:
-        """The operator resolves a fork: the app continues on ``bundle``'s chain (its policy
-        must be signed by that chain's owner and not older than the floor)."""
+    def resolve_fork(self, bundle: PolicyBundle) -> OfferOutcome:
+        """The operator resolves a fork (an explicit act, never a reload): the app continues
+        on ``bundle``'s chain.
+
+        The chain must verify and extend one of the branches seen (every record of the
+        branch, then any records after it); the policy must be signed by that chain's
+        owner, name this committee's MPK and have a version above the floor.
+        """
         app_id = bundle.signed.policy.app_id
         rec = self._records.get(app_id)
         if rec is None or not rec.frozen:
-            return OfferOutcome(False, app_id, None, PolicyFailure.MALFORMED, "not frozen")
+            return OfferOutcome(
+                False, app_id, None, PolicyFailure.MALFORMED, "the app is not frozen here"
+            )
         try:
             chain = OwnerChain.from_records(app_id, bundle.rotations, first_owner=_first(bundle))
             if bundle.signed.policy.owner_key != chain.current:
                 raise PolicyError(PolicyFailure.NOT_OWNER, "not the branch's owner")
             bundle.signed.verify_signature()
+            if bundle.signed.policy.kms_mpk != self.kms_mpk:
+                raise PolicyError(PolicyFailure.WRONG_MPK, "the policy names another master key")
         except PolicyError as exc:
-            return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
+            return OfferOutcome(False, app_id, rec.floor, exc.reason, exc.detail)
+        if bundle.signed.policy.version <= rec.floor:
+            return OfferOutcome(
+                False,
+                app_id,
+                rec.floor,
+                PolicyFailure.STALE_VERSION,
+                f"version {bundle.signed.policy.version} is not above the floor {rec.floor}",
+            )
+        known = [r for r in chain.records if (r.sequence, r.encode()) in rec.rotations]
+        if known != list(chain.records[: len(known)]):
+            return OfferOutcome(
+                False, app_id, rec.floor, PolicyFailure.ROTATION_FORK, "not one branch seen"
+            )
+        tip = chain.records[len(known) - 1] if known else None
+        owner = tip.next_key if tip is not None else chain.first_owner
+        extended = any(
+            seq == len(known) + 1 and r.previous_key == owner
+            for (seq, _), r in rec.rotations.items()
+        )
+        if extended:
+            # The branch seen continues past the records the bundle carries: it must
+            # carry the whole branch (the key that forked never becomes owner again).
+            return OfferOutcome(
+                False,
+                app_id,
+                rec.floor,
+                PolicyFailure.ROTATION_FORK,
+                "the chain stops before the end of a branch seen: carry the whole branch",
+            )
         try:
             self._store.replace(bundle)
         except PolicyError as exc:
-            return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
+            return OfferOutcome(False, app_id, rec.floor, exc.reason, exc.detail)
         rec.bundle = bundle
-        rec.floor = max(rec.floor, bundle.signed.policy.version)
+        for r in chain.records:
+            rec.rotations[(r.sequence, r.encode())] = r
+        rec.floor = bundle.signed.policy.version
         rec.frozen = False
         self._persist(rec)
         return OfferOutcome(True, app_id, rec.floor)
 
     # --- the cache ------------------------------------------------------------------------
 
-    def _cache_put(self, bundle: PolicyBundle) -> _Cached:
-        app_id = bundle.signed.policy.app_id
-        raw = bundle.encode()
-        entry = self._cache.get(app_id)
-        if entry is None:
-            entry = _Cached(bundle, raw)
-            self._cache[app_id] = entry
-        else:
-            self._cache_size -= entry.bytes
-            if bundle.signed.policy.version >= entry.bundle.signed.policy.version:
-                self._by_hash.pop(bundle_hash(entry.raw), None)
-                entry.bundle, entry.raw = bundle, raw
-        self._by_hash[bundle_hash(entry.raw)] = app_id
+    def _cache_put(self, app_id: bytes, raw: bytes, digest: bytes) -> None:
+        entry = _Cached(app_id, raw)
         entry.bytes = entry.size()
+        self._cache[digest] = entry
+        self._hashes_of.setdefault(app_id, set()).add(digest)
         self._cache_size += entry.bytes
-        return entry
 
-    def _vouch(self, entry: _Cached, voucher: int, bundle: PolicyBundle) -> None:
+    def _drop(self, digest: bytes) -> None:
+        entry = self._cache.pop(digest, None)
+        if entry is None:
+            return
         self._cache_size -= entry.bytes
-        entry.vouchers[voucher] = bundle
-        entry.bytes = entry.size()
-        self._cache_size += entry.bytes
+        hashes = self._hashes_of.get(entry.app_id)
+        if hashes is not None:
+            hashes.discard(digest)
+            if not hashes:
+                del self._hashes_of[entry.app_id]
+                self._vouches.pop(entry.app_id, None)
 
     def _evict(self) -> None:
         """Drop the oldest entries until the cache is within both bounds."""
         while self._cache and (
             len(self._cache) > self.cache_entries or self._cache_size > self.cache_bytes
         ):
-            _, entry = self._cache.popitem(last=False)
-            self._by_hash.pop(bundle_hash(entry.raw), None)
-            self._cache_size -= entry.bytes
+            self._drop(next(iter(self._cache)))
             self.evictions += 1
 
     def _uncache(self, app_id: bytes) -> None:
-        entry = self._cache.pop(app_id, None)
-        if entry is not None:
-            self._by_hash.pop(bundle_hash(entry.raw), None)
-            self._cache_size -= entry.bytes
+        for digest in list(self._hashes_of.get(app_id, ())):
+            self._drop(digest)
+        self._vouches.pop(app_id, None)
 
 
 def _first(bundle: PolicyBundle) -> bytes | None:

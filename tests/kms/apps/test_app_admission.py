@@ -7,6 +7,7 @@ key requests quoted by the simulated TEE.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import msgpack
 import trio
 
+from kms.api.admin import handle
 from kms.client.core import KeyRequestSession
 from kms.node.testing import MEASUREMENT, NOW, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey
@@ -81,6 +83,10 @@ def test_a_request_whose_bundle_was_swapped_is_refused(tmp_path: Path) -> None:
             assert owner.app_id() not in c.policies[1].registry  # type: ignore[operator]
 
     run(main)
+
+
+def _admin_req(token: bytes, op: str, **fields: str) -> bytes:
+    return json.dumps({"op": op, "token": token.decode(), **fields}).encode()
 
 
 def _rotate(old: OwnerKey, new: OwnerKey, chain: OwnerChain) -> OwnerChain:
@@ -204,10 +210,18 @@ def test_a_rotation_fork_freezes_the_app_until_the_operator_picks_a_branch(
             assert status["apps"]["frozen"] == [app.hex()]
             metrics = (await c.clients[1].get("/metrics")).text
             assert "qkms_apps_frozen 1" in metrics
-            # The operator, on the owner's word, places the real branch and reloads.
+            # A reload with the real branch's file in the directory lifts nothing: only
+            # the operator's explicit resolve-fork, on the owner's word, does.
             (pdir / f"{app.hex()}.policy").write_bytes(v3)
-            for p in c.policies.values():
-                p.reload(NOW)
+            token = b"operator-token"
+            for i in c.services:
+                reply = handle(c.services[i], token, _admin_req(token, "reload-policies"))
+                assert reply["ok"] and reply["frozen"] == 1, reply
+            assert not (await c.fetch_keys(app))[0].done
+            for i in c.services:
+                req = _admin_req(token, "resolve-fork", app_id=app.hex(), bundle=v3.hex())
+                reply = handle(c.services[i], token, req)
+                assert reply["ok"] and reply["version"] == 3, reply
             s, _ = await c.fetch_keys(app)
             assert s.done
             assert (await c.post_policy(1, fork)).json()["accepted"] is False
@@ -300,12 +314,13 @@ def test_a_member_that_does_not_know_an_admitted_app_learns_it_from_a_key_reques
     run(main)
 
 
-def test_a_member_that_first_admitted_a_thiefs_policy_moves_to_the_owners_chain(
+def test_a_member_that_never_heard_of_the_app_asks_the_committee_before_a_key_request(
     tmp_path: Path,
 ) -> None:
     """The race at a member that never heard of the app: a thief holding the rotated-away key
-    registers it there first (version 1000, the most a first version may be). Once the
-    members' digests bring the owner's rotation, the thief's policy is void."""
+    sends it a key request carrying a first version (1000, the most a first version may be).
+    Cut off from the committee, the member answers ``retry-later`` and admits nothing; once
+    it hears the members, it holds the owner's chain and the thief's key is not the owner."""
     k1, k2 = keys(60), keys(61)
     app = k1.app_id()
     chain = _rotate(k1, k2, OwnerChain.genesis(k1.public_bytes()))
@@ -318,16 +333,19 @@ def test_a_member_that_first_admitted_a_thiefs_policy_moves_to_the_owners_chain(
             v2 = app_bundle(k2, c.mpk, version=2, rotations=chain.records).encode()
             for i in (1, 2):
                 assert (await c.post_policy(i, v2)).json()["accepted"] is True
-            thief = app_bundle(k1, c.mpk, version=1000).encode()
-            s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3])
-            assert (c.policies[3].describe(app, NOW) or {}).get("version") == 1000
+            thief = app_bundle(k1, c.mpk, version=1000, measurement=ROGUE).encode()
+            s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3], measurement=ROGUE)
+            assert isinstance(answers[3], KeyRefusal) and answers[3].reason == "retry-later"
+            assert c.policies[3].describe(app, NOW) is None
             c.network.heal()
-            # A digest round: node 3 offers its (the thief's) bundle to the others; they
-            # refuse it as not_owner and answer with the owner's, which carries the rotation.
-            c.clock.t += 3601.0
-            with trio.fail_after(5):
+            s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3], measurement=ROGUE)
+            assert isinstance(answers[3], KeyRefusal), answers
+            with trio.fail_after(5):  # digest rounds bring the owner's chain
                 while (c.policies[3].describe(app, int(c.clock.t)) or {}).get("version") != 2:
-                    await trio.sleep(0.02)
+                    c.clock.t += 3601.0
+                    await trio.sleep(0.05)
+            info = c.policies[3].describe(app, int(c.clock.t)) or {}
+            assert info["owner_key"] == k2.public_bytes().hex()
             r = await c.post_policy(3, app_bundle(k1, c.mpk, version=1001, now=NOW).encode())
             assert r.json()["reason"] == "not_owner"
 
@@ -364,9 +382,10 @@ def test_members_answering_with_forked_chains_freeze_the_app_at_a_new_member(
     async def main() -> None:
         async with local_committee(tmp_path) as c:
             pid = {i: s.transport.local_peer for i, s in c.services.items()}
-            c.network.partition([[pid[1]], [pid[2]], [pid[3]]])
+            c.network.partition([[pid[1], pid[2]], [pid[3]]])
             s, _ = await c.fetch_keys(app, bundle=app_bundle(k1, c.mpk).encode(), nodes=[1, 2])
             assert s.done
+            c.network.partition([[pid[1]], [pid[2]], [pid[3]]])
             # The owner rotated at node 1, the thief (holding k1) at node 2.
             on_left = app_bundle(k2, c.mpk, version=2, rotations=left.records).encode()
             on_right = app_bundle(k3, c.mpk, version=2, rotations=right.records).encode()

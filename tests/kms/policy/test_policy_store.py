@@ -203,6 +203,8 @@ def test_every_store_refusal_reason_has_a_case() -> None:
         PolicyFailure.ROTATION_KEY_REUSED,
         PolicyFailure.APP_FROZEN,  # registry refusals: tests/kms/apps/
         PolicyFailure.UNKNOWN_APP,
+        PolicyFailure.TOO_MANY_ROTATIONS,
+        PolicyFailure.REJECTED_BRANCH,
     }
     assert store_reasons <= covered
 

@@ -439,6 +439,10 @@ class NodeService:
         now = self.clock.now()
         if now - self._queried.get(app_id, -math.inf) < self.QUERY_INTERVAL:
             return
+        # Pushes of ever new app ids cost the committee nothing beyond this budget: without
+        # it, every anonymous push of a fresh app would send n - 1 messages.
+        if not self._take_budget(ParticipantIndex(int(self.config.index)), "ask"):
+            return
         self._queried[app_id] = now
         while len(self._queried) > self.QUERY_MEMORY:
             self._queried.pop(next(iter(self._queried)))
@@ -544,9 +548,12 @@ class NodeService:
     GOSSIP_BUDGET: ClassVar[dict[str, tuple[float, float]]] = {
         "digest": (8.0, 0.5),
         "query": (64.0, 8.0),
+        "ask": (32.0, 4.0),
     }
     """Per member and kind: (burst, refill per second) of policy digests answered and of
-    policy queries answered with a bundle. Excess is dropped and counted."""
+    policy queries answered with a bundle; and, under this node's own index, of queries
+    this node sends about apps pushed to it or asked for that it has not admitted
+    (``ask``). Excess is dropped and counted."""
 
     def _take_budget(self, index: ParticipantIndex, kind: str) -> bool:
         burst, rate = self.GOSSIP_BUDGET[kind]

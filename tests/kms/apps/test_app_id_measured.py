@@ -38,6 +38,17 @@ def boot(app_id: bytes) -> tuple[bytes, dict[str, bytes]]:
 
 
 async def ask(c, app_id: bytes, bundle: bytes, log: bytes, m: dict[str, bytes]):  # type: ignore[no-untyped-def]
+    """One CVM request to every node, asked again (fresh) while a node answers
+    ``retry-later`` (it is asking the committee about an app it has not admitted)."""
+    for _ in range(100):
+        answers = await ask_once(c, app_id, bundle, log, m)
+        if not any(getattr(a, "reason", None) == "retry-later" for a in answers.values()):
+            return answers
+        await trio.sleep(0.02)
+    return answers
+
+
+async def ask_once(c, app_id: bytes, bundle: bytes, log: bytes, m: dict[str, bytes]):  # type: ignore[no-untyped-def]
     s = KeyRequestSession(
         c.chain, app_id, [("app", 1)], now=int(c.clock.now()), rng=os.urandom, bundle=bundle
     )

@@ -20,7 +20,7 @@ import trio
 import kms.policy.app as owner_app
 from kms.api.admin import handle
 from kms.client.core import KeyRequestSession
-from kms.node.testing import MEASUREMENT, LocalCommittee, app_bundle, local_committee
+from kms.node.testing import MEASUREMENT, LocalCommittee, app_boot, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey
 from kms.policy.gossip import PolicyAnnounce, PolicyDigest, PolicyQuery
 from kms.protocol import KeyRefusal, KeyRequest, bundle_hash
@@ -72,7 +72,7 @@ async def _name_bundle_once(c: LocalCommittee, node: int, app_id: bytes, raw: by
     s = KeyRequestSession(
         c.chain, app_id, (("app", 1),), now=int(c.clock.now()), rng=os.urandom, bundle=raw
     )
-    m = MEASUREMENT
+    log, m = app_boot(app_id)  # a CVM booted for the app: its RTMR3 carries the app id
     quote = c.tee.quote(
         s.report_data,
         mr_td=m["mr_td"],
@@ -81,7 +81,7 @@ async def _name_bundle_once(c: LocalCommittee, node: int, app_id: bytes, raw: by
         rtmr2=m["rtmr2"],
         rtmr3=m["rtmr3"],
     )
-    req = s.attach_quote(quote)
+    req = s.attach_quote(quote, log)
     named = KeyRequest(req.body, req.quote, req.event_log, b"")
     r = await c.clients[node].post(
         "/v1/keys", content=named.encode(), headers={"content-type": "application/msgpack"}

@@ -699,17 +699,15 @@ class NodeService:
                 return refusal
         return bundle
 
-    CONSULT_WAIT = 1.0
-    """Seconds (monotonic) after which ``t - 1`` other members' answers suffice (this node's
-    own "not admitted" is the t-th), so one unreachable member does not block new apps."""
     CONSULT_RESEND = 0.5
     """Seconds (monotonic) after which the query goes again to members that did not answer."""
 
     def _consult_committee(self, app_id: bytes, bundle: Any) -> KeyRefusal | None:
         """Before a key request admits an app this node has not admitted: the committee is
         asked (``kms/policy-query``) and the request refused ``retry-later`` until ``t``
-        other members answered (all of them if fewer; ``t - 1`` once ``CONSULT_WAIT`` has
-        passed). Members holding the app answer with its bundle (``t`` of those admit it
+        other members answered (all of them if fewer), so that at least one answer comes
+        from an honest member: this node's own "not admitted" says nothing of what the
+        others hold. Members holding the app answer with its bundle (``t`` of those admit it
         here, with the union of their chains, and the request is then checked against it);
         the others answer ``kms/policy-unknown``. A bundle whose chain disagrees with one
         a member sent is refused."""
@@ -726,11 +724,10 @@ class NodeService:
             consult = self._consults[app_id] = [mono, -math.inf, set()]
             while len(self._consults) > self.QUERY_MEMORY:
                 self._consults.pop(next(iter(self._consults)))
-        started, sent, unknown = consult
+        _, sent, unknown = consult
         vouched = self.policies.vouched(app_id, int(self.clock.now()))
         answered = (unknown | set(vouched)) & set(others)
-        waited = mono - started >= self.CONSULT_WAIT
-        if len(answered) < need and not (waited and len(answered) >= need - 1):
+        if len(answered) < need:
             if mono - sent >= self.CONSULT_RESEND:
                 consult[1] = mono
                 for to in others:

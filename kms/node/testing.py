@@ -148,13 +148,15 @@ class LocalCommittee:
         nodes: Sequence[int] | None = None,
         measurement: dict[str, bytes] | None = None,
         event_log: bytes = b"",
+        retry: bool = True,
     ) -> tuple[KeyRequestSession, dict[int, KeyResponse | KeyRefusal]]:
         """A CVM's key request to ``nodes`` (all by default), through each node's HTTP app.
 
         By default the CVM is booted for ``app_id`` (:func:`app_boot`: its event log
         carries the app id); ``measurement`` (and ``event_log``) quote another CVM.
         Like ``kms.client``, asks again (a fresh request) while nodes answer ``retry-later``
-        (they are asking the committee about an app they have not admitted), for up to 5 s.
+        (they are asking the committee about an app they have not admitted), for up to 5 s,
+        unless ``retry`` is false.
         """
         if measurement is None:
             event_log, measurement = app_boot(app_id)
@@ -163,10 +165,10 @@ class LocalCommittee:
             s, answers = await self._fetch_once(
                 app_id, bundle, purposes, nodes, measurement, event_log
             )
-            retry = any(
+            asked_again = any(
                 isinstance(a, KeyRefusal) and a.reason == "retry-later" for a in answers.values()
             )
-            if s.done or not retry or trio.current_time() > deadline:
+            if s.done or not retry or not asked_again or trio.current_time() > deadline:
                 return s, answers
             await trio.sleep(0.02)
 

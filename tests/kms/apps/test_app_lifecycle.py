@@ -343,3 +343,48 @@ def test_a_key_request_signed_by_a_rotated_away_key_waits_for_the_committee(
             assert s.done
 
     run(main)
+
+
+def test_members_that_answer_unknown_first_do_not_let_a_key_request_admit_a_thiefs_chain(
+    tmp_path: Path,
+) -> None:
+    """Nodes 1 and 2 hold the app under K2 (rotated from K1). Node 3 has not admitted it
+    and hears only node 4, which answers "unknown" at once (ignorant, or one of the t - 1
+    corrupt members lying). A thief holding K1 sends node 3 a key request carrying a K1
+    bundle. However long node 1 and 2's answers take, node 3 keeps answering retry-later:
+    t other members must answer, so at least one is honest. Once they do, the thief is
+    refused."""
+    k1, k2 = keys(901), keys(902)
+    app_id = k1.app_id()
+    chain = _rotate(k1, k2, OwnerChain.genesis(k1.public_bytes()))
+    pdir = tmp_path / "operator"
+    pdir.mkdir()
+
+    async def main() -> None:
+        async with local_committee(
+            tmp_path, n=4, threshold=2, policies_dir=lambda i: pdir if i in (1, 2) else None
+        ) as c:
+            pid = {i: s.transport.local_peer for i, s in c.services.items()}
+            c.network.partition([[pid[1], pid[2]], [pid[3], pid[4]]])
+            owner = app_bundle(k2, c.mpk, version=2, rotations=chain.records)
+            (pdir / "app.policy").write_bytes(owner.encode())
+            for i in (1, 2):
+                assert admin(c, i, {"op": "reload-policies"})["admitted"] == 1
+            thief = app_bundle(k1, c.mpk, version=3).encode()
+            deadline = trio.current_time() + 2.5  # well past any fixed wait of a second
+            while trio.current_time() < deadline:
+                _, answers = await c.fetch_keys(app_id, bundle=thief, nodes=[3], retry=False)
+                assert isinstance(answers[3], KeyRefusal), answers
+                assert answers[3].reason == "retry-later", answers
+                await trio.sleep(0.1)
+            c.network.heal()
+            with trio.fail_after(10):
+                while True:
+                    _, answers = await c.fetch_keys(app_id, bundle=thief, nodes=[3], retry=False)
+                    assert isinstance(answers[3], KeyRefusal), answers
+                    if answers[3].reason != "retry-later":
+                        break
+                    await trio.sleep(0.1)
+            assert (await c.clients[3].get(f"/v1/policies/{app_id.hex()}")).status_code == 404
+
+    run(main)

@@ -21,7 +21,7 @@ import kms.policy.app as owner_app
 from kms.api.admin import handle
 from kms.client.core import KeyRequestSession
 from kms.node.testing import MEASUREMENT, LocalCommittee, app_boot, app_bundle, local_committee
-from kms.policy import OwnerChain, OwnerKey
+from kms.policy import OwnerChain, OwnerKey, build_event_log, dstack_boot_events
 from kms.policy.gossip import PolicyAnnounce, PolicyDigest, PolicyQuery
 from kms.protocol import KeyRefusal, KeyRequest, bundle_hash
 from mpc.codec import Message, decode
@@ -370,21 +370,41 @@ def test_members_that_answer_unknown_first_do_not_let_a_key_request_admit_a_thie
             (pdir / "app.policy").write_bytes(owner.encode())
             for i in (1, 2):
                 assert admin(c, i, {"op": "reload-policies"})["admitted"] == 1
-            thief = app_bundle(k1, c.mpk, version=3).encode()
+            # The thief's CVM is booted for the app (its RTMR3 carries the app id) with a
+            # compose file of its own, which only the thief's policy admits.
+            log, rtmr3 = build_event_log(
+                dstack_boot_events(app_id=app_id, compose_hash=b"\xee" * 32)
+            )
+            rogue = {**MEASUREMENT, "rtmr3": rtmr3}
+            thief = app_bundle(k1, c.mpk, version=3, measurement=rogue).encode()
+
+            async def steal() -> dict[int, Any]:
+                _, answers = await c.fetch_keys(
+                    app_id,
+                    bundle=thief,
+                    nodes=[3],
+                    measurement=rogue,
+                    event_log=log.encode(),
+                    retry=False,
+                )
+                return answers
+
             deadline = trio.current_time() + 2.5  # well past any fixed wait of a second
             while trio.current_time() < deadline:
-                _, answers = await c.fetch_keys(app_id, bundle=thief, nodes=[3], retry=False)
+                answers = await steal()
                 assert isinstance(answers[3], KeyRefusal), answers
                 assert answers[3].reason == "retry-later", answers
                 await trio.sleep(0.1)
             c.network.heal()
             with trio.fail_after(10):
                 while True:
-                    _, answers = await c.fetch_keys(app_id, bundle=thief, nodes=[3], retry=False)
+                    answers = await steal()
                     assert isinstance(answers[3], KeyRefusal), answers
                     if answers[3].reason != "retry-later":
                         break
                     await trio.sleep(0.1)
-            assert (await c.clients[3].get(f"/v1/policies/{app_id.hex()}")).status_code == 404
+            # Node 3 holds the owner's chain now, not the thief's.
+            info = (await c.clients[3].get(f"/v1/policies/{app_id.hex()}")).json()
+            assert info.get("owner_key") in (None, k2.public_bytes().hex()), info
 
     run(main)

@@ -34,13 +34,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# Every test, slow multi-process ones included, plus ruff and mypy.
+# Every test, slow multi-process ones included, plus ruff and mypy. The in-process tests
+# run on two workers; the slow multi-process ones, which keep wall-clock deadlines, one
+# at a time after them.
 test: lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 -m "not slow or parallel"
+	$(PY) -m pytest -q -m "slow and not parallel"
 
 # Inner loop: skips the slow (multi-process, real network) tests.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -x
+	$(PY) -m pytest -q -n 2 -m "not slow" -x
 
 demo: $(STAMP)
 	$(PY) -m kms.demo

@@ -12,6 +12,7 @@ from sim.scenario import SCENARIO_DIR, Scenario
 
 
 @pytest.mark.slow
+@pytest.mark.parallel  # a virtual clock: nothing here waits on the wall clock
 def test_n64_with_21_malicious_dealers(sim_seed: int) -> None:
     sc = Scenario.load_file(SCENARIO_DIR / "malicious-dealers-at-scale.toml")
     assert (sc.n, sc.threshold, len(sc.corrupt_nodes())) == (64, 43, 21)

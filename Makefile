@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 # run on two workers; the slow multi-process ones, which keep wall-clock deadlines, one
 # at a time after them.
 test: lint typecheck
-	$(PY) -m pytest -q -n 2 -m "not slow or parallel"
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow or parallel"
 	$(PY) -m pytest -q -m "slow and not parallel"
 
 # Inner loop: skips the slow (multi-process, real network) tests.

@@ -300,13 +300,20 @@ class NodePolicies:
     # --- offers (HTTP and gossip) -------------------------------------------------------------
 
     def offer(
-        self, raw: bytes, now: int, voucher: int | None = None
+        self,
+        raw: bytes,
+        now: int,
+        voucher: int | None = None,
+        members: frozenset[int] | None = None,
     ) -> tuple[int, dict[str, Any], OfferOutcome | None]:
         """A bundle pushed by anyone (``voucher`` None) or sent by committee member ``voucher``.
+        ``members`` are the current committee's indices: only their vouches count.
 
         Returns (HTTP status, reply, outcome).
         """
         reg = self.ready(now)
+        if reg is not None and members is not None:
+            reg.current_members = members
         if reg is None:
             return (
                 503,

@@ -429,19 +429,19 @@ class NodeService:
             log.info("policy accepted", extra={"fields": {"app": reply.get("app_id")}})
             self._announce_policy(raw)  # the committee passes it on (kms.policy.gossip)
         elif out is not None and out.cached and out.app_id is not None:
-            self._query_committee(out.app_id)
+            self._query_committee(out.app_id, "ask-push")
         return int(code), dict(reply)
 
     # --- policy gossip (``kms.policy.gossip``) ---------------------------------------------
 
-    def _query_committee(self, app_id: bytes) -> None:
+    def _query_committee(self, app_id: bytes, budget: str = "ask") -> None:
         """Ask the other members for an app this node does not know (at most once a minute)."""
         now = self.clock.now()
         if now - self._queried.get(app_id, -math.inf) < self.QUERY_INTERVAL:
             return
         # Pushes of ever new app ids cost the committee nothing beyond this budget: without
         # it, every anonymous push of a fresh app would send n - 1 messages.
-        if not self._take_budget(ParticipantIndex(int(self.config.index)), "ask"):
+        if not self._take_budget(ParticipantIndex(int(self.config.index)), budget):
             return
         self._queried[app_id] = now
         while len(self._queried) > self.QUERY_MEMORY:
@@ -511,7 +511,11 @@ class NodeService:
             if consult is not None:
                 consult[2].add(int(index))
             return
-        code, reply, _ = self.policies.offer(message.bundle, now, voucher=int(index))
+        st = self.core.state
+        members = frozenset(int(i) for i in st.committee.indices) if st is not None else frozenset()
+        code, reply, _ = self.policies.offer(
+            message.bundle, now, voucher=int(index), members=members
+        )
         accepted = bool(reply.get("accepted"))
         reason = None if accepted or code == 503 else str(reply.get("reason", "refused"))
         relay, blame = offer_outcome(accepted, bool(reply.get("duplicate")), reason)
@@ -549,11 +553,16 @@ class NodeService:
         "digest": (8.0, 0.5),
         "query": (64.0, 8.0),
         "ask": (32.0, 4.0),
+        "ask-push": (32.0, 4.0),
+        "consult": (64.0, 16.0),
     }
     """Per member and kind: (burst, refill per second) of policy digests answered and of
     policy queries answered with a bundle; and, under this node's own index, of queries
-    this node sends about apps pushed to it or asked for that it has not admitted
-    (``ask``). Excess is dropped and counted."""
+    this node sends about apps it has not admitted: those a CVM's key request asked for
+    (``ask``) and those anyone pushed (``ask-push``, its own budget, so that a flood of
+    anonymous pushes cannot starve the queries quoted requests need), and the rounds of
+    queries sent before a key request admits an app (``consult``). Excess is dropped and
+    counted."""
 
     def _take_budget(self, index: ParticipantIndex, kind: str) -> bool:
         burst, rate = self.GOSSIP_BUDGET[kind]
@@ -624,7 +633,7 @@ class NodeService:
             if self.policies is not None:
                 # A frozen app is refused; an app not admitted here may be admitted by the
                 # bundle the request carries (bound by the quote's report data).
-                gate = self._policy_gate(decoded, now)
+                gate = self._policy_gate(decoded, now, checked.quote.fields.rtmr3)
                 if isinstance(gate, KeyRefusal):
                     self.metrics.rejected["key request: " + gate.reason] += 1
                     return 403, gate.encode()
@@ -682,7 +691,7 @@ class NodeService:
             self._query_committee(bytes(decoded.body.app_id))  # perhaps a member knows it
         return 403, res.refusal.encode()
 
-    def _policy_gate(self, req: KeyRequest, now: int) -> Any:
+    def _policy_gate(self, req: KeyRequest, now: int, rtmr3: bytes) -> Any:
         """Before the releaser: a frozen app is refused; for an app this node has not
         admitted, the bundle the request carries or names (``None`` if it names none)."""
         from kms.node.release import Refusal
@@ -694,6 +703,15 @@ class NodeService:
         if why:
             return KeyRefusal(Refusal.BUNDLE.value, why[:500])
         if bundle is not None:
+            # One boot admits at most one app: before the committee is asked, the request's
+            # event log must replay to the quote's RTMR3 with this app's boot-prefix app-id
+            # (the full policy check repeats this after the quote is verified).
+            if not self._measured_app(req, rtmr3):
+                return KeyRefusal(
+                    Refusal.POLICY.value,
+                    "app_id_not_measured: a key request that admits an app needs an RTMR3 "
+                    "event log whose boot prefix names the app",
+                )
             refusal = self._consult_committee(bytes(app_id), bundle)
             if refusal is not None:
                 return refusal
@@ -701,6 +719,18 @@ class NodeService:
 
     CONSULT_RESEND = 0.5
     """Seconds (monotonic) after which the query goes again to members that did not answer."""
+
+    @staticmethod
+    def _measured_app(req: KeyRequest, rtmr3: bytes) -> bool:
+        from kms.policy import EventLogError
+        from kms.policy.eventlog import replay_rtmr3
+
+        if not req.event_log:
+            return False
+        try:
+            return replay_rtmr3(bytes(req.event_log), rtmr3).app_id == bytes(req.body.app_id)
+        except EventLogError:
+            return False
 
     def _consult_committee(self, app_id: bytes, bundle: Any) -> KeyRefusal | None:
         """Before a key request admits an app this node has not admitted: the committee is
@@ -728,7 +758,9 @@ class NodeService:
         vouched = self.policies.vouched(app_id, int(self.clock.now()))
         answered = (unknown | set(vouched)) & set(others)
         if len(answered) < need:
-            if mono - sent >= self.CONSULT_RESEND:
+            if mono - sent >= self.CONSULT_RESEND and self._take_budget(
+                ParticipantIndex(int(self.config.index)), "consult"
+            ):
                 consult[1] = mono
                 for to in others:
                     if to not in answered:

@@ -179,6 +179,9 @@ class AppRegistry:
         self._held_hash: dict[bytes, bytes] = {}  # bundle hash -> app, for the held bundles
         self._refused: OrderedDict[bytes, tuple[PolicyFailure, str]] = OrderedDict()
         self._vouches: dict[bytes, dict[int, bytes]] = {}  # app -> member -> bundle hash
+        self.current_members: frozenset[int] | None = None
+        """The current committee's indices, set by the node: a vouch from anyone else (a
+        member since removed, say) never counts, whenever it was sent."""
         self._records: dict[bytes, AppRecord] = {}
         self._sorted: list[bytes] = []
         self._frozen: set[bytes] = set()
@@ -455,7 +458,12 @@ class AppRegistry:
         if voucher is not None:
             vouched = self._vouches.setdefault(app_id, {})
             vouched[voucher] = digest
-            live = [h for h in vouched.values() if h in self._cache]
+            members = self.current_members
+            live = [
+                h
+                for m, h in vouched.items()
+                if h in self._cache and (members is None or m in members)
+            ]
             if len(live) >= self.vouch_threshold:
                 return self._admit_vouched(
                     app_id, [decode_bundle(self._cache[h].raw) for h in live]

@@ -19,7 +19,7 @@ import trio
 from kms.api.admin import handle
 from kms.client.core import KeyRequestSession
 from kms.node.testing import MEASUREMENT, NOW, app_bundle, local_committee
-from kms.policy import OwnerChain, OwnerKey
+from kms.policy import OwnerChain, OwnerKey, build_event_log, dstack_boot_events
 from kms.protocol import KeyRefusal, KeyRequest
 from mpc.codec import decode
 
@@ -348,12 +348,19 @@ def test_a_member_that_never_heard_of_the_app_asks_the_committee_before_a_key_re
             v2 = app_bundle(k2, c.mpk, version=2, rotations=chain.records).encode()
             for i in (1, 2):
                 assert (await c.post_policy(i, v2)).json()["accepted"] is True
-            thief = app_bundle(k1, c.mpk, version=1000, measurement=ROGUE).encode()
-            s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3], measurement=ROGUE)
+            # The thief's CVM is booted for the app with a compose file of its own.
+            log, rtmr3 = build_event_log(dstack_boot_events(app_id=app, compose_hash=b"\xee" * 32))
+            rogue = {**MEASUREMENT, "rtmr3": rtmr3}
+            thief = app_bundle(k1, c.mpk, version=1000, measurement=rogue).encode()
+            s, answers = await c.fetch_keys(
+                app, bundle=thief, nodes=[3], measurement=rogue, event_log=log.encode(), retry=False
+            )
             assert isinstance(answers[3], KeyRefusal) and answers[3].reason == "retry-later"
             assert c.policies[3].describe(app, NOW) is None
             c.network.heal()
-            s, answers = await c.fetch_keys(app, bundle=thief, nodes=[3], measurement=ROGUE)
+            s, answers = await c.fetch_keys(
+                app, bundle=thief, nodes=[3], measurement=rogue, event_log=log.encode()
+            )
             assert isinstance(answers[3], KeyRefusal), answers
             with trio.fail_after(5):  # digest rounds bring the owner's chain
                 while (c.policies[3].describe(app, int(c.clock.t)) or {}).get("version") != 2:

@@ -20,7 +20,7 @@ import trio
 import kms.policy.app as owner_app
 from kms.api.admin import handle
 from kms.client.core import KeyRequestSession
-from kms.node.testing import MEASUREMENT, LocalCommittee, app_boot, app_bundle, local_committee
+from kms.node.testing import MEASUREMENT, NOW, LocalCommittee, app_boot, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey, build_event_log, dstack_boot_events
 from kms.policy.gossip import PolicyAnnounce, PolicyDigest, PolicyQuery
 from kms.protocol import KeyRefusal, KeyRequest, bundle_hash
@@ -410,5 +410,29 @@ def test_members_that_answer_unknown_first_do_not_let_a_key_request_admit_a_thie
             # Node 3 holds the owner's chain now, not the thief's.
             info = (await c.clients[3].get(f"/v1/policies/{app_id.hex()}")).json()
             assert info.get("owner_key") in (None, k2.public_bytes().hex()), info
+
+    run(main)
+
+
+def test_a_vouch_from_a_member_no_longer_in_the_committee_never_counts(tmp_path: Path) -> None:
+    """Committee admission needs t vouches from current members. A member that vouched and
+    was then removed (or a corrupt member of an earlier epoch) does not count, so t - 1
+    corrupt members of two epochs together cannot reach t."""
+    k = keys(951)
+
+    async def main() -> None:
+        async with local_committee(tmp_path, n=4, threshold=2) as c:
+            raw = app_bundle(k, c.mpk).encode()
+            node = c.policies[4]
+            everyone = frozenset({1, 2, 3, 4})
+            _, reply, _ = node.offer(raw, NOW, voucher=1, members=everyone)
+            assert reply["accepted"] is False  # one vouch of two
+            # Member 1 leaves the committee; member 2 vouches.
+            _, reply, _ = node.offer(raw, NOW, voucher=2, members=frozenset({2, 3, 4}))
+            assert reply["accepted"] is False, reply
+            assert node.describe(k.app_id(), NOW) is None
+            # A second current member's vouch admits it.
+            _, reply, _ = node.offer(raw, NOW, voucher=3, members=frozenset({2, 3, 4}))
+            assert reply["accepted"] is True, reply
 
     run(main)

@@ -39,7 +39,7 @@ from kms.policy import (
     build_event_log,
     dstack_boot_events,
 )
-from kms.protocol import KeyRefusal, KeyResponse
+from kms.protocol import KeyRefusal, KeyRequest, KeyResponse
 from kms.store import NodeStore, TEESealer
 from mpc import hpke
 from mpc.codec import decode
@@ -172,15 +172,19 @@ class LocalCommittee:
                 return s, answers
             await trio.sleep(0.02)
 
-    async def _fetch_once(
+    def key_request(
         self,
         app_id: bytes,
-        bundle: bytes,
-        purposes: Sequence[tuple[str, int]],
-        nodes: Sequence[int] | None,
-        measurement: dict[str, bytes],
-        event_log: bytes,
-    ) -> tuple[KeyRequestSession, dict[int, KeyResponse | KeyRefusal]]:
+        *,
+        bundle: bytes = b"",
+        purposes: Sequence[tuple[str, int]] = (("app", 1),),
+        measurement: dict[str, bytes] | None = None,
+        event_log: bytes = b"",
+    ) -> tuple[KeyRequestSession, KeyRequest]:
+        """A CVM's key request, quoted by the committee's simulated TEE (by default from a
+        CVM booted for ``app_id``, :func:`app_boot`), and the session that reads answers."""
+        if measurement is None:
+            event_log, measurement = app_boot(app_id)
         s = KeyRequestSession(
             self.chain,
             app_id,
@@ -198,7 +202,20 @@ class LocalCommittee:
             rtmr2=m["rtmr2"],
             rtmr3=m["rtmr3"],
         )
-        req = s.attach_quote(quote, event_log)
+        return s, s.attach_quote(quote, event_log)
+
+    async def _fetch_once(
+        self,
+        app_id: bytes,
+        bundle: bytes,
+        purposes: Sequence[tuple[str, int]],
+        nodes: Sequence[int] | None,
+        measurement: dict[str, bytes],
+        event_log: bytes,
+    ) -> tuple[KeyRequestSession, dict[int, KeyResponse | KeyRefusal]]:
+        s, req = self.key_request(
+            app_id, bundle=bundle, purposes=purposes, measurement=measurement, event_log=event_log
+        )
         answers: dict[int, KeyResponse | KeyRefusal] = {}
         for i in nodes or sorted(self.services):
             r = await self.clients[i].post(

@@ -12,13 +12,11 @@ So one genuine CVM boot admits at most one app.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from pathlib import Path
 
 import trio
 
-from kms.client.core import KeyRequestSession
 from kms.node.testing import MEASUREMENT, app_bundle, local_committee
 from kms.policy import OwnerKey, build_event_log, dstack_boot_events
 from kms.protocol import KeyRefusal, KeyResponse
@@ -49,10 +47,7 @@ async def ask(c, app_id: bytes, bundle: bytes, log: bytes, m: dict[str, bytes]):
 
 
 async def ask_once(c, app_id: bytes, bundle: bytes, log: bytes, m: dict[str, bytes]):  # type: ignore[no-untyped-def]
-    s = KeyRequestSession(
-        c.chain, app_id, [("app", 1)], now=int(c.clock.now()), rng=os.urandom, bundle=bundle
-    )
-    req = s.attach_quote(c.tee.quote(s.report_data, **m), log)
+    _, req = c.key_request(app_id, bundle=bundle, measurement=m, event_log=log)
     answers = {}
     for i in sorted(c.services):
         r = await c.clients[i].post(

@@ -10,7 +10,6 @@ bundle by its hash; digests and queries from a member cost a bounded amount.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,7 @@ import trio
 
 import kms.policy.app as owner_app
 from kms.api.admin import handle
-from kms.client.core import KeyRequestSession
-from kms.node.testing import MEASUREMENT, NOW, LocalCommittee, app_boot, app_bundle, local_committee
+from kms.node.testing import MEASUREMENT, NOW, LocalCommittee, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey, build_event_log, dstack_boot_events
 from kms.policy.gossip import PolicyAnnounce, PolicyDigest, PolicyQuery
 from kms.protocol import KeyRefusal, KeyRequest, bundle_hash
@@ -69,19 +67,7 @@ async def request_naming_bundle(c: LocalCommittee, node: int, app_id: bytes, raw
 
 
 async def _name_bundle_once(c: LocalCommittee, node: int, app_id: bytes, raw: bytes) -> Any:
-    s = KeyRequestSession(
-        c.chain, app_id, (("app", 1),), now=int(c.clock.now()), rng=os.urandom, bundle=raw
-    )
-    log, m = app_boot(app_id)  # a CVM booted for the app: its RTMR3 carries the app id
-    quote = c.tee.quote(
-        s.report_data,
-        mr_td=m["mr_td"],
-        rtmr0=m["rtmr0"],
-        rtmr1=m["rtmr1"],
-        rtmr2=m["rtmr2"],
-        rtmr3=m["rtmr3"],
-    )
-    req = s.attach_quote(quote, log)
+    _, req = c.key_request(app_id, bundle=raw)  # a CVM booted for the app
     named = KeyRequest(req.body, req.quote, req.event_log, b"")
     r = await c.clients[node].post(
         "/v1/keys", content=named.encode(), headers={"content-type": "application/msgpack"}

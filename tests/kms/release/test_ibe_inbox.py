@@ -13,12 +13,11 @@ import os
 import random
 
 import pytest
-from mesh import Mesh, make_nodes
+from release_committee import genesis_cores
 
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyReleaseError, KeyRequestSession
-from kms.node.core import NodeConfig, NodeCore
 from kms.node.release import KeyReleaser, Refusal, Released, policies_from
 from kms.policy import AppPolicy, Measurement, OwnerKey
 from mpc import ibe
@@ -37,19 +36,7 @@ N, T = 4, 2
 
 @pytest.fixture(scope="module")
 def world():  # type: ignore[no-untyped-def]
-    nodes = make_nodes(range(1, N + 1), 31)
-    genesis = tuple(nodes[PI(i)].participant for i in range(1, N + 1))
-    rng = random.Random(6)
-    cores = {
-        PI(i): NodeCore(
-            NodeConfig(PI(i), genesis, T, genesis_start=1.0, delta=0.5, window_period=1000.0),
-            nodes[PI(i)].identity,
-            nodes[PI(i)].dkg_key,
-            rng=rng.randbytes,
-        )
-        for i in range(1, N + 1)
-    }
-    Mesh(cores, seed=2, max_delay=0.15, ticks=[k * 0.25 for k in range(80)]).run_until(19.0)
+    nodes, cores, rng = genesis_cores(N, T, key_seed=31, rng_seed=6, mesh_seed=2)
     mpk = cores[PI(1)].state.mpk
     chain = verify_chain(cores[PI(2)].chain, mpk=mpk)
     tee = SimulatedTEE(random.Random(12).randbytes, now=NOW)

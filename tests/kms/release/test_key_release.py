@@ -8,12 +8,11 @@ import random
 from dataclasses import replace
 
 import pytest
-from mesh import Mesh, make_nodes
+from release_committee import genesis_cores
 
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyReleaseError, KeyRequestSession, verify_wrong_partial
-from kms.node.core import NodeConfig, NodeCore
 from kms.node.release import KeyReleaser, Refusal, Released, policies_from
 from kms.policy import AppPolicy, Measurement, OwnerKey
 from kms.protocol import KeyResponse, KeyShareResponse
@@ -32,20 +31,7 @@ MR = {
 
 @pytest.fixture(scope="module")
 def world():  # type: ignore[no-untyped-def]
-    n, t = 5, 3
-    nodes = make_nodes(range(1, n + 1), 77)
-    genesis = tuple(nodes[PI(i)].participant for i in range(1, n + 1))
-    rng = random.Random(5)
-    cores = {
-        PI(i): NodeCore(
-            NodeConfig(PI(i), genesis, t, genesis_start=1.0, delta=0.5, window_period=1000.0),
-            nodes[PI(i)].identity,
-            nodes[PI(i)].dkg_key,
-            rng=rng.randbytes,
-        )
-        for i in range(1, n + 1)
-    }
-    Mesh(cores, seed=1, max_delay=0.15, ticks=[k * 0.25 for k in range(80)]).run_until(19.0)
+    nodes, cores, rng = genesis_cores(5, 3, key_seed=77, rng_seed=5, mesh_seed=1)
     mpk = cores[PI(1)].state.mpk
     chain = verify_chain(cores[PI(3)].chain, mpk=mpk)  # the CVM's own verification
     tee = SimulatedTEE(random.Random(9).randbytes, now=NOW)

@@ -13,13 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from mesh import Mesh, make_nodes
+from release_committee import genesis_cores
 
 from kms.api.http import MSGPACK, make_app
 from kms.attest import Verifier
 from kms.attest.simulated import SIMULATED_FMSPC, XFAM, SimulatedTEE
 from kms.client.core import KeyRequestSession
-from kms.node.core import NodeConfig, NodeCore
 from kms.node.release import KeyReleaser, Released, policies_from
 from kms.policy import (
     AppPolicy,
@@ -72,20 +71,7 @@ class Node:
 
 @pytest.fixture(scope="module")
 def committee():  # type: ignore[no-untyped-def]
-    n, t = 4, 2
-    nodes = make_nodes(range(1, n + 1), 78)
-    genesis = tuple(nodes[PI(i)].participant for i in range(1, n + 1))
-    rng = random.Random(6)
-    cores = {
-        PI(i): NodeCore(
-            NodeConfig(PI(i), genesis, t, genesis_start=1.0, delta=0.5, window_period=1000.0),
-            nodes[PI(i)].identity,
-            nodes[PI(i)].dkg_key,
-            rng=rng.randbytes,
-        )
-        for i in range(1, n + 1)
-    }
-    Mesh(cores, seed=2, max_delay=0.15, ticks=[k * 0.25 for k in range(80)]).run_until(19.0)
+    nodes, cores, rng = genesis_cores(4, 2, key_seed=78, rng_seed=6, mesh_seed=2)
     mpk = cores[PI(1)].state.mpk
     chain = verify_chain(cores[PI(2)].chain, mpk=mpk)
     return chain, cores[PI(1)].share, nodes[PI(1)].identity, mpk.to_bytes()

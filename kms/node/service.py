@@ -384,9 +384,7 @@ class NodeService:
             self._nursery.start_soon(self._sender, ob.to, recv)
             q = send
         st = self.core.state
-        env = Envelope(
-            1, ob.message.TYPE, st.epoch if st else 0, int(self.config.index), ob.message.encode()
-        )
+        env = Envelope.of(ob.message, epoch=st.epoch if st else 0, sender=int(self.config.index))
         try:
             q.send_nowait(encode_envelope(env))
             self.metrics.messages_out[ob.message.TYPE] += 1

@@ -69,15 +69,17 @@ def devnet_copy(tmp_path: Path) -> Path:
     return dst
 
 
-def raw_meta(path: Path, name: str) -> bytes | None:
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+def raw_meta(path: Path, name: str, *, immutable: bool = False) -> bytes | None:
+    # immutable: reading the committed fixture must not leave -wal/-shm files next to it
+    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+    with closing(sqlite3.connect(uri, uri=True)) as db:
         row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
     return None if row is None else bytes(row[0])
 
 
 def test_the_fixture_was_written_with_schema_1(tmp_path: Path) -> None:
     for i in (1, 2):
-        assert raw_meta(FIXTURE / f"node-{i}" / "node.db", "schema_version") == b"1"
+        assert raw_meta(FIXTURE / f"node-{i}" / "node.db", "schema_version", immutable=True) == b"1"
 
 
 @pytest.mark.parametrize("index", [1, 2])

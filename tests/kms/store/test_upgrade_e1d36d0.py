@@ -178,6 +178,7 @@ async def _after_migration_the_nodes_serve_the_same_keys(tmp_path: Path) -> None
             service.policies.ready(NOW)
             (app,) = service.store.apps()
             assert app.app_id == APP_ID and app.version_floor == 2
+            assert app.admitted_by == "operator" and not app.frozen
             record = decode(app.rotations[0][1])
             assert isinstance(record, RotationRecord)
             assert record.encode().hex() == RECORDED["owner_rotation"]["rotation_record"]

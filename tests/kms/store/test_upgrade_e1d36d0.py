@@ -122,16 +122,22 @@ def _identity_public(seed: bytes) -> bytes:
     return SigningKey.from_seed(seed).verify_key().to_bytes()
 
 
+Nodes = dict[int, tuple[NodeService, httpx.AsyncClient]]
+
+
 @asynccontextmanager
-async def upgraded_nodes(root: Path) -> AsyncIterator[dict[int, tuple[NodeService, Any]]]:
-    """Nodes 1 and 2 started by today's code from the migrated e1d36d0 directories,
-    as ``kms node run`` builds them, on a memory network, with the clock of the old run."""
+async def upgraded_nodes(
+    root: Path, indices: tuple[int, ...] = (1, 2)
+) -> AsyncIterator[tuple[Nodes, MemoryNetwork]]:
+    """Nodes started by today's code from the migrated e1d36d0 directories, as
+    ``kms node run`` builds them, on a memory network, with the clock of the old run."""
     network = MemoryNetwork()
     clock = SettableClock(float(NOW))
-    nodes: dict[int, tuple[NodeService, Any]] = {}
+    nodes: Nodes = {}
     stores = []
+    transports = []
     async with trio.open_nursery() as nursery:
-        for i in (1, 2):
+        for i in indices:
             cfg = load(root / f"node-{i}" / "node.toml")
             store = open_store(cfg)
             stores.append(store)
@@ -139,6 +145,7 @@ async def upgraded_nodes(root: Path) -> AsyncIterator[dict[int, tuple[NodeServic
             assert ident is not None
             transport = MemoryTransport(network, peer_id_from_ed25519(_identity_public(ident[0])))
             await transport.__aenter__()
+            transports.append(transport)
             service = NodeService(cfg.protocol, store, transport, {}, clock=clock)
             service.collateral = make_collateral(cfg)
             service.releaser = make_releaser(cfg, service)
@@ -150,11 +157,13 @@ async def upgraded_nodes(root: Path) -> AsyncIterator[dict[int, tuple[NodeServic
             )
             nodes[i] = (service, client)
         try:
-            yield nodes
+            yield nodes, network
         finally:
             for _, client in nodes.values():
                 await client.aclose()
             nursery.cancel_scope.cancel()
+    for transport in transports:
+        await transport.__aexit__(None, None, None)
     for store in stores:
         store.close()
 
@@ -166,7 +175,7 @@ def test_after_migration_the_nodes_serve_the_same_keys(tmp_path: Path) -> None:
 async def _after_migration_the_nodes_serve_the_same_keys(tmp_path: Path) -> None:
     root = devnet_copy(tmp_path)
     mpk = G2.from_bytes(bytes.fromhex(RECORDED["master_public_key"]))
-    async with upgraded_nodes(root) as nodes:
+    async with upgraded_nodes(root) as (nodes, _network):
         one = nodes[1][0]
         st = one.core.state
         assert st is not None and st.epoch == 1 and st.mpk == mpk
@@ -208,9 +217,10 @@ def test_an_old_version_peer_is_refused_without_a_crash_or_a_fork(tmp_path: Path
 
 
 async def _an_old_version_peer_is_refused_without_a_crash_or_a_fork(tmp_path: Path) -> None:
-    """Node 2 still runs e1d36d0 and replays what it sent then; node 1 runs today's code."""
+    """Node 2 still runs e1d36d0 and sends what it sent then, over the network, to
+    node 1, which runs today's code."""
     root = devnet_copy(tmp_path)
-    async with upgraded_nodes(root) as nodes:
+    async with upgraded_nodes(root, (1,)) as (nodes, network):
         one, _ = nodes[1]
         two_peer = one.peer_of(ParticipantIndex(2))
         assert two_peer is not None
@@ -219,8 +229,13 @@ async def _an_old_version_peer_is_refused_without_a_crash_or_a_fork(tmp_path: Pa
         before = (st.epoch, st.mpk, share_to_bytes(one.core.share), list(one.store.chain()))
         audit_before = one.store.audit_head()
         assert {f["sender"] for f in FRAMES} == {2}
-        for f in FRAMES:
-            one.handle_frame(two_peer, bytes.fromhex(f["frame"]))
+        async with MemoryTransport(network, two_peer) as old_node:
+            for f in FRAMES:
+                await old_node.send(one.transport.local_peer, bytes.fromhex(f["frame"]))
+            with trio.fail_after(10):
+                while sum(one.metrics.rejected.values()) < len(FRAMES):
+                    await trio.sleep(0.01)
+            await trio.sleep(0.1)  # nothing else arrives, nothing else happens
         assert one.metrics.rejected == {"envelope: unknown-version": len(FRAMES)}
         assert sum(one.metrics.messages_in.values()) == 0
         st = one.core.state
@@ -239,7 +254,7 @@ async def _a_measurement_the_migrated_policy_does_not_admit_is_refused(tmp_path:
     """A CVM measurement the migrated policy does not admit gets a refusal, not keys."""
     root = devnet_copy(tmp_path)
     mpk = G2.from_bytes(bytes.fromhex(RECORDED["master_public_key"]))
-    async with upgraded_nodes(root) as nodes:
+    async with upgraded_nodes(root) as (nodes, _network):
         one, client = nodes[1]
         chain = verify_chain(one.core.chain, mpk=mpk)
         session = KeyRequestSession(chain, APP_ID, [("app", 1)], now=NOW, rng=os.urandom)

@@ -180,6 +180,7 @@ async def _after_migration_the_nodes_serve_the_same_keys(tmp_path: Path) -> None
         st = one.core.state
         assert st is not None and st.epoch == 1 and st.mpk == mpk
         assert one.core.share is not None
+        assert one.core.retained_epochs == [0]  # the old share is still kept
         # The owner rotation survived: the app is admitted from the policies directory
         # with its rotation record, at the version the second owner signed.
         for service, _ in nodes.values():

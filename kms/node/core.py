@@ -1237,6 +1237,18 @@ class NodeCore:
         self._holders_since = None
         # Kept shares of this epoch (or older) are decided: used above, or another outcome won.
         self._kept = {r: k for r, k in self._kept.items() if k[0] > state.epoch}
+        run = self._run
+        if (
+            run is not None
+            and run.config.epoch <= state.epoch
+            and (run.config.epoch, run.config.attempt) != (state.epoch, link.transcript.attempt)
+        ):
+            # Another attempt of a decided epoch: this node signs no second outcome for it.
+            cfg = run.config
+            self._events.append(
+                RunFailed(cfg.kind, cfg.epoch, cfg.attempt, "another attempt is certified")
+            )
+            self._run = None
         if link.transcript.kind == "reshare" and old_state is not None:
             if previous_share is not None:
                 self._retained[old_state.epoch] = previous_share

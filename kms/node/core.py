@@ -85,7 +85,7 @@ after it became ready here is reported (``NodeStatus.share_holders_below_thresho
 MAX_KEPT_SHARES = 8
 """Shares of finalized runs that failed locally, kept in memory in case their
 certificate arrives late (they are persisted as run records too)."""
-ACK_RUN_PREFIX = b"acks"
+ACK_RUN_LABEL = b"acks"
 """Run id prefix of the acknowledgements this node received for one epoch certificate."""
 Link = EpochCertificate | MembershipCertificate
 
@@ -434,7 +434,7 @@ class NodeCore:
 
     @staticmethod
     def _ack_run(cert: EpochCertificate) -> bytes:
-        return ACK_RUN_PREFIX + cert.hash()
+        return ACK_RUN_LABEL + cert.hash()
 
     def _keep_runs(self) -> tuple[bytes, ...]:
         """Acknowledgement records still in use: the head's and retained shares' trackers."""

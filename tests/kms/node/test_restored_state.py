@@ -176,3 +176,52 @@ def test_a_removed_member_without_a_share_does_not_crash_its_node(tmp_path: Path
         for e in mesh.events[PI(5)]
     )
     c.close()
+
+
+def test_node_init_keeps_the_passphrase_outside_the_data_directory(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    from kms.cli import app
+    from kms.store import PassphraseSealer, SealError
+
+    def open_store(directory: Path) -> NodeStore:
+        node = tomllib.loads((directory / "node.toml").read_text())["node"]
+        if "passphrase_file" in node:
+            return NodeStore(
+                directory / "node.db",
+                PassphraseSealer.from_file(directory / node["passphrase_file"]),
+            )
+        return NodeStore(directory / "node.db", PassphraseSealer.from_env(node["passphrase_env"]))
+
+    runner = CliRunner()
+    node = tmp_path / "data" / "n1"
+    result = runner.invoke(app, ["node", "init", "--dir", str(node), "--json"])
+    assert result.exit_code == 0, result.output
+    secret = (tmp_path / "data" / "n1.passphrase").read_text().strip()
+    assert len(secret) == 64
+    # A copy of the data directory alone holds no passphrase.
+    for f in node.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    with open_store(node) as store:
+        assert store.load_identity() is not None
+    # Or from an environment variable: no passphrase file at all.
+    env_node = tmp_path / "data" / "n2"
+    monkeypatch.setenv("N2_PASSPHRASE", "x" * 40)
+    result = runner.invoke(
+        app, ["node", "init", "--dir", str(env_node), "--passphrase-env", "N2_PASSPHRASE"]
+    )
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "data" / "n2.passphrase").exists()
+    with open_store(env_node) as store:
+        assert store.load_identity() is not None
+    monkeypatch.setenv("N2_PASSPHRASE", "y" * 40)
+    try:
+        open_store(env_node).close()
+        raise AssertionError("a wrong passphrase opened the store")
+    except SealError:
+        pass

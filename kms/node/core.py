@@ -365,8 +365,13 @@ class NodeCore:
         self._holders_since: float | None = None
         self._holders_reported = -1
         self.share_error: str | None = None
+        self._ran_epochs: set[int] = set()
+        """Epochs this process ran a sharing run of (or, from a restart, may have)."""
+        self._ran_epochs.add(0)
         if restored.chain:
             before = self._restore_chain(list(restored.chain))
+            head = self.state.epoch if self.state is not None else 0
+            self._ran_epochs |= {head, head + 1}
             self._restore_shares(before)
 
     def _restore_shares(self, before: ChainState | None) -> None:
@@ -409,7 +414,7 @@ class NodeCore:
             )
             for raw in self._records(self._ack_run(cert)).values():
                 self._restore_ack(raw)
-        if self.share is None and self.me in st.committee.indices and st.pending is None:
+        if self.share is None and self.me in st.committee.indices:
             share = self._persisted_share(st.certificate, before)
             if share is not None:
                 self.share = share
@@ -910,6 +915,7 @@ class NodeCore:
             attempt += 1
         cfg = self._genesis_config(attempt)
         self._run_attempt = attempt
+        self._ran_epochs.add(0)
         self._run = self._sharing_session(cfg, None)
         self._run.advance_time(self._now)
         self._replay_early()
@@ -959,6 +965,8 @@ class NodeCore:
         if it matches the certificate's public share for this index and the persisted
         certificate partial, if any, names the certified transcript."""
         tr = cert.transcript
+        if tr.epoch not in self._ran_epochs and not self._kept:
+            return None  # catching up: this node ran no run of that epoch, nothing is stored
         if tr.kind == "dkg":
             cfg: SharingConfig | None = self._genesis_config(tr.attempt)
         else:
@@ -1027,6 +1035,7 @@ class NodeCore:
         if cfg is None:  # pragma: no cover - extend() checked it
             return
         self._run_attempt = attempt
+        self._ran_epochs.add(cfg.epoch)
         self._reshare_runs[cfg.run_id()] = cfg
         while len(self._reshare_runs) > MAX_RESHARE_RUNS:
             del self._reshare_runs[next(iter(self._reshare_runs))]
@@ -1050,7 +1059,11 @@ class NodeCore:
         if st is None or self._epoch_ready_at is None:
             return
         if self._window is not None:
-            self._window.advance_time(self._now)
+            try:
+                self._window.advance_time(self._now)
+            except (LocalProtocolError, InvalidSignature, InvalidEncoding) as exc:
+                self._session_broke(self._window, exc)
+                return
             self._collect(self._window)
             if self._window.phase in (
                 WindowPhase.DECIDED,
@@ -1170,11 +1183,7 @@ class NodeCore:
         while len(self._kept) > MAX_KEPT_SHARES:
             del self._kept[next(iter(self._kept))]
         st = self.state
-        if (
-            st is not None
-            and st.pending is None
-            and st.certificate.transcript.hash() == res.transcript.hash()
-        ):
+        if st is not None and st.certificate.transcript.hash() == res.transcript.hash():
             self._late_share(st.certificate, res.share)
 
     def _adopt_epoch(self, cert: EpochCertificate, session: SharingSession) -> None:

@@ -172,6 +172,13 @@ def status(
         t.add_row(k, str(st.get(k)))
     t.add_row("committee", ", ".join(str(m["index"]) for m in st.get("committee", [])))
     t.add_row("peers", str(len(st.get("peers", []))))
+    if "share_holders" in st:
+        holders = ", ".join(str(i) for i in st["share_holders"])
+        if st.get("share_holders_below_threshold"):
+            holders += "  [fewer than t: the master key may be unrecoverable]"
+        t.add_row("share holders", holders)
+    if st.get("share_error"):
+        t.add_row("share error", str(st["share_error"]))
     out.print(t)
 
 

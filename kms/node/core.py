@@ -50,6 +50,7 @@ from mpc.dkg.messages import CertificatePartial, Participant
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
+from mpc.math.fields import scalar_from_bytes
 from mpc.membership import (
     AddMember,
     ChainError,
@@ -70,7 +71,7 @@ from mpc.membership import (
 )
 from mpc.membership.messages import ChainRequest, ChainUpdate, Change, OutcomePartial
 from mpc.reshare import Acknowledgement, RetentionTracker
-from mpc.secret import RNG, SecretShare
+from mpc.secret import RNG, SecretScalar, SecretShare
 from mpc.sig import SigningKey
 
 MAX_EARLY_MESSAGES = 4096
@@ -78,6 +79,14 @@ MAX_RESHARE_RUNS = 16
 """Reshare configurations kept for judging evidence (the most recent runs)."""
 CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
+HOLDERS_GRACE_DELTAS = 10
+"""A certified epoch in which this node knows fewer than ``t`` share holders this many Δ
+after it became ready here is reported (``NodeStatus.share_holders_below_threshold``)."""
+MAX_KEPT_SHARES = 8
+"""Shares of finalized runs that failed locally, kept in memory in case their
+certificate arrives late (they are persisted as run records too)."""
+ACK_RUN_LABEL = b"acks"
+"""Run id prefix of the acknowledgements this node received for one epoch certificate."""
 Link = EpochCertificate | MembershipCertificate
 
 
@@ -179,6 +188,9 @@ class EpochSwitched:
     certificate: EpochCertificate
     share: SecretShare | None
     state: ChainState
+    keep_runs: tuple[bytes, ...] = ()
+    """Run records that must survive the switch (acknowledgements still in use); the
+    records of every other run are of no further use once this event is stored."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +235,26 @@ class RunFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class ShareHoldersBelowThreshold:
+    """Emitted once per epoch: a grace period after the epoch became ready, this node knows
+    fewer than ``threshold`` members that hold a share of it (own share and verified
+    acknowledgements). If that is true, no key can be served and the master secret may be
+    unrecoverable."""
+
+    epoch: int
+    known: tuple[ParticipantIndex, ...]
+    threshold: int
+
+
+@dataclass(frozen=True)
+class ShareRefused:
+    """A stored share does not match the chain's public share: it is not used."""
+
+    epoch: int
+    reason: str
+
+
 NodeEvent = (
     StoreRecord
     | EpochSwitched
@@ -232,6 +264,8 @@ NodeEvent = (
     | InputRejected
     | ApprovalRefused
     | RunFailed
+    | ShareHoldersBelowThreshold
+    | ShareRefused
 )
 
 
@@ -263,6 +297,12 @@ class NodeStatus:
     """Approvals this node refused after checking the proposal: (id hex, reason)."""
     waiting: tuple[str, ...] = ()
     """Approved proposal ids not seen yet (checked and sent once they are)."""
+    share_holders: tuple[ParticipantIndex, ...] = ()
+    """Members known to hold a share of the current epoch (own share, acknowledgements)."""
+    share_holders_below_threshold: bool = False
+    """The grace period is over and fewer than ``threshold`` share holders are known."""
+    share_error: str | None = None
+    """Why a stored share was refused (it does not match the chain's public share)."""
 
 
 # --- the node -----------------------------------------------------------------
@@ -320,21 +360,111 @@ class NodeCore:
         self._participants: dict[ParticipantIndex, Participant] = {
             ParticipantIndex(p.index): p for p in config.genesis
         }
+        self._kept: dict[bytes, tuple[int, SecretShare]] = {}
+        self._holders: dict[ParticipantIndex, Acknowledgement] = {}
+        self._holders_since: float | None = None
+        self._holders_reported = -1
+        self.share_error: str | None = None
+        self._ran_epochs: set[int] = set()
+        """Epochs this process ran a sharing run of (or, from a restart, may have)."""
+        self._ran_epochs.add(0)
         if restored.chain:
-            self._restore_chain(list(restored.chain))
+            before = self._restore_chain(list(restored.chain))
+            head = self.state.epoch if self.state is not None else 0
+            self._ran_epochs |= {head, head + 1}
+            self._restore_shares(before)
+
+    def _restore_shares(self, before: ChainState | None) -> None:
+        """Check the restored shares against the chain; adopt a persisted share of the head's
+        run if this node has none (it finalized the run but the certificate reached it late);
+        rebuild what it knows about share holders and the retention trackers."""
+        st = self.state
+        if st is None:
+            return
+        if self.share is not None:
+            pk = st.public_shares.get(self.me)
+            if (
+                self.share.index != self.me
+                or pk is None
+                or self.share.value.value * G2.generator() != pk
+            ):
+                reason = (
+                    f"the stored share of epoch {st.epoch} does not match the chain's public "
+                    f"share for index {int(self.me)}: it is not used, and this node serves no "
+                    "keys until it gets a new share"
+                )
+                self.share_error = reason
+                self._events.append(ShareRefused(st.epoch, reason))
+                self.share = None
+        for e, old in sorted(self._retained.items()):
+            old_state = self.epoch_state(e)
+            pk = old_state.public_shares.get(self.me) if old_state is not None else None
+            if old.index != self.me or pk is None or old.value.value * G2.generator() != pk:
+                reason = f"the retained share of epoch {e} does not match that epoch's public share"
+                self._events.append(ShareRefused(e, reason))
+                del self._retained[e]
+        for raw in self._records(self._ack_run(st.certificate)).values():
+            self._restore_ack(raw)
+        for e in sorted(self._retained):
+            cert = self._epoch_certificate(e + 1)
+            if cert is None:
+                continue
+            self._trackers[e] = RetentionTracker(
+                cert, {i: p.verify_key() for i, p in self._participants.items()}
+            )
+            for raw in self._records(self._ack_run(cert)).values():
+                self._restore_ack(raw)
+        if self.share is None and self.me in st.committee.indices:
+            share = self._persisted_share(st.certificate, before)
+            if share is not None:
+                self.share = share
+                self.share_error = None
+                self._events.append(
+                    EpochSwitched(st.epoch, st.certificate, share, st, self._keep_runs())
+                )
+                self._acknowledge(st.certificate)
+
+    def _restore_ack(self, raw: bytes) -> None:
+        try:
+            ack = Acknowledgement.decode(raw)
+            self._take_ack(ParticipantIndex(ack.index), ack, persist=False)
+        except (MessageDecodeError, RemoteProtocolError):
+            pass  # an unreadable record proves nothing: the acknowledgement counts as missing
+
+    def _epoch_certificate(self, epoch: int) -> EpochCertificate | None:
+        for link in self.chain:
+            if isinstance(link, EpochCertificate) and link.transcript.epoch == epoch:
+                return link
+        return None
+
+    @staticmethod
+    def _ack_run(cert: EpochCertificate) -> bytes:
+        return ACK_RUN_LABEL + cert.hash()
+
+    def _keep_runs(self) -> tuple[bytes, ...]:
+        """Acknowledgement records still in use: the head's and retained shares' trackers."""
+        keep = {self._ack_run(t.certificate) for t in self._trackers.values()}
+        if self.state is not None:
+            keep.add(self._ack_run(self.state.certificate))
+        return tuple(sorted(keep))
 
     # --- restoring -------------------------------------------------------------
 
-    def _restore_chain(self, links: list[Link]) -> None:
+    def _restore_chain(self, links: list[Link]) -> ChainState | None:
+        """Restore the stored chain; returns the state before its last epoch certificate."""
         first = links[0]
         if not isinstance(first, EpochCertificate):
             raise LocalProtocolError("stored chain does not start with the genesis certificate")
         self._check_genesis(first)
         state = genesis_state(self._mpk_of(first), first)
+        before: ChainState | None = None
         for link in links[1:]:
+            if isinstance(link, EpochCertificate):
+                before = state
             state = extend(state, link)
         self.chain = links
         self._set_state(state)
+        return before
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -595,6 +725,11 @@ class NodeCore:
             last_refresh=self.last_refresh,
             refused=tuple((pid.hex(), r) for pid, (r, _) in sorted(self._refused.items())),
             waiting=tuple(pid.hex() for pid in sorted(self._deferred)),
+            share_holders=tuple(sorted(self._holders)),
+            share_holders_below_threshold=(
+                st is not None and self._holders_due() and len(self._holders) < st.threshold
+            ),
+            share_error=self.share_error,
         )
 
     def chain_update(self, have: int = 0) -> ChainUpdate:
@@ -612,15 +747,17 @@ class NodeCore:
             if message.have < 0:
                 raise RemoteProtocolError("negative chain position", [peer])
             self._outbox.append(Outbound(peer, self.chain_update(message.have)))
+            own = self._holders.get(self.me)
+            if own is not None:
+                # A member catching up (or restarted) learns who holds shares from these.
+                self._outbox.append(Outbound(peer, own))
             return
         if isinstance(message, Acknowledgement):
-            tracker = self._trackers.get(message.epoch - 1)
-            if tracker is None:
+            if self.state is None or message.epoch > self.state.epoch:
                 # The new epoch may not be certified here yet: keep a few for later.
-                if self.state is None or message.epoch > self.state.epoch:
-                    self._early_acks.append((peer, message))
+                self._early_acks.append((peer, message))
                 return
-            tracker.add(message, peer)
+            self._take_ack(peer, message)
             return
         if peer not in self._participants:
             raise RemoteProtocolError("message from a peer that is not a participant", [peer])
@@ -629,7 +766,7 @@ class NodeCore:
             # For a run or window that has not started here yet: keep it for later.
             self._early.append((peer, message))
             return
-        target.receive(peer, message, now)
+        self._deliver(target, peer, message, now)
 
     def _route(self, message: Message) -> SharingSession | DecisionWindow | None:
         if isinstance(message, BroadcastPayload | DigestRelay):
@@ -661,9 +798,11 @@ class NodeCore:
                 self._early.append((peer, msg))
                 continue
             try:
-                target.receive(peer, msg, self._now)
+                self._deliver(target, peer, msg, self._now)
             except RemoteProtocolError as exc:
                 self._events.append(InputRejected(peer, str(exc)))
+            except (InvalidEncoding, InvalidSignature) as exc:
+                self._events.append(InputRejected(peer, f"{type(exc).__name__}: {exc}"))
 
     # --- chain sync ------------------------------------------------------------------------
 
@@ -728,19 +867,44 @@ class NodeCore:
             try:
                 self._run.advance_time(now)
             except (LocalProtocolError, InvalidSignature, InvalidEncoding) as exc:
-                # A run that breaks locally fails alone; the node and the old epoch go on.
-                cfg = self._run.config
-                self._events.append(
-                    RunFailed(cfg.kind, cfg.epoch, cfg.attempt, f"local error: {exc}")
-                )
-                self._run = None
-                if cfg.kind == "reshare":
-                    self._run_attempt = cfg.attempt + 1
+                self._session_broke(self._run, exc)
             else:
                 self._collect(self._run)
         if self.state is not None and self.state.pending is not None and self._run is None:
             self._start_reshare(self._run_attempt)
         self._windows()
+
+    def _session_broke(self, session: SharingSession | DecisionWindow, exc: Exception) -> None:
+        """A run or window that breaks locally fails alone; the node and its epoch go on."""
+        if isinstance(session, SharingSession):
+            self._collect(session)
+            cfg = session.config
+            self._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, f"local error: {exc}"))
+            if self._run is session:
+                self._run = None
+                if cfg.kind == "reshare":
+                    self._run_attempt = cfg.attempt + 1
+        else:
+            self._collect(session)
+            epoch = self.state.epoch if self.state is not None else 0
+            self._events.append(RunFailed("window", epoch, session.window, f"local error: {exc}"))
+            if self._window is session:
+                self._tally = session.tally.copy()
+                self._window = None
+
+    def _deliver(
+        self,
+        target: SharingSession | DecisionWindow,
+        peer: ParticipantIndex,
+        message: Message,
+        now: float,
+    ) -> None:
+        """Hand a message to a run or window. Remote faults propagate as
+        ``RemoteProtocolError``; a local error the input triggers fails that run only."""
+        try:
+            target.receive(peer, message, now)
+        except LocalProtocolError as exc:
+            self._session_broke(target, exc)
 
     def _genesis_indices(self) -> list[ParticipantIndex]:
         return [ParticipantIndex(p.index) for p in self.config.genesis]
@@ -749,7 +913,15 @@ class NodeCore:
         # Attempts whose deadlines have all passed are over for everyone: skip them.
         while self._now >= self.config.genesis_schedule(attempt).end:
             attempt += 1
-        cfg = SharingConfig(
+        cfg = self._genesis_config(attempt)
+        self._run_attempt = attempt
+        self._ran_epochs.add(0)
+        self._run = self._sharing_session(cfg, None)
+        self._run.advance_time(self._now)
+        self._replay_early()
+
+    def _genesis_config(self, attempt: int) -> SharingConfig:
+        return SharingConfig(
             kind="dkg",
             epoch=0,
             attempt=attempt,
@@ -759,10 +931,71 @@ class NodeCore:
             schedule=self.config.genesis_schedule(attempt),
             admission_policy_hash=self.config.admission_policy_hash,
         )
-        self._run_attempt = attempt
-        self._run = self._sharing_session(cfg, None)
-        self._run.advance_time(self._now)
-        self._replay_early()
+
+    def _reshare_config(self, st: ChainState, attempt: int) -> SharingConfig | None:
+        """The configuration of reshare ``attempt`` after ``st`` (which has a pending change)."""
+        if st.pending is None:
+            return None
+        outcome = st.pending.outcome
+        new = apply_change(st.committee, outcome.proposal.change)
+        if new is None:  # pragma: no cover - extend() checked it
+            return None
+        sched = self.config.reshare_schedule(
+            outcome.reshare_start, len(new.members), new.threshold, attempt
+        )
+        return SharingConfig(
+            kind="reshare",
+            epoch=st.epoch + 1,
+            attempt=attempt,
+            dealers=st.committee.members,
+            recipients=new.members,
+            threshold=new.threshold,
+            schedule=sched,
+            admission_policy_hash=new.admission_policy_hash,
+            previous_certificate_hash=st.head_hash,
+            old_threshold=st.threshold,
+            old_public_polynomial=tuple(self._public_polynomial(st)),
+        )
+
+    def _persisted_share(
+        self, cert: EpochCertificate, before: ChainState | None
+    ) -> SecretShare | None:
+        """This node's share of the run ``cert`` certifies, if it finalized that run: kept in
+        memory, or persisted as the run's ``share`` record (also across a restart). Used only
+        if it matches the certificate's public share for this index and the persisted
+        certificate partial, if any, names the certified transcript."""
+        tr = cert.transcript
+        if tr.epoch not in self._ran_epochs and not self._kept:
+            return None  # catching up: this node ran no run of that epoch, nothing is stored
+        if tr.kind == "dkg":
+            cfg: SharingConfig | None = self._genesis_config(tr.attempt)
+        else:
+            cfg = self._reshare_config(before, tr.attempt) if before is not None else None
+        if cfg is None or self.me not in cfg.recipient_indices:
+            return None
+        run = cfg.run_id()
+        records = self._records(run)
+        kept = self._kept.get(run)
+        share = kept[1] if kept is not None else None
+        if share is None:
+            raw = records.get("share")
+            if raw is None:
+                return None
+            try:
+                share = SecretShare(self.me, SecretScalar(scalar_from_bytes(raw)))
+            except (InvalidEncoding, ValueError):
+                return None
+        partial = records.get("certificate-partial")
+        if partial is not None:
+            try:
+                if CertificatePartial.decode(partial).transcript_hash != tr.hash():
+                    return None
+            except MessageDecodeError:
+                return None
+        pk = cert.public_shares().get(self.me)
+        if pk is None or share.value.value * G2.generator() != pk:
+            return None
+        return share
 
     def _sharing_session(self, cfg: SharingConfig, share: SecretShare | None) -> SharingSession:
         """The session for one run. The simulator overrides this to plug in adversaries."""
@@ -784,7 +1017,12 @@ class NodeCore:
         new = apply_change(st.committee, outcome.proposal.change)
         if new is None:  # pragma: no cover - extend() checked it
             return
-        if self.me not in st.committee.indices and self.me not in new.indices:
+        # Without a share for this epoch (a missed reshare) the node takes part as a
+        # recipient only; its dealer slot stays empty and it is left out of QUAL.
+        dealer_share = self.share if self.me in st.committee.indices else None
+        if self.me not in new.indices and dealer_share is None:
+            # Not a recipient, and (a leaving member without a share, or an outsider)
+            # nothing to deal: this node takes no part.
             return
         sched = self.config.reshare_schedule(
             outcome.reshare_start, len(new.members), new.threshold, attempt
@@ -793,28 +1031,24 @@ class NodeCore:
             # This attempt is already over (we were away): move on to the next one.
             self._run_attempt = attempt + 1
             return
-        cfg = SharingConfig(
-            kind="reshare",
-            epoch=st.epoch + 1,
-            attempt=attempt,
-            dealers=st.committee.members,
-            recipients=new.members,
-            threshold=new.threshold,
-            schedule=sched,
-            admission_policy_hash=new.admission_policy_hash,
-            previous_certificate_hash=st.head_hash,
-            old_threshold=st.threshold,
-            old_public_polynomial=tuple(self._public_polynomial(st)),
-        )
-        # Without a share for this epoch (a missed reshare) the node takes part as a
-        # recipient only; its dealer slot stays empty and it is left out of QUAL.
-        dealer_share = self.share if self.me in st.committee.indices else None
+        cfg = self._reshare_config(st, attempt)
+        if cfg is None:  # pragma: no cover - extend() checked it
+            return
         self._run_attempt = attempt
+        self._ran_epochs.add(cfg.epoch)
         self._reshare_runs[cfg.run_id()] = cfg
         while len(self._reshare_runs) > MAX_RESHARE_RUNS:
             del self._reshare_runs[next(iter(self._reshare_runs))]
-        self._run = self._sharing_session(cfg, dealer_share)
-        self._run.advance_time(self._now)
+        try:
+            self._run = self._sharing_session(cfg, dealer_share)
+            self._run.advance_time(self._now)
+        except (LocalProtocolError, InvalidSignature, InvalidEncoding) as exc:
+            # This node cannot take part (e.g. its old share does not match): the run goes
+            # on without it; the node and its epoch go on.
+            self._events.append(RunFailed("reshare", cfg.epoch, attempt, f"local error: {exc}"))
+            self._run = None
+            self._run_attempt = attempt + 1
+            return
         self._replay_early()
 
     def _public_polynomial(self, st: ChainState) -> list[G2]:
@@ -825,7 +1059,11 @@ class NodeCore:
         if st is None or self._epoch_ready_at is None:
             return
         if self._window is not None:
-            self._window.advance_time(self._now)
+            try:
+                self._window.advance_time(self._now)
+            except (LocalProtocolError, InvalidSignature, InvalidEncoding) as exc:
+                self._session_broke(self._window, exc)
+                return
             self._collect(self._window)
             if self._window.phase in (
                 WindowPhase.DECIDED,
@@ -919,6 +1157,7 @@ class NodeCore:
                     cfg = session.config
                     self._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, ev.reason))
                     self._run = None
+                    self._keep_finalized(session)
                     if cfg.kind == "dkg" and self.state is None:
                         # Only while there is no chain: a node that caught up through
                         # the chain gets its share from a prompt refresh instead.
@@ -932,6 +1171,20 @@ class NodeCore:
                     self._events.append(StoreRecord(wid, wev.key, wev.data, wev.secret))
                 elif isinstance(wev, MembershipCertified):
                     self._adopt_link(wev.certificate, state_after=None)
+
+    def _keep_finalized(self, session: SharingSession) -> None:
+        """A run that finalized (this node computed its share and may have signed) but failed
+        locally may still be certified by the others: keep its share (it is persisted too) and
+        use it if its certificate is already, or later, this node's head."""
+        res = session.result
+        if res is None or res.share is None:
+            return
+        self._kept[session.run_id] = (session.config.epoch, res.share)
+        while len(self._kept) > MAX_KEPT_SHARES:
+            del self._kept[next(iter(self._kept))]
+        st = self.state
+        if st is not None and st.certificate.transcript.hash() == res.transcript.hash():
+            self._late_share(st.certificate, res.share)
 
     def _adopt_epoch(self, cert: EpochCertificate, session: SharingSession) -> None:
         res = session.result
@@ -979,10 +1232,32 @@ class NodeCore:
             and new_share.value.value * G2.generator() != state.public_shares.get(new_share.index)
         ):
             new_share = None
+        in_committee = self.me in state.committee.indices
+        if new_share is None and in_committee:
+            # The certificate reached us through the chain: if this node finalized the
+            # certified run (it may have signed), its persisted share is that epoch's share.
+            new_share = self._persisted_share(link, old_state)
         previous_share = self.share
         self._set_state(state)
-        in_committee = self.me in state.committee.indices
         self.share = new_share if in_committee else None
+        if self.share is not None:
+            self.share_error = None
+        self._holders = {}
+        self._holders_since = None
+        # Kept shares of this epoch (or older) are decided: used above, or another outcome won.
+        self._kept = {r: k for r, k in self._kept.items() if k[0] > state.epoch}
+        run = self._run
+        if (
+            run is not None
+            and run.config.epoch <= state.epoch
+            and (run.config.epoch, run.config.attempt) != (state.epoch, link.transcript.attempt)
+        ):
+            # Another attempt of a decided epoch: this node signs no second outcome for it.
+            cfg = run.config
+            self._events.append(
+                RunFailed(cfg.kind, cfg.epoch, cfg.attempt, "another attempt is certified")
+            )
+            self._run = None
         if link.transcript.kind == "reshare" and old_state is not None:
             if previous_share is not None:
                 self._retained[old_state.epoch] = previous_share
@@ -991,7 +1266,7 @@ class NodeCore:
                 )
             if link.transcript.committee == old_state.committee.members:
                 self.last_refresh = self._now
-        self._events.append(EpochSwitched(state.epoch, link, self.share, state))
+        self._events.append(EpochSwitched(state.epoch, link, self.share, state, self._keep_runs()))
         self._my_proposals.clear()
         self._my_approvals.clear()
         self._deferred.clear()
@@ -1002,15 +1277,43 @@ class NodeCore:
         self._acknowledge(link)
         early, self._early_acks = list(self._early_acks), deque(maxlen=1024)
         for peer, early_ack in early:
-            tracker = self._trackers.get(early_ack.epoch - 1)
-            if tracker is None:
-                if early_ack.epoch > state.epoch:
-                    self._early_acks.append((peer, early_ack))
+            if early_ack.epoch > state.epoch:
+                self._early_acks.append((peer, early_ack))
                 continue
             try:
-                tracker.add(early_ack, peer)
+                self._take_ack(peer, early_ack)
             except RemoteProtocolError as exc:
                 self._events.append(InputRejected(peer, str(exc)))
+
+    def _take_ack(
+        self, peer: ParticipantIndex, ack: Acknowledgement, *, persist: bool = True
+    ) -> None:
+        """An acknowledgement: who holds a share of the current epoch, and what a retained
+        old share waits for. Persisted (verified) so a restart keeps both."""
+        st = self.state
+        if st is None:
+            return
+        idx = ParticipantIndex(ack.index)
+        if ack.epoch == st.epoch and idx not in self._holders:
+            member = next((p for p in st.committee.members if p.index == ack.index), None)
+            if member is None or ack.certificate_hash != st.certificate.hash():
+                raise RemoteProtocolError(
+                    "acknowledgement for another certificate or from a non-member", [peer]
+                )
+            try:
+                ack.verify(member.verify_key())
+            except InvalidSignature as exc:
+                raise RemoteProtocolError("bad acknowledgement signature", [peer]) from exc
+            self._holders[idx] = ack
+            if persist:
+                self._events.append(
+                    StoreRecord(
+                        self._ack_run(st.certificate), f"ack/{int(idx)}", ack.encode(), False
+                    )
+                )
+        tracker = self._trackers.get(ack.epoch - 1)
+        if tracker is not None:
+            tracker.add(ack, peer)
 
     def _acknowledge(self, link: EpochCertificate) -> None:
         """Tell old and new members that this node holds a share of the new epoch."""
@@ -1022,11 +1325,10 @@ class NodeCore:
         for i in sorted(everyone - {self.me}):
             self._outbox.append(Outbound(i, ack))
             self._outbox.append(Outbound(i, self.chain_update(len(self.chain) - 1)))
-        for tracker in self._trackers.values():
-            try:
-                tracker.add(ack, self.me)
-            except RemoteProtocolError:
-                pass
+        try:
+            self._take_ack(self.me, ack)
+        except RemoteProtocolError:  # pragma: no cover - our own, checked when created
+            pass
 
     def _late_share(self, link: Link, share: SecretShare | None) -> None:
         """Our own run finished after the certificate reached us through the chain."""
@@ -1041,7 +1343,8 @@ class NodeCore:
         if share.value.value * G2.generator() != state.public_shares.get(share.index):
             return
         self.share = share
-        self._events.append(EpochSwitched(state.epoch, link, share, state))
+        self.share_error = None
+        self._events.append(EpochSwitched(state.epoch, link, share, state, self._keep_runs()))
         self._acknowledge(link)
 
     def _incoming_members(self, state: ChainState) -> list[ParticipantIndex]:
@@ -1050,7 +1353,26 @@ class NodeCore:
         new = apply_change(state.committee, state.pending.outcome.proposal.change)
         return new.indices if new else []
 
+    def _holders_due(self) -> bool:
+        """Whether the grace period for learning who holds shares of this epoch is over."""
+        st = self.state
+        if st is None or self.me not in st.committee.indices or self._epoch_ready_at is None:
+            return False
+        if self._now == float("-inf"):
+            return False
+        if self._holders_since is None:
+            self._holders_since = self._now
+        start = max(self._epoch_ready_at, self._holders_since)
+        return self._now >= start + HOLDERS_GRACE_DELTAS * self.config.delta
+
     def _pump(self) -> None:
+        st = self.state
+        if st is not None and self._holders_reported != st.epoch and self._holders_due():
+            self._holders_reported = st.epoch
+            if len(self._holders) < st.threshold:
+                self._events.append(
+                    ShareHoldersBelowThreshold(st.epoch, tuple(sorted(self._holders)), st.threshold)
+                )
         for epoch, tracker in list(self._trackers.items()):
             if tracker.status().deletable and epoch in self._retained:
                 del self._retained[epoch]

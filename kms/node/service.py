@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -40,6 +40,8 @@ from kms.node.core import (
     Restored,
     RetainedShareDeletable,
     RunFailed,
+    ShareHoldersBelowThreshold,
+    ShareRefused,
     StoreRecord,
 )
 from kms.node.release import Checked, KeyReleaser, Refusal, Released
@@ -291,10 +293,29 @@ class NodeService:
     # --- a step: persist, then send --------------------------------------------------------
 
     def _step(self) -> None:
-        for ev in self.core.events():
-            self._handle_event(ev)
+        self.apply_events(self.core.events())
         for ob in self.core.messages_to_send():
             self._send(ob)
+
+    def apply_events(self, events: Iterable[object]) -> None:
+        """Persist and act on the core's events, in order (before sending the step's messages)."""
+        batch: list[StoreRecord] = []
+        for ev in events:
+            if isinstance(ev, StoreRecord):
+                batch.append(ev)
+                continue
+            self._put_records(batch)
+            batch = []
+            self._handle_event(ev)
+        self._put_records(batch)
+
+    def _put_records(self, records: list[StoreRecord]) -> None:
+        """One step's records of one run land in one transaction (a crash keeps all or none)."""
+        runs: dict[bytes, list[StoreRecord]] = {}
+        for r in records:
+            runs.setdefault(r.run, []).append(r)
+        for run, group in runs.items():
+            self.store.put_records(run, group)
 
     def _handle_event(self, ev: object) -> None:
         if isinstance(ev, StoreRecord):
@@ -313,9 +334,13 @@ class NodeService:
             self.metrics.epoch_switches += 1
             # Records of finished runs (dealt polynomials, signed messages) are of no
             # further use and some are secret: a dealt polynomial's constant term is
-            # an old share. Delete them once the new epoch is stored.
+            # an old share. Delete them once the new epoch is stored. The core has
+            # already taken its share of the certified run from them (if it finalized
+            # that run); other attempts of this epoch lost. Acknowledgements it still
+            # counts are kept.
             for run in self.store.runs():
-                self.store.delete_records(run)
+                if run not in ev.keep_runs:
+                    self.store.delete_records(run)
             self._learn_participants()
             log.info(
                 "epoch certified",
@@ -359,6 +384,23 @@ class NodeService:
                         "detail": ev.detail,
                     }
                 },
+            )
+        elif isinstance(ev, ShareHoldersBelowThreshold):
+            log.warning(
+                "too few share holders known for the current epoch: the master key may be"
+                " unrecoverable (see the operator guide)",
+                extra={
+                    "fields": {
+                        "epoch": ev.epoch,
+                        "known_holders": [int(i) for i in ev.known],
+                        "threshold": ev.threshold,
+                    }
+                },
+            )
+        elif isinstance(ev, ShareRefused):
+            log.error(
+                "stored share refused: it does not match the chain",
+                extra={"fields": {"epoch": ev.epoch, "reason": ev.reason}},
             )
         elif isinstance(ev, RunFailed):
             self.metrics.run_failures[ev.kind] += 1
@@ -951,6 +993,9 @@ class NodeService:
                 {"epoch": e, "missing_acknowledgements": [int(m) for m in miss]}
                 for e, miss in s.retained
             ],
+            "share_holders": [int(i) for i in s.share_holders],
+            "share_holders_below_threshold": s.share_holders_below_threshold,
+            "share_error": s.share_error,
             "last_refresh": s.last_refresh,
             "refused_approvals": [{"id": i, "reason": r} for i, r in s.refused],
             "approvals_waiting": list(s.waiting),
@@ -991,6 +1036,22 @@ class NodeService:
             ]
         )
         gauge("qkms_retained_shares", "Old shares kept until acknowledged.", len(s.retained))
+        gauge(
+            "qkms_known_share_holders",
+            "Members known to hold a share of the current epoch (own share, acknowledgements).",
+            len(s.share_holders),
+        )
+        gauge(
+            "qkms_share_holders_below_threshold",
+            "1 if, after a grace period, fewer than t members are known to hold a share of the"
+            " current epoch (the master key may be unrecoverable).",
+            int(s.share_holders_below_threshold),
+        )
+        gauge(
+            "qkms_share_refused",
+            "1 if the stored share does not match the chain's public share (no keys served).",
+            int(s.share_error is not None),
+        )
         gauge(
             "qkms_simulated_quotes_accepted",
             "1 if this node accepts simulated TEE quotes (development only).",

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from kms.node.limits import early_messages, peer_queue_bytes
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
 from mpc.cert import ZERO_HASH, EpochCertificate
@@ -73,7 +74,13 @@ from mpc.reshare import Acknowledgement, RetentionTracker
 from mpc.secret import RNG, SecretShare
 from mpc.sig import SigningKey
 
-MAX_EARLY_MESSAGES = 4096
+RECENTLY_REMOVED = 16
+"""Members removed from the committee whose chain requests are still answered (the most
+recent ones): a removed member learns of its removal. Nothing else of theirs is taken."""
+CHAIN_REQUEST_BURST = 4
+CHAIN_REQUEST_REFILL_DELTAS = 5
+"""Chain requests answered per peer: a burst of 4, then one more every this many Δ (an
+honest node asks on start and then at most every ``CHAIN_RETRY_DELTAS`` Δ)."""
 MAX_RESHARE_RUNS = 16
 """Reshare configurations kept for judging evidence (the most recent runs)."""
 CHAIN_RETRY_DELTAS = 20
@@ -294,7 +301,13 @@ class NodeCore:
         self._now = float("-inf")
         self._outbox: list[Outbound] = []
         self._events: list[NodeEvent] = []
-        self._early: deque[tuple[ParticipantIndex, Message]] = deque(maxlen=MAX_EARLY_MESSAGES)
+        self._early: dict[ParticipantIndex, deque[tuple[int, Message, int]]] = {}
+        """Messages for a run or window not started yet, per member (sequence, message, size):
+        each member has its own quota (``early_messages``, ``peer_queue_bytes``)."""
+        self._early_bytes: dict[ParticipantIndex, int] = {}
+        self._early_seq = 0
+        self._removed: dict[ParticipantIndex, None] = {}
+        self._chain_budget: dict[ParticipantIndex, tuple[float, float]] = {}
         self.chain: list[Link] = []
         self._reshare_runs: dict[bytes, SharingConfig] = {}
         self._epoch_states: tuple[int, dict[int, ChainState]] = (0, {})
@@ -332,7 +345,9 @@ class NodeCore:
         self._check_genesis(first)
         state = genesis_state(self._mpk_of(first), first)
         for link in links[1:]:
+            before = state
             state = extend(state, link)
+            self._note_removed(before, state)
         self.chain = links
         self._set_state(state)
 
@@ -345,6 +360,8 @@ class NodeCore:
             raise ChainError("genesis certificate is not for the configured genesis committee")
 
     def _set_state(self, state: ChainState) -> None:
+        if self.state is not None:
+            self._note_removed(self.state, state)
         self.state = state
         for p in state.committee.members:
             self._participants[ParticipantIndex(p.index)] = p
@@ -354,6 +371,44 @@ class NodeCore:
             if change.addresses:
                 self.addresses[ParticipantIndex(change.participant.index)] = change.addresses
         self._epoch_ready_at = self._ready_time(state)
+
+    @staticmethod
+    def _members_of(state: ChainState) -> set[ParticipantIndex]:
+        """The committee of ``state`` and the members a certified change is adding."""
+        out = set(state.committee.indices)
+        change = state.pending.outcome.proposal.change if state.pending is not None else None
+        if isinstance(change, AddMember):
+            out.add(ParticipantIndex(change.participant.index))
+        return out
+
+    def _note_removed(self, before: ChainState, after: ChainState) -> None:
+        now_members = self._members_of(after)
+        for i in sorted(self._members_of(before) - now_members):
+            self._removed.pop(i, None)
+            self._removed[i] = None
+        for i in now_members:
+            self._removed.pop(i, None)
+        while len(self._removed) > RECENTLY_REMOVED:
+            del self._removed[next(iter(self._removed))]
+        keep = now_members | set(self._removed)
+        for table in (self._chain_budget, self._early_bytes):
+            for i in [i for i in table if i not in keep]:
+                del table[i]
+        for i in [i for i in self._early if i not in keep]:
+            del self._early[i]
+
+    def allowed_peers(self) -> frozenset[ParticipantIndex]:
+        """Who this node takes protocol messages from: the current committee and the
+        members a certified change is adding (before any chain: the configured
+        participants). Everyone else is refused."""
+        if self.state is None:
+            return frozenset(self._participants)
+        return frozenset(self._members_of(self.state))
+
+    def recently_removed(self) -> tuple[ParticipantIndex, ...]:
+        """Removed members (at most ``RECENTLY_REMOVED``, oldest first) whose chain requests
+        are still answered, metered; nothing else of theirs is taken."""
+        return tuple(self._removed)
 
     def _ready_time(self, state: ChainState) -> float:
         tr = state.certificate.transcript
@@ -448,7 +503,7 @@ class NodeCore:
         for the chain (at most every ``CHAIN_RETRY_DELTAS`` Δ): a member that was down
         while the committee moved on catches up even if its requests at start were lost."""
         st = self.state
-        if peer == self.me or peer not in self._participants:
+        if peer == self.me or peer not in self.allowed_peers():
             return
         if st is not None and epoch <= st.epoch:
             return
@@ -605,13 +660,20 @@ class NodeCore:
     # --- dispatch ------------------------------------------------------------------------
 
     def _dispatch(self, peer: ParticipantIndex, message: Message, now: float) -> None:
-        if isinstance(message, ChainUpdate):
-            self._receive_chain(peer, message)
-            return
+        allowed = peer in self.allowed_peers()
         if isinstance(message, ChainRequest):
             if message.have < 0:
                 raise RemoteProtocolError("negative chain position", [peer])
+            if not allowed and peer not in self._removed:
+                raise RemoteProtocolError("message from a peer that is not a member", [peer])
+            if not self._take_chain_budget(peer, now):
+                raise RemoteProtocolError("chain requests rate limited", [peer])
             self._outbox.append(Outbound(peer, self.chain_update(message.have)))
+            return
+        if not allowed:
+            raise RemoteProtocolError("message from a peer that is not a member", [peer])
+        if isinstance(message, ChainUpdate):
+            self._receive_chain(peer, message)
             return
         if isinstance(message, Acknowledgement):
             tracker = self._trackers.get(message.epoch - 1)
@@ -622,14 +684,41 @@ class NodeCore:
                 return
             tracker.add(message, peer)
             return
-        if peer not in self._participants:
-            raise RemoteProtocolError("message from a peer that is not a participant", [peer])
         target = self._route(message)
         if target is None:
             # For a run or window that has not started here yet: keep it for later.
-            self._early.append((peer, message))
+            self._keep_early(peer, message)
             return
         target.receive(peer, message, now)
+
+    def _take_chain_budget(self, peer: ParticipantIndex, now: float) -> bool:
+        rate = 1.0 / (CHAIN_REQUEST_REFILL_DELTAS * self.config.delta)
+        tokens, last = self._chain_budget.get(peer, (float(CHAIN_REQUEST_BURST), now))
+        tokens = min(float(CHAIN_REQUEST_BURST), tokens + max(0.0, now - last) * rate)
+        if tokens < 1.0:
+            self._chain_budget[peer] = (tokens, now)
+            return False
+        self._chain_budget[peer] = (tokens - 1.0, now)
+        return True
+
+    def _early_quota(self) -> tuple[int, int]:
+        st = self.state
+        n = len(st.committee.members) if st is not None else len(self.config.genesis)
+        t = st.threshold if st is not None else self.config.threshold
+        # A reshare to a larger committee: count its recipients too.
+        n = max(n, len(self._participants))
+        return early_messages(n), peer_queue_bytes(n, t)
+
+    def _keep_early(self, peer: ParticipantIndex, message: Message) -> None:
+        count, limit = self._early_quota()
+        size = _approx_size(message)
+        kept = self._early.setdefault(peer, deque())
+        used = self._early_bytes.get(peer, 0)
+        if len(kept) >= count or (kept and used + size > limit):
+            raise RemoteProtocolError("early messages over the member's quota", [peer])
+        self._early_seq += 1
+        kept.append((self._early_seq, message, size))
+        self._early_bytes[peer] = used + size
 
     def _route(self, message: Message) -> SharingSession | DecisionWindow | None:
         if isinstance(message, BroadcastPayload | DigestRelay):
@@ -650,15 +739,19 @@ class NodeCore:
         return None
 
     def _replay_early(self) -> None:
-        pending = list(self._early)
+        pending = sorted(
+            (seq, peer, msg, size) for peer, kept in self._early.items() for seq, msg, size in kept
+        )
         self._early.clear()
-        for peer, msg in pending:
+        self._early_bytes.clear()
+        for seq, peer, msg, size in pending:
             try:
                 target = self._route(msg)
             except RemoteProtocolError:
                 continue
             if target is None:
-                self._early.append((peer, msg))
+                self._early.setdefault(peer, deque()).append((seq, msg, size))
+                self._early_bytes[peer] = self._early_bytes.get(peer, 0) + size
                 continue
             try:
                 target.receive(peer, msg, self._now)
@@ -1060,3 +1153,12 @@ class NodeCore:
     @property
     def retained_epochs(self) -> list[int]:
         return sorted(self._retained)
+
+
+def _approx_size(message: Message) -> int:
+    """Roughly the encoded size of an early message (without encoding it again)."""
+    if isinstance(message, BroadcastPayload):
+        return len(message.payload) + 256
+    if isinstance(message, DigestRelay):
+        return 256 + 80 * len(message.relays)
+    return 256

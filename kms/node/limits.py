@@ -4,21 +4,22 @@ One formula serves the transport's per-peer receive queue, the core's
 per-member quota of early messages and the service's per-peer send queue.
 It bounds what one honest member sends to one other member in one broadcast
 round of a sharing run (the largest traffic the protocols make), counting
-every message at its largest encoding:
+every message at its largest encoding, in its envelope:
 
-* its own payload, at most a deal bundle: ``DEAL(n, t) = 96·t + 80·n + 1024``
-  bytes (``t`` G2 commitments of 96 bytes, ``n`` encrypted shares of
-  ``32 + 48`` bytes, and room for the envelope, the signed digest and the
-  msgpack framing; measured: 11,080 bytes of bundle at n = 64, t = 43);
+* its own payload, at most a deal bundle: ``DEAL(n, t) = 100·t + 110·n + 512``
+  (each G2 commitment encodes in 98 bytes, each encrypted share in 107, and
+  the signed digest, envelope and framing in about 220: measured in
+  ``tests/kms/node/test_limits.py``, 11,278 bytes at n = 64, t = 43, under
+  the bound of 11,852);
 * at most two digest relays per slot, each carrying at most ``t`` relay
-  signatures: ``2·n·RELAY(t)`` with ``RELAY(t) = 512 + 80·t``;
+  signatures (91 bytes each): ``2·n·RELAY(t)`` with ``RELAY(t) = 256 + 96·t``;
 * answers to this node's pulls, at most one payload per slot: ``n·DEAL(n, t)``.
 
 ``ROUND(n, t)`` is their sum. A peer's queue holds ``2·ROUND(n, t)`` (two rounds
 may overlap at a member that is slightly behind) plus ``POLICY_BURST`` for the
 largest honest answer to a policy digest (32 bundles of at most 64 KiB). At
-n = 64, t = 43: ROUND ≈ 1.18 MB and the queue cap ≈ 4.46 MB; at n = 4, t = 3:
-≈ 2.1 MB, almost all of it the policy burst. A single frame larger than the
+n = 64, t = 43: ROUND ≈ 1.33 MB and the cap ≈ 4.83 MB; at n = 4, t = 3:
+≈ 2.18 MB, almost all of it the policy burst. A single frame larger than the
 cap is still taken when the peer's queue is empty, so no frame the transport
 accepts can wedge a link.
 """
@@ -42,12 +43,12 @@ POLICY_BURST: Final = 32 * 64 * 1024 + 64 * 1024
 
 def deal_bytes(n: int, t: int) -> int:
     """An upper bound on one encoded deal bundle with its envelope (see the module doc)."""
-    return 96 * t + 80 * n + 1024
+    return 100 * t + 110 * n + 512
 
 
 def relay_bytes(t: int) -> int:
     """An upper bound on one digest relay carrying at most ``t`` relay signatures."""
-    return 512 + 80 * t
+    return 256 + 96 * t
 
 
 def round_bytes(n: int, t: int) -> int:

@@ -1,0 +1,49 @@
+"""The service keeps its transport's allowed peers: a stranger's frames never reach the node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from kms.node.testing import local_committee
+from mpc.membership.messages import ChainRequest
+from net.codec import Envelope, encode_envelope
+from net.memory import MemoryTransport
+from net.testing import unknown_peer
+
+
+def test_a_strangers_frames_are_refused_by_the_transport_and_members_still_heard(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with local_committee(tmp_path) as c:
+            node = c.services[1]
+            transport = node.transport
+            assert isinstance(transport, MemoryTransport)
+            stranger = unknown_peer(5)
+            # A stranger (any key not in the committee) sends a megabyte-size frame, and
+            # then a valid-looking chain request claiming to be member 2, over and over.
+            big = bytes(1 << 20)
+            ask = encode_envelope(Envelope(1, ChainRequest.TYPE, 0, 2, ChainRequest(0).encode()))
+            in_flight = transport.network.statistics().frames_in_flight
+            for _ in range(100):
+                transport.network.inject(stranger, transport.local_peer, big)
+                transport.network.inject(stranger, transport.local_peer, ask)
+            assert transport.network.statistics().frames_in_flight == in_flight  # none held
+            await trio.sleep(0.2)
+            assert transport.statistics().refused_peers == 200
+            assert transport.statistics().bytes_received < len(big)  # none of the big frames
+            assert node.metrics.rejected["unknown or unauthorised peer"] == 0
+            assert node.metrics.messages_out["chain/update"] == 0
+            # Member 2's request is taken and answered.
+            member = c.services[2].transport
+            await member.send(transport.local_peer, ask)
+            with trio.fail_after(5):
+                while node.metrics.messages_out["chain/update"] == 0:
+                    await trio.sleep(0.01)
+            assert "refused_peers" in node.metrics_text().replace(
+                "qkms_transport_refused_peers_total 200", "refused_peers"
+            )
+
+    trio.run(main)

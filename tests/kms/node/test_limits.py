@@ -14,7 +14,7 @@ from net.codec import Envelope, encode_envelope
 
 
 def framed(message: BroadcastPayload | DigestRelay, sender: int) -> int:
-    env = Envelope(1, message.TYPE, 2**32, sender, message.encode())
+    env = Envelope.of(message, epoch=2**32, sender=sender)
     return len(encode_envelope(env))
 
 

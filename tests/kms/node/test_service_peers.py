@@ -25,7 +25,7 @@ def test_a_strangers_frames_are_refused_by_the_transport_and_members_still_heard
             # A stranger (any key not in the committee) sends a megabyte-size frame, and
             # then a valid-looking chain request claiming to be member 2, over and over.
             big = bytes(1 << 20)
-            ask = encode_envelope(Envelope(1, ChainRequest.TYPE, 0, 2, ChainRequest(0).encode()))
+            ask = encode_envelope(Envelope.of(ChainRequest(0), epoch=0, sender=2))
             in_flight = transport.network.statistics().frames_in_flight
             for _ in range(100):
                 transport.network.inject(stranger, transport.local_peer, big)
@@ -47,3 +47,14 @@ def test_a_strangers_frames_are_refused_by_the_transport_and_members_still_heard
             )
 
     trio.run(main)
+
+
+def test_the_rejection_log_table_is_bounded() -> None:
+    from kms.node.service import RateLimitedLog
+
+    rl = RateLimitedLog(max_entries=1024)
+    for i in range(10_000):
+        rl.warn(f"peer-{i}", "unknown or unauthorised peer")
+        rl.warn(f"peer-{i}", "unknown or unauthorised peer")  # within the minute: suppressed
+    assert len(rl) == 1024
+    assert rl.suppressed == 10_000

@@ -706,7 +706,7 @@ class NodeCore:
         n = len(st.committee.members) if st is not None else len(self.config.genesis)
         t = st.threshold if st is not None else self.config.threshold
         # A reshare to a larger committee: count its recipients too.
-        n = max(n, len(self._participants))
+        n = max(n, len(self.allowed_peers()))
         return early_messages(n), peer_queue_bytes(n, t)
 
     def _keep_early(self, peer: ParticipantIndex, message: Message) -> None:
@@ -714,11 +714,19 @@ class NodeCore:
         size = _approx_size(message)
         kept = self._early.setdefault(peer, deque())
         used = self._early_bytes.get(peer, 0)
-        if len(kept) >= count or (kept and used + size > limit):
-            raise RemoteProtocolError("early messages over the member's quota", [peer])
+        dropped = 0
+        # Over its quota, a member's own oldest early messages make room (as a bounded
+        # queue would), never another member's.
+        while kept and (len(kept) >= count or used + size > limit):
+            used -= kept.popleft()[2]
+            dropped += 1
         self._early_seq += 1
         kept.append((self._early_seq, message, size))
         self._early_bytes[peer] = used + size
+        if dropped:
+            self._events.append(
+                InputRejected(peer, f"early messages over the member's quota: {dropped} dropped")
+            )
 
     def _route(self, message: Message) -> SharingSession | DecisionWindow | None:
         if isinstance(message, BroadcastPayload | DigestRelay):

@@ -17,8 +17,9 @@ from any other peer is closed right after the Noise handshake, the first
 moment its peer id is known (the upgrader's ``upgrade_security`` is wrapped;
 the swarm then never negotiates Yamux, so the peer cannot open a stream and
 nothing it sends is read). A stream from a peer that is no longer allowed
-(the set shrank while a connection was up) is reset before its next frame is
-read. Refusals are counted in ``statistics().refused_peers``.
+(the set shrank while a connection was up) is reset at its next frame, which
+is dropped undelivered; the connection itself stays up. Refusals are counted in
+``statistics().refused_peers``.
 
 Receive queues: one per peer, each capped at ``queue_bytes`` (set with the
 allowed peers; ``DEFAULT_QUEUE_BYTES`` before): a peer whose queue is full is

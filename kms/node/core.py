@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from kms.node.limits import early_messages, peer_queue_bytes
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
 from mpc.cert import ZERO_HASH, EpochCertificate
@@ -74,7 +75,13 @@ from mpc.reshare import Acknowledgement, RetentionTracker
 from mpc.secret import RNG, SecretScalar, SecretShare
 from mpc.sig import SigningKey
 
-MAX_EARLY_MESSAGES = 4096
+RECENTLY_REMOVED = 16
+"""Members removed from the committee whose chain requests are still answered (the most
+recent ones): a removed member learns of its removal. Nothing else of theirs is taken."""
+CHAIN_REQUEST_BURST = 4
+CHAIN_REQUEST_REFILL_DELTAS = 5
+"""Chain requests answered per peer: a burst of 4, then one more every this many Δ (an
+honest node asks on start and then at most every ``CHAIN_RETRY_DELTAS`` Δ)."""
 MAX_RESHARE_RUNS = 16
 """Reshare configurations kept for judging evidence (the most recent runs)."""
 CHAIN_RETRY_DELTAS = 20
@@ -334,7 +341,13 @@ class NodeCore:
         self._now = float("-inf")
         self._outbox: list[Outbound] = []
         self._events: list[NodeEvent] = []
-        self._early: deque[tuple[ParticipantIndex, Message]] = deque(maxlen=MAX_EARLY_MESSAGES)
+        self._early: dict[ParticipantIndex, deque[tuple[int, Message, int]]] = {}
+        """Messages for a run or window not started yet, per member (sequence, message, size):
+        each member has its own quota (``early_messages``, ``peer_queue_bytes``)."""
+        self._early_bytes: dict[ParticipantIndex, int] = {}
+        self._early_seq = 0
+        self._removed: dict[ParticipantIndex, None] = {}
+        self._chain_budget: dict[ParticipantIndex, tuple[float, float]] = {}
         self.chain: list[Link] = []
         self._reshare_runs: dict[bytes, SharingConfig] = {}
         self._epoch_states: tuple[int, dict[int, ChainState]] = (0, {})
@@ -459,9 +472,11 @@ class NodeCore:
         state = genesis_state(self._mpk_of(first), first)
         before: ChainState | None = None
         for link in links[1:]:
+            prev = state
             if isinstance(link, EpochCertificate):
                 before = state
             state = extend(state, link)
+            self._note_removed(prev, state)
         self.chain = links
         self._set_state(state)
         return before
@@ -475,6 +490,8 @@ class NodeCore:
             raise ChainError("genesis certificate is not for the configured genesis committee")
 
     def _set_state(self, state: ChainState) -> None:
+        if self.state is not None:
+            self._note_removed(self.state, state)
         self.state = state
         for p in state.committee.members:
             self._participants[ParticipantIndex(p.index)] = p
@@ -484,6 +501,44 @@ class NodeCore:
             if change.addresses:
                 self.addresses[ParticipantIndex(change.participant.index)] = change.addresses
         self._epoch_ready_at = self._ready_time(state)
+
+    @staticmethod
+    def _members_of(state: ChainState) -> set[ParticipantIndex]:
+        """The committee of ``state`` and the members a certified change is adding."""
+        out = set(state.committee.indices)
+        change = state.pending.outcome.proposal.change if state.pending is not None else None
+        if isinstance(change, AddMember):
+            out.add(ParticipantIndex(change.participant.index))
+        return out
+
+    def _note_removed(self, before: ChainState, after: ChainState) -> None:
+        now_members = self._members_of(after)
+        for i in sorted(self._members_of(before) - now_members):
+            self._removed.pop(i, None)
+            self._removed[i] = None
+        for i in now_members:
+            self._removed.pop(i, None)
+        while len(self._removed) > RECENTLY_REMOVED:
+            del self._removed[next(iter(self._removed))]
+        keep = now_members | set(self._removed)
+        for table in (self._chain_budget, self._early_bytes):
+            for i in [i for i in table if i not in keep]:
+                del table[i]
+        for i in [i for i in self._early if i not in keep]:
+            del self._early[i]
+
+    def allowed_peers(self) -> frozenset[ParticipantIndex]:
+        """Who this node takes protocol messages from: the current committee and the
+        members a certified change is adding (before any chain: the configured
+        participants). Everyone else is refused."""
+        if self.state is None:
+            return frozenset(self._participants)
+        return frozenset(self._members_of(self.state))
+
+    def recently_removed(self) -> tuple[ParticipantIndex, ...]:
+        """Removed members (at most ``RECENTLY_REMOVED``, oldest first) whose chain requests
+        are still answered, metered; nothing else of theirs is taken."""
+        return tuple(self._removed)
 
     def _ready_time(self, state: ChainState) -> float:
         tr = state.certificate.transcript
@@ -578,7 +633,7 @@ class NodeCore:
         for the chain (at most every ``CHAIN_RETRY_DELTAS`` Δ): a member that was down
         while the committee moved on catches up even if its requests at start were lost."""
         st = self.state
-        if peer == self.me or peer not in self._participants:
+        if peer == self.me or peer not in self.allowed_peers():
             return
         if st is not None and epoch <= st.epoch:
             return
@@ -740,17 +795,24 @@ class NodeCore:
     # --- dispatch ------------------------------------------------------------------------
 
     def _dispatch(self, peer: ParticipantIndex, message: Message, now: float) -> None:
-        if isinstance(message, ChainUpdate):
-            self._receive_chain(peer, message)
-            return
+        allowed = peer in self.allowed_peers()
         if isinstance(message, ChainRequest):
             if message.have < 0:
                 raise RemoteProtocolError("negative chain position", [peer])
+            if not allowed and peer not in self._removed:
+                raise RemoteProtocolError("message from a peer that is not a member", [peer])
+            if not self._take_chain_budget(peer, now):
+                raise RemoteProtocolError("chain requests rate limited", [peer])
             self._outbox.append(Outbound(peer, self.chain_update(message.have)))
             own = self._holders.get(self.me)
             if own is not None:
                 # A member catching up (or restarted) learns who holds shares from these.
                 self._outbox.append(Outbound(peer, own))
+            return
+        if not allowed:
+            raise RemoteProtocolError("message from a peer that is not a member", [peer])
+        if isinstance(message, ChainUpdate):
+            self._receive_chain(peer, message)
             return
         if isinstance(message, Acknowledgement):
             if self.state is None or message.epoch > self.state.epoch:
@@ -759,14 +821,49 @@ class NodeCore:
                 return
             self._take_ack(peer, message)
             return
-        if peer not in self._participants:
-            raise RemoteProtocolError("message from a peer that is not a participant", [peer])
         target = self._route(message)
         if target is None:
             # For a run or window that has not started here yet: keep it for later.
-            self._early.append((peer, message))
+            self._keep_early(peer, message)
             return
         self._deliver(target, peer, message, now)
+
+    def _take_chain_budget(self, peer: ParticipantIndex, now: float) -> bool:
+        rate = 1.0 / (CHAIN_REQUEST_REFILL_DELTAS * self.config.delta)
+        tokens, last = self._chain_budget.get(peer, (float(CHAIN_REQUEST_BURST), now))
+        tokens = min(float(CHAIN_REQUEST_BURST), tokens + max(0.0, now - last) * rate)
+        if tokens < 1.0:
+            self._chain_budget[peer] = (tokens, now)
+            return False
+        self._chain_budget[peer] = (tokens - 1.0, now)
+        return True
+
+    def _early_quota(self) -> tuple[int, int]:
+        st = self.state
+        n = len(st.committee.members) if st is not None else len(self.config.genesis)
+        t = st.threshold if st is not None else self.config.threshold
+        # A reshare to a larger committee: count its recipients too.
+        n = max(n, len(self.allowed_peers()))
+        return early_messages(n), peer_queue_bytes(n, t)
+
+    def _keep_early(self, peer: ParticipantIndex, message: Message) -> None:
+        count, limit = self._early_quota()
+        size = _approx_size(message)
+        kept = self._early.setdefault(peer, deque())
+        used = self._early_bytes.get(peer, 0)
+        dropped = 0
+        # Over its quota, a member's own oldest early messages make room (as a bounded
+        # queue would), never another member's.
+        while kept and (len(kept) >= count or used + size > limit):
+            used -= kept.popleft()[2]
+            dropped += 1
+        self._early_seq += 1
+        kept.append((self._early_seq, message, size))
+        self._early_bytes[peer] = used + size
+        if dropped:
+            self._events.append(
+                InputRejected(peer, f"early messages over the member's quota: {dropped} dropped")
+            )
 
     def _route(self, message: Message) -> SharingSession | DecisionWindow | None:
         if isinstance(message, BroadcastPayload | DigestRelay):
@@ -787,15 +884,19 @@ class NodeCore:
         return None
 
     def _replay_early(self) -> None:
-        pending = list(self._early)
+        pending = sorted(
+            (seq, peer, msg, size) for peer, kept in self._early.items() for seq, msg, size in kept
+        )
         self._early.clear()
-        for peer, msg in pending:
+        self._early_bytes.clear()
+        for seq, peer, msg, size in pending:
             try:
                 target = self._route(msg)
             except RemoteProtocolError:
                 continue
             if target is None:
-                self._early.append((peer, msg))
+                self._early.setdefault(peer, deque()).append((seq, msg, size))
+                self._early_bytes[peer] = self._early_bytes.get(peer, 0) + size
                 continue
             try:
                 self._deliver(target, peer, msg, self._now)
@@ -1382,3 +1483,12 @@ class NodeCore:
     @property
     def retained_epochs(self) -> list[int]:
         return sorted(self._retained)
+
+
+def _approx_size(message: Message) -> int:
+    """Roughly the encoded size of an early message (without encoding it again)."""
+    if isinstance(message, BroadcastPayload):
+        return len(message.payload) + 256
+    if isinstance(message, DigestRelay):
+        return 256 + 80 * len(message.relays)
+    return 256

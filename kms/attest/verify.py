@@ -274,9 +274,10 @@ def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) ->
     when the chain ends at no pinned root, ``CERTIFICATE_CHAIN`` otherwise.
     """
     chain = list(parsed.pck_chain)
-    while len(chain) > 1 and chain[-1].subject == chain[-1].issuer:
-        chain.pop()  # the quote's copy of its root: replaced by the pinned one
     try:
+        # Names are parsed lazily: a malformed one raises here, inside the try.
+        while len(chain) > 1 and chain[-1].subject == chain[-1].issuer:
+            chain.pop()  # the quote's copy of its root: replaced by the pinned one
         for cert, issuer in itertools.pairwise(chain):
             cert.verify_directly_issued_by(issuer)
         for cert in chain:

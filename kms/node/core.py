@@ -66,7 +66,9 @@ from mpc.membership import (
     apply_change,
     extend,
     genesis_state,
-    verify_chain_epochs,
+    link_position,
+    rank,
+    verify_recent,
 )
 from mpc.membership.messages import ChainRequest, ChainUpdate, Change, OutcomePartial
 from mpc.reshare import Acknowledgement, RetentionTracker
@@ -78,6 +80,12 @@ MAX_RESHARE_RUNS = 16
 """Reshare configurations kept for judging evidence (the most recent runs)."""
 CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
+CHAIN_RETENTION = 64
+"""Epochs of chain links a node keeps (besides genesis), by default."""
+MAX_CHAIN_ANSWER_LINKS = 64
+"""Links in one ``ChainUpdate`` answer, at most (besides genesis)."""
+MAX_CHAIN_ANSWER_BYTES = 1 << 20
+"""Encoded links in one ``ChainUpdate`` answer, at most (well under the 4 MiB frame)."""
 Link = EpochCertificate | MembershipCertificate
 
 
@@ -99,10 +107,14 @@ class NodeConfig:
     admission_policy_hash: bytes = ZERO_HASH
     admission_policy: bytes = b""
     """The genesis node admission policy (its SHA-256 is ``admission_policy_hash``)."""
+    chain_retention: int = CHAIN_RETENTION
+    """Epochs of chain links kept besides genesis (a local setting, not agreed)."""
 
     def __post_init__(self) -> None:
         if self.window_length <= 0 or self.window_period <= 0:
             raise LocalProtocolError("window length and period must be positive")
+        if self.chain_retention < 2:
+            raise LocalProtocolError("keep at least the last two epochs of the chain")
 
     def genesis_schedule(self, attempt: int) -> Schedule:
         s = Schedule.default(
@@ -189,6 +201,22 @@ class LinkCertified:
 
 
 @dataclass(frozen=True)
+class ChainTrimmed:
+    """Links before ``position`` (but genesis, at 0) are no longer kept: delete them."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class ChainReplaced:
+    """The chain after genesis is now ``links`` (a catch-up past missing links, or a
+    switch to a higher fork): store it in place of the old one before the epoch switch
+    that follows. Genesis itself is ``links[0]`` when it was replaced too."""
+
+    links: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
 class RetainedShareDeletable:
     epoch: int
 
@@ -227,6 +255,8 @@ NodeEvent = (
     StoreRecord
     | EpochSwitched
     | LinkCertified
+    | ChainTrimmed
+    | ChainReplaced
     | RetainedShareDeletable
     | MisbehaviourObserved
     | InputRejected
@@ -296,8 +326,9 @@ class NodeCore:
         self._events: list[NodeEvent] = []
         self._early: deque[tuple[ParticipantIndex, Message]] = deque(maxlen=MAX_EARLY_MESSAGES)
         self.chain: list[Link] = []
+        """Genesis, then a contiguous recent tail (the last ``chain_retention`` epochs)."""
         self._reshare_runs: dict[bytes, SharingConfig] = {}
-        self._epoch_states: tuple[int, dict[int, ChainState]] = (0, {})
+        self._epoch_states: dict[int, ChainState] = {}
         self.state: ChainState | None = None
         self.share: SecretShare | None = restored.share
         self._retained: dict[int, SecretShare] = dict(restored.retained)
@@ -330,11 +361,27 @@ class NodeCore:
         if not isinstance(first, EpochCertificate):
             raise LocalProtocolError("stored chain does not start with the genesis certificate")
         self._check_genesis(first)
-        state = genesis_state(self._mpk_of(first), first)
-        for link in links[1:]:
-            state = extend(state, link)
-        self.chain = links
-        self._set_state(state)
+        genesis_state(self._mpk_of(first), first)
+        # Only the retained tail is verified (and kept): a head checked under the
+        # pinned key is as strong as the walk from genesis.
+        keep = self._retained_tail(links[1:])
+        states = verify_recent([first, *keep], mpk=self._mpk_of(first))
+        self.chain = [first, *keep]
+        self._epoch_states = {st.epoch: st for st in states}
+        if len(keep) < len(links) - 1:
+            self._events.append(ChainTrimmed(link_position(keep[0]) if keep else 1))
+        self._set_state(states[-1])
+
+    def _retained_tail(self, tail: list[Link]) -> list[Link]:
+        """The links of the last ``chain_retention`` epochs of ``tail`` (from an epoch link)."""
+        if not tail:
+            return []
+        head = max(link_position(x) for x in tail) // 2
+        first = head - self.config.chain_retention + 1
+        if first <= 0:
+            return tail
+        keep = [x for x in tail if link_position(x) >= 2 * first]
+        return keep if keep and isinstance(keep[0], EpochCertificate) else tail[-1:]
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -367,7 +414,7 @@ class NodeCore:
         ).end
 
     def _membership_before(self, epoch: int) -> MembershipCertificate | None:
-        for link in self.chain:
+        for link in reversed(self.chain):
             if isinstance(link, MembershipCertificate) and link.outcome.epoch == epoch - 1:
                 return link
         return None
@@ -433,15 +480,19 @@ class NodeCore:
 
     def epoch_state(self, epoch: int) -> ChainState | None:
         """What this node's chain proves about ``epoch`` (its committee and public shares),
-        or None if the chain does not reach it. Verified once per chain length."""
+        or None if the chain does not reach it or the epoch is older than the retained
+        links (``is_stale``). Each state was verified when its link was adopted."""
         if self.state is None:
             return None
-        if self._epoch_states[0] != len(self.chain):
-            self._epoch_states = (
-                len(self.chain),
-                {st.epoch: st for st in verify_chain_epochs(self.chain, mpk=self.state.mpk)},
-            )
-        return self._epoch_states[1].get(epoch)
+        return self._epoch_states.get(epoch)
+
+    def is_stale(self, epoch: int) -> bool:
+        """``epoch`` is before the oldest retained one: evidence about it is refused."""
+        return bool(self._epoch_states) and epoch < min(self._epoch_states) and epoch != 0
+
+    def head_position(self) -> int:
+        """Position of this node's last link in the full chain (-1 without a chain)."""
+        return link_position(self.chain[-1]) if self.chain else -1
 
     def observe_epoch(self, peer: ParticipantIndex, epoch: int, now: float) -> None:
         """An authenticated member says it is at ``epoch``. If that is ahead of us, ask it
@@ -459,7 +510,7 @@ class NodeCore:
             return
         self._asked_chain = True
         self._asked_chain_at = now
-        self._outbox.append(Outbound(peer, ChainRequest(len(self.chain))))
+        self._outbox.append(Outbound(peer, ChainRequest(self.head_position() + 1)))
         self._pump()
 
     def advance_time(self, now: float) -> None:
@@ -598,9 +649,48 @@ class NodeCore:
         )
 
     def chain_update(self, have: int = 0) -> ChainUpdate:
-        links = self.chain[have:]
-        kinds = tuple("epoch" if isinstance(x, EpochCertificate) else "membership" for x in links)
-        return ChainUpdate(kinds, tuple(x.encode() for x in links))
+        """The answer to ``ChainRequest(have)``: what a peer holding the chain up to
+        position ``have`` needs, bounded by ``MAX_CHAIN_ANSWER_LINKS`` and
+        ``MAX_CHAIN_ANSWER_BYTES``.
+
+        A peer a few links behind gets the links after ``have``; one further
+        behind (or asking from 0) gets genesis and the recent tail from the
+        epoch certificate before the head, which it verifies from the head
+        (``verify_recent``). Nothing for a peer at or past our head.
+        """
+        if not self.chain or have > self.head_position():
+            return _update([])
+        have = max(have, 0)
+        after = [x for x in self.chain[1:] if link_position(x) >= have]
+        if have == 0:
+            after = [self.chain[0], *after]
+        contiguous = bool(after) and link_position(after[0]) == have
+        if (
+            contiguous
+            and len(after) <= MAX_CHAIN_ANSWER_LINKS
+            and _size(after) <= MAX_CHAIN_ANSWER_BYTES
+        ):
+            return _update(after)
+        head_epoch = self.head_position() // 2
+        lo = 2 * (head_epoch - 1) if head_epoch >= 2 else 1
+        tail = [x for x in self.chain[1:] if link_position(x) >= lo]
+        return _update(_within_bytes([self.chain[0], *tail]))
+
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, ChainUpdate]:
+        """Retained links from position ``start`` (genesis is position 0), at most ``limit``
+        links and ``max_bytes`` encoded bytes (at least one link when any is left);
+        returns the position of the first link given (``GET /v1/chain`` paging)."""
+        links = [x for x in self.chain if link_position(x) >= max(start, 0)]
+        out: list[Link] = []
+        size = 0
+        for x in links[: max(limit, 1)]:
+            n = len(x.encode())
+            if out and size + n > max_bytes:
+                break
+            out.append(x)
+            size += n
+        first = link_position(out[0]) if out else self.head_position() + 1
+        return first, _update(out)
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -668,6 +758,16 @@ class NodeCore:
     # --- chain sync ------------------------------------------------------------------------
 
     def _receive_chain(self, peer: ParticipantIndex, update: ChainUpdate) -> None:
+        """Adopt what a peer's chain proves beyond ours.
+
+        Links that extend our head are checked one by one (``extend``). Links
+        that do not (we missed more than the peer sent, or the peer holds
+        another fork) are verified as genesis plus a recent tail from their
+        head (``verify_recent``) and replace ours when their head ranks higher
+        (``rank``: the highest ``(epoch, attempt)`` wins); a lower or equal
+        conflicting head is ignored. A genesis other than ours must pass the
+        same genesis check as any first chain.
+        """
         links: list[Link] = []
         for kind, raw in zip(update.kinds, update.links, strict=True):
             try:
@@ -681,26 +781,72 @@ class NodeCore:
         if not links:
             return
         try:
-            if self.state is None:
-                first = links[0]
-                if not isinstance(first, EpochCertificate):
-                    raise ChainError("chain must start at genesis")
-                self._check_genesis(first)
-                state = genesis_state(self._mpk_of(first), first)
-                new_links: list[Link] = [first]
-                rest = links[1:]
-            else:
-                state = self.state
-                new_links = []
+            if self.state is not None:
                 known = {x.fingerprint() for x in self.chain}
                 rest = [x for x in links if x.fingerprint() not in known]
-            for link in rest:
-                state = extend(state, link)
-                new_links.append(link)
-        except ChainError as exc:
+                state = self.state
+                extends = True
+                for link in rest:
+                    try:
+                        state = extend(state, link)
+                    except ChainError:
+                        extends = False
+                        break
+                if extends:
+                    for link in rest:
+                        self._adopt_link(link, state_after=None)
+                    return
+            first = links[0]
+            if not isinstance(first, EpochCertificate):
+                raise ChainError("a chain that does not extend ours must start at genesis")
+            if self.chain and first.fingerprint() == self.chain[0].fingerprint():
+                mpk = self._mpk_of(first)
+            else:
+                self._check_genesis(first)
+                mpk = self._mpk_of(first)
+                genesis_state(mpk, first)
+            states = verify_recent(links, mpk=mpk)
+        except (ChainError, InvalidEncoding) as exc:
             raise RemoteProtocolError(f"chain link refused: {exc}", [peer]) from exc
-        for link in new_links:
-            self._adopt_link(link, state_after=None)
+        if self.state is not None and rank(states[-1]) <= rank(self.state):
+            return  # behind us, or a fork that does not reach a higher (epoch, attempt)
+        self._replace_chain(links, states)
+
+    def _replace_chain(self, links: list[Link], states: list[ChainState]) -> None:
+        """Switch to a verified chain (genesis + recent tail) that ranks above ours."""
+        old_state = self.state
+        head = states[-1]
+        self.chain = list(links)
+        self._epoch_states = {st.epoch: st for st in states}
+        self._events.append(ChainReplaced(tuple(links)))
+        gone = {e for e in self._retained if self._epoch_states.get(e) is None}
+        for e in gone:
+            self._retained.pop(e, None)
+            self._trackers.pop(e, None)
+        run = self._run
+        if run is not None and run.config.epoch <= head.epoch:
+            attempt = head.certificate.transcript.attempt
+            if (run.config.epoch, run.config.attempt) != (head.epoch, attempt):
+                self._run = None  # a run for an epoch the chain has settled otherwise
+        share = self.share
+        if (
+            share is None
+            or old_state is None
+            or old_state.certificate.fingerprint() != head.certificate.fingerprint()
+        ):
+            share = None  # a share of another certificate is no share of this one
+        self._set_state(head)
+        self.share = share if self.me in head.committee.indices else None
+        self._window = None
+        self._tally = Tally()
+        self._my_proposals.clear()
+        self._my_approvals.clear()
+        self._deferred.clear()
+        self._refused.clear()
+        self._run_attempt = 0
+        self._previous_members = set(old_state.committee.indices) if old_state else set()
+        self._events.append(EpochSwitched(head.epoch, head.certificate, self.share, head))
+        self._trim()
 
     # --- time-driven steps -----------------------------------------------------------------
 
@@ -716,7 +862,7 @@ class NodeCore:
             # up from the members.
             self._asked_chain = True
             self._asked_chain_at = now
-            have = len(self.chain)
+            have = self.head_position() + 1
             for i in sorted(self._participants):
                 if i != self.me:
                     self._outbox.append(Outbound(i, ChainRequest(have)))
@@ -957,6 +1103,7 @@ class NodeCore:
         self.chain.append(link)
         old_state = self.state
         if isinstance(link, MembershipCertificate):
+            self._epoch_states[state.epoch] = state
             self._set_state(state)
             self._events.append(LinkCertified(link))
             self._run_attempt = 0
@@ -969,8 +1116,8 @@ class NodeCore:
             members = set(state.committee.indices)
             for i in sorted(members | set(self._incoming_members(state))):
                 if i != self.me:
-                    # Incoming members have no chain yet: they get it from genesis.
-                    have = len(self.chain) - 1 if i in members else 0
+                    # Incoming members have no chain yet: they get genesis and the tail.
+                    have = self.head_position() if i in members else 0
                     self._outbox.append(Outbound(i, self.chain_update(have)))
             return
         # An epoch certificate: switch epochs.
@@ -980,7 +1127,9 @@ class NodeCore:
         ):
             new_share = None
         previous_share = self.share
+        self._epoch_states[state.epoch] = state
         self._set_state(state)
+        self._trim()
         in_committee = self.me in state.committee.indices
         self.share = new_share if in_committee else None
         if link.transcript.kind == "reshare" and old_state is not None:
@@ -1021,7 +1170,7 @@ class NodeCore:
         everyone = set(state.committee.indices) | self._previous_members
         for i in sorted(everyone - {self.me}):
             self._outbox.append(Outbound(i, ack))
-            self._outbox.append(Outbound(i, self.chain_update(len(self.chain) - 1)))
+            self._outbox.append(Outbound(i, self.chain_update(self.head_position())))
         for tracker in self._trackers.values():
             try:
                 tracker.add(ack, self.me)
@@ -1044,6 +1193,16 @@ class NodeCore:
         self._events.append(EpochSwitched(state.epoch, link, share, state))
         self._acknowledge(link)
 
+    def _trim(self) -> None:
+        """Keep genesis and the links of the last ``chain_retention`` epochs."""
+        keep = self._retained_tail(self.chain[1:])
+        if len(keep) == len(self.chain) - 1:
+            return
+        self.chain = [self.chain[0], *keep]
+        oldest = link_position(keep[0]) // 2
+        self._epoch_states = {e: st for e, st in self._epoch_states.items() if e >= oldest}
+        self._events.append(ChainTrimmed(link_position(keep[0])))
+
     def _incoming_members(self, state: ChainState) -> list[ParticipantIndex]:
         if state.pending is None:
             return []
@@ -1060,3 +1219,30 @@ class NodeCore:
     @property
     def retained_epochs(self) -> list[int]:
         return sorted(self._retained)
+
+
+def _update(links: list[Link]) -> ChainUpdate:
+    kinds = tuple("epoch" if isinstance(x, EpochCertificate) else "membership" for x in links)
+    return ChainUpdate(kinds, tuple(x.encode() for x in links))
+
+
+def _size(links: list[Link]) -> int:
+    return sum(len(x.encode()) for x in links)
+
+
+def _within_bytes(links: list[Link]) -> list[Link]:
+    """Genesis and a tail, without its oldest links until they fit ``MAX_CHAIN_ANSWER_BYTES``.
+
+    The newest epoch certificate and what follows it are always kept, and the
+    kept tail starts at an epoch certificate (it is verified from there).
+    """
+    if len(links) <= 1:
+        return links
+    last_epoch = max(i for i, x in enumerate(links) if isinstance(x, EpochCertificate))
+    start = 1
+    while start < last_epoch and (
+        not isinstance(links[start], EpochCertificate)
+        or _size([links[0], *links[start:]]) > MAX_CHAIN_ANSWER_BYTES
+    ):
+        start += 1
+    return [links[0], *links[start:]]

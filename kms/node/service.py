@@ -30,6 +30,8 @@ import trio
 from kms.attest.pccs import CollateralProvider
 from kms.node.core import (
     ApprovalRefused,
+    ChainReplaced,
+    ChainTrimmed,
     ChangeCheck,
     EpochSwitched,
     InputRejected,
@@ -104,6 +106,8 @@ class Metrics:
     misbehaviour: Counter[str] = field(default_factory=Counter)
     run_failures: Counter[str] = field(default_factory=Counter)
     send_failures: int = 0
+    encode_failures: Counter[str] = field(default_factory=Counter)
+    """Outbound messages dropped because they cannot be encoded (by message type)."""
     epoch_switches: int = 0
     policies_learned: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)
@@ -336,6 +340,19 @@ class NodeService:
                 "membership change certified",
                 extra={"fields": {"kind": ev.certificate.outcome.proposal.kind}},
             )
+        elif isinstance(ev, ChainTrimmed):
+            self.store.trim_chain(ev.position)
+        elif isinstance(ev, ChainReplaced):
+            self.store.replace_chain(
+                (
+                    ("epoch", x.transcript.epoch, x.encode())
+                    if isinstance(x, EpochCertificate)
+                    else ("membership", x.outcome.epoch, x.encode())
+                )
+                for x in ev.links
+            )
+            self._learn_participants()
+            log.info("chain replaced", extra={"fields": {"links": len(ev.links)}})
         elif isinstance(ev, RetainedShareDeletable):
             self.store.delete_retained_share(ev.epoch)
             log.info("old share deleted", extra={"fields": {"epoch": ev.epoch}})
@@ -384,11 +401,23 @@ class NodeService:
             self._nursery.start_soon(self._sender, ob.to, recv)
             q = send
         st = self.core.state
-        env = Envelope(
-            1, ob.message.TYPE, st.epoch if st else 0, int(self.config.index), ob.message.encode()
-        )
         try:
-            q.send_nowait(encode_envelope(env))
+            env = Envelope(
+                1,
+                ob.message.TYPE,
+                st.epoch if st else 0,
+                int(self.config.index),
+                ob.message.encode(),
+            )
+            frame = encode_envelope(env)
+        except (EnvelopeError, InvalidEncoding, ValueError, OverflowError) as exc:
+            # An oversized (or otherwise unencodable) message is dropped and counted:
+            # it must never raise into the node's tasks.
+            self.metrics.encode_failures[ob.message.TYPE] += 1
+            self._rl.warn(str(ob.to), f"message not encodable: {type(exc).__name__}")
+            return
+        try:
+            q.send_nowait(frame)
             self.metrics.messages_out[ob.message.TYPE] += 1
         except trio.WouldBlock:
             self.metrics.send_failures += 1
@@ -888,6 +917,13 @@ class NodeService:
             self.count_rejected("evidence: malformed")
             return 400, {"accepted": False, "reason": "malformed", "detail": str(exc)[:500]}
         state = self.core.epoch_state(ev.response.epoch)
+        if state is None and self.core.is_stale(ev.response.epoch):
+            self.count_rejected("evidence: stale epoch")
+            return 409, {
+                "accepted": False,
+                "reason": "stale-epoch",
+                "detail": f"epoch {ev.response.epoch} is older than the chain this node keeps",
+            }
         if state is None:
             self.count_rejected("evidence: unknown epoch")
             return 409, {
@@ -1097,6 +1133,12 @@ class NodeService:
         counter("qkms_run_failures_total", "Failed DKG/reshare attempts.", "kind", m.run_failures)
         gauge(
             "qkms_send_failures_total", "Frames that could not be sent.", m.send_failures, "counter"
+        )
+        counter(
+            "qkms_encode_failures_total",
+            "Outbound messages dropped because they could not be encoded, by kind.",
+            "kind",
+            m.encode_failures,
         )
         gauge(
             "qkms_transport_bytes_sent_total",

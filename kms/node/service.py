@@ -857,7 +857,13 @@ class NodeService:
         return out
 
     def chain_bytes(self) -> bytes:
+        """Genesis and the recent tail (``GET /v1/chain``): what a client verifies from."""
         return self.core.chain_update(0).encode()
+
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, bytes]:
+        """Retained links from position ``start``: (first position given, head position, bytes)."""
+        first, update = self.core.chain_page(start, limit, max_bytes)
+        return first, self.core.head_position(), update.encode()
 
     # --- admin actions (called by the admin channel) ---------------------------------------
 

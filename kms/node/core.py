@@ -488,7 +488,9 @@ class NodeCore:
 
     def is_stale(self, epoch: int) -> bool:
         """``epoch`` is before the oldest retained one: evidence about it is refused."""
-        return bool(self._epoch_states) and epoch < min(self._epoch_states) and epoch != 0
+        if len(self.chain) < 2:
+            return False
+        return 0 < epoch < link_position(self.chain[1]) // 2
 
     def head_position(self) -> int:
         """Position of this node's last link in the full chain (-1 without a chain)."""
@@ -797,20 +799,51 @@ class NodeCore:
                         self._adopt_link(link, state_after=None)
                     return
             first = links[0]
-            if not isinstance(first, EpochCertificate):
-                raise ChainError("a chain that does not extend ours must start at genesis")
-            if self.chain and first.fingerprint() == self.chain[0].fingerprint():
-                mpk = self._mpk_of(first)
+            if isinstance(first, EpochCertificate) and first.transcript.kind == "dkg":
+                if self.chain and first.fingerprint() == self.chain[0].fingerprint():
+                    mpk = self._mpk_of(first)
+                else:
+                    self._check_genesis(first)
+                    mpk = self._mpk_of(first)
+                    genesis_state(mpk, first)
+                states = verify_recent(links, mpk=mpk)
+                new_chain = links
             else:
-                self._check_genesis(first)
-                mpk = self._mpk_of(first)
-                genesis_state(mpk, first)
-            states = verify_recent(links, mpk=mpk)
+                # A tail without genesis: verified from its first epoch certificate
+                # under our key, and joined to our links where it follows one of them.
+                if self.state is None:
+                    raise ChainError("a chain must start at genesis")
+                tail = links
+                while tail and not isinstance(tail[0], EpochCertificate):
+                    tail = tail[1:]
+                if not tail:
+                    self._outbox.append(Outbound(peer, ChainRequest(0)))
+                    return
+                states = verify_recent(tail, mpk=self.state.mpk)
+                new_chain = self._join(tail)
         except (ChainError, InvalidEncoding) as exc:
             raise RemoteProtocolError(f"chain link refused: {exc}", [peer]) from exc
         if self.state is not None and rank(states[-1]) <= rank(self.state):
             return  # behind us, or a fork that does not reach a higher (epoch, attempt)
-        self._replace_chain(links, states)
+        if new_chain is not links:
+            try:
+                states = verify_recent(new_chain, mpk=self.state.mpk)  # type: ignore[union-attr]
+            except ChainError:  # pragma: no cover - _join keeps only links the tail follows
+                new_chain = [self.chain[0], *new_chain[-len(tail) :]]
+                states = verify_recent(new_chain, mpk=self.state.mpk)  # type: ignore[union-attr]
+        self._replace_chain(new_chain, states)
+
+    def _join(self, tail: list[Link]) -> list[Link]:
+        """Our links up to the one ``tail`` follows, then ``tail``; else genesis and ``tail``."""
+        first = tail[0]
+        if not isinstance(first, EpochCertificate):  # pragma: no cover - checked by the caller
+            return [self.chain[0], *tail]
+        before = first.transcript.previous_certificate_hash
+        for i in range(len(self.chain) - 1, 0, -1):
+            link = self.chain[i]
+            if link_position(link) == link_position(first) - 1 and link.hash() == before:
+                return [*self.chain[: i + 1], *tail]
+        return [self.chain[0], *tail]
 
     def _replace_chain(self, links: list[Link], states: list[ChainState]) -> None:
         """Switch to a verified chain (genesis + recent tail) that ranks above ours."""
@@ -829,12 +862,10 @@ class NodeCore:
             if (run.config.epoch, run.config.attempt) != (head.epoch, attempt):
                 self._run = None  # a run for an epoch the chain has settled otherwise
         share = self.share
-        if (
-            share is None
-            or old_state is None
-            or old_state.certificate.fingerprint() != head.certificate.fingerprint()
+        if share is not None and share.value.value * G2.generator() != head.public_shares.get(
+            share.index
         ):
-            share = None  # a share of another certificate is no share of this one
+            share = None  # a share of another polynomial: none here (a prompt refresh follows)
         self._set_state(head)
         self.share = share if self.me in head.committee.indices else None
         self._window = None

@@ -146,6 +146,9 @@ _META_CHECK = "store.check"
 _META_AUDIT_HEAD = "store.audit_head"
 _RESERVED_PREFIX = "store."
 
+_CHAIN_DELETE_TRIGGER = """CREATE TRIGGER chain_append_only_delete BEFORE DELETE ON chain
+       BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END"""
+
 _SCHEMA = (
     """CREATE TABLE meta (
         name TEXT PRIMARY KEY,
@@ -196,8 +199,7 @@ _SCHEMA = (
     # audit head are.
     """CREATE TRIGGER chain_append_only_update BEFORE UPDATE ON chain
        BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END""",
-    """CREATE TRIGGER chain_append_only_delete BEFORE DELETE ON chain
-       BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END""",
+    _CHAIN_DELETE_TRIGGER,
     """CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     """CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
@@ -315,6 +317,18 @@ def _epoch_bytes(epoch: int) -> bytes:
 
 
 # --- the store ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _deleting_links(db: sqlite3.Connection) -> Iterator[None]:
+    """Lift the chain's append-only trigger for one deliberate deletion, inside the caller's
+    transaction: trimming links older than the kept epochs, or replacing links by a
+    higher fork. The trigger (same SQL) is back before the transaction commits."""
+    db.execute("DROP TRIGGER chain_append_only_delete")
+    try:
+        yield
+    finally:
+        db.execute(_CHAIN_DELETE_TRIGGER)
 
 
 class NodeStore:
@@ -766,11 +780,12 @@ class NodeStore:
                 "AND epoch NOT IN (SELECT epoch FROM current_epoch)",
                 (first,),
             )
-            db.execute(
-                "DELETE FROM chain WHERE position > 0 AND position < ? "
-                "AND NOT (kind = 'epoch' AND epoch IN (SELECT epoch FROM epochs))",
-                (int(position),),
-            )
+            with _deleting_links(db):
+                db.execute(
+                    "DELETE FROM chain WHERE position > 0 AND position < ? "
+                    "AND NOT (kind = 'epoch' AND epoch IN (SELECT epoch FROM epochs))",
+                    (int(position),),
+                )
 
     def replace_chain(self, links: Iterable[tuple[str, int, bytes]]) -> None:
         """Make the chain ``links`` (genesis, then a contiguous recent tail), in one transaction.
@@ -803,8 +818,9 @@ class NodeStore:
                 )
                 db.execute("DELETE FROM shares WHERE epoch = ?", (epoch,))
                 db.execute("DELETE FROM epochs WHERE epoch = ?", (epoch,))
-            for position, _, _ in gone:
-                db.execute("DELETE FROM chain WHERE position = ?", (position,))
+            with _deleting_links(db):
+                for position, _, _ in gone:
+                    db.execute("DELETE FROM chain WHERE position = ?", (position,))
             for position, (kind, epoch, data) in sorted(new.items()):
                 if position not in keep:
                     db.execute(

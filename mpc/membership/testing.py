@@ -42,13 +42,18 @@ def _sign(secret: int, message: bytes) -> bytes:
     return sign_partial(SecretShare(ParticipantIndex(1), SecretScalar(secret)), message).to_bytes()
 
 
+def member_seeds(n: int, seed: int = 0) -> dict[int, tuple[bytes, bytes]]:
+    """The (identity seed, DKG key seed) of members 1..n (what ``NodeStore`` keeps)."""
+    rnd = random.Random(f"forged-participants-{seed}")  # noqa: S311 - test keys
+    return {i: (rnd.randbytes(32), rnd.randbytes(32)) for i in range(1, n + 1)}
+
+
 def participants(n: int, seed: int = 0) -> tuple[Participant, ...]:
     """``n`` committee members with vouched-for DKG keys (indices 1..n)."""
-    rnd = random.Random(f"forged-participants-{seed}")  # noqa: S311 - test keys
     out = []
-    for i in range(1, n + 1):
-        ident = SigningKey.from_seed(rnd.randbytes(32))
-        _, pub = hpke.derive_key_pair(rnd.randbytes(32))
+    for i, (id_seed, dkg_seed) in member_seeds(n, seed).items():
+        ident = SigningKey.from_seed(id_seed)
+        _, pub = hpke.derive_key_pair(dkg_seed)
         sig = ident.sign(CTX_DKG_KEY, Participant.dkg_key_statement(i, pub))
         out.append(Participant(i, ident.verify_key().to_bytes(), pub, sig))
     return tuple(out)
@@ -160,3 +165,12 @@ def with_attempt(cert: EpochCertificate, chain: ForgedChain, attempt: int) -> Ep
     """Another certificate for ``cert``'s epoch: the same transcript at another attempt."""
     tr = replace(cert.transcript, attempt=attempt)
     return EpochCertificate(tr, cert.public_polynomial, _sign(chain.secret, tr.encode()))
+
+
+def fork(chain: ForgedChain, links: int, *, seed: int = 1) -> ForgedChain:
+    """Another chain under the same master secret: ``chain``'s first ``links`` links, then
+    whatever is appended to the fork, with another public polynomial (so the shares of
+    ``chain``'s members do not match it)."""
+    rnd = random.Random(f"forged-fork-{seed}")  # noqa: S311 - test secrets
+    coeffs = (chain.secret, *(rnd.randrange(1, R) for _ in range(chain.threshold - 1)))
+    return ForgedChain(chain.secret, coeffs, chain.committee, list(chain.links[:links]))

@@ -48,7 +48,7 @@ class StatusSource(Protocol):
 
     def chain_bytes(self) -> bytes: ...
 
-    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, bytes]: ...
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, int, bytes]: ...
 
     def count_rejected(self, label: str) -> None: ...
 
@@ -278,21 +278,24 @@ def make_app(source: StatusSource) -> Starlette:
         except ValueError:
             source.count_rejected("chain: bad paging parameters")
             return JSONResponse(
-                {"reason": "bad-paging", "detail": "from, limit and max_bytes are integers"},
+                {"error": "bad paging: from, limit and max_bytes are integers"},
                 status_code=400,
             )
         if start < 0 or not 1 <= limit <= CHAIN_PAGE_LINKS or not 1 <= max_bytes:
             source.count_rejected("chain: bad paging parameters")
             return JSONResponse(
                 {
-                    "reason": "bad-paging",
-                    "detail": f"from >= 0, 1 <= limit <= {CHAIN_PAGE_LINKS}, max_bytes >= 1",
+                    "error": f"bad paging: from >= 0, 1 <= limit <= {CHAIN_PAGE_LINKS}, "
+                    "max_bytes >= 1"
                 },
                 status_code=400,
             )
-        first, head, raw = source.chain_page(start, limit, min(max_bytes, CHAIN_PAGE_BYTES))
+        first, following, head, raw = source.chain_page(
+            start, limit, min(max_bytes, CHAIN_PAGE_BYTES)
+        )
         response = _message_response(raw, 200, _wants_json(request))
         response.headers["x-chain-first"] = str(first)
+        response.headers["x-chain-next"] = str(following)
         response.headers["x-chain-head"] = str(head)
         return response
 

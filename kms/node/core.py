@@ -678,10 +678,11 @@ class NodeCore:
         tail = [x for x in self.chain[1:] if link_position(x) >= lo]
         return _update(_within_bytes([self.chain[0], *tail]))
 
-    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, ChainUpdate]:
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, ChainUpdate]:
         """Retained links from position ``start`` (genesis is position 0), at most ``limit``
         links and ``max_bytes`` encoded bytes (at least one link when any is left);
-        returns the position of the first link given (``GET /v1/chain`` paging)."""
+        returns the position of the first link given and the position to ask for next
+        (``GET /v1/chain`` paging)."""
         links = [x for x in self.chain if link_position(x) >= max(start, 0)]
         out: list[Link] = []
         size = 0
@@ -692,7 +693,8 @@ class NodeCore:
             out.append(x)
             size += n
         first = link_position(out[0]) if out else self.head_position() + 1
-        return first, _update(out)
+        following = link_position(out[-1]) + 1 if out else first
+        return first, following, _update(out)
 
     # --- dispatch ------------------------------------------------------------------------
 

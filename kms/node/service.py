@@ -860,10 +860,11 @@ class NodeService:
         """Genesis and the recent tail (``GET /v1/chain``): what a client verifies from."""
         return self.core.chain_update(0).encode()
 
-    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, bytes]:
-        """Retained links from position ``start``: (first position given, head position, bytes)."""
-        first, update = self.core.chain_page(start, limit, max_bytes)
-        return first, self.core.head_position(), update.encode()
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, int, bytes]:
+        """Kept links from position ``start``: (first position given, next position to ask,
+        head position, encoded ``ChainUpdate``)."""
+        first, following, update = self.core.chain_page(start, limit, max_bytes)
+        return first, following, self.core.head_position(), update.encode()
 
     # --- admin actions (called by the admin channel) ---------------------------------------
 

@@ -8,7 +8,7 @@ link verifies exactly like a committee-made one (``mpc.membership.chain``).
 
 from __future__ import annotations
 
-import random
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -42,10 +42,18 @@ def _sign(secret: int, message: bytes) -> bytes:
     return sign_partial(SecretShare(ParticipantIndex(1), SecretScalar(secret)), message).to_bytes()
 
 
+def _bytes(label: str, size: int = 32) -> bytes:
+    """Deterministic test bytes (``mpc`` draws no global randomness)."""
+    return hashlib.shake_256(b"forged test chain: " + label.encode()).digest(size)
+
+
+def _scalar(label: str) -> int:
+    return int.from_bytes(_bytes(label, 64), "big") % (R - 1) + 1
+
+
 def member_seeds(n: int, seed: int = 0) -> dict[int, tuple[bytes, bytes]]:
     """The (identity seed, DKG key seed) of members 1..n (what ``NodeStore`` keeps)."""
-    rnd = random.Random(f"forged-participants-{seed}")  # noqa: S311 - test keys
-    return {i: (rnd.randbytes(32), rnd.randbytes(32)) for i in range(1, n + 1)}
+    return {i: (_bytes(f"identity-{seed}-{i}"), _bytes(f"dkg-{seed}-{i}")) for i in range(1, n + 1)}
 
 
 def participants(n: int, seed: int = 0) -> tuple[Participant, ...]:
@@ -151,9 +159,9 @@ def forged_chain(
     genesis_attempt: int = 0,
 ) -> ForgedChain:
     """Genesis and ``epochs`` refreshes after it: ``2·epochs + 1`` links."""
-    rnd = random.Random(f"forged-chain-{seed}")  # noqa: S311 - test secrets
     # A short secret keeps each signature a cheap scalar multiplication (tests only).
-    coeffs = (rnd.randrange(2**31, 2**32), *(rnd.randrange(1, R) for _ in range(t - 1)))
+    secret = 2**31 + int.from_bytes(_bytes(f"secret-{seed}", 4), "big") % 2**31
+    coeffs = (secret, *(_scalar(f"coefficient-{seed}-{k}") for k in range(1, t)))
     members = tuple(committee) if committee is not None else participants(n, seed)
     chain = ForgedChain(coeffs[0], coeffs, members)
     chain.links.append(chain.epoch_certificate(0, genesis_attempt, ZERO_HASH))
@@ -171,6 +179,8 @@ def fork(chain: ForgedChain, links: int, *, seed: int = 1) -> ForgedChain:
     """Another chain under the same master secret: ``chain``'s first ``links`` links, then
     whatever is appended to the fork, with another public polynomial (so the shares of
     ``chain``'s members do not match it)."""
-    rnd = random.Random(f"forged-fork-{seed}")  # noqa: S311 - test secrets
-    coeffs = (chain.secret, *(rnd.randrange(1, R) for _ in range(chain.threshold - 1)))
+    coeffs = (
+        chain.secret,
+        *(_scalar(f"fork-{seed}-{k}") for k in range(1, chain.threshold)),
+    )
     return ForgedChain(chain.secret, coeffs, chain.committee, list(chain.links[:links]))

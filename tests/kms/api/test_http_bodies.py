@@ -51,7 +51,7 @@ class Source:
     def chain_bytes(self) -> bytes:
         raise AssertionError("not called")
 
-    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, bytes]:
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, int, bytes]:
         raise AssertionError("not called")
 
     def count_rejected(self, label: str) -> None:

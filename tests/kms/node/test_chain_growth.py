@@ -404,3 +404,48 @@ def test_ten_thousand_epochs_cost_a_cvm_and_a_node_constant_time_and_bytes() -> 
     assert len(core.chain) <= 2 * core.config.chain_retention + 1
     cvm_reaches_head(core, chain)
     answer_any_request(core, chain)
+
+
+# --- GET /v1/chain --------------------------------------------------------------------------
+
+
+def _get(svc: NodeService, path: str):  # type: ignore[no-untyped-def]
+    import httpx
+
+    from kms.api.http import make_app
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=make_app(svc))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            return await client.get(path)
+
+    return trio.run(go)
+
+
+def test_get_chain_serves_the_head_and_pages_the_kept_links(tmp_path, chain300) -> None:  # type: ignore[no-untyped-def]
+    svc = _service(tmp_path, chain300)
+    whole = _get(svc, "/v1/chain")
+    assert whole.status_code == 200 and len(whole.content) <= 1 << 20
+    assert chain_epochs_from_bytes(whole.content, chain300.mpk)[-1].epoch == 300
+    # Paging through the kept links: genesis, then the last 64 epochs, 10 links a page.
+    got: list[bytes] = []
+    start = 0
+    while True:
+        r = _get(svc, f"/v1/chain?from={start}&limit=10&max_bytes=100000")
+        assert r.status_code == 200
+        page = ChainUpdate.decode(r.content)
+        assert int(r.headers["x-chain-head"]) == 600
+        if not page.links:
+            break
+        assert len(page.links) <= 10
+        first = int(r.headers["x-chain-first"])
+        assert first >= start
+        got.extend(page.links)
+        start = int(r.headers["x-chain-next"])
+    assert len(got) == len(svc.core.chain) == 1 + 2 * 64 - 1  # genesis, E237 .. E300
+    assert got[0] == chain300.links[0].encode() and got[-1] == chain300.links[-1].encode()
+    tiny = _get(svc, "/v1/chain?from=599&max_bytes=1")
+    assert len(ChainUpdate.decode(tiny.content).links) == 1  # always one link when any is left
+    for bad in ("from=-1", "limit=0", "limit=65", "max_bytes=0", "from=x"):
+        r = _get(svc, f"/v1/chain?{bad}")
+        assert r.status_code == 400 and "bad paging" in r.json()["error"]

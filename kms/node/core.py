@@ -273,6 +273,9 @@ class Restored:
     share: SecretShare | None = None
     retained: Mapping[int, SecretShare] = field(default_factory=dict)
     records: Callable[[bytes], Mapping[str, bytes]] = lambda run: {}
+    admission_policy: bytes | None = None
+    """The bytes of the last certified admission-policy change, kept apart from the chain
+    (its link may be older than the epochs the node keeps)."""
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,7 @@ class NodeCore:
         self._participants: dict[ParticipantIndex, Participant] = {
             ParticipantIndex(p.index): p for p in config.genesis
         }
+        self._policy_bytes = restored.admission_policy
         if restored.chain:
             self._restore_chain(list(restored.chain))
 
@@ -362,6 +366,8 @@ class NodeCore:
             raise LocalProtocolError("stored chain does not start with the genesis certificate")
         self._check_genesis(first)
         genesis_state(self._mpk_of(first), first)
+        for link in links:
+            self._note_policy(link)
         # Only the retained tail is verified (and kept): a head checked under the
         # pinned key is as strong as the walk from genesis.
         keep = self._retained_tail(links[1:])
@@ -382,6 +388,12 @@ class NodeCore:
             return tail
         keep = [x for x in tail if link_position(x) >= 2 * first]
         return keep if keep and isinstance(keep[0], EpochCertificate) else tail[-1:]
+
+    def _note_policy(self, link: Link) -> None:
+        if isinstance(link, MembershipCertificate):
+            change = link.outcome.proposal.change
+            if isinstance(change, ChangeAdmissionPolicy):
+                self._policy_bytes = change.policy
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -604,6 +616,8 @@ class NodeCore:
                     return change.policy
         if hashlib.sha256(self.config.admission_policy).digest() == want:
             return self.config.admission_policy
+        if self._policy_bytes is not None and hashlib.sha256(self._policy_bytes).digest() == want:
+            return self._policy_bytes
         return None
 
     def _require_member(self) -> ChainState:
@@ -851,6 +865,8 @@ class NodeCore:
         """Switch to a verified chain (genesis + recent tail) that ranks above ours."""
         old_state = self.state
         head = states[-1]
+        for link in links:
+            self._note_policy(link)
         self.chain = list(links)
         self._epoch_states = {st.epoch: st for st in states}
         self._events.append(ChainReplaced(tuple(links)))
@@ -864,11 +880,29 @@ class NodeCore:
             if (run.config.epoch, run.config.attempt) != (head.epoch, attempt):
                 self._run = None  # a run for an epoch the chain has settled otherwise
         share = self.share
+        kept = {x.fingerprint() for x in links}
+        if (
+            share is not None
+            and old_state is not None
+            and old_state.epoch < head.epoch
+            and old_state.certificate.fingerprint() in kept
+        ):
+            # Caught up past our epoch, which the new chain keeps: our share of it is
+            # retained, as after any reshare, until the new epoch's members acknowledge.
+            self._retained[old_state.epoch] = share
+            retain: int | None = old_state.epoch
+            share = None
+        else:
+            retain = None
         if share is not None and share.value.value * G2.generator() != head.public_shares.get(
             share.index
         ):
             share = None  # a share of another polynomial: none here (a prompt refresh follows)
         self._set_state(head)
+        if retain is not None:
+            self._trackers[retain] = RetentionTracker(
+                head.certificate, {i: p.verify_key() for i, p in self._participants.items()}
+            )
         self.share = share if self.me in head.committee.indices else None
         self._window = None
         self._tally = Tally()
@@ -1136,6 +1170,7 @@ class NodeCore:
         self.chain.append(link)
         old_state = self.state
         if isinstance(link, MembershipCertificate):
+            self._note_policy(link)
             self._epoch_states[state.epoch] = state
             self._set_state(state)
             self._events.append(LinkCertified(link))

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -61,7 +61,7 @@ from mpc.broadcast import Outbound
 from mpc.cert import EpochCertificate
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex, PeerId
-from mpc.membership import MembershipCertificate
+from mpc.membership import ChangeAdmissionPolicy, MembershipCertificate
 from mpc.secret import SecretScalar, SecretShare
 from mpc.sig import SigningKey
 from net.codec import Envelope, EnvelopeError, encode_envelope, open_envelope
@@ -70,6 +70,9 @@ from net.peerid import peer_id_from_ed25519
 from net.transport import Transport
 
 log = logging.getLogger("quorum_kms.node")
+
+ADMISSION_POLICY_META = "chain/admission-policy"
+"""Meta entry: the bytes of the last certified admission-policy change."""
 
 SEND_QUEUE = 4096
 TICK = 0.05
@@ -187,6 +190,7 @@ class NodeService:
                 e: share_from_bytes(store.retained_share(e)) for e in store.retained_shares()
             },
             records=store.records,
+            admission_policy=store.get_meta(ADMISSION_POLICY_META),
         )
         self.core = NodeCore(
             config,
@@ -332,6 +336,7 @@ class NodeService:
                 },
             )
         elif isinstance(ev, LinkCertified):
+            self._keep_policy((ev.certificate,))
             self.store.append_link(
                 "membership", ev.certificate.outcome.epoch, ev.certificate.encode()
             )
@@ -351,6 +356,7 @@ class NodeService:
                 )
                 for x in ev.links
             )
+            self._keep_policy(ev.links)
             self._learn_participants()
             log.info("chain replaced", extra={"fields": {"links": len(ev.links)}})
         elif isinstance(ev, RetainedShareDeletable):
@@ -390,6 +396,15 @@ class NodeService:
                     }
                 },
             )
+
+    def _keep_policy(self, links: Iterable[object]) -> None:
+        """Keep the bytes of a certified admission policy apart from the chain links, which
+        are deleted once older than the kept epochs."""
+        for link in links:
+            if isinstance(link, MembershipCertificate):
+                change = link.outcome.proposal.change
+                if isinstance(change, ChangeAdmissionPolicy):
+                    self.store.set_meta(ADMISSION_POLICY_META, change.policy)
 
     def _send(self, ob: Outbound) -> None:
         q = self._queues.get(ob.to)

@@ -388,6 +388,25 @@ def test_the_store_follows_a_catch_up_and_a_fork_switch(tmp_path) -> None:  # ty
     assert stored[-1][2] == late.links[-1].encode()
     current = svc.store.current_epoch()
     assert current is not None and current.epoch == 80 and current.share is None
+    # Growing past the kept epochs deletes the oldest links from the store too.
+    import dataclasses
+
+    svc.core.config = dataclasses.replace(svc.core.config, chain_retention=2)
+    late.grow(3)
+    update = ChainUpdate(*_encode(late.links[-6:]))
+    svc.handle_frame(peer2, encode_envelope(Envelope(1, update.TYPE, 83, 2, update.encode())))
+    assert svc.core.state is not None and svc.core.state.epoch == 83
+    assert [(k, e) for k, e, _ in svc.store.chain()] == [
+        ("epoch", 0),
+        ("epoch", 82),
+        ("membership", 82),
+        ("epoch", 83),
+    ]
+    assert [x.encode() for x in svc.core.chain] == [d for _, _, d in svc.store.chain()]
+    # A restart restores from the kept links alone.
+    again = NodeService(svc.config, svc.store, svc.transport, {})
+    assert again.core.state is not None and rank(again.core.state) == (83, 0)
+    assert again.core.chain == svc.core.chain
 
 
 # --- at 10,000 epochs ------------------------------------------------------------------------

@@ -468,3 +468,48 @@ def test_get_chain_serves_the_head_and_pages_the_kept_links(tmp_path, chain300) 
     for bad in ("from=-1", "limit=0", "limit=65", "max_bytes=0", "from=x"):
         r = _get(svc, f"/v1/chain?{bad}")
         assert r.status_code == 400 and "bad paging" in r.json()["error"]
+
+
+# --- the client's fork choice and hedge ---------------------------------------------------------
+
+
+def test_a_client_takes_the_highest_head_and_does_not_wait_for_a_silent_node() -> None:
+    import threading
+
+    import httpx
+
+    from kms.client.http import fetch_chain_heads
+
+    chain = forged_chain(5, n=N, t=T)
+    low = node(chain)  # head E_5 attempt 0
+    late = fork(chain, 10)  # genesis .. M_4
+    late.grow(1, attempt=1)  # E_5 attempt 1: a failed attempt completed late
+    high = node(late)
+    release = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host == "silent":
+            release.wait(10)  # accepts, never answers (until the test ends)
+            return httpx.Response(503)
+        core = high if host == "high" else low
+        return httpx.Response(200, content=core.chain_update(0).encode())
+
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    try:
+        start = time.monotonic()
+        states, ignored, answered = fetch_chain_heads(
+            ["http://low", "http://silent", "http://high"],
+            chain.mpk,
+            client=http,
+            timeout=10.0,
+            hedge_after=0.3,
+        )
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()
+        http.close()
+    assert rank(states[-1]) == (5, 1)  # the highest (epoch, attempt) wins
+    assert sorted(answered) == ["http://high", "http://low"]
+    assert any("silent" in x for x in ignored)
+    assert elapsed < 2.0, f"waited {elapsed:.2f} s for a silent node"

@@ -513,3 +513,49 @@ def test_a_client_takes_the_highest_head_and_does_not_wait_for_a_silent_node() -
     assert sorted(answered) == ["http://high", "http://low"]
     assert any("silent" in x for x in ignored)
     assert elapsed < 2.0, f"waited {elapsed:.2f} s for a silent node"
+
+
+# --- evidence about epochs the node no longer keeps -----------------------------------------
+
+
+def _evidence(epoch: int) -> bytes:
+    from kms.protocol import (
+        EphemeralKey,
+        KeyRequest,
+        KeyRequestBody,
+        KeyShareResponse,
+        PurposeVersion,
+        WrongPartialEvidence,
+    )
+
+    pv = PurposeVersion("app", 1)
+    request = KeyRequest(
+        KeyRequestBody(
+            b"\x01" * 20, (pv,), (EphemeralKey(1, b"\x09" * 32),), 1_800_000_000, b"\x00" * 16, 0, 0
+        ),
+        b"\x00" * 64,
+        b"",
+    )
+    share = KeyShareResponse(b"\x02" * 32, pv, epoch, 1, b"\x03" * 32, b"\x04" * 64, b"\x05" * 64)
+    return WrongPartialEvidence(request, share, b"\x06" * 32).encode()
+
+
+def test_evidence_about_an_epoch_older_than_the_kept_links_is_refused_as_stale(
+    tmp_path, chain300
+) -> None:  # type: ignore[no-untyped-def]
+    from kms.node.admission import ChangeChecker, Refusal
+    from kms.node.core import ChangeContext, ChangeRefused
+
+    svc = _service(tmp_path, chain300)
+    code, reply = svc.offer_evidence(_evidence(100))
+    assert (code, reply["reason"]) == (409, "stale-epoch")
+    code, reply = svc.offer_evidence(_evidence(299))  # kept: judged (and this one is junk)
+    assert reply["reason"] != "stale-epoch"
+    core = svc.core
+    assert core.state is not None
+    ctx = ChangeContext(core.state, tuple(core.chain), NOW, None)
+    checker = ChangeChecker(None, None, wrong_partial=lambda ev, st: "judged")
+    with pytest.raises(ChangeRefused) as refused:
+        checker.check_evidence(ctx, 1, _evidence(100))
+    assert refused.value.reason == Refusal.EVIDENCE_STALE.value
+    checker.check_evidence(ctx, 1, _evidence(299))  # the kept epoch is judged

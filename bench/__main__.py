@@ -5,7 +5,8 @@ reference (with the performance targets), the candidate native backends
 side by side, and the genesis DKG over libp2p between node processes
 (``bench.dkg_network``; ``--quick``: n = 4 only), key release, and the app
 policy index at 10, 1,000 and 100,000 apps (``bench.policy_index``, with its
-JSON), and the live flood of a devnet with 1,000 then 10,000 new apps' policies
+JSON), the epoch chain at 1,000, 10,000 and 100,000 epochs (``bench.chain_growth``;
+``--quick``: up to 10,000), and the live flood of a devnet with 1,000 then 10,000 new apps' policies
 and large bodies (``bench.flood``, with its JSON; ``--quick``: 100 then 400).
 Missed targets are printed,
 not raised: the exit status is 0.
@@ -24,7 +25,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from bench import backends, crypto, dkg_network, flood, key_release, policy_index
+from bench import backends, chain_growth, crypto, dkg_network, flood, key_release, policy_index
 from bench.timing import Budget, format_seconds
 
 PACKAGES = ("pyblst", "py-arkworks-bls12381", "chia-rs", "py-ecc", "cryptography")
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("key release")
         release_rows = key_release.rows(args.quick)
         index_rows = policy_index.rows(args.quick, progress)
+        chain_rows = chain_growth.rows(args.quick, progress)
         flood_runs = flood.runs(
             flood.QUICK_SIZES if args.quick else flood.FULL_SIZES, progress=progress
         )
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(key_release.table(release_rows))
     console.print(policy_index.table(index_rows))
     console.print_json(json.dumps(policy_index.as_json(index_rows)))
+    console.print(chain_growth.table(chain_rows))
     console.print_json(json.dumps(flood.report(console, flood_runs)))
     console.print(f"total {time.perf_counter() - start:.1f} s")
     return 0

@@ -48,6 +48,8 @@ class StatusSource(Protocol):
 
     def chain_bytes(self) -> bytes: ...
 
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, int, bytes]: ...
+
     def count_rejected(self, label: str) -> None: ...
 
     def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]: ...
@@ -63,6 +65,10 @@ MAX_BODY = 512 * 1024
 """The largest request body any route reads (a ``KeyRequest`` with a full event log fits)."""
 MSGPACK = "application/msgpack"
 JSON = "application/json"
+CHAIN_PAGE_LINKS = 64
+"""Links in one page of ``GET /v1/chain?from=…``, at most (and by default)."""
+CHAIN_PAGE_BYTES = 1 << 20
+"""Encoded link bytes in one page, at most (and by default)."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -262,7 +268,36 @@ def make_app(source: StatusSource) -> Starlette:
         return _message_response(answer, code, as_json)
 
     async def chain(request: Request) -> Response:
-        return _message_response(source.chain_bytes(), 200, _wants_json(request))
+        q = request.query_params
+        if not any(k in q for k in ("from", "limit", "max_bytes")):
+            return _message_response(source.chain_bytes(), 200, _wants_json(request))
+        try:
+            start = int(q.get("from", "0"))
+            limit = int(q.get("limit", str(CHAIN_PAGE_LINKS)))
+            max_bytes = int(q.get("max_bytes", str(CHAIN_PAGE_BYTES)))
+        except ValueError:
+            source.count_rejected("chain: bad paging parameters")
+            return JSONResponse(
+                {"error": "bad paging: from, limit and max_bytes are integers"},
+                status_code=400,
+            )
+        if start < 0 or not 1 <= limit <= CHAIN_PAGE_LINKS or not 1 <= max_bytes:
+            source.count_rejected("chain: bad paging parameters")
+            return JSONResponse(
+                {
+                    "error": f"bad paging: from >= 0, 1 <= limit <= {CHAIN_PAGE_LINKS}, "
+                    "max_bytes >= 1"
+                },
+                status_code=400,
+            )
+        first, following, head, raw = source.chain_page(
+            start, limit, min(max_bytes, CHAIN_PAGE_BYTES)
+        )
+        response = _message_response(raw, 200, _wants_json(request))
+        response.headers["x-chain-first"] = str(first)
+        response.headers["x-chain-next"] = str(following)
+        response.headers["x-chain-head"] = str(head)
+        return response
 
     async def audit_head(request: Request) -> Response:
         return JSONResponse(source.audit_head())

@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from kms.api.http import MAX_BODY
+from kms.api.http import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
 from kms.protocol import KeyRefusal, KeyRequest, KeyResponse, WrongPartialEvidence
 from mpc.codec import MAX_INT, MAX_ITEMS, MaxSize, Message, Size
 from mpc.membership.messages import ChainUpdate
@@ -219,13 +219,51 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/chain": {
             "get": {
-                "summary": "The node's epoch chain from genesis",
+                "summary": "Genesis and the recent tail of the node's epoch chain",
+                "description": (
+                    "Without parameters: genesis and the tail from the epoch certificate "
+                    "before the head (the whole chain while it is short). With from, limit "
+                    "or max_bytes: the links the node keeps from position `from` (E_e at "
+                    "2e, M_e at 2e + 1), at most `limit` links and `max_bytes` bytes; the "
+                    "headers x-chain-first, x-chain-next and x-chain-head give the first "
+                    "position served, the position to ask for next and the head's position."
+                ),
+                "parameters": [
+                    {
+                        "name": "from",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": CHAIN_PAGE_LINKS,
+                            "default": CHAIN_PAGE_LINKS,
+                        },
+                    },
+                    {
+                        "name": "max_bytes",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "default": CHAIN_PAGE_BYTES,
+                        },
+                    },
+                ],
                 "responses": {
                     "200": _resp(
                         "A ChainUpdate; verify it from the pinned master public key "
                         "before using anything in it.",
                         _message_content(ChainUpdate),
-                    )
+                    ),
+                    "400": _resp("A paging parameter out of range.", _json("Error")),
                 },
             }
         },

@@ -91,8 +91,12 @@ class KeyRequestSession:
         min_policy_version: int = 0,
         previous: ChainState | None = None,
         bundle: bytes = b"",
+        preferred: Sequence[ParticipantIndex] = (),
     ) -> None:
         self.chain = chain
+        self.preferred = tuple(preferred)
+        """Members to ask first (the shell's view of who answers: e.g. those whose chain
+        came back in time)."""
         self.bundle = bundle
         """The app's encoded policy bundle, sent with the request (its hash is in the body)."""
         self.states = {chain.epoch: chain}
@@ -249,6 +253,10 @@ class KeyRequestSession:
         order = list(self.chain.committee.indices)
         for st in sorted(self.states.values(), key=lambda s: -s.epoch):
             order += [i for i in st.committee.indices if i not in order]
+        # Preferred members first, each group in the order above.
+        order = [i for i in order if i in self.preferred] + [
+            i for i in order if i not in self.preferred
+        ]
         return [i for i in order if i not in self._answered][:count]
 
     def epoch_used(self) -> int:

@@ -8,10 +8,12 @@ The master public key is never taken from a node: it is pinned by the caller.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -19,14 +21,15 @@ from kms.client.core import KeyReleaseError, KeyRequestSession, Rejected
 from kms.protocol import KeyRefusal, KeyResponse, WrongPartialEvidence
 from mpc.cert import EpochCertificate
 from mpc.codec import MessageDecodeError, decode
+from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.membership import (
     ChainError,
     ChainState,
     MembershipCertificate,
-    verify_chain,
-    verify_chain_epochs,
+    rank,
+    verify_recent,
 )
 from mpc.membership.messages import ChainUpdate
 from mpc.tkd import DerivedPoint
@@ -54,12 +57,42 @@ def _links(raw: bytes) -> list[EpochCertificate | MembershipCertificate]:
 
 def chain_from_bytes(raw: bytes, mpk: G2) -> ChainState:
     """Verify a ``ChainUpdate`` (the body of ``GET /v1/chain``) from the pinned ``mpk``."""
-    return verify_chain(_links(raw), mpk=mpk)
+    return chain_epochs_from_bytes(raw, mpk)[-1]
 
 
 def chain_epochs_from_bytes(raw: bytes, mpk: G2) -> list[ChainState]:
-    """Like ``chain_from_bytes``, with the verified state of every epoch (oldest first)."""
-    return verify_chain_epochs(_links(raw), mpk=mpk)
+    """Like ``chain_from_bytes``, with the verified state of every epoch given (oldest first).
+
+    The body is genesis and a recent tail, or only a tail: its first epoch
+    certificate is checked directly under the pinned ``mpk`` and each later link
+    against the one before (``verify_recent``), one pairing check per link
+    whatever the chain's length. A head checked this way is as strong as a walk
+    from genesis (docs/threat-model.md, "The chain is checked at its head").
+    """
+    return verify_recent(_links(raw), mpk=mpk)
+
+
+class _DaemonPool:
+    """Run each call on its own daemon thread: a node that accepts connections and never
+    answers holds up neither the caller nor the process's exit (``ThreadPoolExecutor``
+    joins its threads at exit, so one such node would)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+
+        def run() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        return fut
+
+    def shutdown(self, wait: bool = False, cancel_futures: bool = True) -> None:
+        del wait, cancel_futures  # daemon threads end with their requests
 
 
 def fetch_chain(
@@ -69,14 +102,18 @@ def fetch_chain(
     timeout: float = 5.0,
     enough: int | None = None,
     client: httpx.Client | None = None,
+    hedge_after: float | None = None,
 ) -> tuple[ChainState, list[str]]:
-    """The longest chain the asked nodes serve that verifies from the pinned ``mpk``.
+    """The highest chain head the asked nodes serve that verifies from the pinned ``mpk``.
 
     Nodes are asked concurrently; ``enough`` stops after that many verified
-    chains (all by default). A node whose chain does not verify (another key,
-    a forged link) is ignored and reported in the second element.
+    chains (all by default); ``hedge_after`` stops once that many seconds have
+    passed and at least one chain verified. A node whose chain does not verify
+    (another key, a forged link) is ignored and reported in the second element.
     """
-    states, ignored = fetch_chain_epochs(urls, mpk, timeout=timeout, enough=enough, client=client)
+    states, ignored, _ = fetch_chain_heads(
+        urls, mpk, timeout=timeout, enough=enough, client=client, hedge_after=hedge_after
+    )
     return states[-1], ignored
 
 
@@ -87,37 +124,75 @@ def fetch_chain_epochs(
     timeout: float = 5.0,
     enough: int | None = None,
     client: httpx.Client | None = None,
+    hedge_after: float | None = None,
 ) -> tuple[list[ChainState], list[str]]:
-    """``fetch_chain``, with the verified state of every epoch of the longest chain."""
+    """``fetch_chain``, with the verified state of every epoch the best answer names."""
+    states, ignored, _ = fetch_chain_heads(
+        urls, mpk, timeout=timeout, enough=enough, client=client, hedge_after=hedge_after
+    )
+    return states, ignored
+
+
+def fetch_chain_heads(
+    urls: Sequence[str],
+    mpk: G2,
+    *,
+    timeout: float = 5.0,
+    enough: int | None = None,
+    client: httpx.Client | None = None,
+    hedge_after: float | None = None,
+) -> tuple[list[ChainState], list[str], list[str]]:
+    """Ask every node for its chain at once; the best verified one (fork choice: the
+    highest ``(epoch, attempt)`` head, ``mpc.membership.rank``), the nodes ignored, and
+    the URLs whose chain verified, in the order they answered.
+
+    Returns when every node answered, ``enough`` chains verified, ``hedge_after``
+    seconds passed with at least one verified chain, or ``timeout`` passed.
+    """
     own = client is None
     http = client or httpx.Client(timeout=timeout)
     best: list[ChainState] | None = None
     ignored: list[str] = []
+    answered: list[str] = []
 
-    def get(url: str) -> tuple[str, bytes | Exception]:
+    def get(url: str) -> bytes | Exception:
         try:
-            return url, http.get(url.rstrip("/") + "/v1/chain").content
+            return http.get(url.rstrip("/") + "/v1/chain").content
         except httpx.HTTPError as exc:
-            return url, exc
+            return exc
 
+    pool = _DaemonPool()
+    start = time.monotonic()
     try:
-        verified = 0
+        pending = {pool.submit(get, url): url for url in urls}
         want = enough or len(urls)
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(urls)))) as pool:
-            for url, raw in pool.map(get, urls):
+        while pending:
+            elapsed = time.monotonic() - start
+            if best is not None and hedge_after is not None and elapsed >= hedge_after:
+                break
+            if elapsed >= timeout:
+                break
+            limit = timeout - elapsed
+            if best is not None and hedge_after is not None:
+                limit = min(limit, hedge_after - elapsed)
+            done, _ = wait(pending, timeout=max(limit, 0.0), return_when=FIRST_COMPLETED)
+            for fut in done:
+                url = pending.pop(fut)
+                raw = fut.result()
                 if isinstance(raw, Exception):
                     ignored.append(f"{url}: {type(raw).__name__}: {raw}")
                     continue
                 try:
                     states = chain_epochs_from_bytes(raw, mpk)
-                except (MessageDecodeError, ChainError, ValueError) as exc:
+                except (MessageDecodeError, ChainError, InvalidEncoding, ValueError) as exc:
                     ignored.append(f"{url}: {type(exc).__name__}: {exc}")
                     continue
-                verified += 1
-                if best is None or states[-1].epoch > best[-1].epoch:
+                answered.append(url)
+                if best is None or rank(states[-1]) > rank(best[-1]):
                     best = states
-                if verified >= want:
-                    break
+            if len(answered) >= want:
+                break
+        ignored.extend(f"{url}: no answer in time" for url in pending.values())
     finally:
         if own:
             http.close()
@@ -125,7 +200,13 @@ def fetch_chain_epochs(
         raise KeyReleaseError(
             "no node served a chain that verifies from the pinned master public key"
         )
-    return best, ignored
+    return best, ignored, answered
+
+
+_HEADS: dict[tuple[bytes, tuple[str, ...]], tuple[float, list[ChainState]]] = {}
+"""Verified chain heads per process, by (pinned key, node URLs): a CVM process that makes
+several cold requests verifies the chain once per ``chain_ttl``."""
+_HEADS_LOCK = threading.Lock()
 
 
 class KeyClient:
@@ -142,6 +223,14 @@ class KeyClient:
     or a bad partial makes it ask the next node; so does a node that has not
     answered within ``hedge_after`` seconds (a slow node does not hold the
     CVM up for the whole ``timeout``).
+
+    The chain is fetched the same way: from every node at once, verified at
+    its head, and the best head verified by ``chain_hedge`` seconds is used
+    (the highest ``(epoch, attempt)``); nodes that answered it are asked for
+    partials first. Connecting and reading have their own timeouts
+    (``connect_timeout``, ``read_timeout``), so a node that accepts
+    connections and never answers costs at most a hedge. With ``cache``, the
+    verified head is shared by every client of the process for ``chain_ttl``.
     """
 
     def __init__(
@@ -153,17 +242,29 @@ class KeyClient:
         hedge_after: float = 1.0,
         chain_ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        connect_timeout: float = 1.0,
+        read_timeout: float | None = None,
+        chain_hedge: float = 0.3,
+        cache: bool = False,
     ) -> None:
         self.urls = dict(urls)
         self.mpk = mpk
         self.timeout = timeout
         self.hedge_after = hedge_after
         self.chain_ttl = chain_ttl
+        self.chain_hedge = chain_hedge
+        self.cache = cache
         self._clock = clock
         self._http = httpx.Client(
-            timeout=timeout, limits=httpx.Limits(max_keepalive_connections=2 * len(self.urls) + 2)
+            timeout=httpx.Timeout(
+                timeout,
+                connect=min(connect_timeout, timeout),
+                read=read_timeout if read_timeout is not None else timeout,
+            ),
+            limits=httpx.Limits(max_keepalive_connections=2 * len(self.urls) + 2),
         )
-        self._pool = ThreadPoolExecutor(max_workers=max(2, min(16, len(self.urls))))
+        self._pool = _DaemonPool()
+        self._responsive: list[ParticipantIndex] = []
         self._chain: ChainState | None = None
         self._previous: ChainState | None = None
         self._chain_at = 0.0
@@ -184,16 +285,35 @@ class KeyClient:
     def chain(self, *, refresh: bool = False) -> ChainState:
         """The verified chain, fetched again when stale or when ``refresh`` asks."""
         fresh = self._chain is not None and self._clock() - self._chain_at < self.chain_ttl
+        key = (self.mpk.to_bytes(), tuple(sorted(self.urls.values())))
+        if self._chain is None and not refresh and self.cache:
+            with _HEADS_LOCK:
+                cached = _HEADS.get(key)
+            if cached is not None and time.monotonic() - cached[0] < self.chain_ttl:
+                self._take(cached[1])
+                return self._chain  # type: ignore[return-value]
         if self._chain is None or refresh or not fresh:
-            states, ignored = fetch_chain_epochs(
-                list(self.urls.values()), self.mpk, client=self._http
+            states, ignored, answered = fetch_chain_heads(
+                list(self.urls.values()),
+                self.mpk,
+                client=self._http,
+                timeout=self.timeout,
+                hedge_after=self.chain_hedge,
             )
             self.ignored_nodes = ignored
-            if self._chain is None or states[-1].epoch >= self._chain.epoch:
-                self._chain = states[-1]
-                self._previous = states[-2] if len(states) > 1 else None
+            by_url = {u: i for i, u in self.urls.items()}
+            self._responsive = sorted(by_url[u] for u in answered if u in by_url)
+            if self._chain is None or rank(states[-1]) >= rank(self._chain):
+                self._take(states)
             self._chain_at = self._clock()
-        return self._chain
+            if self.cache:
+                with _HEADS_LOCK:
+                    _HEADS[key] = (time.monotonic(), states)
+        return self._chain  # type: ignore[return-value]
+
+    def _take(self, states: list[ChainState]) -> None:
+        self._chain = states[-1]
+        self._previous = states[-2] if len(states) > 1 else None
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -290,6 +410,7 @@ class KeyClient:
             previous=previous
             if previous is not None and previous.epoch == chain.epoch - 1
             else None,
+            preferred=self._responsive,
         )
         body = session.attach_quote(quote_for(session.report_data), event_log).encode()
         asked: list[ParticipantIndex] = []
@@ -378,7 +499,7 @@ def fetch_keys(
     A long-lived CVM keeps a ``KeyClient`` instead, which reuses the verified
     chain and its connections.
     """
-    with KeyClient(urls, mpk, timeout=timeout) as client:
+    with KeyClient(urls, mpk, timeout=timeout, hedge_after=0.3, cache=True) as client:
         return client.fetch(
             app_id,
             purposes,

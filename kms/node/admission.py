@@ -44,7 +44,7 @@ from mpc.membership import (
     ChangeAdmissionPolicy,
     MembershipCertificate,
     RemoveMember,
-    verify_chain_epochs,
+    epoch_state,
 )
 from mpc.membership.messages import Change
 
@@ -64,6 +64,8 @@ class Refusal(enum.Enum):
     EVIDENCE_NAMES_ANOTHER_NODE = "evidence-names-another-node"
     EVIDENCE_INVALID = "evidence-does-not-verify"
     UNKNOWN_RUN = "unknown-run"
+    EVIDENCE_STALE = "evidence-stale"
+    """The evidence is about an epoch older than the chain links this node keeps."""
 
 
 def join_report_data(participant: Participant, addresses: Sequence[str]) -> bytes:
@@ -94,18 +96,31 @@ def _participant(
 
 
 def _state_at(chain: Sequence[EpochCertificate | MembershipCertificate], epoch: int) -> ChainState:
-    """The verified chain state of ``epoch``."""
+    """The verified chain state of ``epoch``: its certificate checked directly under the
+    master public key (``epoch_state``), without walking the chain to it.
+
+    The node keeps genesis and a recent tail only: an epoch before the tail is
+    refused as stale (``EVIDENCE_STALE``).
+    """
     first = chain[0] if chain else None
     if not isinstance(first, EpochCertificate):
         raise _refuse(Refusal.EVIDENCE_INVALID, "no chain")
+    cert = next(
+        (x for x in chain if isinstance(x, EpochCertificate) and x.transcript.epoch == epoch),
+        None,
+    )
+    if cert is None:
+        oldest = min(
+            (x.transcript.epoch for x in chain[1:] if isinstance(x, EpochCertificate)),
+            default=0,
+        )
+        if 0 < epoch < oldest:
+            raise _refuse(Refusal.EVIDENCE_STALE, f"epoch {epoch} is older than the kept chain")
+        raise _refuse(Refusal.EVIDENCE_INVALID, f"epoch {epoch} is not in the chain")
     try:
-        states = verify_chain_epochs(chain, mpk=G2.from_bytes(first.transcript.mpk))
+        return epoch_state(G2.from_bytes(first.transcript.mpk), cert)
     except (ChainError, InvalidEncoding) as exc:
         raise _refuse(Refusal.EVIDENCE_INVALID, f"chain: {exc}") from exc
-    state = next((st for st in states if st.epoch == epoch), None)
-    if state is None:
-        raise _refuse(Refusal.EVIDENCE_INVALID, f"epoch {epoch} is not in the chain")
-    return state
 
 
 WrongPartialCheck = Callable[[WrongPartialEvidence, ChainState], str]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kms.node.core import NodeConfig
+from kms.node.core import CHAIN_RETENTION, NodeConfig
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding, InvalidSignature
 from mpc.ids import ParticipantIndex
@@ -206,6 +206,8 @@ def load(path: str | Path) -> NodeFileConfig:
             "the committee has no genesis participants yet (run `kms devnet up` or add them)"
         )
     policy = policy_bytes(str(com.get("admission_policy", "")))
+    if int(node.get("chain_retention", CHAIN_RETENTION)) < 2:
+        raise ConfigError("node.chain_retention must be at least 2 epochs")
     protocol = NodeConfig(
         index=ParticipantIndex(int(node["index"])),
         genesis=genesis,
@@ -217,6 +219,7 @@ def load(path: str | Path) -> NodeFileConfig:
         refresh_interval=float(com.get("refresh_interval", 0.0)),
         admission_policy_hash=hashlib.sha256(policy).digest(),
         admission_policy=policy,
+        chain_retention=int(node.get("chain_retention", CHAIN_RETENTION)),
     )
     if not 2 <= protocol.threshold <= len(genesis):
         raise ConfigError(

@@ -27,6 +27,7 @@ Lifecycle:
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,7 +69,9 @@ from mpc.membership import (
     apply_change,
     extend,
     genesis_state,
-    verify_chain_epochs,
+    link_position,
+    rank,
+    verify_recent,
 )
 from mpc.membership.messages import ChainRequest, ChainUpdate, Change, OutcomePartial
 from mpc.reshare import Acknowledgement, RetentionTracker
@@ -90,10 +93,18 @@ HOLDERS_GRACE_DELTAS = 10
 """A certified epoch in which this node knows fewer than ``t`` share holders this many Δ
 after it became ready here is reported (``NodeStatus.share_holders_below_threshold``)."""
 MAX_KEPT_SHARES = 8
+HIGHER_ATTEMPTS_KEPT = 8
+"""Attempts after the certified one of the head's epoch whose records a node keeps."""
 """Shares of finalized runs that failed locally, kept in memory in case their
 certificate arrives late (they are persisted as run records too)."""
 ACK_RUN_LABEL = b"acks"
 """Run id prefix of the acknowledgements this node received for one epoch certificate."""
+CHAIN_RETENTION = 64
+"""Epochs of chain links a node keeps (besides genesis), by default."""
+MAX_CHAIN_ANSWER_LINKS = 64
+"""Links in one ``ChainUpdate`` answer, at most (besides genesis)."""
+MAX_CHAIN_ANSWER_BYTES = 1 << 20
+"""Encoded links in one ``ChainUpdate`` answer, at most (well under the 4 MiB frame)."""
 Link = EpochCertificate | MembershipCertificate
 
 
@@ -115,10 +126,14 @@ class NodeConfig:
     admission_policy_hash: bytes = ZERO_HASH
     admission_policy: bytes = b""
     """The genesis node admission policy (its SHA-256 is ``admission_policy_hash``)."""
+    chain_retention: int = CHAIN_RETENTION
+    """Epochs of chain links kept besides genesis (a local setting, not agreed)."""
 
     def __post_init__(self) -> None:
         if self.window_length <= 0 or self.window_period <= 0:
             raise LocalProtocolError("window length and period must be positive")
+        if self.chain_retention < 2:
+            raise LocalProtocolError("keep at least the last two epochs of the chain")
 
     def genesis_schedule(self, attempt: int) -> Schedule:
         s = Schedule.default(
@@ -208,6 +223,22 @@ class LinkCertified:
 
 
 @dataclass(frozen=True)
+class ChainTrimmed:
+    """Links before ``position`` (but genesis, at 0) are no longer kept: delete them."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class ChainReplaced:
+    """The chain after genesis is now ``links`` (a catch-up past missing links, or a
+    switch to a higher fork): store it in place of the old one before the epoch switch
+    that follows. Genesis itself is ``links[0]`` when it was replaced too."""
+
+    links: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
 class RetainedShareDeletable:
     epoch: int
 
@@ -266,6 +297,8 @@ NodeEvent = (
     StoreRecord
     | EpochSwitched
     | LinkCertified
+    | ChainTrimmed
+    | ChainReplaced
     | RetainedShareDeletable
     | MisbehaviourObserved
     | InputRejected
@@ -284,6 +317,9 @@ class Restored:
     share: SecretShare | None = None
     retained: Mapping[int, SecretShare] = field(default_factory=dict)
     records: Callable[[bytes], Mapping[str, bytes]] = lambda run: {}
+    admission_policy: bytes | None = None
+    """The bytes of the last certified admission-policy change, kept apart from the chain
+    (its link may be older than the epochs the node keeps)."""
 
 
 @dataclass(frozen=True)
@@ -349,8 +385,9 @@ class NodeCore:
         self._removed: dict[ParticipantIndex, None] = {}
         self._chain_budget: dict[ParticipantIndex, tuple[float, float]] = {}
         self.chain: list[Link] = []
+        """Genesis, then a contiguous recent tail (the last ``chain_retention`` epochs)."""
         self._reshare_runs: dict[bytes, SharingConfig] = {}
-        self._epoch_states: tuple[int, dict[int, ChainState]] = (0, {})
+        self._epoch_states: dict[int, ChainState] = {}
         self.state: ChainState | None = None
         self.share: SecretShare | None = restored.share
         self._retained: dict[int, SecretShare] = dict(restored.retained)
@@ -381,6 +418,7 @@ class NodeCore:
         self._ran_epochs: set[int] = set()
         """Epochs this process ran a sharing run of (or, from a restart, may have)."""
         self._ran_epochs.add(0)
+        self._policy_bytes = restored.admission_policy
         if restored.chain:
             before = self._restore_chain(list(restored.chain))
             head = self.state.epoch if self.state is not None else 0
@@ -455,11 +493,35 @@ class NodeCore:
         return ACK_RUN_LABEL + cert.hash()
 
     def _keep_runs(self) -> tuple[bytes, ...]:
-        """Acknowledgement records still in use: the head's and retained shares' trackers."""
+        """Records still in use: acknowledgements the head's and retained shares' trackers
+        count, and this node's records of higher attempts of the head's epoch."""
         keep = {self._ack_run(t.certificate) for t in self._trackers.values()}
         if self.state is not None:
             keep.add(self._ack_run(self.state.certificate))
+            keep.update(self._higher_attempt_runs(self.state))
         return tuple(sorted(keep))
+
+    def _higher_attempt_runs(self, st: ChainState) -> list[bytes]:
+        """Run ids of the next attempts of the head's epoch. The highest certified attempt
+        wins, so a higher attempt this node finalized (and may have signed) can still be
+        certified: its share record must outlive the adoption of a lower one."""
+        tr = st.certificate.transcript
+        if tr.epoch not in self._ran_epochs:
+            return []
+        before = self._epoch_states.get(st.epoch - 1) if tr.kind == "reshare" else None
+        out: list[bytes] = []
+        for attempt in range(tr.attempt + 1, tr.attempt + 1 + HIGHER_ATTEMPTS_KEPT):
+            try:
+                if tr.kind == "dkg":
+                    cfg: SharingConfig | None = self._genesis_config(attempt)
+                else:
+                    cfg = self._reshare_config(before, attempt) if before is not None else None
+            except LocalProtocolError:
+                break
+            if cfg is None:
+                break
+            out.append(cfg.run_id())
+        return out
 
     # --- restoring -------------------------------------------------------------
 
@@ -469,17 +531,38 @@ class NodeCore:
         if not isinstance(first, EpochCertificate):
             raise LocalProtocolError("stored chain does not start with the genesis certificate")
         self._check_genesis(first)
-        state = genesis_state(self._mpk_of(first), first)
-        before: ChainState | None = None
-        for link in links[1:]:
-            prev = state
-            if isinstance(link, EpochCertificate):
-                before = state
-            state = extend(state, link)
-            self._note_removed(prev, state)
-        self.chain = links
-        self._set_state(state)
-        return before
+        genesis_state(self._mpk_of(first), first)
+        for link in links:
+            self._note_policy(link)
+        # Only the retained tail is verified (and kept): a head checked under the
+        # pinned key is as strong as the walk from genesis.
+        keep = self._retained_tail(links[1:])
+        states = verify_recent([first, *keep], mpk=self._mpk_of(first))
+        self.chain = [first, *keep]
+        self._epoch_states = {st.epoch: st for st in states}
+        if len(keep) < len(links) - 1:
+            self._events.append(ChainTrimmed(link_position(keep[0]) if keep else 1))
+        for prev, st in itertools.pairwise(states):
+            self._note_removed(prev, st)
+        self._set_state(states[-1])
+        return states[-2] if len(states) > 1 else None
+
+    def _retained_tail(self, tail: list[Link]) -> list[Link]:
+        """The links of the last ``chain_retention`` epochs of ``tail`` (from an epoch link)."""
+        if not tail:
+            return []
+        head = max(link_position(x) for x in tail) // 2
+        first = head - self.config.chain_retention + 1
+        if first <= 0:
+            return tail
+        keep = [x for x in tail if link_position(x) >= 2 * first]
+        return keep if keep and isinstance(keep[0], EpochCertificate) else tail[-1:]
+
+    def _note_policy(self, link: Link) -> None:
+        if isinstance(link, MembershipCertificate):
+            change = link.outcome.proposal.change
+            if isinstance(change, ChangeAdmissionPolicy):
+                self._policy_bytes = change.policy
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -552,7 +635,7 @@ class NodeCore:
         ).end
 
     def _membership_before(self, epoch: int) -> MembershipCertificate | None:
-        for link in self.chain:
+        for link in reversed(self.chain):
             if isinstance(link, MembershipCertificate) and link.outcome.epoch == epoch - 1:
                 return link
         return None
@@ -618,15 +701,21 @@ class NodeCore:
 
     def epoch_state(self, epoch: int) -> ChainState | None:
         """What this node's chain proves about ``epoch`` (its committee and public shares),
-        or None if the chain does not reach it. Verified once per chain length."""
+        or None if the chain does not reach it or the epoch is older than the retained
+        links (``is_stale``). Each state was verified when its link was adopted."""
         if self.state is None:
             return None
-        if self._epoch_states[0] != len(self.chain):
-            self._epoch_states = (
-                len(self.chain),
-                {st.epoch: st for st in verify_chain_epochs(self.chain, mpk=self.state.mpk)},
-            )
-        return self._epoch_states[1].get(epoch)
+        return self._epoch_states.get(epoch)
+
+    def is_stale(self, epoch: int) -> bool:
+        """``epoch`` is before the oldest retained one: evidence about it is refused."""
+        if len(self.chain) < 2:
+            return False
+        return 0 < epoch < link_position(self.chain[1]) // 2
+
+    def head_position(self) -> int:
+        """Position of this node's last link in the full chain (-1 without a chain)."""
+        return link_position(self.chain[-1]) if self.chain else -1
 
     def observe_epoch(self, peer: ParticipantIndex, epoch: int, now: float) -> None:
         """An authenticated member says it is at ``epoch``. If that is ahead of us, ask it
@@ -644,7 +733,7 @@ class NodeCore:
             return
         self._asked_chain = True
         self._asked_chain_at = now
-        self._outbox.append(Outbound(peer, ChainRequest(len(self.chain))))
+        self._outbox.append(Outbound(peer, ChainRequest(self.head_position() + 1)))
         self._pump()
 
     def advance_time(self, now: float) -> None:
@@ -736,6 +825,8 @@ class NodeCore:
                     return change.policy
         if hashlib.sha256(self.config.admission_policy).digest() == want:
             return self.config.admission_policy
+        if self._policy_bytes is not None and hashlib.sha256(self._policy_bytes).digest() == want:
+            return self._policy_bytes
         return None
 
     def _require_member(self) -> ChainState:
@@ -788,9 +879,50 @@ class NodeCore:
         )
 
     def chain_update(self, have: int = 0) -> ChainUpdate:
-        links = self.chain[have:]
-        kinds = tuple("epoch" if isinstance(x, EpochCertificate) else "membership" for x in links)
-        return ChainUpdate(kinds, tuple(x.encode() for x in links))
+        """The answer to ``ChainRequest(have)``: what a peer holding the chain up to
+        position ``have`` needs, bounded by ``MAX_CHAIN_ANSWER_LINKS`` and
+        ``MAX_CHAIN_ANSWER_BYTES``.
+
+        A peer a few links behind gets the links after ``have``; one further
+        behind (or asking from 0) gets genesis and the recent tail from the
+        epoch certificate before the head, which it verifies from the head
+        (``verify_recent``). Nothing for a peer at or past our head.
+        """
+        if not self.chain or have > self.head_position():
+            return _update([])
+        have = max(have, 0)
+        after = [x for x in self.chain[1:] if link_position(x) >= have]
+        if have == 0:
+            after = [self.chain[0], *after]
+        contiguous = bool(after) and link_position(after[0]) == have
+        if (
+            contiguous
+            and len(after) <= MAX_CHAIN_ANSWER_LINKS
+            and _size(after) <= MAX_CHAIN_ANSWER_BYTES
+        ):
+            return _update(after)
+        head_epoch = self.head_position() // 2
+        lo = 2 * (head_epoch - 1) if head_epoch >= 2 else 1
+        tail = [x for x in self.chain[1:] if link_position(x) >= lo]
+        return _update(_within_bytes([self.chain[0], *tail]))
+
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, ChainUpdate]:
+        """Retained links from position ``start`` (genesis is position 0), at most ``limit``
+        links and ``max_bytes`` encoded bytes (at least one link when any is left);
+        returns the position of the first link given and the position to ask for next
+        (``GET /v1/chain`` paging)."""
+        links = [x for x in self.chain if link_position(x) >= max(start, 0)]
+        out: list[Link] = []
+        size = 0
+        for x in links[: max(limit, 1)]:
+            n = len(x.encode())
+            if out and size + n > max_bytes:
+                break
+            out.append(x)
+            size += n
+        first = link_position(out[0]) if out else self.head_position() + 1
+        following = link_position(out[-1]) + 1 if out else first
+        return first, following, _update(out)
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -908,6 +1040,16 @@ class NodeCore:
     # --- chain sync ------------------------------------------------------------------------
 
     def _receive_chain(self, peer: ParticipantIndex, update: ChainUpdate) -> None:
+        """Adopt what a peer's chain proves beyond ours.
+
+        Links that extend our head are checked one by one (``extend``). Links
+        that do not (we missed more than the peer sent, or the peer holds
+        another fork) are verified as genesis plus a recent tail from their
+        head (``verify_recent``) and replace ours when their head ranks higher
+        (``rank``: the highest ``(epoch, attempt)`` wins); a lower or equal
+        conflicting head is ignored. A genesis other than ours must pass the
+        same genesis check as any first chain.
+        """
         links: list[Link] = []
         for kind, raw in zip(update.kinds, update.links, strict=True):
             try:
@@ -921,26 +1063,127 @@ class NodeCore:
         if not links:
             return
         try:
-            if self.state is None:
-                first = links[0]
-                if not isinstance(first, EpochCertificate):
-                    raise ChainError("chain must start at genesis")
-                self._check_genesis(first)
-                state = genesis_state(self._mpk_of(first), first)
-                new_links: list[Link] = [first]
-                rest = links[1:]
-            else:
-                state = self.state
-                new_links = []
+            if self.state is not None:
                 known = {x.fingerprint() for x in self.chain}
                 rest = [x for x in links if x.fingerprint() not in known]
-            for link in rest:
-                state = extend(state, link)
-                new_links.append(link)
-        except ChainError as exc:
+                state = self.state
+                extends = True
+                for link in rest:
+                    try:
+                        state = extend(state, link)
+                    except ChainError:
+                        extends = False
+                        break
+                if extends:
+                    for link in rest:
+                        self._adopt_link(link, state_after=None)
+                    return
+            first = links[0]
+            if isinstance(first, EpochCertificate) and first.transcript.kind == "dkg":
+                if self.chain and first.fingerprint() == self.chain[0].fingerprint():
+                    mpk = self._mpk_of(first)
+                else:
+                    self._check_genesis(first)
+                    mpk = self._mpk_of(first)
+                    genesis_state(mpk, first)
+                states = verify_recent(links, mpk=mpk)
+                new_chain = links
+            else:
+                # A tail without genesis: verified from its first epoch certificate
+                # under our key, and joined to our links where it follows one of them.
+                if self.state is None:
+                    raise ChainError("a chain must start at genesis")
+                tail = links
+                while tail and not isinstance(tail[0], EpochCertificate):
+                    tail = tail[1:]
+                if not tail:
+                    self._outbox.append(Outbound(peer, ChainRequest(0)))
+                    return
+                states = verify_recent(tail, mpk=self.state.mpk)
+                new_chain = self._join(tail)
+        except (ChainError, InvalidEncoding) as exc:
             raise RemoteProtocolError(f"chain link refused: {exc}", [peer]) from exc
-        for link in new_links:
-            self._adopt_link(link, state_after=None)
+        if self.state is not None and rank(states[-1]) <= rank(self.state):
+            return  # behind us, or a fork that does not reach a higher (epoch, attempt)
+        if new_chain is not links:
+            try:
+                states = verify_recent(new_chain, mpk=self.state.mpk)  # type: ignore[union-attr]
+            except ChainError:  # pragma: no cover - _join keeps only links the tail follows
+                new_chain = [self.chain[0], *new_chain[-len(tail) :]]
+                states = verify_recent(new_chain, mpk=self.state.mpk)  # type: ignore[union-attr]
+        self._replace_chain(new_chain, states)
+
+    def _join(self, tail: list[Link]) -> list[Link]:
+        """Our links up to the one ``tail`` follows, then ``tail``; else genesis and ``tail``."""
+        first = tail[0]
+        if not isinstance(first, EpochCertificate):  # pragma: no cover - checked by the caller
+            return [self.chain[0], *tail]
+        before = first.transcript.previous_certificate_hash
+        for i in range(len(self.chain) - 1, 0, -1):
+            link = self.chain[i]
+            if link_position(link) == link_position(first) - 1 and link.hash() == before:
+                return [*self.chain[: i + 1], *tail]
+        return [self.chain[0], *tail]
+
+    def _replace_chain(self, links: list[Link], states: list[ChainState]) -> None:
+        """Switch to a verified chain (genesis + recent tail) that ranks above ours."""
+        old_state = self.state
+        head = states[-1]
+        for link in links:
+            self._note_policy(link)
+        self.chain = list(links)
+        self._epoch_states = {st.epoch: st for st in states}
+        self._events.append(ChainReplaced(tuple(links)))
+        gone = {e for e in self._retained if self._epoch_states.get(e) is None}
+        for e in gone:
+            self._retained.pop(e, None)
+            self._trackers.pop(e, None)
+        run = self._run
+        if run is not None and run.config.epoch <= head.epoch:
+            attempt = head.certificate.transcript.attempt
+            if (run.config.epoch, run.config.attempt) != (head.epoch, attempt):
+                self._run = None  # a run for an epoch the chain has settled otherwise
+        share = self.share
+        kept = {x.fingerprint() for x in links}
+        if (
+            share is not None
+            and old_state is not None
+            and old_state.epoch < head.epoch
+            and old_state.certificate.fingerprint() in kept
+        ):
+            # Caught up past our epoch, which the new chain keeps: our share of it is
+            # retained, as after any reshare, until the new epoch's members acknowledge.
+            self._retained[old_state.epoch] = share
+            retain: int | None = old_state.epoch
+            share = None
+        else:
+            retain = None
+        if share is not None and share.value.value * G2.generator() != head.public_shares.get(
+            share.index
+        ):
+            share = None  # a share of another polynomial
+        if share is None and self.me in head.committee.indices:
+            # A higher attempt won: if this node finalized it, its persisted share is the
+            # epoch's share (else none here, and a prompt refresh follows).
+            share = self._persisted_share(head.certificate, states[-2] if len(states) > 1 else None)
+        self._set_state(head)
+        if retain is not None:
+            self._trackers[retain] = RetentionTracker(
+                head.certificate, {i: p.verify_key() for i, p in self._participants.items()}
+            )
+        self.share = share if self.me in head.committee.indices else None
+        self._window = None
+        self._tally = Tally()
+        self._my_proposals.clear()
+        self._my_approvals.clear()
+        self._deferred.clear()
+        self._refused.clear()
+        self._run_attempt = 0
+        self._previous_members = set(old_state.committee.indices) if old_state else set()
+        self._events.append(
+            EpochSwitched(head.epoch, head.certificate, self.share, head, self._keep_runs())
+        )
+        self._trim()
 
     # --- time-driven steps -----------------------------------------------------------------
 
@@ -956,7 +1199,7 @@ class NodeCore:
             # up from the members.
             self._asked_chain = True
             self._asked_chain_at = now
-            have = len(self.chain)
+            have = self.head_position() + 1
             for i in sorted(self._participants):
                 if i != self.me:
                     self._outbox.append(Outbound(i, ChainRequest(have)))
@@ -1311,6 +1554,8 @@ class NodeCore:
         self.chain.append(link)
         old_state = self.state
         if isinstance(link, MembershipCertificate):
+            self._note_policy(link)
+            self._epoch_states[state.epoch] = state
             self._set_state(state)
             self._events.append(LinkCertified(link))
             self._run_attempt = 0
@@ -1323,8 +1568,8 @@ class NodeCore:
             members = set(state.committee.indices)
             for i in sorted(members | set(self._incoming_members(state))):
                 if i != self.me:
-                    # Incoming members have no chain yet: they get it from genesis.
-                    have = len(self.chain) - 1 if i in members else 0
+                    # Incoming members have no chain yet: they get genesis and the tail.
+                    have = self.head_position() if i in members else 0
                     self._outbox.append(Outbound(i, self.chain_update(have)))
             return
         # An epoch certificate: switch epochs.
@@ -1339,14 +1584,17 @@ class NodeCore:
             # certified run (it may have signed), its persisted share is that epoch's share.
             new_share = self._persisted_share(link, old_state)
         previous_share = self.share
+        self._epoch_states[state.epoch] = state
         self._set_state(state)
+        self._trim()
         self.share = new_share if in_committee else None
         if self.share is not None:
             self.share_error = None
         self._holders = {}
         self._holders_since = None
         # Kept shares of this epoch (or older) are decided: used above, or another outcome won.
-        self._kept = {r: k for r, k in self._kept.items() if k[0] > state.epoch}
+        # (Shares of this epoch's higher attempts stay: the highest certified attempt wins.)
+        self._kept = {r: k for r, k in self._kept.items() if k[0] >= state.epoch}
         run = self._run
         if (
             run is not None
@@ -1425,7 +1673,7 @@ class NodeCore:
         everyone = set(state.committee.indices) | self._previous_members
         for i in sorted(everyone - {self.me}):
             self._outbox.append(Outbound(i, ack))
-            self._outbox.append(Outbound(i, self.chain_update(len(self.chain) - 1)))
+            self._outbox.append(Outbound(i, self.chain_update(self.head_position())))
         try:
             self._take_ack(self.me, ack)
         except RemoteProtocolError:  # pragma: no cover - our own, checked when created
@@ -1447,6 +1695,16 @@ class NodeCore:
         self.share_error = None
         self._events.append(EpochSwitched(state.epoch, link, share, state, self._keep_runs()))
         self._acknowledge(link)
+
+    def _trim(self) -> None:
+        """Keep genesis and the links of the last ``chain_retention`` epochs."""
+        keep = self._retained_tail(self.chain[1:])
+        if len(keep) == len(self.chain) - 1:
+            return
+        self.chain = [self.chain[0], *keep]
+        oldest = link_position(keep[0]) // 2
+        self._epoch_states = {e: st for e, st in self._epoch_states.items() if e >= oldest}
+        self._events.append(ChainTrimmed(link_position(keep[0])))
 
     def _incoming_members(self, state: ChainState) -> list[ParticipantIndex]:
         if state.pending is None:
@@ -1492,3 +1750,30 @@ def _approx_size(message: Message) -> int:
     if isinstance(message, DigestRelay):
         return 256 + 80 * len(message.relays)
     return 256
+
+
+def _update(links: list[Link]) -> ChainUpdate:
+    kinds = tuple("epoch" if isinstance(x, EpochCertificate) else "membership" for x in links)
+    return ChainUpdate(kinds, tuple(x.encode() for x in links))
+
+
+def _size(links: list[Link]) -> int:
+    return sum(len(x.encode()) for x in links)
+
+
+def _within_bytes(links: list[Link]) -> list[Link]:
+    """Genesis and a tail, without its oldest links until they fit ``MAX_CHAIN_ANSWER_BYTES``.
+
+    The newest epoch certificate and what follows it are always kept, and the
+    kept tail starts at an epoch certificate (it is verified from there).
+    """
+    if len(links) <= 1:
+        return links
+    last_epoch = max(i for i, x in enumerate(links) if isinstance(x, EpochCertificate))
+    start = 1
+    while start < last_epoch and (
+        not isinstance(links[start], EpochCertificate)
+        or _size([links[0], *links[start:]]) > MAX_CHAIN_ANSWER_BYTES
+    ):
+        start += 1
+    return [links[0], *links[start:]]

@@ -30,6 +30,8 @@ import trio
 from kms.attest.pccs import CollateralProvider
 from kms.node.core import (
     ApprovalRefused,
+    ChainReplaced,
+    ChainTrimmed,
     ChangeCheck,
     EpochSwitched,
     InputRejected,
@@ -62,7 +64,7 @@ from mpc.broadcast import Outbound
 from mpc.cert import EpochCertificate
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex, PeerId
-from mpc.membership import MembershipCertificate
+from mpc.membership import ChangeAdmissionPolicy, MembershipCertificate
 from mpc.secret import SecretScalar, SecretShare
 from mpc.sig import SigningKey
 from net.codec import Envelope, EnvelopeError, encode_envelope, open_envelope
@@ -71,6 +73,9 @@ from net.peerid import peer_id_from_ed25519
 from net.transport import Transport
 
 log = logging.getLogger("quorum_kms.node")
+
+ADMISSION_POLICY_META = "chain/admission-policy"
+"""Meta entry: the bytes of the last certified admission-policy change."""
 
 SEND_QUEUE = 4096
 """Frames queued per peer at most; the bytes queued are capped too (``peer_queue_bytes``)."""
@@ -109,6 +114,8 @@ class Metrics:
     run_failures: Counter[str] = field(default_factory=Counter)
     send_failures: int = 0
     send_queue_full: int = 0
+    encode_failures: Counter[str] = field(default_factory=Counter)
+    """Outbound messages dropped because they cannot be encoded (by message type)."""
     epoch_switches: int = 0
     policies_learned: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)
@@ -201,6 +208,7 @@ class NodeService:
                 e: share_from_bytes(store.retained_share(e)) for e in store.retained_shares()
             },
             records=store.records,
+            admission_policy=store.get_meta(ADMISSION_POLICY_META),
         )
         self.core = NodeCore(
             config,
@@ -383,6 +391,7 @@ class NodeService:
                 },
             )
         elif isinstance(ev, LinkCertified):
+            self._keep_policy((ev.certificate,))
             self.store.append_link(
                 "membership", ev.certificate.outcome.epoch, ev.certificate.encode()
             )
@@ -391,6 +400,20 @@ class NodeService:
                 "membership change certified",
                 extra={"fields": {"kind": ev.certificate.outcome.proposal.kind}},
             )
+        elif isinstance(ev, ChainTrimmed):
+            self.store.trim_chain(ev.position)
+        elif isinstance(ev, ChainReplaced):
+            self.store.replace_chain(
+                (
+                    ("epoch", x.transcript.epoch, x.encode())
+                    if isinstance(x, EpochCertificate)
+                    else ("membership", x.outcome.epoch, x.encode())
+                )
+                for x in ev.links
+            )
+            self._keep_policy(ev.links)
+            self._learn_participants()
+            log.info("chain replaced", extra={"fields": {"links": len(ev.links)}})
         elif isinstance(ev, RetainedShareDeletable):
             self.store.delete_retained_share(ev.epoch)
             log.info("old share deleted", extra={"fields": {"epoch": ev.epoch}})
@@ -446,6 +469,15 @@ class NodeService:
                 },
             )
 
+    def _keep_policy(self, links: Iterable[object]) -> None:
+        """Keep the bytes of a certified admission policy apart from the chain links, which
+        are deleted once older than the kept epochs."""
+        for link in links:
+            if isinstance(link, MembershipCertificate):
+                change = link.outcome.proposal.change
+                if isinstance(change, ChangeAdmissionPolicy):
+                    self.store.set_meta(ADMISSION_POLICY_META, change.policy)
+
     def _send(self, ob: Outbound) -> None:
         q = self._queues.get(ob.to)
         if q is None:
@@ -456,8 +488,17 @@ class NodeService:
             self._nursery.start_soon(self._sender, ob.to, recv)
             q = send
         st = self.core.state
-        env = Envelope.of(ob.message, epoch=st.epoch if st else 0, sender=int(self.config.index))
-        frame = encode_envelope(env)
+        try:
+            env = Envelope.of(
+                ob.message, epoch=st.epoch if st else 0, sender=int(self.config.index)
+            )
+            frame = encode_envelope(env)
+        except (EnvelopeError, InvalidEncoding, ValueError, OverflowError) as exc:
+            # An oversized (or otherwise unencodable) message is dropped and counted:
+            # it must never raise into the node's tasks.
+            self.metrics.encode_failures[ob.message.TYPE] += 1
+            self._rl.warn(str(ob.to), f"message not encodable: {type(exc).__name__}")
+            return
         queued = self._queued_bytes.get(ob.to, 0)
         if queued and queued + len(frame) > self.peer_queue_bytes():
             # The peer is not taking what it is sent: drop rather than hold without bound.
@@ -914,7 +955,14 @@ class NodeService:
         return out
 
     def chain_bytes(self) -> bytes:
+        """Genesis and the recent tail (``GET /v1/chain``): what a client verifies from."""
         return self.core.chain_update(0).encode()
+
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, int, bytes]:
+        """Kept links from position ``start``: (first position given, next position to ask,
+        head position, encoded ``ChainUpdate``)."""
+        first, following, update = self.core.chain_page(start, limit, max_bytes)
+        return first, following, self.core.head_position(), update.encode()
 
     # --- admin actions (called by the admin channel) ---------------------------------------
 
@@ -974,6 +1022,13 @@ class NodeService:
             self.count_rejected("evidence: malformed")
             return 400, {"accepted": False, "reason": "malformed", "detail": str(exc)[:500]}
         state = self.core.epoch_state(ev.response.epoch)
+        if state is None and self.core.is_stale(ev.response.epoch):
+            self.count_rejected("evidence: stale epoch")
+            return 409, {
+                "accepted": False,
+                "reason": "stale-epoch",
+                "detail": f"epoch {ev.response.epoch} is older than the chain this node keeps",
+            }
         if state is None:
             self.count_rejected("evidence: unknown epoch")
             return 409, {
@@ -1202,6 +1257,12 @@ class NodeService:
         counter("qkms_run_failures_total", "Failed DKG/reshare attempts.", "kind", m.run_failures)
         gauge(
             "qkms_send_failures_total", "Frames that could not be sent.", m.send_failures, "counter"
+        )
+        counter(
+            "qkms_encode_failures_total",
+            "Outbound messages dropped because they could not be encoded, by kind.",
+            "kind",
+            m.encode_failures,
         )
         gauge(
             "qkms_send_queue_full_total",

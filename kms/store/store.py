@@ -146,6 +146,9 @@ _META_CHECK = "store.check"
 _META_AUDIT_HEAD = "store.audit_head"
 _RESERVED_PREFIX = "store."
 
+_CHAIN_DELETE_TRIGGER = """CREATE TRIGGER chain_append_only_delete BEFORE DELETE ON chain
+       BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END"""
+
 _SCHEMA = (
     """CREATE TABLE meta (
         name TEXT PRIMARY KEY,
@@ -196,8 +199,7 @@ _SCHEMA = (
     # audit head are.
     """CREATE TRIGGER chain_append_only_update BEFORE UPDATE ON chain
        BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END""",
-    """CREATE TRIGGER chain_append_only_delete BEFORE DELETE ON chain
-       BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END""",
+    _CHAIN_DELETE_TRIGGER,
     """CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     """CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
@@ -315,6 +317,18 @@ def _epoch_bytes(epoch: int) -> bytes:
 
 
 # --- the store ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _deleting_links(db: sqlite3.Connection) -> Iterator[None]:
+    """Lift the chain's append-only trigger for one deliberate deletion, inside the caller's
+    transaction: trimming links older than the kept epochs, or replacing links by a
+    higher fork. The trigger (same SQL) is back before the transaction commits."""
+    db.execute("DROP TRIGGER chain_append_only_delete")
+    try:
+        yield
+    finally:
+        db.execute(_CHAIN_DELETE_TRIGGER)
 
 
 class NodeStore:
@@ -751,6 +765,69 @@ class NodeStore:
         with self._read() as db:
             rows = db.execute("SELECT kind, epoch, data FROM chain ORDER BY position").fetchall()
         return [(str(k), int(e), bytes(d)) for k, e, d in rows]
+
+    def trim_chain(self, position: int) -> None:
+        """Forget the links before ``position`` but genesis (position 0).
+
+        The epoch records of those epochs go too, except for an epoch whose
+        share is still retained (its link stays until that share is deleted).
+        """
+        with self._write() as db:
+            first = int(position) // 2
+            db.execute(
+                "DELETE FROM epochs WHERE epoch > 0 AND epoch < ? "
+                "AND epoch NOT IN (SELECT epoch FROM shares) "
+                "AND epoch NOT IN (SELECT epoch FROM current_epoch)",
+                (first,),
+            )
+            with _deleting_links(db):
+                db.execute(
+                    "DELETE FROM chain WHERE position > 0 AND position < ? "
+                    "AND NOT (kind = 'epoch' AND epoch IN (SELECT epoch FROM epochs))",
+                    (int(position),),
+                )
+
+    def replace_chain(self, links: Iterable[tuple[str, int, bytes]]) -> None:
+        """Make the chain ``links`` (genesis, then a contiguous recent tail), in one transaction.
+
+        For a node that caught up past links it never held, or switched to a
+        fork whose head ranks higher. Links are stored at their positions in
+        the full chain (``E_e`` at ``2e``, ``M_e`` at ``2e + 1``). Every epoch
+        whose certificate is dropped or replaced loses its epoch record and
+        its share (overwritten, then deleted); if it was the current epoch,
+        no epoch is current until the next ``switch_epoch``.
+        """
+        new: dict[int, tuple[str, int, bytes]] = {}
+        for kind, epoch, data in links:
+            kind, epoch, data = self._check_link(kind, epoch, data)
+            new[2 * epoch + (kind == "membership")] = (kind, epoch, data)
+        with self._write() as db:
+            rows = db.execute("SELECT position, kind, epoch, data FROM chain").fetchall()
+            keep = {
+                int(p)
+                for p, k, e, d in rows
+                if int(p) in new and new[int(p)] == (str(k), int(e), bytes(d))
+            }
+            gone = [(int(p), str(k), int(e)) for p, k, e, _ in rows if int(p) not in keep]
+            for _, kind, epoch in gone:
+                if kind != "epoch":
+                    continue
+                db.execute("DELETE FROM current_epoch WHERE epoch = ?", (epoch,))
+                db.execute(
+                    "UPDATE shares SET sealed = zeroblob(length(sealed)) WHERE epoch = ?", (epoch,)
+                )
+                db.execute("DELETE FROM shares WHERE epoch = ?", (epoch,))
+                db.execute("DELETE FROM epochs WHERE epoch = ?", (epoch,))
+            with _deleting_links(db):
+                for position, _, _ in gone:
+                    db.execute("DELETE FROM chain WHERE position = ?", (position,))
+            for position, (kind, epoch, data) in sorted(new.items()):
+                if position not in keep:
+                    db.execute(
+                        "INSERT INTO chain (position, kind, epoch, data) VALUES (?, ?, ?, ?)",
+                        (position, kind, epoch, data),
+                    )
+        self._checkpoint()
 
     # --- epochs and shares ----------------------------------------------------------------------
 

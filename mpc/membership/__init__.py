@@ -5,10 +5,14 @@ from mpc.membership.chain import (
     ChainState,
     Committee,
     apply_change,
+    epoch_state,
     extend,
     genesis_state,
+    link_position,
+    rank,
     verify_chain,
     verify_chain_epochs,
+    verify_recent,
 )
 from mpc.membership.messages import (
     AddMember,
@@ -58,8 +62,12 @@ __all__ = [
     "WindowSchedule",
     "apply_change",
     "decide",
+    "epoch_state",
     "extend",
     "genesis_state",
+    "link_position",
+    "rank",
     "verify_chain",
     "verify_chain_epochs",
+    "verify_recent",
 ]

@@ -9,6 +9,18 @@ signature under the one master public key, so a replayed, reordered, forged
 or wrong-epoch link is refused. ``verify_chain`` is what clients and new
 members rely on: it returns the current committee, threshold and public
 shares only when every link is backed by the chain from the pinned anchor.
+
+Verification does not need the whole chain (``verify_recent``): every link
+is a threshold signature under the one pinned master public key, and forging
+any link of any epoch takes ``t`` shares of that epoch, which reconstruct the
+master secret itself. So the newest epoch certificate, checked directly
+under the pinned key, is as strong as a walk from genesis; the links after it
+(a pending membership certificate) and the epoch before it are checked
+against it. A chain is then genesis (optional for a client) followed by a
+recent contiguous tail that starts at an epoch certificate. Among valid
+chains the one whose head reaches the highest ``(epoch, attempt)`` wins
+(``rank``): a certificate of a failed attempt completed later is superseded
+by any higher attempt or later epoch.
 """
 
 from __future__ import annotations
@@ -136,6 +148,66 @@ def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
     return _state_from_epoch(mpk, genesis, genesis.hash())
 
 
+def epoch_state(mpk: G2, cert: EpochCertificate) -> ChainState:
+    """Verify one epoch certificate directly under the pinned ``mpk``, without its past.
+
+    As strong as walking the chain to it: the signature is a ``t``-of-``n``
+    BLS signature under the one master public key, so it was made with ``t``
+    shares of one epoch (which reconstruct the master secret) or honestly.
+    """
+    if cert.transcript.kind == "dkg":
+        return genesis_state(mpk, cert)
+    _validate(cert)
+    tr = cert.transcript
+    if tr.epoch < 1:
+        raise ChainError("a reshare certificate is for epoch 1 or later")
+    if tr.mpk != mpk.to_bytes():
+        raise ChainError("epoch certificate is for another master public key")
+    _check_signature(tr.encode(), cert.signature, mpk)
+    return _state_from_epoch(mpk, cert, cert.hash())
+
+
+def rank(state: ChainState) -> tuple[int, int]:
+    """The fork-choice order of chain heads: the highest ``(epoch, attempt)`` wins."""
+    return (state.epoch, state.certificate.transcript.attempt)
+
+
+def link_position(link: EpochCertificate | MembershipCertificate) -> int:
+    """A link's 0-based position in the full chain: ``E_e`` at ``2e``, ``M_e`` at ``2e + 1``."""
+    if isinstance(link, EpochCertificate):
+        return 2 * link.transcript.epoch
+    return 2 * link.outcome.epoch + 1
+
+
+def verify_recent(
+    links: Sequence[EpochCertificate | MembershipCertificate], *, mpk: G2
+) -> list[ChainState]:
+    """Verify genesis (optional) and a recent tail from the pinned ``mpk``; states, oldest first.
+
+    ``links[0]`` is an epoch certificate, verified directly (``epoch_state``);
+    each later link must follow the one before it (``extend``), except that
+    the link after genesis may be an epoch certificate of any later epoch,
+    verified directly too (the start of the recent tail). The cost is one
+    pairing check per link given, whatever the chain's length.
+    """
+    if not links or not isinstance(links[0], EpochCertificate):
+        raise ChainError("empty chain or no epoch certificate first")
+    state = epoch_state(mpk, links[0])
+    by_epoch = {state.epoch: state}
+    for i, link in enumerate(links[1:], start=1):
+        if (
+            i == 1
+            and isinstance(link, EpochCertificate)
+            and state.epoch == 0
+            and link.transcript.epoch > 0
+        ):
+            state = epoch_state(mpk, link)  # the recent tail after genesis
+        else:
+            state = extend(state, link)
+        by_epoch[state.epoch] = state
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) -> ChainState:
     """Verify one more link after ``state``; raises ``ChainError``."""
     _validate(link)
@@ -201,8 +273,9 @@ def verify_chain(
             raise ChainError("empty chain or no genesis certificate")
         if mpk is None:  # pragma: no cover - checked above
             raise ValueError("no anchor")
-        state = genesis_state(mpk, links[0])
-        rest = list(links[1:])
+        if links[0].transcript.kind != "dkg":
+            raise ChainError("the first link must be the genesis DKG certificate of epoch 0")
+        return verify_recent(links, mpk=mpk)[-1]
     for link in rest:
         state = extend(state, link)
     return state
@@ -211,21 +284,19 @@ def verify_chain(
 def verify_chain_epochs(
     links: Sequence[EpochCertificate | MembershipCertificate], *, mpk: G2
 ) -> list[ChainState]:
-    """Verify ``links`` from a pinned ``mpk``; the state of every epoch, oldest first.
+    """Verify ``links`` from a pinned ``mpk``; the state of every epoch given, oldest first.
 
-    The last element is what ``verify_chain`` returns. The earlier ones are
-    what the chain proves about past epochs (their committees and public
-    shares): a client uses the one before the last to combine partials from
-    members that have not switched to the newest epoch yet.
+    ``links`` is genesis then either the rest of the chain or a recent tail
+    (``verify_recent``). The last element is what ``verify_chain`` returns.
+    The earlier ones are what the chain proves about past epochs (their
+    committees and public shares): a client uses the one before the last to
+    combine partials from members that have not switched to the newest epoch yet.
     """
     if not links or not isinstance(links[0], EpochCertificate):
         raise ChainError("empty chain or no genesis certificate")
-    state = genesis_state(mpk, links[0])
-    by_epoch = {state.epoch: state}
-    for link in links[1:]:
-        state = extend(state, link)
-        by_epoch[state.epoch] = state
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    if links[0].transcript.kind != "dkg":
+        raise ChainError("the first link must be the genesis DKG certificate of epoch 0")
+    return verify_recent(links, mpk=mpk)
 
 
 def chain_digest(links: Sequence[EpochCertificate | MembershipCertificate]) -> bytes:

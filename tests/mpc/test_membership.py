@@ -219,8 +219,10 @@ def test_chain_verifier_accepts_the_real_chain_and_rejects_every_tampered_link()
     g, m0, e1 = chain
     with pytest.raises(ChainError):
         verify_chain(chain, mpk=7 * G2.generator())  # another pinned key
+    # Genesis and a recent tail: the head is checked directly under the pinned key.
+    assert verify_chain([g, e1], mpk=mpk).epoch == 1
     with pytest.raises(ChainError):
-        verify_chain([g, e1], mpk=mpk)  # an epoch without its membership certificate
+        verify_chain([g, e1, m0], mpk=mpk)  # a link that does not follow the tail
     with pytest.raises(ChainError):
         verify_chain([g, m0, m0], mpk=mpk)  # a replayed membership certificate
     with pytest.raises(ChainError):

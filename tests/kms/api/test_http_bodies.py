@@ -51,6 +51,9 @@ class Source:
     def chain_bytes(self) -> bytes:
         raise AssertionError("not called")
 
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, int, bytes]:
+        raise AssertionError("not called")
+
     def count_rejected(self, label: str) -> None:
         self.rejected[label] += 1
 

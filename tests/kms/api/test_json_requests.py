@@ -45,6 +45,9 @@ class Source:
     def chain_bytes(self) -> bytes:
         return b""
 
+    def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, int, bytes]:
+        raise AssertionError("not called")
+
     def count_rejected(self, label: str) -> None:
         self.rejected[label] += 1
 

@@ -19,7 +19,12 @@ Lifecycle:
 * **Refresh**: scheduled every ``refresh_interval`` (0: never), proposed by
   the member at position ``window mod n`` and approved by every member in
   the same window; a member that lacks a share for the current epoch
-  proposes a refresh itself (prompt refresh); members approve any refresh.
+  proposes a refresh itself (prompt refresh). Members approve a refresh only
+  when the schedule makes it due, or a prompt refresh when the committee's
+  cap allows one (``prompt_refresh_allowed``), never because it was proposed.
+* **Intent and lock**: a member's own proposals and approvals are persisted
+  (run records) and re-sent in every window of the epoch; the one outcome it
+  signs in an epoch is persisted as its lock before the partial goes out.
 * **Old shares** are retained until ``min(n', 2t'-1)`` new members have
   acknowledged the new epoch, then ``RetainedShareDeletable`` is emitted.
 """
@@ -56,11 +61,14 @@ from mpc.membership import (
     ChainState,
     ChangeAdmissionPolicy,
     DecisionWindow,
+    LockReport,
     MembershipCertificate,
     MembershipCertified,
+    MembershipIntent,
+    OutcomeLocked,
     Proposal,
     Refresh,
-    Tally,
+    RemoveMember,
     WindowPhase,
     WindowSchedule,
     apply_change,
@@ -69,6 +77,7 @@ from mpc.membership import (
     verify_chain_epochs,
 )
 from mpc.membership.messages import ChainRequest, ChainUpdate, Change, OutcomePartial
+from mpc.membership.window import LIVE_GAP_FRACTION
 from mpc.reshare import Acknowledgement, RetentionTracker
 from mpc.secret import RNG, SecretShare
 from mpc.sig import SigningKey
@@ -78,6 +87,13 @@ MAX_RESHARE_RUNS = 16
 """Reshare configurations kept for judging evidence (the most recent runs)."""
 CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
+PROMPT_REFRESH_WINDOWS = 10
+"""With ``refresh_interval = 0``, the committee approves at most one prompt refresh per
+this many window periods (with a schedule, at most one per ``refresh_interval``)."""
+PROMPT_NONCE = b"prompt-refresh\x00\x00"
+"""The nonce of a member's prompt refresh proposal: its id is known to every member."""
+INTENT_RUN = b"membership-intent"
+LOCK_RUN = b"membership-lock"
 Link = EpochCertificate | MembershipCertificate
 
 
@@ -263,6 +279,8 @@ class NodeStatus:
     """Approvals this node refused after checking the proposal: (id hex, reason)."""
     waiting: tuple[str, ...] = ()
     """Approved proposal ids not seen yet (checked and sent once they are)."""
+    locked: str | None = None
+    """The proposal id of the outcome this member signed in this epoch (its lock), if any."""
 
 
 # --- the node -----------------------------------------------------------------
@@ -312,7 +330,14 @@ class NodeCore:
         self._run_attempt = 0
         self._window: DecisionWindow | None = None
         self._window_index = -1
-        self._tally = Tally()
+        self._seen: dict[bytes, Proposal] = {}
+        """Proposals seen in delivered ballots this epoch: for checking deferred approvals
+        and for status only; decisions never use them."""
+        self._counts: dict[bytes, int] = {}
+        """Approvals each proposal had in the last window (status only)."""
+        self._lock: LockReport | None = None
+        self._intent_seq = 0
+        self._live_since = float("inf")
         self._my_proposals: dict[bytes, Proposal] = {}
         self._my_approvals: set[bytes] = set()
         self._epoch_ready_at: float | None = None
@@ -322,6 +347,7 @@ class NodeCore:
         }
         if restored.chain:
             self._restore_chain(list(restored.chain))
+            self._restore_intent()
 
     # --- restoring -------------------------------------------------------------
 
@@ -335,6 +361,52 @@ class NodeCore:
             state = extend(state, link)
         self.chain = links
         self._set_state(state)
+
+    def _restore_intent(self) -> None:
+        """The standing intent and the lock this member persisted in the current epoch."""
+        st = self.state
+        if st is None or st.pending is not None:
+            return
+        head = st.head_hash
+        saved = self._records(INTENT_RUN + head)
+        keys = sorted(k for k in saved if k.startswith("intent-"))
+        if keys:
+            intent = MembershipIntent.decode(saved[keys[-1]])
+            self._intent_seq = int(keys[-1].removeprefix("intent-")) + 1
+            self._my_proposals = {p.id(): p for p in intent.proposals}
+            self._my_approvals = set(intent.approvals)
+            self._deferred = set(intent.deferred)
+        raw = self._records(LOCK_RUN + head).get("lock")
+        if raw is not None:
+            lock = LockReport.decode(raw)
+            if lock.outcome.previous_certificate_hash == head and lock.signer == int(self.me):
+                self._lock = lock
+
+    def _persist_intent(self) -> None:
+        st = self.state
+        if st is None:
+            return
+        intent = MembershipIntent(
+            tuple(sorted(self._my_proposals.values(), key=lambda p: p.id())),
+            tuple(sorted(self._my_approvals)),
+            tuple(sorted(self._deferred)),
+        )
+        self._events.append(
+            StoreRecord(
+                INTENT_RUN + st.head_hash, f"intent-{self._intent_seq:06d}", intent.encode(), False
+            )
+        )
+        self._intent_seq += 1
+
+    def _clear_epoch_intent(self) -> None:
+        self._my_proposals.clear()
+        self._my_approvals.clear()
+        self._deferred.clear()
+        self._refused.clear()
+        self._seen.clear()
+        self._counts.clear()
+        self._lock = None
+        self._intent_seq = 0
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -465,6 +537,10 @@ class NodeCore:
     def advance_time(self, now: float) -> None:
         if now < self._now:
             return
+        if self._live_since == float("inf") or now - self._now > LIVE_GAP_FRACTION * (
+            self.config.delta
+        ):
+            self._live_since = now  # started, or resumed after a pause: live from now on
         self._now = now
         self._tick()
         self._pump()
@@ -484,6 +560,7 @@ class NodeCore:
         p = Proposal.of(state.epoch, state.head_hash, int(self.me), self._rng(16), change)
         self._my_proposals[p.id()] = p
         self._my_approvals.add(p.id())
+        self._persist_intent()
         return p.id()
 
     def approve(self, proposal_id: bytes) -> bool:
@@ -498,14 +575,17 @@ class NodeCore:
             raise LocalProtocolError("a proposal id is 32 bytes")
         if self._check is None:
             self._my_approvals.add(proposal_id)
+            self._persist_intent()
             return True
-        p = self._tally.proposals.get(proposal_id) or self._my_proposals.get(proposal_id)
+        p = self._seen.get(proposal_id) or self._my_proposals.get(proposal_id)
         if p is None:
             self._deferred.add(proposal_id)
+            self._persist_intent()
             return False
         self._check_change(p.change)
         self._refused.pop(proposal_id, None)
         self._my_approvals.add(proposal_id)
+        self._persist_intent()
         return True
 
     def _check_change(self, change: Change) -> None:
@@ -521,11 +601,14 @@ class NodeCore:
         self._check(ctx, change)
 
     def _approve_deferred(self) -> None:
+        """Check the approvals kept by id once their proposal shows up in delivered ballots."""
+        changed = False
         for pid in sorted(self._deferred):
-            p = self._tally.proposals.get(pid)
+            p = self._seen.get(pid)
             if p is None:
                 continue
             self._deferred.discard(pid)
+            changed = True
             try:
                 self._check_change(p.change)
             except ChangeRefused as exc:
@@ -533,6 +616,8 @@ class NodeCore:
                 self._events.append(ApprovalRefused(pid, exc.reason, exc.detail))
                 continue
             self._my_approvals.add(pid)
+        if changed:
+            self._persist_intent()
 
     def admission_policy(self) -> bytes | None:
         """The bytes of the committee-certified node admission policy, if known here.
@@ -569,10 +654,10 @@ class NodeCore:
         st = self.state
         pending = []
         if st is not None:
-            for pid, p in sorted(self._tally.proposals.items()):
-                pending.append((pid.hex(), p.kind, len(self._tally.approvals.get(pid, set()))))
+            for pid, p in sorted(self._seen.items()):
+                pending.append((pid.hex(), p.kind, self._counts.get(pid, 0)))
             for pid, p in sorted(self._my_proposals.items()):
-                if pid not in self._tally.proposals:
+                if pid not in self._seen:
                     pending.append((pid.hex(), p.kind, 0))
         running = (
             self._run.config.kind
@@ -595,6 +680,7 @@ class NodeCore:
             last_refresh=self.last_refresh,
             refused=tuple((pid.hex(), r) for pid, (r, _) in sorted(self._refused.items())),
             waiting=tuple(pid.hex() for pid in sorted(self._deferred)),
+            locked=self._lock.outcome.proposal.id().hex() if self._lock is not None else None,
         )
 
     def chain_update(self, have: int = 0) -> ChainUpdate:
@@ -830,9 +916,17 @@ class NodeCore:
             if self._window.phase in (
                 WindowPhase.DECIDED,
                 WindowPhase.NO_DECISION,
+                WindowPhase.ABSTAINED,
                 WindowPhase.FAILED,
             ):
-                self._tally = self._window.tally.copy()
+                # What the window showed is kept for status and for checking approvals
+                # that were waiting for their proposal; it never decides anything later.
+                tally = self._window.tally
+                if self.state is not None and self.state.head_hash == self._window.state.head_hash:
+                    for pid, p in tally.proposals.items():
+                        self._seen.setdefault(pid, p)
+                    self._counts = {pid: len(v) for pid, v in tally.approvals.items()}
+                    self._approve_deferred()
                 self._window = None
         if self._window is not None or st.pending is not None or self._run is not None:
             return
@@ -866,18 +960,17 @@ class NodeCore:
             if members[w % len(members)] == self.me:
                 proposals.append(scheduled)
         if self.share is None:
-            prompt = Proposal.of(
-                st.epoch, st.head_hash, int(self.me), b"prompt-refresh\x00\x00", Refresh()
-            )
+            prompt = self._prompt_proposal(st, self.me)
             proposals.append(prompt)
             approvals.add(prompt.id())
-        # Refresh proposals (a member's prompt refresh) are approved automatically,
-        # but not sooner than two windows into an epoch, so that no member can
-        # keep the committee resharing.
-        if self._now - self._epoch_ready_at >= 2 * self.config.window_period:
-            for pid, p in self._tally.proposals.items():
-                if p.kind == "refresh" and p.epoch == st.epoch:
-                    approvals.add(pid)
+        # Another member's prompt refresh is approved only within the committee-wide cap
+        # (a refresh proposed by anyone else is never approved automatically): no member
+        # can keep the committee resharing.
+        if self.prompt_refresh_allowed():
+            for i in members:
+                approvals.add(self._prompt_proposal(st, i).id())
+        if self._lock is not None:
+            approvals.add(self._lock.outcome.proposal.id())
         records = self._records(self._window_run_id(w))
         self._window = DecisionWindow(
             st,
@@ -886,13 +979,91 @@ class NodeCore:
             self.me,
             self._key,
             self.share,
-            tally=self._tally,
-            proposals=sorted(proposals, key=lambda p: p.id()),
-            approvals=sorted(approvals),
+            proposals=sorted(proposals, key=lambda p: p.id())[:16],
+            approvals=sorted(approvals)[:256],
             persisted=records,
+            lock=self._lock,
+            live_since=self._live_since,
+            reshare_start_of=self._reshare_start_of,
         )
         self._window.advance_time(self._now)
         self._replay_early()
+
+    def _prompt_proposal(self, st: ChainState, member: ParticipantIndex) -> Proposal:
+        return Proposal.of(st.epoch, st.head_hash, int(member), PROMPT_NONCE, Refresh())
+
+    def _reshare_start_of(self, window: int) -> int:
+        """The reshare start an outcome decided in ``window`` names (the first attempt slot)."""
+        st = self.state
+        f = (st.threshold if st is not None else self.config.threshold) - 1
+        sched = self.config.window_schedule(window, reshare_delay=2 * self.config.delta)
+        return int(sched.sign_end(f) + sched.reshare_delay)
+
+    def prompt_refresh_allowed(self) -> bool:
+        """Whether this member approves prompt refreshes in the current window.
+
+        Committee-wide cap, from the chain alone: not before two windows into the epoch,
+        and at most one refresh epoch per ``refresh_interval`` (with 0: per
+        ``PROMPT_REFRESH_WINDOWS`` window periods), counted from when the last epoch
+        made by a refresh became ready. An epoch made by a removal lifts the cap once:
+        members that missed the removal's reshare get their shares back promptly.
+        """
+        st = self.state
+        if st is None or self._epoch_ready_at is None:
+            return False
+        if self._now - self._epoch_ready_at < 2 * self.config.window_period:
+            return False
+        prev = self._membership_before(st.epoch)
+        if prev is not None and isinstance(prev.outcome.proposal.change, RemoveMember):
+            return True
+        gap = self.config.refresh_interval or PROMPT_REFRESH_WINDOWS * self.config.window_period
+        last = self._last_refresh_ready()
+        return last is None or self._now - last >= gap
+
+    def _last_refresh_ready(self) -> float | None:
+        """When the newest epoch made by a refresh became ready (from the chain)."""
+        for link in reversed(self.chain):
+            if isinstance(link, MembershipCertificate) and isinstance(
+                link.outcome.proposal.change, Refresh
+            ):
+                e = link.outcome.epoch + 1
+                es = self.epoch_state(e)
+                if es is None:
+                    return None
+                return self._ready_time_of(link, es)
+        return None
+
+    def _ready_time_of(self, m: MembershipCertificate, es: ChainState) -> float:
+        tr = es.certificate.transcript
+        return self.config.reshare_schedule(
+            m.outcome.reshare_start, len(tr.committee), tr.threshold, tr.attempt
+        ).end
+
+    def _first_reshare_attempt(
+        self, outcome_window: int, reshare_start: int, n: int, t: int
+    ) -> int:
+        """The first attempt slot after this node holds the certificate, from the certificate
+        and the window grid alone.
+
+        The time is rounded to the window in which the certificate was formed: the first
+        window ``w >= outcome_window`` whose signing deadline plus Δ is not past. Members
+        that certify in window ``w`` (by its signing deadline) and members that learn the
+        certificate from them (within Δ) compute the same ``w``, hence the same slot: the
+        first attempt of the reshare grid anchored at ``reshare_start`` that starts at or
+        after ``w``'s signing deadline.
+        """
+        st = self.state
+        f = (st.threshold if st is not None else self.config.threshold) - 1
+        w = outcome_window
+        while True:
+            sign_end = self.config.window_schedule(w, 0.0).sign_end(f)
+            if sign_end + self.config.delta >= self._now:
+                break
+            w += 1
+        attempt = 0
+        while self.config.reshare_schedule(reshare_start, n, t, attempt).start < sign_end:
+            attempt += 1
+        return attempt
 
     def _window_run_id(self, w: int) -> bytes:
         st = self.state
@@ -930,6 +1101,15 @@ class NodeCore:
             for wev in session.events():
                 if isinstance(wev, Persist):
                     self._events.append(StoreRecord(wid, wev.key, wev.data, wev.secret))
+                elif isinstance(wev, OutcomeLocked):
+                    # The one outcome this member signs in this epoch: stored before the
+                    # partial goes out (the store refuses a second, different lock).
+                    head = session.state.head_hash
+                    self._events.append(
+                        StoreRecord(LOCK_RUN + head, "lock", wev.report.encode(), False)
+                    )
+                    if self.state is not None and self.state.head_hash == head:
+                        self._lock = wev.report
                 elif isinstance(wev, MembershipCertified):
                     self._adopt_link(wev.certificate, state_after=None)
 
@@ -959,12 +1139,18 @@ class NodeCore:
         if isinstance(link, MembershipCertificate):
             self._set_state(state)
             self._events.append(LinkCertified(link))
-            self._run_attempt = 0
-            self._my_proposals.clear()
-            self._my_approvals.clear()
-            self._deferred.clear()
-            self._refused.clear()
-            self._tally = Tally()
+            new = apply_change(state.committee, link.outcome.proposal.change)
+            self._run_attempt = (
+                self._first_reshare_attempt(
+                    link.outcome.window,
+                    link.outcome.reshare_start,
+                    len(new.members),
+                    new.threshold,
+                )
+                if new is not None
+                else 0
+            )
+            self._clear_epoch_intent()
             # Make sure every participant of the coming reshare knows the decision.
             members = set(state.committee.indices)
             for i in sorted(members | set(self._incoming_members(state))):
@@ -992,11 +1178,7 @@ class NodeCore:
             if link.transcript.committee == old_state.committee.members:
                 self.last_refresh = self._now
         self._events.append(EpochSwitched(state.epoch, link, self.share, state))
-        self._my_proposals.clear()
-        self._my_approvals.clear()
-        self._deferred.clear()
-        self._refused.clear()
-        self._tally = Tally()
+        self._clear_epoch_intent()
         self._run_attempt = 0
         self._previous_members = set(old_state.committee.indices) if old_state else set()
         self._acknowledge(link)

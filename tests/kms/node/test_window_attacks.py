@@ -244,3 +244,42 @@ def test_a_completed_certificate_of_a_failed_window_handed_to_a_restarted_member
     assert len(chains) == 1, "honest members hold different chains"
     assert formable(wire) == 1
     assert any(isinstance(e, LinkCertified) for e in mesh.events[PI(3)])
+
+
+def refresh_epochs(core: NodeCore) -> int:
+    return sum(
+        1
+        for x in core.chain
+        if isinstance(x, MembershipCertificate) and isinstance(x.outcome.proposal.change, Refresh)
+    )
+
+
+def test_corrupt_members_proposing_refreshes_every_window_cannot_drive_resharing() -> None:
+    # No schedule (refresh_interval = 0): prompt refreshes only, at most one per
+    # PROMPT_REFRESH_WINDOWS window periods committee-wide.
+    _, cores = committee(5, 3, seed=63)
+    ticks = [k * 0.25 for k in range(int(330 / 0.25))]
+    mesh = Mesh(cores, seed=63, max_delay=0.5 / 3, ticks=ticks)
+    mesh.run_until(19.0)
+    while mesh.now < 320.0:
+        for i in CORRUPT:
+            core = cores[i]
+            st = core.state
+            if st is None or st.pending is not None or core.status().pending:
+                continue
+            # A refresh with a fresh nonce, and the member's prompt refresh (whose id every
+            # member knows), approved by both corrupt members.
+            ids = [core.propose(Refresh())]
+            prompt = Proposal.of(
+                st.epoch, st.head_hash, int(i), b"prompt-refresh\x00\x00", Refresh()
+            )
+            core._my_proposals[prompt.id()] = prompt  # the attacker's own node
+            ids.append(prompt.id())
+            for j in CORRUPT:
+                for pid in ids:
+                    cores[j]._my_approvals.add(pid)
+        mesh.run_until(mesh.now + 10.0)
+    # Over 300 s = 15 windows, the committee refreshed at most twice: once two windows into
+    # the first epoch, and once more 10 window periods after that refresh.
+    counts = {refresh_epochs(cores[i]) for i in HONEST}
+    assert max(counts) <= 2, f"the corrupt members made the committee reshare {counts} times"

@@ -40,14 +40,15 @@ HONEST = [PI(1), PI(2), PI(3)]
 class Wire:
     """What honest members put on the wire: partials (and lock reports) and proposals."""
 
-    def __init__(self) -> None:
+    def __init__(self, honest: list[PI] = HONEST) -> None:
+        self.honest = honest
         self.partials: dict[bytes, dict[PI, bytes]] = defaultdict(dict)  # outcome hash → signer
         self.epoch: dict[bytes, int] = {}  # outcome hash → the epoch its signers were in
         self.outcomes: dict[bytes, MembershipOutcome] = {}
         self.proposals: dict[bytes, Proposal] = {}
 
     def see(self, sender: PI, message: Any, epoch: int) -> None:
-        if isinstance(message, OutcomePartial) and sender in HONEST:
+        if isinstance(message, OutcomePartial) and sender in self.honest:
             self.partials[message.outcome_hash][sender] = message.signature
             self.epoch[message.outcome_hash] = epoch
         if isinstance(message, BroadcastPayload):
@@ -58,7 +59,7 @@ class Wire:
             for p in ballot.proposals:
                 self.proposals[p.id()] = p
             lock = getattr(ballot, "lock", None)
-            if lock is not None and sender in HONEST:
+            if lock is not None and sender in self.honest:
                 fp = lock.outcome.fingerprint()
                 self.outcomes[fp] = lock.outcome
                 self.partials[fp][sender] = lock.signature
@@ -283,3 +284,45 @@ def test_corrupt_members_proposing_refreshes_every_window_cannot_drive_resharing
     # the first epoch, and once more 10 window periods after that refresh.
     counts = {refresh_epochs(cores[i]) for i in HONEST}
     assert max(counts) <= 2, f"the corrupt members made the committee reshare {counts} times"
+
+
+def test_just_past_the_bound_two_outcomes_can_be_signed() -> None:
+    """n = 3, t = 2, corrupt {2}: honest 3 down in window 1, honest 1 down in window 2.
+
+    Corrupt + not live is at most t in each window, yet no honest holder of node 1's
+    lock is live in window 2, so node 3 decides afresh. This is outside the model
+    (``docs/protocols/membership.md``: some honest lock holder must be live in every later
+    window of the epoch); the test shows the bound is needed, not a property.
+    """
+    nodes, cores = committee(3, 2, seed=64)
+    honest = [PI(1), PI(3)]
+    wire = Wire(honest)
+    down: set[PI] = set()
+
+    def route(sender, to, message, now):  # type: ignore[no-untyped-def]
+        st = mesh.sessions[sender].state
+        wire.see(sender, message, st.epoch if st is not None else -1)
+        if sender == PI(2) and (
+            isinstance(message, OutcomePartial | ChainUpdate) or carries_lock(message)
+        ):
+            return []
+        return None
+
+    ticks = [k * 0.25 for k in range(400)]
+    mesh = Mesh(cores, seed=64, max_delay=0.5 / 3, ticks=ticks, route=route)
+    mesh.run_until(19.0)
+    # The corrupt member keeps its share to itself: its node never signs (nor certifies).
+    cores[PI(2)].share = None
+    p1 = cores[PI(1)].propose(ChangeThreshold(3))
+    cores[PI(2)].approve(p1)
+    gone3 = mesh.sessions.pop(PI(3))
+    mesh.run_until(35.0)  # window 1: node 1 locks P1; node 2 withholds
+    assert cores[PI(1)].status().locked == p1.hex()
+    gone1 = mesh.sessions.pop(PI(1))
+    restart(mesh, nodes, gone3, PI(3), 3)
+    p2 = cores[PI(3)].propose(Refresh())
+    cores[PI(2)].approve(p2)
+    cores[PI(2)]._my_approvals.discard(p1)  # the attacker's own node: it drops P1
+    mesh.run_until(55.0)  # window 2: node 3 sees no lock and decides P2
+    assert len(wire.honest_outcomes(0)) == 2
+    del gone1

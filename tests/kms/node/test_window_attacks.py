@@ -297,7 +297,6 @@ def test_just_past_the_bound_two_outcomes_can_be_signed() -> None:
     nodes, cores = committee(3, 2, seed=64)
     honest = [PI(1), PI(3)]
     wire = Wire(honest)
-    down: set[PI] = set()
 
     def route(sender, to, message, now):  # type: ignore[no-untyped-def]
         st = mesh.sessions[sender].state

@@ -59,10 +59,12 @@ class Wire:
             for p in ballot.proposals:
                 self.proposals[p.id()] = p
             lock = getattr(ballot, "lock", None)
-            if lock is not None and sender in self.honest:
+            # A payload may be another member's ballot (relayed, or answering a pull): the
+            # partial in a lock report is its signer's.
+            if lock is not None and PI(lock.signer) in self.honest:
                 fp = lock.outcome.fingerprint()
                 self.outcomes[fp] = lock.outcome
-                self.partials[fp][sender] = lock.signature
+                self.partials[fp][PI(lock.signer)] = lock.signature
                 self.epoch[fp] = lock.outcome.epoch
 
     def honest_outcomes(self, epoch: int) -> set[bytes]:

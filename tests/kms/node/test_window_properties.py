@@ -271,5 +271,8 @@ SETTINGS = settings(
 @example(plan=Plan(2, ((1, 3, "crash"), (2, 3, "crash")), (2,), 0, 3, 2))
 # Paused rather than crashed, and a different member out in each window.
 @example(plan=Plan(3, ((1, 1, "pause"), (2, 2, "pause"), (3, 3, "crash")), (2, 3), 1, 1, 3))
+# Two different members crash in consecutive windows; the late certificates go to the
+# second one after the disruptions.
+@example(plan=Plan(65536, ((1, 3, "crash"), (2, 1, "crash")), (2, 3), 3, 1, 4))
 def test_one_certificate_per_epoch_and_progress_after_restarts(plan: Plan) -> None:
     check(plan)

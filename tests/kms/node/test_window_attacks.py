@@ -327,3 +327,21 @@ def test_just_past_the_bound_two_outcomes_can_be_signed() -> None:
     mesh.run_until(55.0)  # window 2: node 3 sees no lock and decides P2
     assert len(wire.honest_outcomes(0)) == 2
     del gone1
+
+
+def test_standing_intent_survives_a_restart() -> None:
+    """A proposer restarted before the window re-sends the proposal it persisted."""
+    nodes, cores = committee(5, 3, seed=65)
+    mesh = Mesh(cores, seed=65, max_delay=0.5 / 3, ticks=[k * 0.25 for k in range(400)])
+    mesh.run_until(19.0)
+    pid = cores[PI(1)].propose(ChangeThreshold(4))
+    for i in (PI(2), PI(3)):
+        cores[i].approve(pid)
+    mesh.run_until(19.5)
+    gone = mesh.sessions.pop(PI(1))
+    restart(mesh, nodes, gone, PI(1), 1)
+    assert cores[PI(1)].status().pending[0][0] == pid.hex()
+    mesh.run_until(60.0)
+    for i in range(1, 6):
+        [m] = [x for x in cores[PI(i)].chain if isinstance(x, MembershipCertificate)]
+        assert m.outcome.proposal.id() == pid

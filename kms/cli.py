@@ -220,6 +220,7 @@ MEMBER_VIEW = (
     "running",
     "pending_proposals",
     "approvals_waiting",
+    "locked_proposal",
     "refused_approvals",
     "retained_shares",
     "last_refresh",

@@ -40,12 +40,15 @@ BEGIN = "<!-- BEGIN GENERATED STATE DIAGRAM -->"
 END = "<!-- END GENERATED STATE DIAGRAM -->"
 
 WINDOW_TRANSITIONS: dict[str, tuple[str, ...]] = {
-    # DecisionWindow.advance_time at the window's end: a winner, or none.
-    "COLLECTING": ("SIGNING", "NO_DECISION"),
+    # DecisionWindow.advance_time at the window's end: a winner (or the lock this member
+    # holds, or the one lock the ballots report), none, or abstaining (not live through the
+    # window, or ballots reporting different locks).
+    "COLLECTING": ("SIGNING", "NO_DECISION", "ABSTAINED"),
     # t outcome partials combined, or too few by the signing deadline.
     "SIGNING": ("DECIDED", "FAILED"),
     "DECIDED": (),
     "NO_DECISION": (),
+    "ABSTAINED": (),
     "FAILED": (),
 }
 """The decision window's transitions by ``WindowPhase`` name (not in mpc: transcribed here)."""

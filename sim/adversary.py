@@ -37,8 +37,8 @@ from mpc.math import R
 from mpc.math.fields import scalar_from_bytes, scalar_to_bytes
 from mpc.math.poly import Polynomial
 from mpc.math.vss import commit
-from mpc.membership import ChangeThreshold, RemoveMember
-from mpc.membership.messages import Change
+from mpc.membership import Ballot, ChangeThreshold, OutcomePartial, RemoveMember
+from mpc.membership.messages import ChainUpdate, Change
 from mpc.secret import SecretScalar, SecretShare, random_scalar
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {}
@@ -60,6 +60,8 @@ class AdversaryContext(Protocol):
     def members(self) -> list[int]: ...
 
     def send(self, sender: int, to: int, message: Message) -> None: ...
+
+    def chain_update_of(self, node: int) -> Message | None: ...
 
     def propose(self, node: int, change: Change) -> bool: ...
 
@@ -262,6 +264,44 @@ class ConflictingProposals(Behaviour):
         for victim in others[:2]:
             ctx.propose(self.node, RemoveMember(victim))
         ctx.propose(self.node, ChangeThreshold(len(ctx.members())))
+
+
+@register
+class LateMembershipCertificate(Behaviour):
+    """Withhold outcome partials, lock reports and chain updates, so a window fails; keep
+    the certificate this node completes from the honest partials, and hand the node's chain
+    (with it) to the nodes in ``to`` at virtual time ``at``."""
+
+    name = "late-membership-certificate"
+
+    def __init__(self, params: Mapping[str, Any], *, node: int) -> None:
+        super().__init__(params, node=node)
+        self._at = float(self.params.get("at", 0.0))
+        self._sent = False
+
+    def outbound(self, now: float, out: list[Outbound]) -> list[Outbound]:
+        def withheld(ob: Outbound) -> bool:
+            m = ob.message
+            if isinstance(m, OutcomePartial | ChainUpdate):
+                return True
+            if isinstance(m, BroadcastPayload):
+                try:
+                    return getattr(Ballot.decode(m.payload), "lock", None) is not None
+                except ValueError:
+                    return False
+            return False
+
+        return [ob for ob in out if not withheld(ob)]
+
+    def on_tick(self, ctx: AdversaryContext, now: float) -> None:
+        if self._sent or now < self._at:
+            return
+        update = ctx.chain_update_of(self.node)
+        if update is None:
+            return
+        self._sent = True
+        for to in self._targets("to", ctx.members()):
+            ctx.send(self.node, to, update)
 
 
 def build(specs: Sequence[tuple[str, Mapping[str, Any]]], node: int) -> tuple[Behaviour, ...]:

@@ -80,6 +80,10 @@ def check(report: Mapping[str, Any], scenario: Scenario) -> list[str]:
         bad.append(f"{len(certified)} epochs certified, expected at least {exp['min_epochs']}")
     if exp.get("wrong_partials_detected") and report["wrong_partials_detected"] == 0:
         bad.append("no wrong partial was detected")
+    if exp.get("one_membership_certificate_per_epoch"):
+        many = {e: c for e, c in report.get("membership_certificates", {}).items() if c > 1}
+        if many:
+            bad.append(f"honest nodes adopted several membership certificates for epochs {many}")
     if exp.get("only_refreshes"):
         first = epochs[0]["committee"]
         if any(e["committee"] != first for e in certified):

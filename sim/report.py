@@ -161,6 +161,9 @@ def build(world: World) -> dict[str, Any]:
         "disqualified": world.disqualified(),
         "run_failures": [failures[k] for k in sorted(failures)],
         "membership_certified_at": {str(k): _r(v) for k, v in sorted(obs.membership_at.items())},
+        "membership_certificates": {
+            str(k): len(v) for k, v in sorted(obs.membership_certs.items())
+        },
         "availability": _r(served_ok / len(requests)) if requests else None,
         "key_requests": len(requests),
         "key_requests_served": served_ok,

@@ -67,6 +67,8 @@ class Observations:
     epoch_info: dict[int, tuple[tuple[int, ...], int, str]] = field(default_factory=dict)
     run_failures: list[tuple[float, str, int, int, int, str]] = field(default_factory=list)
     membership_at: dict[int, float] = field(default_factory=dict)
+    membership_certs: dict[int, set[bytes]] = field(default_factory=dict)
+    """Distinct membership certificates honest nodes adopted, by epoch (one expected)."""
     corrupt_shares: dict[int, dict[int, SecretShare]] = field(default_factory=dict)
     requests: list[KeyRequestRecord] = field(default_factory=list)
     faults: list[tuple[str, float, float | None, str]] = field(default_factory=list)
@@ -313,6 +315,9 @@ class World:
                 if not node.corrupt:
                     epoch = ev.certificate.outcome.epoch
                     self.obs.membership_at.setdefault(epoch, self.now)
+                    self.obs.membership_certs.setdefault(epoch, set()).add(
+                        ev.certificate.fingerprint()
+                    )
             elif isinstance(ev, RetainedShareDeletable):
                 store.retained.pop(ev.epoch, None)
             elif isinstance(ev, MisbehaviourObserved):
@@ -416,6 +421,11 @@ class World:
 
     def epoch_of(self, node: int) -> int | None:
         return self.nodes[node].epoch()
+
+    def chain_update_of(self, node: int) -> Message | None:
+        """``AdversaryContext``: ``node``'s whole chain as a ``chain/update`` (None if down)."""
+        core = self.nodes[node].core
+        return core.chain_update(0) if core is not None and core.chain else None
 
     def propose(self, node: int, change: Change) -> bool:
         """``AdversaryContext`` and membership events: propose through ``node``'s core."""

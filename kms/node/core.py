@@ -19,13 +19,19 @@ Lifecycle:
 * **Refresh**: scheduled every ``refresh_interval`` (0: never), proposed by
   the member at position ``window mod n`` and approved by every member in
   the same window; a member that lacks a share for the current epoch
-  proposes a refresh itself (prompt refresh); members approve any refresh.
+  proposes a refresh itself (prompt refresh). Members approve a refresh only
+  when the schedule makes it due, or a prompt refresh when the committee's
+  cap allows one (``prompt_refresh_allowed``), never because it was proposed.
+* **Intent and lock**: a member's own proposals and approvals are persisted
+  (run records) and re-sent in every window of the epoch; the one outcome it
+  signs in an epoch is persisted as its lock before the partial goes out.
 * **Old shares** are retained until ``min(n', 2t'-1)`` new members have
   acknowledged the new epoch, then ``RetainedShareDeletable`` is emitted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from collections import deque
@@ -59,11 +65,14 @@ from mpc.membership import (
     ChainState,
     ChangeAdmissionPolicy,
     DecisionWindow,
+    LockReport,
     MembershipCertificate,
     MembershipCertified,
+    MembershipIntent,
+    OutcomeLocked,
     Proposal,
     Refresh,
-    Tally,
+    RemoveMember,
     WindowPhase,
     WindowSchedule,
     apply_change,
@@ -74,6 +83,7 @@ from mpc.membership import (
     verify_recent,
 )
 from mpc.membership.messages import ChainRequest, ChainUpdate, Change, OutcomePartial
+from mpc.membership.window import LIVE_GAP_FRACTION
 from mpc.reshare import Acknowledgement, RetentionTracker
 from mpc.secret import RNG, SecretScalar, SecretShare
 from mpc.sig import SigningKey
@@ -93,10 +103,10 @@ HOLDERS_GRACE_DELTAS = 10
 """A certified epoch in which this node knows fewer than ``t`` share holders this many Δ
 after it became ready here is reported (``NodeStatus.share_holders_below_threshold``)."""
 MAX_KEPT_SHARES = 8
-HIGHER_ATTEMPTS_KEPT = 8
-"""Attempts after the certified one of the head's epoch whose records a node keeps."""
 """Shares of finalized runs that failed locally, kept in memory in case their
 certificate arrives late (they are persisted as run records too)."""
+HIGHER_ATTEMPTS_KEPT = 8
+"""Attempts after the certified one of the head's epoch whose records a node keeps."""
 ACK_RUN_LABEL = b"acks"
 """Run id prefix of the acknowledgements this node received for one epoch certificate."""
 CHAIN_RETENTION = 64
@@ -105,6 +115,13 @@ MAX_CHAIN_ANSWER_LINKS = 64
 """Links in one ``ChainUpdate`` answer, at most (besides genesis)."""
 MAX_CHAIN_ANSWER_BYTES = 1 << 20
 """Encoded links in one ``ChainUpdate`` answer, at most (well under the 4 MiB frame)."""
+PROMPT_REFRESH_WINDOWS = 10
+"""With ``refresh_interval = 0``, the committee approves at most one prompt refresh per
+this many window periods (with a schedule, at most one per ``refresh_interval``)."""
+PROMPT_NONCE = b"prompt-refresh\x00\x00"
+"""The nonce of a member's prompt refresh proposal: its id is known to every member."""
+INTENT_RUN = b"membership-intent"
+LOCK_RUN = b"membership-lock"
 Link = EpochCertificate | MembershipCertificate
 
 
@@ -139,15 +156,10 @@ class NodeConfig:
         s = Schedule.default(
             self.genesis_start, len(self.genesis), self.threshold, delta=self.delta
         )
-        for _ in range(attempt):
-            s = s.next_attempt()
-        return s
+        return _nth_attempt(s, attempt)
 
     def reshare_schedule(self, start: float, n: int, t: int, attempt: int) -> Schedule:
-        s = Schedule.default(start, n, t, delta=self.delta)
-        for _ in range(attempt):
-            s = s.next_attempt()
-        return s
+        return _nth_attempt(Schedule.default(start, n, t, delta=self.delta), attempt)
 
     def window_schedule(self, window: int, reshare_delay: float) -> WindowSchedule:
         return WindowSchedule(
@@ -346,6 +358,8 @@ class NodeStatus:
     """The grace period is over and fewer than ``threshold`` share holders are known."""
     share_error: str | None = None
     """Why a stored share was refused (it does not match the chain's public share)."""
+    locked: str | None = None
+    """The proposal id of the outcome this member signed in this epoch (its lock), if any."""
 
 
 # --- the node -----------------------------------------------------------------
@@ -402,7 +416,14 @@ class NodeCore:
         self._run_attempt = 0
         self._window: DecisionWindow | None = None
         self._window_index = -1
-        self._tally = Tally()
+        self._seen: dict[bytes, Proposal] = {}
+        """Proposals seen in delivered ballots this epoch: for checking deferred approvals
+        and for status only; decisions never use them."""
+        self._counts: dict[bytes, int] = {}
+        """Approvals each proposal had in the last window (status only)."""
+        self._lock: LockReport | None = None
+        self._intent_seq = 0
+        self._live_since = float("inf")
         self._my_proposals: dict[bytes, Proposal] = {}
         self._my_approvals: set[bytes] = set()
         self._epoch_ready_at: float | None = None
@@ -424,6 +445,7 @@ class NodeCore:
             head = self.state.epoch if self.state is not None else 0
             self._ran_epochs |= {head, head + 1}
             self._restore_shares(before)
+            self._restore_intent()
 
     def _restore_shares(self, before: ChainState | None) -> None:
         """Check the restored shares against the chain; adopt a persisted share of the head's
@@ -563,6 +585,52 @@ class NodeCore:
             change = link.outcome.proposal.change
             if isinstance(change, ChangeAdmissionPolicy):
                 self._policy_bytes = change.policy
+
+    def _restore_intent(self) -> None:
+        """The standing intent and the lock this member persisted in the current epoch."""
+        st = self.state
+        if st is None or st.pending is not None:
+            return
+        head = st.head_hash
+        saved = self._records(INTENT_RUN + head)
+        keys = sorted(k for k in saved if k.startswith("intent-"))
+        if keys:
+            intent = MembershipIntent.decode(saved[keys[-1]])
+            self._intent_seq = int(keys[-1].removeprefix("intent-")) + 1
+            self._my_proposals = {p.id(): p for p in intent.proposals}
+            self._my_approvals = set(intent.approvals)
+            self._deferred = set(intent.deferred)
+        raw = self._records(LOCK_RUN + head).get("lock")
+        if raw is not None:
+            lock = LockReport.decode(raw)
+            if lock.outcome.previous_certificate_hash == head and lock.signer == int(self.me):
+                self._lock = lock
+
+    def _persist_intent(self) -> None:
+        st = self.state
+        if st is None:
+            return
+        intent = MembershipIntent(
+            tuple(sorted(self._my_proposals.values(), key=lambda p: p.id())),
+            tuple(sorted(self._my_approvals)),
+            tuple(sorted(self._deferred)),
+        )
+        self._events.append(
+            StoreRecord(
+                INTENT_RUN + st.head_hash, f"intent-{self._intent_seq:06d}", intent.encode(), False
+            )
+        )
+        self._intent_seq += 1
+
+    def _clear_epoch_intent(self) -> None:
+        self._my_proposals.clear()
+        self._my_approvals.clear()
+        self._deferred.clear()
+        self._refused.clear()
+        self._seen.clear()
+        self._counts.clear()
+        self._lock = None
+        self._intent_seq = 0
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -739,6 +807,10 @@ class NodeCore:
     def advance_time(self, now: float) -> None:
         if now < self._now:
             return
+        if self._live_since == float("inf") or now - self._now > LIVE_GAP_FRACTION * (
+            self.config.delta
+        ):
+            self._live_since = now  # started, or resumed after a pause: live from now on
         self._now = now
         self._tick()
         self._pump()
@@ -758,6 +830,7 @@ class NodeCore:
         p = Proposal.of(state.epoch, state.head_hash, int(self.me), self._rng(16), change)
         self._my_proposals[p.id()] = p
         self._my_approvals.add(p.id())
+        self._persist_intent()
         return p.id()
 
     def approve(self, proposal_id: bytes) -> bool:
@@ -772,14 +845,17 @@ class NodeCore:
             raise LocalProtocolError("a proposal id is 32 bytes")
         if self._check is None:
             self._my_approvals.add(proposal_id)
+            self._persist_intent()
             return True
-        p = self._tally.proposals.get(proposal_id) or self._my_proposals.get(proposal_id)
+        p = self._seen.get(proposal_id) or self._my_proposals.get(proposal_id)
         if p is None:
             self._deferred.add(proposal_id)
+            self._persist_intent()
             return False
         self._check_change(p.change)
         self._refused.pop(proposal_id, None)
         self._my_approvals.add(proposal_id)
+        self._persist_intent()
         return True
 
     def _check_change(self, change: Change) -> None:
@@ -795,11 +871,14 @@ class NodeCore:
         self._check(ctx, change)
 
     def _approve_deferred(self) -> None:
+        """Check the approvals kept by id once their proposal shows up in delivered ballots."""
+        changed = False
         for pid in sorted(self._deferred):
-            p = self._tally.proposals.get(pid)
+            p = self._seen.get(pid)
             if p is None:
                 continue
             self._deferred.discard(pid)
+            changed = True
             try:
                 self._check_change(p.change)
             except ChangeRefused as exc:
@@ -807,6 +886,8 @@ class NodeCore:
                 self._events.append(ApprovalRefused(pid, exc.reason, exc.detail))
                 continue
             self._my_approvals.add(pid)
+        if changed:
+            self._persist_intent()
 
     def admission_policy(self) -> bytes | None:
         """The bytes of the committee-certified node admission policy, if known here.
@@ -845,10 +926,10 @@ class NodeCore:
         st = self.state
         pending = []
         if st is not None:
-            for pid, p in sorted(self._tally.proposals.items()):
-                pending.append((pid.hex(), p.kind, len(self._tally.approvals.get(pid, set()))))
+            for pid, p in sorted(self._seen.items()):
+                pending.append((pid.hex(), p.kind, self._counts.get(pid, 0)))
             for pid, p in sorted(self._my_proposals.items()):
-                if pid not in self._tally.proposals:
+                if pid not in self._seen:
                     pending.append((pid.hex(), p.kind, 0))
         running = (
             self._run.config.kind
@@ -876,6 +957,7 @@ class NodeCore:
                 st is not None and self._holders_due() and len(self._holders) < st.threshold
             ),
             share_error=self.share_error,
+            locked=self._lock.outcome.proposal.id().hex() if self._lock is not None else None,
         )
 
     def chain_update(self, have: int = 0) -> ChainUpdate:
@@ -1173,17 +1255,19 @@ class NodeCore:
             )
         self.share = share if self.me in head.committee.indices else None
         self._window = None
-        self._tally = Tally()
-        self._my_proposals.clear()
-        self._my_approvals.clear()
-        self._deferred.clear()
-        self._refused.clear()
+        self._clear_epoch_intent()
         self._run_attempt = 0
         self._previous_members = set(old_state.committee.indices) if old_state else set()
+        self._holders = {}
+        self._holders_since = None
         self._events.append(
             EpochSwitched(head.epoch, head.certificate, self.share, head, self._keep_runs())
         )
         self._trim()
+        # As after any epoch switch: tell the others this node holds a share, and count
+        # the acknowledgements that came early.
+        self._acknowledge(head.certificate)
+        self._take_early_acks(head)
 
     # --- time-driven steps -----------------------------------------------------------------
 
@@ -1233,7 +1317,6 @@ class NodeCore:
             epoch = self.state.epoch if self.state is not None else 0
             self._events.append(RunFailed("window", epoch, session.window, f"local error: {exc}"))
             if self._window is session:
-                self._tally = session.tally.copy()
                 self._window = None
 
     def _deliver(
@@ -1412,9 +1495,17 @@ class NodeCore:
             if self._window.phase in (
                 WindowPhase.DECIDED,
                 WindowPhase.NO_DECISION,
+                WindowPhase.ABSTAINED,
                 WindowPhase.FAILED,
             ):
-                self._tally = self._window.tally.copy()
+                # What the window showed is kept for status and for checking approvals
+                # that were waiting for their proposal; it never decides anything later.
+                tally = self._window.tally
+                if self.state is not None and self.state.head_hash == self._window.state.head_hash:
+                    for pid, p in tally.proposals.items():
+                        self._seen.setdefault(pid, p)
+                    self._counts = {pid: len(v) for pid, v in tally.approvals.items()}
+                    self._approve_deferred()
                 self._window = None
         if self._window is not None or st.pending is not None or self._run is not None:
             return
@@ -1448,18 +1539,17 @@ class NodeCore:
             if members[w % len(members)] == self.me:
                 proposals.append(scheduled)
         if self.share is None:
-            prompt = Proposal.of(
-                st.epoch, st.head_hash, int(self.me), b"prompt-refresh\x00\x00", Refresh()
-            )
+            prompt = self._prompt_proposal(st, self.me)
             proposals.append(prompt)
             approvals.add(prompt.id())
-        # Refresh proposals (a member's prompt refresh) are approved automatically,
-        # but not sooner than two windows into an epoch, so that no member can
-        # keep the committee resharing.
-        if self._now - self._epoch_ready_at >= 2 * self.config.window_period:
-            for pid, p in self._tally.proposals.items():
-                if p.kind == "refresh" and p.epoch == st.epoch:
-                    approvals.add(pid)
+        # Another member's prompt refresh is approved only within the committee-wide cap
+        # (a refresh proposed by anyone else is never approved automatically): no member
+        # can keep the committee resharing.
+        if self.prompt_refresh_allowed():
+            for i in members:
+                approvals.add(self._prompt_proposal(st, i).id())
+        if self._lock is not None:
+            approvals.add(self._lock.outcome.proposal.id())
         records = self._records(self._window_run_id(w))
         self._window = DecisionWindow(
             st,
@@ -1468,13 +1558,112 @@ class NodeCore:
             self.me,
             self._key,
             self.share,
-            tally=self._tally,
-            proposals=sorted(proposals, key=lambda p: p.id()),
-            approvals=sorted(approvals),
+            proposals=sorted(proposals, key=lambda p: p.id())[:16],
+            approvals=sorted(approvals)[:256],
             persisted=records,
+            lock=self._lock,
+            live_since=self._live_since,
+            reshare_start_of=self._reshare_start_of,
         )
         self._window.advance_time(self._now)
         self._replay_early()
+
+    def _prompt_proposal(self, st: ChainState, member: ParticipantIndex) -> Proposal:
+        return Proposal.of(st.epoch, st.head_hash, int(member), PROMPT_NONCE, Refresh())
+
+    def _reshare_start_of(self, window: int) -> int:
+        """The reshare start an outcome decided in ``window`` names (the first attempt slot)."""
+        st = self.state
+        f = (st.threshold if st is not None else self.config.threshold) - 1
+        sched = self.config.window_schedule(window, reshare_delay=2 * self.config.delta)
+        return int(sched.sign_end(f) + sched.reshare_delay)
+
+    def prompt_refresh_allowed(self) -> bool:
+        """Whether this member approves prompt refreshes in the current window.
+
+        Committee-wide cap, from the chain alone: not before two windows into the epoch,
+        and at most one refresh epoch per ``refresh_interval`` (with 0: per
+        ``PROMPT_REFRESH_WINDOWS`` window periods), counted from when the last epoch
+        made by a refresh became ready. An epoch made by a removal lifts the cap once:
+        members that missed the removal's reshare get their shares back promptly.
+        """
+        st = self.state
+        if st is None or self._epoch_ready_at is None:
+            return False
+        if self._now - self._epoch_ready_at < 2 * self.config.window_period:
+            return False
+        prev = self._membership_before(st.epoch)
+        if prev is not None and isinstance(prev.outcome.proposal.change, RemoveMember):
+            return True
+        gap = self.config.refresh_interval or PROMPT_REFRESH_WINDOWS * self.config.window_period
+        last = self._last_refresh_ready()
+        return last is None or self._now - last >= gap
+
+    def _last_refresh_ready(self) -> float | None:
+        """When the newest epoch made by a refresh became ready (from the chain)."""
+        for link in reversed(self.chain):
+            if isinstance(link, MembershipCertificate) and isinstance(
+                link.outcome.proposal.change, Refresh
+            ):
+                e = link.outcome.epoch + 1
+                es = self.epoch_state(e)
+                if es is None:
+                    return None
+                return self._ready_time_of(link, es)
+        return None
+
+    def _ready_time_of(self, m: MembershipCertificate, es: ChainState) -> float:
+        tr = es.certificate.transcript
+        return self.config.reshare_schedule(
+            m.outcome.reshare_start, len(tr.committee), tr.threshold, tr.attempt
+        ).end
+
+    def _first_reshare_attempt(
+        self, outcome_window: int, reshare_start: int, n: int, t: int
+    ) -> int:
+        """The first attempt slot after this node holds the certificate, from the certificate
+        and the window grid alone.
+
+        The time is rounded to the window in which the certificate was formed: the first
+        window ``w >= outcome_window`` whose signing deadline plus Δ is not past. Members
+        that certify in window ``w`` (by its signing deadline) and members that learn the
+        certificate from them (within Δ) compute the same ``w``, hence the same slot: the
+        first attempt of the reshare grid anchored at ``reshare_start`` that starts at or
+        after ``w``'s signing deadline.
+        """
+        st = self.state
+        f = (st.threshold if st is not None else self.config.threshold) - 1
+        # Both grids are regular: jump close to the answer, then step (constant time).
+        first = self.config.window_schedule(outcome_window, 0.0)
+        offset = first.sign_end(f) - first.start
+        period = self.config.window_period
+        w = outcome_window
+        if self._now != float("inf"):
+            behind = self._now - self.config.delta - offset - first.start
+            w += max(0, int(behind // period) - 1)
+        while True:
+            sign_end = self.config.window_schedule(w, 0.0).sign_end(f)
+            if sign_end + self.config.delta >= self._now:
+                break
+            w += 1
+        s0 = self.config.reshare_schedule(reshare_start, n, t, 0)
+        s1 = s0.next_attempt()
+        step = s1.start - s0.start
+        attempt = 0
+        if sign_end > s1.start and step > 0:
+            # Attempts after the first start on a grid of ``step`` seconds from ``s1``.
+            attempt = 1 + max(0, int((sign_end - s1.start) // step) - 1)
+        while self._attempt_start(reshare_start, n, t, attempt) < sign_end:
+            attempt += 1
+        return attempt
+
+    def _attempt_start(self, reshare_start: int, n: int, t: int, attempt: int) -> float:
+        """Start of reshare ``attempt`` (attempts after the first follow every ``step``)."""
+        s0 = self.config.reshare_schedule(reshare_start, n, t, 0)
+        if attempt == 0:
+            return s0.start
+        s1 = s0.next_attempt()
+        return s1.start + (attempt - 1) * (s1.next_attempt().start - s1.start)
 
     def _window_run_id(self, w: int) -> bytes:
         st = self.state
@@ -1513,6 +1702,15 @@ class NodeCore:
             for wev in session.events():
                 if isinstance(wev, Persist):
                     self._events.append(StoreRecord(wid, wev.key, wev.data, wev.secret))
+                elif isinstance(wev, OutcomeLocked):
+                    # The one outcome this member signs in this epoch: stored before the
+                    # partial goes out (the store refuses a second, different lock).
+                    head = session.state.head_hash
+                    self._events.append(
+                        StoreRecord(LOCK_RUN + head, "lock", wev.report.encode(), False)
+                    )
+                    if self.state is not None and self.state.head_hash == head:
+                        self._lock = wev.report
                 elif isinstance(wev, MembershipCertified):
                     self._adopt_link(wev.certificate, state_after=None)
 
@@ -1558,12 +1756,18 @@ class NodeCore:
             self._epoch_states[state.epoch] = state
             self._set_state(state)
             self._events.append(LinkCertified(link))
-            self._run_attempt = 0
-            self._my_proposals.clear()
-            self._my_approvals.clear()
-            self._deferred.clear()
-            self._refused.clear()
-            self._tally = Tally()
+            new = apply_change(state.committee, link.outcome.proposal.change)
+            self._run_attempt = (
+                self._first_reshare_attempt(
+                    link.outcome.window,
+                    link.outcome.reshare_start,
+                    len(new.members),
+                    new.threshold,
+                )
+                if new is not None
+                else 0
+            )
+            self._clear_epoch_intent()
             # Make sure every participant of the coming reshare knows the decision.
             members = set(state.committee.indices)
             for i in sorted(members | set(self._incoming_members(state))):
@@ -1616,14 +1820,13 @@ class NodeCore:
             if link.transcript.committee == old_state.committee.members:
                 self.last_refresh = self._now
         self._events.append(EpochSwitched(state.epoch, link, self.share, state, self._keep_runs()))
-        self._my_proposals.clear()
-        self._my_approvals.clear()
-        self._deferred.clear()
-        self._refused.clear()
-        self._tally = Tally()
+        self._clear_epoch_intent()
         self._run_attempt = 0
         self._previous_members = set(old_state.committee.indices) if old_state else set()
         self._acknowledge(link)
+        self._take_early_acks(state)
+
+    def _take_early_acks(self, state: ChainState) -> None:
         early, self._early_acks = list(self._early_acks), deque(maxlen=1024)
         for peer, early_ack in early:
             if early_ack.epoch > state.epoch:
@@ -1777,3 +1980,13 @@ def _within_bytes(links: list[Link]) -> list[Link]:
     ):
         start += 1
     return [links[0], *links[start:]]
+
+
+def _nth_attempt(first: Schedule, attempt: int) -> Schedule:
+    """The schedule of ``attempt``: each attempt starts at the (rounded up) end of the one
+    before, so from the second on they follow a grid of whole seconds (constant time)."""
+    if attempt <= 0:
+        return first
+    second = first.next_attempt()
+    step = second.next_attempt().start - second.start
+    return dataclasses.replace(second, start=second.start + (attempt - 1) * step)

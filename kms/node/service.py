@@ -1100,6 +1100,7 @@ class NodeService:
             "last_refresh": s.last_refresh,
             "refused_approvals": [{"id": i, "reason": r} for i, r in s.refused],
             "approvals_waiting": list(s.waiting),
+            "locked_proposal": s.locked,
             "peers": sorted(str(p) for p in self.transport.connected_peers()),
             "healthy": self.core.state is not None or s.running == "dkg",
             "serves_keys": self.releaser is not None,

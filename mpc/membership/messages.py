@@ -6,7 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Annotated
 
-from mpc.codec import MaxSize, Message, MessageDecodeError, Size
+from mpc.broadcast import BroadcastPayload
+from mpc.codec import MaxSize, Message, MessageDecodeError, Since, Size
 from mpc.dkg.messages import Participant
 
 MAX_ATTESTATION = 64 * 1024
@@ -134,14 +135,17 @@ class Proposal(Message):
 
 @dataclass(frozen=True, slots=True)
 class Ballot(Message):
-    """A member's one broadcast per decision window: new proposals and its approvals."""
+    """A member's one broadcast per decision window: its standing proposals and approvals,
+    and (version 2) its lock: the one outcome it has signed in this epoch, if any."""
 
     TYPE = "member/ballot"
+    VERSION = 2
     epoch: int
     window: int
     member: int
     proposals: Annotated[tuple[Proposal, ...], MaxSize(16)]
     approvals: Annotated[tuple[bytes, ...], MaxSize(256)]
+    lock: Annotated[LockReport | None, Since(2)] = None
 
     def validate(self) -> None:
         if any(len(a) != 32 for a in self.approvals):
@@ -160,7 +164,38 @@ class MembershipOutcome(Message):
     previous_certificate_hash: Annotated[bytes, Size(32)]
     proposal: Proposal
     reshare_start: int
-    """Absolute time (seconds) at which the resulting reshare starts."""
+    """Absolute time (seconds) of the reshare's first attempt slot. ``window`` and this
+    are the values of the window in which the outcome was first decided and signed: the
+    signed outcome never changes from window to window. The reshare starts at the first
+    attempt slot after the certificate is known (``docs/protocols/membership.md``)."""
+
+
+MAX_LOCK_PROOF = 64
+
+
+@dataclass(frozen=True, slots=True)
+class LockReport(Message):
+    """A member's lock, carried in its ballots: the outcome it signed in this epoch,
+    its partial signature over it, and the proof that the outcome's proposal had ``t``
+    approvals: ``t`` ballots of the outcome's window, each signed by its sender through
+    the broadcast digest (``CTX_BROADCAST_DIGEST``) and carrying no lock of its own."""
+
+    TYPE = "member/lock"
+    outcome: MembershipOutcome
+    signer: int
+    signature: Annotated[bytes, Size(48)]
+    proof: Annotated[tuple[BroadcastPayload, ...], MaxSize(MAX_LOCK_PROOF)]
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipIntent(Message):
+    """What a member persists of its own standing intent in one epoch (not a wire message):
+    its proposals, its operator's approvals, and approvals waiting for their proposal."""
+
+    TYPE = "member/intent"
+    proposals: Annotated[tuple[Proposal, ...], MaxSize(16)]
+    approvals: Annotated[tuple[bytes, ...], MaxSize(256)]
+    deferred: Annotated[tuple[bytes, ...], MaxSize(256)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from mpc.codec import (
     MaxSize,
     Message,
     MessageDecodeError,
+    Since,
     Size,
     decode,
     message_types,
@@ -71,7 +72,7 @@ from mpc.membership import (
     WindowSchedule,
     genesis_state,
 )
-from mpc.membership.messages import ChainRequest, ChainUpdate
+from mpc.membership.messages import ChainRequest, ChainUpdate, MembershipIntent
 from mpc.reshare import Acknowledgement
 from mpc.sig import VerifyKey
 
@@ -181,12 +182,13 @@ def _capture_real() -> Real:
             for i in state.committee.indices
         }
         f = state.threshold - 1
-        window_mesh = Mesh(
-            windows, seed=1, max_delay=0.3, ticks=[sched.start, sched.end(f), sched.sign_end(f)]
-        )
+        ticks = [sched.start - 1 + k * 0.25 for k in range(44)]  # live through the window
+        window_mesh = Mesh(windows, seed=1, max_delay=0.3, ticks=ticks)
         window_mesh.run_until(sched.sign_end(f) + 1)
         membership_certificate = windows[PI(1)].certificate
         assert membership_certificate is not None
+        lock = windows[PI(1)].lock
+        assert lock is not None
 
         equivocation = run_sharing(5, 3, Adversary({2: Misbehaviour(equivocate_deal=True)}), seed=2)
         invalid_justification = run_sharing(
@@ -232,6 +234,8 @@ def _capture_real() -> Real:
             ("epoch", "membership"), (certificate.encode(), membership_certificate.encode())
         ),
         ChainRequest(1),
+        lock,
+        MembershipIntent((proposal,), (proposal.id(),), (bytes(32),)),
     ]
     instances: dict[str, Message] = {}
     for message in [*seen, *built]:
@@ -298,7 +302,7 @@ def test_the_schema_covers_only_supported_field_types() -> None:
 def _check_field_type(tp: Any, where: str) -> None:
     if get_origin(tp) is Annotated:
         tp, *extras = get_args(tp)
-        assert all(isinstance(e, Size | MaxSize) for e in extras), where
+        assert all(isinstance(e, Size | MaxSize | Since) for e in extras), where
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         assert len(args) == 1 and len(get_args(tp)) == 2, f"{where}: only T | None"

@@ -74,9 +74,7 @@ class ByzantineWindow(DecisionWindow):
                     self._outbox.append(Outbound(i, bogus))
 
 
-def run_window(
-    state, shares, nodes, ballots, *, byzantine=frozenset(), window=0, tally=None, seed=0
-):  # type: ignore[no-untyped-def]
+def run_window(state, shares, nodes, ballots, *, byzantine=frozenset(), window=0, seed=0):  # type: ignore[no-untyped-def]
     sessions = {}
     for i in state.committee.indices:
         props, approvals = ballots.get(int(i), ((), ()))
@@ -88,14 +86,15 @@ def run_window(
             i,
             nodes[i].identity,
             shares.get(i),
-            tally=tally,
             proposals=props,
             approvals=approvals,
         )
     f = state.threshold - 1
-    mesh = Mesh(
-        sessions, seed=seed, max_delay=0.3, ticks=[SCHED.start, SCHED.end(f), SCHED.sign_end(f)]
-    )
+    # Ticks every Δ/4 from before the start: every member is live through the window.
+    ticks = [
+        SCHED.start - 1 + k * 0.25 for k in range(int((SCHED.sign_end(f) + 2 - SCHED.start) * 4))
+    ]
+    mesh = Mesh(sessions, seed=seed, max_delay=0.3, ticks=ticks)
     mesh.run_until(SCHED.sign_end(f) + 1)
     return sessions, mesh
 
@@ -136,17 +135,22 @@ def test_a_proposal_with_t_approvals_is_certified_and_extends_the_chain() -> Non
     assert verify_chain([cert, e1], checkpoint=state).epoch == 1
 
 
-def test_t_minus_1_approvals_decide_nothing_and_carry_over() -> None:
+def test_t_minus_1_approvals_decide_nothing_and_nothing_carries_over() -> None:
     _run, _res, state, shares, nodes = genesis()
     p = proposal(state, 2, RemoveMember(5))
     sessions, _ = run_window(state, shares, nodes, {2: ((p,), (p.id(),)), 3: ((), (p.id(),))})
     assert all(s.phase is WindowPhase.NO_DECISION for s in sessions.values())
     tally = sessions[PI(1)].tally
     assert all(s.tally.approvals == tally.approvals for s in sessions.values())
-    # One more approval in the next window is enough: nothing was stuck on spent votes.
-    sessions2, _ = run_window(state, shares, nodes, {4: ((), (p.id(),))}, window=1, tally=tally)
-    assert all(s.phase is WindowPhase.DECIDED for s in sessions2.values())
-    assert sessions2[PI(1)].certificate.outcome.proposal == p
+    # A window is self-contained: one more approval alone in the next window decides nothing...
+    sessions2, _ = run_window(state, shares, nodes, {4: ((), (p.id(),))}, window=1)
+    assert all(s.phase is WindowPhase.NO_DECISION for s in sessions2.values())
+    # ...while members that re-send their standing intent in it reach t approvals there.
+    again = {2: ((p,), (p.id(),)), 3: ((), (p.id(),)), 4: ((), (p.id(),))}
+    sessions3, _ = run_window(state, shares, nodes, again, window=2)
+    assert all(s.phase is WindowPhase.DECIDED for s in sessions3.values())
+    assert sessions3[PI(1)].certificate.outcome.proposal == p
+    assert sessions3[PI(1)].certificate.outcome.window == 2
 
 
 def test_competing_proposals_exactly_one_wins_by_the_fixed_order() -> None:

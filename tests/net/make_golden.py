@@ -196,6 +196,23 @@ def golden_messages() -> dict[str, Message]:
     add(make("cert/membership-certificate", outcome=outcome, signature=fill(0x5E, 48)))
     add(
         make(
+            "member/lock",
+            outcome=outcome,
+            signer=1,
+            signature=fill(0x5F, 48),
+            proof=(deal_payload,),
+        )
+    )
+    add(
+        make(
+            "member/intent",
+            proposals=(proposal,),
+            approvals=(fill(0x76, 32),),
+            deferred=(fill(0x77, 32),),
+        )
+    )
+    add(
+        make(
             "cert/membership-partial",
             signer=1,
             outcome_hash=fill(0x79, 32),

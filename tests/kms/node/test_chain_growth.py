@@ -36,6 +36,7 @@ from mpc.membership.messages import ChainRequest, ChainUpdate
 from mpc.membership.testing import ForgedChain, forged_chain, fork, member_seeds, with_attempt
 from mpc.sig import SigningKey
 from net.codec import (
+    ENVELOPE_VERSION,
     MAX_FRAME_SIZE,
     Envelope,
     decode_envelope,
@@ -90,7 +91,7 @@ def node(
 
 def wire(message: ChainRequest | ChainUpdate, sender: int = 2) -> tuple[PI, object]:
     """What a peer's frame becomes at the receiver: decoded from its encoding."""
-    frame = encode_envelope(Envelope(1, message.TYPE, 0, sender, message.encode()))
+    frame = encode_envelope(Envelope(ENVELOPE_VERSION, message.TYPE, 0, sender, message.encode()))
     _, decoded = open_envelope(frame)
     return PI(sender), decoded
 
@@ -105,11 +106,12 @@ def answers(core: NodeCore, to: int = 2) -> list[ChainUpdate]:
 
 def answer_any_request(core: NodeCore, chain: ForgedChain) -> None:
     head = link_position(chain.links[-1])
-    for have in (0, 1, 2, head // 2, head - 3, head - 1, head, head + 1, 2**32 - 1):
+    for i, have in enumerate((0, 1, 2, head // 2, head - 3, head - 1, head, head + 1, 2**32 - 1)):
         peer, msg = wire(ChainRequest(have))
-        core.receive(peer, msg, NOW)  # type: ignore[arg-type]
+        # Spaced out: a member's chain requests are metered (a burst, then one per 5 Δ).
+        core.receive(peer, msg, NOW + 5 * core.config.delta * i)  # type: ignore[arg-type]
         (update,) = answers(core)
-        frame = encode_envelope(Envelope(1, update.TYPE, 0, 1, update.encode()))
+        frame = encode_envelope(Envelope(ENVELOPE_VERSION, update.TYPE, 0, 1, update.encode()))
         assert len(frame) <= MAX_FRAME_SIZE
         assert len(update.links) <= core_mod.MAX_CHAIN_ANSWER_LINKS + 1
         if have > head:
@@ -311,7 +313,7 @@ def _drain(recv) -> list[bytes]:  # type: ignore[no-untyped-def]
 
 
 def _frame_from(sender: int, message: ChainRequest) -> bytes:
-    return encode_envelope(Envelope(1, message.TYPE, 0, sender, message.encode()))
+    return encode_envelope(Envelope(ENVELOPE_VERSION, message.TYPE, 0, sender, message.encode()))
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +369,9 @@ def test_the_store_follows_a_catch_up_and_a_fork_switch(tmp_path) -> None:  # ty
             svc.store.append_link("epoch", x.transcript.epoch, x.encode())
     peer2 = svc._index_peer[PI(2)]
     update = ChainUpdate(*_encode([chain.links[0], *chain.links[-3:]]))
-    svc.handle_frame(peer2, encode_envelope(Envelope(1, update.TYPE, 80, 2, update.encode())))
+    svc.handle_frame(
+        peer2, encode_envelope(Envelope(ENVELOPE_VERSION, update.TYPE, 80, 2, update.encode()))
+    )
     assert svc.core.state is not None and svc.core.state.epoch == 80
     stored = svc.store.chain()
     assert [(k, e) for k, e, _ in stored] == [
@@ -382,7 +386,9 @@ def test_the_store_follows_a_catch_up_and_a_fork_switch(tmp_path) -> None:  # ty
     late = fork(chain, 160)
     late.grow(1, attempt=2)
     update = ChainUpdate(*_encode([late.links[0], *late.links[-3:]]))
-    svc.handle_frame(peer2, encode_envelope(Envelope(1, update.TYPE, 80, 2, update.encode())))
+    svc.handle_frame(
+        peer2, encode_envelope(Envelope(ENVELOPE_VERSION, update.TYPE, 80, 2, update.encode()))
+    )
     assert svc.core.state is not None and rank(svc.core.state) == (80, 2)
     stored = svc.store.chain()
     assert stored[-1][2] == late.links[-1].encode()
@@ -394,7 +400,9 @@ def test_the_store_follows_a_catch_up_and_a_fork_switch(tmp_path) -> None:  # ty
     svc.core.config = dataclasses.replace(svc.core.config, chain_retention=2)
     late.grow(3)
     update = ChainUpdate(*_encode(late.links[-6:]))
-    svc.handle_frame(peer2, encode_envelope(Envelope(1, update.TYPE, 83, 2, update.encode())))
+    svc.handle_frame(
+        peer2, encode_envelope(Envelope(ENVELOPE_VERSION, update.TYPE, 83, 2, update.encode()))
+    )
     assert svc.core.state is not None and svc.core.state.epoch == 83
     assert [(k, e) for k, e, _ in svc.store.chain()] == [
         ("epoch", 0),

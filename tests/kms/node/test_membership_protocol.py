@@ -76,7 +76,7 @@ def test_two_competing_proposals_one_certified_the_other_decided_later() -> None
     assert final.threshold == 4
 
 
-def test_an_outcome_without_enough_signatures_never_takes_effect() -> None:
+def test_an_outcome_without_enough_signatures_is_locked_and_certified_later_unchanged() -> None:
     _, cores = committee(5, 3, seed=32)
     withhold = {PI(2), PI(3), PI(4), PI(5)}
     on = [True]
@@ -92,19 +92,20 @@ def test_an_outcome_without_enough_signatures_never_takes_effect() -> None:
     pid = cores[PI(1)].propose(Refresh())
     for i in (2, 3):
         cores[PI(i)].approve(pid)
-    mesh.run_until(80.0)  # three windows decide it, none certifies it
+    mesh.run_until(35.0)  # window 1 decides it and fails to certify it
     for i in range(1, 6):
         core = cores[PI(i)]
         assert core.state is not None and core.state.epoch == 0 and core.state.pending is None
         assert memberships(core) == []
-    # Decided (t approvals or more; members approve refreshes on their own later), never certified.
+        assert core.status().locked == pid.hex()  # every member signed it: its lock
     [(pending, _, approvals)] = cores[PI(1)].status().pending
     assert pending == pid.hex() and approvals >= 3
-    # With the signatures flowing again, the same decision is certified in the next window.
-    on[0] = False
+    # In the next window the members report their locks (with their partials) in their
+    # ballots: the same outcome, first decided in window 1, is certified.
     mesh.run_until(110.0)
     assert all(cores[PI(i)].state.epoch == 1 for i in range(1, 6))  # type: ignore[union-attr]
-    assert [m.outcome.proposal.id() for m in memberships(cores[PI(1)])] == [pid]
+    [m] = memberships(cores[PI(1)])
+    assert m.outcome.proposal.id() == pid and m.outcome.window == 1
 
 
 def test_replayed_and_forged_certificates_are_refused() -> None:

@@ -510,7 +510,11 @@ def test_a_restarted_decision_window_resends_the_same_ballot() -> None:
         seed=5,
         max_delay=0.3,
         route=route,
-        ticks=[WSCHED.start, WSCHED.end(f), WSCHED.sign_end(f)],
+        # Dense ticks: a member whose clock jumps inside a window is not live through it.
+        ticks=[
+            WSCHED.start - 1 + k * 0.25
+            for k in range(int((WSCHED.sign_end(f) + 3 - WSCHED.start) * 4))
+        ],
     )
     mesh.run_until(WSCHED.start + 0.5)
     life["dead"] = True

@@ -75,7 +75,9 @@ from mpc.membership.messages import (
     ChainUpdate,
     ChangeAdmissionPolicy,
     ChangeThreshold,
+    LockReport,
     MembershipCertificate,
+    MembershipIntent,
     MembershipOutcome,
     OutcomePartial,
     Proposal,
@@ -239,6 +241,11 @@ def golden_messages() -> dict[str, Message]:
     membership_certificate = MembershipCertificate(
         outcome, (secret * cert_base(outcome.encode())).to_bytes()
     )
+    window_session = session_id(b"membership", certificate.hash(), (1).to_bytes(8, "big"))
+    lock = LockReport(
+        outcome, 1, outcome_partial.signature, (signed(window_session, 1, ballot.encode()),)
+    )
+    intent = MembershipIntent((proposal,), (proposal.id(),), (bytes(32),))
 
     instances: list[Message] = [
         header,
@@ -272,6 +279,8 @@ def golden_messages() -> dict[str, Message]:
             ("epoch", "membership"), (certificate.encode(), membership_certificate.encode())
         ),
         ChainRequest(1),
+        lock,
+        intent,
         committee[0],
         ack,
     ]

@@ -54,6 +54,19 @@ def _fail(msg: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _pinned_mpk(mpk_hex: str) -> Any:
+    """The pinned master public key from hex; exits on a malformed key or the identity point."""
+    from mpc.cert import check_mpk
+    from mpc.math import G2
+
+    try:
+        mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
+        check_mpk(mpk)
+    except ValueError as exc:
+        _fail(f"master public key refused: {exc}", 2)
+    return mpk
+
+
 # --- node ----------------------------------------------------------------------------------
 
 
@@ -605,13 +618,12 @@ def key_get(
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc.ids import ParticipantIndex
-    from mpc.math import G2
     from mpc.tkd import typed_keys
 
     state, app_id = _devnet_app(devnet_dir, app_name)
     if not state.get("master_public_key"):
         _fail("the devnet has no master public key yet", 2)
-    mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
+    mpk = _pinned_mpk(state["master_public_key"])
     tee = devnet.simulated_tee(devnet_dir)
     meas = devnet.ROGUE_MEASUREMENT if rogue else devnet.DEMO_MEASUREMENT
     urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
@@ -717,6 +729,7 @@ def evidence_verify(
     from kms.client.core import verify_wrong_partial
     from kms.client.http import chain_epochs_from_bytes, fetch_chain_epochs
     from kms.protocol import WrongPartialEvidence
+    from mpc.cert import check_mpk
     from mpc.errors import InvalidEncoding, InvalidSignature
     from mpc.math import G2
     from mpc.membership import ChainError
@@ -732,6 +745,7 @@ def evidence_verify(
     try:
         ev = WrongPartialEvidence.decode(file.read_bytes())
         mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
+        check_mpk(mpk)
         if chain_file is not None:
             states = chain_epochs_from_bytes(chain_file.read_bytes(), mpk)
         else:
@@ -820,10 +834,9 @@ def decrypt_cmd(
     from mpc import ibe
     from mpc.errors import DecryptionError, InvalidEncoding
     from mpc.ids import ParticipantIndex
-    from mpc.math import G2
 
     state, app_id = _devnet_app(devnet_dir, app_name)
-    mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
+    mpk = _pinned_mpk(state["master_public_key"])
     try:
         sealed = in_file.read_bytes()
         key_id = ibe.read_header(sealed).key_id

@@ -31,6 +31,7 @@ from kms.protocol import (
     release_info,
 )
 from mpc import hpke
+from mpc.cert import check_mpk
 from mpc.errors import DecryptionError, InvalidEncoding, InvalidShare, InvalidSignature
 from mpc.ids import ParticipantIndex
 from mpc.math import G1
@@ -92,6 +93,7 @@ class KeyRequestSession:
         previous: ChainState | None = None,
         bundle: bytes = b"",
     ) -> None:
+        check_mpk(chain.mpk)
         self.chain = chain
         self.bundle = bundle
         """The app's encoded policy bundle, sent with the request (its hash is in the body)."""

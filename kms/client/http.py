@@ -17,7 +17,7 @@ import httpx
 
 from kms.client.core import KeyReleaseError, KeyRequestSession, Rejected
 from kms.protocol import KeyRefusal, KeyResponse, WrongPartialEvidence
-from mpc.cert import EpochCertificate
+from mpc.cert import EpochCertificate, check_mpk
 from mpc.codec import MessageDecodeError, decode
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
@@ -154,6 +154,7 @@ class KeyClient:
         chain_ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        check_mpk(mpk)  # the identity point would make every chain check vacuous
         self.urls = dict(urls)
         self.mpk = mpk
         self.timeout = timeout

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
-from mpc.cert import ZERO_HASH, EpochCertificate
+from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate
 from mpc.codec import Message, MessageDecodeError
 from mpc.dkg import (
     CertificateCompleted,
@@ -44,6 +44,7 @@ from mpc.dkg import (
     Schedule,
     SharingConfig,
     SharingFailed,
+    SharingFinalized,
     SharingSession,
 )
 from mpc.dkg.messages import CertificatePartial, Participant
@@ -68,7 +69,15 @@ from mpc.membership import (
     genesis_state,
     verify_chain_epochs,
 )
-from mpc.membership.messages import ChainRequest, ChainUpdate, Change, OutcomePartial
+from mpc.membership.messages import (
+    ChainRequest,
+    ChainUpdate,
+    Change,
+    GenesisEndorsement,
+    GenesisEndorsements,
+    OutcomePartial,
+    endorsing_members,
+)
 from mpc.reshare import Acknowledgement, RetentionTracker
 from mpc.secret import RNG, SecretShare
 from mpc.sig import SigningKey
@@ -79,6 +88,15 @@ MAX_RESHARE_RUNS = 16
 CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
 Link = EpochCertificate | MembershipCertificate
+GENESIS_ENDORSEMENTS_RUN = b"genesis-endorsements"
+"""Run id of the genesis endorsements a node holds (kept across epochs, keyed by signer)."""
+MAX_PENDING_ENDORSEMENTS = 4
+"""Endorsements kept per genesis member while this node has no chain yet."""
+
+
+class GenesisNotTrusted(ChainError):
+    """A genesis certificate this node may not adopt: fewer than ``t`` genesis members
+    endorsed it, or it is not for the pinned MPK."""
 
 
 # --- configuration ------------------------------------------------------------
@@ -99,10 +117,21 @@ class NodeConfig:
     admission_policy_hash: bytes = ZERO_HASH
     admission_policy: bytes = b""
     """The genesis node admission policy (its SHA-256 is ``admission_policy_hash``)."""
+    genesis_mpk: bytes | None = None
+    """A pinned genesis master public key: when set, the only genesis this node adopts
+    (endorsements are then not needed). Unset: a genesis certificate from a peer needs
+    ``threshold`` endorsements by genesis members."""
 
     def __post_init__(self) -> None:
         if self.window_length <= 0 or self.window_period <= 0:
             raise LocalProtocolError("window length and period must be positive")
+        if self.genesis_mpk is not None:
+            if self.genesis_mpk == IDENTITY_MPK:
+                raise LocalProtocolError("the identity point is not a master public key")
+            try:
+                G2.from_bytes(self.genesis_mpk)
+            except InvalidEncoding as exc:
+                raise LocalProtocolError(f"genesis_mpk is not a G2 point: {exc}") from exc
 
     def genesis_schedule(self, attempt: int) -> Schedule:
         s = Schedule.default(
@@ -320,6 +349,21 @@ class NodeCore:
         self._participants: dict[ParticipantIndex, Participant] = {
             ParticipantIndex(p.index): p for p in config.genesis
         }
+        self._endorsements: dict[int, GenesisEndorsement] = {}
+        """Verified endorsements of the genesis this node holds, by signer."""
+        self._pending_endorsements: dict[int, deque[GenesisEndorsement]] = {}
+        """Endorsements received before this node had a chain (checked on use)."""
+        self._own_genesis: deque[bytes] = deque(maxlen=16)
+        """Transcript hashes this node's own genesis runs finalized."""
+        self._candidates: dict[ParticipantIndex, list[Link]] = {}
+        """Verified chains offered by peers whose genesis is not endorsed (yet)."""
+        self._offered: dict[ParticipantIndex, tuple[GenesisEndorsement, ...]] = {}
+        """The endorsements each peer relayed before its chain (one bundle per peer)."""
+        for raw in restored.records(GENESIS_ENDORSEMENTS_RUN).values():
+            try:
+                self._pend_endorsement(GenesisEndorsement.decode(raw))
+            except InvalidEncoding:
+                continue
         if restored.chain:
             self._restore_chain(list(restored.chain))
 
@@ -330,11 +374,21 @@ class NodeCore:
         if not isinstance(first, EpochCertificate):
             raise LocalProtocolError("stored chain does not start with the genesis certificate")
         self._check_genesis(first)
+        pinned = self.config.genesis_mpk
+        if pinned is not None and first.transcript.mpk != pinned:
+            raise LocalProtocolError("stored genesis certificate is not for the pinned genesis_mpk")
         state = genesis_state(self._mpk_of(first), first)
         for link in links[1:]:
             state = extend(state, link)
         self.chain = links
         self._set_state(state)
+        for queue in list(self._pending_endorsements.values()):
+            for e in queue:
+                try:
+                    self._add_endorsement(e, persist=False)
+                except InvalidSignature:
+                    continue
+        self._pending_endorsements.clear()
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -343,6 +397,140 @@ class NodeCore:
         tr = cert.transcript
         if tr.committee != self.config.genesis or tr.threshold != self.config.threshold:
             raise ChainError("genesis certificate is not for the configured genesis committee")
+
+    # --- genesis trust -----------------------------------------------------------------
+
+    def _trust_genesis(self, cert: EpochCertificate) -> None:
+        """Raise ``GenesisNotTrusted`` unless this node may adopt ``cert`` as its genesis.
+
+        A certificate's signature, checked under the MPK written in it, proves only
+        that someone knows that key's secret. The key is the committee's only if the
+        configuration pins it, or this node's own genesis run computed the same
+        transcript, or ``t`` genesis members endorsed it with their identity keys.
+        """
+        tr = cert.transcript
+        pinned = self.config.genesis_mpk
+        if pinned is not None:
+            if tr.mpk != pinned:
+                raise GenesisNotTrusted("genesis certificate is not for the pinned genesis_mpk")
+            return
+        if tr.hash() in self._own_genesis:
+            return
+        pool = [e for queue in self._pending_endorsements.values() for e in queue]
+        signers = endorsing_members(tr, pool, self.config.genesis)
+        if len(signers) < self.config.threshold:
+            raise GenesisNotTrusted(
+                f"genesis certificate endorsed by {len(signers)} genesis members, "
+                f"{self.config.threshold} needed"
+            )
+
+    def _pend_endorsement(self, e: GenesisEndorsement) -> None:
+        if not any(p.index == e.signer for p in self.config.genesis):
+            return
+        queue = self._pending_endorsements.setdefault(
+            e.signer, deque(maxlen=MAX_PENDING_ENDORSEMENTS)
+        )
+        if e not in queue:
+            queue.append(e)
+
+    def _add_endorsement(self, e: GenesisEndorsement, *, persist: bool = True) -> bool:
+        """Keep ``e`` if it endorses this node's genesis; True if it was new and valid."""
+        if not self.chain or e.signer in self._endorsements:
+            return False
+        genesis = self.chain[0]
+        if not isinstance(genesis, EpochCertificate):  # pragma: no cover - restore checks
+            return False
+        if e.transcript_hash != genesis.transcript.hash():
+            return False
+        e.verify(genesis.transcript, self.config.genesis)
+        self._endorsements[e.signer] = e
+        if persist:
+            self._events.append(
+                StoreRecord(GENESIS_ENDORSEMENTS_RUN, str(e.signer), e.encode(), secret=False)
+            )
+        return True
+
+    def _genesis_adopted(self) -> None:
+        """Keep the endorsements gathered so far, and endorse it if this node computed it."""
+        for queue in list(self._pending_endorsements.values()):
+            for e in queue:
+                try:
+                    self._add_endorsement(e)
+                except InvalidSignature:
+                    continue
+        self._pending_endorsements.clear()
+        self._candidates.clear()
+        self._maybe_endorse()
+
+    def _maybe_endorse(self) -> None:
+        """Endorse the chain's genesis if this node's own genesis run computed its transcript."""
+        if not self.chain or int(self.me) in self._endorsements:
+            return
+        genesis = self.chain[0]
+        if not isinstance(genesis, EpochCertificate) or self.me not in self._genesis_indices():
+            return
+        tr = genesis.transcript
+        if tr.hash() not in self._own_genesis:
+            return
+        mine = GenesisEndorsement.create(self._key, int(self.me), tr)
+        self._add_endorsement(mine)
+        for i in sorted(self._participants):
+            if i != self.me:
+                self._outbox.append(Outbound(i, mine))
+
+    def _receive_endorsement(self, peer: ParticipantIndex, e: GenesisEndorsement) -> None:
+        if e.signer != int(peer):
+            raise RemoteProtocolError("genesis endorsement relayed for another signer", [peer])
+        if self.state is not None:
+            try:
+                self._add_endorsement(e)
+            except InvalidSignature as exc:
+                raise RemoteProtocolError(f"bad genesis endorsement: {exc}", [peer]) from exc
+            return
+        self._pend_endorsement(e)
+        self._try_candidates()
+
+    def _offer(self, genesis: EpochCertificate, relayed: tuple[GenesisEndorsement, ...]) -> None:
+        """Keep the relayed endorsements that verify for ``genesis``."""
+        for e in relayed:
+            try:
+                e.verify(genesis.transcript, self.config.genesis)
+            except InvalidSignature:
+                continue
+            self._pend_endorsement(e)
+
+    def _receive_relayed(
+        self, peer: ParticipantIndex, relayed: tuple[GenesisEndorsement, ...]
+    ) -> None:
+        if self.state is not None:
+            for e in relayed:
+                try:
+                    self._add_endorsement(e)
+                except InvalidSignature:
+                    continue
+            return
+        candidate = self._candidates.get(peer)
+        if candidate is None:
+            # The chain follows: check these against its genesis then.
+            self._offered[peer] = relayed
+            return
+        first = candidate[0]
+        if isinstance(first, EpochCertificate):
+            self._offer(first, relayed)
+        self._try_candidates()
+
+    def _try_candidates(self) -> None:
+        for links in list(self._candidates.values()):
+            first = links[0]
+            if not isinstance(first, EpochCertificate):  # pragma: no cover - checked on entry
+                continue
+            try:
+                self._trust_genesis(first)
+            except GenesisNotTrusted:
+                continue
+            for link in links:
+                self._adopt_link(link, state_after=None)
+            break
 
     def _set_state(self, state: ChainState) -> None:
         self.state = state
@@ -602,6 +790,14 @@ class NodeCore:
         kinds = tuple("epoch" if isinstance(x, EpochCertificate) else "membership" for x in links)
         return ChainUpdate(kinds, tuple(x.encode() for x in links))
 
+    def _send_chain(self, peer: ParticipantIndex, have: int) -> None:
+        """Send ``peer`` the chain after ``have`` links; from genesis, the genesis
+        endorsements this node holds go first."""
+        if have == 0 and self.chain and self._endorsements:
+            bundle = tuple(self._endorsements[s] for s in sorted(self._endorsements))
+            self._outbox.append(Outbound(peer, GenesisEndorsements(bundle)))
+        self._outbox.append(Outbound(peer, self.chain_update(have)))
+
     # --- dispatch ------------------------------------------------------------------------
 
     def _dispatch(self, peer: ParticipantIndex, message: Message, now: float) -> None:
@@ -611,7 +807,7 @@ class NodeCore:
         if isinstance(message, ChainRequest):
             if message.have < 0:
                 raise RemoteProtocolError("negative chain position", [peer])
-            self._outbox.append(Outbound(peer, self.chain_update(message.have)))
+            self._send_chain(peer, message.have)
             return
         if isinstance(message, Acknowledgement):
             tracker = self._trackers.get(message.epoch - 1)
@@ -624,6 +820,12 @@ class NodeCore:
             return
         if peer not in self._participants:
             raise RemoteProtocolError("message from a peer that is not a participant", [peer])
+        if isinstance(message, GenesisEndorsement):
+            self._receive_endorsement(peer, message)
+            return
+        if isinstance(message, GenesisEndorsements):
+            self._receive_relayed(peer, message.endorsements)
+            return
         target = self._route(message)
         if target is None:
             # For a run or window that has not started here yet: keep it for later.
@@ -699,6 +901,17 @@ class NodeCore:
                 new_links.append(link)
         except ChainError as exc:
             raise RemoteProtocolError(f"chain link refused: {exc}", [peer]) from exc
+        if self.state is None:
+            genesis = new_links[0]
+            if not isinstance(genesis, EpochCertificate):  # pragma: no cover - checked above
+                return
+            self._offer(genesis, self._offered.pop(peer, ()))
+            try:
+                self._trust_genesis(genesis)
+            except GenesisNotTrusted as exc:
+                if peer in self._participants:
+                    self._candidates[peer] = new_links
+                raise RemoteProtocolError(f"genesis refused: {exc}", [peer]) from exc
         for link in new_links:
             self._adopt_link(link, state_after=None)
 
@@ -907,6 +1120,9 @@ class NodeCore:
             for ev in session.events():
                 if isinstance(ev, Persist):
                     self._events.append(StoreRecord(run_id, ev.key, ev.data, ev.secret))
+                elif isinstance(ev, SharingFinalized) and session.config.kind == "dkg":
+                    self._own_genesis.append(ev.result.transcript.hash())
+                    self._maybe_endorse()
                 elif isinstance(ev, DealerExcluded):
                     self._events.append(MisbehaviourObserved(ev.dealer, ev.reason, ev.evidence))
                 elif isinstance(ev, ResponderEquivocated):
@@ -948,7 +1164,12 @@ class NodeCore:
         if self.state is None:
             if not isinstance(link, EpochCertificate):
                 return
-            state = genesis_state(self._mpk_of(link), link)
+            try:
+                self._check_genesis(link)
+                self._trust_genesis(link)
+                state = genesis_state(self._mpk_of(link), link)
+            except ChainError:
+                return
         else:
             try:
                 state = state_after or extend(self.state, link)
@@ -971,7 +1192,7 @@ class NodeCore:
                 if i != self.me:
                     # Incoming members have no chain yet: they get it from genesis.
                     have = len(self.chain) - 1 if i in members else 0
-                    self._outbox.append(Outbound(i, self.chain_update(have)))
+                    self._send_chain(i, have)
             return
         # An epoch certificate: switch epochs.
         if (
@@ -992,6 +1213,8 @@ class NodeCore:
             if link.transcript.committee == old_state.committee.members:
                 self.last_refresh = self._now
         self._events.append(EpochSwitched(state.epoch, link, self.share, state))
+        if old_state is None:
+            self._genesis_adopted()
         self._my_proposals.clear()
         self._my_approvals.clear()
         self._deferred.clear()

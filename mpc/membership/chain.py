@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mpc.cert import ZERO_HASH, EpochCertificate, sha256, verify_cert_signature
+from mpc.cert import (
+    ZERO_HASH,
+    EpochCertificate,
+    IdentityMasterKey,
+    check_mpk,
+    sha256,
+    verify_cert_signature,
+)
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding, InvalidSignature
 from mpc.ids import ParticipantIndex
@@ -125,7 +132,17 @@ def _validate(link: EpochCertificate | MembershipCertificate) -> None:
 
 
 def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
-    """Verify the genesis certificate under the pinned ``mpk``."""
+    """Verify the genesis certificate under the pinned ``mpk``.
+
+    The caller must have a reason to trust ``mpk`` that does not come from the
+    certificate itself (a pinned key, or the genesis endorsements, see
+    ``GenesisEndorsement``): a certificate checked under the key written in it
+    proves nothing. The identity point is refused.
+    """
+    try:
+        check_mpk(mpk)
+    except IdentityMasterKey as exc:
+        raise ChainError(str(exc)) from exc
     _validate(genesis)
     tr = genesis.transcript
     if tr.kind != "dkg" or tr.epoch != 0 or tr.previous_certificate_hash != ZERO_HASH:
@@ -138,6 +155,10 @@ def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
 
 def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) -> ChainState:
     """Verify one more link after ``state``; raises ``ChainError``."""
+    try:
+        check_mpk(state.mpk)
+    except IdentityMasterKey as exc:
+        raise ChainError(str(exc)) from exc
     _validate(link)
     if isinstance(link, MembershipCertificate):
         out = link.outcome

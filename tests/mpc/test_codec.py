@@ -71,7 +71,12 @@ from mpc.membership import (
     WindowSchedule,
     genesis_state,
 )
-from mpc.membership.messages import ChainRequest, ChainUpdate
+from mpc.membership.messages import (
+    ChainRequest,
+    ChainUpdate,
+    GenesisEndorsement,
+    GenesisEndorsements,
+)
 from mpc.reshare import Acknowledgement
 from mpc.sig import VerifyKey
 
@@ -232,6 +237,9 @@ def _capture_real() -> Real:
             ("epoch", "membership"), (certificate.encode(), membership_certificate.encode())
         ),
         ChainRequest(1),
+        GenesisEndorsements(
+            (GenesisEndorsement.create(nodes[PI(1)].identity, 1, certificate.transcript),)
+        ),
     ]
     instances: dict[str, Message] = {}
     for message in [*seen, *built]:

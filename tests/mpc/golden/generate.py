@@ -75,6 +75,8 @@ from mpc.membership.messages import (
     ChainUpdate,
     ChangeAdmissionPolicy,
     ChangeThreshold,
+    GenesisEndorsement,
+    GenesisEndorsements,
     MembershipCertificate,
     MembershipOutcome,
     OutcomePartial,
@@ -240,6 +242,7 @@ def golden_messages() -> dict[str, Message]:
         outcome, (secret * cert_base(outcome.encode())).to_bytes()
     )
 
+    endorsement = GenesisEndorsement.create(identity_key(1), 1, transcript)
     instances: list[Message] = [
         header,
         deal_payload,
@@ -272,6 +275,8 @@ def golden_messages() -> dict[str, Message]:
             ("epoch", "membership"), (certificate.encode(), membership_certificate.encode())
         ),
         ChainRequest(1),
+        GenesisEndorsements((endorsement,)),
+        endorsement,
         committee[0],
         ack,
     ]

@@ -114,14 +114,24 @@ def node_run(config: Annotated[Path, typer.Option("--config", help="Path of node
 def node_join_request(
     config: Annotated[Path, typer.Option("--config")],
     out_file: Annotated[Path, typer.Option("--out")],
+    committee_url: Annotated[
+        str,
+        typer.Option(
+            "--committee-url",
+            help="HTTP URL of a member: the request is bound to its current chain head.",
+        ),
+    ],
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Write this node's join request: participant record, addresses and a TDX quote binding them."""
+    """Write this node's join request: participant record, addresses, the committee's current
+    chain head and a TDX quote binding them."""
+    import httpx
+
     from kms.node.setup import join_request
 
     try:
-        doc = join_request(config)
-    except (OSError, ValueError, KeyError) as exc:
+        doc = join_request(config, committee_url=committee_url)
+    except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         if json_out:
             _print_json({"ok": False, "error": str(exc)})
             raise typer.Exit(2) from None

@@ -49,6 +49,9 @@ from mpc.membership import (
 from mpc.membership.messages import Change
 
 JOIN_CONTEXT = b"quorum-kms/v1/join-request"
+JOIN_MAX_AGE = 2
+"""A join request names the chain head it was made for; members refuse one whose
+epoch is more than this many epochs behind their current epoch."""
 
 
 class Refusal(enum.Enum):
@@ -64,18 +67,48 @@ class Refusal(enum.Enum):
     EVIDENCE_NAMES_ANOTHER_NODE = "evidence-names-another-node"
     EVIDENCE_INVALID = "evidence-does-not-verify"
     UNKNOWN_RUN = "unknown-run"
+    JOIN_UNBOUND = "join-request-names-no-head"
+    JOIN_UNKNOWN_HEAD = "join-request-head-not-in-chain"
+    JOIN_STALE = "join-request-stale"
 
 
-def join_report_data(participant: Participant, addresses: Sequence[str]) -> bytes:
+def join_report_data(
+    participant: Participant, addresses: Sequence[str], epoch: int = 0, head: bytes = b""
+) -> bytes:
     """The 64 bytes a joining node's quote must carry as ``report_data``.
 
-    ``SHA-512(JOIN_CONTEXT || AddMember(participant, b"", addresses).encode())``:
+    ``SHA-512(JOIN_CONTEXT || AddMember(participant, b"", addresses, epoch, head).encode())``:
     the participant record holds the index, the Ed25519 identity (from which the
     libp2p peer id is derived), the X25519 DKG key and the identity's signature
-    on it.
+    on it; ``epoch`` and ``head`` name the committee's chain head the request was
+    made for (its freshness).
     """
-    body = AddMember(participant, b"", tuple(addresses)).encode()
+    body = AddMember(participant, b"", tuple(addresses), epoch, head).encode()
     return hashlib.sha512(JOIN_CONTEXT + body).digest()
+
+
+def link_epoch(link: EpochCertificate | MembershipCertificate) -> int:
+    if isinstance(link, EpochCertificate):
+        return link.transcript.epoch
+    return link.outcome.epoch
+
+
+def check_join_freshness(ctx: ChangeContext, add: AddMember) -> None:
+    """Refuse a join request not bound to a recent head of this node's chain."""
+    if not add.head:
+        raise _refuse(Refusal.JOIN_UNBOUND, "the join request names no chain head")
+    link = next((x for x in reversed(ctx.chain) if x.hash() == add.head), None)
+    if link is None or link_epoch(link) != add.epoch:
+        raise _refuse(
+            Refusal.JOIN_UNKNOWN_HEAD,
+            f"the join request's head (epoch {add.epoch}) is not in this node's chain",
+        )
+    if ctx.state.epoch - add.epoch > JOIN_MAX_AGE:
+        raise _refuse(
+            Refusal.JOIN_STALE,
+            f"the join request was made at epoch {add.epoch}, the committee is at "
+            f"{ctx.state.epoch} (at most {JOIN_MAX_AGE} behind)",
+        )
 
 
 def _refuse(reason: Refusal, detail: str = "") -> ChangeRefused:
@@ -150,6 +183,7 @@ class ChangeChecker:
             ) from exc
         if not add.attestation:
             raise _refuse(Refusal.NO_ATTESTATION, "the join request carries no quote")
+        check_join_freshness(ctx, add)
         if self.verifier is None or self.collateral is None:
             raise _refuse(Refusal.NO_TRUST_ROOT, "this node has no collateral to verify quotes")
         try:
@@ -158,7 +192,9 @@ class ChangeChecker:
             )
         except QuoteVerificationError as exc:
             raise _refuse(Refusal.QUOTE_REJECTED, f"{exc.reason.value}: {exc}") from exc
-        if verified.report_data != join_report_data(add.participant, add.addresses):
+        if verified.report_data != join_report_data(
+            add.participant, add.addresses, add.epoch, add.head
+        ):
             raise _refuse(
                 Refusal.REPORT_DATA_MISMATCH,
                 "the quote does not bind this participant record and these addresses",
@@ -224,6 +260,7 @@ def evidence_culprit(ev: object) -> int | None:
 
 __all__ = [
     "JOIN_CONTEXT",
+    "JOIN_MAX_AGE",
     "ChangeChecker",
     "Refusal",
     "evidence_culprit",

@@ -29,6 +29,7 @@ import trio
 
 from kms.attest.pccs import CollateralProvider
 from kms.node.core import (
+    GENESIS_ENDORSEMENTS_RUN,
     ApprovalRefused,
     ChangeCheck,
     EpochSwitched,
@@ -315,7 +316,8 @@ class NodeService:
             # further use and some are secret: a dealt polynomial's constant term is
             # an old share. Delete them once the new epoch is stored.
             for run in self.store.runs():
-                self.store.delete_records(run)
+                if run != GENESIS_ENDORSEMENTS_RUN:  # kept: served with the chain
+                    self.store.delete_records(run)
             self._learn_participants()
             log.info(
                 "epoch certified",

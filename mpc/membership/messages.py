@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from mpc.cert import EpochTranscript, sha256
-from mpc.codec import MaxSize, Message, MessageDecodeError, Size
+from mpc.codec import MaxSize, Message, MessageDecodeError, Since, Size
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding, InvalidSignature
 from mpc.participant import MAX_PARTICIPANTS
@@ -25,14 +25,23 @@ class AddMember(Message):
     """Admit a node: its participant record and attestation evidence (opaque here)."""
 
     TYPE = "member/add"
+    VERSION = 2
     participant: Participant
     attestation: Annotated[bytes, MaxSize(MAX_ATTESTATION)]
     addresses: Annotated[tuple[str, ...], MaxSize(8)] = ()
     """Where the new node listens (libp2p multiaddrs), so members can reach it."""
+    epoch: Annotated[int, Since(2)] = 0
+    head: Annotated[bytes, MaxSize(32), Since(2)] = b""
+    """The committee's chain head the join request was made for: the epoch and the
+    hash of the chain's last link then (version 2; empty in a version-1 request). The
+    quote binds them, and members refuse a request whose head is not in their chain
+    or is too many epochs old, so an old request cannot be replayed."""
 
     def validate(self) -> None:
         if any(len(a) > 256 for a in self.addresses):
             raise MessageDecodeError("member/add: address too long")
+        if self.head and len(self.head) != 32:
+            raise MessageDecodeError("member/add: head is a 32-byte link hash")
 
 
 @dataclass(frozen=True, slots=True)

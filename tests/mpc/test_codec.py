@@ -306,7 +306,7 @@ def test_the_schema_covers_only_supported_field_types() -> None:
 def _check_field_type(tp: Any, where: str) -> None:
     if get_origin(tp) is Annotated:
         tp, *extras = get_args(tp)
-        assert all(isinstance(e, Size | MaxSize) for e in extras), where
+        assert all(isinstance(e, Size | MaxSize | _Since) for e in extras), where
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         assert len(args) == 1 and len(get_args(tp)) == 2, f"{where}: only T | None"
@@ -913,7 +913,7 @@ def message_values(cls: type[Message], depth: int = 0) -> st.SearchStrategy[list
 def golden_with_one_field_replaced(draw: st.DrawFn) -> list[Any]:
     name = draw(st.sampled_from(sorted(TYPES)))
     raw = GOLDEN[name].to_wire()
-    fields = codec._fields(TYPES[name])
+    fields = codec._fields(TYPES[name], raw[1])
     if fields:
         i = draw(st.integers(0, len(fields) - 1))
         raw[2 + i] = draw(schema_values(fields[i][1]))

@@ -33,6 +33,7 @@ from mpc.membership import (
     AddMember,
     ChangeAdmissionPolicy,
     ChangeThreshold,
+    Refresh,
     RemoveMember,
 )
 from mpc.sig import CTX_BROADCAST_DIGEST
@@ -64,9 +65,12 @@ class World:
         self.mesh.run_until(T0 + t)
 
     def join(self, index: int, measurement: dict[str, bytes] = NODE) -> AddMember:
+        """A join request bound to the committee's current chain head (node 1's view)."""
         p = self.nodes[PI(index)].participant
-        quote = self.tee.quote(join_report_data(p, ADDRS), **measurement)
-        return AddMember(p, quote, ADDRS)
+        st = self.cores[PI(1)].state
+        assert st is not None
+        quote = self.tee.quote(join_report_data(p, ADDRS, st.epoch, st.head_hash), **measurement)
+        return AddMember(p, quote, ADDRS, st.epoch, st.head_hash)
 
     def ctx(self, i: int = 1) -> ChangeContext:
         core = self.cores[PI(i)]
@@ -149,20 +153,25 @@ def test_a_join_outside_the_admission_policy_is_refused(
 ) -> None:
     p5 = w4.nodes[PI(5)].participant
     good = w4.join(5)
+    fresh = (good.epoch, good.head)
     if case == "a measurement the policy does not list":
         add = w4.join(5, ROGUE)
     elif case == "a quote over another node's record":
         other = w4.nodes[PI(1)].participant
-        add = AddMember(p5, w4.tee.quote(join_report_data(other, ADDRS), **NODE), ADDRS)
+        add = AddMember(
+            p5, w4.tee.quote(join_report_data(other, ADDRS, *fresh), **NODE), ADDRS, *fresh
+        )
     elif case == "a quote over other addresses":
-        add = AddMember(p5, good.attestation, ("/ip4/10.0.0.9/tcp/1/p2p/12D3KooWevil",))
+        add = AddMember(p5, good.attestation, ("/ip4/10.0.0.9/tcp/1/p2p/12D3KooWevil",), *fresh)
     elif case == "no quote at all":
-        add = AddMember(p5, b"", ADDRS)
+        add = AddMember(p5, b"", ADDRS, *fresh)
     elif case == "a quote from an untrusted platform":
         stranger = SimulatedTEE(seeded("stranger"), now=int(T0))
-        add = AddMember(p5, stranger.quote(join_report_data(p5, ADDRS), **NODE), ADDRS)
+        add = AddMember(
+            p5, stranger.quote(join_report_data(p5, ADDRS, *fresh), **NODE), ADDRS, *fresh
+        )
     elif case == "garbage instead of a quote":
-        add = AddMember(p5, b"\x04\x00" + bytes(600), ADDRS)
+        add = AddMember(p5, b"\x04\x00" + bytes(600), ADDRS, *fresh)
     else:
         old = SimulatedTEE(seeded("tee-71"), now=int(T0), tcb_status="OutOfDate")
         coll = Collateral.coerce(old.collateral(int(T0), lifetime=86400))
@@ -174,7 +183,7 @@ def test_a_join_outside_the_admission_policy_is_refused(
             ),
             lambda q: coll,
         )
-        add = AddMember(p5, old.quote(join_report_data(p5, ADDRS), **NODE), ADDRS)
+        add = AddMember(p5, old.quote(join_report_data(p5, ADDRS, *fresh), **NODE), ADDRS, *fresh)
         with pytest.raises(ChangeRefused) as exc:
             checker(w4.ctx(), add)
         assert refusal(exc) is expected, exc.value
@@ -292,3 +301,49 @@ def test_a_rogue_join_approved_blindly_is_refused_and_never_certified() -> None:
     # The proposal is listed with the proposer's approval only.
     pending = {p[0]: p for p in w.cores[PI(2)].status().pending}
     assert pending[pid.hex()][2] == 1
+
+
+# --- freshness: a join request is bound to a recent chain head ---------------------------------
+
+
+def _next_epoch(w: World, change: Any) -> None:
+    st = w.cores[PI(1)].state
+    assert st is not None
+    pid = w.cores[PI(1)].propose(change)
+    for i in (2, 3):
+        w.cores[PI(i)].approve(pid)
+    until = w.mesh.now + 60.0
+    w.mesh.ticks = sorted({*w.mesh.ticks, *(w.mesh.now + k * 0.25 for k in range(4 * 61))})
+    while w.mesh.now < until:
+        w.mesh.run_until(w.mesh.now + 5.0)
+        if all(w.cores[PI(i)].state.epoch > st.epoch for i in range(1, 5)):  # type: ignore[union-attr]
+            return
+    raise AssertionError(f"epoch {st.epoch + 1} was not certified")
+
+
+def test_an_old_join_request_replayed_after_the_committee_moved_on_is_refused() -> None:
+    """Node 5's operator made a join request at epoch 0 that was never used. Three
+    epochs later someone replays it: its quote still verifies (same platform, same
+    TCB), but it names a chain head three epochs old, and every member refuses it."""
+    w = world(4, 3, seed=74)
+    old = w.join(5)  # made for epoch 0's head
+    w.checker(w.ctx(), old)  # fresh: admitted
+    p5 = w.nodes[PI(5)].participant
+    unbound = AddMember(p5, w.tee.quote(join_report_data(p5, ADDRS), **NODE), ADDRS)
+    for _ in range(3):
+        _next_epoch(w, Refresh())
+    assert w.cores[PI(1)].state.epoch == 3  # type: ignore[union-attr]
+    with pytest.raises(ChangeRefused) as exc:
+        w.cores[PI(1)].propose(old)
+    assert refusal(exc) is Refusal.JOIN_STALE, exc.value
+    # A request that names no head at all (the old format) is refused too.
+    with pytest.raises(ChangeRefused) as exc:
+        w.cores[PI(1)].propose(unbound)
+    assert refusal(exc) is Refusal.JOIN_UNBOUND, exc.value
+    # A request naming a head this chain never had.
+    forged = AddMember(p5, old.attestation, ADDRS, 3, bytes(32))
+    with pytest.raises(ChangeRefused) as exc:
+        w.checker(w.ctx(), forged)
+    assert refusal(exc) is Refusal.JOIN_UNKNOWN_HEAD
+    # A new request, made for the current head, is admitted.
+    w.checker(w.ctx(), w.join(5))

@@ -70,6 +70,7 @@ class Refusal(enum.Enum):
     JOIN_UNBOUND = "join-request-names-no-head"
     JOIN_UNKNOWN_HEAD = "join-request-head-not-in-chain"
     JOIN_STALE = "join-request-stale"
+    REMOVAL_UNBOUND = "removal-names-no-identity"
 
 
 def join_report_data(
@@ -115,15 +116,17 @@ def _refuse(reason: Refusal, detail: str = "") -> ChangeRefused:
     return ChangeRefused(reason.value, detail)
 
 
-def _participant(
-    chain: Sequence[EpochCertificate | MembershipCertificate], index: int
-) -> Participant:
-    for link in chain:
-        if isinstance(link, EpochCertificate):
-            for p in link.transcript.committee:
-                if p.index == index:
-                    return p
-    raise _refuse(Refusal.EVIDENCE_INVALID, f"node {index} was never a member")
+def _holder(ctx: ChangeContext, change: RemoveMember) -> Participant:
+    """The member a removal names: its index and identity in the current committee."""
+    if not change.identity:
+        raise _refuse(Refusal.REMOVAL_UNBOUND, "the removal names no identity key")
+    holder = next((m for m in ctx.state.committee.members if m.index == change.index), None)
+    if holder is None or holder.identity != change.identity:
+        raise _refuse(
+            Refusal.EVIDENCE_NAMES_ANOTHER_NODE,
+            f"node {change.index} of this epoch does not have the identity the removal names",
+        )
+    return holder
 
 
 def _state_at(chain: Sequence[EpochCertificate | MembershipCertificate], epoch: int) -> ChainState:
@@ -166,8 +169,10 @@ class ChangeChecker:
                 NodeAdmissionPolicy.decode(change.policy)
             except InvalidEncoding as exc:
                 raise _refuse(Refusal.MALFORMED_ADMISSION_POLICY, str(exc)) from exc
-        elif isinstance(change, RemoveMember) and change.evidence:
-            self.check_evidence(ctx, change.index, change.evidence)
+        elif isinstance(change, RemoveMember):
+            holder = _holder(ctx, change)
+            if change.evidence:
+                self.check_evidence(ctx, change.index, change.evidence, holder)
 
     # --- joining ---------------------------------------------------------------------
 
@@ -206,7 +211,11 @@ class ChangeChecker:
 
     # --- evidence ---------------------------------------------------------------------
 
-    def check_evidence(self, ctx: ChangeContext, index: int, raw: bytes) -> None:
+    def check_evidence(
+        self, ctx: ChangeContext, index: int, raw: bytes, holder: Participant
+    ) -> None:
+        """Evidence is judged against ``holder``'s identity key, the node the removal
+        names, whichever node held ``index`` in the run the evidence comes from."""
         try:
             ev = decode(raw)
         except (InvalidEncoding, ValueError) as exc:
@@ -220,9 +229,9 @@ class ChangeChecker:
             )
         try:
             if isinstance(ev, EquivocationEvidence):
-                ev.verify(_participant(ctx.chain, culprit).verify_key())
+                ev.verify(holder.verify_key())
             elif isinstance(ev, InvalidJustificationEvidence):
-                ev.verify(_participant(ctx.chain, culprit).verify_key(), run=ev.run)
+                ev.verify(holder.verify_key(), run=ev.run)
             elif isinstance(ev, ReshareConstantEvidence):
                 cfg = ctx.reshare_runs.get(ev.run)
                 if cfg is None or cfg.kind != "reshare":
@@ -232,7 +241,7 @@ class ChangeChecker:
                         Refusal.UNKNOWN_RUN, "this node did not take part in that reshare"
                     )
                 dealer = next((p for p in cfg.dealers if p.index == culprit), None)
-                if dealer is None:
+                if dealer is None or dealer.identity != holder.identity:
                     raise _refuse(Refusal.EVIDENCE_INVALID, f"node {culprit} was no dealer there")
                 ev.verify(
                     dealer.verify_key(), cfg.old_public_share(ParticipantIndex(culprit)), run=ev.run
@@ -240,7 +249,16 @@ class ChangeChecker:
             elif isinstance(ev, WrongPartialEvidence):
                 if self.wrong_partial is None:
                     raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, "no wrong-partial check here")
-                self.wrong_partial(ev, _state_at(ctx.chain, ev.response.epoch))
+                then = _state_at(ctx.chain, ev.response.epoch)
+                if not any(
+                    m.index == culprit and m.identity == holder.identity
+                    for m in then.committee.members
+                ):
+                    raise _refuse(
+                        Refusal.EVIDENCE_INVALID,
+                        f"node {culprit} of epoch {ev.response.epoch} is another node",
+                    )
+                self.wrong_partial(ev, then)
             else:  # pragma: no cover - evidence_culprit() admits only the kinds above
                 raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, f"{type(ev).__name__}")
         except (InvalidSignature, InvalidEncoding) as exc:

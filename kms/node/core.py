@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
@@ -61,10 +61,10 @@ from mpc.membership import (
     MembershipCertified,
     Proposal,
     Refresh,
+    RemoveMember,
     Tally,
     WindowPhase,
     WindowSchedule,
-    apply_change,
     extend,
     genesis_state,
     verify_chain_epochs,
@@ -534,8 +534,9 @@ class NodeCore:
 
     def _set_state(self, state: ChainState) -> None:
         self.state = state
-        for p in state.committee.members:
-            self._participants[ParticipantIndex(p.index)] = p
+        # The peers: this epoch's members and, while a change is pending, those of the
+        # next; a removed member is dropped once the epoch without it is certified.
+        self._participants = {ParticipantIndex(p.index): p for p in state.committee.members}
         change = state.pending.outcome.proposal.change if state.pending is not None else None
         if isinstance(change, AddMember):
             self._participants[ParticipantIndex(change.participant.index)] = change.participant
@@ -666,7 +667,12 @@ class NodeCore:
         quote against the admission policy, a removal's evidence) refuse it.
         """
         state = self._require_member()
-        if apply_change(state.committee, change) is None:
+        if isinstance(change, RemoveMember) and not change.identity:
+            # Name the identity removed: the change then applies to that node only.
+            holder = next((m for m in state.committee.members if m.index == change.index), None)
+            if holder is not None:
+                change = replace(change, identity=holder.identity)
+        if state.apply(change) is None:
             raise LocalProtocolError("the change is not valid for the current committee")
         self._check_change(change)
         p = Proposal.of(state.epoch, state.head_hash, int(self.me), self._rng(16), change)
@@ -994,7 +1000,7 @@ class NodeCore:
         if st is None or st.pending is None:
             return
         outcome = st.pending.outcome
-        new = apply_change(st.committee, outcome.proposal.change)
+        new = st.apply(outcome.proposal.change)
         if new is None:  # pragma: no cover - extend() checked it
             return
         if self.me not in st.committee.indices and self.me not in new.indices:
@@ -1270,7 +1276,7 @@ class NodeCore:
     def _incoming_members(self, state: ChainState) -> list[ParticipantIndex]:
         if state.pending is None:
             return []
-        new = apply_change(state.committee, state.pending.outcome.proposal.change)
+        new = state.apply(state.pending.outcome.proposal.change)
         return new.indices if new else []
 
     def _pump(self) -> None:

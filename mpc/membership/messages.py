@@ -47,8 +47,16 @@ class AddMember(Message):
 @dataclass(frozen=True, slots=True)
 class RemoveMember(Message):
     TYPE = "member/remove"
+    VERSION = 2
     index: int
     evidence: Annotated[bytes, MaxSize(MAX_EVIDENCE)] = b""
+    identity: Annotated[bytes, MaxSize(32), Since(2)] = b""
+    """The Ed25519 identity of the member removed (version 2): the change applies only
+    while that identity holds ``index``. Empty in a version-1 removal."""
+
+    def validate(self) -> None:
+        if self.identity and len(self.identity) != 32:
+            raise MessageDecodeError("member/remove: identity is a 32-byte Ed25519 key")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from mpc.dkg.session import Persist
 from mpc.errors import InvalidEncoding, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G1
-from mpc.membership.chain import ChainState, apply_change
+from mpc.membership.chain import ChainState
 from mpc.membership.messages import (
     Ballot,
     MembershipCertificate,
@@ -121,7 +121,7 @@ def decide(tally: Tally, state: ChainState) -> Proposal | None:
     for pid, p in tally.proposals.items():
         if p.epoch != state.epoch or p.certificate_hash != state.head_hash:
             continue
-        if apply_change(state.committee, p.change) is None:
+        if state.apply(p.change) is None:
             continue
         if len(tally.approvals.get(pid, set())) >= state.threshold:
             candidates.append(p)

@@ -452,13 +452,18 @@ def devnet_up(
             task = progress.add_task("genesis DKG", total=len(state["nodes"]))
             while not stopping:
                 done = 0
+                keys = set()
                 for n in devnet.read_state(dir)["nodes"]:
                     st = devnet.status_of(n["http_url"], timeout=0.5)
                     if st and st.get("epoch") is not None:
                         done += 1
-                        mpk = st.get("master_public_key")
+                        keys.add(st.get("master_public_key"))
                 progress.update(task, completed=done)
                 if done == len(state["nodes"]):
+                    # Every node must report the same key before it is written down.
+                    mpk = keys.pop() if len(keys) == 1 else None
+                    if mpk is None:
+                        console.print("[red]error:[/red] the nodes report different keys")
                     break
                 time.sleep(0.2)
         if mpk is not None:

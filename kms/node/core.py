@@ -92,6 +92,8 @@ GENESIS_ENDORSEMENTS_RUN = b"genesis-endorsements"
 """Run id of the genesis endorsements a node holds (kept across epochs, keyed by signer)."""
 MAX_PENDING_ENDORSEMENTS = 4
 """Endorsements kept per genesis member while this node has no chain yet."""
+MAX_GENESIS_OFFERS = 64
+"""Peers whose unendorsed chain (and relayed endorsements) a node without a chain keeps."""
 
 
 class GenesisNotTrusted(ChainError):
@@ -355,8 +357,9 @@ class NodeCore:
         """Endorsements received before this node had a chain (checked on use)."""
         self._own_genesis: deque[bytes] = deque(maxlen=16)
         """Transcript hashes this node's own genesis runs finalized."""
-        self._candidates: dict[ParticipantIndex, list[Link]] = {}
-        """Verified chains offered by peers whose genesis is not endorsed (yet)."""
+        self._candidates: dict[ParticipantIndex, EpochCertificate] = {}
+        """Genesis certificates offered by peers, not endorsed (yet): the rest of a
+        peer's chain is asked for again once its genesis is adopted."""
         self._offered: dict[ParticipantIndex, tuple[GenesisEndorsement, ...]] = {}
         """The endorsements each peer relayed before its chain (one bundle per peer)."""
         for raw in restored.records(GENESIS_ENDORSEMENTS_RUN).values():
@@ -512,24 +515,23 @@ class NodeCore:
         candidate = self._candidates.get(peer)
         if candidate is None:
             # The chain follows: check these against its genesis then.
+            self._offered.pop(peer, None)
             self._offered[peer] = relayed
+            while len(self._offered) > MAX_GENESIS_OFFERS:
+                del self._offered[next(iter(self._offered))]
             return
-        first = candidate[0]
-        if isinstance(first, EpochCertificate):
-            self._offer(first, relayed)
+        self._offer(candidate, relayed)
         self._try_candidates()
 
     def _try_candidates(self) -> None:
-        for links in list(self._candidates.values()):
-            first = links[0]
-            if not isinstance(first, EpochCertificate):  # pragma: no cover - checked on entry
-                continue
+        for peer, genesis in list(self._candidates.items()):
             try:
-                self._trust_genesis(first)
+                self._trust_genesis(genesis)
             except GenesisNotTrusted:
                 continue
-            for link in links:
-                self._adopt_link(link, state_after=None)
+            self._adopt_link(genesis, state_after=None)
+            if self.state is not None:
+                self._outbox.append(Outbound(peer, ChainRequest(len(self.chain))))
             break
 
     def _set_state(self, state: ChainState) -> None:
@@ -824,13 +826,15 @@ class NodeCore:
                 return
             tracker.add(message, peer)
             return
+        if isinstance(message, GenesisEndorsements):
+            # Like a chain update, from any authenticated peer: a joining node does not
+            # know the current members yet, and every endorsement is checked.
+            self._receive_relayed(peer, message.endorsements)
+            return
         if peer not in self._participants:
             raise RemoteProtocolError("message from a peer that is not a participant", [peer])
         if isinstance(message, GenesisEndorsement):
             self._receive_endorsement(peer, message)
-            return
-        if isinstance(message, GenesisEndorsements):
-            self._receive_relayed(peer, message.endorsements)
             return
         target = self._route(message)
         if target is None:
@@ -915,8 +919,10 @@ class NodeCore:
             try:
                 self._trust_genesis(genesis)
             except GenesisNotTrusted as exc:
-                if peer in self._participants:
-                    self._candidates[peer] = new_links
+                self._candidates.pop(peer, None)
+                self._candidates[peer] = genesis
+                while len(self._candidates) > MAX_GENESIS_OFFERS:
+                    del self._candidates[next(iter(self._candidates))]
                 raise RemoteProtocolError(f"genesis refused: {exc}", [peer]) from exc
         for link in new_links:
             self._adopt_link(link, state_after=None)

@@ -153,6 +153,15 @@ def test_the_identity_point_as_master_key_is_refused_by_every_honest_node() -> N
         )
 
 
+def served_endorsements(core: NodeCore, now: float) -> tuple[GenesisEndorsement, ...]:
+    """What ``core`` sends a peer that asks for the chain from genesis."""
+    core.messages_to_send()
+    core.receive(PI(9), decode(ChainRequest(0).encode()), now)
+    sent = [ob.message for ob in core.messages_to_send() if ob.to == PI(9)]
+    bundles = [m for m in sent if isinstance(m, GenesisEndorsements)]
+    return bundles[0].endorsements if bundles else ()
+
+
 def _isolate(node: PI, until: float, *, drop_endorsements: bool = False) -> Any:
     """A route that cuts ``node`` off until ``until`` (it misses genesis), and optionally
     keeps every genesis endorsement from reaching it."""
@@ -256,3 +265,32 @@ def test_identity_master_key_refused_by_client_policy_and_chain() -> None:
         EpochCertificate.decode(forged.encode())
     with pytest.raises(LocalProtocolError):
         NodeConfig(PI(1), cores[PI(1)].config.genesis, T, 1.0, DELTA, genesis_mpk=IDENTITY_MPK)
+
+
+def test_endorsements_that_arrive_after_the_chain_still_let_a_node_adopt_it() -> None:
+    nodes, cores = committee(seed=16)
+    mesh = mesh_of(cores, seed=16)
+    mesh.run_until(25.0)
+    honest = cores[PI(1)]
+    assert honest.state is not None
+    fresh = NodeCore(
+        honest.config, nodes[PI(1)].identity, nodes[PI(1)].dkg_key, rng=random.Random(1).randbytes
+    )
+    fresh.advance_time(30.0)
+    fresh.messages_to_send()
+    fresh.events()
+    # The real chain, without its endorsements: kept aside, not adopted.
+    fresh.receive(PI(2), decode(honest.chain_update(0).encode()), 30.0)
+    assert fresh.state is None
+    assert any(
+        isinstance(e, InputRejected) and "genesis refused" in e.reason for e in fresh.events()
+    )
+    # t - 1 endorsements are not enough; the t-th one is.
+    bundle = served_endorsements(honest, 30.0)
+    assert len(bundle) == N
+    fresh.receive(PI(2), decode(GenesisEndorsements(bundle[: T - 1]).encode()), 30.1)
+    assert fresh.state is None
+    fresh.receive(PI(2), decode(GenesisEndorsements(bundle).encode()), 30.2)
+    assert fresh.state is not None and fresh.state.mpk == honest.state.mpk
+    asked = [ob for ob in fresh.messages_to_send() if isinstance(ob.message, ChainRequest)]
+    assert [int(ob.to) for ob in asked] == [2]

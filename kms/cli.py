@@ -54,6 +54,19 @@ def _fail(msg: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _pinned_mpk(mpk_hex: str) -> Any:
+    """The pinned master public key from hex; exits on a malformed key or the identity point."""
+    from mpc.cert import check_mpk
+    from mpc.math import G2
+
+    try:
+        mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
+        check_mpk(mpk)
+    except ValueError as exc:
+        _fail(f"master public key refused: {exc}", 2)
+    return mpk
+
+
 # --- node ----------------------------------------------------------------------------------
 
 
@@ -127,14 +140,24 @@ def node_run(config: Annotated[Path, typer.Option("--config", help="Path of node
 def node_join_request(
     config: Annotated[Path, typer.Option("--config")],
     out_file: Annotated[Path, typer.Option("--out")],
+    committee_url: Annotated[
+        str,
+        typer.Option(
+            "--committee-url",
+            help="HTTP URL of a member: the request is bound to its current chain head.",
+        ),
+    ],
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Write this node's join request: participant record, addresses and a TDX quote binding them."""
+    """Write this node's join request: participant record, addresses, the committee's current
+    chain head and a TDX quote binding them."""
+    import httpx
+
     from kms.node.setup import join_request
 
     try:
-        doc = join_request(config)
-    except (OSError, ValueError, KeyError) as exc:
+        doc = join_request(config, committee_url=committee_url)
+    except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         if json_out:
             _print_json({"ok": False, "error": str(exc)})
             raise typer.Exit(2) from None
@@ -463,13 +486,18 @@ def devnet_up(
             task = progress.add_task("genesis DKG", total=len(state["nodes"]))
             while not stopping:
                 done = 0
+                keys = set()
                 for n in devnet.read_state(dir)["nodes"]:
                     st = devnet.status_of(n["http_url"], timeout=0.5)
                     if st and st.get("epoch") is not None:
                         done += 1
-                        mpk = st.get("master_public_key")
+                        keys.add(st.get("master_public_key"))
                 progress.update(task, completed=done)
                 if done == len(state["nodes"]):
+                    # Every node must report the same key before it is written down.
+                    mpk = keys.pop() if len(keys) == 1 else None
+                    if mpk is None:
+                        console.print("[red]error:[/red] the nodes report different keys")
                     break
                 time.sleep(0.2)
         if mpk is not None:
@@ -639,13 +667,12 @@ def key_get(
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc.ids import ParticipantIndex
-    from mpc.math import G2
     from mpc.tkd import typed_keys
 
     state, app_id = _devnet_app(devnet_dir, app_name)
     if not state.get("master_public_key"):
         _fail("the devnet has no master public key yet", 2)
-    mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
+    mpk = _pinned_mpk(state["master_public_key"])
     tee = devnet.simulated_tee(devnet_dir)
     meas = devnet.ROGUE_MEASUREMENT if rogue else devnet.DEMO_MEASUREMENT
     urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
@@ -751,6 +778,7 @@ def evidence_verify(
     from kms.client.core import verify_wrong_partial
     from kms.client.http import chain_epochs_from_bytes, fetch_chain_epochs
     from kms.protocol import WrongPartialEvidence
+    from mpc.cert import check_mpk
     from mpc.errors import InvalidEncoding, InvalidSignature
     from mpc.math import G2
     from mpc.membership import ChainError
@@ -766,6 +794,7 @@ def evidence_verify(
     try:
         ev = WrongPartialEvidence.decode(file.read_bytes())
         mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
+        check_mpk(mpk)
         if chain_file is not None:
             states = chain_epochs_from_bytes(chain_file.read_bytes(), mpk)
         else:
@@ -854,10 +883,9 @@ def decrypt_cmd(
     from mpc import ibe
     from mpc.errors import DecryptionError, InvalidEncoding
     from mpc.ids import ParticipantIndex
-    from mpc.math import G2
 
     state, app_id = _devnet_app(devnet_dir, app_name)
-    mpk = G2.from_bytes(bytes.fromhex(state["master_public_key"]))
+    mpk = _pinned_mpk(state["master_public_key"])
     try:
         sealed = in_file.read_bytes()
         key_id = ibe.read_header(sealed).key_id

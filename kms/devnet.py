@@ -623,7 +623,8 @@ def add_node(directory: Path, *, timeout: float = 120.0) -> dict[str, Any]:
     state = read_state(directory)
     state["nodes"].append(entry)
     write_state(directory, state)  # so that `devnet up` stops it too
-    jr = join_request(cfg)
+    member = next(n for n in state["nodes"] if int(n["index"]) != int(entry["index"]))
+    jr = join_request(cfg, committee_url=str(member["http_url"]))
     (cfg.parent / "join-request.json").write_text(json.dumps(jr, indent=2) + "\n")
     try:
         pid, ref = propose_and_approve(

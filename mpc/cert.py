@@ -28,6 +28,23 @@ from mpc.secret import SecretShare
 
 DST_CERT = b"QUORUM-KMS-V01-CERT-BLS12381G1_XMD:SHA-256_SSWU_RO_"
 ZERO_HASH = bytes(32)
+IDENTITY_MPK = G2.identity().to_bytes()
+"""The encoding of the point at infinity in G2: never a master public key."""
+
+
+class IdentityMasterKey(InvalidSignature, ValueError):
+    """The point at infinity offered as a master public key.
+
+    Under it every certificate check passes with the identity signature and every
+    derived key is a public constant, so it is refused wherever an MPK is read.
+    """
+
+
+def check_mpk(mpk: G2 | bytes) -> None:
+    """Raise ``IdentityMasterKey`` if ``mpk`` (a point or its encoding) is the identity."""
+    raw = mpk if isinstance(mpk, bytes) else mpk.to_bytes()
+    if raw == IDENTITY_MPK:
+        raise IdentityMasterKey("the identity point is not a master public key")
 
 
 def sha256(data: bytes) -> bytes:
@@ -71,6 +88,8 @@ class EpochTranscript(Message):
             raise MessageDecodeError("cert/epoch: threshold out of range")
         if self.epoch < 0 or self.attempt < 0:
             raise MessageDecodeError("cert/epoch: negative epoch or attempt")
+        if self.mpk == IDENTITY_MPK:
+            raise MessageDecodeError("cert/epoch: the identity point is not a master public key")
 
     def hash(self) -> bytes:
         return sha256(self.encode())
@@ -100,7 +119,9 @@ class EpochCertificate(Message):
         return sha256(self.encode())
 
     def verify(self, mpk: G2) -> None:
-        """Check the signature under a *pinned* ``mpk``; raises ``InvalidSignature``."""
+        """Check the signature under a *pinned* ``mpk``; raises ``InvalidSignature``
+        (``IdentityMasterKey`` for the identity point)."""
+        check_mpk(mpk)
         if self.transcript.mpk != mpk.to_bytes():
             raise InvalidSignature("certificate is for another master public key")
         try:

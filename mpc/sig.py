@@ -31,6 +31,7 @@ __all__ = [
     "CTX_DKG_JUSTIFICATION",
     "CTX_DKG_KEY",
     "CTX_DKG_RESPONSE",
+    "CTX_GENESIS_ENDORSEMENT",
     "CTX_KEY_RESPONSE",
     "CTX_MEMBERSHIP_PROPOSAL",
     "CTX_MEMBERSHIP_VOTE",
@@ -66,6 +67,8 @@ CTX_KEY_RESPONSE: Final = b"quorum-kms/v1/kms/key-response"
 CTX_RESHARE_ACK: Final = b"quorum-kms/v1/reshare/ack"
 CTX_MEMBERSHIP_PROPOSAL: Final = b"quorum-kms/v1/membership/proposal"
 CTX_MEMBERSHIP_VOTE: Final = b"quorum-kms/v1/membership/vote"
+CTX_GENESIS_ENDORSEMENT: Final = b"quorum-kms/v1/membership/genesis-endorsement"
+"""A genesis member's identity key vouches for a genesis certificate under this context."""
 
 CONTEXTS: Final[Mapping[str, bytes]] = types.MappingProxyType(
     {
@@ -79,6 +82,7 @@ CONTEXTS: Final[Mapping[str, bytes]] = types.MappingProxyType(
         "CTX_RESHARE_ACK": CTX_RESHARE_ACK,
         "CTX_MEMBERSHIP_PROPOSAL": CTX_MEMBERSHIP_PROPOSAL,
         "CTX_MEMBERSHIP_VOTE": CTX_MEMBERSHIP_VOTE,
+        "CTX_GENESIS_ENDORSEMENT": CTX_GENESIS_ENDORSEMENT,
     }
 )
 """Registry of the known signing contexts, by constant name."""

@@ -62,7 +62,13 @@ def parse_change(req: dict[str, Any]) -> Change:
         )
         p.check()
         addrs = tuple(str(a) for a in jr.get("addresses", []))
-        return AddMember(p, bytes.fromhex(jr.get("attestation", "")), addrs)
+        return AddMember(
+            p,
+            bytes.fromhex(jr.get("attestation", "")),
+            addrs,
+            int(jr.get("epoch", 0)),
+            bytes.fromhex(str(jr.get("head", ""))),
+        )
     if kind == "remove":
         return RemoveMember(int(req["index"]), bytes.fromhex(req.get("evidence", "")))
     if kind == "threshold":

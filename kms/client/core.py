@@ -31,6 +31,7 @@ from kms.protocol import (
     release_info,
 )
 from mpc import hpke
+from mpc.cert import check_mpk
 from mpc.errors import DecryptionError, InvalidEncoding, InvalidShare, InvalidSignature
 from mpc.ids import ParticipantIndex
 from mpc.math import G1
@@ -93,6 +94,7 @@ class KeyRequestSession:
         bundle: bytes = b"",
         preferred: Sequence[ParticipantIndex] = (),
     ) -> None:
+        check_mpk(chain.mpk)
         self.chain = chain
         self.preferred = tuple(preferred)
         """Members to ask first (the shell's view of who answers: e.g. those whose chain

@@ -19,7 +19,7 @@ import httpx
 
 from kms.client.core import KeyReleaseError, KeyRequestSession, Rejected
 from kms.protocol import KeyRefusal, KeyResponse, WrongPartialEvidence
-from mpc.cert import EpochCertificate
+from mpc.cert import EpochCertificate, check_mpk
 from mpc.codec import MessageDecodeError, decode
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex
@@ -247,6 +247,7 @@ class KeyClient:
         chain_hedge: float = 0.3,
         cache: bool = False,
     ) -> None:
+        check_mpk(mpk)  # the identity point would make every chain check vacuous
         self.urls = dict(urls)
         self.mpk = mpk
         self.timeout = timeout

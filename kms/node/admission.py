@@ -49,6 +49,9 @@ from mpc.membership import (
 from mpc.membership.messages import Change
 
 JOIN_CONTEXT = b"quorum-kms/v1/join-request"
+JOIN_MAX_AGE = 2
+"""A join request names the chain head it was made for; members refuse one whose
+epoch is more than this many epochs behind their current epoch."""
 
 
 class Refusal(enum.Enum):
@@ -66,33 +69,66 @@ class Refusal(enum.Enum):
     UNKNOWN_RUN = "unknown-run"
     EVIDENCE_STALE = "evidence-stale"
     """The evidence is about an epoch older than the chain links this node keeps."""
+    JOIN_UNBOUND = "join-request-names-no-head"
+    JOIN_UNKNOWN_HEAD = "join-request-head-not-in-chain"
+    JOIN_STALE = "join-request-stale"
+    REMOVAL_UNBOUND = "removal-names-no-identity"
 
 
-def join_report_data(participant: Participant, addresses: Sequence[str]) -> bytes:
+def join_report_data(
+    participant: Participant, addresses: Sequence[str], epoch: int = 0, head: bytes = b""
+) -> bytes:
     """The 64 bytes a joining node's quote must carry as ``report_data``.
 
-    ``SHA-512(JOIN_CONTEXT || AddMember(participant, b"", addresses).encode())``:
+    ``SHA-512(JOIN_CONTEXT || AddMember(participant, b"", addresses, epoch, head).encode())``:
     the participant record holds the index, the Ed25519 identity (from which the
     libp2p peer id is derived), the X25519 DKG key and the identity's signature
-    on it.
+    on it; ``epoch`` and ``head`` name the committee's chain head the request was
+    made for (its freshness).
     """
-    body = AddMember(participant, b"", tuple(addresses)).encode()
+    body = AddMember(participant, b"", tuple(addresses), epoch, head).encode()
     return hashlib.sha512(JOIN_CONTEXT + body).digest()
+
+
+def link_epoch(link: EpochCertificate | MembershipCertificate) -> int:
+    if isinstance(link, EpochCertificate):
+        return link.transcript.epoch
+    return link.outcome.epoch
+
+
+def check_join_freshness(ctx: ChangeContext, add: AddMember) -> None:
+    """Refuse a join request not bound to a recent head of this node's chain."""
+    if not add.head:
+        raise _refuse(Refusal.JOIN_UNBOUND, "the join request names no chain head")
+    link = next((x for x in reversed(ctx.chain) if x.hash() == add.head), None)
+    if link is None or link_epoch(link) != add.epoch:
+        raise _refuse(
+            Refusal.JOIN_UNKNOWN_HEAD,
+            f"the join request's head (epoch {add.epoch}) is not in this node's chain",
+        )
+    if ctx.state.epoch - add.epoch > JOIN_MAX_AGE:
+        raise _refuse(
+            Refusal.JOIN_STALE,
+            f"the join request was made at epoch {add.epoch}, the committee is at "
+            f"{ctx.state.epoch} (at most {JOIN_MAX_AGE} behind)",
+        )
 
 
 def _refuse(reason: Refusal, detail: str = "") -> ChangeRefused:
     return ChangeRefused(reason.value, detail)
 
 
-def _participant(
-    chain: Sequence[EpochCertificate | MembershipCertificate], index: int
-) -> Participant:
-    for link in chain:
-        if isinstance(link, EpochCertificate):
-            for p in link.transcript.committee:
-                if p.index == index:
-                    return p
-    raise _refuse(Refusal.EVIDENCE_INVALID, f"node {index} was never a member")
+def _holder(ctx: ChangeContext, change: RemoveMember) -> Participant:
+    """The member a removal names: its index and identity in the current committee."""
+    if not change.identity:
+        raise _refuse(Refusal.REMOVAL_UNBOUND, "the removal names no identity key")
+    holder = next((m for m in ctx.state.committee.members if m.index == change.index), None)
+    if holder is None or holder.identity != change.identity:
+        raise _refuse(
+            Refusal.EVIDENCE_NAMES_ANOTHER_NODE,
+            f"node {change.index} of this epoch does not have the identity the removal names",
+        )
+    return holder
 
 
 def _state_at(chain: Sequence[EpochCertificate | MembershipCertificate], epoch: int) -> ChainState:
@@ -148,8 +184,10 @@ class ChangeChecker:
                 NodeAdmissionPolicy.decode(change.policy)
             except InvalidEncoding as exc:
                 raise _refuse(Refusal.MALFORMED_ADMISSION_POLICY, str(exc)) from exc
-        elif isinstance(change, RemoveMember) and change.evidence:
-            self.check_evidence(ctx, change.index, change.evidence)
+        elif isinstance(change, RemoveMember):
+            holder = _holder(ctx, change)
+            if change.evidence:
+                self.check_evidence(ctx, change.index, change.evidence, holder)
 
     # --- joining ---------------------------------------------------------------------
 
@@ -165,6 +203,7 @@ class ChangeChecker:
             ) from exc
         if not add.attestation:
             raise _refuse(Refusal.NO_ATTESTATION, "the join request carries no quote")
+        check_join_freshness(ctx, add)
         if self.verifier is None or self.collateral is None:
             raise _refuse(Refusal.NO_TRUST_ROOT, "this node has no collateral to verify quotes")
         try:
@@ -173,7 +212,9 @@ class ChangeChecker:
             )
         except QuoteVerificationError as exc:
             raise _refuse(Refusal.QUOTE_REJECTED, f"{exc.reason.value}: {exc}") from exc
-        if verified.report_data != join_report_data(add.participant, add.addresses):
+        if verified.report_data != join_report_data(
+            add.participant, add.addresses, add.epoch, add.head
+        ):
             raise _refuse(
                 Refusal.REPORT_DATA_MISMATCH,
                 "the quote does not bind this participant record and these addresses",
@@ -185,7 +226,11 @@ class ChangeChecker:
 
     # --- evidence ---------------------------------------------------------------------
 
-    def check_evidence(self, ctx: ChangeContext, index: int, raw: bytes) -> None:
+    def check_evidence(
+        self, ctx: ChangeContext, index: int, raw: bytes, holder: Participant
+    ) -> None:
+        """Evidence is judged against ``holder``'s identity key, the node the removal
+        names, whichever node held ``index`` in the run the evidence comes from."""
         try:
             ev = decode(raw)
         except (InvalidEncoding, ValueError) as exc:
@@ -199,9 +244,9 @@ class ChangeChecker:
             )
         try:
             if isinstance(ev, EquivocationEvidence):
-                ev.verify(_participant(ctx.chain, culprit).verify_key())
+                ev.verify(holder.verify_key())
             elif isinstance(ev, InvalidJustificationEvidence):
-                ev.verify(_participant(ctx.chain, culprit).verify_key(), run=ev.run)
+                ev.verify(holder.verify_key(), run=ev.run)
             elif isinstance(ev, ReshareConstantEvidence):
                 cfg = ctx.reshare_runs.get(ev.run)
                 if cfg is None or cfg.kind != "reshare":
@@ -211,7 +256,7 @@ class ChangeChecker:
                         Refusal.UNKNOWN_RUN, "this node did not take part in that reshare"
                     )
                 dealer = next((p for p in cfg.dealers if p.index == culprit), None)
-                if dealer is None:
+                if dealer is None or dealer.identity != holder.identity:
                     raise _refuse(Refusal.EVIDENCE_INVALID, f"node {culprit} was no dealer there")
                 ev.verify(
                     dealer.verify_key(), cfg.old_public_share(ParticipantIndex(culprit)), run=ev.run
@@ -219,7 +264,16 @@ class ChangeChecker:
             elif isinstance(ev, WrongPartialEvidence):
                 if self.wrong_partial is None:
                     raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, "no wrong-partial check here")
-                self.wrong_partial(ev, _state_at(ctx.chain, ev.response.epoch))
+                then = _state_at(ctx.chain, ev.response.epoch)
+                if not any(
+                    m.index == culprit and m.identity == holder.identity
+                    for m in then.committee.members
+                ):
+                    raise _refuse(
+                        Refusal.EVIDENCE_INVALID,
+                        f"node {culprit} of epoch {ev.response.epoch} is another node",
+                    )
+                self.wrong_partial(ev, then)
             else:  # pragma: no cover - evidence_culprit() admits only the kinds above
                 raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, f"{type(ev).__name__}")
         except (InvalidSignature, InvalidEncoding) as exc:
@@ -239,6 +293,7 @@ def evidence_culprit(ev: object) -> int | None:
 
 __all__ = [
     "JOIN_CONTEXT",
+    "JOIN_MAX_AGE",
     "ChangeChecker",
     "Refusal",
     "evidence_culprit",

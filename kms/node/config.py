@@ -1,7 +1,8 @@
 """``node.toml``: one node's configuration file, parsed and checked.
 
 The ``[committee]`` section (genesis participants, threshold, genesis start,
-``delta``, decision windows, refresh interval, admission policy) must be the
+``delta``, decision windows, refresh interval, admission policy, the optional
+pinned ``genesis_mpk``) must be the
 same at every member; ``[node]`` and ``[[peers]]`` are this node's own.
 Paths are relative to the directory holding the file.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from kms.node.core import CHAIN_RETENTION, NodeConfig
 from mpc.dkg.messages import Participant
-from mpc.errors import InvalidEncoding, InvalidSignature
+from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError
 from mpc.ids import ParticipantIndex
 
 
@@ -208,19 +209,29 @@ def load(path: str | Path) -> NodeFileConfig:
     policy = policy_bytes(str(com.get("admission_policy", "")))
     if int(node.get("chain_retention", CHAIN_RETENTION)) < 2:
         raise ConfigError("node.chain_retention must be at least 2 epochs")
-    protocol = NodeConfig(
-        index=ParticipantIndex(int(node["index"])),
-        genesis=genesis,
-        threshold=int(com["threshold"]),
-        genesis_start=float(com["genesis_start"]),
-        delta=float(com.get("delta", 1.0)),
-        window_period=float(com.get("window_period", 60.0)),
-        window_length=float(com.get("window_length", 5.0)),
-        refresh_interval=float(com.get("refresh_interval", 0.0)),
-        admission_policy_hash=hashlib.sha256(policy).digest(),
-        admission_policy=policy,
-        chain_retention=int(node.get("chain_retention", CHAIN_RETENTION)),
-    )
+    genesis_mpk: bytes | None = None
+    if "genesis_mpk" in com:
+        try:
+            genesis_mpk = bytes.fromhex(str(com["genesis_mpk"]))
+        except ValueError as exc:
+            raise ConfigError("committee.genesis_mpk must be hex") from exc
+    try:
+        protocol = NodeConfig(
+            index=ParticipantIndex(int(node["index"])),
+            genesis=genesis,
+            threshold=int(com["threshold"]),
+            genesis_start=float(com["genesis_start"]),
+            delta=float(com.get("delta", 1.0)),
+            window_period=float(com.get("window_period", 60.0)),
+            window_length=float(com.get("window_length", 5.0)),
+            refresh_interval=float(com.get("refresh_interval", 0.0)),
+            admission_policy_hash=hashlib.sha256(policy).digest(),
+            admission_policy=policy,
+            genesis_mpk=genesis_mpk,
+            chain_retention=int(node.get("chain_retention", CHAIN_RETENTION)),
+        )
+    except LocalProtocolError as exc:
+        raise ConfigError(f"committee: {exc}") from exc
     if not 2 <= protocol.threshold <= len(genesis):
         raise ConfigError(
             "committee.threshold must be between 2 and the number of genesis participants"

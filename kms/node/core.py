@@ -36,12 +36,12 @@ import hashlib
 import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kms.node.limits import early_messages, peer_queue_bytes
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
-from mpc.cert import ZERO_HASH, EpochCertificate
+from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate
 from mpc.codec import Message, MessageDecodeError
 from mpc.dkg import (
     CertificateCompleted,
@@ -52,6 +52,7 @@ from mpc.dkg import (
     Schedule,
     SharingConfig,
     SharingFailed,
+    SharingFinalized,
     SharingSession,
 )
 from mpc.dkg.messages import CertificatePartial, Participant
@@ -75,14 +76,21 @@ from mpc.membership import (
     RemoveMember,
     WindowPhase,
     WindowSchedule,
-    apply_change,
     extend,
     genesis_state,
     link_position,
     rank,
     verify_recent,
 )
-from mpc.membership.messages import ChainRequest, ChainUpdate, Change, OutcomePartial
+from mpc.membership.messages import (
+    ChainRequest,
+    ChainUpdate,
+    Change,
+    GenesisEndorsement,
+    GenesisEndorsements,
+    OutcomePartial,
+    endorsing_members,
+)
 from mpc.membership.window import LIVE_GAP_FRACTION
 from mpc.reshare import Acknowledgement, RetentionTracker
 from mpc.secret import RNG, SecretScalar, SecretShare
@@ -123,6 +131,17 @@ PROMPT_NONCE = b"prompt-refresh\x00\x00"
 INTENT_RUN = b"membership-intent"
 LOCK_RUN = b"membership-lock"
 Link = EpochCertificate | MembershipCertificate
+GENESIS_ENDORSEMENTS_RUN = b"genesis-endorsements"
+"""Run id of the genesis endorsements a node holds (kept across epochs, keyed by signer)."""
+MAX_PENDING_ENDORSEMENTS = 4
+"""Endorsements kept per genesis member while this node has no chain yet."""
+MAX_GENESIS_OFFERS = 64
+"""Peers whose unendorsed chain (and relayed endorsements) a node without a chain keeps."""
+
+
+class GenesisNotTrusted(ChainError):
+    """A genesis certificate this node may not adopt: fewer than ``t`` genesis members
+    endorsed it, or it is not for the pinned MPK."""
 
 
 # --- configuration ------------------------------------------------------------
@@ -145,12 +164,23 @@ class NodeConfig:
     """The genesis node admission policy (its SHA-256 is ``admission_policy_hash``)."""
     chain_retention: int = CHAIN_RETENTION
     """Epochs of chain links kept besides genesis (a local setting, not agreed)."""
+    genesis_mpk: bytes | None = None
+    """A pinned genesis master public key: when set, the only genesis this node adopts
+    (endorsements are then not needed). Unset: a genesis certificate from a peer needs
+    ``threshold`` endorsements by genesis members."""
 
     def __post_init__(self) -> None:
         if self.window_length <= 0 or self.window_period <= 0:
             raise LocalProtocolError("window length and period must be positive")
         if self.chain_retention < 2:
             raise LocalProtocolError("keep at least the last two epochs of the chain")
+        if self.genesis_mpk is not None:
+            if self.genesis_mpk == IDENTITY_MPK:
+                raise LocalProtocolError("the identity point is not a master public key")
+            try:
+                G2.from_bytes(self.genesis_mpk)
+            except InvalidEncoding as exc:
+                raise LocalProtocolError(f"genesis_mpk is not a G2 point: {exc}") from exc
 
     def genesis_schedule(self, attempt: int) -> Schedule:
         s = Schedule.default(
@@ -440,6 +470,24 @@ class NodeCore:
         """Epochs this process ran a sharing run of (or, from a restart, may have)."""
         self._ran_epochs.add(0)
         self._policy_bytes = restored.admission_policy
+        self._first_tick: float | None = None
+        self._genesis_missed: bool | None = None
+        self._endorsements: dict[int, GenesisEndorsement] = {}
+        """Verified endorsements of the genesis this node holds, by signer."""
+        self._pending_endorsements: dict[int, deque[GenesisEndorsement]] = {}
+        """Endorsements received before this node had a chain (checked on use)."""
+        self._own_genesis: deque[bytes] = deque(maxlen=16)
+        """Transcript hashes this node's own genesis runs finalized."""
+        self._candidates: dict[ParticipantIndex, EpochCertificate] = {}
+        """Genesis certificates offered by peers, not endorsed (yet): the rest of a
+        peer's chain is asked for again once its genesis is adopted."""
+        self._offered: dict[ParticipantIndex, tuple[GenesisEndorsement, ...]] = {}
+        """The endorsements each peer relayed before its chain (one bundle per peer)."""
+        for raw in restored.records(GENESIS_ENDORSEMENTS_RUN).values():
+            try:
+                self._pend_endorsement(GenesisEndorsement.decode(raw))
+            except InvalidEncoding:
+                continue
         if restored.chain:
             before = self._restore_chain(list(restored.chain))
             head = self.state.epoch if self.state is not None else 0
@@ -553,6 +601,9 @@ class NodeCore:
         if not isinstance(first, EpochCertificate):
             raise LocalProtocolError("stored chain does not start with the genesis certificate")
         self._check_genesis(first)
+        pinned = self.config.genesis_mpk
+        if pinned is not None and first.transcript.mpk != pinned:
+            raise LocalProtocolError("stored genesis certificate is not for the pinned genesis_mpk")
         genesis_state(self._mpk_of(first), first)
         for link in links:
             self._note_policy(link)
@@ -567,6 +618,13 @@ class NodeCore:
         for prev, st in itertools.pairwise(states):
             self._note_removed(prev, st)
         self._set_state(states[-1])
+        for queue in list(self._pending_endorsements.values()):
+            for e in queue:
+                try:
+                    self._add_endorsement(e, persist=False)
+                except InvalidSignature:
+                    continue
+        self._pending_endorsements.clear()
         return states[-2] if len(states) > 1 else None
 
     def _retained_tail(self, tail: list[Link]) -> list[Link]:
@@ -640,12 +698,150 @@ class NodeCore:
         if tr.committee != self.config.genesis or tr.threshold != self.config.threshold:
             raise ChainError("genesis certificate is not for the configured genesis committee")
 
+    # --- genesis trust -----------------------------------------------------------------
+
+    def _trust_genesis(self, cert: EpochCertificate) -> None:
+        """Raise ``GenesisNotTrusted`` unless this node may adopt ``cert`` as its genesis.
+
+        A certificate's signature, checked under the MPK written in it, proves only
+        that someone knows that key's secret. The key is the committee's only if the
+        configuration pins it, or this node's own genesis run computed the same
+        transcript, or ``t`` genesis members endorsed it with their identity keys.
+        """
+        tr = cert.transcript
+        pinned = self.config.genesis_mpk
+        if pinned is not None:
+            if tr.mpk != pinned:
+                raise GenesisNotTrusted("genesis certificate is not for the pinned genesis_mpk")
+            return
+        if tr.hash() in self._own_genesis:
+            return
+        if self.me in tr.committee_indices() and self._persisted_share(cert, None) is not None:
+            # Its run finalized this transcript before a restart: the stored share matches
+            # the certificate's public share and the stored partial names its transcript.
+            return
+        pool = [e for queue in self._pending_endorsements.values() for e in queue]
+        signers = endorsing_members(tr, pool, self.config.genesis)
+        if len(signers) < self.config.threshold:
+            raise GenesisNotTrusted(
+                f"genesis certificate endorsed by {len(signers)} genesis members, "
+                f"{self.config.threshold} needed"
+            )
+
+    def _pend_endorsement(self, e: GenesisEndorsement) -> None:
+        if not any(p.index == e.signer for p in self.config.genesis):
+            return
+        queue = self._pending_endorsements.setdefault(
+            e.signer, deque(maxlen=MAX_PENDING_ENDORSEMENTS)
+        )
+        if e not in queue:
+            queue.append(e)
+
+    def _add_endorsement(self, e: GenesisEndorsement, *, persist: bool = True) -> bool:
+        """Keep ``e`` if it endorses this node's genesis; True if it was new and valid."""
+        if not self.chain or e.signer in self._endorsements:
+            return False
+        genesis = self.chain[0]
+        if not isinstance(genesis, EpochCertificate):  # pragma: no cover - restore checks
+            return False
+        if e.transcript_hash != genesis.transcript.hash():
+            return False
+        e.verify(genesis.transcript, self.config.genesis)
+        self._endorsements[e.signer] = e
+        if persist:
+            self._events.append(
+                StoreRecord(GENESIS_ENDORSEMENTS_RUN, str(e.signer), e.encode(), secret=False)
+            )
+        return True
+
+    def _genesis_adopted(self) -> None:
+        """Keep the endorsements gathered so far, and endorse it if this node computed it."""
+        for queue in list(self._pending_endorsements.values()):
+            for e in queue:
+                try:
+                    self._add_endorsement(e)
+                except InvalidSignature:
+                    continue
+        self._pending_endorsements.clear()
+        self._candidates.clear()
+        self._maybe_endorse()
+
+    def _maybe_endorse(self) -> None:
+        """Endorse the chain's genesis if this node's own genesis run computed its transcript."""
+        if not self.chain or int(self.me) in self._endorsements:
+            return
+        genesis = self.chain[0]
+        if not isinstance(genesis, EpochCertificate) or self.me not in self._genesis_indices():
+            return
+        tr = genesis.transcript
+        if tr.hash() not in self._own_genesis and self._persisted_share(genesis, None) is None:
+            return
+        mine = GenesisEndorsement.create(self._key, int(self.me), tr)
+        self._add_endorsement(mine)
+        for i in sorted(self._participants):
+            if i != self.me:
+                self._outbox.append(Outbound(i, mine))
+
+    def _receive_endorsement(self, peer: ParticipantIndex, e: GenesisEndorsement) -> None:
+        if e.signer != int(peer):
+            raise RemoteProtocolError("genesis endorsement relayed for another signer", [peer])
+        if self.state is not None:
+            try:
+                self._add_endorsement(e)
+            except InvalidSignature as exc:
+                raise RemoteProtocolError(f"bad genesis endorsement: {exc}", [peer]) from exc
+            return
+        self._pend_endorsement(e)
+        self._try_candidates()
+
+    def _offer(self, genesis: EpochCertificate, relayed: tuple[GenesisEndorsement, ...]) -> None:
+        """Keep the relayed endorsements that verify for ``genesis``."""
+        for e in relayed:
+            try:
+                e.verify(genesis.transcript, self.config.genesis)
+            except InvalidSignature:
+                continue
+            self._pend_endorsement(e)
+
+    def _receive_relayed(
+        self, peer: ParticipantIndex, relayed: tuple[GenesisEndorsement, ...]
+    ) -> None:
+        if self.state is not None:
+            for e in relayed:
+                try:
+                    self._add_endorsement(e)
+                except InvalidSignature:
+                    continue
+            return
+        candidate = self._candidates.get(peer)
+        if candidate is None:
+            # The chain follows: check these against its genesis then.
+            self._offered.pop(peer, None)
+            self._offered[peer] = relayed
+            while len(self._offered) > MAX_GENESIS_OFFERS:
+                del self._offered[next(iter(self._offered))]
+            return
+        self._offer(candidate, relayed)
+        self._try_candidates()
+
+    def _try_candidates(self) -> None:
+        for peer, genesis in list(self._candidates.items()):
+            try:
+                self._trust_genesis(genesis)
+            except GenesisNotTrusted:
+                continue
+            self._adopt_link(genesis, state_after=None)
+            if self.state is not None:
+                self._outbox.append(Outbound(peer, ChainRequest(len(self.chain))))
+            break
+
     def _set_state(self, state: ChainState) -> None:
         if self.state is not None:
             self._note_removed(self.state, state)
         self.state = state
-        for p in state.committee.members:
-            self._participants[ParticipantIndex(p.index)] = p
+        # The peers: this epoch's members and, while a change is pending, those of the
+        # next; a removed member is dropped once the epoch without it is certified.
+        self._participants = {ParticipantIndex(p.index): p for p in state.committee.members}
         change = state.pending.outcome.proposal.change if state.pending is not None else None
         if isinstance(change, AddMember):
             self._participants[ParticipantIndex(change.participant.index)] = change.participant
@@ -807,6 +1003,8 @@ class NodeCore:
     def advance_time(self, now: float) -> None:
         if now < self._now:
             return
+        if self._first_tick is None:
+            self._first_tick = now
         if self._live_since == float("inf") or now - self._now > LIVE_GAP_FRACTION * (
             self.config.delta
         ):
@@ -824,7 +1022,12 @@ class NodeCore:
         quote against the admission policy, a removal's evidence) refuse it.
         """
         state = self._require_member()
-        if apply_change(state.committee, change) is None:
+        if isinstance(change, RemoveMember) and not change.identity:
+            # Name the identity removed: the change then applies to that node only.
+            holder = next((m for m in state.committee.members if m.index == change.index), None)
+            if holder is not None:
+                change = replace(change, identity=holder.identity)
+        if state.apply(change) is None:
             raise LocalProtocolError("the change is not valid for the current committee")
         self._check_change(change)
         p = Proposal.of(state.epoch, state.head_hash, int(self.me), self._rng(16), change)
@@ -1006,6 +1209,14 @@ class NodeCore:
         following = link_position(out[-1]) + 1 if out else first
         return first, following, _update(out)
 
+    def _send_chain(self, peer: ParticipantIndex, have: int) -> None:
+        """Send ``peer`` the chain after ``have`` links; from genesis, the genesis
+        endorsements this node holds go first."""
+        if have == 0 and self.chain and self._endorsements:
+            bundle = tuple(self._endorsements[s] for s in sorted(self._endorsements))
+            self._outbox.append(Outbound(peer, GenesisEndorsements(bundle)))
+        self._outbox.append(Outbound(peer, self.chain_update(have)))
+
     # --- dispatch ------------------------------------------------------------------------
 
     def _dispatch(self, peer: ParticipantIndex, message: Message, now: float) -> None:
@@ -1017,14 +1228,22 @@ class NodeCore:
                 raise RemoteProtocolError("message from a peer that is not a member", [peer])
             if not self._take_chain_budget(peer, now):
                 raise RemoteProtocolError("chain requests rate limited", [peer])
-            self._outbox.append(Outbound(peer, self.chain_update(message.have)))
+            self._send_chain(peer, message.have)
             own = self._holders.get(self.me)
             if own is not None:
                 # A member catching up (or restarted) learns who holds shares from these.
                 self._outbox.append(Outbound(peer, own))
             return
+        if isinstance(message, GenesisEndorsements):
+            # Like a chain, from any peer this node hears: a node with no chain does not
+            # know the current members yet, and every endorsement is checked.
+            self._receive_relayed(peer, message.endorsements)
+            return
         if not allowed:
             raise RemoteProtocolError("message from a peer that is not a member", [peer])
+        if isinstance(message, GenesisEndorsement):
+            self._receive_endorsement(peer, message)
+            return
         if isinstance(message, ChainUpdate):
             self._receive_chain(peer, message)
             return
@@ -1168,6 +1387,19 @@ class NodeCore:
                     self._check_genesis(first)
                     mpk = self._mpk_of(first)
                     genesis_state(mpk, first)
+                    # A genesis this node does not hold: adopted only if trusted (pinned,
+                    # computed here, or endorsed by t genesis members).
+                    if self.state is None:
+                        self._offer(first, self._offered.pop(peer, ()))
+                    try:
+                        self._trust_genesis(first)
+                    except GenesisNotTrusted as exc:
+                        if self.state is None:
+                            self._candidates.pop(peer, None)
+                            self._candidates[peer] = first
+                            while len(self._candidates) > MAX_GENESIS_OFFERS:
+                                del self._candidates[next(iter(self._candidates))]
+                        raise RemoteProtocolError(f"genesis refused: {exc}", [peer]) from exc
                 states = verify_recent(links, mpk=mpk)
                 new_chain = links
             else:
@@ -1266,6 +1498,8 @@ class NodeCore:
         self._trim()
         # As after any epoch switch: tell the others this node holds a share, and count
         # the acknowledgements that came early.
+        if old_state is None:
+            self._genesis_adopted()
         self._acknowledge(head.certificate)
         self._take_early_acks(head)
 
@@ -1340,12 +1574,42 @@ class NodeCore:
         # Attempts whose deadlines have all passed are over for everyone: skip them.
         while self._now >= self.config.genesis_schedule(attempt).end:
             attempt += 1
+        if self._missed_genesis(attempt):
+            return
         cfg = self._genesis_config(attempt)
         self._run_attempt = attempt
         self._ran_epochs.add(0)
         self._run = self._sharing_session(cfg, None)
         self._run.advance_time(self._now)
         self._replay_early()
+
+    def _missed_genesis(self, attempt: int) -> bool:
+        """A node that first ran after genesis attempt 0 was over and holds no record of an
+        earlier attempt (a data directory lost, or a node started late) takes part in no
+        later genesis attempt: the others may have certified one it did not see, and a
+        new attempt with it could certify a second genesis under another MPK. It waits
+        for the chain with ``t`` endorsements (or a pinned ``genesis_mpk``) instead."""
+        if self._genesis_missed is not None:
+            return self._genesis_missed
+        first = self._first_tick if self._first_tick is not None else self._now
+        missed = attempt > 0 and first >= self.config.genesis_schedule(0).end
+        if missed:
+            for earlier in range(max(0, attempt - HIGHER_ATTEMPTS_KEPT), attempt):
+                if self._records(self._genesis_config(earlier).run_id()):
+                    missed = False
+                    break
+        self._genesis_missed = missed
+        if missed:
+            self._events.append(
+                RunFailed(
+                    "dkg",
+                    0,
+                    attempt,
+                    "genesis was over when this node started and it holds no record of it:"
+                    " waiting for the chain with t endorsements or a pinned genesis_mpk",
+                )
+            )
+        return missed
 
     def _genesis_config(self, attempt: int) -> SharingConfig:
         return SharingConfig(
@@ -1364,7 +1628,7 @@ class NodeCore:
         if st.pending is None:
             return None
         outcome = st.pending.outcome
-        new = apply_change(st.committee, outcome.proposal.change)
+        new = st.apply(outcome.proposal.change)
         if new is None:  # pragma: no cover - extend() checked it
             return None
         sched = self.config.reshare_schedule(
@@ -1441,7 +1705,7 @@ class NodeCore:
         if st is None or st.pending is None:
             return
         outcome = st.pending.outcome
-        new = apply_change(st.committee, outcome.proposal.change)
+        new = st.apply(outcome.proposal.change)
         if new is None:  # pragma: no cover - extend() checked it
             return
         # Without a share for this epoch (a missed reshare) the node takes part as a
@@ -1678,6 +1942,9 @@ class NodeCore:
             for ev in session.events():
                 if isinstance(ev, Persist):
                     self._events.append(StoreRecord(run_id, ev.key, ev.data, ev.secret))
+                elif isinstance(ev, SharingFinalized) and session.config.kind == "dkg":
+                    self._own_genesis.append(ev.result.transcript.hash())
+                    self._maybe_endorse()
                 elif isinstance(ev, DealerExcluded):
                     self._events.append(MisbehaviourObserved(ev.dealer, ev.reason, ev.evidence))
                 elif isinstance(ev, ResponderEquivocated):
@@ -1743,7 +2010,12 @@ class NodeCore:
         if self.state is None:
             if not isinstance(link, EpochCertificate):
                 return
-            state = genesis_state(self._mpk_of(link), link)
+            try:
+                self._check_genesis(link)
+                self._trust_genesis(link)
+                state = genesis_state(self._mpk_of(link), link)
+            except ChainError:
+                return
         else:
             try:
                 state = state_after or extend(self.state, link)
@@ -1756,7 +2028,7 @@ class NodeCore:
             self._epoch_states[state.epoch] = state
             self._set_state(state)
             self._events.append(LinkCertified(link))
-            new = apply_change(state.committee, link.outcome.proposal.change)
+            new = state.apply(link.outcome.proposal.change)
             self._run_attempt = (
                 self._first_reshare_attempt(
                     link.outcome.window,
@@ -1774,7 +2046,7 @@ class NodeCore:
                 if i != self.me:
                     # Incoming members have no chain yet: they get genesis and the tail.
                     have = self.head_position() if i in members else 0
-                    self._outbox.append(Outbound(i, self.chain_update(have)))
+                    self._send_chain(i, have)
             return
         # An epoch certificate: switch epochs.
         if (
@@ -1820,6 +2092,8 @@ class NodeCore:
             if link.transcript.committee == old_state.committee.members:
                 self.last_refresh = self._now
         self._events.append(EpochSwitched(state.epoch, link, self.share, state, self._keep_runs()))
+        if old_state is None:
+            self._genesis_adopted()
         self._clear_epoch_intent()
         self._run_attempt = 0
         self._previous_members = set(old_state.committee.indices) if old_state else set()
@@ -1912,7 +2186,7 @@ class NodeCore:
     def _incoming_members(self, state: ChainState) -> list[ParticipantIndex]:
         if state.pending is None:
             return []
-        new = apply_change(state.committee, state.pending.outcome.proposal.change)
+        new = state.apply(state.pending.outcome.proposal.change)
         return new.indices if new else []
 
     def _holders_due(self) -> bool:

@@ -29,6 +29,7 @@ import trio
 
 from kms.attest.pccs import CollateralProvider
 from kms.node.core import (
+    GENESIS_ENDORSEMENTS_RUN,
     ApprovalRefused,
     ChainReplaced,
     ChainTrimmed,
@@ -377,7 +378,7 @@ class NodeService:
             # that run); other attempts of this epoch lost. Acknowledgements it still
             # counts are kept.
             for run in self.store.runs():
-                if run not in ev.keep_runs:
+                if run not in ev.keep_runs and run != GENESIS_ENDORSEMENTS_RUN:
                     self.store.delete_records(run)
             self._learn_participants()
             log.info(

@@ -214,15 +214,39 @@ async def run_node(config_path: Path) -> None:
         store.close()
 
 
+def committee_head(committee_url: str, *, timeout: float = 10.0) -> tuple[int, bytes]:
+    """The epoch and last-link hash of the chain a member serves at ``GET /v1/chain``.
+
+    Not verified: a join request naming a head the members do not hold is refused
+    by them, so a wrong answer costs only a refused request.
+    """
+    import httpx
+
+    from kms.client.http import _links
+    from kms.node.admission import link_epoch
+
+    raw = httpx.get(committee_url.rstrip("/") + "/v1/chain", timeout=timeout).content
+    links = _links(raw)
+    if not links:
+        raise ValueError(f"{committee_url} serves no chain yet")
+    return link_epoch(links[-1]), links[-1].hash()
+
+
 def join_request(
-    config_path: Path, *, measurement: dict[str, bytes] | None = None
+    config_path: Path,
+    *,
+    committee_url: str,
+    measurement: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """The join request of a node that is not in the committee yet.
 
     Carries the participant record (index, identity, DKG key and the
-    identity's signature on it), the node's libp2p address and a TDX quote
-    whose ``report_data`` is ``join_report_data(record, addresses)``
-    (``kms.node.admission``). The quote comes from the devnet's simulated TEE
+    identity's signature on it), the node's libp2p address, the committee's
+    current chain head (epoch and last-link hash, read from the member at
+    ``committee_url``) and a TDX quote whose ``report_data`` is
+    ``join_report_data(record, addresses, epoch, head)``
+    (``kms.node.admission``): members refuse it once the committee is more than
+    ``JOIN_MAX_AGE`` epochs further. The quote comes from the devnet's simulated TEE
     when ``[node] simulated_tee`` names a devnet directory (``measurement``
     overrides the devnet node image, for tests), and from the TDX guest's
     configfs-tsm report interface otherwise.
@@ -248,7 +272,8 @@ def join_request(
     rec = participant_record(identity, dkg_pub, int(node["index"]))
     peer = peer_id_from_ed25519(rec.identity)
     addresses = [f"{node['listen']}/p2p/{peer}"]
-    report_data = join_report_data(rec, addresses)
+    epoch, head = committee_head(committee_url)
+    report_data = join_report_data(rec, addresses, epoch, head)
     if node.get("simulated_tee"):
         from kms import devnet
 
@@ -263,6 +288,8 @@ def join_request(
         "dkg_key_signature": rec.dkg_key_signature.hex(),
         "peer_id": str(peer),
         "addresses": addresses,
+        "epoch": epoch,
+        "head": head.hex(),
         "attestation": quote.hex(),
     }
 

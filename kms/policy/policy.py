@@ -70,6 +70,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
+from mpc.cert import IDENTITY_MPK
 from mpc.codec import MAX_INT, MaxSize, Message, MessageDecodeError, Since, Size
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError
 from mpc.sig import PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, VerifyKey
@@ -521,6 +522,11 @@ class AppPolicy(Message):
             )
         _check_sorted_unique(f"{t}.purposes", self.purposes)
         _check_bytes(f"{t}.kms_mpk", self.kms_mpk, KMS_MPK_LENGTH)
+        _require(
+            self.kms_mpk != IDENTITY_MPK,
+            f"{t}.kms_mpk",
+            "the identity point is not a master public key",
+        )
         _check_u32(f"{t}.not_before", self.not_before)
         _check_u32(f"{t}.expires", self.expires)
         _require(self.expires > self.not_before, t, "expires must be after not_before")
@@ -669,6 +675,8 @@ class PolicyStore:
     ) -> None:
         if not isinstance(kms_mpk, bytes) or len(kms_mpk) != KMS_MPK_LENGTH:
             raise LocalProtocolError(f"kms_mpk must be {KMS_MPK_LENGTH} bytes")
+        if kms_mpk == IDENTITY_MPK:
+            raise LocalProtocolError("kms_mpk: the identity point is not a master public key")
         if max_clock_skew < 0:
             raise LocalProtocolError("max_clock_skew must not be negative")
         if max_version_step < 1:

@@ -28,7 +28,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mpc.cert import ZERO_HASH, EpochCertificate, sha256, verify_cert_signature
+from mpc.cert import (
+    ZERO_HASH,
+    EpochCertificate,
+    IdentityMasterKey,
+    check_mpk,
+    sha256,
+    verify_cert_signature,
+)
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding, InvalidSignature
 from mpc.ids import ParticipantIndex
@@ -59,8 +66,20 @@ class Committee:
         return [ParticipantIndex(p.index) for p in self.members]
 
 
-def apply_change(committee: Committee, change: Change) -> Committee | None:
-    """The committee after ``change``, or ``None`` if the change is invalid for it."""
+def apply_change(
+    committee: Committee,
+    change: Change,
+    *,
+    used_indices: frozenset[int] = frozenset(),
+    used_identities: frozenset[bytes] = frozenset(),
+) -> Committee | None:
+    """The committee after ``change``, or ``None`` if the change is invalid for it.
+
+    ``used_indices`` and ``used_identities`` are those of every member the chain
+    ever had (``ChainState``): an added member may reuse neither, so an index or an
+    identity names one node for the life of the chain, and evidence signed under it
+    can never be turned against another node.
+    """
     members = list(committee.members)
     t = committee.threshold
     policy = committee.admission_policy_hash
@@ -68,13 +87,18 @@ def apply_change(committee: Committee, change: Change) -> Committee | None:
         p = change.participant
         if any(m.index == p.index or m.identity == p.identity for m in members):
             return None
+        if p.index in used_indices or p.identity in used_identities:
+            return None
         try:
             p.check()  # its DKG key must be vouched for by its identity
         except (InvalidSignature, InvalidEncoding):
             return None
         members = sorted([*members, p], key=lambda m: m.index)
     elif isinstance(change, RemoveMember):
-        if not any(m.index == change.index for m in members):
+        if not any(
+            m.index == change.index and (not change.identity or m.identity == change.identity)
+            for m in members
+        ):
             return None
         members = [m for m in members if m.index != change.index]
     elif isinstance(change, ChangeThreshold):
@@ -101,10 +125,23 @@ class ChainState:
     pending: MembershipCertificate | None = None
     """A certified change whose reshare has not been certified yet."""
     public_shares: Mapping[ParticipantIndex, G2] = field(default_factory=dict)
+    used_indices: frozenset[int] = frozenset()
+    """The index of every member of every epoch of the chain so far."""
+    used_identities: frozenset[bytes] = frozenset()
+    """The identity key of every member of every epoch of the chain so far."""
 
     @property
     def threshold(self) -> int:
         return self.committee.threshold
+
+    def apply(self, change: Change) -> Committee | None:
+        """``apply_change`` to this epoch's committee, with the chain's history."""
+        return apply_change(
+            self.committee,
+            change,
+            used_indices=self.used_indices,
+            used_identities=self.used_identities,
+        )
 
 
 def _check_signature(message: bytes, signature: bytes, mpk: G2) -> None:
@@ -116,10 +153,19 @@ def _check_signature(message: bytes, signature: bytes, mpk: G2) -> None:
         raise ChainError("link signature does not verify under the master public key")
 
 
-def _state_from_epoch(mpk: G2, cert: EpochCertificate, head: bytes) -> ChainState:
+def _state_from_epoch(
+    mpk: G2, cert: EpochCertificate, head: bytes, before: ChainState | None = None
+) -> ChainState:
     tr = cert.transcript
     committee = Committee(tr.committee, tr.threshold, tr.admission_policy_hash)
-    return ChainState(mpk, tr.epoch, committee, cert, head, None, cert.public_shares())
+    indices = frozenset(p.index for p in tr.committee)
+    identities = frozenset(p.identity for p in tr.committee)
+    if before is not None:
+        indices |= before.used_indices
+        identities |= before.used_identities
+    return ChainState(
+        mpk, tr.epoch, committee, cert, head, None, cert.public_shares(), indices, identities
+    )
 
 
 def _validate(link: EpochCertificate | MembershipCertificate) -> None:
@@ -137,7 +183,17 @@ def _validate(link: EpochCertificate | MembershipCertificate) -> None:
 
 
 def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
-    """Verify the genesis certificate under the pinned ``mpk``."""
+    """Verify the genesis certificate under the pinned ``mpk``.
+
+    The caller must have a reason to trust ``mpk`` that does not come from the
+    certificate itself (a pinned key, or the genesis endorsements, see
+    ``GenesisEndorsement``): a certificate checked under the key written in it
+    proves nothing. The identity point is refused.
+    """
+    try:
+        check_mpk(mpk)
+    except IdentityMasterKey as exc:
+        raise ChainError(str(exc)) from exc
     _validate(genesis)
     tr = genesis.transcript
     if tr.kind != "dkg" or tr.epoch != 0 or tr.previous_certificate_hash != ZERO_HASH:
@@ -210,6 +266,10 @@ def verify_recent(
 
 def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) -> ChainState:
     """Verify one more link after ``state``; raises ``ChainError``."""
+    try:
+        check_mpk(state.mpk)
+    except IdentityMasterKey as exc:
+        raise ChainError(str(exc)) from exc
     _validate(link)
     if isinstance(link, MembershipCertificate):
         out = link.outcome
@@ -224,7 +284,7 @@ def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) ->
             or out.proposal.certificate_hash != state.head_hash
         ):
             raise ChainError("membership certificate does not follow the current epoch certificate")
-        if apply_change(state.committee, out.proposal.change) is None:
+        if state.apply(out.proposal.change) is None:
             raise ChainError("certified change is invalid for the committee")
         _check_signature(out.encode(), link.signature, state.mpk)
         return ChainState(
@@ -235,6 +295,8 @@ def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) ->
             link.hash(),
             link,
             state.public_shares,
+            state.used_indices,
+            state.used_identities,
         )
     tr = link.transcript
     if state.pending is None:
@@ -245,7 +307,7 @@ def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) ->
         raise ChainError("epoch certificate does not follow the membership certificate")
     if tr.mpk != state.mpk.to_bytes():
         raise ChainError("epoch certificate changes the master public key")
-    expected = apply_change(state.committee, state.pending.outcome.proposal.change)
+    expected = state.apply(state.pending.outcome.proposal.change)
     if expected is None or (tr.committee, tr.threshold, tr.admission_policy_hash) != (
         expected.members,
         expected.threshold,
@@ -253,7 +315,7 @@ def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) ->
     ):
         raise ChainError("epoch certificate's committee is not the certified change")
     _check_signature(tr.encode(), link.signature, state.mpk)
-    return _state_from_epoch(state.mpk, link, link.hash())
+    return _state_from_epoch(state.mpk, link, link.hash(), state)
 
 
 def verify_chain(

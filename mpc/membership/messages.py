@@ -7,8 +7,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from mpc.broadcast import BroadcastPayload
+from mpc.cert import EpochTranscript, sha256
 from mpc.codec import MaxSize, Message, MessageDecodeError, Since, Size
 from mpc.dkg.messages import Participant
+from mpc.errors import InvalidEncoding, InvalidSignature
+from mpc.participant import MAX_PARTICIPANTS
+from mpc.sig import CTX_GENESIS_ENDORSEMENT, SigningKey
 
 MAX_ATTESTATION = 64 * 1024
 MAX_EVIDENCE = 256 * 1024
@@ -22,21 +26,38 @@ class AddMember(Message):
     """Admit a node: its participant record and attestation evidence (opaque here)."""
 
     TYPE = "member/add"
+    VERSION = 2
     participant: Participant
     attestation: Annotated[bytes, MaxSize(MAX_ATTESTATION)]
     addresses: Annotated[tuple[str, ...], MaxSize(8)] = ()
     """Where the new node listens (libp2p multiaddrs), so members can reach it."""
+    epoch: Annotated[int, Since(2)] = 0
+    head: Annotated[bytes, MaxSize(32), Since(2)] = b""
+    """The committee's chain head the join request was made for: the epoch and the
+    hash of the chain's last link then (version 2; empty in a version-1 request). The
+    quote binds them, and members refuse a request whose head is not in their chain
+    or is too many epochs old, so an old request cannot be replayed."""
 
     def validate(self) -> None:
         if any(len(a) > 256 for a in self.addresses):
             raise MessageDecodeError("member/add: address too long")
+        if self.head and len(self.head) != 32:
+            raise MessageDecodeError("member/add: head is a 32-byte link hash")
 
 
 @dataclass(frozen=True, slots=True)
 class RemoveMember(Message):
     TYPE = "member/remove"
+    VERSION = 2
     index: int
     evidence: Annotated[bytes, MaxSize(MAX_EVIDENCE)] = b""
+    identity: Annotated[bytes, MaxSize(32), Since(2)] = b""
+    """The Ed25519 identity of the member removed (version 2): the change applies only
+    while that identity holds ``index``. Empty in a version-1 removal."""
+
+    def validate(self) -> None:
+        if self.identity and len(self.identity) != 32:
+            raise MessageDecodeError("member/remove: identity is a 32-byte Ed25519 key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +235,82 @@ class OutcomePartial(Message):
     signer: int
     outcome_hash: Annotated[bytes, Size(32)]
     signature: Annotated[bytes, Size(48)]
+
+
+def genesis_statement(transcript: EpochTranscript) -> bytes:
+    """What a genesis endorsement signs: the transcript digest, and spelled out beside
+    it the committee, threshold, admission-policy hash and MPK it names."""
+    committee = sha256(b"".join(p.encode() for p in transcript.committee))
+    return (
+        transcript.hash()
+        + committee
+        + transcript.threshold.to_bytes(4, "big")
+        + transcript.admission_policy_hash
+        + transcript.mpk
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GenesisEndorsement(Message):
+    """A genesis member's identity signature on a genesis certificate's transcript.
+
+    A member signs only the transcript its own genesis run computed. A node with no
+    chain adopts a genesis certificate only with endorsements of ``t`` distinct
+    members of its configured genesis committee (or a pinned MPK), so no fewer than
+    ``t`` genesis members can choose the master public key.
+    """
+
+    TYPE = "chain/genesis-endorsement"
+    signer: int
+    transcript_hash: Annotated[bytes, Size(32)]
+    signature: Annotated[bytes, Size(64)]
+
+    @classmethod
+    def create(
+        cls, key: SigningKey, signer: int, transcript: EpochTranscript
+    ) -> GenesisEndorsement:
+        sig = key.sign(CTX_GENESIS_ENDORSEMENT, genesis_statement(transcript))
+        return cls(signer, transcript.hash(), sig)
+
+    def verify(self, transcript: EpochTranscript, genesis: tuple[Participant, ...]) -> None:
+        """Raise ``InvalidSignature`` unless a member of ``genesis`` signed ``transcript``."""
+        if self.transcript_hash != transcript.hash():
+            raise InvalidSignature("endorsement is for another genesis transcript")
+        signer = next((p for p in genesis if p.index == self.signer), None)
+        if signer is None:
+            raise InvalidSignature("endorsement signer is not a genesis member")
+        try:
+            key = signer.verify_key()
+        except InvalidEncoding as exc:
+            raise InvalidSignature("genesis member's identity key is malformed") from exc
+        key.verify(CTX_GENESIS_ENDORSEMENT, genesis_statement(transcript), self.signature)
+
+
+def endorsing_members(
+    transcript: EpochTranscript,
+    endorsements: tuple[GenesisEndorsement, ...] | list[GenesisEndorsement],
+    genesis: tuple[Participant, ...],
+) -> set[int]:
+    """The distinct genesis members whose endorsement of ``transcript`` verifies."""
+    out: set[int] = set()
+    for e in endorsements:
+        if e.signer in out or e.transcript_hash != transcript.hash():
+            continue
+        try:
+            e.verify(transcript, genesis)
+        except InvalidSignature:
+            continue
+        out.add(e.signer)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GenesisEndorsements(Message):
+    """The genesis endorsements a node holds, relayed to a peer it sends the chain from
+    genesis (just before that ``chain/update``). The receiver checks each one itself."""
+
+    TYPE = "chain/genesis-endorsements"
+    endorsements: Annotated[tuple[GenesisEndorsement, ...], MaxSize(MAX_PARTICIPANTS)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ from mpc.dkg.session import Persist
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G1
-from mpc.membership.chain import ChainState, apply_change
+from mpc.membership.chain import ChainState
 from mpc.membership.messages import (
     Ballot,
     LockReport,
@@ -157,7 +157,7 @@ def decide(tally: Tally, state: ChainState) -> Proposal | None:
     for pid, p in tally.proposals.items():
         if p.epoch != state.epoch or p.certificate_hash != state.head_hash:
             continue
-        if apply_change(state.committee, p.change) is None:
+        if state.apply(p.change) is None:
             continue
         if len(tally.approvals.get(pid, set())) >= state.threshold:
             candidates.append(p)
@@ -196,7 +196,7 @@ def check_lock_report(
         raise RemoteProtocolError("lock report from a later window", [signer])
     if reshare_start_of is not None and out.reshare_start != reshare_start_of(out.window):
         raise RemoteProtocolError("lock report names another reshare start", [signer])
-    if apply_change(state.committee, out.proposal.change) is None:
+    if state.apply(out.proposal.change) is None:
         raise RemoteProtocolError("locked change is invalid for the committee", [signer])
     public = state.public_shares.get(signer)
     try:

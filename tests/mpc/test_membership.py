@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from mesh import Mesh, make_nodes
 
 from mpc.cert import EpochCertificate, sign_partial
+from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex as PI
 from mpc.math import G2
@@ -31,6 +33,7 @@ from mpc.membership import (
     verify_chain,
 )
 from mpc.membership.window import OutcomeDecided
+from mpc.sig import CTX_DKG_KEY
 
 SCHED = WindowSchedule(start=50.0, window=2.0, delta=1.0, sign_window=3.0, reshare_delay=5.0)
 
@@ -305,3 +308,32 @@ def test_at_most_one_outcome_per_window_with_t_minus_1_byzantine(data: st.DataOb
     assert len(decided) == 1
     decisions = [e for i in honest for e in mesh.events[i] if isinstance(e, OutcomeDecided)]
     assert len({d.outcome for d in decisions}) <= 1
+
+
+def test_a_window_never_admits_an_index_or_identity_the_chain_used() -> None:
+    """Nodes 6 and 7 were members in earlier epochs (the chain's history says so): a
+    proposal to add a node under index 6, or under node 7's identity, never wins even
+    with every approval; nor does a removal naming another identity than the member's."""
+    _run, _res, state, shares, nodes = genesis()
+    used = dataclasses.replace(
+        state,
+        used_indices=state.used_indices | {6, 7},
+        used_identities=state.used_identities
+        | {nodes[PI(6)].participant.identity, nodes[PI(7)].participant.identity},
+    )
+    n8 = nodes[PI(8)].participant
+    p7 = nodes[PI(7)].participant
+    sig = nodes[PI(7)].identity.sign(CTX_DKG_KEY, Participant.dkg_key_statement(8, p7.dkg_key))
+    stolen = Participant(8, p7.identity, p7.dkg_key, sig)  # node 7's identity, index 8
+    stolen.check()
+    bad = [
+        proposal(used, 1, AddMember(nodes[PI(6)].participant, b"")),
+        proposal(used, 1, AddMember(stolen, b""), 1),
+        proposal(used, 1, RemoveMember(5, b"", n8.identity), 2),
+    ]
+    assert all(used.apply(p.change) is None for p in bad)
+    assert state.apply(bad[0].change) is not None  # fine without that history
+    ids = tuple(sorted(p.id() for p in bad))
+    ballots = {i: ((tuple(bad) if i == 1 else ()), ids) for i in (1, 2, 3, 4, 5)}
+    sessions, _ = run_window(used, shares, nodes, ballots)
+    assert all(s.phase is WindowPhase.NO_DECISION for s in sessions.values())

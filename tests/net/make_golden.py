@@ -221,6 +221,15 @@ def golden_messages() -> dict[str, Message]:
     )
     add(make("chain/update", kinds=("epoch", "membership"), links=(b"link 1", b"link 2")))
     add(make("chain/request", have=1))
+    endorsement = add(
+        make(
+            "chain/genesis-endorsement",
+            signer=1,
+            transcript_hash=fill(0xE0, 32),
+            signature=fill(0xE1, 64),
+        )
+    )
+    add(make("chain/genesis-endorsements", endorsements=(endorsement,)))
     return dict(sorted(built.items()))
 
 

@@ -152,7 +152,11 @@ def test_join_leave_threshold_while_a_cvm_keeps_its_key(net: Devnet) -> None:
     try:
         # A join request whose quote shows a node image outside the admission policy.
         rogue = devnet.init_joining_node(net.directory, 9)
-        jr = join_request(Path(rogue["config"]), measurement=devnet.ROGUE_NODE_MEASUREMENT)
+        jr = join_request(
+            Path(rogue["config"]),
+            committee_url=net.url(1),
+            measurement=devnet.ROGUE_NODE_MEASUREMENT,
+        )
         jr_file = net.directory / "rogue-join.json"
         jr_file.write_text(json.dumps(jr))
         code, reply = kms(

@@ -23,19 +23,26 @@ from kms.node.core import (
     ApprovalRefused,
     ChangeContext,
     ChangeRefused,
+    InputRejected,
     NodeConfig,
     NodeCore,
 )
 from kms.policy import Measurement, NodeAdmissionPolicy
+from mpc import hpke
 from mpc.broadcast import EquivocationEvidence, SignedDigest, session_id
+from mpc.codec import decode
+from mpc.dkg.messages import Participant
+from mpc.errors import LocalProtocolError
 from mpc.ids import ParticipantIndex as PI
 from mpc.membership import (
     AddMember,
     ChangeAdmissionPolicy,
     ChangeThreshold,
+    Refresh,
     RemoveMember,
 )
-from mpc.sig import CTX_BROADCAST_DIGEST
+from mpc.membership.messages import OutcomePartial
+from mpc.sig import CTX_BROADCAST_DIGEST, CTX_DKG_KEY, SigningKey
 
 T0 = 1_750_000_000.0
 DELTA = 0.5
@@ -64,9 +71,12 @@ class World:
         self.mesh.run_until(T0 + t)
 
     def join(self, index: int, measurement: dict[str, bytes] = NODE) -> AddMember:
+        """A join request bound to the committee's current chain head (node 1's view)."""
         p = self.nodes[PI(index)].participant
-        quote = self.tee.quote(join_report_data(p, ADDRS), **measurement)
-        return AddMember(p, quote, ADDRS)
+        st = self.cores[PI(1)].state
+        assert st is not None
+        quote = self.tee.quote(join_report_data(p, ADDRS, st.epoch, st.head_hash), **measurement)
+        return AddMember(p, quote, ADDRS, st.epoch, st.head_hash)
 
     def ctx(self, i: int = 1) -> ChangeContext:
         core = self.cores[PI(i)]
@@ -149,20 +159,25 @@ def test_a_join_outside_the_admission_policy_is_refused(
 ) -> None:
     p5 = w4.nodes[PI(5)].participant
     good = w4.join(5)
+    fresh = (good.epoch, good.head)
     if case == "a measurement the policy does not list":
         add = w4.join(5, ROGUE)
     elif case == "a quote over another node's record":
         other = w4.nodes[PI(1)].participant
-        add = AddMember(p5, w4.tee.quote(join_report_data(other, ADDRS), **NODE), ADDRS)
+        add = AddMember(
+            p5, w4.tee.quote(join_report_data(other, ADDRS, *fresh), **NODE), ADDRS, *fresh
+        )
     elif case == "a quote over other addresses":
-        add = AddMember(p5, good.attestation, ("/ip4/10.0.0.9/tcp/1/p2p/12D3KooWevil",))
+        add = AddMember(p5, good.attestation, ("/ip4/10.0.0.9/tcp/1/p2p/12D3KooWevil",), *fresh)
     elif case == "no quote at all":
-        add = AddMember(p5, b"", ADDRS)
+        add = AddMember(p5, b"", ADDRS, *fresh)
     elif case == "a quote from an untrusted platform":
         stranger = SimulatedTEE(seeded("stranger"), now=int(T0))
-        add = AddMember(p5, stranger.quote(join_report_data(p5, ADDRS), **NODE), ADDRS)
+        add = AddMember(
+            p5, stranger.quote(join_report_data(p5, ADDRS, *fresh), **NODE), ADDRS, *fresh
+        )
     elif case == "garbage instead of a quote":
-        add = AddMember(p5, b"\x04\x00" + bytes(600), ADDRS)
+        add = AddMember(p5, b"\x04\x00" + bytes(600), ADDRS, *fresh)
     else:
         old = SimulatedTEE(seeded("tee-71"), now=int(T0), tcb_status="OutOfDate")
         coll = Collateral.coerce(old.collateral(int(T0), lifetime=86400))
@@ -174,7 +189,7 @@ def test_a_join_outside_the_admission_policy_is_refused(
             ),
             lambda q: coll,
         )
-        add = AddMember(p5, old.quote(join_report_data(p5, ADDRS), **NODE), ADDRS)
+        add = AddMember(p5, old.quote(join_report_data(p5, ADDRS, *fresh), **NODE), ADDRS, *fresh)
         with pytest.raises(ChangeRefused) as exc:
             checker(w4.ctx(), add)
         assert refusal(exc) is expected, exc.value
@@ -226,18 +241,19 @@ def equivocation(node: Node) -> EquivocationEvidence:
 def test_removal_evidence_is_verified_before_approval(w4: World) -> None:
     ctx = w4.ctx()
     ev = equivocation(w4.nodes[PI(4)])
-    w4.checker(ctx, RemoveMember(4, ev.encode()))
-    w4.checker(ctx, RemoveMember(4))  # no evidence: the operators' own decision
+    id3, id4 = (w4.nodes[PI(i)].participant.identity for i in (3, 4))
+    w4.checker(ctx, RemoveMember(4, ev.encode(), id4))
+    w4.checker(ctx, RemoveMember(4, b"", id4))  # no evidence: the operators' own decision
     cases = {
-        Refusal.EVIDENCE_NAMES_ANOTHER_NODE: RemoveMember(3, ev.encode()),
-        Refusal.MALFORMED_EVIDENCE: RemoveMember(4, b"\x93garbage"),
-        Refusal.UNSUPPORTED_EVIDENCE: RemoveMember(4, ChangeThreshold(2).encode()),
+        Refusal.EVIDENCE_NAMES_ANOTHER_NODE: RemoveMember(3, ev.encode(), id3),
+        Refusal.MALFORMED_EVIDENCE: RemoveMember(4, b"\x93garbage", id4),
+        Refusal.UNSUPPORTED_EVIDENCE: RemoveMember(4, ChangeThreshold(2).encode(), id4),
     }
     forged = EquivocationEvidence(
         ev.first,
         SignedDigest(ev.second.session, 4, ev.second.digest, bytes(64)),
     )
-    cases[Refusal.EVIDENCE_INVALID] = RemoveMember(4, forged.encode())
+    cases[Refusal.EVIDENCE_INVALID] = RemoveMember(4, forged.encode(), id4)
     # Node 3 signing "node 4's" digests proves nothing about node 4.
     framed = equivocation(w4.nodes[PI(3)])
     framed4 = EquivocationEvidence(
@@ -249,7 +265,7 @@ def test_removal_evidence_is_verified_before_approval(w4: World) -> None:
             w4.checker(ctx, change)
         assert refusal(exc) is expected, (expected, exc.value)
     with pytest.raises(ChangeRefused) as exc:
-        w4.checker(ctx, RemoveMember(4, framed4.encode()))
+        w4.checker(ctx, RemoveMember(4, framed4.encode(), id4))
     assert refusal(exc) is Refusal.EVIDENCE_INVALID
 
 
@@ -292,3 +308,99 @@ def test_a_rogue_join_approved_blindly_is_refused_and_never_certified() -> None:
     # The proposal is listed with the proposer's approval only.
     pending = {p[0]: p for p in w.cores[PI(2)].status().pending}
     assert pending[pid.hex()][2] == 1
+
+
+# --- freshness: a join request is bound to a recent chain head ---------------------------------
+
+
+def _next_epoch(w: World, change: Any) -> None:
+    st = w.cores[PI(1)].state
+    assert st is not None
+    pid = w.cores[PI(1)].propose(change)
+    for i in (2, 3):
+        w.cores[PI(i)].approve(pid)
+    until = w.mesh.now + 60.0
+    w.mesh.ticks = sorted({*w.mesh.ticks, *(w.mesh.now + k * 0.25 for k in range(4 * 61))})
+    while w.mesh.now < until:
+        w.mesh.run_until(w.mesh.now + 5.0)
+        if all(w.cores[PI(i)].state.epoch > st.epoch for i in range(1, 5)):  # type: ignore[union-attr]
+            return
+    raise AssertionError(f"epoch {st.epoch + 1} was not certified")
+
+
+def test_an_old_join_request_replayed_after_the_committee_moved_on_is_refused() -> None:
+    """Node 5's operator made a join request at epoch 0 that was never used. Three
+    epochs later someone replays it: its quote still verifies (same platform, same
+    TCB), but it names a chain head three epochs old, and every member refuses it."""
+    w = world(4, 3, seed=74)
+    old = w.join(5)  # made for epoch 0's head
+    w.checker(w.ctx(), old)  # fresh: admitted
+    p5 = w.nodes[PI(5)].participant
+    unbound = AddMember(p5, w.tee.quote(join_report_data(p5, ADDRS), **NODE), ADDRS)
+    for _ in range(3):
+        _next_epoch(w, Refresh())
+    assert w.cores[PI(1)].state.epoch == 3  # type: ignore[union-attr]
+    with pytest.raises(ChangeRefused) as exc:
+        w.cores[PI(1)].propose(old)
+    assert refusal(exc) is Refusal.JOIN_STALE, exc.value
+    # A request that names no head at all (the old format) is refused too.
+    with pytest.raises(ChangeRefused) as exc:
+        w.cores[PI(1)].propose(unbound)
+    assert refusal(exc) is Refusal.JOIN_UNBOUND, exc.value
+    # A request naming a head this chain never had.
+    forged = AddMember(p5, old.attestation, ADDRS, 3, bytes(32))
+    with pytest.raises(ChangeRefused) as exc:
+        w.checker(w.ctx(), forged)
+    assert refusal(exc) is Refusal.JOIN_UNKNOWN_HEAD
+    # A new request, made for the current head, is admitted.
+    w.checker(w.ctx(), w.join(5))
+
+
+# --- an index or identity names one node for the life of the chain --------------------------------
+
+
+def _record(index: int, identity: SigningKey, seed: str) -> Participant:
+    _, dkg_pub = hpke.derive_key_pair(hashlib.sha256(seed.encode()).digest())
+    sig = identity.sign(CTX_DKG_KEY, Participant.dkg_key_statement(index, dkg_pub))
+    return Participant(index, identity.verify_key().to_bytes(), dkg_pub, sig)
+
+
+def _bound_join(w: World, p: Participant) -> AddMember:
+    st = w.cores[PI(1)].state
+    assert st is not None
+    quote = w.tee.quote(join_report_data(p, ADDRS, st.epoch, st.head_hash), **NODE)
+    return AddMember(p, quote, ADDRS, st.epoch, st.head_hash)
+
+
+def test_a_removed_members_index_and_identity_are_never_admitted_again() -> None:
+    """Node 4 is removed. Its index is then offered to a new, honest node: had it been
+    admitted, the removed node could sign an equivocation under its old key as "node 4"
+    and the evidence would verify against the first identity that held index 4, so the
+    committee would remove the honest newcomer. Neither the index nor the removed
+    node's identity is admitted again, and the removed node drops out of the peers."""
+    w = world(4, 3, seed=75, extra=0)
+    old4 = w.nodes[PI(4)]
+    _next_epoch(w, RemoveMember(4))
+    core = w.cores[PI(1)]
+    assert [int(i) for i in core.state.committee.indices] == [1, 2, 3]  # type: ignore[union-attr]
+    # The removed node is no longer a peer: its protocol messages are refused.
+    assert PI(4) not in core.participants
+    core.events()
+    core.receive(PI(4), decode(OutcomePartial(4, bytes(32), bytes(48)).encode()), w.mesh.now)
+    assert any(isinstance(e, InputRejected) and e.peer == PI(4) for e in core.events())
+    # An honest newcomer offered the removed node's index.
+    newcomer = _record(4, SigningKey.from_seed(b"\x44" * 32), "newcomer")
+    with pytest.raises(LocalProtocolError):
+        core.propose(_bound_join(w, newcomer))
+    # Had it been admitted, this is the evidence that would have framed it.
+    framed = equivocation(old4)
+    ctx = w.ctx()
+    with pytest.raises(ChangeRefused):
+        w.checker(ctx, RemoveMember(4, framed.encode(), newcomer.identity))
+    # The removed node itself, back under a fresh index with its old identity.
+    again = _record(6, old4.identity, "again")
+    with pytest.raises(LocalProtocolError):
+        core.propose(_bound_join(w, again))
+    # A fresh node under a fresh index is admitted as usual.
+    fresh = _record(7, SigningKey.from_seed(b"\x77" * 32), "fresh")
+    assert len(core.propose(_bound_join(w, fresh))) == 32

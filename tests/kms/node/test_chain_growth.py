@@ -562,8 +562,9 @@ def test_evidence_about_an_epoch_older_than_the_kept_links_is_refused_as_stale(
     core = svc.core
     assert core.state is not None
     ctx = ChangeContext(core.state, tuple(core.chain), NOW, None)
+    holder = next(p for p in core.state.committee.members if p.index == 1)
     checker = ChangeChecker(None, None, wrong_partial=lambda ev, st: "judged")
     with pytest.raises(ChangeRefused) as refused:
-        checker.check_evidence(ctx, 1, _evidence(100))
+        checker.check_evidence(ctx, 1, _evidence(100), holder)
     assert refused.value.reason == Refusal.EVIDENCE_STALE.value
-    checker.check_evidence(ctx, 1, _evidence(299))  # the kept epoch is judged
+    checker.check_evidence(ctx, 1, _evidence(299), holder)  # the kept epoch is judged

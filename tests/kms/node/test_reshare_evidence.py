@@ -77,12 +77,19 @@ def _ctx(core: NodeCore, *, runs: bool = True) -> ChangeContext:
 CHECK = ChangeChecker(Verifier([INTEL_ROOT_CA]), None)
 
 
+def _remove(core: NodeCore, index: int, evidence: bytes) -> RemoveMember:
+    """A removal naming the identity that holds ``index`` in ``core``'s current epoch."""
+    assert core.state is not None
+    holder = next(m for m in core.state.committee.members if m.index == index)
+    return RemoveMember(index, evidence, holder.identity)
+
+
 def test_the_wrong_constant_evidence_passes_every_member_that_ran_the_reshare(
     after_reshare,
 ) -> None:  # type: ignore[no-untyped-def]
     cores, ev = after_reshare
     for i in (1, 2, 3):
-        CHECK(_ctx(cores[PI(i)]), RemoveMember(4, ev.encode()))
+        CHECK(_ctx(cores[PI(i)]), _remove(cores[PI(i)], 4, ev.encode()))
     # The core runs the same check when its operator proposes the removal.
     pid = cores[PI(2)].propose(RemoveMember(4, ev.encode()))
     assert len(pid) == 32
@@ -91,14 +98,14 @@ def test_the_wrong_constant_evidence_passes_every_member_that_ran_the_reshare(
 def test_the_evidence_is_refused_where_the_run_is_unknown_or_it_is_bent(after_reshare) -> None:  # type: ignore[no-untyped-def]
     cores, ev = after_reshare
     with pytest.raises(ChangeRefused) as exc:
-        CHECK(_ctx(cores[PI(1)], runs=False), RemoveMember(4, ev.encode()))
+        CHECK(_ctx(cores[PI(1)], runs=False), _remove(cores[PI(1)], 4, ev.encode()))
     assert Refusal(exc.value.reason) is Refusal.UNKNOWN_RUN
     # Claimed for a run this node never took part in.
     bent = dataclasses.replace(ev, run=bytes(32))
     with pytest.raises(ChangeRefused) as exc:
-        CHECK(_ctx(cores[PI(1)]), RemoveMember(4, bent.encode()))
+        CHECK(_ctx(cores[PI(1)]), _remove(cores[PI(1)], 4, bent.encode()))
     assert Refusal(exc.value.reason) is Refusal.UNKNOWN_RUN
     # Pinned on an honest member: the evidence names node 4, not node 3.
     with pytest.raises(ChangeRefused) as exc:
-        CHECK(_ctx(cores[PI(1)]), RemoveMember(3, ev.encode()))
+        CHECK(_ctx(cores[PI(1)]), _remove(cores[PI(1)], 3, ev.encode()))
     assert Refusal(exc.value.reason) is Refusal.EVIDENCE_NAMES_ANOTHER_NODE

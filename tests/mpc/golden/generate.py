@@ -75,6 +75,8 @@ from mpc.membership.messages import (
     ChainUpdate,
     ChangeAdmissionPolicy,
     ChangeThreshold,
+    GenesisEndorsement,
+    GenesisEndorsements,
     LockReport,
     MembershipCertificate,
     MembershipIntent,
@@ -247,6 +249,7 @@ def golden_messages() -> dict[str, Message]:
     )
     intent = MembershipIntent((proposal,), (proposal.id(),), (bytes(32),))
 
+    endorsement = GenesisEndorsement.create(identity_key(1), 1, transcript)
     instances: list[Message] = [
         header,
         deal_payload,
@@ -281,6 +284,8 @@ def golden_messages() -> dict[str, Message]:
         ChainRequest(1),
         lock,
         intent,
+        GenesisEndorsements((endorsement,)),
+        endorsement,
         committee[0],
         ack,
     ]

@@ -47,6 +47,7 @@ from mpc.dkg import (
     SharingSession,
 )
 from mpc.dkg.messages import CertificatePartial, Participant
+from mpc.dkg.session import STALL_FRACTION
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
@@ -292,6 +293,9 @@ class NodeCore:
         restored = restored or Restored()
         self._records = restored.records
         self._now = float("-inf")
+        self.live_since: float | None = None
+        """Since when this process has ticked without a stall (``SharingSession.live``):
+        a restarted node is a new ``NodeCore`` and starts counting at its first time."""
         self._outbox: list[Outbound] = []
         self._events: list[NodeEvent] = []
         self._early: deque[tuple[ParticipantIndex, Message]] = deque(maxlen=MAX_EARLY_MESSAGES)
@@ -465,6 +469,8 @@ class NodeCore:
     def advance_time(self, now: float) -> None:
         if now < self._now:
             return
+        if self.live_since is None or now - self._now > STALL_FRACTION * self.config.delta:
+            self.live_since = now  # first time seen, or back from a stall
         self._now = now
         self._tick()
         self._pump()
@@ -774,6 +780,7 @@ class NodeCore:
             rng=self._rng,
             share=share,
             persisted=self._records(cfg.run_id()),
+            live_since=self.live_since,
         )
 
     def _start_reshare(self, attempt: int) -> None:

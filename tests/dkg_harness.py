@@ -111,6 +111,10 @@ class Run:
     def all_sessions(self, i: ParticipantIndex) -> list[Any]:
         return [*self.gone.get(i, []), *([self.sessions[i]] if i in self.sessions else [])]
 
+    def last(self, i: ParticipantIndex) -> Any:
+        """The member's current session, or the one it had when it was killed."""
+        return self.all_sessions(i)[-1]
+
     def live_recipients(self) -> list[ParticipantIndex]:
         """Honest recipients live through the run by the fault plan."""
         s = self.config.schedule
@@ -131,8 +135,7 @@ class Run:
         return out
 
     def exclusions(self, i: ParticipantIndex) -> dict[ParticipantIndex, DealerExcluded]:
-        s = self.sessions.get(i)
-        return dict(s.excluded) if s is not None else {}
+        return dict(self.last(i).excluded) if self.all_sessions(i) else {}
 
 
 def make_router(adv: Adversary, sched: Schedule, honest: list[ParticipantIndex], seed: int):  # type: ignore[no-untyped-def]
@@ -322,7 +325,7 @@ def check_safety(run: Run) -> SharingResult | None:
     certifiable = run.wire.certifiable(len(corrupt), t)
     assert len(certifiable) <= 1, f"{len(certifiable)} transcripts certifiable"
     live = run.live_recipients()
-    results = {i: run.sessions[i].result for i in live}
+    results = {i: run.last(i).result for i in live}
     agreed = next((r for r in results.values() if r is not None), None)
     certificates = [
         s.certificate
@@ -341,9 +344,9 @@ def check_safety(run: Run) -> SharingResult | None:
         assert c.transcript == agreed.transcript
         c.verify(agreed.mpk)
     for i, r in results.items():
-        assert r is not None, (i, run.sessions[i].failure)
+        assert r is not None, (i, run.last(i).failure)
         assert r.transcript == agreed.transcript, i
-        assert run.sessions[i].withheld is None, i
+        assert run.last(i).withheld is None, i
         assert r.share is not None
         assert r.share.value.value * G2.generator() == agreed.public_shares[i]
     shares = [(int(i), r.share.value.value) for i, r in results.items()]  # type: ignore[union-attr]

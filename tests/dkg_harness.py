@@ -86,9 +86,9 @@ class HonestFault:
 
     def interrupts(self, s: Schedule) -> bool:
         """Not live through the run: down or stopped somewhere before it would sign."""
-        return (
-            self.kind in ("restart", "pause") and self.at < s.justify_end and self.until > s.start
-        )
+        if self.kind == "pause":  # stopped before its step at ``at``
+            return self.at <= s.justify_end and self.until > s.start
+        return self.kind == "restart" and self.at < s.justify_end and self.until > s.start
 
     def disturbs(self, s: Schedule) -> bool:
         """Down or stopped at some time in the attempt (or deaf to partials)."""

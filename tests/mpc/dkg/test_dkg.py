@@ -195,6 +195,8 @@ CORRUPT_45 = Adversary(
 @example(case=(5, 3, CORRUPT_45, 9, [(2, "deaf", 0, 0, 0), (3, "restart", 7, 1, 1)], True))
 # Back before the start (live), and killed after signing and never back.
 @example(case=(8, 8, Adversary(), 160, [(1, "restart", 0, 0, 0), (2, "restart", 8, 3, 0)], False))
+# Paused from just before it would sign: not live, so it does not sign.
+@example(case=(9, 9, Adversary(), 0, [(1, "restart", 0, 0, 0), (2, "pause", 7, 0, 0)], False))
 # Just past the bound: t-1 corrupt and two honest members down in one round.
 @example(case=(5, 3, CORRUPT_45, 10, [(2, "restart", 3, 3, 0), (3, "pause", 3, 3, 0)], True))
 @example(case=(7, 3, CORRUPT_45, 11, [(2, "restart", 3, 3, 1), (3, "restart", 3, 3, 2)], True))

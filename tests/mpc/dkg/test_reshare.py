@@ -275,6 +275,20 @@ REFRESH_CORRUPT_45 = Adversary(
         True,
     )
 )
+# Paused from just before it would sign: not live, so it does not sign.
+@example(
+    case=(
+        7,
+        4,
+        [1, 2, 3, 4, 5, 6],
+        6,
+        Adversary(),
+        frozenset(),
+        0,
+        [(1, "restart", 0, 0, 0), (2, "pause", 7, 0, 0)],
+        False,
+    )
+)
 # Just past the bound: t-1 corrupt and two honest members down in one round.
 @example(
     case=(

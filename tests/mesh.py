@@ -92,9 +92,9 @@ class Mesh:
         self.delivered = 0
         self.bytes = 0
         self._actions: list[tuple[float, int, Callable[[], None]]] = []
-        self._started = not self.ticks
-        """The periodic ticks begin with the first explicit tick or delivery, if there
-        are explicit ticks (tests start their clocks anywhere, Unix time included)."""
+        self._grid_from = self.ticks[0] if self.ticks else float("-inf")
+        """The periodic ticks begin with the first explicit tick, if there are any
+        (tests start their clocks anywhere, Unix time included)."""
 
     def at(self, time: float, action: Callable[[], None]) -> None:
         """Run ``action`` (a crash, a restart, a pause) at ``time``, before anything
@@ -138,7 +138,7 @@ class Mesh:
         while True:
             next_msg = self._queue[0].at if self._queue else float("inf")
             next_tick = tick_iter[0] if tick_iter else float("inf")
-            if self.tick_every is not None and self._started:
+            if self.tick_every is not None and self.now >= self._grid_from:
                 step = self.tick_every
                 next_tick = min(next_tick, (math.floor(self.now / step + 1e-9) + 1) * step)
             next_action = self._actions[0][0] if self._actions else float("inf")
@@ -149,7 +149,6 @@ class Mesh:
             if next_action <= t:
                 heapq.heappop(self._actions)[2]()
                 continue
-            self._started = True
             if next_tick <= next_msg:
                 while tick_iter and tick_iter[0] <= t:
                     tick_iter.pop(0)

@@ -72,6 +72,13 @@ def check(report: Mapping[str, Any], scenario: Scenario) -> list[str]:
         )
         if got != want:
             bad.append(f"disqualified with evidence {kind}: {got}, expected {want}")
+    if "signatures_withheld" in exp:
+        # (epoch, attempt, node) of every honest member that finalized a run it was
+        # not live through and so did not sign it.
+        want = sorted(tuple(x) for x in exp["signatures_withheld"])
+        got = sorted((w["epoch"], w["attempt"], w["node"]) for w in report["signatures_withheld"])
+        if got != want:
+            bad.append(f"signatures withheld by {got}, expected {want}")
     if "wrong_keys_accepted" in exp and report["wrong_keys_accepted"] != exp["wrong_keys_accepted"]:
         bad.append(f"{report['wrong_keys_accepted']} wrong keys accepted")
     if "availability" in exp and (report["availability"] or 0.0) < exp["availability"]:

@@ -83,6 +83,7 @@ class SimNodeCore(NodeCore):
                 rng=self._rng,
                 share=share,
                 persisted=self._records(cfg.run_id()),
+                live_since=self.live_since,
             )
             session.behaviours = self.behaviours
             session.active = self.corrupt_in

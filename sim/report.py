@@ -159,6 +159,12 @@ def build(world: World) -> dict[str, Any]:
         "exposure": rows,
         "epochs": epochs(world),
         "disqualified": world.disqualified(),
+        "signatures_withheld": [
+            {"epoch": s.config.epoch, "attempt": s.config.attempt, "node": node.index}
+            for node in world.honest_nodes()
+            for s in node.sessions
+            if s.withheld is not None
+        ],
         "run_failures": [failures[k] for k in sorted(failures)],
         "membership_certified_at": {str(k): _r(v) for k, v in sorted(obs.membership_at.items())},
         "membership_certificates": {

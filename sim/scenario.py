@@ -322,7 +322,7 @@ class Scenario:
             window_period=_num(raw, "window_period", 1e9),
             window_length=_num(raw, "window_length", 2.0),
             refresh_interval=_num(raw, "refresh_interval", 0.0),
-            tick=_num(raw, "tick", delta / 2),
+            tick=_num(raw, "tick", delta / 8),
             network=network,
             links=links,
             partitions=partitions,
@@ -350,6 +350,10 @@ class Scenario:
             raise ScenarioError(f"scenario names nodes that never exist: {bad}")
         if self.tick <= 0 or self.duration <= 0 or self.delta <= 0:
             raise ScenarioError("tick, duration and delta must be positive")
+        if self.tick >= self.delta / 4:
+            # A node that sees no time for Δ/4 counts as stalled and withholds its
+            # signature (SharingSession.live): every up node must tick more often.
+            raise ScenarioError("tick must be shorter than delta / 4")
 
     # --- sweeps --------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ from mpc.dkg import (
     SharingSession,
 )
 from mpc.dkg.messages import CertificatePartial, Participant
+from mpc.dkg.session import STALL_FRACTION
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
@@ -419,6 +420,9 @@ class NodeCore:
         restored = restored or Restored()
         self._records = restored.records
         self._now = float("-inf")
+        self.live_since: float | None = None
+        """Since when this process has ticked without a stall (``SharingSession.live``):
+        a restarted node is a new ``NodeCore`` and starts counting at its first time."""
         self._outbox: list[Outbound] = []
         self._events: list[NodeEvent] = []
         self._early: dict[ParticipantIndex, deque[tuple[int, Message, int]]] = {}
@@ -1009,6 +1013,8 @@ class NodeCore:
             self.config.delta
         ):
             self._live_since = now  # started, or resumed after a pause: live from now on
+        if self.live_since is None or now - self._now > STALL_FRACTION * self.config.delta:
+            self.live_since = now  # first time seen, or back from a stall
         self._now = now
         self._tick()
         self._pump()
@@ -1698,6 +1704,7 @@ class NodeCore:
             rng=self._rng,
             share=share,
             persisted=self._records(cfg.run_id()),
+            live_since=self.live_since,
         )
 
     def _start_reshare(self, attempt: int) -> None:

@@ -63,6 +63,7 @@ from kms.store import NodeStore, StoreError
 from mpc import hpke
 from mpc.broadcast import Outbound
 from mpc.cert import EpochCertificate
+from mpc.dkg.session import STALL_FRACTION
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex, PeerId
 from mpc.membership import ChangeAdmissionPolicy, MembershipCertificate
@@ -81,6 +82,7 @@ ADMISSION_POLICY_META = "chain/admission-policy"
 SEND_QUEUE = 4096
 """Frames queued per peer at most; the bytes queued are capped too (``peer_queue_bytes``)."""
 TICK = 0.05
+"""Longest timer period, seconds; ``Δ/16`` when that is shorter (``NodeService.tick``)."""
 POLICY_SYNC_INTERVAL = 10.0
 """Seconds between policy digests to every member (``kms.policy.gossip``)."""
 
@@ -219,6 +221,10 @@ class NodeService:
             restored=restored,
             check=check,
         )
+        # A gap of more than Δ/4 between two ticks makes the node count as stalled, and
+        # it then withholds its signature on sharing runs (SharingSession.live): tick
+        # at least four times within that allowance.
+        self.tick = min(TICK, STALL_FRACTION * config.delta / 4)
         self._peer_index: dict[PeerId, ParticipantIndex] = {}
         self._index_peer: dict[ParticipantIndex, PeerId] = {}
         self._addrs = dict(peers)
@@ -287,7 +293,7 @@ class NodeService:
             if self.policies is not None and now >= self._next_policy_digest:
                 self._next_policy_digest = now + self.policy_sync_interval
                 self._send_policy_digest()
-            await trio.sleep(TICK)
+            await trio.sleep(self.tick)
 
     async def _receive_loop(self) -> None:
         while True:

@@ -20,6 +20,7 @@ from mpc.dkg.session import (
     SharingFinalized,
     SharingResult,
     SharingSession,
+    SigningWithheld,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "SharingFinalized",
     "SharingResult",
     "SharingSession",
+    "SigningWithheld",
 ]

@@ -89,6 +89,10 @@ from mpc.sig import SigningKey, VerifyKey
 
 SHARE_INFO = b"quorum-kms/v1/dkg/share"
 _ROUND_NAMES = ("deal", "respond", "justify")
+STALL_FRACTION = 0.25
+"""A gap longer than ``STALL_FRACTION · Δ`` between two consecutive times a member
+observes (its ticks and receipts) means it was not live: stopped, paused, suspended
+or stalled. See ``SharingSession.live``."""
 
 
 class Phase(enum.Enum):
@@ -256,6 +260,17 @@ class SharingFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class SigningWithheld:
+    """This member finalized but was not live through the run, so it does not sign.
+
+    It keeps (and persists) the share it computed: if a certificate over the same
+    transcript arrives, from the others' partials or later through the chain, the
+    share matches it."""
+
+    reason: str
+
+
 Event = (
     Persist
     | DealerExcluded
@@ -264,6 +279,7 @@ Event = (
     | CertificateCompleted
     | DealingCompleted
     | SharingFailed
+    | SigningWithheld
 )
 
 
@@ -283,7 +299,11 @@ class SharingSession:
         rng: RNG,
         share: SecretShare | None = None,
         persisted: Mapping[str, bytes] | None = None,
+        live_since: float | None = None,
     ) -> None:
+        """``live_since``: the time since which the caller (the node core) has seen
+        its own ticks without a stall; by default, the first time this session sees.
+        A session built by a restarted process passes the restart time."""
         self.config = config
         self.me = me
         self._key = identity_key
@@ -353,6 +373,11 @@ class SharingSession:
                 by_name[key.split("/")[1]].restore_accepted(BroadcastPayload.decode(raw))
         self._phase = Phase.WAITING
         self._now = float("-inf")
+        self._live_from: float | None = live_since
+        self._last_seen: float | None = None
+        self._max_gap = STALL_FRACTION * sched.delta
+        self.withheld: str | None = None
+        """Why this member did not sign the run's transcript, if it did not."""
         self._outbox: list[Outbound] = []
         self._events: list[Event] = []
         self._poly: Polynomial | None = None
@@ -433,7 +458,29 @@ class SharingSession:
             raise RemoteProtocolError("message for another run or phase", [peer])
         rnd.receive(peer, message, now)
 
+    @property
+    def live(self) -> bool:
+        """Whether this member has been live since the run began: the process that
+        runs this session saw the schedule's start, and no two consecutive times it
+        observed since then are more than ``STALL_FRACTION · Δ`` apart.
+
+        A member that is not live may have missed messages or relayed them late
+        (a restart, a pause, a suspended VM, a stalled event loop), so its view of
+        the broadcasts need not be the one the live members agree on: it never signs
+        a transcript built from that view."""
+        return self._live_from is not None and self._live_from <= self.config.schedule.start
+
+    def _observe(self, now: float) -> None:
+        if self._last_seen is None:
+            if self._live_from is None or self._live_from > now:
+                self._live_from = now
+        elif now - self._last_seen > self._max_gap:
+            self._live_from = now  # a stall: live again only from here on
+        if self._last_seen is None or now > self._last_seen:
+            self._last_seen = now
+
     def advance_time(self, now: float) -> None:
+        self._observe(now)
         if now < self._now:
             return  # time never goes backwards for this machine
         self._now = now
@@ -701,13 +748,16 @@ class SharingSession:
                 self._my_shares[claim.dealer] = claim.share
 
     def _finalize(self) -> None:
-        saved_partial = self._persisted.get("certificate-partial")
-        if saved_partial is not None and self.is_recipient:
-            # Signed before a restart: the others can use it even if our own view
-            # was lost with the restart.
+        # Judged now, at the point where the member would sign.
+        live = self.live
+        raw_saved = self._persisted.get("certificate-partial")
+        saved = CertificatePartial.decode(raw_saved) if raw_saved is not None else None
+        if saved is not None and self.is_recipient:
+            # Signed before a restart (while live): resending exactly those bytes is
+            # safe, and the others can use them even if our own view was lost.
             for j in self.config.recipient_indices:
                 if j != self.me:
-                    self._outbox.append(Outbound(j, CertificatePartial.decode(saved_partial)))
+                    self._outbox.append(Outbound(j, saved))
         self._after_justifications()
         qual = tuple(d for d in sorted(self._deals) if d not in self._excluded)
         need = self.config.threshold if self.config.kind == "dkg" else self.config.old_threshold
@@ -754,17 +804,25 @@ class SharingSession:
         self._events.append(Persist("share", scalar_to_bytes(value), secret=True))
         self._events.append(SharingFinalized(self._result))
         self._enter(Phase.CERTIFYING)
-        saved = self._persisted.get("certificate-partial")
         if saved is not None:
-            partial = CertificatePartial.decode(saved)
-        else:
+            # Never a second signature; our own counts only over this very transcript.
+            if saved.transcript_hash == transcript.hash():
+                self._cert_partials[self.me] = G1.from_bytes(saved.signature)
+        elif live:
             sig = sign_partial(share, transcript.encode())
             partial = CertificatePartial(int(self.me), transcript.hash(), sig.to_bytes())
             self._events.append(Persist("certificate-partial", partial.encode()))
-        self._cert_partials[self.me] = G1.from_bytes(partial.signature)
-        for j in self.config.recipient_indices:
-            if j != self.me:
-                self._outbox.append(Outbound(j, partial))
+            self._cert_partials[self.me] = sig
+            for j in self.config.recipient_indices:
+                if j != self.me:
+                    self._outbox.append(Outbound(j, partial))
+        else:
+            # Not live through the run: our view may differ from the one the live
+            # members agree on (a missed complaint keeps a dealer they excluded), so
+            # we do not sign it. The share is kept: it matches any certificate over
+            # this transcript, which the others' partials may still complete.
+            self.withheld = "not live through the run (restarted, paused or stalled)"
+            self._events.append(SigningWithheld(self.withheld))
         for peer, msg in sorted(self._early_partials.items()):
             try:
                 self._receive_partial(peer, msg)

@@ -5,8 +5,19 @@ from __future__ import annotations
 import os
 
 from byzantine import Misbehaviour
-from dkg_harness import Adversary, check_agreement, check_evidence, run_sharing
-from hypothesis import HealthCheck, given, settings
+from dkg_harness import (
+    FAULT_KINDS,
+    Adversary,
+    FaultSpec,
+    allowed_faulty,
+    check_agreement,
+    check_evidence,
+    check_safety,
+    faults_from,
+    run_sharing,
+    schedule,
+)
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mpc.broadcast import EquivocationEvidence
@@ -146,7 +157,27 @@ def dkg_cases(draw: st.DrawFn) -> tuple[int, int, Adversary, int]:
         if draw(st.booleans(), label=f"{c} garbage"):
             garbage.add(c)
     adv = Adversary(behaviours, frozenset(last), frozenset(selective), frozenset(garbage))
-    return n, t, adv, draw(st.integers(0, 2**16), label="seed")
+    honest = [i for i in range(1, n + 1) if i not in corrupt]
+    k = draw(st.integers(0, allowed_faulty(t, f, faulty_outsider=False)), label="faulty honest")
+    faulty = draw(st.lists(st.sampled_from(honest), max_size=k, unique=True), label="who")
+    faults: list[FaultSpec] = [
+        (
+            m,
+            draw(st.sampled_from(FAULT_KINDS), label=f"{m} fault"),
+            draw(st.integers(0, 8), label=f"{m} from"),
+            draw(st.integers(0, 4), label=f"{m} for"),
+            draw(st.integers(0, 3), label=f"{m} lost"),
+        )
+        for m in faulty
+    ]
+    withhold = bool(corrupt) and draw(st.booleans(), label="withhold partials")
+    return n, t, adv, draw(st.integers(0, 2**16), label="seed"), faults, withhold
+
+
+DKGCase = tuple[int, int, Adversary, int, list[FaultSpec], bool]
+CORRUPT_45 = Adversary(
+    {5: Misbehaviour(bad_share_to=frozenset({1}), justification="none"), 4: Misbehaviour()}
+)
 
 
 @settings(
@@ -156,17 +187,40 @@ def dkg_cases(draw: st.DrawFn) -> tuple[int, int, Adversary, int]:
     database=None,
 )
 @given(case=dkg_cases())
-def test_honest_members_agree_whatever_t_minus_1_do(case: tuple[int, int, Adversary, int]) -> None:
-    n, t, adv, seed = case
-    run = run_sharing(n, t, adv, seed)
-    res = check_agreement(run)
-    check_evidence(run)
+# The attack of test_live.py: member 3 down through the respond phase (restarted, or
+# paused), t-1 corrupt members that withhold their partials.
+@example(case=(5, 3, CORRUPT_45, 7, [(3, "restart", 3, 3, 0)], True))
+@example(case=(5, 3, CORRUPT_45, 8, [(3, "pause", 3, 3, 0)], True))
+# A signer that times out locally while the others certify; one killed right after signing.
+@example(case=(5, 3, CORRUPT_45, 9, [(2, "deaf", 0, 0, 0), (3, "restart", 7, 1, 1)], True))
+# Back before the start (live), and killed after signing and never back.
+@example(case=(8, 8, Adversary(), 160, [(1, "restart", 0, 0, 0), (2, "restart", 8, 3, 0)], False))
+# Paused from just before it would sign: not live, so it does not sign.
+@example(case=(9, 9, Adversary(), 0, [(1, "restart", 0, 0, 0), (2, "pause", 7, 0, 0)], False))
+# Just past the bound: t-1 corrupt and two honest members down in one round.
+@example(case=(5, 3, CORRUPT_45, 10, [(2, "restart", 3, 3, 0), (3, "pause", 3, 3, 0)], True))
+@example(case=(7, 3, CORRUPT_45, 11, [(2, "restart", 3, 3, 1), (3, "restart", 3, 3, 2)], True))
+def test_honest_members_agree_whatever_t_minus_1_do(case: DKGCase) -> None:
+    """Besides t-1 corrupt members, honest members crash and restart from their
+    records, pause or time out locally, and corrupt members withhold their partials."""
+    n, t, adv, seed, specs, withhold = case
+    faults = faults_from(schedule(t), specs)
+    run = run_sharing(n, t, adv, seed, faults=faults, withhold=withhold)
+    if faults or withhold:
+        res_ = check_safety(run)
+        check_evidence(run)
+        if res_ is None:
+            return
+        res = res_
+    else:
+        res = check_agreement(run)
+        check_evidence(run)
     for c, b in adv.behaviours.items():
         # Every equivocating dealer is out, whenever both of its deals reached honest
         # members (a last-moment sender may show one version to a few only).
         if b.equivocate_deal and not b.silent and c not in adv.last_moment:
             assert PI(c) not in res.qual
-    for i in run.honest:
+    for i in run.live_recipients():
         for d in res.qual:
             assert d not in run.exclusions(i)
 

@@ -6,8 +6,18 @@ import os
 
 import pytest
 from byzantine import Misbehaviour
-from dkg_harness import Adversary, check_agreement, check_evidence, run_sharing
-from hypothesis import HealthCheck, given, settings
+from dkg_harness import (
+    FAULT_KINDS,
+    Adversary,
+    allowed_faulty,
+    check_agreement,
+    check_evidence,
+    check_safety,
+    faults_from,
+    run_sharing,
+    schedule,
+)
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mesh import make_nodes
 
@@ -197,6 +207,22 @@ def reshare_cases(draw: st.DrawFn):  # type: ignore[no-untyped-def]
         ),
         label="silent leavers",
     )
+    c_new = len([c for c in behaviours if c in new])
+    outsider = any(c not in new for c in behaviours)
+    k = draw(st.integers(0, allowed_faulty(t_new, c_new, faulty_outsider=outsider)), label="faulty")
+    honest_new = [i for i in new if i not in behaviours]
+    faulty = draw(st.lists(st.sampled_from(honest_new), max_size=k, unique=True), label="who")
+    faults = [
+        (
+            m,
+            draw(st.sampled_from(FAULT_KINDS), label=f"{m} fault"),
+            draw(st.integers(0, 8), label=f"{m} from"),
+            draw(st.integers(0, 4), label=f"{m} for"),
+            draw(st.integers(0, 3), label=f"{m} lost"),
+        )
+        for m in faulty
+    ]
+    withhold = any(c in new for c in behaviours) and draw(st.booleans(), label="withhold")
     return (
         n,
         t,
@@ -205,7 +231,14 @@ def reshare_cases(draw: st.DrawFn):  # type: ignore[no-untyped-def]
         Adversary(behaviours),
         frozenset(silent) - {0},
         draw(st.integers(0, 2**16), label="seed"),
+        faults,
+        withhold,
     )
+
+
+REFRESH_CORRUPT_45 = Adversary(
+    {5: Misbehaviour(bad_share_to=frozenset({1}), justification="none"), 4: Misbehaviour()}
+)
 
 
 @settings(
@@ -215,11 +248,86 @@ def reshare_cases(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     database=None,
 )
 @given(case=reshare_cases())
+# A refresh under the attack of test_live.py: member 3 down through the respond phase.
+@example(
+    case=(
+        5,
+        3,
+        [1, 2, 3, 4, 5],
+        3,
+        REFRESH_CORRUPT_45,
+        frozenset(),
+        5,
+        [(3, "restart", 3, 3, 0)],
+        True,
+    )
+)
+@example(
+    case=(
+        5,
+        3,
+        [1, 2, 3, 4, 5],
+        3,
+        REFRESH_CORRUPT_45,
+        frozenset(),
+        6,
+        [(3, "pause", 3, 3, 0)],
+        True,
+    )
+)
+# Paused from just before it would sign: not live, so it does not sign.
+@example(
+    case=(
+        7,
+        4,
+        [1, 2, 3, 4, 5, 6],
+        6,
+        Adversary(),
+        frozenset(),
+        0,
+        [(1, "restart", 0, 0, 0), (2, "pause", 7, 0, 0)],
+        False,
+    )
+)
+# Just past the bound: t-1 corrupt and two honest members down in one round.
+@example(
+    case=(
+        5,
+        3,
+        [1, 2, 3, 4, 5],
+        3,
+        REFRESH_CORRUPT_45,
+        frozenset(),
+        7,
+        [(2, "restart", 3, 3, 0), (3, "pause", 3, 3, 0)],
+        True,
+    )
+)
 def test_reshare_keeps_mpk_whatever_t_minus_1_old_members_do(case) -> None:  # type: ignore[no-untyped-def]
-    n, t, new, t_new, adv, silent, seed = case
+    """Besides t-1 corrupt old members, honest new members crash and restart from
+    their records, pause or time out locally, and corrupt members withhold partials."""
+    n, t, new, t_new, adv, silent, seed, specs, withhold = case
     run, res, shares = genesis(n, t, seed)
     honest_old = n - len(adv.behaviours) - len(silent)
-    nxt = reshare(run, res, shares, new, t_new, adv, seed + 1, silent_honest=silent)
+    faults = faults_from(schedule(t_new, 100.0), specs)
+    nxt = reshare(
+        run,
+        res,
+        shares,
+        new,
+        t_new,
+        adv,
+        seed + 1,
+        silent_honest=silent,
+        faults=faults,
+        withhold=withhold,
+    )
+    if faults or withhold:
+        agreed = check_safety(nxt)
+        check_evidence(nxt)
+        if agreed is not None:
+            assert agreed.mpk == res.mpk
+        return
     if honest_old < t:
         # Not enough honest old dealers may remain: then everyone fails alike, never diverges.
         phases = {nxt.sessions[i].phase for i in nxt.honest if i in nxt.config.recipient_indices}

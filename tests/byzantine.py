@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mpc import hpke
 from mpc.broadcast import BroadcastPayload, Outbound
 from mpc.dkg.messages import (
     DealBundle,
-    EncryptedShare,
     JustificationBundle,
     Response,
     ResponseBundle,
@@ -71,9 +69,7 @@ class ByzantineSession(SharingSession):
         shares = []
         for p in self.config.recipients:
             value = poly(p.index) + (1 if p.index in bad else 0)
-            info = self._share_info(self.me, ParticipantIndex(p.index))
-            enc, ct = hpke.seal(p.dkg_key, info, aad, scalar_to_bytes(value), rng=self._rng)
-            shares.append(EncryptedShare(p.index, enc, ct))
+            shares.append(self._seal_share(ParticipantIndex(p.index), aad, value))
         return DealBundle(int(self.me), commitments, tuple(shares))
 
     def _deal(self) -> None:

@@ -41,7 +41,7 @@ def schedule(t: int, start: float = 1.0) -> Schedule:
 
 
 def ticks(s: Schedule) -> list[float]:
-    return [s.start, s.deal_end, s.respond_end, s.justify_end, s.certify_end, s.end]
+    return [s.start, s.key_end, s.deal_end, s.respond_end, s.justify_end, s.certify_end, s.end]
 
 
 @dataclass(frozen=True)

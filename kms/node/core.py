@@ -22,6 +22,10 @@ Lifecycle:
   proposes a refresh itself (prompt refresh); members approve any refresh.
 * **Old shares** are retained until ``min(n', 2t'-1)`` new members have
   acknowledged the new epoch, then ``RetainedShareDeletable`` is emitted.
+* **Run records** are erased (``EraseRecords``): a run's key seed as soon as
+  the run ends, done or failed; everything else a run recorded (deals,
+  dealt polynomial, new share) once an epoch certificate for that epoch or a
+  later one is adopted (and, for this node's own run, its share stored).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from mpc.dkg import (
     SharingSession,
 )
 from mpc.dkg.messages import CertificatePartial, Participant
+from mpc.dkg.session import RUN_KEY_RECORD
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
@@ -78,6 +83,16 @@ MAX_RESHARE_RUNS = 16
 """Reshare configurations kept for judging evidence (the most recent runs)."""
 CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
+MAX_RUN_RECORDS = 64
+"""Runs this process started whose records are still to be erased (the oldest erased first)."""
+
+
+def run_key_records(run: bytes) -> bytes:
+    """The store run under which a sharing run's key seed is kept, so that it can be
+    erased alone, when the run ends, while the run's other records wait for the epoch."""
+    return b"run-key/" + run
+
+
 Link = EpochCertificate | MembershipCertificate
 
 
@@ -172,6 +187,14 @@ class StoreRecord:
 
 
 @dataclass(frozen=True)
+class EraseRecords:
+    """Delete, and overwrite, every record stored under ``run``: after this nothing the
+    run recorded (its key seed, deals, dealt polynomial or new share) is left."""
+
+    run: bytes
+
+
+@dataclass(frozen=True)
 class EpochSwitched:
     """A new epoch is certified: store it (one transaction), then serve it."""
 
@@ -225,6 +248,7 @@ class RunFailed:
 
 NodeEvent = (
     StoreRecord
+    | EraseRecords
     | EpochSwitched
     | LinkCertified
     | RetainedShareDeletable
@@ -309,6 +333,9 @@ class NodeCore:
         self.addresses: dict[ParticipantIndex, tuple[str, ...]] = {}
         """Addresses of members admitted by certified changes (for the transport)."""
         self._run: SharingSession | None = None
+        self._runs: dict[bytes, int] = {}
+        """Sharing runs started here whose records are not erased yet: run id → epoch."""
+        self._erase: list[bytes] = []
         self._run_attempt = 0
         self._window: DecisionWindow | None = None
         self._window_index = -1
@@ -384,6 +411,9 @@ class NodeCore:
     def events(self) -> list[NodeEvent]:
         for s in self._sessions():
             self._collect(s)
+        # Erasures go last: what they erase (a new share) is stored by the events before.
+        self._events.extend(EraseRecords(run) for run in self._erase)
+        self._erase.clear()
         out, self._events = self._events, []
         return out
 
@@ -723,7 +753,7 @@ class NodeCore:
         if self.state is None and self._run is None and self.me in self._genesis_indices():
             self._start_genesis(self._run_attempt)
         if self._run is not None and self._run.phase in (Phase.DONE, Phase.FAILED):
-            self._run = None
+            self._end_run(self._run)
         if self._run is not None:
             try:
                 self._run.advance_time(now)
@@ -733,7 +763,7 @@ class NodeCore:
                 self._events.append(
                     RunFailed(cfg.kind, cfg.epoch, cfg.attempt, f"local error: {exc}")
                 )
-                self._run = None
+                self._end_run(self._run)
                 if cfg.kind == "reshare":
                     self._run_attempt = cfg.attempt + 1
             else:
@@ -773,8 +803,48 @@ class NodeCore:
             self._dkg_key,
             rng=self._rng,
             share=share,
-            persisted=self._records(cfg.run_id()),
+            persisted=self._persisted(cfg),
         )
+
+    def _persisted(self, cfg: SharingConfig) -> dict[str, bytes]:
+        """A run's records: its own, and its key seed (kept under a run of its own)."""
+        run = cfg.run_id()
+        self._runs[run] = cfg.epoch
+        while len(self._runs) > MAX_RUN_RECORDS:
+            self._erase_run(next(iter(self._runs)))
+        return {**self._records(run), **self._records(run_key_records(run))}
+
+    def _end_run(self, session: SharingSession) -> None:
+        """The run is over here, done or failed: its key seed goes at once. Nothing it
+        encrypted to that key opens any more, whoever recorded the deals."""
+        if self._run is session:
+            self._run = None
+        self._erase.append(run_key_records(session.run_id))
+        if self.state is not None and self.state.epoch >= session.config.epoch:
+            # An outcome for its epoch is already certified: nothing of it is needed.
+            self._erase_run(session.run_id)
+
+    def _erase_run(self, run: bytes) -> None:
+        self._runs.pop(run, None)
+        self._erase.extend((run, run_key_records(run)))
+
+    def _erase_runs_up_to(self, epoch: int) -> None:
+        """An epoch certificate for ``epoch`` is adopted (and this node's share of it, if
+        any, stored by the events before): the records of every run for that epoch or an
+        earlier one are of no further use. A run still going here keeps its own."""
+        live = (
+            self._run.run_id
+            if self._run is not None
+            and self._run.phase
+            not in (
+                Phase.DONE,
+                Phase.FAILED,
+            )
+            else None
+        )
+        for run, e in list(self._runs.items()):
+            if e <= epoch and run != live:
+                self._erase_run(run)
 
     def _start_reshare(self, attempt: int) -> None:
         st = self.state
@@ -906,7 +976,8 @@ class NodeCore:
             run_id = session.run_id
             for ev in session.events():
                 if isinstance(ev, Persist):
-                    self._events.append(StoreRecord(run_id, ev.key, ev.data, ev.secret))
+                    where = run_key_records(run_id) if ev.key == RUN_KEY_RECORD else run_id
+                    self._events.append(StoreRecord(where, ev.key, ev.data, ev.secret))
                 elif isinstance(ev, DealerExcluded):
                     self._events.append(MisbehaviourObserved(ev.dealer, ev.reason, ev.evidence))
                 elif isinstance(ev, ResponderEquivocated):
@@ -918,7 +989,7 @@ class NodeCore:
                 elif isinstance(ev, SharingFailed):
                     cfg = session.config
                     self._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, ev.reason))
-                    self._run = None
+                    self._end_run(session)
                     if cfg.kind == "dkg" and self.state is None:
                         # Only while there is no chain: a node that caught up through
                         # the chain gets its share from a prompt refresh instead.
@@ -992,6 +1063,7 @@ class NodeCore:
             if link.transcript.committee == old_state.committee.members:
                 self.last_refresh = self._now
         self._events.append(EpochSwitched(state.epoch, link, self.share, state))
+        self._erase_runs_up_to(state.epoch)
         self._my_proposals.clear()
         self._my_approvals.clear()
         self._deferred.clear()
@@ -1042,6 +1114,7 @@ class NodeCore:
             return
         self.share = share
         self._events.append(EpochSwitched(state.epoch, link, share, state))
+        self._erase_runs_up_to(state.epoch)
         self._acknowledge(link)
 
     def _incoming_members(self, state: ChainState) -> list[ParticipantIndex]:

@@ -64,6 +64,7 @@ from mpc.dkg.messages import (
     Response,
     ResponseBundle,
     RevealedShare,
+    RunKey,
 )
 from mpc.ids import ParticipantIndex
 from mpc.math import G2, R
@@ -240,7 +241,10 @@ def golden_messages() -> dict[str, Message]:
         outcome, (secret * cert_base(outcome.encode())).to_bytes()
     )
 
+    run_key = RunKey.create(run, 1, hpke.derive_key_pair(label("run-key", 1))[1], identity_key(1))
+
     instances: list[Message] = [
+        run_key,
         header,
         deal_payload,
         PullRequest(deal_session, 1, header.digest),

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from mpc.broadcast import BroadcastPayload, Outbound
 from mpc.dkg.messages import (
+    OMITTED_ENC,
     DealBundle,
+    EncryptedShare,
     JustificationBundle,
     Response,
     ResponseBundle,
@@ -29,6 +31,8 @@ class Misbehaviour:
     justification: str = "honest"  # honest | wrong | none
     silent: bool = False
     wrong_constant: bool = False  # reshare: deal a sharing of something other than the share
+    withhold_run_key: bool = False  # announce no run key (and so get no share)
+    omit_shares_to: frozenset[int] = frozenset()  # deal these recipients no share at all
     notes: tuple[str, ...] = field(default=())
 
     def describe(self) -> str:
@@ -47,6 +51,10 @@ class Misbehaviour:
             parts.append("silent")
         if self.wrong_constant:
             parts.append("wrong constant term")
+        if self.withhold_run_key:
+            parts.append("no run key")
+        if self.omit_shares_to:
+            parts.append(f"omits the shares of {sorted(self.omit_shares_to)}")
         return ", ".join(parts + list(self.notes)) or "honest"
 
 
@@ -68,9 +76,16 @@ class ByzantineSession(SharingSession):
         aad = DealBundle(int(self.me), commitments, ()).commitments_hash()
         shares = []
         for p in self.config.recipients:
+            if p.index in self.behaviour.omit_shares_to:
+                shares.append(EncryptedShare(p.index, OMITTED_ENC, bytes(48)))
+                continue
             value = poly(p.index) + (1 if p.index in bad else 0)
             shares.append(self._seal_share(ParticipantIndex(p.index), aad, value))
         return DealBundle(int(self.me), commitments, tuple(shares))
+
+    def _announce_key(self) -> None:
+        if not self.behaviour.withhold_run_key:
+            super()._announce_key()
 
     def _deal(self) -> None:
         b = self.behaviour

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 from mesh import Mesh, make_nodes
 
-from kms.node.core import NodeConfig, NodeCore, StoreRecord
+from kms.node.core import NodeConfig, NodeCore, Restored, StoreRecord
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload
 from mpc.codec import MessageDecodeError
-from mpc.dkg.messages import DealBundle
-from mpc.dkg.session import SHARE_INFO
+from mpc.dkg.messages import CertificatePartial, DealBundle
+from mpc.dkg.session import RUN_KEY_RECORD, SHARE_INFO
 from mpc.errors import DecryptionError, InvalidEncoding
 from mpc.ids import ParticipantIndex as PI
 from mpc.math import G2, R
@@ -226,3 +226,63 @@ def test_the_adversary_can_use_what_it_reads() -> None:
     """The same adversary with ``t`` nodes of one epoch finds `s`: the attack code works."""
     s, _snaps, mpk = attack({2: [1, 2, 3]}, seed=13, bounded=False)
     assert s is not None and s * G2.generator() == mpk
+
+
+def test_a_node_restarted_mid_run_keeps_its_run_key_and_gets_its_share() -> None:
+    """Node 2 restarts from its stored records after dealing, before the deals are
+    opened: the run key's seed (stored sealed, under a run of its own) comes back with
+    them, so it opens its shares; once the epoch is certified the seed is gone."""
+    c = Committee(15)
+    sched = c.cores[PI(2)].config.genesis_schedule(0)
+    c.mesh.run_until((sched.key_end + sched.deal_end) / 2)
+    old = c.cores[PI(2)]
+    stored = c.store(2)
+    assert any(key == RUN_KEY_RECORD for _run, key in stored)
+
+    def records(run: bytes) -> dict[str, bytes]:
+        return {key: data for (r, key), data in stored.items() if r == run}
+
+    revived = NodeCore(
+        old.config,
+        c.nodes[PI(2)].identity,
+        c.nodes[PI(2)].dkg_key,
+        rng=random.Random("revived").randbytes,
+        restored=Restored(records=records),
+    )
+    c.cores[PI(2)] = revived
+    c.mesh.run_until(sched.end + 1.0)
+    assert all(core.state is not None and core.share is not None for core in c.cores.values())
+    assert revived.share is not None and revived.state.epoch == 0
+    # One announcement only: the restarted node resent the same signed bytes.
+    announced = {
+        e.data for e in c.mesh.events[PI(2)] if isinstance(e, StoreRecord) and e.key == "run-key"
+    }
+    assert len(announced) == 1
+    assert not any(key == RUN_KEY_RECORD for _run, key in c.store(2))
+
+
+def test_a_failed_runs_key_is_erased_when_it_fails_not_at_the_next_epoch() -> None:
+    """Genesis attempt 0 fails (every certificate partial is lost): each node erases that
+    attempt's key seed as the attempt ends, while attempt 1 draws keys of its own."""
+    c = Committee(16)
+    sched = c.cores[PI(1)].config.genesis_schedule(0)
+    tap = c.mesh.route
+
+    def route(sender, to, message, now):  # type: ignore[no-untyped-def]
+        if isinstance(message, CertificatePartial) and now < sched.end:
+            return []
+        return tap(sender, to, message, now) if tap else None
+
+    c.mesh.route = route
+    c.mesh.run_until(sched.end + 1.0)
+    for i in range(1, N + 1):
+        seeds = [
+            e.run
+            for e in c.mesh.events[PI(i)]
+            if isinstance(e, StoreRecord) and e.key == RUN_KEY_RECORD
+        ]
+        assert len(seeds) == 2, "attempt 0 and attempt 1 each drew a key"
+        left = {run for run, key in c.store(i) if key == RUN_KEY_RECORD}
+        assert left == {seeds[1]}, "attempt 0's key outlived its run"
+        assert c.cores[PI(i)].state is None  # nothing certified yet
+    c.run_to_epoch(0)

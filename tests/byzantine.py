@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mpc import hpke
 from mpc.broadcast import BroadcastPayload, Outbound
 from mpc.dkg.messages import (
     OMITTED_ENC,
@@ -13,6 +14,7 @@ from mpc.dkg.messages import (
     Response,
     ResponseBundle,
     RevealedShare,
+    RunKey,
 )
 from mpc.dkg.session import Phase, SharingSession
 from mpc.ids import ParticipantIndex
@@ -32,6 +34,7 @@ class Misbehaviour:
     silent: bool = False
     wrong_constant: bool = False  # reshare: deal a sharing of something other than the share
     withhold_run_key: bool = False  # announce no run key (and so get no share)
+    run_key_for_other_run: bool = False  # announce a key signed for another run id
     omit_shares_to: frozenset[int] = frozenset()  # deal these recipients no share at all
     notes: tuple[str, ...] = field(default=())
 
@@ -84,6 +87,11 @@ class ByzantineSession(SharingSession):
         return DealBundle(int(self.me), commitments, tuple(shares))
 
     def _announce_key(self) -> None:
+        if self.behaviour.run_key_for_other_run:
+            key = hpke.derive_key_pair(self._rng(32))[1]
+            other = RunKey.create(bytes(32), int(self.me), key, self._key)
+            self._key_round.send(self._signed(self._key_round, other), self._now)
+            return
         if not self.behaviour.withhold_run_key:
             super()._announce_key()
 

@@ -45,6 +45,17 @@ def test_a_recipient_without_a_run_key_gets_nothing_and_forces_no_reveal() -> No
         assert share.enc == OMITTED_ENC and share.ciphertext == bytes(48)
 
 
+def test_a_run_key_signed_for_another_run_gives_no_key() -> None:
+    """The broadcast payload is properly signed, but the key inside names another run:
+    it is no run key here, so every dealer omits that member and nobody is blamed."""
+    run = run_sharing(5, 3, Adversary({5: Misbehaviour(run_key_for_other_run=True)}), seed=46)
+    res = check_agreement(run)
+    assert set(res.qual) == {PI(1), PI(2), PI(3), PI(4), PI(5)}
+    for i in run.honest:
+        share = next(s for s in dealt(run, int(i)).shares if s.recipient == 5)
+        assert share.enc == OMITTED_ENC
+
+
 def test_a_dealer_that_omits_a_keyed_recipient_is_excluded_everywhere() -> None:
     """A corrupt dealer cannot keep an honest recipient from its share by claiming its
     run key never arrived: the keys are agreed, so its deal is malformed for all."""

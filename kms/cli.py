@@ -64,13 +64,39 @@ def node_init(
     listen: Annotated[str, typer.Option(help="libp2p listen multiaddr.")] = "/ip4/127.0.0.1/tcp/0",
     http: Annotated[str, typer.Option(help="HTTP listen address host:port.")] = "127.0.0.1:0",
     json_out: Annotated[bool, typer.Option("--json")] = False,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the store's new passphrase (default: <dir>.passphrase, "
+            "outside the data directory)."
+        ),
+    ] = None,
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Read the store's passphrase from this environment variable instead "
+            "(no passphrase file is written; set it whenever the node runs)."
+        ),
+    ] = None,
 ) -> None:
     """Create identity and DKG keys, a passphrase, an admin token, the store and node.toml."""
     from kms.node.setup import init_node
+    from kms.store import StoreError
 
+    if passphrase_file is not None and passphrase_env is not None:
+        _fail("give --passphrase-file or --passphrase-env, not both", 2)
     try:
-        record = init_node(dir, index=index, listen=listen, http=http)
+        record = init_node(
+            dir,
+            index=index,
+            listen=listen,
+            http=http,
+            passphrase_file=passphrase_file,
+            passphrase_env=passphrase_env,
+        )
     except FileExistsError as exc:
+        _fail(str(exc), 2)
+    except StoreError as exc:
         _fail(str(exc), 2)
     if json_out:
         _print_json(record)
@@ -146,6 +172,13 @@ def status(
         t.add_row(k, str(st.get(k)))
     t.add_row("committee", ", ".join(str(m["index"]) for m in st.get("committee", [])))
     t.add_row("peers", str(len(st.get("peers", []))))
+    if "share_holders" in st:
+        holders = ", ".join(str(i) for i in st["share_holders"])
+        if st.get("share_holders_below_threshold"):
+            holders += "  [fewer than t: the master key may be unrecoverable]"
+        t.add_row("share holders", holders)
+    if st.get("share_error"):
+        t.add_row("share error", str(st["share_error"]))
     out.print(t)
 
 

@@ -63,7 +63,14 @@ _REGISTERED_MODULES: Final = (
     mpc.reshare.retention,
 )
 
-ENVELOPE_VERSION: Final = 1
+ENVELOPE_VERSION: Final = 2
+"""The wire protocol version this code speaks, and the only one it accepts.
+
+1 was the wire up to and including ``e1d36d0``; 2 is the release after it (new
+messages and fields). A frame of any other version is refused with
+``EnvelopeFailure.UNKNOWN_VERSION`` before anything after the version is read,
+so the nodes of one committee must all run one version (``docs/operator-guide.md``,
+"Upgrading")."""
 MAX_FRAME_SIZE: Final = MAX_MESSAGE_SIZE + 1024
 """The largest frame: a maximal message plus room for the envelope around it."""
 

@@ -18,6 +18,9 @@ Faults:
 * ``inject(sender, receiver, frame)`` delivers raw bytes with no size check,
   to test how a receiver handles frames a correct sender would never send.
 
+A receiver's ``set_allowed_peers`` drops frames from other senders, at
+delivery and again when they are taken, counted in ``refused_peers``.
+
 A sender is identified by the peer id it registered under, which plays the
 part of the authenticated identity.
 """
@@ -218,6 +221,7 @@ class MemoryTransport:
         self._seen: set[PeerId] = set()
         self._failed: set[PeerId] = set()
         self._counters = TransportCounters()
+        self._allowed: frozenset[PeerId] | None = None
 
     @property
     def network(self) -> MemoryNetwork:
@@ -285,6 +289,9 @@ class MemoryTransport:
                 item = heapq.heappop(self._queue)
                 if not self._network._arrived(item.sender, self._peer):
                     continue
+                if not self._allows(item.sender):
+                    self._counters.refused_peers += 1
+                    continue
                 self._seen.add(item.sender)
                 self._counters.received(item.frame)
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -295,6 +302,16 @@ class MemoryTransport:
 
     def add_peer(self, peer: PeerId, addrs: Sequence[str]) -> None:
         """Nothing to do: peers are found by id on the network."""
+
+    def set_allowed_peers(
+        self, peers: Collection[PeerId] | None, *, queue_bytes: int | None = None
+    ) -> None:
+        """Deliver frames only from ``peers`` (and loopback); ``queue_bytes`` is ignored:
+        the memory network has no flow control."""
+        self._allowed = None if peers is None else frozenset(peers)
+
+    def _allows(self, sender: PeerId) -> bool:
+        return self._allowed is None or sender == self._peer or sender in self._allowed
 
     def connected_peers(self) -> list[PeerId]:
         """Open peers this transport exchanged frames with and that no partition cuts off."""
@@ -314,6 +331,9 @@ class MemoryTransport:
     def _deliver(self, item: _Pending) -> None:
         if len(item.frame) > self._max_frame_size:  # only ``inject`` can get here
             self._counters.dropped_oversize += 1
+            return
+        if not self._allows(item.sender):
+            self._counters.refused_peers += 1
             return
         heapq.heappush(self._queue, item)
         self._wake()

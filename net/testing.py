@@ -182,6 +182,39 @@ async def check_unreachable(a: Transport, b: Transport, unreachable_addr: str | 
     await _expect(b, a.local_peer, b"still here")
 
 
+async def check_allowed_peers(a: Transport, b: Transport) -> None:
+    """A peer left out of ``set_allowed_peers`` gets nothing delivered (counted in
+    ``refused_peers``; its ``send()`` may fail or vanish); allowed again, it gets through."""
+    b.set_allowed_peers([unknown_peer(3)])
+    with trio.fail_after(10):
+        try:
+            await a.send(b.local_peer, b"let me in")
+        except PeerUnreachable:
+            pass
+    await _nothing_pending(b)
+    if b.statistics().refused_peers < 1:
+        raise AssertionError("a frame or connection from a peer not allowed was not counted")
+    b.set_allowed_peers(None)
+    a.add_peer(b.local_peer, _addrs_of(b))  # ends a back-off after the refused dial
+    with trio.fail_after(10):
+        while True:
+            try:
+                await a.send(b.local_peer, b"allowed now")
+                break
+            except PeerUnreachable:
+                await trio.sleep(0.05)
+    await _expect(b, a.local_peer, b"allowed now")
+    # Loopback is never refused.
+    b.set_allowed_peers([])
+    await b.send(b.local_peer, b"to myself")
+    await _expect(b, b.local_peer, b"to myself")
+
+
+def _addrs_of(t: Transport) -> list[str]:
+    listen = getattr(t, "listen_addrs", None)
+    return list(listen()) if listen is not None else []
+
+
 async def check_statistics(a: Transport, b: Transport) -> None:
     """Frames and bytes are counted on both sides."""
     frames = [bytes(n) for n in (1, 10, 100, 1000)]
@@ -271,6 +304,7 @@ async def check_transport(
         ("loopback", check_loopback),
         ("unreachable", lambda a, b: check_unreachable(a, b, unreachable_addr)),
         ("statistics", check_statistics),
+        ("allowed peers", check_allowed_peers),
         ("close", check_close),
     ]
     if inject_oversize is not None:

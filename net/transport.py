@@ -23,6 +23,10 @@ Guarantees:
   ``statistics().dropped_oversize``, never delivered.
 * **Loopback.** A frame sent to ``local_peer`` is delivered to this
   transport's own ``receive()``.
+* **Allowed peers.** After ``set_allowed_peers(peers)``, frames from any other
+  peer are never delivered (counted in ``statistics().refused_peers``); libp2p
+  closes such a peer's connection right after the Noise handshake, before
+  any stream is read. ``None`` (the default) allows everyone.
 
 Lifecycle (one shape for every implementation): a transport is an async
 context manager. Entering it starts it (listening, registering on the memory
@@ -42,7 +46,7 @@ peer from its own task so that one slow or dead peer delays no other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -69,6 +73,8 @@ class TransportStatistics:
     """Links re-established to a peer after a failure or a broken connection."""
     dropped_oversize: int = 0
     """Incoming frames over ``max_frame_size``, dropped without delivery."""
+    refused_peers: int = 0
+    """Connections (libp2p) or frames (memory) refused because their peer is not allowed."""
 
 
 class TransportCounters:
@@ -81,6 +87,7 @@ class TransportCounters:
         "frames_received",
         "frames_sent",
         "reconnects",
+        "refused_peers",
         "send_failures",
     )
 
@@ -92,6 +99,7 @@ class TransportCounters:
         self.send_failures = 0
         self.reconnects = 0
         self.dropped_oversize = 0
+        self.refused_peers = 0
 
     def sent(self, frame: bytes) -> None:
         self.frames_sent += 1
@@ -110,6 +118,7 @@ class TransportCounters:
             send_failures=self.send_failures,
             reconnects=self.reconnects,
             dropped_oversize=self.dropped_oversize,
+            refused_peers=self.refused_peers,
         )
 
 
@@ -149,6 +158,17 @@ class Transport(Protocol):
 
     def connected_peers(self) -> list[PeerId]:
         """Peers with a live link right now, sorted."""
+        ...
+
+    def set_allowed_peers(
+        self, peers: Collection[PeerId] | None, *, queue_bytes: int | None = None
+    ) -> None:
+        """Take frames only from ``peers`` (``None``: from anyone); may be called any time.
+
+        ``queue_bytes`` caps the received frames buffered per peer (libp2p: a peer
+        whose queue is full is not read until ``receive()`` drains it; one frame is
+        always taken into an empty queue). ``None`` keeps the current cap.
+        """
         ...
 
     def statistics(self) -> TransportStatistics:

@@ -84,6 +84,12 @@ def check(report: Mapping[str, Any], scenario: Scenario) -> list[str]:
         first = epochs[0]["committee"]
         if any(e["committee"] != first for e in certified):
             bad.append("a membership change was certified")
+    if exp.get("every_member_holds_a_share"):
+        sh = report.get("share_holders")
+        if sh is None:
+            bad.append("no epoch was certified")
+        elif sh["without_share"]:
+            bad.append(f"members {sh['without_share']} of epoch {sh['epoch']} hold no share of it")
     if exp.get("binomial_availability"):
         theory, lo, hi = binomial_check(report, scenario)
         if not lo <= theory <= hi:

@@ -90,6 +90,37 @@ def mpk_stable(world: World) -> bool:
     return True
 
 
+def share_holders(world: World) -> dict[str, Any] | None:
+    """At the end: the newest epoch any honest node is at, its committee, and which of its
+    honest members (up at the end, at that epoch) hold a share of it."""
+    best = None
+    for node in world.honest_nodes():
+        core = node.core
+        st = core.state if core is not None else None
+        if st is not None and (best is None or st.epoch > best.epoch):
+            best = st
+    if best is None:
+        return None
+    committee = [int(i) for i in best.committee.indices]
+    holders, without = [], []
+    for node in world.honest_nodes():
+        core = node.core
+        if node.index not in committee or core is None or core.state is None:
+            continue
+        if core.state.epoch != best.epoch:
+            without.append(node.index)
+        elif core.share is not None:
+            holders.append(node.index)
+        else:
+            without.append(node.index)
+    return {
+        "epoch": best.epoch,
+        "committee": committee,
+        "holders": sorted(holders),
+        "without_share": sorted(without),
+    }
+
+
 def build(world: World) -> dict[str, Any]:
     obs = world.obs
     sc = world.scenario
@@ -160,6 +191,7 @@ def build(world: World) -> dict[str, Any]:
         "rejected_inputs": obs.rejected_inputs,
         "proposals_refused": obs.proposals_refused,
         "corrupt_nodes": sc.corrupt_nodes(),
+        "share_holders": share_holders(world),
         "faults": [
             {"kind": k, "from": _r(a), "until": _r(b), "what": w}
             for k, a, b, w in sorted(obs.faults, key=lambda f: (f[1], f[0], f[3]))

@@ -55,6 +55,8 @@ from sim.nodes import SimNode, SimNodeCore, disqualified_from, node_keys
 from sim.scenario import MembershipEvent, Partition, Scenario
 
 DECODE_CACHE_LIMIT = 50_000
+ENVELOPE_OVERHEAD = 64
+"""Bytes the wire envelope adds to a message, rounded up (``net.codec``)."""
 
 
 # --- what the run observed ----------------------------------------------------------------
@@ -77,6 +79,12 @@ class Observations:
     total_bytes: int = 0
     proposals_refused: int = 0
     mpks: set[bytes] = field(default_factory=set)
+    link_burst: int = 0
+    """The most bytes (each message with ``ENVELOPE_OVERHEAD``) one honest node sent to one
+    other node within two consecutive Δ-aligned intervals, an upper bound on any Δ-long
+    window: what a receiver's per-peer queue must hold (``kms.node.limits``)."""
+    link_burst_at: tuple[float, int, int] | None = None
+    """When and on which link (time, sender, receiver) ``link_burst`` was reached."""
 
 
 # --- the world --------------------------------------------------------------------------
@@ -105,6 +113,7 @@ class World:
         self.obs = Observations()
         self._decoded: dict[bytes, Message] = {}
         self._encoded: dict[Message, bytes] = {}
+        self._link_bytes: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._genesis_keys = {i: node_keys(i, seed) for i in range(1, scenario.n + 1)}
         self.genesis = tuple(self._genesis_keys[i].participant for i in range(1, scenario.n + 1))
         self.nodes: dict[int, SimNode] = {}
@@ -239,8 +248,22 @@ class World:
         node.sent_bytes += len(data)
         self.obs.messages += 1
         self.obs.total_bytes += len(data)
+        if not node.behaviours:
+            self._count_link_burst(sender, to, len(data) + ENVELOPE_OVERHEAD)
         for arrival in self.network.route(sender, to, len(data), self.now):
             self.at(arrival, functools.partial(self._deliver, sender, to, data))
+
+    def _count_link_burst(self, sender: int, to: int, size: int) -> None:
+        bucket = int(self.now // self.scenario.delta)
+        start, current, previous = self._link_bytes.get((sender, to), (bucket, 0, 0))
+        if bucket != start:
+            previous = current if bucket == start + 1 else 0
+            start, current = bucket, 0
+        current += size
+        self._link_bytes[(sender, to)] = (start, current, previous)
+        if current + previous > self.obs.link_burst:
+            self.obs.link_burst = current + previous
+            self.obs.link_burst_at = (self.now, sender, to)
 
     def send(self, sender: int, to: int, message: Message) -> None:
         """``AdversaryContext``: put a message on the wire from a corrupt node."""

@@ -89,7 +89,15 @@ MATRIX: list[tuple[str, Rule]] = [
     ("kms.attest", CORE_ATTEST),
     ("kms.policy", CORE_ATTEST),
     ("kms.protocol", CORE_ATTEST),
-    ("kms.node.core", CORE_ATTEST),
+    (
+        "kms.node.core",
+        Rule(
+            ("mpc", "kms.attest", "kms.policy", "kms.protocol", "kms.node.limits"),
+            CORE_ATTEST.third_party,
+            CORE_ATTEST.never,
+        ),
+    ),
+    ("kms.node.limits", Rule((), frozenset(), frozenset(CLOCK_AND_IO))),
     (
         "kms.node.admission",
         Rule(

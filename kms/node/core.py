@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from kms.node.limits import early_messages, peer_queue_bytes
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
 from mpc.cert import ZERO_HASH, EpochCertificate
@@ -55,6 +56,7 @@ from mpc.dkg.session import RUN_KEY_RECORD
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
+from mpc.math.fields import scalar_from_bytes
 from mpc.membership import (
     AddMember,
     ChainError,
@@ -75,16 +77,30 @@ from mpc.membership import (
 )
 from mpc.membership.messages import ChainRequest, ChainUpdate, Change, OutcomePartial
 from mpc.reshare import Acknowledgement, RetentionTracker
-from mpc.secret import RNG, SecretShare
+from mpc.secret import RNG, SecretScalar, SecretShare
 from mpc.sig import SigningKey
 
-MAX_EARLY_MESSAGES = 4096
+RECENTLY_REMOVED = 16
+"""Members removed from the committee whose chain requests are still answered (the most
+recent ones): a removed member learns of its removal. Nothing else of theirs is taken."""
+CHAIN_REQUEST_BURST = 4
+CHAIN_REQUEST_REFILL_DELTAS = 5
+"""Chain requests answered per peer: a burst of 4, then one more every this many Δ (an
+honest node asks on start and then at most every ``CHAIN_RETRY_DELTAS`` Δ)."""
 MAX_RESHARE_RUNS = 16
 """Reshare configurations kept for judging evidence (the most recent runs)."""
 CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
 MAX_RUN_RECORDS = 64
 """Runs this process started whose records are still to be erased (the oldest erased first)."""
+HOLDERS_GRACE_DELTAS = 10
+"""A certified epoch in which this node knows fewer than ``t`` share holders this many Δ
+after it became ready here is reported (``NodeStatus.share_holders_below_threshold``)."""
+MAX_KEPT_SHARES = 8
+"""Shares of finalized runs that failed locally, kept in memory in case their
+certificate arrives late (they are persisted as run records too)."""
+ACK_RUN_LABEL = b"acks"
+"""Run id prefix of the acknowledgements this node received for one epoch certificate."""
 
 
 def run_key_records(run: bytes) -> bytes:
@@ -202,6 +218,9 @@ class EpochSwitched:
     certificate: EpochCertificate
     share: SecretShare | None
     state: ChainState
+    keep_runs: tuple[bytes, ...] = ()
+    """Run records that must survive the switch (acknowledgements still in use); the
+    records of every other run are of no further use once this event is stored."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +265,26 @@ class RunFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class ShareHoldersBelowThreshold:
+    """Emitted once per epoch: a grace period after the epoch became ready, this node knows
+    fewer than ``threshold`` members that hold a share of it (own share and verified
+    acknowledgements). If that is true, no key can be served and the master secret may be
+    unrecoverable."""
+
+    epoch: int
+    known: tuple[ParticipantIndex, ...]
+    threshold: int
+
+
+@dataclass(frozen=True)
+class ShareRefused:
+    """A stored share does not match the chain's public share: it is not used."""
+
+    epoch: int
+    reason: str
+
+
 NodeEvent = (
     StoreRecord
     | EraseRecords
@@ -256,6 +295,8 @@ NodeEvent = (
     | InputRejected
     | ApprovalRefused
     | RunFailed
+    | ShareHoldersBelowThreshold
+    | ShareRefused
 )
 
 
@@ -287,6 +328,12 @@ class NodeStatus:
     """Approvals this node refused after checking the proposal: (id hex, reason)."""
     waiting: tuple[str, ...] = ()
     """Approved proposal ids not seen yet (checked and sent once they are)."""
+    share_holders: tuple[ParticipantIndex, ...] = ()
+    """Members known to hold a share of the current epoch (own share, acknowledgements)."""
+    share_holders_below_threshold: bool = False
+    """The grace period is over and fewer than ``threshold`` share holders are known."""
+    share_error: str | None = None
+    """Why a stored share was refused (it does not match the chain's public share)."""
 
 
 # --- the node -----------------------------------------------------------------
@@ -318,7 +365,13 @@ class NodeCore:
         self._now = float("-inf")
         self._outbox: list[Outbound] = []
         self._events: list[NodeEvent] = []
-        self._early: deque[tuple[ParticipantIndex, Message]] = deque(maxlen=MAX_EARLY_MESSAGES)
+        self._early: dict[ParticipantIndex, deque[tuple[int, Message, int]]] = {}
+        """Messages for a run or window not started yet, per member (sequence, message, size):
+        each member has its own quota (``early_messages``, ``peer_queue_bytes``)."""
+        self._early_bytes: dict[ParticipantIndex, int] = {}
+        self._early_seq = 0
+        self._removed: dict[ParticipantIndex, None] = {}
+        self._chain_budget: dict[ParticipantIndex, tuple[float, float]] = {}
         self.chain: list[Link] = []
         self._reshare_runs: dict[bytes, SharingConfig] = {}
         self._epoch_states: tuple[int, dict[int, ChainState]] = (0, {})
@@ -347,21 +400,113 @@ class NodeCore:
         self._participants: dict[ParticipantIndex, Participant] = {
             ParticipantIndex(p.index): p for p in config.genesis
         }
+        self._kept: dict[bytes, tuple[int, SecretShare]] = {}
+        self._holders: dict[ParticipantIndex, Acknowledgement] = {}
+        self._holders_since: float | None = None
+        self._holders_reported = -1
+        self.share_error: str | None = None
+        self._ran_epochs: set[int] = set()
+        """Epochs this process ran a sharing run of (or, from a restart, may have)."""
+        self._ran_epochs.add(0)
         if restored.chain:
-            self._restore_chain(list(restored.chain))
+            before = self._restore_chain(list(restored.chain))
+            head = self.state.epoch if self.state is not None else 0
+            self._ran_epochs |= {head, head + 1}
+            self._restore_shares(before)
+
+    def _restore_shares(self, before: ChainState | None) -> None:
+        """Check the restored shares against the chain; adopt a persisted share of the head's
+        run if this node has none (it finalized the run but the certificate reached it late);
+        rebuild what it knows about share holders and the retention trackers."""
+        st = self.state
+        if st is None:
+            return
+        if self.share is not None:
+            pk = st.public_shares.get(self.me)
+            if (
+                self.share.index != self.me
+                or pk is None
+                or self.share.value.value * G2.generator() != pk
+            ):
+                reason = (
+                    f"the stored share of epoch {st.epoch} does not match the chain's public "
+                    f"share for index {int(self.me)}: it is not used, and this node serves no "
+                    "keys until it gets a new share"
+                )
+                self.share_error = reason
+                self._events.append(ShareRefused(st.epoch, reason))
+                self.share = None
+        for e, old in sorted(self._retained.items()):
+            old_state = self.epoch_state(e)
+            pk = old_state.public_shares.get(self.me) if old_state is not None else None
+            if old.index != self.me or pk is None or old.value.value * G2.generator() != pk:
+                reason = f"the retained share of epoch {e} does not match that epoch's public share"
+                self._events.append(ShareRefused(e, reason))
+                del self._retained[e]
+        for raw in self._records(self._ack_run(st.certificate)).values():
+            self._restore_ack(raw)
+        for e in sorted(self._retained):
+            cert = self._epoch_certificate(e + 1)
+            if cert is None:
+                continue
+            self._trackers[e] = RetentionTracker(
+                cert, {i: p.verify_key() for i, p in self._participants.items()}
+            )
+            for raw in self._records(self._ack_run(cert)).values():
+                self._restore_ack(raw)
+        if self.share is None and self.me in st.committee.indices:
+            share = self._persisted_share(st.certificate, before)
+            if share is not None:
+                self.share = share
+                self.share_error = None
+                self._events.append(
+                    EpochSwitched(st.epoch, st.certificate, share, st, self._keep_runs())
+                )
+                self._acknowledge(st.certificate)
+
+    def _restore_ack(self, raw: bytes) -> None:
+        try:
+            ack = Acknowledgement.decode(raw)
+            self._take_ack(ParticipantIndex(ack.index), ack, persist=False)
+        except (MessageDecodeError, RemoteProtocolError):
+            pass  # an unreadable record proves nothing: the acknowledgement counts as missing
+
+    def _epoch_certificate(self, epoch: int) -> EpochCertificate | None:
+        for link in self.chain:
+            if isinstance(link, EpochCertificate) and link.transcript.epoch == epoch:
+                return link
+        return None
+
+    @staticmethod
+    def _ack_run(cert: EpochCertificate) -> bytes:
+        return ACK_RUN_LABEL + cert.hash()
+
+    def _keep_runs(self) -> tuple[bytes, ...]:
+        """Acknowledgement records still in use: the head's and retained shares' trackers."""
+        keep = {self._ack_run(t.certificate) for t in self._trackers.values()}
+        if self.state is not None:
+            keep.add(self._ack_run(self.state.certificate))
+        return tuple(sorted(keep))
 
     # --- restoring -------------------------------------------------------------
 
-    def _restore_chain(self, links: list[Link]) -> None:
+    def _restore_chain(self, links: list[Link]) -> ChainState | None:
+        """Restore the stored chain; returns the state before its last epoch certificate."""
         first = links[0]
         if not isinstance(first, EpochCertificate):
             raise LocalProtocolError("stored chain does not start with the genesis certificate")
         self._check_genesis(first)
         state = genesis_state(self._mpk_of(first), first)
+        before: ChainState | None = None
         for link in links[1:]:
+            prev = state
+            if isinstance(link, EpochCertificate):
+                before = state
             state = extend(state, link)
+            self._note_removed(prev, state)
         self.chain = links
         self._set_state(state)
+        return before
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -372,6 +517,8 @@ class NodeCore:
             raise ChainError("genesis certificate is not for the configured genesis committee")
 
     def _set_state(self, state: ChainState) -> None:
+        if self.state is not None:
+            self._note_removed(self.state, state)
         self.state = state
         for p in state.committee.members:
             self._participants[ParticipantIndex(p.index)] = p
@@ -381,6 +528,44 @@ class NodeCore:
             if change.addresses:
                 self.addresses[ParticipantIndex(change.participant.index)] = change.addresses
         self._epoch_ready_at = self._ready_time(state)
+
+    @staticmethod
+    def _members_of(state: ChainState) -> set[ParticipantIndex]:
+        """The committee of ``state`` and the members a certified change is adding."""
+        out = set(state.committee.indices)
+        change = state.pending.outcome.proposal.change if state.pending is not None else None
+        if isinstance(change, AddMember):
+            out.add(ParticipantIndex(change.participant.index))
+        return out
+
+    def _note_removed(self, before: ChainState, after: ChainState) -> None:
+        now_members = self._members_of(after)
+        for i in sorted(self._members_of(before) - now_members):
+            self._removed.pop(i, None)
+            self._removed[i] = None
+        for i in now_members:
+            self._removed.pop(i, None)
+        while len(self._removed) > RECENTLY_REMOVED:
+            del self._removed[next(iter(self._removed))]
+        keep = now_members | set(self._removed)
+        for table in (self._chain_budget, self._early_bytes):
+            for i in [i for i in table if i not in keep]:
+                del table[i]
+        for i in [i for i in self._early if i not in keep]:
+            del self._early[i]
+
+    def allowed_peers(self) -> frozenset[ParticipantIndex]:
+        """Who this node takes protocol messages from: the current committee and the
+        members a certified change is adding (before any chain: the configured
+        participants). Everyone else is refused."""
+        if self.state is None:
+            return frozenset(self._participants)
+        return frozenset(self._members_of(self.state))
+
+    def recently_removed(self) -> tuple[ParticipantIndex, ...]:
+        """Removed members (at most ``RECENTLY_REMOVED``, oldest first) whose chain requests
+        are still answered, metered; nothing else of theirs is taken."""
+        return tuple(self._removed)
 
     def _ready_time(self, state: ChainState) -> float:
         tr = state.certificate.transcript
@@ -478,7 +663,7 @@ class NodeCore:
         for the chain (at most every ``CHAIN_RETRY_DELTAS`` Δ): a member that was down
         while the committee moved on catches up even if its requests at start were lost."""
         st = self.state
-        if peer == self.me or peer not in self._participants:
+        if peer == self.me or peer not in self.allowed_peers():
             return
         if st is not None and epoch <= st.epoch:
             return
@@ -625,6 +810,11 @@ class NodeCore:
             last_refresh=self.last_refresh,
             refused=tuple((pid.hex(), r) for pid, (r, _) in sorted(self._refused.items())),
             waiting=tuple(pid.hex() for pid in sorted(self._deferred)),
+            share_holders=tuple(sorted(self._holders)),
+            share_holders_below_threshold=(
+                st is not None and self._holders_due() and len(self._holders) < st.threshold
+            ),
+            share_error=self.share_error,
         )
 
     def chain_update(self, have: int = 0) -> ChainUpdate:
@@ -635,31 +825,75 @@ class NodeCore:
     # --- dispatch ------------------------------------------------------------------------
 
     def _dispatch(self, peer: ParticipantIndex, message: Message, now: float) -> None:
-        if isinstance(message, ChainUpdate):
-            self._receive_chain(peer, message)
-            return
+        allowed = peer in self.allowed_peers()
         if isinstance(message, ChainRequest):
             if message.have < 0:
                 raise RemoteProtocolError("negative chain position", [peer])
+            if not allowed and peer not in self._removed:
+                raise RemoteProtocolError("message from a peer that is not a member", [peer])
+            if not self._take_chain_budget(peer, now):
+                raise RemoteProtocolError("chain requests rate limited", [peer])
             self._outbox.append(Outbound(peer, self.chain_update(message.have)))
+            own = self._holders.get(self.me)
+            if own is not None:
+                # A member catching up (or restarted) learns who holds shares from these.
+                self._outbox.append(Outbound(peer, own))
+            return
+        if not allowed:
+            raise RemoteProtocolError("message from a peer that is not a member", [peer])
+        if isinstance(message, ChainUpdate):
+            self._receive_chain(peer, message)
             return
         if isinstance(message, Acknowledgement):
-            tracker = self._trackers.get(message.epoch - 1)
-            if tracker is None:
+            if self.state is None or message.epoch > self.state.epoch:
                 # The new epoch may not be certified here yet: keep a few for later.
-                if self.state is None or message.epoch > self.state.epoch:
-                    self._early_acks.append((peer, message))
+                self._early_acks.append((peer, message))
                 return
-            tracker.add(message, peer)
+            self._take_ack(peer, message)
             return
-        if peer not in self._participants:
-            raise RemoteProtocolError("message from a peer that is not a participant", [peer])
         target = self._route(message)
         if target is None:
             # For a run or window that has not started here yet: keep it for later.
-            self._early.append((peer, message))
+            self._keep_early(peer, message)
             return
-        target.receive(peer, message, now)
+        self._deliver(target, peer, message, now)
+
+    def _take_chain_budget(self, peer: ParticipantIndex, now: float) -> bool:
+        rate = 1.0 / (CHAIN_REQUEST_REFILL_DELTAS * self.config.delta)
+        tokens, last = self._chain_budget.get(peer, (float(CHAIN_REQUEST_BURST), now))
+        tokens = min(float(CHAIN_REQUEST_BURST), tokens + max(0.0, now - last) * rate)
+        if tokens < 1.0:
+            self._chain_budget[peer] = (tokens, now)
+            return False
+        self._chain_budget[peer] = (tokens - 1.0, now)
+        return True
+
+    def _early_quota(self) -> tuple[int, int]:
+        st = self.state
+        n = len(st.committee.members) if st is not None else len(self.config.genesis)
+        t = st.threshold if st is not None else self.config.threshold
+        # A reshare to a larger committee: count its recipients too.
+        n = max(n, len(self.allowed_peers()))
+        return early_messages(n), peer_queue_bytes(n, t)
+
+    def _keep_early(self, peer: ParticipantIndex, message: Message) -> None:
+        count, limit = self._early_quota()
+        size = _approx_size(message)
+        kept = self._early.setdefault(peer, deque())
+        used = self._early_bytes.get(peer, 0)
+        dropped = 0
+        # Over its quota, a member's own oldest early messages make room (as a bounded
+        # queue would), never another member's.
+        while kept and (len(kept) >= count or used + size > limit):
+            used -= kept.popleft()[2]
+            dropped += 1
+        self._early_seq += 1
+        kept.append((self._early_seq, message, size))
+        self._early_bytes[peer] = used + size
+        if dropped:
+            self._events.append(
+                InputRejected(peer, f"early messages over the member's quota: {dropped} dropped")
+            )
 
     def _route(self, message: Message) -> SharingSession | DecisionWindow | None:
         if isinstance(message, BroadcastPayload | DigestRelay):
@@ -680,20 +914,26 @@ class NodeCore:
         return None
 
     def _replay_early(self) -> None:
-        pending = list(self._early)
+        pending = sorted(
+            (seq, peer, msg, size) for peer, kept in self._early.items() for seq, msg, size in kept
+        )
         self._early.clear()
-        for peer, msg in pending:
+        self._early_bytes.clear()
+        for seq, peer, msg, size in pending:
             try:
                 target = self._route(msg)
             except RemoteProtocolError:
                 continue
             if target is None:
-                self._early.append((peer, msg))
+                self._early.setdefault(peer, deque()).append((seq, msg, size))
+                self._early_bytes[peer] = self._early_bytes.get(peer, 0) + size
                 continue
             try:
-                target.receive(peer, msg, self._now)
+                self._deliver(target, peer, msg, self._now)
             except RemoteProtocolError as exc:
                 self._events.append(InputRejected(peer, str(exc)))
+            except (InvalidEncoding, InvalidSignature) as exc:
+                self._events.append(InputRejected(peer, f"{type(exc).__name__}: {exc}"))
 
     # --- chain sync ------------------------------------------------------------------------
 
@@ -758,19 +998,46 @@ class NodeCore:
             try:
                 self._run.advance_time(now)
             except (LocalProtocolError, InvalidSignature, InvalidEncoding) as exc:
-                # A run that breaks locally fails alone; the node and the old epoch go on.
-                cfg = self._run.config
-                self._events.append(
-                    RunFailed(cfg.kind, cfg.epoch, cfg.attempt, f"local error: {exc}")
-                )
-                self._end_run(self._run)
-                if cfg.kind == "reshare":
-                    self._run_attempt = cfg.attempt + 1
+                self._session_broke(self._run, exc)
             else:
                 self._collect(self._run)
         if self.state is not None and self.state.pending is not None and self._run is None:
             self._start_reshare(self._run_attempt)
         self._windows()
+
+    def _session_broke(self, session: SharingSession | DecisionWindow, exc: Exception) -> None:
+        """A run or window that breaks locally fails alone; the node and its epoch go on."""
+        if isinstance(session, SharingSession):
+            self._collect(session)
+            cfg = session.config
+            self._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, f"local error: {exc}"))
+            if self._run is session:
+                self._end_run(session)
+                if cfg.kind == "reshare":
+                    self._run_attempt = cfg.attempt + 1
+            else:
+                self._end_run(session)
+        else:
+            self._collect(session)
+            epoch = self.state.epoch if self.state is not None else 0
+            self._events.append(RunFailed("window", epoch, session.window, f"local error: {exc}"))
+            if self._window is session:
+                self._tally = session.tally.copy()
+                self._window = None
+
+    def _deliver(
+        self,
+        target: SharingSession | DecisionWindow,
+        peer: ParticipantIndex,
+        message: Message,
+        now: float,
+    ) -> None:
+        """Hand a message to a run or window. Remote faults propagate as
+        ``RemoteProtocolError``; a local error the input triggers fails that run only."""
+        try:
+            target.receive(peer, message, now)
+        except LocalProtocolError as exc:
+            self._session_broke(target, exc)
 
     def _genesis_indices(self) -> list[ParticipantIndex]:
         return [ParticipantIndex(p.index) for p in self.config.genesis]
@@ -779,7 +1046,15 @@ class NodeCore:
         # Attempts whose deadlines have all passed are over for everyone: skip them.
         while self._now >= self.config.genesis_schedule(attempt).end:
             attempt += 1
-        cfg = SharingConfig(
+        cfg = self._genesis_config(attempt)
+        self._run_attempt = attempt
+        self._ran_epochs.add(0)
+        self._run = self._sharing_session(cfg, None)
+        self._run.advance_time(self._now)
+        self._replay_early()
+
+    def _genesis_config(self, attempt: int) -> SharingConfig:
+        return SharingConfig(
             kind="dkg",
             epoch=0,
             attempt=attempt,
@@ -789,10 +1064,71 @@ class NodeCore:
             schedule=self.config.genesis_schedule(attempt),
             admission_policy_hash=self.config.admission_policy_hash,
         )
-        self._run_attempt = attempt
-        self._run = self._sharing_session(cfg, None)
-        self._run.advance_time(self._now)
-        self._replay_early()
+
+    def _reshare_config(self, st: ChainState, attempt: int) -> SharingConfig | None:
+        """The configuration of reshare ``attempt`` after ``st`` (which has a pending change)."""
+        if st.pending is None:
+            return None
+        outcome = st.pending.outcome
+        new = apply_change(st.committee, outcome.proposal.change)
+        if new is None:  # pragma: no cover - extend() checked it
+            return None
+        sched = self.config.reshare_schedule(
+            outcome.reshare_start, len(new.members), new.threshold, attempt
+        )
+        return SharingConfig(
+            kind="reshare",
+            epoch=st.epoch + 1,
+            attempt=attempt,
+            dealers=st.committee.members,
+            recipients=new.members,
+            threshold=new.threshold,
+            schedule=sched,
+            admission_policy_hash=new.admission_policy_hash,
+            previous_certificate_hash=st.head_hash,
+            old_threshold=st.threshold,
+            old_public_polynomial=tuple(self._public_polynomial(st)),
+        )
+
+    def _persisted_share(
+        self, cert: EpochCertificate, before: ChainState | None
+    ) -> SecretShare | None:
+        """This node's share of the run ``cert`` certifies, if it finalized that run: kept in
+        memory, or persisted as the run's ``share`` record (also across a restart). Used only
+        if it matches the certificate's public share for this index and the persisted
+        certificate partial, if any, names the certified transcript."""
+        tr = cert.transcript
+        if tr.epoch not in self._ran_epochs and not self._kept:
+            return None  # catching up: this node ran no run of that epoch, nothing is stored
+        if tr.kind == "dkg":
+            cfg: SharingConfig | None = self._genesis_config(tr.attempt)
+        else:
+            cfg = self._reshare_config(before, tr.attempt) if before is not None else None
+        if cfg is None or self.me not in cfg.recipient_indices:
+            return None
+        run = cfg.run_id()
+        records = self._records(run)
+        kept = self._kept.get(run)
+        share = kept[1] if kept is not None else None
+        if share is None:
+            raw = records.get("share")
+            if raw is None:
+                return None
+            try:
+                share = SecretShare(self.me, SecretScalar(scalar_from_bytes(raw)))
+            except (InvalidEncoding, ValueError):
+                return None
+        partial = records.get("certificate-partial")
+        if partial is not None:
+            try:
+                if CertificatePartial.decode(partial).transcript_hash != tr.hash():
+                    return None
+            except MessageDecodeError:
+                return None
+        pk = cert.public_shares().get(self.me)
+        if pk is None or share.value.value * G2.generator() != pk:
+            return None
+        return share
 
     def _sharing_session(self, cfg: SharingConfig, share: SecretShare | None) -> SharingSession:
         """The session for one run. The simulator overrides this to plug in adversaries."""
@@ -854,7 +1190,12 @@ class NodeCore:
         new = apply_change(st.committee, outcome.proposal.change)
         if new is None:  # pragma: no cover - extend() checked it
             return
-        if self.me not in st.committee.indices and self.me not in new.indices:
+        # Without a share for this epoch (a missed reshare) the node takes part as a
+        # recipient only; its dealer slot stays empty and it is left out of QUAL.
+        dealer_share = self.share if self.me in st.committee.indices else None
+        if self.me not in new.indices and dealer_share is None:
+            # Not a recipient, and (a leaving member without a share, or an outsider)
+            # nothing to deal: this node takes no part.
             return
         sched = self.config.reshare_schedule(
             outcome.reshare_start, len(new.members), new.threshold, attempt
@@ -863,28 +1204,26 @@ class NodeCore:
             # This attempt is already over (we were away): move on to the next one.
             self._run_attempt = attempt + 1
             return
-        cfg = SharingConfig(
-            kind="reshare",
-            epoch=st.epoch + 1,
-            attempt=attempt,
-            dealers=st.committee.members,
-            recipients=new.members,
-            threshold=new.threshold,
-            schedule=sched,
-            admission_policy_hash=new.admission_policy_hash,
-            previous_certificate_hash=st.head_hash,
-            old_threshold=st.threshold,
-            old_public_polynomial=tuple(self._public_polynomial(st)),
-        )
-        # Without a share for this epoch (a missed reshare) the node takes part as a
-        # recipient only; its dealer slot stays empty and it is left out of QUAL.
-        dealer_share = self.share if self.me in st.committee.indices else None
+        cfg = self._reshare_config(st, attempt)
+        if cfg is None:  # pragma: no cover - extend() checked it
+            return
         self._run_attempt = attempt
+        self._ran_epochs.add(cfg.epoch)
         self._reshare_runs[cfg.run_id()] = cfg
         while len(self._reshare_runs) > MAX_RESHARE_RUNS:
             del self._reshare_runs[next(iter(self._reshare_runs))]
-        self._run = self._sharing_session(cfg, dealer_share)
-        self._run.advance_time(self._now)
+        try:
+            self._run = self._sharing_session(cfg, dealer_share)
+            self._run.advance_time(self._now)
+        except (LocalProtocolError, InvalidSignature, InvalidEncoding) as exc:
+            # This node cannot take part (e.g. its old share does not match): the run goes
+            # on without it; the node and its epoch go on.
+            self._events.append(RunFailed("reshare", cfg.epoch, attempt, f"local error: {exc}"))
+            if self._run is not None:
+                self._end_run(self._run)
+            self._run = None
+            self._run_attempt = attempt + 1
+            return
         self._replay_early()
 
     def _public_polynomial(self, st: ChainState) -> list[G2]:
@@ -895,7 +1234,11 @@ class NodeCore:
         if st is None or self._epoch_ready_at is None:
             return
         if self._window is not None:
-            self._window.advance_time(self._now)
+            try:
+                self._window.advance_time(self._now)
+            except (LocalProtocolError, InvalidSignature, InvalidEncoding) as exc:
+                self._session_broke(self._window, exc)
+                return
             self._collect(self._window)
             if self._window.phase in (
                 WindowPhase.DECIDED,
@@ -990,6 +1333,7 @@ class NodeCore:
                     cfg = session.config
                     self._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, ev.reason))
                     self._end_run(session)
+                    self._keep_finalized(session)
                     if cfg.kind == "dkg" and self.state is None:
                         # Only while there is no chain: a node that caught up through
                         # the chain gets its share from a prompt refresh instead.
@@ -1003,6 +1347,20 @@ class NodeCore:
                     self._events.append(StoreRecord(wid, wev.key, wev.data, wev.secret))
                 elif isinstance(wev, MembershipCertified):
                     self._adopt_link(wev.certificate, state_after=None)
+
+    def _keep_finalized(self, session: SharingSession) -> None:
+        """A run that finalized (this node computed its share and may have signed) but failed
+        locally may still be certified by the others: keep its share (it is persisted too) and
+        use it if its certificate is already, or later, this node's head."""
+        res = session.result
+        if res is None or res.share is None:
+            return
+        self._kept[session.run_id] = (session.config.epoch, res.share)
+        while len(self._kept) > MAX_KEPT_SHARES:
+            del self._kept[next(iter(self._kept))]
+        st = self.state
+        if st is not None and st.certificate.transcript.hash() == res.transcript.hash():
+            self._late_share(st.certificate, res.share)
 
     def _adopt_epoch(self, cert: EpochCertificate, session: SharingSession) -> None:
         res = session.result
@@ -1050,10 +1408,32 @@ class NodeCore:
             and new_share.value.value * G2.generator() != state.public_shares.get(new_share.index)
         ):
             new_share = None
+        in_committee = self.me in state.committee.indices
+        if new_share is None and in_committee:
+            # The certificate reached us through the chain: if this node finalized the
+            # certified run (it may have signed), its persisted share is that epoch's share.
+            new_share = self._persisted_share(link, old_state)
         previous_share = self.share
         self._set_state(state)
-        in_committee = self.me in state.committee.indices
         self.share = new_share if in_committee else None
+        if self.share is not None:
+            self.share_error = None
+        self._holders = {}
+        self._holders_since = None
+        # Kept shares of this epoch (or older) are decided: used above, or another outcome won.
+        self._kept = {r: k for r, k in self._kept.items() if k[0] > state.epoch}
+        run = self._run
+        if (
+            run is not None
+            and run.config.epoch <= state.epoch
+            and (run.config.epoch, run.config.attempt) != (state.epoch, link.transcript.attempt)
+        ):
+            # Another attempt of a decided epoch: this node signs no second outcome for it.
+            cfg = run.config
+            self._events.append(
+                RunFailed(cfg.kind, cfg.epoch, cfg.attempt, "another attempt is certified")
+            )
+            self._end_run(run)
         if link.transcript.kind == "reshare" and old_state is not None:
             if previous_share is not None:
                 self._retained[old_state.epoch] = previous_share
@@ -1062,7 +1442,7 @@ class NodeCore:
                 )
             if link.transcript.committee == old_state.committee.members:
                 self.last_refresh = self._now
-        self._events.append(EpochSwitched(state.epoch, link, self.share, state))
+        self._events.append(EpochSwitched(state.epoch, link, self.share, state, self._keep_runs()))
         self._erase_runs_up_to(state.epoch)
         self._my_proposals.clear()
         self._my_approvals.clear()
@@ -1074,15 +1454,43 @@ class NodeCore:
         self._acknowledge(link)
         early, self._early_acks = list(self._early_acks), deque(maxlen=1024)
         for peer, early_ack in early:
-            tracker = self._trackers.get(early_ack.epoch - 1)
-            if tracker is None:
-                if early_ack.epoch > state.epoch:
-                    self._early_acks.append((peer, early_ack))
+            if early_ack.epoch > state.epoch:
+                self._early_acks.append((peer, early_ack))
                 continue
             try:
-                tracker.add(early_ack, peer)
+                self._take_ack(peer, early_ack)
             except RemoteProtocolError as exc:
                 self._events.append(InputRejected(peer, str(exc)))
+
+    def _take_ack(
+        self, peer: ParticipantIndex, ack: Acknowledgement, *, persist: bool = True
+    ) -> None:
+        """An acknowledgement: who holds a share of the current epoch, and what a retained
+        old share waits for. Persisted (verified) so a restart keeps both."""
+        st = self.state
+        if st is None:
+            return
+        idx = ParticipantIndex(ack.index)
+        if ack.epoch == st.epoch and idx not in self._holders:
+            member = next((p for p in st.committee.members if p.index == ack.index), None)
+            if member is None or ack.certificate_hash != st.certificate.hash():
+                raise RemoteProtocolError(
+                    "acknowledgement for another certificate or from a non-member", [peer]
+                )
+            try:
+                ack.verify(member.verify_key())
+            except InvalidSignature as exc:
+                raise RemoteProtocolError("bad acknowledgement signature", [peer]) from exc
+            self._holders[idx] = ack
+            if persist:
+                self._events.append(
+                    StoreRecord(
+                        self._ack_run(st.certificate), f"ack/{int(idx)}", ack.encode(), False
+                    )
+                )
+        tracker = self._trackers.get(ack.epoch - 1)
+        if tracker is not None:
+            tracker.add(ack, peer)
 
     def _acknowledge(self, link: EpochCertificate) -> None:
         """Tell old and new members that this node holds a share of the new epoch."""
@@ -1094,11 +1502,10 @@ class NodeCore:
         for i in sorted(everyone - {self.me}):
             self._outbox.append(Outbound(i, ack))
             self._outbox.append(Outbound(i, self.chain_update(len(self.chain) - 1)))
-        for tracker in self._trackers.values():
-            try:
-                tracker.add(ack, self.me)
-            except RemoteProtocolError:
-                pass
+        try:
+            self._take_ack(self.me, ack)
+        except RemoteProtocolError:  # pragma: no cover - our own, checked when created
+            pass
 
     def _late_share(self, link: Link, share: SecretShare | None) -> None:
         """Our own run finished after the certificate reached us through the chain."""
@@ -1113,7 +1520,8 @@ class NodeCore:
         if share.value.value * G2.generator() != state.public_shares.get(share.index):
             return
         self.share = share
-        self._events.append(EpochSwitched(state.epoch, link, share, state))
+        self.share_error = None
+        self._events.append(EpochSwitched(state.epoch, link, share, state, self._keep_runs()))
         self._erase_runs_up_to(state.epoch)
         self._acknowledge(link)
 
@@ -1123,7 +1531,26 @@ class NodeCore:
         new = apply_change(state.committee, state.pending.outcome.proposal.change)
         return new.indices if new else []
 
+    def _holders_due(self) -> bool:
+        """Whether the grace period for learning who holds shares of this epoch is over."""
+        st = self.state
+        if st is None or self.me not in st.committee.indices or self._epoch_ready_at is None:
+            return False
+        if self._now == float("-inf"):
+            return False
+        if self._holders_since is None:
+            self._holders_since = self._now
+        start = max(self._epoch_ready_at, self._holders_since)
+        return self._now >= start + HOLDERS_GRACE_DELTAS * self.config.delta
+
     def _pump(self) -> None:
+        st = self.state
+        if st is not None and self._holders_reported != st.epoch and self._holders_due():
+            self._holders_reported = st.epoch
+            if len(self._holders) < st.threshold:
+                self._events.append(
+                    ShareHoldersBelowThreshold(st.epoch, tuple(sorted(self._holders)), st.threshold)
+                )
         for epoch, tracker in list(self._trackers.items()):
             if tracker.status().deletable and epoch in self._retained:
                 del self._retained[epoch]
@@ -1133,3 +1560,12 @@ class NodeCore:
     @property
     def retained_epochs(self) -> list[int]:
         return sorted(self._retained)
+
+
+def _approx_size(message: Message) -> int:
+    """Roughly the encoded size of an early message (without encoding it again)."""
+    if isinstance(message, BroadcastPayload):
+        return len(message.payload) + 256
+    if isinstance(message, DigestRelay):
+        return 256 + 80 * len(message.relays)
+    return 256

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -41,8 +41,11 @@ from kms.node.core import (
     Restored,
     RetainedShareDeletable,
     RunFailed,
+    ShareHoldersBelowThreshold,
+    ShareRefused,
     StoreRecord,
 )
+from kms.node.limits import POLICY_BURST, peer_queue_bytes
 from kms.node.release import Checked, KeyReleaser, Refusal, Released
 from kms.policy.gossip import (
     MAX_DIGEST_ENTRIES,
@@ -71,6 +74,7 @@ from net.transport import Transport
 log = logging.getLogger("quorum_kms.node")
 
 SEND_QUEUE = 4096
+"""Frames queued per peer at most; the bytes queued are capped too (``peer_queue_bytes``)."""
 TICK = 0.05
 POLICY_SYNC_INTERVAL = 10.0
 """Seconds between policy digests to every member (``kms.policy.gossip``)."""
@@ -105,24 +109,38 @@ class Metrics:
     misbehaviour: Counter[str] = field(default_factory=Counter)
     run_failures: Counter[str] = field(default_factory=Counter)
     send_failures: int = 0
+    send_queue_full: int = 0
     epoch_switches: int = 0
     policies_learned: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class RateLimitedLog:
-    """Log each distinct (peer, reason) at most once per ``interval`` seconds."""
+    """Log each distinct (peer, reason) at most once per ``interval`` seconds.
 
-    def __init__(self, interval: float = 60.0) -> None:
+    The table of last times holds at most ``max_entries`` pairs (the oldest is forgotten
+    first); ``suppressed`` counts the records not logged.
+    """
+
+    def __init__(self, interval: float = 60.0, max_entries: int = 1024) -> None:
         self.interval = interval
+        self.max_entries = max_entries
+        self.suppressed = 0
         self._last: dict[tuple[str, str], float] = {}
 
+    def __len__(self) -> int:
+        return len(self._last)
+
     def warn(self, peer: str, reason: str, **fields: Any) -> None:
-        key = (peer, reason[:80])
+        key = (peer[:64], reason[:80])
         now = time.monotonic()
         if now - self._last.get(key, -math.inf) < self.interval:
+            self.suppressed += 1
             return
-        self._last[key] = now
+        self._last.pop(key, None)
+        self._last[key] = now  # insertion order is age order
+        while len(self._last) > self.max_entries:
+            del self._last[next(iter(self._last))]
         log.warning("input rejected", extra={"fields": {"peer": peer, "reason": reason, **fields}})
 
 
@@ -197,6 +215,8 @@ class NodeService:
         self._index_peer: dict[ParticipantIndex, PeerId] = {}
         self._addrs = dict(peers)
         self._queues: dict[ParticipantIndex, trio.MemorySendChannel[bytes]] = {}
+        self._queued_bytes: dict[ParticipantIndex, int] = {}
+        self._heard: frozenset[ParticipantIndex] = frozenset()
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self.started = trio.Event()
@@ -220,6 +240,18 @@ class NodeService:
             addrs = self._addrs.get(idx) or list(self.core.addresses.get(idx, ()))
             if addrs and not known:
                 self.transport.add_peer(pid, addrs)
+        # Only current and incoming members (and recently removed ones, for the chain) get
+        # through the transport; everyone else is refused before a frame is read.
+        self._heard = self.core.allowed_peers() | frozenset(self.core.recently_removed())
+        allowed = {self._index_peer[i] for i in self._heard if i in self._index_peer}
+        self.transport.set_allowed_peers(allowed, queue_bytes=self.peer_queue_bytes())
+
+    def peer_queue_bytes(self) -> int:
+        """The byte cap of one peer's queue, for the committee this node is in."""
+        st = self.core.state
+        n = len(st.committee.members) if st is not None else len(self.config.genesis)
+        t = st.threshold if st is not None else self.config.threshold
+        return peer_queue_bytes(max(n, len(self._heard)), t)
 
     def peer_of(self, index: ParticipantIndex) -> PeerId | None:
         return self._index_peer.get(index)
@@ -257,7 +289,7 @@ class NodeService:
     def handle_frame(self, peer: PeerId, frame: bytes) -> None:
         """One inbound frame from an authenticated peer. Never raises for bad input."""
         index = self._peer_index.get(peer)
-        if index is None:
+        if index is None or index not in self._heard:
             self._reject(str(peer), "unknown or unauthorised peer")
             return
         try:
@@ -292,10 +324,29 @@ class NodeService:
     # --- a step: persist, then send --------------------------------------------------------
 
     def _step(self) -> None:
-        for ev in self.core.events():
-            self._handle_event(ev)
+        self.apply_events(self.core.events())
         for ob in self.core.messages_to_send():
             self._send(ob)
+
+    def apply_events(self, events: Iterable[object]) -> None:
+        """Persist and act on the core's events, in order (before sending the step's messages)."""
+        batch: list[StoreRecord] = []
+        for ev in events:
+            if isinstance(ev, StoreRecord):
+                batch.append(ev)
+                continue
+            self._put_records(batch)
+            batch = []
+            self._handle_event(ev)
+        self._put_records(batch)
+
+    def _put_records(self, records: list[StoreRecord]) -> None:
+        """One step's records of one run land in one transaction (a crash keeps all or none)."""
+        runs: dict[bytes, list[StoreRecord]] = {}
+        for r in records:
+            runs.setdefault(r.run, []).append(r)
+        for run, group in runs.items():
+            self.store.put_records(run, group)
 
     def _handle_event(self, ev: object) -> None:
         if isinstance(ev, StoreRecord):
@@ -316,9 +367,13 @@ class NodeService:
             self.metrics.epoch_switches += 1
             # Records of finished runs (dealt polynomials, signed messages) are of no
             # further use and some are secret: a dealt polynomial's constant term is
-            # an old share. Delete them once the new epoch is stored.
+            # an old share. Delete them once the new epoch is stored. The core has
+            # already taken its share of the certified run from them (if it finalized
+            # that run); other attempts of this epoch lost. Acknowledgements it still
+            # counts are kept.
             for run in self.store.runs():
-                self.store.delete_records(run)
+                if run not in ev.keep_runs:
+                    self.store.delete_records(run)
             self._learn_participants()
             log.info(
                 "epoch certified",
@@ -363,6 +418,23 @@ class NodeService:
                     }
                 },
             )
+        elif isinstance(ev, ShareHoldersBelowThreshold):
+            log.warning(
+                "too few share holders known for the current epoch: the master key may be"
+                " unrecoverable (see the operator guide)",
+                extra={
+                    "fields": {
+                        "epoch": ev.epoch,
+                        "known_holders": [int(i) for i in ev.known],
+                        "threshold": ev.threshold,
+                    }
+                },
+            )
+        elif isinstance(ev, ShareRefused):
+            log.error(
+                "stored share refused: it does not match the chain",
+                extra={"fields": {"epoch": ev.epoch, "reason": ev.reason}},
+            )
         elif isinstance(ev, RunFailed):
             self.metrics.run_failures[ev.kind] += 1
             log.warning(
@@ -387,19 +459,27 @@ class NodeService:
             self._nursery.start_soon(self._sender, ob.to, recv)
             q = send
         st = self.core.state
-        env = Envelope(
-            1, ob.message.TYPE, st.epoch if st else 0, int(self.config.index), ob.message.encode()
-        )
+        env = Envelope.of(ob.message, epoch=st.epoch if st else 0, sender=int(self.config.index))
+        frame = encode_envelope(env)
+        queued = self._queued_bytes.get(ob.to, 0)
+        if queued and queued + len(frame) > self.peer_queue_bytes():
+            # The peer is not taking what it is sent: drop rather than hold without bound.
+            self.metrics.send_failures += 1
+            self.metrics.send_queue_full += 1
+            return
         try:
-            q.send_nowait(encode_envelope(env))
+            q.send_nowait(frame)
+            self._queued_bytes[ob.to] = queued + len(frame)
             self.metrics.messages_out[ob.message.TYPE] += 1
         except trio.WouldBlock:
             self.metrics.send_failures += 1
+            self.metrics.send_queue_full += 1
 
     async def _sender(
         self, index: ParticipantIndex, recv: trio.MemoryReceiveChannel[bytes]
     ) -> None:
         async for frame in recv:
+            self._queued_bytes[index] = max(0, self._queued_bytes.get(index, 0) - len(frame))
             peer = self._index_peer.get(index)
             if peer is None:
                 self.metrics.send_failures += 1
@@ -499,6 +579,9 @@ class NodeService:
             for app_id in self.policies.newer_than(message, now):
                 bundle = self.policies.bundle_bytes(app_id)
                 if bundle is not None:
+                    # A digest of a few bytes draws up to 32 bundles: the bytes are metered too.
+                    if not self._take_budget(index, "digest-bytes", len(bundle)):
+                        return
                     self._send(Outbound(index, PolicyAnnounce(bundle)))
             return
         if isinstance(message, PolicyQuery):
@@ -558,25 +641,28 @@ class NodeService:
         "ask": (32.0, 4.0),
         "ask-push": (32.0, 4.0),
         "consult": (64.0, 16.0),
+        "digest-bytes": (float(POLICY_BURST), POLICY_BURST / POLICY_SYNC_INTERVAL),
     }
     """Per member and kind: (burst, refill per second) of policy digests answered and of
     policy queries answered with a bundle; and, under this node's own index, of queries
     this node sends about apps it has not admitted: those a CVM's key request asked for
     (``ask``) and those anyone pushed (``ask-push``, its own budget, so that a flood of
     anonymous pushes cannot starve the queries quoted requests need), and the rounds of
-    queries sent before a key request admits an app (``consult``). Excess is dropped and
-    counted."""
+    queries sent before a key request admits an app (``consult``). ``digest-bytes`` is per
+    member in bytes: the bundles sent in answer to its digests (one full page of 32 bundles of
+    64 KiB per ``POLICY_SYNC_INTERVAL``, the pace of an honest member's digests). Excess is
+    dropped and counted."""
 
-    def _take_budget(self, index: ParticipantIndex, kind: str) -> bool:
+    def _take_budget(self, index: ParticipantIndex, kind: str, cost: float = 1.0) -> bool:
         burst, rate = self.GOSSIP_BUDGET[kind]
         now = self.clock.now()
         tokens, last = self._gossip_budget.get((int(index), kind), (burst, now))
         tokens = min(burst, tokens + max(0.0, now - last) * rate)
-        if tokens < 1.0:
+        if tokens < cost:
             self._gossip_budget[(int(index), kind)] = (tokens, now)
             self.metrics.rejected[f"policy gossip: {kind} rate limited"] += 1
             return False
-        self._gossip_budget[(int(index), kind)] = (tokens - 1.0, now)
+        self._gossip_budget[(int(index), kind)] = (tokens - cost, now)
         return True
 
     def reload_policies(self) -> dict[str, Any]:
@@ -956,6 +1042,9 @@ class NodeService:
                 {"epoch": e, "missing_acknowledgements": [int(m) for m in miss]}
                 for e, miss in s.retained
             ],
+            "share_holders": [int(i) for i in s.share_holders],
+            "share_holders_below_threshold": s.share_holders_below_threshold,
+            "share_error": s.share_error,
             "last_refresh": s.last_refresh,
             "refused_approvals": [{"id": i, "reason": r} for i, r in s.refused],
             "approvals_waiting": list(s.waiting),
@@ -996,6 +1085,22 @@ class NodeService:
             ]
         )
         gauge("qkms_retained_shares", "Old shares kept until acknowledged.", len(s.retained))
+        gauge(
+            "qkms_known_share_holders",
+            "Members known to hold a share of the current epoch (own share, acknowledgements).",
+            len(s.share_holders),
+        )
+        gauge(
+            "qkms_share_holders_below_threshold",
+            "1 if, after a grace period, fewer than t members are known to hold a share of the"
+            " current epoch (the master key may be unrecoverable).",
+            int(s.share_holders_below_threshold),
+        )
+        gauge(
+            "qkms_share_refused",
+            "1 if the stored share does not match the chain's public share (no keys served).",
+            int(s.share_error is not None),
+        )
         gauge(
             "qkms_simulated_quotes_accepted",
             "1 if this node accepts simulated TEE quotes (development only).",
@@ -1100,6 +1205,25 @@ class NodeService:
         counter("qkms_run_failures_total", "Failed DKG/reshare attempts.", "kind", m.run_failures)
         gauge(
             "qkms_send_failures_total", "Frames that could not be sent.", m.send_failures, "counter"
+        )
+        gauge(
+            "qkms_send_queue_full_total",
+            "Frames dropped because the peer's send queue held its byte cap.",
+            m.send_queue_full,
+            "counter",
+        )
+        gauge(
+            "qkms_transport_refused_peers_total",
+            "Connections or frames refused because the peer is not allowed"
+            " (not a current, incoming or recently removed member).",
+            ts.refused_peers,
+            "counter",
+        )
+        gauge(
+            "qkms_log_suppressed_total",
+            "Rejection log records suppressed by the per-(peer, reason) rate limit.",
+            self._rl.suppressed,
+            "counter",
         )
         gauge(
             "qkms_transport_bytes_sent_total",

@@ -56,20 +56,34 @@ def init_node(
     http: str = "127.0.0.1:0",
     committee: dict[str, Any] | None = None,
     peers: list[dict[str, Any]] | None = None,
+    passphrase_file: Path | None = None,
+    passphrase_env: str | None = None,
 ) -> dict[str, Any]:
     """Create identity, DKG key, passphrase, admin token, store and node.toml.
 
-    Returns the node's participant record (what other operators need).
+    The store's passphrase is kept outside the data directory, so that a copy
+    of the directory alone (a backup, a stolen disk image of it) does not
+    unseal the store: with ``passphrase_env``, it is read from that environment
+    variable (which must be set); otherwise a new one is written to
+    ``passphrase_file``, by default ``<directory>.passphrase`` next to the
+    directory. Returns the node's participant record (what other operators need).
     """
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / "node.toml").exists():
         raise FileExistsError(f"{directory / 'node.toml'} exists: refusing to overwrite a node")
-    passphrase = directory / "passphrase"
-    write_secret(passphrase, secrets.token_hex(32) + "\n")
+    source: dict[str, str]
+    if passphrase_env is not None:
+        sealer = PassphraseSealer.from_env(passphrase_env)
+        source = {"passphrase_env": passphrase_env}
+    else:
+        passphrase = passphrase_file or directory.parent / f"{directory.resolve().name}.passphrase"
+        write_secret(passphrase, secrets.token_hex(32) + "\n")
+        sealer = PassphraseSealer.from_file(passphrase)
+        source = {"passphrase_file": os.path.relpath(passphrase.resolve(), directory.resolve())}
     write_secret(directory / "admin.token", secrets.token_hex(32) + "\n")
     identity_seed = secrets.token_bytes(32)
     dkg_seed = secrets.token_bytes(32)
-    with NodeStore(directory / "node.db", PassphraseSealer.from_file(passphrase)) as store:
+    with NodeStore(directory / "node.db", sealer) as store:
         store.save_identity(identity_seed, dkg_seed)
     identity = SigningKey.from_seed(identity_seed)
     _, dkg_public = hpke.derive_key_pair(dkg_seed)
@@ -78,7 +92,7 @@ def init_node(
         "node": {
             "index": index,
             "store": "node.db",
-            "passphrase_file": "passphrase",
+            **source,
             "listen": listen,
             "http": http,
             "admin_socket": "admin.sock",
@@ -143,6 +157,15 @@ async def run_node(config_path: Path) -> None:
 
     cfg = load(config_path)
     configure_logging(cfg.log_format)
+    if (
+        cfg.passphrase_file is not None
+        and cfg.passphrase_file.resolve().parent == Path(cfg.store).resolve().parent
+    ):
+        logging.getLogger("quorum_kms.node").warning(
+            "the store's passphrase file is in the same directory as the store: a copy of "
+            "that directory unseals the shares (see the operator guide, 'Sealing')",
+            extra={"fields": {"passphrase_file": str(cfg.passphrase_file)}},
+        )
     store = open_store(cfg)
     ident = store.load_identity()
     if ident is None:
@@ -213,7 +236,9 @@ def join_request(
     base = Path(config_path).parent
     with NodeStore(
         base / node.get("store", "node.db"),
-        PassphraseSealer.from_file(base / node["passphrase_file"]),
+        PassphraseSealer.from_file(base / node["passphrase_file"])
+        if "passphrase_file" in node
+        else PassphraseSealer.from_env(node["passphrase_env"]),
     ) as store:
         ident = store.load_identity()
     if ident is None:

@@ -528,7 +528,17 @@ class SharingSession:
             return
         t = self.config.threshold
         constant = self._old_share.value.value if self._old_share else None
-        poly = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
+        reuse = "polynomial" in self._persisted
+        if reuse:
+            # A crash after the polynomial was stored but before the deal was: the deal
+            # was never sent, so deal the stored polynomial (a new one would be refused).
+            poly = self._my_polynomial()
+            if len(poly.coefficients) != t or (
+                constant is not None and poly.coefficients[0] != constant
+            ):
+                raise LocalProtocolError("the stored polynomial does not fit this run")
+        else:
+            poly = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
         self._poly = poly
         commitments = tuple(c.to_bytes() for c in commit(poly))
         shares = []
@@ -537,11 +547,14 @@ class SharingSession:
             shares.append(self._seal_share(ParticipantIndex(p.index), aad, poly(p.index)))
         bundle = DealBundle(int(self.me), commitments, tuple(shares))
         payload = self._deal_round.make_payload(bundle.encode())
-        self._events.append(
-            Persist(
-                "polynomial", b"".join(scalar_to_bytes(c) for c in poly.coefficients), secret=True
+        if not reuse:
+            self._events.append(
+                Persist(
+                    "polynomial",
+                    b"".join(scalar_to_bytes(c) for c in poly.coefficients),
+                    secret=True,
+                )
             )
-        )
         self._events.append(Persist("deal", payload.encode()))
         self._deal_round.send(payload, self._now)
 

@@ -178,7 +178,9 @@ class DecisionWindow:
         self._my_approvals = tuple(sorted(set(approvals)))
         self._outcome: MembershipOutcome | None = None
         self._partials: dict[ParticipantIndex, G1] = {}
-        self._early: list[tuple[ParticipantIndex, OutcomePartial]] = []
+        self._early: dict[ParticipantIndex, OutcomePartial] = {}
+        """Partials that arrived before this member decided: the first from each member, so
+        that one member's flood cannot crowd out the others' (at most n kept)."""
         self.certificate: MembershipCertificate | None = None
 
     @property
@@ -282,7 +284,7 @@ class DecisionWindow:
             for i in self.state.committee.indices:
                 if i != self.me:
                     self._outbox.append(Outbound(i, partial))
-        for peer, msg in self._early:
+        for peer, msg in sorted(self._early.items()):
             try:
                 self._receive_partial(peer, msg)
             except RemoteProtocolError:
@@ -294,8 +296,7 @@ class DecisionWindow:
         if msg.signer != peer or peer not in self.state.public_shares:
             raise RemoteProtocolError("outcome partial from a non-member", [peer])
         if self._outcome is None:
-            if len(self._early) < 2 * len(self.state.public_shares):
-                self._early.append((peer, msg))
+            self._early.setdefault(peer, msg)
             return
         if msg.outcome_hash != self._outcome.fingerprint():
             raise RemoteProtocolError("partial signature over another outcome", [peer])

@@ -12,6 +12,24 @@ Security: the host offers Noise only. py-libp2p's default host also accepts
 dialer would then be "authenticated" by a key it merely claims. The explicit
 ``sec_opt`` here leaves such a dialer no protocol to negotiate.
 
+Allowed peers: after ``set_allowed_peers(peers)``, an inbound connection
+from any other peer is closed right after the Noise handshake, the first
+moment its peer id is known (the upgrader's ``upgrade_security`` is wrapped;
+the swarm then never negotiates Yamux, so the peer cannot open a stream and
+nothing it sends is read). A stream from a peer that is no longer allowed
+(the set shrank while a connection was up) is reset at its next frame, which
+is dropped undelivered; the connection itself stays up. Refusals are counted in
+``statistics().refused_peers``.
+
+Receive queues: one per peer, each capped at ``queue_bytes`` (set with the
+allowed peers; ``DEFAULT_QUEUE_BYTES`` before): a peer whose queue is full is
+not read until ``receive()``, which takes the peers' frames in turn, drains
+it; one frame is always taken into an empty queue. A slow or flooding peer
+thus holds up only its own frames. py-libp2p's Yamux does not enforce its
+receive window (it logs and buffers), so an *allowed* peer that ignores flow
+control can still grow its stream's buffer in the muxer: the cap bounds this
+transport's queues, not libp2p's.
+
 Reconnects: a ``send()`` makes at most ``dial_attempts`` (3) attempts to
 (re)open the stream, ``RETRY_DELAY`` apart and doubling (50 ms, 100 ms),
 going round the peer's addresses; a dial that times out (``dial_timeout``)
@@ -58,7 +76,8 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final, Self
@@ -75,6 +94,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.exceptions import SecurityUpgradeFailure
 
 from mpc.errors import InvalidEncoding
 from mpc.ids import PeerId
@@ -99,8 +119,8 @@ RETRY_DELAY: Final = 0.05
 """First pause between two attempts within one ``send()``; doubles."""
 BACKOFF_INITIAL: Final = 0.05
 BACKOFF_MAX: Final = 5.0
-RECEIVE_QUEUE: Final = 256
-"""Frames buffered for ``receive()``; beyond that, readers stop and Yamux pushes back."""
+DEFAULT_QUEUE_BYTES: Final = 8 * 1024 * 1024
+"""Bytes buffered per peer for ``receive()`` until ``set_allowed_peers`` names a cap."""
 _MAX_VARINT_BYTES: Final = 10
 _READ_CHUNK: Final = 1 << 20
 
@@ -206,6 +226,73 @@ class _FrameReader:
         return frame
 
 
+class _Inbox:
+    """Received frames, one queue per peer capped in bytes; taken from the peers in turn."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._queues: dict[PeerId, deque[bytes]] = {}
+        self._bytes: dict[PeerId, int] = {}
+        self._ready: deque[PeerId] = deque()
+        self._changed = trio.Event()
+        self.closed = False
+
+    def queued_bytes(self, peer: PeerId) -> int:
+        return self._bytes.get(peer, 0)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self._queues.clear()
+        self._bytes.clear()
+        self._ready.clear()
+        self._wake()
+
+    def drop(self, peer: PeerId) -> None:
+        """Forget ``peer``'s queued frames (it is no longer allowed)."""
+        self._queues.pop(peer, None)
+        self._bytes.pop(peer, None)
+        if peer in self._ready:
+            self._ready.remove(peer)
+        self._wake()
+
+    async def put(self, peer: PeerId, frame: bytes) -> None:
+        """Queue ``frame``; wait while ``peer``'s queue is non-empty and would exceed the cap."""
+        while True:
+            if self.closed:
+                raise trio.ClosedResourceError
+            used = self._bytes.get(peer, 0)
+            if used == 0 or used + len(frame) <= self.cap:
+                break
+            await self._changed.wait()
+        queue = self._queues.setdefault(peer, deque())
+        if not queue:
+            self._ready.append(peer)
+        queue.append(frame)
+        self._bytes[peer] = used + len(frame)
+        self._wake()
+
+    async def get(self) -> tuple[PeerId, bytes]:
+        while not self._ready:
+            if self.closed:
+                raise trio.ClosedResourceError
+            await self._changed.wait()
+        peer = self._ready.popleft()
+        queue = self._queues[peer]
+        frame = queue.popleft()
+        self._bytes[peer] -= len(frame)
+        if queue:
+            self._ready.append(peer)
+        else:
+            del self._queues[peer]
+            del self._bytes[peer]
+        self._wake()
+        return peer, frame
+
+
 class _Link:
     """Per destination peer: the outbound stream and the back-off state."""
 
@@ -294,9 +381,8 @@ class Libp2pTransport:
         self._state = "new"  # new → open → closed
         self._host: Any = None
         self._stack = AsyncExitStack()
-        self._send_channel, self._receive_channel = trio.open_memory_channel[tuple[PeerId, bytes]](
-            RECEIVE_QUEUE
-        )
+        self._inbox = _Inbox(DEFAULT_QUEUE_BYTES)
+        self._allowed: frozenset[PeerId] | None = None
         configure_logging()
 
     # --- lifecycle -----------------------------------------------------------------
@@ -315,6 +401,25 @@ class Libp2pTransport:
         )
         network: Any = host.get_network()
         network.retry_config = RetryConfig(max_retries=0)
+        upgrader = network.upgrader
+        secure = upgrader.upgrade_security
+
+        async def gated_upgrade_security(
+            raw_conn: Any, is_initiator: bool, peer_id: Any = None
+        ) -> Any:
+            # The remote peer id is known only once the Noise handshake is done: refuse a
+            # peer that is not allowed here, before Yamux and before any stream exists.
+            conn = await secure(raw_conn, is_initiator, peer_id)
+            remote = PeerId(conn.get_remote_peer().to_base58())
+            if not self._allows(remote):
+                self._counters.refused_peers += 1
+                logger.debug("refused a connection from %s: not an allowed peer", remote)
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                raise SecurityUpgradeFailure(f"peer {remote} is not allowed")
+            return conn
+
+        upgrader.upgrade_security = gated_upgrade_security
         host.set_stream_handler(self._protocol, self._handle_stream)
         return host
 
@@ -356,8 +461,8 @@ class Libp2pTransport:
             return
         was_open = self._state == "open"
         self._state = "closed"
-        await self._receive_channel.aclose()
-        await self._send_channel.aclose()
+        self._inbox.close()
+        await trio.lowlevel.checkpoint()
         if was_open:
             with trio.CancelScope(shield=True):
                 for link in self._links.values():
@@ -420,11 +525,32 @@ class Libp2pTransport:
     def statistics(self) -> TransportStatistics:
         return self._counters.snapshot()
 
+    def set_allowed_peers(
+        self, peers: Collection[PeerId] | None, *, queue_bytes: int | None = None
+    ) -> None:
+        """Take connections and frames only from ``peers`` (``None``: anyone); see the module doc."""
+        self._allowed = None if peers is None else frozenset(peers)
+        if queue_bytes is not None:
+            if queue_bytes < 1:
+                raise ValueError("queue_bytes must be positive")
+            self._inbox.cap = queue_bytes
+        if self._allowed is not None:
+            for peer in list(self._inbox._queues):
+                if peer not in self._allowed and peer != self._peer:
+                    self._inbox.drop(peer)
+
+    def _allows(self, peer: PeerId) -> bool:
+        return self._allowed is None or peer == self._peer or peer in self._allowed
+
+    def queued_bytes(self, peer: PeerId) -> int:
+        """Bytes of ``peer``'s frames waiting for ``receive()``."""
+        return self._inbox.queued_bytes(peer)
+
     async def receive(self) -> tuple[PeerId, bytes]:
         self._check_open()
         try:
-            return await self._receive_channel.receive()
-        except (trio.ClosedResourceError, trio.EndOfChannel, trio.BrokenResourceError):
+            return await self._inbox.get()
+        except trio.ClosedResourceError:
             raise TransportClosed(f"libp2p transport {self._peer} is closed") from None
 
     async def send(self, peer: PeerId, frame: bytes) -> None:
@@ -433,7 +559,10 @@ class Libp2pTransport:
             raise FrameTooLarge(len(frame), self._max_frame_size)
         frame = bytes(frame)
         if peer == self._peer:
-            await self._send_channel.send((peer, frame))
+            try:
+                await self._inbox.put(peer, frame)
+            except trio.ClosedResourceError:
+                raise TransportClosed(f"libp2p transport {self._peer} is closed") from None
             self._counters.sent(frame)
             self._counters.received(frame)
             return
@@ -534,8 +663,15 @@ class Libp2pTransport:
             sender = PeerId(stream.muxed_conn.peer_id.to_base58())
             reader = _FrameReader(stream, self._max_frame_size)
             while True:
+                if not self._allows(sender):
+                    # Its connection predates the allowed set: nothing more is read.
+                    self._counters.refused_peers += 1
+                    break
                 frame = await reader.read_frame()
-                await self._send_channel.send((sender, frame))
+                if not self._allows(sender):
+                    self._counters.refused_peers += 1
+                    break
+                await self._inbox.put(sender, frame)
                 self._counters.received(frame)
         except _Oversize:
             self._counters.dropped_oversize += 1

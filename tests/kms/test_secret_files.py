@@ -89,28 +89,29 @@ def test_node_init_replaces_a_planted_link_and_leaves_its_target_alone(tmp_path:
     v = victim(tmp_path)
     node = tmp_path / "node"
     node.mkdir()
-    (node / "passphrase").symlink_to(v)
+    (tmp_path / "node.passphrase").symlink_to(v)
     (node / "admin.token").symlink_to(tmp_path / "dangling")
     result = runner.invoke(app, ["node", "init", "--dir", str(node), "--json"])
     assert result.exit_code == 0, result.output
     assert_untouched(v)
     assert not (tmp_path / "dangling").exists()
-    for name in ("passphrase", "admin.token"):
-        assert_fresh_secret(node / name)
-        assert len((node / name).read_text().strip()) == 64
+    for path in (tmp_path / "node.passphrase", node / "admin.token"):
+        assert_fresh_secret(path)
+        assert len(path.read_text().strip()) == 64
 
 
 def test_node_init_does_not_keep_a_world_readable_mode(tmp_path: Path) -> None:
     node = tmp_path / "node"
     node.mkdir()
-    for name in ("passphrase", "admin.token"):
-        (node / name).write_text("old\n")
-        (node / name).chmod(0o644)
+    paths = (tmp_path / "node.passphrase", node / "admin.token")
+    for path in paths:
+        path.write_text("old\n")
+        path.chmod(0o644)
     result = runner.invoke(app, ["node", "init", "--dir", str(node), "--json"])
     assert result.exit_code == 0, result.output
-    for name in ("passphrase", "admin.token"):
-        assert_fresh_secret(node / name)
-        assert (node / name).read_text() != "old\n"
+    for path in paths:
+        assert_fresh_secret(path)
+        assert path.read_text() != "old\n"
 
 
 # --- kms key get --out -----------------------------------------------------------------------

@@ -42,6 +42,10 @@ FRAMES = sorted(GOLDEN.values())
 REGENERATE = "regenerate with .venv/bin/python tests/net/make_golden.py (a wire-format change)"
 
 
+V = ENVELOPE_VERSION
+"""The version this code speaks (1 was the wire of e1d36d0 and before)."""
+
+
 def packb(value: object) -> bytes:
     return bytes(msgpack.packb(value, use_bin_type=True))
 
@@ -83,8 +87,8 @@ def test_golden_envelope_opens_to_its_message(kind: str) -> None:
 
 def test_envelope_layout() -> None:
     frame = seal(MESSAGES["member/refresh"], epoch=1, sender=2)
-    assert msgpack.unpackb(frame) == [1, "member/refresh", 1, 2, refresh_payload()]
-    assert frame == packb([1, "member/refresh", 1, 2, refresh_payload()])
+    assert msgpack.unpackb(frame) == [V, "member/refresh", 1, 2, refresh_payload()]
+    assert frame == packb([V, "member/refresh", 1, 2, refresh_payload()])
 
 
 # --- strict decoding -----------------------------------------------------------------
@@ -104,16 +108,29 @@ def bad(reason: EnvelopeFailure, frame: bytes) -> None:
         ("empty", EnvelopeFailure.MALFORMED, b""),
         ("a map", EnvelopeFailure.MALFORMED, packb({"version": 1})),
         ("an empty array", EnvelopeFailure.MALFORMED, packb([])),
-        ("too few fields", EnvelopeFailure.MALFORMED, packb([1, "member/refresh", 1, 2])),
+        ("too few fields", EnvelopeFailure.MALFORMED, packb([V, "member/refresh", 1, 2])),
         ("a bool version", EnvelopeFailure.MALFORMED, packb([True, "member/refresh", 1, 2, b""])),
-        ("a str payload", EnvelopeFailure.MALFORMED, packb([1, "member/refresh", 1, 2, "x"])),
-        ("a bytes kind", EnvelopeFailure.MALFORMED, packb([1, b"member/refresh", 1, 2, b""])),
-        ("a negative epoch", EnvelopeFailure.MALFORMED, packb([1, "member/refresh", -1, 2, b""])),
-        ("a bool sender", EnvelopeFailure.MALFORMED, packb([1, "member/refresh", 1, False, b""])),
-        ("version 2", EnvelopeFailure.UNKNOWN_VERSION, packb([2, "member/refresh", 1, 2, b""])),
-        ("version 2, other shape", EnvelopeFailure.UNKNOWN_VERSION, packb([2, {"any": "thing"}])),
+        ("a str payload", EnvelopeFailure.MALFORMED, packb([V, "member/refresh", 1, 2, "x"])),
+        ("a bytes kind", EnvelopeFailure.MALFORMED, packb([V, b"member/refresh", 1, 2, b""])),
+        ("a negative epoch", EnvelopeFailure.MALFORMED, packb([V, "member/refresh", -1, 2, b""])),
+        ("a bool sender", EnvelopeFailure.MALFORMED, packb([V, "member/refresh", 1, False, b""])),
+        (
+            "the next version",
+            EnvelopeFailure.UNKNOWN_VERSION,
+            packb([V + 1, "member/refresh", 1, 2, b""]),
+        ),
+        (
+            "version 1",
+            EnvelopeFailure.UNKNOWN_VERSION,
+            packb([1, "member/refresh", 1, 2, refresh_payload()]),
+        ),
+        (
+            "the next version, other shape",
+            EnvelopeFailure.UNKNOWN_VERSION,
+            packb([V + 1, {"any": "thing"}]),
+        ),
         ("version 0", EnvelopeFailure.UNKNOWN_VERSION, packb([0, "member/refresh", 1, 2, b""])),
-        ("an unknown kind", EnvelopeFailure.UNKNOWN_KIND, packb([1, "no/such", 1, 2, b""])),
+        ("an unknown kind", EnvelopeFailure.UNKNOWN_KIND, packb([V, "no/such", 1, 2, b""])),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -129,11 +146,11 @@ def test_decode_rejects_trailing_bytes() -> None:
     "wire",
     [
         # epoch 1 as a uint16 instead of a positive fixint
-        b"\x95\x01\xaemember/refresh\xcd\x00\x01\x02",
+        bytes([0x95, V]) + b"\xaemember/refresh\xcd\x00\x01\x02",
         # the kind as str8 instead of fixstr
-        b"\x95\x01\xd9\x0emember/refresh\x01\x02",
+        bytes([0x95, V]) + b"\xd9\x0emember/refresh\x01\x02",
         # the array as array16 instead of fixarray
-        b"\xdc\x00\x05\x01\xaemember/refresh\x01\x02",
+        b"\xdc\x00\x05" + bytes([V]) + b"\xaemember/refresh\x01\x02",
     ],
 )
 def test_decode_rejects_non_canonical_encodings(wire: bytes) -> None:
@@ -143,27 +160,28 @@ def test_decode_rejects_non_canonical_encodings(wire: bytes) -> None:
 
 def test_oversize() -> None:
     bad(EnvelopeFailure.OVERSIZE, bytes(MAX_FRAME_SIZE + 1))
-    huge = Envelope(1, "member/refresh", 0, 0, bytes(MAX_MESSAGE_SIZE + 1))
+    huge = Envelope(V, "member/refresh", 0, 0, bytes(MAX_MESSAGE_SIZE + 1))
     with pytest.raises(EnvelopeError) as caught:
         encode_envelope(huge)
     assert caught.value.reason is EnvelopeFailure.OVERSIZE
     # A payload of the maximal message size fits in a frame.
     frame = encode_envelope(
-        Envelope(1, "member/refresh", 2**64 - 1, 2**64 - 1, bytes(MAX_MESSAGE_SIZE))
+        Envelope(V, "member/refresh", 2**64 - 1, 2**64 - 1, bytes(MAX_MESSAGE_SIZE))
     )
     assert len(frame) <= MAX_FRAME_SIZE
     assert decode_envelope(frame).epoch == 2**64 - 1
-    bad(EnvelopeFailure.OVERSIZE, packb([1, "member/refresh", 1, 2, bytes(MAX_MESSAGE_SIZE + 1)]))
+    bad(EnvelopeFailure.OVERSIZE, packb([V, "member/refresh", 1, 2, bytes(MAX_MESSAGE_SIZE + 1)]))
 
 
 @pytest.mark.parametrize(
     ("envelope", "reason"),
     [
-        (Envelope(2, "member/refresh", 0, 0, b""), EnvelopeFailure.UNKNOWN_VERSION),
-        (Envelope(1, "no/such", 0, 0, b""), EnvelopeFailure.UNKNOWN_KIND),
-        (Envelope(1, "member/refresh", -1, 0, b""), EnvelopeFailure.MALFORMED),
-        (Envelope(1, "member/refresh", 0, 2**64, b""), EnvelopeFailure.MALFORMED),
-        (Envelope(1, "member/refresh", 0, 0, "text"), EnvelopeFailure.MALFORMED),  # type: ignore[arg-type]
+        (Envelope(V + 1, "member/refresh", 0, 0, b""), EnvelopeFailure.UNKNOWN_VERSION),
+        (Envelope(1, "member/refresh", 0, 0, b""), EnvelopeFailure.UNKNOWN_VERSION),
+        (Envelope(V, "no/such", 0, 0, b""), EnvelopeFailure.UNKNOWN_KIND),
+        (Envelope(V, "member/refresh", -1, 0, b""), EnvelopeFailure.MALFORMED),
+        (Envelope(V, "member/refresh", 0, 2**64, b""), EnvelopeFailure.MALFORMED),
+        (Envelope(V, "member/refresh", 0, 0, "text"), EnvelopeFailure.MALFORMED),  # type: ignore[arg-type]
     ],
 )
 def test_encode_refuses_what_no_peer_would_accept(
@@ -175,7 +193,7 @@ def test_encode_refuses_what_no_peer_would_accept(
 
 
 def test_open_checks_that_the_payload_is_of_its_kind() -> None:
-    frame = encode_envelope(Envelope(1, "member/threshold", 0, 0, refresh_payload()))
+    frame = encode_envelope(Envelope(V, "member/threshold", 0, 0, refresh_payload()))
     decode_envelope(frame)  # the envelope alone is fine
     with pytest.raises(EnvelopeError) as caught:
         open_envelope(frame)
@@ -183,7 +201,7 @@ def test_open_checks_that_the_payload_is_of_its_kind() -> None:
 
 
 def test_open_reports_a_bad_payload_as_a_message_decode_error() -> None:
-    frame = encode_envelope(Envelope(1, "member/refresh", 0, 0, b"\x92\xaemember/refresh\x02"))
+    frame = encode_envelope(Envelope(V, "member/refresh", 0, 0, b"\x92\xaemember/refresh\x02"))
     with pytest.raises(MessageDecodeError):
         open_envelope(frame)
 

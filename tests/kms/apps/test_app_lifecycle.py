@@ -49,7 +49,7 @@ def admin(c: LocalCommittee, node: int, req: dict[str, Any]) -> dict[str, Any]:
 async def as_member(c: LocalCommittee, sender: int, to: int, message: Message) -> None:
     """Member ``sender`` sends ``message`` to ``to`` over the memory network."""
     st = c.services[sender].core.state
-    env = Envelope(1, message.TYPE, st.epoch if st else 0, sender, message.encode())
+    env = Envelope.of(message, epoch=st.epoch if st else 0, sender=sender)
     await c.services[sender].transport.send(
         c.services[to].transport.local_peer, encode_envelope(env)
     )

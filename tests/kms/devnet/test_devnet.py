@@ -31,7 +31,7 @@ from kms.store import NodeStore, PassphraseSealer
 from mpc.broadcast import BroadcastPayload, DigestRelay, SignedDigest
 from mpc.dkg.schedule import Schedule
 from mpc.membership.messages import ChainRequest, ChainUpdate
-from net.codec import MAX_FRAME_SIZE, Envelope, encode_envelope, open_envelope
+from net.codec import ENVELOPE_VERSION, MAX_FRAME_SIZE, Envelope, encode_envelope, open_envelope
 from net.errors import FrameTooLarge
 from net.libp2p import Libp2pTransport
 from net.libp2p.transport import encode_varint, send_raw
@@ -430,9 +430,13 @@ def test_bad_input_to_a_live_node(devnets: MakeDevnet) -> None:
                 # A known member, with frames that are not valid envelopes.
                 await member.send(peer1, b"\xc1 not msgpack at all")
                 await check("envelope: malformed", "garbage bytes")
-                await member.send(peer1, frame_of(1, "no/such-kind", 2, 2, request.encode()))
+                await member.send(
+                    peer1, frame_of(ENVELOPE_VERSION, "no/such-kind", 2, 2, request.encode())
+                )
                 await check("envelope: unknown-kind", "an unknown kind")
-                await member.send(peer1, frame_of(2, request.TYPE, 2, 2, request.encode()))
+                await member.send(
+                    peer1, frame_of(ENVELOPE_VERSION + 1, request.TYPE, 2, 2, request.encode())
+                )
                 await check("envelope: unknown-version", "an unknown version")
 
                 # Over the size limit: the transport refuses to send it at all...

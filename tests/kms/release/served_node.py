@@ -101,6 +101,9 @@ class StubTransport:
     def connected_peers(self) -> list[Any]:
         return []
 
+    def set_allowed_peers(self, peers: Any, *, queue_bytes: int | None = None) -> None:
+        pass
+
     def statistics(self) -> TransportStatistics:
         return TransportStatistics()
 

@@ -391,6 +391,8 @@ def breakdown(row: DkgRow) -> Table:
     tbl.add_column("made of", overflow="fold")
     window = f"2Δ + verification budget {format_seconds(work)} (0.5 s + 2 ms·n·t)"
     phases = (
+        ("run-key window", s.key_window_length, s.key_cutoff, "2Δ: recipients announce run keys"),
+        ("run-key tail", tail, s.key_end, "(f+1)·Δ: the run keys are agreed, dealers deal"),
         ("deal window", s.deal_window, s.deal_cutoff, window),
         ("deal tail", tail, s.deal_end, f"(f+1)·Δ = {s.f + 1}·{format_seconds(s.delta)}"),
         ("respond window", s.respond_window, s.respond_cutoff, window),
@@ -410,8 +412,8 @@ def breakdown(row: DkgRow) -> Table:
     fixed = 3 * work
     tbl.caption = (
         f"of the {format_seconds(row.lower_bound)} lower bound, {format_seconds(fixed)} is the "
-        f"verification budget, {format_seconds(3 * tail)} the (f+1)·Δ tails and "
-        f"{format_seconds(6 * s.delta)} the 2Δ of the windows"
+        f"verification budget, {format_seconds(4 * tail)} the (f+1)·Δ tails and "
+        f"{format_seconds(6 * s.delta + s.key_window_length)} the windows' fixed part"
     )
     tbl.caption_justify = "left"
     return tbl

@@ -36,6 +36,7 @@ __all__ = [
     "CTX_MEMBERSHIP_PROPOSAL",
     "CTX_MEMBERSHIP_VOTE",
     "CTX_RESHARE_ACK",
+    "CTX_RUN_KEY",
     "PUBLIC_KEY_LENGTH",
     "SEED_LENGTH",
     "SIGNATURE_LENGTH",
@@ -63,6 +64,8 @@ CTX_BROADCAST_DIGEST: Final = b"quorum-kms/v1/broadcast/digest"
 CTX_BROADCAST_RELAY: Final = b"quorum-kms/v1/broadcast/relay"
 CTX_DKG_KEY: Final = b"quorum-kms/v1/node/dkg-key"
 """A node's identity key signs its X25519 DKG encryption key under this context."""
+CTX_RUN_KEY: Final = b"quorum-kms/v1/dkg/run-key"
+"""A recipient's identity key signs the X25519 key it uses for one sharing run only."""
 CTX_KEY_RESPONSE: Final = b"quorum-kms/v1/kms/key-response"
 CTX_RESHARE_ACK: Final = b"quorum-kms/v1/reshare/ack"
 CTX_MEMBERSHIP_PROPOSAL: Final = b"quorum-kms/v1/membership/proposal"
@@ -78,6 +81,7 @@ CONTEXTS: Final[Mapping[str, bytes]] = types.MappingProxyType(
         "CTX_BROADCAST_DIGEST": CTX_BROADCAST_DIGEST,
         "CTX_BROADCAST_RELAY": CTX_BROADCAST_RELAY,
         "CTX_DKG_KEY": CTX_DKG_KEY,
+        "CTX_RUN_KEY": CTX_RUN_KEY,
         "CTX_KEY_RESPONSE": CTX_KEY_RESPONSE,
         "CTX_RESHARE_ACK": CTX_RESHARE_ACK,
         "CTX_MEMBERSHIP_PROPOSAL": CTX_MEMBERSHIP_PROPOSAL,

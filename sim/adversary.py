@@ -20,13 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
-from mpc import hpke
 from mpc.broadcast import BroadcastPayload, BroadcastRound, Outbound
 from mpc.codec import Message
 from mpc.dkg import Persist, SharingConfig, SharingSession
 from mpc.dkg.messages import (
     DealBundle,
-    EncryptedShare,
     JustificationBundle,
     Response,
     ResponseBundle,
@@ -338,9 +336,7 @@ class AdversarialSession(SharingSession):
         shares = []
         for p in self.config.recipients:
             value = (poly(p.index) + offsets.get(p.index, 0)) % R
-            info = self._share_info(self.me, ParticipantIndex(p.index))
-            enc, ct = hpke.seal(p.dkg_key, info, aad, scalar_to_bytes(value), rng=self._rng)
-            shares.append(EncryptedShare(p.index, enc, ct))
+            shares.append(self._seal_share(ParticipantIndex(p.index), aad, value))
         return DealBundle(int(self.me), commitments, tuple(shares))
 
     def _deal(self) -> None:

@@ -82,7 +82,7 @@ class SimNodeCore(NodeCore):
                 self._dkg_key,
                 rng=self._rng,
                 share=share,
-                persisted=self._records(cfg.run_id()),
+                persisted=self._persisted(cfg),
                 live_since=self.live_since,
             )
             session.behaviours = self.behaviours

@@ -23,6 +23,7 @@ from typing import Any
 
 from kms.node.core import (
     EpochSwitched,
+    EraseRecords,
     InputRejected,
     LinkCertified,
     MisbehaviourObserved,
@@ -301,6 +302,8 @@ class World:
         for ev in events:
             if isinstance(ev, StoreRecord):
                 store.records.setdefault(ev.run, {})[ev.key] = ev.data
+            elif isinstance(ev, EraseRecords):
+                store.records.pop(ev.run, None)
             elif isinstance(ev, EpochSwitched):
                 if store.share is not None and store.share_epoch < ev.epoch:
                     store.retained[store.share_epoch] = store.share

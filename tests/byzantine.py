@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, Outbound
 from mpc.dkg.messages import (
+    OMITTED_ENC,
     DealBundle,
     EncryptedShare,
     JustificationBundle,
     Response,
     ResponseBundle,
     RevealedShare,
+    RunKey,
 )
 from mpc.dkg.session import Phase, SharingSession
 from mpc.ids import ParticipantIndex
@@ -31,6 +33,9 @@ class Misbehaviour:
     justification: str = "honest"  # honest | wrong | none
     silent: bool = False
     wrong_constant: bool = False  # reshare: deal a sharing of something other than the share
+    withhold_run_key: bool = False  # announce no run key (and so get no share)
+    run_key_for_other_run: bool = False  # announce a key signed for another run id
+    omit_shares_to: frozenset[int] = frozenset()  # deal these recipients no share at all
     notes: tuple[str, ...] = field(default=())
 
     def describe(self) -> str:
@@ -49,6 +54,10 @@ class Misbehaviour:
             parts.append("silent")
         if self.wrong_constant:
             parts.append("wrong constant term")
+        if self.withhold_run_key:
+            parts.append("no run key")
+        if self.omit_shares_to:
+            parts.append(f"omits the shares of {sorted(self.omit_shares_to)}")
         return ", ".join(parts + list(self.notes)) or "honest"
 
 
@@ -70,11 +79,21 @@ class ByzantineSession(SharingSession):
         aad = DealBundle(int(self.me), commitments, ()).commitments_hash()
         shares = []
         for p in self.config.recipients:
+            if p.index in self.behaviour.omit_shares_to:
+                shares.append(EncryptedShare(p.index, OMITTED_ENC, bytes(48)))
+                continue
             value = poly(p.index) + (1 if p.index in bad else 0)
-            info = self._share_info(self.me, ParticipantIndex(p.index))
-            enc, ct = hpke.seal(p.dkg_key, info, aad, scalar_to_bytes(value), rng=self._rng)
-            shares.append(EncryptedShare(p.index, enc, ct))
+            shares.append(self._seal_share(ParticipantIndex(p.index), aad, value))
         return DealBundle(int(self.me), commitments, tuple(shares))
+
+    def _announce_key(self) -> None:
+        if self.behaviour.run_key_for_other_run:
+            key = hpke.derive_key_pair(self._rng(32))[1]
+            other = RunKey.create(bytes(32), int(self.me), key, self._key)
+            self._key_round.send(self._signed(self._key_round, other), self._now)
+            return
+        if not self.behaviour.withhold_run_key:
+            super()._announce_key()
 
     def _deal(self) -> None:
         b = self.behaviour

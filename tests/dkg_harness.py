@@ -44,7 +44,7 @@ def schedule(t: int, start: float = 1.0) -> Schedule:
 
 
 def ticks(s: Schedule) -> list[float]:
-    return [s.start, s.deal_end, s.respond_end, s.justify_end, s.certify_end, s.end]
+    return [s.start, s.key_end, s.deal_end, s.respond_end, s.justify_end, s.certify_end, s.end]
 
 
 @dataclass(frozen=True)
@@ -148,13 +148,23 @@ def make_router(adv: Adversary, sched: Schedule, honest: list[ParticipantIndex],
         s = int(sender)
         if s in adv.last_moment and isinstance(message, BroadcastPayload):
             # Reach only a few honest members, a hair before the phase cut-off.
-            cutoffs = [sched.deal_cutoff, sched.respond_cutoff, sched.justify_cutoff]
+            cutoffs = [
+                sched.key_cutoff,
+                sched.deal_cutoff,
+                sched.respond_cutoff,
+                sched.justify_cutoff,
+            ]
             cut = min((c for c in cutoffs if c >= now), default=now)
             return [cut - 1e-6] if to in few else []
         if s in adv.selective_relay and isinstance(message, DigestRelay):
             # Relay to half, as late as still useful; nothing to the others.
             k = len(message.relays)
-            cutoffs = [sched.deal_cutoff, sched.respond_cutoff, sched.justify_cutoff]
+            cutoffs = [
+                sched.key_cutoff,
+                sched.deal_cutoff,
+                sched.respond_cutoff,
+                sched.justify_cutoff,
+            ]
             cut = min((c for c in cutoffs if c + (k + 1) * DELTA >= now), default=now)
             return [max(now, cut + k * DELTA - 1e-6)] if int(to) % 2 == 0 else []
         answering_pull = isinstance(message, BroadcastPayload) and message.header.sender != s

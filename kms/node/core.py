@@ -27,6 +27,10 @@ Lifecycle:
   signs in an epoch is persisted as its lock before the partial goes out.
 * **Old shares** are retained until ``min(n', 2t'-1)`` new members have
   acknowledged the new epoch, then ``RetainedShareDeletable`` is emitted.
+* **Run records** are erased (``EraseRecords``): a run's key seed as soon as
+  the run ends, done or failed; everything else a run recorded (deals,
+  dealt polynomial, new share) once an epoch certificate for that epoch or a
+  later one is adopted (and, for this node's own run, its share stored).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from mpc.dkg import (
     SharingSession,
 )
 from mpc.dkg.messages import CertificatePartial, Participant
-from mpc.dkg.session import STALL_FRACTION
+from mpc.dkg.session import RUN_KEY_RECORD, STALL_FRACTION
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
@@ -108,6 +112,8 @@ MAX_RESHARE_RUNS = 16
 """Reshare configurations kept for judging evidence (the most recent runs)."""
 CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
+MAX_RUN_RECORDS = 64
+"""Runs this process started whose records are still to be erased (the oldest erased first)."""
 HOLDERS_GRACE_DELTAS = 10
 """A certified epoch in which this node knows fewer than ``t`` share holders this many Δ
 after it became ready here is reported (``NodeStatus.share_holders_below_threshold``)."""
@@ -131,6 +137,14 @@ PROMPT_NONCE = b"prompt-refresh\x00\x00"
 """The nonce of a member's prompt refresh proposal: its id is known to every member."""
 INTENT_RUN = b"membership-intent"
 LOCK_RUN = b"membership-lock"
+
+
+def run_key_records(run: bytes) -> bytes:
+    """The store run under which a sharing run's key seed is kept, so that it can be
+    erased alone, when the run ends, while the run's other records wait for the epoch."""
+    return b"run-key/" + run
+
+
 Link = EpochCertificate | MembershipCertificate
 GENESIS_ENDORSEMENTS_RUN = b"genesis-endorsements"
 """Run id of the genesis endorsements a node holds (kept across epochs, keyed by signer)."""
@@ -246,6 +260,14 @@ class StoreRecord:
 
 
 @dataclass(frozen=True)
+class EraseRecords:
+    """Delete, and overwrite, every record stored under ``run``: after this nothing the
+    run recorded (its key seed, deals, dealt polynomial or new share) is left."""
+
+    run: bytes
+
+
+@dataclass(frozen=True)
 class EpochSwitched:
     """A new epoch is certified: store it (one transaction), then serve it."""
 
@@ -338,6 +360,7 @@ class ShareRefused:
 
 NodeEvent = (
     StoreRecord
+    | EraseRecords
     | EpochSwitched
     | LinkCertified
     | ChainTrimmed
@@ -447,6 +470,9 @@ class NodeCore:
         self.addresses: dict[ParticipantIndex, tuple[str, ...]] = {}
         """Addresses of members admitted by certified changes (for the transport)."""
         self._run: SharingSession | None = None
+        self._runs: dict[bytes, int] = {}
+        """Sharing runs started here whose records are not erased yet: run id → epoch."""
+        self._erase: list[bytes] = []
         self._run_attempt = 0
         self._window: DecisionWindow | None = None
         self._window_index = -1
@@ -920,6 +946,9 @@ class NodeCore:
     def events(self) -> list[NodeEvent]:
         for s in self._sessions():
             self._collect(s)
+        # Erasures go last: what they erase (a new share) is stored by the events before.
+        self._events.extend(EraseRecords(run) for run in self._erase)
+        self._erase.clear()
         out, self._events = self._events, []
         return out
 
@@ -1530,7 +1559,7 @@ class NodeCore:
         if self.state is None and self._run is None and self.me in self._genesis_indices():
             self._start_genesis(self._run_attempt)
         if self._run is not None and self._run.phase in (Phase.DONE, Phase.FAILED):
-            self._run = None
+            self._end_run(self._run)
         if self._run is not None:
             try:
                 self._run.advance_time(now)
@@ -1549,9 +1578,11 @@ class NodeCore:
             cfg = session.config
             self._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, f"local error: {exc}"))
             if self._run is session:
-                self._run = None
+                self._end_run(session)
                 if cfg.kind == "reshare":
                     self._run_attempt = cfg.attempt + 1
+            else:
+                self._end_run(session)
         else:
             self._collect(session)
             epoch = self.state.epoch if self.state is not None else 0
@@ -1703,9 +1734,55 @@ class NodeCore:
             self._dkg_key,
             rng=self._rng,
             share=share,
-            persisted=self._records(cfg.run_id()),
+            persisted=self._persisted(cfg),
             live_since=self.live_since,
         )
+
+    def _persisted(self, cfg: SharingConfig) -> dict[str, bytes]:
+        """A run's records: its own, and its key seed (kept under a run of its own)."""
+        run = cfg.run_id()
+        self._runs[run] = cfg.epoch
+        while len(self._runs) > MAX_RUN_RECORDS:
+            self._erase_run(next(iter(self._runs)))
+        return {**self._records(run), **self._records(run_key_records(run))}
+
+    def _end_run(self, session: SharingSession) -> None:
+        """The run is over here, done or failed: its key seed goes at once. Nothing it
+        encrypted to that key opens any more, whoever recorded the deals."""
+        if self._run is session:
+            self._run = None
+        self._erase.append(run_key_records(session.run_id))
+        if (
+            self.state is not None
+            and self.state.epoch >= session.config.epoch
+            and session.run_id not in self._keep_runs()
+        ):
+            # An outcome for its epoch is already certified (and this run is no higher
+            # attempt of the head's epoch, which could still win): nothing of it is needed.
+            self._erase_run(session.run_id)
+
+    def _erase_run(self, run: bytes) -> None:
+        self._runs.pop(run, None)
+        self._erase.extend((run, run_key_records(run)))
+
+    def _erase_runs_up_to(self, epoch: int) -> None:
+        """An epoch certificate for ``epoch`` is adopted (and this node's share of it, if
+        any, stored by the events before): the records of every run for that epoch or an
+        earlier one are of no further use. A run still going here keeps its own."""
+        live = (
+            self._run.run_id
+            if self._run is not None
+            and self._run.phase
+            not in (
+                Phase.DONE,
+                Phase.FAILED,
+            )
+            else None
+        )
+        keep = set(self._keep_runs())
+        for run, e in list(self._runs.items()):
+            if e <= epoch and run != live and run not in keep:
+                self._erase_run(run)
 
     def _start_reshare(self, attempt: int) -> None:
         st = self.state
@@ -1744,6 +1821,8 @@ class NodeCore:
             # This node cannot take part (e.g. its old share does not match): the run goes
             # on without it; the node and its epoch go on.
             self._events.append(RunFailed("reshare", cfg.epoch, attempt, f"local error: {exc}"))
+            if self._run is not None:
+                self._end_run(self._run)
             self._run = None
             self._run_attempt = attempt + 1
             return
@@ -1948,7 +2027,8 @@ class NodeCore:
             run_id = session.run_id
             for ev in session.events():
                 if isinstance(ev, Persist):
-                    self._events.append(StoreRecord(run_id, ev.key, ev.data, ev.secret))
+                    where = run_key_records(run_id) if ev.key == RUN_KEY_RECORD else run_id
+                    self._events.append(StoreRecord(where, ev.key, ev.data, ev.secret))
                 elif isinstance(ev, SharingFinalized) and session.config.kind == "dkg":
                     self._own_genesis.append(ev.result.transcript.hash())
                     self._maybe_endorse()
@@ -1963,7 +2043,7 @@ class NodeCore:
                 elif isinstance(ev, SharingFailed):
                     cfg = session.config
                     self._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, ev.reason))
-                    self._run = None
+                    self._end_run(session)
                     self._keep_finalized(session)
                     if cfg.kind == "dkg" and self.state is None:
                         # Only while there is no chain: a node that caught up through
@@ -2089,7 +2169,7 @@ class NodeCore:
             self._events.append(
                 RunFailed(cfg.kind, cfg.epoch, cfg.attempt, "another attempt is certified")
             )
-            self._run = None
+            self._end_run(run)
         if link.transcript.kind == "reshare" and old_state is not None:
             if previous_share is not None:
                 self._retained[old_state.epoch] = previous_share
@@ -2099,6 +2179,7 @@ class NodeCore:
             if link.transcript.committee == old_state.committee.members:
                 self.last_refresh = self._now
         self._events.append(EpochSwitched(state.epoch, link, self.share, state, self._keep_runs()))
+        self._erase_runs_up_to(state.epoch)
         if old_state is None:
             self._genesis_adopted()
         self._clear_epoch_intent()
@@ -2178,6 +2259,7 @@ class NodeCore:
         self.share = share
         self.share_error = None
         self._events.append(EpochSwitched(state.epoch, link, share, state, self._keep_runs()))
+        self._erase_runs_up_to(state.epoch)
         self._acknowledge(link)
 
     def _trim(self) -> None:

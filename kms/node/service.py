@@ -35,6 +35,7 @@ from kms.node.core import (
     ChainTrimmed,
     ChangeCheck,
     EpochSwitched,
+    EraseRecords,
     InputRejected,
     LinkCertified,
     MisbehaviourObserved,
@@ -365,6 +366,8 @@ class NodeService:
     def _handle_event(self, ev: object) -> None:
         if isinstance(ev, StoreRecord):
             self.store.put_record(ev.run, ev.key, ev.data, secret=ev.secret)
+        elif isinstance(ev, EraseRecords):
+            self.store.delete_records(ev.run)
         elif isinstance(ev, EpochSwitched):
             st = ev.state
             poly = b"".join(ev.certificate.public_polynomial)

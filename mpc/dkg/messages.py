@@ -15,10 +15,45 @@ from mpc.errors import InvalidEncoding, InvalidSignature
 from mpc.ids import ParticipantIndex
 from mpc.math import G1, G2
 from mpc.participant import MAX_PARTICIPANTS, Participant
+from mpc.sig import CTX_RUN_KEY, SigningKey, VerifyKey
+
+OMITTED_ENC = bytes(32)
+"""``EncryptedShare.enc`` of a share a dealer could not encrypt: its recipient has no
+agreed run key. The all-zero X25519 point is never an HPKE encapsulation."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunKey(Message):
+    """A recipient's X25519 encryption key for one sharing run, signed by its identity.
+
+    Fresh for every run (every attempt), erased when the run ends: a later
+    compromise of the member opens none of the run's recorded deals.
+    """
+
+    TYPE = "dkg/run-key"
+    run: Annotated[bytes, Size(32)]
+    index: int
+    key: Annotated[bytes, Size(32)]
+    signature: Annotated[bytes, Size(64)]
+
+    @staticmethod
+    def statement(run: bytes, index: int, key: bytes) -> bytes:
+        return run + index.to_bytes(4, "big") + key
+
+    @classmethod
+    def create(cls, run: bytes, index: int, key: bytes, identity: SigningKey) -> RunKey:
+        return cls(run, index, key, identity.sign(CTX_RUN_KEY, cls.statement(run, index, key)))
+
+    def verify(self, identity: VerifyKey) -> None:
+        """Raise ``InvalidSignature`` unless ``identity`` signed this key for this run."""
+        identity.verify(CTX_RUN_KEY, self.statement(self.run, self.index, self.key), self.signature)
 
 
 @dataclass(frozen=True, slots=True)
 class EncryptedShare(Message):
+    """A share sealed to the recipient's run key; ``enc == OMITTED_ENC`` (and an all-zero
+    ``ciphertext``) when the recipient has no agreed run key."""
+
     TYPE = "dkg/encrypted-share"
     recipient: int
     enc: Annotated[bytes, Size(32)]
@@ -110,6 +145,7 @@ def decode_g1(raw: bytes) -> G1:
 
 
 __all__ = [
+    "OMITTED_ENC",
     "CertificatePartial",
     "DealBundle",
     "EncryptedShare",
@@ -121,4 +157,5 @@ __all__ = [
     "Response",
     "ResponseBundle",
     "RevealedShare",
+    "RunKey",
 ]

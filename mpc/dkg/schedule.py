@@ -3,6 +3,8 @@
 Every deadline counts from ``start``, a time fixed in the certificate or
 proposal that began the run; nothing restarts a timer relative to when a node
 happened to finish. Each broadcast phase lasts its window plus ``(f+1)·Δ``.
+The first one carries the recipients' run keys; the deals follow once those
+are agreed (``key_end``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Schedule:
     certify_window: float
     f: int
     """Faulty relayers tolerated by the broadcast: ``t - 1`` of the receiving committee."""
+    key_window: float | None = None
+    """How long recipients have to announce their run keys; ``None``: ``2Δ``."""
 
     def __post_init__(self) -> None:
         if (
@@ -34,6 +38,7 @@ class Schedule:
                 self.respond_window,
                 self.justify_window,
                 self.certify_window,
+                self.key_window_length,
             )
             <= 0
         ):
@@ -59,6 +64,7 @@ class Schedule:
             justify_window=2 * d + work,
             certify_window=3 * d,
             f=t - 1,
+            key_window=2 * d,
         )
 
     def encode(self) -> bytes:
@@ -70,16 +76,31 @@ class Schedule:
             self.respond_window,
             self.justify_window,
             self.certify_window,
+            self.key_window_length,
         )
-        return struct.pack(">6dI", *times, self.f)
+        return struct.pack(">7dI", *times, self.f)
 
     @property
     def phase_tail(self) -> float:
         return (self.f + 1) * self.delta
 
     @property
+    def key_window_length(self) -> float:
+        return self.key_window if self.key_window is not None else 2 * self.delta
+
+    @property
+    def key_cutoff(self) -> float:
+        """Run keys (sent at ``start``) must arrive directly by now."""
+        return self.start + self.key_window_length
+
+    @property
+    def key_end(self) -> float:
+        """Every honest member holds the same run keys; dealers deal now."""
+        return self.key_cutoff + self.phase_tail
+
+    @property
     def deal_cutoff(self) -> float:
-        return self.start + self.deal_window
+        return self.key_end + self.deal_window
 
     @property
     def deal_end(self) -> float:
@@ -120,4 +141,5 @@ class Schedule:
             justify_window=self.justify_window,
             certify_window=self.certify_window,
             f=self.f,
+            key_window=self.key_window,
         )

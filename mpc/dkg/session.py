@@ -2,9 +2,12 @@
 
 Both protocols run the same four phases over ``mpc.broadcast``:
 
-1. **deal**: each dealer broadcasts one signed ``DealBundle``: Feldman
-   commitments in G2 to a polynomial of degree ``t-1`` plus every recipient's
-   share, HPKE-encrypted to that recipient's DKG key. In a DKG the constant
+1. **deal**: each recipient first broadcasts a ``RunKey``, a fresh X25519 key
+   for this run only, signed by its identity key; once the run keys are
+   agreed (``key_end``), each dealer broadcasts one signed ``DealBundle``:
+   Feldman commitments in G2 to a polynomial of degree ``t-1`` plus every
+   recipient's share, HPKE-encrypted to that recipient's agreed run key (a
+   recipient without one gets no share). In a DKG the constant
    term is random; in a reshare it is the dealer's own share ``s_i``, so the
    constant commitment must equal the dealer's certified public share ``PK_i``.
 2. **respond**: each recipient checks its shares (one batched check) and
@@ -55,6 +58,7 @@ from mpc.cert import (
 from mpc.codec import Message, MessageDecodeError
 from mpc.dkg.evidence import Evidence, InvalidJustificationEvidence, ReshareConstantEvidence
 from mpc.dkg.messages import (
+    OMITTED_ENC,
     CertificatePartial,
     DealBundle,
     EncryptedShare,
@@ -63,12 +67,14 @@ from mpc.dkg.messages import (
     Response,
     ResponseBundle,
     RevealedShare,
+    RunKey,
 )
 from mpc.dkg.schedule import Schedule
 from mpc.errors import (
     DecryptionError,
     InvalidEncoding,
     InvalidShare,
+    InvalidSignature,
     LocalProtocolError,
     RemoteProtocolError,
 )
@@ -88,11 +94,14 @@ from mpc.secret import RNG, SecretScalar, SecretShare, random_scalar
 from mpc.sig import SigningKey, VerifyKey
 
 SHARE_INFO = b"quorum-kms/v1/dkg/share"
-_ROUND_NAMES = ("deal", "respond", "justify")
+_ROUND_NAMES = ("key", "deal", "respond", "justify")
 STALL_FRACTION = 0.25
 """A gap longer than ``STALL_FRACTION · Δ`` between two consecutive times a member
 observes (its ticks and receipts) means it was not live: stopped, paused, suspended
 or stalled. See ``SharingSession.live``."""
+RUN_KEY_RECORD = "run-key-seed"
+"""The secret record holding the seed of this member's run key. The node must erase
+it when the run ends (done or failed): after that the run's deals open for nobody."""
 
 
 class Phase(enum.Enum):
@@ -307,7 +316,8 @@ class SharingSession:
         self.config = config
         self.me = me
         self._key = identity_key
-        self._dkg_key = dkg_key
+        # ``dkg_key`` (the member's long-lived key) is checked but protects no share:
+        # shares go to a fresh key per run (``RunKey``).
         self._rng = rng
         self._persisted = dict(persisted or {})
         self.is_dealer = me in config.dealer_indices
@@ -354,20 +364,12 @@ class SharingSession:
             )
             return BroadcastRound(cfg, identity_key)
 
+        self._key_round = rnd(b"key", recipients, sched.key_cutoff)
         self._deal_round = rnd(b"deal", dealers, sched.deal_cutoff)
         self._respond_round = rnd(b"respond", recipients, sched.respond_cutoff)
         self._justify_round = rnd(b"justify", dealers, sched.justify_cutoff)
-        self._rounds = {
-            r.config.session: r
-            for r in (self._deal_round, self._respond_round, self._justify_round)
-        }
-        by_name = dict(
-            zip(
-                _ROUND_NAMES,
-                (self._deal_round, self._respond_round, self._justify_round),
-                strict=True,
-            )
-        )
+        self._rounds = {r.config.session: r for r in self._all_rounds()}
+        by_name = dict(zip(_ROUND_NAMES, self._all_rounds(), strict=True))
         for key, raw in sorted(self._persisted.items()):
             if key.startswith("seen/"):
                 by_name[key.split("/")[1]].restore_accepted(BroadcastPayload.decode(raw))
@@ -381,7 +383,13 @@ class SharingSession:
         self._outbox: list[Outbound] = []
         self._events: list[Event] = []
         self._poly: Polynomial | None = None
+        seed = self._persisted.get(RUN_KEY_RECORD)
+        self._run_key: hpke.PrivateKey | None = (
+            hpke.derive_key_pair(seed)[0] if seed is not None and self.is_recipient else None
+        )
         # Filled as phases end.
+        self._run_keys: dict[ParticipantIndex, bytes] = {}
+        self._keys_fixed = False
         self._deals: dict[ParticipantIndex, tuple[BroadcastPayload, DealBundle, list[G2]]] = {}
         self._my_shares: dict[ParticipantIndex, int] = {}
         self._complaints: dict[ParticipantIndex, set[ParticipantIndex]] = {}
@@ -417,11 +425,12 @@ class SharingSession:
         out, self._outbox = self._outbox, []
         return out
 
+    def _all_rounds(self) -> tuple[BroadcastRound, ...]:
+        return (self._key_round, self._deal_round, self._respond_round, self._justify_round)
+
     def _log_accepted(self) -> None:
         """What this member heard is persisted too, so a restart keeps its view."""
-        for name, r in zip(
-            _ROUND_NAMES, (self._deal_round, self._respond_round, self._justify_round), strict=True
-        ):
+        for name, r in zip(_ROUND_NAMES, self._all_rounds(), strict=True):
             for m in r.take_accepted():
                 key = f"seen/{name}/{m.header.sender}/{m.header.digest.hex()}"
                 self._events.append(Persist(key, m.encode()))
@@ -490,6 +499,9 @@ class SharingSession:
         try:
             if self._phase is Phase.WAITING and now >= s.start:
                 self._enter(Phase.DEALING)
+                self._announce_key()
+            if self._phase is Phase.DEALING and now >= s.key_end and not self._keys_fixed:
+                self._after_keys()
                 self._deal()
             if self._phase is Phase.DEALING and now >= s.deal_end:
                 self._after_deals()
@@ -506,7 +518,52 @@ class SharingSession:
             self.failure = "local error"
             raise
 
-    # --- phase 1: deal -------------------------------------------------------------
+    # --- phase 1: run keys, then deal ------------------------------------------------
+
+    def _announce_key(self) -> None:
+        """A recipient broadcasts a fresh X25519 key for this run, signed by its identity."""
+        if not self.is_recipient:
+            return
+        saved = self._persisted.get("run-key")
+        if saved is not None:
+            # Sent before a restart: resend those bytes. If the key's seed is gone
+            # (erased), this member simply cannot open its shares in this run.
+            self._key_round.send(BroadcastPayload.decode(saved), self._now)
+            return
+        seed = self._persisted.get(RUN_KEY_RECORD)
+        if seed is None:
+            seed = self._rng(32)
+            self._events.append(Persist(RUN_KEY_RECORD, seed, secret=True))
+        self._run_key, public = hpke.derive_key_pair(seed)
+        announcement = RunKey.create(self._run, int(self.me), public, self._key)
+        self._broadcast_own(self._key_round, "run-key", announcement)
+
+    def _after_keys(self) -> None:
+        """Fix every recipient's run key from the key round's outcome: the same at every
+        honest member. A missing, equivocated or invalid announcement gives no key."""
+        self._keys_fixed = True
+        for j, outcome in sorted(self._key_round.outcome().items()):
+            if outcome.status is not SlotStatus.DELIVERED:
+                continue
+            try:
+                rk = RunKey.decode(outcome.payload or b"")
+                if rk.run != self._run or rk.index != j:
+                    raise MessageDecodeError("run key for another run or member")
+                rk.verify(self._identities[j])
+                # A small-order point would make every dealer's encryption fail.
+                hpke.seal(rk.key, b"", b"", b"", rng=lambda n: b"\x01" * n)
+            except (InvalidEncoding, InvalidSignature):
+                continue
+            self._run_keys[j] = rk.key
+
+    def _seal_share(self, recipient: ParticipantIndex, aad: bytes, value: int) -> EncryptedShare:
+        """``f_i(recipient)`` sealed to the recipient's agreed run key; omitted without one."""
+        key = self._run_keys.get(recipient)
+        if key is None:
+            return EncryptedShare(int(recipient), OMITTED_ENC, bytes(48))
+        info = self._share_info(self.me, recipient)
+        enc, ct = hpke.seal(key, info, aad, scalar_to_bytes(value), rng=self._rng)
+        return EncryptedShare(int(recipient), enc, ct)
 
     def _deal(self) -> None:
         if not self.is_dealer:
@@ -534,9 +591,7 @@ class SharingSession:
         shares = []
         aad = DealBundle(int(self.me), commitments, ()).commitments_hash()
         for p in self.config.recipients:
-            info = self._share_info(self.me, ParticipantIndex(p.index))
-            enc, ct = hpke.seal(p.dkg_key, info, aad, scalar_to_bytes(poly(p.index)), rng=self._rng)
-            shares.append(EncryptedShare(p.index, enc, ct))
+            shares.append(self._seal_share(ParticipantIndex(p.index), aad, poly(p.index)))
         bundle = DealBundle(int(self.me), commitments, tuple(shares))
         payload = self._deal_round.make_payload(bundle.encode())
         if not reuse:
@@ -587,6 +642,13 @@ class SharingSession:
                 int(i) for i in self.config.recipient_indices
             ]:
                 raise MessageDecodeError("shares are not exactly for the recipients")
+            for share in bundle.shares:
+                if (share.enc == OMITTED_ENC) == (
+                    ParticipantIndex(share.recipient) in self._run_keys
+                ):
+                    raise MessageDecodeError(
+                        f"share for {share.recipient} does not follow the agreed run keys"
+                    )
             points = [G2.from_bytes(c) for c in bundle.commitments]
         except InvalidEncoding as exc:
             self._exclude(dealer, f"malformed deal: {exc}")
@@ -606,6 +668,12 @@ class SharingSession:
         if not self.is_recipient:
             self._enter(Phase.RESPONDING)
             return
+        key = self._run_key
+        if key is None or self._run_keys.get(self.me) != key.public_bytes():
+            # No agreed run key (or its seed is gone): this member was dealt no share
+            # it can open, so it complains about nothing and ends this run without one.
+            self._enter(Phase.RESPONDING)
+            return
         claims: list[ShareClaim] = []
         complaints: set[ParticipantIndex] = set()
         for dealer, (_, bundle, points) in sorted(self._deals.items()):
@@ -613,7 +681,7 @@ class SharingSession:
             try:
                 pt = hpke.open(
                     enc.enc,
-                    self._dkg_key,
+                    key,
                     self._share_info(dealer, self.me),
                     bundle.commitments_hash(),
                     enc.ciphertext,
@@ -656,7 +724,9 @@ class SharingSession:
         if own_deal and self.me not in valid:
             valid = sorted([*valid, self.me])
         for responder, outcome in self._respond_round.outcome().items():
-            if outcome.status is SlotStatus.MISSING:
+            if outcome.status is SlotStatus.MISSING or responder not in self._run_keys:
+                # A responder without an agreed run key was dealt no share: there is
+                # nothing of it to reveal, so its complaints do not count.
                 continue
             if outcome.status is SlotStatus.EQUIVOCATED:
                 if outcome.evidence is not None:
@@ -777,6 +847,9 @@ class SharingSession:
         if self.config.kind == "reshare" and poly[0] != self.config.mpk:
             self._fail("reshared public polynomial does not keep the master public key")
             return
+        if self.me not in self._run_keys:
+            self._fail("no run key of this member was agreed: no share in this run")
+            return
         missing = [d for d in qual if d not in self._my_shares]
         if missing:
             # Only a member whose view was lost (a restart) gets here: the others
@@ -887,6 +960,8 @@ class SharingSession:
         if phase not in TRANSITIONS[self._phase]:
             raise LocalProtocolError(f"illegal transition {self._phase.value} → {phase.value}")
         self._phase = phase
+        if phase in TERMINAL_PHASES:
+            self._run_key = None  # the run is over: its key opens nothing any more
 
     @property
     def qualified(self) -> Sequence[ParticipantIndex]:

@@ -357,6 +357,7 @@ def test_golden_instances_carry_valid_signatures() -> None:
     for p in cert.transcript.committee:
         p.check()
     GOLDEN["reshare/ack"].verify(key[2])
+    GOLDEN["dkg/run-key"].verify(key[1])
     GOLDEN["evidence/equivocation"].verify(key[2])
     GOLDEN["evidence/invalid-justification"].verify(key[3], run=generate.label("run"))
     GOLDEN["evidence/reshare-constant"].verify(

@@ -205,7 +205,7 @@ def test_generate_rejects_bad_rng() -> None:
 
 def test_context_registry_distinct_and_well_formed() -> None:
     values = list(sig.CONTEXTS.values())
-    assert len(values) == len(set(values)) == 11
+    assert len(values) == len(set(values)) == 12
     for name, context in sig.CONTEXTS.items():
         assert name.startswith("CTX_")
         assert getattr(sig, name) == context

@@ -171,7 +171,7 @@ def test_a_member_behind_asks_a_peer_that_is_ahead_for_the_chain_rate_limited() 
     from mpc.membership.messages import ChainRequest
 
     _, cores = committee(3, 2, seed=6)
-    mesh = run(cores, 19.0)
+    mesh = run(cores, 25.0)  # past the last chain request made while genesis ran
     core = cores[PI(1)]
     core.messages_to_send()
     now = mesh.now

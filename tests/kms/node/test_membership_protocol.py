@@ -64,7 +64,8 @@ def test_two_competing_proposals_one_certified_the_other_decided_later() -> None
         for p in cores[PI(1)].status().pending
     )
     again = cores[PI(1)].propose(loser_change)
-    for i in (2, 3):
+    # Four approvals: enough whichever change won (a threshold of 4 needs them all).
+    for i in (2, 3, 4):
         cores[PI(i)].approve(again)
     mesh.run_until(100.0)
     both = memberships(cores[PI(1)])

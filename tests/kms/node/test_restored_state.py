@@ -38,11 +38,11 @@ def test_a_crash_between_the_polynomial_and_the_deal_record_does_not_crash_loop(
     tmp_path: Path,
 ) -> None:
     c = Committee(tmp_path, 3, 2, seed=11)
-    start = c.configs[PI(3)].genesis_schedule(0).start
+    deal_at = c.configs[PI(3)].genesis_schedule(0).key_end
     # Node 3 deals; its process dies after the polynomial's record reached the disk and
     # before the deal's did (the deal was never sent).
     core = c.core(3)
-    core.advance_time(start)
+    core.advance_time(deal_at)
     records = [e for e in core.events() if isinstance(e, StoreRecord)]
     poly = next(r for r in records if r.key == "polynomial")
     assert any(r.key == "deal" for r in records)

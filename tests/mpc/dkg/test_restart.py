@@ -22,6 +22,7 @@ from mpc.broadcast import BroadcastPayload, session_id
 from mpc.codec import Message, decode
 from mpc.dkg.messages import CertificatePartial, DealBundle, JustificationBundle
 from mpc.dkg.session import (
+    RUN_KEY_RECORD,
     Persist,
     Phase,
     ResponderEquivocated,
@@ -227,11 +228,21 @@ class Kill:
 
 
 KILLS = [
+    # Back as the run starts, so it hears every run key: a member that misses them deals
+    # from a view of the keys the others do not share, and its deal is left out.
+    Kill("killed before dealing, back in time to deal", Phase.WAITING, S.start - 0.5, S.start),
     Kill(
-        "killed before dealing, back in time to deal", Phase.WAITING, S.start - 0.5, S.start + 0.5
+        "killed after dealing, back early in the deal phase",
+        Phase.DEALING,
+        S.key_end + 0.2,
+        S.key_end + 0.5,
     ),
-    Kill("killed after dealing, back early in the deal phase", Phase.DEALING, 1.2, 1.5),
-    Kill("killed after dealing, back just before the deal cut-off", Phase.DEALING, 2.5, 2.9),
+    Kill(
+        "killed after dealing, back just before the deal cut-off",
+        Phase.DEALING,
+        S.deal_cutoff - 0.5,
+        S.deal_cutoff - 0.1,
+    ),
     Kill("killed after responding", Phase.RESPONDING, S.deal_end + 0.2, S.deal_end + 0.5),
     Kill("killed after justifying", Phase.JUSTIFYING, S.respond_end + 0.2, S.respond_end + 0.5),
     Kill(
@@ -323,8 +334,8 @@ def test_a_member_that_crashed_before_sending_its_partial_still_lets_the_run_cer
 def test_a_dealer_restarted_without_its_polynomial_in_memory_justifies_from_the_record() -> None:
     """Restarted right after dealing (no message lost): the polynomial is gone from memory,
     and the justification must reveal the shares of the persisted one."""
-    run = run_with_restart(S.start + 1e-9, S.start + 2e-9)
-    assert signed_records(run.persisted) == {"polynomial", "deal"}
+    run = run_with_restart(S.key_end + 1e-9, S.key_end + 2e-9)
+    assert signed_records(run.persisted) == {RUN_KEY_RECORD, "run-key", "polynomial", "deal"}
     justification_matches_the_record(run)
     never_an_equivocator(run)
     result = others_agree(run)
@@ -348,7 +359,13 @@ def test_a_dealer_restarted_in_the_respond_phase_still_justifies() -> None:
     """Killed right after sending its response and back at once: it misses none of the
     responses (the accuser's complaint included), only its memory of the deal round."""
     run = run_with_restart(S.deal_end + 1e-6, S.deal_end + 2e-6)
-    assert signed_records(run.persisted) == {"polynomial", "deal", "response"}
+    assert signed_records(run.persisted) == {
+        RUN_KEY_RECORD,
+        "run-key",
+        "polynomial",
+        "deal",
+        "response",
+    }
     never_an_equivocator(run)
     result = others_agree(run)
     assert run.victim in result.qual
@@ -356,7 +373,8 @@ def test_a_dealer_restarted_in_the_respond_phase_still_justifies() -> None:
 
 
 def test_a_dealer_restarted_after_the_respond_phase_still_justifies() -> None:
-    run = run_with_restart(S.deal_end + 0.2, S.respond_end + 0.5)
+    # Killed once the complaint has surely arrived (delays are below Δ/3).
+    run = run_with_restart(S.deal_end + 0.4, S.respond_end + 0.5)
     assert "polynomial" in run.persisted and "justification" not in run.persisted
     never_an_equivocator(run)
     result = others_agree(run)
@@ -372,6 +390,7 @@ def test_a_dealer_that_crashed_between_its_polynomial_and_its_deal_deals_consist
     cfg = make_config(nodes, 3)
     first = make_session(cfg, nodes, VICTIM, "first")
     first.start(S.start)
+    first.advance_time(S.key_end)
     stale = {e.key: e.data for e in first.events() if isinstance(e, Persist)}
     first.messages_to_send()  # never sent: the shell had stored only the polynomial
     sessions: dict[PI, Any] = {
@@ -455,6 +474,8 @@ def test_persist_records_precede_the_messages_they_cover() -> None:
     mesh = Mesh(sessions, seed=4, max_delay=DELTA / 3, ticks=ticks(cfg.schedule))
     mesh.run_until(cfg.schedule.end + 1)
     assert [k for k in keys if not k.startswith("seen/")] == [
+        RUN_KEY_RECORD,
+        "run-key",
         "polynomial",
         "deal",
         "response",
@@ -464,7 +485,7 @@ def test_persist_records_precede_the_messages_they_cover() -> None:
     ]
     assert checked >= 4 * 4
     secret = {e.key for e in mesh.events[VICTIM] if isinstance(e, Persist) and e.secret}
-    assert secret == {"polynomial", "share"}
+    assert secret == {RUN_KEY_RECORD, "polynomial", "share"}
 
 
 # --- the membership decision window -----------------------------------------------------

@@ -373,7 +373,9 @@ def build_world() -> World:
         m = c.message
         name = None
         if isinstance(m, BroadcastPayload | DigestRelay):
-            rnd = next(r for r in ROUNDS if m.header.session == world.round_session(r))
+            rnd = next((r for r in ROUNDS if m.header.session == world.round_session(r)), None)
+            if rnd is None:
+                continue  # the run-key round is probed by its own tests
             if m.header.sender == 2:
                 kind = "payload" if isinstance(m, BroadcastPayload) else "relay"
                 if (kind, c.peer) in (("payload", 2), ("relay", 3)):
@@ -896,9 +898,14 @@ def observed_edges() -> set[tuple[Phase, Phase]]:
 def test_the_runs_reach_every_end() -> None:
     ends = {tr.session.phase for name in RUNS for tr in recorded(name).traced.values()}
     assert ends == {Phase.DONE, Phase.FAILED}
-    reasons = {tr.session.failure for name in RUNS for tr in recorded(name).traced.values()} - {
-        None
-    }
+    # Honest members' reasons: a corrupt member's own view (a run key it sent at the last
+    # moment, say) may differ from everyone else's.
+    reasons = {
+        tr.session.failure
+        for name in RUNS
+        for i, tr in recorded(name).traced.items()
+        if int(i) not in recorded(name).corrupt
+    } - {None}
     assert reasons == {
         "only 2 qualified dealers, 3 needed",
         "too few certificate signatures by the deadline",

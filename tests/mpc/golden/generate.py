@@ -64,6 +64,7 @@ from mpc.dkg.messages import (
     Response,
     ResponseBundle,
     RevealedShare,
+    RunKey,
 )
 from mpc.ids import ParticipantIndex
 from mpc.math import G2, R
@@ -250,7 +251,10 @@ def golden_messages() -> dict[str, Message]:
     intent = MembershipIntent((proposal,), (proposal.id(),), (bytes(32),))
 
     endorsement = GenesisEndorsement.create(identity_key(1), 1, transcript)
+    run_key = RunKey.create(run, 1, hpke.derive_key_pair(label("run-key", 1))[1], identity_key(1))
+
     instances: list[Message] = [
+        run_key,
         header,
         deal_payload,
         PullRequest(deal_session, 1, header.digest),

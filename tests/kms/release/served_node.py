@@ -81,9 +81,15 @@ def committee() -> Committee:
         for i in seeds
     }
     cores = {PI(i): NodeCore(configs[i], keys[i][0], keys[i][1], rng=rnd.randbytes) for i in seeds}
-    mesh = Mesh(cores, seed=3, max_delay=0.15, ticks=[k * 0.25 for k in range(160)])
-    mesh.run_until(38.0)
-    switched = next(e for e in mesh.events[PI(1)] if isinstance(e, EpochSwitched))
+    mesh = Mesh(cores, seed=3, max_delay=0.15, ticks=[k * 0.25 for k in range(80)])
+    mesh.run_until(19.0)
+    # Node 1 may learn the certificate from the chain before its own run ends
+    # (its first switch then has no share) and adopt its kept share after.
+    switched = next(
+        e
+        for e in reversed(mesh.events[PI(1)])
+        if isinstance(e, EpochSwitched) and e.share is not None
+    )
     mpk = cores[PI(1)].state.mpk
     chain = verify_chain(cores[PI(1)].chain, mpk=mpk)
     return Committee(configs[1], seeds[1], switched, chain, mpk.to_bytes())

@@ -322,7 +322,9 @@ def test_join_leave_threshold_while_a_cvm_keeps_its_key(net: Devnet) -> None:
     assert {e for e, _ in cvm.results} >= {0, 1, last}, sorted({e for e, _ in cvm.results})
 
     # Node 5's last share, taken from its store, is of no use in the last epoch.
-    with NodeStore(old5 / "node.db", PassphraseSealer.from_file(old5 / "passphrase")) as store:
+    with NodeStore(
+        old5 / "node.db", PassphraseSealer.from_file(old5.with_name(old5.name + ".passphrase"))
+    ) as store:
         cur = store.current_epoch()
         assert cur is not None and cur.share is not None
         assert cur.epoch == refreshed
@@ -334,7 +336,7 @@ def test_join_leave_threshold_while_a_cvm_keeps_its_key(net: Devnet) -> None:
     assert not any(verify_partial(partial5, key_id, pk) for pk in chain.public_shares.values())
     with NodeStore(
         net.config_path(1).parent / "node.db",
-        PassphraseSealer.from_file(net.config_path(1).parent / "passphrase"),
+        PassphraseSealer.from_file(net.config_path(1).parent.with_suffix(".passphrase")),
     ) as store:
         cur1 = store.current_epoch()
         assert cur1 is not None and cur1.epoch == last and cur1.share is not None

@@ -443,7 +443,9 @@ def test_a_cvm_discloses_a_wrong_partial_and_the_other_nodes_keep_the_evidence(
 
     def store_of(i: int):  # type: ignore[no-untyped-def]
         d = Path(dn.node_entry(state, i)["config"]).parent
-        return NodeStore(d / "node.db", PassphraseSealer.from_file(d / "passphrase"))
+        return NodeStore(
+            d / "node.db", PassphraseSealer.from_file(d.with_name(d.name + ".passphrase"))
+        )
 
     with store_of(2) as s2, store_of(4) as s4:
         ident = s2.load_identity()

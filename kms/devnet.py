@@ -389,7 +389,7 @@ def admit_app(directory: Path, bundle: Any) -> dict[str, Any]:
     Later versions travel with `kms app policy push`."""
     app_hex = bundle.signed.policy.app_id.hex()
     acks, lagging = [], []
-    for node_dir in sorted(directory.glob("node-*")):
+    for node_dir in sorted(p for p in directory.glob("node-*") if p.is_dir()):
         pdir = node_dir / "policies"
         pdir.mkdir(exist_ok=True)
         tmp = pdir / f".{app_hex}.tmp"

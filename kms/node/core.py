@@ -121,6 +121,8 @@ MAX_KEPT_SHARES = 8
 """Shares of finalized runs that failed locally, kept in memory in case their
 certificate arrives late (they are persisted as run records too)."""
 HIGHER_ATTEMPTS_KEPT = 8
+EARLY_ACKS_PER_MEMBER = 4
+"""Acknowledgements of an epoch not certified here yet, kept per member."""
 """Attempts after the certified one of the head's epoch whose records a node keeps."""
 ACK_RUN_LABEL = b"acks"
 """Run id prefix of the acknowledgements this node received for one epoch certificate."""
@@ -565,6 +567,9 @@ class NodeCore:
             )
             for raw in self._records(self._ack_run(cert)).values():
                 self._restore_ack(raw)
+        if self.share is None:
+            # Its own stored acknowledgement proves nothing once the share is not used.
+            self._holders.pop(self.me, None)
         if self.share is None and self.me in st.committee.indices:
             share = self._persisted_share(st.certificate, before)
             if share is not None:
@@ -1284,7 +1289,13 @@ class NodeCore:
             return
         if isinstance(message, Acknowledgement):
             if self.state is None or message.epoch > self.state.epoch:
-                # The new epoch may not be certified here yet: keep a few for later.
+                # The new epoch may not be certified here yet: keep a few for later, a
+                # handful per member and only for the next epoch, so that one member
+                # cannot push the others' out.
+                if self.state is not None and message.epoch > self.state.epoch + 1:
+                    raise RemoteProtocolError("acknowledgement for an epoch too far ahead", [peer])
+                if sum(1 for p, _ in self._early_acks if p == peer) >= EARLY_ACKS_PER_MEMBER:
+                    raise RemoteProtocolError("too many early acknowledgements", [peer])
                 self._early_acks.append((peer, message))
                 return
             self._take_ack(peer, message)

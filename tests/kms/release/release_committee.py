@@ -27,5 +27,7 @@ def genesis_cores(
         )
         for i in range(1, n + 1)
     }
-    Mesh(cores, seed=mesh_seed, max_delay=0.15, ticks=[k * 0.25 for k in range(160)]).run_until(38.0)
+    Mesh(cores, seed=mesh_seed, max_delay=0.15, ticks=[k * 0.25 for k in range(160)]).run_until(
+        38.0
+    )
     return nodes, cores, rng

@@ -420,6 +420,10 @@ class BroadcastRound:
         self._accepted_log.append(BroadcastPayload(cand.header, cand.payload))
         self._relay(sender, cand)
 
+    def has_accepted(self) -> bool:
+        """Whether messages were accepted since the last ``take_accepted``."""
+        return bool(self._accepted_log)
+
     def take_accepted(self) -> list[BroadcastPayload]:
         """Messages accepted since the last call, for the owner to persist: a member
         restarted mid-phase restores its view with ``restore_accepted``."""

@@ -37,6 +37,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Self, Union, get_args, get_origin
 
@@ -118,7 +119,7 @@ class Message:
         return [
             self.TYPE,
             version,
-            *(_to_wire(getattr(self, n), t) for n, t in _fields(type(self), version)),
+            *(enc(getattr(self, n)) for n, enc in _plan(type(self), version, False)),
         ]
 
     def encode(self) -> bytes:
@@ -133,8 +134,8 @@ class Message:
         """The JSON form (see the module docstring)."""
         version = self.wire_version()
         out: dict[str, Any] = {"@type": self.TYPE, "@version": version}
-        for n, t in _fields(type(self), version):
-            out[n] = _to_wire(getattr(self, n), t, as_json=True)
+        for n, enc in _plan(type(self), version, True):
+            out[n] = enc(getattr(self, n))
         return out
 
     @classmethod
@@ -370,22 +371,54 @@ def _since(cls: type) -> dict[str, int]:
 
 def _to_wire(value: Any, tp: Any, *, as_json: bool = False) -> Any:
     """A field's wire value; ``as_json``: its JSON form (bytes as hex, messages as objects)."""
+    return _encoder(tp, as_json)(value)
+
+
+_ENCODERS: dict[tuple[Any, bool], Callable[[Any], Any]] = {}
+_PLANS: dict[tuple[type, int, bool], list[tuple[str, Callable[[Any], Any]]]] = {}
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _encoder(tp: Any, as_json: bool) -> Callable[[Any], Any]:
+    """The encoder for values of type ``tp``, built once per type (encoding is hot)."""
+    key = (tp, as_json)
+    fn = _ENCODERS.get(key)
+    if fn is None:
+        fn = _ENCODERS[key] = _make_encoder(tp, as_json)
+    return fn
+
+
+def _make_encoder(tp: Any, as_json: bool) -> Callable[[Any], Any]:
     origin = get_origin(tp)
     if origin is Annotated:
-        return _to_wire(value, get_args(tp)[0], as_json=as_json)
+        return _encoder(get_args(tp)[0], as_json)
     if origin in (Union, types.UnionType):
-        if value is None:
-            return None
-        inner = next(a for a in get_args(tp) if a is not type(None))
-        return _to_wire(value, inner, as_json=as_json)
+        inner = _encoder(next(a for a in get_args(tp) if a is not type(None)), as_json)
+        return lambda v: None if v is None else inner(v)
     if origin is tuple:
-        inner = get_args(tp)[0]
-        return [_to_wire(v, inner, as_json=as_json) for v in value]
+        item = _encoder(get_args(tp)[0], as_json)
+        if item is _identity:
+            return list
+        return lambda v: [item(x) for x in v]
     if isinstance(tp, type) and issubclass(tp, Message):
-        return value.to_json() if as_json else value.to_wire()
+        if as_json:
+            return lambda v: v.to_json()
+        return lambda v: v.to_wire()
     if as_json and tp is bytes:
-        return bytes(value).hex()
-    return value
+        return lambda v: bytes(v).hex()
+    return _identity
+
+
+def _plan(cls: type, version: int, as_json: bool) -> list[tuple[str, Callable[[Any], Any]]]:
+    """The fields ``version`` of ``cls`` defines, each with its encoder."""
+    key = (cls, version, as_json)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = [(n, _encoder(t, as_json)) for n, t in _fields(cls, version)]
+    return plan
 
 
 def _from_wire(raw: Any, tp: Any, where: str) -> Any:

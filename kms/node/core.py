@@ -500,6 +500,7 @@ class NodeCore:
         self.share_error: str | None = None
         self._ran_epochs: set[int] = set()
         """Epochs this process ran a sharing run of (or, from a restart, may have)."""
+        self._genesis_configs: dict[int, SharingConfig] = {}
         self._ran_epochs.add(0)
         self._policy_bytes = restored.admission_policy
         self._first_tick: float | None = None
@@ -1660,6 +1661,15 @@ class NodeCore:
         return missed
 
     def _genesis_config(self, attempt: int) -> SharingConfig:
+        # Built once per attempt: constructing one checks every member's key signature.
+        cfg = self._genesis_configs.get(attempt)
+        if cfg is None:
+            cfg = self._genesis_configs[attempt] = self._make_genesis_config(attempt)
+            while len(self._genesis_configs) > 2 * HIGHER_ATTEMPTS_KEPT:
+                del self._genesis_configs[min(self._genesis_configs)]
+        return cfg
+
+    def _make_genesis_config(self, attempt: int) -> SharingConfig:
         return SharingConfig(
             kind="dkg",
             epoch=0,

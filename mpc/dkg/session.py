@@ -431,6 +431,8 @@ class SharingSession:
     def _log_accepted(self) -> None:
         """What this member heard is persisted too, so a restart keeps its view."""
         for name, r in zip(_ROUND_NAMES, self._all_rounds(), strict=True):
+            if not r.has_accepted():
+                continue
             for m in r.take_accepted():
                 key = f"seen/{name}/{m.header.sender}/{m.header.digest.hex()}"
                 self._events.append(Persist(key, m.encode()))

@@ -60,7 +60,7 @@ from mpc.dkg import (
     SharingSession,
 )
 from mpc.dkg.messages import CertificatePartial, Participant
-from mpc.dkg.session import RUN_KEY_RECORD, STALL_FRACTION
+from mpc.dkg.session import POLYNOMIAL_RECORD, RUN_KEY_RECORD, STALL_FRACTION
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
@@ -141,9 +141,15 @@ INTENT_RUN = b"membership-intent"
 LOCK_RUN = b"membership-lock"
 
 
+RUN_ENDS_RECORDS = frozenset({RUN_KEY_RECORD, POLYNOMIAL_RECORD})
+"""Records a sharing run needs only while it runs: its key seed, and the polynomial this
+member dealt (in a reshare its constant term is the member's old share)."""
+
+
 def run_key_records(run: bytes) -> bytes:
-    """The store run under which a sharing run's key seed is kept, so that it can be
-    erased alone, when the run ends, while the run's other records wait for the epoch."""
+    """The store run under which a sharing run's key seed and dealt polynomial are kept,
+    so that they can be erased alone, when the run ends, while the run's other records
+    wait for the epoch (and a higher attempt's share for the fork choice)."""
     return b"run-key/" + run
 
 
@@ -2048,7 +2054,7 @@ class NodeCore:
             run_id = session.run_id
             for ev in session.events():
                 if isinstance(ev, Persist):
-                    where = run_key_records(run_id) if ev.key == RUN_KEY_RECORD else run_id
+                    where = run_key_records(run_id) if ev.key in RUN_ENDS_RECORDS else run_id
                     self._events.append(StoreRecord(where, ev.key, ev.data, ev.secret))
                 elif isinstance(ev, SharingFinalized) and session.config.kind == "dkg":
                     self._own_genesis.append(ev.result.transcript.hash())

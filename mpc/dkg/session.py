@@ -99,6 +99,9 @@ STALL_FRACTION = 0.25
 """A gap longer than ``STALL_FRACTION · Δ`` between two consecutive times a member
 observes (its ticks and receipts) means it was not live: stopped, paused, suspended
 or stalled. See ``SharingSession.live``."""
+POLYNOMIAL_RECORD = "polynomial"
+"""The secret record holding the polynomial this member dealt; reused if it restarts
+before its deal is out, and erased with the run key when the run ends."""
 RUN_KEY_RECORD = "run-key-seed"
 """The secret record holding the seed of this member's run key. The node must erase
 it when the run ends (done or failed): after that the run's deals open for nobody."""
@@ -577,7 +580,7 @@ class SharingSession:
             return
         t = self.config.threshold
         constant = self._old_share.value.value if self._old_share else None
-        reuse = "polynomial" in self._persisted
+        reuse = POLYNOMIAL_RECORD in self._persisted
         if reuse:
             # A crash after the polynomial was stored but before the deal was: the deal
             # was never sent, so deal the stored polynomial (a new one would be refused).
@@ -599,7 +602,7 @@ class SharingSession:
         if not reuse:
             self._events.append(
                 Persist(
-                    "polynomial",
+                    POLYNOMIAL_RECORD,
                     b"".join(scalar_to_bytes(c) for c in poly.coefficients),
                     secret=True,
                 )
@@ -644,12 +647,20 @@ class SharingSession:
                 int(i) for i in self.config.recipient_indices
             ]:
                 raise MessageDecodeError("shares are not exactly for the recipients")
+            listener = dealer not in self.config.recipient_indices
             for share in bundle.shares:
-                if (share.enc == OMITTED_ENC) == (
-                    ParticipantIndex(share.recipient) in self._run_keys
-                ):
+                keyed = ParticipantIndex(share.recipient) in self._run_keys
+                if keyed and share.enc == OMITTED_ENC:
                     raise MessageDecodeError(
-                        f"share for {share.recipient} does not follow the agreed run keys"
+                        f"share for {share.recipient} omitted, against the agreed run keys"
+                    )
+                if not keyed and share.enc != OMITTED_ENC and not listener:
+                    # A leaving dealer only listens to the key round, so it may hold a key
+                    # that a faulty recipient handed to it alone (broadcast.md, Listeners):
+                    # a share sealed to that key is no fault. A relayer holds the agreed
+                    # keys exactly.
+                    raise MessageDecodeError(
+                        f"share for {share.recipient} sealed, against the agreed run keys"
                     )
             points = [G2.from_bytes(c) for c in bundle.commitments]
         except InvalidEncoding as exc:
@@ -763,7 +774,7 @@ class SharingSession:
 
     def _my_polynomial(self) -> Polynomial:
         if self._poly is None:
-            raw = self._persisted.get("polynomial")
+            raw = self._persisted.get(POLYNOMIAL_RECORD)
             if raw is None:
                 raise LocalProtocolError("dealt polynomial lost: cannot justify")
             self._poly = Polynomial(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -126,7 +127,13 @@ def node_init(
 
 @node_app.command("run")
 def node_run(config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")]) -> None:
-    """Run a node until SIGINT or SIGTERM."""
+    """Run a node until SIGINT or SIGTERM (then exit 0 once the store and transport are closed)."""
+    from kms.node import lifecycle
+
+    try:
+        lifecycle.die_with_parent_from_env()
+    except lifecycle.ParentGone as exc:
+        _fail(str(exc), lifecycle.EXIT_PARENT_GONE)
     from kms.node.config import ConfigError
     from kms.node.setup import run_node
 
@@ -134,6 +141,8 @@ def node_run(config: Annotated[Path, typer.Option("--config", help="Path of node
         trio.run(run_node, config)
     except ConfigError as exc:
         _fail(str(exc), 2)
+    # A clean stop: everything is saved; skip the interpreter's slow finalisation.
+    lifecycle.exit_now(lifecycle.EXIT_OK)
 
 
 @node_app.command("join-request")
@@ -439,14 +448,52 @@ def devnet_up(
             "or read the simulated collateral file.",
         ),
     ] = True,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            help="Return once the devnet serves; a supervisor process keeps it running "
+            "(stop it with `kms devnet down --dir DIR`).",
+        ),
+    ] = False,
+    detach_timeout: Annotated[
+        float,
+        typer.Option("--detach-timeout", help="With --detach: seconds to wait for the devnet."),
+    ] = 120.0,
 ) -> None:
-    """Start N node processes, run the DKG, write devnet.json, run until Ctrl-C/SIGTERM."""
+    """Start N node processes, run the DKG, write devnet.json, run until Ctrl-C/SIGTERM.
+
+    The node processes die with this process (Linux), however it ends. With
+    --detach, this command starts itself again as a supervisor in its own session
+    (log in DIR/devnet.log) and returns once the committee is certified and the
+    demo app registered; the nodes then die with the supervisor.
+    """
     from rich.progress import Progress
 
     from kms import devnet
 
     if (dir / devnet.STATE_FILE).exists():
         _fail(f"{dir} already holds a devnet", 2)
+    if detach:
+        args = [
+            "--nodes",
+            str(nodes),
+            "--threshold",
+            str(threshold),
+            "--dir",
+            str(dir),
+            "--delta",
+            str(delta),
+            "--start-in",
+            str(start_in),
+            "--window-period",
+            str(window_period),
+            "--refresh-interval",
+            str(refresh_interval),
+            "--pccs" if pccs else "--collateral-file",
+        ]
+        _devnet_detach(dir, args, detach_timeout)
+        return
     pccs_port = devnet.free_port() if pccs else None
     try:
         state = devnet.create(
@@ -478,7 +525,10 @@ def devnet_up(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for n in state["nodes"]:
-        n["pid"] = devnet.spawn(n["config"], Path(n["config"]).parent / "node.log")
+        n["pid"] = devnet.spawn(
+            n["config"], Path(n["config"]).parent / "node.log", die_with_parent=True
+        )
+    state["supervisor_pid"] = os.getpid()
     devnet.write_state(dir, state)
     mpk = None
     try:
@@ -488,6 +538,8 @@ def devnet_up(
                 done = 0
                 keys = set()
                 for n in devnet.read_state(dir)["nodes"]:
+                    if stopping:  # a busy node answers slowly: do not finish the round
+                        break
                     st = devnet.status_of(n["http_url"], timeout=0.5)
                     if st and st.get("epoch") is not None:
                         done += 1
@@ -522,15 +574,85 @@ def devnet_up(
         while not stopping:
             time.sleep(0.2)
     finally:
-        for n in devnet.read_state(dir)["nodes"]:
-            devnet.stop_pid(n.get("pid"))
+        began = time.monotonic()
+        devnet.stop_pids([n.get("pid") for n in devnet.read_state(dir)["nodes"]])
         if server is not None:
             server.stop()
         state = devnet.read_state(dir)
         for n in state["nodes"]:
             n["pid"] = None
+        state["supervisor_pid"] = None
         devnet.write_state(dir, state)
-        console.print("devnet stopped")
+        console.print(f"devnet stopped in {time.monotonic() - began:.1f} s")
+    # Every process is stopped and devnet.json written: skip the interpreter's slow finalisation.
+    from kms.node.lifecycle import exit_now
+
+    exit_now(0)
+
+
+def _devnet_detach(dir: Path, args: list[str], timeout: float) -> None:
+    """``devnet up --detach``: run ``devnet up`` as a supervisor, return once it serves."""
+    import subprocess
+
+    from kms import devnet
+
+    dir.mkdir(parents=True, exist_ok=True)
+    log_path = dir / "devnet.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "kms.cli", "devnet", "up", *args],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    state = devnet.wait_for_apps(dir, proc, timeout)
+    if state is None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        _fail(f"the devnet did not come up within {timeout:.0f} s; see {log_path}", 1)
+        return
+    t = Table(title=f"devnet: {len(state['nodes'])} nodes, threshold {state['threshold']}")
+    for col in ("index", "http", "pid"):
+        t.add_column(col)
+    for n in state["nodes"]:
+        t.add_row(str(n["index"]), n["http_url"], str(n["pid"]))
+    out.print(t)
+    out.print(f"master public key {state['master_public_key']}", soft_wrap=True)
+    out.print(f"state in {dir / devnet.STATE_FILE}", soft_wrap=True)
+    out.print(f"supervisor pid {proc.pid}, log {log_path}", soft_wrap=True)
+    console.print(f"stop it with: kms devnet down --dir {dir}", soft_wrap=True)
+
+
+@devnet_app.command("down")
+def devnet_down(
+    dir: Annotated[Path, typer.Option("--dir")] = Path("devnet"),
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds before SIGKILL of what is left.")
+    ] = 10.0,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Stop a devnet (its supervisor and every node in devnet.json), all at once."""
+    from kms import devnet
+
+    if not (dir / devnet.STATE_FILE).exists():
+        _fail(f"no devnet in {dir}", 2)
+    began = time.monotonic()
+    report = devnet.down(dir, timeout)
+    report["seconds"] = round(time.monotonic() - began, 2)
+    if json_out:
+        _print_json(report)
+        return
+    for n in report["nodes"]:
+        out.print(f"node {n['index']} (pid {n['pid']}): {n['outcome']}")
+    sup = report["supervisor"]
+    out.print(f"supervisor (pid {sup['pid']}): {sup['outcome']}")
+    out.print(f"devnet down in {report['seconds']:.1f} s")
 
 
 @devnet_app.command("stop-node")

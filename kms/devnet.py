@@ -5,7 +5,13 @@
 few seconds ahead, Δ) and the peer list into every ``node.toml``, starts one
 ``kms node run`` process per node, follows the DKG, writes ``devnet.json`` as
 soon as the first epoch is certified, and runs until SIGINT/SIGTERM, then
-stops every process.
+stops every process (all signalled at once, see ``stop_pids``).
+
+The node processes ``up`` starts die with it: each gets SIGTERM from the kernel
+when the ``up`` process dies, however it dies (``spawn(die_with_parent=True)``,
+Linux only). ``up --detach`` starts ``up`` itself as a supervisor process in
+its own session and returns once the devnet serves; the supervisor owns the
+nodes (they die with it), and ``down`` stops it and them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -159,14 +166,29 @@ def _is_gone(pid: int) -> bool:
         return False
 
 
-def spawn(config: str, log_path: Path) -> int:
+def spawn(config: str, log_path: Path, *, die_with_parent: bool = False) -> int:
+    """Start ``kms node run --config config`` in its own session, logging to ``log_path``.
+
+    With ``die_with_parent`` the node asks the kernel for SIGTERM when this
+    process dies (``KMS_DIE_WITH_PARENT``, see ``kms.node.lifecycle``); the
+    request is tied to the calling thread, so call it from the thread that
+    lives as long as the devnet (the main thread).
+    """
+    from kms.node.lifecycle import DIE_WITH_PARENT_ENV
+
+    env = dict(os.environ)
+    env.pop(DIE_WITH_PARENT_ENV, None)
+    if die_with_parent:
+        env[DIE_WITH_PARENT_ENV] = str(os.getpid())
     log = open(log_path, "ab")
     try:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "kms.cli", "node", "run", "--config", config],
             stdout=log,
             stderr=log,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
     finally:
         log.close()
@@ -194,24 +216,99 @@ def status_of(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
 
 def stop_pid(pid: int | None, timeout: float = 10.0) -> None:
     """SIGTERM a node process, wait for it to stop, SIGKILL it after ``timeout``."""
-    if not pid:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+    stop_pids([pid], timeout)
+
+
+def stop_pids(pids: Iterable[int | None], timeout: float = 10.0) -> dict[int, str]:
+    """SIGTERM every process at once, wait for all, SIGKILL those left after ``timeout``.
+
+    Returns each pid's outcome: ``"stopped"`` (it exited after SIGTERM),
+    ``"killed"`` (SIGKILL after the timeout) or ``"not running"``.
+    """
+    outcome: dict[int, str] = {}
+    waiting: list[int] = []
+    for pid in dict.fromkeys(p for p in pids if p):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            _CHILDREN.pop(pid, None)
+            outcome[pid] = "not running"
+            continue
+        waiting.append(pid)
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if _is_gone(pid):
-            return
-        time.sleep(0.05)
+    while waiting and time.time() < deadline:
+        for pid in [p for p in waiting if _is_gone(p)]:
+            waiting.remove(pid)
+            outcome[pid] = "stopped"
+        if waiting:
+            time.sleep(0.05)
+    for pid in waiting:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            outcome[pid] = "killed"
+        except ProcessLookupError:
+            outcome[pid] = "stopped"
+        child = _CHILDREN.pop(pid, None)
+        if child is not None:
+            child.wait()
+    return outcome
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The command line of ``pid`` (None where /proc cannot tell, e.g. not Linux)."""
     try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    child = _CHILDREN.pop(pid, None)
-    if child is not None:
-        child.wait()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _runs(pid: int, *needles: str) -> bool:
+    """Whether ``pid`` still runs a command line holding every one of ``needles``.
+
+    Guards against signalling a recycled pid: ``devnet.json`` may name processes
+    that died long ago (a supervisor killed hard, a reboot).
+    """
+    args = _cmdline(pid)
+    if args is None:
+        return True  # cannot tell: trust devnet.json
+    return all(any(n in a for a in args) for n in needles)
+
+
+def down(directory: Path, timeout: float = 10.0) -> dict[str, Any]:
+    """``kms devnet down``: stop a devnet's supervisor and nodes (pids from ``devnet.json``).
+
+    Every process still running the devnet's command is signalled at once
+    (``stop_pids``); pids that now belong to another command are left alone.
+    The pids in ``devnet.json`` are cleared. Returns what was stopped.
+    """
+    state = read_state(directory)
+    targets: dict[int, str] = {}
+    nodes: list[dict[str, Any]] = []
+    for n in state["nodes"]:
+        pid = n.get("pid")
+        entry = {"index": int(n["index"]), "pid": pid, "outcome": "not running"}
+        nodes.append(entry)
+        if pid and _runs(int(pid), "node", "run", str(n["config"])):
+            targets[int(pid)] = "node"
+    sup = state.get("supervisor_pid")
+    supervisor = {"pid": sup, "outcome": "not running"}
+    if sup and int(sup) != os.getpid() and _runs(int(sup), "kms.cli", "devnet", "up"):
+        targets[int(sup)] = "supervisor"
+    outcome = stop_pids(list(targets), timeout)
+    for entry in nodes:
+        if entry["pid"] and int(entry["pid"]) in outcome:
+            entry["outcome"] = outcome[int(entry["pid"])]
+    if sup and int(sup) in outcome:
+        supervisor["outcome"] = outcome[int(sup)]
+    state = read_state(directory)  # the supervisor may have rewritten it while stopping
+    for n in state["nodes"]:
+        n["pid"] = None
+    state["supervisor_pid"] = None
+    write_state(directory, state)
+    return {"nodes": nodes, "supervisor": supervisor}
 
 
 def node_entry(state: dict[str, Any], index: int) -> dict[str, Any]:

@@ -148,7 +148,17 @@ def configure_logging(fmt: str) -> None:
 
 
 async def run_node(config_path: Path) -> None:
-    """``kms node run``: serve until SIGINT or SIGTERM."""
+    """``kms node run``: serve until SIGINT or SIGTERM, then shut down in order.
+
+    On the signal: the HTTP server, the admin socket and the service's loops
+    (inbound libp2p frames, timers) are cancelled, so no input is taken any more;
+    every store write is a synchronous call in the service's task, so none is
+    left half done, and the store is closed next (its last transaction is
+    already durable; closing it checkpoints the WAL); then the libp2p transport
+    is closed (streams reset, host stopped; bounded, see
+    ``Libp2pTransport.aclose``). Returning normally means a clean stop
+    (``kms node run`` exits 0).
+    """
     from hypercorn.trio import serve
 
     from kms.api import admin
@@ -206,12 +216,19 @@ async def run_node(config_path: Path) -> None:
                     },
                 )
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
+                    async for signum in signals:
+                        logging.getLogger("quorum_kms.node").info(
+                            "node stopping",
+                            extra={"fields": {"signal": signal.Signals(signum).name}},
+                        )
                         shutdown.set()
                         nursery.cancel_scope.cancel()
                         break
+            # No input is taken any more: close the store before the transport.
+            store.close()
     finally:
         store.close()
+    logging.getLogger("quorum_kms.node").info("node stopped")
 
 
 def committee_head(committee_url: str, *, timeout: float = 10.0) -> tuple[int, bytes]:

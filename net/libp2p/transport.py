@@ -329,6 +329,10 @@ def _check_port_free(addr: multiaddr.Multiaddr) -> None:
             raise TransportError(f"cannot listen on {addr}: {exc.strerror}") from exc
 
 
+CLOSE_TIMEOUT = 1.0
+"""Seconds ``Libp2pTransport.aclose`` waits for its streams to reset and its host to stop."""
+
+
 async def _reset(stream: Any) -> None:
     """Reset a stream, even from a cancelled task, ignoring errors (it is broken anyway)."""
     with trio.CancelScope(shield=True), trio.move_on_after(1.0):
@@ -464,11 +468,14 @@ class Libp2pTransport:
         self._inbox.close()
         await trio.lowlevel.checkpoint()
         if was_open:
-            with trio.CancelScope(shield=True):
-                for link in self._links.values():
-                    if link.stream is not None:
-                        await _reset(link.stream)
-                        link.stream = None
+            # Shielded (it may run in a cancelled task) but bounded: the streams are reset
+            # together, and the host gets what is left of CLOSE_TIMEOUT to stop.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    for link in self._links.values():
+                        if link.stream is not None:
+                            nursery.start_soon(_reset, link.stream)
+                            link.stream = None
                 await self._host.close()
 
     def _check_open(self) -> None:

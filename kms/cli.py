@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import signal
 import sys
@@ -124,14 +125,29 @@ def node_init(
         )
 
 
+class LogFormat(enum.StrEnum):
+    """``kms node run --log-format``: one JSON object per line, or text."""
+
+    json = "json"
+    text = "text"
+
+
 @node_app.command("run")
-def node_run(config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")]) -> None:
+def node_run(
+    config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")],
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            "--log-format", help="Log lines as JSON objects or text (default: node.toml's)."
+        ),
+    ] = None,
+) -> None:
     """Run a node until SIGINT or SIGTERM."""
     from kms.node.config import ConfigError
     from kms.node.setup import run_node
 
     try:
-        trio.run(run_node, config)
+        trio.run(run_node, config, log_format.value if log_format is not None else None)
     except ConfigError as exc:
         _fail(str(exc), 2)
 

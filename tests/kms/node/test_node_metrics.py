@@ -189,3 +189,16 @@ def test_log_lines_carry_the_context_and_their_own_fields_win() -> None:
     ]
     # Outside the context, only the record's own fields.
     assert "node" not in json.loads(JSONFormatter().format(record))
+
+
+def test_kms_node_run_takes_a_json_or_text_log_format(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kms.cli import app
+    from kms.node.logs import formatter
+
+    assert isinstance(formatter("json"), JSONFormatter)
+    assert isinstance(formatter("text"), TextFormatter)
+    config = str(tmp_path / "node.toml")
+    r = CliRunner().invoke(app, ["node", "run", "--config", config, "--log-format", "xml"])
+    assert r.exit_code == 2 and "--log-format" in r.output

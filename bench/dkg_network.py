@@ -72,9 +72,10 @@ ATTEMPTS = 3
 """Runs per size when the nodes were not all connected in time (``start_in`` grows ×1.5)."""
 
 DKG_KINDS = ("bcast/", "cert/partial")
-_SENT = re.compile(r'^qkms_messages_sent_total\{kind="([^"]+)"\} (\d+)$')
-_SEND_FAILURES = re.compile(r"^qkms_send_failures_total (\d+)$")
-_RUN_FAILURES = re.compile(r'^qkms_run_failures_total\{kind="[^"]+"\} (\d+)$')
+# Counter values are printed as floats (``prometheus_client``): ``... 12.0``.
+_SENT = re.compile(r'^qkms_messages_sent_total\{kind="([^"]+)"\} (\d+)(?:\.0)?$')
+_SEND_FAILURES = re.compile(r"^qkms_send_failures_total (\d+)(?:\.0)?$")
+_RUN_FAILURES = re.compile(r'^qkms_run_failures_total\{kind="[^"]+"\} (\d+)(?:\.0)?$')
 
 
 def threshold_for(n: int) -> int:
@@ -366,8 +367,8 @@ def table(rs: list[DkgRow]) -> Table:
         )
     tbl.caption = (
         "DKG msgs: bcast/payload, bcast/relay, bcast/pull, cert/partial; other: chain/request, "
-        "chain/update, reshare/ack. Bytes are not reported: the transport counts them "
-        "(statistics().bytes_sent) but neither /v1/status nor /metrics exposes them."
+        "chain/update, reshare/ack. Bytes are not reported here; /metrics has them "
+        "(qkms_transport_bytes_sent_total, qkms_peer_bytes_sent_total)."
     )
     tbl.caption_justify = "left"
     return tbl

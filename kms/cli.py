@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import signal
@@ -125,8 +126,23 @@ def node_init(
         )
 
 
+class LogFormat(enum.StrEnum):
+    """``kms node run --log-format``: one JSON object per line, or text."""
+
+    json = "json"
+    text = "text"
+
+
 @node_app.command("run")
-def node_run(config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")]) -> None:
+def node_run(
+    config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")],
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            "--log-format", help="Log lines as JSON objects or text (default: node.toml's)."
+        ),
+    ] = None,
+) -> None:
     """Run a node until SIGINT or SIGTERM (then exit 0 once the store and transport are closed)."""
     from kms.node import lifecycle
 
@@ -138,7 +154,7 @@ def node_run(config: Annotated[Path, typer.Option("--config", help="Path of node
     from kms.node.setup import run_node
 
     try:
-        trio.run(run_node, config)
+        trio.run(run_node, config, log_format.value if log_format is not None else None)
     except ConfigError as exc:
         _fail(str(exc), 2)
     # A clean stop: everything is saved; skip the interpreter's slow finalisation.

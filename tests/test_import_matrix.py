@@ -109,6 +109,11 @@ MATRIX: list[tuple[str, Rule]] = [
     ("kms.node.release", CORE_ATTEST),
     ("kms.client.core", CORE_ATTEST),
     ("kms.node.service", SHELL),
+    (
+        "kms.node.metrics",
+        Rule(("kms.node.core", "kms.node.release"), frozenset({"prometheus_client"}), frozenset()),
+    ),
+    ("kms.node.logs", Rule((), frozenset(), frozenset())),
     ("kms.node.policies", SHELL),
     ("kms.node.config", SHELL),
     ("kms.client.http", SHELL),

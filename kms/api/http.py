@@ -32,9 +32,10 @@ import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from kms.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kms.protocol import KeyRefusal, KeyRequest, WrongPartialEvidence
 from mpc.codec import MessageDecodeError, decode
 
@@ -251,7 +252,8 @@ def make_app(source: StatusSource) -> Starlette:
         return JSONResponse(source.status())
 
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(source.metrics_text(), media_type="text/plain; version=0.0.4")
+        # The node's registry in prometheus_client's text format (``kms.node.metrics``).
+        return Response(source.metrics_text(), media_type=METRICS_CONTENT_TYPE)
 
     async def keys(request: Request) -> Response:
         body = await read_body(request)

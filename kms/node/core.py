@@ -424,6 +424,18 @@ class NodeStatus:
     """The proposal id of the outcome this member signed in this epoch (its lock), if any."""
 
 
+@dataclass(frozen=True)
+class RunProgress:
+    """The sharing run a node is in and its phase (``NodeCore.run_progress``)."""
+
+    kind: str
+    """``"dkg"`` or ``"reshare"``."""
+    epoch: int
+    attempt: int
+    phase: str
+    """A ``mpc.dkg.session.Phase`` value."""
+
+
 # --- the node -----------------------------------------------------------------
 
 
@@ -1171,6 +1183,15 @@ class NodeCore:
         return dict(self._participants)
 
     # --- status --------------------------------------------------------------------------
+
+    def run_progress(self) -> RunProgress | None:
+        """The current sharing run and its phase, or ``None`` (cheap: read after every step
+        for the phase-duration metrics)."""
+        run = self._run
+        if run is None:
+            return None
+        c = run.config
+        return RunProgress(c.kind, c.epoch, c.attempt, run.phase.value)
 
     def status(self) -> NodeStatus:
         st = self.state

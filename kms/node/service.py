@@ -20,9 +20,7 @@ import json
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import trio
@@ -49,6 +47,13 @@ from kms.node.core import (
     StoreRecord,
 )
 from kms.node.limits import POLICY_BURST, peer_queue_bytes
+from kms.node.logs import log_context
+from kms.node.metrics import (
+    CollateralCounts,
+    NodeMetrics,
+    NodeSnapshot,
+    PolicyCounts,
+)
 from kms.node.release import Checked, KeyReleaser, Refusal, Released
 from kms.policy.gossip import (
     MAX_DIGEST_ENTRIES,
@@ -107,22 +112,6 @@ class TrioClock:
 
     def now(self) -> float:
         return trio.current_time() + self._offset
-
-
-@dataclass
-class Metrics:
-    messages_in: Counter[str] = field(default_factory=Counter)
-    messages_out: Counter[str] = field(default_factory=Counter)
-    rejected: Counter[str] = field(default_factory=Counter)
-    misbehaviour: Counter[str] = field(default_factory=Counter)
-    run_failures: Counter[str] = field(default_factory=Counter)
-    send_failures: int = 0
-    send_queue_full: int = 0
-    encode_failures: Counter[str] = field(default_factory=Counter)
-    """Outbound messages dropped because they cannot be encoded (by message type)."""
-    epoch_switches: int = 0
-    policies_learned: int = 0
-    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class RateLimitedLog:
@@ -194,7 +183,7 @@ class NodeService:
         self.store = store
         self.transport = transport
         self.clock = clock or WallClock()
-        self.metrics = Metrics()
+        self.metrics = NodeMetrics(self.metrics_snapshot)
         self._rl = RateLimitedLog()
         ident = store.load_identity()
         if ident is None:
@@ -258,6 +247,9 @@ class NodeService:
         # Only current and incoming members (and recently removed ones, for the chain) get
         # through the transport; everyone else is refused before a frame is read.
         self._heard = self.core.allowed_peers() | frozenset(self.core.recently_removed())
+        self.metrics.set_members(
+            int(i) for i in self.core.allowed_peers() if i != self.config.index
+        )
         allowed = {self._index_peer[i] for i in self._heard if i in self._index_peer}
         self.transport.set_allowed_peers(allowed, queue_bytes=self.peer_queue_bytes())
 
@@ -273,18 +265,28 @@ class NodeService:
 
     # --- main loop -----------------------------------------------------------------------
 
+    def log_fields(self) -> dict[str, Any]:
+        """The fields every log line about this node carries (``kms.node.logs``)."""
+        st = self.core.state
+        out: dict[str, Any] = {"node": int(self.config.index), "epoch": st.epoch if st else None}
+        run = self.core.run_progress()
+        if run is not None:
+            out["run"] = f"{run.kind}:{run.epoch}:{run.attempt}"
+        return out
+
     async def run(
         self, *extra: Callable[[], Awaitable[None]], task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._receive_loop)
-            nursery.start_soon(self._timer_loop)
-            for job in extra:
-                nursery.start_soon(job)
-            self._step()
-            self.started.set()
-            task_status.started()
+        with log_context(self.log_fields):
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._timer_loop)
+                for job in extra:
+                    nursery.start_soon(job)
+                self._step()
+                self.started.set()
+                task_status.started()
 
     async def _timer_loop(self) -> None:
         while True:
@@ -318,7 +320,7 @@ class NodeService:
         if env.sender != int(index):
             self._reject(str(peer), "envelope names another sender")
             return
-        self.metrics.messages_in[env.kind] += 1
+        self.metrics.received(int(index), env.kind, len(frame))
         if isinstance(message, PolicyAnnounce | PolicyDigest | PolicyQuery | PolicyUnknown):
             self.core.observe_epoch(index, env.epoch, self.clock.now())
             self._on_policy_message(index, peer, message)
@@ -333,13 +335,14 @@ class NodeService:
         if not key.startswith("envelope:"):
             key = key.split(":")[0]
         key = key[:60]
-        self.metrics.rejected[key] += 1
+        self.metrics.rejected_input(key)
         self._rl.warn(peer, reason)
 
     # --- a step: persist, then send --------------------------------------------------------
 
     def _step(self) -> None:
         self.apply_events(self.core.events())
+        self.metrics.run_progress(self.core.run_progress(), self.clock.now())
         for ob in self.core.messages_to_send():
             self._send(ob)
 
@@ -379,7 +382,7 @@ class NodeService:
                     self.store.set_share(ev.epoch, share)
             else:
                 self.store.switch_epoch(ev.epoch, ev.certificate.encode(), share, poly, committee)
-            self.metrics.epoch_switches += 1
+            self.metrics.epoch_switched()
             # Records of finished runs (dealt polynomials, signed messages) are of no
             # further use and some are secret: a dealt polynomial's constant term is
             # an old share. Delete them once the new epoch is stored. The core has
@@ -428,7 +431,7 @@ class NodeService:
             self.store.delete_retained_share(ev.epoch)
             log.info("old share deleted", extra={"fields": {"epoch": ev.epoch}})
         elif isinstance(ev, MisbehaviourObserved):
-            self.metrics.misbehaviour[ev.reason.split(":")[0]] += 1
+            self.metrics.misbehaved(ev.reason.split(":")[0])
             if ev.evidence is not None:
                 self.keep_evidence(int(ev.culprit), ev.reason, ev.evidence.encode())
             log.warning(
@@ -437,7 +440,7 @@ class NodeService:
         elif isinstance(ev, InputRejected):
             self._reject(str(self.peer_of(ev.peer)), ev.reason)
         elif isinstance(ev, ApprovalRefused):
-            self.metrics.rejected["approval: " + ev.reason] += 1
+            self.metrics.rejected_input("approval: " + ev.reason)
             log.warning(
                 "approval refused",
                 extra={
@@ -466,7 +469,7 @@ class NodeService:
                 extra={"fields": {"epoch": ev.epoch, "reason": ev.reason}},
             )
         elif isinstance(ev, RunFailed):
-            self.metrics.run_failures[ev.kind] += 1
+            self.metrics.run_failed(ev.kind)
             log.warning(
                 "run failed",
                 extra={
@@ -506,22 +509,20 @@ class NodeService:
         except (EnvelopeError, InvalidEncoding, ValueError, OverflowError) as exc:
             # An oversized (or otherwise unencodable) message is dropped and counted:
             # it must never raise into the node's tasks.
-            self.metrics.encode_failures[ob.message.TYPE] += 1
+            self.metrics.encode_failed(ob.message.TYPE)
             self._rl.warn(str(ob.to), f"message not encodable: {type(exc).__name__}")
             return
         queued = self._queued_bytes.get(ob.to, 0)
         if queued and queued + len(frame) > self.peer_queue_bytes():
             # The peer is not taking what it is sent: drop rather than hold without bound.
-            self.metrics.send_failures += 1
-            self.metrics.send_queue_full += 1
+            self.metrics.send_failed(queue_full=True)
             return
         try:
             q.send_nowait(frame)
             self._queued_bytes[ob.to] = queued + len(frame)
-            self.metrics.messages_out[ob.message.TYPE] += 1
+            self.metrics.queued(ob.message.TYPE)
         except trio.WouldBlock:
-            self.metrics.send_failures += 1
-            self.metrics.send_queue_full += 1
+            self.metrics.send_failed(queue_full=True)
 
     async def _sender(
         self, index: ParticipantIndex, recv: trio.MemoryReceiveChannel[bytes]
@@ -530,12 +531,13 @@ class NodeService:
             self._queued_bytes[index] = max(0, self._queued_bytes.get(index, 0) - len(frame))
             peer = self._index_peer.get(index)
             if peer is None:
-                self.metrics.send_failures += 1
+                self.metrics.send_failed()
                 continue
             try:
                 await self.transport.send(peer, frame)
+                self.metrics.sent(int(index), len(frame))
             except TransportError:
-                self.metrics.send_failures += 1
+                self.metrics.send_failed()
 
     # --- key release (called by the HTTP app) -------------------------------------------------
 
@@ -555,7 +557,7 @@ class NodeService:
             }
         code, reply, out = self.policies.offer(raw, int(self.clock.now()))
         if not reply.get("accepted"):
-            self.metrics.rejected["policy push: " + str(reply.get("reason"))] += 1
+            self.metrics.rejected_input("policy push: " + str(reply.get("reason")))
         if out is not None and out.accepted and not out.duplicate:
             log.info("policy accepted", extra={"fields": {"app": reply.get("app_id")}})
             self._announce_policy(raw)  # the committee passes it on (kms.policy.gossip)
@@ -618,7 +620,7 @@ class NodeService:
         if st is None or index not in st.committee.indices:
             # Only members of the current epoch vouch for apps or ask for them: a removed
             # or pending member is still a known peer, not a voucher.
-            self.metrics.rejected["policy gossip: not a current member"] += 1
+            self.metrics.rejected_input("policy gossip: not a current member")
             return
         now = int(self.clock.now())
         if isinstance(message, PolicyDigest):
@@ -654,7 +656,7 @@ class NodeService:
         reason = None if accepted or code == 503 else str(reply.get("reason", "refused"))
         relay, blame = offer_outcome(accepted, bool(reply.get("duplicate")), reason)
         if relay:
-            self.metrics.policies_learned += 1
+            self.metrics.policy_learned()
             log.info(
                 "policy learned from a peer",
                 extra={
@@ -708,7 +710,7 @@ class NodeService:
         tokens = min(burst, tokens + max(0.0, now - last) * rate)
         if tokens < cost:
             self._gossip_budget[(int(index), kind)] = (tokens, now)
-            self.metrics.rejected[f"policy gossip: {kind} rate limited"] += 1
+            self.metrics.rejected_input(f"policy gossip: {kind} rate limited")
             return False
         self._gossip_budget[(int(index), kind)] = (tokens - cost, now)
         return True
@@ -754,9 +756,16 @@ class NodeService:
 
     async def release(self, raw: bytes) -> tuple[int, bytes]:
         """Answer a CVM's key request: (HTTP status, msgpack body)."""
+        started = time.perf_counter()
+        code, body, refusal = await self._release(raw)
+        self.metrics.key_request(refusal, time.perf_counter() - started)
+        return code, body
+
+    async def _release(self, raw: bytes) -> tuple[int, bytes, str | None]:
+        """(HTTP status, msgpack body, the refusal reason or ``None`` if released)."""
         if self.releaser is None:
             refusal = KeyRefusal("not-serving", "this node does not release keys")
-            return 503, refusal.encode()
+            return 503, refusal.encode(), refusal.reason
         now = int(self.clock.now())
         # The cheap checks first: nothing is fetched for a request that fails them, and
         # only a quote whose PCK chain verifies to a pinned root names a platform to fetch.
@@ -772,8 +781,8 @@ class NodeService:
                 # bundle the request carries (bound by the quote's report data).
                 gate = self._policy_gate(decoded, now, checked.quote.fields.rtmr3)
                 if isinstance(gate, KeyRefusal):
-                    self.metrics.rejected["key request: " + gate.reason] += 1
-                    return 403, gate.encode()
+                    self.metrics.rejected_input("key request: " + gate.reason)
+                    return 403, gate.encode(), gate.reason
                 bundle = gate
             if self.collateral is not None:
                 await self.collateral.prepare(checked.quote, now=now)
@@ -806,7 +815,7 @@ class NodeService:
                 (now + ttl).to_bytes(8, "big"),
                 [a.as_dict() for a in res.audit],
             )
-            self.metrics.messages_out["kms/key-response"] += 1
+            self.metrics.queued("kms/key-response")
             log.info(
                 "key released",
                 extra={
@@ -817,16 +826,16 @@ class NodeService:
                     }
                 },
             )
-            return 200, res.response.encode()
+            return 200, res.response.encode(), None
         label = res.reason
         if res.reason == Refusal.QUOTE.value:
             # The quote failure code (a QuoteFailure value): a bounded set of labels.
             label += ": " + res.refusal.detail.split(":", 1)[0][:40]
-        self.metrics.rejected["key request: " + label] += 1
+        self.metrics.rejected_input("key request: " + label)
         self._rl.warn("cvm", f"key request refused: {res.reason}")
         if res.reason == "no-policy" and decoded is not None and self.policies is not None:
             self._query_committee(bytes(decoded.body.app_id))  # perhaps a member knows it
-        return 403, res.refusal.encode()
+        return 403, res.refusal.encode(), res.reason
 
     def _policy_gate(self, req: KeyRequest, now: int, rtmr3: bytes) -> Any:
         """Before the releaser: a frozen app is refused; for an app this node has not
@@ -914,7 +923,7 @@ class NodeService:
 
     def count_rejected(self, label: str) -> None:
         """Count input refused before it reached the node (e.g. an unparsable JSON body)."""
-        self.metrics.rejected[label] += 1
+        self.metrics.rejected_input(label)
 
     AUDIT_CONTEXT = b"quorum-kms/v1/kms/audit-head"
 
@@ -1119,217 +1128,53 @@ class NodeService:
             "apps": self.policies.stats() if self.policies is not None else None,
         }
 
-    def metrics_text(self) -> str:
-        """Prometheus text exposition (version 0.0.4)."""
-        m = self.metrics
+    def metrics_snapshot(self) -> NodeSnapshot:
+        """What ``/metrics`` reports of the node's current state (read at each scrape)."""
         st = self.core.state
-        ts = self.transport.statistics()
-        lines: list[str] = []
-
-        def gauge(name: str, help_text: str, value: int, kind: str = "gauge") -> None:
-            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"])
-
-        def counter(name: str, help_text: str, label: str, values: Counter[str]) -> None:
-            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} counter"])
-            lines.extend(f'{name}{{{label}="{_label(k)}"}} {v}' for k, v in sorted(values.items()))
-
-        gauge("qkms_epoch", "Current epoch (-1 before genesis).", st.epoch if st else -1)
-        gauge("qkms_peers", "Connected peers.", len(self.transport.connected_peers()))
         s = self.core.status()
-        gauge(
-            "qkms_pending_proposals", "Membership proposals pending in this epoch.", len(s.pending)
-        )
-        lines.extend(
-            [
-                "# HELP qkms_last_refresh_timestamp_seconds When the last refresh was certified"
-                " (Unix seconds; 0: never since the node started).",
-                "# TYPE qkms_last_refresh_timestamp_seconds gauge",
-                f"qkms_last_refresh_timestamp_seconds {s.last_refresh or 0:.3f}",
-            ]
-        )
-        gauge("qkms_retained_shares", "Old shares kept until acknowledged.", len(s.retained))
-        gauge(
-            "qkms_known_share_holders",
-            "Members known to hold a share of the current epoch (own share, acknowledgements).",
-            len(s.share_holders),
-        )
-        gauge(
-            "qkms_share_holders_below_threshold",
-            "1 if, after a grace period, fewer than t members are known to hold a share of the"
-            " current epoch (the master key may be unrecoverable).",
-            int(s.share_holders_below_threshold),
-        )
-        gauge(
-            "qkms_share_refused",
-            "1 if the stored share does not match the chain's public share (no keys served).",
-            int(s.share_error is not None),
-        )
-        gauge(
-            "qkms_simulated_quotes_accepted",
-            "1 if this node accepts simulated TEE quotes (development only).",
-            int(bool(self.releaser and self.releaser.simulated_allowed)),
-        )
-        gauge(
-            "qkms_pccs_fetch_failures_total",
-            "Collateral fetches from the PCCS that failed (the cache, if any, was used).",
-            self.collateral.fetch_failures if self.collateral is not None else 0,
-            "counter",
-        )
+        ts = self.transport.statistics()
         c = self.collateral
-        gauge(
-            "qkms_pccs_fetches_total",
-            "Collateral fetches started for a platform (only for quotes whose PCK chain"
-            " verifies to a pinned root).",
-            c.fetches if c is not None else 0,
-            "counter",
-        )
-        gauge(
-            "qkms_pccs_failures_cached_total",
-            "Requests that did not fetch because their platform's last fetch failed recently.",
-            c.failures_cached if c is not None else 0,
-            "counter",
-        )
-        gauge(
-            "qkms_collateral_rollbacks_refused_total",
-            "Fetched collateral refused because it was older than the collateral held.",
-            c.rollbacks_refused if c is not None else 0,
-            "counter",
-        )
-        gauge(
-            "qkms_collateral_stale_refused_total",
-            "Fetched collateral refused because it was below this node's collateral floor.",
-            c.client.refused["stale"] if c is not None and c.client is not None else 0,
-            "counter",
-        )
-        gauge(
-            "qkms_pccs_oversized_refused_total",
-            "PCCS answers refused because they were longer than the size cap (1 MiB).",
-            c.client.refused["oversized"] if c is not None and c.client is not None else 0,
-            "counter",
-        )
-        sizes = c.sizes() if c is not None else {}
-        lines.extend(
-            [
-                "# HELP qkms_collateral_platforms Platforms the collateral provider holds"
-                " collateral for, remembers a failed fetch of, or is fetching for (each bounded).",
-                "# TYPE qkms_collateral_platforms gauge",
-            ]
-        )
-        lines.extend(
-            f'qkms_collateral_platforms{{state="{k}"}} {sizes.get(k, 0)}'
-            for k in ("held", "failed", "fetching")
-        )
-        gauge(
-            "qkms_policies_learned_total",
-            "App policies this node learned from a peer (gossip).",
-            m.policies_learned,
-            "counter",
-        )
+        collateral = CollateralCounts()
+        if c is not None:
+            collateral = CollateralCounts(
+                fetch_failures=c.fetch_failures,
+                fetches=c.fetches,
+                failures_cached=c.failures_cached,
+                rollbacks_refused=c.rollbacks_refused,
+                stale_refused=c.client.refused["stale"] if c.client is not None else 0,
+                oversized_refused=c.client.refused["oversized"] if c.client is not None else 0,
+                platforms=c.sizes(),
+            )
+        policies = None
         if self.policies is not None:
             ps = self.policies.stats()
-            gauge(
-                "qkms_apps_admitted", "Apps this node has admitted (kept forever).", ps["admitted"]
+            policies = PolicyCounts(
+                admitted=ps["admitted"],
+                frozen=ps.get("frozen_count", 0),
+                cache_entries=ps["cache_entries"],
+                cache_bytes=ps["cache_bytes"],
+                cache_evictions=ps.get("cache_evictions", 0),
             )
-            gauge(
-                "qkms_apps_frozen",
-                "Admitted apps frozen by an owner rotation fork (alert: the owner must act).",
-                ps.get("frozen_count", 0),
-            )
-            gauge(
-                "qkms_policy_cache_entries",
-                "Bundles of unadmitted apps held in memory.",
-                ps["cache_entries"],
-            )
-            gauge("qkms_policy_cache_bytes", "Bytes of those bundles.", ps["cache_bytes"])
-        gauge(
-            "qkms_has_share",
-            "Whether this node holds a share of the current epoch.",
-            int(self.core.share is not None),
+        return NodeSnapshot(
+            epoch=st.epoch if st else -1,
+            peers=len(self.transport.connected_peers()),
+            pending_proposals=len(s.pending),
+            last_refresh=s.last_refresh or 0.0,
+            retained_shares=len(s.retained),
+            known_share_holders=len(s.share_holders),
+            share_holders_below_threshold=s.share_holders_below_threshold,
+            share_refused=s.share_error is not None,
+            has_share=self.core.share is not None,
+            simulated_quotes_accepted=bool(self.releaser and self.releaser.simulated_allowed),
+            collateral=collateral,
+            policies=policies,
+            transport_refused_peers=ts.refused_peers,
+            transport_bytes_sent=ts.bytes_sent,
+            transport_bytes_received=ts.bytes_received,
+            transport_dropped_oversize=ts.dropped_oversize,
+            log_suppressed=self._rl.suppressed,
         )
-        gauge(
-            "qkms_epoch_switches_total",
-            "Epochs certified since the node started.",
-            m.epoch_switches,
-            "counter",
-        )
-        counter(
-            "qkms_messages_received_total",
-            "Protocol messages received, by kind.",
-            "kind",
-            m.messages_in,
-        )
-        counter(
-            "qkms_messages_sent_total", "Protocol messages sent, by kind.", "kind", m.messages_out
-        )
-        counter("qkms_rejected_inputs_total", "Inputs refused, by reason.", "reason", m.rejected)
-        counter(
-            "qkms_misbehaviour_total", "Misbehaviour observed, by reason.", "reason", m.misbehaviour
-        )
-        counter("qkms_run_failures_total", "Failed DKG/reshare attempts.", "kind", m.run_failures)
-        gauge(
-            "qkms_send_failures_total", "Frames that could not be sent.", m.send_failures, "counter"
-        )
-        counter(
-            "qkms_encode_failures_total",
-            "Outbound messages dropped because they could not be encoded, by kind.",
-            "kind",
-            m.encode_failures,
-        )
-        gauge(
-            "qkms_send_queue_full_total",
-            "Frames dropped because the peer's send queue held its byte cap.",
-            m.send_queue_full,
-            "counter",
-        )
-        gauge(
-            "qkms_transport_refused_peers_total",
-            "Connections or frames refused because the peer is not allowed"
-            " (not a current, incoming or recently removed member).",
-            ts.refused_peers,
-            "counter",
-        )
-        gauge(
-            "qkms_log_suppressed_total",
-            "Rejection log records suppressed by the per-(peer, reason) rate limit.",
-            self._rl.suppressed,
-            "counter",
-        )
-        gauge(
-            "qkms_transport_bytes_sent_total",
-            "Bytes sent over the transport.",
-            ts.bytes_sent,
-            "counter",
-        )
-        gauge(
-            "qkms_transport_bytes_received_total",
-            "Bytes received over the transport.",
-            ts.bytes_received,
-            "counter",
-        )
-        gauge(
-            "qkms_transport_dropped_oversize_total",
-            "Incoming frames dropped for exceeding the size limit.",
-            ts.dropped_oversize,
-            "counter",
-        )
-        return "\n".join(lines) + "\n"
 
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-
-
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line; ``extra={"fields": {...}}`` adds structured fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)
-        return json.dumps(out, default=str)
+    def metrics_text(self) -> str:
+        """Prometheus text exposition (version 0.0.4), from this node's own registry."""
+        return self.metrics.exposition().decode()

@@ -15,7 +15,8 @@ import tomli_w
 import trio
 
 from kms.node.config import NodeFileConfig, load
-from kms.node.service import JSONFormatter, NodeService
+from kms.node.logs import formatter, set_log_context
+from kms.node.service import NodeService
 from kms.secretfile import write_secret
 from kms.store import NodeStore, PassphraseSealer
 from mpc import hpke
@@ -138,17 +139,18 @@ def open_store(cfg: NodeFileConfig) -> NodeStore:
 
 
 def configure_logging(fmt: str) -> None:
+    """Log lines go to stderr, one event per line: JSON objects for ``json``, else text."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JSONFormatter())
+    handler.setFormatter(formatter(fmt))
     root = logging.getLogger("quorum_kms")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
 
 
-async def run_node(config_path: Path) -> None:
-    """``kms node run``: serve until SIGINT or SIGTERM, then shut down in order.
+async def run_node(config_path: Path, log_format: str | None = None) -> None:
+    """``kms node run``: serve until SIGINT or SIGTERM, then shut down in order
+    (``log_format`` overrides the config's).
 
     On the signal: the HTTP server, the admin socket and the service's loops
     (inbound libp2p frames, timers) are cancelled, so no input is taken any more;
@@ -166,7 +168,7 @@ async def run_node(config_path: Path) -> None:
     from net.libp2p import Libp2pTransport
 
     cfg = load(config_path)
-    configure_logging(cfg.log_format)
+    configure_logging(log_format or cfg.log_format)
     if (
         cfg.passphrase_file is not None
         and cfg.passphrase_file.resolve().parent == Path(cfg.store).resolve().parent
@@ -194,6 +196,7 @@ async def run_node(config_path: Path) -> None:
             service.collateral = collateral
             service.releaser = make_releaser(cfg, service)
             service.policy_sync_interval = cfg.policy_sync_interval
+            set_log_context(service.log_fields)  # the HTTP and admin tasks' lines too
             hc = server_config(f"{cfg.http_host}:{cfg.http_port}")
             shutdown = trio.Event()
             async with trio.open_nursery() as nursery:

@@ -1,0 +1,69 @@
+"""The operator guide's ``/metrics`` table lists exactly the metrics a node exports, with
+their types, and every ``qkms_*`` name the docs mention is one of them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from kms.node.core import RunProgress
+from kms.node.metrics import NodeMetrics, NodeSnapshot, PolicyCounts
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "docs" / "operator-guide.md"
+ROW = re.compile(r"^\| `(qkms_[a-z0-9_]+)(\{[a-z_,]+\})?` \| (gauge|counter|histogram) \|", re.M)
+MENTION = re.compile(r"\bqkms_[a-z0-9_]+")
+SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def exported() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every metric a serving node exports: name -> (type, labels), with every labelled
+    series made to appear (each counter moved once)."""
+    m = NodeMetrics(lambda: NodeSnapshot(policies=PolicyCounts()))
+    m.set_members([2])
+    m.received(2, "bcast/relay", 10)
+    m.queued("bcast/relay")
+    m.sent(2, 10)
+    m.rejected_input("malformed message")
+    m.misbehaved("no deal")
+    m.run_failed("dkg")
+    m.encode_failed("chain/update")
+    m.key_request(None, 0.01)
+    m.run_progress(RunProgress("dkg", 0, 0, "dealing"), 1.0)
+    m.run_progress(None, 2.0)
+    out = {}
+    for family in text_string_to_metric_families(m.exposition().decode()):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = sorted(
+            {k for s in family.samples for k in s.labels if k != "le"},
+        )
+        out[name] = (family.type, tuple(labels))
+    return out
+
+
+def documented() -> dict[str, tuple[str, tuple[str, ...]]]:
+    text = GUIDE.read_text()
+    section = text[text.index("### `/metrics`") : text.index("## Logs")]
+    rows = {}
+    for name, labels, kind in ROW.findall(section):
+        assert name not in rows, f"{name} is listed twice"
+        rows[name] = (kind, tuple(sorted(labels.strip("{}").split(","))) if labels else ())
+    return rows
+
+
+def test_the_metrics_table_lists_every_exported_metric_with_its_type_and_labels() -> None:
+    code, docs = exported(), documented()
+    assert sorted(set(code) - set(docs)) == [], "exported but not in the operator guide's table"
+    assert sorted(set(docs) - set(code)) == [], "in the operator guide's table but not exported"
+    assert {n: code[n] for n in docs} == docs
+
+
+def test_every_metric_name_the_docs_mention_is_exported() -> None:
+    code = exported()
+    names = set(code)
+    names |= {n + s for n, (kind, _) in code.items() if kind == "histogram" for s in SUFFIXES}
+    for path in sorted((ROOT / "docs").rglob("*.md")):
+        for mention in MENTION.findall(path.read_text()):
+            assert mention in names, f"{path.relative_to(ROOT)} names {mention}"

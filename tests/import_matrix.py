@@ -97,6 +97,12 @@ SHELL = Rule(
     frozenset({"trio", "hypercorn", "httpx", "cryptography", "msgpack", "pydantic", "dcap_qvl"}),
     not_project=("kms.node.setup", "kms.node.testing"),
 )
+NODE_SHELL = Rule(
+    tuple(p for p in SHELL.project if p != "kms.client"),
+    SHELL.third_party,
+    not_project=(*SHELL.not_project, "kms.client"),
+)
+"""The node's trio shell: a shell that does not import the client (evidence is in kms.evidence)."""
 MPC_BASE = Rule(("mpc.errors", "mpc.ids", "mpc.math"), BLS_BACKENDS, CLOCK_AND_IO)
 ENTRY = Rule(("mpc", "net", "kms", "sim"), any_third_party=True)
 NOTHING = Rule((), never=CLOCK_AND_IO)
@@ -153,9 +159,9 @@ ROWS: dict[str, Rule] = {
     "kms.secretfile": Rule((), never=frozenset({"trio", "libp2p", "socket", "sqlite3"})),
     # --- kms: trio shells.
     "kms.attest.pccs": SHELL,
-    "kms.node.service": SHELL,
-    "kms.node.policies": SHELL,
-    "kms.node.config": SHELL,
+    "kms.node.service": NODE_SHELL,
+    "kms.node.policies": NODE_SHELL,
+    "kms.node.config": NODE_SHELL,
     "kms.client.http": SHELL,
     # --- entry points and composition roots: any third party, no sim.
     "kms.node.setup": Rule(
@@ -467,8 +473,8 @@ def _row_label(key: str) -> str:
 def table() -> str:
     """The Markdown table of ``ROWS`` (sorted by key) that docs/design.md shows."""
     lines = [
-        "| module | may import (project) | may import (third party) | never |",
-        "|---|---|---|---|",
+        "| module | may import (project) | but not (project) | may import (third party) | never |",
+        "|---|---|---|---|---|",
     ]
     for key in sorted(ROWS, key=lambda k: (k.lstrip("="), not k.startswith("="))):
         rule = ROWS[key]
@@ -478,9 +484,10 @@ def table() -> str:
             if rule.any_third_party
             else ", ".join(_names(rule.third_party, True)) or "nothing"
         )
-        never = ", ".join([*_names(rule.not_project, False), *_names(rule.never, True)]) or "—"
+        fenced = ", ".join(_names(rule.not_project, False)) or "—"
+        never = ", ".join(_names(rule.never, True)) or "—"
         label = _row_label(key) + (f": {rule.note}" if rule.note else "")
-        lines.append(f"| {label} | {project} | {third} | {never} |")
+        lines.append(f"| {label} | {project} | {fenced} | {third} | {never} |")
     return "\n".join(lines) + "\n"
 
 

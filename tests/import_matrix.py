@@ -30,11 +30,11 @@ How modules and imports are read (statically, with ``ast``; nothing is imported)
   import of that module; otherwise of ``pkg``. So a fence on ``kms.policy.registry``
   also stops ``from kms.policy import AppRegistry``.
 
-The import graph (module → project modules it imports) must have no cycle. Type-only
-imports are left out of the cycle check, and only of it: they never execute, so they
-cannot make an import order matter or expose a half-initialised module, and a
-type checker resolves them in any order. They still have to obey the matrix, so a
-type-only import cannot break the layering either.
+The import graph (module → project modules it imports, lazy and type-only imports
+included) must have no cycle. Type-only imports count here too: they never execute,
+but a cycle through one still ties two modules' designs together; where a module
+needs to name a type of a module above it, it declares the part it uses as a
+``Protocol`` instead (``sim.load.LoadWorld``).
 """
 
 from __future__ import annotations
@@ -386,8 +386,8 @@ def violations(name: str, path: Path | None = None) -> list[tuple[str, str, str]
     return out
 
 
-def graph(*, type_only: bool = False) -> dict[str, set[str]]:
-    """Module → the project modules it imports (type-only imports only if asked)."""
+def graph(*, type_only: bool = True) -> dict[str, set[str]]:
+    """Module → the project modules it imports (type-only imports too, unless told not to)."""
     files = project_files()
     return {
         name: {

@@ -61,6 +61,9 @@ def test_a_module_without_a_row_is_refused(tmp_path: Path) -> None:
         assert len(got) == 1 and "no row" in got[0][2], (name, got)
     # A package row covers new modules of the package.
     assert violations("mpc.newthing", fake) == []
+    # A row for a package module alone covers neither its modules nor what it may import.
+    fake.write_text("from kms import cli\n")
+    assert [m for _, m, _ in violations("kms", fake)] == ["kms.cli"]
 
 
 def test_matrix_flags_each_kind_of_violation(tmp_path: Path) -> None:

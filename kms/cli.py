@@ -178,10 +178,11 @@ def node_join_request(
     chain head and a TDX quote binding them."""
     import httpx
 
+    from kms.devnet import quote_source
     from kms.node.setup import join_request
 
     try:
-        doc = join_request(config, committee_url=committee_url)
+        doc = join_request(config, committee_url=committee_url, quote=quote_source(config))
     except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         if json_out:
             _print_json({"ok": False, "error": str(exc)})
@@ -913,8 +914,8 @@ def evidence_verify(
     partial, 1 when it proves nothing, 2 on bad usage.
     """
     from kms import devnet
-    from kms.client.core import verify_wrong_partial
     from kms.client.http import chain_epochs_from_bytes, fetch_chain_epochs
+    from kms.evidence import verify_wrong_partial
     from kms.protocol import WrongPartialEvidence
     from mpc.cert import check_mpk
     from mpc.errors import InvalidEncoding, InvalidSignature

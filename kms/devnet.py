@@ -23,14 +23,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from kms.node.config import load
-from kms.node.setup import init_node, write_config
+from kms.node.setup import init_node, tdx_quote, write_config
 from kms.secretfile import write_secret
 
 STATE_FILE = "devnet.json"
@@ -393,6 +393,28 @@ def simulated_tee(directory: Path) -> Any:
     return SimulatedTEE(rng, now=now)
 
 
+def quote_source(
+    config_path: Path, measurement: dict[str, bytes] | None = None
+) -> Callable[[bytes], bytes]:
+    """Where the node of ``config_path`` gets the quote of its join request.
+
+    The devnet's simulated TEE when its ``[node] simulated_tee`` names a devnet
+    directory (quoting ``measurement``, by default the devnet node image), and the
+    TDX guest's configfs-tsm report interface otherwise (``kms.node.setup.tdx_quote``).
+    """
+    import tomllib
+
+    node = tomllib.loads(Path(config_path).read_text())["node"]
+    if not node.get("simulated_tee"):
+        return tdx_quote
+    tee = simulated_tee(Path(node["simulated_tee"]))
+
+    def quote(report_data: bytes) -> bytes:
+        return bytes(tee.quote(report_data, **(measurement or NODE_MEASUREMENT)))
+
+    return quote
+
+
 def simulated_tee_files(directory: Path) -> Path:
     """Create the simulated TEE (seed, root certificate, collateral) for a devnet."""
     import secrets
@@ -721,7 +743,7 @@ def add_node(directory: Path, *, timeout: float = 120.0) -> dict[str, Any]:
     state["nodes"].append(entry)
     write_state(directory, state)  # so that `devnet up` stops it too
     member = next(n for n in state["nodes"] if int(n["index"]) != int(entry["index"]))
-    jr = join_request(cfg, committee_url=str(member["http_url"]))
+    jr = join_request(cfg, committee_url=str(member["http_url"]), quote=quote_source(cfg))
     (cfg.parent / "join-request.json").write_text(json.dumps(jr, indent=2) + "\n")
     try:
         pid, ref = propose_and_approve(

@@ -11,8 +11,10 @@ certified genesis shares, as an oracle for the report only.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
@@ -27,11 +29,9 @@ from mpc.math.poly import interpolate_at
 from mpc.math.vss import public_share
 from mpc.membership import ChainError, ChainState, verify_chain
 from mpc.tkd import KeyId, derive_point_base
-from sim.network import CVM
+from sim.network import CVM, Network
 from sim.nodes import SimNode
-
-if TYPE_CHECKING:
-    from sim.world import World
+from sim.scenario import Scenario
 
 UNIX_BASE = 1_800_000_000
 """Virtual time 0 as Unix seconds (quotes, policies and key requests carry Unix time)."""
@@ -49,10 +49,34 @@ class KeyRequestRecord:
     wrong_partials: tuple[int, ...]
 
 
+class LoadWorld(Protocol):
+    """What the load reads of the world that runs it (``sim.world.World``)."""
+
+    @property
+    def rng_load(self) -> random.Random: ...
+
+    @property
+    def pinned_mpk(self) -> G2 | None: ...
+
+    @property
+    def nodes(self) -> Mapping[int, SimNode]: ...
+
+    @property
+    def network(self) -> Network: ...
+
+    @property
+    def now(self) -> float: ...
+
+    @property
+    def scenario(self) -> Scenario: ...
+
+    def local_time(self, node: SimNode) -> float: ...
+
+
 class KeyRequestLoad:
     """The CVM population: one simulated TEE, one app and its policy, requests on demand."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: LoadWorld) -> None:
         self.world = world
         self._rng = world.rng_load
         self._owner = OwnerKey.from_seed(bytes(32))

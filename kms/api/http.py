@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
 from kms.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kms.protocol import KeyRefusal, KeyRequest, WrongPartialEvidence
 from mpc.codec import MessageDecodeError, decode
@@ -62,14 +63,8 @@ class StatusSource(Protocol):
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None: ...
 
 
-MAX_BODY = 512 * 1024
-"""The largest request body any route reads (a ``KeyRequest`` with a full event log fits)."""
 MSGPACK = "application/msgpack"
 JSON = "application/json"
-CHAIN_PAGE_LINKS = 64
-"""Links in one page of ``GET /v1/chain?from=…``, at most (and by default)."""
-CHAIN_PAGE_BYTES = 1 << 20
-"""Encoded link bytes in one page, at most (and by default)."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

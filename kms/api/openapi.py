@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from kms.api.http import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
+from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
 from kms.protocol import KeyRefusal, KeyRequest, KeyResponse, WrongPartialEvidence
 from mpc.codec import MAX_INT, MAX_ITEMS, MaxSize, Message, Size
 from mpc.membership.messages import ChainUpdate

@@ -15,9 +15,10 @@ index's ephemeral key.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from kms.evidence import verify_wrong_partial
 from kms.protocol import (
     EphemeralKey,
     KeyRefusal,
@@ -38,7 +39,7 @@ from mpc.math import G1
 from mpc.membership import ChainState
 from mpc.secret import RNG
 from mpc.sig import VerifyKey
-from mpc.tkd import DerivedPoint, KeyId, Partial, combine_and_verify, verify_partial
+from mpc.tkd import DerivedPoint, Partial, combine_and_verify
 
 
 @functools.lru_cache(maxsize=1024)
@@ -271,42 +272,6 @@ class KeyRequestSession:
 
     def bad_nodes(self) -> list[ParticipantIndex]:
         return sorted({r.index for r in self.rejected})
-
-
-def verify_wrong_partial(
-    evidence: WrongPartialEvidence,
-    chain: ChainState,
-    app_id_of: Callable[[KeyRequest], bytes] | None = None,
-) -> str:
-    """Check CVM-disclosed evidence against a verified chain; returns what it proves.
-
-    Raises ``InvalidSignature`` unless: the node of that index signed the answer,
-    the answer names this request, the disclosed private key is the one the
-    request bound for that index, and the partial either does not decrypt or
-    does not match the node's public share.
-    """
-    req, share = evidence.request, evidence.response
-    idx = ParticipantIndex(share.index)
-    member = next((p for p in chain.committee.members if p.index == share.index), None)
-    if member is None or share.epoch != chain.epoch:
-        raise InvalidSignature("the answer's index or epoch is not in the verified chain")
-    share.verify(member.verify_key())
-    if share.request_hash != req.request_hash():
-        raise InvalidSignature("the answer is for another request")
-    sk = hpke.PrivateKey.from_private_bytes(evidence.ephemeral_private)
-    if req.body.ephemeral_key(share.index) != sk.public_bytes():
-        raise InvalidSignature("the disclosed key is not the one the request bound for this index")
-    info = release_info(share.request_hash, share.purpose, share.epoch, share.index)
-    try:
-        point = G1.from_bytes(hpke.open(share.enc, sk, info, info, share.ciphertext))
-    except (DecryptionError, InvalidEncoding):
-        return "the signed partial does not decrypt"
-    key_id = KeyId(
-        (app_id_of or (lambda r: r.body.app_id))(req), share.purpose.purpose, share.purpose.version
-    )
-    if verify_partial(Partial(idx, point), key_id, chain.public_shares[idx]):
-        raise InvalidSignature("the partial is correct")
-    return "the signed partial does not match the node's public share"
 
 
 __all__ = ["KeyReleaseError", "KeyRequestSession", "Rejected", "verify_wrong_partial"]

@@ -169,7 +169,7 @@ class ChangeChecker:
     ``verifier`` holds the trust roots (``None``: this node verifies no quote and
     so approves no join); ``collateral`` gives the collateral for a quote;
     ``wrong_partial`` checks a CVM's evidence against the chain state of its
-    epoch (``kms.client.core.verify_wrong_partial``).
+    epoch (``kms.evidence.verify_wrong_partial``).
     """
 
     verifier: Verifier | None

@@ -1025,10 +1025,10 @@ class NodeService:
         """Evidence a CVM discloses (``POST /v1/evidence``): a node's signed wrong partial.
 
         Checked against this node's verified chain at the epoch the answer
-        names (``kms.client.core.verify_wrong_partial``); kept (once) when it
+        names (``kms.evidence.verify_wrong_partial``); kept (once) when it
         proves something, so an operator can attach it to a removal.
         """
-        from kms.client.core import verify_wrong_partial
+        from kms.evidence import verify_wrong_partial
         from kms.protocol import WrongPartialEvidence
         from mpc.errors import InvalidSignature
 

@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -252,11 +253,15 @@ def committee_head(committee_url: str, *, timeout: float = 10.0) -> tuple[int, b
     return link_epoch(links[-1]), links[-1].hash()
 
 
+QuoteSource = Callable[[bytes], bytes]
+"""Makes a TDX quote whose ``report_data`` is the given bytes."""
+
+
 def join_request(
     config_path: Path,
     *,
     committee_url: str,
-    measurement: dict[str, bytes] | None = None,
+    quote: QuoteSource | None = None,
 ) -> dict[str, Any]:
     """The join request of a node that is not in the committee yet.
 
@@ -266,10 +271,10 @@ def join_request(
     ``committee_url``) and a TDX quote whose ``report_data`` is
     ``join_report_data(record, addresses, epoch, head)``
     (``kms.node.admission``): members refuse it once the committee is more than
-    ``JOIN_MAX_AGE`` epochs further. The quote comes from the devnet's simulated TEE
-    when ``[node] simulated_tee`` names a devnet directory (``measurement``
-    overrides the devnet node image, for tests), and from the TDX guest's
-    configfs-tsm report interface otherwise.
+    ``JOIN_MAX_AGE`` epochs further. The quote comes from ``quote``, which the
+    caller chooses: by default the TDX guest's configfs-tsm report interface
+    (``tdx_quote``); ``kms.devnet.quote_source`` gives the devnet's simulated TEE
+    for a node whose ``[node] simulated_tee`` names a devnet directory.
     """
     import tomllib
 
@@ -294,13 +299,7 @@ def join_request(
     addresses = [f"{node['listen']}/p2p/{peer}"]
     epoch, head = committee_head(committee_url)
     report_data = join_report_data(rec, addresses, epoch, head)
-    if node.get("simulated_tee"):
-        from kms import devnet
-
-        tee = devnet.simulated_tee(Path(node["simulated_tee"]))
-        quote = tee.quote(report_data, **(measurement or devnet.NODE_MEASUREMENT))
-    else:
-        quote = tdx_quote(report_data)
+    attestation = (quote or tdx_quote)(report_data)
     return {
         "index": rec.index,
         "identity": rec.identity.hex(),
@@ -310,7 +309,7 @@ def join_request(
         "addresses": addresses,
         "epoch": epoch,
         "head": head.hex(),
-        "attestation": quote.hex(),
+        "attestation": attestation.hex(),
     }
 
 
@@ -399,7 +398,7 @@ def make_checker(cfg: NodeFileConfig, collateral: Any) -> Any:
     Join requests' quotes are verified with the node's trust roots and its
     collateral (``make_collateral``); a node without any approves no join.
     """
-    from kms.client.core import verify_wrong_partial
+    from kms.evidence import verify_wrong_partial
     from kms.node.admission import ChangeChecker
 
     return ChangeChecker(

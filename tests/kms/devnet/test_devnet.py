@@ -241,7 +241,11 @@ def test_add_then_remove_a_member_over_the_admin_channel(devnets: MakeDevnet) ->
     )
     mpk = sts[1]["master_public_key"]
 
-    jr = join_request(Path(five["config"]), committee_url=net.url(1))
+    jr = join_request(
+        Path(five["config"]),
+        committee_url=net.url(1),
+        quote=devnet.quote_source(Path(five["config"])),
+    )
     assert jr["index"] == 5 and jr["addresses"] == [five["multiaddr"]]
     jr_file = net.directory / "join-5.json"
     jr_file.write_text(json.dumps(jr))

@@ -155,7 +155,7 @@ def test_join_leave_threshold_while_a_cvm_keeps_its_key(net: Devnet) -> None:
         jr = join_request(
             Path(rogue["config"]),
             committee_url=net.url(1),
-            measurement=devnet.ROGUE_NODE_MEASUREMENT,
+            quote=devnet.quote_source(Path(rogue["config"]), devnet.ROGUE_NODE_MEASUREMENT),
         )
         jr_file = net.directory / "rogue-join.json"
         jr_file.write_text(json.dumps(jr))

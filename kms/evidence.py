@@ -1,0 +1,60 @@
+"""Checking a CVM's evidence that a node answered a key request with a wrong partial, sans-I/O.
+
+A ``WrongPartialEvidence`` is the node's signed answer, the request, and the
+private half of the ephemeral key the request bound for that node's index
+(``kms.protocol``). The CVM client builds it (``kms.client.core``); the node
+checks it before it gossips it or proposes removing the accused member
+(``kms.node.service``, ``kms.node.admission``), and so does ``kms`` on the
+command line. All of them use :func:`verify_wrong_partial` from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kms.protocol import KeyRequest, WrongPartialEvidence, release_info
+from mpc import hpke
+from mpc.errors import DecryptionError, InvalidEncoding, InvalidSignature
+from mpc.ids import ParticipantIndex
+from mpc.math import G1
+from mpc.membership import ChainState
+from mpc.tkd import KeyId, Partial, verify_partial
+
+
+def verify_wrong_partial(
+    evidence: WrongPartialEvidence,
+    chain: ChainState,
+    app_id_of: Callable[[KeyRequest], bytes] | None = None,
+) -> str:
+    """Check CVM-disclosed evidence against a verified chain; returns what it proves.
+
+    Raises ``InvalidSignature`` unless: the node of that index signed the answer,
+    the answer names this request, the disclosed private key is the one the
+    request bound for that index, and the partial either does not decrypt or
+    does not match the node's public share.
+    """
+    req, share = evidence.request, evidence.response
+    idx = ParticipantIndex(share.index)
+    member = next((p for p in chain.committee.members if p.index == share.index), None)
+    if member is None or share.epoch != chain.epoch:
+        raise InvalidSignature("the answer's index or epoch is not in the verified chain")
+    share.verify(member.verify_key())
+    if share.request_hash != req.request_hash():
+        raise InvalidSignature("the answer is for another request")
+    sk = hpke.PrivateKey.from_private_bytes(evidence.ephemeral_private)
+    if req.body.ephemeral_key(share.index) != sk.public_bytes():
+        raise InvalidSignature("the disclosed key is not the one the request bound for this index")
+    info = release_info(share.request_hash, share.purpose, share.epoch, share.index)
+    try:
+        point = G1.from_bytes(hpke.open(share.enc, sk, info, info, share.ciphertext))
+    except (DecryptionError, InvalidEncoding):
+        return "the signed partial does not decrypt"
+    key_id = KeyId(
+        (app_id_of or (lambda r: r.body.app_id))(req), share.purpose.purpose, share.purpose.version
+    )
+    if verify_partial(Partial(idx, point), key_id, chain.public_shares[idx]):
+        raise InvalidSignature("the partial is correct")
+    return "the signed partial does not match the node's public share"
+
+
+__all__ = ["verify_wrong_partial"]

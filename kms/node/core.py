@@ -512,6 +512,7 @@ class NodeCore:
         """Seeds kept past their run for recovering a share: run → (epoch, attempt, seed,
         erase by)."""
         self._recovery: _Recovery | None = None
+        self._last_recovery: _Recovery | None = None
         self._recovery_check = True
         self._recovery_ended: deque[bytes] = deque(maxlen=16)
         """Certificates (fingerprints) whose share recovery ended here (done or given up)."""
@@ -2427,6 +2428,9 @@ class NodeCore:
         """A seed kept for recovery goes once its run is decided here (its share recovered
         or adopted, another attempt or a later epoch certified), or at its deadline."""
         st = self.state
+        going = self._run.run_id if self._run is not None else None
+        for run in [r for r in self._seeds if r != going]:
+            del self._seeds[run]  # a run dropped without ending here (a chain replaced)
         active = self._recovery.run if self._recovery is not None else None
         for run, (epoch, attempt, _seed, erase_by) in list(self._recovery_seeds.items()):
             if run == active:
@@ -2507,6 +2511,7 @@ class NodeCore:
     def _end_recovery(self, rec: _Recovery) -> None:
         if self._recovery is rec:
             self._recovery = None
+        self._last_recovery = rec  # answers still due from it are dropped quietly
         self._recovery_ended.append(rec.cert)
         self._drop_seed(rec.run)
 
@@ -2514,6 +2519,10 @@ class NodeCore:
         """An answer to this node's ``DealsRequest``: one per member asked, checked in full
         (``recover_share``). A bad one is refused and counted; it changes nothing."""
         rec, st = self._recovery, self.state
+        last = self._last_recovery
+        if rec is None and last is not None and answer.run == last.run and peer in last.pending:
+            last.pending.discard(peer)  # asked, but the recovery ended before it answered
+            return
         if rec is None or st is None or peer not in rec.pending or answer.run != rec.run:
             raise RemoteProtocolError("deals this node did not ask for", [peer])
         rec.pending.discard(peer)

@@ -24,13 +24,14 @@ from stored_committee import Committee, mesh_for
 from kms.node.core import PROMPT_NONCE, EpochSwitched, InputRejected
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, SignedDigest, session_id
-from mpc.codec import MessageDecodeError
+from mpc.codec import MessageDecodeError, decode
 from mpc.dkg.messages import DealBundle, DealsAnswer, DealsRequest, EncryptedShare
 from mpc.dkg.session import RUN_KEY_RECORD, SHARE_INFO
 from mpc.ids import ParticipantIndex as PI
 from mpc.math import G2, R
 from mpc.math.fields import scalar_to_bytes
 from mpc.math.poly import interpolate_at
+from mpc.membership import Refresh
 from mpc.membership.messages import Ballot
 from mpc.sig import CTX_BROADCAST_DIGEST, SigningKey
 
@@ -95,6 +96,31 @@ def test_a_member_down_through_the_deal_phase_recovers_its_share_from_the_deals(
     assert not any(
         key == RUN_KEY_RECORD for run in c.stores[ME].runs() for key in c.stores[ME].records(run)
     )
+    # An answer from a member it did not ask is refused and counted.
+    run = next(m.run for s, _to, m in crash.sent if isinstance(m, DealsRequest))
+    served = next(m for s, to, m in crash.sent if isinstance(m, DealsAnswer) and s == PI(1))
+    now = mesh.now
+    c.core(3).receive(PI(2), decode(served.encode()), now)
+    assert any(
+        isinstance(e, InputRejected) and "did not ask" in e.reason and e.peer == PI(2)
+        for e in c.core(3).events()
+    )
+    # Requests are metered per peer: a burst of two, then one every 10 Δ.
+    answerer = c.core(1)
+    answerer.messages_to_send()
+    for _ in range(4):
+        answerer.receive(PI(4), decode(DealsRequest(run).encode()), now)
+    answers = [m for m in answerer.messages_to_send() if isinstance(m.message, DealsAnswer)]
+    assert len(answers) == 2
+    assert (
+        sum(isinstance(e, InputRejected) and "rate limited" in e.reason for e in answerer.events())
+        == 2
+    )
+    answerer.receive(PI(4), decode(DealsRequest(run).encode()), now + 10 * 0.5)
+    assert [m for m in answerer.messages_to_send() if isinstance(m.message, DealsAnswer)]
+    # A request for a run it holds no deals of gets nothing.
+    answerer.receive(PI(5), decode(DealsRequest(bytes(32)).encode()), now + 10 * 0.5)
+    assert not [m for m in answerer.messages_to_send() if isinstance(m.message, DealsAnswer)]
     c.close()
 
 
@@ -239,4 +265,32 @@ def test_a_member_whose_seed_is_gone_falls_back_to_a_prompt_refresh(tmp_path: Pa
                 continue
             prompt += [p for p in ballot.proposals if p.nonce == PROMPT_NONCE]
     assert prompt, "no prompt refresh proposed"
+    c.close()
+
+
+def test_a_member_down_through_a_refresh_deal_phase_recovers_its_share(tmp_path: Path) -> None:
+    """The same in a reshare (a refresh): the deals are combined with Lagrange weights
+    over QUAL and must keep the master public key."""
+    c = Committee(tmp_path, 5, 3, seed=24, period=20.0)
+    crash = Crash(float("inf"), float("inf"))
+    crash.answers = lambda sender, to, message, now: [] if sender in CORRUPT else None
+    mesh = mesh_for(c, crash)
+    mesh.run_until(20.0)
+    assert all(c.core(i).share is not None for i in range(1, 6))
+    mpk = c.core(1).state.mpk
+    pid = c.core(1).propose(Refresh())
+    for i in (2, 3):
+        c.core(i).approve(pid)
+    while c.core(1).state.pending is None:
+        mesh.run_until(mesh.now + 1.0)
+        assert mesh.now < 200.0
+    out = c.core(1).state.pending.outcome
+    sched = c.configs[PI(1)].reshare_schedule(out.reshare_start, 5, 3, 0)
+    crash.down, crash.up = sched.key_end, sched.deal_end + 0.2
+    mesh.at(crash.down, lambda: mesh.asleep.__setitem__(ME, crash.up))
+    mesh.at(crash.up, lambda: c.restart(mesh, [ME], 24))
+    mesh.run_until(sched.certify_end + 10.0)
+    assert c.core(1).state.epoch == 1 and c.core(1).state.mpk == mpk
+    assert any(isinstance(m, DealsRequest) for s, _to, m in crash.sent if s == ME)
+    honest_holders_reconstruct(c, [1, 2, 3])
     c.close()

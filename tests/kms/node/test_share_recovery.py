@@ -294,3 +294,31 @@ def test_a_member_down_through_a_refresh_deal_phase_recovers_its_share(tmp_path:
     assert any(isinstance(m, DealsRequest) for s, _to, m in crash.sent if s == ME)
     honest_holders_reconstruct(c, [1, 2, 3])
     c.close()
+
+
+def test_the_seed_is_erased_at_its_deadline_when_the_certificate_comes_later(
+    tmp_path: Path,
+) -> None:
+    """Member 3 restarts after the deal phase but hears nothing from the others until
+    well after the run: it keeps the seed no longer than 40 Δ after the run's end, and
+    then has nothing to recover a share with (a prompt refresh follows)."""
+    c = Committee(tmp_path, 5, 3, seed=25)
+    sched = c.configs[PI(1)].genesis_schedule(0)
+    deadline = sched.end + 40 * 0.5
+    crash = Crash(sched.key_end, deadline + 1.0)  # nothing reaches it until then
+    mesh = mesh_for(c, crash)
+    restart = sched.deal_end + 0.2
+    mesh.at(crash.down, lambda: mesh.asleep.__setitem__(ME, restart))
+    mesh.at(restart, lambda: c.restart(mesh, [ME], 25))
+    mesh.run_until(deadline - 1.0)
+    seeds = lambda: [  # noqa: E731
+        run for run in c.stores[ME].runs() if RUN_KEY_RECORD in c.stores[ME].records(run)
+    ]
+    attempt0 = next(e.run for e in mesh.events[ME] if getattr(e, "key", None) == RUN_KEY_RECORD)
+    assert attempt0 in seeds()  # kept: the run ended without a share
+    mesh.run_until(deadline + 30.0)
+    assert c.core(3).state is not None and c.core(3).state.epoch == 0
+    assert c.core(3).share is None
+    assert attempt0 not in seeds()
+    assert not any(isinstance(m, DealsRequest) for s, _to, m in crash.sent if s == ME)
+    c.close()

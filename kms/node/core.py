@@ -46,7 +46,7 @@ from kms.node.limits import deals_answer_bytes, early_messages, peer_queue_bytes
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
 from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate
-from mpc.codec import Message, MessageDecodeError
+from mpc.codec import MAX_MESSAGE_SIZE, Message, MessageDecodeError
 from mpc.dkg import (
     CertificateCompleted,
     DealerExcluded,
@@ -2394,6 +2394,8 @@ class NodeCore:
                 deals = DealsAnswer.decode(raw) if raw is not None else None
             except MessageDecodeError:
                 deals = None
+        if deals is not None and len(deals.encode()) > MAX_MESSAGE_SIZE - 4096:
+            deals = None  # more than one frame holds (n ≳ 130): members missing it get a refresh
         self._served = deals
 
     def _answer_deals(self, peer: ParticipantIndex, request: DealsRequest, now: float) -> None:

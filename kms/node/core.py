@@ -28,7 +28,8 @@ Lifecycle:
 * **Old shares** are retained until ``min(n', 2t'-1)`` new members have
   acknowledged the new epoch, then ``RetainedShareDeletable`` is emitted.
 * **Run records** are erased (``EraseRecords``): a run's key seed as soon as
-  the run ends, done or failed; everything else a run recorded (deals,
+  the run ends, done or failed (a recipient left without a share it signed with
+  keeps it, bounded, to recover its share from the certified deals); everything else a run recorded (deals,
   dealt polynomial, new share) once an epoch certificate for that epoch or a
   later one is adopted (and, for this node's own run, its share stored).
 """
@@ -1824,8 +1825,10 @@ class NodeCore:
         return records
 
     def _end_run(self, session: SharingSession) -> None:
-        """The run is over here, done or failed: its key seed goes at once. Nothing it
-        encrypted to that key opens any more, whoever recorded the deals."""
+        """The run is over here, done or failed: its key seed goes at once (nothing it
+        encrypted to that key opens any more, whoever recorded the deals), unless this
+        recipient holds no share of it that it signed with: then the seed is kept, bounded
+        (``_prune_recovery_seeds``), to recover its share from the deals if certified."""
         if self._run is session:
             self._run = None
         seed = self._seeds.pop(session.run_id, None)

@@ -322,3 +322,25 @@ def test_the_seed_is_erased_at_its_deadline_when_the_certificate_comes_later(
     assert attempt0 not in seeds()
     assert not any(isinstance(m, DealsRequest) for s, _to, m in crash.sent if s == ME)
     c.close()
+
+
+def test_a_member_restarted_while_recovering_uses_its_stored_seed(tmp_path: Path) -> None:
+    """Member 3 adopts the certificate without a share and asks for the deals, but no
+    answer reaches it before it restarts: the new process finds the seed record (kept
+    for the recovery) and recovers its share."""
+    c = Committee(tmp_path, 5, 3, seed=26)
+    mesh, crash, sched = crash_through_deals(c, 26)
+    held = {"on": True}
+    crash.answers = lambda sender, to, message, now: [] if held["on"] else None
+    mesh.run_until(sched.justify_end)
+    while c.core(3).state is None:
+        mesh.run_until(mesh.now + 0.25)
+        assert mesh.now < sched.end + 10.0
+    assert c.core(3).share is None
+    mesh.run_until(mesh.now + 0.25)
+    assert any(isinstance(m, DealsRequest) for s, _to, m in crash.sent if s == ME)
+    c.restart(mesh, [ME], 26)
+    held["on"] = False
+    mesh.run_until(mesh.now + 10.0)
+    honest_holders_reconstruct(c, [1, 2, 3])
+    c.close()

@@ -28,7 +28,8 @@ Lifecycle:
 * **Old shares** are retained until ``min(n', 2t'-1)`` new members have
   acknowledged the new epoch, then ``RetainedShareDeletable`` is emitted.
 * **Run records** are erased (``EraseRecords``): a run's key seed as soon as
-  the run ends, done or failed; everything else a run recorded (deals,
+  the run ends, done or failed (a recipient left without a share it signed with
+  keeps it, bounded, to recover its share from the certified deals); everything else a run recorded (deals,
   dealt polynomial, new share) once an epoch certificate for that epoch or a
   later one is adopted (and, for this node's own run, its share stored).
 """
@@ -42,11 +43,11 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from kms.node.limits import early_messages, peer_queue_bytes
+from kms.node.limits import deals_answer_bytes, early_messages, peer_queue_bytes
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
 from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate
-from mpc.codec import Message, MessageDecodeError
+from mpc.codec import MAX_MESSAGE_SIZE, Message, MessageDecodeError
 from mpc.dkg import (
     CertificateCompleted,
     DealerExcluded,
@@ -59,7 +60,8 @@ from mpc.dkg import (
     SharingFinalized,
     SharingSession,
 )
-from mpc.dkg.messages import CertificatePartial, Participant
+from mpc.dkg.messages import CertificatePartial, DealsAnswer, DealsRequest, Participant
+from mpc.dkg.recovery import ShareNotDealt, recover_share
 from mpc.dkg.session import POLYNOMIAL_RECORD, RUN_KEY_RECORD, STALL_FRACTION
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
@@ -138,19 +140,32 @@ this many window periods (with a schedule, at most one per ``refresh_interval``)
 PROMPT_NONCE = b"prompt-refresh\x00\x00"
 """The nonce of a member's prompt refresh proposal: its id is known to every member."""
 INTENT_RUN = b"membership-intent"
+DEALS_RUN_LABEL = b"deals/"
+"""Store run prefix (before the certified transcript's hash) of the head's certified deals
+this node keeps for members recovering their share (``DealsRequest``)."""
+RECOVERY_SEED_DELTAS = 40
+"""A recipient that ends a run without a share it signed with keeps the run key's seed at
+most this many Δ after the run's scheduled end (less when the run is decided, below)."""
+RECOVERY_WAIT_DELTAS = 4
+"""How long the members asked for the deals have to answer before the next are asked."""
+DEALS_REQUEST_BURST = 2
+DEALS_REQUEST_REFILL_DELTAS = 10
+"""Deal requests answered per peer: a burst of 2, then one more every this many Δ."""
 LOCK_RUN = b"membership-lock"
 
 
-RUN_ENDS_RECORDS = frozenset({RUN_KEY_RECORD, POLYNOMIAL_RECORD})
-"""Records a sharing run needs only while it runs: its key seed, and the polynomial this
-member dealt (in a reshare its constant term is the member's old share)."""
-
-
 def run_key_records(run: bytes) -> bytes:
-    """The store run under which a sharing run's key seed and dealt polynomial are kept,
-    so that they can be erased alone, when the run ends, while the run's other records
-    wait for the epoch (and a higher attempt's share for the fork choice)."""
+    """The store run under which a sharing run's key seed is kept, so that it can be
+    erased alone, when the run ends (or, for a recipient left without a share, once it
+    recovered it or gave up), while the run's other records wait for the epoch."""
     return b"run-key/" + run
+
+
+def polynomial_records(run: bytes) -> bytes:
+    """The store run under which the polynomial this member dealt in a sharing run is
+    kept: erased when the run ends, whatever else of the run is kept (in a reshare its
+    constant term is this member's old share)."""
+    return b"run-poly/" + run
 
 
 Link = EpochCertificate | MembershipCertificate
@@ -512,6 +527,21 @@ class NodeCore:
             ParticipantIndex(p.index): p for p in config.genesis
         }
         self._kept: dict[bytes, tuple[int, SecretShare]] = {}
+        self._seeds: dict[bytes, bytes] = {}
+        """Run key seeds of the runs going on here (as persisted), by run id."""
+        self._recovery_seeds: dict[bytes, tuple[int, int, bytes, float]] = {}
+        """Seeds kept past their run for recovering a share: run → (epoch, attempt, seed,
+        erase by)."""
+        self._recovery: _Recovery | None = None
+        self._last_recovery: _Recovery | None = None
+        self._recovery_check = True
+        self._recovery_ended: deque[bytes] = deque(maxlen=16)
+        """Certificates (fingerprints) whose share recovery ended here (done or given up)."""
+        self._finalized_deals: dict[bytes, DealsAnswer] = {}
+        """The deals of runs this node finalized, by transcript hash (a few)."""
+        self._served: DealsAnswer | None = None
+        self._served_for: bytes | None = None
+        self._deals_budget: dict[ParticipantIndex, tuple[float, float]] = {}
         self._holders: dict[ParticipantIndex, Acknowledgement] = {}
         self._holders_since: float | None = None
         self._holders_reported = -1
@@ -623,6 +653,8 @@ class NodeCore:
         if self.state is not None:
             keep.add(self._ack_run(self.state.certificate))
             keep.update(self._higher_attempt_runs(self.state))
+            keep.add(DEALS_RUN_LABEL + self.state.certificate.transcript.hash())
+        keep.update(run_key_records(run) for run in self._recovery_seeds)
         return tuple(sorted(keep))
 
     def _higher_attempt_runs(self, st: ChainState) -> list[bytes]:
@@ -893,6 +925,7 @@ class NodeCore:
         if self.state is not None:
             self._note_removed(self.state, state)
         self.state = state
+        self._recovery_check = True
         # The peers: this epoch's members and, while a change is pending, those of the
         # next; a removed member is dropped once the epoch without it is certified.
         self._participants = {ParticipantIndex(p.index): p for p in state.committee.members}
@@ -922,7 +955,7 @@ class NodeCore:
         while len(self._removed) > RECENTLY_REMOVED:
             del self._removed[next(iter(self._removed))]
         keep = now_members | set(self._removed)
-        for table in (self._chain_budget, self._early_bytes):
+        for table in (self._chain_budget, self._deals_budget, self._early_bytes):
             for i in [i for i in table if i not in keep]:
                 del table[i]
         for i in [i for i in self._early if i not in keep]:
@@ -1328,12 +1361,35 @@ class NodeCore:
                 return
             self._take_ack(peer, message)
             return
+        if isinstance(message, DealsRequest):
+            self._answer_deals(peer, message, now)
+            return
+        if isinstance(message, DealsAnswer):
+            self._receive_deals(peer, message)
+            return
         target = self._route(message)
         if target is None:
             # For a run or window that has not started here yet: keep it for later.
             self._keep_early(peer, message)
             return
         self._deliver(target, peer, message, now)
+
+    def _take_budget(
+        self,
+        table: dict[ParticipantIndex, tuple[float, float]],
+        peer: ParticipantIndex,
+        now: float,
+        burst: int,
+        refill_deltas: float,
+    ) -> bool:
+        rate = 1.0 / (refill_deltas * self.config.delta)
+        tokens, last = table.get(peer, (float(burst), now))
+        tokens = min(float(burst), tokens + max(0.0, now - last) * rate)
+        if tokens < 1.0:
+            table[peer] = (tokens, now)
+            return False
+        table[peer] = (tokens - 1.0, now)
+        return True
 
     def _take_chain_budget(self, peer: ParticipantIndex, now: float) -> bool:
         rate = 1.0 / (CHAIN_REQUEST_REFILL_DELTAS * self.config.delta)
@@ -1792,14 +1848,38 @@ class NodeCore:
         self._runs[run] = cfg.epoch
         while len(self._runs) > MAX_RUN_RECORDS:
             self._erase_run(next(iter(self._runs)))
-        return {**self._records(run), **self._records(run_key_records(run))}
+        records = {
+            **self._records(run),
+            **self._records(run_key_records(run)),
+            **self._records(polynomial_records(run)),
+        }
+        if RUN_KEY_RECORD in records:
+            self._seeds[run] = records[RUN_KEY_RECORD]
+        return records
 
     def _end_run(self, session: SharingSession) -> None:
-        """The run is over here, done or failed: its key seed goes at once. Nothing it
-        encrypted to that key opens any more, whoever recorded the deals."""
+        """The run is over here, done or failed: its key seed goes at once (nothing it
+        encrypted to that key opens any more, whoever recorded the deals), unless this
+        recipient holds no share of it that it signed with: then the seed is kept, bounded
+        (``_prune_recovery_seeds``), to recover its share from the deals if certified."""
         if self._run is session:
             self._run = None
-        self._erase.append(run_key_records(session.run_id))
+        self._erase.append(polynomial_records(session.run_id))
+        seed = self._seeds.pop(session.run_id, None)
+        res = session.result
+        cfg = session.config
+        if (
+            seed is not None
+            and session.is_recipient
+            and (res is None or res.share is None or session.withheld is not None)
+        ):
+            # No share it signed with: it may need the seed to recover its share of this
+            # run from the deals, if the others certify it (``_recovery_step``).
+            end = cfg.schedule.end + RECOVERY_SEED_DELTAS * self.config.delta
+            self._recovery_seeds[session.run_id] = (cfg.epoch, cfg.attempt, seed, end)
+            self._recovery_check = True
+        elif session.run_id not in self._recovery_seeds:
+            self._erase.append(run_key_records(session.run_id))
         if (
             self.state is not None
             and self.state.epoch >= session.config.epoch
@@ -1811,7 +1891,9 @@ class NodeCore:
 
     def _erase_run(self, run: bytes) -> None:
         self._runs.pop(run, None)
-        self._erase.extend((run, run_key_records(run)))
+        self._erase.extend((run, polynomial_records(run)))
+        if run not in self._recovery_seeds:
+            self._erase.append(run_key_records(run))
 
     def _erase_runs_up_to(self, epoch: int) -> None:
         """An epoch certificate for ``epoch`` is adopted (and this node's share of it, if
@@ -2074,8 +2156,16 @@ class NodeCore:
         if isinstance(session, SharingSession):
             run_id = session.run_id
             for ev in session.events():
+                if isinstance(ev, SharingFinalized):
+                    self._keep_deals(session, ev)
                 if isinstance(ev, Persist):
-                    where = run_key_records(run_id) if ev.key in RUN_ENDS_RECORDS else run_id
+                    if ev.key == RUN_KEY_RECORD:
+                        self._seeds[run_id] = ev.data
+                    where = run_id
+                    if ev.key == RUN_KEY_RECORD:
+                        where = run_key_records(run_id)
+                    elif ev.key == POLYNOMIAL_RECORD:
+                        where = polynomial_records(run_id)
                     self._events.append(StoreRecord(where, ev.key, ev.data, ev.secret))
                 elif isinstance(ev, SharingFinalized) and session.config.kind == "dkg":
                     self._own_genesis.append(ev.result.transcript.hash())
@@ -2310,6 +2400,190 @@ class NodeCore:
         self._erase_runs_up_to(state.epoch)
         self._acknowledge(link)
 
+    # --- recovering a share from the certified deals ----------------------------------
+
+    def _keep_deals(self, session: SharingSession, ev: SharingFinalized) -> None:
+        """The deals of a run this node finalized: served if its transcript is certified."""
+        deals = session.certified_deals()
+        if deals is None:
+            return
+        self._finalized_deals[ev.result.transcript.hash()] = deals
+        while len(self._finalized_deals) > MAX_KEPT_SHARES:
+            del self._finalized_deals[next(iter(self._finalized_deals))]
+        self._served_for = None
+
+    def _serve_head(self) -> None:
+        """Hold the deals of the head's certified run, if this node finalized that run (in
+        memory, or stored under ``DEALS_RUN_LABEL`` when it adopted the certificate), to
+        answer ``DealsRequest``. They are public; they go with the next epoch switch."""
+        st = self.state
+        if st is None:
+            return
+        tr_hash = st.certificate.transcript.hash()
+        if self._served_for == tr_hash:
+            return
+        self._served_for = tr_hash
+        self._served = None
+        deals = self._finalized_deals.get(tr_hash)
+        if deals is not None:
+            self._events.append(
+                StoreRecord(DEALS_RUN_LABEL + tr_hash, "deals", deals.encode(), False)
+            )
+        else:
+            raw = self._records(DEALS_RUN_LABEL + tr_hash).get("deals")
+            try:
+                deals = DealsAnswer.decode(raw) if raw is not None else None
+            except MessageDecodeError:
+                deals = None
+        if deals is not None and len(deals.encode()) > MAX_MESSAGE_SIZE - 4096:
+            deals = None  # more than one frame holds (n ≳ 130): members missing it get a refresh
+        self._served = deals
+
+    def _answer_deals(self, peer: ParticipantIndex, request: DealsRequest, now: float) -> None:
+        if not self._take_budget(
+            self._deals_budget, peer, now, DEALS_REQUEST_BURST, DEALS_REQUEST_REFILL_DELTAS
+        ):
+            raise RemoteProtocolError("deal requests rate limited", [peer])
+        served, st = self._served, self.state
+        if served is None or st is None or served.run != request.run:
+            return  # this node holds no deals of that run (any more)
+        n, t = len(st.committee.members), st.threshold
+        if served.payload_bytes() > deals_answer_bytes(max(n, len(served.qual)), t):
+            return  # pragma: no cover - honest deals are within the bound
+        self._outbox.append(Outbound(peer, served))
+
+    def _certified_config(self, st: ChainState) -> SharingConfig | None:
+        """The configuration of the run the head's certificate certifies (from the chain)."""
+        tr = st.certificate.transcript
+        try:
+            if tr.kind == "dkg":
+                return self._genesis_config(tr.attempt)
+            before = self._epoch_states.get(st.epoch - 1)
+            return self._reshare_config(before, tr.attempt) if before is not None else None
+        except (LocalProtocolError, InvalidSignature, InvalidEncoding):
+            return None
+
+    def _drop_seed(self, run: bytes) -> None:
+        if self._recovery_seeds.pop(run, None) is not None:
+            self._erase.append(run_key_records(run))
+
+    def _prune_recovery_seeds(self) -> None:
+        """A seed kept for recovery goes once its run is decided here (its share recovered
+        or adopted, another attempt or a later epoch certified), or at its deadline."""
+        st = self.state
+        going = self._run.run_id if self._run is not None else None
+        for run in [r for r in self._seeds if r != going]:
+            del self._seeds[run]  # a run dropped without ending here (a chain replaced)
+        active = self._recovery.run if self._recovery is not None else None
+        for run, (epoch, attempt, _seed, erase_by) in list(self._recovery_seeds.items()):
+            if run == active:
+                continue
+            decided = False
+            if st is not None:
+                head = st.certificate.transcript.attempt
+                decided = epoch < st.epoch or (
+                    epoch == st.epoch
+                    and (attempt < head or (attempt == head and self.share is not None))
+                )
+            if decided or self._now > erase_by:
+                self._drop_seed(run)
+
+    def _recovery_step(self) -> None:
+        """A member of the head's epoch without a share that still holds the seed of its run
+        key for the certified run asks the others for that run's deals: ``t`` members at a
+        time, each given ``RECOVERY_WAIT_DELTAS`` Δ to answer. With none left to ask, it gives
+        up (the seed is erased) and gets a share from a prompt refresh instead."""
+        self._prune_recovery_seeds()
+        st = self.state
+        rec = self._recovery
+        if rec is not None:
+            if st is None or self.share is not None or st.certificate.fingerprint() != rec.cert:
+                self._end_recovery(rec)  # decided otherwise
+                return
+            if rec.pending and self._now < rec.asked_at + RECOVERY_WAIT_DELTAS * self.config.delta:
+                return
+            if not rec.queue:
+                self._end_recovery(rec)  # nobody proved the share in time
+                return
+            batch, rec.queue = rec.queue[: st.threshold], rec.queue[st.threshold :]
+            rec.pending = set(batch)
+            rec.asked_at = self._now
+            for i in batch:
+                self._outbox.append(Outbound(i, DealsRequest(rec.run)))
+            return
+        if not self._recovery_check or st is None or self._now == float("-inf"):
+            return
+        self._recovery_check = False
+        tr = st.certificate.transcript
+        if self.share is not None or self.me not in st.committee.indices:
+            return
+        if st.certificate.fingerprint() in self._recovery_ended:
+            return
+        running = self._run
+        if running is not None and (running.config.epoch, running.config.attempt) == (
+            tr.epoch,
+            tr.attempt,
+        ):
+            return  # its own run of the certified attempt is still going: it ends first
+        cfg = self._certified_config(st)
+        if cfg is None or self.me not in cfg.recipient_indices:
+            return
+        run = cfg.run_id()
+        held = self._recovery_seeds.get(run)
+        if held is None:
+            # After a restart: the seed record the run left (not erased yet), if any.
+            seed = self._records(run_key_records(run)).get(RUN_KEY_RECORD)
+            if seed is None:
+                return  # no seed: nothing opens its shares; a prompt refresh follows
+            held = (
+                tr.epoch,
+                tr.attempt,
+                seed,
+                cfg.schedule.end + RECOVERY_SEED_DELTAS * (self.config.delta),
+            )
+            self._recovery_seeds[run] = held
+        if self._now > held[3]:
+            self._drop_seed(run)
+            return
+        members = [i for i in st.committee.indices if i != self.me]
+        after = [i for i in members if i > self.me]
+        queue = after + [i for i in members if i < self.me]
+        self._recovery = _Recovery(run, cfg, held[2], st.certificate.fingerprint(), queue)
+        self._recovery_step()
+
+    def _end_recovery(self, rec: _Recovery) -> None:
+        if self._recovery is rec:
+            self._recovery = None
+        self._last_recovery = rec  # answers still due from it are dropped quietly
+        self._recovery_ended.append(rec.cert)
+        self._drop_seed(rec.run)
+
+    def _receive_deals(self, peer: ParticipantIndex, answer: DealsAnswer) -> None:
+        """An answer to this node's ``DealsRequest``: one per member asked, checked in full
+        (``recover_share``). A bad one is refused and counted; it changes nothing."""
+        rec, st = self._recovery, self.state
+        last = self._last_recovery
+        if rec is None and last is not None and answer.run == last.run and peer in last.pending:
+            last.pending.discard(peer)  # asked, but the recovery ended before it answered
+            return
+        if rec is None or st is None or peer not in rec.pending or answer.run != rec.run:
+            raise RemoteProtocolError("deals this node did not ask for", [peer])
+        rec.pending.discard(peer)
+        bound = deals_answer_bytes(
+            max(len(rec.config.recipients), len(rec.config.dealers)), st.threshold
+        )
+        if answer.payload_bytes() > bound:
+            raise RemoteProtocolError("deals answer over the size bound", [peer])
+        try:
+            share = recover_share(rec.config, self.me, rec.seed, st.certificate, answer)
+        except ShareNotDealt:
+            self._end_recovery(rec)  # its run key was not agreed: nothing to recover
+            return
+        except (RemoteProtocolError, InvalidEncoding, InvalidSignature) as exc:
+            raise RemoteProtocolError(f"deals answer refused: {exc}", [peer]) from exc
+        self._end_recovery(rec)
+        self._late_share(st.certificate, share)
+
     def _trim(self) -> None:
         """Keep genesis and the links of the last ``chain_retention`` epochs."""
         keep = self._retained_tail(self.chain[1:])
@@ -2339,6 +2613,8 @@ class NodeCore:
         return self._now >= start + HOLDERS_GRACE_DELTAS * self.config.delta
 
     def _pump(self) -> None:
+        self._serve_head()
+        self._recovery_step()
         st = self.state
         if st is not None and self._holders_reported != st.epoch and self._holders_due():
             self._holders_reported = st.epoch
@@ -2355,6 +2631,20 @@ class NodeCore:
     @property
     def retained_epochs(self) -> list[int]:
         return sorted(self._retained)
+
+
+@dataclass
+class _Recovery:
+    """A share recovery going on: the certified run, its seed, whom to ask next."""
+
+    run: bytes
+    config: SharingConfig
+    seed: bytes = field(repr=False)
+    cert: bytes
+    """The fingerprint of the certificate whose share is recovered."""
+    queue: list[ParticipantIndex]
+    pending: set[ParticipantIndex] = field(default_factory=set)
+    asked_at: float = float("-inf")
 
 
 def _approx_size(message: Message) -> int:

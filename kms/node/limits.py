@@ -31,6 +31,7 @@ from typing import Final
 __all__ = [
     "POLICY_BURST",
     "deal_bytes",
+    "deals_answer_bytes",
     "early_messages",
     "peer_queue_bytes",
     "relay_bytes",
@@ -65,3 +66,9 @@ def early_messages(n: int) -> int:
     """How many early messages (for a run or window not started yet) one member may park:
     per round its payload, two relays per slot and its pulls, for two rounds."""
     return 2 * (3 * n + 1) + 16
+
+
+def deals_answer_bytes(n: int, t: int) -> int:
+    """The signed payloads one ``DealsAnswer`` may carry: a deal per dealer and a
+    justification per dealer revealing at most ``n`` shares (about 40 bytes each)."""
+    return n * deal_bytes(n, t) + n * (512 + 48 * n)

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Annotated
 
+from mpc.broadcast import BroadcastPayload
 from mpc.codec import MaxSize, Message, MessageDecodeError, Size
 from mpc.errors import InvalidEncoding, InvalidSignature
 from mpc.ids import ParticipantIndex
@@ -133,6 +134,37 @@ class CertificatePartial(Message):
     signer: int
     transcript_hash: Annotated[bytes, Size(32)]
     signature: Annotated[bytes, Size(48)]
+
+
+@dataclass(frozen=True, slots=True)
+class DealsRequest(Message):
+    """Ask a member for the certified deals of run ``run``: a member that holds no share
+    of the certified epoch recovers its share from them (``mpc.dkg.recovery``)."""
+
+    TYPE = "dkg/deals-request"
+    run: Annotated[bytes, Size(32)]
+
+
+@dataclass(frozen=True, slots=True)
+class DealsAnswer(Message):
+    """The answer: the run's qualified dealers, their signed deal-round payloads and
+    their signed justify-round payloads (as the broadcast delivered them). Nothing in it
+    is trusted: the receiver checks every signature and every share against the
+    certificate."""
+
+    TYPE = "dkg/deals"
+    run: Annotated[bytes, Size(32)]
+    qual: Annotated[tuple[int, ...], MaxSize(MAX_PARTICIPANTS)]
+    deals: Annotated[tuple[BroadcastPayload, ...], MaxSize(MAX_PARTICIPANTS)]
+    justifications: Annotated[tuple[BroadcastPayload, ...], MaxSize(MAX_PARTICIPANTS)]
+
+    def validate(self) -> None:
+        if list(self.qual) != sorted(set(self.qual)):
+            raise MessageDecodeError("dkg/deals: qualified dealers must be sorted and distinct")
+
+    def payload_bytes(self) -> int:
+        """The size of the signed payloads it carries (what the answer bound counts)."""
+        return sum(len(p.payload) + 128 for p in (*self.deals, *self.justifications))
 
 
 def decode_points_g2(raw: tuple[bytes, ...]) -> list[G2]:

@@ -61,6 +61,7 @@ from mpc.dkg.messages import (
     OMITTED_ENC,
     CertificatePartial,
     DealBundle,
+    DealsAnswer,
     EncryptedShare,
     JustificationBundle,
     Participant,
@@ -420,6 +421,27 @@ class SharingSession:
     @property
     def result(self) -> SharingResult | None:
         return self._result
+
+    def certified_deals(self) -> DealsAnswer | None:
+        """Once finalized: ``QUAL``, its dealers' signed deals and justifications as this
+        member received them (public; what a member without its share recovers it from)."""
+        if self._result is None:
+            return None
+        qual = self._result.qual
+        justs = self._justify_round.outcome()
+        return DealsAnswer(
+            self._run,
+            tuple(int(d) for d in qual),
+            tuple(self._deals[d][0] for d in qual),
+            tuple(
+                BroadcastPayload(o.header, o.payload)
+                for d, o in sorted(justs.items())
+                if d in qual
+                and o.status is SlotStatus.DELIVERED
+                and o.header is not None
+                and o.payload is not None
+            ),
+        )
 
     def messages_to_send(self) -> list[Outbound]:
         self._log_accepted()

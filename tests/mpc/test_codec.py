@@ -55,7 +55,13 @@ from mpc.codec import (
     message_types,
 )
 from mpc.dkg.evidence import InvalidJustificationEvidence, ReshareConstantEvidence
-from mpc.dkg.messages import DealBundle, JustificationBundle, Participant, Response
+from mpc.dkg.messages import (
+    DealBundle,
+    DealsRequest,
+    JustificationBundle,
+    Participant,
+    Response,
+)
 from mpc.errors import InvalidEncoding, InvalidSignature
 from mpc.ids import ParticipantIndex as PI
 from mpc.math import G2
@@ -224,6 +230,8 @@ def _capture_real() -> Real:
     ev_ij = invalid_justification.exclusions(PI(1))[PI(3)].evidence
     ev_rc = reshare_constant.exclusions(PI(1))[PI(2)].evidence
     ack = Acknowledgement.create(certificate, shares[PI(2)], nodes[PI(2)].identity)
+    certified_deals = genesis.sessions[PI(1)].certified_deals()
+    assert certified_deals is not None
     built: list[Message] = [
         certificate,
         membership_certificate,
@@ -239,6 +247,8 @@ def _capture_real() -> Real:
             ("epoch", "membership"), (certificate.encode(), membership_certificate.encode())
         ),
         ChainRequest(1),
+        DealsRequest(genesis.sessions[PI(1)].run_id),
+        certified_deals,
         lock,
         MembershipIntent((proposal,), (proposal.id(),), (bytes(32),)),
         GenesisEndorsements(

@@ -119,6 +119,8 @@ def golden_messages() -> dict[str, Message]:
     )
     add(make("dkg/deal", dealer=1, commitments=(fill(0xA1, 96), fill(0xA2, 96)), shares=(share,)))
     add(make("dkg/run-key", run=run, index=2, key=fill(0xB1, 32), signature=fill(0xB2, 64)))
+    add(make("dkg/deals-request", run=run))
+    add(make("dkg/deals", run=run, qual=(1,), deals=(deal_payload,), justifications=()))
     response = add(make("dkg/response", dealer=1, complaint=True))
     add(make("dkg/responses", responder=2, responses=(response,)))
     revealed = add(make("dkg/revealed-share", recipient=2, share=fill(0x5E, 32)))

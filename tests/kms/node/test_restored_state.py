@@ -21,7 +21,7 @@ from kms.node.core import (
     RunFailed,
     ShareRefused,
     StoreRecord,
-    run_key_records,
+    polynomial_records,
 )
 from kms.node.service import share_to_bytes
 from kms.store import NodeStore, TEESealer
@@ -54,8 +54,8 @@ def test_a_crash_between_the_polynomial_and_the_deal_record_does_not_crash_loop(
     assert all(c.core(i).state is not None and c.core(i).share is not None for i in (1, 2, 3))
     # The deal that went out commits to the stored polynomial.
     deals = [e for e in mesh.events[PI(3)] if isinstance(e, StoreRecord) and e.key == "deal"]
-    # The polynomial is kept under the run's erase-at-end records (with its key seed).
-    assert len(deals) == 1 and poly.run == run_key_records(deals[0].run)
+    # The polynomial is kept under a store run of its own, erased when the run ends.
+    assert len(deals) == 1 and poly.run == polynomial_records(deals[0].run)
     bundle = DealBundle.decode(BroadcastPayload.decode(deals[0].data).payload)
     coeffs = [int.from_bytes(poly.data[k : k + 32], "big") for k in range(0, len(poly.data), 32)]
     assert G2.from_bytes(bundle.commitments[0]) == coeffs[0] * G2.generator()

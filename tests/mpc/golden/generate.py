@@ -58,6 +58,8 @@ from mpc.dkg.evidence import InvalidJustificationEvidence, ReshareConstantEviden
 from mpc.dkg.messages import (
     CertificatePartial,
     DealBundle,
+    DealsAnswer,
+    DealsRequest,
     EncryptedShare,
     JustificationBundle,
     Participant,
@@ -292,6 +294,13 @@ def golden_messages() -> dict[str, Message]:
         endorsement,
         committee[0],
         ack,
+        DealsRequest(run),
+        DealsAnswer(
+            run,
+            tuple(MEMBERS),
+            tuple(signed(deal_session, d, deals[d].encode()) for d in MEMBERS),
+            (signed(justify_session, 3, justification.encode()),),
+        ),
     ]
     out = {m.TYPE: m for m in instances}
     if len(out) != len(instances):

@@ -61,7 +61,7 @@ from mpc.dkg import (
     SharingSession,
 )
 from mpc.dkg.messages import CertificatePartial, DealsAnswer, DealsRequest, Participant
-from mpc.dkg.recovery import ShareNotDealt, recover_share
+from mpc.dkg.recovery import DealerShareInvalid, ShareNotDealt, recover_share
 from mpc.dkg.session import POLYNOMIAL_RECORD, RUN_KEY_RECORD, STALL_FRACTION
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
@@ -2578,6 +2578,12 @@ class NodeCore:
             share = recover_share(rec.config, self.me, rec.seed, st.certificate, answer)
         except ShareNotDealt:
             self._end_recovery(rec)  # its run key was not agreed: nothing to recover
+            return
+        except DealerShareInvalid:
+            # The certified deals, but a dealer's share for this member is wrong and not
+            # revealed: the dealer's fault, or a justification this answer left out. Nobody
+            # is blamed; other members are asked, and if none gives a share, the recovery
+            # ends and this member asks for a prompt refresh.
             return
         except (RemoteProtocolError, InvalidEncoding, InvalidSignature) as exc:
             raise RemoteProtocolError(f"deals answer refused: {exc}", [peer]) from exc

@@ -36,6 +36,18 @@ class ShareNotDealt(LocalProtocolError):
     nothing can be recovered from them, whoever answers."""
 
 
+class DealerShareInvalid(LocalProtocolError):
+    """The answer is the certified deals, checked, but a qualified dealer's share for this
+    member is wrong and no justification in the answer reveals a right one. Under the
+    model an honest answer shows the same (a corrupt dealer sealed a wrong share to a
+    member that was down and could not complain), or a corrupt answer left out the
+    justification that revealed it: the answering member is not blamed."""
+
+    def __init__(self, dealer: int) -> None:
+        super().__init__(f"no valid share of dealer {dealer} for this member")
+        self.dealer = dealer
+
+
 def _signed(payload: BroadcastPayload, cfg: SharingConfig, dealer: int, phase: bytes) -> None:
     h = payload.header
     if h.session != session_id(cfg.run_id(), phase) or h.sender != dealer:
@@ -134,7 +146,7 @@ def recover_share(
             # the dealer revealed it in its justification, or it was not qualified.
             value = revealed.get(d)
             if value is None or not share_matches(points, int(me), value):
-                raise RemoteProtocolError(f"no valid share of dealer {d} for this member", [])
+                raise DealerShareInvalid(d)
         values.append(value)
     total = sum(w * v for w, v in zip(weights, values, strict=True)) % R
     pk = cert.public_shares().get(me)

@@ -66,6 +66,19 @@ def crash_through_deals(c: Committee, seed: int) -> tuple[Mesh, Crash, Any]:
     return mesh, crash, sched
 
 
+def prompt_refreshes(crash: Any) -> list[Any]:
+    """The prompt-refresh proposals in the ballots member 3 sent."""
+    prompt = []
+    for s, _to, m in crash.sent:
+        if s == ME and isinstance(m, BroadcastPayload):
+            try:
+                ballot = Ballot.decode(m.payload)
+            except (MessageDecodeError, ValueError):
+                continue
+            prompt += [p for p in ballot.proposals if p.nonce == PROMPT_NONCE]
+    return prompt
+
+
 def honest_holders_reconstruct(c: Committee, members: list[int]) -> None:
     mpk = c.core(1).state.mpk
     for i in members:
@@ -259,14 +272,7 @@ def test_a_member_whose_seed_is_gone_falls_back_to_a_prompt_refresh(tmp_path: Pa
     assert not any(isinstance(m, DealsRequest) for s, _to, m in crash.sent if s == ME), (
         "asked for deals it cannot open"
     )
-    prompt = []
-    for s, _to, m in crash.sent:
-        if s == ME and isinstance(m, BroadcastPayload):
-            try:
-                ballot = Ballot.decode(m.payload)
-            except (MessageDecodeError, ValueError):
-                continue
-            prompt += [p for p in ballot.proposals if p.nonce == PROMPT_NONCE]
+    prompt = prompt_refreshes(crash)
     assert prompt, "no prompt refresh proposed"
     c.close()
 
@@ -382,13 +388,6 @@ def test_a_corrupt_dealers_wrong_share_gets_no_honest_answerer_blamed(
     assert not any(
         k == RUN_KEY_RECORD for run in c.stores[ME].runs() for k in c.stores[ME].records(run)
     )
-    prompt = []
-    for s, _to, m in crash.sent:
-        if s == ME and isinstance(m, BroadcastPayload):
-            try:
-                ballot = Ballot.decode(m.payload)
-            except (MessageDecodeError, ValueError):
-                continue
-            prompt += [p for p in ballot.proposals if p.nonce == PROMPT_NONCE]
+    prompt = prompt_refreshes(crash)
     assert prompt, "no prompt refresh proposed after the recovery gave up"
     c.close()

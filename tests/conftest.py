@@ -15,3 +15,9 @@ def pytest_addoption(parser):  # type: ignore[no-untyped-def]
         default=None,
         help="run the simulator scenario tests with this seed (replays a reported failure)",
     )
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """The long in-process tests (marked ``parallel``) go first, so that two workers end
+    together instead of one running them alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("parallel") is None)

@@ -95,7 +95,7 @@ def node_init(
     ] = None,
 ) -> None:
     """Create identity and DKG keys, a passphrase, an admin token, the store and node.toml."""
-    from kms.node.setup import init_node
+    from kms.app.setup import init_node
     from kms.store import StoreError
 
     if passphrase_file is not None and passphrase_env is not None:
@@ -150,8 +150,8 @@ def node_run(
         lifecycle.die_with_parent_from_env()
     except lifecycle.ParentGone as exc:
         _fail(str(exc), lifecycle.EXIT_PARENT_GONE)
-    from kms.node.config import ConfigError
-    from kms.node.setup import run_node
+    from kms.app.config import ConfigError
+    from kms.app.setup import run_node
 
     try:
         trio.run(run_node, config, log_format.value if log_format is not None else None)
@@ -178,8 +178,8 @@ def node_join_request(
     chain head and a TDX quote binding them."""
     import httpx
 
-    from kms.devnet import quote_source
-    from kms.node.setup import join_request
+    from kms.app.devnet import quote_source
+    from kms.app.setup import join_request
 
     try:
         doc = join_request(config, committee_url=committee_url, quote=quote_source(config))
@@ -237,7 +237,7 @@ def status(
 def _admin(config: Path, request: dict[str, Any], json_out: bool = False) -> dict[str, Any]:
     """One admin-channel request to the node of ``config``; exits 1 with the reason if refused."""
     from kms.api import admin
-    from kms.node.config import ConfigError, load
+    from kms.app.config import ConfigError, load
 
     try:
         cfg = load(config)
@@ -487,7 +487,7 @@ def devnet_up(
     """
     from rich.progress import Progress
 
-    from kms import devnet
+    from kms.app import devnet
 
     if (dir / devnet.STATE_FILE).exists():
         _fail(f"{dir} already holds a devnet", 2)
@@ -611,7 +611,7 @@ def _devnet_detach(dir: Path, args: list[str], timeout: float) -> None:
     """``devnet up --detach``: run ``devnet up`` as a supervisor, return once it serves."""
     import subprocess
 
-    from kms import devnet
+    from kms.app import devnet
 
     dir.mkdir(parents=True, exist_ok=True)
     log_path = dir / "devnet.log"
@@ -655,7 +655,7 @@ def devnet_down(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Stop a devnet (its supervisor and every node in devnet.json), all at once."""
-    from kms import devnet
+    from kms.app import devnet
 
     if not (dir / devnet.STATE_FILE).exists():
         _fail(f"no devnet in {dir}", 2)
@@ -679,7 +679,7 @@ def devnet_stop_node(
     kill: Annotated[bool, typer.Option("--kill", help="SIGKILL instead of a clean stop.")] = False,
 ) -> None:
     """Stop one node of a running devnet."""
-    from kms import devnet
+    from kms.app import devnet
 
     devnet.stop_node(dir, index, kill=kill)
 
@@ -689,7 +689,7 @@ def devnet_start_node(
     dir: Annotated[Path, typer.Option("--dir")], index: Annotated[int, typer.Argument()]
 ) -> None:
     """(Re)start one node of a running devnet."""
-    from kms import devnet
+    from kms.app import devnet
 
     pid = devnet.start_node(dir, index)
     out.print(f"node {index} started (pid {pid})")
@@ -702,7 +702,7 @@ def devnet_add_node(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A new operator joins: init, start, join request, proposal, approvals, reshare."""
-    from kms import devnet
+    from kms.app import devnet
 
     _membership_step(lambda: devnet.add_node(dir, timeout=timeout), "joined", json_out)
 
@@ -715,14 +715,14 @@ def devnet_remove_node(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The other members remove node INDEX; once the new epoch is certified it is stopped."""
-    from kms import devnet
+    from kms.app import devnet
 
     _membership_step(lambda: devnet.remove_node(dir, index, timeout=timeout), "removed", json_out)
 
 
 def _membership_step(run: Callable[[], dict[str, Any]], done: str, json_out: bool) -> None:
     """Run a devnet membership flow and report its outcome (one JSON line with ``--json``)."""
-    from kms import devnet
+    from kms.app import devnet
 
     try:
         res = run()
@@ -748,7 +748,7 @@ app.add_typer(key_app, name="key")
 
 
 def _devnet_app(dir: Path, name_or_id: str) -> tuple[dict[str, Any], bytes]:
-    from kms import devnet
+    from kms.app import devnet
 
     state = devnet.read_state(dir)
     apps = state.get("apps", {})
@@ -802,7 +802,7 @@ def key_get(
     """Fetch an app key as the devnet's simulated CVM, verified against the pinned master key."""
     import hashlib
 
-    from kms import devnet
+    from kms.app import devnet
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc.ids import ParticipantIndex
@@ -913,7 +913,7 @@ def evidence_verify(
     Exit 0 when it proves that the named node signed a wrong or undecryptable
     partial, 1 when it proves nothing, 2 on bad usage.
     """
-    from kms import devnet
+    from kms.app import devnet
     from kms.client.http import chain_epochs_from_bytes, fetch_chain_epochs
     from kms.evidence import verify_wrong_partial
     from kms.protocol import WrongPartialEvidence
@@ -1016,7 +1016,7 @@ def decrypt_cmd(
     an inbox (purpose ibe.NAME), or an ordinary purpose for ciphertexts made
     before inboxes existed. The app's policy must list that purpose.
     """
-    from kms import devnet
+    from kms.app import devnet
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc import ibe
@@ -1190,7 +1190,7 @@ def app_create(
 ) -> None:
     """Create an app: a new owner key (its id is derived from it) and a first policy, admitted by
     the devnet's operator at every node (policies directory and a reload)."""
-    from kms import devnet
+    from kms.app import devnet
 
     state = devnet.read_state(devnet_dir)
     if name in state.get("apps", {}):
@@ -1241,7 +1241,7 @@ def app_policy_push(
     Reports the change effective everywhere only once all nodes acknowledge it,
     and otherwise names the nodes that lag.
     """
-    from kms import devnet
+    from kms.app import devnet
 
     state, app_id = _devnet_app(devnet_dir, app_name)
     alias = next((k for k, v in state.get("apps", {}).items() if v == app_id.hex()), app_name)
@@ -1320,7 +1320,7 @@ def sim_sweep(
 @app.command("demo")
 def demo() -> None:
     """Run the end-to-end demo."""
-    from kms.demo import main as demo_main
+    from kms.app.demo import main as demo_main
 
     raise typer.Exit(demo_main())
 

@@ -15,7 +15,7 @@ from typing import Any
 import tomli_w
 import trio
 
-from kms.node.config import NodeFileConfig, load
+from kms.app.config import NodeFileConfig, load
 from kms.node.logs import formatter, set_log_context
 from kms.node.service import NodeService
 from kms.secretfile import write_secret
@@ -273,7 +273,7 @@ def join_request(
     (``kms.node.admission``): members refuse it once the committee is more than
     ``JOIN_MAX_AGE`` epochs further. The quote comes from ``quote``, which the
     caller chooses: by default the TDX guest's configfs-tsm report interface
-    (``tdx_quote``); ``kms.devnet.quote_source`` gives the devnet's simulated TEE
+    (``tdx_quote``); ``kms.app.devnet.quote_source`` gives the devnet's simulated TEE
     for a node whose ``[node] simulated_tee`` names a devnet directory.
     """
     import tomllib

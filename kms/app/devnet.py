@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from kms.node.config import load
-from kms.node.setup import init_node, tdx_quote, write_config
+from kms.app.config import load
+from kms.app.setup import init_node, tdx_quote, write_config
 from kms.secretfile import write_secret
 
 STATE_FILE = "devnet.json"
@@ -400,7 +400,7 @@ def quote_source(
 
     The devnet's simulated TEE when its ``[node] simulated_tee`` names a devnet
     directory (quoting ``measurement``, by default the devnet node image), and the
-    TDX guest's configfs-tsm report interface otherwise (``kms.node.setup.tdx_quote``).
+    TDX guest's configfs-tsm report interface otherwise (``kms.app.setup.tdx_quote``).
     """
     import tomllib
 
@@ -734,7 +734,7 @@ def add_node(directory: Path, *, timeout: float = 120.0) -> dict[str, Any]:
     approve it at the others, wait until every member of the new committee
     holds a share of the new epoch, then record it in ``devnet.json``.
     """
-    from kms.node.setup import join_request
+    from kms.app.setup import join_request
 
     entry = init_joining_node(directory)
     cfg = Path(entry["config"])

@@ -190,6 +190,12 @@ ROWS: dict[str, Rule] = {
     # libp2p); the node's assembly builds on it; the devnet on the assembly; the demo on both.
     "=kms.app": NOTHING,
     "kms.app.config": NODE_SHELL,
+    # What an operator asks of a node over the admin channel (``kms member``, ``kms audit``).
+    "kms.app.operator": Rule(
+        ("mpc", "net", "kms"),
+        any_third_party=True,
+        not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
+    ),
     "kms.app.setup": Rule(
         ("mpc", "net", "kms"),
         any_third_party=True,

@@ -260,7 +260,7 @@ def _serve_public(monkeypatch: pytest.MonkeyPatch, service: NodeService) -> None
             await r.aread()
             return r
 
-    monkeypatch.setattr("kms.cli.httpx.get", lambda url, **kw: trio.run(get, url))
+    monkeypatch.setattr(httpx, "get", lambda url, **kw: trio.run(get, url))
 
 
 def test_audit_verify_checks_the_public_head_against_the_chain(

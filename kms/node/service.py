@@ -66,6 +66,7 @@ from kms.policy.gossip import (
 )
 from kms.protocol import KeyRefusal, KeyRequest
 from kms.store import NodeStore, StoreError
+from kms.store.audit import AUDIT_HEAD_CONTEXT, head_statement
 from mpc import hpke
 from mpc.broadcast import Outbound
 from mpc.cert import EpochCertificate
@@ -925,7 +926,7 @@ class NodeService:
         """Count input refused before it reached the node (e.g. an unparsable JSON body)."""
         self.metrics.rejected_input(label)
 
-    AUDIT_CONTEXT = b"quorum-kms/v1/kms/audit-head"
+    AUDIT_CONTEXT = AUDIT_HEAD_CONTEXT
 
     _audit_head: dict[str, Any] | None = None
     """The last signed head; signed again only when the log has grown."""
@@ -940,7 +941,7 @@ class NodeService:
         count, head = self.store.audit_head()
         cached = self._audit_head
         if cached is None or cached["count"] != count or cached["head"] != head.hex():
-            statement = count.to_bytes(8, "big") + head
+            statement = head_statement(count, head)
             cached = self._audit_head = {
                 "count": count,
                 "head": head.hex(),

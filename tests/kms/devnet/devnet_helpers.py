@@ -1,6 +1,6 @@
 """Helpers for the multi-process devnet tests: spawn, poll, inspect and always stop nodes.
 
-Node processes are started with the same command line as ``kms.devnet.spawn``,
+Node processes are started with the same command line as ``kms.app.devnet.spawn``,
 but the ``Popen`` objects are kept here, so that every process is reaped (no
 zombies, no ``ResourceWarning`` from a dropped ``Popen``) and killed for sure
 when a test ends, whatever happened in it.
@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import httpx
 import trio
 
-from kms import devnet
 from kms.api import admin
-from kms.node.config import load
+from kms.app import devnet
+from kms.app.config import load
 from mpc.dkg.schedule import Schedule
 
 T = TypeVar("T")
@@ -33,7 +33,7 @@ LOG_TAIL_LINES = 40
 
 
 class Devnet:
-    """One devnet of node processes on loopback, made with ``kms.devnet.create``."""
+    """One devnet of node processes on loopback, made with ``kms.app.devnet.create``."""
 
     def __init__(self, directory: Path, state: dict[str, Any]) -> None:
         self.directory = directory
@@ -73,7 +73,7 @@ class Devnet:
         return cls(directory, state)
 
     def add_node(self, index: int) -> dict[str, Any]:
-        """A node that is not in the genesis committee (``kms.devnet.init_joining_node``).
+        """A node that is not in the genesis committee (``kms.app.devnet.init_joining_node``).
 
         Returns its entry (as in ``devnet.json``), which is recorded at once.
         """

@@ -1,7 +1,7 @@
 """Devnets of real node processes on loopback, talking real libp2p.
 
 Every test starts its own committee of ``kms node run`` processes (one
-``kms.devnet.create`` each) in ``tmp_path`` and stops every process in the
+``kms.app.devnet.create`` each) in ``tmp_path`` and stops every process in the
 fixture's finalizer, whatever happened; on failure pytest shows the tail of
 every node's ``node.log`` (printed by the finalizer). Timings are short
 (``delta`` 0.2–0.3 s, genesis 4.5–7 s after the devnet is created, decision
@@ -25,8 +25,8 @@ import pytest
 import trio
 from devnet_helpers import Devnet, misbehaviour, rejected, stop_all
 
-from kms import devnet
-from kms.node.setup import join_request
+from kms.app import devnet
+from kms.app.setup import join_request
 from kms.store import NodeStore, PassphraseSealer
 from mpc.broadcast import BroadcastPayload, DigestRelay, SignedDigest
 from mpc.dkg.schedule import Schedule

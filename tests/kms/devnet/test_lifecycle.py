@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from devnet_helpers import Devnet, stop_all
 
-from kms import devnet
+from kms.app import devnet
 from kms.store import NodeStore, PassphraseSealer
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def wait_for(what: str, check: Any, timeout: float) -> Any:
 
 
 def open_node_store(config: str) -> NodeStore:
-    from kms.node.config import load
+    from kms.app.config import load
 
     cfg = load(config)
     assert cfg.passphrase_file is not None

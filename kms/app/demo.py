@@ -129,7 +129,7 @@ def derivation(console: Console) -> bool:
 
 
 def _statuses(state: dict[str, object]) -> list[dict[str, object]]:
-    from kms.devnet import status_of
+    from kms.app.devnet import status_of
 
     out = []
     for n in state["nodes"]:  # type: ignore[attr-defined]
@@ -159,7 +159,7 @@ def _table(title: str, statuses: list[dict[str, object]]) -> Table:
 
 def networked(console: Console, directory: Path) -> bool:
     """Part 1: a devnet of 5 processes, threshold 3."""
-    from kms.devnet import STATE_FILE, launch, read_state, stop_node
+    from kms.app.devnet import STATE_FILE, launch, read_state, stop_node
 
     console.rule("[bold]part 1: a committee of 5 node processes (threshold 3) over libp2p")
     proc = launch(directory, start_in=8, window_period=4.0)
@@ -213,7 +213,7 @@ def networked(console: Console, directory: Path) -> bool:
 
 def key_release(console: Console, directory: Path) -> bool:
     """Part 1b: a simulated CVM gets its keys from the running committee."""
-    from kms import devnet
+    from kms.app import devnet
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc.ids import ParticipantIndex as PI
@@ -279,7 +279,7 @@ def key_release(console: Console, directory: Path) -> bool:
 
 def membership(console: Console, directory: Path, fingerprint: str) -> bool:
     """Part 1c: a sixth operator joins, a node leaves, and the CVM gets the same key."""
-    from kms import devnet
+    from kms.app import devnet
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc.ids import ParticipantIndex as PI

@@ -140,6 +140,21 @@ def _statuses(state: dict[str, object]) -> list[dict[str, object]]:
     return out
 
 
+def _wait_serving(state: dict[str, object], indices: set[int], timeout: float = 90.0) -> None:
+    """Wait until the nodes ``indices`` answer their status with a share (a restarted node
+    reopens its store and reconnects first), or ``timeout`` passes: the fetch after it then
+    reports what is missing."""
+    from kms.app.devnet import status_of
+
+    deadline = time.time() + timeout
+    nodes = [n for n in state["nodes"] if int(n["index"]) in indices]  # type: ignore[attr-defined]
+    while time.time() < deadline:
+        statuses = [status_of(n["http_url"], timeout=2.0) for n in nodes]
+        if all(st and st.get("has_share") for st in statuses):
+            return
+        time.sleep(0.2)
+
+
 def _table(title: str, statuses: list[dict[str, object]]) -> Table:
     t = Table(title=title)
     for col in ("node", "epoch", "threshold", "master public key", "share", "peers"):
@@ -230,7 +245,7 @@ def key_release(console: Console, directory: Path) -> bool:
     console.print(
         f"a sender encrypted {len(secret_note)} bytes to the app with the master public key alone"
     )
-    time.sleep(3.0)  # let node 5 come back up
+    _wait_serving(state, {5})  # node 5 comes back up
 
     def fetch(meas: dict[str, bytes]) -> tuple[str, object]:
         # The app key, and the point of the app's inbox (purpose ibe.app), which the
@@ -251,7 +266,7 @@ def key_release(console: Console, directory: Path) -> bool:
     console.print(f"with nodes 1 and 2 stopped, the same key: [{'green' if same else 'red'}]{same}")
     devnet.start_node(directory, 1)
     devnet.start_node(directory, 2)
-    time.sleep(3.0)
+    _wait_serving(state, {1, 2})
     fp3, _ = fetch(devnet.DEMO_MEASUREMENT)
     same_again = fp3 == fp1
     console.print(

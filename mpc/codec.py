@@ -488,8 +488,6 @@ def _from_wire(raw: Any, tp: Any, where: str) -> Any:
         return tuple(_from_wire(v, inner, f"{where}[{i}]") for i, v in enumerate(raw))
     if isinstance(tp, type) and issubclass(tp, Message):
         return tp.from_wire(raw)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return _enum_from_wire(raw, tp, where)
     if tp is bool:
         if not isinstance(raw, bool):
             raise MessageDecodeError(f"{where}: expected a bool")
@@ -514,6 +512,8 @@ def _from_wire(raw: Any, tp: Any, where: str) -> Any:
             raise MessageDecodeError(f"{where}: not valid Unicode (lone surrogate)") from exc
         _check_len(len(encoded), limit, where)
         return raw
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _enum_from_wire(raw, tp, where)
     raise TypeError(f"unsupported field type {tp!r} at {where}")  # schema bug, not input
 
 

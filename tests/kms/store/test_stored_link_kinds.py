@@ -11,11 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_upgrade_e1d36d0 import devnet_copy
+from test_upgrade_e1d36d0 import devnet_copy, load, open_store  # the node's config and store
 
-from kms.node.config import load
 from kms.node.service import load_chain
-from kms.node.setup import open_store
 from mpc.cert import EpochCertificate, RunKind
 from mpc.codec import MessageDecodeError
 from mpc.math import G2

@@ -50,11 +50,7 @@ class FetchResult:
 
 
 def _links(raw: bytes) -> list[EpochCertificate | MembershipCertificate]:
-    update = ChainUpdate.decode(raw)
-    return [
-        EpochCertificate.decode(r) if kind == "epoch" else MembershipCertificate.decode(r)
-        for kind, r in zip(update.kinds, update.links, strict=True)
-    ]
+    return ChainUpdate.decode(raw).decoded_links()
 
 
 def chain_from_bytes(raw: bytes, mpk: G2) -> ChainState:

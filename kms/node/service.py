@@ -73,7 +73,7 @@ from mpc.cert import EpochCertificate
 from mpc.dkg.session import STALL_FRACTION
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex, PeerId
-from mpc.membership import ChangeAdmissionPolicy, MembershipCertificate
+from mpc.membership import ChangeAdmissionPolicy, MembershipCertificate, decode_link
 from mpc.secret import SecretScalar, SecretShare
 from mpc.sig import SigningKey
 from net.codec import Envelope, EnvelopeError, encode_envelope, open_envelope
@@ -158,9 +158,7 @@ def share_from_bytes(raw: bytes) -> SecretShare:
 def load_chain(store: NodeStore) -> list[EpochCertificate | MembershipCertificate]:
     out: list[EpochCertificate | MembershipCertificate] = []
     for kind, _epoch, data in store.chain():
-        out.append(
-            EpochCertificate.decode(data) if kind == "epoch" else MembershipCertificate.decode(data)
-        )
+        out.append(decode_link(kind, data))
     return out
 
 

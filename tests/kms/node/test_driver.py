@@ -17,6 +17,7 @@ from kms.node.persist import PERSISTENT_EVENTS
 from kms.node.service import NodeService
 from kms.store import NodeStore
 from kms.store.sealer import TEESealer
+from mpc.broadcast import Outbound
 from mpc.ids import ParticipantIndex
 from mpc.membership.messages import ChainRequest
 from net.codec import ENVELOPE_VERSION, Envelope, decode_envelope, encode_envelope, open_envelope
@@ -203,3 +204,40 @@ def test_a_sealed_envelope_round_trips_through_decode() -> None:
     driver.advance_time(0.0)
     for m in driver.step().messages:
         assert encode_envelope(decode_envelope(m.frame)) == m.frame
+
+
+class _CollectingCore:
+    """A core whose message collection makes a record, as ``NodeCore._collect`` does when
+    a run finalizes while its messages are gathered (the epoch switch, the share)."""
+
+    def __init__(self, real: NodeCore) -> None:
+        self._real = real
+        self.config = real.config
+        self.state = real.state
+        self.participants = real.participants
+        self._events: list[object] = []
+        self.collected = 0
+
+    def allowed_peers(self) -> frozenset[ParticipantIndex]:
+        return self._real.allowed_peers()
+
+    def recently_removed(self) -> tuple[ParticipantIndex, ...]:
+        return ()
+
+    def messages_to_send(self) -> list[object]:
+        self.collected += 1
+        if self.collected == 1:
+            self._events.append(StoreRecord(b"run", "share", b"s", secret=True))
+            return [Outbound(ParticipantIndex(2), ChainRequest(0))]
+        return []
+
+    def events(self) -> list[object]:
+        out, self._events = self._events, []
+        return out
+
+
+def test_a_record_made_while_the_messages_are_collected_is_in_the_same_step() -> None:
+    core = _CollectingCore(_core(1))
+    step = NodeDriver(core).step()  # type: ignore[arg-type]
+    assert [type(m.message) for m in step.messages] == [ChainRequest]
+    assert step.records == [StoreRecord(b"run", "share", b"s", secret=True)]

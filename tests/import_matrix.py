@@ -106,6 +106,9 @@ NODE_SHELL = Rule(
 MPC_BASE = Rule(("mpc.errors", "mpc.ids", "mpc.math"), BLS_BACKENDS, CLOCK_AND_IO)
 ENTRY = Rule(("mpc", "net", "kms", "sim"), any_third_party=True)
 NOTHING = Rule((), never=CLOCK_AND_IO)
+NODE_CORE_PARTS = ("kms.node.phase", "kms.node.liveness")
+"""The modules ``kms.node.core`` delegates parts of its state to."""
+NODE_CORE_PART = Rule(("mpc", "kms.node.limits"), frozenset(), CLOCK_AND_IO)
 RELEASE_FENCE = ("kms.store", "kms.policy.registry", "kms.node.policies", "kms.attest.pccs")
 """What the key-release module must not import: the store, the policy index, the PCCS client."""
 
@@ -138,8 +141,13 @@ ROWS: dict[str, Rule] = {
     "=kms.node": NOTHING,
     "kms.node.limits": NOTHING,
     "kms.node.core": Rule(
-        (*CORE_PROJECT, "kms.node.limits"), CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)
+        (*CORE_PROJECT, "kms.node.limits", *NODE_CORE_PARTS),
+        CORE_THIRD_PARTY,
+        CLOCK_AND_IO,
+        ("kms.attest.pccs",),
     ),
+    # The core's collaborators (lifecycle, liveness, ...): sans-I/O, below the core.
+    **dict.fromkeys(NODE_CORE_PARTS, NODE_CORE_PART),
     "kms.node.admission": Rule(
         (*CORE_PROJECT, "kms.node.core"), CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)
     ),

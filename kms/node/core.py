@@ -44,6 +44,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from kms.node.limits import deals_answer_bytes, early_messages, peer_queue_bytes
+from kms.node.liveness import Liveness
+from kms.node.phase import NodePhase, check_transition, phase_of
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
 from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate
@@ -62,7 +64,7 @@ from mpc.dkg import (
 )
 from mpc.dkg.messages import CertificatePartial, DealsAnswer, DealsRequest, Participant
 from mpc.dkg.recovery import DealerShareInvalid, ShareNotDealt, recover_share
-from mpc.dkg.session import POLYNOMIAL_RECORD, RUN_KEY_RECORD, STALL_FRACTION
+from mpc.dkg.session import POLYNOMIAL_RECORD, RUN_KEY_RECORD
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
@@ -98,7 +100,6 @@ from mpc.membership.messages import (
     OutcomePartial,
     endorsing_members,
 )
-from mpc.membership.window import LIVE_GAP_FRACTION
 from mpc.reshare import Acknowledgement, RetentionTracker
 from mpc.secret import RNG, SecretScalar, SecretShare
 from mpc.sig import SigningKey
@@ -478,9 +479,13 @@ class NodeCore:
         restored = restored or Restored()
         self._records = restored.records
         self._now = float("-inf")
-        self.live_since: float | None = None
-        """Since when this process has ticked without a stall (``SharingSession.live``):
-        a restarted node is a new ``NodeCore`` and starts counting at its first time."""
+        self.phase = NodePhase.RESTORING
+        """Where this node is in its lifecycle (``kms.node.phase``); changed only by
+        ``_enter``, which checks the transition table."""
+        self._was_member = False
+        self.liveness = Liveness(config.delta)
+        """Since when this process has ticked without a pause: a restarted node is a new
+        ``NodeCore`` and starts counting at its first time."""
         self._outbox: list[Outbound] = []
         self._events: list[NodeEvent] = []
         self._early: dict[ParticipantIndex, deque[tuple[int, Message, int]]] = {}
@@ -518,7 +523,6 @@ class NodeCore:
         """Approvals each proposal had in the last window (status only)."""
         self._lock: LockReport | None = None
         self._intent_seq = 0
-        self._live_since = float("inf")
         self._my_proposals: dict[bytes, Proposal] = {}
         self._my_approvals: set[bytes] = set()
         self._epoch_ready_at: float | None = None
@@ -575,6 +579,37 @@ class NodeCore:
             self._ran_epochs |= {head, head + 1}
             self._restore_shares(before)
             self._restore_intent()
+        self._sync_phase()
+
+    @property
+    def live_since(self) -> float | None:
+        """Since when this process has ticked without a stall (``SharingSession.live``)."""
+        return self.liveness.sharing_since
+
+    def _enter(self, phase: NodePhase) -> None:
+        """Move to ``phase``: the one place the phase changes (``TRANSITIONS`` checked)."""
+        if phase is self.phase:
+            return
+        check_transition(self.phase, phase)
+        self.phase = phase
+
+    def _sync_phase(self) -> None:
+        """Enter the phase the current view puts this node in (``phase_of``)."""
+        st = self.state
+        run = self._run
+        if st is not None and not self._was_member:
+            self._was_member = int(self.me) in st.used_indices or self.me in self._genesis_indices()
+        self._enter(
+            phase_of(
+                self.me,
+                has_chain=st is not None,
+                genesis_running=run is not None and run.config.kind == "dkg",
+                committee=st.committee.indices if st is not None else (),
+                incoming=self._members_of(st) if st is not None else (),
+                pending=st is not None and st.pending is not None,
+                was_member=self._was_member,
+            )
+        )
 
     def _restore_shares(self, before: ChainState | None) -> None:
         """Check the restored shares against the chain; adopt a persisted share of the head's
@@ -997,12 +1032,14 @@ class NodeCore:
         for s in self._sessions():
             self._outbox.extend(s.messages_to_send())
             self._collect(s)
+        self._sync_phase()
         out, self._outbox = self._outbox, []
         return out
 
     def events(self) -> list[NodeEvent]:
         for s in self._sessions():
             self._collect(s)
+        self._sync_phase()
         # Erasures go last: what they erase (a new share) is stored by the events before.
         self._events.extend(EraseRecords(run) for run in self._erase)
         self._erase.clear()
@@ -1095,12 +1132,7 @@ class NodeCore:
             return
         if self._first_tick is None:
             self._first_tick = now
-        if self._live_since == float("inf") or now - self._now > LIVE_GAP_FRACTION * (
-            self.config.delta
-        ):
-            self._live_since = now  # started, or resumed after a pause: live from now on
-        if self.live_since is None or now - self._now > STALL_FRACTION * self.config.delta:
-            self.live_since = now  # first time seen, or back from a stall
+        self.liveness.observe(now)
         self._now = now
         self._tick()
         self._pump()
@@ -2042,7 +2074,7 @@ class NodeCore:
             approvals=sorted(approvals)[:256],
             persisted=records,
             lock=self._lock,
-            live_since=self._live_since,
+            live_since=self.liveness.window_since,
             reshare_start_of=self._reshare_start_of,
         )
         self._window.advance_time(self._now)
@@ -2633,6 +2665,7 @@ class NodeCore:
                 del self._retained[epoch]
                 del self._trackers[epoch]
                 self._events.append(RetainedShareDeletable(epoch))
+        self._sync_phase()
 
     @property
     def retained_epochs(self) -> list[int]:

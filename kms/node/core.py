@@ -438,6 +438,8 @@ class NodeStatus:
     """Why a stored share was refused (it does not match the chain's public share)."""
     locked: str | None = None
     """The proposal id of the outcome this member signed in this epoch (its lock), if any."""
+    phase: str = "restoring"
+    """The node's ``kms.node.phase.NodePhase`` value."""
 
 
 @dataclass(frozen=True)
@@ -1294,6 +1296,7 @@ class NodeCore:
             ),
             share_error=self.share_error,
             locked=self._lock.outcome.proposal.id().hex() if self._lock is not None else None,
+            phase=self.phase.value,
         )
 
     def chain_update(self, have: int = 0) -> ChainUpdate:

@@ -106,7 +106,16 @@ NODE_SHELL = Rule(
 MPC_BASE = Rule(("mpc.errors", "mpc.ids", "mpc.math"), BLS_BACKENDS, CLOCK_AND_IO)
 ENTRY = Rule(("mpc", "net", "kms", "sim"), any_third_party=True)
 NOTHING = Rule((), never=CLOCK_AND_IO)
-NODE_CORE_PARTS = ("kms.node.phase", "kms.node.liveness")
+NODE_CORE_PARTS = (
+    "kms.node.phase",
+    "kms.node.liveness",
+    "kms.node.governance",
+    "kms.node.recovery",
+    "kms.node.genesis_trust",
+    "kms.node.chain_follow",
+    "kms.node.early",
+    "kms.node.retention",
+)
 """The modules ``kms.node.core`` delegates parts of its state to."""
 NODE_CORE_PART = Rule(("mpc", "kms.node.limits"), frozenset(), CLOCK_AND_IO)
 RELEASE_FENCE = ("kms.store", "kms.policy.registry", "kms.node.policies", "kms.attest.pccs")

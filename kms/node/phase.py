@@ -79,8 +79,15 @@ TRANSITIONS: dict[NodePhase, tuple[NodePhase, ...]] = {
         NodePhase.RESHARING,
         NodePhase.RETIRED,
     ),
-    # Its reshare (or a later epoch, from a catch-up) is certified.
-    NodePhase.JOINING: (NodePhase.MEMBER, NodePhase.RESHARING, NodePhase.RETIRED),
+    # Its reshare (or a later epoch, from a catch-up) is certified; or a higher attempt
+    # of the head's epoch is certified after the change was, and the chain it heads
+    # (which ranks higher) replaces this one without the change.
+    NodePhase.JOINING: (
+        NodePhase.FOLLOWING,
+        NodePhase.MEMBER,
+        NodePhase.RESHARING,
+        NodePhase.RETIRED,
+    ),
     # A change is certified; or a catch-up past the change that removed it.
     NodePhase.MEMBER: (NodePhase.RESHARING, NodePhase.RETIRED),
     # The reshare is certified: still a member, or removed by it.

@@ -115,6 +115,7 @@ NODE_CORE_PARTS = (
     "kms.node.chain_follow",
     "kms.node.early",
     "kms.node.retention",
+    "kms.node.runs",
 )
 """The modules ``kms.node.core`` delegates parts of its state to."""
 NODE_CORE_PART = Rule(("mpc", "kms.node.limits"), frozenset(), CLOCK_AND_IO)

@@ -53,6 +53,7 @@ from kms.node.liveness import Liveness
 from kms.node.phase import NodePhase, check_transition, phase_of
 from kms.node.recovery import DEALS_RUN_LABEL, RECOVERY_SEED_DELTAS, ShareRecovery
 from kms.node.retention import ShareHolders, ack_run
+from kms.node.runs import SharingConfigs
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
 from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate
@@ -498,7 +499,8 @@ class NodeCore:
         self.share_error: str | None = None
         self._ran_epochs: set[int] = set()
         """Epochs this process ran a sharing run of (or, from a restart, may have)."""
-        self._genesis_configs: dict[int, SharingConfig] = {}
+        self.configs = SharingConfigs(config, 2 * HIGHER_ATTEMPTS_KEPT)
+        """The configurations of the genesis and reshare attempts."""
         self._ran_epochs.add(0)
         self._first_tick: float | None = None
         self._genesis_missed: bool | None = None
@@ -1493,50 +1495,11 @@ class NodeCore:
         return missed
 
     def _genesis_config(self, attempt: int) -> SharingConfig:
-        # Built once per attempt: constructing one checks every member's key signature.
-        cfg = self._genesis_configs.get(attempt)
-        if cfg is None:
-            cfg = self._genesis_configs[attempt] = self._make_genesis_config(attempt)
-            while len(self._genesis_configs) > 2 * HIGHER_ATTEMPTS_KEPT:
-                del self._genesis_configs[min(self._genesis_configs)]
-        return cfg
-
-    def _make_genesis_config(self, attempt: int) -> SharingConfig:
-        return SharingConfig(
-            kind="dkg",
-            epoch=0,
-            attempt=attempt,
-            dealers=self.config.genesis,
-            recipients=self.config.genesis,
-            threshold=self.config.threshold,
-            schedule=self.config.genesis_schedule(attempt),
-            admission_policy_hash=self.config.admission_policy_hash,
-        )
+        return self.configs.genesis(attempt)
 
     def _reshare_config(self, st: ChainState, attempt: int) -> SharingConfig | None:
         """The configuration of reshare ``attempt`` after ``st`` (which has a pending change)."""
-        if st.pending is None:
-            return None
-        outcome = st.pending.outcome
-        new = st.apply(outcome.proposal.change)
-        if new is None:  # pragma: no cover - extend() checked it
-            return None
-        sched = self.config.reshare_schedule(
-            outcome.reshare_start, len(new.members), new.threshold, attempt
-        )
-        return SharingConfig(
-            kind="reshare",
-            epoch=st.epoch + 1,
-            attempt=attempt,
-            dealers=st.committee.members,
-            recipients=new.members,
-            threshold=new.threshold,
-            schedule=sched,
-            admission_policy_hash=new.admission_policy_hash,
-            previous_certificate_hash=st.head_hash,
-            old_threshold=st.threshold,
-            old_public_polynomial=tuple(self._public_polynomial(st)),
-        )
+        return self.configs.reshare(st, attempt)
 
     def _persisted_share(
         self, cert: EpochCertificate, before: ChainState | None
@@ -1705,9 +1668,6 @@ class NodeCore:
             self._run_attempt = attempt + 1
             return
         self._replay_early()
-
-    def _public_polynomial(self, st: ChainState) -> list[G2]:
-        return [G2.from_bytes(b) for b in st.certificate.public_polynomial]
 
     def _windows(self) -> None:
         st = self.state

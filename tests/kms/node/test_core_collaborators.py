@@ -133,3 +133,25 @@ def test_share_holders_bound_early_acknowledgements_per_member() -> None:
     with pytest.raises(RemoteProtocolError):
         holders.take(PI(2), ack, st2)
     assert holders.holders == {}
+
+
+def test_sharing_configs_cache_genesis_attempts_and_follow_the_schedule() -> None:
+    from mesh import make_nodes
+
+    from kms.node.core import NodeConfig
+    from kms.node.runs import SharingConfigs
+
+    nodes = make_nodes(range(1, 5), 7)
+    genesis = tuple(nodes[PI(i)].participant for i in range(1, 5))
+    cfg = NodeConfig(PI(1), genesis, 3, genesis_start=1.0, delta=DELTA)
+    configs = SharingConfigs(cfg, cached=2)
+    first = configs.genesis(0)
+    assert configs.genesis(0) is first  # built once
+    assert first.kind == "dkg" and first.dealers == genesis and first.threshold == 3
+    assert first.schedule == cfg.genesis_schedule(0)
+    assert configs.genesis(1).run_id() != first.run_id()
+    configs.genesis(2)
+    assert configs.genesis(0) is not first and configs.genesis(0) == first  # evicted, rebuilt
+    chain = forged_chain(1, n=4, t=3)
+    st = verify_recent(list(chain.links), mpk=chain.mpk)[-1]
+    assert configs.reshare(st, 0) is None  # no change pending

@@ -22,7 +22,9 @@ Sources:
   (``WindowPhase``, ``TERMINAL_WINDOW_PHASES``) but no transition table, so
   the table below (``WINDOW_TRANSITIONS``) transcribes what
   ``DecisionWindow`` does. It is checked against ``WindowPhase`` on every
-  run: a phase added to the enum and missing here is an error.
+  run: a phase added to the enum and missing here is an error;
+* the node lifecycle (``docs/protocols/node-lifecycle.md``):
+  ``kms.node.phase.TRANSITIONS``, ``NodePhase`` and ``TERMINAL_NODE_PHASES``.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def diagrams() -> list[Diagram]:
         sys.path.insert(0, str(ROOT))
     session = importlib.import_module("mpc.dkg.session")
     window = importlib.import_module("mpc.membership.window")
+    node_phase = importlib.import_module("kms.node.phase")
 
     phase_names = [p.name for p in window.WindowPhase]
     if sorted(phase_names) != sorted(WINDOW_TRANSITIONS):
@@ -128,6 +131,13 @@ def diagrams() -> list[Diagram]:
             window.WindowPhase,
             window_table,
             window.TERMINAL_WINDOW_PHASES,
+        ),
+        _table_diagram(
+            "node-lifecycle.md",
+            "kms.node.phase.TRANSITIONS",
+            node_phase.NodePhase,
+            node_phase.TRANSITIONS,
+            node_phase.TERMINAL_NODE_PHASES,
         ),
     ]
 

@@ -106,6 +106,19 @@ NODE_SHELL = Rule(
 MPC_BASE = Rule(("mpc.errors", "mpc.ids", "mpc.math"), BLS_BACKENDS, CLOCK_AND_IO)
 ENTRY = Rule(("mpc", "net", "kms", "sim"), any_third_party=True)
 NOTHING = Rule((), never=CLOCK_AND_IO)
+NODE_CORE_PARTS = (
+    "kms.node.phase",
+    "kms.node.liveness",
+    "kms.node.governance",
+    "kms.node.recovery",
+    "kms.node.genesis_trust",
+    "kms.node.chain_follow",
+    "kms.node.early",
+    "kms.node.retention",
+    "kms.node.runs",
+)
+"""The modules ``kms.node.core`` delegates parts of its state to."""
+NODE_CORE_PART = Rule(("mpc", "kms.node.limits", "kms.node.model"), frozenset(), CLOCK_AND_IO)
 RELEASE_FENCE = ("kms.store", "kms.policy.registry", "kms.node.policies", "kms.attest.pccs")
 """What the key-release module must not import: the store, the policy index, the PCCS client."""
 
@@ -145,7 +158,7 @@ ROWS: dict[str, Rule] = {
         note="the node's vocabulary: config, events, status",
     ),
     "kms.node.core": Rule(
-        (*CORE_PROJECT, "kms.node.limits", "kms.node.model"),
+        (*CORE_PROJECT, "kms.node.limits", "kms.node.model", *NODE_CORE_PARTS),
         CORE_THIRD_PARTY,
         CLOCK_AND_IO,
         ("kms.attest.pccs",),
@@ -171,6 +184,8 @@ ROWS: dict[str, Rule] = {
         ("kms.attest.pccs", "kms.store"),
         note="frames in, ordered steps out; sans-I/O",
     ),
+    # The core's collaborators (lifecycle, liveness, ...): sans-I/O, below the core.
+    **dict.fromkeys(NODE_CORE_PARTS, NODE_CORE_PART),
     "kms.node.admission": Rule(
         (*CORE_PROJECT, "kms.node.core", "kms.node.model"),
         CORE_THIRD_PARTY,

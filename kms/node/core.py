@@ -36,13 +36,18 @@ Lifecycle:
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from kms.node.limits import deals_answer_bytes, early_messages, peer_queue_bytes
+from kms.node.chain_follow import ChainFollower
+from kms.node.early import EarlyMessages
+from kms.node.genesis_trust import GenesisTrust
+from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
+from kms.node.governance import Governance, RefreshRules, prompt_proposal
+from kms.node.limits import early_messages, peer_queue_bytes
+from kms.node.liveness import Liveness
 from kms.node.model import (
     GENESIS_ENDORSEMENTS_RUN,
     ApprovalRefused,
@@ -71,10 +76,14 @@ from kms.node.model import (
     polynomial_records,
     run_key_records,
 )
+from kms.node.phase import NodePhase, check_transition, phase_of
+from kms.node.recovery import DEALS_RUN_LABEL, RECOVERY_SEED_DELTAS, ShareRecovery
+from kms.node.retention import ShareHolders, ack_run
+from kms.node.runs import SharingConfigs
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
-from mpc.cert import ZERO_HASH, EpochCertificate, RunKind
-from mpc.codec import MAX_MESSAGE_SIZE, Message, MessageDecodeError
+from mpc.cert import ZERO_HASH, EpochCertificate
+from mpc.codec import Message, MessageDecodeError
 from mpc.dkg import (
     CertificateCompleted,
     DealerExcluded,
@@ -87,8 +96,7 @@ from mpc.dkg import (
     SharingSession,
 )
 from mpc.dkg.messages import CertificatePartial, DealsAnswer, DealsRequest, Participant
-from mpc.dkg.recovery import DealerShareInvalid, ShareNotDealt, recover_share
-from mpc.dkg.session import POLYNOMIAL_RECORD, RUN_KEY_RECORD, STALL_FRACTION
+from mpc.dkg.session import POLYNOMIAL_RECORD, RUN_KEY_RECORD
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
@@ -97,12 +105,9 @@ from mpc.membership import (
     AddMember,
     ChainError,
     ChainState,
-    ChangeAdmissionPolicy,
     DecisionWindow,
-    LockReport,
     MembershipCertificate,
     MembershipCertified,
-    MembershipIntent,
     OutcomeLocked,
     Proposal,
     Refresh,
@@ -122,10 +127,8 @@ from mpc.membership.messages import (
     GenesisEndorsements,
     OutcomePartial,
     decode_link,
-    endorsing_members,
 )
-from mpc.membership.window import LIVE_GAP_FRACTION
-from mpc.reshare import Acknowledgement, RetentionTracker
+from mpc.reshare import Acknowledgement
 from mpc.secret import RNG, SecretScalar, SecretShare
 from mpc.sig import SigningKey
 
@@ -142,46 +145,17 @@ CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
 MAX_RUN_RECORDS = 64
 """Runs this process started whose records are still to be erased (the oldest erased first)."""
-HOLDERS_GRACE_DELTAS = 10
-"""A certified epoch in which this node knows fewer than ``t`` share holders this many Δ
-after it became ready here is reported (``NodeStatus.share_holders_below_threshold``)."""
 MAX_KEPT_SHARES = 8
 """Shares of finalized runs that failed locally, kept in memory in case their
 certificate arrives late (they are persisted as run records too)."""
 HIGHER_ATTEMPTS_KEPT = 8
-EARLY_ACKS_PER_MEMBER = 4
-"""Acknowledgements of an epoch not certified here yet, kept per member."""
 """Attempts after the certified one of the head's epoch whose records a node keeps."""
-ACK_RUN_LABEL = b"acks"
-"""Run id prefix of the acknowledgements this node received for one epoch certificate."""
 MAX_CHAIN_ANSWER_LINKS = 64
 """Links in one ``ChainUpdate`` answer, at most (besides genesis)."""
 MAX_CHAIN_ANSWER_BYTES = 1 << 20
 """Encoded links in one ``ChainUpdate`` answer, at most (well under the 4 MiB frame)."""
-PROMPT_REFRESH_WINDOWS = 10
-"""With ``refresh_interval = 0``, the committee approves at most one prompt refresh per
-this many window periods (with a schedule, at most one per ``refresh_interval``)."""
-PROMPT_NONCE = b"prompt-refresh\x00\x00"
-"""The nonce of a member's prompt refresh proposal: its id is known to every member."""
 INTENT_RUN = b"membership-intent"
-DEALS_RUN_LABEL = b"deals/"
-"""Store run prefix (before the certified transcript's hash) of the head's certified deals
-this node keeps for members recovering their share (``DealsRequest``)."""
-RECOVERY_SEED_DELTAS = 40
-"""A recipient that ends a run without a share it signed with keeps the run key's seed at
-most this many Δ after the run's scheduled end (less when the run is decided, below)."""
-RECOVERY_WAIT_DELTAS = 4
-"""How long the members asked for the deals have to answer before the next are asked."""
-DEALS_REQUEST_BURST = 2
-DEALS_REQUEST_REFILL_DELTAS = 10
-"""Deal requests answered per peer: a burst of 2, then one more every this many Δ."""
 LOCK_RUN = b"membership-lock"
-
-
-MAX_PENDING_ENDORSEMENTS = 4
-"""Endorsements kept per genesis member while this node has no chain yet."""
-MAX_GENESIS_OFFERS = 64
-"""Peers whose unendorsed chain (and relayed endorsements) a node without a chain keeps."""
 
 
 class GenesisNotTrusted(ChainError):
@@ -210,8 +184,9 @@ class NodeCore:
         self._check = check
         self._session_factory = session_factory
         """Builds each run's sharing session (``kms.node.model.SessionFactory``)."""
-        self._deferred: set[bytes] = set()
-        self._refused: dict[bytes, tuple[str, str]] = {}
+        self.governance = Governance()
+        """This member's intent, approvals and lock in the current epoch."""
+        self.rules = RefreshRules(config)
         self.me = config.index
         self._key = identity_key
         self._dkg_key = dkg_key
@@ -219,28 +194,26 @@ class NodeCore:
         restored = restored or Restored()
         self._records = restored.records
         self._now = float("-inf")
-        self.live_since: float | None = None
-        """Since when this process has ticked without a stall (``SharingSession.live``):
-        a restarted node is a new ``NodeCore`` and starts counting at its first time."""
+        self.phase = NodePhase.RESTORING
+        """Where this node is in its lifecycle (``kms.node.phase``); changed only by
+        ``_enter``, which checks the transition table."""
+        self._was_member = False
+        self.liveness = Liveness(config.delta)
+        """Since when this process has ticked without a pause: a restarted node is a new
+        ``NodeCore`` and starts counting at its first time."""
         self._outbox: list[Outbound] = []
         self._events: list[NodeEvent] = []
-        self._early: dict[ParticipantIndex, deque[tuple[int, Message, int]]] = {}
-        """Messages for a run or window not started yet, per member (sequence, message, size):
-        each member has its own quota (``early_messages``, ``peer_queue_bytes``)."""
-        self._early_bytes: dict[ParticipantIndex, int] = {}
-        self._early_seq = 0
+        self.early = EarlyMessages()
+        """Messages for a run or window not started yet, per member (own quota each)."""
         self._removed: dict[ParticipantIndex, None] = {}
         self._chain_budget: dict[ParticipantIndex, tuple[float, float]] = {}
-        self.chain: list[Link] = []
-        """Genesis, then a contiguous recent tail (the last ``chain_retention`` epochs)."""
+        self.follower = ChainFollower(restored.admission_policy)
+        """The chain this node follows: genesis and the retained tail, and what they prove."""
         self._reshare_runs: dict[bytes, SharingConfig] = {}
-        self._epoch_states: dict[int, ChainState] = {}
         self.state: ChainState | None = None
         self.share: SecretShare | None = restored.share
-        self._retained: dict[int, SecretShare] = dict(restored.retained)
-        self._trackers: dict[int, RetentionTracker] = {}
-        self._early_acks: deque[tuple[ParticipantIndex, Acknowledgement]] = deque(maxlen=1024)
-        self._previous_members: set[ParticipantIndex] = set()
+        self.holders = ShareHolders(restored.retained)
+        """Who holds a share of this epoch; old shares retained until it is safe."""
         self._asked_chain = False
         self._asked_chain_at = float("-inf")
         self.addresses: dict[ParticipantIndex, tuple[str, ...]] = {}
@@ -252,62 +225,35 @@ class NodeCore:
         self._run_attempt = 0
         self._window: DecisionWindow | None = None
         self._window_index = -1
-        self._seen: dict[bytes, Proposal] = {}
-        """Proposals seen in delivered ballots this epoch: for checking deferred approvals
-        and for status only; decisions never use them."""
-        self._counts: dict[bytes, int] = {}
-        """Approvals each proposal had in the last window (status only)."""
-        self._lock: LockReport | None = None
-        self._intent_seq = 0
-        self._live_since = float("inf")
-        self._my_proposals: dict[bytes, Proposal] = {}
-        self._my_approvals: set[bytes] = set()
         self._epoch_ready_at: float | None = None
         self.last_refresh: float | None = None
         self._participants: dict[ParticipantIndex, Participant] = {
             ParticipantIndex(p.index): p for p in config.genesis
         }
         self._kept: dict[bytes, tuple[int, SecretShare]] = {}
-        self._seeds: dict[bytes, bytes] = {}
-        """Run key seeds of the runs going on here (as persisted), by run id."""
-        self._recovery_seeds: dict[bytes, tuple[int, int, bytes, float]] = {}
-        """Seeds kept past their run for recovering a share: run → (epoch, attempt, seed,
-        erase by)."""
-        self._recovery: _Recovery | None = None
-        self._last_recovery: _Recovery | None = None
-        self._recovery_check = True
-        self._recovery_ended: deque[bytes] = deque(maxlen=16)
-        """Certificates (fingerprints) whose share recovery ended here (done or given up)."""
-        self._finalized_deals: dict[bytes, DealsAnswer] = {}
-        """The deals of runs this node finalized, by transcript hash (a few)."""
-        self._served: DealsAnswer | None = None
-        self._served_for: bytes | None = None
-        self._deals_budget: dict[ParticipantIndex, tuple[float, float]] = {}
-        self._holders: dict[ParticipantIndex, Acknowledgement] = {}
-        self._holders_since: float | None = None
-        self._holders_reported = -1
+        self._port = _CorePort(self)
+        self.recovery = ShareRecovery(self.me, config.delta, self._port)
+        """Serving the head's certified deals; recovering this member's share from them."""
         self.share_error: str | None = None
         self._ran_epochs: set[int] = set()
         """Epochs this process ran a sharing run of (or, from a restart, may have)."""
-        self._genesis_configs: dict[int, SharingConfig] = {}
+        self.configs = SharingConfigs(config, 2 * HIGHER_ATTEMPTS_KEPT)
+        """The configurations of the genesis and reshare attempts."""
         self._ran_epochs.add(0)
-        self._policy_bytes = restored.admission_policy
         self._first_tick: float | None = None
         self._genesis_missed: bool | None = None
-        self._endorsements: dict[int, GenesisEndorsement] = {}
-        """Verified endorsements of the genesis this node holds, by signer."""
-        self._pending_endorsements: dict[int, deque[GenesisEndorsement]] = {}
-        """Endorsements received before this node had a chain (checked on use)."""
-        self._own_genesis: deque[bytes] = deque(maxlen=16)
-        """Transcript hashes this node's own genesis runs finalized."""
-        self._candidates: dict[ParticipantIndex, EpochCertificate] = {}
-        """Genesis certificates offered by peers, not endorsed (yet): the rest of a
-        peer's chain is asked for again once its genesis is adopted."""
-        self._offered: dict[ParticipantIndex, tuple[GenesisEndorsement, ...]] = {}
-        """The endorsements each peer relayed before its chain (one bundle per peer)."""
+        self.trust = GenesisTrust(
+            self.me,
+            identity_key,
+            config.genesis,
+            config.threshold,
+            config.genesis_mpk,
+            self._port,
+        )
+        """Which genesis this node may adopt; the endorsements of its genesis."""
         for raw in restored.records(GENESIS_ENDORSEMENTS_RUN).values():
             try:
-                self._pend_endorsement(GenesisEndorsement.decode(raw))
+                self.trust.pend(GenesisEndorsement.decode(raw))
             except InvalidEncoding:
                 continue
         if restored.chain:
@@ -316,6 +262,78 @@ class NodeCore:
             self._ran_epochs |= {head, head + 1}
             self._restore_shares(before)
             self._restore_intent()
+        self._sync_phase()
+
+    @property
+    def chain(self) -> list[Link]:
+        """Genesis, then a contiguous recent tail (the last ``chain_retention`` epochs)."""
+        return self.follower.links
+
+    @chain.setter
+    def chain(self, links: list[Link]) -> None:
+        self.follower.links = links
+
+    @property
+    def _epoch_states(self) -> dict[int, ChainState]:
+        return self.follower.states
+
+    @_epoch_states.setter
+    def _epoch_states(self, states: dict[int, ChainState]) -> None:
+        self.follower.states = states
+
+    @property
+    def _retained(self) -> dict[int, SecretShare]:
+        return self.holders.retained
+
+    @property
+    def _early_acks(self) -> deque[tuple[ParticipantIndex, Acknowledgement]]:
+        return self.holders.early
+
+    @property
+    def _endorsements(self) -> dict[int, GenesisEndorsement]:
+        return self.trust.endorsements
+
+    @property
+    def _seeds(self) -> dict[bytes, bytes]:
+        return self.recovery.seeds
+
+    @property
+    def _my_proposals(self) -> dict[bytes, Proposal]:
+        return self.governance.proposals
+
+    @property
+    def _my_approvals(self) -> set[bytes]:
+        return self.governance.approvals
+
+    @property
+    def live_since(self) -> float | None:
+        """Since when this process has ticked without a stall (``SharingSession.live``)."""
+        return self.liveness.sharing_since
+
+    def _enter(self, phase: NodePhase) -> None:
+        """Move to ``phase``: the one place the phase changes (``TRANSITIONS`` checked)."""
+        if phase is self.phase:
+            return
+        check_transition(self.phase, phase)
+        self.phase = phase
+
+    def _sync_phase(self) -> None:
+        """Enter the phase the current view puts this node in (``phase_of``)."""
+        st = self.state
+        run = self._run
+        if st is not None and not self._was_member:
+            self._was_member = int(self.me) in st.used_indices or self.me in self._genesis_indices()
+        self._enter(
+            phase_of(
+                self.me,
+                has_chain=st is not None,
+                genesis_running=run is not None and run.config.kind == "dkg",
+                committee=st.committee.indices if st is not None else (),
+                incoming=self._members_of(st) if st is not None else (),
+                pending=st is not None and st.pending is not None,
+                was_member=self._was_member,
+            )
+        )
 
     def _restore_shares(self, before: ChainState | None) -> None:
         """Check the restored shares against the chain; adopt a persisted share of the head's
@@ -339,27 +357,25 @@ class NodeCore:
                 self.share_error = reason
                 self._events.append(ShareRefused(st.epoch, reason))
                 self.share = None
-        for e, old in sorted(self._retained.items()):
+        for e, old in sorted(self.holders.retained.items()):
             old_state = self.epoch_state(e)
             pk = old_state.public_shares.get(self.me) if old_state is not None else None
             if old.index != self.me or pk is None or old.value.value * G2.generator() != pk:
                 reason = f"the retained share of epoch {e} does not match that epoch's public share"
                 self._events.append(ShareRefused(e, reason))
-                del self._retained[e]
-        for raw in self._records(self._ack_run(st.certificate)).values():
+                del self.holders.retained[e]
+        for raw in self._records(ack_run(st.certificate)).values():
             self._restore_ack(raw)
-        for e in sorted(self._retained):
+        for e in sorted(self.holders.retained):
             cert = self._epoch_certificate(e + 1)
             if cert is None:
                 continue
-            self._trackers[e] = RetentionTracker(
-                cert, {i: p.verify_key() for i, p in self._participants.items()}
-            )
-            for raw in self._records(self._ack_run(cert)).values():
+            self.holders.track(e, cert, self._participants)
+            for raw in self._records(ack_run(cert)).values():
                 self._restore_ack(raw)
         if self.share is None:
             # Its own stored acknowledgement proves nothing once the share is not used.
-            self._holders.pop(self.me, None)
+            self.holders.holders.pop(self.me, None)
         if self.share is None and self.me in st.committee.indices:
             share = self._persisted_share(st.certificate, before)
             if share is not None:
@@ -378,24 +394,17 @@ class NodeCore:
             pass  # an unreadable record proves nothing: the acknowledgement counts as missing
 
     def _epoch_certificate(self, epoch: int) -> EpochCertificate | None:
-        for link in self.chain:
-            if isinstance(link, EpochCertificate) and link.transcript.epoch == epoch:
-                return link
-        return None
-
-    @staticmethod
-    def _ack_run(cert: EpochCertificate) -> bytes:
-        return ACK_RUN_LABEL + cert.hash()
+        return self.follower.epoch_certificate(epoch)
 
     def _keep_runs(self) -> tuple[bytes, ...]:
         """Records still in use: acknowledgements the head's and retained shares' trackers
         count, and this node's records of higher attempts of the head's epoch."""
-        keep = {self._ack_run(t.certificate) for t in self._trackers.values()}
+        keep = {ack_run(t.certificate) for t in self.holders.trackers.values()}
         if self.state is not None:
-            keep.add(self._ack_run(self.state.certificate))
+            keep.add(ack_run(self.state.certificate))
             keep.update(self._higher_attempt_runs(self.state))
             keep.add(DEALS_RUN_LABEL + self.state.certificate.transcript.hash())
-        keep.update(run_key_records(run) for run in self._recovery_seeds)
+        keep.update(run_key_records(run) for run in self.recovery.kept_seeds)
         return tuple(sorted(keep))
 
     def _higher_attempt_runs(self, st: ChainState) -> list[bytes]:
@@ -433,10 +442,10 @@ class NodeCore:
             raise LocalProtocolError("stored genesis certificate is not for the pinned genesis_mpk")
         genesis_state(self._mpk_of(first), first)
         for link in links:
-            self._note_policy(link)
+            self.follower.note_policy(link)
         # Only the retained tail is verified (and kept): a head checked under the
         # pinned key is as strong as the walk from genesis.
-        keep = self._retained_tail(links[1:])
+        keep = self.follower.retained_tail(links[1:], self.config.chain_retention)
         states = verify_recent([first, *keep], mpk=self._mpk_of(first))
         self.chain = [first, *keep]
         self._epoch_states = {st.epoch: st for st in states}
@@ -445,31 +454,8 @@ class NodeCore:
         for prev, st in itertools.pairwise(states):
             self._note_removed(prev, st)
         self._set_state(states[-1])
-        for queue in list(self._pending_endorsements.values()):
-            for e in queue:
-                try:
-                    self._add_endorsement(e, persist=False)
-                except InvalidSignature:
-                    continue
-        self._pending_endorsements.clear()
+        self.trust.take_pending(first, persist=False)
         return states[-2] if len(states) > 1 else None
-
-    def _retained_tail(self, tail: list[Link]) -> list[Link]:
-        """The links of the last ``chain_retention`` epochs of ``tail`` (from an epoch link)."""
-        if not tail:
-            return []
-        head = max(link_position(x) for x in tail) // 2
-        first = head - self.config.chain_retention + 1
-        if first <= 0:
-            return tail
-        keep = [x for x in tail if link_position(x) >= 2 * first]
-        return keep if keep and isinstance(keep[0], EpochCertificate) else tail[-1:]
-
-    def _note_policy(self, link: Link) -> None:
-        if isinstance(link, MembershipCertificate):
-            change = link.outcome.proposal.change
-            if isinstance(change, ChangeAdmissionPolicy):
-                self._policy_bytes = change.policy
 
     def _restore_intent(self) -> None:
         """The standing intent and the lock this member persisted in the current epoch."""
@@ -477,45 +463,22 @@ class NodeCore:
         if st is None or st.pending is not None:
             return
         head = st.head_hash
-        saved = self._records(INTENT_RUN + head)
-        keys = sorted(k for k in saved if k.startswith("intent-"))
-        if keys:
-            intent = MembershipIntent.decode(saved[keys[-1]])
-            self._intent_seq = int(keys[-1].removeprefix("intent-")) + 1
-            self._my_proposals = {p.id(): p for p in intent.proposals}
-            self._my_approvals = set(intent.approvals)
-            self._deferred = set(intent.deferred)
-        raw = self._records(LOCK_RUN + head).get("lock")
-        if raw is not None:
-            lock = LockReport.decode(raw)
-            if lock.outcome.previous_certificate_hash == head and lock.signer == int(self.me):
-                self._lock = lock
+        self.governance.restore(
+            self._records(INTENT_RUN + head),
+            self._records(LOCK_RUN + head).get("lock"),
+            head,
+            int(self.me),
+        )
 
     def _persist_intent(self) -> None:
         st = self.state
         if st is None:
             return
-        intent = MembershipIntent(
-            tuple(sorted(self._my_proposals.values(), key=lambda p: p.id())),
-            tuple(sorted(self._my_approvals)),
-            tuple(sorted(self._deferred)),
-        )
-        self._events.append(
-            StoreRecord(
-                INTENT_RUN + st.head_hash, f"intent-{self._intent_seq:06d}", intent.encode(), False
-            )
-        )
-        self._intent_seq += 1
+        key, data = self.governance.intent_record()
+        self._events.append(StoreRecord(INTENT_RUN + st.head_hash, key, data, False))
 
     def _clear_epoch_intent(self) -> None:
-        self._my_proposals.clear()
-        self._my_approvals.clear()
-        self._deferred.clear()
-        self._refused.clear()
-        self._seen.clear()
-        self._counts.clear()
-        self._lock = None
-        self._intent_seq = 0
+        self.governance.clear()
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -525,134 +488,26 @@ class NodeCore:
         if tr.committee != self.config.genesis or tr.threshold != self.config.threshold:
             raise ChainError("genesis certificate is not for the configured genesis committee")
 
-    # --- genesis trust -----------------------------------------------------------------
+    # --- genesis trust (``kms.node.genesis_trust``) ------------------------------------
 
     def _trust_genesis(self, cert: EpochCertificate) -> None:
-        """Raise ``GenesisNotTrusted`` unless this node may adopt ``cert`` as its genesis.
+        """Raise ``GenesisNotTrusted`` unless this node may adopt ``cert`` as its genesis."""
+        reason = self.trust.untrusted(cert)
+        if reason is not None:
+            raise GenesisNotTrusted(reason)
 
-        A certificate's signature, checked under the MPK written in it, proves only
-        that someone knows that key's secret. The key is the committee's only if the
-        configuration pins it, or this node's own genesis run computed the same
-        transcript, or ``t`` genesis members endorsed it with their identity keys.
-        """
-        tr = cert.transcript
-        pinned = self.config.genesis_mpk
-        if pinned is not None:
-            if tr.mpk != pinned:
-                raise GenesisNotTrusted("genesis certificate is not for the pinned genesis_mpk")
-            return
-        if tr.hash() in self._own_genesis:
-            return
-        if self.me in tr.committee_indices() and self._persisted_share(cert, None) is not None:
-            # Its run finalized this transcript before a restart: the stored share matches
-            # the certificate's public share and the stored partial names its transcript.
-            return
-        pool = [e for queue in self._pending_endorsements.values() for e in queue]
-        signers = endorsing_members(tr, pool, self.config.genesis)
-        if len(signers) < self.config.threshold:
-            raise GenesisNotTrusted(
-                f"genesis certificate endorsed by {len(signers)} genesis members, "
-                f"{self.config.threshold} needed"
-            )
-
-    def _pend_endorsement(self, e: GenesisEndorsement) -> None:
-        if not any(p.index == e.signer for p in self.config.genesis):
-            return
-        queue = self._pending_endorsements.setdefault(
-            e.signer, deque(maxlen=MAX_PENDING_ENDORSEMENTS)
-        )
-        if e not in queue:
-            queue.append(e)
-
-    def _add_endorsement(self, e: GenesisEndorsement, *, persist: bool = True) -> bool:
-        """Keep ``e`` if it endorses this node's genesis; True if it was new and valid."""
-        if not self.chain or e.signer in self._endorsements:
-            return False
-        genesis = self.chain[0]
-        if not isinstance(genesis, EpochCertificate):  # pragma: no cover - restore checks
-            return False
-        if e.transcript_hash != genesis.transcript.hash():
-            return False
-        e.verify(genesis.transcript, self.config.genesis)
-        self._endorsements[e.signer] = e
-        if persist:
-            self._events.append(
-                StoreRecord(GENESIS_ENDORSEMENTS_RUN, str(e.signer), e.encode(), secret=False)
-            )
-        return True
+    def _genesis(self) -> EpochCertificate | None:
+        """The genesis link, once this node holds a chain."""
+        first = self.chain[0] if self.chain and self.state is not None else None
+        return first if isinstance(first, EpochCertificate) else None
 
     def _genesis_adopted(self) -> None:
-        """Keep the endorsements gathered so far, and endorse it if this node computed it."""
-        for queue in list(self._pending_endorsements.values()):
-            for e in queue:
-                try:
-                    self._add_endorsement(e)
-                except InvalidSignature:
-                    continue
-        self._pending_endorsements.clear()
-        self._candidates.clear()
-        self._maybe_endorse()
-
-    def _maybe_endorse(self) -> None:
-        """Endorse the chain's genesis if this node's own genesis run computed its transcript."""
-        if not self.chain or int(self.me) in self._endorsements:
-            return
-        genesis = self.chain[0]
-        if not isinstance(genesis, EpochCertificate) or self.me not in self._genesis_indices():
-            return
-        tr = genesis.transcript
-        if tr.hash() not in self._own_genesis and self._persisted_share(genesis, None) is None:
-            return
-        mine = GenesisEndorsement.create(self._key, int(self.me), tr)
-        self._add_endorsement(mine)
-        for i in sorted(self._participants):
-            if i != self.me:
-                self._outbox.append(Outbound(i, mine))
-
-    def _receive_endorsement(self, peer: ParticipantIndex, e: GenesisEndorsement) -> None:
-        if e.signer != int(peer):
-            raise RemoteProtocolError("genesis endorsement relayed for another signer", [peer])
-        if self.state is not None:
-            try:
-                self._add_endorsement(e)
-            except InvalidSignature as exc:
-                raise RemoteProtocolError(f"bad genesis endorsement: {exc}", [peer]) from exc
-            return
-        self._pend_endorsement(e)
-        self._try_candidates()
-
-    def _offer(self, genesis: EpochCertificate, relayed: tuple[GenesisEndorsement, ...]) -> None:
-        """Keep the relayed endorsements that verify for ``genesis``."""
-        for e in relayed:
-            try:
-                e.verify(genesis.transcript, self.config.genesis)
-            except InvalidSignature:
-                continue
-            self._pend_endorsement(e)
-
-    def _receive_relayed(
-        self, peer: ParticipantIndex, relayed: tuple[GenesisEndorsement, ...]
-    ) -> None:
-        if self.state is not None:
-            for e in relayed:
-                try:
-                    self._add_endorsement(e)
-                except InvalidSignature:
-                    continue
-            return
-        candidate = self._candidates.get(peer)
-        if candidate is None:
-            # The chain follows: check these against its genesis then.
-            self._offered.pop(peer, None)
-            self._offered[peer] = relayed
-            while len(self._offered) > MAX_GENESIS_OFFERS:
-                del self._offered[next(iter(self._offered))]
-            return
-        self._offer(candidate, relayed)
-        self._try_candidates()
+        genesis = self._genesis()
+        if genesis is not None:
+            self.trust.adopted(genesis, list(self._participants))
 
     def _try_candidates(self) -> None:
-        for peer, genesis in list(self._candidates.items()):
+        for peer, genesis in list(self.trust.candidates.items()):
             try:
                 self._trust_genesis(genesis)
             except GenesisNotTrusted:
@@ -666,7 +521,7 @@ class NodeCore:
         if self.state is not None:
             self._note_removed(self.state, state)
         self.state = state
-        self._recovery_check = True
+        self.recovery.check = True
         # The peers: this epoch's members and, while a change is pending, those of the
         # next; a removed member is dropped once the epoch without it is certified.
         self._participants = {ParticipantIndex(p.index): p for p in state.committee.members}
@@ -675,7 +530,7 @@ class NodeCore:
             self._participants[ParticipantIndex(change.participant.index)] = change.participant
             if change.addresses:
                 self.addresses[ParticipantIndex(change.participant.index)] = change.addresses
-        self._epoch_ready_at = self._ready_time(state)
+        self._epoch_ready_at = self.rules.ready_time(state, self.chain, self._now)
 
     @staticmethod
     def _members_of(state: ChainState) -> set[ParticipantIndex]:
@@ -696,11 +551,10 @@ class NodeCore:
         while len(self._removed) > RECENTLY_REMOVED:
             del self._removed[next(iter(self._removed))]
         keep = now_members | set(self._removed)
-        for table in (self._chain_budget, self._deals_budget, self._early_bytes):
+        for table in (self._chain_budget, self.recovery.deals_budget):
             for i in [i for i in table if i not in keep]:
                 del table[i]
-        for i in [i for i in self._early if i not in keep]:
-            del self._early[i]
+        self.early.forget(keep)
 
     def allowed_peers(self) -> frozenset[ParticipantIndex]:
         """Who this node takes protocol messages from: the current committee and the
@@ -715,35 +569,20 @@ class NodeCore:
         are still answered, metered; nothing else of theirs is taken."""
         return tuple(self._removed)
 
-    def _ready_time(self, state: ChainState) -> float:
-        tr = state.certificate.transcript
-        if tr.kind == "dkg":
-            return self.config.genesis_schedule(tr.attempt).end
-        prev = self._membership_before(state.epoch)
-        if prev is None:
-            return self._now
-        return self.config.reshare_schedule(
-            prev.outcome.reshare_start, len(tr.committee), tr.threshold, tr.attempt
-        ).end
-
-    def _membership_before(self, epoch: int) -> MembershipCertificate | None:
-        for link in reversed(self.chain):
-            if isinstance(link, MembershipCertificate) and link.outcome.epoch == epoch - 1:
-                return link
-        return None
-
     # --- the contract ------------------------------------------------------------
 
     def messages_to_send(self) -> list[Outbound]:
         for s in self._sessions():
             self._outbox.extend(s.messages_to_send())
             self._collect(s)
+        self._sync_phase()
         out, self._outbox = self._outbox, []
         return out
 
     def events(self) -> list[NodeEvent]:
         for s in self._sessions():
             self._collect(s)
+        self._sync_phase()
         # Erasures go last: what they erase (a new share) is stored by the events before.
         self._events.extend(EraseRecords(run) for run in self._erase)
         self._erase.clear()
@@ -804,13 +643,11 @@ class NodeCore:
 
     def is_stale(self, epoch: int) -> bool:
         """``epoch`` is before the oldest retained one: evidence about it is refused."""
-        if len(self.chain) < 2:
-            return False
-        return 0 < epoch < link_position(self.chain[1]) // 2
+        return self.follower.is_stale(epoch)
 
     def head_position(self) -> int:
         """Position of this node's last link in the full chain (-1 without a chain)."""
-        return link_position(self.chain[-1]) if self.chain else -1
+        return self.follower.head_position()
 
     def observe_epoch(self, peer: ParticipantIndex, epoch: int, now: float) -> None:
         """An authenticated member says it is at ``epoch``. If that is ahead of us, ask it
@@ -836,12 +673,7 @@ class NodeCore:
             return
         if self._first_tick is None:
             self._first_tick = now
-        if self._live_since == float("inf") or now - self._now > LIVE_GAP_FRACTION * (
-            self.config.delta
-        ):
-            self._live_since = now  # started, or resumed after a pause: live from now on
-        if self.live_since is None or now - self._now > STALL_FRACTION * self.config.delta:
-            self.live_since = now  # first time seen, or back from a stall
+        self.liveness.observe(now)
         self._now = now
         self._tick()
         self._pump()
@@ -864,8 +696,8 @@ class NodeCore:
             raise LocalProtocolError("the change is not valid for the current committee")
         self._check_change(change)
         p = Proposal.of(state.epoch, state.head_hash, int(self.me), self._rng(16), change)
-        self._my_proposals[p.id()] = p
-        self._my_approvals.add(p.id())
+        self.governance.proposals[p.id()] = p
+        self.governance.approvals.add(p.id())
         self._persist_intent()
         return p.id()
 
@@ -880,17 +712,17 @@ class NodeCore:
         if len(proposal_id) != 32:
             raise LocalProtocolError("a proposal id is 32 bytes")
         if self._check is None:
-            self._my_approvals.add(proposal_id)
+            self.governance.approvals.add(proposal_id)
             self._persist_intent()
             return True
-        p = self._seen.get(proposal_id) or self._my_proposals.get(proposal_id)
+        p = self.governance.known(proposal_id)
         if p is None:
-            self._deferred.add(proposal_id)
+            self.governance.deferred.add(proposal_id)
             self._persist_intent()
             return False
         self._check_change(p.change)
-        self._refused.pop(proposal_id, None)
-        self._my_approvals.add(proposal_id)
+        self.governance.refused.pop(proposal_id, None)
+        self.governance.approvals.add(proposal_id)
         self._persist_intent()
         return True
 
@@ -909,19 +741,15 @@ class NodeCore:
     def _approve_deferred(self) -> None:
         """Check the approvals kept by id once their proposal shows up in delivered ballots."""
         changed = False
-        for pid in sorted(self._deferred):
-            p = self._seen.get(pid)
-            if p is None:
-                continue
-            self._deferred.discard(pid)
+        for pid, p in self.governance.deferred_seen():
             changed = True
             try:
                 self._check_change(p.change)
             except ChangeRefused as exc:
-                self._refused[pid] = (exc.reason, exc.detail)
+                self.governance.refused[pid] = (exc.reason, exc.detail)
                 self._events.append(ApprovalRefused(pid, exc.reason, exc.detail))
                 continue
-            self._my_approvals.add(pid)
+            self.governance.approvals.add(pid)
         if changed:
             self._persist_intent()
 
@@ -934,17 +762,7 @@ class NodeCore:
         st = self.state
         if st is None:
             return None
-        want = st.committee.admission_policy_hash
-        for link in reversed(self.chain):
-            if isinstance(link, MembershipCertificate):
-                change = link.outcome.proposal.change
-                if isinstance(change, ChangeAdmissionPolicy) and change.policy_hash() == want:
-                    return change.policy
-        if hashlib.sha256(self.config.admission_policy).digest() == want:
-            return self.config.admission_policy
-        if self._policy_bytes is not None and hashlib.sha256(self._policy_bytes).digest() == want:
-            return self._policy_bytes
-        return None
+        return self.follower.admission_policy(st, self.config.admission_policy)
 
     def _require_member(self) -> ChainState:
         if self.state is None or self.me not in self.state.committee.indices:
@@ -969,21 +787,12 @@ class NodeCore:
 
     def status(self) -> NodeStatus:
         st = self.state
-        pending = []
-        if st is not None:
-            for pid, p in sorted(self._seen.items()):
-                pending.append((pid.hex(), p.kind, self._counts.get(pid, 0)))
-            for pid, p in sorted(self._my_proposals.items()):
-                if pid not in self._seen:
-                    pending.append((pid.hex(), p.kind, 0))
+        gov = self.governance
+        pending = gov.pending() if st is not None else ()
         running = (
             self._run.config.kind
             if self._run and self._run.phase not in (Phase.DONE, Phase.FAILED)
             else None
-        )
-        retained = tuple(
-            (e, self._trackers[e].status().missing if e in self._trackers else ())
-            for e in sorted(self._retained)
         )
         return NodeStatus(
             epoch=st.epoch if st else None,
@@ -992,17 +801,18 @@ class NodeCore:
             mpk=st.mpk.to_bytes() if st else None,
             has_share=self.share is not None,
             running=running,
-            pending=tuple(pending),
-            retained=retained,
+            pending=pending,
+            retained=self.holders.missing(),
             last_refresh=self.last_refresh,
-            refused=tuple((pid.hex(), r) for pid, (r, _) in sorted(self._refused.items())),
-            waiting=tuple(pid.hex() for pid in sorted(self._deferred)),
-            share_holders=tuple(sorted(self._holders)),
+            refused=tuple((pid.hex(), r) for pid, (r, _) in sorted(gov.refused.items())),
+            waiting=tuple(pid.hex() for pid in sorted(gov.deferred)),
+            share_holders=tuple(sorted(self.holders.holders)),
             share_holders_below_threshold=(
-                st is not None and self._holders_due() and len(self._holders) < st.threshold
+                st is not None and self._holders_due() and len(self.holders.holders) < st.threshold
             ),
             share_error=self.share_error,
-            locked=self._lock.outcome.proposal.id().hex() if self._lock is not None else None,
+            locked=gov.lock.outcome.proposal.id().hex() if gov.lock is not None else None,
+            phase=self.phase.value,
         )
 
     def chain_update(self, have: int = 0) -> ChainUpdate:
@@ -1054,9 +864,8 @@ class NodeCore:
     def _send_chain(self, peer: ParticipantIndex, have: int) -> None:
         """Send ``peer`` the chain after ``have`` links; from genesis, the genesis
         endorsements this node holds go first."""
-        if have == 0 and self.chain and self._endorsements:
-            bundle = tuple(self._endorsements[s] for s in sorted(self._endorsements))
-            self._outbox.append(Outbound(peer, GenesisEndorsements(bundle)))
+        if have == 0 and self.chain and self.trust.endorsements:
+            self._outbox.append(Outbound(peer, GenesisEndorsements(self.trust.bundle())))
         self._outbox.append(Outbound(peer, self.chain_update(have)))
 
     # --- dispatch ------------------------------------------------------------------------
@@ -1071,7 +880,7 @@ class NodeCore:
             if not self._take_chain_budget(peer, now):
                 raise RemoteProtocolError("chain requests rate limited", [peer])
             self._send_chain(peer, message.have)
-            own = self._holders.get(self.me)
+            own = self.holders.holders.get(self.me)
             if own is not None:
                 # A member catching up (or restarted) learns who holds shares from these.
                 self._outbox.append(Outbound(peer, own))
@@ -1079,34 +888,30 @@ class NodeCore:
         if isinstance(message, GenesisEndorsements):
             # Like a chain, from any peer this node hears: a node with no chain does not
             # know the current members yet, and every endorsement is checked.
-            self._receive_relayed(peer, message.endorsements)
+            if self.trust.receive_relayed(peer, message.endorsements, self._genesis()):
+                self._try_candidates()
             return
         if not allowed:
             raise RemoteProtocolError("message from a peer that is not a member", [peer])
         if isinstance(message, GenesisEndorsement):
-            self._receive_endorsement(peer, message)
+            if self.trust.receive(peer, message, self._genesis()):
+                self._try_candidates()
             return
         if isinstance(message, ChainUpdate):
             self._receive_chain(peer, message)
             return
         if isinstance(message, Acknowledgement):
             if self.state is None or message.epoch > self.state.epoch:
-                # The new epoch may not be certified here yet: keep a few for later, a
-                # handful per member and only for the next epoch, so that one member
-                # cannot push the others' out.
-                if self.state is not None and message.epoch > self.state.epoch + 1:
-                    raise RemoteProtocolError("acknowledgement for an epoch too far ahead", [peer])
-                if sum(1 for p, _ in self._early_acks if p == peer) >= EARLY_ACKS_PER_MEMBER:
-                    raise RemoteProtocolError("too many early acknowledgements", [peer])
-                self._early_acks.append((peer, message))
+                # The new epoch may not be certified here yet: keep a few for later.
+                self.holders.keep_early(peer, message, self.state)
                 return
             self._take_ack(peer, message)
             return
         if isinstance(message, DealsRequest):
-            self._answer_deals(peer, message, now)
+            self.recovery.answer(peer, message, now, self.state)
             return
         if isinstance(message, DealsAnswer):
-            self._receive_deals(peer, message)
+            self.recovery.receive(peer, message, self.state)
             return
         target = self._route(message)
         if target is None:
@@ -1114,23 +919,6 @@ class NodeCore:
             self._keep_early(peer, message)
             return
         self._deliver(target, peer, message, now)
-
-    def _take_budget(
-        self,
-        table: dict[ParticipantIndex, tuple[float, float]],
-        peer: ParticipantIndex,
-        now: float,
-        burst: int,
-        refill_deltas: float,
-    ) -> bool:
-        rate = 1.0 / (refill_deltas * self.config.delta)
-        tokens, last = table.get(peer, (float(burst), now))
-        tokens = min(float(burst), tokens + max(0.0, now - last) * rate)
-        if tokens < 1.0:
-            table[peer] = (tokens, now)
-            return False
-        table[peer] = (tokens - 1.0, now)
-        return True
 
     def _take_chain_budget(self, peer: ParticipantIndex, now: float) -> bool:
         rate = 1.0 / (CHAIN_REQUEST_REFILL_DELTAS * self.config.delta)
@@ -1152,18 +940,7 @@ class NodeCore:
 
     def _keep_early(self, peer: ParticipantIndex, message: Message) -> None:
         count, limit = self._early_quota()
-        size = _approx_size(message)
-        kept = self._early.setdefault(peer, deque())
-        used = self._early_bytes.get(peer, 0)
-        dropped = 0
-        # Over its quota, a member's own oldest early messages make room (as a bounded
-        # queue would), never another member's.
-        while kept and (len(kept) >= count or used + size > limit):
-            used -= kept.popleft()[2]
-            dropped += 1
-        self._early_seq += 1
-        kept.append((self._early_seq, message, size))
-        self._early_bytes[peer] = used + size
+        dropped = self.early.keep(peer, message, count, limit)
         if dropped:
             self._events.append(
                 InputRejected(peer, f"early messages over the member's quota: {dropped} dropped")
@@ -1188,19 +965,13 @@ class NodeCore:
         return None
 
     def _replay_early(self) -> None:
-        pending = sorted(
-            (seq, peer, msg, size) for peer, kept in self._early.items() for seq, msg, size in kept
-        )
-        self._early.clear()
-        self._early_bytes.clear()
-        for seq, peer, msg, size in pending:
+        for seq, peer, msg, size in self.early.take_all():
             try:
                 target = self._route(msg)
             except RemoteProtocolError:
                 continue
             if target is None:
-                self._early.setdefault(peer, deque()).append((seq, msg, size))
-                self._early_bytes[peer] = self._early_bytes.get(peer, 0) + size
+                self.early.put_back(seq, peer, msg, size)
                 continue
             try:
                 self._deliver(target, peer, msg, self._now)
@@ -1257,15 +1028,12 @@ class NodeCore:
                     # A genesis this node does not hold: adopted only if trusted (pinned,
                     # computed here, or endorsed by t genesis members).
                     if self.state is None:
-                        self._offer(first, self._offered.pop(peer, ()))
+                        self.trust.offer(first, self.trust.offered.pop(peer, ()))
                     try:
                         self._trust_genesis(first)
                     except GenesisNotTrusted as exc:
                         if self.state is None:
-                            self._candidates.pop(peer, None)
-                            self._candidates[peer] = first
-                            while len(self._candidates) > MAX_GENESIS_OFFERS:
-                                del self._candidates[next(iter(self._candidates))]
+                            self.trust.keep_candidate(peer, first)
                         raise RemoteProtocolError(f"genesis refused: {exc}", [peer]) from exc
                 states = verify_recent(links, mpk=mpk)
                 new_chain = links
@@ -1281,7 +1049,7 @@ class NodeCore:
                     self._outbox.append(Outbound(peer, ChainRequest(0)))
                     return
                 states = verify_recent(tail, mpk=self.state.mpk)
-                new_chain = self._join(tail)
+                new_chain = self.follower.join(tail)
         except (ChainError, InvalidEncoding) as exc:
             raise RemoteProtocolError(f"chain link refused: {exc}", [peer]) from exc
         if self.state is not None and rank(states[-1]) <= rank(self.state):
@@ -1289,36 +1057,20 @@ class NodeCore:
         if new_chain is not links:
             try:
                 states = verify_recent(new_chain, mpk=self.state.mpk)  # type: ignore[union-attr]
-            except ChainError:  # pragma: no cover - _join keeps only links the tail follows
+            except ChainError:  # pragma: no cover - join keeps only links the tail follows
                 new_chain = [self.chain[0], *new_chain[-len(tail) :]]
                 states = verify_recent(new_chain, mpk=self.state.mpk)  # type: ignore[union-attr]
         self._replace_chain(new_chain, states)
-
-    def _join(self, tail: list[Link]) -> list[Link]:
-        """Our links up to the one ``tail`` follows, then ``tail``; else genesis and ``tail``."""
-        first = tail[0]
-        if not isinstance(first, EpochCertificate):  # pragma: no cover - checked by the caller
-            return [self.chain[0], *tail]
-        before = first.transcript.previous_certificate_hash
-        for i in range(len(self.chain) - 1, 0, -1):
-            link = self.chain[i]
-            if link_position(link) == link_position(first) - 1 and link.hash() == before:
-                return [*self.chain[: i + 1], *tail]
-        return [self.chain[0], *tail]
 
     def _replace_chain(self, links: list[Link], states: list[ChainState]) -> None:
         """Switch to a verified chain (genesis + recent tail) that ranks above ours."""
         old_state = self.state
         head = states[-1]
-        for link in links:
-            self._note_policy(link)
-        self.chain = list(links)
-        self._epoch_states = {st.epoch: st for st in states}
+        self.follower.replace(links, states)
         self._events.append(ChainReplaced(tuple(links)))
-        gone = {e for e in self._retained if self._epoch_states.get(e) is None}
+        gone = {e for e in self.holders.retained if self._epoch_states.get(e) is None}
         for e in gone:
-            self._retained.pop(e, None)
-            self._trackers.pop(e, None)
+            self.holders.drop(e)
         run = self._run
         if run is not None and run.config.epoch <= head.epoch:
             attempt = head.certificate.transcript.attempt
@@ -1334,7 +1086,7 @@ class NodeCore:
         ):
             # Caught up past our epoch, which the new chain keeps: our share of it is
             # retained, as after any reshare, until the new epoch's members acknowledge.
-            self._retained[old_state.epoch] = share
+            self.holders.retained[old_state.epoch] = share
             retain: int | None = old_state.epoch
             share = None
         else:
@@ -1349,16 +1101,12 @@ class NodeCore:
             share = self._persisted_share(head.certificate, states[-2] if len(states) > 1 else None)
         self._set_state(head)
         if retain is not None:
-            self._trackers[retain] = RetentionTracker(
-                head.certificate, {i: p.verify_key() for i, p in self._participants.items()}
-            )
+            self.holders.track(retain, head.certificate, self._participants)
         self.share = share if self.me in head.committee.indices else None
         self._window = None
         self._clear_epoch_intent()
         self._run_attempt = 0
-        self._previous_members = set(old_state.committee.indices) if old_state else set()
-        self._holders = {}
-        self._holders_since = None
+        self.holders.new_epoch(set(old_state.committee.indices) if old_state else set())
         self._events.append(
             EpochSwitched(head.epoch, head.certificate, self.share, head, self._keep_runs())
         )
@@ -1481,50 +1229,11 @@ class NodeCore:
         return missed
 
     def _genesis_config(self, attempt: int) -> SharingConfig:
-        # Built once per attempt: constructing one checks every member's key signature.
-        cfg = self._genesis_configs.get(attempt)
-        if cfg is None:
-            cfg = self._genesis_configs[attempt] = self._make_genesis_config(attempt)
-            while len(self._genesis_configs) > 2 * HIGHER_ATTEMPTS_KEPT:
-                del self._genesis_configs[min(self._genesis_configs)]
-        return cfg
-
-    def _make_genesis_config(self, attempt: int) -> SharingConfig:
-        return SharingConfig(
-            kind=RunKind.DKG,
-            epoch=0,
-            attempt=attempt,
-            dealers=self.config.genesis,
-            recipients=self.config.genesis,
-            threshold=self.config.threshold,
-            schedule=self.config.genesis_schedule(attempt),
-            admission_policy_hash=self.config.admission_policy_hash,
-        )
+        return self.configs.genesis(attempt)
 
     def _reshare_config(self, st: ChainState, attempt: int) -> SharingConfig | None:
         """The configuration of reshare ``attempt`` after ``st`` (which has a pending change)."""
-        if st.pending is None:
-            return None
-        outcome = st.pending.outcome
-        new = st.apply(outcome.proposal.change)
-        if new is None:  # pragma: no cover - extend() checked it
-            return None
-        sched = self.config.reshare_schedule(
-            outcome.reshare_start, len(new.members), new.threshold, attempt
-        )
-        return SharingConfig(
-            kind=RunKind.RESHARE,
-            epoch=st.epoch + 1,
-            attempt=attempt,
-            dealers=st.committee.members,
-            recipients=new.members,
-            threshold=new.threshold,
-            schedule=sched,
-            admission_policy_hash=new.admission_policy_hash,
-            previous_certificate_hash=st.head_hash,
-            old_threshold=st.threshold,
-            old_public_polynomial=tuple(self._public_polynomial(st)),
-        )
+        return self.configs.reshare(st, attempt)
 
     def _persisted_share(
         self, cert: EpochCertificate, before: ChainState | None
@@ -1598,11 +1307,11 @@ class NodeCore:
         """The run is over here, done or failed: its key seed goes at once (nothing it
         encrypted to that key opens any more, whoever recorded the deals), unless this
         recipient holds no share of it that it signed with: then the seed is kept, bounded
-        (``_prune_recovery_seeds``), to recover its share from the deals if certified."""
+        (``ShareRecovery.prune``), to recover its share from the deals if certified."""
         if self._run is session:
             self._run = None
         self._erase.append(polynomial_records(session.run_id))
-        seed = self._seeds.pop(session.run_id, None)
+        seed = self.recovery.seeds.pop(session.run_id, None)
         res = session.result
         cfg = session.config
         if (
@@ -1611,11 +1320,10 @@ class NodeCore:
             and (res is None or res.share is None or session.withheld is not None)
         ):
             # No share it signed with: it may need the seed to recover its share of this
-            # run from the deals, if the others certify it (``_recovery_step``).
+            # run from the deals, if the others certify it (``ShareRecovery.step``).
             end = cfg.schedule.end + RECOVERY_SEED_DELTAS * self.config.delta
-            self._recovery_seeds[session.run_id] = (cfg.epoch, cfg.attempt, seed, end)
-            self._recovery_check = True
-        elif session.run_id not in self._recovery_seeds:
+            self.recovery.keep_seed(session.run_id, cfg.epoch, cfg.attempt, seed, end)
+        elif session.run_id not in self.recovery.kept_seeds:
             self._erase.append(run_key_records(session.run_id))
         if (
             self.state is not None
@@ -1629,7 +1337,7 @@ class NodeCore:
     def _erase_run(self, run: bytes) -> None:
         self._runs.pop(run, None)
         self._erase.extend((run, polynomial_records(run)))
-        if run not in self._recovery_seeds:
+        if run not in self.recovery.kept_seeds:
             self._erase.append(run_key_records(run))
 
     def _erase_runs_up_to(self, epoch: int) -> None:
@@ -1695,9 +1403,6 @@ class NodeCore:
             return
         self._replay_early()
 
-    def _public_polynomial(self, st: ChainState) -> list[G2]:
-        return [G2.from_bytes(b) for b in st.certificate.public_polynomial]
-
     def _windows(self) -> None:
         st = self.state
         if st is None or self._epoch_ready_at is None:
@@ -1719,9 +1424,7 @@ class NodeCore:
                 # that were waiting for their proposal; it never decides anything later.
                 tally = self._window.tally
                 if self.state is not None and self.state.head_hash == self._window.state.head_hash:
-                    for pid, p in tally.proposals.items():
-                        self._seen.setdefault(pid, p)
-                    self._counts = {pid: len(v) for pid, v in tally.approvals.items()}
+                    self.governance.note_window(tally.proposals, tally.approvals)
                     self._approve_deferred()
                 self._window = None
         if self._window is not None or st.pending is not None or self._run is not None:
@@ -1738,10 +1441,10 @@ class NodeCore:
         self._approve_deferred()
         proposals = [
             p
-            for p in self._my_proposals.values()
+            for p in self.governance.proposals.values()
             if p.epoch == st.epoch and p.certificate_hash == st.head_hash
         ]
-        approvals = set(self._my_approvals)
+        approvals = set(self.governance.approvals)
         # Automatic refresh: scheduled, or prompt when this member lacks its share.
         members = st.committee.indices
         due = (
@@ -1756,7 +1459,7 @@ class NodeCore:
             if members[w % len(members)] == self.me:
                 proposals.append(scheduled)
         if self.share is None:
-            prompt = self._prompt_proposal(st, self.me)
+            prompt = prompt_proposal(st, self.me)
             proposals.append(prompt)
             approvals.add(prompt.id())
         # Another member's prompt refresh is approved only within the committee-wide cap
@@ -1764,9 +1467,9 @@ class NodeCore:
         # can keep the committee resharing.
         if self.prompt_refresh_allowed():
             for i in members:
-                approvals.add(self._prompt_proposal(st, i).id())
-        if self._lock is not None:
-            approvals.add(self._lock.outcome.proposal.id())
+                approvals.add(prompt_proposal(st, i).id())
+        if self.governance.lock is not None:
+            approvals.add(self.governance.lock.outcome.proposal.id())
         records = self._records(self._window_run_id(w))
         self._window = DecisionWindow(
             st,
@@ -1778,109 +1481,29 @@ class NodeCore:
             proposals=sorted(proposals, key=lambda p: p.id())[:16],
             approvals=sorted(approvals)[:256],
             persisted=records,
-            lock=self._lock,
-            live_since=self._live_since,
+            lock=self.governance.lock,
+            live_since=self.liveness.window_since,
             reshare_start_of=self._reshare_start_of,
         )
         self._window.advance_time(self._now)
         self._replay_early()
 
-    def _prompt_proposal(self, st: ChainState, member: ParticipantIndex) -> Proposal:
-        return Proposal.of(st.epoch, st.head_hash, int(member), PROMPT_NONCE, Refresh())
-
     def _reshare_start_of(self, window: int) -> int:
         """The reshare start an outcome decided in ``window`` names (the first attempt slot)."""
         st = self.state
-        f = (st.threshold if st is not None else self.config.threshold) - 1
-        sched = self.config.window_schedule(window, reshare_delay=2 * self.config.delta)
-        return int(sched.sign_end(f) + sched.reshare_delay)
+        return self.rules.reshare_start_of(
+            window, st.threshold if st is not None else self.config.threshold
+        )
 
     def prompt_refresh_allowed(self) -> bool:
-        """Whether this member approves prompt refreshes in the current window.
-
-        Committee-wide cap, from the chain alone: not before two windows into the epoch,
-        and at most one refresh epoch per ``refresh_interval`` (with 0: per
-        ``PROMPT_REFRESH_WINDOWS`` window periods), counted from when the last epoch
-        made by a refresh became ready. An epoch made by a removal lifts the cap once:
-        members that missed the removal's reshare get their shares back promptly.
-        """
+        """Whether this member approves prompt refreshes in the current window
+        (``RefreshRules.prompt_refresh_allowed``: the committee-wide cap)."""
         st = self.state
         if st is None or self._epoch_ready_at is None:
             return False
-        if self._now - self._epoch_ready_at < 2 * self.config.window_period:
-            return False
-        prev = self._membership_before(st.epoch)
-        if prev is not None and isinstance(prev.outcome.proposal.change, RemoveMember):
-            return True
-        gap = self.config.refresh_interval or PROMPT_REFRESH_WINDOWS * self.config.window_period
-        last = self._last_refresh_ready()
-        return last is None or self._now - last >= gap
-
-    def _last_refresh_ready(self) -> float | None:
-        """When the newest epoch made by a refresh became ready (from the chain)."""
-        for link in reversed(self.chain):
-            if isinstance(link, MembershipCertificate) and isinstance(
-                link.outcome.proposal.change, Refresh
-            ):
-                e = link.outcome.epoch + 1
-                es = self.epoch_state(e)
-                if es is None:
-                    return None
-                return self._ready_time_of(link, es)
-        return None
-
-    def _ready_time_of(self, m: MembershipCertificate, es: ChainState) -> float:
-        tr = es.certificate.transcript
-        return self.config.reshare_schedule(
-            m.outcome.reshare_start, len(tr.committee), tr.threshold, tr.attempt
-        ).end
-
-    def _first_reshare_attempt(
-        self, outcome_window: int, reshare_start: int, n: int, t: int
-    ) -> int:
-        """The first attempt slot after this node holds the certificate, from the certificate
-        and the window grid alone.
-
-        The time is rounded to the window in which the certificate was formed: the first
-        window ``w >= outcome_window`` whose signing deadline plus Δ is not past. Members
-        that certify in window ``w`` (by its signing deadline) and members that learn the
-        certificate from them (within Δ) compute the same ``w``, hence the same slot: the
-        first attempt of the reshare grid anchored at ``reshare_start`` that starts at or
-        after ``w``'s signing deadline.
-        """
-        st = self.state
-        f = (st.threshold if st is not None else self.config.threshold) - 1
-        # Both grids are regular: jump close to the answer, then step (constant time).
-        first = self.config.window_schedule(outcome_window, 0.0)
-        offset = first.sign_end(f) - first.start
-        period = self.config.window_period
-        w = outcome_window
-        if self._now != float("inf"):
-            behind = self._now - self.config.delta - offset - first.start
-            w += max(0, int(behind // period) - 1)
-        while True:
-            sign_end = self.config.window_schedule(w, 0.0).sign_end(f)
-            if sign_end + self.config.delta >= self._now:
-                break
-            w += 1
-        s0 = self.config.reshare_schedule(reshare_start, n, t, 0)
-        s1 = s0.next_attempt()
-        step = s1.start - s0.start
-        attempt = 0
-        if sign_end > s1.start and step > 0:
-            # Attempts after the first start on a grid of ``step`` seconds from ``s1``.
-            attempt = 1 + max(0, int((sign_end - s1.start) // step) - 1)
-        while self._attempt_start(reshare_start, n, t, attempt) < sign_end:
-            attempt += 1
-        return attempt
-
-    def _attempt_start(self, reshare_start: int, n: int, t: int, attempt: int) -> float:
-        """Start of reshare ``attempt`` (attempts after the first follow every ``step``)."""
-        s0 = self.config.reshare_schedule(reshare_start, n, t, 0)
-        if attempt == 0:
-            return s0.start
-        s1 = s0.next_attempt()
-        return s1.start + (attempt - 1) * (s1.next_attempt().start - s1.start)
+        return self.rules.prompt_refresh_allowed(
+            st, self.chain, self.epoch_state, self._epoch_ready_at, self._now
+        )
 
     def _window_run_id(self, w: int) -> bytes:
         st = self.state
@@ -1894,10 +1517,10 @@ class NodeCore:
             run_id = session.run_id
             for ev in session.events():
                 if isinstance(ev, SharingFinalized):
-                    self._keep_deals(session, ev)
+                    self.recovery.keep_deals(session, ev)
                 if isinstance(ev, Persist):
                     if ev.key == RUN_KEY_RECORD:
-                        self._seeds[run_id] = ev.data
+                        self.recovery.seeds[run_id] = ev.data
                     where = run_id
                     if ev.key == RUN_KEY_RECORD:
                         where = run_key_records(run_id)
@@ -1905,8 +1528,8 @@ class NodeCore:
                         where = polynomial_records(run_id)
                     self._events.append(StoreRecord(where, ev.key, ev.data, ev.secret))
                 elif isinstance(ev, SharingFinalized) and session.config.kind == "dkg":
-                    self._own_genesis.append(ev.result.transcript.hash())
-                    self._maybe_endorse()
+                    self.trust.own.append(ev.result.transcript.hash())
+                    self.trust.maybe_endorse(self._genesis(), list(self._participants))
                 elif isinstance(ev, DealerExcluded):
                     self._events.append(MisbehaviourObserved(ev.dealer, ev.reason, ev.evidence))
                 elif isinstance(ev, ResponderEquivocated):
@@ -1939,7 +1562,7 @@ class NodeCore:
                         StoreRecord(LOCK_RUN + head, "lock", wev.report.encode(), False)
                     )
                     if self.state is not None and self.state.head_hash == head:
-                        self._lock = wev.report
+                        self.governance.lock = wev.report
                 elif isinstance(wev, MembershipCertified):
                     self._adopt_link(wev.certificate, state_after=None)
 
@@ -1986,17 +1609,19 @@ class NodeCore:
         self.chain.append(link)
         old_state = self.state
         if isinstance(link, MembershipCertificate):
-            self._note_policy(link)
+            self.follower.note_policy(link)
             self._epoch_states[state.epoch] = state
             self._set_state(state)
             self._events.append(LinkCertified(link))
             new = state.apply(link.outcome.proposal.change)
             self._run_attempt = (
-                self._first_reshare_attempt(
+                self.rules.first_reshare_attempt(
                     link.outcome.window,
                     link.outcome.reshare_start,
                     len(new.members),
                     new.threshold,
+                    self.state.threshold if self.state is not None else self.config.threshold,
+                    self._now,
                 )
                 if new is not None
                 else 0
@@ -2028,8 +1653,8 @@ class NodeCore:
         self.share = new_share if in_committee else None
         if self.share is not None:
             self.share_error = None
-        self._holders = {}
-        self._holders_since = None
+        self.holders.holders = {}
+        self.holders.since = None
         # Kept shares of this epoch (or older) are decided: used above, or another outcome won.
         # (Shares of this epoch's higher attempts stay: the highest certified attempt wins.)
         self._kept = {r: k for r, k in self._kept.items() if k[0] >= state.epoch}
@@ -2047,10 +1672,7 @@ class NodeCore:
             self._end_run(run)
         if link.transcript.kind == "reshare" and old_state is not None:
             if previous_share is not None:
-                self._retained[old_state.epoch] = previous_share
-                self._trackers[old_state.epoch] = RetentionTracker(
-                    link, {i: p.verify_key() for i, p in self._participants.items()}
-                )
+                self.holders.retain(old_state.epoch, previous_share, link, self._participants)
             if link.transcript.committee == old_state.committee.members:
                 self.last_refresh = self._now
         self._events.append(EpochSwitched(state.epoch, link, self.share, state, self._keep_runs()))
@@ -2059,16 +1681,12 @@ class NodeCore:
             self._genesis_adopted()
         self._clear_epoch_intent()
         self._run_attempt = 0
-        self._previous_members = set(old_state.committee.indices) if old_state else set()
+        self.holders.previous_members = set(old_state.committee.indices) if old_state else set()
         self._acknowledge(link)
         self._take_early_acks(state)
 
     def _take_early_acks(self, state: ChainState) -> None:
-        early, self._early_acks = list(self._early_acks), deque(maxlen=1024)
-        for peer, early_ack in early:
-            if early_ack.epoch > state.epoch:
-                self._early_acks.append((peer, early_ack))
-                continue
+        for peer, early_ack in self.holders.early_due(state):
             try:
                 self._take_ack(peer, early_ack)
             except RemoteProtocolError as exc:
@@ -2077,32 +1695,16 @@ class NodeCore:
     def _take_ack(
         self, peer: ParticipantIndex, ack: Acknowledgement, *, persist: bool = True
     ) -> None:
-        """An acknowledgement: who holds a share of the current epoch, and what a retained
-        old share waits for. Persisted (verified) so a restart keeps both."""
+        """An acknowledgement (``ShareHolders.take``), persisted when it names a new holder
+        so a restart keeps it."""
         st = self.state
         if st is None:
             return
-        idx = ParticipantIndex(ack.index)
-        if ack.epoch == st.epoch and idx not in self._holders:
-            member = next((p for p in st.committee.members if p.index == ack.index), None)
-            if member is None or ack.certificate_hash != st.certificate.hash():
-                raise RemoteProtocolError(
-                    "acknowledgement for another certificate or from a non-member", [peer]
-                )
-            try:
-                ack.verify(member.verify_key())
-            except InvalidSignature as exc:
-                raise RemoteProtocolError("bad acknowledgement signature", [peer]) from exc
-            self._holders[idx] = ack
-            if persist:
-                self._events.append(
-                    StoreRecord(
-                        self._ack_run(st.certificate), f"ack/{int(idx)}", ack.encode(), False
-                    )
-                )
-        tracker = self._trackers.get(ack.epoch - 1)
-        if tracker is not None:
-            tracker.add(ack, peer)
+        if self.holders.take(peer, ack, st) and persist:
+            idx = int(ack.index)
+            self._events.append(
+                StoreRecord(ack_run(st.certificate), f"ack/{idx}", ack.encode(), False)
+            )
 
     def _acknowledge(self, link: EpochCertificate) -> None:
         """Tell old and new members that this node holds a share of the new epoch."""
@@ -2110,7 +1712,7 @@ class NodeCore:
         if self.share is None or state is None:
             return
         ack = Acknowledgement.create(link, self.share, self._key)
-        everyone = set(state.committee.indices) | self._previous_members
+        everyone = set(state.committee.indices) | self.holders.previous_members
         for i in sorted(everyone - {self.me}):
             self._outbox.append(Outbound(i, ack))
             self._outbox.append(Outbound(i, self.chain_update(self.head_position())))
@@ -2139,57 +1741,7 @@ class NodeCore:
 
     # --- recovering a share from the certified deals ----------------------------------
 
-    def _keep_deals(self, session: SharingSession, ev: SharingFinalized) -> None:
-        """The deals of a run this node finalized: served if its transcript is certified."""
-        deals = session.certified_deals()
-        if deals is None:
-            return
-        self._finalized_deals[ev.result.transcript.hash()] = deals
-        while len(self._finalized_deals) > MAX_KEPT_SHARES:
-            del self._finalized_deals[next(iter(self._finalized_deals))]
-        self._served_for = None
-
-    def _serve_head(self) -> None:
-        """Hold the deals of the head's certified run, if this node finalized that run (in
-        memory, or stored under ``DEALS_RUN_LABEL`` when it adopted the certificate), to
-        answer ``DealsRequest``. They are public; they go with the next epoch switch."""
-        st = self.state
-        if st is None:
-            return
-        tr_hash = st.certificate.transcript.hash()
-        if self._served_for == tr_hash:
-            return
-        self._served_for = tr_hash
-        self._served = None
-        deals = self._finalized_deals.get(tr_hash)
-        if deals is not None:
-            self._events.append(
-                StoreRecord(DEALS_RUN_LABEL + tr_hash, "deals", deals.encode(), False)
-            )
-        else:
-            raw = self._records(DEALS_RUN_LABEL + tr_hash).get("deals")
-            try:
-                deals = DealsAnswer.decode(raw) if raw is not None else None
-            except MessageDecodeError:
-                deals = None
-        if deals is not None and len(deals.encode()) > MAX_MESSAGE_SIZE - 4096:
-            deals = None  # more than one frame holds (n ≳ 130): members missing it get a refresh
-        self._served = deals
-
-    def _answer_deals(self, peer: ParticipantIndex, request: DealsRequest, now: float) -> None:
-        if not self._take_budget(
-            self._deals_budget, peer, now, DEALS_REQUEST_BURST, DEALS_REQUEST_REFILL_DELTAS
-        ):
-            raise RemoteProtocolError("deal requests rate limited", [peer])
-        served, st = self._served, self.state
-        if served is None or st is None or served.run != request.run:
-            return  # this node holds no deals of that run (any more)
-        n, t = len(st.committee.members), st.threshold
-        if served.payload_bytes() > deals_answer_bytes(max(n, len(served.qual)), t):
-            return  # pragma: no cover - honest deals are within the bound
-        self._outbox.append(Outbound(peer, served))
-
-    def _certified_config(self, st: ChainState) -> SharingConfig | None:
+    def certified_config(self, st: ChainState) -> SharingConfig | None:
         """The configuration of the run the head's certificate certifies (from the chain)."""
         tr = st.certificate.transcript
         try:
@@ -2200,142 +1752,11 @@ class NodeCore:
         except (LocalProtocolError, InvalidSignature, InvalidEncoding):
             return None
 
-    def _drop_seed(self, run: bytes) -> None:
-        if self._recovery_seeds.pop(run, None) is not None:
-            self._erase.append(run_key_records(run))
-
-    def _prune_recovery_seeds(self) -> None:
-        """A seed kept for recovery goes once its run is decided here (its share recovered
-        or adopted, another attempt or a later epoch certified), or at its deadline."""
-        st = self.state
-        going = self._run.run_id if self._run is not None else None
-        for run in [r for r in self._seeds if r != going]:
-            del self._seeds[run]  # a run dropped without ending here (a chain replaced)
-        active = self._recovery.run if self._recovery is not None else None
-        for run, (epoch, attempt, _seed, erase_by) in list(self._recovery_seeds.items()):
-            if run == active:
-                continue
-            decided = False
-            if st is not None:
-                head = st.certificate.transcript.attempt
-                decided = epoch < st.epoch or (
-                    epoch == st.epoch
-                    and (attempt < head or (attempt == head and self.share is not None))
-                )
-            if decided or self._now > erase_by:
-                self._drop_seed(run)
-
-    def _recovery_step(self) -> None:
-        """A member of the head's epoch without a share that still holds the seed of its run
-        key for the certified run asks the others for that run's deals: ``t`` members at a
-        time, each given ``RECOVERY_WAIT_DELTAS`` Δ to answer. With none left to ask, it gives
-        up (the seed is erased) and gets a share from a prompt refresh instead."""
-        self._prune_recovery_seeds()
-        st = self.state
-        rec = self._recovery
-        if rec is not None:
-            if st is None or self.share is not None or st.certificate.fingerprint() != rec.cert:
-                self._end_recovery(rec)  # decided otherwise
-                return
-            if rec.pending and self._now < rec.asked_at + RECOVERY_WAIT_DELTAS * self.config.delta:
-                return
-            if not rec.queue:
-                self._end_recovery(rec)  # nobody proved the share in time
-                return
-            batch, rec.queue = rec.queue[: st.threshold], rec.queue[st.threshold :]
-            rec.pending = set(batch)
-            rec.asked_at = self._now
-            for i in batch:
-                self._outbox.append(Outbound(i, DealsRequest(rec.run)))
-            return
-        if not self._recovery_check or st is None or self._now == float("-inf"):
-            return
-        self._recovery_check = False
-        tr = st.certificate.transcript
-        if self.share is not None or self.me not in st.committee.indices:
-            return
-        if st.certificate.fingerprint() in self._recovery_ended:
-            return
-        running = self._run
-        if running is not None and (running.config.epoch, running.config.attempt) == (
-            tr.epoch,
-            tr.attempt,
-        ):
-            return  # its own run of the certified attempt is still going: it ends first
-        cfg = self._certified_config(st)
-        if cfg is None or self.me not in cfg.recipient_indices:
-            return
-        run = cfg.run_id()
-        held = self._recovery_seeds.get(run)
-        if held is None:
-            # After a restart: the seed record the run left (not erased yet), if any.
-            seed = self._records(run_key_records(run)).get(RUN_KEY_RECORD)
-            if seed is None:
-                return  # no seed: nothing opens its shares; a prompt refresh follows
-            held = (
-                tr.epoch,
-                tr.attempt,
-                seed,
-                cfg.schedule.end + RECOVERY_SEED_DELTAS * (self.config.delta),
-            )
-            self._recovery_seeds[run] = held
-        if self._now > held[3]:
-            self._drop_seed(run)
-            return
-        members = [i for i in st.committee.indices if i != self.me]
-        after = [i for i in members if i > self.me]
-        queue = after + [i for i in members if i < self.me]
-        self._recovery = _Recovery(run, cfg, held[2], st.certificate.fingerprint(), queue)
-        self._recovery_step()
-
-    def _end_recovery(self, rec: _Recovery) -> None:
-        if self._recovery is rec:
-            self._recovery = None
-        self._last_recovery = rec  # answers still due from it are dropped quietly
-        self._recovery_ended.append(rec.cert)
-        self._drop_seed(rec.run)
-
-    def _receive_deals(self, peer: ParticipantIndex, answer: DealsAnswer) -> None:
-        """An answer to this node's ``DealsRequest``: one per member asked, checked in full
-        (``recover_share``). A bad one is refused and counted; it changes nothing."""
-        rec, st = self._recovery, self.state
-        last = self._last_recovery
-        if rec is None and last is not None and answer.run == last.run and peer in last.pending:
-            last.pending.discard(peer)  # asked, but the recovery ended before it answered
-            return
-        if rec is None or st is None or peer not in rec.pending or answer.run != rec.run:
-            raise RemoteProtocolError("deals this node did not ask for", [peer])
-        rec.pending.discard(peer)
-        bound = deals_answer_bytes(
-            max(len(rec.config.recipients), len(rec.config.dealers)), st.threshold
-        )
-        if answer.payload_bytes() > bound:
-            raise RemoteProtocolError("deals answer over the size bound", [peer])
-        try:
-            share = recover_share(rec.config, self.me, rec.seed, st.certificate, answer)
-        except ShareNotDealt:
-            self._end_recovery(rec)  # its run key was not agreed: nothing to recover
-            return
-        except DealerShareInvalid:
-            # The certified deals, but a dealer's share for this member is wrong and not
-            # revealed: the dealer's fault, or a justification this answer left out. Nobody
-            # is blamed; other members are asked, and if none gives a share, the recovery
-            # ends and this member asks for a prompt refresh.
-            return
-        except (RemoteProtocolError, InvalidEncoding, InvalidSignature) as exc:
-            raise RemoteProtocolError(f"deals answer refused: {exc}", [peer]) from exc
-        self._end_recovery(rec)
-        self._late_share(st.certificate, share)
-
     def _trim(self) -> None:
         """Keep genesis and the links of the last ``chain_retention`` epochs."""
-        keep = self._retained_tail(self.chain[1:])
-        if len(keep) == len(self.chain) - 1:
-            return
-        self.chain = [self.chain[0], *keep]
-        oldest = link_position(keep[0]) // 2
-        self._epoch_states = {e: st for e, st in self._epoch_states.items() if e >= oldest}
-        self._events.append(ChainTrimmed(link_position(keep[0])))
+        first = self.follower.trim(self.config.chain_retention)
+        if first is not None:
+            self._events.append(ChainTrimmed(first))
 
     def _incoming_members(self, state: ChainState) -> list[ParticipantIndex]:
         if state.pending is None:
@@ -2350,53 +1771,58 @@ class NodeCore:
             return False
         if self._now == float("-inf"):
             return False
-        if self._holders_since is None:
-            self._holders_since = self._now
-        start = max(self._epoch_ready_at, self._holders_since)
-        return self._now >= start + HOLDERS_GRACE_DELTAS * self.config.delta
+        return self.holders.due(self._now, self._epoch_ready_at, self.config.delta)
 
     def _pump(self) -> None:
-        self._serve_head()
-        self._recovery_step()
+        self.recovery.serve_head(self.state)
+        self.recovery.step(self.state, self.share, self._run, self._now)
         st = self.state
-        if st is not None and self._holders_reported != st.epoch and self._holders_due():
-            self._holders_reported = st.epoch
-            if len(self._holders) < st.threshold:
+        held = self.holders
+        if st is not None and held.reported != st.epoch and self._holders_due():
+            held.reported = st.epoch
+            if len(held.holders) < st.threshold:
                 self._events.append(
-                    ShareHoldersBelowThreshold(st.epoch, tuple(sorted(self._holders)), st.threshold)
+                    ShareHoldersBelowThreshold(st.epoch, tuple(sorted(held.holders)), st.threshold)
                 )
-        for epoch, tracker in list(self._trackers.items()):
-            if tracker.status().deletable and epoch in self._retained:
-                del self._retained[epoch]
-                del self._trackers[epoch]
-                self._events.append(RetainedShareDeletable(epoch))
+        for epoch in held.deletable():
+            self._events.append(RetainedShareDeletable(epoch))
+        self._sync_phase()
 
     @property
     def retained_epochs(self) -> list[int]:
-        return sorted(self._retained)
+        return sorted(self.holders.retained)
 
 
-@dataclass
-class _Recovery:
-    """A share recovery going on: the certified run, its seed, whom to ask next."""
+class _CorePort:
+    """What the collaborators ask of the core (``kms.node.recovery.RecoveryPort``,
+    ``kms.node.genesis_trust.TrustPort``)."""
 
-    run: bytes
-    config: SharingConfig
-    seed: bytes = field(repr=False)
-    cert: bytes
-    """The fingerprint of the certificate whose share is recovered."""
-    queue: list[ParticipantIndex]
-    pending: set[ParticipantIndex] = field(default_factory=set)
-    asked_at: float = float("-inf")
+    def __init__(self, core: NodeCore) -> None:
+        self._core = core
 
+    def send(self, to: ParticipantIndex, message: Message) -> None:
+        self._core._outbox.append(Outbound(to, message))
 
-def _approx_size(message: Message) -> int:
-    """Roughly the encoded size of an early message (without encoding it again)."""
-    if isinstance(message, BroadcastPayload):
-        return len(message.payload) + 256
-    if isinstance(message, DigestRelay):
-        return 256 + 80 * len(message.relays)
-    return 256
+    def store_public(self, run: bytes, key: str, data: bytes) -> None:
+        self._core._events.append(StoreRecord(run, key, data, False))
+
+    def records(self, run: bytes) -> Mapping[str, bytes]:
+        return self._core._records(run)
+
+    def seed_record(self, run: bytes) -> bytes | None:
+        return self._core._records(run_key_records(run)).get(RUN_KEY_RECORD)
+
+    def erase_seed(self, run: bytes) -> None:
+        self._core._erase.append(run_key_records(run))
+
+    def certified_config(self, st: ChainState) -> SharingConfig | None:
+        return self._core.certified_config(st)
+
+    def late_share(self, cert: EpochCertificate, share: SecretShare) -> None:
+        self._core._late_share(cert, share)
+
+    def finalized_genesis(self, cert: EpochCertificate) -> bool:
+        return self._core._persisted_share(cert, None) is not None
 
 
 def _update(links: list[Link]) -> ChainUpdate:

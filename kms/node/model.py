@@ -304,6 +304,8 @@ class NodeStatus:
     """Why a stored share was refused (it does not match the chain's public share)."""
     locked: str | None = None
     """The proposal id of the outcome this member signed in this epoch (its lock), if any."""
+    phase: str = "restoring"
+    """The node's ``kms.node.phase.NodePhase`` value."""
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,22 @@ def test_diagrams_follow_the_transition_tables() -> None:
     assert edges == set(sharing.transitions)
 
 
+def test_node_lifecycle_diagram_follows_the_phase_table() -> None:
+    from kms.node.phase import TERMINAL_NODE_PHASES, TRANSITIONS, NodePhase
+
+    script = load_script()
+    lifecycle = {d.doc: d for d in script.diagrams()}["node-lifecycle.md"]
+    assert set(lifecycle.states) == {p.name for p in NodePhase}
+    assert set(lifecycle.transitions) == {
+        (a.name, b.name) for a, bs in TRANSITIONS.items() for b in bs
+    }
+    assert lifecycle.terminal == {p.name for p in TERMINAL_NODE_PHASES}
+    text = (ROOT / "docs" / "protocols" / "node-lifecycle.md").read_text(encoding="utf-8")
+    block = text.split(script.BEGIN, 1)[1].split(script.END, 1)[0]
+    edges = set(re.findall(r"^\s+(\w+) --> (\w+)$", block, re.MULTILINE))
+    assert edges == set(lifecycle.transitions)
+
+
 def test_window_table_matches_the_window_phases() -> None:
     from mpc.membership.window import TERMINAL_WINDOW_PHASES, WindowPhase
 

@@ -208,6 +208,7 @@ def test_restart_during_genesis(tmp_path: Path, point: str) -> None:
             victim_idle,
             timeout=max(5.0, s.next_attempt().end - net.now() + 3.0),
         )
+        print(f"{point}: node {victim} has a share after its restart: {sts[victim]['has_share']}")
 
     run(tmp_path, 4, 3, scenario, delta=0.3, start_in=5.0, window_period=5.0)
 

@@ -48,7 +48,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" -x
 
 demo: $(STAMP)
-	$(PY) -m kms.demo
+	$(PY) -m kms.app.demo
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -1,7 +1,7 @@
 """The genesis DKG over real libp2p on loopback: wall time, lower bound, messages per node.
 
 For each committee size ``n`` this starts ``n`` node processes
-(``kms.devnet.create`` + ``spawn``: one ``kms node run`` per node, Noise +
+(``kms.app.devnet.create`` + ``spawn``: one ``kms node run`` per node, Noise +
 Yamux over TCP on 127.0.0.1), waits until every node answers ``/v1/status``
 with all ``n - 1`` peers connected, and only then lets the DKG begin: the
 genesis start is an absolute time written into every ``node.toml``, so it is
@@ -49,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.timing import format_seconds
-from kms import devnet
+from kms.app import devnet
 from mpc.dkg.schedule import Schedule
 
 DELTA = 0.1

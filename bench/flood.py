@@ -55,7 +55,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from kms import devnet
+from kms.app import devnet
 
 ROUTES = ("/v1/keys", "/v1/policies", "/v1/evidence")
 MIB = 1024 * 1024

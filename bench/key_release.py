@@ -161,7 +161,7 @@ def _baseline_end_to_end(requests: int) -> list[float]:
     """The baseline served over HTTP (same stack as a node): one request, one answer."""
     import httpx
 
-    from kms import devnet
+    from kms.app import devnet
     from kms.protocol import EphemeralKey, KeyRequest, KeyRequestBody, PurposeVersion, release_info
     from mpc import hpke
 
@@ -213,7 +213,7 @@ def _baseline_end_to_end(requests: int) -> list[float]:
 
 def end_to_end(quick: bool) -> list[Result]:
     """The client against a devnet of 5 processes (t = 3) on loopback, and the baseline."""
-    from kms import devnet
+    from kms.app import devnet
     from kms.client.http import KeyClient, fetch_keys
     from mpc.ids import ParticipantIndex as PI
     from mpc.math import G2

@@ -10,7 +10,7 @@ command line. All of them use :func:`verify_wrong_partial` from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kms.protocol import KeyRequest, WrongPartialEvidence, release_info
 from mpc import hpke
@@ -57,4 +57,23 @@ def verify_wrong_partial(
     return "the signed partial does not match the node's public share"
 
 
-__all__ = ["verify_wrong_partial"]
+__all__ = ["judge_wrong_partial", "verify_wrong_partial"]
+
+
+def judge_wrong_partial(
+    evidence: WrongPartialEvidence, epochs: Sequence[ChainState]
+) -> dict[str, object]:
+    """A third party's verdict on ``evidence`` (``kms evidence verify``), judged against the
+    epoch its answer names among ``epochs`` verified from the pinned key (the last one if
+    none matches): ``ok`` with what it ``proves``, or not ``ok`` with the ``error``."""
+    chain = next((st for st in epochs if st.epoch == evidence.response.epoch), epochs[-1])
+    try:
+        proven = verify_wrong_partial(evidence, chain)
+    except (InvalidSignature, InvalidEncoding) as exc:
+        return {"ok": False, "node": evidence.response.index, "error": str(exc)}
+    return {
+        "ok": True,
+        "node": evidence.response.index,
+        "epoch": evidence.response.epoch,
+        "proves": proven,
+    }

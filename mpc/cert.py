@@ -12,6 +12,7 @@ never verifies as a certificate.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,15 +60,27 @@ def hash_indices(indices: Sequence[int]) -> bytes:
     return sha256(b"".join(int(i).to_bytes(4, "big") for i in sorted(indices)))
 
 
+class RunKind(enum.StrEnum):
+    """Which sharing run made an epoch: the genesis DKG or a reshare (a refresh included).
+
+    A ``StrEnum``: on the wire, in run ids and in labels it is exactly the string
+    it always was (``"dkg"``, ``"reshare"``).
+    """
+
+    DKG = "dkg"
+    RESHARE = "reshare"
+
+
 @dataclass(frozen=True, slots=True)
 class EpochTranscript(Message):
     """What an epoch certificate certifies.
 
-    ``kind`` is ``"dkg"`` for the genesis epoch and ``"reshare"`` after it.
+    ``kind`` is ``RunKind.DKG`` for the genesis epoch and ``RunKind.RESHARE`` after it
+    (any other value is refused when decoding).
     """
 
     TYPE = "cert/epoch"
-    kind: Annotated[str, MaxSize(16)]
+    kind: RunKind
     epoch: int
     attempt: int
     mpk: Annotated[bytes, Size(96)]
@@ -79,7 +92,7 @@ class EpochTranscript(Message):
     previous_certificate_hash: Annotated[bytes, Size(32)]
 
     def validate(self) -> None:
-        if self.kind not in ("dkg", "reshare"):
+        if self.kind not in (RunKind.DKG, RunKind.RESHARE):
             raise MessageDecodeError("cert/epoch: unknown kind")
         idx = [p.index for p in self.committee]
         if idx != sorted(set(idx)):

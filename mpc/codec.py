@@ -4,9 +4,14 @@ A message is a frozen dataclass deriving from ``Message`` with a registered
 ``TYPE`` name and a ``VERSION``. It encodes as the msgpack array
 ``[TYPE, VERSION, field₁, field₂, …]`` in declaration order; nested messages
 are arrays of the same shape. Supported field types: ``int`` (not ``bool``),
-``bool``, ``bytes``, ``str``, ``tuple[T, ...]``, nested ``Message`` classes and
-``T | None``. ``Annotated[bytes, Size(n)]`` fixes a length, ``MaxSize(n)``
-bounds one.
+``bool``, ``bytes``, ``str``, ``enum.Enum`` classes whose values are all ``str``
+or all ``int``, ``tuple[T, ...]``, nested ``Message`` classes and ``T | None``.
+``Annotated[bytes, Size(n)]`` fixes a length, ``MaxSize(n)`` bounds one.
+
+An enum field encodes as its member's value, exactly as a plain ``str`` or
+``int`` field holding that value would (so turning a string field into an enum
+changes no byte), and decodes to the member; a value that names no member, or
+of the wrong type, is refused like any other malformed field.
 
 Decoding is strict: the bytes must be exactly the canonical encoding of the
 decoded value (re-encoding must reproduce them), types must match, lengths
@@ -33,6 +38,7 @@ msgpack encoding, which the JSON form determines exactly.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import types
@@ -407,9 +413,51 @@ def _make_encoder(tp: Any, as_json: bool) -> Callable[[Any], Any]:
         if as_json:
             return lambda v: v.to_json()
         return lambda v: v.to_wire()
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        _enum_value_type(tp)  # refuse an unsupported enum when the schema is first used
+        return _enum_value
     if as_json and tp is bytes:
         return lambda v: bytes(v).hex()
     return _identity
+
+
+def _enum_value(value: Any) -> Any:
+    # A non-member passes through unchanged, so a test can build an off-schema value;
+    # decoding refuses it.
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+_ENUM_VALUE_TYPES: dict[type, type] = {}
+
+
+def _enum_value_type(tp: type[enum.Enum]) -> type:
+    """``str`` or ``int``: the one type of every value of ``tp`` (a schema bug otherwise)."""
+    vt = _ENUM_VALUE_TYPES.get(tp)
+    if vt is None:
+        kinds = {str if isinstance(m.value, str) else int for m in tp}
+        ok = all(
+            isinstance(m.value, str) or (isinstance(m.value, int) and type(m.value) is not bool)
+            for m in tp
+        )
+        if not ok or len(kinds) != 1:
+            raise TypeError(f"enum {tp.__name__}: values must be all str or all int")
+        if kinds == {int} and not all(0 <= m.value <= MAX_INT for m in tp):
+            raise TypeError(f"enum {tp.__name__}: int values must be unsigned 32-bit")
+        vt = _ENUM_VALUE_TYPES[tp] = kinds.pop()
+    return vt
+
+
+def _enum_from_wire(raw: Any, tp: type[enum.Enum], where: str) -> enum.Enum:
+    vt = _enum_value_type(tp)
+    if vt is str and not isinstance(raw, str):
+        raise MessageDecodeError(f"{where}: expected a string ({tp.__name__})")
+    if vt is int and (not isinstance(raw, int) or isinstance(raw, bool)):
+        raise MessageDecodeError(f"{where}: expected an int ({tp.__name__})")
+    member = tp._value2member_map_.get(raw)
+    if member is None:
+        shown = raw[:40] if isinstance(raw, str) else raw
+        raise MessageDecodeError(f"{where}: unknown {tp.__name__} value {shown!r}")
+    return member
 
 
 def _plan(cls: type, version: int, as_json: bool) -> list[tuple[str, Callable[[Any], Any]]]:
@@ -464,6 +512,8 @@ def _from_wire(raw: Any, tp: Any, where: str) -> Any:
             raise MessageDecodeError(f"{where}: not valid Unicode (lone surrogate)") from exc
         _check_len(len(encoded), limit, where)
         return raw
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _enum_from_wire(raw, tp, where)
     raise TypeError(f"unsupported field type {tp!r} at {where}")  # schema bug, not input
 
 

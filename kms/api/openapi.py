@@ -13,6 +13,7 @@ kept equal to this document by a test.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -63,6 +64,9 @@ def _field_schema(tp: Any, out: dict[str, Any]) -> dict[str, Any]:
     if isinstance(tp, type) and issubclass(tp, Message):
         _message_schema(tp, out)
         return _ref(tp.__name__)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):  # encoded as its value
+        kind = "string" if all(isinstance(m.value, str) for m in tp) else "integer"
+        return {"type": kind, "enum": [m.value for m in tp]}
     if tp is bool:
         return {"type": "boolean"}
     if tp is int:

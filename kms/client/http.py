@@ -7,6 +7,7 @@ The master public key is never taken from a node: it is pinned by the caller.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ import httpx
 
 from kms.client.core import KeyReleaseError, KeyRequestSession, Rejected
 from kms.protocol import KeyRefusal, KeyResponse, WrongPartialEvidence
+from mpc import ibe
 from mpc.cert import EpochCertificate, check_mpk
 from mpc.codec import MessageDecodeError, decode
 from mpc.errors import InvalidEncoding
@@ -32,7 +34,7 @@ from mpc.membership import (
     verify_recent,
 )
 from mpc.membership.messages import ChainUpdate
-from mpc.tkd import DerivedPoint
+from mpc.tkd import DerivedPoint, typed_keys
 
 MSGPACK = "application/msgpack"
 
@@ -48,11 +50,7 @@ class FetchResult:
 
 
 def _links(raw: bytes) -> list[EpochCertificate | MembershipCertificate]:
-    update = ChainUpdate.decode(raw)
-    return [
-        EpochCertificate.decode(r) if kind == "epoch" else MembershipCertificate.decode(r)
-        for kind, r in zip(update.kinds, update.links, strict=True)
-    ]
+    return ChainUpdate.decode(raw).decoded_links()
 
 
 def chain_from_bytes(raw: bytes, mpk: G2) -> ChainState:
@@ -510,3 +508,80 @@ def fetch_keys(
             now=now,
             bundle=bundle,
         )
+
+
+# --- one app key, as a command-line CVM asks for it (``kms key get``, ``kms decrypt``) -----
+
+
+@dataclass(frozen=True)
+class AppKeyResult:
+    """One fetched app key: what may be shown, the secret material, and what went wrong."""
+
+    public: dict[str, Any]
+    """App id, purpose, version, epoch, the key's fingerprint and public halves, and
+    ``evidence_reported`` (node -> the nodes that checked and kept evidence against it)."""
+    secret: dict[str, Any]
+    """``public`` with the app key and every private typed key (hex): for a 0600 file."""
+    rejected: tuple[Rejected, ...]
+    """Nodes whose partial was wrong (with evidence when they signed it)."""
+
+
+def get_app_key(
+    urls: Mapping[ParticipantIndex, str],
+    mpk: G2,
+    app_id: bytes,
+    purpose: str,
+    version: int,
+    quote_for: Callable[[bytes], bytes],
+    *,
+    bundle: bytes = b"",
+    report: bool = True,
+) -> AppKeyResult:
+    """Fetch one app key from a cold start (``fetch_keys``) and derive its typed keys;
+    with ``report``, disclose each wrong partial's evidence to the other nodes
+    (``report_evidence``). Raises ``KeyReleaseError`` when no key could be derived."""
+    res = fetch_keys(urls, mpk, app_id, [(purpose, version)], quote_for, bundle=bundle)
+    reported: dict[int, list[int]] = {}
+    if report:
+        for r in res.rejected:
+            if r.evidence is not None:
+                replies = report_evidence(urls, r.evidence)
+                reported[int(r.index)] = sorted(i for i, x in replies.items() if x.get("accepted"))
+    app_key = res.derived[(purpose, version)].app_key()
+    keys = typed_keys(app_key)
+    public: dict[str, Any] = {
+        "app_id": app_id.hex(),
+        "purpose": purpose,
+        "version": version,
+        "epoch": res.epoch,
+        "fingerprint": hashlib.sha256(app_key.secret.data).hexdigest(),
+        "x25519_public": keys.x25519_public.hex(),
+        "ed25519_public": keys.ed25519_public.hex(),
+        "secp256k1_public": keys.secp256k1_public.hex(),
+    }
+    if reported:
+        public["evidence_reported"] = {str(k): v for k, v in sorted(reported.items())}
+    secret = {
+        **public,
+        "app_key": app_key.secret.data.hex(),
+        "aes256": keys.aes256.data.hex(),
+        "x25519_private": keys.x25519_private.data.hex(),
+        "ed25519_seed": keys.ed25519_seed.data.hex(),
+        "secp256k1_private": keys.secp256k1_private.data.hex(),
+    }
+    return AppKeyResult(public, secret, tuple(res.rejected))
+
+
+def open_sealed(
+    urls: Mapping[ParticipantIndex, str],
+    mpk: G2,
+    sealed: bytes,
+    quote_for: Callable[[bytes], bytes],
+) -> bytes:
+    """Decrypt an IBE ciphertext: fetch the point for the key id its header names (app,
+    purpose, version), then open it. Raises ``InvalidEncoding`` for an unreadable header,
+    ``KeyReleaseError`` or ``DecryptionError``."""
+    key_id = ibe.read_header(sealed).key_id
+    wanted = (key_id.purpose, key_id.version)
+    res = fetch_keys(urls, mpk, key_id.app_id, [wanted], quote_for)
+    return ibe.decrypt(res.derived[wanted], mpk, sealed)

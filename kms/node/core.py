@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from kms.node.limits import deals_answer_bytes, early_messages, peer_queue_bytes
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
-from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate
+from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate, RunKind
 from mpc.codec import MAX_MESSAGE_SIZE, Message, MessageDecodeError
 from mpc.dkg import (
     CertificateCompleted,
@@ -96,6 +96,7 @@ from mpc.membership.messages import (
     GenesisEndorsement,
     GenesisEndorsements,
     OutcomePartial,
+    decode_link,
     endorsing_members,
 )
 from mpc.membership.window import LIVE_GAP_FRACTION
@@ -1484,11 +1485,7 @@ class NodeCore:
         links: list[Link] = []
         for kind, raw in zip(update.kinds, update.links, strict=True):
             try:
-                links.append(
-                    EpochCertificate.decode(raw)
-                    if kind == "epoch"
-                    else MembershipCertificate.decode(raw)
-                )
+                links.append(decode_link(kind, raw))
             except MessageDecodeError as exc:
                 raise RemoteProtocolError(f"malformed chain link: {exc}", [peer]) from exc
         if not links:
@@ -1754,7 +1751,7 @@ class NodeCore:
 
     def _make_genesis_config(self, attempt: int) -> SharingConfig:
         return SharingConfig(
-            kind="dkg",
+            kind=RunKind.DKG,
             epoch=0,
             attempt=attempt,
             dealers=self.config.genesis,
@@ -1776,7 +1773,7 @@ class NodeCore:
             outcome.reshare_start, len(new.members), new.threshold, attempt
         )
         return SharingConfig(
-            kind="reshare",
+            kind=RunKind.RESHARE,
             epoch=st.epoch + 1,
             attempt=attempt,
             dealers=st.committee.members,
@@ -2663,8 +2660,7 @@ def _approx_size(message: Message) -> int:
 
 
 def _update(links: list[Link]) -> ChainUpdate:
-    kinds = tuple("epoch" if isinstance(x, EpochCertificate) else "membership" for x in links)
-    return ChainUpdate(kinds, tuple(x.encode() for x in links))
+    return ChainUpdate.of(links)
 
 
 def _size(links: list[Link]) -> int:

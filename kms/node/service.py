@@ -66,13 +66,14 @@ from kms.policy.gossip import (
 )
 from kms.protocol import KeyRefusal, KeyRequest
 from kms.store import NodeStore, StoreError
+from kms.store.audit import AUDIT_HEAD_CONTEXT, head_statement
 from mpc import hpke
 from mpc.broadcast import Outbound
 from mpc.cert import EpochCertificate
 from mpc.dkg.session import STALL_FRACTION
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex, PeerId
-from mpc.membership import ChangeAdmissionPolicy, MembershipCertificate
+from mpc.membership import ChangeAdmissionPolicy, MembershipCertificate, decode_link
 from mpc.secret import SecretScalar, SecretShare
 from mpc.sig import SigningKey
 from net.codec import Envelope, EnvelopeError, encode_envelope, open_envelope
@@ -157,9 +158,7 @@ def share_from_bytes(raw: bytes) -> SecretShare:
 def load_chain(store: NodeStore) -> list[EpochCertificate | MembershipCertificate]:
     out: list[EpochCertificate | MembershipCertificate] = []
     for kind, _epoch, data in store.chain():
-        out.append(
-            EpochCertificate.decode(data) if kind == "epoch" else MembershipCertificate.decode(data)
-        )
+        out.append(decode_link(kind, data))
     return out
 
 
@@ -925,7 +924,7 @@ class NodeService:
         """Count input refused before it reached the node (e.g. an unparsable JSON body)."""
         self.metrics.rejected_input(label)
 
-    AUDIT_CONTEXT = b"quorum-kms/v1/kms/audit-head"
+    AUDIT_CONTEXT = AUDIT_HEAD_CONTEXT
 
     _audit_head: dict[str, Any] | None = None
     """The last signed head; signed again only when the log has grown."""
@@ -940,7 +939,7 @@ class NodeService:
         count, head = self.store.audit_head()
         cached = self._audit_head
         if cached is None or cached["count"] != count or cached["head"] != head.hex():
-            statement = count.to_bytes(8, "big") + head
+            statement = head_statement(count, head)
             cached = self._audit_head = {
                 "count": count,
                 "head": head.hex(),

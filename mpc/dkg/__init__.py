@@ -1,10 +1,11 @@
 """Distributed key generation and resharing: one sans-I/O sharing session.
 
-``SharingSession`` with ``SharingConfig(kind="dkg")`` is Joint-Feldman DKG;
-with ``kind="reshare"`` it moves the master secret to a new committee (or
+``SharingSession`` with ``SharingConfig(kind=RunKind.DKG)`` is Joint-Feldman DKG;
+with ``kind=RunKind.RESHARE`` it moves the master secret to a new committee (or
 refreshes the same one) without changing the master public key.
 """
 
+from mpc.cert import RunKind
 from mpc.dkg.schedule import Schedule
 from mpc.dkg.session import (
     TERMINAL_PHASES,
@@ -32,6 +33,7 @@ __all__ = [
     "Persist",
     "Phase",
     "ResponderEquivocated",
+    "RunKind",
     "Schedule",
     "SharingConfig",
     "SharingFailed",

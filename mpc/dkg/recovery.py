@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, session_id
-from mpc.cert import EpochCertificate, hash_indices, hash_points
+from mpc.cert import EpochCertificate, RunKind, hash_indices, hash_points
 from mpc.dkg.messages import OMITTED_ENC, DealBundle, DealsAnswer, JustificationBundle
 from mpc.dkg.session import SHARE_INFO, SharingConfig
 from mpc.errors import (
@@ -101,7 +101,7 @@ def recover_share(
         deals[d] = (bundle, points)
     if sorted(deals) != qual:
         raise RemoteProtocolError("the deals of some qualified dealers are missing", [])
-    weights = [1] * len(qual) if cfg.kind == "dkg" else lagrange_coefficients(qual, 0)
+    weights = [1] * len(qual) if cfg.kind is RunKind.DKG else lagrange_coefficients(qual, 0)
     poly = [G2.msm([deals[d][1][k] for d in qual], weights) for k in range(t)]
     if (
         hash_points([p.to_bytes() for p in poly]) != tr.public_polynomial_hash

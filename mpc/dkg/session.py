@@ -49,6 +49,7 @@ from mpc.cert import (
     ZERO_HASH,
     EpochCertificate,
     EpochTranscript,
+    RunKind,
     combine_partials,
     hash_indices,
     hash_points,
@@ -140,7 +141,8 @@ TRANSITIONS: dict[Phase, tuple[Phase, ...]] = {
 class SharingConfig:
     """Everything the members of one run must agree on before it starts."""
 
-    kind: str  # "dkg" | "reshare"
+    kind: RunKind
+    """``RunKind.DKG`` or ``RunKind.RESHARE`` (the string values are accepted and converted)."""
     epoch: int
     attempt: int
     dealers: tuple[Participant, ...]
@@ -156,8 +158,10 @@ class SharingConfig:
     """Reshare only: the certified public polynomial of the old epoch."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("dkg", "reshare"):
-            raise LocalProtocolError("kind must be dkg or reshare")
+        try:
+            object.__setattr__(self, "kind", RunKind(self.kind))
+        except ValueError:
+            raise LocalProtocolError("kind must be dkg or reshare") from None
         for group in (self.dealers, self.recipients):
             idx = [p.index for p in group]
             if idx != sorted(set(idx)) or not idx:
@@ -172,7 +176,7 @@ class SharingConfig:
             raise LocalProtocolError("need 2 ≤ t ≤ n")
         if self.schedule.f != self.threshold - 1:
             raise LocalProtocolError("the broadcast must tolerate t-1 faulty recipients")
-        if self.kind == "dkg":
+        if self.kind is RunKind.DKG:
             if [p.index for p in self.dealers] != [p.index for p in self.recipients]:
                 raise LocalProtocolError("a DKG's dealers are its recipients")
         else:
@@ -197,7 +201,7 @@ class SharingConfig:
 
     def run_id(self) -> bytes:
         parts = [
-            self.kind.encode(),
+            self.kind.value.encode(),
             self.epoch.to_bytes(8, "big"),
             self.attempt.to_bytes(8, "big"),
             self.threshold.to_bytes(4, "big"),
@@ -333,11 +337,16 @@ class SharingSession:
             raise LocalProtocolError("identity key does not match this index")
         if self.is_recipient and mine.dkg_key != dkg_key.public_bytes():
             raise LocalProtocolError("DKG key does not match this index")
-        if config.kind == "reshare" and self.is_dealer and share is None and self.is_recipient:
+        if (
+            config.kind is RunKind.RESHARE
+            and self.is_dealer
+            and share is None
+            and self.is_recipient
+        ):
             # A member that missed the last reshare has no share to deal: it takes
             # part as a recipient only, and its empty dealer slot leaves it out of QUAL.
             self.is_dealer = False
-        if config.kind == "reshare" and self.is_dealer:
+        if config.kind is RunKind.RESHARE and self.is_dealer:
             if share is None or share.index != me:
                 raise LocalProtocolError("a reshare dealer needs its own old share")
             if share.value.value * G2.generator() != config.old_public_share(me):
@@ -688,7 +697,9 @@ class SharingSession:
         except InvalidEncoding as exc:
             self._exclude(dealer, f"malformed deal: {exc}")
             return
-        if self.config.kind == "reshare" and points[0] != self.config.old_public_share(dealer):
+        if self.config.kind is RunKind.RESHARE and points[0] != self.config.old_public_share(
+            dealer
+        ):
             self._exclude(
                 dealer,
                 "constant term is not the dealer's public share",
@@ -865,7 +876,9 @@ class SharingSession:
                     self._outbox.append(Outbound(j, saved))
         self._after_justifications()
         qual = tuple(d for d in sorted(self._deals) if d not in self._excluded)
-        need = self.config.threshold if self.config.kind == "dkg" else self.config.old_threshold
+        need = (
+            self.config.threshold if self.config.kind is RunKind.DKG else self.config.old_threshold
+        )
         if len(qual) < need:
             self._fail(f"only {len(qual)} qualified dealers, {need} needed")
             return
@@ -873,13 +886,13 @@ class SharingSession:
             self._events.append(DealingCompleted())
             self._enter(Phase.DONE)
             return
-        if self.config.kind == "dkg":
+        if self.config.kind is RunKind.DKG:
             weights = [1] * len(qual)
         else:
             weights = lagrange_coefficients([int(d) for d in qual], 0)
         t = self.config.threshold
         poly = tuple(G2.msm([self._deals[d][2][k] for d in qual], weights) for k in range(t))
-        if self.config.kind == "reshare" and poly[0] != self.config.mpk:
+        if self.config.kind is RunKind.RESHARE and poly[0] != self.config.mpk:
             self._fail("reshared public polynomial does not keep the master public key")
             return
         if self.me not in self._run_keys:

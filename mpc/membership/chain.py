@@ -32,6 +32,7 @@ from mpc.cert import (
     ZERO_HASH,
     EpochCertificate,
     IdentityMasterKey,
+    RunKind,
     check_mpk,
     sha256,
     verify_cert_signature,
@@ -196,7 +197,7 @@ def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
         raise ChainError(str(exc)) from exc
     _validate(genesis)
     tr = genesis.transcript
-    if tr.kind != "dkg" or tr.epoch != 0 or tr.previous_certificate_hash != ZERO_HASH:
+    if tr.kind != RunKind.DKG or tr.epoch != 0 or tr.previous_certificate_hash != ZERO_HASH:
         raise ChainError("the first link must be the genesis DKG certificate of epoch 0")
     if tr.mpk != mpk.to_bytes():
         raise ChainError("genesis certificate is for another master public key")
@@ -211,7 +212,7 @@ def epoch_state(mpk: G2, cert: EpochCertificate) -> ChainState:
     BLS signature under the one master public key, so it was made with ``t``
     shares of one epoch (which reconstruct the master secret) or honestly.
     """
-    if cert.transcript.kind == "dkg":
+    if cert.transcript.kind == RunKind.DKG:
         return genesis_state(mpk, cert)
     _validate(cert)
     tr = cert.transcript
@@ -301,7 +302,7 @@ def extend(state: ChainState, link: EpochCertificate | MembershipCertificate) ->
     tr = link.transcript
     if state.pending is None:
         raise ChainError("an epoch certificate must follow a membership certificate")
-    if tr.kind != "reshare" or tr.epoch != state.epoch + 1:
+    if tr.kind != RunKind.RESHARE or tr.epoch != state.epoch + 1:
         raise ChainError(f"expected the reshare certificate of epoch {state.epoch + 1}")
     if tr.previous_certificate_hash != state.head_hash:
         raise ChainError("epoch certificate does not follow the membership certificate")
@@ -335,7 +336,7 @@ def verify_chain(
             raise ChainError("empty chain or no genesis certificate")
         if mpk is None:  # pragma: no cover - checked above
             raise ValueError("no anchor")
-        if links[0].transcript.kind != "dkg":
+        if links[0].transcript.kind != RunKind.DKG:
             raise ChainError("the first link must be the genesis DKG certificate of epoch 0")
         return verify_recent(links, mpk=mpk)[-1]
     for link in rest:
@@ -356,7 +357,7 @@ def verify_chain_epochs(
     """
     if not links or not isinstance(links[0], EpochCertificate):
         raise ChainError("empty chain or no genesis certificate")
-    if links[0].transcript.kind != "dkg":
+    if links[0].transcript.kind != RunKind.DKG:
         raise ChainError("the first link must be the genesis DKG certificate of epoch 0")
     return verify_recent(links, mpk=mpk)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
 from mpc.broadcast import BroadcastPayload
-from mpc.cert import EpochTranscript, sha256
+from mpc.cert import EpochCertificate, EpochTranscript, sha256
 from mpc.codec import MaxSize, Message, MessageDecodeError, Since, Size
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding, InvalidSignature
@@ -16,9 +18,6 @@ from mpc.sig import CTX_GENESIS_ENDORSEMENT, SigningKey
 
 MAX_ATTESTATION = 64 * 1024
 MAX_EVIDENCE = 256 * 1024
-
-# Fixed order of change kinds: operator changes before refresh (DESIGN.md, "Membership agreement").
-KIND_ORDER = {"add": 0, "remove": 0, "threshold": 0, "admission-policy": 0, "refresh": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +82,48 @@ class Refresh(Message):
 Change = AddMember | RemoveMember | ChangeThreshold | ChangeAdmissionPolicy | Refresh
 
 
-def change_kind(change: Change) -> str:
-    return {
-        AddMember: "add",
-        RemoveMember: "remove",
-        ChangeThreshold: "threshold",
-        ChangeAdmissionPolicy: "admission-policy",
-        Refresh: "refresh",
-    }[type(change)]
+class ChangeKind(enum.StrEnum):
+    """The kind of a membership change: the name of each ``Change`` class.
+
+    A ``StrEnum``: in logs, status and labels it is the string it always was.
+    """
+
+    ADD = "add"
+    REMOVE = "remove"
+    THRESHOLD = "threshold"
+    ADMISSION_POLICY = "admission-policy"
+    REFRESH = "refresh"
+
+
+_CHANGE_KINDS: dict[type, ChangeKind] = {
+    AddMember: ChangeKind.ADD,
+    RemoveMember: ChangeKind.REMOVE,
+    ChangeThreshold: ChangeKind.THRESHOLD,
+    ChangeAdmissionPolicy: ChangeKind.ADMISSION_POLICY,
+    Refresh: ChangeKind.REFRESH,
+}
+
+_CHANGE_FIELDS = {
+    ChangeKind.ADD: "add",
+    ChangeKind.REMOVE: "remove",
+    ChangeKind.THRESHOLD: "threshold",
+    ChangeKind.ADMISSION_POLICY: "admission_policy",
+    ChangeKind.REFRESH: "refresh",
+}
+"""The ``Proposal`` field that carries each kind of change."""
+
+# Fixed order of change kinds: operator changes before refresh (DESIGN.md, "Membership agreement").
+KIND_ORDER = {
+    ChangeKind.ADD: 0,
+    ChangeKind.REMOVE: 0,
+    ChangeKind.THRESHOLD: 0,
+    ChangeKind.ADMISSION_POLICY: 0,
+    ChangeKind.REFRESH: 1,
+}
+
+
+def change_kind(change: Change) -> ChangeKind:
+    return _CHANGE_KINDS[type(change)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +163,7 @@ class Proposal(Message):
         )  # pragma: no cover - validate() forbids
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> ChangeKind:
         return change_kind(self.change)
 
     def id(self) -> bytes:
@@ -144,13 +177,7 @@ class Proposal(Message):
     def of(
         cls, epoch: int, certificate_hash: bytes, proposer: int, nonce: bytes, change: Change
     ) -> Proposal:
-        key = {
-            "add": "add",
-            "remove": "remove",
-            "threshold": "threshold",
-            "admission-policy": "admission_policy",
-            "refresh": "refresh",
-        }[change_kind(change)]
+        key = _CHANGE_FIELDS[change_kind(change)]
         return cls(epoch, certificate_hash, proposer, nonce, **{key: change})  # type: ignore[arg-type]
 
 
@@ -313,23 +340,77 @@ class GenesisEndorsements(Message):
     endorsements: Annotated[tuple[GenesisEndorsement, ...], MaxSize(MAX_PARTICIPANTS)]
 
 
+class LinkKind(enum.StrEnum):
+    """What one link of the epoch chain is: the one name of each kind of link.
+
+    ``ChainUpdate.kinds`` carries it on the wire and the store keeps it in its
+    ``chain.kind`` column, both as the string value.
+    """
+
+    EPOCH = "epoch"
+    """An ``EpochCertificate`` (``mpc.cert``)."""
+    MEMBERSHIP = "membership"
+    """A ``MembershipCertificate``."""
+
+
+Link = EpochCertificate | MembershipCertificate
+"""One link of the epoch chain."""
+
+_LINK_TYPES: dict[LinkKind, type[EpochCertificate] | type[MembershipCertificate]] = {
+    LinkKind.EPOCH: EpochCertificate,
+    LinkKind.MEMBERSHIP: MembershipCertificate,
+}
+
+
+def link_kind(link: Link) -> LinkKind:
+    """The kind of ``link``."""
+    return LinkKind.EPOCH if isinstance(link, EpochCertificate) else LinkKind.MEMBERSHIP
+
+
+def link_epoch(link: Link) -> int:
+    """The epoch ``link`` belongs to: the one it certifies, or the one it changes."""
+    return link.transcript.epoch if isinstance(link, EpochCertificate) else link.outcome.epoch
+
+
+def decode_link(kind: LinkKind | str, raw: bytes) -> Link:
+    """Decode one chain link as exactly the certificate ``kind`` names.
+
+    ``kind`` may be the string value (as a store row holds it). Raises
+    ``MessageDecodeError`` for an unknown kind or bytes that are not a valid
+    certificate of that kind; verifying the link is the caller's (``mpc.membership.chain``).
+    """
+    try:
+        cls = _LINK_TYPES[LinkKind(kind)]
+    except ValueError:
+        raise MessageDecodeError(f"unknown chain link kind {str(kind)[:40]!r}") from None
+    return cls.decode(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class ChainUpdate(Message):
     """Links of the epoch chain (encoded certificates, oldest first) sent to catch a peer up.
 
-    Each link is ``[kind, bytes]`` flattened: ``kinds[i]`` is ``"epoch"`` or ``"membership"``.
+    Each link is ``[kind, bytes]`` flattened: ``kinds[i]`` is the ``LinkKind`` of
+    ``links[i]`` (on the wire its string, ``"epoch"`` or ``"membership"``).
     The receiver verifies every link itself; nothing here is trusted.
     """
 
     TYPE = "chain/update"
-    kinds: Annotated[tuple[str, ...], MaxSize(4096)]
+    kinds: Annotated[tuple[LinkKind, ...], MaxSize(4096)]
     links: Annotated[tuple[bytes, ...], MaxSize(4096)]
 
     def validate(self) -> None:
-        if len(self.kinds) != len(self.links) or any(
-            k not in ("epoch", "membership") for k in self.kinds
-        ):
-            raise MessageDecodeError("chain/update: one known kind per link")
+        if len(self.kinds) != len(self.links):
+            raise MessageDecodeError("chain/update: one kind per link")
+
+    @classmethod
+    def of(cls, links: Sequence[Link]) -> ChainUpdate:
+        """The update carrying ``links``."""
+        return cls(tuple(link_kind(x) for x in links), tuple(x.encode() for x in links))
+
+    def decoded_links(self) -> list[Link]:
+        """Every link decoded (not verified); raises ``MessageDecodeError``."""
+        return [decode_link(k, raw) for k, raw in zip(self.kinds, self.links, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from mpc.cert import (
     ZERO_HASH,
     EpochCertificate,
     EpochTranscript,
+    RunKind,
     hash_indices,
     hash_points,
     sign_partial,
@@ -99,7 +100,7 @@ class ForgedChain:
     ) -> EpochCertificate:
         poly = public or self.public_polynomial()
         tr = EpochTranscript(
-            kind="dkg" if epoch == 0 else "reshare",
+            kind=RunKind.DKG if epoch == 0 else RunKind.RESHARE,
             epoch=epoch,
             attempt=attempt,
             mpk=poly[0],

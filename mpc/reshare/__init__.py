@@ -1,6 +1,6 @@
 """Resharing and proactive refresh (same master public key, new shares).
 
-The protocol is the sharing session of ``mpc.dkg`` with ``kind="reshare"``:
+The protocol is the sharing session of ``mpc.dkg`` with ``kind=RunKind.RESHARE``:
 each old member deals a sharing of its own share, whose constant-term
 commitment must equal its certified public share; the new members agree on
 the qualified old dealers and combine with Lagrange coefficients. A refresh

@@ -11,7 +11,11 @@ import pytest
 @pytest.mark.slow
 def test_make_demo_runs_and_passes() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "kms.demo"], capture_output=True, text=True, timeout=360, check=False
+        [sys.executable, "-m", "kms.app.demo"],
+        capture_output=True,
+        text=True,
+        timeout=360,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "demo passed" in proc.stdout

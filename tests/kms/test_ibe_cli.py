@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from kms import devnet
+from kms.app import devnet
 from kms.cli import app
 from kms.client.core import KeyReleaseError
 from mpc import ibe

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from kms import devnet
+from kms.app import devnet
 from kms.cli import app
 from kms.secretfile import write_secret
 from mpc import ibe

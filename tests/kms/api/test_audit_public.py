@@ -27,10 +27,10 @@ from typer.testing import CliRunner
 from kms.api import admin
 from kms.api.http import make_app
 from kms.api.openapi import openapi_document
+from kms.app.config import load
+from kms.app.setup import init_node, open_store
 from kms.cli import app as cli
-from kms.node.config import load
 from kms.node.service import NodeService
-from kms.node.setup import init_node, open_store
 from kms.store import NodeStore
 from mpc.sig import VerifyKey
 from net.memory import MemoryNetwork, MemoryTransport
@@ -260,7 +260,7 @@ def _serve_public(monkeypatch: pytest.MonkeyPatch, service: NodeService) -> None
             await r.aread()
             return r
 
-    monkeypatch.setattr("kms.cli.httpx.get", lambda url, **kw: trio.run(get, url))
+    monkeypatch.setattr(httpx, "get", lambda url, **kw: trio.run(get, url))
 
 
 def test_audit_verify_checks_the_public_head_against_the_chain(

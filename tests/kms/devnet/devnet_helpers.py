@@ -1,6 +1,6 @@
 """Helpers for the multi-process devnet tests: spawn, poll, inspect and always stop nodes.
 
-Node processes are started with the same command line as ``kms.devnet.spawn``,
+Node processes are started with the same command line as ``kms.app.devnet.spawn``,
 but the ``Popen`` objects are kept here, so that every process is reaped (no
 zombies, no ``ResourceWarning`` from a dropped ``Popen``) and killed for sure
 when a test ends, whatever happened in it.
@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 import httpx
 import trio
+from service_devnet import ServiceDevnet, service_devnet
 
-from kms import devnet
 from kms.api import admin
-from kms.node.config import load
-from kms.node.testing import ServiceDevnet, service_devnet
+from kms.app import devnet
+from kms.app.config import load
 from mpc.dkg.schedule import Schedule
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ LOG_TAIL_LINES = 40
 
 
 class Devnet:
-    """One devnet of node processes on loopback, made with ``kms.devnet.create``."""
+    """One devnet of node processes on loopback, made with ``kms.app.devnet.create``."""
 
     def __init__(self, directory: Path, state: dict[str, Any]) -> None:
         self.directory = directory
@@ -75,7 +75,7 @@ class Devnet:
         return cls(directory, state)
 
     def add_node(self, index: int) -> dict[str, Any]:
-        """A node that is not in the genesis committee (``kms.devnet.init_joining_node``).
+        """A node that is not in the genesis committee (``kms.app.devnet.init_joining_node``).
 
         Returns its entry (as in ``devnet.json``), which is recorded at once.
         """
@@ -363,8 +363,8 @@ async def in_process_devnet(
     window_period: float = 5.0,
     refresh_interval: float = 0.0,
 ) -> AsyncIterator[ServiceDevnet]:
-    """A devnet made by ``kms.devnet.create`` whose nodes run in this trio run
-    (``kms.node.testing.ServiceDevnet``, none started yet); the genesis DKG starts
+    """A devnet made by ``kms.app.devnet.create`` whose nodes run in this trio run
+    (``service_devnet.ServiceDevnet``, none started yet); the genesis DKG starts
     ``start_in`` seconds of the nodes' clock from now."""
     state = devnet.create(
         directory,
@@ -382,7 +382,7 @@ async def in_process_devnet(
 
 
 def add_joining_node(net: ServiceDevnet, index: int) -> dict[str, Any]:
-    """A node outside the genesis committee (``kms.devnet.init_joining_node``), counted in."""
+    """A node outside the genesis committee (``kms.app.devnet.init_joining_node``), counted in."""
     devnet.write_state(net.directory, net.state)
     entry = devnet.init_joining_node(net.directory, index)
     net.add_entry(entry)

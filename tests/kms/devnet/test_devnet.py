@@ -2,7 +2,7 @@
 
 What only real processes show: the genesis DKG of four ``kms node run`` processes over
 libp2p, a node killed with SIGKILL after the genesis and restarted from its store, and a
-node's prompt clean exit on SIGTERM. The tests share one devnet (``kms.devnet.create`` in a module temporary directory),
+node's prompt clean exit on SIGTERM. The tests share one devnet (``kms.app.devnet.create`` in a module temporary directory),
 whose processes the fixture's finalizer stops, whatever happened; on failure pytest shows
 the tail of every node's ``node.log``. Each test waits for the committee to agree first,
 so they run in any order.
@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from devnet_helpers import Devnet, misbehaviour, stop_all
 
-from kms import devnet
-from kms.node.config import load
+from kms.app import devnet
+from kms.app.config import load
 from kms.store import NodeStore, PassphraseSealer
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """The devnet scenarios of ``test_devnet.py``, in one process: every node a real
-``NodeService`` built from its ``kms.devnet`` config and SQLite store
-(``kms.node.testing.ServiceDevnet``), on ``net.memory`` and trio's ``MockClock``.
+``NodeService`` built from its ``kms.app.devnet`` config and SQLite store
+(``service_devnet.ServiceDevnet``), on ``net.memory`` and trio's ``MockClock``.
 
 Same committees, same timings (on the nodes' virtual clock), same checks as the
 multi-process tests they replace; a restart cancels the node's service and builds a new
@@ -22,9 +22,9 @@ import pytest
 import trio
 import trio.testing
 from devnet_helpers import add_joining_node, in_process_devnet, misbehaviour, rejected
+from service_devnet import ServiceDevnet
 
-from kms import devnet
-from kms.node.testing import ServiceDevnet
+from kms.app import devnet
 from mpc.broadcast import BroadcastPayload, DigestRelay, SignedDigest
 from mpc.dkg.schedule import Schedule
 from mpc.membership.messages import ChainRequest, ChainUpdate

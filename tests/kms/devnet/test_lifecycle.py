@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from kms import devnet
+from kms.app import devnet
 
 pytestmark = pytest.mark.slow
 

@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 from devnet_helpers import Devnet, stop_all
 
-from kms import devnet
+from kms.app import devnet
+from kms.app.setup import join_request
 from kms.client.core import KeyReleaseError
 from kms.client.http import fetch_chain, fetch_keys
 from kms.node.service import share_from_bytes
-from kms.node.setup import join_request
 from kms.store import NodeStore, PassphraseSealer
 from mpc.ids import ParticipantIndex
 from mpc.math import G2

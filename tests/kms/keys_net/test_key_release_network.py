@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kms.devnet import launch, wait_for_apps
+from kms.app.devnet import launch, wait_for_apps
 
 KMS = [sys.executable, "-m", "kms.cli"]
 
@@ -273,7 +273,7 @@ def test_policy_push_is_effective_everywhere_only_when_every_node_acknowledges(
     app_id = created["app_id"]
     assert _wait_for_versions(devnet, app_id, {5: 3}), "node 5 never caught up"
     # A new version handed to node 1 alone reaches every node.
-    from kms import devnet as dn
+    from kms.app import devnet as dn
 
     state = dn.read_state(devnet)
     bundle = dn.demo_policy(dn.owner_of(devnet, "billing"), state["master_public_key"], version=4)
@@ -295,7 +295,7 @@ def _wait_for_versions(d: Path, app_id: str, want: dict[int, int], timeout: floa
 
     import httpx
 
-    from kms import devnet as dn
+    from kms.app import devnet as dn
 
     state = dn.read_state(d)
     deadline = time.monotonic() + timeout
@@ -316,7 +316,7 @@ def _wait_for_versions(d: Path, app_id: str, want: dict[int, int], timeout: floa
 
 
 def _devnet_client(d: Path):  # type: ignore[no-untyped-def]
-    from kms import devnet as dn
+    from kms.app import devnet as dn
     from mpc.ids import ParticipantIndex
     from mpc.math import G2
 
@@ -406,7 +406,7 @@ def test_a_node_of_another_committee_is_ignored_and_reported(devnet: Path, tmp_p
 
 @pytest.mark.slow
 def test_devnet_nodes_take_collateral_from_the_devnets_pccs_and_cache_it(devnet: Path) -> None:
-    from kms import devnet as dn
+    from kms.app import devnet as dn
 
     key(devnet)  # every asked node has needed collateral by now
     state = dn.read_state(devnet)
@@ -426,7 +426,7 @@ def test_a_cvm_discloses_a_wrong_partial_and_the_other_nodes_keep_the_evidence(
     import os
     import time
 
-    from kms import devnet as dn
+    from kms.app import devnet as dn
     from kms.client.core import KeyRequestSession
     from kms.client.http import fetch_chain, report_evidence
     from kms.node.service import share_from_bytes
@@ -497,7 +497,7 @@ def _cold_fetch(d: Path) -> tuple[float, bytes]:
     import time
 
     import kms.client.http as client_http
-    from kms import devnet as dn
+    from kms.app import devnet as dn
     from mpc.ids import ParticipantIndex
     from mpc.math import G2
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench.flood import FloodFigures, flood, generate_bundles, running_devnet
-from kms import devnet
+from kms.app import devnet
 
 MIB = 1024 * 1024
 FETCH_DEADLINE = 2.0

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from kms.node.config import ConfigError, load
-from kms.node.setup import _verifier, init_node, make_collateral, write_config
+from kms.app.config import ConfigError, load
+from kms.app.setup import _verifier, init_node, make_collateral, write_config
 
 
 @pytest.fixture(scope="module")

@@ -435,7 +435,7 @@ def served(world):  # type: ignore[no-untyped-def]
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    from kms.devnet import free_port
+    from kms.app.devnet import free_port
 
     committee = _Committee(world)
     port = free_port()

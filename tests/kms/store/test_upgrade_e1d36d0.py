@@ -25,12 +25,12 @@ import httpx
 import pytest
 import trio
 
-from kms import devnet
 from kms.api.http import make_app
+from kms.app import devnet
+from kms.app.config import load
+from kms.app.setup import make_collateral, make_releaser, open_store
 from kms.client.core import KeyRequestSession
-from kms.node.config import load
 from kms.node.service import NodeService, share_to_bytes
-from kms.node.setup import make_collateral, make_releaser, open_store
 from kms.node.testing import SettableClock
 from kms.policy import RotationRecord
 from kms.protocol import KeyRefusal, KeyResponse

@@ -15,7 +15,7 @@ from typing import Any
 import tomli_w
 import trio
 
-from kms.node.config import NodeFileConfig, load
+from kms.app.config import NodeFileConfig, load
 from kms.node.logs import formatter, set_log_context
 from kms.node.service import NodeService
 from kms.secretfile import write_secret
@@ -25,6 +25,7 @@ from mpc.dkg.messages import Participant
 from mpc.ids import ParticipantIndex
 from mpc.sig import CTX_DKG_KEY, SigningKey
 from net.peerid import peer_id_from_ed25519
+from net.transport import Transport
 
 NODE_TOML_HEADER = """\
 # quorum-kms node configuration.
@@ -190,13 +191,7 @@ async def run_node(config_path: Path, log_format: str | None = None) -> None:
     transport = Libp2pTransport(ident[0], cfg.listen)
     try:
         async with transport:
-            collateral = make_collateral(cfg)
-            service = NodeService(
-                cfg.protocol, store, transport, peers, check=make_checker(cfg, collateral)
-            )
-            service.collateral = collateral
-            service.releaser = make_releaser(cfg, service)
-            service.policy_sync_interval = cfg.policy_sync_interval
+            service = build_service(cfg, store, transport, peers)
             set_log_context(service.log_fields)  # the HTTP and admin tasks' lines too
             hc = server_config(f"{cfg.http_host}:{cfg.http_port}")
             shutdown = trio.Event()
@@ -233,6 +228,24 @@ async def run_node(config_path: Path, log_format: str | None = None) -> None:
     finally:
         store.close()
     logging.getLogger("quorum_kms.node").info("node stopped")
+
+
+def build_service(
+    cfg: NodeFileConfig,
+    store: NodeStore,
+    transport: Transport,
+    peers: dict[ParticipantIndex, list[str]],
+) -> NodeService:
+    """The node service of ``kms node run``: the one place a ``NodeService`` is constructed
+    from a node's config (its collateral, change checker, releaser and policy settings)."""
+    collateral = make_collateral(cfg)
+    service = NodeService(
+        cfg.protocol, store, transport, peers, check=make_checker(cfg, collateral)
+    )
+    service.collateral = collateral
+    service.releaser = make_releaser(cfg, service)
+    service.policy_sync_interval = cfg.policy_sync_interval
+    return service
 
 
 def committee_head(committee_url: str, *, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -273,7 +286,7 @@ def join_request(
     (``kms.node.admission``): members refuse it once the committee is more than
     ``JOIN_MAX_AGE`` epochs further. The quote comes from ``quote``, which the
     caller chooses: by default the TDX guest's configfs-tsm report interface
-    (``tdx_quote``); ``kms.devnet.quote_source`` gives the devnet's simulated TEE
+    (``tdx_quote``); ``kms.app.devnet.quote_source`` gives the devnet's simulated TEE
     for a node whose ``[node] simulated_tee`` names a devnet directory.
     """
     import tomllib

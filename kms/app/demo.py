@@ -129,7 +129,7 @@ def derivation(console: Console) -> bool:
 
 
 def _statuses(state: dict[str, object]) -> list[dict[str, object]]:
-    from kms.devnet import status_of
+    from kms.app.devnet import status_of
 
     out = []
     for n in state["nodes"]:  # type: ignore[attr-defined]
@@ -138,6 +138,21 @@ def _statuses(state: dict[str, object]) -> list[dict[str, object]]:
             st or {"index": n["index"], "epoch": None, "master_public_key": None, "has_share": None}
         )
     return out
+
+
+def _wait_serving(state: dict[str, object], indices: set[int], timeout: float = 90.0) -> None:
+    """Wait until the nodes ``indices`` answer their status with a share (a restarted node
+    reopens its store and reconnects first), or ``timeout`` passes: the fetch after it then
+    reports what is missing."""
+    from kms.app.devnet import status_of
+
+    deadline = time.time() + timeout
+    nodes = [n for n in state["nodes"] if int(n["index"]) in indices]  # type: ignore[attr-defined]
+    while time.time() < deadline:
+        statuses = [status_of(n["http_url"], timeout=2.0) for n in nodes]
+        if all(st and st.get("has_share") for st in statuses):
+            return
+        time.sleep(0.2)
 
 
 def _table(title: str, statuses: list[dict[str, object]]) -> Table:
@@ -159,7 +174,7 @@ def _table(title: str, statuses: list[dict[str, object]]) -> Table:
 
 def networked(console: Console, directory: Path) -> bool:
     """Part 1: a devnet of 5 processes, threshold 3."""
-    from kms.devnet import STATE_FILE, launch, read_state, stop_node
+    from kms.app.devnet import STATE_FILE, launch, read_state, stop_node
 
     console.rule("[bold]part 1: a committee of 5 node processes (threshold 3) over libp2p")
     proc = launch(directory, start_in=8, window_period=4.0)
@@ -213,7 +228,7 @@ def networked(console: Console, directory: Path) -> bool:
 
 def key_release(console: Console, directory: Path) -> bool:
     """Part 1b: a simulated CVM gets its keys from the running committee."""
-    from kms import devnet
+    from kms.app import devnet
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc.ids import ParticipantIndex as PI
@@ -230,7 +245,7 @@ def key_release(console: Console, directory: Path) -> bool:
     console.print(
         f"a sender encrypted {len(secret_note)} bytes to the app with the master public key alone"
     )
-    time.sleep(3.0)  # let node 5 come back up
+    _wait_serving(state, {5})  # node 5 comes back up
 
     def fetch(meas: dict[str, bytes]) -> tuple[str, object]:
         # The app key, and the point of the app's inbox (purpose ibe.app), which the
@@ -251,7 +266,7 @@ def key_release(console: Console, directory: Path) -> bool:
     console.print(f"with nodes 1 and 2 stopped, the same key: [{'green' if same else 'red'}]{same}")
     devnet.start_node(directory, 1)
     devnet.start_node(directory, 2)
-    time.sleep(3.0)
+    _wait_serving(state, {1, 2})
     fp3, _ = fetch(devnet.DEMO_MEASUREMENT)
     same_again = fp3 == fp1
     console.print(
@@ -279,7 +294,7 @@ def key_release(console: Console, directory: Path) -> bool:
 
 def membership(console: Console, directory: Path, fingerprint: str) -> bool:
     """Part 1c: a sixth operator joins, a node leaves, and the CVM gets the same key."""
-    from kms import devnet
+    from kms.app import devnet
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
     from mpc.ids import ParticipantIndex as PI

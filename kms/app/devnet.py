@@ -25,13 +25,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from kms.node.config import load
-from kms.node.setup import init_node, tdx_quote, write_config
+from kms.app.config import load
+from kms.app.setup import init_node, tdx_quote, write_config
 from kms.secretfile import write_secret
+from mpc.ids import ParticipantIndex
 
 STATE_FILE = "devnet.json"
 
@@ -400,7 +401,7 @@ def quote_source(
 
     The devnet's simulated TEE when its ``[node] simulated_tee`` names a devnet
     directory (quoting ``measurement``, by default the devnet node image), and the
-    TDX guest's configfs-tsm report interface otherwise (``kms.node.setup.tdx_quote``).
+    TDX guest's configfs-tsm report interface otherwise (``kms.app.setup.tdx_quote``).
     """
     import tomllib
 
@@ -734,7 +735,7 @@ def add_node(directory: Path, *, timeout: float = 120.0) -> dict[str, Any]:
     approve it at the others, wait until every member of the new committee
     holds a share of the new epoch, then record it in ``devnet.json``.
     """
-    from kms.node.setup import join_request
+    from kms.app.setup import join_request
 
     entry = init_joining_node(directory)
     cfg = Path(entry["config"])
@@ -791,3 +792,215 @@ def remove_node(directory: Path, index: int, *, timeout: float = 120.0) -> dict[
         "threshold": st["threshold"],
         "master_public_key": st["master_public_key"],
     }
+
+
+# --- what the ``kms devnet``, ``kms key``, ``kms app`` and ``kms decrypt`` commands do ------
+
+
+class DevnetError(RuntimeError):
+    """A devnet operation that cannot be done as asked (the message says why)."""
+
+
+def up_args(
+    directory: Path,
+    *,
+    nodes: int,
+    threshold: int,
+    delta: float,
+    start_in: float,
+    window_period: float,
+    refresh_interval: float,
+    pccs: bool,
+) -> list[str]:
+    """The ``kms devnet up`` options that start the same devnet again (the supervisor's)."""
+    return [
+        *("--nodes", str(nodes), "--threshold", str(threshold), "--dir", str(directory)),
+        *("--delta", str(delta), "--start-in", str(start_in)),
+        *("--window-period", str(window_period), "--refresh-interval", str(refresh_interval)),
+        "--pccs" if pccs else "--collateral-file",
+    ]
+
+
+def detach(directory: Path, args: list[str], timeout: float) -> tuple[dict[str, Any], int, Path]:
+    """``devnet up --detach``: start ``kms devnet up ARGS`` as a supervisor in its own
+    session (output in DIR/devnet.log) and wait until its devnet serves.
+
+    Returns the devnet's state, the supervisor's pid and its log. Raises
+    ``DevnetError`` (after stopping the supervisor) when it does not come up in time."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log_path = directory / "devnet.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "kms.cli", "devnet", "up", *args],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    state = wait_for_apps(directory, proc, timeout)
+    if state is None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise DevnetError(f"the devnet did not come up within {timeout:.0f} s; see {log_path}")
+    return state, proc.pid, log_path
+
+
+class PCCSHandle(Protocol):
+    def stop(self) -> None: ...
+
+
+def start_pccs(directory: Path, port: int) -> PCCSHandle:
+    """Serve the devnet's simulated collateral as a PCCS on loopback ``port``."""
+    # Lazy: the PCCS server pulls in starlette and hypercorn, which only `devnet up` needs.
+    from kms.api.pccs import PCCSServer
+    from kms.attest import Collateral
+
+    collateral = Collateral.from_json((directory / "simulated-tee" / "collateral.json").read_text())
+    server: PCCSHandle = PCCSServer({collateral.fmspc: collateral}, "127.0.0.1", port).start()
+    return server
+
+
+def spawn_nodes(directory: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Start every node of a new devnet (each dies with this process), this process as
+    their supervisor; the state is written and returned."""
+    for n in state["nodes"]:
+        n["pid"] = spawn(n["config"], Path(n["config"]).parent / "node.log", die_with_parent=True)
+    state["supervisor_pid"] = os.getpid()
+    write_state(directory, state)
+    return state
+
+
+def genesis_progress(directory: Path, stopping: Callable[[], bool]) -> tuple[int, set[Any]]:
+    """How many nodes report an epoch, and the master public keys they report."""
+    done, keys = 0, set()
+    for n in read_state(directory)["nodes"]:
+        if stopping():  # a busy node answers slowly: do not finish the round
+            break
+        st = status_of(n["http_url"], timeout=0.5)
+        if st and st.get("epoch") is not None:
+            done += 1
+            keys.add(st.get("master_public_key"))
+    return done, keys
+
+
+def wait_for_genesis(
+    directory: Path, stopping: Callable[[], bool], progress: Callable[[int], None]
+) -> str | None:
+    """Wait until every node reports the first epoch; its master public key, or ``None``
+    when ``stopping()`` came first. ``progress(done)`` follows the nodes that are there.
+
+    Raises ``DevnetError`` when the nodes report different keys."""
+    total = len(read_state(directory)["nodes"])
+    while not stopping():
+        done, keys = genesis_progress(directory, stopping)
+        progress(done)
+        if done == total:
+            # Every node must report the same key before it is written down.
+            mpk = keys.pop() if len(keys) == 1 else None
+            if mpk is None:
+                raise DevnetError("the nodes report different keys")
+            return str(mpk)
+        time.sleep(0.2)
+    return None
+
+
+def record_genesis(directory: Path, mpk_hex: str) -> dict[str, Any]:
+    """Write the devnet's master public key down and register its demo app."""
+    state = read_state(directory)
+    state["master_public_key"] = mpk_hex
+    state["apps"] = {"demo": register_demo_app(directory, mpk_hex)}
+    write_state(directory, state)
+    return state
+
+
+def stop_supervised(directory: Path, server: PCCSHandle | None) -> None:
+    """Stop every node of the devnet and its PCCS, all at once; mark them stopped."""
+    stop_pids([n.get("pid") for n in read_state(directory)["nodes"]])
+    if server is not None:
+        server.stop()
+    state = read_state(directory)
+    for n in state["nodes"]:
+        n["pid"] = None
+    state["supervisor_pid"] = None
+    write_state(directory, state)
+
+
+def app_id_of(state: dict[str, Any], name_or_id: str) -> bytes:
+    """An app's id from its alias in devnet.json or its hex; ``DevnetError`` if neither."""
+    apps = state.get("apps", {})
+    try:
+        return bytes.fromhex(apps.get(name_or_id, name_or_id))
+    except ValueError:
+        raise DevnetError(f"unknown app {name_or_id!r} (known: {sorted(apps)})") from None
+
+
+def simulated_cvm(
+    directory: Path, state: dict[str, Any], *, rogue: bool = False
+) -> tuple[dict[ParticipantIndex, str], Callable[[bytes], bytes]]:
+    """The devnet's nodes by index, and the quotes of its simulated CVM (the demo
+    measurement, or one no policy admits with ``rogue``)."""
+    tee = simulated_tee(directory)
+    meas = ROGUE_MEASUREMENT if rogue else DEMO_MEASUREMENT
+    urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
+    return urls, lambda rd: tee.quote(rd, **meas)
+
+
+def create_app(directory: Path, name: str) -> dict[str, Any]:
+    """A new app ``name``: a new owner key (the app id derives from it) and a first policy,
+    admitted at every node (``admit_app``); its alias is written to devnet.json."""
+    state = read_state(directory)
+    if name in state.get("apps", {}):
+        raise DevnetError(f"app {name!r} exists")
+    if not state.get("master_public_key"):
+        raise DevnetError("the devnet has no master public key yet")
+    owner = owner_of(directory, name)
+    report = admit_app(directory, demo_policy(owner, state["master_public_key"], version=1))
+    state = read_state(directory)
+    state.setdefault("apps", {})[name] = owner.app_id().hex()
+    write_state(directory, state)
+    return {"name": name, "app_id": owner.app_id().hex(), **report}
+
+
+def _held_policy(url: str, app_id: bytes) -> Any:
+    try:
+        r = httpx.get(f"{url}/v1/policies/{app_id.hex()}", timeout=5)
+        info: Any = r.json() if r.status_code == 200 else None
+        return info
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def policies_held(state: dict[str, Any], app_id: bytes) -> dict[str, Any]:
+    """The policy each node holds for an app, and the versions among them."""
+    nodes = [
+        {"index": n["index"], "policy": _held_policy(n["http_url"], app_id)} for n in state["nodes"]
+    ]
+    versions = {n["policy"]["version"] for n in nodes if n["policy"]}
+    return {"app_id": app_id.hex(), "nodes": nodes, "versions": sorted(versions)}
+
+
+def push_next_policy(
+    directory: Path, state: dict[str, Any], app_id: bytes, name: str, lifetime: int
+) -> dict[str, Any]:
+    """Sign the app's next version (one above the highest any node holds, expiring in
+    ``lifetime`` seconds) with its owner key and push it to every node (``push_policy``).
+
+    Raises ``DevnetError`` when the devnet holds no owner key for the app."""
+    alias = next((k for k, v in state.get("apps", {}).items() if v == app_id.hex()), name)
+    owner = owner_of(directory, alias)
+    if owner.app_id() != app_id:
+        raise DevnetError("no owner key for this app in the devnet")
+    held = []
+    for n in state["nodes"]:
+        try:
+            held.append(int((_held_policy(n["http_url"], app_id) or {})["version"]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    version = max(held, default=0) + 1
+    bundle = demo_policy(owner, state["master_public_key"], version=version, lifetime=lifetime)
+    return {"app_id": app_id.hex(), **push_policy(state, bundle)}

@@ -1,0 +1,47 @@
+"""The ``kms`` command line: one module per command group, assembled here.
+
+``kms.cli.node`` (``kms node``), ``member``, ``devnet``, ``key``, ``evidence``,
+``audit``, ``apps`` (``kms app`` and ``kms app policy``), ``sim``, ``ibe``
+(``kms encrypt``, ``kms decrypt``), ``status`` and ``demo``; ``kms attest`` is
+``kms.attest.cli``. Commands parse options and print; what they do lives in the
+module that owns it (``kms.app``, ``kms.client``, ``kms.evidence``, ``kms.store``).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from kms.attest.cli import attest_app
+from kms.cli.apps import app_app
+from kms.cli.audit import audit_app
+from kms.cli.demo import demo
+from kms.cli.devnet import devnet_app
+from kms.cli.evidence import evidence_app
+from kms.cli.ibe import decrypt_cmd, encrypt_cmd
+from kms.cli.key import key_app
+from kms.cli.member import member_app
+from kms.cli.node import node_app
+from kms.cli.sim import sim_app
+from kms.cli.status import status
+
+app = typer.Typer(help="quorum-kms: a decentralised key management service.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+app.add_typer(devnet_app, name="devnet")
+app.add_typer(member_app, name="member")
+app.add_typer(attest_app, name="attest", help="TDX quote verification (Intel DCAP via dcap-qvl).")
+app.command("status")(status)
+app.add_typer(key_app, name="key")
+app.add_typer(evidence_app, name="evidence")
+app.command("encrypt")(encrypt_cmd)
+app.command("decrypt")(decrypt_cmd)
+app.add_typer(audit_app, name="audit")
+app.add_typer(app_app, name="app")
+app.add_typer(sim_app, name="sim")
+app.command("demo")(demo)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

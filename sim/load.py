@@ -162,9 +162,9 @@ class KeyRequestLoad:
         shares: list[tuple[ParticipantIndex, int]] = []
         for i in sorted(world.nodes):
             store = world.nodes[i].store
-            if genesis is None and store.chain and isinstance(store.chain[0], EpochCertificate):
-                genesis = store.chain[0]
-            share = store.share if store.share_epoch == 0 else store.retained.get(0)
+            if genesis is None:
+                genesis = store.genesis()
+            share = store.share_of(0)
             if share is not None:
                 shares.append((ParticipantIndex(i), share.value.value))
         if genesis is None:

@@ -32,8 +32,10 @@ from typing import Any
 import trio
 import trio.testing
 
-from kms.node.core import NodeConfig, Restored
-from kms.node.service import NodeService, TrioClock, load_chain, share_from_bytes
+from kms.node.core import NodeCore
+from kms.node.model import NodeConfig
+from kms.node.persist import restore
+from kms.node.service import NodeService, TrioClock
 from kms.store import NodeStore
 from kms.store.sealer import TEESealer
 from mpc.dkg import SharingSession
@@ -44,7 +46,7 @@ from mpc.membership.messages import Change
 from net.memory import MemoryNetwork, MemoryTransport
 from net.peerid import peer_id_from_ed25519
 from sim import adversary
-from sim.nodes import SimNodeCore, disqualified_from, node_keys
+from sim.nodes import disqualified_from, node_keys, session_factory
 from sim.scenario import MembershipEvent, Scenario
 
 
@@ -117,24 +119,10 @@ class _Process:
         ranges = [a.epochs for a in scenario.adversaries if index in a.nodes]
         self.corrupt_in = _corrupt_in(ranges[0] if ranges else None, bool(specs))
         self.sessions: list[SharingSession] = []
-        self.core: SimNodeCore | None = None
+        self.core: NodeCore | None = None
         self.scope: trio.CancelScope | None = None
         with NodeStore(self.path, TEESealer(lambda: bytes(32))) as store:
             store.save_identity(self.keys.identity_seed, self.keys.dkg_seed)
-
-    def _restored(self, store: NodeStore) -> Restored:
-        """What the service itself restores from its store (kms.node.service does the same)."""
-        current = store.current_epoch()
-        return Restored(
-            chain=tuple(load_chain(store)),
-            share=share_from_bytes(current.share)
-            if current is not None and current.share
-            else None,
-            retained={
-                e: share_from_bytes(store.retained_share(e)) for e in store.retained_shares()
-            },
-            records=store.records,
-        )
 
     async def serve(self, clock: TrioClock) -> None:
         """Run the real service until crashed; on a crash everything not stored is gone."""
@@ -143,21 +131,19 @@ class _Process:
             with NodeStore(self.path, TEESealer(lambda: bytes(32))) as store:
                 pid = peer_id_from_ed25519(self.keys.participant.identity)
                 async with MemoryTransport(self.network, pid) as transport:
-                    service = NodeService(
-                        self.config, store, transport, {}, clock=clock, rng=self.rng.randbytes
-                    )
-                    # The service's own core, with the scenario's adversaries plugged in.
-                    core = SimNodeCore(
+                    # The service's core, from what the store holds, with the scenario's
+                    # adversaries plugged in through its session factory.
+                    core = NodeCore(
                         self.config,
                         self.keys.identity,
                         self.keys.dkg_key,
                         rng=self.rng.randbytes,
-                        restored=self._restored(store),
+                        restored=restore(store),
+                        session_factory=session_factory(
+                            self.sessions, self.behaviours, self.corrupt_in
+                        ),
                     )
-                    core.sessions = self.sessions
-                    core.behaviours = self.behaviours
-                    core.corrupt_in = self.corrupt_in
-                    service.core = core
+                    service = NodeService(self.config, store, transport, {}, clock=clock, core=core)
                     self.core = core
                     await service.run()
 

@@ -1,23 +1,30 @@
-"""Simulated nodes: their keys, what they persist, and the core with adversaries plugged in.
+"""Simulated nodes: their keys, what they persist, and how adversaries are plugged in.
 
-``SimNodeCore`` is the real ``NodeCore``; it only records the sharing
-sessions it starts (the report reads who they excluded) and, on a corrupt
-node, starts ``AdversarialSession`` instead. ``SimStore`` is what survives
-a crash: exactly what ``kms.node.service`` would have written to its store.
+A simulated node runs the real ``NodeCore`` behind the real ``NodeDriver``; its
+``session_factory`` only records the sharing sessions the core starts (the report
+reads whom they excluded) and, on a corrupt node, builds ``AdversarialSession``
+instead. ``SimStore`` is what survives a crash: the node's events are applied to
+it by ``kms.node.persist``, exactly as ``kms.node.service`` applies them to SQLite.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kms.node.core import Link, NodeConfig, NodeCore, Restored
+from kms.node.core import NodeCore
+from kms.node.driver import NodeDriver
+from kms.node.model import NodeConfig, Restored, SessionFactory, StoreRecord
+from kms.node.persist import restore, share_from_bytes
+from kms.store.errors import StoreError
 from mpc import hpke
+from mpc.cert import EpochCertificate
 from mpc.dkg import DealerExcluded, SharingConfig, SharingSession
 from mpc.dkg.messages import Participant
-from mpc.secret import SecretShare
+from mpc.ids import ParticipantIndex
+from mpc.secret import RNG, SecretShare
 from mpc.sig import CTX_DKG_KEY, SigningKey
 from sim import adversary
 
@@ -43,52 +50,200 @@ def node_keys(index: int, seed: int) -> NodeKeys:
 
 
 @dataclass
+class SimEpoch:
+    epoch: int
+    share: bytes | None = field(repr=False)
+
+
+@dataclass
 class SimStore:
-    """What a node has persisted: it survives a crash, the core does not."""
+    """What a node has persisted: it survives a crash, the core does not.
 
-    records: dict[bytes, dict[str, bytes]] = field(default_factory=dict)
-    chain: list[Link] = field(default_factory=list)
-    share: SecretShare | None = None
-    share_epoch: int = -1
-    retained: dict[int, SecretShare] = field(default_factory=dict)
+    An in-memory ``kms.node.persist.NodeStateStore`` with ``kms.store.NodeStore``'s
+    contract for the operations node events make: the simulator applies a node's
+    events to it with ``kms.node.persist.apply_events``, as the service does to its
+    SQLite store, and restores a crashed node with ``kms.node.persist.restore``."""
 
-    def restored(self) -> Restored:
-        records = {run: dict(v) for run, v in self.records.items()}
-        return Restored(
-            chain=tuple(self.chain),
-            share=self.share,
-            retained=dict(self.retained),
-            records=lambda run: records.get(run, {}),
+    records_by_run: dict[bytes, dict[str, bytes]] = field(default_factory=dict)
+    links: dict[int, tuple[str, int, bytes]] = field(default_factory=dict)
+    """Chain links by position (``E_e`` at ``2e``, ``M_e`` at ``2e + 1``)."""
+    epochs: set[int] = field(default_factory=set)
+    """Epochs with an epoch record (``switch_epoch``; ``trim_chain`` drops old ones)."""
+    shares: dict[int, bytes] = field(default_factory=dict, repr=False)
+    current: int | None = None
+    meta: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.links and not self.records_by_run
+
+    # --- records ---
+
+    def put_records(self, run: bytes, records: Sequence[StoreRecord]) -> None:
+        rows = self.records_by_run.setdefault(run, {})
+        for r in records:
+            rows[r.key] = r.data
+
+    def records(self, run: bytes) -> dict[str, bytes]:
+        return dict(self.records_by_run.get(run, {}))
+
+    def runs(self) -> list[bytes]:
+        return sorted(self.records_by_run)
+
+    def delete_records(self, run: bytes) -> int:
+        return len(self.records_by_run.pop(run, {}))
+
+    # --- chain ---
+
+    @staticmethod
+    def _position(kind: str, epoch: int) -> int:
+        return 2 * epoch + (kind == "membership")
+
+    def append_link(self, kind: str, epoch: int, data: bytes) -> int:
+        position = self._position(kind, epoch)
+        old = self.links.get(position)
+        if old is not None and old[2] != data:
+            raise StoreError(f"the chain already holds another {kind} certificate for {epoch}")
+        self.links[position] = (kind, epoch, data)
+        return position
+
+    def chain(self) -> list[tuple[str, int, bytes]]:
+        return [self.links[p] for p in sorted(self.links)]
+
+    def trim_chain(self, position: int) -> None:
+        first = int(position) // 2
+        self.epochs = {
+            e
+            for e in self.epochs
+            if not (0 < e < first and e not in self.shares and e != self.current)
+        }
+        for p in [p for p in self.links if 0 < p < position]:
+            kind, epoch, _ = self.links[p]
+            if not (kind == "epoch" and epoch in self.epochs):
+                del self.links[p]
+
+    def replace_chain(self, links: Iterable[tuple[str, int, bytes]]) -> None:
+        new = {self._position(kind, epoch): (kind, epoch, data) for kind, epoch, data in links}
+        for p, (kind, epoch, data) in list(self.links.items()):
+            if new.get(p) == (kind, epoch, data) or kind != "epoch":
+                continue
+            if self.current == epoch:
+                self.current = None
+            self.shares.pop(epoch, None)
+            self.epochs.discard(epoch)
+        self.links = dict(sorted(new.items()))
+
+    # --- epochs and shares ---
+
+    def switch_epoch(
+        self,
+        epoch: int,
+        certificate: bytes,
+        share: bytes | None,
+        public_polynomial: bytes,
+        committee: bytes,
+    ) -> None:
+        if self.current == epoch and self.shares.get(epoch) == share:
+            return
+        if self.current is not None and epoch <= self.current:
+            raise StoreError(f"epoch {epoch} is not after the current epoch {self.current}")
+        self.append_link("epoch", epoch, certificate)
+        self.epochs.add(epoch)
+        if share is not None:
+            self.shares[epoch] = share
+        self.current = epoch
+
+    def set_share(self, epoch: int, share: bytes) -> None:
+        if self.current != epoch:
+            raise StoreError(f"epoch {epoch} is not the current epoch")
+        old = self.shares.get(epoch)
+        if old is not None and old != share:
+            raise StoreError(f"epoch {epoch} already has another share")
+        self.shares[epoch] = share
+
+    def current_epoch(self) -> SimEpoch | None:
+        if self.current is None:
+            return None
+        return SimEpoch(self.current, self.shares.get(self.current))
+
+    def retained_shares(self) -> list[int]:
+        cur = self.current
+        return sorted(e for e in self.shares if cur is not None and e < cur)
+
+    def retained_share(self, epoch: int) -> bytes:
+        if self.current is None or epoch >= self.current or epoch not in self.shares:
+            raise StoreError(f"no retained share for epoch {epoch}")
+        return self.shares[epoch]
+
+    def retained(self) -> dict[int, SecretShare]:
+        """The retained shares, decoded (what the world's observer reads)."""
+        return {e: share_from_bytes(self.retained_share(e)) for e in self.retained_shares()}
+
+    def delete_retained_share(self, epoch: int) -> None:
+        if self.current is None or epoch >= self.current:
+            raise StoreError(f"only shares of epochs older than the current one ({epoch})")
+        self.shares.pop(epoch, None)
+
+    def get_meta(self, name: str) -> bytes | None:
+        return self.meta.get(name)
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        self.meta[name] = value
+
+    def genesis(self) -> EpochCertificate | None:
+        """The stored genesis certificate, if any."""
+        first = self.links.get(0)
+        return EpochCertificate.decode(first[2]) if first is not None else None
+
+    def share_of(self, epoch: int) -> SecretShare | None:
+        """The stored share of ``epoch`` (current or retained), decoded."""
+        raw = self.shares.get(epoch)
+        return share_from_bytes(raw) if raw is not None else None
+
+    def restored(self) -> Restored | None:
+        """What a restarted node starts from (``None`` when nothing was stored)."""
+        return None if self.empty else restore(self)
+
+
+def session_factory(
+    sessions: list[SharingSession],
+    behaviours: tuple[adversary.Behaviour, ...],
+    corrupt_in: Callable[[int], bool],
+) -> SessionFactory:
+    """The ``NodeCore`` session factory of a simulated node: every session it starts is
+    recorded in ``sessions`` (the report reads whom they excluded), and a corrupt node
+    runs ``adversary.AdversarialSession``, bent by its behaviours in the epochs
+    ``corrupt_in`` says."""
+
+    def make(
+        config: SharingConfig,
+        me: ParticipantIndex,
+        identity_key: SigningKey,
+        dkg_key: hpke.PrivateKey,
+        *,
+        rng: RNG,
+        share: SecretShare | None,
+        persisted: Mapping[str, bytes],
+        live_since: float | None,
+    ) -> SharingSession:
+        cls = adversary.AdversarialSession if behaviours else SharingSession
+        session = cls(
+            config,
+            me,
+            identity_key,
+            dkg_key,
+            rng=rng,
+            share=share,
+            persisted=persisted,
+            live_since=live_since,
         )
-
-
-class SimNodeCore(NodeCore):
-    """``NodeCore`` whose sharing sessions are recorded and, for corrupt nodes, bent."""
-
-    behaviours: tuple[adversary.Behaviour, ...] = ()
-    corrupt_in: Callable[[int], bool] = staticmethod(lambda epoch: False)
-    sessions: list[SharingSession]
-
-    def _sharing_session(self, cfg: SharingConfig, share: SecretShare | None) -> SharingSession:
-        if not hasattr(self, "sessions"):
-            self.sessions = []
-        if not self.behaviours:
-            session = super()._sharing_session(cfg, share)
-        else:
-            session = adversary.AdversarialSession(
-                cfg,
-                self.me,
-                self._key,
-                self._dkg_key,
-                rng=self._rng,
-                share=share,
-                persisted=self._persisted(cfg),
-                live_since=self.live_since,
-            )
-            session.behaviours = self.behaviours
-            session.active = self.corrupt_in
-        self.sessions.append(session)
+        if isinstance(session, adversary.AdversarialSession):
+            session.behaviours = behaviours
+            session.active = corrupt_in
+        sessions.append(session)
         return session
+
+    return make
 
 
 @dataclass
@@ -98,7 +253,8 @@ class SimNode:
     config: NodeConfig
     rng: random.Random
     store: SimStore = field(default_factory=SimStore)
-    core: SimNodeCore | None = None
+    driver: NodeDriver | None = None
+    """The node's driver around its core while it is up (``None`` while crashed)."""
     behaviours: tuple[adversary.Behaviour, ...] = ()
     corrupt_epochs: tuple[int, int] | None = None
     skew: float = 0.0
@@ -112,8 +268,12 @@ class SimNode:
     sessions: list[SharingSession] = field(default_factory=list)
 
     @property
+    def core(self) -> NodeCore | None:
+        return self.driver.core if self.driver is not None else None
+
+    @property
     def up(self) -> bool:
-        return self.core is not None
+        return self.driver is not None
 
     @property
     def corrupt(self) -> bool:

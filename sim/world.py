@@ -21,18 +21,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kms.node.core import (
+from kms.node.core import NodeCore
+from kms.node.driver import FrameRejected, NodeDriver, OutboundFrame, Step
+from kms.node.model import (
     EpochSwitched,
-    EraseRecords,
     InputRejected,
     LinkCertified,
     MisbehaviourObserved,
     NodeConfig,
-    RetainedShareDeletable,
     RunFailed,
-    StoreRecord,
 )
-from mpc.codec import Message, decode
+from kms.node.persist import apply_events
+from mpc.broadcast import Outbound
+from mpc.codec import Message
 from mpc.errors import LocalProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
@@ -48,10 +49,12 @@ from mpc.membership import (
 from mpc.membership.messages import Change
 from mpc.secret import SecretShare
 from mpc.sig import set_key_cache
+from net.codec import Envelope, open_envelope
+from net.peerid import peer_id_from_ed25519
 from sim import adversary
 from sim.load import KeyRequestLoad, KeyRequestRecord
 from sim.network import Network
-from sim.nodes import SimNode, SimNodeCore, disqualified_from, node_keys
+from sim.nodes import SimNode, disqualified_from, node_keys, session_factory
 from sim.scenario import MembershipEvent, Partition, Scenario
 
 DECODE_CACHE_LIMIT = 50_000
@@ -77,6 +80,8 @@ class Observations:
     rejected_inputs: int = 0
     dropped_down: int = 0
     undecodable: int = 0
+    unencodable: int = 0
+    """Messages a node could not put in an envelope (oversized): dropped at the sender."""
     messages: int = 0
     total_bytes: int = 0
     proposals_refused: int = 0
@@ -113,10 +118,14 @@ class World:
         self.rng_load = random.Random(f"quorum-kms/sim/{seed}/load")
         self.network = Network(scenario, self._rng_net)
         self.obs = Observations()
-        self._decoded: dict[bytes, Message] = {}
+        self._decoded: dict[bytes, tuple[Envelope, Message]] = {}
         self._encoded: dict[Message, bytes] = {}
         self._link_bytes: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._genesis_keys = {i: node_keys(i, seed) for i in range(1, scenario.n + 1)}
+        self.peer_ids = {
+            i: peer_id_from_ed25519(k.participant.identity) for i, k in self._genesis_keys.items()
+        }
+        """Each node's peer id, as its transport would authenticate it."""
         self.genesis = tuple(self._genesis_keys[i].participant for i in range(1, scenario.n + 1))
         self.nodes: dict[int, SimNode] = {}
         for i in range(1, scenario.n + 1):
@@ -130,6 +139,7 @@ class World:
     def _create_node(self, index: int) -> SimNode:
         sc = self.scenario
         keys = self._genesis_keys.get(index) or node_keys(index, self.seed)
+        self.peer_ids[index] = peer_id_from_ed25519(keys.participant.identity)
         cfg = NodeConfig(
             ParticipantIndex(index),
             self.genesis,
@@ -156,17 +166,16 @@ class World:
         return node
 
     def _boot(self, node: SimNode) -> None:
-        core = SimNodeCore(
+        """Start (or restart, from what its store kept) the node's core and driver."""
+        core = NodeCore(
             node.config,
             node.keys.identity,
             node.keys.dkg_key,
             rng=node.rng.randbytes,
-            restored=node.store.restored() if node.store.chain or node.store.records else None,
+            restored=node.store.restored(),
+            session_factory=session_factory(node.sessions, node.behaviours, node.corrupt_in),
         )
-        core.sessions = node.sessions
-        core.behaviours = node.behaviours
-        core.corrupt_in = node.corrupt_in
-        node.core = core
+        node.driver = NodeDriver(core, opener=self._open, encoder=self._encode)
 
     # --- the event queue -------------------------------------------------------------
 
@@ -214,21 +223,43 @@ class World:
             if node.behaviours and node.corrupt_in(node.epoch() or 0):
                 for b in node.behaviours:
                     b.on_tick(self, self.now)
-            if node.core is not None:
-                node.core.advance_time(self.local_time(node))
+            if node.driver is not None:
+                node.driver.advance_time(self.local_time(node))
                 self._flush(node)
 
     def _flush(self, node: SimNode) -> None:
-        core = node.core
-        if core is None:
+        """One driver step: store the records, observe them, send, then count the rest."""
+        driver = node.driver
+        if driver is None:
             return
-        out = core.messages_to_send()
-        self._handle_events(node, core.events())
+        step = driver.step()
+        apply_events(node.store, step.records)
+        self._observe(node, step)
+        self.obs.unencodable += len(step.unencodable)
+        frames = step.messages
         if node.behaviours and node.corrupt_in(node.epoch() or 0):
+            out = [Outbound(f.to, f.message) for f in frames]
             for b in node.behaviours:
                 out = b.outbound(self.now, out)
-        for ob in out:
-            self._send_bytes(node.index, int(ob.to), self._encode(ob.message))
+            made = {id(f.message): f for f in frames}
+            frames = []
+            for ob in out:
+                f = made.get(id(ob.message))
+                if f is not None and f.to != ob.to:
+                    f = OutboundFrame(ob.to, f.message, f.frame, f.size)
+                frames.extend([f] if f is not None else driver.frames([ob]))
+        for f in frames:
+            self._send_frame(node.index, int(f.to), f.frame, f.size)
+
+    def _open(self, frame: bytes) -> tuple[Envelope, Message]:
+        """``open_envelope``, once per distinct frame: a broadcast fans one frame out."""
+        got = self._decoded.get(frame)
+        if got is None:
+            got = open_envelope(frame)  # every message goes through the wire codec
+            if len(self._decoded) >= DECODE_CACHE_LIMIT:
+                self._decoded.clear()
+            self._decoded[frame] = got
+        return got
 
     def _encode(self, message: Message) -> bytes:
         """Encode once per distinct message value: a broadcast fans one message out to
@@ -244,16 +275,19 @@ class World:
             self._encoded[message] = data
         return data
 
-    def _send_bytes(self, sender: int, to: int, data: bytes) -> None:
+    def _send_frame(self, sender: int, to: int, frame: bytes, size: int) -> None:
+        """Put one envelope on the wire. Sizes (counters, link models) are the message's
+        encoded size, as before envelopes were simulated; ``ENVELOPE_OVERHEAD`` stands for
+        the envelope in the link burst."""
         node = self.nodes[sender]
         node.sent_messages += 1
-        node.sent_bytes += len(data)
+        node.sent_bytes += size
         self.obs.messages += 1
-        self.obs.total_bytes += len(data)
+        self.obs.total_bytes += size
         if not node.behaviours:
-            self._count_link_burst(sender, to, len(data) + ENVELOPE_OVERHEAD)
-        for arrival in self.network.route(sender, to, len(data), self.now):
-            self.at(arrival, functools.partial(self._deliver, sender, to, data))
+            self._count_link_burst(sender, to, size + ENVELOPE_OVERHEAD)
+        for arrival in self.network.route(sender, to, size, self.now):
+            self.at(arrival, functools.partial(self._deliver, sender, to, frame, size))
 
     def _count_link_burst(self, sender: int, to: int, size: int) -> None:
         bucket = int(self.now // self.scenario.delta)
@@ -268,70 +302,56 @@ class World:
             self.obs.link_burst_at = (self.now, sender, to)
 
     def send(self, sender: int, to: int, message: Message) -> None:
-        """``AdversaryContext``: put a message on the wire from a corrupt node."""
-        self._send_bytes(sender, to, message.encode())
+        """``AdversaryContext``: put a message on the wire from a corrupt node (in the
+        envelope its driver makes; nothing is sent while it is down)."""
+        driver = self.nodes[sender].driver
+        if driver is None:
+            return
+        for f in driver.frames([Outbound(ParticipantIndex(to), message)]):
+            self._send_frame(sender, to, f.frame, f.size)
 
-    def _deliver(self, sender: int, to: int, data: bytes) -> None:
+    def _deliver(self, sender: int, to: int, frame: bytes, size: int) -> None:
+        """A frame arrives: it goes through the node's driver as on a real node."""
         node = self.nodes.get(to)
-        if node is None or node.core is None:
+        if node is None or node.driver is None:
             self.obs.dropped_down += 1
             return
         if not self.network.connected(sender, to):
             self.network.stats.partitioned += 1  # in flight when the partition opened
             return
-        msg = self._decoded.get(data)
-        if msg is None:
-            try:
-                msg = decode(data)  # every message goes through the wire codec
-            except ValueError:
-                self.obs.undecodable += 1
-                return
-            if len(self._decoded) >= DECODE_CACHE_LIMIT:
-                self._decoded.clear()
-            self._decoded[data] = msg
+        got = node.driver.receive_frame(self.peer_ids[sender], frame, self.local_time(node))
+        if isinstance(got, FrameRejected) and got.reason.startswith(("envelope:", "malformed")):
+            self.obs.undecodable += 1
+            return
         node.received_messages += 1
-        node.received_bytes += len(data)
-        node.core.receive(ParticipantIndex(sender), msg, self.local_time(node))
+        node.received_bytes += size
+        if isinstance(got, FrameRejected):
+            node.rejected += 1
+            self.obs.rejected_inputs += 1
+            return
         self._flush(node)
 
     # --- what the cores report -------------------------------------------------------------
 
-    def _handle_events(self, node: SimNode, events: list[Any]) -> None:
-        store = node.store
-        core = node.core
-        for ev in events:
-            if isinstance(ev, StoreRecord):
-                store.records.setdefault(ev.run, {})[ev.key] = ev.data
-            elif isinstance(ev, EraseRecords):
-                store.records.pop(ev.run, None)
-            elif isinstance(ev, EpochSwitched):
-                if store.share is not None and store.share_epoch < ev.epoch:
-                    store.retained[store.share_epoch] = store.share
-                store.share = ev.share
-                store.share_epoch = ev.epoch
-                if core is not None:
-                    store.chain = list(core.chain)
+    def _observe(self, node: SimNode, step: Step) -> None:
+        """What the world records of one step (the node's store has it already)."""
+        for ev in step.records:
+            if isinstance(ev, EpochSwitched):
                 self._observe_epoch(node, ev)
-            elif isinstance(ev, LinkCertified):
-                if core is not None:
-                    store.chain = list(core.chain)
-                if not node.corrupt:
-                    epoch = ev.certificate.outcome.epoch
-                    self.obs.membership_at.setdefault(epoch, self.now)
-                    self.obs.membership_certs.setdefault(epoch, set()).add(
-                        ev.certificate.fingerprint()
-                    )
-            elif isinstance(ev, RetainedShareDeletable):
-                store.retained.pop(ev.epoch, None)
-            elif isinstance(ev, MisbehaviourObserved):
+            elif isinstance(ev, LinkCertified) and not node.corrupt:
+                epoch = ev.certificate.outcome.epoch
+                self.obs.membership_at.setdefault(epoch, self.now)
+                self.obs.membership_certs.setdefault(epoch, set()).add(ev.certificate.fingerprint())
+        for other in step.events:
+            if isinstance(other, MisbehaviourObserved):
                 self.obs.misbehaviour += 1
-            elif isinstance(ev, InputRejected):
+            elif isinstance(other, InputRejected):
                 node.rejected += 1
                 self.obs.rejected_inputs += 1
-            elif isinstance(ev, RunFailed):
+            elif isinstance(other, RunFailed):
                 if not node.corrupt:
                     self.obs.run_failures.append(
-                        (self.now, ev.kind, ev.epoch, ev.attempt, node.index, ev.reason)
+                        (self.now, other.kind, other.epoch, other.attempt, node.index, other.reason)
                     )
 
     def _observe_epoch(self, node: SimNode, ev: EpochSwitched) -> None:
@@ -347,7 +367,7 @@ class World:
             holders = self.obs.corrupt_shares
             if ev.share is not None:
                 holders.setdefault(ev.epoch, {})[node.index] = ev.share
-            for e, share in sorted(node.store.retained.items()):
+            for e, share in sorted(node.store.retained().items()):
                 holders.setdefault(e, {})[node.index] = share
 
     # --- faults ------------------------------------------------------------------------------
@@ -392,18 +412,18 @@ class World:
 
     def crash(self, index: int) -> None:
         node = self.nodes.get(index)
-        if node is None or node.core is None:
+        if node is None or node.driver is None:
             return
-        node.core = None
+        node.driver = None
         node.crashes += 1
 
     def recover(self, index: int) -> None:
         node = self.nodes.get(index)
-        if node is None or node.core is not None:
+        if node is None or node.driver is not None:
             return
         self._boot(node)
-        if node.core is not None:
-            node.core.advance_time(self.local_time(node))
+        if node.driver is not None:
+            node.driver.advance_time(self.local_time(node))
             self._flush(node)
 
     # --- membership ----------------------------------------------------------------------------

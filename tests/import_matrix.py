@@ -137,11 +137,45 @@ ROWS: dict[str, Rule] = {
     ),
     "=kms.node": NOTHING,
     "kms.node.limits": NOTHING,
+    "kms.node.model": Rule(
+        CORE_PROJECT,
+        CORE_THIRD_PARTY,
+        CLOCK_AND_IO,
+        ("kms.attest.pccs",),
+        note="the node's vocabulary: config, events, status",
+    ),
     "kms.node.core": Rule(
-        (*CORE_PROJECT, "kms.node.limits"), CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)
+        (*CORE_PROJECT, "kms.node.limits", "kms.node.model"),
+        CORE_THIRD_PARTY,
+        CLOCK_AND_IO,
+        ("kms.attest.pccs",),
+    ),
+    "kms.node.persist": Rule(
+        (*CORE_PROJECT, "kms.node.model"),
+        CORE_THIRD_PARTY,
+        CLOCK_AND_IO,
+        ("kms.attest.pccs", "kms.store"),
+        note="events to store operations; the store only as a Protocol",
+    ),
+    "kms.node.driver": Rule(
+        (
+            *CORE_PROJECT,
+            "kms.node.core",
+            "kms.node.model",
+            "kms.node.persist",
+            "net.codec",
+            "net.peerid",
+        ),
+        CORE_THIRD_PARTY,
+        CLOCK_AND_IO,
+        ("kms.attest.pccs", "kms.store"),
+        note="frames in, ordered steps out; sans-I/O",
     ),
     "kms.node.admission": Rule(
-        (*CORE_PROJECT, "kms.node.core"), CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)
+        (*CORE_PROJECT, "kms.node.core", "kms.node.model"),
+        CORE_THIRD_PARTY,
+        CLOCK_AND_IO,
+        ("kms.attest.pccs",),
     ),
     "kms.node.release": Rule(
         CORE_PROJECT,
@@ -165,7 +199,7 @@ ROWS: dict[str, Rule] = {
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).
     "kms.node.metrics": Rule(
-        ("kms.node.core", "kms.node.release"), frozenset({"prometheus_client"})
+        ("kms.node.core", "kms.node.model", "kms.node.release"), frozenset({"prometheus_client"})
     ),
     "kms.node.logs": Rule((), frozenset()),
     "kms.node.lifecycle": Rule((), frozenset()),

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import trio
 
-from kms.node.core import ChangeRefused
+from kms.node.model import ChangeRefused
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidSignature, LocalProtocolError
 from mpc.membership import (

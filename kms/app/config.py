@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kms.node.core import CHAIN_RETENTION, NodeConfig
+from kms.node.model import CHAIN_RETENTION, NodeConfig
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError
 from mpc.ids import ParticipantIndex

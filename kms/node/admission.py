@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kms.attest import Collateral, QuoteVerificationError, Verifier
-from kms.node.core import ChangeContext, ChangeRefused
+from kms.node.model import ChangeContext, ChangeRefused
 from kms.policy import NodeAdmissionPolicy, PolicyError, admits_node
 from kms.protocol import WrongPartialEvidence
 from mpc.broadcast import EquivocationEvidence

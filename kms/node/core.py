@@ -36,17 +36,44 @@ Lifecycle:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from kms.node.limits import deals_answer_bytes, early_messages, peer_queue_bytes
+from kms.node.model import (
+    GENESIS_ENDORSEMENTS_RUN,
+    ApprovalRefused,
+    ChainReplaced,
+    ChainTrimmed,
+    ChangeCheck,
+    ChangeContext,
+    ChangeRefused,
+    EpochSwitched,
+    EraseRecords,
+    InputRejected,
+    Link,
+    LinkCertified,
+    MisbehaviourObserved,
+    NodeConfig,
+    NodeEvent,
+    NodeStatus,
+    Restored,
+    RetainedShareDeletable,
+    RunFailed,
+    RunProgress,
+    SessionFactory,
+    ShareHoldersBelowThreshold,
+    ShareRefused,
+    StoreRecord,
+    polynomial_records,
+    run_key_records,
+)
 from mpc import hpke
 from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
-from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate, RunKind
+from mpc.cert import ZERO_HASH, EpochCertificate, RunKind
 from mpc.codec import MAX_MESSAGE_SIZE, Message, MessageDecodeError
 from mpc.dkg import (
     CertificateCompleted,
@@ -54,7 +81,6 @@ from mpc.dkg import (
     Persist,
     Phase,
     ResponderEquivocated,
-    Schedule,
     SharingConfig,
     SharingFailed,
     SharingFinalized,
@@ -82,7 +108,6 @@ from mpc.membership import (
     Refresh,
     RemoveMember,
     WindowPhase,
-    WindowSchedule,
     extend,
     genesis_state,
     link_position,
@@ -129,8 +154,6 @@ EARLY_ACKS_PER_MEMBER = 4
 """Attempts after the certified one of the head's epoch whose records a node keeps."""
 ACK_RUN_LABEL = b"acks"
 """Run id prefix of the acknowledgements this node received for one epoch certificate."""
-CHAIN_RETENTION = 64
-"""Epochs of chain links a node keeps (besides genesis), by default."""
 MAX_CHAIN_ANSWER_LINKS = 64
 """Links in one ``ChainUpdate`` answer, at most (besides genesis)."""
 MAX_CHAIN_ANSWER_BYTES = 1 << 20
@@ -155,23 +178,6 @@ DEALS_REQUEST_REFILL_DELTAS = 10
 LOCK_RUN = b"membership-lock"
 
 
-def run_key_records(run: bytes) -> bytes:
-    """The store run under which a sharing run's key seed is kept, so that it can be
-    erased alone, when the run ends (or, for a recipient left without a share, once it
-    recovered it or gave up), while the run's other records wait for the epoch."""
-    return b"run-key/" + run
-
-
-def polynomial_records(run: bytes) -> bytes:
-    """The store run under which the polynomial this member dealt in a sharing run is
-    kept: erased when the run ends, whatever else of the run is kept (in a reshare its
-    constant term is this member's old share)."""
-    return b"run-poly/" + run
-
-
-Link = EpochCertificate | MembershipCertificate
-GENESIS_ENDORSEMENTS_RUN = b"genesis-endorsements"
-"""Run id of the genesis endorsements a node holds (kept across epochs, keyed by signer)."""
 MAX_PENDING_ENDORSEMENTS = 4
 """Endorsements kept per genesis member while this node has no chain yet."""
 MAX_GENESIS_OFFERS = 64
@@ -181,275 +187,6 @@ MAX_GENESIS_OFFERS = 64
 class GenesisNotTrusted(ChainError):
     """A genesis certificate this node may not adopt: fewer than ``t`` genesis members
     endorsed it, or it is not for the pinned MPK."""
-
-
-# --- configuration ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """What every member must configure identically, plus this node's index."""
-
-    index: ParticipantIndex
-    genesis: tuple[Participant, ...]
-    threshold: int
-    genesis_start: float
-    delta: float
-    window_period: float = 60.0
-    window_length: float = 5.0
-    refresh_interval: float = 0.0
-    admission_policy_hash: bytes = ZERO_HASH
-    admission_policy: bytes = b""
-    """The genesis node admission policy (its SHA-256 is ``admission_policy_hash``)."""
-    chain_retention: int = CHAIN_RETENTION
-    """Epochs of chain links kept besides genesis (a local setting, not agreed)."""
-    genesis_mpk: bytes | None = None
-    """A pinned genesis master public key: when set, the only genesis this node adopts
-    (endorsements are then not needed). Unset: a genesis certificate from a peer needs
-    ``threshold`` endorsements by genesis members."""
-
-    def __post_init__(self) -> None:
-        if self.window_length <= 0 or self.window_period <= 0:
-            raise LocalProtocolError("window length and period must be positive")
-        if self.chain_retention < 2:
-            raise LocalProtocolError("keep at least the last two epochs of the chain")
-        if self.genesis_mpk is not None:
-            if self.genesis_mpk == IDENTITY_MPK:
-                raise LocalProtocolError("the identity point is not a master public key")
-            try:
-                G2.from_bytes(self.genesis_mpk)
-            except InvalidEncoding as exc:
-                raise LocalProtocolError(f"genesis_mpk is not a G2 point: {exc}") from exc
-
-    def genesis_schedule(self, attempt: int) -> Schedule:
-        s = Schedule.default(
-            self.genesis_start, len(self.genesis), self.threshold, delta=self.delta
-        )
-        return _nth_attempt(s, attempt)
-
-    def reshare_schedule(self, start: float, n: int, t: int, attempt: int) -> Schedule:
-        return _nth_attempt(Schedule.default(start, n, t, delta=self.delta), attempt)
-
-    def window_schedule(self, window: int, reshare_delay: float) -> WindowSchedule:
-        return WindowSchedule(
-            start=self.genesis_start + window * self.window_period,
-            window=self.window_length,
-            delta=self.delta,
-            sign_window=3 * self.delta,
-            reshare_delay=reshare_delay,
-        )
-
-
-# --- checking operator changes ---------------------------------------------------
-
-
-class ChangeRefused(LocalProtocolError):
-    """This node will not propose or approve a change; ``reason`` is a stable label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class ChangeContext:
-    """What a change is judged against: the verified chain and this node's clock."""
-
-    state: ChainState
-    chain: tuple[EpochCertificate | MembershipCertificate, ...]
-    now: float
-    admission_policy: bytes | None
-    """The committee-certified node admission policy, when this node knows its bytes."""
-    reshare_runs: Mapping[bytes, SharingConfig] = field(default_factory=dict)
-    """The configurations of the reshare runs this node took part in, by run id: what
-    evidence of a dealer's wrong constant term is judged against."""
-
-
-ChangeCheck = Callable[[ChangeContext, Change], None]
-"""Raises ``ChangeRefused`` for a change this node must not propose or approve."""
-
-
-# --- events -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoreRecord:
-    """Persist before sending: ``data`` under ``(run, key)``, sealed when ``secret``."""
-
-    run: bytes
-    key: str
-    data: bytes = field(repr=False)
-    secret: bool
-
-
-@dataclass(frozen=True)
-class EraseRecords:
-    """Delete, and overwrite, every record stored under ``run``: after this nothing the
-    run recorded (its key seed, deals, dealt polynomial or new share) is left."""
-
-    run: bytes
-
-
-@dataclass(frozen=True)
-class EpochSwitched:
-    """A new epoch is certified: store it (one transaction), then serve it."""
-
-    epoch: int
-    certificate: EpochCertificate
-    share: SecretShare | None
-    state: ChainState
-    keep_runs: tuple[bytes, ...] = ()
-    """Run records that must survive the switch (acknowledgements still in use); the
-    records of every other run are of no further use once this event is stored."""
-
-
-@dataclass(frozen=True)
-class LinkCertified:
-    """A membership certificate joined the chain: store it."""
-
-    certificate: MembershipCertificate
-
-
-@dataclass(frozen=True)
-class ChainTrimmed:
-    """Links before ``position`` (but genesis, at 0) are no longer kept: delete them."""
-
-    position: int
-
-
-@dataclass(frozen=True)
-class ChainReplaced:
-    """The chain after genesis is now ``links`` (a catch-up past missing links, or a
-    switch to a higher fork): store it in place of the old one before the epoch switch
-    that follows. Genesis itself is ``links[0]`` when it was replaced too."""
-
-    links: tuple[Link, ...]
-
-
-@dataclass(frozen=True)
-class RetainedShareDeletable:
-    epoch: int
-
-
-@dataclass(frozen=True)
-class MisbehaviourObserved:
-    culprit: ParticipantIndex
-    reason: str
-    evidence: Message | None = None
-
-
-@dataclass(frozen=True)
-class InputRejected:
-    peer: ParticipantIndex
-    reason: str
-
-
-@dataclass(frozen=True)
-class ApprovalRefused:
-    """A proposal the operator approved failed this node's checks: no approval is sent."""
-
-    proposal_id: bytes
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class RunFailed:
-    kind: str
-    epoch: int
-    attempt: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class ShareHoldersBelowThreshold:
-    """Emitted once per epoch: a grace period after the epoch became ready, this node knows
-    fewer than ``threshold`` members that hold a share of it (own share and verified
-    acknowledgements). If that is true, no key can be served and the master secret may be
-    unrecoverable."""
-
-    epoch: int
-    known: tuple[ParticipantIndex, ...]
-    threshold: int
-
-
-@dataclass(frozen=True)
-class ShareRefused:
-    """A stored share does not match the chain's public share: it is not used."""
-
-    epoch: int
-    reason: str
-
-
-NodeEvent = (
-    StoreRecord
-    | EraseRecords
-    | EpochSwitched
-    | LinkCertified
-    | ChainTrimmed
-    | ChainReplaced
-    | RetainedShareDeletable
-    | MisbehaviourObserved
-    | InputRejected
-    | ApprovalRefused
-    | RunFailed
-    | ShareHoldersBelowThreshold
-    | ShareRefused
-)
-
-
-@dataclass(frozen=True)
-class Restored:
-    """What a node had on disk: its chain, its current share, retained shares and run records."""
-
-    chain: tuple[Link, ...] = ()
-    share: SecretShare | None = None
-    retained: Mapping[int, SecretShare] = field(default_factory=dict)
-    records: Callable[[bytes], Mapping[str, bytes]] = lambda run: {}
-    admission_policy: bytes | None = None
-    """The bytes of the last certified admission-policy change, kept apart from the chain
-    (its link may be older than the epochs the node keeps)."""
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    epoch: int | None
-    threshold: int | None
-    committee: tuple[ParticipantIndex, ...]
-    mpk: bytes | None
-    has_share: bool
-    running: str | None
-    """``"dkg"``, ``"reshare"`` or ``None``."""
-    pending: tuple[tuple[str, str, int], ...]
-    """Pending proposals: (id hex, kind, approvals)."""
-    retained: tuple[tuple[int, tuple[ParticipantIndex, ...]], ...]
-    """Retained old shares: (epoch, indices whose acknowledgement is missing)."""
-    last_refresh: float | None
-    refused: tuple[tuple[str, str], ...] = ()
-    """Approvals this node refused after checking the proposal: (id hex, reason)."""
-    waiting: tuple[str, ...] = ()
-    """Approved proposal ids not seen yet (checked and sent once they are)."""
-    share_holders: tuple[ParticipantIndex, ...] = ()
-    """Members known to hold a share of the current epoch (own share, acknowledgements)."""
-    share_holders_below_threshold: bool = False
-    """The grace period is over and fewer than ``threshold`` share holders are known."""
-    share_error: str | None = None
-    """Why a stored share was refused (it does not match the chain's public share)."""
-    locked: str | None = None
-    """The proposal id of the outcome this member signed in this epoch (its lock), if any."""
-
-
-@dataclass(frozen=True)
-class RunProgress:
-    """The sharing run a node is in and its phase (``NodeCore.run_progress``)."""
-
-    kind: str
-    """``"dkg"`` or ``"reshare"``."""
-    epoch: int
-    attempt: int
-    phase: str
-    """A ``mpc.dkg.session.Phase`` value."""
 
 
 # --- the node -----------------------------------------------------------------
@@ -467,9 +204,12 @@ class NodeCore:
         rng: RNG,
         restored: Restored | None = None,
         check: ChangeCheck | None = None,
+        session_factory: SessionFactory = SharingSession,
     ) -> None:
         self.config = config
         self._check = check
+        self._session_factory = session_factory
+        """Builds each run's sharing session (``kms.node.model.SessionFactory``)."""
         self._deferred: set[bytes] = set()
         self._refused: dict[bytes, tuple[str, str]] = {}
         self.me = config.index
@@ -1827,8 +1567,8 @@ class NodeCore:
         return share
 
     def _sharing_session(self, cfg: SharingConfig, share: SecretShare | None) -> SharingSession:
-        """The session for one run. The simulator overrides this to plug in adversaries."""
-        return SharingSession(
+        """The session for one run, from the ``session_factory`` the node was built with."""
+        return self._session_factory(
             cfg,
             self.me,
             self._key,
@@ -2683,13 +2423,3 @@ def _within_bytes(links: list[Link]) -> list[Link]:
     ):
         start += 1
     return [links[0], *links[start:]]
-
-
-def _nth_attempt(first: Schedule, attempt: int) -> Schedule:
-    """The schedule of ``attempt``: each attempt starts at the (rounded up) end of the one
-    before, so from the second on they follow a grid of whole seconds (constant time)."""
-    if attempt <= 0:
-        return first
-    second = first.next_attempt()
-    step = second.next_attempt().start - second.start
-    return dataclasses.replace(second, start=second.start + (attempt - 1) * step)

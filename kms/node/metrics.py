@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from kms.node.core import RunProgress
+from kms.node.model import RunProgress
 from kms.node.release import Refusal
 
 # Counters and histograms get no ``*_created`` series: the node's metrics are exactly

@@ -26,26 +26,8 @@ from typing import Any, ClassVar, Protocol
 import trio
 
 from kms.attest.pccs import CollateralProvider
-from kms.node.core import (
-    GENESIS_ENDORSEMENTS_RUN,
-    ApprovalRefused,
-    ChainReplaced,
-    ChainTrimmed,
-    ChangeCheck,
-    EpochSwitched,
-    EraseRecords,
-    InputRejected,
-    LinkCertified,
-    MisbehaviourObserved,
-    NodeConfig,
-    NodeCore,
-    Restored,
-    RetainedShareDeletable,
-    RunFailed,
-    ShareHoldersBelowThreshold,
-    ShareRefused,
-    StoreRecord,
-)
+from kms.node.core import NodeCore
+from kms.node.driver import FrameRejected, NodeDriver, Step
 from kms.node.limits import POLICY_BURST, peer_queue_bytes
 from kms.node.logs import log_context
 from kms.node.metrics import (
@@ -53,6 +35,36 @@ from kms.node.metrics import (
     NodeMetrics,
     NodeSnapshot,
     PolicyCounts,
+)
+from kms.node.model import (
+    ApprovalRefused,
+    ChainReplaced,
+    ChangeCheck,
+    EpochSwitched,
+    InputRejected,
+    LinkCertified,
+    MisbehaviourObserved,
+    NodeConfig,
+    RetainedShareDeletable,
+    RunFailed,
+    ShareHoldersBelowThreshold,
+    ShareRefused,
+)
+from kms.node.persist import (
+    ADMISSION_POLICY_META as ADMISSION_POLICY_META,
+)
+from kms.node.persist import apply_events as persist_events
+from kms.node.persist import (
+    load_chain as load_chain,
+)
+from kms.node.persist import (
+    restore,
+)
+from kms.node.persist import (
+    share_from_bytes as share_from_bytes,
+)
+from kms.node.persist import (
+    share_to_bytes as share_to_bytes,
 )
 from kms.node.release import Checked, KeyReleaser, Refusal, Released
 from kms.policy.gossip import (
@@ -69,22 +81,19 @@ from kms.store import NodeStore, StoreError
 from kms.store.audit import AUDIT_HEAD_CONTEXT, head_statement
 from mpc import hpke
 from mpc.broadcast import Outbound
-from mpc.cert import EpochCertificate
 from mpc.dkg.session import STALL_FRACTION
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex, PeerId
-from mpc.membership import ChangeAdmissionPolicy, MembershipCertificate, decode_link
-from mpc.secret import SecretScalar, SecretShare
 from mpc.sig import SigningKey
-from net.codec import Envelope, EnvelopeError, encode_envelope, open_envelope
+from net.codec import EnvelopeError
 from net.errors import TransportError
 from net.peerid import peer_id_from_ed25519
 from net.transport import Transport
 
 log = logging.getLogger("quorum_kms.node")
 
-ADMISSION_POLICY_META = "chain/admission-policy"
-"""Meta entry: the bytes of the last certified admission-policy change."""
+SHELL_MESSAGES = (PolicyAnnounce, PolicyDigest, PolicyQuery, PolicyUnknown)
+"""Messages the service handles itself (policy gossip); the core only notes their epoch."""
 
 SEND_QUEUE = 4096
 """Frames queued per peer at most; the bytes queued are capped too (``peer_queue_bytes``)."""
@@ -144,24 +153,6 @@ class RateLimitedLog:
         log.warning("input rejected", extra={"fields": {"peer": peer, "reason": reason, **fields}})
 
 
-def share_to_bytes(share: SecretShare) -> bytes:
-    return int(share.index).to_bytes(4, "big") + share.value.value.to_bytes(32, "big")
-
-
-def share_from_bytes(raw: bytes) -> SecretShare:
-    return SecretShare(
-        ParticipantIndex(int.from_bytes(raw[:4], "big")),
-        SecretScalar(int.from_bytes(raw[4:], "big")),
-    )
-
-
-def load_chain(store: NodeStore) -> list[EpochCertificate | MembershipCertificate]:
-    out: list[EpochCertificate | MembershipCertificate] = []
-    for kind, _epoch, data in store.chain():
-        out.append(decode_link(kind, data))
-    return out
-
-
 class NodeService:
     """Runs one node until cancelled."""
 
@@ -175,7 +166,11 @@ class NodeService:
         clock: Clock | None = None,
         rng: Callable[[int], bytes] | None = None,
         check: ChangeCheck | None = None,
+        core: NodeCore | None = None,
     ) -> None:
+        """``core``: the node's core, when the caller built it (a test committee, the
+        simulator's node mode with its ``session_factory``); by default the service
+        builds it from what ``store`` holds (``kms.node.persist.restore``)."""
         import os
 
         self.config = config
@@ -190,36 +185,23 @@ class NodeService:
         identity_seed, dkg_seed = ident
         self.identity = SigningKey.from_seed(identity_seed)
         self.dkg_key, _ = hpke.derive_key_pair(dkg_seed)
-        current = store.current_epoch()
-        restored = Restored(
-            chain=tuple(load_chain(store)),
-            share=share_from_bytes(current.share)
-            if current is not None and current.share
-            else None,
-            retained={
-                e: share_from_bytes(store.retained_share(e)) for e in store.retained_shares()
-            },
-            records=store.records,
-            admission_policy=store.get_meta(ADMISSION_POLICY_META),
-        )
-        self.core = NodeCore(
-            config,
-            self.identity,
-            self.dkg_key,
-            rng=rng or os.urandom,
-            restored=restored,
-            check=check,
-        )
+        if core is None:
+            core = NodeCore(
+                config,
+                self.identity,
+                self.dkg_key,
+                rng=rng or os.urandom,
+                restored=restore(store),
+                check=check,
+            )
+        self.driver = NodeDriver(core, shell_messages=SHELL_MESSAGES)
         # A gap of more than Δ/4 between two ticks makes the node count as stalled, and
         # it then withholds its signature on sharing runs (SharingSession.live): tick
         # at least four times within that allowance.
         self.tick = min(TICK, STALL_FRACTION * config.delta / 4)
-        self._peer_index: dict[PeerId, ParticipantIndex] = {}
-        self._index_peer: dict[ParticipantIndex, PeerId] = {}
         self._addrs = dict(peers)
         self._queues: dict[ParticipantIndex, trio.MemorySendChannel[bytes]] = {}
         self._queued_bytes: dict[ParticipantIndex, int] = {}
-        self._heard: frozenset[ParticipantIndex] = frozenset()
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self.started = trio.Event()
@@ -230,26 +212,37 @@ class NodeService:
         self._gossip_budget: dict[tuple[int, str], tuple[float, float]] = {}
         self._answered: dict[tuple[int, bytes], float] = {}
         self._consults: dict[bytes, list[Any]] = {}  # app -> [started, last sent, answered]
-        self._learn_participants()
+        self._add_peers(self.driver.learn_participants(), everyone=True)
+
+    @property
+    def core(self) -> NodeCore:
+        return self.driver.core
+
+    @core.setter
+    def core(self, core: NodeCore) -> None:
+        """Replace the core (tests that build a node's state first); prefer ``core=``."""
+        self.driver = NodeDriver(core, shell_messages=SHELL_MESSAGES)
 
     # --- peers -------------------------------------------------------------------------
 
     def _learn_participants(self) -> None:
-        for idx, p in sorted(self.core.participants.items()):
-            pid = peer_id_from_ed25519(p.identity)
-            known = self._index_peer.get(idx) == pid
-            self._peer_index[pid] = idx
-            self._index_peer[idx] = pid
+        self._add_peers(self.driver.learn_participants())
+
+    def _add_peers(
+        self, new: list[tuple[ParticipantIndex, PeerId]], *, everyone: bool = False
+    ) -> None:
+        """Tell the transport about newly bound peers and who may send frames."""
+        for idx, pid in new if not everyone else sorted(self.driver.peers.items()):
             addrs = self._addrs.get(idx) or list(self.core.addresses.get(idx, ()))
-            if addrs and not known:
+            if addrs:
                 self.transport.add_peer(pid, addrs)
         # Only current and incoming members (and recently removed ones, for the chain) get
         # through the transport; everyone else is refused before a frame is read.
-        self._heard = self.core.allowed_peers() | frozenset(self.core.recently_removed())
         self.metrics.set_members(
             int(i) for i in self.core.allowed_peers() if i != self.config.index
         )
-        allowed = {self._index_peer[i] for i in self._heard if i in self._index_peer}
+        peers = self.driver.peers
+        allowed = {peers[i] for i in self.driver.heard if i in peers}
         self.transport.set_allowed_peers(allowed, queue_bytes=self.peer_queue_bytes())
 
     def peer_queue_bytes(self) -> int:
@@ -257,10 +250,10 @@ class NodeService:
         st = self.core.state
         n = len(st.committee.members) if st is not None else len(self.config.genesis)
         t = st.threshold if st is not None else self.config.threshold
-        return peer_queue_bytes(max(n, len(self._heard)), t)
+        return peer_queue_bytes(max(n, len(self.driver.heard)), t)
 
     def peer_of(self, index: ParticipantIndex) -> PeerId | None:
-        return self._index_peer.get(index)
+        return self.driver.peer_of(index)
 
     # --- main loop -----------------------------------------------------------------------
 
@@ -290,7 +283,7 @@ class NodeService:
     async def _timer_loop(self) -> None:
         while True:
             now = self.clock.now()
-            self.core.advance_time(now)
+            self.driver.advance_time(now)
             self._step()
             if self.policies is not None and now >= self._next_policy_digest:
                 self._next_policy_digest = now + self.policy_sync_interval
@@ -304,28 +297,13 @@ class NodeService:
 
     def handle_frame(self, peer: PeerId, frame: bytes) -> None:
         """One inbound frame from an authenticated peer. Never raises for bad input."""
-        index = self._peer_index.get(peer)
-        if index is None or index not in self._heard:
-            self._reject(str(peer), "unknown or unauthorised peer")
+        got = self.driver.receive_frame(peer, frame, self.clock.now())
+        if isinstance(got, FrameRejected):
+            self._reject(got.peer, got.reason)
             return
-        try:
-            env, message = open_envelope(frame)
-        except EnvelopeError as exc:
-            self._reject(str(peer), f"envelope: {exc.reason.value}")
-            return
-        except InvalidEncoding as exc:
-            self._reject(str(peer), f"malformed message: {exc}")
-            return
-        if env.sender != int(index):
-            self._reject(str(peer), "envelope names another sender")
-            return
-        self.metrics.received(int(index), env.kind, len(frame))
-        if isinstance(message, PolicyAnnounce | PolicyDigest | PolicyQuery | PolicyUnknown):
-            self.core.observe_epoch(index, env.epoch, self.clock.now())
-            self._on_policy_message(index, peer, message)
-            self._step()
-            return
-        self.core.receive(index, message, self.clock.now(), sender_epoch=env.epoch)
+        self.metrics.received(int(got.sender), got.kind, got.size)
+        if isinstance(got.message, SHELL_MESSAGES):
+            self._on_policy_message(got.sender, peer, got.message)
         self._step()
 
     def _reject(self, peer: str, reason: str) -> None:
@@ -337,97 +315,59 @@ class NodeService:
         self.metrics.rejected_input(key)
         self._rl.warn(peer, reason)
 
-    # --- a step: persist, then send --------------------------------------------------------
+    # --- a step: persist, then send, then the rest ---------------------------------------------
 
     def _step(self) -> None:
-        self.apply_events(self.core.events())
+        step = self.driver.step()
+        self._apply(step)
         self.metrics.run_progress(self.core.run_progress(), self.clock.now())
-        for ob in self.core.messages_to_send():
-            self._send(ob)
+        for fail in step.unencodable:
+            self.metrics.encode_failed(fail.kind)
+            self._rl.warn(str(fail.to), f"message not encodable: {fail.error}")
+        for ob in step.messages:
+            self._queue_frame(ob.to, ob.frame, ob.message.TYPE)
+        for ev in step.events:
+            self._handle_event(ev)
+
+    def _apply(self, step: Step) -> None:
+        """Store the step's records (``kms.node.persist``), then react to what they stored."""
+        persist_events(self.store, step.records)
+        if step.new_peers:
+            self._add_peers(step.new_peers)
+        for ev in step.records:
+            self._handle_event(ev)
 
     def apply_events(self, events: Iterable[object]) -> None:
-        """Persist and act on the core's events, in order (before sending the step's messages)."""
-        batch: list[StoreRecord] = []
+        """Persist and act on core events, in order (a caller stepping a core by hand)."""
+        events = list(events)
+        persist_events(self.store, events)
+        if any(isinstance(ev, EpochSwitched | LinkCertified | ChainReplaced) for ev in events):
+            self._learn_participants()
         for ev in events:
-            if isinstance(ev, StoreRecord):
-                batch.append(ev)
-                continue
-            self._put_records(batch)
-            batch = []
             self._handle_event(ev)
-        self._put_records(batch)
-
-    def _put_records(self, records: list[StoreRecord]) -> None:
-        """One step's records of one run land in one transaction (a crash keeps all or none)."""
-        runs: dict[bytes, list[StoreRecord]] = {}
-        for r in records:
-            runs.setdefault(r.run, []).append(r)
-        for run, group in runs.items():
-            self.store.put_records(run, group)
 
     def _handle_event(self, ev: object) -> None:
-        if isinstance(ev, StoreRecord):
-            self.store.put_record(ev.run, ev.key, ev.data, secret=ev.secret)
-        elif isinstance(ev, EraseRecords):
-            self.store.delete_records(ev.run)
-        elif isinstance(ev, EpochSwitched):
-            st = ev.state
-            poly = b"".join(ev.certificate.public_polynomial)
-            committee = b"".join(p.encode() for p in st.committee.members)
-            share = share_to_bytes(ev.share) if ev.share is not None else None
-            current = self.store.current_epoch()
-            if current is not None and current.epoch == ev.epoch:
-                if share is not None and current.share is None:
-                    self.store.set_share(ev.epoch, share)
-            else:
-                self.store.switch_epoch(ev.epoch, ev.certificate.encode(), share, poly, committee)
+        """What the service does about an event besides storing it: logs and metrics."""
+        if isinstance(ev, EpochSwitched):
             self.metrics.epoch_switched()
-            # Records of finished runs (dealt polynomials, signed messages) are of no
-            # further use and some are secret: a dealt polynomial's constant term is
-            # an old share. Delete them once the new epoch is stored. The core has
-            # already taken its share of the certified run from them (if it finalized
-            # that run); other attempts of this epoch lost. Acknowledgements it still
-            # counts are kept.
-            for run in self.store.runs():
-                if run not in ev.keep_runs and run != GENESIS_ENDORSEMENTS_RUN:
-                    self.store.delete_records(run)
-            self._learn_participants()
             log.info(
                 "epoch certified",
                 extra={
                     "fields": {
                         "epoch": ev.epoch,
-                        "threshold": st.threshold,
+                        "threshold": ev.state.threshold,
                         "has_share": ev.share is not None,
                     }
                 },
             )
         elif isinstance(ev, LinkCertified):
-            self._keep_policy((ev.certificate,))
-            self.store.append_link(
-                "membership", ev.certificate.outcome.epoch, ev.certificate.encode()
-            )
-            self._learn_participants()
             log.info(
                 "membership change certified",
                 extra={"fields": {"kind": ev.certificate.outcome.proposal.kind}},
             )
-        elif isinstance(ev, ChainTrimmed):
-            self.store.trim_chain(ev.position)
         elif isinstance(ev, ChainReplaced):
-            self.store.replace_chain(
-                (
-                    ("epoch", x.transcript.epoch, x.encode())
-                    if isinstance(x, EpochCertificate)
-                    else ("membership", x.outcome.epoch, x.encode())
-                )
-                for x in ev.links
-            )
-            self._keep_policy(ev.links)
-            self._learn_participants()
             log.info("chain replaced", extra={"fields": {"links": len(ev.links)}})
         elif isinstance(ev, RetainedShareDeletable):
-            self.store.delete_retained_share(ev.epoch)
             log.info("old share deleted", extra={"fields": {"epoch": ev.epoch}})
         elif isinstance(ev, MisbehaviourObserved):
             self.metrics.misbehaved(ev.reason.split(":")[0])
@@ -481,45 +421,38 @@ class NodeService:
                 },
             )
 
-    def _keep_policy(self, links: Iterable[object]) -> None:
-        """Keep the bytes of a certified admission policy apart from the chain links, which
-        are deleted once older than the kept epochs."""
-        for link in links:
-            if isinstance(link, MembershipCertificate):
-                change = link.outcome.proposal.change
-                if isinstance(change, ChangeAdmissionPolicy):
-                    self.store.set_meta(ADMISSION_POLICY_META, change.policy)
-
     def _send(self, ob: Outbound) -> None:
-        q = self._queues.get(ob.to)
-        if q is None:
-            if self._nursery is None:
-                return
-            send, recv = trio.open_memory_channel[bytes](SEND_QUEUE)
-            self._queues[ob.to] = send
-            self._nursery.start_soon(self._sender, ob.to, recv)
-            q = send
-        st = self.core.state
+        """Send a message the service makes itself (policy gossip) in this node's envelope."""
+        if self._queues.get(ob.to) is None and self._nursery is None:
+            return
         try:
-            env = Envelope.of(
-                ob.message, epoch=st.epoch if st else 0, sender=int(self.config.index)
-            )
-            frame = encode_envelope(env)
+            frame, _ = self.driver.envelope(ob.message)
         except (EnvelopeError, InvalidEncoding, ValueError, OverflowError) as exc:
             # An oversized (or otherwise unencodable) message is dropped and counted:
             # it must never raise into the node's tasks.
             self.metrics.encode_failed(ob.message.TYPE)
             self._rl.warn(str(ob.to), f"message not encodable: {type(exc).__name__}")
             return
-        queued = self._queued_bytes.get(ob.to, 0)
+        self._queue_frame(ob.to, frame, ob.message.TYPE)
+
+    def _queue_frame(self, to: ParticipantIndex, frame: bytes, kind: str) -> None:
+        q = self._queues.get(to)
+        if q is None:
+            if self._nursery is None:
+                return
+            send, recv = trio.open_memory_channel[bytes](SEND_QUEUE)
+            self._queues[to] = send
+            self._nursery.start_soon(self._sender, to, recv)
+            q = send
+        queued = self._queued_bytes.get(to, 0)
         if queued and queued + len(frame) > self.peer_queue_bytes():
             # The peer is not taking what it is sent: drop rather than hold without bound.
             self.metrics.send_failed(queue_full=True)
             return
         try:
             q.send_nowait(frame)
-            self._queued_bytes[ob.to] = queued + len(frame)
-            self.metrics.queued(ob.message.TYPE)
+            self._queued_bytes[to] = queued + len(frame)
+            self.metrics.queued(kind)
         except trio.WouldBlock:
             self.metrics.send_failed(queue_full=True)
 
@@ -528,7 +461,7 @@ class NodeService:
     ) -> None:
         async for frame in recv:
             self._queued_bytes[index] = max(0, self._queued_bytes.get(index, 0) - len(frame))
-            peer = self._index_peer.get(index)
+            peer = self.driver.peer_of(index)
             if peer is None:
                 self.metrics.send_failed()
                 continue

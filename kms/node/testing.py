@@ -26,7 +26,8 @@ from kms.api.http import make_app
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyRequestSession
-from kms.node.core import NodeConfig, NodeCore
+from kms.node.core import NodeCore
+from kms.node.model import NodeConfig
 from kms.node.policies import NodePolicies
 from kms.node.release import KeyReleaser
 from kms.node.service import NodeService
@@ -326,9 +327,14 @@ async def local_committee(
             transport = MemoryTransport(network, pid)
             await transport.__aenter__()
             transports.append((transport, store))
-            svc = NodeService(configs[ParticipantIndex(i)][0], store, transport, {}, clock=clock)
-            svc.core = cores[ParticipantIndex(i)]
-            svc._learn_participants()
+            svc = NodeService(
+                configs[ParticipantIndex(i)][0],
+                store,
+                transport,
+                {},
+                clock=clock,
+                core=cores[ParticipantIndex(i)],
+            )
             svc.policy_sync_interval = 3600.0
             pol = NodePolicies(
                 store,

@@ -327,7 +327,7 @@ def test_a_chain_request_from_genesis_to_a_long_chain_is_answered_within_the_lim
 ) -> None:  # type: ignore[no-untyped-def]
     svc = _service(tmp_path, chain_big)
     recv = _frames(svc, 2)
-    peer2 = svc._index_peer[PI(2)]
+    peer2 = svc.peer_of(PI(2))
     svc.handle_frame(peer2, _frame_from(2, ChainRequest(0)))
     (frame,) = _drain(recv)
     assert len(frame) <= MAX_FRAME_SIZE
@@ -349,7 +349,7 @@ def test_an_unencodable_message_is_dropped_and_counted_not_raised(
     svc.core.config = NodeConfig(**{**svc.core.config.__dict__, "chain_retention": 10**6})
     svc.core.chain = list(chain_big.links)
     recv = _frames(svc, 2)
-    peer2 = svc._index_peer[PI(2)]
+    peer2 = svc.peer_of(PI(2))
     svc.handle_frame(peer2, _frame_from(2, ChainRequest(0)))
     assert _drain(recv) == []
     assert svc.metrics.encode_failures["chain/update"] == 1
@@ -367,7 +367,7 @@ def test_the_store_follows_a_catch_up_and_a_fork_switch(tmp_path) -> None:  # ty
             svc.store.append_link("membership", x.outcome.epoch, x.encode())
         else:
             svc.store.append_link("epoch", x.transcript.epoch, x.encode())
-    peer2 = svc._index_peer[PI(2)]
+    peer2 = svc.peer_of(PI(2))
     update = ChainUpdate(*_encode([chain.links[0], *chain.links[-3:]]))
     svc.handle_frame(
         peer2, encode_envelope(Envelope(ENVELOPE_VERSION, update.TYPE, 80, 2, update.encode()))

@@ -22,7 +22,7 @@ from mpc.dkg.evidence import ReshareConstantEvidence
 from mpc.ids import ParticipantIndex as PI
 from mpc.membership import Refresh, RemoveMember
 from sim.adversary import WrongConstant
-from sim.nodes import SimNodeCore
+from sim.nodes import session_factory
 
 DELTA = 0.5
 
@@ -37,12 +37,14 @@ def after_reshare():  # type: ignore[no-untyped-def]
         cfg = NodeConfig(
             PI(i), genesis, 3, genesis_start=1.0, delta=DELTA, window_period=10.0, window_length=2.0
         )
-        cls = SimNodeCore if i == 4 else NodeCore
-        cores[PI(i)] = cls(cfg, nodes[PI(i)].identity, nodes[PI(i)].dkg_key, rng=rng.randbytes)
-    liar = cores[PI(4)]
-    assert isinstance(liar, SimNodeCore)
-    liar.behaviours = (WrongConstant({}, node=4),)
-    liar.corrupt_in = lambda epoch: True
+        liar = (WrongConstant({}, node=4),) if i == 4 else ()
+        cores[PI(i)] = NodeCore(
+            cfg,
+            nodes[PI(i)].identity,
+            nodes[PI(i)].dkg_key,
+            rng=rng.randbytes,
+            session_factory=session_factory([], liar, lambda epoch: True),
+        )
     mesh = Mesh(cores, seed=3, max_delay=DELTA / 3, ticks=[k * 0.25 for k in range(600)])
     mesh.run_until(19.0)
     mpk = cores[PI(1)].state.mpk

@@ -441,18 +441,3 @@ async def flood_new_apps(
         cache,
         statuses,
     )
-
-
-def node_service(
-    config: NodeConfig,
-    store: NodeStore,
-    transport: Any,
-    peers: dict[ParticipantIndex, list[str]],
-    *,
-    clock: Any = None,
-    check: Any = None,
-) -> NodeService:
-    """A ``NodeService`` as ``kms node run`` builds one, for the in-process devnet of
-    ``tests/kms/devnet/service_devnet.py`` (the one place the tests construct it from a
-    node's config)."""
-    return NodeService(config, store, transport, peers, clock=clock, check=check)

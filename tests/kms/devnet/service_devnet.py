@@ -15,7 +15,6 @@ import trio
 
 from kms.api.http import make_app
 from kms.node.service import NodeService, TrioClock
-from kms.node.testing import node_service
 from kms.store import NodeStore
 from mpc import hpke
 from mpc.ids import ParticipantIndex
@@ -36,8 +35,9 @@ class _Running:
 
 class ServiceDevnet:
     """The nodes of a ``kms.app.devnet`` directory, each a real ``NodeService`` built from its
-    ``node.toml`` as ``kms node run`` builds it (its SQLite store sealed with its
-    passphrase, its change checker, collateral, releaser and policies), but all in this
+    ``node.toml`` by ``kms.app.setup.build_service``, as ``kms node run`` builds it (its
+    SQLite store sealed with its passphrase, its change checker, collateral, releaser and
+    policies), but all in this
     trio run: they talk over one ``net.memory`` network instead of libp2p, on a
     ``TrioClock`` (under ``trio.testing.MockClock`` virtual time jumps whenever every
     task waits), and their HTTP apps are reached through an ASGI client.
@@ -95,7 +95,7 @@ class ServiceDevnet:
     async def start(self, *indices: int) -> None:
         """Start the nodes (all of them when none is given), each from its store."""
         from kms.app.config import load
-        from kms.app.setup import make_checker, make_collateral, make_releaser, open_store
+        from kms.app.setup import build_service, open_store
 
         for index in indices or tuple(self.indices):
             if index in self.running:
@@ -111,18 +111,7 @@ class ServiceDevnet:
             peers: dict[ParticipantIndex, list[str]] = {}
             for p in cfg.peers:
                 peers.setdefault(p.index, []).append(p.multiaddr)
-            collateral = make_collateral(cfg)
-            svc = node_service(
-                cfg.protocol,
-                store,
-                transport,
-                peers,
-                clock=self.clock,
-                check=make_checker(cfg, collateral),
-            )
-            svc.collateral = collateral
-            svc.releaser = make_releaser(cfg, svc)
-            svc.policy_sync_interval = cfg.policy_sync_interval
+            svc = build_service(cfg, store, transport, peers, clock=self.clock)
             app: Any = make_app(svc)
             client = httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url=f"http://node-{index}"

@@ -36,10 +36,12 @@ typecheck: $(STAMP)
 
 # Every test, slow multi-process ones included, plus ruff and mypy. The in-process tests
 # run on two workers; the slow multi-process ones, which keep wall-clock deadlines, one
-# at a time after them.
+# at a time after them (SLOW_WORKERS=2 runs two test files at once, each file's tests on
+# one worker so that a module's shared devnet starts once; the deadlines assume one).
+SLOW_WORKERS ?= 1
 test: lint typecheck
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow or parallel"
-	$(PY) -m pytest -q -m "slow and not parallel"
+	$(PY) -m pytest -q -m "slow and not parallel" $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile)
 
 # Inner loop: skips the slow (multi-process, real network) tests.
 test-fast: $(STAMP)

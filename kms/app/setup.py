@@ -17,7 +17,7 @@ import trio
 
 from kms.app.config import NodeFileConfig, load
 from kms.node.logs import formatter, set_log_context
-from kms.node.service import NodeService
+from kms.node.service import Clock, NodeService
 from kms.secretfile import write_secret
 from kms.store import NodeStore, PassphraseSealer
 from mpc import hpke
@@ -235,12 +235,15 @@ def build_service(
     store: NodeStore,
     transport: Transport,
     peers: dict[ParticipantIndex, list[str]],
+    *,
+    clock: Clock | None = None,
 ) -> NodeService:
     """The node service of ``kms node run``: the one place a ``NodeService`` is constructed
-    from a node's config (its collateral, change checker, releaser and policy settings)."""
+    from a node's config (its collateral, change checker, releaser and policy settings).
+    ``clock`` replaces the wall clock (the in-process devnet tests run on trio's)."""
     collateral = make_collateral(cfg)
     service = NodeService(
-        cfg.protocol, store, transport, peers, check=make_checker(cfg, collateral)
+        cfg.protocol, store, transport, peers, clock=clock, check=make_checker(cfg, collateral)
     )
     service.collateral = collateral
     service.releaser = make_releaser(cfg, service)

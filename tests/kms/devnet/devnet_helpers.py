@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import trio
+from service_devnet import ServiceDevnet, service_devnet
 
 from kms.api import admin
 from kms.app import devnet
@@ -348,3 +350,41 @@ def stop_all(nets: list[Devnet]) -> None:
                 except ProcessLookupError:
                     pass
                 proc.wait(10)
+
+
+@asynccontextmanager
+async def in_process_devnet(
+    directory: Path,
+    nodes: int,
+    threshold: int,
+    *,
+    delta: float = 0.2,
+    start_in: float = 4.0,
+    window_period: float = 5.0,
+    refresh_interval: float = 0.0,
+) -> AsyncIterator[ServiceDevnet]:
+    """A devnet made by ``kms.app.devnet.create`` whose nodes run in this trio run
+    (``service_devnet.ServiceDevnet``, none started yet); the genesis DKG starts
+    ``start_in`` seconds of the nodes' clock from now."""
+    state = devnet.create(
+        directory,
+        nodes,
+        threshold,
+        delta=delta,
+        start_in=start_in,
+        window_period=window_period,
+        refresh_interval=refresh_interval,
+    )
+    devnet.write_state(directory, state)
+    genesis = load(state["nodes"][0]["config"]).protocol.genesis_start
+    async with service_devnet(directory, state, genesis - start_in) as net:
+        yield net
+
+
+def add_joining_node(net: ServiceDevnet, index: int) -> dict[str, Any]:
+    """A node outside the genesis committee (``kms.app.devnet.init_joining_node``), counted in."""
+    devnet.write_state(net.directory, net.state)
+    entry = devnet.init_joining_node(net.directory, index)
+    net.add_entry(entry)
+    devnet.write_state(net.directory, net.state)
+    return entry

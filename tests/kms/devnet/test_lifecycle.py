@@ -1,7 +1,8 @@
 """Process lifecycle of nodes and devnets: prompt clean stop, dying with the parent, detach/down.
 
 Real processes (``kms node run``, ``kms devnet up``), so every test is slow-marked;
-each keeps its devnet small and its timings short.
+each keeps its devnet small and its timings short. A node's prompt clean stop on SIGTERM
+is shown on the shared devnet of ``test_devnet.py``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from devnet_helpers import Devnet, stop_all
 
 from kms.app import devnet
-from kms.store import NodeStore, PassphraseSealer
 
 pytestmark = pytest.mark.slow
 
@@ -63,64 +61,6 @@ def wait_for(what: str, check: Any, timeout: float) -> Any:
             return got
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def open_node_store(config: str) -> NodeStore:
-    from kms.app.config import load
-
-    cfg = load(config)
-    assert cfg.passphrase_file is not None
-    return NodeStore(cfg.store, PassphraseSealer.from_file(cfg.passphrase_file))
-
-
-@pytest.fixture
-def nets(tmp_path: Path) -> Iterator[list[Devnet]]:
-    made: list[Devnet] = []
-    try:
-        yield made
-    finally:
-        stop_all(made)
-
-
-# --- 1. a node stops within 2 s of SIGTERM, its store closed cleanly ---------------------------
-
-
-def test_node_exits_promptly_on_sigterm_and_its_store_reopens_intact(
-    tmp_path: Path, nets: list[Devnet]
-) -> None:
-    net = Devnet.create(tmp_path / "devnet", 2, 2, delta=0.2, start_in=6.0, window_period=5.0)
-    nets.append(net)
-    net.start()
-    sts = net.wait_for(
-        "epoch 0 with a share at both nodes", lambda: net.converged(net.indices, epoch=0), 40
-    )
-    config = net.entry(1)["config"]
-    with open_node_store(config) as store:  # a second reader while the node runs (WAL)
-        before = (store.load_identity(), store.current_epoch(), store.chain())
-    assert before[1] is not None and before[1].epoch == 0
-    proc = net.procs[1]
-    began = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(30)
-    took = time.monotonic() - began
-    print(f"node exited {took:.2f} s after SIGTERM (exit code {code})")
-    assert code == 0, net.log_tail(1)
-    assert took < STOP_BOUND, f"node took {took:.2f} s to stop"
-    records = net.log_records(1)
-    assert [r["msg"] for r in records if r["msg"] in ("node stopping", "node stopped")] == [
-        "node stopping",
-        "node stopped",
-    ]
-    db = Path(config).parent / "node.db"
-    # The last connection to a WAL database closed cleanly: SQLite checkpointed and removed
-    # the WAL (a killed process leaves it behind).
-    assert not Path(str(db) + "-wal").exists()
-    with open_node_store(config) as store:
-        after = (store.load_identity(), store.current_epoch(), store.chain())
-        store.audit_verify()
-    assert after == before
-    assert after[1] is not None
-    assert after[1].epoch == 0 and after[1].share is not None and sts[1]["has_share"]
 
 
 # --- 2. devnet stop: all nodes signalled at once -------------------------------------------------

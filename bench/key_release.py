@@ -117,7 +117,7 @@ def in_process(quick: bool) -> list[Result]:
     )
     verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
     collateral = tee.collateral(NOW)
-    releaser = KeyReleaser(PI(1), nodes[PI(1)].identity, verifier, rng=os.urandom)
+    releaser = KeyReleaser(PI(1), nodes[PI(1)].identity, verifier)
     session = KeyRequestSession(chain, owner.app_id(), [("app", 1)], now=NOW, rng=os.urandom)
     raw = session.attach_quote(tee.quote(session.report_data, **MR)).encode()
     share = cores[PI(1)].share
@@ -133,6 +133,7 @@ def in_process(quick: bool) -> list[Result]:
             nonce_seen=False,
             app=Admitted(policy),
             collateral=collateral,
+            rng=os.urandom,
         )
         if not isinstance(res, Released):
             raise RuntimeError(res)

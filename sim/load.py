@@ -117,9 +117,7 @@ class KeyRequestLoad:
             verifier = self._verifier
             if verifier is None:  # pragma: no cover - _release_setup ran first
                 raise RuntimeError("key release is not set up")
-            r = KeyReleaser(
-                ParticipantIndex(node.index), node.keys.identity, verifier, rng=node.rng.randbytes
-            )
+            r = KeyReleaser(ParticipantIndex(node.index), node.keys.identity, verifier)
             self._releasers[node.index] = r
         return r
 
@@ -220,6 +218,7 @@ class KeyRequestLoad:
                 nonce_seen=request.body.nonce in node.nonces,
                 app=Admitted(self._policy),
                 collateral=self._collateral,  # type: ignore[arg-type]
+                rng=node.rng.randbytes,
             )
             answer = res.response if isinstance(res, Released) else res.refusal
             back = world.network.route(int(idx), CVM, len(answer.encode()), there[0])

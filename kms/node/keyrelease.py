@@ -21,6 +21,7 @@ view of the node's share and epoch, a collateral source and a policy source.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from kms.policy import AppPolicy, PolicyBundle
 from kms.protocol import KeyRefusal, KeyRequest
 from kms.store import NodeStore
 from mpc.codec import MessageDecodeError
-from mpc.secret import SecretShare
+from mpc.secret import RNG, SecretShare
 
 log = logging.getLogger("quorum_kms.node")
 
@@ -152,6 +153,8 @@ class KeyRelease:
         self._warn = warn
         self.releaser: KeyReleaser | None = None
         self.collateral: CollateralSource | None = None
+        self.rng: RNG = os.urandom
+        """Randomness for the answers' encryption."""
 
     def _seen_nonce(self, nonce: bytes) -> bool:
         raw = self._store.get_meta("nonce/" + nonce.hex())
@@ -217,6 +220,7 @@ class KeyRelease:
                 nonce_seen=self._seen_nonce(needs.nonce),
                 app=app,
                 collateral=self._collateral_for(needs),
+                rng=self.rng,
             ),
         )
         if isinstance(res, ReleaseRefused):

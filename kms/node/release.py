@@ -242,6 +242,8 @@ class ReleaseInputs:
     app: AppState
     collateral: Collateral | QuoteVerificationError
     """The collateral for the quote's platform, or why there is none."""
+    rng: RNG
+    """Randomness for the HPKE encryption of the answer."""
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -290,8 +292,8 @@ def gate(needs: Needs, app: AppState) -> ReleaseRefused | None:
 
 
 class KeyReleaser:
-    """What a node needs to answer key requests: its index, identity key, trust roots,
-    randomness and skew. Values only: no callbacks, nothing remembered between requests."""
+    """What a node needs to answer key requests: its index, identity key, trust roots and
+    allowed skew. Values only: no callables, nothing remembered between requests."""
 
     def __init__(
         self,
@@ -299,13 +301,11 @@ class KeyReleaser:
         identity_key: SigningKey,
         verifier: Verifier,
         *,
-        rng: RNG,
         max_skew: int = DEFAULT_MAX_SKEW,
     ) -> None:
         self.index = index
         self._key = identity_key
         self._verifier = verifier
-        self._rng = rng
         self.max_skew = max_skew
 
     @property
@@ -412,7 +412,7 @@ class KeyReleaser:
             partial = derive_partial(share, p.key_id(body.app_id))
             info = release_info(rh, p, epoch, int(self.index))
             try:
-                enc, ct = hpke.seal(target, info, info, partial.to_bytes(), rng=self._rng)
+                enc, ct = hpke.seal(target, info, info, partial.to_bytes(), rng=inputs.rng)
             except InvalidEncoding as exc:
                 return refuse(KeyRefusalReason.MALFORMED, f"bad ephemeral key: {exc}")
             unsigned = KeyShareResponse(rh, p, epoch, int(self.index), enc, ct, bytes(64))
@@ -443,6 +443,7 @@ def release_with(
     nonce_seen: bool,
     app: AppState,
     collateral: Collateral | QuoteVerificationError,
+    rng: RNG,
 ) -> Released | ReleaseRefused:
     """The whole pipeline at one time ``now``, for callers whose inputs are all at hand
     (in-process committees, the simulator's load, benchmarks)."""
@@ -452,4 +453,6 @@ def release_with(
     early = releaser.screen(needs, now=now, nonce_seen=nonce_seen)
     if early is not None:
         return early
-    return releaser.answer(needs, ReleaseInputs(now, epoch, share, nonce_seen, app, collateral))
+    return releaser.answer(
+        needs, ReleaseInputs(now, epoch, share, nonce_seen, app, collateral, rng)
+    )

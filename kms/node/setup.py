@@ -446,6 +446,5 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
         cfg.index,
         service.identity,
         verifier,
-        rng=os.urandom,
         max_skew=cfg.max_request_skew,
     )

@@ -343,7 +343,7 @@ async def local_committee(
             )
             svc.policies = pol
             pol.ready(NOW)  # what a node's first timer tick does
-            svc.releaser = KeyReleaser(ParticipantIndex(i), keys[i][0], verifier, rng=os.urandom)
+            svc.releaser = KeyReleaser(ParticipantIndex(i), keys[i][0], verifier)
             svc.keys.collateral = FixedCollateral(collateral)
             await nursery.start(svc.run)
             services[i] = svc

@@ -67,7 +67,8 @@ class InProcessReleaser:
         rng: RNG,
         max_skew: int = DEFAULT_MAX_SKEW,
     ) -> None:
-        self.releaser = KeyReleaser(index, identity, verifier, rng=rng, max_skew=max_skew)
+        self.releaser = KeyReleaser(index, identity, verifier, max_skew=max_skew)
+        self.rng = rng
         self.collateral = collateral
         self.policies = dict(policies)
 
@@ -93,4 +94,5 @@ class InProcessReleaser:
             nonce_seen=seen_nonce(bytes(request.body.nonce)),
             app=Admitted(self.policies.get(bytes(request.body.app_id))),
             collateral=self.collateral,  # type: ignore[arg-type]
+            rng=self.rng,
         )

@@ -231,9 +231,7 @@ class ServedNode:
         verifier = Verifier(
             list(roots), simulated_allowed=True, allowed_statuses=statuses, floor=floor
         )
-        self.service.releaser = KeyReleaser(
-            c.config.index, self.service.identity, verifier, rng=os.urandom
-        )
+        self.service.releaser = KeyReleaser(c.config.index, self.service.identity, verifier)
         self.service.keys.policy_source = FixedPolicies({APP: app_policy or policy()})
         self.http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=make_app(self.service)), base_url="http://node"

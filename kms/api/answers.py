@@ -1,4 +1,4 @@
-"""HTTP status codes and bodies for the node's typed results: the only place they are chosen.
+"""HTTP status codes and JSON bodies for the node's typed results: the only place they are chosen.
 
 The node answers with typed values (``kms.node.keyrelease.ReleaseResult``,
 ``kms.node.policies.PolicyOfferResult``, ``kms.node.evidence_log.EvidenceResult``);
@@ -12,7 +12,7 @@ from typing import Any
 
 from kms.node.evidence_log import EvidenceKept, EvidenceRefusal, EvidenceResult
 from kms.node.keyrelease import KeysNotServed, ReleaseResult
-from kms.node.policies import PoliciesUnavailable, PolicyOfferResult, offer_reply
+from kms.node.policies import PoliciesUnavailable, PolicyOfferResult
 from kms.node.release import KeyRefusalReason, Released
 from kms.policy import PolicyFailure
 from mpc.codec import Message
@@ -53,6 +53,43 @@ EVIDENCE_REFUSAL_STATUS: dict[EvidenceRefusal, int] = {
 }
 
 
+def policy_reply(result: PolicyOfferResult) -> dict[str, Any]:
+    """The JSON body answering an offered bundle (``PolicyOffer`` in the OpenAPI document)."""
+    if isinstance(result, PoliciesUnavailable):
+        return {"accepted": False, "reason": "not-serving", "detail": result.detail}
+    out = result
+    if out.reason is PolicyFailure.MALFORMED and out.app_id is None:
+        return {"accepted": False, "reason": "malformed", "detail": out.detail}
+    app = out.app_id.hex() if out.app_id is not None else ""
+    if out.accepted:
+        return {"accepted": True, "version": out.version, "app_id": app}
+    if out.duplicate:
+        return {"accepted": True, "version": out.version, "app_id": app, "duplicate": True}
+    reply: dict[str, Any] = {
+        "accepted": False,
+        "reason": out.reason.value if out.reason is not None else "refused",
+        "detail": out.detail[:500],
+        "app_id": app,
+        "held_version": out.version,
+    }
+    if out.cached:
+        reply["cached"] = True
+    return reply
+
+
+def evidence_reply(result: EvidenceResult) -> dict[str, Any]:
+    """The JSON body answering disclosed evidence."""
+    if isinstance(result, EvidenceKept):
+        return {
+            "accepted": True,
+            "id": result.id,
+            "node": result.node,
+            "epoch": result.epoch,
+            "proves": result.proves,
+        }
+    return {"accepted": False, "reason": result.reason.value, "detail": result.detail[:500]}
+
+
 def key_answer(result: ReleaseResult) -> tuple[int, Message]:
     """(status, message) answering a key request."""
     if isinstance(result, Released):
@@ -64,7 +101,7 @@ def key_answer(result: ReleaseResult) -> tuple[int, Message]:
 
 def policy_answer(result: PolicyOfferResult) -> tuple[int, dict[str, Any]]:
     """(status, JSON body) answering an offered policy bundle."""
-    body = offer_reply(result)
+    body = policy_reply(result)
     if isinstance(result, PoliciesUnavailable):
         return 503, body
     if result.accepted or result.duplicate:
@@ -77,5 +114,5 @@ def policy_answer(result: PolicyOfferResult) -> tuple[int, dict[str, Any]]:
 def evidence_answer(result: EvidenceResult) -> tuple[int, dict[str, Any]]:
     """(status, JSON body) answering disclosed evidence."""
     if isinstance(result, EvidenceKept):
-        return 200, result.body()
-    return EVIDENCE_REFUSAL_STATUS[result.reason], result.body()
+        return 200, evidence_reply(result)
+    return EVIDENCE_REFUSAL_STATUS[result.reason], evidence_reply(result)

@@ -45,9 +45,6 @@ class EvidenceRefused:
     reason: EvidenceRefusal
     detail: str
 
-    def body(self) -> dict[str, Any]:
-        return {"accepted": False, "reason": self.reason.value, "detail": self.detail[:500]}
-
 
 @dataclass(frozen=True)
 class EvidenceKept:
@@ -55,15 +52,6 @@ class EvidenceKept:
     node: int
     epoch: int
     proves: str
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "accepted": True,
-            "id": self.id,
-            "node": self.node,
-            "epoch": self.epoch,
-            "proves": self.proves,
-        }
 
 
 EvidenceResult = EvidenceKept | EvidenceRefused

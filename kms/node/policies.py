@@ -52,30 +52,6 @@ PolicyOfferResult = OfferOutcome | PoliciesUnavailable
 """What became of a bundle offered to the node (``kms.api`` chooses the HTTP status)."""
 
 
-def offer_reply(result: PolicyOfferResult) -> dict[str, Any]:
-    """The JSON body answering an offered bundle (``PolicyOffer`` in the OpenAPI document)."""
-    if isinstance(result, PoliciesUnavailable):
-        return {"accepted": False, "reason": "not-serving", "detail": result.detail}
-    out = result
-    if out.reason is PolicyFailure.MALFORMED and out.app_id is None:
-        return {"accepted": False, "reason": "malformed", "detail": out.detail}
-    app = out.app_id.hex() if out.app_id is not None else ""
-    if out.accepted:
-        return {"accepted": True, "version": out.version, "app_id": app}
-    if out.duplicate:
-        return {"accepted": True, "version": out.version, "app_id": app, "duplicate": True}
-    reply: dict[str, Any] = {
-        "accepted": False,
-        "reason": out.reason.value if out.reason is not None else "refused",
-        "detail": out.detail[:500],
-        "app_id": app,
-        "held_version": out.version,
-    }
-    if out.cached:
-        reply["cached"] = True
-    return reply
-
-
 class NodePolicies:
     """The admitted apps of this node, their cache, and the operator's directory."""
 

@@ -12,7 +12,6 @@ import pytest
 from release_committee import genesis_cores
 
 import kms.attest.verify as attest_verify
-import kms.node.release as release
 from kms.attest import QuoteFailure, QuoteVerificationError, Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyRequestSession
@@ -246,15 +245,16 @@ def test_a_candidate_policy_needs_a_cvm_that_measured_the_app(world: Any) -> Non
 
 
 def test_the_quote_is_parsed_once_per_request(world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decode of the quote's bytes (``kms.attest.verify._parse``, dcap-qvl's parser)
+    for the whole pipeline: check parses it, screen and answer reuse the parsed quote."""
     calls: list[int] = []
-    real = attest_verify.parse_tdx_quote
+    real = attest_verify._parse
 
     def counting(quote: bytes) -> Any:
         calls.append(len(quote))
         return real(quote)
 
-    monkeypatch.setattr(release, "parse_tdx_quote", counting)
-    monkeypatch.setattr(attest_verify, "parse_tdx_quote", counting)
+    monkeypatch.setattr(attest_verify, "_parse", counting)
     res = run(world, request(world, seed=11))
     assert isinstance(res, Released)
     assert len(calls) == 1

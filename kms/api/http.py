@@ -38,7 +38,7 @@ from starlette.routing import Route
 from kms.api.answers import evidence_answer, key_answer, policy_answer
 from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
 from kms.node.evidence_log import EvidenceResult
-from kms.node.keyrelease import ReleaseResult
+from kms.node.keyrelease import KeysNotServed, ReleaseResult
 from kms.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kms.node.policies import PolicyOfferResult
 from kms.node.release import ReleaseRefused
@@ -54,7 +54,7 @@ class StatusSource(Protocol):
 
     async def release(self, request: KeyRequest) -> ReleaseResult: ...
 
-    def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused: ...
+    def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed: ...
 
     def chain_bytes(self) -> bytes: ...
 

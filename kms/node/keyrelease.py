@@ -176,12 +176,15 @@ class KeyRelease:
         self._metrics.key_request(reason, time.perf_counter() - started)
         return res
 
-    def undecodable(self, exc: MessageDecodeError) -> ReleaseRefused:
-        """A key request body that does not decode (refused by ``kms.api`` before any step)."""
+    def undecodable(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
+        """A key request body that does not decode (refused by ``kms.api`` before any step);
+        a node that releases no keys says so, whatever it was sent."""
+        if self.releaser is None:
+            self._metrics.key_request(KeyRefusalReason.NOT_SERVING, 0.0)
+            return KeysNotServed()
         res = refuse(KeyRefusalReason.MALFORMED, str(exc))
         self._metrics.key_request(res.reason, 0.0)
-        self._refused(res)
-        return res
+        return self._refused(res)
 
     async def _release(self, request: KeyRequest) -> ReleaseResult:
         releaser = self.releaser

@@ -47,7 +47,7 @@ from kms.node.core import (
     StoreRecord,
 )
 from kms.node.evidence_log import EvidenceLog, EvidenceResult
-from kms.node.keyrelease import KeyRelease, ReleaseResult
+from kms.node.keyrelease import KeyRelease, KeysNotServed, ReleaseResult
 from kms.node.limits import peer_queue_bytes
 from kms.node.logs import log_context
 from kms.node.metrics import NodeMetrics, NodeSnapshot
@@ -609,7 +609,7 @@ class NodeService:
         """Answer a CVM's decoded key request (``kms.node.keyrelease``)."""
         return await self.keys.release(request)
 
-    def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused:
+    def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
         """A key request body that does not decode: counted as a refused request."""
         return self.keys.undecodable(exc)
 

@@ -98,12 +98,12 @@ def test_the_public_port_answers_each_result_with_its_status(tmp_path: Path) -> 
             r = await http.post("/v1/evidence", content=b"\x93junk")
             assert r.status_code == 400 and r.json()["reason"] == "malformed"
 
-            # A node that releases no keys at all: 503.
+            # A node that releases no keys at all: 503, whatever it is sent.
             c.services[2].releaser = None
-            r = await c.clients[2].post(
-                "/v1/keys", content=c.key_request(owner.app_id())[1].encode()
-            )
-            assert r.status_code == 503
-            assert KeyRefusal.decode(r.content).reason == "not-serving"
+            good = c.key_request(owner.app_id())[1].encode()
+            for content in (good, b"\x92\x01\x02"):
+                r = await c.clients[2].post("/v1/keys", content=content)
+                assert r.status_code == 503
+                assert KeyRefusal.decode(r.content).reason == "not-serving"
 
     trio.run(main)

@@ -5,7 +5,7 @@ under the same root), the same report-data binding check and the same HPKE
 encryption of the answer, but the key comes from ``HKDF(root key, app id)``
 held by one process. Both are measured in this run, on the same request.
 
-* one node, in process: ``KeyReleaser.handle`` vs the baseline handler
+* one node, in process: the release pipeline (``kms.node.release``) vs the baseline handler
   (requests per second on one core, and their ratio);
 * end to end on loopback: a CVM's ``kms.client.http.KeyClient`` against a
   devnet of 5 node processes (t = 3) over HTTP, p50 and p99, vs the baseline
@@ -99,8 +99,9 @@ def _rate(fn: Callable[[], object], seconds: float) -> float:
 def in_process(quick: bool) -> list[Result]:
     from kms.attest import Verifier
     from kms.client.core import KeyRequestSession
-    from kms.node.release import KeyReleaser, Released, policies_from
+    from kms.node.release import Admitted, KeyReleaser, Released, release_with
     from kms.policy import AppPolicy, Measurement, OwnerKey
+    from kms.protocol import KeyRequest
     from mpc.ids import ParticipantIndex as PI
 
     cores, chain, nodes = _committee()
@@ -116,20 +117,24 @@ def in_process(quick: bool) -> list[Result]:
     )
     verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
     collateral = tee.collateral(NOW)
-    releaser = KeyReleaser(
-        PI(1),
-        nodes[PI(1)].identity,
-        verifier,
-        lambda q: collateral,
-        policies_from({owner.app_id(): policy}),
-        rng=os.urandom,
-    )
+    releaser = KeyReleaser(PI(1), nodes[PI(1)].identity, verifier)
     session = KeyRequestSession(chain, owner.app_id(), [("app", 1)], now=NOW, rng=os.urandom)
     raw = session.attach_quote(tee.quote(session.report_data, **MR)).encode()
     share = cores[PI(1)].share
 
     def ours() -> object:
-        res = releaser.handle(raw, now=NOW, epoch=0, share=share, seen_nonce=lambda n: False)
+        # As the HTTP app does: decode once, then the pipeline with its inputs as values.
+        res = release_with(
+            releaser,
+            KeyRequest.decode(raw),
+            now=NOW,
+            epoch=0,
+            share=share,
+            nonce_seen=False,
+            app=Admitted(policy),
+            collateral=collateral,
+            rng=os.urandom,
+        )
         if not isinstance(res, Released):
             raise RuntimeError(res)
         return res

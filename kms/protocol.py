@@ -180,7 +180,7 @@ class KeyResponse(Message):
 
 @dataclass(frozen=True, slots=True)
 class KeyRefusal(Message):
-    """A refusal with a reason code from ``kms.node.release.Refusal`` and a message."""
+    """A refusal with a reason code from ``kms.node.release.KeyRefusalReason`` and a message."""
 
     TYPE = "kms/key-refusal"
     reason: Annotated[str, MaxSize(64)]

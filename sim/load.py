@@ -19,7 +19,7 @@ from typing import Protocol
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyRequestSession
-from kms.node.release import KeyReleaser, Released
+from kms.node.release import Admitted, KeyReleaser, Released, release_with
 from kms.policy import AppPolicy, Measurement, OwnerKey
 from kms.protocol import PurposeVersion
 from mpc.cert import EpochCertificate
@@ -117,16 +117,7 @@ class KeyRequestLoad:
             verifier = self._verifier
             if verifier is None:  # pragma: no cover - _release_setup ran first
                 raise RuntimeError("key release is not set up")
-            collateral = self._collateral
-            policy = self._policy
-            r = KeyReleaser(
-                ParticipantIndex(node.index),
-                node.keys.identity,
-                verifier,
-                lambda q: collateral,
-                lambda app, now: policy,
-                rng=node.rng.randbytes,
-            )
+            r = KeyReleaser(ParticipantIndex(node.index), node.keys.identity, verifier)
             self._releasers[node.index] = r
         return r
 
@@ -193,11 +184,12 @@ class KeyRequestLoad:
             now=UNIX_BASE + int(now),
             rng=self._rng.randbytes,
         )
-        raw = session.attach_quote(
+        request = session.attach_quote(
             tee.quote(
                 session.report_data, mr_td=MR_TD, rtmr0=RTMR0, rtmr1=RTMR1, rtmr2=RTMR2, rtmr3=RTMR3
             )
-        ).encode()
+        )
+        raw = request.encode()
         timeout = world.scenario.load.timeout
         asked = 0
         order = list(state.committee.indices)
@@ -217,12 +209,16 @@ class KeyRequestLoad:
             if share is not None and node.corrupt_in(core.state.epoch if core.state else None):
                 for b in node.behaviours:
                     share = b.release_share(share)
-            res = self._releaser(node).handle(
-                raw,
+            res = release_with(
+                self._releaser(node),
+                request,
                 now=UNIX_BASE + int(world.local_time(node)),
                 epoch=core.state.epoch if core.state else 0,
                 share=share,
-                seen_nonce=node.nonces.__contains__,
+                nonce_seen=request.body.nonce in node.nonces,
+                app=Admitted(self._policy),
+                collateral=self._collateral,  # type: ignore[arg-type]
+                rng=node.rng.randbytes,
             )
             answer = res.response if isinstance(res, Released) else res.refusal
             back = world.network.route(int(idx), CVM, len(answer.encode()), there[0])

@@ -210,6 +210,13 @@ ROWS: dict[str, Rule] = {
     "kms.attest.pccs": SHELL,
     "kms.node.service": NODE_SHELL,
     "kms.node.policies": NODE_SHELL,
+    # The node's roles (``NodeService`` wires them): the release shell around the fenced
+    # pipeline (it may import the store), policies and gossip, evidence, audit, status.
+    "kms.node.keyrelease": NODE_SHELL,
+    "kms.node.policy_sync": NODE_SHELL,
+    "kms.node.evidence_log": NODE_SHELL,
+    "kms.node.audit_log": NODE_SHELL,
+    "kms.node.node_status": NODE_SHELL,
     "kms.client.http": SHELL,
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).

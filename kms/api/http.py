@@ -35,9 +35,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from kms.api.answers import evidence_answer, key_answer, policy_answer
 from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
+from kms.node.evidence_log import EvidenceResult
+from kms.node.keyrelease import KeysNotServed, ReleaseResult
 from kms.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from kms.protocol import KeyRefusal, KeyRequest, WrongPartialEvidence
+from kms.node.policies import PolicyOfferResult
+from kms.node.release import ReleaseRefused
+from kms.protocol import KeyRequest, WrongPartialEvidence
+from mpc.codec import Message as WireMessage
 from mpc.codec import MessageDecodeError, decode
 
 
@@ -46,7 +52,9 @@ class StatusSource(Protocol):
 
     def metrics_text(self) -> str: ...
 
-    async def release(self, raw: bytes) -> tuple[int, bytes]: ...
+    async def release(self, request: KeyRequest) -> ReleaseResult: ...
+
+    def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed: ...
 
     def chain_bytes(self) -> bytes: ...
 
@@ -54,11 +62,11 @@ class StatusSource(Protocol):
 
     def count_rejected(self, label: str) -> None: ...
 
-    def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]: ...
+    def offer_evidence(self, raw: bytes) -> EvidenceResult: ...
 
     def audit_head(self) -> dict[str, Any]: ...
 
-    def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]: ...
+    def offer_policy(self, raw: bytes) -> PolicyOfferResult: ...
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None: ...
 
@@ -233,6 +241,13 @@ def _message_response(raw: bytes, status_code: int, as_json: bool) -> Response:
     return Response(raw, status_code=status_code, media_type=MSGPACK)
 
 
+def _typed_response(message: WireMessage, status_code: int, as_json: bool) -> Response:
+    """A message encoded as msgpack, or in its JSON form."""
+    if as_json:
+        return JSONResponse(message.to_json(), status_code=status_code)
+    return Response(message.encode(), status_code=status_code, media_type=MSGPACK)
+
+
 def make_app(source: StatusSource) -> Starlette:
     from kms.api.openapi import openapi_document
 
@@ -253,16 +268,18 @@ def make_app(source: StatusSource) -> Starlette:
     async def keys(request: Request) -> Response:
         body = await read_body(request)
         as_json = _wants_json(request)
-        if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
-            # The JSON form maps onto the msgpack one; the node checks that as usual.
-            try:
-                body = KeyRequest.decode_json(body).encode()
-            except MessageDecodeError as exc:
-                source.count_rejected("key request: malformed-request")
-                refusal = KeyRefusal("malformed-request", str(exc)[:500])
-                return _message_response(refusal.encode(), 400, as_json)
-        code, answer = await source.release(body)
-        return _message_response(answer, code, as_json)
+        # Decoded once, here (the JSON form maps onto the msgpack one); the node gets the
+        # typed request.
+        try:
+            if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
+                key_request = KeyRequest.decode_json(body)
+            else:
+                key_request = KeyRequest.decode(body)
+        except MessageDecodeError as exc:
+            code, answer = key_answer(source.refuse_key_request(exc))
+        else:
+            code, answer = key_answer(await source.release(key_request))
+        return _typed_response(answer, code, as_json)
 
     async def chain(request: Request) -> Response:
         q = request.query_params
@@ -313,7 +330,7 @@ def make_app(source: StatusSource) -> Starlette:
 
     async def policies(request: Request) -> Response:
         body = await read_body(request)
-        code, reply = source.offer_policy(body)
+        code, reply = policy_answer(source.offer_policy(body))
         return JSONResponse(reply, status_code=code)
 
     async def evidence(request: Request) -> Response:
@@ -327,7 +344,7 @@ def make_app(source: StatusSource) -> Starlette:
                     {"accepted": False, "reason": "malformed", "detail": str(exc)[:500]},
                     status_code=400,
                 )
-        code, reply = source.offer_evidence(body)
+        code, reply = evidence_answer(source.offer_evidence(body))
         return JSONResponse(reply, status_code=code)
 
     async def policy(request: Request) -> Response:

@@ -202,15 +202,16 @@ def openapi_document() -> dict[str, Any]:
                         _message_content(KeyResponse),
                     ),
                     "400": _resp(
-                        "A JSON body that does not decode (KeyRefusal malformed-request), "
-                        "or an unusable Content-Length (BodyRefusal, JSON).",
+                        "A body (msgpack or JSON) that does not decode as a KeyRequest, or an "
+                        "answer it cannot be sealed to (KeyRefusal malformed-request), or an "
+                        "unusable Content-Length (BodyRefusal, JSON).",
                         {
                             "application/msgpack": {"schema": _msgpack(KeyRefusal)},
                             "application/json": {"schema": refusal_json},
                         },
                     ),
                     "403": _resp(
-                        "Refused; reason is a code of kms.node.release.Refusal.",
+                        "Refused; reason is a code of kms.node.release.KeyRefusalReason.",
                         _message_content(KeyRefusal),
                     ),
                     **BODY_REFUSALS,

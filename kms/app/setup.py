@@ -436,7 +436,6 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
             extra={"fields": {"simulated_root_ca": str(cfg.simulated_root_ca)}},
         )
     verifier = _verifier(cfg)
-    provider = service.collateral
 
     def mpk() -> bytes | None:
         st = service.core.state
@@ -463,8 +462,5 @@ def make_releaser(cfg: NodeFileConfig, service: NodeService) -> Any:
         cfg.index,
         service.identity,
         verifier,
-        provider.get,
-        service.policies,
-        rng=os.urandom,
         max_skew=cfg.max_request_skew,
     )

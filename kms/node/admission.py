@@ -14,7 +14,7 @@
   part in (``ChangeContext.reshare_runs``).
 
 A refusal raises :class:`kms.node.core.ChangeRefused` with one of the
-:class:`Refusal` labels. Nothing here reads a clock: ``now`` comes from the
+:class:`AdmissionRefusal` labels. Nothing here reads a clock: ``now`` comes from the
 node core.
 """
 
@@ -54,7 +54,7 @@ JOIN_MAX_AGE = 2
 epoch is more than this many epochs behind their current epoch."""
 
 
-class Refusal(enum.Enum):
+class AdmissionRefusal(enum.Enum):
     NO_ADMISSION_POLICY = "no-admission-policy"
     MALFORMED_ADMISSION_POLICY = "malformed-admission-policy"
     NO_ATTESTATION = "no-attestation"
@@ -99,33 +99,33 @@ def link_epoch(link: EpochCertificate | MembershipCertificate) -> int:
 def check_join_freshness(ctx: ChangeContext, add: AddMember) -> None:
     """Refuse a join request not bound to a recent head of this node's chain."""
     if not add.head:
-        raise _refuse(Refusal.JOIN_UNBOUND, "the join request names no chain head")
+        raise _refuse(AdmissionRefusal.JOIN_UNBOUND, "the join request names no chain head")
     link = next((x for x in reversed(ctx.chain) if x.hash() == add.head), None)
     if link is None or link_epoch(link) != add.epoch:
         raise _refuse(
-            Refusal.JOIN_UNKNOWN_HEAD,
+            AdmissionRefusal.JOIN_UNKNOWN_HEAD,
             f"the join request's head (epoch {add.epoch}) is not in this node's chain",
         )
     if ctx.state.epoch - add.epoch > JOIN_MAX_AGE:
         raise _refuse(
-            Refusal.JOIN_STALE,
+            AdmissionRefusal.JOIN_STALE,
             f"the join request was made at epoch {add.epoch}, the committee is at "
             f"{ctx.state.epoch} (at most {JOIN_MAX_AGE} behind)",
         )
 
 
-def _refuse(reason: Refusal, detail: str = "") -> ChangeRefused:
+def _refuse(reason: AdmissionRefusal, detail: str = "") -> ChangeRefused:
     return ChangeRefused(reason.value, detail)
 
 
 def _holder(ctx: ChangeContext, change: RemoveMember) -> Participant:
     """The member a removal names: its index and identity in the current committee."""
     if not change.identity:
-        raise _refuse(Refusal.REMOVAL_UNBOUND, "the removal names no identity key")
+        raise _refuse(AdmissionRefusal.REMOVAL_UNBOUND, "the removal names no identity key")
     holder = next((m for m in ctx.state.committee.members if m.index == change.index), None)
     if holder is None or holder.identity != change.identity:
         raise _refuse(
-            Refusal.EVIDENCE_NAMES_ANOTHER_NODE,
+            AdmissionRefusal.EVIDENCE_NAMES_ANOTHER_NODE,
             f"node {change.index} of this epoch does not have the identity the removal names",
         )
     return holder
@@ -140,7 +140,7 @@ def _state_at(chain: Sequence[EpochCertificate | MembershipCertificate], epoch: 
     """
     first = chain[0] if chain else None
     if not isinstance(first, EpochCertificate):
-        raise _refuse(Refusal.EVIDENCE_INVALID, "no chain")
+        raise _refuse(AdmissionRefusal.EVIDENCE_INVALID, "no chain")
     cert = next(
         (x for x in chain if isinstance(x, EpochCertificate) and x.transcript.epoch == epoch),
         None,
@@ -151,12 +151,14 @@ def _state_at(chain: Sequence[EpochCertificate | MembershipCertificate], epoch: 
             default=0,
         )
         if 0 < epoch < oldest:
-            raise _refuse(Refusal.EVIDENCE_STALE, f"epoch {epoch} is older than the kept chain")
-        raise _refuse(Refusal.EVIDENCE_INVALID, f"epoch {epoch} is not in the chain")
+            raise _refuse(
+                AdmissionRefusal.EVIDENCE_STALE, f"epoch {epoch} is older than the kept chain"
+            )
+        raise _refuse(AdmissionRefusal.EVIDENCE_INVALID, f"epoch {epoch} is not in the chain")
     try:
         return epoch_state(G2.from_bytes(first.transcript.mpk), cert)
     except (ChainError, InvalidEncoding) as exc:
-        raise _refuse(Refusal.EVIDENCE_INVALID, f"chain: {exc}") from exc
+        raise _refuse(AdmissionRefusal.EVIDENCE_INVALID, f"chain: {exc}") from exc
 
 
 WrongPartialCheck = Callable[[WrongPartialEvidence, ChainState], str]
@@ -183,7 +185,7 @@ class ChangeChecker:
             try:
                 NodeAdmissionPolicy.decode(change.policy)
             except InvalidEncoding as exc:
-                raise _refuse(Refusal.MALFORMED_ADMISSION_POLICY, str(exc)) from exc
+                raise _refuse(AdmissionRefusal.MALFORMED_ADMISSION_POLICY, str(exc)) from exc
         elif isinstance(change, RemoveMember):
             holder = _holder(ctx, change)
             if change.evidence:
@@ -193,36 +195,40 @@ class ChangeChecker:
 
     def check_join(self, ctx: ChangeContext, add: AddMember) -> None:
         if ctx.admission_policy is None:
-            raise _refuse(Refusal.NO_ADMISSION_POLICY, "the committee's policy is unknown here")
+            raise _refuse(
+                AdmissionRefusal.NO_ADMISSION_POLICY, "the committee's policy is unknown here"
+            )
         try:
             policy = NodeAdmissionPolicy.decode(ctx.admission_policy)
         except InvalidEncoding as exc:
             raise _refuse(
-                Refusal.MALFORMED_ADMISSION_POLICY,
+                AdmissionRefusal.MALFORMED_ADMISSION_POLICY,
                 "the committee's admission policy is not a node admission policy",
             ) from exc
         if not add.attestation:
-            raise _refuse(Refusal.NO_ATTESTATION, "the join request carries no quote")
+            raise _refuse(AdmissionRefusal.NO_ATTESTATION, "the join request carries no quote")
         check_join_freshness(ctx, add)
         if self.verifier is None or self.collateral is None:
-            raise _refuse(Refusal.NO_TRUST_ROOT, "this node has no collateral to verify quotes")
+            raise _refuse(
+                AdmissionRefusal.NO_TRUST_ROOT, "this node has no collateral to verify quotes"
+            )
         try:
             verified = self.verifier.verify(
                 add.attestation, self.collateral(add.attestation), now=int(ctx.now)
             )
         except QuoteVerificationError as exc:
-            raise _refuse(Refusal.QUOTE_REJECTED, f"{exc.reason.value}: {exc}") from exc
+            raise _refuse(AdmissionRefusal.QUOTE_REJECTED, f"{exc.reason.value}: {exc}") from exc
         if verified.report_data != join_report_data(
             add.participant, add.addresses, add.epoch, add.head
         ):
             raise _refuse(
-                Refusal.REPORT_DATA_MISMATCH,
+                AdmissionRefusal.REPORT_DATA_MISMATCH,
                 "the quote does not bind this participant record and these addresses",
             )
         try:
             admits_node(policy, td=verified, tcb_status=verified.tcb_status)
         except PolicyError as exc:
-            raise _refuse(Refusal.NOT_ADMITTED, f"{exc.reason.value}: {exc}") from exc
+            raise _refuse(AdmissionRefusal.NOT_ADMITTED, f"{exc.reason.value}: {exc}") from exc
 
     # --- evidence ---------------------------------------------------------------------
 
@@ -234,13 +240,16 @@ class ChangeChecker:
         try:
             ev = decode(raw)
         except (InvalidEncoding, ValueError) as exc:
-            raise _refuse(Refusal.MALFORMED_EVIDENCE, str(exc)) from exc
+            raise _refuse(AdmissionRefusal.MALFORMED_EVIDENCE, str(exc)) from exc
         culprit = evidence_culprit(ev)
         if culprit is None:
-            raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, f"{type(ev).__name__} is not evidence")
+            raise _refuse(
+                AdmissionRefusal.UNSUPPORTED_EVIDENCE, f"{type(ev).__name__} is not evidence"
+            )
         if culprit != index:
             raise _refuse(
-                Refusal.EVIDENCE_NAMES_ANOTHER_NODE, f"evidence against node {culprit}, not {index}"
+                AdmissionRefusal.EVIDENCE_NAMES_ANOTHER_NODE,
+                f"evidence against node {culprit}, not {index}",
             )
         try:
             if isinstance(ev, EquivocationEvidence):
@@ -253,31 +262,35 @@ class ChangeChecker:
                     # Only a member that ran the reshare knows its configuration (the
                     # old public polynomial the constant term must match).
                     raise _refuse(
-                        Refusal.UNKNOWN_RUN, "this node did not take part in that reshare"
+                        AdmissionRefusal.UNKNOWN_RUN, "this node did not take part in that reshare"
                     )
                 dealer = next((p for p in cfg.dealers if p.index == culprit), None)
                 if dealer is None or dealer.identity != holder.identity:
-                    raise _refuse(Refusal.EVIDENCE_INVALID, f"node {culprit} was no dealer there")
+                    raise _refuse(
+                        AdmissionRefusal.EVIDENCE_INVALID, f"node {culprit} was no dealer there"
+                    )
                 ev.verify(
                     dealer.verify_key(), cfg.old_public_share(ParticipantIndex(culprit)), run=ev.run
                 )
             elif isinstance(ev, WrongPartialEvidence):
                 if self.wrong_partial is None:
-                    raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, "no wrong-partial check here")
+                    raise _refuse(
+                        AdmissionRefusal.UNSUPPORTED_EVIDENCE, "no wrong-partial check here"
+                    )
                 then = _state_at(ctx.chain, ev.response.epoch)
                 if not any(
                     m.index == culprit and m.identity == holder.identity
                     for m in then.committee.members
                 ):
                     raise _refuse(
-                        Refusal.EVIDENCE_INVALID,
+                        AdmissionRefusal.EVIDENCE_INVALID,
                         f"node {culprit} of epoch {ev.response.epoch} is another node",
                     )
                 self.wrong_partial(ev, then)
             else:  # pragma: no cover - evidence_culprit() admits only the kinds above
-                raise _refuse(Refusal.UNSUPPORTED_EVIDENCE, f"{type(ev).__name__}")
+                raise _refuse(AdmissionRefusal.UNSUPPORTED_EVIDENCE, f"{type(ev).__name__}")
         except (InvalidSignature, InvalidEncoding) as exc:
-            raise _refuse(Refusal.EVIDENCE_INVALID, str(exc)) from exc
+            raise _refuse(AdmissionRefusal.EVIDENCE_INVALID, str(exc)) from exc
 
 
 def evidence_culprit(ev: object) -> int | None:
@@ -294,8 +307,8 @@ def evidence_culprit(ev: object) -> int | None:
 __all__ = [
     "JOIN_CONTEXT",
     "JOIN_MAX_AGE",
+    "AdmissionRefusal",
     "ChangeChecker",
-    "Refusal",
     "evidence_culprit",
     "join_report_data",
 ]

@@ -27,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from kms.node.model import RunProgress
-from kms.node.release import Refusal
+from kms.node.release import KeyRefusalReason
 
 # Counters and histograms get no ``*_created`` series: the node's metrics are exactly
 # those in the operator guide's table.
@@ -44,9 +44,8 @@ PHASE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 
 
 RELEASED = "released"
 REFUSED = "refused"
-REFUSAL_REASONS = tuple(r.value for r in Refusal)
-OTHER = "other"
-"""The reason label of a refusal whose reason is not one of ``Refusal``'s values."""
+REFUSAL_REASONS = tuple(r.value for r in KeyRefusalReason)
+"""The reason labels of refused key requests: ``KeyRefusalReason`` values."""
 
 
 @dataclass(frozen=True)
@@ -204,14 +203,13 @@ class NodeMetrics:
             for peer in [p for p in table if p not in self._members]:
                 del table[peer]
 
-    def key_request(self, refusal: str | None, seconds: float) -> None:
+    def key_request(self, refusal: KeyRefusalReason | None, seconds: float) -> None:
         """A key request was answered: released (``refusal`` is ``None``) or refused."""
         if refusal is None:
             self._key_requests.labels(RELEASED, "none").inc()
             self._key_seconds.labels(RELEASED).observe(seconds)
             return
-        reason = refusal if refusal in REFUSAL_REASONS else OTHER
-        self._key_requests.labels(REFUSED, reason).inc()
+        self._key_requests.labels(REFUSED, refusal.value).inc()
         self._key_seconds.labels(REFUSED).observe(seconds)
 
     def run_progress(self, progress: RunProgress | None, now: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,16 @@ from kms.store.store import StoredApp
 
 log = logging.getLogger("quorum_kms.node")
 
-_STATUS = {
-    PolicyFailure.MALFORMED: 400,
-    PolicyFailure.UNKNOWN_APP: 202,
-    PolicyFailure.APP_FROZEN: 423,
-}
+
+@dataclass(frozen=True)
+class PoliciesUnavailable:
+    """This node cannot take policies now (it keeps none, or knows no master public key)."""
+
+    detail: str
+
+
+PolicyOfferResult = OfferOutcome | PoliciesUnavailable
+"""What became of a bundle offered to the node (``kms.api`` chooses the HTTP status)."""
 
 
 class NodePolicies:
@@ -305,63 +311,32 @@ class NodePolicies:
         now: int,
         voucher: int | None = None,
         members: frozenset[int] | None = None,
-    ) -> tuple[int, dict[str, Any], OfferOutcome | None]:
+    ) -> PolicyOfferResult:
         """A bundle pushed by anyone (``voucher`` None) or sent by committee member ``voucher``.
-        ``members`` are the current committee's indices: only their vouches count.
-
-        Returns (HTTP status, reply, outcome).
-        """
+        ``members`` are the current committee's indices: only their vouches count."""
         reg = self.ready(now)
         if reg is not None and members is not None:
             reg.current_members = members
         if reg is None:
-            return (
-                503,
-                {"accepted": False, "reason": "not-serving", "detail": "no master public key yet"},
-                None,
-            )
+            return PoliciesUnavailable("no master public key yet")
         digest = bundle_hash(raw)
         seen = reg.seen(digest, voucher)
         if seen is not None:  # a copy of a bundle already held, cached or refused for good
-            return self._reply(seen)
+            return seen
         if voucher is None:
             early = _too_many_rotations(raw, reg)
             if early is not None:  # before any key is decoded or signature checked
-                return self._reply(early)
+                return early
         try:
             bundle = PolicyBundle.decode(raw)
         except ValueError as exc:
             out = OfferOutcome(False, None, None, PolicyFailure.MALFORMED, str(exc)[:500])
             reg.remember_refusal(digest, out)
-            return 400, {"accepted": False, "reason": "malformed", "detail": out.detail}, None
+            return out
         out = reg.offer(bundle, now=now, voucher=voucher)
         if not out.accepted:
             reg.remember_refusal(digest, out)
-        return self._reply(out)
-
-    @staticmethod
-    def _reply(out: OfferOutcome) -> tuple[int, dict[str, Any], OfferOutcome | None]:
-        if out.reason is PolicyFailure.MALFORMED and out.app_id is None:
-            return 400, {"accepted": False, "reason": "malformed", "detail": out.detail}, None
-        app = out.app_id.hex() if out.app_id is not None else ""
-        if out.accepted:
-            return 200, {"accepted": True, "version": out.version, "app_id": app}, out
-        if out.duplicate:
-            return (
-                200,
-                {"accepted": True, "version": out.version, "app_id": app, "duplicate": True},
-                out,
-            )
-        reply: dict[str, Any] = {
-            "accepted": False,
-            "reason": out.reason.value if out.reason is not None else "refused",
-            "detail": out.detail[:500],
-            "app_id": app,
-            "held_version": out.version,
-        }
-        if out.cached:
-            reply["cached"] = True
-        return _STATUS.get(out.reason, 409) if out.reason else 409, reply, out
+        return out
 
     # --- gossip helpers -----------------------------------------------------------------------
 

@@ -1,56 +1,73 @@
-"""Key release at one node, sans-I/O: check a CVM's request, answer with an encrypted partial.
+"""Key release at one node, sans-I/O: a typed pipeline from a decoded request to an answer.
 
-Two steps. :meth:`KeyReleaser.check` is pure and cheap, and runs before the
-node fetches anything; its checks, cheapest first so that junk costs little,
-each refusal with a reason code and no state change:
+The HTTP app decodes the CVM's request once (msgpack or JSON) into a
+:class:`~kms.protocol.KeyRequest`; this module never decodes bytes and never
+fetches anything. It is a pipeline of pure steps over values; the release role
+(``kms.node.keyrelease``) gathers the inputs each step says it needs, as values,
+between the steps. Cheapest first, so that junk costs little; each refusal a
+:class:`KeyRefusalReason` and no state change:
 
-1. the request decodes, names purposes, and carries an ephemeral key for
-   this node's index; this node holds a share of the current epoch;
-2. freshness: ``|now - timestamp| ≤ max_skew``;
-3. the quote parses as a TDX quote (v4 or v5) and its ``report_data`` is
-   ``SHA-512(body)``;
-4. the nonce was not seen within the freshness window (replay cache);
-5. the quote's PCK certificate chain verifies to a pinned root (Intel's, or a
-   simulated root when the node accepts simulated quotes).
+:meth:`KeyReleaser.check` ``(request, now, share) -> Needs | ReleaseRefused``
+  1. this node holds a share of the current epoch; the request carries an
+     ephemeral key for this node's index;
+  2. freshness: ``|now - timestamp| ≤ max_skew``;
+  3. the quote parses as a TDX quote (v4 or v5), once per request, and its
+     ``report_data`` is ``SHA-512(body)``.
 
-Its output, :class:`Checked` (the decoded request, the parsed quote and so
-its platform, the app and the nonce), is what the node's shell fetches
-collateral for and then hands to :meth:`KeyReleaser.release`, with the time
-read again after the fetch, which re-checks the share, freshness and the
-nonce at that time (time passed while fetching) and goes on:
+  :class:`Needs` names what the rest needs: the nonce to test, the platform
+  (FMSPC, CA) to fetch collateral for, and the app whose policy state to read.
 
-6. the quote verifies (Intel DCAP: collateral not older than the node's
-   floor, chain to the pinned root, TDX not SGX, TCB status within the
-   node's floor; simulated roots only when configured);
-7. the app's current policy admits it for every purpose (measurement or
-   compose hash read from the RTMR3 event log's boot prefix, whose ``app-id``
-   must then be the requested app, as it must for any entry when the policy is
-   a candidate that would admit a new app; the policy's pins; TCB status, purpose,
-   key version, policy version ≥ the one the CVM asked for, not expired). The
-   log is replayed once per request, whatever the number of purposes.
+:meth:`KeyReleaser.screen` ``(needs, now, nonce_seen) -> ReleaseRefused | None``
+  4. the nonce was not seen within the freshness window (replay cache);
+  5. the quote's PCK certificate chain verifies to a pinned root (Intel's, or a
+     simulated root when the node accepts simulated quotes): only then does a
+     quote name a platform worth fetching collateral for.
+
+:func:`gate` ``(needs, app) -> ReleaseRefused | None``
+  6. the app's state at this node, an :data:`AppState` value: frozen by an owner
+     rotation fork; a bundle the request carries that cannot be used; a request
+     that would admit an app but whose RTMR3 event log does not name it; the
+     committee not yet asked enough about an app this node has not admitted.
+
+:meth:`KeyReleaser.answer` ``(needs, inputs) -> Released | ReleaseRefused``
+  with :class:`ReleaseInputs` read after the collateral fetch (time passed): the
+  share, freshness, the nonce and the gate are judged again at that time, then
+
+  7. the quote verifies against the collateral gathered for its platform (Intel
+     DCAP: collateral not older than the node's floor, chain to the pinned root,
+     TDX not SGX, TCB status within the node's floor; simulated roots only when
+     configured);
+  8. the app's policy (its current one, or the candidate bundle's) admits it for
+     every purpose (measurement or compose hash read from the RTMR3 event log's
+     boot prefix, whose ``app-id`` must then be the requested app, as it must for
+     any entry when the policy is a candidate that would admit a new app; the
+     policy's pins; TCB status, purpose, key version, policy version ≥ the one the
+     CVM asked for, not expired). The log is replayed once per request, whatever
+     the number of purposes.
 
 Then, per purpose: the partial ``s_i·H(id)``, HPKE-encrypted to the CVM's
 ephemeral key for this index (info and AAD bind the request hash, purpose,
-epoch and index) and signed by the node's identity. The caller records the
-nonce and appends the audit records (app, purpose, measurement, request hash,
-time; never key material).
+epoch and index) and signed by the node's identity. :class:`Released` carries
+the nonce to record and the audit records (app, purpose, measurement, request
+hash, time; never key material). HTTP status codes are chosen in ``kms.api``
+from the result's type and reason, never here.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kms.attest import (
+    Collateral,
     ParsedQuote,
     QuoteVerificationError,
     Verifier,
     check_pck_chain,
     parse_tdx_quote,
 )
-from kms.policy import AppPolicy, Evidence, PolicyError, admits
+from kms.policy import AppPolicy, EventLogError, Evidence, PolicyError, admits
+from kms.policy.eventlog import replay_rtmr3
 from kms.protocol import (
     KeyRefusal,
     KeyRequest,
@@ -59,7 +76,6 @@ from kms.protocol import (
     release_info,
 )
 from mpc import hpke
-from mpc.codec import MessageDecodeError
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex
 from mpc.secret import RNG, SecretShare
@@ -69,7 +85,9 @@ from mpc.tkd import derive_partial
 DEFAULT_MAX_SKEW = 120
 
 
-class Refusal(enum.Enum):
+class KeyRefusalReason(enum.Enum):
+    """Why a key request was refused: the ``reason`` of the ``kms/key-refusal`` answer."""
+
     MALFORMED = "malformed-request"
     NOT_SERVING = "not-serving"
     NO_KEY_FOR_INDEX = "no-ephemeral-key-for-this-node"
@@ -85,7 +103,9 @@ class Refusal(enum.Enum):
 
 
 @dataclass(frozen=True)
-class AuditRecord:
+class ReleaseAuditRecord:
+    """One audit record of a release (one per purpose); never key material."""
+
     app: str
     purpose: str
     version: int
@@ -109,13 +129,16 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
-class Checked:
-    """A request that passed :meth:`KeyReleaser.check`: what the rest of the release
-    needs, decoded and parsed once."""
+class Needs:
+    """A request that passed :meth:`KeyReleaser.check`, and what the rest of the
+    pipeline needs gathered for it: the nonce to test, the platform to fetch
+    collateral for, the app whose state to read."""
 
-    raw: bytes
     request: KeyRequest
+    request_hash: bytes
+    """SHA-256 of the request's canonical encoding (``KeyRequest.request_hash``)."""
     quote: ParsedQuote
+    """The quote, parsed once."""
     target: bytes
     """The CVM's ephemeral key for this node's index."""
 
@@ -132,127 +155,236 @@ class Checked:
     def nonce(self) -> bytes:
         return bytes(self.request.body.nonce)
 
+    @property
+    def names_bundle(self) -> bool:
+        """The request carries or names a policy bundle (it may admit its app)."""
+        return bool(self.request.body.policy_hash)
+
+    def measures_app(self) -> bool:
+        """The request's RTMR3 event log replays to the quote's RTMR3 and its boot
+        prefix names the requested app: one boot admits at most one app."""
+        log = self.request.event_log
+        if not log:
+            return False
+        try:
+            return replay_rtmr3(bytes(log), self.quote.fields.rtmr3).app_id == self.app_id
+        except EventLogError:
+            return False
+
+
+# --- the app's state at this node, gathered by the shell -------------------------------------
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The app as this node holds it: its current policy, or ``None`` if it has none."""
+
+    policy: AppPolicy | None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An app not admitted here, with the policy of the bundle the request carries or names
+    (signature, chain, key, time and version bound checked; the committee asked and its
+    chains agree): the request may admit it, if its event log names the app."""
+
+    policy: AppPolicy
+
+
+@dataclass(frozen=True)
+class AppFrozen:
+    """Two different owner rotations were seen: no release until the operator resolves it."""
+
+
+@dataclass(frozen=True)
+class BundleUnusable:
+    """The bundle the request carries or names cannot be used; ``why`` says why."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class AppNotMeasured:
+    """The request would admit an app, but its event log does not name that app."""
+
+
+@dataclass(frozen=True)
+class AwaitingCommittee:
+    """Fewer than ``t`` other members have answered about the app yet: retry shortly."""
+
+
+@dataclass(frozen=True)
+class NoCommittee:
+    """This node knows no committee yet."""
+
+
+AppState = (
+    Admitted
+    | Candidate
+    | AppFrozen
+    | BundleUnusable
+    | AppNotMeasured
+    | AwaitingCommittee
+    | NoCommittee
+)
+"""What the shell found about the requested app (:func:`gate` reads it)."""
+
+
+@dataclass(frozen=True)
+class ReleaseInputs:
+    """The values :meth:`KeyReleaser.answer` judges a request by, gathered by the shell
+    after the collateral fetch."""
+
+    now: int
+    epoch: int
+    share: SecretShare | None
+    nonce_seen: bool
+    app: AppState
+    collateral: Collateral | QuoteVerificationError
+    """The collateral for the quote's platform, or why there is none."""
+    rng: RNG
+    """Randomness for the HPKE encryption of the answer."""
+
+
+# --- results ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Released:
     response: KeyResponse
     nonce: bytes
-    audit: tuple[AuditRecord, ...]
+    audit: tuple[ReleaseAuditRecord, ...]
 
 
 @dataclass(frozen=True)
-class Refused:
-    refusal: KeyRefusal
+class ReleaseRefused:
+    reason: KeyRefusalReason
+    detail: str
 
     @property
-    def reason(self) -> str:
-        return self.refusal.reason
+    def refusal(self) -> KeyRefusal:
+        """The wire answer."""
+        return KeyRefusal(self.reason.value, self.detail)
 
 
-def refuse(reason: Refusal, detail: str) -> Refused:
-    return Refused(KeyRefusal(reason.value, detail[:500]))
+def refuse(reason: KeyRefusalReason, detail: str) -> ReleaseRefused:
+    return ReleaseRefused(reason, detail[:500])
+
+
+def gate(needs: Needs, app: AppState) -> ReleaseRefused | None:
+    """Step 6: the app's state refuses the request, or lets it through (pure)."""
+    del needs  # the state was gathered for this request
+    if isinstance(app, Admitted | Candidate):
+        return None
+    if isinstance(app, AppFrozen):
+        return refuse(KeyRefusalReason.FROZEN, "the app is frozen by an owner rotation fork")
+    if isinstance(app, BundleUnusable):
+        return refuse(KeyRefusalReason.BUNDLE, app.why)
+    if isinstance(app, AppNotMeasured):
+        return refuse(
+            KeyRefusalReason.POLICY,
+            "app_id_not_measured: a key request that admits an app needs an RTMR3 "
+            "event log whose boot prefix names the app",
+        )
+    if isinstance(app, AwaitingCommittee):
+        return refuse(KeyRefusalReason.RETRY, "asking the committee about this app: retry shortly")
+    return refuse(KeyRefusalReason.NOT_SERVING, "no epoch yet")
 
 
 class KeyReleaser:
-    """Everything a node needs to answer key requests, except I/O."""
+    """What a node needs to answer key requests: its index, identity key, trust roots and
+    allowed skew. Values only: no callables, nothing remembered between requests."""
 
     def __init__(
         self,
         index: ParticipantIndex,
         identity_key: SigningKey,
         verifier: Verifier,
-        collateral_for: Callable[[ParsedQuote], object],
-        policy_for: Callable[[bytes, int], AppPolicy | None],
         *,
-        rng: RNG,
         max_skew: int = DEFAULT_MAX_SKEW,
     ) -> None:
         self.index = index
         self._key = identity_key
         self._verifier = verifier
-        self._collateral_for = collateral_for
-        self._policy_for = policy_for
-        self._rng = rng
         self.max_skew = max_skew
 
     @property
     def simulated_allowed(self) -> bool:
         return self._verifier.simulated_allowed
 
+    def _stale(self, request: KeyRequest, now: int) -> ReleaseRefused | None:
+        ts = request.body.timestamp
+        if abs(now - ts) > self.max_skew:
+            return refuse(
+                KeyRefusalReason.STALE, f"timestamp {ts} is more than {self.max_skew} s from {now}"
+            )
+        return None
+
     def check(
-        self,
-        raw: bytes,
-        *,
-        now: int,
-        share: SecretShare | None,
-        seen_nonce: Callable[[bytes], bool],
-    ) -> Checked | Refused:
-        """Every check that needs no collateral and no policy (see the module docstring).
-        Pure: nothing is fetched, stored or counted."""
-        try:
-            req = KeyRequest.decode(raw)
-        except MessageDecodeError as exc:
-            return refuse(Refusal.MALFORMED, str(exc))
-        body = req.body
+        self, request: KeyRequest, *, now: int, share: SecretShare | None
+    ) -> Needs | ReleaseRefused:
+        """Steps 1-3 (see the module docstring)."""
+        body = request.body
         if share is None:
-            return refuse(Refusal.NOT_SERVING, "this node holds no share of the current epoch")
+            return refuse(
+                KeyRefusalReason.NOT_SERVING, "this node holds no share of the current epoch"
+            )
         target = body.ephemeral_key(int(self.index))
         if target is None:
-            return refuse(Refusal.NO_KEY_FOR_INDEX, f"no ephemeral key for index {int(self.index)}")
-        if abs(now - body.timestamp) > self.max_skew:
             return refuse(
-                Refusal.STALE,
-                f"timestamp {body.timestamp} is more than {self.max_skew} s from {now}",
+                KeyRefusalReason.NO_KEY_FOR_INDEX, f"no ephemeral key for index {int(self.index)}"
             )
+        stale = self._stale(request, now)
+        if stale is not None:
+            return stale
         try:
-            quote = parse_tdx_quote(req.quote)
+            quote = parse_tdx_quote(request.quote)
         except QuoteVerificationError as exc:
-            return refuse(Refusal.QUOTE, str(exc))
+            return refuse(KeyRefusalReason.QUOTE, str(exc))
         if quote.fields.report_data != body.report_data():
-            return refuse(Refusal.BINDING, "report_data is not SHA-512 of the request body")
-        if seen_nonce(body.nonce):
-            return refuse(Refusal.REPLAY, "this nonce was already used")
-        try:
-            check_pck_chain(quote, self._verifier.roots, now=now)
-        except QuoteVerificationError as exc:
-            return refuse(Refusal.QUOTE, str(exc))
-        return Checked(bytes(raw), req, quote, target)
-
-    def release(
-        self,
-        checked: Checked,
-        *,
-        now: int,
-        epoch: int,
-        share: SecretShare | None,
-        seen_nonce: Callable[[bytes], bool],
-        candidate: AppPolicy | None = None,
-    ) -> Released | Refused:
-        """Verify a checked request's quote and policy and answer it (see the module
-        docstring). ``now`` is the time after any wait: the share, the request's freshness
-        and the nonce are checked again, since the caller may have awaited collateral
-        since :meth:`check`, and the policy, collateral and quote are judged at it. ``candidate`` is the policy of the
-        bundle the request carries, for an app the node has not admitted (already
-        checked: signature, chain, key, time, version bound)."""
-        req, body, target = checked.request, checked.request.body, checked.target
-        if share is None:
-            return refuse(Refusal.NOT_SERVING, "this node holds no share of the current epoch")
-        if abs(now - body.timestamp) > self.max_skew:  # judged again: ``now`` may be later
             return refuse(
-                Refusal.STALE,
-                f"timestamp {body.timestamp} is more than {self.max_skew} s from {now}",
+                KeyRefusalReason.BINDING, "report_data is not SHA-512 of the request body"
             )
-        if seen_nonce(body.nonce):
-            return refuse(Refusal.REPLAY, "this nonce was already used")
+        return Needs(request, request.request_hash(), quote, target)
+
+    def screen(self, needs: Needs, *, now: int, nonce_seen: bool) -> ReleaseRefused | None:
+        """Steps 4-5: the nonce's replay test, then the quote's PCK chain."""
+        if nonce_seen:
+            return refuse(KeyRefusalReason.REPLAY, "this nonce was already used")
         try:
-            collateral = self._collateral_for(checked.quote)
-            verified = self._verifier.verify(checked.quote, collateral, now=now)  # type: ignore[arg-type]
+            check_pck_chain(needs.quote, self._verifier.roots, now=now)
         except QuoteVerificationError as exc:
-            return refuse(Refusal.QUOTE, str(exc))
-        raw = checked.raw
-        policy = candidate if candidate is not None else self._policy_for(body.app_id, now)
+            return refuse(KeyRefusalReason.QUOTE, str(exc))
+        return None
+
+    def answer(self, needs: Needs, inputs: ReleaseInputs) -> Released | ReleaseRefused:
+        """Steps 7-8 and the answer, with the share, freshness, nonce and gate judged
+        again at ``inputs.now`` (the shell may have awaited collateral since
+        :meth:`check`); the collateral and the policy are judged at it too."""
+        req, body, target, now = needs.request, needs.request.body, needs.target, inputs.now
+        share = inputs.share
+        if share is None:
+            return refuse(
+                KeyRefusalReason.NOT_SERVING, "this node holds no share of the current epoch"
+            )
+        stale = self._stale(req, now)  # judged again: ``now`` may be later
+        if stale is not None:
+            return stale
+        if inputs.nonce_seen:
+            return refuse(KeyRefusalReason.REPLAY, "this nonce was already used")
+        closed = gate(needs, inputs.app)
+        if closed is not None:
+            return closed
+        if isinstance(inputs.collateral, QuoteVerificationError):
+            return refuse(KeyRefusalReason.QUOTE, str(inputs.collateral))
+        try:
+            verified = self._verifier.verify(needs.quote, inputs.collateral, now=now)
+        except QuoteVerificationError as exc:
+            return refuse(KeyRefusalReason.QUOTE, str(exc))
+        app = inputs.app
+        policy = app.policy if isinstance(app, Admitted | Candidate) else None
         if policy is None:
-            return refuse(Refusal.NO_POLICY, "no current policy for this app")
+            return refuse(KeyRefusalReason.NO_POLICY, "no current policy for this app")
         # One replay of the RTMR3 log per request, shared by its purposes.
         evidence = Evidence(verified, bytes(req.event_log) if req.event_log else None)
         for p in body.purposes:
@@ -269,25 +401,25 @@ class KeyReleaser:
                     app_id=body.app_id,
                     # Admitting a new app takes a CVM that measured the app's id: app ids
                     # are free to mint, CVM boots are not.
-                    require_app_id=candidate is not None,
+                    require_app_id=isinstance(app, Candidate),
                 )
             except PolicyError as exc:
-                return refuse(Refusal.POLICY, f"{exc.reason.value}: {exc.detail}")
-        rh = hashlib.sha256(raw).digest()  # raw is the canonical encoding: request_hash()
+                return refuse(KeyRefusalReason.POLICY, f"{exc.reason.value}: {exc.detail}")
+        rh, epoch = needs.request_hash, inputs.epoch
         shares = []
         audit = []
         for p in body.purposes:
             partial = derive_partial(share, p.key_id(body.app_id))
             info = release_info(rh, p, epoch, int(self.index))
             try:
-                enc, ct = hpke.seal(target, info, info, partial.to_bytes(), rng=self._rng)
+                enc, ct = hpke.seal(target, info, info, partial.to_bytes(), rng=inputs.rng)
             except InvalidEncoding as exc:
-                return refuse(Refusal.MALFORMED, f"bad ephemeral key: {exc}")
+                return refuse(KeyRefusalReason.MALFORMED, f"bad ephemeral key: {exc}")
             unsigned = KeyShareResponse(rh, p, epoch, int(self.index), enc, ct, bytes(64))
             sig = self._key.sign(CTX_KEY_RESPONSE, unsigned.statement())
             shares.append(KeyShareResponse(rh, p, epoch, int(self.index), enc, ct, sig))
             audit.append(
-                AuditRecord(
+                ReleaseAuditRecord(
                     app=body.app_id.hex(),
                     purpose=p.purpose,
                     version=p.version,
@@ -300,30 +432,27 @@ class KeyReleaser:
             )
         return Released(KeyResponse(tuple(shares)), body.nonce, tuple(audit))
 
-    def handle(
-        self,
-        raw: bytes,
-        *,
-        now: int,
-        epoch: int,
-        share: SecretShare | None,
-        seen_nonce: Callable[[bytes], bool],
-        candidate: AppPolicy | None = None,
-    ) -> Released | Refused:
-        """:meth:`check`, then :meth:`release`, for callers whose collateral is at hand."""
-        checked = self.check(raw, now=now, share=share, seen_nonce=seen_nonce)
-        if isinstance(checked, Refused):
-            return checked
-        return self.release(
-            checked,
-            now=now,
-            epoch=epoch,
-            share=share,
-            seen_nonce=seen_nonce,
-            candidate=candidate,
-        )
 
-
-def policies_from(mapping: Mapping[bytes, AppPolicy]) -> Callable[[bytes, int], AppPolicy | None]:
-    """A policy lookup over a plain mapping (expiry is checked by ``admits``)."""
-    return lambda app_id, now: mapping.get(app_id)
+def release_with(
+    releaser: KeyReleaser,
+    request: KeyRequest,
+    *,
+    now: int,
+    epoch: int,
+    share: SecretShare | None,
+    nonce_seen: bool,
+    app: AppState,
+    collateral: Collateral | QuoteVerificationError,
+    rng: RNG,
+) -> Released | ReleaseRefused:
+    """The whole pipeline at one time ``now``, for callers whose inputs are all at hand
+    (in-process committees, the simulator's load, benchmarks)."""
+    needs = releaser.check(request, now=now, share=share)
+    if isinstance(needs, ReleaseRefused):
+        return needs
+    early = releaser.screen(needs, now=now, nonce_seen=nonce_seen)
+    if early is not None:
+        return early
+    return releaser.answer(
+        needs, ReleaseInputs(now, epoch, share, nonce_seen, app, collateral, rng)
+    )

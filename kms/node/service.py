@@ -16,25 +16,25 @@ only moves bytes and time:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import trio
 
 from kms.attest.pccs import CollateralProvider
+from kms.node.audit_log import AuditLog
 from kms.node.core import NodeCore
 from kms.node.driver import FrameRejected, NodeDriver, Step
-from kms.node.limits import POLICY_BURST, peer_queue_bytes
+from kms.node.evidence_log import EvidenceLog, EvidenceResult
+from kms.node.keyrelease import KeyRelease, KeysNotServed, ReleaseResult
+from kms.node.limits import peer_queue_bytes
 from kms.node.logs import log_context
 from kms.node.metrics import (
-    CollateralCounts,
     NodeMetrics,
     NodeSnapshot,
-    PolicyCounts,
 )
 from kms.node.model import (
     ApprovalRefused,
@@ -50,6 +50,7 @@ from kms.node.model import (
     ShareHoldersBelowThreshold,
     ShareRefused,
 )
+from kms.node.node_status import node_snapshot, node_status
 from kms.node.persist import (
     ADMISSION_POLICY_META as ADMISSION_POLICY_META,
 )
@@ -66,28 +67,27 @@ from kms.node.persist import (
 from kms.node.persist import (
     share_to_bytes as share_to_bytes,
 )
-from kms.node.release import Checked, KeyReleaser, Refusal, Released
+from kms.node.policies import NodePolicies, PolicyOfferResult
+from kms.node.policy_sync import POLICY_SYNC_INTERVAL, PolicySync
+from kms.node.release import KeyReleaser, ReleaseRefused
 from kms.policy.gossip import (
-    MAX_DIGEST_ENTRIES,
     PolicyAnnounce,
     PolicyDigest,
     PolicyQuery,
     PolicyUnknown,
-    announce_to,
-    offer_outcome,
 )
-from kms.protocol import KeyRefusal, KeyRequest
-from kms.store import NodeStore, StoreError
-from kms.store.audit import AUDIT_HEAD_CONTEXT, head_statement
+from kms.protocol import KeyRequest
+from kms.store import NodeStore
 from mpc import hpke
 from mpc.broadcast import Outbound
+from mpc.codec import MessageDecodeError
 from mpc.dkg.session import STALL_FRACTION
 from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex, PeerId
+from mpc.secret import SecretShare
 from mpc.sig import SigningKey
 from net.codec import EnvelopeError
 from net.errors import TransportError
-from net.peerid import peer_id_from_ed25519
 from net.transport import Transport
 
 log = logging.getLogger("quorum_kms.node")
@@ -99,8 +99,6 @@ SEND_QUEUE = 4096
 """Frames queued per peer at most; the bytes queued are capped too (``peer_queue_bytes``)."""
 TICK = 0.05
 """Longest timer period, seconds; ``Δ/16`` when that is shorter (``NodeService.tick``)."""
-POLICY_SYNC_INTERVAL = 10.0
-"""Seconds between policy digests to every member (``kms.policy.gossip``)."""
 
 
 class Clock(Protocol):
@@ -207,11 +205,7 @@ class NodeService:
         self.started = trio.Event()
         self.policy_sync_interval = POLICY_SYNC_INTERVAL
         self._next_policy_digest = 0.0
-        self._digest_cursor = b""
-        self._queried: dict[bytes, float] = {}
-        self._gossip_budget: dict[tuple[int, str], tuple[float, float]] = {}
-        self._answered: dict[tuple[int, bytes], float] = {}
-        self._consults: dict[bytes, list[Any]] = {}  # app -> [started, last sent, answered]
+        self._init_roles()
         self._add_peers(self.driver.learn_participants(), everyone=True)
 
     @property
@@ -471,74 +465,90 @@ class NodeService:
             except TransportError:
                 self.metrics.send_failed()
 
-    # --- key release (called by the HTTP app) -------------------------------------------------
+    # --- roles: key release, policies and gossip, evidence, audit, status -------------------
+    # Each lives in its own module; the service wires them to the core, the store, the
+    # clock and the transport, and keeps the thin methods ``kms.api`` and the loops call.
 
-    releaser: KeyReleaser | None = None
-    policies: Any = None
-    """The node's app policies (``kms.node.policies.NodePolicies``), when it serves keys."""
+    def _init_roles(self) -> None:
+        self.policy_sync = PolicySync(
+            self.config.index,
+            lambda: self.core.state,
+            self.clock,
+            self.metrics,
+            self._send,
+            self._reject,
+        )
+        self.keys = KeyRelease(
+            self.store,
+            self.clock,
+            self.metrics,
+            self._share_and_epoch,
+            self.policy_sync,
+            self._rl.warn,
+        )
+        self.evidence_log = EvidenceLog(
+            self.store,
+            self.clock,
+            lambda: self.core,
+            lambda: self.core.state.epoch if self.core.state is not None else None,
+            self.count_rejected,
+        )
+        self.audit = AuditLog(self.store, lambda: self.identity)
+        self._collateral: CollateralProvider | None = None
 
-    QUERY_MEMORY = 4096
-    QUERY_INTERVAL = 60.0
-
-    def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]:
-        if self.policies is None:
-            return 503, {
-                "accepted": False,
-                "reason": "not-serving",
-                "detail": "this node does not release keys",
-            }
-        code, reply, out = self.policies.offer(raw, int(self.clock.now()))
-        if not reply.get("accepted"):
-            self.metrics.rejected_input("policy push: " + str(reply.get("reason")))
-        if out is not None and out.accepted and not out.duplicate:
-            log.info("policy accepted", extra={"fields": {"app": reply.get("app_id")}})
-            self._announce_policy(raw)  # the committee passes it on (kms.policy.gossip)
-        elif out is not None and out.cached and out.app_id is not None:
-            self._query_committee(out.app_id, "ask-push")
-        return int(code), dict(reply)
-
-    # --- policy gossip (``kms.policy.gossip``) ---------------------------------------------
-
-    def _query_committee(self, app_id: bytes, budget: str = "ask") -> None:
-        """Ask the other members for an app this node does not know (at most once a minute)."""
-        now = self.clock.now()
-        if now - self._queried.get(app_id, -math.inf) < self.QUERY_INTERVAL:
-            return
-        # Pushes of ever new app ids cost the committee nothing beyond this budget: without
-        # it, every anonymous push of a fresh app would send n - 1 messages.
-        if not self._take_budget(ParticipantIndex(int(self.config.index)), budget):
-            return
-        self._queried[app_id] = now
-        while len(self._queried) > self.QUERY_MEMORY:
-            self._queried.pop(next(iter(self._queried)))
+    def _share_and_epoch(self) -> tuple[SecretShare | None, int]:
         st = self.core.state
-        if st is None:
-            return
-        for to in announce_to([int(i) for i in st.committee.indices], int(self.config.index)):
-            self._send(Outbound(ParticipantIndex(to), PolicyQuery(app_id)))
+        return self.core.share, st.epoch if st is not None else 0
 
-    def _announce_policy(self, bundle: bytes, origin: ParticipantIndex | None = None) -> None:
-        st = self.core.state
-        if st is None:
-            return
-        msg = PolicyAnnounce(bundle)
-        members = [int(i) for i in st.committee.indices]
-        for to in announce_to(
-            members, int(self.config.index), None if origin is None else int(origin)
-        ):
-            self._send(Outbound(ParticipantIndex(to), msg))
+    @property
+    def releaser(self) -> KeyReleaser | None:
+        """The key-release pipeline (``kms.node.release``), when the node serves keys."""
+        return self.keys.releaser
 
-    def _send_policy_digest(self) -> None:
-        """The next page of this node's apps, to every member (pages wrap around)."""
-        st = self.core.state
-        if st is None:
-            return
-        start = self._digest_cursor
-        entries, nxt = self.policies.page(start, MAX_DIGEST_ENTRIES, int(self.clock.now()))
-        digest = PolicyDigest.page(entries, start, nxt)
-        self._digest_cursor = nxt
-        for to in announce_to([int(i) for i in st.committee.indices], int(self.config.index)):
-            self._send(Outbound(ParticipantIndex(to), digest))
+    @releaser.setter
+    def releaser(self, releaser: KeyReleaser | None) -> None:
+        self.keys.releaser = releaser
+
+    @property
+    def policies(self) -> NodePolicies | None:
+        """The node's app policies (``kms.node.policies.NodePolicies``), when it serves keys."""
+        return self.policy_sync.policies
+
+    @policies.setter
+    def policies(self, policies: NodePolicies | None) -> None:
+        self.policy_sync.policies = policies
+
+    @property
+    def collateral(self) -> CollateralProvider | None:
+        """Where the releaser's collateral comes from (a PCCS with its cache, or a file)."""
+        return self._collateral
+
+    @collateral.setter
+    def collateral(self, provider: CollateralProvider | None) -> None:
+        self._collateral = provider
+        self.keys.collateral = provider
+
+    @property
+    def GOSSIP_BUDGET(self) -> dict[str, tuple[float, float]]:
+        """The policy gossip budgets (``PolicySync.GOSSIP_BUDGET``) of this node."""
+        return self.policy_sync.budget
+
+    @GOSSIP_BUDGET.setter
+    def GOSSIP_BUDGET(self, budget: dict[str, tuple[float, float]]) -> None:
+        self.policy_sync.budget = budget
+
+    # --- key release and policies (called by the HTTP app and the loops) ----------------------
+
+    async def release(self, request: KeyRequest) -> ReleaseResult:
+        """Answer a CVM's decoded key request (``kms.node.keyrelease``)."""
+        return await self.keys.release(request)
+
+    def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
+        """A key request body that does not decode: counted as a refused request."""
+        return self.keys.undecodable(exc)
+
+    def offer_policy(self, raw: bytes) -> PolicyOfferResult:
+        return self.policy_sync.offer(raw)
 
     def _on_policy_message(
         self,
@@ -546,364 +556,37 @@ class NodeService:
         peer: PeerId,
         message: PolicyAnnounce | PolicyDigest | PolicyQuery | PolicyUnknown,
     ) -> None:
-        if self.policies is None:
-            return  # this node serves no keys and keeps no policies
-        st = self.core.state
-        if st is None or index not in st.committee.indices:
-            # Only members of the current epoch vouch for apps or ask for them: a removed
-            # or pending member is still a known peer, not a voucher.
-            self.metrics.rejected_input("policy gossip: not a current member")
-            return
-        now = int(self.clock.now())
-        if isinstance(message, PolicyDigest):
-            if not self._take_budget(index, "digest"):
-                return
-            for app_id in self.policies.newer_than(message, now):
-                bundle = self.policies.bundle_bytes(app_id)
-                if bundle is not None:
-                    # A digest of a few bytes draws up to 32 bundles: the bytes are metered too.
-                    if not self._take_budget(index, "digest-bytes", len(bundle)):
-                        return
-                    self._send(Outbound(index, PolicyAnnounce(bundle)))
-            return
-        if isinstance(message, PolicyQuery):
-            bundle = self.policies.bundle_bytes(bytes(message.app_id))
-            if bundle is not None:
-                if self._take_budget(index, "query"):
-                    self._send(Outbound(index, PolicyAnnounce(bundle)))
-            else:  # a few bytes, answered from a dictionary lookup: not budgeted
-                self._send(Outbound(index, PolicyUnknown(bytes(message.app_id))))
-            return
-        if isinstance(message, PolicyUnknown):
-            consult = self._consults.get(bytes(message.app_id))
-            if consult is not None:
-                consult[2].add(int(index))
-            return
-        st = self.core.state
-        members = frozenset(int(i) for i in st.committee.indices) if st is not None else frozenset()
-        code, reply, _ = self.policies.offer(
-            message.bundle, now, voucher=int(index), members=members
-        )
-        accepted = bool(reply.get("accepted"))
-        reason = None if accepted or code == 503 else str(reply.get("reason", "refused"))
-        relay, blame = offer_outcome(accepted, bool(reply.get("duplicate")), reason)
-        if relay:
-            self.metrics.policy_learned()
-            log.info(
-                "policy learned from a peer",
-                extra={
-                    "fields": {
-                        "from": int(index),
-                        "app": reply.get("app_id"),
-                        "version": reply.get("version"),
-                    }
-                },
-            )
-            self._announce_policy(message.bundle, index)
-        if blame is not None:
-            self._reject(str(peer), blame)
-        if reply.get("reason") in ("not_owner", "stale_version") and reply.get("app_id"):
-            # The peer holds an older policy, or one signed by a key our chain rotated
-            # away: answer with ours, which carries the rotation (once a minute per peer and
-            # app, so two nodes that refuse each other's bundles do not bounce them forever).
-            app_id = bytes.fromhex(str(reply["app_id"]))
-            key = (int(index), app_id)
-            if now - self._answered.get(key, -math.inf) < self.QUERY_INTERVAL:
-                return
-            self._answered[key] = now
-            while len(self._answered) > self.QUERY_MEMORY:
-                self._answered.pop(next(iter(self._answered)))
-            ours = self.policies.bundle_bytes(app_id)
-            if ours is not None:
-                self._send(Outbound(index, PolicyAnnounce(ours)))
+        self.policy_sync.on_message(index, peer, message)
 
-    GOSSIP_BUDGET: ClassVar[dict[str, tuple[float, float]]] = {
-        "digest": (8.0, 0.5),
-        "query": (64.0, 8.0),
-        "ask": (32.0, 4.0),
-        "ask-push": (32.0, 4.0),
-        "consult": (64.0, 16.0),
-        "digest-bytes": (float(POLICY_BURST), POLICY_BURST / POLICY_SYNC_INTERVAL),
-    }
-    """Per member and kind: (burst, refill per second) of policy digests answered and of
-    policy queries answered with a bundle; and, under this node's own index, of queries
-    this node sends about apps it has not admitted: those a CVM's key request asked for
-    (``ask``) and those anyone pushed (``ask-push``, its own budget, so that a flood of
-    anonymous pushes cannot starve the queries quoted requests need), and the rounds of
-    queries sent before a key request admits an app (``consult``). ``digest-bytes`` is per
-    member in bytes: the bundles sent in answer to its digests (one full page of 32 bundles of
-    64 KiB per ``POLICY_SYNC_INTERVAL``, the pace of an honest member's digests). Excess is
-    dropped and counted."""
-
-    def _take_budget(self, index: ParticipantIndex, kind: str, cost: float = 1.0) -> bool:
-        burst, rate = self.GOSSIP_BUDGET[kind]
-        now = self.clock.now()
-        tokens, last = self._gossip_budget.get((int(index), kind), (burst, now))
-        tokens = min(burst, tokens + max(0.0, now - last) * rate)
-        if tokens < cost:
-            self._gossip_budget[(int(index), kind)] = (tokens, now)
-            self.metrics.rejected_input(f"policy gossip: {kind} rate limited")
-            return False
-        self._gossip_budget[(int(index), kind)] = (tokens - cost, now)
-        return True
+    def _send_policy_digest(self) -> None:
+        self.policy_sync.send_digest()
 
     def reload_policies(self) -> dict[str, Any]:
         """Re-read the operator's policies directory (admin channel ``reload-policies``)."""
-        if self.policies is None:
-            return {"admitted": 0, "updated": 0, "refused": 0, "serving": False}
-        now = int(self.clock.now())
-        if self.policies.ready(now) is None:
-            return {"admitted": 0, "updated": 0, "refused": 0, "serving": False}
-        return {**self.policies.reload(now), "serving": True}
+        return self.policy_sync.reload()
 
     def resolve_fork(self, app_id: bytes, bundle: bytes) -> dict[str, Any]:
         """Lift a frozen app's freeze with its owner's bundle (admin channel ``resolve-fork``)."""
-        if self.policies is None:
-            return {"resolved": False, "reason": "not-serving"}
-        return dict(self.policies.resolve_fork(app_id, bundle, int(self.clock.now())))
+        return self.policy_sync.resolve_fork(app_id, bundle)
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
-        if self.policies is None:
-            return None
-        info = self.policies.describe(app_id, int(self.clock.now()))
-        return dict(info) if info is not None else None
-
-    NONCE_TTL = 600
-
-    def _seen_nonce(self, nonce: bytes) -> bool:
-        raw = self.store.get_meta("nonce/" + nonce.hex())
-        return raw is not None and int.from_bytes(raw, "big") > int(self.clock.now())
-
-    collateral: CollateralProvider | None = None
-    """Where the releaser's collateral comes from (a PCCS with its cache, or a file)."""
-
-    def _collateral_source(self) -> str | None:
-        c = self.collateral
-        if c is None:
-            return None
-        parts = ([f"pccs {c.client.url}"] if c.client is not None else []) + (
-            ["file"] if c.fixed is not None else []
-        )
-        return ", ".join(parts)
-
-    async def release(self, raw: bytes) -> tuple[int, bytes]:
-        """Answer a CVM's key request: (HTTP status, msgpack body)."""
-        started = time.perf_counter()
-        code, body, refusal = await self._release(raw)
-        self.metrics.key_request(refusal, time.perf_counter() - started)
-        return code, body
-
-    async def _release(self, raw: bytes) -> tuple[int, bytes, str | None]:
-        """(HTTP status, msgpack body, the refusal reason or ``None`` if released)."""
-        if self.releaser is None:
-            refusal = KeyRefusal("not-serving", "this node does not release keys")
-            return 503, refusal.encode(), refusal.reason
-        now = int(self.clock.now())
-        # The cheap checks first: nothing is fetched for a request that fails them, and
-        # only a quote whose PCK chain verifies to a pinned root names a platform to fetch.
-        checked = self.releaser.check(
-            raw, now=now, share=self.core.share, seen_nonce=self._seen_nonce
-        )
-        decoded: KeyRequest | None = None
-        bundle = None
-        if isinstance(checked, Checked):
-            decoded = checked.request
-            if self.policies is not None:
-                # A frozen app is refused; an app not admitted here may be admitted by the
-                # bundle the request carries (bound by the quote's report data).
-                gate = self._policy_gate(decoded, now, checked.quote.fields.rtmr3)
-                if isinstance(gate, KeyRefusal):
-                    self.metrics.rejected_input("key request: " + gate.reason)
-                    return 403, gate.encode(), gate.reason
-                bundle = gate
-            if self.collateral is not None:
-                await self.collateral.prepare(checked.quote, now=now)
-                # The fetch may have waited (its timeouts, the fetch limiter): freshness,
-                # the policy, the collateral and the nonce's lifetime are judged now.
-                now = int(self.clock.now())
-            st = self.core.state
-            res = self.releaser.release(
-                checked,
-                now=now,
-                epoch=st.epoch if st else 0,
-                share=self.core.share,
-                seen_nonce=self._seen_nonce,
-                candidate=None if bundle is None else bundle.signed.policy,
-            )
-        else:
-            res = checked
-        if isinstance(res, Released) and bundle is not None and self.policies is not None:
-            admitted = self.policies.admit_released(bundle, now)
-            if admitted is not None and admitted.accepted:
-                # The other members hear of it: t such announcements admit it at a member
-                # that has not (its own consultation may have ended before they released).
-                self._announce_policy(bytes(bundle.encode()))
-        if isinstance(res, Released):
-            # The replay cache survives restarts; the audit records are committed as one group.
-            # Remembered for longer than any timestamp the releaser still accepts.
-            ttl = max(self.NONCE_TTL, 2 * self.releaser.max_skew + 60)
-            self.store.record_release(
-                "nonce/" + res.nonce.hex(),
-                (now + ttl).to_bytes(8, "big"),
-                [a.as_dict() for a in res.audit],
-            )
-            self.metrics.queued("kms/key-response")
-            log.info(
-                "key released",
-                extra={
-                    "fields": {
-                        "app": res.audit[0].app,
-                        "purposes": len(res.audit),
-                        "simulated": res.audit[0].simulated,
-                    }
-                },
-            )
-            return 200, res.response.encode(), None
-        label = res.reason
-        if res.reason == Refusal.QUOTE.value:
-            # The quote failure code (a QuoteFailure value): a bounded set of labels.
-            label += ": " + res.refusal.detail.split(":", 1)[0][:40]
-        self.metrics.rejected_input("key request: " + label)
-        self._rl.warn("cvm", f"key request refused: {res.reason}")
-        if res.reason == "no-policy" and decoded is not None and self.policies is not None:
-            self._query_committee(bytes(decoded.body.app_id))  # perhaps a member knows it
-        return 403, res.refusal.encode(), res.reason
-
-    def _policy_gate(self, req: KeyRequest, now: int, rtmr3: bytes) -> Any:
-        """Before the releaser: a frozen app is refused; for an app this node has not
-        admitted, the bundle the request carries or names (``None`` if it names none)."""
-        from kms.node.release import Refusal
-
-        app_id = req.body.app_id
-        if self.policies.is_frozen(app_id, now):
-            return KeyRefusal(Refusal.FROZEN.value, "the app is frozen by an owner rotation fork")
-        bundle, why = self.policies.candidate(req, now)
-        if why:
-            return KeyRefusal(Refusal.BUNDLE.value, why[:500])
-        if bundle is not None:
-            # One boot admits at most one app: before the committee is asked, the request's
-            # event log must replay to the quote's RTMR3 with this app's boot-prefix app-id
-            # (the full policy check repeats this after the quote is verified).
-            if not self._measured_app(req, rtmr3):
-                return KeyRefusal(
-                    Refusal.POLICY.value,
-                    "app_id_not_measured: a key request that admits an app needs an RTMR3 "
-                    "event log whose boot prefix names the app",
-                )
-            refusal = self._consult_committee(bytes(app_id), bundle)
-            if refusal is not None:
-                return refusal
-        return bundle
-
-    CONSULT_RESEND = 0.5
-    """Seconds (monotonic) after which the query goes again to members that did not answer."""
-
-    @staticmethod
-    def _measured_app(req: KeyRequest, rtmr3: bytes) -> bool:
-        from kms.policy import EventLogError
-        from kms.policy.eventlog import replay_rtmr3
-
-        if not req.event_log:
-            return False
-        try:
-            return replay_rtmr3(bytes(req.event_log), rtmr3).app_id == bytes(req.body.app_id)
-        except EventLogError:
-            return False
-
-    def _consult_committee(self, app_id: bytes, bundle: Any) -> KeyRefusal | None:
-        """Before a key request admits an app this node has not admitted: the committee is
-        asked (``kms/policy-query``) and the request refused ``retry-later`` until ``t``
-        other members answered (all of them if fewer), so that at least one answer comes
-        from an honest member: this node's own "not admitted" says nothing of what the
-        others hold. Members holding the app answer with its bundle (``t`` of those admit it
-        here, with the union of their chains, and the request is then checked against it);
-        the others answer ``kms/policy-unknown``. A bundle whose chain disagrees with one
-        a member sent is refused."""
-        from kms.node.release import Refusal
-
-        st = self.core.state
-        if st is None:
-            return KeyRefusal(Refusal.NOT_SERVING.value, "no epoch yet")
-        others = [int(i) for i in st.committee.indices if int(i) != int(self.config.index)]
-        need = min(int(st.threshold), len(others))
-        mono = time.monotonic()
-        consult = self._consults.get(app_id)
-        if consult is None or mono - consult[0] > self.CONSULT_TTL:
-            consult = self._consults[app_id] = [mono, -math.inf, set()]
-            while len(self._consults) > self.QUERY_MEMORY:
-                self._consults.pop(next(iter(self._consults)))
-        _, sent, unknown = consult
-        vouched = self.policies.vouched(app_id, int(self.clock.now()))
-        answered = (unknown | set(vouched)) & set(others)
-        if len(answered) < need:
-            if mono - sent >= self.CONSULT_RESEND and self._take_budget(
-                ParticipantIndex(int(self.config.index)), "consult"
-            ):
-                consult[1] = mono
-                for to in others:
-                    if to not in answered:
-                        self._send(Outbound(ParticipantIndex(to), PolicyQuery(app_id)))
-            return KeyRefusal(
-                Refusal.RETRY.value, "asking the committee about this app: retry shortly"
-            )
-        why = self.policies.agrees(bundle, list(vouched.values()))
-        if why:
-            return KeyRefusal(Refusal.BUNDLE.value, why[:500])
-        return None
-
-    CONSULT_TTL = 60.0
+        return self.policy_sync.info(app_id)
 
     def count_rejected(self, label: str) -> None:
         """Count input refused before it reached the node (e.g. an unparsable JSON body)."""
         self.metrics.rejected_input(label)
 
-    AUDIT_CONTEXT = AUDIT_HEAD_CONTEXT
-
-    _audit_head: dict[str, Any] | None = None
-    """The last signed head; signed again only when the log has grown."""
+    # --- audit, chain -------------------------------------------------------------------------
 
     def audit_head(self) -> dict[str, Any]:
-        """The audit log's count and head hash, signed by this node's identity (public).
-
-        One read of the log's last row (a primary-key lookup) per call; the
-        signature is made once per change of the log. The chain is never
-        walked here: ``audit_export(check=True)`` on the admin channel does that.
-        """
-        count, head = self.store.audit_head()
-        cached = self._audit_head
-        if cached is None or cached["count"] != count or cached["head"] != head.hex():
-            statement = head_statement(count, head)
-            cached = self._audit_head = {
-                "count": count,
-                "head": head.hex(),
-                "identity": self.identity.verify_key().to_bytes().hex(),
-                "signature": self.identity.sign(self.AUDIT_CONTEXT, statement).hex(),
-            }
-        return dict(cached)
+        """The audit log's signed head (``kms.node.audit_log``; public)."""
+        return self.audit.head()
 
     def audit_export(
         self, start: int = 0, limit: int = 1000, *, check: bool = False
     ) -> dict[str, Any]:
-        """Audit entries (canonical JSON) from ``start`` and the signed head (admin channel only).
-
-        ``check`` also recomputes the whole chain here (``node_check``): a
-        walk over every entry, so it is asked for once per export, not per page.
-        """
-        head = self.audit_head()
-        entries = self.store.audit_entries(start, limit)
-        out = {
-            **head,
-            "start": start,
-            "entries": [e.entry.decode("utf-8", "replace") for e in entries],
-        }
-        if check:
-            try:
-                self.store.audit_verify()
-                out["node_check"] = "ok"
-            except (StoreError, TypeError, ValueError) as exc:  # an edited file may hold anything
-                out["node_check"] = f"broken: {exc}"
-                log.warning("audit log check failed", extra={"fields": {"reason": str(exc)}})
-        return out
+        """Audit entries and the signed head (admin channel only)."""
+        return self.audit.export(start, limit, check=check)
 
     def chain_bytes(self) -> bytes:
         """Genesis and the recent tail (``GET /v1/chain``): what a client verifies from."""
@@ -927,184 +610,38 @@ class NodeService:
         self._step()
         return known
 
-    # --- evidence ---------------------------------------------------------------------------
-
-    EVIDENCE_INDEX = "evidence/index"
+    # --- evidence (``kms.node.evidence_log``) -------------------------------------------------
 
     def keep_evidence(self, culprit: int, reason: str, raw: bytes) -> str:
-        """Keep third-party-checkable evidence of misbehaviour (once per distinct evidence)."""
-        import hashlib
+        return self.evidence_log.keep(culprit, reason, raw)
 
-        eid = hashlib.sha256(raw).hexdigest()
-        index = json.loads(self.store.get_meta(self.EVIDENCE_INDEX) or b"[]")
-        if any(e["id"] == eid for e in index):
-            return eid
-        st = self.core.state
-        self.store.set_meta("evidence/" + eid, raw)
-        index.append(
-            {
-                "id": eid,
-                "culprit": culprit,
-                "reason": reason,
-                "epoch": st.epoch if st else None,
-                "time": round(self.clock.now(), 3),
-            }
-        )
-        self.store.set_meta(self.EVIDENCE_INDEX, json.dumps(index).encode())
-        return eid
-
-    def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]:
-        """Evidence a CVM discloses (``POST /v1/evidence``): a node's signed wrong partial.
-
-        Checked against this node's verified chain at the epoch the answer
-        names (``kms.evidence.verify_wrong_partial``); kept (once) when it
-        proves something, so an operator can attach it to a removal.
-        """
-        from kms.evidence import verify_wrong_partial
-        from kms.protocol import WrongPartialEvidence
-        from mpc.errors import InvalidSignature
-
-        st = self.core.state
-        if st is None:
-            return 503, {"accepted": False, "reason": "not-serving", "detail": "no chain yet"}
-        try:
-            ev = WrongPartialEvidence.decode(raw)
-        except InvalidEncoding as exc:
-            self.count_rejected("evidence: malformed")
-            return 400, {"accepted": False, "reason": "malformed", "detail": str(exc)[:500]}
-        state = self.core.epoch_state(ev.response.epoch)
-        if state is None and self.core.is_stale(ev.response.epoch):
-            self.count_rejected("evidence: stale epoch")
-            return 409, {
-                "accepted": False,
-                "reason": "stale-epoch",
-                "detail": f"epoch {ev.response.epoch} is older than the chain this node keeps",
-            }
-        if state is None:
-            self.count_rejected("evidence: unknown epoch")
-            return 409, {
-                "accepted": False,
-                "reason": "unknown-epoch",
-                "detail": f"epoch {ev.response.epoch} is not in this node's chain",
-            }
-        try:
-            proves = verify_wrong_partial(ev, state)
-        except (InvalidSignature, InvalidEncoding) as exc:
-            self.count_rejected("evidence: does not verify")
-            return 409, {"accepted": False, "reason": "does-not-verify", "detail": str(exc)[:500]}
-        node = int(ev.response.index)
-        eid = self.keep_evidence(node, f"wrong partial disclosed by a CVM: {proves}", raw)
-        log.warning(
-            "misbehaviour",
-            extra={"fields": {"culprit": node, "reason": "wrong partial", "evidence": eid}},
-        )
-        return 200, {
-            "accepted": True,
-            "id": eid,
-            "node": node,
-            "epoch": state.epoch,
-            "proves": proves,
-        }
+    def offer_evidence(self, raw: bytes) -> EvidenceResult:
+        return self.evidence_log.offer(raw)
 
     def evidence(self) -> list[dict[str, Any]]:
-        """Evidence this node collected: id, culprit, kind, reason, epoch, time and the bytes (hex)."""
-        from mpc.codec import decode
+        return self.evidence_log.entries()
 
-        out = []
-        for e in json.loads(self.store.get_meta(self.EVIDENCE_INDEX) or b"[]"):
-            raw = self.store.get_meta("evidence/" + e["id"]) or b""
-            try:
-                kind = decode(raw).TYPE.removeprefix("evidence/")
-            except ValueError:
-                kind = "unreadable"
-            out.append({**e, "kind": kind, "evidence": raw.hex()})
-        return out
-
-    # --- status -----------------------------------------------------------------------------
+    # --- status (``kms.node.node_status``) ----------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        s = self.core.status()
-        st = self.core.state
-        committee = []
-        if st is not None:
-            for p in st.committee.members:
-                committee.append(
-                    {"index": p.index, "peer_id": str(peer_id_from_ed25519(p.identity))}
-                )
-        return {
-            "index": int(self.config.index),
-            "peer_id": str(self.transport.local_peer),
-            "epoch": s.epoch,
-            "threshold": s.threshold,
-            "master_public_key": s.mpk.hex() if s.mpk else None,
-            "committee": committee,
-            "has_share": s.has_share,
-            "running": s.running,
-            "pending_proposals": [{"id": i, "kind": k, "approvals": n} for i, k, n in s.pending],
-            "retained_shares": [
-                {"epoch": e, "missing_acknowledgements": [int(m) for m in miss]}
-                for e, miss in s.retained
-            ],
-            "share_holders": [int(i) for i in s.share_holders],
-            "share_holders_below_threshold": s.share_holders_below_threshold,
-            "share_error": s.share_error,
-            "last_refresh": s.last_refresh,
-            "refused_approvals": [{"id": i, "reason": r} for i, r in s.refused],
-            "approvals_waiting": list(s.waiting),
-            "locked_proposal": s.locked,
-            "peers": sorted(str(p) for p in self.transport.connected_peers()),
-            "healthy": self.core.state is not None or s.running == "dkg",
-            "serves_keys": self.releaser is not None,
-            "simulated_quotes_accepted": bool(self.releaser and self.releaser.simulated_allowed),
-            "collateral": self._collateral_source(),
-            "apps": self.policies.stats() if self.policies is not None else None,
-        }
+        return node_status(
+            self.core,
+            int(self.config.index),
+            self.transport,
+            self.releaser,
+            self.collateral,
+            self.policies,
+        )
 
     def metrics_snapshot(self) -> NodeSnapshot:
         """What ``/metrics`` reports of the node's current state (read at each scrape)."""
-        st = self.core.state
-        s = self.core.status()
-        ts = self.transport.statistics()
-        c = self.collateral
-        collateral = CollateralCounts()
-        if c is not None:
-            collateral = CollateralCounts(
-                fetch_failures=c.fetch_failures,
-                fetches=c.fetches,
-                failures_cached=c.failures_cached,
-                rollbacks_refused=c.rollbacks_refused,
-                stale_refused=c.client.refused["stale"] if c.client is not None else 0,
-                oversized_refused=c.client.refused["oversized"] if c.client is not None else 0,
-                platforms=c.sizes(),
-            )
-        policies = None
-        if self.policies is not None:
-            ps = self.policies.stats()
-            policies = PolicyCounts(
-                admitted=ps["admitted"],
-                frozen=ps.get("frozen_count", 0),
-                cache_entries=ps["cache_entries"],
-                cache_bytes=ps["cache_bytes"],
-                cache_evictions=ps.get("cache_evictions", 0),
-            )
-        return NodeSnapshot(
-            epoch=st.epoch if st else -1,
-            peers=len(self.transport.connected_peers()),
-            pending_proposals=len(s.pending),
-            last_refresh=s.last_refresh or 0.0,
-            retained_shares=len(s.retained),
-            known_share_holders=len(s.share_holders),
-            share_holders_below_threshold=s.share_holders_below_threshold,
-            share_refused=s.share_error is not None,
-            has_share=self.core.share is not None,
-            simulated_quotes_accepted=bool(self.releaser and self.releaser.simulated_allowed),
-            collateral=collateral,
-            policies=policies,
-            transport_refused_peers=ts.refused_peers,
-            transport_bytes_sent=ts.bytes_sent,
-            transport_bytes_received=ts.bytes_received,
-            transport_dropped_oversize=ts.dropped_oversize,
-            log_suppressed=self._rl.suppressed,
+        return node_snapshot(
+            self.core,
+            self.transport,
+            self.releaser,
+            self.collateral,
+            self.policies,
+            self._rl.suppressed,
         )
 
     def metrics_text(self) -> str:

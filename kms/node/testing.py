@@ -27,6 +27,7 @@ from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyRequestSession
 from kms.node.core import NodeCore
+from kms.node.keyrelease import FixedCollateral
 from kms.node.model import NodeConfig
 from kms.node.policies import NodePolicies
 from kms.node.release import KeyReleaser
@@ -348,14 +349,8 @@ async def local_committee(
             )
             svc.policies = pol
             pol.ready(NOW)  # what a node's first timer tick does
-            svc.releaser = KeyReleaser(
-                ParticipantIndex(i),
-                keys[i][0],
-                verifier,
-                lambda q: collateral,
-                pol,
-                rng=os.urandom,
-            )
+            svc.releaser = KeyReleaser(ParticipantIndex(i), keys[i][0], verifier)
+            svc.keys.collateral = FixedCollateral(collateral)
             await nursery.start(svc.run)
             services[i] = svc
             policies[i] = pol

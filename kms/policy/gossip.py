@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
+from kms.policy.errors import PolicyFailure
 from mpc.codec import MaxSize, Message, MessageDecodeError
 
 MAX_DIGEST_ENTRIES = 1024
@@ -119,7 +120,9 @@ def announce_to(members: Sequence[int], me: int, origin: int | None = None) -> l
     return [i for i in members if i != me and i != origin]
 
 
-def offer_outcome(accepted: bool, duplicate: bool, reason: str | None) -> tuple[bool, str | None]:
+def offer_outcome(
+    accepted: bool, duplicate: bool, reason: PolicyFailure | None
+) -> tuple[bool, str | None]:
     """After offering a peer's bundle to this node's store: (pass it on?, blame or None).
 
     A new version is passed on; a duplicate is the normal echo of the flood and a
@@ -127,20 +130,24 @@ def offer_outcome(accepted: bool, duplicate: bool, reason: str | None) -> tuple[
     app this node has not admitted or has frozen, nor a policy by a key this
     node's chain rotated away (the peer has not seen the rotation yet: it is sent
     ours); anything else refused (a bad signature, another key, a malformed
-    bundle) is.
+    bundle) is. ``reason`` None: this node keeps no policies (nothing is blamed).
     """
     if accepted:
         return not duplicate, None
-    if reason in (
-        None,
-        "stale_version",
-        "unknown_app",
-        "app_frozen",
-        "not_owner",
-        "rejected_branch",
-    ):
+    if reason is None or reason in _NOT_BLAMED:
         return False, None
-    return False, f"policy gossip: {reason}"
+    return False, f"policy gossip: {reason.value}"
+
+
+_NOT_BLAMED = frozenset(
+    {
+        PolicyFailure.STALE_VERSION,
+        PolicyFailure.UNKNOWN_APP,
+        PolicyFailure.APP_FROZEN,
+        PolicyFailure.NOT_OWNER,
+        PolicyFailure.REJECTED_BRANCH,
+    }
+)
 
 
 __all__ = [

@@ -106,8 +106,8 @@ __all__ = [
     "Pins",
     "PlatformPin",
     "PolicyBundle",
+    "PolicyRefused",
     "PolicyStore",
-    "Refused",
     "SignedPolicy",
     "SystemEventPin",
 ]
@@ -640,14 +640,14 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
+class PolicyRefused:
     """The offer was refused; the store is unchanged."""
 
     reason: PolicyFailure
     detail: str = ""
 
 
-OfferResult = Accepted | Refused
+OfferResult = Accepted | PolicyRefused
 
 
 @dataclass(frozen=True, slots=True)
@@ -709,14 +709,14 @@ class PolicyStore:
 
         ``rotations`` is the app's owner chain from its first owner (empty while
         the first owner still holds the app). Returns :class:`Accepted` (relay its
-        ``bundle``) or :class:`Refused` with the first failed check's reason.
+        ``bundle``) or :class:`PolicyRefused` with the first failed check's reason.
         """
         try:
             chain = self.check(
                 signed, now=now, rotations=rotations, bound_first=bound_first, floor=floor
             )
         except PolicyError as exc:
-            return Refused(exc.reason, exc.detail)
+            return PolicyRefused(exc.reason, exc.detail)
         app_id = signed.policy.app_id
         held = self._entries.get(app_id)
         self._entries[app_id] = _Entry(chain, signed)

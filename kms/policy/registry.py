@@ -63,8 +63,8 @@ from .policy import (
     Accepted,
     AppPolicy,
     PolicyBundle,
+    PolicyRefused,
     PolicyStore,
-    Refused,
 )
 
 __all__ = [
@@ -363,7 +363,7 @@ class AppRegistry:
                 "the app is frozen by a fork",
             )
         result = self._store.offer_bundle(bundle, now=now, floor=rec.floor)
-        if isinstance(result, Refused):
+        if isinstance(result, PolicyRefused):
             if result.reason is PolicyFailure.ROTATION_FORK:
                 return self._freeze(rec, bundle)
             return OfferOutcome(False, app_id, self._held(app_id), result.reason, result.detail)
@@ -551,7 +551,7 @@ class AppRegistry:
                 self._store.restore(bundle)
             else:
                 result = self._store.offer_bundle(bundle, now=now, bound_first=True)
-                if isinstance(result, Refused):
+                if isinstance(result, PolicyRefused):
                     return OfferOutcome(False, app_id, None, result.reason, result.detail)
         except PolicyError as exc:
             return OfferOutcome(False, app_id, None, exc.reason, exc.detail)

@@ -18,6 +18,12 @@ import pytest
 import trio
 
 from kms.api.http import MAX_BODY, make_app
+from kms.node.evidence_log import EvidenceRefusal, EvidenceRefused
+from kms.node.release import KeyRefusalReason, ReleaseRefused
+from kms.policy import PolicyFailure
+from kms.policy.registry import OfferOutcome
+from kms.protocol import KeyRequest
+from mpc.codec import MessageDecodeError
 
 CHUNK = 64 * 1024
 GiB = 1024**3
@@ -42,11 +48,13 @@ class Source:
     def metrics_text(self) -> str:
         return ""
 
-    async def release(self, raw: bytes) -> tuple[int, bytes]:
-        from kms.protocol import KeyRefusal
+    async def release(self, request: KeyRequest) -> ReleaseRefused:
+        self.seen.append(("release", len(request.encode())))
+        return ReleaseRefused(KeyRefusalReason.NO_POLICY, "x")
 
-        self.seen.append(("release", len(raw)))
-        return 403, KeyRefusal("malformed-request", "x").encode()
+    def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused:
+        self.seen.append(("undecodable", 0))
+        return ReleaseRefused(KeyRefusalReason.MALFORMED, "x")
 
     def chain_bytes(self) -> bytes:
         raise AssertionError("not called")
@@ -57,16 +65,16 @@ class Source:
     def count_rejected(self, label: str) -> None:
         self.rejected[label] += 1
 
-    def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+    def offer_evidence(self, raw: bytes) -> EvidenceRefused:
         self.seen.append(("evidence", len(raw)))
-        return 400, {"accepted": False, "reason": "malformed", "detail": "x"}
+        return EvidenceRefused(EvidenceRefusal.MALFORMED, "x")
 
     def audit_head(self) -> dict[str, Any]:
         raise AssertionError("not called")
 
-    def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+    def offer_policy(self, raw: bytes) -> OfferOutcome:
         self.seen.append(("policy", len(raw)))
-        return 400, {"accepted": False, "reason": "malformed", "detail": "x"}
+        return OfferOutcome(False, None, None, PolicyFailure.MALFORMED, "x")
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
         return None
@@ -236,7 +244,10 @@ def test_a_body_of_exactly_the_limit_reaches_the_node(path: str) -> None:
     source = Source()
     out = run(post, make_app(source), path, MAX_BODY)
     assert out.status != 413 and out.delivered == MAX_BODY
-    assert [n for _, n in source.seen] == [MAX_BODY]
+    if path == "/v1/keys":  # the app decodes it: junk reaches the node as undecodable
+        assert [k for k, _ in source.seen] == ["undecodable"]
+    else:
+        assert [n for _, n in source.seen] == [MAX_BODY]
 
 
 def test_a_route_that_reads_its_body_another_way_is_bounded_by_the_server_limit() -> None:

@@ -16,15 +16,18 @@ import pytest
 import trio
 
 from kms.api.http import make_app
+from kms.node.evidence_log import EvidenceRefusal, EvidenceRefused
+from kms.node.policies import PoliciesUnavailable
+from kms.node.release import KeyRefusalReason, ReleaseRefused
 from kms.protocol import (
     EphemeralKey,
-    KeyRefusal,
     KeyRequest,
     KeyRequestBody,
     KeyShareResponse,
     PurposeVersion,
     WrongPartialEvidence,
 )
+from mpc.codec import MessageDecodeError
 
 
 class Source:
@@ -38,9 +41,14 @@ class Source:
     def metrics_text(self) -> str:
         return ""
 
-    async def release(self, raw: bytes) -> tuple[int, bytes]:
+    async def release(self, request: KeyRequest) -> ReleaseRefused:
         self.seen.append("release")
-        return 403, KeyRefusal("no-policy", "x").encode()
+        return ReleaseRefused(KeyRefusalReason.NO_POLICY, "x")
+
+    def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused:
+        # What the node does with a body that does not decode: count it, refuse it.
+        self.count_rejected("key request: malformed-request")
+        return ReleaseRefused(KeyRefusalReason.MALFORMED, str(exc)[:500])
 
     def chain_bytes(self) -> bytes:
         return b""
@@ -51,15 +59,15 @@ class Source:
     def count_rejected(self, label: str) -> None:
         self.rejected[label] += 1
 
-    def offer_evidence(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+    def offer_evidence(self, raw: bytes) -> EvidenceRefused:
         self.seen.append("evidence")
-        return 400, {"accepted": False, "reason": "unverifiable", "detail": "x"}
+        return EvidenceRefused(EvidenceRefusal.MALFORMED, "x")
 
     def audit_head(self) -> dict[str, Any]:
         return {}
 
-    def offer_policy(self, raw: bytes) -> tuple[int, dict[str, Any]]:
-        return 400, {}
+    def offer_policy(self, raw: bytes) -> PoliciesUnavailable:
+        return PoliciesUnavailable("x")
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
         return None

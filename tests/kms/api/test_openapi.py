@@ -27,6 +27,8 @@ from test_http_bodies import Source
 
 from kms.api.http import make_app
 from kms.api.openapi import BODIES, openapi_document
+from kms.node.evidence_log import EvidenceKept
+from kms.node.release import KeyRefusalReason, ReleaseRefused
 from kms.protocol import (
     EphemeralKey,
     KeyRefusal,
@@ -192,16 +194,16 @@ def test_a_schema_valid_example_body_is_taken_by_its_route(
     validator(doc, cls.__name__).validate(body)
     source = Source()
     received: list[bytes] = []
-    source.release = lambda raw: _capture(received, raw)  # type: ignore[method-assign,assignment]
-    source.offer_evidence = lambda raw: (received.append(raw), (200, {"accepted": True}))[1]  # type: ignore[method-assign]
+    source.release = lambda request: _capture(received, request)  # type: ignore[method-assign,assignment]
+    source.offer_evidence = lambda raw: (received.append(raw), EvidenceKept("x", 1, 0, "x"))[1]  # type: ignore[method-assign]
     r = post_json(op[1], body, source)
     assert r.status_code < 500
     assert received == [msg.encode()]  # decoded exactly as the schema says, no 400
 
 
-async def _capture(into: list[bytes], raw: bytes) -> tuple[int, bytes]:
-    into.append(raw)
-    return 403, KeyRefusal("no-policy", "x").encode()
+async def _capture(into: list[bytes], request: KeyRequest) -> ReleaseRefused:
+    into.append(request.encode())
+    return ReleaseRefused(KeyRefusalReason.NO_POLICY, "x")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import trio
 
 import kms.policy.app as owner_app
 from kms.api.admin import handle
+from kms.api.answers import policy_reply as offer_reply
 from kms.node.testing import MEASUREMENT, NOW, LocalCommittee, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey, build_event_log, dstack_boot_events
 from kms.policy.gossip import PolicyAnnounce, PolicyDigest, PolicyQuery
@@ -411,14 +412,14 @@ def test_a_vouch_from_a_member_no_longer_in_the_committee_never_counts(tmp_path:
             raw = app_bundle(k, c.mpk).encode()
             node = c.policies[4]
             everyone = frozenset({1, 2, 3, 4})
-            _, reply, _ = node.offer(raw, NOW, voucher=1, members=everyone)
+            reply = offer_reply(node.offer(raw, NOW, voucher=1, members=everyone))
             assert reply["accepted"] is False  # one vouch of two
             # Member 1 leaves the committee; member 2 vouches.
-            _, reply, _ = node.offer(raw, NOW, voucher=2, members=frozenset({2, 3, 4}))
+            reply = offer_reply(node.offer(raw, NOW, voucher=2, members=frozenset({2, 3, 4})))
             assert reply["accepted"] is False, reply
             assert node.describe(k.app_id(), NOW) is None
             # A second current member's vouch admits it.
-            _, reply, _ = node.offer(raw, NOW, voucher=3, members=frozenset({2, 3, 4}))
+            reply = offer_reply(node.offer(raw, NOW, voucher=3, members=frozenset({2, 3, 4})))
             assert reply["accepted"] is True, reply
 
     run(main)

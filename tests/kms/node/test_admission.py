@@ -18,7 +18,7 @@ from mesh import Mesh, Node, make_nodes
 from kms.attest import INTEL_ROOT_CA, Collateral, Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.attest.verify import ADMISSIBLE_STATUSES
-from kms.node.admission import ChangeChecker, Refusal, join_report_data
+from kms.node.admission import AdmissionRefusal, ChangeChecker, join_report_data
 from kms.node.core import (
     ApprovalRefused,
     ChangeContext,
@@ -130,8 +130,8 @@ def w4() -> World:
     return world(4, 3, seed=71)
 
 
-def refusal(exc: pytest.ExceptionInfo[ChangeRefused]) -> Refusal:
-    return Refusal(exc.value.reason)
+def refusal(exc: pytest.ExceptionInfo[ChangeRefused]) -> AdmissionRefusal:
+    return AdmissionRefusal(exc.value.reason)
 
 
 # --- joining -------------------------------------------------------------------------------
@@ -145,17 +145,17 @@ def test_an_admitted_quote_binding_the_request_passes(w4: World) -> None:
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("a measurement the policy does not list", Refusal.NOT_ADMITTED),
-        ("a quote over another node's record", Refusal.REPORT_DATA_MISMATCH),
-        ("a quote over other addresses", Refusal.REPORT_DATA_MISMATCH),
-        ("no quote at all", Refusal.NO_ATTESTATION),
-        ("a quote from an untrusted platform", Refusal.QUOTE_REJECTED),
-        ("garbage instead of a quote", Refusal.QUOTE_REJECTED),
-        ("an out-of-date platform", Refusal.NOT_ADMITTED),
+        ("a measurement the policy does not list", AdmissionRefusal.NOT_ADMITTED),
+        ("a quote over another node's record", AdmissionRefusal.REPORT_DATA_MISMATCH),
+        ("a quote over other addresses", AdmissionRefusal.REPORT_DATA_MISMATCH),
+        ("no quote at all", AdmissionRefusal.NO_ATTESTATION),
+        ("a quote from an untrusted platform", AdmissionRefusal.QUOTE_REJECTED),
+        ("garbage instead of a quote", AdmissionRefusal.QUOTE_REJECTED),
+        ("an out-of-date platform", AdmissionRefusal.NOT_ADMITTED),
     ],
 )
 def test_a_join_outside_the_admission_policy_is_refused(
-    w4: World, case: str, expected: Refusal
+    w4: World, case: str, expected: AdmissionRefusal
 ) -> None:
     p5 = w4.nodes[PI(5)].participant
     good = w4.join(5)
@@ -204,14 +204,14 @@ def test_no_known_policy_or_a_malformed_one_admits_nobody(w4: World) -> None:
     unknown = ChangeContext(ctx.state, ctx.chain, ctx.now, None)
     with pytest.raises(ChangeRefused) as exc:
         w4.checker(unknown, w4.join(5))
-    assert refusal(exc) is Refusal.NO_ADMISSION_POLICY
+    assert refusal(exc) is AdmissionRefusal.NO_ADMISSION_POLICY
     text = ChangeContext(ctx.state, ctx.chain, ctx.now, b"free text policy")
     with pytest.raises(ChangeRefused) as exc:
         w4.checker(text, w4.join(5))
-    assert refusal(exc) is Refusal.MALFORMED_ADMISSION_POLICY
+    assert refusal(exc) is AdmissionRefusal.MALFORMED_ADMISSION_POLICY
     with pytest.raises(ChangeRefused) as exc:
         w4.checker(ctx, ChangeAdmissionPolicy(b"not a policy"))
-    assert refusal(exc) is Refusal.MALFORMED_ADMISSION_POLICY
+    assert refusal(exc) is AdmissionRefusal.MALFORMED_ADMISSION_POLICY
     w4.checker(ctx, ChangeAdmissionPolicy(w4.policy.encode()))
 
 
@@ -220,7 +220,7 @@ def test_the_core_refuses_to_propose_a_rogue_join(w4: World) -> None:
     before = core.status()
     with pytest.raises(ChangeRefused) as exc:
         core.propose(w4.join(5, ROGUE))
-    assert refusal(exc) is Refusal.NOT_ADMITTED
+    assert refusal(exc) is AdmissionRefusal.NOT_ADMITTED
     assert "measurement" in str(exc.value)
     assert core.status() == before
 
@@ -245,15 +245,15 @@ def test_removal_evidence_is_verified_before_approval(w4: World) -> None:
     w4.checker(ctx, RemoveMember(4, ev.encode(), id4))
     w4.checker(ctx, RemoveMember(4, b"", id4))  # no evidence: the operators' own decision
     cases = {
-        Refusal.EVIDENCE_NAMES_ANOTHER_NODE: RemoveMember(3, ev.encode(), id3),
-        Refusal.MALFORMED_EVIDENCE: RemoveMember(4, b"\x93garbage", id4),
-        Refusal.UNSUPPORTED_EVIDENCE: RemoveMember(4, ChangeThreshold(2).encode(), id4),
+        AdmissionRefusal.EVIDENCE_NAMES_ANOTHER_NODE: RemoveMember(3, ev.encode(), id3),
+        AdmissionRefusal.MALFORMED_EVIDENCE: RemoveMember(4, b"\x93garbage", id4),
+        AdmissionRefusal.UNSUPPORTED_EVIDENCE: RemoveMember(4, ChangeThreshold(2).encode(), id4),
     }
     forged = EquivocationEvidence(
         ev.first,
         SignedDigest(ev.second.session, 4, ev.second.digest, bytes(64)),
     )
-    cases[Refusal.EVIDENCE_INVALID] = RemoveMember(4, forged.encode(), id4)
+    cases[AdmissionRefusal.EVIDENCE_INVALID] = RemoveMember(4, forged.encode(), id4)
     # Node 3 signing "node 4's" digests proves nothing about node 4.
     framed = equivocation(w4.nodes[PI(3)])
     framed4 = EquivocationEvidence(
@@ -266,7 +266,7 @@ def test_removal_evidence_is_verified_before_approval(w4: World) -> None:
         assert refusal(exc) is expected, (expected, exc.value)
     with pytest.raises(ChangeRefused) as exc:
         w4.checker(ctx, RemoveMember(4, framed4.encode(), id4))
-    assert refusal(exc) is Refusal.EVIDENCE_INVALID
+    assert refusal(exc) is AdmissionRefusal.EVIDENCE_INVALID
 
 
 # --- on the mesh: approvals wait for the check -------------------------------------------------
@@ -342,16 +342,16 @@ def test_an_old_join_request_replayed_after_the_committee_moved_on_is_refused() 
     assert w.cores[PI(1)].state.epoch == 3  # type: ignore[union-attr]
     with pytest.raises(ChangeRefused) as exc:
         w.cores[PI(1)].propose(old)
-    assert refusal(exc) is Refusal.JOIN_STALE, exc.value
+    assert refusal(exc) is AdmissionRefusal.JOIN_STALE, exc.value
     # A request that names no head at all (the old format) is refused too.
     with pytest.raises(ChangeRefused) as exc:
         w.cores[PI(1)].propose(unbound)
-    assert refusal(exc) is Refusal.JOIN_UNBOUND, exc.value
+    assert refusal(exc) is AdmissionRefusal.JOIN_UNBOUND, exc.value
     # A request naming a head this chain never had.
     forged = AddMember(p5, old.attestation, ADDRS, 3, bytes(32))
     with pytest.raises(ChangeRefused) as exc:
         w.checker(w.ctx(), forged)
-    assert refusal(exc) is Refusal.JOIN_UNKNOWN_HEAD
+    assert refusal(exc) is AdmissionRefusal.JOIN_UNKNOWN_HEAD
     # A new request, made for the current head, is admitted.
     w.checker(w.ctx(), w.join(5))
 

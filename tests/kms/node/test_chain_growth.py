@@ -551,13 +551,14 @@ def _evidence(epoch: int) -> bytes:
 def test_evidence_about_an_epoch_older_than_the_kept_links_is_refused_as_stale(
     tmp_path, chain300
 ) -> None:  # type: ignore[no-untyped-def]
-    from kms.node.admission import ChangeChecker, Refusal
+    from kms.api.answers import evidence_answer
+    from kms.node.admission import AdmissionRefusal, ChangeChecker
     from kms.node.core import ChangeContext, ChangeRefused
 
     svc = _service(tmp_path, chain300)
-    code, reply = svc.offer_evidence(_evidence(100))
+    code, reply = evidence_answer(svc.offer_evidence(_evidence(100)))
     assert (code, reply["reason"]) == (409, "stale-epoch")
-    code, reply = svc.offer_evidence(_evidence(299))  # kept: judged (and this one is junk)
+    code, reply = evidence_answer(svc.offer_evidence(_evidence(299)))  # kept: judged (junk)
     assert reply["reason"] != "stale-epoch"
     core = svc.core
     assert core.state is not None
@@ -566,5 +567,5 @@ def test_evidence_about_an_epoch_older_than_the_kept_links_is_refused_as_stale(
     checker = ChangeChecker(None, None, wrong_partial=lambda ev, st: "judged")
     with pytest.raises(ChangeRefused) as refused:
         checker.check_evidence(ctx, 1, _evidence(100), holder)
-    assert refused.value.reason == Refusal.EVIDENCE_STALE.value
+    assert refused.value.reason == AdmissionRefusal.EVIDENCE_STALE.value
     checker.check_evidence(ctx, 1, _evidence(299), holder)  # the kept epoch is judged

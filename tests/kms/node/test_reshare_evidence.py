@@ -16,7 +16,7 @@ import pytest
 from mesh import Mesh, make_nodes
 
 from kms.attest import INTEL_ROOT_CA, Verifier
-from kms.node.admission import ChangeChecker, Refusal
+from kms.node.admission import AdmissionRefusal, ChangeChecker
 from kms.node.core import ChangeContext, ChangeRefused, MisbehaviourObserved, NodeConfig, NodeCore
 from mpc.dkg.evidence import ReshareConstantEvidence
 from mpc.ids import ParticipantIndex as PI
@@ -101,13 +101,13 @@ def test_the_evidence_is_refused_where_the_run_is_unknown_or_it_is_bent(after_re
     cores, ev = after_reshare
     with pytest.raises(ChangeRefused) as exc:
         CHECK(_ctx(cores[PI(1)], runs=False), _remove(cores[PI(1)], 4, ev.encode()))
-    assert Refusal(exc.value.reason) is Refusal.UNKNOWN_RUN
+    assert AdmissionRefusal(exc.value.reason) is AdmissionRefusal.UNKNOWN_RUN
     # Claimed for a run this node never took part in.
     bent = dataclasses.replace(ev, run=bytes(32))
     with pytest.raises(ChangeRefused) as exc:
         CHECK(_ctx(cores[PI(1)]), _remove(cores[PI(1)], 4, bent.encode()))
-    assert Refusal(exc.value.reason) is Refusal.UNKNOWN_RUN
+    assert AdmissionRefusal(exc.value.reason) is AdmissionRefusal.UNKNOWN_RUN
     # Pinned on an honest member: the evidence names node 4, not node 3.
     with pytest.raises(ChangeRefused) as exc:
         CHECK(_ctx(cores[PI(1)]), _remove(cores[PI(1)], 3, ev.encode()))
-    assert Refusal(exc.value.reason) is Refusal.EVIDENCE_NAMES_ANOTHER_NODE
+    assert AdmissionRefusal(exc.value.reason) is AdmissionRefusal.EVIDENCE_NAMES_ANOTHER_NODE

@@ -71,12 +71,13 @@ def test_a_new_policy_goes_to_every_other_member_but_its_source() -> None:
 
 
 def test_what_a_node_does_with_a_peers_bundle() -> None:
+    from kms.policy import PolicyFailure as F
     from kms.policy.gossip import offer_outcome
 
     assert offer_outcome(True, False, None) == (True, None)  # new: pass it on
     assert offer_outcome(True, True, None) == (False, None)  # the flood's echo
-    assert offer_outcome(False, False, "stale_version") == (False, None)  # a peer behind
+    assert offer_outcome(False, False, F.STALE_VERSION) == (False, None)  # a peer behind
     assert offer_outcome(False, False, None) == (False, None)  # this node keeps no policies
-    assert offer_outcome(False, False, "bad_signature") == (False, "policy gossip: bad_signature")
-    assert offer_outcome(False, False, "not_owner") == (False, None)  # not seen the rotation
-    assert offer_outcome(False, False, "unknown_app") == (False, None)  # cached only
+    assert offer_outcome(False, False, F.BAD_SIGNATURE) == (False, "policy gossip: bad_signature")
+    assert offer_outcome(False, False, F.NOT_OWNER) == (False, None)  # not seen the rotation
+    assert offer_outcome(False, False, F.UNKNOWN_APP) == (False, None)  # cached only

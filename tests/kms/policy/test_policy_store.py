@@ -21,8 +21,8 @@ from kms.policy import (
     PolicyBundle,
     PolicyError,
     PolicyFailure,
+    PolicyRefused,
     PolicyStore,
-    Refused,
     RotationRecord,
     SignedPolicy,
 )
@@ -177,7 +177,7 @@ def test_offer_is_refused_with_its_reason_and_changes_nothing(
     offer = make()
     before = (offer.store.bundles(), len(offer.store))
     result = offer.store.offer(offer.signed, now=offer.now, rotations=offer.rotations)
-    assert isinstance(result, Refused)
+    assert isinstance(result, PolicyRefused)
     assert result.reason is reason, result.detail
     assert (offer.store.bundles(), len(offer.store)) == before
     with pytest.raises(PolicyError) as info:
@@ -211,7 +211,7 @@ def test_every_store_refusal_reason_has_a_case() -> None:
 
 def test_an_object_that_is_not_a_signed_policy_is_malformed() -> None:
     result = PolicyStore(MPK).offer(make_policy(K0), now=NOW)  # type: ignore[arg-type]
-    assert isinstance(result, Refused) and result.reason is PolicyFailure.MALFORMED
+    assert isinstance(result, PolicyRefused) and result.reason is PolicyFailure.MALFORMED
 
 
 # --- accepting and relaying -------------------------------------------------------------------
@@ -242,7 +242,7 @@ def test_an_older_policy_relayed_back_is_refused_as_stale() -> None:
     assert isinstance(old, Accepted)
     assert isinstance(store.offer(signed(K0, version=2), now=NOW), Accepted)
     result = store.offer_bundle(relay(old.bundle), now=NOW)
-    assert isinstance(result, Refused) and result.reason is PolicyFailure.STALE_VERSION
+    assert isinstance(result, PolicyRefused) and result.reason is PolicyFailure.STALE_VERSION
     assert store.version(APP) == 2
 
 
@@ -260,7 +260,7 @@ def test_a_rotation_travels_with_the_policy_and_is_remembered() -> None:
     # A shorter chain offered again is a prefix of the one held: the owner is still K2.
     assert isinstance(a.offer(signed(K2, app_id=APP, version=4), now=NOW, rotations=[R1]), Accepted)
     refused = a.offer(signed(K1, app_id=APP, version=5), now=NOW, rotations=[R1])
-    assert isinstance(refused, Refused) and refused.reason is PolicyFailure.NOT_OWNER
+    assert isinstance(refused, PolicyRefused) and refused.reason is PolicyFailure.NOT_OWNER
 
 
 @pytest.mark.parametrize(
@@ -314,7 +314,7 @@ def test_a_renewal_after_expiry_is_accepted_and_an_old_one_is_not() -> None:
     store = store_holding((signed(K0, version=3, expires=NOW + DAY), ()))
     later = NOW + 2 * DAY
     stale = store.offer(signed(K0, version=2, not_before=later), now=later)
-    assert isinstance(stale, Refused) and stale.reason is PolicyFailure.STALE_VERSION
+    assert isinstance(stale, PolicyRefused) and stale.reason is PolicyFailure.STALE_VERSION
     assert isinstance(store.offer(signed(K0, version=4, not_before=later), now=later), Accepted)
     assert store.current(APP, later) is not None
 
@@ -340,7 +340,7 @@ def test_restore_reloads_every_bundle_even_expired_ones() -> None:
     assert restored.app_ids() == tuple(sorted((APP, MALLORY.app_id())))
     assert restored.current(APP, NOW + 2 * DAY) is None
     refused = restored.offer(signed(K2, app_id=APP, version=2), now=NOW)
-    assert isinstance(refused, Refused) and refused.reason is PolicyFailure.STALE_VERSION
+    assert isinstance(refused, PolicyRefused) and refused.reason is PolicyFailure.STALE_VERSION
 
 
 def test_restore_refuses_another_mpk_and_an_older_version() -> None:

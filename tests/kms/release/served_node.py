@@ -31,7 +31,8 @@ from kms.attest.pccs import CollateralCache, CollateralProvider, PCCSClient
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyRequestSession
 from kms.node.core import EpochSwitched, NodeConfig, NodeCore
-from kms.node.release import KeyReleaser, policies_from
+from kms.node.keyrelease import FixedPolicies
+from kms.node.release import KeyReleaser
 from kms.node.service import NodeService, share_to_bytes
 from kms.policy import AppPolicy, Measurement, OwnerKey
 from kms.protocol import KeyRefusal, KeyResponse
@@ -230,14 +231,8 @@ class ServedNode:
         verifier = Verifier(
             list(roots), simulated_allowed=True, allowed_statuses=statuses, floor=floor
         )
-        self.service.releaser = KeyReleaser(
-            c.config.index,
-            self.service.identity,
-            verifier,
-            self.service.collateral.get,
-            policies_from({APP: app_policy or policy()}),
-            rng=os.urandom,
-        )
+        self.service.releaser = KeyReleaser(c.config.index, self.service.identity, verifier)
+        self.service.keys.policy_source = FixedPolicies({APP: app_policy or policy()})
         self.http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=make_app(self.service)), base_url="http://node"
         )

@@ -13,12 +13,12 @@ import os
 import random
 
 import pytest
-from release_committee import genesis_cores
+from release_committee import InProcessReleaser, genesis_cores
 
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyReleaseError, KeyRequestSession
-from kms.node.release import KeyReleaser, Refusal, Released, policies_from
+from kms.node.release import KeyRefusalReason, Released
 from kms.policy import AppPolicy, Measurement, OwnerKey
 from mpc import ibe
 from mpc.errors import DecryptionError
@@ -44,7 +44,7 @@ def world():  # type: ignore[no-untyped-def]
     verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
     collateral = tee.collateral(NOW)
 
-    def releasers(purposes: tuple[str, ...]) -> dict[PI, KeyReleaser]:
+    def releasers(purposes: tuple[str, ...]) -> dict[PI, InProcessReleaser]:
         policy = AppPolicy.build(
             app_id=owner.app_id(),
             version=1,
@@ -55,12 +55,12 @@ def world():  # type: ignore[no-untyped-def]
             purposes=purposes,
         )
         return {
-            i: KeyReleaser(
+            i: InProcessReleaser(
                 i,
                 nodes[i].identity,
                 verifier,
-                lambda q: collateral,
-                policies_from({owner.app_id(): policy}),
+                collateral,
+                {owner.app_id(): policy},
                 rng=rng.randbytes,
             )
             for i in cores
@@ -98,7 +98,7 @@ def test_an_image_admitted_only_for_signing_cannot_read_the_inbox(world) -> None
 
     # Asking for the inbox's point: every node refuses, with a typed reason.
     s, answers = fetch(world, signer, [("ibe.app", 1)], seed=1)
-    assert {a.reason for a in answers.values()} == {Refusal.POLICY.value}
+    assert {a.reason for a in answers.values()} == {KeyRefusalReason.POLICY}
     assert all("purpose_not_allowed" in a.refusal.detail for a in answers.values())
     with pytest.raises(KeyReleaseError):
         s.derived()
@@ -134,4 +134,4 @@ def test_the_inbox_point_is_not_the_app_purposes_point(world) -> None:  # type: 
     with pytest.raises(DecryptionError):
         ibe.decrypt(point, mpk, sealed)
     s, answers = fetch(world, releasers(("app",)), [("ibe.app", 1)], seed=5)
-    assert {a.reason for a in answers.values()} == {Refusal.POLICY.value}
+    assert {a.reason for a in answers.values()} == {KeyRefusalReason.POLICY}

@@ -12,12 +12,13 @@ import random
 
 import pytest
 from mesh import Mesh, make_nodes
+from release_committee import InProcessReleaser
 
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyRequestSession
 from kms.node.core import NodeConfig, NodeCore
-from kms.node.release import KeyReleaser, Released, policies_from
+from kms.node.release import Released
 from kms.policy import AppPolicy, Measurement, OwnerKey
 from mpc.ids import ParticipantIndex as PI
 from mpc.membership import Refresh, verify_chain_epochs
@@ -70,12 +71,12 @@ def switched():  # type: ignore[no-untyped-def]
     verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
     collateral = tee.collateral(NOW)
     releasers = {
-        i: KeyReleaser(
+        i: InProcessReleaser(
             i,
             nodes[i].identity,
             verifier,
-            lambda q: collateral,
-            policies_from({owner.app_id(): policy}),
+            collateral,
+            {owner.app_id(): policy},
             rng=random.Random(int(i)).randbytes,
         )
         for i in cores

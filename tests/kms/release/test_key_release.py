@@ -8,12 +8,12 @@ import random
 from dataclasses import replace
 
 import pytest
-from release_committee import genesis_cores
+from release_committee import InProcessReleaser, genesis_cores
 
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.core import KeyReleaseError, KeyRequestSession, verify_wrong_partial
-from kms.node.release import KeyReleaser, Refusal, Released, policies_from
+from kms.node.release import KeyRefusalReason, Released
 from kms.policy import AppPolicy, Measurement, OwnerKey
 from kms.protocol import KeyResponse, KeyShareResponse
 from mpc.errors import InvalidSignature
@@ -48,12 +48,12 @@ def world():  # type: ignore[no-untyped-def]
     verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
     collateral = tee.collateral(NOW)
     releasers = {
-        i: KeyReleaser(
+        i: InProcessReleaser(
             i,
             nodes[i].identity,
             verifier,
-            lambda q: collateral,
-            policies_from({owner.app_id(): policy}),
+            collateral,
+            {owner.app_id(): policy},
             rng=rng.randbytes,
         )
         for i in cores
@@ -119,17 +119,21 @@ def test_released_partials_are_bound_to_the_request_and_audited(world) -> None: 
         (
             "a measurement outside the policy",
             {"measurements": {**MR, "rtmr3": bytes(48)}},
-            Refusal.POLICY,
+            KeyRefusalReason.POLICY,
         ),
-        ("a stale timestamp", {"now": NOW - 3600}, Refusal.STALE),
-        ("a purpose the policy does not allow", {"purposes": (("backup", 1),)}, Refusal.POLICY),
+        ("a stale timestamp", {"now": NOW - 3600}, KeyRefusalReason.STALE),
+        (
+            "a purpose the policy does not allow",
+            {"purposes": (("backup", 1),)},
+            KeyRefusalReason.POLICY,
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_each_check_refuses_on_its_own(world, name, mutate, reason) -> None:  # type: ignore[no-untyped-def]
     s = request(world, **mutate)
     res = ask(world, s, [1])
-    assert res[PI(1)].reason == reason.value
+    assert res[PI(1)].reason is reason
 
 
 def test_report_data_binding_and_replay(world) -> None:  # type: ignore[no-untyped-def]
@@ -141,7 +145,7 @@ def test_report_data_binding_and_replay(world) -> None:  # type: ignore[no-untyp
     r = releasers[PI(1)].handle(
         forged.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
     )
-    assert r.reason == Refusal.BINDING.value
+    assert r.reason is KeyRefusalReason.BINDING
     used = set()
     first = releasers[PI(1)].handle(
         s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=used.__contains__
@@ -151,7 +155,7 @@ def test_report_data_binding_and_replay(world) -> None:  # type: ignore[no-untyp
     again = releasers[PI(1)].handle(
         s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=used.__contains__
     )
-    assert again.reason == Refusal.REPLAY.value
+    assert again.reason is KeyRefusalReason.REPLAY
 
 
 def test_a_quote_under_an_untrusted_root_is_refused(world) -> None:  # type: ignore[no-untyped-def]
@@ -164,7 +168,7 @@ def test_a_quote_under_an_untrusted_root_is_refused(world) -> None:  # type: ign
     r = releasers[PI(2)].handle(
         s.request.encode(), now=NOW, epoch=0, share=cores[PI(2)].share, seen_nonce=lambda n: False
     )
-    assert r.reason == Refusal.QUOTE.value
+    assert r.reason is KeyRefusalReason.QUOTE
 
 
 def test_a_wrong_partial_is_named_bypassed_and_proven(world) -> None:  # type: ignore[no-untyped-def]
@@ -224,12 +228,12 @@ def _releaser_with(world, policy, *, tee=None):  # type: ignore[no-untyped-def]
     tee = tee or base_tee
     verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
     collateral = tee.collateral(NOW)
-    return KeyReleaser(
+    return InProcessReleaser(
         PI(1),
         nodes[PI(1)].identity,
         verifier,
-        lambda q: collateral,
-        policies_from({owner.app_id(): policy}),
+        collateral,
+        {owner.app_id(): policy},
         rng=random.Random(1).randbytes,
     )
 
@@ -245,7 +249,7 @@ def test_a_tcb_status_the_verifier_does_not_admit_is_refused(world) -> None:  # 
     res = r.handle(
         s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
     )
-    assert res.reason == Refusal.QUOTE.value and "TCB_STATUS_NOT_ALLOWED" in res.refusal.detail
+    assert res.reason is KeyRefusalReason.QUOTE and "TCB_STATUS_NOT_ALLOWED" in res.refusal.detail
 
 
 def test_a_policy_older_than_the_cvm_asks_for_is_refused(world) -> None:  # type: ignore[no-untyped-def]
@@ -262,7 +266,7 @@ def test_a_policy_older_than_the_cvm_asks_for_is_refused(world) -> None:  # type
     res = releasers[PI(1)].handle(
         s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
     )
-    assert res.reason == Refusal.POLICY.value and res.refusal.detail.startswith(
+    assert res.reason is KeyRefusalReason.POLICY and res.refusal.detail.startswith(
         "version_below_requested"
     )
 
@@ -275,7 +279,7 @@ def test_an_expired_policy_is_refused(world) -> None:  # type: ignore[no-untyped
     res = r.handle(
         s.request.encode(), now=NOW, epoch=0, share=cores[PI(1)].share, seen_nonce=lambda n: False
     )
-    assert res.reason == Refusal.POLICY.value and res.refusal.detail.startswith("expired")
+    assert res.reason is KeyRefusalReason.POLICY and res.refusal.detail.startswith("expired")
 
 
 def test_the_compose_hash_comes_from_the_replayed_event_log(world) -> None:  # type: ignore[no-untyped-def]
@@ -315,8 +319,8 @@ def test_the_compose_hash_comes_from_the_replayed_event_log(world) -> None:  # t
     assert isinstance(ask_with(log.encode(), 41), Released)
     tampered, _ = build_event_log(dstack_boot_events(app_id=owner.app_id(), compose_hash=bytes(32)))
     refused = ask_with(tampered.encode(), 42)
-    assert refused.reason == Refusal.POLICY.value
-    assert ask_with(b"", 43).reason == Refusal.POLICY.value
+    assert refused.reason is KeyRefusalReason.POLICY
+    assert ask_with(b"", 43).reason is KeyRefusalReason.POLICY
 
 
 def test_kms_evidence_verify_checks_a_saved_chain(world, tmp_path) -> None:  # type: ignore[no-untyped-def]

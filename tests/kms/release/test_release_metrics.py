@@ -10,7 +10,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 from served_node import NOW, CountingPCCS, ServedNode, run, tee
 
-from kms.node.release import Refusal
+from kms.node.release import KeyRefusalReason
 from kms.protocol import KeyRefusal, KeyResponse
 
 
@@ -46,7 +46,7 @@ def test_key_requests_move_the_outcome_counters_and_the_latency_histogram(
         assert r.headers["content-type"] == CONTENT_TYPE_PLAIN_0_0_4
         before = samples(r.text)
         # Every refusal reason is exported from the start, at 0.
-        for reason in Refusal:
+        for reason in KeyRefusalReason:
             assert requests(before, "refused", reason.value) == 0
         assert requests(before, "released", "none") == 0
         assert latency_count(before, "released") == latency_count(before, "refused") == 0

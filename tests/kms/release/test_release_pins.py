@@ -13,13 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from release_committee import genesis_cores
+from release_committee import InProcessReleaser, genesis_cores
 
 from kms.api.http import MSGPACK, make_app
 from kms.attest import Verifier
 from kms.attest.simulated import SIMULATED_FMSPC, XFAM, SimulatedTEE
 from kms.client.core import KeyRequestSession
-from kms.node.release import KeyReleaser, Released, policies_from
+from kms.node.release import KeyRefusalReason, Released, ReleaseRefused, refuse
 from kms.policy import (
     AppPolicy,
     GpuPin,
@@ -32,8 +32,8 @@ from kms.policy import (
     build_event_log,
     dstack_boot_events,
 )
-from kms.protocol import KeyRefusal
-from mpc.codec import decode
+from kms.protocol import KeyRefusal, KeyRequest
+from mpc.codec import MessageDecodeError, decode
 from mpc.ids import ParticipantIndex as PI
 from mpc.membership import verify_chain
 
@@ -47,7 +47,7 @@ OTHER_OWNER = OwnerKey.from_seed(bytes([1]) * 32)
 class Node:
     """The public HTTP surface of one node in front of a key releaser."""
 
-    def __init__(self, releaser: KeyReleaser, share: Any) -> None:
+    def __init__(self, releaser: InProcessReleaser, share: Any) -> None:
         self.releaser, self.share, self.rejected = releaser, share, 0
 
     def status(self) -> dict[str, Any]:
@@ -59,14 +59,15 @@ class Node:
     def count_rejected(self, label: str) -> None:
         self.rejected += 1
 
-    async def release(self, raw: bytes) -> tuple[int, bytes]:
-        res = self.releaser.handle(
-            raw, now=NOW, epoch=0, share=self.share, seen_nonce=lambda n: False
-        )
-        if isinstance(res, Released):
-            return 200, res.response.encode()
+    async def release(self, request: KeyRequest) -> Released | ReleaseRefused:
+        res = self.releaser.handle(request.encode(), now=NOW, epoch=0, share=self.share)
+        if not isinstance(res, Released):
+            self.rejected += 1
+        return res
+
+    def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused:
         self.rejected += 1
-        return 403, res.refusal.encode()
+        return refuse(KeyRefusalReason.MALFORMED, str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +107,12 @@ def ask(  # type: ignore[no-untyped-def]
     chain, share, identity, _ = committee
     tee = tee or SimulatedTEE(random.Random(9).randbytes, now=NOW)
     built, rtmr3 = build_event_log(events)
-    releaser = KeyReleaser(
+    releaser = InProcessReleaser(
         PI(1),
         identity,
         Verifier([tee.root_ca_der], simulated_allowed=True),
-        lambda q: tee.collateral(NOW),
-        policies_from({p.app_id: p for p in policies}),
+        tee.collateral(NOW),
+        {p.app_id: p for p in policies},
         rng=random.Random(1).randbytes,
     )
     session = KeyRequestSession(

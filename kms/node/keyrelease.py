@@ -1,0 +1,264 @@
+"""The release role of a node: gathers the key-release pipeline's inputs and records the answers.
+
+``kms.node.release`` decides; this module does the I/O between its steps, in
+this order (see ``docs/design.md``, "Key release pipeline"):
+
+1. ``check`` the decoded request (no I/O);
+2. read the replay cache (a store read) and ``screen`` the request;
+3. read the app's state from the policy source (dictionary reads; for an app
+   not admitted, a consultation of the committee that may send queries) and
+   ``gate`` the request on it;
+4. fetch collateral for the quote's platform (network, bounded), then read the
+   time, the share, the replay cache and the app's current policy again;
+5. ``answer``; on release, admit a candidate app, record the nonce and the audit
+   records in one store transaction, and count; on refusal, count and log.
+
+It returns typed results (:data:`ReleaseResult`); ``kms.api`` chooses HTTP status
+codes from them. It holds ports, not decisions: a store, a clock, the metrics, a
+view of the node's share and epoch, a collateral source and a policy source.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from kms.attest import Collateral, ParsedQuote, QuoteFailure, QuoteVerificationError
+from kms.node.metrics import NodeMetrics
+from kms.node.release import (
+    Admitted,
+    AppState,
+    KeyRefusalReason,
+    KeyReleaser,
+    Needs,
+    Released,
+    ReleaseInputs,
+    ReleaseRefused,
+    gate,
+    refuse,
+)
+from kms.policy import AppPolicy, PolicyBundle
+from kms.protocol import KeyRefusal, KeyRequest
+from kms.store import NodeStore
+from mpc.codec import MessageDecodeError
+from mpc.secret import RNG, SecretShare
+
+log = logging.getLogger("quorum_kms.node")
+
+
+@dataclass(frozen=True)
+class KeysNotServed:
+    """This node releases no keys at all (no releaser configured)."""
+
+    detail: str = "this node does not release keys"
+
+    @property
+    def reason(self) -> KeyRefusalReason:
+        return KeyRefusalReason.NOT_SERVING
+
+    @property
+    def refusal(self) -> KeyRefusal:
+        return KeyRefusal(self.reason.value, self.detail)
+
+
+ReleaseResult = Released | ReleaseRefused | KeysNotServed
+"""What a key request got from this node."""
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class CollateralSource(Protocol):
+    """Where collateral for a quote's platform comes from (``kms.attest.pccs.CollateralProvider``)."""
+
+    def get(self, quote: ParsedQuote) -> Collateral: ...
+
+    async def prepare(self, quote: ParsedQuote, *, now: int) -> None: ...
+
+
+class FixedCollateral:
+    """One collateral for every platform, at hand (in-process committees, tests)."""
+
+    def __init__(self, collateral: Collateral | object) -> None:
+        self._collateral = collateral
+
+    def get(self, quote: ParsedQuote) -> Collateral:
+        return self._collateral  # type: ignore[return-value]
+
+    async def prepare(self, quote: ParsedQuote, *, now: int) -> None:
+        return None
+
+
+class PolicySource(Protocol):
+    """What the release role reads and tells of the node's app policies
+    (``kms.node.policy_sync.PolicySync``)."""
+
+    def app_state(self, needs: Needs, now: int) -> tuple[AppState, PolicyBundle | None]: ...
+
+    def current(self, app_id: bytes, now: int) -> AppPolicy | None: ...
+
+    def admit_released(self, bundle: PolicyBundle, now: int) -> None: ...
+
+    def ask_about(self, app_id: bytes) -> None: ...
+
+
+class FixedPolicies:
+    """Policies from a plain mapping, for every app admitted (in-process committees, tests)."""
+
+    def __init__(self, policies: Mapping[bytes, AppPolicy]) -> None:
+        self._policies = dict(policies)
+
+    def app_state(self, needs: Needs, now: int) -> tuple[AppState, PolicyBundle | None]:
+        return Admitted(self.current(needs.app_id, now)), None
+
+    def current(self, app_id: bytes, now: int) -> AppPolicy | None:
+        return self._policies.get(app_id)
+
+    def admit_released(self, bundle: PolicyBundle, now: int) -> None:
+        return None
+
+    def ask_about(self, app_id: bytes) -> None:
+        return None
+
+
+NO_COLLATERAL = QuoteVerificationError(
+    QuoteFailure.COLLATERAL_UNAVAILABLE, "this node has no collateral source"
+)
+
+
+class KeyRelease:
+    """The release role: one node's shell around :class:`KeyReleaser`."""
+
+    NONCE_TTL = 600
+
+    def __init__(
+        self,
+        store: NodeStore,
+        clock: Clock,
+        metrics: NodeMetrics,
+        share_and_epoch: Callable[[], tuple[SecretShare | None, int]],
+        policy_source: PolicySource,
+        warn: Callable[[str, str], None],
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._share_and_epoch = share_and_epoch
+        self.policy_source = policy_source
+        self._warn = warn
+        self.releaser: KeyReleaser | None = None
+        self.collateral: CollateralSource | None = None
+        self.rng: RNG = os.urandom
+        """Randomness for the answers' encryption."""
+
+    def _seen_nonce(self, nonce: bytes) -> bool:
+        raw = self._store.get_meta("nonce/" + nonce.hex())
+        return raw is not None and int.from_bytes(raw, "big") > int(self._clock.now())
+
+    def _collateral_for(self, needs: Needs) -> Collateral | QuoteVerificationError:
+        if self.collateral is None:
+            return NO_COLLATERAL
+        try:
+            return self.collateral.get(needs.quote)
+        except QuoteVerificationError as exc:
+            return exc
+
+    async def release(self, request: KeyRequest) -> ReleaseResult:
+        """Answer a CVM's decoded key request."""
+        started = time.perf_counter()
+        res = await self._release(request)
+        reason = None if isinstance(res, Released) else res.reason
+        self._metrics.key_request(reason, time.perf_counter() - started)
+        return res
+
+    def undecodable(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
+        """A key request body that does not decode (refused by ``kms.api`` before any step);
+        a node that releases no keys says so, whatever it was sent."""
+        if self.releaser is None:
+            self._metrics.key_request(KeyRefusalReason.NOT_SERVING, 0.0)
+            return KeysNotServed()
+        res = refuse(KeyRefusalReason.MALFORMED, str(exc))
+        self._metrics.key_request(res.reason, 0.0)
+        return self._refused(res)
+
+    async def _release(self, request: KeyRequest) -> ReleaseResult:
+        releaser = self.releaser
+        if releaser is None:
+            return KeysNotServed()
+        now = int(self._clock.now())
+        # The cheap checks first: nothing is fetched for a request that fails them, and
+        # only a quote whose PCK chain verifies to a pinned root names a platform to fetch.
+        needs = releaser.check(request, now=now, share=self._share_and_epoch()[0])
+        if isinstance(needs, ReleaseRefused):
+            return self._refused(needs)
+        early = releaser.screen(needs, now=now, nonce_seen=self._seen_nonce(needs.nonce))
+        if early is not None:
+            return self._refused(early)
+        # A frozen app is refused; an app not admitted here may be admitted by the bundle
+        # the request carries (bound by the quote's report data).
+        app, bundle = self.policy_source.app_state(needs, now)
+        closed = gate(needs, app)
+        if closed is not None:
+            self._metrics.rejected_input("key request: " + closed.reason.value)
+            return closed
+        if self.collateral is not None:
+            await self.collateral.prepare(needs.quote, now=now)
+            # The fetch may have waited (its timeouts, the fetch limiter): freshness,
+            # the policy, the collateral and the nonce's lifetime are judged now.
+            now = int(self._clock.now())
+        if isinstance(app, Admitted):
+            app = Admitted(self.policy_source.current(needs.app_id, now))
+        share, epoch = self._share_and_epoch()
+        res = releaser.answer(
+            needs,
+            ReleaseInputs(
+                now=now,
+                epoch=epoch,
+                share=share,
+                nonce_seen=self._seen_nonce(needs.nonce),
+                app=app,
+                collateral=self._collateral_for(needs),
+                rng=self.rng,
+            ),
+        )
+        if isinstance(res, ReleaseRefused):
+            self._refused(res)
+            if res.reason is KeyRefusalReason.NO_POLICY:
+                self.policy_source.ask_about(needs.app_id)  # perhaps a member knows it
+            return res
+        if bundle is not None:
+            self.policy_source.admit_released(bundle, now)
+        # The replay cache survives restarts; the audit records are committed as one group.
+        # Remembered for longer than any timestamp the releaser still accepts.
+        ttl = max(self.NONCE_TTL, 2 * releaser.max_skew + 60)
+        self._store.record_release(
+            "nonce/" + res.nonce.hex(),
+            (now + ttl).to_bytes(8, "big"),
+            [a.as_dict() for a in res.audit],
+        )
+        self._metrics.queued("kms/key-response")
+        log.info(
+            "key released",
+            extra={
+                "fields": {
+                    "app": res.audit[0].app,
+                    "purposes": len(res.audit),
+                    "simulated": res.audit[0].simulated,
+                }
+            },
+        )
+        return res
+
+    def _refused(self, res: ReleaseRefused) -> ReleaseRefused:
+        label = res.reason.value
+        if res.reason is KeyRefusalReason.QUOTE:
+            # The quote failure code (a QuoteFailure value): a bounded set of labels.
+            label += ": " + res.detail.split(":", 1)[0][:40]
+        self._metrics.rejected_input("key request: " + label)
+        self._warn("cvm", f"key request refused: {res.reason.value}")
+        return res

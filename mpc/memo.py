@@ -21,10 +21,14 @@ bounded whatever a peer sends, and neither reads a clock or draws randomness.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from mpc.codec import Message
 
 K = TypeVar("K")
 V = TypeVar("V")
+M = TypeVar("M", bound="Message")
 
 DEFAULT_LIMIT = 1024
 
@@ -81,4 +85,10 @@ class BytesMemo(Generic[V]):
         self._entries.clear()
 
 
-__all__ = ["DEFAULT_LIMIT", "BytesMemo", "IdentityMemo"]
+def decoder(cls: type[M], limit: int = DEFAULT_LIMIT) -> BytesMemo[M]:
+    """``cls.decode``, remembered by the full bytes: the members of one run decode the
+    same broadcast payloads (decoding is strict and pure: ``mpc.codec``)."""
+    return BytesMemo(cls.decode, limit)
+
+
+__all__ = ["DEFAULT_LIMIT", "BytesMemo", "IdentityMemo", "decoder"]

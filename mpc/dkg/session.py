@@ -91,11 +91,19 @@ from mpc.math.vss import (
     transcript_coefficients,
     verify_shares,
 )
+from mpc.memo import decoder
 from mpc.secret import RNG, SecretScalar, SecretShare, random_scalar
 from mpc.sig import SigningKey, VerifyKey
 
 SHARE_INFO = b"quorum-kms/v1/dkg/share"
 _ROUND_NAMES = ("key", "deal", "respond", "justify")
+
+# Every member of a run decodes the same broadcast payloads: each distinct encoding is
+# decoded once (``mpc.memo``: keyed by the full bytes; bytes that fail are decoded again).
+_DECODE_RunKey = decoder(RunKey)
+_DECODE_DealBundle = decoder(DealBundle, limit=256)
+_DECODE_ResponseBundle = decoder(ResponseBundle)
+_DECODE_JustificationBundle = decoder(JustificationBundle, limit=256)
 STALL_FRACTION = 0.25
 """A gap longer than ``STALL_FRACTION · Δ`` between two consecutive times a member
 observes (its ticks and receipts) means it was not live: stopped, paused, suspended
@@ -573,7 +581,7 @@ class SharingSession:
             if outcome.status is not SlotStatus.DELIVERED:
                 continue
             try:
-                rk = RunKey.decode(outcome.payload or b"")
+                rk = _DECODE_RunKey(outcome.payload or b"")
                 if rk.run != self._run or rk.index != j:
                     raise MessageDecodeError("run key for another run or member")
                 rk.verify(self._identities[j])
@@ -660,7 +668,7 @@ class SharingSession:
             return
         payload = BroadcastPayload(outcome.header, outcome.payload)  # type: ignore[arg-type]
         try:
-            bundle = DealBundle.decode(payload.payload)
+            bundle = _DECODE_DealBundle(payload.payload)
             if bundle.dealer != dealer:
                 raise MessageDecodeError("deal names another dealer")
             if len(bundle.commitments) != self.config.threshold:
@@ -769,7 +777,7 @@ class SharingSession:
                 accused = valid
             else:
                 try:
-                    bundle = ResponseBundle.decode(outcome.payload or b"")
+                    bundle = _DECODE_ResponseBundle(outcome.payload or b"")
                     if bundle.responder != responder:
                         raise MessageDecodeError("response names another responder")
                 except MessageDecodeError:
@@ -821,7 +829,7 @@ class SharingSession:
                 continue
             just_payload = BroadcastPayload(outcome.header, outcome.payload)  # type: ignore[arg-type]
             try:
-                just = JustificationBundle.decode(just_payload.payload)
+                just = _DECODE_JustificationBundle(just_payload.payload)
                 revealed = {
                     ParticipantIndex(s.recipient): scalar_from_bytes(s.share) for s in just.shares
                 }

@@ -326,6 +326,15 @@ class SharingSession:
         its own ticks without a stall; by default, the first time this session sees.
         A session built by a restarted process passes the restart time."""
         self.config = config
+        sc = config.schedule  # frozen: its deadlines, read on every tick, computed once
+        self._deadlines = (
+            sc.start,
+            sc.key_end,
+            sc.deal_end,
+            sc.respond_end,
+            sc.justify_end,
+            sc.certify_end,
+        )
         self.me = me
         self._key = identity_key
         # ``dkg_key`` (the member's long-lived key) is checked but protects no share:
@@ -530,23 +539,23 @@ class SharingSession:
         self._now = now
         for r in self._rounds.values():
             r.advance_time(now)
-        s = self.config.schedule
+        start, key_end, deal_end, respond_end, justify_end, certify_end = self._deadlines
         try:
-            if self._phase is Phase.WAITING and now >= s.start:
+            if self._phase is Phase.WAITING and now >= start:
                 self._enter(Phase.DEALING)
                 self._announce_key()
-            if self._phase is Phase.DEALING and now >= s.key_end and not self._keys_fixed:
+            if self._phase is Phase.DEALING and now >= key_end and not self._keys_fixed:
                 self._after_keys()
                 self._deal()
-            if self._phase is Phase.DEALING and now >= s.deal_end:
+            if self._phase is Phase.DEALING and now >= deal_end:
                 self._after_deals()
-            if self._phase is Phase.RESPONDING and now >= s.respond_end:
+            if self._phase is Phase.RESPONDING and now >= respond_end:
                 self._after_responses()
-            if self._phase is Phase.JUSTIFYING and now >= s.justify_end:
+            if self._phase is Phase.JUSTIFYING and now >= justify_end:
                 self._finalize()
             if self._phase is Phase.CERTIFYING:
                 self._try_certify()
-            if self._phase is Phase.CERTIFYING and now >= s.certify_end:
+            if self._phase is Phase.CERTIFYING and now >= certify_end:
                 self._fail("too few certificate signatures by the deadline")
         except (LocalProtocolError, AssertionError):
             self._enter(Phase.FAILED)

@@ -225,7 +225,9 @@ ROWS: dict[str, Rule] = {
     ),
     "kms.node.logs": Rule((), frozenset()),
     "kms.node.lifecycle": Rule((), frozenset()),
-    "kms.node.clock": Rule((), frozenset({"trio"}), note="the wall clock and trio's, for the shell"),
+    "kms.node.clock": Rule(
+        (), frozenset({"trio"}), note="the wall clock and trio's, for the shell"
+    ),
     "kms.node.reporting": Rule(
         ("mpc", "kms.node.metrics", "kms.node.model"),
         frozenset(),

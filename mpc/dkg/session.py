@@ -92,11 +92,19 @@ from mpc.math.vss import (
     transcript_coefficients,
     verify_shares,
 )
+from mpc.memo import decoder
 from mpc.secret import RNG, SecretScalar, SecretShare, random_scalar
 from mpc.sig import SigningKey, VerifyKey
 
 SHARE_INFO = b"quorum-kms/v1/dkg/share"
 _ROUND_NAMES = ("key", "deal", "respond", "justify")
+
+# Every member of a run decodes the same broadcast payloads: each distinct encoding is
+# decoded once (``mpc.memo``: keyed by the full bytes; bytes that fail are decoded again).
+_DECODE_RunKey = decoder(RunKey)
+_DECODE_DealBundle = decoder(DealBundle, limit=256)
+_DECODE_ResponseBundle = decoder(ResponseBundle)
+_DECODE_JustificationBundle = decoder(JustificationBundle, limit=256)
 STALL_FRACTION = 0.25
 """A gap longer than ``STALL_FRACTION · Δ`` between two consecutive times a member
 observes (its ticks and receipts) means it was not live: stopped, paused, suspended
@@ -322,6 +330,15 @@ class SharingSession:
         its own ticks without a stall; by default, the first time this session sees.
         A session built by a restarted process passes the restart time."""
         self.config = config
+        sc = config.schedule  # frozen: its deadlines, read on every tick, computed once
+        self._deadlines = (
+            sc.start,
+            sc.key_end,
+            sc.deal_end,
+            sc.respond_end,
+            sc.justify_end,
+            sc.certify_end,
+        )
         self.me = me
         self._key = identity_key
         # ``dkg_key`` (the member's long-lived key) is checked but protects no share:
@@ -531,23 +548,23 @@ class SharingSession:
         self._now = now
         for r in self._rounds.values():
             r.advance_time(now)
-        s = self.config.schedule
+        start, key_end, deal_end, respond_end, justify_end, certify_end = self._deadlines
         try:
-            if self._phase is Phase.WAITING and now >= s.start:
+            if self._phase is Phase.WAITING and now >= start:
                 self._enter(Phase.DEALING)
                 self._announce_key()
-            if self._phase is Phase.DEALING and now >= s.key_end and not self._keys_fixed:
+            if self._phase is Phase.DEALING and now >= key_end and not self._keys_fixed:
                 self._after_keys()
                 self._deal()
-            if self._phase is Phase.DEALING and now >= s.deal_end:
+            if self._phase is Phase.DEALING and now >= deal_end:
                 self._after_deals()
-            if self._phase is Phase.RESPONDING and now >= s.respond_end:
+            if self._phase is Phase.RESPONDING and now >= respond_end:
                 self._after_responses()
-            if self._phase is Phase.JUSTIFYING and now >= s.justify_end:
+            if self._phase is Phase.JUSTIFYING and now >= justify_end:
                 self._finalize()
             if self._phase is Phase.CERTIFYING:
                 self._try_certify()
-            if self._phase is Phase.CERTIFYING and now >= s.certify_end:
+            if self._phase is Phase.CERTIFYING and now >= certify_end:
                 self._fail("too few certificate signatures by the deadline")
         except (LocalProtocolError, AssertionError):
             self._enter(Phase.FAILED)
@@ -582,7 +599,7 @@ class SharingSession:
             if outcome.status is not SlotStatus.DELIVERED:
                 continue
             try:
-                rk = RunKey.decode(outcome.payload or b"")
+                rk = _DECODE_RunKey(outcome.payload or b"")
                 if rk.run != self._run or rk.index != j:
                     raise MessageDecodeError("run key for another run or member")
                 rk.verify(self._identities[j])
@@ -669,7 +686,7 @@ class SharingSession:
             return
         payload = BroadcastPayload(outcome.header, outcome.payload)  # type: ignore[arg-type]
         try:
-            bundle = DealBundle.decode(payload.payload)
+            bundle = _DECODE_DealBundle(payload.payload)
             if bundle.dealer != dealer:
                 raise MessageDecodeError("deal names another dealer")
             if len(bundle.commitments) != self.config.threshold:
@@ -780,7 +797,7 @@ class SharingSession:
                 accused = valid
             else:
                 try:
-                    bundle = ResponseBundle.decode(outcome.payload or b"")
+                    bundle = _DECODE_ResponseBundle(outcome.payload or b"")
                     if bundle.responder != responder:
                         raise MessageDecodeError("response names another responder")
                 except MessageDecodeError:
@@ -832,7 +849,7 @@ class SharingSession:
                 continue
             just_payload = BroadcastPayload(outcome.header, outcome.payload)  # type: ignore[arg-type]
             try:
-                just = JustificationBundle.decode(just_payload.payload)
+                just = _DECODE_JustificationBundle(just_payload.payload)
                 revealed = {
                     ParticipantIndex(s.recipient): scalar_from_bytes(s.share) for s in just.shares
                 }

@@ -2,8 +2,8 @@
 
 A simulated node runs the real ``NodeCore`` behind the real ``NodeDriver``; its
 ``session_factory`` only records the sharing sessions the core starts (the report
-reads whom they excluded) and, on a corrupt node, builds ``AdversarialSession``
-instead. ``SimStore`` is what survives a crash: the node's events are applied to
+reads whom they excluded) and, on a corrupt node, passes the session the dealer-tamper
+hook ``adversary.BehaviourTamper``. ``SimStore`` is what survives a crash: the node's events are applied to
 it by ``kms.node.persist``, exactly as ``kms.node.service`` applies them to SQLite.
 """
 
@@ -212,8 +212,8 @@ def session_factory(
 ) -> SessionFactory:
     """The ``NodeCore`` session factory of a simulated node: every session it starts is
     recorded in ``sessions`` (the report reads whom they excluded), and a corrupt node
-    runs ``adversary.AdversarialSession``, bent by its behaviours in the epochs
-    ``corrupt_in`` says."""
+    runs the real session with the dealer-tamper hook ``adversary.BehaviourTamper``,
+    bent by its behaviours in the epochs ``corrupt_in`` says."""
 
     def make(
         config: SharingConfig,
@@ -226,8 +226,7 @@ def session_factory(
         persisted: Mapping[str, bytes],
         live_since: float | None,
     ) -> SharingSession:
-        cls = adversary.AdversarialSession if behaviours else SharingSession
-        session = cls(
+        session = SharingSession(
             config,
             me,
             identity_key,
@@ -236,10 +235,8 @@ def session_factory(
             share=share,
             persisted=persisted,
             live_since=live_since,
+            tamper=adversary.BehaviourTamper(behaviours, corrupt_in) if behaviours else None,
         )
-        if isinstance(session, adversary.AdversarialSession):
-            session.behaviours = behaviours
-            session.active = corrupt_in
         sessions.append(session)
         return session
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kms.node.core import NodeCore
 from kms.node.driver import NodeDriver
 from kms.node.model import NodeConfig, Restored, SessionFactory, StoreRecord
 from kms.node.persist import restore, share_from_bytes
+from kms.store import NodeStore
 from kms.store.errors import StoreError
+from kms.store.sealer import TEESealer
 from mpc import hpke
 from mpc.cert import EpochCertificate
 from mpc.dkg import DealerExcluded, SharingConfig, SharingSession
@@ -272,6 +275,10 @@ class SimNode:
     def up(self) -> bool:
         return self.driver is not None
 
+    def restored(self) -> Restored | None:
+        """What the node's core starts from after a (re)boot: what its store kept."""
+        return self.store.restored()
+
     @property
     def corrupt(self) -> bool:
         return bool(self.behaviours)
@@ -288,6 +295,17 @@ class SimNode:
             return True
         lo, hi = self.corrupt_epochs
         return epoch is not None and lo <= epoch <= hi
+
+
+def sqlite_store(path: Path) -> NodeStore:
+    """The SQLite store of a node-mode node (sealed with a fixed test key)."""
+    return NodeStore(path, TEESealer(lambda: bytes(32)))
+
+
+def provision_sqlite_store(path: Path, keys: NodeKeys) -> None:
+    """Put ``keys`` into the node-mode store at ``path``, as provisioning a node would."""
+    with sqlite_store(path) as store:
+        store.save_identity(keys.identity_seed, keys.dkg_seed)
 
 
 def disqualified_from(sessions: list[list[SharingSession]]) -> list[dict[str, Any]]:

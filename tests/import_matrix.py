@@ -124,6 +124,7 @@ NODE_CORE_STEPS = (
     "kms.node.ballots",
     "kms.node.adoption",
     "kms.node.chain_sync",
+    "kms.node.dispatch",
 )
 """The core's steps that drive its parts through a ``Protocol`` port of the core."""
 NODE_CORE_STEP = Rule(
@@ -199,7 +200,7 @@ ROWS: dict[str, Rule] = {
     ),
     # The core's collaborators (lifecycle, liveness, ...): sans-I/O, below the core.
     **dict.fromkeys(NODE_CORE_PARTS, NODE_CORE_PART),
-    # The core's steps (sharing runs, ballots, adoption, chain sync): above the parts.
+    # The core's steps (sharing runs, ballots, adoption, chain sync, dispatch): above the parts.
     **dict.fromkeys(NODE_CORE_STEPS, NODE_CORE_STEP),
     "kms.node.admission": Rule(
         (*CORE_PROJECT, "kms.node.core", "kms.node.model"),

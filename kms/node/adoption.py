@@ -19,7 +19,7 @@ from typing import Protocol
 
 from kms.node.ballots import Ballots
 from kms.node.chain_follow import ChainFollower
-from kms.node.genesis_trust import GenesisTrust
+from kms.node.genesis_trust import GenesisNotTrusted, GenesisTrust
 from kms.node.governance import LOCK_RUN, Governance, RefreshRules
 from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
 from kms.node.model import (
@@ -57,6 +57,7 @@ from mpc.errors import RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.membership import (
+    AddMember,
     ChainError,
     ChainState,
     DecisionWindow,
@@ -67,6 +68,7 @@ from mpc.membership import (
     genesis_state,
 )
 from mpc.membership.messages import (
+    ChainRequest,
     ChainUpdate,
 )
 from mpc.reshare import Acknowledgement
@@ -77,24 +79,26 @@ from mpc.sig import SigningKey
 class AdoptionPort(Protocol):
     """What ``Adoption`` reads and changes of the node (``NodeCore``)."""
 
+    state: ChainState | None
     share: SecretShare | None
     share_error: str | None
     last_refresh: float | None
+    _participants: dict[ParticipantIndex, Participant]
+    _epoch_ready_at: float | None
+
+    @property
+    def addresses(self) -> dict[ParticipantIndex, tuple[str, ...]]: ...
 
     @property
     def me(self) -> ParticipantIndex: ...
     @property
     def config(self) -> NodeConfig: ...
     @property
-    def state(self) -> ChainState | None: ...
-    @property
     def chain(self) -> list[Link]: ...
     @property
     def _now(self) -> float: ...
     @property
     def _key(self) -> SigningKey: ...
-    @property
-    def _participants(self) -> dict[ParticipantIndex, Participant]: ...
     @property
     def _epoch_states(self) -> dict[int, ChainState]: ...
     @property
@@ -121,9 +125,8 @@ class AdoptionPort(Protocol):
     def epoch_state(self, epoch: int) -> ChainState | None: ...
     def head_position(self) -> int: ...
     def chain_update(self, have: int = 0) -> ChainUpdate: ...
-    def _set_state(self, state: ChainState) -> None: ...
-    def _clear_epoch_intent(self) -> None: ...
     def _trim(self) -> None: ...
+    def _note_removed(self, before: ChainState, after: ChainState) -> None: ...
     def _send_chain(self, peer: ParticipantIndex, have: int) -> None: ...
     def _mpk_of(self, cert: EpochCertificate) -> G2: ...
     def _check_genesis(self, cert: EpochCertificate) -> None: ...
@@ -239,7 +242,7 @@ class Adoption:
         if isinstance(link, MembershipCertificate):
             self._c.follower.note_policy(link)
             self._c._epoch_states[state.epoch] = state
-            self._c._set_state(state)
+            self.set_state(state)
             self._c._events.append(LinkCertified(link))
             new = state.apply(link.outcome.proposal.change)
             self._c.sharing.attempt = (
@@ -256,7 +259,7 @@ class Adoption:
                 if new is not None
                 else 0
             )
-            self._c._clear_epoch_intent()
+            self._c.governance.clear()
             # Make sure every participant of the coming reshare knows the decision.
             members = set(state.committee.indices)
             for i in sorted(members | set(self._c._incoming_members(state))):
@@ -278,7 +281,7 @@ class Adoption:
             new_share = self._c.sharing.persisted_share(link, old_state)
         previous_share = self._c.share
         self._c._epoch_states[state.epoch] = state
-        self._c._set_state(state)
+        self.set_state(state)
         self._c._trim()
         self._c.share = new_share if in_committee else None
         if self._c.share is not None:
@@ -313,7 +316,7 @@ class Adoption:
         self._c.sharing.erase_runs_up_to(state.epoch)
         if old_state is None:
             self._c._genesis_adopted()
-        self._c._clear_epoch_intent()
+        self._c.governance.clear()
         self._c.sharing.attempt = 0
         self._c.holders.previous_members = set(old_state.committee.indices) if old_state else set()
         self.acknowledge(link)
@@ -432,3 +435,31 @@ class Adoption:
             self.take_ack(ParticipantIndex(ack.index), ack, persist=False)
         except (MessageDecodeError, RemoteProtocolError):
             pass  # an unreadable record proves nothing: the acknowledgement counts as missing
+
+    def set_state(self, state: ChainState) -> None:
+        """Make ``state`` the node's view: its peers, admitted addresses, epoch readiness."""
+        if self._c.state is not None:
+            self._c._note_removed(self._c.state, state)
+        self._c.state = state
+        self._c.recovery.check = True
+        # The peers: this epoch's members and, while a change is pending, those of the
+        # next; a removed member is dropped once the epoch without it is certified.
+        self._c._participants = {ParticipantIndex(p.index): p for p in state.committee.members}
+        change = state.pending.outcome.proposal.change if state.pending is not None else None
+        if isinstance(change, AddMember):
+            self._c._participants[ParticipantIndex(change.participant.index)] = change.participant
+            if change.addresses:
+                self._c.addresses[ParticipantIndex(change.participant.index)] = change.addresses
+        self._c._epoch_ready_at = self._c.rules.ready_time(state, self._c.chain, self._c._now)
+
+    def try_candidates(self) -> None:
+        """Adopt the first genesis candidate that is now trusted, and ask for its chain."""
+        for peer, genesis in list(self._c.trust.candidates.items()):
+            try:
+                self._c._trust_genesis(genesis)
+            except GenesisNotTrusted:
+                continue
+            self.adopt_link(genesis, state_after=None)
+            if self._c.state is not None:
+                self._c._outbox.append(Outbound(peer, ChainRequest(len(self._c.chain))))
+            break

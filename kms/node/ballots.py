@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from kms.node.governance import INTENT_RUN, LOCK_RUN, Governance, RefreshRules, prompt_proposal
 from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
-from kms.node.governance import Governance, RefreshRules, prompt_proposal
 from kms.node.liveness import Liveness
 from kms.node.model import (
     ApprovalRefused,
@@ -24,6 +24,7 @@ from kms.node.model import (
     Link,
     NodeConfig,
     NodeEvent,
+    StoreRecord,
 )
 from kms.node.sharing_runs import SharingRuns
 from mpc.cert import ZERO_HASH
@@ -85,7 +86,6 @@ class BallotsPort(Protocol):
     def epoch_state(self, epoch: int) -> ChainState | None: ...
     def _session_broke(self, session: SharingSession | DecisionWindow, exc: Exception) -> None: ...
     def _check_change(self, change: Change) -> None: ...
-    def _persist_intent(self) -> None: ...
     def _replay_early(self) -> None: ...
 
 
@@ -100,6 +100,7 @@ class Ballots:
         """The index of the last window opened here."""
 
     def step(self) -> None:
+        """Advance the window going on; open the next one when this member may."""
         st = self._c.state
         if st is None or self._c._epoch_ready_at is None:
             return
@@ -205,6 +206,7 @@ class Ballots:
         )
 
     def run_id(self, w: int) -> bytes:
+        """The run label of window ``w``'s records (with the head hash)."""
         st = self._c.state
         head = st.head_hash if st else ZERO_HASH
         return b"window" + head + w.to_bytes(8, "big")
@@ -222,4 +224,24 @@ class Ballots:
                 continue
             self._c.governance.approvals.add(pid)
         if changed:
-            self._c._persist_intent()
+            self.persist_intent()
+
+    def restore_intent(self) -> None:
+        """The standing intent and the lock this member persisted in the current epoch."""
+        st = self._c.state
+        if st is None or st.pending is not None:
+            return
+        head = st.head_hash
+        self._c.governance.restore(
+            self._c._records(INTENT_RUN + head),
+            self._c._records(LOCK_RUN + head).get("lock"),
+            head,
+            int(self._c.me),
+        )
+
+    def persist_intent(self) -> None:
+        st = self._c.state
+        if st is None:
+            return
+        key, data = self._c.governance.intent_record()
+        self._c._events.append(StoreRecord(INTENT_RUN + st.head_hash, key, data, False))

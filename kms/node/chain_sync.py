@@ -21,6 +21,7 @@ from kms.node.ballots import Ballots
 from kms.node.chain_follow import ChainFollower
 from kms.node.genesis_trust import GenesisNotTrusted, GenesisTrust
 from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
+from kms.node.governance import Governance
 from kms.node.model import (
     ChainReplaced,
     ChainTrimmed,
@@ -85,10 +86,10 @@ class SyncPort(Protocol):
     @property
     def trust(self) -> GenesisTrust: ...
     @property
+    def governance(self) -> Governance: ...
+    @property
     def follower(self) -> ChainFollower: ...
-    def _set_state(self, state: ChainState) -> None: ...
     def _note_removed(self, before: ChainState, after: ChainState) -> None: ...
-    def _clear_epoch_intent(self) -> None: ...
     def _trim(self) -> None: ...
     def _mpk_of(self, cert: EpochCertificate) -> G2: ...
     def _check_genesis(self, cert: EpochCertificate) -> None: ...
@@ -221,12 +222,12 @@ class ChainSync:
             share = self._c.sharing.persisted_share(
                 head.certificate, states[-2] if len(states) > 1 else None
             )
-        self._c._set_state(head)
+        self._c.adoption.set_state(head)
         if retain is not None:
             self._c.holders.track(retain, head.certificate, self._c._participants)
         self._c.share = share if self._c.me in head.committee.indices else None
         self._c.ballots.window = None
-        self._c._clear_epoch_intent()
+        self._c.governance.clear()
         self._c.sharing.attempt = 0
         self._c.holders.new_epoch(set(old_state.committee.indices) if old_state else set())
         self._c._events.append(
@@ -264,6 +265,6 @@ class ChainSync:
             self._c._events.append(ChainTrimmed(link_position(keep[0]) if keep else 1))
         for prev, st in itertools.pairwise(states):
             self._c._note_removed(prev, st)
-        self._c._set_state(states[-1])
+        self._c.adoption.set_state(states[-1])
         self._c.trust.take_pending(first, persist=False)
         return states[-2] if len(states) > 1 else None

@@ -44,6 +44,10 @@ from kms.node.adoption import Adoption
 from kms.node.ballots import Ballots
 from kms.node.chain_follow import ChainFollower
 from kms.node.chain_sync import ChainSync
+from kms.node.dispatch import CHAIN_REQUEST_BURST as CHAIN_REQUEST_BURST
+from kms.node.dispatch import CHAIN_REQUEST_REFILL_DELTAS as CHAIN_REQUEST_REFILL_DELTAS
+from kms.node.dispatch import RECENTLY_REMOVED as RECENTLY_REMOVED
+from kms.node.dispatch import Dispatch, members_of
 from kms.node.early import EarlyMessages
 from kms.node.genesis_trust import GenesisNotTrusted as GenesisNotTrusted
 from kms.node.genesis_trust import GenesisTrust
@@ -51,7 +55,6 @@ from kms.node.governance import INTENT_RUN as INTENT_RUN
 from kms.node.governance import LOCK_RUN as LOCK_RUN
 from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
 from kms.node.governance import Governance, RefreshRules
-from kms.node.limits import early_messages, peer_queue_bytes
 from kms.node.liveness import Liveness
 from kms.node.model import (
     GENESIS_ENDORSEMENTS_RUN,
@@ -91,7 +94,7 @@ from kms.node.sharing_runs import MAX_RESHARE_RUNS as MAX_RESHARE_RUNS
 from kms.node.sharing_runs import MAX_RUN_RECORDS as MAX_RUN_RECORDS
 from kms.node.sharing_runs import SharingRuns
 from mpc import hpke
-from mpc.broadcast import BroadcastPayload, DigestRelay, Outbound, PullRequest
+from mpc.broadcast import Outbound
 from mpc.cert import EpochCertificate
 from mpc.codec import Message
 from mpc.dkg import (
@@ -99,13 +102,12 @@ from mpc.dkg import (
     SharingConfig,
     SharingSession,
 )
-from mpc.dkg.messages import CertificatePartial, DealsAnswer, DealsRequest, Participant
+from mpc.dkg.messages import Participant
 from mpc.dkg.session import RUN_KEY_RECORD
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.membership import (
-    AddMember,
     ChainError,
     ChainState,
     DecisionWindow,
@@ -119,19 +121,11 @@ from mpc.membership.messages import (
     Change,
     GenesisEndorsement,
     GenesisEndorsements,
-    OutcomePartial,
 )
 from mpc.reshare import Acknowledgement
 from mpc.secret import RNG, SecretShare
 from mpc.sig import SigningKey
 
-RECENTLY_REMOVED = 16
-"""Members removed from the committee whose chain requests are still answered (the most
-recent ones): a removed member learns of its removal. Nothing else of theirs is taken."""
-CHAIN_REQUEST_BURST = 4
-CHAIN_REQUEST_REFILL_DELTAS = 5
-"""Chain requests answered per peer: a burst of 4, then one more every this many Δ (an
-honest node asks on start and then at most every ``CHAIN_RETRY_DELTAS`` Δ)."""
 CHAIN_RETRY_DELTAS = 20
 """A node without a chain asks for it again every this many Δ."""
 MAX_CHAIN_ANSWER_LINKS = 64
@@ -180,8 +174,6 @@ class NodeCore:
         self._events: list[NodeEvent] = []
         self.early = EarlyMessages()
         """Messages for a run or window not started yet, per member (own quota each)."""
-        self._removed: dict[ParticipantIndex, None] = {}
-        self._chain_budget: dict[ParticipantIndex, tuple[float, float]] = {}
         self.follower = ChainFollower(restored.admission_policy)
         """The chain this node follows: genesis and the retained tail, and what they prove."""
         self.state: ChainState | None = None
@@ -206,6 +198,8 @@ class NodeCore:
         """Adopting the runs' and windows' results and certified links."""
         self.sync = ChainSync(self)
         """Which verified chain this node follows (a peer's, when it ranks higher)."""
+        self.dispatch = Dispatch(self)
+        """Where each message goes; the per-peer chain request budget."""
         self.recovery = ShareRecovery(self.me, config.delta, self._port)
         """Serving the head's certified deals; recovering this member's share from them."""
         self.share_error: str | None = None
@@ -230,7 +224,7 @@ class NodeCore:
             head = self.state.epoch if self.state is not None else 0
             self.sharing.ran_epochs |= {head, head + 1}
             self.adoption.restore_shares(before)
-            self._restore_intent()
+            self.ballots.restore_intent()
         self._sync_phase()
 
     @property
@@ -306,7 +300,7 @@ class NodeCore:
                 has_chain=st is not None,
                 genesis_running=run is not None and run.config.kind == "dkg",
                 committee=st.committee.indices if st is not None else (),
-                incoming=self._members_of(st) if st is not None else (),
+                incoming=members_of(st) if st is not None else (),
                 pending=st is not None and st.pending is not None,
                 was_member=self._was_member,
             )
@@ -316,29 +310,6 @@ class NodeCore:
         return self.follower.epoch_certificate(epoch)
 
     # --- restoring -------------------------------------------------------------
-
-    def _restore_intent(self) -> None:
-        """The standing intent and the lock this member persisted in the current epoch."""
-        st = self.state
-        if st is None or st.pending is not None:
-            return
-        head = st.head_hash
-        self.governance.restore(
-            self._records(INTENT_RUN + head),
-            self._records(LOCK_RUN + head).get("lock"),
-            head,
-            int(self.me),
-        )
-
-    def _persist_intent(self) -> None:
-        st = self.state
-        if st is None:
-            return
-        key, data = self.governance.intent_record()
-        self._events.append(StoreRecord(INTENT_RUN + st.head_hash, key, data, False))
-
-    def _clear_epoch_intent(self) -> None:
-        self.governance.clear()
 
     def _mpk_of(self, cert: EpochCertificate) -> G2:
         return G2.from_bytes(cert.transcript.mpk)
@@ -366,68 +337,17 @@ class NodeCore:
         if genesis is not None:
             self.trust.adopted(genesis, list(self._participants))
 
-    def _try_candidates(self) -> None:
-        for peer, genesis in list(self.trust.candidates.items()):
-            try:
-                self._trust_genesis(genesis)
-            except GenesisNotTrusted:
-                continue
-            self.adoption.adopt_link(genesis, state_after=None)
-            if self.state is not None:
-                self._outbox.append(Outbound(peer, ChainRequest(len(self.chain))))
-            break
-
-    def _set_state(self, state: ChainState) -> None:
-        if self.state is not None:
-            self._note_removed(self.state, state)
-        self.state = state
-        self.recovery.check = True
-        # The peers: this epoch's members and, while a change is pending, those of the
-        # next; a removed member is dropped once the epoch without it is certified.
-        self._participants = {ParticipantIndex(p.index): p for p in state.committee.members}
-        change = state.pending.outcome.proposal.change if state.pending is not None else None
-        if isinstance(change, AddMember):
-            self._participants[ParticipantIndex(change.participant.index)] = change.participant
-            if change.addresses:
-                self.addresses[ParticipantIndex(change.participant.index)] = change.addresses
-        self._epoch_ready_at = self.rules.ready_time(state, self.chain, self._now)
-
-    @staticmethod
-    def _members_of(state: ChainState) -> set[ParticipantIndex]:
-        """The committee of ``state`` and the members a certified change is adding."""
-        out = set(state.committee.indices)
-        change = state.pending.outcome.proposal.change if state.pending is not None else None
-        if isinstance(change, AddMember):
-            out.add(ParticipantIndex(change.participant.index))
-        return out
-
     def _note_removed(self, before: ChainState, after: ChainState) -> None:
-        now_members = self._members_of(after)
-        for i in sorted(self._members_of(before) - now_members):
-            self._removed.pop(i, None)
-            self._removed[i] = None
-        for i in now_members:
-            self._removed.pop(i, None)
-        while len(self._removed) > RECENTLY_REMOVED:
-            del self._removed[next(iter(self._removed))]
-        keep = now_members | set(self._removed)
-        for table in (self._chain_budget, self.recovery.deals_budget):
-            for i in [i for i in table if i not in keep]:
-                del table[i]
-        self.early.forget(keep)
+        self.dispatch.note_removed(before, after)
 
     def allowed_peers(self) -> frozenset[ParticipantIndex]:
-        """Who this node takes protocol messages from: the current committee and the
-        members a certified change is adding (before any chain: the configured
-        participants). Everyone else is refused."""
-        if self.state is None:
-            return frozenset(self._participants)
-        return frozenset(self._members_of(self.state))
+        """Who this node takes protocol messages from (``Dispatch.allowed_peers``)."""
+        return self.dispatch.allowed_peers()
 
     def recently_removed(self) -> tuple[ParticipantIndex, ...]:
         """Removed members (at most ``RECENTLY_REMOVED``, oldest first) whose chain requests
         are still answered, metered; nothing else of theirs is taken."""
-        return tuple(self._removed)
+        return tuple(self.dispatch.removed)
 
     # --- the contract ------------------------------------------------------------
 
@@ -448,6 +368,9 @@ class NodeCore:
         self.sharing.erase.clear()
         out, self._events = self._events, []
         return out
+
+    def _replay_early(self) -> None:
+        self.dispatch.replay_early()
 
     def _sessions(self) -> list[SharingSession | DecisionWindow]:
         out: list[SharingSession | DecisionWindow] = []
@@ -486,7 +409,7 @@ class NodeCore:
             self._events.append(InputRejected(peer, "message for an old epoch"))
             return
         try:
-            self._dispatch(peer, message, now)
+            self.dispatch.receive(peer, message, now)
         except RemoteProtocolError as exc:
             self._events.append(InputRejected(peer, str(exc)))
         except (InvalidEncoding, InvalidSignature) as exc:
@@ -558,7 +481,7 @@ class NodeCore:
         p = Proposal.of(state.epoch, state.head_hash, int(self.me), self._rng(16), change)
         self.governance.proposals[p.id()] = p
         self.governance.approvals.add(p.id())
-        self._persist_intent()
+        self.ballots.persist_intent()
         return p.id()
 
     def approve(self, proposal_id: bytes) -> bool:
@@ -573,17 +496,17 @@ class NodeCore:
             raise LocalProtocolError("a proposal id is 32 bytes")
         if self._check is None:
             self.governance.approvals.add(proposal_id)
-            self._persist_intent()
+            self.ballots.persist_intent()
             return True
         p = self.governance.known(proposal_id)
         if p is None:
             self.governance.deferred.add(proposal_id)
-            self._persist_intent()
+            self.ballots.persist_intent()
             return False
         self._check_change(p.change)
         self.governance.refused.pop(proposal_id, None)
         self.governance.approvals.add(proposal_id)
-        self._persist_intent()
+        self.ballots.persist_intent()
         return True
 
     def prompt_refresh_allowed(self) -> bool:
@@ -675,41 +598,17 @@ class NodeCore:
         epoch certificate before the head, which it verifies from the head
         (``verify_recent``). Nothing for a peer at or past our head.
         """
-        if not self.chain or have > self.head_position():
-            return _update([])
-        have = max(have, 0)
-        after = [x for x in self.chain[1:] if link_position(x) >= have]
-        if have == 0:
-            after = [self.chain[0], *after]
-        contiguous = bool(after) and link_position(after[0]) == have
-        if (
-            contiguous
-            and len(after) <= MAX_CHAIN_ANSWER_LINKS
-            and _size(after) <= MAX_CHAIN_ANSWER_BYTES
-        ):
-            return _update(after)
-        head_epoch = self.head_position() // 2
-        lo = 2 * (head_epoch - 1) if head_epoch >= 2 else 1
-        tail = [x for x in self.chain[1:] if link_position(x) >= lo]
-        return _update(_within_bytes([self.chain[0], *tail]))
+        return _chain_answer(self.chain, self.head_position(), have)
 
     def chain_page(self, start: int, limit: int, max_bytes: int) -> tuple[int, int, ChainUpdate]:
         """Retained links from position ``start`` (genesis is position 0), at most ``limit``
         links and ``max_bytes`` encoded bytes (at least one link when any is left);
         returns the position of the first link given and the position to ask for next
         (``GET /v1/chain`` paging)."""
-        links = [x for x in self.chain if link_position(x) >= max(start, 0)]
-        out: list[Link] = []
-        size = 0
-        for x in links[: max(limit, 1)]:
-            n = len(x.encode())
-            if out and size + n > max_bytes:
-                break
-            out.append(x)
-            size += n
-        first = link_position(out[0]) if out else self.head_position() + 1
-        following = link_position(out[-1]) + 1 if out else first
-        return first, following, _update(out)
+        return _chain_page(self.chain, self.head_position(), start, limit, max_bytes)
+
+    def _reshare_config(self, st: ChainState, attempt: int) -> SharingConfig | None:
+        return self.sharing.reshare_config(st, attempt)
 
     def _send_chain(self, peer: ParticipantIndex, have: int) -> None:
         """Send ``peer`` the chain after ``have`` links; from genesis, the genesis
@@ -717,122 +616,6 @@ class NodeCore:
         if have == 0 and self.chain and self.trust.endorsements:
             self._outbox.append(Outbound(peer, GenesisEndorsements(self.trust.bundle())))
         self._outbox.append(Outbound(peer, self.chain_update(have)))
-
-    # --- dispatch ------------------------------------------------------------------------
-
-    def _dispatch(self, peer: ParticipantIndex, message: Message, now: float) -> None:
-        allowed = peer in self.allowed_peers()
-        if isinstance(message, ChainRequest):
-            if message.have < 0:
-                raise RemoteProtocolError("negative chain position", [peer])
-            if not allowed and peer not in self._removed:
-                raise RemoteProtocolError("message from a peer that is not a member", [peer])
-            if not self._take_chain_budget(peer, now):
-                raise RemoteProtocolError("chain requests rate limited", [peer])
-            self._send_chain(peer, message.have)
-            own = self.holders.holders.get(self.me)
-            if own is not None:
-                # A member catching up (or restarted) learns who holds shares from these.
-                self._outbox.append(Outbound(peer, own))
-            return
-        if isinstance(message, GenesisEndorsements):
-            # Like a chain, from any peer this node hears: a node with no chain does not
-            # know the current members yet, and every endorsement is checked.
-            if self.trust.receive_relayed(peer, message.endorsements, self._genesis()):
-                self._try_candidates()
-            return
-        if not allowed:
-            raise RemoteProtocolError("message from a peer that is not a member", [peer])
-        if isinstance(message, GenesisEndorsement):
-            if self.trust.receive(peer, message, self._genesis()):
-                self._try_candidates()
-            return
-        if isinstance(message, ChainUpdate):
-            self.sync.receive(peer, message)
-            return
-        if isinstance(message, Acknowledgement):
-            if self.state is None or message.epoch > self.state.epoch:
-                # The new epoch may not be certified here yet: keep a few for later.
-                self.holders.keep_early(peer, message, self.state)
-                return
-            self.adoption.take_ack(peer, message)
-            return
-        if isinstance(message, DealsRequest):
-            self.recovery.answer(peer, message, now, self.state)
-            return
-        if isinstance(message, DealsAnswer):
-            self.recovery.receive(peer, message, self.state)
-            return
-        target = self._route(message)
-        if target is None:
-            # For a run or window that has not started here yet: keep it for later.
-            self._keep_early(peer, message)
-            return
-        self._deliver(target, peer, message, now)
-
-    def _take_chain_budget(self, peer: ParticipantIndex, now: float) -> bool:
-        rate = 1.0 / (CHAIN_REQUEST_REFILL_DELTAS * self.config.delta)
-        tokens, last = self._chain_budget.get(peer, (float(CHAIN_REQUEST_BURST), now))
-        tokens = min(float(CHAIN_REQUEST_BURST), tokens + max(0.0, now - last) * rate)
-        if tokens < 1.0:
-            self._chain_budget[peer] = (tokens, now)
-            return False
-        self._chain_budget[peer] = (tokens - 1.0, now)
-        return True
-
-    def _early_quota(self) -> tuple[int, int]:
-        st = self.state
-        n = len(st.committee.members) if st is not None else len(self.config.genesis)
-        t = st.threshold if st is not None else self.config.threshold
-        # A reshare to a larger committee: count its recipients too.
-        n = max(n, len(self.allowed_peers()))
-        return early_messages(n), peer_queue_bytes(n, t)
-
-    def _keep_early(self, peer: ParticipantIndex, message: Message) -> None:
-        count, limit = self._early_quota()
-        dropped = self.early.keep(peer, message, count, limit)
-        if dropped:
-            self._events.append(
-                InputRejected(peer, f"early messages over the member's quota: {dropped} dropped")
-            )
-
-    def _route(self, message: Message) -> SharingSession | DecisionWindow | None:
-        if isinstance(message, BroadcastPayload | DigestRelay):
-            sid = message.header.session
-        elif isinstance(message, PullRequest):
-            sid = message.session
-        elif isinstance(message, CertificatePartial):
-            return (
-                self.sharing.run
-                if self.sharing.run is not None and self.sharing.run.phase is not Phase.FAILED
-                else None
-            )
-        elif isinstance(message, OutcomePartial):
-            return self.ballots.window
-        else:
-            raise RemoteProtocolError(f"unexpected message {type(message).__name__}", [])
-        for s in self._sessions():
-            if sid in s.session_ids():
-                return s
-        return None
-
-    def _replay_early(self) -> None:
-        for seq, peer, msg, size in self.early.take_all():
-            try:
-                target = self._route(msg)
-            except RemoteProtocolError:
-                continue
-            if target is None:
-                self.early.put_back(seq, peer, msg, size)
-                continue
-            try:
-                self._deliver(target, peer, msg, self._now)
-            except RemoteProtocolError as exc:
-                self._events.append(InputRejected(peer, str(exc)))
-            except (InvalidEncoding, InvalidSignature) as exc:
-                self._events.append(InputRejected(peer, f"{type(exc).__name__}: {exc}"))
-
-    # --- chain sync ------------------------------------------------------------------------
 
     # --- time-driven steps -----------------------------------------------------------------
 
@@ -886,44 +669,8 @@ class NodeCore:
             if self.ballots.window is session:
                 self.ballots.window = None
 
-    def _deliver(
-        self,
-        target: SharingSession | DecisionWindow,
-        peer: ParticipantIndex,
-        message: Message,
-        now: float,
-    ) -> None:
-        """Hand a message to a run or window. Remote faults propagate as
-        ``RemoteProtocolError``; a local error the input triggers fails that run only."""
-        try:
-            target.receive(peer, message, now)
-        except LocalProtocolError as exc:
-            self._session_broke(target, exc)
-
     def _genesis_indices(self) -> list[ParticipantIndex]:
         return [ParticipantIndex(p.index) for p in self.config.genesis]
-
-    def _genesis_config(self, attempt: int) -> SharingConfig:
-        return self.configs.genesis(attempt)
-
-    def _reshare_config(self, st: ChainState, attempt: int) -> SharingConfig | None:
-        """The configuration of reshare ``attempt`` after ``st`` (which has a pending change)."""
-        return self.configs.reshare(st, attempt)
-
-    # --- results of the running protocols ------------------------------------------------------
-
-    # --- recovering a share from the certified deals ----------------------------------
-
-    def certified_config(self, st: ChainState) -> SharingConfig | None:
-        """The configuration of the run the head's certificate certifies (from the chain)."""
-        tr = st.certificate.transcript
-        try:
-            if tr.kind == "dkg":
-                return self._genesis_config(tr.attempt)
-            before = self._epoch_states.get(st.epoch - 1)
-            return self._reshare_config(before, tr.attempt) if before is not None else None
-        except (LocalProtocolError, InvalidSignature, InvalidEncoding):
-            return None
 
     def _trim(self) -> None:
         """Keep genesis and the links of the last ``chain_retention`` epochs."""
@@ -989,13 +736,52 @@ class _CorePort:
         self._core.sharing.erase.append(run_key_records(run))
 
     def certified_config(self, st: ChainState) -> SharingConfig | None:
-        return self._core.certified_config(st)
+        return self._core.sharing.certified_config(st)
 
     def late_share(self, cert: EpochCertificate, share: SecretShare) -> None:
         self._core.adoption.late_share(cert, share)
 
     def finalized_genesis(self, cert: EpochCertificate) -> bool:
         return self._core.sharing.persisted_share(cert, None) is not None
+
+
+def _chain_answer(chain: list[Link], head: int, have: int) -> ChainUpdate:
+    """``NodeCore.chain_update`` over ``chain``, whose last link is at position ``head``."""
+    if not chain or have > head:
+        return _update([])
+    have = max(have, 0)
+    after = [x for x in chain[1:] if link_position(x) >= have]
+    if have == 0:
+        after = [chain[0], *after]
+    contiguous = bool(after) and link_position(after[0]) == have
+    if (
+        contiguous
+        and len(after) <= MAX_CHAIN_ANSWER_LINKS
+        and _size(after) <= MAX_CHAIN_ANSWER_BYTES
+    ):
+        return _update(after)
+    head_epoch = head // 2
+    lo = 2 * (head_epoch - 1) if head_epoch >= 2 else 1
+    tail = [x for x in chain[1:] if link_position(x) >= lo]
+    return _update(_within_bytes([chain[0], *tail]))
+
+
+def _chain_page(
+    chain: list[Link], head: int, start: int, limit: int, max_bytes: int
+) -> tuple[int, int, ChainUpdate]:
+    """``NodeCore.chain_page`` over ``chain``, whose last link is at position ``head``."""
+    links = [x for x in chain if link_position(x) >= max(start, 0)]
+    out: list[Link] = []
+    size = 0
+    for x in links[: max(limit, 1)]:
+        n = len(x.encode())
+        if out and size + n > max_bytes:
+            break
+        out.append(x)
+        size += n
+    first = link_position(out[0]) if out else head + 1
+    following = link_position(out[-1]) + 1 if out else first
+    return first, following, _update(out)
 
 
 def _update(links: list[Link]) -> ChainUpdate:

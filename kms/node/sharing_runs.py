@@ -26,6 +26,7 @@ from kms.node.model import (
 )
 from kms.node.recovery import DEALS_RUN_LABEL, RECOVERY_SEED_DELTAS, ShareRecovery
 from kms.node.retention import ShareHolders, ack_run
+from kms.node.runs import SharingConfigs
 from mpc import hpke
 from mpc.cert import EpochCertificate
 from mpc.codec import MessageDecodeError
@@ -85,12 +86,12 @@ class SharingPort(Protocol):
     @property
     def _seeds(self) -> dict[bytes, bytes]: ...
     @property
+    def configs(self) -> SharingConfigs: ...
+    @property
     def _epoch_states(self) -> dict[int, ChainState]: ...
     @property
     def _events(self) -> list[NodeEvent]: ...
     def _records(self, run: bytes) -> Mapping[str, bytes]: ...
-    def _genesis_config(self, attempt: int) -> SharingConfig: ...
-    def _reshare_config(self, st: ChainState, attempt: int) -> SharingConfig | None: ...
     def _replay_early(self) -> None: ...
 
 
@@ -142,9 +143,9 @@ class SharingRuns:
         for attempt in range(tr.attempt + 1, tr.attempt + 1 + HIGHER_ATTEMPTS_KEPT):
             try:
                 if tr.kind == "dkg":
-                    cfg: SharingConfig | None = self._c._genesis_config(attempt)
+                    cfg: SharingConfig | None = self.genesis_config(attempt)
                 else:
-                    cfg = self._c._reshare_config(before, attempt) if before is not None else None
+                    cfg = self.reshare_config(before, attempt) if before is not None else None
             except LocalProtocolError:
                 break
             if cfg is None:
@@ -158,7 +159,7 @@ class SharingRuns:
             attempt += 1
         if self.missed_genesis(attempt):
             return
-        cfg = self._c._genesis_config(attempt)
+        cfg = self.genesis_config(attempt)
         self.attempt = attempt
         self.ran_epochs.add(0)
         self.run = self.sharing_session(cfg, None)
@@ -177,7 +178,7 @@ class SharingRuns:
         missed = attempt > 0 and first >= self._c.config.genesis_schedule(0).end
         if missed:
             for earlier in range(max(0, attempt - HIGHER_ATTEMPTS_KEPT), attempt):
-                if self._c._records(self._c._genesis_config(earlier).run_id()):
+                if self._c._records(self.genesis_config(earlier).run_id()):
                     missed = False
                     break
         self.genesis_missed = missed
@@ -204,9 +205,9 @@ class SharingRuns:
         if tr.epoch not in self.ran_epochs and not self.kept:
             return None  # catching up: this node ran no run of that epoch, nothing is stored
         if tr.kind == "dkg":
-            cfg: SharingConfig | None = self._c._genesis_config(tr.attempt)
+            cfg: SharingConfig | None = self.genesis_config(tr.attempt)
         else:
-            cfg = self._c._reshare_config(before, tr.attempt) if before is not None else None
+            cfg = self.reshare_config(before, tr.attempt) if before is not None else None
         if cfg is None or self._c.me not in cfg.recipient_indices:
             return None
         run = cfg.run_id()
@@ -339,7 +340,7 @@ class SharingRuns:
             # This attempt is already over (we were away): move on to the next one.
             self.attempt = attempt + 1
             return
-        cfg = self._c._reshare_config(st, attempt)
+        cfg = self.reshare_config(st, attempt)
         if cfg is None:  # pragma: no cover - extend() checked it
             return
         self.attempt = attempt
@@ -360,3 +361,21 @@ class SharingRuns:
             self.attempt = attempt + 1
             return
         self._c._replay_early()
+
+    def genesis_config(self, attempt: int) -> SharingConfig:
+        return self._c.configs.genesis(attempt)
+
+    def reshare_config(self, st: ChainState, attempt: int) -> SharingConfig | None:
+        """The configuration of reshare ``attempt`` after ``st`` (which has a pending change)."""
+        return self._c.configs.reshare(st, attempt)
+
+    def certified_config(self, st: ChainState) -> SharingConfig | None:
+        """The configuration of the run the head's certificate certifies (from the chain)."""
+        tr = st.certificate.transcript
+        try:
+            if tr.kind == "dkg":
+                return self.genesis_config(tr.attempt)
+            before = self._c._epoch_states.get(st.epoch - 1)
+            return self.reshare_config(before, tr.attempt) if before is not None else None
+        except (LocalProtocolError, InvalidSignature, InvalidEncoding):
+            return None

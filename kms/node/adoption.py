@@ -21,7 +21,6 @@ from kms.node.ballots import Ballots
 from kms.node.chain_follow import ChainFollower
 from kms.node.genesis_trust import GenesisNotTrusted, GenesisTrust
 from kms.node.governance import LOCK_RUN, Governance, RefreshRules
-from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
 from kms.node.model import (
     EpochSwitched,
     InputRejected,

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from kms.node.governance import INTENT_RUN, LOCK_RUN, Governance, RefreshRules, prompt_proposal
-from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
 from kms.node.liveness import Liveness
 from kms.node.model import (
     ApprovalRefused,

@@ -20,7 +20,6 @@ from kms.node.adoption import Adoption
 from kms.node.ballots import Ballots
 from kms.node.chain_follow import ChainFollower
 from kms.node.genesis_trust import GenesisNotTrusted, GenesisTrust
-from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
 from kms.node.governance import Governance
 from kms.node.model import (
     ChainReplaced,

@@ -21,7 +21,6 @@ from kms.node.ballots import Ballots
 from kms.node.chain_sync import ChainSync
 from kms.node.early import EarlyMessages
 from kms.node.genesis_trust import GenesisTrust
-from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
 from kms.node.limits import early_messages, peer_queue_bytes
 from kms.node.model import (
     InputRejected,

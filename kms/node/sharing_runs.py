@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from kms.node.governance import PROMPT_NONCE as PROMPT_NONCE
 from kms.node.model import (
     NodeConfig,
     NodeEvent,

@@ -119,6 +119,20 @@ NODE_CORE_PARTS = (
 )
 """The modules ``kms.node.core`` delegates parts of its state to."""
 NODE_CORE_PART = Rule(("mpc", "kms.node.limits", "kms.node.model"), frozenset(), CLOCK_AND_IO)
+NODE_CORE_STEPS = (
+    "kms.node.sharing_runs",
+    "kms.node.ballots",
+    "kms.node.adoption",
+    "kms.node.chain_sync",
+    "kms.node.dispatch",
+)
+"""The core's steps that drive its parts through a ``Protocol`` port of the core."""
+NODE_CORE_STEP = Rule(
+    ("mpc", "kms.node.limits", "kms.node.model", *NODE_CORE_PARTS, *NODE_CORE_STEPS),
+    frozenset(),
+    CLOCK_AND_IO,
+    note="sans-I/O; the core only as a Protocol port",
+)
 RELEASE_FENCE = ("kms.store", "kms.policy.registry", "kms.node.policies", "kms.attest.pccs")
 """What the key-release module must not import: the store, the policy index, the PCCS client."""
 
@@ -158,7 +172,7 @@ ROWS: dict[str, Rule] = {
         note="the node's vocabulary: config, events, status",
     ),
     "kms.node.core": Rule(
-        (*CORE_PROJECT, "kms.node.limits", "kms.node.model", *NODE_CORE_PARTS),
+        (*CORE_PROJECT, "kms.node.limits", "kms.node.model", *NODE_CORE_PARTS, *NODE_CORE_STEPS),
         CORE_THIRD_PARTY,
         CLOCK_AND_IO,
         ("kms.attest.pccs",),
@@ -186,6 +200,8 @@ ROWS: dict[str, Rule] = {
     ),
     # The core's collaborators (lifecycle, liveness, ...): sans-I/O, below the core.
     **dict.fromkeys(NODE_CORE_PARTS, NODE_CORE_PART),
+    # The core's steps (sharing runs, ballots, adoption, chain sync, dispatch): above the parts.
+    **dict.fromkeys(NODE_CORE_STEPS, NODE_CORE_STEP),
     "kms.node.admission": Rule(
         (*CORE_PROJECT, "kms.node.core", "kms.node.model"),
         CORE_THIRD_PARTY,

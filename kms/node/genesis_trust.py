@@ -31,6 +31,7 @@ from mpc.codec import Message
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidSignature, RemoteProtocolError
 from mpc.ids import ParticipantIndex
+from mpc.membership import ChainError
 from mpc.membership.messages import GenesisEndorsement, endorsing_members
 from mpc.sig import SigningKey
 
@@ -38,6 +39,11 @@ MAX_PENDING_ENDORSEMENTS = 4
 """Endorsements kept per genesis member while this node has no chain yet."""
 MAX_GENESIS_OFFERS = 64
 """Peers whose unendorsed chain (and relayed endorsements) a node without a chain keeps."""
+
+
+class GenesisNotTrusted(ChainError):
+    """A genesis certificate this node may not adopt: fewer than ``t`` genesis members
+    endorsed it, or it is not for the pinned MPK."""
 
 
 class TrustPort(Protocol):

@@ -45,6 +45,10 @@ PROMPT_REFRESH_WINDOWS = 10
 this many window periods (with a schedule, at most one per ``refresh_interval``)."""
 PROMPT_NONCE = b"prompt-refresh\x00\x00"
 """The nonce of a member's prompt refresh proposal: its id is known to every member."""
+INTENT_RUN = b"membership-intent"
+"""Run label (with the head hash) of a member's persisted intent: proposals and approvals."""
+LOCK_RUN = b"membership-lock"
+"""Run label (with the head hash) of the one outcome a member locked in an epoch."""
 
 
 class Schedules(Protocol):

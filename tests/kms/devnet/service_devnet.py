@@ -241,12 +241,16 @@ class ServiceDevnet:
             event.set()
 
     def admin_by_config(self, config: Path | str, request: dict[str, Any]) -> dict[str, Any]:
-        """:meth:`admin` of the node of ``config``, callable from a worker thread (what
-        ``kms.app.devnet.admin_call`` does over the node's admin socket)."""
+        """:meth:`admin` of the node of ``config``, callable from the trio run or a worker
+        thread (what ``kms.app.devnet.admin_call`` does over the node's admin socket)."""
         index = next(i for i in self.indices if self.config_path(i) == Path(config).resolve())
         if index not in self.running:
             return {"ok": False, "error": "the node is not running"}
-        return dict(trio.from_thread.run_sync(self.admin, index, request))
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # a worker thread
+            return dict(trio.from_thread.run_sync(self.admin, index, request))
+        return self.admin(index, request)
 
     @staticmethod
     def real_time() -> None:
@@ -357,7 +361,13 @@ class _InProcessHTTP(httpx.BaseTransport):
                     await paused.wait()
                 if not paused.is_set():
                     raise httpx.ReadTimeout("a paused node does not answer", request=request)
-            r = await run.client.request(request.method, target, content=body, headers=headers)
+            try:
+                r = await run.client.request(request.method, target, content=body, headers=headers)
+            except Exception as exc:
+                if self.net.running.get(index) is run:  # type: ignore[arg-type]
+                    raise
+                # The node stopped while it served the request: the connection drops.
+                raise httpx.ReadError("the node stopped", request=request) from exc
             return r.status_code, list(r.headers.multi_items()), r.content
 
         try:

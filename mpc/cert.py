@@ -18,12 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from mpc.codec import MaxSize, Message, MessageDecodeError, Size
+from mpc.codec import MaxSize, Message, MessageDecodeError, Size, decode
 from mpc.errors import InvalidEncoding, InvalidShare, InvalidSignature, LocalProtocolError
 from mpc.ids import ParticipantIndex
 from mpc.math import G1, G2, hash_to_g1, pairing_check
 from mpc.math.fields import lagrange_coefficients
 from mpc.math.vss import public_share
+from mpc.memo import BytesMemo, IdentityMemo
 from mpc.participant import MAX_PARTICIPANTS, Participant
 from mpc.secret import SecretShare
 
@@ -71,6 +72,16 @@ class RunKind(enum.StrEnum):
     RESHARE = "reshare"
 
 
+def _sha256_of_encoding(message: Message) -> bytes:
+    return sha256(message.encode())
+
+
+encoding_digest: IdentityMemo[Message, bytes] = IdentityMemo(_sha256_of_encoding)
+"""``sha256(message.encode())``, remembered per (frozen, immutable) message object:
+transcripts and certificates are hashed on every chain update, acknowledgement and
+endorsement that names them (``mpc.memo``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EpochTranscript(Message):
     """What an epoch certificate certifies.
@@ -105,7 +116,7 @@ class EpochTranscript(Message):
             raise MessageDecodeError("cert/epoch: the identity point is not a master public key")
 
     def hash(self) -> bytes:
-        return sha256(self.encode())
+        return encoding_digest(self)
 
     def committee_indices(self) -> list[ParticipantIndex]:
         return [ParticipantIndex(p.index) for p in self.committee]
@@ -129,7 +140,16 @@ class EpochCertificate(Message):
             raise MessageDecodeError("cert: public polynomial's constant term is not the MPK")
 
     def hash(self) -> bytes:
-        return sha256(self.encode())
+        return encoding_digest(self)
+
+    def fingerprint(self) -> bytes:
+        return encoding_digest(self)  # ``Message.fingerprint``, remembered
+
+    @classmethod
+    def decode(cls, data: bytes) -> EpochCertificate:
+        """``Message.decode``, remembered by the full bytes: every chain update repeats
+        the links (``mpc.memo``; bytes that fail to decode are decoded again)."""
+        return _certificate_decodes(data)
 
     def verify(self, mpk: G2) -> None:
         """Check the signature under a *pinned* ``mpk``; raises ``InvalidSignature``
@@ -147,6 +167,16 @@ class EpochCertificate(Message):
     def public_shares(self) -> dict[ParticipantIndex, G2]:
         poly = [G2.from_bytes(b) for b in self.public_polynomial]
         return {i: public_share(poly, i) for i in self.transcript.committee_indices()}
+
+
+def _decode_certificate(data: bytes) -> EpochCertificate:
+    msg = decode(data)
+    if not isinstance(msg, EpochCertificate):
+        raise MessageDecodeError(f"expected {EpochCertificate.TYPE}, got {msg.TYPE}")
+    return msg
+
+
+_certificate_decodes: BytesMemo[EpochCertificate] = BytesMemo(_decode_certificate, limit=256)
 
 
 def cert_base(message: bytes) -> G1:

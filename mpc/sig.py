@@ -167,11 +167,18 @@ def _has_small_order(point: tuple[int, int]) -> bool:
 
 _KEY_CACHE: dict[bytes, VerifyKey] | None = None
 
+VERIFIED_MEMO_LIMIT: Final = 16_384
+"""The most verified signatures one cached key remembers (then it starts afresh)."""
+
 
 def set_key_cache(cache: dict[bytes, VerifyKey] | None) -> dict[bytes, VerifyKey] | None:
     """Opt in to sharing decoded public keys (``None``: off, the default); returns the
     previous cache. Decoding is pure and keys are immutable, so a process hosting many
-    simulated members (``sim``) may decode each identity once."""
+    simulated members (``sim``) may decode each identity once.
+
+    A key decoded through the cache also remembers the signatures it has verified
+    (``VerifyKey.verify``), so members that share it verify each (message, signature)
+    pair once between them."""
     global _KEY_CACHE
     previous, _KEY_CACHE = _KEY_CACHE, cache
     return previous
@@ -180,11 +187,18 @@ def set_key_cache(cache: dict[bytes, VerifyKey] | None) -> dict[bytes, VerifyKey
 class VerifyKey:
     """An Ed25519 public key (RFC 8032 §5.1.5); compares and hashes by its encoding."""
 
-    __slots__ = ("_bytes", "_key")
+    __slots__ = ("_bytes", "_key", "_verified")
 
     def __init__(self, key: Ed25519PublicKey) -> None:
         self._key = key
         self._bytes = key.public_bytes_raw()
+        # Only on keys shared through the opt-in key cache (``set_key_cache``): the
+        # ``signature || framed message`` strings that verified. Ed25519 verification
+        # is a deterministic function of (key, message, signature), so answering a
+        # repeat of exactly those bytes from here gives the verdict a new check would;
+        # a failure is never remembered (it is checked again, and fails again), and
+        # the signature's fixed length makes the concatenation injective.
+        self._verified: set[bytes] | None = None
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VerifyKey:
@@ -201,6 +215,7 @@ class VerifyKey:
             hit = cache.get(data)
             if hit is None:
                 hit = cls._decode(data)
+                hit._verified = set()
                 cache[data] = hit
             return hit
         return cls._decode(data)
@@ -231,10 +246,19 @@ class VerifyKey:
         framed = _framed(context, message)
         if not isinstance(signature, bytes) or len(signature) != SIGNATURE_LENGTH:
             raise InvalidSignature(f"Ed25519 signature must be {SIGNATURE_LENGTH} bytes")
+        verified = self._verified
+        if verified is not None:
+            seen = signature + framed
+            if seen in verified:
+                return
         try:
             self._key.verify(signature, framed)
         except _CryptographyInvalidSignature as exc:
             raise InvalidSignature("Ed25519 signature verification failed") from exc
+        if verified is not None:
+            if len(verified) >= VERIFIED_MEMO_LIMIT:
+                verified.clear()  # bounded; a cleared entry is only verified again
+            verified.add(seen)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VerifyKey):

@@ -1,9 +1,9 @@
 """Adversary behaviours: each one small class that overrides one or two hooks of ``Behaviour``.
 
-A corrupt node runs the project's real ``SharingSession`` (as
-``AdversarialSession``) and the real ``NodeCore``; its behaviours bend it at
-a few points: what it deals, what it complains about, how it justifies,
-which of its messages leave, what partial it releases, and what it does on
+A corrupt node runs the project's real ``SharingSession`` and the real
+``NodeCore``; its behaviours bend it at a few points (the session through its
+public dealer-tamper hook, as ``BehaviourTamper``): what it deals, what it
+complains about, how it justifies, which of its messages leave, what partial it releases, and what it does on
 its own initiative on every tick. Everything a behaviour may use comes from
 its parameters and the node it corrupts; the batch-verification
 coefficients honest nodes use come from transcript hashes in ``mpc`` and are
@@ -20,24 +20,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
-from mpc.broadcast import BroadcastPayload, BroadcastRound, Outbound
+from mpc.broadcast import BroadcastPayload, Outbound
 from mpc.codec import Message
-from mpc.dkg import Persist, SharingConfig, SharingSession
+from mpc.dkg import SharingConfig
 from mpc.dkg.messages import (
-    DealBundle,
     JustificationBundle,
     Response,
     ResponseBundle,
     RevealedShare,
 )
-from mpc.ids import ParticipantIndex
 from mpc.math import R
 from mpc.math.fields import scalar_from_bytes, scalar_to_bytes
-from mpc.math.poly import Polynomial
-from mpc.math.vss import commit
 from mpc.membership import Ballot, ChangeThreshold, OutcomePartial, RemoveMember
 from mpc.membership.messages import ChainUpdate, Change
-from mpc.secret import SecretScalar, SecretShare, random_scalar
+from mpc.secret import SecretScalar, SecretShare
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {}
 
@@ -315,97 +311,60 @@ def build(specs: Sequence[tuple[str, Mapping[str, Any]]], node: int) -> tuple[Be
 # --- the corrupt node's sharing session --------------------------------------------------
 
 
-class AdversarialSession(SharingSession):
-    """The real session, bent by the node's behaviours at deal, response and justification."""
+class BehaviourTamper:
+    """The ``mpc.dkg.DealerTamper`` of a corrupt node: its behaviours' sharing
+    hooks, combined, in the epochs ``active`` says (honest in the others)."""
 
-    behaviours: tuple[Behaviour, ...] = ()
-    active: Callable[[int], bool] = staticmethod(lambda epoch: True)
-    """Whether the node is corrupt in an epoch (behaviours may be limited to some epochs)."""
+    def __init__(self, behaviours: Sequence[Behaviour], active: Callable[[int], bool]) -> None:
+        self.behaviours = tuple(behaviours)
+        self.active = active
+        """Whether the node is corrupt in an epoch (behaviours may be limited to some epochs)."""
 
-    def _live(self) -> tuple[Behaviour, ...]:
-        return self.behaviours if self.active(self.config.epoch) else ()
+    def _live(self, config: SharingConfig) -> tuple[Behaviour, ...]:
+        return self.behaviours if self.active(config.epoch) else ()
 
-    def _spray(self, payload: BroadcastPayload, targets: list[ParticipantIndex]) -> None:
-        for j in targets:
-            if j != self.me:
-                self._outbox.append(Outbound(j, payload))
+    def share_offset(self, config: SharingConfig, recipient: int) -> int:
+        return sum(b.share_offset(config, recipient) for b in self._live(config))
 
-    def _bundle(self, poly: Polynomial, offsets: Mapping[int, int]) -> DealBundle:
-        commitments = tuple(c.to_bytes() for c in commit(poly))
-        aad = DealBundle(int(self.me), commitments, ()).commitments_hash()
-        shares = []
-        for p in self.config.recipients:
-            value = (poly(p.index) + offsets.get(p.index, 0)) % R
-            shares.append(self._seal_share(ParticipantIndex(p.index), aad, value))
-        return DealBundle(int(self.me), commitments, tuple(shares))
+    def constant_offset(self, config: SharingConfig) -> int:
+        return 1 if any(b.wrong_constant(config) for b in self._live(config)) else 0
 
-    def _deal(self) -> None:
-        live = self._live()
-        if not self.is_dealer or not live:
-            super()._deal()
-            return
-        cfg = self.config
-        offsets = {p.index: sum(b.share_offset(cfg, p.index) for b in live) for p in cfg.recipients}
-        equivocate = any(b.equivocates_deal(cfg) for b in live)
-        wrong_constant = any(b.wrong_constant(cfg) for b in live)
-        if not any(offsets.values()) and not equivocate and not wrong_constant:
-            super()._deal()
-            return
-        t = cfg.threshold
-        constant = self._old_share.value.value if self._old_share else None
-        if wrong_constant:
-            constant = ((constant or 0) + 1) % R
-        poly = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
-        self._poly = poly
-        first = self._deal_round.make_payload(self._bundle(poly, offsets).encode())
-        if not equivocate:
-            self._events.append(Persist("deal", first.encode()))
-            self._deal_round.send(first, self._now)
-            return
-        other = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
-        second = self._deal_round.make_payload(self._bundle(other, offsets).encode())
-        targets = [j for j in self._deal_round.config.audience() if j != self.me]
-        half = len(targets) // 2
-        self._spray(first, targets[:half])
-        self._spray(second, targets[half:])
+    def equivocates_deal(self, config: SharingConfig) -> bool:
+        return any(b.equivocates_deal(config) for b in self._live(config))
 
-    def _broadcast_own(self, rnd: BroadcastRound, key: str, message: Message) -> None:
-        live = self._live()
-        cfg = self.config
-        if live and key == "response" and isinstance(message, ResponseBundle):
-            accused = {r.dealer for r in message.responses if r.complaint}
-            for b in live:
-                accused = b.complaints(cfg, accused)
-            bundle = ResponseBundle(
-                int(self.me),
-                tuple(Response(r.dealer, r.dealer in accused) for r in message.responses),
+    def response(
+        self, config: SharingConfig, bundle: ResponseBundle
+    ) -> ResponseBundle | tuple[ResponseBundle, ResponseBundle]:
+        live = self._live(config)
+        if not live:
+            return bundle
+        me = bundle.responder
+        if any(b.equivocates_responses(config) for b in live):
+            fine = ResponseBundle(me, tuple(Response(r.dealer, False) for r in bundle.responses))
+            blame = ResponseBundle(me, tuple(Response(r.dealer, True) for r in bundle.responses))
+            return fine, blame
+        accused = {r.dealer for r in bundle.responses if r.complaint}
+        for b in live:
+            accused = b.complaints(config, accused)
+        return ResponseBundle(
+            me, tuple(Response(r.dealer, r.dealer in accused) for r in bundle.responses)
+        )
+
+    def justification(
+        self, config: SharingConfig, bundle: JustificationBundle
+    ) -> JustificationBundle | None:
+        modes = [b.justification(config) for b in self._live(config)]
+        mode = next((m for m in modes if m != "honest"), "honest")
+        if mode == "none":
+            return None
+        if mode == "wrong":
+            return JustificationBundle(
+                bundle.dealer,
+                tuple(
+                    RevealedShare(
+                        s.recipient, scalar_to_bytes((scalar_from_bytes(s.share) + 1) % R)
+                    )
+                    for s in bundle.shares
+                ),
             )
-            if any(b.equivocates_responses(cfg) for b in live):
-                fine = ResponseBundle(
-                    int(self.me), tuple(Response(r.dealer, False) for r in message.responses)
-                )
-                blame = ResponseBundle(
-                    int(self.me), tuple(Response(r.dealer, True) for r in message.responses)
-                )
-                targets = [j for j in rnd.config.audience() if j != self.me]
-                half = len(targets) // 2
-                self._spray(rnd.make_payload(fine.encode()), targets[:half])
-                self._spray(rnd.make_payload(blame.encode()), targets[half:])
-                return
-            message = bundle
-        if live and key == "justification" and isinstance(message, JustificationBundle):
-            modes = [b.justification(cfg) for b in live if b.justification(cfg) != "honest"]
-            mode = modes[0] if modes else "honest"
-            if mode == "none":
-                return
-            if mode == "wrong":
-                message = JustificationBundle(
-                    int(self.me),
-                    tuple(
-                        RevealedShare(
-                            s.recipient, scalar_to_bytes((scalar_from_bytes(s.share) + 1) % R)
-                        )
-                        for s in message.shares
-                    ),
-                )
-        super()._broadcast_own(rnd, key, message)
+        return bundle

@@ -22,7 +22,9 @@ def sample_latency(lat: Latency, rnd: random.Random) -> float:
     if lat.kind == "fixed":
         value = lat.low
     elif lat.kind == "uniform":
-        value = rnd.uniform(lat.low, lat.high)
+        # ``rnd.uniform(low, high)`` written out (CPython's own formula, the same draw
+        # and the same float operations): this runs once per message copy.
+        value = lat.low + (lat.high - lat.low) * rnd.random()
     elif lat.kind == "exponential":
         value = lat.low + rnd.expovariate(1.0 / lat.mean) if lat.mean > 0 else lat.low
     else:  # lognormal with the given mean
@@ -48,10 +50,19 @@ class Network:
         self._rnd = rnd
         self._busy_until: dict[tuple[int, int], float] = {}
         self._partitions: list[Partition] = []
+        self._specs: dict[tuple[int, int], LinkSpec] = {}
         self.stats = NetworkStats()
 
     def spec(self, sender: int, receiver: int) -> LinkSpec:
-        """The last override naming this link wins; otherwise the default."""
+        """The last override naming this link wins; otherwise the default (the scenario
+        does not change during a run, so each link's answer is looked up once)."""
+        key = (sender, receiver)
+        chosen = self._specs.get(key)
+        if chosen is None:
+            chosen = self._specs[key] = self._spec(sender, receiver)
+        return chosen
+
+    def _spec(self, sender: int, receiver: int) -> LinkSpec:
         chosen = self._default
         for o in self._overrides:
             if (not o.senders or sender in o.senders) and (

@@ -36,8 +36,6 @@ from kms.node.core import NodeCore
 from kms.node.model import NodeConfig
 from kms.node.persist import restore
 from kms.node.service import NodeService, TrioClock
-from kms.store import NodeStore
-from kms.store.sealer import TEESealer
 from mpc.dkg import SharingSession
 from mpc.errors import LocalProtocolError
 from mpc.ids import ParticipantIndex
@@ -46,7 +44,13 @@ from mpc.membership.messages import Change
 from net.memory import MemoryNetwork, MemoryTransport
 from net.peerid import peer_id_from_ed25519
 from sim import adversary
-from sim.nodes import disqualified_from, node_keys, session_factory
+from sim.nodes import (
+    disqualified_from,
+    node_keys,
+    provision_sqlite_store,
+    session_factory,
+    sqlite_store,
+)
 from sim.scenario import MembershipEvent, Scenario
 
 
@@ -121,14 +125,13 @@ class _Process:
         self.sessions: list[SharingSession] = []
         self.core: NodeCore | None = None
         self.scope: trio.CancelScope | None = None
-        with NodeStore(self.path, TEESealer(lambda: bytes(32))) as store:
-            store.save_identity(self.keys.identity_seed, self.keys.dkg_seed)
+        provision_sqlite_store(self.path, self.keys)
 
     async def serve(self, clock: TrioClock) -> None:
         """Run the real service until crashed; on a crash everything not stored is gone."""
         with trio.CancelScope() as scope:
             self.scope = scope
-            with NodeStore(self.path, TEESealer(lambda: bytes(32))) as store:
+            with sqlite_store(self.path) as store:
                 pid = peer_id_from_ed25519(self.keys.participant.identity)
                 async with MemoryTransport(self.network, pid) as transport:
                     # The service's core, from what the store holds, with the scenario's

@@ -2,8 +2,8 @@
 
 A simulated node runs the real ``NodeCore`` behind the real ``NodeDriver``; its
 ``session_factory`` only records the sharing sessions the core starts (the report
-reads whom they excluded) and, on a corrupt node, builds ``AdversarialSession``
-instead. ``SimStore`` is what survives a crash: the node's events are applied to
+reads whom they excluded) and, on a corrupt node, passes the session the dealer-tamper
+hook ``adversary.BehaviourTamper``. ``SimStore`` is what survives a crash: the node's events are applied to
 it by ``kms.node.persist``, exactly as ``kms.node.service`` applies them to SQLite.
 """
 
@@ -12,13 +12,16 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kms.node.core import NodeCore
 from kms.node.driver import NodeDriver
 from kms.node.model import NodeConfig, Restored, SessionFactory, StoreRecord
 from kms.node.persist import restore, share_from_bytes
+from kms.store import NodeStore
 from kms.store.errors import StoreError
+from kms.store.sealer import TEESealer
 from mpc import hpke
 from mpc.cert import EpochCertificate
 from mpc.dkg import DealerExcluded, SharingConfig, SharingSession
@@ -212,8 +215,8 @@ def session_factory(
 ) -> SessionFactory:
     """The ``NodeCore`` session factory of a simulated node: every session it starts is
     recorded in ``sessions`` (the report reads whom they excluded), and a corrupt node
-    runs ``adversary.AdversarialSession``, bent by its behaviours in the epochs
-    ``corrupt_in`` says."""
+    runs the real session with the dealer-tamper hook ``adversary.BehaviourTamper``,
+    bent by its behaviours in the epochs ``corrupt_in`` says."""
 
     def make(
         config: SharingConfig,
@@ -226,8 +229,7 @@ def session_factory(
         persisted: Mapping[str, bytes],
         live_since: float | None,
     ) -> SharingSession:
-        cls = adversary.AdversarialSession if behaviours else SharingSession
-        session = cls(
+        session = SharingSession(
             config,
             me,
             identity_key,
@@ -236,10 +238,8 @@ def session_factory(
             share=share,
             persisted=persisted,
             live_since=live_since,
+            tamper=adversary.BehaviourTamper(behaviours, corrupt_in) if behaviours else None,
         )
-        if isinstance(session, adversary.AdversarialSession):
-            session.behaviours = behaviours
-            session.active = corrupt_in
         sessions.append(session)
         return session
 
@@ -275,6 +275,10 @@ class SimNode:
     def up(self) -> bool:
         return self.driver is not None
 
+    def restored(self) -> Restored | None:
+        """What the node's core starts from after a (re)boot: what its store kept."""
+        return self.store.restored()
+
     @property
     def corrupt(self) -> bool:
         return bool(self.behaviours)
@@ -291,6 +295,17 @@ class SimNode:
             return True
         lo, hi = self.corrupt_epochs
         return epoch is not None and lo <= epoch <= hi
+
+
+def sqlite_store(path: Path) -> NodeStore:
+    """The SQLite store of a node-mode node (sealed with a fixed test key)."""
+    return NodeStore(path, TEESealer(lambda: bytes(32)))
+
+
+def provision_sqlite_store(path: Path, keys: NodeKeys) -> None:
+    """Put ``keys`` into the node-mode store at ``path``, as provisioning a node would."""
+    with sqlite_store(path) as store:
+        store.save_identity(keys.identity_seed, keys.dkg_seed)
 
 
 def disqualified_from(sessions: list[list[SharingSession]]) -> list[dict[str, Any]]:

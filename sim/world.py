@@ -18,19 +18,11 @@ import functools
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from kms.node.core import NodeCore
-from kms.node.driver import FrameRejected, NodeDriver, OutboundFrame, Step
-from kms.node.model import (
-    EpochSwitched,
-    InputRejected,
-    LinkCertified,
-    MisbehaviourObserved,
-    NodeConfig,
-    RunFailed,
-)
+from kms.node.driver import FrameRejected, NodeDriver, OutboundFrame
+from kms.node.model import NodeConfig
 from kms.node.persist import apply_events
 from mpc.broadcast import Outbound
 from mpc.codec import Message
@@ -47,51 +39,19 @@ from mpc.membership import (
     RemoveMember,
 )
 from mpc.membership.messages import Change
-from mpc.secret import SecretShare
 from mpc.sig import set_key_cache
 from net.codec import Envelope, open_envelope
 from net.peerid import peer_id_from_ed25519
 from sim import adversary
-from sim.load import KeyRequestLoad, KeyRequestRecord
+from sim.load import KeyRequestLoad
 from sim.network import Network
 from sim.nodes import SimNode, disqualified_from, node_keys, session_factory
+from sim.observe import Observations
 from sim.scenario import MembershipEvent, Partition, Scenario
 
 DECODE_CACHE_LIMIT = 50_000
 ENVELOPE_OVERHEAD = 64
 """Bytes the wire envelope adds to a message, rounded up (``net.codec``)."""
-
-
-# --- what the run observed ----------------------------------------------------------------
-
-
-@dataclass
-class Observations:
-    certified_at: dict[int, float] = field(default_factory=dict)
-    epoch_info: dict[int, tuple[tuple[int, ...], int, str]] = field(default_factory=dict)
-    run_failures: list[tuple[float, str, int, int, int, str]] = field(default_factory=list)
-    membership_at: dict[int, float] = field(default_factory=dict)
-    membership_certs: dict[int, set[bytes]] = field(default_factory=dict)
-    """Distinct membership certificates honest nodes adopted, by epoch (one expected)."""
-    corrupt_shares: dict[int, dict[int, SecretShare]] = field(default_factory=dict)
-    requests: list[KeyRequestRecord] = field(default_factory=list)
-    faults: list[tuple[str, float, float | None, str]] = field(default_factory=list)
-    misbehaviour: int = 0
-    rejected_inputs: int = 0
-    dropped_down: int = 0
-    undecodable: int = 0
-    unencodable: int = 0
-    """Messages a node could not put in an envelope (oversized): dropped at the sender."""
-    messages: int = 0
-    total_bytes: int = 0
-    proposals_refused: int = 0
-    mpks: set[bytes] = field(default_factory=set)
-    link_burst: int = 0
-    """The most bytes (each message with ``ENVELOPE_OVERHEAD``) one honest node sent to one
-    other node within two consecutive Δ-aligned intervals, an upper bound on any Δ-long
-    window: what a receiver's per-peer queue must hold (``kms.node.limits``)."""
-    link_burst_at: tuple[float, int, int] | None = None
-    """When and on which link (time, sender, receiver) ``link_burst`` was reached."""
 
 
 # --- the world --------------------------------------------------------------------------
@@ -172,7 +132,7 @@ class World:
             node.keys.identity,
             node.keys.dkg_key,
             rng=node.rng.randbytes,
-            restored=node.store.restored(),
+            restored=node.restored(),
             session_factory=session_factory(node.sessions, node.behaviours, node.corrupt_in),
         )
         node.driver = NodeDriver(core, opener=self._open, encoder=self._encode)
@@ -234,7 +194,9 @@ class World:
             return
         step = driver.step()
         apply_events(node.store, step.records)
-        self._observe(node, step)
+        for mpk in self.obs.record(node, step, self.now):
+            if self.pinned_mpk is None:
+                self.pinned_mpk = G2.from_bytes(mpk)
         self.obs.unencodable += len(step.unencodable)
         frames = step.messages
         if node.behaviours and node.corrupt_in(node.epoch() or 0):
@@ -330,45 +292,6 @@ class World:
             self.obs.rejected_inputs += 1
             return
         self._flush(node)
-
-    # --- what the cores report -------------------------------------------------------------
-
-    def _observe(self, node: SimNode, step: Step) -> None:
-        """What the world records of one step (the node's store has it already)."""
-        for ev in step.records:
-            if isinstance(ev, EpochSwitched):
-                self._observe_epoch(node, ev)
-            elif isinstance(ev, LinkCertified) and not node.corrupt:
-                epoch = ev.certificate.outcome.epoch
-                self.obs.membership_at.setdefault(epoch, self.now)
-                self.obs.membership_certs.setdefault(epoch, set()).add(ev.certificate.fingerprint())
-        for other in step.events:
-            if isinstance(other, MisbehaviourObserved):
-                self.obs.misbehaviour += 1
-            elif isinstance(other, InputRejected):
-                node.rejected += 1
-                self.obs.rejected_inputs += 1
-            elif isinstance(other, RunFailed):
-                if not node.corrupt:
-                    self.obs.run_failures.append(
-                        (self.now, other.kind, other.epoch, other.attempt, node.index, other.reason)
-                    )
-
-    def _observe_epoch(self, node: SimNode, ev: EpochSwitched) -> None:
-        tr = ev.certificate.transcript
-        committee = tuple(p.index for p in tr.committee)
-        if not node.corrupt_in(ev.epoch):  # observed by a node honest in that epoch
-            self.obs.certified_at.setdefault(ev.epoch, self.now)
-            self.obs.epoch_info.setdefault(ev.epoch, (committee, tr.threshold, tr.kind))
-            self.obs.mpks.add(tr.mpk)
-        if self.pinned_mpk is None:
-            self.pinned_mpk = G2.from_bytes(tr.mpk)
-        if node.corrupt_in(ev.epoch):
-            holders = self.obs.corrupt_shares
-            if ev.share is not None:
-                holders.setdefault(ev.epoch, {})[node.index] = ev.share
-            for e, share in sorted(node.store.retained().items()):
-                holders.setdefault(e, {})[node.index] = share
 
     # --- faults ------------------------------------------------------------------------------
 

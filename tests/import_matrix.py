@@ -225,6 +225,15 @@ ROWS: dict[str, Rule] = {
     ),
     "kms.node.logs": Rule((), frozenset()),
     "kms.node.lifecycle": Rule((), frozenset()),
+    "kms.node.clock": Rule(
+        (), frozenset({"trio"}), note="the wall clock and trio's, for the shell"
+    ),
+    "kms.node.reporting": Rule(
+        ("mpc", "kms.node.metrics", "kms.node.model"),
+        frozenset(),
+        CLOCK_AND_IO,
+        note="log lines and metrics of the core's events",
+    ),
     # --- entry points and composition roots. Each may import any third-party module (web
     # frameworks, typer, rich, yaml, tomli_w: what serving HTTP, a CLI or a devnet needs)
     # and any project module below it, but none beside or above it: no sim (only the CLI's

@@ -209,10 +209,12 @@ class KeyRelease:
         if self.collateral is not None:
             await self.collateral.prepare(needs.quote, now=now)
             # The fetch may have waited (its timeouts, the fetch limiter): freshness,
-            # the policy, the collateral and the nonce's lifetime are judged now.
+            # the policy, the collateral and the nonce's lifetime are judged now, and the
+            # app's state is read again whatever it was: an app admitted, updated or
+            # frozen meanwhile is judged as it is now (a candidate bundle read before the
+            # wait may have been replaced by a newer version, or frozen by a fork).
             now = int(self._clock.now())
-        if isinstance(app, Admitted):
-            app = Admitted(self.policy_source.current(needs.app_id, now))
+            app, bundle = self.policy_source.app_state(needs, now)
         share, epoch = self._share_and_epoch()
         res = releaser.answer(
             needs,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -90,3 +91,34 @@ class TextFormatter(logging.Formatter):
 def formatter(fmt: str) -> logging.Formatter:
     """The formatter for a ``log_format``: ``json``, else text."""
     return JSONFormatter() if fmt == "json" else TextFormatter()
+
+
+class RateLimitedLog:
+    """Log each distinct (peer, reason) at most once per ``interval`` seconds.
+
+    The table of last times holds at most ``max_entries`` pairs (the oldest is forgotten
+    first); ``suppressed`` counts the records not logged.
+    """
+
+    def __init__(self, interval: float = 60.0, max_entries: int = 1024) -> None:
+        self.interval = interval
+        self.max_entries = max_entries
+        self.suppressed = 0
+        self._last: dict[tuple[str, str], float] = {}
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def warn(self, peer: str, reason: str, **fields: Any) -> None:
+        key = (peer[:64], reason[:80])
+        now = time.monotonic()
+        if now - self._last.get(key, -math.inf) < self.interval:
+            self.suppressed += 1
+            return
+        self._last.pop(key, None)
+        self._last[key] = now  # insertion order is age order
+        while len(self._last) > self.max_entries:
+            del self._last[next(iter(self._last))]
+        logging.getLogger("quorum_kms.node").warning(
+            "input rejected", extra={"fields": {"peer": peer, "reason": reason, **fields}}
+        )

@@ -343,6 +343,15 @@ class PolicySync:
         why = policies.agrees(bundle, list(vouched.values()))
         if why:
             return BundleUnusable(why)
+        # A member holding a later version of the app means the request's bundle was
+        # replaced (perhaps to revoke the very image asking): it never admits the app.
+        version = bundle.signed.policy.version
+        later = max((b.signed.policy.version for i, b in vouched.items() if i in others), default=0)
+        if later > version:
+            return BundleUnusable(
+                f"stale_version: a member holds version {later} of the app, the request"
+                f" carries version {version}"
+            )
         return Candidate(bundle.signed.policy)
 
     def current(self, app_id: bytes, now: int) -> AppPolicy | None:

@@ -17,38 +17,33 @@ only moves bytes and time:
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from kms.attest.pccs import CollateralProvider
 from kms.node.audit_log import AuditLog
+from kms.node.clock import Clock as Clock
+from kms.node.clock import TrioClock as TrioClock
+from kms.node.clock import WallClock
 from kms.node.core import NodeCore
 from kms.node.driver import FrameRejected, NodeDriver, Step
 from kms.node.evidence_log import EvidenceLog, EvidenceResult
 from kms.node.keyrelease import KeyRelease, KeysNotServed, ReleaseResult
 from kms.node.limits import peer_queue_bytes
+from kms.node.logs import RateLimitedLog as RateLimitedLog
 from kms.node.logs import log_context
 from kms.node.metrics import (
     NodeMetrics,
     NodeSnapshot,
 )
 from kms.node.model import (
-    ApprovalRefused,
     ChainReplaced,
     ChangeCheck,
     EpochSwitched,
-    InputRejected,
     LinkCertified,
-    MisbehaviourObserved,
     NodeConfig,
-    RetainedShareDeletable,
-    RunFailed,
-    ShareHoldersBelowThreshold,
-    ShareRefused,
 )
 from kms.node.node_status import node_snapshot, node_status
 from kms.node.persist import (
@@ -70,6 +65,7 @@ from kms.node.persist import (
 from kms.node.policies import NodePolicies, PolicyOfferResult
 from kms.node.policy_sync import POLICY_SYNC_INTERVAL, PolicySync
 from kms.node.release import KeyReleaser, ReleaseRefused
+from kms.node.reporting import EventReporter
 from kms.policy.gossip import (
     PolicyAnnounce,
     PolicyDigest,
@@ -101,56 +97,6 @@ TICK = 0.05
 """Longest timer period, seconds; ``Δ/16`` when that is shorter (``NodeService.tick``)."""
 
 
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class WallClock:
-    """Unix time: deadlines in the protocol are absolute wall-clock times."""
-
-    def now(self) -> float:
-        return time.time()
-
-
-class TrioClock:
-    """trio's clock (for ``MockClock`` runs), offset to look like Unix time."""
-
-    def __init__(self, epoch: float = 0.0) -> None:
-        self._offset = epoch - trio.current_time()
-
-    def now(self) -> float:
-        return trio.current_time() + self._offset
-
-
-class RateLimitedLog:
-    """Log each distinct (peer, reason) at most once per ``interval`` seconds.
-
-    The table of last times holds at most ``max_entries`` pairs (the oldest is forgotten
-    first); ``suppressed`` counts the records not logged.
-    """
-
-    def __init__(self, interval: float = 60.0, max_entries: int = 1024) -> None:
-        self.interval = interval
-        self.max_entries = max_entries
-        self.suppressed = 0
-        self._last: dict[tuple[str, str], float] = {}
-
-    def __len__(self) -> int:
-        return len(self._last)
-
-    def warn(self, peer: str, reason: str, **fields: Any) -> None:
-        key = (peer[:64], reason[:80])
-        now = time.monotonic()
-        if now - self._last.get(key, -math.inf) < self.interval:
-            self.suppressed += 1
-            return
-        self._last.pop(key, None)
-        self._last[key] = now  # insertion order is age order
-        while len(self._last) > self.max_entries:
-            del self._last[next(iter(self._last))]
-        log.warning("input rejected", extra={"fields": {"peer": peer, "reason": reason, **fields}})
-
-
 class NodeService:
     """Runs one node until cancelled."""
 
@@ -177,6 +123,11 @@ class NodeService:
         self.clock = clock or WallClock()
         self.metrics = NodeMetrics(self.metrics_snapshot)
         self._rl = RateLimitedLog()
+        self.reporter = EventReporter(
+            self.metrics,
+            lambda culprit, reason, raw: self.keep_evidence(culprit, reason, raw),
+            lambda index, reason: self._reject(str(self.peer_of(index)), reason),
+        )
         ident = store.load_identity()
         if ident is None:
             raise RuntimeError("the store has no identity: run `kms node init` first")
@@ -341,79 +292,8 @@ class NodeService:
             self._handle_event(ev)
 
     def _handle_event(self, ev: object) -> None:
-        """What the service does about an event besides storing it: logs and metrics."""
-        if isinstance(ev, EpochSwitched):
-            self.metrics.epoch_switched()
-            log.info(
-                "epoch certified",
-                extra={
-                    "fields": {
-                        "epoch": ev.epoch,
-                        "threshold": ev.state.threshold,
-                        "has_share": ev.share is not None,
-                    }
-                },
-            )
-        elif isinstance(ev, LinkCertified):
-            log.info(
-                "membership change certified",
-                extra={"fields": {"kind": ev.certificate.outcome.proposal.kind}},
-            )
-        elif isinstance(ev, ChainReplaced):
-            log.info("chain replaced", extra={"fields": {"links": len(ev.links)}})
-        elif isinstance(ev, RetainedShareDeletable):
-            log.info("old share deleted", extra={"fields": {"epoch": ev.epoch}})
-        elif isinstance(ev, MisbehaviourObserved):
-            self.metrics.misbehaved(ev.reason.split(":")[0])
-            if ev.evidence is not None:
-                self.keep_evidence(int(ev.culprit), ev.reason, ev.evidence.encode())
-            log.warning(
-                "misbehaviour", extra={"fields": {"culprit": int(ev.culprit), "reason": ev.reason}}
-            )
-        elif isinstance(ev, InputRejected):
-            self._reject(str(self.peer_of(ev.peer)), ev.reason)
-        elif isinstance(ev, ApprovalRefused):
-            self.metrics.rejected_input("approval: " + ev.reason)
-            log.warning(
-                "approval refused",
-                extra={
-                    "fields": {
-                        "proposal": ev.proposal_id.hex(),
-                        "reason": ev.reason,
-                        "detail": ev.detail,
-                    }
-                },
-            )
-        elif isinstance(ev, ShareHoldersBelowThreshold):
-            log.warning(
-                "too few share holders known for the current epoch: the master key may be"
-                " unrecoverable (see the operator guide)",
-                extra={
-                    "fields": {
-                        "epoch": ev.epoch,
-                        "known_holders": [int(i) for i in ev.known],
-                        "threshold": ev.threshold,
-                    }
-                },
-            )
-        elif isinstance(ev, ShareRefused):
-            log.error(
-                "stored share refused: it does not match the chain",
-                extra={"fields": {"epoch": ev.epoch, "reason": ev.reason}},
-            )
-        elif isinstance(ev, RunFailed):
-            self.metrics.run_failed(ev.kind)
-            log.warning(
-                "run failed",
-                extra={
-                    "fields": {
-                        "kind": ev.kind,
-                        "epoch": ev.epoch,
-                        "attempt": ev.attempt,
-                        "reason": ev.reason,
-                    }
-                },
-            )
+        """What the service does about an event besides storing it (``kms.node.reporting``)."""
+        self.reporter.report(ev)
 
     def _send(self, ob: Outbound) -> None:
         """Send a message the service makes itself (policy gossip) in this node's envelope."""

@@ -24,6 +24,9 @@ Contract (STYLE.md): ``receive``, ``advance_time``, ``messages_to_send``,
 ``events``, ``phase``. The shell must store every ``Persist`` event before
 sending the messages produced in the same step; a restarted session given
 those records resends the same bytes and never signs anew for a slot.
+
+Tests and the simulator bend one member through the documented dealer-tamper
+hook, ``SharingSession(..., tamper=DealerTamper)`` (see its section below).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mpc import hpke
 from mpc.broadcast import (
@@ -92,11 +96,19 @@ from mpc.math.vss import (
     transcript_coefficients,
     verify_shares,
 )
+from mpc.memo import decoder
 from mpc.secret import RNG, SecretScalar, SecretShare, random_scalar
 from mpc.sig import SigningKey, VerifyKey
 
 SHARE_INFO = b"quorum-kms/v1/dkg/share"
 _ROUND_NAMES = ("key", "deal", "respond", "justify")
+
+# Every member of a run decodes the same broadcast payloads: each distinct encoding is
+# decoded once (``mpc.memo``: keyed by the full bytes; bytes that fail are decoded again).
+_DECODE_RunKey = decoder(RunKey)
+_DECODE_DealBundle = decoder(DealBundle, limit=256)
+_DECODE_ResponseBundle = decoder(ResponseBundle)
+_DECODE_JustificationBundle = decoder(JustificationBundle, limit=256)
 STALL_FRACTION = 0.25
 """A gap longer than ``STALL_FRACTION · Δ`` between two consecutive times a member
 observes (its ticks and receipts) means it was not live: stopped, paused, suspended
@@ -300,6 +312,89 @@ Event = (
 )
 
 
+# --- the dealer-tamper hook -----------------------------------------------------
+
+# The dealer-tamper hook: the one documented way to bend a sharing session.
+#
+# Tests and the simulator need a member that deals wrong shares, equivocates,
+# complains falsely or justifies wrongly, while everything else about it stays
+# the real ``SharingSession``. They pass ``SharingSession(..., tamper=...)`` an
+# object with the methods of ``DealerTamper``. Each method gets what it needs as
+# arguments and returns a plain value; the session itself still builds the
+# polynomials, seals the shares, signs and sends. ``tamper=None`` (the default)
+# is the honest member, and so is a tamper whose every answer is the honest one
+# (``HonestDealer``): the session then takes exactly the honest path, with the
+# same random draws in the same order.
+#
+# What a tampered member does differently (see ``SharingSession._deal`` and
+# ``_broadcast_own``):
+#
+# - a deal with a nonzero share offset, constant offset or equivocation is built
+#   from a fresh polynomial (a reshare's constant term plus ``constant_offset``;
+#   a DKG's constant term is then ``constant_offset`` itself), each recipient's
+#   share off by its ``share_offset``. Its polynomial is not persisted, and a
+#   restarted member deals anew instead of resending its stored deal. An
+#   equivocated deal is two such deals from two polynomials, not persisted, the
+#   first sent to the first half of the other members of the deal round's
+#   audience, the second to the rest, each directly (not through the round);
+# - a response is replaced by what ``response`` returns; a pair is an equivocated
+#   response, sent like an equivocated deal and not persisted;
+# - a justification is replaced by what ``justification`` returns; ``None``
+#   withholds it.
+
+
+class DealerTamper(Protocol):
+    """How a corrupt member deviates in a sharing run; every method may answer honestly."""
+
+    def share_offset(self, config: SharingConfig, recipient: int) -> int:
+        """Added (mod r) to the share dealt to ``recipient``; 0 deals the correct share."""
+        ...
+
+    def constant_offset(self, config: SharingConfig) -> int:
+        """Added (mod r) to the constant term of the dealt polynomial; 0 keeps it."""
+        ...
+
+    def equivocates_deal(self, config: SharingConfig) -> bool:
+        """Whether to sign two different deals, one for each half of the audience."""
+        ...
+
+    def response(
+        self, config: SharingConfig, bundle: ResponseBundle
+    ) -> ResponseBundle | tuple[ResponseBundle, ResponseBundle]:
+        """The response to send instead of the honest ``bundle``; a pair equivocates
+        (the first to the first half of the audience, the second to the rest)."""
+        ...
+
+    def justification(
+        self, config: SharingConfig, bundle: JustificationBundle
+    ) -> JustificationBundle | None:
+        """The justification to send instead of the honest ``bundle``; ``None`` withholds it."""
+        ...
+
+
+class HonestDealer:
+    """A ``DealerTamper`` that answers honestly everywhere; subclass it to deviate in one place."""
+
+    def share_offset(self, config: SharingConfig, recipient: int) -> int:
+        return 0
+
+    def constant_offset(self, config: SharingConfig) -> int:
+        return 0
+
+    def equivocates_deal(self, config: SharingConfig) -> bool:
+        return False
+
+    def response(
+        self, config: SharingConfig, bundle: ResponseBundle
+    ) -> ResponseBundle | tuple[ResponseBundle, ResponseBundle]:
+        return bundle
+
+    def justification(
+        self, config: SharingConfig, bundle: JustificationBundle
+    ) -> JustificationBundle | None:
+        return bundle
+
+
 # --- the session ----------------------------------------------------------------
 
 
@@ -317,11 +412,25 @@ class SharingSession:
         share: SecretShare | None = None,
         persisted: Mapping[str, bytes] | None = None,
         live_since: float | None = None,
+        tamper: DealerTamper | None = None,
     ) -> None:
         """``live_since``: the time since which the caller (the node core) has seen
         its own ticks without a stall; by default, the first time this session sees.
-        A session built by a restarted process passes the restart time."""
+        A session built by a restarted process passes the restart time.
+
+        ``tamper``: how a corrupt member deviates, for tests and the simulator only
+        (``DealerTamper``); ``None`` is the honest member."""
         self.config = config
+        sc = config.schedule  # frozen: its deadlines, read on every tick, computed once
+        self._deadlines = (
+            sc.start,
+            sc.key_end,
+            sc.deal_end,
+            sc.respond_end,
+            sc.justify_end,
+            sc.certify_end,
+        )
+        self._tamper = tamper
         self.me = me
         self._key = identity_key
         # ``dkg_key`` (the member's long-lived key) is checked but protects no share:
@@ -531,23 +640,23 @@ class SharingSession:
         self._now = now
         for r in self._rounds.values():
             r.advance_time(now)
-        s = self.config.schedule
+        start, key_end, deal_end, respond_end, justify_end, certify_end = self._deadlines
         try:
-            if self._phase is Phase.WAITING and now >= s.start:
+            if self._phase is Phase.WAITING and now >= start:
                 self._enter(Phase.DEALING)
                 self._announce_key()
-            if self._phase is Phase.DEALING and now >= s.key_end and not self._keys_fixed:
+            if self._phase is Phase.DEALING and now >= key_end and not self._keys_fixed:
                 self._after_keys()
                 self._deal()
-            if self._phase is Phase.DEALING and now >= s.deal_end:
+            if self._phase is Phase.DEALING and now >= deal_end:
                 self._after_deals()
-            if self._phase is Phase.RESPONDING and now >= s.respond_end:
+            if self._phase is Phase.RESPONDING and now >= respond_end:
                 self._after_responses()
-            if self._phase is Phase.JUSTIFYING and now >= s.justify_end:
+            if self._phase is Phase.JUSTIFYING and now >= justify_end:
                 self._finalize()
             if self._phase is Phase.CERTIFYING:
                 self._try_certify()
-            if self._phase is Phase.CERTIFYING and now >= s.certify_end:
+            if self._phase is Phase.CERTIFYING and now >= certify_end:
                 self._fail("too few certificate signatures by the deadline")
         except (LocalProtocolError, AssertionError):
             self._enter(Phase.FAILED)
@@ -582,7 +691,7 @@ class SharingSession:
             if outcome.status is not SlotStatus.DELIVERED:
                 continue
             try:
-                rk = RunKey.decode(outcome.payload or b"")
+                rk = _DECODE_RunKey(outcome.payload or b"")
                 if rk.run != self._run or rk.index != j:
                     raise MessageDecodeError("run key for another run or member")
                 rk.verify(self._identities[j])
@@ -603,6 +712,8 @@ class SharingSession:
 
     def _deal(self) -> None:
         if not self.is_dealer:
+            return
+        if self._tamper is not None and self._deal_tampered(self._tamper):
             return
         saved = self._persisted.get("deal")
         if saved is not None:
@@ -641,6 +752,54 @@ class SharingSession:
         self._events.append(Persist("deal", payload.encode()))
         self._deal_round.send(payload, self._now)
 
+    def _deal_tampered(self, tamper: DealerTamper) -> bool:
+        """Deal as ``tamper`` says (``DealerTamper``); ``False`` if it says deal honestly."""
+        cfg = self.config
+        offsets = {p.index: tamper.share_offset(cfg, p.index) % R for p in cfg.recipients}
+        equivocate = tamper.equivocates_deal(cfg)
+        shift = tamper.constant_offset(cfg) % R
+        if not any(offsets.values()) and not equivocate and not shift:
+            return False
+        constant = self._old_share.value.value if self._old_share else None
+        if shift:
+            constant = ((constant or 0) + shift) % R
+
+        def bundle(poly: Polynomial) -> BroadcastPayload:
+            commitments = tuple(c.to_bytes() for c in commit(poly))
+            aad = DealBundle(int(self.me), commitments, ()).commitments_hash()
+            shares = tuple(
+                self._seal_share(
+                    ParticipantIndex(p.index), aad, (poly(p.index) + offsets[p.index]) % R
+                )
+                for p in cfg.recipients
+            )
+            return self._deal_round.make_payload(
+                DealBundle(int(self.me), commitments, shares).encode()
+            )
+
+        t = cfg.threshold
+        self._poly = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
+        first = bundle(self._poly)
+        if not equivocate:
+            self._events.append(Persist("deal", first.encode()))
+            self._deal_round.send(first, self._now)
+            return True
+        other = Polynomial.random(t - 1, lambda: random_scalar(self._rng), constant=constant)
+        self._send_split(self._deal_round, first, bundle(other))
+        return True
+
+    def _send_split(
+        self, rnd: BroadcastRound, first: BroadcastPayload, second: BroadcastPayload
+    ) -> None:
+        """Equivocate (tampered members only): ``first`` directly to the first half of the
+        other members of the round's audience, ``second`` to the rest."""
+        targets = [j for j in rnd.config.audience() if j != self.me]
+        half = len(targets) // 2
+        for j in targets[:half]:
+            self._outbox.append(Outbound(j, first))
+        for j in targets[half:]:
+            self._outbox.append(Outbound(j, second))
+
     def _share_info(self, dealer: ParticipantIndex, recipient: ParticipantIndex) -> bytes:
         return (
             SHARE_INFO
@@ -669,7 +828,7 @@ class SharingSession:
             return
         payload = BroadcastPayload(outcome.header, outcome.payload)  # type: ignore[arg-type]
         try:
-            bundle = DealBundle.decode(payload.payload)
+            bundle = _DECODE_DealBundle(payload.payload)
             if bundle.dealer != dealer:
                 raise MessageDecodeError("deal names another dealer")
             if len(bundle.commitments) != self.config.threshold:
@@ -751,6 +910,20 @@ class SharingSession:
         self._enter(Phase.RESPONDING)
 
     def _broadcast_own(self, rnd: BroadcastRound, key: str, message: Message) -> None:
+        if self._tamper is not None and isinstance(message, ResponseBundle):
+            answer = self._tamper.response(self.config, message)
+            if isinstance(answer, tuple):
+                fine, blame = answer
+                self._send_split(
+                    rnd, rnd.make_payload(fine.encode()), rnd.make_payload(blame.encode())
+                )
+                return
+            message = answer
+        if self._tamper is not None and isinstance(message, JustificationBundle):
+            revealed = self._tamper.justification(self.config, message)
+            if revealed is None:
+                return
+            message = revealed
         saved = self._persisted.get(key)
         if saved is not None:
             payload = BroadcastPayload.decode(saved)  # a restart resends the same bytes
@@ -780,7 +953,7 @@ class SharingSession:
                 accused = valid
             else:
                 try:
-                    bundle = ResponseBundle.decode(outcome.payload or b"")
+                    bundle = _DECODE_ResponseBundle(outcome.payload or b"")
                     if bundle.responder != responder:
                         raise MessageDecodeError("response names another responder")
                 except MessageDecodeError:
@@ -832,7 +1005,7 @@ class SharingSession:
                 continue
             just_payload = BroadcastPayload(outcome.header, outcome.payload)  # type: ignore[arg-type]
             try:
-                just = JustificationBundle.decode(just_payload.payload)
+                just = _DECODE_JustificationBundle(just_payload.payload)
                 revealed = {
                     ParticipantIndex(s.recipient): scalar_from_bytes(s.share) for s in just.shares
                 }

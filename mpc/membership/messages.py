@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from mpc.broadcast import BroadcastPayload
-from mpc.cert import EpochCertificate, EpochTranscript, sha256
-from mpc.codec import MaxSize, Message, MessageDecodeError, Since, Size
+from mpc.cert import EpochCertificate, EpochTranscript, encoding_digest, sha256
+from mpc.codec import MaxSize, Message, MessageDecodeError, Since, Size, decode
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding, InvalidSignature
+from mpc.memo import BytesMemo, IdentityMemo
 from mpc.participant import MAX_PARTICIPANTS
 from mpc.sig import CTX_GENESIS_ENDORSEMENT, SigningKey
 
@@ -255,6 +256,25 @@ class MembershipCertificate(Message):
     def hash(self) -> bytes:
         return self.fingerprint()
 
+    def fingerprint(self) -> bytes:
+        return encoding_digest(self)  # ``Message.fingerprint``, remembered
+
+    @classmethod
+    def decode(cls, data: bytes) -> MembershipCertificate:
+        """``Message.decode``, remembered by the full bytes: every chain update repeats
+        the links (``mpc.memo``; bytes that fail to decode are decoded again)."""
+        return _certificate_decodes(data)
+
+
+def _decode_certificate(data: bytes) -> MembershipCertificate:
+    msg = decode(data)
+    if not isinstance(msg, MembershipCertificate):
+        raise MessageDecodeError(f"expected {MembershipCertificate.TYPE}, got {msg.TYPE}")
+    return msg
+
+
+_certificate_decodes: BytesMemo[MembershipCertificate] = BytesMemo(_decode_certificate, limit=256)
+
 
 @dataclass(frozen=True, slots=True)
 class OutcomePartial(Message):
@@ -267,6 +287,10 @@ class OutcomePartial(Message):
 def genesis_statement(transcript: EpochTranscript) -> bytes:
     """What a genesis endorsement signs: the transcript digest, and spelled out beside
     it the committee, threshold, admission-policy hash and MPK it names."""
+    return _genesis_statements(transcript)
+
+
+def _genesis_statement(transcript: EpochTranscript) -> bytes:
     committee = sha256(b"".join(p.encode() for p in transcript.committee))
     return (
         transcript.hash()
@@ -275,6 +299,10 @@ def genesis_statement(transcript: EpochTranscript) -> bytes:
         + transcript.admission_policy_hash
         + transcript.mpk
     )
+
+
+_genesis_statements: IdentityMemo[EpochTranscript, bytes] = IdentityMemo(_genesis_statement)
+"""Every endorsement of one genesis names the same transcript (``mpc.memo``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,9 @@ typecheck: $(STAMP)
 # Every test, slow multi-process ones included, plus ruff and mypy. The in-process tests
 # run on two workers; the slow multi-process ones, which keep wall-clock deadlines, one
 # at a time after them (SLOW_WORKERS=2 runs two test files at once, each file's tests on
-# one worker so that a module's shared devnet starts once; the deadlines assume one).
+# one worker so that a module's shared devnet starts once; the deadlines assume one, and
+# kms.app.devnet.free_port keeps ports distinct only within one process, so two workers'
+# devnets could pick the same port).
 SLOW_WORKERS ?= 1
 test: lint typecheck
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow or parallel"

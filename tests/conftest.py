@@ -1,4 +1,5 @@
-"""Shared test setup: make ``tests/`` importable (``mesh``) from every test directory."""
+"""Shared test setup: make ``tests/`` (``mesh``) and the devnet harness importable from every
+test directory."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The in-process devnet harness (``service_devnet``, ``devnet_helpers``), for every test directory.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "kms" / "devnet"))
 
 
 def pytest_addoption(parser):  # type: ignore[no-untyped-def]

@@ -463,17 +463,24 @@ def demo_policy(owner: Any, mpk_hex: str, *, version: int, lifetime: int = 7 * 8
     return PolicyBundle(policy.sign(owner), ())
 
 
-def push_policy(state: dict[str, Any], bundle: Any, timeout: float = 5.0) -> dict[str, Any]:
-    """Offer ``bundle`` to every node; the change is effective everywhere once all accept."""
+def push_policy(
+    state: dict[str, Any],
+    bundle: Any,
+    timeout: float = 5.0,
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> dict[str, Any]:
+    """Offer ``bundle`` to every node; the change is effective everywhere once all accept.
+    ``transport`` carries the requests instead of the network (tests: in-process nodes)."""
     acks, lagging = [], []
     for n in state["nodes"]:
         try:
-            r = httpx.post(
-                n["http_url"] + "/v1/policies",
-                content=bundle.encode(),
-                headers={"content-type": "application/msgpack"},
-                timeout=timeout,
-            )
+            with httpx.Client(timeout=timeout, transport=transport) as http:
+                r = http.post(
+                    n["http_url"] + "/v1/policies",
+                    content=bundle.encode(),
+                    headers={"content-type": "application/msgpack"},
+                )
             reply = r.json()
         except (httpx.HTTPError, ValueError) as exc:
             lagging.append({"index": n["index"], "reason": f"unreachable: {type(exc).__name__}"})
@@ -496,16 +503,28 @@ def push_policy(state: dict[str, Any], bundle: Any, timeout: float = 5.0) -> dic
     }
 
 
-def register_demo_app(directory: Path, mpk_hex: str, name: str = "demo") -> str:
+def register_demo_app(
+    directory: Path,
+    mpk_hex: str,
+    name: str = "demo",
+    *,
+    admin: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
+) -> str:
     """Create app ``name`` with an owner key and a policy admitting the demo CVM."""
     owner = owner_of(directory, name)
-    admit_app(directory, demo_policy(owner, mpk_hex, version=1))
+    admit_app(directory, demo_policy(owner, mpk_hex, version=1), admin=admin)
     return str(owner.app_id().hex())
 
 
-def admit_app(directory: Path, bundle: Any) -> dict[str, Any]:
+def admit_app(
+    directory: Path,
+    bundle: Any,
+    *,
+    admin: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The devnet operator admits an app: its bundle goes into every node's policies
-    directory (read at start) and every running node re-reads it (admin channel).
+    directory (read at start) and every running node re-reads it (admin channel:
+    ``admin_call``, or ``admin(config, request)`` when given, e.g. in-process nodes).
     Later versions travel with `kms app policy push`."""
     app_hex = bundle.signed.policy.app_id.hex()
     acks, lagging = [], []
@@ -519,7 +538,7 @@ def admit_app(directory: Path, bundle: Any) -> dict[str, Any]:
         if not config.exists():
             continue
         index = int(node_dir.name.rsplit("-", 1)[-1]) if node_dir.name[-1].isdigit() else None
-        reply = admin_call(config, {"op": "reload-policies"})
+        reply = (admin or admin_call)(config, {"op": "reload-policies"})
         if reply.get("ok") and reply.get("serving", True):
             acks.append(index)
         else:
@@ -950,42 +969,60 @@ def simulated_cvm(
     return urls, lambda rd: tee.quote(rd, **meas)
 
 
-def create_app(directory: Path, name: str) -> dict[str, Any]:
+def create_app(
+    directory: Path,
+    name: str,
+    *,
+    admin: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """A new app ``name``: a new owner key (the app id derives from it) and a first policy,
-    admitted at every node (``admit_app``); its alias is written to devnet.json."""
+    admitted at every node (``admit_app``, through ``admin`` when given); its alias is
+    written to devnet.json."""
     state = read_state(directory)
     if name in state.get("apps", {}):
         raise DevnetError(f"app {name!r} exists")
     if not state.get("master_public_key"):
         raise DevnetError("the devnet has no master public key yet")
     owner = owner_of(directory, name)
-    report = admit_app(directory, demo_policy(owner, state["master_public_key"], version=1))
+    report = admit_app(
+        directory, demo_policy(owner, state["master_public_key"], version=1), admin=admin
+    )
     state = read_state(directory)
     state.setdefault("apps", {})[name] = owner.app_id().hex()
     write_state(directory, state)
     return {"name": name, "app_id": owner.app_id().hex(), **report}
 
 
-def _held_policy(url: str, app_id: bytes) -> Any:
+def _held_policy(url: str, app_id: bytes, transport: httpx.BaseTransport | None = None) -> Any:
     try:
-        r = httpx.get(f"{url}/v1/policies/{app_id.hex()}", timeout=5)
+        with httpx.Client(timeout=5, transport=transport) as http:
+            r = http.get(f"{url}/v1/policies/{app_id.hex()}")
         info: Any = r.json() if r.status_code == 200 else None
         return info
     except (httpx.HTTPError, ValueError):
         return None
 
 
-def policies_held(state: dict[str, Any], app_id: bytes) -> dict[str, Any]:
+def policies_held(
+    state: dict[str, Any], app_id: bytes, *, transport: httpx.BaseTransport | None = None
+) -> dict[str, Any]:
     """The policy each node holds for an app, and the versions among them."""
     nodes = [
-        {"index": n["index"], "policy": _held_policy(n["http_url"], app_id)} for n in state["nodes"]
+        {"index": n["index"], "policy": _held_policy(n["http_url"], app_id, transport)}
+        for n in state["nodes"]
     ]
     versions = {n["policy"]["version"] for n in nodes if n["policy"]}
     return {"app_id": app_id.hex(), "nodes": nodes, "versions": sorted(versions)}
 
 
 def push_next_policy(
-    directory: Path, state: dict[str, Any], app_id: bytes, name: str, lifetime: int
+    directory: Path,
+    state: dict[str, Any],
+    app_id: bytes,
+    name: str,
+    lifetime: int,
+    *,
+    transport: httpx.BaseTransport | None = None,
 ) -> dict[str, Any]:
     """Sign the app's next version (one above the highest any node holds, expiring in
     ``lifetime`` seconds) with its owner key and push it to every node (``push_policy``).
@@ -998,9 +1035,9 @@ def push_next_policy(
     held = []
     for n in state["nodes"]:
         try:
-            held.append(int((_held_policy(n["http_url"], app_id) or {})["version"]))
+            held.append(int((_held_policy(n["http_url"], app_id, transport) or {})["version"]))
         except (KeyError, TypeError, ValueError):
             pass
     version = max(held, default=0) + 1
     bundle = demo_policy(owner, state["master_public_key"], version=version, lifetime=lifetime)
-    return {"app_id": app_id.hex(), **push_policy(state, bundle)}
+    return {"app_id": app_id.hex(), **push_policy(state, bundle, transport=transport)}

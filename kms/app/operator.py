@@ -5,6 +5,7 @@ the operator's files, the whole audit log read page by page."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +96,17 @@ def propose_request(
     return req
 
 
-def read_audit(config: Path) -> tuple[dict[str, Any], list[str]]:
-    """The node's whole audit log over its admin channel: the signed head with the node's
-    own check of its copy (``node_check``, asked for once), and every entry in order."""
+def read_audit(
+    config: Path, *, admin: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """The node's whole audit log over its admin channel (``admin_request``, or ``admin``
+    when given, e.g. for in-process nodes): the signed head with the node's own check of
+    its copy (``node_check``, asked for once), and every entry in order."""
     entries: list[str] = []
     doc: dict[str, Any] = {}
     while True:
         req = {"op": "audit", "start": len(entries), "limit": AUDIT_PAGE, "check": not entries}
-        page: dict[str, Any] = admin_request(config, req)["audit"]
+        page: dict[str, Any] = (admin or admin_request)(config, req)["audit"]
         if not entries:
             doc = page
         entries += page["entries"]

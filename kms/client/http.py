@@ -101,6 +101,7 @@ def fetch_chain(
     enough: int | None = None,
     client: httpx.Client | None = None,
     hedge_after: float | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> tuple[ChainState, list[str]]:
     """The highest chain head the asked nodes serve that verifies from the pinned ``mpk``.
 
@@ -110,7 +111,13 @@ def fetch_chain(
     (another key, a forged link) is ignored and reported in the second element.
     """
     states, ignored, _ = fetch_chain_heads(
-        urls, mpk, timeout=timeout, enough=enough, client=client, hedge_after=hedge_after
+        urls,
+        mpk,
+        timeout=timeout,
+        enough=enough,
+        client=client,
+        hedge_after=hedge_after,
+        transport=transport,
     )
     return states[-1], ignored
 
@@ -123,10 +130,17 @@ def fetch_chain_epochs(
     enough: int | None = None,
     client: httpx.Client | None = None,
     hedge_after: float | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> tuple[list[ChainState], list[str]]:
     """``fetch_chain``, with the verified state of every epoch the best answer names."""
     states, ignored, _ = fetch_chain_heads(
-        urls, mpk, timeout=timeout, enough=enough, client=client, hedge_after=hedge_after
+        urls,
+        mpk,
+        timeout=timeout,
+        enough=enough,
+        client=client,
+        hedge_after=hedge_after,
+        transport=transport,
     )
     return states, ignored
 
@@ -139,6 +153,7 @@ def fetch_chain_heads(
     enough: int | None = None,
     client: httpx.Client | None = None,
     hedge_after: float | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> tuple[list[ChainState], list[str], list[str]]:
     """Ask every node for its chain at once; the best verified one (fork choice: the
     highest ``(epoch, attempt)`` head, ``mpc.membership.rank``), the nodes ignored, and
@@ -146,9 +161,11 @@ def fetch_chain_heads(
 
     Returns when every node answered, ``enough`` chains verified, ``hedge_after``
     seconds passed with at least one verified chain, or ``timeout`` passed.
+    ``transport`` (without ``client``) carries the requests instead of the network
+    (``httpx.Client(transport=...)``; tests reach in-process nodes this way).
     """
     own = client is None
-    http = client or httpx.Client(timeout=timeout)
+    http = client or httpx.Client(timeout=timeout, transport=transport)
     best: list[ChainState] | None = None
     ignored: list[str] = []
     answered: list[str] = []
@@ -229,6 +246,8 @@ class KeyClient:
     (``connect_timeout``, ``read_timeout``), so a node that accepts
     connections and never answers costs at most a hedge. With ``cache``, the
     verified head is shared by every client of the process for ``chain_ttl``.
+    ``transport`` carries the requests instead of the network (``httpx.Client``'s;
+    tests reach in-process nodes this way).
     """
 
     def __init__(
@@ -244,6 +263,7 @@ class KeyClient:
         read_timeout: float | None = None,
         chain_hedge: float = 0.3,
         cache: bool = False,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         check_mpk(mpk)  # the identity point would make every chain check vacuous
         self.urls = dict(urls)
@@ -261,6 +281,7 @@ class KeyClient:
                 read=read_timeout if read_timeout is not None else timeout,
             ),
             limits=httpx.Limits(max_keepalive_connections=2 * len(self.urls) + 2),
+            transport=transport,
         )
         self._pool = _DaemonPool()
         self._responsive: list[ParticipantIndex] = []
@@ -453,6 +474,7 @@ def report_evidence(
     evidence: WrongPartialEvidence,
     *,
     timeout: float = 5.0,
+    transport: httpx.BaseTransport | None = None,
 ) -> dict[int, dict[str, object]]:
     """Disclose ``evidence`` to every node but the accused one (``POST /v1/evidence``).
 
@@ -464,7 +486,7 @@ def report_evidence(
     culprit = int(evidence.response.index)
     body = evidence.encode()
     replies: dict[int, dict[str, object]] = {}
-    with httpx.Client(timeout=timeout) as http:
+    with httpx.Client(timeout=timeout, transport=transport) as http:
         for index, url in sorted(urls.items()):
             if int(index) == culprit:
                 continue
@@ -492,13 +514,16 @@ def fetch_keys(
     timeout: float = 5.0,
     now: int | None = None,
     bundle: bytes = b"",
+    transport: httpx.BaseTransport | None = None,
 ) -> FetchResult:
     """One request from a cold start: fetch and verify the chain, then ask for the keys.
 
     A long-lived CVM keeps a ``KeyClient`` instead, which reuses the verified
     chain and its connections.
     """
-    with KeyClient(urls, mpk, timeout=timeout, hedge_after=0.3, cache=True) as client:
+    with KeyClient(
+        urls, mpk, timeout=timeout, hedge_after=0.3, cache=True, transport=transport
+    ) as client:
         return client.fetch(
             app_id,
             purposes,
@@ -536,16 +561,19 @@ def get_app_key(
     *,
     bundle: bytes = b"",
     report: bool = True,
+    transport: httpx.BaseTransport | None = None,
 ) -> AppKeyResult:
     """Fetch one app key from a cold start (``fetch_keys``) and derive its typed keys;
     with ``report``, disclose each wrong partial's evidence to the other nodes
     (``report_evidence``). Raises ``KeyReleaseError`` when no key could be derived."""
-    res = fetch_keys(urls, mpk, app_id, [(purpose, version)], quote_for, bundle=bundle)
+    res = fetch_keys(
+        urls, mpk, app_id, [(purpose, version)], quote_for, bundle=bundle, transport=transport
+    )
     reported: dict[int, list[int]] = {}
     if report:
         for r in res.rejected:
             if r.evidence is not None:
-                replies = report_evidence(urls, r.evidence)
+                replies = report_evidence(urls, r.evidence, transport=transport)
                 reported[int(r.index)] = sorted(i for i, x in replies.items() if x.get("accepted"))
     app_key = res.derived[(purpose, version)].app_key()
     keys = typed_keys(app_key)
@@ -577,11 +605,13 @@ def open_sealed(
     mpk: G2,
     sealed: bytes,
     quote_for: Callable[[bytes], bytes],
+    *,
+    transport: httpx.BaseTransport | None = None,
 ) -> bytes:
     """Decrypt an IBE ciphertext: fetch the point for the key id its header names (app,
     purpose, version), then open it. Raises ``InvalidEncoding`` for an unreadable header,
     ``KeyReleaseError`` or ``DecryptionError``."""
     key_id = ibe.read_header(sealed).key_id
     wanted = (key_id.purpose, key_id.version)
-    res = fetch_keys(urls, mpk, key_id.app_id, [wanted], quote_for)
+    res = fetch_keys(urls, mpk, key_id.app_id, [wanted], quote_for, transport=transport)
     return ibe.decrypt(res.derived[wanted], mpk, sealed)

@@ -50,7 +50,7 @@ def stand_in(
     )
     asked: list[tuple[str, int]] = []
 
-    def fetch_keys(urls: Any, mpk: G2, app_id: bytes, wanted: Any, quote_for: Any) -> Any:
+    def fetch_keys(urls: Any, mpk: G2, app_id: bytes, wanted: Any, quote_for: Any, **_: Any) -> Any:
         derived = {}
         for p, v in wanted:
             asked.append((p, v))

@@ -362,6 +362,7 @@ async def in_process_devnet(
     start_in: float = 4.0,
     window_period: float = 5.0,
     refresh_interval: float = 0.0,
+    pccs_url: str | None = None,
 ) -> AsyncIterator[ServiceDevnet]:
     """A devnet made by ``kms.app.devnet.create`` whose nodes run in this trio run
     (``service_devnet.ServiceDevnet``, none started yet); the genesis DKG starts
@@ -374,6 +375,7 @@ async def in_process_devnet(
         start_in=start_in,
         window_period=window_period,
         refresh_interval=refresh_interval,
+        pccs_url=pccs_url,
     )
     devnet.write_state(directory, state)
     genesis = load(state["nodes"][0]["config"]).protocol.genesis_start

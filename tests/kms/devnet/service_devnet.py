@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx
 import trio
+import trio.testing
 
 from kms.api.http import make_app
 from kms.node.service import NodeService, TrioClock
@@ -61,6 +63,8 @@ class ServiceDevnet:
         self.network = MemoryNetwork()
         self.clock = TrioClock(epoch)
         self.running: dict[int, _Running] = {}
+        self.paused: dict[int, trio.Event] = {}
+        """Nodes whose HTTP app answers nothing until their event is set (:meth:`pause`)."""
         self._nursery = nursery
         cfg = load(state["nodes"][0]["config"])
         self.n = len(state["nodes"])
@@ -212,6 +216,58 @@ class ServiceDevnet:
             "attestation": attestation.hex(),
         }
 
+    # --- the CLI's client code, in a worker thread ---------------------------------------------
+
+    def index_of_url(self, url: str) -> int | None:
+        """The node whose ``devnet.json`` HTTP URL is ``url`` (scheme, host and port)."""
+        for n in self.state["nodes"]:
+            if str(n["http_url"]).rstrip("/") == url.rstrip("/"):
+                return int(n["index"])
+        return None
+
+    def transport(self) -> httpx.BaseTransport:
+        """A synchronous httpx transport for client code run by :meth:`in_thread`: each
+        request goes to the HTTP app of the node whose ``devnet.json`` URL it names (a
+        stopped node refuses the connection; a paused one never answers)."""
+        return _InProcessHTTP(self, trio.lowlevel.current_trio_token())
+
+    def pause(self, index: int) -> None:
+        """The node's HTTP app accepts requests and answers none until :meth:`resume`."""
+        self.paused.setdefault(index, trio.Event())
+
+    def resume(self, index: int) -> None:
+        event = self.paused.pop(index, None)
+        if event is not None:
+            event.set()
+
+    def admin_by_config(self, config: Path | str, request: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`admin` of the node of ``config``, callable from the trio run or a worker
+        thread (what ``kms.app.devnet.admin_call`` does over the node's admin socket)."""
+        index = next(i for i in self.indices if self.config_path(i) == Path(config).resolve())
+        if index not in self.running:
+            return {"ok": False, "error": "the node is not running"}
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # a worker thread
+            return dict(trio.from_thread.run_sync(self.admin, index, request))
+        return self.admin(index, request)
+
+    @staticmethod
+    def real_time() -> None:
+        """From now on trio's ``MockClock`` runs at wall-clock rate and no longer jumps:
+        client code in worker threads reads ``time.time()`` and waits in real seconds,
+        and the nodes' clock keeps pace with it."""
+        clock = trio.lowlevel.current_clock()
+        if isinstance(clock, trio.testing.MockClock):
+            clock.autojump_threshold = math.inf
+            clock.rate = 1.0
+
+    @staticmethod
+    async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread (blocking client code, e.g. ``kms.client.http``
+        with :meth:`transport`), while the nodes run in this trio run."""
+        return await trio.to_thread.run_sync(lambda: fn(*args))
+
     # --- waiting ----------------------------------------------------------------------------
 
     def now(self) -> float:
@@ -276,6 +332,49 @@ class ServiceDevnet:
         if len({st["master_public_key"] for st in sts.values()}) != 1:
             return None
         return sts
+
+
+class _InProcessHTTP(httpx.BaseTransport):
+    """``ServiceDevnet.transport``: a request from a worker thread is carried into the trio
+    run and through the node's ASGI app; its read timeout is honoured for a paused node."""
+
+    def __init__(self, net: ServiceDevnet, token: trio.lowlevel.TrioToken) -> None:
+        self.net = net
+        self.token = token
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        origin = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+        index = self.net.index_of_url(origin)
+        body = request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        timeouts = request.extensions.get("timeout", {})
+        read_timeout = timeouts.get("read") or math.inf
+        target = request.url.raw_path.decode()
+
+        async def forward() -> tuple[int, list[tuple[str, str]], bytes]:
+            run = self.net.running.get(index) if index is not None else None
+            if run is None:
+                raise httpx.ConnectError(f"no node listens at {origin}", request=request)
+            paused = self.net.paused.get(index)  # type: ignore[arg-type]
+            if paused is not None:
+                with trio.move_on_after(read_timeout):
+                    await paused.wait()
+                if not paused.is_set():
+                    raise httpx.ReadTimeout("a paused node does not answer", request=request)
+            try:
+                r = await run.client.request(request.method, target, content=body, headers=headers)
+            except Exception as exc:
+                if self.net.running.get(index) is run:  # type: ignore[arg-type]
+                    raise
+                # The node stopped while it served the request: the connection drops.
+                raise httpx.ReadError("the node stopped", request=request) from exc
+            return r.status_code, list(r.headers.multi_items()), r.content
+
+        try:
+            status, rheaders, content = trio.from_thread.run(forward, trio_token=self.token)
+        except trio.RunFinishedError as exc:
+            raise httpx.ConnectError("the devnet is gone", request=request) from exc
+        return httpx.Response(status, headers=rheaders, content=content, request=request)
 
 
 @asynccontextmanager

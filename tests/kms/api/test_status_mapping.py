@@ -16,11 +16,11 @@ from kms.api.answers import (
     key_answer,
     policy_answer,
 )
+from kms.app.testing import app_bundle, local_committee
 from kms.node.evidence_log import EvidenceRefusal
 from kms.node.keyrelease import KeysNotServed
 from kms.node.policies import PoliciesUnavailable
 from kms.node.release import KeyRefusalReason, ReleaseRefused
-from kms.node.testing import app_bundle, local_committee
 from kms.policy import OwnerKey, PolicyFailure
 from kms.policy.registry import OfferOutcome
 from kms.protocol import KeyRefusal, KeyResponse

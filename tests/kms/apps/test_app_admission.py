@@ -1,6 +1,6 @@
 """Admitted apps, owner chains and version floors through the node's public surfaces.
 
-Every test runs a real in-process committee (``kms.node.testing``): ``NodeService``
+Every test runs a real in-process committee (``kms.app.testing``): ``NodeService``
 instances on ``net.memory`` with their HTTP apps reached through an ASGI client,
 key requests quoted by the simulated TEE.
 """
@@ -17,8 +17,8 @@ import msgpack
 import trio
 
 from kms.api.admin import handle
+from kms.app.testing import MEASUREMENT, NOW, app_bundle, local_committee
 from kms.client.core import KeyRequestSession
-from kms.node.testing import MEASUREMENT, NOW, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey, build_event_log, dstack_boot_events
 from kms.protocol import KeyRefusal, KeyRequest
 from mpc.codec import decode

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from kms.node.testing import app_bundle, flood_new_apps, local_committee
+from kms.app.testing import app_bundle, flood_new_apps, local_committee
 from kms.policy import OwnerKey
 
 STORE_BOUND = 64 * 1024

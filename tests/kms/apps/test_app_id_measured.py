@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from kms.node.testing import MEASUREMENT, app_bundle, local_committee
+from kms.app.testing import MEASUREMENT, app_bundle, local_committee
 from kms.policy import OwnerKey, build_event_log, dstack_boot_events
 from kms.protocol import KeyRefusal, KeyResponse
 from mpc.codec import decode

@@ -19,7 +19,7 @@ import trio
 import kms.policy.app as owner_app
 from kms.api.admin import handle
 from kms.api.answers import policy_reply as offer_reply
-from kms.node.testing import MEASUREMENT, NOW, LocalCommittee, app_bundle, local_committee
+from kms.app.testing import MEASUREMENT, NOW, LocalCommittee, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey, build_event_log, dstack_boot_events
 from kms.policy.gossip import PolicyAnnounce, PolicyDigest, PolicyQuery
 from kms.protocol import KeyRefusal, KeyRequest, bundle_hash

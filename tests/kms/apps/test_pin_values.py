@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from kms.node.testing import NOW, app_bundle, local_committee
+from kms.app.testing import NOW, app_bundle, local_committee
 from kms.policy import (
     CTX_APP_POLICY,
     GpuPin,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from kms.node.testing import NOW, LocalCommittee, app_bundle, local_committee
+from kms.app.testing import NOW, LocalCommittee, app_bundle, local_committee
 from kms.policy import OwnerKey
 from kms.policy.gossip import MAX_DIGEST_ENTRIES
 from mpc.sig import set_key_cache

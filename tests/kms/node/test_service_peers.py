@@ -6,7 +6,7 @@ from pathlib import Path
 
 import trio
 
-from kms.node.testing import local_committee
+from kms.app.testing import local_committee
 from mpc.membership.messages import ChainRequest
 from net.codec import Envelope, encode_envelope
 from net.memory import MemoryTransport
@@ -64,7 +64,7 @@ def test_a_members_digests_in_a_loop_draw_bundles_within_a_byte_budget(tmp_path:
     """A digest of a few bytes draws up to 32 bundles: the bundles answered to one member's
     digests are metered in bytes. With a budget of 4 bundles' worth and a stopped clock,
     100 empty digests (each asking for everything) draw at most 4 bundles."""
-    from kms.node.testing import app_bundle
+    from kms.app.testing import app_bundle
     from kms.policy import OwnerKey
     from kms.policy.gossip import PolicyDigest
 

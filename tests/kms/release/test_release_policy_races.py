@@ -20,8 +20,8 @@ from typing import Any
 import trio
 
 from kms.api.admin import handle
+from kms.app.testing import MEASUREMENT, app_bundle, local_committee
 from kms.node.keyrelease import FixedCollateral
-from kms.node.testing import MEASUREMENT, app_bundle, local_committee
 from kms.policy import OwnerChain, OwnerKey
 from kms.protocol import KeyRefusal, KeyResponse
 from mpc.codec import decode

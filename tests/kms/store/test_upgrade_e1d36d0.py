@@ -29,9 +29,9 @@ from kms.api.http import make_app
 from kms.app import devnet
 from kms.app.config import load
 from kms.app.setup import make_collateral, make_releaser, open_store
+from kms.app.testing import SettableClock
 from kms.client.core import KeyRequestSession
 from kms.node.service import NodeService, share_to_bytes
-from kms.node.testing import SettableClock
 from kms.policy import RotationRecord
 from kms.protocol import KeyRefusal, KeyResponse
 from kms.store import SCHEMA_VERSION

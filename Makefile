@@ -42,8 +42,8 @@ typecheck: $(STAMP)
 # devnets could pick the same port).
 SLOW_WORKERS ?= 1
 test: lint typecheck
-	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow or parallel"
-	$(PY) -m pytest -q -m "slow and not parallel" $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow or parallel" --durations=15
+	$(PY) -m pytest -q -m "slow and not parallel" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile)
 
 # Inner loop: skips the slow (multi-process, real network) tests.
 test-fast: $(STAMP)

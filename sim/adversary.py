@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from mpc.broadcast import BroadcastPayload, Outbound
+from mpc.cert import RunKind
 from mpc.codec import Message
 from mpc.dkg import SharingConfig
 from mpc.dkg.messages import (
@@ -169,7 +170,7 @@ class WrongConstant(Behaviour):
     name = "wrong-constant"
 
     def wrong_constant(self, config: SharingConfig) -> bool:
-        return config.kind == "reshare"
+        return config.kind == RunKind.RESHARE
 
 
 @register

@@ -30,7 +30,7 @@ from kms.node.model import ChangeContext, ChangeRefused
 from kms.policy import NodeAdmissionPolicy, PolicyError, admits_node
 from kms.protocol import WrongPartialEvidence
 from mpc.broadcast import EquivocationEvidence
-from mpc.cert import EpochCertificate
+from mpc.cert import EpochCertificate, RunKind
 from mpc.codec import decode
 from mpc.dkg.evidence import InvalidJustificationEvidence, ReshareConstantEvidence
 from mpc.dkg.messages import Participant
@@ -258,7 +258,7 @@ class ChangeChecker:
                 ev.verify(holder.verify_key(), run=ev.run)
             elif isinstance(ev, ReshareConstantEvidence):
                 cfg = ctx.reshare_runs.get(ev.run)
-                if cfg is None or cfg.kind != "reshare":
+                if cfg is None or cfg.kind != RunKind.RESHARE:
                     # Only a member that ran the reshare knows its configuration (the
                     # old public polynomial the constant term must match).
                     raise _refuse(

@@ -39,7 +39,7 @@ from kms.node.recovery import ShareRecovery
 from kms.node.retention import ShareHolders, ack_run
 from kms.node.sharing_runs import MAX_KEPT_SHARES, SharingRuns
 from mpc.broadcast import Outbound
-from mpc.cert import EpochCertificate
+from mpc.cert import EpochCertificate, RunKind
 from mpc.codec import MessageDecodeError
 from mpc.dkg import (
     CertificateCompleted,
@@ -157,7 +157,7 @@ class Adoption:
                     elif ev.key == POLYNOMIAL_RECORD:
                         where = polynomial_records(run_id)
                     self._c._events.append(StoreRecord(where, ev.key, ev.data, ev.secret))
-                elif isinstance(ev, SharingFinalized) and session.config.kind == "dkg":
+                elif isinstance(ev, SharingFinalized) and session.config.kind == RunKind.DKG:
                     self._c.trust.own.append(ev.result.transcript.hash())
                     self._c.trust.maybe_endorse(self._c._genesis(), list(self._c._participants))
                 elif isinstance(ev, DealerExcluded):
@@ -173,7 +173,7 @@ class Adoption:
                     self._c._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, ev.reason))
                     self._c.sharing.end_run(session)
                     self.keep_finalized(session)
-                    if cfg.kind == "dkg" and self._c.state is None:
+                    if cfg.kind == RunKind.DKG and self._c.state is None:
                         # Only while there is no chain: a node that caught up through
                         # the chain gets its share from a prompt refresh instead.
                         self._c.sharing.start_genesis(cfg.attempt + 1)
@@ -304,7 +304,7 @@ class Adoption:
                 RunFailed(cfg.kind, cfg.epoch, cfg.attempt, "another attempt is certified")
             )
             self._c.sharing.end_run(run)
-        if link.transcript.kind == "reshare" and old_state is not None:
+        if link.transcript.kind == RunKind.RESHARE and old_state is not None:
             if previous_share is not None:
                 self._c.holders.retain(old_state.epoch, previous_share, link, self._c._participants)
             if link.transcript.committee == old_state.committee.members:

@@ -32,7 +32,7 @@ from kms.node.model import (
 from kms.node.retention import ShareHolders
 from kms.node.sharing_runs import SharingRuns
 from mpc.broadcast import Outbound
-from mpc.cert import EpochCertificate
+from mpc.cert import EpochCertificate, RunKind
 from mpc.codec import MessageDecodeError
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidEncoding, LocalProtocolError, RemoteProtocolError
@@ -138,7 +138,7 @@ class ChainSync:
                         self._c.adoption.adopt_link(link, state_after=None)
                     return
             first = links[0]
-            if isinstance(first, EpochCertificate) and first.transcript.kind == "dkg":
+            if isinstance(first, EpochCertificate) and first.transcript.kind == RunKind.DKG:
                 if self._c.chain and first.fingerprint() == self._c.chain[0].fingerprint():
                     mpk = self._c._mpk_of(first)
                 else:

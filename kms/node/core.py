@@ -95,7 +95,7 @@ from kms.node.sharing_runs import MAX_RUN_RECORDS as MAX_RUN_RECORDS
 from kms.node.sharing_runs import SharingRuns
 from mpc import hpke
 from mpc.broadcast import Outbound
-from mpc.cert import EpochCertificate
+from mpc.cert import EpochCertificate, RunKind
 from mpc.codec import Message
 from mpc.dkg import (
     Phase,
@@ -298,7 +298,7 @@ class NodeCore:
             phase_of(
                 self.me,
                 has_chain=st is not None,
-                genesis_running=run is not None and run.config.kind == "dkg",
+                genesis_running=run is not None and run.config.kind == RunKind.DKG,
                 committee=st.committee.indices if st is not None else (),
                 incoming=members_of(st) if st is not None else (),
                 pending=st is not None and st.pending is not None,
@@ -348,6 +348,11 @@ class NodeCore:
         """Removed members (at most ``RECENTLY_REMOVED``, oldest first) whose chain requests
         are still answered, metered; nothing else of theirs is taken."""
         return tuple(self.dispatch.removed)
+
+    def removed_participants(self) -> Mapping[ParticipantIndex, Participant]:
+        """The participant records of the recently removed members this node knows (their
+        identity keys authenticate their chain requests)."""
+        return {i: p for i, p in self.dispatch.removed.items() if p is not None}
 
     # --- the contract ------------------------------------------------------------
 
@@ -658,7 +663,7 @@ class NodeCore:
             self._events.append(RunFailed(cfg.kind, cfg.epoch, cfg.attempt, f"local error: {exc}"))
             if self.sharing.run is session:
                 self.sharing.end_run(session)
-                if cfg.kind == "reshare":
+                if cfg.kind == RunKind.RESHARE:
                     self.sharing.attempt = cfg.attempt + 1
             else:
                 self.sharing.end_run(session)

@@ -119,16 +119,21 @@ class Dispatch:
         self._c = port
         self.chain_budget: dict[ParticipantIndex, tuple[float, float]] = {}
         """Chain requests per peer: (tokens, last refill time)."""
-        self.removed: dict[ParticipantIndex, None] = {}
-        """Recently removed members, oldest first (at most ``RECENTLY_REMOVED``)."""
+        self.removed: dict[ParticipantIndex, Participant | None] = {}
+        """Recently removed members, oldest first (at most ``RECENTLY_REMOVED``), with their
+        participant records (their identity keys authenticate their chain requests)."""
 
     def note_removed(self, before: ChainState, after: ChainState) -> None:
         """Remember who ``after`` removed (for their chain requests); forget the rest's
         budgets and early messages."""
         now_members = members_of(after)
+        records = {ParticipantIndex(p.index): p for p in before.committee.members}
+        change = before.pending.outcome.proposal.change if before.pending is not None else None
+        if isinstance(change, AddMember):
+            records.setdefault(ParticipantIndex(change.participant.index), change.participant)
         for i in sorted(members_of(before) - now_members):
             self.removed.pop(i, None)
-            self.removed[i] = None
+            self.removed[i] = records.get(i)
         for i in now_members:
             self.removed.pop(i, None)
         while len(self.removed) > RECENTLY_REMOVED:
@@ -164,8 +169,13 @@ class Dispatch:
                 self._c._outbox.append(Outbound(peer, own))
             return
         if isinstance(message, GenesisEndorsements):
-            # Like a chain, from any peer this node hears: a node with no chain does not
-            # know the current members yet, and every endorsement is checked.
+            # Like a chain: before this node holds one it does not know the current members
+            # yet, so it takes them from any peer it hears; after, from members only. Each
+            # bundle is metered like a chain request, and every endorsement is checked.
+            if not allowed and self._c.state is not None:
+                raise RemoteProtocolError("message from a peer that is not a member", [peer])
+            if not self.take_chain_budget(peer, now):
+                raise RemoteProtocolError("genesis endorsements rate limited", [peer])
             if self._c.trust.receive_relayed(peer, message.endorsements, self._c._genesis()):
                 self._c.adoption.try_candidates()
             return

@@ -106,6 +106,9 @@ class Step:
     unencodable: list[EncodeFailed] = field(default_factory=list)
     new_peers: list[tuple[ParticipantIndex, PeerId]] = field(default_factory=list)
     """Peers bound to an index by this step (a certified change admitted them)."""
+    relearned: bool = False
+    """The chain changed in this step (an epoch, a membership link, a replaced chain): who
+    is heard, and the committee's size, may have changed even with no new peer bound."""
 
 
 class NodeDriver:
@@ -135,7 +138,10 @@ class NodeDriver:
     def learn_participants(self) -> list[tuple[ParticipantIndex, PeerId]]:
         """Bind every participant the core knows to its peer id; returns the new bindings."""
         new: list[tuple[ParticipantIndex, PeerId]] = []
-        for idx, p in sorted(self.core.participants.items()):
+        # Recently removed members are bound too (their chain requests are answered, so
+        # that they learn of their removal), also after a restart: from the chain held.
+        known = {**self.core.removed_participants(), **self.core.participants}
+        for idx, p in sorted(known.items()):
             pid = peer_id_from_ed25519(p.identity)
             if self._index_peer.get(idx) != pid:
                 new.append((idx, pid))
@@ -218,6 +224,7 @@ class NodeDriver:
                 out.events.append(ev)
         if learn:
             self._new_peers.extend(self.learn_participants())
+            out.relearned = True
         out.new_peers, self._new_peers = self._new_peers, []
         encoded: dict[int, tuple[bytes, int]] = {}
         for ob in outbound:

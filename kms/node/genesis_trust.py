@@ -203,7 +203,14 @@ class GenesisTrust:
         """Endorsements a peer relays with its chain. Returns whether the candidates should be
         tried again."""
         if genesis is not None:
+            # At most one check per genesis member this node lacks an endorsement of, however
+            # many entries the message repeats: a bundle costs at most n signature checks.
+            members = {p.index for p in self.genesis}
+            tried: set[int] = set()
             for e in relayed:
+                if e.signer in tried or e.signer in self.endorsements or e.signer not in members:
+                    continue
+                tried.add(e.signer)
                 try:
                     self.add(genesis, e)
                 except InvalidSignature:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from mpc.cert import EpochCertificate
+from mpc.cert import EpochCertificate, RunKind
 from mpc.dkg import Schedule
 from mpc.ids import ParticipantIndex
 from mpc.membership import (
@@ -90,7 +90,7 @@ class RefreshRules:
     def ready_time(self, state: ChainState, chain: Sequence[Link], now: float) -> float:
         """When ``state``'s epoch became ready: the end of the run that certified it."""
         tr = state.certificate.transcript
-        if tr.kind == "dkg":
+        if tr.kind == RunKind.DKG:
             return self.config.genesis_schedule(tr.attempt).end
         prev = membership_before(chain, state.epoch)
         if prev is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mpc import hpke
-from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate
+from mpc.cert import IDENTITY_MPK, ZERO_HASH, EpochCertificate, RunKind
 from mpc.codec import Message
 from mpc.dkg import Schedule, SharingConfig, SharingSession
 from mpc.dkg.messages import Participant
@@ -222,7 +222,8 @@ class ApprovalRefused:
 
 @dataclass(frozen=True)
 class RunFailed:
-    kind: str
+    kind: RunKind | str
+    """The ``RunKind`` of the sharing run, or ``"window"`` for a decision window."""
     epoch: int
     attempt: int
     reason: str
@@ -285,8 +286,8 @@ class NodeStatus:
     committee: tuple[ParticipantIndex, ...]
     mpk: bytes | None
     has_share: bool
-    running: str | None
-    """``"dkg"``, ``"reshare"`` or ``None``."""
+    running: RunKind | None
+    """The kind of the sharing run going on, if any."""
     pending: tuple[tuple[str, str, int], ...]
     """Pending proposals: (id hex, kind, approvals)."""
     retained: tuple[tuple[int, tuple[ParticipantIndex, ...]], ...]
@@ -312,8 +313,7 @@ class NodeStatus:
 class RunProgress:
     """The sharing run a node is in and its phase (``NodeCore.run_progress``)."""
 
-    kind: str
-    """``"dkg"`` or ``"reshare"``."""
+    kind: RunKind
     epoch: int
     attempt: int
     phase: str

@@ -14,6 +14,7 @@ from kms.node.core import NodeCore
 from kms.node.metrics import CollateralCounts, NodeSnapshot, PolicyCounts
 from kms.node.policies import NodePolicies
 from kms.node.release import KeyReleaser
+from mpc.cert import RunKind
 from net.peerid import peer_id_from_ed25519
 from net.transport import Transport
 
@@ -64,7 +65,7 @@ def node_status(
         "approvals_waiting": list(s.waiting),
         "locked_proposal": s.locked,
         "peers": sorted(str(p) for p in transport.connected_peers()),
-        "healthy": core.state is not None or s.running == "dkg",
+        "healthy": core.state is not None or s.running == RunKind.DKG,
         "serves_keys": releaser is not None,
         "simulated_quotes_accepted": bool(releaser and releaser.simulated_allowed),
         "collateral": collateral_source(collateral),

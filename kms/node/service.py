@@ -277,7 +277,9 @@ class NodeService:
     def _apply(self, step: Step) -> None:
         """Store the step's records (``kms.node.persist``), then react to what they stored."""
         persist_events(self.store, step.records)
-        if step.new_peers:
+        if step.new_peers or step.relearned:
+            # Also a removal or a threshold change, which bind nobody new: the transport's
+            # allowed set and queue cap, and the per-peer metrics, follow the chain.
             self._add_peers(step.new_peers)
         for ev in step.records:
             self._handle_event(ev)

@@ -27,7 +27,7 @@ from kms.node.recovery import DEALS_RUN_LABEL, RECOVERY_SEED_DELTAS, ShareRecove
 from kms.node.retention import ShareHolders, ack_run
 from kms.node.runs import SharingConfigs
 from mpc import hpke
-from mpc.cert import EpochCertificate
+from mpc.cert import EpochCertificate, RunKind
 from mpc.codec import MessageDecodeError
 from mpc.dkg import (
     Phase,
@@ -137,11 +137,11 @@ class SharingRuns:
         tr = st.certificate.transcript
         if tr.epoch not in self.ran_epochs:
             return []
-        before = self._c._epoch_states.get(st.epoch - 1) if tr.kind == "reshare" else None
+        before = self._c._epoch_states.get(st.epoch - 1) if tr.kind == RunKind.RESHARE else None
         out: list[bytes] = []
         for attempt in range(tr.attempt + 1, tr.attempt + 1 + HIGHER_ATTEMPTS_KEPT):
             try:
-                if tr.kind == "dkg":
+                if tr.kind == RunKind.DKG:
                     cfg: SharingConfig | None = self.genesis_config(attempt)
                 else:
                     cfg = self.reshare_config(before, attempt) if before is not None else None
@@ -184,7 +184,7 @@ class SharingRuns:
         if missed:
             self._c._events.append(
                 RunFailed(
-                    "dkg",
+                    RunKind.DKG,
                     0,
                     attempt,
                     "genesis was over when this node started and it holds no record of it:"
@@ -203,7 +203,7 @@ class SharingRuns:
         tr = cert.transcript
         if tr.epoch not in self.ran_epochs and not self.kept:
             return None  # catching up: this node ran no run of that epoch, nothing is stored
-        if tr.kind == "dkg":
+        if tr.kind == RunKind.DKG:
             cfg: SharingConfig | None = self.genesis_config(tr.attempt)
         else:
             cfg = self.reshare_config(before, tr.attempt) if before is not None else None
@@ -353,7 +353,9 @@ class SharingRuns:
         except (LocalProtocolError, InvalidSignature, InvalidEncoding) as exc:
             # This node cannot take part (e.g. its old share does not match): the run goes
             # on without it; the node and its epoch go on.
-            self._c._events.append(RunFailed("reshare", cfg.epoch, attempt, f"local error: {exc}"))
+            self._c._events.append(
+                RunFailed(RunKind.RESHARE, cfg.epoch, attempt, f"local error: {exc}")
+            )
             if self.run is not None:
                 self.end_run(self.run)
             self.run = None
@@ -372,7 +374,7 @@ class SharingRuns:
         """The configuration of the run the head's certificate certifies (from the chain)."""
         tr = st.certificate.transcript
         try:
-            if tr.kind == "dkg":
+            if tr.kind == RunKind.DKG:
                 return self.genesis_config(tr.attempt)
             before = self._c._epoch_states.get(st.epoch - 1)
             return self.reshare_config(before, tr.attempt) if before is not None else None

@@ -224,6 +224,9 @@ class _CollectingCore:
     def recently_removed(self) -> tuple[ParticipantIndex, ...]:
         return ()
 
+    def removed_participants(self) -> dict[ParticipantIndex, object]:
+        return {}
+
     def messages_to_send(self) -> list[object]:
         self.collected += 1
         if self.collected == 1:

@@ -35,15 +35,22 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # Every test, slow multi-process ones included, plus ruff and mypy. The in-process tests
-# run on two workers; the slow multi-process ones, which keep wall-clock deadlines, one
-# at a time after them (SLOW_WORKERS=2 runs two test files at once, each file's tests on
-# one worker so that a module's shared devnet starts once; the deadlines assume one, and
-# kms.app.devnet.free_port keeps ports distinct only within one process, so two workers'
-# devnets could pick the same port).
+# run on two workers. Then the slow multi-process ones, which keep wall-clock deadlines,
+# run one at a time; they mostly wait (about half a core), so the two long compute-only
+# simulations (marked `long`) run beside them in a process of their own, on the other
+# core, and print their report after. (SLOW_WORKERS=2 runs two slow test files at once,
+# each file's tests on one worker so that a module's shared devnet starts once; the
+# deadlines assume one, and kms.app.devnet.free_port keeps ports distinct only within one
+# process, so two workers' devnets could pick the same port.)
 SLOW_WORKERS ?= 1
 test: lint typecheck
-	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow or parallel" --durations=15
-	$(PY) -m pytest -q -m "slow and not parallel" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not long" --durations=15
+	@long_log=$$(mktemp); \
+	$(PY) -m pytest -q -p no:cacheprovider -m long --durations=2 >"$$long_log" 2>&1 & long_pid=$$!; \
+	$(PY) -m pytest -q -m "slow and not parallel" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
+	wait $$long_pid; long_rc=$$?; \
+	echo "--- the long simulations (run beside the slow tests) ---"; cat "$$long_log"; rm -f "$$long_log"; \
+	[ $$slow_rc -eq 0 ] && [ $$long_rc -eq 0 ]
 
 # Inner loop: skips the slow (multi-process, real network) tests.
 test-fast: $(STAMP)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 import trio
-from service_devnet import ServiceDevnet, service_devnet
+from service_devnet import ServiceDevnet, agreed_statuses, service_devnet
 
 from kms.api import admin
 from kms.app import devnet
@@ -289,27 +289,13 @@ class Devnet:
         share: bool | None = True,
     ) -> dict[int, dict[str, Any]] | None:
         """Statuses of ``indices`` if they agree on the epoch and key and meet the conditions."""
-        sts = {}
-        for i in indices:
-            st = self.status(i)
-            if st is None or st.get("epoch") is None or st.get("running") is not None:
-                return None
-            if epoch is not None and st["epoch"] != epoch:
-                return None
-            if st["epoch"] < min_epoch:
-                return None
-            if share is not None and st.get("has_share") is not share:
-                return None
-            if committee is not None and sorted(m["index"] for m in st["committee"]) != sorted(
-                committee
-            ):
-                return None
-            sts[i] = st
-        if len({st["epoch"] for st in sts.values()}) != 1:
-            return None
-        if len({st["master_public_key"] for st in sts.values()}) != 1:
-            return None
-        return sts
+        return agreed_statuses(
+            ((i, self.status(i)) for i in indices),
+            epoch=epoch,
+            min_epoch=min_epoch,
+            committee=committee,
+            share=share,
+        )
 
 
 def metric_values(text: str, name: str, label: str) -> dict[str, float]:

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,39 @@ class _Running:
     scope: trio.CancelScope
     done: trio.Event
     client: httpx.AsyncClient
+
+
+def agreed_statuses(
+    statuses: Iterable[tuple[int, dict[str, Any] | None]],
+    *,
+    epoch: int | None = None,
+    min_epoch: int = 0,
+    committee: Iterable[int] | None = None,
+    share: bool | None = True,
+) -> dict[int, dict[str, Any]] | None:
+    """The statuses (``(index, /v1/status or None)``, read lazily) if the nodes agree on
+    the epoch and key, run nothing, and meet the conditions; else ``None`` at the first
+    that does not (the multi-process and in-process devnets' ``converged``)."""
+    sts = {}
+    for i, st in statuses:
+        if st is None or st.get("epoch") is None or st.get("running") is not None:
+            return None
+        if epoch is not None and st["epoch"] != epoch:
+            return None
+        if st["epoch"] < min_epoch:
+            return None
+        if share is not None and st.get("has_share") is not share:
+            return None
+        if committee is not None and sorted(m["index"] for m in st["committee"]) != sorted(
+            committee
+        ):
+            return None
+        sts[i] = st
+    if len({st["epoch"] for st in sts.values()}) != 1:
+        return None
+    if len({st["master_public_key"] for st in sts.values()}) != 1:
+        return None
+    return sts
 
 
 class ServiceDevnet:
@@ -311,27 +344,10 @@ class ServiceDevnet:
     ) -> dict[int, dict[str, Any]] | None:
         """Statuses of ``indices`` if they agree on the epoch and key and meet the conditions
         (as the multi-process devnet tests' ``Devnet.converged``)."""
-        sts = {}
-        for i in indices:
-            st = await self.status(i)
-            if st is None or st.get("epoch") is None or st.get("running") is not None:
-                return None
-            if epoch is not None and st["epoch"] != epoch:
-                return None
-            if st["epoch"] < min_epoch:
-                return None
-            if share is not None and st.get("has_share") is not share:
-                return None
-            if committee is not None and sorted(m["index"] for m in st["committee"]) != sorted(
-                committee
-            ):
-                return None
-            sts[i] = st
-        if len({st["epoch"] for st in sts.values()}) != 1:
-            return None
-        if len({st["master_public_key"] for st in sts.values()}) != 1:
-            return None
-        return sts
+        statuses = [(i, await self.status(i)) for i in indices]
+        return agreed_statuses(
+            statuses, epoch=epoch, min_epoch=min_epoch, committee=committee, share=share
+        )
 
 
 class _InProcessHTTP(httpx.BaseTransport):

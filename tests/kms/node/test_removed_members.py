@@ -173,7 +173,9 @@ def test_a_removed_members_endorsement_bundle_is_refused_unchecked() -> None:
     rejected = [e.reason for e in driver.step().events if isinstance(e, InputRejected)]
     # Refused as from outside the committee, before any signature is checked.
     assert sum("not a member" in r for r in rejected) == N, rejected
-    assert cpu < 0.02, cpu
+    # Decoding the 132 KB frame is all it costs (a few ms; more under a tracer): far below
+    # the ~0.44 s of CPU that checking its 1,024 signatures took.
+    assert cpu < 0.2, cpu
 
 
 def test_a_recently_removed_member_gets_the_chain_after_the_answering_node_restarts() -> None:

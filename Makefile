@@ -36,9 +36,10 @@ typecheck: $(STAMP)
 
 # Every test, slow multi-process ones included, plus ruff and mypy. The in-process tests
 # run on two workers. Then the slow multi-process ones, which keep wall-clock deadlines,
-# run one at a time; they mostly wait (about half a core), so the two long compute-only
-# simulations (marked `long`) run beside them in a process of their own, on the other
-# core, and print their report after. (SLOW_WORKERS=2 runs two slow test files at once,
+# run one at a time; they mostly wait (about half a core), so the longest compute-only
+# simulation (marked `long`) runs beside them in a process of their own, on the other
+# core, and prints its report after; the other n = 64 simulation starts first among the
+# in-process tests. (SLOW_WORKERS=2 runs two slow test files at once,
 # each file's tests on one worker so that a module's shared devnet starts once; the
 # deadlines assume one, and kms.app.devnet.free_port keeps ports distinct only within one
 # process, so two workers' devnets could pick the same port.)
@@ -49,7 +50,7 @@ test: lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider -m long --durations=2 >"$$long_log" 2>&1 & long_pid=$$!; \
 	$(PY) -m pytest -q -m "slow and not parallel" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
 	wait $$long_pid; long_rc=$$?; \
-	echo "--- the long simulations (run beside the slow tests) ---"; cat "$$long_log"; rm -f "$$long_log"; \
+	echo "--- the long simulation (run beside the slow tests) ---"; cat "$$long_log"; rm -f "$$long_log"; \
 	[ $$slow_rc -eq 0 ] && [ $$long_rc -eq 0 ]
 
 # Inner loop: skips the slow (multi-process, real network) tests.

@@ -21,8 +21,8 @@ from kms.node.model import (
     ApprovalRefused,
     ChangeRefused,
     Link,
-    NodeConfig,
     NodeEvent,
+    NodeView,
     StoreRecord,
 )
 from kms.node.sharing_runs import SharingRuns
@@ -31,7 +31,6 @@ from mpc.dkg import (
     SharingSession,
 )
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError
-from mpc.ids import ParticipantIndex
 from mpc.membership import (
     ChainState,
     DecisionWindow,
@@ -50,15 +49,9 @@ class _Collects(Protocol):
     def collect(self, session: DecisionWindow) -> None: ...
 
 
-class BallotsPort(Protocol):
+class BallotsPort(NodeView, Protocol):
     """What ``Ballots`` reads of the node (``NodeCore``)."""
 
-    @property
-    def me(self) -> ParticipantIndex: ...
-    @property
-    def config(self) -> NodeConfig: ...
-    @property
-    def state(self) -> ChainState | None: ...
     @property
     def share(self) -> SecretShare | None: ...
     @property

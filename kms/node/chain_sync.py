@@ -26,8 +26,8 @@ from kms.node.model import (
     ChainTrimmed,
     EpochSwitched,
     Link,
-    NodeConfig,
     NodeEvent,
+    NodeView,
 )
 from kms.node.retention import ShareHolders
 from kms.node.sharing_runs import SharingRuns
@@ -55,19 +55,13 @@ from mpc.membership.messages import (
 from mpc.secret import SecretShare
 
 
-class SyncPort(Protocol):
+class SyncPort(NodeView, Protocol):
     """What ``ChainSync`` reads and changes of the node (``NodeCore``)."""
 
     share: SecretShare | None
     chain: list[Link]
     _epoch_states: dict[int, ChainState]
 
-    @property
-    def me(self) -> ParticipantIndex: ...
-    @property
-    def config(self) -> NodeConfig: ...
-    @property
-    def state(self) -> ChainState | None: ...
     @property
     def _participants(self) -> dict[ParticipantIndex, Participant]: ...
     @property

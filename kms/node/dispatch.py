@@ -24,8 +24,8 @@ from kms.node.genesis_trust import GenesisTrust
 from kms.node.limits import early_messages, peer_queue_bytes
 from kms.node.model import (
     InputRejected,
-    NodeConfig,
     NodeEvent,
+    NodeView,
 )
 from kms.node.recovery import ShareRecovery
 from kms.node.retention import ShareHolders
@@ -73,15 +73,9 @@ def members_of(state: ChainState) -> set[ParticipantIndex]:
     return out
 
 
-class DispatchPort(Protocol):
+class DispatchPort(NodeView, Protocol):
     """What ``Dispatch`` reads of the node (``NodeCore``) and hands messages to."""
 
-    @property
-    def me(self) -> ParticipantIndex: ...
-    @property
-    def config(self) -> NodeConfig: ...
-    @property
-    def state(self) -> ChainState | None: ...
     @property
     def _now(self) -> float: ...
     @property

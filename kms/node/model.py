@@ -355,3 +355,15 @@ class SessionFactory(Protocol):
         persisted: Mapping[str, bytes],
         live_since: float | None,
     ) -> SharingSession: ...
+
+
+class NodeView(Protocol):
+    """What every step of the core reads of the node (``NodeCore``): its index, its
+    configuration and the verified state of its head. Each step's port adds its own."""
+
+    @property
+    def me(self) -> ParticipantIndex: ...
+    @property
+    def config(self) -> NodeConfig: ...
+    @property
+    def state(self) -> ChainState | None: ...

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from kms.node.model import (
-    NodeConfig,
     NodeEvent,
+    NodeView,
     RunFailed,
     SessionFactory,
     polynomial_records,
@@ -37,7 +37,6 @@ from mpc.dkg import (
 from mpc.dkg.messages import CertificatePartial
 from mpc.dkg.session import RUN_KEY_RECORD
 from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError
-from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.math.fields import scalar_from_bytes
 from mpc.membership import (
@@ -57,15 +56,9 @@ HIGHER_ATTEMPTS_KEPT = 8
 """Attempts after the certified one of the head's epoch whose records a node keeps."""
 
 
-class SharingPort(Protocol):
+class SharingPort(NodeView, Protocol):
     """What ``SharingRuns`` reads of the node (``NodeCore``)."""
 
-    @property
-    def me(self) -> ParticipantIndex: ...
-    @property
-    def config(self) -> NodeConfig: ...
-    @property
-    def state(self) -> ChainState | None: ...
     @property
     def share(self) -> SecretShare | None: ...
     @property

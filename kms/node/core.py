@@ -481,7 +481,10 @@ class NodeCore:
             if holder is not None:
                 change = replace(change, identity=holder.identity)
         if state.apply(change) is None:
-            raise LocalProtocolError("the change is not valid for the current committee")
+            raise LocalProtocolError(
+                f"the change is not valid for the committee of epoch {state.epoch}: "
+                f"{state.why_invalid(change)}"
+            )
         self._check_change(change)
         p = Proposal.of(state.epoch, state.head_hash, int(self.me), self._rng(16), change)
         self.governance.proposals[p.id()] = p

@@ -208,8 +208,8 @@ class ProgressLog:
     def _run_ended(run: SharingSession) -> None:
         c = run.config
         outcome = {Phase.DONE: "done", Phase.FAILED: "failed"}.get(run.phase, "abandoned")
-        log_at = log.info if outcome == "done" else log.warning
-        log_at(
+        log.log(
+            logging.INFO if outcome == "done" else logging.WARNING,
             "sharing run ended",
             extra={
                 "fields": {

@@ -438,3 +438,41 @@ def test_log_level() -> None:
         logger.propagate = saved[2]
     result = runner.invoke(app, ["node", "run", "--config", "x.toml", "--log-level", "loud"])
     assert result.exit_code == 2
+
+
+def test_node_run_takes_its_log_level_from_the_command_line(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kms.app import setup
+
+    seen: list[tuple[str, str]] = []
+
+    def configure(fmt: str, level: str = "info") -> None:
+        seen.append((fmt, level))
+        raise ConfigError("stopped here by the test")
+
+    monkeypatch.setattr(setup, "configure_logging", configure)
+    result = runner.invoke(
+        app,
+        ["node", "run", "--config", str(config), "--log-level", "debug", "--log-format", "text"],
+    )
+    assert result.exit_code == 2
+    assert seen == [("text", "debug")]
+    seen.clear()
+    runner.invoke(app, ["node", "run", "--config", str(config)])
+    assert seen == [("json", "info")]
+
+
+def test_a_request_with_a_wrong_token_is_logged_as_a_warning_without_any_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = ScriptedNode([status_doc(0, [1, 2, 3])])
+    raw = json.dumps({"op": "approve", "proposal_id": "ab" * 32, "token": "guess"}).encode()
+    with caplog.at_level(logging.INFO, logger="quorum_kms"):
+        reply = admin.handle(node, b"secret-token", raw, peer={"pid": 7, "uid": 1001, "gid": 1001})
+    assert reply == {"ok": False, "error": "unauthorised"}
+    (rec,) = [r for r in caplog.records if r.getMessage() == "admin request"]
+    assert rec.levelno == logging.WARNING
+    assert rec.fields["op"] == "approve" and rec.fields["peer_uid"] == 1001
+    assert rec.fields["error"] == "unauthorised"
+    assert "guess" not in json.dumps(rec.fields) and "secret-token" not in json.dumps(rec.fields)

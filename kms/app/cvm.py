@@ -49,8 +49,14 @@ def nodes_by_index(urls: Sequence[str], timeout: float = 5.0) -> Nodes:
             try:
                 r = http.get(url + "/v1/status")
                 index = r.json().get("index") if r.status_code == 200 else None
-            except (httpx.HTTPError, ValueError, AttributeError) as exc:
-                left_out.append(f"{url}: unreachable ({type(exc).__name__.lower()})")
+            except httpx.TimeoutException:
+                left_out.append(f"{url}: no answer in time")
+                continue
+            except httpx.HTTPError as exc:
+                left_out.append(f"{url}: unreachable ({exc or 'no connection'})")
+                continue
+            except (ValueError, AttributeError):
+                left_out.append(f"{url}: its status is not a JSON object")
                 continue
             if not isinstance(index, int) or isinstance(index, bool) or index < 1:
                 left_out.append(f"{url}: its status names no committee index")

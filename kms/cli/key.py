@@ -5,6 +5,7 @@ master public key; quoted by configfs-tsm or by a simulated TEE (``kms.app.cvm``
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -42,7 +43,11 @@ def pinned(mpk_hex: str) -> G2:
 
 def refused(exc: KeyReleaseError, json_out: bool, left_out: list[str]) -> None:
     """Print a refusal with every node's reason and detail; exits 1."""
-    unreachable = [*left_out, *exc.unreachable]
+    # The client names exceptions by class ("ConnectError: …"); the user needs the text.
+    unreachable = [
+        re.sub(r"\b[A-Z]\w*(Error|Exception|Timeout): ", "", u)
+        for u in (*left_out, *exc.unreachable)
+    ]
     if json_out:
         print_json(
             {

@@ -184,15 +184,16 @@ def member_admit_app(
         info = admit_bundle(config, bundle_file)
     except OwnerError as exc:
         die(str(exc))
+    if not json_out:  # said first: the file stays even if the node cannot be reached
+        out.print(
+            f"app {info['app_id']} version {info['version']} placed in {info['file']}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     reply = admin(config, {"op": "reload-policies"}, json_out)
     counts = {k: reply.get(k, 0) for k in ("admitted", "updated", "refused", "frozen")}
     if json_out:
         print_json({"ok": True, **info, **counts})
         return
-    out.print(
-        f"app {info['app_id']} version {info['version']} placed in {info['file']}",
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
-    )
     out.print("node reloaded: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

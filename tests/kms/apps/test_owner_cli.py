@@ -242,3 +242,47 @@ def test_policy_show_against_an_unreachable_node_says_so(tmp_path: Path) -> None
     assert r.exit_code == 0, r.output
     assert "versions held (none)" in r.output
     assert "http://127.0.0.1:9: unreachable" in r.output
+
+
+# --- kms member admit-app ------------------------------------------------------------------
+
+
+def test_admit_app_places_the_bundle_or_says_what_is_missing(tmp_path: Path) -> None:
+    import tomllib
+
+    import tomli_w
+
+    from kms.app import devnet
+
+    state = devnet.create(
+        tmp_path / "net", 2, 2, delta=1.0, start_in=60.0, window_period=60.0, refresh_interval=0
+    )
+    config = Path(state["nodes"][0]["config"])
+    key = tmp_path / "owner.key"
+    made = owner.create_owner(key)
+    assert sign(tmp_path, key, policy_file(tmp_path, "version = 2\n")).exit_code == 0
+    bundle = tmp_path / "app.policy"
+
+    # The node is not running: the bundle is placed (read at start), the reload cannot be asked.
+    r = invoke("member", "admit-app", "--config", config, bundle)
+    assert r.exit_code == 2, r.output
+    placed = config.parent / "policies" / f"{made.app_id.hex()}-v2.policy"
+    assert placed.read_bytes() == bundle.read_bytes()
+    assert f"app {made.app_id.hex()} version 2 placed in {placed}" in r.output
+    assert "error: cannot reach the node's admin channel" in r.output
+
+    # A bundle that does not verify is not placed.
+    raw = bytearray(bundle.read_bytes())
+    raw[-1] ^= 1
+    (tmp_path / "bad.policy").write_bytes(bytes(raw))
+    error = one_line_error(
+        invoke("member", "admit-app", "--config", config, tmp_path / "bad.policy")
+    )
+    assert "not a valid policy bundle" in error
+
+    # Without [node] policies_dir the operator is told what to set.
+    doc = tomllib.loads(config.read_text())
+    del doc["node"]["policies_dir"]
+    config.write_text(tomli_w.dumps(doc))
+    error = one_line_error(invoke("member", "admit-app", "--config", config, bundle))
+    assert "policies_dir" in error

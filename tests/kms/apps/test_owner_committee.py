@@ -35,7 +35,9 @@ from kms.policy import AppPolicy, Measurement, OwnerKey, PolicyBundle
 runner = CliRunner()
 
 
-def policy_toml(version: int, measurement: Path, purposes: str = '["app", "disk"]') -> str:
+def policy_toml(
+    version: int, measurement: Path, purposes: str = '["app", "disk", "ibe.app"]'
+) -> str:
     return (
         f"version = {version}\npurposes = {purposes}\nlifetime = 86400\n"
         f'[[measurements]]\nfile = "{measurement}"\n'
@@ -164,6 +166,17 @@ def test_an_owner_and_a_cvm_on_a_committee_reached_by_url(
         assert r.exit_code == 0, r.output
         assert f'"app_id":"{app_id}"' in r.output and '"epoch":0' in r.output
         fingerprint = r.output.split('"fingerprint":"')[1][:64]
+
+        # Encrypted to the app's inbox with the master public key alone; opened by the CVM.
+        (work / "plain").write_bytes(b"for the app")
+        r = await o.cli("encrypt", "--mpk", o.mpk, "--app", app_id, work / "plain", work / "sealed")
+        assert r.exit_code == 0 and "encrypted 11 bytes" in r.output, r.output
+        r = await o.cli(
+            "decrypt", work / "sealed", work / "opened", "--urls", o.urls, "--mpk", o.mpk,
+            "--simulated-tee", o.tee, "--measurement", work / "cvm.measurement.toml",
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        assert (work / "opened").read_bytes() == b"for the app"
 
         # An image the policy does not list: every node's refusal with its detail.
         r = await o.key_get(app_id, "rogue")

@@ -286,3 +286,38 @@ def test_admit_app_places_the_bundle_or_says_what_is_missing(tmp_path: Path) -> 
     config.write_text(tomli_w.dumps(doc))
     error = one_line_error(invoke("member", "admit-app", "--config", config, bundle))
     assert "policies_dir" in error
+
+
+def test_key_get_writes_each_wrong_partials_evidence_to_the_evidence_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committee part is a stand-in: one node's partial was wrong (its evidence as the
+    client returns it); the command names the node and writes the evidence file."""
+    from types import SimpleNamespace
+
+    from kms.app import cvm
+    from kms.client import http as client_http
+    from kms.client.core import Rejected
+    from mpc.ids import ParticipantIndex
+
+    monkeypatch.setattr(
+        cvm,
+        "nodes_by_index",
+        lambda urls, timeout=5.0: cvm.Nodes({ParticipantIndex(1): urls[0]}, []),
+    )
+    evidence = SimpleNamespace(encode=lambda: b"evidence-bytes")
+    result = client_http.AppKeyResult(
+        {"app_id": "ab" * 20, "fingerprint": "00" * 32},
+        {},
+        (Rejected(ParticipantIndex(3), "partial does not decrypt", evidence),),  # type: ignore[arg-type]
+    )
+    monkeypatch.setattr(client_http, "get_app_key", lambda *a, **k: result)
+    simtee.init(tmp_path / "tee")
+    r = invoke(
+        "key", "get", "--urls", "http://node-1", "--mpk", MPK, "--app", "ab" * 20,
+        "--simulated-tee", tmp_path / "tee", "--measurement", tmp_path / "tee" / "app.measurement.toml",
+        "--evidence-dir", tmp_path / "ev",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "node 3 sent a bad partial: partial does not decrypt" in r.output
+    assert (tmp_path / "ev" / "wrong-partial-node3-0.msgpack").read_bytes() == b"evidence-bytes"

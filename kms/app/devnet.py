@@ -390,8 +390,9 @@ def quote_source(
 
     The simulated TEE when its ``[node] simulated_tee`` names a TEE directory (or, in
     configs written before TEE directories, a devnet directory), quoting ``measurement``,
-    by default the devnet node image; the TDX guest's configfs-tsm report interface
-    otherwise (``kms.app.setup.tdx_quote``).
+    by default the TEE directory's ``node.measurement.toml`` (the devnet's node image
+    when it has none); the TDX guest's configfs-tsm report interface otherwise
+    (``kms.app.setup.tdx_quote``).
     """
     import tomllib
 
@@ -401,10 +402,11 @@ def quote_source(
     node = tomllib.loads(Path(config_path).read_text())["node"]
     if not node.get("simulated_tee"):
         return tdx_quote
-    base = Path(config_path).parent
-    return simtee.quote_source(
-        base / node["simulated_tee"], Measurement.explicit(**(measurement or NODE_MEASUREMENT))
-    )
+    tee_dir = Path(config_path).parent / node["simulated_tee"]
+    if measurement is not None:
+        return simtee.quote_source(tee_dir, Measurement.explicit(**measurement))
+    image = simtee.node_measurement(tee_dir) or Measurement.explicit(**NODE_MEASUREMENT)
+    return simtee.quote_source(tee_dir, image)
 
 
 def simulated_tee_files(directory: Path) -> Path:

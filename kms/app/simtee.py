@@ -61,6 +61,13 @@ def seed_path(tee_dir: Path) -> Path:
     return tee_dir / SEED_FILE
 
 
+def node_measurement(tee_dir: Path) -> Measurement | None:
+    """The TEE directory's ``node.measurement.toml`` (None when it has none, as in TEE
+    directories of devnets made before measurement files)."""
+    path = seed_path(tee_dir).parent / NODE_MEASUREMENT_FILE
+    return load_measurement(path) if path.exists() else None
+
+
 def load(tee_dir: Path) -> SimulatedTEE:
     """The simulated TDX platform of ``tee_dir``, rebuilt from its seed (reproducible)."""
     path = seed_path(tee_dir)

@@ -321,3 +321,19 @@ def test_key_get_writes_each_wrong_partials_evidence_to_the_evidence_dir(
     assert r.exit_code == 0, r.output
     assert "node 3 sent a bad partial: partial does not decrypt" in r.output
     assert (tmp_path / "ev" / "wrong-partial-node3-0.msgpack").read_bytes() == b"evidence-bytes"
+
+
+def test_a_node_on_a_tee_directory_is_quoted_as_its_node_measurement(tmp_path: Path) -> None:
+    """``[node] simulated_tee = TEE`` (``kms node init --simulated-tee``): the join request's
+    quote is the simulated TEE's, of ``TEE/node.measurement.toml``."""
+    from kms.app import devnet
+    from kms.attest.verify import parse_tdx_quote
+
+    simtee.init(tmp_path / "tee")
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nsimulated_tee = "{tmp_path / "tee"}"\n')
+    quote = devnet.quote_source(config)(b"\x01" * 64)
+    fields = parse_tdx_quote(quote).fields
+    image = simtee.load_measurement(tmp_path / "tee" / "node.measurement.toml")
+    assert (fields.mr_td, fields.rtmr3) == (image.mr_td, image.rtmr3)
+    assert fields.report_data == b"\x01" * 64

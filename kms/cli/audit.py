@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from kms.app.audit import (
+    AuditReport,
     AuditUnavailable,
     describe_entry,
     read_expected_head,
@@ -58,6 +59,25 @@ def _node_url(cfg: NodeFileConfig, url: str | None) -> str:
         )
     host = f"[{cfg.http_host}]" if ":" in cfg.http_host else cfg.http_host
     return f"http://{host}:{cfg.http_port}"
+
+
+def _print_report(report: AuditReport, json_out: bool) -> None:
+    if json_out:
+        print_json(report.as_json())
+    else:
+        pinned = report.pinned
+        who = "member" if pinned.current else "removed member"
+        out.print(
+            ("audit log verifies: " if report.ok else "audit log BROKEN: ")
+            + f"{report.doc.get('count')} records, head {str(report.doc.get('head'))[:16]}…, "
+            + f"signed by {who} {pinned.index} ({pinned.identity.hex()[:16]}…, "
+            + f"chain at epoch {pinned.chain_epoch} from {pinned.chain_url})",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+        for p in report.problems:
+            out.print(f"  - {p}", soft_wrap=True, markup=False, highlight=False)
 
 
 @audit_app.command("verify")
@@ -133,22 +153,7 @@ def audit_verify(
         fail(str(exc), 2)
     except (AdminUnreachable, AdminRefused) as exc:
         admin_failed(exc, json_out)
-    if json_out:
-        print_json(report.as_json())
-    else:
-        pinned = report.pinned
-        who = "member" if pinned.current else "removed member"
-        out.print(
-            ("audit log verifies: " if report.ok else "audit log BROKEN: ")
-            + f"{report.doc.get('count')} records, head {str(report.doc.get('head'))[:16]}…, "
-            + f"signed by {who} {pinned.index} ({pinned.identity.hex()[:16]}…, "
-            + f"chain at epoch {pinned.chain_epoch} from {pinned.chain_url})",
-            soft_wrap=True,
-            markup=False,
-            highlight=False,
-        )
-        for p in report.problems:
-            out.print(f"  - {p}", soft_wrap=True, markup=False, highlight=False)
+    _print_report(report, json_out)
     raise typer.Exit(0 if report.ok else 1)
 
 

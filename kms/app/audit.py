@@ -268,7 +268,15 @@ def verify_node_audit(
     """
     pinned = fetch_pinned_identity(chain_url, mpk, index, transport=transport, timeout=timeout)
     public = _public_head(node_url, transport, timeout) if node_url is not None else None
-    doc, entries = read_audit(config, admin=admin)
+    try:
+        doc, entries = read_audit(config, admin=admin)
+        entries = [str(e) for e in entries]
+        if not isinstance(doc, dict):
+            raise TypeError("the head is not an object")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise AuditUnavailable(
+            f"the node's admin channel answered a malformed audit export ({type(exc).__name__})"
+        ) from exc
     want = pinned.identity.hex()
     problems: list[str] = []
     served = str(doc.get("identity", ""))

@@ -140,6 +140,10 @@ class Node:
         return {"ok": True, "audit": page}
 
 
+def one_line(output: str) -> str:
+    return " ".join(output.split())
+
+
 def write_config(tmp_path: Path, index: int, chain: ForgedChain, *, pin: bool) -> Path:
     com: dict[str, Any] = {
         "threshold": 2,
@@ -348,3 +352,15 @@ def test_audit_show_prints_one_line_per_entry(
     ]
     r = CliRunner().invoke(cli, ["audit", "show", "--config", str(config), "--start", "99"])
     assert r.exit_code == 0 and r.stdout.strip() == "(none)"
+
+
+def test_a_malformed_admin_answer_is_an_error_line_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chain: ForgedChain
+) -> None:
+    node = Node(chain, log_entries(2), _identity(2))
+    config = write_config(tmp_path, 2, chain, pin=True)
+    for answer in ({"ok": True}, {"ok": True, "audit": {"entries": 5}}, {"ok": True, "audit": []}):
+        node.admin = lambda config, request, answer=answer: answer  # type: ignore[method-assign]
+        code, _, output = verify(monkeypatch, node, config)
+        assert code == 2, output
+        assert one_line(output).startswith("error: the node's admin channel answered a malformed")

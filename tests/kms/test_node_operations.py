@@ -29,7 +29,11 @@ from kms.api import admin
 from kms.app.config import load
 from kms.app.setup import open_store
 from kms.cli import app as cli
+from kms.node.service import NodeService
 from kms.store import NodeStore, PassphraseSealer, SealError
+from mpc.sig import SigningKey
+from net.memory import MemoryNetwork, MemoryTransport
+from net.peerid import peer_id_from_ed25519
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).parent / "store" / "data" / "e1d36d0" / "node-1"
@@ -42,23 +46,14 @@ def one_line(output: str) -> str:
 # --- the admin token ---------------------------------------------------------------------------
 
 
-class Target:
-    """The admin channel's target: a node that answers ``status``."""
-
-    def status(self) -> dict[str, Any]:
-        return {"epoch": 0}
-
-
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """A node's config and admin socket, the socket served as ``kms node run`` serves it."""
+    """A node's config and admin socket: its ``NodeService`` on its store, the socket served
+    as ``kms node run`` serves it (``admin.serve`` with an ``AdminToken``)."""
     short = Path(tempfile.mkdtemp(prefix="qk-", dir="/tmp"))  # a Unix socket path is short
-    node = tmp_path / "node"
-    node.mkdir()
-    shutil.copy(FIXTURE / "node.toml", node / "node.toml")
-    toml = node / "node.toml"
+    toml = node_copy(tmp_path)
     toml.write_text(
-        toml.read_text().replace('admin_socket = "admin.sock"', f'admin_socket = "{short}/a.sock"')
+        toml.read_text().replace('admin_socket = "none.sock"', f'admin_socket = "{short}/a.sock"')
     )
     cfg = load(toml)
     assert cfg.admin_socket == short / "a.sock"
@@ -67,12 +62,20 @@ def running(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     state: dict[str, Any] = {}
 
     async def serve() -> None:
-        with trio.CancelScope() as scope:
-            state["cancel"], state["trio"] = scope.cancel, trio.lowlevel.current_trio_token()
-            async with trio.open_nursery() as nursery:
-                token = admin.AdminToken(cfg.admin_token_file)  # as run_node builds it
-                await nursery.start(admin.serve, Target(), cfg.admin_socket, token)
-                ready.set()
+        store = open_store(cfg)  # the node's real store and service, in this thread
+        try:
+            ident = store.load_identity()
+            assert ident is not None
+            pid = peer_id_from_ed25519(SigningKey.from_seed(ident[0]).verify_key().to_bytes())
+            service = NodeService(cfg.protocol, store, MemoryTransport(MemoryNetwork(), pid), {})
+            with trio.CancelScope() as scope:
+                state["cancel"], state["trio"] = scope.cancel, trio.lowlevel.current_trio_token()
+                async with trio.open_nursery() as nursery:
+                    token = admin.AdminToken(cfg.admin_token_file)  # as run_node builds it
+                    await nursery.start(admin.serve, service, cfg.admin_socket, token)
+                    ready.set()
+        finally:
+            store.close()
 
     thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
     thread.start()
@@ -93,7 +96,7 @@ def test_a_rotated_token_replaces_the_old_one_while_the_node_runs(
     running: tuple[Path, Path],
 ) -> None:
     config, sock = running
-    assert ask(sock, "first-token") == {"ok": True, "status": {"epoch": 0}}
+    assert ask(sock, "first-token")["ok"] is True
     r = CliRunner().invoke(cli, ["node", "rotate-admin-token", "--config", str(config)])
     assert r.exit_code == 0, r.output
     token_file = config.parent / "admin.token"
@@ -146,7 +149,8 @@ def test_rotating_without_a_usable_config_is_one_error_line(tmp_path: Path) -> N
 
 
 def node_copy(tmp_path: Path) -> Path:
-    """Node 1 of the fixture, copied; its store opened once (migrated) with its passphrase."""
+    """Node 1 of the fixture, copied, its store opened once (migrated) with its passphrase
+    and given a run's secret records."""
     node = tmp_path / "node-1"
     shutil.copytree(FIXTURE, node)
     (node / "passphrase").chmod(0o600)
@@ -154,6 +158,9 @@ def node_copy(tmp_path: Path) -> Path:
     toml.write_text(
         toml.read_text().replace('admin_socket = "admin.sock"', 'admin_socket = "none.sock"')
     )
+    with open_store(load(toml)) as store:  # a run in progress: its secret records, sealed
+        store.put_record(b"run-in-progress", "polynomial", b"\x01" * 96, secret=True)
+        store.put_record(b"run-in-progress", "share", b"\x02" * 32, secret=True)
     return toml
 
 
@@ -192,7 +199,8 @@ def test_a_passphrase_change_reseals_everything_and_retires_the_old_passphrase(
     old_file = config.parent / "passphrase"
     with open_store(load(config)) as store:
         before = secrets_of(store)
-    assert before["current"] is not None and before["retained"] and before["records"]
+    assert before["current"] is not None and before["retained"]
+    assert before["records"][b"run-in-progress"]["share"] == b"\x02" * 32
     new = new_passphrase(tmp_path)
     r = CliRunner().invoke(
         cli, ["node", "passphrase", "--config", str(config), "--new-passphrase-file", str(new)]

@@ -133,30 +133,29 @@ def change_passphrase(
         new = PassphraseSealer.from_file(new_passphrase_file)
     except SealError as exc:
         raise MaintenanceError(f"the new passphrase: {exc}") from exc
-    if cfg.passphrase_file is not None:
-        old = PassphraseSealer.from_file(cfg.passphrase_file)
-        old_name = str(cfg.passphrase_file)
-    elif cfg.passphrase_env is not None:
-        old = PassphraseSealer.from_env(cfg.passphrase_env)
-        old_name = f"${cfg.passphrase_env}"
-    else:
+    if cfg.passphrase_file is None and cfg.passphrase_env is None:
         raise MaintenanceError("node.toml sets neither passphrase_file nor passphrase_env")
+    old_name = str(cfg.passphrase_file) if cfg.passphrase_file else f"${cfg.passphrase_env}"
     resealed = 0
     try:
+        if cfg.passphrase_file is not None:
+            old = PassphraseSealer.from_file(cfg.passphrase_file)
+        else:
+            old = PassphraseSealer.from_env(str(cfg.passphrase_env))
         with NodeStore(cfg.store, old, create=False) as store:
             step("opened")
             resealed = store.reseal(new, between=between)
-    except SealError:
+    except SealError as exc:
         # Already resealed by an earlier run that stopped before node.toml was updated?
         try:
             with NodeStore(
                 cfg.store, PassphraseSealer.from_file(new_passphrase_file), create=False
             ):
                 pass
-        except SealError:
+        except (SealError, StoreError):
             raise MaintenanceError(
-                f"neither the current passphrase ({old_name}) nor the new one opens the store "
-                f"at {cfg.store}"
+                f"the current passphrase ({old_name}) does not open the store at {cfg.store} "
+                f"({exc}), nor does the new one"
             ) from None
     except StoreError as exc:
         raise MaintenanceError(f"the store at {cfg.store}: {exc}") from exc

@@ -332,4 +332,19 @@ def test_passphrase_usage_errors_are_one_line(tmp_path: Path) -> None:
             str(new_passphrase(tmp_path)),
         ],
     )
-    assert r.exit_code == 2 and "neither the current passphrase" in one_line(r.output)
+    assert r.exit_code == 2 and "does not open the store" in one_line(r.output)
+    # The current passphrase file gone: one error line too.
+    (config.parent / "passphrase").unlink()
+    r = CliRunner().invoke(
+        cli,
+        [
+            "node",
+            "passphrase",
+            "--config",
+            str(config),
+            "--new-passphrase-file",
+            str(new_passphrase(tmp_path)),
+        ],
+    )
+    assert r.exit_code == 2 and "cannot read the passphrase file" in one_line(r.output)
+    assert "Traceback" not in r.output

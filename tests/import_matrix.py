@@ -271,6 +271,18 @@ ROWS: dict[str, Rule] = {
         any_third_party=True,
         not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
     ),
+    # ``kms audit``: a node's audit log checked against its identity in the verified chain.
+    "kms.app.audit": Rule(
+        ("mpc", "net", "kms"),
+        any_third_party=True,
+        not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
+    ),
+    # ``kms node rotate-admin-token`` and ``kms node passphrase``: one node's files.
+    "kms.app.maintenance": Rule(
+        ("mpc", "net", "kms"),
+        any_third_party=True,
+        not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
+    ),
     "kms.app.setup": Rule(
         ("mpc", "net", "kms"),
         any_third_party=True,

@@ -3,6 +3,13 @@
 Every request carries the token that ``kms node init`` wrote (mode 0600); a
 request without the right token is refused and nothing happens. The socket
 file itself is created with mode 0600, so only the node's user can connect.
+
+The token can be rotated while the node runs (``kms node rotate-admin-token``):
+``AdminToken`` looks at the token file's identity (device, inode, size,
+modification time) on every request and reads the file again when it
+changed, so the old token stops working at the next request. A token file
+that cannot be read, or is empty, refuses every request (logged once per
+change of the file), and the node keeps running.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,8 +38,6 @@ from mpc.membership import (
     RemoveMember,
 )
 from mpc.membership.messages import Change
-
-log = logging.getLogger("quorum_kms.node")
 
 MAX_REQUEST = 1024 * 1024
 MAX_AUDIT_PAGE = 10000
@@ -54,6 +60,70 @@ class AdminTarget(Protocol):
 
 class AdminError(Exception):
     """The admin request was refused or failed."""
+
+
+log = logging.getLogger("quorum_kms.node")
+
+UNUSABLE_REPLY = "unauthorised: the node has no usable admin token (see its log)"
+"""The reply to every request while the token file cannot be read or is empty."""
+
+
+class AdminToken:
+    """The admin token of ``path``, read again whenever the file changes.
+
+    ``current()`` costs one ``stat`` per request; the file is read only when its
+    (device, inode, size, mtime) changed, so an atomic replacement (a new inode)
+    or an edit in place takes effect at the next request. ``None`` while the file
+    cannot be read or holds no token: every request is then refused.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, ...] | None = None
+        self._token: bytes | None = None
+        self._problem: str | None = None
+
+    def _refuse(self, stamp: tuple[int, ...] | None, problem: str) -> None:
+        if problem != self._problem:
+            log.error(
+                "admin token unusable: every admin request is refused until it is fixed",
+                extra={"fields": {"file": str(self.path), "reason": problem}},
+            )
+        self._stamp, self._token, self._problem = stamp, None, problem
+
+    def current(self) -> bytes | None:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            self._refuse(None, f"cannot read the admin token file: {exc.strerror}")
+            return None
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return self._token
+        try:
+            token = self.path.read_bytes().strip()
+        except OSError as exc:
+            self._refuse(None, f"cannot read the admin token file: {exc.strerror}")
+            return None
+        if not token:
+            self._refuse(stamp, "the admin token file is empty")
+            return None
+        if self._token is not None or self._problem is not None:
+            log.info("admin token reloaded", extra={"fields": {"file": str(self.path)}})
+        self._stamp, self._token, self._problem = stamp, token, None
+        return token
+
+
+TokenSource = bytes | AdminToken | Callable[[], bytes | None]
+"""A fixed token, a token file (``AdminToken``) or any function giving the current token."""
+
+
+def _expected(token: TokenSource) -> bytes | None:
+    if isinstance(token, bytes):
+        return token
+    if isinstance(token, AdminToken):
+        return token.current()
+    return token()
 
 
 def parse_change(req: dict[str, Any]) -> Change:
@@ -120,7 +190,7 @@ def request_fields(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def handle(
-    target: AdminTarget, token: bytes, raw: bytes, *, peer: dict[str, int] | None = None
+    target: AdminTarget, token: TokenSource, raw: bytes, *, peer: dict[str, int] | None = None
 ) -> dict[str, Any]:
     """One admin request: the reply, and one log line (``admin request``) saying who asked
     (``peer``: the connecting process's ``pid``, ``uid`` and ``gid`` when known), what,
@@ -133,9 +203,12 @@ def handle(
             req = json.loads(raw)
         except ValueError:
             req = None
+        expected = _expected(token) if isinstance(req, dict) else None
         if not isinstance(req, dict):
             reply = {"ok": False, "error": "malformed request"}
-        elif not hmac.compare_digest(str(req.get("token", "")).encode(), token):
+        elif expected is None:
+            reply = {"ok": False, "error": UNUSABLE_REPLY}
+        elif not hmac.compare_digest(str(req.get("token", "")).encode(), expected):
             reply = {"ok": False, "error": "unauthorised"}
         else:
             reply = _dispatch(target, req)
@@ -148,7 +221,7 @@ def handle(
         fields["proposal_id"] = reply["proposal_id"]
     if fields["ok"] and fields["op"] in READ_OPS:
         level = logging.DEBUG
-    elif reply.get("error") in ("unauthorised", "malformed request"):
+    elif reply.get("error") in ("unauthorised", "malformed request", UNUSABLE_REPLY):
         level = logging.WARNING
     else:
         level = logging.INFO
@@ -234,7 +307,7 @@ def peer_credentials(sock: Any) -> dict[str, int] | None:
 async def serve(
     target: AdminTarget,
     socket_path: Path,
-    token: bytes,
+    token: TokenSource,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:

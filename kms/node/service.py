@@ -16,8 +16,9 @@ only moves bytes and time:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -215,29 +216,34 @@ class NodeService:
     async def run(
         self, *extra: Callable[[], Awaitable[None]], task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        with log_context(self.log_fields):
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._receive_loop)
-                    nursery.start_soon(self._timer_loop)
-                    for job in extra:
-                        nursery.start_soon(job)
-                    self._step()
-                    self.started.set()
-                    task_status.started()
-            finally:
-                st = self.core.state
-                log.info(
-                    "node service stopped",
-                    extra={
-                        "fields": {
-                            "has_share": self.core.share is not None,
-                            "member": st is not None and self.config.index in st.committee.indices,
-                            **self.progress.stopped(),
-                        }
-                    },
-                )
+        with log_context(self.log_fields), self._stop_logged():
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._timer_loop)
+                for job in extra:
+                    nursery.start_soon(job)
+                self._step()
+                self.started.set()
+                task_status.started()
+
+    @contextlib.contextmanager
+    def _stop_logged(self) -> Iterator[None]:
+        """One ``node service stopped`` line when the service's tasks end (at shutdown)."""
+        try:
+            yield
+        finally:
+            st = self.core.state
+            log.info(
+                "node service stopped",
+                extra={
+                    "fields": {
+                        "has_share": self.core.share is not None,
+                        "member": st is not None and self.config.index in st.committee.indices,
+                        **self.progress.stopped(),
+                    }
+                },
+            )
 
     async def _timer_loop(self) -> None:
         while True:

@@ -476,3 +476,14 @@ def test_a_request_with_a_wrong_token_is_logged_as_a_warning_without_any_token(
     assert rec.fields["op"] == "approve" and rec.fields["peer_uid"] == 1001
     assert rec.fields["error"] == "unauthorised"
     assert "guess" not in json.dumps(rec.fields) and "secret-token" not in json.dumps(rec.fields)
+
+
+def test_member_wait_asks_again_while_no_node_answers(config: Path) -> None:
+    load(config).admin_socket.unlink(missing_ok=True)
+    result = runner.invoke(
+        app, ["member", "wait", "--config", str(config), "--epoch", "0", "--timeout", "0.5"]
+    )
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert line.startswith("error: timed out after 0.5 s waiting for epoch >= 0; last: cannot")
+    assert "is the node running?" in line

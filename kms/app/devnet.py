@@ -829,7 +829,9 @@ def propose_and_approve(
 ) -> tuple[str, dict[str, Any]]:
     """Propose at one live member and approve at every other live member.
 
-    Returns the proposal id and the status the flow started from. Raises
+    The commands are given clear of a window's opening (``clear_of_window_opening``),
+    so the proposal and every approval go out in the same window: the change takes
+    one window. Returns the proposal id and the status the flow started from. Raises
     ``MembershipError`` with the node's reason if the change is refused.
     """
     ref, live = _live_members(state)
@@ -838,6 +840,7 @@ def propose_and_approve(
         raise MembershipError(
             f"{len(voters)} members answer, {ref['threshold']} approvals are needed"
         )
+    time.sleep(clear_of_window_opening(load(voters[0]["config"]).protocol, time.time()))
     reply = admin_call(voters[0]["config"], {"op": "propose", **request})
     if not reply.get("ok"):
         raise MembershipError(f"node {voters[0]['index']} refused: {reply.get('error')}")
@@ -845,6 +848,24 @@ def propose_and_approve(
     for n in voters[1:]:
         admin_call(n["config"], {"op": "approve", "proposal_id": pid})
     return pid, ref
+
+
+COMMANDS_TAKE = 1.0
+"""Seconds the devnet's propose and approvals take at most, end to end (admin calls on
+loopback and the proposal's way to the members)."""
+
+
+def clear_of_window_opening(protocol: Any, now: float) -> float:
+    """Seconds to wait so that commands given then, taking ``COMMANDS_TAKE`` + 2Δ at
+    most, do not straddle the opening of a decision window (ballots go out when it
+    opens: a proposal just before and approvals just after would take two windows).
+    0 when the next window opens later than that."""
+    period, start = float(protocol.window_period), float(protocol.genesis_start)
+    w = (now - start) // period
+    opens = start + (w + 1) * period
+    if opens - now > COMMANDS_TAKE + 2 * float(protocol.delta):
+        return 0.0
+    return opens - now + float(protocol.delta)
 
 
 def _wait(what: str, check: Any, timeout: float) -> Any:

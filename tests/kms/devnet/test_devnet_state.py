@@ -85,6 +85,7 @@ def net(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Clus
     monkeypatch.setattr(devnet, "status_of", c.status_of)
     monkeypatch.setattr(devnet, "admin_call", c.admin_call)
     monkeypatch.setattr(devnet, "_chain_indices", lambda url: set(c.chain), raising=False)
+    monkeypatch.setattr(devnet, "clear_of_window_opening", lambda p, now: 0.0, raising=False)
     return c
 
 
@@ -187,6 +188,19 @@ def test_a_member_joined_by_hand_in_the_devnet_directory_is_listed(net: Cluster)
     devnet.sync_members(net.directory)
     assert listed(net) == [1, 2, 3, 4, 5]
     assert devnet.init_joining_node(net.directory)["index"] == 6
+
+
+def test_membership_commands_are_given_clear_of_a_window_opening() -> None:
+    from kms.node.model import NodeConfig
+
+    cfg = NodeConfig(1, (), 2, genesis_start=1000.0, delta=0.5, window_period=4.0)  # type: ignore[arg-type]
+    # Windows open at 1000, 1004, 1008, ...; the commands take up to 1 s + 2 Δ = 2 s.
+    assert devnet.clear_of_window_opening(cfg, 1004.1) == 0.0
+    assert devnet.clear_of_window_opening(cfg, 1005.9) == 0.0
+    for now in (1006.1, 1007.0, 1007.99):
+        wait = devnet.clear_of_window_opening(cfg, now)
+        # Past the opening of window 2 (ballots out within Δ), then clear of window 3's.
+        assert 1008.0 + 0.5 <= now + wait < 1012.0 - 2.0
 
 
 def _zombie(pid: int) -> bool:

@@ -208,7 +208,9 @@ def handle(
             reply = {"ok": False, "error": "malformed request"}
         elif expected is None:
             reply = {"ok": False, "error": UNUSABLE_REPLY}
-        elif not hmac.compare_digest(str(req.get("token", "")).encode(), expected):
+        elif not hmac.compare_digest(
+            str(req.get("token", "")).encode("utf-8", "surrogatepass"), expected
+        ):
             reply = {"ok": False, "error": "unauthorised"}
         else:
             reply = _dispatch(target, req)
@@ -273,6 +275,7 @@ def _dispatch(target: AdminTarget, req: dict[str, Any]) -> dict[str, Any]:
         KeyError,
         ValueError,
         TypeError,
+        ArithmeticError,
         AdminError,
         LocalProtocolError,
         InvalidSignature,
@@ -285,7 +288,7 @@ def _error_text(exc: Exception) -> str:
     """What a failed admin request says, for the operator (no Python class names)."""
     if isinstance(exc, KeyError):
         return f"malformed request: it lacks {exc.args[0]!r}"
-    if isinstance(exc, ValueError | TypeError):
+    if isinstance(exc, ValueError | TypeError | ArithmeticError):
         return f"malformed request: {exc}"
     return str(exc)
 
@@ -332,8 +335,15 @@ async def serve(
                     if not chunk:
                         break
                     buf += chunk
-            reply = handle(target, token, buf, peer=peer_credentials(stream.socket))
-            await stream.send_all(json.dumps(reply).encode() + b"\n")
+            try:
+                reply = handle(target, token, buf, peer=peer_credentials(stream.socket))
+            except Exception:  # one request never stops the node
+                log.exception("admin request failed")
+                reply = {"ok": False, "error": "internal error: see the node's log"}
+            try:
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away before the reply
 
     async with listener:
         task_status.started()

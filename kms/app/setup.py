@@ -20,6 +20,7 @@ from kms.node.logs import formatter, set_log_context
 from kms.node.service import Clock, NodeService
 from kms.secretfile import write_secret
 from kms.store import NodeStore, PassphraseSealer
+from kms.store import lock as store_lock
 from mpc import hpke
 from mpc.dkg.messages import Participant
 from mpc.ids import ParticipantIndex
@@ -170,14 +171,9 @@ async def run_node(
     already durable; closing it checkpoints the WAL); then the libp2p transport
     is closed (streams reset, host stopped; bounded, see
     ``Libp2pTransport.aclose``). Returning normally means a clean stop
-    (``kms node run`` exits 0).
+    (``kms node run`` exits 0). The store's lock (``kms.store.lock``) is held
+    throughout: a second process on the same store stops with ``StoreInUse``.
     """
-    from hypercorn.trio import serve
-
-    from kms.api import admin
-    from kms.api.http import make_app, server_config
-    from net.libp2p import Libp2pTransport
-
     cfg = load(config_path)
     configure_logging(
         log_format or cfg.log_format, log_level or str(getattr(cfg, "log_level", "info"))
@@ -191,6 +187,18 @@ async def run_node(
             "that directory unseals the shares (see the operator guide, 'Sealing')",
             extra={"fields": {"passphrase_file": str(cfg.passphrase_file)}},
         )
+    with store_lock.exclusive(Path(cfg.store)):
+        await _serve(cfg)
+
+
+async def _serve(cfg: NodeFileConfig) -> None:
+    """The body of ``run_node`` once the store's lock is held."""
+    from hypercorn.trio import serve
+
+    from kms.api import admin
+    from kms.api.http import make_app, server_config
+    from net.libp2p import Libp2pTransport
+
     store = open_store(cfg)
     ident = store.load_identity()
     if ident is None:

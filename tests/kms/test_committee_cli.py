@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from kms.app.config import load
 from kms.cli import app
 from kms.policy import NodeAdmissionPolicy, PolicyError, admits_node
+from mpc.math import G2
 
 runner = CliRunner()
 N = 4
@@ -283,3 +284,15 @@ def test_a_register_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
         )
     )
     assert "rtmr1 must be 48 bytes of hex" in line
+
+
+def test_apply_keeps_a_local_genesis_key_pin(records: Path, tmp_path: Path) -> None:
+    out = tmp_path / "committee.toml"
+    digest = digest_line(assemble(records, out))
+    config = records / "n4" / "node.toml"
+    digest_line(kms("committee", "apply", "--config", config, "--committee", out))
+    pin = G2.generator().to_bytes().hex()
+    text = config.read_text()
+    config.write_text(text.replace("[committee]\n", f'[committee]\ngenesis_mpk = "{pin}"\n', 1))
+    assert digest_line(kms("committee", "apply", "--config", config, "--committee", out)) == digest
+    assert load(config).protocol.genesis_mpk == bytes.fromhex(pin)

@@ -329,3 +329,36 @@ def test_config_error_messages_are_one_line(node: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load(node)
     assert "\n" not in str(err.value) and "'store' in [node]" in str(err.value)
+
+
+@pytest.mark.slow
+def test_the_running_node_logs_its_committee_digest(node: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "KMS_DIE_WITH_PARENT"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kms.cli", "node", "run", "--config", str(node)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            if '"node running"' in raw:
+                line = json.loads(raw)
+                break
+            assert time.monotonic() < deadline, "no `node running` line"
+        else:
+            raise AssertionError(f"node exited {proc.wait()}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert line["committee_digest"] == load(node).committee_digest.hex()

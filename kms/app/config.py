@@ -1020,6 +1020,12 @@ def _read(path: Path) -> tuple[dict[str, Any], FileLines]:
 
 def _check_sections(doc: dict[str, Any], lines: FileLines, allowed: Mapping[str, str]) -> None:
     for name in doc:
+        if name == "members" and "members" not in allowed:
+            raise lines.error(
+                "[[members]] belongs in the committee file: write node.toml's [committee] "
+                "and [[peers]] with `kms committee apply`",
+                name,
+            )
         if name not in allowed:
             raise lines.error(
                 f"unknown section or key '{name}' at the top level{_suggest(name, allowed)}; "

@@ -362,3 +362,12 @@ def test_the_running_node_logs_its_committee_digest(node: Path) -> None:
         assert proc.stderr is not None
         proc.stderr.close()
     assert line["committee_digest"] == load(node).committee_digest.hex()
+
+
+def test_a_committee_file_pasted_into_node_toml_points_to_apply(node: Path) -> None:
+    with node.open("a") as f:
+        f.write('\n[[members]]\nindex = 2\naddresses = ["/ip4/127.0.0.1/tcp/1"]\n')
+    line = one_error_line(kms("node", "check-config", "--config", node))
+    members = line_of(node, r"^\[\[members\]\]")
+    assert line.startswith(f"error: {node}:{members}: ")
+    assert "`kms committee apply`" in line

@@ -237,7 +237,8 @@ ROWS: dict[str, Rule] = {
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).
     "kms.node.metrics": Rule(
-        ("kms.node.core", "kms.node.model", "kms.node.release"), frozenset({"prometheus_client"})
+        ("kms.node.core", "kms.node.model", "kms.node.release", "net.codec"),
+        frozenset({"prometheus_client"}),
     ),
     "kms.node.logs": Rule((), frozenset()),
     "kms.node.lifecycle": Rule((), frozenset()),
@@ -265,8 +266,6 @@ ROWS: dict[str, Rule] = {
     # libp2p); the node's assembly builds on it; the devnet on the assembly; the demo on both.
     "=kms.app": NOTHING,
     "kms.app.config": NODE_SHELL,
-    # Measurement files (TOML) for node and app policies.
-    "kms.app.measurement": NODE_SHELL,
     # ``kms committee``: the committee file, from records to each node's node.toml.
     "kms.app.committee": Rule(
         ("mpc", "net", "kms"),
@@ -276,6 +275,18 @@ ROWS: dict[str, Rule] = {
     ),
     # What an operator asks of a node over the admin channel (``kms member``, ``kms audit``).
     "kms.app.operator": Rule(
+        ("mpc", "net", "kms"),
+        any_third_party=True,
+        not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
+    ),
+    # ``kms audit``: a node's audit log checked against its identity in the verified chain.
+    "kms.app.audit": Rule(
+        ("mpc", "net", "kms"),
+        any_third_party=True,
+        not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
+    ),
+    # ``kms node rotate-admin-token`` and ``kms node passphrase``: one node's files.
+    "kms.app.maintenance": Rule(
         ("mpc", "net", "kms"),
         any_third_party=True,
         not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
@@ -293,6 +304,31 @@ ROWS: dict[str, Rule] = {
         any_third_party=True,
         not_project=("kms.cli", "kms.app.devnet", "kms.app.demo"),
         note="the in-process test committee, which drives the HTTP app",
+    ),
+    # A simulated TDX platform in a directory (``kms tee``); app owners' keys, policies and
+    # pushes (``kms app``); a CVM on the command line (``kms key get``). The devnet builds
+    # on them.
+    "kms.app.simtee": Rule(
+        ("mpc", "kms.attest", "kms.policy", "kms.secretfile"),
+        any_third_party=True,
+        note="the simulated TEE of `kms tee init`",
+    ),
+    "kms.app.owner": Rule(
+        ("mpc", "kms.policy", "kms.secretfile", "kms.app.simtee", "kms.app.config"),
+        any_third_party=True,
+        note="`kms app`: owner keys, policy files, pushes",
+    ),
+    "kms.app.cvm": Rule(
+        (
+            "mpc",
+            "kms.policy",
+            "kms.app.owner",
+            "kms.app.simtee",
+            "kms.app.setup",
+            "kms.app.devnet",
+        ),
+        any_third_party=True,
+        note="`kms key get`: node URLs and quotes (devnet defaults)",
     ),
     # ``kms devnet``: local committees of node processes.
     "kms.app.devnet": Rule(

@@ -513,7 +513,7 @@ _NODE: list[Setting] = [
         "simulated_tee",
         "path",
         UNSET,
-        "a simulated TEE directory (`kms tee init`, or a devnet's directory) that quotes "
+        "a simulated TEE directory (`kms tee init`; a devnet's `simulated-tee`) that quotes "
         "this node's join request instead of configfs-tsm (development only)",
         _path,
     ),

@@ -212,13 +212,20 @@ def open_store(cfg: NodeFileConfig) -> NodeStore:
     return NodeStore(cfg.store, sealer)
 
 
-def configure_logging(fmt: str) -> None:
-    """Log lines go to stderr, one event per line: JSON objects for ``json``, else text."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""``[node] log_level`` and ``kms node run --log-level``: the lowest level logged."""
+
+
+def configure_logging(fmt: str, level: str = "info") -> None:
+    """Log lines go to stderr, one event per line: JSON objects for ``json``, else text;
+    lines below ``level`` (one of ``LOG_LEVELS``) are left out."""
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
     root = logging.getLogger("quorum_kms")
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(getattr(logging, level.upper()))
     root.propagate = False
 
 
@@ -244,17 +251,9 @@ def _open_for_run(cfg: NodeFileConfig) -> NodeStore:
         raise StartupError(f"cannot open the store {cfg.store}: {exc}") from exc
 
 
-def _check_files(cfg: NodeFileConfig) -> bytes:
-    """The admin token; ``StartupError`` for files and directories the node needs but lacks."""
-    try:
-        token = cfg.admin_token_file.read_text().strip().encode()
-    except OSError as exc:
-        raise StartupError(
-            f"cannot read the admin token {cfg.admin_token_file}: {exc.strerror}; fix "
-            f"`admin_token_file` in {cfg.path}"
-        ) from exc
-    if not token:
-        raise StartupError(f"the admin token file {cfg.admin_token_file} is empty")
+def _check_files(cfg: NodeFileConfig) -> None:
+    """``StartupError`` for files and directories the node needs but lacks (an unusable
+    admin token is not one: it is logged, and admin requests are refused until it is fixed)."""
     if not cfg.admin_socket.parent.is_dir():
         raise StartupError(
             f"the admin socket's directory {cfg.admin_socket.parent} does not exist: "
@@ -266,7 +265,6 @@ def _check_files(cfg: NodeFileConfig) -> bytes:
     ):
         if path is not None and not path.is_file():
             raise StartupError(f"{key} {path} is not a file: fix `{key}` in {cfg.path}")
-    return token
 
 
 def _check_http_port(cfg: NodeFileConfig) -> None:
@@ -292,12 +290,14 @@ def _flatten(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def run_node(config_path: Path, log_format: str | None = None) -> None:
+async def run_node(
+    config_path: Path, log_format: str | None = None, log_level: str | None = None
+) -> None:
     """``kms node run``: serve until SIGINT or SIGTERM, then shut down in order
-    (``log_format`` overrides the config's).
+    (``log_format`` and ``log_level`` override the config's).
 
     A node that cannot start raises ``ConfigError`` (``node.toml`` refused) or
-    ``StartupError`` (missing store or admin token, refused or wrong passphrase,
+    ``StartupError`` (missing store, refused or wrong passphrase,
     libp2p or HTTP port in use, missing admin socket directory): one line each,
     checked before anything listens where possible.
 
@@ -318,7 +318,7 @@ async def run_node(config_path: Path, log_format: str | None = None) -> None:
     from net.libp2p import Libp2pTransport
 
     cfg = load(config_path)
-    configure_logging(log_format or cfg.log_format)
+    configure_logging(log_format or cfg.log_format, log_level or cfg.log_level)
     if (
         cfg.passphrase_file is not None
         and cfg.passphrase_file.resolve().parent == Path(cfg.store).resolve().parent
@@ -328,9 +328,11 @@ async def run_node(config_path: Path, log_format: str | None = None) -> None:
             "that directory unseals the shares (see the operator guide, 'Sealing')",
             extra={"fields": {"passphrase_file": str(cfg.passphrase_file)}},
         )
-    token = _check_files(cfg)
+    _check_files(cfg)
     _check_http_port(cfg)
     store = _open_for_run(cfg)
+    token = admin.AdminToken(cfg.admin_token_file)  # re-read when the file changes
+    token.current()  # an unusable token file is logged now, not at the first request
     running = False
     try:
         ident = store.load_identity()

@@ -16,6 +16,7 @@ import typer
 from kms.app.config import ConfigError, load
 from kms.app.devnet import quote_source
 from kms.app.setup import StartupError, init_node, join_request, run_node
+from kms.cli import node_ops
 from kms.cli.common import fail, print_json
 from kms.node import lifecycle
 from kms.store import StoreError
@@ -128,6 +129,15 @@ class LogFormat(enum.StrEnum):
     text = "text"
 
 
+class LogLevel(enum.StrEnum):
+    """``kms node run --log-level``: the lowest level logged."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 @node_app.command("run")
 def node_run(
     config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")],
@@ -137,6 +147,13 @@ def node_run(
             "--log-format", help="Log lines as JSON objects or text (default: node.toml's)."
         ),
     ] = None,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            help="Lowest level logged (default: node.toml's log_level, else info).",
+        ),
+    ] = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM (then exit 0 once the store and transport are closed)."""
     try:
@@ -144,7 +161,12 @@ def node_run(
     except lifecycle.ParentGone as exc:
         fail(str(exc), lifecycle.EXIT_PARENT_GONE)
     try:
-        trio.run(run_node, config, log_format.value if log_format is not None else None)
+        trio.run(
+            run_node,
+            config,
+            log_format.value if log_format is not None else None,
+            log_level.value if log_level is not None else None,
+        )
     except (ConfigError, StartupError) as exc:
         config_error(str(exc))
     # A clean stop: everything is saved; skip the interpreter's slow finalisation.
@@ -238,13 +260,13 @@ def node_admission_policy(
     """Build a node admission policy: writes its encoding to --out and prints its hex (for
     [committee] admission_policy, `kms committee assemble --admission-policy` or
     `kms member propose admission-policy`)."""
-    from kms.app.measurement import MeasurementError, load_measurement
+    from kms.app.simtee import TEEError, load_measurement
     from kms.policy import NodeAdmissionPolicy, PolicyError
 
     try:
         measurements = [load_measurement(m) for m in measurement]
         policy = NodeAdmissionPolicy.build(measurements, tcb_status or ("UpToDate",))
-    except MeasurementError as exc:
+    except TEEError as exc:
         config_error(str(exc))
     except (PolicyError, ValueError) as exc:
         config_error(f"not a valid node admission policy: {exc}")
@@ -254,3 +276,8 @@ def node_admission_policy(
     except OSError as exc:
         config_error(f"cannot write {out_file}: {exc.strerror}")
     sys.stdout.write(encoding.hex() + "\n")
+
+
+# Operations on a node's files (kms.cli.node_ops): token rotation, passphrase change.
+node_app.command("rotate-admin-token")(node_ops.node_rotate_admin_token)
+node_app.command("passphrase")(node_ops.node_passphrase)

@@ -71,12 +71,14 @@ def committee_assemble(
             config_error(f"{name} must be a positive number of seconds")
     if refresh_interval < 0:
         config_error("--refresh-interval must be 0 (never) or a positive number of seconds")
+    now = time.time()
     try:
         policy = read_admission_policy(admission_policy) if admission_policy is not None else b""
+        start = parse_start(genesis_start, now)
         doc, digest = assemble(
             [read_record(r) for r in record],
             threshold=threshold,
-            genesis_start=parse_start(genesis_start, time.time()),
+            genesis_start=start,
             delta=delta,
             window_period=window_period,
             window_length=window_length,
@@ -92,6 +94,11 @@ def committee_assemble(
         print_json({"file": str(out_file), "committee_digest": digest.hex()})
         return
     sys.stdout.write(f"committee digest: {digest.hex()}\n")
+    if start <= now:
+        sys.stderr.write(
+            "warning: --genesis-start is in the past: nodes started now skip the attempts "
+            "already over and run the next one\n"
+        )
     if not policy:
         sys.stderr.write(
             "warning: no --admission-policy: the committee admits no joining node until an "

@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -15,11 +16,20 @@ from typing import Any
 import tomli_w
 import trio
 
-from kms.app.config import ConfigError, NodeFileConfig, load
+from kms.app.config import (
+    ConfigError,
+    NodeFileConfig,
+    default_announce,
+    default_public_url,
+    host_port,
+    load,
+    multiaddr,
+    url,
+)
 from kms.node.logs import formatter, set_log_context
 from kms.node.service import Clock, NodeService
 from kms.secretfile import write_secret
-from kms.store import NodeStore, PassphraseSealer
+from kms.store import NodeStore, PassphraseSealer, StoreError
 from kms.store import lock as store_lock
 from mpc import hpke
 from mpc.dkg.messages import Participant
@@ -31,19 +41,23 @@ from net.transport import Transport
 NODE_TOML_HEADER = """\
 # quorum-kms node configuration.
 #
-# [node] is this node's own: where it keeps its SQLite store, how it unlocks
-# it (a passphrase file or an environment variable; never a prompt), where it
-# listens for peers (libp2p, Noise + Yamux) and for HTTP (/health, /v1/status,
-# /metrics), and the admin channel (a Unix socket guarded by admin.token).
+# The node section is this node's own: where it keeps its SQLite store, how it
+# unlocks it (a passphrase file or an environment variable; never a prompt),
+# where it listens for peers (libp2p, Noise + Yamux) and for HTTP (/health,
+# /v1/status, /metrics), the addresses it announces, and the admin channel (a
+# Unix socket guarded by admin.token).
 #
-# [committee] must be identical at every member: the genesis participants
-# (index, Ed25519 identity, X25519 DKG key and the identity's signature on it),
-# the threshold t, the genesis start (Unix seconds), delta (the bound on honest
-# message delivery, in seconds; every protocol phase lasts its window plus
-# t·delta), decision windows, the refresh interval (0 = off) and the genesis
-# node admission policy.
+# The committee section must be identical at every member: the genesis
+# participants (index, Ed25519 identity, X25519 DKG key and the identity's
+# signature on it), the threshold t, the genesis start (Unix seconds), delta
+# (the bound on honest message delivery, in seconds), decision windows, the
+# refresh interval (0 = off) and the genesis node admission policy. Write it
+# with `kms committee apply`; `kms node check-config` prints its digest, which
+# every member's must equal.
 #
-# [[peers]] lists where the other members listen (multiaddr with /p2p/<peer id>).
+# The peers tables list where the other members listen (multiaddr with
+# /p2p/<peer id>). Every key, its type and default: docs/operator-guide.md,
+# "Settings reference". Unknown keys are refused.
 """
 
 
@@ -62,6 +76,10 @@ def init_node(
     peers: list[dict[str, Any]] | None = None,
     passphrase_file: Path | None = None,
     passphrase_env: str | None = None,
+    announce: list[str] | None = None,
+    public_url: str | None = None,
+    simulated_tee: Path | None = None,
+    pccs_url: str | None = None,
 ) -> dict[str, Any]:
     """Create identity, DKG key, passphrase, admin token, store and node.toml.
 
@@ -70,8 +88,21 @@ def init_node(
     unseal the store: with ``passphrase_env``, it is read from that environment
     variable (which must be set); otherwise a new one is written to
     ``passphrase_file``, by default ``<directory>.passphrase`` next to the
-    directory. Returns the node's participant record (what other operators need).
+    directory. ``announce`` (multiaddrs other members dial) and ``public_url``
+    (the HTTP URL clients use) default as ``[node]`` documents; ``simulated_tee``
+    names a simulated TEE directory (``root.der``, ``collateral.json``) whose
+    quotes the node accepts and which quotes its join request (development);
+    ``pccs_url`` is where collateral is fetched. Every value is checked before
+    anything is written (``ConfigError``). Returns the node's participant record
+    (what other operators need) with its ``addresses`` (each with ``/p2p/<peer
+    id>``) and ``url``.
     """
+    settings = _node_settings(listen, http, announce, public_url, pccs_url)
+    if simulated_tee is not None and not (simulated_tee / "root.der").is_file():
+        raise ConfigError(
+            f"no simulated TEE in {simulated_tee} (no root.der): create it with "
+            f"`kms tee init --dir {simulated_tee}`"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / "node.toml").exists():
         raise FileExistsError(f"{directory / 'node.toml'} exists: refusing to overwrite a node")
@@ -103,6 +134,9 @@ def init_node(
             "admin_token_file": "admin.token",
             "log_format": "json",
             "accept_simulated_quotes": False,
+            "policies_dir": "policies",
+            **settings,
+            **_simulated_tee_settings(simulated_tee),
         },
         "committee": committee
         or {
@@ -118,12 +152,50 @@ def init_node(
         "peers": peers or [],
     }
     write_config(directory / "node.toml", doc)
+    (directory / "policies").mkdir(exist_ok=True)
+    peer = str(peer_id_from_ed25519(record.identity))
+    announced = settings.get("announce", default_announce(listen))
     return {
         "index": index,
         "identity": record.identity.hex(),
         "dkg_key": record.dkg_key.hex(),
         "dkg_key_signature": record.dkg_key_signature.hex(),
-        "peer_id": str(peer_id_from_ed25519(record.identity)),
+        "peer_id": peer,
+        "addresses": [a if "/p2p/" in a else f"{a}/p2p/{peer}" for a in announced],
+        "url": settings.get("public_url", default_public_url(http)),
+    }
+
+
+def _node_settings(
+    listen: str,
+    http: str,
+    announce: list[str] | None,
+    public_url: str | None,
+    pccs_url: str | None,
+) -> dict[str, Any]:
+    """``kms node init``'s network settings, checked as ``load`` checks them."""
+    multiaddr(listen, "listen", listen=True)
+    host_port(http, "http")
+    out: dict[str, Any] = {}
+    if announce:
+        out["announce"] = [multiaddr(a, "announce") for a in announce]
+    if public_url is not None:
+        out["public_url"] = url(public_url, "public_url")
+    if pccs_url is not None:
+        out["pccs_url"] = url(pccs_url, "pccs_url")
+    return out
+
+
+def _simulated_tee_settings(tee: Path | None) -> dict[str, Any]:
+    """The ``[node]`` keys of a node on a simulated TEE directory (development only)."""
+    if tee is None:
+        return {}
+    tee = tee.resolve()
+    return {
+        "accept_simulated_quotes": True,
+        "simulated_root_ca": str(tee / "root.der"),
+        "collateral_file": str(tee / "collateral.json"),
+        "simulated_tee": str(tee),
     }
 
 
@@ -158,11 +230,77 @@ def configure_logging(fmt: str, level: str = "info") -> None:
     root.propagate = False
 
 
+class StartupError(Exception):
+    """``kms node run`` cannot start: one line saying what is wrong and what to do."""
+
+
+def _open_for_run(cfg: NodeFileConfig) -> NodeStore:
+    """The node's store, or ``StartupError`` (missing, passphrase refused, wrong passphrase)."""
+    if not cfg.store.is_file():
+        raise StartupError(
+            f"no store at {cfg.store}: create the node with `kms node init`, or fix "
+            f"`store` in {cfg.path}"
+        )
+    try:
+        sealer = (
+            PassphraseSealer.from_file(cfg.passphrase_file)
+            if cfg.passphrase_file is not None
+            else PassphraseSealer.from_env(str(cfg.passphrase_env))  # load() requires one
+        )
+        return NodeStore(cfg.store, sealer, create=False)
+    except StoreError as exc:
+        raise StartupError(f"cannot open the store {cfg.store}: {exc}") from exc
+
+
+def _check_files(cfg: NodeFileConfig) -> None:
+    """``StartupError`` for files and directories the node needs but lacks (an unusable
+    admin token is not one: it is logged, and admin requests are refused until it is fixed)."""
+    if not cfg.admin_socket.parent.is_dir():
+        raise StartupError(
+            f"the admin socket's directory {cfg.admin_socket.parent} does not exist: "
+            f"create it or fix `admin_socket` in {cfg.path}"
+        )
+    for key, path in (
+        ("simulated_root_ca", cfg.simulated_root_ca if cfg.accept_simulated_quotes else None),
+        ("collateral_file", cfg.collateral_file),
+    ):
+        if path is not None and not path.is_file():
+            raise StartupError(f"{key} {path} is not a file: fix `{key}` in {cfg.path}")
+
+
+def _check_http_port(cfg: NodeFileConfig) -> None:
+    """``StartupError`` if the HTTP port is taken (hypercorn would fail with a traceback)."""
+    if cfg.http_port == 0:
+        return
+    host = cfg.http_host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, cfg.http_port))
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for HTTP on {cfg.http_host}:{cfg.http_port}: "
+                f"{exc.strerror or exc}; stop what uses it or change `http` in {cfg.path}"
+            ) from exc
+
+
+def _flatten(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _flatten(inner)]
+    return [exc]
+
+
 async def run_node(
     config_path: Path, log_format: str | None = None, log_level: str | None = None
 ) -> None:
     """``kms node run``: serve until SIGINT or SIGTERM, then shut down in order
     (``log_format`` and ``log_level`` override the config's).
+
+    A node that cannot start raises ``ConfigError`` (``node.toml`` refused) or
+    ``StartupError`` (missing store, refused or wrong passphrase,
+    libp2p or HTTP port in use, missing admin socket directory): one line each,
+    checked before anything listens where possible.
 
     On the signal: the HTTP server, the admin socket and the service's loops
     (inbound libp2p frames, timers) are cancelled, so no input is taken any more;
@@ -175,9 +313,7 @@ async def run_node(
     throughout: a second process on the same store stops with ``StoreInUse``.
     """
     cfg = load(config_path)
-    configure_logging(
-        log_format or cfg.log_format, log_level or str(getattr(cfg, "log_level", "info"))
-    )
+    configure_logging(log_format or cfg.log_format, log_level or cfg.log_level)
     if (
         cfg.passphrase_file is not None
         and cfg.passphrase_file.resolve().parent == Path(cfg.store).resolve().parent
@@ -187,8 +323,13 @@ async def run_node(
             "that directory unseals the shares (see the operator guide, 'Sealing')",
             extra={"fields": {"passphrase_file": str(cfg.passphrase_file)}},
         )
-    with store_lock.exclusive(Path(cfg.store)):
-        await _serve(cfg)
+    _check_files(cfg)
+    _check_http_port(cfg)
+    try:
+        with store_lock.exclusive(Path(cfg.store)):
+            await _serve(cfg)
+    except store_lock.StoreInUse as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def _serve(cfg: NodeFileConfig) -> None:
@@ -197,19 +338,21 @@ async def _serve(cfg: NodeFileConfig) -> None:
 
     from kms.api import admin
     from kms.api.http import make_app, server_config
+    from net.errors import TransportError
     from net.libp2p import Libp2pTransport
 
-    store = open_store(cfg)
-    ident = store.load_identity()
-    if ident is None:
-        raise RuntimeError("no identity in the store: run `kms node init`")
+    store = _open_for_run(cfg)
     token = admin.AdminToken(cfg.admin_token_file)  # re-read when the file changes
     token.current()  # an unusable token file is logged now, not at the first request
-    peers: dict[ParticipantIndex, list[str]] = {}
-    for p in cfg.peers:
-        peers.setdefault(p.index, []).append(p.multiaddr)
-    transport = Libp2pTransport(ident[0], cfg.listen)
+    running = False
     try:
+        ident = store.load_identity()
+        if ident is None:
+            raise StartupError(f"no identity in the store {cfg.store}: run `kms node init`")
+        peers: dict[ParticipantIndex, list[str]] = {}
+        for p in cfg.peers:
+            peers.setdefault(p.index, []).append(p.multiaddr)
+        transport = Libp2pTransport(ident[0], cfg.listen)
         async with transport:
             service = build_service(cfg, store, transport, peers)
             set_log_context(service.log_fields)  # the HTTP and admin tasks' lines too
@@ -224,6 +367,7 @@ async def _serve(cfg: NodeFileConfig) -> None:
                 await nursery.start(
                     partial(serve, app, hc, shutdown_trigger=shutdown.wait, mode="asgi")
                 )
+                running = True
                 logging.getLogger("quorum_kms.node").info(
                     "node running",
                     extra={
@@ -231,6 +375,7 @@ async def _serve(cfg: NodeFileConfig) -> None:
                             "index": int(cfg.index),
                             "peer_id": str(transport.local_peer),
                             "http": hc.bind[0],
+                            "committee_digest": cfg.committee_digest.hex(),
                         }
                     },
                 )
@@ -245,6 +390,21 @@ async def _serve(cfg: NodeFileConfig) -> None:
                         break
             # No input is taken any more: close the store before the transport.
             store.close()
+    except Exception as exc:
+        if running:
+            raise
+        for leaf in _flatten(exc):
+            if isinstance(leaf, StartupError):
+                raise leaf from None
+            if isinstance(leaf, TransportError):
+                raise StartupError(
+                    f"libp2p: {leaf}; stop what uses it or change `listen` in {cfg.path}"
+                ) from exc
+            if isinstance(leaf, OSError):
+                raise StartupError(
+                    f"cannot start: {leaf}; check `listen`, `http` and `admin_socket` in {cfg.path}"
+                ) from exc
+        raise
     finally:
         store.close()
     logging.getLogger("quorum_kms.node").info("node stopped")

@@ -72,6 +72,10 @@ class NodeFileConfig:
     """Admitted apps beyond which key requests admit no new app (0: no cap)."""
     policy_new_app_rotations: int = 16
     """Most owner rotations a pushed bundle of an app this node has not admitted may carry."""
+    announce: tuple[str, ...] = ()
+    """libp2p multiaddrs other members dial (``[node] announce``; empty: the listen address)."""
+    public_url: str | None = None
+    """The HTTP URL clients use (``[node] public_url``; None: from ``http``)."""
 
     @property
     def directory(self) -> Path:
@@ -83,6 +87,30 @@ def _pccs_url(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise ConfigError("pccs_url must be an http(s) URL")
+    return value
+
+
+def _announce(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and v.startswith("/") and len(v) <= 200 for v in value
+    ):
+        raise ConfigError("announce must be a list of libp2p multiaddrs (e.g. /dns4/host/tcp/9000)")
+    if len(value) > 8:
+        raise ConfigError("announce takes at most 8 addresses")
+    return tuple(value)
+
+
+def _public_url(value: Any) -> str | None:
+    from mpc.membership.messages import MAX_MEMBER_URL, valid_member_url
+
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_MEMBER_URL or not valid_member_url(value):
+        raise ConfigError("public_url must be an http(s) URL (e.g. https://kms1.example.org:8443)")
     return value
 
 
@@ -304,4 +332,6 @@ def load(path: str | Path) -> NodeFileConfig:
         policy_new_app_rotations=_positive_int(
             node.get("policy_new_app_rotations", 16), "policy_new_app_rotations"
         ),
+        announce=_announce(node.get("announce")),
+        public_url=_public_url(node.get("public_url")),
     )

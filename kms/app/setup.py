@@ -15,7 +15,7 @@ from typing import Any
 import tomli_w
 import trio
 
-from kms.app.config import NodeFileConfig, load
+from kms.app.config import ConfigError, NodeFileConfig, load
 from kms.node.logs import formatter, set_log_context
 from kms.node.service import Clock, NodeService
 from kms.secretfile import write_secret
@@ -282,10 +282,12 @@ def join_request(
     """The join request of a node that is not in the committee yet.
 
     Carries the participant record (index, identity, DKG key and the
-    identity's signature on it), the node's libp2p address, the committee's
+    identity's signature on it), the node's libp2p addresses (``join_addresses``:
+    ``[node] announce``, else the listen address), its HTTP URL (``join_url``:
+    ``[node] public_url``, else ``[node] http``), the committee's
     current chain head (epoch and last-link hash, read from the member at
     ``committee_url``) and a TDX quote whose ``report_data`` is
-    ``join_report_data(record, addresses, epoch, head)``
+    ``join_report_data(record, addresses, epoch, head, url)``
     (``kms.node.admission``): members refuse it once the committee is more than
     ``JOIN_MAX_AGE`` epochs further. The quote comes from ``quote``, which the
     caller chooses: by default the TDX guest's configfs-tsm report interface
@@ -312,9 +314,10 @@ def join_request(
     _, dkg_pub = hpke.derive_key_pair(ident[1])
     rec = participant_record(identity, dkg_pub, int(node["index"]))
     peer = peer_id_from_ed25519(rec.identity)
-    addresses = [f"{node['listen']}/p2p/{peer}"]
+    addresses = join_addresses(node, str(peer))
+    url = join_url(node)
     epoch, head = committee_head(committee_url)
-    report_data = join_report_data(rec, addresses, epoch, head)
+    report_data = join_report_data(rec, addresses, epoch, head, url)
     attestation = (quote or tdx_quote)(report_data)
     return {
         "index": rec.index,
@@ -323,10 +326,74 @@ def join_request(
         "dkg_key_signature": rec.dkg_key_signature.hex(),
         "peer_id": str(peer),
         "addresses": addresses,
+        "url": url,
         "epoch": epoch,
         "head": head.hex(),
         "attestation": attestation.hex(),
     }
+
+
+UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 - refused, not bound
+"""Hosts a server binds to mean "every interface": no other machine can dial them."""
+
+
+def _multiaddr_host(addr: str) -> str | None:
+    parts = addr.split("/")
+    if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+        return parts[2]
+    return None
+
+
+def join_addresses(node: dict[str, Any], peer: str) -> list[str]:
+    """The libp2p addresses a join request carries: ``[node] announce`` (else the listen
+    address), each with ``/p2p/<peer id>``. Raises ``ConfigError`` for an address other
+    machines cannot dial (an unspecified host, 0.0.0.0 or ::)."""
+    announce = node.get("announce") or []
+    if isinstance(announce, str):
+        announce = [announce]
+    if not isinstance(announce, list) or not all(
+        isinstance(a, str) and a.startswith("/") for a in announce
+    ):
+        raise ConfigError("[node] announce must be a list of libp2p multiaddrs")
+    chosen = list(announce) or [str(node.get("listen", "/ip4/127.0.0.1/tcp/0"))]
+    out = []
+    for addr in chosen:
+        where = "[node] announce" if announce else "[node] listen"
+        if _multiaddr_host(addr) in UNSPECIFIED_HOSTS:
+            raise ConfigError(
+                f"{where} {addr} has an unspecified host that other members cannot dial: "
+                "set [node] announce to the address they reach this node at "
+                '(e.g. announce = ["/dns4/kms5.example.org/tcp/9000"])'
+            )
+        if addr.endswith("/tcp/0"):
+            raise ConfigError(
+                f"{where} {addr} has port 0 (chosen at start): set a fixed port in "
+                "[node] listen or [node] announce"
+            )
+        out.append(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
+    return out
+
+
+def join_url(node: dict[str, Any]) -> str:
+    """The HTTP URL a join request carries: ``[node] public_url``, else ``http://HOST:PORT``
+    of ``[node] http``. Raises ``ConfigError`` when clients could not reach that."""
+    from mpc.membership.messages import MAX_MEMBER_URL, valid_member_url
+
+    url = node.get("public_url")
+    if url is not None:
+        if not isinstance(url, str) or len(url) > MAX_MEMBER_URL or not valid_member_url(url):
+            raise ConfigError(
+                "[node] public_url must be an http(s) URL (e.g. https://kms5.example.org:8443)"
+            )
+        return url
+    http = str(node.get("http", "127.0.0.1:0"))
+    host, _, port = http.rpartition(":")
+    if host in UNSPECIFIED_HOSTS or port in ("", "0"):
+        raise ConfigError(
+            f"[node] http {http} is not an address clients can reach: set [node] public_url "
+            'to the URL clients use (e.g. public_url = "https://kms5.example.org:8443")'
+        )
+    return f"http://{host}:{port}"
 
 
 TSM_REPORT = Path("/sys/kernel/config/tsm/report")

@@ -10,6 +10,7 @@ from typing import Annotated
 import httpx
 import trio
 import typer
+from rich.markup import escape
 
 from kms.app.config import ConfigError
 from kms.app.devnet import quote_source
@@ -113,17 +114,29 @@ def node_join_request(
     ],
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Write this node's join request: participant record, addresses, the committee's current
-    chain head and a TDX quote binding them."""
+    """Write this node's join request: participant record, addresses ([node] announce, else
+    listen), HTTP URL ([node] public_url, else http), the committee's current chain head and
+    a TDX quote binding them."""
     try:
         doc = join_request(config, committee_url=committee_url, quote=quote_source(config))
     except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         if json_out:
             print_json({"ok": False, "error": str(exc)})
             raise typer.Exit(2) from None
-        fail(str(exc), 2)
+        fail(escape(str(exc)), 2)  # "[node] …" in a hint is text, not rich markup
     out_file.write_text(json.dumps(doc, indent=2) + "\n")
     if json_out:
         print_json(
-            {"ok": True, "file": str(out_file), "index": doc["index"], "peer_id": doc["peer_id"]}
+            {
+                "ok": True,
+                "file": str(out_file),
+                "index": doc["index"],
+                "peer_id": doc["peer_id"],
+                "addresses": doc["addresses"],
+                "url": doc["url"],
+            }
         )
+    else:
+        print(f"join request of node {doc['index']} written to {out_file}")
+        print(f"addresses {' '.join(doc['addresses'])}")
+        print(f"url       {doc['url']}")

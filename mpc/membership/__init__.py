@@ -12,6 +12,7 @@ from mpc.membership.chain import (
     rank,
     verify_chain,
     verify_chain_epochs,
+    verify_membership_certificate,
     verify_recent,
 )
 from mpc.membership.messages import (
@@ -89,5 +90,6 @@ __all__ = [
     "rank",
     "verify_chain",
     "verify_chain_epochs",
+    "verify_membership_certificate",
     "verify_recent",
 ]

@@ -183,6 +183,19 @@ def _validate(link: EpochCertificate | MembershipCertificate) -> None:
         raise ChainError(f"malformed link: {exc}") from exc
 
 
+def verify_membership_certificate(link: MembershipCertificate, mpk: G2) -> None:
+    """Check one membership certificate on its own: well formed and signed under the
+    pinned ``mpk`` (which every epoch keeps). It proves the committee of
+    ``link.outcome.epoch`` certified the change; not that it follows any particular
+    chain (``extend`` checks that). Raises ``ChainError``."""
+    try:
+        check_mpk(mpk)
+    except IdentityMasterKey as exc:
+        raise ChainError(str(exc)) from exc
+    _validate(link)
+    _check_signature(link.outcome.encode(), link.signature, mpk)
+
+
 def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
     """Verify the genesis certificate under the pinned ``mpk``.
 

@@ -248,7 +248,18 @@ def build_service(
     service.collateral = collateral
     service.releaser = make_releaser(cfg, service)
     service.policy_sync_interval = cfg.policy_sync_interval
+    service.public_url = public_url(cfg)
     return service
+
+
+def public_url(cfg: NodeFileConfig) -> str | None:
+    """The HTTP URL clients use: ``[node] public_url``, else ``http://HOST:PORT`` of
+    ``[node] http`` unless that binds every interface or an ephemeral port."""
+    if cfg.public_url is not None:
+        return cfg.public_url
+    if cfg.http_host in UNSPECIFIED_HOSTS or cfg.http_port == 0:
+        return None
+    return f"http://{cfg.http_host}:{cfg.http_port}"
 
 
 def committee_head(committee_url: str, *, timeout: float = 10.0) -> tuple[int, bytes]:

@@ -46,6 +46,9 @@ def member_list(
         f"epoch {view['epoch']}, threshold {view['threshold']}, "
         f"committee {[m['index'] for m in view['committee'] or []]}"
     )
+    for m in view["committee"] or []:
+        if m.get("url"):
+            out.print(f"member {m['index']} url {m['url']}", markup=False)
     out.print(f"last refresh {view['last_refresh']}")
     for p in view["pending_proposals"] or []:
         out.print(f"pending {p['kind']:16} {p['id']}  approvals {p['approvals']}")

@@ -27,12 +27,11 @@ from mpc.errors import InvalidEncoding
 from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.membership import (
-    AddMember,
     ChainError,
     ChainState,
     MembershipCertificate,
+    certified_urls,
     rank,
-    verify_membership_certificate,
     verify_recent,
 )
 from mpc.membership.messages import ChainUpdate, Link
@@ -245,31 +244,6 @@ def _fetch_chain(
             "no node served a chain that verifies from the pinned master public key"
         )
     return best, ignored, answered, best_links
-
-
-def certified_urls(links: Sequence[Link], state: ChainState) -> dict[ParticipantIndex, str]:
-    """The HTTP URL of each member of ``state`` that ``links`` certify: the ``url`` of a
-    membership certificate's ``AddMember`` for that member's index and identity, whose
-    signature verifies under the chain's master public key on its own
-    (``verify_membership_certificate``). Links that do not verify, name another identity
-    or a node no longer in the committee are skipped: nothing else is trusted."""
-    members = {p.index: p.identity for p in state.committee.members}
-    out: dict[ParticipantIndex, str] = {}
-    for link in links:
-        if not isinstance(link, MembershipCertificate):
-            continue
-        change = link.outcome.proposal.change
-        if not isinstance(change, AddMember) or not change.url:
-            continue
-        p = change.participant
-        if members.get(p.index) != p.identity:
-            continue
-        try:
-            verify_membership_certificate(link, state.mpk)
-        except ChainError:
-            continue
-        out[ParticipantIndex(p.index)] = change.url
-    return out
 
 
 MAX_URL_PAGES = 16

@@ -15,6 +15,7 @@ from kms.node.metrics import CollateralCounts, NodeSnapshot, PolicyCounts
 from kms.node.policies import NodePolicies
 from kms.node.release import KeyReleaser
 from mpc.cert import RunKind
+from mpc.membership import certified_urls
 from net.peerid import peer_id_from_ed25519
 from net.transport import Transport
 
@@ -36,13 +37,28 @@ def node_status(
     releaser: KeyReleaser | None,
     collateral: CollateralProvider | None,
     policies: NodePolicies | None,
+    *,
+    own_url: str | None = None,
 ) -> dict[str, Any]:
     s = core.status()
     st = core.state
     committee = []
     if st is not None:
+        # Members' HTTP URLs where known: this node's own, and those certified with
+        # each later member's AddMember in the chain this node keeps.
+        urls: dict[int, str] = {
+            int(i): u for i, u in certified_urls(core.chain, st, check_signatures=False).items()
+        }
+        if own_url is not None:
+            urls[index] = own_url
         for p in st.committee.members:
-            committee.append({"index": p.index, "peer_id": str(peer_id_from_ed25519(p.identity))})
+            committee.append(
+                {
+                    "index": p.index,
+                    "peer_id": str(peer_id_from_ed25519(p.identity)),
+                    "url": urls.get(p.index),
+                }
+            )
     return {
         "index": index,
         "peer_id": str(transport.local_peer),

@@ -155,6 +155,8 @@ class NodeService:
         self._wake = trio.Event()
         self.started = trio.Event()
         self.policy_sync_interval = POLICY_SYNC_INTERVAL
+        self.public_url: str | None = None
+        """This node's HTTP URL for clients (``[node] public_url``), shown in its status."""
         self._next_policy_digest = 0.0
         self._init_roles()
         self._add_peers(self.driver.learn_participants(), everyone=True)
@@ -296,6 +298,12 @@ class NodeService:
     def _handle_event(self, ev: object) -> None:
         """What the service does about an event besides storing it (``kms.node.reporting``)."""
         self.reporter.report(ev)
+        if isinstance(ev, EpochSwitched) and ev.share is not None:
+            # A member of a new epoch (a node that just joined, above all) sends its policy
+            # digest shortly, once the others have switched too: they answer with the apps
+            # it lacks, so it serves them without waiting a whole sync interval.
+            soon = self.clock.now() + 2 * self.config.delta
+            self._next_policy_digest = min(self._next_policy_digest, soon)
 
     def _send(self, ob: Outbound) -> None:
         """Send a message the service makes itself (policy gossip) in this node's envelope."""
@@ -513,6 +521,7 @@ class NodeService:
             self.releaser,
             self.collateral,
             self.policies,
+            own_url=self.public_url,
         )
 
     def metrics_snapshot(self) -> NodeSnapshot:

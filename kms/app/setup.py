@@ -170,7 +170,10 @@ async def run_node(config_path: Path, log_format: str | None = None) -> None:
     from net.libp2p import Libp2pTransport
 
     cfg = load(config_path)
+    release_off = check_release_settings(cfg)
     configure_logging(log_format or cfg.log_format)
+    if release_off is not None:
+        logging.getLogger("quorum_kms.node").warning(release_off)
     if (
         cfg.passphrase_file is not None
         and cfg.passphrase_file.resolve().parent == Path(cfg.store).resolve().parent
@@ -249,6 +252,12 @@ def build_service(
     service.releaser = make_releaser(cfg, service)
     service.policy_sync_interval = cfg.policy_sync_interval
     service.public_url = public_url(cfg)
+    if service.releaser is None:
+        service.release_off = "key release is off: " + (
+            "no app policies directory; set [node] policies_dir"
+            if cfg.policies_dir is None
+            else f"no collateral source; {KEY_RELEASE_OFF_HINT}"
+        )
     return service
 
 
@@ -451,6 +460,80 @@ def _verifier(cfg: NodeFileConfig) -> Any:
         allowed_statuses=cfg.allowed_tcb_statuses,
         floor=collateral_floor(cfg),
     )
+
+
+KEY_RELEASE_OFF_HINT = (
+    "set [node] pccs_url (a TDX host's PCCS), or collateral_file (and, for a simulated "
+    "TEE, accept_simulated_quotes and simulated_root_ca: `kms node init --simulated-tee`)"
+)
+
+
+def check_release_settings(cfg: NodeFileConfig, now: float | None = None) -> str | None:
+    """Check the settings key release (and join approval) needs, at start.
+
+    Broken ones raise ``ConfigError`` (``kms node run`` prints one ``error:`` line and
+    exits 2): ``accept_simulated_quotes`` without ``simulated_root_ca`` or without any
+    collateral; a ``simulated_root_ca`` that cannot be read or is not a DER
+    certificate; a ``collateral_file`` that cannot be read, does not parse, or is
+    expired (past its ``nextUpdate``, or older than ``max_collateral_age``). Absent
+    ones (neither ``pccs_url`` nor ``collateral_file``, or no ``policies_dir``) are no
+    error: the node runs and holds its share but releases no key; the reason is
+    returned (logged as a warning at start and shown in ``/v1/status``).
+    """
+    import time
+
+    from cryptography import x509
+
+    from kms.attest import Collateral, QuoteVerificationError
+
+    when = int(time.time() if now is None else now)
+    if cfg.accept_simulated_quotes and cfg.simulated_root_ca is None:
+        raise ConfigError(
+            "[node] accept_simulated_quotes is set without simulated_root_ca: set "
+            "simulated_root_ca to the simulated TEE's root.der, or remove accept_simulated_quotes"
+        )
+    if cfg.accept_simulated_quotes and cfg.collateral_file is None and cfg.pccs_url is None:
+        raise ConfigError(
+            "[node] accept_simulated_quotes is set without collateral: set collateral_file "
+            "to the simulated TEE's collateral.json"
+        )
+    if cfg.simulated_root_ca is not None:
+        try:
+            x509.load_der_x509_certificate(cfg.simulated_root_ca.read_bytes())
+        except OSError as exc:
+            raise ConfigError(
+                f"[node] simulated_root_ca {cfg.simulated_root_ca} cannot be read: "
+                f"{exc.strerror or exc}"
+            ) from None
+        except ValueError:
+            raise ConfigError(
+                f"[node] simulated_root_ca {cfg.simulated_root_ca} is not a DER certificate "
+                "(give the simulated TEE's root.der)"
+            ) from None
+    if cfg.collateral_file is not None:
+        where = f"[node] collateral_file {cfg.collateral_file}"
+        try:
+            collateral = Collateral.from_json(cfg.collateral_file.read_text())
+            until = collateral.valid_until()
+            collateral_floor(cfg).check(collateral, when)
+        except OSError as exc:
+            raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
+        except (QuoteVerificationError, ValueError) as exc:
+            if "issued" in str(exc) or "floor" in str(exc):
+                raise ConfigError(
+                    f"{where} is too old for this node ({exc}): get fresh collateral"
+                ) from None
+            raise ConfigError(f"{where} is not collateral JSON ({exc})") from None
+        if until < when:
+            raise ConfigError(
+                f"{where} expired at {until} (unix seconds): get fresh collateral "
+                "(`kms tee init` writes 30-day collateral for a simulated TEE)"
+            )
+    if cfg.pccs_url is None and cfg.collateral_file is None:
+        return f"key release is off: no collateral source; {KEY_RELEASE_OFF_HINT}"
+    if cfg.policies_dir is None:
+        return "key release is off: no app policies directory; set [node] policies_dir"
+    return None
 
 
 def make_collateral(cfg: NodeFileConfig) -> Any:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import httpx
 import trio
 import typer
-from rich.markup import escape
 
 from kms.app.config import ConfigError
 from kms.app.devnet import quote_source
@@ -18,6 +17,14 @@ from kms.app.setup import init_node, join_request, run_node
 from kms.cli.common import fail, out, print_json
 from kms.node import lifecycle
 from kms.store import StoreError
+
+
+def fail_plain(msg: str, code: int) -> NoReturn:
+    """``error: msg`` as one plain line on stderr: a hint's ``[node]`` stays text (no
+    rich markup) and a long line is not wrapped."""
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
 
 node_app = typer.Typer(help="Run and set up a KMS node.", no_args_is_help=True)
 
@@ -96,7 +103,7 @@ def node_run(
     try:
         trio.run(run_node, config, log_format.value if log_format is not None else None)
     except ConfigError as exc:
-        fail(str(exc), 2)
+        fail_plain(str(exc), 2)
     # A clean stop: everything is saved; skip the interpreter's slow finalisation.
     lifecycle.exit_now(lifecycle.EXIT_OK)
 
@@ -123,7 +130,7 @@ def node_join_request(
         if json_out:
             print_json({"ok": False, "error": str(exc)})
             raise typer.Exit(2) from None
-        fail(escape(str(exc)), 2)  # "[node] …" in a hint is text, not rich markup
+        fail_plain(str(exc), 2)
     out_file.write_text(json.dumps(doc, indent=2) + "\n")
     if json_out:
         print_json(

@@ -39,6 +39,7 @@ def node_status(
     policies: NodePolicies | None,
     *,
     own_url: str | None = None,
+    release_off: str | None = None,
 ) -> dict[str, Any]:
     s = core.status()
     st = core.state
@@ -83,6 +84,7 @@ def node_status(
         "peers": sorted(str(p) for p in transport.connected_peers()),
         "healthy": core.state is not None or s.running == RunKind.DKG,
         "serves_keys": releaser is not None,
+        "serves_keys_reason": None if releaser is not None else release_off,
         "simulated_quotes_accepted": bool(releaser and releaser.simulated_allowed),
         "collateral": collateral_source(collateral),
         "apps": policies.stats() if policies is not None else None,

@@ -156,6 +156,8 @@ class NodeService:
         self.started = trio.Event()
         self.policy_sync_interval = POLICY_SYNC_INTERVAL
         self.public_url: str | None = None
+        self.release_off: str | None = None
+        """Why this node releases no key, and how to turn key release on (``/v1/status``)."""
         """This node's HTTP URL for clients (``[node] public_url``), shown in its status."""
         self._next_policy_digest = 0.0
         self._init_roles()
@@ -522,6 +524,7 @@ class NodeService:
             self.collateral,
             self.policies,
             own_url=self.public_url,
+            release_off=self.release_off,
         )
 
     def metrics_snapshot(self) -> NodeSnapshot:

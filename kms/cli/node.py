@@ -108,6 +108,29 @@ def node_run(
     lifecycle.exit_now(lifecycle.EXIT_OK)
 
 
+def simulated_measurement(path: Path) -> dict[str, bytes]:
+    """A measurement TOML for the simulated TEE: mr_td, rtmr0, rtmr1, rtmr2, rtmr3 (48-byte
+    hex each). Raises ``ValueError`` naming the file and key."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not TOML ({exc})") from None
+    out = {}
+    for key in ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"):
+        try:
+            value = bytes.fromhex(str(doc[key]).removeprefix("0x"))
+        except KeyError:
+            raise ValueError(f"{path}: {key} is missing (a simulated quote needs rtmr3)") from None
+        except ValueError:
+            raise ValueError(f"{path}: {key} is not hex") from None
+        if len(value) != 48:
+            raise ValueError(f"{path}: {key} must be 48 bytes")
+        out[key] = value
+    return out
+
+
 @node_app.command("join-request")
 def node_join_request(
     config: Annotated[Path, typer.Option("--config")],
@@ -119,13 +142,22 @@ def node_join_request(
             help="HTTP URL of a member: the request is bound to its current chain head.",
         ),
     ],
+    measurement: Annotated[
+        Path | None,
+        typer.Option(
+            "--measurement",
+            help="With [node] simulated_tee: the measurement TOML (mr_td, rtmr0-3, hex) the "
+            "simulated TEE quotes (default: the devnet node image).",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Write this node's join request: participant record, addresses ([node] announce, else
     listen), HTTP URL ([node] public_url, else http), the committee's current chain head and
     a TDX quote binding them."""
     try:
-        doc = join_request(config, committee_url=committee_url, quote=quote_source(config))
+        meas = simulated_measurement(measurement) if measurement is not None else None
+        doc = join_request(config, committee_url=committee_url, quote=quote_source(config, meas))
     except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         if json_out:
             print_json({"ok": False, "error": str(exc)})

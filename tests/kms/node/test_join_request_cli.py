@@ -116,3 +116,39 @@ def test_the_request_carries_announce_and_public_url_bound_by_its_quote(
         now=int(time.time()),
     )
     assert verified.report_data == join_report_data(p, jr["addresses"], 3, head, jr["url"])
+
+
+def test_measurement_file_chooses_what_the_simulated_tee_quotes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tee_home = tmp_path / "tee"
+    tee_dir = devnet.simulated_tee_files(tee_home)
+    cfg = joiner(
+        tmp_path, listen="/ip4/10.0.0.5/tcp/9000", http="10.0.0.5:8080", simulated_tee=str(tee_home)
+    )
+    monkeypatch.setattr("kms.app.setup.committee_head", lambda url: (0, bytes(32)))
+    meas = tmp_path / "node.measurement.toml"
+    values = {k: bytes([0x40 + i]) * 48 for i, k in enumerate(("mr_td", "rtmr0", "rtmr1"))}
+    meas.write_text("".join(f'{k} = "{v.hex()}"\n' for k, v in values.items()))
+    out = tmp_path / "join.json"
+    args = [
+        *("node", "join-request", "--config", str(cfg), "--committee-url", "http://x"),
+        *("--out", str(out), "--measurement", str(meas)),
+    ]
+    result = CliRunner().invoke(app, args)
+    line = one_error_line(result)
+    assert "rtmr2 is missing" in line and str(meas) in line
+    values.update(rtmr2=bytes([0x43]) * 48, rtmr3=bytes([0x44]) * 48)
+    meas.write_text("".join(f'{k} = "{v.hex()}"\n' for k, v in values.items()))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    jr = json.loads(out.read_text())
+    verified = Verifier(
+        [INTEL_ROOT_CA, (tee_dir / "root.der").read_bytes()], simulated_allowed=True
+    ).verify(
+        bytes.fromhex(jr["attestation"]),
+        json.loads((tee_dir / "collateral.json").read_text()),
+        now=int(time.time()),
+    )
+    assert verified.mr_td == values["mr_td"] and verified.rtmr3 == values["rtmr3"]
+    assert jr["url"] == "http://10.0.0.5:8080"

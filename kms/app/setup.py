@@ -140,19 +140,28 @@ def open_store(cfg: NodeFileConfig) -> NodeStore:
     return NodeStore(cfg.store, sealer)
 
 
-def configure_logging(fmt: str) -> None:
-    """Log lines go to stderr, one event per line: JSON objects for ``json``, else text."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""``[node] log_level`` and ``kms node run --log-level``: the lowest level logged."""
+
+
+def configure_logging(fmt: str, level: str = "info") -> None:
+    """Log lines go to stderr, one event per line: JSON objects for ``json``, else text;
+    lines below ``level`` (one of ``LOG_LEVELS``) are left out."""
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
     root = logging.getLogger("quorum_kms")
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(getattr(logging, level.upper()))
     root.propagate = False
 
 
-async def run_node(config_path: Path, log_format: str | None = None) -> None:
+async def run_node(
+    config_path: Path, log_format: str | None = None, log_level: str | None = None
+) -> None:
     """``kms node run``: serve until SIGINT or SIGTERM, then shut down in order
-    (``log_format`` overrides the config's).
+    (``log_format`` and ``log_level`` override the config's).
 
     On the signal: the HTTP server, the admin socket and the service's loops
     (inbound libp2p frames, timers) are cancelled, so no input is taken any more;
@@ -171,7 +180,9 @@ async def run_node(config_path: Path, log_format: str | None = None) -> None:
 
     cfg = load(config_path)
     release_off = check_release_settings(cfg)
-    configure_logging(log_format or cfg.log_format)
+    configure_logging(
+        log_format or cfg.log_format, log_level or str(getattr(cfg, "log_level", "info"))
+    )
     if release_off is not None:
         logging.getLogger("quorum_kms.node").warning(release_off)
     if (
@@ -187,7 +198,8 @@ async def run_node(config_path: Path, log_format: str | None = None) -> None:
     ident = store.load_identity()
     if ident is None:
         raise RuntimeError("no identity in the store: run `kms node init`")
-    token = cfg.admin_token_file.read_text().strip().encode()
+    token = admin.AdminToken(cfg.admin_token_file)  # re-read when the file changes
+    token.current()  # an unusable token file is logged now, not at the first request
     peers: dict[ParticipantIndex, list[str]] = {}
     for p in cfg.peers:
         peers.setdefault(p.index, []).append(p.multiaddr)

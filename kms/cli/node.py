@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import httpx
 import trio
@@ -14,17 +14,11 @@ import typer
 from kms.app.config import ConfigError
 from kms.app.devnet import quote_source
 from kms.app.setup import init_node, join_request, run_node
+from kms.app.simtee import load_measurement, registers
+from kms.cli import node_ops
 from kms.cli.common import fail, out, print_json
 from kms.node import lifecycle
 from kms.store import StoreError
-
-
-def fail_plain(msg: str, code: int) -> NoReturn:
-    """``error: msg`` as one plain line on stderr: a hint's ``[node]`` stays text (no
-    rich markup) and a long line is not wrapped."""
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
 
 node_app = typer.Typer(help="Run and set up a KMS node.", no_args_is_help=True)
 
@@ -85,6 +79,15 @@ class LogFormat(enum.StrEnum):
     text = "text"
 
 
+class LogLevel(enum.StrEnum):
+    """``kms node run --log-level``: the lowest level logged."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 @node_app.command("run")
 def node_run(
     config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")],
@@ -94,6 +97,13 @@ def node_run(
             "--log-format", help="Log lines as JSON objects or text (default: node.toml's)."
         ),
     ] = None,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            help="Lowest level logged (default: node.toml's log_level, else info).",
+        ),
+    ] = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM (then exit 0 once the store and transport are closed)."""
     try:
@@ -101,34 +111,16 @@ def node_run(
     except lifecycle.ParentGone as exc:
         fail(str(exc), lifecycle.EXIT_PARENT_GONE)
     try:
-        trio.run(run_node, config, log_format.value if log_format is not None else None)
+        trio.run(
+            run_node,
+            config,
+            log_format.value if log_format is not None else None,
+            log_level.value if log_level is not None else None,
+        )
     except ConfigError as exc:
-        fail_plain(str(exc), 2)
+        fail(str(exc), 2)
     # A clean stop: everything is saved; skip the interpreter's slow finalisation.
     lifecycle.exit_now(lifecycle.EXIT_OK)
-
-
-def simulated_measurement(path: Path) -> dict[str, bytes]:
-    """A measurement TOML for the simulated TEE: mr_td, rtmr0, rtmr1, rtmr2, rtmr3 (48-byte
-    hex each). Raises ``ValueError`` naming the file and key."""
-    import tomllib
-
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not TOML ({exc})") from None
-    out = {}
-    for key in ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"):
-        try:
-            value = bytes.fromhex(str(doc[key]).removeprefix("0x"))
-        except KeyError:
-            raise ValueError(f"{path}: {key} is missing (a simulated quote needs rtmr3)") from None
-        except ValueError:
-            raise ValueError(f"{path}: {key} is not hex") from None
-        if len(value) != 48:
-            raise ValueError(f"{path}: {key} must be 48 bytes")
-        out[key] = value
-    return out
 
 
 @node_app.command("join-request")
@@ -146,8 +138,8 @@ def node_join_request(
         Path | None,
         typer.Option(
             "--measurement",
-            help="With [node] simulated_tee: the measurement TOML (mr_td, rtmr0-3, hex) the "
-            "simulated TEE quotes (default: the devnet node image).",
+            help="With [node] simulated_tee: the measurement file (mr_td, rtmr0-3, hex) the "
+            "simulated TEE quotes (default: the TEE directory's node.measurement.toml).",
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
@@ -156,13 +148,13 @@ def node_join_request(
     listen), HTTP URL ([node] public_url, else http), the committee's current chain head and
     a TDX quote binding them."""
     try:
-        meas = simulated_measurement(measurement) if measurement is not None else None
+        meas = registers(load_measurement(measurement)) if measurement is not None else None
         doc = join_request(config, committee_url=committee_url, quote=quote_source(config, meas))
     except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         if json_out:
             print_json({"ok": False, "error": str(exc)})
             raise typer.Exit(2) from None
-        fail_plain(str(exc), 2)
+        fail(str(exc), 2)
     out_file.write_text(json.dumps(doc, indent=2) + "\n")
     if json_out:
         print_json(
@@ -179,3 +171,8 @@ def node_join_request(
         print(f"join request of node {doc['index']} written to {out_file}")
         print(f"addresses {' '.join(doc['addresses'])}")
         print(f"url       {doc['url']}")
+
+
+# Operations on a node's files (kms.cli.node_ops): token rotation, passphrase change.
+node_app.command("rotate-admin-token")(node_ops.node_rotate_admin_token)
+node_app.command("passphrase")(node_ops.node_passphrase)

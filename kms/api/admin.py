@@ -138,13 +138,16 @@ def parse_change(req: dict[str, Any]) -> Change:
         )
         p.check()
         addrs = tuple(str(a) for a in jr.get("addresses", []))
-        return AddMember(
+        add = AddMember(
             p,
             bytes.fromhex(jr.get("attestation", "")),
             addrs,
             int(jr.get("epoch", 0)),
             bytes.fromhex(str(jr.get("head", ""))),
+            str(jr.get("url", "")),
         )
+        add.validate()  # what every member checks on decoding it
+        return add
     if kind == "remove":
         return RemoveMember(int(req["index"]), bytes.fromhex(req.get("evidence", "")))
     if kind == "threshold":

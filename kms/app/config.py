@@ -280,7 +280,25 @@ def url(value: Any, what: str) -> str:
 def _multiaddrs(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{what} must be a list of multiaddrs")
-    return tuple(multiaddr(v, what) for v in value)
+    if len(value) > 8:  # what a join request carries (``AddMember.addresses``)
+        raise ConfigError(f"{what} takes at most 8 addresses")
+    out = tuple(multiaddr(v, what) for v in value)
+    if any(len(v) > 200 for v in out):
+        raise ConfigError(f"{what}: an address is longer than 200 characters")
+    return out
+
+
+def _member_url(value: Any, what: str) -> str:
+    """An HTTP URL a join request can carry (``AddMember.url``)."""
+    from mpc.membership.messages import MAX_MEMBER_URL, valid_member_url
+
+    text = url(value, what)
+    if len(text) > MAX_MEMBER_URL or not valid_member_url(text):
+        raise ConfigError(
+            f"{what}: {text!r} is not a URL a join request can carry "
+            f"(http(s), printable ASCII, no spaces, at most {MAX_MEMBER_URL} characters)"
+        )
+    return text
 
 
 _UNSPECIFIED = ("0.0.0.0", "::", "[::]")  # noqa: S104 (recognised, not bound)
@@ -461,7 +479,7 @@ _NODE: list[Setting] = [
         "URL",
         UNSET,
         "the HTTP URL clients use to reach this node, put in its join request",
-        url,
+        _member_url,
         default_text="`http://HOST:PORT` of `http` unless its host is `0.0.0.0` or `::` "
         "(then unset)",
     ),

@@ -313,7 +313,10 @@ async def run_node(
     throughout: a second process on the same store stops with ``StoreInUse``.
     """
     cfg = load(config_path)
+    release_off = check_release_settings(cfg)
     configure_logging(log_format or cfg.log_format, log_level or cfg.log_level)
+    if release_off is not None:
+        logging.getLogger("quorum_kms.node").warning(release_off)
     if (
         cfg.passphrase_file is not None
         and cfg.passphrase_file.resolve().parent == Path(cfg.store).resolve().parent
@@ -428,7 +431,24 @@ def build_service(
     service.collateral = collateral
     service.releaser = make_releaser(cfg, service)
     service.policy_sync_interval = cfg.policy_sync_interval
+    service.public_url = public_url(cfg)
+    if service.releaser is None:
+        service.release_off = "key release is off: " + (
+            "no app policies directory; set [node] policies_dir"
+            if cfg.policies_dir is None
+            else f"no collateral source; {KEY_RELEASE_OFF_HINT}"
+        )
     return service
+
+
+def public_url(cfg: NodeFileConfig) -> str | None:
+    """The HTTP URL clients use: ``[node] public_url``, else ``http://HOST:PORT`` of
+    ``[node] http`` unless that binds every interface or an ephemeral port."""
+    if cfg.public_url is not None:
+        return cfg.public_url
+    if cfg.http_host in UNSPECIFIED_HOSTS or cfg.http_port == 0:
+        return None
+    return f"http://{cfg.http_host}:{cfg.http_port}"
 
 
 def committee_head(committee_url: str, *, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -462,10 +482,12 @@ def join_request(
     """The join request of a node that is not in the committee yet.
 
     Carries the participant record (index, identity, DKG key and the
-    identity's signature on it), the node's libp2p address, the committee's
+    identity's signature on it), the node's libp2p addresses (``join_addresses``:
+    ``[node] announce``, else the listen address), its HTTP URL (``join_url``:
+    ``[node] public_url``, else ``[node] http``), the committee's
     current chain head (epoch and last-link hash, read from the member at
     ``committee_url``) and a TDX quote whose ``report_data`` is
-    ``join_report_data(record, addresses, epoch, head)``
+    ``join_report_data(record, addresses, epoch, head, url)``
     (``kms.node.admission``): members refuse it once the committee is more than
     ``JOIN_MAX_AGE`` epochs further. The quote comes from ``quote``, which the
     caller chooses: by default the TDX guest's configfs-tsm report interface
@@ -492,9 +514,10 @@ def join_request(
     _, dkg_pub = hpke.derive_key_pair(ident[1])
     rec = participant_record(identity, dkg_pub, int(node["index"]))
     peer = peer_id_from_ed25519(rec.identity)
-    addresses = [f"{node['listen']}/p2p/{peer}"]
+    addresses = join_addresses(node, str(peer))
+    url = join_url(node)
     epoch, head = committee_head(committee_url)
-    report_data = join_report_data(rec, addresses, epoch, head)
+    report_data = join_report_data(rec, addresses, epoch, head, url)
     attestation = (quote or tdx_quote)(report_data)
     return {
         "index": rec.index,
@@ -503,10 +526,74 @@ def join_request(
         "dkg_key_signature": rec.dkg_key_signature.hex(),
         "peer_id": str(peer),
         "addresses": addresses,
+        "url": url,
         "epoch": epoch,
         "head": head.hex(),
         "attestation": attestation.hex(),
     }
+
+
+UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 - refused, not bound
+"""Hosts a server binds to mean "every interface": no other machine can dial them."""
+
+
+def _multiaddr_host(addr: str) -> str | None:
+    parts = addr.split("/")
+    if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+        return parts[2]
+    return None
+
+
+def join_addresses(node: dict[str, Any], peer: str) -> list[str]:
+    """The libp2p addresses a join request carries: ``[node] announce`` (else the listen
+    address), each with ``/p2p/<peer id>``. Raises ``ConfigError`` for an address other
+    machines cannot dial (an unspecified host, 0.0.0.0 or ::)."""
+    announce = node.get("announce") or []
+    if isinstance(announce, str):
+        announce = [announce]
+    if not isinstance(announce, list) or not all(
+        isinstance(a, str) and a.startswith("/") for a in announce
+    ):
+        raise ConfigError("[node] announce must be a list of libp2p multiaddrs")
+    chosen = list(announce) or [str(node.get("listen", "/ip4/127.0.0.1/tcp/0"))]
+    out = []
+    for addr in chosen:
+        where = "[node] announce" if announce else "[node] listen"
+        if _multiaddr_host(addr) in UNSPECIFIED_HOSTS:
+            raise ConfigError(
+                f"{where} {addr} has an unspecified host that other members cannot dial: "
+                "set [node] announce to the address they reach this node at "
+                '(e.g. announce = ["/dns4/kms5.example.org/tcp/9000"])'
+            )
+        if addr.endswith("/tcp/0"):
+            raise ConfigError(
+                f"{where} {addr} has port 0 (chosen at start): set a fixed port in "
+                "[node] listen or [node] announce"
+            )
+        out.append(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
+    return out
+
+
+def join_url(node: dict[str, Any]) -> str:
+    """The HTTP URL a join request carries: ``[node] public_url``, else ``http://HOST:PORT``
+    of ``[node] http``. Raises ``ConfigError`` when clients could not reach that."""
+    from mpc.membership.messages import MAX_MEMBER_URL, valid_member_url
+
+    url = node.get("public_url")
+    if url is not None:
+        if not isinstance(url, str) or len(url) > MAX_MEMBER_URL or not valid_member_url(url):
+            raise ConfigError(
+                "[node] public_url must be an http(s) URL (e.g. https://kms5.example.org:8443)"
+            )
+        return url
+    http = str(node.get("http", "127.0.0.1:0"))
+    host, _, port = http.rpartition(":")
+    if host in UNSPECIFIED_HOSTS or port in ("", "0"):
+        raise ConfigError(
+            f"[node] http {http} is not an address clients can reach: set [node] public_url "
+            'to the URL clients use (e.g. public_url = "https://kms5.example.org:8443")'
+        )
+    return f"http://{host}:{port}"
 
 
 TSM_REPORT = Path("/sys/kernel/config/tsm/report")
@@ -553,6 +640,80 @@ def _verifier(cfg: NodeFileConfig) -> Any:
         allowed_statuses=cfg.allowed_tcb_statuses,
         floor=collateral_floor(cfg),
     )
+
+
+KEY_RELEASE_OFF_HINT = (
+    "set [node] pccs_url (a TDX host's PCCS), or collateral_file (and, for a simulated "
+    "TEE, accept_simulated_quotes and simulated_root_ca: `kms node init --simulated-tee`)"
+)
+
+
+def check_release_settings(cfg: NodeFileConfig, now: float | None = None) -> str | None:
+    """Check the settings key release (and join approval) needs, at start.
+
+    Broken ones raise ``ConfigError`` (``kms node run`` prints one ``error:`` line and
+    exits 2): ``accept_simulated_quotes`` without ``simulated_root_ca`` or without any
+    collateral; a ``simulated_root_ca`` that cannot be read or is not a DER
+    certificate; a ``collateral_file`` that cannot be read, does not parse, or is
+    expired (past its ``nextUpdate``, or older than ``max_collateral_age``). Absent
+    ones (neither ``pccs_url`` nor ``collateral_file``, or no ``policies_dir``) are no
+    error: the node runs and holds its share but releases no key; the reason is
+    returned (logged as a warning at start and shown in ``/v1/status``).
+    """
+    import time
+
+    from cryptography import x509
+
+    from kms.attest import Collateral, QuoteVerificationError
+
+    when = int(time.time() if now is None else now)
+    if cfg.accept_simulated_quotes and cfg.simulated_root_ca is None:
+        raise ConfigError(
+            "[node] accept_simulated_quotes is set without simulated_root_ca: set "
+            "simulated_root_ca to the simulated TEE's root.der, or remove accept_simulated_quotes"
+        )
+    if cfg.accept_simulated_quotes and cfg.collateral_file is None and cfg.pccs_url is None:
+        raise ConfigError(
+            "[node] accept_simulated_quotes is set without collateral: set collateral_file "
+            "to the simulated TEE's collateral.json"
+        )
+    if cfg.simulated_root_ca is not None:
+        try:
+            x509.load_der_x509_certificate(cfg.simulated_root_ca.read_bytes())
+        except OSError as exc:
+            raise ConfigError(
+                f"[node] simulated_root_ca {cfg.simulated_root_ca} cannot be read: "
+                f"{exc.strerror or exc}"
+            ) from None
+        except ValueError:
+            raise ConfigError(
+                f"[node] simulated_root_ca {cfg.simulated_root_ca} is not a DER certificate "
+                "(give the simulated TEE's root.der)"
+            ) from None
+    if cfg.collateral_file is not None:
+        where = f"[node] collateral_file {cfg.collateral_file}"
+        try:
+            collateral = Collateral.from_json(cfg.collateral_file.read_text())
+            until = collateral.valid_until()
+            collateral_floor(cfg).check(collateral, when)
+        except OSError as exc:
+            raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
+        except (QuoteVerificationError, ValueError) as exc:
+            if "issued" in str(exc) or "floor" in str(exc):
+                raise ConfigError(
+                    f"{where} is too old for this node ({exc}): get fresh collateral"
+                ) from None
+            raise ConfigError(f"{where} is not collateral JSON ({exc})") from None
+        if until < when:
+            raise ConfigError(
+                f"{where} expired at {until} (unix seconds): get fresh collateral "
+                "(`kms tee init` writes 30-day collateral for a simulated TEE)"
+            )
+    if cfg.pccs_url is None and cfg.collateral_file is None:
+        return f"key release is off: no collateral source; {KEY_RELEASE_OFF_HINT}"
+    if cfg.policies_dir is None:
+        return "key release is off: no app policies directory; set [node] policies_dir"
+    return None
 
 
 def make_collateral(cfg: NodeFileConfig) -> Any:

@@ -16,6 +16,7 @@ import typer
 from kms.app.config import ConfigError, load
 from kms.app.devnet import quote_source
 from kms.app.setup import StartupError, init_node, join_request, run_node
+from kms.app.simtee import load_measurement, registers
 from kms.cli import node_ops
 from kms.cli.common import fail, print_json
 from kms.node import lifecycle
@@ -184,12 +185,22 @@ def node_join_request(
             help="HTTP URL of a member: the request is bound to its current chain head.",
         ),
     ],
+    measurement: Annotated[
+        Path | None,
+        typer.Option(
+            "--measurement",
+            help="With [node] simulated_tee: the measurement file (mr_td, rtmr0-3, hex) the "
+            "simulated TEE quotes (default: the TEE directory's node.measurement.toml).",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Write this node's join request: participant record, addresses, the committee's current
-    chain head and a TDX quote binding them."""
+    """Write this node's join request: participant record, addresses ([node] announce, else
+    listen), HTTP URL ([node] public_url, else http), the committee's current chain head and
+    a TDX quote binding them."""
     try:
-        doc = join_request(config, committee_url=committee_url, quote=quote_source(config))
+        meas = registers(load_measurement(measurement)) if measurement is not None else None
+        doc = join_request(config, committee_url=committee_url, quote=quote_source(config, meas))
     except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         if json_out:
             print_json({"ok": False, "error": str(exc)})
@@ -198,8 +209,19 @@ def node_join_request(
     out_file.write_text(json.dumps(doc, indent=2) + "\n")
     if json_out:
         print_json(
-            {"ok": True, "file": str(out_file), "index": doc["index"], "peer_id": doc["peer_id"]}
+            {
+                "ok": True,
+                "file": str(out_file),
+                "index": doc["index"],
+                "peer_id": doc["peer_id"],
+                "addresses": doc["addresses"],
+                "url": doc["url"],
+            }
         )
+    else:
+        print(f"join request of node {doc['index']} written to {out_file}")
+        print(f"addresses {' '.join(doc['addresses'])}")
+        print(f"url       {doc['url']}")
 
 
 @node_app.command("check-config")

@@ -15,13 +15,16 @@ URL of the list already claimed is left out and named.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from kms.app import owner, setup, simtee
+from kms.client.core import KeyReleaseError
 from kms.policy import Measurement
 from mpc.cert import check_mpk
 from mpc.ids import ParticipantIndex
@@ -38,11 +41,14 @@ class Nodes:
 
     urls: dict[ParticipantIndex, str]
     left_out: list[str]
+    contested: dict[ParticipantIndex, list[str]] = field(default_factory=dict)
+    """Later URLs that claim an index already claimed, in the order given."""
 
 
 def nodes_by_index(urls: Sequence[str], timeout: float = 5.0) -> Nodes:
     """Each URL's committee index, from its ``GET /v1/status`` (see the module docstring)."""
     found: dict[ParticipantIndex, str] = {}
+    contested: dict[ParticipantIndex, list[str]] = {}
     left_out: list[str] = []
     with httpx.Client(timeout=timeout, transport=owner.HTTP_TRANSPORT) as http:
         for url in urls:
@@ -62,8 +68,9 @@ def nodes_by_index(urls: Sequence[str], timeout: float = 5.0) -> Nodes:
                 left_out.append(f"{url}: its status names no committee index")
                 continue
             if ParticipantIndex(index) in found:
-                taken = found[ParticipantIndex(index)]
-                left_out.append(f"{url}: claims index {index}, already at {taken}")
+                # Unauthenticated: keep every claimant; ``with_claimants`` tries the next
+                # one when the first gives no good partial.
+                contested.setdefault(ParticipantIndex(index), []).append(url)
                 continue
             found[ParticipantIndex(index)] = url
     if not found:
@@ -72,7 +79,7 @@ def nodes_by_index(urls: Sequence[str], timeout: float = 5.0) -> Nodes:
             + "; ".join(left_out)
             + "): check --urls and that the nodes run"
         )
-    return Nodes(found, left_out)
+    return Nodes(found, left_out, contested)
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,40 @@ class Target:
     quote: Callable[[bytes], bytes]
     event_log: bytes
     left_out: list[str]
+    contested: dict[ParticipantIndex, list[str]] = field(default_factory=dict)
+
+
+R = TypeVar("R")
+_UNREACHABLE = re.compile(r"node (\d+): ")
+
+
+def with_claimants(t: Target, attempt: Callable[[dict[ParticipantIndex, str]], R]) -> R:
+    """``attempt(urls)`` with the first URL claiming each index; when it fails
+    (``KeyReleaseError``) and an index whose node gave no good partial was claimed by
+    several URLs, again with the next claimant of each such index, until one succeeds or
+    no claimant is left.
+
+    A URL's index comes from its unauthenticated status, and each partial is checked
+    against the identity and public share the verified chain gives that index, so a node
+    claiming another member's index gives no partial the client takes; keeping every
+    claimant means it cannot hide that member either: it costs one more round at most per
+    claimant.
+    """
+    urls = dict(t.urls)
+    others = {i: list(v) for i, v in t.contested.items()}
+    while True:
+        try:
+            return attempt(urls)
+        except KeyReleaseError as exc:
+            failed = set(exc.bad_nodes) | set(exc.refusals)
+            failed |= {int(m[1]) for u in exc.unreachable if (m := _UNREACHABLE.match(u))}
+            swapped = False
+            for i, rest in others.items():
+                if rest and int(i) in failed:
+                    urls[i] = rest.pop(0)
+                    swapped = True
+            if not swapped:
+                raise
 
 
 def pinned_mpk(mpk_hex: str) -> G2:
@@ -204,4 +245,4 @@ def target(o: Options) -> Target:
     q = quoting(
         app_id, simulated_tee=o.simulated_tee, measurement=o.measurement, event_log=o.event_log
     )
-    return Target(nodes.urls, mpk, app_id, q.quote, q.event_log, nodes.left_out)
+    return Target(nodes.urls, mpk, app_id, q.quote, q.event_log, nodes.left_out, nodes.contested)

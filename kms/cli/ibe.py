@@ -116,8 +116,11 @@ def decrypt_cmd(
     if key_id.app_id != t.app_id:
         die(f"the ciphertext is for app {key_id.app_id.hex()}, not {t.app_id.hex()}", 1)
     try:
-        plain = client.open_sealed(
-            t.urls, t.mpk, sealed, t.quote, event_log=t.event_log, transport=owner.HTTP_TRANSPORT
+        plain = cvm.with_claimants(
+            t,
+            lambda urls: client.open_sealed(
+                urls, t.mpk, sealed, t.quote, event_log=t.event_log, transport=owner.HTTP_TRANSPORT
+            ),
         )
     except KeyReleaseError as exc:
         key.refused(exc, False, t.left_out)

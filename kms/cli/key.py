@@ -149,17 +149,20 @@ def key_get(
     )
     bundle = read_bundle(bundle_file)
     try:
-        res = client.get_app_key(
-            t.urls,
-            t.mpk,
-            t.app_id,
-            purpose,
-            version,
-            t.quote,
-            bundle=bundle,
-            report=report,
-            event_log=t.event_log,
-            transport=owner.HTTP_TRANSPORT,
+        res = cvm.with_claimants(
+            t,
+            lambda urls: client.get_app_key(
+                urls,
+                t.mpk,
+                t.app_id,
+                purpose,
+                version,
+                t.quote,
+                bundle=bundle,
+                report=report,
+                event_log=t.event_log,
+                transport=owner.HTTP_TRANSPORT,
+            ),
         )
     except KeyReleaseError as exc:
         refused(exc, json_out, t.left_out)

@@ -107,7 +107,7 @@ def build_script(blocks: list[Block], source: str) -> str:
         where = f"{source}:{block.line}"
         parts.append("")
         parts.append(f"__guide_block='{n} at {where}'")
-        parts.append(f"echo '==> guide block {n} at {where}' >&2")
+        parts.append(f'echo "==> guide block {n} at {where} (at $SECONDS s)" >&2')
         parts.append(block.code)
     parts.append("")
     parts.append("echo '==> guide: all blocks ran' >&2")
@@ -165,7 +165,7 @@ def run_script(
 
 def last_block(output: str) -> str | None:
     """The block that was running last: the one a failure or a timeout happened in."""
-    found = re.findall(r"^==> guide block (.+)$", output, flags=re.MULTILINE)
+    found = re.findall(r"^==> guide block (.+?)(?: \(at \d+ s\))?$", output, flags=re.MULTILINE)
     return found[-1] if found else None
 
 

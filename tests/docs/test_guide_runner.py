@@ -150,5 +150,5 @@ def test_the_script_announces_every_block() -> None:
     blocks = runnable_blocks(PAGE)
     script = build_script(blocks, "docs/x.md")
     assert script.startswith("#!/usr/bin/env bash\nset -Eeuo pipefail\n")
-    assert "==> guide block 1 at docs/x.md:5" in script
-    assert "==> guide block 2 at docs/x.md:16" in script
+    assert '"==> guide block 1 at docs/x.md:5 (at $SECONDS s)"' in script
+    assert '"==> guide block 2 at docs/x.md:16 (at $SECONDS s)"' in script

@@ -271,6 +271,18 @@ ROWS: dict[str, Rule] = {
         any_third_party=True,
         not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
     ),
+    # ``kms audit``: a node's audit log checked against its identity in the verified chain.
+    "kms.app.audit": Rule(
+        ("mpc", "net", "kms"),
+        any_third_party=True,
+        not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
+    ),
+    # ``kms node rotate-admin-token`` and ``kms node passphrase``: one node's files.
+    "kms.app.maintenance": Rule(
+        ("mpc", "net", "kms"),
+        any_third_party=True,
+        not_project=("kms.cli", "kms.app.setup", "kms.app.devnet", "kms.app.demo"),
+    ),
     "kms.app.setup": Rule(
         ("mpc", "net", "kms"),
         any_third_party=True,
@@ -284,6 +296,31 @@ ROWS: dict[str, Rule] = {
         any_third_party=True,
         not_project=("kms.cli", "kms.app.devnet", "kms.app.demo"),
         note="the in-process test committee, which drives the HTTP app",
+    ),
+    # A simulated TDX platform in a directory (``kms tee``); app owners' keys, policies and
+    # pushes (``kms app``); a CVM on the command line (``kms key get``). The devnet builds
+    # on them.
+    "kms.app.simtee": Rule(
+        ("mpc", "kms.attest", "kms.policy", "kms.secretfile"),
+        any_third_party=True,
+        note="the simulated TEE of `kms tee init`",
+    ),
+    "kms.app.owner": Rule(
+        ("mpc", "kms.policy", "kms.secretfile", "kms.app.simtee", "kms.app.config"),
+        any_third_party=True,
+        note="`kms app`: owner keys, policy files, pushes",
+    ),
+    "kms.app.cvm": Rule(
+        (
+            "mpc",
+            "kms.policy",
+            "kms.app.owner",
+            "kms.app.simtee",
+            "kms.app.setup",
+            "kms.app.devnet",
+        ),
+        any_third_party=True,
+        note="`kms key get`: node URLs and quotes (devnet defaults)",
     ),
     # ``kms devnet``: local committees of node processes.
     "kms.app.devnet": Rule(

@@ -3,13 +3,22 @@
 Every request carries the token that ``kms node init`` wrote (mode 0600); a
 request without the right token is refused and nothing happens. The socket
 file itself is created with mode 0600, so only the node's user can connect.
+
+The token can be rotated while the node runs (``kms node rotate-admin-token``):
+``AdminToken`` looks at the token file's identity (device, inode, size,
+modification time) on every request and reads the file again when it
+changed, so the old token stops working at the next request. A token file
+that cannot be read, or is empty, refuses every request (logged once per
+change of the file), and the node keeps running.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +59,70 @@ class AdminError(Exception):
     """The admin request was refused or failed."""
 
 
+log = logging.getLogger("quorum_kms.node")
+
+UNUSABLE_REPLY = "unauthorised: the node has no usable admin token (see its log)"
+"""The reply to every request while the token file cannot be read or is empty."""
+
+
+class AdminToken:
+    """The admin token of ``path``, read again whenever the file changes.
+
+    ``current()`` costs one ``stat`` per request; the file is read only when its
+    (device, inode, size, mtime) changed, so an atomic replacement (a new inode)
+    or an edit in place takes effect at the next request. ``None`` while the file
+    cannot be read or holds no token: every request is then refused.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, ...] | None = None
+        self._token: bytes | None = None
+        self._problem: str | None = None
+
+    def _refuse(self, stamp: tuple[int, ...] | None, problem: str) -> None:
+        if problem != self._problem:
+            log.error(
+                "admin token unusable: every admin request is refused until it is fixed",
+                extra={"fields": {"file": str(self.path), "reason": problem}},
+            )
+        self._stamp, self._token, self._problem = stamp, None, problem
+
+    def current(self) -> bytes | None:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            self._refuse(None, f"cannot read the admin token file: {exc.strerror}")
+            return None
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return self._token
+        try:
+            token = self.path.read_bytes().strip()
+        except OSError as exc:
+            self._refuse(None, f"cannot read the admin token file: {exc.strerror}")
+            return None
+        if not token:
+            self._refuse(stamp, "the admin token file is empty")
+            return None
+        if self._token is not None or self._problem is not None:
+            log.info("admin token reloaded", extra={"fields": {"file": str(self.path)}})
+        self._stamp, self._token, self._problem = stamp, token, None
+        return token
+
+
+TokenSource = bytes | AdminToken | Callable[[], bytes | None]
+"""A fixed token, a token file (``AdminToken``) or any function giving the current token."""
+
+
+def _expected(token: TokenSource) -> bytes | None:
+    if isinstance(token, bytes):
+        return token
+    if isinstance(token, AdminToken):
+        return token.current()
+    return token()
+
+
 def parse_change(req: dict[str, Any]) -> Change:
     kind = req.get("change")
     if kind == "add":
@@ -80,7 +153,7 @@ def parse_change(req: dict[str, Any]) -> Change:
     raise AdminError(f"unknown change {kind!r}")
 
 
-def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
+def handle(target: AdminTarget, token: TokenSource, raw: bytes) -> dict[str, Any]:
     if raw.count(b"[") + raw.count(b"{") > 64:
         return {"ok": False, "error": "malformed request"}  # json.loads recurses in C
     try:
@@ -89,8 +162,11 @@ def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
         return {"ok": False, "error": "malformed request"}
     if not isinstance(req, dict):
         return {"ok": False, "error": "malformed request"}
+    expected = _expected(token)
+    if expected is None:
+        return {"ok": False, "error": UNUSABLE_REPLY}
     given = str(req.get("token", "")).encode()
-    if not hmac.compare_digest(given, token):
+    if not hmac.compare_digest(given, expected):
         return {"ok": False, "error": "unauthorised"}
     op = req.get("op")
     try:
@@ -146,7 +222,7 @@ def handle(target: AdminTarget, token: bytes, raw: bytes) -> dict[str, Any]:
 async def serve(
     target: AdminTarget,
     socket_path: Path,
-    token: bytes,
+    token: TokenSource,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:

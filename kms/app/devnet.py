@@ -123,7 +123,7 @@ def create(
         if pccs_url is not None:
             doc["node"]["pccs_url"] = pccs_url
         doc["node"]["policies_dir"] = "policies"  # each node keeps its own
-        doc["node"]["simulated_tee"] = str(directory.resolve())
+        doc["node"]["simulated_tee"] = str(tee_dir.resolve())
         write_config(path, doc)
     state: dict[str, Any] = {
         "pccs_url": pccs_url,
@@ -351,6 +351,7 @@ def genesis_start(state: dict[str, Any]) -> float:
 
 
 TEE_SEED_FILE = "simulated-tee/seed"
+"""The devnet's TEE directory is ``simulated-tee/`` (``kms.app.simtee``)."""
 DEMO_MEASUREMENT = {
     name: bytes([0xD0 + i]) * 48
     for i, name in enumerate(("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"))
@@ -375,23 +376,11 @@ def node_admission_policy() -> Any:
 
 
 def simulated_tee(directory: Path) -> Any:
-    """The devnet's simulated TDX platform, rebuilt from its seed (reproducible)."""
-    import hashlib
+    """The devnet's simulated TDX platform (``kms.app.simtee``): ``directory`` is the
+    devnet's directory or its TEE directory (``simulated-tee/``)."""
+    from kms.app import simtee
 
-    from kms.attest.simulated import SimulatedTEE
-
-    raw = (directory / TEE_SEED_FILE).read_text().split()
-    seed, now = bytes.fromhex(raw[0]), int(raw[1])
-    counter = [0]
-
-    def rng(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            counter[0] += 1
-            out += hashlib.sha256(seed + counter[0].to_bytes(8, "big")).digest()
-        return out[:n]
-
-    return SimulatedTEE(rng, now=now)
+    return simtee.load(directory)
 
 
 def quote_source(
@@ -399,35 +388,36 @@ def quote_source(
 ) -> Callable[[bytes], bytes]:
     """Where the node of ``config_path`` gets the quote of its join request.
 
-    The devnet's simulated TEE when its ``[node] simulated_tee`` names a devnet
-    directory (quoting ``measurement``, by default the devnet node image), and the
-    TDX guest's configfs-tsm report interface otherwise (``kms.app.setup.tdx_quote``).
+    The simulated TEE when its ``[node] simulated_tee`` names a TEE directory (or, in
+    configs written before TEE directories, a devnet directory), quoting ``measurement``,
+    by default the TEE directory's ``node.measurement.toml`` (the devnet's node image
+    when it has none); the TDX guest's configfs-tsm report interface otherwise
+    (``kms.app.setup.tdx_quote``).
     """
     import tomllib
+
+    from kms.app import simtee
+    from kms.policy import Measurement
 
     node = tomllib.loads(Path(config_path).read_text())["node"]
     if not node.get("simulated_tee"):
         return tdx_quote
-    tee = simulated_tee(Path(node["simulated_tee"]))
-
-    def quote(report_data: bytes) -> bytes:
-        return bytes(tee.quote(report_data, **(measurement or NODE_MEASUREMENT)))
-
-    return quote
+    tee_dir = Path(config_path).parent / node["simulated_tee"]
+    if measurement is not None:
+        return simtee.quote_source(tee_dir, Measurement.explicit(**measurement))
+    image = simtee.node_measurement(tee_dir) or Measurement.explicit(**NODE_MEASUREMENT)
+    return simtee.quote_source(tee_dir, image)
 
 
 def simulated_tee_files(directory: Path) -> Path:
-    """Create the simulated TEE (seed, root certificate, collateral) for a devnet."""
-    import secrets
+    """Create the devnet's TEE directory, ``simulated-tee/`` (``kms.app.simtee.init``):
+    seed, root certificate, collateral, and the measurement files of the devnet's node
+    image and demo CVM. An earlier one there is replaced."""
+    from kms.app import simtee
 
     tee_dir = directory / "simulated-tee"
-    tee_dir.mkdir(parents=True, exist_ok=True)
-    now = int(time.time())
-    write_secret(directory / TEE_SEED_FILE, f"{secrets.token_hex(32)} {now}\n")
-    tee = simulated_tee(directory)
-    (tee_dir / "root.der").write_bytes(tee.root_ca_der)
-    (tee_dir / "collateral.json").write_text(json.dumps(tee.collateral(now, lifetime=30 * 86400)))
-
+    (tee_dir / simtee.SEED_FILE).unlink(missing_ok=True)
+    simtee.init(tee_dir, node_measurement=NODE_MEASUREMENT, app_measurement=DEMO_MEASUREMENT)
     return tee_dir
 
 
@@ -470,37 +460,17 @@ def push_policy(
     *,
     transport: httpx.BaseTransport | None = None,
 ) -> dict[str, Any]:
-    """Offer ``bundle`` to every node; the change is effective everywhere once all accept.
-    ``transport`` carries the requests instead of the network (tests: in-process nodes)."""
-    acks, lagging = [], []
-    for n in state["nodes"]:
-        try:
-            with httpx.Client(timeout=timeout, transport=transport) as http:
-                r = http.post(
-                    n["http_url"] + "/v1/policies",
-                    content=bundle.encode(),
-                    headers={"content-type": "application/msgpack"},
-                )
-            reply = r.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            lagging.append({"index": n["index"], "reason": f"unreachable: {type(exc).__name__}"})
-            continue
-        if reply.get("accepted"):
-            acks.append(n["index"])
-        else:
-            lagging.append(
-                {
-                    "index": n["index"],
-                    "reason": reply.get("reason"),
-                    "held_version": reply.get("held_version"),
-                }
-            )
-    return {
-        "version": bundle.signed.policy.version,
-        "acknowledged": acks,
-        "lagging": lagging,
-        "effective_everywhere": not lagging,
-    }
+    """Offer ``bundle`` to every node (``kms.app.owner.push_bundle``); the change is
+    effective everywhere once all accept. ``transport`` carries the requests instead of
+    the network (tests: in-process nodes)."""
+    from kms.app.owner import push_bundle
+
+    nodes = {int(n["index"]): str(n["http_url"]) for n in state["nodes"]}
+    report = push_bundle(nodes, bundle, timeout, transport=transport)
+    report.pop("app_id", None)
+    for entry in report["lagging"]:
+        entry["index"] = entry.pop("node")
+    return report
 
 
 def register_demo_app(
@@ -994,13 +964,9 @@ def create_app(
 
 
 def _held_policy(url: str, app_id: bytes, transport: httpx.BaseTransport | None = None) -> Any:
-    try:
-        with httpx.Client(timeout=5, transport=transport) as http:
-            r = http.get(f"{url}/v1/policies/{app_id.hex()}")
-        info: Any = r.json() if r.status_code == 200 else None
-        return info
-    except (httpx.HTTPError, ValueError):
-        return None
+    from kms.app.owner import held_policy
+
+    return held_policy(url, app_id, transport=transport).get("policy")
 
 
 def policies_held(
@@ -1011,7 +977,7 @@ def policies_held(
         {"index": n["index"], "policy": _held_policy(n["http_url"], app_id, transport)}
         for n in state["nodes"]
     ]
-    versions = {n["policy"]["version"] for n in nodes if n["policy"]}
+    versions = {n["policy"]["version"] for n in nodes if n["policy"] and "version" in n["policy"]}
     return {"app_id": app_id.hex(), "nodes": nodes, "versions": sorted(versions)}
 
 

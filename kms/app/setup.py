@@ -184,7 +184,8 @@ async def run_node(config_path: Path, log_format: str | None = None) -> None:
     ident = store.load_identity()
     if ident is None:
         raise RuntimeError("no identity in the store: run `kms node init`")
-    token = cfg.admin_token_file.read_text().strip().encode()
+    token = admin.AdminToken(cfg.admin_token_file)  # re-read when the file changes
+    token.current()  # an unusable token file is logged now, not at the first request
     peers: dict[ParticipantIndex, list[str]] = {}
     for p in cfg.peers:
         peers.setdefault(p.index, []).append(p.multiaddr)

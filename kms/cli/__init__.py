@@ -23,6 +23,7 @@ from kms.cli.member import member_app
 from kms.cli.node import node_app
 from kms.cli.sim import sim_app
 from kms.cli.status import status
+from kms.cli.tee import tee_app
 
 app = typer.Typer(help="quorum-kms: a decentralised key management service.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
@@ -38,6 +39,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(app_app, name="app")
 app.add_typer(sim_app, name="sim")
 app.command("demo")(demo)
+app.add_typer(tee_app, name="tee")
 
 
 def main() -> None:

@@ -167,3 +167,33 @@ def member_evidence(
         out.print(f"{e['id'][:16]} node {e['culprit']} {e['kind']}: {e['reason']}")
     for name in files:
         out.print(f"wrote {name}")
+
+
+@member_app.command("admit-app")
+def member_admit_app(
+    bundle_file: Annotated[Path, typer.Argument(metavar="FILE", help="The app's signed bundle.")],
+    config: Annotated[Path, typer.Option("--config")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Admit an app from its owner's signed bundle: copy it into the node's policies
+    directory (as <app id>-v<version>.policy) and have the node re-read the directory."""
+    from kms.app.owner import OwnerError, admit_bundle
+    from kms.cli.tee import die
+
+    try:
+        info = admit_bundle(config, bundle_file)
+    except OwnerError as exc:
+        die(str(exc))
+    if not json_out:  # said first: the file stays even if the node cannot be reached
+        out.print(
+            f"app {info['app_id']} version {info['version']} placed in {info['file']}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    reply = admin(config, {"op": "reload-policies"}, json_out)
+    counts = {k: reply.get(k, 0) for k in ("admitted", "updated", "refused", "frozen")}
+    if json_out:
+        print_json({"ok": True, **info, **counts})
+        return
+    out.print("node reloaded: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

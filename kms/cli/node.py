@@ -14,6 +14,7 @@ import typer
 from kms.app.config import ConfigError
 from kms.app.devnet import quote_source
 from kms.app.setup import init_node, join_request, run_node
+from kms.cli import node_ops
 from kms.cli.common import fail, out, print_json
 from kms.node import lifecycle
 from kms.store import StoreError
@@ -127,3 +128,8 @@ def node_join_request(
         print_json(
             {"ok": True, "file": str(out_file), "index": doc["index"], "peer_id": doc["peer_id"]}
         )
+
+
+# Operations on a node's files (kms.cli.node_ops): token rotation, passphrase change.
+node_app.command("rotate-admin-token")(node_ops.node_rotate_admin_token)
+node_app.command("passphrase")(node_ops.node_passphrase)

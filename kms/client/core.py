@@ -49,7 +49,23 @@ def _decoded_verify_key(identity: bytes) -> VerifyKey:
 
 
 class KeyReleaseError(Exception):
-    """Not enough good partials could be gathered."""
+    """Not enough good partials could be gathered.
+
+    ``refusals`` names each refusing node's reason and detail (index → (reason, detail)),
+    ``bad_nodes`` the nodes that sent bad partials, ``unreachable`` the nodes not heard."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        refusals: dict[int, tuple[str, str]] | None = None,
+        bad_nodes: list[int] | None = None,
+        unreachable: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.refusals = dict(refusals or {})
+        self.bad_nodes = list(bad_nodes or [])
+        self.unreachable = list(unreachable or [])
 
 
 @dataclass(frozen=True)

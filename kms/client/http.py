@@ -379,7 +379,10 @@ class KeyClient:
             raise KeyReleaseError(
                 f"fewer than t = {chain.threshold} good partials: refusals {reasons}, "
                 f"bad partials from {[int(i) for i in session.bad_nodes()]}, "
-                f"unreachable {ignored}"
+                f"unreachable {ignored}",
+                refusals={int(i): (r.reason, r.detail) for i, r in session.refusals.items()},
+                bad_nodes=[int(i) for i in session.bad_nodes()],
+                unreachable=list(ignored),
             )
         derived = {(p.purpose, p.version): d for p, d in session.derived().items()}
         return FetchResult(
@@ -562,12 +565,20 @@ def get_app_key(
     bundle: bytes = b"",
     report: bool = True,
     transport: httpx.BaseTransport | None = None,
+    event_log: bytes = b"",
 ) -> AppKeyResult:
     """Fetch one app key from a cold start (``fetch_keys``) and derive its typed keys;
     with ``report``, disclose each wrong partial's evidence to the other nodes
     (``report_evidence``). Raises ``KeyReleaseError`` when no key could be derived."""
     res = fetch_keys(
-        urls, mpk, app_id, [(purpose, version)], quote_for, bundle=bundle, transport=transport
+        urls,
+        mpk,
+        app_id,
+        [(purpose, version)],
+        quote_for,
+        bundle=bundle,
+        transport=transport,
+        event_log=event_log,
     )
     reported: dict[int, list[int]] = {}
     if report:
@@ -607,11 +618,14 @@ def open_sealed(
     quote_for: Callable[[bytes], bytes],
     *,
     transport: httpx.BaseTransport | None = None,
+    event_log: bytes = b"",
 ) -> bytes:
     """Decrypt an IBE ciphertext: fetch the point for the key id its header names (app,
     purpose, version), then open it. Raises ``InvalidEncoding`` for an unreadable header,
     ``KeyReleaseError`` or ``DecryptionError``."""
     key_id = ibe.read_header(sealed).key_id
     wanted = (key_id.purpose, key_id.version)
-    res = fetch_keys(urls, mpk, key_id.app_id, [wanted], quote_for, transport=transport)
+    res = fetch_keys(
+        urls, mpk, key_id.app_id, [wanted], quote_for, transport=transport, event_log=event_log
+    )
     return ibe.decrypt(res.derived[wanted], mpk, sealed)

@@ -30,6 +30,9 @@ PR_SET_PDEATHSIG = 1
 
 EXIT_OK = 0
 """A clean stop: SIGTERM or SIGINT, store and transport closed."""
+EXIT_CONFIG = 2
+"""A start-up, configuration or usage error (one ``error:`` line): restarting cannot fix
+it, so a supervisor must not restart on it (contrib/systemd/quorum-kms@.service)."""
 EXIT_PARENT_GONE = 3
 """``KMS_DIE_WITH_PARENT`` named a parent that was already gone when the node started."""
 

@@ -477,6 +477,72 @@ class NodeStore:
         self._set_meta(tx, _META_SEALER, header)
         self._set_meta(tx, _META_CHECK, check)
 
+    # --- resealing (a passphrase change) ------------------------------------------------------
+
+    def reseal(self, sealer: Sealer, *, between: Callable[[str], None] | None = None) -> int:
+        """Seal every sealed value of the store again under ``sealer`` (a new passphrase),
+        in ONE write transaction; returns how many values were resealed.
+
+        ``sealer`` gets a fresh header (a new scrypt salt), so the new key shares
+        nothing with the old one. What is sealed: the identity and DKG seeds, the
+        secret protocol records, every share (current and retained), the sealed
+        audit head, and the check value. The header and check value are replaced
+        last, in the same transaction: a process killed at any point before the
+        commit leaves the store as it was, opened by the old passphrase only;
+        after it, by the new one only. ``between`` is called with the name of
+        each step done (fault injection in tests). The write-ahead log is
+        truncated afterwards, so the old blobs leave it.
+        """
+        if not isinstance(sealer, Sealer):
+            raise TypeError("sealer must implement the Sealer protocol")
+        step = between or (lambda name: None)
+        header = sealer.create_header()
+        sealer.open(header)
+        old = self._sealer
+        count = 0
+
+        def again(blob: bytes, aad: bytes) -> bytes:
+            nonlocal count
+            count += 1
+            return sealer.seal(old.unseal(bytes(blob), aad), aad)
+
+        with self._write() as db:
+            row = db.execute("SELECT identity_seed, dkg_seed FROM identity").fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE identity SET identity_seed = ?, dkg_seed = ? WHERE singleton = 1",
+                    (
+                        again(row[0], self._aad("identity", "identity_seed")),
+                        again(row[1], self._aad("identity", "dkg_seed")),
+                    ),
+                )
+            step("identity")
+            for run, key, data in db.execute(
+                "SELECT run, key, data FROM records WHERE secret = 1"
+            ).fetchall():
+                db.execute(
+                    "UPDATE records SET data = ? WHERE run = ? AND key = ?",
+                    (again(data, self._record_aad(bytes(run), str(key))), run, key),
+                )
+            step("records")
+            for epoch, sealed in db.execute("SELECT epoch, sealed FROM shares").fetchall():
+                db.execute(
+                    "UPDATE shares SET sealed = ? WHERE epoch = ?",
+                    (again(sealed, self._share_aad(int(epoch))), epoch),
+                )
+            step("shares")
+            head = self._meta(db, _META_AUDIT_HEAD)
+            if head is not None:
+                self._set_meta(db, _META_AUDIT_HEAD, again(head, self._head_aad()))
+            step("audit head")
+            check_aad = self._aad("meta", "value", _META_CHECK.encode())
+            self._set_meta(db, _META_SEALER, header)
+            self._set_meta(db, _META_CHECK, sealer.seal(_CHECK_PLAINTEXT, check_aad))
+            step("header")
+        self._sealer = sealer
+        self._checkpoint()
+        return count
+
     # --- transactions and helpers ----------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:

@@ -20,6 +20,7 @@ from kms.app import devnet
 from kms.cli import app
 from kms.client.core import KeyReleaseError
 from mpc import ibe
+from mpc.ids import ParticipantIndex
 from mpc.math import G2
 from mpc.tkd import DerivedPoint, KeyId, derive_point_base
 
@@ -46,7 +47,12 @@ def stand_in(
     d = tmp_path / "devnet"
     d.mkdir(exist_ok=True)
     devnet.write_state(
-        d, {"master_public_key": MPK.to_bytes().hex(), "nodes": [], "apps": {"demo": APP_ID.hex()}}
+        d,
+        {
+            "master_public_key": MPK.to_bytes().hex(),
+            "nodes": [{"index": 1, "http_url": "http://node-1"}],
+            "apps": {"demo": APP_ID.hex()},
+        },
     )
     asked: list[tuple[str, int]] = []
 
@@ -63,7 +69,16 @@ def stand_in(
     import kms.client.http
 
     monkeypatch.setattr(kms.client.http, "fetch_keys", fetch_keys)
-    monkeypatch.setattr(devnet, "simulated_tee", lambda directory: SimpleNamespace())
+    from kms.app import cvm
+
+    monkeypatch.setattr(
+        cvm,
+        "nodes_by_index",
+        lambda urls, timeout=5.0: cvm.Nodes({ParticipantIndex(1): urls[0]}, []),
+    )
+    monkeypatch.setattr(
+        cvm, "quoting", lambda app_id, **_: cvm.Quoting(lambda rd: b"", b"", "stand-in")
+    )
     return d, asked
 
 

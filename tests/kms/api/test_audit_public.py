@@ -5,12 +5,12 @@ made and the head hash the node signed, never which apps, measurements or
 requests they were for. The head costs the node one indexed read per request:
 the chain is not walked and the head is not signed again until the log grows.
 The whole chain is checked by ``kms audit verify --config`` over the admin
-channel (token-guarded Unix socket).
+channel (token-guarded Unix socket), against the identity the verified epoch chain
+gives the node (tests/kms/test_audit_pinning.py).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import tomllib
@@ -28,10 +28,12 @@ from kms.api import admin
 from kms.api.http import make_app
 from kms.api.openapi import openapi_document
 from kms.app.config import load
+from kms.app.operator import read_audit
 from kms.app.setup import init_node, open_store
 from kms.cli import app as cli
 from kms.node.service import NodeService
 from kms.store import NodeStore
+from kms.store.audit import chain_problems, head_problems
 from mpc.sig import VerifyKey
 from net.memory import MemoryNetwork, MemoryTransport
 from net.peerid import peer_id_from_ed25519
@@ -206,11 +208,10 @@ def admin_node(tmp_path: Path) -> Iterator[Path]:
 def test_audit_verify_reads_and_checks_the_whole_chain_over_the_admin_channel(
     admin_node: Path,
 ) -> None:
-    runner = CliRunner()
-    ok = runner.invoke(cli, ["audit", "verify", "--config", str(admin_node), "--json"])
-    assert ok.exit_code == 0, ok.output
-    doc = json.loads(ok.stdout)
-    assert doc["ok"] is True and doc["checked"] == "chain" and doc["count"] == RELEASES
+    """What ``kms audit verify`` reads over the real admin socket (``read_audit``) and checks
+    (``chain_problems``) once it has the identity the chain pins (tests/kms/test_audit_pinning.py)."""
+    doc, entries = read_audit(admin_node)
+    assert chain_problems(entries, doc) == [] and doc["count"] == RELEASES == len(entries)
     # Someone with the disk edits a record (dropping the append-only triggers first).
     db = admin_node.parent / "node.db"
     con = sqlite3.connect(db)
@@ -223,9 +224,8 @@ def test_audit_verify_reads_and_checks_the_whole_chain_over_the_admin_channel(
         con.commit()
     finally:
         con.close()
-    bad = runner.invoke(cli, ["audit", "verify", "--config", str(admin_node), "--json"])
-    assert bad.exit_code == 1
-    assert json.loads(bad.stdout)["ok"] is False
+    doc, entries = read_audit(admin_node)
+    assert chain_problems(entries, doc) != []
 
 
 def test_audit_verify_needs_a_node_to_ask() -> None:
@@ -249,49 +249,26 @@ def test_the_admin_export_needs_the_token_and_bounds_its_pages(admin_node: Path)
     assert "node_check" not in page["audit"]  # the chain walk only when asked for
 
 
-def _serve_public(monkeypatch: pytest.MonkeyPatch, service: NodeService) -> None:
-    """Route the CLI's HTTP requests to ``service``'s public app."""
-    app = make_app(service)
-
-    async def get(url: str) -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport) as client:
-            r = await client.get(url)
-            await r.aread()
-            return r
-
-    monkeypatch.setattr(httpx, "get", lambda url, **kw: trio.run(get, url))
+def _public_head(service: NodeService) -> dict[str, Any]:
+    return trio.run(get_all, service, ["/v1/audit/head"])["/v1/audit/head"].json()
 
 
 def test_audit_verify_checks_the_public_head_against_the_chain(
-    admin_node: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    admin_node: Path, tmp_path: Path
 ) -> None:
-    runner = CliRunner()
     store = open_store(load(admin_node))  # the same node's store, read by its public port
     try:
-        _serve_public(monkeypatch, service_for(admin_node, store))
-        head_only = runner.invoke(cli, ["audit", "verify", "--url", "http://node", "--json"])
-        assert head_only.exit_code == 0, head_only.output
-        assert json.loads(head_only.stdout)["checked"] == "head"
-        both = runner.invoke(
-            cli,
-            ["audit", "verify", "--config", str(admin_node), "--url", "http://node", "--json"],
-        )
-        assert both.exit_code == 0, both.output
-        assert json.loads(both.stdout)["ok"] is True
+        public = _public_head(service_for(admin_node, store))
     finally:
         store.close()
+    doc, entries = read_audit(admin_node)
+    assert head_problems(public) == [] and chain_problems(entries, doc, public) == []
     # Another node's head is not a head of this node's chain.
     other = make_node(tmp_path / "other")
     other_store = open_store(load(other))
     try:
         log_releases(other_store, 3)
-        _serve_public(monkeypatch, service_for(other, other_store))
-        mixed = runner.invoke(
-            cli,
-            ["audit", "verify", "--config", str(admin_node), "--url", "http://node", "--json"],
-        )
-        assert mixed.exit_code == 1
-        assert "another identity" in " ".join(json.loads(mixed.stdout)["problems"])
+        mixed = _public_head(service_for(other, other_store))
     finally:
         other_store.close()
+    assert "the public head is signed by another identity" in chain_problems(entries, doc, mixed)

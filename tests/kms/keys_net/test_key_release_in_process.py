@@ -30,6 +30,7 @@ from devnet_helpers import in_process_devnet
 from service_devnet import ServiceDevnet
 
 from kms.app import devnet
+from kms.app.audit import fetch_pinned_identity
 from kms.app.operator import read_audit
 from kms.client import http as client_http
 from kms.client.core import KeyReleaseError, KeyRequestSession
@@ -211,6 +212,14 @@ def test_the_audit_chain_verifies_and_detects_an_edited_record(tmp_path: Path) -
         assert r.status_code == 200
         public = r.json()
         assert head_problems(public) == [] and public["head"] == doc["head"]
+        # The identity that signed it is the one the chain verified from the key gives node 1.
+        urls, _ = k.cvm()
+        pinned = await k.run(
+            lambda: fetch_pinned_identity(
+                urls[ParticipantIndex(1)], k.mpk, 1, transport=k.transport
+            )
+        )
+        assert pinned.identity.hex() == public["identity"] == doc["identity"] and pinned.current
         assert (await net.get(1, "/v1/audit")).status_code == 403
         # Someone with access to the disk edits a record of node 1 (the append-only
         # triggers only guard against the code's own bugs, so they drop them first).

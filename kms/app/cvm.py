@@ -1,0 +1,207 @@
+"""A CVM on the command line (``kms key get``, ``kms decrypt``): which node answers at each
+URL, and where the CVM's quotes come from.
+
+**Node URLs.** The client asks nodes by committee index. Given a list of URLs, each node's
+index is read from its ``GET /v1/status``. That answer is not authenticated, and needs not
+be: the chain is verified from the pinned master public key, and every partial is checked
+against the share of the index the chain gives it, so a node that claims another index
+gets no key accepted and costs at most its own answer. A URL that claims an index another
+URL of the list already claimed is left out and named.
+
+**Quotes.** On the simulated TEE of a TEE directory with a measurement file
+(``kms.app.simtee.cvm_quote_source``), or from the TDX guest's configfs-tsm report interface
+(``kms.app.setup.tdx_quote``) with, optionally, the CVM's RTMR3 event log from a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from kms.app import owner, setup, simtee
+from kms.policy import Measurement
+from mpc.cert import check_mpk
+from mpc.ids import ParticipantIndex
+from mpc.math import G2
+
+
+class CVMError(ValueError):
+    """The CVM side cannot start (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """Node URLs by committee index, and the URLs left out (with why)."""
+
+    urls: dict[ParticipantIndex, str]
+    left_out: list[str]
+
+
+def nodes_by_index(urls: Sequence[str], timeout: float = 5.0) -> Nodes:
+    """Each URL's committee index, from its ``GET /v1/status`` (see the module docstring)."""
+    found: dict[ParticipantIndex, str] = {}
+    left_out: list[str] = []
+    with httpx.Client(timeout=timeout, transport=owner.HTTP_TRANSPORT) as http:
+        for url in urls:
+            try:
+                r = http.get(url + "/v1/status")
+                index = r.json().get("index") if r.status_code == 200 else None
+            except httpx.TimeoutException:
+                left_out.append(f"{url}: no answer in time")
+                continue
+            except httpx.HTTPError as exc:
+                left_out.append(f"{url}: unreachable ({exc or 'no connection'})")
+                continue
+            except (ValueError, AttributeError):
+                left_out.append(f"{url}: its status is not a JSON object")
+                continue
+            if not isinstance(index, int) or isinstance(index, bool) or index < 1:
+                left_out.append(f"{url}: its status names no committee index")
+                continue
+            if ParticipantIndex(index) in found:
+                taken = found[ParticipantIndex(index)]
+                left_out.append(f"{url}: claims index {index}, already at {taken}")
+                continue
+            found[ParticipantIndex(index)] = url
+    if not found:
+        raise CVMError(
+            "no node answered at the URLs given ("
+            + "; ".join(left_out)
+            + "): check --urls and that the nodes run"
+        )
+    return Nodes(found, left_out)
+
+
+@dataclass(frozen=True)
+class Quoting:
+    """Where the CVM's quotes come from and the RTMR3 event log it sends."""
+
+    quote: Callable[[bytes], bytes]
+    event_log: bytes
+    source: str
+
+
+def quoting(
+    app_id: bytes,
+    *,
+    simulated_tee: Path | None,
+    measurement: Path | Measurement | None,
+    event_log: Path | None = None,
+) -> Quoting:
+    """The simulated TEE of ``simulated_tee`` running ``measurement``, or configfs-tsm."""
+    if simulated_tee is not None:
+        if measurement is None:
+            raise CVMError(
+                "--simulated-tee needs --measurement FILE (e.g. TEE/app.measurement.toml)"
+            )
+        if event_log is not None:
+            raise CVMError("--event-log is for a real CVM; the simulated TEE makes its own")
+        try:
+            m = (
+                measurement
+                if isinstance(measurement, Measurement)
+                else simtee.load_measurement(measurement)
+            )
+            cvm = simtee.cvm_quote_source(simulated_tee, m, app_id)
+        except simtee.TEEError as exc:
+            raise CVMError(str(exc)) from None
+        return Quoting(cvm.quote, cvm.event_log, f"simulated TEE {simulated_tee}")
+    if measurement is not None:
+        raise CVMError("--measurement goes with --simulated-tee (a real TD has its own)")
+    if not setup.TSM_REPORT.is_dir():
+        raise CVMError(
+            f"no TDX quote: {setup.TSM_REPORT} is missing (not a TDX guest); "
+            "outside a TD use --simulated-tee TEE --measurement FILE"
+        )
+    log = b""
+    if event_log is not None:
+        try:
+            log = event_log.read_bytes()
+        except OSError as exc:
+            raise CVMError(f"cannot read {event_log}: {exc.strerror or exc}") from None
+    return Quoting(setup.tdx_quote, log, "configfs-tsm")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Whom a CVM asks and as what: node URLs by index, the pinned master public key, the
+    app, its quotes and event log, and the URLs left out (with why)."""
+
+    urls: dict[ParticipantIndex, str]
+    mpk: G2
+    app_id: bytes
+    quote: Callable[[bytes], bytes]
+    event_log: bytes
+    left_out: list[str]
+
+
+def pinned_mpk(mpk_hex: str) -> G2:
+    """The master public key the CVM pins (hex); never the identity point."""
+    try:
+        mpk = G2.from_bytes(bytes.fromhex(mpk_hex))
+        check_mpk(mpk)
+    except ValueError as exc:
+        raise CVMError(f"--mpk: not a master public key ({exc})") from None
+    return mpk
+
+
+@dataclass
+class Options:
+    """``kms key get`` / ``kms decrypt`` options naming the target (None: not given)."""
+
+    urls: list[str] | None = None
+    mpk: str | None = None
+    app: str | None = None
+    app_id: bytes | None = None
+    simulated_tee: Path | None = None
+    measurement: Path | Measurement | None = None
+    event_log: Path | None = None
+    devnet: Path | None = None
+    rogue: bool = False
+
+
+def devnet_defaults(o: Options, directory: Path) -> None:
+    """Fill what ``o`` leaves open from its devnet: URLs, key, app alias, the devnet's TEE
+    and its demo CVM's measurement (``rogue``: one no policy admits)."""
+    from kms.app import devnet
+
+    try:
+        state = devnet.read_state(directory)
+        if o.app_id is None:
+            o.app_id = devnet.app_id_of(state, str(o.app))
+    except (OSError, ValueError) as exc:
+        raise CVMError(f"{directory}: not a usable devnet directory ({exc})") from None
+    o.mpk = o.mpk or state.get("master_public_key")
+    if not o.mpk:
+        raise CVMError("the devnet has no master public key yet")
+    o.urls = o.urls or [str(n["http_url"]) for n in state["nodes"]]
+    o.simulated_tee = o.simulated_tee or directory / "simulated-tee"
+    if o.rogue:
+        o.measurement = Measurement.explicit(**devnet.ROGUE_MEASUREMENT)
+    elif o.measurement is None:
+        o.measurement = Measurement.explicit(**devnet.DEMO_MEASUREMENT)
+
+
+def target(o: Options) -> Target:
+    """The CVM's target from the options (see :class:`Options`); ``CVMError`` says what
+    is missing or wrong."""
+    if o.app_id is None and o.app is None:
+        raise CVMError("give --app APP_ID")
+    if o.devnet is not None:
+        devnet_defaults(o, o.devnet)
+    elif o.rogue:
+        raise CVMError("--rogue-measurement goes with --devnet")
+    app_id = o.app_id if o.app_id is not None else owner.parse_app_id(str(o.app))
+    if not o.mpk:
+        raise CVMError("give --mpk HEX: the committee's master public key (kms member mpk)")
+    mpk = pinned_mpk(o.mpk)
+    if not o.urls:
+        raise CVMError("give --urls URL[,URL…]: the committee's node URLs")
+    nodes = nodes_by_index(owner.split_urls(o.urls))
+    q = quoting(
+        app_id, simulated_tee=o.simulated_tee, measurement=o.measurement, event_log=o.event_log
+    )
+    return Target(nodes.urls, mpk, app_id, q.quote, q.event_log, nodes.left_out)

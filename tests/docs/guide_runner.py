@@ -144,12 +144,14 @@ def run_script(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        previous = _terminate_as_interrupt()
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
             end_all(proc, marker)
+            _restore(previous)
     seconds = time.monotonic() - started
     output = log_file.read_text(errors="replace")
     if timed_out:
@@ -161,6 +163,28 @@ def run_script(
         failed_block=None if proc.returncode == 0 and not timed_out else last_block(output),
         seconds=seconds,
     )
+
+
+class Terminated(Exception):
+    """The process running the page got SIGTERM (a CI timeout): end the run first."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def _terminate_as_interrupt() -> object:
+    """SIGTERM raises, so that the ``finally`` ending the run's processes runs (the
+    default action would exit at once and leave the nodes running)."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave the default
+        return None
+
+
+def _restore(previous: object) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
 
 
 def last_block(output: str) -> str | None:

@@ -4,13 +4,15 @@ named, and that nothing it started outlives it."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from guide_runner import build_script, extract_blocks, run_page, runnable_blocks
+from guide_runner import ROOT, build_script, extract_blocks, run_page, runnable_blocks
 
 PAGE = """\
 # A page
@@ -152,3 +154,33 @@ def test_the_script_announces_every_block() -> None:
     assert script.startswith("#!/usr/bin/env bash\nset -Eeuo pipefail\n")
     assert '"==> guide block 1 at docs/x.md:5 (at $SECONDS s)"' in script
     assert '"==> guide block 2 at docs/x.md:16 (at $SECONDS s)"' in script
+
+
+def test_a_terminated_runner_ends_the_run_first(tmp_path: Path) -> None:
+    # The process running the page gets SIGTERM (a CI job's timeout): the page's
+    # background jobs must not outlive it.
+    page = write_page(tmp_path, "```sh\nsleep 300 &\necho $! > job.pid\nsleep 300\n```\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+        "from guide_runner import run_page; "
+        "run_page(Path(sys.argv[2]), timeout=120, workdir=Path(sys.argv[3]))"
+    )
+    runner = subprocess.Popen(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(page), str(work)],
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (work / "job.pid").exists() or not (work / "job.pid").read_text():
+            assert time.monotonic() < deadline, "the page never started"
+            time.sleep(0.05)
+        job = int((work / "job.pid").read_text())
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(timeout=30)
+    finally:
+        runner.kill()
+        runner.wait()
+    assert runner.returncode != 0
+    assert wait_gone(job), "a background job outlived the terminated runner"

@@ -237,7 +237,8 @@ ROWS: dict[str, Rule] = {
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).
     "kms.node.metrics": Rule(
-        ("kms.node.core", "kms.node.model", "kms.node.release"), frozenset({"prometheus_client"})
+        ("kms.node.core", "kms.node.model", "kms.node.release", "net.codec"),
+        frozenset({"prometheus_client"}),
     ),
     "kms.node.logs": Rule((), frozenset()),
     "kms.node.lifecycle": Rule((), frozenset()),

@@ -14,10 +14,13 @@ change of the file), and the node keeps running.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
 import os
+import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -153,21 +156,80 @@ def parse_change(req: dict[str, Any]) -> Change:
     raise AdminError(f"unknown change {kind!r}")
 
 
-def handle(target: AdminTarget, token: TokenSource, raw: bytes) -> dict[str, Any]:
+READ_OPS = frozenset({"status", "evidence", "audit"})
+"""Operations that only read: logged at ``debug`` (``kms member wait`` polls ``status``);
+every other operation is an operator action, logged at ``info``."""
+
+
+def request_fields(req: dict[str, Any]) -> dict[str, Any]:
+    """What an admin request's log line says about it: the operation and its arguments,
+    never the token; files and documents as their size and SHA-256 prefix."""
+    out: dict[str, Any] = {"op": str(req.get("op"))[:40]}
+    change = req.get("change")
+    if change is not None:
+        out["change"] = str(change)[:40]
+    for key in ("index", "threshold", "proposal_id", "app_id", "start", "limit"):
+        if key in req and isinstance(req[key], int | str):
+            out[key] = req[key] if isinstance(req[key], int) else str(req[key])[:80]
+    jr = req.get("join_request")
+    if isinstance(jr, dict):
+        for key in ("index", "peer_id", "identity"):
+            if isinstance(jr.get(key), int | str):
+                out[f"join_{key}"] = jr[key] if isinstance(jr[key], int) else str(jr[key])[:80]
+        if isinstance(jr.get("addresses"), list):
+            out["join_addresses"] = [str(a)[:200] for a in jr["addresses"][:8]]
+    for key in ("policy", "evidence", "bundle"):
+        value = req.get(key)
+        if isinstance(value, str):
+            try:
+                data = bytes.fromhex(value)
+            except ValueError:
+                data = value.encode()
+            out[key] = f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}"
+    return out
+
+
+def handle(
+    target: AdminTarget, token: TokenSource, raw: bytes, *, peer: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """One admin request: the reply, and one log line (``admin request``) saying who asked
+    (``peer``: the connecting process's ``pid``, ``uid`` and ``gid`` when known), what,
+    and how it ended."""
+    req: Any = None
     if raw.count(b"[") + raw.count(b"{") > 64:
-        return {"ok": False, "error": "malformed request"}  # json.loads recurses in C
-    try:
-        req = json.loads(raw)
-    except ValueError:
-        return {"ok": False, "error": "malformed request"}
-    if not isinstance(req, dict):
-        return {"ok": False, "error": "malformed request"}
-    expected = _expected(token)
-    if expected is None:
-        return {"ok": False, "error": UNUSABLE_REPLY}
-    given = str(req.get("token", "")).encode()
-    if not hmac.compare_digest(given, expected):
-        return {"ok": False, "error": "unauthorised"}
+        reply: dict[str, Any] = {"ok": False, "error": "malformed request"}
+    else:
+        try:
+            req = json.loads(raw)
+        except ValueError:
+            req = None
+        expected = _expected(token) if isinstance(req, dict) else None
+        if not isinstance(req, dict):
+            reply = {"ok": False, "error": "malformed request"}
+        elif expected is None:
+            reply = {"ok": False, "error": UNUSABLE_REPLY}
+        elif not hmac.compare_digest(str(req.get("token", "")).encode(), expected):
+            reply = {"ok": False, "error": "unauthorised"}
+        else:
+            reply = _dispatch(target, req)
+    fields: dict[str, Any] = request_fields(req) if isinstance(req, dict) else {"op": None}
+    fields.update({f"peer_{k}": v for k, v in (peer or {}).items()})
+    fields["ok"] = bool(reply.get("ok"))
+    if not reply.get("ok"):
+        fields["error"] = str(reply.get("error"))[:300]
+    elif "proposal_id" in reply:
+        fields["proposal_id"] = reply["proposal_id"]
+    if fields["ok"] and fields["op"] in READ_OPS:
+        level = logging.DEBUG
+    elif reply.get("error") in ("unauthorised", "malformed request", UNUSABLE_REPLY):
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    log.log(level, "admin request", extra={"fields": fields})
+    return reply
+
+
+def _dispatch(target: AdminTarget, req: dict[str, Any]) -> dict[str, Any]:
     op = req.get("op")
     try:
         if op == "status":
@@ -215,8 +277,31 @@ def handle(target: AdminTarget, token: TokenSource, raw: bytes) -> dict[str, Any
         LocalProtocolError,
         InvalidSignature,
     ) as exc:
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "error": _error_text(exc)}
     return {"ok": False, "error": f"unknown operation {op!r}"}
+
+
+def _error_text(exc: Exception) -> str:
+    """What a failed admin request says, for the operator (no Python class names)."""
+    if isinstance(exc, KeyError):
+        return f"malformed request: it lacks {exc.args[0]!r}"
+    if isinstance(exc, ValueError | TypeError):
+        return f"malformed request: {exc}"
+    return str(exc)
+
+
+def peer_credentials(sock: Any) -> dict[str, int] | None:
+    """The connecting process's ``pid``, ``uid`` and ``gid`` (``SO_PEERCRED``; Linux), or
+    ``None`` where the platform does not say."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+    except (OSError, struct.error):
+        return None
+    return {"pid": pid, "uid": uid, "gid": gid}
 
 
 async def serve(
@@ -247,7 +332,7 @@ async def serve(
                     if not chunk:
                         break
                     buf += chunk
-            reply = handle(target, token, buf)
+            reply = handle(target, token, buf, peer=peer_credentials(stream.socket))
             await stream.send_all(json.dumps(reply).encode() + b"\n")
 
     async with listener:

@@ -255,7 +255,13 @@ def make_app(source: StatusSource) -> Starlette:
         st = source.status()
         code = 200 if st.get("healthy") else 503
         return JSONResponse(
-            {"ok": bool(st.get("healthy")), "epoch": st.get("epoch")}, status_code=code
+            {
+                "ok": bool(st.get("healthy")),
+                "epoch": st.get("epoch"),
+                "member": st.get("member"),
+                "health": st.get("health"),
+            },
+            status_code=code,
         )
 
     async def status(request: Request) -> Response:

@@ -164,9 +164,15 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Liveness of the node",
                 "responses": {
                     "200": _resp(
-                        "The node has an epoch, or its genesis DKG runs.", _json("Health")
+                        "The node is a member of the current epoch, or its genesis DKG is"
+                        " scheduled or runs.",
+                        _json("Health"),
                     ),
-                    "503": _resp("Not healthy.", _json("Health")),
+                    "503": _resp(
+                        "Not healthy: not a member of the current epoch (removed, or joining"
+                        " and not certified yet), or no epoch and no genesis DKG.",
+                        _json("Health"),
+                    ),
                 },
             }
         },
@@ -451,8 +457,13 @@ _PLAIN_SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["ok", "epoch"],
-        "properties": {"ok": {"type": "boolean"}, "epoch": _NULLABLE_INT},
+        "required": ["ok", "epoch", "member", "health"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "epoch": _NULLABLE_INT,
+            "member": {"type": "boolean"},
+            "health": {"type": "string"},
+        },
     },
     "Status": {
         "type": "object",
@@ -470,6 +481,12 @@ _PLAIN_SCHEMAS: dict[str, Any] = {
             "last_refresh",
             "peers",
             "healthy",
+            "member",
+            "health",
+            "decision_window",
+            "now",
+            "genesis",
+            "next_window",
             "serves_keys",
             "simulated_quotes_accepted",
             "collateral",
@@ -519,6 +536,28 @@ _PLAIN_SCHEMAS: dict[str, Any] = {
             "last_refresh": {"type": ["number", "null"]},
             "peers": {"type": "array", "items": {"type": "string"}},
             "healthy": {"type": "boolean"},
+            "member": {"type": "boolean"},
+            "health": {"type": "string"},
+            "decision_window": {
+                "type": ["object", "null"],
+                "required": ["index", "phase"],
+                "properties": {"index": {"type": "integer"}, "phase": {"type": "string"}},
+            },
+            "now": {"type": "number"},
+            "genesis": {
+                "type": ["object", "null"],
+                "required": ["at", "in_seconds"],
+                "properties": {"at": {"type": "number"}, "in_seconds": {"type": "number"}},
+            },
+            "next_window": {
+                "type": ["object", "null"],
+                "required": ["index", "at", "in_seconds"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "at": {"type": "number"},
+                    "in_seconds": {"type": "number"},
+                },
+            },
             "serves_keys": {"type": "boolean"},
             "collateral": {"type": ["string", "null"]},
             "simulated_quotes_accepted": {"type": "boolean"},

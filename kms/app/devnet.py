@@ -197,6 +197,23 @@ def spawn(config: str, log_path: Path, *, die_with_parent: bool = False) -> int:
     return proc.pid
 
 
+def reap_children() -> list[int]:
+    """Reap the node processes this process started that have exited, so none stays a
+    zombie (one stopped by ``kms devnet stop-node`` from another process, say): the
+    supervisor calls this while it runs. Returns their pids."""
+    gone = [pid for pid, child in _CHILDREN.items() if child.poll() is not None]
+    for pid in gone:
+        del _CHILDREN[pid]
+    return gone
+
+
+def wait_until_stopped(stopping: Callable[[], bool], *, every: float = 0.2) -> None:
+    """The supervisor's loop: until ``stopping()``, reap exited nodes every ``every`` s."""
+    while not stopping():
+        reap_children()
+        time.sleep(every)
+
+
 def read_state(directory: Path) -> dict[str, Any]:
     return dict(json.loads((directory / STATE_FILE).read_text()))
 
@@ -288,11 +305,12 @@ def down(directory: Path, timeout: float = 10.0) -> dict[str, Any]:
     state = read_state(directory)
     targets: dict[int, str] = {}
     nodes: list[dict[str, Any]] = []
-    for n in state["nodes"]:
+    # A node dropped from the committee by hand (``sync_members``) may still run.
+    for n in state["nodes"] + [r for r in state.get("removed", []) if r.get("pid")]:
         pid = n.get("pid")
         entry = {"index": int(n["index"]), "pid": pid, "outcome": "not running"}
         nodes.append(entry)
-        if pid and _runs(int(pid), "node", "run", str(n["config"])):
+        if pid and n.get("config") and _runs(int(pid), "node", "run", str(n["config"])):
             targets[int(pid)] = "node"
     sup = state.get("supervisor_pid")
     supervisor = {"pid": sup, "outcome": "not running"}
@@ -305,7 +323,7 @@ def down(directory: Path, timeout: float = 10.0) -> dict[str, Any]:
     if sup and int(sup) in outcome:
         supervisor["outcome"] = outcome[int(sup)]
     state = read_state(directory)  # the supervisor may have rewritten it while stopping
-    for n in state["nodes"]:
+    for n in state["nodes"] + state.get("removed", []):
         n["pid"] = None
     state["supervisor_pid"] = None
     write_state(directory, state)
@@ -334,10 +352,16 @@ def stop_node(directory: Path, index: int, *, kill: bool = False) -> None:
     state = read_state(directory)
     node = node_entry(state, index)
     if kill and node["pid"]:
+        pid = int(node["pid"])
         try:
-            os.kill(int(node["pid"]), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
-            pass
+            _CHILDREN.pop(pid, None)
+        else:
+            # Reaped here if this process started it (no zombie), else by its parent.
+            deadline = time.time() + 10.0
+            while not _is_gone(pid) and time.time() < deadline:
+                time.sleep(0.02)
     else:
         stop_pid(node["pid"])
     for n in state["nodes"]:
@@ -569,19 +593,88 @@ def wait_for_apps(
 # --- membership on a running devnet ---------------------------------------------------------
 
 
+def node_dir_entry(config: Path, pid: int | None = None) -> dict[str, Any]:
+    """The ``devnet.json`` entry of the node whose ``node.toml`` is ``config`` (its peer id
+    from its store's identity)."""
+    from kms.app.setup import open_store
+    from mpc.sig import SigningKey
+    from net.peerid import peer_id_from_ed25519
+
+    cfg = load(config)
+    with open_store(cfg) as store:
+        ident = store.load_identity()
+    if ident is None:
+        raise MembershipError(f"{config.parent} holds no node identity")
+    peer = str(peer_id_from_ed25519(SigningKey.from_seed(ident[0]).verify_key().to_bytes()))
+    return {
+        "index": int(cfg.index),
+        "peer_id": peer,
+        "multiaddr": f"{cfg.listen}/p2p/{peer}",
+        "http_url": f"http://{cfg.http_host}:{cfg.http_port}",
+        "config": str(config.resolve()),
+        "pid": pid,
+    }
+
+
+def taken_indices(state: dict[str, Any], statuses: dict[int, dict[str, Any] | None]) -> set[int]:
+    """Every index a new node must not take: the nodes ``devnet.json`` lists or removed,
+    and every member of every committee in the chain a member serves (nodes joined or
+    removed by hand with ``kms member`` included). ``apply_change`` refuses an index
+    that any committee of the chain ever had."""
+    taken = {int(n["index"]) for n in state["nodes"] + state.get("removed", [])}
+    for st in statuses.values():
+        if st and st.get("committee"):
+            taken |= {int(m["index"]) for m in st["committee"]}
+    for n in state["nodes"]:
+        if statuses.get(int(n["index"])):
+            taken |= _chain_indices(str(n["http_url"]))
+            break
+    return taken
+
+
+def _chain_indices(url: str) -> set[int]:
+    """The indices of every committee in the chain ``url`` serves (not verified: a lying
+    node can only make a new node skip indices). Empty if it does not answer."""
+    from kms.client.http import _links
+    from mpc.cert import EpochCertificate
+    from mpc.membership import AddMember, MembershipCertificate
+
+    try:
+        links = _links(httpx.get(url + "/v1/chain", timeout=2.0).content)
+    except (httpx.HTTPError, ValueError):
+        return set()
+    out: set[int] = set()
+    for link in links:
+        if isinstance(link, EpochCertificate):
+            out |= {int(p.index) for p in link.transcript.committee}
+        elif isinstance(link, MembershipCertificate):
+            change = link.outcome.proposal.change
+            if isinstance(change, AddMember):
+                out.add(int(change.participant.index))
+    return out
+
+
 def init_joining_node(directory: Path, index: int | None = None) -> dict[str, Any]:
     """Create a node that is not in the committee yet: same ``[committee]``, the devnet's TEE.
 
     It knows where the current members listen; they learn its address from the
     certified ``add`` change. It starts with the apps' policies the first node
     holds. Returns its entry (as in ``devnet.json``; not added there yet).
+
+    Without ``index``, it takes the first index after every one taken
+    (``taken_indices``). A directory ``node-<index>`` left by an add that failed
+    is reused as it is (same keys): a retry proposes the same node, so the
+    first attempt's proposal, if it still wins, admits that node too.
     """
     import shutil
     import tomllib
 
     state = read_state(directory)
-    known = [int(n["index"]) for n in state["nodes"] + state.get("removed", [])]
-    index = index if index is not None else max(known) + 1
+    if index is None:
+        index = max(taken_indices(state, _statuses(state))) + 1
+    existing = directory / f"node-{index}" / "node.toml"
+    if existing.is_file():
+        return node_dir_entry(existing)
     p2p, http = free_port(), free_port()
     first = tomllib.loads(Path(state["nodes"][0]["config"]).read_text())
     peers = [{"index": int(n["index"]), "multiaddr": n["multiaddr"]} for n in state["nodes"]]
@@ -639,14 +732,61 @@ def admin_call(config: str | Path, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": f"admin channel unreachable: {exc}"}
 
 
-def _live_members(state: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A member's status and the entries of the committee members that answer."""
-    sts = {int(n["index"]): status_of(n["http_url"]) for n in state["nodes"]}
-    ref = max(
+def _statuses(state: dict[str, Any]) -> dict[int, dict[str, Any] | None]:
+    """The status of every node ``devnet.json`` lists (None: it does not answer)."""
+    return {int(n["index"]): status_of(n["http_url"]) for n in state["nodes"]}
+
+
+def _reference(sts: dict[int, dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The status at the highest epoch: the committee as it stands."""
+    return max(
         (s for s in sts.values() if s and s.get("epoch") is not None),
         key=lambda s: int(s["epoch"]),
         default=None,
     )
+
+
+def sync_members(directory: Path) -> dict[str, Any]:
+    """Bring ``devnet.json``'s node list in line with the committee the members report
+    (the status at the highest epoch), and return the state.
+
+    A listed node that is no longer a member (removed by hand with ``kms member``, or
+    certified after ``remove-node`` gave up) moves to ``removed``, so that clients
+    reading the list (``kms key get --devnet``) stop asking it; its pid is kept for
+    ``down``. A member that is not listed but has its directory ``node-<index>`` in the
+    devnet directory (an add whose wait timed out, a hand join there) is listed. A node
+    being added (``joining``) is left alone. Nothing changes when no member answers.
+    """
+    state = read_state(directory)
+    ref = _reference(_statuses(state))
+    if ref is None:
+        return state
+    members = {int(m["index"]) for m in ref["committee"]}
+    keep = [n for n in state["nodes"] if int(n["index"]) in members or n.get("joining")]
+    gone = [n for n in state["nodes"] if n not in keep]
+    listed = {int(n["index"]) for n in keep}
+    found = []
+    for i in sorted(members - listed):
+        cfg = directory / f"node-{i}" / "node.toml"
+        if cfg.is_file():
+            try:
+                found.append(node_dir_entry(cfg))
+            except (MembershipError, OSError, ValueError):
+                continue
+    if not gone and not found:
+        return state
+    state["nodes"] = sorted(keep + found, key=lambda n: int(n["index"]))
+    removed = state.setdefault("removed", [])
+    for n in gone:
+        removed.append(n)
+    write_state(directory, state)
+    return state
+
+
+def _live_members(state: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A member's status and the entries of the committee members that answer."""
+    sts = _statuses(state)
+    ref = _reference(sts)
     if ref is None:
         raise MembershipError("no member of the devnet answers")
     members = {int(m["index"]) for m in ref["committee"]}
@@ -659,7 +799,9 @@ def propose_and_approve(
 ) -> tuple[str, dict[str, Any]]:
     """Propose at one live member and approve at every other live member.
 
-    Returns the proposal id and the status the flow started from. Raises
+    The commands are given clear of a window's opening (``clear_of_window_opening``),
+    so the proposal and every approval go out in the same window: the change takes
+    one window. Returns the proposal id and the status the flow started from. Raises
     ``MembershipError`` with the node's reason if the change is refused.
     """
     ref, live = _live_members(state)
@@ -668,6 +810,7 @@ def propose_and_approve(
         raise MembershipError(
             f"{len(voters)} members answer, {ref['threshold']} approvals are needed"
         )
+    time.sleep(clear_of_window_opening(load(voters[0]["config"]).protocol, time.time()))
     reply = admin_call(voters[0]["config"], {"op": "propose", **request})
     if not reply.get("ok"):
         raise MembershipError(f"node {voters[0]['index']} refused: {reply.get('error')}")
@@ -675,6 +818,24 @@ def propose_and_approve(
     for n in voters[1:]:
         admin_call(n["config"], {"op": "approve", "proposal_id": pid})
     return pid, ref
+
+
+COMMANDS_TAKE = 1.0
+"""Seconds the devnet's propose and approvals take at most, end to end (admin calls on
+loopback and the proposal's way to the members)."""
+
+
+def clear_of_window_opening(protocol: Any, now: float) -> float:
+    """Seconds to wait so that commands given then, taking ``COMMANDS_TAKE`` + 2Δ at
+    most, do not straddle the opening of a decision window (ballots go out when it
+    opens: a proposal just before and approvals just after would take two windows).
+    0 when the next window opens later than that."""
+    period, start = float(protocol.window_period), float(protocol.genesis_start)
+    w = (now - start) // period
+    opens = start + (w + 1) * period
+    if opens - now > COMMANDS_TAKE + 2 * float(protocol.delta):
+        return 0.0
+    return opens - now + float(protocol.delta)
 
 
 def _wait(what: str, check: Any, timeout: float) -> Any:
@@ -719,37 +880,50 @@ def _epoch_after(
 def add_node(directory: Path, *, timeout: float = 120.0) -> dict[str, Any]:
     """``kms devnet add-node``: a new node joins the running devnet.
 
-    Init the node (with the devnet's simulated TEE), start it, write its join
-    request (quote over its record and addresses), propose it at one member,
-    approve it at the others, wait until every member of the new committee
-    holds a share of the new epoch, then record it in ``devnet.json``.
+    Init the node (with the devnet's simulated TEE) at the first free index, start
+    it, write its join request (quote over its record and addresses), propose it at
+    one member, approve it at the others, wait until every member of the new committee
+    holds a share of the new epoch, then record it in ``devnet.json``. If that fails,
+    the node is stopped and dropped from ``devnet.json`` but its directory stays: a
+    retry reuses it (``init_joining_node``).
     """
     from kms.app.setup import join_request
 
+    sync_members(directory)
     entry = init_joining_node(directory)
+    index = int(entry["index"])
     cfg = Path(entry["config"])
     entry["pid"] = spawn(entry["config"], cfg.parent / "node.log")
+    entry["joining"] = True
     state = read_state(directory)
-    state["nodes"].append(entry)
+    state["nodes"] = [n for n in state["nodes"] if int(n["index"]) != index] + [entry]
     write_state(directory, state)  # so that `devnet up` stops it too
-    member = next(n for n in state["nodes"] if int(n["index"]) != int(entry["index"]))
-    jr = join_request(cfg, committee_url=str(member["http_url"]), quote=quote_source(cfg))
-    (cfg.parent / "join-request.json").write_text(json.dumps(jr, indent=2) + "\n")
     try:
-        pid, ref = propose_and_approve(
-            state, {"change": "add", "join_request": jr}, exclude=entry["index"]
-        )
-        committee = sorted([int(m["index"]) for m in ref["committee"]] + [entry["index"]])
+        member = next(n for n in state["nodes"] if int(n["index"]) != index)
+        try:
+            jr = join_request(cfg, committee_url=str(member["http_url"]), quote=quote_source(cfg))
+        except (httpx.HTTPError, ValueError) as exc:
+            raise MembershipError(f"no join request for node {index}: {exc}") from None
+        (cfg.parent / "join-request.json").write_text(json.dumps(jr, indent=2) + "\n")
+        pid, ref = propose_and_approve(state, {"change": "add", "join_request": jr}, exclude=index)
+        committee = sorted([int(m["index"]) for m in ref["committee"]] + [index])
         sts = _epoch_after(state, int(ref["epoch"]), committee, timeout=timeout)
-    except MembershipError:
+    except MembershipError as exc:
         stop_pid(entry["pid"])
         state = read_state(directory)
-        state["nodes"] = [n for n in state["nodes"] if int(n["index"]) != entry["index"]]
+        state["nodes"] = [n for n in state["nodes"] if int(n["index"]) != index]
         write_state(directory, state)
-        raise
-    st = sts[entry["index"]]
+        raise MembershipError(
+            f"{exc} (node {index} stopped; a retry reuses {cfg.parent})"
+        ) from None
+    state = read_state(directory)
+    for n in state["nodes"]:
+        if int(n["index"]) == index:
+            n.pop("joining", None)
+    write_state(directory, state)
+    st = sts[index]
     return {
-        "index": entry["index"],
+        "index": index,
         "proposal_id": pid,
         "epoch": st["epoch"],
         "committee": committee,
@@ -759,20 +933,34 @@ def add_node(directory: Path, *, timeout: float = 120.0) -> dict[str, Any]:
 
 
 def remove_node(directory: Path, index: int, *, timeout: float = 120.0) -> dict[str, Any]:
-    """``kms devnet remove-node``: the other members remove node ``index``, then it stops."""
-    state = read_state(directory)
-    node_entry(state, index)
+    """``kms devnet remove-node``: the other members remove node ``index``, then it stops.
+
+    The committee is read from the members' status, not from ``devnet.json`` alone: a
+    node joined by hand (``kms member propose add``) can be removed too; this command
+    stops only a node process that ``devnet.json`` lists.
+    """
+    state = sync_members(directory)
+    ref, _ = _live_members(state)
+    members = [int(m["index"]) for m in ref["committee"]]
+    if index not in members:
+        raise MembershipError(f"node {index} is not a member of the committee {members}")
     pid, ref = propose_and_approve(state, {"change": "remove", "index": index}, exclude=index)
     committee = [int(m["index"]) for m in ref["committee"] if int(m["index"]) != index]
     sts = _epoch_after(state, int(ref["epoch"]), committee, timeout=timeout)
     state = read_state(directory)
-    gone = node_entry(state, index)
+    gone = next((n for n in state["nodes"] if int(n["index"]) == index), None)
+    if gone is None:
+        gone = next(
+            (n for n in state.get("removed", []) if int(n["index"]) == index),
+            {"index": index, "pid": None},
+        )
+        state["removed"] = [n for n in state.get("removed", []) if int(n["index"]) != index]
     stop_pid(gone.get("pid"))
     gone["pid"] = None
     state["nodes"] = [n for n in state["nodes"] if int(n["index"]) != index]
     state.setdefault("removed", []).append(gone)
     write_state(directory, state)
-    st = sts[committee[0]]
+    st = sts[min(sts)]
     return {
         "index": index,
         "proposal_id": pid,
@@ -935,7 +1123,13 @@ def simulated_cvm(
     measurement, or one no policy admits with ``rogue``)."""
     tee = simulated_tee(directory)
     meas = ROGUE_MEASUREMENT if rogue else DEMO_MEASUREMENT
-    urls = {ParticipantIndex(int(n["index"])): n["http_url"] for n in state["nodes"]}
+    # Members removed by hand (``kms member``) are dropped from devnet.json: never asked again.
+    removed = {int(n["index"]) for n in sync_members(directory).get("removed", [])}
+    urls = {
+        ParticipantIndex(int(n["index"])): n["http_url"]
+        for n in state["nodes"]
+        if int(n["index"]) not in removed
+    }
     return urls, lambda rd: tee.quote(rd, **meas)
 
 

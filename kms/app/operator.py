@@ -5,7 +5,9 @@ the operator's files, the whole audit log read page by page."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,11 @@ AUDIT_PAGE = 1000
 
 
 class AdminUnreachable(Exception):
-    """The node's config, admin token or admin socket could not be used."""
+    """The node's config, admin token or admin socket could not be used; the message says
+    which, with its path, and what to do."""
 
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
+    def __init__(self, message: str, cause: Exception | None = None) -> None:
+        super().__init__(message)
         self.cause = cause
 
 
@@ -49,13 +52,49 @@ def admin_request(config: Path, request: dict[str, Any]) -> dict[str, Any]:
     node refused it."""
     try:
         cfg = load(config)
-        token = cfg.admin_token_file.read_text().strip()
-        reply = trio.run(admin.call, cfg.admin_socket, {**request, "token": token})
     except (ConfigError, OSError, ValueError) as exc:
-        raise AdminUnreachable(exc) from exc
+        raise AdminUnreachable(f"cannot use {config}: {_why(exc)}", exc) from exc
+    try:
+        token = cfg.admin_token_file.read_text().strip()
+    except OSError as exc:
+        hint = (
+            "run the command as the node's user"
+            if isinstance(exc, PermissionError)
+            else f"check admin_token_file in {config}"
+        )
+        raise AdminUnreachable(
+            f"cannot read the admin token {cfg.admin_token_file}: {_why(exc)} ({hint})", exc
+        ) from exc
+    sock = cfg.admin_socket
+    try:
+        reply = trio.run(admin.call, sock, {**request, "token": token})
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise AdminUnreachable(
+            f"cannot connect to the admin socket {sock}: {_why(exc)}; is the node running?"
+            f" (start it with `kms node run --config {config}`)",
+            exc,
+        ) from exc
+    except PermissionError as exc:
+        raise AdminUnreachable(
+            f"cannot connect to the admin socket {sock}: permission denied (run the command"
+            " as the node's user)",
+            exc,
+        ) from exc
+    except (OSError, ValueError, admin.AdminError) as exc:
+        raise AdminUnreachable(
+            f"no valid answer on the admin socket {sock}: {_why(exc)}; is the node running?",
+            exc,
+        ) from exc
     if not reply.get("ok"):
         raise AdminRefused(reply)
     return reply
+
+
+def _why(exc: Exception) -> str:
+    """An exception's text for an operator: the OS's reason for an OS error, else its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower() if exc.strerror[:1].isupper() else exc.strerror
+    return str(exc) or "failed"
 
 
 _NEEDS = {
@@ -91,8 +130,16 @@ def propose_request(
             req["threshold"] = int(value or 0)
         elif change == "admission-policy":
             req["policy"] = Path(value or "").read_bytes().hex()
-    except (OSError, ValueError) as exc:
-        raise ProposalUsage(f"{type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        name = exc.filename or (join_request if change == "add" else value)
+        raise ProposalUsage(f"cannot read {name}: {_why(exc)}") from exc
+    except ValueError as exc:
+        what = {
+            "add": f"the join request {join_request} is not valid JSON",
+            "remove": f"INDEX must be a whole number, not {value!r}",
+            "threshold": f"T must be a whole number, not {value!r}",
+        }.get(change, str(exc))
+        raise ProposalUsage(what) from exc
     return req
 
 
@@ -112,3 +159,128 @@ def read_audit(
         entries += page["entries"]
         if not page["entries"] or len(entries) >= doc["count"]:
             return doc, entries
+
+
+# --- what ``kms member list`` and ``kms member wait`` print and wait for ------------------
+
+
+def status_line(st: dict[str, Any]) -> str:
+    """One line of a node's status (the admin ``status`` op's document): epoch,
+    threshold, committee, this node's share and role, and a run going on."""
+    if st.get("epoch") is None:
+        g = st.get("genesis") or {}
+        when = f"; genesis at {g['at']:.0f} (in {g['in_seconds']:.0f} s)" if g else ""
+        return f"node {st.get('index')}: no epoch yet{when}"
+    committee = ", ".join(str(m["index"]) for m in st.get("committee") or [])
+    share = "holds a share" if st.get("has_share") else "holds no share"
+    role = "member" if st.get("member") else "not a member"
+    running = f", running {st['running']}" if st.get("running") else ""
+    return (
+        f"node {st.get('index')}: epoch {st['epoch']}, threshold {st.get('threshold')},"
+        f" committee [{committee}], {role}, {share}{running}"
+    )
+
+
+def window_lines(st: dict[str, Any]) -> list[str]:
+    """The genesis countdown or the next decision window (Unix time and seconds from now),
+    and a window going on."""
+    out = []
+    g = st.get("genesis")
+    if g:
+        out.append(f"genesis at {g['at']:.0f} ({_utc(g['at'])}), in {g['in_seconds']:.1f} s")
+    w = st.get("next_window")
+    if w:
+        out.append(
+            f"next decision window {w['index']} at {w['at']:.0f} ({_utc(w['at'])}),"
+            f" in {w['in_seconds']:.1f} s"
+        )
+    d = st.get("decision_window")
+    if d:
+        out.append(f"decision window {d['index']} going on ({d['phase']})")
+    return out
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+@dataclass(frozen=True)
+class WaitFor:
+    """What ``kms member wait`` waits for in the node's status (every condition given)."""
+
+    epoch: int | None = None
+    """The node's epoch is at least this."""
+    member: int | None = None
+    """This index is in the current committee."""
+    not_member: int | None = None
+    """This index is not in the current committee (the node has an epoch)."""
+    serving: bool = False
+    """The node is a member of the current epoch and holds a share of it."""
+
+    def met(self, st: dict[str, Any]) -> bool:
+        epoch = st.get("epoch")
+        committee = {int(m["index"]) for m in st.get("committee") or []}
+        if self.epoch is not None and (epoch is None or epoch < self.epoch):
+            return False
+        if self.member is not None and self.member not in committee:
+            return False
+        if self.not_member is not None and (epoch is None or self.not_member in committee):
+            return False
+        return not self.serving or bool(
+            st.get("has_share") and int(st.get("index", -1)) in committee
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.epoch is not None:
+            parts.append(f"epoch >= {self.epoch}")
+        if self.member is not None:
+            parts.append(f"{self.member} in the committee")
+        if self.not_member is not None:
+            parts.append(f"{self.not_member} not in the committee")
+        if self.serving:
+            parts.append("a share of the current epoch")
+        return ", ".join(parts) or "an answer"
+
+
+class WaitTimedOut(Exception):
+    """The node's status did not meet the conditions in time."""
+
+
+WAIT_POLL = 0.2
+"""Seconds between two ``status`` requests of ``kms member wait``."""
+
+
+def wait_for(
+    config: Path,
+    cond: WaitFor,
+    timeout: float,
+    *,
+    poll: float = WAIT_POLL,
+    admin: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Ask the node's status every ``poll`` seconds until it meets ``cond``; return it.
+
+    A node not answering yet (its admin socket not up: it is starting) is asked again;
+    ``AdminRefused`` (e.g. a wrong token) and a config that cannot be used raise at once;
+    ``WaitTimedOut`` after ``timeout`` seconds, saying what the node last showed."""
+    load(config)  # a config that cannot be read is a usage error, not something to wait for
+    ask = admin or admin_request
+    deadline = clock() + timeout
+    last = "no answer"
+    while True:
+        try:
+            st = ask(config, {"op": "status"})["status"]
+        except AdminUnreachable as exc:
+            last = str(exc)
+        else:
+            if cond.met(st):
+                return dict(st)
+            last = status_line(st)
+        if clock() >= deadline:
+            raise WaitTimedOut(
+                f"timed out after {timeout:g} s waiting for {cond.describe()}; last: {last}"
+            )
+        sleep(poll)

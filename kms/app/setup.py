@@ -15,7 +15,7 @@ from typing import Any
 import tomli_w
 import trio
 
-from kms.app.config import NodeFileConfig, load
+from kms.app.config import ConfigError, NodeFileConfig, load
 from kms.node.logs import formatter, set_log_context
 from kms.node.service import Clock, NodeService
 from kms.secretfile import write_secret
@@ -140,19 +140,28 @@ def open_store(cfg: NodeFileConfig) -> NodeStore:
     return NodeStore(cfg.store, sealer)
 
 
-def configure_logging(fmt: str) -> None:
-    """Log lines go to stderr, one event per line: JSON objects for ``json``, else text."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""``[node] log_level`` and ``kms node run --log-level``: the lowest level logged."""
+
+
+def configure_logging(fmt: str, level: str = "info") -> None:
+    """Log lines go to stderr, one event per line: JSON objects for ``json``, else text;
+    lines below ``level`` (one of ``LOG_LEVELS``) are left out."""
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
     root = logging.getLogger("quorum_kms")
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(getattr(logging, level.upper()))
     root.propagate = False
 
 
-async def run_node(config_path: Path, log_format: str | None = None) -> None:
+async def run_node(
+    config_path: Path, log_format: str | None = None, log_level: str | None = None
+) -> None:
     """``kms node run``: serve until SIGINT or SIGTERM, then shut down in order
-    (``log_format`` overrides the config's).
+    (``log_format`` and ``log_level`` override the config's).
 
     On the signal: the HTTP server, the admin socket and the service's loops
     (inbound libp2p frames, timers) are cancelled, so no input is taken any more;
@@ -170,7 +179,9 @@ async def run_node(config_path: Path, log_format: str | None = None) -> None:
     from net.libp2p import Libp2pTransport
 
     cfg = load(config_path)
-    configure_logging(log_format or cfg.log_format)
+    configure_logging(
+        log_format or cfg.log_format, log_level or str(getattr(cfg, "log_level", "info"))
+    )
     if (
         cfg.passphrase_file is not None
         and cfg.passphrase_file.resolve().parent == Path(cfg.store).resolve().parent

@@ -9,6 +9,8 @@ module that owns it (``kms.app``, ``kms.client``, ``kms.evidence``, ``kms.store`
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from kms.attest.cli import attest_app
@@ -24,8 +26,33 @@ from kms.cli.node import node_app
 from kms.cli.sim import sim_app
 from kms.cli.status import status
 from kms.cli.tee import tee_app
+from kms.node.metrics import build_info
 
 app = typer.Typer(help="quorum-kms: a decentralised key management service.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        info = build_info()
+        typer.echo(f"kms {info['version']} (protocol {info['protocol']}, python {info['python']})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version, the wire protocol version and Python's, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """quorum-kms: a decentralised key management service."""
+
+
 app.add_typer(node_app, name="node")
 app.add_typer(devnet_app, name="devnet")
 app.add_typer(member_app, name="member")

@@ -25,8 +25,15 @@ def print_json(obj: Any) -> None:
 
 
 def fail(msg: str, code: int = 1) -> NoReturn:
-    console.print(f"[red]error:[/red] {msg}")
+    """``error: <msg>`` as one line on stderr (never wrapped), then exit with ``code``."""
+    sys.stderr.write("error: " + " ".join(msg.split()) + "\n")
     raise typer.Exit(code)
+
+
+def say(text: str) -> None:
+    """One line on stdout as it is (not wrapped at the terminal's width, no markup): keys,
+    ids and hashes stay whole."""
+    sys.stdout.write(text + "\n")
 
 
 def emit(doc: dict[str, Any], json_out: bool) -> None:
@@ -59,9 +66,9 @@ def admin_failed(exc: AdminUnreachable | AdminRefused, json_out: bool) -> NoRetu
     refused it (one JSON line with ``--json``)."""
     if isinstance(exc, AdminUnreachable):
         if json_out:
-            print_json({"ok": False, "error": f"{type(exc.cause).__name__}: {exc.cause}"})
+            print_json({"ok": False, "error": str(exc)})
             raise typer.Exit(2) from None
-        fail(f"cannot reach the node's admin channel: {exc.cause}", 2)
+        fail(str(exc), 2)
     if json_out:
         print_json({"ok": False, "error": exc.error, "reason": exc.reason})
         raise typer.Exit(1) from None

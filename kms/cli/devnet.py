@@ -103,8 +103,7 @@ def _supervise(dir: Path, state: dict[str, Any], pccs_port: int | None) -> None:
         if mpk is not None:
             _show_up(devnet.record_genesis(dir, mpk), state["threshold"], mpk)
             console.print(f"devnet running; state in {dir / devnet.STATE_FILE}. Ctrl-C stops it.")
-        while not stopping():
-            time.sleep(0.2)
+        devnet.wait_until_stopped(stopping)  # reaps nodes that exit meanwhile
     finally:
         began = time.monotonic()
         devnet.stop_supervised(dir, server)

@@ -56,7 +56,9 @@ def evidence_verify(
         else:
             epochs, _ = fetch_chain_epochs(urls, mpk)
         doc = judge_wrong_partial(ev, epochs)
-    except (OSError, ValueError, ChainError) as exc:
-        fail(f"{type(exc).__name__}: {exc}", 2)
+    except OSError as exc:
+        fail(f"cannot read {exc.filename or file}: {exc.strerror or exc}", 2)
+    except (ValueError, ChainError) as exc:
+        fail(f"the evidence cannot be judged: {exc}", 2)
     emit(doc, json_out)
     raise typer.Exit(0 if doc["ok"] else 1)

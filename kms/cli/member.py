@@ -7,8 +7,19 @@ from typing import Annotated
 
 import typer
 
-from kms.app.operator import CHANGES, ProposalUsage, propose_request
-from kms.cli.common import admin, fail, out, print_json
+from kms.app.config import ConfigError
+from kms.app.operator import (
+    CHANGES,
+    AdminRefused,
+    ProposalUsage,
+    WaitFor,
+    WaitTimedOut,
+    propose_request,
+    status_line,
+    wait_for,
+    window_lines,
+)
+from kms.cli.common import admin, admin_failed, fail, out, print_json, say
 
 member_app = typer.Typer(
     help="Committee membership (over the admin channel).", no_args_is_help=True
@@ -28,6 +39,11 @@ MEMBER_VIEW = (
     "refused_approvals",
     "retained_shares",
     "last_refresh",
+    "member",
+    "now",
+    "genesis",
+    "next_window",
+    "decision_window",
 )
 
 
@@ -36,26 +52,76 @@ def member_list(
     config: Annotated[Path, typer.Option("--config")],
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Committee, threshold, epoch, pending proposals (ids, approvals), last refresh, retained shares."""
+    """Committee, threshold, epoch, master public key, the next decision window (or the
+    genesis countdown), pending proposals (ids, approvals), last refresh, retained shares."""
     st = admin(config, {"op": "status"}, json_out)["status"]
     view = {k: st.get(k) for k in MEMBER_VIEW}
     if json_out:
         print_json(view)
         return
-    out.print(
-        f"epoch {view['epoch']}, threshold {view['threshold']}, "
-        f"committee {[m['index'] for m in view['committee'] or []]}"
-    )
-    out.print(f"last refresh {view['last_refresh']}")
+    say(status_line(st))
+    say(f"master public key {view['master_public_key'] or '(none yet)'}")
+    for line in window_lines(st):
+        say(line)
+    say(f"last refresh {view['last_refresh'] or '(none since the node started)'}")
+    say("pending proposals" + ("" if view["pending_proposals"] else " (none)"))
     for p in view["pending_proposals"] or []:
-        out.print(f"pending {p['kind']:16} {p['id']}  approvals {p['approvals']}")
+        say(f"  {p['kind']:16} {p['id']}  approvals {p['approvals']}")
+    for pid in view["approvals_waiting"] or []:
+        say(f"approved, waiting for the proposal: {pid}")
     for r in view["refused_approvals"] or []:
-        out.print(f"refused {r['id']}: {r['reason']}")
+        say(f"refused {r['id']}: {r['reason']}")
     for r in view["retained_shares"] or []:
-        out.print(
+        say(
             f"old share of epoch {r['epoch']} retained, waiting for acknowledgements from "
             f"{r['missing_acknowledgements']}"
         )
+
+
+@member_app.command("mpk")
+def member_mpk(config: Annotated[Path, typer.Option("--config")]) -> None:
+    """The committee's master public key, whole, in hex, on one line (exit 1 before
+    genesis)."""
+    st = admin(config, {"op": "status"})["status"]
+    if not st.get("master_public_key"):
+        fail(f"no master public key yet: {status_line(st)}", 1)
+    say(st["master_public_key"])
+
+
+@member_app.command("wait")
+def member_wait(
+    config: Annotated[Path, typer.Option("--config")],
+    epoch: Annotated[int | None, typer.Option("--epoch", help="Until epoch >= N.")] = None,
+    member: Annotated[
+        int | None, typer.Option("--member", help="Until index K is in the committee.")
+    ] = None,
+    not_member: Annotated[
+        int | None, typer.Option("--not-member", help="Until index K is not in the committee.")
+    ] = None,
+    serving: Annotated[
+        bool, typer.Option("--serving", help="Until this node holds a share of the epoch.")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds; then exit 1.")] = 120.0,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Block until the node's view meets every condition given (asking its status every
+    0.2 s; with none, until it answers); print the status line reached. Exit 1 on timeout."""
+    cond = WaitFor(epoch, member, not_member, serving)
+    try:
+        st = wait_for(config, cond, timeout)
+    except (ConfigError, OSError) as exc:
+        fail(f"cannot use {config}: {exc}", 2)
+    except AdminRefused as exc:
+        admin_failed(exc, json_out)
+    except WaitTimedOut as exc:
+        if json_out:
+            print_json({"ok": False, "error": str(exc)})
+            raise typer.Exit(1) from None
+        fail(str(exc), 1)
+    if json_out:
+        print_json({"ok": True, "status": st})
+    else:
+        say(status_line(st))
 
 
 @member_app.command("propose")
@@ -88,7 +154,7 @@ def member_propose(
     if json_out:
         print_json({"ok": True, "proposal_id": reply["proposal_id"], "change": change})
     else:
-        out.print(reply["proposal_id"])
+        say(reply["proposal_id"])
 
 
 @member_app.command("approve")
@@ -107,7 +173,7 @@ def member_approve(
     if json_out:
         print_json({"ok": True, "approved": proposal_id, "checked": checked})
     else:
-        out.print(f"approved {proposal_id}" + ("" if checked else " (checked once it arrives)"))
+        say(f"approved {proposal_id}" + ("" if checked else " (checked once it arrives)"))
 
 
 @member_app.command("reload-policies")
@@ -122,7 +188,7 @@ def member_reload_policies(
     if json_out:
         print_json({"ok": True, **counts, "serving": reply.get("serving")})
         return
-    out.print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    say(", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 @member_app.command("resolve-fork")
@@ -139,7 +205,7 @@ def member_resolve_fork(
     if json_out:
         print_json({"ok": True, **{k: v for k, v in reply.items() if k != "ok"}})
         return
-    out.print(f"resolved {reply.get('app_id')} at version {reply.get('version')}")
+    say(f"resolved {reply.get('app_id')} at version {reply.get('version')}")
 
 
 @member_app.command("evidence")
@@ -163,10 +229,12 @@ def member_evidence(
     if json_out:
         print_json({"ok": True, "evidence": listed, "files": files})
         return
+    if not listed:
+        say("(none)")
     for e in listed:
-        out.print(f"{e['id'][:16]} node {e['culprit']} {e['kind']}: {e['reason']}")
+        say(f"{e['id'][:16]} node {e['culprit']} {e['kind']}: {e['reason']}")
     for name in files:
-        out.print(f"wrote {name}")
+        say(f"wrote {name}")
 
 
 @member_app.command("admit-app")

@@ -78,6 +78,15 @@ class LogFormat(enum.StrEnum):
     text = "text"
 
 
+class LogLevel(enum.StrEnum):
+    """``kms node run --log-level``: the lowest level logged."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 @node_app.command("run")
 def node_run(
     config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")],
@@ -87,6 +96,13 @@ def node_run(
             "--log-format", help="Log lines as JSON objects or text (default: node.toml's)."
         ),
     ] = None,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            help="Lowest level logged (default: node.toml's log_level, else info).",
+        ),
+    ] = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM (then exit 0 once the store and transport are closed)."""
     try:
@@ -94,7 +110,12 @@ def node_run(
     except lifecycle.ParentGone as exc:
         fail(str(exc), lifecycle.EXIT_PARENT_GONE)
     try:
-        trio.run(run_node, config, log_format.value if log_format is not None else None)
+        trio.run(
+            run_node,
+            config,
+            log_format.value if log_format is not None else None,
+            log_level.value if log_level is not None else None,
+        )
     except ConfigError as exc:
         fail(str(exc), 2)
     # A clean stop: everything is saved; skip the interpreter's slow finalisation.

@@ -6,7 +6,10 @@ a finished one showed (``Governance.note_window``), checks approvals that were
 waiting for their proposal, and opens the next window with this member's
 proposals and approvals: its own intent, the scheduled refresh, a prompt
 refresh while it lacks a share (others' within the committee-wide cap), and the
-outcome it locked. It reads the node's view through ``BallotsPort``, which
+outcome it locked. It also sends a proposal of this member's to every other
+member as soon as it is made (``ProposalNotice``), and takes theirs, so that an
+approval given by id is checked and goes out in the very next window's ballot
+instead of the one after. It reads the node's view through ``BallotsPort``, which
 ``kms.node.core.NodeCore`` provides.
 """
 
@@ -26,15 +29,18 @@ from kms.node.model import (
     StoreRecord,
 )
 from kms.node.sharing_runs import SharingRuns
+from mpc.broadcast import Outbound
 from mpc.cert import ZERO_HASH
 from mpc.dkg import (
     SharingSession,
 )
-from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError
+from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError, RemoteProtocolError
+from mpc.ids import ParticipantIndex
 from mpc.membership import (
     ChainState,
     DecisionWindow,
     Proposal,
+    ProposalNotice,
     Refresh,
     WindowPhase,
 )
@@ -74,6 +80,8 @@ class BallotsPort(NodeView, Protocol):
     def adoption(self) -> _Collects: ...
     @property
     def _events(self) -> list[NodeEvent]: ...
+    @property
+    def _outbox(self) -> list[Outbound]: ...
     def _records(self, run: bytes) -> Mapping[str, bytes]: ...
     def epoch_state(self, epoch: int) -> ChainState | None: ...
     def _session_broke(self, session: SharingSession | DecisionWindow, exc: Exception) -> None: ...
@@ -203,8 +211,33 @@ class Ballots:
         head = st.head_hash if st else ZERO_HASH
         return b"window" + head + w.to_bytes(8, "big")
 
+    def announce(self, proposal: Proposal) -> None:
+        """Send this member's new proposal to every other member of the committee."""
+        st = self._c.state
+        if st is None:
+            return
+        for i in st.committee.indices:
+            if i != self._c.me:
+                self._c._outbox.append(Outbound(i, ProposalNotice(proposal)))
+
+    def take_notice(self, peer: ParticipantIndex, notice: ProposalNotice) -> None:
+        """A member's proposal sent directly. Kept (its own, for this chain head) so that an
+        approval of its id is checked now: a deferred one goes out in the next window's
+        ballot. Nothing is tallied from it; only delivered ballots count."""
+        p = notice.proposal
+        if p.proposer != int(peer):
+            raise RemoteProtocolError("proposal notice for another member's proposal", [peer])
+        st = self._c.state
+        if st is None or p.epoch != st.epoch or p.certificate_hash != st.head_hash:
+            return  # another head (a race with an epoch switch): of no use here
+        if st.pending is not None or self._c.governance.lock is not None:
+            return
+        if self._c.governance.note_notice(int(peer), p) and p.id() in self._c.governance.deferred:
+            self.approve_deferred()
+
     def approve_deferred(self) -> None:
-        """Check the approvals kept by id once their proposal shows up in delivered ballots."""
+        """Check the approvals kept by id once their proposal shows up: in delivered
+        ballots, or sent directly by its proposer."""
         changed = False
         for pid, p in self._c.governance.deferred_seen():
             changed = True

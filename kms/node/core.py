@@ -472,7 +472,9 @@ class NodeCore:
         """Propose a change in the next window; returns the proposal id.
 
         Raises ``ChangeRefused`` when this node's checks (the join request's
-        quote against the admission policy, a removal's evidence) refuse it.
+        quote against the admission policy, a removal's evidence) refuse it. The
+        proposal is also sent to every other member at once (``ProposalNotice``), so
+        approvals given before the next window go out in that window.
         """
         state = self._require_member()
         if isinstance(change, RemoveMember) and not change.identity:
@@ -481,12 +483,16 @@ class NodeCore:
             if holder is not None:
                 change = replace(change, identity=holder.identity)
         if state.apply(change) is None:
-            raise LocalProtocolError("the change is not valid for the current committee")
+            raise LocalProtocolError(
+                f"the change is not valid for the committee of epoch {state.epoch}: "
+                f"{state.why_invalid(change)}"
+            )
         self._check_change(change)
         p = Proposal.of(state.epoch, state.head_hash, int(self.me), self._rng(16), change)
         self.governance.proposals[p.id()] = p
         self.governance.approvals.add(p.id())
         self.ballots.persist_intent()
+        self.ballots.announce(p)
         return p.id()
 
     def approve(self, proposal_id: bytes) -> bool:
@@ -494,7 +500,8 @@ class NodeCore:
 
         With a change check configured, a proposal is checked before this node
         approves it (``ChangeRefused`` if it fails). One not seen yet is
-        remembered and checked when it shows up in a decided window.
+        remembered and checked when it shows up: sent by its proposer, or in a
+        decided window.
         """
         self._require_member()
         if len(proposal_id) != 32:

@@ -51,6 +51,7 @@ from mpc.membership.messages import (
     GenesisEndorsement,
     GenesisEndorsements,
     OutcomePartial,
+    ProposalNotice,
 )
 from mpc.reshare import Acknowledgement
 
@@ -194,6 +195,9 @@ class Dispatch:
             return
         if isinstance(message, DealsAnswer):
             self._c.recovery.receive(peer, message, self._c.state)
+            return
+        if isinstance(message, ProposalNotice):
+            self._c.ballots.take_notice(peer, message)
             return
         target = self.route(message)
         if target is None:

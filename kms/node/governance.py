@@ -5,7 +5,9 @@ proposals and approvals (the *intent*, persisted and re-sent in every window
 of the epoch), approvals given by id for proposals not seen yet (*deferred*,
 checked once the proposal shows up in a delivered ballot), the approvals
 refused after checking, what the last window showed (status only), and the
-*lock* (the one outcome it signed in this epoch). It is cleared at every
+*lock* (the one outcome it signed in this epoch), and the proposals other
+members sent it directly (``ProposalNotice``: *noticed*, so an approval given
+by id is checked before the next window rather than after it). It is cleared at every
 chain head change. It makes no decision: the decision windows do
 (``mpc.membership.window``).
 
@@ -49,6 +51,10 @@ INTENT_RUN = b"membership-intent"
 """Run label (with the head hash) of a member's persisted intent: proposals and approvals."""
 LOCK_RUN = b"membership-lock"
 """Run label (with the head hash) of the one outcome a member locked in an epoch."""
+NOTICED_PER_MEMBER = 16
+NOTICED_BYTES_PER_MEMBER = 1 << 20
+"""Proposals kept per member from its direct notices (its newest ones, at most this many
+and this many bytes of encoded proposals): a member can only crowd out its own."""
 
 
 class Schedules(Protocol):
@@ -213,6 +219,10 @@ class Governance:
         self.seen: dict[bytes, Proposal] = {}
         """Proposals seen in delivered ballots this epoch: for checking deferred approvals
         and for status only; decisions never use them."""
+        self.noticed: dict[int, dict[bytes, tuple[Proposal, int]]] = {}
+        """Proposals each member sent directly (``ProposalNotice``) this epoch, by id, with
+        their encoded size, oldest first: for checking approvals given by id before the
+        window; decisions never use them."""
         self.counts: dict[bytes, int] = {}
         """Approvals each proposal had in the last window (status only)."""
         self.lock: LockReport | None = None
@@ -253,12 +263,43 @@ class Governance:
         self.deferred.clear()
         self.refused.clear()
         self.seen.clear()
+        self.noticed.clear()
         self.counts.clear()
         self.lock = None
         self.intent_seq = 0
 
     def known(self, proposal_id: bytes) -> Proposal | None:
-        return self.seen.get(proposal_id) or self.proposals.get(proposal_id)
+        return (
+            self.seen.get(proposal_id)
+            or self.proposals.get(proposal_id)
+            or self.noticed_proposal(proposal_id)
+        )
+
+    def noticed_proposal(self, proposal_id: bytes) -> Proposal | None:
+        for kept in self.noticed.values():
+            entry = kept.get(proposal_id)
+            if entry is not None:
+                return entry[0]
+        return None
+
+    def note_notice(self, member: int, proposal: Proposal) -> bool:
+        """Keep a proposal ``member`` sent directly (its own, for the current head: the
+        caller checks). Returns whether it is new. The member's oldest are dropped past
+        ``NOTICED_PER_MEMBER`` proposals or ``NOTICED_BYTES_PER_MEMBER`` bytes."""
+        pid = proposal.id()
+        kept = self.noticed.setdefault(member, {})
+        if pid in kept:
+            return False
+        size = len(proposal.encode())
+        if size > NOTICED_BYTES_PER_MEMBER:
+            return False
+        kept[pid] = (proposal, size)
+        while (
+            len(kept) > NOTICED_PER_MEMBER
+            or sum(sz for _, sz in kept.values()) > NOTICED_BYTES_PER_MEMBER
+        ):
+            del kept[next(iter(kept))]
+        return pid in kept
 
     def note_window(
         self, proposals: Mapping[bytes, Proposal], approvals: Mapping[bytes, Collection[object]]
@@ -269,9 +310,10 @@ class Governance:
         self.counts = {pid: len(v) for pid, v in approvals.items()}
 
     def deferred_seen(self) -> Iterable[tuple[bytes, Proposal]]:
-        """Deferred approvals whose proposal has shown up (taken off the deferred set)."""
+        """Deferred approvals whose proposal has shown up, in a window's delivered ballots
+        or sent directly by its proposer (taken off the deferred set)."""
         for pid in sorted(self.deferred):
-            p = self.seen.get(pid)
+            p = self.seen.get(pid) or self.noticed_proposal(pid)
             if p is None:
                 continue
             self.deferred.discard(pid)

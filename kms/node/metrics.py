@@ -15,6 +15,8 @@ series are dropped.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from kms.node.model import RunProgress
 from kms.node.release import KeyRefusalReason
+from net.codec import ENVELOPE_VERSION
 
 # Counters and histograms get no ``*_created`` series: the node's metrics are exactly
 # those in the operator guide's table.
@@ -46,6 +49,20 @@ RELEASED = "released"
 REFUSED = "refused"
 REFUSAL_REASONS = tuple(r.value for r in KeyRefusalReason)
 """The reason labels of refused key requests: ``KeyRefusalReason`` values."""
+
+
+def build_info() -> dict[str, str]:
+    """What this build is: the package ``version``, the wire ``protocol`` (the envelope
+    version) and the ``python`` version (``kms --version``, ``qkms_build_info``)."""
+    try:
+        version = importlib.metadata.version("quorum-kms")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        version = "unknown"
+    return {
+        "version": version,
+        "protocol": str(ENVELOPE_VERSION),
+        "python": platform.python_version(),
+    }
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,7 @@ class NodeMetrics:
         self.peer_messages_out: Counter[int] = Counter()
         self.peer_bytes_out: Counter[int] = Counter()
         self._run: tuple[tuple[str, int, int], str, float] | None = None
+        self._build = build_info()
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collect(self._collect))
@@ -238,6 +256,16 @@ class NodeMetrics:
 
     def _collect(self) -> Iterator[Metric]:
         s = self.snapshot()
+        build = GaugeMetricFamily(
+            "qkms_build_info",
+            "Always 1; the labels say which build runs: package version, wire protocol"
+            " (envelope) version and Python version.",
+            labels=("version", "protocol", "python"),
+        )
+        build.add_metric(
+            (self._build["version"], self._build["protocol"], self._build["python"]), 1
+        )
+        yield build
         yield _gauge("qkms_epoch", "Current epoch (-1 before genesis).", s.epoch)
         yield _gauge("qkms_peers", "Connected peers.", s.peers)
         yield _gauge(

@@ -7,6 +7,7 @@ app policies. Nothing here changes state.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kms.attest.pccs import CollateralProvider
@@ -29,6 +30,37 @@ def collateral_source(c: CollateralProvider | None) -> str | None:
     return ", ".join(parts)
 
 
+def health(core: NodeCore, index: int) -> tuple[bool, bool, str]:
+    """(healthy, member, what it means): a node is healthy as a member of the current epoch,
+    or, before it has a chain, while its genesis DKG is scheduled or running."""
+    st = core.state
+    if st is not None:
+        if index in st.committee.indices:
+            return True, True, f"member of epoch {st.epoch}"
+        return False, False, f"not a member of epoch {st.epoch}: this node serves no keys"
+    if core.status().running == RunKind.DKG:
+        return True, False, "genesis DKG scheduled or running"
+    return False, False, "no epoch yet: outside the genesis committee, waiting for the chain"
+
+
+def schedule(core: NodeCore, now: float) -> dict[str, Any]:
+    """When the next decision window starts (a grid from the genesis start, every
+    ``window_period`` seconds; a member skips windows while a change is certified and its
+    reshare runs) and, before the node has an epoch, the genesis start."""
+    cfg = core.config
+    out: dict[str, Any] = {"now": round(now, 3), "next_window": None, "genesis": None}
+    if core.state is None:
+        out["genesis"] = {
+            "at": cfg.genesis_start,
+            "in_seconds": round(cfg.genesis_start - now, 3),
+        }
+        return out
+    w = max(0, math.floor((now - cfg.genesis_start) / cfg.window_period) + 1)
+    at = cfg.genesis_start + w * cfg.window_period
+    out["next_window"] = {"index": w, "at": at, "in_seconds": round(at - now, 3)}
+    return out
+
+
 def node_status(
     core: NodeCore,
     index: int,
@@ -36,9 +68,13 @@ def node_status(
     releaser: KeyReleaser | None,
     collateral: CollateralProvider | None,
     policies: NodePolicies | None,
+    *,
+    now: float | None = None,
 ) -> dict[str, Any]:
     s = core.status()
     st = core.state
+    healthy, member, detail = health(core, index)
+    window = core.ballots.window
     committee = []
     if st is not None:
         for p in st.committee.members:
@@ -65,7 +101,13 @@ def node_status(
         "approvals_waiting": list(s.waiting),
         "locked_proposal": s.locked,
         "peers": sorted(str(p) for p in transport.connected_peers()),
-        "healthy": core.state is not None or s.running == RunKind.DKG,
+        "healthy": healthy,
+        "member": member,
+        "health": detail,
+        "decision_window": (
+            {"index": window.window, "phase": window.phase.value} if window is not None else None
+        ),
+        **(schedule(core, now) if now is not None else {}),
         "serves_keys": releaser is not None,
         "simulated_quotes_accepted": bool(releaser and releaser.simulated_allowed),
         "collateral": collateral_source(collateral),

@@ -1,4 +1,5 @@
-"""What a node reports about the events its core emits: log lines and metrics.
+"""What a node reports about the events its core emits: log lines and metrics; and
+(``ProgressLog``) the starts and ends of its decision windows and sharing runs.
 
 Storing an event is ``kms.node.persist``'s; this module only logs and counts, and hands
 evidence of misbehaviour to the evidence role. Ports: the node's metrics, the evidence
@@ -23,7 +24,9 @@ from kms.node.model import (
     ShareHoldersBelowThreshold,
     ShareRefused,
 )
+from mpc.dkg import Phase, SharingSession
 from mpc.ids import ParticipantIndex
+from mpc.membership.window import TERMINAL_WINDOW_PHASES, DecisionWindow
 
 log = logging.getLogger("quorum_kms.node")
 
@@ -115,3 +118,105 @@ class EventReporter:
                     }
                 },
             )
+
+
+class ProgressLog:
+    """One log line when a decision window or a sharing run (DKG, reshare) starts here and
+    one when it ends, seen after each of the node's steps.
+
+    The node's core holds at most one window and one run; ``observe`` is given them after
+    every step and compares them with the ones it saw last (it keeps a reference to an
+    ended one only until the next step, to read how it ended).
+    """
+
+    def __init__(self) -> None:
+        self._window: DecisionWindow | None = None
+        self._run: SharingSession | None = None
+
+    def observe(self, window: DecisionWindow | None, run: SharingSession | None) -> None:
+        seen = self._window
+        if seen is not None and (window is not seen or seen.phase in TERMINAL_WINDOW_PHASES):
+            self._window_ended(seen)
+            seen = None
+        if window is not None and window is not seen and window.phase not in TERMINAL_WINDOW_PHASES:
+            self._window_started(window)
+            seen = window
+        self._window = seen
+        last = self._run
+        if last is not None and (run is not last or last.phase in (Phase.DONE, Phase.FAILED)):
+            self._run_ended(last)
+            last = None
+        if run is not None and run is not last and run.phase not in (Phase.DONE, Phase.FAILED):
+            self._run_started(run)
+            last = run
+        self._run = last
+
+    def stopped(self) -> dict[str, object]:
+        """What was going on when the node stopped (for its ``node service stopped`` line)."""
+        out: dict[str, object] = {}
+        if self._window is not None:
+            out["window"] = self._window.window
+        if self._run is not None:
+            c = self._run.config
+            out["interrupted_run"] = f"{c.kind}:{c.epoch}:{c.attempt}"
+        return out
+
+    @staticmethod
+    def _window_started(w: DecisionWindow) -> None:
+        log.info(
+            "decision window started",
+            extra={
+                "fields": {
+                    "window": w.window,
+                    "epoch": w.state.epoch,
+                    "starts_at": w.schedule.start,
+                }
+            },
+        )
+
+    @staticmethod
+    def _window_ended(w: DecisionWindow) -> None:
+        fields: dict[str, object] = {
+            "window": w.window,
+            "epoch": w.state.epoch,
+            "outcome": w.phase.value if w.phase in TERMINAL_WINDOW_PHASES else "abandoned",
+        }
+        o = w.outcome
+        if o is not None:
+            fields["proposal"] = o.proposal.id().hex()
+            fields["kind"] = str(o.proposal.kind)
+            fields["reshare_start"] = o.reshare_start
+        log.info("decision window ended", extra={"fields": fields})
+
+    @staticmethod
+    def _run_started(run: SharingSession) -> None:
+        c = run.config
+        log.info(
+            "sharing run started",
+            extra={
+                "fields": {
+                    "kind": str(c.kind),
+                    "epoch": c.epoch,
+                    "attempt": c.attempt,
+                    "starts_at": c.schedule.start,
+                    "phase": run.phase.value,
+                }
+            },
+        )
+
+    @staticmethod
+    def _run_ended(run: SharingSession) -> None:
+        c = run.config
+        outcome = {Phase.DONE: "done", Phase.FAILED: "failed"}.get(run.phase, "abandoned")
+        log.log(
+            logging.INFO if outcome == "done" else logging.WARNING,
+            "sharing run ended",
+            extra={
+                "fields": {
+                    "kind": str(c.kind),
+                    "epoch": c.epoch,
+                    "attempt": c.attempt,
+                    "outcome": outcome,
+                }
+            },
+        )

@@ -16,8 +16,9 @@ only moves bytes and time:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -65,7 +66,7 @@ from kms.node.persist import (
 from kms.node.policies import NodePolicies, PolicyOfferResult
 from kms.node.policy_sync import POLICY_SYNC_INTERVAL, PolicySync
 from kms.node.release import KeyReleaser, ReleaseRefused
-from kms.node.reporting import EventReporter
+from kms.node.reporting import EventReporter, ProgressLog
 from kms.policy.gossip import (
     PolicyAnnounce,
     PolicyDigest,
@@ -123,6 +124,7 @@ class NodeService:
         self.clock = clock or WallClock()
         self.metrics = NodeMetrics(self.metrics_snapshot)
         self._rl = RateLimitedLog()
+        self.progress = ProgressLog()
         self.reporter = EventReporter(
             self.metrics,
             lambda culprit, reason, raw: self.keep_evidence(culprit, reason, raw),
@@ -214,7 +216,7 @@ class NodeService:
     async def run(
         self, *extra: Callable[[], Awaitable[None]], task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        with log_context(self.log_fields):
+        with log_context(self.log_fields), self._stop_logged():
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._receive_loop)
@@ -224,6 +226,24 @@ class NodeService:
                 self._step()
                 self.started.set()
                 task_status.started()
+
+    @contextlib.contextmanager
+    def _stop_logged(self) -> Iterator[None]:
+        """One ``node service stopped`` line when the service's tasks end (at shutdown)."""
+        try:
+            yield
+        finally:
+            st = self.core.state
+            log.info(
+                "node service stopped",
+                extra={
+                    "fields": {
+                        "has_share": self.core.share is not None,
+                        "member": st is not None and self.config.index in st.committee.indices,
+                        **self.progress.stopped(),
+                    }
+                },
+            )
 
     async def _timer_loop(self) -> None:
         while True:
@@ -266,6 +286,7 @@ class NodeService:
         step = self.driver.step()
         self._apply(step)
         self.metrics.run_progress(self.core.run_progress(), self.clock.now())
+        self.progress.observe(self.core.ballots.window, self.core.sharing.run)
         for fail in step.unencodable:
             self.metrics.encode_failed(fail.kind)
             self._rl.warn(str(fail.to), f"message not encodable: {fail.error}")
@@ -513,6 +534,7 @@ class NodeService:
             self.releaser,
             self.collateral,
             self.policies,
+            now=self.clock.now(),
         )
 
     def metrics_snapshot(self) -> NodeSnapshot:

@@ -113,6 +113,56 @@ def apply_change(
     return Committee(tuple(members), t, policy)
 
 
+def why_invalid(
+    committee: Committee,
+    change: Change,
+    *,
+    used_indices: frozenset[int] = frozenset(),
+    used_identities: frozenset[bytes] = frozenset(),
+) -> str | None:
+    """Which rule of ``apply_change`` refuses ``change`` (a sentence for the operator), or
+    ``None`` when it applies."""
+    if (
+        apply_change(committee, change, used_indices=used_indices, used_identities=used_identities)
+        is not None
+    ):
+        return None
+    members = committee.members
+    n = len(members)
+    if isinstance(change, AddMember):
+        p = change.participant
+        n += 1
+        if any(m.index == p.index for m in members):
+            return f"index {p.index} is already a member: pick an index never used in this chain"
+        if any(m.identity == p.identity for m in members):
+            return "the joining node's identity key is already a member's"
+        if p.index in used_indices:
+            return (
+                f"index {p.index} was used by an earlier member: an index names one node for"
+                " the life of the chain, pick a new one"
+            )
+        if p.identity in used_identities:
+            return (
+                "the joining node's identity key belonged to an earlier member: a removed node"
+                " rejoins with a new identity (`kms node init`)"
+            )
+        return "the joining node's DKG key is not signed by its identity key"
+    if isinstance(change, RemoveMember):
+        n -= 1
+        held = [m for m in members if m.index == change.index]
+        if not held:
+            indices = ", ".join(str(m.index) for m in members)
+            return f"index {change.index} is not a member (members: {indices})"
+        if change.identity and held[0].identity != change.identity:
+            return f"the identity named is not member {change.index}'s"
+    t = change.threshold if isinstance(change, ChangeThreshold) else committee.threshold
+    return (
+        f"the resulting threshold {t} is out of range for {n} members: it must be between 2"
+        f" and {n}"
+        + ("" if isinstance(change, ChangeThreshold) else " (lower the threshold first)")
+    )
+
+
 @dataclass(frozen=True)
 class ChainState:
     """What a verified chain proves about the current epoch."""
@@ -138,6 +188,15 @@ class ChainState:
     def apply(self, change: Change) -> Committee | None:
         """``apply_change`` to this epoch's committee, with the chain's history."""
         return apply_change(
+            self.committee,
+            change,
+            used_indices=self.used_indices,
+            used_identities=self.used_identities,
+        )
+
+    def why_invalid(self, change: Change) -> str | None:
+        """``why_invalid`` for this epoch's committee, with the chain's history."""
+        return why_invalid(
             self.committee,
             change,
             used_indices=self.used_indices,

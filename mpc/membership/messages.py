@@ -183,6 +183,17 @@ class Proposal(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ProposalNotice(Message):
+    """A proposal sent by its proposer to every other member as soon as it is made,
+    point to point, so that members whose operators approved its id already can check
+    it and approve it in the next window's ballots. It counts for nothing by itself:
+    only ballots delivered in a window are tallied."""
+
+    TYPE = "member/proposal-notice"
+    proposal: Proposal
+
+
+@dataclass(frozen=True, slots=True)
 class Ballot(Message):
     """A member's one broadcast per decision window: its standing proposals and approvals,
     and (version 2) its lock: the one outcome it has signed in this epoch, if any."""

@@ -3,6 +3,7 @@ their types, and every ``qkms_*`` name the docs mention is one of them."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -67,3 +68,71 @@ def test_every_metric_name_the_docs_mention_is_exported() -> None:
     for path in sorted((ROOT / "docs").rglob("*.md")):
         for mention in MENTION.findall(path.read_text()):
             assert mention in names, f"{path.relative_to(ROOT)} names {mention}"
+
+
+# --- the log events table ----------------------------------------------------------------------
+
+NODE_LOGGER = "quorum_kms.node"
+LEVELS = ("debug", "info", "warning", "error")
+LOG_ROW = re.compile(r"^\| `([^`]+)` \| ([^|]+) \|", re.M)
+
+
+def _is_node_logger(node: ast.expr, names: set[str]) -> bool:
+    """``log`` (a module-level ``logging.getLogger("quorum_kms.node")``) or that call itself."""
+    if isinstance(node, ast.Name):
+        return node.id in names
+    return (
+        isinstance(node, ast.Call)
+        and ast.unparse(node.func) == "logging.getLogger"
+        and len(node.args) == 1
+        and isinstance(node.args[0], ast.Constant)
+        and node.args[0].value == NODE_LOGGER
+    )
+
+
+def emitted() -> dict[str, set[str]]:
+    """Every message the code writes to the node's logger, with its levels (``?`` for a
+    level chosen at run time), read from the source."""
+    out: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "kms").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {
+            t.id
+            for stmt in tree.body
+            if isinstance(stmt, ast.Assign) and _is_node_logger(stmt.value, set())
+            for t in stmt.targets
+            if isinstance(t, ast.Name)
+        }
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if not _is_node_logger(node.func.value, names):
+                continue
+            attr, args = node.func.attr, node.args
+            if attr in LEVELS and args and isinstance(args[0], ast.Constant):
+                out.setdefault(str(args[0].value), set()).add(attr)
+            elif attr == "log" and len(args) >= 2 and isinstance(args[1], ast.Constant):
+                out.setdefault(str(args[1].value), set()).add("?")
+    return out
+
+
+def documented_log_events() -> dict[str, str]:
+    text = GUIDE.read_text()
+    section = text[text.index("### Log events") : text.index("## The admin channel")]
+    rows = {}
+    for msg, level in LOG_ROW.findall(section):
+        if msg == "msg":
+            continue
+        assert msg not in rows, f"{msg!r} is listed twice"
+        rows[msg] = level
+    return rows
+
+
+def test_the_log_events_table_lists_every_line_the_node_logs_with_its_level() -> None:
+    code, docs = emitted(), documented_log_events()
+    assert {"admin request", "decision window started", "sharing run ended"} <= set(code)
+    assert sorted(set(code) - set(docs)) == [], "logged but not in the operator guide's table"
+    assert sorted(set(docs) - set(code)) == [], "in the operator guide's table but not logged"
+    for msg, levels in code.items():
+        for level in levels - {"?"}:
+            assert level in docs[msg], f"{msg!r} is logged at {level}, the table says {docs[msg]}"

@@ -42,8 +42,8 @@ def test_propose_request_for_each_change(tmp_path: Path) -> None:
         ("add", None, "add needs --join-request FILE"),
         ("remove", None, "remove needs INDEX"),
         ("threshold", None, "threshold needs T"),
-        ("threshold", "two", "ValueError"),
-        ("admission-policy", "/nonexistent/policy", "FileNotFoundError"),
+        ("threshold", "two", "T must be a whole number, not 'two'"),
+        ("admission-policy", "/nonexistent/policy", "cannot read /nonexistent/policy"),
         ("grow", None, "unknown change 'grow'"),
     ],
 )

@@ -73,6 +73,7 @@ from mpc.membership import (
     ChangeThreshold,
     DecisionWindow,
     Proposal,
+    ProposalNotice,
     Refresh,
     RemoveMember,
     WindowSchedule,
@@ -252,6 +253,7 @@ def _capture_real() -> Real:
         certified_deals,
         lock,
         MembershipIntent((proposal,), (proposal.id(),), (bytes(32),)),
+        ProposalNotice(proposal),
         GenesisEndorsements(
             (GenesisEndorsement.create(nodes[PI(1)].identity, 1, certificate.transcript),)
         ),

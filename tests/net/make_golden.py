@@ -206,6 +206,7 @@ def golden_messages() -> dict[str, Message]:
             proof=(deal_payload,),
         )
     )
+    add(make("member/proposal-notice", proposal=proposal))
     add(
         make(
             "member/intent",

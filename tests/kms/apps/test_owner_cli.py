@@ -269,7 +269,8 @@ def test_admit_app_places_the_bundle_or_says_what_is_missing(tmp_path: Path) -> 
     placed = config.parent / "policies" / f"{made.app_id.hex()}-v2.policy"
     assert placed.read_bytes() == bundle.read_bytes()
     assert f"app {made.app_id.hex()} version 2 placed in {placed}" in r.output
-    assert "error: cannot reach the node's admin channel" in r.output
+    assert "error: cannot connect to the admin socket" in r.output
+    assert "is the node running?" in r.output
 
     # A bundle that does not verify is not placed.
     raw = bytearray(bundle.read_bytes())

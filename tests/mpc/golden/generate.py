@@ -86,6 +86,7 @@ from mpc.membership.messages import (
     MembershipOutcome,
     OutcomePartial,
     Proposal,
+    ProposalNotice,
     Refresh,
     RemoveMember,
 )
@@ -251,6 +252,7 @@ def golden_messages() -> dict[str, Message]:
         outcome, 1, outcome_partial.signature, (signed(window_session, 1, ballot.encode()),)
     )
     intent = MembershipIntent((proposal,), (proposal.id(),), (bytes(32),))
+    notice = ProposalNotice(proposal)
 
     endorsement = GenesisEndorsement.create(identity_key(1), 1, transcript)
     run_key = RunKey.create(run, 1, hpke.derive_key_pair(label("run-key", 1))[1], identity_key(1))
@@ -290,6 +292,7 @@ def golden_messages() -> dict[str, Message]:
         ChainRequest(1),
         lock,
         intent,
+        notice,
         GenesisEndorsements((endorsement,)),
         endorsement,
         committee[0],

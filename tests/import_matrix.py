@@ -266,6 +266,13 @@ ROWS: dict[str, Rule] = {
     # libp2p); the node's assembly builds on it; the devnet on the assembly; the demo on both.
     "=kms.app": NOTHING,
     "kms.app.config": NODE_SHELL,
+    # ``kms committee``: the committee file, from records to each node's node.toml.
+    "kms.app.committee": Rule(
+        ("mpc", "net", "kms"),
+        any_third_party=True,
+        not_project=("kms.cli", "kms.app.devnet", "kms.app.demo", "kms.app.testing"),
+        note="builds on the node's file config and `kms node init`'s writer",
+    ),
     # What an operator asks of a node over the admin channel (``kms member``, ``kms audit``).
     "kms.app.operator": Rule(
         ("mpc", "net", "kms"),

@@ -138,13 +138,16 @@ def parse_change(req: dict[str, Any]) -> Change:
         )
         p.check()
         addrs = tuple(str(a) for a in jr.get("addresses", []))
-        return AddMember(
+        add = AddMember(
             p,
             bytes.fromhex(jr.get("attestation", "")),
             addrs,
             int(jr.get("epoch", 0)),
             bytes.fromhex(str(jr.get("head", ""))),
+            str(jr.get("url", "")),
         )
+        add.validate()  # what every member checks on decoding it
+        return add
     if kind == "remove":
         return RemoveMember(int(req["index"]), bytes.fromhex(req.get("evidence", "")))
     if kind == "threshold":
@@ -208,7 +211,9 @@ def handle(
             reply = {"ok": False, "error": "malformed request"}
         elif expected is None:
             reply = {"ok": False, "error": UNUSABLE_REPLY}
-        elif not hmac.compare_digest(str(req.get("token", "")).encode(), expected):
+        elif not hmac.compare_digest(
+            str(req.get("token", "")).encode("utf-8", "surrogatepass"), expected
+        ):
             reply = {"ok": False, "error": "unauthorised"}
         else:
             reply = _dispatch(target, req)
@@ -273,6 +278,7 @@ def _dispatch(target: AdminTarget, req: dict[str, Any]) -> dict[str, Any]:
         KeyError,
         ValueError,
         TypeError,
+        ArithmeticError,
         AdminError,
         LocalProtocolError,
         InvalidSignature,
@@ -285,7 +291,7 @@ def _error_text(exc: Exception) -> str:
     """What a failed admin request says, for the operator (no Python class names)."""
     if isinstance(exc, KeyError):
         return f"malformed request: it lacks {exc.args[0]!r}"
-    if isinstance(exc, ValueError | TypeError):
+    if isinstance(exc, ValueError | TypeError | ArithmeticError):
         return f"malformed request: {exc}"
     return str(exc)
 
@@ -332,8 +338,15 @@ async def serve(
                     if not chunk:
                         break
                     buf += chunk
-            reply = handle(target, token, buf, peer=peer_credentials(stream.socket))
-            await stream.send_all(json.dumps(reply).encode() + b"\n")
+            try:
+                reply = handle(target, token, buf, peer=peer_credentials(stream.socket))
+            except Exception:  # one request never stops the node
+                log.exception("admin request failed")
+                reply = {"ok": False, "error": "internal error: see the node's log"}
+            try:
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away before the reply
 
     async with listener:
         task_status.started()

@@ -505,7 +505,15 @@ _PLAIN_SCHEMAS: dict[str, Any] = {
                 "items": {
                     "type": "object",
                     "required": ["index", "peer_id"],
-                    "properties": {"index": {"type": "integer"}, "peer_id": {"type": "string"}},
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "peer_id": {"type": "string"},
+                        "url": {
+                            "type": ["string", "null"],
+                            "description": "The member's HTTP URL where this node knows it: "
+                            "its own, or certified with the member's AddMember in the chain.",
+                        },
+                    },
                 },
             },
             "has_share": {"type": "boolean"},
@@ -559,6 +567,11 @@ _PLAIN_SCHEMAS: dict[str, Any] = {
                 },
             },
             "serves_keys": {"type": "boolean"},
+            "serves_keys_reason": {
+                "type": ["string", "null"],
+                "description": "When serves_keys is false: why, and the settings that turn "
+                "key release on.",
+            },
             "collateral": {"type": ["string", "null"]},
             "simulated_quotes_accepted": {"type": "boolean"},
         },

@@ -15,6 +15,8 @@ from kms.api import admin
 from kms.app.config import ConfigError, NodeFileConfig, load
 from kms.secretfile import write_secret
 from kms.store import NodeStore, PassphraseSealer, SealError, StoreError
+from kms.store import lock as store_lock
+from kms.store.lock import StoreInUse
 
 __all__ = [
     "MaintenanceError",
@@ -111,8 +113,9 @@ def change_passphrase(
     """Reseal the node's store under the passphrase in ``new_passphrase_file`` (the node must
     be stopped), then point node.toml's ``passphrase_file`` at that file.
 
-    Order: (1) refuse while the admin socket answers; (2) open the store with the
-    current passphrase; (3) reseal everything in one transaction
+    Order: (1) refuse while the admin socket answers; (2) take the store's lock
+    (``kms.store.lock``: refused while a node runs on the store, even one whose
+    admin socket is not up yet) and open the store with the current passphrase; (3) reseal everything in one transaction
     (``NodeStore.reseal``): until it commits the old passphrase opens the store,
     after it only the new one; (4) update node.toml. A crash between (3) and (4)
     leaves the store sealed with the new passphrase and node.toml naming the old
@@ -142,7 +145,10 @@ def change_passphrase(
             old = PassphraseSealer.from_file(cfg.passphrase_file)
         else:
             old = PassphraseSealer.from_env(str(cfg.passphrase_env))
-        with NodeStore(cfg.store, old, create=False) as store:
+        with (
+            store_lock.exclusive(Path(cfg.store)),
+            NodeStore(cfg.store, old, create=False) as store,
+        ):
             step("opened")
             resealed = store.reseal(new, between=between)
     except SealError as exc:
@@ -157,6 +163,8 @@ def change_passphrase(
                 f"the current passphrase ({old_name}) does not open the store at {cfg.store} "
                 f"({exc}), nor does the new one"
             ) from None
+    except StoreInUse as exc:
+        raise MaintenanceError(str(exc)) from None
     except StoreError as exc:
         raise MaintenanceError(f"the store at {cfg.store}: {exc}") from exc
     step("resealed")

@@ -20,6 +20,8 @@ CHANGES = "add | remove | threshold | admission-policy | refresh"
 """The membership changes ``propose_request`` builds."""
 
 AUDIT_PAGE = 1000
+MAX_AUDIT_ENTRIES = 10_000_000
+"""Most audit entries ``read_audit`` reads from one node (a bound on the auditor's memory)."""
 """Audit entries asked for per admin request."""
 
 
@@ -148,7 +150,11 @@ def read_audit(
 ) -> tuple[dict[str, Any], list[str]]:
     """The node's whole audit log over its admin channel (``admin_request``, or ``admin``
     when given, e.g. for in-process nodes): the signed head with the node's own check of
-    its copy (``node_check``, asked for once), and every entry in order."""
+    its copy (``node_check``, asked for once), and every entry in order.
+
+    The node is not trusted to end the walk: a count above ``MAX_AUDIT_ENTRIES``, a page
+    longer than asked for, or entries beyond the count raise ``ValueError``.
+    """
     entries: list[str] = []
     doc: dict[str, Any] = {}
     while True:
@@ -156,8 +162,21 @@ def read_audit(
         page: dict[str, Any] = (admin or admin_request)(config, req)["audit"]
         if not entries:
             doc = page
-        entries += page["entries"]
-        if not page["entries"] or len(entries) >= doc["count"]:
+            count = doc["count"]
+            if not isinstance(count, int) or not 0 <= count <= MAX_AUDIT_ENTRIES:
+                raise ValueError(
+                    f"the node says its log holds {count!r} entries; "
+                    f"at most {MAX_AUDIT_ENTRIES} are read"
+                )
+        got = page["entries"]
+        if not isinstance(got, list) or len(got) > AUDIT_PAGE:
+            raise ValueError(
+                f"the node answered a page that is not a list of at most {AUDIT_PAGE} entries"
+            )
+        entries += got
+        if len(entries) > doc["count"]:
+            raise ValueError("the node sent more entries than its log holds")
+        if not got or len(entries) == doc["count"]:
             return doc, entries
 
 

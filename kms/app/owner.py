@@ -543,7 +543,10 @@ def push_bundle(
         except (httpx.HTTPError, ValueError) as exc:
             lagging.append({"node": label, "reason": _why(exc)})
             continue
-        if reply.get("accepted"):
+        if not isinstance(reply, dict):
+            lagging.append({"node": label, "reason": "its answer is not a JSON object"})
+            continue
+        if reply.get("accepted") is True:
             acks.append(label)
         else:
             entry = {"node": label, "reason": reply.get("reason", f"HTTP {r.status_code}")}
@@ -577,7 +580,10 @@ def held_policy(
             return {"policy": None}
         if r.status_code != 200:
             return {"error": f"HTTP {r.status_code}"}
-        return {"policy": r.json()}
+        policy = r.json()
+        if not isinstance(policy, dict):
+            return {"error": "its answer is not a JSON object"}
+        return {"policy": policy}
     except (httpx.HTTPError, ValueError) as exc:
         return {"error": _why(exc)}
 
@@ -593,7 +599,9 @@ def policies_held(
     for label, url in nodes.items():
         rows.append({"node": label, **held_policy(url, app_id, transport=transport)})
     versions = {
-        r["policy"]["version"] for r in rows if r.get("policy") and "version" in r["policy"]
+        r["policy"]["version"]
+        for r in rows
+        if r.get("policy") and isinstance(r["policy"].get("version"), int)
     }
     return {"app_id": app_id.hex(), "nodes": rows, "versions": sorted(versions)}
 

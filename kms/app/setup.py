@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -15,11 +16,21 @@ from typing import Any
 import tomli_w
 import trio
 
-from kms.app.config import ConfigError, NodeFileConfig, load
+from kms.app.config import (
+    ConfigError,
+    NodeFileConfig,
+    default_announce,
+    default_public_url,
+    host_port,
+    load,
+    multiaddr,
+    url,
+)
 from kms.node.logs import formatter, set_log_context
 from kms.node.service import Clock, NodeService
 from kms.secretfile import write_secret
-from kms.store import NodeStore, PassphraseSealer
+from kms.store import NodeStore, PassphraseSealer, StoreError
+from kms.store import lock as store_lock
 from mpc import hpke
 from mpc.dkg.messages import Participant
 from mpc.ids import ParticipantIndex
@@ -30,19 +41,23 @@ from net.transport import Transport
 NODE_TOML_HEADER = """\
 # quorum-kms node configuration.
 #
-# [node] is this node's own: where it keeps its SQLite store, how it unlocks
-# it (a passphrase file or an environment variable; never a prompt), where it
-# listens for peers (libp2p, Noise + Yamux) and for HTTP (/health, /v1/status,
-# /metrics), and the admin channel (a Unix socket guarded by admin.token).
+# The node section is this node's own: where it keeps its SQLite store, how it
+# unlocks it (a passphrase file or an environment variable; never a prompt),
+# where it listens for peers (libp2p, Noise + Yamux) and for HTTP (/health,
+# /v1/status, /metrics), the addresses it announces, and the admin channel (a
+# Unix socket guarded by admin.token).
 #
-# [committee] must be identical at every member: the genesis participants
-# (index, Ed25519 identity, X25519 DKG key and the identity's signature on it),
-# the threshold t, the genesis start (Unix seconds), delta (the bound on honest
-# message delivery, in seconds; every protocol phase lasts its window plus
-# t·delta), decision windows, the refresh interval (0 = off) and the genesis
-# node admission policy.
+# The committee section must be identical at every member: the genesis
+# participants (index, Ed25519 identity, X25519 DKG key and the identity's
+# signature on it), the threshold t, the genesis start (Unix seconds), delta
+# (the bound on honest message delivery, in seconds), decision windows, the
+# refresh interval (0 = off) and the genesis node admission policy. Write it
+# with `kms committee apply`; `kms node check-config` prints its digest, which
+# every member's must equal.
 #
-# [[peers]] lists where the other members listen (multiaddr with /p2p/<peer id>).
+# The peers tables list where the other members listen (multiaddr with
+# /p2p/<peer id>). Every key, its type and default: docs/operator-guide.md,
+# "Settings reference". Unknown keys are refused.
 """
 
 
@@ -61,6 +76,10 @@ def init_node(
     peers: list[dict[str, Any]] | None = None,
     passphrase_file: Path | None = None,
     passphrase_env: str | None = None,
+    announce: list[str] | None = None,
+    public_url: str | None = None,
+    simulated_tee: Path | None = None,
+    pccs_url: str | None = None,
 ) -> dict[str, Any]:
     """Create identity, DKG key, passphrase, admin token, store and node.toml.
 
@@ -69,8 +88,21 @@ def init_node(
     unseal the store: with ``passphrase_env``, it is read from that environment
     variable (which must be set); otherwise a new one is written to
     ``passphrase_file``, by default ``<directory>.passphrase`` next to the
-    directory. Returns the node's participant record (what other operators need).
+    directory. ``announce`` (multiaddrs other members dial) and ``public_url``
+    (the HTTP URL clients use) default as ``[node]`` documents; ``simulated_tee``
+    names a simulated TEE directory (``root.der``, ``collateral.json``) whose
+    quotes the node accepts and which quotes its join request (development);
+    ``pccs_url`` is where collateral is fetched. Every value is checked before
+    anything is written (``ConfigError``). Returns the node's participant record
+    (what other operators need) with its ``addresses`` (each with ``/p2p/<peer
+    id>``) and ``url``.
     """
+    settings = _node_settings(listen, http, announce, public_url, pccs_url)
+    if simulated_tee is not None and not (simulated_tee / "root.der").is_file():
+        raise ConfigError(
+            f"no simulated TEE in {simulated_tee} (no root.der): create it with "
+            f"`kms tee init --dir {simulated_tee}`"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / "node.toml").exists():
         raise FileExistsError(f"{directory / 'node.toml'} exists: refusing to overwrite a node")
@@ -102,6 +134,9 @@ def init_node(
             "admin_token_file": "admin.token",
             "log_format": "json",
             "accept_simulated_quotes": False,
+            "policies_dir": "policies",
+            **settings,
+            **_simulated_tee_settings(simulated_tee),
         },
         "committee": committee
         or {
@@ -117,12 +152,50 @@ def init_node(
         "peers": peers or [],
     }
     write_config(directory / "node.toml", doc)
+    (directory / "policies").mkdir(exist_ok=True)
+    peer = str(peer_id_from_ed25519(record.identity))
+    announced = settings.get("announce", default_announce(listen))
     return {
         "index": index,
         "identity": record.identity.hex(),
         "dkg_key": record.dkg_key.hex(),
         "dkg_key_signature": record.dkg_key_signature.hex(),
-        "peer_id": str(peer_id_from_ed25519(record.identity)),
+        "peer_id": peer,
+        "addresses": [a if "/p2p/" in a else f"{a}/p2p/{peer}" for a in announced],
+        "url": settings.get("public_url", default_public_url(http)),
+    }
+
+
+def _node_settings(
+    listen: str,
+    http: str,
+    announce: list[str] | None,
+    public_url: str | None,
+    pccs_url: str | None,
+) -> dict[str, Any]:
+    """``kms node init``'s network settings, checked as ``load`` checks them."""
+    multiaddr(listen, "listen", listen=True)
+    host_port(http, "http")
+    out: dict[str, Any] = {}
+    if announce:
+        out["announce"] = [multiaddr(a, "announce") for a in announce]
+    if public_url is not None:
+        out["public_url"] = url(public_url, "public_url")
+    if pccs_url is not None:
+        out["pccs_url"] = url(pccs_url, "pccs_url")
+    return out
+
+
+def _simulated_tee_settings(tee: Path | None) -> dict[str, Any]:
+    """The ``[node]`` keys of a node on a simulated TEE directory (development only)."""
+    if tee is None:
+        return {}
+    tee = tee.resolve()
+    return {
+        "accept_simulated_quotes": True,
+        "simulated_root_ca": str(tee / "root.der"),
+        "collateral_file": str(tee / "collateral.json"),
+        "simulated_tee": str(tee),
     }
 
 
@@ -157,11 +230,77 @@ def configure_logging(fmt: str, level: str = "info") -> None:
     root.propagate = False
 
 
+class StartupError(Exception):
+    """``kms node run`` cannot start: one line saying what is wrong and what to do."""
+
+
+def _open_for_run(cfg: NodeFileConfig) -> NodeStore:
+    """The node's store, or ``StartupError`` (missing, passphrase refused, wrong passphrase)."""
+    if not cfg.store.is_file():
+        raise StartupError(
+            f"no store at {cfg.store}: create the node with `kms node init`, or fix "
+            f"`store` in {cfg.path}"
+        )
+    try:
+        sealer = (
+            PassphraseSealer.from_file(cfg.passphrase_file)
+            if cfg.passphrase_file is not None
+            else PassphraseSealer.from_env(str(cfg.passphrase_env))  # load() requires one
+        )
+        return NodeStore(cfg.store, sealer, create=False)
+    except StoreError as exc:
+        raise StartupError(f"cannot open the store {cfg.store}: {exc}") from exc
+
+
+def _check_files(cfg: NodeFileConfig) -> None:
+    """``StartupError`` for files and directories the node needs but lacks (an unusable
+    admin token is not one: it is logged, and admin requests are refused until it is fixed)."""
+    if not cfg.admin_socket.parent.is_dir():
+        raise StartupError(
+            f"the admin socket's directory {cfg.admin_socket.parent} does not exist: "
+            f"create it or fix `admin_socket` in {cfg.path}"
+        )
+    for key, path in (
+        ("simulated_root_ca", cfg.simulated_root_ca if cfg.accept_simulated_quotes else None),
+        ("collateral_file", cfg.collateral_file),
+    ):
+        if path is not None and not path.is_file():
+            raise StartupError(f"{key} {path} is not a file: fix `{key}` in {cfg.path}")
+
+
+def _check_http_port(cfg: NodeFileConfig) -> None:
+    """``StartupError`` if the HTTP port is taken (hypercorn would fail with a traceback)."""
+    if cfg.http_port == 0:
+        return
+    host = cfg.http_host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, cfg.http_port))
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for HTTP on {cfg.http_host}:{cfg.http_port}: "
+                f"{exc.strerror or exc}; stop what uses it or change `http` in {cfg.path}"
+            ) from exc
+
+
+def _flatten(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _flatten(inner)]
+    return [exc]
+
+
 async def run_node(
     config_path: Path, log_format: str | None = None, log_level: str | None = None
 ) -> None:
     """``kms node run``: serve until SIGINT or SIGTERM, then shut down in order
     (``log_format`` and ``log_level`` override the config's).
+
+    A node that cannot start raises ``ConfigError`` (``node.toml`` refused) or
+    ``StartupError`` (missing store, refused or wrong passphrase,
+    libp2p or HTTP port in use, missing admin socket directory): one line each,
+    checked before anything listens where possible.
 
     On the signal: the HTTP server, the admin socket and the service's loops
     (inbound libp2p frames, timers) are cancelled, so no input is taken any more;
@@ -170,18 +309,14 @@ async def run_node(
     already durable; closing it checkpoints the WAL); then the libp2p transport
     is closed (streams reset, host stopped; bounded, see
     ``Libp2pTransport.aclose``). Returning normally means a clean stop
-    (``kms node run`` exits 0).
+    (``kms node run`` exits 0). The store's lock (``kms.store.lock``) is held
+    throughout: a second process on the same store stops with ``StoreInUse``.
     """
-    from hypercorn.trio import serve
-
-    from kms.api import admin
-    from kms.api.http import make_app, server_config
-    from net.libp2p import Libp2pTransport
-
     cfg = load(config_path)
-    configure_logging(
-        log_format or cfg.log_format, log_level or str(getattr(cfg, "log_level", "info"))
-    )
+    release_off = check_release_settings(cfg)
+    configure_logging(log_format or cfg.log_format, log_level or cfg.log_level)
+    if release_off is not None:
+        logging.getLogger("quorum_kms.node").warning(release_off)
     if (
         cfg.passphrase_file is not None
         and cfg.passphrase_file.resolve().parent == Path(cfg.store).resolve().parent
@@ -191,17 +326,36 @@ async def run_node(
             "that directory unseals the shares (see the operator guide, 'Sealing')",
             extra={"fields": {"passphrase_file": str(cfg.passphrase_file)}},
         )
-    store = open_store(cfg)
-    ident = store.load_identity()
-    if ident is None:
-        raise RuntimeError("no identity in the store: run `kms node init`")
+    _check_files(cfg)
+    _check_http_port(cfg)
+    try:
+        with store_lock.exclusive(Path(cfg.store)):
+            await _serve(cfg)
+    except store_lock.StoreInUse as exc:
+        raise StartupError(str(exc)) from None
+
+
+async def _serve(cfg: NodeFileConfig) -> None:
+    """The body of ``run_node`` once the store's lock is held."""
+    from hypercorn.trio import serve
+
+    from kms.api import admin
+    from kms.api.http import make_app, server_config
+    from net.errors import TransportError
+    from net.libp2p import Libp2pTransport
+
+    store = _open_for_run(cfg)
     token = admin.AdminToken(cfg.admin_token_file)  # re-read when the file changes
     token.current()  # an unusable token file is logged now, not at the first request
-    peers: dict[ParticipantIndex, list[str]] = {}
-    for p in cfg.peers:
-        peers.setdefault(p.index, []).append(p.multiaddr)
-    transport = Libp2pTransport(ident[0], cfg.listen)
+    running = False
     try:
+        ident = store.load_identity()
+        if ident is None:
+            raise StartupError(f"no identity in the store {cfg.store}: run `kms node init`")
+        peers: dict[ParticipantIndex, list[str]] = {}
+        for p in cfg.peers:
+            peers.setdefault(p.index, []).append(p.multiaddr)
+        transport = Libp2pTransport(ident[0], cfg.listen)
         async with transport:
             service = build_service(cfg, store, transport, peers)
             set_log_context(service.log_fields)  # the HTTP and admin tasks' lines too
@@ -216,6 +370,7 @@ async def run_node(
                 await nursery.start(
                     partial(serve, app, hc, shutdown_trigger=shutdown.wait, mode="asgi")
                 )
+                running = True
                 logging.getLogger("quorum_kms.node").info(
                     "node running",
                     extra={
@@ -223,6 +378,7 @@ async def run_node(
                             "index": int(cfg.index),
                             "peer_id": str(transport.local_peer),
                             "http": hc.bind[0],
+                            "committee_digest": cfg.committee_digest.hex(),
                         }
                     },
                 )
@@ -237,6 +393,21 @@ async def run_node(
                         break
             # No input is taken any more: close the store before the transport.
             store.close()
+    except Exception as exc:
+        if running:
+            raise
+        for leaf in _flatten(exc):
+            if isinstance(leaf, StartupError):
+                raise leaf from None
+            if isinstance(leaf, TransportError):
+                raise StartupError(
+                    f"libp2p: {leaf}; stop what uses it or change `listen` in {cfg.path}"
+                ) from exc
+            if isinstance(leaf, OSError):
+                raise StartupError(
+                    f"cannot start: {leaf}; check `listen`, `http` and `admin_socket` in {cfg.path}"
+                ) from exc
+        raise
     finally:
         store.close()
     logging.getLogger("quorum_kms.node").info("node stopped")
@@ -260,7 +431,24 @@ def build_service(
     service.collateral = collateral
     service.releaser = make_releaser(cfg, service)
     service.policy_sync_interval = cfg.policy_sync_interval
+    service.public_url = public_url(cfg)
+    if service.releaser is None:
+        service.release_off = "key release is off: " + (
+            "no app policies directory; set [node] policies_dir"
+            if cfg.policies_dir is None
+            else f"no collateral source; {KEY_RELEASE_OFF_HINT}"
+        )
     return service
+
+
+def public_url(cfg: NodeFileConfig) -> str | None:
+    """The HTTP URL clients use: ``[node] public_url``, else ``http://HOST:PORT`` of
+    ``[node] http`` unless that binds every interface or an ephemeral port."""
+    if cfg.public_url is not None:
+        return cfg.public_url
+    if cfg.http_host in UNSPECIFIED_HOSTS or cfg.http_port == 0:
+        return None
+    return f"http://{cfg.http_host}:{cfg.http_port}"
 
 
 def committee_head(committee_url: str, *, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -294,10 +482,12 @@ def join_request(
     """The join request of a node that is not in the committee yet.
 
     Carries the participant record (index, identity, DKG key and the
-    identity's signature on it), the node's libp2p address, the committee's
+    identity's signature on it), the node's libp2p addresses (``join_addresses``:
+    ``[node] announce``, else the listen address), its HTTP URL (``join_url``:
+    ``[node] public_url``, else ``[node] http``), the committee's
     current chain head (epoch and last-link hash, read from the member at
     ``committee_url``) and a TDX quote whose ``report_data`` is
-    ``join_report_data(record, addresses, epoch, head)``
+    ``join_report_data(record, addresses, epoch, head, url)``
     (``kms.node.admission``): members refuse it once the committee is more than
     ``JOIN_MAX_AGE`` epochs further. The quote comes from ``quote``, which the
     caller chooses: by default the TDX guest's configfs-tsm report interface
@@ -324,9 +514,10 @@ def join_request(
     _, dkg_pub = hpke.derive_key_pair(ident[1])
     rec = participant_record(identity, dkg_pub, int(node["index"]))
     peer = peer_id_from_ed25519(rec.identity)
-    addresses = [f"{node['listen']}/p2p/{peer}"]
+    addresses = join_addresses(node, str(peer))
+    url = join_url(node)
     epoch, head = committee_head(committee_url)
-    report_data = join_report_data(rec, addresses, epoch, head)
+    report_data = join_report_data(rec, addresses, epoch, head, url)
     attestation = (quote or tdx_quote)(report_data)
     return {
         "index": rec.index,
@@ -335,10 +526,74 @@ def join_request(
         "dkg_key_signature": rec.dkg_key_signature.hex(),
         "peer_id": str(peer),
         "addresses": addresses,
+        "url": url,
         "epoch": epoch,
         "head": head.hex(),
         "attestation": attestation.hex(),
     }
+
+
+UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 - refused, not bound
+"""Hosts a server binds to mean "every interface": no other machine can dial them."""
+
+
+def _multiaddr_host(addr: str) -> str | None:
+    parts = addr.split("/")
+    if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+        return parts[2]
+    return None
+
+
+def join_addresses(node: dict[str, Any], peer: str) -> list[str]:
+    """The libp2p addresses a join request carries: ``[node] announce`` (else the listen
+    address), each with ``/p2p/<peer id>``. Raises ``ConfigError`` for an address other
+    machines cannot dial (an unspecified host, 0.0.0.0 or ::)."""
+    announce = node.get("announce") or []
+    if isinstance(announce, str):
+        announce = [announce]
+    if not isinstance(announce, list) or not all(
+        isinstance(a, str) and a.startswith("/") for a in announce
+    ):
+        raise ConfigError("[node] announce must be a list of libp2p multiaddrs")
+    chosen = list(announce) or [str(node.get("listen", "/ip4/127.0.0.1/tcp/0"))]
+    out = []
+    for addr in chosen:
+        where = "[node] announce" if announce else "[node] listen"
+        if _multiaddr_host(addr) in UNSPECIFIED_HOSTS:
+            raise ConfigError(
+                f"{where} {addr} has an unspecified host that other members cannot dial: "
+                "set [node] announce to the address they reach this node at "
+                '(e.g. announce = ["/dns4/kms5.example.org/tcp/9000"])'
+            )
+        if addr.endswith("/tcp/0"):
+            raise ConfigError(
+                f"{where} {addr} has port 0 (chosen at start): set a fixed port in "
+                "[node] listen or [node] announce"
+            )
+        out.append(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
+    return out
+
+
+def join_url(node: dict[str, Any]) -> str:
+    """The HTTP URL a join request carries: ``[node] public_url``, else ``http://HOST:PORT``
+    of ``[node] http``. Raises ``ConfigError`` when clients could not reach that."""
+    from mpc.membership.messages import MAX_MEMBER_URL, valid_member_url
+
+    url = node.get("public_url")
+    if url is not None:
+        if not isinstance(url, str) or len(url) > MAX_MEMBER_URL or not valid_member_url(url):
+            raise ConfigError(
+                "[node] public_url must be an http(s) URL (e.g. https://kms5.example.org:8443)"
+            )
+        return url
+    http = str(node.get("http", "127.0.0.1:0"))
+    host, _, port = http.rpartition(":")
+    if host in UNSPECIFIED_HOSTS or port in ("", "0"):
+        raise ConfigError(
+            f"[node] http {http} is not an address clients can reach: set [node] public_url "
+            'to the URL clients use (e.g. public_url = "https://kms5.example.org:8443")'
+        )
+    return f"http://{host}:{port}"
 
 
 TSM_REPORT = Path("/sys/kernel/config/tsm/report")
@@ -385,6 +640,80 @@ def _verifier(cfg: NodeFileConfig) -> Any:
         allowed_statuses=cfg.allowed_tcb_statuses,
         floor=collateral_floor(cfg),
     )
+
+
+KEY_RELEASE_OFF_HINT = (
+    "set [node] pccs_url (a TDX host's PCCS), or collateral_file (and, for a simulated "
+    "TEE, accept_simulated_quotes and simulated_root_ca: `kms node init --simulated-tee`)"
+)
+
+
+def check_release_settings(cfg: NodeFileConfig, now: float | None = None) -> str | None:
+    """Check the settings key release (and join approval) needs, at start.
+
+    Broken ones raise ``ConfigError`` (``kms node run`` prints one ``error:`` line and
+    exits 2): ``accept_simulated_quotes`` without ``simulated_root_ca`` or without any
+    collateral; a ``simulated_root_ca`` that cannot be read or is not a DER
+    certificate; a ``collateral_file`` that cannot be read, does not parse, or is
+    expired (past its ``nextUpdate``, or older than ``max_collateral_age``). Absent
+    ones (neither ``pccs_url`` nor ``collateral_file``, or no ``policies_dir``) are no
+    error: the node runs and holds its share but releases no key; the reason is
+    returned (logged as a warning at start and shown in ``/v1/status``).
+    """
+    import time
+
+    from cryptography import x509
+
+    from kms.attest import Collateral, QuoteVerificationError
+
+    when = int(time.time() if now is None else now)
+    if cfg.accept_simulated_quotes and cfg.simulated_root_ca is None:
+        raise ConfigError(
+            "[node] accept_simulated_quotes is set without simulated_root_ca: set "
+            "simulated_root_ca to the simulated TEE's root.der, or remove accept_simulated_quotes"
+        )
+    if cfg.accept_simulated_quotes and cfg.collateral_file is None and cfg.pccs_url is None:
+        raise ConfigError(
+            "[node] accept_simulated_quotes is set without collateral: set collateral_file "
+            "to the simulated TEE's collateral.json"
+        )
+    if cfg.simulated_root_ca is not None:
+        try:
+            x509.load_der_x509_certificate(cfg.simulated_root_ca.read_bytes())
+        except OSError as exc:
+            raise ConfigError(
+                f"[node] simulated_root_ca {cfg.simulated_root_ca} cannot be read: "
+                f"{exc.strerror or exc}"
+            ) from None
+        except ValueError:
+            raise ConfigError(
+                f"[node] simulated_root_ca {cfg.simulated_root_ca} is not a DER certificate "
+                "(give the simulated TEE's root.der)"
+            ) from None
+    if cfg.collateral_file is not None:
+        where = f"[node] collateral_file {cfg.collateral_file}"
+        try:
+            collateral = Collateral.from_json(cfg.collateral_file.read_text())
+            until = collateral.valid_until()
+            collateral_floor(cfg).check(collateral, when)
+        except OSError as exc:
+            raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
+        except (QuoteVerificationError, ValueError) as exc:
+            if "issued" in str(exc) or "floor" in str(exc):
+                raise ConfigError(
+                    f"{where} is too old for this node ({exc}): get fresh collateral"
+                ) from None
+            raise ConfigError(f"{where} is not collateral JSON ({exc})") from None
+        if until < when:
+            raise ConfigError(
+                f"{where} expired at {until} (unix seconds): get fresh collateral "
+                "(`kms tee init` writes 30-day collateral for a simulated TEE)"
+            )
+    if cfg.pccs_url is None and cfg.collateral_file is None:
+        return f"key release is off: no collateral source; {KEY_RELEASE_OFF_HINT}"
+    if cfg.policies_dir is None:
+        return "key release is off: no app policies directory; set [node] policies_dir"
+    return None
 
 
 def make_collateral(cfg: NodeFileConfig) -> Any:

@@ -1,6 +1,6 @@
 """The ``kms`` command line: one module per command group, assembled here.
 
-``kms.cli.node`` (``kms node``), ``member``, ``devnet``, ``key``, ``evidence``,
+``kms.cli.node`` (``kms node``), ``committee``, ``member``, ``devnet``, ``key``, ``evidence``,
 ``audit``, ``apps`` (``kms app`` and ``kms app policy``), ``sim``, ``ibe``
 (``kms encrypt``, ``kms decrypt``), ``status`` and ``demo``; ``kms attest`` is
 ``kms.attest.cli``. Commands parse options and print; what they do lives in the
@@ -16,6 +16,7 @@ import typer
 from kms.attest.cli import attest_app
 from kms.cli.apps import app_app
 from kms.cli.audit import audit_app
+from kms.cli.committee import committee_app
 from kms.cli.demo import demo
 from kms.cli.devnet import devnet_app
 from kms.cli.evidence import evidence_app
@@ -54,6 +55,7 @@ def _options(
 
 
 app.add_typer(node_app, name="node")
+app.add_typer(committee_app, name="committee")
 app.add_typer(devnet_app, name="devnet")
 app.add_typer(member_app, name="member")
 app.add_typer(attest_app, name="attest", help="TDX quote verification (Intel DCAP via dcap-qvl).")

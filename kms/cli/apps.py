@@ -229,9 +229,12 @@ def app_policy_show(
         elif p.get("frozen"):
             say(f"{row['node']}: frozen (version floor {p.get('version_floor')})")
         else:
+            purposes = p.get("purposes")
+            purposes = purposes if isinstance(purposes, list) else []
             say(
-                f"{row['node']}: version {p['version']}, expires {p['expires']}, "
-                f"purposes {', '.join(p['purposes']) or '(none)'}, owner key {p['owner_key']}"
+                f"{row['node']}: version {p.get('version')}, expires {p.get('expires')}, "
+                f"purposes {', '.join(map(str, purposes)) or '(none)'}, "
+                f"owner key {p.get('owner_key')}"
             )
 
 

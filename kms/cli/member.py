@@ -60,6 +60,9 @@ def member_list(
         print_json(view)
         return
     say(status_line(st))
+    for m in view["committee"] or []:
+        if m.get("url"):
+            say(f"member {m['index']} url {m['url']}")
     say(f"master public key {view['master_public_key'] or '(none yet)'}")
     for line in window_lines(st):
         say(line)

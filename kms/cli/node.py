@@ -1,25 +1,34 @@
-"""``kms node``: set up a node's directory, run a node, write its join request."""
+"""``kms node``: set up a node's directory, check its configuration, run a node, build a
+node admission policy, write its join request."""
 
 from __future__ import annotations
 
 import enum
 import json
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import httpx
 import trio
 import typer
 
-from kms.app.config import ConfigError
+from kms.app.config import ConfigError, load
 from kms.app.devnet import quote_source
-from kms.app.setup import init_node, join_request, run_node
+from kms.app.setup import StartupError, init_node, join_request, run_node
+from kms.app.simtee import load_measurement, registers
 from kms.cli import node_ops
-from kms.cli.common import fail, out, print_json
+from kms.cli.common import fail, print_json
 from kms.node import lifecycle
 from kms.store import StoreError
 
 node_app = typer.Typer(help="Run and set up a KMS node.", no_args_is_help=True)
+
+
+def config_error(msg: str, code: int = 2) -> NoReturn:
+    """One plain line ``error: …`` on stderr (no markup, never wrapped), then exit ``code``."""
+    sys.stderr.write(f"error: {msg}\n")
+    raise typer.Exit(code)
 
 
 @node_app.command("init")
@@ -28,6 +37,33 @@ def node_init(
     index: Annotated[int, typer.Option(help="Participant index (1-based, never reused).")] = 1,
     listen: Annotated[str, typer.Option(help="libp2p listen multiaddr.")] = "/ip4/127.0.0.1/tcp/0",
     http: Annotated[str, typer.Option(help="HTTP listen address host:port.")] = "127.0.0.1:0",
+    announce: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--announce",
+            help="A multiaddr other members dial (repeatable; default: --listen unless it "
+            "listens on 0.0.0.0 or ::).",
+        ),
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            help="The HTTP URL clients use (default: http://HOST:PORT of --http unless its "
+            "host is 0.0.0.0 or ::).",
+        ),
+    ] = None,
+    simulated_tee: Annotated[
+        Path | None,
+        typer.Option(
+            "--simulated-tee",
+            help="A simulated TEE directory (kms tee init): accept its quotes and quote the "
+            "join request with it. Development only.",
+        ),
+    ] = None,
+    pccs_url: Annotated[
+        str | None, typer.Option("--pccs-url", help="PCCS base URL for quote collateral.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     passphrase_file: Annotated[
         Path | None,
@@ -46,7 +82,9 @@ def node_init(
 ) -> None:
     """Create identity and DKG keys, a passphrase, an admin token, the store and node.toml."""
     if passphrase_file is not None and passphrase_env is not None:
-        fail("give --passphrase-file or --passphrase-env, not both", 2)
+        config_error("give --passphrase-file or --passphrase-env, not both")
+    if index < 1:
+        config_error(f"--index {index}: a participant index is 1 or more")
     try:
         record = init_node(
             dir,
@@ -55,20 +93,34 @@ def node_init(
             http=http,
             passphrase_file=passphrase_file,
             passphrase_env=passphrase_env,
+            announce=announce,
+            public_url=public_url,
+            simulated_tee=simulated_tee,
+            pccs_url=pccs_url,
         )
-    except (FileExistsError, StoreError) as exc:
-        fail(str(exc), 2)
+    except ConfigError as exc:
+        key = str(exc).split(":")[0].split(" ")[0]
+        options = ("listen", "http", "announce", "public_url", "pccs_url")
+        rest = str(exc)[len(key) :]
+        config_error(f"--{key.replace('_', '-')}{rest}" if key in options else str(exc))
+    except (FileExistsError, StoreError, OSError) as exc:
+        config_error(str(exc))
     if json_out:
         print_json(record)
-    else:
-        out.print(f"node {index} initialised in {dir}")
-        out.print(f"peer id   {record['peer_id']}")
-        out.print("participant record (give it to the other operators for \\[committee.genesis]):")
-        out.print_json(
-            json.dumps(
-                {k: record[k] for k in ("index", "identity", "dkg_key", "dkg_key_signature")}
-            )
-        )
+        return
+    lines = [
+        f"node {index} initialised in {dir}",
+        f"peer id   {record['peer_id']}",
+        f"addresses {' '.join(record['addresses']) or '(none: give --announce)'}",
+        f"url       {record['url'] or '(none: give --public-url)'}",
+        "participant record (give it to the operator who runs `kms committee assemble`; "
+        "`--json` prints it as a file):",
+        json.dumps({k: record[k] for k in RECORD_KEYS}),
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+RECORD_KEYS = ("index", "identity", "dkg_key", "dkg_key_signature", "peer_id", "addresses", "url")
 
 
 class LogFormat(enum.StrEnum):
@@ -116,8 +168,8 @@ def node_run(
             log_format.value if log_format is not None else None,
             log_level.value if log_level is not None else None,
         )
-    except ConfigError as exc:
-        fail(str(exc), 2)
+    except (ConfigError, StartupError) as exc:
+        config_error(str(exc))
     # A clean stop: everything is saved; skip the interpreter's slow finalisation.
     lifecycle.exit_now(lifecycle.EXIT_OK)
 
@@ -133,12 +185,22 @@ def node_join_request(
             help="HTTP URL of a member: the request is bound to its current chain head.",
         ),
     ],
+    measurement: Annotated[
+        Path | None,
+        typer.Option(
+            "--measurement",
+            help="With [node] simulated_tee: the measurement file (mr_td, rtmr0-3, hex) the "
+            "simulated TEE quotes (default: the TEE directory's node.measurement.toml).",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Write this node's join request: participant record, addresses, the committee's current
-    chain head and a TDX quote binding them."""
+    """Write this node's join request: participant record, addresses ([node] announce, else
+    listen), HTTP URL ([node] public_url, else http), the committee's current chain head and
+    a TDX quote binding them."""
     try:
-        doc = join_request(config, committee_url=committee_url, quote=quote_source(config))
+        meas = registers(load_measurement(measurement)) if measurement is not None else None
+        doc = join_request(config, committee_url=committee_url, quote=quote_source(config, meas))
     except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         if json_out:
             print_json({"ok": False, "error": str(exc)})
@@ -147,8 +209,95 @@ def node_join_request(
     out_file.write_text(json.dumps(doc, indent=2) + "\n")
     if json_out:
         print_json(
-            {"ok": True, "file": str(out_file), "index": doc["index"], "peer_id": doc["peer_id"]}
+            {
+                "ok": True,
+                "file": str(out_file),
+                "index": doc["index"],
+                "peer_id": doc["peer_id"],
+                "addresses": doc["addresses"],
+                "url": doc["url"],
+            }
         )
+    else:
+        print(f"join request of node {doc['index']} written to {out_file}")
+        print(f"addresses {' '.join(doc['addresses'])}")
+        print(f"url       {doc['url']}")
+
+
+@node_app.command("check-config")
+def node_check_config(
+    config: Annotated[Path, typer.Option("--config", help="Path of node.toml.")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check node.toml as `kms node run` does: prints `ok` and the committee digest, which
+    every member's file must share; an error is one line naming the key and line (exit 2)."""
+    try:
+        cfg = load(config)
+    except ConfigError as exc:
+        config_error(str(exc))
+    admits = _admits_nodes(cfg.protocol.admission_policy)
+    if json_out:
+        print_json(
+            {
+                "ok": True,
+                "index": int(cfg.index),
+                "committee_digest": cfg.committee_digest.hex(),
+                "admission_policy_admits_nodes": admits,
+            }
+        )
+        return
+    sys.stdout.write(f"ok\ncommittee digest: {cfg.committee_digest.hex()}\n")
+    if not admits:
+        sys.stderr.write(
+            "warning: [committee] admission_policy is not a node admission policy: no node "
+            "can join until an admission-policy change (`kms node admission-policy`)\n"
+        )
+
+
+def _admits_nodes(policy: bytes) -> bool:
+    from kms.policy import NodeAdmissionPolicy
+    from mpc.errors import InvalidEncoding
+
+    try:
+        NodeAdmissionPolicy.decode(policy)
+    except (InvalidEncoding, ValueError):
+        return False
+    return True
+
+
+@node_app.command("admission-policy")
+def node_admission_policy(
+    measurement: Annotated[
+        list[Path],
+        typer.Option(
+            "--measurement", help="A measurement file of an admitted node image (repeatable)."
+        ),
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the encoding.")],
+    tcb_status: Annotated[
+        list[str] | None,
+        typer.Option("--tcb-status", help="An admitted TCB status (repeatable; default UpToDate)."),
+    ] = None,
+) -> None:
+    """Build a node admission policy: writes its encoding to --out and prints its hex (for
+    [committee] admission_policy, `kms committee assemble --admission-policy` or
+    `kms member propose admission-policy`)."""
+    from kms.app.simtee import TEEError, load_measurement
+    from kms.policy import NodeAdmissionPolicy, PolicyError
+
+    try:
+        measurements = [load_measurement(m) for m in measurement]
+        policy = NodeAdmissionPolicy.build(measurements, tcb_status or ("UpToDate",))
+    except TEEError as exc:
+        config_error(str(exc))
+    except (PolicyError, ValueError) as exc:
+        config_error(f"not a valid node admission policy: {exc}")
+    encoding = policy.encode()
+    try:
+        out_file.write_bytes(encoding)
+    except OSError as exc:
+        config_error(f"cannot write {out_file}: {exc.strerror}")
+    sys.stdout.write(encoding.hex() + "\n")
 
 
 # Operations on a node's files (kms.cli.node_ops): token rotation, passphrase change.

@@ -267,11 +267,11 @@ class KeyRequestSession:
         return {p: st.derived for p, st in self._state.items() if st.derived is not None}
 
     def next_nodes(self, count: int) -> list[ParticipantIndex]:
-        """Members not asked yet: the newest epoch's in index order, then the previous
-        epoch's (the shell asks ``t`` first, then more)."""
+        """Members of the newest epoch not asked yet, in index order (the shell asks
+        ``t`` first, then more). A member the chain has removed is never asked, even
+        while it may still hold a share of the previous epoch; members still on the
+        previous epoch answer for it (``previous``)."""
         order = list(self.chain.committee.indices)
-        for st in sorted(self.states.values(), key=lambda s: -s.epoch):
-            order += [i for i in st.committee.indices if i not in order]
         # Preferred members first, each group in the order above.
         order = [i for i in order if i in self.preferred] + [
             i for i in order if i not in self.preferred

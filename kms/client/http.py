@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -30,10 +30,11 @@ from mpc.membership import (
     ChainError,
     ChainState,
     MembershipCertificate,
+    certified_urls,
     rank,
     verify_recent,
 )
-from mpc.membership.messages import ChainUpdate
+from mpc.membership.messages import ChainUpdate, Link
 from mpc.tkd import DerivedPoint, typed_keys
 
 MSGPACK = "application/msgpack"
@@ -47,6 +48,8 @@ class FetchResult:
     rejected: tuple[Rejected, ...]
     refusals: Mapping[ParticipantIndex, KeyRefusal]
     ignored_nodes: tuple[str, ...]
+    urls: Mapping[ParticipantIndex, str] = field(default_factory=dict)
+    """The URLs of the verified chain's members the client used (``KeyClient.urls``)."""
 
 
 def _links(raw: bytes) -> list[EpochCertificate | MembershipCertificate]:
@@ -164,9 +167,33 @@ def fetch_chain_heads(
     ``transport`` (without ``client``) carries the requests instead of the network
     (``httpx.Client(transport=...)``; tests reach in-process nodes this way).
     """
+    states, ignored, answered, _ = _fetch_chain(
+        urls,
+        mpk,
+        timeout=timeout,
+        enough=enough,
+        client=client,
+        hedge_after=hedge_after,
+        transport=transport,
+    )
+    return states, ignored, answered
+
+
+def _fetch_chain(
+    urls: Sequence[str],
+    mpk: G2,
+    *,
+    timeout: float = 5.0,
+    enough: int | None = None,
+    client: httpx.Client | None = None,
+    hedge_after: float | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> tuple[list[ChainState], list[str], list[str], list[Link]]:
+    """``fetch_chain_heads``, with the links of the best answer (all verified)."""
     own = client is None
     http = client or httpx.Client(timeout=timeout, transport=transport)
     best: list[ChainState] | None = None
+    best_links: list[Link] = []
     ignored: list[str] = []
     answered: list[str] = []
 
@@ -198,13 +225,14 @@ def fetch_chain_heads(
                     ignored.append(f"{url}: {type(raw).__name__}: {raw}")
                     continue
                 try:
-                    states = chain_epochs_from_bytes(raw, mpk)
+                    links = _links(raw)
+                    states = verify_recent(links, mpk=mpk)
                 except (MessageDecodeError, ChainError, InvalidEncoding, ValueError) as exc:
                     ignored.append(f"{url}: {type(exc).__name__}: {exc}")
                     continue
                 answered.append(url)
                 if best is None or rank(states[-1]) > rank(best[-1]):
-                    best = states
+                    best, best_links = states, links
             if len(answered) >= want:
                 break
         ignored.extend(f"{url}: no answer in time" for url in pending.values())
@@ -215,10 +243,39 @@ def fetch_chain_heads(
         raise KeyReleaseError(
             "no node served a chain that verifies from the pinned master public key"
         )
-    return best, ignored, answered
+    return best, ignored, answered, best_links
 
 
-_HEADS: dict[tuple[bytes, tuple[str, ...]], tuple[float, list[ChainState]]] = {}
+MAX_URL_PAGES = 16
+"""Pages of retained chain links a client reads to find members' certified URLs."""
+
+
+def older_certified_urls(
+    http: httpx.Client, url: str, state: ChainState, wanted: set[ParticipantIndex]
+) -> dict[ParticipantIndex, str]:
+    """``certified_urls`` of the links a node keeps (``GET /v1/chain?from=…``, paged),
+    for members admitted before the recent tail ``GET /v1/chain`` serves. Each
+    certificate is checked on its own; the node is trusted for nothing."""
+    out: dict[ParticipantIndex, str] = {}
+    start = 1
+    for _ in range(MAX_URL_PAGES):
+        try:
+            r = http.get(url.rstrip("/") + f"/v1/chain?from={start}")
+            links = _links(r.content)
+            following = int(r.headers.get("x-chain-next", "0"))
+        except (httpx.HTTPError, MessageDecodeError, InvalidEncoding, ValueError):
+            break
+        out.update(certified_urls(links, state))
+        if wanted <= out.keys() or not links or following <= start:
+            break
+        start = following
+    return out
+
+
+_HEADS: dict[
+    tuple[bytes, tuple[str, ...]],
+    tuple[float, list[ChainState], dict[ParticipantIndex, str]],
+] = {}
 """Verified chain heads per process, by (pinned key, node URLs): a CVM process that makes
 several cold requests verifies the chain once per ``chain_ttl``."""
 _HEADS_LOCK = threading.Lock()
@@ -266,7 +323,11 @@ class KeyClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         check_mpk(mpk)  # the identity point would make every chain check vacuous
+        self.given = dict(urls)
+        """The URLs the caller gave (index -> URL): the genesis members' come only from here."""
         self.urls = dict(urls)
+        """The URLs in use: once a chain verified, those of its current members only (the
+        caller's, else the one the chain certifies; ``certified_urls``)."""
         self.mpk = mpk
         self.timeout = timeout
         self.hedge_after = hedge_after
@@ -305,31 +366,49 @@ class KeyClient:
     def chain(self, *, refresh: bool = False) -> ChainState:
         """The verified chain, fetched again when stale or when ``refresh`` asks."""
         fresh = self._chain is not None and self._clock() - self._chain_at < self.chain_ttl
-        key = (self.mpk.to_bytes(), tuple(sorted(self.urls.values())))
+        key = (self.mpk.to_bytes(), tuple(sorted(self.given.values())))
         if self._chain is None and not refresh and self.cache:
             with _HEADS_LOCK:
                 cached = _HEADS.get(key)
             if cached is not None and time.monotonic() - cached[0] < self.chain_ttl:
                 self._take(cached[1])
+                self.urls = dict(cached[2])
                 return self._chain  # type: ignore[return-value]
         if self._chain is None or refresh or not fresh:
-            states, ignored, answered = fetch_chain_heads(
-                list(self.urls.values()),
+            states, ignored, answered, links = _fetch_chain(
+                list(dict.fromkeys(self.urls.values())),
                 self.mpk,
                 client=self._http,
                 timeout=self.timeout,
                 hedge_after=self.chain_hedge,
             )
             self.ignored_nodes = ignored
-            by_url = {u: i for i, u in self.urls.items()}
-            self._responsive = sorted(by_url[u] for u in answered if u in by_url)
             if self._chain is None or rank(states[-1]) >= rank(self._chain):
                 self._take(states)
+                self._learn_urls(states[-1], links, answered)
+            by_url = {u: i for i, u in self.urls.items()}
+            self._responsive = sorted(by_url[u] for u in answered if u in by_url)
             self._chain_at = self._clock()
             if self.cache:
                 with _HEADS_LOCK:
-                    _HEADS[key] = (time.monotonic(), states)
+                    _HEADS[key] = (time.monotonic(), states, dict(self.urls))
         return self._chain  # type: ignore[return-value]
+
+    def _learn_urls(self, state: ChainState, links: Sequence[Link], answered: list[str]) -> None:
+        """Use the URLs of ``state``'s members only: a removed member is asked nothing
+        more; a member the caller gave no URL for is reached at the URL the verified
+        chain certifies for it (its ``AddMember``), else not at all."""
+        members = {ParticipantIndex(i) for i in state.committee.indices}
+        known = {i: u for i, u in self.given.items() if i in members}
+        wanted = members - known.keys()
+        certified = certified_urls(links, state) if wanted else {}
+        if wanted - certified.keys() and answered:
+            certified.update(
+                older_certified_urls(self._http, answered[0], state, wanted - certified.keys())
+            )
+        self.urls = {
+            i: known.get(i) or certified[i] for i in sorted(members) if i in known or i in certified
+        }
 
     def _take(self, states: list[ChainState]) -> None:
         self._chain = states[-1]
@@ -392,6 +471,7 @@ class KeyClient:
             tuple(session.rejected),
             dict(session.refusals),
             tuple(self.ignored_nodes + ignored),
+            dict(self.urls),
         )
 
     RETRY_AFTER = 0.2
@@ -400,7 +480,9 @@ class KeyClient:
     def _post(self, index: ParticipantIndex, body: bytes) -> object:
         url = self.urls.get(index)
         if url is None:
-            return KeyError(f"no URL for node {int(index)}")
+            return LookupError(
+                f"no URL for node {int(index)}: none given and none certified in the chain"
+            )
         try:
             r = self._http.post(
                 url.rstrip("/") + "/v1/keys", content=body, headers={"content-type": MSGPACK}
@@ -584,7 +666,8 @@ def get_app_key(
     if report:
         for r in res.rejected:
             if r.evidence is not None:
-                replies = report_evidence(urls, r.evidence, transport=transport)
+                # To the verified chain's members only: never to a removed node.
+                replies = report_evidence(res.urls, r.evidence, transport=transport)
                 reported[int(r.index)] = sorted(i for i, x in replies.items() if x.get("accepted"))
     app_key = res.derived[(purpose, version)].app_key()
     keys = typed_keys(app_key)

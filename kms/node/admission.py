@@ -76,17 +76,23 @@ class AdmissionRefusal(enum.Enum):
 
 
 def join_report_data(
-    participant: Participant, addresses: Sequence[str], epoch: int = 0, head: bytes = b""
+    participant: Participant,
+    addresses: Sequence[str],
+    epoch: int = 0,
+    head: bytes = b"",
+    url: str = "",
 ) -> bytes:
     """The 64 bytes a joining node's quote must carry as ``report_data``.
 
-    ``SHA-512(JOIN_CONTEXT || AddMember(participant, b"", addresses, epoch, head).encode())``:
-    the participant record holds the index, the Ed25519 identity (from which the
-    libp2p peer id is derived), the X25519 DKG key and the identity's signature
-    on it; ``epoch`` and ``head`` name the committee's chain head the request was
-    made for (its freshness).
+    ``SHA-512(JOIN_CONTEXT || AddMember(participant, b"", addresses, epoch, head, url)
+    .encode())``: the participant record holds the index, the Ed25519 identity (from
+    which the libp2p peer id is derived), the X25519 DKG key and the identity's
+    signature on it; ``epoch`` and ``head`` name the committee's chain head the
+    request was made for (its freshness); ``url`` is the node's HTTP URL (version 3).
+    A request without a URL encodes as version 2, so a version-2 request's quote
+    (made before the URL existed) still matches.
     """
-    body = AddMember(participant, b"", tuple(addresses), epoch, head).encode()
+    body = AddMember(participant, b"", tuple(addresses), epoch, head, url).encode()
     return hashlib.sha512(JOIN_CONTEXT + body).digest()
 
 
@@ -219,11 +225,11 @@ class ChangeChecker:
         except QuoteVerificationError as exc:
             raise _refuse(AdmissionRefusal.QUOTE_REJECTED, f"{exc.reason.value}: {exc}") from exc
         if verified.report_data != join_report_data(
-            add.participant, add.addresses, add.epoch, add.head
+            add.participant, add.addresses, add.epoch, add.head, add.url
         ):
             raise _refuse(
                 AdmissionRefusal.REPORT_DATA_MISMATCH,
-                "the quote does not bind this participant record and these addresses",
+                "the quote does not bind this participant record, these addresses and URL",
             )
         try:
             admits_node(policy, td=verified, tcb_status=verified.tcb_status)

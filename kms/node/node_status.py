@@ -16,6 +16,7 @@ from kms.node.metrics import CollateralCounts, NodeSnapshot, PolicyCounts
 from kms.node.policies import NodePolicies
 from kms.node.release import KeyReleaser
 from mpc.cert import RunKind
+from mpc.membership import certified_urls
 from net.peerid import peer_id_from_ed25519
 from net.transport import Transport
 
@@ -70,6 +71,8 @@ def node_status(
     policies: NodePolicies | None,
     *,
     now: float | None = None,
+    own_url: str | None = None,
+    release_off: str | None = None,
 ) -> dict[str, Any]:
     s = core.status()
     st = core.state
@@ -77,8 +80,21 @@ def node_status(
     window = core.ballots.window
     committee = []
     if st is not None:
+        # Members' HTTP URLs where known: this node's own, and those certified with
+        # each later member's AddMember in the chain this node keeps.
+        urls: dict[int, str] = {
+            int(i): u for i, u in certified_urls(core.chain, st, check_signatures=False).items()
+        }
+        if own_url is not None:
+            urls[index] = own_url
         for p in st.committee.members:
-            committee.append({"index": p.index, "peer_id": str(peer_id_from_ed25519(p.identity))})
+            committee.append(
+                {
+                    "index": p.index,
+                    "peer_id": str(peer_id_from_ed25519(p.identity)),
+                    "url": urls.get(p.index),
+                }
+            )
     return {
         "index": index,
         "peer_id": str(transport.local_peer),
@@ -109,6 +125,7 @@ def node_status(
         ),
         **(schedule(core, now) if now is not None else {}),
         "serves_keys": releaser is not None,
+        "serves_keys_reason": None if releaser is not None else release_off,
         "simulated_quotes_accepted": bool(releaser and releaser.simulated_allowed),
         "collateral": collateral_source(collateral),
         "apps": policies.stats() if policies is not None else None,

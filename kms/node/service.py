@@ -157,6 +157,10 @@ class NodeService:
         self._wake = trio.Event()
         self.started = trio.Event()
         self.policy_sync_interval = POLICY_SYNC_INTERVAL
+        self.public_url: str | None = None
+        self.release_off: str | None = None
+        """Why this node releases no key, and how to turn key release on (``/v1/status``)."""
+        """This node's HTTP URL for clients (``[node] public_url``), shown in its status."""
         self._next_policy_digest = 0.0
         self._init_roles()
         self._add_peers(self.driver.learn_participants(), everyone=True)
@@ -317,6 +321,12 @@ class NodeService:
     def _handle_event(self, ev: object) -> None:
         """What the service does about an event besides storing it (``kms.node.reporting``)."""
         self.reporter.report(ev)
+        if isinstance(ev, EpochSwitched) and ev.share is not None:
+            # A member of a new epoch (a node that just joined, above all) sends its policy
+            # digest shortly, once the others have switched too: they answer with the apps
+            # it lacks, so it serves them without waiting a whole sync interval.
+            soon = self.clock.now() + 2 * self.config.delta
+            self._next_policy_digest = min(self._next_policy_digest, soon)
 
     def _send(self, ob: Outbound) -> None:
         """Send a message the service makes itself (policy gossip) in this node's envelope."""
@@ -535,6 +545,8 @@ class NodeService:
             self.collateral,
             self.policies,
             now=self.clock.now(),
+            own_url=self.public_url,
+            release_off=self.release_off,
         )
 
     def metrics_snapshot(self) -> NodeSnapshot:

@@ -5,6 +5,7 @@ from mpc.membership.chain import (
     ChainState,
     Committee,
     apply_change,
+    certified_urls,
     epoch_state,
     extend,
     genesis_state,
@@ -12,6 +13,7 @@ from mpc.membership.chain import (
     rank,
     verify_chain,
     verify_chain_epochs,
+    verify_membership_certificate,
     verify_recent,
 )
 from mpc.membership.messages import (
@@ -79,6 +81,7 @@ __all__ = [
     "WindowPhase",
     "WindowSchedule",
     "apply_change",
+    "certified_urls",
     "check_lock_report",
     "decide",
     "decode_link",
@@ -91,5 +94,6 @@ __all__ = [
     "rank",
     "verify_chain",
     "verify_chain_epochs",
+    "verify_membership_certificate",
     "verify_recent",
 ]

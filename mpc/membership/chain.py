@@ -242,6 +242,52 @@ def _validate(link: EpochCertificate | MembershipCertificate) -> None:
         raise ChainError(f"malformed link: {exc}") from exc
 
 
+def verify_membership_certificate(link: MembershipCertificate, mpk: G2) -> None:
+    """Check one membership certificate on its own: well formed and signed under the
+    pinned ``mpk`` (which every epoch keeps). It proves the committee of
+    ``link.outcome.epoch`` certified the change; not that it follows any particular
+    chain (``extend`` checks that). Raises ``ChainError``."""
+    try:
+        check_mpk(mpk)
+    except IdentityMasterKey as exc:
+        raise ChainError(str(exc)) from exc
+    _validate(link)
+    _check_signature(link.outcome.encode(), link.signature, mpk)
+
+
+def certified_urls(
+    links: Sequence[EpochCertificate | MembershipCertificate],
+    state: ChainState,
+    *,
+    check_signatures: bool = True,
+) -> dict[ParticipantIndex, str]:
+    """The HTTP URL of each member of ``state`` that ``links`` certify: the ``url`` of a
+    membership certificate's ``AddMember`` for that member's index and identity (an
+    index is never reused, so a member has at most one). With ``check_signatures``
+    each certificate's signature must verify under ``state.mpk`` on its own
+    (``verify_membership_certificate``); without, ``links`` must be verified already
+    (a node's own chain). Links that do not verify, or name another identity or a node
+    no longer in the committee, are skipped. Genesis members have no such link."""
+    members = {p.index: p.identity for p in state.committee.members}
+    out: dict[ParticipantIndex, str] = {}
+    for link in links:
+        if not isinstance(link, MembershipCertificate):
+            continue
+        change = link.outcome.proposal.change
+        if not isinstance(change, AddMember) or not change.url:
+            continue
+        p = change.participant
+        if members.get(p.index) != p.identity:
+            continue
+        if check_signatures:
+            try:
+                verify_membership_certificate(link, state.mpk)
+            except ChainError:
+                continue
+        out[ParticipantIndex(p.index)] = change.url
+    return out
+
+
 def genesis_state(mpk: G2, genesis: EpochCertificate) -> ChainState:
     """Verify the genesis certificate under the pinned ``mpk``.
 

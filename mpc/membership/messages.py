@@ -19,6 +19,17 @@ from mpc.sig import CTX_GENESIS_ENDORSEMENT, SigningKey
 
 MAX_ATTESTATION = 64 * 1024
 MAX_EVIDENCE = 256 * 1024
+MAX_MEMBER_URL = 256
+
+
+def valid_member_url(url: str) -> bool:
+    """An ``AddMember.url``: ``http://`` or ``https://``, a host, printable ASCII, no spaces."""
+    rest = url.partition("://")[2]
+    return (
+        url.startswith(("http://", "https://"))
+        and bool(rest.split("/", 1)[0])
+        and all(33 <= ord(c) < 127 for c in url)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +37,7 @@ class AddMember(Message):
     """Admit a node: its participant record and attestation evidence (opaque here)."""
 
     TYPE = "member/add"
-    VERSION = 2
+    VERSION = 3
     participant: Participant
     attestation: Annotated[bytes, MaxSize(MAX_ATTESTATION)]
     addresses: Annotated[tuple[str, ...], MaxSize(8)] = ()
@@ -37,10 +48,17 @@ class AddMember(Message):
     hash of the chain's last link then (version 2; empty in a version-1 request). The
     quote binds them, and members refuse a request whose head is not in their chain
     or is too many epochs old, so an old request cannot be replayed."""
+    url: Annotated[str, MaxSize(MAX_MEMBER_URL), Since(3)] = ""
+    """The HTTP URL where the new node serves clients (version 3; empty in older
+    requests): bound by the quote like the addresses and certified with the change, so
+    a client that verifies the chain from the pinned master public key learns where
+    to ask the new member for partials."""
 
     def validate(self) -> None:
         if any(len(a) > 256 for a in self.addresses):
             raise MessageDecodeError("member/add: address too long")
+        if self.url and not valid_member_url(self.url):
+            raise MessageDecodeError("member/add: url is an http(s) URL without spaces")
         if self.head and len(self.head) != 32:
             raise MessageDecodeError("member/add: head is a 32-byte link hash")
 

@@ -73,7 +73,7 @@ def test_every_metric_name_the_docs_mention_is_exported() -> None:
 # --- the log events table ----------------------------------------------------------------------
 
 NODE_LOGGER = "quorum_kms.node"
-LEVELS = ("debug", "info", "warning", "error")
+LEVELS = ("debug", "info", "warning", "error", "exception")
 LOG_ROW = re.compile(r"^\| `([^`]+)` \| ([^|]+) \|", re.M)
 
 
@@ -110,7 +110,10 @@ def emitted() -> dict[str, set[str]]:
                 continue
             attr, args = node.func.attr, node.args
             if attr in LEVELS and args and isinstance(args[0], ast.Constant):
-                out.setdefault(str(args[0].value), set()).add(attr)
+                # ``exception`` logs at error level, with the traceback
+                out.setdefault(str(args[0].value), set()).add(
+                    "error" if attr == "exception" else attr
+                )
             elif attr == "log" and len(args) >= 2 and isinstance(args[1], ast.Constant):
                 out.setdefault(str(args[1].value), set()).add("?")
     return out

@@ -281,12 +281,13 @@ def test_admit_app_places_the_bundle_or_says_what_is_missing(tmp_path: Path) -> 
     )
     assert "not a valid policy bundle" in error
 
-    # Without [node] policies_dir the operator is told what to set.
+    # Without [node] policies_dir, its default (`policies`, next to node.toml) is used.
     doc = tomllib.loads(config.read_text())
     del doc["node"]["policies_dir"]
     config.write_text(tomli_w.dumps(doc))
-    error = one_line_error(invoke("member", "admit-app", "--config", config, bundle))
-    assert "policies_dir" in error
+    placed.unlink()
+    r = invoke("member", "admit-app", "--config", config, bundle)
+    assert r.exit_code == 2 and placed.read_bytes() == bundle.read_bytes(), r.output
 
 
 def test_key_get_writes_each_wrong_partials_evidence_to_the_evidence_dir(

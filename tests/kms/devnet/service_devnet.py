@@ -220,8 +220,10 @@ class ServiceDevnet:
         """``kms.app.setup.join_request`` of node ``index``, with the chain head that
         ``GET /v1/chain`` of node ``member`` serves (read here from its service) and its
         quote from ``quote`` (e.g. ``kms.app.devnet.quote_source``)."""
+        import tomllib
+
         from kms.app.config import load
-        from kms.app.setup import open_store, participant_record
+        from kms.app.setup import join_addresses, join_url, open_store, participant_record
         from kms.node.admission import join_report_data, link_epoch
 
         cfg = load(self.config_path(index))
@@ -233,10 +235,12 @@ class ServiceDevnet:
         _, dkg_pub = hpke.derive_key_pair(ident[1])
         rec = participant_record(identity, dkg_pub, index)
         peer = peer_id_from_ed25519(rec.identity)
-        addresses = [f"{cfg.listen}/p2p/{peer}"]
+        node = tomllib.loads(cfg.path.read_text())["node"]
+        addresses = join_addresses(node, str(peer))
+        url = join_url(node)
         links = self.service(member).core.chain
         epoch, head = link_epoch(links[-1]), links[-1].hash()
-        attestation = quote(join_report_data(rec, addresses, epoch, head))
+        attestation = quote(join_report_data(rec, addresses, epoch, head, url))
         return {
             "index": rec.index,
             "identity": rec.identity.hex(),
@@ -244,6 +248,7 @@ class ServiceDevnet:
             "dkg_key_signature": rec.dkg_key_signature.hex(),
             "peer_id": str(peer),
             "addresses": addresses,
+            "url": url,
             "epoch": epoch,
             "head": head.hex(),
             "attestation": attestation.hex(),

@@ -404,3 +404,38 @@ def test_a_removed_members_index_and_identity_are_never_admitted_again() -> None
     # A fresh node under a fresh index is admitted as usual.
     fresh = _record(7, SigningKey.from_seed(b"\x77" * 32), "fresh")
     assert len(core.propose(_bound_join(w, fresh))) == 32
+
+
+# --- the joiner's HTTP URL (AddMember version 3) -----------------------------------------------
+
+
+def test_the_quote_binds_the_joiners_url_and_an_old_request_still_passes(w4: World) -> None:
+    """The URL is bound like the addresses: a request whose URL was changed after the
+    quote was made is refused; a version-2 request (no URL, quoted as before) passes."""
+    from mpc.codec import MessageDecodeError
+
+    p5 = w4.nodes[PI(5)].participant
+    st = w4.cores[PI(1)].state
+    assert st is not None
+    url = "https://kms5.example.org:8443"
+    fresh = (st.epoch, st.head_hash)
+    quote = w4.tee.quote(join_report_data(p5, ADDRS, *fresh, url), **NODE)
+    add = AddMember(p5, quote, ADDRS, *fresh, url)
+    assert add.wire_version() == 3 and decode(add.encode()) == add
+    w4.checker(w4.ctx(), add)
+    moved = AddMember(p5, quote, ADDRS, *fresh, "https://attacker.example.org")
+    with pytest.raises(ChangeRefused) as exc:
+        w4.checker(w4.ctx(), moved)
+    assert refusal(exc) is AdmissionRefusal.REPORT_DATA_MISMATCH
+    dropped = AddMember(p5, quote, ADDRS, *fresh)  # the URL stripped: version 2
+    with pytest.raises(ChangeRefused) as exc:
+        w4.checker(w4.ctx(), dropped)
+    assert refusal(exc) is AdmissionRefusal.REPORT_DATA_MISMATCH
+    old = w4.join(5)  # quoted over the version-2 encoding, as before the URL existed
+    assert old.wire_version() == 2 and join_report_data(p5, ADDRS, *fresh) == join_report_data(
+        p5, ADDRS, *fresh, ""
+    )
+    w4.checker(w4.ctx(), old)
+    for bad in ("javascript:alert(1)", "http://", "http://a b", "ftp://x"):
+        with pytest.raises(MessageDecodeError):
+            decode(AddMember(p5, quote, ADDRS, *fresh, bad).encode())

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # by libp2p, has no wheel and compiles against GMP).
 DEBS   := gcc g++ make libgmp-dev python3-dev
 
-.PHONY: all setup test test-fast lint typecheck demo bench clean
+.PHONY: all setup test test-fast test-guide lint typecheck demo bench clean
 
 all: test
 
@@ -56,6 +56,11 @@ test: lint typecheck
 # Inner loop: skips the slow (multi-process, real network) tests.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" -x
+
+# The operator guide's tutorial and the README's quick start, run as written
+# (tests/docs/test_operator_guide.py; part of the slow lane of `make test`).
+test-guide: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/docs/test_operator_guide.py
 
 demo: $(STAMP)
 	$(PY) -m kms.app.demo

@@ -38,27 +38,31 @@ typecheck: $(STAMP)
 # run on two workers. Then the slow multi-process ones, which keep wall-clock deadlines,
 # run one at a time; they mostly wait (about half a core), so the longest compute-only
 # simulation (marked `long`) runs beside them in a process of their own, on the other
-# core, and prints its report after; the other n = 64 simulation starts first among the
-# in-process tests. (SLOW_WORKERS=2 runs two slow test files at once,
+# core, and prints its report after; so do the docs run as written (marked `guide`:
+# the operator guide's tutorial and the README's quick start, which mostly wait on their
+# node processes); the other n = 64 simulation starts first among the in-process tests. (SLOW_WORKERS=2 runs two slow test files at once,
 # each file's tests on one worker so that a module's shared devnet starts once; the
 # deadlines assume one, and kms.app.devnet.free_port keeps ports distinct only within one
 # process, so two workers' devnets could pick the same port.)
 SLOW_WORKERS ?= 1
 test: lint typecheck
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not long" --durations=15
-	@long_log=$$(mktemp); \
+	@long_log=$$(mktemp); guide_log=$$(mktemp); \
 	$(PY) -m pytest -q -p no:cacheprovider -m long --durations=2 >"$$long_log" 2>&1 & long_pid=$$!; \
-	$(PY) -m pytest -q -m "slow and not parallel" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
-	wait $$long_pid; long_rc=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider -m guide --durations=2 >"$$guide_log" 2>&1 & guide_pid=$$!; \
+	$(PY) -m pytest -q -m "slow and not parallel and not guide" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
+	wait $$long_pid; long_rc=$$?; wait $$guide_pid; guide_rc=$$?; \
 	echo "--- the long simulation (run beside the slow tests) ---"; cat "$$long_log"; rm -f "$$long_log"; \
-	[ $$slow_rc -eq 0 ] && [ $$long_rc -eq 0 ]
+	echo "--- the docs run as written (run beside the slow tests) ---"; cat "$$guide_log"; rm -f "$$guide_log"; \
+	[ $$slow_rc -eq 0 ] && [ $$long_rc -eq 0 ] && [ $$guide_rc -eq 0 ]
 
 # Inner loop: skips the slow (multi-process, real network) tests.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" -x
 
 # The operator guide's tutorial and the README's quick start, run as written
-# (tests/docs/test_operator_guide.py; part of the slow lane of `make test`).
+# (tests/docs/test_operator_guide.py, marked `guide`; `make test` runs them in a lane of
+# their own beside the slow tests and the long simulation: they mostly wait on nodes).
 test-guide: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/docs/test_operator_guide.py
 

@@ -28,6 +28,21 @@ committee_app = typer.Typer(
 )
 
 
+def check_times(
+    delta: float, window_period: float, window_length: float, refresh_interval: float
+) -> None:
+    """Exit 2 unless the durations ``assemble`` takes are positive (refresh: or 0)."""
+    for name, value in (
+        ("--delta", delta),
+        ("--window-period", window_period),
+        ("--window-length", window_length),
+    ):
+        if not value > 0:
+            config_error(f"{name} must be a positive number of seconds")
+    if refresh_interval < 0:
+        config_error("--refresh-interval must be 0 (never) or a positive number of seconds")
+
+
 @committee_app.command("assemble")
 def committee_assemble(
     record: Annotated[
@@ -62,15 +77,7 @@ def committee_assemble(
     """Write the [committee] section every member must hold, and the members' addresses."""
     if out_file.exists() and not force:
         config_error(f"{out_file} exists: refusing to overwrite it (give --force)")
-    for name, value in (
-        ("--delta", delta),
-        ("--window-period", window_period),
-        ("--window-length", window_length),
-    ):
-        if not value > 0:
-            config_error(f"{name} must be a positive number of seconds")
-    if refresh_interval < 0:
-        config_error("--refresh-interval must be 0 (never) or a positive number of seconds")
+    check_times(delta, window_period, window_length, refresh_interval)
     now = time.time()
     try:
         policy = read_admission_policy(admission_policy) if admission_policy is not None else b""

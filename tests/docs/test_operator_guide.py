@@ -32,6 +32,7 @@ def report(result: Result) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.guide
 def test_operator_guide_runs(tmp_path: Path) -> None:
     page = ROOT / "docs" / "operator-guide.md"
     assert runnable_blocks(page.read_text()), "the guide has no runnable blocks"
@@ -42,6 +43,7 @@ def test_operator_guide_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.guide
 def test_readme_runs(tmp_path: Path) -> None:
     page = ROOT / "README.md"
     assert runnable_blocks(page.read_text()), "the README has no runnable blocks"

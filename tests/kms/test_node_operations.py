@@ -51,6 +51,12 @@ def running(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A node's config and admin socket: its ``NodeService`` on its store, the socket served
     as ``kms node run`` serves it (``admin.serve`` with an ``AdminToken``)."""
     short = Path(tempfile.mkdtemp(prefix="qk-", dir="/tmp"))  # a Unix socket path is short
+    # A test before this one in the worker may have configured the node's logging onto a
+    # stream that is closed now (``kms node run`` under typer's runner): log to pytest's.
+    node_log = logging.getLogger("quorum_kms")
+    saved = node_log.handlers[:], node_log.propagate
+    node_log.handlers[:] = []
+    node_log.propagate = True
     toml = node_copy(tmp_path)
     toml.write_text(
         toml.read_text().replace('admin_socket = "none.sock"', f'admin_socket = "{short}/a.sock"')
@@ -86,6 +92,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         trio.from_thread.run_sync(state["cancel"], trio_token=state["trio"])
         thread.join(30)
         shutil.rmtree(short, ignore_errors=True)
+        node_log.handlers[:], node_log.propagate = saved
 
 
 def ask(sock: Path, token: str) -> dict[str, Any]:

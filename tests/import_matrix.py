@@ -326,9 +326,10 @@ ROWS: dict[str, Rule] = {
             "kms.app.simtee",
             "kms.app.setup",
             "kms.app.devnet",
+            "kms.client.core",
         ),
         any_third_party=True,
-        note="`kms key get`: node URLs and quotes (devnet defaults)",
+        note="`kms key get`: node URLs and quotes (devnet defaults); every claimant of an index",
     ),
     # ``kms devnet``: local committees of node processes.
     "kms.app.devnet": Rule(

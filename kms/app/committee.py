@@ -258,6 +258,14 @@ def apply(config: Path, committee_file: Path) -> bytes:
     one, which is left unchanged on any error (``ConfigError``).
     """
     committee_doc, _values, members = read_committee(committee_file)
+    if "genesis_mpk" in committee_doc.get("committee", {}):
+        # The pin is each operator's own trust decision, outside the digest: a committee
+        # file (perhaps assembled by a corrupt member) never sets it.
+        raise ConfigError(
+            f"{committee_file}: a committee file must not set genesis_mpk (a pin is each "
+            "operator's own choice, taken from more than one operator: set it in node.toml "
+            "by hand); node.toml left unchanged"
+        )
     config = config.resolve()
     try:
         doc = tomllib.loads(config.read_text())
@@ -272,7 +280,7 @@ def apply(config: Path, committee_file: Path) -> bytes:
     old = doc.get("committee")
     pinned = old.get("genesis_mpk") if isinstance(old, dict) else None
     doc["committee"] = dict(committee_doc["committee"])
-    if pinned is not None and "genesis_mpk" not in doc["committee"]:
+    if pinned is not None:
         doc["committee"]["genesis_mpk"] = pinned  # a local pin is kept
     doc["peers"] = [
         {"index": m.index, "multiaddr": a} for m in members if m.index != own for a in m.addresses

@@ -23,7 +23,10 @@ class StoreInUse(StoreError):
 
 
 def lock_path(store: Path) -> Path:
-    return Path(str(store) + ".lock")
+    """``<store>.lock`` beside the store's real file: symbolic links in the path (to
+    the file or a directory) are resolved first, so every spelling of one store
+    shares one lock."""
+    return Path(str(Path(store).resolve()) + ".lock")
 
 
 @contextmanager

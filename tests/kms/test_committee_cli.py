@@ -297,3 +297,40 @@ def test_apply_keeps_a_local_genesis_key_pin(records: Path, tmp_path: Path) -> N
     config.write_text(text.replace("[committee]\n", f'[committee]\ngenesis_mpk = "{pin}"\n', 1))
     assert digest_line(kms("committee", "apply", "--config", config, "--committee", out)) == digest
     assert load(config).protocol.genesis_mpk == bytes.fromhex(pin)
+
+
+def test_a_committee_file_never_sets_the_genesis_pin(records: Path, tmp_path: Path) -> None:
+    """The attack: the assembler (perhaps a corrupt member) adds its own key as
+    ``genesis_mpk`` to the committee file. The digest leaves the pin out, so every
+    operator's digest still matched, and ``apply`` replaced a local pin with the file's: a
+    node that then missed genesis would adopt a genesis for that key unendorsed."""
+    honest = tmp_path / "committee.toml"
+    assemble(records, honest)
+    evil_pin = (G2.generator() * 424242).to_bytes().hex()
+    tampered = tmp_path / "tampered.toml"
+    tampered.write_text(
+        honest.read_text().replace("[committee]\n", f'[committee]\ngenesis_mpk = "{evil_pin}"\n', 1)
+    )
+    config = records / "n4" / "node.toml"
+    original = config.read_text()  # the fixture is shared: put the file back after
+    try:
+        digest_line(kms("committee", "apply", "--config", config, "--committee", honest))
+        local_pin = G2.generator().to_bytes().hex()
+        unpinned = "".join(
+            line
+            for line in config.read_text().splitlines(keepends=True)
+            if not line.startswith("genesis_mpk")
+        )
+        config.write_text(
+            unpinned.replace("[committee]\n", f'[committee]\ngenesis_mpk = "{local_pin}"\n', 1)
+        )
+        before = config.read_text()
+        r = kms("committee", "apply", "--config", config, "--committee", tampered)
+        assert r.exit_code == 2, r.output
+        assert "must not set genesis_mpk" in " ".join(r.output.split())
+        assert config.read_text() == before
+        # An honest file keeps the local pin.
+        digest_line(kms("committee", "apply", "--config", config, "--committee", honest))
+        assert load(config).protocol.genesis_mpk == bytes.fromhex(local_pin)
+    finally:
+        config.write_text(original)

@@ -79,3 +79,19 @@ def test_a_passphrase_change_beside_a_running_node_is_refused(tmp_path: Path) ->
     assert cfg.passphrase_file is not None
     with NodeStore(cfg.store, PassphraseSealer.from_file(cfg.passphrase_file), create=False):
         pass
+
+
+def test_every_spelling_of_one_store_shares_its_lock(tmp_path: Path) -> None:
+    """The attack: a store reached through a symbolic link (to the file, or to a directory
+    on its path) got a lock file of its own, so two holders were admitted at once."""
+    real = tmp_path / "data"
+    real.mkdir()
+    store = real / "node.db"
+    store.write_bytes(b"")
+    (tmp_path / "link.db").symlink_to(store)
+    (tmp_path / "linkdir").symlink_to(real)
+    with exclusive(store):
+        for other in (tmp_path / "link.db", tmp_path / "linkdir" / "node.db"):
+            with pytest.raises(StoreInUse):
+                with exclusive(other):
+                    pass

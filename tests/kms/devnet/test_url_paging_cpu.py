@@ -22,10 +22,18 @@ import pytest
 import trio
 import trio.testing
 from devnet_helpers import in_process_devnet
+from joined_chain import URL, forged, joined
 from service_devnet import ServiceDevnet
 
 from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS
-from kms.client.http import MAX_URL_PAGES, URL_PAGE_BYTES, URL_PAGE_LINKS, KeyClient, _links
+from kms.client.http import (
+    MAX_URL_PAGES,
+    URL_PAGE_BYTES,
+    URL_PAGE_LINKS,
+    KeyClient,
+    _links,
+    older_certified_urls,
+)
 from mpc.cert import EpochCertificate
 from mpc.ids import ParticipantIndex as PI
 from mpc.math import G2
@@ -151,3 +159,47 @@ def test_sixteen_full_pages_of_forged_links_cost_little_cpu(tmp_path: Path) -> N
     """Pages an honest node could serve (64 links, under 1 MiB), every one forged, for
     as many pages as the client reads."""
     search_cpu(tmp_path, lambda g, n: forged_page(g, CHAIN_PAGE_LINKS))
+
+
+def serve(pages: dict[int, bytes], asked: list[httpx.URL]) -> httpx.Client:
+    """A node serving ``pages`` by ``from`` position (each page's next is ``from + 1``)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url)
+        start = int(request.url.params["from"])
+        body = pages.get(start, ChainUpdate((), ()).encode())
+        return httpx.Response(200, content=body, headers={"x-chain-next": str(start + 1)})
+
+    return httpx.Client(transport=httpx.MockTransport(handle))
+
+
+def test_a_member_url_certified_on_a_later_page_is_found() -> None:
+    g, state, cert = joined()
+    asked: list[httpx.URL] = []
+    pages = {1: ChainUpdate.of([g]).encode(), 2: ChainUpdate.of([cert]).encode()}
+    with serve(pages, asked) as http:
+        assert older_certified_urls(http, "http://n1", state, {PI(6)}) == {PI(6): URL}
+    assert [u.params["from"] for u in asked] == ["1", "2"]
+    assert {u.params["limit"] for u in asked} == {str(CHAIN_PAGE_LINKS)}
+    assert {u.params["max_bytes"] for u in asked} == {str(CHAIN_PAGE_BYTES)}
+
+
+def test_pages_beyond_the_limits_end_the_search() -> None:
+    g, state, cert = joined()
+    # The genuine link in a page of 65 links, or in a body longer than the bound: unread.
+    too_many = ChainUpdate.of([g] * CHAIN_PAGE_LINKS + [cert]).encode()
+    assert len(too_many) <= URL_PAGE_BYTES
+    padded = ChainUpdate.of([cert, *[g] * 63])
+    big = ChainUpdate(padded.kinds, (*padded.links[:-1], b"\0" * URL_PAGE_BYTES)).encode()
+    for page in (too_many, big):
+        asked: list[httpx.URL] = []
+        with serve({1: page, 2: ChainUpdate.of([cert]).encode()}, asked) as http:
+            assert older_certified_urls(http, "http://n1", state, {PI(6)}) == {}
+        assert len(asked) == 1
+    # A forged AddMember for node 6 first: node 6 is looked for no more, on any page.
+    asked = []
+    with serve(
+        {1: ChainUpdate.of([forged(cert, 0)]).encode(), 2: ChainUpdate.of([cert]).encode()}, asked
+    ) as http:
+        assert older_certified_urls(http, "http://n1", state, {PI(6)}) == {}
+    assert len(asked) == 1

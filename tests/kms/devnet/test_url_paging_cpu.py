@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 import trio.testing
 from devnet_helpers import in_process_devnet
@@ -144,8 +143,6 @@ def test_the_client_asks_for_pages_no_larger_than_the_node_serves() -> None:
     assert URL_PAGE_BYTES >= CHAIN_PAGE_BYTES
 
 
-@pytest.mark.slow
-@pytest.mark.parallel
 def test_one_page_of_4096_forged_links_costs_little_cpu(tmp_path: Path) -> None:
     """The largest page ``ChainUpdate`` decodes (4096 links, each a pairing check if
     verified), then empty pages."""
@@ -153,8 +150,6 @@ def test_one_page_of_4096_forged_links_costs_little_cpu(tmp_path: Path) -> None:
     search_cpu(tmp_path, lambda g, n: forged_page(g, 4096) if n == 1 else empty)
 
 
-@pytest.mark.slow
-@pytest.mark.parallel
 def test_sixteen_full_pages_of_forged_links_cost_little_cpu(tmp_path: Path) -> None:
     """Pages an honest node could serve (64 links, under 1 MiB), every one forged, for
     as many pages as the client reads."""

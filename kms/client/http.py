@@ -248,6 +248,36 @@ def _fetch_chain(
 
 MAX_URL_PAGES = 16
 """Pages of retained chain links a client reads to find members' certified URLs."""
+URL_PAGE_LINKS = 64
+"""Links a client asks for and accepts in one such page (a node's page size,
+``kms.api.limits.CHAIN_PAGE_LINKS``); a page with more ends the search."""
+URL_PAGE_BYTES = (1 << 20) + (64 << 10)
+"""Bytes of one such page a client reads, at most: the node's 1 MiB of link bytes
+(``kms.api.limits.CHAIN_PAGE_BYTES``) and room for the framing. A longer body ends the
+search unread."""
+
+
+def _url_page(http: httpx.Client, url: str, start: int) -> tuple[list[Link], int] | None:
+    """One page of retained links from ``start`` and the position to ask for next, or
+    ``None`` when the node does not answer one within ``URL_PAGE_BYTES`` and
+    ``URL_PAGE_LINKS``. Only the links of a page within both limits are decoded."""
+    body = bytearray()
+    try:
+        with http.stream(
+            "GET",
+            url.rstrip("/") + f"/v1/chain?from={start}&limit={URL_PAGE_LINKS}&max_bytes={1 << 20}",
+        ) as r:
+            for chunk in r.iter_bytes():
+                body += chunk
+                if len(body) > URL_PAGE_BYTES:
+                    return None
+            following = int(r.headers.get("x-chain-next", "0"))
+        update = ChainUpdate.decode(bytes(body))
+        if len(update.links) > URL_PAGE_LINKS:
+            return None
+        return update.decoded_links(), following
+    except (httpx.HTTPError, MessageDecodeError, InvalidEncoding, ValueError):
+        return None
 
 
 def older_certified_urls(
@@ -255,18 +285,24 @@ def older_certified_urls(
 ) -> dict[ParticipantIndex, str]:
     """``certified_urls`` of the links a node keeps (``GET /v1/chain?from=…``, paged),
     for members admitted before the recent tail ``GET /v1/chain`` serves. Each
-    certificate is checked on its own; the node is trusted for nothing."""
+    certificate is checked on its own; the node is trusted for nothing.
+
+    The node's pages cost bounded work whatever it serves: at most ``MAX_URL_PAGES``
+    pages of at most ``URL_PAGE_LINKS`` links and ``URL_PAGE_BYTES`` bytes each, and
+    one signature check per wanted member in all (the first ``AddMember`` for its index
+    and identity; ``certified_urls``). An honest node's chain holds one per member, so a
+    member whose first one does not verify is not looked for again: that node forged
+    it, and could as well have left the link out."""
     out: dict[ParticipantIndex, str] = {}
+    checked: set[ParticipantIndex] = set()
     start = 1
     for _ in range(MAX_URL_PAGES):
-        try:
-            r = http.get(url.rstrip("/") + f"/v1/chain?from={start}")
-            links = _links(r.content)
-            following = int(r.headers.get("x-chain-next", "0"))
-        except (httpx.HTTPError, MessageDecodeError, InvalidEncoding, ValueError):
+        page = _url_page(http, url, start)
+        if page is None:
             break
-        out.update(certified_urls(links, state))
-        if wanted <= out.keys() or not links or following <= start:
+        links, following = page
+        out.update(certified_urls(links, state, wanted=wanted - out.keys(), checked=checked))
+        if wanted <= checked or not links or following <= start:
             break
         start = following
     return out

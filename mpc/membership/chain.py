@@ -25,7 +25,7 @@ by any higher attempt or later epoch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mpc.cert import (
@@ -260,6 +260,8 @@ def certified_urls(
     state: ChainState,
     *,
     check_signatures: bool = True,
+    wanted: Collection[ParticipantIndex] | None = None,
+    checked: set[ParticipantIndex] | None = None,
 ) -> dict[ParticipantIndex, str]:
     """The HTTP URL of each member of ``state`` that ``links`` certify: the ``url`` of a
     membership certificate's ``AddMember`` for that member's index and identity (an
@@ -267,18 +269,34 @@ def certified_urls(
     each certificate's signature must verify under ``state.mpk`` on its own
     (``verify_membership_certificate``); without, ``links`` must be verified already
     (a node's own chain). Links that do not verify, or name another identity or a node
-    no longer in the committee, are skipped. Genesis members have no such link."""
+    no longer in the committee, are skipped. Genesis members have no such link.
+
+    Only members in ``wanted`` (default: every member) are looked for, and each at most
+    once: the first ``AddMember`` for a wanted member's index and identity is the only
+    one checked for it, whether it verifies or not, so ``links`` cost at most one
+    signature check per wanted member however many there are. ``checked``, when given,
+    holds the indices checked by earlier calls (they are skipped) and gains those
+    checked here, so a caller reading links in pages checks each member once in all.
+    """
     members = {p.index: p.identity for p in state.committee.members}
+    looking = set(members) if wanted is None else {int(i) for i in wanted} & set(members)
+    if checked is None:
+        checked = set()
+    looking -= {int(i) for i in checked}
     out: dict[ParticipantIndex, str] = {}
     for link in links:
+        if not looking:
+            break
         if not isinstance(link, MembershipCertificate):
             continue
         change = link.outcome.proposal.change
         if not isinstance(change, AddMember) or not change.url:
             continue
         p = change.participant
-        if members.get(p.index) != p.identity:
+        if p.index not in looking or members[p.index] != p.identity:
             continue
+        looking.discard(p.index)
+        checked.add(ParticipantIndex(p.index))
         if check_signatures:
             try:
                 verify_membership_certificate(link, state.mpk)

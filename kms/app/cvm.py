@@ -55,6 +55,9 @@ def nodes_by_index(urls: Sequence[str], timeout: float = 5.0) -> Nodes:
             try:
                 r = http.get(url + "/v1/status")
                 index = r.json().get("index") if r.status_code == 200 else None
+            except httpx.InvalidURL as exc:
+                left_out.append(f"{url}: not a usable URL ({exc})")
+                continue
             except httpx.TimeoutException:
                 left_out.append(f"{url}: no answer in time")
                 continue

@@ -118,3 +118,16 @@ def test_an_empty_key_response_neither_blocks_release_nor_hides_a_member(
             assert r.exit_code == 0, r.output
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_key_get_leaves_out_urls_no_request_can_be_built_for() -> None:
+    """``kms key get`` reads each given URL's index from its status: a URL httpx cannot
+    build a request for is left out (and named), never an exception out of it."""
+    from kms.app import cvm
+
+    bad = ["https://xn--", "http://[::1", "http://:abc"]
+    with pytest.raises(cvm.CVMError) as err:
+        cvm.nodes_by_index([*bad, "http://?"])
+    for url in bad:
+        assert f"{url}: not a usable URL" in str(err.value), str(err.value)
+    assert "http://?: unreachable" in str(err.value), str(err.value)

@@ -296,7 +296,8 @@ def _member_url(value: Any, what: str) -> str:
     if len(text) > MAX_MEMBER_URL or not valid_member_url(text):
         raise ConfigError(
             f"{what}: {text!r} is not a URL a join request can carry "
-            f"(http(s), printable ASCII, no spaces, at most {MAX_MEMBER_URL} characters)"
+            f"(http(s); a DNS name, IPv4 or [IPv6] host; optional port 1-65535; a path; "
+            f"no user info, query or fragment; at most {MAX_MEMBER_URL} characters)"
         )
     return text
 

@@ -54,13 +54,17 @@ def nodes_by_index(urls: Sequence[str], timeout: float = 5.0) -> Nodes:
         for url in urls:
             try:
                 r = http.get(url + "/v1/status")
-                index = r.json().get("index") if r.status_code == 200 else None
             except httpx.TimeoutException:
                 left_out.append(f"{url}: no answer in time")
                 continue
             except httpx.HTTPError as exc:
                 left_out.append(f"{url}: unreachable ({exc or 'no connection'})")
                 continue
+            except Exception as exc:  # a URL no request can be built for (httpx, idna)
+                left_out.append(f"{url}: not a usable URL ({type(exc).__name__}: {exc})")
+                continue
+            try:
+                index = r.json().get("index") if r.status_code == 200 else None
             except (ValueError, AttributeError):
                 left_out.append(f"{url}: its status is not a JSON object")
                 continue

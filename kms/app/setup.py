@@ -593,7 +593,13 @@ def join_url(node: dict[str, Any]) -> str:
             f"[node] http {http} is not an address clients can reach: set [node] public_url "
             'to the URL clients use (e.g. public_url = "https://kms5.example.org:8443")'
         )
-    return f"http://{host}:{port}"
+    derived = f"http://{host}:{port}"
+    if not valid_member_url(derived):
+        raise ConfigError(
+            f"[node] http {http} gives {derived}, not a URL a join request can carry: set "
+            '[node] public_url (e.g. public_url = "https://kms5.example.org:8443")'
+        )
+    return derived
 
 
 TSM_REPORT = Path("/sys/kernel/config/tsm/report")

@@ -172,8 +172,24 @@ class KeyRequestSession:
         if isinstance(answer, KeyRefusal):
             self.refusals[index] = answer
             return
+        before = len(self.rejected)
         for share in answer.shares:
             self._take(index, share)
+        if len(self.rejected) > before:
+            return
+        # An answer that gives no good partial for every purpose asked (no share at all,
+        # or none for some purpose) is a failed answer: recorded, so the shell asks
+        # another member and names this one.
+        missing = [
+            p
+            for p, st in self._state.items()
+            if not any(index in bucket for bucket in st.partials.values())
+        ]
+        if missing:
+            self._reject(
+                index,
+                "no partial for " + ", ".join(f"{p.purpose} v{p.version}" for p in missing),
+            )
 
     def _reject(
         self, index: ParticipantIndex, reason: str, evidence: WrongPartialEvidence | None = None

@@ -200,7 +200,7 @@ def _fetch_chain(
     def get(url: str) -> bytes | Exception:
         try:
             return http.get(url.rstrip("/") + "/v1/chain").content
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # any failure (an unbuildable URL too): unreachable
             return exc
 
     pool = _DaemonPool()
@@ -421,7 +421,8 @@ class KeyClient:
             self.ignored_nodes = ignored
             if self._chain is None or rank(states[-1]) >= rank(self._chain):
                 self._take(states)
-                self._learn_urls(states[-1], links, answered)
+                genesis = states[0] if states[0].epoch == 0 else None
+                self._learn_urls(states[-1], links, answered, genesis)
             by_url = {u: i for i, u in self.urls.items()}
             self._responsive = sorted(by_url[u] for u in answered if u in by_url)
             self._chain_at = self._clock()
@@ -430,20 +431,32 @@ class KeyClient:
                     _HEADS[key] = (time.monotonic(), states, dict(self.urls))
         return self._chain  # type: ignore[return-value]
 
-    def _learn_urls(self, state: ChainState, links: Sequence[Link], answered: list[str]) -> None:
+    def _learn_urls(
+        self,
+        state: ChainState,
+        links: Sequence[Link],
+        answered: list[str],
+        genesis: ChainState | None = None,
+    ) -> None:
         """Use the URLs of ``state``'s members only: a removed member is asked nothing
-        more; a member the caller gave no URL for is reached at the URL the verified
-        chain certifies for it (its ``AddMember``), else not at all."""
+        more. A member the verified chain certifies a URL for (its ``AddMember``) is
+        reached there, whatever URL the caller gave for its index (an index read from a
+        node's unauthenticated status); a member without one (a genesis member) at the
+        caller's URL, else not at all. With ``genesis`` (the served chain starts at
+        epoch 0), every member that is not a genesis member is looked up in the kept
+        links too; without, only members the caller gave no URL for are."""
         members = {ParticipantIndex(i) for i in state.committee.indices}
         known = {i: u for i, u in self.given.items() if i in members}
-        wanted = members - known.keys()
-        certified = certified_urls(links, state) if wanted else {}
-        if wanted - certified.keys() and answered:
-            certified.update(
-                older_certified_urls(self._http, answered[0], state, wanted - certified.keys())
-            )
+        certified = certified_urls(links, state)
+        if genesis is not None:
+            joined = members - {ParticipantIndex(i) for i in genesis.committee.indices}
+            wanted = joined - certified.keys()
+        else:
+            wanted = members - known.keys() - certified.keys()
+        if wanted and answered:
+            certified.update(older_certified_urls(self._http, answered[0], state, wanted))
         self.urls = {
-            i: known.get(i) or certified[i] for i in sorted(members) if i in known or i in certified
+            i: certified.get(i) or known[i] for i in sorted(members) if i in certified or i in known
         }
 
     def _take(self, states: list[ChainState]) -> None:
@@ -524,7 +537,7 @@ class KeyClient:
                 url.rstrip("/") + "/v1/keys", content=body, headers={"content-type": MSGPACK}
             )
             return decode(r.content)
-        except (httpx.HTTPError, MessageDecodeError) as exc:
+        except Exception as exc:  # any failure (an unbuildable URL too): unreachable
             return exc
 
     def _ask(
@@ -618,7 +631,7 @@ def report_evidence(
                     headers={"content-type": MSGPACK},
                 )
                 replies[int(index)] = dict(r.json())
-            except (httpx.HTTPError, ValueError) as exc:
+            except Exception as exc:  # any failure (an unbuildable URL too)
                 replies[int(index)] = {"error": f"{type(exc).__name__}: {exc}"}
     return replies
 

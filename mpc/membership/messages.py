@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
@@ -22,14 +24,76 @@ MAX_EVIDENCE = 256 * 1024
 MAX_MEMBER_URL = 256
 
 
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _valid_label(label: str) -> bool:
+    """A DNS label of letters, digits and inner hyphens; an ``xn--`` label must be
+    punycode that decodes (and encodes back to itself)."""
+    if not _LABEL.fullmatch(label):
+        return False
+    if label[2:4] != "--":
+        return True
+    if label[:4].lower() != "xn--":
+        return False
+    try:
+        return label.encode("ascii").decode("idna").encode("idna").lower() == label.lower().encode()
+    except UnicodeError:
+        return False
+
+
+def _valid_host(host: str) -> bool:
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return False
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    if host and all(c.isdigit() or c == "." for c in host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return len(host) <= 253 and all(_valid_label(label) for label in labels)
+
+
 def valid_member_url(url: str) -> bool:
-    """An ``AddMember.url``: ``http://`` or ``https://``, a host, printable ASCII, no spaces."""
+    """An ``AddMember.url``: printable ASCII without spaces; scheme ``http`` or ``https``;
+    a host that is a DNS name (letters, digits, inner hyphens; ``xn--`` labels valid
+    punycode), an IPv4 address or a bracketed IPv6 address; an optional port 1..65535
+    in digits; a path; no user info, query or fragment. Every URL it accepts is one an
+    HTTP client can build a request for."""
+    if not url or not all(33 <= ord(c) < 127 for c in url):
+        return False
+    if not url.startswith(("http://", "https://")):
+        return False
+    if any(c in url for c in "?#@\\"):
+        return False
     rest = url.partition("://")[2]
-    return (
-        url.startswith(("http://", "https://"))
-        and bool(rest.split("/", 1)[0])
-        and all(33 <= ord(c) < 127 for c in url)
-    )
+    authority, _, _ = rest.partition("/")
+    host, port = authority, ""
+    if authority.startswith("["):
+        close = authority.find("]")
+        if close < 0:
+            return False
+        host, after = authority[: close + 1], authority[close + 1 :]
+        if after:
+            if not after.startswith(":"):
+                return False
+            port = after[1:]
+            if not port:
+                return False
+    elif ":" in authority:
+        host, _, port = authority.partition(":")
+        if not port:
+            return False
+    if port and not (port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        return False
+    return _valid_host(host)
 
 
 @dataclass(frozen=True, slots=True)

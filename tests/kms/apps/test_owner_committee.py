@@ -159,7 +159,10 @@ def test_an_owner_and_a_cvm_on_a_committee_reached_by_url(
                 "member", "admit-app", "--config", net.config_path(i), work / "v1.policy"
             )
             assert r.exit_code == 0, r.output
-            assert f"app {app_id} version 1" in r.output and "admitted 1" in r.output
+            assert f"app {app_id} version 1" in r.output
+            # The first node admits it from the file; a later one may have taken it from
+            # the members already (they announce a version they accept), then 0 is new.
+            assert "admitted 1" in r.output or (i != net.indices[0] and "admitted 0" in r.output)
             assert (net.config_path(i).parent / "policies" / f"{app_id}-v1.policy").is_file()
 
         r = await o.key_get(app_id, "cvm", "--json")

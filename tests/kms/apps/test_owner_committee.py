@@ -139,6 +139,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.parallel
 def test_an_owner_and_a_cvm_on_a_committee_reached_by_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,10 +6,10 @@ signed policy bundle; anonymous pushes of apps a node has not admitted go to
 a bounded, unpersisted cache. ``bench.flood`` posts every new app's policy to
 every node while streaming 256 MiB bodies at ``/v1/keys``, ``/v1/policies``
 and ``/v1/evidence`` of every node, fetches the demo app's key 20 times
-spread over the flood, and registers a legitimate new app half way through. It floods with 250 apps,
-then with 1,000, and finds the same store growth.
+spread over the flood, and registers a legitimate new app half way through. It floods with 100 apps,
+then with 400, and finds the same store growth.
 
-Slow (about a minute): node processes, a DKG, and 5,000 pushes over HTTP.
+Slow (about half a minute): node processes, a DKG, and 2,000 pushes over HTTP.
 It is the only test that shows these bounds on real processes at once;
 ``tests/kms/apps/test_app_flood.py`` shows them in process.
 """
@@ -63,15 +63,15 @@ def test_a_live_flood_of_new_apps_and_large_bodies(tmp_path: Path) -> None:
     d = tmp_path / "devnet"
     with running_devnet(d, nodes=4, threshold=3):
         mpk = devnet.read_state(d)["master_public_key"]
-        bundles = generate_bundles(1_250, mpk)
-        first = flood(d, 250, bundles=bundles[:250])
+        bundles = generate_bundles(500, mpk)
+        first = flood(d, 100, bundles=bundles[:100])
         _check(first)
-        second = flood(d, 1_000, bundles=bundles[250:])
+        second = flood(d, 400, bundles=bundles[100:])
         _check(second)
     # Four times the flood, the same growth: what the store gains does not depend on its
     # size (``bench.flood`` compares 1,000 and 10,000 apps).
     for a, b in zip(first.per_node, second.per_node, strict=True):
         assert abs(b.store_used_growth - a.store_used_growth) <= SAME_USED, (a, b)
         assert abs(b.store_file_growth - a.store_file_growth) <= SAME_FILE, (a, b)
-        # 1,250 apps flooded, two legitimate apps admitted: at most two rows.
+        # 500 apps flooded, two legitimate apps admitted: at most two rows.
         assert a.rows_added.get("apps", 0) + b.rows_added.get("apps", 0) <= 2, (a, b)

@@ -236,16 +236,21 @@ def _parse_committee_doc(
     return values, members
 
 
-def read_committee(path: Path) -> tuple[dict[str, Any], CommitteeValues, list[Member]]:
-    """A committee file: its raw document, its parsed ``[committee]`` and its members."""
-    path = path.resolve()
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    """A TOML file's document and text; ``ConfigError`` if it cannot be read or parsed."""
     try:
         text = path.read_text()
-        doc = tomllib.loads(text)
+        return tomllib.loads(text), text
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def read_committee(path: Path) -> tuple[dict[str, Any], CommitteeValues, list[Member]]:
+    """A committee file: its raw document, its parsed ``[committee]`` and its members."""
+    path = path.resolve()
+    doc, text = _read_toml(path)
     values, members = _parse_committee_doc(doc, path, text)
     return doc, values, members
 
@@ -267,12 +272,7 @@ def apply(config: Path, committee_file: Path) -> bytes:
             "by hand); node.toml left unchanged"
         )
     config = config.resolve()
-    try:
-        doc = tomllib.loads(config.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {config}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config}: not valid TOML: {exc}") from exc
+    doc, _ = _read_toml(config)
     node = doc.get("node")
     if not isinstance(node, dict) or "index" not in node:
         raise ConfigError(f"{config}: no [node] index (make the node with `kms node init`)")
@@ -306,13 +306,7 @@ def apply(config: Path, committee_file: Path) -> bytes:
 def digest_of(path: Path) -> bytes:
     """The committee digest of a file's ``[committee]`` (``node.toml`` or ``committee.toml``)."""
     path = path.resolve()
-    try:
-        text = path.read_text()
-        doc = tomllib.loads(text)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    doc, text = _read_toml(path)
     return committee_digest(parse_committee(doc, FileLines(path, text)))
 
 

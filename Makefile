@@ -36,11 +36,10 @@ typecheck: $(STAMP)
 
 # Every test, slow multi-process ones included, plus ruff and mypy. The in-process tests
 # run on two workers. Then the slow multi-process ones, which keep wall-clock deadlines,
-# run one at a time; they mostly wait (about half a core), so the longest compute-only
-# simulation (marked `long`) runs beside them in a process of their own, on the other
-# core, and prints its report after; so do the docs run as written (marked `guide`:
-# the operator guide's tutorial and the README's quick start, which mostly wait on their
-# node processes); the other n = 64 simulation starts first among the in-process tests. (SLOW_WORKERS=2 runs two slow test files at once,
+# run one at a time; they mostly wait (about half a core), so the two n = 64 compute-only
+# simulations (marked `long`) run beside them, on two workers of their own, and print
+# their report after; so do the docs run as written (marked `guide`: the operator guide's
+# tutorial and the README's quick start, which mostly wait on their node processes). (SLOW_WORKERS=2 runs two slow test files at once,
 # each file's tests on one worker so that a module's shared devnet starts once; the
 # deadlines assume one, and kms.app.devnet.free_port keeps ports distinct only within one
 # process, so two workers' devnets could pick the same port.)
@@ -48,7 +47,7 @@ SLOW_WORKERS ?= 1
 test: lint typecheck
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not long" --durations=15
 	@long_log=$$(mktemp); guide_log=$$(mktemp); \
-	$(PY) -m pytest -q -p no:cacheprovider -m long --durations=2 >"$$long_log" 2>&1 & long_pid=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m long --durations=2 >"$$long_log" 2>&1 & long_pid=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider -m guide --durations=2 >"$$guide_log" 2>&1 & guide_pid=$$!; \
 	$(PY) -m pytest -q -m "slow and not parallel and not guide" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
 	wait $$long_pid; long_rc=$$?; wait $$guide_pid; guide_rc=$$?; \

@@ -19,45 +19,18 @@ shares, so ``KeyClient._ask`` asked no further member and the node was not named
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import trio
 import trio.testing
-from devnet_helpers import in_process_devnet
-from test_owner_committee import Owner
+from devnet_helpers import ClaimingNode, in_process_devnet
+from test_owner_committee import owner_with_app
 
-import kms.cli.member
-from kms.app import owner, simtee
+from kms.app import owner
 from kms.protocol import KeyResponse
 
 EMPTY = KeyResponse(shares=()).encode()
-
-
-class Corrupt(httpx.BaseTransport):
-    """Node 1 as its corrupt operator serves it: optionally claims index 2 in /v1/status;
-    answers every key request with an empty KeyResponse."""
-
-    def __init__(self, inner: httpx.BaseTransport, origin: str, claim: int | None) -> None:
-        self.inner, self.origin, self.claim = inner, origin, claim
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        origin = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
-        if origin == self.origin and request.url.path == "/v1/keys":
-            request.read()
-            return httpx.Response(
-                200, content=EMPTY, headers={"content-type": "application/msgpack"}
-            )
-        r = self.inner.handle_request(request)
-        if origin == self.origin and request.url.path == "/v1/status" and self.claim:
-            r.read()
-            doc = json.loads(r.content)
-            doc["index"] = self.claim
-            return httpx.Response(200, json=doc)
-        return r
 
 
 @pytest.mark.slow
@@ -73,30 +46,10 @@ def test_an_empty_key_response_neither_blocks_release_nor_hides_a_member(
             sts = await net.wait_for(
                 "epoch 0", lambda: net.converged(net.indices, epoch=0), timeout=60
             )
-            net.real_time()
-            honest_transport = net.transport()
-            monkeypatch.setattr(owner, "HTTP_TRANSPORT", honest_transport)
-
-            def admin(config: Path, request: dict[str, Any], json_out: bool = False) -> Any:
-                reply = net.admin_by_config(config, request)
-                assert reply.get("ok"), reply
-                return reply
-
-            monkeypatch.setattr(kms.cli.member, "admin", admin)
-            work = tmp_path / "owner"
-            work.mkdir()
-            (work / "cvm.measurement.toml").write_text(
-                simtee.measurement_toml(simtee.random_measurement())
+            o, app_id = await owner_with_app(
+                net, tmp_path, monkeypatch, sts[1]["master_public_key"]
             )
-            o = Owner(net, work, sts[1]["master_public_key"])
-            assert (await o.cli("app", "create", "--owner-key", work / "owner.key")).exit_code == 0
-            app_id = owner.load_owner(work / "owner.key").app_id.hex()
-            assert (await o.sign(1)).exit_code == 0
-            for i in net.indices:
-                r = await o.cli(
-                    "member", "admit-app", "--config", net.config_path(i), work / "v1.policy"
-                )
-                assert r.exit_code == 0, r.output
+            honest_transport = net.transport()
 
             # All honest: the key is released.
             r = await o.key_get(app_id, "cvm", "--json")
@@ -105,14 +58,20 @@ def test_an_empty_key_response_neither_blocks_release_nor_hides_a_member(
             corrupt = str(net.state["nodes"][0]["http_url"]).rstrip("/")
             # (a) Node 1 corrupt at its own index, answering empty: nodes 2 and 3 are
             # honest and up (t = 2), so the key is released.
-            monkeypatch.setattr(owner, "HTTP_TRANSPORT", Corrupt(honest_transport, corrupt, None))
+            monkeypatch.setattr(
+                owner, "HTTP_TRANSPORT", ClaimingNode(honest_transport, corrupt, keys=EMPTY)
+            )
             r = await o.key_get(app_id, "cvm", "--json")
             print("own index:", r.output)
             assert r.exit_code == 0, r.output
 
             # (b) Node 1 claims index 2 (listed first) and answers empty: the client
             # tries node 2's own URL next, and the key is released.
-            monkeypatch.setattr(owner, "HTTP_TRANSPORT", Corrupt(honest_transport, corrupt, 2))
+            monkeypatch.setattr(
+                owner,
+                "HTTP_TRANSPORT",
+                ClaimingNode(honest_transport, corrupt, claim=2, keys=EMPTY),
+            )
             r = await o.key_get(app_id, "cvm", "--json")
             print("claims 2:", r.output)
             assert r.exit_code == 0, r.output

@@ -109,6 +109,48 @@ def signed_by(key: OwnerKey, app_id: bytes, version: int, mpk: str, m: Measureme
 Scenario = Callable[[Owner], Awaitable[None]]
 
 
+def owner_on(
+    net: ServiceDevnet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mpk: str,
+    measurements: tuple[str, ...] = ("cvm",),
+) -> Owner:
+    """An owner whose commands reach ``net`` (HTTP through its transport, ``kms member``'s
+    admin requests to each node's handler), with a random measurement file per name."""
+    net.real_time()
+    monkeypatch.setattr(owner, "HTTP_TRANSPORT", net.transport())
+
+    def admin(config: Path, request: dict[str, Any], json_out: bool = False) -> Any:
+        reply = net.admin_by_config(config, request)
+        assert reply.get("ok"), reply
+        return reply
+
+    monkeypatch.setattr(kms.cli.member, "admin", admin)
+    work = tmp_path / "owner"
+    work.mkdir()
+    for name in measurements:
+        (work / f"{name}.measurement.toml").write_text(
+            simtee.measurement_toml(simtee.random_measurement())
+        )
+    return Owner(net, work, mpk)
+
+
+async def owner_with_app(
+    net: ServiceDevnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mpk: str
+) -> tuple[Owner, str]:
+    """``owner_on``, then a new app whose version 1 admits the ``cvm`` measurement,
+    admitted by every node's operator; the owner and the app id (hex)."""
+    o = owner_on(net, tmp_path, monkeypatch, mpk)
+    assert (await o.cli("app", "create", "--owner-key", o.work / "owner.key")).exit_code == 0
+    app_id = owner.load_owner(o.work / "owner.key").app_id.hex()
+    assert (await o.sign(1)).exit_code == 0
+    for i in net.indices:
+        r = await o.cli("member", "admit-app", "--config", net.config_path(i), o.work / "v1.policy")
+        assert r.exit_code == 0, r.output
+    return o, app_id
+
+
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
     async def main() -> None:
         async with in_process_devnet(
@@ -118,22 +160,8 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> 
             sts = await net.wait_for(
                 "epoch 0", lambda: net.converged(net.indices, epoch=0), timeout=60
             )
-            net.real_time()
-            monkeypatch.setattr(owner, "HTTP_TRANSPORT", net.transport())
-
-            def admin(config: Path, request: dict[str, Any], json_out: bool = False) -> Any:
-                reply = net.admin_by_config(config, request)
-                assert reply.get("ok"), reply
-                return reply
-
-            monkeypatch.setattr(kms.cli.member, "admin", admin)
-            work = tmp_path / "owner"
-            work.mkdir()
-            for name in ("cvm", "rogue"):
-                (work / f"{name}.measurement.toml").write_text(
-                    simtee.measurement_toml(simtee.random_measurement())
-                )
-            await scenario(Owner(net, work, sts[1]["master_public_key"]))
+            mpk = sts[1]["master_public_key"]
+            await scenario(owner_on(net, tmp_path, monkeypatch, mpk, ("cvm", "rogue")))
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 

@@ -376,3 +376,33 @@ def add_joining_node(net: ServiceDevnet, index: int) -> dict[str, Any]:
     net.add_entry(entry)
     devnet.write_state(net.directory, net.state)
     return entry
+
+
+class ClaimingNode(httpx.BaseTransport):
+    """The node at ``origin`` as its corrupt operator serves it, over ``inner``: its
+    ``/v1/status`` names index ``claim`` (when given) and its ``/v1/keys`` answers
+    ``keys`` (when given); everything else is the node's own answer."""
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport,
+        origin: str,
+        claim: int | None = None,
+        keys: bytes | None = None,
+    ) -> None:
+        self.inner, self.origin, self.claim, self.keys = inner, origin, claim, keys
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        origin = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+        if origin == self.origin and request.url.path == "/v1/keys" and self.keys is not None:
+            request.read()
+            return httpx.Response(
+                200, content=self.keys, headers={"content-type": "application/msgpack"}
+            )
+        r = self.inner.handle_request(request)
+        if origin == self.origin and request.url.path == "/v1/status" and self.claim:
+            r.read()
+            doc = json.loads(r.content)
+            doc["index"] = self.claim
+            return httpx.Response(200, json=doc)
+        return r

@@ -21,7 +21,6 @@ index (here the status claimant's) over the certified one.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from devnet_helpers import in_process_devnet
+from devnet_helpers import ClaimingNode, in_process_devnet
 from test_join_urls import join, url_of
 from typer.testing import CliRunner
 
@@ -38,21 +37,6 @@ from kms.cli import app
 from kms.client import http as client_http
 
 runner = CliRunner()
-
-
-class Liar(httpx.BaseTransport):
-    def __init__(self, inner: httpx.BaseTransport, origin: str, claim: int) -> None:
-        self.inner, self.origin, self.claim = inner, origin, claim
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        r = self.inner.handle_request(request)
-        origin = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
-        if origin == self.origin and request.url.path == "/v1/status":
-            r.read()
-            doc = json.loads(r.content)
-            doc["index"] = self.claim
-            return httpx.Response(200, json=doc)
-        return r
 
 
 @pytest.mark.slow
@@ -97,7 +81,7 @@ def test_a_status_claim_does_not_hide_a_member_added_after_genesis(
 
             # Node 1 (corrupt) claims index 5 in its unauthenticated status.
             monkeypatch.setattr(
-                owner, "HTTP_TRANSPORT", Liar(honest, url_of(net, 1).rstrip("/"), 5)
+                owner, "HTTP_TRANSPORT", ClaimingNode(honest, url_of(net, 1).rstrip("/"), claim=5)
             )
             r = await key_get()
             print("attack:", r.output)
@@ -106,9 +90,9 @@ def test_a_status_claim_does_not_hide_a_member_added_after_genesis(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-class Recording(Liar):
+class Recording(ClaimingNode):
     def __init__(self, inner: httpx.BaseTransport, origin: str, claim: int) -> None:
-        super().__init__(inner, origin, claim)
+        super().__init__(inner, origin, claim=claim)
         self.seen: list[tuple[str, str]] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

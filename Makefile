@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The unmodified dstack Python SDK, pinned, in a venv of its own: the agent's tests and the
+# demo run it as a subprocess against `kms agent run` (tests/kms/agent/test_sdk.py).
+SDK_VENV  := .venv-dstack-sdk
+SDK_STAMP := $(SDK_VENV)/.installed
+SDK_PIN   := dstack-sdk==0.5.4
 # Debian packages the Python dependencies need to build (fastecdsa, pulled in
 # by libp2p, has no wheel and compiles against GMP).
 DEBS   := gcc g++ make libgmp-dev python3-dev
@@ -11,7 +16,7 @@ DEBS   := gcc g++ make libgmp-dev python3-dev
 
 all: test
 
-setup: $(STAMP)
+setup: $(STAMP) $(SDK_STAMP)
 
 $(STAMP): pyproject.toml
 	@missing=""; for p in $(DEBS); do \
@@ -26,6 +31,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
+
+$(SDK_STAMP):
+	@[ -x $(SDK_VENV)/bin/python ] || $(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SDK_VENV)/bin/python -m pip install -q '$(SDK_PIN)'
+	@touch $(SDK_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -44,7 +55,7 @@ typecheck: $(STAMP)
 # deadlines assume one, and kms.app.devnet.free_port keeps ports distinct only within one
 # process, so two workers' devnets could pick the same port.)
 SLOW_WORKERS ?= 1
-test: lint typecheck
+test: lint typecheck $(SDK_STAMP)
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not long" --durations=15
 	@long_log=$$(mktemp); guide_log=$$(mktemp); \
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m long --durations=2 >"$$long_log" 2>&1 & long_pid=$$!; \
@@ -65,11 +76,11 @@ test-fast: $(STAMP)
 test-guide: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/docs/test_operator_guide.py
 
-demo: $(STAMP)
+demo: $(STAMP) $(SDK_STAMP)
 	$(PY) -m kms.app.demo
 
-bench: $(STAMP)
+bench: $(STAMP) $(SDK_STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SDK_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

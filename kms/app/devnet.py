@@ -510,6 +510,139 @@ def register_demo_app(
     return str(owner.app_id().hex())
 
 
+DSTACK_APP = "dstack-demo"
+"""The devnet's dstack app: a CVM whose dstack guest API is served by ``kms agent``."""
+DSTACK_PURPOSES = ("dstack-app-root", "ibe.env")
+"""What its policy lists: the app root key (``kms.agent``) and the encrypted-env inbox."""
+AGENT_CONFIG_NAME = "kms-agent"
+"""The ``configs:`` entry of the dstack app's docker compose holding the agent's config."""
+AGENT_SOCKET = "/run/qkms/dstack.sock"
+"""Where the sample compose's agent serves the guest API (a volume the app mounts at
+``/var/run/dstack``, the second path dstack's SDKs try)."""
+DSTACK_GUEST_SOCKET = "/var/run/dstack-guest.sock"
+"""Where the sample compose mounts dstack's own guest agent into the agent's container
+(its quotes and event log: ``[tee] source = "dstack"``)."""
+
+
+def agent_config_text(mpk_hex: str, urls: Iterable[str], *, socket: str = AGENT_SOCKET) -> str:
+    """The ``kms agent`` config a dstack app measures in its compose (``configs:``)."""
+    url_list = ", ".join(json.dumps(u) for u in urls)
+    return (
+        "[agent]\n"
+        f'mpk = "{mpk_hex}"\n'
+        f"urls = [{url_list}]\n"
+        f'socket = "{socket}"\n'
+        "\n"
+        "[tee]\n"
+        'source = "dstack"\n'
+        f'socket = "{DSTACK_GUEST_SOCKET}"\n'
+    )
+
+
+def dstack_app_compose(name: str, agent_config: str) -> str:
+    """A dstack ``app-compose.json`` whose docker compose runs ``kms agent`` beside the app,
+    with the agent's config measured as a ``configs:`` entry (its exact bytes)."""
+    content = "".join(f"      {line}\n" if line else "\n" for line in agent_config.splitlines())
+    compose = (
+        "services:\n"
+        "  kms-agent:\n"
+        "    image: quorum-kms:latest\n"
+        '    command: ["kms", "agent", "run", "--config", "/etc/kms/agent.toml"]\n'
+        "    configs:\n"
+        f"      - source: {AGENT_CONFIG_NAME}\n"
+        "        target: /etc/kms/agent.toml\n"
+        "    volumes:\n"
+        f"      - /var/run/dstack.sock:{DSTACK_GUEST_SOCKET}\n"
+        "      - qkms-socket:/run/qkms\n"
+        "    restart: always\n"
+        "  app:\n"
+        "    image: python:3.12-slim\n"
+        '    command: ["python", "/app/main.py"]\n'
+        "    volumes:\n"
+        "      - qkms-socket:/var/run/dstack\n"
+        "    depends_on: [kms-agent]\n"
+        "volumes:\n"
+        "  qkms-socket: {}\n"
+        "configs:\n"
+        f"  {AGENT_CONFIG_NAME}:\n"
+        "    content: |\n"
+        f"{content}"
+    )
+    doc = {
+        "manifest_version": 2,
+        "name": name,
+        "runner": "docker-compose",
+        "docker_compose_file": compose,
+        "kms_enabled": False,
+        "key_provider": "local",
+        "local_key_provider_enabled": True,
+        "gateway_enabled": False,
+        "public_logs": False,
+        "public_sysinfo": False,
+        "public_tcbinfo": True,
+        "allowed_envs": [],
+        "no_instance_id": False,
+        "secure_time": True,
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def dstack_app_compose_path(directory: Path, name: str = DSTACK_APP) -> Path:
+    """Where the devnet keeps its dstack app's ``app-compose.json``."""
+    return directory / "apps" / f"{name}.app-compose.json"
+
+
+def dstack_measurement(app_compose: str, *, rogue: bool = False) -> Any:
+    """The devnet dstack CVM's measurement: the demo image, and the compose hash (with
+    ``rogue``, an image no policy admits: MRTD of zeros)."""
+    from kms.policy import Measurement, compose_hash_of
+
+    image = {k: DEMO_MEASUREMENT[k] for k in ("mr_td", "rtmr0", "rtmr1", "rtmr2")}
+    if rogue:
+        image["mr_td"] = bytes(48)
+    return Measurement.compose(**image, compose_hash=compose_hash_of(app_compose.encode()))
+
+
+def dstack_policy(
+    owner: Any, mpk_hex: str, app_compose: str, *, version: int, lifetime: int = 7 * 86400
+) -> Any:
+    """A policy admitting the devnet's dstack CVM (image + compose hash), signed by ``owner``."""
+    from kms.policy import AppPolicy, PolicyBundle
+
+    now = int(time.time())
+    policy = AppPolicy.build(
+        app_id=owner.app_id(),
+        version=version,
+        owner_key=owner.public_bytes(),
+        measurements=[dstack_measurement(app_compose)],
+        kms_mpk=bytes.fromhex(mpk_hex),
+        not_before=now - 60,
+        expires=now + lifetime,
+        allowed_tcb_statuses=("UpToDate", "SWHardeningNeeded"),
+        purposes=DSTACK_PURPOSES,
+    )
+    return PolicyBundle(policy.sign(owner), ())
+
+
+def register_dstack_app(
+    directory: Path,
+    mpk_hex: str,
+    urls: Iterable[str],
+    name: str = DSTACK_APP,
+    *,
+    admin: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
+) -> str:
+    """Create the dstack app ``name``: its ``app-compose.json`` (measuring an agent config
+    naming the devnet's key and URLs) and a policy admitting it by compose hash."""
+    owner = owner_of(directory, name)
+    app_compose = dstack_app_compose(name, agent_config_text(mpk_hex, urls))
+    path = dstack_app_compose_path(directory, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(app_compose)
+    admit_app(directory, dstack_policy(owner, mpk_hex, app_compose, version=1), admin=admin)
+    return str(owner.app_id().hex())
+
+
 def admit_app(
     directory: Path,
     bundle: Any,
@@ -1090,7 +1223,11 @@ def record_genesis(directory: Path, mpk_hex: str) -> dict[str, Any]:
     """Write the devnet's master public key down and register its demo app."""
     state = read_state(directory)
     state["master_public_key"] = mpk_hex
-    state["apps"] = {"demo": register_demo_app(directory, mpk_hex)}
+    urls = [str(n["http_url"]) for n in state["nodes"]]
+    state["apps"] = {
+        "demo": register_demo_app(directory, mpk_hex),
+        DSTACK_APP: register_dstack_app(directory, mpk_hex, urls),
+    }
     write_state(directory, state)
     return state
 
@@ -1199,5 +1336,15 @@ def push_next_policy(
         except (KeyError, TypeError, ValueError):
             pass
     version = max(held, default=0) + 1
-    bundle = demo_policy(owner, state["master_public_key"], version=version, lifetime=lifetime)
+    compose = dstack_app_compose_path(directory, alias)
+    if compose.is_file():  # a dstack app: admitted by its compose hash
+        bundle = dstack_policy(
+            owner,
+            state["master_public_key"],
+            compose.read_text(),
+            version=version,
+            lifetime=lifetime,
+        )
+    else:
+        bundle = demo_policy(owner, state["master_public_key"], version=version, lifetime=lifetime)
     return {"app_id": app_id.hex(), **push_policy(state, bundle, transport=transport)}

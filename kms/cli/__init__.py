@@ -2,7 +2,7 @@
 
 ``kms.cli.node`` (``kms node``), ``committee``, ``member``, ``devnet``, ``key``, ``evidence``,
 ``audit``, ``apps`` (``kms app`` and ``kms app policy``), ``sim``, ``ibe``
-(``kms encrypt``, ``kms decrypt``), ``status`` and ``demo``; ``kms attest`` is
+(``kms encrypt``, ``kms decrypt``), ``status``, ``demo`` and ``env`` (``kms env encrypt``); ``kms attest`` is
 ``kms.attest.cli``. Commands parse options and print; what they do lives in the
 module that owns it (``kms.app``, ``kms.client``, ``kms.evidence``, ``kms.store``).
 """
@@ -19,6 +19,7 @@ from kms.cli.audit import audit_app
 from kms.cli.committee import committee_app
 from kms.cli.demo import demo
 from kms.cli.devnet import devnet_app
+from kms.cli.env import env_app
 from kms.cli.evidence import evidence_app
 from kms.cli.ibe import decrypt_cmd, encrypt_cmd
 from kms.cli.key import key_app
@@ -69,6 +70,7 @@ app.add_typer(app_app, name="app")
 app.add_typer(sim_app, name="sim")
 app.command("demo")(demo)
 app.add_typer(tee_app, name="tee")
+app.add_typer(env_app, name="env")
 
 
 def main() -> None:

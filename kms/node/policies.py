@@ -392,6 +392,9 @@ class NodePolicies:
             "allowed_tcb_statuses": list(policy.allowed_tcb_statuses),
             "measurements": len(policy.measurements),
             "owner_key": policy.owner_key.hex(),
+            # The signed bundle itself, so that a reader (``kms agent``) checks the owner's
+            # signature rather than trusting this node's summary.
+            "bundle": bytes(rec.bundle.encode()).hex(),
         }
 
     def stats(self) -> dict[str, Any]:

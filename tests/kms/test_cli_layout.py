@@ -17,7 +17,18 @@ from kms.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "kms" / "cli"
-GROUPS = ("node", "devnet", "member", "attest", "key", "evidence", "audit", "app", "sim")
+GROUPS = (
+    "node",
+    "devnet",
+    "member",
+    "attest",
+    "key",
+    "evidence",
+    "audit",
+    "app",
+    "sim",
+    "env",
+)
 COMMANDS = ("status", "encrypt", "decrypt", "demo")
 MAX_LOGIC_LINES = 40
 

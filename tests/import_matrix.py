@@ -335,6 +335,9 @@ ROWS: dict[str, Rule] = {
     "kms.app.devnet": Rule(
         ("mpc", "net", "kms"), any_third_party=True, not_project=("kms.cli", "kms.app.demo")
     ),
+    # ``kms agent run`` as a child process and the dstack SDK's scripts against it (demo,
+    # bench, tests).
+    "kms.app.agentproc": Rule((), any_third_party=True, note="processes only"),
     # ``make demo``: a committee and a CVM, end to end.
     "kms.app.demo": Rule(("mpc", "net", "kms"), any_third_party=True, not_project=("kms.cli",)),
     # ``kms``: the command line, one module per command group; only ``kms sim`` imports sim.

@@ -158,6 +158,12 @@ ROWS: dict[str, Rule] = {
     "kms.attest": CORE,
     "kms.policy": CORE,
     "kms.evidence": CORE,
+    "kms.dstack": Rule(
+        ("mpc", "kms.dstack"),
+        frozenset({"coincurve", "Crypto", "cryptography"}),
+        CLOCK_AND_IO,
+        note="dstack's key derivations and chain; pure",
+    ),
     "=kms.client": NOTHING,
     "kms.client.core": Rule(
         (*CORE_PROJECT, "kms.evidence"), CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)

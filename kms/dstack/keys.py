@@ -295,11 +295,13 @@ def verify(algorithm: str, data: bytes, sig: bytes, pub: bytes) -> bool:
         return True
     if alg not in (SECP256K1, PREHASHED):
         raise DstackError(UNSUPPORTED)
+    if (len(pub), pub[:1]) not in ((33, b"\x02"), (33, b"\x03"), (65, b"\x04")):
+        raise DstackError(SIGNATURE_ERROR)  # SEC1 compressed or uncompressed only
     try:
         key = coincurve.PublicKey(pub)
     except ValueError as exc:
         raise DstackError(SIGNATURE_ERROR) from exc
-    if len(pub) not in (33, 65) or len(sig) != 64:
+    if len(sig) != 64:
         raise DstackError(SIGNATURE_ERROR)
     r, s = _scalars(sig)
     if not (1 <= r < SECP256K1_N and 1 <= s < SECP256K1_N):

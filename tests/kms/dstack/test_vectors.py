@@ -87,6 +87,12 @@ ROOT_PUBLIC = bytes.fromhex("0375427ab8309aad26beea8142edf427674e4544604ae4dc504
 roots = st.integers(1, SECP256K1_N - 1).map(lambda k: k.to_bytes(32, "big"))
 
 
+def _hybrid(pub: bytes) -> bytes:
+    """The SEC1 "hybrid" form (06/07 ‖ x ‖ y), which libsecp256k1 parses and dstack does not."""
+    full = coincurve.PublicKey(pub).format(compressed=False)
+    return bytes([6 + (full[-1] & 1)]) + full[1:]
+
+
 def _high_s(sig: bytes) -> bytes:
     s = int.from_bytes(sig[32:64], "big")
     return sig[:32] + (SECP256K1_N - s).to_bytes(32, "big") + sig[64:]
@@ -248,6 +254,8 @@ def test_verify_accepts_an_uncompressed_public_key() -> None:
         ("secp256k1", lambda s, p: (s, b"\x02" + bytes(32))),
         ("secp256k1", lambda s, p: (s, p[:32])),
         ("secp256k1_prehashed", lambda s, p: (s, b"\x04" + p[1:] + p[1:])),
+        ("secp256k1", lambda s, p: (s, _hybrid(p))),
+        ("secp256k1", lambda s, p: (s, b"")),
         ("ed25519", lambda s, p: (s, p[:31])),
         ("ed25519", lambda s, p: (s[:63], p)),
         ("", lambda s, p: (s, p)),

@@ -501,6 +501,8 @@ class DstackSidecarSource:
     def _call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
+        if not Path(self.socket_path).is_socket():
+            raise TeeError(f"no dstack agent socket at {self.socket_path}")
         transport = httpx.HTTPTransport(uds=self.socket_path)
         try:
             with (

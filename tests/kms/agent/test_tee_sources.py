@@ -347,3 +347,33 @@ def test_devnet_source_boots_the_devnet_app_on_the_devnet_tee(tmp_path: Path) ->
     assert read_view(devnet_source(tmp_path, app_id.hex())).app_id == app_id
     with pytest.raises(TeeError, match="unknown devnet app"):
         devnet_source(tmp_path, "other")
+
+
+def test_a_ccel_with_too_many_records_is_refused() -> None:
+    from kms.agent.ccel import MAX_CCEL_EVENTS, CcelEvent
+
+    events = [CcelEvent(0, 1, bytes(48), b"")] * (MAX_CCEL_EVENTS + 1)
+    with pytest.raises(CcelError, match=f"more than {MAX_CCEL_EVENTS} events"):
+        parse_ccel(encode_ccel(events, mrtd_event=False, no_action=False))
+
+
+def test_dstacks_errors_and_a_missing_runtime_log_are_tee_errors(tmp_path: Path) -> None:
+    cvm = make_cvm(tmp_path)
+    with FakeDstackAgent(cvm) as agent:
+        source = DstackSidecarSource(agent.socket_path)
+        with pytest.raises(TeeError, match="HTTP 404"):
+            source._call("Attest", {})
+    with pytest.raises(TeeError, match="no dstack agent socket"):
+        DstackSidecarSource(tmp_path / "no.sock").quote(bytes(64))
+    ccel, log, compose = tdx_tree(tmp_path, cvm)
+    log.unlink()
+    with FakeTsm(tmp_path, cvm.quote) as tsm, pytest.raises(TeeError, match="runtime event log"):
+        read_view(TdxSource(tsm.dir, ccel, log, compose))
+
+
+def test_version_2_runtime_lines_are_refused(tmp_path: Path) -> None:
+    cvm = make_cvm(tmp_path)
+    ccel, log, compose = tdx_tree(tmp_path, cvm, form="new")
+    log.write_text(log.read_text() + '{"event": "x", "payload": "", "version": 2}\n')
+    with FakeTsm(tmp_path, cvm.quote) as tsm, pytest.raises(TeeError, match="version-2"):
+        read_view(TdxSource(tsm.dir, ccel, log, compose))

@@ -189,3 +189,13 @@ def test_a_tdx_tee_section_names_the_bare_tdx_source(tmp_path: Path) -> None:
     assert isinstance(source, TdxSource)
     assert str(source.ccel_path) == "/tmp/CCEL"
     assert str(source.tsm_dir) == "/sys/kernel/config/tsm/report"
+
+
+def test_a_devnet_compose_carries_the_agent_config_as_a_measured_entry(tmp_path: Path) -> None:
+    from kms.agent.tee import devnet_app_compose
+
+    compose = devnet_app_compose("demo", AGENT_TOML)
+    assert measured_configs(compose) == {"agent.toml": AGENT_TOML}
+    assert measured_configs(devnet_app_compose("demo")) == {}
+    view = _with_compose(measured_view(tmp_path), compose)
+    assert load_measured_config(write(tmp_path, AGENT_TOML), view).urls == tuple(URLS)

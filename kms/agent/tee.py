@@ -204,6 +204,10 @@ def full_digests(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         name = e["event"]
         if not isinstance(name, str):
             raise TeeError(f"event {i}.event: expected a string")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TeeError(f"event {i}.event: not UTF-8") from None
         payload = _hex_field(f"event {i}.event_payload", e["event_payload"])
         recorded = _hex_field(f"event {i}.digest", e.get("digest", ""))
         version = e.get("version", 1)

@@ -377,3 +377,20 @@ def test_version_2_runtime_lines_are_refused(tmp_path: Path) -> None:
     log.write_text(log.read_text() + '{"event": "x", "payload": "", "version": 2}\n')
     with FakeTsm(tmp_path, cvm.quote) as tsm, pytest.raises(TeeError, match="version-2"):
         read_view(TdxSource(tsm.dir, ccel, log, compose))
+
+
+def test_a_malformed_dstack_event_is_a_tee_error(tmp_path: Path) -> None:
+    cvm = make_cvm(tmp_path)
+    good = dstack_event_log(cvm)
+    for mutate in (
+        lambda e: e.update(event="\ud800"),
+        lambda e: e.update(event_payload="zz"),
+        lambda e: e.update(imr=True),
+        lambda e: e.update(extra=1),
+        lambda e: e.pop("event_type"),
+        lambda e: e.update(imr=4),
+    ):
+        log = json.loads(json.dumps(good))
+        mutate(log[-1])
+        with FakeDstackAgent(cvm, event_log=log) as agent, pytest.raises(TeeError):
+            read_view(DstackSidecarSource(agent.socket_path))

@@ -197,7 +197,9 @@ def _table(doc: dict[str, Any], name: str, keys: tuple[str, ...], lines: _Lines)
 
 def _tee(doc: dict[str, Any], lines: _Lines) -> TeeSettings:
     raw = doc.get("tee")
-    source = raw.get("source") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict):
+        raise lines.error("missing section [tee]", None)
+    source = raw.get("source")
     if source not in TEE_SOURCES:
         raise lines.error(
             f"'source' in [tee] must be one of {', '.join(TEE_SOURCES)}", "tee", "source"

@@ -168,6 +168,7 @@ def test_the_host_shared_directory_is_never_read(tmp_path: Path) -> None:
         (AGENT_TOML.replace("http://127.0.0.1:8001", "ftp://x"), r":3: .* not an http\(s\) URL"),
         (AGENT_TOML.replace('env_out = "/run/app/.env"\n', ""), r"go together"),
         (AGENT_TOML.replace('"/app/env.enc"', '"env.enc"'), r":5: .* absolute path"),
+        (AGENT_TOML.split("[tee]")[0], r":1: missing section \[tee\]"),
         (
             AGENT_TOML.replace('source = "dstack"', 'source = "tdx"'),
             r":10: unknown key 'dstack_socket' in \[tee\]",

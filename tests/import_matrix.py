@@ -240,6 +240,19 @@ ROWS: dict[str, Rule] = {
     "kms.node.audit_log": NODE_SHELL,
     "kms.node.node_status": NODE_SHELL,
     "kms.client.http": SHELL,
+    # --- kms.agent: the process inside a dstack CVM that serves dstack's guest API.
+    "kms.agent": SHELL,
+    # The boot-time (CCEL) event log parser: bytes in, events out.
+    "kms.agent.ccel": Rule((), never=CLOCK_AND_IO, note="a bounded parser"),
+    # Where the agent's TEE facts come from: quotes (configfs-tsm, dstack's agent, the
+    # simulated TEE), the event log and the compose file, checked against one quote.
+    "kms.agent.tee": Rule(
+        ("kms.attest", "kms.policy", "kms.agent.ccel", "kms.app.simtee"),
+        frozenset({"httpx"}),
+        note="the simulated TEE (devnet) is its only kms.app module",
+    ),
+    # The agent's configuration, read only from the measured compose file.
+    "kms.agent.config": Rule(("kms.agent.tee",), frozenset({"yaml"})),
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).
     "kms.node.metrics": Rule(

@@ -158,6 +158,21 @@ ROWS: dict[str, Rule] = {
     "kms.attest": CORE,
     "kms.policy": CORE,
     "kms.evidence": CORE,
+    # --- kms.dstack: dstack's guest-API derivations, chains and certificates; pure.
+    "kms.dstack": Rule(
+        (*CORE_PROJECT, "kms.dstack"),
+        CORE_THIRD_PARTY | {"coincurve", "Crypto"},
+        CLOCK_AND_IO,
+        ("kms.attest.pccs",),
+        note="pure: keys, time and attestations come from the caller",
+    ),
+    "kms.dstack.tls": Rule(
+        (*CORE_PROJECT, "kms.dstack"),
+        CORE_THIRD_PARTY | {"coincurve", "Crypto"},
+        CLOCK_AND_IO - {"datetime"},
+        ("kms.attest.pccs",),
+        note="pure; datetime only to write the caller's times into certificates",
+    ),
     "=kms.client": NOTHING,
     "kms.client.core": Rule(
         (*CORE_PROJECT, "kms.evidence"), CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)
@@ -234,6 +249,24 @@ ROWS: dict[str, Rule] = {
     "kms.node.audit_log": NODE_SHELL,
     "kms.node.node_status": NODE_SHELL,
     "kms.client.http": SHELL,
+    # --- kms.agent: the process in a dstack CVM that serves the guest API.
+    "kms.agent": Rule(
+        (
+            "mpc",
+            "kms.dstack",
+            "kms.policy",
+            "kms.attest",
+            "kms.client",
+            "kms.protocol",
+            "kms.agent",
+        ),
+        frozenset(
+            {"starlette", "hypercorn", "httpx", "trio", "anyio"}
+            | {"cryptography", "msgpack", "coincurve"}
+        ),
+        not_project=("kms.app", "kms.cli", "kms.api", "kms.node", "kms.store", "kms.attest.pccs"),
+        note="a shell: the guest API over the agent's keys and TEE",
+    ),
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).
     "kms.node.metrics": Rule(

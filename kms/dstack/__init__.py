@@ -1,0 +1,1 @@
+"""dstack compatibility: the guest API's key derivations, chains and certificates."""

@@ -18,10 +18,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-V0_SALT = b"RATLS"
-V1_SALT = b"dstack-guest-v1"
-V1_KEY_INFO = b"dstack-guest-v1-key"
-V1_CLAIM_INFO = b"dstack-guest-v1-key-claim"
 V1_ALGORITHMS = ("secp256k1", "ed25519")
 
 
@@ -50,12 +46,14 @@ def normalize_v0_algorithm(algorithm: str) -> str:
 
 
 def v0_derive(root: bytes, path: str) -> bytes:
-    return _hkdf(V0_SALT, root, path.encode())
+    return _hkdf(b"RATLS", root, path.encode())
 
 
 def v1_derive(root: bytes, domain: str | bytes, algorithm: str) -> bytes:
     d = domain.encode() if isinstance(domain, str) else domain
-    return _hkdf(V1_SALT, root, _lp(V1_KEY_INFO) + _lp(algorithm.encode()) + _lp(d))
+    return _hkdf(
+        b"dstack-guest-v1", root, _lp(b"dstack-guest-v1-key") + _lp(algorithm.encode()) + _lp(d)
+    )
 
 
 def public_key(algorithm: str, key: bytes) -> bytes:
@@ -79,7 +77,7 @@ def v0_claim(purpose: str, pub: bytes) -> bytes:
 
 def v1_claim(domain: str | bytes, algorithm: str, pub: bytes) -> bytes:
     d = domain.encode() if isinstance(domain, str) else domain
-    return _lp(V1_CLAIM_INFO) + _lp(algorithm.encode()) + _lp(d) + _lp(pub)
+    return _lp(b"dstack-guest-v1-key-claim") + _lp(algorithm.encode()) + _lp(d) + _lp(pub)
 
 
 def sign_link(root: bytes, claim: bytes) -> bytes:

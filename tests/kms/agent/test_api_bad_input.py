@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from guestapi_server import build_app, post, raw_request, serving
+from guestapi_server import ROOT, agent_keys, build_app, post, raw_request, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -161,13 +161,19 @@ def test_a_failing_tee_is_a_400_and_the_server_keeps_answering() -> None:
     app, source = build_app()
 
     def broken(report_data: bytes) -> bytes:
-        raise OSError("configfs-tsm: quote generation failed")
+        raise OSError(f"configfs-tsm: quote generation failed near {ROOT.hex()}")
 
     source.quote = broken  # type: ignore[method-assign]
     with serving(app) as p:
         message = error_of(p, post(p, "/GetQuote", b'{"report_data": "00"}'), 400)
-        assert message == "GetQuote failed: OSError"
+        assert message == "GetQuote failed: OSError"  # names no detail, so no secret
         alive(p)
+
+
+def test_the_app_root_is_not_in_repr() -> None:
+    keys = agent_keys()
+    assert ROOT.hex() not in repr(keys)
+    assert str(ROOT) not in repr(keys)
 
 
 METHODS = [

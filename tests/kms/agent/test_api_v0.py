@@ -302,3 +302,37 @@ def test_get_tls_key_as_the_sdk_asks(served: tuple[httpx.Client, FakeSource]) ->
     body = got["key"].replace("-----BEGIN PRIVATE KEY-----", "")
     body = body.replace("-----END PRIVATE KEY-----", "").replace("\n", "")
     assert len(base64.b64decode(body)) > 32
+
+
+def test_sign_prehashed_needs_32_bytes(served: tuple[httpx.Client, FakeSource]) -> None:
+    c, _ = served
+    r = c.post("/Sign", json={"algorithm": "secp256k1_prehashed", "data": "11" * 31})
+    assert r.status_code == 400
+    assert "31" in r.json()["error"]  # names the length received
+    r = c.post("/Sign", json={"algorithm": "secp256k1_prehashed", "data": "11" * 32})
+    assert r.status_code == 200
+    plain = c.post("/Sign", json={"algorithm": "k256", "data": "11" * 32}).json()
+    assert r.json()["public_key"] == plain["public_key"]  # one key, two signing modes
+    assert r.json()["signature_chain"][1:] == plain["signature_chain"][1:]
+
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def test_verify_errors_and_verdicts(served: tuple[httpx.Client, FakeSource]) -> None:
+    c, _ = served
+    signed = c.post("/Sign", json={"algorithm": "secp256k1", "data": "abcd"}).json()
+    sig = bytes.fromhex(signed["signature"])
+    base = {"algorithm": "secp256k1", "data": "abcd", "public_key": signed["public_key"]}
+    high_s = sig[:32] + (SECP256K1_N - int.from_bytes(sig[32:], "big")).to_bytes(32, "big")
+    r = c.post("/Verify", json={**base, "signature": high_s.hex()})
+    assert r.status_code == 200
+    assert r.json() == {"valid": False}  # the malleated copy does not verify
+    for bad in (sig[:63], sig + b"\0", bytes(64), sig[:32] + SECP256K1_N.to_bytes(32, "big")):
+        r = c.post("/Verify", json={**base, "signature": bad.hex()})
+        assert r.status_code == 400, bad.hex()
+    r = c.post("/Verify", json={**base, "signature": sig.hex(), "public_key": "02" + "00" * 32})
+    assert r.status_code == 400
+    for algorithm in ("", "rsa"):
+        r = c.post("/Verify", json={**base, "signature": sig.hex(), "algorithm": algorithm})
+        assert r.status_code == 400

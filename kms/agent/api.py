@@ -236,6 +236,8 @@ class GuestService:
     ) -> None:
         if len(keys.root) != 32 or len(keys.link1) != 48:
             raise ValueError("agent keys: root must be 32 bytes and link1 48 bytes")
+        if dstack_keys.root_public(keys.root) != keys.root_public:
+            raise ValueError("agent keys: root_public is not the public key of root")
         self.keys = keys
         self.view = view
         self.source = source
@@ -335,7 +337,7 @@ class GuestService:
 
     async def v0_get_key(self, fields: Fields) -> dict[str, Any]:
         path, purpose = fields.string("path"), fields.string("purpose")
-        algorithm = fields.string("algorithm")
+        algorithm = dstack_keys.normalize_v0_algorithm(fields.string("algorithm"))
         key, _pub, link0 = dstack_keys.v0_get_key(self.keys.root, path, purpose, algorithm)
         return {"key": key.hex(), "signature_chain": [link0.hex(), self.keys.link1.hex()]}
 

@@ -86,6 +86,7 @@ MAX_ALT_NAMES = 64
 MAX_NAME = 253
 ATTESTATION_VERSION = 1
 _P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 class TlsError(ValueError):
@@ -405,7 +406,7 @@ def verify_app_ca_link(
     if len(link) != 65 or link[64] > 3:
         return False
     s = int.from_bytes(link[32:64], "big")
-    if s > dstack_keys.SECP256K1_N // 2:
+    if s > _SECP256K1_N // 2:
         return False
     try:
         recovered = PublicKey.from_signature_and_message(

@@ -228,3 +228,16 @@ def test_any_body_gets_an_answer_and_never_a_500(path: str, target: str, body: b
     assert headers["content-type"].startswith("application/json")
     if status == 400:
         assert set(json.loads(response)) == {"error"}
+
+
+def test_keys_whose_public_key_is_not_the_roots_are_refused() -> None:
+    from dataclasses import replace
+
+    from guestapi_server import FakeSource, view_of
+
+    from kms.agent.api import make_app
+
+    source = FakeSource()
+    keys = replace(agent_keys(), root_public=bytes.fromhex("02" + "11" * 32))
+    with pytest.raises(ValueError, match="root_public"):
+        make_app(keys, view_of(source), source)

@@ -336,3 +336,25 @@ def test_verify_errors_and_verdicts(served: tuple[httpx.Client, FakeSource]) -> 
     for algorithm in ("", "rsa"):
         r = c.post("/Verify", json={**base, "signature": sig.hex(), "algorithm": algorithm})
         assert r.status_code == 400
+
+
+def test_get_takes_the_fields_as_query_parameters(served: tuple[httpx.Client, FakeSource]) -> None:
+    c, _ = served
+    r = c.get("/GetKey", params={"path": "test", "purpose": "signing", "algorithm": "k256"})
+    assert r.status_code == 200
+    assert r.json()["signature_chain"][0] == V0_LINK0
+    r = c.get("/GetQuote", params={"report_data": "0xab"})
+    assert r.json()["report_data"] == "ab" + "00" * 63
+    r = c.get(
+        "/v1/IssueCert",
+        params=[
+            ("subject", "q"),
+            ("alt_names", "a.example"),
+            ("alt_names", "10.1.1.1"),
+            ("usage_server_auth", "true"),
+            ("not_after", "1900000000"),
+        ],
+    )
+    assert r.status_code == 200, r.text
+    r = c.get("/GetTlsKey", params={"usage_ra_tls": "yes"})
+    assert r.status_code == 400

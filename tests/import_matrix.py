@@ -158,20 +158,17 @@ ROWS: dict[str, Rule] = {
     "kms.attest": CORE,
     "kms.policy": CORE,
     "kms.evidence": CORE,
-    # --- kms.dstack: dstack's guest-API derivations, chains and certificates; pure.
     "kms.dstack": Rule(
-        (*CORE_PROJECT, "kms.dstack"),
-        CORE_THIRD_PARTY | {"coincurve", "Crypto"},
+        ("mpc", "kms.dstack"),
+        frozenset({"coincurve", "Crypto", "cryptography"}),
         CLOCK_AND_IO,
-        ("kms.attest.pccs",),
-        note="pure: keys, time and attestations come from the caller",
+        note="dstack's key derivations and chain; pure",
     ),
     "kms.dstack.tls": Rule(
-        (*CORE_PROJECT, "kms.dstack"),
-        CORE_THIRD_PARTY | {"coincurve", "Crypto"},
+        ("mpc", "kms.dstack"),
+        frozenset({"coincurve", "Crypto", "cryptography", "msgpack"}),
         CLOCK_AND_IO - {"datetime"},
-        ("kms.attest.pccs",),
-        note="pure; datetime only to write the caller's times into certificates",
+        note="certificates; pure, datetime only to write the caller's times into them",
     ),
     "=kms.client": NOTHING,
     "kms.client.core": Rule(
@@ -249,23 +246,13 @@ ROWS: dict[str, Rule] = {
     "kms.node.audit_log": NODE_SHELL,
     "kms.node.node_status": NODE_SHELL,
     "kms.client.http": SHELL,
-    # --- kms.agent: the process in a dstack CVM that serves the guest API.
-    "kms.agent": Rule(
-        (
-            "mpc",
-            "kms.dstack",
-            "kms.policy",
-            "kms.attest",
-            "kms.client",
-            "kms.protocol",
-            "kms.agent",
-        ),
-        frozenset(
-            {"starlette", "hypercorn", "httpx", "trio", "anyio"}
-            | {"cryptography", "msgpack", "coincurve"}
-        ),
-        not_project=("kms.app", "kms.cli", "kms.api", "kms.node", "kms.store", "kms.attest.pccs"),
-        note="a shell: the guest API over the agent's keys and TEE",
+    # --- kms.agent: the process inside a dstack CVM that serves dstack's guest API.
+    "kms.agent": SHELL,
+    # The guest API server (Starlette, served by hypercorn) over the agent's keys and TEE.
+    "kms.agent.api": Rule(
+        ("mpc", "kms.dstack", "kms.agent.tee"),
+        frozenset({"starlette", "anyio", "cryptography"}),
+        note="a shell: dstack's guest API",
     ),
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).

@@ -535,5 +535,6 @@ def make_app(
         Route("/{method}", v0, methods=methods),
     ]
     app = Starlette(routes=routes)
+    app.router.redirect_slashes = False  # no mount at "/GetKey/": a 404, never a redirect
     app.state.service = service
     return app

@@ -131,7 +131,17 @@ def test_unknown_methods_are_a_json_404(path: str, target: str) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["/prpc/Tappd.Info", "/prpc/Worker.Info", "/prpc/v1/Health", "/v2/GetKey", "/v1/a/b", "/"],
+    [
+        "/prpc/Tappd.Info",
+        "/prpc/Worker.Info",
+        "/prpc/v1/Health",
+        "/v2/GetKey",
+        "/v1/a/b",
+        "/",
+        "/GetKey/",
+        "/v1/GetKey/",
+        "//GetKey",
+    ],
 )
 def test_unmounted_paths_are_a_plain_404(path: str, target: str) -> None:
     status, headers, body = raw_request(path, post(path, target, b"{}"))

@@ -251,3 +251,24 @@ def test_keys_whose_public_key_is_not_the_roots_are_refused() -> None:
     keys = replace(agent_keys(), root_public=bytes.fromhex("02" + "11" * 32))
     with pytest.raises(ValueError, match="root_public"):
         make_app(keys, view_of(source), source)
+
+
+def test_concurrent_requests_all_get_their_answer(path: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [
+        ("/GetKey", {"path": f"p{i}", "purpose": "x", "algorithm": "secp256k1"}) for i in range(8)
+    ]
+    requests += [("/GetQuote", {"report_data": f"{i:02x}"}) for i in range(8)]
+    requests += [("/GetTlsKey", {"subject": f"s{i}", "usage_ra_tls": True}) for i in range(8)]
+    requests += [("/GetKey", {"path": 7}) for _ in range(8)]
+
+    def send(item: tuple[str, dict[str, object]]) -> int:
+        target, fields = item
+        status, _, _ = raw_request(path, post(path, target, json.dumps(fields).encode()))
+        return status
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(send, requests))
+    assert statuses == [200] * 24 + [400] * 8
+    alive(path)

@@ -238,6 +238,8 @@ class GuestService:
             raise ValueError("agent keys: root must be 32 bytes and link1 48 bytes")
         if dstack_keys.root_public(keys.root) != keys.root_public:
             raise ValueError("agent keys: root_public is not the public key of root")
+        if keys.app_id != view.app_id:
+            raise ValueError("agent keys are for another app id than the TEE view's")
         self.keys = keys
         self.view = view
         self.source = source
@@ -305,15 +307,16 @@ class GuestService:
         request = _cert_request(fields)
         tls.check_request(request)
         leaf_key = await anyio.to_thread.run_sync(self.new_leaf_key)
-        attestation = None
-        if request.usage_ra_tls:
-            attestation = await self._attestation(tls.ratls_report_data(leaf_key.public_key()))
+        attestations: dict[bytes, bytes] = {}
+        if request.usage_ra_tls:  # quote before signing: the quote may block, signing not
+            report_data = tls.ratls_report_data(leaf_key.public_key())
+            attestations[report_data] = await self._attestation(report_data)
         key_pem, chain = tls.issue_cert(
             self.app_ca,
             request,
             leaf_key,
             now=int(self.clock()),
-            attest=(lambda _rd: attestation) if attestation is not None else None,
+            attest=attestations.__getitem__ if attestations else None,
             app_info=self._app_info() if request.with_app_info else None,
         )
         return {"key": key_pem, "certificate_chain": chain}

@@ -272,3 +272,16 @@ def test_concurrent_requests_all_get_their_answer(path: str) -> None:
         statuses = list(pool.map(send, requests))
     assert statuses == [200] * 24 + [400] * 8
     alive(path)
+
+
+def test_keys_for_another_app_are_refused() -> None:
+    from dataclasses import replace
+
+    from guestapi_server import FakeSource, view_of
+
+    from kms.agent.api import make_app
+
+    source = FakeSource()
+    keys = replace(agent_keys(), app_id=b"\x01" * 20)
+    with pytest.raises(ValueError, match="app id"):
+        make_app(keys, view_of(source), source)

@@ -164,6 +164,12 @@ ROWS: dict[str, Rule] = {
         CLOCK_AND_IO,
         note="dstack's key derivations and chain; pure",
     ),
+    "kms.dstack.tls": Rule(
+        ("mpc", "kms.dstack"),
+        frozenset({"coincurve", "Crypto", "cryptography", "msgpack"}),
+        CLOCK_AND_IO - {"datetime"},
+        note="certificates; pure, datetime only to write the caller's times into them",
+    ),
     "=kms.client": NOTHING,
     "kms.client.core": Rule(
         (*CORE_PROJECT, "kms.evidence"), CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)
@@ -253,6 +259,12 @@ ROWS: dict[str, Rule] = {
     ),
     # The agent's configuration, read only from the measured compose file.
     "kms.agent.config": Rule(("kms.agent.tee",), frozenset({"yaml"})),
+    # The guest API server (Starlette, served by hypercorn) over the agent's keys and TEE.
+    "kms.agent.api": Rule(
+        ("mpc", "kms.dstack", "kms.agent.tee"),
+        frozenset({"starlette", "anyio", "cryptography"}),
+        note="a shell: dstack's guest API",
+    ),
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).
     "kms.node.metrics": Rule(

@@ -158,6 +158,18 @@ ROWS: dict[str, Rule] = {
     "kms.attest": CORE,
     "kms.policy": CORE,
     "kms.evidence": CORE,
+    "kms.dstack": Rule(
+        ("mpc", "kms.dstack"),
+        frozenset({"coincurve", "Crypto", "cryptography"}),
+        CLOCK_AND_IO,
+        note="dstack's key derivations and chain; pure",
+    ),
+    "kms.dstack.tls": Rule(
+        ("mpc", "kms.dstack"),
+        frozenset({"coincurve", "Crypto", "cryptography", "msgpack"}),
+        CLOCK_AND_IO - {"datetime"},
+        note="certificates; pure, datetime only to write the caller's times into them",
+    ),
     "=kms.client": NOTHING,
     "kms.client.core": Rule(
         (*CORE_PROJECT, "kms.evidence"), CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)
@@ -234,6 +246,25 @@ ROWS: dict[str, Rule] = {
     "kms.node.audit_log": NODE_SHELL,
     "kms.node.node_status": NODE_SHELL,
     "kms.client.http": SHELL,
+    # --- kms.agent: the process inside a dstack CVM that serves dstack's guest API.
+    "kms.agent": SHELL,
+    # The boot-time (CCEL) event log parser: bytes in, events out.
+    "kms.agent.ccel": Rule((), never=CLOCK_AND_IO, note="a bounded parser"),
+    # Where the agent's TEE facts come from: quotes (configfs-tsm, dstack's agent, the
+    # simulated TEE), the event log and the compose file, checked against one quote.
+    "kms.agent.tee": Rule(
+        ("kms.attest", "kms.policy", "kms.agent.ccel", "kms.app.simtee"),
+        frozenset({"httpx"}),
+        note="the simulated TEE (devnet) is its only kms.app module",
+    ),
+    # The agent's configuration, read only from the measured compose file.
+    "kms.agent.config": Rule(("kms.agent.tee",), frozenset({"yaml"})),
+    # The guest API server (Starlette, served by hypercorn) over the agent's keys and TEE.
+    "kms.agent.api": Rule(
+        ("mpc", "kms.dstack", "kms.agent.tee"),
+        frozenset({"starlette", "anyio", "cryptography"}),
+        note="a shell: dstack's guest API",
+    ),
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).
     "kms.node.metrics": Rule(

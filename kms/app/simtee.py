@@ -223,15 +223,19 @@ class SimulatedCVM:
     event_log: bytes
 
 
-def cvm_quote_source(tee_dir: Path, measurement: Measurement, app_id: bytes) -> SimulatedCVM:
+def cvm_quote_source(
+    tee_dir: Path, measurement: Measurement, app_id: bytes, *, instance_id: bytes = b""
+) -> SimulatedCVM:
     """The simulated CVM of app ``app_id`` running ``measurement``.
 
     With a compose hash, it boots like dstack: its RTMR3 is the replay of the boot
-    events (app id, compose hash, an instance id of zeros) and it sends that log."""
+    events (app id, compose hash, ``instance_id``, empty by default) and it sends that log."""
     if measurement.compose_hash is None:
         return SimulatedCVM(quote_source(tee_dir, measurement), b"")
     log, rtmr3 = build_event_log(
-        dstack_boot_events(app_id=app_id, compose_hash=measurement.compose_hash)
+        dstack_boot_events(
+            app_id=app_id, compose_hash=measurement.compose_hash, instance_id=instance_id
+        )
     )
     explicit = Measurement.explicit(
         mr_td=measurement.mr_td,

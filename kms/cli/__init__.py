@@ -16,6 +16,7 @@ import typer
 from kms.attest.cli import attest_app
 from kms.cli.apps import app_app
 from kms.cli.audit import audit_app
+from kms.cli.cert import cert_app
 from kms.cli.committee import committee_app
 from kms.cli.demo import demo
 from kms.cli.devnet import devnet_app
@@ -71,6 +72,7 @@ app.add_typer(sim_app, name="sim")
 app.command("demo")(demo)
 app.add_typer(tee_app, name="tee")
 app.add_typer(env_app, name="env")
+app.add_typer(cert_app, name="cert")
 
 
 def main() -> None:

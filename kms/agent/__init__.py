@@ -1,0 +1,1 @@
+"""The agent inside a dstack CVM: TEE facts, measured configuration, the guest API."""

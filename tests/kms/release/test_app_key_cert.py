@@ -355,6 +355,8 @@ def test_bad_bodies_never_crash_the_node(tmp_path: Path) -> None:
                 {**good, "bundle": "00" * 8},  # not the hash the body names
             ]
             http = c.clients[1]
+            store = c.services[1].store
+            head = store.audit_head()
             for body in bad_json:
                 r = await http.post(
                     "/v1/app-key-cert",
@@ -373,9 +375,14 @@ def test_bad_bodies_never_crash_the_node(tmp_path: Path) -> None:
             # A quote that is junk: refused with a reason, not a crash.
             code, answer = await c.post_cert(1, replace(req, quote=b"\x04\x00" * 100))
             assert code == 403 and reason(answer) == "quote-rejected"
-            # The node still certifies.
+            # Refusals wrote nothing: no audit record, no key record.
+            assert store.audit_head() == head
+            assert store.get_meta(certified_name(app, 1)) is None
+            # The node still certifies, and records it.
             code, answer = await c.post_cert(1, req)
             assert code == 200 and isinstance(answer, AppKeyCertShare)
+            assert store.audit_head()[0] == head[0] + 1
+            assert store.get_meta(certified_name(app, 1)) == PK1
 
     trio.run(main)
 
@@ -389,3 +396,51 @@ def test_the_body_validates_its_root_key_and_is_told_apart_from_a_key_request() 
         with pytest.raises(Exception, match="root_public"):
             replace(body, root_public=pk).validate()
     assert not isinstance(decode(body.encode()), KeyRequest)
+
+
+def test_a_certificate_request_carrying_its_bundle_admits_a_new_app(tmp_path: Path) -> None:
+    """As a key request may: the node checks the bundle, asks the committee, and admits the
+    app when the request (whose event log names the app) passes."""
+    owner = OwnerKey.from_seed(bytes([62]) * 32)
+
+    async def main() -> None:
+        async with local_committee(tmp_path, n=3, threshold=2) as c:
+            app = owner.app_id()
+            bundle = app_bundle(owner, c.mpk, purposes=PURPOSES).encode()
+            # Without the bundle: no node knows the app.
+            code, answer = await certify_at(c, 1, app, PK1)
+            assert code == 403 and reason(answer) in ("no-policy", "retry-later"), answer
+            # With it, by the client (which asks again while nodes consult the committee).
+            transport = c.blocking_transport()
+            quote, log = quote_for(c, app)
+            urls = {PI(i): f"http://node-{i}" for i in c.services}
+
+            def run() -> AppKeyCert:
+                return certify_app_key(
+                    urls,
+                    G2.from_bytes(c.mpk),
+                    app,
+                    1,
+                    PK1,
+                    quote,
+                    event_log=log,
+                    bundle=bundle,
+                    now=int(c.clock.now()),
+                    transport=transport,
+                )
+
+            cert = await trio.to_thread.run_sync(run)
+            assert appcert.verify(
+                G2.from_bytes(c.mpk), appcert.link_message(app, PK1), cert.link_signature
+            )
+            # A CVM of another app carrying this bundle admits nothing: its log names its app.
+            stranger = OwnerKey.from_seed(bytes([63]) * 32)
+            s_bundle = app_bundle(stranger, c.mpk, purposes=PURPOSES).encode()
+            log_a, m_a = app_boot(app)
+            _, req = c.cert_request(
+                stranger.app_id(), PK2, bundle=s_bundle, measurement=m_a, event_log=log_a
+            )
+            code, answer = await c.post_cert(3, req)
+            assert code == 403 and reason(answer) in ("policy-refused", "retry-later"), answer
+
+    trio.run(main)

@@ -10,6 +10,8 @@ from typing import Any
 
 import coincurve
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from release_committee import genesis_cores
 
 from kms.attest import QuoteFailure, QuoteVerificationError, Verifier
@@ -30,6 +32,7 @@ from kms.node.release import (
 from kms.policy import ROOT_PURPOSE, AppPolicy, Measurement, MinKeyVersion, OwnerKey, Pins
 from kms.protocol import AppKeyCertRequest
 from mpc import appcert
+from mpc.codec import MessageDecodeError
 from mpc.ids import ParticipantIndex as PI
 from mpc.sig import VerifyKey
 
@@ -193,3 +196,25 @@ def test_a_certified_answer_is_two_good_partials_signed_by_the_node(world: Any) 
     pins = Pins.build(min_key_versions=[MinKeyVersion(ROOT_PURPOSE, 3)])
     pinned = policy(world["owner"], chain.mpk.to_bytes(), pins=pins)
     assert isinstance(run(world, request(world, version=3), app=Admitted(pinned)), Certified)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_mutated_requests_decode_to_a_typed_refusal_or_are_refused_undecoded(
+    world: Any, data: st.DataObject
+) -> None:
+    """Any bytes near a valid request: ``decode`` raises only ``MessageDecodeError``, and
+    whatever decodes runs through the pipeline to a typed result, never an exception."""
+    raw = bytearray(request(world).encode())
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    try:
+        req = AppKeyCertRequest.decode(bytes(raw[: max(cut, len(raw) - 8)]))
+    except MessageDecodeError:
+        return
+    res = run(world, req)
+    assert isinstance(res, Certified | ReleaseRefused)

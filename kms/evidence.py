@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from kms.protocol import KeyRequest, WrongPartialEvidence, release_info
-from mpc import hpke
+from kms.protocol import KeyRequest, WrongCertPartialEvidence, WrongPartialEvidence, release_info
+from mpc import appcert, hpke
 from mpc.errors import DecryptionError, InvalidEncoding, InvalidSignature
 from mpc.ids import ParticipantIndex
 from mpc.math import G1
@@ -57,7 +57,48 @@ def verify_wrong_partial(
     return "the signed partial does not match the node's public share"
 
 
-__all__ = ["judge_wrong_partial", "verify_wrong_partial"]
+def verify_wrong_cert_partial(evidence: WrongCertPartialEvidence, chain: ChainState) -> str:
+    """Check a client's evidence that a node signed a wrong partial app-key certificate,
+    against a verified chain; returns what it proves.
+
+    Raises ``InvalidSignature`` unless: the node of that index signed the share for the
+    chain's epoch, the share answers this request (its hash, app, version and root key),
+    and one of its two partials does not decode or does not match the node's public
+    share. Partials are public, so nothing secret is disclosed."""
+    req, share = evidence.request, evidence.share
+    member = next((p for p in chain.committee.members if p.index == share.index), None)
+    if member is None or share.epoch != chain.epoch:
+        raise InvalidSignature("the answer's index or epoch is not in the verified chain")
+    share.verify(member.verify_key())
+    body = req.body
+    if (
+        share.request_hash != req.request_hash()
+        or share.app_id != body.app_id
+        or share.version != body.version
+        or share.root_public != body.root_public
+    ):
+        raise InvalidSignature("the answer is for another request")
+    idx = ParticipantIndex(share.index)
+    public = chain.public_shares[idx]
+    app_id, pk = bytes(share.app_id), bytes(share.root_public)
+    for name, raw, message in (
+        ("link", share.link_partial, appcert.link_message(app_id, pk)),
+        (
+            "quorum-kms",
+            share.qkms_partial,
+            appcert.qkms_message(app_id, pk, share.version, share.epoch),
+        ),
+    ):
+        try:
+            partial = appcert.CertPartial.from_bytes(idx, raw)
+        except InvalidEncoding:
+            return f"the signed {name} partial does not decode"
+        if not appcert.verify_partial(partial, message, public):
+            return f"the signed {name} partial does not match the node's public share"
+    raise InvalidSignature("the partials are correct")
+
+
+__all__ = ["judge_wrong_partial", "verify_wrong_cert_partial", "verify_wrong_partial"]
 
 
 def judge_wrong_partial(

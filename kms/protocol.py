@@ -26,7 +26,7 @@ from typing import Annotated
 
 from mpc.codec import MaxSize, Message, MessageDecodeError, Size
 from mpc.errors import InvalidSignature
-from mpc.sig import CTX_KEY_RESPONSE, VerifyKey
+from mpc.sig import CTX_APP_CERT_RESPONSE, CTX_KEY_RESPONSE, VerifyKey
 from mpc.tkd import KeyId
 
 MAX_QUOTE = 16 * 1024
@@ -201,9 +201,147 @@ class WrongPartialEvidence(Message):
     ephemeral_private: Annotated[bytes, Size(32)]
 
 
+# --- app-key certificates (``POST /v1/app-key-cert``) ----------------------------------------
+
+ROOT_PUBLIC_LENGTH = 33
+"""A dstack app root public key: secp256k1, SEC1 compressed."""
+CERT_PARTIAL_LENGTH = 48
+"""A partial BLS signature ``s_i·H_APPCERT(m)``: a compressed G1 point."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppKeyCertBody(Message):
+    """What the quote of an app-key certificate request binds: the app, the root version,
+    the root public key to certify, and the freshness and policy fields of a key request.
+
+    Its encoding starts with its own ``TYPE``, so ``SHA-512(body)`` of a certificate
+    request never equals that of a key request: a quote made for one is refused for
+    the other (``report-data-mismatch``)."""
+
+    TYPE = "kms/app-key-cert-body"
+    app_id: Annotated[bytes, MaxSize(64)]
+    version: int
+    root_public: Annotated[bytes, Size(ROOT_PUBLIC_LENGTH)]
+    timestamp: int
+    nonce: Annotated[bytes, Size(16)]
+    epoch: int
+    min_policy_version: int
+    policy_hash: Annotated[bytes, MaxSize(32)] = b""
+
+    def validate(self) -> None:
+        t = self.TYPE
+        if not self.app_id:
+            raise MessageDecodeError(f"{t}: empty app id")
+        if len(self.policy_hash) not in (0, 32):
+            raise MessageDecodeError(f"{t}: policy_hash is 0 or 32 bytes")
+        if not 0 <= self.version < 2**32:
+            raise MessageDecodeError(f"{t}: version is a u32")
+        if not 0 <= self.epoch < 2**64:
+            raise MessageDecodeError(f"{t}: epoch is a u64")
+        if not valid_root_public(self.root_public):
+            raise MessageDecodeError(f"{t}: root_public is not a compressed secp256k1 point")
+
+    def report_data(self) -> bytes:
+        """What the quote's 64-byte report data must be."""
+        return hashlib.sha512(self.encode()).digest()
+
+
+SECP256K1_P = 2**256 - 2**32 - 977
+"""The field prime of secp256k1 (``y² = x³ + 7``)."""
+
+
+def valid_root_public(data: bytes) -> bool:
+    """``data`` is a 33-byte SEC1 compressed point on secp256k1: prefix 2 or 3, ``x``
+    below the field prime and ``x³ + 7`` a square (Euler's criterion), so it decompresses."""
+    if len(data) != ROOT_PUBLIC_LENGTH or data[0] not in (2, 3):
+        return False
+    x = int.from_bytes(data[1:], "big")
+    if x >= SECP256K1_P:
+        return False
+    rhs = (pow(x, 3, SECP256K1_P) + 7) % SECP256K1_P
+    return rhs == 0 or pow(rhs, (SECP256K1_P - 1) // 2, SECP256K1_P) == 1
+
+
+@dataclass(frozen=True, slots=True)
+class AppKeyCertRequest(Message):
+    """An attested request to certify an app root key: the body, the TDX quote whose
+    report data is ``SHA-512(body)``, the RTMR3 event log, and optionally the app's
+    signed policy bundle (``body.policy_hash`` must then be its :func:`bundle_hash`)."""
+
+    TYPE = "kms/app-key-cert-request"
+    body: AppKeyCertBody
+    quote: Annotated[bytes, MaxSize(MAX_QUOTE)]
+    event_log: Annotated[bytes, MaxSize(MAX_EVENT_LOG)] = b""
+    bundle: Annotated[bytes, MaxSize(MAX_BUNDLE)] = b""
+
+    def validate(self) -> None:
+        if self.bundle and bundle_hash(self.bundle) != self.body.policy_hash:
+            raise MessageDecodeError(
+                "kms/app-key-cert-request: body.policy_hash is not the hash of the bundle carried"
+            )
+
+    def request_hash(self) -> bytes:
+        """Names the request in signatures and audit records (quote included)."""
+        return hashlib.sha256(self.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class AppKeyCertShare(Message):
+    """One node's partial app-key certificate, signed by its identity under
+    ``CTX_APP_CERT_RESPONSE``: ``link_partial`` over ``mpc.appcert.link_message(app_id,
+    root_public)`` and ``qkms_partial`` over ``qkms_message(app_id, root_public, version,
+    epoch)``, both ``s_index·H_APPCERT(m)``."""
+
+    TYPE = "kms/app-key-cert-share"
+    request_hash: Annotated[bytes, Size(32)]
+    app_id: Annotated[bytes, MaxSize(64)]
+    version: int
+    epoch: int
+    index: int
+    root_public: Annotated[bytes, Size(ROOT_PUBLIC_LENGTH)]
+    link_partial: Annotated[bytes, Size(CERT_PARTIAL_LENGTH)]
+    qkms_partial: Annotated[bytes, Size(CERT_PARTIAL_LENGTH)]
+    signature: Annotated[bytes, Size(64)]
+
+    def statement(self) -> bytes:
+        """The signed bytes: the share's encoding with an all-zero signature (every field
+        of fixed length or length-prefixed by msgpack, so the framing is unambiguous)."""
+        return AppKeyCertShare(
+            self.request_hash,
+            self.app_id,
+            self.version,
+            self.epoch,
+            self.index,
+            self.root_public,
+            self.link_partial,
+            self.qkms_partial,
+            bytes(64),
+        ).encode()
+
+    def verify(self, identity: VerifyKey) -> None:
+        """Raise ``InvalidSignature`` unless node ``index``'s identity signed this."""
+        identity.verify(CTX_APP_CERT_RESPONSE, self.statement(), self.signature)
+
+
+@dataclass(frozen=True, slots=True)
+class WrongCertPartialEvidence(Message):
+    """A client's proof that node ``share.index`` signed a wrong partial app-key
+    certificate: the request and the node's signed share. Partials are public values, so
+    anyone holding the verified chain can check it (``kms.evidence``)."""
+
+    TYPE = "evidence/wrong-cert-partial"
+    request: AppKeyCertRequest
+    share: AppKeyCertShare
+
+
 __all__ = [
     "BUNDLE_HASH_DOMAIN",
+    "CERT_PARTIAL_LENGTH",
     "MAX_BUNDLE",
+    "ROOT_PUBLIC_LENGTH",
+    "AppKeyCertBody",
+    "AppKeyCertRequest",
+    "AppKeyCertShare",
     "EphemeralKey",
     "InvalidSignature",
     "KeyRefusal",
@@ -212,7 +350,9 @@ __all__ = [
     "KeyResponse",
     "KeyShareResponse",
     "PurposeVersion",
+    "WrongCertPartialEvidence",
     "WrongPartialEvidence",
     "bundle_hash",
     "release_info",
+    "valid_root_public",
 ]

@@ -25,6 +25,7 @@ from mpc.errors import InvalidEncoding, InvalidSignature, LocalProtocolError
 __all__ = [
     "CONTEXTS",
     "CONTEXT_PREFIX",
+    "CTX_APP_CERT_RESPONSE",
     "CTX_BROADCAST_DIGEST",
     "CTX_BROADCAST_RELAY",
     "CTX_DKG_DEAL",
@@ -67,6 +68,8 @@ CTX_DKG_KEY: Final = b"quorum-kms/v1/node/dkg-key"
 CTX_RUN_KEY: Final = b"quorum-kms/v1/dkg/run-key"
 """A recipient's identity key signs the X25519 key it uses for one sharing run only."""
 CTX_KEY_RESPONSE: Final = b"quorum-kms/v1/kms/key-response"
+CTX_APP_CERT_RESPONSE: Final = b"quorum-kms/v1/kms/app-key-cert"
+"""A node's identity key signs its partial app-key certificate (``AppKeyCertShare``)."""
 CTX_RESHARE_ACK: Final = b"quorum-kms/v1/reshare/ack"
 CTX_MEMBERSHIP_PROPOSAL: Final = b"quorum-kms/v1/membership/proposal"
 CTX_MEMBERSHIP_VOTE: Final = b"quorum-kms/v1/membership/vote"
@@ -83,6 +86,7 @@ CONTEXTS: Final[Mapping[str, bytes]] = types.MappingProxyType(
         "CTX_DKG_KEY": CTX_DKG_KEY,
         "CTX_RUN_KEY": CTX_RUN_KEY,
         "CTX_KEY_RESPONSE": CTX_KEY_RESPONSE,
+        "CTX_APP_CERT_RESPONSE": CTX_APP_CERT_RESPONSE,
         "CTX_RESHARE_ACK": CTX_RESHARE_ACK,
         "CTX_MEMBERSHIP_PROPOSAL": CTX_MEMBERSHIP_PROPOSAL,
         "CTX_MEMBERSHIP_VOTE": CTX_MEMBERSHIP_VOTE,

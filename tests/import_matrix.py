@@ -174,6 +174,7 @@ ROWS: dict[str, Rule] = {
     "kms.client.core": Rule(
         (*CORE_PROJECT, "kms.evidence"), CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)
     ),
+    "kms.client.appcert": Rule(CORE_PROJECT, CORE_THIRD_PARTY, CLOCK_AND_IO, ("kms.attest.pccs",)),
     "=kms.node": NOTHING,
     "kms.node.limits": NOTHING,
     "kms.node.model": Rule(
@@ -226,6 +227,13 @@ ROWS: dict[str, Rule] = {
         CLOCK_AND_IO,
         RELEASE_FENCE,
         note="fenced: not the store, the policy index or the PCCS client",
+    ),
+    "kms.node.appcert": Rule(
+        (*CORE_PROJECT, "kms.node.release"),
+        CORE_THIRD_PARTY,
+        CLOCK_AND_IO,
+        RELEASE_FENCE,
+        note="app-key certification on the release steps; fenced like kms.node.release",
     ),
     # --- kms: storage and local files.
     "kms.store": Rule(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kms.node.appcert import Certified
 from kms.node.evidence_log import EvidenceKept, EvidenceRefusal, EvidenceResult
-from kms.node.keyrelease import KeysNotServed, ReleaseResult
+from kms.node.keyrelease import CertResult, KeysNotServed, ReleaseResult
 from kms.node.policies import PoliciesUnavailable, PolicyOfferResult
 from kms.node.release import KeyRefusalReason, Released
 from kms.policy import PolicyFailure
@@ -30,6 +31,8 @@ KEY_REFUSAL_STATUS: dict[KeyRefusalReason, int] = {
     KeyRefusalReason.FROZEN: 403,
     KeyRefusalReason.BUNDLE: 403,
     KeyRefusalReason.RETRY: 403,
+    KeyRefusalReason.NOT_CURRENT_ROOT: 403,
+    KeyRefusalReason.KEY_CONFLICT: 403,
 }
 """A refused key request: 400 for a body that is not a key request, 403 otherwise
 (``not-serving`` here is a node without a share of the current epoch; a node that
@@ -94,6 +97,16 @@ def key_answer(result: ReleaseResult) -> tuple[int, Message]:
     """(status, message) answering a key request."""
     if isinstance(result, Released):
         return 200, result.response
+    if isinstance(result, KeysNotServed):
+        return KEYS_NOT_SERVED_STATUS, result.refusal
+    return KEY_REFUSAL_STATUS[result.reason], result.refusal
+
+
+def cert_answer(result: CertResult) -> tuple[int, Message]:
+    """(status, message) answering an app-key certificate request: the share, or a
+    refusal with the status a key request's refusal of the same reason gets."""
+    if isinstance(result, Certified):
+        return 200, result.share
     if isinstance(result, KeysNotServed):
         return KEYS_NOT_SERVED_STATUS, result.refusal
     return KEY_REFUSAL_STATUS[result.reason], result.refusal

@@ -1,4 +1,5 @@
-"""The node's public HTTP app: key release, chain, policies, evidence, health and metrics.
+"""The node's public HTTP app: key release, app-key certificates, chain, policies, evidence,
+health and metrics.
 
 Admin actions are never served here: they go over the admin channel
 (``kms.api.admin``), a Unix socket guarded by a token. The full audit log is
@@ -35,14 +36,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kms.api.answers import evidence_answer, key_answer, policy_answer
+from kms.api.answers import cert_answer, evidence_answer, key_answer, policy_answer
 from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
 from kms.node.evidence_log import EvidenceResult
-from kms.node.keyrelease import KeysNotServed, ReleaseResult
+from kms.node.keyrelease import CertResult, KeysNotServed, ReleaseResult
 from kms.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kms.node.policies import PolicyOfferResult
 from kms.node.release import ReleaseRefused
-from kms.protocol import KeyRequest, WrongPartialEvidence
+from kms.protocol import AppKeyCertRequest, KeyRequest, WrongPartialEvidence
 from mpc.codec import Message as WireMessage
 from mpc.codec import MessageDecodeError, decode
 
@@ -55,6 +56,10 @@ class StatusSource(Protocol):
     async def release(self, request: KeyRequest) -> ReleaseResult: ...
 
     def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed: ...
+
+    async def certify(self, request: AppKeyCertRequest) -> CertResult: ...
+
+    def refuse_cert_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed: ...
 
     def chain_bytes(self) -> bytes: ...
 
@@ -287,6 +292,20 @@ def make_app(source: StatusSource) -> Starlette:
             code, answer = key_answer(await source.release(key_request))
         return _typed_response(answer, code, as_json)
 
+    async def app_key_cert(request: Request) -> Response:
+        body = await read_body(request)
+        as_json = _wants_json(request)
+        try:
+            if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
+                cert_request = AppKeyCertRequest.decode_json(body)
+            else:
+                cert_request = AppKeyCertRequest.decode(body)
+        except MessageDecodeError as exc:
+            code, answer = cert_answer(source.refuse_cert_request(exc))
+        else:
+            code, answer = cert_answer(await source.certify(cert_request))
+        return _typed_response(answer, code, as_json)
+
     async def chain(request: Request) -> Response:
         q = request.query_params
         if not any(k in q for k in ("from", "limit", "max_bytes")):
@@ -385,6 +404,7 @@ def make_app(source: StatusSource) -> Starlette:
             Route("/v1/status", status),
             Route("/metrics", metrics),
             Route("/v1/keys", keys, methods=["POST"]),
+            Route("/v1/app-key-cert", app_key_cert, methods=["POST"]),
             Route("/v1/chain", chain),
             Route("/openapi.json", openapi),
         ],

@@ -19,12 +19,20 @@ import typing
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
-from kms.protocol import KeyRefusal, KeyRequest, KeyResponse, WrongPartialEvidence
+from kms.protocol import (
+    AppKeyCertRequest,
+    AppKeyCertShare,
+    KeyRefusal,
+    KeyRequest,
+    KeyResponse,
+    WrongPartialEvidence,
+)
 from mpc.codec import MAX_INT, MAX_ITEMS, MaxSize, Message, Size
 from mpc.membership.messages import ChainUpdate
 
 BODIES: dict[tuple[str, str], type[Message]] = {
     ("post", "/v1/keys"): KeyRequest,
+    ("post", "/v1/app-key-cert"): AppKeyCertRequest,
     ("post", "/v1/evidence"): WrongPartialEvidence,
 }
 """The message each body-taking route decodes from JSON (and msgpack)."""
@@ -35,6 +43,7 @@ SEMANTIC: dict[tuple[str, str], dict[str, Any]] = {
     ("kms/key-request-body", "app_id"): {"minLength": 2},
     ("kms/key-request-body", "purposes"): {"minItems": 1},
     ("kms/key-request-body", "ephemeral_keys"): {"minItems": 1},
+    ("kms/app-key-cert-body", "app_id"): {"minLength": 2},
     ("chain/update", "kinds"): {"items": {"enum": ["epoch", "membership"]}},
 }
 """Checks of a message's own ``validate()`` that a schema can state (the rest are in the text)."""
@@ -154,7 +163,15 @@ def openapi_document() -> dict[str, Any]:
     from kms.policy.policy import PolicyBundle
 
     schemas: dict[str, Any] = {}
-    for cls in (KeyRequest, KeyResponse, KeyRefusal, ChainUpdate, WrongPartialEvidence):
+    for cls in (
+        KeyRequest,
+        KeyResponse,
+        KeyRefusal,
+        ChainUpdate,
+        WrongPartialEvidence,
+        AppKeyCertRequest,
+        AppKeyCertShare,
+    ):
         _message_schema(cls, schemas)
     schemas.update(_PLAIN_SCHEMAS)
     refusal_json = {"anyOf": [_ref("KeyRefusal"), _ref("BodyRefusal")]}
@@ -218,6 +235,48 @@ def openapi_document() -> dict[str, Any]:
                     ),
                     "403": _resp(
                         "Refused; reason is a code of kms.node.release.KeyRefusalReason.",
+                        _message_content(KeyRefusal),
+                    ),
+                    **BODY_REFUSALS,
+                    "503": _resp(
+                        "The node releases no keys; a KeyRefusal not-serving.",
+                        _message_content(KeyRefusal),
+                    ),
+                },
+            }
+        },
+        "/v1/app-key-cert": {
+            "post": {
+                "summary": "Ask this node for its partial certificate of an app root key",
+                "requestBody": {
+                    "required": True,
+                    "description": f"An AppKeyCertRequest, at most {MAX_BODY} bytes. The "
+                    "quote's report_data must be SHA-512 of the canonical encoding of the "
+                    "request body (kms/app-key-cert-body: a key request's quote is refused). "
+                    "The node runs the key-release checks for purpose dstack-app-root at key "
+                    "version body.version, which must be the app policy's current root "
+                    "version.",
+                    "content": _message_content(AppKeyCertRequest),
+                },
+                "responses": {
+                    "200": _resp(
+                        "Two partial BLS signatures under DST_APPCERT (link and quorum-kms "
+                        "messages), signed by the node's identity.",
+                        _message_content(AppKeyCertShare),
+                    ),
+                    "400": _resp(
+                        "A body (msgpack or JSON) that does not decode as an "
+                        "AppKeyCertRequest (KeyRefusal malformed-request), or an unusable "
+                        "Content-Length (BodyRefusal, JSON).",
+                        {
+                            "application/msgpack": {"schema": _msgpack(KeyRefusal)},
+                            "application/json": {"schema": refusal_json},
+                        },
+                    ),
+                    "403": _resp(
+                        "Refused; reason is a code of kms.node.release.KeyRefusalReason "
+                        "(not-current-root-version and app-key-conflict are certificate "
+                        "requests' own).",
                         _message_content(KeyRefusal),
                     ),
                     **BODY_REFUSALS,

@@ -25,6 +25,7 @@ import trio
 from kms.api.http import make_app
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
+from kms.client.appcert import AppKeyCertSession
 from kms.client.core import KeyRequestSession
 from kms.node.core import NodeCore
 from kms.node.keyrelease import FixedCollateral
@@ -36,12 +37,19 @@ from kms.policy import (
     AppPolicy,
     Measurement,
     OwnerKey,
+    Pins,
     PolicyBundle,
     RotationRecord,
     build_event_log,
     dstack_boot_events,
 )
-from kms.protocol import KeyRefusal, KeyRequest, KeyResponse
+from kms.protocol import (
+    AppKeyCertRequest,
+    AppKeyCertShare,
+    KeyRefusal,
+    KeyRequest,
+    KeyResponse,
+)
 from kms.store import NodeStore, TEESealer
 from mpc import hpke
 from mpc.codec import decode
@@ -207,6 +215,59 @@ class LocalCommittee:
         )
         return s, s.attach_quote(quote, event_log)
 
+    def cert_request(
+        self,
+        app_id: bytes,
+        root_public: bytes,
+        *,
+        version: int = 1,
+        bundle: bytes = b"",
+        measurement: dict[str, bytes] | None = None,
+        event_log: bytes = b"",
+    ) -> tuple[AppKeyCertSession, AppKeyCertRequest]:
+        """A CVM's app-key certificate request for ``root_public``, quoted by the
+        committee's simulated TEE (by default from a CVM booted for ``app_id``)."""
+        if measurement is None:
+            event_log, measurement = app_boot(app_id)
+        s = AppKeyCertSession(
+            self.chain,
+            app_id,
+            version,
+            root_public,
+            now=int(self.clock.now()),
+            rng=os.urandom,
+            bundle=bundle,
+        )
+        m = measurement
+        quote = self.tee.quote(
+            s.report_data,
+            mr_td=m["mr_td"],
+            rtmr0=m["rtmr0"],
+            rtmr1=m["rtmr1"],
+            rtmr2=m["rtmr2"],
+            rtmr3=m["rtmr3"],
+        )
+        return s, s.attach_quote(quote, event_log)
+
+    async def post_cert(
+        self, index: int, request: AppKeyCertRequest | bytes
+    ) -> tuple[int, AppKeyCertShare | KeyRefusal]:
+        """``POST /v1/app-key-cert`` to node ``index``: the status and the decoded answer."""
+        raw = request if isinstance(request, bytes) else request.encode()
+        r = await self.clients[index].post(
+            "/v1/app-key-cert", content=raw, headers={"content-type": "application/msgpack"}
+        )
+        answer = decode(r.content)
+        if not isinstance(answer, AppKeyCertShare | KeyRefusal):
+            raise TypeError(f"unexpected answer {type(answer).__name__}")
+        return r.status_code, answer
+
+    def blocking_transport(self) -> httpx.BaseTransport:
+        """A synchronous ``httpx`` transport to the nodes' apps at ``http://node-<i>``, for
+        blocking clients (``kms.client.http.KeyClient``) run in a thread of this trio run
+        (``trio.to_thread.run_sync``)."""
+        return _TrioBridge(self.clients, trio.lowlevel.current_trio_token())
+
     async def _fetch_once(
         self,
         app_id: bytes,
@@ -232,6 +293,33 @@ class LocalCommittee:
         return s, answers
 
 
+class _TrioBridge(httpx.BaseTransport):
+    """Blocking requests carried into the trio run to the nodes' ASGI clients."""
+
+    def __init__(self, clients: dict[int, httpx.AsyncClient], token: trio.lowlevel.TrioToken):
+        self._clients = clients
+        self._token = token
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        index = int(host.removeprefix("node-")) if host.startswith("node-") else -1
+        client = self._clients.get(index)
+        if client is None:
+            raise httpx.ConnectError(f"no node at {host}", request=request)
+        body = request.read()
+
+        async def send() -> httpx.Response:
+            r = await client.request(
+                request.method,
+                request.url.raw_path.decode("ascii"),
+                content=body,
+                headers=dict(request.headers),
+            )
+            return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+        return trio.from_thread.run(send, trio_token=self._token)
+
+
 def app_bundle(
     owner: OwnerKey,
     mpk: bytes,
@@ -242,9 +330,11 @@ def app_bundle(
     rotations: Sequence[RotationRecord] = (),
     app_id: bytes | None = None,
     measurement: dict[str, bytes] | None = None,
+    purposes: Sequence[str] = ("app",),
+    pins: Pins | None = None,
 ) -> PolicyBundle:
-    """A signed bundle admitting, for purpose ``app``, ``measurement`` (by default the
-    registers of a CVM booted for the app, :func:`app_boot`)."""
+    """A signed bundle admitting, for ``purposes`` (``app`` by default), ``measurement``
+    (by default the registers of a CVM booted for the app, :func:`app_boot`)."""
     app_id = app_id or (rotations[0].app_id if rotations else owner.app_id())
     policy = AppPolicy.build(
         app_id=app_id,
@@ -254,6 +344,8 @@ def app_bundle(
         kms_mpk=mpk,
         not_before=now - 60,
         expires=now - 60 + lifetime,
+        purposes=purposes,
+        pins=pins,
     )
     return PolicyBundle(policy.sign(owner), tuple(rotations))
 

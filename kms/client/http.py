@@ -18,8 +18,9 @@ from typing import Any
 
 import httpx
 
+from kms.client.appcert import AppKeyCert, AppKeyCertError, AppKeyCertSession
 from kms.client.core import KeyReleaseError, KeyRequestSession, Rejected
-from kms.protocol import KeyRefusal, KeyResponse, WrongPartialEvidence
+from kms.protocol import AppKeyCertShare, KeyRefusal, KeyResponse, WrongPartialEvidence
 from mpc import ibe
 from mpc.cert import EpochCertificate, check_mpk
 from mpc.codec import MessageDecodeError, decode
@@ -526,7 +527,7 @@ class KeyClient:
     RETRY_AFTER = 0.2
     """Seconds before asking again nodes that answered ``retry-later``."""
 
-    def _post(self, index: ParticipantIndex, body: bytes) -> object:
+    def _post(self, index: ParticipantIndex, body: bytes, route: str = "/v1/keys") -> object:
         url = self.urls.get(index)
         if url is None:
             return LookupError(
@@ -534,11 +535,124 @@ class KeyClient:
             )
         try:
             r = self._http.post(
-                url.rstrip("/") + "/v1/keys", content=body, headers={"content-type": MSGPACK}
+                url.rstrip("/") + route, content=body, headers={"content-type": MSGPACK}
             )
             return decode(r.content)
         except Exception as exc:  # any failure (an unbuildable URL too): unreachable
             return exc
+
+    # --- app-key certificates -----------------------------------------------------------
+
+    def certify(
+        self,
+        app_id: bytes,
+        version: int,
+        root_public: bytes,
+        quote_for: Callable[[bytes], bytes],
+        *,
+        event_log: bytes = b"",
+        bundle: bytes = b"",
+        min_policy_version: int = 0,
+        now: int | None = None,
+    ) -> AppKeyCert:
+        """Have the committee certify ``root_public`` as ``app_id``'s root key at root
+        version ``version`` (``POST /v1/app-key-cert``): ``t`` nodes of the verified chain
+        asked at once, more on a refusal, a slow node or a bad answer; the partials of one
+        epoch combined and checked under the pinned key. A node that signed a wrong
+        partial is named in ``rejected`` with its evidence. Raises ``AppKeyCertError``."""
+        chain = self.chain()
+        args = (app_id, version, root_public, quote_for, event_log, bundle, min_policy_version)
+        session, ignored = self._ask_cert(chain, *args, now)
+        if not session.done and session.newer_epoch_seen:
+            chain = self.chain(refresh=True)
+            session, ignored = self._ask_cert(chain, *args, now)
+        deadline = self._clock() + self.timeout
+        while (
+            not session.done
+            and any(r.reason == RETRY_LATER for r in session.refusals.values())
+            and self._clock() < deadline
+        ):
+            time.sleep(self.RETRY_AFTER)
+            session, ignored = self._ask_cert(chain, *args, now)
+        refusals = {int(i): (r.reason, r.detail) for i, r in session.refusals.items()}
+        cert = session.cert
+        if cert is None:
+            raise AppKeyCertError(
+                f"fewer than t = {chain.threshold} good partials: refusals "
+                f"{ {i: r for i, (r, _) in refusals.items()} }, "
+                f"bad partials from {[int(i) for i in session.bad_nodes()]}, "
+                f"unreachable {ignored}",
+                refusals=refusals,
+                bad_nodes=[int(i) for i in session.bad_nodes()],
+                unreachable=list(ignored),
+            )
+        return AppKeyCert(
+            cert.app_id,
+            cert.version,
+            cert.epoch,
+            cert.root_public,
+            cert.link_signature,
+            cert.qkms_signature,
+            tuple(session.rejected),
+            refusals,
+        )
+
+    def _ask_cert(
+        self,
+        chain: ChainState,
+        app_id: bytes,
+        version: int,
+        root_public: bytes,
+        quote_for: Callable[[bytes], bytes],
+        event_log: bytes,
+        bundle: bytes,
+        min_policy_version: int,
+        now: int | None,
+    ) -> tuple[AppKeyCertSession, list[str]]:
+        previous = self._previous
+        session = AppKeyCertSession(
+            chain,
+            app_id,
+            version,
+            root_public,
+            now=int(time.time()) if now is None else now,
+            rng=os.urandom,
+            min_policy_version=min_policy_version,
+            bundle=bundle,
+            previous=previous
+            if previous is not None and previous.epoch == chain.epoch - 1
+            else None,
+            preferred=self._responsive,
+        )
+        body = session.attach_quote(quote_for(session.report_data), event_log).encode()
+        ignored: list[str] = []
+        pending: dict[Future[object], ParticipantIndex] = {}
+
+        def ask(count: int) -> None:
+            batch = session.next_nodes(count)
+            session.mark_asked(batch)
+            for index in batch:
+                pending[self._pool.submit(self._post, index, body, "/v1/app-key-cert")] = index
+
+        ask(chain.threshold)
+        while pending and not session.done:
+            done, _ = wait(pending, timeout=self.hedge_after, return_when=FIRST_COMPLETED)
+            if not done:
+                ask(1)
+                continue
+            for fut in sorted(done, key=lambda f: int(pending[f])):
+                index = pending.pop(fut)
+                answer = fut.result()
+                before = len(session.rejected) + len(session.refusals)
+                if isinstance(answer, AppKeyCertShare | KeyRefusal):
+                    session.receive(index, answer)
+                    failed = len(session.rejected) + len(session.refusals) - before
+                else:
+                    ignored.append(f"node {int(index)}: {type(answer).__name__}: {answer}")
+                    failed = 1
+                if failed and not session.done:
+                    ask(failed)
+        return session, ignored
 
     def _ask(
         self,
@@ -666,6 +780,38 @@ def fetch_keys(
             min_policy_version=min_policy_version,
             now=now,
             bundle=bundle,
+        )
+
+
+def certify_app_key(
+    urls: Mapping[ParticipantIndex, str],
+    mpk: G2,
+    app_id: bytes,
+    version: int,
+    root_public: bytes,
+    quote_for: Callable[[bytes], bytes],
+    *,
+    event_log: bytes = b"",
+    bundle: bytes = b"",
+    min_policy_version: int = 0,
+    timeout: float = 5.0,
+    now: int | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> AppKeyCert:
+    """One certificate request from a cold start: fetch and verify the chain, then ask
+    for the app-key certificate (``KeyClient.certify``)."""
+    with KeyClient(
+        urls, mpk, timeout=timeout, hedge_after=0.3, cache=True, transport=transport
+    ) as client:
+        return client.certify(
+            app_id,
+            version,
+            root_public,
+            quote_for,
+            event_log=event_log,
+            bundle=bundle,
+            min_policy_version=min_policy_version,
+            now=now,
         )
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kms.attest import Collateral, ParsedQuote, QuoteFailure, QuoteVerificationError
+from kms.node.appcert import AppKeyCertifier, Certified, CertInputs, CertNeeds, certified_name
 from kms.node.metrics import NodeMetrics
 from kms.node.release import (
     Admitted,
@@ -42,7 +43,7 @@ from kms.node.release import (
     refuse,
 )
 from kms.policy import AppPolicy, PolicyBundle
-from kms.protocol import KeyRefusal, KeyRequest
+from kms.protocol import AppKeyCertRequest, KeyRefusal, KeyRequest
 from kms.store import NodeStore
 from mpc.codec import MessageDecodeError
 from mpc.secret import RNG, SecretShare
@@ -67,6 +68,9 @@ class KeysNotServed:
 
 ReleaseResult = Released | ReleaseRefused | KeysNotServed
 """What a key request got from this node."""
+
+CertResult = Certified | ReleaseRefused | KeysNotServed
+"""What an app-key certificate request got from this node."""
 
 
 class Clock(Protocol):
@@ -98,7 +102,9 @@ class PolicySource(Protocol):
     """What the release role reads and tells of the node's app policies
     (``kms.node.policy_sync.PolicySync``)."""
 
-    def app_state(self, needs: Needs, now: int) -> tuple[AppState, PolicyBundle | None]: ...
+    def app_state(
+        self, needs: Needs | CertNeeds, now: int
+    ) -> tuple[AppState, PolicyBundle | None]: ...
 
     def current(self, app_id: bytes, now: int) -> AppPolicy | None: ...
 
@@ -113,7 +119,7 @@ class FixedPolicies:
     def __init__(self, policies: Mapping[bytes, AppPolicy]) -> None:
         self._policies = dict(policies)
 
-    def app_state(self, needs: Needs, now: int) -> tuple[AppState, PolicyBundle | None]:
+    def app_state(self, needs: Needs | CertNeeds, now: int) -> tuple[AppState, PolicyBundle | None]:
         return Admitted(self.current(needs.app_id, now)), None
 
     def current(self, app_id: bytes, now: int) -> AppPolicy | None:
@@ -160,7 +166,7 @@ class KeyRelease:
         raw = self._store.get_meta("nonce/" + nonce.hex())
         return raw is not None and int.from_bytes(raw, "big") > int(self._clock.now())
 
-    def _collateral_for(self, needs: Needs) -> Collateral | QuoteVerificationError:
+    def _collateral_for(self, needs: Needs | CertNeeds) -> Collateral | QuoteVerificationError:
         if self.collateral is None:
             return NO_COLLATERAL
         try:
@@ -263,4 +269,101 @@ class KeyRelease:
             label += ": " + res.detail.split(":", 1)[0][:40]
         self._metrics.rejected_input("key request: " + label)
         self._warn("cvm", f"key request refused: {res.reason.value}")
+        return res
+
+    # --- app-key certificates (``kms.node.appcert``) ---------------------------------------
+
+    async def certify(self, request: AppKeyCertRequest) -> CertResult:
+        """Answer a CVM's decoded app-key certificate request: the key-release steps, the
+        root version and the per-(app, version) key record, then two signed partials."""
+        res = await self._certify(request)
+        self._metrics.app_key_cert(None if isinstance(res, Certified) else res.reason)
+        return res
+
+    def undecodable_cert(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
+        """A certificate request body that does not decode (refused before any step)."""
+        if self.releaser is None:
+            self._metrics.app_key_cert(KeyRefusalReason.NOT_SERVING)
+            return KeysNotServed()
+        res = refuse(KeyRefusalReason.MALFORMED, str(exc))
+        self._metrics.app_key_cert(res.reason)
+        return self._cert_refused(res)
+
+    async def _certify(self, request: AppKeyCertRequest) -> CertResult:
+        releaser = self.releaser
+        if releaser is None:
+            return KeysNotServed()
+        certifier = AppKeyCertifier(releaser)
+        now = int(self._clock.now())
+        needs = certifier.check(request, now=now, share=self._share_and_epoch()[0])
+        if isinstance(needs, ReleaseRefused):
+            return self._cert_refused(needs)
+        early = certifier.screen(needs, now=now, nonce_seen=self._seen_nonce(needs.nonce))
+        if early is not None:
+            return self._cert_refused(early)
+        app, bundle = self.policy_source.app_state(needs, now)
+        closed = gate(needs, app)
+        if closed is not None:
+            return self._cert_refused(closed)
+        if self.collateral is not None:
+            await self.collateral.prepare(needs.quote, now=now)
+            now = int(self._clock.now())
+            app, bundle = self.policy_source.app_state(needs, now)
+        # From here to the store write nothing awaits: the key record read below is the one
+        # the write replaces, so two requests never both certify different keys.
+        share, epoch = self._share_and_epoch()
+        body = request.body
+        res = certifier.answer(
+            needs,
+            CertInputs(
+                now=now,
+                epoch=epoch,
+                share=share,
+                nonce_seen=self._seen_nonce(needs.nonce),
+                app=app,
+                collateral=self._collateral_for(needs),
+                certified=self._store.get_meta(certified_name(body.app_id, body.version)),
+            ),
+        )
+        if isinstance(res, ReleaseRefused):
+            self._cert_refused(res)
+            if res.reason is KeyRefusalReason.NO_POLICY:
+                self.policy_source.ask_about(needs.app_id)
+            return res
+        if bundle is not None:
+            self.policy_source.admit_released(bundle, now)
+        ttl = max(self.NONCE_TTL, 2 * releaser.max_skew + 60)
+        # One nonce space with key release; the first key certified per (app, version) is
+        # kept for good (it is written again, unchanged, for the same key).
+        self._store.record_release(
+            "nonce/" + res.nonce.hex(),
+            (now + ttl).to_bytes(8, "big"),
+            [res.audit.as_dict()],
+            also=[res.record],
+        )
+        self._metrics.queued("kms/app-key-cert-share")
+        log.info(
+            "app key certified",
+            extra={
+                "fields": {
+                    "app": res.audit.app,
+                    "version": res.audit.version,
+                    "simulated": res.audit.simulated,
+                }
+            },
+        )
+        return res
+
+    def _cert_refused(self, res: ReleaseRefused) -> ReleaseRefused:
+        label = res.reason.value
+        if res.reason is KeyRefusalReason.QUOTE:
+            label += ": " + res.detail.split(":", 1)[0][:40]
+        self._metrics.rejected_input("app-key cert request: " + label)
+        if res.reason is KeyRefusalReason.KEY_CONFLICT:
+            # Two roots for one (app, version): the derivation never gives that to honest
+            # CVMs, so the operator must look (also counted in qkms_app_key_conflicts_total).
+            # Rate-limited like every refusal: only an admitted CVM reaches this step.
+            self._warn("cvm", "app-key conflict: another root key for a certified app version")
+        else:
+            self._warn("cvm", f"app-key cert request refused: {res.reason.value}")
         return res

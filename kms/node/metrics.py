@@ -47,6 +47,7 @@ PHASE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 
 
 RELEASED = "released"
 REFUSED = "refused"
+CERTIFIED = "certified"
 REFUSAL_REASONS = tuple(r.value for r in KeyRefusalReason)
 """The reason labels of refused key requests: ``KeyRefusalReason`` values."""
 
@@ -158,10 +159,26 @@ class NodeMetrics:
             buckets=PHASE_BUCKETS,
             registry=self.registry,
         )
+        self._cert_requests = PromCounter(
+            "qkms_app_key_cert_requests_total",
+            "App-key certificate requests answered, by outcome (certified, refused) and reason"
+            " (the refusal reason code; none when certified).",
+            ("outcome", "reason"),
+            registry=self.registry,
+        )
+        self._key_conflicts = PromCounter(
+            "qkms_app_key_conflicts_total",
+            "App-key certificate requests for a root key other than the one this node"
+            " certified for the same app and root version (alert: two roots for one version).",
+            registry=self.registry,
+        )
         # Every outcome and reason is exported from the start, at 0: alerts need the series.
         self._key_requests.labels(RELEASED, "none")
         for reason in REFUSAL_REASONS:
             self._key_requests.labels(REFUSED, reason)
+        self._cert_requests.labels(CERTIFIED, "none")
+        for reason in REFUSAL_REASONS:
+            self._cert_requests.labels(REFUSED, reason)
         for outcome in (RELEASED, REFUSED):
             self._key_seconds.labels(outcome)
 
@@ -229,6 +246,16 @@ class NodeMetrics:
             return
         self._key_requests.labels(REFUSED, refusal.value).inc()
         self._key_seconds.labels(REFUSED).observe(seconds)
+
+    def app_key_cert(self, refusal: KeyRefusalReason | None) -> None:
+        """An app-key certificate request was answered: certified (``refusal`` is ``None``)
+        or refused; a key conflict also counts in ``qkms_app_key_conflicts_total``."""
+        if refusal is None:
+            self._cert_requests.labels(CERTIFIED, "none").inc()
+            return
+        self._cert_requests.labels(REFUSED, refusal.value).inc()
+        if refusal is KeyRefusalReason.KEY_CONFLICT:
+            self._key_conflicts.inc()
 
     def run_progress(self, progress: RunProgress | None, now: float) -> None:
         """The node's sharing run and phase after a step; a phase's duration is observed

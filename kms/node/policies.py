@@ -34,7 +34,7 @@ from kms.policy.registry import (
     AppRegistry,
     OfferOutcome,
 )
-from kms.protocol import KeyRequest, bundle_hash
+from kms.protocol import AppKeyCertRequest, KeyRequest, bundle_hash
 from kms.store import NodeStore
 from kms.store.store import StoredApp
 
@@ -229,7 +229,9 @@ class NodePolicies:
         reg = self.ready(now)
         return reg is not None and reg.is_frozen(app_id)
 
-    def candidate(self, request: KeyRequest, now: int) -> tuple[PolicyBundle | None, str]:
+    def candidate(
+        self, request: KeyRequest | AppKeyCertRequest, now: int
+    ) -> tuple[PolicyBundle | None, str]:
         """The bundle a request carries or names, for an app this node has not admitted.
 
         ``(None, "")`` when the app is admitted or the request names no bundle;

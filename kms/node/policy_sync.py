@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
+from kms.node.appcert import CertNeeds
 from kms.node.limits import POLICY_BURST
 from kms.node.metrics import NodeMetrics
 from kms.node.policies import NodePolicies, PoliciesUnavailable, PolicyOfferResult
@@ -287,9 +288,10 @@ class PolicySync:
 
     # --- the state of a requested app, for the release role -----------------------------------
 
-    def app_state(self, needs: Needs, now: int) -> tuple[AppState, PolicyBundle | None]:
+    def app_state(self, needs: Needs | CertNeeds, now: int) -> tuple[AppState, PolicyBundle | None]:
         """What this node holds of the requested app, as a value, and the candidate bundle
-        (if the request may admit its app). Consulting the committee sends queries."""
+        (if the request may admit its app). Consulting the committee sends queries.
+        A key request and an app-key certificate request are judged alike."""
         policies = self.policies
         if policies is None:
             return Admitted(None), None

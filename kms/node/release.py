@@ -100,6 +100,16 @@ class KeyRefusalReason(enum.Enum):
     FROZEN = "app-frozen"
     BUNDLE = "bundle-refused"
     RETRY = "retry-later"
+    NOT_CURRENT_ROOT = "not-current-root-version"
+    """An app-key certificate request for a root version the app's policy does not make
+    current (``kms.policy.root_version``)."""
+    KEY_CONFLICT = "app-key-conflict"
+    """An app-key certificate request for a root key other than the one this node already
+    certified for the same app and root version."""
+
+
+CERT_ONLY_REASONS = frozenset({KeyRefusalReason.NOT_CURRENT_ROOT, KeyRefusalReason.KEY_CONFLICT})
+"""Reasons only an app-key certificate request is refused for (``kms.node.appcert``)."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +281,7 @@ def refuse(reason: KeyRefusalReason, detail: str) -> ReleaseRefused:
     return ReleaseRefused(reason, detail[:500])
 
 
-def gate(needs: Needs, app: AppState) -> ReleaseRefused | None:
+def gate(needs: object, app: AppState) -> ReleaseRefused | None:
     """Step 6: the app's state refuses the request, or lets it through (pure)."""
     del needs  # the state was gathered for this request
     if isinstance(app, Admitted | Candidate):
@@ -311,6 +321,16 @@ class KeyReleaser:
     @property
     def simulated_allowed(self) -> bool:
         return self._verifier.simulated_allowed
+
+    @property
+    def identity_key(self) -> SigningKey:
+        """The node's identity key, which signs every answer."""
+        return self._key
+
+    @property
+    def verifier(self) -> Verifier:
+        """The quote verifier: the pinned roots and whether simulated quotes pass."""
+        return self._verifier
 
     def _stale(self, request: KeyRequest, now: int) -> ReleaseRefused | None:
         ts = request.body.timestamp

@@ -31,7 +31,7 @@ from kms.node.clock import WallClock
 from kms.node.core import NodeCore
 from kms.node.driver import FrameRejected, NodeDriver, Step
 from kms.node.evidence_log import EvidenceLog, EvidenceResult
-from kms.node.keyrelease import KeyRelease, KeysNotServed, ReleaseResult
+from kms.node.keyrelease import CertResult, KeyRelease, KeysNotServed, ReleaseResult
 from kms.node.limits import peer_queue_bytes
 from kms.node.logs import RateLimitedLog as RateLimitedLog
 from kms.node.logs import log_context
@@ -73,7 +73,7 @@ from kms.policy.gossip import (
     PolicyQuery,
     PolicyUnknown,
 )
-from kms.protocol import KeyRequest
+from kms.protocol import AppKeyCertRequest, KeyRequest
 from kms.store import NodeStore
 from mpc import hpke
 from mpc.broadcast import Outbound
@@ -459,6 +459,14 @@ class NodeService:
     def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
         """A key request body that does not decode: counted as a refused request."""
         return self.keys.undecodable(exc)
+
+    async def certify(self, request: AppKeyCertRequest) -> CertResult:
+        """Answer a CVM's decoded app-key certificate request (``kms.node.keyrelease``)."""
+        return await self.keys.certify(request)
+
+    def refuse_cert_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
+        """A certificate request body that does not decode: counted as a refused request."""
+        return self.keys.undecodable_cert(exc)
 
     def offer_policy(self, raw: bytes) -> PolicyOfferResult:
         return self.policy_sync.offer(raw)

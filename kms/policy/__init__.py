@@ -24,6 +24,7 @@ from .app import (
     RotationRecord,
     app_id_from_owner,
 )
+from .approot import ROOT_PURPOSE, root_version
 from .errors import EventLogError, EventLogFailure, PolicyError, PolicyFailure
 from .eventlog import (
     ReplayedLog,
@@ -63,6 +64,7 @@ __all__ = [
     "MAX_CLOCK_SKEW",
     "MAX_LIFETIME",
     "MAX_VERSION_STEP",
+    "ROOT_PURPOSE",
     "TCB_STATUSES",
     "Accepted",
     "AppPolicy",
@@ -97,4 +99,5 @@ __all__ = [
     "dstack_boot_events",
     "matching_measurement",
     "replay_rtmr3",
+    "root_version",
 ]

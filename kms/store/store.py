@@ -1174,14 +1174,26 @@ class NodeStore:
         with self._write() as db:
             return self._audit_append(db, entries)
 
-    def record_release(self, name: str, value: bytes, records: Iterable[AuditRecord]) -> bytes:
+    def record_release(
+        self,
+        name: str,
+        value: bytes,
+        records: Iterable[AuditRecord],
+        also: Iterable[tuple[str, bytes]] = (),
+    ) -> bytes:
         """A key release's bookkeeping in one transaction: a meta entry (the nonce with its
-        expiry) and the release's audit records (see :meth:`audit_append_many`)."""
+        expiry), the release's audit records (see :meth:`audit_append_many`), and the
+        further meta entries ``also`` (an app-key certificate's record of the key certified)."""
         self._check_meta_name(name)
         _check_bytes("value", value, allow_empty=True)
+        extra = [(self._check_meta_name(n), v) for n, v in also]
+        for _, v in extra:
+            _check_bytes("value", v, allow_empty=True)
         entries = [canonical_record(r) for r in records]
         with self._write() as db:
             self._set_meta(db, name, value)
+            for n, v in extra:
+                self._set_meta(db, n, v)
             return self._audit_append(db, entries)
 
     def _audit_append(self, db: sqlite3.Connection, entries: list[bytes]) -> bytes:

@@ -205,7 +205,7 @@ def test_generate_rejects_bad_rng() -> None:
 
 def test_context_registry_distinct_and_well_formed() -> None:
     values = list(sig.CONTEXTS.values())
-    assert len(values) == len(set(values)) == 12
+    assert len(values) == len(set(values)) == 13
     for name, context in sig.CONTEXTS.items():
         assert name.startswith("CTX_")
         assert getattr(sig, name) == context
@@ -221,6 +221,7 @@ def test_context_values() -> None:
     assert sig.CTX_BROADCAST_DIGEST == b"quorum-kms/v1/broadcast/digest"
     assert sig.CTX_DKG_KEY == b"quorum-kms/v1/node/dkg-key"
     assert sig.CTX_KEY_RESPONSE == b"quorum-kms/v1/kms/key-response"
+    assert sig.CTX_APP_CERT_RESPONSE == b"quorum-kms/v1/kms/app-key-cert"
 
 
 @pytest.mark.parametrize(

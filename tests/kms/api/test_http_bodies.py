@@ -22,7 +22,7 @@ from kms.node.evidence_log import EvidenceRefusal, EvidenceRefused
 from kms.node.release import KeyRefusalReason, ReleaseRefused
 from kms.policy import PolicyFailure
 from kms.policy.registry import OfferOutcome
-from kms.protocol import KeyRequest
+from kms.protocol import AppKeyCertRequest, KeyRequest
 from mpc.codec import MessageDecodeError
 
 CHUNK = 64 * 1024
@@ -30,7 +30,7 @@ GiB = 1024**3
 MiB = 1024**2
 BLOCK = b"\x93" * CHUNK  # one shared chunk: the stream costs the test no memory
 
-BODY_ROUTES = ("/v1/keys", "/v1/policies", "/v1/evidence")
+BODY_ROUTES = ("/v1/keys", "/v1/app-key-cert", "/v1/policies", "/v1/evidence")
 # Routes that take no body, and a path that does not exist: bounded all the same.
 OTHER_ROUTES = ("/v1/status", "/no/such/route")
 
@@ -53,6 +53,14 @@ class Source:
         return ReleaseRefused(KeyRefusalReason.NO_POLICY, "x")
 
     def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused:
+        self.seen.append(("undecodable", 0))
+        return ReleaseRefused(KeyRefusalReason.MALFORMED, "x")
+
+    async def certify(self, request: AppKeyCertRequest) -> ReleaseRefused:
+        self.seen.append(("certify", len(request.encode())))
+        return ReleaseRefused(KeyRefusalReason.NO_POLICY, "x")
+
+    def refuse_cert_request(self, exc: MessageDecodeError) -> ReleaseRefused:
         self.seen.append(("undecodable", 0))
         return ReleaseRefused(KeyRefusalReason.MALFORMED, "x")
 
@@ -244,7 +252,7 @@ def test_a_body_of_exactly_the_limit_reaches_the_node(path: str) -> None:
     source = Source()
     out = run(post, make_app(source), path, MAX_BODY)
     assert out.status != 413 and out.delivered == MAX_BODY
-    if path == "/v1/keys":  # the app decodes it: junk reaches the node as undecodable
+    if path in ("/v1/keys", "/v1/app-key-cert"):  # decoded: junk reaches the node as undecodable
         assert [k for k, _ in source.seen] == ["undecodable"]
     else:
         assert [n for _, n in source.seen] == [MAX_BODY]

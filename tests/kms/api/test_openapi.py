@@ -30,6 +30,9 @@ from kms.api.openapi import BODIES, openapi_document
 from kms.node.evidence_log import EvidenceKept
 from kms.node.release import KeyRefusalReason, ReleaseRefused
 from kms.protocol import (
+    AppKeyCertBody,
+    AppKeyCertRequest,
+    AppKeyCertShare,
     EphemeralKey,
     KeyRefusal,
     KeyRequest,
@@ -68,7 +71,35 @@ def examples() -> dict[str, Message]:
         ciphertext=b"\x06" * 64,
         signature=b"\x07" * 64,
     )
+    cert_request = AppKeyCertRequest(
+        AppKeyCertBody(
+            app_id=bytes(range(20)),
+            version=1,
+            root_public=bytes.fromhex(
+                "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+            ),
+            timestamp=1_800_000_000,
+            nonce=b"\x02" * 16,
+            epoch=4,
+            min_policy_version=0,
+        ),
+        quote=b"\x04\x00" * 300,
+        event_log=b"[]",
+    )
+    cert_share = AppKeyCertShare(
+        request_hash=cert_request.request_hash(),
+        app_id=bytes(range(20)),
+        version=1,
+        epoch=4,
+        index=3,
+        root_public=cert_request.body.root_public,
+        link_partial=b"\x0a" * 48,
+        qkms_partial=b"\x0b" * 48,
+        signature=b"\x07" * 64,
+    )
     return {
+        "AppKeyCertRequest": cert_request,
+        "AppKeyCertShare": cert_share,
         "KeyRequest": request,
         "KeyResponse": KeyResponse((share,)),
         "KeyRefusal": KeyRefusal("no-policy", "no current policy for this app"),
@@ -195,13 +226,14 @@ def test_a_schema_valid_example_body_is_taken_by_its_route(
     source = Source()
     received: list[bytes] = []
     source.release = lambda request: _capture(received, request)  # type: ignore[method-assign,assignment]
+    source.certify = lambda request: _capture(received, request)  # type: ignore[method-assign,assignment]
     source.offer_evidence = lambda raw: (received.append(raw), EvidenceKept("x", 1, 0, "x"))[1]  # type: ignore[method-assign]
     r = post_json(op[1], body, source)
     assert r.status_code < 500
     assert received == [msg.encode()]  # decoded exactly as the schema says, no 400
 
 
-async def _capture(into: list[bytes], request: KeyRequest) -> ReleaseRefused:
+async def _capture(into: list[bytes], request: KeyRequest | AppKeyCertRequest) -> ReleaseRefused:
     into.append(request.encode())
     return ReleaseRefused(KeyRefusalReason.NO_POLICY, "x")
 

@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 SDK_VENV  := .venv-dstack-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
 SDK_PIN   := dstack-sdk==0.5.4
+# eth-keys (the SDK's dependency) needs a Keccak backend to turn a key into an Ethereum
+# address (make demo's wallet): eth-hash's pycryptodome backend, the version .venv pins.
+SDK_EXTRA := pycryptodome==4.5.0
 # Debian packages the Python dependencies need to build (fastecdsa, pulled in
 # by libp2p, has no wheel and compiles against GMP).
 DEBS   := gcc g++ make libgmp-dev python3-dev
@@ -32,10 +35,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-$(SDK_STAMP):
+$(SDK_STAMP): Makefile
 	@[ -x $(SDK_VENV)/bin/python ] || $(PYTHON) -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip
-	$(SDK_VENV)/bin/python -m pip install -q '$(SDK_PIN)'
+	$(SDK_VENV)/bin/python -m pip install -q '$(SDK_PIN)' '$(SDK_EXTRA)'
 	@touch $(SDK_STAMP)
 
 lint: $(STAMP)

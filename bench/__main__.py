@@ -7,7 +7,9 @@ side by side, and the genesis DKG over libp2p between node processes
 policy index at 10, 1,000 and 100,000 apps (``bench.policy_index``, with its
 JSON), the epoch chain at 1,000, 10,000 and 100,000 epochs (``bench.chain_growth``;
 ``--quick``: up to 10,000), and the live flood of a devnet with 1,000 then 10,000 new apps' policies
-and large bodies (``bench.flood``, with its JSON; ``--quick``: 100 then 400).
+and large bodies (``bench.flood``, with its JSON; ``--quick``: 100 then 400), and
+``kms agent``'s boot time to its first key and GetKey latency over its socket
+(``bench.agent``, with its JSON; ``--quick``: a devnet of 3).
 Missed targets are printed,
 not raised: the exit status is 0.
 """
@@ -25,7 +27,16 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from bench import backends, chain_growth, crypto, dkg_network, flood, key_release, policy_index
+from bench import (
+    agent,
+    backends,
+    chain_growth,
+    crypto,
+    dkg_network,
+    flood,
+    key_release,
+    policy_index,
+)
 from bench.timing import Budget, format_seconds
 
 PACKAGES = ("pyblst", "py-arkworks-bls12381", "chia-rs", "py-ecc", "cryptography")
@@ -132,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         flood_runs = flood.runs(
             flood.QUICK_SIZES if args.quick else flood.FULL_SIZES, progress=progress
         )
+        progress("kms agent")
+        agent_rows = agent.rows(args.quick)
     console.print(main_table(crypto_rows, profile))
     console.print(backend_table(backend_rows))
     missed = [r.operation for r in crypto_rows if r.target_met is False]
@@ -145,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print_json(json.dumps(policy_index.as_json(index_rows)))
     console.print(chain_growth.table(chain_rows))
     console.print_json(json.dumps(flood.report(console, flood_runs)))
+    console.print(agent.table(agent_rows))
+    console.print_json(json.dumps(agent.as_json(agent_rows)))
     console.print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -273,6 +273,22 @@ ROWS: dict[str, Rule] = {
         frozenset({"starlette", "anyio", "cryptography"}),
         note="a shell: dstack's guest API",
     ),
+    # ``kms agent run``'s boot (the TEE view, the policy, sigma, the certificate) and its
+    # server process; devnet mode reads a devnet's directory, the CVM side is `kms key get`'s.
+    "kms.agent.runtime": Rule(
+        (
+            "mpc",
+            "kms.agent",
+            "kms.dstack",
+            "kms.policy",
+            "kms.client",
+            "kms.app.cvm",
+            "kms.app.devnet",
+            "kms.secretfile",
+        ),
+        frozenset({"httpx", "trio", "hypercorn"}),
+        note="the boot and the serving process; devnet mode reads a devnet's directory",
+    ),
     # The node's metrics (prometheus_client over the core's and release's vocabulary),
     # its log formatting, and its process lifecycle (signals, parent death, exit).
     "kms.node.metrics": Rule(

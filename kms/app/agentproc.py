@@ -59,6 +59,8 @@ class AgentProcess:
         )
         self.early_socket = False
         """Whether the socket was seen at its path while nothing answered on it."""
+        self.output = ""
+        """What the agent wrote after its first line, once stopped (stdout, then stderr)."""
 
     @classmethod
     def devnet(
@@ -85,15 +87,16 @@ class AgentProcess:
                 if line:
                     return line.rstrip("\n")
             if self.proc.poll() is not None:
-                raise AgentProcessError(f"the agent exited {self.proc.returncode}: {self.stderr()}")
+                code = self.stop()
+                raise AgentProcessError(f"the agent exited {code}: {self.output.strip()}")
         self.stop()
         raise AgentProcessError(f"the agent did not serve within {timeout:.0f} s")
 
-    def stderr(self) -> str:
-        """What the agent wrote to stderr (once it has exited)."""
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read().decode(errors="replace")
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        """Wait for the agent to exit by itself; its status (``output`` holds what it
+        wrote). ``subprocess.TimeoutExpired`` if it does not."""
+        self.proc.wait(timeout)
+        return self.stop()
 
     def stop(self) -> int:
         """SIGTERM, wait (SIGKILL after 15 s); the exit status."""
@@ -105,7 +108,8 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait()
         for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
+            if pipe is not None and not pipe.closed:
+                self.output += pipe.read().decode(errors="replace")
                 pipe.close()
         return int(self.proc.returncode)
 

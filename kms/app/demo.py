@@ -5,7 +5,10 @@ loopback), shows the DKG result from every node, stops one node and shows
 that the rest still agree; a simulated CVM gets its key; then, with every
 node up again, a sixth operator joins (``kms devnet add-node``), node 3
 leaves (``kms devnet remove-node``), and the CVM gets the same key from the
-new committee; then everything shuts down.
+new committee; then everything shuts down. Along the way ``kms agent`` serves the
+devnet's dstack CVM (dstack's guest API, keys from the committee) and a script using
+the unmodified dstack SDK prints the Ethereum address of its ``wallet/main`` key, once
+after the devnet is up and once after the join and leave: the same address.
 
 Part 2 walks through the derivation a CVM relies on, with an in-process
 committee of 5 (threshold 3): every 3 of the 5 partials give the same app
@@ -259,6 +262,7 @@ def key_release(console: Console, directory: Path) -> bool:
     console.print(
         f"the CVM's app key (fingerprint)         {fp1[:32]}…  verified against the pinned master key"
     )
+    address = dstack_wallet(console, directory)
     devnet.stop_node(directory, 1)
     devnet.stop_node(directory, 2)
     fp2, _ = fetch(devnet.DEMO_MEASUREMENT)
@@ -288,12 +292,29 @@ def key_release(console: Console, directory: Path) -> bool:
     console.print(
         f"the message sealed before the CVM existed decrypts inside it: [{'green' if ok_ibe else 'red'}]{ok_ibe}"
     )
-    ok_members = membership(console, directory, fp1)
-    return same and same_again and refused_everywhere and ok_ibe and ok_members
+    ok_members = membership(console, directory, fp1, address)
+    return same and same_again and refused_everywhere and ok_ibe and ok_members and bool(address)
 
 
-def membership(console: Console, directory: Path, fingerprint: str) -> bool:
-    """Part 1c: a sixth operator joins, a node leaves, and the CVM gets the same key."""
+def dstack_wallet(console: Console, directory: Path) -> str | None:
+    """The devnet's dstack CVM: ``kms agent`` serves dstack's guest API with the app root
+    key it obtained from the committee, and an app using the unmodified dstack SDK derives
+    its ``wallet/main`` secp256k1 key and prints the Ethereum address. None on failure."""
+    from kms.app.agentproc import AgentProcessError, wallet_address
+
+    try:
+        address = wallet_address(directory, directory / "dstack.sock")
+    except AgentProcessError as exc:
+        console.print(f"[red]the dstack app got no key: {exc}"[:600])
+        return None
+    console.print("a dstack app (unmodified dstack SDK; kms agent serves its guest API):")
+    console.print(f"wallet/main address {address}")
+    return address
+
+
+def membership(console: Console, directory: Path, fingerprint: str, address: str | None) -> bool:
+    """Part 1c: a sixth operator joins, a node leaves, and the CVM gets the same key; so
+    does the dstack app (the same wallet address)."""
     from kms.app import devnet
     from kms.client.core import KeyReleaseError
     from kms.client.http import fetch_keys
@@ -337,7 +358,13 @@ def membership(console: Console, directory: Path, fingerprint: str) -> bool:
         f"the CVM's key from the committee of epoch {res.epoch} (nodes "
         f"{sorted(int(i) for i in urls)}), the same as before: [{'green' if same else 'red'}]{same}"
     )
-    return same
+    again = dstack_wallet(console, directory)
+    same_address = again is not None and again == address
+    console.print(
+        "the dstack app's wallet address after the join and leave, the same: "
+        f"[{'green' if same_address else 'red'}]{same_address}"
+    )
+    return same and same_address
 
 
 def main() -> int:

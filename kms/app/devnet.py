@@ -524,7 +524,13 @@ DSTACK_GUEST_SOCKET = "/var/run/dstack-guest.sock"
 (its quotes and event log: ``[tee] source = "dstack"``)."""
 
 
-def agent_config_text(mpk_hex: str, urls: Iterable[str], *, socket: str = AGENT_SOCKET) -> str:
+def agent_config_text(
+    mpk_hex: str,
+    urls: Iterable[str],
+    *,
+    socket: str = AGENT_SOCKET,
+    dstack_socket: str = DSTACK_GUEST_SOCKET,
+) -> str:
     """The ``kms agent`` config a dstack app measures in its compose (``configs:``)."""
     url_list = ", ".join(json.dumps(u) for u in urls)
     return (
@@ -535,7 +541,7 @@ def agent_config_text(mpk_hex: str, urls: Iterable[str], *, socket: str = AGENT_
         "\n"
         "[tee]\n"
         'source = "dstack"\n'
-        f'socket = "{DSTACK_GUEST_SOCKET}"\n'
+        f'dstack_socket = "{dstack_socket}"\n'
     )
 
 
@@ -592,12 +598,50 @@ def dstack_app_compose_path(directory: Path, name: str = DSTACK_APP) -> Path:
     return directory / "apps" / f"{name}.app-compose.json"
 
 
+DSTACK_IMAGE_EVENTS = (
+    (0, 0x80000008, b"devnet dstack firmware"),
+    (0, 0x0000000A, b"ACPI DATA"),
+    (1, 0x80000003, b"devnet dstack kernel"),
+    (2, 0x0000000D, b"devnet dstack kernel command line and initrd"),
+)
+"""The boot events (RTMR0–2) of the devnet's dstack CVM image: ``(imr, event_type, data)``."""
+
+
+def dstack_image_events() -> list[dict[str, Any]]:
+    """The devnet dstack CVM's boot events, as dstack's event log shows them (SHA-384
+    digests of the data), so that its RTMR0–2 replay like a real dstack CVM's."""
+    import hashlib
+
+    return [
+        {
+            "imr": imr,
+            "event_type": event_type,
+            "digest": hashlib.sha384(data).hexdigest(),
+            "event": "",
+            "event_payload": data.hex(),
+        }
+        for imr, event_type, data in DSTACK_IMAGE_EVENTS
+    ]
+
+
+def _replayed(imr: int) -> bytes:
+    import hashlib
+
+    register = bytes(48)
+    for event in dstack_image_events():
+        if event["imr"] == imr:
+            register = hashlib.sha384(register + bytes.fromhex(event["digest"])).digest()
+    return register
+
+
 def dstack_measurement(app_compose: str, *, rogue: bool = False) -> Any:
-    """The devnet dstack CVM's measurement: the demo image, and the compose hash (with
-    ``rogue``, an image no policy admits: MRTD of zeros)."""
+    """The devnet dstack CVM's measurement: the demo MRTD, RTMR0–2 replayed from
+    ``dstack_image_events``, and the compose hash (with ``rogue``, an image no policy
+    admits: MRTD of zeros)."""
     from kms.policy import Measurement, compose_hash_of
 
-    image = {k: DEMO_MEASUREMENT[k] for k in ("mr_td", "rtmr0", "rtmr1", "rtmr2")}
+    image = {"mr_td": DEMO_MEASUREMENT["mr_td"]}
+    image.update({f"rtmr{i}": _replayed(i) for i in range(3)})
     if rogue:
         image["mr_td"] = bytes(48)
     return Measurement.compose(**image, compose_hash=compose_hash_of(app_compose.encode()))

@@ -2,7 +2,8 @@
 
 ``kms.cli.node`` (``kms node``), ``committee``, ``member``, ``devnet``, ``key``, ``evidence``,
 ``audit``, ``apps`` (``kms app`` and ``kms app policy``), ``sim``, ``ibe``
-(``kms encrypt``, ``kms decrypt``), ``status``, ``demo`` and ``env`` (``kms env encrypt``); ``kms attest`` is
+(``kms encrypt``, ``kms decrypt``), ``status``, ``demo``, ``agent`` (``kms agent run``)
+and ``env`` (``kms env encrypt``); ``kms attest`` is
 ``kms.attest.cli``. Commands parse options and print; what they do lives in the
 module that owns it (``kms.app``, ``kms.client``, ``kms.evidence``, ``kms.store``).
 """
@@ -14,6 +15,7 @@ from typing import Annotated
 import typer
 
 from kms.attest.cli import attest_app
+from kms.cli.agent import agent_app
 from kms.cli.apps import app_app
 from kms.cli.audit import audit_app
 from kms.cli.cert import cert_app
@@ -71,6 +73,7 @@ app.add_typer(app_app, name="app")
 app.add_typer(sim_app, name="sim")
 app.command("demo")(demo)
 app.add_typer(tee_app, name="tee")
+app.add_typer(agent_app, name="agent")
 app.add_typer(env_app, name="env")
 app.add_typer(cert_app, name="cert")
 

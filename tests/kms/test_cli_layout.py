@@ -28,6 +28,7 @@ GROUPS = (
     "app",
     "sim",
     "env",
+    "agent",
 )
 COMMANDS = ("status", "encrypt", "decrypt", "demo")
 MAX_LOGIC_LINES = 40

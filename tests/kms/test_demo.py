@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -21,3 +22,7 @@ def test_make_demo_runs_and_passes() -> None:
     assert "demo passed" in proc.stdout
     assert "the rest still agree" in proc.stdout
     assert "node 6 joined" in proc.stdout and "node 3 left" in proc.stdout
+    # The dstack app (unmodified SDK, kms agent): one address, before and after the changes.
+    addresses = re.findall(r"wallet/main address (0x[0-9a-fA-F]{40})", proc.stdout)
+    assert len(addresses) == 2 and addresses[0] == addresses[1], proc.stdout[-3000:]
+    assert "after the join and leave, the same: True" in proc.stdout

@@ -39,3 +39,16 @@ def test_the_sample_measures_the_agent_config_byte_for_byte() -> None:
     assert agent["configs"] == [
         {"source": devnet.AGENT_CONFIG_NAME, "target": "/etc/kms/agent.toml"}
     ]
+
+
+def test_the_sample_config_parses_and_is_a_measured_entry() -> None:
+    from kms.agent.config import measured_configs, parse_agent_config
+
+    doc_text = _sample()
+    config = devnet.agent_config_text(EXAMPLE_MPK, EXAMPLE_URLS)
+    assert config in measured_configs(doc_text).values()
+    parsed = parse_agent_config(config)
+    assert parsed.mpk.hex() == EXAMPLE_MPK and list(parsed.urls) == EXAMPLE_URLS
+    assert parsed.tee.source == "dstack"
+    assert str(parsed.tee.dstack_socket) == devnet.DSTACK_GUEST_SOCKET
+    assert str(parsed.socket) == devnet.AGENT_SOCKET

@@ -1,0 +1,486 @@
+"""``kms agent run``: boot a dstack guest agent whose keys come from the committee.
+
+The boot, in order; any step that fails ends the agent with one ``error: …`` line and no
+socket:
+
+1. **The TEE view.** ``read_view(source)`` quotes once, replays RTMR3 and reads the app id,
+   compose hash and instance id from the boot prefix of the event log. The app id is
+   never a configuration value: it is what the CVM measured.
+2. **The app's current policy.** Every committee node is asked for the app's policy
+   (``GET /v1/policies/{app}``); each answer's signed bundle is checked here (owner chain
+   from the app id, owner signature, the pinned master public key, validity now) and the
+   highest valid version is kept. A lying node can only hide versions (serve an older
+   one, or none): it cannot sign one, and honest nodes refuse a root version that is not
+   their current one anyway. ``v = root_version(policy)``.
+3. **σ.** ONE attested key request (``KeyClient.fetch``) for ``("dstack-app-root", v)``,
+   plus the env inbox ``("ibe.env", 1)`` when an encrypted env file is configured. The app
+   root key is ``app_root_from_sigma(σ)`` and never leaves this process's memory.
+4. **The app-key certificate.** The second attested request (``KeyClient.certify``): the
+   committee's BLS signatures over dstack's link-1 message and over the quorum-kms message
+   naming ``v`` and the epoch.
+5. **Serve.** The guest API (``kms.agent.api.make_app``) over the Unix socket (and, with
+   ``http``, over TCP on a loopback address only). The socket is bound under a temporary
+   name and renamed into place once the server answers, so it never exists before the
+   agent can answer; a socket left at the path is replaced only when nothing answers on
+   it. Then exactly one line ``serving on PATH`` is printed.
+
+The decrypted env file (``env_out``, mode 0600) is the only thing written to disk; its
+content is never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from kms.agent.api import AgentKeys, make_app
+from kms.agent.tee import TeeSource, TeeView, read_view
+from kms.app.cvm import nodes_by_index
+from kms.client.core import KeyReleaseError
+from kms.client.http import KeyClient
+from kms.dstack.keys import app_root_from_sigma, root_public
+from kms.policy import ROOT_PURPOSE, OwnerChain, PolicyBundle, root_version
+from kms.secretfile import write_secret
+from mpc import ibe
+from mpc.cert import check_mpk
+from mpc.errors import DecryptionError, InvalidEncoding
+from mpc.math import G2
+
+ENV_INBOX = "env"
+"""The inbox an app's encrypted env file is sealed to (purpose ``ibe.env``, version 1;
+``kms env encrypt``)."""
+ENV_PURPOSE = ibe.INBOX_PREFIX + ENV_INBOX
+SOCKET_MODE = 0o660
+"""The socket's mode: the agent's user and group (the app container's) may connect."""
+POLICY_SKEW = 300
+"""Seconds a policy's ``not_before`` may lie ahead of this clock (as nodes allow)."""
+_EVENT_KEYS = ("imr", "event_type", "digest", "event", "event_payload", "version")
+
+
+class AgentError(RuntimeError):
+    """The agent cannot start (the message says why)."""
+
+
+@dataclass(frozen=True)
+class AgentSetup:
+    """What the agent boots from: its TEE, the pinned master public key, the committee's
+    URLs, where it serves, and the optional encrypted env file."""
+
+    source: TeeSource
+    mpk: bytes
+    urls: tuple[str, ...]
+    socket: Path
+    http: tuple[str, int] | None = None
+    env_file: Path | None = None
+    env_out: Path | None = None
+
+
+@dataclass(frozen=True)
+class Booted:
+    """The agent's keys and view, and how long each attested step took (seconds)."""
+
+    keys: AgentKeys
+    view: TeeView
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+def loopback(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` with a loopback IP address as host; ``AgentError`` otherwise."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not sep or not ipaddress.ip_address(host).is_loopback:
+            raise ValueError
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise AgentError(
+            f"--http {address!r}: give a loopback address and port, e.g. 127.0.0.1:8090 "
+            "(the guest API serves key material: never on another interface)"
+        ) from None
+    return host, number
+
+
+# --- the app's current policy -------------------------------------------------------------
+
+
+def check_bundle(raw_hex: object, app_id: bytes, mpk: bytes, now: int) -> PolicyBundle:
+    """A node's ``bundle`` field, checked: the app's own, its owner chain starting from the
+    app id, signed by the current owner, naming ``mpk``, valid at ``now``. Raises
+    ``ValueError`` (``PolicyError`` is one) saying what is wrong."""
+    if not isinstance(raw_hex, str):
+        raise ValueError("no signed bundle in the answer")
+    bundle = PolicyBundle.decode(bytes.fromhex(raw_hex))
+    policy = bundle.signed.policy
+    if policy.app_id != app_id:
+        raise ValueError("a policy of another app")
+    chain = OwnerChain.from_records(
+        app_id, bundle.rotations, first_owner=None if bundle.rotations else policy.owner_key
+    )
+    if chain.current != policy.owner_key:
+        raise ValueError("not signed by the app's current owner key")
+    bundle.signed.verify_signature()
+    if policy.kms_mpk != mpk:
+        raise ValueError("the policy names another master public key")
+    if policy.not_before > now + POLICY_SKEW or policy.is_expired(now):
+        raise ValueError("the policy is not valid now")
+    return bundle
+
+
+def current_policy(
+    urls: Sequence[str],
+    app_id: bytes,
+    mpk: bytes,
+    *,
+    now: int | None = None,
+    timeout: float = 5.0,
+    transport: httpx.BaseTransport | None = None,
+) -> tuple[PolicyBundle, list[str]]:
+    """The highest valid policy version the nodes at ``urls`` hold for the app, and why
+    each other answer was not used. ``AgentError`` when none is valid."""
+    when = int(time.time()) if now is None else now
+    unused: list[str] = []
+
+    def ask(url: str) -> PolicyBundle | str:
+        try:
+            with httpx.Client(timeout=timeout, transport=transport) as http:
+                r = http.get(f"{url.rstrip('/')}/v1/policies/{app_id.hex()}")
+            if r.status_code != 200:
+                return f"{url}: HTTP {r.status_code}"
+            info = r.json()
+            if not isinstance(info, dict):
+                return f"{url}: not a JSON object"
+            return check_bundle(info.get("bundle"), app_id, mpk, when)
+        except (httpx.HTTPError, ValueError, InvalidEncoding) as exc:
+            return f"{url}: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # any failure (an unbuildable URL too)
+            return f"{url}: {type(exc).__name__}: {exc}"
+
+    best: PolicyBundle | None = None
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(urls)))) as pool:
+        for answer in pool.map(ask, list(dict.fromkeys(urls))):
+            if isinstance(answer, str):
+                unused.append(answer)
+            elif best is None or answer.signed.policy.version > best.signed.policy.version:
+                best = answer
+    if best is None:
+        raise AgentError(
+            f"no node holds a valid policy for app {app_id.hex()} ({'; '.join(unused)})"
+        )
+    return best, unused
+
+
+# --- the keys -----------------------------------------------------------------------------
+
+
+def event_log_bytes(view: TeeView) -> bytes:
+    """The RTMR3 events of the view, as the nodes read them (``kms.policy.eventlog``)."""
+    events = [{k: e[k] for k in _EVENT_KEYS if k in e} for e in view.event_log if e.get("imr") == 3]
+    return json.dumps(events, separators=(",", ":")).encode()
+
+
+def obtain_keys(
+    setup: AgentSetup,
+    view: TeeView,
+    *,
+    now: int | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> tuple[AgentKeys, bytes | None, dict[str, float]]:
+    """Steps 2–4: the policy, σ (and the env inbox point), the root, the certificate.
+
+    Returns the agent's keys, the decrypted env file (None without one) and the time each
+    step took. ``AgentError`` when the committee releases no key to this CVM."""
+    try:
+        mpk = G2.from_bytes(setup.mpk)
+        check_mpk(mpk)
+    except ValueError as exc:
+        raise AgentError(f"the pinned master public key is not one ({exc})") from None
+    app_id = view.app_id
+    timings: dict[str, float] = {}
+    start = time.monotonic()
+    try:
+        nodes = nodes_by_index(list(setup.urls))
+    except ValueError as exc:
+        raise AgentError(str(exc)) from None
+    sealed: bytes | None = None
+    if setup.env_file is not None:
+        try:
+            sealed = setup.env_file.read_bytes()
+            key_id = ibe.read_header(sealed).key_id
+        except (OSError, InvalidEncoding) as exc:
+            raise AgentError(
+                f"cannot read the encrypted env file {setup.env_file}: {exc}"
+            ) from None
+        if (key_id.app_id, key_id.purpose, key_id.version) != (app_id, ENV_PURPOSE, 1):
+            raise AgentError(
+                f"{setup.env_file} is not sealed to this app's env inbox "
+                f"(it names app {key_id.app_id.hex()}, {key_id.purpose} v{key_id.version})"
+            )
+    log = event_log_bytes(view)
+    with KeyClient(nodes.urls, mpk, hedge_after=0.5, transport=transport) as client:
+        try:
+            client.chain()
+        except KeyReleaseError as exc:
+            raise AgentError(f"no verified chain from the committee: {exc}") from None
+        members = list(client.urls.values())
+        bundle, _ = current_policy(members, app_id, setup.mpk, now=now, transport=transport)
+        version = root_version(bundle.signed.policy)
+        timings["policy"] = time.monotonic() - start
+        purposes = [(ROOT_PURPOSE, version)]
+        if sealed is not None:
+            purposes.append((ENV_PURPOSE, 1))
+        t0 = time.monotonic()
+        try:
+            res = client.fetch(
+                app_id, purposes, setup.source.quote, event_log=log, now=now, bundle=bundle.encode()
+            )
+        except KeyReleaseError as exc:
+            raise AgentError(f"the committee released no key to this CVM: {exc}") from None
+        timings["key_request"] = time.monotonic() - t0
+        derived = res.derived[(ROOT_PURPOSE, version)]
+        root = app_root_from_sigma(derived.point.to_bytes(), derived.key_id.encode())
+        public = root_public(root)
+        t0 = time.monotonic()
+        try:
+            cert = client.certify(
+                app_id, version, public, setup.source.quote, event_log=log, bundle=bundle.encode()
+            )
+        except KeyReleaseError as exc:
+            raise AgentError(f"the committee certified no app key for this CVM: {exc}") from None
+        timings["certificate"] = time.monotonic() - t0
+        urls = tuple(client.urls.values())
+    env: bytes | None = None
+    if sealed is not None:
+        try:
+            env = ibe.decrypt(res.derived[(ENV_PURPOSE, 1)], mpk, sealed)
+        except DecryptionError as exc:
+            raise AgentError(f"cannot decrypt {setup.env_file}: {exc}") from None
+    keys = AgentKeys(
+        root=root,
+        root_public=public,
+        app_id=app_id,
+        root_version=version,
+        link1=cert.link_signature,
+        qkms_cert=(cert.version, cert.epoch, cert.qkms_signature),
+        mpk=setup.mpk,
+        committee_urls=urls,
+    )
+    timings["total"] = time.monotonic() - start
+    return keys, env, timings
+
+
+def boot(setup: AgentSetup, *, transport: httpx.BaseTransport | None = None) -> Booted:
+    """Steps 1–4, and the decrypted env file written to ``env_out`` (0600)."""
+    try:
+        view = read_view(setup.source)
+    except ValueError as exc:
+        raise AgentError(f"the TEE view does not check: {exc}") from None
+    keys, env, timings = obtain_keys(setup, view, transport=transport)
+    if env is not None:
+        out = setup.env_out
+        if out is None:
+            raise AgentError("an encrypted env file is configured without env_out")
+        try:
+            write_secret(out, env)
+        except OSError as exc:
+            raise AgentError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return Booted(keys, view, timings)
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+def _answers(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def clear_stale_socket(path: Path) -> None:
+    """Remove a socket left at ``path`` by an agent that is gone; ``AgentError`` when
+    something answers there or ``path`` is not a socket."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise AgentError(f"{path} exists and is not a socket: not replacing it")
+    if _answers(path):
+        raise AgentError(f"something already answers on {path} (another agent?)")
+    path.unlink(missing_ok=True)
+
+
+def _bound_socket(path: Path) -> tuple[socket.socket, Path]:
+    """A Unix socket bound under a temporary name beside ``path``, mode ``SOCKET_MODE``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(tmp))
+        os.chmod(tmp, SOCKET_MODE)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return sock, tmp
+
+
+def serve(
+    app: Any,
+    path: Path,
+    http: tuple[str, int] | None,
+    *,
+    on_ready: Callable[[], None],
+) -> None:
+    """Serve ``app`` on the Unix socket ``path`` (and ``http``) until SIGTERM or SIGINT.
+
+    The socket appears at ``path`` only once the server answers; ``on_ready`` runs then.
+    The socket is removed on the way out if it is still this agent's."""
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    clear_stale_socket(path)
+    try:
+        sock, tmp = _bound_socket(path)
+    except OSError as exc:
+        raise AgentError(f"cannot create the socket {path}: {exc.strerror or exc}") from None
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    if http is not None:
+        config.bind.append(
+            f"{http[0]}:{http[1]}" if ":" not in http[0] else f"[{http[0]}]:{http[1]}"
+        )
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    inode: list[int] = []
+
+    async def main() -> None:
+        stop = trio.Event()
+
+        async def signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                async for _ in received:
+                    stop.set()
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(signals)
+            await nursery.start(
+                lambda task_status=trio.TASK_STATUS_IGNORED: hypercorn_serve(
+                    app, config, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            os.replace(tmp, path)
+            inode.append(path.lstat().st_ino)
+            on_ready()
+            await stop.wait()
+            nursery.cancel_scope.deadline = trio.current_time() + 3.0
+
+    try:
+        trio.run(main)
+    finally:
+        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if inode and path.lstat().st_ino == inode[0]:
+                path.unlink()
+
+
+def run(setup: AgentSetup, *, out: TextIO = sys.stdout) -> None:
+    """Boot and serve (``kms agent run``); ``AgentError`` before anything is served."""
+    if setup.http is not None:
+        loopback(f"{setup.http[0]}:{setup.http[1]}")
+    booted = boot(setup)
+    app = make_app(booted.keys, booted.view, setup.source)
+
+    def ready() -> None:
+        out.write(f"serving on {setup.socket}\n")
+        out.flush()
+
+    serve(app, setup.socket, setup.http, on_ready=ready)
+
+
+# --- where the setup comes from -------------------------------------------------------------
+
+
+def devnet_setup(
+    directory: Path,
+    name: str,
+    socket_path: Path,
+    *,
+    rogue: bool = False,
+    env_file: Path | None = None,
+    env_out: Path | None = None,
+) -> AgentSetup:
+    """A devnet's dstack app on the simulated TEE: a development convenience, whose master
+    public key and node URLs come from the devnet's directory, not from a measured config."""
+    from kms.agent.tee import SimulatedSource
+    from kms.app import devnet
+
+    try:
+        state = devnet.sync_members(directory)
+        app_id = devnet.app_id_of(state, name)
+        app_compose = devnet.dstack_app_compose_path(directory, name).read_text()
+    except (OSError, ValueError) as exc:
+        raise AgentError(
+            f"{directory}: no dstack app {name!r} in this devnet ({exc}); "
+            f"the devnet's own is {devnet.DSTACK_APP!r}"
+        ) from None
+    mpk_hex = state.get("master_public_key")
+    if not mpk_hex:
+        raise AgentError("the devnet has no master public key yet")
+    measurement = devnet.dstack_measurement(app_compose, rogue=rogue)
+    source = SimulatedSource(
+        directory / "simulated-tee",
+        measurement,
+        app_id,
+        app_compose,
+        boot_events=devnet.dstack_image_events(),
+    )
+    urls = tuple(str(n["http_url"]) for n in state["nodes"])
+    mpk = bytes.fromhex(str(mpk_hex))
+    return AgentSetup(source, mpk, urls, socket_path, None, env_file, env_out)
+
+
+def config_setup(path: Path, socket_path: Path | None = None) -> AgentSetup:
+    """The setup a measured ``agent.toml`` gives: its ``[tee]`` source first (read before
+    the file is verified: the view it yields verifies it), then the whole file checked
+    against the compose the TEE measured (``load_measured_config``), before anything else."""
+    from kms.agent.config import load_measured_config, read_tee_settings
+
+    try:
+        source = read_tee_settings(path).make_source()
+        cfg = load_measured_config(path, read_view(source))
+    except (OSError, ValueError) as exc:
+        raise AgentError(str(exc)) from None
+    return AgentSetup(
+        source,
+        cfg.mpk,
+        cfg.urls,
+        socket_path or cfg.socket,
+        None,
+        cfg.env_file,
+        cfg.env_out,
+    )

@@ -7,13 +7,24 @@ what an attacker controlling it could send."""
 
 from __future__ import annotations
 
+import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from kms.agent.runtime import AgentError, current_policy, loopback
-from kms.policy import AppPolicy, Measurement, OwnerChain, OwnerKey, Pins, PolicyBundle
+from kms.agent.runtime import AgentError, clear_stale_socket, current_policy, loopback
+from kms.policy import (
+    AppPolicy,
+    Measurement,
+    OwnerChain,
+    OwnerKey,
+    Pins,
+    PolicyBundle,
+    SignedPolicy,
+)
+from kms.policy.app import CTX_APP_POLICY
 from kms.policy.policy import MinKeyVersion
 
 MPK = bytes.fromhex(
@@ -54,6 +65,12 @@ def _bundle(
     return PolicyBundle(policy.sign(signer or owner), rotations)
 
 
+def _forged_signature(bundle: PolicyBundle) -> PolicyBundle:
+    other = OwnerKey.from_seed(bytes([9]) * 32)
+    policy = bundle.signed.policy
+    return PolicyBundle(SignedPolicy(policy, other.sign(CTX_APP_POLICY, policy.encode())), ())
+
+
 def _nodes(answers: dict[str, object]) -> httpx.MockTransport:
     def handle(request: httpx.Request) -> httpx.Response:
         answer = answers[f"http://{request.url.host}"]
@@ -86,6 +103,8 @@ def test_the_highest_version_a_node_holds_wins() -> None:
     [
         # a higher version signed by a key that does not own the app
         lambda: _bundle(OWNER, 9, signer=OwnerKey.from_seed(bytes([2]) * 32)),
+        # the owner's key named, the signature someone else's
+        lambda: _forged_signature(_bundle(OWNER, 9)),
         # another app's genuine policy, higher version
         lambda: _bundle(OwnerKey.from_seed(bytes([3]) * 32), 9),
         # the app's owner signed it, for another committee's key
@@ -127,3 +146,23 @@ def test_http_serves_on_loopback_addresses_only(address: str) -> None:
         loopback(address)
     assert loopback("127.0.0.1:8090") == ("127.0.0.1", 8090)
     assert loopback("[::1]:8090") == ("::1", 8090)
+
+
+def test_a_stale_socket_is_replaced_only_when_nothing_answers(tmp_path: Path) -> None:
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(stale))  # bound, then closed: nothing answers there
+    clear_stale_socket(stale)
+    assert not stale.exists()
+    live = tmp_path / "live.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(live))
+        s.listen(1)
+        with pytest.raises(AgentError, match="already answers"):
+            clear_stale_socket(live)
+        assert live.exists()
+    plain = tmp_path / "not-a-socket"
+    plain.write_text("data")
+    with pytest.raises(AgentError, match="not a socket"):
+        clear_stale_socket(plain)
+    assert plain.read_text() == "data"

@@ -114,11 +114,12 @@ class AgentProcess:
         return int(self.proc.returncode)
 
 
-def run_sdk(script: Path, sock: Path, *args: str, timeout: float = 60.0) -> str:
-    """Run ``script`` with the SDK's interpreter against the agent at ``sock``
-    (``DSTACK_SIMULATOR_ENDPOINT``); its stdout. ``AgentProcessError`` when it fails."""
+def run_sdk(script: Path, endpoint: Path | str, *args: str, timeout: float = 60.0) -> str:
+    """Run ``script`` with the SDK's interpreter against the agent at ``endpoint`` (its
+    socket, or ``http://127.0.0.1:PORT``; ``DSTACK_SIMULATOR_ENDPOINT``); its stdout.
+    ``AgentProcessError`` when it fails."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["DSTACK_SIMULATOR_ENDPOINT"] = str(sock)
+    env["DSTACK_SIMULATOR_ENDPOINT"] = str(endpoint)
     r = subprocess.run(  # noqa: S603 - the SDK venv's interpreter, our script
         [str(sdk_python()), str(script), *args],
         capture_output=True,

@@ -40,9 +40,9 @@ EMIT_EVENT_ERROR = (
 PROBE = Path(__file__).with_name("sdk_probe.py")
 
 
-def probe(sock: Path, what: str = "all") -> dict[str, Any]:
+def probe(endpoint: Path | str, what: str = "all") -> dict[str, Any]:
     """Every SDK call (``all``) or the keys only (``keys``), as the SDK returned them."""
-    return dict(json.loads(run_sdk(PROBE, sock, what)))
+    return dict(json.loads(run_sdk(PROBE, endpoint, what)))
 
 
 class Net:
@@ -210,6 +210,8 @@ def test_tls_keys_chain_to_the_app_ca_and_bind_the_quote(net: Net, first: dict[s
     leaf = _certs(first["tls"]["ra"]["chain"])[0]
     assert leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "app.example"
     assert int(leaf.not_valid_before_utc.timestamp()) == first["tls"]["ra"]["not_before"]
+    assert int(leaf.not_valid_after_utc.timestamp()) == first["tls"]["ra"]["not_before"] + 86460
+    assert dtls.extension_content(leaf, dtls.OID_APP_INFO)  # with_app_info
     attestation = dtls.extension_content(leaf, dtls.OID_ATTESTATION)
     assert attestation is not None
     verified = _verify(net, _attested_quote(attestation))
@@ -259,9 +261,15 @@ def test_same_keys_after_restart_with_a_node_stopped_and_after_join_and_leave(
         timeout=60,
     )
     out = tmp_path / "decrypted.env"
-    net.start_agent("--env-file", str(tmp_path / "app.env.enc"), "--env-out", str(out))
+    port = devnet.free_port()
+    net.start_agent(
+        *("--env-file", str(tmp_path / "app.env.enc"), "--env-out", str(out)),
+        *("--http", f"127.0.0.1:{port}"),
+    )
     assert out.read_bytes() == secret and out.stat().st_mode & 0o777 == 0o600
     assert _keys(net) == first["keys"]
+    # The same API over loopback TCP (--http), the SDK given an http:// endpoint.
+    assert probe(f"http://127.0.0.1:{port}", "keys")["keys"] == first["keys"]
     assert net.agent is not None
     net.agent.stop()
     # Nothing after "serving on PATH", on stdout or stderr: the env file is never logged.

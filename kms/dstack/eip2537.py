@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import hashlib
 
-from mpc.appcert import DST_APPCERT, link_message
+from mpc.appcert import DST_APPCERT, appcert_base, link_message
 from mpc.errors import InvalidEncoding
-from mpc.math import G1, G2, hash_to_g1
+from mpc.math import G1, G2
 
 P = 0x1A0111EA397FE69A4B1BA7B6434BACD764774B84F38512BF6730D2A0F6B0F6241EABFFFEB153FFFFB9FEFFFFFFFFAAAB
 """The BLS12-381 base field modulus."""
@@ -206,17 +206,16 @@ def map_fp_to_g1_inputs(message: bytes, dst: bytes = DST_APPCERT) -> tuple[bytes
     return encode_fp(u0), encode_fp(u1)
 
 
-def hashed_message(message: bytes, dst: bytes = DST_APPCERT) -> bytes:
-    """``H(m)`` encoded (128 bytes): what ``G1ADD`` of the two map outputs returns."""
-    return encode_g1(hash_to_g1(message, dst))
+def hashed_message(message: bytes) -> bytes:
+    """``H_APPCERT(m)`` encoded (128 bytes): what ``G1ADD`` of the two map outputs returns
+    (``mpc.appcert.appcert_base``, the one place the tag is hashed to the curve)."""
+    return encode_g1(appcert_base(message))
 
 
 # --- the pairing check ----------------------------------------------------------
 
 
-def pairing_input(
-    mpk: G2 | bytes, message: bytes, signature: G1 | bytes, dst: bytes = DST_APPCERT
-) -> bytes:
+def pairing_input(mpk: G2 | bytes, message: bytes, signature: G1 | bytes) -> bytes:
     """``encode(σ) ‖ encode(-g2) ‖ encode(H(m)) ‖ encode(MPK)`` (768 bytes): the input
     of ``BLS12_PAIRING_CHECK`` that answers 1 iff ``e(σ, g2) == e(H(m), MPK)``.
 
@@ -226,7 +225,7 @@ def pairing_input(
     key = encode_g2(mpk)
     if sig == bytes(G1_SIZE) or key == bytes(G2_SIZE):
         raise InvalidEncoding("the identity is neither a signature nor a master public key")
-    return sig + NEG_G2 + hashed_message(message, dst) + key
+    return sig + NEG_G2 + hashed_message(message) + key
 
 
 def link_pairing_input(

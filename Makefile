@@ -82,7 +82,7 @@ test-guide: $(STAMP)
 demo: $(STAMP) $(SDK_STAMP)
 	$(PY) -m kms.app.demo
 
-bench: $(STAMP) $(SDK_STAMP)
+bench: $(STAMP)
 	$(PY) -m bench
 
 clean:

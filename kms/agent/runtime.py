@@ -52,6 +52,7 @@ from kms.agent.tee import TeeSource, TeeView, read_view
 from kms.app.cvm import nodes_by_index
 from kms.client.core import KeyReleaseError
 from kms.client.http import KeyClient
+from kms.dstack.chain import ChainError, verify_app_key_cert
 from kms.dstack.keys import app_root_from_sigma, root_public
 from kms.policy import ROOT_PURPOSE, OwnerChain, PolicyBundle, root_version
 from kms.secretfile import write_secret
@@ -264,6 +265,20 @@ def obtain_keys(
             raise AgentError(f"the committee certified no app key for this CVM: {exc}") from None
         timings["certificate"] = time.monotonic() - t0
         urls = tuple(client.urls.values())
+    try:  # what the app will serve as link 1 must verify as a verifier checks it
+        if cert.version != version:
+            raise ChainError(f"the certificate names version {cert.version}, not {version}")
+        verify_app_key_cert(
+            mpk,
+            app_id,
+            public,
+            cert.link_signature,
+            version=cert.version,
+            epoch=cert.epoch,
+            qkms_signature=cert.qkms_signature,
+        )
+    except ChainError as exc:
+        raise AgentError(f"the committee's certificate does not verify: {exc}") from None
     env: bytes | None = None
     if sealed is not None:
         try:
@@ -286,15 +301,15 @@ def obtain_keys(
 
 def boot(setup: AgentSetup, *, transport: httpx.BaseTransport | None = None) -> Booted:
     """Steps 1–4, and the decrypted env file written to ``env_out`` (0600)."""
+    out = setup.env_out
+    if (setup.env_file is None) != (out is None):
+        raise AgentError("an encrypted env file needs both env_file and env_out")
     try:
         view = read_view(setup.source)
     except ValueError as exc:
         raise AgentError(f"the TEE view does not check: {exc}") from None
     keys, env, timings = obtain_keys(setup, view, transport=transport)
-    if env is not None:
-        out = setup.env_out
-        if out is None:
-            raise AgentError("an encrypted env file is configured without env_out")
+    if env is not None and out is not None:
         try:
             write_secret(out, env)
         except OSError as exc:

@@ -23,6 +23,7 @@ proto ``bytes`` field is lowercase hex without ``0x`` on output; on input an opt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -261,7 +262,7 @@ class GuestService:
                 "root_version": keys.root_version,
                 "app_key_cert": {"version": version, "epoch": epoch, "signature": signature.hex()},
                 "app_ca": {
-                    "spki_sha256": self.app_ca.claim[len(tls.APP_CA_CLAIM_PREFIX) :].decode(),
+                    "spki_sha256": hashlib.sha256(tls.spki_der(self.app_ca.public_key)).hexdigest(),
                     "link": self.app_ca.link.hex(),
                 },
             }

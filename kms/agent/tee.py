@@ -293,7 +293,11 @@ def read_view(
         raise TeeError("app_compose must be text")
     if len(compose) > MAX_APP_COMPOSE:
         raise TeeError(f"app_compose is longer than {MAX_APP_COMPOSE} characters")
-    actual = hashlib.sha256(compose.encode("utf-8")).digest()
+    try:
+        compose_bytes = compose.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TeeError("app_compose is not valid UTF-8 text (a lone surrogate)") from None
+    actual = hashlib.sha256(compose_bytes).digest()
     if actual != replayed.compose_hash:
         raise TeeError(
             f"app_compose hashes to {actual.hex()}, the measured compose-hash event is "

@@ -22,8 +22,13 @@ instance of the app, so certificates issued by any instance chain to one CA.
 the app root's public key. Instead the app root signs a claim about the CA, in the
 same recoverable secp256k1/keccak256 form as a v0 link 0::
 
-    claim = APP_CA_CLAIM_PREFIX || hex(sha256(App CA SubjectPublicKeyInfo DER))
+    claim = LP(APP_CA_CLAIM_TAG) || LP(sha256(App CA SubjectPublicKeyInfo DER))
     link  = sign_link(app_root, claim)        # 65 bytes r || s || v
+
+(``LP(x) = u32_be(len(x)) || x``.) The claim is in neither of dstack's claim languages:
+a v0 claim ends in ``":" || hex(public key)`` (printable), this one in a length prefix
+and 32 raw bytes; a v1 claim starts with ``LP("dstack-guest-v1-key-claim")``. So the
+App CA link is never a link 0 of any key, nor the reverse.
 
 Recovering the signer from ``link`` gives the app root public key, which the
 quorum-kms app-key certificate (link 1) binds to the app id. The agent serves the
@@ -64,7 +69,7 @@ from kms.dstack import keys as dstack_keys
 
 APP_CA_SALT = b"quorum-kms/v1/dstack/app-ca"
 """HKDF salt of the App CA key derived from an app root key."""
-APP_CA_CLAIM_PREFIX = b"app-ca:"
+APP_CA_CLAIM_TAG = b"quorum-kms/v1/dstack/app-ca-claim"
 """The app root's claim about its App CA: prefix || hex(sha256(CA SPKI DER))."""
 RATLS_CERT_PREFIX = b"ratls-cert:"
 """dstack's RA-TLS report data: SHA-512(prefix || leaf SPKI DER)."""
@@ -148,7 +153,10 @@ def app_ca_key(root: bytes, app_id: bytes) -> ec.EllipticCurvePrivateKey:
 
 
 def app_ca_claim(ca_public: ec.EllipticCurvePublicKey) -> bytes:
-    return APP_CA_CLAIM_PREFIX + hashlib.sha256(spki_der(ca_public)).hexdigest().encode()
+    """``LP(APP_CA_CLAIM_TAG) ‖ LP(sha256(SPKI DER))``: what the app root signs about its CA."""
+    return dstack_keys.lp(APP_CA_CLAIM_TAG) + dstack_keys.lp(
+        hashlib.sha256(spki_der(ca_public)).digest()
+    )
 
 
 def _serial(public_key: ec.EllipticCurvePublicKey) -> int:

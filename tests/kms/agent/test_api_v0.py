@@ -31,7 +31,7 @@ from guestapi_server import (
     serving,
 )
 
-from kms.dstack import tls
+from kms.dstack import keys, tls
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +263,9 @@ def test_info_has_every_field_the_sdk_requires(served: tuple[httpx.Client, FakeS
         "signature": bytes(range(100, 148)).hex(),
     }
     link = bytes.fromhex(provider["app_ca"]["link"])
-    claim = b"app-ca:" + provider["app_ca"]["spki_sha256"].encode()
+    claim = keys.lp(b"quorum-kms/v1/dstack/app-ca-claim") + keys.lp(
+        bytes.fromhex(provider["app_ca"]["spki_sha256"])
+    )
     assert recover(claim, link) == ROOT_PUBLIC
 
 

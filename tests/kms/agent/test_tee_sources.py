@@ -394,3 +394,13 @@ def test_a_malformed_dstack_event_is_a_tee_error(tmp_path: Path) -> None:
         mutate(log[-1])
         with FakeDstackAgent(cvm, event_log=log) as agent, pytest.raises(TeeError):
             read_view(DstackSidecarSource(agent.socket_path))
+
+
+def test_a_compose_with_a_lone_surrogate_from_dstacks_info_is_a_tee_error(tmp_path: Path) -> None:
+    """dstack's Info JSON can carry ``\\ud800`` in app_compose: a TeeError, not a crash."""
+    cvm = make_cvm(tmp_path)
+    with (
+        FakeDstackAgent(cvm, app_compose=cvm.app_compose + "\ud800") as agent,
+        pytest.raises(TeeError),
+    ):
+        read_view(DstackSidecarSource(agent.socket_path))

@@ -99,7 +99,7 @@ def test_the_app_ca_certificate(served: tuple[httpx.Client, FakeSource]) -> None
 
 def test_the_app_root_vouches_for_the_app_ca() -> None:
     ca = tls.AppCA(ROOT, APP_ID)
-    claim = b"app-ca:" + hashlib.sha256(spki(ca.public_key)).hexdigest().encode()
+    claim = tls.app_ca_claim(ca.public_key)
     digest = keccak.new(digest_bits=256, data=claim).digest()
     recovered = PublicKey.from_signature_and_message(ca.link, digest, hasher=None)
     assert recovered.format() == ROOT_PUBLIC
@@ -232,3 +232,26 @@ def test_issue_cert_refuses_malformed_names() -> None:
     ]:
         with pytest.raises(tls.TlsError, match=text):
             tls.issue_cert(ca, request, key, now=1_800_000_000)
+
+
+def test_the_app_ca_link_is_no_link_0() -> None:
+    """The CA link must not verify as the v0 chain of purpose ``app-ca`` whose ed25519
+    "public key" is the SHA-256 of the CA's SPKI (it did with an ``app-ca:`` text claim)."""
+    from kms.dstack import keys
+    from kms.dstack.chain import ChainError, verify_chain
+    from mpc import appcert
+    from mpc.math import G2
+
+    s = 7  # a toy master secret: link 1 is s·H_APPCERT(link message)
+    root_pub = keys.root_public(ROOT)
+    link1 = (s * appcert.appcert_base(appcert.link_message(APP_ID, root_pub))).to_bytes()
+    mpk = s * G2.generator()
+    ca = tls.AppCA(ROOT, APP_ID)
+    x = hashlib.sha256(spki(ca.public_key)).digest()
+    # The chain is well formed: the root's own link 0 with the same link 1 verifies.
+    claim0 = keys.v0_claim("app-ca", keys.public_key("ed25519", bytes(32)))
+    assert verify_chain(mpk, APP_ID, claim=claim0, chain=[keys.sign_link(ROOT, claim0), link1])
+    with pytest.raises(ChainError):
+        verify_chain(mpk, APP_ID, claim=keys.v0_claim("app-ca", x), chain=[ca.link, link1])
+    # The CA claim itself is no v0 or v1 claim of any key: it ends in raw bytes.
+    assert not ca.claim.rstrip(b"0123456789abcdef").endswith(b":")

@@ -16,13 +16,12 @@ import random
 
 import httpx
 import pytest
-
 from mesh import Mesh, make_nodes
 
 from kms.attest import Verifier
 from kms.attest.simulated import SimulatedTEE
 from kms.client.http import KeyClient
-from kms.node.appcert import AppKeyCertifier, CertInputs, Certified
+from kms.node.appcert import AppKeyCertifier, Certified, CertInputs
 from kms.node.core import NodeConfig, NodeCore
 from kms.node.release import Admitted, KeyReleaser
 from kms.policy import ROOT_PURPOSE, AppPolicy, Measurement, OwnerKey
@@ -43,8 +42,15 @@ def world():  # type: ignore[no-untyped-def]
     rng = random.Random(71)
     cores = {
         PI(i): NodeCore(
-            NodeConfig(PI(i), genesis, 3, genesis_start=1.0, delta=0.5,
-                       window_period=20.0, window_length=2.0),
+            NodeConfig(
+                PI(i),
+                genesis,
+                3,
+                genesis_start=1.0,
+                delta=0.5,
+                window_period=20.0,
+                window_length=2.0,
+            ),
             nodes[PI(i)].identity,
             nodes[PI(i)].dkg_key,
             rng=rng.randbytes,
@@ -73,9 +79,7 @@ def world():  # type: ignore[no-untyped-def]
     )
     verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
     collateral = tee.collateral(NOW)
-    certifiers = {
-        i: AppKeyCertifier(KeyReleaser(i, nodes[i].identity, verifier)) for i in cores
-    }
+    certifiers = {i: AppKeyCertifier(KeyReleaser(i, nodes[i].identity, verifier)) for i in cores}
     return cores, old, states, tee, owner, policy, collateral, certifiers
 
 
@@ -112,9 +116,7 @@ def certify(world, transport: Committee):  # type: ignore[no-untyped-def]
     cores, old, states, tee, owner, policy, collateral, certifiers = world
     urls = {PI(i): f"http://node-{i}" for i in range(1, 6)}
     with KeyClient(urls, states[-1].mpk, timeout=10.0, hedge_after=4.0, transport=transport) as c:
-        return c.certify(
-            owner.app_id(), 1, PK, lambda rd: tee.quote(rd, **MR), now=NOW
-        )
+        return c.certify(owner.app_id(), 1, PK, lambda rd: tee.quote(rd, **MR), now=NOW)
 
 
 def test_all_honest_gets_the_certificate(world) -> None:  # type: ignore[no-untyped-def]
@@ -140,7 +142,7 @@ class KeyCommittee(Committee):
     """The same five nodes on POST /v1/keys (``KeyReleaser.check/screen/answer``)."""
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        from kms.node.release import ReleaseInputs, Released
+        from kms.node.release import Released, ReleaseInputs
         from kms.protocol import KeyRequest
 
         cores, old, states, tee, owner, policy, collateral, certifiers = self.w
@@ -156,8 +158,9 @@ class KeyCommittee(Committee):
         assert rel.screen(needs, now=NOW, nonce_seen=False) is None  # type: ignore[arg-type]
         res = rel.answer(
             needs,  # type: ignore[arg-type]
-            ReleaseInputs(NOW, epoch, share, False, Admitted(policy), collateral,
-                          random.Random(i).randbytes),
+            ReleaseInputs(
+                NOW, epoch, share, False, Admitted(policy), collateral, random.Random(i).randbytes
+            ),
         )
         assert isinstance(res, Released), res
         return httpx.Response(200, content=res.response.encode())

@@ -19,6 +19,7 @@ from test_app_key_cert import PK1, admitted, client_certify, quote_for
 
 from kms.app.testing import LocalCommittee, local_committee
 from kms.client.http import fetch_keys
+from kms.node.release import NonceUse, nonce_entry, nonce_use
 from kms.policy import ROOT_PURPOSE, OwnerKey
 from kms.protocol import KeyRefusal
 from mpc.ids import ParticipantIndex as PI
@@ -110,3 +111,37 @@ def test_a_member_forwarding_the_request_does_not_deny_the_key(tmp_path: Path) -
             assert after == {1: before[1], 2: before[2] + 1, 3: before[3] + 1}, (before, after)
 
     trio.run(main)
+
+
+def test_a_nonce_recorded_without_a_request_hash_is_still_a_replay(tmp_path: Path) -> None:
+    """A replay cache entry written before request hashes were kept (the expiry alone) keeps
+    refusing its nonce, identical request or not, until it expires."""
+    owner = OwnerKey.from_seed(bytes([79]) * 32)
+
+    async def main() -> None:
+        async with local_committee(tmp_path, n=3, threshold=2) as c:
+            app = await admitted(c, owner)
+            _, req = c.cert_request(app, PK1)
+            now = int(c.clock.now())
+            store = c.services[2].store
+            store.set_meta("nonce/" + req.body.nonce.hex(), (now + 600).to_bytes(8, "big"))
+            code, answer = await c.post_cert(2, req)
+            assert code == 403 and isinstance(answer, KeyRefusal)
+            assert answer.reason == "replayed-nonce"
+            code, _ = await c.post_cert(3, req)  # no entry there: certified
+            assert code == 200
+
+    trio.run(main)
+
+
+def test_the_replay_cache_entry_names_the_request() -> None:
+    rh, other = bytes(range(32)), bytes(32)
+    entry = nonce_entry(1000, rh)
+    assert entry == (1000).to_bytes(8, "big") + rh
+    assert nonce_use(None, now=10, request_hash=rh) is NonceUse.FRESH
+    assert nonce_use(entry, now=10, request_hash=rh) is NonceUse.REPEAT
+    assert nonce_use(entry, now=10, request_hash=other) is NonceUse.REPLAYED
+    assert nonce_use(entry, now=1000, request_hash=other) is NonceUse.FRESH  # expired
+    legacy = (1000).to_bytes(8, "big")
+    assert nonce_use(legacy, now=10, request_hash=rh) is NonceUse.REPLAYED
+    assert nonce_use(legacy, now=1000, request_hash=rh) is NonceUse.FRESH

@@ -255,6 +255,17 @@ class AppKeyCertSession:
     def done(self) -> bool:
         return self.cert is not None
 
+    def missing(self) -> int:
+        """Good partials still needed: ``t`` less those of the best epoch (0 when done). An
+        answer for the other epoch is no failure, but no progress for this one either: the
+        shell asks this many more members when nothing is pending."""
+        if self.cert is not None:
+            return 0
+        return min(
+            state.threshold - len(self._epochs[e].link if e in self._epochs else ())
+            for e, state in self.states.items()
+        )
+
     def next_nodes(self, count: int) -> list[ParticipantIndex]:
         """Members of the newest epoch not asked yet, preferred ones first."""
         order = list(self.chain.committee.indices)

@@ -294,6 +294,23 @@ class KeyRequestSession:
         ]
         return [i for i in order if i not in self._answered][:count]
 
+    def missing(self) -> int:
+        """Good partials still needed: for the purpose furthest from done, ``t`` less those
+        of its best epoch (0 when done). An answer for the other epoch is no failure, but no
+        progress for this one either: the shell asks this many more members when nothing
+        is pending."""
+        need = 0
+        for st in self._state.values():
+            if st.derived is None:
+                need = max(
+                    need,
+                    min(
+                        state.threshold - len(st.partials.get(epoch, {}))
+                        for epoch, state in self.states.items()
+                    ),
+                )
+        return need
+
     def epoch_used(self) -> int:
         """The epoch whose partials gave the keys (the newest one if several purposes differ)."""
         used = [st.epoch for st in self._state.values() if st.epoch is not None]

@@ -331,7 +331,9 @@ class KeyClient:
     Each request goes to ``t`` nodes at once. A refusal, an unreachable node
     or a bad partial makes it ask the next node; so does a node that has not
     answered within ``hedge_after`` seconds (a slow node does not hold the
-    CVM up for the whole ``timeout``).
+    CVM up for the whole ``timeout``). When every asked node has answered and
+    no epoch has ``t`` good partials (a node answered for the other epoch of a
+    switch), it asks as many more as that epoch still needs, until none is left.
 
     The chain is fetched the same way: from every node at once, verified at
     its head, and the best head verified by ``chain_hedge`` seconds is used
@@ -652,6 +654,11 @@ class KeyClient:
                     failed = 1
                 if failed and not session.done:
                     ask(failed)
+            if not pending and not session.done:
+                # Nothing in flight and no epoch has t partials (a member answered for the
+                # other epoch: neither a failure nor progress): ask enough members to
+                # complete the best epoch, until none is left.
+                ask(max(session.missing(), 1))
         return session, ignored
 
     def _ask(
@@ -710,6 +717,11 @@ class KeyClient:
                     failed = 1
                 if failed and not session.done:
                     ask(failed)
+            if not pending and not session.done:
+                # Nothing in flight and no epoch has t partials (a member answered for the
+                # other epoch: neither a failure nor progress): ask enough members to
+                # complete the best epoch, until none is left.
+                ask(max(session.missing(), 1))
         return session, asked, ignored
 
 

@@ -16,7 +16,9 @@ same inputs between them:
      (``report-data-mismatch``) and a certificate quote is refused by a key release.
 
 :meth:`AppKeyCertifier.screen`
-  4. the nonce was not seen (one replay cache with key release: one nonce space);
+  4. the nonce was not seen for another request (one replay cache with key release:
+     one nonce space; an identical request is answered again, the certificate partials
+     being deterministic, and nothing more is recorded: ``kms.node.release.nonce_use``);
   5. the quote's PCK chain verifies to a pinned root.
 
 ``kms.node.release.gate``

@@ -10,8 +10,9 @@ this order (see ``docs/design.md``, "Key release pipeline"):
    ``gate`` the request on it;
 4. fetch collateral for the quote's platform (network, bounded), then read the
    time, the share, the replay cache and the app's current policy again;
-5. ``answer``; on release, admit a candidate app, record the nonce and the audit
-   records in one store transaction, and count; on refusal, count and log.
+5. ``answer``; on release, admit a candidate app, record the nonce (with the request
+   hash) and the audit records in one store transaction, and count; an identical
+   request answered again records nothing; on refusal, count and log.
 
 It returns typed results (:data:`ReleaseResult`); ``kms.api`` chooses HTTP status
 codes from them. It holds ports, not decisions: a store, a clock, the metrics, a
@@ -36,10 +37,13 @@ from kms.node.release import (
     KeyRefusalReason,
     KeyReleaser,
     Needs,
+    NonceUse,
     Released,
     ReleaseInputs,
     ReleaseRefused,
     gate,
+    nonce_entry,
+    nonce_use,
     refuse,
 )
 from kms.policy import AppPolicy, PolicyBundle
@@ -162,9 +166,14 @@ class KeyRelease:
         self.rng: RNG = os.urandom
         """Randomness for the answers' encryption."""
 
-    def _seen_nonce(self, nonce: bytes) -> bool:
-        raw = self._store.get_meta("nonce/" + nonce.hex())
-        return raw is not None and int.from_bytes(raw, "big") > int(self._clock.now())
+    def _nonce_use(self, needs: Needs | CertNeeds) -> NonceUse:
+        """The replay cache's word on the request's nonce: fresh, used by this very
+        request (answered again, nothing recorded), or used by another (refused)."""
+        raw = self._store.get_meta("nonce/" + needs.nonce.hex())
+        return nonce_use(raw, now=int(self._clock.now()), request_hash=needs.request_hash)
+
+    def _seen_nonce(self, needs: Needs | CertNeeds) -> bool:
+        return self._nonce_use(needs) is NonceUse.REPLAYED
 
     def _collateral_for(self, needs: Needs | CertNeeds) -> Collateral | QuoteVerificationError:
         if self.collateral is None:
@@ -202,7 +211,7 @@ class KeyRelease:
         needs = releaser.check(request, now=now, share=self._share_and_epoch()[0])
         if isinstance(needs, ReleaseRefused):
             return self._refused(needs)
-        early = releaser.screen(needs, now=now, nonce_seen=self._seen_nonce(needs.nonce))
+        early = releaser.screen(needs, now=now, nonce_seen=self._seen_nonce(needs))
         if early is not None:
             return self._refused(early)
         # A frozen app is refused; an app not admitted here may be admitted by the bundle
@@ -222,13 +231,16 @@ class KeyRelease:
             now = int(self._clock.now())
             app, bundle = self.policy_source.app_state(needs, now)
         share, epoch = self._share_and_epoch()
+        # Read again after the wait; from here to the store write nothing awaits, so of two
+        # identical requests answered at once only the first records its nonce and audit.
+        use = self._nonce_use(needs)
         res = releaser.answer(
             needs,
             ReleaseInputs(
                 now=now,
                 epoch=epoch,
                 share=share,
-                nonce_seen=self._seen_nonce(needs.nonce),
+                nonce_seen=use is NonceUse.REPLAYED,
                 app=app,
                 collateral=self._collateral_for(needs),
                 rng=self.rng,
@@ -241,12 +253,17 @@ class KeyRelease:
             return res
         if bundle is not None:
             self.policy_source.admit_released(bundle, now)
+        if use is NonceUse.REPEAT:
+            # The very request answered before (encrypted again to the same ephemeral key):
+            # its nonce and audit records are kept already; a repeat writes nothing.
+            self._metrics.queued("kms/key-response")
+            return res
         # The replay cache survives restarts; the audit records are committed as one group.
         # Remembered for longer than any timestamp the releaser still accepts.
         ttl = max(self.NONCE_TTL, 2 * releaser.max_skew + 60)
         self._store.record_release(
             "nonce/" + res.nonce.hex(),
-            (now + ttl).to_bytes(8, "big"),
+            nonce_entry(now + ttl, needs.request_hash),
             [a.as_dict() for a in res.audit],
         )
         self._metrics.queued("kms/key-response")
@@ -298,7 +315,7 @@ class KeyRelease:
         needs = certifier.check(request, now=now, share=self._share_and_epoch()[0])
         if isinstance(needs, ReleaseRefused):
             return self._cert_refused(needs)
-        early = certifier.screen(needs, now=now, nonce_seen=self._seen_nonce(needs.nonce))
+        early = certifier.screen(needs, now=now, nonce_seen=self._seen_nonce(needs))
         if early is not None:
             return self._cert_refused(early)
         app, bundle = self.policy_source.app_state(needs, now)
@@ -313,13 +330,14 @@ class KeyRelease:
         # the write replaces, so two requests never both certify different keys.
         share, epoch = self._share_and_epoch()
         body = request.body
+        use = self._nonce_use(needs)
         res = certifier.answer(
             needs,
             CertInputs(
                 now=now,
                 epoch=epoch,
                 share=share,
-                nonce_seen=self._seen_nonce(needs.nonce),
+                nonce_seen=use is NonceUse.REPLAYED,
                 app=app,
                 collateral=self._collateral_for(needs),
                 certified=self._store.get_meta(certified_name(body.app_id, body.version)),
@@ -332,12 +350,17 @@ class KeyRelease:
             return res
         if bundle is not None:
             self.policy_source.admit_released(bundle, now)
+        if use is NonceUse.REPEAT:
+            # The very request certified before (the partials are deterministic): its
+            # nonce, audit and key records are kept already; a repeat writes nothing.
+            self._metrics.queued("kms/app-key-cert-share")
+            return res
         ttl = max(self.NONCE_TTL, 2 * releaser.max_skew + 60)
         # One nonce space with key release; the first key certified per (app, version) is
         # kept for good (it is written again, unchanged, for the same key).
         self._store.record_release(
             "nonce/" + res.nonce.hex(),
-            (now + ttl).to_bytes(8, "big"),
+            nonce_entry(now + ttl, needs.request_hash),
             [res.audit.as_dict()],
             also=[res.record],
         )

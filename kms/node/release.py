@@ -18,7 +18,10 @@ between the steps. Cheapest first, so that junk costs little; each refusal a
   (FMSPC, CA) to fetch collateral for, and the app whose policy state to read.
 
 :meth:`KeyReleaser.screen` ``(needs, now, nonce_seen) -> ReleaseRefused | None``
-  4. the nonce was not seen within the freshness window (replay cache);
+  4. the nonce was not seen within the freshness window (replay cache) for another
+     request: the shell reads the cache entry with :func:`nonce_use`, and an
+     identical request (same request hash) is not a replay: it is answered again,
+     and nothing more is recorded for it;
   5. the quote's PCK certificate chain verifies to a pinned root (Intel's, or a
      simulated root when the node accepts simulated quotes): only then does a
      quote name a platform worth fetching collateral for.
@@ -110,6 +113,43 @@ class KeyRefusalReason(enum.Enum):
 
 CERT_ONLY_REASONS = frozenset({KeyRefusalReason.NOT_CURRENT_ROOT, KeyRefusalReason.KEY_CONFLICT})
 """Reasons only an app-key certificate request is refused for (``kms.node.appcert``)."""
+
+
+# --- the replay cache's entries ----------------------------------------------------------------
+
+
+class NonceUse(enum.Enum):
+    """What the replay cache says of a request's nonce (:func:`nonce_use`)."""
+
+    FRESH = "fresh"
+    """Not seen, or its entry expired: answer, then record the nonce."""
+    REPEAT = "repeat"
+    """Seen for this very request (same request hash): answer again, record nothing.
+    Anyone holding the request's bytes could send them first (a member forwarding what
+    the CVM sent it); refusing the CVM's own copy then would deny it service."""
+    REPLAYED = "replayed"
+    """Seen for another request, or recorded without a request hash: refuse."""
+
+
+NONCE_EXPIRY_BYTES = 8
+
+
+def nonce_entry(expiry: int, request_hash: bytes) -> bytes:
+    """The replay cache's value for a nonce: ``expiry (8 bytes, big-endian) ‖ request hash``."""
+    return expiry.to_bytes(NONCE_EXPIRY_BYTES, "big") + bytes(request_hash)
+
+
+def nonce_use(entry: bytes | None, *, now: int, request_hash: bytes) -> NonceUse:
+    """Judge a replay cache entry (``None``: none) for a request with ``request_hash``.
+
+    An entry written before request hashes were kept is the expiry alone: while it has
+    not expired it is a replay whatever the request, as it always was."""
+    if entry is None or int.from_bytes(entry[:NONCE_EXPIRY_BYTES], "big") <= now:
+        return NonceUse.FRESH
+    kept = entry[NONCE_EXPIRY_BYTES:]
+    if kept and kept == bytes(request_hash):
+        return NonceUse.REPEAT
+    return NonceUse.REPLAYED
 
 
 @dataclass(frozen=True)

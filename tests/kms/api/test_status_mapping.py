@@ -5,6 +5,7 @@ driven through httpx's ASGI transport)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -16,14 +17,14 @@ from kms.api.answers import (
     key_answer,
     policy_answer,
 )
-from kms.app.testing import app_bundle, local_committee
+from kms.app.testing import app_boot, app_bundle, local_committee
 from kms.node.evidence_log import EvidenceRefusal
 from kms.node.keyrelease import KeysNotServed
 from kms.node.policies import PoliciesUnavailable
 from kms.node.release import KeyRefusalReason, ReleaseRefused
 from kms.policy import OwnerKey, PolicyFailure
 from kms.policy.registry import OfferOutcome
-from kms.protocol import KeyRefusal, KeyResponse
+from kms.protocol import KeyRefusal, KeyRequest, KeyResponse
 from mpc.codec import decode
 
 
@@ -72,18 +73,32 @@ def test_the_public_port_answers_each_result_with_its_status(tmp_path: Path) -> 
             raw = req.encode()
             first = await http.post("/v1/keys", content=raw)
             assert first.status_code == 200 and isinstance(decode(first.content), KeyResponse)
+            # The very same request again is answered again (no replay: the same request).
             again = await http.post("/v1/keys", content=raw)
-            refusal = decode(again.content)
-            assert again.status_code == 403
-            assert isinstance(refusal, KeyRefusal) and refusal.reason == "replayed-nonce"
+            assert again.status_code == 200 and isinstance(decode(again.content), KeyResponse)
             # The JSON form of the same request is decoded once, by the app: the node sees
-            # the same request (a replay too).
+            # the same request (answered again too).
             as_json = await http.post(
                 "/v1/keys",
                 content=json.dumps(req.to_json()),
                 headers={"content-type": "application/json"},
             )
-            assert as_json.status_code == 403 and as_json.json()["reason"] == "replayed-nonce"
+            assert as_json.status_code == 200
+            # Another request with the used nonce (quoted anew) is a replay.
+            log, m = app_boot(owner.app_id())
+            body = replace(req.body, timestamp=req.body.timestamp + 1)
+            other = KeyRequest(body, c.tee.quote(body.report_data(), **m), log)  # type: ignore[arg-type]
+            for content, ctype in (
+                (other.encode(), "application/msgpack"),
+                (json.dumps(other.to_json()), "application/json"),
+            ):
+                r = await http.post("/v1/keys", content=content, headers={"content-type": ctype})
+                assert r.status_code == 403, ctype
+                refusal = decode(r.content) if ctype == "application/msgpack" else None
+                if refusal is not None:
+                    assert isinstance(refusal, KeyRefusal) and refusal.reason == "replayed-nonce"
+                else:
+                    assert r.json()["reason"] == "replayed-nonce"
             # Bytes that are no key request, in either encoding: 400, counted as refused.
             for content, ctype in (
                 (b"\x92\x01\x02", "application/msgpack"),

@@ -254,9 +254,16 @@ def test_a_replayed_nonce_is_refused_in_the_nonce_space_key_release_shares(
         async with local_committee(tmp_path, n=3, threshold=2) as c:
             app = await admitted(c, owner)
             _, req = c.cert_request(app, PK1)
-            code, _ = await c.post_cert(1, req)
+            code, first = await c.post_cert(1, req)
             assert code == 200
+            # The same request again is answered again, with the same (deterministic) share.
             code, answer = await c.post_cert(1, req)
+            assert code == 200 and answer == first
+            # Another request with its nonce (quoted anew) is a replay.
+            log, m = app_boot(app)
+            body = replace(req.body, timestamp=req.body.timestamp + 1)
+            other = AppKeyCertRequest(body, c.tee.quote(body.report_data(), **m), log)  # type: ignore[arg-type]
+            code, answer = await c.post_cert(1, other)
             assert code == 403 and reason(answer) == "replayed-nonce"
             # A key release's nonce, used again by a certificate request (quoted anew).
             _, key_req = c.key_request(app)

@@ -62,11 +62,15 @@ def test_requests_failing_a_cheap_check_make_no_pccs_fetch(tmp_path: Path) -> No
         assert 'reason="key request: stale-request"} 1' in metrics
         assert 'reason="key request: report-data-mismatch"} 1' in metrics
         assert "qkms_pccs_fetches_total 0" in metrics
-        # The genuine request is served, with one fetch; its replay fetches nothing more.
+        # The genuine request is served, with one fetch; the same request again is answered
+        # again, and a replay (another request with its nonce) is refused: neither fetches.
         raw = good.encode()
         assert isinstance(await node.post(raw), KeyResponse)
         assert pccs.fetches == 1
-        assert refused(await node.post(raw), "replayed-nonce")
+        assert isinstance(await node.post(raw), KeyResponse)
+        replay = KeyRequest.decode(node.request(genuine, seed=1, timestamp=node.clock.t + 1))
+        assert replay.body.nonce == good.body.nonce and replay.encode() != raw
+        assert refused(await node.post(replay.encode()), "replayed-nonce")
         assert pccs.fetches == 1
         assert 'reason="key request: replayed-nonce"} 1' in await node.metrics()
 

@@ -57,16 +57,19 @@ def test_key_requests_move_the_outcome_counters_and_the_latency_histogram(
         assert isinstance(stale, KeyRefusal) and stale.reason == "stale-request"
         raw = node.request(genuine, seed=3)
         assert isinstance(await node.post(raw), KeyResponse)
-        replayed = await node.post(raw)
+        # The identical request is answered again; another one with its nonce is a replay.
+        assert isinstance(await node.post(raw), KeyResponse)
+        other = node.request(genuine, seed=3, timestamp=node.clock.t + 1)
+        replayed = await node.post(other)
         assert isinstance(replayed, KeyRefusal) and replayed.reason == "replayed-nonce"
 
         after = samples(await node.metrics())
-        assert requests(after, "released", "none") == 1
+        assert requests(after, "released", "none") == 2
         assert requests(after, "refused", "malformed-request") == 1
         assert requests(after, "refused", "stale-request") == 1
         assert requests(after, "refused", "replayed-nonce") == 1
         assert requests(after, "refused", "quote-rejected") == 0
-        assert latency_count(after, "released") == 1
+        assert latency_count(after, "released") == 2
         assert latency_count(after, "refused") == 3
         sum_released = after[("qkms_key_request_duration_seconds_sum", (("outcome", "released"),))]
         assert sum_released > 0
@@ -76,6 +79,6 @@ def test_key_requests_move_the_outcome_counters_and_the_latency_histogram(
         assert (
             after[("qkms_rejected_inputs_total", (("reason", "key request: stale-request"),))] == 1
         )
-        assert after[("qkms_messages_sent_total", (("kind", "kms/key-response"),))] == 1
+        assert after[("qkms_messages_sent_total", (("kind", "kms/key-response"),))] == 2
 
     run(main)

@@ -48,6 +48,7 @@ from typing import Any, TextIO
 import httpx
 
 from kms.agent.api import AgentKeys, make_app
+from kms.agent.config import TeeSettings
 from kms.agent.tee import TeeSource, TeeView, read_view
 from kms.app.cvm import nodes_by_index
 from kms.client.core import KeyReleaseError
@@ -479,14 +480,15 @@ def devnet_setup(
     return AgentSetup(source, mpk, urls, socket_path, None, env_file, env_out)
 
 
-def config_setup(path: Path, socket_path: Path | None = None) -> AgentSetup:
-    """The setup a measured ``agent.toml`` gives: its ``[tee]`` source first (read before
-    the file is verified: the view it yields verifies it), then the whole file checked
-    against the compose the TEE measured (``load_measured_config``), before anything else."""
-    from kms.agent.config import load_measured_config, read_tee_settings
+def config_setup(path: Path, tee: TeeSettings, socket_path: Path | None = None) -> AgentSetup:
+    """The setup a measured ``agent.toml`` gives. The TEE source is ``tee``, from the
+    agent's command line (which the compose fixes and RTMR3 measures), never from the file:
+    its view is read first, then the whole file is checked against the compose that view
+    measured (``load_measured_config``), before anything else."""
+    from kms.agent.config import load_measured_config
 
     try:
-        source = read_tee_settings(path).make_source()
+        source = tee.make_source()
         cfg = load_measured_config(path, read_view(source))
     except (OSError, ValueError) as exc:
         raise AgentError(str(exc)) from None

@@ -368,28 +368,33 @@ def serve(
     http: tuple[str, int] | None,
     *,
     on_ready: Callable[[], None],
+    read_timeout: float | None = None,
 ) -> None:
     """Serve ``app`` on the Unix socket ``path`` (and ``http``) until SIGTERM or SIGINT.
 
-    The socket appears at ``path`` only once the server answers; ``on_ready`` runs then.
-    The socket is removed on the way out if it is still this agent's."""
+    The connection limits are the node's public port's (``kms.api.http.server_config``):
+    a read that waits longer than ``read_timeout`` (30 s unless given) closes the
+    connection, request headers are bounded, so are unread body chunks, and an idle
+    keep-alive connection is closed. The socket appears at ``path`` only once the server
+    answers; ``on_ready`` runs then. The socket is removed on the way out if it is still
+    this agent's."""
     import trio
-    from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
+
+    from kms.api.http import server_config
 
     clear_stale_socket(path)
     try:
         sock, tmp = _bound_socket(path)
     except OSError as exc:
         raise AgentError(f"cannot create the socket {path}: {exc.strerror or exc}") from None
-    config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
+    config = server_config(f"fd://{sock.fileno()}")
+    if read_timeout is not None:
+        config.read_timeout = read_timeout
     if http is not None:
         config.bind.append(
             f"{http[0]}:{http[1]}" if ":" not in http[0] else f"[{http[0]}]:{http[1]}"
         )
-    config.accesslog = None
-    config.errorlog = None
     config.graceful_timeout = 1.0
     inode: list[int] = []
 

@@ -5,7 +5,9 @@ socket:
 
 1. **The TEE view.** ``read_view(source)`` quotes once, replays RTMR3 and reads the app id,
    compose hash and instance id from the boot prefix of the event log. The app id is
-   never a configuration value: it is what the CVM measured.
+   never a configuration value: it is what the CVM measured. The source is the one the
+   command line names (``--tee``, fixed by the measured compose's ``command:``), never
+   the config file's; with ``--config`` the file is then checked against this view.
 2. **The app's current policy.** Every committee node is asked for the app's policy
    (``GET /v1/policies/{app}``); each answer's signed bundle is checked here (owner chain
    from the app id, owner signature, the pinned master public key, validity now) and the
@@ -14,7 +16,9 @@ socket:
    their current one anyway. ``v = root_version(policy)``.
 3. **σ.** ONE attested key request (``KeyClient.fetch``) for ``("dstack-app-root", v)``,
    plus the env inbox ``("ibe.env", 1)`` when an encrypted env file is configured. The app
-   root key is ``app_root_from_sigma(σ)`` and never leaves this process's memory.
+   root key is ``app_root_from_sigma(σ)``; the agent never writes, logs or serves it
+   (whoever can open the guest socket can have the committee release it too:
+   docs/dstack.md, "Who holds the guest socket").
 4. **The app-key certificate.** The second attested request (``KeyClient.certify``): the
    committee's BLS signatures over dstack's link-1 message and over the quorum-kms message
    naming ``v`` and the epoch.
@@ -22,7 +26,8 @@ socket:
    ``http``, over TCP on a loopback address only). The socket is bound under a temporary
    name and renamed into place once the server answers, so it never exists before the
    agent can answer; a socket left at the path is replaced only when nothing answers on
-   it. Then exactly one line ``serving on PATH`` is printed.
+   it. Then exactly one line ``serving on PATH`` is printed. The server's connection
+   limits are the node's public port's (``kms.api.http.server_config``).
 
 The decrypted env file (``env_out``, mode 0600) is the only thing written to disk; its
 content is never logged.

@@ -22,7 +22,8 @@ def run_cmd(
         typer.Option(
             "--config",
             help="The agent's config (agent.toml). It must be byte for byte the content of "
-            "a configs: entry of the measured app compose, else the agent refuses to start.",
+            "a configs: entry of the measured app compose, else the agent refuses to start. "
+            "Needs --tee: the config never names the TEE source.",
         ),
     ] = None,
     tee: Annotated[

@@ -285,6 +285,7 @@ ROWS: dict[str, Rule] = {
             "kms.app.cvm",
             "kms.app.devnet",
             "kms.secretfile",
+            "kms.api.http",
         ),
         frozenset({"httpx", "trio", "hypercorn"}),
         note="the boot and the serving process; devnet mode reads a devnet's directory",

@@ -13,20 +13,24 @@ therefore read from ONE place the CVM measured and nowhere else:
   naming the keys (or the byte) that differ, and the agent does not start;
 * the MPK and the committee URLs are NEVER read from the environment, from dstack's
   host-shared directory (``/dstack/.host-shared``, written by the host) or from a
-  mounted volume: the host controls all three. A config path under the host-shared
-  directory is refused outright.
+  mounted volume: the host controls all three. A config path whose RESOLVED form
+  (``os.path.realpath``: ``//``, ``..`` and symlinks undone) is in the host-shared
+  directory is refused outright, and so is a file whose open descriptor resolves there.
 
 Compose interpolates ``$`` in ``content``; a config holding ``$`` would reach the
 container changed and be refused, so write none.
 
-**Order and what it protects.** The ``[tee]`` section must be read before the file is
-verified (the view it yields is what verifies it): :func:`read_tee_settings`. A
-``[tee]`` that names a fake TEE (a socket or files made to look like a CVM) could present
-a compose of its own containing the same file, and the bytes would match: the check
-proves that the file is the measured one only when the TEE source is genuine. So the
-``[tee]`` paths must be absolute and may not point into the host-shared directory, and the
-agent's config file must itself be part of the container (never a volume). A genuine
-committee verifies the quote: an agent deceived by a fake TEE gets no key from it.
+**The TEE source is not in this file.** The view that verifies the file must not come
+from the file: a config naming a fake TEE (a socket or files the host made) could present
+a compose of its own embedding the same config, and the bytes would match. So the source
+and its paths come only from the agent's command line (``kms agent run --tee dstack
+--dstack-socket PATH`` or ``--tee tdx [--tsm-dir D --ccel F --runtime-log F
+--app-compose F]``), which the compose's ``command:`` fixes and RTMR3 measures:
+:func:`tee_settings` builds the :class:`TeeSettings` (absolute paths, none resolving into
+the host-shared directory). A config with a ``[tee]`` section is refused. The check still
+proves only that the file is the one measured by the source the command line names: that
+source (dstack's guest agent, or configfs-tsm and the kernel's logs) is part of the
+agent's trusted computing base.
 
 The format (strict: an unknown key or section is an error naming ``file:line``)::
 
@@ -36,16 +40,12 @@ The format (strict: an unknown key or section is an error naming ``file:line``):
     socket = "/var/run/dstack.sock"          # where the guest API is served (default)
     env_file = "/app/env.enc"                # optional: the encrypted env file ...
     env_out = "/run/app/.env"                # ... and where its plaintext is written
-
-    [tee]
-    source = "dstack"                        # dstack's agent through its socket
-    dstack_socket = "/var/run/dstack-guest/dstack.sock"
-    # or: source = "tdx", with optional tsm_dir, ccel, runtime_log, app_compose paths
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -74,10 +74,11 @@ __all__ = [
     "AgentConfigError",
     "MeasuredConfigError",
     "TeeSettings",
+    "in_host_shared",
     "load_measured_config",
     "measured_configs",
     "parse_agent_config",
-    "read_tee_settings",
+    "tee_settings",
 ]
 
 HOST_SHARED_DIR: Final = Path("/dstack/.host-shared")
@@ -87,10 +88,6 @@ MAX_URLS: Final = 256
 TEE_SOURCES: Final = ("dstack", "tdx")
 
 _AGENT_KEYS: Final = ("mpk", "urls", "socket", "env_file", "env_out")
-_TEE_KEYS: Final = {
-    "dstack": ("source", "dstack_socket"),
-    "tdx": ("source", "tsm_dir", "ccel", "runtime_log", "app_compose"),
-}
 
 
 class AgentConfigError(ValueError):
@@ -103,7 +100,8 @@ class MeasuredConfigError(AgentConfigError):
 
 @dataclass(frozen=True)
 class TeeSettings:
-    """``[tee]``: which :class:`~kms.agent.tee.TeeSource` the agent reads."""
+    """Which :class:`~kms.agent.tee.TeeSource` the agent reads: built from its command
+    line by :func:`tee_settings`, never from a file."""
 
     source: str
     dstack_socket: Path | None = None
@@ -115,7 +113,7 @@ class TeeSettings:
     def make_source(self) -> TeeSource:
         if self.source == "dstack":
             if self.dstack_socket is None:
-                raise AgentConfigError("[tee] source = 'dstack' needs dstack_socket")
+                raise AgentConfigError("--tee dstack needs --dstack-socket PATH")
             return DstackSidecarSource(self.dstack_socket)
         return TdxSource(self.tsm_dir, self.ccel, self.runtime_log, self.app_compose)
 
@@ -129,7 +127,6 @@ class AgentConfig:
     socket: Path
     env_file: Path | None
     env_out: Path | None
-    tee: TeeSettings
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -163,11 +160,22 @@ class _Lines:
         return AgentConfigError(f"{self.where}:{_line(self.text, section, key)}: {msg}")
 
 
+def in_host_shared(path: Path | str) -> bool:
+    """Whether ``path``, resolved (``os.path.realpath``: ``//``, ``..`` and symlinks
+    undone), is the host-shared directory or inside it."""
+    shared = {Path(os.path.realpath(HOST_SHARED_DIR)), Path(os.path.normpath(HOST_SHARED_DIR))}
+    real = os.path.realpath(path)
+    if real.startswith("//"):
+        real = "/" + real.lstrip("/")
+    resolved = Path(real)
+    return any(resolved == d or d in resolved.parents for d in shared)
+
+
 def _path(value: object, key: str, lines: _Lines, section: str) -> Path:
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
         raise lines.error(f"'{key}' in [{section}] must be an absolute path", section, key)
     path = Path(value)
-    if path == HOST_SHARED_DIR or HOST_SHARED_DIR in path.parents:
+    if in_host_shared(path):
         raise lines.error(
             f"'{key}' in [{section}] is in the host-shared directory {HOST_SHARED_DIR}, "
             "which the host writes",
@@ -195,19 +203,46 @@ def _table(doc: dict[str, Any], name: str, keys: tuple[str, ...], lines: _Lines)
     return table
 
 
-def _tee(doc: dict[str, Any], lines: _Lines) -> TeeSettings:
-    raw = doc.get("tee")
-    if not isinstance(raw, dict):
-        raise lines.error("missing section [tee]", None)
-    source = raw.get("source")
+def tee_settings(
+    source: str,
+    *,
+    dstack_socket: Path | None = None,
+    tsm_dir: Path | None = None,
+    ccel: Path | None = None,
+    runtime_log: Path | None = None,
+    app_compose: Path | None = None,
+) -> TeeSettings:
+    """The TEE source the command line names (``--tee`` and its paths; unset paths are
+    the real ones). Every path must be absolute and may not resolve into the host-shared
+    directory; ``dstack`` needs ``dstack_socket`` and takes no ``tdx`` path and back."""
     if source not in TEE_SOURCES:
-        raise lines.error(
-            f"'source' in [tee] must be one of {', '.join(TEE_SOURCES)}", "tee", "source"
-        )
-    table = _table(doc, "tee", _TEE_KEYS[source], lines)
-    paths = {k: _path(v, k, lines, "tee") for k, v in table.items() if k != "source"}
+        raise AgentConfigError(f"--tee must be one of {', '.join(TEE_SOURCES)}")
+    given = {
+        "dstack_socket": dstack_socket,
+        "tsm_dir": tsm_dir,
+        "ccel": ccel,
+        "runtime_log": runtime_log,
+        "app_compose": app_compose,
+    }
+    allowed = ("dstack_socket",) if source == "dstack" else tuple(given)[1:]
+    paths: dict[str, Path] = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        option = "--" + key.replace("_", "-")
+        if key not in allowed:
+            raise AgentConfigError(f"{option} does not go with --tee {source}")
+        text = str(value)
+        if not text.startswith("/") or "\0" in text:
+            raise AgentConfigError(f"{option} must be an absolute path")
+        if in_host_shared(text):
+            raise AgentConfigError(
+                f"{option} {text} is in the host-shared directory {HOST_SHARED_DIR}, "
+                "which the host writes"
+            )
+        paths[key] = Path(text)
     if source == "dstack" and "dstack_socket" not in paths:
-        raise lines.error("missing key 'dstack_socket' in [tee]", "tee")
+        raise AgentConfigError("--tee dstack needs --dstack-socket PATH")
     return TeeSettings(source=source, **paths)
 
 
@@ -222,7 +257,14 @@ def parse_agent_config(text: str, where: str = "agent.toml") -> AgentConfig:
     except tomllib.TOMLDecodeError as exc:
         raise AgentConfigError(f"{where}: not TOML: {exc}") from None
     for name in doc:
-        if name not in ("agent", "tee"):
+        if name == "tee":
+            raise lines.error(
+                "[tee] is not read from the config: the agent's TEE source is chosen on its "
+                "measured command line (kms agent run --tee dstack --dstack-socket PATH, or "
+                "--tee tdx)",
+                "tee",
+            )
+        if name != "agent":
             raise lines.error(f"unknown section [{name}]", name)
     agent = _table(doc, "agent", _AGENT_KEYS, lines)
     mpk_hex = agent.get("mpk")
@@ -243,17 +285,27 @@ def parse_agent_config(text: str, where: str = "agent.toml") -> AgentConfig:
     env_out = _path(agent["env_out"], "env_out", lines, "agent") if "env_out" in agent else None
     if (env_file is None) != (env_out is None):
         raise lines.error("'env_file' and 'env_out' in [agent] go together", "agent")
-    return AgentConfig(mpk, checked, socket, env_file, env_out, _tee(doc, lines))
+    return AgentConfig(mpk, checked, socket, env_file, env_out)
+
+
+def _refuse_host_shared(path: Path) -> None:
+    raise MeasuredConfigError(
+        f"{path}: the agent's config is never read from the host-shared directory "
+        f"{HOST_SHARED_DIR} (its resolved path is there)"
+    )
 
 
 def _read(path: Path) -> bytes:
+    """The file's bytes, refused when its resolved path, or the file its descriptor
+    opened (``/proc/self/fd``, where there is one), is in the host-shared directory."""
     path = Path(path)
-    if HOST_SHARED_DIR in path.absolute().parents:
-        raise MeasuredConfigError(
-            f"{path}: the agent's config is never read from the host-shared directory"
-        )
+    if in_host_shared(path):
+        _refuse_host_shared(path)
     try:
         with open(path, "rb") as f:
+            opened = f"/proc/self/fd/{f.fileno()}"
+            if os.path.islink(opened) and in_host_shared(os.readlink(opened)):
+                _refuse_host_shared(path)
             data = f.read(MAX_CONFIG_SIZE + 1)
     except OSError as exc:
         raise AgentConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -267,13 +319,6 @@ def _text(path: Path, data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise AgentConfigError(f"{path}: not UTF-8") from None
-
-
-def read_tee_settings(path: Path) -> TeeSettings:
-    """The ``[tee]`` section of ``path``, read BEFORE the file is verified (the view it
-    yields verifies the file: see the module docstring)."""
-    data = _read(path)
-    return parse_agent_config(_text(path, data), str(path)).tee
 
 
 # --- the measured place ------------------------------------------------------------------------

@@ -5,7 +5,9 @@ socket:
 
 1. **The TEE view.** ``read_view(source)`` quotes once, replays RTMR3 and reads the app id,
    compose hash and instance id from the boot prefix of the event log. The app id is
-   never a configuration value: it is what the CVM measured.
+   never a configuration value: it is what the CVM measured. The source is the one the
+   command line names (``--tee``, fixed by the measured compose's ``command:``), never
+   the config file's; with ``--config`` the file is then checked against this view.
 2. **The app's current policy.** Every committee node is asked for the app's policy
    (``GET /v1/policies/{app}``); each answer's signed bundle is checked here (owner chain
    from the app id, owner signature, the pinned master public key, validity now) and the
@@ -14,7 +16,9 @@ socket:
    their current one anyway. ``v = root_version(policy)``.
 3. **σ.** ONE attested key request (``KeyClient.fetch``) for ``("dstack-app-root", v)``,
    plus the env inbox ``("ibe.env", 1)`` when an encrypted env file is configured. The app
-   root key is ``app_root_from_sigma(σ)`` and never leaves this process's memory.
+   root key is ``app_root_from_sigma(σ)``; the agent never writes, logs or serves it
+   (whoever can open the guest socket can have the committee release it too:
+   docs/dstack.md, "Who holds the guest socket").
 4. **The app-key certificate.** The second attested request (``KeyClient.certify``): the
    committee's BLS signatures over dstack's link-1 message and over the quorum-kms message
    naming ``v`` and the epoch.
@@ -22,7 +26,8 @@ socket:
    ``http``, over TCP on a loopback address only). The socket is bound under a temporary
    name and renamed into place once the server answers, so it never exists before the
    agent can answer; a socket left at the path is replaced only when nothing answers on
-   it. Then exactly one line ``serving on PATH`` is printed.
+   it. Then exactly one line ``serving on PATH`` is printed. The server's connection
+   limits are the node's public port's (``kms.api.http.server_config``).
 
 The decrypted env file (``env_out``, mode 0600) is the only thing written to disk; its
 content is never logged.
@@ -48,6 +53,7 @@ from typing import Any, TextIO
 import httpx
 
 from kms.agent.api import AgentKeys, make_app
+from kms.agent.config import TeeSettings
 from kms.agent.tee import TeeSource, TeeView, read_view
 from kms.app.cvm import nodes_by_index
 from kms.client.core import KeyReleaseError
@@ -367,28 +373,33 @@ def serve(
     http: tuple[str, int] | None,
     *,
     on_ready: Callable[[], None],
+    read_timeout: float | None = None,
 ) -> None:
     """Serve ``app`` on the Unix socket ``path`` (and ``http``) until SIGTERM or SIGINT.
 
-    The socket appears at ``path`` only once the server answers; ``on_ready`` runs then.
-    The socket is removed on the way out if it is still this agent's."""
+    The connection limits are the node's public port's (``kms.api.http.server_config``):
+    a read that waits longer than ``read_timeout`` (30 s unless given) closes the
+    connection, request headers are bounded, so are unread body chunks, and an idle
+    keep-alive connection is closed. The socket appears at ``path`` only once the server
+    answers; ``on_ready`` runs then. The socket is removed on the way out if it is still
+    this agent's."""
     import trio
-    from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
+
+    from kms.api.http import server_config
 
     clear_stale_socket(path)
     try:
         sock, tmp = _bound_socket(path)
     except OSError as exc:
         raise AgentError(f"cannot create the socket {path}: {exc.strerror or exc}") from None
-    config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
+    config = server_config(f"fd://{sock.fileno()}")
+    if read_timeout is not None:
+        config.read_timeout = read_timeout
     if http is not None:
         config.bind.append(
             f"{http[0]}:{http[1]}" if ":" not in http[0] else f"[{http[0]}]:{http[1]}"
         )
-    config.accesslog = None
-    config.errorlog = None
     config.graceful_timeout = 1.0
     inode: list[int] = []
 
@@ -479,14 +490,15 @@ def devnet_setup(
     return AgentSetup(source, mpk, urls, socket_path, None, env_file, env_out)
 
 
-def config_setup(path: Path, socket_path: Path | None = None) -> AgentSetup:
-    """The setup a measured ``agent.toml`` gives: its ``[tee]`` source first (read before
-    the file is verified: the view it yields verifies it), then the whole file checked
-    against the compose the TEE measured (``load_measured_config``), before anything else."""
-    from kms.agent.config import load_measured_config, read_tee_settings
+def config_setup(path: Path, tee: TeeSettings, socket_path: Path | None = None) -> AgentSetup:
+    """The setup a measured ``agent.toml`` gives. The TEE source is ``tee``, from the
+    agent's command line (which the compose fixes and RTMR3 measures), never from the file:
+    its view is read first, then the whole file is checked against the compose that view
+    measured (``load_measured_config``), before anything else."""
+    from kms.agent.config import load_measured_config
 
     try:
-        source = read_tee_settings(path).make_source()
+        source = tee.make_source()
         cfg = load_measured_config(path, read_view(source))
     except (OSError, ValueError) as exc:
         raise AgentError(str(exc)) from None

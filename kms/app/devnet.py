@@ -521,39 +521,27 @@ AGENT_SOCKET = "/run/qkms/dstack.sock"
 ``/var/run/dstack``, the second path dstack's SDKs try)."""
 DSTACK_GUEST_SOCKET = "/var/run/dstack-guest.sock"
 """Where the sample compose mounts dstack's own guest agent into the agent's container
-(its quotes and event log: ``[tee] source = "dstack"``)."""
+(its quotes and event log: ``--tee dstack --dstack-socket`` on the agent's command line)."""
 
 
-def agent_config_text(
-    mpk_hex: str,
-    urls: Iterable[str],
-    *,
-    socket: str = AGENT_SOCKET,
-    dstack_socket: str = DSTACK_GUEST_SOCKET,
-) -> str:
-    """The ``kms agent`` config a dstack app measures in its compose (``configs:``)."""
+def agent_config_text(mpk_hex: str, urls: Iterable[str], *, socket: str = AGENT_SOCKET) -> str:
+    """The ``kms agent`` config a dstack app measures in its compose (``configs:``). It
+    names no TEE source: the agent's ``command:`` in the compose does."""
     url_list = ", ".join(json.dumps(u) for u in urls)
-    return (
-        "[agent]\n"
-        f'mpk = "{mpk_hex}"\n'
-        f"urls = [{url_list}]\n"
-        f'socket = "{socket}"\n'
-        "\n"
-        "[tee]\n"
-        'source = "dstack"\n'
-        f'dstack_socket = "{dstack_socket}"\n'
-    )
+    return f'[agent]\nmpk = "{mpk_hex}"\nurls = [{url_list}]\nsocket = "{socket}"\n'
 
 
 def dstack_app_compose(name: str, agent_config: str) -> str:
     """A dstack ``app-compose.json`` whose docker compose runs ``kms agent`` beside the app,
-    with the agent's config measured as a ``configs:`` entry (its exact bytes)."""
+    with the agent's config measured as a ``configs:`` entry (its exact bytes) and its TEE
+    source (dstack's guest agent, mounted at ``DSTACK_GUEST_SOCKET``) on its ``command:``."""
     content = "".join(f"      {line}\n" if line else "\n" for line in agent_config.splitlines())
     compose = (
         "services:\n"
         "  kms-agent:\n"
         "    image: quorum-kms:latest\n"
-        '    command: ["kms", "agent", "run", "--config", "/etc/kms/agent.toml"]\n'
+        '    command: ["kms", "agent", "run", "--config", "/etc/kms/agent.toml",'
+        f' "--tee", "dstack", "--dstack-socket", "{DSTACK_GUEST_SOCKET}"]\n'
         "    configs:\n"
         f"      - source: {AGENT_CONFIG_NAME}\n"
         "        target: /etc/kms/agent.toml\n"

@@ -22,7 +22,43 @@ def run_cmd(
         typer.Option(
             "--config",
             help="The agent's config (agent.toml). It must be byte for byte the content of "
-            "a configs: entry of the measured app compose, else the agent refuses to start.",
+            "a configs: entry of the measured app compose, else the agent refuses to start. "
+            "Needs --tee: the config never names the TEE source.",
+        ),
+    ] = None,
+    tee: Annotated[
+        str | None,
+        typer.Option(
+            "--tee",
+            help="With --config: the TEE source, 'dstack' (dstack's guest agent through "
+            "--dstack-socket) or 'tdx' (configfs-tsm, the ACPI CCEL, dstack's RTMR3 log and "
+            "app-compose.json). Chosen here, in the measured command line, never in the config.",
+        ),
+    ] = None,
+    dstack_socket: Annotated[
+        Path | None,
+        typer.Option("--dstack-socket", help="With --tee dstack: dstack's guest agent socket."),
+    ] = None,
+    tsm_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--tsm-dir", help="With --tee tdx: the configfs-tsm report directory (default: real)."
+        ),
+    ] = None,
+    ccel: Annotated[
+        Path | None,
+        typer.Option("--ccel", help="With --tee tdx: the ACPI CCEL log area (default: real)."),
+    ] = None,
+    runtime_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--runtime-log", help="With --tee tdx: dstack's RTMR3 event log (default: real)."
+        ),
+    ] = None,
+    app_compose: Annotated[
+        Path | None,
+        typer.Option(
+            "--app-compose", help="With --tee tdx: dstack's app-compose.json (default: real)."
         ),
     ] = None,
     devnet_dir: Annotated[
@@ -70,12 +106,22 @@ def run_cmd(
 ) -> None:
     """Obtain the app root key by attested requests, then serve dstack's guest API.
 
-    The app id is the one the CVM measured (RTMR3 boot prefix). Once the key is held and
+    With ``--config``, the TEE source is the command line's (``--tee``), which the compose
+    fixes: the config file cannot choose it. The app id is the one the CVM measured
+    (RTMR3 boot prefix). Once the key is held and
     certified the socket appears and one line ``serving on PATH`` is printed. A CVM the
     app's policy does not admit gets no key: one ``error: …`` line, exit 1, no socket.
     """
+    from kms.agent.config import AgentConfigError, tee_settings
     from kms.agent.runtime import AgentError, AgentSetup, config_setup, devnet_setup, loopback, run
 
+    tee_paths = {
+        "dstack_socket": dstack_socket,
+        "tsm_dir": tsm_dir,
+        "ccel": ccel,
+        "runtime_log": runtime_log,
+        "app_compose": app_compose,
+    }
     try:
         address = loopback(http) if http is not None else None
         if (config is None) == (devnet_dir is None):
@@ -83,13 +129,24 @@ def run_cmd(
         if devnet_dir is not None:
             if app_name is None or socket is None:
                 raise AgentError("--devnet needs --app NAME and --socket PATH")
+            if tee is not None or any(v is not None for v in tee_paths.values()):
+                raise AgentError("--tee and its paths go with --config (--devnet is simulated)")
             setup = devnet_setup(
                 devnet_dir, app_name, socket, rogue=rogue, env_file=env_file, env_out=env_out
             )
         else:
             if app_name is not None or rogue or env_file or env_out:
                 raise AgentError("--app, --env-file and --rogue-measurement go with --devnet")
-            setup = config_setup(Path(str(config)), socket)
+            if tee is None:
+                raise AgentError(
+                    "--config needs the TEE source on the command line: --tee dstack "
+                    "--dstack-socket PATH, or --tee tdx"
+                )
+            try:
+                settings = tee_settings(tee, **tee_paths)
+            except AgentConfigError as exc:
+                raise AgentError(str(exc)) from None
+            setup = config_setup(Path(str(config)), settings, socket)
         if address is not None:
             setup = AgentSetup(
                 setup.source,

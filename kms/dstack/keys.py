@@ -19,7 +19,9 @@ committee's certificate of the root public key) is not made here: see
 ``mpc.appcert`` and ``kms.dstack.chain``.
 
 The app root itself comes from the committee's threshold key ``σ`` for the app's
-``dstack-app-root`` purpose (:func:`app_root_from_sigma`); it never leaves the agent.
+``dstack-app-root`` purpose (:func:`app_root_from_sigma`). The agent never writes it,
+logs it or serves it; whoever can open its guest socket can still have the committee
+release it (docs/dstack.md, "Who holds the guest socket").
 
 :class:`DstackError`'s ``str()`` is the error message dstack's guest API puts in its
 ``{"error": …}`` body.

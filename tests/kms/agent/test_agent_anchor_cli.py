@@ -4,7 +4,8 @@ in the file the agent reads gets an agent that exits non-zero before its socket 
 
 The CVM is a fake dstack tree built from the simulated TEE (``faketee``): dstack's own
 guest agent answering ``GetQuote``/``Info`` on a Unix socket, whose event log states the
-compose hash of an ``app-compose.json`` measuring the agent config."""
+compose hash of an ``app-compose.json`` measuring the agent config; the agent reaches it
+by the socket its command line names (``--tee dstack --dstack-socket``)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ URLS = ["http://127.0.0.1:9", "http://127.0.0.1:10"]
 
 
 def _run(
-    tmp_path: Path, written: str, measured: str
+    tmp_path: Path, written: str, measured: str, *, tee: bool = True
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
     link = tmp_path / "guest.sock"
     sock = tmp_path / "agent.sock"
@@ -36,10 +37,13 @@ def _run(
     cvm = make_cvm(tmp_path, app_compose=devnet.dstack_app_compose("anchor", measured_text))
     config = tmp_path / "agent.toml"
     config.write_text(written.format(sock=sock, guest=link))
+    command = [sys.executable, "-m", "kms.cli", "agent", "run", "--config", str(config)]
+    if tee:
+        command += ["--tee", "dstack", "--dstack-socket", str(link)]
     with FakeDstackAgent(cvm) as fake:
         link.symlink_to(fake.socket_path)
         r = subprocess.run(
-            [sys.executable, "-m", "kms.cli", "agent", "run", "--config", str(config)],
+            command,
             capture_output=True,
             text=True,
             timeout=60,
@@ -49,7 +53,7 @@ def _run(
 
 
 def _config(mpk: str = MPK, urls: list[str] = URLS) -> str:
-    return devnet.agent_config_text(mpk, urls, socket="{sock}", dstack_socket="{guest}")
+    return devnet.agent_config_text(mpk, urls, socket="{sock}")
 
 
 @pytest.mark.parametrize(
@@ -76,4 +80,20 @@ def test_the_measured_config_itself_passes_the_check(tmp_path: Path) -> None:
     r, sock = _run(tmp_path, _config(), _config())
     assert r.returncode != 0
     assert "measured" not in r.stderr and "no node answered" in r.stderr, r.stderr
+    assert not sock.exists()
+
+
+def test_a_config_naming_a_fake_tee_is_refused_before_the_socket(tmp_path: Path) -> None:
+    """The host's fake dstack socket, named by a config the fake's compose embeds: the
+    config cannot choose the TEE source, so the agent refuses it (no socket)."""
+    fake_tee = _config() + '\n[tee]\nsource = "dstack"\ndstack_socket = "{guest}"\n'
+    r, sock = _run(tmp_path, fake_tee, fake_tee, tee=False)
+    assert r.returncode != 0 and r.stdout == ""
+    assert "command line" in r.stderr, r.stderr
+    assert not sock.exists()
+
+
+def test_the_tee_source_must_be_on_the_command_line(tmp_path: Path) -> None:
+    r, sock = _run(tmp_path, _config(), _config(), tee=False)
+    assert r.returncode != 0 and "--tee" in r.stderr, r.stderr
     assert not sock.exists()

@@ -39,6 +39,11 @@ def test_the_sample_measures_the_agent_config_byte_for_byte() -> None:
     assert agent["configs"] == [
         {"source": devnet.AGENT_CONFIG_NAME, "target": "/etc/kms/agent.toml"}
     ]
+    # The TEE source is on the measured command line, not in the config.
+    command = agent["command"]
+    assert command[command.index("--tee") + 1] == "dstack"
+    assert command[command.index("--dstack-socket") + 1] == devnet.DSTACK_GUEST_SOCKET
+    assert "[tee]" not in entry
 
 
 def test_the_sample_config_parses_and_is_a_measured_entry() -> None:
@@ -49,6 +54,4 @@ def test_the_sample_config_parses_and_is_a_measured_entry() -> None:
     assert config in measured_configs(doc_text).values()
     parsed = parse_agent_config(config)
     assert parsed.mpk.hex() == EXAMPLE_MPK and list(parsed.urls) == EXAMPLE_URLS
-    assert parsed.tee.source == "dstack"
-    assert str(parsed.tee.dstack_socket) == devnet.DSTACK_GUEST_SOCKET
     assert str(parsed.socket) == devnet.AGENT_SOCKET

@@ -36,6 +36,7 @@ content is never logged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -511,3 +512,54 @@ def config_setup(path: Path, tee: TeeSettings, socket_path: Path | None = None) 
         cfg.env_file,
         cfg.env_out,
     )
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """The options of ``kms agent run``, as given (``None`` when absent)."""
+
+    config: Path | None = None
+    devnet: Path | None = None
+    app: str | None = None
+    socket: Path | None = None
+    http: str | None = None
+    rogue: bool = False
+    env_file: Path | None = None
+    env_out: Path | None = None
+    tee: str | None = None
+    tee_paths: dict[str, Path | None] = field(default_factory=dict)
+    """``dstack_socket``, ``tsm_dir``, ``ccel``, ``runtime_log``, ``app_compose``."""
+
+
+def setup_from(cl: CommandLine) -> AgentSetup:
+    """The setup ``kms agent run`` boots from: ``--devnet`` (simulated) or ``--config``
+    with the TEE source named on the command line; ``AgentError`` for options that do not
+    go together."""
+    from kms.agent.config import AgentConfigError, tee_settings
+
+    address = loopback(cl.http) if cl.http is not None else None
+    if (cl.config is None) == (cl.devnet is None):
+        raise AgentError("give either --config agent.toml or --devnet DIR --app NAME")
+    if cl.config is None:
+        devnet_dir = cl.devnet
+        if devnet_dir is None or cl.app is None or cl.socket is None:
+            raise AgentError("--devnet needs --app NAME and --socket PATH")
+        if cl.tee is not None or any(v is not None for v in cl.tee_paths.values()):
+            raise AgentError("--tee and its paths go with --config (--devnet is simulated)")
+        setup = devnet_setup(
+            devnet_dir, cl.app, cl.socket, rogue=cl.rogue, env_file=cl.env_file, env_out=cl.env_out
+        )
+    else:
+        if cl.app is not None or cl.rogue or cl.env_file or cl.env_out:
+            raise AgentError("--app, --env-file and --rogue-measurement go with --devnet")
+        if cl.tee is None:
+            raise AgentError(
+                "--config needs the TEE source on the command line: --tee dstack "
+                "--dstack-socket PATH, or --tee tdx"
+            )
+        try:
+            settings = tee_settings(cl.tee, **cl.tee_paths)
+        except AgentConfigError as exc:
+            raise AgentError(str(exc)) from None
+        setup = config_setup(cl.config, settings, cl.socket)
+    return dataclasses.replace(setup, http=address) if address is not None else setup

@@ -112,8 +112,7 @@ def run_cmd(
     certified the socket appears and one line ``serving on PATH`` is printed. A CVM the
     app's policy does not admit gets no key: one ``error: …`` line, exit 1, no socket.
     """
-    from kms.agent.config import AgentConfigError, tee_settings
-    from kms.agent.runtime import AgentError, AgentSetup, config_setup, devnet_setup, loopback, run
+    from kms.agent.runtime import AgentError, CommandLine, run, setup_from
 
     tee_paths = {
         "dstack_socket": dstack_socket,
@@ -122,41 +121,19 @@ def run_cmd(
         "runtime_log": runtime_log,
         "app_compose": app_compose,
     }
+    options = CommandLine(
+        config=Path(str(config)) if config is not None else None,
+        devnet=devnet_dir,
+        app=app_name,
+        socket=socket,
+        http=http,
+        rogue=rogue,
+        env_file=env_file,
+        env_out=env_out,
+        tee=tee,
+        tee_paths=tee_paths,
+    )
     try:
-        address = loopback(http) if http is not None else None
-        if (config is None) == (devnet_dir is None):
-            raise AgentError("give either --config agent.toml or --devnet DIR --app NAME")
-        if devnet_dir is not None:
-            if app_name is None or socket is None:
-                raise AgentError("--devnet needs --app NAME and --socket PATH")
-            if tee is not None or any(v is not None for v in tee_paths.values()):
-                raise AgentError("--tee and its paths go with --config (--devnet is simulated)")
-            setup = devnet_setup(
-                devnet_dir, app_name, socket, rogue=rogue, env_file=env_file, env_out=env_out
-            )
-        else:
-            if app_name is not None or rogue or env_file or env_out:
-                raise AgentError("--app, --env-file and --rogue-measurement go with --devnet")
-            if tee is None:
-                raise AgentError(
-                    "--config needs the TEE source on the command line: --tee dstack "
-                    "--dstack-socket PATH, or --tee tdx"
-                )
-            try:
-                settings = tee_settings(tee, **tee_paths)
-            except AgentConfigError as exc:
-                raise AgentError(str(exc)) from None
-            setup = config_setup(Path(str(config)), settings, socket)
-        if address is not None:
-            setup = AgentSetup(
-                setup.source,
-                setup.mpk,
-                setup.urls,
-                setup.socket,
-                address,
-                setup.env_file,
-                setup.env_out,
-            )
-        run(setup)
+        run(setup_from(options))
     except AgentError as exc:
         die(str(exc), 1)

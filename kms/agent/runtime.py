@@ -7,11 +7,14 @@ socket:
    compose hash and instance id from the boot prefix of the event log. The app id is
    never a configuration value: it is what the CVM measured.
 2. **The app's current policy.** Every committee node is asked for the app's policy
-   (``GET /v1/policies/{app}``); each answer's signed bundle is checked here (owner chain
-   from the app id, owner signature, the pinned master public key, validity now) and the
-   highest valid version is kept. A lying node can only hide versions (serve an older
-   one, or none): it cannot sign one, and honest nodes refuse a root version that is not
-   their current one anyway. ``v = root_version(policy)``.
+   (``GET /v1/policies/{app}``), at once, with a byte cap, a hedge and a deadline; each
+   answer's signed bundle is checked here (owner chain from the app id, owner signature,
+   the pinned master public key, validity now), the owner chains of all answers are
+   combined (a fork stops the boot) and the highest version signed by the chain's head
+   is kept. A lying node can only hide versions (serve an older one, or none): it cannot
+   sign one, and honest nodes refuse a root version that is not their current one
+   anyway. ``v = root_version(policy)``. A configured env file must be signed by that
+   owner key (``kms.agent.envfile``) before any key is asked for.
 3. **σ.** ONE attested key request (``KeyClient.fetch``) for ``("dstack-app-root", v)``,
    plus the env inbox ``("ibe.env", 1)`` when an encrypted env file is configured. The app
    root key is ``app_root_from_sigma(σ)`` and never leaves this process's memory.
@@ -24,8 +27,11 @@ socket:
    agent can answer; a socket left at the path is replaced only when nothing answers on
    it. Then exactly one line ``serving on PATH`` is printed.
 
-The decrypted env file (``env_out``, mode 0600) is the only thing written to disk; its
-content is never logged.
+Before step 1, ``run`` takes an exclusive ``flock`` on ``<socket>.lock`` for the
+agent's life: a second agent on the same path stops there. The key and certificate
+requests try every URL claiming an index (``with_claimants``). The decrypted env file
+(``env_out``, mode 0600) is written just before serving (removed if serving fails); it
+is the only thing written to disk, and its content is never logged.
 """
 
 from __future__ import annotations

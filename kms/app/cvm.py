@@ -48,22 +48,26 @@ class Nodes:
     """Later URLs that claim an index already claimed, in the order given."""
 
 
+class AnswerTooLarge(ValueError):
+    """A node's answer longer than the reader's cap (or compressed)."""
+
+
 STATUS_CAP = 64 * 1024
 """The largest status answer read from a node (bytes); a longer one is dropped unread."""
 
 
 def read_capped(http: httpx.Client, url: str, cap: int, deadline: float) -> tuple[int, bytes]:
-    """``GET url`` read as a stream: the status code and the body, ``ValueError`` past
+    """``GET url`` read as a stream: the status code and the body, ``AnswerTooLarge`` past
     ``cap`` bytes, ``httpx.ReadTimeout`` once ``time.monotonic()`` passes ``deadline``
     (checked after every chunk, so a body trickled slowly ends there too)."""
     with http.stream("GET", url, headers={"accept-encoding": "identity"}) as r:
         if r.headers.get("content-encoding", "identity") != "identity":
-            raise ValueError("a compressed answer (only identity is read)")
+            raise AnswerTooLarge("a compressed answer (only identity is read)")
         body = bytearray()
         for chunk in r.iter_bytes():
             body += chunk
             if len(body) > cap:
-                raise ValueError(f"an answer longer than {cap} bytes")
+                raise AnswerTooLarge(f"an answer longer than {cap} bytes")
             if time.monotonic() > deadline:
                 raise httpx.ReadTimeout("no whole answer in time")
         return r.status_code, bytes(body)
@@ -89,7 +93,7 @@ def nodes_by_index(
             return f"{url}: no answer in time"
         except httpx.HTTPError as exc:
             return f"{url}: unreachable ({exc or 'no connection'})"
-        except ValueError as exc:
+        except AnswerTooLarge as exc:
             return f"{url}: {exc}"
         except Exception as exc:  # a URL no request can be built for (httpx, idna)
             return f"{url}: not a usable URL ({type(exc).__name__}: {exc})"

@@ -74,9 +74,19 @@ def run_cmd(
     certified the socket appears and one line ``serving on PATH`` is printed. A CVM the
     app's policy does not admit gets no key: one ``error: …`` line, exit 1, no socket.
     """
-    from kms.agent.runtime import AgentError, AgentSetup, config_setup, devnet_setup, loopback, run
+    from kms.agent.runtime import (
+        AgentError,
+        AgentSetup,
+        config_setup,
+        devnet_setup,
+        lock_socket,
+        loopback,
+        run,
+    )
 
     try:
+        if socket is not None:  # one agent per socket, before anything else (run takes it too)
+            lock_socket(socket)
         address = loopback(http) if http is not None else None
         if (config is None) == (devnet_dir is None):
             raise AgentError("give either --config agent.toml or --devnet DIR --app NAME")

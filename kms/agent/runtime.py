@@ -9,11 +9,14 @@ socket:
    command line names (``--tee``, fixed by the measured compose's ``command:``), never
    the config file's; with ``--config`` the file is then checked against this view.
 2. **The app's current policy.** Every committee node is asked for the app's policy
-   (``GET /v1/policies/{app}``); each answer's signed bundle is checked here (owner chain
-   from the app id, owner signature, the pinned master public key, validity now) and the
-   highest valid version is kept. A lying node can only hide versions (serve an older
-   one, or none): it cannot sign one, and honest nodes refuse a root version that is not
-   their current one anyway. ``v = root_version(policy)``.
+   (``GET /v1/policies/{app}``), at once, with a byte cap, a hedge and a deadline; each
+   answer's signed bundle is checked here (owner chain from the app id, owner signature,
+   the pinned master public key, validity now), the owner chains of all answers are
+   combined (a fork stops the boot) and the highest version signed by the chain's head
+   is kept. A lying node can only hide versions (serve an older one, or none): it cannot
+   sign one, and honest nodes refuse a root version that is not their current one
+   anyway. ``v = root_version(policy)``. A configured env file must be signed by that
+   owner key (``kms.agent.envfile``) before any key is asked for.
 3. **σ.** ONE attested key request (``KeyClient.fetch``) for ``("dstack-app-root", v)``,
    plus the env inbox ``("ibe.env", 1)`` when an encrypted env file is configured. The app
    root key is ``app_root_from_sigma(σ)``; the agent never writes, logs or serves it
@@ -29,14 +32,18 @@ socket:
    it. Then exactly one line ``serving on PATH`` is printed. The server's connection
    limits are the node's public port's (``kms.api.http.server_config``).
 
-The decrypted env file (``env_out``, mode 0600) is the only thing written to disk; its
-content is never logged.
+Before step 1, ``run`` takes an exclusive ``flock`` on ``<socket>.lock`` for the
+agent's life: a second agent on the same path stops there. The key and certificate
+requests try every URL claiming an index (``with_claimants``). The decrypted env file
+(``env_out``, mode 0600) is written just before serving (removed if serving fails); it
+is the only thing written to disk, and its content is never logged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import ipaddress
 import json
 import os
@@ -46,7 +53,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -55,17 +62,20 @@ import httpx
 
 from kms.agent.api import AgentKeys, make_app
 from kms.agent.config import TeeSettings
+from kms.agent.envfile import EnvSignatureError, SignedEnv, read_signed_env
 from kms.agent.tee import TeeSource, TeeView, read_view
-from kms.app.cvm import nodes_by_index
+from kms.app.cvm import Target, nodes_by_index, read_capped, with_claimants
+from kms.client.appcert import AppKeyCert, AppKeyCertError
 from kms.client.core import KeyReleaseError
-from kms.client.http import KeyClient
+from kms.client.http import FetchResult, KeyClient
 from kms.dstack.chain import ChainError, verify_app_key_cert
 from kms.dstack.keys import app_root_from_sigma, root_public
-from kms.policy import ROOT_PURPOSE, OwnerChain, PolicyBundle, root_version
+from kms.policy import ROOT_PURPOSE, OwnerChain, PolicyBundle, PolicyError, root_version
 from kms.secretfile import write_secret
 from mpc import ibe
 from mpc.cert import check_mpk
 from mpc.errors import DecryptionError, InvalidEncoding
+from mpc.ids import ParticipantIndex
 from mpc.math import G2
 
 ENV_INBOX = "env"
@@ -104,6 +114,8 @@ class Booted:
     keys: AgentKeys
     view: TeeView
     timings: Mapping[str, float] = field(default_factory=dict)
+    env: bytes | None = field(default=None, repr=False)
+    """The decrypted env file (never logged)."""
 
 
 def loopback(address: str) -> tuple[str, int]:
@@ -150,6 +162,14 @@ def check_bundle(raw_hex: object, app_id: bytes, mpk: bytes, now: int) -> Policy
     return bundle
 
 
+POLICY_CAP = 256 * 1024
+"""The largest policy answer read from a node (bytes); a longer one is dropped unread."""
+POLICY_HEDGE = 1.0
+"""Seconds the agent waits for more policy answers once one valid answer is in."""
+POLICY_DEADLINE = 10.0
+"""Seconds the agent waits for policy answers at all."""
+
+
 def current_policy(
     urls: Sequence[str],
     app_id: bytes,
@@ -158,19 +178,31 @@ def current_policy(
     now: int | None = None,
     timeout: float = 5.0,
     transport: httpx.BaseTransport | None = None,
+    hedge: float = POLICY_HEDGE,
+    deadline: float = POLICY_DEADLINE,
 ) -> tuple[PolicyBundle, list[str]]:
-    """The highest valid policy version the nodes at ``urls`` hold for the app, and why
-    each other answer was not used. ``AgentError`` when none is valid."""
+    """The highest valid policy version the nodes at ``urls`` hold for the app under its
+    current owner key, and why each other answer was not used. ``AgentError`` when none
+    is valid, or when the answers' owner chains fork.
+
+    Every node is asked at once; answers are read as a stream and dropped past
+    ``POLICY_CAP`` bytes; the agent stops waiting ``hedge`` seconds after the first valid
+    answer, and ``deadline`` seconds after it asked, whatever is still pending. The owner
+    chains of all valid answers are combined (``OwnerChain.merge``, as nodes do): an answer
+    signed by a key that a longer verified chain rotated away from is not used, and two
+    different rotations from one key (a fork) stop the boot."""
     when = int(time.time()) if now is None else now
     unused: list[str] = []
+    stop = time.monotonic() + deadline
 
-    def ask(url: str) -> PolicyBundle | str:
+    def ask(http: httpx.Client, url: str) -> PolicyBundle | str:
         try:
-            with httpx.Client(timeout=timeout, transport=transport) as http:
-                r = http.get(f"{url.rstrip('/')}/v1/policies/{app_id.hex()}")
-            if r.status_code != 200:
-                return f"{url}: HTTP {r.status_code}"
-            info = r.json()
+            status, body = read_capped(
+                http, f"{url.rstrip('/')}/v1/policies/{app_id.hex()}", POLICY_CAP, stop
+            )
+            if status != 200:
+                return f"{url}: HTTP {status}"
+            info = json.loads(body)
             if not isinstance(info, dict):
                 return f"{url}: not a JSON object"
             return check_bundle(info.get("bundle"), app_id, mpk, when)
@@ -179,18 +211,68 @@ def current_policy(
         except Exception as exc:  # any failure (an unbuildable URL too)
             return f"{url}: {type(exc).__name__}: {exc}"
 
-    best: PolicyBundle | None = None
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(urls)))) as pool:
-        for answer in pool.map(ask, list(dict.fromkeys(urls))):
-            if isinstance(answer, str):
-                unused.append(answer)
-            elif best is None or answer.signed.policy.version > best.signed.policy.version:
-                best = answer
-    if best is None:
+    valid: list[PolicyBundle] = []
+    asked = list(dict.fromkeys(urls))
+    http = httpx.Client(timeout=timeout, transport=transport)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(16, len(asked))))
+    try:
+        pending = {pool.submit(ask, http, url): url for url in asked}
+        first: float | None = None
+        while pending:
+            now_m = time.monotonic()
+            limit = stop - now_m
+            if first is not None:
+                limit = min(limit, first + hedge - now_m)
+            if limit <= 0:
+                break
+            done, _ = wait(pending, timeout=limit, return_when=FIRST_COMPLETED)
+            for fut in done:
+                pending.pop(fut)
+                answer = fut.result()
+                if isinstance(answer, str):
+                    unused.append(answer)
+                else:
+                    valid.append(answer)
+                    first = time.monotonic() if first is None else first
+        unused.extend(f"{url}: no answer in time" for url in pending.values())
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        http.close()
+    if not valid:
         raise AgentError(
             f"no node holds a valid policy for app {app_id.hex()} ({'; '.join(unused)})"
         )
+    head = owner_head(app_id, valid)
+    owned = [b for b in valid if b.signed.policy.owner_key == head.current]
+    unused.extend(
+        f"a policy signed by owner key {b.signed.policy.owner_key.hex()}, which the app's "
+        "owner chain rotated away from"
+        for b in valid
+        if b.signed.policy.owner_key != head.current
+    )
+    best = max(owned, key=lambda b: b.signed.policy.version)
     return best, unused
+
+
+def owner_head(app_id: bytes, bundles: Sequence[PolicyBundle]) -> OwnerChain:
+    """The longest owner chain of ``bundles`` (each already verified by ``check_bundle``),
+    every other one a prefix of it; ``AgentError`` when two of them fork."""
+    head: OwnerChain | None = None
+    for b in bundles:
+        chain = OwnerChain.from_records(
+            app_id, b.rotations, first_owner=None if b.rotations else b.signed.policy.owner_key
+        )
+        try:
+            head = chain if head is None else head.merge(chain)
+        except PolicyError as exc:
+            raise AgentError(
+                f"the nodes hold forked owner chains for app {app_id.hex()} ({exc}): two "
+                "different rotations from one owner key; the app is frozen until the "
+                "committee's operators resolve the fork"
+            ) from None
+    if head is None:
+        raise AgentError("no policy to take the owner chain from")
+    return head
 
 
 # --- the keys -----------------------------------------------------------------------------
@@ -225,12 +307,12 @@ def obtain_keys(
         nodes = nodes_by_index(list(setup.urls))
     except ValueError as exc:
         raise AgentError(str(exc)) from None
-    sealed: bytes | None = None
+    signed: SignedEnv | None = None
     if setup.env_file is not None:
         try:
-            sealed = setup.env_file.read_bytes()
-            key_id = ibe.read_header(sealed).key_id
-        except (OSError, InvalidEncoding) as exc:
+            signed = read_signed_env(setup.env_file.read_bytes())
+            key_id = ibe.read_header(signed.sealed).key_id
+        except (OSError, InvalidEncoding, EnvSignatureError) as exc:
             raise AgentError(
                 f"cannot read the encrypted env file {setup.env_file}: {exc}"
             ) from None
@@ -240,38 +322,78 @@ def obtain_keys(
                 f"(it names app {key_id.app_id.hex()}, {key_id.purpose} v{key_id.version})"
             )
     log = event_log_bytes(view)
-    with KeyClient(nodes.urls, mpk, hedge_after=0.5, transport=transport) as client:
-        try:
-            client.chain()
-        except KeyReleaseError as exc:
-            raise AgentError(f"no verified chain from the committee: {exc}") from None
-        members = list(client.urls.values())
-        bundle, _ = current_policy(members, app_id, setup.mpk, now=now, transport=transport)
-        version = root_version(bundle.signed.policy)
-        timings["policy"] = time.monotonic() - start
-        purposes = [(ROOT_PURPOSE, version)]
-        if sealed is not None:
-            purposes.append((ENV_PURPOSE, 1))
-        t0 = time.monotonic()
-        try:
+    target = Target(
+        nodes.urls, mpk, app_id, setup.source.quote, log, nodes.left_out, nodes.contested
+    )
+    # Set by the first attempt: the policy, and the env file checked against its owner.
+    chosen: list[PolicyBundle] = []
+    sealed: list[bytes] = []
+
+    def policy_of(client: KeyClient) -> PolicyBundle:
+        if not chosen:
+            members = list(dict.fromkeys([*client.urls.values(), *setup.urls]))
+            bundle, _ = current_policy(members, app_id, setup.mpk, now=now, transport=transport)
+            if signed is not None:
+                try:  # the owner of the policy just verified signs the app's env
+                    sealed.append(signed.opened_by(app_id, bundle.signed.policy.owner_key))
+                except EnvSignatureError as exc:
+                    raise AgentError(f"refusing the env file {setup.env_file}: {exc}") from None
+            chosen.append(bundle)
+            timings["policy"] = time.monotonic() - start
+        return chosen[0]
+
+    def fetch(urls: dict[ParticipantIndex, str]) -> tuple[FetchResult, PolicyBundle]:
+        with KeyClient(urls, mpk, hedge_after=0.5, transport=transport) as client:
+            try:
+                client.chain()
+            except KeyReleaseError as exc:
+                raise AgentError(f"no verified chain from the committee: {exc}") from None
+            bundle = policy_of(client)
+            purposes = [(ROOT_PURPOSE, root_version(bundle.signed.policy))]
+            if signed is not None:
+                purposes.append((ENV_PURPOSE, 1))
+            t0 = time.monotonic()
             res = client.fetch(
                 app_id, purposes, setup.source.quote, event_log=log, now=now, bundle=bundle.encode()
             )
-        except KeyReleaseError as exc:
-            raise AgentError(f"the committee released no key to this CVM: {exc}") from None
-        timings["key_request"] = time.monotonic() - t0
-        derived = res.derived[(ROOT_PURPOSE, version)]
-        root = app_root_from_sigma(derived.point.to_bytes(), derived.key_id.encode())
-        public = root_public(root)
-        t0 = time.monotonic()
-        try:
-            cert = client.certify(
-                app_id, version, public, setup.source.quote, event_log=log, bundle=bundle.encode()
-            )
-        except KeyReleaseError as exc:
-            raise AgentError(f"the committee certified no app key for this CVM: {exc}") from None
-        timings["certificate"] = time.monotonic() - t0
-        urls = tuple(client.urls.values())
+            timings["key_request"] = time.monotonic() - t0
+            return res, bundle
+
+    try:
+        res, bundle = with_claimants(target, fetch)
+    except KeyReleaseError as exc:
+        raise AgentError(f"the committee released no key to this CVM: {exc}") from None
+    version = root_version(bundle.signed.policy)
+    derived = res.derived[(ROOT_PURPOSE, version)]
+    root = app_root_from_sigma(derived.point.to_bytes(), derived.key_id.encode())
+    public = root_public(root)
+
+    def certify(urls: dict[ParticipantIndex, str]) -> tuple[AppKeyCert, tuple[str, ...]]:
+        with KeyClient(urls, mpk, hedge_after=0.5, transport=transport) as client:
+            t0 = time.monotonic()
+            try:
+                cert = client.certify(
+                    app_id,
+                    version,
+                    public,
+                    setup.source.quote,
+                    event_log=log,
+                    bundle=bundle.encode(),
+                )
+            except AppKeyCertError as exc:  # a refusal like a key request's (next claimant)
+                raise KeyReleaseError(
+                    str(exc),
+                    refusals=exc.refusals,
+                    bad_nodes=exc.bad_nodes,
+                    unreachable=exc.unreachable,
+                ) from None
+            timings["certificate"] = time.monotonic() - t0
+            return cert, tuple(client.urls.values())
+
+    try:
+        cert, urls = with_claimants(target, certify)
+    except KeyReleaseError as exc:
+        raise AgentError(f"the committee certified no app key for this CVM: {exc}") from None
     try:  # what the app will serve as link 1 must verify as a verifier checks it
         if cert.version != version:
             raise ChainError(f"the certificate names version {cert.version}, not {version}")
@@ -287,9 +409,9 @@ def obtain_keys(
     except ChainError as exc:
         raise AgentError(f"the committee's certificate does not verify: {exc}") from None
     env: bytes | None = None
-    if sealed is not None:
+    if sealed:
         try:
-            env = ibe.decrypt(res.derived[(ENV_PURPOSE, 1)], mpk, sealed)
+            env = ibe.decrypt(res.derived[(ENV_PURPOSE, 1)], mpk, sealed[0])
         except DecryptionError as exc:
             raise AgentError(f"cannot decrypt {setup.env_file}: {exc}") from None
     keys = AgentKeys(
@@ -307,24 +429,43 @@ def obtain_keys(
 
 
 def boot(setup: AgentSetup, *, transport: httpx.BaseTransport | None = None) -> Booted:
-    """Steps 1–4, and the decrypted env file written to ``env_out`` (0600)."""
-    out = setup.env_out
-    if (setup.env_file is None) != (out is None):
+    """Steps 1–4. The decrypted env file, if any, is in ``Booted.env``; ``run`` writes it."""
+    if (setup.env_file is None) != (setup.env_out is None):
         raise AgentError("an encrypted env file needs both env_file and env_out")
     try:
         view = read_view(setup.source)
     except ValueError as exc:
         raise AgentError(f"the TEE view does not check: {exc}") from None
     keys, env, timings = obtain_keys(setup, view, transport=transport)
-    if env is not None and out is not None:
-        try:
-            write_secret(out, env)
-        except OSError as exc:
-            raise AgentError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return Booted(keys, view, timings)
+    return Booted(keys, view, timings, env)
 
 
 # --- serving ------------------------------------------------------------------------------
+
+
+_LOCKS: dict[Path, int] = {}
+"""The socket locks this process holds (``lock_socket``), by lock path."""
+
+
+def lock_socket(path: Path) -> None:
+    """Hold ``<socket>.lock`` (``kms.store.lock``'s ``flock`` beside a file) for the rest of
+    this process's life; ``AgentError`` at once when another process holds it (another
+    agent serves, or boots to serve, on ``path``). A no-op when this process holds it."""
+    lock = Path(str(Path(path).resolve()) + ".lock")  # as kms.store.lock.lock_path
+    if lock in _LOCKS:
+        return
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise AgentError(f"cannot create the socket's lock file {lock}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise AgentError(
+            f"another agent holds {lock}: it serves (or is starting to serve) on {path}"
+        ) from None
+    _LOCKS[lock] = fd
 
 
 def _answers(path: Path) -> bool:
@@ -383,12 +524,14 @@ def serve(
     connection, request headers are bounded, so are unread body chunks, and an idle
     keep-alive connection is closed. The socket appears at ``path`` only once the server
     answers; ``on_ready`` runs then. The socket is removed on the way out if it is still
-    this agent's."""
+    this agent's. ``<path>.lock`` is held first (``lock_socket``): a second agent on one
+    path stops with ``AgentError``."""
     import trio
     from hypercorn.trio import serve as hypercorn_serve
 
     from kms.api.http import server_config
 
+    lock_socket(path)
     clear_stale_socket(path)
     try:
         sock, tmp = _bound_socket(path)
@@ -436,7 +579,11 @@ def serve(
 
 
 def run(setup: AgentSetup, *, out: TextIO = sys.stdout) -> None:
-    """Boot and serve (``kms agent run``); ``AgentError`` before anything is served."""
+    """Boot and serve (``kms agent run``); ``AgentError`` before anything is served.
+
+    The socket's lock is taken before anything else. The decrypted env file is written
+    (0600) just before serving, and removed again when serving fails."""
+    lock_socket(setup.socket)
     if setup.http is not None:
         loopback(f"{setup.http[0]}:{setup.http[1]}")
     booted = boot(setup)
@@ -446,7 +593,19 @@ def run(setup: AgentSetup, *, out: TextIO = sys.stdout) -> None:
         out.write(f"serving on {setup.socket}\n")
         out.flush()
 
-    serve(app, setup.socket, setup.http, on_ready=ready)
+    written = False
+    if booted.env is not None and setup.env_out is not None:
+        try:
+            write_secret(setup.env_out, booted.env)
+        except OSError as exc:
+            raise AgentError(f"cannot write {setup.env_out}: {exc.strerror or exc}") from None
+        written = True
+    try:
+        serve(app, setup.socket, setup.http, on_ready=ready)
+    except BaseException:
+        if written and setup.env_out is not None:
+            setup.env_out.unlink(missing_ok=True)
+        raise
 
 
 # --- where the setup comes from -------------------------------------------------------------

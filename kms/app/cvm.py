@@ -15,8 +15,11 @@ URL of the list already claimed is left out and named.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -45,28 +48,73 @@ class Nodes:
     """Later URLs that claim an index already claimed, in the order given."""
 
 
-def nodes_by_index(urls: Sequence[str], timeout: float = 5.0) -> Nodes:
-    """Each URL's committee index, from its ``GET /v1/status`` (see the module docstring)."""
+class AnswerTooLarge(ValueError):
+    """A node's answer longer than the reader's cap (or compressed)."""
+
+
+STATUS_CAP = 64 * 1024
+"""The largest status answer read from a node (bytes); a longer one is dropped unread."""
+
+
+def read_capped(http: httpx.Client, url: str, cap: int, deadline: float) -> tuple[int, bytes]:
+    """``GET url`` read as a stream: the status code and the body, ``AnswerTooLarge`` past
+    ``cap`` bytes, ``httpx.ReadTimeout`` once ``time.monotonic()`` passes ``deadline``
+    (checked after every chunk, so a body trickled slowly ends there too)."""
+    with http.stream("GET", url, headers={"accept-encoding": "identity"}) as r:
+        if r.headers.get("content-encoding", "identity") != "identity":
+            raise AnswerTooLarge("a compressed answer (only identity is read)")
+        body = bytearray()
+        for chunk in r.iter_bytes():
+            body += chunk
+            if len(body) > cap:
+                raise AnswerTooLarge(f"an answer longer than {cap} bytes")
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout("no whole answer in time")
+        return r.status_code, bytes(body)
+
+
+def nodes_by_index(
+    urls: Sequence[str], timeout: float = 5.0, *, deadline: float | None = None
+) -> Nodes:
+    """Each URL's committee index, from its ``GET /v1/status`` (see the module docstring).
+
+    Every URL is asked at once; each answer is read as a stream, dropped past
+    ``STATUS_CAP`` bytes, and the whole takes at most ``deadline`` seconds (``2 *
+    timeout`` by default): a node still answering then is left out."""
     found: dict[ParticipantIndex, str] = {}
     contested: dict[ParticipantIndex, list[str]] = {}
     left_out: list[str] = []
-    with httpx.Client(timeout=timeout, transport=owner.HTTP_TRANSPORT) as http:
-        for url in urls:
-            try:
-                r = http.get(url + "/v1/status")
-            except httpx.TimeoutException:
+    stop = time.monotonic() + (2 * timeout if deadline is None else deadline)
+
+    def ask(http: httpx.Client, url: str) -> object:
+        try:
+            status, body = read_capped(http, url + "/v1/status", STATUS_CAP, stop)
+        except httpx.TimeoutException:
+            return f"{url}: no answer in time"
+        except httpx.HTTPError as exc:
+            return f"{url}: unreachable ({exc or 'no connection'})"
+        except AnswerTooLarge as exc:
+            return f"{url}: {exc}"
+        except Exception as exc:  # a URL no request can be built for (httpx, idna)
+            return f"{url}: not a usable URL ({type(exc).__name__}: {exc})"
+        try:
+            info = json.loads(body) if status == 200 else None
+            return info.get("index") if info is not None else None
+        except (ValueError, AttributeError):
+            return f"{url}: its status is not a JSON object"
+
+    http = httpx.Client(timeout=timeout, transport=owner.HTTP_TRANSPORT)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(16, len(urls))))
+    try:
+        futures = [pool.submit(ask, http, url) for url in urls]
+        wait(futures, timeout=max(0.0, stop - time.monotonic()))
+        for url, fut in zip(urls, futures, strict=True):
+            if not fut.done():
                 left_out.append(f"{url}: no answer in time")
                 continue
-            except httpx.HTTPError as exc:
-                left_out.append(f"{url}: unreachable ({exc or 'no connection'})")
-                continue
-            except Exception as exc:  # a URL no request can be built for (httpx, idna)
-                left_out.append(f"{url}: not a usable URL ({type(exc).__name__}: {exc})")
-                continue
-            try:
-                index = r.json().get("index") if r.status_code == 200 else None
-            except (ValueError, AttributeError):
-                left_out.append(f"{url}: its status is not a JSON object")
+            index = fut.result()
+            if isinstance(index, str):
+                left_out.append(index)
                 continue
             if not isinstance(index, int) or isinstance(index, bool) or index < 1:
                 left_out.append(f"{url}: its status names no committee index")
@@ -77,6 +125,9 @@ def nodes_by_index(urls: Sequence[str], timeout: float = 5.0) -> Nodes:
                 contested.setdefault(ParticipantIndex(index), []).append(url)
                 continue
             found[ParticipantIndex(index)] = url
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        http.close()
     if not found:
         raise CVMError(
             "no node answered at the URLs given ("

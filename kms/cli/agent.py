@@ -112,7 +112,7 @@ def run_cmd(
     certified the socket appears and one line ``serving on PATH`` is printed. A CVM the
     app's policy does not admit gets no key: one ``error: …`` line, exit 1, no socket.
     """
-    from kms.agent.runtime import AgentError, CommandLine, run, setup_from
+    from kms.agent.runtime import AgentError, CommandLine, lock_socket, run, setup_from
 
     tee_paths = {
         "dstack_socket": dstack_socket,
@@ -134,6 +134,8 @@ def run_cmd(
         tee_paths=tee_paths,
     )
     try:
+        if socket is not None:  # one agent per socket, before anything else (run takes it too)
+            lock_socket(socket)
         run(setup_from(options))
     except AgentError as exc:
         die(str(exc), 1)

@@ -48,6 +48,7 @@ __all__ = [
     "APP_ID_DOMAIN",
     "APP_ID_LENGTH",
     "CTX_APP_POLICY",
+    "CTX_DSTACK_ENV",
     "CTX_OWNER_ROTATION",
     "MAX_ROTATIONS",
     "OWNER_CONTEXTS",
@@ -69,7 +70,11 @@ CTX_APP_POLICY: Final = b"quorum-kms/v1/policy/app-policy"
 CTX_OWNER_ROTATION: Final = b"quorum-kms/v1/policy/owner-rotation"
 """Signing context of an owner rotation record."""
 
-OWNER_CONTEXTS: Final = (CTX_APP_POLICY, CTX_OWNER_ROTATION)
+CTX_DSTACK_ENV: Final = b"quorum-kms/v1/dstack/env"
+"""Signing context of a dstack app's sealed env file (:mod:`kms.agent.envfile`): the
+statement is ``app_id ‖ SHA-256(ciphertext)``."""
+
+OWNER_CONTEXTS: Final = (CTX_APP_POLICY, CTX_OWNER_ROTATION, CTX_DSTACK_ENV)
 """The only contexts an owner key signs under."""
 
 MAX_ROTATIONS: Final = 256

@@ -248,13 +248,15 @@ def test_same_keys_after_restart_with_a_node_stopped_and_after_join_and_leave(
 ) -> None:
     net.stop_agent()
     assert not net.sock.exists(), "the agent left its socket behind"
-    # The restart also opens an env file sealed to the app's env inbox (kms env encrypt).
+    # The restart also opens an env file sealed to the app's env inbox and signed by its
+    # owner key (kms env encrypt).
     secret = b"API_TOKEN=a-secret-only-the-cvm-reads\nENV_VERSION=7\n"
     (tmp_path / "app.env").write_bytes(secret)
     subprocess.run(
         [
             *(sys.executable, "-m", "kms.cli", "env", "encrypt", "--mpk", net.mpk.hex()),
             *("--app", net.app_id.hex(), str(tmp_path / "app.env"), str(tmp_path / "app.env.enc")),
+            *("--owner-key", str(net.directory / "apps" / f"{devnet.DSTACK_APP}.owner")),
         ],
         check=True,
         capture_output=True,

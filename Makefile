@@ -53,21 +53,25 @@ typecheck: $(STAMP)
 # run one at a time; they mostly wait (about half a core), so the two n = 64 compute-only
 # simulations (marked `long`) run beside them, on two workers of their own, and print
 # their report after; so do the docs run as written (marked `guide`: the operator guide's
-# tutorial and the README's quick start, which mostly wait on their node processes). (SLOW_WORKERS=2 runs two slow test files at once,
+# tutorial and the README's quick start, which mostly wait on their node processes), and the
+# real dstack SDK against `kms agent` on a devnet (marked `sdk`; it mostly waits too).
+# (SLOW_WORKERS=2 runs two slow test files at once,
 # each file's tests on one worker so that a module's shared devnet starts once; the
 # deadlines assume one, and kms.app.devnet.free_port keeps ports distinct only within one
 # process, so two workers' devnets could pick the same port.)
 SLOW_WORKERS ?= 1
 test: lint typecheck $(SDK_STAMP)
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not long" --durations=15
-	@long_log=$$(mktemp); guide_log=$$(mktemp); \
+	@long_log=$$(mktemp); guide_log=$$(mktemp); sdk_log=$$(mktemp); \
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m long --durations=2 >"$$long_log" 2>&1 & long_pid=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider -m guide --durations=2 >"$$guide_log" 2>&1 & guide_pid=$$!; \
-	$(PY) -m pytest -q -m "slow and not parallel and not guide" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
-	wait $$long_pid; long_rc=$$?; wait $$guide_pid; guide_rc=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider -m sdk --durations=3 >"$$sdk_log" 2>&1 & sdk_pid=$$!; \
+	$(PY) -m pytest -q -m "slow and not parallel and not guide and not sdk" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
+	wait $$long_pid; long_rc=$$?; wait $$guide_pid; guide_rc=$$?; wait $$sdk_pid; sdk_rc=$$?; \
 	echo "--- the long simulation (run beside the slow tests) ---"; cat "$$long_log"; rm -f "$$long_log"; \
 	echo "--- the docs run as written (run beside the slow tests) ---"; cat "$$guide_log"; rm -f "$$guide_log"; \
-	[ $$slow_rc -eq 0 ] && [ $$long_rc -eq 0 ] && [ $$guide_rc -eq 0 ]
+	echo "--- the dstack SDK against kms agent (run beside the slow tests) ---"; cat "$$sdk_log"; rm -f "$$sdk_log"; \
+	[ $$slow_rc -eq 0 ] && [ $$long_rc -eq 0 ] && [ $$guide_rc -eq 0 ] && [ $$sdk_rc -eq 0 ]
 
 # Inner loop: skips the slow (multi-process, real network) tests.
 test-fast: $(STAMP)

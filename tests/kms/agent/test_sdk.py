@@ -31,7 +31,7 @@ from kms.dstack import chain as dchain
 from kms.dstack import keys as dkeys
 from kms.dstack import tls as dtls
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sdk]
 
 EMIT_EVENT_ERROR = (
     "EmitEvent was removed in dstack 0.6.0; runtime RTMR3 events are system-owned and "

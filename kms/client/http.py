@@ -11,10 +11,10 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -318,6 +318,21 @@ several cold requests verifies the chain once per ``chain_ttl``."""
 _HEADS_LOCK = threading.Lock()
 
 
+class _AskingSession(Protocol):
+    """What :meth:`KeyClient._ask_hedged` needs of a key or certificate session."""
+
+    @property
+    def rejected(self) -> Sized: ...
+    @property
+    def refusals(self) -> Sized: ...
+    @property
+    def done(self) -> bool: ...
+    def next_nodes(self, count: int) -> list[ParticipantIndex]: ...
+    def mark_asked(self, indices: Sequence[ParticipantIndex]) -> None: ...
+    def missing(self) -> int: ...
+    def receive(self, index: ParticipantIndex, answer: Any) -> None: ...
+
+
 class KeyClient:
     """A CVM's link to the committee: the pinned key, a verified chain, kept-alive connections.
 
@@ -599,6 +614,53 @@ class KeyClient:
             refusals,
         )
 
+    def _ask_hedged(
+        self,
+        session: _AskingSession,
+        threshold: int,
+        body: bytes,
+        path: str,
+        answers: tuple[type, ...],
+    ) -> tuple[list[ParticipantIndex], list[str]]:
+        """Post ``body`` to ``threshold`` nodes at once, then one more per failed answer
+        and per ``hedge_after`` of silence, until ``session`` is done or no node is left.
+        Returns the nodes asked, in order, and the answers that were not ``answers``."""
+        asked: list[ParticipantIndex] = []
+        ignored: list[str] = []
+        pending: dict[Future[object], ParticipantIndex] = {}
+
+        def ask(count: int) -> None:
+            batch = session.next_nodes(count)
+            session.mark_asked(batch)
+            asked.extend(batch)
+            for index in batch:
+                pending[self._pool.submit(self._post, index, body, path)] = index
+
+        ask(threshold)
+        while pending and not session.done:
+            done, _ = wait(pending, timeout=self.hedge_after, return_when=FIRST_COMPLETED)
+            if not done:
+                ask(1)  # a slow node: ask one more rather than wait out the timeout
+                continue
+            for fut in sorted(done, key=lambda f: int(pending[f])):
+                index = pending.pop(fut)
+                answer = fut.result()
+                before = len(session.rejected) + len(session.refusals)
+                if isinstance(answer, answers):
+                    session.receive(index, answer)
+                    failed = len(session.rejected) + len(session.refusals) - before
+                else:
+                    ignored.append(f"node {int(index)}: {type(answer).__name__}: {answer}")
+                    failed = 1
+                if failed and not session.done:
+                    ask(failed)
+            if not pending and not session.done:
+                # Nothing in flight and no epoch has t partials (a member answered for the
+                # other epoch: neither a failure nor progress): ask enough members to
+                # complete the best epoch, until none is left.
+                ask(max(session.missing(), 1))
+        return asked, ignored
+
     def _ask_cert(
         self,
         chain: ChainState,
@@ -627,38 +689,9 @@ class KeyClient:
             preferred=self._responsive,
         )
         body = session.attach_quote(quote_for(session.report_data), event_log).encode()
-        ignored: list[str] = []
-        pending: dict[Future[object], ParticipantIndex] = {}
-
-        def ask(count: int) -> None:
-            batch = session.next_nodes(count)
-            session.mark_asked(batch)
-            for index in batch:
-                pending[self._pool.submit(self._post, index, body, "/v1/app-key-cert")] = index
-
-        ask(chain.threshold)
-        while pending and not session.done:
-            done, _ = wait(pending, timeout=self.hedge_after, return_when=FIRST_COMPLETED)
-            if not done:
-                ask(1)
-                continue
-            for fut in sorted(done, key=lambda f: int(pending[f])):
-                index = pending.pop(fut)
-                answer = fut.result()
-                before = len(session.rejected) + len(session.refusals)
-                if isinstance(answer, AppKeyCertShare | KeyRefusal):
-                    session.receive(index, answer)
-                    failed = len(session.rejected) + len(session.refusals) - before
-                else:
-                    ignored.append(f"node {int(index)}: {type(answer).__name__}: {answer}")
-                    failed = 1
-                if failed and not session.done:
-                    ask(failed)
-            if not pending and not session.done:
-                # Nothing in flight and no epoch has t partials (a member answered for the
-                # other epoch: neither a failure nor progress): ask enough members to
-                # complete the best epoch, until none is left.
-                ask(max(session.missing(), 1))
+        _, ignored = self._ask_hedged(
+            session, chain.threshold, body, "/v1/app-key-cert", (AppKeyCertShare, KeyRefusal)
+        )
         return session, ignored
 
     def _ask(
@@ -688,40 +721,9 @@ class KeyClient:
             preferred=self._responsive,
         )
         body = session.attach_quote(quote_for(session.report_data), event_log).encode()
-        asked: list[ParticipantIndex] = []
-        ignored: list[str] = []
-        pending: dict[Future[object], ParticipantIndex] = {}
-
-        def ask(count: int) -> None:
-            batch = session.next_nodes(count)
-            session.mark_asked(batch)
-            asked.extend(batch)
-            for index in batch:
-                pending[self._pool.submit(self._post, index, body)] = index
-
-        ask(chain.threshold)
-        while pending and not session.done:
-            done, _ = wait(pending, timeout=self.hedge_after, return_when=FIRST_COMPLETED)
-            if not done:
-                ask(1)  # a slow node: ask one more rather than wait out the timeout
-                continue
-            for fut in sorted(done, key=lambda f: int(pending[f])):
-                index = pending.pop(fut)
-                answer = fut.result()
-                before = len(session.rejected) + len(session.refusals)
-                if isinstance(answer, KeyResponse | KeyRefusal):
-                    session.receive(index, answer)
-                    failed = len(session.rejected) + len(session.refusals) - before
-                else:
-                    ignored.append(f"node {int(index)}: {type(answer).__name__}: {answer}")
-                    failed = 1
-                if failed and not session.done:
-                    ask(failed)
-            if not pending and not session.done:
-                # Nothing in flight and no epoch has t partials (a member answered for the
-                # other epoch: neither a failure nor progress): ask enough members to
-                # complete the best epoch, until none is left.
-                ask(max(session.missing(), 1))
+        asked, ignored = self._ask_hedged(
+            session, chain.threshold, body, "/v1/keys", (KeyResponse, KeyRefusal)
+        )
         return session, asked, ignored
 
 

@@ -59,6 +59,7 @@ from kms.attest import (
 from kms.node.release import (
     Admitted,
     AppState,
+    AttestedRequestFacts,
     Candidate,
     KeyRefusalReason,
     KeyReleaser,
@@ -66,8 +67,7 @@ from kms.node.release import (
     gate,
     refuse,
 )
-from kms.policy import ROOT_PURPOSE, EventLogError, Evidence, PolicyError, admits, root_version
-from kms.policy.eventlog import replay_rtmr3
+from kms.policy import ROOT_PURPOSE, Evidence, PolicyError, admits, root_version
 from kms.protocol import AppKeyCertRequest, AppKeyCertShare
 from mpc import appcert
 from mpc.secret import SecretShare
@@ -112,39 +112,13 @@ class AppCertAuditRecord:
 
 
 @dataclass(frozen=True)
-class CertNeeds:
+class CertNeeds(AttestedRequestFacts):
     """A certificate request that passed :meth:`AppKeyCertifier.check`, and what the rest
     needs gathered for it (as ``kms.node.release.Needs``)."""
 
     request: AppKeyCertRequest
     request_hash: bytes
     quote: ParsedQuote
-
-    @property
-    def platform(self) -> tuple[str, str]:
-        return self.quote.platform
-
-    @property
-    def app_id(self) -> bytes:
-        return bytes(self.request.body.app_id)
-
-    @property
-    def nonce(self) -> bytes:
-        return bytes(self.request.body.nonce)
-
-    @property
-    def names_bundle(self) -> bool:
-        return bool(self.request.body.policy_hash)
-
-    def measures_app(self) -> bool:
-        """The RTMR3 event log replays to the quote's RTMR3 and names the requested app."""
-        log = self.request.event_log
-        if not log:
-            return False
-        try:
-            return replay_rtmr3(bytes(log), self.quote.fields.rtmr3).app_id == self.app_id
-        except EventLogError:
-            return False
 
 
 @dataclass(frozen=True)

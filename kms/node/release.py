@@ -72,6 +72,7 @@ from kms.attest import (
 from kms.policy import AppPolicy, EventLogError, Evidence, PolicyError, admits
 from kms.policy.eventlog import replay_rtmr3
 from kms.protocol import (
+    AppKeyCertRequest,
     KeyRefusal,
     KeyRequest,
     KeyResponse,
@@ -178,19 +179,14 @@ class ReleaseAuditRecord:
         }
 
 
-@dataclass(frozen=True)
-class Needs:
-    """A request that passed :meth:`KeyReleaser.check`, and what the rest of the
-    pipeline needs gathered for it: the nonce to test, the platform to fetch
-    collateral for, the app whose state to read."""
+class AttestedRequestFacts:
+    """What every attested request (a key request, an app-key certificate request) tells
+    the rest of the pipeline once its quote is parsed: the platform to fetch collateral
+    for, the app, the nonce, and whether its log measures the app. A mixin of
+    :class:`Needs` and ``kms.node.appcert.CertNeeds``, which hold ``request`` and ``quote``."""
 
-    request: KeyRequest
-    request_hash: bytes
-    """SHA-256 of the request's canonical encoding (``KeyRequest.request_hash``)."""
+    request: KeyRequest | AppKeyCertRequest
     quote: ParsedQuote
-    """The quote, parsed once."""
-    target: bytes
-    """The CVM's ephemeral key for this node's index."""
 
     @property
     def platform(self) -> tuple[str, str]:
@@ -220,6 +216,21 @@ class Needs:
             return replay_rtmr3(bytes(log), self.quote.fields.rtmr3).app_id == self.app_id
         except EventLogError:
             return False
+
+
+@dataclass(frozen=True)
+class Needs(AttestedRequestFacts):
+    """A request that passed :meth:`KeyReleaser.check`, and what the rest of the
+    pipeline needs gathered for it: the nonce to test, the platform to fetch
+    collateral for, the app whose state to read."""
+
+    request: KeyRequest
+    request_hash: bytes
+    """SHA-256 of the request's canonical encoding (``KeyRequest.request_hash``)."""
+    quote: ParsedQuote
+    """The quote, parsed once."""
+    target: bytes
+    """The CVM's ephemeral key for this node's index."""
 
 
 # --- the app's state at this node, gathered by the shell -------------------------------------

@@ -396,6 +396,14 @@ ROWS: dict[str, Rule] = {
     "kms.app.agentproc": Rule((), any_third_party=True, note="processes only"),
     # ``make demo``: a committee and a CVM, end to end.
     "kms.app.demo": Rule(("mpc", "net", "kms"), any_third_party=True, not_project=("kms.cli",)),
+    # ``kms chaos``: the fault lab. Runs the real node and client programs on hosts of their
+    # own; its byzantine members bend a real node with the simulator's adversary hooks.
+    "kms.chaos": Rule(
+        ("mpc", "net", "kms", "sim.adversary"),
+        any_third_party=True,
+        not_project=("kms.cli", "kms.app.demo"),
+        note="the fault lab: network hosts, nemesis, workload, checker",
+    ),
     # ``kms``: the command line, one module per command group; only ``kms sim`` imports sim.
     "kms.cli": ENTRY,
     # --- sim: drives the cores; no real network, no wall clock.

@@ -1,0 +1,237 @@
+"""The fault lab's node program: test-only configs are refused by production commands, and
+each byzantine behaviour and broken build has an observable effect on a real node."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from typer.testing import CliRunner
+
+from kms.api.http import make_app
+from kms.app import devnet
+from kms.app.config import ConfigError
+from kms.app.setup import run_node
+from kms.app.testing import app_bundle, local_committee
+from kms.chaos import byzantine, nodeproc
+from kms.cli import app as cli_app
+from kms.client.http import chain_epochs_from_bytes
+from kms.node.core import NodeCore
+from kms.node.governance import NOTICED_PER_MEMBER
+from kms.node.model import NodeConfig, Restored
+from kms.node.service import NodeService
+from kms.policy import OwnerKey
+from kms.protocol import KeyResponse
+from kms.store import NodeStore, TEESealer
+from mpc import hpke
+from mpc.ids import ParticipantIndex as PI
+from mpc.membership.testing import forged_chain, member_seeds
+from mpc.sig import SigningKey
+from net.memory import MemoryNetwork, MemoryTransport
+from net.peerid import peer_id_from_ed25519
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A devnet node's node.toml (simulated quotes accepted), without ``[testing]``."""
+    base = tmp_path_factory.mktemp("devnet")
+    state = devnet.create(
+        base, 2, 2, delta=1.0, start_in=60.0, window_period=60.0, refresh_interval=0.0
+    )
+    return Path(state["nodes"][0]["config"])
+
+
+def with_section(config: Path, tmp: Path, text: str) -> Path:
+    out = config.parent / f"{tmp.name}-node.toml"
+    out.write_text(config.read_text() + "\n" + text + "\n")
+    return out
+
+
+# --- the [testing] section is test-only ------------------------------------------------------
+
+
+def test_check_config_refuses_a_testing_section(lab_config: Path, tmp_path: Path) -> None:
+    cfg = with_section(lab_config, tmp_path, "[testing]\nlab = true")
+    result = CliRunner().invoke(cli_app, ["node", "check-config", "--config", str(cfg)])
+    assert result.exit_code == 2, result.output
+    assert "[testing] is a test-only section" in result.stderr
+    ok = CliRunner().invoke(cli_app, ["node", "check-config", "--config", str(lab_config)])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_node_run_refuses_a_testing_section(lab_config: Path, tmp_path: Path) -> None:
+    cfg = with_section(lab_config, tmp_path, '[testing]\nlab = true\nbroken = "window-tally"')
+    with pytest.raises(ConfigError, match=r"\[testing\] is a test-only section"):
+        trio.run(run_node, cfg)
+
+
+def test_the_node_program_refuses_a_config_without_lab(
+    lab_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert nodeproc.main(["--config", str(lab_config)]) == 2
+    assert "lab = true" in capsys.readouterr().err
+    off = with_section(lab_config, tmp_path, "[testing]\nlab = false")
+    assert nodeproc.main(["--config", str(off)]) == 2
+    prod = lab_config.read_text().replace(
+        "accept_simulated_quotes = true", "accept_simulated_quotes = false"
+    )
+    assert prod != lab_config.read_text()
+    no_sim = lab_config.parent / f"{tmp_path.name}-nosim.toml"
+    no_sim.write_text(prod + "\n[testing]\nlab = true\n")
+    # (refused by the config's own checks or by the lab check: never run)
+    assert nodeproc.main(["--config", str(no_sim)]) == 2
+    bad = with_section(lab_config, tmp_path, "[testing]\nlab = true")
+    assert nodeproc.main(["--config", str(bad), "--adversary", '[{"behaviour": "nope"}]']) == 2
+    assert "unknown behaviour" in capsys.readouterr().err
+    specs, broken = nodeproc.lab_settings(
+        bad, '[{"behaviour": "spam-refresh", "params": {"every": 2}}]', "window-tally"
+    )
+    assert specs == [("spam-refresh", {"every": 2})] and broken == "window-tally"
+
+
+# --- behaviours on the in-process committee ---------------------------------------------------
+
+
+def test_wrong_partials_are_rejected_by_the_client_and_t_honest_still_serve(
+    tmp_path: Path,
+) -> None:
+    owner = OwnerKey.from_seed(random.Random(5).randbytes(32))
+
+    async def main() -> None:
+        async with local_committee(tmp_path, n=3, threshold=2) as c:
+            bundle = app_bundle(owner, c.mpk).encode()
+            app_id = owner.app_id()
+            # Honest first: node 3's partial is good.
+            good, _ = await c.fetch_keys(app_id, bundle=bundle, nodes=[3, 1])
+            assert good.done and good.bad_nodes() == []
+            byz = byzantine.apply_adversary(
+                c.services[3], [("wrong-partials", {})], rebuild_core=False
+            )
+            assert byz.behaviours[0].name == "wrong-partials"
+            s, answers = await c.fetch_keys(app_id, bundle=bundle, nodes=[3, 1, 2])
+            assert isinstance(answers[3], KeyResponse)  # served, signed and encrypted as usual
+            assert s.done
+            assert s.bad_nodes() == [PI(3)]
+
+    trio.run(main)
+
+
+def test_skip_policy_check_releases_to_a_measurement_outside_the_policy(
+    tmp_path: Path,
+) -> None:
+    owner = OwnerKey.from_seed(random.Random(6).randbytes(32))
+    rogue = {k: bytes([0xEE]) * 48 for k in ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3")}
+
+    async def main() -> None:
+        async with local_committee(tmp_path, n=3, threshold=2) as c:
+            app_id = owner.app_id()
+            bundle = app_bundle(owner, c.mpk).encode()
+            ok, _ = await c.fetch_keys(app_id, bundle=bundle)  # admits the app
+            assert ok.done
+            refused, answers = await c.fetch_keys(app_id, measurement=rogue, retry=False)
+            assert not refused.done
+            assert not any(isinstance(a, KeyResponse) for a in answers.values())
+            with byzantine.skip_policy_check():
+                leaked, answers = await c.fetch_keys(app_id, measurement=rogue, retry=False)
+            assert all(isinstance(a, KeyResponse) for a in answers.values()), answers
+            assert leaked.done
+
+    trio.run(main)
+
+
+def test_spam_refresh_proposals_are_capped_at_honest_members(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_committee(tmp_path, n=3, threshold=2) as c:
+            byz = byzantine.apply_adversary(
+                c.services[3], [("spam-refresh", {"every": 0.0})], rebuild_core=False
+            )
+            spam = byz.behaviours[0]
+            assert isinstance(spam, byzantine.SpamRefresh)
+            for _ in range(3 * NOTICED_PER_MEMBER):
+                c.clock.t += 0.01
+                c.services[3].driver.advance_time(c.clock.now())
+                c.services[3]._step()
+                await trio.sleep(0.01)
+            await trio.sleep(0.2)
+            assert spam.proposed >= 3 * NOTICED_PER_MEMBER
+            for i in (1, 2):
+                noticed = c.services[i].core.governance.noticed.get(3, {})
+                assert 0 < len(noticed) <= NOTICED_PER_MEMBER, len(noticed)
+
+    trio.run(main)
+
+
+def test_withhold_partials_holds_then_releases_to_chosen_members(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with local_committee(tmp_path, n=3, threshold=2) as c:
+            byz = byzantine.apply_adversary(
+                c.services[3],
+                [
+                    (
+                        "withhold-partials",
+                        {"messages": ["chain-updates"], "release_after": 1.0, "to": [1]},
+                    )
+                ],
+                rebuild_core=False,
+            )
+            w = byz.behaviours[0]
+            assert isinstance(w, byzantine.WithholdPartials)
+            from mpc.membership.messages import ChainRequest
+
+            sent_before = byz.sent
+            for peer in (1, 2):  # both ask node 3 for its chain, as a catching-up node does
+                frame, _ = c.services[peer].driver.envelope(ChainRequest(0))
+                pid = c.services[peer].transport.local_peer
+                c.services[3].handle_frame(pid, frame)
+            assert w.withheld >= 2 and len(w.held) >= 2
+            c.clock.t += 2.0
+            c.services[3].driver.advance_time(c.clock.now())
+            assert w.released >= 1 and byz.sent > sent_before
+            assert not w.held  # the one to node 2 is dropped: only node 1 gets it
+
+    trio.run(main)
+
+
+def test_stale_chain_serves_an_older_head(tmp_path: Path) -> None:
+    chain = forged_chain(4, n=4, t=3)
+    id_seed, dkg_seed = member_seeds(4)[1]
+    store = NodeStore(tmp_path / "node.db", TEESealer(lambda: b"k" * 32))
+    store.save_identity(id_seed, dkg_seed)
+    ident = SigningKey.from_seed(id_seed)
+    config = NodeConfig(PI(1), chain.committee, 3, genesis_start=1e6, delta=0.5, window_period=1e9)
+    dkg, _ = hpke.derive_key_pair(dkg_seed)
+    core = NodeCore(
+        config,
+        ident,
+        dkg,
+        rng=random.Random(1).randbytes,
+        restored=Restored(chain=tuple(chain.links), share=chain.share(1)),
+    )
+    pid = peer_id_from_ed25519(ident.verify_key().to_bytes())
+    svc = NodeService(config, store, MemoryTransport(MemoryNetwork(), pid), {}, core=core)
+
+    async def head() -> int:
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=make_app(svc)), base_url="http://n"
+        )
+        async with client:
+            raw = (await client.get("/v1/chain")).content
+        return chain_epochs_from_bytes(raw, chain.mpk)[-1].epoch
+
+    assert trio.run(head) == 4
+    byzantine.apply_adversary(svc, [("stale-chain", {"behind": 2})], rebuild_core=False)
+    assert trio.run(head) == 2  # a verifiable but stale chain
+    store.close()
+
+
+# --- window-tally: two outcomes certified for one epoch ----------------------------------------
+
+
+def _membership_certificates(rep: dict[str, Any]) -> dict[str, int]:
+    return dict(rep.get("membership_certificates", {}))

@@ -28,11 +28,16 @@ from kms.policy import OwnerKey
 from kms.protocol import KeyResponse
 from kms.store import NodeStore, TEESealer
 from mpc import hpke
+from mpc.broadcast import BroadcastPayload
+from mpc.codec import decode
+from mpc.dkg.messages import DealBundle
 from mpc.ids import ParticipantIndex as PI
-from mpc.membership.testing import forged_chain, member_seeds
+from mpc.membership.testing import forged_chain, member_seeds, participants
 from mpc.sig import SigningKey
 from net.memory import MemoryNetwork, MemoryTransport
 from net.peerid import peer_id_from_ed25519
+from sim.run import simulate
+from sim.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -230,8 +235,91 @@ def test_stale_chain_serves_an_older_head(tmp_path: Path) -> None:
     store.close()
 
 
-# --- window-tally: two outcomes certified for one epoch ----------------------------------------
+# --- equivocate-deal and window-tally ----------------------------------------------------------
 
 
-def _membership_certificates(rep: dict[str, Any]) -> dict[str, int]:
-    return dict(rep.get("membership_certificates", {}))
+def _genesis_service(tmp: Path, index: int) -> NodeService:
+    """Member ``index`` of a 4-member committee before its genesis DKG, on its own store."""
+    id_seed, dkg_seed = member_seeds(4)[index]
+    tmp.mkdir(exist_ok=True)
+    store = NodeStore(tmp / f"genesis-{index}.db", TEESealer(lambda: b"k" * 32))
+    store.save_identity(id_seed, dkg_seed)
+    config = NodeConfig(PI(index), participants(4), 3, genesis_start=100.0, delta=0.5)
+    pid = peer_id_from_ed25519(SigningKey.from_seed(id_seed).verify_key().to_bytes())
+    return NodeService(config, store, MemoryTransport(MemoryNetwork(), pid), {})
+
+
+def _deals_of(dealer: int, tmp: Path, adversary: list[tuple[str, dict[str, Any]]]) -> set[bytes]:
+    """The distinct signed deals ``dealer`` sends in a genesis DKG of four real node services
+    (frames carried between their drivers on a virtual clock), bent by ``adversary``."""
+    services = {i: _genesis_service(tmp, i) for i in range(1, 5)}
+    if adversary:
+        byzantine.apply_adversary(services[dealer], adversary)
+    deals: set[bytes] = set()
+    now = 100.0
+    try:
+        while now < 104.0 and not deals:
+            now += 0.02
+            for i, svc in services.items():
+                svc.driver.advance_time(now)
+                for m in svc.driver.step().messages:
+                    msg = m.message
+                    if isinstance(msg, BroadcastPayload) and i == dealer:
+                        if isinstance(decode(msg.payload), DealBundle):
+                            deals.add(msg.encode())
+                    peer = svc.transport.local_peer
+                    services[int(m.to)].driver.receive_frame(peer, m.frame, now)
+    finally:
+        for svc in services.values():
+            svc.store.close()
+    return deals
+
+
+def test_equivocate_deal_sends_two_signed_deals(tmp_path: Path) -> None:
+    assert len(_deals_of(2, tmp_path / "honest", [])) == 1  # one deal, to every member
+    liar = _deals_of(2, tmp_path / "liar", [("equivocate-deal", {})])
+    assert len(liar) == 2  # two different signed deals, one to each half
+
+
+def fork_scenario() -> Scenario:
+    """n = 4, t = 2, a scheduled refresh due in every window; nodes 3 and 4 are down through
+    window 1, and nodes 1 and 2 are cut from each other after window 1's ballots are
+    delivered, so window 1 decides its refresh at nodes 1 and 2 but certifies nothing. In
+    window 2 nodes 3 and 4 are back, without window 1's tally."""
+    start = 21.0  # window 1: genesis_start + 1 · window_period
+    return Scenario.from_dict(
+        {
+            "name": "window-tally-fork",
+            "n": 4,
+            "threshold": 2,
+            "delta": 0.5,
+            "duration": 60.0,
+            "window_period": 20.0,
+            "window_length": 2.0,
+            "refresh_interval": 1.0,
+            "network": {"latency": {"kind": "uniform", "low": 0.01, "high": 0.1}},
+            "crashes": [
+                {"node": 3, "at": start - 6, "recover": start + 14},
+                {"node": 4, "at": start - 6, "recover": start + 14},
+            ],
+            "partitions": [{"at": start + 1.0, "heal": start + 9.0, "groups": [[1], [2], [3, 4]]}],
+            "expect": {},
+        }
+    )
+
+
+FORK_SEED = 4
+"""A seed whose window-1 refresh proposal ranks before window 2's (proposal ids are hashes of
+the chain head: about one seed in two)."""
+
+
+def test_window_tally_certifies_two_outcomes_for_one_epoch() -> None:
+    fixed = simulate(fork_scenario(), FORK_SEED)
+    assert fixed["membership_certificates"]["0"] == 1
+    with byzantine.window_tally():
+        broken = simulate(fork_scenario(), FORK_SEED)
+    # Nodes 1 and 2 decide window 1's refresh from their carried tally, nodes 3 and 4
+    # window 2's: with no lock, both get t = 2 partials.
+    assert broken["membership_certificates"]["0"] == 2
+    again = simulate(fork_scenario(), FORK_SEED)  # the patch is undone on exit
+    assert again["membership_certificates"]["0"] == 1

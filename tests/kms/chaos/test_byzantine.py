@@ -3,7 +3,12 @@ each byzantine behaviour and broken build has an observable effect on a real nod
 
 from __future__ import annotations
 
+import json
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +328,48 @@ def test_window_tally_certifies_two_outcomes_for_one_epoch() -> None:
     assert broken["membership_certificates"]["0"] == 2
     again = simulate(fork_scenario(), FORK_SEED)  # the patch is undone on exit
     assert again["membership_certificates"]["0"] == 1
+
+
+@pytest.mark.slow
+def test_the_node_program_runs_a_byzantine_lab_node_and_stops_cleanly(tmp_path: Path) -> None:
+    """``python -m kms.chaos.nodeproc`` as the lab starts it: serves status, logs that it is
+    byzantine, and exits 0 on SIGTERM; ``kms node run`` refuses the same file."""
+    state = devnet.create(
+        tmp_path, 2, 2, delta=1.0, start_in=600.0, window_period=60.0, refresh_interval=0.0
+    )
+    node = state["nodes"][0]
+    config = Path(node["config"])
+    config.write_text(config.read_text() + '\n[testing]\nlab = true\nbroken = "window-tally"\n')
+    log = tmp_path / "node.log"
+    adversary = json.dumps([{"behaviour": "stale-chain", "params": {"behind": 1}}])
+    argv = [sys.executable, "-m", "kms.chaos.nodeproc", "--config", str(config)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*argv, "--adversary", adversary],
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 30.0
+        status = None
+        while status is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            status = devnet.status_of(node["http_url"])
+        assert status is not None, log.read_text()
+        text = log.read_text()
+        assert "BYZANTINE LAB NODE" in text and "BROKEN LAB BUILD" in text, text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    refused = subprocess.run(
+        [sys.executable, "-m", "kms.cli", "node", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "[testing] is a test-only section" in refused.stderr

@@ -357,6 +357,14 @@ def apply_adversary(
 
     driver.step = bent_step  # type: ignore[method-assign]
     driver.advance_time = bent_advance  # type: ignore[method-assign]
+    # Policy gossip (the service's own messages, ``SHELL_MESSAGES``) passes them too.
+    gossip = service.policy_sync._send
+
+    def bent_gossip(ob: Outbound) -> None:
+        for kept in byz.outbound(clock.now(), [ob]):
+            gossip(kept)
+
+    service.policy_sync._send = bent_gossip
     keys = service.keys
     share_and_epoch = keys._share_and_epoch
 
@@ -400,12 +408,13 @@ class _TallyWindow(DecisionWindow):
 
 
 @contextlib.contextmanager
-def window_tally() -> Iterator[None]:
+def window_tally(*, keep_lock: bool = False) -> Iterator[None]:
     """Membership windows as before the agreement fix: each member carries its tally (the
     proposals and approvals delivered in earlier windows of the epoch) into the next window
     in memory, and signs without a lock (none is persisted or reported, so a later window
     decides afresh and may sign another outcome). Both are needed to re-open the fork: with
-    the lock alone, members that signed in a failed window re-certify that outcome."""
+    the lock alone, members that signed in a failed window re-certify that outcome.
+    ``keep_lock`` carries the tally but keeps the lock (to show that the lock alone holds)."""
     saved_window, saved_step = vars(node_ballots)["DecisionWindow"], node_ballots.Ballots.step
 
     def step(self: node_ballots.Ballots) -> None:
@@ -426,6 +435,8 @@ def window_tally() -> Iterator[None]:
 
     vars(node_ballots)["DecisionWindow"] = _TallyWindow
     node_ballots.Ballots.step = step  # type: ignore[method-assign]
+    if keep_lock:
+        vars(node_ballots)["DecisionWindow"] = saved_window
     try:
         yield
     finally:

@@ -328,6 +328,11 @@ def test_window_tally_certifies_two_outcomes_for_one_epoch() -> None:
     assert broken["membership_certificates"]["0"] == 2
     again = simulate(fork_scenario(), FORK_SEED)  # the patch is undone on exit
     assert again["membership_certificates"]["0"] == 1
+    with byzantine.window_tally(keep_lock=True):
+        carried = simulate(fork_scenario(), FORK_SEED)
+    # Carrying the tally alone does not fork: nodes 1 and 2 locked window 1's outcome and
+    # report it, and nodes 3 and 4 re-certify it.
+    assert carried["membership_certificates"]["0"] == 1
 
 
 @pytest.mark.slow

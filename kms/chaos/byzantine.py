@@ -71,7 +71,8 @@ def _kind_of(message: Message) -> str | None:
 
 
 class WithholdPartials(Behaviour):
-    """Withhold the messages of the kinds in ``messages`` (``MESSAGE_KINDS``); after
+    """Withhold the messages of the kinds in ``messages`` (``MESSAGE_KINDS``, or ``"all"``,
+    the default; a withheld ballot that reports a lock is the whole ballot); after
     ``release_after`` seconds (``None``: never) send what was withheld to the members in
     ``to`` (``"all"``, a list of indices, or a count of the lowest others)."""
 
@@ -79,7 +80,11 @@ class WithholdPartials(Behaviour):
 
     def __init__(self, params: Mapping[str, Any], *, node: int) -> None:
         super().__init__(params, node=node)
-        kinds = self.params.get("messages", list(MESSAGE_KINDS))
+        kinds = self.params.get("messages", "all")
+        if kinds == "all":
+            kinds = list(MESSAGE_KINDS)
+        if isinstance(kinds, str) or not isinstance(kinds, list):
+            raise ValueError('withhold-partials: messages is "all" or a list of kinds')
         unknown = set(kinds) - set(MESSAGE_KINDS)
         if unknown:
             raise ValueError(f"withhold-partials: unknown messages {sorted(unknown)}")
@@ -186,6 +191,10 @@ def parse_adversary(raw: str | Sequence[Mapping[str, Any]]) -> list[tuple[str, d
         if not isinstance(params, dict):
             raise ValueError(f"params of {name} must be an object")
         out.append((str(name), dict(params)))
+    try:
+        build(out, 0)  # every parameter checked now, not when the node starts
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bad params: {exc}") from None
     return out
 
 

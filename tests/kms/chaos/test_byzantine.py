@@ -378,3 +378,14 @@ def test_the_node_program_runs_a_byzantine_lab_node_and_stops_cleanly(tmp_path: 
     )
     assert refused.returncode == 2
     assert "[testing] is a test-only section" in refused.stderr
+
+
+def test_adversary_params_are_checked_before_the_node_starts() -> None:
+    with pytest.raises(ValueError, match="unknown messages"):
+        byzantine.parse_adversary(
+            '[{"behaviour": "withhold-partials", "params": {"messages": ["deals"]}}]'
+        )
+    with pytest.raises(ValueError, match="bad params"):
+        byzantine.parse_adversary('[{"behaviour": "spam-refresh", "params": {"every": "x"}}]')
+    ok = byzantine.parse_adversary('[{"behaviour": "withhold-partials"}]')
+    assert ok == [("withhold-partials", {})]

@@ -12,10 +12,12 @@ SDK_PIN   := dstack-sdk==0.5.4
 # address (make demo's wallet): eth-hash's pycryptodome backend, the version .venv pins.
 SDK_EXTRA := pycryptodome==4.5.0
 # Debian packages the Python dependencies need to build (fastecdsa, pulled in
-# by libp2p, has no wheel and compiles against GMP).
-DEBS   := gcc g++ make libgmp-dev python3-dev
+# by libp2p, has no wheel and compiles against GMP), and what the fault lab runs its
+# network hosts with (network namespaces and links: iproute2; partitions: iptables;
+# clock skew: libfaketime).
+DEBS   := gcc g++ make libgmp-dev python3-dev iproute2 iptables libfaketime
 
-.PHONY: all setup test test-fast test-guide lint typecheck demo bench clean
+.PHONY: all setup test test-fast test-guide lint typecheck demo bench chaos clean
 
 all: test
 

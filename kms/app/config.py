@@ -106,6 +106,9 @@ class NodeFileConfig:
     """A simulated TEE directory that quotes this node's join request (development)."""
     committee_digest: bytes = b""
     """``committee_digest`` of the ``[committee]`` section."""
+    testing: Mapping[str, Any] | None = None
+    """The test-only ``[testing]`` section, read only by ``load(..., testing=True)`` (the fault
+    lab's node program, ``kms.chaos.nodeproc``); ``None`` for a production node."""
 
     @property
     def directory(self) -> Path:
@@ -1060,13 +1063,42 @@ def load_committee(path: str | Path) -> CommitteeValues:
     return parse_committee(doc, lines)
 
 
-def load(path: str | Path) -> NodeFileConfig:
+TESTING_KEYS = {"lab": bool, "adversary": str, "broken": str}
+"""The keys of the test-only ``[testing]`` section and their types."""
+
+
+def _testing_section(doc: dict[str, Any], lines: FileLines, allowed: bool) -> dict[str, Any] | None:
+    """The ``[testing]`` section: refused unless ``allowed`` (only the fault lab's node program
+    reads it; ``kms node run`` and ``kms node check-config`` never run a test-only node)."""
+    if "testing" not in doc:
+        return None
+    if not allowed:
+        raise lines.error(
+            "[testing] is a test-only section (the fault lab's node program, "
+            "python -m kms.chaos.nodeproc): a production node refuses it; remove it",
+            "testing",
+        )
+    table = doc["testing"]
+    if not isinstance(table, dict):
+        raise lines.error("[testing] must be a table", "testing")
+    for key, value in table.items():
+        kind = TESTING_KEYS.get(key)
+        if kind is None:
+            raise lines.error(f"unknown key '{key}' in [testing]", "testing", key)
+        if not isinstance(value, kind):
+            raise lines.error(f"'{key}' in [testing] must be a {kind.__name__}", "testing", key)
+    return dict(table)
+
+
+def load(path: str | Path, *, testing: bool = False) -> NodeFileConfig:
     """Read and check ``node.toml``; raises ``ConfigError`` with the reason (one line,
-    ``path:line:`` first when it is about a place in the file)."""
+    ``path:line:`` first when it is about a place in the file). A ``[testing]`` section is
+    refused unless ``testing`` (the fault lab's node program, ``kms.chaos.nodeproc``)."""
     path = Path(path).resolve()
     doc, lines = _read(path)
     base = path.parent
-    _check_sections(doc, lines, SECTIONS)
+    test_only = _testing_section(doc, lines, testing)
+    _check_sections({k: v for k, v in doc.items() if k != "testing"}, lines, SECTIONS)
     if "node" not in doc:
         raise ConfigError(f"{path}:1: missing section [node]")
     node = _parse_table(doc["node"], "node", lines)
@@ -1144,6 +1176,7 @@ def load(path: str | Path) -> NodeFileConfig:
         log_level=node["log_level"],
         simulated_tee=rel("simulated_tee"),
         committee_digest=committee_digest(com),
+        testing=test_only,
     )
 
 

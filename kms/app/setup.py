@@ -291,8 +291,18 @@ def _flatten(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+ServiceHook = Callable[[NodeFileConfig, NodeService], None]
+"""Called on the service ``build_service`` made, before it runs (the fault lab's node
+program bends it there; ``kms node run`` passes none)."""
+
+
 async def run_node(
-    config_path: Path, log_format: str | None = None, log_level: str | None = None
+    config_path: Path,
+    log_format: str | None = None,
+    log_level: str | None = None,
+    *,
+    testing: bool = False,
+    adapt: ServiceHook | None = None,
 ) -> None:
     """``kms node run``: serve until SIGINT or SIGTERM, then shut down in order
     (``log_format`` and ``log_level`` override the config's).
@@ -311,8 +321,12 @@ async def run_node(
     ``Libp2pTransport.aclose``). Returning normally means a clean stop
     (``kms node run`` exits 0). The store's lock (``kms.store.lock``) is held
     throughout: a second process on the same store stops with ``StoreInUse``.
+
+    ``testing`` and ``adapt`` are for the fault lab's node program (``kms.chaos.nodeproc``)
+    only: a ``[testing]`` section is read instead of refused, and ``adapt`` is applied to
+    the service before it runs.
     """
-    cfg = load(config_path)
+    cfg = load(config_path, testing=testing)
     release_off = check_release_settings(cfg)
     configure_logging(log_format or cfg.log_format, log_level or cfg.log_level)
     if release_off is not None:
@@ -330,12 +344,12 @@ async def run_node(
     _check_http_port(cfg)
     try:
         with store_lock.exclusive(Path(cfg.store)):
-            await _serve(cfg)
+            await _serve(cfg, adapt)
     except store_lock.StoreInUse as exc:
         raise StartupError(str(exc)) from None
 
 
-async def _serve(cfg: NodeFileConfig) -> None:
+async def _serve(cfg: NodeFileConfig, adapt: ServiceHook | None = None) -> None:
     """The body of ``run_node`` once the store's lock is held."""
     from hypercorn.trio import serve
 
@@ -357,7 +371,7 @@ async def _serve(cfg: NodeFileConfig) -> None:
             peers.setdefault(p.index, []).append(p.multiaddr)
         transport = Libp2pTransport(ident[0], cfg.listen)
         async with transport:
-            service = build_service(cfg, store, transport, peers)
+            service = build_service(cfg, store, transport, peers, adapt=adapt)
             set_log_context(service.log_fields)  # the HTTP and admin tasks' lines too
             hc = server_config(f"{cfg.http_host}:{cfg.http_port}")
             shutdown = trio.Event()
@@ -420,10 +434,12 @@ def build_service(
     peers: dict[ParticipantIndex, list[str]],
     *,
     clock: Clock | None = None,
+    adapt: ServiceHook | None = None,
 ) -> NodeService:
     """The node service of ``kms node run``: the one place a ``NodeService`` is constructed
     from a node's config (its collateral, change checker, releaser and policy settings).
-    ``clock`` replaces the wall clock (the in-process devnet tests run on trio's)."""
+    ``clock`` replaces the wall clock (the in-process devnet tests run on trio's);
+    ``adapt`` (the fault lab's node program only) is applied to the finished service."""
     collateral = make_collateral(cfg)
     service = NodeService(
         cfg.protocol, store, transport, peers, clock=clock, check=make_checker(cfg, collateral)
@@ -438,6 +454,8 @@ def build_service(
             if cfg.policies_dir is None
             else f"no collateral source; {KEY_RELEASE_OFF_HINT}"
         )
+    if adapt is not None:
+        adapt(cfg, service)
     return service
 
 

@@ -113,6 +113,46 @@ class LabNode:
         }
 
 
+def admin_call(config: str | Path, request: dict[str, Any]) -> dict[str, Any]:
+    """One admin-channel request to a lab node (``kms.app.devnet.admin_call`` for a config
+    with the lab's ``[testing]`` section)."""
+    import trio
+
+    from kms.api import admin
+    from kms.app.config import load
+
+    cfg = load(config, testing=True)
+    token = cfg.admin_token_file.read_text().strip()
+    try:
+        return dict(trio.run(admin.call, cfg.admin_socket, {**request, "token": token}))
+    except OSError as exc:
+        return {"ok": False, "error": f"admin channel unreachable: {exc}"}
+
+
+def propose_and_approve(
+    state: dict[str, Any], request: dict[str, Any], *, exclude: int | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``kms.app.devnet.propose_and_approve`` for lab nodes: propose at one live member,
+    approve at every other, clear of a decision window's opening."""
+    from kms.app.config import load
+
+    ref, live = devnet._live_members(state)
+    voters = [n for n in live if int(n["index"]) != exclude]
+    if len(voters) < int(ref["threshold"]):
+        raise devnet.MembershipError(
+            f"{len(voters)} members answer, {ref['threshold']} approvals are needed"
+        )
+    protocol = load(voters[0]["config"], testing=True).protocol
+    time.sleep(devnet.clear_of_window_opening(protocol, time.time()))
+    reply = admin_call(voters[0]["config"], {"op": "propose", **request})
+    if not reply.get("ok"):
+        raise devnet.MembershipError(f"node {voters[0]['index']} refused: {reply.get('error')}")
+    pid = str(reply["proposal_id"])
+    for n in voters[1:]:
+        admin_call(n["config"], {"op": "approve", "proposal_id": pid})
+    return pid, ref
+
+
 def nodeproc_available() -> bool:
     import importlib.util
 
@@ -396,7 +436,9 @@ class LabCommittee:
         for k in range(1, count + 1):
             name = f"app{k}"
             owner = devnet.owner_of(self.work, name)
-            report = devnet.admit_app(self.work, devnet.demo_policy(owner, self.mpk, version=1))
+            report = devnet.admit_app(
+                self.work, devnet.demo_policy(owner, self.mpk, version=1), admin=admin_call
+            )
             if report["lagging"]:
                 raise CommitteeError(f"app {name} not admitted everywhere: {report['lagging']}")
             self.apps[name] = owner.app_id().hex()
@@ -415,7 +457,7 @@ class LabCommittee:
         self, request: dict[str, Any], committee: list[int], *, exclude: int | None, timeout: float
     ) -> dict[int, dict[str, Any]]:
         state = self.state()
-        _, ref = devnet.propose_and_approve(state, request, exclude=exclude)
+        _, ref = propose_and_approve(state, request, exclude=exclude)
         return devnet._epoch_after(state, int(ref["epoch"]), committee, timeout=timeout)
 
     def current_members(self) -> list[int]:

@@ -31,7 +31,7 @@ from kms.chaos.observe import ObservationWriter, PolledNode, Pollers, prove_shar
 Progress = Callable[[float, float, str], None]
 
 GENESIS_TIMEOUT = 60.0
-START_IN_PER_NODE = 1.8
+START_IN_PER_NODE = 2.5
 """Seconds from writing the configs to the genesis DKG's start (the nodes start meanwhile)."""
 
 
@@ -113,7 +113,7 @@ class Run:
         t = time.time()
         com.create()
         self.timings["setup_hosts_and_init"] = time.time() - t
-        com.configure(start_in=max(6.0, START_IN_PER_NODE * sc.nodes))
+        com.configure(start_in=max(8.0, START_IN_PER_NODE * sc.nodes))
         com.start_all()
         self.say(0, 1, "genesis")
         t = time.time()

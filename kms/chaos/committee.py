@@ -489,8 +489,8 @@ class LabCommittee:
                 {"change": "add", "join_request": jr}, committee, exclude=index, timeout=timeout
             )
         except (devnet.MembershipError, httpx.HTTPError, ValueError, OSError) as exc:
-            self.stop(node)
             node.retired = True
+            self.stop(node)
             raise CommitteeError(f"node {index} did not join: {exc}") from None
         node.member = True
         return index

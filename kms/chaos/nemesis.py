@@ -52,6 +52,13 @@ class Active:
     """Nodes that serve nothing while it lasts."""
 
 
+RESTART_AFTER = 5.0
+"""Seconds before a node process that exited by itself is started again (the shipped systemd
+unit's ``Restart=on-failure``, ``RestartSec=5``)."""
+MAX_RESTARTS = 5
+"""Restarts of one node's crashes at most (a node that cannot start is left down)."""
+
+
 class Nemesis:
     def __init__(
         self,
@@ -79,6 +86,11 @@ class Nemesis:
         self._thread: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
         self.t0 = 0.0
+        self.crashes: list[dict[str, Any]] = []
+        """Node processes that exited by themselves (not killed by the nemesis or the
+        operator): node, time, exit code, and whether they were restarted."""
+        self._restarts: dict[int, int] = {}
+        self._seen_crash: set[int] = set()
 
     # --- hosts ------------------------------------------------------------------------
 
@@ -122,8 +134,37 @@ class Nemesis:
         with self.lock:
             heapq.heappush(self._queue, (at, next(self._seq), action))
 
+    def supervise(self) -> None:
+        """Restart, ``RESTART_AFTER`` seconds on, a node whose process exited by itself (a
+        crash), as its service manager would; record the crash."""
+        with self.lock:
+            ours = set().union(*(a.down for a in self.active.values())) if self.active else set()
+        for n in list(self.committee.nodes.values()):
+            p = n.proc
+            if n.retired or p is None or p.poll() is None or n.index in ours:
+                continue
+            if p.pid in self._seen_crash:
+                continue
+            self._seen_crash.add(p.pid)
+            count = self._restarts.get(n.index, 0)
+            restart = count < MAX_RESTARTS
+            self.crashes.append(
+                {"node": n.index, "t": time.time(), "exit": p.returncode, "restarted": restart}
+            )
+            if restart:
+                self._restarts[n.index] = count + 1
+                self._push(time.time() + RESTART_AFTER, functools.partial(self._restart, n, p))
+
+    def _restart(self, n: LabNode, crashed: Any) -> None:
+        if n.proc is crashed and not n.retired:
+            self.committee.start(n)
+
     def _loop(self) -> None:
+        next_check = 0.0
         while not self._stop.is_set():
+            if time.time() >= next_check:
+                next_check = time.time() + 1.0
+                self.supervise()
             with self.lock:
                 due = self._queue[0][0] if self._queue else None
             if due is None or due > time.time():

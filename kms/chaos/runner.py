@@ -70,6 +70,7 @@ class Run:
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.errors: list[str] = []
+        self._healing = 0.0
 
     @property
     def com(self) -> LabCommittee:
@@ -248,13 +249,16 @@ class Run:
 
     def heal_and_settle(self) -> None:
         sc = self.scenario
+        self._healing = time.time()
         self.stop.set()
         for t in self.threads:
             t.join(timeout=90)
         if self.nemesis is not None:
             self.nemesis.heal_all()
             self.nemesis.stop()
+            self.nemesis.supervise()  # a crash left down now is restarted no more: recorded
         self.w.write({"kind": "heal", "t": time.time()})
+        self.timings["heal"] = time.time() - self._healing
         began = time.time()
         quiet = float(sc.quiet)
         while time.time() - began < quiet:
@@ -333,8 +337,10 @@ def run(scenario: Any, *, seed: int, out: Path, progress: Progress | None = None
         r.timings["run"] = time.time() - t
         t = time.time()
         r.heal_and_settle()
+        r.timings["quiet"] = time.time() - t - r.timings.get("heal", 0.0)
+        t = time.time()
         r.final_checks()
-        r.timings["quiet"] = time.time() - t
+        r.timings["final_checks"] = time.time() - t
         proxy_cpu = r.lab.proxy_cpu_seconds() - cpu0
         wall = time.time() - began
     finally:
@@ -352,5 +358,6 @@ def run(scenario: Any, *, seed: int, out: Path, progress: Progress | None = None
         },
         "timings": {k: round(v, 3) for k, v in r.timings.items()},
         "errors": r.errors + (r.nemesis.errors if r.nemesis is not None else []),
+        "crashes": r.nemesis.crashes if r.nemesis is not None else [],
     }
     return dict(report.write(out, scenario, seed, events, figures, extra))

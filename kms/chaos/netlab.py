@@ -409,6 +409,10 @@ class Lab:
         for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
         if self._origin_ns is not None:
             with contextlib.suppress(OSError):
                 libc = ctypes.CDLL(None, use_errno=True)

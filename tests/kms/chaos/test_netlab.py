@@ -59,7 +59,7 @@ AGENT = textwrap.dedent(
     def server():
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", %(port)d))
+        s.bind(("0.0.0.0", __PORT__))
         s.listen(64)
         while True:
             conn, addr = s.accept()
@@ -126,8 +126,7 @@ AGENT = textwrap.dedent(
             reply = {"ok": False, "error": type(exc).__name__ + ": " + str(exc)}
         print(json.dumps(reply), flush=True)
     """
-    % {"port": PORT}
-)
+).replace("__PORT__", str(PORT))
 
 
 class Agent:

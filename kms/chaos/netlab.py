@@ -619,6 +619,11 @@ class Lab:
         links: dict[str, dict[str, Any]] = self._proxy_call({"op": "stats"})["links"]
         return links
 
+    @property
+    def proxy_pid(self) -> int | None:
+        """The link proxy's pid (``None`` until the first link needs it)."""
+        return None if self._proxy is None else self._proxy.pid
+
     def proxy_cpu_seconds(self) -> float:
         """The link proxy's CPU time so far (user + system), from ``/proc``."""
         if self._proxy is None:

@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from kms.chaos.netlab import Host, Lab, LabError, netem_available, require_root
+from kms.chaos.netlab import (
+    Host,
+    Lab,
+    LabError,
+    netem_available,
+    remove_stale_labs,
+    require_root,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -387,6 +394,7 @@ HARNESS = textwrap.dedent(
     from kms.chaos.netlab import CONTROLLER_IP, Lab
     lab = Lab.create(Path(sys.argv[1]))
     host = lab.add_host("h")
+    lab.add_host("g")
     lab.expose(host, 7000)
     disk = lab.tmpfs("disk", 1 << 20)
     sleeper = lab.popen(host, ["sleep", "300"])
@@ -394,18 +402,18 @@ HARNESS = textwrap.dedent(
     s = socket.socket()
     s.bind((CONTROLLER_IP, 0))  # only the parent namespace has this address
     s.close()
-    print(json.dumps({"id": lab.id, "sleeper": sleeper.pid, "disk": str(disk)}), flush=True)
+    info = {"id": lab.id, "sleeper": sleeper.pid, "proxy": lab.proxy_pid, "disk": str(disk)}
+    print(json.dumps(info), flush=True)
     time.sleep(300)
     """
 )
 
 
-def test_a_sigkilled_harness_leaves_a_lab_the_next_create_removes(tmp_path: Path) -> None:
-    _need_lab()
-    state = tmp_path / "state"
+def _run_harness(state: Path, sig: int) -> dict[str, Any]:
     harness = subprocess.Popen(
         [sys.executable, "-c", HARNESS, str(state)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         cwd=str(ROOT),
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -413,27 +421,60 @@ def test_a_sigkilled_harness_leaves_a_lab_the_next_create_removes(tmp_path: Path
         assert harness.stdout is not None
         line = harness.stdout.readline()
         assert line, "the harness died before its lab was up"
-        info = json.loads(line)
+        info: dict[str, Any] = json.loads(line)
     finally:
-        harness.send_signal(signal.SIGKILL)
-        harness.wait()
+        harness.send_signal(sig)
+        harness.wait(timeout=20)
         if harness.stdout is not None:
             harness.stdout.close()
-    old = str(info["id"])
-    assert len(_lab_namespaces(old)) == 2
-    assert _alive(int(info["sleeper"]))
-    assert os.path.ismount(info["disk"])
-    with Lab.create(state) as lab:
-        assert lab.id != old
-        assert _lab_namespaces(old) == []
+    return info
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signalled_harness_tears_its_lab_down(tmp_path: Path, sig: int) -> None:
+    _need_lab()
+    state = tmp_path / "state"
+    info = _run_harness(state, sig)
+    try:
+        assert _lab_namespaces(str(info["id"])) == []
         assert not os.path.ismount(info["disk"])
-        assert not (state / f"{old}.json").exists()
-        deadline = time.monotonic() + 5
-        while _alive(int(info["sleeper"])) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(int(info["sleeper"]))
-        assert (state / f"{lab.id}.json").exists()
+        assert not _alive(int(info["sleeper"])) and not _alive(int(info["proxy"]))
+        assert list(state.glob("*.json")) == []
+    finally:
+        remove_stale_labs(state)  # only if the harness failed to tear its lab down
+
+
+def test_an_exception_in_the_lab_tears_it_down(tmp_path: Path) -> None:
+    _need_lab()
+    with pytest.raises(ZeroDivisionError), Lab.create(tmp_path / "state") as lab:
+        lab.add_host("x")
+        assert _lab_namespaces(lab.id)
+        _ = 1 / 0
     assert _lab_namespaces(lab.id) == []
+
+
+def test_a_sigkilled_harness_leaves_a_lab_the_next_create_removes(tmp_path: Path) -> None:
+    _need_lab()
+    state = tmp_path / "state"
+    info = _run_harness(state, signal.SIGKILL)
+    old = str(info["id"])
+    try:
+        assert len(_lab_namespaces(old)) == 3
+        assert _alive(int(info["sleeper"])) and _alive(int(info["proxy"]))
+        assert os.path.ismount(info["disk"])
+        with Lab.create(state) as lab:
+            assert lab.id != old
+            assert _lab_namespaces(old) == []
+            assert not os.path.ismount(info["disk"])
+            assert not (state / f"{old}.json").exists()
+            deadline = time.monotonic() + 5
+            while _alive(int(info["sleeper"])) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _alive(int(info["sleeper"])) and not _alive(int(info["proxy"]))
+            assert (state / f"{lab.id}.json").exists()
+        assert _lab_namespaces(lab.id) == []
+    finally:
+        remove_stale_labs(state)  # whatever failed above, leave nothing behind
 
 
 def test_netem_detection_matches_the_kernel(tmp_path: Path) -> None:

@@ -504,33 +504,39 @@ class Lab:
     # ----- links through the proxy ------------------------------------------------------------
 
     def _proxy_call(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        if self._proxy_client is None:
-            control = self.state_dir / self.id / "proxy.sock"
-            control.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            proc = subprocess.Popen(  # noqa: S603
-                [
-                    _tool("ip"),
-                    "netns",
-                    "exec",
-                    self.parent_ns,
-                    sys.executable,
-                    "-m",
-                    "kms.chaos.proxy",
-                    "--control",
-                    str(control),
-                ],
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-            )
-            self._proxy = proc
-            client = _ProxyClient(control)
-            try:
-                client.connect(time.monotonic() + 30)
-            except LabError:
-                proc.kill()
-                raise
-            self._proxy_client = client
-        return self._proxy_client.call(request)
+        with self._lock:
+            client = self._proxy_client or self._start_proxy()
+        return client.call(request)
+
+    def _start_proxy(self) -> _ProxyClient:
+        if self._torn_down:
+            raise LabError("the lab is torn down")
+        control = self.state_dir / self.id / "proxy.sock"
+        control.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        proc = subprocess.Popen(  # noqa: S603
+            [
+                _tool("ip"),
+                "netns",
+                "exec",
+                self.parent_ns,
+                sys.executable,
+                "-m",
+                "kms.chaos.proxy",
+                "--control",
+                str(control),
+            ],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        self._proxy = proc
+        client = _ProxyClient(control)
+        try:
+            client.connect(time.monotonic() + 30)
+        except LabError:
+            proc.kill()
+            raise
+        self._proxy_client = client
+        return client
 
     def _iptables_restore(self, host: Host, rules: str) -> None:
         _run(["ip", "netns", "exec", host.ns, "iptables-restore", "-w", "--noflush"], stdin=rules)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -487,3 +489,87 @@ def test_netem_detection_matches_the_kernel(tmp_path: Path) -> None:
     assert list((tmp_path / "state").glob("*.json")) == []  # the probe's lab is gone
     if has:
         assert found
+
+
+class _Control:
+    def __init__(self, path: Path) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                assert time.monotonic() < deadline, "the proxy did not open its control socket"
+                time.sleep(0.05)
+        self.file = self.sock.makefile("rwb")
+
+    def raw(self, line: bytes) -> dict[str, Any]:
+        self.file.write(line + b"\n")
+        self.file.flush()
+        reply: dict[str, Any] = json.loads(self.file.readline())
+        return reply
+
+    def call(self, **req: Any) -> dict[str, Any]:
+        return self.raw(json.dumps(req).encode())
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def test_proxy_bounds_its_buffer_rejects_bad_requests_and_resets(tmp_path: Path) -> None:
+    # The proxy alone, on loopback in this namespace: no root needed.
+    from kms.chaos.proxy import BUFFER_CAP, CHUNK
+
+    sink = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(sink.accept()[0]), daemon=True).start()
+    control_path = tmp_path / "proxy.sock"
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "kms.chaos.proxy", "--control", str(control_path)], cwd=str(ROOT)
+    )
+    control = _Control(control_path)
+    client: socket.socket | None = None
+    try:
+        for bad in (b"not json", b"[1, 2]", b'{"op": "nope"}', b'{"op": "listen"}'):
+            assert control.raw(bad)["ok"] is False
+        assert control.call(op="ping")["ok"]
+        port = control.call(
+            op="listen",
+            listen_ip="127.0.0.1",
+            listen_port=0,
+            upstream_ip="127.0.0.1",
+            upstream_port=sink.getsockname()[1],
+            bind_ip="127.0.0.1",
+            link="x>y",
+        )["port"]
+        assert control.call(op="set_link", link="x>y", stall=True)["ok"]
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.setblocking(False)
+        block = b"z" * 65536
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 1.0:  # until the proxy has stopped reading
+            try:
+                client.send(block)
+                quiet_since = time.monotonic()
+            except BlockingIOError:
+                time.sleep(0.02)
+        link = control.call(op="stats")["links"]["x>y"]
+        assert BUFFER_CAP <= link["bytes_up"] < BUFFER_CAP + CHUNK, link
+        assert link["connections_live"] == 1
+        assert control.call(op="reset", link="x>y")["reset"] == 1
+        client.setblocking(True)
+        with pytest.raises(ConnectionResetError):
+            client.recv(1)
+        assert control.call(op="stats")["links"]["x>y"]["resets"] == 1
+    finally:
+        control.close()
+        proxy.kill()
+        proxy.wait()
+        if client is not None:
+            client.close()
+        for s in held:
+            s.close()
+        sink.close()

@@ -282,7 +282,6 @@ class Lab:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._exposed: list[tuple[Host, int]] = []
         self._wired: set[tuple[str, str, int]] = set()
-        self._dnat: dict[str, list[str]] = {}
         self._partitions: set[frozenset[str]] = set()
         self._oneway: set[tuple[str, str]] = set()
         self._proxy: subprocess.Popen[bytes] | None = None
@@ -425,6 +424,10 @@ class Lab:
 
     def add_host(self, name: str) -> Host:
         """Add host ``name`` (``[a-z0-9]``, at most 8 characters) with its own namespace."""
+        with self._lock:
+            return self._add_host(name)
+
+    def _add_host(self, name: str) -> Host:
         if not (0 < len(name) <= 8 and name.isascii() and name.isalnum() and name.islower()):
             raise LabError(f"bad host name {name!r}: 1-8 lower-case letters and digits")
         if name == "p" or name in self.hosts:
@@ -463,9 +466,7 @@ class Lab:
             "*nat\n:QKL-DNAT - [0:0]\n-A OUTPUT -j QKL-DNAT\nCOMMIT\n",
         )
         self.hosts[name] = host
-        self._dnat[name] = []
-        for dst, port in list(self._exposed):
-            self._wire(host, dst, port)
+        self._wire((host, dst, port) for dst, port in list(self._exposed))
         return host
 
     def host(self, name: str) -> Host:
@@ -541,29 +542,32 @@ class Lab:
     def _iptables_restore(self, host: Host, rules: str) -> None:
         _run(["ip", "netns", "exec", host.ns, "iptables-restore", "-w", "--noflush"], stdin=rules)
 
-    def _wire(self, src: Host, dst: Host, port: int) -> None:
-        key = (src.name, dst.name, port)
-        if src.name == dst.name or key in self._wired:
-            return
-        reply = self._proxy_call(
-            {
-                "op": "listen",
-                "listen_ip": dst.shadow,
-                "listen_port": 0,
-                "upstream_ip": dst.ip,
-                "upstream_port": port,
-                "bind_ip": src.shadow,
-                "link": f"{src.name}>{dst.name}",
-            }
-        )
-        listen_port = int(reply["port"])
-        rule = (
-            f"-A QKL-DNAT -p tcp -d {dst.ip}/32 --dport {port} "
-            f"-j DNAT --to-destination {dst.shadow}:{listen_port}"
-        )
-        self._iptables_restore(src, f"*nat\n{rule}\nCOMMIT\n")
-        self._wired.add(key)
-        self._dnat[src.name].append(rule)
+    def _wire(self, links: Iterable[tuple[Host, Host, int]]) -> None:
+        """Route ``src``'s connections to ``dst:port`` through the proxy, for each triple (one
+        ``iptables-restore`` per source host)."""
+        rules: dict[str, list[str]] = {}
+        for src, dst, port in links:
+            key = (src.name, dst.name, port)
+            if src.name == dst.name or key in self._wired:
+                continue
+            reply = self._proxy_call(
+                {
+                    "op": "listen",
+                    "listen_ip": dst.shadow,
+                    "listen_port": 0,
+                    "upstream_ip": dst.ip,
+                    "upstream_port": port,
+                    "bind_ip": src.shadow,
+                    "link": f"{src.name}>{dst.name}",
+                }
+            )
+            rules.setdefault(src.name, []).append(
+                f"-A QKL-DNAT -p tcp -d {dst.ip}/32 --dport {port} "
+                f"-j DNAT --to-destination {dst.shadow}:{int(reply['port'])}"
+            )
+            self._wired.add(key)
+        for name, lines in rules.items():
+            self._iptables_restore(self.hosts[name], "*nat\n" + "\n".join(lines) + "\nCOMMIT\n")
 
     def expose(self, host: Host, port: int) -> None:
         """Declare that ``host`` listens on TCP ``port`` for the other hosts: every other host's
@@ -571,8 +575,7 @@ class Lab:
         with self._lock:
             if (host, port) not in self._exposed:
                 self._exposed.append((host, port))
-            for src in list(self.hosts.values()):
-                self._wire(src, host, port)
+            self._wire((src, host, port) for src in list(self.hosts.values()))
 
     def _pairs(self, src: Host | None, dst: Host | None) -> list[tuple[Host, Host]]:
         srcs = list(self.hosts.values()) if src is None else [src]

@@ -99,17 +99,25 @@ class Fault(_Strict):
     """Mean seconds between injections (a Poisson process)."""
     count: int | None = Field(default=None, ge=1)
     """Exactly this many injections, at seeded times (placed even if that means waiting)."""
+    at: tuple[float, ...] | None = None
+    """Exactly these injection times (seconds after the start), for recipes."""
     duration: tuple[float, float] = (5.0, 10.0)
     targets: Literal["node", "client", "link"] = "node"
     victims: int | None = Field(default=None, ge=1)
     """Nodes per injection (a partition: the size of the cut-off side). Unset: 1, or for a
     partition a random minority."""
+    nodes: tuple[int, ...] | None = None
+    """Exactly these victims (node faults) or the cut-off side (a node partition), for
+    recipes; the capacity rule still applies (a victim that is busy or would exceed it
+    makes the injection wait or be dropped)."""
     params: FaultParams = Field(default_factory=FaultParams)
 
     @model_validator(mode="after")
     def _check(self) -> Fault:
-        if (self.every is None) == (self.count is None):
-            raise ValueError("give exactly one of every (mean seconds) or count")
+        if sum(x is not None for x in (self.every, self.count, self.at)) != 1:
+            raise ValueError("give exactly one of every (mean seconds), count or at")
+        if self.at is not None and any(x < 0 for x in self.at):
+            raise ValueError("at times must be >= 0")
         lo, hi = self.duration
         if not 0 <= lo <= hi:
             raise ValueError(f"duration must be [lo, hi] with 0 <= lo <= hi, got {[lo, hi]}")
@@ -163,6 +171,11 @@ class Scenario(_Strict):
             )
         if any(not 1 <= i <= self.nodes for i in corrupt):
             raise ValueError(f"byzantine nodes {sorted(corrupt)} outside 1..{self.nodes}")
+        for fault in self.faults:
+            if fault.nodes and not all(1 <= i <= self.nodes for i in fault.nodes):
+                raise ValueError(f"fault nodes {list(fault.nodes)} outside 1..{self.nodes}")
+            if fault.nodes and set(fault.nodes) & set(corrupt) and fault.kind in NODE_ONLY_FAULTS:
+                raise ValueError("byzantine members are never victims of node faults")
         if self.operator.every > 0 and not self.operator.ops:
             raise ValueError("operator.every is set but operator.ops is empty")
         return self

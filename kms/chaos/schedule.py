@@ -19,7 +19,8 @@ Capacity: at no time are more than ``n − t`` nodes under a process fault (kill
 disk_full, data_loss), so at least t keep running, unless the scenario sets
 ``allow_majority_down``; a node never has two process faults at once. An injection drawn by
 ``every`` that finds no free victim is dropped; one drawn by ``count`` waits until a victim
-is free (and is dropped only if that is after the end of the run).
+is free (and is dropped only if that is after the end of the run); so does one placed by
+``at``. Explicit victims (``nodes``) are used as given, when all of them are free.
 
 Byzantine members are never victims of node faults (process faults and skew): their
 behaviour is the adversary's to choose, and a crash of a corrupt member tells nothing
@@ -94,6 +95,8 @@ class _Draft:
 
 
 def _times(rng: random.Random, fault: Fault, horizon: float) -> list[float]:
+    if fault.at is not None:
+        return sorted(fault.at)
     if fault.count is not None:
         latest = max(0.0, horizon - fault.duration[0])
         return sorted(rng.uniform(0.0, latest) for _ in range(fault.count))
@@ -127,20 +130,24 @@ class _Builder:
         return [(end, i) for end, i in heap if end > at]
 
     def node_victims(self, draft: _Draft) -> list[int] | None:
-        want = draft.fault.victims or 1
+        """Victims for a node fault at ``draft.at``, or ``None`` when none may be taken."""
         process = draft.fault.kind in PROCESS_FAULTS
         self.busy = self._free(self.busy, draft.at)
         self.busy_skew = self._free(self.busy_skew, draft.at)
-        taken = {i for _, i in (self.busy if process else self.busy_skew)}
+        heap = self.busy if process else self.busy_skew
+        taken = {i for _, i in heap}
         pool = [i for i in self.honest if i not in taken]
-        if process:
-            want = min(want, self.capacity - len(self.busy))
-        if want < 1 or len(pool) < want:
-            return None
-        chosen = sorted(self.rng.sample(pool, want))
-        end = draft.at + draft.duration
-        for i in chosen:
-            (self.busy if process else self.busy_skew).append((end, i))
+        room = self.capacity - len(heap) if process else len(pool)
+        if draft.fault.nodes:
+            chosen = sorted(draft.fault.nodes)
+            if not set(chosen) <= set(pool) or len(chosen) > room:
+                return None
+        else:
+            want = min(draft.fault.victims or 1, room)
+            if want < 1 or len(pool) < want:
+                return None
+            chosen = sorted(self.rng.sample(pool, want))
+        heap.extend((draft.at + draft.duration, i) for i in chosen)
         return chosen
 
     def wait_until(self, draft: _Draft) -> float | None:
@@ -155,7 +162,7 @@ class _Builder:
             if fault.targets == "client":
                 return [rng.choice(self.clients)], {"rest": names}
             size = fault.victims or rng.randint(1, max(1, (self.n - 1) // 2))
-            cut = sorted(rng.sample(nodes, min(size, self.n - 1)))
+            cut = sorted(fault.nodes or rng.sample(nodes, min(size, self.n - 1)))
             return [f"n{i}" for i in cut], {"rest": [f"n{i}" for i in nodes if i not in cut]}
         if fault.kind == "partition_partial":
             pairs = list(itertools.combinations(nodes, 2))
@@ -209,7 +216,7 @@ def build(
         if d.fault.kind in NODE_ONLY_FAULTS:
             victims = b.node_victims(d)
             if victims is None:
-                later = b.wait_until(d) if d.fault.count is not None else None
+                later = b.wait_until(d) if d.fault.every is None else None
                 if later is not None and later > d.at:
                     d.at = later
                     heapq.heappush(drafts, (d.at, d.order, d))

@@ -116,3 +116,25 @@ def write(
 
         chaos_plots.all_for_run(out_dir / "observations", schedule, out_dir, title=scenario.name)
     return doc
+
+
+BROKEN_FIGURE = {
+    "skip-sigma-check": "wrong_keys_accepted",
+    "skip-policy-check": "unauthorized_releases",
+    "window-tally": "conflicting_certificates",
+}
+"""Each broken build and the safety figure a run of it must make non-zero."""
+VALIDATION_SCENARIOS = ("validate-sigma", "validate-policy", "validate-tally")
+
+
+def load(out_dir: Path) -> dict[str, Any]:
+    """The ``report.json`` a run wrote to ``out_dir``."""
+    doc: dict[str, Any] = json.loads((out_dir / "report.json").read_text())
+    return doc
+
+
+def exposed(report: Mapping[str, Any]) -> tuple[str, bool]:
+    """For a run of a broken build: the figure that must catch it, and whether it did."""
+    figure = BROKEN_FIGURE[str(report["broken"])]
+    value = report.get(figure)
+    return figure, isinstance(value, int) and value > 0

@@ -11,8 +11,11 @@ processes, so a saved run can be checked again. Five figures are safety figures 
 * ``unauthorized_releases``: the rogue CVM's ``partials_decrypted``, summed, plus each
   rogue fetch that succeeded.
 * ``mpk_changes``: per honest node, each status poll whose MPK differs from the node's
-  previous one and from the reference (the first MPK any honest node reported), counting a
-  node's first report too when it differs; a node that goes back to the reference counts 0.
+  previous one and from the reference, counting a node's first report too when it differs; a
+  node that goes back to the reference counts 0. The reference is the MPK most honest status
+  reports carry, ties broken by the earliest (in a run without a fork: the first seen; unlike
+  "the first seen", one node that reports a wrong MPK first cannot make every other node's
+  reports count).
 * ``conflicting_certificates``: epochs for which honest nodes' chain observations (any node,
   any time) hold two links of one kind (membership outcome or epoch certificate) with
   different hashes or outcomes. ``dangling_certificates_seen`` apart: distinct links that
@@ -173,19 +176,20 @@ def unauthorized(fetches: Sequence[dict[str, Any]]) -> int:
 
 
 def mpk_changes(statuses: Sequence[dict[str, Any]]) -> int:
-    reference: str | None = None
+    reported = [s["mpk"] for s in statuses if not s.get("byzantine") and s.get("mpk")]
+    if not reported:
+        return 0
+    counts = Counter(reported)
+    reference = next(v for v in reported if counts[v] == max(counts.values()))
     last: dict[Any, str] = {}
     changes = 0
     for s in statuses:
         mpk = s.get("mpk")
         if s.get("byzantine") or not mpk:
             continue
-        if reference is None:
-            reference = mpk
         node = s.get("node")
-        if mpk != last.get(node, reference):
-            if mpk != reference:
-                changes += 1
+        if mpk != last.get(node, reference) and mpk != reference:
+            changes += 1
         last[node] = mpk
     return changes
 

@@ -38,6 +38,7 @@ def clean_run(seed: int, n: int = 5, t: int = 3, clients: int = 2, apps: int = 2
         for kind in ("membership", "epoch")
     ]
     byz = {n} if rng.random() < 0.5 else set()
+    purposes = [rng.randint(1, 3) for _ in range(apps)]
     at = 1000.0
     for k in range(1, clients + 1):
         obs.append(
@@ -53,7 +54,7 @@ def clean_run(seed: int, n: int = 5, t: int = 3, clients: int = 2, apps: int = 2
         at += rng.uniform(0.1, 2.0)
         for app in range(apps):
             for k in range(1, clients + 1):
-                keys = {f"p{j}/1": _h("key", app, j) for j in range(rng.randint(1, 3))}
+                keys = {f"p{j}/1": _h("key", app, j) for j in range(purposes[app])}
                 ok = step < 2 or rng.random() < 0.9  # the first two rounds always succeed
                 obs.append(
                     {
@@ -104,7 +105,8 @@ def clean_run(seed: int, n: int = 5, t: int = 3, clients: int = 2, apps: int = 2
             obs.append(
                 {"kind": "chain", "t": at, "node": i, "byzantine": i in byz, "links": links[:seen]}
             )
-    for i in range(1, n + 1):
+    for i in range(1, n + 1):  # the final poll: every node serves the whole chain
+        obs.append({"kind": "chain", "t": at + 1, "node": i, "byzantine": i in byz, "links": links})
         obs.append(
             {
                 "kind": "share",

@@ -30,10 +30,13 @@ processes, so a saved run can be checked again. Five figures are safety figures 
 * ``recovery_seconds``: from the final ``heal`` to the first time every honest node polled
   since then is up, reachable, and every one reporting itself a member reports the same
   epoch; ``None`` if that never happens (or no ``heal`` was written).
-* ``faults_injected``: fault observations by kind.
+* ``faults_injected``: fault observations by kind; ``operations``: owner and operator
+  actions by kind, succeeded and failed.
 * ``per_fault_kind``: for each fault kind and ``none`` (fetches overlapping no fault), the
   availability and latency of the non-rogue fetches whose [t0, t1] overlaps a fault of that
   kind (a fault without t1 lasts until the final heal), split by the fault's model label.
+  Byzantine members are there for the whole run, so ``none`` ignores them: it is the
+  fetches that overlap no injected fault.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class Figures:
     recovery_seconds: float | None = None
     faults_injected: dict[str, int] = field(default_factory=dict)
     per_fault_kind: dict[str, Any] = field(default_factory=dict)
+    operations: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Owner and operator actions by kind: how many succeeded and failed."""
     unreadable_lines: int = 0
     """Lines of the observation files that were not JSON objects with a known ``kind``."""
 
@@ -304,13 +309,22 @@ def per_fault_kind(
                 "latency_ms": _latency(sub),
             }
         out[kind] = entry
-    clean = [f for f in eligible if not any(overlaps(f, x) for x in faults)]
+    injected = [x for x in faults if x["fault"] != "byzantine"]
+    clean = [f for f in eligible if not any(overlaps(f, x) for x in injected)]
     out["none"] = {
         "fetches": len(clean),
         "availability": _availability(clean),
         "latency_ms": _latency(clean),
     }
     return out
+
+
+def operations(ops: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for o in ops:
+        entry = out.setdefault(str(o.get("op")), {"ok": 0, "failed": 0})
+        entry["ok" if o.get("ok") else "failed"] += 1
+    return dict(sorted(out.items()))
 
 
 def check_observations(observations: Sequence[dict[str, Any]], unreadable: int = 0) -> Figures:
@@ -336,6 +350,7 @@ def check_observations(observations: Sequence[dict[str, Any]], unreadable: int =
         recovery_seconds=recovery(by["status"], heals),
         faults_injected=dict(sorted(Counter(str(x["fault"]) for x in by["fault"]).items())),
         per_fault_kind=per_fault_kind(eligible, by["fault"], end),
+        operations=operations(by["op"]),
         unreadable_lines=unreadable,
     )
 

@@ -56,8 +56,8 @@ def _shade(ax: Any, faults: Sequence[dict[str, Any]], origin: float, end: float)
         ax.text(
             start,
             1.0 - 0.06 * (lane % 8),
-            f" {f['fault']}{mark}",
-            fontsize=6,
+            f" {f['fault']}{mark} {','.join(map(str, f.get('targets') or []))[:24]}",
+            fontsize=7,
             color=colour,
             transform=ax.get_xaxis_transform(),
             va="top",

@@ -54,6 +54,7 @@ def build(
     doc["seed"] = seed
     doc["broken"] = scenario.broken
     doc["safety_ok"] = safety_ok(figures)
+    doc["operations"] = figs["operations"]
     doc["unreadable_lines"] = figs["unreadable_lines"]
     doc.update(extra)
     return doc

@@ -410,16 +410,30 @@ def test_per_fault_kind_splits_fetches_by_overlapping_fault_and_model_label() ->
             "params": {},
             "inside_model": True,
         },
+        {
+            "kind": "fault",
+            "id": 0,
+            "fault": "byzantine",
+            "t0": 0.0,
+            "t1": None,
+            "targets": ["n5"],
+            "params": {},
+            "inside_model": True,
+        },
         _fetch(1.0, True),
         _fetch(10.5, True),
         _fetch(25.0, False),
         _fetch(26.0, True),
         _fetch(45.0, False),
+        {"kind": "op", "t": 12.0, "op": "refresh", "ok": True, "detail": ""},
+        {"kind": "op", "t": 13.0, "op": "refresh", "ok": False, "detail": "refused"},
         {"kind": "heal", "t": 50.0},
     ]
     f = figures(obs)
-    assert f.faults_injected == {"kill": 1, "partition": 1, "pause": 1}
+    assert f.operations == {"refresh": {"ok": 1, "failed": 1}}
     per = f.per_fault_kind
+    assert f.faults_injected == {"byzantine": 1, "kill": 1, "partition": 1, "pause": 1}
+    assert per["byzantine"]["fetches"] == 5
     assert per["none"]["fetches"] == 1 and per["none"]["availability"] == 1.0
     assert per["pause"]["fetches"] == 1 and per["pause"]["inside"]["fetches"] == 1
     assert per["partition"]["availability"] == 0.5

@@ -7,15 +7,19 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kms.chaos import report, schedule
-from kms.chaos.scenario import Scenario, ScenarioError, load, shipped
 from kms.cli.common import console, fail, out, say
+
+if TYPE_CHECKING:
+    from kms.chaos.scenario import Scenario
+
+# kms.chaos is imported inside the commands: pydantic models and matplotlib would slow
+# every other command's start.
 
 chaos_app = typer.Typer(help="The fault lab: real nodes under a nemesis.", no_args_is_help=True)
 
@@ -41,6 +45,8 @@ def _progress_bar(title: str) -> Iterator[Callable[[float, float, str], None]]:
 
 
 def _scenario(name: str, **overrides: Any) -> Scenario:
+    from kms.chaos.scenario import ScenarioError, load
+
     try:
         return load(name, **overrides)
     except ScenarioError as exc:
@@ -49,6 +55,8 @@ def _scenario(name: str, **overrides: Any) -> Scenario:
 
 def _run(scenario: Scenario, seed: int, out_dir: Path) -> dict[str, Any]:
     """One run through ``kms.chaos.runner`` (imported only now: it needs the lab's tools)."""
+    from kms.chaos import report
+
     try:
         runner = importlib.import_module("kms.chaos.runner")
     except ModuleNotFoundError as exc:
@@ -71,6 +79,8 @@ def chaos_run(
 ) -> None:
     """Run SCENARIO from SEED: report.json, plots and a summary table in OUT; exit 3 when a
     safety figure is not 0."""
+    from kms.chaos import report
+
     chosen = _scenario(scenario, nodes=nodes, threshold=threshold, duration=duration)
     doc = _run(chosen, seed, out_dir)
     out.print(report.summary(doc))
@@ -84,6 +94,8 @@ def chaos_validate(
     seed: Seed = 0,
 ) -> None:
     """Run the three broken builds; succeed only if the checker catches each one."""
+    from kms.chaos import report
+
     table = Table(title="checker validation")
     for column in ("scenario", "broken build", "figure", "value", "caught"):
         table.add_column(column)
@@ -101,8 +113,10 @@ def chaos_validate(
 @chaos_app.command("scenarios")
 def chaos_scenarios() -> None:
     """List the shipped scenarios."""
+    from kms.chaos.scenario import shipped
+
     for name in shipped():
-        say(f"{name}\t{' '.join(load(name).description.split())}")
+        say(f"{name}\t{' '.join(_scenario(name).description.split())}")
 
 
 @chaos_app.command("schedule")
@@ -114,6 +128,9 @@ def chaos_schedule(
     duration: Annotated[float | None, typer.Option("--duration")] = None,
 ) -> None:
     """Print the fault schedule SCENARIO gets from SEED (no lab needed), one JSON per line."""
+    from kms.chaos import schedule
+    from kms.chaos.scenario import ScenarioError
+
     chosen = _scenario(scenario, nodes=nodes, threshold=threshold, duration=duration)
     try:
         events = schedule.build(chosen, seed)

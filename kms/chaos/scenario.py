@@ -10,6 +10,7 @@ every field; shipped scenarios live in ``kms/chaos/scenarios/``.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +58,7 @@ class ScenarioError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Committee(_Strict):
@@ -222,8 +223,12 @@ def parse(raw: dict[str, Any], **overrides: Any) -> Scenario:
     doc = dict(raw)
     doc.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return Scenario.model_validate(doc)
-    except ValidationError as exc:
+        # Through JSON, strictly: arrays become tuples, but no string, bool or float is
+        # quietly taken for a number or a flag.
+        return Scenario.model_validate_json(json.dumps(doc))
+    except (TypeError, ValueError) as exc:
+        if not isinstance(exc, ValidationError):
+            raise ScenarioError(f"scenario {doc.get('name', '?')!r}: {exc}") from None
         raise ScenarioError(f"scenario {doc.get('name', '?')!r}: {_errors(exc)}") from None
 
 

@@ -120,6 +120,9 @@ def test_unknown_or_misspelt_keys_are_refused_with_their_path(
             "never victims",
         ),
         ({**BASE, "operator": {"every": 10}}, "ops is empty"),
+        ({**BASE, "nodes": True}, "nodes: Input should be a valid integer"),
+        ({**BASE, "duration": "60"}, "duration: Input should be a valid number"),
+        ({**BASE, "workload": {"rogue": "yes"}}, "workload.rogue: Input should be a valid boolean"),
     ],
 )
 def test_inconsistent_scenarios_are_refused(doc: dict[str, Any], message: str) -> None:

@@ -19,6 +19,7 @@ from kms.cli.agent import agent_app
 from kms.cli.apps import app_app
 from kms.cli.audit import audit_app
 from kms.cli.cert import cert_app
+from kms.cli.chaos import chaos_app
 from kms.cli.committee import committee_app
 from kms.cli.demo import demo
 from kms.cli.devnet import devnet_app
@@ -76,6 +77,7 @@ app.add_typer(tee_app, name="tee")
 app.add_typer(agent_app, name="agent")
 app.add_typer(env_app, name="env")
 app.add_typer(cert_app, name="cert")
+app.add_typer(chaos_app, name="chaos")
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ GROUPS = (
     "sim",
     "env",
     "agent",
+    "chaos",
 )
 COMMANDS = ("status", "encrypt", "decrypt", "demo")
 MAX_LOGIC_LINES = 40

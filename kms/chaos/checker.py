@@ -264,7 +264,9 @@ def recovery(statuses: Sequence[dict[str, Any]], heals: Sequence[dict[str, Any]]
         return None
     healed = float(heals[-1]["t"])
     latest: dict[Any, dict[str, Any]] = {}
-    nodes = {s.get("node") for s in statuses if not s.get("byzantine")}
+    # The honest nodes the harness still polls after the heal (it stops polling a node that
+    # left the committee and was stopped: such a node cannot hold recovery back).
+    nodes = {s.get("node") for s in statuses if not s.get("byzantine") and s["t"] >= healed}
     for s in statuses:
         if s.get("byzantine") or s["t"] < healed:
             continue

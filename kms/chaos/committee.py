@@ -84,6 +84,10 @@ class LabNode:
     member: bool = True
     paused: bool = False
     retired: bool = False
+    """Removed from the committee, or its join failed: stopped, never restarted."""
+    lost: bool = False
+    """Its data directory was erased (``data_loss``): never restarted; the operator replaces
+    it through the membership flow."""
 
     @property
     def url(self) -> str:

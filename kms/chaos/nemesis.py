@@ -141,7 +141,7 @@ class Nemesis:
             ours = set().union(*(a.down for a in self.active.values())) if self.active else set()
         for n in list(self.committee.nodes.values()):
             p = n.proc
-            if n.retired or p is None or p.poll() is None or n.index in ours:
+            if n.retired or n.lost or p is None or p.poll() is None or n.index in ours:
                 continue
             if p.pid in self._seen_crash:
                 continue
@@ -156,7 +156,7 @@ class Nemesis:
                 self._push(time.time() + RESTART_AFTER, functools.partial(self._restart, n, p))
 
     def _restart(self, n: LabNode, crashed: Any) -> None:
-        if n.proc is crashed and not n.retired:
+        if n.proc is crashed and not n.retired and not n.lost:
             self.committee.start(n)
 
     def _loop(self) -> None:
@@ -179,11 +179,12 @@ class Nemesis:
             self.write_reach()
 
     def stop(self) -> None:
+        """Stop the schedule; wait for replacements under way (idempotent)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         for w in self._workers:
-            w.join(timeout=60)
+            w.join(timeout=90)
 
     # --- injecting and lifting --------------------------------------------------------
 
@@ -224,7 +225,10 @@ class Nemesis:
         )
 
     def heal_all(self) -> None:
-        """Lift every fault in force (the final heal), then drop what is still queued."""
+        """The final heal: stop injecting, let a replacement under way finish (it lifts its
+        own fault), lift every fault in force, clear every partition and link shape, and
+        start every node that is down (a crash waiting for its restart too)."""
+        self.stop()
         with self.lock:
             self._queue.clear()
             ids = list(self.active)
@@ -233,13 +237,15 @@ class Nemesis:
                 self._lift(i)
             except Exception as exc:
                 self.errors.append(f"heal {i}: {type(exc).__name__}: {exc}")
-        for w in self._workers:
-            w.join(timeout=90)
         try:
             self.lab.heal_all()
             self.lab.clear_links()
         except Exception as exc:
             self.errors.append(f"heal_all: {type(exc).__name__}: {exc}")
+        self.supervise()
+        for n in list(self.committee.nodes.values()):
+            if not n.retired and not n.lost and not n.running:
+                self.committee.start(n)
         self.write_reach()
 
     # --- network faults ---------------------------------------------------------------
@@ -397,6 +403,7 @@ class Nemesis:
         fault is lifted once the replacement is done (or has failed)."""
         nodes = [self.node(t) for t in ev.targets]
         for n in nodes:
+            n.lost = True
             self.committee.kill(n)
             shutil.rmtree(n.dir, ignore_errors=True)
         act = Active(ev, time.time(), lambda: None, down={n.index for n in nodes})

@@ -255,8 +255,6 @@ class Run:
             t.join(timeout=90)
         if self.nemesis is not None:
             self.nemesis.heal_all()
-            self.nemesis.stop()
-            self.nemesis.supervise()  # a crash left down now is restarted no more: recorded
         self.w.write({"kind": "heal", "t": time.time()})
         self.timings["heal"] = time.time() - self._healing
         began = time.time()

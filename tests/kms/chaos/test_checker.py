@@ -376,6 +376,9 @@ def test_recovery_runs_from_the_heal_until_every_member_agrees_on_the_epoch() ->
     assert figures(removed).recovery_seconds == pytest.approx(2.0)
     assert figures(obs[:7]).recovery_seconds is None
     assert figures([o for o in obs if o["kind"] != "heal"]).recovery_seconds is None
+    # A node removed and stopped before the heal is polled no more: it does not count.
+    gone = [*obs[:4], _status(12.0, 1, 1), _status(12.0, 2, 1)]
+    assert figures(gone).recovery_seconds == pytest.approx(2.0)
 
 
 def test_per_fault_kind_splits_fetches_by_overlapping_fault_and_model_label() -> None:

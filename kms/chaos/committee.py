@@ -157,12 +157,6 @@ def propose_and_approve(
     return pid, ref
 
 
-def nodeproc_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("kms.chaos.nodeproc") is not None
-
-
 class LabCommittee:
     def __init__(
         self,
@@ -198,7 +192,6 @@ class LabCommittee:
         self.tee_dir = work / "simulated-tee"
         self.committee_doc: dict[str, Any] = {}
         self.records: dict[int, dict[str, Any]] = {}
-        self.use_nodeproc = nodeproc_available()
         work.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -265,8 +258,7 @@ class LabCommittee:
         doc["node"]["collateral_file"] = str((self.tee_dir / "collateral.json").resolve())
         doc["node"]["policies_dir"] = "policies"
         doc["node"]["simulated_tee"] = str(self.tee_dir.resolve())
-        if self.use_nodeproc:
-            doc["testing"] = {"lab": True}
+        doc["testing"] = {"lab": True}
         write_config(node.config, doc)
 
     def create(self) -> None:
@@ -314,8 +306,6 @@ class LabCommittee:
         return env
 
     def node_argv(self, node: LabNode) -> list[str]:
-        if not self.use_nodeproc:
-            return [sys.executable, "-m", "kms.cli", "node", "run", "--config", str(node.config)]
         argv = [sys.executable, "-m", "kms.chaos.nodeproc", "--config", str(node.config)]
         if node.adversary:
             argv += ["--adversary", json.dumps(node.adversary)]

@@ -40,6 +40,7 @@ from mpc.codec import decode  # noqa: E402
 from mpc.dkg.messages import Participant  # noqa: E402
 from mpc.ids import ParticipantIndex  # noqa: E402
 from mpc.math import G2  # noqa: E402
+from mpc.membership import Refresh  # noqa: E402
 from mpc.sig import CTX_DKG_KEY, SigningKey  # noqa: E402
 from net.memory import MemoryNetwork, MemoryTransport  # noqa: E402
 from net.peerid import peer_id_from_ed25519  # noqa: E402
@@ -155,7 +156,9 @@ NOW = 1_900_000_000.0
 
 
 @asynccontextmanager
-async def committee(tmp_path: Path, n: int = 3, t: int = 2) -> AsyncIterator[dict[int, Any]]:
+async def committee(
+    tmp_path: Path, n: int = 3, t: int = 2, window_period: float = 1e9
+) -> AsyncIterator[dict[int, Any]]:
     """``n`` real services from fresh stores on one memory network; their genesis DKG starts
     1 s in (trio's clock: run under a ``MockClock``)."""
     keys = {}
@@ -181,7 +184,7 @@ async def committee(tmp_path: Path, n: int = 3, t: int = 2) -> AsyncIterator[dic
                 t,
                 genesis_start=NOW + 1.0,
                 delta=0.5,
-                window_period=1e9,
+                window_period=window_period,
             )
             pid = peer_id_from_ed25519(keys[i][2].identity)
             transport = MemoryTransport(network, pid)
@@ -258,3 +261,52 @@ def test_a_node_whose_disk_fills_during_the_dkg_sends_nothing_unstored_and_catch
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert seen["dropped"] > 0
+
+
+@pytest.mark.parametrize("heal_after", [0.4, 3.0])
+def test_a_node_whose_disk_fills_during_a_reshare_refuses_changes_and_ends_it_with_its_share(
+    tmp_path: Path, heal_after: float
+) -> None:
+    """A refresh is proposed and approved; node 3's disk fills while it is decided and reshared:
+    the step is held, an operator's change is refused with storage-full, and once space
+    returns node 3 ends the reshare with a new share that matches its public share."""
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with committee(tmp_path, window_period=5.0) as c:
+            services: dict[int, NodeService] = c["services"]
+            svc = services[3]
+            with trio.fail_after(120):
+                while not all(share_ok(s) for s in services.values()):
+                    await trio.sleep(0.1)
+            old = share_to_bytes(svc.core.share)
+            pid = services[1].propose(Refresh())
+            for i in (2, 3):
+                services[i].approve(pid)
+            fill_disk(svc.store)
+            with trio.fail_after(120):
+                while not svc.status().get("storage", {}).get("held_step"):
+                    await trio.sleep(0.05)
+            sent_before = sum(svc.metrics.messages_out.values())
+            with pytest.raises(StoreError, match="disk is full"):
+                svc.propose(Refresh())
+            await trio.sleep(heal_after)
+            assert sum(svc.metrics.messages_out.values()) == sent_before
+            assert integrity(c["stores"][3]) == "ok"
+            free_disk(svc.store)
+            with trio.fail_after(300):
+                while not all(
+                    s.core.state is not None and s.core.state.epoch == 1 and share_ok(s)
+                    for s in services.values()
+                ):
+                    await trio.sleep(0.1)
+            assert not svc.status()["storage"]["full"]
+            assert share_to_bytes(svc.core.share) != old
+            seen["share"] = share_to_bytes(svc.core.share)
+        assert integrity(c["stores"][3]) == "ok"
+        with NodeStore(c["stores"][3], TEESealer(lambda: bytes(32)), create=False) as st:
+            restored = restore(st)
+            assert restored.share is not None
+            assert share_to_bytes(restored.share) == seen["share"]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

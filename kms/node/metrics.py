@@ -111,6 +111,20 @@ class NodeSnapshot:
     log_suppressed: int = 0
 
 
+STORAGE_REFUSALS = (
+    "step",
+    "frame",
+    "key request",
+    "cert request",
+    "policy",
+    "evidence",
+    "admin",
+    "policy message",
+    "policy digest",
+)
+"""The ``what`` labels of ``qkms_storage_full_refusals_total`` (``NodeService``)."""
+
+
 class NodeMetrics:
     """Counters of one node's events and the registry that exposes them with its state."""
 
@@ -126,8 +140,9 @@ class NodeMetrics:
         self.encode_failures: Counter[str] = Counter()
         self.storage_full = False
         """True while the disk is full and the node refuses work (``qkms_storage_full``)."""
-        self.storage_refusals: Counter[str] = Counter()
-        """Work refused or dropped because the disk is full, by what it was."""
+        self.storage_refusals: Counter[str] = Counter(dict.fromkeys(STORAGE_REFUSALS, 0))
+        """Work refused or dropped because the disk is full, by what it was (every label
+        exported from the start, at 0)."""
         """Outbound messages dropped because they cannot be encoded (by message type)."""
         self.epoch_switches = 0
         self.policies_learned = 0

@@ -12,8 +12,10 @@ between real ``NodeService`` instances, and its store file.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from kms.api import admin  # noqa: E402
 from kms.app.testing import app_bundle, local_committee  # noqa: E402
 from kms.node.model import NodeConfig  # noqa: E402
 from kms.node.persist import restore, share_to_bytes  # noqa: E402
@@ -288,8 +291,20 @@ def test_a_node_whose_disk_fills_during_a_reshare_refuses_changes_and_ends_it_wi
                 while not svc.status().get("storage", {}).get("held_step"):
                     await trio.sleep(0.05)
             sent_before = sum(svc.metrics.messages_out.values())
-            with pytest.raises(StoreError, match="disk is full"):
-                svc.propose(Refresh())
+            # The operator's change over the admin channel is refused, typed.
+            sock_dir = Path(tempfile.mkdtemp(prefix="qk-", dir="/tmp"))  # a short path
+            try:
+                async with trio.open_nursery() as admin_tasks:
+                    sock = sock_dir / "a.sock"
+                    await admin_tasks.start(admin.serve, svc, sock, b"token")
+                    reply = await admin.call(
+                        sock, {"op": "propose", "change": "refresh", "token": "token"}
+                    )
+                    admin_tasks.cancel_scope.cancel()
+            finally:
+                shutil.rmtree(sock_dir, ignore_errors=True)
+            assert reply["ok"] is False and reply["reason"] == "storage-full"
+            assert "disk is full" in reply["error"]
             await trio.sleep(heal_after)
             assert sum(svc.metrics.messages_out.values()) == sent_before
             assert integrity(c["stores"][3]) == "ok"

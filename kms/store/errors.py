@@ -43,15 +43,17 @@ class AuditChainBroken(StoreError):
 
 
 class StorageFull(StoreError):
-    """The disk (or the quota) holding the store is full: nothing of the call was written.
+    """The disk holding the store is full: nothing of the call was written.
 
-    Raised for SQLite's ``SQLITE_FULL`` ("database or disk is full") and for
-    ``ENOSPC`` / ``EDQUOT`` from the file system. The call's transaction is
-    rolled back, so the store is left as it was before the call (SQLite's
-    guarantee for a failed write); the same call may be made again once space
-    returns. The node service holds the step whose records it could not write
-    and refuses work until a retry succeeds (docs/operator-guide.md, "The disk
-    is full").
+    Raised for SQLite's ``SQLITE_FULL`` ("database or disk is full"; SQLite reports
+    a write cut short by ``ENOSPC`` that way), and for ``ENOSPC`` / ``EDQUOT`` where
+    the store touches files itself (creating the store file). A quota hit inside a
+    SQLite write is reported by SQLite as an I/O error: a plain :class:`StoreError`.
+    The call's transaction is rolled back, so the store is left as it was before
+    the call (SQLite's guarantee for a failed write); the same call may be made
+    again once space returns. The node service holds the step whose records it
+    could not write and refuses work until a retry succeeds
+    (docs/operator-guide.md, "The disk is full").
     """
 
 

@@ -373,12 +373,8 @@ class NodeService:
         for ev in step.events:
             self._handle_event(ev)
 
-    def _apply(self, step: Step) -> None:
-        """Store the step's records (``kms.node.persist``), then react to what they stored."""
-        persist_events(self.store, step.records)
-        self._after_stored(step)
-
     def _after_stored(self, step: Step) -> None:
+        """React to what a step stored (the step's records are in the store)."""
         if step.new_peers or step.relearned:
             # Also a removal or a threshold change, which bind nobody new: the transport's
             # allowed set and queue cap, and the per-peer metrics, follow the chain.

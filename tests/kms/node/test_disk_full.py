@@ -196,15 +196,34 @@ async def committee(
             svc = NodeService(cfg, store, transport, {}, clock=clock)
             out["stores"][i] = path
             out["services"][i] = svc
-        for svc in out["services"].values():
-            await nursery.start(svc.run)
+            out.setdefault("parts", {})[i] = (cfg, store, transport, clock)
+        out["scopes"] = {}
+        out["nursery"] = nursery
+        out["opened"] = opened
+        for i, svc in out["services"].items():
+            out["scopes"][i] = await nursery.start(_run, svc)
         try:
             yield out
         finally:
             nursery.cancel_scope.cancel()
-    for transport, store in opened:
+    for transport in {id(t): t for t, _ in opened}.values():
         await transport.__aexit__(None, None, None)
+    for _, store in opened:
         store.close()
+
+
+async def _run(svc: NodeService, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a service in a cancel scope of its own (cancelling it is the node's crash)."""
+    with trio.CancelScope() as scope:
+        await svc.run(task_status=_Started(task_status, scope))
+
+
+class _Started:
+    def __init__(self, status: Any, value: object) -> None:
+        self._status, self._value = status, value
+
+    def started(self, value: object = None) -> None:
+        self._status.started(self._value)
 
 
 def share_ok(svc: NodeService) -> bool:
@@ -318,6 +337,49 @@ def test_a_node_whose_disk_fills_during_a_reshare_refuses_changes_and_ends_it_wi
             assert not svc.status()["storage"]["full"]
             assert share_to_bytes(svc.core.share) != old
             seen["share"] = share_to_bytes(svc.core.share)
+        assert integrity(c["stores"][3]) == "ok"
+        with NodeStore(c["stores"][3], TEESealer(lambda: bytes(32)), create=False) as st:
+            restored = restore(st)
+            assert restored.share is not None
+            assert share_to_bytes(restored.share) == seen["share"]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_node_killed_while_it_holds_a_step_restarts_from_a_consistent_store(
+    tmp_path: Path,
+) -> None:
+    """Node 3's disk fills during the DKG and it is killed while it holds a step (a process
+    killed with the disk still full); started again on its store once space returns, it
+    restores what it had stored, and ends the DKG with a share that matches its public
+    share."""
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with committee(tmp_path) as c:
+            svc: NodeService = c["services"][3]
+            fill_disk(svc.store)
+            with trio.fail_after(120):
+                while not svc.status().get("storage", {}).get("held_step"):
+                    await trio.sleep(0.05)
+            await trio.sleep(0.5)
+            c["scopes"][3].cancel()  # killed, the step unstored and unsent
+            await trio.sleep(0.5)
+            cfg, store, transport, clock = c["parts"][3]
+            store.close()  # the process is gone, and its connection with it
+            assert integrity(c["stores"][3]) == "ok"
+            # Space returns; the node starts again on its store file.
+            store = NodeStore(c["stores"][3], TEESealer(lambda: bytes(32)), create=False)
+            c["opened"].append((transport, store))
+            again = NodeService(cfg, store, transport, {}, clock=clock)
+            c["services"][3] = again
+            await c["nursery"].start(_run, again)
+            with trio.fail_after(300):
+                while not all(share_ok(s) for s in c["services"].values()):
+                    await trio.sleep(0.1)
+            mpks = {s.core.state.mpk.to_bytes() for s in c["services"].values()}
+            assert len(mpks) == 1
+            seen["share"] = share_to_bytes(again.core.share)
         assert integrity(c["stores"][3]) == "ok"
         with NodeStore(c["stores"][3], TEESealer(lambda: bytes(32)), create=False) as st:
             restored = restore(st)

@@ -135,6 +135,8 @@ def test_a_node_with_a_full_disk_refuses_key_requests_with_storage_full_and_serv
             # A policy push or an admin change is refused too, typed.
             r = await http.post("/v1/policies", content=bundle)
             assert r.status_code == 503 and r.json()["reason"] == "storage-full"
+            r = await http.post("/v1/evidence", content=b"\x93junk")
+            assert r.status_code == 503 and r.json()["reason"] == "storage-full"
             # Nothing was half-written: the audit log is as it was, the file is intact.
             assert (await http.get("/v1/audit/head")).json() == audit_before
             assert integrity(c.stores[3]) == "ok"

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import trio
 
 from kms.node.model import ChangeRefused
+from kms.store.errors import StorageFull
 from mpc.dkg.messages import Participant
 from mpc.errors import InvalidSignature, LocalProtocolError
 from mpc.membership import (
@@ -274,6 +275,9 @@ def _dispatch(target: AdminTarget, req: dict[str, Any]) -> dict[str, Any]:
             return {"ok": True, **out}
     except ChangeRefused as exc:
         return {"ok": False, "error": f"refused: {exc}", "reason": exc.reason}
+    except StorageFull as exc:
+        # The node's disk is full: it refuses every change until it can store again.
+        return {"ok": False, "error": f"refused: {exc}", "reason": "storage-full"}
     except (
         KeyError,
         ValueError,

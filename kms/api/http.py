@@ -44,6 +44,7 @@ from kms.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kms.node.policies import PolicyOfferResult
 from kms.node.release import ReleaseRefused
 from kms.protocol import AppKeyCertRequest, KeyRequest, WrongPartialEvidence
+from kms.store.errors import StorageFull
 from mpc.codec import Message as WireMessage
 from mpc.codec import MessageDecodeError, decode
 
@@ -388,6 +389,14 @@ def make_app(source: StatusSource) -> Starlette:
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
+    async def storage_full(request: Request, exc: Exception) -> Response:
+        # A request that would write while the node's disk is full (a policy, evidence).
+        source.count_rejected("http: storage-full")
+        return JSONResponse(
+            {"accepted": False, "reason": "storage-full", "detail": str(exc)[:500]},
+            status_code=503,
+        )
+
     async def body_refused(request: Request, exc: Exception) -> Response:
         refused = exc if isinstance(exc, BodyRefused) else BodyRefused(BodyRefusal.TOO_LARGE, 0)
         source.count_rejected(f"http body: {refused.reason.value}")
@@ -408,7 +417,7 @@ def make_app(source: StatusSource) -> Starlette:
             Route("/v1/chain", chain),
             Route("/openapi.json", openapi),
         ],
-        exception_handlers={BodyRefused: body_refused},
+        exception_handlers={BodyRefused: body_refused, StorageFull: storage_full},
     )
     app.on_refusal = source.count_rejected
     return app

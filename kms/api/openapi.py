@@ -187,7 +187,8 @@ def openapi_document() -> dict[str, Any]:
                     ),
                     "503": _resp(
                         "Not healthy: not a member of the current epoch (removed, or joining"
-                        " and not certified yet), or no epoch and no genesis DKG.",
+                        " and not certified yet), or no epoch and no genesis DKG, or the"
+                        " node's disk is full (health starts with storage-full).",
                         _json("Health"),
                     ),
                 },
@@ -239,7 +240,8 @@ def openapi_document() -> dict[str, Any]:
                     ),
                     **BODY_REFUSALS,
                     "503": _resp(
-                        "The node releases no keys; a KeyRefusal not-serving.",
+                        "The node releases no keys (a KeyRefusal not-serving), or its disk"
+                        " is full (a KeyRefusal storage-full: ask another node or retry).",
                         _message_content(KeyRefusal),
                     ),
                 },
@@ -281,7 +283,8 @@ def openapi_document() -> dict[str, Any]:
                     ),
                     **BODY_REFUSALS,
                     "503": _resp(
-                        "The node releases no keys; a KeyRefusal not-serving.",
+                        "The node releases no keys (a KeyRefusal not-serving), or its disk"
+                        " is full (a KeyRefusal storage-full: ask another node or retry).",
                         _message_content(KeyRefusal),
                     ),
                 },
@@ -357,7 +360,10 @@ def openapi_document() -> dict[str, Any]:
                     ),
                     "409": _resp("Refused with a PolicyFailure reason.", _json("PolicyOffer")),
                     **BODY_REFUSALS,
-                    "503": _resp("The node serves no keys.", _json("PolicyOffer")),
+                    "503": _resp(
+                        "The node serves no keys, or its disk is full (reason storage-full).",
+                        _json("PolicyOffer"),
+                    ),
                 },
             }
         },
@@ -401,7 +407,10 @@ def openapi_document() -> dict[str, Any]:
                         "Does not verify, or names an unknown epoch.", _json("EvidenceOffer")
                     ),
                     **BODY_REFUSALS,
-                    "503": _resp("The node has no chain yet.", _json("EvidenceOffer")),
+                    "503": _resp(
+                        "The node has no chain yet, or its disk is full (reason storage-full).",
+                        _json("EvidenceOffer"),
+                    ),
                 },
             }
         },
@@ -506,7 +515,15 @@ _PLAIN_SCHEMAS: dict[str, Any] = {
         "required": ["accepted"],
         "properties": {
             "accepted": {"type": "boolean"},
-            "reason": {"enum": ["malformed", "does-not-verify", "unknown-epoch", "not-serving"]},
+            "reason": {
+                "enum": [
+                    "malformed",
+                    "does-not-verify",
+                    "unknown-epoch",
+                    "not-serving",
+                    "storage-full",
+                ]
+            },
             "detail": {"type": "string"},
             "id": {"type": "string"},
             "node": {"type": "integer"},
@@ -576,6 +593,17 @@ _PLAIN_SCHEMAS: dict[str, Any] = {
                 },
             },
             "has_share": {"type": "boolean"},
+            "storage": {
+                "type": "object",
+                "description": "Whether the node's disk is full: it then refuses work until"
+                " a write succeeds (operator guide, 'The disk is full').",
+                "properties": {
+                    "full": {"type": "boolean"},
+                    "since": {"type": ["number", "null"]},
+                    "held_step": {"type": "boolean"},
+                    "error": {"type": ["string", "null"]},
+                },
+            },
             "running": {"enum": ["dkg", "reshare", None]},
             "pending_proposals": {
                 "type": "array",

@@ -111,6 +111,20 @@ class NodeSnapshot:
     log_suppressed: int = 0
 
 
+STORAGE_REFUSALS = (
+    "step",
+    "frame",
+    "key request",
+    "cert request",
+    "policy",
+    "evidence",
+    "admin",
+    "policy message",
+    "policy digest",
+)
+"""The ``what`` labels of ``qkms_storage_full_refusals_total`` (``NodeService``)."""
+
+
 class NodeMetrics:
     """Counters of one node's events and the registry that exposes them with its state."""
 
@@ -124,6 +138,11 @@ class NodeMetrics:
         self.send_failures = 0
         self.send_queue_full = 0
         self.encode_failures: Counter[str] = Counter()
+        self.storage_full = False
+        """True while the disk is full and the node refuses work (``qkms_storage_full``)."""
+        self.storage_refusals: Counter[str] = Counter(dict.fromkeys(STORAGE_REFUSALS, 0))
+        """Work refused or dropped because the disk is full, by what it was (every label
+        exported from the start, at 0)."""
         """Outbound messages dropped because they cannot be encoded (by message type)."""
         self.epoch_switches = 0
         self.policies_learned = 0
@@ -216,6 +235,11 @@ class NodeMetrics:
 
     def policy_learned(self) -> None:
         self.policies_learned += 1
+
+    def storage_refused(self, what: str) -> None:
+        """Work refused or dropped because the disk is full; ``what`` is a bounded label
+        (``frame``, ``key request``, ``step`` …)."""
+        self.storage_refusals[what] += 1
 
     def encode_failed(self, kind: str) -> None:
         self.encode_failures[kind] += 1
@@ -318,6 +342,19 @@ class NodeMetrics:
             "1 if, after a grace period, fewer than t members are known to hold a share of the"
             " current epoch (the master key may be unrecoverable).",
             int(s.share_holders_below_threshold),
+        )
+        yield _gauge(
+            "qkms_storage_full",
+            "1 while this node's disk is full: it holds the step it could not store and"
+            " refuses work until a write succeeds.",
+            int(self.storage_full),
+        )
+        yield _labelled(
+            "qkms_storage_full_refusals_total",
+            "Work refused or dropped because the disk was full, by what (a failed write, a"
+            " frame, a key or certificate request, an admin or policy request).",
+            "what",
+            self.storage_refusals,
         )
         yield _gauge(
             "qkms_share_refused",

@@ -150,15 +150,63 @@ def apply_events(store: NodeStateStore, events: Iterable[object]) -> None:
 
     Consecutive ``StoreRecord`` events are written together: one step's records of one
     run land in one transaction (a crash keeps all or none)."""
-    batch: list[StoreRecord] = []
-    for ev in events:
-        if isinstance(ev, StoreRecord):
-            batch.append(ev)
-            continue
-        put_records(store, batch)
-        batch = []
-        apply(store, ev)
-    put_records(store, batch)
+    PendingWrites(events).apply(store)
+
+
+class PendingWrites:
+    """A step's store writes, applied in order and resumable where one failed.
+
+    The writes are cut into units, each one store call (one transaction): the
+    records of one run out of consecutive ``StoreRecord`` events, or one other
+    persistent event. :meth:`apply` writes the units not written yet; when a unit
+    raises (``kms.store.StorageFull``: the disk is full, nothing of that unit was
+    written), the units before it stay written and the next :meth:`apply` starts
+    again at the failed one, so no write is made twice."""
+
+    def __init__(self, events: Iterable[object]) -> None:
+        self.units: list[StoreRecordGroup | object] = []
+        batch: list[StoreRecord] = []
+        for ev in events:
+            if isinstance(ev, StoreRecord):
+                batch.append(ev)
+                continue
+            self._add_records(batch)
+            batch = []
+            if isinstance(ev, PERSISTENT_EVENTS):
+                self.units.append(ev)
+        self._add_records(batch)
+        self.done = 0
+        """How many units are written."""
+
+    def _add_records(self, records: Sequence[StoreRecord]) -> None:
+        runs: dict[bytes, list[StoreRecord]] = {}
+        for r in records:
+            runs.setdefault(r.run, []).append(r)
+        self.units.extend(StoreRecordGroup(run, tuple(g)) for run, g in runs.items())
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.units)
+
+    def apply(self, store: NodeStateStore) -> None:
+        """Write the units not written yet, in order; raises what a failed unit raised."""
+        while self.done < len(self.units):
+            unit = self.units[self.done]
+            if isinstance(unit, StoreRecordGroup):
+                store.put_records(unit.run, unit.records)
+            else:
+                apply(store, unit)
+            self.done += 1
+
+
+class StoreRecordGroup:
+    """One run's records of a step: written in one transaction."""
+
+    __slots__ = ("records", "run")
+
+    def __init__(self, run: bytes, records: tuple[StoreRecord, ...]) -> None:
+        self.run = run
+        self.records = records
 
 
 def put_records(store: NodeStateStore, records: Sequence[StoreRecord]) -> None:
@@ -226,6 +274,7 @@ __all__ = [
     "PERSISTENT_EVENTS",
     "CurrentEpoch",
     "NodeStateStore",
+    "PendingWrites",
     "PersistentEvent",
     "apply",
     "apply_events",

@@ -11,7 +11,9 @@ only moves bytes and time:
   nobody else;
 * a timer task advances the core's clock;
 * bad input is refused with a reason, counted, logged once per
-  (peer, reason) per minute, and never changes state or crashes the node.
+  (peer, reason) per minute, and never changes state or crashes the node;
+* a full disk (``kms.store.StorageFull``) holds the step whose writes failed, with
+  its messages, and the node refuses work until a retry writes it (``StorageHold``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -50,12 +53,13 @@ from kms.node.node_status import node_snapshot, node_status
 from kms.node.persist import (
     ADMISSION_POLICY_META as ADMISSION_POLICY_META,
 )
+from kms.node.persist import (
+    PendingWrites,
+    restore,
+)
 from kms.node.persist import apply_events as persist_events
 from kms.node.persist import (
     load_chain as load_chain,
-)
-from kms.node.persist import (
-    restore,
 )
 from kms.node.persist import (
     share_from_bytes as share_from_bytes,
@@ -73,8 +77,8 @@ from kms.policy.gossip import (
     PolicyQuery,
     PolicyUnknown,
 )
-from kms.protocol import AppKeyCertRequest, KeyRequest
-from kms.store import NodeStore
+from kms.protocol import AppKeyCertRequest, KeyRefusal, KeyRequest
+from kms.store import NodeStore, StorageFull
 from mpc import hpke
 from mpc.broadcast import Outbound
 from mpc.codec import MessageDecodeError
@@ -96,6 +100,40 @@ SEND_QUEUE = 4096
 """Frames queued per peer at most; the bytes queued are capped too (``peer_queue_bytes``)."""
 TICK = 0.05
 """Longest timer period, seconds; ``Δ/16`` when that is shorter (``NodeService.tick``)."""
+STORAGE_RETRY = 1.0
+"""Seconds between two tries to write what a full disk refused (trio's monotonic clock)."""
+STORAGE_PROBE_META = "storage/probe"
+"""Meta entry written to learn that the disk takes writes again, when no step is held."""
+STORAGE_FULL = "storage-full"
+"""The refusal reason of every request refused because the disk is full."""
+
+
+@dataclass(frozen=True)
+class StorageRefused(KeysNotServed):
+    """A key or certificate request refused because this node's disk is full: nothing
+    this node signs leaves it until what it signed before is stored (HTTP 503)."""
+
+    detail: str = "this node's disk is full"
+
+    @property
+    def refusal(self) -> KeyRefusal:
+        return KeyRefusal(STORAGE_FULL, self.detail)
+
+
+class StorageHold:
+    """What the service holds while its disk is full (``NodeService.storage``).
+
+    ``step``/``writes``: the step whose store writes failed, with its outbound messages,
+    and the writes still to make (``None`` when a write outside a step failed: a key
+    release's record, a policy, evidence). ``since``: when the disk was found full (the
+    node's clock); ``retry_at``: when to try again (trio's clock)."""
+
+    def __init__(self, since: float, retry_at: float, reason: str) -> None:
+        self.since = since
+        self.retry_at = retry_at
+        self.reason = reason
+        self.step: Step | None = None
+        self.writes: PendingWrites | None = None
 
 
 class NodeService:
@@ -162,6 +200,8 @@ class NodeService:
         """Why this node releases no key, and how to turn key release on (``/v1/status``)."""
         """This node's HTTP URL for clients (``[node] public_url``), shown in its status."""
         self._next_policy_digest = 0.0
+        self.storage: StorageHold | None = None
+        """Set while the disk is full: the node refuses work (``_storage_full``)."""
         self._init_roles()
         self._add_peers(self.driver.learn_participants(), everyone=True)
 
@@ -251,12 +291,21 @@ class NodeService:
 
     async def _timer_loop(self) -> None:
         while True:
+            if self.storage is not None:
+                # The disk is full: the core's clock stands still (no tick, no timeout acts
+                # on state that is not stored) until the held writes are made.
+                self._retry_storage()
+                await trio.sleep(self.tick)
+                continue
             now = self.clock.now()
             self.driver.advance_time(now)
             self._step()
             if self.policies is not None and now >= self._next_policy_digest:
                 self._next_policy_digest = now + self.policy_sync_interval
-                self._send_policy_digest()
+                try:
+                    self._send_policy_digest()
+                except StorageFull as exc:
+                    self._storage_full("policy digest", exc)
             await trio.sleep(self.tick)
 
     async def _receive_loop(self) -> None:
@@ -265,14 +314,24 @@ class NodeService:
             self.handle_frame(peer, frame)
 
     def handle_frame(self, peer: PeerId, frame: bytes) -> None:
-        """One inbound frame from an authenticated peer. Never raises for bad input."""
+        """One inbound frame from an authenticated peer. Never raises for bad input.
+
+        While the disk is full the frame is dropped and counted: the sender retransmits,
+        or this node catches up from the chain once it runs again."""
+        if self.storage is not None:
+            self.metrics.storage_refused("frame")
+            return
         got = self.driver.receive_frame(peer, frame, self.clock.now())
         if isinstance(got, FrameRejected):
             self._reject(got.peer, got.reason)
             return
         self.metrics.received(int(got.sender), got.kind, got.size)
         if isinstance(got.message, SHELL_MESSAGES):
-            self._on_policy_message(got.sender, peer, got.message)
+            try:
+                self._on_policy_message(got.sender, peer, got.message)
+            except StorageFull as exc:
+                self._storage_full("policy message", exc)
+                return
         self._step()
 
     def _reject(self, peer: str, reason: str) -> None:
@@ -287,8 +346,23 @@ class NodeService:
     # --- a step: persist, then send, then the rest ---------------------------------------------
 
     def _step(self) -> None:
+        if self.storage is not None:
+            return
         step = self.driver.step()
-        self._apply(step)
+        writes = PendingWrites(step.records)
+        try:
+            writes.apply(self.store)
+        except StorageFull as exc:
+            # Nothing of this step leaves the node before its records are stored: hold
+            # the step, messages included, and stop driving the core until they are.
+            held = self._storage_full("step", exc)
+            held.step, held.writes = step, writes
+            return
+        self._finish_step(step)
+
+    def _finish_step(self, step: Step) -> None:
+        """A step whose records are stored: react to them, send its messages, then the rest."""
+        self._after_stored(step)
         self.metrics.run_progress(self.core.run_progress(), self.clock.now())
         self.progress.observe(self.core.ballots.window, self.core.sharing.run)
         for fail in step.unencodable:
@@ -299,15 +373,61 @@ class NodeService:
         for ev in step.events:
             self._handle_event(ev)
 
-    def _apply(self, step: Step) -> None:
-        """Store the step's records (``kms.node.persist``), then react to what they stored."""
-        persist_events(self.store, step.records)
+    def _after_stored(self, step: Step) -> None:
+        """React to what a step stored (the step's records are in the store)."""
         if step.new_peers or step.relearned:
             # Also a removal or a threshold change, which bind nobody new: the transport's
             # allowed set and queue cap, and the per-peer metrics, follow the chain.
             self._add_peers(step.new_peers)
         for ev in step.records:
             self._handle_event(ev)
+
+    # --- a full disk ---------------------------------------------------------------------------
+
+    def _storage_full(self, what: str, exc: StorageFull) -> StorageHold:
+        """A write failed because the disk is full: refuse work until a write succeeds."""
+        self.metrics.storage_refused(what)
+        if self.storage is None:
+            self.storage = StorageHold(
+                self.clock.now(), trio.current_time() + STORAGE_RETRY, f"{what}: {exc}"
+            )
+            self.metrics.storage_full = True
+            log.error(
+                "the disk is full: the node refuses work until it can store again",
+                extra={"fields": {"write": what, "error": str(exc)}},
+            )
+        return self.storage
+
+    def _retry_storage(self) -> None:
+        """Every ``STORAGE_RETRY`` seconds: make the held writes (or a probe write); once
+        they are made, send the held step's messages and run again."""
+        held = self.storage
+        if held is None or trio.current_time() < held.retry_at:
+            return
+        try:
+            if held.writes is not None:
+                held.writes.apply(self.store)
+            else:
+                self.store.set_meta(STORAGE_PROBE_META, int(self.clock.now()).to_bytes(8, "big"))
+        except StorageFull:
+            held.retry_at = trio.current_time() + STORAGE_RETRY
+            return
+        self.storage = None
+        self.metrics.storage_full = False
+        log.warning(
+            "the disk takes writes again: the node runs",
+            extra={"fields": {"held_step": held.step is not None}},
+        )
+        if held.step is not None:
+            self._finish_step(held.step)
+
+    def storage_refusal(self) -> str:
+        """What a request refused for a full disk is told."""
+        since = self.storage.since if self.storage is not None else self.clock.now()
+        return (
+            f"this node's disk is full (since {since:.0f}): it refuses work until it can "
+            "store again; ask another node or retry later"
+        )
 
     def apply_events(self, events: Iterable[object]) -> None:
         """Persist and act on core events, in order (a caller stepping a core by hand)."""
@@ -453,23 +573,51 @@ class NodeService:
     # --- key release and policies (called by the HTTP app and the loops) ----------------------
 
     async def release(self, request: KeyRequest) -> ReleaseResult:
-        """Answer a CVM's decoded key request (``kms.node.keyrelease``)."""
-        return await self.keys.release(request)
+        """Answer a CVM's decoded key request (``kms.node.keyrelease``); refused with
+        ``storage-full`` while the disk is full (no partial leaves before its nonce and
+        audit records are stored)."""
+        if self.storage is not None:
+            self.metrics.storage_refused("key request")
+            return StorageRefused(self.storage_refusal())
+        try:
+            return await self.keys.release(request)
+        except StorageFull as exc:
+            self._storage_full("key request", exc)
+            return StorageRefused(self.storage_refusal())
 
     def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
         """A key request body that does not decode: counted as a refused request."""
         return self.keys.undecodable(exc)
 
     async def certify(self, request: AppKeyCertRequest) -> CertResult:
-        """Answer a CVM's decoded app-key certificate request (``kms.node.keyrelease``)."""
-        return await self.keys.certify(request)
+        """Answer a CVM's decoded app-key certificate request (``kms.node.keyrelease``);
+        refused with ``storage-full`` while the disk is full."""
+        if self.storage is not None:
+            self.metrics.storage_refused("cert request")
+            return StorageRefused(self.storage_refusal())
+        try:
+            return await self.keys.certify(request)
+        except StorageFull as exc:
+            self._storage_full("cert request", exc)
+            return StorageRefused(self.storage_refusal())
 
     def refuse_cert_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
         """A certificate request body that does not decode: counted as a refused request."""
         return self.keys.undecodable_cert(exc)
 
     def offer_policy(self, raw: bytes) -> PolicyOfferResult:
-        return self.policy_sync.offer(raw)
+        """An offered policy bundle; raises ``StorageFull`` while the disk is full."""
+        self._refuse_if_full("policy")
+        try:
+            return self.policy_sync.offer(raw)
+        except StorageFull as exc:
+            self._storage_full("policy", exc)
+            raise
+
+    def _refuse_if_full(self, what: str) -> None:
+        if self.storage is not None:
+            self.metrics.storage_refused(what)
+            raise StorageFull(self.storage_refusal())
 
     def _on_policy_message(
         self,
@@ -484,11 +632,21 @@ class NodeService:
 
     def reload_policies(self) -> dict[str, Any]:
         """Re-read the operator's policies directory (admin channel ``reload-policies``)."""
-        return self.policy_sync.reload()
+        self._refuse_if_full("admin")
+        try:
+            return self.policy_sync.reload()
+        except StorageFull as exc:
+            self._storage_full("admin", exc)
+            raise
 
     def resolve_fork(self, app_id: bytes, bundle: bytes) -> dict[str, Any]:
         """Lift a frozen app's freeze with its owner's bundle (admin channel ``resolve-fork``)."""
-        return self.policy_sync.resolve_fork(app_id, bundle)
+        self._refuse_if_full("admin")
+        try:
+            return self.policy_sync.resolve_fork(app_id, bundle)
+        except StorageFull as exc:
+            self._storage_full("admin", exc)
+            raise
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None:
         return self.policy_sync.info(app_id)
@@ -522,11 +680,13 @@ class NodeService:
     # --- admin actions (called by the admin channel) ---------------------------------------
 
     def propose(self, change: Any) -> bytes:
+        self._refuse_if_full("admin")
         pid = self.core.propose(change)
         self._step()
         return pid
 
     def approve(self, proposal_id: bytes) -> bool:
+        self._refuse_if_full("admin")
         known = self.core.approve(proposal_id)
         self._step()
         return known
@@ -534,10 +694,22 @@ class NodeService:
     # --- evidence (``kms.node.evidence_log``) -------------------------------------------------
 
     def keep_evidence(self, culprit: int, reason: str, raw: bytes) -> str:
-        return self.evidence_log.keep(culprit, reason, raw)
+        """Keep evidence of misbehaviour; with the disk full it is not kept (logged and
+        counted: the misbehaviour is reported in the metrics all the same)."""
+        try:
+            return self.evidence_log.keep(culprit, reason, raw)
+        except StorageFull as exc:
+            self._storage_full("evidence", exc)
+            return ""
 
     def offer_evidence(self, raw: bytes) -> EvidenceResult:
-        return self.evidence_log.offer(raw)
+        """Evidence a CVM discloses; raises ``StorageFull`` while the disk is full."""
+        self._refuse_if_full("evidence")
+        try:
+            return self.evidence_log.offer(raw)
+        except StorageFull as exc:
+            self._storage_full("evidence", exc)
+            raise
 
     def evidence(self) -> list[dict[str, Any]]:
         return self.evidence_log.entries()
@@ -545,7 +717,7 @@ class NodeService:
     # --- status (``kms.node.node_status``) ----------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return node_status(
+        out = node_status(
             self.core,
             int(self.config.index),
             self.transport,
@@ -556,6 +728,17 @@ class NodeService:
             own_url=self.public_url,
             release_off=self.release_off,
         )
+        held = self.storage
+        out["storage"] = {
+            "full": held is not None,
+            "since": round(held.since, 3) if held is not None else None,
+            "held_step": held is not None and held.step is not None,
+            "error": held.reason[:300] if held is not None else None,
+        }
+        if held is not None:
+            out["healthy"] = False
+            out["health"] = f"{STORAGE_FULL}: {self.storage_refusal()}"
+        return out
 
     def metrics_snapshot(self) -> NodeSnapshot:
         """What ``/metrics`` reports of the node's current state (read at each scrape)."""

@@ -16,7 +16,13 @@ Typical use in the node service::
 from __future__ import annotations
 
 from kms.store.audit import FORBIDDEN_KEY_PARTS, ZERO_HASH, AuditRecord, canonical_record
-from kms.store.errors import AuditChainBroken, SealError, StoreError
+from kms.store.errors import (
+    AuditChainBroken,
+    SealError,
+    StorageFull,
+    StoreError,
+    is_storage_full,
+)
 from kms.store.keystore import KeyStore
 from kms.store.sealer import PassphraseSealer, Sealer, TEESealer
 from kms.store.store import (
@@ -45,7 +51,9 @@ __all__ = [
     "RecordLike",
     "SealError",
     "Sealer",
+    "StorageFull",
     "StoreError",
     "TEESealer",
     "canonical_record",
+    "is_storage_full",
 ]

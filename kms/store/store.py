@@ -59,7 +59,13 @@ from types import TracebackType
 from typing import Protocol
 
 from kms.store.audit import ZERO_HASH, AuditRecord, canonical_record, chain_hash
-from kms.store.errors import AuditChainBroken, SealError, StoreError
+from kms.store.errors import (
+    AuditChainBroken,
+    SealError,
+    StorageFull,
+    StoreError,
+    is_storage_full,
+)
 from kms.store.sealer import Sealer
 
 __all__ = [
@@ -331,6 +337,14 @@ def _deleting_links(db: sqlite3.Connection) -> Iterator[None]:
         db.execute(_CHAIN_DELETE_TRIGGER)
 
 
+def _store_error(exc: sqlite3.Error) -> StoreError:
+    """The store's error for a failed SQLite call: :class:`StorageFull` when the disk is
+    full (the transaction was rolled back), :class:`StoreError` otherwise."""
+    if is_storage_full(exc):
+        return StorageFull(f"the disk holding the store is full: {exc}")
+    return StoreError(f"database error: {exc}")
+
+
 class NodeStore:
     """A node's durable state: identity, protocol records, chain, shares, audit log.
 
@@ -352,6 +366,7 @@ class NodeStore:
             raise TypeError("sealer must implement the Sealer protocol")
         self._sealer = sealer
         self._store_id = b""
+        self._checkpoint_due = False
         if not os.path.exists(self._path):
             if not create:
                 raise StoreError(f"no store at {self._path}")
@@ -360,6 +375,8 @@ class NodeStore:
             except FileExistsError:
                 pass
             except OSError as exc:
+                if is_storage_full(exc):
+                    raise StorageFull(f"cannot create the store at {self._path}: {exc}") from exc
                 raise StoreError(f"cannot create the store at {self._path}: {exc}") from exc
         try:
             db = sqlite3.connect(self._path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
@@ -568,7 +585,9 @@ class NodeStore:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StoreError(f"database error: {exc}") from exc
+            raise _store_error(exc) from exc
+        if self._checkpoint_due and begin == "BEGIN IMMEDIATE":
+            self._checkpoint()
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction: ``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error."""
@@ -583,7 +602,10 @@ class NodeStore:
 
         It does not wait for readers in other processes (an operator's status
         query): if one holds an old snapshot, the WAL is truncated at the next
-        deletion or when the last connection closes.
+        deletion or when the last connection closes. It runs after the deletion
+        has committed: when the disk is full it cannot copy the WAL back, and it
+        is tried again after each later write transaction until it succeeds (the
+        deletion stands; the sealed bytes leave the WAL then).
         """
         db = self._conn()
         try:
@@ -593,7 +615,11 @@ class NodeStore:
             finally:
                 db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
-            raise StoreError(f"database error: {exc}") from exc
+            if is_storage_full(exc):
+                self._checkpoint_due = True
+                return
+            raise _store_error(exc) from exc
+        self._checkpoint_due = False
 
     def _aad(self, table: str, column: str, *key: bytes) -> bytes:
         parts = (_AAD_DOMAIN, self._store_id, table.encode(), column.encode(), *key)

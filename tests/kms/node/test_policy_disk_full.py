@@ -10,6 +10,7 @@ find the floor and any freeze the running node showed. The disk is filled as in
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ if str(HERE) not in sys.path:
 
 from test_disk_full import fill_disk, free_disk  # noqa: E402
 
+from kms.api import admin  # noqa: E402
 from kms.app import testing as kt  # noqa: E402
 from kms.app.testing import app_bundle, local_committee  # noqa: E402
 from kms.node.policies import NodePolicies  # noqa: E402
@@ -159,5 +161,41 @@ def test_an_admission_by_key_request_refused_for_a_full_disk_is_not_held(
             s, answers = await c.fetch_keys(app, bundle=bundle)
             assert s.done, answers
             assert app in {a.app_id for a in svc.store.apps()}
+
+    trio.run(main)
+
+
+def test_a_directory_reload_refused_for_a_full_disk_is_not_held(tmp_path: Path) -> None:
+    """The operator drops version 2 into node 3's policies directory and asks for a reload
+    (admin ``reload-policies``) while the disk is full: refused, and not served after."""
+    owner = OwnerKey.from_seed(bytes([90]) * 32)
+    app = owner.app_id()
+    pdir = tmp_path / "policies-3"
+    pdir.mkdir()
+
+    def admin_reload(svc: Any) -> dict[str, Any]:
+        raw = json.dumps({"op": "reload-policies", "token": "t"}).encode()
+        return admin.handle(svc, b"t", raw)
+
+    async def main() -> None:
+        async with local_committee(
+            tmp_path, n=3, threshold=2, policies_dir=lambda i: pdir if i == 3 else None
+        ) as c:
+            v1 = app_bundle(owner, c.mpk, version=1).encode()
+            assert (await c.fetch_keys(app, bundle=v1))[0].done
+            svc, http = c.services[3], c.clients[3]
+            (pdir / "app.policy").write_bytes(
+                app_bundle(owner, c.mpk, version=2, purposes=BIG).encode()
+            )
+            fill_disk(svc.store)
+            reply = admin_reload(svc)
+            assert reply["ok"] is False and reply["reason"] == "storage-full", reply
+            free_disk(svc.store)
+            await wait_recovered(http)
+            assert (await http.get(f"/v1/policies/{app.hex()}")).json()["version"] == 1
+            reply = admin_reload(svc)
+            assert reply["ok"] is True and reply["updated"] == 1, reply
+            assert {a.app_id: a for a in svc.store.apps()}[app].version_floor == 2
+            assert (await http.get(f"/v1/policies/{app.hex()}")).json()["version"] == 2
 
     trio.run(main)

@@ -91,5 +91,19 @@ demo: $(STAMP) $(SDK_STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# The fault lab's long runs (docs/chaos.md; needs root): every shipped scenario for
+# CHAOS_DURATION seconds, at its own size and at n = 5, t = 3, then the checker's validation
+# run against the three broken builds. Reports land in CHAOS_OUT/<scenario>[-5]/.
+CHAOS_OUT       ?= chaos-out
+CHAOS_SEED      ?= 1
+CHAOS_DURATION  ?= 600
+CHAOS_SCENARIOS ?= partitions links processes clocks disks byzantine mixed
+chaos: $(STAMP)
+	@rc=0; for s in $(CHAOS_SCENARIOS); do \
+	    $(PY) -m kms.cli chaos run $$s --seed $(CHAOS_SEED) --duration $(CHAOS_DURATION) --out $(CHAOS_OUT)/$$s || rc=1; \
+	done; \
+	$(PY) -m kms.cli chaos validate --seed $(CHAOS_SEED) --out $(CHAOS_OUT)/validate || rc=1; \
+	exit $$rc
+
 clean:
 	rm -rf $(VENV) $(SDK_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -53,6 +53,7 @@ EVIDENCE_REFUSAL_STATUS: dict[EvidenceRefusal, int] = {
     EvidenceRefusal.STALE_EPOCH: 409,
     EvidenceRefusal.UNKNOWN_EPOCH: 409,
     EvidenceRefusal.DOES_NOT_VERIFY: 409,
+    EvidenceRefusal.LOG_FULL: 503,
 }
 
 

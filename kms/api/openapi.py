@@ -522,6 +522,7 @@ _PLAIN_SCHEMAS: dict[str, Any] = {
                     "unknown-epoch",
                     "not-serving",
                     "storage-full",
+                    "evidence-log-full",
                 ]
             },
             "detail": {"type": "string"},

@@ -4,7 +4,9 @@ Loaded once at start from the store, then from the operator's policies
 directory (``[node] policies_dir``; read at start and on an explicit reload,
 never per request). Every change to an admitted app is written to the store
 in the same call (``NodeStore.put_app``), so owner chains and version floors
-survive restarts and policy expiry. Lookups are dictionary reads.
+survive restarts and policy expiry. The registry holds a change only once it is
+stored: a write that fails (a full disk) leaves the node's memory as its store
+(``kms.policy.registry``, "Storing first"). Lookups are dictionary reads.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from kms.policy.registry import (
     OfferOutcome,
 )
 from kms.protocol import AppKeyCertRequest, KeyRequest, bundle_hash
-from kms.store import NodeStore
+from kms.store import NodeStore, StoreError
 from kms.store.store import StoredApp
 
 log = logging.getLogger("quorum_kms.node")
@@ -88,6 +90,12 @@ class NodePolicies:
         mpk = self._mpk_of()
         if mpk is None:
             return None
+        self.registry = self._load(mpk)
+        self.reload(now)
+        return self.registry
+
+    def _load(self, mpk: bytes) -> AppRegistry:
+        """A registry holding exactly the admitted apps in the store."""
         step, entries, size, max_apps = self._settings
         reg = AppRegistry(
             mpk,
@@ -113,8 +121,6 @@ class NodePolicies:
                     "stored app refused",
                     extra={"fields": {"app": row.app_id.hex(), "reason": str(exc)}},
                 )
-        self.registry = reg
-        self.reload(now)
         return reg
 
     def reload(self, now: int) -> dict[str, int]:
@@ -135,7 +141,14 @@ class NodePolicies:
         finally:
             batch, self._batch = self._batch, None
             if batch:
-                self.store.put_apps(batch.values())
+                try:
+                    self.store.put_apps(batch.values())
+                except StoreError:
+                    # Nothing of the directory was stored (one transaction): the registry
+                    # took the files' changes as they were queued, so it is loaded again
+                    # from the store, and holds what the store holds.
+                    self.registry = self._load(reg.kms_mpk)
+                    raise
         return counts
 
     def _read_directory(

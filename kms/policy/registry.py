@@ -40,12 +40,19 @@ pushed bundle of an unknown app may carry at most ``new_app_rotations``
 rotations. :meth:`AppRegistry.seen` answers a bundle seen before from its
 hash alone.
 
+**Storing first.** Every change to an admitted app is made on a copy of its record,
+handed to ``persist``, and installed (record, held policy, hash index, frozen set) only
+when ``persist`` returned: a write that raises (a full disk) leaves this registry as it
+was, so a refused change is not served, and the same bundle offered again is checked
+and stored again rather than answered from its hash.
+
 Pure code: no I/O; ``persist`` is called with every admitted app that changed.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import enum
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -60,10 +67,8 @@ from .app import OwnerChain, RotationRecord
 from .errors import PolicyError, PolicyFailure
 from .policy import (
     MAX_VERSION_STEP,
-    Accepted,
     AppPolicy,
     PolicyBundle,
-    PolicyRefused,
     PolicyStore,
 )
 
@@ -121,6 +126,10 @@ class AppRecord:
 
     def rotation_rows(self) -> list[tuple[int, bytes]]:
         return [(seq, enc) for seq, enc in sorted(self.rotations)]
+
+    def copy(self) -> AppRecord:
+        """A copy to change (its rotations too) without touching this record."""
+        return dataclasses.replace(self, rotations=dict(self.rotations))
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,13 +323,13 @@ class AppRegistry:
             rec.rotations[(r.sequence, r.encode())] = r
         self._add(rec)
 
-    def _persist(self, rec: AppRecord) -> None:
-        if rec.frozen:
-            self._frozen.add(rec.app_id)
-        else:
-            self._frozen.discard(rec.app_id)
-        self._index_hash(rec)
+    def _commit(self, rec: AppRecord, held: PolicyBundle | None = None) -> None:
+        """Store ``rec`` (a new or changed copy), then install it, and ``held`` as the app's
+        policy (checked already) when given. If storing raises, nothing here changed."""
         self._save(rec)
+        if held is not None:
+            self._store.replace(held)
+        self._add(rec)
 
     def _index_hash(self, rec: AppRecord) -> None:
         old = rec.held_hash
@@ -333,6 +342,8 @@ class AppRegistry:
     def _add(self, rec: AppRecord) -> None:
         if rec.frozen:
             self._frozen.add(rec.app_id)
+        else:
+            self._frozen.discard(rec.app_id)
         if rec.app_id not in self._records:
             bisect.insort(self._sorted, rec.app_id)
         self._records[rec.app_id] = rec
@@ -362,22 +373,24 @@ class AppRegistry:
                 PolicyFailure.APP_FROZEN,
                 "the app is frozen by a fork",
             )
-        result = self._store.offer_bundle(bundle, now=now, floor=rec.floor)
-        if isinstance(result, PolicyRefused):
-            if result.reason is PolicyFailure.ROTATION_FORK:
+        try:  # every check, nothing held yet: the policy is held once it is stored
+            chain = self._store.check(
+                bundle.signed, now=now, rotations=bundle.rotations, floor=rec.floor
+            )
+        except PolicyError as exc:
+            if exc.reason is PolicyFailure.ROTATION_FORK:
                 return self._freeze(rec, bundle)
-            return OfferOutcome(False, app_id, self._held(app_id), result.reason, result.detail)
-        if not isinstance(result, Accepted):  # pragma: no cover - OfferResult has two kinds
-            raise TypeError(result)
-        self._accepted(rec, result.bundle)
-        return OfferOutcome(True, app_id, result.version)
+            return OfferOutcome(False, app_id, self._held(app_id), exc.reason, exc.detail)
+        self._accepted(rec, PolicyBundle(bundle.signed, chain.records))
+        return OfferOutcome(True, app_id, bundle.signed.policy.version)
 
     def _accepted(self, rec: AppRecord, bundle: PolicyBundle) -> None:
-        rec.bundle = bundle
-        rec.floor = max(rec.floor, bundle.signed.policy.version)  # the floor never drops
+        new = rec.copy()
+        new.bundle = bundle
+        new.floor = max(rec.floor, bundle.signed.policy.version)  # the floor never drops
         for r in bundle.rotations:
-            rec.rotations[(r.sequence, r.encode())] = r
-        self._persist(rec)
+            new.rotations[(r.sequence, r.encode())] = r
+        self._commit(new, bundle)
 
     @staticmethod
     def _resolved_point(rec: AppRecord) -> int:
@@ -416,10 +429,11 @@ class AppRegistry:
                 PolicyFailure.REJECTED_BRANCH,
                 "the bundle is on a branch of a fork the operator resolved against",
             )
+        frozen = rec.copy()
         for r in offered.rotations:
-            rec.rotations[(r.sequence, r.encode())] = r
-        rec.frozen = True
-        self._persist(rec)
+            frozen.rotations[(r.sequence, r.encode())] = r
+        frozen.frozen = True
+        self._commit(frozen)
         return OfferOutcome(
             False,
             rec.app_id,
@@ -506,16 +520,14 @@ class AppRegistry:
         for b in bundles:
             for r in b.rotations:
                 rec.rotations[(r.sequence, r.encode())] = r
+        held = PolicyBundle(best.signed, union.records if owned else best.rotations)
         try:
-            self._store.restore(
-                PolicyBundle(best.signed, union.records if owned else best.rotations)
-            )
+            self._probe().check_authentic(held.signed, held.rotations)
         except PolicyError as exc:
             return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
-        rec.bundle = PolicyBundle(best.signed, union.records if owned else best.rotations)
+        rec.bundle = held
         rec.frozen = forked or not owned
-        self._add(rec)
-        self._persist(rec)
+        self._commit(rec, held)
         if rec.frozen:
             return OfferOutcome(
                 False,
@@ -546,23 +558,20 @@ class AppRegistry:
         app_id = bundle.signed.policy.app_id
         if app_id in self._records:
             return self.offer(bundle, now=now)
-        try:
+        try:  # checked only: the policy is held once the app is stored
             if by is AdmittedBy.OPERATOR:
-                self._store.restore(bundle)
+                chain = self._probe().check_authentic(bundle.signed, bundle.rotations)
             else:
-                result = self._store.offer_bundle(bundle, now=now, bound_first=True)
-                if isinstance(result, PolicyRefused):
-                    return OfferOutcome(False, app_id, None, result.reason, result.detail)
+                chain = self._store.check(
+                    bundle.signed, now=now, rotations=bundle.rotations, bound_first=True
+                )
         except PolicyError as exc:
             return OfferOutcome(False, app_id, None, exc.reason, exc.detail)
-        held = self._store.bundle(app_id)
-        if held is None:  # pragma: no cover - just stored
-            raise RuntimeError("the admitted bundle is not held")
+        held = PolicyBundle(bundle.signed, chain.records)
         rec = AppRecord(app_id, held, held.signed.policy.version, admitted_by=by)
         for r in held.rotations:
             rec.rotations[(r.sequence, r.encode())] = r
-        self._add(rec)
-        self._persist(rec)
+        self._commit(rec, held)
         return OfferOutcome(True, app_id, rec.floor)
 
     def resolve_fork(self, bundle: PolicyBundle) -> OfferOutcome:
@@ -618,16 +627,21 @@ class AppRegistry:
                 "the chain stops before the end of a branch seen: carry the whole branch",
             )
         try:
-            self._store.replace(bundle)
+            self._probe().check_authentic(bundle.signed, bundle.rotations)
         except PolicyError as exc:
             return OfferOutcome(False, app_id, rec.floor, exc.reason, exc.detail)
-        rec.bundle = bundle
+        resolved = rec.copy()
+        resolved.bundle = bundle
         for r in chain.records:
-            rec.rotations[(r.sequence, r.encode())] = r
-        rec.floor = bundle.signed.policy.version
-        rec.frozen = False
-        self._persist(rec)
-        return OfferOutcome(True, app_id, rec.floor)
+            resolved.rotations[(r.sequence, r.encode())] = r
+        resolved.floor = bundle.signed.policy.version
+        resolved.frozen = False
+        self._commit(resolved, bundle)
+        return OfferOutcome(True, app_id, resolved.floor)
+
+    def _probe(self) -> PolicyStore:
+        """An empty policy store with this one's settings: checks a bundle on its own chain."""
+        return PolicyStore(self.kms_mpk, max_version_step=self._store.max_version_step)
 
     # --- the cache ------------------------------------------------------------------------
 

@@ -660,6 +660,17 @@ class NodeStore:
         with self._write() as db:
             self._set_meta(db, name, value)
 
+    def set_metas(self, entries: Iterable[tuple[str, bytes]]) -> None:
+        """Set several free meta entries in one transaction: all of them or, if the write
+        fails, none (not sealed: never put a secret here)."""
+        rows = [
+            (self._check_meta_name(n), _check_bytes("value", v, allow_empty=True))
+            for n, v in entries
+        ]
+        with self._write() as db:
+            for name, value in rows:
+                self._set_meta(db, name, value)
+
     # --- identity ---------------------------------------------------------------------------
 
     def save_identity(self, identity_seed: bytes, dkg_seed: bytes) -> None:

@@ -22,6 +22,7 @@ from kms.node.chain_follow import ChainFollower
 from kms.node.genesis_trust import GenesisNotTrusted, GenesisTrust
 from kms.node.governance import LOCK_RUN, Governance, RefreshRules
 from kms.node.model import (
+    DealerLeftOut,
     EpochSwitched,
     InputRejected,
     Link,
@@ -160,6 +161,8 @@ class Adoption:
                 elif isinstance(ev, SharingFinalized) and session.config.kind == RunKind.DKG:
                     self._c.trust.own.append(ev.result.transcript.hash())
                     self._c.trust.maybe_endorse(self._c._genesis(), list(self._c._participants))
+                elif isinstance(ev, DealerExcluded) and not ev.attributable:
+                    self._c._events.append(DealerLeftOut(ev.dealer, ev.reason))
                 elif isinstance(ev, DealerExcluded):
                     self._c._events.append(MisbehaviourObserved(ev.dealer, ev.reason, ev.evidence))
                 elif isinstance(ev, ResponderEquivocated):

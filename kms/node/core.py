@@ -79,6 +79,7 @@ from kms.node.model import (
 from kms.node.model import ApprovalRefused as ApprovalRefused
 from kms.node.model import ChainReplaced as ChainReplaced
 from kms.node.model import ChangeRefused as ChangeRefused
+from kms.node.model import DealerLeftOut as DealerLeftOut
 from kms.node.model import EpochSwitched as EpochSwitched
 from kms.node.model import LinkCertified as LinkCertified
 from kms.node.model import MisbehaviourObserved as MisbehaviourObserved

@@ -206,6 +206,17 @@ class MisbehaviourObserved:
 
 
 @dataclass(frozen=True)
+class DealerLeftOut:
+    """A dealer left out of a sharing run's QUAL for a reason that is not its own doing
+    as far as this node can tell (``DealerExcluded.attributable`` is false): it may be
+    honest and not live (started late, restarted), or this node's view may be the one
+    that is off. Nobody is blamed for it."""
+
+    dealer: ParticipantIndex
+    reason: str
+
+
+@dataclass(frozen=True)
 class InputRejected:
     peer: ParticipantIndex
     reason: str
@@ -258,6 +269,7 @@ NodeEvent = (
     | ChainReplaced
     | RetainedShareDeletable
     | MisbehaviourObserved
+    | DealerLeftOut
     | InputRejected
     | ApprovalRefused
     | RunFailed

@@ -15,6 +15,7 @@ from kms.node.metrics import NodeMetrics
 from kms.node.model import (
     ApprovalRefused,
     ChainReplaced,
+    DealerLeftOut,
     EpochSwitched,
     InputRejected,
     LinkCertified,
@@ -73,6 +74,10 @@ class EventReporter:
                 self._keep_evidence(int(ev.culprit), ev.reason, ev.evidence.encode())
             log.warning(
                 "misbehaviour", extra={"fields": {"culprit": int(ev.culprit), "reason": ev.reason}}
+            )
+        elif isinstance(ev, DealerLeftOut):
+            log.info(
+                "dealer left out", extra={"fields": {"dealer": int(ev.dealer), "reason": ev.reason}}
             )
         elif isinstance(ev, InputRejected):
             self._reject_from(ev.peer, ev.reason)

@@ -109,6 +109,12 @@ _DECODE_RunKey = decoder(RunKey)
 _DECODE_DealBundle = decoder(DealBundle, limit=256)
 _DECODE_ResponseBundle = decoder(ResponseBundle)
 _DECODE_JustificationBundle = decoder(JustificationBundle, limit=256)
+
+
+class _KeysMismatch(MessageDecodeError):
+    """A deal that seals or omits shares against the agreed run keys."""
+
+
 STALL_FRACTION = 0.25
 """A gap longer than ``STALL_FRACTION · Δ`` between two consecutive times a member
 observes (its ticks and receipts) means it was not live: stopped, paused, suspended
@@ -248,6 +254,12 @@ class DealerExcluded:
     dealer: ParticipantIndex
     reason: str
     evidence: Evidence | None = None
+    attributable: bool = True
+    """Whether the exclusion is the dealer's own doing as far as this member can tell:
+    ``False`` when an honest dealer could have earned it by not being live (a deal that
+    does not match the agreed run keys, judged by a member that was up through the key
+    round), or when this member judged from a view that need not be the agreed one (it
+    was not live; sharing.md, "Live members"). Evidence, a signed proof, always counts."""
 
 
 @dataclass(frozen=True)
@@ -811,10 +823,18 @@ class SharingSession:
     # --- phase 2: respond ----------------------------------------------------------
 
     def _exclude(
-        self, dealer: ParticipantIndex, reason: str, evidence: Evidence | None = None
+        self,
+        dealer: ParticipantIndex,
+        reason: str,
+        evidence: Evidence | None = None,
+        *,
+        view_of_keys: bool = False,
     ) -> None:
+        """Leave ``dealer`` out of QUAL. ``view_of_keys``: its deal does not match the
+        agreed run keys, which an honest dealer that missed the key round also deals."""
         if dealer not in self._excluded:
-            ev = DealerExcluded(dealer, reason, evidence)
+            attributable = evidence is not None or (self.live and not view_of_keys)
+            ev = DealerExcluded(dealer, reason, evidence, attributable)
             self._excluded[dealer] = ev
             self._events.append(ev)
 
@@ -841,7 +861,7 @@ class SharingSession:
             for share in bundle.shares:
                 keyed = ParticipantIndex(share.recipient) in self._run_keys
                 if keyed and share.enc == OMITTED_ENC:
-                    raise MessageDecodeError(
+                    raise _KeysMismatch(
                         f"share for {share.recipient} omitted, against the agreed run keys"
                     )
                 if not keyed and share.enc != OMITTED_ENC and not listener:
@@ -849,10 +869,13 @@ class SharingSession:
                     # that a faulty recipient handed to it alone (broadcast.md, Listeners):
                     # a share sealed to that key is no fault. A relayer holds the agreed
                     # keys exactly.
-                    raise MessageDecodeError(
+                    raise _KeysMismatch(
                         f"share for {share.recipient} sealed, against the agreed run keys"
                     )
             points = [G2.from_bytes(c) for c in bundle.commitments]
+        except _KeysMismatch as exc:
+            self._exclude(dealer, f"malformed deal: {exc}", view_of_keys=True)
+            return
         except InvalidEncoding as exc:
             self._exclude(dealer, f"malformed deal: {exc}")
             return

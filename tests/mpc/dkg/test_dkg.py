@@ -43,6 +43,7 @@ def test_equivocating_dealer_is_excluded_with_evidence() -> None:
     for i in run.honest:
         ex = run.exclusions(i)[PI(2)]
         assert isinstance(ex.evidence, EquivocationEvidence)
+        assert ex.attributable  # a signed proof is the dealer's own doing
     check_evidence(run)
 
 

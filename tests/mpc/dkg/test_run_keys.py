@@ -65,6 +65,9 @@ def test_a_dealer_that_omits_a_keyed_recipient_is_excluded_everywhere() -> None:
     for i in run.honest:
         ex = run.sessions[i].excluded[PI(5)]
         assert "run keys" in ex.reason and ex.evidence is None
+        # Excluded, but not attributed: an honest dealer that missed the key round
+        # deals exactly this (sharing.md, a member whose process starts late).
+        assert not ex.attributable
 
 
 def test_run_keys_are_fresh_per_run_and_the_long_lived_key_opens_nothing() -> None:

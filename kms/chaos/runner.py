@@ -31,6 +31,7 @@ from kms.chaos.observe import ObservationWriter, PolledNode, Pollers, prove_shar
 Progress = Callable[[float, float, str], None]
 
 GENESIS_TIMEOUT = 60.0
+GENESIS_DELTAS = 50.0
 START_IN_PER_NODE = 2.5
 """Seconds from writing the configs to the genesis DKG's start (the nodes start meanwhile)."""
 
@@ -114,11 +115,14 @@ class Run:
         t = time.time()
         com.create()
         self.timings["setup_hosts_and_init"] = time.time() - t
-        com.configure(start_in=max(8.0, START_IN_PER_NODE * sc.nodes))
+        start_in = max(8.0, START_IN_PER_NODE * sc.nodes)
+        com.configure(start_in=start_in)
         com.start_all()
         self.say(0, 1, "genesis")
         t = time.time()
-        com.wait_genesis(GENESIS_TIMEOUT)
+        # The genesis DKG takes about 21 Δ after its start when nothing fails; give it room
+        # for a failed first attempt too.
+        com.wait_genesis(max(GENESIS_TIMEOUT, start_in + GENESIS_DELTAS * sc.committee.delta))
         self.timings["setup_genesis"] = time.time() - t
         t = time.time()
         com.create_apps(sc.workload.apps)

@@ -23,18 +23,20 @@ from typing import Any, ClassVar, Protocol
 from mpc.broadcast import BroadcastPayload, Outbound
 from mpc.cert import RunKind
 from mpc.codec import Message
-from mpc.dkg import SharingConfig
+from mpc.dkg import SharingConfig, SharingSession
 from mpc.dkg.messages import (
     JustificationBundle,
     Response,
     ResponseBundle,
     RevealedShare,
 )
+from mpc.ids import ParticipantIndex
 from mpc.math import R
 from mpc.math.fields import scalar_from_bytes, scalar_to_bytes
 from mpc.membership import Ballot, ChangeThreshold, OutcomePartial, RemoveMember
 from mpc.membership.messages import ChainUpdate, Change
-from mpc.secret import SecretScalar, SecretShare
+from mpc.secret import RNG, SecretScalar, SecretShare
+from mpc.sig import SigningKey
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {}
 
@@ -369,3 +371,38 @@ class BehaviourTamper:
                 ),
             )
         return bundle
+
+
+def recording_session_factory(
+    sessions: list[SharingSession], tamper: BehaviourTamper | None
+) -> Callable[..., SharingSession]:
+    """A ``NodeCore`` session factory (``kms.node.model.SessionFactory``) that runs the real
+    session with the dealer-tamper hook ``tamper`` (``None``: honest) and records every
+    session it starts in ``sessions`` (reports read whom they excluded)."""
+
+    def make(
+        config: SharingConfig,
+        me: ParticipantIndex,
+        identity_key: SigningKey,
+        dkg_key: Any,
+        *,
+        rng: RNG,
+        share: SecretShare | None,
+        persisted: Mapping[str, bytes],
+        live_since: float | None,
+    ) -> SharingSession:
+        session = SharingSession(
+            config,
+            me,
+            identity_key,
+            dkg_key,
+            rng=rng,
+            share=share,
+            persisted=persisted,
+            live_since=live_since,
+            tamper=tamper,
+        )
+        sessions.append(session)
+        return session
+
+    return make

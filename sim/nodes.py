@@ -10,7 +10,7 @@ it by ``kms.node.persist``, exactly as ``kms.node.service`` applies them to SQLi
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,9 @@ from kms.store.errors import StoreError
 from kms.store.sealer import TEESealer
 from mpc import hpke
 from mpc.cert import EpochCertificate
-from mpc.dkg import DealerExcluded, SharingConfig, SharingSession
+from mpc.dkg import DealerExcluded, SharingSession
 from mpc.dkg.messages import Participant
-from mpc.ids import ParticipantIndex
-from mpc.secret import RNG, SecretShare
+from mpc.secret import SecretShare
 from mpc.sig import CTX_DKG_KEY, SigningKey
 from sim import adversary
 
@@ -218,32 +217,8 @@ def session_factory(
     runs the real session with the dealer-tamper hook ``adversary.BehaviourTamper``,
     bent by its behaviours in the epochs ``corrupt_in`` says."""
 
-    def make(
-        config: SharingConfig,
-        me: ParticipantIndex,
-        identity_key: SigningKey,
-        dkg_key: hpke.PrivateKey,
-        *,
-        rng: RNG,
-        share: SecretShare | None,
-        persisted: Mapping[str, bytes],
-        live_since: float | None,
-    ) -> SharingSession:
-        session = SharingSession(
-            config,
-            me,
-            identity_key,
-            dkg_key,
-            rng=rng,
-            share=share,
-            persisted=persisted,
-            live_since=live_since,
-            tamper=adversary.BehaviourTamper(behaviours, corrupt_in) if behaviours else None,
-        )
-        sessions.append(session)
-        return session
-
-    return make
+    tamper = adversary.BehaviourTamper(behaviours, corrupt_in) if behaviours else None
+    return adversary.recording_session_factory(sessions, tamper)
 
 
 @dataclass

@@ -35,14 +35,13 @@ from kms.node.service import NodeService
 from mpc.broadcast import BroadcastPayload, Outbound
 from mpc.cert import EpochCertificate
 from mpc.codec import Message
-from mpc.dkg import SharingConfig, SharingSession
+from mpc.dkg import SharingSession
 from mpc.dkg.messages import CertificatePartial
 from mpc.ids import ParticipantIndex
 from mpc.membership import Ballot, OutcomePartial, link_position
 from mpc.membership.messages import ChainUpdate, Change, Refresh
 from mpc.membership.window import DecisionWindow, OutcomeLocked, Tally
 from mpc.secret import RNG, SecretShare
-from mpc.sig import SigningKey
 from sim import adversary
 from sim.adversary import Behaviour
 
@@ -288,37 +287,9 @@ class Byzantine:
         return None
 
 
-def _session_factory(
-    byz: Byzantine,
-) -> Callable[..., SharingSession]:
+def _session_factory(byz: Byzantine) -> Callable[..., SharingSession]:
     tamper = adversary.BehaviourTamper(byz.behaviours, lambda epoch: True)
-
-    def make(
-        config: SharingConfig,
-        me: ParticipantIndex,
-        identity_key: SigningKey,
-        dkg_key: Any,
-        *,
-        rng: RNG,
-        share: SecretShare | None,
-        persisted: Mapping[str, bytes],
-        live_since: float | None,
-    ) -> SharingSession:
-        session = SharingSession(
-            config,
-            me,
-            identity_key,
-            dkg_key,
-            rng=rng,
-            share=share,
-            persisted=persisted,
-            live_since=live_since,
-            tamper=tamper,
-        )
-        byz.sessions.append(session)
-        return session
-
-    return make
+    return adversary.recording_session_factory(byz.sessions, tamper)
 
 
 def apply_adversary(

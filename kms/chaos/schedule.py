@@ -26,6 +26,12 @@ Byzantine members are never victims of node faults (process faults and skew): th
 behaviour is the adversary's to choose, and a crash of a corrupt member tells nothing
 about the honest ones. They remain endpoints of network faults.
 
+Faults aligned to the decision-window grid (a scenario fault with ``window``) keep their
+window and their offset from its start (``FaultEvent.window``, ``at``); they are ordered and
+checked for capacity on the grid's own axis (w · window_period + offset), never moved
+(no free victim: dropped), and ``resolve_windows`` puts them on the run's axis once the
+runner knows genesis_start. ``only_if`` reaches the nemesis as ``params["only_if"]``.
+
 Targets are strings: ``n3`` (node 3; for a link fault: every link of node 3), ``c1``
 (client 1; for a network fault: every link of that client), ``n1-n3`` (the link between
 two hosts, both ways) and ``n1>n3`` (one way, for ``partition_oneway``). A ``partition``

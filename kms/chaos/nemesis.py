@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from kms.chaos.committee import LabCommittee, LabNode
 from kms.chaos.observe import ObservationWriter
 
@@ -91,6 +93,8 @@ class Nemesis:
         operator): node, time, exit code, and whether they were restarted."""
         self._restarts: dict[int, int] = {}
         self._seen_crash: set[int] = set()
+        self.conditions: list[dict[str, Any]] = []
+        """Each ``only_if`` checked: the event, when, the window, whether it held."""
 
     # --- hosts ------------------------------------------------------------------------
 
@@ -189,6 +193,20 @@ class Nemesis:
     # --- injecting and lifting --------------------------------------------------------
 
     def _inject(self, ev: Any) -> None:
+        cond = ev.params.get("only_if")
+        if cond is not None:
+            held = self.condition(cond, ev.window)
+            self.conditions.append(
+                {
+                    "id": int(ev.id),
+                    "t": time.time(),
+                    "only_if": cond,
+                    "window": ev.window,
+                    "held": held,
+                }
+            )
+            if not held:
+                return
         act = getattr(self, "_" + ev.kind)(ev)
         if act is None:
             return
@@ -247,6 +265,45 @@ class Nemesis:
             if not n.retired and not n.lost and not n.running:
                 self.committee.start(n)
         self.write_reach()
+
+    # --- conditions -------------------------------------------------------------------
+
+    def served_chain(self) -> list[dict[str, Any]]:
+        """The longest chain the running members serve (``observe.chain_links``), or []."""
+        from kms.chaos.observe import chain_links
+
+        best: list[dict[str, Any]] = []
+        for n in self.committee.members():
+            if not n.running or n.paused:
+                continue
+            try:
+                r = httpx.get(n.url + "/v1/chain", timeout=2.0)
+                links = chain_links(r.content) if r.status_code == 200 else []
+            except Exception:  # an unreachable member, or an answer that does not decode
+                links = []
+            if len(links) > len(best):
+                best = links
+        return best
+
+    def condition(self, cond: str, window: int | None) -> bool:
+        """Whether ``cond`` holds now for ``window`` (see ``scenario.Fault.only_if``):
+        ``refresh-sorts-first``: the chain's last link is an epoch certificate and window
+        w's scheduled refresh proposal (proposer: member w mod n of the sorted members)
+        has a smaller id than window w + 1's, so a member holding both decides w's."""
+        from mpc.membership.messages import Proposal, Refresh
+
+        if cond != "refresh-sorts-first" or window is None:
+            return False
+        links = self.served_chain()
+        if not links or links[-1]["kind"] != "epoch":
+            return False
+        head, epoch = bytes.fromhex(links[-1]["hash"]), int(links[-1]["epoch"])
+        members = sorted(n.index for n in self.committee.members())
+        a, b = (
+            Proposal.of(epoch, head, members[w % len(members)], w.to_bytes(16, "big"), Refresh())
+            for w in (window, window + 1)
+        )
+        return a.id() < b.id()
 
     # --- network faults ---------------------------------------------------------------
 

@@ -233,6 +233,7 @@ class Run:
         sc, com = self.scenario, self.com
         t0 = time.time()
         end = t0 + float(sc.duration)
+        events = self.align(events, t0)
         self.start_workload(end + float(sc.quiet) + 5.0)
         self.nemesis = Nemesis(
             self.lab,
@@ -250,6 +251,20 @@ class Run:
         while time.time() < end:
             self.say(time.time() - t0, float(sc.duration), "faults")
             time.sleep(min(1.0, max(0.0, end - time.time())))
+
+    def align(self, events: list[Any], t0: float) -> list[Any]:
+        """Window-aligned faults moved onto the run's axis, now that genesis_start is known;
+        the ones whose time has passed are dropped and listed in the report's errors."""
+        from kms.chaos.schedule import resolve_windows
+
+        com = self.com
+        kept, dropped = resolve_windows(events, com.genesis_start(), com.window_period, t0)
+        for ev in dropped:
+            self.errors.append(
+                f"fault {ev.id} ({ev.kind} in window {ev.window}) dropped: its time passed "
+                f"{-ev.at:.1f} s before the run started"
+            )
+        return kept
 
     def heal_and_settle(self) -> None:
         sc = self.scenario
@@ -361,5 +376,6 @@ def run(scenario: Any, *, seed: int, out: Path, progress: Progress | None = None
         "timings": {k: round(v, 3) for k, v in r.timings.items()},
         "errors": r.errors + (r.nemesis.errors if r.nemesis is not None else []),
         "crashes": r.nemesis.crashes if r.nemesis is not None else [],
+        "conditions": r.nemesis.conditions if r.nemesis is not None else [],
     }
     return dict(report.write(out, scenario, seed, events, figures, extra))

@@ -101,7 +101,13 @@ class Fault(_Strict):
     count: int | None = Field(default=None, ge=1)
     """Exactly this many injections, at seeded times (placed even if that means waiting)."""
     at: tuple[float, ...] | None = None
-    """Exactly these injection times (seconds after the start), for recipes."""
+    """Exactly these injection times (seconds after the start), for recipes; with
+    ``window``, offsets from each listed window's start instead (may be negative)."""
+    window: tuple[int, ...] | None = None
+    """Align to the nodes' decision-window grid, for recipes: one injection at each ``at``
+    offset from the start S = genesis_start + w · window_period of each listed window w
+    (absolute window numbers, counted from genesis). The runner resolves S once
+    genesis_start is known; an injection whose time has passed by then is dropped."""
     duration: tuple[float, float] = (5.0, 10.0)
     targets: Literal["node", "client", "link"] = "node"
     victims: int | None = Field(default=None, ge=1)
@@ -112,12 +118,24 @@ class Fault(_Strict):
     recipes; the capacity rule still applies (a victim that is busy or would exceed it
     makes the injection wait or be dropped)."""
     params: FaultParams = Field(default_factory=FaultParams)
+    only_if: Literal["refresh-sorts-first"] | None = None
+    """With ``window``, a condition the nemesis checks when the injection is due (against
+    the chain the members serve then), skipping the injection when it does not hold:
+    ``refresh-sorts-first``: the last link is an epoch certificate and the scheduled
+    refresh proposal of window w sorts before that of window w + 1."""
 
     @model_validator(mode="after")
     def _check(self) -> Fault:
         if sum(x is not None for x in (self.every, self.count, self.at)) != 1:
             raise ValueError("give exactly one of every (mean seconds), count or at")
-        if self.at is not None and any(x < 0 for x in self.at):
+        if self.window is not None:
+            if self.at is None:
+                raise ValueError("window needs at (offsets from each window's start)")
+            if not self.window or any(w < 0 for w in self.window):
+                raise ValueError("window must list window numbers >= 0")
+        elif self.only_if is not None:
+            raise ValueError("only_if needs window")
+        elif self.at is not None and any(x < 0 for x in self.at):
             raise ValueError("at times must be >= 0")
         lo, hi = self.duration
         if not 0 <= lo <= hi:

@@ -26,6 +26,12 @@ Byzantine members are never victims of node faults (process faults and skew): th
 behaviour is the adversary's to choose, and a crash of a corrupt member tells nothing
 about the honest ones. They remain endpoints of network faults.
 
+Faults aligned to the decision-window grid (a scenario fault with ``window``) keep their
+window and their offset from its start (``FaultEvent.window``, ``at``); they are ordered and
+checked for capacity on the grid's own axis (w · window_period + offset), never moved
+(no free victim: dropped), and ``resolve_windows`` puts them on the run's axis once the
+runner knows genesis_start. ``only_if`` reaches the nemesis as ``params["only_if"]``.
+
 Targets are strings: ``n3`` (node 3; for a link fault: every link of node 3), ``c1``
 (client 1; for a network fault: every link of that client), ``n1-n3`` (the link between
 two hosts, both ways) and ``n1>n3`` (one way, for ``partition_oneway``). A ``partition``
@@ -35,6 +41,7 @@ cuts the ``targets`` off from every other host (``params["rest"]`` lists the oth
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import random
@@ -63,6 +70,9 @@ class FaultEvent:
     targets: tuple[str, ...]
     params: dict[str, Any] = field(default_factory=dict)
     inside_model: bool = True
+    window: int | None = None
+    """Set for a fault aligned to the decision-window grid: ``at`` is then the offset from
+    that window's start, until the runner resolves it (``resolve_windows``)."""
 
     @property
     def end(self) -> float:
@@ -92,6 +102,7 @@ class _Draft:
     duration: float
     fault: Fault
     order: int
+    window: int | None = None
 
 
 def _times(rng: random.Random, fault: Fault, horizon: float) -> list[float]:
@@ -203,20 +214,33 @@ def build(
     drafts: list[tuple[float, int, _Draft]] = []
     order = itertools.count()
     for fault in scenario.faults:
+        if fault.window is not None:
+            continue
         for at in _times(b.rng, fault, scenario.duration):
             lo, hi = fault.duration
             d = _Draft(at, b.rng.uniform(lo, hi), fault, next(order))
             heapq.heappush(drafts, (d.at, d.order, d))
+    period = scenario.committee.window_period
+    for fault in scenario.faults:
+        # Window-aligned faults are placed on the grid's own axis (w · window_period +
+        # offset, genesis_start taken as 0) for ordering and capacity; the runner moves them.
+        for w in fault.window or ():
+            for offset in sorted(fault.at or ()):
+                lo, hi = fault.duration
+                d = _Draft(w * period + offset, b.rng.uniform(lo, hi), fault, next(order), w)
+                heapq.heappush(drafts, (d.at, d.order, d))
     while drafts:
         _, _, d = heapq.heappop(drafts)
-        if d.at >= scenario.duration:
-            continue
-        d.duration = min(d.duration, scenario.duration - d.at)
+        if d.window is None:
+            if d.at >= scenario.duration:
+                continue
+            d.duration = min(d.duration, scenario.duration - d.at)
         params = _params(b.rng, d.fault)
         if d.fault.kind in NODE_ONLY_FAULTS:
             victims = b.node_victims(d)
             if victims is None:
-                later = b.wait_until(d) if d.fault.every is None else None
+                waits = d.fault.every is None and d.window is None
+                later = b.wait_until(d) if waits else None
                 if later is not None and later > d.at:
                     d.at = later
                     heapq.heappush(drafts, (d.at, d.order, d))
@@ -225,11 +249,33 @@ def build(
         else:
             targets, extra = b.network_targets(d.fault)
         params.update(extra)
+        if d.fault.only_if is not None:
+            params["only_if"] = d.fault.only_if
         inside = inside_model(d.fault.kind, d.duration, params, delta)
+        at = d.at if d.window is None else d.at - d.window * period
         events.append(
-            FaultEvent(len(events), d.at, d.duration, d.fault.kind, tuple(targets), params, inside)
+            FaultEvent(
+                len(events), at, d.duration, d.fault.kind, tuple(targets), params, inside, d.window
+            )
         )
     return events
+
+
+def resolve_windows(
+    events: list[FaultEvent], genesis_start: float, window_period: float, t0: float
+) -> tuple[list[FaultEvent], list[FaultEvent]]:
+    """The schedule with every window-aligned event moved to the run's time axis (seconds
+    after ``t0``, the workload's start: ``genesis_start + window · window_period + at − t0``),
+    and the window-aligned events dropped because that time is already past."""
+    kept: list[FaultEvent] = []
+    dropped: list[FaultEvent] = []
+    for ev in events:
+        if ev.window is None:
+            kept.append(ev)
+            continue
+        at = genesis_start + ev.window * window_period + ev.at - t0
+        (kept if at >= 0 else dropped).append(dataclasses.replace(ev, at=at))
+    return kept, dropped
 
 
 def down_at(events: list[FaultEvent], at: float) -> set[str]:

@@ -56,6 +56,13 @@ def test_validation_scenarios_select_their_broken_build(
     assert name in report.VALIDATION_SCENARIOS
     if broken == "skip-policy-check":
         assert scenario.workload.rogue
+    elif broken == "window-tally":
+        # The fork needs no byzantine member: n = 4, t = 2, a refresh due in every window,
+        # and faults placed on the decision-window grid.
+        assert not scenario.byzantine
+        assert (scenario.nodes, scenario.threshold) == (4, 2)
+        assert scenario.committee.refresh_interval > 0
+        assert all(f.window for f in scenario.faults)
     else:
         assert scenario.byzantine
 

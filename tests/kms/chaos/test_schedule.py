@@ -4,14 +4,15 @@ the synchrony model by the documented rule."""
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kms.chaos.scenario import PROCESS_FAULTS, load, parse, shipped
-from kms.chaos.schedule import FaultEvent, build, down_at
+from kms.chaos.scenario import PROCESS_FAULTS, ScenarioError, load, parse, shipped
+from kms.chaos.schedule import FaultEvent, build, down_at, resolve_windows
 
 seeds = st.integers(min_value=0, max_value=2**63)
 
@@ -193,3 +194,93 @@ def test_smoke_schedules_every_required_fault_for_every_seed(seed: int) -> None:
     byz = [e for e in events if e.kind == "byzantine"]
     assert len(byz) == 1 and len(byz[0].targets) == 1 and byz[0].params["strategies"]
     _check_capacity(events, 5, 3, set(byz[0].targets))
+
+
+# --- faults on the decision-window grid ---------------------------------------------------
+
+
+def test_window_faults_keep_their_window_and_offset_until_resolved() -> None:
+    grid = _scenario(
+        [
+            {"kind": "kill", "window": [2, 5], "at": [-6.0], "nodes": [3, 4], "duration": [9, 9]},
+            {"kind": "partition", "window": [2], "at": [2.0], "nodes": [1], "duration": [8, 8]},
+        ],
+        nodes=4,
+        threshold=2,
+        committee={"window_period": 20.0},
+    )
+    events = build(grid, 3)
+    assert events == build(grid, 3)
+    assert [(e.kind, e.window, e.at, e.targets) for e in events] == [
+        ("kill", 2, -6.0, ("n3", "n4")),
+        ("partition", 2, 2.0, ("n1",)),
+        ("kill", 5, -6.0, ("n3", "n4")),
+    ]
+    assert all(e.to_json()["window"] == e.window for e in events)
+    # genesis_start 1000, workload started at 1036: window 2 starts at 1040 (its kill, due
+    # at 1034, has passed), window 5 at 1100.
+    kept, dropped = resolve_windows(events, 1000.0, 20.0, 1036.0)
+    assert [(e.id, e.at) for e in dropped] == [(0, -2.0)]
+    assert [(e.id, e.at, e.window) for e in kept] == [(1, 6.0, 2), (2, 58.0, 5)]
+    plain = _scenario([{"kind": "kill", "at": [4.0], "nodes": [1]}])
+    assert resolve_windows(build(plain, 3), 1000.0, 20.0, 1036.0) == (build(plain, 3), [])
+
+
+def test_window_faults_need_offsets_and_only_they_may_be_negative() -> None:
+    with pytest.raises(ScenarioError, match="window needs at"):
+        _scenario([{"kind": "kill", "window": [2], "count": 1}])
+    with pytest.raises(ScenarioError, match="at times must be >= 0"):
+        _scenario([{"kind": "kill", "at": [-1.0]}])
+    with pytest.raises(ScenarioError, match="window numbers >= 0"):
+        _scenario([{"kind": "kill", "window": [-1], "at": [0.0]}])
+
+
+def test_only_if_needs_a_window_and_reaches_the_nemesis_in_params() -> None:
+    with pytest.raises(ScenarioError, match="only_if needs window"):
+        _scenario([{"kind": "kill", "at": [1.0], "only_if": "refresh-sorts-first"}])
+    gated = _scenario(
+        [{"kind": "kill", "window": [4], "at": [-2.0], "only_if": "refresh-sorts-first"}]
+    )
+    (ev,) = build(gated, 1)
+    assert ev.params["only_if"] == "refresh-sorts-first" and ev.window == 4
+
+
+class _Member:
+    def __init__(self, index: int) -> None:
+        self.index, self.running, self.paused = index, True, False
+
+
+def _gate(head: bytes, kind: str = "epoch") -> tuple[Any, list[str]]:
+    """A nemesis over four members whose served chain ends in ``head``; its injections are
+    recorded instead of made."""
+    from kms.chaos.nemesis import Nemesis
+
+    committee = types.SimpleNamespace(members=lambda: [_Member(i) for i in (1, 2, 3, 4)])
+    nem = Nemesis(None, committee, None, {})  # type: ignore[arg-type]
+    made: list[str] = []
+    nem.served_chain = lambda: [{"epoch": 3, "kind": kind, "hash": head.hex()}]  # type: ignore[method-assign]
+    nem._kill = lambda ev: made.append(ev.kind)  # type: ignore[method-assign]
+    return nem, made
+
+
+def test_refresh_sorts_first_holds_exactly_when_window_ws_refresh_id_is_smaller() -> None:
+    from mpc.membership.messages import Proposal, Refresh
+
+    seen = set()
+    for k in range(8):
+        head = bytes([k]) * 32
+        nem, made = _gate(head)
+        ids = [
+            Proposal.of(3, head, [1, 2, 3, 4][w % 4], w.to_bytes(16, "big"), Refresh()).id()
+            for w in (6, 7)
+        ]
+        ev = FaultEvent(0, 1.0, 5.0, "kill", ("n1",), {"only_if": "refresh-sorts-first"}, True, 6)
+        nem._inject(ev)
+        held = ids[0] < ids[1]
+        seen.add(held)
+        assert nem.conditions[-1]["held"] is held
+        assert made == (["kill"] if held else [])
+    assert seen == {True, False}
+    # A pending change (the chain ends in a membership certificate): no window opens.
+    nem, made = _gate(b"\x00" * 32, kind="membership")
+    assert nem.condition("refresh-sorts-first", 6) is False

@@ -367,6 +367,7 @@ def run(scenario: Any, *, seed: int, out: Path, progress: Progress | None = None
     r.timings["total"] = time.time() - began
     figures = checker.check(out / "observations")
     extra = {
+        "lab": r.lab.id if r.lab is not None else None,
         "proxy_cpu": {
             "proxy_cpu_seconds": round(proxy_cpu, 3),
             "wall_seconds": round(wall, 3),

@@ -31,7 +31,7 @@ processes, so a saved run can be checked again. Five figures are safety figures 
 * ``fetch_latency_ms``: p50 and p99 (nearest rank) of successful non-rogue fetches.
 * ``recovery_seconds``: from the final ``heal`` to the first status poll at which, over the
   latest poll since the heal of every honest node polled since then (nodes the nemesis
-  erased with ``data_loss`` left out): every running one is reachable, every one reporting
+  erased with ``data_loss`` left out): every one is up and reachable, every one reporting
   itself a member reports the same epoch ``E``, none reports a sharing run under way
   (``running``) or a locked membership outcome (``locked``), and no honest chain observation
   so far holds a membership link of epoch ``≥ E`` (a certified change whose reshare has not
@@ -330,8 +330,8 @@ def recovery(
         latest[s.get("node")] = s
         if set(latest) != nodes:
             continue
-        running = [v for v in latest.values() if v.get("up")]
-        if not running or not all(v.get("reachable") for v in running):
+        running = list(latest.values())
+        if not all(v.get("up") and v.get("reachable") for v in running):
             continue
         members = [v for v in running if v.get("member") is not False]
         epochs = {v.get("epoch") for v in members}

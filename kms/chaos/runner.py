@@ -428,7 +428,9 @@ def run(scenario: Any, *, seed: int, out: Path, progress: Progress | None = None
         r.timings["run"] = time.time() - t
         t = time.time()
         r.heal_and_settle()
-        r.timings["quiet"] = time.time() - t - r.timings.get("heal", 0.0)
+        r.timings["quiet"] = (
+            time.time() - t - r.timings.get("heal", 0.0) - r.timings.get("recovery_wait", 0.0)
+        )
         t = time.time()
         r.final_checks()
         r.timings["final_checks"] = time.time() - t

@@ -322,9 +322,17 @@ class Run:
         proposed twice; every action taken is recorded as an ``op`` observation."""
         com = self.com
         lost = [n for n in com.nodes.values() if n.lost and not n.retired]
-        replaced = {i for i in self._replaced}
-        while lost and time.time() < bound and not self.settled():
+        replaced = set(self._replaced)
+        if not lost and not [n for n in com.nodes.values() if n.lost and n.index not in replaced]:
+            return
+        while time.time() < bound and not self.settled():
             time.sleep(1.0)
+        if not self.settled():
+            unsettled = "not attempted, the committee did not settle within the bound"
+            for n in com.nodes.values():
+                if n.lost and not (n.retired and n.index in replaced):
+                    self.op("remove", False, f"re-driven after heal: node {n.index}: {unsettled}")
+            return
         for n in lost:
             committee = self._committee_now()
             if committee is not None and n.index not in committee:

@@ -323,7 +323,9 @@ class Run:
         com = self.com
         lost = [n for n in com.nodes.values() if n.lost and not n.retired]
         replaced = set(self._replaced)
-        if not lost and not [n for n in com.nodes.values() if n.lost and n.index not in replaced]:
+        unreplaced = [n for n in com.nodes.values() if n.lost and n.index not in replaced]
+        stopped = [n for n in com.nodes.values() if n.retired and not n.lost]
+        if not lost and not unreplaced and not stopped:
             return
         while time.time() < bound and not self.settled():
             time.sleep(1.0)
@@ -333,6 +335,7 @@ class Run:
                 if n.lost and not (n.retired and n.index in replaced):
                     self.op("remove", False, f"re-driven after heal: node {n.index}: {unsettled}")
             return
+        adopted = self._adopt_certified_joins()
         for n in lost:
             committee = self._committee_now()
             if committee is not None and n.index not in committee:
@@ -346,15 +349,35 @@ class Run:
                 self.op("remove", True, f"re-driven after heal: node {n.index} removed")
             except Exception as exc:
                 self.op("remove", False, f"re-driven after heal: remove {n.index}: {exc}")
-        for n in [n for n in com.nodes.values() if n.lost]:
-            if n.index in replaced:
-                continue
+        for n in unreplaced[adopted:]:
             timeout = max(10.0, bound - time.time())
             try:
                 new = com.join(timeout=timeout)
                 self.op("join", True, f"re-driven after heal: node {new} replaces {n.index}")
             except Exception as exc:
                 self.op("join", False, f"re-driven after heal: replacing {n.index}: {exc}")
+
+    def _adopt_certified_joins(self) -> int:
+        """Nodes whose join timed out (the lab stopped them) but was certified later: the
+        committee holds them, so they are started again and counted as members (each one
+        stands for a replacement). Returns how many."""
+        com = self.com
+        committee = self._committee_now()
+        adopted = 0
+        for i in committee or []:
+            n = com.nodes.get(i)
+            if n is None or n.lost or not n.retired:
+                continue
+            n.retired = False
+            n.member = True
+            com.start(n)
+            self.op(
+                "join",
+                True,
+                f"re-driven after heal: node {i}'s join was certified after it timed out: restarted",
+            )
+            adopted += 1
+        return adopted
 
     def _nemesis_op(self, op: str, ok: bool, detail: str) -> None:
         """The nemesis's operator actions: recorded, and replacements done remembered."""

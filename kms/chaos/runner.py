@@ -349,6 +349,10 @@ class Run:
                 self.op("remove", True, f"re-driven after heal: node {n.index} removed")
             except Exception as exc:
                 self.op("remove", False, f"re-driven after heal: remove {n.index}: {exc}")
+                committee = self._committee_now()
+                if committee is not None and n.index not in committee:
+                    n.member = False  # certified after all, as the committee shows
+                    n.retired = True
         for n in unreplaced[adopted:]:
             timeout = max(10.0, bound - time.time())
             try:

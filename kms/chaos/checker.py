@@ -22,14 +22,23 @@ processes, so a saved run can be checked again. Five figures are safety figures 
   byzantine nodes served and no honest node ever held for that epoch and kind.
 * ``lost_shares``: honest members of the last epoch in the share checks whose latest check
   there says ``holds_share`` false or ``matches_public_share`` false while
-  ``attempt_honest_live ≥ threshold``.
+  ``attempt_honest_live ≥ threshold``. A node whose data the nemesis erased (a target of a
+  ``data_loss`` fault, or a share check saying ``data_lost``) lost its share by the fault,
+  not by the protocol: it is not counted.
 * ``availability``: of the non-rogue fetches that started while the client's latest
   ``reach`` said at least ``threshold`` members were running and reachable (no ``reach`` yet:
   counted), the fraction that succeeded; ``None`` without any such fetch.
 * ``fetch_latency_ms``: p50 and p99 (nearest rank) of successful non-rogue fetches.
-* ``recovery_seconds``: from the final ``heal`` to the first time every honest node polled
-  since then is up, reachable, and every one reporting itself a member reports the same
-  epoch; ``None`` if that never happens (or no ``heal`` was written).
+* ``recovery_seconds``: from the final ``heal`` to the first status poll at which, over the
+  latest poll since the heal of every honest node polled since then (nodes the nemesis
+  erased with ``data_loss`` left out): every one is up and reachable, every one reporting
+  itself a member reports the same epoch ``E``, none reports a sharing run under way
+  (``running``) or a locked membership outcome (``locked``), and no honest chain observation
+  so far holds a membership link of epoch ``≥ E`` (a certified change whose reshare has not
+  finished); ``None`` if that never happens (or no ``heal`` was written).
+* ``recovery_target_seconds``: the target the final ``heal`` observation carries (two window
+  periods plus one reshare attempt as the protocol schedules it); ``recovery_target_met``:
+  whether ``recovery_seconds`` is at most the target (``None`` without both).
 * ``faults_injected``: fault observations by kind; ``operations``: owner and operator
   actions by kind, succeeded and failed.
 * ``per_fault_kind``: for each fault kind and ``none`` (fetches overlapping no fault), the
@@ -66,6 +75,8 @@ FIGURE_ORDER = (
     "availability",
     "fetch_latency_ms",
     "recovery_seconds",
+    "recovery_target_seconds",
+    "recovery_target_met",
     "faults_injected",
 )
 
@@ -83,6 +94,8 @@ class Figures:
         default_factory=lambda: {"p50": None, "p99": None}
     )
     recovery_seconds: float | None = None
+    recovery_target_seconds: float | None = None
+    recovery_target_met: bool | None = None
     faults_injected: dict[str, int] = field(default_factory=dict)
     per_fault_kind: dict[str, Any] = field(default_factory=dict)
     operations: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -216,8 +229,28 @@ def certificates(chains: Sequence[dict[str, Any]]) -> tuple[int, int]:
     return len(forked), dangling
 
 
-def lost_shares(shares: Sequence[dict[str, Any]]) -> int:
-    honest = [s for s in shares if not s.get("byzantine")]
+def _node_of(target: Any) -> Any:
+    """A fault target (``"n3"``) as the node index observations carry (``3``)."""
+    text = str(target)
+    if text.startswith("n") and text[1:].isdigit():
+        return int(text[1:])
+    return target
+
+
+def data_lost(faults: Sequence[dict[str, Any]]) -> set[Any]:
+    """The nodes whose data the nemesis erased (targets of ``data_loss`` faults)."""
+    return {
+        _node_of(t) for x in faults if x.get("fault") == "data_loss" for t in x.get("targets") or []
+    }
+
+
+def lost_shares(shares: Sequence[dict[str, Any]], erased: set[Any] | None = None) -> int:
+    erased = erased or set()
+    honest = [
+        s
+        for s in shares
+        if not s.get("byzantine") and not s.get("data_lost") and s.get("node") not in erased
+    ]
     if not honest:
         return 0
     last_epoch = max(int(s["epoch"]) for s in honest)
@@ -259,27 +292,64 @@ def _availability(fetches: Sequence[dict[str, Any]]) -> float | None:
     return sum(1 for f in fetches if f.get("ok")) / len(fetches) if fetches else None
 
 
-def recovery(statuses: Sequence[dict[str, Any]], heals: Sequence[dict[str, Any]]) -> float | None:
+def recovery(
+    statuses: Sequence[dict[str, Any]],
+    heals: Sequence[dict[str, Any]],
+    chains: Sequence[dict[str, Any]] = (),
+    erased: set[Any] | None = None,
+) -> float | None:
     if not heals:
         return None
+    erased = erased or set()
     healed = float(heals[-1]["t"])
-    latest: dict[Any, dict[str, Any]] = {}
+
+    def counted(s: dict[str, Any]) -> bool:
+        return not s.get("byzantine") and s.get("node") not in erased
+
     # The honest nodes the harness still polls after the heal (it stops polling a node that
     # left the committee and was stopped: such a node cannot hold recovery back).
-    nodes = {s.get("node") for s in statuses if not s.get("byzantine") and s["t"] >= healed}
+    nodes = {s.get("node") for s in statuses if counted(s) and s["t"] >= healed}
+    # Certified membership changes by the epoch they were decided in, as honest nodes
+    # served them, merged with the status polls in time order.
+    changes = sorted(
+        (float(c["t"]), int(link["epoch"]))
+        for c in chains
+        if not c.get("byzantine")
+        for link in c.get("links") or []
+        if link.get("kind") == "membership"
+    )
+    certified = -1
+    k = 0
+    latest: dict[Any, dict[str, Any]] = {}
     for s in statuses:
-        if s.get("byzantine") or s["t"] < healed:
+        while k < len(changes) and changes[k][0] <= s["t"]:
+            certified = max(certified, changes[k][1])
+            k += 1
+        if not counted(s) or s["t"] < healed:
             continue
         latest[s.get("node")] = s
         if set(latest) != nodes:
             continue
-        members = [v for v in latest.values() if v.get("member") is not False]
-        if not all(v.get("up") and v.get("reachable") for v in latest.values()):
+        running = list(latest.values())
+        if not all(v.get("up") and v.get("reachable") for v in running):
             continue
+        members = [v for v in running if v.get("member") is not False]
         epochs = {v.get("epoch") for v in members}
-        if members and len(epochs) == 1 and None not in epochs:
-            return float(s["t"]) - healed
+        if not members or len(epochs) != 1 or None in epochs:
+            continue
+        if any(v.get("running") or v.get("locked") for v in running):
+            continue
+        (epoch,) = epochs
+        if certified >= int(str(epoch)):
+            continue
+        return float(s["t"]) - healed
     return None
+
+
+def target_met(seconds: float | None, target: float | None) -> bool | None:
+    if seconds is None or target is None:
+        return None if target is None else False
+    return seconds <= target
 
 
 def per_fault_kind(
@@ -338,6 +408,10 @@ def check_observations(observations: Sequence[dict[str, Any]], unreadable: int =
     eligible = _eligible(fetches, by["reach"])
     conflicting, dangling = certificates(by["chain"])
     heals = by["heal"]
+    erased = data_lost(by["fault"])
+    recovered = recovery(by["status"], heals, by["chain"], erased)
+    target = heals[-1].get("recovery_target_seconds") if heals else None
+    target = float(target) if isinstance(target, int | float) else None
     times = [_time(d) for d in observations] + [float(f["t1"]) for f in fetches]
     end = float(heals[-1]["t"]) if heals else max(times, default=0.0)
     return Figures(
@@ -346,10 +420,12 @@ def check_observations(observations: Sequence[dict[str, Any]], unreadable: int =
         mpk_changes=mpk_changes(by["status"]),
         conflicting_certificates=conflicting,
         dangling_certificates_seen=dangling,
-        lost_shares=lost_shares(by["share"]),
+        lost_shares=lost_shares(by["share"], erased),
         availability=_availability(eligible),
         fetch_latency_ms=_latency(f for f in fetches if not f.get("rogue")),
-        recovery_seconds=recovery(by["status"], heals),
+        recovery_seconds=recovered,
+        recovery_target_seconds=target,
+        recovery_target_met=target_met(recovered, target),
         faults_injected=dict(sorted(Counter(str(x["fault"]) for x in by["fault"]).items())),
         per_fault_kind=per_fault_kind(eligible, by["fault"], end),
         operations=operations(by["op"]),

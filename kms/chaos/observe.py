@@ -103,6 +103,8 @@ def status_record(node: PolledNode, st: dict[str, Any] | None, now: float) -> di
         "mpk": None if st is None else st.get("master_public_key"),
         "member": None if st is None else st.get("member"),
         "serving": None if st is None else bool(st.get("has_share") and st.get("serves_keys")),
+        "running": None if st is None else st.get("running"),
+        "locked": None if st is None else st.get("locked_proposal"),
     }
 
 

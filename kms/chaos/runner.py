@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -32,8 +33,22 @@ Progress = Callable[[float, float, str], None]
 
 GENESIS_TIMEOUT = 60.0
 GENESIS_DELTAS = 50.0
+_REPLACED = re.compile(r"to replace node (\d+)$")
+"""The nemesis's record of a replacement that joined (``kms.chaos.nemesis``)."""
 START_IN_PER_NODE = 2.5
 """Seconds from writing the configs to the genesis DKG's start (the nodes start meanwhile)."""
+
+
+def recovery_target(scenario: Any) -> float:
+    """Seconds from the final heal by which the lab should have recovered: two window
+    periods (a change proposed in one window is certified by the end of the next) plus one
+    reshare attempt as the protocol schedules it (``Schedule.default`` for the scenario's
+    committee and Δ, start to end)."""
+    from mpc.dkg.schedule import Schedule
+
+    c = scenario.committee
+    attempt = Schedule.default(0.0, scenario.nodes, scenario.threshold, delta=c.delta)
+    return round(2 * float(c.window_period) + attempt.end, 3)
 
 
 def _adversaries(events: list[Any]) -> dict[int, list[dict[str, Any]]]:
@@ -72,6 +87,8 @@ class Run:
         self.threads: list[threading.Thread] = []
         self.errors: list[str] = []
         self._healing = 0.0
+        self._replaced: set[int] = set()
+        """Nodes erased by ``data_loss`` whose replacement joined during the run."""
 
     @property
     def com(self) -> LabCommittee:
@@ -241,7 +258,7 @@ class Run:
             self.w,
             self.clients,
             operator_lock=self.operator_lock,
-            on_op=self.op,
+            on_op=self._nemesis_op,
         )
         self.nemesis.start(events, t0)
         if sc.operator.every > 0 and sc.operator.ops:
@@ -274,13 +291,123 @@ class Run:
             t.join(timeout=90)
         if self.nemesis is not None:
             self.nemesis.heal_all()
-        self.w.write({"kind": "heal", "t": time.time()})
+        target = recovery_target(sc)
+        self.w.write({"kind": "heal", "t": time.time(), "recovery_target_seconds": target})
         self.timings["heal"] = time.time() - self._healing
+        began = time.time()
+        bound = began + float(sc.recovery_wait) * target
+        self.redrive(bound)
+        if not self.settled():
+            while time.time() < bound and not self.settled():
+                self.say(time.time() - began, bound - began, "recovery")
+                time.sleep(1.0)
+        self.timings["recovery_wait"] = time.time() - began
         began = time.time()
         quiet = float(sc.quiet)
         while time.time() - began < quiet:
             self.say(time.time() - began, quiet, "quiet")
             time.sleep(min(1.0, max(0.0, quiet - (time.time() - began))))
+
+    # --- recovery after the final heal ------------------------------------------------
+
+    def settled(self) -> bool:
+        """Every running member answers at one epoch with no sharing run under way and no
+        locked membership outcome (so no certified change waits for its reshare)."""
+        com = self.com
+        epochs = set()
+        for n in com.members():
+            if n.lost or not n.running or n.paused:
+                continue
+            st = com.status(n, 2.0)
+            if st is None or st.get("running") or st.get("locked_proposal"):
+                return False
+            epochs.add(st.get("epoch"))
+        return len(epochs) == 1 and None not in epochs
+
+    def _committee_now(self) -> list[int] | None:
+        """The committee of the current epoch as a running honest member reports it."""
+        com = self.com
+        for n in com.honest():
+            if n.lost or not n.running or n.paused:
+                continue
+            st = com.status(n, 2.0)
+            if st and st.get("committee"):
+                return [int(m["index"]) for m in st["committee"]]
+        return None
+
+    def redrive(self, bound: float) -> None:
+        """Operator work the faults left undone: the removal and the replacement of a node
+        whose data was erased. A removal already certified is waited for (its reshare), never
+        proposed twice; every action taken is recorded as an ``op`` observation."""
+        com = self.com
+        lost = [n for n in com.nodes.values() if n.lost and not n.retired]
+        replaced = set(self._replaced)
+        unreplaced = [n for n in com.nodes.values() if n.lost and n.index not in replaced]
+        stopped = [n for n in com.nodes.values() if n.retired and not n.lost]
+        if not lost and not unreplaced and not stopped:
+            return
+        while time.time() < bound and not self.settled():
+            time.sleep(1.0)
+        if not self.settled():
+            unsettled = "not attempted, the committee did not settle within the bound"
+            for n in com.nodes.values():
+                if n.lost and not (n.retired and n.index in replaced):
+                    self.op("remove", False, f"re-driven after heal: node {n.index}: {unsettled}")
+            return
+        adopted = self._adopt_certified_joins()
+        for n in lost:
+            committee = self._committee_now()
+            if committee is not None and n.index not in committee:
+                # Its removal was certified during the run and its reshare has finished.
+                n.member = False
+                n.retired = True
+                continue
+            timeout = max(10.0, bound - time.time())
+            try:
+                com.remove(n.index, timeout=timeout)
+                self.op("remove", True, f"re-driven after heal: node {n.index} removed")
+            except Exception as exc:
+                self.op("remove", False, f"re-driven after heal: remove {n.index}: {exc}")
+                committee = self._committee_now()
+                if committee is not None and n.index not in committee:
+                    n.member = False  # certified after all, as the committee shows
+                    n.retired = True
+        for n in unreplaced[adopted:]:
+            timeout = max(10.0, bound - time.time())
+            try:
+                new = com.join(timeout=timeout)
+                self.op("join", True, f"re-driven after heal: node {new} replaces {n.index}")
+            except Exception as exc:
+                self.op("join", False, f"re-driven after heal: replacing {n.index}: {exc}")
+
+    def _adopt_certified_joins(self) -> int:
+        """Nodes whose join timed out (the lab stopped them) but was certified later: the
+        committee holds them, so they are started again and counted as members (each one
+        stands for a replacement). Returns how many."""
+        com = self.com
+        committee = self._committee_now()
+        adopted = 0
+        for i in committee or []:
+            n = com.nodes.get(i)
+            if n is None or n.lost or not n.retired:
+                continue
+            n.retired = False
+            n.member = True
+            com.start(n)
+            self.op(
+                "join",
+                True,
+                f"re-driven after heal: node {i}'s join was certified after it timed out: restarted",
+            )
+            adopted += 1
+        return adopted
+
+    def _nemesis_op(self, op: str, ok: bool, detail: str) -> None:
+        """The nemesis's operator actions: recorded, and replacements done remembered."""
+        m = _REPLACED.search(detail)
+        if op == "join" and ok and m is not None:
+            self._replaced.add(int(m.group(1)))
+        self.op(op, ok, detail)
 
     def final_checks(self) -> None:
         com, writer = self.com, self.w
@@ -296,6 +423,7 @@ class Run:
                     "t": time.time(),
                     "node": node.index,
                     "byzantine": node.byzantine,
+                    "data_lost": node.lost,
                     "epoch": epoch,
                     "holds_share": holds,
                     "matches_public_share": matches,
@@ -354,7 +482,9 @@ def run(scenario: Any, *, seed: int, out: Path, progress: Progress | None = None
         r.timings["run"] = time.time() - t
         t = time.time()
         r.heal_and_settle()
-        r.timings["quiet"] = time.time() - t - r.timings.get("heal", 0.0)
+        r.timings["quiet"] = (
+            time.time() - t - r.timings.get("heal", 0.0) - r.timings.get("recovery_wait", 0.0)
+        )
         t = time.time()
         r.final_checks()
         r.timings["final_checks"] = time.time() - t

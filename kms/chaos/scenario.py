@@ -171,6 +171,9 @@ class Scenario(_Strict):
     """Seconds of faults and workload."""
     quiet: float = Field(default=30.0, ge=0)
     """Seconds after the final heal (workload still running) before the final checks."""
+    recovery_wait: float = Field(default=3.0, ge=0)
+    """After the final heal, the runner waits for recovery at most this many times the
+    recovery target (``docs/chaos.md``, "Recovery") before the quiet period."""
     allow_majority_down: bool = False
     committee: Committee = Field(default_factory=Committee)
     workload: Workload = Field(default_factory=Workload)

@@ -466,3 +466,102 @@ def test_reads_every_jsonl_file_in_time_order_and_counts_unreadable_lines(tmp_pa
     assert f.unreadable_lines == 4
     f.unreadable_lines = 0
     assert f == expected
+
+
+def _erase(node: int, t0: float = 5.0) -> dict[str, Any]:
+    return {
+        "kind": "fault",
+        "id": 99,
+        "fault": "data_loss",
+        "t0": t0,
+        "t1": t0 + 60.0,
+        "targets": [f"n{node}"],
+        "params": {},
+        "inside_model": True,
+    }
+
+
+@given(seeds, st.randoms(use_true_random=False), st.booleans())
+@settings(max_examples=30, deadline=None)
+def test_a_share_the_nemesis_erased_is_not_lost_but_any_other_still_is(
+    seed: int, rnd: random.Random, by_flag: bool
+) -> None:
+    obs = clean_run(seed)
+    shares = [o for o in obs if o["kind"] == "share" and not o["byzantine"]]
+    erased = rnd.choice(shares)
+    erased.update(holds_share=False, matches_public_share=False)
+    if by_flag:
+        erased["data_lost"] = True
+    else:
+        obs.append(_erase(erased["node"]))
+    assert figures(obs).lost_shares == 0
+    # A member the protocol should have given a share still counts, erased node or not.
+    other = rnd.choice([s for s in shares if s is not erased])
+    other[rnd.choice(["holds_share", "matches_public_share"])] = False
+    assert figures(obs).lost_shares == 1
+
+
+def _chain(t: float, node: int, membership: list[int], epochs: list[int]) -> dict[str, Any]:
+    links = [
+        {"epoch": e, "kind": "membership", "hash": _h("m", e), "outcome": _h("mo", e)}
+        for e in membership
+    ] + [{"epoch": e, "kind": "epoch", "hash": _h("e", e), "outcome": _h("eo", e)} for e in epochs]
+    return {"kind": "chain", "t": t, "node": node, "byzantine": False, "links": links}
+
+
+@given(
+    st.floats(min_value=0.5, max_value=50.0),
+    st.floats(min_value=0.5, max_value=200.0),
+    st.integers(min_value=2, max_value=7),
+)
+@settings(max_examples=40, deadline=None)
+def test_recovery_waits_for_the_reshare_a_certified_change_leads_to(
+    before: float, reshare: float, n: int
+) -> None:
+    """Every member agrees on epoch 0 at once after the heal, but a removal certified in
+    epoch 0 (node n erased) is pending: recovery is when every member reached epoch 1."""
+    heal = 100.0
+    obs: Obs = [_erase(n, 10.0), {"kind": "heal", "t": heal}]
+    obs += [_chain(90.0, i, [0], [0]) for i in range(1, n)]
+    obs += [_status(heal + 1.0, i, 0) for i in range(1, n)]
+    obs.append(_status(heal + 1.0, n, None, up=False))  # erased: never restarted
+    obs += [_status(heal + before, i, 0) for i in range(1, n)]
+    done = heal + before + reshare
+    obs += [_status(done, i, 1) for i in range(1, n)]
+    obs += [_chain(done + 0.5, i, [0], [0, 1]) for i in range(1, n)]
+    assert figures(obs).recovery_seconds == pytest.approx(before + reshare)
+    # The reshare never finishes: no recovery.
+    unfinished = [o for o in obs if _time(o) < done]
+    assert figures(unfinished).recovery_seconds is None
+
+
+def _time(o: dict[str, Any]) -> float:
+    return checker._time(o)
+
+
+@pytest.mark.parametrize("field", ["running", "locked"])
+def test_recovery_waits_while_a_member_reports_a_run_or_a_lock(field: str) -> None:
+    obs: Obs = [{"kind": "heal", "t": 10.0}]
+    busy = [_status(11.0, i, 0) for i in (1, 2, 3)]
+    busy[1][field] = "reshare" if field == "running" else "ab" * 16
+    obs += busy
+    obs += [_status(13.0, i, 0) for i in (1, 2, 3)]
+    assert figures(obs).recovery_seconds == pytest.approx(3.0)
+
+
+@given(st.floats(min_value=1.0, max_value=500.0), st.floats(min_value=1.0, max_value=500.0))
+@settings(max_examples=30, deadline=None)
+def test_the_recovery_target_comes_from_the_heal_and_is_met_or_not(
+    took: float, target: float
+) -> None:
+    obs: Obs = [
+        {"kind": "heal", "t": 10.0, "recovery_target_seconds": target},
+        *[_status(10.0 + took, i, 0) for i in (1, 2, 3)],
+    ]
+    figs = figures(obs)
+    assert figs.recovery_seconds == pytest.approx(took)
+    assert figs.recovery_target_seconds == target
+    assert figs.recovery_target_met is (figs.recovery_seconds <= target)
+    never = figures([obs[0], _status(11.0, 1, 0), _status(11.0, 2, 1)])
+    assert never.recovery_seconds is None and never.recovery_target_met is False
+    assert figures(obs[1:]).recovery_target_met is None

@@ -349,6 +349,10 @@ class KeyClient:
     CVM up for the whole ``timeout``). When every asked node has answered and
     no epoch has ``t`` good partials (a node answered for the other epoch of a
     switch), it asks as many more as that epoch still needs, until none is left.
+    A connection-level failure (``CONNECTION_FAILURES``) is repeated once on a new
+    connection (a kept-alive connection to a restarted node fails so), and a node
+    still failing so is asked again after a short backoff once no other member is
+    left, within ``timeout``; a node that refused or sent a bad answer is not.
 
     The chain is fetched the same way: from every node at once, verified at
     its head, and the best head verified by ``chain_hedge`` seconds is used
@@ -389,13 +393,20 @@ class KeyClient:
         self.chain_hedge = chain_hedge
         self.cache = cache
         self._clock = clock
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout if read_timeout is not None else timeout
         self._http = httpx.Client(
             timeout=httpx.Timeout(
-                timeout,
-                connect=min(connect_timeout, timeout),
-                read=read_timeout if read_timeout is not None else timeout,
+                timeout, connect=min(connect_timeout, timeout), read=self.read_timeout
             ),
             limits=httpx.Limits(max_keepalive_connections=2 * len(self.urls) + 2),
+            transport=transport,
+        )
+        # For the one repeat of a request whose kept-alive connection failed: no
+        # connection is kept, so the repeat goes over a new one.
+        self._fresh = httpx.Client(
+            timeout=self._http.timeout,
+            limits=httpx.Limits(max_keepalive_connections=0),
             transport=transport,
         )
         self._pool = _DaemonPool()
@@ -414,6 +425,7 @@ class KeyClient:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
+        self._fresh.close()
 
     # --- the chain --------------------------------------------------------------------
 
@@ -543,20 +555,56 @@ class KeyClient:
 
     RETRY_AFTER = 0.2
     """Seconds before asking again nodes that answered ``retry-later``."""
+    RESET_BACKOFF = 0.1
+    """Seconds before asking again, once no other member is left, the nodes whose
+    connection failed (doubled each round, up to ``RESET_BACKOFF_MAX``)."""
+    RESET_BACKOFF_MAX = 0.8
 
-    def _post(self, index: ParticipantIndex, body: bytes, route: str = "/v1/keys") -> object:
+    def _post(
+        self,
+        index: ParticipantIndex,
+        body: bytes,
+        route: str = "/v1/keys",
+        deadline: float | None = None,
+    ) -> object:
+        """Node ``index``'s decoded answer, or the exception that stands for it.
+
+        A connection-level failure (``CONNECTION_FAILURES``: a reset, a server that
+        closed without answering, a refused or reset connect) is repeated once over a
+        new connection while ``deadline`` (``time.monotonic``) allows: a kept-alive
+        connection to a node that restarted fails so on its first use. Key and
+        certificate requests are safe to repeat (a node answers an identical request
+        again)."""
         url = self.urls.get(index)
         if url is None:
             return LookupError(
                 f"no URL for node {int(index)}: none given and none certified in the chain"
             )
+        target = url.rstrip("/") + route
         try:
-            r = self._http.post(
-                url.rstrip("/") + route, content=body, headers={"content-type": MSGPACK}
-            )
-            return decode(r.content)
+            return self._send(self._http, target, body, deadline)
+        except CONNECTION_FAILURES:
+            pass  # repeated below, on a new connection
         except Exception as exc:  # any failure (an unbuildable URL too): unreachable
             return exc
+        try:
+            return self._send(self._fresh, target, body, deadline)
+        except Exception as exc:
+            return exc
+
+    def _send(self, http: httpx.Client, target: str, body: bytes, deadline: float | None) -> object:
+        timeout = http.timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no time left before the request's deadline")
+            timeout = httpx.Timeout(
+                min(self.timeout, left),
+                connect=min(self.connect_timeout, self.timeout, left),
+                read=min(self.read_timeout, left),
+            )
+        r = http.post(target, content=body, headers={"content-type": MSGPACK}, timeout=timeout)
+        return decode(r.content)
 
     # --- app-key certificates -----------------------------------------------------------
 
@@ -624,20 +672,43 @@ class KeyClient:
     ) -> tuple[list[ParticipantIndex], list[str]]:
         """Post ``body`` to ``threshold`` nodes at once, then one more per failed answer
         and per ``hedge_after`` of silence, until ``session`` is done or no node is left.
-        Returns the nodes asked, in order, and the answers that were not ``answers``."""
+        Returns the nodes asked, in order, and the answers that were not ``answers``.
+
+        A node whose connection failed (``CONNECTION_FAILURES``, after ``_post``'s one
+        repeat) is asked again when no other member is left, after ``RESET_BACKOFF``
+        (doubling), while ``timeout`` seconds from the start allow: a restarting node
+        may be back. A node that refused or sent a bad answer is never asked again."""
         asked: list[ParticipantIndex] = []
-        ignored: list[str] = []
+        ignored: dict[ParticipantIndex, str] = {}  # each node's last failure
         pending: dict[Future[object], ParticipantIndex] = {}
+        deadline = time.monotonic() + self.timeout
+        down: list[ParticipantIndex] = []  # connection failures, to be asked again
+        backoff = self.RESET_BACKOFF
+
+        def submit(index: ParticipantIndex) -> None:
+            if index not in asked:
+                asked.append(index)
+            pending[self._pool.submit(self._post, index, body, path, deadline)] = index
 
         def ask(count: int) -> None:
             batch = session.next_nodes(count)
             session.mark_asked(batch)
-            asked.extend(batch)
             for index in batch:
-                pending[self._pool.submit(self._post, index, body, path)] = index
+                submit(index)
 
         ask(threshold)
-        while pending and not session.done:
+        while not session.done:
+            if not pending:
+                # Every member was asked and none is in flight: ask again, after a
+                # backoff, those whose connection failed, while the deadline allows.
+                if not down or time.monotonic() + backoff >= deadline:
+                    break
+                time.sleep(backoff)
+                backoff = min(2 * backoff, self.RESET_BACKOFF_MAX)
+                for index in down:
+                    submit(index)
+                down.clear()
+                continue
             done, _ = wait(pending, timeout=self.hedge_after, return_when=FIRST_COMPLETED)
             if not done:
                 ask(1)  # a slow node: ask one more rather than wait out the timeout
@@ -647,10 +718,13 @@ class KeyClient:
                 answer = fut.result()
                 before = len(session.rejected) + len(session.refusals)
                 if isinstance(answer, answers):
+                    ignored.pop(index, None)
                     session.receive(index, answer)
                     failed = len(session.rejected) + len(session.refusals) - before
                 else:
-                    ignored.append(f"node {int(index)}: {type(answer).__name__}: {answer}")
+                    ignored[index] = f"node {int(index)}: {type(answer).__name__}: {answer}"
+                    if isinstance(answer, CONNECTION_FAILURES):
+                        down.append(index)
                     failed = 1
                 if failed and not session.done:
                     ask(failed)
@@ -659,7 +733,7 @@ class KeyClient:
                 # other epoch: neither a failure nor progress): ask enough members to
                 # complete the best epoch, until none is left.
                 ask(max(session.missing(), 1))
-        return asked, ignored
+        return asked, list(ignored.values())
 
     def _ask_cert(
         self,
@@ -726,6 +800,11 @@ class KeyClient:
         )
         return session, asked, ignored
 
+
+CONNECTION_FAILURES: tuple[type[Exception], ...] = (httpx.NetworkError, httpx.RemoteProtocolError)
+"""Connection-level failures (a reset, a server that closed the connection without an
+answer, a refused or reset connect), after which the node is asked again (``KeyClient``);
+timeouts are not among them: a node that does not answer in time is hedged around."""
 
 RETRY_LATER = "retry-later"
 """The refusal of a node still asking the committee about an app it has not admitted."""

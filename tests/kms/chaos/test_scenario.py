@@ -75,7 +75,7 @@ def test_no_other_shipped_scenario_runs_a_broken_build() -> None:
 def test_smoke_fits_its_time_budget() -> None:
     smoke = load("smoke")
     assert (smoke.nodes, smoke.threshold) == (5, 3)
-    assert 60 <= smoke.duration <= 100 and smoke.duration + smoke.quiet <= 120
+    assert 45 <= smoke.duration <= 100 and smoke.duration + smoke.quiet <= 120
 
 
 @pytest.mark.parametrize(

@@ -194,6 +194,8 @@ def test_smoke_schedules_every_required_fault_for_every_seed(seed: int) -> None:
     byz = [e for e in events if e.kind == "byzantine"]
     assert len(byz) == 1 and len(byz[0].targets) == 1 and byz[0].params["strategies"]
     _check_capacity(events, 5, 3, set(byz[0].targets))
+    # Every fault is over before the quiet period: the run's checks see a healed lab.
+    assert all(e.at + (e.duration or 0.0) <= scenario.duration for e in events)
 
 
 # --- faults on the decision-window grid ---------------------------------------------------

@@ -27,6 +27,10 @@ together (``NodeStore.record_releases``), in arrival order:
 so the event loop goes on during the fsync; otherwise the commit runs on the
 trio thread and the loop waits for it (``bench.store_write`` measures both).
 The store serialises its release writer, so the two never share a connection.
+By default (``None``) commits run in a thread, except under trio's virtual
+clock (``trio.testing.MockClock``, the in-process committees' tests): there,
+time jumps to the next timer while every task waits, a thread's fsync
+included, so a commit runs on the trio thread and virtual time stands still.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import trio
+import trio.testing
 
 from kms.store import AuditRecord, NodeStore, ReleaseWrite, StoreError
 
@@ -56,7 +61,7 @@ class GroupCommit:
     MAX_BATCH = 256
 
     def __init__(
-        self, store: NodeStore, *, threaded: bool = True, max_batch: int = MAX_BATCH
+        self, store: NodeStore, *, threaded: bool | None = None, max_batch: int = MAX_BATCH
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -137,8 +142,11 @@ class GroupCommit:
         batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
         writes = [q.write for q in batch]
         error: StoreError | None = None
+        threaded = self.threaded
+        if threaded is None:
+            threaded = not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
         try:
-            if self.threaded:
+            if threaded:
                 await trio.to_thread.run_sync(self._store.record_releases, writes)
             else:
                 self._store.record_releases(writes)

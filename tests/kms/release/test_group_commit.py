@@ -249,3 +249,19 @@ def test_a_node_answers_storage_full_for_every_release_of_a_failed_batch(
         assert store.audit_head() == head
 
     run(main)
+
+
+def test_under_virtual_time_a_commit_does_not_let_the_clock_jump(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    commits = GroupCommit(store)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 100)  # a timer the clock would jump to
+            await commits.record("nonce/01", b"v", [record(1)])
+            assert trio.current_time() == 0
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert store.get_meta("nonce/01") == b"v"
+    store.close()

@@ -23,14 +23,18 @@ together (``NodeStore.record_releases``), in arrival order:
   from cancellation: its entries are committed whatever happens to the request
   (recording a release that is never answered is safe; the converse is not).
 
-``threaded`` runs each commit in a worker thread (``trio.to_thread.run_sync``),
-so the event loop goes on during the fsync; otherwise the commit runs on the
-trio thread and the loop waits for it (``bench.store_write`` measures both).
-The store serialises its release writer, so the two never share a connection.
-By default (``None``) commits run in a thread, except under trio's virtual
-clock (``trio.testing.MockClock``, the in-process committees' tests): there,
-time jumps to the next timer while every task waits, a thread's fsync
-included, so a commit runs on the trio thread and virtual time stands still.
+Where a commit runs: ``threaded=True`` runs each in a worker thread
+(``trio.to_thread.run_sync``), so the event loop goes on during the fsync;
+``False`` runs it on the trio thread and the loop waits for it. The default
+(``None``) runs a batch of at most ``inline_max`` releases on the trio thread
+and a larger one in a worker thread: the hop to a thread and back costs about
+as much CPU as a small commit's own work (``bench.store_write`` measures the
+three), while a large batch's commit takes long enough that the loop should
+go on meanwhile. The store serialises its release writer, so commits never
+share a connection. Under trio's virtual clock (``trio.testing.MockClock``,
+the in-process committees' tests) the default commits on the trio thread:
+there time jumps to the next timer while every task waits, a thread's fsync
+included, and virtual time must stand still during a commit.
 """
 
 from __future__ import annotations
@@ -59,15 +63,22 @@ class GroupCommit:
     """Commits key releases' bookkeeping in groups; answers each after its group is durable."""
 
     MAX_BATCH = 256
+    INLINE_MAX = 4
 
     def __init__(
-        self, store: NodeStore, *, threaded: bool | None = None, max_batch: int = MAX_BATCH
+        self,
+        store: NodeStore,
+        *,
+        threaded: bool | None = None,
+        max_batch: int = MAX_BATCH,
+        inline_max: int = INLINE_MAX,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._store = store
         self.threaded = threaded
         self._max_batch = max_batch
+        self._inline_max = inline_max
         self._queue: deque[_Queued] = deque()
         self._pending: dict[str, tuple[bytes, _Queued]] = {}
         self._leading = False
@@ -144,7 +155,9 @@ class GroupCommit:
         error: StoreError | None = None
         threaded = self.threaded
         if threaded is None:
-            threaded = not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+            threaded = len(batch) > self._inline_max and not isinstance(
+                trio.lowlevel.current_clock(), trio.testing.MockClock
+            )
         try:
             if threaded:
                 await trio.to_thread.run_sync(self._store.record_releases, writes)

@@ -37,7 +37,9 @@ def stored_meta(path: Path, name: str) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
-@pytest.mark.parametrize(("threaded", "max_batch"), [(True, 256), (False, 256), (True, 5)])
+@pytest.mark.parametrize(
+    ("threaded", "max_batch"), [(True, 256), (False, 256), (True, 5), (None, 256)]
+)
 def test_a_batch_commits_all_its_releases_in_arrival_order_with_a_valid_audit_chain(
     tmp_path: Path, threaded: bool, max_batch: int
 ) -> None:
@@ -83,7 +85,7 @@ def test_the_store_commits_a_batch_as_one_transaction_in_order(tmp_path: Path) -
 
 def test_a_release_is_not_answered_before_its_batch_is_committed(tmp_path: Path) -> None:
     store = open_store(tmp_path)
-    commits = GroupCommit(store)
+    commits = GroupCommit(store, threaded=True)
     gate = threading.Event()
     real = store.record_releases
 
@@ -177,12 +179,16 @@ def test_a_committed_nonce_survives_reopening_the_store(tmp_path: Path) -> None:
         again.audit_verify()
 
 
-def test_the_same_nonce_twice_at_once_is_served_fresh_at_most_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threaded", [None, True])
+def test_the_same_nonce_twice_at_once_is_served_fresh_at_most_once(
+    tmp_path: Path, threaded: bool | None
+) -> None:
     genuine = tee(1)
     pccs = CountingPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
     node = ServedNode(tmp_path, pccs, [genuine.root_ca_der])
     store = node.service.store
     commits = node.service.keys.commits
+    commits.threaded = threaded
 
     async def together(*raws: bytes) -> list[KeyResponse | KeyRefusal]:
         out: dict[int, KeyResponse | KeyRefusal] = {}

@@ -11,8 +11,10 @@ this order (see ``docs/design.md``, "Key release pipeline"):
 4. fetch collateral for the quote's platform (network, bounded), then read the
    time, the share, the replay cache and the app's current policy again;
 5. ``answer``; on release, admit a candidate app, record the nonce (with the request
-   hash) and the audit records in one store transaction, and count; an identical
-   request answered again records nothing; on refusal, count and log.
+   hash) and the audit records through the group commit (``kms.node.commit``: one
+   store transaction for the releases that arrive together), answer once they are
+   durable, and count; an identical request answered again records nothing (it waits
+   until the first one's records are durable); on refusal, count and log.
 
 It returns typed results (:data:`ReleaseResult`); ``kms.api`` chooses HTTP status
 codes from them. It holds ports, not decisions: a store, a clock, the metrics, a
@@ -30,6 +32,7 @@ from typing import Protocol
 
 from kms.attest import Collateral, ParsedQuote, QuoteFailure, QuoteVerificationError
 from kms.node.appcert import AppKeyCertifier, Certified, CertInputs, CertNeeds, certified_name
+from kms.node.commit import GroupCommit
 from kms.node.metrics import NodeMetrics
 from kms.node.release import (
     Admitted,
@@ -165,11 +168,14 @@ class KeyRelease:
         self.collateral: CollateralSource | None = None
         self.rng: RNG = os.urandom
         """Randomness for the answers' encryption."""
+        self.commits = GroupCommit(store)
+        """The store writes of releases and certificates: committed in groups, each
+        answered once durable; nonces pending a commit are read through it."""
 
     def _nonce_use(self, needs: Needs | CertNeeds) -> NonceUse:
         """The replay cache's word on the request's nonce: fresh, used by this very
         request (answered again, nothing recorded), or used by another (refused)."""
-        raw = self._store.get_meta("nonce/" + needs.nonce.hex())
+        raw = self.commits.get_meta("nonce/" + needs.nonce.hex())
         return nonce_use(raw, now=int(self._clock.now()), request_hash=needs.request_hash)
 
     def _seen_nonce(self, needs: Needs | CertNeeds) -> bool:
@@ -231,8 +237,9 @@ class KeyRelease:
             now = int(self._clock.now())
             app, bundle = self.policy_source.app_state(needs, now)
         share, epoch = self._share_and_epoch()
-        # Read again after the wait; from here to the store write nothing awaits, so of two
-        # identical requests answered at once only the first records its nonce and audit.
+        # Read again after the wait (the store, and the nonces pending a commit); from here
+        # until the nonce is pending in the group commit nothing awaits, so of two identical
+        # requests answered at once only the first records its nonce and audit.
         use = self._nonce_use(needs)
         res = releaser.answer(
             needs,
@@ -255,13 +262,15 @@ class KeyRelease:
             self.policy_source.admit_released(bundle, now)
         if use is NonceUse.REPEAT:
             # The very request answered before (encrypted again to the same ephemeral key):
-            # its nonce and audit records are kept already; a repeat writes nothing.
+            # its nonce and audit records are kept already, or pending; a repeat writes
+            # nothing and is answered once they are durable.
+            await self._durable(needs)
             self._metrics.queued("kms/key-response")
             return res
         # The replay cache survives restarts; the audit records are committed as one group.
         # Remembered for longer than any timestamp the releaser still accepts.
         ttl = max(self.NONCE_TTL, 2 * releaser.max_skew + 60)
-        self._store.record_release(
+        await self._record(
             "nonce/" + res.nonce.hex(),
             nonce_entry(now + ttl, needs.request_hash),
             [a.as_dict() for a in res.audit],
@@ -278,6 +287,26 @@ class KeyRelease:
             },
         )
         return res
+
+    # --- the store writes (group commit, ``kms.node.commit``) -------------------------------
+
+    async def _record(
+        self,
+        name: str,
+        value: bytes,
+        records: list[dict[str, str | int]],
+        also: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Record a release's nonce, audit records and further meta entries; return once
+        they are durable. Called with nothing awaited since the nonce was read: the entries
+        are pending (seen by ``_nonce_use``) before this first awaits. Raises
+        ``StorageFull`` (every release of a failed batch), and then nothing is kept."""
+        await self.commits.record(name, value, records, also or ())
+
+    async def _durable(self, needs: Needs | CertNeeds) -> None:
+        """Wait until the records of the request ``needs`` repeats are durable (at once when
+        they are stored already); raises the commit's ``StorageFull`` if it failed."""
+        await self.commits.wait_durable("nonce/" + needs.nonce.hex())
 
     def _refused(self, res: ReleaseRefused) -> ReleaseRefused:
         label = res.reason.value
@@ -326,8 +355,9 @@ class KeyRelease:
             await self.collateral.prepare(needs.quote, now=now)
             now = int(self._clock.now())
             app, bundle = self.policy_source.app_state(needs, now)
-        # From here to the store write nothing awaits: the key record read below is the one
-        # the write replaces, so two requests never both certify different keys.
+        # From here until the entries are pending in the group commit nothing awaits: the
+        # key record read below (stored or pending) is the one the write replaces, so two
+        # requests never both certify different keys.
         share, epoch = self._share_and_epoch()
         body = request.body
         use = self._nonce_use(needs)
@@ -340,7 +370,7 @@ class KeyRelease:
                 nonce_seen=use is NonceUse.REPLAYED,
                 app=app,
                 collateral=self._collateral_for(needs),
-                certified=self._store.get_meta(certified_name(body.app_id, body.version)),
+                certified=self.commits.get_meta(certified_name(body.app_id, body.version)),
             ),
         )
         if isinstance(res, ReleaseRefused):
@@ -352,13 +382,15 @@ class KeyRelease:
             self.policy_source.admit_released(bundle, now)
         if use is NonceUse.REPEAT:
             # The very request certified before (the partials are deterministic): its
-            # nonce, audit and key records are kept already; a repeat writes nothing.
+            # nonce, audit and key records are kept already, or pending; a repeat writes
+            # nothing and is answered once they are durable.
+            await self._durable(needs)
             self._metrics.queued("kms/app-key-cert-share")
             return res
         ttl = max(self.NONCE_TTL, 2 * releaser.max_skew + 60)
         # One nonce space with key release; the first key certified per (app, version) is
         # kept for good (it is written again, unchanged, for the same key).
-        self._store.record_release(
+        await self._record(
             "nonce/" + res.nonce.hex(),
             nonce_entry(now + ttl, needs.request_hash),
             [res.audit.as_dict()],

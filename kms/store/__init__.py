@@ -33,6 +33,7 @@ from kms.store.store import (
     EpochRecord,
     NodeStore,
     RecordLike,
+    ReleaseWrite,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "NodeStore",
     "PassphraseSealer",
     "RecordLike",
+    "ReleaseWrite",
     "SealError",
     "Sealer",
     "StorageFull",

@@ -42,9 +42,19 @@ or the disk keeps of freed blocks is beyond SQLite's reach). Operators back
 up identity and configuration, never this file: a restored share would undo
 a refresh.
 
+**Group commit.** :meth:`NodeStore.record_releases` commits the bookkeeping of
+several key releases (nonces, audit records) in one transaction, so in one
+fsync of the WAL: each release's entries in the order given, the audit chain
+extended in that order. It runs on a connection of its own (the *release
+writer*, opened on first use), so that ``kms.node.commit`` can run it in a
+worker thread while the node's event loop goes on reading through the main
+connection; SQLite serialises the two connections' write transactions
+(``BEGIN IMMEDIATE``). A batch that fails (a full disk) writes nothing.
+
 The API is synchronous and never starts threads; the trio node service calls
 it directly (each call is a short SQLite transaction). A store object is used
-from the thread that opened it.
+from the thread that opened it, except :meth:`NodeStore.record_releases`,
+which any one thread at a time may call (calls are serialised by a lock).
 """
 
 from __future__ import annotations
@@ -52,7 +62,8 @@ from __future__ import annotations
 import hmac
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -267,6 +278,22 @@ class AuditEntry:
     hash: bytes
 
 
+@dataclass(frozen=True)
+class ReleaseWrite:
+    """One key release's bookkeeping, checked and encoded, ready for
+    :meth:`NodeStore.record_releases` (made by :meth:`NodeStore.release_write`): the
+    nonce's meta entry, the canonical audit entries, further meta entries."""
+
+    name: str
+    value: bytes = field(repr=False)
+    entries: tuple[bytes, ...] = field(repr=False)
+    also: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+
+    def names(self) -> tuple[str, ...]:
+        """The meta entries this write sets."""
+        return (self.name, *(n for n, _ in self.also))
+
+
 def _blob(value: object) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
@@ -367,6 +394,8 @@ class NodeStore:
         self._sealer = sealer
         self._store_id = b""
         self._checkpoint_due = False
+        self._writer: sqlite3.Connection | None = None
+        self._writer_lock = threading.Lock()
         if not os.path.exists(self._path):
             if not create:
                 raise StoreError(f"no store at {self._path}")
@@ -394,6 +423,10 @@ class NodeStore:
 
     def close(self) -> None:
         """Close the database; idempotent. Every later call raises ``StoreError``."""
+        with self._writer_lock:  # waits for a batch being committed
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.close()
         db, self._db = self._db, None
         if db is not None:
             db.close()
@@ -424,13 +457,17 @@ class NodeStore:
 
     # --- opening ------------------------------------------------------------------------
 
-    @staticmethod
-    def _configure(db: sqlite3.Connection) -> None:
+    _SYNCHRONOUS = "FULL"
+    """``PRAGMA synchronous``: FULL fsyncs the WAL at every commit (``bench.store_write``
+    compares NORMAL in a subclass; the store never runs with it)."""
+
+    @classmethod
+    def _configure(cls, db: sqlite3.Connection) -> None:
         try:
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
                 raise StoreError("the store needs SQLite's WAL journal mode")
-            db.execute("PRAGMA synchronous = FULL")
+            db.execute(f"PRAGMA synchronous = {cls._SYNCHRONOUS}")
             db.execute("PRAGMA foreign_keys = ON")
             db.execute("PRAGMA secure_delete = ON")
             db.execute("PRAGMA trusted_schema = OFF")
@@ -568,8 +605,10 @@ class NodeStore:
         return self._db
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
+    def _transaction(
+        self, begin: str, conn: sqlite3.Connection | None = None
+    ) -> Iterator[sqlite3.Connection]:
+        db = self._conn() if conn is None else conn
         try:
             db.execute(begin)
             try:
@@ -586,7 +625,7 @@ class NodeStore:
                 raise
         except sqlite3.Error as exc:
             raise _store_error(exc) from exc
-        if self._checkpoint_due and begin == "BEGIN IMMEDIATE":
+        if self._checkpoint_due and begin == "BEGIN IMMEDIATE" and conn is None:
             self._checkpoint()
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
@@ -1221,17 +1260,72 @@ class NodeStore:
         """A key release's bookkeeping in one transaction: a meta entry (the nonce with its
         expiry), the release's audit records (see :meth:`audit_append_many`), and the
         further meta entries ``also`` (an app-key certificate's record of the key certified)."""
+        write = self.release_write(name, value, records, also)
+        with self._write() as db:
+            return self._write_release(db, write)
+
+    def release_write(
+        self,
+        name: str,
+        value: bytes,
+        records: Iterable[AuditRecord],
+        also: Iterable[tuple[str, bytes]] = (),
+    ) -> ReleaseWrite:
+        """Check and encode one release's bookkeeping (the arguments of
+        :meth:`record_release`) for :meth:`record_releases`; raises ``ValueError`` or
+        ``TypeError`` for a bad name, value or record, before anything is written."""
         self._check_meta_name(name)
         _check_bytes("value", value, allow_empty=True)
-        extra = [(self._check_meta_name(n), v) for n, v in also]
+        extra = tuple((self._check_meta_name(n), v) for n, v in also)
         for _, v in extra:
             _check_bytes("value", v, allow_empty=True)
-        entries = [canonical_record(r) for r in records]
-        with self._write() as db:
-            self._set_meta(db, name, value)
-            for n, v in extra:
-                self._set_meta(db, n, v)
-            return self._audit_append(db, entries)
+        entries = tuple(canonical_record(r) for r in records)
+        return ReleaseWrite(name, value, entries, extra)
+
+    def record_releases(self, writes: Sequence[ReleaseWrite]) -> bytes:
+        """The bookkeeping of several releases in one transaction and one fsync (group
+        commit), in order: each write's meta entries, then its audit entries appended to
+        the chain. All of them or, if the commit fails, none (:class:`StorageFull` when
+        the disk is full). Returns the audit head after the batch.
+
+        It runs on the release writer, a connection of its own: any one thread at a time
+        may call it (calls are serialised), while the opening thread uses the store.
+        """
+        if not all(isinstance(w, ReleaseWrite) for w in writes):
+            raise TypeError("writes must be ReleaseWrite values (NodeStore.release_write)")
+        with self._writer_lock:
+            with self._transaction("BEGIN IMMEDIATE", self._release_writer()) as db:
+                head = b""
+                for write in writes:
+                    head = self._write_release(db, write)
+                return head if writes else self._audit_append(db, [])
+
+    def _release_writer(self) -> sqlite3.Connection:
+        """The release writer's connection, opened on first use (under ``_writer_lock``)."""
+        self._conn()  # a closed store stays closed
+        if self._writer is None:
+            try:
+                db = sqlite3.connect(
+                    self._path,
+                    isolation_level=None,
+                    timeout=_BUSY_TIMEOUT_MS / 1000,
+                    check_same_thread=False,  # serialised by _writer_lock
+                )
+            except sqlite3.Error as exc:
+                raise _store_error(exc) from exc
+            try:
+                self._configure(db)
+            except BaseException:
+                db.close()
+                raise
+            self._writer = db
+        return self._writer
+
+    def _write_release(self, db: sqlite3.Connection, write: ReleaseWrite) -> bytes:
+        self._set_meta(db, write.name, write.value)
+        for n, v in write.also:
+            self._set_meta(db, n, v)
+        return self._audit_append(db, list(write.entries))
 
     def _audit_append(self, db: sqlite3.Connection, entries: list[bytes]) -> bytes:
         last = db.execute(

@@ -57,9 +57,10 @@ def fill_disk(store: NodeStore) -> int:
 
     The rows' names are spread over the whole key space and shrink as the room does, so
     every leaf is full: any later insert needs a new page, which the disk does not have."""
-    db = store._conn()  # fault injection on the store's own connection
+    db = store._conn()  # fault injection on the store's own connections
     pages = int(db.execute("PRAGMA page_count").fetchone()[0])
-    db.execute(f"PRAGMA max_page_count = {pages}")
+    for conn in (db, release_writer(store)):
+        conn.execute(f"PRAGMA max_page_count = {pages}")
     rows = 0
     for size in (1024, 256, 64, 16, 1):
         for _ in range(100_000):
@@ -75,8 +76,15 @@ def fill_disk(store: NodeStore) -> int:
     return rows
 
 
+def release_writer(store: NodeStore) -> sqlite3.Connection:
+    """The connection the store commits releases on (``NodeStore.record_releases``)."""
+    with store._writer_lock:
+        return store._release_writer()
+
+
 def free_disk(store: NodeStore) -> None:
-    store._conn().execute(f"PRAGMA max_page_count = {2**31 - 2}")
+    for conn in (store._conn(), release_writer(store)):
+        conn.execute(f"PRAGMA max_page_count = {2**31 - 2}")
 
 
 def integrity(path: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence, Sized
@@ -75,26 +76,76 @@ def chain_epochs_from_bytes(raw: bytes, mpk: G2) -> list[ChainState]:
 
 
 class _DaemonPool:
-    """Run each call on its own daemon thread: a node that accepts connections and never
+    """Run each call on a daemon thread: a node that accepts connections and never
     answers holds up neither the caller nor the process's exit (``ThreadPoolExecutor``
-    joins its threads at exit, so one such node would)."""
+    joins its threads at exit, so one such node would).
+
+    A thread whose call returned waits ``IDLE`` seconds for the next one before it
+    ends, so a client asking again soon (a warm fetch: ``t`` requests at once) reuses
+    threads rather than starting new ones; a call finding no idle thread starts one,
+    so a thread held by a silent node never delays another call."""
+
+    IDLE = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._calls = queue.SimpleQueue()
+        self._idle = 0  # threads waiting for a call that no submitted call has claimed
+        self._closed = False
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         fut: Future[Any] = Future()
-
-        def run() -> None:
-            if not fut.set_running_or_notify_cancel():
-                return
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        threading.Thread(target=run, daemon=True).start()
+        with self._lock:
+            start = self._closed or self._idle == 0
+            if not start:
+                self._idle -= 1  # claimed: that thread takes this call (or one like it)
+        if start and self._closed:
+            threading.Thread(target=self._run, args=(fut, fn, args), daemon=True).start()
+            return fut
+        self._calls.put((fut, fn, args))
+        if start:
+            threading.Thread(target=self._work, daemon=True).start()
         return fut
 
+    @staticmethod
+    def _run(fut: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                call = self._calls.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # unclaimed: end
+                        self._idle -= 1
+                        return
+                continue  # claimed by a call about to be queued
+            if call is None:
+                return
+            self._run(*call)
+            del call
+            with self._lock:
+                if self._closed:
+                    return
+                self._idle += 1
+
     def shutdown(self, wait: bool = False, cancel_futures: bool = True) -> None:
+        """End the idle threads; a thread still in a call ends with it."""
         del wait, cancel_futures  # daemon threads end with their requests
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._calls.put(None)
 
 
 def fetch_chain(
@@ -238,6 +289,7 @@ def _fetch_chain(
                 break
         ignored.extend(f"{url}: no answer in time" for url in pending.values())
     finally:
+        pool.shutdown()
         if own:
             http.close()
     if best is None:

@@ -383,7 +383,7 @@ def test_kms_evidence_verify_checks_a_saved_chain(world, tmp_path) -> None:  # t
 class _Committee:
     """Serve ``/v1/chain`` and ``/v1/keys/{index}`` for the in-process releasers, over HTTP.
 
-    ``slow`` indices answer after ``delay`` seconds; ``epoch`` is the epoch
+    ``slow`` indices answer after ``delay`` seconds; ``liars`` answer with a wrong partial; ``epoch`` is the epoch
     the nodes claim in their answers; ``chain_hits`` counts chain fetches.
     """
 
@@ -394,6 +394,7 @@ class _Committee:
         self.epoch = 0
         self.chain_hits = 0
         self.key_hits: list[int] = []
+        self.liars: set[int] = set()
 
     def app(self):  # type: ignore[no-untyped-def]
         import trio
@@ -413,11 +414,14 @@ class _Committee:
             self.key_hits.append(i)
             if i in self.slow:
                 await trio.sleep(self.delay)
+            share = cores[PI(i)].share
+            if i in self.liars:  # signs and seals another node's partial under its index
+                share = type(share)(PI(i), cores[PI(i % 5 + 1)].share.value)
             res = releasers[PI(i)].handle(
                 await request.body(),
                 now=NOW,
                 epoch=self.epoch,
-                share=cores[PI(i)].share,
+                share=share,
                 seen_nonce=lambda n: (n + bytes([i])) in seen,
             )
             return Response(res.response.encode() if isinstance(res, Released) else res.encode())
@@ -487,6 +491,28 @@ def test_key_client_verifies_the_chain_once_and_reuses_it(world, served) -> None
     assert first.derived == second.derived
     assert committee.chain_hits == 5  # every node once, at the first request only
     assert first.asked == (PI(1), PI(2), PI(3))
+
+
+def test_a_warm_key_client_still_refuses_a_wrong_partial(world, served) -> None:  # type: ignore[no-untyped-def]
+    """The partials of every fetch are checked against the pinned key, however warm the
+    client: a node lying on the tenth fetch is named with its evidence and bypassed."""
+    from kms.client.http import KeyClient
+
+    committee, urls = served
+    cores, chain, tee, owner, *_ = world
+    with KeyClient(urls, chain.mpk) as client:
+        for _ in range(9):
+            first = client.fetch(owner.app_id(), [("app", 1)], _quote_for(world), now=NOW)
+            assert first.rejected == ()
+        committee.liars = {2}
+        res = client.fetch(owner.app_id(), [("app", 1)], _quote_for(world), now=NOW)
+    assert res.derived == first.derived
+    assert [r.index for r in res.rejected] == [PI(2)]
+    evidence = res.rejected[0].evidence
+    assert evidence is not None
+    assert "public share" in verify_wrong_partial(evidence, chain)
+    assert res.asked == (PI(1), PI(2), PI(3), PI(4))
+    assert committee.chain_hits == 5  # the chain verified once, at the first fetch
 
 
 def test_key_client_asks_another_node_when_one_is_slow(world, served) -> None:  # type: ignore[no-untyped-def]

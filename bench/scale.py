@@ -386,13 +386,13 @@ def _measure_dkg(
     after = nodes.metrics(indices)
     sent, frames = [], []
     for i in indices:
-        a, b = base.get(i), after.get(i)
-        if a is None or b is None:
+        m0, m1 = base.get(i), after.get(i)
+        if m0 is None or m1 is None:
             continue
-        s0, s1 = metric(a, _BYTES_SENT), metric(b, _BYTES_SENT)
+        s0, s1 = metric(m0, _BYTES_SENT), metric(m1, _BYTES_SENT)
         if s0 is not None and s1 is not None:
             sent.append(s1 - s0)
-        f0, f1 = metric(a, _FRAMES_RECEIVED), metric(b, _FRAMES_RECEIVED)
+        f0, f1 = metric(m0, _FRAMES_RECEIVED), metric(m1, _FRAMES_RECEIVED)
         if f0 is not None and f1 is not None:
             frames.append(f1 - f0)
     run.bytes_sent_per_node = _mean(sent)

@@ -78,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from kms.app.setup import StartupError, run_node
 
+    if not 0 <= args.delay_ms <= 10_000:
+        sys.stderr.write("error: --delay-ms must be between 0 and 10000\n")
+        return lifecycle.EXIT_CONFIG
+
     try:
         lifecycle.die_with_parent_from_env()
     except lifecycle.ParentGone as exc:
@@ -87,10 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs, broken = lab_settings(args.config, args.adversary, args.broken)
     except (ConfigError, LabRefused) as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return lifecycle.EXIT_CONFIG
-
-    if not 0 <= args.delay_ms <= 10_000:
-        sys.stderr.write("error: --delay-ms must be between 0 and 10000\n")
         return lifecycle.EXIT_CONFIG
 
     def adapt(cfg: NodeFileConfig, service: NodeService) -> None:

@@ -9,9 +9,11 @@ JSON), the epoch chain at 1,000, 10,000 and 100,000 epochs (``bench.chain_growth
 ``--quick``: up to 10,000), and the live flood of a devnet with 1,000 then 10,000 new apps' policies
 and large bodies (``bench.flood``, with its JSON; ``--quick``: 100 then 400), and
 ``kms agent``'s boot time to its first key and GetKey latency over its socket
-(``bench.agent``, with its JSON; ``--quick``: a devnet of 3), and the store's write
+(``bench.agent``, with its JSON; ``--quick``: a devnet of 3), the store's write
 path, one release per transaction against group commit (``bench.store_write``, with its
-JSON; ``--quick``: shorter rows).
+JSON; ``--quick``: shorter rows), and the genesis DKG of n = 16, 32 and 64 nodes on hosts
+of their own in the fault lab (``bench.scale``, with its JSON; ``--quick``: n = 16; needs
+root).
 Missed targets are printed,
 not raised: the exit status is 0.
 """
@@ -38,6 +40,7 @@ from bench import (
     flood,
     key_release,
     policy_index,
+    scale,
     store_write,
 )
 from bench.timing import Budget, format_seconds
@@ -149,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         progress("kms agent")
         agent_rows = agent.rows(args.quick)
         store_rows = store_write.rows(args.quick, progress=progress)
+        scale_off = scale.unavailable()
+        scale_runs = (
+            []
+            if scale_off is not None
+            else scale.runs(
+                scale.QUICK_SIZES if args.quick else scale.FULL_SIZES, progress=progress
+            )
+        )
     console.print(main_table(crypto_rows, profile))
     console.print(backend_table(backend_rows))
     missed = [r.operation for r in crypto_rows if r.target_met is False]
@@ -167,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     store_fs = store_write.file_system(store_write.default_directory())
     console.print(store_write.table(store_rows, store_fs))
     console.print_json(json.dumps(store_write.as_json(store_rows, store_fs)))
+    if scale_off is not None:
+        console.print(f"committee size (bench.scale): not run: {scale_off}")
+    else:
+        scale.report(console, scale_runs)
+        console.print_json(json.dumps(scale.as_json(scale_runs)))
     console.print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

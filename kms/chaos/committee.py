@@ -172,8 +172,11 @@ class LabCommittee:
         refresh_interval: float,
         adversaries: dict[int, list[dict[str, Any]]] | None = None,
         broken: str | None = None,
+        delay_ms: float = 0.0,
     ) -> None:
         self.lab = lab
+        self.delay_ms = delay_ms
+        """Every node holds each frame it receives this long (``nodeproc --delay-ms``)."""
         self.work = work
         self.logs = logs
         self.n = nodes
@@ -311,6 +314,8 @@ class LabCommittee:
             argv += ["--adversary", json.dumps(node.adversary)]
         if self.broken in ("skip-policy-check", "window-tally"):
             argv += ["--broken", self.broken]
+        if self.delay_ms > 0:
+            argv += ["--delay-ms", str(self.delay_ms)]
         return argv
 
     def start(self, node: LabNode) -> None:

@@ -10,6 +10,12 @@ process (:mod:`kms.chaos.proxy`) keeps on the destination's shadow address; the 
 the real address from the source's shadow address. So inside any host, traffic to or from host
 ``d`` has the remote address ``shadow(d)``, and partitions are iptables rules on shadow addresses.
 
+A *direct* lab (``Lab.create(direct=True)``) has no link proxy and no DNAT: hosts reach each
+other's real addresses over the bridge, so links cannot be shaped (``set_link`` and ``reset_link``
+raise ``LabError``); partitions and bandwidth caps still work. It is the cheap base for runs with
+many hosts, where one proxy process carrying every link would be the bottleneck
+(``bench.scale``; latency is then injected in the nodes, ``net.delay``).
+
 Needs root. The lab records itself in ``state_dir/<id>.json`` with its owner's pid; a lab whose
 owner died (a SIGKILLed harness) is removed by the next :meth:`Lab.create`.
 """
@@ -272,9 +278,11 @@ class _ProxyClient:
 class Lab:
     """A lab of network hosts. Use :meth:`create`; a context manager that tears down on exit."""
 
-    def __init__(self, lab_id: str, state_dir: Path) -> None:
+    def __init__(self, lab_id: str, state_dir: Path, *, direct: bool = False) -> None:
         self.id = lab_id
         self.state_dir = state_dir
+        self.direct = direct
+        """No link proxy, no DNAT: hosts reach each other directly over the bridge."""
         self.parent_ns = f"{PREFIX}{lab_id}-p"
         self.hosts: dict[str, Host] = {}
         self._namespaces: list[str] = []
@@ -294,8 +302,9 @@ class Lab:
     # ----- life cycle -----------------------------------------------------------------------
 
     @classmethod
-    def create(cls, state_dir: Path = DEFAULT_STATE_DIR) -> Lab:
-        """Remove stale labs, then make a new one: parent namespace, bridge, controller address."""
+    def create(cls, state_dir: Path = DEFAULT_STATE_DIR, *, direct: bool = False) -> Lab:
+        """Remove stale labs, then make a new one: parent namespace, bridge, controller address
+        (``direct``: without the link proxy, see the module doc)."""
         require_root()
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -306,7 +315,7 @@ class Lab:
                 ns.startswith(f"{PREFIX}{lab_id}-") for ns in _list_netns()
             ):
                 break
-        lab = cls(lab_id, state_dir)
+        lab = cls(lab_id, state_dir, direct=direct)
         lab._write_record()  # before anything exists, so that a crash leaves a removable lab
         lab._install_teardown_hooks()
         try:
@@ -466,7 +475,8 @@ class Lab:
             "*nat\n:QKL-DNAT - [0:0]\n-A OUTPUT -j QKL-DNAT\nCOMMIT\n",
         )
         self.hosts[name] = host
-        self._wire((host, dst, port) for dst, port in list(self._exposed))
+        if not self.direct:
+            self._wire((host, dst, port) for dst, port in list(self._exposed))
         return host
 
     def host(self, name: str) -> Host:
@@ -505,6 +515,8 @@ class Lab:
     # ----- links through the proxy ------------------------------------------------------------
 
     def _proxy_call(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        if self.direct:
+            raise LabError("a direct lab has no link proxy: its links cannot be shaped or reset")
         with self._lock:
             client = self._proxy_client or self._start_proxy()
         return client.call(request)
@@ -575,6 +587,8 @@ class Lab:
         with self._lock:
             if (host, port) not in self._exposed:
                 self._exposed.append((host, port))
+            if self.direct:
+                return
             self._wire((src, host, port) for src in list(self.hosts.values()))
 
     def _pairs(self, src: Host | None, dst: Host | None) -> list[tuple[Host, Host]]:

@@ -1,7 +1,7 @@
 """The fault lab's node program: the real node, with test-only byzantine and broken hooks.
 
     python -m kms.chaos.nodeproc --config node.toml [--adversary JSON] [--broken NAME]
-                                 [--log-format json|text] [--log-level LEVEL]
+                                 [--delay-ms MS] [--log-format json|text] [--log-level LEVEL]
 
 Runs the node exactly as ``kms node run`` does (``kms.app.setup.run_node``, the same
 composition root), but only for a lab node: ``node.toml`` must have a ``[testing]``
@@ -9,7 +9,9 @@ section with ``lab = true`` (which ``kms node run`` and ``kms node check-config`
 and accept simulated quotes. ``--adversary`` (or ``[testing] adversary``) is a JSON list
 ``[{"behaviour": NAME, "params": {...}}]`` of ``kms.chaos.byzantine.STRATEGIES``;
 ``--broken`` (or ``[testing] broken``) one of ``kms.chaos.byzantine.BROKEN``, applied to
-this process's code in memory. Exit codes as ``kms node run``'s (2: refused to start).
+this process's code in memory. ``--delay-ms`` holds every frame the node receives for that
+many milliseconds (``net.delay.DelayedTransport``): a one-way latency on every link, for labs
+without a link proxy. Exit codes as ``kms node run``'s (2: refused to start).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kms.app.config import ConfigError, NodeFileConfig, load
 from kms.chaos import byzantine
 from kms.node import lifecycle
 from kms.node.service import NodeService
+from net.delay import DelayedTransport
 
 
 class LabRefused(Exception):
@@ -65,12 +68,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--adversary", default=None, help="JSON list of {behaviour, params}")
     parser.add_argument("--broken", default=None, choices=sorted(byzantine.BROKEN))
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="hold each received frame this long (ms)"
+    )
     parser.add_argument("--log-format", default=None, choices=("json", "text"))
     parser.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
     import trio
 
     from kms.app.setup import StartupError, run_node
+
+    if not 0 <= args.delay_ms <= 10_000:
+        sys.stderr.write("error: --delay-ms must be between 0 and 10000\n")
+        return lifecycle.EXIT_CONFIG
 
     try:
         lifecycle.die_with_parent_from_env()
@@ -84,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return lifecycle.EXIT_CONFIG
 
     def adapt(cfg: NodeFileConfig, service: NodeService) -> None:
+        if args.delay_ms > 0:
+            service.transport = DelayedTransport(service.transport, args.delay_ms / 1000)
         if specs:
             byzantine.apply_adversary(service, specs)
             logging.getLogger("quorum_kms.chaos").warning(

@@ -9,7 +9,9 @@ JSON), the epoch chain at 1,000, 10,000 and 100,000 epochs (``bench.chain_growth
 ``--quick``: up to 10,000), and the live flood of a devnet with 1,000 then 10,000 new apps' policies
 and large bodies (``bench.flood``, with its JSON; ``--quick``: 100 then 400), and
 ``kms agent``'s boot time to its first key and GetKey latency over its socket
-(``bench.agent``, with its JSON; ``--quick``: a devnet of 3).
+(``bench.agent``, with its JSON; ``--quick``: a devnet of 3), and a boot storm of CVMs at
+increasing open-loop rates against a devnet of 5 and the dstack-style baseline
+(``bench.storm``, with its JSON; ``--quick``: four rates of 3 s).
 Missed targets are printed,
 not raised: the exit status is 0.
 """
@@ -36,6 +38,7 @@ from bench import (
     flood,
     key_release,
     policy_index,
+    storm,
 )
 from bench.timing import Budget, format_seconds
 
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         progress("kms agent")
         agent_rows = agent.rows(args.quick)
+        storm_run = storm.run(args.quick, progress)
     console.print(main_table(crypto_rows, profile))
     console.print(backend_table(backend_rows))
     missed = [r.operation for r in crypto_rows if r.target_met is False]
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print_json(json.dumps(flood.report(console, flood_runs)))
     console.print(agent.table(agent_rows))
     console.print_json(json.dumps(agent.as_json(agent_rows)))
+    console.print_json(json.dumps(storm.report(console, storm_run)))
     console.print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

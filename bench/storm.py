@@ -13,10 +13,12 @@ storm of CVMs fetching their app key:
   request is sent twice to a node);
 * **open loop**: CVM ``k`` of a rate is due at ``k / rate`` seconds, whatever the
   answers; each asks ``t = 3`` of the five nodes at once (rotating, so every node
-  gets 3/5 of the rate), as ``KeyClient`` does. A CVM is served when all three
-  partials came back ``200``; its latency runs from its due time (time spent
+  gets 3/5 of the rate) and, as ``KeyClient`` does, one more node not yet asked per
+  failed ask (a refusal, ``503 overloaded``, a timeout), but neither hedges a slow
+  node nor asks again after a backoff. A CVM is served when three partials came
+  back ``200``; its latency runs from its due time (time spent
   waiting for a free connection in the generator counts: no coordinated
-  omission) to the third partial. A request unanswered ``timeout`` seconds after
+  omission) to the third ``200``. A request unanswered ``timeout`` seconds after
   its due time counts as a timeout;
 * **from its own network host**: the generator is a separate process in a
   network namespace of its own (a veth pair; the nodes' loopback ports reached
@@ -206,15 +208,34 @@ async def _one(pool: _Pool, request: bytes, due: float, timeout: float) -> tuple
 async def _storm(plan: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     pools = [_Pool(h, p, plan["connections"]) for h, p in plan["targets"]]
-    rate, timeout = float(plan["rate"]), float(plan["timeout"])
+    rate, timeout, need = float(plan["rate"]), float(plan["timeout"]), int(plan["need"])
     requests: list[bytes] = plan["requests"]
-    assign: list[list[int]] = plan["assign"]
-    records: list[tuple[int, int, str, float]] = []
+    order: list[list[int]] = plan["order"]
+    asks: list[tuple[int, int, str, float]] = []
+    cvms: list[tuple[int, float]] = []
     lags: list[float] = []
 
-    async def ask(k: int, node: int, due: float) -> None:
+    async def ask(k: int, node: int, due: float) -> tuple[str, float | None]:
         key, latency = await _one(pools[node], requests[k], due, timeout)
-        records.append((k, node, key, -1.0 if latency is None else latency))
+        asks.append((k, node, key, -1.0 if latency is None else latency))
+        return key, latency
+
+    async def cvm(k: int, due: float) -> None:
+        # As KeyClient: ``need`` nodes at once, one more (not yet asked) per failed ask.
+        nodes = order[k]
+        pending = {loop.create_task(ask(k, n, due)) for n in nodes[:need]}
+        spare, ok, last = need, 0, 0.0
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                key, latency = t.result()
+                if key == "ok" and latency is not None:
+                    ok += 1
+                    last = max(last, latency)
+                elif spare < len(nodes) and ok < need:
+                    pending.add(loop.create_task(ask(k, nodes[spare], due)))
+                    spare += 1
+        cvms.append((k, last if ok >= need else -1.0))
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     start = loop.time() + 0.2
@@ -225,15 +246,15 @@ async def _storm(plan: dict[str, Any]) -> dict[str, Any]:
         if wait > 0:
             await asyncio.sleep(wait)
         lags.append(loop.time() - due)
-        for node in assign[k]:
-            tasks.append(loop.create_task(ask(k, node, due)))
+        tasks.append(loop.create_task(cvm(k, due)))
     sent_by = loop.time() - start
     await asyncio.gather(*tasks)
     for p in pools:
         p.close()
     lags.sort()
     return {
-        "records": records,
+        "asks": asks,
+        "cvms": cvms,
         "cpu_s": time.process_time() - cpu0,
         "wall_s": time.perf_counter() - wall0,
         "send_s": sent_by,
@@ -314,6 +335,8 @@ class Rate:
     p99_ms: float | None
     errors: dict[str, int]
     cvms: int = 0
+    asks: int = 0
+    """Node requests sent: ``ASKED`` per CVM, plus one per failed ask while a node is left."""
     releases_ok: int = 0
     """Node requests answered ``200``."""
     requests_per_s: float = 0.0
@@ -321,6 +344,8 @@ class Rate:
     node_cpu_s: float = 0.0
     """CPU the server processes used from the storm's start until its last answer."""
     node_cpu_ms_per_release: float | None = None
+    node_cpu_ms_per_release_net: float | None = None
+    """The same, less what the servers use idle (their protocol's timers) over the window."""
     per_core: float | None = None
     """``200`` answers per CPU-second of the server processes."""
     node_rss_mib: float = 0.0
@@ -356,11 +381,14 @@ def run_rate(
     ports: Sequence[int],
     pids: Sequence[int],
     bodies: Sequence[bytes],
-    assign: Sequence[Sequence[int]],
+    order: Sequence[Sequence[int]],
+    need: int,
     rate: float,
     workdir: Path,
+    idle_cpu_per_s: float = 0.0,
 ) -> Rate:
-    """Replay ``bodies`` (one per CVM, sent to the servers ``assign`` names) at ``rate``."""
+    """Replay ``bodies`` (one per CVM, sent to ``need`` of the servers ``order`` names, then
+    to the next on each failure) at ``rate``."""
     from bench.flood import _proc_status, cpu_seconds
 
     plan = {
@@ -368,29 +396,23 @@ def run_rate(
         "rate": rate,
         "timeout": TIMEOUT,
         "connections": CONNECTIONS,
+        "need": need,
         "requests": [_http("/v1/keys", b) for b in bodies],
-        "assign": [list(a) for a in assign],
+        "order": [list(a) for a in order],
     }
     plan_path, out_path = workdir / "plan.msgpack", workdir / "seen.json"
     plan_path.write_bytes(msgpack.packb(plan))
-    cpu0 = sum(cpu_seconds(p) for p in pids)
+    cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.perf_counter()
     cmd = [*host.prefix, sys.executable, "-m", "bench.storm", "--generate", str(plan_path)]
     subprocess.run([*cmd, str(out_path)], cwd=REPO, check=True, timeout=600)
     node_cpu = sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists()) - cpu0
+    window = time.perf_counter() - t0
     seen = json.loads(out_path.read_text())
-    per_cvm: dict[int, list[tuple[str, float]]] = {}
-    errors: Counter[str] = Counter()
-    for k, _node, key, latency in seen["records"]:
-        per_cvm.setdefault(k, []).append((key, latency))
-        if key != "ok":
-            errors[key] += 1
-    served = [
-        max(lat for _, lat in got)
-        for got in per_cvm.values()
-        if len(got) == len(assign[0]) and all(key == "ok" for key, _ in got)
-    ]
+    errors: Counter[str] = Counter(key for _, _, key, _ in seen["asks"] if key != "ok")
+    served = [lat for _, lat in seen["cvms"] if lat >= 0]
     seconds = len(bodies) / rate
-    ok = sum(1 for r in seen["records"] if r[2] == "ok")
+    ok = sum(1 for a in seen["asks"] if a[2] == "ok")
+    net_cpu = max(0.0, node_cpu - idle_cpu_per_s * window)
     status = [_proc_status(p) for p in pids if Path(f"/proc/{p}").exists()]
     return Rate(
         offered_per_s=rate,
@@ -399,10 +421,12 @@ def run_rate(
         p99_ms=_pct(served, 0.99),
         errors=dict(errors.most_common()),
         cvms=len(bodies),
+        asks=len(seen["asks"]),
         releases_ok=ok,
         requests_per_s=ok / seconds,
         node_cpu_s=node_cpu,
         node_cpu_ms_per_release=1000 * node_cpu / ok if ok else None,
+        node_cpu_ms_per_release_net=1000 * net_cpu / ok if ok else None,
         per_core=ok / node_cpu if node_cpu > 0 else None,
         node_rss_mib=max((s["VmRSS"] for s in status), default=0) / 2**20,
         node_peak_mib=max((s["VmHWM"] for s in status), default=0) / 2**20,
@@ -418,8 +442,9 @@ def knee(rates: Sequence[Rate]) -> Rate | None:
     """The highest rate served in full: ≥ ``SERVED`` of its CVMs, ≤ ``ERRORS`` failed asks."""
     best = None
     for r in rates:
-        asks = r.cvms * ASKED or 1
-        if r.served_per_s >= SERVED * r.offered_per_s and sum(r.errors.values()) <= ERRORS * asks:
+        if r.served_per_s >= SERVED * r.offered_per_s and sum(r.errors.values()) <= ERRORS * (
+            r.asks or 1
+        ):
             if best is None or r.offered_per_s > best.offered_per_s:
                 best = r
     return best
@@ -508,12 +533,13 @@ def committee_storm(
                     )
                     bodies.append(session.attach_quote(quote(session.report_data)).encode())
                 built += count
-                # CVM j asks nodes j·3, j·3+1, j·3+2 (mod 5): every node gets 3/5 of the rate.
-                assign = [
-                    [(j * ASKED + i) % len(nodes) for i in range(ASKED)] for j in range(count)
+                # CVM j asks nodes j·3, j·3+1, j·3+2 (mod 5) first, so every node gets 3/5 of
+                # the rate, then the other two in turn, one per failed ask.
+                order = [
+                    [(j * ASKED + i) % len(nodes) for i in range(len(nodes))] for j in range(count)
                 ]
                 progress(f"storm: {rate} CVMs/s for {seconds:g} s ({k + 1}/{len(rates)})")
-                out.append(run_rate(host, ports, pids, bodies, assign, rate, Path(tmp)))
+                out.append(run_rate(host, ports, pids, bodies, order, ASKED, rate, Path(tmp), idle))
                 time.sleep(1.0)  # let the nodes' queues drain between rates
             alive = [p for p in pids if _alive(p)]
             shed = None
@@ -593,8 +619,8 @@ def baseline_storm(
                     bodies.append(
                         KeyRequest(body, tee.quote(body.report_data(), **MR), b"").encode()
                     )
-                assign = [[0]] * count
-                out.append(run_rate(host, [port], [proc.pid], bodies, assign, rate, Path(tmp)))
+                order = [[0]] * count
+                out.append(run_rate(host, [port], [proc.pid], bodies, order, 1, rate, Path(tmp)))
                 time.sleep(1.0)
         crashed = int(proc.poll() is not None)
     finally:
@@ -618,7 +644,7 @@ def table(title: str, storm: Storm, best: Rate | None) -> Table:
         "p50 ms",
         "p99 ms",
         "200s/s",
-        "server CPU ms / 200",
+        "server CPU ms / 200 (less idle)",
         "200s / CPU-s",
         "RSS MiB (peak)",
         "generator CPU",
@@ -634,7 +660,7 @@ def table(title: str, storm: Storm, best: Rate | None) -> Table:
             _ms(r.p50_ms),
             _ms(r.p99_ms),
             f"{r.requests_per_s:,.0f}",
-            _ms(r.node_cpu_ms_per_release),
+            f"{_ms(r.node_cpu_ms_per_release)} ({_ms(r.node_cpu_ms_per_release_net)})",
             "–" if r.per_core is None else f"{r.per_core:,.0f}",
             f"{r.node_rss_mib:,.0f} ({r.node_peak_mib:,.0f})",
             f"{r.generator_cpu_share:.2f} core",
@@ -666,6 +692,9 @@ def as_json(
         ],
         "node_cpu_ms_per_release_http": None if best is None else best.node_cpu_ms_per_release,
         "node_cpu_ms_per_release_in_process": in_process_ms,
+        "node_cpu_ms_per_release_http_less_idle": None
+        if best is None
+        else best.node_cpu_ms_per_release_net,
         "baseline_served_per_s": max((r.served_per_s for r in base.rates), default=0.0),
         "crashes": committee.crashes,
         "knee_per_s": None if best is None else best.offered_per_s,

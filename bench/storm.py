@@ -62,10 +62,10 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
-FULL_RATES = (20, 40, 80, 120, 160, 240, 320, 480)
-"""CVMs per second (each asks three nodes); ten seconds each: 14,600 distinct requests."""
+FULL_RATES = (20, 30, 40, 60, 80, 120, 240, 480)
+"""CVMs per second (each asks three nodes); ten seconds each: 10,900 distinct requests."""
 QUICK_RATES = (20, 60, 150, 300)
-FULL_BASELINE_RATES = (50, 100, 200, 300, 400, 600, 800)
+FULL_BASELINE_RATES = (50, 100, 150, 200, 300, 600)
 QUICK_BASELINE_RATES = (100, 300, 600)
 ASKED = 3
 """Nodes each CVM asks at once: the committee's threshold."""

@@ -55,9 +55,9 @@ class ShedLimits:
 
     concurrency: int = 8
     """Key and certificate requests handled at once."""
-    queue: int = 16
+    queue: int = 32
     """Requests that may wait for one of those places; beyond them, refused at once."""
-    queue_wait: float = 0.25
+    queue_wait: float = 0.5
     """Seconds a request waits for a place at most before it is refused."""
     retry_after: int = 1
     """Seconds the refusal's ``Retry-After`` asks the client to wait (whole seconds)."""

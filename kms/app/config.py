@@ -97,9 +97,9 @@ class NodeFileConfig:
     """Admitted apps beyond which key requests admit no new app (0: no cap)."""
     release_concurrency: int = 8
     """Key and certificate requests handled at once (``kms.api.shed``)."""
-    release_queue: int = 16
+    release_queue: int = 32
     """Such requests that may wait for a place; beyond them, refused ``overloaded``."""
-    release_queue_wait: float = 0.25
+    release_queue_wait: float = 0.5
     """Seconds one waits for a place at most before it is refused ``overloaded``."""
     release_retry_after: int = 1
     """The ``Retry-After`` seconds of an ``overloaded`` refusal."""
@@ -674,7 +674,7 @@ _NODE: list[Setting] = [
         "node",
         "release_queue",
         "integer",
-        16,
+        32,
         "such requests that may wait for a place, first come first served; beyond them a "
         "request is answered `503` `overloaded` with `Retry-After` at once, its body unread "
         "(0: no waiting)",
@@ -684,7 +684,7 @@ _NODE: list[Setting] = [
         "node",
         "release_queue_wait",
         "number",
-        0.25,
+        0.5,
         "seconds a queued request waits for a place at most; then it is refused `overloaded` "
         "(bounds the latency a storm adds to an answered request)",
         lambda v, w: _seconds_in(v, w, 60.0),

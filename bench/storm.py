@@ -63,7 +63,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 FULL_RATES = (20, 30, 40, 60, 80, 120, 240, 480)
-"""CVMs per second (each asks three nodes); ten seconds each: 10,900 distinct requests."""
+"""CVMs per second (each asks three nodes); ten seconds each: 10,700 distinct requests."""
 QUICK_RATES = (20, 60, 150, 300)
 FULL_BASELINE_RATES = (50, 100, 150, 200, 300, 600)
 QUICK_BASELINE_RATES = (100, 300, 600)

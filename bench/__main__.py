@@ -13,7 +13,8 @@ and large bodies (``bench.flood``, with its JSON; ``--quick``: 100 then 400), an
 path, one release per transaction against group commit (``bench.store_write``, with its
 JSON; ``--quick``: shorter rows), and the genesis DKG of n = 16, 32 and 64 nodes on hosts
 of their own in the fault lab (``bench.scale``, with its JSON; ``--quick``: n = 16; needs
-root).
+root), and a boot storm of CVMs at increasing open-loop rates against a devnet of 5 and the
+dstack-style baseline (``bench.storm``, with its JSON; ``--quick``: four rates of 3 s).
 Missed targets are printed,
 not raised: the exit status is 0.
 """
@@ -42,6 +43,7 @@ from bench import (
     policy_index,
     scale,
     store_write,
+    storm,
 )
 from bench.timing import Budget, format_seconds
 
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 scale.QUICK_SIZES if args.quick else scale.FULL_SIZES, progress=progress
             )
         )
+        storm_run = storm.run(args.quick, progress)
     console.print(main_table(crypto_rows, profile))
     console.print(backend_table(backend_rows))
     missed = [r.operation for r in crypto_rows if r.target_met is False]
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         scale.report(console, scale_runs)
         console.print_json(json.dumps(scale.as_json(scale_runs)))
+    console.print_json(json.dumps(storm.report(console, storm_run)))
     console.print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

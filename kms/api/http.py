@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from kms.api.answers import cert_answer, evidence_answer, key_answer, policy_answer
 from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
+from kms.api.shed import Shed, ShedLimits
 from kms.node.evidence_log import EvidenceResult
 from kms.node.keyrelease import CertResult, KeysNotServed, ReleaseResult
 from kms.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -216,13 +217,17 @@ class BodyLimit:
 
 
 class _BoundedStarlette(Starlette):
-    """Starlette with ``BodyLimit`` outside everything, its error middleware included."""
+    """Starlette with ``BodyLimit`` outside everything, its error middleware included, and
+    the release routes' admission control (``kms.api.shed.Shed``) just inside it."""
 
     body_limit = MAX_BODY
     on_refusal: Callable[[str], None] | None = None
+    shed_limits: ShedLimits | None = None
+    on_shed: Callable[[str], None] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
-        return BodyLimit(super().build_middleware_stack(), self.body_limit, self.on_refusal)
+        shed = Shed(super().build_middleware_stack(), self.shed_limits, self.on_shed)
+        return BodyLimit(shed, self.body_limit, self.on_refusal)
 
 
 def refusal_response(exc: BodyRefused) -> Response:
@@ -254,7 +259,14 @@ def _typed_response(message: WireMessage, status_code: int, as_json: bool) -> Re
     return Response(message.encode(), status_code=status_code, media_type=MSGPACK)
 
 
-def make_app(source: StatusSource) -> Starlette:
+def make_app(
+    source: StatusSource,
+    shed: ShedLimits | None = None,
+    on_shed: Callable[[str], None] | None = None,
+) -> Starlette:
+    """The public app of ``source``. Key and certificate requests beyond ``shed`` (default
+    ``ShedLimits()``) are refused ``503 overloaded`` (``kms.api.shed``); ``on_shed`` counts
+    each refusal by route."""
     from kms.api.openapi import openapi_document
 
     async def health(request: Request) -> Response:
@@ -420,6 +432,8 @@ def make_app(source: StatusSource) -> Starlette:
         exception_handlers={BodyRefused: body_refused, StorageFull: storage_full},
     )
     app.on_refusal = source.count_rejected
+    app.shed_limits = shed
+    app.on_shed = on_shed
     return app
 
 

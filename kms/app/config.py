@@ -95,6 +95,14 @@ class NodeFileConfig:
     """Bytes those cached bundles may take."""
     policy_max_apps: int = 0
     """Admitted apps beyond which key requests admit no new app (0: no cap)."""
+    release_concurrency: int = 8
+    """Key and certificate requests handled at once (``kms.api.shed``)."""
+    release_queue: int = 32
+    """Such requests that may wait for a place; beyond them, refused ``overloaded``."""
+    release_queue_wait: float = 0.5
+    """Seconds one waits for a place at most before it is refused ``overloaded``."""
+    release_retry_after: int = 1
+    """The ``Retry-After`` seconds of an ``overloaded`` refusal."""
     policy_new_app_rotations: int = 16
     """Most owner rotations a pushed bundle of an app this node has not admitted may carry."""
     announce: tuple[str, ...] = ()
@@ -173,6 +181,18 @@ def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{what} must be a positive integer")
     return value
+
+
+def _int_in(value: Any, what: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ConfigError(f"{what} must be an integer from {minimum} to {maximum}")
+    return value
+
+
+def _seconds_in(value: Any, what: str, maximum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= maximum:
+        raise ConfigError(f"{what} must be a number of seconds from 0 to {maximum:g}")
+    return float(value)
 
 
 def _hex(value: Any, what: str, size: int | None = None) -> bytes:
@@ -640,6 +660,42 @@ _NODE: list[Setting] = [
         "once this many apps are admitted, key requests admit no new app (`bundle-refused`); "
         "the operator's directory and the committee still can (0: no cap)",
         _count,
+    ),
+    Setting(
+        "node",
+        "release_concurrency",
+        "integer",
+        8,
+        "key and app-key certificate requests handled at once; more wait in the queue "
+        "below (the node verifies quotes on one thread: a few suffice)",
+        lambda v, w: _int_in(v, w, 1, 4096),
+    ),
+    Setting(
+        "node",
+        "release_queue",
+        "integer",
+        32,
+        "such requests that may wait for a place, first come first served; beyond them a "
+        "request is answered `503` `overloaded` with `Retry-After` at once, its body unread "
+        "(0: no waiting)",
+        lambda v, w: _int_in(v, w, 0, 65536),
+    ),
+    Setting(
+        "node",
+        "release_queue_wait",
+        "number",
+        0.5,
+        "seconds a queued request waits for a place at most; then it is refused `overloaded` "
+        "(bounds the latency a storm adds to an answered request)",
+        lambda v, w: _seconds_in(v, w, 60.0),
+    ),
+    Setting(
+        "node",
+        "release_retry_after",
+        "integer",
+        1,
+        "the `Retry-After` seconds of an `overloaded` refusal",
+        lambda v, w: _int_in(v, w, 0, 3600),
     ),
     Setting(
         "node",
@@ -1171,6 +1227,10 @@ def load(path: str | Path, *, testing: bool = False) -> NodeFileConfig:
         policy_cache_bytes=node["policy_cache_bytes"],
         policy_max_apps=node["policy_max_apps"],
         policy_new_app_rotations=node["policy_new_app_rotations"],
+        release_concurrency=node["release_concurrency"],
+        release_queue=node["release_queue"],
+        release_queue_wait=node["release_queue_wait"],
+        release_retry_after=node["release_retry_after"],
         announce=default_announce(node["listen"]) if "announce" not in raw_node else announce,
         public_url=default_public_url(node["http"]) if "public_url" not in raw_node else public_url,
         log_level=node["log_level"],

@@ -16,6 +16,7 @@ from typing import Any
 import tomli_w
 import trio
 
+from kms.api.shed import ShedLimits
 from kms.app.config import (
     ConfigError,
     NodeFileConfig,
@@ -349,6 +350,16 @@ async def run_node(
         raise StartupError(str(exc)) from None
 
 
+def shed_limits(cfg: NodeFileConfig) -> ShedLimits:
+    """The release routes' admission bounds ``node.toml`` sets (``kms.api.shed``)."""
+    return ShedLimits(
+        concurrency=cfg.release_concurrency,
+        queue=cfg.release_queue,
+        queue_wait=cfg.release_queue_wait,
+        retry_after=cfg.release_retry_after,
+    )
+
+
 async def _serve(cfg: NodeFileConfig, adapt: ServiceHook | None = None) -> None:
     """The body of ``run_node`` once the store's lock is held."""
     from hypercorn.trio import serve
@@ -378,9 +389,8 @@ async def _serve(cfg: NodeFileConfig, adapt: ServiceHook | None = None) -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(service.run)
                 await nursery.start(admin.serve, service, cfg.admin_socket, token)
-                app: Any = make_app(
-                    service
-                )  # Starlette is an ASGI app; hypercorn types it narrowly
+                # Starlette is an ASGI app; hypercorn types it narrowly.
+                app: Any = make_app(service, shed_limits(cfg), service.metrics.shed)
                 await nursery.start(
                     partial(serve, app, hc, shutdown_trigger=shutdown.wait, mode="asgi")
                 )

@@ -656,6 +656,10 @@ class KeyClient:
                 read=min(self.read_timeout, left),
             )
         r = http.post(target, content=body, headers={"content-type": MSGPACK}, timeout=timeout)
+        if r.status_code == 503 and r.headers.get("content-type", "").startswith(
+            "application/json"
+        ):
+            raise NodeOverloaded.of(r)
         return decode(r.content)
 
     # --- app-key certificates -----------------------------------------------------------
@@ -775,8 +779,8 @@ class KeyClient:
                     failed = len(session.rejected) + len(session.refusals) - before
                 else:
                     ignored[index] = f"node {int(index)}: {type(answer).__name__}: {answer}"
-                    if isinstance(answer, CONNECTION_FAILURES):
-                        down.append(index)
+                    if isinstance(answer, (*CONNECTION_FAILURES, NodeOverloaded)):
+                        down.append(index)  # asked again after a backoff if need be
                     failed = 1
                 if failed and not session.done:
                     ask(failed)
@@ -857,6 +861,33 @@ CONNECTION_FAILURES: tuple[type[Exception], ...] = (httpx.NetworkError, httpx.Re
 """Connection-level failures (a reset, a server that closed the connection without an
 answer, a refused or reset connect), after which the node is asked again (``KeyClient``);
 timeouts are not among them: a node that does not answer in time is hedged around."""
+
+
+class NodeOverloaded(Exception):
+    """A node refused a request unread, ``503 overloaded`` (or another ``503`` with a JSON
+    body): not an answer. ``KeyClient`` asks another member, and this one again after a
+    backoff only when no other is left, as after a connection failure."""
+
+    def __init__(self, reason: str, retry_after: float | None) -> None:
+        super().__init__(
+            f"503 {reason}"
+            + (f", retry after {retry_after:g} s" if retry_after is not None else "")
+        )
+        self.reason = reason
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, r: httpx.Response) -> NodeOverloaded:
+        try:
+            reason = str(r.json().get("reason", "unavailable"))[:64]
+        except (ValueError, AttributeError):
+            reason = "unavailable"
+        try:
+            retry_after: float | None = float(r.headers.get("retry-after", ""))
+        except ValueError:
+            retry_after = None
+        return cls(reason, retry_after)
+
 
 RETRY_LATER = "retry-later"
 """The refusal of a node still asking the committee about an app it has not admitted."""

@@ -50,6 +50,8 @@ REFUSED = "refused"
 CERTIFIED = "certified"
 REFUSAL_REASONS = tuple(r.value for r in KeyRefusalReason)
 """The reason labels of refused key requests: ``KeyRefusalReason`` values."""
+SHED_ROUTES = ("keys", "app-key-cert")
+"""The route labels of ``qkms_shed_total`` (``kms.api.shed.ROUTES``)."""
 
 
 def build_info() -> dict[str, str]:
@@ -191,7 +193,16 @@ class NodeMetrics:
             " certified for the same app and root version (alert: two roots for one version).",
             registry=self.registry,
         )
+        self._shed = PromCounter(
+            "qkms_shed_total",
+            "Key and certificate requests refused 503 overloaded, unread, because the node"
+            " was handling and queueing as many as its release limits allow, by route.",
+            ("route",),
+            registry=self.registry,
+        )
         # Every outcome and reason is exported from the start, at 0: alerts need the series.
+        for route in SHED_ROUTES:
+            self._shed.labels(route)
         self._key_requests.labels(RELEASED, "none")
         for reason in REFUSAL_REASONS:
             self._key_requests.labels(REFUSED, reason)
@@ -270,6 +281,12 @@ class NodeMetrics:
             return
         self._key_requests.labels(REFUSED, refusal.value).inc()
         self._key_seconds.labels(REFUSED).observe(seconds)
+
+    def shed(self, route: str) -> None:
+        """A request was refused ``overloaded`` (``kms.api.shed``); ``route`` is one of
+        ``SHED_ROUTES``."""
+        if route in SHED_ROUTES:
+            self._shed.labels(route).inc()
 
     def app_key_cert(self, refusal: KeyRefusalReason | None) -> None:
         """An app-key certificate request was answered: certified (``refusal`` is ``None``)

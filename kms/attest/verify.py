@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +39,12 @@ DEFAULT_ALLOWED_STATUSES = frozenset({"UpToDate", "SWHardeningNeeded"})
 means the remaining mitigations are the TD software's business."""
 
 _TD_REPORTS = (dcap_qvl.TdReport10, dcap_qvl.TdReport15, dcap_qvl.TdReport15Ex)
+
+CHAIN_CACHE_SIZE = 256
+"""PCK chains whose parse and signature checks are remembered (:func:`check_pck_chain`):
+one per platform seen lately. A platform's PCK chain is the same in every quote it makes."""
+COLLATERAL_CACHE_SIZE = 32
+"""Collateral converted to dcap-qvl's object, remembered (one per platform and CA)."""
 
 
 def _repr(obj: object, names: Iterable[str]) -> str:
@@ -242,7 +249,7 @@ def parse_tdx_quote(quote: bytes) -> ParsedQuote:
     try:
         ca = str(parsed.ca())
         pem = parsed.cert_chain_pem_bytes()
-        chain = tuple(x509.load_pem_x509_certificates(bytes(pem).rstrip(b"\0"))) if pem else ()
+        chain = _load_chain(bytes(pem).rstrip(b"\0")) if pem else ()
     except Exception as exc:  # dcap-qvl raises ValueError, cryptography ValueError
         raise QuoteVerificationError(
             QuoteFailure.CERTIFICATE_CHAIN, f"unreadable PCK chain: {one_line(str(exc))}"
@@ -256,12 +263,68 @@ def parse_tdx_quote(quote: bytes) -> ParsedQuote:
     return ParsedQuote(raw, fields, fields.fmspc, ca, chain, _platform_instance_id(parsed))
 
 
+@functools.lru_cache(maxsize=CHAIN_CACHE_SIZE)
+def _load_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
+    """The certificates of a PEM chain, parsed once per exact bytes (they are immutable)."""
+    return tuple(x509.load_pem_x509_certificates(pem))
+
+
 def _issued_by(cert: x509.Certificate, root: bytes) -> bool:
     try:
         cert.verify_directly_issued_by(x509.load_der_x509_certificate(root))
     except Exception:  # another issuer name, a bad signature, another algorithm
         return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedChain:
+    """What a PCK chain's signatures established, whatever the time: the pinned root it
+    ends at, and the window in which every one of its certificates is valid."""
+
+    root: bytes
+    valid_from: float
+    valid_until: float
+
+
+class _ChainCache:
+    """Bounded LRU of PCK chains whose signatures verified to a pinned root.
+
+    Keyed by the chain's certificates (compared by their exact DER bytes) and the tuple of
+    roots tried: a hit is only ever the same chain under the same roots, whose signatures
+    verify the same way every time. Validity at ``now`` is checked on every use; a chain
+    that failed is never kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: dict[tuple[Any, ...], _VerifiedChain] = {}
+
+    def get(self, key: tuple[Any, ...]) -> _VerifiedChain | None:
+        hit = self._entries.pop(key, None)
+        if hit is not None:
+            self._entries[key] = hit  # most recently used last
+        return hit
+
+    def put(self, key: tuple[Any, ...], value: _VerifiedChain) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = value
+        while len(self._entries) > self.size:
+            del self._entries[next(iter(self._entries))]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_CHAINS = _ChainCache(CHAIN_CACHE_SIZE)
+
+
+def _not_valid() -> QuoteVerificationError:
+    return QuoteVerificationError(
+        QuoteFailure.CERTIFICATE_CHAIN, "a PCK chain certificate is not valid now"
+    )
 
 
 def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) -> bytes:
@@ -272,7 +335,17 @@ def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) ->
     certificate is valid at ``now``. Revocation needs the collateral's CRLs and is left to
     :func:`verify_quote`. Raises :class:`QuoteVerificationError`: ``UNTRUSTED_ROOT``
     when the chain ends at no pinned root, ``CERTIFICATE_CHAIN`` otherwise.
+
+    A chain whose signatures verified is remembered (bounded, keyed by its exact
+    certificates and ``roots``), so the same platform's next quote skips the signature
+    checks; the validity period is checked against ``now`` every time.
     """
+    key = (parsed.pck_chain, tuple(roots))
+    known = _CHAINS.get(key)
+    if known is not None:
+        if not known.valid_from <= now <= known.valid_until:
+            raise _not_valid()
+        return known.root
     chain = list(parsed.pck_chain)
     try:
         # Names are parsed lazily: a malformed one raises here, inside the try.
@@ -280,22 +353,18 @@ def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) ->
             chain.pop()  # the quote's copy of its root: replaced by the pinned one
         for cert, issuer in itertools.pairwise(chain):
             cert.verify_directly_issued_by(issuer)
-        for cert in chain:
-            if not (
-                cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
-            ):
-                raise QuoteVerificationError(
-                    QuoteFailure.CERTIFICATE_CHAIN, "a PCK chain certificate is not valid now"
-                )
-    except QuoteVerificationError:
-        raise
+        valid_from = max(cert.not_valid_before_utc.timestamp() for cert in chain)
+        valid_until = min(cert.not_valid_after_utc.timestamp() for cert in chain)
     except Exception as exc:  # bad signature, wrong issuer, an unsupported algorithm, ...
         raise QuoteVerificationError(
             QuoteFailure.CERTIFICATE_CHAIN,
             f"the PCK chain does not verify: {type(exc).__name__}",
         ) from None
+    if not valid_from <= now <= valid_until:
+        raise _not_valid()
     for root in roots:
         if _issued_by(chain[-1], root):
+            _CHAINS.put(key, _VerifiedChain(root, valid_from, valid_until))
             return root
     raise QuoteVerificationError(
         QuoteFailure.UNTRUSTED_ROOT, "the PCK chain does not end at a pinned root"
@@ -388,12 +457,7 @@ def verify_quote(
 
     # 2. dcap-qvl: root CRL, collateral signatures and times, PCK chain, QE report and
     #    identity, quote signature, TCB level, TD attributes.
-    try:
-        dcap_collateral = dcap_qvl.QuoteCollateralV3.from_json(coll.to_json())
-    except Exception as exc:
-        raise QuoteVerificationError(
-            QuoteFailure.MALFORMED_COLLATERAL, one_line(str(exc))
-        ) from None
+    dcap_collateral = _dcap_collateral(coll)
     try:
         report = dcap_qvl.verify_with_root_ca(quote, dcap_collateral, root_ca, now)
     except Exception as exc:
@@ -437,6 +501,22 @@ def verify_quote(
         tcb_evaluation_data_number=coll.tcb_evaluation_data_number,
         platform_instance_id=instance_id,
     )
+
+
+@functools.lru_cache(maxsize=COLLATERAL_CACHE_SIZE)
+def _dcap_collateral_of(coll: Collateral) -> Any:
+    return dcap_qvl.QuoteCollateralV3.from_json(coll.to_json())
+
+
+def _dcap_collateral(coll: Collateral) -> Any:
+    """dcap-qvl's object for ``coll``, converted once per equal collateral (bounded): it
+    is the same input to verification, field for field, as a fresh conversion."""
+    try:
+        return _dcap_collateral_of(coll)
+    except Exception as exc:
+        raise QuoteVerificationError(
+            QuoteFailure.MALFORMED_COLLATERAL, one_line(str(exc))
+        ) from None
 
 
 def _platform_instance_id(parsed: Any) -> bytes | None:

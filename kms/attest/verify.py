@@ -129,16 +129,22 @@ class VerifiedQuote:
         return _repr(self, [n for n in self.__dataclass_fields__ if n != "fields"])
 
 
-def _td_fields(parsed: Any) -> TDFields | None:
-    """The TD fields of a parsed quote, or ``None`` if it is not a TDX quote."""
+_UNREAD = "unread"
+
+
+def _td_fields(parsed: Any, known_fmspc: str = _UNREAD) -> TDFields | None:
+    """The TD fields of a parsed quote, or ``None`` if it is not a TDX quote.
+    ``known_fmspc``: the FMSPC its PCK chain was already read to give."""
     header = parsed.header
     report = parsed.report
     if header.tee_type != TEE_TYPE_TDX or not isinstance(report, _TD_REPORTS):
         return None
-    try:
-        fmspc: str | None = parsed.fmspc().upper()
-    except Exception:  # dcap-qvl raises ValueError when the PCK chain is unreadable
-        fmspc = None
+    fmspc: str | None = None if known_fmspc is _UNREAD else known_fmspc
+    if known_fmspc is _UNREAD:
+        try:
+            fmspc = parsed.fmspc().upper()
+        except Exception:  # dcap-qvl raises ValueError when the PCK chain is unreadable
+            fmspc = None
     v15 = isinstance(report, dcap_qvl.TdReport15 | dcap_qvl.TdReport15Ex)
     return TDFields(
         version=header.version,
@@ -237,7 +243,16 @@ def parse_tdx_quote(quote: bytes) -> ParsedQuote:
         raise TypeError(f"quote must be bytes, not {type(quote).__name__}")
     raw = bytes(quote)
     parsed = _parse(raw)
-    fields = _td_fields(parsed)
+    # What the PCK chain says of its platform is read once per exact chain bytes (its
+    # leaf's FMSPC, CA and platform instance id, and the parsed certificates).
+    try:
+        pem_key = bytes(parsed.cert_chain_pem_bytes() or b"")
+    except Exception:  # an unreadable chain: read (and refused) below as before
+        pem_key = b""
+    except BaseException as exc:
+        raise _panic(exc) from None
+    known = _PLATFORMS.get((pem_key,)) if pem_key else None
+    fields = _td_fields(parsed) if known is None else _td_fields(parsed, known[0])
     if fields is None:
         tee_type = parsed.header.tee_type
         kind = "SGX" if tee_type == 0 else f"TEE type {tee_type:#x}"
@@ -246,6 +261,9 @@ def parse_tdx_quote(quote: bytes) -> ParsedQuote:
         raise QuoteVerificationError(
             QuoteFailure.UNSUPPORTED_QUOTE, f"TDX quote version {fields.version}"
         )
+    if known is not None:
+        _, ca, chain, instance_id = known
+        return ParsedQuote(raw, fields, known[0], ca, chain, instance_id)
     try:
         ca = str(parsed.ca())
         pem = parsed.cert_chain_pem_bytes()
@@ -260,7 +278,10 @@ def parse_tdx_quote(quote: bytes) -> ParsedQuote:
         raise QuoteVerificationError(
             QuoteFailure.CERTIFICATE_CHAIN, "the quote carries no usable PCK chain"
         )
-    return ParsedQuote(raw, fields, fields.fmspc, ca, chain, _platform_instance_id(parsed))
+    instance_id = _platform_instance_id(parsed)
+    if pem_key:
+        _PLATFORMS.put((pem_key,), (fields.fmspc, ca, chain, instance_id))
+    return ParsedQuote(raw, fields, fields.fmspc, ca, chain, instance_id)
 
 
 @functools.lru_cache(maxsize=CHAIN_CACHE_SIZE)
@@ -287,25 +308,24 @@ class _VerifiedChain:
     valid_until: float
 
 
-class _ChainCache:
-    """Bounded LRU of PCK chains whose signatures verified to a pinned root.
-
-    Keyed by the chain's certificates (compared by their exact DER bytes) and the tuple of
+class _Lru:
+    """A bounded LRU. As :data:`_CHAINS`, of PCK chains whose signatures verified to a
+    pinned root, keyed by the chain's certificates (compared by their exact DER bytes) and the tuple of
     roots tried: a hit is only ever the same chain under the same roots, whose signatures
     verify the same way every time. Validity at ``now`` is checked on every use; a chain
     that failed is never kept."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: dict[tuple[Any, ...], _VerifiedChain] = {}
+        self._entries: dict[tuple[Any, ...], Any] = {}
 
-    def get(self, key: tuple[Any, ...]) -> _VerifiedChain | None:
+    def get(self, key: tuple[Any, ...]) -> Any:
         hit = self._entries.pop(key, None)
         if hit is not None:
             self._entries[key] = hit  # most recently used last
         return hit
 
-    def put(self, key: tuple[Any, ...], value: _VerifiedChain) -> None:
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
         self._entries.pop(key, None)
         self._entries[key] = value
         while len(self._entries) > self.size:
@@ -318,7 +338,11 @@ class _ChainCache:
         return len(self._entries)
 
 
-_CHAINS = _ChainCache(CHAIN_CACHE_SIZE)
+_CHAINS = _Lru(CHAIN_CACHE_SIZE)
+"""Verified PCK chains (:func:`check_pck_chain`)."""
+_PLATFORMS = _Lru(CHAIN_CACHE_SIZE)
+"""What an exact PCK chain (PEM bytes) says of its platform (:func:`parse_tdx_quote`):
+``(fmspc, ca, certificates, platform instance id)``; only chains that parsed whole."""
 
 
 def _not_valid() -> QuoteVerificationError:
@@ -341,7 +365,7 @@ def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) ->
     checks; the validity period is checked against ``now`` every time.
     """
     key = (parsed.pck_chain, tuple(roots))
-    known = _CHAINS.get(key)
+    known: _VerifiedChain | None = _CHAINS.get(key)
     if known is not None:
         if not known.valid_from <= now <= known.valid_until:
             raise _not_valid()

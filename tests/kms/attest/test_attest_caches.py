@@ -88,7 +88,7 @@ def test_a_cached_chain_does_not_save_a_tampered_quote() -> None:
 
 
 def test_the_chain_cache_is_bounded_and_evicts_the_least_recently_used() -> None:
-    cache = verify_module._ChainCache(3)
+    cache = verify_module._Lru(3)
     value = verify_module._VerifiedChain(b"root", 0.0, 1.0)
     for k in range(10):
         cache.put((k,), value)
@@ -127,3 +127,31 @@ def test_collateral_with_a_bad_signature_is_refused_after_good_collateral_verifi
     assert reason(VERIFIER.verify, quote, bad, now=NOW) is QuoteFailure.BAD_COLLATERAL_SIGNATURE
     # And the good collateral still verifies afterwards.
     assert VERIFIER.verify(quote, COLLATERAL, now=NOW).tcb_status == "UpToDate"
+
+
+def test_a_platforms_facts_are_read_from_its_own_chain() -> None:
+    verify_module._PLATFORMS.clear()
+    fresh = parse_tdx_quote(TEE.quote(b""))
+    assert len(verify_module._PLATFORMS) == 1
+    again = parse_tdx_quote(TEE.quote(b"\x02"))
+    assert (again.fmspc, again.ca, again.pck_chain, again.platform_instance_id) == (
+        fresh.fmspc,
+        fresh.ca,
+        fresh.pck_chain,
+        fresh.platform_instance_id,
+    )
+    assert again.fields.report_data == b"\x02" + bytes(63)  # the TD fields are this quote's
+    other = simulated(63, fmspc=bytes.fromhex("00A06F000000"))
+    theirs = parse_tdx_quote(other.quote(b""))
+    assert theirs.fmspc == "00A06F000000" != fresh.fmspc
+    assert theirs.pck_chain != fresh.pck_chain
+    # A quote whose chain does not parse is refused as before, and not remembered.
+    size = len(verify_module._PLATFORMS)
+    quote = TEE.quote(b"")
+    pem = TEE.pck_chain_pem.encode()
+    broken = quote.replace(pem, pem.replace(b"BEGIN CERTIFICATE", b"BEGIN CERTIFICATX"))
+    assert reason(parse_tdx_quote, broken) in (
+        QuoteFailure.CERTIFICATE_CHAIN,
+        QuoteFailure.MALFORMED_QUOTE,
+    )
+    assert len(verify_module._PLATFORMS) == size

@@ -219,9 +219,9 @@ def breakdown(lines: Iterable[str]) -> dict[str, int]:
 def _speedscope_stacks(doc: dict[str, Any]) -> Iterable[str]:
     frames = doc["shared"]["frames"]
     for prof in doc["profiles"]:
-        for sample, weight in zip(prof["samples"], prof["weights"], strict=False):
+        for sample in prof["samples"]:  # one sample each (py-spy weighs them in seconds)
             names = [f"{frames[i]['name']} ({frames[i].get('file', '')})" for i in sample]
-            yield ";".join(names) + f" {int(weight)}"
+            yield ";".join(names) + " 1"
 
 
 def record(

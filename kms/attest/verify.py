@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -318,21 +319,25 @@ class _Lru:
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.Lock()  # verification may run in worker threads
 
     def get(self, key: tuple[Any, ...]) -> Any:
-        hit = self._entries.pop(key, None)
-        if hit is not None:
-            self._entries[key] = hit  # most recently used last
-        return hit
+        with self._lock:
+            hit = self._entries.pop(key, None)
+            if hit is not None:
+                self._entries[key] = hit  # most recently used last
+            return hit
 
     def put(self, key: tuple[Any, ...], value: Any) -> None:
-        self._entries.pop(key, None)
-        self._entries[key] = value
-        while len(self._entries) > self.size:
-            del self._entries[next(iter(self._entries))]
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = value
+            while len(self._entries) > self.size:
+                del self._entries[next(iter(self._entries))]
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

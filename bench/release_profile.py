@@ -315,7 +315,7 @@ def run(
 
     progress("in process: the release pipeline alone")
     per_second = in_process(quick)[0].ours
-    expected = int(seconds * 700) + 200  # more than a node can answer in the window
+    expected = int(seconds * 1500) + 200  # more than a node can answer in the window
     with tempfile.TemporaryDirectory(prefix="qkms-release-") as tmp:
         d = Path(tmp) / "devnet"
         progress("a devnet of 5 (t = 3)")

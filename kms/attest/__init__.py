@@ -107,6 +107,16 @@ dcap-qvl's exact strings. A message the table does not know is refused as
 CRL issuer chain, TCB Info's `pceId`, CRL `thisUpdate`, and the trust
 anchor's own validity period.
 
+## What is remembered between quotes
+
+Nothing that could let a quote through that a fresh verification refuses; all
+of it bounded (LRU): a PCK chain whose signatures verified to a pinned root,
+keyed by its exact certificates and the roots tried (its validity period is
+checked at every use); collateral's signed JSON documents, parsed once per
+exact text (for the floor's and the metadata's reads); collateral converted to
+dcap-qvl's object, once per equal collateral. dcap-qvl verifies every quote,
+its signature, QE report, CRLs and TCB level included, every time.
+
 ## Simulated quotes
 
 `kms.attest.simulated.SimulatedTEE` mints quotes (v4 and v5) and collateral in

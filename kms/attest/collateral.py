@@ -25,9 +25,11 @@ and never re-serialised.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import dcap_qvl
@@ -180,14 +182,8 @@ class Collateral:
 
     # --- what the collateral says about itself ---------------------------------------------
 
-    def _document(self, name: str) -> dict[str, object]:
-        try:
-            doc = load_json(getattr(self, name), name)
-        except ValueError:
-            raise _malformed(f"{name} is not JSON") from None
-        if not isinstance(doc, dict):
-            raise _malformed(f"{name} is not a JSON object")
-        return doc
+    def _document(self, name: str) -> Mapping[str, object]:
+        return _document(name, getattr(self, name))
 
     @property
     def fmspc(self) -> str:
@@ -270,6 +266,19 @@ class Collateral:
                 raise _malformed("a CRL has no nextUpdate")
             times.append(int(nu.timestamp()) - 1)
         return min(times)
+
+
+@functools.lru_cache(maxsize=64)
+def _document(name: str, text: str) -> Mapping[str, object]:
+    """The signed JSON document ``text`` (``tcb_info`` or ``qe_identity``), parsed once per
+    exact text (bounded) and read-only: collateral is read on every verification."""
+    try:
+        doc = load_json(text, name)
+    except ValueError:
+        raise _malformed(f"{name} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise _malformed(f"{name} is not a JSON object")
+    return MappingProxyType(doc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,12 @@ DEFAULT_ALLOWED_STATUSES = frozenset({"UpToDate", "SWHardeningNeeded"})
 means the remaining mitigations are the TD software's business."""
 
 _TD_REPORTS = (dcap_qvl.TdReport10, dcap_qvl.TdReport15, dcap_qvl.TdReport15Ex)
+
+CHAIN_CACHE_SIZE = 256
+"""PCK chains whose parse and signature checks are remembered (:func:`check_pck_chain`):
+one per platform seen lately. A platform's PCK chain is the same in every quote it makes."""
+COLLATERAL_CACHE_SIZE = 32
+"""Collateral converted to dcap-qvl's object, remembered (one per platform and CA)."""
 
 
 def _repr(obj: object, names: Iterable[str]) -> str:
@@ -122,16 +130,22 @@ class VerifiedQuote:
         return _repr(self, [n for n in self.__dataclass_fields__ if n != "fields"])
 
 
-def _td_fields(parsed: Any) -> TDFields | None:
-    """The TD fields of a parsed quote, or ``None`` if it is not a TDX quote."""
+_UNREAD = "unread"
+
+
+def _td_fields(parsed: Any, known_fmspc: str = _UNREAD) -> TDFields | None:
+    """The TD fields of a parsed quote, or ``None`` if it is not a TDX quote.
+    ``known_fmspc``: the FMSPC its PCK chain was already read to give."""
     header = parsed.header
     report = parsed.report
     if header.tee_type != TEE_TYPE_TDX or not isinstance(report, _TD_REPORTS):
         return None
-    try:
-        fmspc: str | None = parsed.fmspc().upper()
-    except Exception:  # dcap-qvl raises ValueError when the PCK chain is unreadable
-        fmspc = None
+    fmspc: str | None = None if known_fmspc is _UNREAD else known_fmspc
+    if known_fmspc is _UNREAD:
+        try:
+            fmspc = parsed.fmspc().upper()
+        except Exception:  # dcap-qvl raises ValueError when the PCK chain is unreadable
+            fmspc = None
     v15 = isinstance(report, dcap_qvl.TdReport15 | dcap_qvl.TdReport15Ex)
     return TDFields(
         version=header.version,
@@ -230,7 +244,16 @@ def parse_tdx_quote(quote: bytes) -> ParsedQuote:
         raise TypeError(f"quote must be bytes, not {type(quote).__name__}")
     raw = bytes(quote)
     parsed = _parse(raw)
-    fields = _td_fields(parsed)
+    # What the PCK chain says of its platform is read once per exact chain bytes (its
+    # leaf's FMSPC, CA and platform instance id, and the parsed certificates).
+    try:
+        pem_key = bytes(parsed.cert_chain_pem_bytes() or b"")
+    except Exception:  # an unreadable chain: read (and refused) below as before
+        pem_key = b""
+    except BaseException as exc:
+        raise _panic(exc) from None
+    known = _PLATFORMS.get((pem_key,)) if pem_key else None
+    fields = _td_fields(parsed) if known is None else _td_fields(parsed, known[0])
     if fields is None:
         tee_type = parsed.header.tee_type
         kind = "SGX" if tee_type == 0 else f"TEE type {tee_type:#x}"
@@ -239,10 +262,13 @@ def parse_tdx_quote(quote: bytes) -> ParsedQuote:
         raise QuoteVerificationError(
             QuoteFailure.UNSUPPORTED_QUOTE, f"TDX quote version {fields.version}"
         )
+    if known is not None:
+        _, ca, chain, instance_id = known
+        return ParsedQuote(raw, fields, known[0], ca, chain, instance_id)
     try:
         ca = str(parsed.ca())
         pem = parsed.cert_chain_pem_bytes()
-        chain = tuple(x509.load_pem_x509_certificates(bytes(pem).rstrip(b"\0"))) if pem else ()
+        chain = _load_chain(bytes(pem).rstrip(b"\0")) if pem else ()
     except Exception as exc:  # dcap-qvl raises ValueError, cryptography ValueError
         raise QuoteVerificationError(
             QuoteFailure.CERTIFICATE_CHAIN, f"unreadable PCK chain: {one_line(str(exc))}"
@@ -253,7 +279,16 @@ def parse_tdx_quote(quote: bytes) -> ParsedQuote:
         raise QuoteVerificationError(
             QuoteFailure.CERTIFICATE_CHAIN, "the quote carries no usable PCK chain"
         )
-    return ParsedQuote(raw, fields, fields.fmspc, ca, chain, _platform_instance_id(parsed))
+    instance_id = _platform_instance_id(parsed)
+    if pem_key:
+        _PLATFORMS.put((pem_key,), (fields.fmspc, ca, chain, instance_id))
+    return ParsedQuote(raw, fields, fields.fmspc, ca, chain, instance_id)
+
+
+@functools.lru_cache(maxsize=CHAIN_CACHE_SIZE)
+def _load_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
+    """The certificates of a PEM chain, parsed once per exact bytes (they are immutable)."""
+    return tuple(x509.load_pem_x509_certificates(pem))
 
 
 def _issued_by(cert: x509.Certificate, root: bytes) -> bool:
@@ -264,6 +299,63 @@ def _issued_by(cert: x509.Certificate, root: bytes) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class _VerifiedChain:
+    """What a PCK chain's signatures established, whatever the time: the pinned root it
+    ends at, and the window in which every one of its certificates is valid."""
+
+    root: bytes
+    valid_from: float
+    valid_until: float
+
+
+class _Lru:
+    """A bounded LRU. As :data:`_CHAINS`, of PCK chains whose signatures verified to a
+    pinned root, keyed by the chain's certificates (compared by their exact DER bytes) and the tuple of
+    roots tried: a hit is only ever the same chain under the same roots, whose signatures
+    verify the same way every time. Validity at ``now`` is checked on every use; a chain
+    that failed is never kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.Lock()  # verification may run in worker threads
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        with self._lock:
+            hit = self._entries.pop(key, None)
+            if hit is not None:
+                self._entries[key] = hit  # most recently used last
+            return hit
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = value
+            while len(self._entries) > self.size:
+                del self._entries[next(iter(self._entries))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_CHAINS = _Lru(CHAIN_CACHE_SIZE)
+"""Verified PCK chains (:func:`check_pck_chain`)."""
+_PLATFORMS = _Lru(CHAIN_CACHE_SIZE)
+"""What an exact PCK chain (PEM bytes) says of its platform (:func:`parse_tdx_quote`):
+``(fmspc, ca, certificates, platform instance id)``; only chains that parsed whole."""
+
+
+def _not_valid() -> QuoteVerificationError:
+    return QuoteVerificationError(
+        QuoteFailure.CERTIFICATE_CHAIN, "a PCK chain certificate is not valid now"
+    )
+
+
 def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) -> bytes:
     """The root (DER, one of ``roots``) that the quote's PCK chain verifies to at ``now``.
 
@@ -272,7 +364,17 @@ def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) ->
     certificate is valid at ``now``. Revocation needs the collateral's CRLs and is left to
     :func:`verify_quote`. Raises :class:`QuoteVerificationError`: ``UNTRUSTED_ROOT``
     when the chain ends at no pinned root, ``CERTIFICATE_CHAIN`` otherwise.
+
+    A chain whose signatures verified is remembered (bounded, keyed by its exact
+    certificates and ``roots``), so the same platform's next quote skips the signature
+    checks; the validity period is checked against ``now`` every time.
     """
+    key = (parsed.pck_chain, tuple(roots))
+    known: _VerifiedChain | None = _CHAINS.get(key)
+    if known is not None:
+        if not known.valid_from <= now <= known.valid_until:
+            raise _not_valid()
+        return known.root
     chain = list(parsed.pck_chain)
     try:
         # Names are parsed lazily: a malformed one raises here, inside the try.
@@ -280,22 +382,18 @@ def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) ->
             chain.pop()  # the quote's copy of its root: replaced by the pinned one
         for cert, issuer in itertools.pairwise(chain):
             cert.verify_directly_issued_by(issuer)
-        for cert in chain:
-            if not (
-                cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
-            ):
-                raise QuoteVerificationError(
-                    QuoteFailure.CERTIFICATE_CHAIN, "a PCK chain certificate is not valid now"
-                )
-    except QuoteVerificationError:
-        raise
+        valid_from = max(cert.not_valid_before_utc.timestamp() for cert in chain)
+        valid_until = min(cert.not_valid_after_utc.timestamp() for cert in chain)
     except Exception as exc:  # bad signature, wrong issuer, an unsupported algorithm, ...
         raise QuoteVerificationError(
             QuoteFailure.CERTIFICATE_CHAIN,
             f"the PCK chain does not verify: {type(exc).__name__}",
         ) from None
+    if not valid_from <= now <= valid_until:
+        raise _not_valid()
     for root in roots:
         if _issued_by(chain[-1], root):
+            _CHAINS.put(key, _VerifiedChain(root, valid_from, valid_until))
             return root
     raise QuoteVerificationError(
         QuoteFailure.UNTRUSTED_ROOT, "the PCK chain does not end at a pinned root"
@@ -388,12 +486,7 @@ def verify_quote(
 
     # 2. dcap-qvl: root CRL, collateral signatures and times, PCK chain, QE report and
     #    identity, quote signature, TCB level, TD attributes.
-    try:
-        dcap_collateral = dcap_qvl.QuoteCollateralV3.from_json(coll.to_json())
-    except Exception as exc:
-        raise QuoteVerificationError(
-            QuoteFailure.MALFORMED_COLLATERAL, one_line(str(exc))
-        ) from None
+    dcap_collateral = _dcap_collateral(coll)
     try:
         report = dcap_qvl.verify_with_root_ca(quote, dcap_collateral, root_ca, now)
     except Exception as exc:
@@ -437,6 +530,22 @@ def verify_quote(
         tcb_evaluation_data_number=coll.tcb_evaluation_data_number,
         platform_instance_id=instance_id,
     )
+
+
+@functools.lru_cache(maxsize=COLLATERAL_CACHE_SIZE)
+def _dcap_collateral_of(coll: Collateral) -> Any:
+    return dcap_qvl.QuoteCollateralV3.from_json(coll.to_json())
+
+
+def _dcap_collateral(coll: Collateral) -> Any:
+    """dcap-qvl's object for ``coll``, converted once per equal collateral (bounded): it
+    is the same input to verification, field for field, as a fresh conversion."""
+    try:
+        return _dcap_collateral_of(coll)
+    except Exception as exc:
+        raise QuoteVerificationError(
+            QuoteFailure.MALFORMED_COLLATERAL, one_line(str(exc))
+        ) from None
 
 
 def _platform_instance_id(parsed: Any) -> bytes | None:

@@ -241,7 +241,8 @@ def openapi_document() -> dict[str, Any]:
                     **BODY_REFUSALS,
                     "503": _resp(
                         "The node releases no keys (a KeyRefusal not-serving), or its disk"
-                        " is full (a KeyRefusal storage-full: ask another node or retry).",
+                        " is full (a KeyRefusal storage-full: ask another node or retry), or"
+                        " storing the request's records failed otherwise (storage-error: retry).",
                         _message_content(KeyRefusal),
                     ),
                 },
@@ -284,7 +285,8 @@ def openapi_document() -> dict[str, Any]:
                     **BODY_REFUSALS,
                     "503": _resp(
                         "The node releases no keys (a KeyRefusal not-serving), or its disk"
-                        " is full (a KeyRefusal storage-full: ask another node or retry).",
+                        " is full (a KeyRefusal storage-full: ask another node or retry), or"
+                        " storing the request's records failed otherwise (storage-error: retry).",
                         _message_content(KeyRefusal),
                     ),
                 },

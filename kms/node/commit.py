@@ -10,8 +10,10 @@ together (``NodeStore.record_releases``), in arrival order:
 * :meth:`GroupCommit.record` returns only once the transaction holding the
   release's entries has committed, so fsynced: a crash after the answer loses
   neither the nonce (replay protection) nor the audit records. If the commit
-  fails, it raises for every release of the batch (``StorageFull`` when the
-  disk is full), and none of their entries is kept.
+  fails, it raises a ``StoreError`` for every release of the batch
+  (``StorageFull`` when the disk is full; any other failure of the commit,
+  an I/O error or an exception, is a plain ``StoreError``), and none of their
+  entries is kept.
 * The entries are *pending* from the call until the commit ends:
   :meth:`GroupCommit.get_meta` reads them before the store, so a second request
   with the same nonce, arriving meanwhile, finds the nonce used (and an
@@ -165,6 +167,8 @@ class GroupCommit:
                 self._store.record_releases(writes)
         except StoreError as exc:
             error = exc
+        except Exception as exc:  # the batch is refused, typed, like a failed commit
+            error = StoreError(f"the release commit failed: {exc!r}")
         except BaseException as exc:
             error = StoreError(f"the release commit failed: {exc!r}")
             raise

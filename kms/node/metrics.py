@@ -126,6 +126,9 @@ STORAGE_REFUSALS = (
 )
 """The ``what`` labels of ``qkms_storage_full_refusals_total`` (``NodeService``)."""
 
+STORAGE_ERRORS = ("key request", "cert request")
+"""The ``what`` labels of ``qkms_storage_errors_total`` (``NodeService``)."""
+
 
 class NodeMetrics:
     """Counters of one node's events and the registry that exposes them with its state."""
@@ -143,6 +146,7 @@ class NodeMetrics:
         self.storage_full = False
         """True while the disk is full and the node refuses work (``qkms_storage_full``)."""
         self.storage_refusals: Counter[str] = Counter(dict.fromkeys(STORAGE_REFUSALS, 0))
+        self.storage_errors: Counter[str] = Counter(dict.fromkeys(STORAGE_ERRORS, 0))
         """Work refused or dropped because the disk is full, by what it was (every label
         exported from the start, at 0)."""
         """Outbound messages dropped because they cannot be encoded (by message type)."""
@@ -251,6 +255,10 @@ class NodeMetrics:
         """Work refused or dropped because the disk is full; ``what`` is a bounded label
         (``frame``, ``key request``, ``step`` …)."""
         self.storage_refusals[what] += 1
+
+    def storage_failed(self, what: str) -> None:
+        """A request refused because storing its records failed (not a full disk)."""
+        self.storage_errors[what] += 1
 
     def encode_failed(self, kind: str) -> None:
         self.encode_failures[kind] += 1
@@ -372,6 +380,13 @@ class NodeMetrics:
             " frame, a key or certificate request, an admin or policy request).",
             "what",
             self.storage_refusals,
+        )
+        yield _labelled(
+            "qkms_storage_errors_total",
+            "Key and certificate requests refused because storing their records failed for"
+            " another reason than a full disk (an I/O error, a busy database).",
+            "what",
+            self.storage_errors,
         )
         yield _gauge(
             "qkms_share_refused",

@@ -78,7 +78,7 @@ from kms.policy.gossip import (
     PolicyUnknown,
 )
 from kms.protocol import AppKeyCertRequest, KeyRefusal, KeyRequest
-from kms.store import NodeStore, StorageFull
+from kms.store import NodeStore, StorageFull, StoreError
 from mpc import hpke
 from mpc.broadcast import Outbound
 from mpc.codec import MessageDecodeError
@@ -106,6 +106,9 @@ STORAGE_PROBE_META = "storage/probe"
 """Meta entry written to learn that the disk takes writes again, when no step is held."""
 STORAGE_FULL = "storage-full"
 """The refusal reason of every request refused because the disk is full."""
+STORAGE_ERROR = "storage-error"
+"""The refusal reason of a key or certificate request whose records could not be stored
+for another reason than a full disk (an I/O error, a busy database): nothing was sent."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,19 @@ class StorageRefused(KeysNotServed):
     @property
     def refusal(self) -> KeyRefusal:
         return KeyRefusal(STORAGE_FULL, self.detail)
+
+
+@dataclass(frozen=True)
+class StorageFailed(KeysNotServed):
+    """A key or certificate request refused because storing its nonce and audit records
+    failed for another reason than a full disk (HTTP 503): no partial was sent, nothing
+    of it is kept, and the next request tries again."""
+
+    detail: str = "this node could not store the request's records"
+
+    @property
+    def refusal(self) -> KeyRefusal:
+        return KeyRefusal(STORAGE_ERROR, self.detail)
 
 
 class StorageHold:
@@ -584,6 +600,17 @@ class NodeService:
         except StorageFull as exc:
             self._storage_full("key request", exc)
             return StorageRefused(self.storage_refusal())
+        except StoreError as exc:
+            return self._storage_failed("key request", exc)
+
+    def _storage_failed(self, what: str, exc: StoreError) -> StorageFailed:
+        """A request's records could not be stored (not a full disk): refused, counted."""
+        self.metrics.storage_failed(what)
+        log.error(
+            "a request's records could not be stored: refused",
+            extra={"fields": {"request": what, "error": str(exc)[:200]}},
+        )
+        return StorageFailed()
 
     def refuse_key_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
         """A key request body that does not decode: counted as a refused request."""
@@ -600,6 +627,8 @@ class NodeService:
         except StorageFull as exc:
             self._storage_full("cert request", exc)
             return StorageRefused(self.storage_refusal())
+        except StoreError as exc:
+            return self._storage_failed("cert request", exc)
 
     def refuse_cert_request(self, exc: MessageDecodeError) -> ReleaseRefused | KeysNotServed:
         """A certificate request body that does not decode: counted as a refused request."""

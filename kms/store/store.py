@@ -38,7 +38,11 @@ message, instead of at the first secret read.
 **Deletion.** A retained share and the records of a finished run are
 overwritten, deleted with ``secure_delete`` on, and the write-ahead log is
 truncated, so the sealed bytes leave the SQLite files (what the file system
-or the disk keeps of freed blocks is beyond SQLite's reach). Operators back
+or the disk keeps of freed blocks is beyond SQLite's reach). No release batch
+starts between a deletion's commit and its truncation. If the truncation
+cannot finish (a full disk, a reader in another process holding an old
+snapshot), it is tried again after each later write transaction, release
+batches included, until it does. Operators back
 up identity and configuration, never this file: a restored share would undo
 a refresh.
 
@@ -560,41 +564,42 @@ class NodeStore:
             count += 1
             return sealer.seal(old.unseal(bytes(blob), aad), aad)
 
-        with self._write() as db:
-            row = db.execute("SELECT identity_seed, dkg_seed FROM identity").fetchone()
-            if row is not None:
-                db.execute(
-                    "UPDATE identity SET identity_seed = ?, dkg_seed = ? WHERE singleton = 1",
-                    (
-                        again(row[0], self._aad("identity", "identity_seed")),
-                        again(row[1], self._aad("identity", "dkg_seed")),
-                    ),
-                )
-            step("identity")
-            for run, key, data in db.execute(
-                "SELECT run, key, data FROM records WHERE secret = 1"
-            ).fetchall():
-                db.execute(
-                    "UPDATE records SET data = ? WHERE run = ? AND key = ?",
-                    (again(data, self._record_aad(bytes(run), str(key))), run, key),
-                )
-            step("records")
-            for epoch, sealed in db.execute("SELECT epoch, sealed FROM shares").fetchall():
-                db.execute(
-                    "UPDATE shares SET sealed = ? WHERE epoch = ?",
-                    (again(sealed, self._share_aad(int(epoch))), epoch),
-                )
-            step("shares")
-            head = self._meta(db, _META_AUDIT_HEAD)
-            if head is not None:
-                self._set_meta(db, _META_AUDIT_HEAD, again(head, self._head_aad()))
-            step("audit head")
-            check_aad = self._aad("meta", "value", _META_CHECK.encode())
-            self._set_meta(db, _META_SEALER, header)
-            self._set_meta(db, _META_CHECK, sealer.seal(_CHECK_PLAINTEXT, check_aad))
-            step("header")
-        self._sealer = sealer
-        self._checkpoint()
+        with self._writer_lock:  # no release batch seals under the old sealer meanwhile
+            with self._write() as db:
+                row = db.execute("SELECT identity_seed, dkg_seed FROM identity").fetchone()
+                if row is not None:
+                    db.execute(
+                        "UPDATE identity SET identity_seed = ?, dkg_seed = ? WHERE singleton = 1",
+                        (
+                            again(row[0], self._aad("identity", "identity_seed")),
+                            again(row[1], self._aad("identity", "dkg_seed")),
+                        ),
+                    )
+                step("identity")
+                for run, key, data in db.execute(
+                    "SELECT run, key, data FROM records WHERE secret = 1"
+                ).fetchall():
+                    db.execute(
+                        "UPDATE records SET data = ? WHERE run = ? AND key = ?",
+                        (again(data, self._record_aad(bytes(run), str(key))), run, key),
+                    )
+                step("records")
+                for epoch, sealed in db.execute("SELECT epoch, sealed FROM shares").fetchall():
+                    db.execute(
+                        "UPDATE shares SET sealed = ? WHERE epoch = ?",
+                        (again(sealed, self._share_aad(int(epoch))), epoch),
+                    )
+                step("shares")
+                head = self._meta(db, _META_AUDIT_HEAD)
+                if head is not None:
+                    self._set_meta(db, _META_AUDIT_HEAD, again(head, self._head_aad()))
+                step("audit head")
+                check_aad = self._aad("meta", "value", _META_CHECK.encode())
+                self._set_meta(db, _META_SEALER, header)
+                self._set_meta(db, _META_CHECK, sealer.seal(_CHECK_PLAINTEXT, check_aad))
+                step("header")
+            self._sealer = sealer
+            self._checkpoint()
         return count
 
     # --- transactions and helpers ----------------------------------------------------------
@@ -628,6 +633,18 @@ class NodeStore:
         if self._checkpoint_due and begin == "BEGIN IMMEDIATE" and conn is None:
             self._checkpoint()
 
+    @contextmanager
+    def _deleting(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that deletes secrets, then the WAL's truncation.
+
+        The release writer's lock is held from ``BEGIN`` to the truncation, so no
+        release batch commits in between (its write would make the truncation busy).
+        """
+        with self._writer_lock:
+            with self._write() as db:
+                yield db
+            self._checkpoint()
+
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction: ``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error."""
         return self._transaction("BEGIN IMMEDIATE")
@@ -636,21 +653,21 @@ class NodeStore:
         """A read transaction: one consistent snapshot over several statements."""
         return self._transaction("BEGIN DEFERRED")
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, conn: sqlite3.Connection | None = None) -> None:
         """Copy the WAL into the database and truncate it (after deleting secrets).
 
-        It does not wait for readers in other processes (an operator's status
-        query): if one holds an old snapshot, the WAL is truncated at the next
-        deletion or when the last connection closes. It runs after the deletion
-        has committed: when the disk is full it cannot copy the WAL back, and it
-        is tried again after each later write transaction until it succeeds (the
+        It does not wait for another writer or for readers (an operator's status
+        query in another process): SQLite then answers "busy", and so does a full
+        disk, which cannot take the WAL's pages back. Either way the truncation is
+        due: it is tried again after each later write transaction, on the main
+        connection or on the release writer (``conn``), until it succeeds (the
         deletion stands; the sealed bytes leave the WAL then).
         """
-        db = self._conn()
+        db = self._conn() if conn is None else conn
         try:
             db.execute("PRAGMA busy_timeout = 0")
             try:
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                row = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             finally:
                 db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
@@ -658,7 +675,8 @@ class NodeStore:
                 self._checkpoint_due = True
                 return
             raise _store_error(exc) from exc
-        self._checkpoint_due = False
+        # (busy, WAL frames, frames copied back): done when not busy and all copied.
+        self._checkpoint_due = row is None or int(row[0]) != 0 or row[1] != row[2]
 
     def _aad(self, table: str, column: str, *key: bytes) -> bytes:
         parts = (_AAD_DOMAIN, self._store_id, table.encode(), column.encode(), *key)
@@ -834,14 +852,12 @@ class NodeStore:
     def delete_records(self, run: bytes) -> int:
         """Delete (and overwrite) every record of a finished run; returns how many there were."""
         run = _check_run(run)
-        with self._write() as db:
+        with self._deleting() as db:
             db.execute(
                 "UPDATE records SET data = zeroblob(length(data)) WHERE run = ? AND secret = 1",
                 (run,),
             )
             count = db.execute("DELETE FROM records WHERE run = ?", (run,)).rowcount
-        if count:
-            self._checkpoint()
         return int(count)
 
     # --- the chain ------------------------------------------------------------------------------
@@ -943,7 +959,7 @@ class NodeStore:
         for kind, epoch, data in links:
             kind, epoch, data = self._check_link(kind, epoch, data)
             new[2 * epoch + (kind == "membership")] = (kind, epoch, data)
-        with self._write() as db:
+        with self._deleting() as db:
             rows = db.execute("SELECT position, kind, epoch, data FROM chain").fetchall()
             keep = {
                 int(p)
@@ -969,7 +985,6 @@ class NodeStore:
                         "INSERT INTO chain (position, kind, epoch, data) VALUES (?, ?, ?, ?)",
                         (position, kind, epoch, data),
                     )
-        self._checkpoint()
 
     # --- epochs and shares ----------------------------------------------------------------------
 
@@ -1143,7 +1158,7 @@ class NodeStore:
         once the new epoch is certified and acknowledged (``mpc.reshare.retention``).
         """
         epoch = _check_epoch(epoch)
-        with self._write() as db:
+        with self._deleting() as db:
             row = db.execute("SELECT epoch FROM current_epoch").fetchone()
             if row is None or epoch >= int(row[0]):
                 raise StoreError(
@@ -1155,7 +1170,6 @@ class NodeStore:
                 "UPDATE shares SET sealed = zeroblob(length(sealed)) WHERE epoch = ?", (epoch,)
             )
             db.execute("DELETE FROM shares WHERE epoch = ?", (epoch,))
-        self._checkpoint()
 
     # --- admitted apps --------------------------------------------------------------------------
 
@@ -1294,11 +1308,16 @@ class NodeStore:
         if not all(isinstance(w, ReleaseWrite) for w in writes):
             raise TypeError("writes must be ReleaseWrite values (NodeStore.release_write)")
         with self._writer_lock:
-            with self._transaction("BEGIN IMMEDIATE", self._release_writer()) as db:
+            writer = self._release_writer()
+            with self._transaction("BEGIN IMMEDIATE", writer) as db:
                 head = b""
                 for write in writes:
                     head = self._write_release(db, write)
-                return head if writes else self._audit_append(db, [])
+                if not writes:
+                    head = self._audit_append(db, [])
+            if self._checkpoint_due:  # a deletion's truncation that has not finished yet
+                self._checkpoint(writer)
+            return head
 
     def _release_writer(self) -> sqlite3.Connection:
         """The release writer's connection, opened on first use (under ``_writer_lock``)."""

@@ -163,6 +163,49 @@ def test_a_node_with_a_full_disk_refuses_key_requests_with_storage_full_and_serv
     trio.run(main)
 
 
+def test_a_commit_failing_otherwise_than_by_a_full_disk_is_a_typed_503_storage_error(
+    tmp_path: Path,
+) -> None:
+    """An I/O error, or any exception, in the release commit refuses that request with a
+    ``storage-error`` 503 (counted), not a 500; the node is not held, and serves again."""
+    owner = OwnerKey.from_seed(bytes([48]) * 32)
+
+    async def main() -> None:
+        async with local_committee(tmp_path, n=3, threshold=2) as c:
+            bundle = app_bundle(owner, c.mpk).encode()
+            s, answers = await c.fetch_keys(owner.app_id(), bundle=bundle)
+            assert s.done and all(isinstance(a, KeyResponse) for a in answers.values())
+            store, http = c.services[3].store, c.clients[3]
+            failures: list[BaseException] = [
+                StoreError("disk I/O error"),
+                RuntimeError("a bug in the commit"),
+            ]
+
+            def failing(writes: object) -> bytes:
+                raise failures[0]
+
+            store.record_releases = failing  # type: ignore[method-assign]
+            for _ in range(2):
+                _, req = c.key_request(owner.app_id())
+                r = await http.post(
+                    "/v1/keys",
+                    content=req.encode(),
+                    headers={"content-type": "application/msgpack"},
+                )
+                assert r.status_code == 503
+                refusal = decode(r.content)
+                assert isinstance(refusal, KeyRefusal) and refusal.reason == "storage-error"
+                failures.pop(0)
+            text = (await http.get("/metrics")).text
+            assert 'qkms_storage_errors_total{what="key request"} 2.0' in text
+            assert "qkms_storage_full 0.0" in text
+            del store.record_releases  # the store works again
+            s, answers = await c.fetch_keys(owner.app_id(), bundle=bundle)
+            assert s.done and isinstance(answers[3], KeyResponse)
+
+    trio.run(main)
+
+
 # --- a DKG: the held step and its messages ------------------------------------------------------
 
 NOW = 1_900_000_000.0

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -215,5 +216,40 @@ def test_a_deletion_whose_checkpoint_finds_the_disk_full_stands_and_the_wal_is_t
             ballast.unlink()
             store.set_meta("after", b"1")
             assert wal_bytes(path) == 0
+            assert_runs(store, [1, 2, 3])
+        assert integrity(path) == "ok"
+
+
+def test_a_deletion_whose_truncation_found_the_disk_full_leaves_the_wal_at_the_next_release() -> (
+    None
+):
+    """The same full disk at a deletion, then only key releases (the group commit's batches,
+    on the release writer, in a worker thread): the first release commit once space returns
+    truncates the WAL, and the deleted record's sealed bytes are gone from it."""
+    _need_root()
+    with small_tmpfs("4m") as mnt:
+        path = mnt / "node.db"
+        with NodeStore(path, tee_sealer()) as store:
+            for i in range(4):
+                store.put_records(run_id(i), records(i))
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as ro:
+                row = ro.execute(
+                    "SELECT data FROM records WHERE run = ? AND secret = 1", (run_id(0),)
+                ).fetchone()
+            blob = bytes(row[0])
+            ballast = mnt / "ballast"
+            size = fill(ballast)
+            os.truncate(ballast, size - 96 * 1024)
+            assert store.delete_records(run_id(0)) == 2
+            assert store._checkpoint_due
+            ballast.unlink()
+            write = store.release_write("nonce/1", b"x", [{"event": "key-release", "n": 1}])
+            worker = threading.Thread(target=store.record_releases, args=([write],))
+            worker.start()
+            worker.join(10)
+            assert not worker.is_alive()
+            assert store.audit_head()[0] == 1
+            assert wal_bytes(path) == 0
+            assert blob not in Path(f"{path}-wal").read_bytes()
             assert_runs(store, [1, 2, 3])
         assert integrity(path) == "ok"

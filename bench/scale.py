@@ -59,13 +59,13 @@ FULL_SIZES = (16, 32, 64)
 QUICK_SIZES = (16,)
 DELAY_MS = 10.0
 """One-way delay each node adds to every frame it receives: a 20 ms round trip."""
-DELTAS: dict[int, float] = {16: 0.25, 32: 0.5, 64: 1.0}
-"""Δ per size, below the node's default (``Schedule.default``: 2 s + 20 ms per member) so
-that a run stays short. Δ bounds honest delivery *including the time a frame waits for a
-CPU*: on two CPUs shared by n node processes a node's event loop can wait ~n/2 scheduler
-slices, and a tick gap over Δ/4 counts as a stall (the member then withholds its
-signature). On two CPUs n = 16 certified at none of 0.25, 0.5, 1 and 2.32 s (the
-default); ``--delta`` overrides."""
+DELTAS: dict[int, float] = {16: 4.0}
+"""Δ per size where it differs from the node's default (``Schedule.default``: 2 s + 20 ms
+per member). Δ bounds honest delivery *including the time a frame waits for a CPU*: on
+two CPUs shared by n node processes a node's event loop can wait ~n/2 scheduler slices,
+and a tick gap over Δ/4 counts as a stall (the member then withholds its signature).
+Measured on two CPUs: n = 16 fails at 0.25, 0.5, 1 and 2.32 s (its default) and
+certifies at 4 s. Other sizes use the default, not measured here; ``--delta`` overrides."""
 WINDOW_PERIOD = 30.0
 """Decision windows every 30 s: the join is decided at the first one after genesis."""
 STATUS_TIMEOUT = 3.0
@@ -602,7 +602,9 @@ def unavailable() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="n = 16 only (< 3 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="n = 16 only (about 10 min: see docs/performance.md)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the runs here")
     parser.add_argument("--sizes", default=None, help="comma-separated committee sizes")
     parser.add_argument("--delay-ms", type=float, default=DELAY_MS, help="one-way delay, ms")

@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from kms.api.answers import cert_answer, evidence_answer, key_answer, policy_answer
 from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
-from kms.api.shed import Shed, ShedLimits
+from kms.api.shed import BODY_TIMEOUT, Shed, ShedLimits
 from kms.node.evidence_log import EvidenceResult
 from kms.node.keyrelease import CertResult, KeysNotServed, ReleaseResult
 from kms.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -224,9 +224,12 @@ class _BoundedStarlette(Starlette):
     on_refusal: Callable[[str], None] | None = None
     shed_limits: ShedLimits | None = None
     on_shed: Callable[[str], None] | None = None
+    on_body_timeout: Callable[[str], None] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
-        shed = Shed(super().build_middleware_stack(), self.shed_limits, self.on_shed)
+        shed = Shed(
+            super().build_middleware_stack(), self.shed_limits, self.on_shed, self.on_body_timeout
+        )
         return BodyLimit(shed, self.body_limit, self.on_refusal)
 
 
@@ -434,6 +437,7 @@ def make_app(
     app.on_refusal = source.count_rejected
     app.shed_limits = shed
     app.on_shed = on_shed
+    app.on_body_timeout = lambda route: source.count_rejected(f"http body: {BODY_TIMEOUT}")
     return app
 
 

@@ -103,6 +103,8 @@ class NodeFileConfig:
     """Seconds one waits for a place at most before it is refused ``overloaded``."""
     release_retry_after: int = 1
     """The ``Retry-After`` seconds of an ``overloaded`` refusal."""
+    release_body_timeout: float = 5.0
+    """Seconds a key or certificate request's whole body may take to arrive (then ``408``)."""
     policy_new_app_rotations: int = 16
     """Most owner rotations a pushed bundle of an app this node has not admitted may carry."""
     announce: tuple[str, ...] = ()
@@ -192,6 +194,12 @@ def _int_in(value: Any, what: str, minimum: int, maximum: int) -> int:
 def _seconds_in(value: Any, what: str, maximum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= maximum:
         raise ConfigError(f"{what} must be a number of seconds from 0 to {maximum:g}")
+    return float(value)
+
+
+def _positive_seconds_in(value: Any, what: str, maximum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= maximum:
+        raise ConfigError(f"{what} must be a number of seconds above 0, at most {maximum:g}")
     return float(value)
 
 
@@ -696,6 +704,16 @@ _NODE: list[Setting] = [
         1,
         "the `Retry-After` seconds of an `overloaded` refusal",
         lambda v, w: _int_in(v, w, 0, 3600),
+    ),
+    Setting(
+        "node",
+        "release_body_timeout",
+        "number",
+        5.0,
+        "seconds the whole body of a key or app-key certificate request may take to arrive "
+        "(not per read); the request takes no place before it has, and one not complete by "
+        "then is answered `408` `body-timeout` (so a client trickling its body holds no place)",
+        lambda v, w: _positive_seconds_in(v, w, 300.0),
     ),
     Setting(
         "node",
@@ -1231,6 +1249,7 @@ def load(path: str | Path, *, testing: bool = False) -> NodeFileConfig:
         release_queue=node["release_queue"],
         release_queue_wait=node["release_queue_wait"],
         release_retry_after=node["release_retry_after"],
+        release_body_timeout=node["release_body_timeout"],
         announce=default_announce(node["listen"]) if "announce" not in raw_node else announce,
         public_url=default_public_url(node["http"]) if "public_url" not in raw_node else public_url,
         log_level=node["log_level"],

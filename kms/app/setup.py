@@ -357,6 +357,7 @@ def shed_limits(cfg: NodeFileConfig) -> ShedLimits:
         queue=cfg.release_queue,
         queue_wait=cfg.release_queue_wait,
         retry_after=cfg.release_retry_after,
+        body_timeout=cfg.release_body_timeout,
     )
 
 

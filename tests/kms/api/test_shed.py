@@ -259,6 +259,8 @@ def test_a_shed_without_a_counter_still_answers() -> None:
         {"queue_wait": -0.1},
         {"queue_wait": float("inf")},
         {"retry_after": -1},
+        {"body_timeout": 0},
+        {"body_timeout": float("nan")},
     ],
 )
 def test_limits_refuse_nonsense(bad: dict[str, Any]) -> None:
@@ -309,9 +311,12 @@ def test_config_defaults_and_settings(template: dict[str, Any], tmp_path: Path) 
             release_queue=0,
             release_queue_wait=2,
             release_retry_after=3,
+            release_body_timeout=1,
         )
     )
-    assert shed_limits(cfg) == ShedLimits(concurrency=4, queue=0, queue_wait=2.0, retry_after=3)
+    assert shed_limits(cfg) == ShedLimits(
+        concurrency=4, queue=0, queue_wait=2.0, retry_after=3, body_timeout=1.0
+    )
 
 
 @pytest.mark.parametrize(
@@ -326,6 +331,10 @@ def test_config_defaults_and_settings(template: dict[str, Any], tmp_path: Path) 
         {"release_queue_wait": float("inf")},
         {"release_queue_wait": float("nan")},
         {"release_retry_after": 1.5},
+        {"release_body_timeout": 0},
+        {"release_body_timeout": 301},
+        {"release_body_timeout": float("nan")},
+        {"release_body_timeout": True},
     ],
 )
 def test_config_refuses_nonsense(template: dict[str, Any], tmp_path: Path, bad: Any) -> None:

@@ -249,6 +249,7 @@ ROWS: dict[str, Rule] = {
     # The node's roles (``NodeService`` wires them): the release shell around the fenced
     # pipeline (it may import the store), policies and gossip, evidence, audit, status.
     "kms.node.keyrelease": NODE_SHELL,
+    "kms.node.commit": NODE_SHELL,
     "kms.node.policy_sync": NODE_SHELL,
     "kms.node.evidence_log": NODE_SHELL,
     "kms.node.audit_log": NODE_SHELL,

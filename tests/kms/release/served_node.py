@@ -26,6 +26,7 @@ from mesh import Mesh
 
 from kms.api.http import make_app
 from kms.api.pccs import make_pccs_app
+from kms.api.shed import ShedLimits
 from kms.attest import Collateral, CollateralFloor, Verifier
 from kms.attest.pccs import CollateralCache, CollateralProvider, PCCSClient
 from kms.attest.simulated import SimulatedTEE
@@ -197,6 +198,7 @@ class ServedNode:
         floor: CollateralFloor | None = None,
         fixed: Collateral | None = None,
         use_pccs: bool = True,
+        shed: ShedLimits | None = None,
         **limits: Any,
     ) -> None:
         c = committee()
@@ -234,7 +236,8 @@ class ServedNode:
         self.service.releaser = KeyReleaser(c.config.index, self.service.identity, verifier)
         self.service.keys.policy_source = FixedPolicies({APP: app_policy or policy()})
         self.http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=make_app(self.service)), base_url="http://node"
+            transport=httpx.ASGITransport(app=make_app(self.service, shed=shed)),
+            base_url="http://node",
         )
 
     def request(

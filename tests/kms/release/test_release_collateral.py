@@ -14,6 +14,7 @@ import pytest
 import trio
 from served_node import NOW, CountingPCCS, ServedNode, policy, run, tee
 
+from kms.api.shed import ShedLimits
 from kms.attest import Collateral, CollateralFloor
 from kms.protocol import KeyRefusal, KeyRequest, KeyResponse
 
@@ -80,7 +81,16 @@ def test_requests_failing_a_cheap_check_make_no_pccs_fetch(tmp_path: Path) -> No
 def test_concurrent_fetches_are_capped_and_one_per_platform(tmp_path: Path) -> None:
     platforms = [tee(200 + k, fmspc=bytes([0xA0, k, 0, 0, 0, 0])) for k in range(6)]
     pccs = CountingPCCS({p.fmspc.hex().upper(): p.collateral(NOW) for p in platforms})
-    node = ServedNode(tmp_path, pccs, [p.root_ca_der for p in platforms], max_concurrent_fetches=2)
+    # All 18 requests must wait on the fetches, not on the release limiter (a request waiting
+    # for its collateral holds a release place: with the default 8 places, the rest would be
+    # shed `overloaded` after the queue's 0.5 s).
+    node = ServedNode(
+        tmp_path,
+        pccs,
+        [p.root_ca_der for p in platforms],
+        max_concurrent_fetches=2,
+        shed=ShedLimits(concurrency=18),
+    )
     pccs.gate = trio.Event()
     answers: list[tuple[int, object]] = []
 

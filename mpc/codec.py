@@ -200,6 +200,11 @@ def message_types() -> dict[str, type[Message]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def is_message_type(kind: str) -> bool:
+    """Whether ``kind`` names a registered message type (without copying the registry)."""
+    return kind in _REGISTRY
+
+
 def decode(data: bytes) -> Message:
     """Decode any registered message; raises ``MessageDecodeError``."""
     if not isinstance(data, bytes | bytearray | memoryview):

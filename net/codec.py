@@ -38,7 +38,7 @@ import mpc.dkg.evidence
 import mpc.dkg.messages
 import mpc.membership.messages
 import mpc.reshare.retention
-from mpc.codec import MAX_MESSAGE_SIZE, Message, MessageDecodeError, decode, message_types
+from mpc.codec import MAX_MESSAGE_SIZE, Message, MessageDecodeError, decode, is_message_type
 from mpc.errors import InvalidEncoding
 
 __all__ = [
@@ -132,7 +132,7 @@ def _check(env: Envelope) -> None:
         raise EnvelopeError(EnvelopeFailure.MALFORMED, "payload must be bytes")
     if len(env.payload) > MAX_MESSAGE_SIZE:
         raise EnvelopeError(EnvelopeFailure.OVERSIZE, f"payload of {len(env.payload)} bytes")
-    if env.kind not in message_types():
+    if not is_message_type(env.kind):
         raise EnvelopeError(EnvelopeFailure.UNKNOWN_KIND, f"kind {env.kind[:_MAX_KIND]!r}")
 
 

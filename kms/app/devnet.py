@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -224,9 +225,28 @@ def write_state(directory: Path, state: dict[str, Any]) -> None:
     tmp.replace(directory / STATE_FILE)
 
 
+_POLL_CLIENT: httpx.Client | None = None
+_POLL_LOCK = threading.Lock()
+
+
+def poll_get(url: str, timeout: float) -> httpx.Response:
+    """``GET url`` for a poll loop, through one client per process.
+
+    ``httpx.get`` builds a client, and with it a TLS context (about 27 ms of CPU), on every
+    call, plain-HTTP URLs included; a devnet polled by several loops five times a second
+    spent most of a core on that. Connections are not kept alive: a restarted node is
+    never asked over a connection to its previous process."""
+    global _POLL_CLIENT
+    with _POLL_LOCK:
+        if _POLL_CLIENT is None:
+            _POLL_CLIENT = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+        client = _POLL_CLIENT
+    return client.get(url, timeout=timeout)
+
+
 def status_of(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
     try:
-        r = httpx.get(url + "/v1/status", timeout=timeout)
+        r = poll_get(url + "/v1/status", timeout=timeout)
         return dict(r.json()) if r.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
@@ -805,7 +825,7 @@ def _chain_indices(url: str) -> set[int]:
     from mpc.membership import AddMember, MembershipCertificate
 
     try:
-        links = _links(httpx.get(url + "/v1/chain", timeout=2.0).content)
+        links = _links(poll_get(url + "/v1/chain", timeout=2.0).content)
     except (httpx.HTTPError, ValueError):
         return set()
     out: set[int] = set()

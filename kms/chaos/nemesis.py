@@ -35,8 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from kms.app.devnet import poll_get
 from kms.chaos.committee import LabCommittee, LabNode
 from kms.chaos.observe import ObservationWriter
 
@@ -277,7 +276,7 @@ class Nemesis:
             if not n.running or n.paused:
                 continue
             try:
-                r = httpx.get(n.url + "/v1/chain", timeout=2.0)
+                r = poll_get(n.url + "/v1/chain", timeout=2.0)
                 links = chain_links(r.content) if r.status_code == 200 else []
             except Exception:  # an unreachable member, or an answer that does not decode
                 links = []

@@ -117,6 +117,8 @@ class Dispatch:
         self.removed: dict[ParticipantIndex, Participant | None] = {}
         """Recently removed members, oldest first (at most ``RECENTLY_REMOVED``), with their
         participant records (their identity keys authenticate their chain requests)."""
+        self._allowed: tuple[ChainState, frozenset[ParticipantIndex]] | None = None
+        """``allowed_peers`` of the last chain state it was asked for (states are frozen)."""
 
     def note_removed(self, before: ChainState, after: ChainState) -> None:
         """Remember who ``after`` removed (for their chain requests); forget the rest's
@@ -143,9 +145,15 @@ class Dispatch:
         """Who this node takes protocol messages from: the current committee and the
         members a certified change is adding (before any chain: the configured
         participants). Everyone else is refused."""
-        if self._c.state is None:
+        state = self._c.state
+        if state is None:
             return frozenset(self._c._participants)
-        return frozenset(members_of(self._c.state))
+        cached = self._allowed
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        peers = frozenset(members_of(state))
+        self._allowed = (state, peers)
+        return peers
 
     def receive(self, peer: ParticipantIndex, message: Message, now: float) -> None:
         """Hand an authenticated message to its part (``RemoteProtocolError`` if refused)."""

@@ -184,12 +184,12 @@ class Devnet:
         return {i: self.status(i) for i in (indices if indices is not None else self.indices)}
 
     def metrics(self, index: int) -> str:
-        r = httpx.get(self.url(index) + "/metrics", timeout=3.0)
+        r = devnet.poll_get(self.url(index) + "/metrics", timeout=3.0)
         r.raise_for_status()
         return r.text
 
     def health(self, index: int) -> int:
-        return httpx.get(self.url(index) + "/health", timeout=3.0).status_code
+        return devnet.poll_get(self.url(index) + "/health", timeout=3.0).status_code
 
     def schedule(self, attempt: int = 0) -> Schedule:
         """The genesis DKG's phase deadlines, as every node computes them."""

@@ -41,12 +41,12 @@ included, and virtual time must stand still during a commit.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import trio
-import trio.testing
 
 from kms.store import AuditRecord, NodeStore, ReleaseWrite, StoreError
 
@@ -157,9 +157,7 @@ class GroupCommit:
         error: StoreError | None = None
         threaded = self.threaded
         if threaded is None:
-            threaded = len(batch) > self._inline_max and not isinstance(
-                trio.lowlevel.current_clock(), trio.testing.MockClock
-            )
+            threaded = len(batch) > self._inline_max and not _virtual_clock()
         try:
             if threaded:
                 await trio.to_thread.run_sync(self._store.record_releases, writes)
@@ -183,3 +181,10 @@ class GroupCommit:
                         del self._pending[n]
                 q.finished.set()
                 q.woken.set()
+
+
+def _virtual_clock() -> bool:
+    """Whether trio runs on its virtual clock (``trio.testing.MockClock``). A process
+    that never imported ``trio.testing`` (which imports pytest) cannot be on it."""
+    testing = sys.modules.get("trio.testing")
+    return testing is not None and isinstance(trio.lowlevel.current_clock(), testing.MockClock)

@@ -168,6 +168,8 @@ class NodeCore:
         """Where this node is in its lifecycle (``kms.node.phase``); changed only by
         ``_enter``, which checks the transition table."""
         self._was_member = False
+        self._phase_inputs: tuple[ChainState | None, SharingSession | None] | None = None
+        """The chain state and run ``_sync_phase`` last computed the phase from."""
         self.liveness = Liveness(config.delta)
         """Since when this process has ticked without a pause: a restarted node is a new
         ``NodeCore`` and starts counting at its first time."""
@@ -290,9 +292,16 @@ class NodeCore:
         self.phase = phase
 
     def _sync_phase(self) -> None:
-        """Enter the phase the current view puts this node in (``phase_of``)."""
+        """Enter the phase the current view puts this node in (``phase_of``).
+
+        ``phase_of`` depends only on the chain state and the sharing run (both replaced,
+        never changed in place), so nothing is recomputed while neither was replaced."""
         st = self.state
         run = self.sharing.run
+        last = self._phase_inputs
+        if last is not None and last[0] is st and last[1] is run:
+            return
+        self._phase_inputs = (st, run)
         if st is not None and not self._was_member:
             self._was_member = int(self.me) in st.used_indices or self.me in self._genesis_indices()
         self._enter(

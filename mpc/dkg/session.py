@@ -585,6 +585,13 @@ class SharingSession:
 
     def _log_accepted(self) -> None:
         """What this member heard is persisted too, so a restart keeps its view."""
+        if not (
+            self._key_round.has_accepted()
+            or self._deal_round.has_accepted()
+            or self._respond_round.has_accepted()
+            or self._justify_round.has_accepted()
+        ):
+            return  # the common case, checked at every step of the node
         for name, r in zip(_ROUND_NAMES, self._all_rounds(), strict=True):
             if not r.has_accepted():
                 continue

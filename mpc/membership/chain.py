@@ -25,6 +25,7 @@ by any higher attempt or later epoch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -64,7 +65,12 @@ class Committee:
 
     @property
     def indices(self) -> list[ParticipantIndex]:
-        return [ParticipantIndex(p.index) for p in self.members]
+        return list(self._indices)
+
+    @functools.cached_property
+    def _indices(self) -> tuple[ParticipantIndex, ...]:
+        """Computed once: a node asks for its committee's indices at every step."""
+        return tuple(ParticipantIndex(p.index) for p in self.members)
 
 
 def apply_change(

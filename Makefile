@@ -57,21 +57,19 @@ typecheck: $(STAMP)
 
 # Every test, slow multi-process ones included, plus ruff and mypy. The in-process tests
 # run on two workers. Then the slow multi-process ones, which keep wall-clock deadlines,
-# run one at a time; they mostly wait (about half a core), so beside them run the docs
-# run as written (marked `guide`: the operator guide's tutorial and the README's quick
-# start, which mostly wait on their node processes) and the real dstack SDK against `kms
-# agent` on a devnet (marked `sdk`; it mostly waits too). The two n = 64 compute-only
-# simulations (marked `long`: a virtual clock, no deadline) start first, on two workers
-# of their own at the lowest CPU priority (nice 19): they take only the CPU the other
-# lanes leave, so they never slow a test with a deadline, and print their report at the
-# end. The fault lab's smoke run (marked `chaos`: five node processes on network hosts of
-# their own under a nemesis, about 100 s; needs root, which CI has) comes after the slow
-# tests, not beside them: its load would break their deadlines.
-# (SLOW_WORKERS=2 runs two slow test files at once,
-# each file's tests on one worker so that a module's shared devnet starts once; the
-# deadlines assume one, and kms.app.devnet.free_port keeps ports distinct only within one
-# process, so two workers' devnets could pick the same port.)
-SLOW_WORKERS ?= 1
+# two test files at a time (each file's tests on one worker, so that a module's shared
+# devnet starts once; kms.app.devnet.free_port keeps ports distinct across processes);
+# they mostly wait (about half a core each), so beside them run the docs run as written
+# (marked `guide`: the operator guide's tutorial and the README's quick start, which mostly
+# wait on their node processes) and the real dstack SDK against `kms agent` on a devnet
+# (marked `sdk`; it mostly waits too). The two n = 64 compute-only simulations (marked
+# `long`: a virtual clock, no deadline) start first, on two workers of their own at the
+# lowest CPU priority (nice 19): they take the CPU the other lanes leave, and print their
+# report at the end. The fault lab's smoke run (marked `chaos`: five node processes on
+# network hosts of their own under a nemesis, about 100 s; needs root, which CI has)
+# comes after the slow tests, not beside them: its load would break their deadlines.
+# SLOW_WORKERS=1 runs the slow tests one at a time.
+SLOW_WORKERS ?= 2
 test: lint typecheck $(SDK_STAMP)
 	@long_log=$$(mktemp); guide_log=$$(mktemp); sdk_log=$$(mktemp); \
 	nice -n 19 $(PY) -m pytest -q -p no:cacheprovider -n 2 -m long --durations=2 >"$$long_log" 2>&1 & long_pid=$$!; \

@@ -13,6 +13,7 @@ ever makes carries one of these framed contexts.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -166,6 +167,24 @@ def _has_small_order(point: tuple[int, int]) -> bool:
     return point == (0, 1)
 
 
+POINT_CHECK_CACHE: Final = 4096
+"""Public key encodings whose point check (``_point_refusal``) one process remembers."""
+
+
+@functools.lru_cache(maxsize=POINT_CHECK_CACHE)
+def _point_refusal(data: bytes) -> str | None:
+    """Why ``data`` is refused as a public key (RFC 8032 §5.1.3 decoding, then the
+    small-order check), or ``None``. Pure big-integer arithmetic, about a tenth of a
+    millisecond, and the same few identity keys arrive in every message: remembered for
+    the last ``POINT_CHECK_CACHE`` encodings (a flood of new ones only evicts)."""
+    point = _decode_point(data)
+    if point is None:
+        return "Ed25519 public key is not a valid curve point"
+    if _has_small_order(point):
+        return "Ed25519 public key is a small-order point"
+    return None
+
+
 # --- Keys -------------------------------------------------------------------------------------
 
 
@@ -226,11 +245,9 @@ class VerifyKey:
 
     @classmethod
     def _decode(cls, data: bytes) -> VerifyKey:
-        point = _decode_point(data)
-        if point is None:
-            raise InvalidEncoding("Ed25519 public key is not a valid curve point")
-        if _has_small_order(point):
-            raise InvalidEncoding("Ed25519 public key is a small-order point")
+        refused = _point_refusal(bytes(data))
+        if refused is not None:
+            raise InvalidEncoding(refused)
         try:
             key = Ed25519PublicKey.from_public_bytes(data)
         except ValueError as exc:

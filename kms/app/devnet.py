@@ -20,8 +20,10 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,21 +41,59 @@ STATE_FILE = "devnet.json"
 
 
 _HANDED_OUT: set[int] = set()
+_CLAIMS = Path(tempfile.gettempdir()) / f"qkms-ports-{os.getuid()}"
+"""Ports handed out by any process of this user on this machine, one empty file each."""
+CLAIM_HOLD = 600.0
+"""Seconds a handed-out port stays claimed: long enough for its node to start and bind."""
+_CLAIM_TRIES = 64
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on, never the same one twice in this process.
+    """A loopback port nobody listens on, never the same one twice in this process, nor
+    (through a claim file) in another process of this user within ``CLAIM_HOLD`` seconds.
 
-    The kernel may hand a just-released ephemeral port out again, so two calls
-    could otherwise return the same port for two listeners of one devnet.
+    The kernel may hand a just-released ephemeral port out again, so two calls — in one
+    process, or in two test runs side by side — could otherwise return the same port for
+    two listeners before either binds it.
     """
+    tries = 0
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+        if port in _HANDED_OUT:
+            continue
+        tries += 1
+        if tries <= _CLAIM_TRIES and not _claim(port):
+            continue
+        _HANDED_OUT.add(port)
+        return port
+
+
+def _claim(port: int) -> bool:
+    """Claim ``port`` for ``CLAIM_HOLD`` seconds; ``False`` if another process holds it.
+    Without a usable claim directory (not ours, or open to others) every port is ours:
+    the process's own set still keeps its ports distinct."""
+    try:
+        _CLAIMS.mkdir(mode=0o700, exist_ok=True)
+        st = _CLAIMS.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return True
+        path = _CLAIMS / str(port)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+            return True
+        except FileExistsError:
+            try:
+                age = time.time() - path.lstat().st_mtime
+            except FileNotFoundError:
+                return False  # released just now by another process: try another port
+            if age < CLAIM_HOLD:
+                return False
+            path.unlink(missing_ok=True)  # a stale claim: free for a later call
+            return False
+    except OSError:
+        return True
 
 
 def create(

@@ -195,6 +195,24 @@ def test_invalid_point_verify_key_rejected(encoding: str) -> None:
         sig.VerifyKey.from_bytes(bytes.fromhex(encoding))
 
 
+def test_remembered_point_checks_give_the_same_verdicts_and_stay_bounded() -> None:
+    sig._point_refusal.cache_clear()
+    bad = [bytes.fromhex(e) for e in SMALL_ORDER_ED25519 + INVALID_ED25519]
+    for _ in range(2):  # the second round answers from memory, with the same refusals
+        for data in bad:
+            with pytest.raises(InvalidEncoding):
+                sig.VerifyKey.from_bytes(data)
+        assert sig.VerifyKey.from_bytes(RFC8032_PK).to_bytes() == RFC8032_PK
+    assert sig._point_refusal.cache_info().hits >= len(bad) + 1
+    # A flood of distinct valid keys only evicts older entries.
+    for i in range(sig.POINT_CHECK_CACHE + 50):
+        public = sig.SigningKey.from_seed(i.to_bytes(32, "big")).verify_key().to_bytes()
+        sig.VerifyKey.from_bytes(public)
+    assert sig._point_refusal.cache_info().currsize == sig.POINT_CHECK_CACHE
+    with pytest.raises(InvalidEncoding, match="small-order"):
+        sig.VerifyKey.from_bytes(bad[0])
+
+
 def test_generate_rejects_bad_rng() -> None:
     with pytest.raises(LocalProtocolError):
         sig.SigningKey.generate(lambda n: b"\x00" * (n + 1))

@@ -15,6 +15,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from mpc.dkg.schedule import Schedule
 from sim.run import simulate
 from sim.scenario import SCENARIO_DIR, Scenario
 
@@ -32,8 +33,10 @@ def scenario(n: int, malicious: int | None = None) -> Scenario:
         else [],
         expect={"disqualified_with_evidence": bad, "genesis_certified": True},
     )
-    schedule_end = 1.0 + 3 * (2 * 0.5 + 0.5 + 0.002 * n * t + t * 0.5) + 1.5 + 5.0
-    raw["duration"] = float(math.ceil(schedule_end))
+    # The genesis schedule the simulated nodes follow (run keys, three broadcast phases,
+    # certificate window), plus a margin.
+    end = Schedule.default(float(raw.get("genesis_start", 1.0)), n, t, delta=base.delta).end
+    raw["duration"] = float(math.ceil(end + 5.0))
     return Scenario.from_dict(raw)
 
 

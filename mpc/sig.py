@@ -233,6 +233,10 @@ class VerifyKey:
         """
         if not isinstance(data, bytes) or len(data) != PUBLIC_KEY_LENGTH:
             raise InvalidEncoding(f"Ed25519 public key must be {PUBLIC_KEY_LENGTH} bytes")
+        if type(data) is not bytes:
+            # The object's own contents, once, for both the point check and the key: a
+            # subclass's ``__bytes__``, ``__hash__`` or ``__eq__`` is not consulted.
+            data = bytes(memoryview(data))
         cache = _KEY_CACHE
         if cache is not None:
             hit = cache.get(data)
@@ -245,7 +249,7 @@ class VerifyKey:
 
     @classmethod
     def _decode(cls, data: bytes) -> VerifyKey:
-        refused = _point_refusal(bytes(data))
+        refused = _point_refusal(data)
         if refused is not None:
             raise InvalidEncoding(refused)
         try:

@@ -16,6 +16,7 @@ nodes (they die with it), and ``down`` stops it and them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -23,7 +24,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -41,8 +41,9 @@ STATE_FILE = "devnet.json"
 
 
 _HANDED_OUT: set[int] = set()
-_CLAIMS = Path(tempfile.gettempdir()) / f"qkms-ports-{os.getuid()}"
-"""Ports handed out by any process of this user on this machine, one empty file each."""
+_CLAIMS = Path(os.environ.get("XDG_RUNTIME_DIR") or Path.home() / ".cache") / "quorum-kms" / "ports"
+"""Ports handed out by any process of this user on this machine, one empty file each: in
+the user's own runtime or cache directory, which no other local user can create first."""
 CLAIM_HOLD = 600.0
 """Seconds a handed-out port stays claimed: long enough for its node to start and bind."""
 _CLAIM_TRIES = 64
@@ -73,27 +74,34 @@ def free_port() -> int:
 def _claim(port: int) -> bool:
     """Claim ``port`` for ``CLAIM_HOLD`` seconds; ``False`` if another process holds it.
     Without a usable claim directory (not ours, or open to others) every port is ours:
-    the process's own set still keeps its ports distinct."""
+    the process's own set still keeps its ports distinct. Claims are checked, released
+    when stale and made under one lock on the directory, so releasing a stale claim
+    never removes a claim another process made in the meantime."""
     try:
-        _CLAIMS.mkdir(mode=0o700, exist_ok=True)
+        _CLAIMS.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = _CLAIMS.lstat()
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
             return True
-        path = _CLAIMS / str(port)
+        lock = os.open(_CLAIMS / ".lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
         try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
-            return True
-        except FileExistsError:
-            try:
-                age = time.time() - path.lstat().st_mtime
-            except FileNotFoundError:
-                return False  # released just now by another process: try another port
-            if age < CLAIM_HOLD:
-                return False
-            path.unlink(missing_ok=True)  # a stale claim: free for a later call
-            return False
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _claim_locked(_CLAIMS / str(port))
+        finally:
+            os.close(lock)  # releases the lock
     except OSError:
         return True
+
+
+def _claim_locked(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+        return True
+    except FileExistsError:
+        pass
+    if time.time() - path.lstat().st_mtime < CLAIM_HOLD:
+        return False
+    path.unlink(missing_ok=True)  # a stale claim: free for a later call
+    return False
 
 
 def create(

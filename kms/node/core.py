@@ -301,7 +301,6 @@ class NodeCore:
         last = self._phase_inputs
         if last is not None and last[0] is st and last[1] is run:
             return
-        self._phase_inputs = (st, run)
         if st is not None and not self._was_member:
             self._was_member = int(self.me) in st.used_indices or self.me in self._genesis_indices()
         self._enter(
@@ -315,6 +314,7 @@ class NodeCore:
                 was_member=self._was_member,
             )
         )
+        self._phase_inputs = (st, run)  # after the transition: a refused one is tried again
 
     def _epoch_certificate(self, epoch: int) -> EpochCertificate | None:
         return self.follower.epoch_certificate(epoch)

@@ -213,6 +213,36 @@ def test_remembered_point_checks_give_the_same_verdicts_and_stay_bounded() -> No
         sig.VerifyKey.from_bytes(bad[0])
 
 
+def test_a_bytes_subclass_cannot_steer_the_point_check() -> None:
+    # The check and the key must both use the object's own contents: a subclass whose
+    # __bytes__ hands over an object with a lying __hash__/__eq__ would otherwise hit
+    # the remembered verdict of an honest key.
+    good = sig.SigningKey.from_seed(bytes(range(32))).verify_key().to_bytes()
+    small = bytes.fromhex(SMALL_ORDER_ED25519[0])
+    sig.VerifyKey.from_bytes(good)
+
+    class Liar(bytes):
+        def __hash__(self) -> int:
+            return hash(good)
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    class Carrier(bytes):
+        def __bytes__(self) -> bytes:
+            return Liar(small)
+
+    class Innocent(bytes):
+        def __bytes__(self) -> bytes:
+            return good
+
+    with pytest.raises(InvalidEncoding, match="small-order"):
+        sig.VerifyKey.from_bytes(Carrier(small))
+    with pytest.raises(InvalidEncoding, match="small-order"):
+        sig.VerifyKey.from_bytes(Innocent(small))
+    assert sig.VerifyKey.from_bytes(Carrier(good)).to_bytes() == good
+
+
 def test_generate_rejects_bad_rng() -> None:
     with pytest.raises(LocalProtocolError):
         sig.SigningKey.generate(lambda n: b"\x00" * (n + 1))

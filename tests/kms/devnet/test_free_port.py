@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,3 +100,49 @@ def test_a_full_claim_directory_does_not_hang_free_port(
     monkeypatch.setattr(devnet, "_claim", lambda port: False)
     port = devnet.free_port()  # gives up on claims after a bounded number of tries
     assert 0 < port < 65536
+
+
+def test_the_claim_directory_is_the_users_own_not_the_shared_temp_directory() -> None:
+    # A predictable name in a shared, sticky /tmp could be created first by another user.
+    own = Path(os.environ.get("XDG_RUNTIME_DIR") or Path.home())
+    assert devnet._CLAIMS.is_relative_to(own)
+    assert not devnet._CLAIMS.is_relative_to(tempfile.gettempdir())
+    devnet.free_port()
+    st = devnet._CLAIMS.lstat()
+    assert st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def test_releasing_a_stale_claim_holds_the_lock_that_other_claims_take(
+    claims: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between finding a claim stale and removing it, another process must not be able to
+    # release it and claim the port afresh (the removal would then delete that fresh
+    # claim, and a third process would be handed the port too).
+    claims.mkdir(mode=0o700)
+    stale = claims / "40005"
+    stale.touch()
+    old = time.time() - devnet.CLAIM_HOLD - 1
+    os.utime(stale, (old, old))
+    probe = (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(claims / '.lock')!r}, os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    print('free')\n"
+        "except BlockingIOError:\n"
+        "    print('held')\n"
+    )
+    seen: list[str] = []
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self == stale:
+            out = subprocess.run(
+                [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+            )
+            seen.append(out.stdout.strip() or out.stderr.strip())
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert not devnet._claim(40005)
+    assert seen == ["held"]

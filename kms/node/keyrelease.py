@@ -172,11 +172,14 @@ class KeyRelease:
         """The store writes of releases and certificates: committed in groups, each
         answered once durable; nonces pending a commit are read through it."""
 
-    def _nonce_use(self, needs: Needs | CertNeeds) -> NonceUse:
+    def _nonce_use(self, needs: Needs | CertNeeds, epoch: int | None = None) -> NonceUse:
         """The replay cache's word on the request's nonce: fresh, used by this very
-        request (answered again, nothing recorded), or used by another (refused)."""
+        request in ``epoch`` (answered again, nothing recorded), or used by another
+        (refused)."""
         raw = self.commits.get_meta("nonce/" + needs.nonce.hex())
-        return nonce_use(raw, now=int(self._clock.now()), request_hash=needs.request_hash)
+        return nonce_use(
+            raw, now=int(self._clock.now()), request_hash=needs.request_hash, epoch=epoch
+        )
 
     def _seen_nonce(self, needs: Needs | CertNeeds) -> bool:
         return self._nonce_use(needs) is NonceUse.REPLAYED
@@ -240,7 +243,7 @@ class KeyRelease:
         # Read again after the wait (the store, and the nonces pending a commit); from here
         # until the nonce is pending in the group commit nothing awaits, so of two identical
         # requests answered at once only the first records its nonce and audit.
-        use = self._nonce_use(needs)
+        use = self._nonce_use(needs, epoch)
         res = releaser.answer(
             needs,
             ReleaseInputs(
@@ -272,7 +275,7 @@ class KeyRelease:
         ttl = max(self.NONCE_TTL, 2 * releaser.max_skew + 60)
         await self._record(
             "nonce/" + res.nonce.hex(),
-            nonce_entry(now + ttl, needs.request_hash),
+            nonce_entry(now + ttl, needs.request_hash, epoch),
             [a.as_dict() for a in res.audit],
         )
         self._metrics.queued("kms/key-response")
@@ -360,7 +363,7 @@ class KeyRelease:
         # requests never both certify different keys.
         share, epoch = self._share_and_epoch()
         body = request.body
-        use = self._nonce_use(needs)
+        use = self._nonce_use(needs, epoch)
         res = certifier.answer(
             needs,
             CertInputs(
@@ -392,7 +395,7 @@ class KeyRelease:
         # kept for good (it is written again, unchanged, for the same key).
         await self._record(
             "nonce/" + res.nonce.hex(),
-            nonce_entry(now + ttl, needs.request_hash),
+            nonce_entry(now + ttl, needs.request_hash, epoch),
             [res.audit.as_dict()],
             also=[res.record],
         )

@@ -123,9 +123,12 @@ class NonceUse(enum.Enum):
     """What the replay cache says of a request's nonce (:func:`nonce_use`)."""
 
     FRESH = "fresh"
-    """Not seen, or its entry expired: answer, then record the nonce."""
+    """Not seen, or its entry expired, or seen for this very request under an earlier
+    epoch (the answer now comes from another share: a new release, with its own audit
+    records): answer, then record the nonce."""
     REPEAT = "repeat"
-    """Seen for this very request (same request hash): answer again, record nothing.
+    """Seen for this very request (same request hash) in this epoch: answer again,
+    record nothing.
     Anyone holding the request's bytes could send them first (a member forwarding what
     the CVM sent it); refusing the CVM's own copy then would deny it service."""
     REPLAYED = "replayed"
@@ -135,22 +138,45 @@ class NonceUse(enum.Enum):
 NONCE_EXPIRY_BYTES = 8
 
 
-def nonce_entry(expiry: int, request_hash: bytes) -> bytes:
-    """The replay cache's value for a nonce: ``expiry (8 bytes, big-endian) ‖ request hash``."""
-    return expiry.to_bytes(NONCE_EXPIRY_BYTES, "big") + bytes(request_hash)
+NONCE_EPOCH_BYTES = 8
 
 
-def nonce_use(entry: bytes | None, *, now: int, request_hash: bytes) -> NonceUse:
-    """Judge a replay cache entry (``None``: none) for a request with ``request_hash``.
+def nonce_entry(expiry: int, request_hash: bytes, epoch: int | None = None) -> bytes:
+    """The replay cache's value for a nonce: ``expiry (8 bytes, big-endian) ‖ request hash
+    ‖ epoch (8 bytes, big-endian)``, the epoch whose share answered it. Entries written
+    before epochs were kept end after the request hash."""
+    out = expiry.to_bytes(NONCE_EXPIRY_BYTES, "big") + bytes(request_hash)
+    if epoch is not None:
+        out += epoch.to_bytes(NONCE_EPOCH_BYTES, "big")
+    return out
+
+
+def nonce_use(
+    entry: bytes | None, *, now: int, request_hash: bytes, epoch: int | None = None
+) -> NonceUse:
+    """Judge a replay cache entry (``None``: none) for a request with ``request_hash``,
+    answered now from the share of ``epoch``.
 
     An entry written before request hashes were kept is the expiry alone: while it has
-    not expired it is a replay whatever the request, as it always was."""
+    not expired it is a replay whatever the request, as it always was. An entry written
+    before epochs were kept is a repeat in any epoch, as it was."""
     if entry is None or int.from_bytes(entry[:NONCE_EXPIRY_BYTES], "big") <= now:
         return NonceUse.FRESH
-    kept = entry[NONCE_EXPIRY_BYTES:]
-    if kept and kept == bytes(request_hash):
-        return NonceUse.REPEAT
-    return NonceUse.REPLAYED
+    request_hash = bytes(request_hash)
+    end = NONCE_EXPIRY_BYTES + len(request_hash)
+    kept = entry[NONCE_EXPIRY_BYTES:end]
+    if not kept or kept != request_hash:
+        return NonceUse.REPLAYED
+    kept_epoch = entry[end : end + NONCE_EPOCH_BYTES]
+    if (
+        epoch is not None
+        and len(kept_epoch) == NONCE_EPOCH_BYTES
+        and int.from_bytes(kept_epoch, "big") != epoch
+    ):
+        # The same request, answered before from another epoch's share: answering it
+        # now releases this epoch's partials, which no audit record names yet.
+        return NonceUse.FRESH
+    return NonceUse.REPEAT
 
 
 @dataclass(frozen=True)

@@ -145,3 +145,16 @@ def test_the_replay_cache_entry_names_the_request() -> None:
     legacy = (1000).to_bytes(8, "big")
     assert nonce_use(legacy, now=10, request_hash=rh) is NonceUse.REPLAYED
     assert nonce_use(legacy, now=1000, request_hash=rh) is NonceUse.FRESH
+
+
+def test_the_replay_cache_entry_names_the_epoch_that_answered() -> None:
+    rh, other = bytes(range(32)), bytes(32)
+    entry = nonce_entry(1000, rh, 7)
+    assert entry == (1000).to_bytes(8, "big") + rh + (7).to_bytes(8, "big")
+    assert nonce_use(entry, now=10, request_hash=rh, epoch=7) is NonceUse.REPEAT
+    # Answered before from another epoch's share: a new release, recorded again.
+    assert nonce_use(entry, now=10, request_hash=rh, epoch=8) is NonceUse.FRESH
+    assert nonce_use(entry, now=10, request_hash=other, epoch=8) is NonceUse.REPLAYED
+    assert nonce_use(entry, now=1000, request_hash=other, epoch=7) is NonceUse.FRESH
+    # An entry written before epochs were kept is a repeat in any epoch, as it was.
+    assert nonce_use(nonce_entry(1000, rh), now=10, request_hash=rh, epoch=8) is NonceUse.REPEAT

@@ -5,6 +5,7 @@ refuses every release in it and keeps nothing, and a nonce is served fresh at mo
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -271,3 +272,38 @@ def test_under_virtual_time_a_commit_does_not_let_the_clock_jump(tmp_path: Path)
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert store.get_meta("nonce/01") == b"v"
     store.close()
+
+
+def test_an_identical_repeat_after_an_epoch_switch_is_a_new_audited_release(
+    tmp_path: Path,
+) -> None:
+    # A repeat of the very request is answered again without a record only while the node
+    # answers from the same epoch's share: after a switch, the answer carries the new
+    # epoch's partials, which no audit record would otherwise name.
+    genuine = tee(1)
+    pccs = CountingPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
+    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der])
+    store = node.service.store
+    keys = node.service.keys
+
+    def audited_epochs() -> list[int]:
+        return [json.loads(e.entry)["epoch"] for e in store.audit_entries()]
+
+    async def main() -> None:
+        raw = node.request(genuine, seed=5)
+        assert isinstance(await node.post(raw), KeyResponse)
+        assert isinstance(await node.post(raw), KeyResponse)  # the same epoch: no record
+        share, epoch = keys._share_and_epoch()
+        assert audited_epochs() == [epoch]
+        keys._share_and_epoch = lambda: (share, epoch + 1)  # the node moved on (a reshare)
+        assert isinstance(await node.post(raw), KeyResponse)
+        assert audited_epochs() == [epoch, epoch + 1]
+        assert isinstance(await node.post(raw), KeyResponse)  # a repeat in the new epoch
+        assert audited_epochs() == [epoch, epoch + 1]
+        # Another request with that nonce is still a replay, in any epoch.
+        other = node.request(genuine, seed=5, timestamp=node.clock.t + 1)
+        replayed = await node.post(other)
+        assert isinstance(replayed, KeyRefusal) and replayed.reason == "replayed-nonce"
+        store.audit_verify()
+
+    run(main)

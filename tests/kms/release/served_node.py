@@ -269,3 +269,10 @@ class ServedNode:
 
 def run(test: Any) -> None:
     trio.run(test)
+
+
+def genuine_node(directory: Path) -> tuple[SimulatedTEE, ServedNode]:
+    """A genuine platform and a node whose PCCS serves that platform's collateral."""
+    genuine = tee(1)
+    pccs = CountingPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
+    return genuine, ServedNode(directory, pccs, [genuine.root_ca_der])

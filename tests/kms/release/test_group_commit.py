@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from served_node import NOW, CountingPCCS, ServedNode, run, tee
+from served_node import NOW, genuine_node, run
 
 from kms.node.commit import GroupCommit
 from kms.node.release import nonce_entry
@@ -184,9 +184,7 @@ def test_a_committed_nonce_survives_reopening_the_store(tmp_path: Path) -> None:
 def test_the_same_nonce_twice_at_once_is_served_fresh_at_most_once(
     tmp_path: Path, threaded: bool | None
 ) -> None:
-    genuine = tee(1)
-    pccs = CountingPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
-    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der])
+    genuine, node = genuine_node(tmp_path)
     store = node.service.store
     commits = node.service.keys.commits
     commits.threaded = threaded
@@ -234,9 +232,7 @@ def test_the_same_nonce_twice_at_once_is_served_fresh_at_most_once(
 def test_a_node_answers_storage_full_for_every_release_of_a_failed_batch(
     tmp_path: Path,
 ) -> None:
-    genuine = tee(1)
-    pccs = CountingPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
-    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der])
+    genuine, node = genuine_node(tmp_path)
     store = node.service.store
 
     async def main() -> None:
@@ -280,9 +276,7 @@ def test_an_identical_repeat_after_an_epoch_switch_is_a_new_audited_release(
     # A repeat of the very request is answered again without a record only while the node
     # answers from the same epoch's share: after a switch, the answer carries the new
     # epoch's partials, which no audit record would otherwise name.
-    genuine = tee(1)
-    pccs = CountingPCCS({genuine.fmspc.hex().upper(): genuine.collateral(NOW)})
-    node = ServedNode(tmp_path, pccs, [genuine.root_ca_der])
+    genuine, node = genuine_node(tmp_path)
     store = node.service.store
     keys = node.service.keys
 

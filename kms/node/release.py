@@ -123,9 +123,9 @@ class NonceUse(enum.Enum):
     """What the replay cache says of a request's nonce (:func:`nonce_use`)."""
 
     FRESH = "fresh"
-    """Not seen, or its entry expired, or seen for this very request under an earlier
-    epoch (the answer now comes from another share: a new release, with its own audit
-    records): answer, then record the nonce."""
+    """Not seen, or its entry expired, or seen for this very request answered from an
+    earlier epoch or from an epoch the entry does not name (the answer now comes from a
+    share no audit record names: a new release): answer, then record the nonce."""
     REPEAT = "repeat"
     """Seen for this very request (same request hash) in this epoch: answer again,
     record nothing.
@@ -155,28 +155,33 @@ def nonce_use(
     entry: bytes | None, *, now: int, request_hash: bytes, epoch: int | None = None
 ) -> NonceUse:
     """Judge a replay cache entry (``None``: none) for a request with ``request_hash``,
-    answered now from the share of ``epoch``.
+    answered now from the share of ``epoch`` (``None``: not known to the caller).
 
     An entry written before request hashes were kept is the expiry alone: while it has
     not expired it is a replay whatever the request, as it always was. An entry written
-    before epochs were kept is a repeat in any epoch, as it was."""
+    before epochs were kept (the expiry and the request hash) names no epoch, so the
+    identical request answered now is recorded as a new release. Only an identical
+    request answered from the epoch the entry names is a repeat; from a later epoch it
+    is a new release, and from an earlier one (a node does not go back) a replay. An
+    entry of any other length is a replay."""
     if entry is None or int.from_bytes(entry[:NONCE_EXPIRY_BYTES], "big") <= now:
         return NonceUse.FRESH
     request_hash = bytes(request_hash)
     end = NONCE_EXPIRY_BYTES + len(request_hash)
-    kept = entry[NONCE_EXPIRY_BYTES:end]
-    if not kept or kept != request_hash:
+    if len(entry) not in (end, end + NONCE_EPOCH_BYTES):
+        return NonceUse.REPLAYED  # the expiry alone, or not an entry this code writes
+    if entry[NONCE_EXPIRY_BYTES:end] != request_hash:
         return NonceUse.REPLAYED
-    kept_epoch = entry[end : end + NONCE_EPOCH_BYTES]
-    if (
-        epoch is not None
-        and len(kept_epoch) == NONCE_EPOCH_BYTES
-        and int.from_bytes(kept_epoch, "big") != epoch
-    ):
-        # The same request, answered before from another epoch's share: answering it
-        # now releases this epoch's partials, which no audit record names yet.
-        return NonceUse.FRESH
-    return NonceUse.REPEAT
+    if epoch is None:
+        return NonceUse.REPEAT
+    if len(entry) == end:
+        return NonceUse.FRESH  # no epoch named: whichever share answered, no record says
+    kept = int.from_bytes(entry[end:], "big")
+    if epoch == kept:
+        return NonceUse.REPEAT
+    # The same request answered before from another epoch's share: from a later epoch
+    # the answer carries partials no audit record names yet; a node never goes back.
+    return NonceUse.FRESH if epoch > kept else NonceUse.REPLAYED
 
 
 @dataclass(frozen=True)

@@ -156,5 +156,12 @@ def test_the_replay_cache_entry_names_the_epoch_that_answered() -> None:
     assert nonce_use(entry, now=10, request_hash=rh, epoch=8) is NonceUse.FRESH
     assert nonce_use(entry, now=10, request_hash=other, epoch=8) is NonceUse.REPLAYED
     assert nonce_use(entry, now=1000, request_hash=other, epoch=7) is NonceUse.FRESH
-    # An entry written before epochs were kept is a repeat in any epoch, as it was.
-    assert nonce_use(nonce_entry(1000, rh), now=10, request_hash=rh, epoch=8) is NonceUse.REPEAT
+    # From an earlier epoch than the entry names: a node does not go back, a replay.
+    assert nonce_use(entry, now=10, request_hash=rh, epoch=6) is NonceUse.REPLAYED
+    # An entry written before epochs were kept names none: answered and recorded again.
+    assert nonce_use(nonce_entry(1000, rh), now=10, request_hash=rh, epoch=8) is NonceUse.FRESH
+    assert nonce_use(nonce_entry(1000, rh), now=10, request_hash=rh) is NonceUse.REPEAT
+    # An entry of no length this code writes is a replay, whatever the request.
+    for cut in (9, 39, 41, 44, 47, 49):
+        odd = (entry + bytes(8))[:cut]
+        assert nonce_use(odd, now=10, request_hash=rh, epoch=7) is NonceUse.REPLAYED

@@ -19,7 +19,7 @@ from served_node import NOW, genuine_node, run
 
 from kms.node.commit import GroupCommit
 from kms.node.release import nonce_entry
-from kms.protocol import KeyRefusal, KeyResponse
+from kms.protocol import KeyRefusal, KeyRequest, KeyResponse
 from kms.store import NodeStore, ReleaseWrite, StorageFull, StoreError, TEESealer
 
 
@@ -298,6 +298,40 @@ def test_an_identical_repeat_after_an_epoch_switch_is_a_new_audited_release(
         other = node.request(genuine, seed=5, timestamp=node.clock.t + 1)
         replayed = await node.post(other)
         assert isinstance(replayed, KeyRefusal) and replayed.reason == "replayed-nonce"
+        store.audit_verify()
+
+    run(main)
+
+
+def test_an_entry_written_before_epochs_were_kept_does_not_hide_a_new_epochs_release(
+    tmp_path: Path,
+) -> None:
+    # An entry of the previous format (expiry and request hash) names no epoch: the
+    # identical request answered after a switch is recorded, naming the new epoch.
+    genuine, node = genuine_node(tmp_path)
+    store = node.service.store
+    keys = node.service.keys
+
+    async def main() -> None:
+        raw = node.request(genuine, seed=6)
+        assert isinstance(await node.post(raw), KeyResponse)
+        share, epoch = keys._share_and_epoch()
+        name = "nonce/" + KeyRequest.decode(raw).body.nonce.hex()
+        value = store.get_meta(name)
+        assert value is not None and len(value) == 48
+        store.set_meta(name, value[:40])  # as the previous version wrote it
+        keys._share_and_epoch = lambda: (share, epoch + 1)
+        again = await node.post(raw)
+        assert isinstance(again, KeyResponse)
+        assert [json.loads(e.entry)["epoch"] for e in store.audit_entries()] == [
+            epoch,
+            epoch + 1,
+        ]
+        assert len(store.get_meta(name) or b"") == 48  # written again, naming the epoch
+        # A node answering from an earlier epoch than the entry names refuses the repeat.
+        keys._share_and_epoch = lambda: (share, epoch)
+        back = await node.post(raw)
+        assert isinstance(back, KeyRefusal) and back.reason == "replayed-nonce"
         store.audit_verify()
 
     run(main)

@@ -41,7 +41,7 @@ def test_honest_traffic_fits_the_caps_at_n10(sim_seed: int) -> None:
 
 
 @pytest.mark.slow  # several minutes of real cryptography at n = 64
-@pytest.mark.long  # run beside the slow multi-process tests by `make test`
+@pytest.mark.long  # `make test` runs it beside the other lanes, at the lowest CPU priority
 @pytest.mark.parallel  # a virtual clock: nothing here waits on the wall clock
 def test_honest_traffic_fits_the_caps_at_n64(sim_seed: int) -> None:
     _check(64, 43, 110.0, sim_seed)

@@ -12,7 +12,7 @@ from sim.scenario import SCENARIO_DIR, Scenario
 
 
 @pytest.mark.slow
-@pytest.mark.long  # run beside the slow multi-process tests by `make test`
+@pytest.mark.long  # `make test` runs it beside the other lanes, at the lowest CPU priority
 @pytest.mark.parallel  # a virtual clock: nothing here waits on the wall clock
 def test_n64_with_21_malicious_dealers(sim_seed: int) -> None:
     sc = Scenario.load_file(SCENARIO_DIR / "malicious-dealers-at-scale.toml")

@@ -8,6 +8,7 @@ The master public key is never taken from a node: it is pinned by the caller.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import queue
 import threading
@@ -611,6 +612,9 @@ class KeyClient:
     """Seconds before asking again, once no other member is left, the nodes whose
     connection failed (doubled each round, up to ``RESET_BACKOFF_MAX``)."""
     RESET_BACKOFF_MAX = 0.8
+    OVERLOADED_WAIT_MAX = 5.0
+    """The longest ``Retry-After`` of an overloaded node that the client honours before
+    asking it again (a longer one counts as this long)."""
 
     def _post(
         self,
@@ -733,13 +737,17 @@ class KeyClient:
         A node whose connection failed (``CONNECTION_FAILURES``, after ``_post``'s one
         repeat) is asked again when no other member is left, after ``RESET_BACKOFF``
         (doubling), while ``timeout`` seconds from the start allow: a restarting node
-        may be back. A node that refused or sent a bad answer is never asked again."""
+        may be back. So is a node that shed the request (``NodeOverloaded``), after its
+        ``Retry-After`` (at most ``OVERLOADED_WAIT_MAX``) if the deadline allows that
+        wait, else after the backoff. A node that refused or sent a bad answer is never
+        asked again."""
         asked: list[ParticipantIndex] = []
         ignored: dict[ParticipantIndex, str] = {}  # each node's last failure
         pending: dict[Future[object], ParticipantIndex] = {}
         deadline = time.monotonic() + self.timeout
         down: list[ParticipantIndex] = []  # connection failures, to be asked again
         backoff = self.RESET_BACKOFF
+        shed_wait = 0.0  # the longest Retry-After of the nodes in ``down`` that shed
 
         def submit(index: ParticipantIndex) -> None:
             if index not in asked:
@@ -759,8 +767,12 @@ class KeyClient:
                 # backoff, those whose connection failed, while the deadline allows.
                 if not down or time.monotonic() + backoff >= deadline:
                     break
-                time.sleep(backoff)
+                pause = max(backoff, shed_wait)
+                if time.monotonic() + pause >= deadline:
+                    pause = backoff  # no time to wait as asked: try once more, sooner
+                time.sleep(pause)
                 backoff = min(2 * backoff, self.RESET_BACKOFF_MAX)
+                shed_wait = 0.0
                 for index in down:
                     submit(index)
                 down.clear()
@@ -781,6 +793,10 @@ class KeyClient:
                     ignored[index] = f"node {int(index)}: {type(answer).__name__}: {answer}"
                     if isinstance(answer, (*CONNECTION_FAILURES, NodeOverloaded)):
                         down.append(index)  # asked again after a backoff if need be
+                    if isinstance(answer, NodeOverloaded) and answer.retry_after is not None:
+                        asked_wait = answer.retry_after
+                        if math.isfinite(asked_wait) and asked_wait > 0:
+                            shed_wait = max(shed_wait, min(asked_wait, self.OVERLOADED_WAIT_MAX))
                     failed = 1
                 if failed and not session.done:
                     ask(failed)
@@ -865,8 +881,9 @@ timeouts are not among them: a node that does not answer in time is hedged aroun
 
 class NodeOverloaded(Exception):
     """A node refused a request unread, ``503 overloaded`` (or another ``503`` with a JSON
-    body): not an answer. ``KeyClient`` asks another member, and this one again after a
-    backoff only when no other is left, as after a connection failure."""
+    body): not an answer. ``KeyClient`` asks another member, and this one again only when
+    no other is left, as after a connection failure, after its ``Retry-After``
+    (``KeyClient.OVERLOADED_WAIT_MAX`` at most) when the deadline allows."""
 
     def __init__(self, reason: str, retry_after: float | None) -> None:
         super().__init__(

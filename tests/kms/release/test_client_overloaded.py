@@ -7,13 +7,16 @@ backoff only when no other member is left, within the request's deadline.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from test_client_connection_retry import Flaky, admitted, disconnected, fetch, first_only, run
 
 from kms.app.testing import LocalCommittee
+from kms.client.http import KeyClient
 
 OVERLOADED = httpx.Response(
     503,
@@ -47,5 +50,53 @@ def test_an_overloaded_node_is_asked_again_when_no_other_is_left(tmp_path: Path)
         res = await trio.to_thread.run_sync(fetch, c, app, net)
         assert res.derived[("app", 1)] is not None
         assert net.asks[1] == 2  # shed, then asked again and answered
+
+    run(tmp_path, body)
+
+
+def _shed_once(retry_after: str, times: list[float]) -> object:
+    def fault(request: httpx.Request, n: int) -> httpx.Response | None:
+        times.append(time.monotonic())
+        if n > 1:
+            return None
+        return httpx.Response(
+            503,
+            json={"reason": "overloaded", "detail": "busy"},
+            headers={"retry-after": retry_after},
+        )
+
+    return fault
+
+
+def test_an_overloaded_node_is_asked_again_only_after_its_retry_after(tmp_path: Path) -> None:
+    """Node 1 sheds with ``Retry-After: 1``, node 3 is down: the client waits the second the
+    node asked for before asking it again (not its 0.1 s connection backoff)."""
+    times: list[float] = []
+
+    async def body(c: LocalCommittee) -> None:
+        app = await admitted(c, 93)
+        net = Flaky(c.blocking_transport(), {1: _shed_once("1", times), 3: disconnected})
+        res = await trio.to_thread.run_sync(fetch, c, app, net)
+        assert res.derived[("app", 1)] is not None
+        assert net.asks[1] == 2 and times[1] - times[0] >= 1.0, times
+
+    run(tmp_path, body)
+
+
+@pytest.mark.parametrize("retry_after", ["3600", "nan", "inf", "-5"])
+def test_a_node_cannot_stall_the_client_with_its_retry_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_after: str
+) -> None:
+    """A lying node's ``Retry-After`` is capped (and ignored when it is no number of
+    seconds): the client asks it again within ``OVERLOADED_WAIT_MAX``."""
+    monkeypatch.setattr(KeyClient, "OVERLOADED_WAIT_MAX", 0.5)
+    times: list[float] = []
+
+    async def body(c: LocalCommittee) -> None:
+        app = await admitted(c, 94)
+        net = Flaky(c.blocking_transport(), {1: _shed_once(retry_after, times), 3: disconnected})
+        res = await trio.to_thread.run_sync(fetch, c, app, net)
+        assert res.derived[("app", 1)] is not None
+        assert net.asks[1] == 2 and times[1] - times[0] < 3.0, times
 
     run(tmp_path, body)

@@ -72,6 +72,17 @@ MEASUREMENT = {
 COMPOSE_HASH = hashlib.sha256(b"the test apps' compose file").digest()
 
 
+def participant(
+    index: int, identity_seed: bytes, dkg_seed: bytes
+) -> tuple[SigningKey, hpke.PrivateKey, Participant]:
+    """Member ``index``'s identity key, DKG key and the participant record that binds
+    them (its DKG key signed by its identity), from two 32-byte seeds."""
+    ident = SigningKey.from_seed(identity_seed)
+    dkg, pub = hpke.derive_key_pair(dkg_seed)
+    sig = ident.sign(CTX_DKG_KEY, Participant.dkg_key_statement(index, pub))
+    return ident, dkg, Participant(index, ident.verify_key().to_bytes(), pub, sig)
+
+
 def app_boot(app_id: bytes) -> tuple[bytes, dict[str, bytes]]:
     """The RTMR3 event log of a dstack CVM booted for ``app_id`` with ``COMPOSE_HASH``,
     and its registers (``MEASUREMENT`` with the RTMR3 the log replays to)."""
@@ -373,10 +384,7 @@ async def local_committee(
     seeds = {i: (rnd.randbytes(32), rnd.randbytes(32)) for i in range(1, n + 1)}
     keys = {}
     for i, (id_seed, dkg_seed) in seeds.items():
-        ident = SigningKey.from_seed(id_seed)
-        dkg, pub = hpke.derive_key_pair(dkg_seed)
-        sig = ident.sign(CTX_DKG_KEY, Participant.dkg_key_statement(i, pub))
-        keys[i] = (ident, dkg, Participant(i, ident.verify_key().to_bytes(), pub, sig))
+        keys[i] = participant(i, id_seed, dkg_seed)
     genesis = tuple(keys[i][2] for i in sorted(keys))
     configs = {
         ParticipantIndex(i): (

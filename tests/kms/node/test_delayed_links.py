@@ -10,14 +10,13 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from kms.app.testing import participant
 from kms.node.core import NodeConfig
 from kms.node.service import NodeService, TrioClock
 from kms.store import NodeStore, TEESealer
-from mpc import hpke
-from mpc.dkg.messages import Participant
 from mpc.dkg.schedule import Schedule
 from mpc.ids import ParticipantIndex as PI
-from mpc.sig import CTX_DKG_KEY, SigningKey
+from mpc.sig import SigningKey
 from net.delay import DelayedTransport
 from net.memory import MemoryNetwork, MemoryTransport
 from net.peerid import peer_id_from_ed25519
@@ -28,13 +27,7 @@ N, T, DELTA, START = 4, 3, 0.25, 5.0
 def test_a_dkg_with_delayed_receipt_certifies_in_its_first_attempt(tmp_path: Path) -> None:
     rnd = random.Random("delayed-links")
     seeds = {i: (rnd.randbytes(32), rnd.randbytes(32)) for i in range(1, N + 1)}
-    parts = []
-    for i, (ident_seed, dkg_seed) in seeds.items():
-        ident = SigningKey.from_seed(ident_seed)
-        _, pub = hpke.derive_key_pair(dkg_seed)
-        sig = ident.sign(CTX_DKG_KEY, Participant.dkg_key_statement(i, pub))
-        parts.append(Participant(i, ident.verify_key().to_bytes(), pub, sig))
-    genesis = tuple(parts)
+    genesis = tuple(participant(i, *seed)[2] for i, seed in seeds.items())
     services: dict[int, NodeService] = {}
     first = Schedule.default(START, N, T, delta=DELTA)
     done_at: dict[int, float] = {}

@@ -31,20 +31,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from kms.api import admin  # noqa: E402
-from kms.app.testing import app_bundle, local_committee  # noqa: E402
+from kms.app.testing import app_bundle, local_committee, participant  # noqa: E402
 from kms.node.model import NodeConfig  # noqa: E402
 from kms.node.persist import restore, share_to_bytes  # noqa: E402
 from kms.node.service import NodeService, TrioClock  # noqa: E402
 from kms.policy import OwnerKey  # noqa: E402
 from kms.protocol import KeyRefusal, KeyResponse  # noqa: E402
 from kms.store import NodeStore, StoreError, TEESealer  # noqa: E402
-from mpc import hpke  # noqa: E402
 from mpc.codec import decode  # noqa: E402
-from mpc.dkg.messages import Participant  # noqa: E402
 from mpc.ids import ParticipantIndex  # noqa: E402
 from mpc.math import G2  # noqa: E402
 from mpc.membership import Refresh  # noqa: E402
-from mpc.sig import CTX_DKG_KEY, SigningKey  # noqa: E402
 from net.memory import MemoryNetwork, MemoryTransport  # noqa: E402
 from net.peerid import peer_id_from_ed25519  # noqa: E402
 
@@ -220,10 +217,7 @@ async def committee(
     keys = {}
     for i in range(1, n + 1):
         id_seed, dkg_seed = bytes([i]) * 32, bytes([100 + i]) * 32
-        ident = SigningKey.from_seed(id_seed)
-        dkg, pub = hpke.derive_key_pair(dkg_seed)
-        sig = ident.sign(CTX_DKG_KEY, Participant.dkg_key_statement(i, pub))
-        keys[i] = (id_seed, dkg_seed, Participant(i, ident.verify_key().to_bytes(), pub, sig))
+        keys[i] = (id_seed, dkg_seed, participant(i, id_seed, dkg_seed)[2])
     genesis = tuple(keys[i][2] for i in sorted(keys))
     network = MemoryNetwork()
     clock = TrioClock(NOW)

@@ -14,15 +14,14 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from kms.app.testing import participant
 from kms.node.core import NodeConfig
 from kms.node.logs import JSONFormatter, TextFormatter, log_context
 from kms.node.metrics import NodeMetrics
 from kms.node.service import NodeService, TrioClock
 from kms.store import NodeStore, TEESealer
-from mpc import hpke
-from mpc.dkg.messages import Participant
 from mpc.ids import ParticipantIndex as PI
-from mpc.sig import CTX_DKG_KEY, SigningKey
+from mpc.sig import SigningKey
 from net.memory import MemoryNetwork, MemoryTransport
 from net.peerid import peer_id_from_ed25519
 
@@ -54,13 +53,7 @@ class Lines(logging.Handler):
 def committee(tmp_path: Path, n: int = 3) -> tuple[dict[int, NodeConfig], dict[int, Any]]:
     rnd = random.Random("node-metrics")
     seeds = {i: (rnd.randbytes(32), rnd.randbytes(32)) for i in range(1, n + 1)}
-    parts = []
-    for i, (ident_seed, dkg_seed) in seeds.items():
-        ident = SigningKey.from_seed(ident_seed)
-        _, pub = hpke.derive_key_pair(dkg_seed)
-        sig = ident.sign(CTX_DKG_KEY, Participant.dkg_key_statement(i, pub))
-        parts.append(Participant(i, ident.verify_key().to_bytes(), pub, sig))
-    genesis = tuple(parts)
+    genesis = tuple(participant(i, *seed)[2] for i, seed in seeds.items())
     configs = {
         i: NodeConfig(PI(i), genesis, 2, genesis_start=5.0, delta=0.5, window_period=1e9)
         for i in seeds

@@ -737,17 +737,18 @@ class KeyClient:
         A node whose connection failed (``CONNECTION_FAILURES``, after ``_post``'s one
         repeat) is asked again when no other member is left, after ``RESET_BACKOFF``
         (doubling), while ``timeout`` seconds from the start allow: a restarting node
-        may be back. So is a node that shed the request (``NodeOverloaded``), after its
-        ``Retry-After`` (at most ``OVERLOADED_WAIT_MAX``) if the deadline allows that
-        wait, else after the backoff. A node that refused or sent a bad answer is never
-        asked again."""
+        may be back. So is a node that shed the request (``NodeOverloaded``), but not
+        before its own ``Retry-After`` (at most ``OVERLOADED_WAIT_MAX``) has passed, if
+        the deadline allows that wait, else after the backoff; one node's wait never
+        holds back the others. A node that refused or sent a bad answer is never asked
+        again."""
         asked: list[ParticipantIndex] = []
         ignored: dict[ParticipantIndex, str] = {}  # each node's last failure
         pending: dict[Future[object], ParticipantIndex] = {}
         deadline = time.monotonic() + self.timeout
         down: list[ParticipantIndex] = []  # connection failures, to be asked again
         backoff = self.RESET_BACKOFF
-        shed_wait = 0.0  # the longest Retry-After of the nodes in ``down`` that shed
+        not_before: dict[ParticipantIndex, float] = {}  # nodes that shed: their Retry-After
 
         def submit(index: ParticipantIndex) -> None:
             if index not in asked:
@@ -765,17 +766,22 @@ class KeyClient:
             if not pending:
                 # Every member was asked and none is in flight: ask again, after a
                 # backoff, those whose connection failed, while the deadline allows.
-                if not down or time.monotonic() + backoff >= deadline:
+                now = time.monotonic()
+                if not down or now + backoff >= deadline:
                     break
-                pause = max(backoff, shed_wait)
-                if time.monotonic() + pause >= deadline:
-                    pause = backoff  # no time to wait as asked: try once more, sooner
-                time.sleep(pause)
+                # A node that shed waits until its own Retry-After (if the deadline
+                # allows it); the others only for the backoff.
+                due = {i: max(now + backoff, min(not_before.get(i, 0.0), deadline)) for i in down}
+                first = min(due.values())
+                if first >= deadline:
+                    first = now + backoff  # no time to wait as asked: try once more, sooner
+                    due = dict.fromkeys(down, first)
+                time.sleep(first - now)
                 backoff = min(2 * backoff, self.RESET_BACKOFF_MAX)
-                shed_wait = 0.0
-                for index in down:
+                for index in [i for i in down if due[i] <= first]:
+                    down.remove(index)
+                    not_before.pop(index, None)
                     submit(index)
-                down.clear()
                 continue
             done, _ = wait(pending, timeout=self.hedge_after, return_when=FIRST_COMPLETED)
             if not done:
@@ -796,7 +802,8 @@ class KeyClient:
                     if isinstance(answer, NodeOverloaded) and answer.retry_after is not None:
                         asked_wait = answer.retry_after
                         if math.isfinite(asked_wait) and asked_wait > 0:
-                            shed_wait = max(shed_wait, min(asked_wait, self.OVERLOADED_WAIT_MAX))
+                            wait_for = min(asked_wait, self.OVERLOADED_WAIT_MAX)
+                            not_before[index] = time.monotonic() + wait_for
                     failed = 1
                 if failed and not session.done:
                     ask(failed)

@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from test_client_connection_retry import Flaky, admitted, disconnected, fetch, first_only, run
+from test_client_connection_retry import (
+    Flaky,
+    admitted,
+    disconnected,
+    fetch,
+    first_only,
+    refused,
+    run,
+)
 
 from kms.app.testing import LocalCommittee
 from kms.client.http import KeyClient
@@ -100,3 +108,38 @@ def test_a_node_cannot_stall_the_client_with_its_retry_after(
         assert net.asks[1] == 2 and times[1] - times[0] < 3.0, times
 
     run(tmp_path, body)
+
+
+def test_one_nodes_retry_after_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    """A corrupt node 3 sheds every request with ``Retry-After: 5``; honest node 1 is
+    restarting (connections refused for 0.3 s). Node 1 is asked again after the
+    connection backoff, not after node 3's five seconds."""
+    elapsed: list[float] = []
+
+    async def body(c: LocalCommittee) -> None:
+        app = await admitted(c, 95)
+        back_at: list[float] = []
+
+        def restarting(request: httpx.Request, n: int) -> object:
+            if not back_at:
+                back_at.append(time.monotonic() + 0.3)
+            return refused(request, n) if time.monotonic() < back_at[0] else None
+
+        def shedder(request: httpx.Request, n: int) -> httpx.Response:
+            return httpx.Response(
+                503, json={"reason": "overloaded", "detail": "busy"}, headers={"retry-after": "5"}
+            )
+
+        net = Flaky(c.blocking_transport(), {1: restarting, 3: shedder})
+
+        def go() -> object:
+            began = time.monotonic()
+            res = fetch(c, app, net, timeout=10.0, read_timeout=1.0)
+            elapsed.append(time.monotonic() - began)
+            return res
+
+        res = await trio.to_thread.run_sync(go)
+        assert res.derived[("app", 1)] is not None  # type: ignore[attr-defined]
+
+    run(tmp_path, body)
+    assert elapsed[0] < 2.5, elapsed

@@ -299,6 +299,11 @@ def test_one_way_blocks_new_src_to_dst_and_resets_live_ones(
     a, b = agents["a"].host, agents["b"].host
     agents["b"].ok(op="open", id="ow", ip=a.ip, port=PORT)
     agents["a"].ok(op="open", id="back", ip=b.ip, port=PORT)
+    # Both connections live end to end (through the link proxy) before the partition: an
+    # open returns once the proxy accepted, and a loaded machine may not have it connected
+    # onward yet, so the proxy would have no live connection to reset.
+    agents["b"].ok(op="rtt", id="ow")
+    agents["a"].ok(op="rtt", id="back")
     the_lab.partition_oneway(b, a)
     try:
         # b's live connection to a was reset

@@ -38,8 +38,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         tmp_path_factory.mktemp("devnet") / "devnet",
         4,
         3,
-        delta=0.3,
-        start_in=5.0,
+        delta=0.5,
+        start_in=10.0,
         window_period=5.0,
     )
     try:
@@ -73,7 +73,7 @@ def test_four_node_genesis_dkg(net: Devnet) -> None:
     sts = net.wait_for(
         "epoch 0 with one key and a share at every node",
         lambda: net.converged(net.indices, epoch=0),
-        timeout=30,
+        timeout=90,
     )
     state = devnet.read_state(net.directory)
     expected = {int(n["index"]): n["peer_id"] for n in state["nodes"]}
@@ -100,7 +100,7 @@ def test_sigkill_after_genesis_and_restart(net: Devnet) -> None:
     (A restart at each point of the genesis DKG: ``test_devnet_in_process.py``.)"""
     victim = 4
     sts = net.wait_for(
-        "epoch 0 at every node", lambda: net.converged(net.indices, epoch=0), timeout=30
+        "epoch 0 at every node", lambda: net.converged(net.indices, epoch=0), timeout=90
     )
     mpk = sts[1]["master_public_key"]
     net.kill(victim)
@@ -136,7 +136,7 @@ def open_node_store(config: str) -> NodeStore:
 
 def test_node_exits_promptly_on_sigterm_and_its_store_reopens_intact(net: Devnet) -> None:
     sts = net.wait_for(
-        "epoch 0 with a share at every node", lambda: net.converged(net.indices, epoch=0), 40
+        "epoch 0 with a share at every node", lambda: net.converged(net.indices, epoch=0), 90
     )
     config = net.entry(1)["config"]
     with open_node_store(config) as store:  # a second reader while the node runs (WAL)
@@ -173,5 +173,5 @@ def test_node_exits_promptly_on_sigterm_and_its_store_reopens_intact(net: Devnet
     net.wait_for(
         "node 1 back at epoch 0 with its share",
         lambda: net.converged(net.indices, epoch=0),
-        timeout=30,
+        timeout=90,
     )

@@ -70,14 +70,21 @@ typecheck: $(STAMP)
 # comes after the slow tests, not beside them: its load would break their deadlines.
 # SLOW_WORKERS=1 runs the slow tests one at a time.
 SLOW_WORKERS ?= 2
+# The files that hold each lane's tests: a lane collects only its own files instead of
+# importing the whole suite to select two tests (tests/test_lanes.py keeps these lists equal
+# to the files that carry the marks).
+LONG_TESTS  = tests/sim/test_sim_peer_caps.py tests/sim/test_sim_scale.py
+GUIDE_TESTS = tests/docs/test_operator_guide.py
+SDK_TESTS   = tests/kms/agent/test_sdk.py
+CHAOS_TESTS = tests/kms/chaos/test_smoke.py
 test: lint typecheck $(SDK_STAMP)
 	@long_log=$$(mktemp); guide_log=$$(mktemp); sdk_log=$$(mktemp); \
-	nice -n 19 $(PY) -m pytest -q -p no:cacheprovider -n 2 -m long --durations=2 >"$$long_log" 2>&1 & long_pid=$$!; \
+	nice -n 19 $(PY) -m pytest -q -p no:cacheprovider -n 2 -m long --durations=2 $(LONG_TESTS) >"$$long_log" 2>&1 & long_pid=$$!; \
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not long" --durations=15; fast_rc=$$?; \
-	$(PY) -m pytest -q -p no:cacheprovider -m guide --durations=2 >"$$guide_log" 2>&1 & guide_pid=$$!; \
-	$(PY) -m pytest -q -p no:cacheprovider -m sdk --durations=3 >"$$sdk_log" 2>&1 & sdk_pid=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider -m guide --durations=2 $(GUIDE_TESTS) >"$$guide_log" 2>&1 & guide_pid=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider -m sdk --durations=3 $(SDK_TESTS) >"$$sdk_log" 2>&1 & sdk_pid=$$!; \
 	$(PY) -m pytest -q -m "slow and not parallel and not guide and not sdk and not chaos" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
-	$(PY) -m pytest -q -p no:cacheprovider -m chaos --durations=1; chaos_rc=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider -m chaos --durations=1 $(CHAOS_TESTS); chaos_rc=$$?; \
 	wait $$long_pid; long_rc=$$?; wait $$guide_pid; guide_rc=$$?; wait $$sdk_pid; sdk_rc=$$?; \
 	echo "--- the long simulations (run beside the other lanes, at the lowest priority) ---"; cat "$$long_log"; rm -f "$$long_log"; \
 	echo "--- the docs run as written (run beside the slow tests) ---"; cat "$$guide_log"; rm -f "$$guide_log"; \

@@ -62,10 +62,10 @@ typecheck: $(STAMP)
 # they mostly wait (about half a core each), so beside them run the docs run as written
 # (marked `guide`: the operator guide's tutorial and the README's quick start, which mostly
 # wait on their node processes) and the real dstack SDK against `kms agent` on a devnet
-# (marked `sdk`; it mostly waits too). The two n = 64 compute-only simulations (marked
-# `long`: a virtual clock, no deadline) start first, on two workers of their own at the
-# lowest CPU priority (nice 19): they take the CPU the other lanes leave, and print their
-# report at the end. The fault lab's smoke run (marked `chaos`: five node processes on
+# (marked `sdk`; it mostly waits too). The n = 64 compute-only simulation (marked `long`:
+# a virtual clock, no deadline; one run, two checks) starts first, in a process of its own
+# at the lowest CPU priority (nice 19): it takes the CPU the other lanes leave, and prints
+# its report at the end. The fault lab's smoke run (marked `chaos`: five node processes on
 # network hosts of their own under a nemesis, about 100 s; needs root, which CI has)
 # comes after the slow tests, not beside them: its load would break their deadlines.
 # SLOW_WORKERS=1 runs the slow tests one at a time.
@@ -73,13 +73,13 @@ SLOW_WORKERS ?= 2
 # The files that hold each lane's tests: a lane collects only its own files instead of
 # importing the whole suite to select two tests (tests/test_lanes.py keeps these lists equal
 # to the files that carry the marks).
-LONG_TESTS  = tests/sim/test_sim_peer_caps.py tests/sim/test_sim_scale.py
+LONG_TESTS  = tests/sim/test_sim_scale.py
 GUIDE_TESTS = tests/docs/test_operator_guide.py
 SDK_TESTS   = tests/kms/agent/test_sdk.py
 CHAOS_TESTS = tests/kms/chaos/test_smoke.py
 test: lint typecheck $(SDK_STAMP)
 	@long_log=$$(mktemp); guide_log=$$(mktemp); sdk_log=$$(mktemp); \
-	nice -n 19 $(PY) -m pytest -q -p no:cacheprovider -n 2 -m long --durations=2 $(LONG_TESTS) >"$$long_log" 2>&1 & long_pid=$$!; \
+	nice -n 19 $(PY) -m pytest -q -s -p no:cacheprovider -m long --durations=2 $(LONG_TESTS) >"$$long_log" 2>&1 & long_pid=$$!; \
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not long" --durations=15; fast_rc=$$?; \
 	$(PY) -m pytest -q -p no:cacheprovider -m guide --durations=2 $(GUIDE_TESTS) >"$$guide_log" 2>&1 & guide_pid=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider -m sdk --durations=3 $(SDK_TESTS) >"$$sdk_log" 2>&1 & sdk_pid=$$!; \

@@ -37,6 +37,8 @@ class Observations:
     faults: list[tuple[str, float, float | None, str]] = field(default_factory=list)
     misbehaviour: int = 0
     rejected_inputs: int = 0
+    rejected_from: dict[int, int] = field(default_factory=dict)
+    """``rejected_inputs`` by the node that sent the rejected message."""
     dropped_down: int = 0
     undecodable: int = 0
     unencodable: int = 0
@@ -68,14 +70,19 @@ class Observations:
             if isinstance(other, MisbehaviourObserved):
                 self.misbehaviour += 1
             elif isinstance(other, InputRejected):
-                node.rejected += 1
-                self.rejected_inputs += 1
+                self.count_rejected(node, int(other.peer))
             elif isinstance(other, RunFailed):
                 if not node.corrupt:
                     self.run_failures.append(
                         (now, other.kind, other.epoch, other.attempt, node.index, other.reason)
                     )
         return mpks
+
+    def count_rejected(self, node: SimNode, sender: int) -> None:
+        """``node`` refused a message from ``sender``."""
+        node.rejected += 1
+        self.rejected_inputs += 1
+        self.rejected_from[sender] = self.rejected_from.get(sender, 0) + 1
 
     def _epoch(self, node: SimNode, ev: EpochSwitched, now: float) -> bytes:
         tr = ev.certificate.transcript

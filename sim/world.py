@@ -288,8 +288,7 @@ class World:
         node.received_messages += 1
         node.received_bytes += size
         if isinstance(got, FrameRejected):
-            node.rejected += 1
-            self.obs.rejected_inputs += 1
+            self.obs.count_rejected(node, sender)
             return
         self._flush(node)
 

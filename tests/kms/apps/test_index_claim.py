@@ -28,11 +28,11 @@ def test_a_liar_claiming_an_index_does_not_hide_its_member(
 ) -> None:
     async def main() -> None:
         async with in_process_devnet(
-            tmp_path / "devnet", 3, 2, delta=0.3, start_in=10.0, window_period=5.0
+            tmp_path / "devnet", 3, 2, delta=0.3, start_in=5.0, window_period=5.0
         ) as net:
             await net.start()
             sts = await net.wait_for(
-                "epoch 0", lambda: net.converged(net.indices, epoch=0), timeout=90
+                "epoch 0", lambda: net.converged(net.indices, epoch=0), timeout=60
             )
             o, app_id = await owner_with_app(
                 net, tmp_path, monkeypatch, sts[1]["master_public_key"]

@@ -154,11 +154,11 @@ async def owner_with_app(
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
     async def main() -> None:
         async with in_process_devnet(
-            tmp_path / "devnet", 4, 2, delta=0.3, start_in=10.0, window_period=5.0
+            tmp_path / "devnet", 4, 2, delta=0.3, start_in=5.0, window_period=5.0
         ) as net:
             await net.start()
             sts = await net.wait_for(
-                "epoch 0", lambda: net.converged(net.indices, epoch=0), timeout=90
+                "epoch 0", lambda: net.converged(net.indices, epoch=0), timeout=60
             )
             mpk = sts[1]["master_public_key"]
             await scenario(owner_on(net, tmp_path, monkeypatch, mpk, ("cvm", "rogue")))

@@ -320,7 +320,7 @@ class ServiceDevnet:
         what: str,
         check: Callable[[], Any],
         timeout: float,
-        poll: float = 0.05,
+        poll: float = 0.2,
     ) -> Any:
         """Poll ``check`` (a coroutine function or a plain one) until it returns something
         truthy; fail after ``timeout`` seconds of the nodes' clock."""

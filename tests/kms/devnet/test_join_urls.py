@@ -125,7 +125,7 @@ async def join(
 
 async def scenario(net: ServiceDevnet) -> None:
     await net.start()
-    sts = await net.wait_for("epoch 0", lambda: net.converged(net.indices, epoch=0), 90)
+    sts = await net.wait_for("epoch 0", lambda: net.converged(net.indices, epoch=0), 40)
     mpk = sts[1]["master_public_key"]
     app = devnet.register_demo_app(net.directory, mpk, admin=net.admin_by_config)
     transport = Recording(net.transport())
@@ -241,7 +241,7 @@ async def scenario(net: ServiceDevnet) -> None:
 def test_joined_node_serves_keys_at_its_certified_url(tmp_path: Path) -> None:
     async def main() -> None:
         async with in_process_devnet(
-            tmp_path / "devnet", 4, 3, delta=0.2, start_in=10.0, window_period=4.0
+            tmp_path / "devnet", 4, 3, delta=0.2, start_in=5.0, window_period=4.0
         ) as net:
             await scenario(net)
 

@@ -49,10 +49,10 @@ class Refuses4(httpx.BaseTransport):
 def test_an_unbuildable_member_url_makes_that_node_unreachable(tmp_path: Path) -> None:
     async def main() -> None:
         async with in_process_devnet(
-            tmp_path / "devnet", 4, 3, delta=0.2, start_in=10.0, window_period=4.0
+            tmp_path / "devnet", 4, 3, delta=0.2, start_in=5.0, window_period=4.0
         ) as net:
             await net.start()
-            sts = await net.wait_for("epoch 0", lambda: net.converged(net.indices, epoch=0), 90)
+            sts = await net.wait_for("epoch 0", lambda: net.converged(net.indices, epoch=0), 40)
             mpk = sts[1]["master_public_key"]
             app = devnet.register_demo_app(net.directory, mpk, admin=net.admin_by_config)
             tee = devnet.simulated_tee(net.directory)

@@ -46,10 +46,10 @@ def test_a_status_claim_does_not_hide_a_member_added_after_genesis(
 ) -> None:
     async def main() -> None:
         async with in_process_devnet(
-            tmp_path / "devnet", 4, 3, delta=0.2, start_in=10.0, window_period=4.0
+            tmp_path / "devnet", 4, 3, delta=0.2, start_in=5.0, window_period=4.0
         ) as net:
             await net.start()
-            sts = await net.wait_for("epoch 0", lambda: net.converged(net.indices, epoch=0), 90)
+            sts = await net.wait_for("epoch 0", lambda: net.converged(net.indices, epoch=0), 40)
             mpk = sts[1]["master_public_key"]
             app_id = devnet.register_demo_app(net.directory, mpk, admin=net.admin_by_config)
             await join(net, 5)
@@ -113,10 +113,10 @@ def test_a_removed_member_gets_no_key_request_by_claiming_a_joiners_index(
 
     async def main() -> None:
         async with in_process_devnet(
-            tmp_path / "devnet", 4, 3, delta=0.2, start_in=10.0, window_period=4.0
+            tmp_path / "devnet", 4, 3, delta=0.2, start_in=5.0, window_period=4.0
         ) as net:
             await net.start()
-            sts = await net.wait_for("epoch 0", lambda: net.converged(net.indices, epoch=0), 90)
+            sts = await net.wait_for("epoch 0", lambda: net.converged(net.indices, epoch=0), 40)
             mpk = sts[1]["master_public_key"]
             app_id = devnet.register_demo_app(net.directory, mpk, admin=net.admin_by_config)
             epoch = await join(net, 5)

@@ -98,11 +98,11 @@ def search_cpu(tmp_path: Path, pages: Callable[[EpochCertificate, int], bytes]) 
 
     async def main() -> None:
         async with in_process_devnet(
-            tmp_path / "devnet", 3, 2, delta=0.3, start_in=10.0, window_period=5.0
+            tmp_path / "devnet", 3, 2, delta=0.3, start_in=5.0, window_period=5.0
         ) as net:
             await net.start()
             sts = await net.wait_for(
-                "epoch 0", lambda: net.converged(net.indices, epoch=0), timeout=90
+                "epoch 0", lambda: net.converged(net.indices, epoch=0), timeout=60
             )
             mpk = G2.from_bytes(bytes.fromhex(sts[1]["master_public_key"]))
             genesis = _links((await net.get(1, "/v1/chain?from=0")).content)[0]

@@ -73,7 +73,7 @@ def test_genesis_removal_and_shutdown_are_logged_and_the_removed_node_is_not_hea
         assert (await net.get(1, "/health")).status_code == 200
 
         sts = await net.wait_for(
-            "epoch 0 at every node", lambda: net.converged(net.indices, epoch=0), timeout=90
+            "epoch 0 at every node", lambda: net.converged(net.indices, epoch=0), timeout=30
         )
         st = sts[1]
         assert st["genesis"] is None and st["member"] is True and st["healthy"] is True
@@ -109,7 +109,7 @@ def test_genesis_removal_and_shutdown_are_logged_and_the_removed_node_is_not_hea
 
     async def main() -> None:
         async with in_process_devnet(
-            tmp_path / "devnet", 4, 3, delta=0.2, start_in=10.0, window_period=5.0
+            tmp_path / "devnet", 4, 3, delta=0.2, start_in=4.0, window_period=5.0
         ) as net:
             await scenario(net)
 

@@ -55,46 +55,41 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# Every test, slow multi-process ones included, plus ruff and mypy, in lanes that run side by
-# side on two cores:
-# - the compute lane: the tests of tests/mpc and tests/sim (marked `compute` by
-#   tests/conftest.py; they only compute, on a virtual clock, and none waits on the wall
-#   clock), the n = 64 simulation (marked `long`) among them, on two workers at the lowest
-#   CPU priority (nice 19) from the start to the end: they take the CPU the other lanes leave
-#   and never take it from a test with a deadline;
-# - the fast lane: the other in-process tests, on two workers; then
-# - the slow multi-process tests, which keep wall-clock deadlines, two test files at a time
-#   (each file's tests on one worker, so that a module's shared devnet starts once;
-#   kms.app.devnet.free_port keeps ports distinct across processes); they mostly wait (about
-#   half a core each), so beside them run the docs run as written (marked `guide`: the
-#   operator guide's tutorial and the README's quick start, which mostly wait on their node
-#   processes) and the real dstack SDK against `kms agent` on a devnet (marked `sdk`; it
-#   mostly waits too); then
-# - the fault lab's smoke run (marked `chaos`: five node processes on network hosts of their
-#   own under a nemesis, about 100 s; needs root, which CI has), after the slow tests, not
-#   beside them: its load would break their deadlines.
+# Every test, slow multi-process ones included, plus ruff and mypy. The in-process tests
+# run on two workers. Then the slow multi-process ones, which keep wall-clock deadlines,
+# two test files at a time (each file's tests on one worker, so that a module's shared
+# devnet starts once; kms.app.devnet.free_port keeps ports distinct across processes);
+# they mostly wait (about half a core each), so beside them run the docs run as written
+# (marked `guide`: the operator guide's tutorial and the README's quick start, which mostly
+# wait on their node processes) and the real dstack SDK against `kms agent` on a devnet
+# (marked `sdk`; it mostly waits too). The n = 64 compute-only simulation (marked `long`:
+# a virtual clock, no deadline; one run, two checks) starts first, in a process of its own
+# at the lowest CPU priority (nice 19): it takes the CPU the other lanes leave, and prints
+# its report at the end. The fault lab's smoke run (marked `chaos`: five node processes on
+# network hosts of their own under a nemesis, about 100 s; needs root, which CI has)
+# comes after the slow tests, not beside them: its load would break their deadlines.
 # SLOW_WORKERS=1 runs the slow tests one at a time.
 SLOW_WORKERS ?= 2
 # The files that hold each lane's tests: a lane collects only its own files instead of
-# importing the whole suite to select a few tests (tests/test_lanes.py keeps these lists
-# equal to the files that carry the marks).
-COMPUTE_TESTS = tests/mpc tests/sim
+# importing the whole suite to select two tests (tests/test_lanes.py keeps these lists equal
+# to the files that carry the marks).
+LONG_TESTS  = tests/sim/test_sim_scale.py
 GUIDE_TESTS = tests/docs/test_operator_guide.py
 SDK_TESTS   = tests/kms/agent/test_sdk.py
 CHAOS_TESTS = tests/kms/chaos/test_smoke.py
 test: lint typecheck $(SDK_STAMP)
-	@compute_log=$$(mktemp); guide_log=$$(mktemp); sdk_log=$$(mktemp); \
-	nice -n 19 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "(not slow or parallel) and compute" --durations=5 $(COMPUTE_TESTS) >"$$compute_log" 2>&1 & compute_pid=$$!; \
-	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not compute" --durations=15; fast_rc=$$?; \
+	@long_log=$$(mktemp); guide_log=$$(mktemp); sdk_log=$$(mktemp); \
+	nice -n 19 $(PY) -m pytest -q -s -p no:cacheprovider -m long --durations=2 $(LONG_TESTS) >"$$long_log" 2>&1 & long_pid=$$!; \
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not long" --durations=15; fast_rc=$$?; \
 	$(PY) -m pytest -q -p no:cacheprovider -m guide --durations=2 $(GUIDE_TESTS) >"$$guide_log" 2>&1 & guide_pid=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider -m sdk --durations=3 $(SDK_TESTS) >"$$sdk_log" 2>&1 & sdk_pid=$$!; \
 	$(PY) -m pytest -q -m "slow and not parallel and not guide and not sdk and not chaos" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
 	$(PY) -m pytest -q -p no:cacheprovider -m chaos --durations=1 $(CHAOS_TESTS); chaos_rc=$$?; \
-	wait $$compute_pid; compute_rc=$$?; wait $$guide_pid; guide_rc=$$?; wait $$sdk_pid; sdk_rc=$$?; \
-	echo "--- the compute lane: tests/mpc and tests/sim (run beside the other lanes, at the lowest priority) ---"; cat "$$compute_log"; rm -f "$$compute_log"; \
+	wait $$long_pid; long_rc=$$?; wait $$guide_pid; guide_rc=$$?; wait $$sdk_pid; sdk_rc=$$?; \
+	echo "--- the long simulations (run beside the other lanes, at the lowest priority) ---"; cat "$$long_log"; rm -f "$$long_log"; \
 	echo "--- the docs run as written (run beside the slow tests) ---"; cat "$$guide_log"; rm -f "$$guide_log"; \
 	echo "--- the dstack SDK against kms agent (run beside the slow tests) ---"; cat "$$sdk_log"; rm -f "$$sdk_log"; \
-	[ $$fast_rc -eq 0 ] && [ $$slow_rc -eq 0 ] && [ $$chaos_rc -eq 0 ] && [ $$compute_rc -eq 0 ] && [ $$guide_rc -eq 0 ] && [ $$sdk_rc -eq 0 ]
+	[ $$fast_rc -eq 0 ] && [ $$slow_rc -eq 0 ] && [ $$chaos_rc -eq 0 ] && [ $$long_rc -eq 0 ] && [ $$guide_rc -eq 0 ] && [ $$sdk_rc -eq 0 ]
 
 # Inner loop: skips the slow (multi-process, real network) tests.
 test-fast: $(STAMP)

@@ -8,23 +8,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pytest
-from hypothesis import HealthCheck, settings
-
 import kms.store.sealer as _sealer
 
-TESTS = Path(__file__).resolve().parent
-COMPUTE_DIRS = ("mpc", "sim")
-"""Test directories whose tests only compute: ``make test`` runs them at the lowest CPU
-priority beside the other lanes (mark ``compute``), but for the modules that set
-``WALL_CLOCK = True`` (they start processes with wall-clock timeouts)."""
-
-# No per-example deadline and no "too slow" health check: a test shares the machine with
-# other lanes, and a slow example is not a wrong one.
-settings.register_profile("quorum-kms", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("quorum-kms")
-
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The in-process devnet harness (``service_devnet``, ``devnet_helpers``), for every test directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "kms" / "devnet"))
 
@@ -39,13 +25,8 @@ def pytest_addoption(parser):  # type: ignore[no-untyped-def]
 
 
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
-    """Tests of ``COMPUTE_DIRS`` are marked ``compute``; the long in-process tests (marked
-    ``parallel``) go first, so that two workers end together instead of one running them
-    alone at the end."""
-    for item in items:
-        parts = item.path.relative_to(TESTS).parts
-        if parts[0] in COMPUTE_DIRS and not getattr(item.module, "WALL_CLOCK", False):
-            item.add_marker(pytest.mark.compute)
+    """The long in-process tests (marked ``parallel``) go first, so that two workers end
+    together instead of one running them alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("parallel") is None)
 
 

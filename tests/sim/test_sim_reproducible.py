@@ -11,9 +11,6 @@ from sim import report
 from sim.run import simulate
 from sim.scenario import SCENARIO_DIR, Scenario
 
-WALL_CLOCK = True
-"""Not in the low-priority compute lane: it runs the simulator in subprocesses with a wall-clock timeout."""
-
 
 def _busy() -> Scenario:
     """Faults, adversaries, load and a membership change at once, small."""

@@ -12,9 +12,6 @@ from kms.cli import app
 from sim import sweep
 from sim.scenario import SCENARIO_DIR, Scenario
 
-WALL_CLOCK = True
-"""Not in the low-priority compute lane: it starts a process pool and a Dask cluster, whose connections time out on the wall clock."""
-
 PARAM = "random_crashes.probability=0.0:0.4:0.2"
 
 

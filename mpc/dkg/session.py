@@ -93,6 +93,7 @@ from mpc.math.vss import (
     batch_check,
     commit,
     public_share,
+    share_matches,
     transcript_coefficients,
     verify_shares,
 )
@@ -107,6 +108,19 @@ _ROUND_NAMES = ("key", "deal", "respond", "justify")
 # decoded once (``mpc.memo``: keyed by the full bytes; bytes that fail are decoded again).
 _DECODE_RunKey = decoder(RunKey)
 _DECODE_DealBundle = decoder(DealBundle, limit=256)
+
+
+@dataclass(frozen=True, slots=True)
+class _OpenedDeal:
+    bundle: DealBundle
+    points: tuple[G2, ...]
+    checked: bool
+    """Whether this member's share was opened and checked ahead; if not (not a recipient,
+    or the run keys not yet fixed), the end of the deal phase does it."""
+    share: int | None = None
+    """If checked: this member's share if it opened and matched its commitments, else None."""
+
+
 _DECODE_ResponseBundle = decoder(ResponseBundle)
 _DECODE_JustificationBundle = decoder(JustificationBundle, limit=256)
 
@@ -525,6 +539,10 @@ class SharingSession:
         self._run_keys: dict[ParticipantIndex, bytes] = {}
         self._keys_fixed = False
         self._deals: dict[ParticipantIndex, tuple[BroadcastPayload, DealBundle, list[G2]]] = {}
+        self._opened: dict[bytes, _OpenedDeal] = {}
+        """Deals already decoded and, for a recipient, its own share opened and checked, by
+        payload bytes: done as each deal is accepted, so the end of the deal phase does not
+        do the work of every deal at one instant (see ``_open_deal``)."""
         self._my_shares: dict[ParticipantIndex, int] = {}
         self._complaints: dict[ParticipantIndex, set[ParticipantIndex]] = {}
         self._excluded: dict[ParticipantIndex, DealerExcluded] = {}
@@ -598,6 +616,8 @@ class SharingSession:
             for m in r.take_accepted():
                 key = f"seen/{name}/{m.header.sender}/{m.header.digest.hex()}"
                 self._events.append(Persist(key, m.encode()))
+                if r is self._deal_round:
+                    self._open_deal(ParticipantIndex(m.header.sender), m.payload)
 
     def events(self) -> list[Event]:
         self._log_accepted()
@@ -854,8 +874,9 @@ class SharingSession:
             self._exclude(dealer, "equivocated deal", outcome.evidence)
             return
         payload = BroadcastPayload(outcome.header, outcome.payload)  # type: ignore[arg-type]
+        opened = self._opened.get(payload.payload)
         try:
-            bundle = _DECODE_DealBundle(payload.payload)
+            bundle = opened.bundle if opened is not None else _DECODE_DealBundle(payload.payload)
             if bundle.dealer != dealer:
                 raise MessageDecodeError("deal names another dealer")
             if len(bundle.commitments) != self.config.threshold:
@@ -879,7 +900,10 @@ class SharingSession:
                     raise _KeysMismatch(
                         f"share for {share.recipient} sealed, against the agreed run keys"
                     )
-            points = [G2.from_bytes(c) for c in bundle.commitments]
+            if opened is not None:
+                points = list(opened.points)
+            else:
+                points = [G2.from_bytes(c) for c in bundle.commitments]
         except _KeysMismatch as exc:
             self._exclude(dealer, f"malformed deal: {exc}", view_of_keys=True)
             return
@@ -897,7 +921,60 @@ class SharingSession:
             return
         self._deals[dealer] = (payload, bundle, points)
 
+    def _open_deal(self, dealer: ParticipantIndex, payload: bytes) -> None:
+        """As soon as the deal round accepts ``dealer``'s deal: decode it and its
+        commitments, and (a recipient with the agreed run key) open this member's share and
+        check it against the commitments, alone. The end of the deal phase then only reads
+        the results: every member ends the phase at the same instant, and doing all the
+        deals' work there (n - 1 deals of t commitments) is a step long enough, with many
+        members on few CPUs, to count as a stall (``live``). The verdicts are the ones the
+        batched check at the end gives (a share either matches its commitments or not);
+        what is not done here (a restart, a deal that does not decode) is done there."""
+        if self._phase is not Phase.DEALING or payload in self._opened:
+            return
+        if len(self._opened) >= 2 * len(self.config.dealer_indices):
+            return  # at most two accepted deals per dealer slot; never more work
+        try:
+            bundle = _DECODE_DealBundle(payload)
+            if bundle.dealer != dealer or len(bundle.commitments) != self.config.threshold:
+                return
+            points = tuple(G2.from_bytes(c) for c in bundle.commitments)
+        except InvalidEncoding:
+            return
+        checked = False
+        share: int | None = None
+        key = self._run_key
+        if (
+            self.is_recipient
+            and self._keys_fixed
+            and key is not None
+            and self._run_keys.get(self.me) == key.public_bytes()
+        ):
+            enc = next((s for s in bundle.shares if s.recipient == self.me), None)
+            if enc is not None:
+                checked = True
+                try:
+                    pt = hpke.open(
+                        enc.enc,
+                        key,
+                        self._share_info(dealer, self.me),
+                        bundle.commitments_hash(),
+                        enc.ciphertext,
+                    )
+                    value = scalar_from_bytes(pt)
+                except (DecryptionError, InvalidEncoding):
+                    share = None
+                else:
+                    share = value if share_matches(points, int(self.me), value) else None
+        self._opened[payload] = _OpenedDeal(bundle, points, checked, share)
+
     def _after_deals(self) -> None:
+        try:
+            self._end_deal_phase()
+        finally:
+            self._opened.clear()
+
+    def _end_deal_phase(self) -> None:
         for dealer, outcome in self._deal_round.outcome().items():
             self._check_deal(dealer, outcome)
         if not self.is_recipient:
@@ -911,7 +988,14 @@ class SharingSession:
             return
         claims: list[ShareClaim] = []
         complaints: set[ParticipantIndex] = set()
-        for dealer, (_, bundle, points) in sorted(self._deals.items()):
+        for dealer, (payload, bundle, points) in sorted(self._deals.items()):
+            opened = self._opened.get(payload.payload)
+            if opened is not None and opened.checked:
+                if opened.share is None:
+                    complaints.add(dealer)  # it did not open, or did not match
+                else:
+                    self._my_shares[dealer] = opened.share
+                continue
             enc = next(s for s in bundle.shares if s.recipient == self.me)
             try:
                 pt = hpke.open(

@@ -70,4 +70,4 @@ def test_the_table_prints_failed_and_missing_figures() -> None:
 def test_sizes_thresholds_and_deltas() -> None:
     assert [scale.threshold_for(n) for n in scale.FULL_SIZES] == [11, 22, 43]
     assert scale.QUICK_SIZES == (16,)
-    assert [scale.delta_for(n) for n in (16, 32, 64)] == pytest.approx([4.0, 2.64, 3.28])
+    assert [scale.delta_for(n) for n in (16, 32, 64)] == pytest.approx([2.32, 2.64, 3.28])

@@ -953,20 +953,30 @@ class SharingSession:
             enc = next((s for s in bundle.shares if s.recipient == self.me), None)
             if enc is not None:
                 checked = True
-                try:
-                    pt = hpke.open(
-                        enc.enc,
-                        key,
-                        self._share_info(dealer, self.me),
-                        bundle.commitments_hash(),
-                        enc.ciphertext,
-                    )
-                    value = scalar_from_bytes(pt)
-                except (DecryptionError, InvalidEncoding):
-                    share = None
-                else:
-                    share = value if share_matches(points, int(self.me), value) else None
+                value = self._open_share(dealer, bundle, enc, key)
+                if value is not None and share_matches(points, int(self.me), value):
+                    share = value
         self._opened[payload] = _OpenedDeal(bundle, points, checked, share)
+
+    def _open_share(
+        self,
+        dealer: ParticipantIndex,
+        bundle: DealBundle,
+        enc: EncryptedShare,
+        key: hpke.PrivateKey,
+    ) -> int | None:
+        """This member's share of ``dealer``'s deal, or None if it does not open."""
+        try:
+            pt = hpke.open(
+                enc.enc,
+                key,
+                self._share_info(dealer, self.me),
+                bundle.commitments_hash(),
+                enc.ciphertext,
+            )
+            return scalar_from_bytes(pt)
+        except (DecryptionError, InvalidEncoding):
+            return None
 
     def _after_deals(self) -> None:
         try:
@@ -997,16 +1007,8 @@ class SharingSession:
                     self._my_shares[dealer] = opened.share
                 continue
             enc = next(s for s in bundle.shares if s.recipient == self.me)
-            try:
-                pt = hpke.open(
-                    enc.enc,
-                    key,
-                    self._share_info(dealer, self.me),
-                    bundle.commitments_hash(),
-                    enc.ciphertext,
-                )
-                value = scalar_from_bytes(pt)
-            except (DecryptionError, InvalidEncoding):
+            value = self._open_share(dealer, bundle, enc, key)
+            if value is None:
                 complaints.add(dealer)
                 continue
             claims.append(ShareClaim(dealer, self.me, tuple(points), value))

@@ -25,7 +25,9 @@ from kms.app import devnet
 
 MIB = 1024 * 1024
 FETCH_DEADLINE = 2.0
-LEGIT_DEADLINE = 5.0
+LEGIT_DEADLINE = 15.0
+"""A deadline that catches a hang or serial timeouts, not load: the legitimate CVM's fetch
+takes 0.7-2 s on a quiet machine and took 5.8 s beside the other lanes of ``make test``."""
 MEMORY_BOUND = 64 * MIB
 STORE_USED_BOUND = 64 * 1024
 """Pages in use a node's store may gain in one flood: the 20 releases' nonces and audit

@@ -64,8 +64,9 @@ typecheck: $(STAMP)
 # wait on their node processes) and the real dstack SDK against `kms agent` on a devnet
 # (marked `sdk`; it mostly waits too). The n = 64 compute-only simulation (marked `long`:
 # a virtual clock, no deadline; one run, two checks) starts first, in a process of its own
-# at the lowest CPU priority (nice 19): it takes the CPU the other lanes leave, and prints
-# its report at the end. The fault lab's smoke run (marked `chaos`: five node processes on
+# at the lowest CPU priority (nice 19; not every VM's scheduler honours it, see
+# docs/design.md): it is meant to take the CPU the other lanes leave, and prints its
+# report at the end. The fault lab's smoke run (marked `chaos`: five node processes on
 # network hosts of their own under a nemesis, about 100 s; needs root, which CI has)
 # comes after the slow tests, not beside them: its load would break their deadlines.
 # SLOW_WORKERS=1 runs the slow tests one at a time.

@@ -19,7 +19,9 @@ DEBS   := gcc g++ make libgmp-dev python3-dev iproute2 iptables libfaketime
 
 # Bytecode of the project's own modules is written and reused (an environment may set
 # PYTHONDONTWRITEBYTECODE): otherwise every test worker, node and CLI process the tests
-# start compiles the project again, about a third of a CPU-second each.
+# start compiles the project again, about a third of a CPU-second each. pip installs
+# with --no-compile: the modules a process imports are compiled once, on first import,
+# instead of every module of every dependency at install (about 20 s of the set-up).
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: all setup test test-fast test-guide lint typecheck demo bench chaos clean
@@ -39,13 +41,13 @@ $(STAMP): pyproject.toml
 	fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-compile -e '.[dev]'
 	@touch $(STAMP)
 
 $(SDK_STAMP): Makefile
 	@[ -x $(SDK_VENV)/bin/python ] || $(PYTHON) -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip
-	$(SDK_VENV)/bin/python -m pip install -q '$(SDK_PIN)' '$(SDK_EXTRA)'
+	$(SDK_VENV)/bin/python -m pip install -q --no-compile '$(SDK_PIN)' '$(SDK_EXTRA)'
 	@touch $(SDK_STAMP)
 
 lint: $(STAMP)
@@ -55,7 +57,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# Every test, slow multi-process ones included, plus ruff and mypy. The in-process tests
+# Every test, slow multi-process ones included, plus ruff and mypy (run beside the tests,
+# their output printed at the end; any finding fails `make test`). The in-process tests
 # run on two workers. Then the slow multi-process ones, which keep wall-clock deadlines,
 # two test files at a time (each file's tests on one worker, so that a module's shared
 # devnet starts once; kms.app.devnet.free_port keeps ports distinct across processes);
@@ -78,19 +81,21 @@ LONG_TESTS  = tests/sim/test_sim_scale.py
 GUIDE_TESTS = tests/docs/test_operator_guide.py
 SDK_TESTS   = tests/kms/agent/test_sdk.py
 CHAOS_TESTS = tests/kms/chaos/test_smoke.py
-test: lint typecheck $(SDK_STAMP)
-	@long_log=$$(mktemp); guide_log=$$(mktemp); sdk_log=$$(mktemp); \
+test: $(STAMP) $(SDK_STAMP)
+	@long_log=$$(mktemp); guide_log=$$(mktemp); sdk_log=$$(mktemp); check_log=$$(mktemp); \
 	nice -n 19 $(PY) -m pytest -q -s -p no:cacheprovider -m long --durations=2 $(LONG_TESTS) >"$$long_log" 2>&1 & long_pid=$$!; \
+	{ $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy; } >"$$check_log" 2>&1 & check_pid=$$!; \
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "(not slow or parallel) and not long" --durations=15; fast_rc=$$?; \
 	$(PY) -m pytest -q -p no:cacheprovider -m guide --durations=2 $(GUIDE_TESTS) >"$$guide_log" 2>&1 & guide_pid=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider -m sdk --durations=3 $(SDK_TESTS) >"$$sdk_log" 2>&1 & sdk_pid=$$!; \
 	$(PY) -m pytest -q -m "slow and not parallel and not guide and not sdk and not chaos" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
 	$(PY) -m pytest -q -p no:cacheprovider -m chaos --durations=1 $(CHAOS_TESTS); chaos_rc=$$?; \
-	wait $$long_pid; long_rc=$$?; wait $$guide_pid; guide_rc=$$?; wait $$sdk_pid; sdk_rc=$$?; \
+	wait $$long_pid; long_rc=$$?; wait $$guide_pid; guide_rc=$$?; wait $$sdk_pid; sdk_rc=$$?; wait $$check_pid; check_rc=$$?; \
+	echo "--- ruff and mypy (run beside the tests) ---"; cat "$$check_log"; rm -f "$$check_log"; \
 	echo "--- the long simulations (run beside the other lanes, at the lowest priority) ---"; cat "$$long_log"; rm -f "$$long_log"; \
 	echo "--- the docs run as written (run beside the slow tests) ---"; cat "$$guide_log"; rm -f "$$guide_log"; \
 	echo "--- the dstack SDK against kms agent (run beside the slow tests) ---"; cat "$$sdk_log"; rm -f "$$sdk_log"; \
-	[ $$fast_rc -eq 0 ] && [ $$slow_rc -eq 0 ] && [ $$chaos_rc -eq 0 ] && [ $$long_rc -eq 0 ] && [ $$guide_rc -eq 0 ] && [ $$sdk_rc -eq 0 ]
+	[ $$check_rc -eq 0 ] && [ $$fast_rc -eq 0 ] && [ $$slow_rc -eq 0 ] && [ $$chaos_rc -eq 0 ] && [ $$long_rc -eq 0 ] && [ $$guide_rc -eq 0 ] && [ $$sdk_rc -eq 0 ]
 
 # Inner loop: skips the slow (multi-process, real network) tests.
 test-fast: $(STAMP)

@@ -246,6 +246,23 @@ class _Point:
         ks = [_ark.Scalar(k % R) for k in scalars]
         return cls._wrap(a=cls._ARK.multiexp_unchecked(arks, ks))  # type: ignore[arg-type]
 
+    @classmethod
+    def evaluate(cls, coefficients: Sequence[Self], x: int) -> Self:
+        """``Σ C_k·x^k`` over **public** points ``C_k`` and a public ``x`` (variable time).
+
+        Horner's rule on arkworks points: ``t - 1`` multiplications by ``x`` itself, whose
+        cost follows its bit length (a member index is a few bits), instead of one
+        multi-exponentiation by the full-size powers ``x^k mod r``: about a tenth of the
+        work for the public shares of a committee's indices. Never pass a secret.
+        """
+        if not coefficients:
+            return cls.identity()
+        k = _ark.Scalar(x % R)
+        acc = coefficients[-1]._ark_elem()
+        for c in reversed(coefficients[:-1]):
+            acc = acc * k + c._ark_elem()  # type: ignore[operator]
+        return cls._wrap(a=acc)
+
 
 class G1(_Point):
     """A point of G1 (48-byte compressed encoding)."""

@@ -9,9 +9,10 @@ shares at once, draw 128-bit coefficients ``ρ_j`` that the dealers could not
 predict (from a CSPRNG, or a hash of *everything* being checked, commitments
 and shares alike) and check the single equation
 
-    (Σ ρ_j·s_j)·g2 == Σ_j Σ_k (ρ_j·x_j^k)·A_{j,k}
+    (Σ ρ_j·s_j)·g2 == Σ_j ρ_j·(Σ_k x_j^k·A_{j,k})
 
-with one multi-scalar multiplication. Coefficients are odd 128-bit integers
+where each inner sum is evaluated by Horner's rule on the small public index ``x_j``
+(``G2.evaluate``) and the outer one is a single multi-scalar multiplication. Coefficients are odd 128-bit integers
 (127 random bits), so a false item survives with probability ≤ 2⁻¹²⁷. When the batch fails, items are checked one by one to name culprits.
 """
 
@@ -67,8 +68,7 @@ def public_share(commitments: Sequence[G2], index: int) -> G2:
 
 
 def _public_share(commitments: Sequence[G2], index: int) -> G2:
-    powers = [pow(index, k, R) for k in range(len(commitments))]
-    return G2.msm(list(commitments), powers)
+    return G2.evaluate(commitments, index)
 
 
 def share_matches(commitments: Sequence[G2], index: int, share: int) -> bool:
@@ -119,17 +119,14 @@ def batch_check(claims: Sequence[ShareClaim], coefficients: Sequence[int]) -> bo
     if not claims:
         return True
     points: list[G2] = []
-    scalars: list[int] = []
     lhs_scalar = 0
     for rho, c in zip(coefficients, claims, strict=True):
         lhs_scalar = (lhs_scalar + rho * c.share) % R
-        xk = 1
-        for a in c.commitments:
-            points.append(a)
-            scalars.append(rho * xk % R)
-            xk = xk * int(c.index) % R
+        # Σ_k A_k·x^k by Horner's rule on the small public index (``_public_share``): the
+        # same sum as the powers' multi-exponentiation, about a tenth of the work.
+        points.append(_public_share(c.commitments, int(c.index)))
     # The left side involves secret shares: constant-time blst multiplication.
-    return lhs_scalar * G2.generator() == G2.msm(points, scalars)
+    return lhs_scalar * G2.generator() == G2.msm(points, list(coefficients))
 
 
 def verify_shares(

@@ -465,6 +465,33 @@ def test_msm_edge_cases(cls) -> None:
     assert cls.msm([g], [-1]) == -g
 
 
+@settings(max_examples=25, deadline=None, database=None)
+@given(
+    ks=st.lists(st.integers(0, R - 1), min_size=1, max_size=12),
+    x=st.one_of(st.integers(0, 300), st.integers(-5, -1), st.integers(R - 3, 2**300)),
+    group=st.sampled_from(GROUPS),
+)
+def test_evaluate_is_the_sum_of_powers(ks: list[int], x: int, group) -> None:
+    """Horner's rule gives Σ C_k·x^k: the same point as the multi-exponentiation by the
+    powers and as the constant-time route, for small, negative and out-of-range x."""
+    g = group.generator()
+    coefficients = [k * g for k in ks]
+    powers = [pow(x, k, R) for k in range(len(ks))]
+    got = group.evaluate(coefficients, x)
+    assert got == group.msm(coefficients, powers)
+    assert got == (sum(k * p for k, p in zip(ks, powers, strict=True)) % R) * g
+
+
+@pytest.mark.parametrize("cls", GROUPS, ids=GROUP_IDS)
+def test_evaluate_edge_cases(cls) -> None:
+    g = cls.generator()
+    assert cls.evaluate([], 7).is_identity()
+    assert cls.evaluate([3 * g], 99) == 3 * g  # a constant
+    assert cls.evaluate([3 * g, 5 * g], 0) == 3 * g  # x = 0: the constant term
+    assert cls.evaluate([cls.identity(), g, cls.identity()], 4) == 4 * g
+    assert cls.evaluate([g, g], R - 1).is_identity()  # 1 + (r - 1) = 0 mod r
+
+
 # --- algebraic laws (fast backends, many examples) --------------------------------
 
 

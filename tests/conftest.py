@@ -55,3 +55,17 @@ class _RememberedScrypt:
 
 
 _sealer.Scrypt = _RememberedScrypt  # type: ignore[misc,assignment]
+
+
+def pytest_unconfigure(config):  # type: ignore[no-untyped-def]
+    """Print the CPU this pytest run used, its own and that of every process it waited for
+    (xdist workers, node processes and CLIs the tests started): ``make test`` runs several
+    pytest runs side by side, and their CPU, not their wall time, is what they share."""
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller counts it once it has exited
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    print(f"CPU of this pytest run and the processes it waited for: {cpu:.1f} s")

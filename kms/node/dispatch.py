@@ -118,6 +118,9 @@ class Dispatch:
         """Recently removed members, oldest first (at most ``RECENTLY_REMOVED``), with their
         participant records (their identity keys authenticate their chain requests)."""
         self._allowed: tuple[ChainState, frozenset[ParticipantIndex]] | None = None
+        # Before any chain: the configured participants, as of that dict and its size (the
+        # core replaces the dict when its view changes; only ``set_state`` adds to it).
+        self._configured: tuple[object, int, frozenset[ParticipantIndex]] | None = None
         """``allowed_peers`` of the last chain state it was asked for (states are frozen)."""
 
     def note_removed(self, before: ChainState, after: ChainState) -> None:
@@ -147,7 +150,13 @@ class Dispatch:
         participants). Everyone else is refused."""
         state = self._c.state
         if state is None:
-            return frozenset(self._c._participants)
+            configured = self._c._participants
+            pre = self._configured
+            if pre is not None and pre[0] is configured and pre[1] == len(configured):
+                return pre[2]
+            peers = frozenset(configured)
+            self._configured = (configured, len(configured), peers)
+            return peers
         cached = self._allowed
         if cached is not None and cached[0] is state:
             return cached[1]

@@ -257,6 +257,9 @@ class _Point:
         """
         if not coefficients:
             return cls.identity()
+        for c in coefficients:
+            if type(c) is not cls:
+                raise TypeError(f"cannot evaluate {type(c).__name__} points as {cls.__name__}")
         k = _ark.Scalar(x % R)
         acc = coefficients[-1]._ark_elem()
         for c in reversed(coefficients[:-1]):

@@ -490,6 +490,11 @@ def test_evaluate_edge_cases(cls) -> None:
     assert cls.evaluate([3 * g, 5 * g], 0) == 3 * g  # x = 0: the constant term
     assert cls.evaluate([cls.identity(), g, cls.identity()], 4) == 4 * g
     assert cls.evaluate([g, g], R - 1).is_identity()  # 1 + (r - 1) = 0 mod r
+    other = G2 if cls is G1 else G1
+    with pytest.raises(TypeError, match="cannot evaluate"):
+        cls.evaluate([other.generator()], 2)  # no arithmetic, still refused
+    with pytest.raises(TypeError, match="cannot evaluate"):
+        cls.evaluate([g, other.generator()], 2)
 
 
 # --- algebraic laws (fast backends, many examples) --------------------------------

@@ -12,8 +12,10 @@ and shares alike) and check the single equation
     (Σ ρ_j·s_j)·g2 == Σ_j ρ_j·(Σ_k x_j^k·A_{j,k})
 
 where each inner sum is evaluated by Horner's rule on the small public index ``x_j``
-(``G2.evaluate``) and the outer one is a single multi-scalar multiplication. Coefficients are odd 128-bit integers
-(127 random bits), so a false item survives with probability ≤ 2⁻¹²⁷. When the batch fails, items are checked one by one to name culprits.
+(``G2.evaluate``) and the outer one is a single multi-scalar multiplication.
+Coefficients are odd 128-bit integers (127 random bits), so a false item survives
+with probability ≤ 2⁻¹²⁷. When the batch fails, items are checked one by one to
+name culprits.
 """
 
 from __future__ import annotations
@@ -122,9 +124,9 @@ def batch_check(claims: Sequence[ShareClaim], coefficients: Sequence[int]) -> bo
     lhs_scalar = 0
     for rho, c in zip(coefficients, claims, strict=True):
         lhs_scalar = (lhs_scalar + rho * c.share) % R
-        # Σ_k A_k·x^k by Horner's rule on the small public index (``_public_share``): the
-        # same sum as the powers' multi-exponentiation, about a tenth of the work.
-        points.append(_public_share(c.commitments, int(c.index)))
+        # Σ_k A_k·x^k: the claim's public share, by Horner's rule on the small public index
+        # (and taken from the public-share cache where one is set, as ``share_matches`` does).
+        points.append(public_share(c.commitments, int(c.index)))
     # The left side involves secret shares: constant-time blst multiplication.
     return lhs_scalar * G2.generator() == G2.msm(points, list(coefficients))
 

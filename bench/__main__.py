@@ -11,7 +11,9 @@ and large bodies (``bench.flood``, with its JSON; ``--quick``: 100 then 400), an
 ``kms agent``'s boot time to its first key and GetKey latency over its socket
 (``bench.agent``, with its JSON; ``--quick``: a devnet of 3), the store's write
 path, one release per transaction against group commit (``bench.store_write``, with its
-JSON; ``--quick``: shorter rows), and the genesis DKG of n = 16, 32 and 64 nodes on hosts
+JSON; ``--quick``: shorter rows), the libp2p transport's CPU per frame, one write per frame
+against frames written together (``bench.transport``, with its JSON; ``--quick``: fewer
+frames), and the genesis DKG of n = 16, 32 and 64 nodes on hosts
 of their own in the fault lab (``bench.scale``, with its JSON; ``--quick``: n = 16; needs
 root), and a boot storm of CVMs at increasing open-loop rates against a devnet of 5 and the
 dstack-style baseline (``bench.storm``, with its JSON; ``--quick``: four rates of 3 s).
@@ -44,6 +46,7 @@ from bench import (
     scale,
     store_write,
     storm,
+    transport,
 )
 from bench.timing import Budget, format_seconds
 
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         progress("kms agent")
         agent_rows = agent.rows(args.quick)
         store_rows = store_write.rows(args.quick, progress=progress)
+        progress("the libp2p transport")
+        transport_rows = transport.rows(args.quick)
         scale_off = scale.unavailable()
         scale_runs = (
             []
@@ -181,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     store_fs = store_write.file_system(store_write.default_directory())
     console.print(store_write.table(store_rows, store_fs))
     console.print_json(json.dumps(store_write.as_json(store_rows, store_fs)))
+    console.print(transport.table(transport_rows))
+    console.print_json(json.dumps(transport.as_json(transport_rows)))
     if scale_off is not None:
         console.print(f"committee size (bench.scale): not run: {scale_off}")
     else:

@@ -71,6 +71,8 @@ WINDOW_PERIOD = 30.0
 """Decision windows every 30 s: the join is decided at the first one after genesis."""
 STATUS_TIMEOUT = 3.0
 _BYTES_SENT = re.compile(r"^qkms_transport_bytes_sent_total (\S+)$", re.M)
+_FRAMES_SENT = re.compile(r"^qkms_transport_frames_sent_total (\S+)$", re.M)
+_WRITES = re.compile(r"^qkms_transport_writes_total (\S+)$", re.M)
 _FRAMES_RECEIVED = re.compile(r"^qkms_peer_messages_received_total\{[^}]*\} (\S+)$", re.M)
 
 
@@ -110,6 +112,9 @@ class ScaleRun:
     rss_mib_max: float | None = None
     bytes_sent_per_node: float | None = None
     frames_received_per_node: float | None = None
+    frames_per_write: float | None = None
+    """Frames sent over stream writes, all nodes from the genesis start to their shares
+    (``qkms_transport_frames_sent_total`` / ``qkms_transport_writes_total``)."""
     latency_injection: str = ""
     shim_cpu_seconds_per_node: float | None = None
     connected_before_genesis_seconds: float | None = None
@@ -405,6 +410,17 @@ def _measure_dkg(
             frames.append(f1 - f0)
     run.bytes_sent_per_node = _mean(sent)
     run.frames_received_per_node = _mean(frames)
+    framed, written = 0.0, 0.0
+    for i in indices:
+        m0, m1 = base.get(i), after.get(i)
+        if m0 is None or m1 is None:
+            continue
+        f0, f1 = metric(m0, _FRAMES_SENT), metric(m1, _FRAMES_SENT)
+        w0, w1 = metric(m0, _WRITES), metric(m1, _WRITES)
+        if None not in (f0, f1, w0, w1):
+            framed += f1 - f0  # type: ignore[operator]
+            written += w1 - w0  # type: ignore[operator]
+    run.frames_per_write = framed / written if written else None
     if len(done) < n:
         missing = [i for i in indices if i not in done]
         run.errors.append(f"no share at epoch 0 by the end of attempt 1: nodes {missing[:20]}")
@@ -516,6 +532,8 @@ def table(runs: list[ScaleRun]) -> Table:
             + _s(r.key_fetch_seconds)
         )
         notes = [r.note] if r.note else []
+        if r.frames_per_write is not None:
+            notes.append(f"{r.frames_per_write:.1f} frames per write")
         if r.connected_before_genesis_seconds is not None:
             notes.append(f"all connected {r.connected_before_genesis_seconds:.0f} s before genesis")
         notes += r.errors

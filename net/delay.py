@@ -90,6 +90,9 @@ class DelayedTransport:
     async def send(self, peer: PeerId, frame: bytes) -> None:
         await self.inner.send(peer, frame)
 
+    async def send_many(self, peer: PeerId, frames: Sequence[bytes]) -> None:
+        await self.inner.send_many(peer, frames)
+
     def add_peer(self, peer: PeerId, addrs: Sequence[str]) -> None:
         self.inner.add_peer(peer, addrs)
 

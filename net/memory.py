@@ -278,6 +278,15 @@ class MemoryTransport:
             self._counters.reconnects += 1
         self._seen.add(peer)
         self._counters.sent(frame)
+        if peer != self._peer:
+            self._counters.writes += 1
+
+    async def send_many(self, peer: PeerId, frames: Sequence[bytes]) -> None:
+        for frame in frames:
+            if len(frame) > self._max_frame_size:
+                raise FrameTooLarge(len(frame), self._max_frame_size)
+        for frame in frames:
+            await self.send(peer, frame)
 
     async def receive(self) -> tuple[PeerId, bytes]:
         # Cancellation-safe like trio's channels: a cancelled receive() takes no frame.

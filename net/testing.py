@@ -139,6 +139,49 @@ async def check_oversize_send(a: Transport, b: Transport) -> None:
     await _expect(b, a.local_peer, b"still fine")
 
 
+async def check_send_many(a: Transport, b: Transport) -> None:
+    """``send_many`` delivers each frame, in order and counted, the empty frame and a
+    maximal one among small ones; it interleaves in order with ``send``; a batch holding
+    one oversize frame is refused whole; to ``local_peer`` it loops back."""
+    small = [i.to_bytes(4, "big") * (1 + i % 50) for i in range(300)]
+    maximal = hashlib.shake_256(b"maximal in a batch").digest(a.max_frame_size)
+    batch = [*small[:100], b"", maximal, *small[100:]]
+    before = a.statistics()
+    async with trio.open_nursery() as nursery:
+
+        async def sender() -> None:
+            await a.send(b.local_peer, b"before")
+            await a.send_many(b.local_peer, batch)
+            await a.send(b.local_peer, b"after")
+            await a.send_many(b.local_peer, [b"single"])
+
+        nursery.start_soon(sender)
+        await _receive_all(b, a.local_peer, [b"before", *batch, b"after", b"single"])
+    sent = a.statistics()
+    if sent.frames_sent - before.frames_sent != len(batch) + 3:
+        raise AssertionError(
+            f"{sent.frames_sent - before.frames_sent} frames counted, {len(batch) + 3} sent"
+        )
+    if sent.bytes_sent - before.bytes_sent != sum(map(len, batch)) + 17:
+        raise AssertionError("send_many's bytes miscounted")
+    if not 4 <= sent.writes - before.writes <= len(batch) + 3:
+        raise AssertionError(f"{sent.writes - before.writes} writes for {len(batch) + 3} frames")
+    try:
+        await a.send_many(b.local_peer, [b"first", bytes(a.max_frame_size + 1), b"last"])
+    except FrameTooLarge:
+        pass
+    else:
+        raise AssertionError("a batch with an oversize frame was sent")
+    if a.statistics().frames_sent != sent.frames_sent:
+        raise AssertionError("a refused batch was counted as sent")
+    await a.send_many(a.local_peer, [b"to", b"myself"])
+    await _expect(a, a.local_peer, b"to")
+    await _expect(a, a.local_peer, b"myself")
+    await a.send_many(b.local_peer, [b"still", b"fine"])
+    await _expect(b, a.local_peer, b"still")
+    await _expect(b, a.local_peer, b"fine")
+
+
 async def check_oversize_receive(a: Transport, b: Transport, inject: InjectOversize) -> None:
     """An incoming oversize frame is dropped and counted; later frames still arrive."""
     await inject(a, b)
@@ -232,6 +275,8 @@ async def check_statistics(a: Transport, b: Transport) -> None:
         "b.frames_received": (sb.frames_received, 4),
         "b.bytes_received": (sb.bytes_received, total),
         "a.send_failures": (sa.send_failures, 0),
+        "a.writes": (sa.writes, 4),
+        "b.writes": (sb.writes, 2),
         "a.dropped_oversize": (sa.dropped_oversize, 0),
     }
     wrong = {k: v for k, v in expected.items() if v[0] != v[1]}
@@ -301,6 +346,7 @@ async def check_transport(
         ("burst", check_burst),
         ("large frames", check_large_frames),
         ("oversize send", check_oversize_send),
+        ("send many", check_send_many),
         ("loopback", check_loopback),
         ("unreachable", lambda a, b: check_unreachable(a, b, unreachable_addr)),
         ("statistics", check_statistics),

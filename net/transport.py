@@ -75,6 +75,9 @@ class TransportStatistics:
     """Incoming frames over ``max_frame_size``, dropped without delivery."""
     refused_peers: int = 0
     """Connections (libp2p) or frames (memory) refused because their peer is not allowed."""
+    writes: int = 0
+    """Writes that carried the frames sent to other peers (libp2p: stream writes, several
+    frames each under ``send_many``; memory: one per frame)."""
 
 
 class TransportCounters:
@@ -89,6 +92,7 @@ class TransportCounters:
         "reconnects",
         "refused_peers",
         "send_failures",
+        "writes",
     )
 
     def __init__(self) -> None:
@@ -100,6 +104,7 @@ class TransportCounters:
         self.reconnects = 0
         self.dropped_oversize = 0
         self.refused_peers = 0
+        self.writes = 0
 
     def sent(self, frame: bytes) -> None:
         self.frames_sent += 1
@@ -119,6 +124,7 @@ class TransportCounters:
             reconnects=self.reconnects,
             dropped_oversize=self.dropped_oversize,
             refused_peers=self.refused_peers,
+            writes=self.writes,
         )
 
 
@@ -142,6 +148,16 @@ class Transport(Protocol):
         Raises ``FrameTooLarge`` if ``len(frame) > max_frame_size`` (nothing sent),
         ``PeerUnreachable`` once the transport's own reconnect attempts for this
         call have failed, ``TransportClosed`` if this transport is not open.
+        """
+        ...
+
+    async def send_many(self, peer: PeerId, frames: Sequence[bytes]) -> None:
+        """Send ``frames`` to ``peer`` in order, as one ``send()`` of each would.
+
+        The libp2p transport writes them together (one stream write: one muxer frame,
+        one encryption and one socket write for many small frames; the receiver reads
+        the same length-prefixed frames). Raises ``FrameTooLarge`` if any frame is over
+        ``max_frame_size`` (nothing sent); otherwise as ``send()``, for all of them.
         """
         ...
 

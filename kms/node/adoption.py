@@ -32,6 +32,7 @@ from kms.node.model import (
     NodeEvent,
     RunFailed,
     ShareRefused,
+    SignatureWithheld,
     StoreRecord,
     polynomial_records,
     run_key_records,
@@ -50,6 +51,7 @@ from mpc.dkg import (
     SharingFailed,
     SharingFinalized,
     SharingSession,
+    SigningWithheld,
 )
 from mpc.dkg.messages import Participant
 from mpc.dkg.session import POLYNOMIAL_RECORD, RUN_KEY_RECORD
@@ -161,6 +163,11 @@ class Adoption:
                 elif isinstance(ev, SharingFinalized) and session.config.kind == RunKind.DKG:
                     self._c.trust.own.append(ev.result.transcript.hash())
                     self._c.trust.maybe_endorse(self._c._genesis(), list(self._c._participants))
+                elif isinstance(ev, SigningWithheld):
+                    cfg = session.config
+                    self._c._events.append(
+                        SignatureWithheld(cfg.kind, cfg.epoch, cfg.attempt, ev.reason)
+                    )
                 elif isinstance(ev, DealerExcluded) and not ev.attributable:
                     self._c._events.append(DealerLeftOut(ev.dealer, ev.reason))
                 elif isinstance(ev, DealerExcluded):

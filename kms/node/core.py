@@ -84,6 +84,7 @@ from kms.node.model import EpochSwitched as EpochSwitched
 from kms.node.model import LinkCertified as LinkCertified
 from kms.node.model import MisbehaviourObserved as MisbehaviourObserved
 from kms.node.model import ShareRefused as ShareRefused
+from kms.node.model import SignatureWithheld as SignatureWithheld
 from kms.node.model import polynomial_records as polynomial_records
 from kms.node.phase import NodePhase, check_transition, phase_of
 from kms.node.recovery import ShareRecovery

@@ -108,6 +108,8 @@ class NodeSnapshot:
     """``None`` when the node serves no keys (no app policies)."""
     transport_refused_peers: int = 0
     transport_bytes_sent: int = 0
+    transport_frames_sent: int = 0
+    transport_writes: int = 0
     transport_bytes_received: int = 0
     transport_dropped_oversize: int = 0
     log_suppressed: int = 0
@@ -140,6 +142,7 @@ class NodeMetrics:
         self.rejected: Counter[str] = Counter()
         self.misbehaviour: Counter[str] = Counter()
         self.run_failures: Counter[str] = Counter()
+        self.signatures_withheld: Counter[str] = Counter()
         self.send_failures = 0
         self.send_queue_full = 0
         self.encode_failures: Counter[str] = Counter()
@@ -244,6 +247,9 @@ class NodeMetrics:
 
     def run_failed(self, kind: str) -> None:
         self.run_failures[kind] += 1
+
+    def signature_withheld(self, kind: str) -> None:
+        self.signatures_withheld[kind] += 1
 
     def epoch_switched(self) -> None:
         self.epoch_switches += 1
@@ -499,6 +505,13 @@ class NodeMetrics:
         yield _labelled(
             "qkms_run_failures_total", "Failed DKG/reshare attempts.", "kind", self.run_failures
         )
+        yield _labelled(
+            "qkms_signatures_withheld_total",
+            "DKG/reshare transcripts this member finalized but did not sign: it was not live"
+            " through the run (a gap between two steps over Δ/4; see the log line).",
+            "kind",
+            self.signatures_withheld,
+        )
         yield _counter(
             "qkms_send_failures_total", "Frames that could not be sent.", self.send_failures
         )
@@ -528,6 +541,17 @@ class NodeMetrics:
             "qkms_transport_bytes_sent_total",
             "Bytes sent over the transport.",
             s.transport_bytes_sent,
+        )
+        yield _counter(
+            "qkms_transport_frames_sent_total",
+            "Frames sent over the transport.",
+            s.transport_frames_sent,
+        )
+        yield _counter(
+            "qkms_transport_writes_total",
+            "Stream writes that carried the frames sent to peers (several frames each when"
+            " a peer's queued frames are written together).",
+            s.transport_writes,
         )
         yield _counter(
             "qkms_transport_bytes_received_total",

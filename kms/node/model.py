@@ -232,6 +232,17 @@ class ApprovalRefused:
 
 
 @dataclass(frozen=True)
+class SignatureWithheld:
+    """This member finalized a sharing run but did not sign its transcript, because it
+    was not live through the run (``SharingSession.live``); ``reason`` says what it saw."""
+
+    kind: RunKind
+    epoch: int
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class RunFailed:
     kind: RunKind | str
     """The ``RunKind`` of the sharing run, or ``"window"`` for a decision window."""
@@ -273,6 +284,7 @@ NodeEvent = (
     | InputRejected
     | ApprovalRefused
     | RunFailed
+    | SignatureWithheld
     | ShareHoldersBelowThreshold
     | ShareRefused
 )

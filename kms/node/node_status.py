@@ -181,6 +181,8 @@ def node_snapshot(
         policies=apps,
         transport_refused_peers=ts.refused_peers,
         transport_bytes_sent=ts.bytes_sent,
+        transport_frames_sent=ts.frames_sent,
+        transport_writes=ts.writes,
         transport_bytes_received=ts.bytes_received,
         transport_dropped_oversize=ts.dropped_oversize,
         log_suppressed=log_suppressed,

@@ -24,6 +24,7 @@ from kms.node.model import (
     RunFailed,
     ShareHoldersBelowThreshold,
     ShareRefused,
+    SignatureWithheld,
 )
 from mpc.dkg import Phase, SharingSession
 from mpc.ids import ParticipantIndex
@@ -109,6 +110,19 @@ class EventReporter:
             log.error(
                 "stored share refused: it does not match the chain",
                 extra={"fields": {"epoch": ev.epoch, "reason": ev.reason}},
+            )
+        elif isinstance(ev, SignatureWithheld):
+            self._metrics.signature_withheld(ev.kind)
+            log.warning(
+                "certificate signature withheld",
+                extra={
+                    "fields": {
+                        "kind": ev.kind,
+                        "epoch": ev.epoch,
+                        "attempt": ev.attempt,
+                        "reason": ev.reason,
+                    }
+                },
             )
         elif isinstance(ev, RunFailed):
             self._metrics.run_failed(ev.kind)

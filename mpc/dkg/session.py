@@ -526,6 +526,8 @@ class SharingSession:
         self._live_from: float | None = live_since
         self._last_seen: float | None = None
         self._max_gap = STALL_FRACTION * sched.delta
+        self._last_stall: tuple[float, float] | None = None
+        """When this session last saw a stall, and how long (``(now, gap)``)."""
         self.withheld: str | None = None
         """Why this member did not sign the run's transcript, if it did not."""
         self._outbox: list[Outbound] = []
@@ -663,12 +665,27 @@ class SharingSession:
         a transcript built from that view."""
         return self._live_from is not None and self._live_from <= self.config.schedule.start
 
+    def _not_live_reason(self) -> str:
+        """Why ``live`` is false, with what this session saw (for the operator's log)."""
+        start = self.config.schedule.start
+        stall = self._last_stall
+        if stall is not None and stall[0] > start:
+            return (
+                f"not live through the run (restarted, paused or stalled): {stall[1]:.2f} s"
+                f" between two steps at {stall[0]:.3f}, more than {self._max_gap:.2f} s"
+            )
+        return (
+            "not live through the run (restarted, paused or stalled): live only since"
+            f" {self._live_from}, the run started at {start:.3f}"
+        )
+
     def _observe(self, now: float) -> None:
         if self._last_seen is None:
             if self._live_from is None or self._live_from > now:
                 self._live_from = now
         elif now - self._last_seen > self._max_gap:
             self._live_from = now  # a stall: live again only from here on
+            self._last_stall = (now, now - self._last_seen)
         if self._last_seen is None or now > self._last_seen:
             self._last_seen = now
 
@@ -1231,7 +1248,7 @@ class SharingSession:
             # members agree on (a missed complaint keeps a dealer they excluded), so
             # we do not sign it. The share is kept: it matches any certificate over
             # this transcript, which the others' partials may still complete.
-            self.withheld = "not live through the run (restarted, paused or stalled)"
+            self.withheld = self._not_live_reason()
             self._events.append(SigningWithheld(self.withheld))
         for peer, msg in sorted(self._early_partials.items()):
             try:

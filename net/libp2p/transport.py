@@ -5,7 +5,8 @@ speaks ``protocol`` (``/quorum-kms/1.0.0``); each frame on it is an unsigned
 varint (LEB128, as multiformats' ``unsigned-varint``) of the frame's length,
 followed by the frame. The sender reported by ``receive()`` is the peer id
 the Noise handshake proved (``muxed_conn.peer_id``), never anything read from
-the stream.
+the stream. ``send_many`` writes several frames' bytes in one stream write (see
+``MAX_WRITE``); the bytes on the stream are the same as from one ``send`` each.
 
 Security: the host offers Noise only. py-libp2p's default host also accepts
 ``/plaintext/2.0.0``, ``/secio/1.0.0`` and TLS from any peer; a plaintext
@@ -187,6 +188,21 @@ class _Oversize(Exception):
 
 class _DialTimedOut(PeerUnreachable):
     pass
+
+
+MAX_WRITE = 65_000
+"""Most bytes ``send_many`` writes at once (a larger frame is written alone): one Yamux DATA
+frame (64 KiB less its 12-byte header) in one Noise message (65,519 bytes of plaintext)."""
+
+
+def _send_window(stream: Any) -> int:
+    """The Yamux send window of ``stream`` (py-libp2p 0.8.1:
+    ``NetStream.muxed_stream.send_window``): a stream not opened yet will have a full one
+    (256 KiB); if it cannot be read, 0 (frames are then written one by one)."""
+    if stream is None:
+        return MAX_WRITE
+    window = getattr(getattr(stream, "muxed_stream", None), "send_window", None)
+    return window if isinstance(window, int) else 0
 
 
 class _FrameReader:
@@ -583,6 +599,51 @@ class Libp2pTransport:
                 raise
         self._counters.sent(frame)
 
+    async def send_many(self, peer: PeerId, frames: Sequence[bytes]) -> None:
+        """``send()`` of each frame in order, written together: the frames' length-prefixed
+        bytes go out in writes of at most ``MAX_WRITE`` bytes (a larger frame alone), each
+        one Yamux frame, one Noise message and one socket write instead of one of each per
+        frame. The receiver reads the same length-prefixed frames.
+
+        A write of several frames is made only while the stream's Yamux send window holds
+        all of it, so that Yamux sends it as one DATA frame, which the receiver takes whole
+        or not at all (an incomplete one is dropped with its stream): a write that fails is
+        sent again on a new stream, as ``send()`` does, and no frame arrives twice. With
+        less window the frames are written one by one. On ``PeerUnreachable`` the frames
+        after the failed write are not sent."""
+        self._check_open()
+        for frame in frames:
+            if len(frame) > self._max_frame_size:
+                raise FrameTooLarge(len(frame), self._max_frame_size)
+        if peer == self._peer or len(frames) == 1:
+            for frame in frames:
+                await self.send(peer, frame)
+            return
+        writes: list[list[tuple[bytes, int]]] = []
+        size = MAX_WRITE
+        for frame in frames:
+            piece = encode_varint(len(frame)) + bytes(frame)
+            if size + len(piece) > MAX_WRITE:
+                writes.append([])
+                size = 0
+            writes[-1].append((piece, len(frame)))
+            size += len(piece)
+        link = self._links.setdefault(peer, _Link())
+        async with link.lock:
+            self._check_open()
+            for group in writes:
+                data = b"".join(piece for piece, _ in group)
+                together = len(group) == 1 or _send_window(link.stream) >= len(data)
+                try:
+                    for one in [data] if together else [piece for piece, _ in group]:
+                        await self._send_locked(peer, link, one)
+                except PeerUnreachable:
+                    self._counters.send_failures += 1
+                    raise
+                for _, length in group:
+                    self._counters.frames_sent += 1
+                    self._counters.bytes_sent += length
+
     # --- sending ---------------------------------------------------------------------
 
     async def _send_locked(self, peer: PeerId, link: _Link, data: bytes) -> None:
@@ -627,6 +688,7 @@ class Libp2pTransport:
                 break
             link.failures = 0
             link.retry_at = -math.inf
+            self._counters.writes += 1
             return
         self._check_open()  # closed meanwhile: say so rather than blame the peer
         link.failures += 1

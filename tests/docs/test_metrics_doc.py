@@ -32,6 +32,7 @@ def exported() -> dict[str, tuple[str, tuple[str, ...]]]:
     m.rejected_input("malformed message")
     m.misbehaved("no deal")
     m.run_failed("dkg")
+    m.signature_withheld("dkg")
     m.encode_failed("chain/update")
     m.key_request(None, 0.01)
     m.run_progress(RunProgress("dkg", 0, 0, "dealing"), 1.0)

@@ -15,7 +15,13 @@ from mpc.ids import PeerId
 from mpc.sig import SigningKey
 from net.errors import FrameTooLarge, PeerUnreachable, TransportClosed, TransportError
 from net.libp2p import Libp2pTransport
-from net.libp2p.transport import BACKOFF_MAX, encode_varint, send_raw
+from net.libp2p.transport import (
+    BACKOFF_MAX,
+    MAX_WRITE,
+    _send_window,
+    encode_varint,
+    send_raw,
+)
 from net.memory import MemoryNetwork, MemoryTransport
 from net.peerid import peer_id_from_ed25519
 from net.testing import check_transport, unknown_peer
@@ -226,6 +232,58 @@ def test_libp2p_transport_conforms() -> None:
             unreachable_addr=f"/ip4/127.0.0.1/tcp/{closed_port()}",
         )
     )
+
+
+@pytest.mark.slow
+def test_libp2p_send_many_writes_together_only_within_the_yamux_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Small frames go out in one stream write while the Yamux send window holds them all
+    (one DATA frame, taken whole or not at all); with less window, one write per frame;
+    a batch over ``MAX_WRITE`` is split into writes of at most that; all arrive in order."""
+
+    async def main() -> None:
+        async with libp2p_pair() as (a, b):
+            assert isinstance(a, Libp2pTransport)
+            await a.send(b.local_peer, b"open")
+            assert (await b.receive())[1] == b"open"
+            stream = a._links[b.local_peer].stream
+            assert _send_window(stream) > MAX_WRITE  # the attribute is where it is read
+            writes: list[int] = []
+            original = stream.write
+
+            async def counting(data: bytes) -> None:
+                writes.append(len(data))
+                await original(data)
+
+            stream.write = counting
+            frames = [bytes([i]) * 100 for i in range(50)]
+
+            async def receive(expected: list[bytes]) -> None:
+                for frame in expected:
+                    assert (await b.receive())[1] == frame
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive, frames)
+                await a.send_many(b.local_peer, frames)
+            assert writes == [50 * 101]
+            writes.clear()
+            # A window smaller than the batch (as read from the stream):
+            monkeypatch.setattr("net.libp2p.transport._send_window", lambda stream: 1_000)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive, frames)
+                await a.send_many(b.local_peer, frames)
+            assert writes == [101] * 50
+            writes.clear()
+            monkeypatch.undo()
+            big = [bytes([i]) * 20_000 for i in range(7)]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive, big)
+                await a.send_many(b.local_peer, big)
+            assert all(w <= MAX_WRITE for w in writes) and sum(writes) == 7 * 20_003
+            assert len(writes) == 3
+
+    trio.run(main)
 
 
 @pytest.mark.slow

@@ -121,6 +121,9 @@ class StubTransport:
     async def send(self, peer: Any, frame: bytes) -> None:
         pass
 
+    async def send_many(self, peer: Any, frames: Sequence[bytes]) -> None:
+        pass
+
 
 class Clock:
     def __init__(self, now: int = NOW) -> None:

@@ -26,9 +26,12 @@ class PeerUnreachable(TransportError):
     connection breaks afterwards; this error only says that *this* send failed.
     """
 
-    def __init__(self, peer: PeerId, reason: str) -> None:
+    def __init__(self, peer: PeerId, reason: str, *, frames_sent: int = 0) -> None:
         self.peer = peer
         self.reason = reason
+        self.frames_sent = frames_sent
+        """From ``send_many``: how many of its frames, the first ones, were written
+        before this failure (the rest were not sent)."""
         super().__init__(f"peer {peer} unreachable: {reason}")
 
 

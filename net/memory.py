@@ -285,8 +285,11 @@ class MemoryTransport:
         for frame in frames:
             if len(frame) > self._max_frame_size:
                 raise FrameTooLarge(len(frame), self._max_frame_size)
-        for frame in frames:
-            await self.send(peer, frame)
+        for done, frame in enumerate(frames):
+            try:
+                await self.send(peer, frame)
+            except PeerUnreachable as exc:
+                raise PeerUnreachable(peer, exc.reason, frames_sent=done) from None
 
     async def receive(self) -> tuple[PeerId, bytes]:
         # Cancellation-safe like trio's channels: a cancelled receive() takes no frame.

@@ -15,7 +15,8 @@ Guarantees:
   belongs to the participant index named inside the envelope.
 * **Per-link order.** Frames from one sender to one receiver arrive in the
   order they were sent, without duplicates; frames may be lost (a connection
-  that breaks after ``send()`` returned, a partition), so delivery is best
+  that breaks after ``send()`` returned, a partition, a stream the sender gave
+  up on while the receiver still held some of its frames), so delivery is best
   effort and protocols above must tolerate loss (the broadcast layer pulls
   missing payloads).
 * **Bounded frames.** ``send()`` refuses frames over ``max_frame_size`` with
@@ -68,13 +69,16 @@ class TransportStatistics:
     """Frames delivered to ``receive()``'s queue."""
     bytes_received: int = 0
     send_failures: int = 0
-    """``send()`` calls that raised ``PeerUnreachable``."""
+    """``send()`` and ``send_many()`` calls that raised ``PeerUnreachable``."""
     reconnects: int = 0
     """Links re-established to a peer after a failure or a broken connection."""
     dropped_oversize: int = 0
     """Incoming frames over ``max_frame_size``, dropped without delivery."""
     refused_peers: int = 0
     """Connections (libp2p) or frames (memory) refused because their peer is not allowed."""
+    superseded_streams: int = 0
+    """libp2p: inbound streams ended because their peer opened a newer one (the frames
+    they still held are dropped, never delivered after the newer stream's)."""
     writes: int = 0
     """Writes that carried the frames sent to other peers (libp2p: stream writes, several
     frames each under ``send_many``; memory: one per frame)."""
@@ -92,6 +96,7 @@ class TransportCounters:
         "reconnects",
         "refused_peers",
         "send_failures",
+        "superseded_streams",
         "writes",
     )
 
@@ -104,6 +109,7 @@ class TransportCounters:
         self.reconnects = 0
         self.dropped_oversize = 0
         self.refused_peers = 0
+        self.superseded_streams = 0
         self.writes = 0
 
     def sent(self, frame: bytes) -> None:
@@ -124,6 +130,7 @@ class TransportCounters:
             reconnects=self.reconnects,
             dropped_oversize=self.dropped_oversize,
             refused_peers=self.refused_peers,
+            superseded_streams=self.superseded_streams,
             writes=self.writes,
         )
 

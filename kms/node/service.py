@@ -88,7 +88,7 @@ from mpc.ids import ParticipantIndex, PeerId
 from mpc.secret import SecretShare
 from mpc.sig import SigningKey
 from net.codec import EnvelopeError
-from net.errors import TransportError
+from net.errors import PeerUnreachable, TransportError
 from net.transport import Transport
 
 log = logging.getLogger("quorum_kms.node")
@@ -528,12 +528,15 @@ class NodeService:
                 continue
             try:
                 await self.transport.send_many(peer, batch)
+                sent = len(batch)
+            except PeerUnreachable as exc:
+                sent = exc.frames_sent
             except TransportError:
-                for _ in batch:
-                    self.metrics.send_failed()
-                continue
-            for frame in batch:
+                sent = 0
+            for frame in batch[:sent]:
                 self.metrics.sent(int(index), len(frame))
+            for _ in batch[sent:]:
+                self.metrics.send_failed()
 
     # --- roles: key release, policies and gossip, evidence, audit, status -------------------
     # Each lives in its own module; the service wires them to the core, the store, the

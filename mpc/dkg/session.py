@@ -668,16 +668,18 @@ class SharingSession:
     def _not_live_reason(self) -> str:
         """Why ``live`` is false, with what this session saw (for the operator's log)."""
         start = self.config.schedule.start
+        since = "never" if self._live_from is None else f"only since {self._live_from:.3f}"
+        reason = (
+            "not live through the run (restarted, paused or stalled):"
+            f" live {since}, the run started at {start:.3f}"
+        )
         stall = self._last_stall
         if stall is not None and stall[0] > start:
             return (
-                f"not live through the run (restarted, paused or stalled): {stall[1]:.2f} s"
-                f" between two steps at {stall[0]:.3f}, more than {self._max_gap:.2f} s"
+                f"{reason}; {stall[1]:.3f} s between two of its steps at {stall[0]:.3f},"
+                f" more than {self._max_gap:.3f} s (a pause, CPU starvation or a clock step)"
             )
-        return (
-            "not live through the run (restarted, paused or stalled): live only since"
-            f" {self._live_from}, the run started at {start:.3f}"
-        )
+        return f"{reason}; no gap seen in the run: it restarted or started after the run began"
 
     def _observe(self, now: float) -> None:
         if self._last_seen is None:

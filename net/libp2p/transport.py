@@ -78,7 +78,7 @@ import math
 import os
 import socket
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final, Self
@@ -256,7 +256,8 @@ class _Inbox:
     def queued_bytes(self, peer: PeerId) -> int:
         return self._bytes.get(peer, 0)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake every ``put`` and ``get`` waiting, to look again."""
         self._changed.set()
         self._changed = trio.Event()
 
@@ -265,7 +266,7 @@ class _Inbox:
         self._queues.clear()
         self._bytes.clear()
         self._ready.clear()
-        self._wake()
+        self.wake()
 
     def drop(self, peer: PeerId) -> None:
         """Forget ``peer``'s queued frames (it is no longer allowed)."""
@@ -273,13 +274,20 @@ class _Inbox:
         self._bytes.pop(peer, None)
         if peer in self._ready:
             self._ready.remove(peer)
-        self._wake()
+        self.wake()
 
-    async def put(self, peer: PeerId, frame: bytes) -> None:
-        """Queue ``frame``; wait while ``peer``'s queue is non-empty and would exceed the cap."""
+    async def put(
+        self, peer: PeerId, frame: bytes, current: Callable[[], bool] | None = None
+    ) -> bool:
+        """Queue ``frame``; wait while ``peer``'s queue is non-empty and would exceed the cap.
+
+        ``current`` says whether the frame's stream is still the peer's newest; once it is
+        not, the frame is not queued and ``False`` is returned (see ``_handle_stream``)."""
         while True:
             if self.closed:
                 raise trio.ClosedResourceError
+            if current is not None and not current():
+                return False
             used = self._bytes.get(peer, 0)
             if used == 0 or used + len(frame) <= self.cap:
                 break
@@ -289,7 +297,8 @@ class _Inbox:
             self._ready.append(peer)
         queue.append(frame)
         self._bytes[peer] = used + len(frame)
-        self._wake()
+        self.wake()
+        return True
 
     async def get(self) -> tuple[PeerId, bytes]:
         while not self._ready:
@@ -305,7 +314,7 @@ class _Inbox:
         else:
             del self._queues[peer]
             del self._bytes[peer]
-        self._wake()
+        self.wake()
         return peer, frame
 
 
@@ -402,6 +411,9 @@ class Libp2pTransport:
         self._host: Any = None
         self._stack = AsyncExitStack()
         self._inbox = _Inbox(DEFAULT_QUEUE_BYTES)
+        self._stream_serial = 0
+        self._newest_inbound: dict[PeerId, int] = {}
+        """Per peer, the serial number of its newest inbound stream (``_handle_stream``)."""
         self._allowed: frozenset[PeerId] | None = None
         configure_logging()
 
@@ -610,7 +622,7 @@ class Libp2pTransport:
         or not at all (an incomplete one is dropped with its stream): a write that fails is
         sent again on a new stream, as ``send()`` does, and no frame arrives twice. With
         less window the frames are written one by one. On ``PeerUnreachable`` the frames
-        after the failed write are not sent."""
+        after the failed write are not sent; its ``frames_sent`` says how many were."""
         self._check_open()
         for frame in frames:
             if len(frame) > self._max_frame_size:
@@ -629,20 +641,25 @@ class Libp2pTransport:
             writes[-1].append((piece, len(frame)))
             size += len(piece)
         link = self._links.setdefault(peer, _Link())
+        done = 0
         async with link.lock:
             self._check_open()
             for group in writes:
                 data = b"".join(piece for piece, _ in group)
-                together = len(group) == 1 or _send_window(link.stream) >= len(data)
-                try:
-                    for one in [data] if together else [piece for piece, _ in group]:
-                        await self._send_locked(peer, link, one)
-                except PeerUnreachable:
-                    self._counters.send_failures += 1
-                    raise
-                for _, length in group:
-                    self._counters.frames_sent += 1
-                    self._counters.bytes_sent += length
+                if len(group) == 1 or _send_window(link.stream) >= len(data):
+                    parts = [(data, [length for _, length in group])]
+                else:
+                    parts = [(piece, [length]) for piece, length in group]
+                for part, lengths in parts:
+                    try:
+                        await self._send_locked(peer, link, part)
+                    except PeerUnreachable as exc:
+                        self._counters.send_failures += 1
+                        raise PeerUnreachable(peer, exc.reason, frames_sent=done) from None
+                    for length in lengths:
+                        self._counters.frames_sent += 1
+                        self._counters.bytes_sent += length
+                    done += len(lengths)
 
     # --- sending ---------------------------------------------------------------------
 
@@ -728,8 +745,25 @@ class Libp2pTransport:
 
     async def _handle_stream(self, stream: Any) -> None:
         """Inbound stream: push ``(authenticated peer, frame)`` until it ends."""
+        sender: PeerId | None = None
+        mine = 0
         try:
             sender = PeerId(stream.muxed_conn.peer_id.to_base58())
+            # A peer writes to one stream at a time and opens a new one only when the old
+            # one failed on its side (a write error or time-out). Frames still held here
+            # from the old stream (parsed, or waiting for room in the inbox) would then race
+            # the new stream's into the inbox and arrive out of order: once a newer stream
+            # from the same peer is accepted, the older one delivers nothing more and is
+            # reset, so its frames are lost (allowed) rather than reordered, and its buffers
+            # in the muxer are freed.
+            self._stream_serial += 1
+            mine = self._stream_serial
+            self._newest_inbound[sender] = mine
+
+            def current() -> bool:
+                return self._newest_inbound.get(sender) == mine
+
+            self._inbox.wake()  # an older stream's handler waiting for room sees it
             reader = _FrameReader(stream, self._max_frame_size)
             while True:
                 if not self._allows(sender):
@@ -740,7 +774,9 @@ class Libp2pTransport:
                 if not self._allows(sender):
                     self._counters.refused_peers += 1
                     break
-                await self._inbox.put(sender, frame)
+                if not await self._inbox.put(sender, frame, current):
+                    self._counters.superseded_streams += 1
+                    break
                 self._counters.received(frame)
         except _Oversize:
             self._counters.dropped_oversize += 1
@@ -749,6 +785,8 @@ class Libp2pTransport:
             # EOF, a reset, a broken connection, or this transport closing.
             logger.debug("inbound stream ended", exc_info=True)
         finally:
+            if sender is not None and self._newest_inbound.get(sender) == mine:
+                del self._newest_inbound[sender]
             await _reset(stream)
 
 

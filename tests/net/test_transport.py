@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -282,6 +283,129 @@ def test_libp2p_send_many_writes_together_only_within_the_yamux_window(
                 await a.send_many(b.local_peer, big)
             assert all(w <= MAX_WRITE for w in writes) and sum(writes) == 7 * 20_003
             assert len(writes) == 3
+
+    trio.run(main)
+
+
+@pytest.mark.slow
+def test_libp2p_frames_stay_in_order_when_a_stalled_receiver_makes_the_sender_switch_streams() -> (
+    None
+):
+    """The receiver's application stops reading for longer than py-libp2p waits for a
+    Yamux window update (5 s), as on a starved node: its inbox fills, its stream handler
+    holds parsed frames, the sender's write times out and it opens a new stream. Frames
+    the old stream's handler still held must not be delivered after the new stream's:
+    they are dropped (loss is allowed), never reordered or repeated."""
+
+    async def main() -> None:
+        async with libp2p_pair() as (a, b):
+            assert isinstance(a, Libp2pTransport) and isinstance(b, Libp2pTransport)
+            b.set_allowed_peers(None, queue_bytes=20_000)
+            n = 900
+            frames = [i.to_bytes(4, "big") * 1_000 for i in range(n)]
+
+            async def sender() -> None:
+                for i in range(0, n, 15):
+                    with contextlib.suppress(TransportError):
+                        await a.send_many(b.local_peer, frames[i : i + 15])
+
+            got: list[int] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                await trio.sleep(7.0)  # not reading: the sender's window stays at 0 > 5 s
+                while True:
+                    with trio.move_on_after(3.0) as idle:
+                        got.append(int.from_bytes((await b.receive())[1][:4], "big"))
+                    if idle.cancelled_caught:
+                        break
+                nursery.cancel_scope.cancel()
+            assert a.statistics().reconnects >= 1, "the sender never switched streams"
+            assert b.statistics().superseded_streams >= 1
+            assert len(got) == len(set(got)), "a frame arrived twice"
+            assert got == sorted(got), "frames arrived out of order"
+            assert got and got[-1] == n - 1
+
+    trio.run(main)
+
+
+@pytest.mark.slow
+def test_libp2p_frames_a_superseded_stream_still_holds_are_dropped_not_reordered() -> None:
+    """The same race, set up exactly: the receiver's inbox takes one frame at a time and
+    nothing reads it; the sender writes frames 0-39 on a stream, then (as after a failed
+    write) frames 100-139 on a new one. The old stream's handler holds frames it parsed;
+    once the new stream is accepted it delivers none of them, so what arrives is in order."""
+
+    async def main() -> None:
+        for _ in range(3):
+            async with libp2p_pair() as (a, b):
+                assert isinstance(a, Libp2pTransport) and isinstance(b, Libp2pTransport)
+                b.set_allowed_peers(None, queue_bytes=1)
+                old = await a._open_stream(b.local_peer)
+                await old.write(
+                    b"".join(encode_varint(4) + i.to_bytes(4, "big") for i in range(40))
+                )
+                await trio.sleep(0.3)
+                new = await a._open_stream(b.local_peer)
+                await new.write(
+                    b"".join(encode_varint(4) + i.to_bytes(4, "big") for i in range(100, 140))
+                )
+                await trio.sleep(0.3)
+                got: list[int] = []
+                while True:
+                    with trio.move_on_after(0.5) as idle:
+                        got.append(int.from_bytes((await b.receive())[1], "big"))
+                    if idle.cancelled_caught:
+                        break
+                assert got == sorted(got), got
+                assert got[-40:] == list(range(100, 140))
+                assert b.statistics().superseded_streams == 1
+
+    trio.run(main)
+
+
+@pytest.mark.slow
+def test_libp2p_send_many_that_fails_part_way_says_how_many_frames_went_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Frames written one by one (a window below the group); the receiver dies once it has
+    the third: ``PeerUnreachable.frames_sent`` is 3 and exactly those 3 are counted sent."""
+
+    async def main() -> None:
+        async with libp2p_pair() as (a, b):
+            assert isinstance(a, Libp2pTransport)
+            await a.send(b.local_peer, b"open")
+            await b.receive()
+            before = a.statistics()
+            monkeypatch.setattr("net.libp2p.transport._send_window", lambda stream: 1_000)
+            stream = a._links[b.local_peer].stream
+            original, written, got = stream.write, [0], []
+
+            async def write(data: bytes) -> None:
+                await original(data)
+                written[0] += 1
+                if written[0] == 3:
+                    with trio.fail_after(5):
+                        while len(got) < 3:
+                            await trio.sleep(0.01)
+                    await b.aclose()
+
+            stream.write = write
+
+            async def receive() -> None:
+                with contextlib.suppress(TransportError):
+                    while True:
+                        got.append((await b.receive())[1])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                with pytest.raises(PeerUnreachable) as raised:
+                    await a.send_many(b.local_peer, [bytes([i]) * 100 for i in range(10)])
+                nursery.cancel_scope.cancel()
+            assert raised.value.frames_sent == 3 and len(got) == 3
+            after = a.statistics()
+            assert after.frames_sent - before.frames_sent == 3
+            assert after.bytes_sent - before.bytes_sent == 300
+            assert after.send_failures - before.send_failures == 1
 
     trio.run(main)
 

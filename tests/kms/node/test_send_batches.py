@@ -7,6 +7,7 @@ in batches no larger than ``SEND_BATCH_BYTES`` (plus the frame that crossed it).
 from __future__ import annotations
 
 import random
+import types
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import trio.testing
 
 from kms.app.testing import participant
 from kms.node.core import NodeConfig
+from kms.node.metrics import NodeMetrics
 from kms.node.service import SEND_BATCH_BYTES, NodeService, TrioClock
 from kms.store import NodeStore, TEESealer
 from mpc.dkg.schedule import Schedule
@@ -143,3 +145,41 @@ def test_queued_frames_go_out_in_batches_and_the_dkg_certifies(tmp_path: Path) -
             rest = iter(frames)
             assert all(any(f == g for f in rest) for g in got), "reordered or altered"
             assert len(got) >= len(frames) - 2, (len(got), len(frames))
+
+
+def test_a_batch_that_fails_part_way_counts_the_frames_that_went_out_as_sent() -> None:
+    """The peer goes off the network after taking 3 of the 10 frames queued for it (it
+    crashed mid-batch): the node counts 3 frames sent to it and 7 send failures."""
+
+    async def main() -> None:
+        network = MemoryNetwork()
+        async with MemoryTransport(network, "peerA") as a, MemoryTransport(network, "peerB") as b:
+            metrics = NodeMetrics()
+            metrics.set_members([2])
+            real_send = a.send
+            taken: list[bytes] = []
+
+            async def send(peer: PeerId, frame: bytes) -> None:
+                if len(taken) == 3:
+                    await b.aclose()
+                await real_send(peer, frame)
+                taken.append(frame)
+
+            a.send = send  # type: ignore[method-assign]
+            service = types.SimpleNamespace(
+                _queued_bytes={PI(2): 1_000},
+                transport=a,
+                metrics=metrics,
+                driver=types.SimpleNamespace(peer_of=lambda i: "peerB"),
+            )
+            s, r = trio.open_memory_channel[bytes](16)
+            for i in range(10):
+                s.send_nowait(bytes([i]) * 100)
+            s.close()
+            await NodeService._sender(service, PI(2), r)  # type: ignore[arg-type]
+            assert len(taken) == 3
+            assert metrics.send_failures == 7
+            assert metrics.peer_messages_out == {2: 3}
+            assert service._queued_bytes == {PI(2): 0}
+
+    trio.run(main)

@@ -68,8 +68,8 @@ typecheck: $(STAMP)
 # written (marked `guide`: the operator guide's tutorial and the README's quick start,
 # which mostly wait on their node processes) and the real dstack SDK against `kms agent`
 # on a devnet (marked `sdk`; it mostly waits too). Three slow workers, with the guide on two,
-# were no faster (275 s against 264-309 s) and a devnet then missed its 90 s start deadline. The n = 64 compute-only simulation (marked `long`:
-# a virtual clock, no deadline; one run, two checks) starts first, in a process of its own
+# were no faster (275 s against 264-309 s). The n = 64 compute-only simulation (marked
+# `long`: a virtual clock, no deadline; one run, two checks) starts first, in a process of its own
 # at the lowest CPU priority (nice 19; not every VM's scheduler honours it, see
 # docs/design.md): it is meant to take the CPU the other lanes leave, and prints its
 # report at the end. The fault lab's smoke run (marked `chaos`: five node processes on

@@ -1285,6 +1285,58 @@ def spawn_nodes(directory: Path, state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+LATE_START = "genesis was over when this node started"
+"""What a node logs when it first ran after the genesis DKG's first attempt was over: it
+then takes part in no genesis attempt (``kms.node.sharing_runs``), so a devnet whose nodes
+all started that late never certifies."""
+
+
+def log_sizes(state: dict[str, Any]) -> list[int]:
+    """The current size of each node's log (where to read its new lines from)."""
+    logs = [Path(n["config"]).parent / "node.log" for n in state["nodes"]]
+    return [p.stat().st_size if p.exists() else 0 for p in logs]
+
+
+def started_late(
+    state: dict[str, Any], since: list[int], stopping: Callable[[], bool], timeout: float
+) -> bool:
+    """Wait (at most ``timeout`` s) until every node has logged, after ``since``
+    (``log_sizes``), that it runs; whether any of them started too late for the genesis."""
+    logs = [Path(n["config"]).parent / "node.log" for n in state["nodes"]]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():
+        texts = []
+        for path, offset in zip(logs, since, strict=True):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    texts.append(f.read().decode(errors="replace"))
+            except OSError:
+                texts.append("")
+        if any(LATE_START in t for t in texts):
+            return True
+        if all("node running" in t for t in texts):
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def move_genesis(directory: Path, state: dict[str, Any], start_in: float) -> None:
+    """Stop the nodes (none has a share: none took part in a genesis attempt) and move the
+    committee's genesis start to ``start_in`` seconds from now in every node's config."""
+    import tomllib
+
+    stop_pids([n.get("pid") for n in state["nodes"]])
+    start = round(time.time() + start_in, 3)
+    for n in state["nodes"]:
+        path = Path(n["config"])
+        doc = tomllib.loads(path.read_text())
+        doc["committee"]["genesis_start"] = start
+        write_config(path, doc)
+        n["pid"] = None
+    write_state(directory, state)
+
+
 def genesis_progress(directory: Path, stopping: Callable[[], bool]) -> tuple[int, set[Any]]:
     """How many nodes report an epoch, and the master public keys they report."""
     done, keys = 0, set()

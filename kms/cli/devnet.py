@@ -89,15 +89,32 @@ def devnet_up(
         )
     except ValueError as exc:
         fail(str(exc), 2)
-    _supervise(dir, state, pccs_port)
+    _supervise(dir, state, pccs_port, start_in)
 
 
-def _supervise(dir: Path, state: dict[str, Any], pccs_port: int | None) -> None:
+def _supervise(dir: Path, state: dict[str, Any], pccs_port: int | None, start_in: float) -> None:
     """Start the PCCS and the nodes, follow the genesis DKG, run until SIGINT/SIGTERM,
-    then stop everything and exit 0."""
+    then stop everything and exit 0.
+
+    A node that starts after the genesis DKG's first attempt is over never takes part in
+    a genesis attempt; on a loaded machine the nodes can take longer to start than
+    ``--start-in``. If one did, the nodes are stopped and the genesis start moved later by
+    twice the time they took (at most twice)."""
     server = devnet.start_pccs(dir, pccs_port) if pccs_port is not None else None
     stopping = _stop_on_signals()
-    devnet.spawn_nodes(dir, state)
+    for tries in range(3):
+        since = devnet.log_sizes(state)
+        spawned = time.monotonic()
+        state = devnet.spawn_nodes(dir, state)
+        if tries == 2 or not devnet.started_late(state, since, stopping, STARTED_TIMEOUT):
+            break
+        took = time.monotonic() - spawned
+        start_in = max(start_in, 0.0) + 2 * took
+        console.print(
+            f"[yellow]the nodes took {took:.0f} s to start, past the genesis DKG's first"
+            f" attempt: starting them again with the genesis {start_in:.0f} s ahead[/yellow]"
+        )
+        devnet.move_genesis(dir, state, start_in)
     try:
         mpk = _follow_genesis(dir, stopping, len(state["nodes"]))
         if mpk is not None:
@@ -110,6 +127,10 @@ def _supervise(dir: Path, state: dict[str, Any], pccs_port: int | None) -> None:
         console.print(f"devnet stopped in {time.monotonic() - began:.1f} s")
     # Every process is stopped and devnet.json written: skip the interpreter's slow finalisation.
     exit_now(0)
+
+
+STARTED_TIMEOUT = 120.0
+"""How long ``devnet up`` waits for its nodes to start before it follows the genesis."""
 
 
 def _stop_on_signals() -> Callable[[], bool]:

@@ -754,8 +754,12 @@ class Libp2pTransport:
             # from the old stream (parsed, or waiting for room in the inbox) would then race
             # the new stream's into the inbox and arrive out of order: once a newer stream
             # from the same peer is accepted, the older one delivers nothing more and is
-            # reset, so its frames are lost (allowed) rather than reordered, and its buffers
-            # in the muxer are freed.
+            # reset, so its frames are lost (allowed) rather than reordered. (py-libp2p keeps
+            # a reset stream's unread buffer for another 60 s.) Streams are ordered by when
+            # their handlers start: an old stream whose negotiation ends after the new one's
+            # would supersede it; it is dead on the sender's side, so it ends, the sender's
+            # next write to the superseded stream fails, and it opens another: a loss, then
+            # order again.
             self._stream_serial += 1
             mine = self._stream_serial
             self._newest_inbound[sender] = mine

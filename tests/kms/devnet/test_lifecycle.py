@@ -224,3 +224,40 @@ def test_detached_devnet_keeps_running_and_down_stops_it(tmp_path: Path) -> None
         assert all(n["outcome"] == "not running" for n in json.loads(again.stdout)["nodes"])
     finally:
         kill_all(procs)
+
+
+def test_devnet_up_moves_the_genesis_when_its_nodes_start_after_its_first_attempt(
+    tmp_path: Path,
+) -> None:
+    """A loaded machine, made certain: the genesis start is 30 s in the past when the nodes
+    start, so each logs that it started after the genesis was over and would wait forever
+    for a chain nobody makes. `devnet up` sees it, stops them, moves the genesis start
+    ahead by twice the time they took to start, and the devnet then certifies."""
+    d = tmp_path / "devnet"
+    cmd = [sys.executable, "-m", "kms.cli", "devnet", "up", "--detach", "--dir", str(d)]
+    cmd += ["--nodes", "4", "--threshold", "3", "--delta", "0.5", "--start-in", "-30"]
+    cmd += ["--window-period", "5", "--detach-timeout", "120"]
+    procs: dict[int, str] = {}
+    try:
+        up = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        state = devnet.read_state(d) if (d / devnet.STATE_FILE).exists() else None
+        if state is not None:
+            procs = {int(n["pid"]): str(n["config"]) for n in state["nodes"] if n["pid"]}
+            if state.get("supervisor_pid"):
+                procs[int(state["supervisor_pid"])] = "devnet"
+        log = (d / "devnet.log").read_text()
+        assert up.returncode == 0, up.stdout + up.stderr + log
+        assert "past the genesis DKG's first attempt" in " ".join(log.split())
+        assert state is not None and state["master_public_key"]
+        logs = [(d / f"node-{i}" / "node.log").read_text() for i in (1, 2, 3, 4)]
+        assert any(devnet.LATE_START in text for text in logs)
+        statuses = [devnet.status_of(n["http_url"]) for n in state["nodes"]]
+        assert all(st and st.get("epoch") == 0 for st in statuses), statuses
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "kms.cli", "devnet", "down", "--dir", str(d)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        kill_all(procs)

@@ -6,124 +6,61 @@ in batches no larger than ``SEND_BATCH_BYTES`` (plus the frame that crossed it).
 
 from __future__ import annotations
 
-import random
 import types
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
-import trio.testing
+from service_genesis import run_genesis
 
-from kms.app.testing import participant
-from kms.node.core import NodeConfig
 from kms.node.metrics import NodeMetrics
-from kms.node.service import SEND_BATCH_BYTES, NodeService, TrioClock
-from kms.store import NodeStore, TEESealer
+from kms.node.service import SEND_BATCH_BYTES, NodeService
 from mpc.dkg.schedule import Schedule
 from mpc.ids import ParticipantIndex as PI
 from mpc.ids import PeerId
-from mpc.sig import SigningKey
+from net.delay import DelayedTransport
 from net.memory import MemoryNetwork, MemoryTransport
-from net.peerid import peer_id_from_ed25519
-from net.transport import TransportStatistics
 
 N, T, DELTA, START = 4, 3, 0.25, 5.0
 
 
-class Recording:
-    """A transport that records every batch (``send`` is a batch of one) and passes it on."""
+class Recording(DelayedTransport):
+    """The inner transport with no delay, recording every batch (``send`` is one of one)."""
 
     def __init__(self, inner: MemoryTransport) -> None:
-        self.inner = inner
+        super().__init__(inner, 0.0)
         self.batches: list[tuple[PeerId, list[bytes]]] = []
-
-    @property
-    def local_peer(self) -> PeerId:
-        return self.inner.local_peer
-
-    @property
-    def max_frame_size(self) -> int:
-        return self.inner.max_frame_size
 
     async def send(self, peer: PeerId, frame: bytes) -> None:
         self.batches.append((peer, [frame]))
-        await self.inner.send(peer, frame)
+        await super().send(peer, frame)
 
     async def send_many(self, peer: PeerId, frames: Sequence[bytes]) -> None:
         self.batches.append((peer, list(frames)))
-        await self.inner.send_many(peer, frames)
-
-    async def receive(self) -> tuple[PeerId, bytes]:
-        return await self.inner.receive()
-
-    def add_peer(self, peer: PeerId, addrs: Sequence[str]) -> None:
-        self.inner.add_peer(peer, addrs)
-
-    def connected_peers(self) -> list[PeerId]:
-        return self.inner.connected_peers()
-
-    def set_allowed_peers(
-        self, peers: Collection[PeerId] | None, *, queue_bytes: int | None = None
-    ) -> None:
-        self.inner.set_allowed_peers(peers, queue_bytes=queue_bytes)
-
-    def statistics(self) -> TransportStatistics:
-        return self.inner.statistics()
+        await super().send_many(peer, frames)
 
 
 def test_queued_frames_go_out_in_batches_and_the_dkg_certifies(tmp_path: Path) -> None:
-    rnd = random.Random("send-batches")
-    seeds = {i: (rnd.randbytes(32), rnd.randbytes(32)) for i in range(1, N + 1)}
-    genesis = tuple(participant(i, *seed)[2] for i, seed in seeds.items())
-    services: dict[int, NodeService] = {}
     recorders: dict[int, Recording] = {}
     received: dict[tuple[PeerId, PeerId], list[bytes]] = {}
     first = Schedule.default(START, N, T, delta=DELTA)
-    done_at: dict[int, float] = {}
 
-    async def main() -> None:
-        network = MemoryNetwork()
-        clock = TrioClock(0.0)
-        stores = []
-        async with trio.open_nursery() as nursery:
-            for i in seeds:
-                cfg = NodeConfig(
-                    PI(i), genesis, T, genesis_start=START, delta=DELTA, window_period=1e9
-                )
-                store = NodeStore(tmp_path / f"node-{i}.db", TEESealer(lambda: bytes(32)))
-                store.save_identity(*seeds[i])
-                stores.append(store)
-                ident = SigningKey.from_seed(seeds[i][0])
-                inner = MemoryTransport(
-                    network, peer_id_from_ed25519(ident.verify_key().to_bytes())
-                )
-                await inner.__aenter__()
-                recorder = Recording(inner)
-                original = inner.receive
+    def wrap(i: int, inner: MemoryTransport) -> Recording:
+        original = inner.receive
 
-                async def receive(
-                    original: object = original, me: PeerId = inner.local_peer
-                ) -> tuple[PeerId, bytes]:
-                    sender, frame = await original()  # type: ignore[operator]
-                    received.setdefault((sender, me), []).append(frame)
-                    return sender, frame  # type: ignore[no-any-return]
+        async def receive() -> tuple[PeerId, bytes]:
+            sender, frame = await original()
+            received.setdefault((sender, inner.local_peer), []).append(frame)
+            return sender, frame
 
-                inner.receive = receive  # type: ignore[method-assign]
-                recorders[i] = recorder
-                services[i] = NodeService(cfg, store, recorder, {}, clock=clock)  # type: ignore[arg-type]
-                await nursery.start(services[i].run)
-            with trio.fail_after(120):
-                while len(done_at) < N:
-                    for i, s in services.items():
-                        if i not in done_at and s.core.state is not None and s.core.share:
-                            done_at[i] = trio.current_time()
-                    await trio.sleep(0.05)
-            await trio.sleep(5 * DELTA)  # frames still in flight arrive
-            nursery.cancel_scope.cancel()
-        for store in stores:
-            store.close()
+        inner.receive = receive  # type: ignore[method-assign]
+        recorders[i] = Recording(inner)
+        return recorders[i]
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    # After the last share, 5 Δ more: frames still in flight arrive.
+    services, done_at = run_genesis(
+        tmp_path, "send-batches", N, T, delta=DELTA, start=START, wrap=wrap, settle=5 * DELTA
+    )
     assert max(done_at.values()) < first.end, (done_at, first.end)
     states = [s.core.state for s in services.values()]
     assert len({st.mpk.to_bytes() for st in states if st is not None}) == 1

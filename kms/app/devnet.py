@@ -216,6 +216,11 @@ def _is_gone(pid: int) -> bool:
         return False
 
 
+def node_log(entry: dict[str, Any]) -> Path:
+    """Where a devnet node's process logs: ``node.log`` beside its config."""
+    return Path(entry["config"]).parent / "node.log"
+
+
 def spawn(config: str, log_path: Path, *, die_with_parent: bool = False) -> int:
     """Start ``kms node run --config config`` in its own session, logging to ``log_path``.
 
@@ -408,7 +413,7 @@ def node_entry(state: dict[str, Any], index: int) -> dict[str, Any]:
 def start_node(directory: Path, index: int) -> int:
     state = read_state(directory)
     node = node_entry(state, index)
-    pid = spawn(node["config"], Path(node["config"]).parent / "node.log")
+    pid = spawn(node["config"], node_log(node))
     for n in state["nodes"]:
         if int(n["index"]) == index:
             n["pid"] = pid
@@ -1126,7 +1131,7 @@ def add_node(directory: Path, *, timeout: float = 120.0) -> dict[str, Any]:
     entry = init_joining_node(directory)
     index = int(entry["index"])
     cfg = Path(entry["config"])
-    entry["pid"] = spawn(entry["config"], cfg.parent / "node.log")
+    entry["pid"] = spawn(entry["config"], node_log(entry))
     entry["joining"] = True
     state = read_state(directory)
     state["nodes"] = [n for n in state["nodes"] if int(n["index"]) != index] + [entry]
@@ -1279,7 +1284,7 @@ def spawn_nodes(directory: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Start every node of a new devnet (each dies with this process), this process as
     their supervisor; the state is written and returned."""
     for n in state["nodes"]:
-        n["pid"] = spawn(n["config"], Path(n["config"]).parent / "node.log", die_with_parent=True)
+        n["pid"] = spawn(n["config"], node_log(n), die_with_parent=True)
     state["supervisor_pid"] = os.getpid()
     write_state(directory, state)
     return state
@@ -1293,7 +1298,7 @@ all started that late never certifies."""
 
 def log_sizes(state: dict[str, Any]) -> list[int]:
     """The current size of each node's log (where to read its new lines from)."""
-    logs = [Path(n["config"]).parent / "node.log" for n in state["nodes"]]
+    logs = [node_log(n) for n in state["nodes"]]
     return [p.stat().st_size if p.exists() else 0 for p in logs]
 
 
@@ -1302,7 +1307,7 @@ def started_late(
 ) -> bool:
     """Wait (at most ``timeout`` s) until every node has logged, after ``since``
     (``log_sizes``), that it runs; whether any of them started too late for the genesis."""
-    logs = [Path(n["config"]).parent / "node.log" for n in state["nodes"]]
+    logs = [node_log(n) for n in state["nodes"]]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stopping():
         texts = []

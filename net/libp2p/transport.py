@@ -631,14 +631,14 @@ class Libp2pTransport:
             for frame in frames:
                 await self.send(peer, frame)
             return
-        writes: list[list[tuple[bytes, int]]] = []
+        writes: list[list[tuple[bytes, bytes]]] = []
         size = MAX_WRITE
         for frame in frames:
             piece = encode_varint(len(frame)) + bytes(frame)
             if size + len(piece) > MAX_WRITE:
                 writes.append([])
                 size = 0
-            writes[-1].append((piece, len(frame)))
+            writes[-1].append((piece, frame))
             size += len(piece)
         link = self._links.setdefault(peer, _Link())
         done = 0
@@ -647,19 +647,18 @@ class Libp2pTransport:
             for group in writes:
                 data = b"".join(piece for piece, _ in group)
                 if len(group) == 1 or _send_window(link.stream) >= len(data):
-                    parts = [(data, [length for _, length in group])]
+                    parts = [(data, [frame for _, frame in group])]
                 else:
-                    parts = [(piece, [length]) for piece, length in group]
-                for part, lengths in parts:
+                    parts = [(piece, [frame]) for piece, frame in group]
+                for part, written in parts:
                     try:
                         await self._send_locked(peer, link, part)
                     except PeerUnreachable as exc:
                         self._counters.send_failures += 1
                         raise PeerUnreachable(peer, exc.reason, frames_sent=done) from None
-                    for length in lengths:
-                        self._counters.frames_sent += 1
-                        self._counters.bytes_sent += length
-                    done += len(lengths)
+                    for frame in written:
+                        self._counters.sent(frame)
+                    done += len(written)
 
     # --- sending ---------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ typecheck: $(STAMP)
 # they mostly wait (two workers used 0.9 of a core), so beside them run the docs run as
 # written (marked `guide`: the operator guide's tutorial and the README's quick start,
 # which mostly wait on their node processes) and the real dstack SDK against `kms agent`
-# on a devnet (marked `sdk`, `make demo` end to end included; it mostly waits too). Three slow workers, with the guide on two,
+# on a devnet (marked `sdk`; it mostly waits too). Three slow workers, with the guide on two,
 # were no faster (275 s against 264-309 s). The n = 64 compute-only simulation (marked
 # `long`: a virtual clock, no deadline; one run, two checks) starts first, in a process of its own
 # at the lowest CPU priority (nice 19; not every VM's scheduler honours it, see
@@ -83,7 +83,7 @@ FAST_WORKERS ?= 2
 # to the files that carry the marks).
 LONG_TESTS  = tests/sim/test_sim_scale.py
 GUIDE_TESTS = tests/docs/test_operator_guide.py
-SDK_TESTS   = tests/kms/agent/test_sdk.py tests/kms/test_demo.py
+SDK_TESTS   = tests/kms/agent/test_sdk.py
 CHAOS_TESTS = tests/kms/chaos/test_smoke.py
 test: $(STAMP) $(SDK_STAMP)
 	@long_log=$$(mktemp); guide_log=$$(mktemp); sdk_log=$$(mktemp); check_log=$$(mktemp); \

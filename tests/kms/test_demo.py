@@ -9,10 +9,7 @@ import sys
 import pytest
 
 
-# Marked `sdk` as well: the demo's dstack app is the unmodified SDK against `kms agent`, and
-# `make test` runs it in that lane, beside the slow tests (it mostly waits on its nodes).
 @pytest.mark.slow
-@pytest.mark.sdk
 def test_make_demo_runs_and_passes() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "kms.app.demo"],

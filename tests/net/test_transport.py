@@ -301,18 +301,30 @@ def test_libp2p_frames_stay_in_order_when_a_stalled_receiver_makes_the_sender_sw
         async with libp2p_pair() as (a, b):
             assert isinstance(a, Libp2pTransport) and isinstance(b, Libp2pTransport)
             b.set_allowed_peers(None, queue_bytes=20_000)
-            n = 900
-            frames = [i.to_bytes(4, "big") * 1_000 for i in range(n)]
+            sent = 0
 
             async def sender() -> None:
-                for i in range(0, n, 15):
+                # Until the sender switched streams (py-libp2p may first grow the stream's
+                # window to megabytes), then 150 frames more; at most 12,000 (48 MB).
+                nonlocal sent
+                more = 150
+                while more > 0 and sent < 12_000:
+                    batch = [i.to_bytes(4, "big") * 1_000 for i in range(sent, sent + 15)]
                     with contextlib.suppress(TransportError):
-                        await a.send_many(b.local_peer, frames[i : i + 15])
+                        await a.send_many(b.local_peer, batch)
+                    sent += 15
+                    if a.statistics().reconnects:
+                        more -= 15
 
             got: list[int] = []
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender)
-                await trio.sleep(7.0)  # not reading: the sender's window stays at 0 > 5 s
+                # Not reading until the sender's window has stayed at 0 for over 5 s and it
+                # switched streams (about 7 s; on a loaded machine its timers run late).
+                with trio.move_on_after(120.0):
+                    while a.statistics().reconnects == 0:
+                        await trio.sleep(0.2)
+                await trio.sleep(0.5)
                 while True:
                     with trio.move_on_after(3.0) as idle:
                         got.append(int.from_bytes((await b.receive())[1][:4], "big"))
@@ -323,7 +335,7 @@ def test_libp2p_frames_stay_in_order_when_a_stalled_receiver_makes_the_sender_sw
             assert b.statistics().superseded_streams >= 1
             assert len(got) == len(set(got)), "a frame arrived twice"
             assert got == sorted(got), "frames arrived out of order"
-            assert got and got[-1] == n - 1
+            assert got and got[-1] == sent - 1
 
     trio.run(main)
 

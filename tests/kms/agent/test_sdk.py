@@ -84,7 +84,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     n = Net(base / "devnet", base / "dstack.sock")
     n.proc = devnet.launch(n.directory, nodes=4, threshold=2, start_in=5, window_period=4.0)
     try:
-        state = devnet.wait_for_apps(n.directory, n.proc, 90)
+        state = devnet.wait_for_apps(n.directory, n.proc, 150)
         assert state is not None, "the devnet did not come up"
         line = n.start_agent()
         assert line == f"serving on {n.sock}"

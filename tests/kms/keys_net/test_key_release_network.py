@@ -33,7 +33,7 @@ def devnet(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     d = tmp_path_factory.mktemp("keys") / "devnet"
     up = launch(d)
     try:
-        assert wait_for_apps(d, up, 90) is not None, "the devnet did not come up"
+        assert wait_for_apps(d, up, 150) is not None, "the devnet did not come up"
         yield d
     finally:
         up.send_signal(signal.SIGTERM)

@@ -114,8 +114,29 @@ of it bounded (LRU): a PCK chain whose signatures verified to a pinned root,
 keyed by its exact certificates and the roots tried (its validity period is
 checked at every use); collateral's signed JSON documents, parsed once per
 exact text (for the floor's and the metadata's reads); collateral converted to
-dcap-qvl's object, once per equal collateral. dcap-qvl verifies every quote,
-its signature, QE report, CRLs and TCB level included, every time.
+dcap-qvl's object, once per equal collateral; and dcap-qvl's verdict (TCB
+status and advisory IDs) on a quote it accepted, 1,024 of them.
+
+A verdict is reused for a later quote only if that quote equals the verified
+one in every byte except its own signature and the TD's measured fields
+(MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG, RTMR0-3, REPORTDATA: contiguous
+bytes 136-583 of the TD report, which no DCAP check reads), under the same
+root and equal collateral, and only once that quote's signature over its
+header and TD report verifies under the attestation key both carry (ECDSA
+P-256, `cryptography`). Everything else dcap-qvl's verdict depends on is then
+the same bytes: header (versions, QE and PCE SVN, QE vendor), TEE TCB SVN,
+MRSEAM, MRSIGNERSEAM, SEAM and TD attributes, XFAM, TD report 1.5's second
+TCB SVN and MRSERVICETD, the attestation key, QE report and its signature, QE
+auth data, PCK chain, and any trailing bytes. A verdict is reused from the
+second it was reached (not before) until the first expiry among TCB Info, QE
+Identity, both CRLs, their issuer chains and the PCK chain, and for at most
+an hour (`VERDICT_REUSE_SECONDS`); the caller's admitted statuses and
+collateral floor are applied to it at every use. A quote that does not meet
+all of this, or whose signature does not verify, is verified by dcap-qvl in
+full, so every refusal is dcap-qvl's own. `tests/kms/attest/test_attest_caches.py`
+compares, byte by byte over a quote (altered, and signed again by its
+platform's key), what verification answers with a verdict remembered and
+with none.
 
 ## Simulated quotes
 

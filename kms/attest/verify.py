@@ -12,6 +12,10 @@ from typing import Any
 
 import dcap_qvl
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from kms.attest.collateral import Collateral, CollateralFloor
 from kms.attest.errors import QuoteFailure, QuoteVerificationError, classify, one_line
@@ -46,6 +50,19 @@ CHAIN_CACHE_SIZE = 256
 one per platform seen lately. A platform's PCK chain is the same in every quote it makes."""
 COLLATERAL_CACHE_SIZE = 32
 """Collateral converted to dcap-qvl's object, remembered (one per platform and CA)."""
+VERDICT_CACHE_SIZE = 1024
+"""dcap-qvl verdicts remembered for reuse by later quotes of the same platform, quoting
+enclave and TDX module (:func:`verify_quote`): one per platform and TD configuration."""
+VERDICT_REUSE_SECONDS = 3600
+"""How long a remembered verdict is reused at most (it also ends when any part of the
+collateral or of a certificate chain it was reached with expires): dcap-qvl verifies the
+next quote of its kind in full at least this often."""
+
+_TD_REPORT_10_LEN = 584
+_TD_REPORT_15_LEN = 648
+_MEASURED = slice(136, 584)
+"""Within a TD report: MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG, RTMR0-3 and REPORTDATA,
+the fields a TD chooses and no DCAP check reads (the caller's policy judges them)."""
 
 
 def _repr(obj: object, names: Iterable[str]) -> str:
@@ -400,6 +417,114 @@ def check_pck_chain(parsed: ParsedQuote, roots: Sequence[bytes], *, now: int) ->
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _QuoteLayout:
+    """Where a quote's bytes are, as dcap-qvl 0.7.0 decodes them: the signed part (header,
+    v5 body descriptor, TD report), then a 4-byte length and the authentication data, which
+    starts with the quote signature (64 bytes, ``r‖s``) and the attestation key (64)."""
+
+    signed: int
+    parts: tuple[bytes, bytes, bytes]
+    """Every byte of the quote except the quote signature and the TD report's
+    :data:`_MEASURED` fields: everything the verdict of dcap-qvl depends on in the quote."""
+
+
+def _layout(raw: bytes, fields: TDFields) -> _QuoteLayout | None:
+    """The layout of ``raw``, or ``None`` unless the fields it was parsed into sit exactly
+    where this layout puts them (then the verdict is not reused: dcap-qvl verifies)."""
+    start = 48 if fields.version == 4 else 54  # quote v5: a 6-byte body descriptor first
+    size = _TD_REPORT_15_LEN if fields.tee_tcb_svn2 is not None else _TD_REPORT_10_LEN
+    signed = start + size
+    if len(raw) < signed + 4:
+        return None
+    auth = int.from_bytes(raw[signed : signed + 4], "little")
+    if auth < 128 or len(raw) < signed + 4 + auth:
+        return None
+    report = raw[start:signed]
+    where = [
+        (0, fields.tee_tcb_svn),
+        (16, fields.mr_seam),
+        (64, fields.mr_signer_seam),
+        (112, fields.seam_attributes),
+        (120, fields.td_attributes),
+        (128, fields.xfam),
+        (136, fields.mr_td),
+        (472, fields.rtmr3),
+        (520, fields.report_data),
+    ]
+    if fields.tee_tcb_svn2 is not None:
+        where += [(584, fields.tee_tcb_svn2), (600, fields.mr_service_td or b"")]
+    if any(report[at : at + len(value)] != value or not value for at, value in where):
+        return None
+    measured_from, measured_to = start + _MEASURED.start, start + _MEASURED.stop
+    parts = (raw[:measured_from], raw[measured_to : signed + 4], raw[signed + 68 :])
+    return _QuoteLayout(signed, parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """What dcap-qvl concluded of a quote at ``verified_at``: reused, until ``valid_until``
+    (inclusive), for a quote equal to it in every byte of :attr:`_QuoteLayout.parts`, whose
+    own signature verifies under ``attestation_key``."""
+
+    status: str
+    advisory_ids: tuple[str, ...]
+    verified_at: int
+    valid_until: int
+    attestation_key: ec.EllipticCurvePublicKey
+
+
+_VERDICTS = _Lru(VERDICT_CACHE_SIZE)
+"""dcap-qvl verdicts (:func:`verify_quote`), keyed by the trust root, the collateral and the
+quote's :attr:`_QuoteLayout.parts`."""
+
+
+def _signature_verifies(verdict: _Verdict, raw: bytes, layout: _QuoteLayout) -> bool:
+    """Whether the quote's signature over its signed part verifies under the attestation key
+    the remembered verdict's quote carried (the same bytes in this quote: they are in the key)."""
+    sig = raw[layout.signed + 4 : layout.signed + 68]
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    try:
+        verdict.attestation_key.verify(
+            encode_dss_signature(r, s), raw[: layout.signed], ec.ECDSA(hashes.SHA256())
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _remember(
+    key: tuple[Any, ...],
+    raw: bytes,
+    layout: _QuoteLayout,
+    coll: Collateral,
+    pck_chain: Sequence[x509.Certificate],
+    status: str,
+    advisories: tuple[str, ...],
+    now: int,
+) -> None:
+    """Remember dcap-qvl's verdict on ``raw`` for reuse (:func:`verify_quote`), valid until the
+    first expiry among the collateral (TCB Info, QE Identity, both CRLs), its issuer chains and
+    the quote's PCK chain, and at most :data:`VERDICT_REUSE_SECONDS`. Anything unreadable: not
+    remembered."""
+    if not pck_chain:
+        return
+    try:
+        certs = [
+            *pck_chain,
+            *_load_chain(coll.tcb_info_issuer_chain.encode()),
+            *_load_chain(coll.qe_identity_issuer_chain.encode()),
+        ]
+        expiry = min(int(cert.not_valid_after_utc.timestamp()) for cert in certs)
+        until = min(coll.valid_until(), now + VERDICT_REUSE_SECONDS, expiry - 1)
+        point = b"\x04" + raw[layout.signed + 68 : layout.signed + 132]
+        attestation_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except (ValueError, QuoteVerificationError, OverflowError):
+        return
+    if until >= now:
+        _VERDICTS.put(key, _Verdict(status, advisories, now, until, attestation_key))
+
+
 def _check_statuses(allowed_statuses: Iterable[str]) -> frozenset[str]:
     if isinstance(allowed_statuses, str):
         raise TypeError("allowed_statuses must be a collection of status names, not a string")
@@ -466,8 +591,10 @@ def verify_quote(
 
     # 1. The bytes decode as a DCAP quote, of a TDX TD, in a TDX quote version.
     if isinstance(quote, ParsedQuote):
+        pck_chain: tuple[x509.Certificate, ...] | None = quote.pck_chain
         fields, instance_id, quote = quote.fields, quote.platform_instance_id, quote.raw
     else:
+        pck_chain = None
         quote = bytes(quote)
         parsed = _parse(quote)
         parsed_fields = _td_fields(parsed)
@@ -485,23 +612,28 @@ def verify_quote(
         floor.check(coll, now)
 
     # 2. dcap-qvl: root CRL, collateral signatures and times, PCK chain, QE report and
-    #    identity, quote signature, TCB level, TD attributes.
-    dcap_collateral = _dcap_collateral(coll)
-    try:
-        report = dcap_qvl.verify_with_root_ca(quote, dcap_collateral, root_ca, now)
-    except Exception as exc:
-        raise _refusal(exc) from None
-    except BaseException as exc:
-        raise _panic(exc) from None
-    verified = json.loads(report.to_json())
-    if not _same_report(fields, verified):
-        raise QuoteVerificationError(
-            QuoteFailure.UNKNOWN, "the verified TD report differs from the parsed one"
-        )
+    #    identity, quote signature, TCB level, TD attributes. Its verdict on a quote equal to
+    #    this one in every byte but the quote signature and the TD's measured fields (same
+    #    platform, quoting enclave, attestation key, TDX module, TD attributes), under the
+    #    same root and collateral, is reused while all of that is still valid, once this
+    #    quote's own signature verifies under that attestation key; else dcap-qvl verifies.
+    layout = _layout(quote, fields)
+    key = None if layout is None else (root_ca, coll, *layout.parts)
+    known: _Verdict | None = None if key is None else _VERDICTS.get(key)
+    if (
+        known is not None
+        and layout is not None
+        and known.verified_at <= now <= known.valid_until
+        and _signature_verifies(known, quote, layout)
+    ):
+        status, advisories = known.status, known.advisory_ids
+    else:
+        status, advisories = _dcap_verdict(quote, fields, coll, root_ca, now)
+        if key is not None and layout is not None:
+            chain = _embedded_chain(quote) if pck_chain is None else pck_chain
+            _remember(key, quote, layout, coll, chain, status, advisories, now)
 
     # 3. The TCB status is one the caller admits.
-    status = str(report.status)
-    advisories = tuple(str(a) for a in report.advisory_ids)
     if status not in allowed:
         advisory_text = f" ({', '.join(advisories)})" if advisories else ""
         raise QuoteVerificationError(
@@ -530,6 +662,34 @@ def verify_quote(
         tcb_evaluation_data_number=coll.tcb_evaluation_data_number,
         platform_instance_id=instance_id,
     )
+
+
+def _dcap_verdict(
+    quote: bytes, fields: TDFields, coll: Collateral, root_ca: bytes, now: int
+) -> tuple[str, tuple[str, ...]]:
+    """dcap-qvl's verification of ``quote`` in full: its TCB status and advisory IDs."""
+    dcap_collateral = _dcap_collateral(coll)
+    try:
+        report = dcap_qvl.verify_with_root_ca(quote, dcap_collateral, root_ca, now)
+    except Exception as exc:
+        raise _refusal(exc) from None
+    except BaseException as exc:
+        raise _panic(exc) from None
+    verified = json.loads(report.to_json())
+    if not _same_report(fields, verified):
+        raise QuoteVerificationError(
+            QuoteFailure.UNKNOWN, "the verified TD report differs from the parsed one"
+        )
+    return str(report.status), tuple(str(a) for a in report.advisory_ids)
+
+
+def _embedded_chain(quote: bytes) -> tuple[x509.Certificate, ...]:
+    """The PCK chain a quote embeds (empty if unreadable: then nothing is remembered)."""
+    try:
+        pem = bytes(dcap_qvl.parse_quote(quote).cert_chain_pem_bytes() or b"").rstrip(b"\0")
+        return _load_chain(pem) if pem else ()
+    except Exception:  # unreadable (dcap-qvl verified it, so this is not expected)
+        return ()
 
 
 @functools.lru_cache(maxsize=COLLATERAL_CACHE_SIZE)

@@ -3,24 +3,40 @@ fresh verification would refuse.
 
 Remembered (bounded): a PCK chain whose signatures verified to a pinned root, keyed by its
 exact certificates and the roots tried; collateral's parsed JSON documents, keyed by their
-exact text; collateral converted to dcap-qvl's object, keyed by the collateral itself.
+exact text; collateral converted to dcap-qvl's object, keyed by the collateral itself; and
+dcap-qvl's verdict on a quote, reused for a quote equal to it in every byte but its signature
+and the TD's measured fields, under the same root and collateral, once that quote's own
+signature verifies, and only while everything it was reached with is valid.
 """
 
 from __future__ import annotations
 
 import pytest
-from attest_helpers import NOW, edit_document, flip, simulated
+from attest_helpers import (
+    NOW,
+    TDX_COLLATERAL,
+    TDX_NOW,
+    TDX_QUOTE,
+    edit_document,
+    flip,
+    simulated,
+)
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from kms.attest import (
     Collateral,
     CollateralFloor,
     QuoteFailure,
     QuoteVerificationError,
+    VerifiedQuote,
     Verifier,
     check_pck_chain,
     parse_tdx_quote,
+    verify_quote,
 )
 from kms.attest import verify as verify_module
+from kms.attest.simulated import SimulatedTEE, _sign_raw
 
 TEE = simulated(61)
 OTHER = simulated(62)
@@ -155,3 +171,190 @@ def test_a_platforms_facts_are_read_from_its_own_chain() -> None:
         QuoteFailure.MALFORMED_QUOTE,
     )
     assert len(verify_module._PLATFORMS) == size
+
+
+# --- dcap-qvl verdicts reused for later quotes of the same platform ---------------------------
+
+
+class _Counting:
+    """dcap-qvl's full verification, counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = verify_module.dcap_qvl.verify_with_root_ca
+
+        def counted(*args: object) -> object:
+            self.calls += 1
+            return real(*args)
+
+        monkeypatch.setattr(verify_module.dcap_qvl, "verify_with_root_ca", counted)
+
+
+def _outcome(quote: bytes, collateral: Collateral, now: int = NOW, **kwargs: object) -> object:
+    """What verification says of ``quote``: its refusal reason, or everything it returned."""
+    try:
+        return VERIFIER.verify(parse_tdx_quote(quote), collateral, now=now, **kwargs)  # type: ignore[arg-type]
+    except QuoteVerificationError as exc:
+        return exc.reason
+
+
+def _signed_length(quote: bytes) -> int:
+    return 48 + 584 if quote[0] == 4 else 54 + int.from_bytes(quote[50:54], "little")
+
+
+def _resigned(tee: SimulatedTEE, quote: bytes) -> bytes:
+    """``quote`` signed again by its platform's own attestation key: what the genuine quoting
+    enclave produces for a TD with these report bytes."""
+    end = _signed_length(quote)
+    signature = _sign_raw(tee._attestation_key, quote[:end])
+    return quote[: end + 4] + signature + quote[end + 68 :]
+
+
+def test_a_platforms_next_quote_reuses_the_verdict_after_its_own_signature_verifies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    verify_module._VERDICTS.clear()
+    dcap = _Counting(monkeypatch)
+    first = VERIFIER.verify(parse_tdx_quote(TEE.quote(b"\x01")), COLLATERAL, now=NOW)
+    assert dcap.calls == 1
+    quote = TEE.quote(b"\x02", mr_td=b"\x07" * 48, rtmr3=b"\x09" * 48, mr_owner=b"\x05" * 48)
+    second = VERIFIER.verify(parse_tdx_quote(quote), COLLATERAL, now=NOW + 60)
+    assert dcap.calls == 1  # reused
+    assert second.report_data == b"\x02" + bytes(63) and second.mr_td == b"\x07" * 48
+    assert second.rtmr3 == b"\x09" * 48 and second.fields.mr_owner == b"\x05" * 48
+    assert (second.tcb_status, second.advisory_ids, second.fmspc) == (
+        first.tcb_status,
+        first.advisory_ids,
+        first.fmspc,
+    )
+    # A quote of those fields with its signature not theirs: dcap-qvl refuses it.
+    for offset in (48 + 140, 48 + 330, 48 + 530):  # MRTD, RTMR0, REPORTDATA
+        assert reason(
+            VERIFIER.verify, parse_tdx_quote(flip(quote, offset)), COLLATERAL, now=NOW
+        ) is (QuoteFailure.BAD_QUOTE_SIGNATURE)
+    end = _signed_length(quote)
+    assert (
+        reason(VERIFIER.verify, parse_tdx_quote(flip(quote, end + 4 + 10)), COLLATERAL, now=NOW)
+        is QuoteFailure.BAD_QUOTE_SIGNATURE
+    )
+    assert dcap.calls == 5
+
+
+def test_an_attacker_key_in_a_known_quote_is_refused_by_dcap_qvl() -> None:
+    # The attacker holds a genuine quote (public) and signs a TD report of its choice with a
+    # key of its own, put where the attestation key is: the QE report does not vouch for it.
+    VERIFIER.verify(parse_tdx_quote(TEE.quote(b"")), COLLATERAL, now=NOW)
+    quote = TEE.quote(b"chosen", mr_td=b"\x66" * 48)
+    end = _signed_length(quote)
+    key = ec.generate_private_key(ec.SECP256R1())
+    point = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)[1:]
+    forged = quote[: end + 4] + _sign_raw(key, quote[:end]) + point + quote[end + 132 :]
+    assert _outcome(forged, COLLATERAL) is QuoteFailure.QE_REPORT_BINDING
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_remembered_verdict_answers_exactly_as_a_fresh_verification(version: int) -> None:
+    """For quotes that differ from a verified one in one byte, signed again by the platform's
+    own attestation key (or not): with the verdict remembered, verification says exactly what
+    it says with nothing remembered."""
+    good = TEE.quote(b"good", version=version)
+    end = _signed_length(good)
+    offsets = sorted({*range(0, end, 5), *range(end, min(len(good), end + 400), 9), len(good) - 1})
+    variants = [flip(good, at, 0x02) for at in offsets]
+    variants += [_resigned(TEE, v) for v in variants[: len(variants) * 2 // 3]]
+    variants += [
+        TEE.quote(
+            b"", td_attributes=bytes([0x01]) + bytes(3) + bytes([0x10]) + bytes(3), version=version
+        ),
+        TEE.quote(b"", xfam=bytes([0xE7, 0x02]) + bytes(6), version=version),
+    ]
+    if version == 5:
+        variants.append(TEE.quote(b"", mr_service_td=b"\x01" * 48, version=5))
+    for variant in variants:
+        verify_module._VERDICTS.clear()
+        fresh = _outcome(variant, COLLATERAL)
+        _outcome(good, COLLATERAL)  # its verdict remembered
+        assert _outcome(variant, COLLATERAL) == fresh, variant.hex()
+
+
+def test_a_remembered_verdict_is_not_reused_past_an_expiry_or_before_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    verify_module._VERDICTS.clear()
+    dcap = _Counting(monkeypatch)
+    VERIFIER.verify(parse_tdx_quote(TEE.quote(b"")), COLLATERAL, now=NOW)
+    last = COLLATERAL.valid_until()
+    assert _outcome(TEE.quote(b"\x01"), COLLATERAL, now=last + 1) is QuoteFailure.COLLATERAL_EXPIRED
+    before = COLLATERAL.valid_from() - 1  # earlier than the verdict: dcap-qvl verifies
+    with pytest.raises(QuoteVerificationError) as info:
+        verify_quote(TEE.quote(b"\x01"), COLLATERAL, now=before, root_ca=TEE.root_ca_der)
+    assert info.value.reason is QuoteFailure.COLLATERAL_NOT_YET_VALID
+    assert dcap.calls == 3
+    # Past the reuse bound (collateral still valid): dcap-qvl verifies again.
+    later = NOW + verify_module.VERDICT_REUSE_SECONDS + 1
+    assert later <= last
+    assert isinstance(_outcome(TEE.quote(b"\x02"), COLLATERAL, now=later), VerifiedQuote)
+    assert dcap.calls == 4
+
+
+def test_a_remembered_verdict_never_answers_for_other_collateral_or_another_root() -> None:
+    VERIFIER.verify(parse_tdx_quote(TEE.quote(b"")), COLLATERAL, now=NOW)
+    raw = TEE.collateral(NOW)
+    revoked = Collateral.from_dict(TEE.collateral(NOW, revoke=["pck"]))
+    assert _outcome(TEE.quote(b"\x01"), revoked) is QuoteFailure.CERTIFICATE_REVOKED
+
+    # TCB Info that rates this platform's level OutOfDate: the new verdict, not the old.
+    def out_of_date(document: dict[str, object]) -> None:
+        for level in document["tcbLevels"]:  # type: ignore[attr-defined]
+            level["tcbStatus"] = "OutOfDate"
+
+    older = Collateral.from_dict(edit_document(TEE, raw, "tcb_info", out_of_date))
+    assert _outcome(TEE.quote(b"\x02"), older) is QuoteFailure.TCB_STATUS_NOT_ALLOWED
+    # Under a root that is not the quote's: refused, the remembered verdict unused.
+    with pytest.raises(QuoteVerificationError) as info:
+        verify_quote(TEE.quote(b"\x03"), COLLATERAL, now=NOW, root_ca=OTHER.root_ca_der)
+    assert info.value.reason is QuoteFailure.UNTRUSTED_ROOT
+
+
+def test_a_reused_verdict_still_meets_the_callers_statuses_and_floor() -> None:
+    VERIFIER.verify(parse_tdx_quote(TEE.quote(b"")), COLLATERAL, now=NOW)
+    quote = parse_tdx_quote(TEE.quote(b"\x01"))
+    assert (
+        reason(VERIFIER.verify, quote, COLLATERAL, now=NOW, allowed_statuses={"OutOfDate"})
+        is QuoteFailure.TCB_STATUS_NOT_ALLOWED
+    )
+    strict = Verifier(
+        [TEE.root_ca_der],
+        simulated_allowed=True,
+        floor=CollateralFloor(
+            min_tcb_evaluation_data_number=COLLATERAL.tcb_evaluation_data_number + 1
+        ),
+    )
+    assert reason(strict.verify, quote, COLLATERAL, now=NOW) is QuoteFailure.COLLATERAL_STALE
+
+
+def test_intels_own_quote_reuses_its_verdict_and_refuses_an_altered_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    verify_module._VERDICTS.clear()
+    dcap = _Counting(monkeypatch)
+    intel = Verifier()
+    collateral = Collateral.from_json(TDX_COLLATERAL)
+    first = intel.verify(parse_tdx_quote(TDX_QUOTE), collateral, now=TDX_NOW)
+    again = intel.verify(parse_tdx_quote(TDX_QUOTE), collateral, now=TDX_NOW)
+    assert dcap.calls == 1 and again == first and not first.simulated
+    altered = flip(TDX_QUOTE, _signed_length(TDX_QUOTE) - 10)  # a REPORTDATA byte
+    assert reason(intel.verify, parse_tdx_quote(altered), collateral, now=TDX_NOW) is (
+        QuoteFailure.BAD_QUOTE_SIGNATURE
+    )
+    assert reason(intel.verify, parse_tdx_quote(TDX_QUOTE), collateral, now=TDX_NOW + 1) is (
+        QuoteFailure.COLLATERAL_EXPIRED
+    )
+
+
+def test_the_verdict_cache_is_bounded() -> None:
+    assert verify_module._VERDICTS.size == verify_module.VERDICT_CACHE_SIZE
+    for k in range(verify_module.VERDICT_CACHE_SIZE + 10):
+        verify_module._VERDICTS.put((k,), None)
+    assert len(verify_module._VERDICTS) == verify_module.VERDICT_CACHE_SIZE
+    verify_module._VERDICTS.clear()

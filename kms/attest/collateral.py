@@ -253,19 +253,29 @@ class Collateral:
     def valid_from(self) -> int:
         """The first second at which the collateral verifies: the later ``issueDate`` of
         TCB Info and QE Identity (unix seconds; CRL ``thisUpdate`` is not checked)."""
-        return max(self._dates("issueDate"))
+        return _validity(self)[0]
 
     def valid_until(self) -> int:
         """The last second at which the collateral verifies: the earliest ``nextUpdate`` of
         TCB Info and QE Identity, or one second before the earliest CRL ``nextUpdate`` (a CRL
         is stale *at* its nextUpdate, a JSON document only after it)."""
+        return _validity(self)[1]
+
+    def _validity(self) -> tuple[int, int]:
         times = self._dates("nextUpdate")
         for crl in self._crls():
             nu = crl.next_update_utc
             if nu is None:
                 raise _malformed("a CRL has no nextUpdate")
             times.append(int(nu.timestamp()) - 1)
-        return min(times)
+        return max(self._dates("issueDate")), min(times)
+
+
+@functools.lru_cache(maxsize=64)
+def _validity(collateral: Collateral) -> tuple[int, int]:
+    """:meth:`Collateral.valid_from` and :meth:`~Collateral.valid_until`, read once per equal
+    collateral (bounded; a node asks at every request). A malformed one raises every time."""
+    return collateral._validity()
 
 
 @functools.lru_cache(maxsize=64)

@@ -127,11 +127,17 @@ P-256, `cryptography`). Everything else dcap-qvl's verdict depends on is then
 the same bytes: header (versions, QE and PCE SVN, QE vendor), TEE TCB SVN,
 MRSEAM, MRSIGNERSEAM, SEAM and TD attributes, XFAM, TD report 1.5's second
 TCB SVN and MRSERVICETD, the attestation key, QE report and its signature, QE
-auth data, PCK chain, and any trailing bytes. A verdict is reused from the
-second it was reached (not before) until the first expiry among TCB Info, QE
-Identity, both CRLs, their issuer chains and the PCK chain, and for at most
-an hour (`VERDICT_REUSE_SECONDS`); the caller's admitted statuses and
-collateral floor are applied to it at every use. A quote that does not meet
+auth data, PCK chain, and any trailing bytes; the fields returned must be
+that quote's bytes, every one of them. A verdict is reused from the second it
+was reached (not before) until a second before the first expiry among TCB
+Info, QE Identity, both CRLs, their issuer chains and the PCK chain (a leap
+second is read a second earlier by dcap-qvl), and for at most an hour
+(`VERDICT_REUSE_SECONDS`); the caller's admitted statuses and collateral
+floor are applied to it at every use. Never remembered: a verdict reached
+with collateral that carries its own PCK chain (dcap-qvl then verifies that
+one), or for a quote whose PCK chain holds a PEM block other than a
+certificate (dcap-qvl reads every block whatever its label, `cryptography`
+only certificates, so the expiry would be read from another chain). A quote that does not meet
 all of this, or whose signature does not verify, is verified by dcap-qvl in
 full, so every refusal is dcap-qvl's own. `tests/kms/attest/test_attest_caches.py`
 compares, byte by byte over a quote (altered, and signed again by its

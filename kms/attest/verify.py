@@ -449,6 +449,12 @@ def _layout(raw: bytes, fields: TDFields) -> _QuoteLayout | None:
         (120, fields.td_attributes),
         (128, fields.xfam),
         (136, fields.mr_td),
+        (184, fields.mr_config_id),
+        (232, fields.mr_owner),
+        (280, fields.mr_owner_config),
+        (328, fields.rtmr0),
+        (376, fields.rtmr1),
+        (424, fields.rtmr2),
         (472, fields.rtmr3),
         (520, fields.report_data),
     ]
@@ -503,11 +509,20 @@ def _remember(
     advisories: tuple[str, ...],
     now: int,
 ) -> None:
-    """Remember dcap-qvl's verdict on ``raw`` for reuse (:func:`verify_quote`), valid until the
-    first expiry among the collateral (TCB Info, QE Identity, both CRLs), its issuer chains and
-    the quote's PCK chain, and at most :data:`VERDICT_REUSE_SECONDS`. Anything unreadable: not
-    remembered."""
-    if not pck_chain:
+    """Remember dcap-qvl's verdict on ``raw`` for reuse (:func:`verify_quote`), valid until a
+    second before the first expiry among the collateral (TCB Info, QE Identity, both CRLs), its
+    issuer chains and the quote's PCK chain (the margin covers a leap second, which dcap-qvl
+    reads one second earlier than :func:`kms.attest._time.parse_rfc3339`), and at most
+    :data:`VERDICT_REUSE_SECONDS`. Not remembered: anything unreadable; a verdict reached with
+    the collateral's own PCK chain (dcap-qvl then ignores the quote's); a PCK chain with a PEM
+    block that is not a certificate (dcap-qvl reads every block, whatever its label, and takes
+    the first as the leaf; ``cryptography`` reads only certificates, so the chain whose expiry
+    bounds the verdict would not be the one dcap-qvl judged)."""
+    if not pck_chain or coll.pck_certificate_chain is not None:
+        return
+    pem = _embedded_pem(raw)
+    blocks = pem.count(b"-----BEGIN")
+    if blocks != pem.count(b"-----BEGIN CERTIFICATE-----\n") or blocks != len(pck_chain):
         return
     try:
         certs = [
@@ -516,7 +531,7 @@ def _remember(
             *_load_chain(coll.qe_identity_issuer_chain.encode()),
         ]
         expiry = min(int(cert.not_valid_after_utc.timestamp()) for cert in certs)
-        until = min(coll.valid_until(), now + VERDICT_REUSE_SECONDS, expiry - 1)
+        until = min(coll.valid_until() - 1, now + VERDICT_REUSE_SECONDS, expiry - 2)
         point = b"\x04" + raw[layout.signed + 68 : layout.signed + 132]
         attestation_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
     except (ValueError, QuoteVerificationError, OverflowError):
@@ -551,15 +566,26 @@ def _same_report(fields: TDFields, verified: Mapping[str, Any]) -> bool:
     if not isinstance(base, Mapping):
         return False
     pairs = [
+        ("tee_tcb_svn", fields.tee_tcb_svn),
+        ("mr_seam", fields.mr_seam),
+        ("mr_signer_seam", fields.mr_signer_seam),
+        ("seam_attributes", fields.seam_attributes),
+        ("td_attributes", fields.td_attributes),
+        ("xfam", fields.xfam),
         ("mr_td", fields.mr_td),
+        ("mr_config_id", fields.mr_config_id),
+        ("mr_owner", fields.mr_owner),
+        ("mr_owner_config", fields.mr_owner_config),
         ("rt_mr0", fields.rtmr0),
         ("rt_mr1", fields.rtmr1),
         ("rt_mr2", fields.rtmr2),
         ("rt_mr3", fields.rtmr3),
         ("report_data", fields.report_data),
-        ("td_attributes", fields.td_attributes),
     ]
-    return all(base.get(key) == value.hex() for key, value in pairs)
+    if not all(base.get(key) == value.hex() for key, value in pairs):
+        return False
+    extra = [("tee_tcb_svn2", fields.tee_tcb_svn2), ("mr_service_td", fields.mr_service_td)]
+    return all(body.get(key) == (None if value is None else value.hex()) for key, value in extra)
 
 
 def verify_quote(
@@ -683,12 +709,20 @@ def _dcap_verdict(
     return str(report.status), tuple(str(a) for a in report.advisory_ids)
 
 
+def _embedded_pem(quote: bytes) -> bytes:
+    """The PCK chain a quote embeds, as dcap-qvl reads it (empty if unreadable)."""
+    try:
+        return bytes(dcap_qvl.parse_quote(quote).cert_chain_pem_bytes() or b"").rstrip(b"\0")
+    except Exception:  # unreadable (dcap-qvl verified it, so this is not expected)
+        return b""
+
+
 def _embedded_chain(quote: bytes) -> tuple[x509.Certificate, ...]:
     """The PCK chain a quote embeds (empty if unreadable: then nothing is remembered)."""
+    pem = _embedded_pem(quote)
     try:
-        pem = bytes(dcap_qvl.parse_quote(quote).cert_chain_pem_bytes() or b"").rstrip(b"\0")
         return _load_chain(pem) if pem else ()
-    except Exception:  # unreadable (dcap-qvl verified it, so this is not expected)
+    except ValueError:
         return ()
 
 

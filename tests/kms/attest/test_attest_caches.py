@@ -11,6 +11,10 @@ signature verifies, and only while everything it was reached with is valid.
 
 from __future__ import annotations
 
+import dataclasses
+import struct
+from typing import Any
+
 import pytest
 from attest_helpers import (
     NOW,
@@ -35,7 +39,9 @@ from kms.attest import (
     parse_tdx_quote,
     verify_quote,
 )
+from kms.attest import simulated as sim
 from kms.attest import verify as verify_module
+from kms.attest._time import rfc3339
 from kms.attest.simulated import SimulatedTEE, _sign_raw
 
 TEE = simulated(61)
@@ -340,11 +346,12 @@ def test_intels_own_quote_reuses_its_verdict_and_refuses_an_altered_copy(
     dcap = _Counting(monkeypatch)
     intel = Verifier()
     collateral = Collateral.from_json(TDX_COLLATERAL)
-    first = intel.verify(parse_tdx_quote(TDX_QUOTE), collateral, now=TDX_NOW)
-    again = intel.verify(parse_tdx_quote(TDX_QUOTE), collateral, now=TDX_NOW)
+    now = TDX_NOW - 60  # at TDX_NOW, its last valid second, a verdict is not kept
+    first = intel.verify(parse_tdx_quote(TDX_QUOTE), collateral, now=now)
+    again = intel.verify(parse_tdx_quote(TDX_QUOTE), collateral, now=now + 30)
     assert dcap.calls == 1 and again == first and not first.simulated
     altered = flip(TDX_QUOTE, _signed_length(TDX_QUOTE) - 10)  # a REPORTDATA byte
-    assert reason(intel.verify, parse_tdx_quote(altered), collateral, now=TDX_NOW) is (
+    assert reason(intel.verify, parse_tdx_quote(altered), collateral, now=now) is (
         QuoteFailure.BAD_QUOTE_SIGNATURE
     )
     assert reason(intel.verify, parse_tdx_quote(TDX_QUOTE), collateral, now=TDX_NOW + 1) is (
@@ -358,3 +365,110 @@ def test_the_verdict_cache_is_bounded() -> None:
         verify_module._VERDICTS.put((k,), None)
     assert len(verify_module._VERDICTS) == verify_module.VERDICT_CACHE_SIZE
     verify_module._VERDICTS.clear()
+
+
+def _with_chain(tee: SimulatedTEE, chain_pem: bytes) -> None:
+    """Make ``tee``'s later quotes embed ``chain_pem`` as their PCK chain: the host can, since
+    the QE report binds the attestation key and QE auth data, not the chain."""
+    inner = tee._certification_data[6:]
+    head = inner[: 384 + 64] + struct.pack("<H", len(sim.QE_AUTH_DATA)) + sim.QE_AUTH_DATA
+    body = head + struct.pack("<HI", sim.CERT_DATA_PCK_CHAIN, len(chain_pem)) + chain_pem
+    tee._certification_data = struct.pack("<HI", sim.CERT_DATA_QE_REPORT, len(body)) + body
+
+
+def _short_lived_pck(tee: SimulatedTEE, not_after: int) -> Any:
+    """A genuine PCK certificate of ``tee``'s PCK key, signed by its PCK CA, expiring early."""
+    return sim._certificate(
+        key=tee._pck.key,
+        serial=tee._pck.serial ^ 0x5A5A,
+        subject="SimTEE PCK Certificate (NOT Intel)",
+        issuer=tee._pck_ca,
+        not_before=tee.epoch,
+        not_after=not_after,
+        ca_path_length=None,
+        extra_extensions=[
+            sim._sgx_extension(
+                ppid=tee.ppid, fmspc=tee.fmspc, platform_instance_id=tee.platform_instance_id
+            )
+        ],
+    )
+
+
+def _cached_and_fresh(verify: Any, quote: bytes, now: int) -> tuple[object, object]:
+    def outcome() -> object:
+        try:
+            return verify(quote, now)
+        except QuoteVerificationError as exc:
+            return exc.reason
+
+    cached = outcome()
+    verify_module._VERDICTS.clear()
+    return cached, outcome()
+
+
+def test_a_short_lived_pck_leaf_hidden_under_another_pem_label_ends_no_verdict_late() -> None:
+    # dcap-qvl reads every PEM block of the chain whatever its label and takes the first as the
+    # leaf; cryptography reads only CERTIFICATE blocks. A leaf expiring in 600 s, relabelled,
+    # ahead of the long-lived chain: the verdict must not outlive it.
+    tee = simulated(3202)
+    short = _short_lived_pck(tee, NOW + 600).pem
+    hidden = short.replace("BEGIN CERTIFICATE", "BEGIN X").replace("END CERTIFICATE", "END X")
+    _with_chain(tee, (hidden + tee.pck_chain_pem).encode())
+    collateral = Collateral.from_dict(tee.collateral(NOW))
+    verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
+
+    def verify(quote: bytes, now: int) -> VerifiedQuote:
+        return verifier.verify(verifier.precheck(quote, now=now), collateral, now=now)
+
+    verify_module._VERDICTS.clear()
+    assert verify(tee.quote(b"first"), NOW).tcb_status == "UpToDate"
+    cached, fresh = _cached_and_fresh(verify, tee.quote(b"second"), NOW + 900)
+    assert cached == fresh == QuoteFailure.COLLATERAL_EXPIRED
+
+
+def test_a_verdict_reached_with_the_collaterals_own_pck_chain_is_not_reused() -> None:
+    # dcap-qvl verifies the collateral's PCK chain when it carries one, not the quote's.
+    tee = simulated(3201)
+    leaf = _short_lived_pck(tee, NOW + 600)
+    chain = leaf.pem + tee._pck_ca.pem + tee._root.pem
+    collateral = Collateral.from_dict(tee.collateral(NOW) | {"pck_certificate_chain": chain})
+
+    def verify(quote: bytes, now: int) -> VerifiedQuote:
+        return verify_quote(quote, collateral, now=now, root_ca=tee.root_ca_der)
+
+    verify_module._VERDICTS.clear()
+    assert verify(tee.quote(b"first"), NOW).tcb_status == "UpToDate"
+    cached, fresh = _cached_and_fresh(verify, tee.quote(b"second"), NOW + 900)
+    assert cached == fresh == QuoteFailure.COLLATERAL_EXPIRED
+
+
+def test_a_leap_second_expiry_ends_the_verdict_no_later_than_dcap_qvl() -> None:
+    # "…:22:60Z": dcap-qvl (chrono) reads it a second before kms.attest's parser does.
+    tee = simulated(3203)
+    minute = (NOW + 1800) // 60 * 60
+    text = rfc3339(minute - 60)[:-3] + "60Z"
+    raw = edit_document(
+        tee, tee.collateral(NOW), "tcb_info", lambda d: d.__setitem__("nextUpdate", text)
+    )
+    collateral = Collateral.from_dict(raw)
+
+    def verify(quote: bytes, now: int) -> VerifiedQuote:
+        return verify_quote(quote, collateral, now=now, root_ca=tee.root_ca_der)
+
+    verify_module._VERDICTS.clear()
+    assert verify(tee.quote(b"first"), NOW).tcb_status == "UpToDate"
+    cached, fresh = _cached_and_fresh(verify, tee.quote(b"second"), minute)
+    assert cached == fresh == QuoteFailure.COLLATERAL_EXPIRED
+
+
+def test_a_parsed_quote_whose_fields_are_not_its_bytes_gets_no_reused_verdict() -> None:
+    VERIFIER.verify(parse_tdx_quote(TEE.quote(b"first")), COLLATERAL, now=NOW)
+    parsed = parse_tdx_quote(TEE.quote(b"second"))
+    for name in ("rtmr0", "rtmr1", "rtmr2", "mr_config_id", "mr_owner", "mr_owner_config"):
+        forged = dataclasses.replace(
+            parsed, fields=dataclasses.replace(parsed.fields, **{name: b"\xee" * 48})
+        )
+        # Not reused, and dcap-qvl's report is not the fields: refused, cached or fresh.
+        assert reason(VERIFIER.verify, forged, COLLATERAL, now=NOW + 5) is QuoteFailure.UNKNOWN
+        verify_module._VERDICTS.clear()
+        assert reason(VERIFIER.verify, forged, COLLATERAL, now=NOW + 5) is QuoteFailure.UNKNOWN

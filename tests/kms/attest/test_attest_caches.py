@@ -15,6 +15,7 @@ import dataclasses
 import struct
 from typing import Any
 
+import dcap_qvl
 import pytest
 from attest_helpers import (
     NOW,
@@ -187,13 +188,13 @@ class _Counting:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        real = verify_module.dcap_qvl.verify_with_root_ca
+        real = dcap_qvl.verify_with_root_ca
 
         def counted(*args: object) -> object:
             self.calls += 1
             return real(*args)
 
-        monkeypatch.setattr(verify_module.dcap_qvl, "verify_with_root_ca", counted)
+        monkeypatch.setattr(dcap_qvl, "verify_with_root_ca", counted)
 
 
 def _outcome(quote: bytes, collateral: Collateral, now: int = NOW, **kwargs: object) -> object:
@@ -394,16 +395,21 @@ def _short_lived_pck(tee: SimulatedTEE, not_after: int) -> Any:
     )
 
 
-def _cached_and_fresh(verify: Any, quote: bytes, now: int) -> tuple[object, object]:
-    def outcome() -> object:
+def _expires_as_dcap_qvl_says(verify: Any, tee: SimulatedTEE, at: int) -> None:
+    """A quote verified at ``NOW``; at ``at``, the next quote is refused as expired with its
+    verdict remembered, as it is with none."""
+
+    def outcome(quote: bytes, now: int) -> object:
         try:
             return verify(quote, now)
         except QuoteVerificationError as exc:
             return exc.reason
 
-    cached = outcome()
     verify_module._VERDICTS.clear()
-    return cached, outcome()
+    assert outcome(tee.quote(b"first"), NOW).tcb_status == "UpToDate"  # type: ignore[attr-defined]
+    cached = outcome(tee.quote(b"second"), at)
+    verify_module._VERDICTS.clear()
+    assert cached == outcome(tee.quote(b"second"), at) == QuoteFailure.COLLATERAL_EXPIRED
 
 
 def test_a_short_lived_pck_leaf_hidden_under_another_pem_label_ends_no_verdict_late() -> None:
@@ -420,10 +426,7 @@ def test_a_short_lived_pck_leaf_hidden_under_another_pem_label_ends_no_verdict_l
     def verify(quote: bytes, now: int) -> VerifiedQuote:
         return verifier.verify(verifier.precheck(quote, now=now), collateral, now=now)
 
-    verify_module._VERDICTS.clear()
-    assert verify(tee.quote(b"first"), NOW).tcb_status == "UpToDate"
-    cached, fresh = _cached_and_fresh(verify, tee.quote(b"second"), NOW + 900)
-    assert cached == fresh == QuoteFailure.COLLATERAL_EXPIRED
+    _expires_as_dcap_qvl_says(verify, tee, NOW + 900)
 
 
 def test_a_verdict_reached_with_the_collaterals_own_pck_chain_is_not_reused() -> None:
@@ -436,10 +439,7 @@ def test_a_verdict_reached_with_the_collaterals_own_pck_chain_is_not_reused() ->
     def verify(quote: bytes, now: int) -> VerifiedQuote:
         return verify_quote(quote, collateral, now=now, root_ca=tee.root_ca_der)
 
-    verify_module._VERDICTS.clear()
-    assert verify(tee.quote(b"first"), NOW).tcb_status == "UpToDate"
-    cached, fresh = _cached_and_fresh(verify, tee.quote(b"second"), NOW + 900)
-    assert cached == fresh == QuoteFailure.COLLATERAL_EXPIRED
+    _expires_as_dcap_qvl_says(verify, tee, NOW + 900)
 
 
 def test_a_leap_second_expiry_ends_the_verdict_no_later_than_dcap_qvl() -> None:
@@ -455,18 +455,16 @@ def test_a_leap_second_expiry_ends_the_verdict_no_later_than_dcap_qvl() -> None:
     def verify(quote: bytes, now: int) -> VerifiedQuote:
         return verify_quote(quote, collateral, now=now, root_ca=tee.root_ca_der)
 
-    verify_module._VERDICTS.clear()
-    assert verify(tee.quote(b"first"), NOW).tcb_status == "UpToDate"
-    cached, fresh = _cached_and_fresh(verify, tee.quote(b"second"), minute)
-    assert cached == fresh == QuoteFailure.COLLATERAL_EXPIRED
+    _expires_as_dcap_qvl_says(verify, tee, minute)
 
 
 def test_a_parsed_quote_whose_fields_are_not_its_bytes_gets_no_reused_verdict() -> None:
     VERIFIER.verify(parse_tdx_quote(TEE.quote(b"first")), COLLATERAL, now=NOW)
     parsed = parse_tdx_quote(TEE.quote(b"second"))
     for name in ("rtmr0", "rtmr1", "rtmr2", "mr_config_id", "mr_owner", "mr_owner_config"):
+        fields: Any = parsed.fields
         forged = dataclasses.replace(
-            parsed, fields=dataclasses.replace(parsed.fields, **{name: b"\xee" * 48})
+            parsed, fields=dataclasses.replace(fields, **{name: b"\xee" * 48})
         )
         # Not reused, and dcap-qvl's report is not the fields: refused, cached or fresh.
         assert reason(VERIFIER.verify, forged, COLLATERAL, now=NOW + 5) is QuoteFailure.UNKNOWN

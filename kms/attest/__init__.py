@@ -133,11 +133,14 @@ was reached (not before) until a second before the first expiry among TCB
 Info, QE Identity, both CRLs, their issuer chains and the PCK chain (a leap
 second is read a second earlier by dcap-qvl), and for at most an hour
 (`VERDICT_REUSE_SECONDS`); the caller's admitted statuses and collateral
-floor are applied to it at every use. Never remembered: a verdict reached
-with collateral that carries its own PCK chain (dcap-qvl then verifies that
-one), or for a quote whose PCK chain holds a PEM block other than a
-certificate (dcap-qvl reads every block whatever its label, `cryptography`
-only certificates, so the expiry would be read from another chain). A quote that does not meet
+floor are applied to it at every use. The chains are read from the quote's
+bytes and the collateral's text, never from a `ParsedQuote`'s certificates.
+Never remembered: a verdict reached with collateral that carries its own PCK
+chain (dcap-qvl then verifies that one), or when the quote's PCK chain or the
+collateral's TCB Info or QE Identity issuer chain holds a PEM block other
+than a certificate (dcap-qvl reads every block whatever its label and takes
+the first as leaf or signer, `cryptography` only certificates, so the expiry
+would be read from another chain). A quote that does not meet
 all of this, or whose signature does not verify, is verified by dcap-qvl in
 full, so every refusal is dcap-qvl's own. `tests/kms/attest/test_attest_caches.py`
 compares, byte by byte over a quote (altered, and signed again by its

@@ -499,12 +499,25 @@ def _signature_verifies(verdict: _Verdict, raw: bytes, layout: _QuoteLayout) -> 
     return True
 
 
+def _chain_as_dcap_qvl_reads(pem: bytes) -> tuple[x509.Certificate, ...] | None:
+    """The certificates of a PEM chain, or ``None`` unless ``cryptography`` reads every block
+    dcap-qvl reads: dcap-qvl takes every PEM block whatever its label (the first as the leaf
+    or signer), ``cryptography`` only ``CERTIFICATE`` blocks."""
+    blocks = pem.count(b"-----BEGIN")
+    if not blocks or blocks != pem.count(b"-----BEGIN CERTIFICATE-----\n"):
+        return None
+    try:
+        chain = _load_chain(pem)
+    except ValueError:
+        return None
+    return chain if len(chain) == blocks else None
+
+
 def _remember(
     key: tuple[Any, ...],
     raw: bytes,
     layout: _QuoteLayout,
     coll: Collateral,
-    pck_chain: Sequence[x509.Certificate],
     status: str,
     advisories: tuple[str, ...],
     now: int,
@@ -513,23 +526,24 @@ def _remember(
     second before the first expiry among the collateral (TCB Info, QE Identity, both CRLs), its
     issuer chains and the quote's PCK chain (the margin covers a leap second, which dcap-qvl
     reads one second earlier than :func:`kms.attest._time.parse_rfc3339`), and at most
-    :data:`VERDICT_REUSE_SECONDS`. Not remembered: anything unreadable; a verdict reached with
-    the collateral's own PCK chain (dcap-qvl then ignores the quote's); a PCK chain with a PEM
-    block that is not a certificate (dcap-qvl reads every block, whatever its label, and takes
-    the first as the leaf; ``cryptography`` reads only certificates, so the chain whose expiry
-    bounds the verdict would not be the one dcap-qvl judged)."""
-    if not pck_chain or coll.pck_certificate_chain is not None:
+    :data:`VERDICT_REUSE_SECONDS`. The chains are read from the quote's bytes and the
+    collateral's text as dcap-qvl reads them. Not remembered: anything unreadable; a verdict
+    reached with the collateral's own PCK chain (dcap-qvl then ignores the quote's); a chain
+    with a PEM block that is not a certificate (see :func:`_chain_as_dcap_qvl_reads`: the
+    expiry would be read from another chain than the one dcap-qvl judged)."""
+    if coll.pck_certificate_chain is not None:
         return
-    pem = _embedded_pem(raw)
-    blocks = pem.count(b"-----BEGIN")
-    if blocks != pem.count(b"-----BEGIN CERTIFICATE-----\n") or blocks != len(pck_chain):
-        return
+    certs: list[x509.Certificate] = []
+    for pem in (
+        _embedded_pem(raw),
+        coll.tcb_info_issuer_chain.encode(),
+        coll.qe_identity_issuer_chain.encode(),
+    ):
+        chain = _chain_as_dcap_qvl_reads(pem)
+        if chain is None:
+            return
+        certs.extend(chain)
     try:
-        certs = [
-            *pck_chain,
-            *_load_chain(coll.tcb_info_issuer_chain.encode()),
-            *_load_chain(coll.qe_identity_issuer_chain.encode()),
-        ]
         expiry = min(int(cert.not_valid_after_utc.timestamp()) for cert in certs)
         until = min(coll.valid_until() - 1, now + VERDICT_REUSE_SECONDS, expiry - 2)
         point = b"\x04" + raw[layout.signed + 68 : layout.signed + 132]
@@ -617,10 +631,8 @@ def verify_quote(
 
     # 1. The bytes decode as a DCAP quote, of a TDX TD, in a TDX quote version.
     if isinstance(quote, ParsedQuote):
-        pck_chain: tuple[x509.Certificate, ...] | None = quote.pck_chain
         fields, instance_id, quote = quote.fields, quote.platform_instance_id, quote.raw
     else:
-        pck_chain = None
         quote = bytes(quote)
         parsed = _parse(quote)
         parsed_fields = _td_fields(parsed)
@@ -656,8 +668,7 @@ def verify_quote(
     else:
         status, advisories = _dcap_verdict(quote, fields, coll, root_ca, now)
         if key is not None and layout is not None:
-            chain = _embedded_chain(quote) if pck_chain is None else pck_chain
-            _remember(key, quote, layout, coll, chain, status, advisories, now)
+            _remember(key, quote, layout, coll, status, advisories, now)
 
     # 3. The TCB status is one the caller admits.
     if status not in allowed:
@@ -715,15 +726,6 @@ def _embedded_pem(quote: bytes) -> bytes:
         return bytes(dcap_qvl.parse_quote(quote).cert_chain_pem_bytes() or b"").rstrip(b"\0")
     except Exception:  # unreadable (dcap-qvl verified it, so this is not expected)
         return b""
-
-
-def _embedded_chain(quote: bytes) -> tuple[x509.Certificate, ...]:
-    """The PCK chain a quote embeds (empty if unreadable: then nothing is remembered)."""
-    pem = _embedded_pem(quote)
-    try:
-        return _load_chain(pem) if pem else ()
-    except ValueError:
-        return ()
 
 
 @functools.lru_cache(maxsize=COLLATERAL_CACHE_SIZE)

@@ -470,3 +470,52 @@ def test_a_parsed_quote_whose_fields_are_not_its_bytes_gets_no_reused_verdict() 
         assert reason(VERIFIER.verify, forged, COLLATERAL, now=NOW + 5) is QuoteFailure.UNKNOWN
         verify_module._VERDICTS.clear()
         assert reason(VERIFIER.verify, forged, COLLATERAL, now=NOW + 5) is QuoteFailure.UNKNOWN
+
+
+@pytest.mark.parametrize("field", ["tcb_info_issuer_chain", "qe_identity_issuer_chain"])
+def test_a_short_lived_signer_hidden_in_the_collaterals_issuer_chain_ends_no_verdict_late(
+    field: str,
+) -> None:
+    # The same trick in the collateral: a TCB signing certificate of the same key, expiring in
+    # 600 s, first and relabelled; dcap-qvl verifies TCB Info or QE Identity with it.
+    tee = simulated(3301)
+    short = sim._certificate(
+        key=tee._tcb_signer.key,
+        serial=tee._tcb_signer.serial ^ 0x5A5A,
+        subject="SimTEE TCB Signing (NOT Intel)",
+        issuer=tee._root,
+        not_before=tee.epoch,
+        not_after=NOW + 600,
+        ca_path_length=None,
+    ).pem
+    hidden = short.replace("BEGIN CERTIFICATE", "BEGIN X").replace("END CERTIFICATE", "END X")
+    raw = tee.collateral(NOW)
+    collateral = Collateral.from_dict(raw | {field: hidden + raw[field]})
+    verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
+
+    def verify(quote: bytes, now: int) -> VerifiedQuote:
+        return verifier.verify(verifier.precheck(quote, now=now), collateral, now=now)
+
+    _expires_as_dcap_qvl_says(verify, tee, NOW + 1800)
+
+
+def test_a_parsed_quote_carrying_another_chain_than_its_bytes_ends_no_verdict_late() -> None:
+    # The first quote's bytes embed a PCK leaf expiring in 600 s; the ParsedQuote handed in
+    # carries the platform's long-lived chain instead. The verdict is bounded by the bytes.
+    tee = simulated(3302)
+    long_lived = parse_tdx_quote(tee.quote(b"")).pck_chain
+    short = _short_lived_pck(tee, NOW + 600).pem
+    _with_chain(tee, (short + tee._pck_ca.pem + tee._root.pem).encode())
+    collateral = Collateral.from_dict(tee.collateral(NOW))
+    verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
+    first = dataclasses.replace(parse_tdx_quote(tee.quote(b"first")), pck_chain=long_lived)
+    verify_module._VERDICTS.clear()
+    assert verifier.verify(first, collateral, now=NOW).tcb_status == "UpToDate"
+
+    def verify(quote: bytes, now: int) -> VerifiedQuote:
+        return verifier.verify(quote, collateral, now=now)
+
+    later = NOW + 1800
+    assert reason(verify, tee.quote(b"second"), later) is QuoteFailure.COLLATERAL_EXPIRED
+    verify_module._VERDICTS.clear()
+    assert reason(verify, tee.quote(b"second"), later) is QuoteFailure.COLLATERAL_EXPIRED

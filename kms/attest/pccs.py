@@ -583,6 +583,13 @@ class CollateralProvider:
                     quote, now=now, min_validity=self.min_validity, fallback=False
                 )
         except PCCSError as exc:
+            # Once per platform per failure_ttl: the counters say how many, this says why.
+            log.warning(
+                "collateral fetch failed (%s) for %s/%s: %s",
+                exc.kind,
+                *key,
+                one_line(str(exc))[:200],
+            )
             self.fetch_failures += 1
             if exc.kind == "rollback":
                 self.rollbacks_refused += 1

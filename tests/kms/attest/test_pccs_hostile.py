@@ -91,7 +91,7 @@ def _peak_during(run: Callable[[], None]) -> int:
 @pytest.mark.filterwarnings("ignore:Async generator 'http:ResourceWarning")
 @pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "until-close"])
 def test_an_oversized_pccs_answer_is_refused_having_read_at_most_the_cap(
-    declare_length: bool,
+    declare_length: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     pccs = HostilePCCS(16 * MiB, b"z", declare_length=declare_length)
     quote = parse_tdx_quote(TDX_QUOTE)
@@ -113,6 +113,9 @@ def test_an_oversized_pccs_answer_is_refused_having_read_at_most_the_cap(
     assert outcome["kind"] == "oversized"
     assert client.refused["oversized"] == 2
     assert (provider.fetches, provider.fetch_failures, provider.failures_cached) == (1, 1, 1)
+    # The failed fetch is logged once, with its kind and platform.
+    failed = [r.getMessage() for r in caplog.records if "collateral fetch failed" in r.msg]
+    assert len(failed) == 1 and "(oversized)" in failed[0] and quote.fmspc in failed[0], failed
     with pytest.raises(QuoteVerificationError) as unavailable:
         provider.get(quote)
     assert unavailable.value.reason is QuoteFailure.COLLATERAL_UNAVAILABLE

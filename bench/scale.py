@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -68,7 +69,18 @@ Measured on two CPUs: n = 16 certifies at its default 2.32 s since the deals are
 as they arrive (before, it needed 4 s); n = 32 fails at its default 2.64 s
 (docs/performance.md). ``--delta`` overrides."""
 WINDOW_PERIOD = 30.0
-"""Decision windows every 30 s: the join is decided at the first one after genesis."""
+"""Decision windows every 30 s at least: the join is decided at the first one after genesis."""
+
+
+def window_period_for(t: int, delta: float) -> float:
+    """At least :data:`WINDOW_PERIOD`, and longer than a decision window that decides nothing
+    lasts (``window_length + t·Δ``, the node's length ``max(2, 4Δ)``) by two Δ: a node refuses
+    a shorter period (overlapping windows would make every member abstain in every window;
+    at n = 32, Δ = 5 s a window lasts 130 s)."""
+    length = max(2.0, 4 * delta)
+    return max(WINDOW_PERIOD, math.ceil(length + (t + 2) * delta))
+
+
 STATUS_TIMEOUT = 3.0
 _BYTES_SENT = re.compile(r"^qkms_transport_bytes_sent_total (\S+)$", re.M)
 _FRAMES_SENT = re.compile(r"^qkms_transport_frames_sent_total (\S+)$", re.M)
@@ -303,7 +315,7 @@ def measure(
             nodes=n,
             threshold=t,
             delta=delta,
-            window_period=WINDOW_PERIOD,
+            window_period=window_period_for(t, delta),
             window_length=None,
             refresh_interval=0,
             delay_ms=delay_ms,
@@ -456,7 +468,7 @@ def _fetch_and_join(run: ScaleRun, com: Any, nodes: _Nodes, say: Callable[[str],
     say(f"n = {run.n}: a node joins (reshare to n = {run.n + 1})")
     t1 = run.t
     reshare = Schedule.default(0.0, run.n + 1, t1, delta=run.delta_seconds)
-    timeout = WINDOW_PERIOD * 2 + 3 * (reshare.end - reshare.start) + 60
+    timeout = window_period_for(t1, run.delta_seconds) * 2 + 3 * (reshare.end - reshare.start) + 60
     t0 = time.time()
     try:
         index = com.join(timeout=timeout)

@@ -818,7 +818,11 @@ _COMMITTEE: list[Setting] = [
         "window_period",
         "number",
         60.0,
-        "seconds between decision windows; window `w` starts at `genesis_start + w·window_period`",
+        "seconds between decision windows; window `w` starts at `genesis_start + w·window_period`. "
+        "At least `window_length + (threshold + 1)·delta` (refused otherwise): a window that "
+        "decides nothing ends `window_length + threshold·delta` after its start, and if the next "
+        "one has begun by then every member joins it late and abstains, and so in every window "
+        "after: no change or refresh is ever decided",
         _positive,
     ),
     Setting(
@@ -1086,6 +1090,19 @@ def parse_committee(doc: dict[str, Any], lines: FileLines) -> CommitteeValues:
             "participants (2 ≤ threshold ≤ n)",
             "committee",
             "threshold",
+        )
+    # A decision window that decides nothing ends window_length + t·Δ after its start; if the
+    # next one has begun by then, every member joins it late, is not live in it and abstains,
+    # and so on in every window: no change or refresh is ever decided.
+    least = com["window_length"] + (com["threshold"] + 1) * com["delta"]
+    if com["window_period"] < least:
+        raise lines.error(
+            f"window_period {com['window_period']:g} s is shorter than a decision window that "
+            f"decides nothing lasts, plus Δ: window_length + (threshold + 1)·delta = {least:g} s; "
+            "windows would overlap, every member would join each next one late and abstain, and "
+            "no change or refresh would ever be decided",
+            "committee",
+            "window_period",
         )
     return CommitteeValues(
         genesis=tuple(sorted(genesis, key=lambda p: p.index)),

@@ -83,8 +83,11 @@ def test_formatting_never_changes_the_digest(
     bump=st.integers(min_value=1, max_value=10**6),
 )
 def test_any_value_changes_the_digest(key: str, bump: int) -> None:
-    values = dict(BASE, **{key: BASE[key] + bump / 8})
-    assert digest(render(values, list(BASE), [False] * len(BASE), False)) != REFERENCE
+    # A period long enough for any bumped Δ or window length (a shorter one is refused).
+    wide = dict(BASE, window_period=10**7)
+    values = dict(wide, **{key: wide[key] + bump / 8})
+    reference = digest(render(wide, list(BASE), [False] * len(BASE), False))
+    assert digest(render(values, list(BASE), [False] * len(BASE), False)) != reference
 
 
 def test_threshold_refresh_and_policy_change_the_digest() -> None:
@@ -106,3 +109,17 @@ def test_an_unknown_key_is_reported_on_its_own_line(key: str, at: int) -> None:
     with pytest.raises(ConfigError) as err:
         digest("\n".join(text) + "\n")
     assert f":{3 + at}: unknown key '{key}' in [committee]" in str(err.value)
+
+
+def test_a_window_period_shorter_than_a_window_lasts_is_refused() -> None:
+    # t = 2, Δ = 1, window_length 5: a window that decides nothing lasts 7 s; with the margin
+    # of one Δ the period must be at least 8 s, or every member abstains in every window.
+    for period, refused in ((7.9, True), (8, False)):
+        values = dict(BASE, window_period=period)
+        text = render(values, list(BASE), [False] * len(BASE), False)
+        if refused:
+            with pytest.raises(ConfigError, match=r"window_period 7\.9 s is shorter") as err:
+                digest(text)
+            assert "late and abstain" in str(err.value)
+        else:
+            assert digest(text) != REFERENCE

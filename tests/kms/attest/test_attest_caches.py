@@ -395,6 +395,21 @@ def _short_lived_pck(tee: SimulatedTEE, not_after: int) -> Any:
     )
 
 
+def _relabelled(pem: str) -> str:
+    """A certificate under another PEM label: dcap-qvl reads it, ``cryptography`` does not."""
+    return pem.replace("BEGIN CERTIFICATE", "BEGIN X").replace("END CERTIFICATE", "END X")
+
+
+def _as_a_node_verifies(tee: SimulatedTEE, collateral: Collateral) -> Any:
+    """Verification as a node runs it: the cheap pre-check, then the quote under its root."""
+    verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
+
+    def verify(quote: bytes, now: int) -> VerifiedQuote:
+        return verifier.verify(verifier.precheck(quote, now=now), collateral, now=now)
+
+    return verify
+
+
 def _expires_as_dcap_qvl_says(verify: Any, tee: SimulatedTEE, at: int) -> None:
     """A quote verified at ``NOW``; at ``at``, the next quote is refused as expired with its
     verdict remembered, as it is with none."""
@@ -417,16 +432,10 @@ def test_a_short_lived_pck_leaf_hidden_under_another_pem_label_ends_no_verdict_l
     # leaf; cryptography reads only CERTIFICATE blocks. A leaf expiring in 600 s, relabelled,
     # ahead of the long-lived chain: the verdict must not outlive it.
     tee = simulated(3202)
-    short = _short_lived_pck(tee, NOW + 600).pem
-    hidden = short.replace("BEGIN CERTIFICATE", "BEGIN X").replace("END CERTIFICATE", "END X")
+    hidden = _relabelled(_short_lived_pck(tee, NOW + 600).pem)
     _with_chain(tee, (hidden + tee.pck_chain_pem).encode())
     collateral = Collateral.from_dict(tee.collateral(NOW))
-    verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
-
-    def verify(quote: bytes, now: int) -> VerifiedQuote:
-        return verifier.verify(verifier.precheck(quote, now=now), collateral, now=now)
-
-    _expires_as_dcap_qvl_says(verify, tee, NOW + 900)
+    _expires_as_dcap_qvl_says(_as_a_node_verifies(tee, collateral), tee, NOW + 900)
 
 
 def test_a_verdict_reached_with_the_collaterals_own_pck_chain_is_not_reused() -> None:
@@ -488,15 +497,9 @@ def test_a_short_lived_signer_hidden_in_the_collaterals_issuer_chain_ends_no_ver
         not_after=NOW + 600,
         ca_path_length=None,
     ).pem
-    hidden = short.replace("BEGIN CERTIFICATE", "BEGIN X").replace("END CERTIFICATE", "END X")
     raw = tee.collateral(NOW)
-    collateral = Collateral.from_dict(raw | {field: hidden + raw[field]})
-    verifier = Verifier([tee.root_ca_der], simulated_allowed=True)
-
-    def verify(quote: bytes, now: int) -> VerifiedQuote:
-        return verifier.verify(verifier.precheck(quote, now=now), collateral, now=now)
-
-    _expires_as_dcap_qvl_says(verify, tee, NOW + 1800)
+    collateral = Collateral.from_dict(raw | {field: _relabelled(short) + raw[field]})
+    _expires_as_dcap_qvl_says(_as_a_node_verifies(tee, collateral), tee, NOW + 1800)
 
 
 def test_a_parsed_quote_carrying_another_chain_than_its_bytes_ends_no_verdict_late() -> None:

@@ -821,8 +821,9 @@ _COMMITTEE: list[Setting] = [
         "seconds between decision windows; window `w` starts at `genesis_start + w·window_period`. "
         "At least `window_length + (threshold + 1)·delta` (refused otherwise): a window that "
         "decides nothing ends `window_length + threshold·delta` after its start, and if the next "
-        "one has begun by then every member joins it late and abstains, and so in every window "
-        "after: no change or refresh is ever decided",
+        "one has begun by then every member joins it late and abstains; depending on how the "
+        "period divides that time, this can repeat in every window, so that no change or "
+        "refresh is decided",
         _positive,
     ),
     Setting(
@@ -1093,14 +1094,15 @@ def parse_committee(doc: dict[str, Any], lines: FileLines) -> CommitteeValues:
         )
     # A decision window that decides nothing ends window_length + t·Δ after its start; if the
     # next one has begun by then, every member joins it late, is not live in it and abstains,
-    # and so on in every window: no change or refresh is ever decided.
+    # and depending on how the period divides that time, so in every window after (at n = 32,
+    # Δ = 5 s, a 30 s period: each 130 s window ended 10 s into the next, always).
     least = com["window_length"] + (com["threshold"] + 1) * com["delta"]
     if com["window_period"] < least:
         raise lines.error(
             f"window_period {com['window_period']:g} s is shorter than a decision window that "
             f"decides nothing lasts, plus Δ: window_length + (threshold + 1)·delta = {least:g} s; "
-            "windows would overlap, every member would join each next one late and abstain, and "
-            "no change or refresh would ever be decided",
+            "windows would overlap: every member would join the next one late and abstain, "
+            "which can repeat in every window, so that no change or refresh is decided",
             "committee",
             "window_period",
         )

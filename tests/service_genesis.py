@@ -22,6 +22,23 @@ from net.peerid import peer_id_from_ed25519
 from net.transport import Transport
 
 
+async def memory_node(
+    tmp_path: Path,
+    cfg: NodeConfig,
+    seed: tuple[bytes, bytes],
+    network: MemoryNetwork,
+    clock: TrioClock,
+) -> tuple[NodeService, NodeStore, MemoryTransport]:
+    """A ``NodeService`` for ``cfg`` with its identity from ``seed``, its store under
+    ``tmp_path`` and an open transport on ``network`` (the caller closes the store)."""
+    store = NodeStore(tmp_path / f"node-{int(cfg.index)}.db", TEESealer(lambda: bytes(32)))
+    store.save_identity(*seed)
+    ident = SigningKey.from_seed(seed[0])
+    transport = MemoryTransport(network, peer_id_from_ed25519(ident.verify_key().to_bytes()))
+    await transport.__aenter__()
+    return NodeService(cfg, store, transport, {}, clock=clock), store, transport
+
+
 def run_genesis(
     tmp_path: Path,
     label: str,
@@ -51,15 +68,8 @@ def run_genesis(
                 cfg = NodeConfig(
                     PI(i), genesis, t, genesis_start=start, delta=delta, window_period=1e9
                 )
-                store = NodeStore(tmp_path / f"node-{i}.db", TEESealer(lambda: bytes(32)))
-                store.save_identity(*seeds[i])
+                svc, store, inner = await memory_node(tmp_path, cfg, seeds[i], network, clock)
                 stores.append(store)
-                ident = SigningKey.from_seed(seeds[i][0])
-                inner = MemoryTransport(
-                    network, peer_id_from_ed25519(ident.verify_key().to_bytes())
-                )
-                await inner.__aenter__()
-                svc = NodeService(cfg, store, inner, {}, clock=clock)
                 svc.transport = wrap(i, inner)
                 services[i] = svc
                 await nursery.start(svc.run)

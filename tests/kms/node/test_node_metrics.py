@@ -13,17 +13,15 @@ from typing import Any
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
+from service_genesis import memory_node
 
 from kms.app.testing import participant
 from kms.node.core import NodeConfig
 from kms.node.logs import JSONFormatter, TextFormatter, log_context
 from kms.node.metrics import NodeMetrics
 from kms.node.service import NodeService, TrioClock
-from kms.store import NodeStore, TEESealer
 from mpc.ids import ParticipantIndex as PI
-from mpc.sig import SigningKey
-from net.memory import MemoryNetwork, MemoryTransport
-from net.peerid import peer_id_from_ed25519
+from net.memory import MemoryNetwork
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -78,15 +76,8 @@ def test_a_dkg_moves_phase_durations_and_per_peer_series_and_logs_carry_the_node
         stores = []
         async with trio.open_nursery() as nursery:
             for i, cfg in configs.items():
-                store = NodeStore(tmp_path / f"node-{i}.db", TEESealer(lambda: bytes(32)))
-                store.save_identity(*seeds[i])
+                svc, store, _ = await memory_node(tmp_path, cfg, seeds[i], network, clock)
                 stores.append(store)
-                ident = SigningKey.from_seed(seeds[i][0])
-                transport = MemoryTransport(
-                    network, peer_id_from_ed25519(ident.verify_key().to_bytes())
-                )
-                await transport.__aenter__()
-                svc = NodeService(cfg, store, transport, {}, clock=clock)
                 services[i] = svc
                 await nursery.start(svc.run)
             with trio.fail_after(120):

@@ -3,8 +3,11 @@
 A lab ``L`` (short random hex) names everything ``qkl-L-…``: the parent namespace ``qkl-L-p``
 holds the bridge ``br0`` with the controller address ``10.213.0.1/16`` and, for every host ``k``,
 a shadow address ``10.213.1.k``; host ``k`` lives in namespace ``qkl-L-<name>`` with one veth
-``eth0`` at ``10.213.2.k/16``, created from the parent namespace with ``ip -n`` (nothing is ever
-created in the machine's own namespace). Every TCP connection between hosts to a port declared with
+``eth0`` at ``10.213.2.k/32``, created from the parent namespace with ``ip -n`` (nothing is ever
+created in the machine's own namespace). Hosts reach each other through the parent, which routes
+(without redirects) between its bridge's ports: each host holds one neighbour entry and the
+parent one per host, so the kernel's neighbour table, shared by every namespace, does not fill
+as hosts are added. Every TCP connection between hosts to a port declared with
 :meth:`Lab.expose` is DNATed, in the source host's namespace, to a listener that the one proxy
 process (:mod:`kms.chaos.proxy`) keeps on the destination's shadow address; the proxy connects to
 the real address from the source's shadow address. So inside any host, traffic to or from host
@@ -47,6 +50,7 @@ CLONE_NEWNET = 0x40000000
 PREFIX = "qkl-"
 SUBNET_PREFIX = 16
 CONTROLLER_IP = "10.213.0.1"
+LAB_NET = "10.213.0.0"
 MAX_HOSTS = 250
 BALLAST = ".qkl-ballast"
 DEFAULT_STATE_DIR = Path("/run/qkl")
@@ -106,6 +110,13 @@ def _run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout
+
+
+def _sysctl(ns: str, values: Mapping[str, int]) -> None:
+    """Set ``/proc/sys/net/<key>`` to each value inside namespace ``ns`` (keys are the lab's
+    own constants; ``sh`` rather than ``sysctl``, which a minimal machine may lack)."""
+    script = "; ".join(f"echo {int(v)} > /proc/sys/net/{k}" for k, v in values.items())
+    _run(["ip", "netns", "exec", ns, "sh", "-c", script])
 
 
 def _list_netns() -> list[str]:
@@ -383,6 +394,15 @@ class Lab:
     def _make_parent(self) -> None:
         self._add_ns(self.parent_ns)
         p = self.parent_ns
+        # The parent routes between hosts (see _add_host) and never tells a host to go direct.
+        _sysctl(
+            p,
+            {
+                "ipv4/ip_forward": 1,
+                "ipv4/conf/all/send_redirects": 0,
+                "ipv4/conf/default/send_redirects": 0,
+            },
+        )
         _run(["ip", "-n", p, "link", "add", "br0", "type", "bridge"])
         _run(["ip", "-n", p, "addr", "add", f"{CONTROLLER_IP}/{SUBNET_PREFIX}", "dev", "br0"])
         _run(["ip", "-n", p, "link", "set", "br0", "up"])
@@ -467,8 +487,30 @@ class Lab:
         )
         _run(["ip", "-n", p, "link", "set", veth, "master", "br0", "up"])
         _run(["ip", "-n", p, "addr", "add", f"{host.shadow}/{SUBNET_PREFIX}", "dev", "br0"])
-        _run(["ip", "-n", host.ns, "addr", "add", f"{host.ip}/{SUBNET_PREFIX}", "dev", "eth0"])
+        # A host's address is alone on its link and everything else is routed through the
+        # parent: a host keeps one neighbour entry (the parent) and the parent one per host.
+        # On one flat subnet every pair of hosts that talks holds a neighbour entry at both
+        # ends, and the kernel's neighbour table (one for all namespaces, 1,024 entries by
+        # default, gc_thresh3) overflows at about 33 hosts in a full mesh: new connections
+        # then fail with no neighbour entry made.
+        _sysctl(host.ns, {"ipv4/conf/all/accept_redirects": 0})
+        _run(["ip", "-n", host.ns, "addr", "add", f"{host.ip}/32", "dev", "eth0"])
         _run(["ip", "-n", host.ns, "link", "set", "eth0", "up"])
+        _run(["ip", "-n", host.ns, "route", "add", CONTROLLER_IP, "dev", "eth0", "scope", "link"])
+        _run(
+            [
+                "ip",
+                "-n",
+                host.ns,
+                "route",
+                "add",
+                f"{LAB_NET}/{SUBNET_PREFIX}",
+                "via",
+                CONTROLLER_IP,
+                "dev",
+                "eth0",
+            ]
+        )
         self._iptables_restore(
             host,
             "*filter\n:QKL - [0:0]\n-A OUTPUT -j QKL\nCOMMIT\n"

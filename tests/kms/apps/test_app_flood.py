@@ -48,6 +48,7 @@ def _flood(tmp_path: Path, count: int) -> None:
             batches = burst + rate * report.seconds + 2
             assert asked <= (len(c.services) - 1) * batches, (asked, report.seconds)
             assert asked < count, asked
+
             # Members that released the new app announce it; the others admit it once t
             # announcements arrive, which under the flood's load may be after the last push.
             def admitted() -> list[int]:

@@ -98,7 +98,7 @@ test: $(STAMP) $(SDK_STAMP)
 	$(PY) -m pytest -q -n $(FAST_WORKERS) --dist worksteal -m "(not slow or parallel) and not long" --durations=15; fast_rc=$$?; \
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m guide --durations=2 $(GUIDE_TESTS) >"$$guide_log" 2>&1 & guide_pid=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider -m sdk --durations=3 $(SDK_TESTS) >"$$sdk_log" 2>&1 & sdk_pid=$$!; \
-	$(PY) -m pytest -q -m "slow and not parallel and not guide and not sdk and not chaos" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile); slow_rc=$$?; \
+	$(PY) -m pytest -q -m "slow and not parallel and not guide and not sdk and not chaos" --durations=15 $(if $(filter-out 1,$(SLOW_WORKERS)),-n $(SLOW_WORKERS) --dist loadfile --no-loadscope-reorder); slow_rc=$$?; \
 	wait $$long_pid; long_rc=$$?; wait $$chaos_pid; chaos_rc=$$?; wait $$guide_pid; guide_rc=$$?; wait $$sdk_pid; sdk_rc=$$?; wait $$check_pid; check_rc=$$?; \
 	echo "--- ruff and mypy (run beside the tests) ---"; cat "$$check_log"; rm -f "$$check_log"; \
 	echo "--- the fault lab's smoke run (run beside the in-process tests) ---"; cat "$$chaos_log"; rm -f "$$chaos_log"; \

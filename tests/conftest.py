@@ -24,10 +24,28 @@ def pytest_addoption(parser):  # type: ignore[no-untyped-def]
     )
 
 
+LONGEST_FILES = {
+    "tests/kms/test_demo.py": 115,
+    "tests/kms/keys_net/test_key_release_network.py": 105,
+    "tests/kms/devnet/test_lifecycle.py": 102,
+    "tests/kms/keys_net/test_live_flood.py": 75,
+}
+"""The slow lane's longest files and their seconds in ``make test`` (each file runs on one
+worker): they start first, longest first, so that the lane does not end with one worker
+running the demo alone while the other idles. ``make test`` keeps this order
+(``--no-loadscope-reorder``; xdist would otherwise start the files with the most tests)."""
+
+
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
     """The long in-process tests (marked ``parallel``) go first, so that two workers end
-    together instead of one running them alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("parallel") is None)
+    together instead of one running them alone at the end; then the longest files
+    (``LONGEST_FILES``), longest first. The sort is stable: the rest keep their order."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("parallel") is None,
+            -LONGEST_FILES.get(item.nodeid.split("::")[0], 0),
+        )
+    )
 
 
 class _RememberedScrypt:

@@ -44,3 +44,12 @@ def test_every_lane_is_run_on_its_list() -> None:
     text = (ROOT / "Makefile").read_text()
     for mark, var in LANES.items():
         assert re.search(rf"-m {mark}\b[^\n;&]*\$\({var}\)", text), (mark, var)
+
+
+def test_the_longest_files_named_for_the_slow_lane_exist_and_are_slow() -> None:
+    from conftest import LONGEST_FILES
+
+    for name in LONGEST_FILES:
+        path = ROOT / name
+        assert path.is_file(), name
+        assert re.search(r"\bmark\.slow\b", path.read_text()), name

@@ -8,6 +8,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
+from lane_order import LONGEST_FILES
+
 import kms.store.sealer as _sealer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,18 +24,6 @@ def pytest_addoption(parser):  # type: ignore[no-untyped-def]
         default=None,
         help="run the simulator scenario tests with this seed (replays a reported failure)",
     )
-
-
-LONGEST_FILES = {
-    "tests/kms/test_demo.py": 115,
-    "tests/kms/keys_net/test_key_release_network.py": 105,
-    "tests/kms/devnet/test_lifecycle.py": 102,
-    "tests/kms/keys_net/test_live_flood.py": 75,
-}
-"""The slow lane's longest files and their seconds in ``make test`` (each file runs on one
-worker): they start first, longest first, so that the lane does not end with one worker
-running the demo alone while the other idles. ``make test`` keeps this order
-(``--no-loadscope-reorder``; xdist would otherwise start the files with the most tests)."""
 
 
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]

@@ -47,7 +47,7 @@ def test_every_lane_is_run_on_its_list() -> None:
 
 
 def test_the_longest_files_named_for_the_slow_lane_exist_and_are_slow() -> None:
-    from conftest import LONGEST_FILES
+    from lane_order import LONGEST_FILES
 
     for name in LONGEST_FILES:
         path = ROOT / name

@@ -29,6 +29,7 @@ import atexit
 import contextlib
 import ctypes
 import errno
+import ipaddress
 import itertools
 import json
 import os
@@ -50,7 +51,7 @@ CLONE_NEWNET = 0x40000000
 PREFIX = "qkl-"
 SUBNET_PREFIX = 16
 CONTROLLER_IP = "10.213.0.1"
-LAB_NET = "10.213.0.0"
+LAB_NET = str(ipaddress.ip_network(f"{CONTROLLER_IP}/{SUBNET_PREFIX}", strict=False))
 MAX_HOSTS = 250
 BALLAST = ".qkl-ballast"
 DEFAULT_STATE_DIR = Path("/run/qkl")
@@ -504,7 +505,7 @@ class Lab:
                 host.ns,
                 "route",
                 "add",
-                f"{LAB_NET}/{SUBNET_PREFIX}",
+                LAB_NET,
                 "via",
                 CONTROLLER_IP,
                 "dev",

@@ -21,30 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_required import need_lab
 
 from kms.chaos.netlab import (
     Host,
     Lab,
-    LabError,
     netem_available,
     remove_stale_labs,
-    require_root,
 )
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[3]
 PORT = 7000
-
-
-def _need_lab() -> None:
-    try:
-        require_root()
-    except LabError as exc:
-        if os.environ.get("QKMS_REQUIRE_LAB", "") not in ("", "0"):
-            pytest.fail(f"QKMS_REQUIRE_LAB is set but the lab cannot run: {exc}")
-        print(f"skipping the fault lab's network tests: {exc}")
-        pytest.skip(str(exc))
 
 
 AGENT = textwrap.dedent(
@@ -166,7 +155,7 @@ class Agent:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, dict[str, Agent]]]:
-    _need_lab()
+    need_lab()
     base = tmp_path_factory.mktemp("netlab")
     script = base / "agent.py"
     script.write_text(AGENT)
@@ -376,7 +365,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_teardown_removes_every_namespace_mount_and_process(tmp_path: Path) -> None:
-    _need_lab()
+    need_lab()
     state = tmp_path / "state"
     lab = Lab.create(state)
     host = lab.add_host("x")
@@ -439,7 +428,7 @@ def _run_harness(state: Path, sig: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signalled_harness_tears_its_lab_down(tmp_path: Path, sig: int) -> None:
-    _need_lab()
+    need_lab()
     state = tmp_path / "state"
     info = _run_harness(state, sig)
     try:
@@ -452,7 +441,7 @@ def test_a_signalled_harness_tears_its_lab_down(tmp_path: Path, sig: int) -> Non
 
 
 def test_an_exception_in_the_lab_tears_it_down(tmp_path: Path) -> None:
-    _need_lab()
+    need_lab()
     with pytest.raises(ZeroDivisionError), Lab.create(tmp_path / "state") as lab:
         lab.add_host("x")
         assert _lab_namespaces(lab.id)
@@ -461,7 +450,7 @@ def test_an_exception_in_the_lab_tears_it_down(tmp_path: Path) -> None:
 
 
 def test_a_sigkilled_harness_leaves_a_lab_the_next_create_removes(tmp_path: Path) -> None:
-    _need_lab()
+    need_lab()
     state = tmp_path / "state"
     info = _run_harness(state, signal.SIGKILL)
     old = str(info["id"])
@@ -485,7 +474,7 @@ def test_a_sigkilled_harness_leaves_a_lab_the_next_create_removes(tmp_path: Path
 
 
 def test_netem_detection_matches_the_kernel(tmp_path: Path) -> None:
-    _need_lab()
+    need_lab()
     has = Path("/proc/modules").exists() and any(
         line.startswith("sch_netem ") for line in Path("/proc/modules").read_text().splitlines()
     )

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from lab_required import need_lab
 
-from kms.chaos.netlab import CONTROLLER_IP, Host, Lab, LabError, require_root
+from kms.chaos.netlab import CONTROLLER_IP, Host, Lab, LabError
 
 
 def test_a_direct_lab_exposes_ports_without_the_proxy(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_a_lab_is_proxied_unless_asked(tmp_path: Path) -> None:
 
 
 MESH_AGENT = """
-import json, socket, sys, threading, time
+import json, socket, sys, threading
 
 port = int(sys.argv[1])
 server = socket.socket()
@@ -85,12 +85,7 @@ def test_a_full_mesh_of_many_hosts_connects_and_each_host_keeps_one_neighbour(
     """The failure it guards: on one flat /16, 34 hosts talking to each other (a 32-node
     committee, its PCCS and the load generator) filled the kernel's neighbour table, and every
     new connection after that timed out (``neighbor table overflow!``)."""
-    try:
-        require_root()
-    except LabError as exc:
-        if os.environ.get("QKMS_REQUIRE_LAB", "") not in ("", "0"):
-            pytest.fail(f"QKMS_REQUIRE_LAB is set but the lab cannot run: {exc}")
-        pytest.skip(str(exc))
+    need_lab()
     script = tmp_path / "mesh.py"
     script.write_text(MESH_AGENT)
     port = 7100

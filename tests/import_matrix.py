@@ -313,7 +313,8 @@ ROWS: dict[str, Rule] = {
     # and any project module below it, but none beside or above it: no sim (only the CLI's
     # `kms sim` commands run simulations), no kms.cli; the node's composition root neither
     # the devnet nor the demo. No kms.node module imports kms.app, kms.api or kms.cli.
-    # The HTTP apps (starlette, hypercorn) over the node and the PCCS proxy.
+    # The HTTP apps (starlette, hypercorn, the public port on httptools) over the node and the
+    # PCCS proxy.
     "kms.api": Rule(
         ("mpc", "net", "kms"), any_third_party=True, not_project=("kms.cli", "kms.app")
     ),

@@ -25,6 +25,7 @@ code, and counted under ``qkms_rejected_inputs_total{reason="http body: …"}``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from enum import StrEnum
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ from starlette.routing import Route
 
 from kms.api.answers import cert_answer, evidence_answer, key_answer, policy_answer
 from kms.api.limits import CHAIN_PAGE_BYTES, CHAIN_PAGE_LINKS, MAX_BODY
-from kms.api.shed import BODY_TIMEOUT, Shed, ShedLimits
+from kms.api.shed import BODY_TIMEOUT, Admission, Shed, ShedLimits
 from kms.node.evidence_log import EvidenceResult
 from kms.node.keyrelease import CertResult, KeysNotServed, ReleaseResult
 from kms.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -216,19 +217,24 @@ class BodyLimit:
         await self.app(scope, bounded_receive, guarded_send)
 
 
-class _BoundedStarlette(Starlette):
+class NodeApp(Starlette):
     """Starlette with ``BodyLimit`` outside everything, its error middleware included, and
     the release routes' admission control (``kms.api.shed.Shed``) just inside it."""
 
     body_limit = MAX_BODY
     on_refusal: Callable[[str], None] | None = None
-    shed_limits: ShedLimits | None = None
+    admission: Admission | None = None
     on_shed: Callable[[str], None] | None = None
     on_body_timeout: Callable[[str], None] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
+        if self.admission is None:
+            self.admission = Admission(ShedLimits())
         shed = Shed(
-            super().build_middleware_stack(), self.shed_limits, self.on_shed, self.on_body_timeout
+            super().build_middleware_stack(),
+            on_shed=self.on_shed,
+            on_body_timeout=self.on_body_timeout,
+            admission=self.admission,
         )
         return BodyLimit(shed, self.body_limit, self.on_refusal)
 
@@ -239,13 +245,71 @@ def refusal_response(exc: BodyRefused) -> Response:
 
 
 def _wants_json(request: Request) -> bool:
+    return wants_json(request.headers.get("content-type", ""), request.headers.get("accept", ""))
+
+
+def wants_json(content_type: str, accept: str) -> bool:
     """JSON when the client accepts it over msgpack, or sent JSON and did not say."""
-    accept = request.headers.get("accept", "")
     if MSGPACK in accept:
         return False
     if JSON in accept:
         return True
-    return request.headers.get("content-type", "").split(";")[0].strip() == JSON
+    return _is_json(content_type)
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type.split(";")[0].strip() == JSON
+
+
+def json_bytes(content: Any) -> bytes:
+    """``content`` as Starlette's ``JSONResponse`` renders it."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def _typed_bytes(message: WireMessage, as_json: bool) -> tuple[str, bytes]:
+    """(media type, body): a message encoded as msgpack, or in its JSON form."""
+    if as_json:
+        return JSON, json_bytes(message.to_json())
+    return MSGPACK, message.encode()
+
+
+async def answer_key_request(
+    source: StatusSource, body: bytes, content_type: str, accept: str
+) -> tuple[int, str, bytes]:
+    """(status, media type, body) answering a ``POST /v1/keys`` body: the route's whole work,
+    shared by the app's route and the public port's direct path (``kms.api.front``).
+
+    Decoded once, here (the JSON form maps onto the msgpack one); the node gets the typed
+    request."""
+    try:
+        if _is_json(content_type):
+            key_request = KeyRequest.decode_json(body)
+        else:
+            key_request = KeyRequest.decode(body)
+    except MessageDecodeError as exc:
+        code, answer = key_answer(source.refuse_key_request(exc))
+    else:
+        code, answer = key_answer(await source.release(key_request))
+    return (code, *_typed_bytes(answer, wants_json(content_type, accept)))
+
+
+async def answer_cert_request(
+    source: StatusSource, body: bytes, content_type: str, accept: str
+) -> tuple[int, str, bytes]:
+    """(status, media type, body) answering a ``POST /v1/app-key-cert`` body, as
+    ``answer_key_request`` does a key request."""
+    try:
+        if _is_json(content_type):
+            cert_request = AppKeyCertRequest.decode_json(body)
+        else:
+            cert_request = AppKeyCertRequest.decode(body)
+    except MessageDecodeError as exc:
+        code, answer = cert_answer(source.refuse_cert_request(exc))
+    else:
+        code, answer = cert_answer(await source.certify(cert_request))
+    return (code, *_typed_bytes(answer, wants_json(content_type, accept)))
 
 
 def _message_response(raw: bytes, status_code: int, as_json: bool) -> Response:
@@ -255,18 +319,11 @@ def _message_response(raw: bytes, status_code: int, as_json: bool) -> Response:
     return Response(raw, status_code=status_code, media_type=MSGPACK)
 
 
-def _typed_response(message: WireMessage, status_code: int, as_json: bool) -> Response:
-    """A message encoded as msgpack, or in its JSON form."""
-    if as_json:
-        return JSONResponse(message.to_json(), status_code=status_code)
-    return Response(message.encode(), status_code=status_code, media_type=MSGPACK)
-
-
 def make_app(
     source: StatusSource,
     shed: ShedLimits | None = None,
     on_shed: Callable[[str], None] | None = None,
-) -> Starlette:
+) -> NodeApp:
     """The public app of ``source``. Key and certificate requests beyond ``shed`` (default
     ``ShedLimits()``) are refused ``503 overloaded`` (``kms.api.shed``); ``on_shed`` counts
     each refusal by route."""
@@ -294,33 +351,19 @@ def make_app(
 
     async def keys(request: Request) -> Response:
         body = await read_body(request)
-        as_json = _wants_json(request)
-        # Decoded once, here (the JSON form maps onto the msgpack one); the node gets the
-        # typed request.
-        try:
-            if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
-                key_request = KeyRequest.decode_json(body)
-            else:
-                key_request = KeyRequest.decode(body)
-        except MessageDecodeError as exc:
-            code, answer = key_answer(source.refuse_key_request(exc))
-        else:
-            code, answer = key_answer(await source.release(key_request))
-        return _typed_response(answer, code, as_json)
+        h = request.headers
+        code, media, payload = await answer_key_request(
+            source, body, h.get("content-type", ""), h.get("accept", "")
+        )
+        return Response(payload, status_code=code, media_type=media)
 
     async def app_key_cert(request: Request) -> Response:
         body = await read_body(request)
-        as_json = _wants_json(request)
-        try:
-            if request.headers.get("content-type", "").split(";")[0].strip() == JSON:
-                cert_request = AppKeyCertRequest.decode_json(body)
-            else:
-                cert_request = AppKeyCertRequest.decode(body)
-        except MessageDecodeError as exc:
-            code, answer = cert_answer(source.refuse_cert_request(exc))
-        else:
-            code, answer = cert_answer(await source.certify(cert_request))
-        return _typed_response(answer, code, as_json)
+        h = request.headers
+        code, media, payload = await answer_cert_request(
+            source, body, h.get("content-type", ""), h.get("accept", "")
+        )
+        return Response(payload, status_code=code, media_type=media)
 
     async def chain(request: Request) -> Response:
         q = request.query_params
@@ -417,7 +460,7 @@ def make_app(
         source.count_rejected(f"http body: {refused.reason.value}")
         return refusal_response(refused)
 
-    app = _BoundedStarlette(
+    app = NodeApp(
         routes=[
             Route("/v1/policies", policies, methods=["POST"]),
             Route("/v1/evidence", evidence, methods=["POST"]),
@@ -435,7 +478,9 @@ def make_app(
         exception_handlers={BodyRefused: body_refused, StorageFull: storage_full},
     )
     app.on_refusal = source.count_rejected
-    app.shed_limits = shed
+    # One admission for the release routes, however they are reached (this app, or the
+    # public port's direct path in ``kms.api.front``).
+    app.admission = Admission(shed or ShedLimits())
     app.on_shed = on_shed
     app.on_body_timeout = lambda route: source.count_rejected(f"http body: {BODY_TIMEOUT}")
     return app

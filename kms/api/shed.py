@@ -197,6 +197,41 @@ class _Body:
         return replayed
 
 
+def overloaded_answer(limits: ShedLimits) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The ``503 overloaded`` refusal's body and headers."""
+    body = json.dumps(
+        {
+            "reason": OVERLOADED,
+            "detail": "the node is handling as many key requests as it can: "
+            "ask another node, or this one again later",
+            "retry_after": limits.retry_after,
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(limits.retry_after).encode()),
+    ]
+    return body, headers
+
+
+def body_timeout_answer(limits: ShedLimits) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The ``408 body-timeout`` answer's body and headers (the connection is closed)."""
+    body = json.dumps(
+        {
+            "reason": BODY_TIMEOUT,
+            "detail": f"the request body did not arrive within {limits.body_timeout:g} seconds",
+            "timeout": limits.body_timeout,
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    return body, headers
+
+
 class Shed:
     """ASGI middleware: ``Admission`` around the release routes (see the module docstring).
 
@@ -210,38 +245,14 @@ class Shed:
         limits: ShedLimits | None = None,
         on_shed: Callable[[str], None] | None = None,
         on_body_timeout: Callable[[str], None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.app = app
-        self.admission = Admission(limits or ShedLimits())
+        self.admission = admission or Admission(limits or ShedLimits())
         self.on_shed = on_shed
         self.on_body_timeout = on_body_timeout
-        timeout = self.admission.limits.body_timeout
-        self._timeout = json.dumps(
-            {
-                "reason": BODY_TIMEOUT,
-                "detail": f"the request body did not arrive within {timeout:g} seconds",
-                "timeout": timeout,
-            }
-        ).encode()
-        self._timeout_headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self._timeout)).encode()),
-            (b"connection", b"close"),
-        ]
-        retry = self.admission.limits.retry_after
-        self._refusal = json.dumps(
-            {
-                "reason": OVERLOADED,
-                "detail": "the node is handling as many key requests as it can: "
-                "ask another node, or this one again later",
-                "retry_after": retry,
-            }
-        ).encode()
-        self._headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self._refusal)).encode()),
-            (b"retry-after", str(retry).encode()),
-        ]
+        self._timeout, self._timeout_headers = body_timeout_answer(self.admission.limits)
+        self._refusal, self._headers = overloaded_answer(self.admission.limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None

@@ -363,10 +363,8 @@ def shed_limits(cfg: NodeFileConfig) -> ShedLimits:
 
 async def _serve(cfg: NodeFileConfig, adapt: ServiceHook | None = None) -> None:
     """The body of ``run_node`` once the store's lock is held."""
-    from hypercorn.trio import serve
-
-    from kms.api import admin
-    from kms.api.http import make_app, server_config
+    from kms.api import admin, front
+    from kms.api.http import make_app
     from net.errors import TransportError
     from net.libp2p import Libp2pTransport
 
@@ -385,15 +383,13 @@ async def _serve(cfg: NodeFileConfig, adapt: ServiceHook | None = None) -> None:
         async with transport:
             service = build_service(cfg, store, transport, peers, adapt=adapt)
             set_log_context(service.log_fields)  # the HTTP and admin tasks' lines too
-            hc = server_config(f"{cfg.http_host}:{cfg.http_port}")
-            shutdown = trio.Event()
+            bind = f"{cfg.http_host}:{cfg.http_port}"
             async with trio.open_nursery() as nursery:
                 await nursery.start(service.run)
                 await nursery.start(admin.serve, service, cfg.admin_socket, token)
-                # Starlette is an ASGI app; hypercorn types it narrowly.
-                app: Any = make_app(service, shed_limits(cfg), service.metrics.shed)
+                app = make_app(service, shed_limits(cfg), service.metrics.shed)
                 await nursery.start(
-                    partial(serve, app, hc, shutdown_trigger=shutdown.wait, mode="asgi")
+                    partial(front.serve, app, service, bind, on_shed=service.metrics.shed)
                 )
                 running = True
                 logging.getLogger("quorum_kms.node").info(
@@ -402,7 +398,7 @@ async def _serve(cfg: NodeFileConfig, adapt: ServiceHook | None = None) -> None:
                         "fields": {
                             "index": int(cfg.index),
                             "peer_id": str(transport.local_peer),
-                            "http": hc.bind[0],
+                            "http": bind,
                             "committee_digest": cfg.committee_digest.hex(),
                         }
                     },
@@ -413,7 +409,6 @@ async def _serve(cfg: NodeFileConfig, adapt: ServiceHook | None = None) -> None:
                             "node stopping",
                             extra={"fields": {"signal": signal.Signals(signum).name}},
                         )
-                        shutdown.set()
                         nursery.cancel_scope.cancel()
                         break
             # No input is taken any more: close the store before the transport.

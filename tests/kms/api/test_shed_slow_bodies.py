@@ -4,7 +4,7 @@ A key request takes one of the ``release_concurrency`` places only once its
 whole body has arrived, within ``release_body_timeout`` for all of it; a
 body still incomplete then is answered ``408 body-timeout``. Each test runs
 the attack as a client would: slow bodies sent byte by byte just under
-hypercorn's per-read timeout (simulated time), over real sockets, and as the
+the server's per-read timeout (simulated time), over real sockets, and as the
 streams of one HTTP/2 connection, while honest complete requests get the
 node's own answer (the stand-in refuses ``no_policy``: ``403``), never
 ``503 overloaded``.
@@ -24,7 +24,7 @@ import trio.testing
 from test_http_bodies import Source
 from test_shed import KEY_REQUEST, Answer, call
 
-from kms.api.http import make_app, server_config
+from kms.api.http import make_app
 from kms.api.shed import ShedLimits
 
 HEAD = (
@@ -147,13 +147,14 @@ async def _serve(
     body_timeout: float, attack: Callable[[int, list[int]], Awaitable[None]]
 ) -> tuple[list[bytes], list[int]]:
     """Serves the app on a real socket under ``attack``; honest requests at 0.5 s, 1.5 s, 2.5 s."""
-    from hypercorn.trio import serve
+    from kms.api.front import serve
 
-    app = make_app(Source(), ShedLimits(body_timeout=body_timeout))
+    source = Source()
+    app = make_app(source, ShedLimits(body_timeout=body_timeout))
     honest: list[bytes] = []
     slow_answers: list[int] = []
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(serve, app, server_config("127.0.0.1:0"), mode="asgi"))
+        binds = await nursery.start(partial(serve, app, source, "127.0.0.1:0"))
         port = int(binds[0].rsplit(":", 1)[1])
         nursery.start_soon(attack, port, slow_answers)
         await trio.sleep(0.5)

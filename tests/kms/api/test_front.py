@@ -1,0 +1,378 @@
+"""The public port's HTTP/1.1 server (``kms.api.front``), attacked over real sockets.
+
+Each test speaks raw bytes to a server on a loopback port, as a client that
+wants to desync, exhaust or crash it would, and checks what it answers,
+what it never answers, and that it still serves an honest request after.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from test_http_bodies import Source
+from test_shed import KEY_REQUEST, HeldSource
+
+from kms.api.front import FrontLimits, serve
+from kms.api.http import MAX_BODY, make_app
+from kms.api.shed import ShedLimits
+
+KEY_HEAD = (
+    b"POST /v1/keys HTTP/1.1\r\nhost: node\r\ncontent-type: application/msgpack\r\n"
+    b"content-length: %d\r\n\r\n" % len(KEY_REQUEST)
+)
+HONEST = KEY_HEAD + KEY_REQUEST
+STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
+
+
+async def _with_server(
+    test: Callable[[int, Source], Awaitable[Any]],
+    source: Source | None = None,
+    limits: FrontLimits | None = None,
+    shed: ShedLimits | None = None,
+) -> Any:
+    source = source or Source()
+    app = make_app(source, shed)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, app, source, "127.0.0.1:0", limits=limits))
+        port = int(binds[0].rsplit(":", 1)[1])
+        try:
+            return await test(port, source)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def run(
+    test: Callable[[int, Source], Awaitable[Any]],
+    source: Source | None = None,
+    limits: FrontLimits | None = None,
+    shed: ShedLimits | None = None,
+    mock: bool = False,
+) -> Any:
+    async def main() -> Any:
+        with trio.fail_after(120):
+            return await _with_server(test, source, limits, shed)
+
+    if mock:
+        return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return trio.run(main)
+
+
+async def exchange(port: int, data: bytes, wait: float = 10.0) -> bytes:
+    """Send ``data`` and read until the server closes (or ``wait`` seconds pass)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    out = b""
+    try:
+        await stream.send_all(data)
+        with trio.move_on_after(wait):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await stream.aclose()
+    return out
+
+
+def statuses(answer: bytes) -> list[int]:
+    return [int(m) for m in STATUS.findall(answer)]
+
+
+async def honest_is_served(port: int) -> bool:
+    answer = await exchange(port, HONEST.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1))
+    return statuses(answer) == [403]  # the stand-in's own refusal: the request reached it
+
+
+# --- framing: one reading of the bytes, or none ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "smuggled",
+    [
+        # Content-Length and Transfer-Encoding together (CL.TE / TE.CL)
+        b"POST /v1/keys HTTP/1.1\r\nhost: n\r\ncontent-length: 4\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/status HTTP/1.1\r\n\r\n",
+        # two Content-Length headers, equal or not
+        b"POST /v1/keys HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 35\r\n\r\n"
+        b"GET /v1/status HTTP/1.1\r\nx: y\r\n\r\n",
+        b"POST /v1/keys HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n"
+        b"GET /v1/status HTTP/1.1\r\n\r\n",
+        # chunked not last, a signed length, obs-fold, bare LF, space before the colon
+        b"POST /v1/keys HTTP/1.1\r\ntransfer-encoding: chunked, identity\r\n\r\n"
+        b"0\r\n\r\nGET /v1/status HTTP/1.1\r\n\r\n",
+        b"POST /v1/keys HTTP/1.1\r\ncontent-length: +0\r\n\r\nGET /v1/status HTTP/1.1\r\n\r\n",
+        b"POST /v1/keys HTTP/1.1\r\nx: a\r\n content-length: 30\r\n\r\n"
+        b"GET /v1/status HTTP/1.1\r\n\r\n",
+        b"POST /v1/keys HTTP/1.1\ncontent-length: 0\n\nGET /v1/status HTTP/1.1\n\n",
+        b"POST /v1/keys HTTP/1.1\r\ncontent-length : 0\r\n\r\nGET /v1/status HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_ambiguous_framing_is_refused_and_nothing_behind_it_is_answered(smuggled: bytes) -> None:
+    async def test(port: int, source: Source) -> tuple[bytes, bool]:
+        return await exchange(port, smuggled), await honest_is_served(port)
+
+    answer, served = run(test)
+    assert statuses(answer) == [400], answer  # one refusal, then the connection closed
+    assert b"connection: close" in answer and b"malformed-request" in answer
+    assert served
+
+
+def test_pipelined_requests_are_answered_in_order_and_bounded() -> None:
+    status = b"GET /v1/status HTTP/1.1\r\nhost: n\r\n\r\n"
+    health = b"GET /health HTTP/1.1\r\nhost: n\r\n\r\n"
+
+    async def test(port: int, source: Source) -> tuple[bytes, bytes]:
+        # three different requests in one write, then the 17th pipelined request is refused
+        ordered = await exchange(port, HONEST + status + health + HONEST, wait=2)
+        flood = await exchange(port, health * 40)
+        return ordered, flood
+
+    ordered, flood = run(test, limits=FrontLimits(max_pipelined=16))
+    assert statuses(ordered) == [403, 200, 200, 403]
+    assert b'"epoch":1' in ordered.split(b"HTTP/1.1 ")[2]  # the second answer is /v1/status's
+    assert statuses(flood) == [200] * 16 + [400]
+    assert b"too-many-pipelined" in flood
+
+
+# --- sizes ---------------------------------------------------------------------------------
+
+
+def test_an_endless_header_is_cut_at_the_head_limit() -> None:
+    async def test(port: int, source: Source) -> tuple[bytes, int]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        sent = 0
+        answer = b""
+
+        async def write() -> None:
+            nonlocal sent
+            try:
+                await stream.send_all(b"GET /health HTTP/1.1\r\nx: ")
+                while sent < 256 * 1024 * 1024:
+                    await stream.send_all(b"a" * 65536)
+                    sent += 65536
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            with trio.move_on_after(20):
+                try:
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+                except trio.BrokenResourceError:
+                    pass
+            nursery.cancel_scope.cancel()
+        await stream.aclose()
+        assert await honest_is_served(port)
+        return answer, sent
+
+    answer, sent = run(test)
+    assert statuses(answer) == [431] and b"head-too-large" in answer
+    assert sent < 16 * 1024 * 1024  # it stopped reading; the client filled socket buffers only
+
+
+def test_too_many_headers_are_refused() -> None:
+    head = b"GET /health HTTP/1.1\r\n" + b"x: y\r\n" * 101 + b"\r\n"
+
+    async def test(port: int, source: Source) -> bytes:
+        return await exchange(port, head)
+
+    answer = run(test)
+    assert statuses(answer) == [431]
+
+
+@pytest.mark.parametrize("path", [b"/v1/keys", b"/v1/policies", b"/health"])
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(path: bytes) -> None:
+    head = b"POST %s HTTP/1.1\r\ncontent-length: %d\r\n\r\n" % (path, MAX_BODY + 1)
+
+    async def test(port: int, source: Source) -> tuple[bytes, list[Any]]:
+        return await exchange(port, head), source.seen
+
+    answer, seen = run(test)
+    assert statuses(answer) == [413] and b"body-too-large" in answer
+    assert seen == []
+
+
+def test_an_endless_trailer_is_cut() -> None:
+    # A chunked body of one byte, then a trailer that never ends: llhttp would gather the
+    # trailer's value in memory; the server stops at 2 x MAX_BODY raw bytes for the request.
+    async def test(port: int, source: Source) -> tuple[bytes, int, Any]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        sent = 0
+        answer = b""
+
+        async def write() -> None:
+            nonlocal sent
+            try:
+                await stream.send_all(
+                    b"POST /v1/policies HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+                    b"1\r\na\r\n0\r\nx: "
+                )
+                while sent < 256 * 1024 * 1024:
+                    await stream.send_all(b"a" * 65536)
+                    sent += 65536
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            with trio.move_on_after(20):
+                try:
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+                except trio.BrokenResourceError:
+                    pass
+            nursery.cancel_scope.cancel()
+        await stream.aclose()
+        return answer, sent, source.seen
+
+    answer, sent, seen = run(test)
+    assert statuses(answer) == [413], answer[:200]
+    assert sent < 32 * 1024 * 1024 and seen == []
+
+
+# --- time ----------------------------------------------------------------------------------
+
+
+def test_a_slow_head_is_answered_408_and_an_idle_connection_closed() -> None:
+    async def test(port: int, source: Source) -> tuple[bytes, float, float]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        start = trio.current_time()
+        answer = b""
+        for byte in b"GET /health HTTP/1.1\r\nx: " + b"y" * 200:
+            try:
+                await stream.send_all(bytes([byte]))
+            except trio.BrokenResourceError:
+                break
+            with trio.move_on_after(1):  # a byte a second: under any per-read timeout
+                chunk = await stream.receive_some(65536)
+                answer += chunk
+                if not chunk:
+                    break
+        slow = trio.current_time() - start
+        await stream.aclose()
+        idle = await trio.open_tcp_stream("127.0.0.1", port)
+        start = trio.current_time()
+        assert await idle.receive_some(65536) == b""
+        await idle.aclose()
+        return answer, slow, trio.current_time() - start
+
+    limits = FrontLimits(read_timeout=30, keep_alive_timeout=5)
+    answer, slow, idle = run(test, limits=limits, mock=True)
+    assert statuses(answer) == [408] and b"head-timeout" in answer
+    assert 29 <= slow <= 32  # the whole head had read_timeout, whatever each read took
+    assert 5 <= idle <= 6  # closed unanswered after keep_alive_timeout
+
+
+def test_a_slow_key_body_is_answered_408_and_holds_no_place() -> None:
+    source = HeldSource()
+
+    async def test(port: int, src: Source) -> tuple[bytes, int]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(KEY_HEAD + KEY_REQUEST[:10])
+        answer = b""
+        with trio.move_on_after(10):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        await stream.aclose()
+        return answer, source.started
+
+    answer, started = run(test, source=source, shed=ShedLimits(body_timeout=2), mock=True)
+    assert statuses(answer) == [408] and b"body-timeout" in answer
+    assert started == 0
+    assert source.rejected["http body: body-timeout"] == 1
+
+
+# --- semantics -----------------------------------------------------------------------------
+
+
+def test_expect_100_continue_upgrade_http10_and_head() -> None:
+    expect = KEY_HEAD.replace(b"\r\n\r\n", b"\r\nexpect: 100-continue\r\n\r\n")
+    upgrade = (
+        b"GET /health HTTP/1.1\r\nhost: n\r\nconnection: upgrade, http2-settings\r\n"
+        b"upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n"
+    )
+
+    async def test(port: int, source: Source) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(expect)
+        out["continue"] = await stream.receive_some(65536)
+        await stream.send_all(KEY_REQUEST)
+        out["expect"] = await stream.receive_some(65536)
+        await stream.aclose()
+        # An upgrade request is answered over HTTP/1.1; the next request on it too.
+        out["upgrade"] = await exchange(port, upgrade + HONEST, wait=2)
+        out["http10"] = await exchange(port, b"GET /health HTTP/1.0\r\n\r\n")
+        out["head"] = await exchange(port, b"HEAD /health HTTP/1.1\r\nconnection: close\r\n\r\n")
+        return out
+
+    out = run(test)
+    assert out["continue"] == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert statuses(out["expect"]) == [403]
+    assert statuses(out["upgrade"]) == [200, 403]
+    assert statuses(out["http10"]) == [200] and b"connection: close" in out["http10"]
+    head, _, body = out["head"].partition(b"\r\n\r\n")
+    assert statuses(head) == [200] and body == b"" and b"content-length: " in head
+
+
+def test_the_direct_path_and_the_app_give_the_same_answer() -> None:
+    # ``/v1/%6beys`` is not the direct path's literal route; the app decodes it to /v1/keys.
+    async def test(port: int, source: Source) -> tuple[bytes, bytes]:
+        direct = await exchange(port, HONEST.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"))
+        via_app = HONEST.replace(b"/v1/keys", b"/v1/%6beys").replace(
+            b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"
+        )
+        return direct, await exchange(port, via_app)
+
+    direct, via_app = run(test)
+    assert statuses(direct) == statuses(via_app) == [403]
+    assert direct.partition(b"\r\n\r\n")[2] == via_app.partition(b"\r\n\r\n")[2]
+
+
+class Failing(Source):
+    async def release(self, request: Any) -> Any:
+        raise RuntimeError("a bug behind the route")
+
+
+def test_a_failure_behind_a_route_closes_one_connection_not_the_server() -> None:
+    async def test(port: int, source: Source) -> tuple[bytes, bytes]:
+        broken = await exchange(port, HONEST)
+        health = await exchange(port, b"GET /health HTTP/1.1\r\nconnection: close\r\n\r\n")
+        return broken, health
+
+    broken, health = run(test, source=Failing())
+    assert broken == b""  # the connection is closed without an answer
+    assert statuses(health) == [200]
+
+
+def test_places_are_shared_with_the_app_and_given_back() -> None:
+    source = HeldSource()
+
+    async def test(port: int, src: Source) -> tuple[list[int], int, int]:
+        answers: list[int] = []
+
+        async def ask(data: bytes) -> None:
+            answers.extend(statuses(await exchange(port, data, wait=5)))
+
+        async with trio.open_nursery() as nursery:
+            # one place, no queue: held by a direct request ...
+            nursery.start_soon(ask, HONEST.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"))
+            await trio.sleep(0.5)
+            # ... so the app's route (the same admission) refuses at once
+            via_app = HONEST.replace(b"/v1/keys", b"/v1/%6beys").replace(
+                b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"
+            )
+            await ask(via_app)
+            source.gate.set()
+        await ask(HONEST.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"))
+        return answers, source.started, source.rejected["http body: body-timeout"]
+
+    answers, started, _ = run(test, source=source, shed=ShedLimits(concurrency=1, queue=0))
+    assert sorted(answers) == [403, 403, 503]
+    assert started == 2

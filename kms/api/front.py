@@ -425,6 +425,10 @@ class Front:
                 request.header(b"content-type"),
                 request.header(b"accept"),
             )
+        except Exception:
+            log.exception("a key route failed", extra={"fields": {"route": route}})
+            await self._internal_error(stream)
+            return False
         finally:
             self.admission.leave()
         headers = [(b"content-type", media.encode()), (b"content-length", b"%d" % len(payload))]
@@ -451,7 +455,13 @@ class Front:
         if not arrived:
             await self._refuse(stream, 408, FrontRefusal.READ_TIMEOUT)
             return False
-        status, headers, body = await self._call_app(stream, request)
+        try:
+            status, headers, body = await self._call_app(stream, request)
+        except Exception:
+            # Starlette has answered 500 (and raised again), or nothing was answered.
+            log.exception("a route of the app failed")
+            await self._internal_error(stream)
+            return False
         keep = request.keep_alive and (b"connection", b"close") not in [
             (k.lower(), v.lower()) for k, v in headers
         ]
@@ -554,6 +564,10 @@ class Front:
         body = json_bytes(refused.body())
         await self._write(stream, 413, [(b"content-type", b"application/json")], body, False)
         return False
+
+    async def _internal_error(self, stream: trio.SocketStream) -> None:
+        body = json_bytes({"reason": "internal-error", "detail": "the node failed this request"})
+        await self._write(stream, 500, [(b"content-type", b"application/json")], body, False)
 
     async def _refuse_parse(self, stream: trio.SocketStream, error: _Refuse) -> None:
         if error.reason == BodyRefusal.TOO_LARGE.value:

@@ -18,11 +18,15 @@ time, in order:
   ``Content-Length``;
 * a connection that opens with the HTTP/2 preface (prior knowledge) is
   handed, with the bytes read so far, to hypercorn serving the same app with
-  ``kms.api.http.server_config``'s limits. ``Upgrade: h2c`` is ignored (allowed
-  by RFC 9110): the request is answered over HTTP/1.1.
+  ``kms.api.http.server_config``'s limits. ``Upgrade`` is ignored (allowed by
+  RFC 9110): the request, with the body its head declared, is answered over
+  HTTP/1.1 and the connection stays HTTP/1.1. A ``CONNECT`` is answered (by
+  the app: no route) and the connection closed, nothing after it read.
 
 What one connection can make the node hold (``FrontLimits``): a request head
-(request line and headers) of at most ``head_bytes`` (16 KiB) and
+(request line and headers) of at most ``head_bytes`` (16 KiB) counted from
+where the server waits for it (a head that follows the previous request in
+the same read may carry up to that read, 64 KiB, more), and
 ``max_headers`` header lines; a body of at most ``MAX_BODY`` (``413`` past
 it, by ``Content-Length`` before reading, else as soon as the bytes pass it);
 at most ``2 × MAX_BODY`` raw bytes per request however the body is framed
@@ -35,7 +39,8 @@ a request within ``read_timeout``, a body for any other route within
 ``read_timeout``; a connection idle between requests is closed after
 ``keep_alive_timeout``. A request that breaks these is answered ``400``,
 ``408``, ``413`` or ``431`` with ``Connection: close`` (or, if nothing of it
-can be answered, the connection is closed), and counted under
+can be answered, the connection is closed; an answer not taken in time is
+counted as ``write-timeout``), and counted under
 ``qkms_rejected_inputs_total{reason="http: …"}`` or ``"http body: …"``.
 Nothing a client sends raises out of its connection's task.
 """
@@ -104,6 +109,8 @@ class FrontRefusal:
     """A read within a request, or another route's whole body, took over ``read_timeout``."""
     PIPELINE = "too-many-pipelined"
     """More than ``max_pipelined`` requests sent ahead of their answers."""
+    WRITE_TIMEOUT = "write-timeout"
+    """An answer not taken by the client within ``read_timeout``: the connection is closed."""
 
 
 @dataclass(frozen=True)
@@ -167,12 +174,14 @@ class _Parse:
         self.counted = 0  # bytes fed in the current head or message
         self.started = False  # the current request's head has begun
         self.error: _Refuse | None = None
+        self.stopped = False  # nothing more is read as HTTP (after a CONNECT)
+        self.synthetic = False  # parsing the framing head of an upgrade request's body
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; a refusal is kept in ``error`` (parsing stops for good)."""
         view = memoryview(data)
         try:
-            while view and self.error is None:
+            while view and self.error is None and not self.stopped:
                 if self.in_head:
                     room = self.limits.head_bytes - self.counted
                     if room <= 0:
@@ -187,12 +196,9 @@ class _Parse:
                 try:
                     self.parser.feed_data(piece)
                 except httptools.HttpParserUpgrade as upgrade:
-                    # ``Upgrade`` ignored: the request is answered over HTTP/1.1 and what
-                    # follows it is read as the next request, by a new parser.
-                    rest = bytes(piece[int(upgrade.args[0]) :]) if upgrade.args else b""
-                    self.parser = httptools.HttpRequestParser(self)
-                    self.in_head, self.counted, self.started = True, 0, False
-                    view = memoryview(rest + bytes(view))
+                    offset = int(upgrade.args[0]) if upgrade.args else len(piece)
+                    view = memoryview(bytes(piece[offset:]) + bytes(view))
+                    self._upgraded()
         except _Refuse as refusal:
             self.error = refusal
         except httptools.HttpParserCallbackError as exc:
@@ -201,16 +207,46 @@ class _Parse:
         except httptools.HttpParserError:
             self.error = _Refuse(400, FrontRefusal.MALFORMED)
 
+    def _upgraded(self) -> None:
+        """llhttp stopped after a request with ``Upgrade`` (or a ``CONNECT``), taking it as
+        complete at the end of its head and what follows as another protocol. ``Upgrade``
+        is ignored: the request's body, if its head declared one, is read as declared (a
+        new parser, given a head with the same framing, passes it to the request), and what
+        follows is the next HTTP/1.1 request. A ``CONNECT`` is answered and the connection
+        closed; nothing after it is read."""
+        self.parser = httptools.HttpRequestParser(self)
+        request = self.requests[-1] if self.requests else None
+        if request is None or request.method == b"CONNECT":
+            if request is not None:
+                request.keep_alive = False
+            self.stopped = True
+            return
+        chunked = bool(request.header(b"transfer-encoding"))
+        if not chunked and not request.content_length:
+            self.in_head, self.counted, self.started = True, 0, False
+            return
+        request.done = False
+        framing = (
+            b"transfer-encoding: chunked\r\n"
+            if chunked
+            else b"content-length: %d\r\n" % (request.content_length or 0)
+        )
+        self.synthetic = True
+        self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
+
     # llhttp's callbacks
 
     def on_message_begin(self) -> None:
+        if self.synthetic:
+            return
         if len(self.requests) >= self.limits.max_pipelined:
             raise _Refuse(400, FrontRefusal.PIPELINE)
         self.started = True
         self.requests.append(_Request())
 
     def on_url(self, url: bytes) -> None:
-        self.requests[-1].url += url
+        if not self.synthetic:
+            self.requests[-1].url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self.requests[-1]
@@ -221,6 +257,10 @@ class _Parse:
         request.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self.synthetic:
+            self.synthetic = False
+            self.in_head, self.counted, self.started = False, 0, False
+            return
         request = self.requests[-1]
         request.head_done = True
         request.keep_alive = bool(self.parser.should_keep_alive())
@@ -231,6 +271,8 @@ class _Parse:
             request.content_length = int(length)  # llhttp checked: digits, given once
             if request.content_length > self.limits.max_body:
                 request.too_large = True
+        if request.version == "1.0" and request.header(b"transfer-encoding"):
+            request.keep_alive = False  # RFC 9112 6.1: its framing is faulty; close after
         request.expects_continue = request.header(b"expect").lower() == "100-continue"
         self.in_head, self.counted = False, 0
 
@@ -303,6 +345,8 @@ class Front:
             await self._connection(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+        except trio.TooSlowError:  # an answer the client did not take in time
+            self.source.count_rejected(f"http: {FrontRefusal.WRITE_TIMEOUT}")
         except Exception:  # a bug here must not end the server, and with it the node
             log.exception("public port connection failed")
         finally:
@@ -348,6 +392,8 @@ class Front:
         timeout = self.limits.read_timeout if waiting else self.limits.keep_alive_timeout
         deadline = trio.current_time() + timeout
         while not (parse.requests and parse.requests[0].head_done) and parse.error is None:
+            if parse.stopped:
+                return False
             with trio.move_on_at(deadline):
                 data = await stream.receive_some(RECV)
                 if not data:
@@ -391,12 +437,12 @@ class Front:
             self._shed(route)
             body, headers = self._overloaded
             keep = request.done and request.keep_alive
-            await self._write(stream, 503, headers, body, keep)
+            await self._write(stream, 503, headers, body, keep, request)
             return keep
         if request.too_large:
             return await self._body_refused(stream)
         if request.expects_continue and not request.done:
-            await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._continue(stream)
         try:
             arrived = await self._read_body(
                 stream, parse, request, self.admission.limits.body_timeout
@@ -416,7 +462,7 @@ class Front:
         if not await self.admission.enter():
             self._shed(route)
             body, headers = self._overloaded
-            await self._write(stream, 503, headers, body, request.keep_alive)
+            await self._write(stream, 503, headers, body, request.keep_alive, request)
             return request.keep_alive
         try:
             code, media, payload = await answer(
@@ -432,7 +478,7 @@ class Front:
         finally:
             self.admission.leave()
         headers = [(b"content-type", media.encode()), (b"content-length", b"%d" % len(payload))]
-        await self._write(stream, code, headers, payload, request.keep_alive)
+        await self._write(stream, code, headers, payload, request.keep_alive, request)
         return request.keep_alive
 
     async def _through_app(
@@ -442,7 +488,7 @@ class Front:
         if request.too_large:
             return await self._body_refused(stream)
         if request.expects_continue and not request.done:
-            await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._continue(stream)
         try:
             arrived = await self._read_body(stream, parse, request, self.limits.read_timeout)
         except trio.TooSlowError:
@@ -471,7 +517,7 @@ class Front:
             headers.append((b"content-length", b"%d" % len(body)))
         else:
             body = b""
-        await self._write(stream, status, headers, body, keep)
+        await self._write(stream, status, headers, body, keep, request)
         return keep
 
     async def _call_app(
@@ -565,6 +611,10 @@ class Front:
         await self._write(stream, 413, [(b"content-type", b"application/json")], body, False)
         return False
 
+    async def _continue(self, stream: trio.SocketStream) -> None:
+        with trio.fail_after(self.limits.read_timeout):
+            await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     async def _internal_error(self, stream: trio.SocketStream) -> None:
         body = json_bytes({"reason": "internal-error", "detail": "the node failed this request"})
         await self._write(stream, 500, [(b"content-type", b"application/json")], body, False)
@@ -587,6 +637,7 @@ class Front:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         keep_alive: bool,
+        request: _Request | None = None,
     ) -> None:
         line = self._status_lines.get(status) or _status_line(status)
         parts = [line]
@@ -601,6 +652,8 @@ class Front:
         parts.append(b"date: %s\r\n" % self._date())
         if not keep_alive:
             parts.append(b"connection: close\r\n")
+        elif request is not None and request.version == "1.0":
+            parts.append(b"connection: keep-alive\r\n")
         parts.append(b"\r\n")
         parts.append(body)
         with trio.fail_after(self.limits.read_timeout):

@@ -377,3 +377,118 @@ def test_places_are_shared_with_the_app_and_given_back() -> None:
     answers, started, _ = run(test, source=source, shed=ShedLimits(concurrency=1, queue=0))
     assert sorted(answers) == [403, 403, 503]
     assert started == 2
+
+
+# --- upgrades, CONNECT, HTTP/1.0 framing, a client that never reads ------------------------
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_upgrade_requests_body_is_its_body_not_a_request(chunked: bool) -> None:
+    # llhttp takes a request with ``Upgrade`` as complete at the end of its head; the server
+    # must still read the body its head declared, and nothing in it as a request.
+    inner = b"GET /v1/audit HTTP/1.1\r\nhost: x\r\n\r\n"
+    framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % len(inner)
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner) if chunked else inner
+    smuggle = (
+        b"POST /v1/evidence HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n"
+        b"content-type: application/octet-stream\r\n%s\r\n\r\n%s" % (framing, body)
+    )
+    key = (
+        KEY_HEAD.replace(b"\r\n\r\n", b"\r\nconnection: upgrade, http2-settings\r\n")
+        + b"upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n"
+        + KEY_REQUEST
+    )
+
+    async def test(port: int, source: Source) -> tuple[bytes, bytes, list[Any]]:
+        return await exchange(port, smuggle, wait=2), await exchange(port, key, wait=2), source.seen
+
+    smuggled, upgraded_key, seen = run(test)
+    assert statuses(smuggled) == [400] and b"admin-only" not in smuggled
+    assert statuses(upgraded_key) == [403]  # the key request reached the node whole
+    assert seen == [("evidence", len(inner)), ("release", len(KEY_REQUEST))]
+
+
+def test_a_connect_is_answered_once_and_nothing_after_it_is_read() -> None:
+    inner = b"GET /v1/audit HTTP/1.1\r\nhost: x\r\n\r\n"
+    tunnel = b"CONNECT x:443 HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(inner),
+        inner,
+    )
+
+    async def test(port: int, source: Source) -> bytes:
+        return await exchange(port, tunnel)
+
+    answer = run(test)
+    assert len(statuses(answer)) == 1 and b"admin-only" not in answer
+    assert b"connection: close" in answer
+
+
+def test_http10_with_transfer_encoding_closes_the_connection() -> None:
+    faulty = (
+        b"POST /v1/policies HTTP/1.0\r\nconnection: keep-alive\r\n"
+        b"transfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
+    )
+
+    async def test(port: int, source: Source) -> tuple[bytes, bytes]:
+        kept = await exchange(port, b"GET /health HTTP/1.0\r\nconnection: keep-alive\r\n\r\n", 1)
+        return await exchange(port, faulty + b"GET /health HTTP/1.1\r\n\r\n"), kept
+
+    answer, kept = run(test)
+    assert len(statuses(answer)) == 1 and b"connection: close" in answer
+    assert statuses(kept) == [200] and b"connection: keep-alive" in kept
+
+
+class _NeverReads:
+    """A client that sent ``data`` and then neither reads nor sends (its window full)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.socket = self
+
+    def getpeername(self) -> Any:
+        raise OSError("not a socket")
+
+    getsockname = getpeername
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.data:
+            data, self.data = self.data, b""
+            return data
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def send_all(self, data: bytes) -> None:
+        await trio.sleep_forever()
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /health HTTP/1.1\r\n\r\n",
+        b"POST /v1/keys HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 10\r\n\r\n",
+        b"POST /v1/evidence HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 10\r\n\r\n",
+    ],
+)
+def test_a_client_that_never_reads_holds_its_connection_for_read_timeout(
+    request_bytes: bytes,
+) -> None:
+    from kms.api.front import Front
+
+    source = Source()
+    front = Front(make_app(source), source, FrontLimits(read_timeout=3, keep_alive_timeout=3))
+
+    async def main() -> float:
+        start = trio.current_time()
+        with trio.fail_after(60):
+            await front.handle(_NeverReads(request_bytes))  # type: ignore[arg-type]
+        return trio.current_time() - start
+
+    took = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert took <= 3 + 1 + 1  # the write's bound, the linger, the close
+    assert source.rejected["http: write-timeout"] == 1

@@ -221,7 +221,17 @@ class _Parse:
                 request.keep_alive = False
             self.stopped = True
             return
-        chunked = bool(request.header(b"transfer-encoding"))
+        codings = [
+            c.strip().lower()
+            for name, value in request.headers
+            if name == b"transfer-encoding"
+            for c in value.decode("latin-1").split(",")
+        ]
+        chunked = bool(codings)
+        if chunked and (codings[-1] != "chunked" or codings.count("chunked") > 1):
+            # llhttp checks the last coding after its upgrade check: the same rule here.
+            request.done = False
+            raise _Refuse(400, FrontRefusal.MALFORMED)
         if not chunked and not request.content_length:
             self.in_head, self.counted, self.started = True, 0, False
             return
@@ -262,6 +272,8 @@ class _Parse:
             self.in_head, self.counted, self.started = False, 0, False
             return
         request = self.requests[-1]
+        if self.parser.get_http_version() not in ("1.0", "1.1"):
+            raise _Refuse(400, FrontRefusal.MALFORMED)
         request.head_done = True
         request.keep_alive = bool(self.parser.should_keep_alive())
         request.method = self.parser.get_method()
@@ -356,12 +368,14 @@ class Front:
     async def _connection(self, stream: trio.SocketStream) -> None:
         parse = _Parse(self.limits)
         first = b""
+        since: float | None = None  # when the first byte arrived
         with trio.move_on_after(self.limits.keep_alive_timeout):
             while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
                 data = await stream.receive_some(RECV)
                 if not data:
                     return
                 first += data
+                since = trio.current_time() if since is None else since
         if not first:
             return
         if first.startswith(H2_PREFACE):
@@ -374,8 +388,9 @@ class Front:
                 if parse.error is not None:
                     await self._refuse_parse(stream, parse.error)
                     return
-                if not await self._read_head(stream, parse):
+                if not await self._read_head(stream, parse, since):
                     return
+                since = None
                 continue
             route = DIRECT.get(bytes(request.url).split(b"?", 1)[0])
             if route is not None and request.method == b"POST":
@@ -386,11 +401,17 @@ class Front:
             if not keep:
                 return
 
-    async def _read_head(self, stream: trio.SocketStream, parse: _Parse) -> bool:
-        """Read until the next request's head is complete; ``False``: the connection ends."""
+    async def _read_head(
+        self, stream: trio.SocketStream, parse: _Parse, since: float | None = None
+    ) -> bool:
+        """Read until the next request's head is complete; ``False``: the connection ends.
+        ``since``: when the head's first byte arrived, if it was read before."""
         waiting = parse.started
-        timeout = self.limits.read_timeout if waiting else self.limits.keep_alive_timeout
-        deadline = trio.current_time() + timeout
+        if waiting:
+            start = trio.current_time() if since is None else since
+            deadline = start + self.limits.read_timeout
+        else:
+            deadline = trio.current_time() + self.limits.keep_alive_timeout
         while not (parse.requests and parse.requests[0].head_done) and parse.error is None:
             if parse.stopped:
                 return False

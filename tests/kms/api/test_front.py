@@ -492,3 +492,52 @@ def test_a_client_that_never_reads_holds_its_connection_for_read_timeout(
     took = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert took <= 3 + 1 + 1  # the write's bound, the linger, the close
     assert source.rejected["http: write-timeout"] == 1
+
+
+@pytest.mark.parametrize("coding", [b"xchunked", b"identity", b"gzip", b"chunked, chunked"])
+def test_an_upgrade_request_with_a_transfer_coding_llhttp_would_refuse_is_refused(
+    coding: bytes,
+) -> None:
+    smuggle = (
+        b"POST /v1/evidence HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n"
+        b"transfer-encoding: %s\r\n\r\n0\r\n\r\nGET /v1/audit HTTP/1.1\r\nhost: x\r\n\r\n" % coding
+    )
+
+    async def test(port: int, source: Source) -> tuple[bytes, list[Any]]:
+        return await exchange(port, smuggle), source.seen
+
+    answer, seen = run(test)
+    assert statuses(answer) == [400] and b"malformed-request" in answer
+    assert b"admin-only" not in answer and seen == []
+
+
+def test_a_request_line_of_another_http_version_is_refused() -> None:
+    async def test(port: int, source: Source) -> bytes:
+        return await exchange(
+            port,
+            b"POST /v1/policies HTTP/0.9\r\nconnection: keep-alive\r\n"
+            b"transfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\nGET /health HTTP/1.1\r\n\r\n",
+        )
+
+    answer = run(test)
+    assert statuses(answer) == [400] and b"connection: close" in answer
+
+
+def test_a_head_that_starts_like_the_http2_preface_still_has_read_timeout_in_all() -> None:
+    # "P" could open the HTTP/2 preface: the server waits for more before it decides, and that
+    # wait counts toward the head's read_timeout.
+    async def test(port: int, source: Source) -> tuple[bytes, float]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        start = trio.current_time()
+        await stream.send_all(b"P")
+        await trio.sleep(4.9)
+        await stream.send_all(b"OST /v1/policies HTTP/1.1\r\n")
+        answer = b""
+        with trio.move_on_after(60):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        await stream.aclose()
+        return answer, trio.current_time() - start
+
+    answer, took = run(test, limits=FrontLimits(read_timeout=30), mock=True)
+    assert statuses(answer) == [408] and 30 <= took <= 31

@@ -5,7 +5,7 @@ report-data binding check and the same HPKE encryption of the answer as a
 quorum-kms node, but the key comes from ``HKDF(root key, app id ‖ purpose)``
 held by this one process, with no policy, partials or audit. It runs in
 process (``handler``) for the throughput comparison and behind the nodes'
-HTTP stack (starlette on hypercorn under trio) for the end-to-end one:
+HTTP server (``kms.api.front`` under trio) for the end-to-end one:
 ``python -m bench.baseline --port P --tee-seed S`` serves ``POST /v1/keys``
 and answers ``msgpack([enc, ciphertext])``.
 """
@@ -59,13 +59,9 @@ def simulated_tee(seed: int) -> Any:
 
 def serve(port: int, tee_seed: int) -> None:
     import trio
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
 
+    from kms.api.front import serve as front_serve
+    from kms.api.http import NodeApp
     from kms.attest import Verifier
 
     tee = simulated_tee(tee_seed)
@@ -73,19 +69,27 @@ def serve(port: int, tee_seed: int) -> None:
         Verifier([tee.root_ca_der], simulated_allowed=True), tee.collateral(NOW), os.urandom(32)
     )
 
-    async def keys(request: Request) -> Response:
-        body = await request.body()
+    async def keys(source: Any, body: bytes, content_type: str, accept: str) -> Any:
         try:
-            return Response(handle(body), media_type="application/msgpack")
+            return 200, "application/msgpack", handle(body)
         except ValueError as exc:
-            return Response(str(exc).encode(), status_code=400)
+            return 400, "text/plain", str(exc).encode()
 
-    app: Any = Starlette(routes=[Route("/v1/keys", keys, methods=["POST"])])
-    cfg = Config()
-    cfg.bind = [f"127.0.0.1:{port}"]
-    cfg.accesslog = None
-    cfg.errorlog = None
-    trio.run(partial(hypercorn_serve, app, cfg, mode="asgi"))
+    class Counts:
+        def count_rejected(self, label: str) -> None:
+            pass
+
+    # The nodes' server: ``POST /v1/keys`` answered without a framework, anything else 404.
+    source: Any = Counts()
+    trio.run(
+        partial(
+            front_serve,
+            NodeApp(routes=[]),
+            source,
+            f"127.0.0.1:{port}",
+            direct={b"/v1/keys": ("keys", keys)},
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

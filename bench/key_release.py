@@ -9,8 +9,8 @@ held by one process. Both are measured in this run, on the same request.
   (requests per second on one core, and their ratio);
 * end to end on loopback: a CVM's ``kms.client.http.KeyClient`` against a
   devnet of 5 node processes (t = 3) over HTTP, p50 and p99, vs the baseline
-  handler behind the same HTTP stack (``bench.baseline``: hypercorn +
-  starlette under trio, one process); and the cold start (``fetch_keys``),
+  handler behind the same HTTP server (``bench.baseline``: ``kms.api.front``
+  under trio, one process); and the cold start (``fetch_keys``),
   which also fetches and verifies every node's chain.
 """
 
@@ -226,7 +226,7 @@ STEPS = (
         "http, slowest of t",
         "POST to the t nodes at once until the last needed answer is "
         "decoded: the nodes' work (quote check, policy, partial, sealing, store write), "
-        "hypercorn, loopback, httpx",
+        "their HTTP server, loopback, httpx",
     ),
     ("http, per node", "one POST as a request thread sees it (median over all)"),
     (

@@ -187,8 +187,11 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("policy", ("kms/policy/", "kms/node/policy_sync.py", "kms/node/policies.py")),
     ("body decoding / answer encoding", ("kms/protocol.py", "mpc/codec", "msgpack")),
     ("release pipeline (kms/node, own code)", ("kms/node/release.py", "kms/node/keyrelease.py")),
-    ("HTTP app (kms/api, Starlette)", ("kms/api/", "starlette/")),
-    ("HTTP server (hypercorn, h11)", ("hypercorn/", "h11/", "h2/", "wsproto/")),
+    (
+        "HTTP server and app (kms/api, httptools, Starlette)",
+        ("kms/api/", "httptools", "starlette/"),
+    ),
+    ("HTTP/2 server (hypercorn, h2)", ("hypercorn/", "h11/", "h2/", "wsproto/")),
     ("libp2p and the node's protocol", ("libp2p/", "kms/node/", "net/", "multiaddr", "yamux")),
     ("event loop (trio, anyio)", ("trio/", "anyio/", "outcome/", "sniffio/")),
 )

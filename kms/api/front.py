@@ -52,7 +52,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
@@ -334,8 +334,10 @@ class Front:
         source: StatusSource,
         limits: FrontLimits | None = None,
         on_shed: Callable[[str], None] | None = None,
+        direct: Mapping[bytes, tuple[str, Answer]] | None = None,
     ) -> None:
         self.app = app
+        self.direct = DIRECT if direct is None else direct
         self.source = source
         self.limits = limits or FrontLimits()
         if app.admission is None:
@@ -392,7 +394,7 @@ class Front:
                     return
                 since = None
                 continue
-            route = DIRECT.get(bytes(request.url).split(b"?", 1)[0])
+            route = self.direct.get(bytes(request.url).split(b"?", 1)[0])
             if route is not None and request.method == b"POST":
                 keep = await self._direct(stream, parse, request, *route)
             else:
@@ -753,12 +755,14 @@ async def serve(
     *,
     limits: FrontLimits | None = None,
     on_shed: Callable[[str], None] | None = None,
+    direct: Mapping[bytes, tuple[str, Answer]] | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the public port on ``bind`` until cancelled; ``task_status`` gets the bound
-    addresses as ``http://host:port``."""
+    addresses as ``http://host:port``. ``direct``: the routes answered without the app
+    (default ``DIRECT``; the benchmarks' baseline gives its own)."""
     host, port = parse_bind(bind)
-    front = Front(app, source, limits, on_shed)
+    front = Front(app, source, limits, on_shed, direct)
     listeners = await trio.open_tcp_listeners(port, host=host)
     binds = []
     for listener in listeners:

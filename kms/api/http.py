@@ -516,7 +516,9 @@ def _drop_data_for_closed_h2_streams() -> None:
 
 
 def server_config(bind: str) -> Any:
-    """The hypercorn settings of the public port (``hypercorn.config.Config``).
+    """The hypercorn settings for the public port's HTTP/2 connections, which
+    ``kms.api.front`` hands to hypercorn (``hypercorn.config.Config``; the agent's guest
+    API uses them too).
 
     What they bound per connection, beyond the body limit above: request
     headers at most ``h11_max_incomplete_size`` (16 KiB) over HTTP/1.1 and

@@ -270,7 +270,7 @@ def _check_files(cfg: NodeFileConfig) -> None:
 
 
 def _check_http_port(cfg: NodeFileConfig) -> None:
-    """``StartupError`` if the HTTP port is taken (hypercorn would fail with a traceback)."""
+    """``StartupError`` if the HTTP port is taken (binding it would fail with a traceback)."""
     if cfg.http_port == 0:
         return
     host = cfg.http_host.strip("[]")

@@ -42,6 +42,10 @@ a request within ``read_timeout``, a body for any other route within
 can be answered, the connection is closed; an answer not taken in time is
 counted as ``write-timeout``), and counted under
 ``qkms_rejected_inputs_total{reason="http: …"}`` or ``"http body: …"``.
+At most ``max_connections`` connections are open at once (by default half the
+open-file limit: HTTP clients cannot take the descriptors libp2p and the store
+need); past it the oldest idle keep-alive connection is closed to make room,
+or, with none idle, the new connection is closed at once (``connection-cap``).
 Nothing a client sends raises out of its connection's task.
 """
 
@@ -50,6 +54,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import resource
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -109,6 +114,10 @@ class FrontRefusal:
     """A read within a request, or another route's whole body, took over ``read_timeout``."""
     PIPELINE = "too-many-pipelined"
     """More than ``max_pipelined`` requests sent ahead of their answers."""
+    CONNECTION_CAP = "connection-cap"
+    """A new connection closed at once: ``max_connections`` open, none of them idle."""
+    IDLE_EVICTED = "idle-evicted"
+    """An idle keep-alive connection closed to make room for a new one."""
     WRITE_TIMEOUT = "write-timeout"
     """An answer not taken by the client within ``read_timeout``: the connection is closed."""
 
@@ -123,6 +132,10 @@ class FrontLimits:
     read_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
     max_pipelined: int = 16
+    max_connections: int | None = None
+    """Open connections at most (``None``: half the process's open-file limit, between 64
+    and 4,096); past it an idle keep-alive connection is closed to make room, or, if none
+    is idle, the new one is closed at once."""
 
     def __post_init__(self) -> None:
         for name in ("read_timeout", "keep_alive_timeout"):
@@ -131,6 +144,17 @@ class FrontLimits:
                 raise ValueError(f"{name} must be a finite number of seconds, above 0")
         if min(self.head_bytes, self.max_headers, self.max_body, self.max_pipelined) < 1:
             raise ValueError("head_bytes, max_headers, max_body and max_pipelined must be >= 1")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+
+    def connection_cap(self) -> int:
+        """``max_connections``, or its default from the open-file limit."""
+        if self.max_connections is not None:
+            return self.max_connections
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return 4096
+        return min(4096, max(64, soft // 2))
 
 
 class _Refuse(Exception):
@@ -350,11 +374,27 @@ class Front:
         self._date = _Date()
         self._status_lines = {s: _status_line(s) for s in (200, 400, 403, 404, 408, 413, 503)}
         self._h2: Any = None
+        self.cap = self.limits.connection_cap()
+        self.open = 0
+        self._idle: dict[int, trio.CancelScope] = {}  # oldest first
+        self._evicted: set[int] = set()
 
     # the connection
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one connection until it closes; never raises for what the client did."""
+        if self.open >= self.cap:
+            if not self._idle:
+                self.source.count_rejected(f"http: {FrontRefusal.CONNECTION_CAP}")
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.aclose()
+                return
+            key, scope = next(iter(self._idle.items()))
+            del self._idle[key]
+            self._evicted.add(key)
+            scope.cancel()
+            self.source.count_rejected(f"http: {FrontRefusal.IDLE_EVICTED}")
+        self.open += 1
         try:
             await self._connection(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -364,22 +404,42 @@ class Front:
         except Exception:  # a bug here must not end the server, and with it the node
             log.exception("public port connection failed")
         finally:
+            self.open -= 1
             with trio.CancelScope(shield=True):
-                await _linger_and_close(stream)
+                if id(stream) in self._evicted:
+                    self._evicted.discard(id(stream))
+                    with trio.move_on_after(1):
+                        await stream.aclose()
+                else:
+                    await _linger_and_close(stream)
+
+    async def _receive_idle(self, stream: trio.SocketStream) -> bytes | None:
+        """One read while the connection is idle (no request begun), for at most
+        ``keep_alive_timeout``; ``None`` if none came or the connection was evicted to make
+        room for a new one. No checkpoint lies between the read and leaving the idle set,
+        so a connection that got bytes is never evicted."""
+        key = id(stream)
+        scope = trio.CancelScope(deadline=trio.current_time() + self.limits.keep_alive_timeout)
+        self._idle[key] = scope
+        with scope:
+            try:
+                return await stream.receive_some(RECV)
+            finally:
+                self._idle.pop(key, None)
+        return None
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         parse = _Parse(self.limits)
-        first = b""
-        since: float | None = None  # when the first byte arrived
+        first = await self._receive_idle(stream)
+        if not first:
+            return
+        since: float | None = trio.current_time()  # when the first byte arrived
         with trio.move_on_after(self.limits.keep_alive_timeout):
             while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
                 data = await stream.receive_some(RECV)
                 if not data:
                     return
                 first += data
-                since = trio.current_time() if since is None else since
-        if not first:
-            return
         if first.startswith(H2_PREFACE):
             await self._hand_to_h2(stream, first)
             return
@@ -408,12 +468,15 @@ class Front:
     ) -> bool:
         """Read until the next request's head is complete; ``False``: the connection ends.
         ``since``: when the head's first byte arrived, if it was read before."""
-        waiting = parse.started
-        if waiting:
-            start = trio.current_time() if since is None else since
-            deadline = start + self.limits.read_timeout
-        else:
-            deadline = trio.current_time() + self.limits.keep_alive_timeout
+        if not parse.started and not parse.stopped:
+            # Idle between requests: keep_alive_timeout, and evictable.
+            data = await self._receive_idle(stream)
+            if not data:
+                return False
+            since = trio.current_time()
+            parse.feed(data)
+        # The whole head has read_timeout from its first byte.
+        deadline = (trio.current_time() if since is None else since) + self.limits.read_timeout
         while not (parse.requests and parse.requests[0].head_done) and parse.error is None:
             if parse.stopped:
                 return False
@@ -422,13 +485,8 @@ class Front:
                 if not data:
                     return False
                 parse.feed(data)
-                if not waiting and parse.started:
-                    # The first byte of a head: from now the whole head has read_timeout.
-                    waiting = True
-                    deadline = trio.current_time() + self.limits.read_timeout
                 continue
-            if waiting:
-                await self._refuse(stream, 408, FrontRefusal.HEAD_TIMEOUT)
+            await self._refuse(stream, 408, FrontRefusal.HEAD_TIMEOUT)
             return False
         return True
 

@@ -541,3 +541,52 @@ def test_a_head_that_starts_like_the_http2_preface_still_has_read_timeout_in_all
 
     answer, took = run(test, limits=FrontLimits(read_timeout=30), mock=True)
     assert statuses(answer) == [408] and 30 <= took <= 31
+
+
+# --- how many connections ------------------------------------------------------------------
+
+
+def test_past_the_connection_cap_idle_connections_make_room_and_busy_ones_are_kept() -> None:
+    # An attacker holding many connections must not exhaust the node's file descriptors
+    # (libp2p and the store need them too): at most max_connections are open. An idle
+    # keep-alive connection is closed to let a new client in; connections in the middle of a
+    # request are not, and a new connection is then closed at once.
+    async def test(port: int, source: Source) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+        await trio.sleep(0.2)
+        out["served_past_idle"] = await honest_is_served(port)  # evicts the oldest idle one
+        out["evicted"] = await idle[0].receive_some(65536)
+        for stream in idle[1:]:
+            await stream.send_all(b"GET /health HTTP/1.1\r\n")  # a head begun, not finished
+        busy = idle[1:]
+        await trio.sleep(1)  # the server has read those heads, and closed the honest one
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        await extra.send_all(b"GET /health HTTP/1.1\r\n")
+        await trio.sleep(0.2)
+        refused = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.move_on_after(2):
+            out["refused"] = await refused.receive_some(65536)
+        for stream in [*busy, extra]:
+            await stream.send_all(b"\r\n")
+            out.setdefault("busy_answers", []).append(statuses(await stream.receive_some(65536)))
+        for stream in [*idle, extra, refused]:
+            await stream.aclose()
+        out["counts"] = dict(source.rejected)
+        return out
+
+    out = run(test, limits=FrontLimits(max_connections=4))
+    assert out["served_past_idle"] and out["evicted"] == b""
+    assert out["refused"] == b""  # closed at once, unanswered
+    assert out["busy_answers"] == [[200]] * 4
+    assert out["counts"]["http: idle-evicted"] == 1
+    assert out["counts"]["http: connection-cap"] == 1
+
+
+def test_the_default_cap_is_half_the_open_file_limit() -> None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    expected = 4096 if soft == resource.RLIM_INFINITY else min(4096, max(64, soft // 2))
+    assert FrontLimits().connection_cap() == expected
+    assert FrontLimits(max_connections=7).connection_cap() == 7

@@ -44,8 +44,10 @@ counted as ``write-timeout``), and counted under
 ``qkms_rejected_inputs_total{reason="http: …"}`` or ``"http body: …"``.
 At most ``max_connections`` connections are open at once (by default half the
 open-file limit: HTTP clients cannot take the descriptors libp2p and the store
-need); past it the oldest idle keep-alive connection is closed to make room,
-or, with none idle, the new connection is closed at once (``connection-cap``).
+need; a socket counts until it is closed); past it the oldest idle keep-alive
+connection (nothing waiting in its socket) or lingering one is closed to make
+room, or, with none, the new connection is closed at once (``connection-cap``);
+HTTP/2 connections take at most an eighth of the cap.
 Nothing a client sends raises out of its connection's task.
 """
 
@@ -55,6 +57,7 @@ import email.utils
 import logging
 import math
 import resource
+import select
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -117,7 +120,9 @@ class FrontRefusal:
     CONNECTION_CAP = "connection-cap"
     """A new connection closed at once: ``max_connections`` open, none of them idle."""
     IDLE_EVICTED = "idle-evicted"
-    """An idle keep-alive connection closed to make room for a new one."""
+    """An idle keep-alive connection (or one lingering at its close) closed to make room."""
+    H2_CAP = "h2-cap"
+    """A new HTTP/2 connection closed at once: an eighth of ``max_connections`` are HTTP/2."""
     WRITE_TIMEOUT = "write-timeout"
     """An answer not taken by the client within ``read_timeout``: the connection is closed."""
 
@@ -376,24 +381,24 @@ class Front:
         self._h2: Any = None
         self.cap = self.limits.connection_cap()
         self.open = 0
-        self._idle: dict[int, trio.CancelScope] = {}  # oldest first
+        # Connections that may be closed to make room, oldest first: their cancel scope, and
+        # the socket's descriptor if it is waiting for a request (-1 while lingering).
+        self._idle: dict[int, tuple[trio.CancelScope, int]] = {}
         self._evicted: set[int] = set()
+        # HTTP/2 connections are never idle here (hypercorn holds them while they have no
+        # stream open, 30 s or longer if the client pings): at most an eighth of the cap.
+        self.h2_cap = max(1, self.cap // 8)
+        self.h2_open = 0
 
     # the connection
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one connection until it closes; never raises for what the client did."""
-        if self.open >= self.cap:
-            if not self._idle:
-                self.source.count_rejected(f"http: {FrontRefusal.CONNECTION_CAP}")
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await stream.aclose()
-                return
-            key, scope = next(iter(self._idle.items()))
-            del self._idle[key]
-            self._evicted.add(key)
-            scope.cancel()
-            self.source.count_rejected(f"http: {FrontRefusal.IDLE_EVICTED}")
+        if self.open >= self.cap and not self._make_room():
+            self.source.count_rejected(f"http: {FrontRefusal.CONNECTION_CAP}")
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+            return
         self.open += 1
         try:
             await self._connection(stream)
@@ -404,29 +409,61 @@ class Front:
         except Exception:  # a bug here must not end the server, and with it the node
             log.exception("public port connection failed")
         finally:
-            self.open -= 1
+            # The socket counts as open until it is closed, its lingering included (which
+            # may be cut short to make room, as an idle connection's wait is).
             with trio.CancelScope(shield=True):
-                if id(stream) in self._evicted:
-                    self._evicted.discard(id(stream))
-                    with trio.move_on_after(1):
-                        await stream.aclose()
-                else:
-                    await _linger_and_close(stream)
+                key = id(stream)
+                try:
+                    if key in self._evicted:
+                        with trio.move_on_after(1):
+                            await stream.aclose()
+                    else:
+                        scope = trio.CancelScope()
+                        self._idle[key] = (scope, -1)
+                        try:
+                            await _linger_and_close(stream, scope)
+                        finally:
+                            self._idle.pop(key, None)
+                finally:
+                    if key in self._evicted:
+                        self._evicted.discard(key)  # given back when it was evicted
+                    else:
+                        self.open -= 1
+
+    def _make_room(self) -> bool:
+        """Close the oldest idle (or lingering) connection to make room for a new one;
+        ``False`` if none is idle."""
+        for key, (scope, fd) in self._idle.items():
+            if fd >= 0 and _readable(fd):
+                continue  # its next request (or its close) has arrived: not idle any more
+            del self._idle[key]
+            self._evicted.add(key)
+            self.open -= 1  # its place goes to the new connection now; it closes at once
+            scope.cancel()
+            self.source.count_rejected(f"http: {FrontRefusal.IDLE_EVICTED}")
+            return True
+        return False
 
     async def _receive_idle(self, stream: trio.SocketStream) -> bytes | None:
         """One read while the connection is idle (no request begun), for at most
         ``keep_alive_timeout``; ``None`` if none came or the connection was evicted to make
-        room for a new one. No checkpoint lies between the read and leaving the idle set,
-        so a connection that got bytes is never evicted."""
+        room for a new one. The connection is evictable only while it waits for the socket
+        to become readable; it leaves the idle set before anything is read, with no
+        checkpoint between, so bytes read are never dropped by an eviction."""
         key = id(stream)
         scope = trio.CancelScope(deadline=trio.current_time() + self.limits.keep_alive_timeout)
-        self._idle[key] = scope
+        fd = stream.socket.fileno()
+        self._idle[key] = (scope, fd)
+        registered = False
         with scope:
             try:
-                return await stream.receive_some(RECV)
+                await trio.lowlevel.wait_readable(fd)
             finally:
-                self._idle.pop(key, None)
-        return None
+                entry = self._idle.pop(key, None)
+                registered = entry is not None and entry[0] is scope
+        if not registered or scope.cancelled_caught:
+            return None  # evicted (possibly after the wait ended) or timed out
+        return await stream.receive_some(RECV)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         parse = _Parse(self.limits)
@@ -441,7 +478,14 @@ class Front:
                     return
                 first += data
         if first.startswith(H2_PREFACE):
-            await self._hand_to_h2(stream, first)
+            if self.h2_open >= self.h2_cap:
+                self.source.count_rejected(f"http: {FrontRefusal.H2_CAP}")
+                return
+            self.h2_open += 1
+            try:
+                await self._hand_to_h2(stream, first)
+            finally:
+                self.h2_open -= 1
             return
         parse.feed(first)
         while True:
@@ -750,11 +794,19 @@ _DETAILS = {
 }
 
 
+def _readable(fd: int) -> bool:
+    """Whether bytes (or the peer's close) are waiting on ``fd``, without waiting."""
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
+
+
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
 
 
-async def _linger_and_close(stream: trio.SocketStream) -> None:
+async def _linger_and_close(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
     """Close a connection so that its last answer is read: end our side, then drop what
     the client still sends (at most ``LINGER_BYTES`` for ``LINGER_SECONDS``) before the
     socket closes. Closing with unread bytes would reset the connection, and a client that
@@ -762,7 +814,7 @@ async def _linger_and_close(stream: trio.SocketStream) -> None:
     try:
         await stream.send_eof()
         dropped = 0
-        with trio.move_on_after(LINGER_SECONDS):
+        with scope, trio.move_on_after(LINGER_SECONDS):
             while dropped < LINGER_BYTES:
                 data = await stream.receive_some(RECV)
                 if not data:

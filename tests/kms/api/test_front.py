@@ -442,13 +442,12 @@ class _NeverReads:
     """A client that sent ``data`` and then neither reads nor sends (its window full)."""
 
     def __init__(self, data: bytes) -> None:
+        import socket
+
         self.data = data
-        self.socket = self
-
-    def getpeername(self) -> Any:
-        raise OSError("not a socket")
-
-    getsockname = getpeername
+        # A real socket, readable, for the server's wait for the first bytes.
+        self.socket, self._peer = socket.socketpair()
+        self._peer.send(b"x")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self.data:
@@ -464,7 +463,8 @@ class _NeverReads:
         pass
 
     async def aclose(self) -> None:
-        pass
+        self.socket.close()
+        self._peer.close()
 
 
 @pytest.mark.parametrize(
@@ -590,3 +590,95 @@ def test_the_default_cap_is_half_the_open_file_limit() -> None:
     expected = 4096 if soft == resource.RLIM_INFINITY else min(4096, max(64, soft // 2))
     assert FrontLimits().connection_cap() == expected
     assert FrontLimits(max_connections=7).connection_cap() == 7
+
+
+def test_a_connection_whose_request_has_arrived_is_not_evicted() -> None:
+    # Front.handle on socket pairs, cap 1: A's request is waiting in its socket when B
+    # arrives at the cap. A must be served whole and B refused, never both open.
+    import socket
+
+    from kms.api.front import Front
+
+    async def trial() -> tuple[bytes, int, int, dict[str, int]]:
+        source = Source()
+        front = Front(make_app(source), source, FrontLimits(max_connections=1))
+        a_srv, a_cli = socket.socketpair()
+        b_srv, b_cli = socket.socketpair()
+        a = trio.SocketStream(trio.socket.from_stdlib_socket(a_srv))
+        b = trio.SocketStream(trio.socket.from_stdlib_socket(b_srv))
+        a_cli.sendall(b"GET /health HTTP/1.1\r\n\r\n")
+        most_open = 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(front.handle, a)
+            while id(a) not in front._idle:  # A waits for its socket: its bytes are there
+                await trio.lowlevel.checkpoint()
+            nursery.start_soon(front.handle, b)
+            for _ in range(30):
+                await trio.sleep(0.01)
+                most_open = max(most_open, front.open)
+            answer = a_cli.recv(65536)
+            for s in (a_cli, b_cli):
+                s.close()  # the server's lingering close then ends at once
+            nursery.cancel_scope.cancel()
+        return answer, most_open, front.open, dict(source.rejected)
+
+    async def main() -> list[tuple[bytes, int, int, dict[str, int]]]:
+        return [await trial() for _ in range(10)]
+
+    for answer, most_open, _, counts in trio.run(main):
+        assert statuses(answer) == [200]
+        assert most_open <= 1
+        # B was refused, or found A idle again after its answer and took its place
+        assert counts in ({"http: connection-cap": 1}, {"http: idle-evicted": 1})
+
+
+def test_closing_connections_count_toward_the_cap_and_make_room_first() -> None:
+    # Connections that end (``connection: close``) with a client that never closes its side
+    # linger up to a second each; they hold a socket, so they count, and are the first
+    # closed to let a new client in. Open sockets never pass the cap.
+    from kms.api.front import Front
+
+    source = Source()
+    front = Front(make_app(source), source, FrontLimits(max_connections=8))
+
+    async def main() -> tuple[int, bool]:
+        most_open = 0
+        held = []
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            await nursery.start(trio.serve_listeners, front.handle, listeners)
+            for _ in range(200):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(b"GET /health HTTP/1.1\r\nconnection: close\r\n\r\n")
+                held.append(stream)
+                most_open = max(most_open, front.open)
+                await trio.lowlevel.checkpoint()
+            await trio.sleep(0.2)
+            most_open = max(most_open, front.open)
+            served = await honest_is_served(port)
+            for stream in held:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+        return most_open, served
+
+    most_open, served = trio.run(main)
+    assert most_open <= 8 and served
+    assert source.rejected["http: idle-evicted"] > 0
+
+
+def test_http2_connections_hold_at_most_an_eighth_of_the_cap() -> None:
+    from kms.api.front import H2_PREFACE
+
+    async def test(port: int, source: Source) -> tuple[bytes, bool, dict[str, int]]:
+        first = await trio.open_tcp_stream("127.0.0.1", port)
+        await first.send_all(H2_PREFACE)  # held open by hypercorn, never idle here
+        await trio.sleep(0.3)
+        second = await exchange(port, H2_PREFACE, wait=2)
+        served = await honest_is_served(port)
+        await first.aclose()
+        return second, served, dict(source.rejected)
+
+    second, served, counts = run(test, limits=FrontLimits(max_connections=8))
+    assert second == b"" and served
+    assert counts["http: h2-cap"] == 1

@@ -549,6 +549,34 @@ class Front:
             return True
         return False
 
+    async def _take_body(
+        self,
+        stream: trio.SocketStream,
+        parse: _Parse,
+        request: _Request,
+        timeout: float,
+        timed_out: Callable[[], Awaitable[None]],
+    ) -> bool:
+        """Read ``request``'s whole body within ``timeout``; ``False``: it was refused (too
+        large, broken, or late: ``timed_out`` answers that) and the connection ends."""
+        if request.too_large:
+            return await self._body_refused(stream)
+        if request.expects_continue and not request.done:
+            await self._continue(stream)
+        try:
+            arrived = await self._read_body(stream, parse, request, timeout)
+        except trio.TooSlowError:
+            arrived = False
+        if request.too_large:
+            return await self._body_refused(stream)
+        if parse.error is not None and not request.done:
+            await self._refuse_parse(stream, parse.error)
+            return False
+        if not arrived:
+            await timed_out()
+            return False
+        return True
+
     async def _direct(
         self,
         stream: trio.SocketStream,
@@ -564,25 +592,14 @@ class Front:
             keep = request.done and request.keep_alive
             await self._write(stream, 503, headers, body, keep, request)
             return keep
-        if request.too_large:
-            return await self._body_refused(stream)
-        if request.expects_continue and not request.done:
-            await self._continue(stream)
-        try:
-            arrived = await self._read_body(
-                stream, parse, request, self.admission.limits.body_timeout
-            )
-        except trio.TooSlowError:
-            arrived = False
-        if request.too_large:
-            return await self._body_refused(stream)
-        if parse.error is not None and not request.done:
-            await self._refuse_parse(stream, parse.error)
-            return False
-        if not arrived:
+
+        async def timed_out() -> None:
             self.source.count_rejected(f"http body: {BODY_TIMEOUT}")
             body, headers = self._body_timeout
             await self._write(stream, 408, headers, body, False)
+
+        timeout = self.admission.limits.body_timeout
+        if not await self._take_body(stream, parse, request, timeout, timed_out):
             return False
         if not await self.admission.enter():
             self._shed(route)
@@ -610,21 +627,12 @@ class Front:
         self, stream: trio.SocketStream, parse: _Parse, request: _Request
     ) -> bool:
         """Any other request: its whole body, then one call of the node's ASGI app."""
-        if request.too_large:
-            return await self._body_refused(stream)
-        if request.expects_continue and not request.done:
-            await self._continue(stream)
-        try:
-            arrived = await self._read_body(stream, parse, request, self.limits.read_timeout)
-        except trio.TooSlowError:
-            arrived = False
-        if request.too_large:
-            return await self._body_refused(stream)
-        if parse.error is not None and not request.done:
-            await self._refuse_parse(stream, parse.error)
-            return False
-        if not arrived:
+
+        async def timed_out() -> None:
             await self._refuse(stream, 408, FrontRefusal.READ_TIMEOUT)
+
+        timeout = self.limits.read_timeout
+        if not await self._take_body(stream, parse, request, timeout, timed_out):
             return False
         try:
             status, headers, body = await self._call_app(stream, request)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from starlette.applications import Starlette
@@ -78,6 +78,9 @@ class StatusSource(Protocol):
 
     def policy_info(self, app_id: bytes) -> dict[str, Any] | None: ...
 
+
+_Req = TypeVar("_Req")
+_Res = TypeVar("_Res")
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -283,16 +286,10 @@ async def answer_key_request(
 
     Decoded once, here (the JSON form maps onto the msgpack one); the node gets the typed
     request."""
-    try:
-        if _is_json(content_type):
-            key_request = KeyRequest.decode_json(body)
-        else:
-            key_request = KeyRequest.decode(body)
-    except MessageDecodeError as exc:
-        code, answer = key_answer(source.refuse_key_request(exc))
-    else:
-        code, answer = key_answer(await source.release(key_request))
-    return (code, *_typed_bytes(answer, wants_json(content_type, accept)))
+    read = KeyRequest.decode_json if _is_json(content_type) else KeyRequest.decode
+    return await _answer(
+        read, source.release, source.refuse_key_request, key_answer, body, content_type, accept
+    )
 
 
 async def answer_cert_request(
@@ -300,15 +297,27 @@ async def answer_cert_request(
 ) -> tuple[int, str, bytes]:
     """(status, media type, body) answering a ``POST /v1/app-key-cert`` body, as
     ``answer_key_request`` does a key request."""
+    read = AppKeyCertRequest.decode_json if _is_json(content_type) else AppKeyCertRequest.decode
+    return await _answer(
+        read, source.certify, source.refuse_cert_request, cert_answer, body, content_type, accept
+    )
+
+
+async def _answer(
+    read: Callable[[bytes], _Req],
+    ask: Callable[[_Req], Awaitable[_Res]],
+    refuse: Callable[[MessageDecodeError], _Res],
+    status: Callable[[_Res], tuple[int, WireMessage]],
+    body: bytes,
+    content_type: str,
+    accept: str,
+) -> tuple[int, str, bytes]:
     try:
-        if _is_json(content_type):
-            cert_request = AppKeyCertRequest.decode_json(body)
-        else:
-            cert_request = AppKeyCertRequest.decode(body)
+        request = read(body)
     except MessageDecodeError as exc:
-        code, answer = cert_answer(source.refuse_cert_request(exc))
+        code, answer = status(refuse(exc))
     else:
-        code, answer = cert_answer(await source.certify(cert_request))
+        code, answer = status(await ask(request))
     return (code, *_typed_bytes(answer, wants_json(content_type, accept)))
 
 

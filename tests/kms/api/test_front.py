@@ -142,32 +142,39 @@ def test_pipelined_requests_are_answered_in_order_and_bounded() -> None:
 # --- sizes ---------------------------------------------------------------------------------
 
 
+async def endless(port: int, opening: bytes) -> tuple[bytes, int]:
+    """Send ``opening`` and then 64 KiB of ``a`` at a time, up to 256 MiB, while reading the
+    answer until the server closes; return it and the filler bytes the client got sent."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    sent = 0
+    answer = b""
+
+    async def write() -> None:
+        nonlocal sent
+        try:
+            await stream.send_all(opening)
+            while sent < 256 * 1024 * 1024:
+                await stream.send_all(b"a" * 65536)
+                sent += 65536
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        with trio.move_on_after(20):
+            try:
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+            except trio.BrokenResourceError:
+                pass
+        nursery.cancel_scope.cancel()
+    await stream.aclose()
+    return answer, sent
+
+
 def test_an_endless_header_is_cut_at_the_head_limit() -> None:
     async def test(port: int, source: Source) -> tuple[bytes, int]:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        sent = 0
-        answer = b""
-
-        async def write() -> None:
-            nonlocal sent
-            try:
-                await stream.send_all(b"GET /health HTTP/1.1\r\nx: ")
-                while sent < 256 * 1024 * 1024:
-                    await stream.send_all(b"a" * 65536)
-                    sent += 65536
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            with trio.move_on_after(20):
-                try:
-                    while chunk := await stream.receive_some(65536):
-                        answer += chunk
-                except trio.BrokenResourceError:
-                    pass
-            nursery.cancel_scope.cancel()
-        await stream.aclose()
+        answer, sent = await endless(port, b"GET /health HTTP/1.1\r\nx: ")
         assert await honest_is_served(port)
         return answer, sent
 
@@ -201,35 +208,10 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(path: bytes
 def test_an_endless_trailer_is_cut() -> None:
     # A chunked body of one byte, then a trailer that never ends: llhttp would gather the
     # trailer's value in memory; the server stops at 2 x MAX_BODY raw bytes for the request.
+    opening = b"POST /v1/policies HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nx: "
+
     async def test(port: int, source: Source) -> tuple[bytes, int, Any]:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        sent = 0
-        answer = b""
-
-        async def write() -> None:
-            nonlocal sent
-            try:
-                await stream.send_all(
-                    b"POST /v1/policies HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
-                    b"1\r\na\r\n0\r\nx: "
-                )
-                while sent < 256 * 1024 * 1024:
-                    await stream.send_all(b"a" * 65536)
-                    sent += 65536
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            with trio.move_on_after(20):
-                try:
-                    while chunk := await stream.receive_some(65536):
-                        answer += chunk
-                except trio.BrokenResourceError:
-                    pass
-            nursery.cancel_scope.cancel()
-        await stream.aclose()
-        return answer, sent, source.seen
+        return (*await endless(port, opening), source.seen)
 
     answer, sent, seen = run(test)
     assert statuses(answer) == [413], answer[:200]

@@ -804,8 +804,10 @@ _DETAILS = {
 
 def _readable(fd: int) -> bool:
     """Whether bytes (or the peer's close) are waiting on ``fd``, without waiting."""
+    poller = select.poll()  # not select.select: descriptors above 1023 are common here
     try:
-        return bool(select.select([fd], [], [], 0)[0])
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return False
 

@@ -664,3 +664,29 @@ def test_http2_connections_hold_at_most_an_eighth_of_the_cap() -> None:
     second, served, counts = run(test, limits=FrontLimits(max_connections=8))
     assert second == b"" and served
     assert counts["http: h2-cap"] == 1
+
+
+def test_waiting_bytes_are_seen_on_descriptors_above_1023() -> None:
+    # A busy node's sockets have high descriptors; select() cannot watch those, and a
+    # connection whose request is waiting must still count as not idle.
+    import os
+    import socket
+
+    from kms.api.front import _readable
+
+    held = []
+    try:
+        while len(held) < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        a, b = socket.socketpair()
+        try:
+            assert a.fileno() > 1023
+            assert not _readable(a.fileno())
+            b.send(b"GET")
+            assert _readable(a.fileno())
+        finally:
+            a.close()
+            b.close()
+    finally:
+        for fd in held:
+            os.close(fd)

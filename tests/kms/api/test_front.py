@@ -670,10 +670,14 @@ def test_waiting_bytes_are_seen_on_descriptors_above_1023() -> None:
     # A busy node's sockets have high descriptors; select() cannot watch those, and a
     # connection whose request is waiting must still count as not idle.
     import os
+    import resource
     import socket
 
     from kms.api.front import _readable
 
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
     held = []
     try:
         while len(held) < 1100:
@@ -690,3 +694,4 @@ def test_waiting_bytes_are_seen_on_descriptors_above_1023() -> None:
     finally:
         for fd in held:
             os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

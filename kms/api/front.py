@@ -644,12 +644,10 @@ class Front:
         keep = request.keep_alive and (b"connection", b"close") not in [
             (k.lower(), v.lower()) for k, v in headers
         ]
-        headers = [(k, v) for k, v in headers if k.lower() not in (b"connection", b"date")]
-        if request.method != b"HEAD":
+        if request.method == b"HEAD":
+            body = b""  # the app's Content-Length stays: the GET's
+        else:  # ``_write`` gives the length of what is sent
             headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-            headers.append((b"content-length", b"%d" % len(body)))
-        else:
-            body = b""
         await self._write(stream, status, headers, body, keep, request)
         return keep
 
@@ -776,8 +774,8 @@ class Front:
         parts = [line]
         has_length = False
         for name, value in headers:
-            if name.lower() == b"connection":
-                continue
+            if name.lower() in (b"connection", b"date"):
+                continue  # its own, below
             has_length = has_length or name.lower() == b"content-length"
             parts.append(b"%s: %s\r\n" % (name, value))
         if not has_length:
